@@ -1,0 +1,23 @@
+//! Compiles Cairn's `.proto` files with protox (pure Rust) and
+//! tonic-prost-build: no `protoc` binary is needed to build Cairn.
+//! Services get default stubs, so every RPC a server has not implemented
+//! answers gRPC `Unimplemented` rather than anything that looks like success.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/kv.proto",
+        "proto/auth.proto",
+        "proto/rpc.proto",
+        "proto/v3lock.proto",
+        "proto/v3election.proto",
+        "proto/peer.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

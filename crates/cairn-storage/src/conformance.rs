@@ -1,0 +1,125 @@
+//! The engine conformance suite: every [`Engine`] must pass [`run_all`].
+//!
+//! Each check takes a fresh, empty engine from the factory and panics (this is
+//! test code) with a message naming the broken property.
+
+use std::ops::Bound;
+
+use crate::{Durability, Engine, WriteBatch};
+
+fn k(space: u8, s: &str) -> Vec<u8> {
+    let mut v = vec![space];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+fn collect(it: crate::KvIter<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    it.map(|r| r.expect("scan item")).collect()
+}
+
+fn write(e: &dyn Engine, ops: &[(&str, Option<&str>)]) {
+    let mut b = WriteBatch::new();
+    for (key, val) in ops {
+        match val {
+            Some(v) => b.put(k(0x10, key), v.as_bytes().to_vec()),
+            None => b.delete(k(0x10, key)),
+        }
+    }
+    e.write(b, Durability::Sync).expect("write");
+}
+
+/// Put, overwrite, delete and get of single keys.
+pub fn point_ops(e: &dyn Engine) {
+    assert_eq!(e.get(&k(0x10, "a")).unwrap(), None, "empty engine has no keys");
+    write(e, &[("a", Some("1")), ("b", Some("2"))]);
+    assert_eq!(e.get(&k(0x10, "a")).unwrap(), Some(b"1".to_vec()));
+    write(e, &[("a", Some("3"))]);
+    assert_eq!(e.get(&k(0x10, "a")).unwrap(), Some(b"3".to_vec()), "overwrite");
+    write(e, &[("a", None), ("zz", None)]);
+    assert_eq!(e.get(&k(0x10, "a")).unwrap(), None, "delete");
+    assert_eq!(e.get(&k(0x10, "b")).unwrap(), Some(b"2".to_vec()));
+    assert_eq!(e.get(&[]).unwrap(), None, "empty key reads as absent");
+}
+
+/// Forward and reverse scans honour bounds and order.
+pub fn scans(e: &dyn Engine) {
+    write(e, &[("a", Some("1")), ("b", Some("2")), ("c", Some("3")), ("d", Some("4"))]);
+    let fwd = collect(e.scan(Bound::Included(k(0x10, "b")), Bound::Excluded(k(0x10, "d")), false));
+    assert_eq!(fwd, vec![(k(0x10, "b"), b"2".to_vec()), (k(0x10, "c"), b"3".to_vec())]);
+    let rev = collect(e.scan(Bound::Excluded(k(0x10, "a")), Bound::Included(k(0x10, "d")), true));
+    let keys: Vec<_> = rev.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, vec![k(0x10, "d"), k(0x10, "c"), k(0x10, "b")], "reverse scan");
+    let all = collect(e.scan(Bound::Included(vec![0x10]), Bound::Unbounded, false));
+    assert_eq!(all.len(), 4, "unbounded end stays within the space");
+    let inverted = collect(e.scan(Bound::Included(k(0x10, "d")), Bound::Excluded(k(0x10, "a")), false));
+    assert!(inverted.is_empty(), "inverted range is empty");
+}
+
+/// Keyspaces (first byte) are isolated from each other.
+pub fn spaces_are_isolated(e: &dyn Engine) {
+    let mut b = WriteBatch::new();
+    b.put(k(0x01, "x"), b"log".to_vec());
+    b.put(k(0x11, "x"), b"latest".to_vec());
+    b.put(k(0x10, "x"), b"version".to_vec());
+    e.write(b, Durability::Sync).unwrap();
+    let v = collect(e.scan(Bound::Included(vec![0x10]), Bound::Excluded(vec![0x11]), false));
+    assert_eq!(v, vec![(k(0x10, "x"), b"version".to_vec())]);
+    let l = collect(e.scan(Bound::Included(vec![0x11]), Bound::Unbounded, false));
+    assert_eq!(l, vec![(k(0x11, "x"), b"latest".to_vec())]);
+}
+
+/// A batch applies all its ops, in order, across spaces; range deletes work.
+pub fn batches(e: &dyn Engine) {
+    let mut b = WriteBatch::new();
+    for i in 0..10u8 {
+        b.put(vec![0x01, i], vec![i]);
+    }
+    b.put(k(0x10, "k"), b"v1".to_vec());
+    b.put(k(0x10, "k"), b"v2".to_vec());
+    e.write(b, Durability::Buffered).unwrap();
+    assert_eq!(e.get(&k(0x10, "k")).unwrap(), Some(b"v2".to_vec()), "later op wins");
+    let mut d = WriteBatch::new();
+    d.delete_range(vec![0x01, 2], vec![0x01, 8]);
+    e.write(d, Durability::Sync).unwrap();
+    let left: Vec<_> = collect(e.scan(Bound::Included(vec![0x01]), Bound::Excluded(vec![0x02]), false))
+        .into_iter()
+        .map(|(k, _)| k[1])
+        .collect();
+    assert_eq!(left, vec![0, 1, 8, 9], "range delete removes [start, end)");
+    e.sync().unwrap();
+}
+
+/// A snapshot does not see later writes.
+pub fn snapshots_are_stable(e: &dyn Engine) {
+    write(e, &[("a", Some("old")), ("b", Some("old"))]);
+    let snap = e.snapshot();
+    write(e, &[("a", Some("new")), ("b", None), ("c", Some("new"))]);
+    assert_eq!(snap.get(&k(0x10, "a")).unwrap(), Some(b"old".to_vec()));
+    assert_eq!(snap.get(&k(0x10, "b")).unwrap(), Some(b"old".to_vec()));
+    let all = collect(snap.scan(Bound::Included(vec![0x10]), Bound::Unbounded, false));
+    assert_eq!(all.len(), 2, "snapshot scan sees its own point in time");
+    let rev = collect(snap.scan(Bound::Included(vec![0x10]), Bound::Unbounded, true));
+    assert_eq!(rev[0].0, k(0x10, "b"));
+    assert_eq!(e.get(&k(0x10, "a")).unwrap(), Some(b"new".to_vec()));
+}
+
+/// Binary keys and values, including zero bytes and empty values.
+pub fn binary_data(e: &dyn Engine) {
+    let mut b = WriteBatch::new();
+    b.put(vec![0x10, 0, 0, 0xFF], vec![]);
+    b.put(vec![0x10, 0], vec![0, 1, 2]);
+    e.write(b, Durability::Sync).unwrap();
+    assert_eq!(e.get(&[0x10, 0, 0, 0xFF]).unwrap(), Some(vec![]), "empty value is not absence");
+    let all = collect(e.scan(Bound::Included(vec![0x10]), Bound::Unbounded, false));
+    assert_eq!(all[0].0, vec![0x10, 0]);
+}
+
+/// Runs every check, each on a fresh engine from `make`.
+pub fn run_all(make: &dyn Fn() -> Box<dyn Engine>) {
+    point_ops(&*make());
+    scans(&*make());
+    spaces_are_isolated(&*make());
+    batches(&*make());
+    snapshots_are_stable(&*make());
+    binary_data(&*make());
+}

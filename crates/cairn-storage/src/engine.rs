@@ -1,0 +1,105 @@
+//! The [`Engine`] trait: an ordered byte map with atomic batches and snapshots.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::Result;
+
+/// One key-value pair as returned by scans.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
+/// A forward or reverse iterator over a key range.
+pub type KvIter<'a> = Box<dyn Iterator<Item = Result<KvPair>> + Send + 'a>;
+
+/// How durable a committed batch must be when `write` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On stable storage (fsync/fdatasync) before returning.
+    Sync,
+    /// Handed to the OS; survives a process crash, not a power cut.
+    Buffered,
+}
+
+/// One mutation inside a [`WriteBatch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key` (absent keys are fine).
+    Delete(Vec<u8>),
+    /// Remove every key in `[start, end)`; both within one keyspace.
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+/// An ordered list of mutations applied atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// The mutations, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(key.into(), value.into()));
+    }
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(key.into()));
+    }
+    /// Adds a range delete of `[start, end)`.
+    pub fn delete_range(&mut self, start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) {
+        self.ops.push(Op::DeleteRange(start.into(), end.into()));
+    }
+    /// Appends every op of `other`.
+    pub fn extend(&mut self, other: WriteBatch) {
+        self.ops.extend(other.ops);
+    }
+    /// True when the batch has no ops.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    /// Number of ops.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// A consistent, read-only, point-in-time view of an engine.
+pub trait Snapshot: Send + Sync {
+    /// The value of `key` in this view.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Pairs in the range, ascending (or descending when `reverse`).
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_>;
+}
+
+/// An ordered byte key-value store. Implementations must pass
+/// [`crate::conformance::run_all`].
+pub trait Engine: Send + Sync {
+    /// The current value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Current pairs in the range, ascending (or descending when `reverse`).
+    /// The range must lie within one keyspace (one first byte).
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_>;
+    /// Applies `batch` atomically with the given durability.
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+    /// Makes every earlier buffered write durable.
+    fn sync(&self) -> Result<()>;
+    /// A point-in-time view unaffected by later writes.
+    fn snapshot(&self) -> Arc<dyn Snapshot>;
+    /// Bytes used on disk (0 for in-memory engines' files; approximate).
+    fn size_on_disk(&self) -> u64;
+}
+
+/// The exclusive end of the keyspace that starts with byte `b`.
+pub(crate) fn space_end(b: u8) -> Bound<Vec<u8>> {
+    if b == u8::MAX {
+        Bound::Unbounded
+    } else {
+        Bound::Excluded(vec![b + 1])
+    }
+}

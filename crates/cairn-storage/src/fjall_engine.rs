@@ -1,0 +1,198 @@
+//! [`FjallEngine`]: the production engine, on the pure-Rust LSM tree `fjall`.
+//!
+//! Each internal keyspace (first key byte, see [`crate::keys::Space`]) is its
+//! own fjall keyspace (its own LSM tree), all in one fjall database sharing
+//! one journal. A batch spanning several is still atomic: fjall commits a
+//! cross-keyspace batch as one journal record. Durability: `Sync` persists the
+//! journal with `fdatasync` before `write` returns.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use parking_lot::RwLock;
+
+use crate::engine::{space_end, Durability, Engine, KvIter, Op, Snapshot, WriteBatch};
+use crate::{Error, Result};
+
+/// An [`Engine`] on fjall.
+#[derive(Clone)]
+pub struct FjallEngine {
+    db: Database,
+    // One fjall keyspace per first key byte, opened on first use. A lock, not a
+    // fixed table, because the set of spaces is small and grows rarely.
+    spaces: Arc<RwLock<HashMap<u8, Keyspace>>>,
+}
+
+impl FjallEngine {
+    /// Opens (creating if needed) a database in `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let db = Database::builder(path.as_ref())
+            .manual_journal_persist(true)
+            .open()?;
+        let engine = Self { db, spaces: Arc::new(RwLock::new(HashMap::new())) };
+        // Reopen every keyspace that exists on disk so snapshots see them.
+        for name in engine.db.list_keyspace_names() {
+            let name: &str = name.as_ref();
+            if let Some(b) = name.strip_prefix('s').and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                engine.space(b)?;
+            }
+        }
+        Ok(engine)
+    }
+
+    fn space(&self, b: u8) -> Result<Keyspace> {
+        if let Some(ks) = self.spaces.read().get(&b) {
+            return Ok(ks.clone());
+        }
+        let mut spaces = self.spaces.write();
+        if let Some(ks) = spaces.get(&b) {
+            return Ok(ks.clone());
+        }
+        let ks = self.db.keyspace(&format!("s{b:02x}"), KeyspaceCreateOptions::default)?;
+        spaces.insert(b, ks.clone());
+        Ok(ks)
+    }
+
+    fn existing_space(&self, b: u8) -> Option<Keyspace> {
+        self.spaces.read().get(&b).cloned()
+    }
+}
+
+/// Which keyspace a scan range lies in, with the end clamped to that space.
+fn scan_space(start: &Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<(u8, Bound<Vec<u8>>)> {
+    let b = match start {
+        Bound::Included(s) | Bound::Excluded(s) if !s.is_empty() => s[0],
+        _ => return Err(Error::CrossSpaceScan("scan must start inside a keyspace".into())),
+    };
+    let end = match end {
+        Bound::Unbounded => space_end(b),
+        Bound::Excluded(e) if e.len() == 1 && b < u8::MAX && e[0] == b + 1 => Bound::Excluded(e),
+        Bound::Included(e) | Bound::Excluded(e) if e.first().copied() != Some(b) => {
+            return Err(Error::CrossSpaceScan(format!("end {e:?} outside space {b:#x}")))
+        }
+        other => other,
+    };
+    Ok((b, end))
+}
+
+fn first_byte(k: &[u8]) -> Result<u8> {
+    k.first().copied().ok_or_else(|| Error::Engine("empty internal key".into()))
+}
+
+fn guard_pair(g: fjall::Guard) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (k, v) = g.into_inner()?;
+    Ok((k.to_vec(), v.to_vec()))
+}
+
+fn boxed(iter: fjall::Iter, reverse: bool) -> KvIter<'static> {
+    if reverse {
+        Box::new(iter.rev().map(guard_pair))
+    } else {
+        Box::new(iter.map(guard_pair))
+    }
+}
+
+fn empty_or_err(e: Error) -> KvIter<'static> {
+    Box::new(std::iter::once(Err(e)))
+}
+
+fn inverted(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
+    matches!((start, end), (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) if s > e)
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(&b) = key.first() else { return Ok(None) };
+        match self.existing_space(b) {
+            Some(ks) => Ok(ks.get(key)?.map(|v| v.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
+        let (b, end) = match scan_space(&start, end) {
+            Ok(x) => x,
+            Err(e) => return empty_or_err(e),
+        };
+        if inverted(&start, &end) {
+            return Box::new(std::iter::empty());
+        }
+        match self.existing_space(b) {
+            Some(ks) => boxed(ks.range::<Vec<u8>, _>((start, end)), reverse),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        let mut wb = self.db.batch();
+        for op in batch.ops {
+            match op {
+                Op::Put(k, v) => {
+                    let ks = self.space(first_byte(&k)?)?;
+                    wb.insert(&ks, k, v);
+                }
+                Op::Delete(k) => {
+                    let ks = self.space(first_byte(&k)?)?;
+                    wb.remove(&ks, k);
+                }
+                Op::DeleteRange(s, e) => {
+                    let ks = self.space(first_byte(&s)?)?;
+                    for item in self.scan(Bound::Included(s), Bound::Excluded(e), false) {
+                        wb.remove(&ks, item?.0);
+                    }
+                }
+            }
+        }
+        wb.commit()?;
+        if durability == Durability::Sync {
+            self.db.persist(PersistMode::SyncData)?;
+        } else {
+            self.db.persist(PersistMode::Buffer)?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(self.db.persist(PersistMode::SyncData)?)
+    }
+
+    fn snapshot(&self) -> Arc<dyn Snapshot> {
+        Arc::new(FjallSnapshot { snap: self.db.snapshot(), engine: self.clone() })
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+struct FjallSnapshot {
+    snap: fjall::Snapshot,
+    engine: FjallEngine,
+}
+
+impl Snapshot for FjallSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(&b) = key.first() else { return Ok(None) };
+        match self.engine.existing_space(b) {
+            Some(ks) => Ok(self.snap.get(&ks, key)?.map(|v| v.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
+        let (b, end) = match scan_space(&start, end) {
+            Ok(x) => x,
+            Err(e) => return empty_or_err(e),
+        };
+        if inverted(&start, &end) {
+            return Box::new(std::iter::empty());
+        }
+        match self.engine.existing_space(b) {
+            Some(ks) => boxed(self.snap.range::<Vec<u8>, _>(&ks, (start, end)), reverse),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+}

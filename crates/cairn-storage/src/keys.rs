@@ -1,0 +1,244 @@
+//! Typed internal keys and their order-preserving byte encoding.
+//!
+//! The first byte of every stored key is its [`Space`]. Within a space:
+//! - Raft keys are `space | region (u64 BE) | ...`, so one region's log is a
+//!   contiguous, index-ordered run and deleting a region is one range delete.
+//! - MVCC version keys are `0x10 | escaped(user key) | 0x00 0x00 | revision
+//!   (u64 BE)`: escaping (`0x00` → `0x00 0xFF`) plus the `0x00 0x00`
+//!   terminator keeps user keys in byte order and every version of one user
+//!   key adjacent, ascending by revision.
+//! - MVCC latest keys are `0x11 | user key`: the newest version of each live
+//!   key, so reads at the current revision scan one record per key.
+
+use std::ops::Bound;
+
+use crate::{Error, Result};
+
+/// The internal keyspaces, by first key byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Space {
+    /// Raft log entries: region, index.
+    RaftLog = 0x01,
+    /// Raft hard state: region, kind (vote, committed, purged).
+    RaftState = 0x02,
+    /// Per-region apply state (last applied log id, membership, revisions).
+    ApplyState = 0x03,
+    /// Region metadata (range, epoch, peers).
+    Region = 0x04,
+    /// Every version of every user key.
+    MvccVersion = 0x10,
+    /// The newest live version of each user key.
+    MvccLatest = 0x11,
+}
+
+/// Which piece of Raft hard state a [`Key::RaftState`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RaftStateKind {
+    /// The persisted vote.
+    Vote = 1,
+    /// The last committed log id.
+    Committed = 2,
+    /// The last purged log id.
+    Purged = 3,
+}
+
+/// A typed internal key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// One Raft log entry of a region.
+    RaftLog { region: u64, index: u64 },
+    /// One item of a region's Raft hard state.
+    RaftState { region: u64, kind: RaftStateKind },
+    /// A region's apply state; tag names the item.
+    ApplyState { region: u64, tag: &'a [u8] },
+    /// A region's metadata.
+    Region { region: u64 },
+    /// One version of a user key.
+    MvccVersion { key: &'a [u8], revision: i64 },
+    /// The newest version of a user key.
+    MvccLatest { key: &'a [u8] },
+}
+
+fn region_prefix(space: Space, region: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(space as u8);
+    out.extend_from_slice(&region.to_be_bytes());
+    out
+}
+
+fn escape_into(out: &mut Vec<u8>, key: &[u8]) {
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+}
+
+impl Key<'_> {
+    /// The order-preserving byte encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Key::RaftLog { region, index } => {
+                let mut out = region_prefix(Space::RaftLog, *region);
+                out.extend_from_slice(&index.to_be_bytes());
+                out
+            }
+            Key::RaftState { region, kind } => {
+                let mut out = region_prefix(Space::RaftState, *region);
+                out.push(*kind as u8);
+                out
+            }
+            Key::ApplyState { region, tag } => {
+                let mut out = region_prefix(Space::ApplyState, *region);
+                out.extend_from_slice(tag);
+                out
+            }
+            Key::Region { region } => region_prefix(Space::Region, *region),
+            Key::MvccVersion { key, revision } => {
+                let mut out = Vec::with_capacity(key.len() + 11);
+                out.push(Space::MvccVersion as u8);
+                escape_into(&mut out, key);
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&(*revision as u64).to_be_bytes());
+                out
+            }
+            Key::MvccLatest { key } => {
+                let mut out = Vec::with_capacity(key.len() + 1);
+                out.push(Space::MvccLatest as u8);
+                out.extend_from_slice(key);
+                out
+            }
+        }
+    }
+}
+
+/// Decodes an MVCC version key into (user key, revision).
+pub fn decode_version(encoded: &[u8]) -> Result<(Vec<u8>, i64)> {
+    let corrupt = || Error::Corrupt(format!("bad version key {encoded:?}"));
+    if encoded.first() != Some(&(Space::MvccVersion as u8)) || encoded.len() < 11 {
+        return Err(corrupt());
+    }
+    let (body, rev) = encoded[1..].split_at(encoded.len() - 9);
+    let revision = u64::from_be_bytes(rev.try_into().map_err(|_| corrupt())?) as i64;
+    let mut key = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        match (body[i], body.get(i + 1)) {
+            (0, Some(0xFF)) => {
+                key.push(0);
+                i += 2;
+            }
+            (0, Some(0)) if i + 2 == body.len() => return Ok((key, revision)),
+            (0, _) => return Err(corrupt()),
+            (b, _) => {
+                key.push(b);
+                i += 1;
+            }
+        }
+    }
+    Err(corrupt())
+}
+
+/// Decodes a latest key into its user key.
+pub fn decode_latest(encoded: &[u8]) -> Result<&[u8]> {
+    match encoded.split_first() {
+        Some((&b, rest)) if b == Space::MvccLatest as u8 => Ok(rest),
+        _ => Err(Error::Corrupt(format!("bad latest key {encoded:?}"))),
+    }
+}
+
+/// The bounds of every version of every user key in `[start, end)`;
+/// `end = None` means no upper bound.
+pub fn version_range(start: &[u8], end: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let mut s = vec![Space::MvccVersion as u8];
+    escape_into(&mut s, start);
+    let e = match end {
+        Some(end) => {
+            let mut e = vec![Space::MvccVersion as u8];
+            escape_into(&mut e, end);
+            Bound::Excluded(e)
+        }
+        None => Bound::Excluded(vec![Space::MvccVersion as u8 + 1]),
+    };
+    (Bound::Included(s), e)
+}
+
+/// The bounds of every version of exactly `key`.
+pub fn versions_of(key: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lo = Key::MvccVersion { key, revision: 0 }.encode();
+    let hi = Key::MvccVersion { key, revision: -1 }.encode(); // u64::MAX
+    (Bound::Included(lo), Bound::Included(hi))
+}
+
+/// The bounds of the latest records of user keys in `[start, end)`.
+pub fn latest_range(start: &[u8], end: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let s = Key::MvccLatest { key: start }.encode();
+    let e = match end {
+        Some(end) => Bound::Excluded(Key::MvccLatest { key: end }.encode()),
+        None => Bound::Excluded(vec![Space::MvccLatest as u8 + 1]),
+    };
+    (Bound::Included(s), e)
+}
+
+/// The bounds of one region's Raft log.
+pub fn raft_log_range(region: u64) -> (Vec<u8>, Vec<u8>) {
+    let lo = Key::RaftLog { region, index: 0 }.encode();
+    let mut hi = region_prefix(Space::RaftLog, region);
+    hi.extend_from_slice(&[0xFF; 9]);
+    (lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_keys_order_by_user_key_then_revision() {
+        let cases: Vec<(&[u8], i64)> = vec![
+            (b"", 1),
+            (b"\x00", 1),
+            (b"\x00\x00", 5),
+            (b"\x00\x01", 1),
+            (b"a", 1),
+            (b"a", 2),
+            (b"a", 1 << 40),
+            (b"a\x00", 1),
+            (b"a\x00\xff", 1),
+            (b"a\x01", 1),
+            (b"ab", 1),
+            (b"b", 1),
+        ];
+        let enc: Vec<_> =
+            cases.iter().map(|(k, r)| Key::MvccVersion { key: k, revision: *r }.encode()).collect();
+        for w in enc.windows(2) {
+            assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
+        }
+        for ((k, r), e) in cases.iter().zip(&enc) {
+            assert_eq!(decode_version(e).unwrap(), (k.to_vec(), *r));
+        }
+    }
+
+    #[test]
+    fn version_range_covers_exactly_the_user_range() {
+        let (lo, hi) = version_range(b"ab", Some(b"ac"));
+        let inside = Key::MvccVersion { key: b"ab\x00", revision: 9 }.encode();
+        let outside = Key::MvccVersion { key: b"ac", revision: 1 }.encode();
+        let below = Key::MvccVersion { key: b"a", revision: 1 << 50 }.encode();
+        let within = |k: &Vec<u8>| {
+            matches!(&lo, Bound::Included(l) if k >= l) && matches!(&hi, Bound::Excluded(h) if k < h)
+        };
+        assert!(within(&inside));
+        assert!(!within(&outside));
+        assert!(!within(&below));
+    }
+
+    #[test]
+    fn corrupt_version_keys_are_errors_not_panics() {
+        for bad in [&b""[..], b"\x10", b"\x10a\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01", b"\x11abc"] {
+            assert!(decode_version(bad).is_err());
+        }
+    }
+}
