@@ -69,7 +69,8 @@ impl WriteBatch {
     }
 }
 
-/// A consistent, read-only, point-in-time view of an engine.
+/// A read-only view of an engine: either a point-in-time [`Engine::snapshot`]
+/// or the live engine itself (every `Engine` is also a `Snapshot` of "now").
 pub trait Snapshot: Send + Sync {
     /// The value of `key` in this view.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
@@ -79,12 +80,9 @@ pub trait Snapshot: Send + Sync {
 
 /// An ordered byte key-value store. Implementations must pass
 /// [`crate::conformance::run_all`].
-pub trait Engine: Send + Sync {
-    /// The current value of `key`.
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Current pairs in the range, ascending (or descending when `reverse`).
-    /// The range must lie within one keyspace (one first byte).
-    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_>;
+/// Reads (`get`, `scan`) come from [`Snapshot`]; a scan range must lie within
+/// one keyspace (one first byte).
+pub trait Engine: Snapshot {
     /// Applies `batch` atomically with the given durability.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
     /// Makes every earlier buffered write durable.

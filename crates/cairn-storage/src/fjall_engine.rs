@@ -103,7 +103,7 @@ fn inverted(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
     matches!((start, end), (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) if s > e)
 }
 
-impl Engine for FjallEngine {
+impl Snapshot for FjallEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let Some(&b) = key.first() else { return Ok(None) };
         match self.existing_space(b) {
@@ -126,6 +126,9 @@ impl Engine for FjallEngine {
         }
     }
 
+}
+
+impl Engine for FjallEngine {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
         let mut wb = self.db.batch();
         for op in batch.ops {

@@ -45,7 +45,7 @@ fn scan_map(map: &Map, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool
     }
 }
 
-impl Engine for MemoryEngine {
+impl Snapshot for MemoryEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.map.read().get(key).cloned())
     }
@@ -53,7 +53,9 @@ impl Engine for MemoryEngine {
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
         scan_map(&self.map.read(), start, end, reverse)
     }
+}
 
+impl Engine for MemoryEngine {
     fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<()> {
         let mut map = self.map.write();
         for op in batch.ops {

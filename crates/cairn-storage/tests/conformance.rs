@@ -1,7 +1,7 @@
 //! Runs the engine conformance suite against every engine, plus the
 //! durability property only a disk engine has.
 
-use cairn_storage::{conformance, Durability, Engine, FjallEngine, MemoryEngine, WriteBatch};
+use cairn_storage::{conformance, Durability, Engine, FjallEngine, MemoryEngine, Snapshot, WriteBatch};
 
 #[test]
 fn memory_engine_conforms() {

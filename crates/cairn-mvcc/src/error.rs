@@ -1,0 +1,55 @@
+//! The MVCC crate's one error type. The server maps each variant to etcd's
+//! exact gRPC status in one table.
+
+/// MVCC errors: invalid requests and revision errors, all deterministic
+/// (every replica reaches the same one), plus storage failures (which are not).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key is empty where one is required.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a key that does not exist.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// A value was given together with `ignore_value`.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A lease was given together with `ignore_lease`.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// More compares or ops in one branch than allowed.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// Two writes in one txn branch touch the same key.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// An unknown sort order or target.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// The requested revision was compacted away.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is newer than the store.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A put names a lease that does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// Storage failed; not deterministic, never a client's fault.
+    #[error(transparent)]
+    Storage(#[from] cairn_storage::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt MVCC record: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// True when every replica applying the same command reaches this error
+    /// (it depends only on the request and the replicated state).
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(self, Error::Storage(_) | Error::Corrupt(_))
+    }
+}
+
+/// Result alias for MVCC operations.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,261 @@
+//! Write transactions: `Txn` (and `Put`/`DeleteRange`, which the caller wraps
+//! as one-op transactions) with etcd's semantics.
+//!
+//! As in etcd, every compare — including those of nested transactions — is
+//! evaluated first, against the state before the transaction, to fix the
+//! execution path; then the chosen ops run in order, each seeing the writes
+//! of the ops before it (read-your-writes through an overlay). All writes
+//! carry the transaction's one revision.
+
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::response_op::Response;
+use cairn_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
+use cairn_storage::keys::Key;
+use cairn_storage::{Snapshot, WriteBatch};
+
+use crate::range::{range_with, visible, Overlay, Span};
+use crate::record::{self, Record};
+use crate::{Error, Result, Revisions};
+
+/// What the MVCC layer needs to know about leases.
+pub trait LeaseView {
+    /// True when lease `id` is granted and not expired or revoked.
+    fn exists(&self, id: i64) -> bool;
+}
+
+/// A lease view with no leases at all.
+pub struct NoLeases;
+
+impl LeaseView for NoLeases {
+    fn exists(&self, _id: i64) -> bool {
+        false
+    }
+}
+
+/// The result of applying a write transaction.
+#[derive(Debug)]
+pub struct TxnOutcome {
+    /// The response, header revision set (ids/term are the caller's).
+    pub response: TxnResponse,
+    /// The storage writes to commit atomically (empty when nothing changed).
+    pub batch: WriteBatch,
+    /// Change events in order, every event with its `prev_kv`.
+    pub events: Vec<Event>,
+    /// The revisions after the transaction.
+    pub revisions: Revisions,
+}
+
+struct Writer<'a> {
+    read: &'a dyn Snapshot,
+    rev: i64,
+    revs: Revisions,
+    leases: &'a dyn LeaseView,
+    overlay: Overlay,
+    batch: WriteBatch,
+    events: Vec<Event>,
+}
+
+/// Applies `req` at revision `rev` (which must exceed `revs.current`).
+/// The request must have passed [`crate::validate_txn`]; the state machine
+/// calls it again so a replica never trusts its proposer.
+pub fn apply_txn(
+    read: &dyn Snapshot,
+    req: &TxnRequest,
+    rev: i64,
+    revs: Revisions,
+    leases: &dyn LeaseView,
+) -> Result<TxnOutcome> {
+    assert!(rev > revs.current, "revision {rev} must exceed current {}", revs.current);
+    let path = txn_path(read, req, revs)?;
+    let mut w = Writer {
+        read,
+        rev,
+        revs,
+        leases,
+        overlay: Overlay::new(),
+        batch: WriteBatch::new(),
+        events: Vec::new(),
+    };
+    let mut path = path.into_iter();
+    let mut response = w.execute(req, &mut path)?;
+    let revisions = if w.batch.is_empty() { revs } else { Revisions { current: rev, ..revs } };
+    set_header_revision(&mut response, revisions.current);
+    Ok(TxnOutcome { response, batch: w.batch, events: w.events, revisions })
+}
+
+/// The branch each (nested) transaction takes, in execution order.
+fn txn_path(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Result<Vec<bool>> {
+    let mut path = Vec::new();
+    fn walk(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions, out: &mut Vec<bool>) -> Result<()> {
+        let mut ok = true;
+        for c in &req.compare {
+            if !compare(read, c, revs)? {
+                ok = false;
+                break;
+            }
+        }
+        out.push(ok);
+        let ops = if ok { &req.success } else { &req.failure };
+        for op in ops {
+            if let Some(Request::RequestTxn(t)) = &op.request {
+                walk(read, t, revs, out)?;
+            }
+        }
+        Ok(())
+    }
+    walk(read, req, revs, &mut path)?;
+    Ok(path)
+}
+
+fn compare(read: &dyn Snapshot, c: &Compare, revs: Revisions) -> Result<bool> {
+    let span = Span::new(&c.key, &c.range_end);
+    let kvs = visible(read, &span, revs.current, revs, None)?;
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    if kvs.is_empty() {
+        // A missing value never compares; other targets compare as zero.
+        if target == CompareTarget::Value {
+            return Ok(false);
+        }
+        return Ok(compare_kv(c, target, &KeyValue::default()));
+    }
+    Ok(kvs.iter().all(|kv| compare_kv(c, target, kv)))
+}
+
+fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match (target, &c.target_union) {
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v.as_slice()),
+        (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[][..]),
+        (CompareTarget::Version, t) => kv.version.cmp(&int_target(t)),
+        (CompareTarget::Create, t) => kv.create_revision.cmp(&int_target(t)),
+        (CompareTarget::Mod, t) => kv.mod_revision.cmp(&int_target(t)),
+        (CompareTarget::Lease, t) => kv.lease.cmp(&int_target(t)),
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+fn int_target(t: &Option<TargetUnion>) -> i64 {
+    match t {
+        Some(TargetUnion::Version(v))
+        | Some(TargetUnion::CreateRevision(v))
+        | Some(TargetUnion::ModRevision(v))
+        | Some(TargetUnion::Lease(v)) => *v,
+        _ => 0,
+    }
+}
+
+fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
+    resp.header = Some(ResponseHeader { revision: rev, ..Default::default() });
+    for op in &mut resp.responses {
+        match &mut op.response {
+            Some(Response::ResponsePut(r)) => r.header = Some(ResponseHeader { revision: rev, ..Default::default() }),
+            Some(Response::ResponseDeleteRange(r)) => {
+                r.header = Some(ResponseHeader { revision: rev, ..Default::default() })
+            }
+            Some(Response::ResponseTxn(t)) => set_header_revision(t, rev),
+            Some(Response::ResponseRange(_)) | None => {}
+        }
+    }
+}
+
+impl Writer<'_> {
+    fn execute(&mut self, req: &TxnRequest, path: &mut impl Iterator<Item = bool>) -> Result<TxnResponse> {
+        let succeeded = path.next().unwrap_or(false);
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(self.op(op, path)?);
+        }
+        Ok(TxnResponse { header: None, succeeded, responses })
+    }
+
+    fn op(&mut self, op: &RequestOp, path: &mut impl Iterator<Item = bool>) -> Result<ResponseOp> {
+        let response = match &op.request {
+            Some(Request::RequestRange(r)) => Some(Response::ResponseRange(self.range(r)?)),
+            Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.put(p)?)),
+            Some(Request::RequestDeleteRange(d)) => Some(Response::ResponseDeleteRange(self.delete(d)?)),
+            Some(Request::RequestTxn(t)) => Some(Response::ResponseTxn(self.execute(t, path)?)),
+            None => None,
+        };
+        Ok(ResponseOp { response })
+    }
+
+    fn current(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => record::latest(self.read, key),
+        }
+    }
+
+    fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        // Reads at "now" see this txn's earlier writes; explicit revisions do not.
+        let overlay = (req.revision <= 0).then_some(&self.overlay);
+        let revs = if req.revision <= 0 && !self.batch.is_empty() {
+            Revisions { current: self.rev, ..self.revs }
+        } else {
+            self.revs
+        };
+        let mut resp = range_with(self.read, req, revs, overlay)?;
+        if let Some(h) = &mut resp.header {
+            h.revision = revs.current;
+        }
+        Ok(resp)
+    }
+
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse> {
+        if req.lease != 0 && !self.leases.exists(req.lease) {
+            return Err(Error::LeaseNotFound);
+        }
+        let prev = self.current(&req.key)?;
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(Error::KeyNotFound);
+        }
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(self.rev, |p| p.create_revision),
+            mod_revision: self.rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value: match (&prev, req.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => req.value.clone(),
+            },
+            lease: match (&prev, req.ignore_lease) {
+                (Some(p), true) => p.lease,
+                _ => req.lease,
+            },
+        };
+        let stored = Record::Put(kv.clone()).encode();
+        self.batch.put(Key::MvccVersion { key: &req.key, revision: self.rev }.encode(), stored.clone());
+        self.batch.put(Key::MvccLatest { key: &req.key }.encode(), stored);
+        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: prev.clone() });
+        self.overlay.insert(req.key.clone(), Some(kv));
+        Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+    }
+
+    fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        let span = Span::new(&req.key, &req.range_end);
+        let doomed = visible(self.read, &span, self.revs.current, self.revs, Some(&self.overlay))?;
+        for kv in &doomed {
+            self.batch.put(Key::MvccVersion { key: &kv.key, revision: self.rev }.encode(), Record::Tombstone.encode());
+            self.batch.delete(Key::MvccLatest { key: &kv.key }.encode());
+            let tomb = KeyValue { key: kv.key.clone(), mod_revision: self.rev, ..Default::default() };
+            self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(kv.clone()) });
+            self.overlay.insert(kv.key.clone(), None);
+        }
+        Ok(DeleteRangeResponse {
+            header: None,
+            deleted: doomed.len() as i64,
+            prev_kvs: if req.prev_kv { doomed } else { Vec::new() },
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! Request validation, in etcd's order and with etcd's errors. The server
+//! runs it before proposing; the state machine runs it again before applying.
+
+use std::collections::HashSet;
+
+use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+use crate::range::Span;
+use crate::{Error, Result};
+
+/// Request limits (flags on the server).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most compares, or ops per branch, in one txn (etcd `--max-txn-ops`).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_txn_ops: 128 }
+    }
+}
+
+/// Checks a `Range`.
+pub fn validate_range(r: &RangeRequest) -> Result<()> {
+    if r.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
+    Ok(())
+}
+
+/// Checks a `Put`.
+pub fn validate_put(r: &PutRequest) -> Result<()> {
+    if r.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(Error::ValueProvided);
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(Error::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Checks a `DeleteRange`.
+pub fn validate_delete(r: &DeleteRangeRequest) -> Result<()> {
+    if r.key.is_empty() {
+        return Err(Error::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Checks a `Txn`: op counts, every nested request, then duplicate writes.
+pub fn validate_txn(r: &TxnRequest, limits: Limits) -> Result<()> {
+    check_txn(r, limits.max_txn_ops)?;
+    check_writes(&r.success)?;
+    check_writes(&r.failure)?;
+    Ok(())
+}
+
+fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
+    let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if opc > max_ops {
+        return Err(Error::TooManyOps);
+    }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(Error::EmptyKey);
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        check_op(op, max_ops - opc)?;
+    }
+    Ok(())
+}
+
+fn check_op(op: &RequestOp, max_ops: usize) -> Result<()> {
+    match &op.request {
+        Some(Request::RequestRange(r)) => validate_range(r),
+        Some(Request::RequestPut(p)) => validate_put(p),
+        Some(Request::RequestDeleteRange(d)) => validate_delete(d),
+        Some(Request::RequestTxn(t)) => check_txn(t, max_ops),
+        None => Ok(()),
+    }
+}
+
+/// Puts and deletes of one branch, including nested txns' branches.
+struct Writes {
+    puts: HashSet<Vec<u8>>,
+    dels: Vec<Span>,
+}
+
+impl Writes {
+    fn deleted(&self, key: &[u8]) -> bool {
+        self.dels.iter().any(|s| s.contains(key))
+    }
+}
+
+/// etcd's rule: within one branch, no key may be put twice or put and
+/// deleted; the then/else branches of a nested txn may put the same key
+/// (only one of them runs).
+fn check_writes(ops: &[RequestOp]) -> Result<Writes> {
+    let mut w = Writes { puts: HashSet::new(), dels: Vec::new() };
+    for op in ops {
+        if let Some(Request::RequestDeleteRange(d)) = &op.request {
+            w.dels.push(Span::new(&d.key, &d.range_end));
+        }
+    }
+    for op in ops {
+        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let then = check_writes(&t.success)?;
+        let els = check_writes(&t.failure)?;
+        for k in &then.puts {
+            if w.puts.contains(k) || w.deleted(k) {
+                return Err(Error::DuplicateKey);
+            }
+            w.puts.insert(k.clone());
+        }
+        for k in &els.puts {
+            if (w.puts.contains(k) && !then.puts.contains(k)) || w.deleted(k) {
+                return Err(Error::DuplicateKey);
+            }
+            w.puts.insert(k.clone());
+        }
+        w.dels.extend(then.dels);
+        w.dels.extend(els.dels);
+    }
+    for op in ops {
+        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        if w.puts.contains(&p.key) || w.deleted(&p.key) {
+            return Err(Error::DuplicateKey);
+        }
+        w.puts.insert(p.key.clone());
+    }
+    Ok(w)
+}
