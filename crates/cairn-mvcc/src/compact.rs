@@ -4,7 +4,7 @@ use cairn_storage::keys::{self, decode_version};
 use cairn_storage::{Snapshot, WriteBatch};
 
 use crate::record::Record;
-use crate::{Error, Result, Revisions};
+use crate::{Error, Rejection, Result, Revisions};
 
 /// Compacts at revision `rev`: for each key keeps the newest version at or
 /// below `rev` (unless it is a tombstone) and every version above it.
@@ -14,10 +14,10 @@ use crate::{Error, Result, Revisions};
 /// a background, incremental sweep is future work for very large stores.
 pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteBatch, Revisions)> {
     if rev <= revs.compacted {
-        return Err(Error::Compacted);
+        return Err(Error::from(Rejection::Compacted));
     }
     if rev > revs.current {
-        return Err(Error::FutureRevision);
+        return Err(Error::from(Rejection::FutureRevision));
     }
     let mut batch = WriteBatch::new();
     let (lo, hi) = keys::version_range(b"", None);

@@ -1,10 +1,13 @@
 //! The MVCC crate's one error type. The server maps each variant to etcd's
 //! exact gRPC status in one table.
 
-/// MVCC errors: invalid requests and revision errors, all deterministic
-/// (every replica reaches the same one), plus storage failures (which are not).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
+use serde::{Deserialize, Serialize};
+
+/// A request the store refuses, deterministically: every replica applying the
+/// same command reaches the same rejection, so it can travel through Raft and
+/// across nodes as data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
     /// A key is empty where one is required.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
@@ -35,20 +38,20 @@ pub enum Error {
     /// A put names a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+}
+
+/// MVCC errors: rejections (deterministic) and storage failures (not).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is refused; see [`Rejection`].
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
     /// Storage failed; not deterministic, never a client's fault.
     #[error(transparent)]
     Storage(#[from] cairn_storage::Error),
     /// A stored record could not be decoded.
     #[error("corrupt MVCC record: {0}")]
     Corrupt(String),
-}
-
-impl Error {
-    /// True when every replica applying the same command reaches this error
-    /// (it depends only on the request and the replicated state).
-    pub fn is_deterministic(&self) -> bool {
-        !matches!(self, Error::Storage(_) | Error::Corrupt(_))
-    }
 }
 
 /// Result alias for MVCC operations.

@@ -36,7 +36,7 @@ mod txn;
 mod validate;
 
 pub use compact::compact;
-pub use error::{Error, Result};
+pub use error::{Error, Rejection, Result};
 pub use range::range;
 pub use record::Record;
 pub use txn::{apply_txn, LeaseView, NoLeases, TxnOutcome};

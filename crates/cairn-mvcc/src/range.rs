@@ -12,7 +12,7 @@ use cairn_storage::keys::{self, decode_version};
 use cairn_storage::Snapshot;
 
 use crate::record::{self, Record};
-use crate::{Error, Result, Revisions};
+use crate::{Error, Rejection, Result, Revisions};
 
 /// Pending writes of a transaction: key → new latest (None = deleted).
 pub(crate) type Overlay = BTreeMap<Vec<u8>, Option<KeyValue>>;
@@ -131,10 +131,10 @@ pub(crate) fn read_revision(requested: i64, revs: Revisions) -> Result<i64> {
         return Ok(revs.current);
     }
     if requested > revs.current {
-        return Err(Error::FutureRevision);
+        return Err(Error::from(Rejection::FutureRevision));
     }
     if requested < revs.compacted {
-        return Err(Error::Compacted);
+        return Err(Error::from(Rejection::Compacted));
     }
     Ok(requested)
 }
@@ -170,8 +170,8 @@ pub(crate) fn range_with(
         kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
     }
 
-    let target = SortTarget::try_from(req.sort_target).map_err(|_| Error::InvalidSortOption)?;
-    let mut order = SortOrder::try_from(req.sort_order).map_err(|_| Error::InvalidSortOption)?;
+    let target = SortTarget::try_from(req.sort_target).map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    let mut order = SortOrder::try_from(req.sort_order).map_err(|_| Error::from(Rejection::InvalidSortOption))?;
     // Results come ascending by key; etcd sorts ascending by default only when
     // the target is not the key, and skips the no-op ascending key sort.
     if target != SortTarget::Key && order == SortOrder::None {

@@ -20,7 +20,7 @@ use cairn_storage::{Snapshot, WriteBatch};
 
 use crate::range::{range_with, visible, Overlay, Span};
 use crate::record::{self, Record};
-use crate::{Error, Result, Revisions};
+use crate::{Error, Rejection, Result, Revisions};
 
 /// What the MVCC layer needs to know about leases.
 pub trait LeaseView {
@@ -214,11 +214,11 @@ impl Writer<'_> {
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse> {
         if req.lease != 0 && !self.leases.exists(req.lease) {
-            return Err(Error::LeaseNotFound);
+            return Err(Error::from(Rejection::LeaseNotFound));
         }
         let prev = self.current(&req.key)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
-            return Err(Error::KeyNotFound);
+            return Err(Error::from(Rejection::KeyNotFound));
         }
         let kv = KeyValue {
             key: req.key.clone(),

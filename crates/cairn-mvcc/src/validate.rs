@@ -8,7 +8,7 @@ use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
 use crate::range::Span;
-use crate::{Error, Result};
+use crate::{Error, Rejection, Result};
 
 /// Request limits (flags on the server).
 #[derive(Clone, Copy, Debug)]
@@ -26,23 +26,23 @@ impl Default for Limits {
 /// Checks a `Range`.
 pub fn validate_range(r: &RangeRequest) -> Result<()> {
     if r.key.is_empty() {
-        return Err(Error::EmptyKey);
+        return Err(Error::from(Rejection::EmptyKey));
     }
-    SortOrder::try_from(r.sort_order).map_err(|_| Error::InvalidSortOption)?;
-    SortTarget::try_from(r.sort_target).map_err(|_| Error::InvalidSortOption)?;
+    SortOrder::try_from(r.sort_order).map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    SortTarget::try_from(r.sort_target).map_err(|_| Error::from(Rejection::InvalidSortOption))?;
     Ok(())
 }
 
 /// Checks a `Put`.
 pub fn validate_put(r: &PutRequest) -> Result<()> {
     if r.key.is_empty() {
-        return Err(Error::EmptyKey);
+        return Err(Error::from(Rejection::EmptyKey));
     }
     if r.ignore_value && !r.value.is_empty() {
-        return Err(Error::ValueProvided);
+        return Err(Error::from(Rejection::ValueProvided));
     }
     if r.ignore_lease && r.lease != 0 {
-        return Err(Error::LeaseProvided);
+        return Err(Error::from(Rejection::LeaseProvided));
     }
     Ok(())
 }
@@ -50,7 +50,7 @@ pub fn validate_put(r: &PutRequest) -> Result<()> {
 /// Checks a `DeleteRange`.
 pub fn validate_delete(r: &DeleteRangeRequest) -> Result<()> {
     if r.key.is_empty() {
-        return Err(Error::EmptyKey);
+        return Err(Error::from(Rejection::EmptyKey));
     }
     Ok(())
 }
@@ -66,10 +66,10 @@ pub fn validate_txn(r: &TxnRequest, limits: Limits) -> Result<()> {
 fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
     let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
     if opc > max_ops {
-        return Err(Error::TooManyOps);
+        return Err(Error::from(Rejection::TooManyOps));
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
-        return Err(Error::EmptyKey);
+        return Err(Error::from(Rejection::EmptyKey));
     }
     for op in r.success.iter().chain(&r.failure) {
         check_op(op, max_ops - opc)?;
@@ -115,13 +115,13 @@ fn check_writes(ops: &[RequestOp]) -> Result<Writes> {
         let els = check_writes(&t.failure)?;
         for k in &then.puts {
             if w.puts.contains(k) || w.deleted(k) {
-                return Err(Error::DuplicateKey);
+                return Err(Error::from(Rejection::DuplicateKey));
             }
             w.puts.insert(k.clone());
         }
         for k in &els.puts {
             if (w.puts.contains(k) && !then.puts.contains(k)) || w.deleted(k) {
-                return Err(Error::DuplicateKey);
+                return Err(Error::from(Rejection::DuplicateKey));
             }
             w.puts.insert(k.clone());
         }
@@ -131,7 +131,7 @@ fn check_writes(ops: &[RequestOp]) -> Result<Writes> {
     for op in ops {
         let Some(Request::RequestPut(p)) = &op.request else { continue };
         if w.puts.contains(&p.key) || w.deleted(&p.key) {
-            return Err(Error::DuplicateKey);
+            return Err(Error::from(Rejection::DuplicateKey));
         }
         w.puts.insert(p.key.clone());
     }

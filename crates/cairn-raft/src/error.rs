@@ -1,0 +1,18 @@
+//! The Raft crate's one error type.
+
+/// Errors of the replication layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Stored or received bytes did not decode.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] cairn_storage::Error),
+    /// MVCC failed non-deterministically (storage).
+    #[error(transparent)]
+    Mvcc(#[from] cairn_mvcc::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,214 @@
+//! Each region's Raft log and vote, on the node's shared engine, and the
+//! node's one [`LogWriter`] that makes appends durable in groups.
+//!
+//! `append` writes the entries at once (buffered, so readers see them
+//! immediately as openraft requires) and hands the flush callback to the
+//! [`LogWriter`]. The writer drains every callback queued by every region,
+//! issues one fsync for all of them, then fires them: N concurrent appends
+//! cost one fsync. The vote is written with its own fsync (rare).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cairn_storage::keys::{raft_log_range, Key, RaftStateKind};
+use cairn_storage::{Durability, Engine, WriteBatch};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use tokio::sync::mpsc;
+
+use crate::codec::{decode, encode};
+use crate::{NodeId, TypeConfig};
+
+/// Counters of the shared log writer (group-commit evidence).
+#[derive(Debug, Default)]
+pub struct LogWriterStats {
+    /// fsyncs issued.
+    pub syncs: AtomicU64,
+    /// append calls made durable.
+    pub appends: AtomicU64,
+}
+
+/// The node's one log flusher: a task that fsyncs once per group of appends.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    stats: Arc<LogWriterStats>,
+}
+
+impl LogWriter {
+    /// Starts the flusher task for `engine` (needs a Tokio runtime).
+    pub fn start(engine: Arc<dyn Engine>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+        let stats = Arc::new(LogWriterStats::default());
+        let s = stats.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    group.push(more);
+                }
+                let e = engine.clone();
+                let res = tokio::task::spawn_blocking(move || e.sync())
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+                s.syncs.fetch_add(1, Ordering::Relaxed);
+                s.appends.fetch_add(group.len() as u64, Ordering::Relaxed);
+                for cb in group {
+                    let r = match &res {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    };
+                    cb.log_io_completed(r);
+                }
+            }
+        });
+        Self { tx, stats }
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> Arc<LogWriterStats> {
+        self.stats.clone()
+    }
+}
+
+/// One region's log store; cloning shares it (the clone is the log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    region: u64,
+    engine: Arc<dyn Engine>,
+    writer: LogWriter,
+}
+
+impl LogStore {
+    /// The log of `region` in `engine`, flushed by `writer`.
+    pub fn new(region: u64, engine: Arc<dyn Engine>, writer: LogWriter) -> Self {
+        Self { region, engine, writer }
+    }
+
+    fn state_key(&self, kind: RaftStateKind) -> Vec<u8> {
+        Key::RaftState { region: self.region, kind }.encode()
+    }
+
+    fn read_state<T: serde::de::DeserializeOwned>(&self, kind: RaftStateKind) -> Result<Option<T>, StorageError<NodeId>> {
+        match self.engine.get(&self.state_key(kind)).map_err(read_err)? {
+            Some(b) => Ok(Some(decode(&b).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn entry_key(&self, index: u64) -> Vec<u8> {
+        Key::RaftLog { region: self.region, index }.encode()
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let (lo, hi) = raft_log_range(self.region);
+        match self.engine.scan(Bound::Included(lo), Bound::Excluded(hi), true).next() {
+            Some(item) => {
+                let (_, v) = item.map_err(read_err)?;
+                let e: Entry<TypeConfig> = decode(&v).map_err(read_err)?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let lo = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(self.entry_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(self.entry_key(*i)),
+            Bound::Unbounded => Bound::Included(self.entry_key(0)),
+        };
+        let hi = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(self.entry_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(self.entry_key(*i)),
+            Bound::Unbounded => Bound::Excluded(raft_log_range(self.region).1),
+        };
+        let mut out = Vec::new();
+        for item in self.engine.scan(lo, hi, false) {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(decode(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_state(RaftStateKind::Purged)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut b = WriteBatch::new();
+        b.put(self.state_key(RaftStateKind::Vote), encode(vote).map_err(write_err)?);
+        self.engine.write(b, Durability::Sync).map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.read_state(RaftStateKind::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        let mut b = WriteBatch::new();
+        b.put(self.state_key(RaftStateKind::Committed), encode(&committed).map_err(write_err)?);
+        self.engine.write(b, Durability::Buffered).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.read_state::<Option<LogId<NodeId>>>(RaftStateKind::Committed)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut b = WriteBatch::new();
+        for e in entries {
+            b.put(self.entry_key(e.log_id.index), encode(&e).map_err(write_err)?);
+        }
+        self.engine.write(b, Durability::Buffered).map_err(write_err)?;
+        if let Err(mpsc::error::SendError(cb)) = self.writer.tx.send(callback) {
+            // The flusher is gone (shutdown): flush inline.
+            let r = self.engine.sync().map_err(|e| std::io::Error::other(e.to_string()));
+            cb.log_io_completed(r);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut b = WriteBatch::new();
+        b.delete_range(self.entry_key(log_id.index), raft_log_range(self.region).1);
+        self.engine.write(b, Durability::Buffered).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut b = WriteBatch::new();
+        b.put(self.state_key(RaftStateKind::Purged), encode(&log_id).map_err(write_err)?);
+        b.delete_range(self.entry_key(0), self.entry_key(log_id.index + 1));
+        self.engine.write(b, Durability::Buffered).map_err(write_err)
+    }
+}

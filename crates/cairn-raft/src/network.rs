@@ -1,0 +1,228 @@
+//! openraft RPCs over Cairn's node-to-node gRPC `Peer` service.
+//!
+//! [`PeerPool`] keeps one lazily connected tonic channel (one HTTP/2
+//! connection) per remote node; every region's [`RegionNetwork`] shares it.
+//! A message is `RaftRequest { region_id, kind, payload }` with the openraft
+//! request postcard-encoded; the reply carries the encoded
+//! `Result<response, RaftError>`.
+//!
+//! [`Faults`] is a switchboard on the real transport: tests cut links
+//! (partitions) or drop a fraction of messages; production never sets it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_api::peerpb::peer_client::PeerClient;
+use cairn_api::peerpb::RaftRequest;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use parking_lot::Mutex;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec::{decode, encode};
+use crate::{NodeId, TypeConfig};
+
+/// RPC kinds inside `RaftRequest.kind`.
+pub mod kind {
+    /// AppendEntries.
+    pub const APPEND: u32 = 1;
+    /// Vote.
+    pub const VOTE: u32 = 2;
+    /// InstallSnapshot (one chunk).
+    pub const SNAPSHOT: u32 = 3;
+}
+
+/// Test-controlled faults on outgoing peer traffic.
+#[derive(Default)]
+pub struct Faults {
+    cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Percentage (0–100) of messages to drop.
+    drop_percent: AtomicU32,
+    counter: AtomicU32,
+}
+
+impl Faults {
+    /// Cuts traffic between `a` and `b`, both directions.
+    pub fn partition(&self, a: NodeId, b: NodeId) {
+        let mut c = self.cut.lock();
+        c.insert((a, b));
+        c.insert((b, a));
+    }
+    /// Isolates `node` from every node in `others`.
+    pub fn isolate(&self, node: NodeId, others: &[NodeId]) {
+        for o in others {
+            self.partition(node, *o);
+        }
+    }
+    /// Restores every link and stops dropping.
+    pub fn heal(&self) {
+        self.cut.lock().clear();
+        self.drop_percent.store(0, Ordering::Relaxed);
+    }
+    /// Drops `percent`% of messages (deterministically spread).
+    pub fn drop_percent(&self, percent: u32) {
+        self.drop_percent.store(percent.min(100), Ordering::Relaxed);
+    }
+    /// True when a message from `from` to `to` must not be delivered.
+    pub fn blocks(&self, from: NodeId, to: NodeId) -> bool {
+        if self.cut.lock().contains(&(from, to)) {
+            return true;
+        }
+        let p = self.drop_percent.load(Ordering::Relaxed);
+        p > 0 && (self.counter.fetch_add(1, Ordering::Relaxed) % 100) < p
+    }
+}
+
+/// One channel per remote node, shared by all regions.
+pub struct PeerPool {
+    me: NodeId,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Fault switchboard (tests).
+    pub faults: Arc<Faults>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+impl PeerPool {
+    /// A pool for node `me`.
+    pub fn new(me: NodeId) -> Arc<Self> {
+        Arc::new(Self { me, channels: Mutex::new(HashMap::new()), faults: Arc::new(Faults::default()) })
+    }
+
+    /// This node's ID.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// A client for the node at `addr` (`host:port` or URL).
+    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, String> {
+        let mut ch = self.channels.lock();
+        if let Some(c) = ch.get(addr) {
+            return Ok(PeerClient::new(c.clone()).max_decoding_message_size(usize::MAX));
+        }
+        let url = if addr.starts_with("http") { addr.to_string() } else { format!("http://{addr}") };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        ch.insert(addr.to_string(), channel.clone());
+        Ok(PeerClient::new(channel).max_decoding_message_size(usize::MAX))
+    }
+
+    async fn call<Req, Resp, E>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        region: u64,
+        kind: u32,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        if self.faults.blocks(self.me, target) {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg("link cut by fault injection".into()))));
+        }
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client(addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
+        let fut = client.raft(RaftRequest { region_id: region, kind, payload });
+        let reply = match tokio::time::timeout(timeout, fut).await {
+            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg("peer rpc timed out".into())))),
+            Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+    }
+}
+
+/// The openraft network factory of one region.
+#[derive(Clone)]
+pub struct RegionNetwork {
+    region: u64,
+    pool: Arc<PeerPool>,
+}
+
+impl RegionNetwork {
+    /// The network of `region` over `pool`.
+    pub fn new(region: u64, pool: Arc<PeerPool>) -> Self {
+        Self { region, pool }
+    }
+}
+
+/// A connection from one region replica to its peer on `target`.
+pub struct RegionPeer {
+    region: u64,
+    target: NodeId,
+    addr: String,
+    pool: Arc<PeerPool>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for RegionNetwork {
+    type Network = RegionPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        RegionPeer { region: self.region, target, addr: node.addr.clone(), pool: self.pool.clone() }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RegionPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.pool.call(self.target, &self.addr, self.region, kind::APPEND, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.pool.call(self.target, &self.addr, self.region, kind::SNAPSHOT, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.pool.call(self.target, &self.addr, self.region, kind::VOTE, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// Serves one incoming `RaftRequest` on `raft`; returns the encoded reply.
+pub async fn serve_raft_request(raft: &crate::Raft, kind: u32, payload: &[u8]) -> crate::Result<Vec<u8>> {
+    match kind {
+        kind::APPEND => {
+            let req: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+            encode(&raft.append_entries(req).await)
+        }
+        kind::VOTE => {
+            let req: VoteRequest<NodeId> = decode(payload)?;
+            encode(&raft.vote(req).await)
+        }
+        kind::SNAPSHOT => {
+            let req: InstallSnapshotRequest<TypeConfig> = decode(payload)?;
+            encode(&raft.install_snapshot(req).await)
+        }
+        other => Err(crate::Error::Codec(format!("unknown raft rpc kind {other}"))),
+    }
+}

@@ -1,0 +1,309 @@
+//! A region replica's state machine: apply committed commands, build and
+//! install snapshots.
+//!
+//! Every entry is applied with one atomic engine batch holding its effects
+//! and the new [`Applied`] record (last applied log id, membership,
+//! revisions, meta tables). The record and the engine move together under
+//! one lock, so readers ([`RegionShared::read_view`]) always see data and
+//! revisions that match.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use cairn_api::etcdserverpb::TxnRequest;
+use cairn_mvcc::{Limits, NoLeases, Revisions};
+use cairn_storage::keys::{Key, Space};
+use cairn_storage::{Durability, Engine, Snapshot as EngineSnapshot, WriteBatch};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::RwLock;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::types::{Command, MemberInfo, RegionDesc, Reply};
+use crate::{NodeId, TypeConfig};
+
+/// What a region holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionKind {
+    /// Region 0: TSO window, members, region directory.
+    Meta,
+    /// User data (MVCC) for a key range.
+    Data,
+}
+
+/// The replicated bookkeeping of a region, persisted with every apply.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Last applied log id.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// Last applied membership.
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    /// Data regions: revision of the newest write.
+    pub current_revision: i64,
+    /// Data regions: compaction revision.
+    pub compacted_revision: i64,
+    /// Meta region: the TSO may issue timestamps below this.
+    pub tso_high_water: i64,
+    /// Meta region: members by ID.
+    pub members: BTreeMap<NodeId, MemberInfo>,
+    /// Meta region: the region directory.
+    pub regions: BTreeMap<u64, RegionDesc>,
+}
+
+impl Applied {
+    /// The MVCC revisions.
+    pub fn revisions(&self) -> Revisions {
+        Revisions { current: self.current_revision, compacted: self.compacted_revision }
+    }
+}
+
+/// State shared between a region's state machine and the node serving reads.
+pub struct RegionShared {
+    /// Region ID.
+    pub region: u64,
+    /// What the region holds.
+    pub kind: RegionKind,
+    engine: Arc<dyn Engine>,
+    // parking_lot RwLock: held only around synchronous engine work, never
+    // across an await; readers (range requests) share it.
+    applied: RwLock<Applied>,
+}
+
+impl RegionShared {
+    /// Loads a region's applied state from `engine` (default if new).
+    pub fn load(region: u64, kind: RegionKind, engine: Arc<dyn Engine>) -> crate::Result<Arc<Self>> {
+        let applied = match engine.get(&apply_key(region))? {
+            Some(b) => decode(&b)?,
+            None => Applied::default(),
+        };
+        Ok(Arc::new(Self { region, kind, engine, applied: RwLock::new(applied) }))
+    }
+
+    /// A consistent (storage view, revisions) pair for reads.
+    pub fn read_view(&self) -> (Arc<dyn EngineSnapshot>, Revisions) {
+        let g = self.applied.read();
+        (self.engine.snapshot(), g.revisions())
+    }
+
+    /// A copy of the applied record.
+    pub fn applied(&self) -> Applied {
+        self.applied.read().clone()
+    }
+
+    /// The last applied log index (0 if none).
+    pub fn applied_index(&self) -> u64 {
+        self.applied.read().last_applied.map_or(0, |l| l.index)
+    }
+
+    /// The engine under this region.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+}
+
+fn apply_key(region: u64) -> Vec<u8> {
+    Key::ApplyState { region, tag: b"applied" }.encode()
+}
+
+/// A region's openraft state machine.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<RegionShared>,
+}
+
+impl StateMachine {
+    /// The state machine over `shared`.
+    pub fn new(shared: Arc<RegionShared>) -> Self {
+        Self { shared }
+    }
+
+    /// Applies one command to `state`, returning the writes and the reply.
+    fn execute(&self, cmd: Command, state: &mut Applied) -> crate::Result<(WriteBatch, Reply)> {
+        let engine: &dyn Engine = &*self.shared.engine;
+        match cmd {
+            Command::Txn { ts, txn } => {
+                let req = match TxnRequest::decode(txn.as_slice()) {
+                    Ok(r) => r,
+                    Err(e) => return Ok((WriteBatch::new(), Reply::Invalid(e.to_string()))),
+                };
+                if let Err(e) = cairn_mvcc::validate_txn(&req, Limits { max_txn_ops: usize::MAX }) {
+                    return reject(e);
+                }
+                let revs = state.revisions();
+                let rev = ts.max(revs.current + 1);
+                match cairn_mvcc::apply_txn(engine, &req, rev, revs, &NoLeases) {
+                    Ok(out) => {
+                        state.current_revision = out.revisions.current;
+                        Ok((out.batch, Reply::Txn(out.response.encode_to_vec())))
+                    }
+                    Err(e) => reject(e),
+                }
+            }
+            Command::Compact { revision } => match cairn_mvcc::compact(engine, revision, state.revisions()) {
+                Ok((batch, revs)) => {
+                    state.compacted_revision = revs.compacted;
+                    Ok((batch, Reply::Compacted { current: revs.current }))
+                }
+                Err(e) => reject(e),
+            },
+            Command::TsoWindow { high_water } => {
+                state.tso_high_water = state.tso_high_water.max(high_water);
+                Ok((WriteBatch::new(), Reply::Done))
+            }
+            Command::SetMember(m) => {
+                state.members.insert(m.id, m);
+                Ok((WriteBatch::new(), Reply::Done))
+            }
+            Command::SetRegion(r) => {
+                state.regions.insert(r.id, r);
+                Ok((WriteBatch::new(), Reply::Done))
+            }
+        }
+    }
+}
+
+/// Deterministic rejections become replies; anything else is a storage fault.
+fn reject(e: cairn_mvcc::Error) -> crate::Result<(WriteBatch, Reply)> {
+    match e {
+        cairn_mvcc::Error::Rejected(r) => Ok((WriteBatch::new(), Reply::Rejected(r))),
+        other => Err(other.into()),
+    }
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+/// The bytes of a snapshot: the applied record and, for data regions, every
+/// MVCC pair.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBlob {
+    applied: Applied,
+    data: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+const MVCC_SPACES: [Space; 2] = [Space::MvccVersion, Space::MvccLatest];
+
+fn space_bounds(s: Space) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    (Bound::Included(vec![s as u8]), Bound::Excluded(vec![s as u8 + 1]))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let shared = self.shared.clone();
+        let (snap, applied) = {
+            let g = shared.applied.read();
+            (shared.engine.snapshot(), g.clone())
+        };
+        let kind = shared.kind;
+        let last = applied.last_applied;
+        let membership = applied.membership.clone();
+        let blob = tokio::task::spawn_blocking(move || -> crate::Result<Vec<u8>> {
+            let mut data = Vec::new();
+            if kind == RegionKind::Data {
+                for s in MVCC_SPACES {
+                    let (lo, hi) = space_bounds(s);
+                    for item in snap.scan(lo, hi, false) {
+                        data.push(item?);
+                    }
+                }
+            }
+            encode(&SnapshotBlob { applied, data })
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id: format!("r{}-{}", self.shared.region, last.map_or(0, |l| l.index)),
+        };
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(blob)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+        let a = self.shared.applied.read();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            let mut state = self.shared.applied.write();
+            let mut next = state.clone();
+            let (mut batch, reply) = match entry.payload {
+                EntryPayload::Blank => (WriteBatch::new(), Reply::Done),
+                EntryPayload::Membership(m) => {
+                    next.membership = StoredMembership::new(Some(entry.log_id), m);
+                    (WriteBatch::new(), Reply::Done)
+                }
+                EntryPayload::Normal(cmd) => self.execute(cmd, &mut next).map_err(sm_err)?,
+            };
+            next.last_applied = Some(entry.log_id);
+            batch.put(apply_key(self.shared.region), encode(&next).map_err(sm_err)?);
+            self.shared.engine.write(batch, Durability::Buffered).map_err(sm_err)?;
+            *state = next;
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let sig = Some(meta.signature());
+        let blob: SnapshotBlob =
+            decode(snapshot.get_ref()).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let mut batch = WriteBatch::new();
+        if self.shared.kind == RegionKind::Data {
+            for s in MVCC_SPACES {
+                batch.delete_range(vec![s as u8], vec![s as u8 + 1]);
+            }
+            for (k, v) in blob.data {
+                batch.put(k, v);
+            }
+        }
+        let mut state = self.shared.applied.write();
+        batch.put(apply_key(self.shared.region), encode(&blob.applied).map_err(sm_err)?);
+        self.shared
+            .engine
+            .write(batch, Durability::Sync)
+            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        *state = blob.applied;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        if self.shared.applied.read().last_applied.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.build_snapshot().await?))
+    }
+}

@@ -1,0 +1,78 @@
+//! What travels through a region's Raft log, and what applying it returns.
+
+use cairn_mvcc::Rejection;
+use serde::{Deserialize, Serialize};
+
+use std::io::Cursor;
+
+use crate::NodeId;
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for every Cairn region.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A command proposed to a region.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Data region: an etcd write transaction (prost-encoded `TxnRequest`;
+    /// `Put` and `DeleteRange` arrive as one-op transactions) committed at TSO
+    /// timestamp `ts`. The revision is `max(ts, current + 1)`.
+    Txn { ts: i64, txn: Vec<u8> },
+    /// Data region: compact MVCC history at `revision`.
+    Compact { revision: i64 },
+    /// Meta region: the TSO may hand out timestamps below `high_water`.
+    TsoWindow { high_water: i64 },
+    /// Meta region: a member's attributes (for `MemberList`).
+    SetMember(MemberInfo),
+    /// Meta region: a region's descriptor (the region directory).
+    SetRegion(RegionDesc),
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A transaction's prost-encoded `TxnResponse` (header revision set).
+    Txn(Vec<u8>),
+    /// Compaction done; the region's current revision.
+    Compacted { current: i64 },
+    /// A meta command (or a membership/blank entry) applied.
+    Done,
+    /// The command was refused; nothing changed.
+    Rejected(Rejection),
+    /// The command's bytes did not decode (never produced by Cairn itself).
+    Invalid(String),
+}
+
+/// A cluster member as etcd's `MemberList` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Member ID (also the Raft node ID).
+    pub id: NodeId,
+    /// Human-readable name (`--name`).
+    pub name: String,
+    /// Peer URLs (`--initial-advertise-peer-urls`).
+    pub peer_urls: Vec<String>,
+    /// Client URLs (`--advertise-client-urls`).
+    pub client_urls: Vec<String>,
+}
+
+/// One region in the directory: its key range and replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionDesc {
+    /// Region ID (0 is the meta region).
+    pub id: u64,
+    /// First key (inclusive).
+    pub start: Vec<u8>,
+    /// End key (exclusive); empty means "to the end".
+    pub end: Vec<u8>,
+    /// Bumped by splits and merges; requests carry it to detect stale routes.
+    pub epoch: u64,
+    /// Nodes holding a replica.
+    pub peers: Vec<NodeId>,
+}
