@@ -40,5 +40,11 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
     if let Some((_, key, true)) = keep {
         batch.delete(key);
     }
-    Ok((batch, Revisions { compacted: rev, ..revs }))
+    Ok((
+        batch,
+        Revisions {
+            compacted: rev,
+            ..revs
+        },
+    ))
 }

@@ -170,8 +170,10 @@ pub(crate) fn range_with(
         kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
     }
 
-    let target = SortTarget::try_from(req.sort_target).map_err(|_| Error::from(Rejection::InvalidSortOption))?;
-    let mut order = SortOrder::try_from(req.sort_order).map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    let target = SortTarget::try_from(req.sort_target)
+        .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    let mut order = SortOrder::try_from(req.sort_order)
+        .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
     // Results come ascending by key; etcd sorts ascending by default only when
     // the target is not the key, and skips the no-op ascending key sort.
     if target != SortTarget::Key && order == SortOrder::None {
@@ -206,7 +208,10 @@ pub(crate) fn range_with(
         }
     }
     Ok(RangeResponse {
-        header: Some(ResponseHeader { revision: revs.current, ..Default::default() }),
+        header: Some(ResponseHeader {
+            revision: revs.current,
+            ..Default::default()
+        }),
         kvs,
         more,
         count,

@@ -24,7 +24,10 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Record::Put(kv) => {
-                let stored = KeyValue { key: Vec::new(), ..kv.clone() };
+                let stored = KeyValue {
+                    key: Vec::new(),
+                    ..kv.clone()
+                };
                 let mut out = Vec::with_capacity(1 + stored.encoded_len());
                 out.push(PUT);
                 stored.encode(&mut out).expect("Vec grows");

@@ -70,7 +70,11 @@ pub fn apply_txn(
     revs: Revisions,
     leases: &dyn LeaseView,
 ) -> Result<TxnOutcome> {
-    assert!(rev > revs.current, "revision {rev} must exceed current {}", revs.current);
+    assert!(
+        rev > revs.current,
+        "revision {rev} must exceed current {}",
+        revs.current
+    );
     let path = txn_path(read, req, revs)?;
     let mut w = Writer {
         read,
@@ -83,15 +87,32 @@ pub fn apply_txn(
     };
     let mut path = path.into_iter();
     let mut response = w.execute(req, &mut path)?;
-    let revisions = if w.batch.is_empty() { revs } else { Revisions { current: rev, ..revs } };
+    let revisions = if w.batch.is_empty() {
+        revs
+    } else {
+        Revisions {
+            current: rev,
+            ..revs
+        }
+    };
     set_header_revision(&mut response, revisions.current);
-    Ok(TxnOutcome { response, batch: w.batch, events: w.events, revisions })
+    Ok(TxnOutcome {
+        response,
+        batch: w.batch,
+        events: w.events,
+        revisions,
+    })
 }
 
 /// The branch each (nested) transaction takes, in execution order.
 fn txn_path(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Result<Vec<bool>> {
     let mut path = Vec::new();
-    fn walk(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions, out: &mut Vec<bool>) -> Result<()> {
+    fn walk(
+        read: &dyn Snapshot,
+        req: &TxnRequest,
+        revs: Revisions,
+        out: &mut Vec<bool>,
+    ) -> Result<()> {
         let mut ok = true;
         for c in &req.compare {
             if !compare(read, c, revs)? {
@@ -129,7 +150,9 @@ fn compare(read: &dyn Snapshot, c: &Compare, revs: Revisions) -> Result<bool> {
 fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
     use std::cmp::Ordering;
     let ord: Ordering = match (target, &c.target_union) {
-        (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v.as_slice()),
+        (CompareTarget::Value, Some(TargetUnion::Value(v))) => {
+            kv.value.as_slice().cmp(v.as_slice())
+        }
         (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[][..]),
         (CompareTarget::Version, t) => kv.version.cmp(&int_target(t)),
         (CompareTarget::Create, t) => kv.create_revision.cmp(&int_target(t)),
@@ -155,12 +178,23 @@ fn int_target(t: &Option<TargetUnion>) -> i64 {
 }
 
 fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
-    resp.header = Some(ResponseHeader { revision: rev, ..Default::default() });
+    resp.header = Some(ResponseHeader {
+        revision: rev,
+        ..Default::default()
+    });
     for op in &mut resp.responses {
         match &mut op.response {
-            Some(Response::ResponsePut(r)) => r.header = Some(ResponseHeader { revision: rev, ..Default::default() }),
+            Some(Response::ResponsePut(r)) => {
+                r.header = Some(ResponseHeader {
+                    revision: rev,
+                    ..Default::default()
+                })
+            }
             Some(Response::ResponseDeleteRange(r)) => {
-                r.header = Some(ResponseHeader { revision: rev, ..Default::default() })
+                r.header = Some(ResponseHeader {
+                    revision: rev,
+                    ..Default::default()
+                })
             }
             Some(Response::ResponseTxn(t)) => set_header_revision(t, rev),
             Some(Response::ResponseRange(_)) | None => {}
@@ -169,21 +203,35 @@ fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
 }
 
 impl Writer<'_> {
-    fn execute(&mut self, req: &TxnRequest, path: &mut impl Iterator<Item = bool>) -> Result<TxnResponse> {
+    fn execute(
+        &mut self,
+        req: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<TxnResponse> {
         let succeeded = path.next().unwrap_or(false);
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(self.op(op, path)?);
         }
-        Ok(TxnResponse { header: None, succeeded, responses })
+        Ok(TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
     }
 
     fn op(&mut self, op: &RequestOp, path: &mut impl Iterator<Item = bool>) -> Result<ResponseOp> {
         let response = match &op.request {
             Some(Request::RequestRange(r)) => Some(Response::ResponseRange(self.range(r)?)),
             Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.put(p)?)),
-            Some(Request::RequestDeleteRange(d)) => Some(Response::ResponseDeleteRange(self.delete(d)?)),
+            Some(Request::RequestDeleteRange(d)) => {
+                Some(Response::ResponseDeleteRange(self.delete(d)?))
+            }
             Some(Request::RequestTxn(t)) => Some(Response::ResponseTxn(self.execute(t, path)?)),
             None => None,
         };
@@ -201,7 +249,10 @@ impl Writer<'_> {
         // Reads at "now" see this txn's earlier writes; explicit revisions do not.
         let overlay = (req.revision <= 0).then_some(&self.overlay);
         let revs = if req.revision <= 0 && !self.batch.is_empty() {
-            Revisions { current: self.rev, ..self.revs }
+            Revisions {
+                current: self.rev,
+                ..self.revs
+            }
         } else {
             self.revs
         };
@@ -235,21 +286,57 @@ impl Writer<'_> {
             },
         };
         let stored = Record::Put(kv.clone()).encode();
-        self.batch.put(Key::MvccVersion { key: &req.key, revision: self.rev }.encode(), stored.clone());
-        self.batch.put(Key::MvccLatest { key: &req.key }.encode(), stored);
-        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: prev.clone() });
+        self.batch.put(
+            Key::MvccVersion {
+                key: &req.key,
+                revision: self.rev,
+            }
+            .encode(),
+            stored.clone(),
+        );
+        self.batch
+            .put(Key::MvccLatest { key: &req.key }.encode(), stored);
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv.clone()),
+            prev_kv: prev.clone(),
+        });
         self.overlay.insert(req.key.clone(), Some(kv));
-        Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+        Ok(PutResponse {
+            header: None,
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
     }
 
     fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         let span = Span::new(&req.key, &req.range_end);
-        let doomed = visible(self.read, &span, self.revs.current, self.revs, Some(&self.overlay))?;
+        let doomed = visible(
+            self.read,
+            &span,
+            self.revs.current,
+            self.revs,
+            Some(&self.overlay),
+        )?;
         for kv in &doomed {
-            self.batch.put(Key::MvccVersion { key: &kv.key, revision: self.rev }.encode(), Record::Tombstone.encode());
+            self.batch.put(
+                Key::MvccVersion {
+                    key: &kv.key,
+                    revision: self.rev,
+                }
+                .encode(),
+                Record::Tombstone.encode(),
+            );
             self.batch.delete(Key::MvccLatest { key: &kv.key }.encode());
-            let tomb = KeyValue { key: kv.key.clone(), mod_revision: self.rev, ..Default::default() };
-            self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(kv.clone()) });
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: self.rev,
+                ..Default::default()
+            };
+            self.events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tomb),
+                prev_kv: Some(kv.clone()),
+            });
             self.overlay.insert(kv.key.clone(), None);
         }
         Ok(DeleteRangeResponse {

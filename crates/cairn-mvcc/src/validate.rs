@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_api::etcdserverpb::request_op::Request;
-use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use cairn_api::etcdserverpb::{
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 
 use crate::range::Span;
 use crate::{Error, Rejection, Result};
@@ -103,14 +105,19 @@ impl Writes {
 /// deleted; the then/else branches of a nested txn may put the same key
 /// (only one of them runs).
 fn check_writes(ops: &[RequestOp]) -> Result<Writes> {
-    let mut w = Writes { puts: HashSet::new(), dels: Vec::new() };
+    let mut w = Writes {
+        puts: HashSet::new(),
+        dels: Vec::new(),
+    };
     for op in ops {
         if let Some(Request::RequestDeleteRange(d)) = &op.request {
             w.dels.push(Span::new(&d.key, &d.range_end));
         }
     }
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let then = check_writes(&t.success)?;
         let els = check_writes(&t.failure)?;
         for k in &then.puts {
@@ -129,7 +136,9 @@ fn check_writes(ops: &[RequestOp]) -> Result<Writes> {
         w.dels.extend(els.dels);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if w.puts.contains(&p.key) || w.deleted(&p.key) {
             return Err(Error::from(Rejection::DuplicateKey));
         }

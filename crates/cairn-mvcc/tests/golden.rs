@@ -51,7 +51,13 @@ fn unescape(s: &str) -> Vec<u8> {
 
 fn show(b: &[u8]) -> String {
     b.iter()
-        .map(|&c| if c.is_ascii_graphic() { (c as char).to_string() } else { format!("\\x{c:02x}") })
+        .map(|&c| {
+            if c.is_ascii_graphic() {
+                (c as char).to_string()
+            } else {
+                format!("\\x{c:02x}")
+            }
+        })
         .collect()
 }
 
@@ -97,10 +103,18 @@ impl<'a> Flags<'a> {
             .map_or(0, |v| v.parse().unwrap())
     }
     fn word(&self, f: &str) -> Option<&'a str> {
-        self.words.iter().find_map(|w| w.strip_prefix(f).and_then(|r| r.strip_prefix('=')))
+        self.words
+            .iter()
+            .find_map(|w| w.strip_prefix(f).and_then(|r| r.strip_prefix('=')))
     }
     fn positional(&self) -> Vec<&'a str> {
-        const FLAGS: [&str; 5] = ["prev_kv", "ignore_value", "ignore_lease", "keys_only", "count_only"];
+        const FLAGS: [&str; 5] = [
+            "prev_kv",
+            "ignore_value",
+            "ignore_lease",
+            "keys_only",
+            "count_only",
+        ];
         self.words
             .iter()
             .copied()
@@ -122,19 +136,33 @@ fn parse_op(s: &str) -> RequestOp {
     let request = match name {
         "put" => {
             let (k, v) = inner.split_once(',').unwrap();
-            Request::RequestPut(PutRequest { key: unescape(k), value: unescape(v), ..Default::default() })
+            Request::RequestPut(PutRequest {
+                key: unescape(k),
+                value: unescape(v),
+                ..Default::default()
+            })
         }
         "get" => {
             let (key, range_end) = span(inner);
-            Request::RequestRange(RangeRequest { key, range_end, ..Default::default() })
+            Request::RequestRange(RangeRequest {
+                key,
+                range_end,
+                ..Default::default()
+            })
         }
         "del" => {
             let (key, range_end) = span(inner);
-            Request::RequestDeleteRange(DeleteRangeRequest { key, range_end, ..Default::default() })
+            Request::RequestDeleteRange(DeleteRangeRequest {
+                key,
+                range_end,
+                ..Default::default()
+            })
         }
         other => panic!("unknown op {other}"),
     };
-    RequestOp { request: Some(request) }
+    RequestOp {
+        request: Some(request),
+    }
 }
 
 fn parse_cmp(s: &str) -> Compare {
@@ -154,13 +182,31 @@ fn parse_cmp(s: &str) -> Compare {
     };
     let (target, union) = match name {
         "value" => (CompareTarget::Value, TargetUnion::Value(unescape(value))),
-        "version" => (CompareTarget::Version, TargetUnion::Version(value.parse().unwrap())),
-        "create" => (CompareTarget::Create, TargetUnion::CreateRevision(value.parse().unwrap())),
-        "mod" => (CompareTarget::Mod, TargetUnion::ModRevision(value.parse().unwrap())),
-        "lease" => (CompareTarget::Lease, TargetUnion::Lease(value.parse().unwrap())),
+        "version" => (
+            CompareTarget::Version,
+            TargetUnion::Version(value.parse().unwrap()),
+        ),
+        "create" => (
+            CompareTarget::Create,
+            TargetUnion::CreateRevision(value.parse().unwrap()),
+        ),
+        "mod" => (
+            CompareTarget::Mod,
+            TargetUnion::ModRevision(value.parse().unwrap()),
+        ),
+        "lease" => (
+            CompareTarget::Lease,
+            TargetUnion::Lease(value.parse().unwrap()),
+        ),
         other => panic!("bad compare target {other}"),
     };
-    Compare { result: result as i32, target: target as i32, key, range_end, target_union: Some(union) }
+    Compare {
+        result: result as i32,
+        target: target as i32,
+        key,
+        range_end,
+        target_union: Some(union),
+    }
 }
 
 struct Runner {
@@ -169,7 +215,12 @@ struct Runner {
 }
 
 impl Runner {
-    fn write(&mut self, req: TxnRequest, rev: Option<i64>, out: &mut Vec<String>) -> Option<TxnResponse> {
+    fn write(
+        &mut self,
+        req: TxnRequest,
+        rev: Option<i64>,
+        out: &mut Vec<String>,
+    ) -> Option<TxnResponse> {
         if let Err(e) = cairn_mvcc::validate_txn(&req, Limits { max_txn_ops: 4 }) {
             out.push(format!("error: {e}"));
             return None;
@@ -239,7 +290,9 @@ impl Runner {
                     return out;
                 }
                 let txn = TxnRequest {
-                    success: vec![RequestOp { request: Some(Request::RequestPut(req)) }],
+                    success: vec![RequestOp {
+                        request: Some(Request::RequestPut(req)),
+                    }],
                     ..Default::default()
                 };
                 if let Some(resp) = self.write(txn, f.rev, &mut out) {
@@ -282,7 +335,9 @@ impl Runner {
                     max_create_revision: f.num("max_create"),
                     ..Default::default()
                 };
-                match cairn_mvcc::validate_range(&req).and_then(|_| cairn_mvcc::range(&*self.engine, &req, self.revs)) {
+                match cairn_mvcc::validate_range(&req)
+                    .and_then(|_| cairn_mvcc::range(&*self.engine, &req, self.revs))
+                {
                     Ok(resp) => Self::show_range(&resp, &mut out),
                     Err(e) => out.push(format!("error: {e}")),
                 }
@@ -299,7 +354,9 @@ impl Runner {
                     return out;
                 }
                 let txn = TxnRequest {
-                    success: vec![RequestOp { request: Some(Request::RequestDeleteRange(req)) }],
+                    success: vec![RequestOp {
+                        request: Some(Request::RequestDeleteRange(req)),
+                    }],
                     ..Default::default()
                 };
                 if let Some(resp) = self.write(txn, f.rev, &mut out) {
@@ -321,20 +378,26 @@ impl Runner {
                     failure: els.split_whitespace().map(parse_op).collect(),
                 };
                 if let Some(resp) = self.write(req, rev, &mut out) {
-                    out.push(format!("rev={} succeeded={}", resp.header.unwrap().revision, resp.succeeded));
+                    out.push(format!(
+                        "rev={} succeeded={}",
+                        resp.header.unwrap().revision,
+                        resp.succeeded
+                    ));
                     for r in &resp.responses {
                         Self::show_response(r, &mut out);
                     }
                 }
             }
-            "compact" => match cairn_mvcc::compact(&*self.engine, parts[1].parse().unwrap(), self.revs) {
-                Ok((batch, revs)) => {
-                    self.engine.write(batch, Durability::Buffered).unwrap();
-                    self.revs = revs;
-                    out.push(format!("compacted={}", revs.compacted));
+            "compact" => {
+                match cairn_mvcc::compact(&*self.engine, parts[1].parse().unwrap(), self.revs) {
+                    Ok((batch, revs)) => {
+                        self.engine.write(batch, Durability::Buffered).unwrap();
+                        self.revs = revs;
+                        out.push(format!("compacted={}", revs.compacted));
+                    }
+                    Err(e) => out.push(format!("error: {e}")),
                 }
-                Err(e) => out.push(format!("error: {e}")),
-            },
+            }
             other => panic!("unknown command {other}"),
         }
         out
@@ -343,7 +406,10 @@ impl Runner {
 
 fn run_script(path: &std::path::Path, engine: Box<dyn Engine>) -> (String, String) {
     let text = std::fs::read_to_string(path).unwrap();
-    let mut runner = Runner { engine, revs: Revisions::default() };
+    let mut runner = Runner {
+        engine,
+        revs: Revisions::default(),
+    };
     let mut actual = String::new();
     for line in text.lines() {
         if line.starts_with("> ") || line == ">" {
@@ -364,7 +430,10 @@ fn run_script(path: &std::path::Path, engine: Box<dyn Engine>) -> (String, Strin
 #[test]
 fn golden_scripts() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     assert!(!paths.is_empty());
     let update = std::env::var("GOLDEN_UPDATE").is_ok();
@@ -380,11 +449,19 @@ fn golden_scripts() {
             if update && name == "memory" {
                 std::fs::write(&path, &actual).unwrap();
             } else if expected != actual {
-                failures.push(format!("{} on {name}:\n{}", path.display(), diff(&expected, &actual)));
+                failures.push(format!(
+                    "{} on {name}:\n{}",
+                    path.display(),
+                    diff(&expected, &actual)
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn diff(expected: &str, actual: &str) -> String {

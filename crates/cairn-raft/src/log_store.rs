@@ -85,14 +85,25 @@ pub struct LogStore {
 impl LogStore {
     /// The log of `region` in `engine`, flushed by `writer`.
     pub fn new(region: u64, engine: Arc<dyn Engine>, writer: LogWriter) -> Self {
-        Self { region, engine, writer }
+        Self {
+            region,
+            engine,
+            writer,
+        }
     }
 
     fn state_key(&self, kind: RaftStateKind) -> Vec<u8> {
-        Key::RaftState { region: self.region, kind }.encode()
+        Key::RaftState {
+            region: self.region,
+            kind,
+        }
+        .encode()
     }
 
-    fn read_state<T: serde::de::DeserializeOwned>(&self, kind: RaftStateKind) -> Result<Option<T>, StorageError<NodeId>> {
+    fn read_state<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: RaftStateKind,
+    ) -> Result<Option<T>, StorageError<NodeId>> {
         match self.engine.get(&self.state_key(kind)).map_err(read_err)? {
             Some(b) => Ok(Some(decode(&b).map_err(read_err)?)),
             None => Ok(None),
@@ -100,12 +111,20 @@ impl LogStore {
     }
 
     fn entry_key(&self, index: u64) -> Vec<u8> {
-        Key::RaftLog { region: self.region, index }.encode()
+        Key::RaftLog {
+            region: self.region,
+            index,
+        }
+        .encode()
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
         let (lo, hi) = raft_log_range(self.region);
-        match self.engine.scan(Bound::Included(lo), Bound::Excluded(hi), true).next() {
+        match self
+            .engine
+            .scan(Bound::Included(lo), Bound::Excluded(hi), true)
+            .next()
+        {
             Some(item) => {
                 let (_, v) = item.map_err(read_err)?;
                 let e: Entry<TypeConfig> = decode(&v).map_err(read_err)?;
@@ -154,7 +173,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_state(RaftStateKind::Purged)?;
         let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -163,37 +185,64 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut b = WriteBatch::new();
-        b.put(self.state_key(RaftStateKind::Vote), encode(vote).map_err(write_err)?);
-        self.engine.write(b, Durability::Sync).map_err(|e| StorageIOError::write_vote(&e).into())
+        b.put(
+            self.state_key(RaftStateKind::Vote),
+            encode(vote).map_err(write_err)?,
+        );
+        self.engine
+            .write(b, Durability::Sync)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         self.read_state(RaftStateKind::Vote)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         let mut b = WriteBatch::new();
-        b.put(self.state_key(RaftStateKind::Committed), encode(&committed).map_err(write_err)?);
-        self.engine.write(b, Durability::Buffered).map_err(write_err)
+        b.put(
+            self.state_key(RaftStateKind::Committed),
+            encode(&committed).map_err(write_err)?,
+        );
+        self.engine
+            .write(b, Durability::Buffered)
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(self.read_state::<Option<LogId<NodeId>>>(RaftStateKind::Committed)?.flatten())
+        Ok(self
+            .read_state::<Option<LogId<NodeId>>>(RaftStateKind::Committed)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
         let mut b = WriteBatch::new();
         for e in entries {
-            b.put(self.entry_key(e.log_id.index), encode(&e).map_err(write_err)?);
+            b.put(
+                self.entry_key(e.log_id.index),
+                encode(&e).map_err(write_err)?,
+            );
         }
-        self.engine.write(b, Durability::Buffered).map_err(write_err)?;
+        self.engine
+            .write(b, Durability::Buffered)
+            .map_err(write_err)?;
         if let Err(mpsc::error::SendError(cb)) = self.writer.tx.send(callback) {
             // The flusher is gone (shutdown): flush inline.
-            let r = self.engine.sync().map_err(|e| std::io::Error::other(e.to_string()));
+            let r = self
+                .engine
+                .sync()
+                .map_err(|e| std::io::Error::other(e.to_string()));
             cb.log_io_completed(r);
         }
         Ok(())
@@ -202,13 +251,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut b = WriteBatch::new();
         b.delete_range(self.entry_key(log_id.index), raft_log_range(self.region).1);
-        self.engine.write(b, Durability::Buffered).map_err(write_err)
+        self.engine
+            .write(b, Durability::Buffered)
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut b = WriteBatch::new();
-        b.put(self.state_key(RaftStateKind::Purged), encode(&log_id).map_err(write_err)?);
+        b.put(
+            self.state_key(RaftStateKind::Purged),
+            encode(&log_id).map_err(write_err)?,
+        );
         b.delete_range(self.entry_key(0), self.entry_key(log_id.index + 1));
-        self.engine.write(b, Durability::Buffered).map_err(write_err)
+        self.engine
+            .write(b, Durability::Buffered)
+            .map_err(write_err)
     }
 }

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use cairn_api::peerpb::peer_client::PeerClient;
 use cairn_api::peerpb::RaftRequest;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -96,7 +98,11 @@ struct Msg(String);
 impl PeerPool {
     /// A pool for node `me`.
     pub fn new(me: NodeId) -> Arc<Self> {
-        Arc::new(Self { me, channels: Mutex::new(HashMap::new()), faults: Arc::new(Faults::default()) })
+        Arc::new(Self {
+            me,
+            channels: Mutex::new(HashMap::new()),
+            faults: Arc::new(Faults::default()),
+        })
     }
 
     /// This node's ID.
@@ -110,7 +116,11 @@ impl PeerPool {
         if let Some(c) = ch.get(addr) {
             return Ok(PeerClient::new(c.clone()).max_decoding_message_size(usize::MAX));
         }
-        let url = if addr.starts_with("http") { addr.to_string() } else { format!("http://{addr}") };
+        let url = if addr.starts_with("http") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
         let channel = Endpoint::from_shared(url)
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
@@ -135,13 +145,25 @@ impl PeerPool {
         E: std::error::Error + DeserializeOwned,
     {
         if self.faults.blocks(self.me, target) {
-            return Err(RPCError::Unreachable(Unreachable::new(&Msg("link cut by fault injection".into()))));
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                "link cut by fault injection".into(),
+            ))));
         }
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut client = self.client(addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
-        let fut = client.raft(RaftRequest { region_id: region, kind, payload });
+        let mut client = self
+            .client(addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
+        let fut = client.raft(RaftRequest {
+            region_id: region,
+            kind,
+            payload,
+        });
         let reply = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg("peer rpc timed out".into())))),
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                    "peer rpc timed out".into(),
+                ))))
+            }
             Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -177,7 +199,12 @@ impl RaftNetworkFactory<TypeConfig> for RegionNetwork {
     type Network = RegionPeer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        RegionPeer { region: self.region, target, addr: node.addr.clone(), pool: self.pool.clone() }
+        RegionPeer {
+            region: self.region,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
     }
 }
 
@@ -187,16 +214,36 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.pool.call(self.target, &self.addr, self.region, kind::APPEND, &rpc, option.hard_ttl()).await
+        self.pool
+            .call(
+                self.target,
+                &self.addr,
+                self.region,
+                kind::APPEND,
+                &rpc,
+                option.hard_ttl(),
+            )
+            .await
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
-        self.pool.call(self.target, &self.addr, self.region, kind::SNAPSHOT, &rpc, option.hard_ttl()).await
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.pool
+            .call(
+                self.target,
+                &self.addr,
+                self.region,
+                kind::SNAPSHOT,
+                &rpc,
+                option.hard_ttl(),
+            )
+            .await
     }
 
     async fn vote(
@@ -204,12 +251,25 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.pool.call(self.target, &self.addr, self.region, kind::VOTE, &rpc, option.hard_ttl()).await
+        self.pool
+            .call(
+                self.target,
+                &self.addr,
+                self.region,
+                kind::VOTE,
+                &rpc,
+                option.hard_ttl(),
+            )
+            .await
     }
 }
 
 /// Serves one incoming `RaftRequest` on `raft`; returns the encoded reply.
-pub async fn serve_raft_request(raft: &crate::Raft, kind: u32, payload: &[u8]) -> crate::Result<Vec<u8>> {
+pub async fn serve_raft_request(
+    raft: &crate::Raft,
+    kind: u32,
+    payload: &[u8],
+) -> crate::Result<Vec<u8>> {
     match kind {
         kind::APPEND => {
             let req: AppendEntriesRequest<TypeConfig> = decode(payload)?;
@@ -223,6 +283,8 @@ pub async fn serve_raft_request(raft: &crate::Raft, kind: u32, payload: &[u8]) -
             let req: InstallSnapshotRequest<TypeConfig> = decode(payload)?;
             encode(&raft.install_snapshot(req).await)
         }
-        other => Err(crate::Error::Codec(format!("unknown raft rpc kind {other}"))),
+        other => Err(crate::Error::Codec(format!(
+            "unknown raft rpc kind {other}"
+        ))),
     }
 }

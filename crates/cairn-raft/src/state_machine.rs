@@ -60,7 +60,10 @@ pub struct Applied {
 impl Applied {
     /// The MVCC revisions.
     pub fn revisions(&self) -> Revisions {
-        Revisions { current: self.current_revision, compacted: self.compacted_revision }
+        Revisions {
+            current: self.current_revision,
+            compacted: self.compacted_revision,
+        }
     }
 }
 
@@ -78,12 +81,21 @@ pub struct RegionShared {
 
 impl RegionShared {
     /// Loads a region's applied state from `engine` (default if new).
-    pub fn load(region: u64, kind: RegionKind, engine: Arc<dyn Engine>) -> crate::Result<Arc<Self>> {
+    pub fn load(
+        region: u64,
+        kind: RegionKind,
+        engine: Arc<dyn Engine>,
+    ) -> crate::Result<Arc<Self>> {
         let applied = match engine.get(&apply_key(region))? {
             Some(b) => decode(&b)?,
             None => Applied::default(),
         };
-        Ok(Arc::new(Self { region, kind, engine, applied: RwLock::new(applied) }))
+        Ok(Arc::new(Self {
+            region,
+            kind,
+            engine,
+            applied: RwLock::new(applied),
+        }))
     }
 
     /// A consistent (storage view, revisions) pair for reads.
@@ -109,7 +121,11 @@ impl RegionShared {
 }
 
 fn apply_key(region: u64) -> Vec<u8> {
-    Key::ApplyState { region, tag: b"applied" }.encode()
+    Key::ApplyState {
+        region,
+        tag: b"applied",
+    }
+    .encode()
 }
 
 /// A region's openraft state machine.
@@ -133,7 +149,12 @@ impl StateMachine {
                     Ok(r) => r,
                     Err(e) => return Ok((WriteBatch::new(), Reply::Invalid(e.to_string()))),
                 };
-                if let Err(e) = cairn_mvcc::validate_txn(&req, Limits { max_txn_ops: usize::MAX }) {
+                if let Err(e) = cairn_mvcc::validate_txn(
+                    &req,
+                    Limits {
+                        max_txn_ops: usize::MAX,
+                    },
+                ) {
                     return reject(e);
                 }
                 let revs = state.revisions();
@@ -146,13 +167,20 @@ impl StateMachine {
                     Err(e) => reject(e),
                 }
             }
-            Command::Compact { revision } => match cairn_mvcc::compact(engine, revision, state.revisions()) {
-                Ok((batch, revs)) => {
-                    state.compacted_revision = revs.compacted;
-                    Ok((batch, Reply::Compacted { current: revs.current }))
+            Command::Compact { revision } => {
+                match cairn_mvcc::compact(engine, revision, state.revisions()) {
+                    Ok((batch, revs)) => {
+                        state.compacted_revision = revs.compacted;
+                        Ok((
+                            batch,
+                            Reply::Compacted {
+                                current: revs.current,
+                            },
+                        ))
+                    }
+                    Err(e) => reject(e),
                 }
-                Err(e) => reject(e),
-            },
+            }
             Command::TsoWindow { high_water } => {
                 state.tso_high_water = state.tso_high_water.max(high_water);
                 Ok((WriteBatch::new(), Reply::Done))
@@ -192,7 +220,10 @@ struct SnapshotBlob {
 const MVCC_SPACES: [Space; 2] = [Space::MvccVersion, Space::MvccLatest];
 
 fn space_bounds(s: Space) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    (Bound::Included(vec![s as u8]), Bound::Excluded(vec![s as u8 + 1]))
+    (
+        Bound::Included(vec![s as u8]),
+        Bound::Excluded(vec![s as u8 + 1]),
+    )
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -225,7 +256,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             last_membership: membership,
             snapshot_id: format!("r{}-{}", self.shared.region, last.map_or(0, |l| l.index)),
         };
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(blob)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(blob)),
+        })
     }
 }
 
@@ -234,7 +268,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
+    {
         let a = self.shared.applied.read();
         Ok((a.last_applied, a.membership.clone()))
     }
@@ -257,8 +292,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => self.execute(cmd, &mut next).map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);
-            batch.put(apply_key(self.shared.region), encode(&next).map_err(sm_err)?);
-            self.shared.engine.write(batch, Durability::Buffered).map_err(sm_err)?;
+            batch.put(
+                apply_key(self.shared.region),
+                encode(&next).map_err(sm_err)?,
+            );
+            self.shared
+                .engine
+                .write(batch, Durability::Buffered)
+                .map_err(sm_err)?;
             *state = next;
             replies.push(reply);
         }
@@ -269,7 +310,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -279,8 +322,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let sig = Some(meta.signature());
-        let blob: SnapshotBlob =
-            decode(snapshot.get_ref()).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let blob: SnapshotBlob = decode(snapshot.get_ref())
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let mut batch = WriteBatch::new();
         if self.shared.kind == RegionKind::Data {
             for s in MVCC_SPACES {
@@ -291,7 +334,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let mut state = self.shared.applied.write();
-        batch.put(apply_key(self.shared.region), encode(&blob.applied).map_err(sm_err)?);
+        batch.put(
+            apply_key(self.shared.region),
+            encode(&blob.applied).map_err(sm_err)?,
+        );
         self.shared
             .engine
             .write(batch, Durability::Sync)
@@ -300,7 +346,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         if self.shared.applied.read().last_applied.is_none() {
             return Ok(None);
         }

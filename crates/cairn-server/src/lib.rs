@@ -1,14 +1,120 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! # cairn-server: etcd's gRPC API on a Cairn node
+//!
+//! One module per etcd service, one method per RPC (mini-redis style):
+//! [`kv`] (Range/Put/DeleteRange/Txn/Compact), [`maintenance`] (Status,
+//! Alarm list), [`cluster`] (MemberList). Services not built yet are
+//! registered with tonic's generated default stubs, so each of their RPCs
+//! answers gRPC `Unimplemented` — never a fake success.
+//!
+//! Every handler validates input as etcd's v3rpc layer does, then calls the
+//! [`Node`](cairn_store::Node); every failure becomes a gRPC status through
+//! the one table in [`error`]. Nothing a client sends can panic the server:
+//! validation is total, and MVCC/Raft errors are values.
+//!
+//! [`serve_client`] and [`serve_peer`] take an already-bound listener and a
+//! shutdown future, so tests bind port 0.
+
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod maintenance;
+mod not_yet;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use cairn_api::etcdserverpb::auth_server::AuthServer;
+use cairn_api::etcdserverpb::cluster_server::ClusterServer;
+use cairn_api::etcdserverpb::kv_server::KvServer;
+use cairn_api::etcdserverpb::lease_server::LeaseServer;
+use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_api::etcdserverpb::watch_server::WatchServer;
+use cairn_api::etcdserverpb::ResponseHeader;
+use cairn_api::peerpb::peer_server::PeerServer;
+use cairn_api::v3electionpb::election_server::ElectionServer;
+use cairn_api::v3lockpb::lock_server::LockServer;
+use cairn_store::{Node, PeerService};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Client-facing limits (etcd flags).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `--max-request-bytes` (etcd default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops` (etcd default 128).
+    pub max_txn_ops: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
     }
+}
+
+/// What every service handler needs.
+pub struct Context {
+    /// The node serving requests.
+    pub node: Arc<Node>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl Context {
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.node.cluster_id,
+            member_id: self.node.id,
+            revision,
+            raft_term: self.node.raft_term(),
+        }
+    }
+}
+
+/// gRPC framing allowance above `max_request_bytes` (etcd adds 512 KiB).
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// Serves etcd's API on `listener` until `shutdown` resolves.
+pub async fn serve_client(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let max = ctx.limits.max_request_bytes + GRPC_OVERHEAD;
+    tonic::transport::Server::builder()
+        .add_service(KvServer::new(kv::KvService::new(ctx.clone())).max_decoding_message_size(max))
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService::new(
+            ctx.clone(),
+        )))
+        .add_service(WatchServer::new(not_yet::NotYet))
+        .add_service(LeaseServer::new(not_yet::NotYet))
+        .add_service(AuthServer::new(not_yet::NotYet))
+        .add_service(LockServer::new(not_yet::NotYet))
+        .add_service(ElectionServer::new(not_yet::NotYet))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves the node-to-node service on `listener` until `shutdown` resolves.
+pub async fn serve_peer(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(
+            PeerServer::new(PeerService::new(node))
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
 }

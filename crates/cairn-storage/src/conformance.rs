@@ -30,11 +30,19 @@ fn write(e: &dyn Engine, ops: &[(&str, Option<&str>)]) {
 
 /// Put, overwrite, delete and get of single keys.
 pub fn point_ops(e: &dyn Engine) {
-    assert_eq!(e.get(&k(0x10, "a")).unwrap(), None, "empty engine has no keys");
+    assert_eq!(
+        e.get(&k(0x10, "a")).unwrap(),
+        None,
+        "empty engine has no keys"
+    );
     write(e, &[("a", Some("1")), ("b", Some("2"))]);
     assert_eq!(e.get(&k(0x10, "a")).unwrap(), Some(b"1".to_vec()));
     write(e, &[("a", Some("3"))]);
-    assert_eq!(e.get(&k(0x10, "a")).unwrap(), Some(b"3".to_vec()), "overwrite");
+    assert_eq!(
+        e.get(&k(0x10, "a")).unwrap(),
+        Some(b"3".to_vec()),
+        "overwrite"
+    );
     write(e, &[("a", None), ("zz", None)]);
     assert_eq!(e.get(&k(0x10, "a")).unwrap(), None, "delete");
     assert_eq!(e.get(&k(0x10, "b")).unwrap(), Some(b"2".to_vec()));
@@ -43,15 +51,42 @@ pub fn point_ops(e: &dyn Engine) {
 
 /// Forward and reverse scans honour bounds and order.
 pub fn scans(e: &dyn Engine) {
-    write(e, &[("a", Some("1")), ("b", Some("2")), ("c", Some("3")), ("d", Some("4"))]);
-    let fwd = collect(e.scan(Bound::Included(k(0x10, "b")), Bound::Excluded(k(0x10, "d")), false));
-    assert_eq!(fwd, vec![(k(0x10, "b"), b"2".to_vec()), (k(0x10, "c"), b"3".to_vec())]);
-    let rev = collect(e.scan(Bound::Excluded(k(0x10, "a")), Bound::Included(k(0x10, "d")), true));
+    write(
+        e,
+        &[
+            ("a", Some("1")),
+            ("b", Some("2")),
+            ("c", Some("3")),
+            ("d", Some("4")),
+        ],
+    );
+    let fwd = collect(e.scan(
+        Bound::Included(k(0x10, "b")),
+        Bound::Excluded(k(0x10, "d")),
+        false,
+    ));
+    assert_eq!(
+        fwd,
+        vec![(k(0x10, "b"), b"2".to_vec()), (k(0x10, "c"), b"3".to_vec())]
+    );
+    let rev = collect(e.scan(
+        Bound::Excluded(k(0x10, "a")),
+        Bound::Included(k(0x10, "d")),
+        true,
+    ));
     let keys: Vec<_> = rev.iter().map(|(k, _)| k.clone()).collect();
-    assert_eq!(keys, vec![k(0x10, "d"), k(0x10, "c"), k(0x10, "b")], "reverse scan");
+    assert_eq!(
+        keys,
+        vec![k(0x10, "d"), k(0x10, "c"), k(0x10, "b")],
+        "reverse scan"
+    );
     let all = collect(e.scan(Bound::Included(vec![0x10]), Bound::Unbounded, false));
     assert_eq!(all.len(), 4, "unbounded end stays within the space");
-    let inverted = collect(e.scan(Bound::Included(k(0x10, "d")), Bound::Excluded(k(0x10, "a")), false));
+    let inverted = collect(e.scan(
+        Bound::Included(k(0x10, "d")),
+        Bound::Excluded(k(0x10, "a")),
+        false,
+    ));
     assert!(inverted.is_empty(), "inverted range is empty");
 }
 
@@ -62,7 +97,11 @@ pub fn spaces_are_isolated(e: &dyn Engine) {
     b.put(k(0x11, "x"), b"latest".to_vec());
     b.put(k(0x10, "x"), b"version".to_vec());
     e.write(b, Durability::Sync).unwrap();
-    let v = collect(e.scan(Bound::Included(vec![0x10]), Bound::Excluded(vec![0x11]), false));
+    let v = collect(e.scan(
+        Bound::Included(vec![0x10]),
+        Bound::Excluded(vec![0x11]),
+        false,
+    ));
     assert_eq!(v, vec![(k(0x10, "x"), b"version".to_vec())]);
     let l = collect(e.scan(Bound::Included(vec![0x11]), Bound::Unbounded, false));
     assert_eq!(l, vec![(k(0x11, "x"), b"latest".to_vec())]);
@@ -77,14 +116,22 @@ pub fn batches(e: &dyn Engine) {
     b.put(k(0x10, "k"), b"v1".to_vec());
     b.put(k(0x10, "k"), b"v2".to_vec());
     e.write(b, Durability::Buffered).unwrap();
-    assert_eq!(e.get(&k(0x10, "k")).unwrap(), Some(b"v2".to_vec()), "later op wins");
+    assert_eq!(
+        e.get(&k(0x10, "k")).unwrap(),
+        Some(b"v2".to_vec()),
+        "later op wins"
+    );
     let mut d = WriteBatch::new();
     d.delete_range(vec![0x01, 2], vec![0x01, 8]);
     e.write(d, Durability::Sync).unwrap();
-    let left: Vec<_> = collect(e.scan(Bound::Included(vec![0x01]), Bound::Excluded(vec![0x02]), false))
-        .into_iter()
-        .map(|(k, _)| k[1])
-        .collect();
+    let left: Vec<_> = collect(e.scan(
+        Bound::Included(vec![0x01]),
+        Bound::Excluded(vec![0x02]),
+        false,
+    ))
+    .into_iter()
+    .map(|(k, _)| k[1])
+    .collect();
     assert_eq!(left, vec![0, 1, 8, 9], "range delete removes [start, end)");
     e.sync().unwrap();
 }
@@ -109,7 +156,11 @@ pub fn binary_data(e: &dyn Engine) {
     b.put(vec![0x10, 0, 0, 0xFF], vec![]);
     b.put(vec![0x10, 0], vec![0, 1, 2]);
     e.write(b, Durability::Sync).unwrap();
-    assert_eq!(e.get(&[0x10, 0, 0, 0xFF]).unwrap(), Some(vec![]), "empty value is not absence");
+    assert_eq!(
+        e.get(&[0x10, 0, 0, 0xFF]).unwrap(),
+        Some(vec![]),
+        "empty value is not absence"
+    );
     let all = collect(e.scan(Bound::Included(vec![0x10]), Bound::Unbounded, false));
     assert_eq!(all[0].0, vec![0x10, 0]);
 }

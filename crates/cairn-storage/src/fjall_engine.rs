@@ -32,11 +32,17 @@ impl FjallEngine {
         let db = Database::builder(path.as_ref())
             .manual_journal_persist(true)
             .open()?;
-        let engine = Self { db, spaces: Arc::new(RwLock::new(HashMap::new())) };
+        let engine = Self {
+            db,
+            spaces: Arc::new(RwLock::new(HashMap::new())),
+        };
         // Reopen every keyspace that exists on disk so snapshots see them.
         for name in engine.db.list_keyspace_names() {
             let name: &str = name.as_ref();
-            if let Some(b) = name.strip_prefix('s').and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(b) = name
+                .strip_prefix('s')
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 engine.space(b)?;
             }
         }
@@ -51,7 +57,9 @@ impl FjallEngine {
         if let Some(ks) = spaces.get(&b) {
             return Ok(ks.clone());
         }
-        let ks = self.db.keyspace(&format!("s{b:02x}"), KeyspaceCreateOptions::default)?;
+        let ks = self
+            .db
+            .keyspace(&format!("s{b:02x}"), KeyspaceCreateOptions::default)?;
         spaces.insert(b, ks.clone());
         Ok(ks)
     }
@@ -65,13 +73,19 @@ impl FjallEngine {
 fn scan_space(start: &Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<(u8, Bound<Vec<u8>>)> {
     let b = match start {
         Bound::Included(s) | Bound::Excluded(s) if !s.is_empty() => s[0],
-        _ => return Err(Error::CrossSpaceScan("scan must start inside a keyspace".into())),
+        _ => {
+            return Err(Error::CrossSpaceScan(
+                "scan must start inside a keyspace".into(),
+            ))
+        }
     };
     let end = match end {
         Bound::Unbounded => space_end(b),
         Bound::Excluded(e) if e.len() == 1 && b < u8::MAX && e[0] == b + 1 => Bound::Excluded(e),
         Bound::Included(e) | Bound::Excluded(e) if e.first().copied() != Some(b) => {
-            return Err(Error::CrossSpaceScan(format!("end {e:?} outside space {b:#x}")))
+            return Err(Error::CrossSpaceScan(format!(
+                "end {e:?} outside space {b:#x}"
+            )))
         }
         other => other,
     };
@@ -79,7 +93,9 @@ fn scan_space(start: &Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<(u8, Bound<
 }
 
 fn first_byte(k: &[u8]) -> Result<u8> {
-    k.first().copied().ok_or_else(|| Error::Engine("empty internal key".into()))
+    k.first()
+        .copied()
+        .ok_or_else(|| Error::Engine("empty internal key".into()))
 }
 
 fn guard_pair(g: fjall::Guard) -> Result<(Vec<u8>, Vec<u8>)> {
@@ -105,7 +121,9 @@ fn inverted(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
 
 impl Snapshot for FjallEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some(&b) = key.first() else { return Ok(None) };
+        let Some(&b) = key.first() else {
+            return Ok(None);
+        };
         match self.existing_space(b) {
             Some(ks) => Ok(ks.get(key)?.map(|v| v.to_vec())),
             None => Ok(None),
@@ -125,7 +143,6 @@ impl Snapshot for FjallEngine {
             None => Box::new(std::iter::empty()),
         }
     }
-
 }
 
 impl Engine for FjallEngine {
@@ -163,7 +180,10 @@ impl Engine for FjallEngine {
     }
 
     fn snapshot(&self) -> Arc<dyn Snapshot> {
-        Arc::new(FjallSnapshot { snap: self.db.snapshot(), engine: self.clone() })
+        Arc::new(FjallSnapshot {
+            snap: self.db.snapshot(),
+            engine: self.clone(),
+        })
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -178,7 +198,9 @@ struct FjallSnapshot {
 
 impl Snapshot for FjallSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some(&b) = key.first() else { return Ok(None) };
+        let Some(&b) = key.first() else {
+            return Ok(None);
+        };
         match self.engine.existing_space(b) {
             Some(ks) => Ok(self.snap.get(&ks, key)?.map(|v| v.to_vec())),
             None => Ok(None),

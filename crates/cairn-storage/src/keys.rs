@@ -211,8 +211,16 @@ mod tests {
             (b"ab", 1),
             (b"b", 1),
         ];
-        let enc: Vec<_> =
-            cases.iter().map(|(k, r)| Key::MvccVersion { key: k, revision: *r }.encode()).collect();
+        let enc: Vec<_> = cases
+            .iter()
+            .map(|(k, r)| {
+                Key::MvccVersion {
+                    key: k,
+                    revision: *r,
+                }
+                .encode()
+            })
+            .collect();
         for w in enc.windows(2) {
             assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
         }
@@ -224,11 +232,24 @@ mod tests {
     #[test]
     fn version_range_covers_exactly_the_user_range() {
         let (lo, hi) = version_range(b"ab", Some(b"ac"));
-        let inside = Key::MvccVersion { key: b"ab\x00", revision: 9 }.encode();
-        let outside = Key::MvccVersion { key: b"ac", revision: 1 }.encode();
-        let below = Key::MvccVersion { key: b"a", revision: 1 << 50 }.encode();
+        let inside = Key::MvccVersion {
+            key: b"ab\x00",
+            revision: 9,
+        }
+        .encode();
+        let outside = Key::MvccVersion {
+            key: b"ac",
+            revision: 1,
+        }
+        .encode();
+        let below = Key::MvccVersion {
+            key: b"a",
+            revision: 1 << 50,
+        }
+        .encode();
         let within = |k: &Vec<u8>| {
-            matches!(&lo, Bound::Included(l) if k >= l) && matches!(&hi, Bound::Excluded(h) if k < h)
+            matches!(&lo, Bound::Included(l) if k >= l)
+                && matches!(&hi, Bound::Excluded(h) if k < h)
         };
         assert!(within(&inside));
         assert!(!within(&outside));
@@ -237,7 +258,12 @@ mod tests {
 
     #[test]
     fn corrupt_version_keys_are_errors_not_panics() {
-        for bad in [&b""[..], b"\x10", b"\x10a\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01", b"\x11abc"] {
+        for bad in [
+            &b""[..],
+            b"\x10",
+            b"\x10a\x00\x01\x00\x00\x00\x00\x00\x00\x00\x01",
+            b"\x11abc",
+        ] {
             assert!(decode_version(bad).is_err());
         }
     }

@@ -26,7 +26,12 @@ impl MemoryEngine {
     }
 }
 
-fn scan_map(map: &Map, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'static> {
+fn scan_map(
+    map: &Map,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    reverse: bool,
+) -> KvIter<'static> {
     if let (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) =
         (&start, &end)
     {

@@ -1,7 +1,9 @@
 //! Runs the engine conformance suite against every engine, plus the
 //! durability property only a disk engine has.
 
-use cairn_storage::{conformance, Durability, Engine, FjallEngine, MemoryEngine, Snapshot, WriteBatch};
+use cairn_storage::{
+    conformance, Durability, Engine, FjallEngine, MemoryEngine, Snapshot, WriteBatch,
+};
 
 #[test]
 fn memory_engine_conforms() {
@@ -32,5 +34,9 @@ fn fjall_engine_keeps_synced_writes_across_reopen() {
     let e = FjallEngine::open(dir.path()).unwrap();
     assert_eq!(e.get(&[0x01, 1]).unwrap(), Some(b"log".to_vec()));
     let snap = e.snapshot();
-    assert_eq!(snap.get(&[0x10, 1]).unwrap(), Some(b"data".to_vec()), "reopened spaces visible to snapshots");
+    assert_eq!(
+        snap.get(&[0x10, 1]).unwrap(),
+        Some(b"data".to_vec()),
+        "reopened spaces visible to snapshots"
+    );
 }

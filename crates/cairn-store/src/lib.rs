@@ -1,14 +1,33 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # cairn-store: the multi-region host
+//!
+//! A [`Node`] hosts replicas of many regions on one engine: region 0, the
+//! meta region (TSO high-water mark, member table, region directory), and
+//! data regions (MVCC key ranges; one covering the whole keyspace until
+//! splits arrive). It is where requests meet Raft:
+//!
+//! - routing: key → region (meta directory) → leader (Raft metrics), with
+//!   forwarding over the peer service when the leader is elsewhere;
+//! - the write path: [`proposer`] groups concurrent writes, takes one run of
+//!   TSO timestamps per group and proposes them in order — the timestamp is
+//!   the etcd revision (strictly increasing, not dense);
+//! - the read path: read-index at the leader, then a local read once applied
+//!   (linearizable); or straight from the local replica (serializable);
+//! - the [`tso`]: served by the meta region's leader from a Raft-persisted
+//!   window.
+//!
+//! Caveats (today): one data region (splits/merges, cross-region 2PC and
+//! change feeds are future issues); snapshots are built in memory.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod config;
+mod error;
+mod node;
+mod peer_service;
+pub mod proposer;
+mod remote;
+pub mod tso;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use config::{cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig};
+pub use error::{Error, Result};
+pub use node::{Node, NodeStatus, Region, DATA_REGION, META_REGION};
+pub use peer_service::PeerService;
+pub use remote::{ForwardOk, ForwardOp};

@@ -1,3 +1,51 @@
-fn main() {
-    println!("Hello, world!");
+//! `cairn`: one binary, several roles.
+//!
+//! - `cairn serve` runs one node of a real cluster, with etcd's flags.
+//! - `cairn dev` runs an embedded 3-node cluster in one process (client
+//!   ports 2379/22379/32379, data under `./cairn-data/`), so `etcdctl put foo
+//!   bar` works right after one command.
+
+mod dev;
+mod serve;
+mod urls;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "An etcd-compatible, Raft-replicated key-value store"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node of a cluster (etcd-style flags).
+    Serve(serve::ServeArgs),
+    /// Run an embedded 3-node development cluster in this process.
+    Dev(dev::DevArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cairn=info,openraft=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Cmd::Serve(a) => serve::run(a).await,
+            Cmd::Dev(a) => dev::run(a).await,
+        }
+    })
 }

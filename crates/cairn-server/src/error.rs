@@ -1,0 +1,126 @@
+//! The API edge's one error type and THE table from internal errors to
+//! etcd's gRPC status codes and messages (etcd's `rpctypes`). Every service
+//! returns errors through [`to_status`]; no other place builds a `Status`
+//! from an internal error.
+
+use cairn_mvcc::Rejection;
+use tonic::{Code, Status};
+
+/// Errors a service handler can produce.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the store (routing, Raft, MVCC rejections).
+    #[error(transparent)]
+    Store(#[from] cairn_store::Error),
+    /// The request exceeds `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+}
+
+impl From<cairn_mvcc::Error> for Error {
+    fn from(e: cairn_mvcc::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+/// The etcd code for each rejection.
+fn rejection_code(r: Rejection) -> Code {
+    match r {
+        Rejection::EmptyKey
+        | Rejection::KeyNotFound
+        | Rejection::ValueProvided
+        | Rejection::LeaseProvided
+        | Rejection::TooManyOps
+        | Rejection::DuplicateKey
+        | Rejection::InvalidSortOption => Code::InvalidArgument,
+        Rejection::Compacted | Rejection::FutureRevision => Code::OutOfRange,
+        Rejection::LeaseNotFound => Code::NotFound,
+    }
+}
+
+/// The one mapping from internal errors to etcd's gRPC statuses.
+pub fn to_status(e: Error) -> Status {
+    use cairn_store::Error as S;
+    let code = match &e {
+        Error::RequestTooLarge => Code::InvalidArgument,
+        Error::Store(S::Rejected(r)) => rejection_code(*r),
+        Error::Store(S::NoLeader) => Code::Unavailable,
+        Error::Store(S::NotLeader { .. }) => Code::FailedPrecondition,
+        Error::Store(S::Timeout) => Code::Unavailable,
+        Error::Store(S::Stopped) => Code::Unavailable,
+        Error::Store(S::Internal(_)) => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        to_status(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_match_etcd() {
+        let cases: Vec<(Error, Code, &str)> = vec![
+            (
+                Rejection::EmptyKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                Rejection::DuplicateKey.into(),
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                Rejection::TooManyOps.into(),
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                Rejection::Compacted.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                Rejection::FutureRevision.into(),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                Rejection::LeaseNotFound.into(),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                Error::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                cairn_store::Error::NoLeader.into(),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                cairn_store::Error::Timeout.into(),
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+        ];
+        for (e, code, msg) in cases {
+            let s = to_status(e);
+            assert_eq!((s.code(), s.message()), (code, msg));
+        }
+    }
+}
+
+impl From<Rejection> for Error {
+    fn from(r: Rejection) -> Self {
+        Error::Store(cairn_store::Error::Rejected(r))
+    }
+}

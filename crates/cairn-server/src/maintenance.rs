@@ -1,0 +1,66 @@
+//! etcd's `Maintenance` service: `Status` and `Alarm` (list) are served;
+//! the rest answer `Unimplemented` until built.
+
+use std::sync::Arc;
+
+use cairn_api::etcdserverpb::alarm_request::AlarmAction;
+use cairn_api::etcdserverpb::maintenance_server::Maintenance;
+use cairn_api::etcdserverpb::*;
+use tonic::{Request, Response, Status};
+
+use crate::Context;
+
+/// The Maintenance service of one node.
+pub struct MaintenanceService {
+    ctx: Arc<Context>,
+}
+
+impl MaintenanceService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+}
+
+/// The etcd API version Cairn reports (what etcdctl's checks expect).
+pub const ETCD_VERSION: &str = "3.6.0";
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let s = self.ctx.node.status();
+        let revision = self.ctx.node.revision();
+        Ok(Response::new(StatusResponse {
+            header: Some(self.ctx.header(revision)),
+            version: ETCD_VERSION.to_string(),
+            db_size: s.db_size,
+            leader: s.leader,
+            raft_index: s.raft_index,
+            raft_term: s.raft_term,
+            raft_applied_index: s.raft_applied_index,
+            errors: Vec::new(),
+            db_size_in_use: s.db_size,
+            is_learner: false,
+            storage_version: String::new(),
+            db_size_quota: 0,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        match AlarmAction::try_from(req.into_inner().action) {
+            // Cairn raises no alarms yet (no quota, no corruption checker):
+            // the list is truthfully empty.
+            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
+                header: Some(self.ctx.header(self.ctx.node.revision())),
+                alarms: Vec::new(),
+            })),
+            _ => Err(Status::unimplemented(
+                "alarm activate/deactivate is not implemented",
+            )),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! How a node is told who it is and who its peers are (etcd-style).
+
+use std::path::PathBuf;
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    /// `--name` of the member.
+    pub name: String,
+    /// Its peer URL.
+    pub peer_url: String,
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This member's name; must appear in `initial_cluster`.
+    pub name: String,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// URLs clients use to reach this member (shown by `member list`).
+    pub client_urls: Vec<String>,
+    /// URLs peers use to reach this member.
+    pub peer_urls: Vec<String>,
+    /// The initial cluster (`--initial-cluster`).
+    pub initial_cluster: Vec<InitialMember>,
+    /// `--initial-cluster-state new` (bootstrap) or `existing`.
+    pub new_cluster: bool,
+    /// `--initial-cluster-token`: distinguishes clusters with equal members.
+    pub cluster_token: String,
+    /// Snapshot after this many log entries (openraft snapshot policy).
+    pub snapshot_logs: u64,
+}
+
+/// Parses etcd's `--initial-cluster` (`name=url,name=url`).
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(n, u)| InitialMember {
+                    name: n.trim().to_string(),
+                    peer_url: u.trim().to_string(),
+                })
+                .ok_or_else(|| format!("bad --initial-cluster entry {p:?}: want name=url"))
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bit: a stable hash for IDs (std's hasher is not stable).
+fn fnv64(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// A member's ID: stable for the same name, peer URL and cluster token; never 0.
+pub fn member_id(name: &str, peer_url: &str, token: &str) -> u64 {
+    fnv64(&[name, peer_url, token]).max(1)
+}
+
+/// The cluster ID: stable for the same initial cluster and token.
+pub fn cluster_id(initial: &[InitialMember], token: &str) -> u64 {
+    let mut parts: Vec<String> = initial
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect();
+    parts.sort();
+    parts.push(token.to_string());
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    fnv64(&refs).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let m = parse_initial_cluster("a=http://1:2,b=http://3:4").unwrap();
+        assert_eq!(
+            m[1],
+            InitialMember {
+                name: "b".into(),
+                peer_url: "http://3:4".into()
+            }
+        );
+        assert!(parse_initial_cluster("a=http://1:2,oops").is_err());
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(member_id("a", "u", "t"), member_id("a", "u", "t"));
+        assert_ne!(member_id("a", "u", "t"), member_id("b", "u", "t"));
+        let m = parse_initial_cluster("b=u2,a=u1").unwrap();
+        let m2 = parse_initial_cluster("a=u1,b=u2").unwrap();
+        assert_eq!(cluster_id(&m, "t"), cluster_id(&m2, "t"));
+    }
+}

@@ -1,0 +1,62 @@
+//! The store crate's one error type. It is serializable because it crosses
+//! nodes when a request is forwarded to a region's leader.
+
+use cairn_mvcc::Rejection;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the multi-region host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Error {
+    /// The request was refused deterministically (bad input, revisions).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// No leader is known for the region (election in progress, no quorum).
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// This replica is not the leader; retry at `leader` (internal only).
+    #[error("etcdserver: not leader")]
+    NotLeader {
+        /// The leader this replica believes in, if any.
+        leader: Option<u64>,
+    },
+    /// The request was proposed but its outcome is unknown in time.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The node is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// Something failed inside the node (storage, codec).
+    #[error("etcdserver: internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when nothing was proposed, so the request may be retried elsewhere.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::NoLeader | Error::NotLeader { .. })
+    }
+}
+
+impl From<cairn_raft::Error> for Error {
+    fn from(e: cairn_raft::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<cairn_storage::Error> for Error {
+    fn from(e: cairn_storage::Error) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
+
+impl From<cairn_mvcc::Error> for Error {
+    fn from(e: cairn_mvcc::Error) -> Self {
+        match e {
+            cairn_mvcc::Error::Rejected(r) => Error::Rejected(r),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;

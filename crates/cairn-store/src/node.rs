@@ -1,0 +1,456 @@
+//! [`Node`]: one Cairn process's share of the cluster — its engine, its
+//! region replicas (the meta region and the data regions), its TSO, and the
+//! request paths the etcd services call.
+//!
+//! Any node accepts any request: writes and linearizable reads are sent to
+//! the region's leader (locally, or forwarded over the peer service);
+//! retries happen only when nothing was proposed (`NotLeader`, no leader,
+//! connection refused), so a write is never applied twice by a retry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use cairn_raft::network::{PeerPool, RegionNetwork};
+use cairn_raft::{
+    Command, LogStore, LogWriter, LogWriterStats, MemberInfo, Raft, RegionDesc, RegionKind,
+    RegionShared, Reply, StateMachine,
+};
+use cairn_storage::{Engine, FjallEngine};
+use openraft::BasicNode;
+use prost::Message;
+
+use crate::config::{cluster_id, member_id, NodeConfig};
+use crate::proposer::{Proposal, Proposer, TimestampSource};
+use crate::remote::{self, ForwardOk, ForwardOp};
+use crate::tso::{read_index_error, Tso};
+use crate::{Error, Result};
+
+/// The meta region's ID.
+pub const META_REGION: u64 = 0;
+/// The first data region's ID (covers the whole keyspace until splits).
+pub const DATA_REGION: u64 = 1;
+
+/// How long a request may wait for a leader before failing.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// One region replica on this node.
+pub struct Region {
+    /// The Raft instance.
+    pub raft: Raft,
+    /// Applied state shared with the state machine.
+    pub shared: Arc<RegionShared>,
+    proposer: Proposer,
+}
+
+/// What `Maintenance.Status` reports.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    /// Leader of the data region (0 if none).
+    pub leader: u64,
+    /// Current Raft term of the data region.
+    pub raft_term: u64,
+    /// Last log index of the data region.
+    pub raft_index: u64,
+    /// Applied index of the data region.
+    pub raft_applied_index: u64,
+    /// Bytes on disk.
+    pub db_size: i64,
+}
+
+/// A running node.
+pub struct Node {
+    /// Member ID (= Raft node ID).
+    pub id: u64,
+    /// Cluster ID.
+    pub cluster_id: u64,
+    /// Configuration it started with.
+    pub config: NodeConfig,
+    /// Peer connections and fault switchboard.
+    pub pool: Arc<PeerPool>,
+    engine: Arc<dyn Engine>,
+    log_writer: LogWriter,
+    regions: BTreeMap<u64, Region>,
+    tso: Arc<Tso>,
+}
+
+impl Node {
+    /// Opens the data dir, starts every region replica and (for a new
+    /// cluster) bootstraps Raft membership. The caller must serve the peer
+    /// service (see [`crate::PeerService`]) on `config.peer_urls[0]`.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>> {
+        let me = config
+            .initial_cluster
+            .iter()
+            .find(|m| m.name == config.name)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "--name {:?} is not in --initial-cluster",
+                    config.name
+                ))
+            })?;
+        let id = member_id(&me.name, &me.peer_url, &config.cluster_token);
+        let cluster_id = cluster_id(&config.initial_cluster, &config.cluster_token);
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Internal(e.to_string()))?;
+        let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(config.data_dir.join("db"))?);
+        let log_writer = LogWriter::start(engine.clone());
+        let pool = PeerPool::new(id);
+        let mut raft_config = cairn_raft::raft_config(&format!("cairn-{cluster_id:x}"));
+        raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs);
+        raft_config.max_in_snapshot_log_to_keep = config.snapshot_logs / 10;
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        );
+
+        let members: BTreeMap<u64, BasicNode> = config
+            .initial_cluster
+            .iter()
+            .map(|m| {
+                (
+                    member_id(&m.name, &m.peer_url, &config.cluster_token),
+                    BasicNode {
+                        addr: m.peer_url.clone(),
+                    },
+                )
+            })
+            .collect();
+
+        let mut rafts = Vec::new();
+        for (region, kind) in [
+            (META_REGION, RegionKind::Meta),
+            (DATA_REGION, RegionKind::Data),
+        ] {
+            let shared = RegionShared::load(region, kind, engine.clone())?;
+            let log = LogStore::new(region, engine.clone(), log_writer.clone());
+            let sm = StateMachine::new(shared.clone());
+            let net = RegionNetwork::new(region, pool.clone());
+            let raft = Raft::new(id, raft_config.clone(), net, log, sm)
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            if config.new_cluster && !raft.is_initialized().await.map_err(|_| Error::Stopped)? {
+                // Every initial member initializes with the same membership: safe in openraft.
+                if let Err(e) = raft.initialize(members.clone()).await {
+                    tracing::debug!(region, "initialize: {e}");
+                }
+            }
+            rafts.push((region, raft, shared));
+        }
+        let (meta_raft, meta_shared) = (rafts[0].1.clone(), rafts[0].2.clone());
+        let tso = Arc::new(Tso::new(id, meta_raft.clone(), meta_shared));
+        let timestamps: TimestampSource = {
+            let (tso, pool, meta) = (tso.clone(), pool.clone(), meta_raft.clone());
+            Arc::new(move |count| {
+                let (tso, pool, meta) = (tso.clone(), pool.clone(), meta.clone());
+                Box::pin(async move { fetch_timestamps(&tso, &pool, &meta, count).await })
+            })
+        };
+        let regions = rafts
+            .into_iter()
+            .map(|(region, raft, shared)| {
+                let proposer = Proposer::start(raft.clone(), timestamps.clone());
+                (
+                    region,
+                    Region {
+                        raft,
+                        shared,
+                        proposer,
+                    },
+                )
+            })
+            .collect();
+        let node = Arc::new(Node {
+            id,
+            cluster_id,
+            config,
+            pool,
+            engine,
+            log_writer,
+            regions,
+            tso,
+        });
+        tokio::spawn(publish_self(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// A region replica hosted here.
+    pub fn region(&self, id: u64) -> Result<&Region> {
+        self.regions
+            .get(&id)
+            .ok_or_else(|| Error::Internal(format!("region {id} not hosted here")))
+    }
+
+    /// The data region holding `key`, from the meta region's directory.
+    pub fn route(&self, key: &[u8]) -> u64 {
+        let Ok(meta) = self.region(META_REGION) else {
+            return DATA_REGION;
+        };
+        meta.shared
+            .applied()
+            .regions
+            .values()
+            .find(|r| {
+                r.id != META_REGION
+                    && key >= r.start.as_slice()
+                    && (r.end.is_empty() || key < r.end.as_slice())
+            })
+            .map_or(DATA_REGION, |r| r.id)
+    }
+
+    /// Sends `op` to `region`'s leader, retrying only while nothing was proposed.
+    async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let r = self.region(region)?;
+        loop {
+            let leader = r.raft.metrics().borrow().current_leader;
+            let res = match leader {
+                Some(l) if l == self.id => self.serve_local(region, op.clone()).await,
+                Some(l) => remote::forward(&self.pool, &r.raft, l, region, &op).await,
+                None => Err(Error::NoLeader),
+            };
+            match res {
+                Err(e) if e.is_retryable() => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Serves a (possibly forwarded) op on this node's replica without
+    /// forwarding further: `NotLeader` if this replica does not lead.
+    pub async fn serve_local(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        let r = self.region(region)?;
+        match op {
+            ForwardOp::Txn(txn) => Ok(ForwardOk::Reply(
+                r.proposer.propose(Proposal::Txn(txn)).await?,
+            )),
+            ForwardOp::Compact(revision) => Ok(ForwardOk::Reply(
+                r.proposer
+                    .propose(Proposal::Plain(Command::Compact { revision }))
+                    .await?,
+            )),
+            ForwardOp::Meta(cmd) => Ok(ForwardOk::Reply(
+                r.proposer.propose(Proposal::Plain(cmd)).await?,
+            )),
+            ForwardOp::ReadIndex => {
+                let (read, _) = r.raft.get_read_log_id().await.map_err(read_index_error)?;
+                Ok(ForwardOk::ReadIndex(read.map_or(0, |l| l.index)))
+            }
+        }
+    }
+
+    /// Runs a write transaction (`Put`/`DeleteRange` arrive as one-op txns).
+    pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse> {
+        let region = self.route(&first_key(req));
+        match self
+            .submit(region, ForwardOp::Txn(req.encode_to_vec()))
+            .await?
+        {
+            ForwardOk::Reply(Reply::Txn(b)) => {
+                TxnResponse::decode(b.as_slice()).map_err(|e| Error::Internal(e.to_string()))
+            }
+            ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Compacts history at `revision`; returns the current revision.
+    pub async fn compact(&self, revision: i64) -> Result<i64> {
+        match self
+            .submit(DATA_REGION, ForwardOp::Compact(revision))
+            .await?
+        {
+            ForwardOk::Reply(Reply::Compacted { current }) => Ok(current),
+            ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Serves a `Range`: linearizable via read-index at the leader, then a
+    /// local read once this replica has applied that far; `serializable`
+    /// reads come straight from this replica.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        let region = self.route(&req.key);
+        let r = self.region(region)?;
+        if !req.serializable {
+            let index = match self.submit(region, ForwardOp::ReadIndex).await? {
+                ForwardOk::ReadIndex(i) => i,
+                other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            };
+            r.raft
+                .wait(Some(REQUEST_TIMEOUT))
+                .applied_index_at_least(Some(index), "read-index")
+                .await
+                .map_err(|_| Error::Timeout)?;
+        }
+        let (snap, revs) = r.shared.read_view();
+        tokio::task::spawn_blocking(move || cairn_mvcc::range(&*snap, &req, revs))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::from)
+    }
+
+    /// Allocates timestamps if this node leads the meta region.
+    pub async fn tso_local(&self, count: u32) -> Result<i64> {
+        self.tso.allocate(count).await
+    }
+
+    /// The data region's current Raft term (for response headers).
+    pub fn raft_term(&self) -> u64 {
+        self.region(DATA_REGION)
+            .map_or(0, |r| r.raft.metrics().borrow().current_term)
+    }
+
+    /// The data region's current revision on this replica.
+    pub fn revision(&self) -> i64 {
+        self.region(DATA_REGION)
+            .map_or(0, |r| r.shared.applied().current_revision)
+    }
+
+    /// What `Maintenance.Status` reports.
+    pub fn status(&self) -> NodeStatus {
+        let Ok(r) = self.region(DATA_REGION) else {
+            return NodeStatus::default();
+        };
+        let m = r.raft.metrics().borrow().clone();
+        NodeStatus {
+            leader: m.current_leader.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+            db_size: self.engine.size_on_disk() as i64,
+        }
+    }
+
+    /// Known members: published attributes, or the Raft membership for
+    /// members that have not published yet.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let Ok(meta) = self.region(META_REGION) else {
+            return Vec::new();
+        };
+        let published = meta.shared.applied().members;
+        let m = meta.raft.metrics().borrow().clone();
+        let mut out: Vec<MemberInfo> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, node)| {
+                published.get(id).cloned().unwrap_or_else(|| MemberInfo {
+                    id: *id,
+                    name: String::new(),
+                    peer_urls: vec![node.addr.clone()],
+                    client_urls: Vec::new(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    /// The node's group-commit counters.
+    pub fn log_stats(&self) -> Arc<LogWriterStats> {
+        self.log_writer.stats()
+    }
+
+    /// Stops every region's Raft.
+    pub async fn shutdown(&self) {
+        for r in self.regions.values() {
+            let _ = r.raft.shutdown().await;
+        }
+    }
+}
+
+/// The key a transaction is routed by (its first named key).
+fn first_key(req: &TxnRequest) -> Vec<u8> {
+    use cairn_api::etcdserverpb::request_op::Request;
+    if let Some(c) = req.compare.first() {
+        return c.key.clone();
+    }
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(Request::RequestPut(p)) => return p.key.clone(),
+            Some(Request::RequestRange(r)) => return r.key.clone(),
+            Some(Request::RequestDeleteRange(d)) => return d.key.clone(),
+            Some(Request::RequestTxn(t)) => return first_key(t),
+            None => {}
+        }
+    }
+    Vec::new()
+}
+
+/// Gets timestamps from the meta leader: locally if that is us.
+async fn fetch_timestamps(tso: &Tso, pool: &Arc<PeerPool>, meta: &Raft, count: u32) -> Result<i64> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let leader = meta.metrics().borrow().current_leader;
+        let res = match leader {
+            Some(l) if l == pool.me() => tso.allocate(count).await,
+            Some(l) => remote::tso(pool, meta, l, count).await,
+            None => Err(Error::NoLeader),
+        };
+        match res {
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) if e.is_retryable() => return Err(Error::NoLeader),
+            other => return other,
+        }
+    }
+}
+
+/// Publishes this member's attributes and the initial region directory to
+/// the meta region (idempotent; retried until done).
+async fn publish_self(node: std::sync::Weak<Node>) {
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let me = MemberInfo {
+            id: n.id,
+            name: n.config.name.clone(),
+            peer_urls: n.config.peer_urls.clone(),
+            client_urls: n.config.client_urls.clone(),
+        };
+        let applied = match n.region(META_REGION) {
+            Ok(m) => m.shared.applied(),
+            Err(_) => return,
+        };
+        let mut todo = Vec::new();
+        if applied.members.get(&n.id) != Some(&me) {
+            todo.push(Command::SetMember(me));
+        }
+        if !applied.regions.contains_key(&DATA_REGION) {
+            let peers = n.region(DATA_REGION).map_or(Vec::new(), |r| {
+                r.raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect()
+            });
+            todo.push(Command::SetRegion(RegionDesc {
+                id: DATA_REGION,
+                start: Vec::new(),
+                end: Vec::new(),
+                epoch: 1,
+                peers,
+            }));
+        }
+        if todo.is_empty() {
+            return;
+        }
+        for cmd in todo {
+            if let Err(e) = n.submit(META_REGION, ForwardOp::Meta(cmd)).await {
+                tracing::debug!("publishing to meta region: {e}");
+            }
+        }
+        drop(n);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

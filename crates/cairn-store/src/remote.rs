@@ -1,0 +1,109 @@
+//! Calls to other nodes over the `Peer` service: forwarded region requests
+//! and TSO requests. Both respect the fault switchboard, like Raft traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_api::peerpb::{ForwardRequest, TsoRequest};
+use cairn_raft::network::PeerPool;
+use cairn_raft::{decode, encode, Command, Raft, Reply};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A request forwarded to the node believed to lead a region.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardOp {
+    /// Propose a prost-encoded `TxnRequest` (data region).
+    Txn(Vec<u8>),
+    /// Propose a compaction (data region).
+    Compact(i64),
+    /// Confirm leadership and return the read index.
+    ReadIndex,
+    /// Propose a meta command (meta region).
+    Meta(Command),
+}
+
+/// The answer to a [`ForwardOp`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ForwardOk {
+    /// The applied command's reply.
+    Reply(Reply),
+    /// The read index.
+    ReadIndex(u64),
+}
+
+/// The peer address of `node` according to `raft`'s membership.
+pub fn node_addr(raft: &Raft, node: u64) -> Option<String> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.membership_config
+        .membership()
+        .get_node(&node)
+        .map(|n| n.addr.clone())
+}
+
+/// Sends `op` for `region` to `target`.
+pub async fn forward(
+    pool: &Arc<PeerPool>,
+    raft: &Raft,
+    target: u64,
+    region: u64,
+    op: &ForwardOp,
+) -> Result<ForwardOk> {
+    if pool.faults.blocks(pool.me(), target) {
+        return Err(Error::NoLeader);
+    }
+    let addr = node_addr(raft, target).ok_or(Error::NoLeader)?;
+    let mut client = pool.client(&addr).map_err(Error::Internal)?;
+    let payload = encode(op)?;
+    let call = client.forward(ForwardRequest {
+        region_id: region,
+        payload,
+    });
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Err(_) => Err(Error::Timeout),
+        // Connecting failed: nothing was sent, so retrying (elsewhere) is safe.
+        // Any other transport failure may have happened after the leader
+        // proposed: the outcome is unknown and must not be retried.
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable && never_sent(&status) => {
+            Err(Error::NoLeader)
+        }
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(Error::Timeout),
+        Ok(Err(status)) => Err(Error::Internal(status.message().to_string())),
+        Ok(Ok(reply)) => {
+            decode::<std::result::Result<ForwardOk, Error>>(&reply.into_inner().payload)?
+        }
+    }
+}
+
+/// Asks `target` (the meta leader) for `count` timestamps.
+pub async fn tso(pool: &Arc<PeerPool>, meta: &Raft, target: u64, count: u32) -> Result<i64> {
+    if pool.faults.blocks(pool.me(), target) {
+        return Err(Error::NoLeader);
+    }
+    let addr = node_addr(meta, target).ok_or(Error::NoLeader)?;
+    let mut client = pool.client(&addr).map_err(Error::Internal)?;
+    match tokio::time::timeout(Duration::from_secs(5), client.tso(TsoRequest { count })).await {
+        Err(_) => Err(Error::NoLeader),
+        Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+            Err(Error::NotLeader { leader: None })
+        }
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(Error::NoLeader),
+        Ok(Err(status)) => Err(Error::Internal(status.message().to_string())),
+        Ok(Ok(r)) => Ok(r.into_inner().first),
+    }
+}
+
+/// True when a failed call never reached the peer (connection refused or
+/// not established).
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut text = format!("{} {:?}", status.message(), status);
+    let mut src = std::error::Error::source(status);
+    while let Some(e) = src {
+        text.push_str(&format!(" {e} {e:?}"));
+        src = e.source();
+    }
+    let t = text.to_ascii_lowercase();
+    t.contains("connect") || t.contains("refused")
+}

@@ -1,0 +1,148 @@
+//! `cairn serve`: one node, configured like an etcd member.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use cairn_server::{Context, Limits};
+use cairn_store::{parse_initial_cluster, Node, NodeConfig};
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::urls;
+
+/// etcd-compatible flags.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: `<name>.cairn`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+    /// Client URLs advertised to the cluster (default: listen URLs).
+    #[arg(long)]
+    pub advertise_client_urls: Option<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs advertised to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration: `name=peer-url,...` (default: just this member).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// `new` to bootstrap, `existing` to join/restart.
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Token distinguishing clusters with the same members.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Maximum operations (compares, or ops per branch) in one txn.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Log entries between snapshots.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+}
+
+/// A running node with its listeners.
+pub struct Running {
+    /// The node.
+    pub node: Arc<Node>,
+}
+
+/// Starts a node and its servers; returns once listening.
+pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
+    let peer_urls = urls::list(&a.initial_advertise_peer_urls);
+    let initial = a
+        .initial_cluster
+        .clone()
+        .unwrap_or_else(|| format!("{}={}", a.name, peer_urls.join(",")));
+    let initial_cluster = parse_initial_cluster(&initial).map_err(anyhow::Error::msg)?;
+    let client_urls = urls::list(
+        a.advertise_client_urls
+            .as_deref()
+            .unwrap_or(&a.listen_client_urls),
+    );
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", a.name)));
+
+    // Bind first, so a port conflict fails fast and peers can reach us
+    // while Raft starts.
+    let mut peer_listeners = Vec::new();
+    for u in urls::list(&a.listen_peer_urls) {
+        let addr = urls::socket_addr(&u)?;
+        peer_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding peer URL {u}"))?,
+        );
+    }
+    let mut client_listeners = Vec::new();
+    for u in urls::list(&a.listen_client_urls) {
+        let addr = urls::socket_addr(&u)?;
+        client_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding client URL {u}"))?,
+        );
+    }
+
+    let node = Node::start(NodeConfig {
+        name: a.name.clone(),
+        data_dir,
+        client_urls,
+        peer_urls,
+        initial_cluster,
+        new_cluster: a.initial_cluster_state == "new",
+        cluster_token: a.initial_cluster_token.clone(),
+        snapshot_logs: a.snapshot_count.max(10),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;
+
+    for l in peer_listeners {
+        let n = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cairn_server::serve_peer(n, l, std::future::pending()).await {
+                tracing::error!("peer server: {e}");
+            }
+        });
+    }
+    let ctx = Arc::new(Context {
+        node: node.clone(),
+        limits: Limits {
+            max_request_bytes: a.max_request_bytes,
+            max_txn_ops: a.max_txn_ops,
+        },
+    });
+    let mut client_addrs = Vec::new();
+    for l in client_listeners {
+        client_addrs.push(l.local_addr()?);
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cairn_server::serve_client(c, l, std::future::pending()).await {
+                tracing::error!("client server: {e}");
+            }
+        });
+    }
+    tracing::info!(name = %a.name, id = format_args!("{:x}", node.id), "cairn node serving clients on {client_addrs:?}");
+    Ok(Running { node })
+}
+
+/// `cairn serve`: start and run until interrupted.
+pub async fn run(a: ServeArgs) -> anyhow::Result<()> {
+    let running = start(a).await?;
+    tokio::signal::ctrl_c().await?;
+    running.node.shutdown().await;
+    Ok(())
+}
