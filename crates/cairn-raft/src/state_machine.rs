@@ -15,7 +15,7 @@ use std::sync::Arc;
 use cairn_api::etcdserverpb::TxnRequest;
 use cairn_mvcc::{Limits, NoLeases, Revisions};
 use cairn_storage::keys::{Key, Space};
-use cairn_storage::{Durability, Engine, Snapshot as EngineSnapshot, WriteBatch};
+use cairn_storage::{Durability, Engine, Overlay, Snapshot as EngineSnapshot, WriteBatch};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -140,10 +140,21 @@ impl StateMachine {
         Self { shared }
     }
 
-    /// Applies one command to `state`, returning the writes and the reply.
-    fn execute(&self, cmd: Command, state: &mut Applied) -> crate::Result<(WriteBatch, Reply)> {
-        let engine: &dyn Engine = &*self.shared.engine;
+    /// Applies one command to `state`, reading through `engine` (the live
+    /// engine, or an overlay holding earlier writes of the same entry);
+    /// returns the writes and the reply.
+    fn execute(&self, cmd: Command, state: &mut Applied, engine: &dyn EngineSnapshot) -> crate::Result<(WriteBatch, Reply)> {
         match cmd {
+            Command::Batch(cmds) => {
+                let mut overlay = Overlay::new(engine);
+                let mut replies = Vec::with_capacity(cmds.len());
+                for c in cmds {
+                    let (b, r) = self.execute(c, state, &overlay)?;
+                    overlay.write(b)?;
+                    replies.push(r);
+                }
+                Ok((overlay.into_batch(), Reply::Batch(replies)))
+            }
             Command::Txn { ts, txn } => {
                 let req = match TxnRequest::decode(txn.as_slice()) {
                     Ok(r) => r,
@@ -289,7 +300,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     next.membership = StoredMembership::new(Some(entry.log_id), m);
                     (WriteBatch::new(), Reply::Done)
                 }
-                EntryPayload::Normal(cmd) => self.execute(cmd, &mut next).map_err(sm_err)?,
+                EntryPayload::Normal(cmd) => self.execute(cmd, &mut next, &*self.shared.engine).map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);
             batch.put(

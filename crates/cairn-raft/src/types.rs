@@ -24,6 +24,10 @@ pub enum Command {
     /// `Put` and `DeleteRange` arrive as one-op transactions) committed at TSO
     /// timestamp `ts`. The revision is `max(ts, current + 1)`.
     Txn { ts: i64, txn: Vec<u8> },
+    /// Data region: a group of transactions committed together (group
+    /// commit): applied in order, each seeing the ones before, as one atomic
+    /// batch. Element `i` replies in `Reply::Batch[i]`.
+    Batch(Vec<Command>),
     /// Data region: compact MVCC history at `revision`.
     Compact { revision: i64 },
     /// Meta region: the TSO may hand out timestamps below `high_water`.
@@ -45,6 +49,8 @@ pub enum Reply {
     Done,
     /// The command was refused; nothing changed.
     Rejected(Rejection),
+    /// One reply per command of a [`Command::Batch`].
+    Batch(Vec<Reply>),
     /// The command's bytes did not decode (never produced by Cairn itself).
     Invalid(String),
 }

@@ -30,8 +30,10 @@ mod error;
 mod fjall_engine;
 pub mod keys;
 mod memory;
+mod overlay;
 
 pub use engine::{Durability, Engine, KvIter, KvPair, Op, Snapshot, WriteBatch};
 pub use error::{Error, Result};
 pub use fjall_engine::FjallEngine;
 pub use memory::MemoryEngine;
+pub use overlay::Overlay;

@@ -205,11 +205,16 @@ impl Node {
         let r = self.region(region)?;
         loop {
             let leader = r.raft.metrics().borrow().current_leader;
-            let res = match leader {
-                Some(l) if l == self.id => self.serve_local(region, op.clone()).await,
-                Some(l) => remote::forward(&self.pool, &r.raft, l, region, &op).await,
-                None => Err(Error::NoLeader),
+            let attempt = async {
+                match leader {
+                    Some(l) if l == self.id => self.serve_local(region, op.clone()).await,
+                    Some(l) => remote::forward(&self.pool, &r.raft, l, region, &op).await,
+                    None => Err(Error::NoLeader),
+                }
             };
+            // A leader that lost its quorum never answers: bound the wait.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let res = tokio::time::timeout(left, attempt).await.unwrap_or(Err(Error::Timeout));
             match res {
                 Err(e) if e.is_retryable() => {
                     if Instant::now() >= deadline {

@@ -2,9 +2,11 @@
 //!
 //! Client writes queue here. The proposer takes everything queued, fetches
 //! one run of timestamps for the whole group (one TSO request), and hands the
-//! commands to openraft in timestamp order without waiting for each to
-//! commit; openraft appends them together and the node's log writer covers
-//! them with one fsync. Replies are delivered as entries apply.
+//! transactions to openraft as ONE log entry (`Command::Batch`) without
+//! waiting for earlier groups to commit: one append, one fsync and one
+//! replication round for the whole group. Replies are delivered as entries
+//! apply. (openraft orders a leader's appends behind their flushes, so
+//! batching must happen before Raft, not in the log writer.)
 //!
 //! Ordering: groups are proposed one after another and TSO runs are
 //! increasing, so log order equals timestamp order; the state machine also
@@ -17,7 +19,7 @@ use std::sync::Arc;
 
 use cairn_raft::{Command, Raft, Reply};
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{Error, Result};
 
@@ -42,13 +44,91 @@ pub struct Proposer {
 }
 
 const MAX_GROUP: usize = 4096;
+/// Groups proposed but not yet applied, at most.
+const MAX_INFLIGHT_GROUPS: usize = 2;
+
+/// A pipeline slot, shared by every entry of one group.
+type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
+/// Soft cap on the payload of one group-commit entry.
+const MAX_ENTRY_BYTES: usize = 4 << 20;
+
+/// Proposes `txns` as one entry (a `Batch` when more than one) and routes
+/// each reply back to its waiter.
+async fn propose_txns(raft: &Raft, mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)>, slot: &Slot) {
+    match txns.len() {
+        0 => {}
+        1 => {
+            let (c, reply) = txns.pop().expect("one");
+            propose(raft, c, reply, slot).await;
+        }
+        _ => {
+            let (cmds, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
+            let (tx, rx) = oneshot::channel();
+            propose(raft, Command::Batch(cmds), tx, slot).await;
+            tokio::spawn(async move {
+                match rx.await {
+                    Ok(Ok(Reply::Batch(rs))) if rs.len() == replies.len() => {
+                        for (r, reply) in rs.into_iter().zip(replies) {
+                            let _ = reply.send(Ok(r));
+                        }
+                    }
+                    Ok(Ok(other)) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(Error::Internal(format!("unexpected batch reply {other:?}"))));
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                    Err(_) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(Error::Timeout));
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Proposes one command; the reply arrives when it applies.
+async fn propose(raft: &Raft, cmd: Command, reply: oneshot::Sender<Result<Reply>>, slot: &Slot) {
+    match raft.client_write_ff(cmd).await {
+        Ok(rx) => {
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                let _slot = slot; // the pipeline slot frees when every entry of the group answered
+                let r = match rx.await {
+                    Ok(Ok(resp)) => Ok(resp.data),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader { leader: f.leader_id }),
+                    Ok(Err(e)) => Err(Error::Internal(e.to_string())),
+                    // The responder was dropped: leadership lost mid-way,
+                    // the entry may or may not commit.
+                    Err(_) => Err(Error::Timeout),
+                };
+                let _ = reply.send(r);
+            });
+        }
+        Err(_) => {
+            let _ = reply.send(Err(Error::Stopped));
+        }
+    }
+}
 
 impl Proposer {
     /// Starts the proposer of `raft`.
     pub fn start(raft: Raft, timestamps: TimestampSource) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
         tokio::spawn(async move {
+            let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_GROUPS));
             while let Some(first) = rx.recv().await {
+                // Wait for a free pipeline slot *before* draining the queue:
+                // while earlier groups are being made durable and replicated,
+                // new requests pile up and join this group.
+                let Ok(slot) = inflight.clone().acquire_owned().await else { return };
+                let slot = Arc::new(slot);
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
@@ -73,38 +153,29 @@ impl Proposer {
                 } else {
                     0
                 };
+                // Consecutive transactions become one Raft entry (up to
+                // MAX_ENTRY_BYTES); other commands go alone, in order.
+                let mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
+                let mut bytes = 0usize;
                 for (p, reply) in group {
-                    let cmd = match p {
+                    match p {
                         Proposal::Txn(txn) => {
-                            let c = Command::Txn { ts, txn };
+                            bytes += txn.len();
+                            txns.push((Command::Txn { ts, txn }, reply));
                             ts += 1;
-                            c
+                            if bytes >= MAX_ENTRY_BYTES {
+                                propose_txns(&raft, std::mem::take(&mut txns), &slot).await;
+                                bytes = 0;
+                            }
                         }
-                        Proposal::Plain(c) => c,
-                    };
-                    match raft.client_write_ff(cmd).await {
-                        Ok(rx) => {
-                            tokio::spawn(async move {
-                                let r = match rx.await {
-                                    Ok(Ok(resp)) => Ok(resp.data),
-                                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
-                                        Err(Error::NotLeader {
-                                            leader: f.leader_id,
-                                        })
-                                    }
-                                    Ok(Err(e)) => Err(Error::Internal(e.to_string())),
-                                    // The responder was dropped: leadership lost mid-way,
-                                    // the entry may or may not commit.
-                                    Err(_) => Err(Error::Timeout),
-                                };
-                                let _ = reply.send(r);
-                            });
-                        }
-                        Err(_) => {
-                            let _ = reply.send(Err(Error::Stopped));
+                        Proposal::Plain(c) => {
+                            propose_txns(&raft, std::mem::take(&mut txns), &slot).await;
+                            bytes = 0;
+                            propose(&raft, c, reply, &slot).await;
                         }
                     }
                 }
+                propose_txns(&raft, txns, &slot).await;
             }
         });
         Self { tx }

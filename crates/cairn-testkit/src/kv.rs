@@ -1,0 +1,47 @@
+//! Thin helpers over the etcd KV client for tests.
+
+use std::time::Duration;
+
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
+use tonic::transport::{Channel, Endpoint};
+
+/// A KV client for `addr` (`host:port`), connected lazily.
+pub async fn connect(addr: &str) -> KvClient<Channel> {
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid address")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(15))
+        .connect_lazy();
+    KvClient::new(ch)
+}
+
+/// Puts `key = value`; returns the revision.
+pub async fn put(c: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i64, tonic::Status> {
+    let r = c
+        .put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+        .await?
+        .into_inner();
+    Ok(r.header.map_or(0, |h| h.revision))
+}
+
+/// Gets one key (linearizable unless `serializable`).
+pub async fn get(c: &mut KvClient<Channel>, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
+    let r = c
+        .range(RangeRequest { key: key.into(), serializable, ..Default::default() })
+        .await?
+        .into_inner();
+    Ok(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+/// Every key with `prefix`.
+pub async fn prefix(c: &mut KvClient<Channel>, prefix: &str, serializable: bool) -> Result<RangeResponse, tonic::Status> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    Ok(c
+        .range(RangeRequest { key: prefix.into(), range_end: end, serializable, ..Default::default() })
+        .await?
+        .into_inner())
+}

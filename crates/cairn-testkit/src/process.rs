@@ -1,0 +1,136 @@
+//! A cluster of `cairn serve` processes, for tests that kill and pause them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// N `cairn serve` processes on free loopback ports.
+pub struct ProcessCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    initial: String,
+    members: Vec<Member>,
+}
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl ProcessCluster {
+    /// Starts `n` members of a new cluster using binary `bin`.
+    pub fn start(bin: &Path, n: usize) -> Self {
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member { name: format!("p{}", i + 1), client_port: free_port(), peer_port: free_port(), child: None, starts: 0 })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = ProcessCluster { bin: bin.to_path_buf(), dir: tempfile::tempdir().expect("tempdir"), initial, members };
+        for i in 0..n {
+            c.spawn(i, "new");
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
+        let dir = self.dir.path().to_path_buf();
+        let m = &mut self.members[i];
+        m.starts += 1;
+        let log = File::create(dir.join(format!("{}.{}.log", m.name, m.starts))).expect("log file");
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(dir.join(&m.name))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", m.client_port)])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--initial-cluster", &self.initial])
+            .args(["--initial-cluster-state", state])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cairn serve");
+        m.child = Some(child);
+    }
+
+    /// `127.0.0.1:port` of member `i`'s client endpoint.
+    pub fn client_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Every client endpoint.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.client_addr(i)).collect()
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when the cluster has no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The process ID of member `i`, if running.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILLs member `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to member `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(pid) = self.pid(i) {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        }
+    }
+
+    /// Restarts a killed member `i` on its data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "restart of a running member");
+        self.spawn(i, "existing");
+    }
+
+    /// The collected stderr of every run of every member (for failure reports).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
+            let mut files: Vec<_> = rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                out += &format!("== {}\n{}\n", f.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.signal(i, "CONT");
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! In-process 3-node clusters on the real transport with injected faults:
+//! replication, leader failure, partitions, restart and snapshot catch-up,
+//! group commit.
+
+use std::time::{Duration, Instant};
+
+use cairn_store::DATA_REGION;
+use cairn_testkit::{kv, InProcessCluster};
+
+/// Retries a put through `node` until it is acknowledged (elections may be
+/// under way); returns the revision.
+async fn put_eventually(c: &InProcessCluster, node: usize, key: &str, value: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = c.kv(node).await;
+    loop {
+        match kv::put(&mut client, key, value).await {
+            Ok(rev) => return rev,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "put {key} never acknowledged: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn wait_value(c: &InProcessCluster, node: usize, key: &str, want: &str, serializable: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = c.kv(node).await;
+    loop {
+        if let Ok(Some(v)) = kv::get(&mut client, key, serializable).await {
+            if v == want {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "node {node} never saw {key}={want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_replicate_and_any_node_serves_them() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut last = 0;
+    for i in 0..10 {
+        let rev = put_eventually(&c, i % 3, &format!("k{i}"), &format!("v{i}")).await;
+        assert!(rev > last, "revisions strictly increase: {rev} after {last}");
+        last = rev;
+    }
+    for n in 0..3 {
+        let mut client = c.kv(n).await;
+        let r = kv::prefix(&mut client, "k", false).await.unwrap();
+        assert_eq!(r.kvs.len(), 10, "linearizable read on node {n}");
+        assert!(r.header.unwrap().revision >= last);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill_loses_no_acknowledged_write() {
+    let mut c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let other = (leader + 1) % 3;
+    for i in 0..20 {
+        put_eventually(&c, other, &format!("a{i}"), "x").await;
+    }
+    c.stop(leader).await;
+    let new_leader = c.wait_leader(DATA_REGION).await;
+    assert_ne!(new_leader, leader);
+    for i in 20..40 {
+        put_eventually(&c, other, &format!("a{i}"), "x").await;
+    }
+    let mut client = c.kv(other).await;
+    assert_eq!(kv::prefix(&mut client, "a", false).await.unwrap().kvs.len(), 40);
+    // The old leader comes back and catches up.
+    c.restart(leader).await;
+    wait_value(&c, leader, "a39", "x", true).await;
+    let mut client = c.kv(leader).await;
+    assert_eq!(kv::prefix(&mut client, "a", true).await.unwrap().kvs.len(), 40);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minority_partition_cannot_serve_linearizable_reads_but_majority_writes() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    put_eventually(&c, leader, "before", "1").await;
+    // Partition the leader away: the majority elects a new one and keeps writing.
+    c.isolate(leader);
+    let majority: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    put_eventually(&c, majority[0], "during", "2").await;
+    wait_value(&c, majority[1], "during", "2", false).await;
+    // The isolated old leader must not serve a stale linearizable read.
+    let mut isolated = c.kv(leader).await;
+    match kv::get(&mut isolated, "during", false).await {
+        Ok(v) => panic!("isolated node answered a linearizable read: {v:?}"),
+        Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+    }
+    // A serializable read is allowed and is stale.
+    assert_eq!(kv::get(&mut isolated, "during", true).await.unwrap(), None);
+    c.heal();
+    wait_value(&c, leader, "during", "2", true).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_follower_catches_up_through_a_snapshot() {
+    // Snapshot every 20 entries and keep 2, so 150 writes purge the log.
+    let mut c = InProcessCluster::start_with(3, 20, cairn_server::Limits::default()).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let follower = (leader + 1) % 3;
+    put_eventually(&c, leader, "s0", "first").await;
+    c.stop(follower).await;
+    for i in 1..150 {
+        put_eventually(&c, leader, &format!("s{i}"), "v").await;
+    }
+    let purged = c.node(leader).region(DATA_REGION).unwrap().raft.metrics().borrow().purged;
+    assert!(purged.is_some_and(|p| p.index > 20), "leader purged its log: {purged:?}");
+    c.restart(follower).await;
+    wait_value(&c, follower, "s149", "v", true).await;
+    let m = c.node(follower).region(DATA_REGION).unwrap().raft.metrics().borrow().clone();
+    assert!(m.snapshot.is_some(), "follower installed a snapshot: {m:?}");
+    let mut client = c.kv(follower).await;
+    assert_eq!(kv::prefix(&mut client, "s", true).await.unwrap().kvs.len(), 150);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lossy_network_still_commits_every_acknowledged_write() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.drop_messages(20);
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let mut client = c.kv(i % 3).await;
+        if kv::put(&mut client, &format!("l{i}"), "v").await.is_ok() {
+            acked.push(i);
+        }
+    }
+    c.heal();
+    assert!(!acked.is_empty(), "some writes succeed through 20% loss");
+    let mut client = c.kv(0).await;
+    let r = kv::prefix(&mut client, "l", false).await.unwrap();
+    let keys: Vec<String> = r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+    for i in acked {
+        assert!(keys.contains(&format!("l{i}")), "acknowledged l{i} is readable");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_share_fsyncs() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    put_eventually(&c, leader, "warm", "up").await;
+    let mut warm = c.kv(leader).await;
+    kv::put(&mut warm, "warm", "up").await.unwrap();
+    let stats = c.node(leader).log_stats();
+    let syncs_before = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let n = 400;
+    // One connected HTTP/2 channel shared by every writer, so requests
+    // arrive together rather than paced by connection setup.
+    let shared = c.kv(leader).await;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut client = shared.clone();
+        tasks.push(tokio::spawn(async move { kv::put(&mut client, &format!("g{i}"), "v").await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed) - syncs_before;
+    assert!(syncs * 4 < n, "{n} concurrent writes took {syncs} fsyncs on the leader: no group commit");
+    c.shutdown().await;
+}
