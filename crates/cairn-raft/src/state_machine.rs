@@ -143,7 +143,12 @@ impl StateMachine {
     /// Applies one command to `state`, reading through `engine` (the live
     /// engine, or an overlay holding earlier writes of the same entry);
     /// returns the writes and the reply.
-    fn execute(&self, cmd: Command, state: &mut Applied, engine: &dyn EngineSnapshot) -> crate::Result<(WriteBatch, Reply)> {
+    fn execute(
+        &self,
+        cmd: Command,
+        state: &mut Applied,
+        engine: &dyn EngineSnapshot,
+    ) -> crate::Result<(WriteBatch, Reply)> {
         match cmd {
             Command::Batch(cmds) => {
                 let mut overlay = Overlay::new(engine);
@@ -300,7 +305,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     next.membership = StoredMembership::new(Some(entry.log_id), m);
                     (WriteBatch::new(), Reply::Done)
                 }
-                EntryPayload::Normal(cmd) => self.execute(cmd, &mut next, &*self.shared.engine).map_err(sm_err)?,
+                EntryPayload::Normal(cmd) => self
+                    .execute(cmd, &mut next, &*self.shared.engine)
+                    .map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);
             batch.put(

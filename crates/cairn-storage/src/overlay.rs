@@ -20,7 +20,11 @@ pub struct Overlay<'a> {
 impl<'a> Overlay<'a> {
     /// An empty overlay over `base`.
     pub fn new(base: &'a dyn Snapshot) -> Self {
-        Self { base, pending: BTreeMap::new(), batch: WriteBatch::new() }
+        Self {
+            base,
+            pending: BTreeMap::new(),
+            batch: WriteBatch::new(),
+        }
     }
 
     /// Adds `batch`'s puts and deletes (range deletes are not supported).
@@ -33,7 +37,9 @@ impl<'a> Overlay<'a> {
                 Op::Delete(k) => {
                     self.pending.insert(k.clone(), None);
                 }
-                Op::DeleteRange(..) => return Err(Error::Engine("range delete in an overlay".into())),
+                Op::DeleteRange(..) => {
+                    return Err(Error::Engine("range delete in an overlay".into()))
+                }
             }
         }
         self.batch.extend(batch);
@@ -61,11 +67,24 @@ impl Snapshot for Overlay<'_> {
         }
         let base = self.base.scan(start.clone(), end.clone(), reverse);
         let pend: Box<dyn Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + Send + '_> = if reverse {
-            Box::new(self.pending.range((start, end)).rev().map(|(k, v)| (k.clone(), v.clone())))
+            Box::new(
+                self.pending
+                    .range((start, end))
+                    .rev()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            )
         } else {
-            Box::new(self.pending.range((start, end)).map(|(k, v)| (k.clone(), v.clone())))
+            Box::new(
+                self.pending
+                    .range((start, end))
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            )
         };
-        Box::new(Merge { base: base.peekable(), pending: pend.peekable(), reverse })
+        Box::new(Merge {
+            base: base.peekable(),
+            pending: pend.peekable(),
+            reverse,
+        })
     }
 }
 
@@ -132,12 +151,34 @@ mod tests {
         o.write(w).unwrap();
         let all = (Bound::Included(vec![0x10]), Bound::Excluded(vec![0x11]));
         let fwd = keys(o.scan(all.0.clone(), all.1.clone(), false));
-        assert_eq!(fwd, vec![(1, vec![1]), (2, vec![20]), (3, vec![30]), (7, vec![7]), (9, vec![90])]);
+        assert_eq!(
+            fwd,
+            vec![
+                (1, vec![1]),
+                (2, vec![20]),
+                (3, vec![30]),
+                (7, vec![7]),
+                (9, vec![90])
+            ]
+        );
         let rev = keys(o.scan(all.0, all.1, true));
-        assert_eq!(rev, vec![(9, vec![90]), (7, vec![7]), (3, vec![30]), (2, vec![20]), (1, vec![1])]);
+        assert_eq!(
+            rev,
+            vec![
+                (9, vec![90]),
+                (7, vec![7]),
+                (3, vec![30]),
+                (2, vec![20]),
+                (1, vec![1])
+            ]
+        );
         assert_eq!(o.get(&[0x10, 5]).unwrap(), None);
         assert_eq!(o.get(&[0x10, 7]).unwrap(), Some(vec![7]));
         assert_eq!(o.into_batch().len(), 4);
-        assert_eq!(e.get(&[0x10, 2]).unwrap(), None, "base untouched until committed");
+        assert_eq!(
+            e.get(&[0x10, 2]).unwrap(),
+            None,
+            "base untouched until committed"
+        );
     }
 }

@@ -214,7 +214,9 @@ impl Node {
             };
             // A leader that lost its quorum never answers: bound the wait.
             let left = deadline.saturating_duration_since(Instant::now());
-            let res = tokio::time::timeout(left, attempt).await.unwrap_or(Err(Error::Timeout));
+            let res = tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or(Err(Error::Timeout));
             match res {
                 Err(e) if e.is_retryable() => {
                     if Instant::now() >= deadline {

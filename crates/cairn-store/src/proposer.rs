@@ -54,7 +54,11 @@ const MAX_ENTRY_BYTES: usize = 4 << 20;
 
 /// Proposes `txns` as one entry (a `Batch` when more than one) and routes
 /// each reply back to its waiter.
-async fn propose_txns(raft: &Raft, mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)>, slot: &Slot) {
+async fn propose_txns(
+    raft: &Raft,
+    mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)>,
+    slot: &Slot,
+) {
     match txns.len() {
         0 => {}
         1 => {
@@ -74,7 +78,9 @@ async fn propose_txns(raft: &Raft, mut txns: Vec<(Command, oneshot::Sender<Resul
                     }
                     Ok(Ok(other)) => {
                         for reply in replies {
-                            let _ = reply.send(Err(Error::Internal(format!("unexpected batch reply {other:?}"))));
+                            let _ = reply.send(Err(Error::Internal(format!(
+                                "unexpected batch reply {other:?}"
+                            ))));
                         }
                     }
                     Ok(Err(e)) => {
@@ -102,7 +108,9 @@ async fn propose(raft: &Raft, cmd: Command, reply: oneshot::Sender<Result<Reply>
                 let _slot = slot; // the pipeline slot frees when every entry of the group answered
                 let r = match rx.await {
                     Ok(Ok(resp)) => Ok(resp.data),
-                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader { leader: f.leader_id }),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
+                        leader: f.leader_id,
+                    }),
                     Ok(Err(e)) => Err(Error::Internal(e.to_string())),
                     // The responder was dropped: leadership lost mid-way,
                     // the entry may or may not commit.
@@ -127,7 +135,9 @@ impl Proposer {
                 // Wait for a free pipeline slot *before* draining the queue:
                 // while earlier groups are being made durable and replicated,
                 // new requests pile up and join this group.
-                let Ok(slot) = inflight.clone().acquire_owned().await else { return };
+                let Ok(slot) = inflight.clone().acquire_owned().await else {
+                    return;
+                };
                 let slot = Arc::new(slot);
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {

@@ -19,29 +19,51 @@ pub async fn connect(addr: &str) -> KvClient<Channel> {
 /// Puts `key = value`; returns the revision.
 pub async fn put(c: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i64, tonic::Status> {
     let r = c
-        .put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+        .put(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     Ok(r.header.map_or(0, |h| h.revision))
 }
 
 /// Gets one key (linearizable unless `serializable`).
-pub async fn get(c: &mut KvClient<Channel>, key: &str, serializable: bool) -> Result<Option<String>, tonic::Status> {
+pub async fn get(
+    c: &mut KvClient<Channel>,
+    key: &str,
+    serializable: bool,
+) -> Result<Option<String>, tonic::Status> {
     let r = c
-        .range(RangeRequest { key: key.into(), serializable, ..Default::default() })
+        .range(RangeRequest {
+            key: key.into(),
+            serializable,
+            ..Default::default()
+        })
         .await?
         .into_inner();
-    Ok(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    Ok(r.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
 }
 
 /// Every key with `prefix`.
-pub async fn prefix(c: &mut KvClient<Channel>, prefix: &str, serializable: bool) -> Result<RangeResponse, tonic::Status> {
+pub async fn prefix(
+    c: &mut KvClient<Channel>,
+    prefix: &str,
+    serializable: bool,
+) -> Result<RangeResponse, tonic::Status> {
     let mut end = prefix.as_bytes().to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
     }
-    Ok(c
-        .range(RangeRequest { key: prefix.into(), range_end: end, serializable, ..Default::default() })
-        .await?
-        .into_inner())
+    Ok(c.range(RangeRequest {
+        key: prefix.into(),
+        range_end: end,
+        serializable,
+        ..Default::default()
+    })
+    .await?
+    .into_inner())
 }

@@ -84,7 +84,13 @@ impl InProcessCluster {
                 peer_url: format!("http://{}", l.local_addr().unwrap()),
             })
             .collect();
-        let mut cluster = InProcessCluster { nodes: Vec::new(), initial: initial.clone(), snapshot_logs, limits, _dir: dir };
+        let mut cluster = InProcessCluster {
+            nodes: Vec::new(),
+            initial: initial.clone(),
+            snapshot_logs,
+            limits,
+            _dir: dir,
+        };
         for (i, (p, c)) in peers.into_iter().zip(clients).enumerate() {
             let m = &initial[i];
             let node = TestNode {
@@ -101,7 +107,13 @@ impl InProcessCluster {
         cluster
     }
 
-    async fn launch(&mut self, i: usize, peer: TcpListener, client: TcpListener, new_cluster: bool) {
+    async fn launch(
+        &mut self,
+        i: usize,
+        peer: TcpListener,
+        client: TcpListener,
+        new_cluster: bool,
+    ) {
         let t = &self.nodes[i];
         let config = NodeConfig {
             name: t.name.clone(),
@@ -129,18 +141,35 @@ impl InProcessCluster {
         let (ctx_tx, ctx_rx) = oneshot::channel::<()>();
         let n2 = node.clone();
         let peer_task = tokio::spawn(async move {
-            let _ = cairn_server::serve_peer(n2, peer, async { let _ = prx.await; }).await;
+            let _ = cairn_server::serve_peer(n2, peer, async {
+                let _ = prx.await;
+            })
+            .await;
         });
-        let ctx = Arc::new(Context { node: node.clone(), limits: self.limits });
+        let ctx = Arc::new(Context {
+            node: node.clone(),
+            limits: self.limits,
+        });
         let client_task = tokio::spawn(async move {
-            let _ = cairn_server::serve_client(ctx, client, async { let _ = ctx_rx.await; }).await;
+            let _ = cairn_server::serve_client(ctx, client, async {
+                let _ = ctx_rx.await;
+            })
+            .await;
         });
-        self.nodes[i].running = Some(Running { node, stop: vec![ptx, ctx_tx], tasks: vec![peer_task, client_task] });
+        self.nodes[i].running = Some(Running {
+            node,
+            stop: vec![ptx, ctx_tx],
+            tasks: vec![peer_task, client_task],
+        });
     }
 
     /// The running node `i` (panics if stopped).
     pub fn node(&self, i: usize) -> &Arc<Node> {
-        &self.nodes[i].running.as_ref().expect("node is stopped").node
+        &self.nodes[i]
+            .running
+            .as_ref()
+            .expect("node is stopped")
+            .node
     }
 
     /// True when node `i` runs.
@@ -161,7 +190,11 @@ impl InProcessCluster {
             let mut agree = true;
             for (i, t) in self.nodes.iter().enumerate() {
                 let Some(r) = &t.running else { continue };
-                let l = r.node.region(region).ok().and_then(|x| x.raft.metrics().borrow().current_leader);
+                let l = r
+                    .node
+                    .region(region)
+                    .ok()
+                    .and_then(|x| x.raft.metrics().borrow().current_leader);
                 match (seen, l) {
                     (_, None) => agree = false,
                     (None, Some(l)) => seen = Some((i, l)),
@@ -170,24 +203,38 @@ impl InProcessCluster {
                 }
             }
             if let (true, Some((_, leader))) = (agree, seen) {
-                if let Some(idx) = self.nodes.iter().position(|t| t.id == leader && t.running.is_some()) {
+                if let Some(idx) = self
+                    .nodes
+                    .iter()
+                    .position(|t| t.id == leader && t.running.is_some())
+                {
                     return idx;
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader for region {region}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader for region {region}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Stops node `i`: closes its servers, shuts Raft down, releases its engine.
     pub async fn stop(&mut self, i: usize) {
-        let Some(r) = self.nodes[i].running.take() else { return };
+        let Some(r) = self.nodes[i].running.take() else {
+            return;
+        };
         for s in r.stop {
             let _ = s.send(());
         }
         r.node.shutdown().await;
         for t in r.tasks {
-            if tokio::time::timeout(Duration::from_secs(3), async { let _ = (&mut { t }).await; }).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(3), async {
+                let _ = (&mut { t }).await;
+            })
+            .await
+            .is_err()
+            {
                 // Graceful close stuck on a peer connection: the timeout dropped the handle.
             }
         }
@@ -197,14 +244,23 @@ impl InProcessCluster {
     /// Restarts a stopped node `i` on its data dir and ports.
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].running.is_none(), "restart of a running node");
-        let peer = TcpListener::bind(&self.nodes[i].peer_addr).await.expect("rebind peer port");
-        let client = TcpListener::bind(&self.nodes[i].client_addr).await.expect("rebind client port");
+        let peer = TcpListener::bind(&self.nodes[i].peer_addr)
+            .await
+            .expect("rebind peer port");
+        let client = TcpListener::bind(&self.nodes[i].client_addr)
+            .await
+            .expect("rebind client port");
         self.launch(i, peer, client, false).await;
     }
 
     /// Cuts node `i` off from every other node (both directions).
     pub fn isolate(&self, i: usize) {
-        let others: Vec<u64> = self.nodes.iter().filter(|t| t.id != self.nodes[i].id).map(|t| t.id).collect();
+        let others: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|t| t.id != self.nodes[i].id)
+            .map(|t| t.id)
+            .collect();
         for t in self.nodes.iter().filter_map(|t| t.running.as_ref()) {
             t.node.pool.faults.isolate(self.nodes[i].id, &others);
         }

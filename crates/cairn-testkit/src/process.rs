@@ -21,21 +21,36 @@ struct Member {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl ProcessCluster {
     /// Starts `n` members of a new cluster using binary `bin`.
     pub fn start(bin: &Path, n: usize) -> Self {
         let members: Vec<Member> = (0..n)
-            .map(|i| Member { name: format!("p{}", i + 1), client_port: free_port(), peer_port: free_port(), child: None, starts: 0 })
+            .map(|i| Member {
+                name: format!("p{}", i + 1),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+                starts: 0,
+            })
             .collect();
         let initial = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = ProcessCluster { bin: bin.to_path_buf(), dir: tempfile::tempdir().expect("tempdir"), initial, members };
+        let mut c = ProcessCluster {
+            bin: bin.to_path_buf(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            initial,
+            members,
+        };
         for i in 0..n {
             c.spawn(i, "new");
         }
@@ -52,9 +67,18 @@ impl ProcessCluster {
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(dir.join(&m.name))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", m.client_port)])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", m.client_port),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+            ])
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-state", state])
             .stdout(Stdio::null())
@@ -71,7 +95,9 @@ impl ProcessCluster {
 
     /// Every client endpoint.
     pub fn endpoints(&self) -> Vec<String> {
-        (0..self.members.len()).map(|i| self.client_addr(i)).collect()
+        (0..self.members.len())
+            .map(|i| self.client_addr(i))
+            .collect()
     }
 
     /// Number of members.
@@ -100,13 +126,19 @@ impl ProcessCluster {
     /// Sends `signal` (e.g. "STOP", "CONT") to member `i`.
     pub fn signal(&self, i: usize, signal: &str) {
         if let Some(pid) = self.pid(i) {
-            let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
         }
     }
 
     /// Restarts a killed member `i` on its data dir.
     pub fn restart(&mut self, i: usize) {
-        assert!(self.members[i].child.is_none(), "restart of a running member");
+        assert!(
+            self.members[i].child.is_none(),
+            "restart of a running member"
+        );
         self.spawn(i, "existing");
     }
 
@@ -114,12 +146,20 @@ impl ProcessCluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         if let Ok(rd) = std::fs::read_dir(self.dir.path()) {
-            let mut files: Vec<_> = rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+            let mut files: Vec<_> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
             files.sort();
             for f in files {
                 let text = std::fs::read_to_string(&f).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                out += &format!("== {}\n{}\n", f.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                out += &format!(
+                    "== {}\n{}\n",
+                    f.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
         }
         out

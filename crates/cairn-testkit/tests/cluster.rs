@@ -16,7 +16,10 @@ async fn put_eventually(c: &InProcessCluster, node: usize, key: &str, value: &st
         match kv::put(&mut client, key, value).await {
             Ok(rev) => return rev,
             Err(e) => {
-                assert!(Instant::now() < deadline, "put {key} never acknowledged: {e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "put {key} never acknowledged: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -32,7 +35,10 @@ async fn wait_value(c: &InProcessCluster, node: usize, key: &str, want: &str, se
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "node {node} never saw {key}={want}");
+        assert!(
+            Instant::now() < deadline,
+            "node {node} never saw {key}={want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -44,7 +50,10 @@ async fn writes_replicate_and_any_node_serves_them() {
     let mut last = 0;
     for i in 0..10 {
         let rev = put_eventually(&c, i % 3, &format!("k{i}"), &format!("v{i}")).await;
-        assert!(rev > last, "revisions strictly increase: {rev} after {last}");
+        assert!(
+            rev > last,
+            "revisions strictly increase: {rev} after {last}"
+        );
         last = rev;
     }
     for n in 0..3 {
@@ -71,12 +80,18 @@ async fn leader_kill_loses_no_acknowledged_write() {
         put_eventually(&c, other, &format!("a{i}"), "x").await;
     }
     let mut client = c.kv(other).await;
-    assert_eq!(kv::prefix(&mut client, "a", false).await.unwrap().kvs.len(), 40);
+    assert_eq!(
+        kv::prefix(&mut client, "a", false).await.unwrap().kvs.len(),
+        40
+    );
     // The old leader comes back and catches up.
     c.restart(leader).await;
     wait_value(&c, leader, "a39", "x", true).await;
     let mut client = c.kv(leader).await;
-    assert_eq!(kv::prefix(&mut client, "a", true).await.unwrap().kvs.len(), 40);
+    assert_eq!(
+        kv::prefix(&mut client, "a", true).await.unwrap().kvs.len(),
+        40
+    );
     c.shutdown().await;
 }
 
@@ -114,14 +129,34 @@ async fn restarted_follower_catches_up_through_a_snapshot() {
     for i in 1..150 {
         put_eventually(&c, leader, &format!("s{i}"), "v").await;
     }
-    let purged = c.node(leader).region(DATA_REGION).unwrap().raft.metrics().borrow().purged;
-    assert!(purged.is_some_and(|p| p.index > 20), "leader purged its log: {purged:?}");
+    let purged = c
+        .node(leader)
+        .region(DATA_REGION)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .purged;
+    assert!(
+        purged.is_some_and(|p| p.index > 20),
+        "leader purged its log: {purged:?}"
+    );
     c.restart(follower).await;
     wait_value(&c, follower, "s149", "v", true).await;
-    let m = c.node(follower).region(DATA_REGION).unwrap().raft.metrics().borrow().clone();
+    let m = c
+        .node(follower)
+        .region(DATA_REGION)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .clone();
     assert!(m.snapshot.is_some(), "follower installed a snapshot: {m:?}");
     let mut client = c.kv(follower).await;
-    assert_eq!(kv::prefix(&mut client, "s", true).await.unwrap().kvs.len(), 150);
+    assert_eq!(
+        kv::prefix(&mut client, "s", true).await.unwrap().kvs.len(),
+        150
+    );
     c.shutdown().await;
 }
 
@@ -141,9 +176,16 @@ async fn lossy_network_still_commits_every_acknowledged_write() {
     assert!(!acked.is_empty(), "some writes succeed through 20% loss");
     let mut client = c.kv(0).await;
     let r = kv::prefix(&mut client, "l", false).await.unwrap();
-    let keys: Vec<String> = r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
+    let keys: Vec<String> = r
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
     for i in acked {
-        assert!(keys.contains(&format!("l{i}")), "acknowledged l{i} is readable");
+        assert!(
+            keys.contains(&format!("l{i}")),
+            "acknowledged l{i} is readable"
+        );
     }
     c.shutdown().await;
 }
@@ -164,12 +206,17 @@ async fn concurrent_writes_share_fsyncs() {
     let mut tasks = Vec::new();
     for i in 0..n {
         let mut client = shared.clone();
-        tasks.push(tokio::spawn(async move { kv::put(&mut client, &format!("g{i}"), "v").await }));
+        tasks.push(tokio::spawn(async move {
+            kv::put(&mut client, &format!("g{i}"), "v").await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
     }
     let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed) - syncs_before;
-    assert!(syncs * 4 < n, "{n} concurrent writes took {syncs} fsyncs on the leader: no group commit");
+    assert!(
+        syncs * 4 < n,
+        "{n} concurrent writes took {syncs} fsyncs on the leader: no group commit"
+    );
     c.shutdown().await;
 }
