@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Real-client compatibility: the same etcdctl session against real etcd and
+against a 3-node Cairn cluster, outputs normalized and compared line by line;
+then the `etcd-client` Rust crate's test suite against both.
+
+Revisions differ by design (Cairn's are TSO timestamps: increasing, not
+dense), so every revision is replaced by its rank among the revisions of
+that system's session; IDs, terms and timings are masked. Everything else
+must match byte for byte.
+
+Usage: compat.py CAIRN_BINARY   (etcd, etcdctl on PATH)
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, log):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def wait_ready(endpoint, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = subprocess.run(["etcdctl", "--endpoints", endpoint, "--command-timeout=2s", "put", "__ready", "1"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            subprocess.run(["etcdctl", "--endpoints", endpoint, "del", "__ready"], capture_output=True)
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"endpoint {endpoint} never became ready")
+
+
+def start_etcd(procs, work):
+    c, p = free_port(), free_port()
+    procs.start(["etcd", "--name", "ref", "--data-dir", os.path.join(work, "etcd"),
+                 "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
+                 "--initial-cluster", f"ref=http://127.0.0.1:{p}"], os.path.join(work, "etcd.log"))
+    return [f"127.0.0.1:{c}"]
+
+
+def start_cairn(procs, work, binary, n=3):
+    ports = [(free_port(), free_port()) for _ in range(n)]
+    initial = ",".join(f"c{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    for i, (c, p) in enumerate(ports):
+        procs.start([binary, "serve", "--name", f"c{i}", "--data-dir", os.path.join(work, f"c{i}"),
+                     "--listen-client-urls", f"http://127.0.0.1:{c}",
+                     "--listen-peer-urls", f"http://127.0.0.1:{p}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
+                     "--initial-cluster", initial], os.path.join(work, f"c{i}.log"))
+    return [f"127.0.0.1:{c}" for c, _ in ports]
+
+
+def session(endpoints):
+    """Runs the etcdctl session; returns the list of (command, output)."""
+    ep = ",".join(endpoints)
+    out = []
+    state = {}
+
+    def ctl(*args, stdin=None, name=None):
+        r = subprocess.run(["etcdctl", "--endpoints", ep, *args], input=stdin, capture_output=True, text=True)
+        text = (r.stdout + r.stderr).strip()
+        out.append((name or " ".join(args), f"exit={r.returncode}\n{text}"))
+        return r.stdout
+
+    def rev_of(json_text):
+        return json.loads(json_text)["header"]["revision"]
+
+    ctl("put", "foo", "bar")
+    state["r_foo2"] = rev_of(ctl("put", "foo2", "baz", "-w", "json"))
+    state["r_a"] = rev_of(ctl("put", "a", "1", "-w", "json"))
+    ctl("put", "b", "2")
+    ctl("put", "foo", "bar2", "--prev-kv")
+    ctl("get", "foo")
+    ctl("get", "foo", "-w", "json")
+    ctl("get", "--prefix", "foo")
+    ctl("get", "", "--prefix", "--keys-only")
+    ctl("get", "", "--prefix", "--limit=2", "-w", "json")
+    ctl("get", "", "--prefix", "--sort-by=VALUE", "--order=DESCEND")
+    ctl("get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND")
+    ctl("get", "", "--prefix", "--sort-by=CREATE", "--order=ASCEND")
+    ctl("get", "", "--prefix", "--sort-by=VERSION", "--order=DESCEND")
+    ctl("get", "a", "--from-key")
+    ctl("get", "a", "c")
+    ctl("get", "c", "a")
+    ctl("get", "a", f"--rev={state['r_a']}", "-w", "json", name="get a --rev=<put a>")
+    ctl("get", "foo", f"--rev={state['r_foo2']}", name="get foo --rev=<put foo2>")
+    ctl("del", "foo2", "--prev-kv")
+    ctl("del", "--prefix", "nothing")
+    ctl("get", "--prefix", "foo")
+    ctl("txn", "-w", "json", stdin='value("foo") = "bar2"\n\nput foo bar3\nget a\n\nget b\n\n', name="txn (compare true)")
+    ctl("txn", stdin='value("foo") = "nope"\n\nput foo never\n\nget foo\nput b 3\n\n', name="txn (compare false)")
+    ctl("txn", stdin='mod("a") > "0"\nversion("b") = "2"\n\nget b\n\n\n', name="txn (mod/version)")
+    ctl("get", "", "--prefix")
+    r_b = rev_of(ctl("get", "b", "-w", "json"))
+    ctl("compaction", str(state["r_a"]), name="compaction <put a>")
+    ctl("get", "a", f"--rev={state['r_foo2']}", name="get a --rev=<compacted>")
+    ctl("get", "a", "--rev=9000000000000000000", name="get a --rev=<future>")
+    ctl("compaction", str(state["r_foo2"]), name="compaction <already compacted>")
+    ctl("get", "b", f"--rev={r_b}", name="get b --rev=<latest>")
+    ctl("put", "", "x", name="put <empty key>")
+    ctl("del", "--prefix", "")
+    ctl("get", "", "--prefix", "--keys-only")
+    r = subprocess.run(["etcdctl", "--endpoints", endpoints[0], "endpoint", "health"], capture_output=True, text=True)
+    out.append(("endpoint health", f"exit={r.returncode}\n{(r.stdout + r.stderr).strip()}"))
+    return out
+
+
+REV_FIELDS = re.compile(r'"(revision|create_revision|mod_revision|compact_revision)":(\d+)')
+
+
+def normalize(transcript):
+    revs = set()
+    for _, text in transcript:
+        for m in REV_FIELDS.finditer(text):
+            revs.add(int(m.group(2)))
+        for m in re.finditer(r"compacted revision (\d+)", text):
+            revs.add(int(m.group(1)))
+    rank = {r: i + 1 for i, r in enumerate(sorted(revs))}
+    lines = []
+    for cmd, text in transcript:
+        # etcdctl's own client-side retry logs carry timestamps and client ids.
+        t = "\n".join(l for l in text.splitlines() if not l.startswith('{"level":'))
+        t = REV_FIELDS.sub(lambda m: f'"{m.group(1)}":R{rank[int(m.group(2))]}', t)
+        t = re.sub(r"compacted revision (\d+)", lambda m: f"compacted revision R{rank.get(int(m.group(1)), '?')}", t)
+        t = re.sub(r'"(cluster_id|member_id|raft_term)":\d+', r'"\1":X', t)
+        t = re.sub(r"took = [0-9.]+[µmn]?s", "took = T", t)
+        t = re.sub(r"127\.0\.0\.1:\d+", "ENDPOINT", t)
+        lines.append(f"$ etcdctl {cmd}\n{t}")
+    return lines
+
+
+def compare_etcdctl(etcd_eps, cairn_eps):
+    ref = normalize(session(etcd_eps))
+    got = normalize(session(cairn_eps))
+    bad = 0
+    for r, g in zip(ref, got):
+        if r != g:
+            bad += 1
+            print(f"MISMATCH\n--- etcd\n{r}\n--- cairn\n{g}\n")
+    if len(ref) != len(got):
+        bad += 1
+    print(f"etcdctl session: {len(ref)} commands, {bad} mismatches")
+    return bad == 0
+
+
+def cairn_only_checks(cairn_eps):
+    ep = ",".join(cairn_eps)
+    ok = True
+    r = subprocess.run(["etcdctl", "--endpoints", ep, "member", "list"], capture_output=True, text=True)
+    members = [l for l in r.stdout.splitlines() if l.strip()]
+    if r.returncode != 0 or len(members) != 3 or any(", started, c" not in m for m in members):
+        print("member list wrong:", r.stdout, r.stderr)
+        ok = False
+    r = subprocess.run(["etcdctl", "--endpoints", ep, "endpoint", "status", "-w", "json"], capture_output=True, text=True)
+    try:
+        st = json.loads(r.stdout)
+        leaders = {s["Status"]["leader"] for s in st}
+        ids = {s["Status"]["header"]["member_id"] for s in st}
+        if len(st) != 3 or len(leaders) != 1 or not leaders <= ids:
+            raise ValueError(f"inconsistent status {st}")
+    except Exception as e:  # noqa: BLE001
+        print("endpoint status wrong:", e, r.stderr)
+        ok = False
+    print("member list / endpoint status:", "ok" if ok else "FAILED")
+    return ok
+
+
+def rust_client(eps, label):
+    env = dict(os.environ, COMPAT_ENDPOINTS=",".join(eps))
+    r = subprocess.run(["cargo", "test", "--quiet", "--manifest-path", os.path.join(HERE, "rust-client", "Cargo.toml"),
+                        "--", "--test-threads=1"], env=env)
+    print(f"etcd-client crate against {label}:", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    work = tempfile.mkdtemp(prefix="cairn-compat-")
+    procs = Procs()
+    try:
+        etcd_eps = start_etcd(procs, work)
+        cairn_eps = start_cairn(procs, work, binary)
+        wait_ready(etcd_eps[0])
+        for e in cairn_eps:
+            wait_ready(e)
+        ok = compare_etcdctl(etcd_eps, cairn_eps)
+        ok = cairn_only_checks(cairn_eps) and ok
+        if "--no-rust-client" not in sys.argv:
+            ok = rust_client(etcd_eps, "etcd") and ok
+            ok = rust_client(cairn_eps, "cairn") and ok
+    finally:
+        procs.stop()
+        if "--keep" not in sys.argv:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("logs kept in", work)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
