@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A first side-by-side figure: 1-node etcd vs 1-node Cairn on this machine,
+# same load generator, runs interleaved (etcd, cairn, etcd, cairn, ...) so
+# machine drift cancels out. Both fsync every commit group (etcd by default;
+# Cairn always). Prints one JSON line per run.
+#
+# bench/quick-compare.sh [SECONDS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-10}
+ROUNDS=${2:-2}
+command -v etcd >/dev/null || { echo "needs etcd (apt-get install etcd-server)"; exit 1; }
+cargo build --release -q -p cairn -p cairn-testkit --example quickbench
+BENCH=target/release/examples/quickbench
+WORK=$(mktemp -d)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+EC=$(port); EP=$(port); CC=$(port); CP=$(port)
+etcd --name e --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
+  --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
+  --initial-cluster "e=http://127.0.0.1:$EP" > "$WORK/etcd.log" 2>&1 &
+PIDS+=($!)
+target/release/cairn serve --name c --data-dir "$WORK/cairn" --listen-client-urls "http://127.0.0.1:$CC" \
+  --listen-peer-urls "http://127.0.0.1:$CP" --initial-advertise-peer-urls "http://127.0.0.1:$CP" > "$WORK/cairn.log" 2>&1 &
+PIDS+=($!)
+sleep 3
+
+run() { # name endpoint op clients conns [serializable]
+  local out; out=$("$BENCH" "$2" "$3" "$4" "$5" "$SECS" ${6:-})
+  echo "{\"system\":\"$1\",${out#\{}"
+}
+for r in $(seq "$ROUNDS"); do
+  for w in "put 1 1" "put 50 10" "put 200 20" "range 50 10" "range 50 10 serializable"; do
+    set -- $w
+    run etcd "127.0.0.1:$EC" "$@"
+    run cairn "127.0.0.1:$CC" "$@"
+  done
+done
