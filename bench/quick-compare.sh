@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 ROUNDS=${2:-2}
 command -v etcd >/dev/null || { echo "needs etcd (apt-get install etcd-server)"; exit 1; }
-cargo build --release -q -p cairn -p cairn-testkit --example quickbench
+cargo build --release -q -p cairn
+cargo build --release -q -p cairn-testkit --example quickbench
 BENCH=target/release/examples/quickbench
 WORK=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -26,7 +27,8 @@ PIDS+=($!)
 target/release/cairn serve --name c --data-dir "$WORK/cairn" --listen-client-urls "http://127.0.0.1:$CC" \
   --listen-peer-urls "http://127.0.0.1:$CP" --initial-advertise-peer-urls "http://127.0.0.1:$CP" > "$WORK/cairn.log" 2>&1 &
 PIDS+=($!)
-sleep 3
+for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$CC) 2>/dev/null && (echo > /dev/tcp/127.0.0.1/$EC) 2>/dev/null && break; sleep 0.2; done
+sleep 2
 
 run() { # name endpoint op clients conns [serializable]
   local out; out=$("$BENCH" "$2" "$3" "$4" "$5" "$SECS" ${6:-})

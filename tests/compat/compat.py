@@ -204,6 +204,12 @@ def rust_client(eps, label):
     return r.returncode == 0
 
 
+def python_client(eps, label):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
+    print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def main():
     binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="cairn-compat-")
@@ -216,6 +222,8 @@ def main():
             wait_ready(e)
         ok = compare_etcdctl(etcd_eps, cairn_eps)
         ok = cairn_only_checks(cairn_eps) and ok
+        ok = python_client(etcd_eps, "etcd") and ok
+        ok = python_client(cairn_eps, "cairn") and ok
         if "--no-rust-client" not in sys.argv:
             ok = rust_client(etcd_eps, "etcd") and ok
             ok = rust_client(cairn_eps, "cairn") and ok

@@ -35,7 +35,7 @@ use cairn_api::v3electionpb::election_server::ElectionServer;
 use cairn_api::v3lockpb::lock_server::LockServer;
 use cairn_store::{Node, PeerService};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Client-facing limits (etcd flags).
 #[derive(Clone, Copy, Debug)]
@@ -75,6 +75,12 @@ impl Context {
     }
 }
 
+/// Accepted connections with Nagle off: small gRPC responses must not wait
+/// for delayed ACKs (measured: 44 ms per range request without this).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// gRPC framing allowance above `max_request_bytes` (etcd adds 512 KiB).
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
@@ -99,7 +105,7 @@ pub async fn serve_client(
         .add_service(AuthServer::new(not_yet::NotYet))
         .add_service(LockServer::new(not_yet::NotYet))
         .add_service(ElectionServer::new(not_yet::NotYet))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }
 
@@ -115,6 +121,6 @@ pub async fn serve_peer(
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

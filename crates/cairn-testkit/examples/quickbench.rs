@@ -26,15 +26,23 @@ async fn main() {
     let serializable = a.get(6).is_some_and(|s| s == "serializable");
     let mut channels = Vec::new();
     for _ in 0..conns {
-        let ch = Endpoint::from_shared(format!("http://{ep}")).unwrap().connect().await.expect("connect");
+        let ch = Endpoint::from_shared(format!("http://{ep}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
         channels.push(KvClient::new(ch));
     }
     // Seed keys for range.
     let mut seed = channels[0].clone();
     for i in 0..100 {
-        seed.put(PutRequest { key: format!("bench/{i:08}").into(), value: vec![b'x'; 256], ..Default::default() })
-            .await
-            .unwrap();
+        seed.put(PutRequest {
+            key: format!("bench/{i:08}").into(),
+            value: vec![b'x'; 256],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -49,10 +57,22 @@ async fn main() {
                 let key = format!("bench/{:08}", (w as u64 * 7919 + i) % 100_000);
                 let t = Instant::now();
                 let ok = if op == "put" {
-                    c.put(PutRequest { key: key.into(), value: vec![b'x'; 256], ..Default::default() }).await.is_ok()
+                    c.put(PutRequest {
+                        key: key.into(),
+                        value: vec![b'x'; 256],
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
                 } else {
                     let k = format!("bench/{:08}", i % 100);
-                    c.range(RangeRequest { key: k.into(), serializable, ..Default::default() }).await.is_ok()
+                    c.range(RangeRequest {
+                        key: k.into(),
+                        serializable,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
                 };
                 if ok {
                     lat.push(t.elapsed().as_micros() as u64);
@@ -72,7 +92,11 @@ async fn main() {
         errors += e;
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "{{\"op\":\"{op}\",\"clients\":{clients},\"ops\":{},\"ops_per_sec\":{:.0},\"p50_us\":{},\"p99_us\":{},\"errors\":{errors}}}",
         all.len(),
