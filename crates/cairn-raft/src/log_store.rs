@@ -7,6 +7,9 @@
 //! issues one fsync for all of them, then fires them: N concurrent appends
 //! cost one fsync. The vote is written with its own fsync (rare).
 
+// openraft's StorageError is large by design; these are its signatures.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -59,6 +59,12 @@ impl From<Error> for Status {
     }
 }
 
+impl From<Rejection> for Error {
+    fn from(r: Rejection) -> Self {
+        Error::Store(cairn_store::Error::Rejected(r))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,11 +122,5 @@ mod tests {
             let s = to_status(e);
             assert_eq!((s.code(), s.message()), (code, msg));
         }
-    }
-}
-
-impl From<Rejection> for Error {
-    fn from(r: Rejection) -> Self {
-        Error::Store(cairn_store::Error::Rejected(r))
     }
 }

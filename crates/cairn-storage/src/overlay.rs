@@ -66,7 +66,7 @@ impl Snapshot for Overlay<'_> {
             return Box::new(std::iter::empty());
         }
         let base = self.base.scan(start.clone(), end.clone(), reverse);
-        let pend: Box<dyn Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + Send + '_> = if reverse {
+        let pend: PendingIter<'_> = if reverse {
             Box::new(
                 self.pending
                     .range((start, end))
@@ -88,9 +88,12 @@ impl Snapshot for Overlay<'_> {
     }
 }
 
+/// Pending writes in scan order (`None` = deleted).
+type PendingIter<'a> = Box<dyn Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + Send + 'a>;
+
 struct Merge<'a> {
     base: Peekable<KvIter<'a>>,
-    pending: Peekable<Box<dyn Iterator<Item = (Vec<u8>, Option<Vec<u8>>)> + Send + 'a>>,
+    pending: Peekable<PendingIter<'a>>,
     reverse: bool,
 }
 

@@ -23,6 +23,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 enum Cmd {
     /// Run one node of a cluster (etcd-style flags).
     Serve(serve::ServeArgs),
