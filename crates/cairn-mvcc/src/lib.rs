@@ -30,6 +30,7 @@
 
 mod compact;
 mod error;
+mod history;
 mod range;
 mod record;
 mod txn;
@@ -37,7 +38,8 @@ mod validate;
 
 pub use compact::compact;
 pub use error::{Error, Rejection, Result};
-pub use range::range;
+pub use history::history;
+pub use range::{range, Span};
 pub use record::Record;
 pub use txn::{apply_txn, LeaseView, NoLeases, TxnOutcome};
 pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};

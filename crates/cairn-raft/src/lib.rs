@@ -37,7 +37,7 @@ mod types;
 pub use codec::{decode, encode};
 pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
-pub use state_machine::{Applied, RegionKind, RegionShared, StateMachine};
+pub use state_machine::{Applied, FeedBatch, RegionKind, RegionShared, StateMachine};
 pub use types::{Command, MemberInfo, RegionDesc, Reply, TypeConfig};
 
 /// The openraft instance type for one region replica.

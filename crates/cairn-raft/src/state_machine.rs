@@ -13,6 +13,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use cairn_api::etcdserverpb::TxnRequest;
+use cairn_api::mvccpb::Event;
 use cairn_mvcc::{Limits, NoLeases, Revisions};
 use cairn_storage::keys::{Key, Space};
 use cairn_storage::{Durability, Engine, Overlay, Snapshot as EngineSnapshot, WriteBatch};
@@ -24,6 +25,7 @@ use openraft::{
 use parking_lot::RwLock;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::codec::{decode, encode};
 use crate::types::{Command, MemberInfo, RegionDesc, Reply};
@@ -67,6 +69,25 @@ impl Applied {
     }
 }
 
+/// What one applied entry changed in a data region: the region's change feed.
+#[derive(Debug, Default)]
+pub struct FeedBatch {
+    /// Every event of the entry as (revision, event), ordered by revision,
+    /// then key (the order history replays use too).
+    pub events: Vec<(i64, Event)>,
+    /// The region's current revision after the entry: every write at or
+    /// below it has been published (the resolved timestamp of a region with
+    /// one writer).
+    pub resolved: i64,
+    /// The replica's state was replaced (snapshot installed): subscribers
+    /// must re-read history instead of trusting the feed's continuity.
+    pub reset: bool,
+}
+
+/// How many applied entries the feed buffers for slow subscribers; a
+/// subscriber further behind is told it lagged and catches up from MVCC.
+const FEED_CAPACITY: usize = 4096;
+
 /// State shared between a region's state machine and the node serving reads.
 pub struct RegionShared {
     /// Region ID.
@@ -77,6 +98,7 @@ pub struct RegionShared {
     // parking_lot RwLock: held only around synchronous engine work, never
     // across an await; readers (range requests) share it.
     applied: RwLock<Applied>,
+    feed: broadcast::Sender<Arc<FeedBatch>>,
 }
 
 impl RegionShared {
@@ -90,11 +112,13 @@ impl RegionShared {
             Some(b) => decode(&b)?,
             None => Applied::default(),
         };
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
         Ok(Arc::new(Self {
             region,
             kind,
             engine,
             applied: RwLock::new(applied),
+            feed,
         }))
     }
 
@@ -112,6 +136,17 @@ impl RegionShared {
     /// The last applied log index (0 if none).
     pub fn applied_index(&self) -> u64 {
         self.applied.read().last_applied.map_or(0, |l| l.index)
+    }
+
+    /// Subscribes to the change feed. Subscribe *before* reading the state
+    /// you catch up from, so nothing falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedBatch>> {
+        self.feed.subscribe()
+    }
+
+    fn publish(&self, batch: FeedBatch) {
+        // No subscribers is fine: nobody is watching.
+        let _ = self.feed.send(Arc::new(batch));
     }
 
     /// The engine under this region.
@@ -148,13 +183,14 @@ impl StateMachine {
         cmd: Command,
         state: &mut Applied,
         engine: &dyn EngineSnapshot,
+        events: &mut Vec<(i64, Event)>,
     ) -> crate::Result<(WriteBatch, Reply)> {
         match cmd {
             Command::Batch(cmds) => {
                 let mut overlay = Overlay::new(engine);
                 let mut replies = Vec::with_capacity(cmds.len());
                 for c in cmds {
-                    let (b, r) = self.execute(c, state, &overlay)?;
+                    let (b, r) = self.execute(c, state, &overlay, events)?;
                     overlay.write(b)?;
                     replies.push(r);
                 }
@@ -176,8 +212,10 @@ impl StateMachine {
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
                 match cairn_mvcc::apply_txn(engine, &req, rev, revs, &NoLeases) {
-                    Ok(out) => {
+                    Ok(mut out) => {
                         state.current_revision = out.revisions.current;
+                        out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
+                        events.extend(out.events.into_iter().map(|e| (rev, e)));
                         Ok((out.batch, Reply::Txn(out.response.encode_to_vec())))
                     }
                     Err(e) => reject(e),
@@ -211,6 +249,10 @@ impl StateMachine {
             }
         }
     }
+}
+
+fn event_key(e: &Event) -> &[u8] {
+    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
 }
 
 /// Deterministic rejections become replies; anything else is a storage fault.
@@ -297,6 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut replies = Vec::new();
         for entry in entries {
+            let mut events = Vec::new();
             let mut state = self.shared.applied.write();
             let mut next = state.clone();
             let (mut batch, reply) = match entry.payload {
@@ -306,7 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     (WriteBatch::new(), Reply::Done)
                 }
                 EntryPayload::Normal(cmd) => self
-                    .execute(cmd, &mut next, &*self.shared.engine)
+                    .execute(cmd, &mut next, &*self.shared.engine, &mut events)
                     .map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);
@@ -318,7 +361,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .engine
                 .write(batch, Durability::Buffered)
                 .map_err(sm_err)?;
+            let resolved = next.current_revision;
             *state = next;
+            drop(state);
+            if self.shared.kind == RegionKind::Data {
+                self.shared.publish(FeedBatch {
+                    events,
+                    resolved,
+                    reset: false,
+                });
+            }
             replies.push(reply);
         }
         Ok(replies)
@@ -360,7 +412,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .engine
             .write(batch, Durability::Sync)
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        let resolved = blob.applied.current_revision;
         *state = blob.applied;
+        drop(state);
+        self.shared.publish(FeedBatch {
+            events: Vec::new(),
+            resolved,
+            reset: true,
+        });
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod kv;
 pub mod maintenance;
 mod not_yet;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// `--max-txn-ops` (etcd default 128).
     pub max_txn_ops: usize,
+    /// How often watchers asking for `progress_notify` get a progress
+    /// response when idle (etcd default 10 minutes); `None` disables.
+    pub watch_progress_interval: Option<std::time::Duration>,
 }
 
 impl Default for Limits {
@@ -51,6 +55,7 @@ impl Default for Limits {
         Self {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            watch_progress_interval: Some(std::time::Duration::from_secs(600)),
         }
     }
 }
@@ -100,7 +105,7 @@ pub async fn serve_client(
         .add_service(ClusterServer::new(cluster::ClusterService::new(
             ctx.clone(),
         )))
-        .add_service(WatchServer::new(not_yet::NotYet))
+        .add_service(WatchServer::new(watch::WatchService::new(ctx.clone())))
         .add_service(LeaseServer::new(not_yet::NotYet))
         .add_service(AuthServer::new(not_yet::NotYet))
         .add_service(LockServer::new(not_yet::NotYet))

@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// Maximum operations (compares, or ops per branch) in one txn.
     #[arg(long, default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Interval of progress notifications to idle watchers that ask for them (0 disables).
+    #[arg(long, default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
     /// Log entries between snapshots.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
@@ -123,6 +126,10 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         limits: Limits {
             max_request_bytes: a.max_request_bytes,
             max_txn_ops: a.max_txn_ops,
+            watch_progress_interval: Some(urls::duration(
+                &a.experimental_watch_progress_notify_interval,
+            )?)
+            .filter(|d| !d.is_zero()),
         },
     });
     let mut client_addrs = Vec::new();

@@ -29,3 +29,21 @@ pub fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
         .parse()
         .with_context(|| format!("URL {url:?} is not host:port"))
 }
+
+/// A Go-style duration (`10m`, `5s`, `250ms`, `1h`) as etcd's flags take it.
+pub fn duration(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("duration {s:?} has no number"))?;
+    let ms = match unit {
+        "" | "s" => n * 1000,
+        "ms" => n,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        other => return Err(anyhow!("duration {s:?}: unknown unit {other:?}")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
