@@ -7,7 +7,10 @@ use crate::record::Record;
 use crate::{Error, Rejection, Result, Revisions};
 
 /// Compacts at revision `rev`: for each key keeps the newest version at or
-/// below `rev` (unless it is a tombstone) and every version above it.
+/// below `rev` and every version above it. A newest tombstone is dropped
+/// when it is below `rev`; one exactly at `rev` stays, so a watch starting at
+/// the compaction revision still sees that delete (the etcd bug class
+/// "missing watch events at the compaction revision").
 /// Returns the deletions and the new revisions.
 ///
 /// Caveat: the whole keyspace is scanned and the batch holds every deletion;
@@ -31,14 +34,16 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
         }
         let tomb = matches!(Record::decode(&user, &v)?, Record::Tombstone);
         if let Some((prev_user, prev_key, prev_tomb)) = keep.take() {
-            if prev_user == user || prev_tomb {
+            if prev_user == user || (prev_tomb && !at_rev(&prev_key, rev)) {
                 batch.delete(prev_key);
             }
         }
         keep = Some((user, k, tomb));
     }
     if let Some((_, key, true)) = keep {
-        batch.delete(key);
+        if !at_rev(&key, rev) {
+            batch.delete(key);
+        }
     }
     Ok((
         batch,
@@ -47,4 +52,9 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
             ..revs
         },
     ))
+}
+
+/// True when the stored version key is at exactly `rev`.
+fn at_rev(version_key: &[u8], rev: i64) -> bool {
+    decode_version(version_key).is_ok_and(|(_, r)| r == rev)
 }

@@ -7,10 +7,11 @@
 //!   and restarted on the same data dir.
 //! - [`ProcessCluster`]: N `cairn serve` processes on free ports, for
 //!   SIGKILL/SIGSTOP tests; the caller passes the binary path.
-//! - [`kv`]: small helpers for etcd KV calls.
+//! - [`kv`], [`watch`]: small helpers for etcd KV and Watch calls.
 
 pub mod kv;
 mod process;
+pub mod watch;
 
 pub use process::ProcessCluster;
 

@@ -45,6 +45,8 @@ pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: O
                 None => true,
             },
             Some(RequestUnion::ProgressRequest(_)) => {
+                // Watchers that ended on their own (compacted) owe nothing.
+                watchers.retain(|_, w| !w.task.is_finished());
                 let rev = watchers
                     .values()
                     .map(|w| w.synced.load(Ordering::Acquire))
@@ -85,6 +87,7 @@ async fn create(
     if !c.range_end.is_empty() && !from_key && c.key >= c.range_end {
         return send(out, refuse(EMPTY_RANGE)).await;
     }
+    watchers.retain(|_, w| !w.task.is_finished());
     let id = if c.watch_id != 0 {
         if watchers.contains_key(&c.watch_id) {
             return send(out, refuse(DUPLICATE_ID)).await;
@@ -100,7 +103,15 @@ async fn create(
     if !send(out, response(ctx, id, |r| r.created = true)).await {
         return false;
     }
-    let synced = Arc::new(AtomicI64::new(0));
+    // Owed so far: nothing at or below `start - 1` (or below "now" for a
+    // watch from now); the watcher raises this as it delivers.
+    let now = ctx.node.revision();
+    let owed_from = if c.start_revision > 0 {
+        (c.start_revision - 1).min(now)
+    } else {
+        now
+    };
+    let synced = Arc::new(AtomicI64::new(owed_from));
     let task = tokio::spawn(watcher::run(
         ctx.clone(),
         id,

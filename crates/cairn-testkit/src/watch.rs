@@ -1,0 +1,68 @@
+//! Watch helpers for tests: open a stream, create watchers, collect
+//! responses.
+
+use std::time::Duration;
+
+use cairn_api::etcdserverpb::watch_client::WatchClient;
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
+use cairn_api::etcdserverpb::{
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+};
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+use tonic::Streaming;
+
+/// One open Watch stream.
+pub struct WatchStream {
+    tx: mpsc::Sender<WatchRequest>,
+    rx: Streaming<WatchResponse>,
+}
+
+impl WatchStream {
+    /// Opens a stream to `addr`.
+    pub async fn open(addr: &str) -> Result<Self, tonic::Status> {
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .expect("address")
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(16);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let rx = WatchClient::new(ch).watch(stream).await?.into_inner();
+        Ok(Self { tx, rx })
+    }
+
+    /// Sends a create request.
+    pub async fn create(&self, c: WatchCreateRequest) {
+        self.send(RequestUnion::CreateRequest(c)).await;
+    }
+
+    /// Sends a cancel request.
+    pub async fn cancel(&self, watch_id: i64) {
+        self.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id }))
+            .await;
+    }
+
+    /// Sends a progress request.
+    pub async fn request_progress(&self) {
+        self.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+            .await;
+    }
+
+    async fn send(&self, r: RequestUnion) {
+        self.tx
+            .send(WatchRequest {
+                request_union: Some(r),
+            })
+            .await
+            .expect("stream open");
+    }
+
+    /// The next response, or None after `timeout` or at stream end.
+    pub async fn next(&mut self, timeout: Duration) -> Option<WatchResponse> {
+        match tokio::time::timeout(timeout, self.rx.message()).await {
+            Ok(Ok(r)) => r,
+            _ => None,
+        }
+    }
+}

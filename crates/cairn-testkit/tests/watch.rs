@@ -1,0 +1,267 @@
+//! Watch semantics over the real API.
+
+use std::time::Duration;
+
+use cairn_api::etcdserverpb::{CompactionRequest, WatchCreateRequest, WatchResponse};
+use cairn_api::mvccpb::Event;
+use cairn_store::DATA_REGION;
+use cairn_testkit::watch::WatchStream;
+use cairn_testkit::{kv, InProcessCluster};
+
+const T: Duration = Duration::from_secs(5);
+
+fn summary(e: &Event) -> String {
+    let kv = e.kv.as_ref().unwrap();
+    let prev = e
+        .prev_kv
+        .as_ref()
+        .map(|p| format!(" (was {})", String::from_utf8_lossy(&p.value)))
+        .unwrap_or_default();
+    let ty = if e.r#type == 0 { "PUT" } else { "DELETE" };
+    format!(
+        "{ty} {}={}{prev}",
+        String::from_utf8_lossy(&kv.key),
+        String::from_utf8_lossy(&kv.value)
+    )
+}
+
+async fn events(w: &mut WatchStream, n: usize) -> Vec<WatchResponse> {
+    let mut got = Vec::new();
+    let mut count = 0;
+    while count < n {
+        let r = w
+            .next(T)
+            .await
+            .unwrap_or_else(|| panic!("only {count} of {n} events arrived"));
+        count += r.events.len();
+        got.push(r);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_replay_then_live_events_with_filters_and_prev_kv() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut k = c.kv(leader).await;
+    let r1 = kv::put(&mut k, "w/a", "1").await.unwrap();
+    kv::put(&mut k, "w/b", "2").await.unwrap();
+    kv::put(&mut k, "w/a", "3").await.unwrap();
+    kv::put(&mut k, "x", "outside").await.unwrap();
+
+    // Watch from the first revision on a follower: history first.
+    let follower = (leader + 1) % 3;
+    let mut w = WatchStream::open(&c.nodes[follower].client_addr)
+        .await
+        .unwrap();
+    w.create(WatchCreateRequest {
+        key: "w/".into(),
+        range_end: "w0".into(),
+        start_revision: r1,
+        prev_kv: true,
+        ..Default::default()
+    })
+    .await;
+    let created = w.next(T).await.unwrap();
+    assert!(created.created && !created.canceled);
+    let id = created.watch_id;
+    let got: Vec<String> = events(&mut w, 3)
+        .await
+        .iter()
+        .flat_map(|r| r.events.iter().map(summary))
+        .collect();
+    assert_eq!(got, vec!["PUT w/a=1", "PUT w/b=2", "PUT w/a=3 (was 1)"]);
+
+    // Live, including a delete, through another node.
+    let mut k2 = c.kv((leader + 2) % 3).await;
+    kv::put(&mut k2, "w/c", "4").await.unwrap();
+    k2.delete_range(cairn_api::etcdserverpb::DeleteRangeRequest {
+        key: "w/a".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rs = events(&mut w, 2).await;
+    let got: Vec<String> = rs
+        .iter()
+        .flat_map(|r| r.events.iter().map(summary))
+        .collect();
+    assert_eq!(got, vec!["PUT w/c=4", "DELETE w/a= (was 3)"]);
+    assert!(rs.iter().all(|r| r.watch_id == id));
+
+    // A second watcher on the same stream with NOPUT sees only deletes.
+    w.create(WatchCreateRequest {
+        key: "w/".into(),
+        range_end: "w0".into(),
+        filters: vec![0],
+        watch_id: 7,
+        ..Default::default()
+    })
+    .await;
+    let created = w.next(T).await.unwrap();
+    assert_eq!((created.watch_id, created.created), (7, true));
+    kv::put(&mut k, "w/d", "5").await.unwrap();
+    k.delete_range(cairn_api::etcdserverpb::DeleteRangeRequest {
+        key: "w/d".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut by_watcher = std::collections::BTreeMap::<i64, Vec<String>>::new();
+    for r in events(&mut w, 3).await {
+        by_watcher
+            .entry(r.watch_id)
+            .or_default()
+            .extend(r.events.iter().map(summary));
+    }
+    assert_eq!(by_watcher[&id], vec!["PUT w/d=5", "DELETE w/d= (was 5)"]);
+    assert_eq!(by_watcher[&7], vec!["DELETE w/d="]);
+
+    // Cancel: acknowledged, and no more events for it.
+    w.cancel(7).await;
+    let r = w.next(T).await.unwrap();
+    assert_eq!((r.watch_id, r.canceled), (7, true));
+    kv::put(&mut k, "w/e", "6").await.unwrap();
+    let r = w.next(T).await.unwrap();
+    assert_eq!(r.watch_id, id, "cancelled watcher sends nothing more");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compacted_start_revision_cancels_and_future_revision_waits() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut k = c.kv(leader).await;
+    let r1 = kv::put(&mut k, "c", "1").await.unwrap();
+    let r2 = kv::put(&mut k, "c", "2").await.unwrap();
+    k.compact(CompactionRequest {
+        revision: r2,
+        physical: true,
+    })
+    .await
+    .unwrap();
+
+    let mut w = WatchStream::open(&c.nodes[leader].client_addr)
+        .await
+        .unwrap();
+    w.create(WatchCreateRequest {
+        key: "c".into(),
+        start_revision: r1,
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(T).await.unwrap().created);
+    let r = w.next(T).await.unwrap();
+    assert!(r.canceled, "{r:?}");
+    assert_eq!(r.compact_revision, r2);
+
+    // Starting exactly at the compaction revision is allowed.
+    w.create(WatchCreateRequest {
+        key: "c".into(),
+        start_revision: r2,
+        ..Default::default()
+    })
+    .await;
+    let created = w.next(T).await.unwrap();
+    let r = w.next(T).await.unwrap();
+    assert_eq!((r.watch_id, r.events.len()), (created.watch_id, 1));
+    assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, r2);
+
+    // A future start revision waits for it.
+    let future = r2 + (1 << 40);
+    w.create(WatchCreateRequest {
+        key: "f".into(),
+        start_revision: future,
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(T).await.unwrap().created);
+    kv::put(&mut k, "f", "early").await.unwrap();
+    assert!(
+        w.next(Duration::from_millis(500)).await.is_none(),
+        "no event below the start revision"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_watch_requests_get_etcds_answers_and_progress_bookmarks() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut k = c.kv(leader).await;
+    let mut w = WatchStream::open(&c.nodes[leader].client_addr)
+        .await
+        .unwrap();
+
+    w.create(WatchCreateRequest {
+        key: "b".into(),
+        range_end: "a".into(),
+        ..Default::default()
+    })
+    .await;
+    let r = w.next(T).await.unwrap();
+    assert!(r.created && r.canceled);
+    assert_eq!(
+        (r.watch_id, r.cancel_reason.as_str()),
+        (-1, "mvcc: watcher range is empty")
+    );
+
+    w.create(WatchCreateRequest {
+        key: "p".into(),
+        watch_id: 3,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(w.next(T).await.unwrap().watch_id, 3);
+    w.create(WatchCreateRequest {
+        key: "q".into(),
+        watch_id: 3,
+        ..Default::default()
+    })
+    .await;
+    let r = w.next(T).await.unwrap();
+    assert!(r.canceled);
+    assert_eq!(
+        r.cancel_reason,
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+
+    // Cancel of an unknown watch is ignored (no response), as in etcd.
+    w.cancel(99).await;
+    let rev = kv::put(&mut k, "p", "v").await.unwrap();
+    let ev = w.next(T).await.unwrap();
+    assert_eq!((ev.watch_id, ev.events.len()), (3, 1));
+    // Progress: after the event above, the bookmark is at least its revision.
+    w.request_progress().await;
+    let p = w.next(T).await.unwrap();
+    assert_eq!(p.watch_id, -1);
+    assert!(p.events.is_empty());
+    assert!(p.header.unwrap().revision >= rev);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_watchers_get_periodic_progress_notifications() {
+    let limits = cairn_server::Limits {
+        watch_progress_interval: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let c = InProcessCluster::start_with(3, 10_000, limits).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut k = c.kv(leader).await;
+    let rev = kv::put(&mut k, "other", "x").await.unwrap();
+    let mut w = WatchStream::open(&c.nodes[leader].client_addr)
+        .await
+        .unwrap();
+    w.create(WatchCreateRequest {
+        key: "idle".into(),
+        progress_notify: true,
+        ..Default::default()
+    })
+    .await;
+    let id = w.next(T).await.unwrap().watch_id;
+    let p = w.next(T).await.expect("a progress notification");
+    assert_eq!((p.watch_id, p.events.len()), (id, 0));
+    assert!(p.header.unwrap().revision >= rev);
+    c.shutdown().await;
+}
