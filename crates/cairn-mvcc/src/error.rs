@@ -38,6 +38,12 @@ pub enum Rejection {
     /// A put names a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant names a lease ID already in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant asks for more than the maximum TTL.
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 /// MVCC errors: rejections (deterministic) and storage failures (not).

@@ -31,6 +31,7 @@
 mod compact;
 mod error;
 mod history;
+pub mod lease;
 mod range;
 mod record;
 mod txn;

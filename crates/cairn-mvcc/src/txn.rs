@@ -285,6 +285,28 @@ impl Writer<'_> {
                 _ => req.lease,
             },
         };
+        if let Some(p) = prev
+            .as_ref()
+            .filter(|p| p.lease != 0 && p.lease != kv.lease)
+        {
+            self.batch.delete(
+                Key::LeaseKey {
+                    id: p.lease,
+                    key: &req.key,
+                }
+                .encode(),
+            );
+        }
+        if kv.lease != 0 {
+            self.batch.put(
+                Key::LeaseKey {
+                    id: kv.lease,
+                    key: &req.key,
+                }
+                .encode(),
+                Vec::new(),
+            );
+        }
         let stored = Record::Put(kv.clone()).encode();
         self.batch.put(
             Key::MvccVersion {
@@ -327,6 +349,15 @@ impl Writer<'_> {
                 Record::Tombstone.encode(),
             );
             self.batch.delete(Key::MvccLatest { key: &kv.key }.encode());
+            if kv.lease != 0 {
+                self.batch.delete(
+                    Key::LeaseKey {
+                        id: kv.lease,
+                        key: &kv.key,
+                    }
+                    .encode(),
+                );
+            }
             let tomb = KeyValue {
                 key: kv.key.clone(),
                 mod_revision: self.rev,

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use cairn_api::etcdserverpb::TxnRequest;
 use cairn_api::mvccpb::Event;
-use cairn_mvcc::{Limits, NoLeases, Revisions};
+use cairn_mvcc::lease::{self, StoredLeases};
+use cairn_mvcc::{Limits, Revisions};
 use cairn_storage::keys::{Key, Space};
 use cairn_storage::{Durability, Engine, Overlay, Snapshot as EngineSnapshot, WriteBatch};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -211,7 +212,7 @@ impl StateMachine {
                 }
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
-                match cairn_mvcc::apply_txn(engine, &req, rev, revs, &NoLeases) {
+                match cairn_mvcc::apply_txn(engine, &req, rev, revs, &StoredLeases(engine)) {
                     Ok(mut out) => {
                         state.current_revision = out.revisions.current;
                         out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
@@ -231,6 +232,27 @@ impl StateMachine {
                                 current: revs.current,
                             },
                         ))
+                    }
+                    Err(e) => reject(e),
+                }
+            }
+            Command::LeaseGrant { id, ttl } => match lease::grant(engine, id, ttl) {
+                Ok(b) => Ok((b, Reply::Revision(state.current_revision))),
+                Err(e) => reject(e),
+            },
+            Command::LeaseCheckpoint { id, remaining } => Ok((
+                lease::checkpoint(engine, id, remaining)?,
+                Reply::Revision(state.current_revision),
+            )),
+            Command::LeaseRevoke { id, ts } => {
+                let revs = state.revisions();
+                let rev = ts.max(revs.current + 1);
+                match lease::revoke(engine, id, rev, revs) {
+                    Ok(mut out) => {
+                        state.current_revision = out.revisions.current;
+                        out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
+                        events.extend(out.events.into_iter().map(|e| (rev, e)));
+                        Ok((out.batch, Reply::Revision(state.current_revision)))
                     }
                     Err(e) => reject(e),
                 }
@@ -275,7 +297,7 @@ struct SnapshotBlob {
     data: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-const MVCC_SPACES: [Space; 2] = [Space::MvccVersion, Space::MvccLatest];
+const MVCC_SPACES: [Space; 3] = [Space::MvccVersion, Space::MvccLatest, Space::Lease];
 
 fn space_bounds(s: Space) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     (

@@ -28,6 +28,12 @@ pub enum Command {
     /// commit): applied in order, each seeing the ones before, as one atomic
     /// batch. Element `i` replies in `Reply::Batch[i]`.
     Batch(Vec<Command>),
+    /// Data region: grant lease `id` for `ttl` seconds.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Data region: revoke lease `id`, deleting its keys at TSO timestamp `ts`.
+    LeaseRevoke { id: i64, ts: i64 },
+    /// Data region: record lease `id`'s remaining TTL (seconds).
+    LeaseCheckpoint { id: i64, remaining: i64 },
     /// Data region: compact MVCC history at `revision`.
     Compact { revision: i64 },
     /// Meta region: the TSO may hand out timestamps below `high_water`.
@@ -49,6 +55,8 @@ pub enum Reply {
     Done,
     /// The command was refused; nothing changed.
     Rejected(Rejection),
+    /// Done; the region's revision after the command.
+    Revision(i64),
     /// One reply per command of a [`Command::Batch`].
     Batch(Vec<Reply>),
     /// The command's bytes did not decode (never produced by Cairn itself).

@@ -35,6 +35,8 @@ fn rejection_code(r: Rejection) -> Code {
         | Rejection::InvalidSortOption => Code::InvalidArgument,
         Rejection::Compacted | Rejection::FutureRevision => Code::OutOfRange,
         Rejection::LeaseNotFound => Code::NotFound,
+        Rejection::LeaseExists => Code::FailedPrecondition,
+        Rejection::LeaseTtlTooLarge => Code::OutOfRange,
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 mod not_yet;
 pub mod watch;
@@ -106,7 +107,7 @@ pub async fn serve_client(
             ctx.clone(),
         )))
         .add_service(WatchServer::new(watch::WatchService::new(ctx.clone())))
-        .add_service(LeaseServer::new(not_yet::NotYet))
+        .add_service(LeaseServer::new(lease::LeaseService::new(ctx.clone())))
         .add_service(AuthServer::new(not_yet::NotYet))
         .add_service(LockServer::new(not_yet::NotYet))
         .add_service(ElectionServer::new(not_yet::NotYet))

@@ -5,7 +5,6 @@
 /// The not-yet-built services.
 pub struct NotYet;
 
-impl cairn_api::etcdserverpb::lease_server::Lease for NotYet {}
 impl cairn_api::etcdserverpb::auth_server::Auth for NotYet {}
 impl cairn_api::v3lockpb::lock_server::Lock for NotYet {}
 impl cairn_api::v3electionpb::election_server::Election for NotYet {}

@@ -30,6 +30,8 @@ pub enum Space {
     MvccVersion = 0x10,
     /// The newest live version of each user key.
     MvccLatest = 0x11,
+    /// Leases: records and the index of attached keys.
+    Lease = 0x12,
 }
 
 /// Which piece of Raft hard state a [`Key::RaftState`] names.
@@ -59,6 +61,10 @@ pub enum Key<'a> {
     MvccVersion { key: &'a [u8], revision: i64 },
     /// The newest version of a user key.
     MvccLatest { key: &'a [u8] },
+    /// A lease record.
+    Lease { id: i64 },
+    /// A key attached to a lease.
+    LeaseKey { id: i64, key: &'a [u8] },
 }
 
 fn region_prefix(space: Space, region: u64) -> Vec<u8> {
@@ -103,6 +109,19 @@ impl Key<'_> {
                 escape_into(&mut out, key);
                 out.extend_from_slice(&[0, 0]);
                 out.extend_from_slice(&(*revision as u64).to_be_bytes());
+                out
+            }
+            Key::Lease { id } => {
+                let mut out = vec![Space::Lease as u8];
+                out.extend_from_slice(&(*id as u64).to_be_bytes());
+                out.push(0);
+                out
+            }
+            Key::LeaseKey { id, key } => {
+                let mut out = vec![Space::Lease as u8];
+                out.extend_from_slice(&(*id as u64).to_be_bytes());
+                out.push(1);
+                out.extend_from_slice(key);
                 out
             }
             Key::MvccLatest { key } => {
@@ -181,6 +200,31 @@ pub fn latest_range(start: &[u8], end: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<
         None => Bound::Excluded(vec![Space::MvccLatest as u8 + 1]),
     };
     (Bound::Included(s), e)
+}
+
+/// The bounds of the keys attached to lease `id`.
+pub fn lease_keys_range(id: i64) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let mut lo = vec![Space::Lease as u8];
+    lo.extend_from_slice(&(id as u64).to_be_bytes());
+    let mut hi = lo.clone();
+    lo.push(1);
+    hi.push(2);
+    (Bound::Included(lo), Bound::Excluded(hi))
+}
+
+/// Decodes a lease-space key: (lease id, Some(attached key)) or (id, None)
+/// for the lease record itself.
+pub fn decode_lease(encoded: &[u8]) -> Result<(i64, Option<&[u8]>)> {
+    let corrupt = || Error::Corrupt(format!("bad lease key {encoded:?}"));
+    if encoded.len() < 10 || encoded[0] != Space::Lease as u8 {
+        return Err(corrupt());
+    }
+    let id = u64::from_be_bytes(encoded[1..9].try_into().map_err(|_| corrupt())?) as i64;
+    match encoded[9] {
+        0 if encoded.len() == 10 => Ok((id, None)),
+        1 => Ok((id, Some(&encoded[10..]))),
+        _ => Err(corrupt()),
+    }
 }
 
 /// The bounds of one region's Raft log.

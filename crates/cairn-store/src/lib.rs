@@ -20,6 +20,7 @@
 
 mod config;
 mod error;
+mod lessor;
 mod node;
 mod peer_service;
 pub mod proposer;
@@ -28,6 +29,7 @@ pub mod tso;
 
 pub use config::{cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig};
 pub use error::{Error, Result};
+pub use lessor::LeaseTtl;
 pub use node::{Node, NodeStatus, Region, DATA_REGION, META_REGION};
 pub use peer_service::PeerService;
 pub use remote::{ForwardOk, ForwardOp};

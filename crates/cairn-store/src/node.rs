@@ -22,6 +22,7 @@ use openraft::BasicNode;
 use prost::Message;
 
 use crate::config::{cluster_id, member_id, NodeConfig};
+use crate::lessor::{LeaseTtl, Lessor};
 use crate::proposer::{Proposal, Proposer, TimestampSource};
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::tso::{read_index_error, Tso};
@@ -73,6 +74,7 @@ pub struct Node {
     log_writer: LogWriter,
     regions: BTreeMap<u64, Region>,
     tso: Arc<Tso>,
+    lessor: Lessor,
 }
 
 impl Node {
@@ -147,7 +149,7 @@ impl Node {
                 Box::pin(async move { fetch_timestamps(&tso, &pool, &meta, count).await })
             })
         };
-        let regions = rafts
+        let regions: BTreeMap<u64, Region> = rafts
             .into_iter()
             .map(|(region, raft, shared)| {
                 let proposer = Proposer::start(raft.clone(), timestamps.clone());
@@ -161,6 +163,13 @@ impl Node {
                 )
             })
             .collect();
+        let data: &Region = &regions[&DATA_REGION];
+        let lessor = Lessor::new(
+            id,
+            data.raft.clone(),
+            data.shared.clone(),
+            config.lease_checkpoint_interval,
+        );
         let node = Arc::new(Node {
             id,
             cluster_id,
@@ -170,8 +179,10 @@ impl Node {
             log_writer,
             regions,
             tso,
+            lessor,
         });
         tokio::spawn(publish_self(Arc::downgrade(&node)));
+        tokio::spawn(expire_leases(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -242,8 +253,17 @@ impl Node {
                     .propose(Proposal::Plain(Command::Compact { revision }))
                     .await?,
             )),
-            ForwardOp::Meta(cmd) => Ok(ForwardOk::Reply(
+            ForwardOp::Plain(cmd) => Ok(ForwardOk::Reply(
                 r.proposer.propose(Proposal::Plain(cmd)).await?,
+            )),
+            ForwardOp::Revoke(id) => Ok(ForwardOk::Reply(
+                r.proposer.propose(Proposal::Revoke(id)).await?,
+            )),
+            ForwardOp::LeaseKeepAlive(id) => Ok(ForwardOk::Ttl(self.lessor.keep_alive(id)?)),
+            ForwardOp::LeaseTimeToLive(id) => Ok(ForwardOk::TimeToLive(
+                self.lessor
+                    .time_to_live(id)?
+                    .map(|t| (t.remaining, t.granted, t.keys)),
             )),
             ForwardOp::ReadIndex => {
                 let (read, _) = r.raft.get_read_log_id().await.map_err(read_index_error)?;
@@ -301,6 +321,84 @@ impl Node {
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(Error::from)
+    }
+
+    /// Grants a lease (`id` 0: the node picks one); returns (id, ttl).
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
+        let chosen = id != 0;
+        for attempt in 0..5u64 {
+            let id = if chosen {
+                id
+            } else {
+                fresh_lease_id(self.id, attempt)
+            };
+            let cmd = Command::LeaseGrant { id, ttl };
+            match self.submit(DATA_REGION, ForwardOp::Plain(cmd)).await? {
+                ForwardOk::Reply(Reply::Revision(_)) => return Ok((id, ttl)),
+                ForwardOk::Reply(Reply::Rejected(cairn_mvcc::Rejection::LeaseExists))
+                    if !chosen =>
+                {
+                    continue
+                }
+                ForwardOk::Reply(Reply::Rejected(r)) => return Err(Error::Rejected(r)),
+                other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            }
+        }
+        Err(Error::Rejected(cairn_mvcc::Rejection::LeaseExists))
+    }
+
+    /// Revokes a lease and deletes its keys; returns the revision after.
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
+        match self.submit(DATA_REGION, ForwardOp::Revoke(id)).await? {
+            ForwardOk::Reply(Reply::Revision(r)) => Ok(r),
+            ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Refreshes a lease at the region leader; its TTL, 0 if unknown.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        match self
+            .submit(DATA_REGION, ForwardOp::LeaseKeepAlive(id))
+            .await?
+        {
+            ForwardOk::Ttl(t) => Ok(t),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A lease's remaining TTL, granted TTL and keys (None: no such lease).
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>> {
+        match self
+            .submit(DATA_REGION, ForwardOp::LeaseTimeToLive(id))
+            .await?
+        {
+            ForwardOk::TimeToLive(t) => Ok(t.map(|(remaining, granted, keys)| LeaseTtl {
+                remaining,
+                granted,
+                keys,
+            })),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Every granted lease ID (linearizable).
+    pub async fn lease_list(&self) -> Result<Vec<i64>> {
+        let r = self.region(DATA_REGION)?;
+        let index = match self.submit(DATA_REGION, ForwardOp::ReadIndex).await? {
+            ForwardOk::ReadIndex(i) => i,
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        };
+        r.raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(index), "read-index")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        let (snap, _) = r.shared.read_view();
+        Ok(cairn_mvcc::lease::list(&*snap)?
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
     }
 
     /// Allocates timestamps if this node leads the meta region.
@@ -453,11 +551,50 @@ async fn publish_self(node: std::sync::Weak<Node>) {
             return;
         }
         for cmd in todo {
-            if let Err(e) = n.submit(META_REGION, ForwardOp::Meta(cmd)).await {
+            if let Err(e) = n.submit(META_REGION, ForwardOp::Plain(cmd)).await {
                 tracing::debug!("publishing to meta region: {e}");
             }
         }
         drop(n);
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A lease ID no other node picks at the same moment: time and node mixed,
+/// positive, never 0.
+fn fresh_lease_id(node: u64, attempt: u64) -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (node.rotate_left(17) ^ nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ attempt)
+        & (i64::MAX as u64);
+    mixed.max(1) as i64
+}
+
+/// The lease leader's expiry loop: revokes leases whose deadline passed and
+/// proposes checkpoints.
+async fn expire_leases(node: std::sync::Weak<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let Some(n) = node.upgrade() else { return };
+        let (due, checkpoints) = n.lessor.tick();
+        let Ok(r) = n.region(DATA_REGION) else { return };
+        for id in due {
+            let proposer = r.proposer.clone();
+            tokio::spawn(async move {
+                if let Err(e) = proposer.propose(Proposal::Revoke(id)).await {
+                    tracing::debug!(lease = id, "revoking expired lease: {e}");
+                }
+            });
+        }
+        for (id, remaining) in checkpoints {
+            let proposer = r.proposer.clone();
+            tokio::spawn(async move {
+                let _ = proposer
+                    .propose(Proposal::Plain(Command::LeaseCheckpoint { id, remaining }))
+                    .await;
+            });
+        }
     }
 }

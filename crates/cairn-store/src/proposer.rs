@@ -27,6 +27,8 @@ use crate::{Error, Result};
 pub enum Proposal {
     /// A prost-encoded `TxnRequest`; gets a timestamp.
     Txn(Vec<u8>),
+    /// Revoke a lease (deletes its keys); gets a timestamp.
+    Revoke(i64),
     /// Any other command (no timestamp).
     Plain(Command),
 }
@@ -148,7 +150,7 @@ impl Proposer {
                 }
                 let need = group
                     .iter()
-                    .filter(|(p, _)| matches!(p, Proposal::Txn(_)))
+                    .filter(|(p, _)| matches!(p, Proposal::Txn(_) | Proposal::Revoke(_)))
                     .count() as u32;
                 let mut ts = if need > 0 {
                     match timestamps(need).await {
@@ -169,9 +171,16 @@ impl Proposer {
                 let mut bytes = 0usize;
                 for (p, reply) in group {
                     match p {
-                        Proposal::Txn(txn) => {
-                            bytes += txn.len();
-                            txns.push((Command::Txn { ts, txn }, reply));
+                        Proposal::Txn(_) | Proposal::Revoke(_) => {
+                            let cmd = match p {
+                                Proposal::Txn(txn) => {
+                                    bytes += txn.len();
+                                    Command::Txn { ts, txn }
+                                }
+                                Proposal::Revoke(id) => Command::LeaseRevoke { id, ts },
+                                Proposal::Plain(c) => c,
+                            };
+                            txns.push((cmd, reply));
                             ts += 1;
                             if bytes >= MAX_ENTRY_BYTES {
                                 propose_txns(&raft, std::mem::take(&mut txns), &slot).await;

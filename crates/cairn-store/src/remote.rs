@@ -20,8 +20,14 @@ pub enum ForwardOp {
     Compact(i64),
     /// Confirm leadership and return the read index.
     ReadIndex,
-    /// Propose a meta command (meta region).
-    Meta(Command),
+    /// Propose a command as is (no timestamp).
+    Plain(Command),
+    /// Revoke a lease (data region; gets a timestamp).
+    Revoke(i64),
+    /// Refresh a lease on the region leader's lessor.
+    LeaseKeepAlive(i64),
+    /// Read a lease's remaining TTL from the region leader's lessor.
+    LeaseTimeToLive(i64),
 }
 
 /// The answer to a [`ForwardOp`].
@@ -31,6 +37,10 @@ pub enum ForwardOk {
     Reply(Reply),
     /// The read index.
     ReadIndex(u64),
+    /// A lease's TTL after a keep-alive (0: no such lease).
+    Ttl(i64),
+    /// (remaining, granted, keys) of a lease, if it exists.
+    TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
 }
 
 /// The peer address of `node` according to `raft`'s membership.

@@ -125,6 +125,7 @@ impl InProcessCluster {
             new_cluster,
             cluster_token: TOKEN.to_string(),
             snapshot_logs: self.snapshot_logs,
+            lease_checkpoint_interval: std::time::Duration::from_secs(2),
         };
         // A stopped node's engine is released asynchronously; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(15);

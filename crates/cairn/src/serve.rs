@@ -109,6 +109,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         new_cluster: a.initial_cluster_state == "new",
         cluster_token: a.initial_cluster_token.clone(),
         snapshot_logs: a.snapshot_count.max(10),
+        lease_checkpoint_interval: std::time::Duration::from_secs(300),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;

@@ -1,0 +1,150 @@
+//! Leases in the MVCC keyspace: records, the index of attached keys, and the
+//! replicated operations on them (grant, revoke, checkpoint).
+//!
+//! A lease record holds its granted TTL and, once checkpointed, the remaining
+//! TTL the leader last saw, so a new leader resumes the countdown instead of
+//! restarting it for long leases (and never starts below it: no early
+//! expiry). Expiry itself is not replicated state: only the region leader
+//! counts down, and it proposes a revoke when a lease runs out.
+//!
+//! Attached keys are indexed under `Lease(id) → key` and maintained by every
+//! put and delete ([`crate::txn`]), so a revoke deletes exactly the live keys
+//! bound to the lease, in one transaction at one revision.
+
+use std::ops::Bound;
+
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::{DeleteRangeRequest, RequestOp, TxnRequest};
+use cairn_storage::keys::{self, Key, Space};
+use cairn_storage::{Snapshot, WriteBatch};
+
+use crate::txn::{apply_txn, LeaseView, TxnOutcome};
+use crate::{Error, Rejection, Result, Revisions};
+
+/// A granted lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// The lease ID.
+    pub id: i64,
+    /// Granted TTL, seconds.
+    pub ttl: i64,
+    /// Remaining TTL at the last checkpoint, seconds (0: never checkpointed).
+    pub remaining: i64,
+}
+
+impl LeaseRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&self.ttl.to_be_bytes());
+        out.extend_from_slice(&self.remaining.to_be_bytes());
+        out
+    }
+
+    fn decode(id: i64, b: &[u8]) -> Result<Self> {
+        if b.len() != 16 {
+            return Err(Error::Corrupt(format!("lease record of {} bytes", b.len())));
+        }
+        let ttl = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+        let remaining = i64::from_be_bytes(b[8..].try_into().expect("8 bytes"));
+        Ok(Self { id, ttl, remaining })
+    }
+}
+
+/// Leases as stored in a snapshot (or an overlay of one).
+pub struct StoredLeases<'a>(pub &'a dyn Snapshot);
+
+impl LeaseView for StoredLeases<'_> {
+    fn exists(&self, id: i64) -> bool {
+        matches!(get(self.0, id), Ok(Some(_)))
+    }
+}
+
+/// One lease.
+pub fn get(read: &dyn Snapshot, id: i64) -> Result<Option<LeaseRecord>> {
+    match read.get(&Key::Lease { id }.encode())? {
+        Some(b) => Ok(Some(LeaseRecord::decode(id, &b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Every lease, by ID.
+pub fn list(read: &dyn Snapshot) -> Result<Vec<LeaseRecord>> {
+    let mut out = Vec::new();
+    let space = Space::Lease as u8;
+    for item in read.scan(
+        Bound::Included(vec![space]),
+        Bound::Excluded(vec![space + 1]),
+        false,
+    ) {
+        let (k, v) = item?;
+        if let (id, None) = keys::decode_lease(&k)? {
+            out.push(LeaseRecord::decode(id, &v)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The keys attached to a lease.
+pub fn attached_keys(read: &dyn Snapshot, id: i64) -> Result<Vec<Vec<u8>>> {
+    let (lo, hi) = keys::lease_keys_range(id);
+    let mut out = Vec::new();
+    for item in read.scan(lo, hi, false) {
+        let (k, _) = item?;
+        if let (_, Some(key)) = keys::decode_lease(&k)? {
+            out.push(key.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Grants lease `id` with `ttl` seconds.
+pub fn grant(read: &dyn Snapshot, id: i64, ttl: i64) -> Result<WriteBatch> {
+    if get(read, id)?.is_some() {
+        return Err(Rejection::LeaseExists.into());
+    }
+    let mut b = WriteBatch::new();
+    b.put(
+        Key::Lease { id }.encode(),
+        LeaseRecord {
+            id,
+            ttl,
+            remaining: 0,
+        }
+        .encode(),
+    );
+    Ok(b)
+}
+
+/// Records the remaining TTL of lease `id` (ignored if it is gone).
+pub fn checkpoint(read: &dyn Snapshot, id: i64, remaining: i64) -> Result<WriteBatch> {
+    let mut b = WriteBatch::new();
+    if let Some(mut rec) = get(read, id)? {
+        rec.remaining = remaining.max(1);
+        b.put(Key::Lease { id }.encode(), rec.encode());
+    }
+    Ok(b)
+}
+
+/// Revokes lease `id`: deletes every attached key in one transaction at
+/// revision `rev` (events like any delete), then the lease itself.
+pub fn revoke(read: &dyn Snapshot, id: i64, rev: i64, revs: Revisions) -> Result<TxnOutcome> {
+    if get(read, id)?.is_none() {
+        return Err(Rejection::LeaseNotFound.into());
+    }
+    let keys = attached_keys(read, id)?;
+    let req = TxnRequest {
+        success: keys
+            .into_iter()
+            .map(|key| RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut out = apply_txn(read, &req, rev, revs, &StoredLeases(read))?;
+    out.batch.delete(Key::Lease { id }.encode());
+    Ok(out)
+}

@@ -1,0 +1,143 @@
+//! etcd's `Lease` service: grant, revoke, keep-alive (stream), time-to-live,
+//! list. Deadlines live in the region leader's lessor (`cairn-store`);
+//! requests to other nodes are forwarded there.
+
+use std::sync::Arc;
+
+use cairn_api::etcdserverpb::lease_server::Lease;
+use cairn_api::etcdserverpb::*;
+use cairn_mvcc::Rejection;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::Context;
+
+/// etcd's largest TTL (seconds).
+const MAX_TTL: i64 = 9_000_000_000;
+/// The smallest TTL granted: 1.5 election timeouts, rounded up (etcd's rule).
+const MIN_TTL: i64 = 2;
+
+/// The Lease service of one node.
+pub struct LeaseService {
+    ctx: Arc<Context>,
+}
+
+impl LeaseService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let req = req.into_inner();
+        if req.ttl > MAX_TTL {
+            return Err(Error::from(Rejection::LeaseTtlTooLarge).into());
+        }
+        let ttl = req.ttl.max(MIN_TTL);
+        let (id, ttl) = self
+            .ctx
+            .node
+            .lease_grant(req.id, ttl)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(LeaseGrantResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let rev = self
+            .ctx
+            .node
+            .lease_revoke(req.into_inner().id)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(LeaseRevokeResponse {
+            header: Some(self.ctx.header(rev)),
+        }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<tonic::codegen::BoxStream<LeaseKeepAliveResponse>>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                let reply = match ctx.node.lease_keep_alive(r.id).await {
+                    // An unknown lease answers TTL 0 (the stream goes on), as in etcd.
+                    Ok(ttl) => Ok(LeaseKeepAliveResponse {
+                        header: Some(ctx.header(ctx.node.revision())),
+                        id: r.id,
+                        ttl,
+                    }),
+                    Err(e) => Err(Status::from(Error::from(e))),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let req = req.into_inner();
+        let header = Some(self.ctx.header(self.ctx.node.revision()));
+        let resp = match self
+            .ctx
+            .node
+            .lease_time_to_live(req.id)
+            .await
+            .map_err(Error::from)?
+        {
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            },
+            Some(t) => LeaseTimeToLiveResponse {
+                header,
+                id: req.id,
+                ttl: t.remaining,
+                granted_ttl: t.granted,
+                keys: if req.keys { t.keys } else { Vec::new() },
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let ids = self.ctx.node.lease_list().await.map_err(Error::from)?;
+        Ok(Response::new(LeaseLeasesResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
+            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
+        }))
+    }
+}
