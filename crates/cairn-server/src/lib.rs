@@ -15,9 +15,12 @@
 //! shutdown future, so tests bind port 0.
 
 pub mod cluster;
+mod coord;
+pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 mod not_yet;
 pub mod watch;
@@ -109,8 +112,10 @@ pub async fn serve_client(
         .add_service(WatchServer::new(watch::WatchService::new(ctx.clone())))
         .add_service(LeaseServer::new(lease::LeaseService::new(ctx.clone())))
         .add_service(AuthServer::new(not_yet::NotYet))
-        .add_service(LockServer::new(not_yet::NotYet))
-        .add_service(ElectionServer::new(not_yet::NotYet))
+        .add_service(LockServer::new(lock::LockService::new(ctx.clone())))
+        .add_service(ElectionServer::new(election::ElectionService::new(
+            ctx.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

@@ -6,5 +6,3 @@
 pub struct NotYet;
 
 impl cairn_api::etcdserverpb::auth_server::Auth for NotYet {}
-impl cairn_api::v3lockpb::lock_server::Lock for NotYet {}
-impl cairn_api::v3electionpb::election_server::Election for NotYet {}

@@ -1,0 +1,236 @@
+//! Shared machinery of the Lock and Election services, built like etcd's
+//! `concurrency` package on plain KV, leases and revisions:
+//!
+//! - a contender writes `prefix/<lease hex>` bound to its lease (or finds its
+//!   own earlier key), and its `create_revision` is its place in line;
+//! - it owns the lock (leads the election) when no key under the prefix has a
+//!   smaller `create_revision`; otherwise it waits for the deletion of the
+//!   key just before it (not for all of them: no thundering herd);
+//! - the key and its revision are the fencing token: a holder that lost its
+//!   lease has lost its key, and a write guarded by
+//!   `create_revision(key) == rev` fails.
+//!
+//! Waiting uses the local change feed only as a wake-up; every decision is
+//! taken on a linearizable read.
+
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::response_op::Response;
+use cairn_api::etcdserverpb::*;
+use cairn_api::mvccpb::{event::EventType, KeyValue};
+use cairn_store::DATA_REGION;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::Error;
+use crate::Context;
+
+/// The end of the range of every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn op(r: Request) -> RequestOp {
+    RequestOp { request: Some(r) }
+}
+
+/// Creates (or finds) the contender key `prefix + hex(lease)`; returns it and
+/// its create revision.
+pub async fn enter(
+    ctx: &Context,
+    prefix: &[u8],
+    lease: i64,
+    value: &[u8],
+) -> Result<(Vec<u8>, i64), Error> {
+    let mut key = prefix.to_vec();
+    key.extend_from_slice(format!("{lease:x}").as_bytes());
+    let put = PutRequest {
+        key: key.clone(),
+        value: value.to_vec(),
+        lease,
+        ..Default::default()
+    };
+    let txn = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: key.clone(),
+            target_union: Some(TargetUnion::CreateRevision(0)),
+            range_end: Vec::new(),
+        }],
+        success: vec![op(Request::RequestPut(put.clone()))],
+        failure: vec![op(Request::RequestRange(RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        }))],
+    };
+    let resp = ctx.node.txn(&txn).await?;
+    if resp.succeeded {
+        return Ok((key, resp.header.map_or(0, |h| h.revision)));
+    }
+    // Our key exists from an earlier attempt with the same lease: keep our
+    // place in line, update the value.
+    let existing = match resp.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(Response::ResponseRange(r)) => r.kvs.first().cloned(),
+        _ => None,
+    };
+    let Some(kv) = existing else {
+        return Err(cairn_store::Error::Internal("contender key vanished".into()).into());
+    };
+    if kv.value != value {
+        ctx.node
+            .txn(&TxnRequest {
+                success: vec![op(Request::RequestPut(put))],
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok((key, kv.create_revision))
+}
+
+/// The first key (smallest create revision) under `prefix`, linearizably.
+pub async fn first(
+    ctx: &Context,
+    prefix: &[u8],
+    below: Option<i64>,
+    newest: bool,
+) -> Result<Option<KeyValue>, Error> {
+    let r = ctx
+        .node
+        .range(RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            limit: 1,
+            sort_order: if newest {
+                SortOrder::Descend
+            } else {
+                SortOrder::Ascend
+            } as i32,
+            sort_target: SortTarget::Create as i32,
+            max_create_revision: below.map_or(0, |b| b - 1),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.kvs.into_iter().next())
+}
+
+/// Waits until the contender `(key, rev)` is first in line under `prefix`.
+pub async fn wait_turn(ctx: &Context, prefix: &[u8], rev: i64) -> Result<(), Error> {
+    loop {
+        let mut feed = ctx.node.region(DATA_REGION)?.shared.subscribe();
+        // The contender just ahead of us, if any.
+        let Some(ahead) = first(ctx, prefix, Some(rev), true).await? else {
+            return Ok(());
+        };
+        wait_deleted(&mut feed, &ahead.key).await;
+    }
+}
+
+/// Waits for a delete of `key` on the feed (or a feed discontinuity, after
+/// which the caller re-reads).
+async fn wait_deleted(
+    feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<cairn_raft::FeedBatch>>,
+    key: &[u8],
+) {
+    loop {
+        match feed.recv().await {
+            Ok(b) => {
+                if b.reset
+                    || b.events.iter().any(|(_, e)| {
+                        e.r#type == EventType::Delete as i32
+                            && e.kv.as_ref().is_some_and(|kv| kv.key == key)
+                    })
+                {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Waits for any change under `prefix` (or a feed discontinuity).
+pub async fn wait_change(
+    feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<cairn_raft::FeedBatch>>,
+    prefix: &[u8],
+) {
+    loop {
+        match feed.recv().await {
+            Ok(b) => {
+                if b.reset
+                    || b.events
+                        .iter()
+                        .any(|(_, e)| e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(prefix)))
+                {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Deletes `key` if it still has create revision `rev` (a no-op otherwise).
+pub async fn leave(ctx: &Context, key: &[u8], rev: Option<i64>) -> Result<i64, Error> {
+    let del = op(Request::RequestDeleteRange(DeleteRangeRequest {
+        key: key.to_vec(),
+        ..Default::default()
+    }));
+    let compare = rev
+        .map(|rev| Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::CreateRevision(rev)),
+            range_end: Vec::new(),
+        })
+        .into_iter()
+        .collect();
+    let resp = ctx
+        .node
+        .txn(&TxnRequest {
+            compare,
+            success: vec![del],
+            ..Default::default()
+        })
+        .await?;
+    Ok(resp.header.map_or(0, |h| h.revision))
+}
+
+/// Deletes a contender key when an acquisition is abandoned (client gone)
+/// before it completed.
+pub struct AbandonGuard {
+    ctx: Option<(std::sync::Arc<Context>, Vec<u8>, i64)>,
+}
+
+impl AbandonGuard {
+    /// Guards `key` created at `rev`.
+    pub fn new(ctx: std::sync::Arc<Context>, key: Vec<u8>, rev: i64) -> Self {
+        Self {
+            ctx: Some((ctx, key, rev)),
+        }
+    }
+    /// The acquisition completed: keep the key.
+    pub fn disarm(mut self) {
+        self.ctx = None;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some((ctx, key, rev)) = self.ctx.take() {
+            tokio::spawn(async move {
+                let _ = leave(&ctx, &key, Some(rev)).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! etcd's `v3electionpb.Election` service: campaign, proclaim, leader,
+//! observe, resign — on leases and revisions like locks (see
+//! [`crate::coord`]): the leader is the contender with the smallest create
+//! revision under the election's prefix.
+
+use std::sync::Arc;
+
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_api::etcdserverpb::request_op::Request as Op;
+use cairn_api::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest};
+use cairn_api::v3electionpb::election_server::Election;
+use cairn_api::v3electionpb::*;
+use cairn_store::DATA_REGION;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::coord::{self, AbandonGuard};
+use crate::Context;
+
+/// etcd's messages for election misuse.
+const NOT_LEADER: &str = "election: not leader";
+const NO_LEADER: &str = "election: no leader";
+const MISSING_LEADER: &str = "\"leader\" field must be provided";
+
+/// The Election service of one node.
+pub struct ElectionService {
+    ctx: Arc<Context>,
+}
+
+impl ElectionService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+}
+
+fn prefix(name: &[u8]) -> Vec<u8> {
+    let mut p = name.to_vec();
+    p.push(b'/');
+    p
+}
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
+        let req = req.into_inner();
+        let pfx = prefix(&req.name);
+        let (key, rev) = coord::enter(&self.ctx, &pfx, req.lease, &req.value).await?;
+        let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
+        coord::wait_turn(&self.ctx, &pfx, rev).await?;
+        guard.disarm();
+        Ok(Response::new(CampaignResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
+            leader: Some(LeaderKey {
+                name: req.name,
+                key,
+                rev,
+                lease: req.lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
+        let req = req.into_inner();
+        let Some(l) = req.leader else {
+            return Err(Status::unknown(MISSING_LEADER));
+        };
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: l.key.clone(),
+                target_union: Some(TargetUnion::CreateRevision(l.rev)),
+                range_end: Vec::new(),
+            }],
+            success: vec![RequestOp {
+                request: Some(Op::RequestPut(PutRequest {
+                    key: l.key,
+                    value: req.value,
+                    lease: l.lease,
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        let resp = self
+            .ctx
+            .node
+            .txn(&txn)
+            .await
+            .map_err(crate::error::Error::from)?;
+        if !resp.succeeded {
+            return Err(Status::unknown(NOT_LEADER));
+        }
+        Ok(Response::new(ProclaimResponse {
+            header: Some(self.ctx.header(resp.header.map_or(0, |h| h.revision))),
+        }))
+    }
+
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
+        let pfx = prefix(&req.into_inner().name);
+        match coord::first(&self.ctx, &pfx, None, false).await? {
+            Some(kv) => Ok(Response::new(LeaderResponse {
+                header: Some(self.ctx.header(self.ctx.node.revision())),
+                kv: Some(kv),
+            })),
+            None => Err(Status::unknown(NO_LEADER)),
+        }
+    }
+
+    async fn observe(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<LeaderResponse>>, Status> {
+        let pfx = prefix(&req.into_inner().name);
+        let ctx = self.ctx.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last: Option<(Vec<u8>, i64)> = None;
+            loop {
+                let Ok(region) = ctx.node.region(DATA_REGION) else {
+                    return;
+                };
+                let mut feed = region.shared.subscribe();
+                match coord::first(&ctx, &pfx, None, false).await {
+                    Ok(Some(kv)) => {
+                        let id = (kv.key.clone(), kv.mod_revision);
+                        if last.as_ref() != Some(&id) {
+                            last = Some(id);
+                            let r = LeaderResponse {
+                                header: Some(ctx.header(ctx.node.revision())),
+                                kv: Some(kv),
+                            };
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = coord::wait_change(&mut feed, &pfx) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let Some(l) = req.into_inner().leader else {
+            return Err(Status::unknown(MISSING_LEADER));
+        };
+        let rev = coord::leave(&self.ctx, &l.key, Some(l.rev)).await?;
+        Ok(Response::new(ResignResponse {
+            header: Some(self.ctx.header(rev)),
+        }))
+    }
+}
