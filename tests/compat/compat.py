@@ -131,6 +131,37 @@ def session(endpoints):
     ctl("put", "", "x", name="put <empty key>")
     ctl("del", "--prefix", "")
     ctl("get", "", "--prefix", "--keys-only")
+    # Watch: historical replay (--rev) is deterministic; stop it after a moment.
+    w_rev = rev_of(ctl("put", "w/1", "a", "-w", "json"))
+    ctl("put", "w/2", "b")
+    ctl("del", "w/1")
+    ctl("put", "w/2", "c")
+
+    def timed(*args, seconds=2.0, name=None):
+        try:
+            r = subprocess.run(["etcdctl", "--endpoints", ep, *args], capture_output=True, text=True, timeout=seconds)
+            text = r.stdout + r.stderr
+        except subprocess.TimeoutExpired as e:
+            text = (e.stdout or b"").decode() + (e.stderr or b"").decode()
+        out.append((name or " ".join(args), text.strip()))
+
+    timed("watch", "--prefix", "w/", f"--rev={w_rev}", name="watch --prefix w/ --rev=<put w/1>")
+    timed("watch", "--prefix", "w/", f"--rev={w_rev}", "--prev-kv", name="watch --prev-kv --rev=<put w/1>")
+    # Leases.
+    lease = ctl("lease", "grant", "100").split()[1]
+    ctl("put", f"--lease={lease}", "lk", "v", name="put --lease=<L> lk v")
+    ctl("lease", "timetolive", lease, "--keys", name="lease timetolive <L> --keys")
+    ctl("lease", "list")
+    ctl("get", "lk")
+    ctl("lease", "revoke", lease, name="lease revoke <L>")
+    ctl("get", "lk")
+    ctl("lease", "revoke", lease, name="lease revoke <L> (again)")
+    ctl("lease", "timetolive", lease, name="lease timetolive <L> (revoked)")
+    ctl("lease", "grant", "9000000001")
+    ctl("put", "--lease=1234", "x", "y")
+    # Locks and elections.
+    ctl("lock", "mylock", "echo", "held")
+    timed("elect", "myelection", "alice", seconds=2.5)
     r = subprocess.run(["etcdctl", "--endpoints", endpoints[0], "endpoint", "health"], capture_output=True, text=True)
     out.append(("endpoint health", f"exit={r.returncode}\n{(r.stdout + r.stderr).strip()}"))
     return out
@@ -156,6 +187,9 @@ def normalize(transcript):
         t = re.sub(r'"(cluster_id|member_id|raft_term)":\d+', r'"\1":X', t)
         t = re.sub(r"took = [0-9.]+[µmn]?s", "took = T", t)
         t = re.sub(r"127\.0\.0\.1:\d+", "ENDPOINT", t)
+        t = re.sub(r"\b(lease |found \d+ leases\n|myelection/|mylock/)[0-9a-f]{1,16}\b", r"\1L", t)
+        t = re.sub(r"^[0-9a-f]{16}$", "L", t, flags=re.M)
+        t = re.sub(r"remaining\(\d+s\)", "remaining(Ns)", t)
         lines.append(f"$ etcdctl {cmd}\n{t}")
     return lines
 
