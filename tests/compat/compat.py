@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Real-client compatibility: the same etcdctl session against real etcd and
 against a 3-node Cairn cluster, outputs normalized and compared line by line;
-then the `etcd-client` Rust crate's test suite against both.
+then timing-dependent etcdctl scenarios (scenarios.py: contending locks,
+election leader change, interactive watch progress, lease keep-alive), the
+Python `etcd3` client and the `etcd-client` Rust crate's tests, each
+against both.
 
 Revisions differ by design (Cairn's are TSO timestamps: increasing, not
 dense), so every revision is replaced by its rank among the revisions of
@@ -238,6 +241,12 @@ def rust_client(eps, label):
     return r.returncode == 0
 
 
+def scenarios(eps, label):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "scenarios.py"), ",".join(eps)])
+    print(f"etcdctl coordination scenarios against {label}:", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def python_client(eps, label):
     r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
     print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -256,6 +265,8 @@ def main():
             wait_ready(e)
         ok = compare_etcdctl(etcd_eps, cairn_eps)
         ok = cairn_only_checks(cairn_eps) and ok
+        ok = scenarios(etcd_eps, "etcd") and ok
+        ok = scenarios(cairn_eps, "cairn") and ok
         ok = python_client(etcd_eps, "etcd") and ok
         ok = python_client(cairn_eps, "cairn") and ok
         if "--no-rust-client" not in sys.argv:

@@ -42,7 +42,7 @@ pub enum RegionKind {
 }
 
 /// The replicated bookkeeping of a region, persisted with every apply.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
     /// Last applied log id.
     pub last_applied: Option<LogId<NodeId>>,
@@ -58,6 +58,23 @@ pub struct Applied {
     pub members: BTreeMap<NodeId, MemberInfo>,
     /// Meta region: the region directory.
     pub regions: BTreeMap<u64, RegionDesc>,
+}
+
+impl Default for Applied {
+    /// A fresh region. Like etcd's, a fresh store is at revision 1, not 0:
+    /// clients read revision 0 in a header as "no revision" (e.g. a progress
+    /// notification at 0 is not recognised as one).
+    fn default() -> Self {
+        Self {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            current_revision: 1,
+            compacted_revision: 0,
+            tso_high_water: 0,
+            members: BTreeMap::new(),
+            regions: BTreeMap::new(),
+        }
+    }
 }
 
 impl Applied {

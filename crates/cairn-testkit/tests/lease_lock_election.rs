@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::*;
 use cairn_api::v3electionpb::election_client::ElectionClient;
-use cairn_api::v3electionpb::{CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest};
+use cairn_api::v3electionpb::{
+    CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest,
+};
 use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
 use cairn_store::DATA_REGION;
@@ -15,11 +17,25 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 async fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}")).unwrap().timeout(Duration::from_secs(15)).connect_lazy()
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(15))
+        .connect_lazy()
 }
 
-async fn put_with_lease(k: &mut cairn_api::etcdserverpb::kv_client::KvClient<Channel>, key: &str, lease: i64) -> Result<i64, tonic::Status> {
-    k.put(PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() }).await.map(|r| r.into_inner().header.unwrap().revision)
+async fn put_with_lease(
+    k: &mut cairn_api::etcdserverpb::kv_client::KvClient<Channel>,
+    key: &str,
+    lease: i64,
+) -> Result<i64, tonic::Status> {
+    k.put(PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().header.unwrap().revision)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -30,49 +46,118 @@ async fn lease_lifecycle_and_errors() {
     let mut l = LeaseClient::new(channel(&c.nodes[follower].client_addr).await);
     let mut k = c.kv(follower).await;
 
-    let g = l.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().into_inner();
+    let g = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(g.id > 0 && g.ttl == 60);
-    let chosen = l.lease_grant(LeaseGrantRequest { ttl: 60, id: 42 }).await.unwrap().into_inner();
+    let chosen = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 42 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(chosen.id, 42);
-    let s = l.lease_grant(LeaseGrantRequest { ttl: 60, id: 42 }).await.unwrap_err();
-    assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
-    let s = l.lease_grant(LeaseGrantRequest { ttl: 9_000_000_001, id: 0 }).await.unwrap_err();
-    assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: too large lease TTL"));
+    let s = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 42 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::FailedPrecondition, "etcdserver: lease already exists")
+    );
+    let s = l
+        .lease_grant(LeaseGrantRequest {
+            ttl: 9_000_000_001,
+            id: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::OutOfRange, "etcdserver: too large lease TTL")
+    );
 
     put_with_lease(&mut k, "l/a", g.id).await.unwrap();
     put_with_lease(&mut k, "l/b", g.id).await.unwrap();
     put_with_lease(&mut k, "l/c", 42).await.unwrap();
     // Moving a key to another lease detaches it from the first.
     put_with_lease(&mut k, "l/b", 42).await.unwrap();
-    let t = l.lease_time_to_live(LeaseTimeToLiveRequest { id: g.id, keys: true }).await.unwrap().into_inner();
+    let t = l
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((t.granted_ttl, t.keys.clone()), (60, vec![b"l/a".to_vec()]));
     assert!(t.ttl > 55 && t.ttl <= 60, "{t:?}");
-    let list = l.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner();
+    let list = l
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let ids: Vec<i64> = list.leases.iter().map(|s| s.id).collect();
     assert!(ids.contains(&g.id) && ids.contains(&42));
 
     // Revoke deletes exactly the attached keys, in one revision, with events.
-    let mut w = WatchStream::open(&c.nodes[follower].client_addr).await.unwrap();
-    w.create(WatchCreateRequest { key: "l/".into(), range_end: "l0".into(), ..Default::default() }).await;
+    let mut w = WatchStream::open(&c.nodes[follower].client_addr)
+        .await
+        .unwrap();
+    w.create(WatchCreateRequest {
+        key: "l/".into(),
+        range_end: "l0".into(),
+        ..Default::default()
+    })
+    .await;
     assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
     l.lease_revoke(LeaseRevokeRequest { id: 42 }).await.unwrap();
     let ev = w.next(Duration::from_secs(5)).await.unwrap();
-    let deleted: Vec<Vec<u8>> = ev.events.iter().map(|e| e.kv.as_ref().unwrap().key.clone()).collect();
+    let deleted: Vec<Vec<u8>> = ev
+        .events
+        .iter()
+        .map(|e| e.kv.as_ref().unwrap().key.clone())
+        .collect();
     assert_eq!(deleted, vec![b"l/b".to_vec(), b"l/c".to_vec()]);
     assert!(ev.events.iter().all(|e| e.r#type == 1));
     assert_eq!(kv::prefix(&mut k, "l/", false).await.unwrap().count, 1);
 
     // Unknown leases: etcd's answers.
-    let s = l.lease_revoke(LeaseRevokeRequest { id: 42 }).await.unwrap_err();
-    assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
-    let t = l.lease_time_to_live(LeaseTimeToLiveRequest { id: 42, keys: false }).await.unwrap().into_inner();
+    let s = l
+        .lease_revoke(LeaseRevokeRequest { id: 42 })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
+    let t = l
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: 42,
+            keys: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(t.ttl, -1);
     let s = put_with_lease(&mut k, "l/x", 42).await.unwrap_err();
-    assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(LeaseKeepAliveRequest { id: 42 }).await.unwrap();
-    let mut ka = l.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    assert_eq!(ka.message().await.unwrap().unwrap().ttl, 0, "keep-alive of an unknown lease answers TTL 0");
+    let mut ka = l
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ka.message().await.unwrap().unwrap().ttl,
+        0,
+        "keep-alive of an unknown lease answers TTL 0"
+    );
     c.shutdown().await;
 }
 
@@ -83,15 +168,29 @@ async fn expiry_survives_a_killed_leader_without_early_expiry_or_leaked_keys() {
     let other = (leader + 1) % 3;
     let mut l = LeaseClient::new(channel(&c.nodes[other].client_addr).await);
     let mut k = c.kv(other).await;
-    let kept = l.lease_grant(LeaseGrantRequest { ttl: 4, id: 0 }).await.unwrap().into_inner().id;
-    let dropped = l.lease_grant(LeaseGrantRequest { ttl: 4, id: 0 }).await.unwrap().into_inner().id;
+    let kept = l
+        .lease_grant(LeaseGrantRequest { ttl: 4, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let dropped = l
+        .lease_grant(LeaseGrantRequest { ttl: 4, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
     put_with_lease(&mut k, "e/kept", kept).await.unwrap();
     put_with_lease(&mut k, "e/dropped", dropped).await.unwrap();
     let granted_at = Instant::now();
 
     // Keep one lease alive through a keep-alive stream on a surviving node.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut ka = l.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut ka = l
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let keeper = tokio::spawn(async move {
         loop {
             if tx.send(LeaseKeepAliveRequest { id: kept }).await.is_err() {
@@ -123,10 +222,20 @@ async fn expiry_survives_a_killed_leader_without_early_expiry_or_leaked_keys() {
         if keys == vec![b"e/kept".to_vec()] {
             break;
         }
-        assert!(Instant::now() < deadline, "expired lease's key leaked: {keys:?}");
+        assert!(
+            Instant::now() < deadline,
+            "expired lease's key leaked: {keys:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let t = l.lease_time_to_live(LeaseTimeToLiveRequest { id: dropped, keys: false }).await.unwrap().into_inner();
+    let t = l
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: dropped,
+            keys: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(t.ttl, -1, "the expired lease is gone");
     keeper.abort();
     c.shutdown().await;
@@ -139,17 +248,52 @@ async fn locks_serialize_holders_and_elections_follow_create_order() {
     let ch0 = channel(&c.nodes[0].client_addr).await;
     let ch1 = channel(&c.nodes[1].client_addr).await;
     let mut l0 = LeaseClient::new(ch0.clone());
-    let lease_a = l0.lease_grant(LeaseGrantRequest { ttl: 30, id: 0 }).await.unwrap().into_inner().id;
-    let lease_b = l0.lease_grant(LeaseGrantRequest { ttl: 30, id: 0 }).await.unwrap().into_inner().id;
+    let lease_a = l0
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let lease_b = l0
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
 
     let mut a = LockClient::new(ch0.clone());
     let mut b = LockClient::new(ch1.clone());
-    let ka = a.lock(LockRequest { name: b"m".to_vec(), lease: lease_a }).await.unwrap().into_inner();
-    let waiting = tokio::spawn(async move { b.lock(LockRequest { name: b"m".to_vec(), lease: lease_b }).await });
+    let ka = a
+        .lock(LockRequest {
+            name: b"m".to_vec(),
+            lease: lease_a,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let waiting = tokio::spawn(async move {
+        b.lock(LockRequest {
+            name: b"m".to_vec(),
+            lease: lease_b,
+        })
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "second locker must wait while the first holds the lock");
-    a.unlock(UnlockRequest { key: ka.key.clone() }).await.unwrap();
-    let kb = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap().into_inner();
+    assert!(
+        !waiting.is_finished(),
+        "second locker must wait while the first holds the lock"
+    );
+    a.unlock(UnlockRequest {
+        key: ka.key.clone(),
+    })
+    .await
+    .unwrap();
+    let kb = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
     assert!(kb.key.starts_with(b"m/"));
     // Fencing: the holder's key carries a later create revision.
     let mut k = c.kv(0).await;
@@ -161,34 +305,98 @@ async fn locks_serialize_holders_and_elections_follow_create_order() {
     // Elections.
     let mut e0 = ElectionClient::new(ch0);
     let mut e1 = ElectionClient::new(ch1);
-    let s = e0.leader(LeaderRequest { name: b"el".to_vec() }).await.unwrap_err();
+    let s = e0
+        .leader(LeaderRequest {
+            name: b"el".to_vec(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(s.message(), "election: no leader");
     let lead = e0
-        .campaign(CampaignRequest { name: b"el".to_vec(), lease: lease_a, value: b"alice".to_vec() })
+        .campaign(CampaignRequest {
+            name: b"el".to_vec(),
+            lease: lease_a,
+            value: b"alice".to_vec(),
+        })
         .await
         .unwrap()
         .into_inner()
         .leader
         .unwrap();
-    let mut observe = e1.observe(LeaderRequest { name: b"el".to_vec() }).await.unwrap().into_inner();
-    assert_eq!(observe.message().await.unwrap().unwrap().kv.unwrap().value, b"alice");
+    let mut observe = e1
+        .observe(LeaderRequest {
+            name: b"el".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        observe.message().await.unwrap().unwrap().kv.unwrap().value,
+        b"alice"
+    );
     let mut e1b = e1.clone();
     let second = tokio::spawn(async move {
-        e1b.campaign(CampaignRequest { name: b"el".to_vec(), lease: lease_b, value: b"bob".to_vec() }).await
+        e1b.campaign(CampaignRequest {
+            name: b"el".to_vec(),
+            lease: lease_b,
+            value: b"bob".to_vec(),
+        })
+        .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!second.is_finished());
-    e0.proclaim(ProclaimRequest { leader: Some(lead.clone()), value: b"alice2".to_vec() }).await.unwrap();
-    assert_eq!(observe.message().await.unwrap().unwrap().kv.unwrap().value, b"alice2");
-    let leader_now = e1.leader(LeaderRequest { name: b"el".to_vec() }).await.unwrap().into_inner();
+    e0.proclaim(ProclaimRequest {
+        leader: Some(lead.clone()),
+        value: b"alice2".to_vec(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        observe.message().await.unwrap().unwrap().kv.unwrap().value,
+        b"alice2"
+    );
+    let leader_now = e1
+        .leader(LeaderRequest {
+            name: b"el".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(leader_now.kv.unwrap().value, b"alice2");
-    e0.resign(ResignRequest { leader: Some(lead.clone()) }).await.unwrap();
-    let bob = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap().unwrap().into_inner();
-    assert_eq!(observe.message().await.unwrap().unwrap().kv.unwrap().value, b"bob");
+    e0.resign(ResignRequest {
+        leader: Some(lead.clone()),
+    })
+    .await
+    .unwrap();
+    let bob = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        observe.message().await.unwrap().unwrap().kv.unwrap().value,
+        b"bob"
+    );
     // The old leader's key is a dead fencing token now.
-    let s = e0.proclaim(ProclaimRequest { leader: Some(lead), value: b"stale".to_vec() }).await.unwrap_err();
+    let s = e0
+        .proclaim(ProclaimRequest {
+            leader: Some(lead),
+            value: b"stale".to_vec(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(s.message(), "election: not leader");
-    let stale = LeaderKey { rev: 1, ..bob.leader.clone().unwrap() };
-    assert!(e0.proclaim(ProclaimRequest { leader: Some(stale), value: b"x".to_vec() }).await.is_err());
+    let stale = LeaderKey {
+        rev: 1,
+        ..bob.leader.clone().unwrap()
+    };
+    assert!(e0
+        .proclaim(ProclaimRequest {
+            leader: Some(stale),
+            value: b"x".to_vec()
+        })
+        .await
+        .is_err());
     c.shutdown().await;
 }
