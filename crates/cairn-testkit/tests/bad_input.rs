@@ -1,8 +1,8 @@
 //! Bad input over the real gRPC API: each case gets etcd's code and message,
 //! and nothing is lost or changed by the refused request.
 
+use cairn_api::etcdserverpb::auth_client::AuthClient;
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
-use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::*;
@@ -255,10 +255,9 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
         .connect()
         .await
         .unwrap();
-    let mut lease = LeaseClient::new(ch.clone());
+    let mut auth = AuthClient::new(ch.clone());
     assert_eq!(
-        lease
-            .lease_grant(LeaseGrantRequest { ttl: 5, id: 0 })
+        auth.auth_status(AuthStatusRequest {})
             .await
             .unwrap_err()
             .code(),
