@@ -16,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -c "import etcd3" 2>/dev/null || python3 -m pip install -q "etcd3==0.12.0"
+PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python python3 -c "import etcd3" 2>/dev/null || python3 -m pip install -q "etcd3==0.12.0"
 # The Debian package may start a system etcd on the default ports; the
 # comparison uses its own etcd on free ports, so that one is left alone.
 

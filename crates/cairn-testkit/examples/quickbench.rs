@@ -1,22 +1,32 @@
 //! A first, minimal load generator (the full `cairn bench` is its own issue):
-//! `clients` concurrent workers over `conns` HTTP/2 connections issue `put`
-//! or `range` requests for `seconds` against any etcd-API endpoint, then
-//! print throughput and latency percentiles as one JSON line.
+//! `clients` concurrent workers over `conns` HTTP/2 connections run one
+//! workload for `seconds` against any etcd-API endpoint, then print
+//! throughput and latency percentiles as one JSON line. Workloads:
+//! `put`, `range` (add `serializable`), `watch-latency` (put → event delay
+//! seen by a watcher), `keepalive` (lease keep-alive round trips), and
+//! `watchers` (CLIENTS idle watchers over CONNS streams; with
+//! BENCH_SERVER_PID set, reports the server's RSS growth per watcher).
 //!
 //! cargo run --release -p cairn-testkit --example quickbench -- \
-//!     ENDPOINT put|range CLIENTS CONNS SECONDS [serializable]
+//!     ENDPOINT WORKLOAD CLIENTS CONNS SECONDS [serializable]
 
 use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::kv_client::KvClient;
-use cairn_api::etcdserverpb::{PutRequest, RangeRequest};
+use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::watch_client::WatchClient;
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
+use cairn_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
+    WatchCreateRequest, WatchRequest, WatchResponse,
+};
 use tonic::transport::Endpoint;
 
 #[tokio::main]
 async fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 6 {
-        eprintln!("usage: quickbench ENDPOINT put|range CLIENTS CONNS SECONDS [serializable]");
+        eprintln!("usage: quickbench ENDPOINT put|range|watch-latency|keepalive|watchers CLIENTS CONNS SECONDS [serializable]");
         std::process::exit(2);
     }
     let (ep, op) = (a[1].clone(), a[2].clone());
@@ -43,6 +53,12 @@ async fn main() {
         })
         .await
         .unwrap();
+    }
+    match op.as_str() {
+        "watch-latency" => return watch_latency(&ep, channels, clients, secs).await,
+        "keepalive" => return keepalive(&ep, clients, conns, secs).await,
+        "watchers" => return idle_watchers(&ep, clients, conns).await,
+        _ => {}
     }
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();

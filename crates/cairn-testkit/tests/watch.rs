@@ -265,3 +265,89 @@ async fn idle_watchers_get_periodic_progress_notifications() {
     assert!(p.header.unwrap().revision >= rev);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_revision_is_fragmented_only_when_asked() {
+    use cairn_api::etcdserverpb::request_op::Request;
+    use cairn_api::etcdserverpb::{PutRequest, RequestOp, TxnRequest};
+    let limits = cairn_server::Limits {
+        max_request_bytes: 64 * 1024,
+        ..Default::default()
+    };
+    let c = InProcessCluster::start_with(3, 10_000, limits).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut w = WatchStream::open(&c.nodes[leader].client_addr)
+        .await
+        .unwrap();
+    let ops = |fill: u8| {
+        (0..3)
+            .map(|i| RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: format!("big/{i}").into(),
+                    value: vec![fill; 20 * 1024],
+                    ..Default::default()
+                })),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut k = c.kv(leader).await;
+    k.txn(TxnRequest {
+        success: ops(b'a'),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    w.create(WatchCreateRequest {
+        key: "big/".into(),
+        range_end: "big0".into(),
+        fragment: true,
+        prev_kv: true,
+        ..Default::default()
+    })
+    .await;
+    let fragmented = w.next(T).await.unwrap().watch_id;
+    w.create(WatchCreateRequest {
+        key: "big/".into(),
+        range_end: "big0".into(),
+        prev_kv: true,
+        ..Default::default()
+    })
+    .await;
+    let whole = w.next(T).await.unwrap().watch_id;
+    // One revision whose events (value + prev_kv: 3 × 40 KiB) exceed the
+    // 64 KiB limit together, though the request itself does not.
+    k.txn(TxnRequest {
+        success: ops(b'b'),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut parts: std::collections::BTreeMap<i64, Vec<(usize, bool)>> = Default::default();
+    while parts
+        .get(&fragmented)
+        .map_or(0, |p| p.iter().map(|x| x.0).sum::<usize>())
+        < 3
+        || parts
+            .get(&whole)
+            .map_or(0, |p| p.iter().map(|x| x.0).sum::<usize>())
+            < 3
+    {
+        let r = w.next(T).await.expect("events");
+        parts
+            .entry(r.watch_id)
+            .or_default()
+            .push((r.events.len(), r.fragment));
+    }
+    assert_eq!(
+        parts[&whole],
+        vec![(3, false)],
+        "without fragment a revision is one response"
+    );
+    let f = &parts[&fragmented];
+    assert!(f.len() > 1, "fragmented: {f:?}");
+    assert!(
+        f[..f.len() - 1].iter().all(|p| p.1) && !f[f.len() - 1].1,
+        "all but the last are marked fragment: {f:?}"
+    );
+    c.shutdown().await;
+}
