@@ -52,8 +52,12 @@ async fn put_get_options() {
     let vals: Vec<&str> = r.kvs().iter().map(|kv| kv.value_str().unwrap()).collect();
     assert_eq!(vals, vec!["4", "2", "1"]);
 
-    let r = c.get("rc/b", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let r = c.get("rc/b", Some(GetOptions::new().with_range("rc/z"))).await.unwrap();
     assert_eq!(r.count(), 2);
+    // From-key: everything at or after the key (other tests' keys may follow).
+    let r = c.get("rc/b", Some(GetOptions::new().with_from_key())).await.unwrap();
+    assert_eq!(&r.kvs()[0].key()[..], b"rc/b");
+    assert!(r.count() >= 2);
 
     // Reads at an older revision.
     let old = c.get("rc/a", None).await.unwrap().kvs()[0].create_revision();
