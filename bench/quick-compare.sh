@@ -5,6 +5,7 @@
 # Cairn always). Prints one JSON line per run.
 #
 # bench/quick-compare.sh [SECONDS] [ROUNDS]
+# WORKLOADS='put 50 10;keepalive 50 10' selects workloads (op clients conns [serializable]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -30,14 +31,21 @@ PIDS+=($!)
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$CC) 2>/dev/null && (echo > /dev/tcp/127.0.0.1/$EC) 2>/dev/null && break; sleep 0.2; done
 sleep 2
 
+ETCD_PID=${PIDS[0]}; CAIRN_PID=${PIDS[1]}
 run() { # name endpoint op clients conns [serializable]
-  local out; out=$("$BENCH" "$2" "$3" "$4" "$5" "$SECS" ${6:-})
+  local pid=$ETCD_PID; [ "$1" = cairn ] && pid=$CAIRN_PID
+  local out; out=$(BENCH_SERVER_PID=$pid "$BENCH" "$2" "$3" "$4" "$5" "$SECS" ${6:-})
   echo "{\"system\":\"$1\",${out#\{}"
 }
 for r in $(seq "$ROUNDS"); do
-  for w in "put 1 1" "put 50 10" "put 200 20" "range 50 10" "range 50 10 serializable"; do
+  IFS=';' read -ra LIST <<< "${WORKLOADS:-put 1 1;put 50 10;put 200 20;range 50 10;range 50 10 serializable;watch-latency 1 1;watch-latency 50 10;keepalive 50 10}"
+  for w in "${LIST[@]}"; do
     set -- $w
     run etcd "127.0.0.1:$EC" "$@"
     run cairn "127.0.0.1:$CC" "$@"
   done
 done
+# Memory per idle watcher: 10,000 watchers over 100 streams, RSS growth.
+[ -n "${SKIP_WATCHERS:-}" ] && exit 0
+run etcd "127.0.0.1:$EC" watchers 10000 100
+run cairn "127.0.0.1:$CC" watchers 10000 100
