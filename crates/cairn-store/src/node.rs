@@ -304,19 +304,11 @@ impl Node {
     /// reads come straight from this replica.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         let region = self.route(&req.key);
-        let r = self.region(region)?;
-        if !req.serializable {
-            let index = match self.submit(region, ForwardOp::ReadIndex).await? {
-                ForwardOk::ReadIndex(i) => i,
-                other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
-            };
-            r.raft
-                .wait(Some(REQUEST_TIMEOUT))
-                .applied_index_at_least(Some(index), "read-index")
-                .await
-                .map_err(|_| Error::Timeout)?;
-        }
-        let (snap, revs) = r.shared.read_view();
+        let (snap, revs) = if req.serializable {
+            self.region(region)?.shared.read_view()
+        } else {
+            self.linearizable_view(region).await?
+        };
         tokio::task::spawn_blocking(move || cairn_mvcc::range(&*snap, &req, revs))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -384,8 +376,22 @@ impl Node {
 
     /// Every granted lease ID (linearizable).
     pub async fn lease_list(&self) -> Result<Vec<i64>> {
-        let r = self.region(DATA_REGION)?;
-        let index = match self.submit(DATA_REGION, ForwardOp::ReadIndex).await? {
+        let (snap, _) = self.linearizable_view(DATA_REGION).await?;
+        Ok(cairn_mvcc::lease::list(&*snap)?
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
+    }
+
+    /// A read view of `region` that reflects every write acknowledged before
+    /// the call: read index from the leader, then wait until this replica
+    /// has applied that far.
+    async fn linearizable_view(
+        &self,
+        region: u64,
+    ) -> Result<(Arc<dyn cairn_storage::Snapshot>, cairn_mvcc::Revisions)> {
+        let r = self.region(region)?;
+        let index = match self.submit(region, ForwardOp::ReadIndex).await? {
             ForwardOk::ReadIndex(i) => i,
             other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
         };
@@ -394,11 +400,7 @@ impl Node {
             .applied_index_at_least(Some(index), "read-index")
             .await
             .map_err(|_| Error::Timeout)?;
-        let (snap, _) = r.shared.read_view();
-        Ok(cairn_mvcc::lease::list(&*snap)?
-            .into_iter()
-            .map(|l| l.id)
-            .collect())
+        Ok(r.shared.read_view())
     }
 
     /// Allocates timestamps if this node leads the meta region.
