@@ -26,6 +26,7 @@ mod peer_service;
 pub mod proposer;
 mod remote;
 pub mod tso;
+pub mod watch_hub;
 
 pub use config::{cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig};
 pub use error::{Error, Result};

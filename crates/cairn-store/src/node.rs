@@ -193,6 +193,43 @@ impl Node {
             .ok_or_else(|| Error::Internal(format!("region {id} not hosted here")))
     }
 
+    /// The data regions whose ranges overlap `[start, end)` (`end` None: to
+    /// the end), with each region's own range (`end` empty: to the end), from
+    /// the meta region's directory; the hosted data regions until the
+    /// directory is published.
+    pub fn regions_overlapping(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Vec<(&Region, Vec<u8>, Vec<u8>)> {
+        let dir = self
+            .region(META_REGION)
+            .map(|m| m.shared.applied().regions)
+            .unwrap_or_default();
+        let mut out: Vec<(&Region, Vec<u8>, Vec<u8>)> = dir
+            .values()
+            .filter(|r| r.id != META_REGION)
+            .filter(|r| {
+                (r.end.is_empty() || start < r.end.as_slice())
+                    && end.is_none_or(|e| r.start.as_slice() < e)
+            })
+            .filter_map(|r| {
+                self.regions
+                    .get(&r.id)
+                    .map(|region| (region, r.start.clone(), r.end.clone()))
+            })
+            .collect();
+        if out.is_empty() {
+            out = self
+                .regions
+                .iter()
+                .filter(|(id, _)| **id != META_REGION)
+                .map(|(_, r)| (r, Vec::new(), Vec::new()))
+                .collect();
+        }
+        out
+    }
+
     /// The data region holding `key`, from the meta region's directory.
     pub fn route(&self, key: &[u8]) -> u64 {
         let Ok(meta) = self.region(META_REGION) else {

@@ -6,9 +6,13 @@
 //!
 //! Where events come from: each data region publishes a change feed — one
 //! batch per applied Raft entry, events ordered by revision then key, with
-//! the region's resolved revision. A watcher first replays history from MVCC
-//! (`cairn_mvcc::history`) up to the revision it read it at, then follows the
-//! feed, skipping what it already sent. A watcher that falls too far behind
+//! the region's resolved revision. The watch hub
+//! (`cairn_store::watch_hub::FeedMerger`) merges the feeds of every region
+//! the watched span touches, releasing an event only once all of them have
+//! resolved past it. A watcher first replays history from MVCC
+//! (`cairn_mvcc::history`, per region, merged) up to the revision every
+//! region has applied, then follows the merged feed, skipping what it
+//! already sent. A watcher that falls too far behind
 //! (the feed is a bounded broadcast) is told it lagged and catches up from
 //! MVCC again — etcd's "unsynced" watchers — so a slow watcher never blocks
 //! writes and never grows memory without bound. If the revision it needs

@@ -7,9 +7,8 @@ use cairn_api::etcdserverpb::watch_create_request::FilterType;
 use cairn_api::etcdserverpb::WatchCreateRequest;
 use cairn_api::mvccpb::{event::EventType, Event};
 use cairn_mvcc::Span;
-use cairn_store::DATA_REGION;
+use cairn_store::watch_hub::{FeedMerger, HubItem};
 use prost::Message;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::stream::{response, send};
 use super::Out;
@@ -43,6 +42,79 @@ impl Filter {
     }
 }
 
+/// The regions a watcher reads: their feeds merged by the watch hub, and a
+/// consistent read view of each for history.
+struct Sources {
+    merger: FeedMerger,
+    history: Vec<(Arc<dyn cairn_storage::Snapshot>, Span)>,
+    /// Every region has applied at least this revision.
+    current: i64,
+    /// Compaction is global: the highest any region reports.
+    compacted: i64,
+}
+
+/// `span` ∩ `[start, end)` (`end` empty: to the end), if not empty.
+fn clip(span: &Span, start: &[u8], end: &[u8]) -> Option<Span> {
+    let within = |k: &[u8]| k >= start && (end.is_empty() || k < end);
+    match span {
+        Span::Single(k) => within(k).then(|| span.clone()),
+        Span::Range(s, e) => {
+            let lo = if s.as_slice() > start {
+                s.clone()
+            } else {
+                start.to_vec()
+            };
+            let hi = match (e, end.is_empty()) {
+                (None, true) => None,
+                (None, false) => Some(end.to_vec()),
+                (Some(e), true) => Some(e.clone()),
+                (Some(e), false) => Some(if e.as_slice() < end {
+                    e.clone()
+                } else {
+                    end.to_vec()
+                }),
+            };
+            hi.as_ref()
+                .is_none_or(|h| lo < *h)
+                .then_some(Span::Range(lo, hi))
+        }
+    }
+}
+
+fn open_sources(ctx: &Context, span: &Span) -> Sources {
+    let (start, end) = match span {
+        Span::Single(k) => (
+            k.clone(),
+            Some(k.iter().copied().chain([0]).collect::<Vec<u8>>()),
+        ),
+        Span::Range(s, e) => (s.clone(), e.clone()),
+    };
+    let regions = ctx.node.regions_overlapping(&start, end.as_deref());
+    // Subscribe to every feed before reading any view: nothing falls between.
+    let feeds: Vec<_> = regions
+        .iter()
+        .map(|(r, _, _)| r.shared.subscribe())
+        .collect();
+    let mut history = Vec::new();
+    let mut inputs = Vec::new();
+    let (mut current, mut compacted) = (i64::MAX, 0);
+    for ((r, rs, re), feed) in regions.iter().zip(feeds) {
+        let (snap, revs) = r.shared.read_view();
+        current = current.min(revs.current);
+        compacted = compacted.max(revs.compacted);
+        inputs.push((feed, revs.current));
+        if let Some(s) = clip(span, rs, re) {
+            history.push((snap, s));
+        }
+    }
+    Sources {
+        merger: FeedMerger::new(inputs),
+        history,
+        current: if current == i64::MAX { 0 } else { current },
+        compacted,
+    }
+}
+
 /// Runs until cancelled (task abort), compacted away, or the client leaves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -51,26 +123,22 @@ pub async fn run(
     out: Out,
     synced: Arc<AtomicI64>,
 ) {
-    let Ok(region) = ctx.node.region(DATA_REGION) else {
-        return;
-    };
-    let shared = region.shared.clone();
     let filter = Filter {
         span: Span::new(&c.key, &c.range_end),
         no_put: c.filters.contains(&(FilterType::Noput as i32)),
         no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
         prev_kv: c.prev_kv,
     };
-    let mut feed = shared.subscribe();
-    let (_, revs) = shared.read_view();
+    let mut src = open_sources(&ctx, &filter.span);
     // The next revision this watcher may deliver; it only moves forward.
     let mut next = if c.start_revision > 0 {
         c.start_revision
     } else {
-        revs.current + 1
+        src.current + 1
     };
-    let mut resolved = revs.current;
+    let mut resolved = src.current;
     let mut catch_up = true;
+    let mut fresh = true;
     let mut progress = ctx
         .limits
         .watch_progress_interval
@@ -84,19 +152,30 @@ pub async fn run(
     loop {
         if catch_up {
             catch_up = false;
-            let (snap, revs) = shared.read_view();
-            if next <= revs.current {
-                if next < revs.compacted {
+            if !fresh {
+                src = open_sources(&ctx, &filter.span);
+            }
+            fresh = false;
+            if next <= src.current {
+                if next < src.compacted {
+                    let compacted = src.compacted;
                     let r = response(&ctx, id, |r| {
-                        r.compact_revision = revs.compacted;
+                        r.compact_revision = compacted;
                         r.canceled = true;
                     });
                     send(&out, r).await;
                     return;
                 }
-                let (span, from, to) = (filter.span.clone(), next, revs.current);
+                let (views, from, to) = (src.history.clone(), next, src.current);
                 let history = tokio::task::spawn_blocking(move || {
-                    cairn_mvcc::history(&*snap, &span, from, to)
+                    let mut all = Vec::new();
+                    for (snap, span) in views {
+                        all.extend(cairn_mvcc::history(&*snap, &span, from, to)?);
+                    }
+                    all.sort_by(|(ra, a), (rb, b)| {
+                        ra.cmp(rb).then_with(|| event_key(a).cmp(event_key(b)))
+                    });
+                    Ok::<_, cairn_mvcc::Error>(all)
                 })
                 .await;
                 let Ok(Ok(events)) = history else { return };
@@ -110,9 +189,9 @@ pub async fn run(
                 if !deliver(&ctx, id, &c, &out, events).await {
                     return;
                 }
-                next = revs.current + 1;
+                next = src.current + 1;
             }
-            resolved = resolved.max(revs.current);
+            resolved = resolved.max(src.current);
             synced.store((next - 1).min(resolved), Ordering::Release);
         }
         let tick = async {
@@ -124,14 +203,9 @@ pub async fn run(
             }
         };
         tokio::select! {
-            item = feed.recv() => match item {
-                Ok(batch) => {
-                    if batch.reset {
-                        catch_up = true;
-                        continue;
-                    }
-                    let events: Vec<(i64, Event)> = batch
-                        .events
+            item = src.merger.next() => match item {
+                HubItem::Batch { events, resolved: upto } => {
+                    let events: Vec<(i64, Event)> = events
                         .iter()
                         .filter(|(r, _)| *r >= next)
                         .filter_map(|(r, e)| filter.pass(e).map(|e| (*r, e)))
@@ -142,16 +216,14 @@ pub async fn run(
                             return;
                         }
                     }
-                    next = next.max(batch.resolved + 1);
-                    resolved = resolved.max(batch.resolved);
+                    next = next.max(upto + 1);
+                    resolved = resolved.max(upto);
                     synced.store((next - 1).min(resolved), Ordering::Release);
                 }
-                Err(RecvError::Lagged(_)) => {
-                    // Fell behind the bounded feed: catch up from MVCC.
-                    feed = shared.subscribe();
-                    catch_up = true;
-                }
-                Err(RecvError::Closed) => return,
+                // Fell behind a bounded feed, or a replica was replaced by a
+                // snapshot: catch up from MVCC.
+                HubItem::Discontinuity => catch_up = true,
+                HubItem::Closed => return,
             },
             _ = tick => {
                 if quiet {
@@ -168,6 +240,10 @@ pub async fn run(
             }
         }
     }
+}
+
+fn event_key(e: &Event) -> &[u8] {
+    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
 }
 
 /// Sends `events` (ordered by revision) in responses that never split a
