@@ -9,7 +9,6 @@ use cairn_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockRespon
 use tonic::{Request, Response, Status};
 
 use crate::coord::{self, AbandonGuard};
-use crate::error::Error;
 use crate::Context;
 
 /// The Lock service of one node.
@@ -45,9 +44,7 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let rev = coord::leave(&self.ctx, &req.into_inner().key, None)
-            .await
-            .map_err(Error::from)?;
+        let rev = coord::leave(&self.ctx, &req.into_inner().key, None).await?;
         Ok(Response::new(UnlockResponse {
             header: Some(self.ctx.header(rev)),
         }))

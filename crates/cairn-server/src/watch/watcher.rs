@@ -265,10 +265,11 @@ async fn deliver(
             j += 1;
         }
         let group: Vec<Event> = events[i..j].iter().map(|(_, e)| e.clone()).collect();
-        if batch.len() + group.len() > EVENTS_PER_RESPONSE && !batch.is_empty() {
-            if !send_events(ctx, id, c, out, std::mem::take(&mut batch)).await {
-                return false;
-            }
+        if batch.len() + group.len() > EVENTS_PER_RESPONSE
+            && !batch.is_empty()
+            && !send_events(ctx, id, c, out, std::mem::take(&mut batch)).await
+        {
+            return false;
         }
         batch.extend(group);
         i = j;
