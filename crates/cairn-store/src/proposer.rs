@@ -170,16 +170,17 @@ impl Proposer {
                 let mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
                 let mut bytes = 0usize;
                 for (p, reply) in group {
-                    match p {
-                        Proposal::Txn(_) | Proposal::Revoke(_) => {
-                            let cmd = match p {
-                                Proposal::Txn(txn) => {
-                                    bytes += txn.len();
-                                    Command::Txn { ts, txn }
-                                }
-                                Proposal::Revoke(id) => Command::LeaseRevoke { id, ts },
-                                Proposal::Plain(c) => c,
-                            };
+                    // Timestamped proposals join the group's entry; others go alone.
+                    let stamped = match p {
+                        Proposal::Txn(txn) => {
+                            bytes += txn.len();
+                            Ok(Command::Txn { ts, txn })
+                        }
+                        Proposal::Revoke(id) => Ok(Command::LeaseRevoke { id, ts }),
+                        Proposal::Plain(c) => Err(c),
+                    };
+                    match stamped {
+                        Ok(cmd) => {
                             txns.push((cmd, reply));
                             ts += 1;
                             if bytes >= MAX_ENTRY_BYTES {
@@ -187,7 +188,7 @@ impl Proposer {
                                 bytes = 0;
                             }
                         }
-                        Proposal::Plain(c) => {
+                        Err(c) => {
                             propose_txns(&raft, std::mem::take(&mut txns), &slot).await;
                             bytes = 0;
                             propose(&raft, c, reply, &slot).await;
