@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test: unit, golden scripts, in-process clusters, multi-process
 # clusters, and real-client compatibility (which installs etcdctl, etcd and
-# protoc if missing).
+# protoc if missing), then a smoke run of the side-by-side benchmark.
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo test --workspace
 tests/compat/run.sh
+# Benchmark smoke run: tiny totals, checks `cairn bench` and the comparison
+# script end to end (any failed request fails it); numbers are not judged.
+SMOKE=$(mktemp -d)
+QUICK=1 OUT="$SMOKE/benchmarks.md" CHARTS="$SMOKE/charts" RESULTS="$SMOKE/results.jsonl" bench/compare.sh
+grep -q '| put c=200 |' "$SMOKE/benchmarks.md"
+test -s "$SMOKE/charts/put.png"
+rm -rf "$SMOKE"

@@ -11,7 +11,8 @@
 //!   TSO timestamps per group and proposes them in order — the timestamp is
 //!   the etcd revision (strictly increasing, not dense);
 //! - the read path: read-index at the leader, then a local read once applied
-//!   (linearizable); or straight from the local replica (serializable);
+//!   (linearizable; concurrent reads share read-index rounds, see
+//!   [`read_batch`]); or straight from the local replica (serializable);
 //! - the [`tso`]: served by the meta region's leader from a Raft-persisted
 //!   window.
 //!
@@ -24,6 +25,7 @@ mod lessor;
 mod node;
 mod peer_service;
 pub mod proposer;
+mod read_batch;
 mod remote;
 pub mod tso;
 pub mod watch_hub;

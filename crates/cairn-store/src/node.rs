@@ -8,7 +8,7 @@
 //! connection refused), so a write is never applied twice by a retry.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
@@ -24,6 +24,7 @@ use prost::Message;
 use crate::config::{cluster_id, member_id, NodeConfig};
 use crate::lessor::{LeaseTtl, Lessor};
 use crate::proposer::{Proposal, Proposer, TimestampSource};
+use crate::read_batch::ReadIndexBatcher;
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::tso::{read_index_error, Tso};
 use crate::{Error, Result};
@@ -43,6 +44,10 @@ pub struct Region {
     /// Applied state shared with the state machine.
     pub shared: Arc<RegionShared>,
     proposer: Proposer,
+    /// Read-index rounds this replica runs as leader (local and forwarded reads).
+    leader_reads: ReadIndexBatcher,
+    /// Read indexes this node's linearizable reads obtain (via the leader).
+    reads: ReadIndexBatcher,
 }
 
 /// What `Maintenance.Status` reports.
@@ -149,37 +154,67 @@ impl Node {
                 Box::pin(async move { fetch_timestamps(&tso, &pool, &meta, count).await })
             })
         };
-        let regions: BTreeMap<u64, Region> = rafts
-            .into_iter()
-            .map(|(region, raft, shared)| {
-                let proposer = Proposer::start(raft.clone(), timestamps.clone());
-                (
-                    region,
-                    Region {
-                        raft,
-                        shared,
-                        proposer,
-                    },
-                )
-            })
-            .collect();
-        let data: &Region = &regions[&DATA_REGION];
-        let lessor = Lessor::new(
-            id,
-            data.raft.clone(),
-            data.shared.clone(),
-            config.lease_checkpoint_interval,
-        );
-        let node = Arc::new(Node {
-            id,
-            cluster_id,
-            config,
-            pool,
-            engine,
-            log_writer,
-            regions,
-            tso,
-            lessor,
+        let node = Arc::new_cyclic(|weak: &Weak<Node>| {
+            let regions: BTreeMap<u64, Region> = rafts
+                .into_iter()
+                .map(|(region, raft, shared)| {
+                    let proposer = Proposer::start(raft.clone(), timestamps.clone());
+                    let leader_reads = {
+                        let raft = raft.clone();
+                        ReadIndexBatcher::start(move || {
+                            let raft = raft.clone();
+                            async move {
+                                let (read, _) =
+                                    raft.get_read_log_id().await.map_err(read_index_error)?;
+                                Ok(read.map_or(0, |l| l.index))
+                            }
+                        })
+                    };
+                    let reads = {
+                        let weak = weak.clone();
+                        ReadIndexBatcher::start(move || {
+                            let node = weak.upgrade();
+                            async move {
+                                let node = node.ok_or(Error::Stopped)?;
+                                match node.submit(region, ForwardOp::ReadIndex).await? {
+                                    ForwardOk::ReadIndex(i) => Ok(i),
+                                    other => {
+                                        Err(Error::Internal(format!("unexpected reply {other:?}")))
+                                    }
+                                }
+                            }
+                        })
+                    };
+                    (
+                        region,
+                        Region {
+                            raft,
+                            shared,
+                            proposer,
+                            leader_reads,
+                            reads,
+                        },
+                    )
+                })
+                .collect();
+            let data: &Region = &regions[&DATA_REGION];
+            let lessor = Lessor::new(
+                id,
+                data.raft.clone(),
+                data.shared.clone(),
+                config.lease_checkpoint_interval,
+            );
+            Node {
+                id,
+                cluster_id,
+                config,
+                pool,
+                engine,
+                log_writer,
+                regions,
+                tso,
+                lessor,
+            }
         });
         tokio::spawn(publish_self(Arc::downgrade(&node)));
         tokio::spawn(expire_leases(Arc::downgrade(&node)));
@@ -302,10 +337,7 @@ impl Node {
                     .time_to_live(id)?
                     .map(|t| (t.remaining, t.granted, t.keys)),
             )),
-            ForwardOp::ReadIndex => {
-                let (read, _) = r.raft.get_read_log_id().await.map_err(read_index_error)?;
-                Ok(ForwardOk::ReadIndex(read.map_or(0, |l| l.index)))
-            }
+            ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
         }
     }
 
@@ -428,10 +460,7 @@ impl Node {
         region: u64,
     ) -> Result<(Arc<dyn cairn_storage::Snapshot>, cairn_mvcc::Revisions)> {
         let r = self.region(region)?;
-        let index = match self.submit(region, ForwardOp::ReadIndex).await? {
-            ForwardOk::ReadIndex(i) => i,
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
-        };
+        let index = r.reads.read_index().await?;
         r.raft
             .wait(Some(REQUEST_TIMEOUT))
             .applied_index_at_least(Some(index), "read-index")

@@ -4,6 +4,8 @@
 //! - `cairn dev` runs an embedded 3-node cluster in one process (client
 //!   ports 2379/22379/32379, data under `./cairn-data/`), so `etcdctl put foo
 //!   bar` works right after one command.
+//! - `cairn bench` load-tests any etcd-API endpoint (etcd or Cairn) and
+//!   writes the side-by-side report (`crates/cairn-bench`).
 
 mod dev;
 mod serve;
@@ -29,6 +31,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Run an embedded 3-node development cluster in this process.
     Dev(dev::DevArgs),
+    /// Load-test any etcd-API cluster (etcd's `benchmark`, plus a report).
+    Bench(cairn_bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Serve(a) => serve::run(a).await,
             Cmd::Dev(a) => dev::run(a).await,
+            Cmd::Bench(a) => cairn_bench::run(a).await,
         }
     })
 }

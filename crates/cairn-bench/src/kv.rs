@@ -1,0 +1,225 @@
+//! The KV workloads: `put`, `range`, `txn-put` and `txn-mixed`, each one
+//! gRPC request per operation, exactly as etcd's benchmark sends them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::request_op::Request as OpRequest;
+use cairn_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::args::{Consistency, Global, KeyShape};
+use crate::driver;
+use crate::keys::KeyGen;
+use crate::stats::RunResult;
+
+fn put_op(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(OpRequest::RequestPut(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn shape_params(r: &mut RunResult, shape: &KeyShape) {
+    r.params.insert("key_size".into(), json!(shape.key_size));
+    r.params.insert("val_size".into(), json!(shape.val_size));
+    r.params
+        .insert("key_space_size".into(), json!(shape.key_space_size));
+    r.params
+        .insert("sequential_keys".into(), json!(shape.sequential_keys));
+}
+
+/// `put`: one Put per request.
+pub async fn put(
+    g: &Global,
+    chans: &[Channel],
+    total: u64,
+    shape: &KeyShape,
+    rate: u64,
+) -> RunResult {
+    let shape2 = shape.clone();
+    let (rec, took) = driver::run(g.clients, total, rate, |c| {
+        let kv = KvClient::new(chans[c % chans.len()].clone());
+        let mut keys = KeyGen::new(&shape2, c as u64 + 1);
+        move |i| {
+            let req = PutRequest {
+                key: keys.key(i),
+                value: keys.value.clone(),
+                ..Default::default()
+            };
+            let mut kv = kv.clone();
+            async move { kv.put(req).await.map(|_| ()) }
+        }
+    })
+    .await;
+    let mut r = rec.result("put", took);
+    shape_params(&mut r, shape);
+    r
+}
+
+/// The exclusive end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// `range KEY [END]`: one Range per request.
+pub async fn range(
+    g: &Global,
+    chans: &[Channel],
+    key: &str,
+    end: Option<&str>,
+    prefix: bool,
+    total: u64,
+    rate: u64,
+) -> RunResult {
+    let range_end = match (end, prefix) {
+        (Some(e), _) => e.as_bytes().to_vec(),
+        (None, true) => prefix_end(key.as_bytes()),
+        (None, false) => Vec::new(),
+    };
+    let req = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end,
+        serializable: g.consistency == Consistency::S,
+        ..Default::default()
+    };
+    let (rec, took) = driver::run(g.clients, total, rate, |c| {
+        let kv = KvClient::new(chans[c % chans.len()].clone());
+        let req = req.clone();
+        move |_i| {
+            let mut kv = kv.clone();
+            let req = req.clone();
+            async move { kv.range(req).await.map(|_| ()) }
+        }
+    })
+    .await;
+    let mut r = rec.result("range", took);
+    r.params.insert("key".into(), json!(key));
+    r.params.insert("prefix".into(), json!(prefix));
+    r
+}
+
+/// `txn-put`: a Txn with `txn_ops` puts in its success branch.
+pub async fn txn_put(
+    g: &Global,
+    chans: &[Channel],
+    total: u64,
+    shape: &KeyShape,
+    txn_ops: usize,
+    rate: u64,
+) -> RunResult {
+    let shape2 = shape.clone();
+    let (rec, took) = driver::run(g.clients, total, rate, |c| {
+        let kv = KvClient::new(chans[c % chans.len()].clone());
+        let mut keys = KeyGen::new(&shape2, c as u64 + 1);
+        move |i| {
+            let success = (0..txn_ops as u64)
+                .map(|j| put_op(keys.key(i * txn_ops as u64 + j), keys.value.clone()))
+                .collect();
+            let req = TxnRequest {
+                success,
+                ..Default::default()
+            };
+            let mut kv = kv.clone();
+            async move { kv.txn(req).await.map(|_| ()) }
+        }
+    })
+    .await;
+    let mut r = rec.result("txn-put", took);
+    shape_params(&mut r, shape);
+    r.params.insert("txn_ops".into(), json!(txn_ops));
+    r
+}
+
+/// `txn-mixed`: read-only Txns (one Range) and write Txns (one Put) in
+/// `rw_ratio` reads per write, on the same key space.
+pub async fn txn_mixed(
+    g: &Global,
+    chans: &[Channel],
+    total: u64,
+    shape: &KeyShape,
+    rw_ratio: f64,
+    rate: u64,
+) -> RunResult {
+    let shape2 = shape.clone();
+    let serializable = g.consistency == Consistency::S;
+    let read_share = rw_ratio / (rw_ratio + 1.0);
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reads2 = reads.clone();
+    let (rec, took) = driver::run(g.clients, total, rate, move |c| {
+        let kv = KvClient::new(chans[c % chans.len()].clone());
+        let mut keys = KeyGen::new(&shape2, c as u64 + 1);
+        let mut coin = fastrand::Rng::with_seed(1000 + c as u64);
+        let reads = reads2.clone();
+        move |i| {
+            let key = keys.key(i);
+            let op = if coin.f64() < read_share {
+                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                RequestOp {
+                    request: Some(OpRequest::RequestRange(RangeRequest {
+                        key,
+                        serializable,
+                        ..Default::default()
+                    })),
+                }
+            } else {
+                put_op(key, keys.value.clone())
+            };
+            let req = TxnRequest {
+                success: vec![op],
+                ..Default::default()
+            };
+            let mut kv = kv.clone();
+            async move { kv.txn(req).await.map(|_| ()) }
+        }
+    })
+    .await;
+    let mut r = rec.result("txn-mixed", took);
+    shape_params(&mut r, shape);
+    r.params.insert("rw_ratio".into(), json!(rw_ratio));
+    r.extra.insert(
+        "reads".into(),
+        json!(reads.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    r
+}
+
+/// Waits until a `put` of one key succeeds (the cluster has a leader).
+pub async fn wait_ready(chans: &[Channel]) -> anyhow::Result<()> {
+    let mut kv = KvClient::new(chans[0].clone());
+    for _ in 0..100 {
+        let req = RangeRequest {
+            key: b"bench-ready".to_vec(),
+            ..Default::default()
+        };
+        if kv.range(req).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("cluster did not answer a linearizable range within 10 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte_below_ff() {
+        assert_eq!(prefix_end(b"ab"), b"ac");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}
