@@ -9,6 +9,9 @@ pub enum Error {
     /// The storage engine failed.
     #[error(transparent)]
     Storage(#[from] cairn_storage::Error),
+    /// A snapshot file could not be read or written.
+    #[error("snapshot io: {0}")]
+    Io(String),
     /// MVCC failed non-deterministically (storage).
     #[error(transparent)]
     Mvcc(#[from] cairn_mvcc::Error),

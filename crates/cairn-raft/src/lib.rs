@@ -31,12 +31,14 @@ mod codec;
 mod error;
 mod log_store;
 pub mod network;
+pub mod snapshot_file;
 mod state_machine;
 mod types;
 
 pub use codec::{decode, encode};
 pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
+pub use snapshot_file::SnapshotDir;
 pub use state_machine::{Applied, FeedBatch, RegionKind, RegionShared, StateMachine};
 pub use types::{Command, MemberInfo, RegionDesc, Reply, TypeConfig};
 

@@ -8,7 +8,6 @@
 //! revisions that match.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -29,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::codec::{decode, encode};
+use crate::snapshot_file::{self, SnapshotDir};
 use crate::types::{Command, MemberInfo, RegionDesc, Reply};
 use crate::{NodeId, TypeConfig};
 
@@ -104,7 +104,7 @@ pub struct FeedBatch {
 
 /// How many applied entries the feed buffers for slow subscribers; a
 /// subscriber further behind is told it lagged and catches up from MVCC.
-const FEED_CAPACITY: usize = 4096;
+const FEED_CAPACITY: usize = 1024;
 
 /// State shared between a region's state machine and the node serving reads.
 pub struct RegionShared {
@@ -117,6 +117,7 @@ pub struct RegionShared {
     // across an await; readers (range requests) share it.
     applied: RwLock<Applied>,
     feed: broadcast::Sender<Arc<FeedBatch>>,
+    snapshots: Arc<SnapshotDir>,
 }
 
 impl RegionShared {
@@ -125,6 +126,7 @@ impl RegionShared {
         region: u64,
         kind: RegionKind,
         engine: Arc<dyn Engine>,
+        snapshots: Arc<SnapshotDir>,
     ) -> crate::Result<Arc<Self>> {
         let applied = match engine.get(&apply_key(region))? {
             Some(b) => decode(&b)?,
@@ -137,6 +139,7 @@ impl RegionShared {
             engine,
             applied: RwLock::new(applied),
             feed,
+            snapshots,
         }))
     }
 
@@ -306,14 +309,6 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-/// The bytes of a snapshot: the applied record and, for data regions, every
-/// MVCC pair.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBlob {
-    applied: Applied,
-    data: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 const MVCC_SPACES: [Space; 3] = [Space::MvccVersion, Space::MvccLatest, Space::Lease];
 
 fn space_bounds(s: Space) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
@@ -323,39 +318,44 @@ fn space_bounds(s: Space) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     )
 }
 
+fn snapshot_meta(region: u64, applied: &Applied) -> SnapshotMeta<NodeId, BasicNode> {
+    let last = applied.last_applied;
+    SnapshotMeta {
+        last_log_id: last,
+        last_membership: applied.membership.clone(),
+        snapshot_id: format!("r{region}-{}", last.map_or(0, |l| l.index)),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Streams the region's state into its snapshot file (see
+    /// [`snapshot_file`]) from one engine snapshot taken with the matching
+    /// applied record.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let shared = self.shared.clone();
         let (snap, applied) = {
             let g = shared.applied.read();
             (shared.engine.snapshot(), g.clone())
         };
-        let kind = shared.kind;
-        let last = applied.last_applied;
-        let membership = applied.membership.clone();
-        let blob = tokio::task::spawn_blocking(move || -> crate::Result<Vec<u8>> {
-            let mut data = Vec::new();
-            if kind == RegionKind::Data {
-                for s in MVCC_SPACES {
-                    let (lo, hi) = space_bounds(s);
-                    for item in snap.scan(lo, hi, false) {
-                        data.push(item?);
-                    }
-                }
-            }
-            encode(&SnapshotBlob { applied, data })
+        let meta = snapshot_meta(shared.region, &applied);
+        let file = tokio::task::spawn_blocking(move || {
+            let spaces: &[Space] = if shared.kind == RegionKind::Data {
+                &MVCC_SPACES
+            } else {
+                &[]
+            };
+            let data = spaces.iter().flat_map(|s| {
+                let (lo, hi) = space_bounds(*s);
+                snap.scan(lo, hi, false)
+            });
+            shared.snapshots.build(shared.region, &applied, data)
         })
         .await
         .map_err(|e| StorageIOError::read_snapshot(None, &e))?
         .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: membership,
-            snapshot_id: format!("r{}-{}", self.shared.region, last.map_or(0, |l| l.index)),
-        };
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(blob)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -421,38 +421,49 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+        let f = self
+            .shared
+            .snapshots
+            .receiving()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
+    /// Replaces the region's state with the snapshot's, in one atomic
+    /// engine batch (so a crash leaves the old state or the new one).
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
         let sig = Some(meta.signature());
-        let blob: SnapshotBlob = decode(snapshot.get_ref())
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        let mut batch = WriteBatch::new();
-        if self.shared.kind == RegionKind::Data {
-            for s in MVCC_SPACES {
-                batch.delete_range(vec![s as u8], vec![s as u8 + 1]);
+        let mut file = snapshot.into_std().await;
+        let kind = self.shared.kind;
+        let (applied, mut batch) = tokio::task::spawn_blocking(move || {
+            let mut batch = WriteBatch::new();
+            if kind == RegionKind::Data {
+                for s in MVCC_SPACES {
+                    batch.delete_range(vec![s as u8], vec![s as u8 + 1]);
+                }
             }
-            for (k, v) in blob.data {
-                batch.put(k, v);
-            }
-        }
+            let applied = snapshot_file::read(&mut file, |k, v| batch.put(k, v))?;
+            crate::Result::Ok((applied, batch))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?
+        .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let mut state = self.shared.applied.write();
         batch.put(
             apply_key(self.shared.region),
-            encode(&blob.applied).map_err(sm_err)?,
+            encode(&applied).map_err(sm_err)?,
         );
         self.shared
             .engine
             .write(batch, Durability::Sync)
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        let resolved = blob.applied.current_revision;
-        *state = blob.applied;
+        let resolved = applied.current_revision;
+        *state = applied;
         drop(state);
         self.shared.publish(FeedBatch {
             events: Vec::new(),
@@ -468,6 +479,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if self.shared.applied.read().last_applied.is_none() {
             return Ok(None);
         }
-        Ok(Some(self.build_snapshot().await?))
+        // The last one built, if any (openraft asks for it to send to a
+        // lagging follower); otherwise build one now.
+        let latest = self
+            .shared
+            .snapshots
+            .latest(self.shared.region)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        match latest {
+            Some((applied, f)) => Ok(Some(Snapshot {
+                meta: snapshot_meta(self.shared.region, &applied),
+                snapshot: Box::new(tokio::fs::File::from_std(f)),
+            })),
+            None => Ok(Some(self.build_snapshot().await?)),
+        }
     }
 }

@@ -3,8 +3,6 @@
 use cairn_mvcc::Rejection;
 use serde::{Deserialize, Serialize};
 
-use std::io::Cursor;
-
 use crate::NodeId;
 
 openraft::declare_raft_types!(
@@ -14,7 +12,7 @@ openraft::declare_raft_types!(
         R = Reply,
         NodeId = NodeId,
         Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A command proposed to a region.

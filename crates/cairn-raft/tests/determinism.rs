@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
-use cairn_raft::{Command, RegionKind, RegionShared, Reply, StateMachine};
+use cairn_raft::{Command, RegionKind, RegionShared, Reply, SnapshotDir, StateMachine};
 use cairn_storage::{Engine, FjallEngine, MemoryEngine};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -100,6 +100,12 @@ fn dump(e: &dyn Engine) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// A throwaway snapshot directory (these tests never build snapshots).
+fn snaps() -> Arc<SnapshotDir> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(SnapshotDir::open(dir).unwrap())
+}
+
 #[tokio::test]
 async fn two_replicas_on_different_engines_apply_identically() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +115,7 @@ async fn two_replicas_on_different_engines_apply_identically() {
     ];
     let mut results = Vec::new();
     for e in engines {
-        let shared = RegionShared::load(1, RegionKind::Data, e.clone()).unwrap();
+        let shared = RegionShared::load(1, RegionKind::Data, e.clone(), snaps()).unwrap();
         let mut sm = StateMachine::new(shared.clone());
         let replies = sm.apply(log()).await.unwrap();
         results.push((replies, dump(&*e), shared.applied()));
@@ -139,12 +145,13 @@ async fn applied_state_survives_reopen_and_is_not_reapplied() {
     let dir = tempfile::tempdir().unwrap();
     {
         let e: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
-        let mut sm = StateMachine::new(RegionShared::load(1, RegionKind::Data, e.clone()).unwrap());
+        let mut sm =
+            StateMachine::new(RegionShared::load(1, RegionKind::Data, e.clone(), snaps()).unwrap());
         sm.apply(log()).await.unwrap();
         e.sync().unwrap();
     }
     let e: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
-    let shared = RegionShared::load(1, RegionKind::Data, e).unwrap();
+    let shared = RegionShared::load(1, RegionKind::Data, e, snaps()).unwrap();
     let mut sm = StateMachine::new(shared.clone());
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use cairn_raft::{LogStore, LogWriter, RegionKind, RegionShared, StateMachine, TypeConfig};
+use cairn_raft::{
+    LogStore, LogWriter, RegionKind, RegionShared, SnapshotDir, StateMachine, TypeConfig,
+};
 use cairn_storage::{Engine, FjallEngine, MemoryEngine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
@@ -16,17 +18,18 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Option<tempfile::TempDir>>
     async fn build(
         &self,
     ) -> Result<(Option<tempfile::TempDir>, LogStore, StateMachine), StorageError<u64>> {
-        let (dir, engine): (Option<tempfile::TempDir>, Arc<dyn Engine>) = if self.fjall {
-            let dir = tempfile::tempdir().unwrap();
-            let e = FjallEngine::open(dir.path()).unwrap();
-            (Some(dir), Arc::new(e))
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = if self.fjall {
+            Arc::new(FjallEngine::open(dir.path().join("db")).unwrap())
         } else {
-            (None, Arc::new(MemoryEngine::new()))
+            Arc::new(MemoryEngine::new())
         };
+        let snapshots = Arc::new(SnapshotDir::open(dir.path().join("snap")).unwrap());
         let writer = LogWriter::start(engine.clone());
         let log = LogStore::new(7, engine.clone(), writer);
-        let sm = StateMachine::new(RegionShared::load(7, RegionKind::Data, engine).unwrap());
-        Ok((dir, log, sm))
+        let sm =
+            StateMachine::new(RegionShared::load(7, RegionKind::Data, engine, snapshots).unwrap());
+        Ok((Some(dir), log, sm))
     }
 }
 

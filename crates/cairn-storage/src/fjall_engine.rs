@@ -17,6 +17,11 @@ use parking_lot::RwLock;
 use crate::engine::{space_end, Durability, Engine, KvIter, Op, Snapshot, WriteBatch};
 use crate::{Error, Result};
 
+/// Memtable size per keyspace. fjall's default is 64 MiB each, and the hot
+/// keyspaces (Raft log, MVCC versions, latest index) fill together; 16 MiB
+/// keeps resident memory small for little extra flush work.
+const MAX_MEMTABLE_BYTES: u64 = 16 << 20;
+
 /// An [`Engine`] on fjall.
 #[derive(Clone)]
 pub struct FjallEngine {
@@ -57,9 +62,9 @@ impl FjallEngine {
         if let Some(ks) = spaces.get(&b) {
             return Ok(ks.clone());
         }
-        let ks = self
-            .db
-            .keyspace(&format!("s{b:02x}"), KeyspaceCreateOptions::default)?;
+        let ks = self.db.keyspace(&format!("s{b:02x}"), || {
+            KeyspaceCreateOptions::default().max_memtable_size(MAX_MEMTABLE_BYTES)
+        })?;
         spaces.insert(b, ks.clone());
         Ok(ks)
     }

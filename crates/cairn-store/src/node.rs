@@ -125,12 +125,13 @@ impl Node {
             })
             .collect();
 
+        let snapshots = Arc::new(cairn_raft::SnapshotDir::open(config.data_dir.join("snap"))?);
         let mut rafts = Vec::new();
         for (region, kind) in [
             (META_REGION, RegionKind::Meta),
             (DATA_REGION, RegionKind::Data),
         ] {
-            let shared = RegionShared::load(region, kind, engine.clone())?;
+            let shared = RegionShared::load(region, kind, engine.clone(), snapshots.clone())?;
             let log = LogStore::new(region, engine.clone(), log_writer.clone());
             let sm = StateMachine::new(shared.clone());
             let net = RegionNetwork::new(region, pool.clone());
