@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test: unit, golden scripts, in-process clusters, multi-process
 # clusters, and real-client compatibility (which installs etcdctl, etcd and
-# protoc if missing), then a smoke run of the side-by-side benchmark.
+# protoc if missing), the short robustness set, then a smoke run of the
+# side-by-side benchmark.
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo test --workspace
 tests/compat/run.sh
+# Robustness: seeded torture runs under faults, checked for linearizability
+# and watch guarantees, and the planted bug that must be caught.
+tests/robustness/run.sh
 # Benchmark smoke run: tiny totals, checks `cairn bench` and the comparison
 # script end to end (any failed request fails it); numbers are not judged.
 SMOKE=$(mktemp -d)

@@ -461,6 +461,10 @@ impl Node {
         region: u64,
     ) -> Result<(Arc<dyn cairn_storage::Snapshot>, cairn_mvcc::Revisions)> {
         let r = self.region(region)?;
+        #[cfg(feature = "planted-stale-read")]
+        if region != META_REGION {
+            return Ok(r.shared.read_view());
+        }
         let index = r.reads.read_index().await?;
         r.raft
             .wait(Some(REQUEST_TIMEOUT))

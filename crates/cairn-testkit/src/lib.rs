@@ -8,9 +8,11 @@
 //! - [`ProcessCluster`]: N `cairn serve` processes on free ports, for
 //!   SIGKILL/SIGSTOP tests; the caller passes the binary path.
 //! - [`kv`], [`watch`]: small helpers for etcd KV and Watch calls.
+//! - [`torture`]: robustness runs — recorded workload, nemesis, checkers.
 
 pub mod kv;
 mod process;
+pub mod torture;
 pub mod watch;
 
 pub use process::ProcessCluster;

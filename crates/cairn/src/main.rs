@@ -6,9 +6,12 @@
 //!   bar` works right after one command.
 //! - `cairn bench` load-tests any etcd-API endpoint (etcd or Cairn) and
 //!   writes the side-by-side report (`crates/cairn-bench`).
+//! - `cairn torture` runs a recorded workload under faults and checks it;
+//!   `cairn check linearizable` checks any recorded history.
 
 mod dev;
 mod serve;
+mod torture;
 mod urls;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +36,10 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// Load-test any etcd-API cluster (etcd's `benchmark`, plus a report).
     Bench(cairn_bench::BenchArgs),
+    /// Robustness run: recorded workload under faults, then checked.
+    Torture(torture::TortureArgs),
+    /// Check a recorded history (`linearizable HISTORY.jsonl`).
+    Check(torture::CheckArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +59,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Serve(a) => serve::run(a).await,
             Cmd::Dev(a) => dev::run(a).await,
             Cmd::Bench(a) => cairn_bench::run(a).await,
+            Cmd::Torture(a) => torture::run(a).await,
+            Cmd::Check(a) => torture::check(a),
         }
     })
 }

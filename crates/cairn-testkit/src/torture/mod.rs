@@ -1,0 +1,175 @@
+//! Robustness runs ("torture"): a recorded workload against a real cluster
+//! while a nemesis injects faults, then the history is checked for
+//! linearizability (`cairn_check`) and the watcher's events for etcd's
+//! watch guarantees ([`watch_check`]).
+//!
+//! Clusters: in-process nodes (faults through the real peer transport's
+//! switchboard: partitions, message loss, crash-restart of a node) or
+//! `cairn serve` processes (SIGKILL of one node, of the leader, of all
+//! nodes at once; SIGSTOP/SIGCONT pauses). Everything random comes from one
+//! seed, so a failing run is rerun with `--seed`.
+
+pub mod nemesis;
+pub mod watch_check;
+pub mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cairn_check::{Operation, Status, Verdict};
+
+pub use nemesis::{Fault, Target};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub duration: Duration,
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    /// `Some(binary)`: a cluster of `cairn serve` processes; `None`: in-process.
+    pub process_bin: Option<PathBuf>,
+    /// Where to write the history (JSON lines); the history with lost
+    /// answers resolved from watch events goes beside it (`.resolved.jsonl`).
+    pub history: Option<PathBuf>,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Report {
+    pub operations: usize,
+    pub ok: usize,
+    pub unknown: usize,
+    pub failed: usize,
+    /// Unknown outcomes resolved from the watch events before checking.
+    pub resolved: usize,
+    /// Faults injected, with the time (ms since start) each began.
+    pub faults: Vec<(u64, String)>,
+    pub linearizable: Verdict,
+    pub watch: Result<(), String>,
+    pub events: usize,
+    pub watch_resumes: u32,
+}
+
+impl Report {
+    /// True when no checker found a violation.
+    pub fn passed(&self) -> bool {
+        matches!(self.linearizable, Verdict::Ok { .. }) && self.watch.is_ok()
+    }
+
+    /// A human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "operations: {} (ok {}, unknown {} of which {} resolved from watch events, failed {}), faults injected: {}, watch events: {} (resumed {} times)\n",
+            self.operations,
+            self.ok,
+            self.unknown,
+            self.resolved,
+            self.failed,
+            self.faults.len(),
+            self.events,
+            self.watch_resumes
+        );
+        for (t, f) in &self.faults {
+            s += &format!("  fault at {t} ms: {f}\n");
+        }
+        s += &match &self.linearizable {
+            Verdict::Ok { keys, operations } => {
+                format!("linearizable: yes ({operations} operations on {keys} keys)\n")
+            }
+            Verdict::Violation(w) => format!("linearizable: NO\n{w}\n"),
+            Verdict::Unknown(w) => format!("linearizable: undecided ({w})\n"),
+        };
+        s += &match &self.watch {
+            Ok(()) => "watch guarantees: hold\n".to_string(),
+            Err(w) => format!("watch guarantees: VIOLATED: {w}\n"),
+        };
+        s
+    }
+}
+
+/// Runs one robustness run.
+pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
+    let mut target = match &cfg.process_bin {
+        Some(bin) => Target::process(bin, cfg.nodes).await,
+        None => Target::in_process(cfg.nodes).await,
+    };
+    let endpoints = target.endpoints();
+    let epoch = Instant::now();
+    let deadline = epoch + cfg.duration;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Operation>();
+    let mut clients = Vec::new();
+    for c in 0..cfg.clients {
+        let kv = crate::kv::connect(&endpoints[c % endpoints.len()]).await;
+        clients.push(tokio::spawn(workload::client(
+            c as u64 + 1,
+            kv,
+            cfg.keys,
+            cfg.seed.wrapping_mul(1000).wrapping_add(c as u64),
+            epoch,
+            deadline,
+            tx.clone(),
+        )));
+    }
+    drop(tx);
+    let watcher = tokio::spawn(watch_check::follow(endpoints.clone(), "key", deadline));
+    let faults = nemesis::run(&mut target, &cfg.faults, cfg.seed, epoch, deadline).await;
+    for c in clients {
+        c.await?;
+    }
+    let mut history = Vec::new();
+    while let Some(op) = rx.recv().await {
+        history.push(op);
+    }
+    history.sort_by_key(|o| (o.call, o.id));
+    let (events, watch_resumes) = watcher.await?;
+    target.shutdown().await;
+    if let Some(p) = &cfg.history {
+        let text: String = history
+            .iter()
+            .map(|o| cairn_check::history::line(o) + "\n")
+            .collect();
+        std::fs::write(p, text)?;
+    }
+    let count = |s: Status| history.iter().filter(|o| o.result.status == s).count();
+    let (operations, ok, unknown, failed) = (
+        history.len(),
+        count(Status::Ok),
+        count(Status::Unknown),
+        count(Status::Fail),
+    );
+    let watch = watch_check::check(&events, &history);
+    // With complete, valid events, lost answers are resolved from them.
+    let resolved = if watch.is_ok() {
+        watch_check::resolve_unknown(&mut history, &events)
+    } else {
+        0
+    };
+    if let Some(p) = &cfg.history {
+        // The resolved history too, so the check can be rerun quickly.
+        let text: String = history
+            .iter()
+            .map(|o| cairn_check::history::line(o) + "\n")
+            .collect();
+        std::fs::write(p.with_extension("resolved.jsonl"), text)?;
+    }
+    let linearizable = {
+        let h = history.clone();
+        tokio::task::spawn_blocking(move || cairn_check::check(&h, cairn_check::DEFAULT_BUDGET))
+            .await?
+    };
+    Ok(Report {
+        operations,
+        ok,
+        unknown,
+        failed,
+        resolved,
+        faults,
+        linearizable,
+        watch,
+        events: events.len(),
+        watch_resumes,
+    })
+}

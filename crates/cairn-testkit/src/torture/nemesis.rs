@@ -1,0 +1,282 @@
+//! The nemesis: faults injected into the cluster under test, one at a
+//! time, each held for a random 0.5–2.5 s and then healed, with random
+//! 0.5–1.5 s quiet gaps — all drawn from the run's seed.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_api::etcdserverpb::StatusRequest;
+use cairn_store::DATA_REGION;
+
+use crate::{InProcessCluster, ProcessCluster};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut a random node off from the others (in-process).
+    Partition,
+    /// Cut the data region's leader off (in-process).
+    PartitionLeader,
+    /// Drop 30% of all peer messages (in-process).
+    Drop,
+    /// Crash a random node and restart it (SIGKILL for processes).
+    Crash,
+    /// Crash the leader and restart it.
+    CrashLeader,
+    /// Crash every node at once, then restart them all (processes).
+    CrashAll,
+    /// SIGSTOP a random node, later SIGCONT (processes).
+    Pause,
+}
+
+impl Fault {
+    /// Parses a comma-separated list (`all` = every fault the cluster kind supports).
+    pub fn parse_list(s: &str, process: bool) -> Result<Vec<Fault>, String> {
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            match name {
+                "all" if process => out.extend([
+                    Fault::Crash,
+                    Fault::CrashLeader,
+                    Fault::CrashAll,
+                    Fault::Pause,
+                ]),
+                "all" => out.extend([
+                    Fault::Partition,
+                    Fault::PartitionLeader,
+                    Fault::Drop,
+                    Fault::Crash,
+                    Fault::CrashLeader,
+                ]),
+                "none" => {}
+                "partition" => out.push(Fault::Partition),
+                "partition-leader" => out.push(Fault::PartitionLeader),
+                "drop" => out.push(Fault::Drop),
+                "crash" | "kill" => out.push(Fault::Crash),
+                "crash-leader" | "kill-leader" => out.push(Fault::CrashLeader),
+                "crash-all" | "kill-all" => out.push(Fault::CrashAll),
+                "pause" => out.push(Fault::Pause),
+                other => return Err(format!("unknown nemesis {other:?}")),
+            }
+        }
+        for f in &out {
+            let ok = match f {
+                Fault::Partition | Fault::PartitionLeader | Fault::Drop => !process,
+                Fault::CrashAll | Fault::Pause => process,
+                Fault::Crash | Fault::CrashLeader => true,
+            };
+            if !ok {
+                return Err(format!(
+                    "nemesis {f:?} needs {} cluster",
+                    if process {
+                        "an in-process"
+                    } else {
+                        "a process"
+                    }
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The cluster under test.
+pub enum Target {
+    InProcess(InProcessCluster),
+    Process(ProcessCluster),
+}
+
+impl Target {
+    /// `n` in-process nodes.
+    pub async fn in_process(n: usize) -> Self {
+        let c = InProcessCluster::start(n).await;
+        c.wait_leader(DATA_REGION).await;
+        Target::InProcess(c)
+    }
+
+    /// `n` `cairn serve` processes from `bin`, once they serve.
+    pub async fn process(bin: &Path, n: usize) -> Self {
+        let c = ProcessCluster::start(bin, n);
+        let t = Target::Process(c);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while t.leader().await.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t
+    }
+
+    /// Client endpoints, one per node.
+    pub fn endpoints(&self) -> Vec<String> {
+        match self {
+            Target::InProcess(c) => c.nodes.iter().map(|t| t.client_addr.clone()).collect(),
+            Target::Process(c) => c.endpoints(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Target::InProcess(c) => c.nodes.len(),
+            Target::Process(c) => c.len(),
+        }
+    }
+
+    /// The index of the data region's leader, if one is known.
+    pub async fn leader(&self) -> Option<usize> {
+        match self {
+            Target::InProcess(c) => {
+                let id = (0..c.nodes.len())
+                    .filter(|&i| c.is_running(i))
+                    .find_map(|i| {
+                        c.node(i)
+                            .region(DATA_REGION)
+                            .ok()?
+                            .raft
+                            .metrics()
+                            .borrow()
+                            .current_leader
+                    })?;
+                c.nodes.iter().position(|t| t.id == id)
+            }
+            Target::Process(c) => {
+                for (i, ep) in c.endpoints().iter().enumerate() {
+                    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
+                        .ok()?
+                        .connect_timeout(Duration::from_millis(500))
+                        .timeout(Duration::from_secs(1))
+                        .connect()
+                        .await
+                    else {
+                        continue;
+                    };
+                    if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
+                        let s = s.into_inner();
+                        if s.header.is_some_and(|h| h.member_id == s.leader) {
+                            return Some(i);
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    async fn crash(&mut self, i: usize) {
+        match self {
+            Target::InProcess(c) => c.stop(i).await,
+            Target::Process(c) => c.kill(i),
+        }
+    }
+
+    async fn recover(&mut self, i: usize) {
+        match self {
+            Target::InProcess(c) => {
+                if !c.is_running(i) {
+                    c.restart(i).await
+                }
+            }
+            Target::Process(c) => {
+                if c.pid(i).is_none() {
+                    c.restart(i)
+                }
+            }
+        }
+    }
+
+    /// Applies `f`; returns a description and the nodes it affected.
+    async fn inject(&mut self, f: Fault, rng: &mut fastrand::Rng) -> (String, Vec<usize>) {
+        let n = self.len();
+        let random = rng.usize(0..n);
+        let leader = self.leader().await.unwrap_or(random);
+        match (f, &mut *self) {
+            (Fault::Partition, Target::InProcess(c)) => {
+                c.isolate(random);
+                (format!("partition node {random}"), vec![])
+            }
+            (Fault::PartitionLeader, Target::InProcess(c)) => {
+                c.isolate(leader);
+                (format!("partition leader (node {leader})"), vec![])
+            }
+            (Fault::Drop, Target::InProcess(c)) => {
+                c.drop_messages(30);
+                ("drop 30% of peer messages".into(), vec![])
+            }
+            (Fault::Crash, _) => {
+                self.crash(random).await;
+                (format!("crash node {random}"), vec![random])
+            }
+            (Fault::CrashLeader, _) => {
+                self.crash(leader).await;
+                (format!("crash leader (node {leader})"), vec![leader])
+            }
+            (Fault::CrashAll, _) => {
+                for i in 0..n {
+                    self.crash(i).await;
+                }
+                ("crash all nodes".into(), (0..n).collect())
+            }
+            (Fault::Pause, Target::Process(c)) => {
+                c.signal(random, "STOP");
+                (format!("pause node {random}"), vec![random])
+            }
+            (f, _) => (format!("{f:?} not supported here (skipped)"), vec![]),
+        }
+    }
+
+    async fn heal(&mut self, f: Fault, nodes: &[usize]) {
+        match (f, &mut *self) {
+            (Fault::Partition | Fault::PartitionLeader, Target::InProcess(c)) => c.heal(),
+            (Fault::Drop, Target::InProcess(c)) => c.drop_messages(0),
+            (Fault::Pause, Target::Process(c)) => {
+                for &i in nodes {
+                    c.signal(i, "CONT");
+                }
+            }
+            _ => {
+                for &i in nodes {
+                    self.recover(i).await;
+                }
+            }
+        }
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(self) {
+        match self {
+            Target::InProcess(c) => c.shutdown().await,
+            Target::Process(mut c) => {
+                for i in 0..c.len() {
+                    c.signal(i, "CONT");
+                    c.kill(i);
+                }
+            }
+        }
+    }
+}
+
+/// Injects faults from `faults` until `deadline`; leaves the cluster healed.
+pub async fn run(
+    target: &mut Target,
+    faults: &[Fault],
+    seed: u64,
+    epoch: Instant,
+    deadline: Instant,
+) -> Vec<(u64, String)> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut log = Vec::new();
+    let ms = |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..hi));
+    // Let the workload warm up first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while !faults.is_empty() && Instant::now() + Duration::from_secs(1) < deadline {
+        let f = faults[rng.usize(0..faults.len())];
+        let (what, nodes) = target.inject(f, &mut rng).await;
+        log.push((epoch.elapsed().as_millis() as u64, what));
+        let hold = ms(&mut rng, 500, 2500).min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(hold).await;
+        target.heal(f, &nodes).await;
+        tokio::time::sleep(ms(&mut rng, 500, 1500)).await;
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(left).await;
+    log
+}

@@ -1,0 +1,234 @@
+//! The watch side of a robustness run: one watcher follows every key of the
+//! workload from revision 1, resuming from `last + 1` on another node
+//! whenever its stream breaks (a killed or partitioned node), and the
+//! events it saw are checked against etcd's watch guarantees and against
+//! the KV history:
+//!
+//! - ordered and unique: revisions strictly increase (every workload write
+//!   touches one key, so one event per revision), across resumptions too;
+//! - reliable (no gaps): every acknowledged write at or below the last
+//!   event's revision was delivered;
+//! - valid: every event is a write the history contains (same key,
+//!   revision and value for puts; a delete for deletes) — an event of a
+//!   write whose answer was lost is fine: it shows the write happened.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::watch_client::WatchClient;
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
+use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
+use cairn_api::mvccpb::event::EventType;
+use cairn_check::{Operation, Request, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+/// One delivered event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seen {
+    pub revision: i64,
+    pub key: String,
+    /// `None` for a delete.
+    pub value: Option<String>,
+}
+
+/// Follows `prefix` on the endpoints until `deadline` (plus a grace period
+/// to drain), rotating endpoints on failure. Returns the events in order of
+/// arrival and how many times it had to resume.
+pub async fn follow(endpoints: Vec<String>, prefix: &str, deadline: Instant) -> (Vec<Seen>, u32) {
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut resumes = 0u32;
+    let mut ep = 0usize;
+    let end = deadline + Duration::from_secs(5);
+    let range_end = {
+        let mut e = prefix.as_bytes().to_vec();
+        *e.last_mut().expect("non-empty prefix") += 1;
+        e
+    };
+    while Instant::now() < end {
+        let start = seen.last().map_or(1, |s| s.revision + 1);
+        let addr = format!("http://{}", endpoints[ep % endpoints.len()]);
+        ep += 1;
+        let Ok(ch) = Endpoint::from_shared(addr)
+            .expect("address")
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let _ = tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    range_end: range_end.clone(),
+                    start_revision: start,
+                    ..Default::default()
+                })),
+            })
+            .await;
+        let Ok(resp) = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut stream = resp.into_inner();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            // A stream that stays silent for 2 s may be on a partitioned
+            // node: move on (resuming loses nothing).
+            let wait = left.min(Duration::from_secs(2));
+            match tokio::time::timeout(wait, stream.message()).await {
+                Ok(Ok(Some(m))) => {
+                    if m.canceled {
+                        break;
+                    }
+                    for e in m.events {
+                        let kv = e.kv.unwrap_or_default();
+                        let delete = e.r#type == EventType::Delete as i32;
+                        seen.push(Seen {
+                            revision: kv.mod_revision,
+                            key: String::from_utf8_lossy(&kv.key).into_owned(),
+                            value: (!delete)
+                                .then(|| String::from_utf8_lossy(&kv.value).into_owned()),
+                        });
+                    }
+                }
+                _ => break,
+            }
+            if Instant::now() >= end {
+                break;
+            }
+        }
+        resumes += 1;
+    }
+    (seen, resumes.saturating_sub(1))
+}
+
+/// Checks the events against the guarantees and the history; returns the
+/// first violation found.
+pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
+    for w in events.windows(2) {
+        if w[1].revision <= w[0].revision {
+            return Err(format!(
+                "watch events out of order or duplicated: {:?} then {:?}",
+                w[0], w[1]
+            ));
+        }
+    }
+    // Writes by revision (acknowledged), and possible writes (unknown) by (key, value).
+    let mut acked: HashMap<i64, &Operation> = HashMap::new();
+    let mut possible: HashMap<(String, Option<String>), Vec<&Operation>> = HashMap::new();
+    for o in history {
+        let (value, wrote) = match &o.op {
+            Request::Put { value, .. } => (Some(value.clone()), true),
+            Request::Cas { value, .. } => (Some(value.clone()), o.result.succeeded != Some(false)),
+            Request::Delete { .. } => (None, o.result.deleted.unwrap_or(1) > 0),
+            Request::Get { .. } => (None, false),
+        };
+        if !wrote || o.result.status == Status::Fail {
+            continue;
+        }
+        if o.result.status == Status::Ok {
+            if let Some(r) = o.result.revision {
+                acked.insert(r, o);
+            }
+        }
+        possible
+            .entry((o.op.key().to_string(), value))
+            .or_default()
+            .push(o);
+    }
+    for e in events {
+        let valid = match acked.get(&e.revision) {
+            Some(o) => {
+                o.op.key() == e.key
+                    && match (&o.op, &e.value) {
+                        (Request::Delete { .. }, None) => true,
+                        (Request::Put { value, .. } | Request::Cas { value, .. }, Some(v)) => {
+                            value == v
+                        }
+                        _ => false,
+                    }
+            }
+            None => possible
+                .get(&(e.key.clone(), e.value.clone()))
+                .is_some_and(|ops| {
+                    ops.iter()
+                        .any(|o| o.result.status == Status::Unknown || e.value.is_none())
+                }),
+        };
+        if !valid {
+            return Err(format!(
+                "watch event matches no write in the history: {e:?}"
+            ));
+        }
+    }
+    let last = events.last().map_or(0, |e| e.revision);
+    let delivered: std::collections::HashSet<i64> = events.iter().map(|e| e.revision).collect();
+    let mut missing: Vec<i64> = acked
+        .keys()
+        .filter(|r| **r <= last && !delivered.contains(r))
+        .copied()
+        .collect();
+    missing.sort_unstable();
+    if let Some(r) = missing.first() {
+        return Err(format!(
+            "watch missed {} acknowledged write(s) at or below its last event {last}, first at revision {r}: {:?}",
+            missing.len(),
+            acked[r]
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves writes whose answer was lost using the watch events (as etcd's
+/// robustness suite does): values are unique, so a put or cas whose value
+/// appears in an event happened, at that event's revision; one whose value
+/// never appears did not — provided the events are complete, i.e. the watch
+/// checks passed and the watcher saw past every acknowledged revision.
+/// Unknown deletes stay unknown (a delete event does not name its writer).
+/// Returns how many operations were resolved.
+pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
+    let last_event = events.last().map_or(0, |e| e.revision);
+    let max_acked = history
+        .iter()
+        .filter(|o| o.result.status == Status::Ok && o.op.is_write())
+        .filter_map(|o| o.result.revision)
+        .max()
+        .unwrap_or(0);
+    let complete = last_event >= max_acked;
+    let by_value: HashMap<(&str, &str), i64> = events
+        .iter()
+        .filter_map(|e| Some(((e.key.as_str(), e.value.as_deref()?), e.revision)))
+        .collect();
+    let mut resolved = 0;
+    for o in history.iter_mut() {
+        if o.result.status != Status::Unknown {
+            continue;
+        }
+        let value = match &o.op {
+            Request::Put { value, .. } | Request::Cas { value, .. } => value.clone(),
+            _ => continue,
+        };
+        let is_cas = matches!(o.op, Request::Cas { .. });
+        match by_value.get(&(o.op.key(), value.as_str())) {
+            Some(&r) => {
+                o.result.status = Status::Ok;
+                o.result.revision = Some(r);
+                if is_cas {
+                    o.result.succeeded = Some(true);
+                }
+                resolved += 1;
+            }
+            None if complete => {
+                // Never took effect: it can be dropped from the check.
+                o.result.status = Status::Fail;
+                resolved += 1;
+            }
+            None => {}
+        }
+    }
+    resolved
+}
