@@ -4,7 +4,9 @@
 //! history is linearizable iff each object's sub-history is) each key is
 //! checked alone — a search over orders of a few hundred operations instead
 //! of all of them. The search is Wing & Gong's, with Lowe's memo of visited
-//! (linearized set, state) pairs: repeatedly pick an operation that was
+//! (linearized set, state) pairs — the set kept as a Zobrist hash, the
+//! pending operations as a call-ordered linked list (Porcupine's layout), so
+//! a step costs the concurrency window, not the history: repeatedly pick an operation that was
 //! invoked before every unlinearized operation returned, apply it to the
 //! model ([`crate::model::step`]), and backtrack on contradiction. Writes
 //! with unknown outcome never return, so they may be placed anywhere after
@@ -155,69 +157,143 @@ enum KeyVerdict {
     Budget,
 }
 
-/// Bit set over the key's operations.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
+/// A 64-bit Zobrist key for operation `i` (splitmix64 of its index): the
+/// XOR of the keys of the linearized operations identifies the set in the
+/// memo without storing it (a collision could only hide a path, never
+/// accept a wrong history).
+fn zobrist(i: usize) -> u64 {
+    let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
-impl Bits {
-    fn new(n: usize) -> Self {
-        Bits(vec![0; n.div_ceil(64)])
+/// One level of the search: the choices (position in call order, state
+/// after it) open at this point, and how this level was reached.
+struct Frame {
+    choices: Vec<(usize, KeyState)>,
+    next: usize,
+    /// Position linearized to reach this level, and the state before it.
+    via: Option<(usize, KeyState)>,
+}
+
+/// The operations not yet linearized, as a linked list in call order, with
+/// a multiset of their return times (Porcupine's "lift"/"unlift").
+struct Pending<'a> {
+    ops: &'a [&'a Operation],
+    /// Operation index at each position (sorted by call time).
+    order: Vec<usize>,
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// `next[HEAD]` is the first pending position; `END` ends the list.
+    rets: BTreeMap<u64, u32>,
+}
+
+impl<'a> Pending<'a> {
+    fn new(ops: &'a [&'a Operation]) -> Self {
+        let n = ops.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (ops[i].call, i));
+        // Positions 0..n are operations; n is the head sentinel, n+1 the end.
+        let (head, end) = (n, n + 1);
+        let first = if n == 0 { end } else { 0 };
+        let last = if n == 0 { head } else { n - 1 };
+        let next = (0..n + 2)
+            .map(|p| match p {
+                _ if p == head => first,
+                _ if p == last => end,
+                _ => p + 1,
+            })
+            .collect();
+        let prev = (0..n + 2)
+            .map(|p| match p {
+                _ if p == end => last,
+                0 => head,
+                _ => p.saturating_sub(1),
+            })
+            .collect();
+        let mut rets = BTreeMap::new();
+        for o in ops {
+            *rets.entry(ret(o)).or_insert(0) += 1;
+        }
+        Pending {
+            ops,
+            order,
+            next,
+            prev,
+            rets,
+        }
     }
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] >> (i % 64) & 1 == 1
+
+    fn op(&self, p: usize) -> &'a Operation {
+        self.ops[self.order[p]]
     }
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+
+    /// Pending positions that may be linearized next: those invoked no
+    /// later than the earliest return among pending operations.
+    fn minimal(&self) -> Vec<usize> {
+        let n = self.ops.len();
+        let min_ret = self.rets.keys().next().copied().unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        let mut p = self.next[n];
+        while p != n + 1 && self.op(p).call <= min_ret {
+            out.push(p);
+            p = self.next[p];
+        }
+        out
+    }
+
+    fn lift(&mut self, p: usize) {
+        let (a, b) = (self.prev[p], self.next[p]);
+        self.next[a] = b;
+        self.prev[b] = a;
+        let r = ret(self.op(p));
+        if let Some(c) = self.rets.get_mut(&r) {
+            *c -= 1;
+            if *c == 0 {
+                self.rets.remove(&r);
+            }
+        }
+    }
+
+    fn unlift(&mut self, p: usize) {
+        let (a, b) = (self.prev[p], self.next[p]);
+        self.next[a] = p;
+        self.prev[b] = p;
+        *self.rets.entry(ret(self.op(p))).or_insert(0) += 1;
     }
 }
 
-/// One level of the explicit search stack.
-struct Frame {
-    done: Bits,
-    /// (operation, state after it) choices at this level.
-    choices: Vec<(usize, KeyState)>,
-    next: usize,
-    /// Operation linearized to reach this level.
-    via: Option<usize>,
+fn ret(o: &Operation) -> u64 {
+    o.ret.unwrap_or(u64::MAX)
+}
+
+fn choices(pending: &Pending, state: &KeyState) -> Vec<(usize, KeyState)> {
+    let mut out: Vec<(usize, KeyState)> = Vec::new();
+    for p in pending.minimal() {
+        for s in step(state, pending.op(p)) {
+            out.push((p, s));
+        }
+    }
+    // Answered operations first: an unknown write is tried later, which is
+    // usually where it belongs (or nowhere).
+    out.sort_by_key(|(p, _)| pending.op(*p).result.status != Status::Ok);
+    out
 }
 
 fn check_key(ops: &[&Operation], budget: u64) -> KeyVerdict {
     let n = ops.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| ops[i].call);
-    let ret = |i: usize| ops[i].ret.unwrap_or(u64::MAX);
-    let choices_at = |state: &KeyState, done: &Bits| -> Vec<(usize, KeyState)> {
-        // Minimal operations: invoked no later than the earliest return
-        // among those not yet linearized.
-        let min_ret = (0..n)
-            .filter(|&i| !done.get(i))
-            .map(ret)
-            .min()
-            .unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        for &i in &order {
-            if ops[i].call > min_ret {
-                break;
-            }
-            if done.get(i) {
-                continue;
-            }
-            for s in step(state, ops[i]) {
-                out.push((i, s));
-            }
-        }
-        out
-    };
-    let root_done = Bits::new(n);
-    let root_state = KeyState::default();
+    let mut pending = Pending::new(ops);
+    let mut state = KeyState::default();
     let mut stack = vec![Frame {
-        choices: choices_at(&root_state, &root_done),
-        done: root_done,
+        choices: choices(&pending, &state),
         next: 0,
         via: None,
     }];
-    let mut seen: HashSet<(Bits, KeyState)> = HashSet::new();
+    let mut seen: HashSet<(u64, KeyState)> = HashSet::new();
+    let mut hash = 0u64;
     let mut steps = 0u64;
+    // Deepest point reached: (depth, last linearized, stuck candidates).
     let mut deepest: (usize, Vec<usize>, Vec<usize>) = (0, Vec::new(), Vec::new());
     loop {
         let depth = stack.len() - 1;
@@ -228,44 +304,49 @@ fn check_key(ops: &[&Operation], budget: u64) -> KeyVerdict {
         if steps > budget {
             return KeyVerdict::Budget;
         }
-        let exhausted = {
-            let top = stack.last().expect("non-empty");
-            top.next >= top.choices.len()
-        };
-        if exhausted {
-            if depth >= deepest.0 {
-                let path: Vec<usize> = stack.iter().filter_map(|f| f.via).collect();
-                let done = &stack.last().expect("non-empty").done;
-                let min_ret = (0..n)
-                    .filter(|&i| !done.get(i))
-                    .map(ret)
-                    .min()
-                    .unwrap_or(u64::MAX);
-                let stuck: Vec<usize> = (0..n)
-                    .filter(|&i| !done.get(i) && ops[i].call <= min_ret)
-                    .collect();
-                deepest = (depth, path, stuck);
-            }
-            stack.pop();
-            if stack.is_empty() {
-                return KeyVerdict::Violation(explain(ops, &deepest));
-            }
-            continue;
-        }
         let top = stack.last_mut().expect("non-empty");
-        let (op, state) = top.choices[top.next].clone();
-        top.next += 1;
-        let mut done = top.done.clone();
-        done.set(op);
-        if !seen.insert((done.clone(), state.clone())) {
+        if top.next < top.choices.len() {
+            let (p, next_state) = top.choices[top.next].clone();
+            top.next += 1;
+            let h = hash ^ zobrist(p);
+            if !seen.insert((h, next_state.clone())) {
+                continue;
+            }
+            hash = h;
+            pending.lift(p);
+            let before = std::mem::replace(&mut state, next_state);
+            let frame = Frame {
+                choices: choices(&pending, &state),
+                next: 0,
+                via: Some((p, before)),
+            };
+            stack.push(frame);
             continue;
         }
-        stack.push(Frame {
-            choices: choices_at(&state, &done),
-            done,
-            next: 0,
-            via: Some(op),
-        });
+        // Every choice here failed: remember the deepest dead end, undo.
+        if depth >= deepest.0 {
+            let path: Vec<usize> = stack
+                .iter()
+                .rev()
+                .filter_map(|f| f.via.as_ref().map(|(p, _)| pending.order[*p]))
+                .take(5)
+                .collect();
+            let stuck = pending
+                .minimal()
+                .into_iter()
+                .map(|p| pending.order[p])
+                .collect();
+            deepest = (depth, path.into_iter().rev().collect(), stuck);
+        }
+        let frame = stack.pop().expect("non-empty");
+        match frame.via {
+            Some((p, before)) => {
+                pending.unlift(p);
+                hash ^= zobrist(p);
+                state = before;
+            }
+            None => return KeyVerdict::Violation(explain(ops, &deepest)),
+        }
     }
 }
 
@@ -276,8 +357,8 @@ fn explain(ops: &[&Operation], deepest: &(usize, Vec<usize>, Vec<usize>)) -> Str
         depth,
         ops.len()
     );
-    for &i in path.iter().rev().take(5).collect::<Vec<_>>().iter().rev() {
-        s.push_str(&show(ops[*i]));
+    for &i in path {
+        s.push_str(&show(ops[i]));
         s.push('\n');
     }
     s.push_str("none of these can come next:\n");
