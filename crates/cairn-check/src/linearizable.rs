@@ -38,8 +38,11 @@ pub enum Verdict {
     Unknown(String),
 }
 
-/// Search steps allowed per key before giving up.
+/// Search steps allowed per key before giving up, plus
+/// [`BUDGET_PER_OPERATION`] for each of the key's operations.
 pub const DEFAULT_BUDGET: u64 = 20_000_000;
+/// Extra search steps per operation of a key (long histories get more).
+pub const BUDGET_PER_OPERATION: u64 = 500;
 
 /// Checks a whole history.
 pub fn check(history: &[Operation], budget: u64) -> Verdict {
@@ -61,12 +64,13 @@ pub fn check(history: &[Operation], budget: u64) -> Verdict {
         by_key.entry(o.op.key()).or_default().push(o);
     }
     for (key, key_ops) in &by_key {
-        match check_key(key_ops, budget) {
+        let key_budget = budget.saturating_add(BUDGET_PER_OPERATION * key_ops.len() as u64);
+        match check_key(key_ops, key_budget) {
             KeyVerdict::Ok => {}
             KeyVerdict::Violation(w) => return Verdict::Violation(format!("key {key:?}: {w}")),
             KeyVerdict::Budget => {
                 return Verdict::Unknown(format!(
-                    "key {key:?}: search budget of {budget} steps exhausted ({} operations)",
+                    "key {key:?}: search budget of {key_budget} steps exhausted ({} operations)",
                     key_ops.len()
                 ))
             }

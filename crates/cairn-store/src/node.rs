@@ -219,6 +219,7 @@ impl Node {
         });
         tokio::spawn(publish_self(Arc::downgrade(&node)));
         tokio::spawn(expire_leases(Arc::downgrade(&node)));
+        tokio::spawn(colocate_tso(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -668,6 +669,36 @@ async fn expire_leases(node: std::sync::Weak<Node>) {
                     .propose(Proposal::Plain(Command::LeaseCheckpoint { id, remaining }))
                     .await;
             });
+        }
+    }
+}
+
+/// Keeps the TSO next to the writes: a node that has led the data region
+/// for a while but not the meta region asks for a meta-region election (it
+/// usually wins: its meta log is as current as anyone's). Otherwise every
+/// commit group pays a network round trip to a TSO on another node before
+/// it can be proposed. Rate-limited; a lost election costs the meta region
+/// one brief election, and TSO calls retry through it.
+async fn colocate_tso(node: std::sync::Weak<Node>) {
+    const EVERY: Duration = Duration::from_secs(2);
+    let mut led_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        let (Ok(data), Ok(meta)) = (n.region(DATA_REGION), n.region(META_REGION)) else {
+            return;
+        };
+        let data_leader = data.raft.metrics().borrow().current_leader;
+        let meta_leader = meta.raft.metrics().borrow().current_leader;
+        if data_leader != Some(n.id) {
+            led_since = None;
+            continue;
+        }
+        let since = *led_since.get_or_insert_with(Instant::now);
+        if meta_leader.is_some_and(|m| m != n.id) && since.elapsed() >= EVERY {
+            tracing::debug!(id = n.id, "data leader asks to lead the meta region (TSO)");
+            let _ = meta.raft.trigger().elect().await;
+            led_since = Some(Instant::now());
         }
     }
 }

@@ -110,6 +110,36 @@ impl ProcessCluster {
         self.members.is_empty()
     }
 
+    /// The member that reports itself as the data region's leader (asked
+    /// with Maintenance.Status), skipping `skip`; `None` if none does now.
+    pub async fn leader(&self, skip: &[usize]) -> Option<usize> {
+        use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+        use cairn_api::etcdserverpb::StatusRequest;
+        for i in (0..self.len()).filter(|i| !skip.contains(i)) {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(format!(
+                "http://{}",
+                self.client_addr(i)
+            )) else {
+                continue;
+            };
+            let Ok(ch) = ep
+                .connect_timeout(std::time::Duration::from_millis(500))
+                .timeout(std::time::Duration::from_secs(2))
+                .connect()
+                .await
+            else {
+                continue;
+            };
+            if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
+                let s = s.into_inner();
+                if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
     /// The process ID of member `i`, if running.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.members[i].child.as_ref().map(Child::id)

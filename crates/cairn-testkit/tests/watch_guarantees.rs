@@ -99,18 +99,29 @@ async fn writer(addr: String, id: usize, stop: Instant) -> Vec<Op> {
 }
 
 /// Reads a stream until the progress response that follows `progress_after`.
-async fn drain(w: &mut WatchStream) -> (Vec<WatchResponse>, i64) {
-    w.request_progress().await;
+/// Collects responses until a progress notification at or above `target`
+/// (a watcher that lags — a loaded machine — reports a lower synced
+/// revision first; it must get there).
+async fn drain(w: &mut WatchStream, target: i64) -> (Vec<WatchResponse>, i64) {
     let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let r = w
-            .next(Duration::from_secs(20))
-            .await
-            .expect("stream stalled");
-        if r.watch_id == -1 && r.events.is_empty() {
-            return (out, r.header.unwrap().revision);
+        w.request_progress().await;
+        loop {
+            let r = w
+                .next(Duration::from_secs(20))
+                .await
+                .expect("stream stalled");
+            if r.watch_id == -1 && r.events.is_empty() {
+                let bookmark = r.header.unwrap().revision;
+                if bookmark >= target || std::time::Instant::now() > deadline {
+                    return (out, bookmark);
+                }
+                break;
+            }
+            out.push(r);
         }
-        out.push(r);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -287,9 +298,9 @@ async fn randomized_workload_keeps_all_six_watch_guarantees() {
     .await;
     assert!(w2.next(Duration::from_secs(5)).await.unwrap().created);
 
-    let (r1, bookmark1) = drain(&mut w1).await;
-    let (r2, bookmark2) = drain(&mut w2).await;
     let max_acked = *sorted.last().unwrap();
+    let (r1, bookmark1) = drain(&mut w1, max_acked).await;
+    let (r2, bookmark2) = drain(&mut w2, max_acked).await;
     assert!(
         bookmark1 >= max_acked && bookmark2 >= max_acked,
         "bookmarks {bookmark1}, {bookmark2} below {max_acked}"
@@ -359,7 +370,7 @@ async fn randomized_workload_keeps_all_six_watch_guarantees() {
     })
     .await;
     assert!(w3.next(Duration::from_secs(5)).await.unwrap().created);
-    let (r3, bookmark3) = drain(&mut w3).await;
+    let (r3, bookmark3) = drain(&mut w3, max_acked).await;
     check(
         "w3",
         &r3,

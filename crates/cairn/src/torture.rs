@@ -100,7 +100,12 @@ pub async fn run(a: TortureArgs) -> anyhow::Result<()> {
     print!("{}", report.summary());
     println!("history: {}", history.display());
     if !report.passed() {
-        bail!("violation found (reproduce with --seed {seed})");
+        let what = if matches!(report.linearizable, Verdict::Unknown(_)) && report.watch.is_ok() {
+            "no verdict (checker budget)"
+        } else {
+            "violation found"
+        };
+        bail!("{what} (reproduce with --seed {seed})");
     }
     Ok(())
 }

@@ -4,31 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_api::etcdserverpb::StatusRequest;
 use cairn_testkit::{kv, ProcessCluster};
 
 /// The index of the member that leads the data region, once one does.
 async fn leader(c: &ProcessCluster, skip: &[usize]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for i in (0..c.len()).filter(|i| !skip.contains(i)) {
-            let Ok(ch) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", c.client_addr(i)))
-                    .unwrap()
-                    .connect_timeout(Duration::from_millis(500))
-                    .timeout(Duration::from_secs(2))
-                    .connect()
-                    .await
-            else {
-                continue;
-            };
-            if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
-                let s = s.into_inner();
-                if s.leader != 0 && s.leader == s.header.unwrap().member_id {
-                    return i;
-                }
-            }
+        if let Some(i) = c.leader(skip).await {
+            return i;
         }
         assert!(Instant::now() < deadline, "no leader elected\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;

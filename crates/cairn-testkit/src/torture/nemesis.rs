@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_api::etcdserverpb::StatusRequest;
 use cairn_store::DATA_REGION;
 
 use crate::{InProcessCluster, ProcessCluster};
@@ -138,26 +136,7 @@ impl Target {
                     })?;
                 c.nodes.iter().position(|t| t.id == id)
             }
-            Target::Process(c) => {
-                for (i, ep) in c.endpoints().iter().enumerate() {
-                    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{ep}"))
-                        .ok()?
-                        .connect_timeout(Duration::from_millis(500))
-                        .timeout(Duration::from_secs(1))
-                        .connect()
-                        .await
-                    else {
-                        continue;
-                    };
-                    if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
-                        let s = s.into_inner();
-                        if s.header.is_some_and(|h| h.member_id == s.leader) {
-                            return Some(i);
-                        }
-                    }
-                }
-                None
-            }
+            Target::Process(c) => c.leader(&[]).await,
         }
     }
 

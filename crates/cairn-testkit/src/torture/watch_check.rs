@@ -188,8 +188,10 @@ pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
 /// appears in an event happened, at that event's revision; one whose value
 /// never appears did not — provided the events are complete, i.e. the watch
 /// checks passed and the watcher saw past every acknowledged revision.
-/// Unknown deletes stay unknown (a delete event does not name its writer).
-/// Returns how many operations were resolved.
+/// A delete event does not name its writer, but one whose revision no
+/// acknowledged delete explains must come from an unknown delete of that
+/// key; so on a key with no unexplained delete event, no unknown delete
+/// happened. Returns how many operations were resolved.
 pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
     let last_event = events.last().map_or(0, |e| e.revision);
     let max_acked = history
@@ -203,6 +205,16 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         .iter()
         .filter_map(|e| Some(((e.key.as_str(), e.value.as_deref()?), e.revision)))
         .collect();
+    let acked_deletes: std::collections::HashSet<i64> = history
+        .iter()
+        .filter(|o| matches!(o.op, Request::Delete { .. }) && o.result.status == Status::Ok)
+        .filter_map(|o| o.result.revision)
+        .collect();
+    let unexplained_delete_keys: std::collections::HashSet<String> = events
+        .iter()
+        .filter(|e| e.value.is_none() && !acked_deletes.contains(&e.revision))
+        .map(|e| e.key.clone())
+        .collect();
     let mut resolved = 0;
     for o in history.iter_mut() {
         if o.result.status != Status::Unknown {
@@ -210,7 +222,14 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         }
         let value = match &o.op {
             Request::Put { value, .. } | Request::Cas { value, .. } => value.clone(),
-            _ => continue,
+            Request::Delete { key } => {
+                if complete && !unexplained_delete_keys.contains(key) {
+                    o.result.status = Status::Fail;
+                    resolved += 1;
+                }
+                continue;
+            }
+            Request::Get { .. } => continue,
         };
         let is_cas = matches!(o.op, Request::Cas { .. });
         match by_value.get(&(o.op.key(), value.as_str())) {
