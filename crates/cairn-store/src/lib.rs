@@ -17,7 +17,8 @@
 //!   window.
 //!
 //! Caveats (today): one data region (splits/merges, cross-region 2PC and
-//! change feeds are future issues); snapshots are built in memory.
+//! change feeds are future issues). Snapshots are files (see
+//! `cairn_raft::snapshot_file`), installed as one atomic engine batch.
 
 mod config;
 mod error;

@@ -116,10 +116,9 @@ impl ProcessCluster {
         use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
         use cairn_api::etcdserverpb::StatusRequest;
         for i in (0..self.len()).filter(|i| !skip.contains(i)) {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(format!(
-                "http://{}",
-                self.client_addr(i)
-            )) else {
+            let Ok(ep) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.client_addr(i)))
+            else {
                 continue;
             };
             let Ok(ch) = ep
