@@ -210,11 +210,63 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         .filter(|o| matches!(o.op, Request::Delete { .. }) && o.result.status == Status::Ok)
         .filter_map(|o| o.result.revision)
         .collect();
-    let unexplained_delete_keys: std::collections::HashSet<String> = events
+    let unexplained: Vec<&Seen> = events
         .iter()
         .filter(|e| e.value.is_none() && !acked_deletes.contains(&e.revision))
-        .map(|e| e.key.clone())
         .collect();
+    let unexplained_delete_keys: std::collections::HashSet<String> =
+        unexplained.iter().map(|e| e.key.clone()).collect();
+    // Time bounds of revisions, from answered operations: the write at R was
+    // invoked before any operation carrying a revision above R returned, and
+    // every operation that returned before it was invoked carries a revision
+    // below R. An unknown delete is a candidate for event R only if both hold.
+    let mut by_rev: Vec<(i64, u64)> = history
+        .iter()
+        .filter(|o| o.result.status == Status::Ok)
+        .filter_map(|o| Some((o.result.revision?, o.ret?)))
+        .collect();
+    by_rev.sort_unstable();
+    let mut suffix_min_ret = vec![u64::MAX; by_rev.len() + 1];
+    for i in (0..by_rev.len()).rev() {
+        suffix_min_ret[i] = suffix_min_ret[i + 1].min(by_rev[i].1);
+    }
+    let returned_before_rev = |r: i64| {
+        // Earliest return of an operation carrying a revision above r.
+        let i = by_rev.partition_point(|(x, _)| *x <= r);
+        suffix_min_ret[i]
+    };
+    let mut by_ret: Vec<(u64, i64)> = by_rev.iter().map(|(r, t)| (*t, *r)).collect();
+    by_ret.sort_unstable();
+    let mut prefix_max_rev = vec![0i64; by_ret.len() + 1];
+    for i in 0..by_ret.len() {
+        prefix_max_rev[i + 1] = prefix_max_rev[i].max(by_ret[i].1);
+    }
+    let max_rev_returned_before = |t: u64| {
+        let i = by_ret.partition_point(|(x, _)| *x < t);
+        prefix_max_rev[i]
+    };
+    // Each unexplained delete event with exactly one candidate unknown
+    // delete pins that delete (it happened, at that revision).
+    let mut pinned: HashMap<u64, i64> = HashMap::new();
+    let mut ambiguous: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for e in &unexplained {
+        let cands: Vec<u64> = history
+            .iter()
+            .filter(|o| o.result.status == Status::Unknown)
+            .filter(|o| matches!(&o.op, Request::Delete { key } if *key == e.key))
+            .filter(|o| o.call < returned_before_rev(e.revision))
+            .filter(|o| max_rev_returned_before(o.call) < e.revision)
+            .map(|o| o.id)
+            .collect();
+        match cands.as_slice() {
+            [one] if !pinned.contains_key(one) => {
+                pinned.insert(*one, e.revision);
+            }
+            _ => {
+                ambiguous.insert(e.key.clone());
+            }
+        }
+    }
     let mut resolved = 0;
     for o in history.iter_mut() {
         if o.result.status != Status::Unknown {
@@ -223,7 +275,16 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         let value = match &o.op {
             Request::Put { value, .. } | Request::Cas { value, .. } => value.clone(),
             Request::Delete { key } => {
-                if complete && !unexplained_delete_keys.contains(key) {
+                if let Some(&r) = pinned.get(&o.id) {
+                    o.result.status = Status::Ok;
+                    o.result.revision = Some(r);
+                    o.result.deleted = Some(1);
+                    resolved += 1;
+                } else if complete
+                    && (!unexplained_delete_keys.contains(key) || !ambiguous.contains(key))
+                {
+                    // Every delete event of this key is explained: this
+                    // delete removed nothing or never happened.
                     o.result.status = Status::Fail;
                     resolved += 1;
                 }
