@@ -190,8 +190,9 @@ pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
 /// checks passed and the watcher saw past every acknowledged revision.
 /// A delete event does not name its writer, but one whose revision no
 /// acknowledged delete explains must come from an unknown delete of that
-/// key; so on a key with no unexplained delete event, no unknown delete
-/// happened. Returns how many operations were resolved.
+/// key: each such event is matched to one (see below), and the unknown
+/// deletes left over removed nothing. Returns how many operations were
+/// resolved.
 pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
     let last_event = events.last().map_or(0, |e| e.revision);
     let max_acked = history
@@ -214,8 +215,6 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         .iter()
         .filter(|e| e.value.is_none() && !acked_deletes.contains(&e.revision))
         .collect();
-    let unexplained_delete_keys: std::collections::HashSet<String> =
-        unexplained.iter().map(|e| e.key.clone()).collect();
     // Time bounds of revisions, from answered operations: the write at R was
     // invoked before any operation carrying a revision above R returned, and
     // every operation that returned before it was invoked carries a revision
@@ -245,25 +244,42 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         let i = by_ret.partition_point(|(x, _)| *x < t);
         prefix_max_rev[i]
     };
-    // Each unexplained delete event with exactly one candidate unknown
-    // delete pins that delete (it happened, at that revision).
+    // Every unexplained delete event needs an unknown delete of its key as
+    // its writer. The candidates for an event are the unknown deletes
+    // invoked early enough (both bounds above only cap the call time, and
+    // both grow with the revision), so candidate sets are nested and a
+    // greedy matching — events in revision order, each taking the
+    // earliest-invoked free candidate — is maximal. Which delete did it does
+    // not matter to the model (same key, same effect); only the call time
+    // does, and the earliest call is the most permissive choice. A key whose
+    // events cannot all be matched is left unresolved for the checker.
     let mut pinned: HashMap<u64, i64> = HashMap::new();
-    let mut ambiguous: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut unmatched: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut free: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
+    for o in history
+        .iter()
+        .filter(|o| o.result.status == Status::Unknown)
+    {
+        if let Request::Delete { key } = &o.op {
+            free.entry(key.as_str()).or_default().push((o.call, o.id));
+        }
+    }
+    for cands in free.values_mut() {
+        cands.sort_unstable();
+    }
     for e in &unexplained {
-        let cands: Vec<u64> = history
+        let cands = free.entry(e.key.as_str()).or_default();
+        let limit = returned_before_rev(e.revision);
+        let pick = cands
             .iter()
-            .filter(|o| o.result.status == Status::Unknown)
-            .filter(|o| matches!(&o.op, Request::Delete { key } if *key == e.key))
-            .filter(|o| o.call < returned_before_rev(e.revision))
-            .filter(|o| max_rev_returned_before(o.call) < e.revision)
-            .map(|o| o.id)
-            .collect();
-        match cands.as_slice() {
-            [one] if !pinned.contains_key(one) => {
-                pinned.insert(*one, e.revision);
+            .position(|&(call, _)| call < limit && max_rev_returned_before(call) < e.revision);
+        match pick {
+            Some(i) => {
+                let (_, id) = cands.remove(i);
+                pinned.insert(id, e.revision);
             }
-            _ => {
-                ambiguous.insert(e.key.clone());
+            None => {
+                unmatched.insert(e.key.clone());
             }
         }
     }
@@ -280,11 +296,9 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
                     o.result.revision = Some(r);
                     o.result.deleted = Some(1);
                     resolved += 1;
-                } else if complete
-                    && (!unexplained_delete_keys.contains(key) || !ambiguous.contains(key))
-                {
-                    // Every delete event of this key is explained: this
-                    // delete removed nothing or never happened.
+                } else if complete && !unmatched.contains(key) {
+                    // Every delete event of this key is explained without
+                    // it: it removed nothing or never happened.
                     o.result.status = Status::Fail;
                     resolved += 1;
                 }
@@ -311,4 +325,92 @@ pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
         }
     }
     resolved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_check::Outcome;
+
+    fn op(id: u64, call: u64, ret: Option<u64>, op: Request, result: Outcome) -> Operation {
+        Operation {
+            id,
+            client: id,
+            call,
+            ret,
+            op,
+            result,
+        }
+    }
+
+    fn put(id: u64, call: u64, ret: u64, value: &str, rev: i64) -> Operation {
+        let mut r = Outcome::of(Status::Ok);
+        r.revision = Some(rev);
+        let req = Request::Put {
+            key: "k".into(),
+            value: value.into(),
+        };
+        op(id, call, Some(ret), req, r)
+    }
+
+    fn unknown_delete(id: u64, call: u64) -> Operation {
+        let req = Request::Delete { key: "k".into() };
+        op(id, call, None, req, Outcome::of(Status::Unknown))
+    }
+
+    fn event(revision: i64, value: Option<&str>) -> Seen {
+        Seen {
+            revision,
+            key: "k".into(),
+            value: value.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn unknown_deletes_are_matched_to_unexplained_delete_events() {
+        // put@2, two unknown deletes (calls 15 and 12), delete event @3,
+        // put@4, delete event @5 — both deletes happened; the earlier-called
+        // one takes the earlier event.
+        let mut h = vec![
+            put(1, 0, 10, "a", 2),
+            unknown_delete(2, 15),
+            unknown_delete(3, 12),
+            put(4, 20, 30, "b", 4),
+            put(5, 40, 50, "c", 6),
+        ];
+        let events = [
+            event(2, Some("a")),
+            event(3, None),
+            event(4, Some("b")),
+            event(5, None),
+            event(6, Some("c")),
+        ];
+        assert_eq!(resolve_unknown(&mut h, &events), 2);
+        assert_eq!(h[2].result.revision, Some(3));
+        assert_eq!(h[1].result.revision, Some(5));
+        assert!(h[1..3].iter().all(|o| o.result.status == Status::Ok));
+        let verdict = cairn_check::check(&h, 1_000);
+        assert!(
+            matches!(verdict, cairn_check::Verdict::Ok { operations: 5, .. }),
+            "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_deletes_without_events_did_nothing_and_unmatched_events_stay_unknown() {
+        // A delete event @3 but the only unknown delete was invoked after a
+        // write at 4 returned: it cannot be the writer, so the key stays
+        // unresolved; with no delete event at all it resolves as no effect.
+        let mut h = vec![
+            put(1, 0, 10, "a", 2),
+            put(2, 20, 30, "b", 4),
+            unknown_delete(3, 35),
+        ];
+        let events = [event(2, Some("a")), event(3, None), event(4, Some("b"))];
+        assert_eq!(resolve_unknown(&mut h, &events), 0);
+        assert_eq!(h[2].result.status, Status::Unknown);
+        let events = [event(2, Some("a")), event(4, Some("b"))];
+        assert_eq!(resolve_unknown(&mut h, &events), 1);
+        assert_eq!(h[2].result.status, Status::Fail);
+    }
 }
