@@ -3,32 +3,49 @@
 #   1. in-process cluster, every in-process fault (partitions, message loss,
 #      crash-restart of a node and of the leader);
 #   2. `cairn serve` processes, every process fault (SIGKILL of a node, of
-#      the leader, of all nodes at once; SIGSTOP pauses);
-#   3. the planted bug (linearizable reads without read-index, feature
-#      `planted-stale-read`, built into its own target dir) must be caught
-#      on every seed tried.
+#      the leader, of all nodes at once; SIGSTOP pauses; restarts with a
+#      crash point armed inside the node);
+#   3. every named regression scenario (one per etcd bug class), briefly;
+#   4. the planted bug (linearizable reads without read-index, feature
+#      `planted-stale-read`) must be caught on every seed tried.
 # Each run records a history, checks linearizability and the watch
 # guarantees, and fails on any violation. Reproduce a run with its --seed.
+# Test builds (crash points, the planted bug) share target/robustness; each
+# binary is copied out before the next build replaces it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RUST_BACKTRACE=0
 DURATION=${DURATION:-20s}
+SCENARIO_DURATION=${SCENARIO_DURATION:-10s}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
+export CARGO_TARGET_DIR=target/robustness
+mkdir -p "$CARGO_TARGET_DIR"
 
-cargo build -q -p cairn
-BIN=target/debug/cairn
+cargo build -q -p cairn --features failpoints
+BIN=$CARGO_TARGET_DIR/cairn-failpoints
+cp "$CARGO_TARGET_DIR/debug/cairn" "$BIN"
 echo "== in-process, all faults"
 $BIN torture --duration "$DURATION" --seed 11 --nemesis all --history "$OUT/h11.jsonl"
-echo "== processes, all faults"
+echo "== processes, all faults (crash points included)"
 $BIN torture --duration "$DURATION" --seed 12 --cluster process --nemesis all --history "$OUT/h12.jsonl"
 # The recorded history checks the same way from the command line.
 $BIN check linearizable "$OUT/h12.resolved.jsonl"
 
+seed=30
+for scenario in $($BIN torture --scenario list | awk '/^[a-z]/ {print $1}'); do
+  seed=$((seed + 1))
+  echo "== scenario $scenario (seed $seed)"
+  $BIN torture --duration "$SCENARIO_DURATION" --seed "$seed" --scenario "$scenario" \
+    --history "$OUT/s$seed.jsonl" | grep -v "fault at"
+done
+
 echo "== planted bug: stale linearizable reads must be caught"
-CARGO_TARGET_DIR=target/planted cargo build -q -p cairn --features planted-stale-read
+cargo build -q -p cairn --features planted-stale-read
+PLANTED=$CARGO_TARGET_DIR/cairn-planted
+cp "$CARGO_TARGET_DIR/debug/cairn" "$PLANTED"
 for seed in 21 22 23; do
-  if target/planted/debug/cairn torture --duration 10s --seed "$seed" --nemesis partition \
+  if $PLANTED torture --duration 10s --seed "$seed" --nemesis partition \
       --history "$OUT/p$seed.jsonl" > "$OUT/p$seed.log" 2>&1; then
     cat "$OUT/p$seed.log"
     echo "FAIL: planted bug not caught with seed $seed"

@@ -29,6 +29,7 @@
 
 mod codec;
 mod error;
+pub mod failpoints;
 mod log_store;
 pub mod network;
 pub mod snapshot_file;

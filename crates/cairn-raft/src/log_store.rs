@@ -53,10 +53,15 @@ impl LogWriter {
                     group.push(more);
                 }
                 let e = engine.clone();
-                let res = tokio::task::spawn_blocking(move || e.sync())
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+                let res = tokio::task::spawn_blocking(move || {
+                    fail::fail_point!(crate::failpoints::BEFORE_LOG_FSYNC);
+                    let r = e.sync();
+                    fail::fail_point!(crate::failpoints::AFTER_LOG_FSYNC);
+                    r
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
                 s.syncs.fetch_add(1, Ordering::Relaxed);
                 s.appends.fetch_add(group.len() as u64, Ordering::Relaxed);
                 for cb in group {

@@ -74,6 +74,8 @@ impl SnapshotDir {
         let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
         write_all(&mut w, applied, data)?;
         let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+        // The data is written, not yet durable or renamed into place.
+        fail::fail_point!(crate::failpoints::SNAPSHOT_BUILD);
         f.sync_all().map_err(io)?;
         drop(f);
         let path = self.path(region);

@@ -245,6 +245,7 @@ impl StateMachine {
             Command::Compact { revision } => {
                 match cairn_mvcc::compact(engine, revision, state.revisions()) {
                     Ok((batch, revs)) => {
+                        fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
                         state.compacted_revision = revs.compacted;
                         Ok((
                             batch,
@@ -392,6 +393,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);
+            fail::fail_point!(crate::failpoints::BEFORE_APPLY);
             batch.put(
                 apply_key(self.shared.region),
                 encode(&next).map_err(sm_err)?,
@@ -400,6 +402,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .engine
                 .write(batch, Durability::Buffered)
                 .map_err(sm_err)?;
+            fail::fail_point!(crate::failpoints::AFTER_APPLY);
+            if matches!(reply, Reply::Compacted { .. }) {
+                fail::fail_point!(crate::failpoints::COMPACT_AFTER_APPLY);
+            }
             let resolved = next.current_revision;
             *state = next;
             drop(state);
@@ -453,6 +459,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?
         .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        fail::fail_point!(crate::failpoints::SNAPSHOT_INSTALL);
         let mut state = self.shared.applied.write();
         batch.put(
             apply_key(self.shared.region),

@@ -9,6 +9,8 @@ pub struct ProcessCluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     initial: String,
+    /// Extra `cairn serve` arguments for every member.
+    extra_args: Vec<String>,
     members: Vec<Member>,
 }
 
@@ -31,6 +33,12 @@ fn free_port() -> u16 {
 impl ProcessCluster {
     /// Starts `n` members of a new cluster using binary `bin`.
     pub fn start(bin: &Path, n: usize) -> Self {
+        Self::start_with(bin, n, &[])
+    }
+
+    /// Starts `n` members passing `extra_args` to every `cairn serve`
+    /// (e.g. `--snapshot-count 100`).
+    pub fn start_with(bin: &Path, n: usize, extra_args: &[String]) -> Self {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("p{}", i + 1),
@@ -49,15 +57,16 @@ impl ProcessCluster {
             bin: bin.to_path_buf(),
             dir: tempfile::tempdir().expect("tempdir"),
             initial,
+            extra_args: extra_args.to_vec(),
             members,
         };
         for i in 0..n {
-            c.spawn(i, "new");
+            c.spawn(i, "new", &[]);
         }
         c
     }
 
-    fn spawn(&mut self, i: usize, state: &str) {
+    fn spawn(&mut self, i: usize, state: &str, env: &[(&str, &str)]) {
         let dir = self.dir.path().to_path_buf();
         let m = &mut self.members[i];
         m.starts += 1;
@@ -81,6 +90,8 @@ impl ProcessCluster {
             ])
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-state", state])
+            .args(&self.extra_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -164,11 +175,31 @@ impl ProcessCluster {
 
     /// Restarts a killed member `i` on its data dir.
     pub fn restart(&mut self, i: usize) {
+        self.restart_with_env(i, &[]);
+    }
+
+    /// Restarts a killed member `i` with extra environment variables (e.g.
+    /// `FAILPOINTS` for a build with crash points).
+    pub fn restart_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         assert!(
             self.members[i].child.is_none(),
             "restart of a running member"
         );
-        self.spawn(i, "existing");
+        self.spawn(i, "existing", env);
+    }
+
+    /// True (and the process reaped) if member `i` has exited by itself —
+    /// e.g. died at an armed crash point.
+    pub fn reap_exited(&mut self, i: usize) -> bool {
+        let m = &mut self.members[i];
+        let exited = m
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited {
+            m.child = None;
+        }
+        exited
     }
 
     /// The collected stderr of every run of every member (for failure reports).

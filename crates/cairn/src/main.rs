@@ -51,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = arm_failpoints();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -63,4 +65,20 @@ fn main() -> anyhow::Result<()> {
             Cmd::Check(a) => torture::check(a),
         }
     })
+}
+
+/// Test builds (`--features failpoints`): arms the crash points named in
+/// `FAILPOINTS` (see `cairn_raft::failpoints`). A point's `panic` must kill
+/// the node like a SIGKILL at that instant, not just the task it ran in, so
+/// when points are armed every panic aborts the process.
+#[cfg(feature = "failpoints")]
+fn arm_failpoints() -> Option<fail::FailScenario<'static>> {
+    let armed = std::env::var("FAILPOINTS").ok()?;
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+    tracing::warn!(%armed, "crash points armed");
+    Some(fail::FailScenario::setup())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use cairn_check::Verdict;
-use cairn_testkit::torture::{self, Fault};
+use cairn_testkit::torture::{self, scenario, Fault};
 use clap::{Args, Subcommand, ValueEnum};
 
 /// Which cluster a torture run uses.
@@ -48,6 +48,16 @@ pub struct TortureArgs {
     /// Where to write the history (default: cairn-torture-SEED.jsonl in the temp dir).
     #[arg(long)]
     pub history: Option<PathBuf>,
+    /// Compact this often, just past the watcher's last event (0s: never).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub compact_every: Duration,
+    /// Snapshot every this many log entries (etcd's --snapshot-count).
+    #[arg(long, default_value_t = 1_000)]
+    pub snapshot_count: u64,
+    /// A named regression scenario (sets --cluster, --nemesis,
+    /// --compact-every, --snapshot-count); `list` shows them.
+    #[arg(long)]
+    pub scenario: Option<String>,
 }
 
 /// `cairn check ...`.
@@ -71,7 +81,31 @@ pub enum CheckWhat {
 }
 
 /// Runs `cairn torture`.
-pub async fn run(a: TortureArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
+    if let Some(name) = &a.scenario {
+        if name == "list" {
+            for s in scenario::ALL {
+                let cluster = if s.process { "processes" } else { "in-process" };
+                println!(
+                    "{:<36} {cluster}, nemesis {}\n{:<36} guards: {}",
+                    s.name, s.nemesis, "", s.guards
+                );
+            }
+            return Ok(());
+        }
+        let Some(s) = scenario::find(name) else {
+            bail!("unknown scenario {name:?} (`--scenario list` shows them)");
+        };
+        eprintln!("scenario {}: {}", s.name, s.guards);
+        a.cluster = if s.process {
+            ClusterKind::Process
+        } else {
+            ClusterKind::Inprocess
+        };
+        a.nemesis = s.nemesis.to_string();
+        a.compact_every = s.compact_every.unwrap_or_default();
+        a.snapshot_count = s.snapshot_count;
+    }
     let process = a.cluster == ClusterKind::Process;
     let faults = Fault::parse_list(&a.nemesis, process).map_err(anyhow::Error::msg)?;
     let seed = a.seed.unwrap_or_else(|| {
@@ -87,14 +121,14 @@ pub async fn run(a: TortureArgs) -> anyhow::Result<()> {
         a.duration, a.nodes, a.cluster, a.clients, a.keys, faults
     );
     let cfg = torture::Config {
-        duration: a.duration,
-        seed,
-        faults,
         nodes: a.nodes,
         clients: a.clients,
         keys: a.keys,
         process_bin: process.then(std::env::current_exe).transpose()?,
         history: Some(history.clone()),
+        compact_every: (!a.compact_every.is_zero()).then_some(a.compact_every),
+        snapshot_count: a.snapshot_count,
+        ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;
     print!("{}", report.summary());

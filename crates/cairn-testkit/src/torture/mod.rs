@@ -10,11 +10,16 @@
 //! seed, so a failing run is rerun with `--seed`.
 
 pub mod nemesis;
+pub mod scenario;
 pub mod watch_check;
 pub mod workload;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::CompactionRequest;
 
 use cairn_check::{Operation, Status, Verdict};
 
@@ -34,6 +39,31 @@ pub struct Config {
     /// Where to write the history (JSON lines); the history with lost
     /// answers resolved from watch events goes beside it (`.resolved.jsonl`).
     pub history: Option<PathBuf>,
+    /// Compact this often (to just past the watcher's last event, so a
+    /// resumed watch starts exactly at the compaction revision); `None`: never.
+    pub compact_every: Option<Duration>,
+    /// Nodes snapshot (and purge their log) every this many entries, so
+    /// snapshot build and install happen during a run.
+    pub snapshot_count: u64,
+}
+
+impl Config {
+    /// The defaults of `cairn torture`: 3 in-process nodes, 6 clients on 8
+    /// keys, compaction every 2 s, snapshots every 1,000 entries.
+    pub fn new(duration: Duration, seed: u64, faults: Vec<Fault>) -> Self {
+        Config {
+            duration,
+            seed,
+            faults,
+            nodes: 3,
+            clients: 6,
+            keys: 8,
+            process_bin: None,
+            history: None,
+            compact_every: Some(Duration::from_secs(2)),
+            snapshot_count: 1_000,
+        }
+    }
 }
 
 /// What a run found.
@@ -51,6 +81,9 @@ pub struct Report {
     pub watch: Result<(), String>,
     pub events: usize,
     pub watch_resumes: u32,
+    /// Compactions that succeeded, and the last compaction revision.
+    pub compactions: usize,
+    pub compacted_to: i64,
 }
 
 impl Report {
@@ -62,15 +95,17 @@ impl Report {
     /// A human summary.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "operations: {} (ok {}, unknown {} of which {} resolved from watch events, failed {}), faults injected: {}, watch events: {} (resumed {} times)\n",
+            "operations: {} (ok {}, unknown {} of which {} resolved from watch events, failed {}), faults injected: {}, watch events: {} (resumed {} times), compactions: {} (last at revision {})\n",
             self.operations,
             self.ok,
             self.unknown,
             self.resolved,
             self.failed,
-            self.faults.len(),
+            self.faults.iter().filter(|(_, f)| !f.starts_with(nemesis::NOTE)).count(),
             self.events,
-            self.watch_resumes
+            self.watch_resumes,
+            self.compactions,
+            self.compacted_to,
         );
         for (t, f) in &self.faults {
             s += &format!("  fault at {t} ms: {f}\n");
@@ -93,8 +128,8 @@ impl Report {
 /// Runs one robustness run.
 pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let mut target = match &cfg.process_bin {
-        Some(bin) => Target::process(bin, cfg.nodes).await,
-        None => Target::in_process(cfg.nodes).await,
+        Some(bin) => Target::process(bin, cfg.nodes, cfg.snapshot_count).await,
+        None => Target::in_process(cfg.nodes, cfg.snapshot_count).await,
     };
     let endpoints = target.endpoints();
     let epoch = Instant::now();
@@ -114,7 +149,22 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         )));
     }
     drop(tx);
-    let watcher = tokio::spawn(watch_check::follow(endpoints.clone(), "key", deadline));
+    let progress = Arc::new(AtomicI64::new(0));
+    let watcher = tokio::spawn(watch_check::follow(
+        endpoints.clone(),
+        "key",
+        deadline,
+        progress.clone(),
+    ));
+    let compactor = cfg.compact_every.map(|every| {
+        tokio::spawn(compactor(
+            endpoints.clone(),
+            every,
+            cfg.seed,
+            progress,
+            deadline,
+        ))
+    });
     let faults = nemesis::run(&mut target, &cfg.faults, cfg.seed, epoch, deadline).await;
     for c in clients {
         c.await?;
@@ -124,7 +174,12 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         history.push(op);
     }
     history.sort_by_key(|o| (o.call, o.id));
-    let (events, watch_resumes) = watcher.await?;
+    let (compactions, compacted_to) = match compactor {
+        Some(c) => c.await?,
+        None => (0, 0),
+    };
+    let followed = watcher.await?;
+    let (events, watch_resumes) = (followed.events, followed.resumes);
     target.shutdown().await;
     if let Some(p) = &cfg.history {
         let text: String = history
@@ -132,6 +187,19 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             .map(|o| cairn_check::history::line(o) + "\n")
             .collect();
         std::fs::write(p, text)?;
+        // And the watch events, one `revision key value|null` per line.
+        let text: String = events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}\n",
+                    e.revision,
+                    e.key,
+                    e.value.as_deref().unwrap_or("null")
+                )
+            })
+            .collect();
+        std::fs::write(p.with_extension("events.txt"), text)?;
     }
     let count = |s: Status| history.iter().filter(|o| o.result.status == s).count();
     let (operations, ok, unknown, failed) = (
@@ -140,7 +208,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         count(Status::Unknown),
         count(Status::Fail),
     );
-    let watch = watch_check::check(&events, &history);
+    let watch = match followed.compacted {
+        Some(e) => Err(e),
+        None => watch_check::check(&events, &history),
+    };
     // With complete, valid events, lost answers are resolved from them.
     let resolved = if watch.is_ok() {
         watch_check::resolve_unknown(&mut history, &events)
@@ -171,5 +242,46 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         watch,
         events: events.len(),
         watch_resumes,
+        compactions,
+        compacted_to,
     })
+}
+
+/// Every `every` (±50%), compacts at the watcher's last revision + 1
+/// through a random node: history the watcher has not seen is never
+/// compacted, and a watch it resumes starts right at the compaction
+/// revision — where etcd once lost or duplicated events. Returns how many
+/// compactions succeeded and the last revision compacted to. (Failures —
+/// a node down, a revision not yet written — are expected and ignored.)
+async fn compactor(
+    endpoints: Vec<String>,
+    every: Duration,
+    seed: u64,
+    progress: Arc<AtomicI64>,
+    deadline: Instant,
+) -> (usize, i64) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0_4ac7);
+    let (mut done, mut last) = (0, 0);
+    let half = every.as_millis() as u64 / 2;
+    loop {
+        let pause = Duration::from_millis(half + rng.u64(0..=2 * half));
+        if Instant::now() + pause >= deadline {
+            return (done, last);
+        }
+        tokio::time::sleep(pause).await;
+        let rev = progress.load(Ordering::Relaxed) + 1;
+        if rev <= last + 1 {
+            continue;
+        }
+        let mut kv = crate::kv::connect(&endpoints[rng.usize(0..endpoints.len())]).await;
+        let req = CompactionRequest {
+            revision: rev,
+            physical: rng.bool(),
+        };
+        let call = tokio::time::timeout(Duration::from_secs(3), kv.compact(req));
+        if let Ok(Ok(_)) = call.await {
+            done += 1;
+            last = rev;
+        }
+    }
 }

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cairn_raft::failpoints;
 use cairn_store::DATA_REGION;
 
 use crate::{InProcessCluster, ProcessCluster};
@@ -26,6 +27,11 @@ pub enum Fault {
     CrashAll,
     /// SIGSTOP a random node, later SIGCONT (processes).
     Pause,
+    /// Restart a random node with a crash point armed (one of
+    /// `cairn_raft::failpoints::ALL`, or the one named): it dies when it
+    /// reaches the point the k-th time; healing restarts it unarmed
+    /// (processes of a `--features failpoints` build).
+    Failpoint(Option<&'static str>),
 }
 
 impl Fault {
@@ -34,12 +40,17 @@ impl Fault {
         let mut out = Vec::new();
         for name in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
             match name {
-                "all" if process => out.extend([
-                    Fault::Crash,
-                    Fault::CrashLeader,
-                    Fault::CrashAll,
-                    Fault::Pause,
-                ]),
+                "all" if process => {
+                    out.extend([
+                        Fault::Crash,
+                        Fault::CrashLeader,
+                        Fault::CrashAll,
+                        Fault::Pause,
+                    ]);
+                    if failpoints::COMPILED {
+                        out.push(Fault::Failpoint(None));
+                    }
+                }
                 "all" => out.extend([
                     Fault::Partition,
                     Fault::PartitionLeader,
@@ -55,6 +66,17 @@ impl Fault {
                 "crash-leader" | "kill-leader" => out.push(Fault::CrashLeader),
                 "crash-all" | "kill-all" => out.push(Fault::CrashAll),
                 "pause" => out.push(Fault::Pause),
+                "failpoint" => out.push(Fault::Failpoint(None)),
+                other if other.starts_with("failpoint:") => {
+                    let name = &other["failpoint:".len()..];
+                    let Some(known) = failpoints::ALL.iter().find(|n| **n == name) else {
+                        return Err(format!(
+                            "unknown crash point {name:?}; known: {}",
+                            failpoints::ALL.join(", ")
+                        ));
+                    };
+                    out.push(Fault::Failpoint(Some(known)));
+                }
                 other => return Err(format!("unknown nemesis {other:?}")),
             }
         }
@@ -63,6 +85,14 @@ impl Fault {
                 Fault::Partition | Fault::PartitionLeader | Fault::Drop => !process,
                 Fault::CrashAll | Fault::Pause => process,
                 Fault::Crash | Fault::CrashLeader => true,
+                Fault::Failpoint(_) => {
+                    if !failpoints::COMPILED {
+                        return Err(
+                            "nemesis failpoint needs a build with `--features failpoints`".into(),
+                        );
+                    }
+                    process
+                }
             };
             if !ok {
                 return Err(format!(
@@ -86,16 +116,17 @@ pub enum Target {
 }
 
 impl Target {
-    /// `n` in-process nodes.
-    pub async fn in_process(n: usize) -> Self {
-        let c = InProcessCluster::start(n).await;
+    /// `n` in-process nodes snapshotting every `snapshot_count` entries.
+    pub async fn in_process(n: usize, snapshot_count: u64) -> Self {
+        let c = InProcessCluster::start_with(n, snapshot_count, Default::default()).await;
         c.wait_leader(DATA_REGION).await;
         Target::InProcess(c)
     }
 
     /// `n` `cairn serve` processes from `bin`, once they serve.
-    pub async fn process(bin: &Path, n: usize) -> Self {
-        let c = ProcessCluster::start(bin, n);
+    pub async fn process(bin: &Path, n: usize, snapshot_count: u64) -> Self {
+        let args = ["--snapshot-count".to_string(), snapshot_count.to_string()];
+        let c = ProcessCluster::start_with(bin, n, &args);
         let t = Target::Process(c);
         let deadline = Instant::now() + Duration::from_secs(20);
         while t.leader().await.is_none() && Instant::now() < deadline {
@@ -155,6 +186,7 @@ impl Target {
                 }
             }
             Target::Process(c) => {
+                c.reap_exited(i);
                 if c.pid(i).is_none() {
                     c.restart(i)
                 }
@@ -198,11 +230,30 @@ impl Target {
                 c.signal(random, "STOP");
                 (format!("pause node {random}"), vec![random])
             }
+            (Fault::Failpoint(point), Target::Process(c)) => {
+                let name =
+                    point.unwrap_or_else(|| failpoints::ALL[rng.usize(0..failpoints::ALL.len())]);
+                // Frequent points die after some passes; rare ones (a
+                // compaction, a snapshot) at the first.
+                let passes = match name {
+                    failpoints::BEFORE_LOG_FSYNC
+                    | failpoints::AFTER_LOG_FSYNC
+                    | failpoints::BEFORE_APPLY
+                    | failpoints::AFTER_APPLY => rng.u32(0..50),
+                    _ => 0,
+                };
+                let armed = format!("{name}={passes}*off->panic");
+                c.kill(random);
+                c.restart_with_env(random, &[("FAILPOINTS", &armed)]);
+                (format!("node {random} armed {armed}"), vec![random])
+            }
             (f, _) => (format!("{f:?} not supported here (skipped)"), vec![]),
         }
     }
 
-    async fn heal(&mut self, f: Fault, nodes: &[usize]) {
+    /// Undoes `f`; returns what healing found (a node that died at its
+    /// armed crash point).
+    async fn heal(&mut self, f: Fault, nodes: &[usize]) -> Option<String> {
         match (f, &mut *self) {
             (Fault::Partition | Fault::PartitionLeader, Target::InProcess(c)) => c.heal(),
             (Fault::Drop, Target::InProcess(c)) => c.drop_messages(0),
@@ -211,12 +262,26 @@ impl Target {
                     c.signal(i, "CONT");
                 }
             }
+            (Fault::Failpoint(_), Target::Process(c)) => {
+                // Dead at the point, or never reached it: restart unarmed.
+                let mut died = Vec::new();
+                for &i in nodes {
+                    if c.reap_exited(i) {
+                        died.push(i);
+                    }
+                    c.kill(i);
+                    c.restart(i);
+                }
+                return (!died.is_empty())
+                    .then(|| format!("{NOTE}node(s) {died:?} died at the crash point, restarted"));
+            }
             _ => {
                 for &i in nodes {
                     self.recover(i).await;
                 }
             }
         }
+        None
     }
 
     /// Stops everything.
@@ -232,6 +297,9 @@ impl Target {
         }
     }
 }
+
+/// Log lines that note what a fault did rather than inject one start so.
+pub const NOTE: &str = "-> ";
 
 /// Injects faults from `faults` until `deadline`; leaves the cluster healed.
 pub async fn run(
@@ -250,9 +318,16 @@ pub async fn run(
         let f = faults[rng.usize(0..faults.len())];
         let (what, nodes) = target.inject(f, &mut rng).await;
         log.push((epoch.elapsed().as_millis() as u64, what));
-        let hold = ms(&mut rng, 500, 2500).min(deadline.saturating_duration_since(Instant::now()));
+        // An armed node first restarts and catches up: give it longer.
+        let hold = match f {
+            Fault::Failpoint(_) => ms(&mut rng, 3000, 6000),
+            _ => ms(&mut rng, 500, 2500),
+        };
+        let hold = hold.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(hold).await;
-        target.heal(f, &nodes).await;
+        if let Some(note) = target.heal(f, &nodes).await {
+            log.push((epoch.elapsed().as_millis() as u64, note));
+        }
         tokio::time::sleep(ms(&mut rng, 500, 1500)).await;
     }
     let left = deadline.saturating_duration_since(Instant::now());

@@ -1,0 +1,84 @@
+//! Named regression scenarios: one per class of bug etcd's robustness
+//! suite found in etcd, each a torture configuration aimed at the fault
+//! and timing that exposed it. `cairn torture --scenario NAME` runs one;
+//! CI runs each briefly (`tests/robustness/run.sh`).
+
+use std::time::Duration;
+
+/// One scenario.
+#[derive(Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// The etcd bug class it guards against.
+    pub guards: &'static str,
+    /// A cluster of `cairn serve` processes (else in-process nodes).
+    pub process: bool,
+    /// The nemesis list (as `--nemesis` takes it).
+    pub nemesis: &'static str,
+    pub compact_every: Option<Duration>,
+    pub snapshot_count: u64,
+}
+
+impl Scenario {
+    /// True when it arms crash points (needs `--features failpoints`).
+    pub fn needs_failpoints(&self) -> bool {
+        self.nemesis.contains("failpoint")
+    }
+}
+
+/// Every scenario.
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "lost-write-after-crash",
+        guards: "acknowledged writes lost when a node crashes around log fsync or apply (etcd's single-node durability bug)",
+        process: true,
+        nemesis: "kill,kill-all,failpoint:raft-before-log-fsync,failpoint:raft-after-log-fsync,failpoint:raft-before-apply,failpoint:raft-after-apply",
+        compact_every: Some(Duration::from_secs(2)),
+        snapshot_count: 1_000,
+    },
+    Scenario {
+        name: "revision-after-crash-in-compaction",
+        guards: "revision going backwards after a crash during compaction",
+        process: true,
+        nemesis: "kill-all,failpoint:mvcc-compact-before-apply,failpoint:mvcc-compact-after-apply",
+        compact_every: Some(Duration::from_millis(300)),
+        snapshot_count: 1_000,
+    },
+    Scenario {
+        name: "crash-in-snapshot",
+        guards: "state lost or doubled when a node dies building or installing a snapshot",
+        process: true,
+        nemesis: "kill,failpoint:raft-snapshot-build,failpoint:raft-snapshot-install",
+        compact_every: Some(Duration::from_secs(1)),
+        snapshot_count: 100,
+    },
+    Scenario {
+        name: "watch-at-compaction-revision",
+        guards: "watch events duplicated or missing at the compaction revision",
+        process: false,
+        nemesis: "crash,crash-leader,partition",
+        compact_every: Some(Duration::from_millis(200)),
+        snapshot_count: 1_000,
+    },
+    Scenario {
+        name: "watch-after-partition",
+        guards: "a watch travelling back in time after a partition",
+        process: false,
+        nemesis: "partition-leader,partition,drop",
+        compact_every: Some(Duration::from_secs(1)),
+        snapshot_count: 1_000,
+    },
+    Scenario {
+        name: "stale-read-partitioned-member",
+        guards: "stale reads served by a partitioned member",
+        process: false,
+        nemesis: "partition,partition-leader",
+        compact_every: None,
+        snapshot_count: 1_000,
+    },
+];
+
+/// The scenario named `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
