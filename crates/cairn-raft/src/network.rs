@@ -49,6 +49,8 @@ pub struct Faults {
     /// Percentage (0–100) of messages to drop.
     drop_percent: AtomicU32,
     counter: AtomicU32,
+    /// Each message waits a pseudo-random 0..=this many ms before it goes.
+    delay_max_ms: AtomicU32,
 }
 
 impl Faults {
@@ -64,10 +66,31 @@ impl Faults {
             self.partition(node, *o);
         }
     }
-    /// Restores every link and stops dropping.
+    /// Restores every link, stops dropping and delaying.
     pub fn heal(&self) {
         self.cut.lock().clear();
         self.drop_percent.store(0, Ordering::Relaxed);
+        self.delay_max_ms.store(0, Ordering::Relaxed);
+    }
+    /// Delays every message by a pseudo-random 0..=`max_ms` ms (0: none).
+    pub fn delay(&self, max_ms: u32) {
+        self.delay_max_ms.store(max_ms, Ordering::Relaxed);
+    }
+    /// The gate every outgoing message passes: false if it must not be
+    /// delivered; otherwise true, after any injected delay.
+    pub async fn pass(&self, from: NodeId, to: NodeId) -> bool {
+        if self.blocks(from, to) {
+            return false;
+        }
+        let max = self.delay_max_ms.load(Ordering::Relaxed);
+        if max > 0 {
+            let n = self.counter.fetch_add(1, Ordering::Relaxed);
+            // A multiplicative hash spreads consecutive messages over 0..=max.
+            let ms =
+                (u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % (u64::from(max) + 1);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        true
     }
     /// Drops `percent`% of messages (deterministically spread).
     pub fn drop_percent(&self, percent: u32) {
@@ -144,7 +167,7 @@ impl PeerPool {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        if self.faults.blocks(self.me, target) {
+        if !self.faults.pass(self.me, target).await {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg(
                 "link cut by fault injection".into(),
             ))));

@@ -93,6 +93,15 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 /// gRPC framing allowance above `max_request_bytes` (etcd adds 512 KiB).
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
+/// HTTP/2 streams a peer may cancel before the server has accepted them
+/// (h2's rapid-reset guard) before the connection is closed. h2's default,
+/// 20, was reached under faults: every peer RPC that times out on a busy
+/// node is such a reset, and losing the connection then stalls every
+/// region on the link. Clients get a bound too, higher than the default
+/// for the same reason (requests with deadlines under load).
+const PEER_PENDING_RESETS: usize = 10_000;
+const CLIENT_PENDING_RESETS: usize = 1_000;
+
 /// Serves etcd's API on `listener` until `shutdown` resolves.
 pub async fn serve_client(
     ctx: Arc<Context>,
@@ -101,6 +110,7 @@ pub async fn serve_client(
 ) -> Result<(), tonic::transport::Error> {
     let max = ctx.limits.max_request_bytes + GRPC_OVERHEAD;
     tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
         .add_service(KvServer::new(kv::KvService::new(ctx.clone())).max_decoding_message_size(max))
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
@@ -127,6 +137,7 @@ pub async fn serve_peer(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
         .add_service(
             PeerServer::new(PeerService::new(node))
                 .max_decoding_message_size(usize::MAX)

@@ -61,7 +61,7 @@ pub async fn forward(
     region: u64,
     op: &ForwardOp,
 ) -> Result<ForwardOk> {
-    if pool.faults.blocks(pool.me(), target) {
+    if !pool.faults.pass(pool.me(), target).await {
         return Err(Error::NoLeader);
     }
     let addr = node_addr(raft, target).ok_or(Error::NoLeader)?;
@@ -89,7 +89,7 @@ pub async fn forward(
 
 /// Asks `target` (the meta leader) for `count` timestamps.
 pub async fn tso(pool: &Arc<PeerPool>, meta: &Raft, target: u64, count: u32) -> Result<i64> {
-    if pool.faults.blocks(pool.me(), target) {
+    if !pool.faults.pass(pool.me(), target).await {
         return Err(Error::NoLeader);
     }
     let addr = node_addr(meta, target).ok_or(Error::NoLeader)?;

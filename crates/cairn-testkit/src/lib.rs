@@ -284,6 +284,13 @@ impl InProcessCluster {
         }
     }
 
+    /// Delays every node's outgoing peer messages by 0..=`max_ms` ms.
+    pub fn delay_messages(&self, max_ms: u32) {
+        for t in self.nodes.iter().filter_map(|t| t.running.as_ref()) {
+            t.node.pool.faults.delay(max_ms);
+        }
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {

@@ -19,6 +19,8 @@ pub enum Fault {
     PartitionLeader,
     /// Drop 30% of all peer messages (in-process).
     Drop,
+    /// Delay every peer message by a random 0..=D ms, D in 20..400 (in-process).
+    Delay,
     /// Crash a random node and restart it (SIGKILL for processes).
     Crash,
     /// Crash the leader and restart it.
@@ -55,6 +57,7 @@ impl Fault {
                     Fault::Partition,
                     Fault::PartitionLeader,
                     Fault::Drop,
+                    Fault::Delay,
                     Fault::Crash,
                     Fault::CrashLeader,
                 ]),
@@ -62,6 +65,7 @@ impl Fault {
                 "partition" => out.push(Fault::Partition),
                 "partition-leader" => out.push(Fault::PartitionLeader),
                 "drop" => out.push(Fault::Drop),
+                "delay" => out.push(Fault::Delay),
                 "crash" | "kill" => out.push(Fault::Crash),
                 "crash-leader" | "kill-leader" => out.push(Fault::CrashLeader),
                 "crash-all" | "kill-all" => out.push(Fault::CrashAll),
@@ -82,7 +86,7 @@ impl Fault {
         }
         for f in &out {
             let ok = match f {
-                Fault::Partition | Fault::PartitionLeader | Fault::Drop => !process,
+                Fault::Partition | Fault::PartitionLeader | Fault::Drop | Fault::Delay => !process,
                 Fault::CrashAll | Fault::Pause => process,
                 Fault::Crash | Fault::CrashLeader => true,
                 Fault::Failpoint(_) => {
@@ -212,6 +216,11 @@ impl Target {
                 c.drop_messages(30);
                 ("drop 30% of peer messages".into(), vec![])
             }
+            (Fault::Delay, Target::InProcess(c)) => {
+                let max = rng.u32(20..400);
+                c.delay_messages(max);
+                (format!("delay peer messages by 0..{max} ms"), vec![])
+            }
             (Fault::Crash, _) => {
                 self.crash(random).await;
                 (format!("crash node {random}"), vec![random])
@@ -256,7 +265,7 @@ impl Target {
     async fn heal(&mut self, f: Fault, nodes: &[usize]) -> Option<String> {
         match (f, &mut *self) {
             (Fault::Partition | Fault::PartitionLeader, Target::InProcess(c)) => c.heal(),
-            (Fault::Drop, Target::InProcess(c)) => c.drop_messages(0),
+            (Fault::Drop | Fault::Delay, Target::InProcess(c)) => c.heal(),
             (Fault::Pause, Target::Process(c)) => {
                 for &i in nodes {
                     c.signal(i, "CONT");

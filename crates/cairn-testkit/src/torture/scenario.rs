@@ -64,7 +64,7 @@ pub const ALL: &[Scenario] = &[
         name: "watch-after-partition",
         guards: "a watch travelling back in time after a partition",
         process: false,
-        nemesis: "partition-leader,partition,drop",
+        nemesis: "partition-leader,partition,drop,delay",
         compact_every: Some(Duration::from_secs(1)),
         snapshot_count: 1_000,
     },
