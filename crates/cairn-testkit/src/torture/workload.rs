@@ -137,13 +137,19 @@ pub async fn execute(kv: &mut KvClient<Channel>, req: &Request) -> Outcome {
         Ok(Ok(o)) => o,
         Ok(Err(s)) => Outcome {
             error: Some(format!("{:?}: {}", s.code(), s.message())),
-            ..Outcome::of(failed)
+            // No connection, no request: even a write certainly failed.
+            ..Outcome::of(if never_sent(&s) { Status::Fail } else { failed })
         },
         Err(_) => Outcome {
             error: Some("client timeout".into()),
             ..Outcome::of(failed)
         },
     }
+}
+
+/// True when the client could not connect, so nothing was sent.
+fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
 }
 
 /// One client's loop: random operations on `keys` keys until `deadline`,
