@@ -111,6 +111,41 @@ pub async fn range(
     r
 }
 
+/// Sends one Txn per operation; `ops(client)` gives each client its
+/// builder of the Txn's success ops from its key generator and the
+/// operation's index. Returns the result named `name` with the key shape.
+async fn run_txns<M, B>(
+    g: &Global,
+    chans: &[Channel],
+    total: u64,
+    shape: &KeyShape,
+    rate: u64,
+    name: &str,
+    ops: M,
+) -> RunResult
+where
+    M: Fn(usize) -> B,
+    B: FnMut(&mut KeyGen, u64) -> Vec<RequestOp> + Send + 'static,
+{
+    let (rec, took) = driver::run(g.clients, total, rate, |c| {
+        let kv = KvClient::new(chans[c % chans.len()].clone());
+        let mut keys = KeyGen::new(shape, c as u64 + 1);
+        let mut build = ops(c);
+        move |i| {
+            let req = TxnRequest {
+                success: build(&mut keys, i),
+                ..Default::default()
+            };
+            let mut kv = kv.clone();
+            async move { kv.txn(req).await.map(|_| ()) }
+        }
+    })
+    .await;
+    let mut r = rec.result(name, took);
+    shape_params(&mut r, shape);
+    r
+}
+
 /// `txn-put`: a Txn with `txn_ops` puts in its success branch.
 pub async fn txn_put(
     g: &Global,
@@ -120,25 +155,15 @@ pub async fn txn_put(
     txn_ops: usize,
     rate: u64,
 ) -> RunResult {
-    let shape2 = shape.clone();
-    let (rec, took) = driver::run(g.clients, total, rate, |c| {
-        let kv = KvClient::new(chans[c % chans.len()].clone());
-        let mut keys = KeyGen::new(&shape2, c as u64 + 1);
-        move |i| {
-            let success = (0..txn_ops as u64)
-                .map(|j| put_op(keys.key(i * txn_ops as u64 + j), keys.value.clone()))
-                .collect();
-            let req = TxnRequest {
-                success,
-                ..Default::default()
-            };
-            let mut kv = kv.clone();
-            async move { kv.txn(req).await.map(|_| ()) }
+    let n = txn_ops as u64;
+    let mut r = run_txns(g, chans, total, shape, rate, "txn-put", |_| {
+        move |keys: &mut KeyGen, i| {
+            (0..n)
+                .map(|j| put_op(keys.key(i * n + j), keys.value.clone()))
+                .collect()
         }
     })
     .await;
-    let mut r = rec.result("txn-put", took);
-    shape_params(&mut r, shape);
     r.params.insert("txn_ops".into(), json!(txn_ops));
     r
 }
@@ -153,17 +178,13 @@ pub async fn txn_mixed(
     rw_ratio: f64,
     rate: u64,
 ) -> RunResult {
-    let shape2 = shape.clone();
     let serializable = g.consistency == Consistency::S;
     let read_share = rw_ratio / (rw_ratio + 1.0);
     let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reads2 = reads.clone();
-    let (rec, took) = driver::run(g.clients, total, rate, move |c| {
-        let kv = KvClient::new(chans[c % chans.len()].clone());
-        let mut keys = KeyGen::new(&shape2, c as u64 + 1);
+    let mut r = run_txns(g, chans, total, shape, rate, "txn-mixed", |c| {
         let mut coin = fastrand::Rng::with_seed(1000 + c as u64);
-        let reads = reads2.clone();
-        move |i| {
+        let reads = reads.clone();
+        move |keys: &mut KeyGen, i| {
             let key = keys.key(i);
             let op = if coin.f64() < read_share {
                 reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -177,17 +198,10 @@ pub async fn txn_mixed(
             } else {
                 put_op(key, keys.value.clone())
             };
-            let req = TxnRequest {
-                success: vec![op],
-                ..Default::default()
-            };
-            let mut kv = kv.clone();
-            async move { kv.txn(req).await.map(|_| ()) }
+            vec![op]
         }
     })
     .await;
-    let mut r = rec.result("txn-mixed", took);
-    shape_params(&mut r, shape);
     r.params.insert("rw_ratio".into(), json!(rw_ratio));
     r.extra.insert(
         "reads".into(),
