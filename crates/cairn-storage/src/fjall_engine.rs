@@ -20,7 +20,7 @@ use crate::{Error, Result};
 /// Memtable size per keyspace. fjall's default is 64 MiB each, and the hot
 /// keyspaces (Raft log, MVCC versions, latest index) fill together; 16 MiB
 /// keeps resident memory small for little extra flush work.
-const MAX_MEMTABLE_BYTES: u64 = 16 << 20;
+const MAX_MEMTABLE_BYTES: u64 = 32 << 20;
 
 /// An [`Engine`] on fjall.
 #[derive(Clone)]
