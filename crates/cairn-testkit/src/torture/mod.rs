@@ -4,10 +4,14 @@
 //! watch guarantees ([`watch_check`]).
 //!
 //! Clusters: in-process nodes (faults through the real peer transport's
-//! switchboard: partitions, message loss, crash-restart of a node) or
-//! `cairn serve` processes (SIGKILL of one node, of the leader, of all
-//! nodes at once; SIGSTOP/SIGCONT pauses). Everything random comes from one
-//! seed, so a failing run is rerun with `--seed`.
+//! switchboard: partitions, message loss and delay, crash-restart of a
+//! node) or `cairn serve` processes (SIGKILL of one node, of the leader, of
+//! all nodes at once; SIGSTOP/SIGCONT pauses; restarts with a crash point
+//! armed, in a `--features failpoints` build). Meanwhile a compactor
+//! compacts just behind the watcher and nodes snapshot often, so compaction,
+//! snapshot build and install all happen under faults. Named scenarios
+//! ([`scenario`]) aim this at etcd's known bug classes. Everything random
+//! comes from one seed, so a failing run is rerun with `--seed`.
 
 pub mod nemesis;
 pub mod scenario;

@@ -1,6 +1,7 @@
 //! The nemesis: faults injected into the cluster under test, one at a
-//! time, each held for a random 0.5–2.5 s and then healed, with random
-//! 0.5–1.5 s quiet gaps — all drawn from the run's seed.
+//! time, each held for a random 0.5–2.5 s (an armed crash point 3–6 s, so
+//! the restarted node gets there) and then healed, with random 0.5–1.5 s
+//! quiet gaps — all drawn from the run's seed.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
