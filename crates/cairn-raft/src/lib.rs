@@ -19,8 +19,10 @@
 //!   Snapshots are built from an engine snapshot and installed atomically.
 //! - [`network`]: openraft RPCs over the node-to-node gRPC `Peer` service,
 //!   one HTTP/2 connection per node pair shared by every region, with a
-//!   [`Faults`](network::Faults) switchboard that tests use to drop and
+//!   [`Faults`](network::Faults) switchboard that tests use to drop, delay and
 //!   partition traffic on the real transport.
+//! - [`failpoints`]: named crash points (log fsync, apply, snapshot,
+//!   compaction), compiled in only by the test feature `failpoints`.
 //!
 //! Invariants: apply is deterministic (same log ⇒ same bytes on every
 //! replica; revisions derive only from the command and the applied state);
