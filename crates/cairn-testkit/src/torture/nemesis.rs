@@ -265,8 +265,10 @@ impl Target {
     /// armed crash point).
     async fn heal(&mut self, f: Fault, nodes: &[usize]) -> Option<String> {
         match (f, &mut *self) {
-            (Fault::Partition | Fault::PartitionLeader, Target::InProcess(c)) => c.heal(),
-            (Fault::Drop | Fault::Delay, Target::InProcess(c)) => c.heal(),
+            (
+                Fault::Partition | Fault::PartitionLeader | Fault::Drop | Fault::Delay,
+                Target::InProcess(c),
+            ) => c.heal(),
             (Fault::Pause, Target::Process(c)) => {
                 for &i in nodes {
                     c.signal(i, "CONT");
