@@ -23,7 +23,8 @@ pub const AFTER_LOG_FSYNC: &str = "raft-after-log-fsync";
 pub const BEFORE_APPLY: &str = "raft-before-apply";
 /// An entry's effects are written; the client has not been answered.
 pub const AFTER_APPLY: &str = "raft-after-apply";
-/// A snapshot file is written but neither synced nor renamed into place.
+/// openraft is building a snapshot (to purge the log up to it): the view is
+/// taken, the engine not yet synced, the log not yet purged.
 pub const SNAPSHOT_BUILD: &str = "raft-snapshot-build";
 /// A received snapshot is about to replace the state (batch not written).
 pub const SNAPSHOT_INSTALL: &str = "raft-snapshot-install";

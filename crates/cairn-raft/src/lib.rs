@@ -16,7 +16,9 @@
 //!   regions; TSO windows, members and the region directory for the meta
 //!   region — writing each entry's effects *and* the applied log id in one
 //!   atomic batch, so a crash can never apply an entry twice or lose one.
-//!   Snapshots are built from an engine snapshot and installed atomically.
+//!   A snapshot is the engine made durable; its bytes are written from an
+//!   engine snapshot only when a follower must be sent them
+//!   ([`snapshot_data`]), and installed atomically.
 //! - [`network`]: openraft RPCs over the node-to-node gRPC `Peer` service,
 //!   one HTTP/2 connection per node pair shared by every region, with a
 //!   [`Faults`](network::Faults) switchboard that tests use to drop, delay and
@@ -34,6 +36,7 @@ mod error;
 pub mod failpoints;
 mod log_store;
 pub mod network;
+pub mod snapshot_data;
 pub mod snapshot_file;
 mod state_machine;
 mod types;

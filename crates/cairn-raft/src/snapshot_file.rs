@@ -1,8 +1,15 @@
-//! Snapshots as files, streamed: a region's snapshot is written record by
-//! record from an engine snapshot to `DIR/r{region}.snap` and sent to
-//! followers straight from that file, so building one costs disk, not
-//! memory. (They used to be one in-memory blob: with 1M keys of 256 B, RSS
-//! after a snapshot was 700 MB against 113 MB without one.)
+//! The snapshot file format, and the directory snapshot files live in.
+//!
+//! A region's state is already durable in the engine, so a Raft snapshot
+//! needs no copy of it on disk: "building" one (every `--snapshot-count`
+//! entries) only makes the engine durable up to the applied index so the
+//! log before it can be purged (see [`crate::snapshot_data`]). A file is
+//! written only when a lagging follower needs the state sent: streamed
+//! record by record from an engine snapshot to an unnamed temporary file,
+//! read back chunk by chunk by the sender, and gone when dropped. (Until
+//! 2026-11 every snapshot was a full copy written and fsynced to
+//! `r{region}.snap`: an O(data) write every 10,000 entries, which showed in
+//! the put p99 and doubled the disk footprint; see docs/benchmarks.md.)
 //!
 //! File format (all integers little-endian):
 //!
@@ -13,14 +20,12 @@
 //! u32 0xFFFF_FFFF                   end marker (a truncated file is an error)
 //! ```
 //!
-//! A build writes `*.tmp`, fsyncs, and renames over the previous file, so
-//! the latest snapshot is always whole. Received snapshots go to an
-//! unnamed temporary file in the same directory (gone when closed).
+//! Received snapshots go to an unnamed temporary file in the same
+//! directory too, so nothing is left behind by a crash.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 
 use crate::codec::{decode, encode};
 use crate::state_machine::Applied;
@@ -33,78 +38,46 @@ fn io(e: std::io::Error) -> Error {
     Error::Io(e.to_string())
 }
 
-/// Where one node keeps its regions' snapshot files.
+/// Where one node writes its (temporary) snapshot files.
 #[derive(Debug)]
 pub struct SnapshotDir {
     dir: PathBuf,
-    seq: AtomicU64,
 }
 
 impl SnapshotDir {
-    /// Uses (creating) `dir`; leftover `*.tmp` files of a crashed build are removed.
+    /// Uses (creating) `dir`. Files left by older versions (`*.tmp` of a
+    /// crashed build, `r{region}.snap` full copies) are removed.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io)?;
         for e in std::fs::read_dir(&dir).map_err(io)? {
             let p = e.map_err(io)?.path();
-            if p.extension().is_some_and(|x| x == "tmp") {
+            if p.extension().is_some_and(|x| x == "tmp" || x == "snap") {
                 let _ = std::fs::remove_file(&p);
             }
         }
-        Ok(Self {
-            dir,
-            seq: AtomicU64::new(0),
-        })
+        Ok(Self { dir })
     }
 
-    fn path(&self, region: u64) -> PathBuf {
-        self.dir.join(format!("r{region}.snap"))
-    }
-
-    /// Writes `region`'s snapshot: `applied` and every pair of `data`.
-    /// Returns the finished file, opened for reading at offset 0.
-    pub fn build(
+    /// Writes a snapshot of `applied` and every pair of `data` to a new
+    /// unnamed temporary file, returned positioned at offset 0. Not synced:
+    /// it only lives while it is being sent.
+    pub fn write(
         &self,
-        region: u64,
         applied: &Applied,
         data: impl Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u8>)>>,
     ) -> Result<File> {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("r{region}-{n}.tmp"));
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(io)?);
+        let mut w = BufWriter::with_capacity(1 << 20, self.receiving()?);
         write_all(&mut w, applied, data)?;
-        let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-        // The data is written, not yet durable or renamed into place.
-        fail::fail_point!(crate::failpoints::SNAPSHOT_BUILD);
-        f.sync_all().map_err(io)?;
-        drop(f);
-        let path = self.path(region);
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        sync_dir(&self.dir)?;
-        File::open(&path).map_err(io)
-    }
-
-    /// The latest built snapshot of `region`: its applied record and the
-    /// file opened at offset 0; `None` if none was built.
-    pub fn latest(&self, region: u64) -> Result<Option<(Applied, File)>> {
-        let mut f = match File::open(self.path(region)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(e)),
-        };
-        let applied = read_header(&mut BufReader::new(&mut f))?;
+        let mut f = w.into_inner().map_err(|e| io(e.into_error()))?;
         f.seek(SeekFrom::Start(0)).map_err(io)?;
-        Ok(Some((applied, f)))
+        Ok(f)
     }
 
     /// An unnamed temporary file to receive a snapshot into.
     pub fn receiving(&self) -> Result<File> {
         tempfile::tempfile_in(&self.dir).map_err(io)
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 fn put_u32(w: &mut impl Write, n: u32) -> Result<()> {
@@ -175,10 +148,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn build_then_read_round_trips_and_truncation_is_an_error() {
+    fn write_then_read_round_trips_and_truncation_is_an_error() {
         let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("r3.snap"), b"old full copy").unwrap();
+        std::fs::write(tmp.path().join("r3-0.tmp"), b"crashed build").unwrap();
         let dir = SnapshotDir::open(tmp.path()).unwrap();
-        assert!(dir.latest(3).unwrap().is_none());
         let applied = Applied {
             current_revision: 42,
             ..Default::default()
@@ -187,35 +161,23 @@ mod tests {
             (b"a".to_vec(), b"1".to_vec()),
             (b"b".to_vec(), vec![7u8; 70_000]),
         ];
-        dir.build(3, &applied, pairs.clone().into_iter().map(Ok))
+        let mut f = dir
+            .write(&applied, pairs.clone().into_iter().map(Ok))
             .unwrap();
-        let (head, mut f) = dir.latest(3).unwrap().unwrap();
-        assert_eq!(head.current_revision, 42);
         let mut got = Vec::new();
         let back = read(&mut f, |k, v| got.push((k, v))).unwrap();
         assert_eq!(back.current_revision, 42);
         assert_eq!(got, pairs);
 
-        // A rebuild replaces the file; a truncated copy fails to read.
-        let applied2 = Applied {
-            current_revision: 43,
-            ..Default::default()
-        };
-        dir.build(3, &applied2, std::iter::empty()).unwrap();
-        assert_eq!(dir.latest(3).unwrap().unwrap().0.current_revision, 43);
+        // A truncated copy fails to read.
         let mut whole = Vec::new();
-        File::open(tmp.path().join("r3.snap"))
-            .unwrap()
-            .read_to_end(&mut whole)
-            .unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_end(&mut whole).unwrap();
         let mut cut = dir.receiving().unwrap();
         cut.write_all(&whole[..whole.len() - 2]).unwrap();
         assert!(read(&mut cut, |_, _| {}).is_err());
-        // No temporary files are left behind.
-        let names: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("r3.snap")]);
+        // Nothing is left in the directory: old files were removed, the
+        // written and received files are unnamed.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 }

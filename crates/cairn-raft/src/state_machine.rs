@@ -8,7 +8,6 @@
 //! revisions that match.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use cairn_api::etcdserverpb::TxnRequest;
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::codec::{decode, encode};
+use crate::snapshot_data::{SnapshotData, Source};
 use crate::snapshot_file::{self, SnapshotDir};
 use crate::types::{Command, MemberInfo, RegionDesc, Reply};
 use crate::{NodeId, TypeConfig};
@@ -312,13 +312,6 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 const MVCC_SPACES: [Space; 3] = [Space::MvccVersion, Space::MvccLatest, Space::Lease];
 
-fn space_bounds(s: Space) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    (
-        Bound::Included(vec![s as u8]),
-        Bound::Excluded(vec![s as u8 + 1]),
-    )
-}
-
 fn snapshot_meta(region: u64, applied: &Applied) -> SnapshotMeta<NodeId, BasicNode> {
     let last = applied.last_applied;
     SnapshotMeta {
@@ -328,36 +321,50 @@ fn snapshot_meta(region: u64, applied: &Applied) -> SnapshotMeta<NodeId, BasicNo
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    /// Streams the region's state into its snapshot file (see
-    /// [`snapshot_file`]) from one engine snapshot taken with the matching
-    /// applied record.
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let shared = self.shared.clone();
-        let (snap, applied) = {
+impl StateMachine {
+    /// The region's current state as a snapshot: its meta and
+    /// [`SnapshotData`] that writes the bytes only if they are read. The
+    /// engine view and the applied record are taken under one lock, so
+    /// they match.
+    fn current(&self) -> (Applied, Snapshot<TypeConfig>) {
+        let shared = &self.shared;
+        let (view, applied) = {
             let g = shared.applied.read();
             (shared.engine.snapshot(), g.clone())
         };
-        let meta = snapshot_meta(shared.region, &applied);
-        let file = tokio::task::spawn_blocking(move || {
-            let spaces: &[Space] = if shared.kind == RegionKind::Data {
-                &MVCC_SPACES
-            } else {
-                &[]
-            };
-            let data = spaces.iter().flat_map(|s| {
-                let (lo, hi) = space_bounds(*s);
-                snap.scan(lo, hi, false)
-            });
-            shared.snapshots.build(shared.region, &applied, data)
-        })
-        .await
-        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
-        })
+        let spaces: &'static [Space] = if shared.kind == RegionKind::Data {
+            &MVCC_SPACES
+        } else {
+            &[]
+        };
+        let snapshot = Snapshot {
+            meta: snapshot_meta(shared.region, &applied),
+            snapshot: Box::new(SnapshotData::unwritten(Source {
+                applied: applied.clone(),
+                view,
+                spaces,
+                dir: shared.snapshots.clone(),
+            })),
+        };
+        (applied, snapshot)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// openraft builds a snapshot so it can purge the log up to it. The
+    /// state is already in the engine; this makes it durable (one fsync of
+    /// the engine's journal: applies are written unsynced, the log is what
+    /// made them durable until now) and writes no copy — see
+    /// [`crate::snapshot_data`].
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (_, snapshot) = self.current();
+        fail::fail_point!(crate::failpoints::SNAPSHOT_BUILD);
+        let engine = self.shared.engine.clone();
+        tokio::task::spawn_blocking(move || engine.sync())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(snapshot)
     }
 }
 
@@ -427,13 +434,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
+    ) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
         let f = self
             .shared
             .snapshots
             .receiving()
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(tokio::fs::File::from_std(f)))
+        Ok(Box::new(SnapshotData::file(f)))
     }
 
     /// Replaces the region's state with the snapshot's, in one atomic
@@ -441,10 +448,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<NodeId>> {
         let sig = Some(meta.signature());
-        let mut file = snapshot.into_std().await;
+        let mut file = snapshot
+            .into_file()
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let kind = self.shared.kind;
         let (applied, mut batch) = tokio::task::spawn_blocking(move || {
             let mut batch = WriteBatch::new();
@@ -480,25 +490,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The current state (openraft asks at startup, for the meta, and to
+    /// send a lagging follower the state, when the bytes get written).
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        if self.shared.applied.read().last_applied.is_none() {
-            return Ok(None);
-        }
-        // The last one built, if any (openraft asks for it to send to a
-        // lagging follower); otherwise build one now.
-        let latest = self
-            .shared
-            .snapshots
-            .latest(self.shared.region)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        match latest {
-            Some((applied, f)) => Ok(Some(Snapshot {
-                meta: snapshot_meta(self.shared.region, &applied),
-                snapshot: Box::new(tokio::fs::File::from_std(f)),
-            })),
-            None => Ok(Some(self.build_snapshot().await?)),
-        }
+        let (applied, snapshot) = self.current();
+        Ok(applied.last_applied.map(|_| snapshot))
     }
 }

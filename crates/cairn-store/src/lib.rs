@@ -17,8 +17,9 @@
 //!   window.
 //!
 //! Caveats (today): one data region (splits/merges, cross-region 2PC and
-//! change feeds are future issues). Snapshots are files (see
-//! `cairn_raft::snapshot_file`), installed as one atomic engine batch.
+//! change feeds are future issues). A snapshot is the engine made
+//! durable; its bytes are written only to send them (see
+//! `cairn_raft::snapshot_data`), installed as one atomic engine batch.
 
 mod config;
 mod error;
