@@ -154,6 +154,22 @@ impl RegionShared {
         self.applied.read().clone()
     }
 
+    /// `f` of the applied record, read in place (no copy; `f` runs under
+    /// the read lock, so keep it short and synchronous).
+    pub fn with_applied<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
+        f(&self.applied.read())
+    }
+
+    /// The MVCC revisions, without copying the rest of the record.
+    pub fn revisions(&self) -> Revisions {
+        self.applied.read().revisions()
+    }
+
+    /// Meta region: the TSO's persisted high-water mark.
+    pub fn tso_high_water(&self) -> i64 {
+        self.applied.read().tso_high_water
+    }
+
     /// The last applied log index (0 if none).
     pub fn applied_index(&self) -> u64 {
         self.applied.read().last_applied.map_or(0, |l| l.index)

@@ -241,7 +241,7 @@ impl Node {
     ) -> Vec<(&Region, Vec<u8>, Vec<u8>)> {
         let dir = self
             .region(META_REGION)
-            .map(|m| m.shared.applied().regions)
+            .map(|m| m.shared.with_applied(|a| a.regions.clone()))
             .unwrap_or_default();
         let mut out: Vec<(&Region, Vec<u8>, Vec<u8>)> = dir
             .values()
@@ -272,16 +272,16 @@ impl Node {
         let Ok(meta) = self.region(META_REGION) else {
             return DATA_REGION;
         };
-        meta.shared
-            .applied()
-            .regions
-            .values()
-            .find(|r| {
-                r.id != META_REGION
-                    && key >= r.start.as_slice()
-                    && (r.end.is_empty() || key < r.end.as_slice())
-            })
-            .map_or(DATA_REGION, |r| r.id)
+        meta.shared.with_applied(|a| {
+            a.regions
+                .values()
+                .find(|r| {
+                    r.id != META_REGION
+                        && key >= r.start.as_slice()
+                        && (r.end.is_empty() || key < r.end.as_slice())
+                })
+                .map_or(DATA_REGION, |r| r.id)
+        })
     }
 
     /// Sends `op` to `region`'s leader, retrying only while nothing was proposed.
@@ -489,7 +489,7 @@ impl Node {
     /// The data region's current revision on this replica.
     pub fn revision(&self) -> i64 {
         self.region(DATA_REGION)
-            .map_or(0, |r| r.shared.applied().current_revision)
+            .map_or(0, |r| r.shared.revisions().current)
     }
 
     /// What `Maintenance.Status` reports.

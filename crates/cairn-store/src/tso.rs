@@ -72,7 +72,7 @@ impl Tso {
                 .ensure_linearizable()
                 .await
                 .map_err(read_index_error)?;
-            st.last = st.last.max(self.shared.applied().tso_high_water);
+            st.last = st.last.max(self.shared.tso_high_water());
             st.window_end = 0;
             st.term = term;
         }
