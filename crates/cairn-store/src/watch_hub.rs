@@ -11,7 +11,11 @@
 //! up from MVCC history instead.
 //!
 //! Today there is one data region, so the hub merges one input; the merge is
-//! tested with several.
+//! tested with several. With one input nothing needs holding back, and the
+//! region's batch is handed on as is (shared, not copied): every watcher of
+//! a region reads the same batch and copies only the events it sends. (A
+//! copy per watcher per batch was the largest cost of the watch path in a
+//! profile with 100 watchers: docs/benchmarks.md.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,15 +30,32 @@ use tokio::sync::broadcast::{self, error::RecvError};
 pub enum HubItem {
     /// Events every input has resolved, ordered by (revision, key), and the
     /// revision up to which the merged stream is complete.
-    Batch {
-        events: Vec<(i64, Event)>,
-        resolved: i64,
-    },
+    Batch { events: Events, resolved: i64 },
     /// An input lagged behind its bounded feed or installed a snapshot:
     /// re-read history from MVCC.
     Discontinuity,
     /// An input closed (node shutting down).
     Closed,
+}
+
+/// The events of a [`HubItem::Batch`]: one region's batch as published,
+/// or events merged from several.
+#[derive(Debug)]
+pub enum Events {
+    /// A region's batch, shared with every other subscriber.
+    Shared(Arc<FeedBatch>),
+    /// Events merged from several regions.
+    Merged(Vec<(i64, Event)>),
+}
+
+impl Events {
+    /// The events, ordered by (revision, key).
+    pub fn iter(&self) -> std::slice::Iter<'_, (i64, Event)> {
+        match self {
+            Events::Shared(b) => b.events.iter(),
+            Events::Merged(v) => v.iter(),
+        }
+    }
 }
 
 struct Input {
@@ -72,6 +93,20 @@ impl FeedMerger {
         if self.inputs.is_empty() {
             return HubItem::Closed;
         }
+        if let [only] = &mut self.inputs[..] {
+            return match only.feed.recv().await {
+                Ok(batch) if batch.reset => HubItem::Discontinuity,
+                Ok(batch) => {
+                    only.resolved = only.resolved.max(batch.resolved);
+                    HubItem::Batch {
+                        resolved: only.resolved,
+                        events: Events::Shared(batch),
+                    }
+                }
+                Err(RecvError::Lagged(_)) => HubItem::Discontinuity,
+                Err(RecvError::Closed) => HubItem::Closed,
+            };
+        }
         let (res, idx, _) =
             select_all(self.inputs.iter_mut().map(|i| Box::pin(i.feed.recv()))).await;
         match res {
@@ -89,7 +124,9 @@ impl FeedMerger {
                 let rest = self.held.split_off(&(resolved + 1, Vec::new()));
                 let ready = std::mem::replace(&mut self.held, rest);
                 HubItem::Batch {
-                    events: ready.into_iter().map(|((rev, _), e)| (rev, e)).collect(),
+                    events: Events::Merged(
+                        ready.into_iter().map(|((rev, _), e)| (rev, e)).collect(),
+                    ),
                     resolved,
                 }
             }
@@ -130,8 +167,11 @@ mod tests {
         match item {
             HubItem::Batch { events, resolved } => (
                 events
-                    .into_iter()
-                    .map(|(r, e)| (r, String::from_utf8(e.kv.unwrap().key).unwrap()))
+                    .iter()
+                    .map(|(r, e)| {
+                        let key = e.kv.as_ref().unwrap().key.clone();
+                        (*r, String::from_utf8(key).unwrap())
+                    })
                     .collect(),
                 resolved,
             ),
@@ -162,6 +202,28 @@ mod tests {
         );
         a_tx.send(batch(vec![], 50)).unwrap();
         assert_eq!(keys(m.next().await), (vec![], 40));
+    }
+
+    #[tokio::test]
+    async fn one_input_hands_on_the_published_batch_uncopied() {
+        let (tx, rx) = broadcast::channel(16);
+        let mut m = FeedMerger::new(vec![(rx, 5)]);
+        let b = batch(vec![ev("k", 7), ev("l", 8)], 9);
+        tx.send(b.clone()).unwrap();
+        match m.next().await {
+            HubItem::Batch {
+                events: Events::Shared(got),
+                resolved,
+            } => {
+                assert!(Arc::ptr_eq(&got, &b));
+                assert_eq!(resolved, 9);
+            }
+            other => panic!("expected the shared batch, got {other:?}"),
+        }
+        assert_eq!(m.resolved(), 9);
+        // The resolved revision never moves back.
+        tx.send(batch(vec![], 6)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 9));
     }
 
     #[tokio::test]

@@ -34,11 +34,15 @@ impl Filter {
         if (is_put && self.no_put) || (!is_put && self.no_delete) {
             return None;
         }
-        let mut e = e.clone();
-        if !self.prev_kv {
-            e.prev_kv = None;
-        }
-        Some(e)
+        Some(Event {
+            r#type: e.r#type,
+            kv: e.kv.clone(),
+            prev_kv: if self.prev_kv {
+                e.prev_kv.clone()
+            } else {
+                None
+            },
+        })
     }
 }
 
@@ -257,14 +261,12 @@ async fn deliver(
     events: Vec<(i64, Event)>,
 ) -> bool {
     let mut batch: Vec<Event> = Vec::new();
-    let mut i = 0;
-    while i < events.len() {
-        let rev = events[i].0;
-        let mut j = i;
-        while j < events.len() && events[j].0 == rev {
-            j += 1;
+    let mut events = events.into_iter().peekable();
+    while let Some((rev, first)) = events.next() {
+        let mut group = vec![first];
+        while let Some((_, e)) = events.next_if(|(r, _)| *r == rev) {
+            group.push(e);
         }
-        let group: Vec<Event> = events[i..j].iter().map(|(_, e)| e.clone()).collect();
         if batch.len() + group.len() > EVENTS_PER_RESPONSE
             && !batch.is_empty()
             && !send_events(ctx, id, c, out, std::mem::take(&mut batch)).await
@@ -272,7 +274,6 @@ async fn deliver(
             return false;
         }
         batch.extend(group);
-        i = j;
     }
     batch.is_empty() || send_events(ctx, id, c, out, batch).await
 }
