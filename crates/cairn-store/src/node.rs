@@ -380,6 +380,14 @@ impl Node {
         } else {
             self.linearizable_view(region).await?
         };
+        // A single key is a bounded read (an index lookup and one version):
+        // it runs right here. Handing it to the blocking pool cost more than
+        // the read (a profile of 50 clients getting one key: ~10% of the
+        // server's CPU in spawn_blocking's hand-off, docs/benchmarks.md).
+        // Spans can be any size, so they go to the blocking pool.
+        if req.range_end.is_empty() {
+            return cairn_mvcc::range(&*snap, &req, revs).map_err(Error::from);
+        }
         tokio::task::spawn_blocking(move || cairn_mvcc::range(&*snap, &req, revs))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
