@@ -102,7 +102,9 @@ bench() {
 }
 
 # --- facts about this run ---
-ETCD_VERSION=$(etcd --version | head -1 | awk '{print $NF}')
+# awk reads all of etcd's output: with `head -1` etcd could die of SIGPIPE
+# writing its later lines, failing the pipeline under pipefail (seen in CI).
+ETCD_VERSION=$(etcd --version | awk 'NR == 1 {print $NF}')
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//' || echo unknown)
 printf '{"workload":"info","tags":{"etcd":"%s","cpu":"%s","cores":"%s","date":"%s","cairn commit":"%s"},"ok":0,"seconds":0,"ops_per_sec":0}\n' \
   "$ETCD_VERSION" "$CPU" "$(nproc)" "$(date -u +%Y-%m-%dT%H:%MZ)" "$(git rev-parse --short HEAD 2>/dev/null || echo none)" >> "$RESULTS"
