@@ -67,15 +67,16 @@ impl SnapshotDir {
         applied: &Applied,
         data: impl Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u8>)>>,
     ) -> Result<File> {
-        let mut w = BufWriter::with_capacity(1 << 20, self.receiving()?);
+        let mut w = BufWriter::with_capacity(1 << 20, self.temp_file()?);
         write_all(&mut w, applied, data)?;
         let mut f = w.into_inner().map_err(|e| io(e.into_error()))?;
         f.seek(SeekFrom::Start(0)).map_err(io)?;
         Ok(f)
     }
 
-    /// An unnamed temporary file to receive a snapshot into.
-    pub fn receiving(&self) -> Result<File> {
+    /// An unnamed temporary file in the directory (a snapshot being
+    /// written to send, or being received); gone when closed.
+    pub fn temp_file(&self) -> Result<File> {
         tempfile::tempfile_in(&self.dir).map_err(io)
     }
 }
@@ -173,7 +174,7 @@ mod tests {
         let mut whole = Vec::new();
         f.seek(SeekFrom::Start(0)).unwrap();
         f.read_to_end(&mut whole).unwrap();
-        let mut cut = dir.receiving().unwrap();
+        let mut cut = dir.temp_file().unwrap();
         cut.write_all(&whole[..whole.len() - 2]).unwrap();
         assert!(read(&mut cut, |_, _| {}).is_err());
         // Nothing is left in the directory: old files were removed, the

@@ -454,7 +454,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let f = self
             .shared
             .snapshots
-            .receiving()
+            .temp_file()
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Box::new(SnapshotData::file(f)))
     }

@@ -6,8 +6,9 @@
 //! append, one fsync and one replication round for the whole group. Replies
 //! are delivered as entries apply. At most `MAX_INFLIGHT_GROUPS` groups are
 //! in flight (proposed, not yet applied); requests arriving meanwhile wait
-//! and form the next group. (openraft orders a leader's appends behind their flushes, so
-//! batching must happen before Raft, not in the log writer.)
+//! and form the next group. (openraft orders a leader's appends behind
+//! their flushes, so batching must happen before Raft, not in the log
+//! writer.)
 //!
 //! Ordering: groups are proposed one after another and TSO runs are
 //! increasing, so log order equals timestamp order; the state machine also
