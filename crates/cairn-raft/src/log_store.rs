@@ -19,7 +19,6 @@ use cairn_storage::keys::{raft_log_range, Key, RaftStateKind};
 use cairn_storage::{Durability, Engine, WriteBatch};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
-use tokio::sync::mpsc;
 
 use crate::codec::{decode, encode};
 use crate::{NodeId, TypeConfig};
@@ -33,47 +32,48 @@ pub struct LogWriterStats {
     pub appends: AtomicU64,
 }
 
-/// The node's one log flusher: a task that fsyncs once per group of appends.
+/// The node's one log flusher: a dedicated thread that fsyncs once per
+/// group of appends.
+///
+/// A plain OS thread, not a Tokio task handing each fsync to
+/// `spawn_blocking`: the task version woke the flusher task, then a
+/// blocking-pool thread, then the task again before the callbacks fired —
+/// three wake-ups (often cross-core) per commit group on every replica,
+/// where the thread needs one (docs/benchmarks.md, single-client put).
 #[derive(Clone)]
 pub struct LogWriter {
-    tx: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
     stats: Arc<LogWriterStats>,
 }
 
 impl LogWriter {
-    /// Starts the flusher task for `engine` (needs a Tokio runtime).
-    pub fn start(engine: Arc<dyn Engine>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<LogFlushed<TypeConfig>>();
+    /// Starts the flusher thread for `engine`. The thread ends when every
+    /// clone of the writer is dropped.
+    pub fn start(engine: Arc<dyn Engine>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
         let stats = Arc::new(LogWriterStats::default());
         let s = stats.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut group = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    group.push(more);
-                }
-                let e = engine.clone();
-                let res = tokio::task::spawn_blocking(move || {
+        std::thread::Builder::new()
+            .name("cairn-log-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    group.extend(rx.try_iter());
                     fail::fail_point!(crate::failpoints::BEFORE_LOG_FSYNC);
-                    let r = e.sync();
+                    let res = engine.sync();
                     fail::fail_point!(crate::failpoints::AFTER_LOG_FSYNC);
-                    r
-                })
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
-                s.syncs.fetch_add(1, Ordering::Relaxed);
-                s.appends.fetch_add(group.len() as u64, Ordering::Relaxed);
-                for cb in group {
-                    let r = match &res {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(std::io::Error::other(e.to_string())),
-                    };
-                    cb.log_io_completed(r);
+                    s.syncs.fetch_add(1, Ordering::Relaxed);
+                    s.appends.fetch_add(group.len() as u64, Ordering::Relaxed);
+                    for cb in group {
+                        let r = match &res {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        };
+                        cb.log_io_completed(r);
+                    }
                 }
-            }
-        });
-        Self { tx, stats }
+            })?;
+        Ok(Self { tx, stats })
     }
 
     /// The writer's counters.
@@ -245,7 +245,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.engine
             .write(b, Durability::Buffered)
             .map_err(write_err)?;
-        if let Err(mpsc::error::SendError(cb)) = self.writer.tx.send(callback) {
+        if let Err(std::sync::mpsc::SendError(cb)) = self.writer.tx.send(callback) {
             // The flusher is gone (shutdown): flush inline.
             let r = self
                 .engine

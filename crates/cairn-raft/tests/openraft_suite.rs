@@ -25,7 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, Option<tempfile::TempDir>>
             Arc::new(MemoryEngine::new())
         };
         let snapshots = Arc::new(SnapshotDir::open(dir.path().join("snap")).unwrap());
-        let writer = LogWriter::start(engine.clone());
+        let writer = LogWriter::start(engine.clone()).unwrap();
         let log = LogStore::new(7, engine.clone(), writer);
         let sm =
             StateMachine::new(RegionShared::load(7, RegionKind::Data, engine, snapshots).unwrap());

@@ -101,7 +101,8 @@ impl Node {
         let cluster_id = cluster_id(&config.initial_cluster, &config.cluster_token);
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Internal(e.to_string()))?;
         let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(config.data_dir.join("db"))?);
-        let log_writer = LogWriter::start(engine.clone());
+        let log_writer =
+            LogWriter::start(engine.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let pool = PeerPool::new(id);
         let mut raft_config = cairn_raft::raft_config(&format!("cairn-{cluster_id:x}"));
         raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs);
@@ -474,13 +475,30 @@ impl Node {
         if region != META_REGION {
             return Ok(r.shared.read_view());
         }
-        let index = r.reads.read_index().await?;
+        let index = self.read_index(&r).await?;
         r.raft
             .wait(Some(REQUEST_TIMEOUT))
             .applied_index_at_least(Some(index), "read-index")
             .await
             .map_err(|_| Error::Timeout)?;
         Ok(r.shared.read_view())
+    }
+
+    /// A read index for `r` from a round that started after this call. On
+    /// the leader it joins the leader's own batch directly; `reads` (which
+    /// forwards through [`Node::submit`]) would add a second batching task
+    /// and a timer per read (measured: 3-node, one client reading from the
+    /// leader, docs/benchmarks.md). A leader that lost leadership meanwhile
+    /// answers `NotLeader` and the read takes the forwarding path.
+    async fn read_index(&self, r: &Region) -> Result<u64> {
+        if r.raft.metrics().borrow().current_leader == Some(self.id) {
+            match tokio::time::timeout(REQUEST_TIMEOUT, r.leader_reads.read_index()).await {
+                Ok(Err(e)) if e.is_retryable() => {}
+                Ok(res) => return res,
+                Err(_) => return Err(Error::Timeout),
+            }
+        }
+        r.reads.read_index().await
     }
 
     /// Allocates timestamps if this node leads the meta region.
