@@ -475,7 +475,7 @@ impl Node {
         if region != META_REGION {
             return Ok(r.shared.read_view());
         }
-        let index = self.read_index(&r).await?;
+        let index = self.read_index(r).await?;
         r.raft
             .wait(Some(REQUEST_TIMEOUT))
             .applied_index_at_least(Some(index), "read-index")
