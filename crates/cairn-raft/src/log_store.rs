@@ -88,6 +88,7 @@ pub struct LogStore {
     region: u64,
     engine: Arc<dyn Engine>,
     writer: LogWriter,
+    appended: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -97,7 +98,15 @@ impl LogStore {
             region,
             engine,
             writer,
+            appended: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Encoded bytes appended since this store was opened (monotonic). The
+    /// host snapshots by it: openraft's policy counts entries, and an entry
+    /// is a whole commit group, anywhere from a few bytes to megabytes.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     fn state_key(&self, kind: RaftStateKind) -> Vec<u8> {
@@ -236,12 +245,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut b = WriteBatch::new();
+        let mut bytes = 0;
         for e in entries {
-            b.put(
-                self.entry_key(e.log_id.index),
-                encode(&e).map_err(write_err)?,
-            );
+            let v = encode(&e).map_err(write_err)?;
+            bytes += v.len() as u64;
+            b.put(self.entry_key(e.log_id.index), v);
         }
+        self.appended.fetch_add(bytes, Ordering::Relaxed);
         self.engine
             .write(b, Durability::Buffered)
             .map_err(write_err)?;
@@ -265,12 +275,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // Entries up to the previous purge are already gone: start after it,
+        // so the scan behind the range delete does not walk their tombstones.
+        let from = self
+            .read_state::<LogId<NodeId>>(RaftStateKind::Purged)?
+            .map_or(0, |p| p.index + 1);
         let mut b = WriteBatch::new();
         b.put(
             self.state_key(RaftStateKind::Purged),
             encode(&log_id).map_err(write_err)?,
         );
-        b.delete_range(self.entry_key(0), self.entry_key(log_id.index + 1));
+        if from <= log_id.index {
+            b.delete_range(self.entry_key(from), self.entry_key(log_id.index + 1));
+        }
         self.engine
             .write(b, Durability::Buffered)
             .map_err(write_err)

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub cluster_token: String,
     /// Snapshot after this many log entries (openraft snapshot policy).
     pub snapshot_logs: u64,
+    /// Also snapshot after the log grew by this many bytes (0: never).
+    pub snapshot_log_bytes: u64,
     /// How often the lease leader checkpoints remaining TTLs (etcd: 5 min).
     pub lease_checkpoint_interval: std::time::Duration,
 }

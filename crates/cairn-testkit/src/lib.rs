@@ -54,6 +54,7 @@ pub struct InProcessCluster {
     pub nodes: Vec<TestNode>,
     initial: Vec<InitialMember>,
     snapshot_logs: u64,
+    snapshot_log_bytes: u64,
     limits: Limits,
     _dir: tempfile::TempDir,
 }
@@ -70,8 +71,20 @@ impl InProcessCluster {
         Self::start_with(n, 10_000, Limits::default()).await
     }
 
-    /// Starts `n` nodes snapshotting every `snapshot_logs` entries.
+    /// Starts `n` nodes snapshotting every `snapshot_logs` entries (or
+    /// 64 MiB of log, the server's default).
     pub async fn start_with(n: usize, snapshot_logs: u64, limits: Limits) -> Self {
+        Self::start_snapshotting(n, snapshot_logs, 64 << 20, limits).await
+    }
+
+    /// Starts `n` nodes snapshotting every `snapshot_logs` entries or
+    /// `snapshot_log_bytes` bytes of log, whichever comes first.
+    pub async fn start_snapshotting(
+        n: usize,
+        snapshot_logs: u64,
+        snapshot_log_bytes: u64,
+        limits: Limits,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut peers = Vec::new();
         let mut clients = Vec::new();
@@ -91,6 +104,7 @@ impl InProcessCluster {
             nodes: Vec::new(),
             initial: initial.clone(),
             snapshot_logs,
+            snapshot_log_bytes,
             limits,
             _dir: dir,
         };
@@ -127,6 +141,7 @@ impl InProcessCluster {
             new_cluster,
             cluster_token: TOKEN.to_string(),
             snapshot_logs: self.snapshot_logs,
+            snapshot_log_bytes: self.snapshot_log_bytes,
             lease_checkpoint_interval: std::time::Duration::from_secs(2),
         };
         // A stopped node's engine is released asynchronously; retry briefly.

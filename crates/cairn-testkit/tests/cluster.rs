@@ -161,6 +161,39 @@ async fn restarted_follower_catches_up_through_a_snapshot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_log_grown_by_its_byte_limit_is_snapshotted_and_purged() {
+    // The entry count alone would never snapshot here; 32 KiB of log must.
+    let c = InProcessCluster::start_snapshotting(3, 1_000_000, 32 << 10, Default::default()).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let value = "x".repeat(1024);
+    let raft = c.node(leader).region(DATA_REGION).unwrap().raft.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut written = 0;
+    loop {
+        // 20 KiB per round: a purge needs two limits' worth of log.
+        for _ in 0..20 {
+            put_eventually(&c, leader, &format!("b{written:04}"), &value).await;
+            written += 1;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let m = raft.metrics().borrow().clone();
+        if m.snapshot.is_some() && m.purged.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot or purge after {written} KiB of log: {m:?}"
+        );
+    }
+    let mut client = c.kv(leader).await;
+    assert_eq!(
+        kv::prefix(&mut client, "b", true).await.unwrap().kvs.len(),
+        written
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lossy_network_still_commits_every_acknowledged_write() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;

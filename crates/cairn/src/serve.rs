@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Log entries between snapshots.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Also snapshot (and purge the Raft log) after the log grew by this
+    /// many bytes since the last snapshot; 0 disables.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub snapshot_log_bytes: u64,
 }
 
 /// A running node with its listeners.
@@ -109,6 +113,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         new_cluster: a.initial_cluster_state == "new",
         cluster_token: a.initial_cluster_token.clone(),
         snapshot_logs: a.snapshot_count.max(10),
+        snapshot_log_bytes: a.snapshot_log_bytes,
         lease_checkpoint_interval: std::time::Duration::from_secs(300),
     })
     .await
