@@ -120,17 +120,30 @@ pub enum Target {
     Process(ProcessCluster),
 }
 
+/// Nodes under test also snapshot and purge their log after this many
+/// bytes of log (the server's default is 64 MiB, which a short run never
+/// writes), so byte-triggered purges happen under faults too.
+const LOG_BYTES: u64 = 64 << 10;
+
 impl Target {
-    /// `n` in-process nodes snapshotting every `snapshot_count` entries.
+    /// `n` in-process nodes snapshotting every `snapshot_count` entries (or
+    /// [`LOG_BYTES`] of log).
     pub async fn in_process(n: usize, snapshot_count: u64) -> Self {
-        let c = InProcessCluster::start_with(n, snapshot_count, Default::default()).await;
+        let c =
+            InProcessCluster::start_snapshotting(n, snapshot_count, LOG_BYTES, Default::default())
+                .await;
         c.wait_leader(DATA_REGION).await;
         Target::InProcess(c)
     }
 
     /// `n` `cairn serve` processes from `bin`, once they serve.
     pub async fn process(bin: &Path, n: usize, snapshot_count: u64) -> Self {
-        let args = ["--snapshot-count".to_string(), snapshot_count.to_string()];
+        let args = [
+            "--snapshot-count".to_string(),
+            snapshot_count.to_string(),
+            "--snapshot-log-bytes".to_string(),
+            LOG_BYTES.to_string(),
+        ];
         let c = ProcessCluster::start_with(bin, n, &args);
         let t = Target::Process(c);
         let deadline = Instant::now() + Duration::from_secs(20);
