@@ -741,35 +741,42 @@ async fn colocate_tso(node: std::sync::Weak<Node>) {
 /// hold anything from kilobytes to gigabytes: measured (1 node, 1M puts of
 /// 256 B from 200 clients) the log keyspace held 256 MB of an 880 MB data
 /// dir. Each time a region's log has grown by
-/// [`NodeConfig::snapshot_log_bytes`], this task purges the log up to the
-/// latest snapshot and asks for a new one — so a region keeps between one
-/// and two limits' worth of log, slack for a briefly lagging follower. A
-/// snapshot build only syncs the engine (the state machine lives in it), so
-/// asking often is cheap; openraft delays a purge that a replication stream
-/// still needs.
+/// [`NodeConfig::snapshot_log_bytes`], this task asks for a snapshot and
+/// purges the log up to where it asked the time before (and no further than
+/// the latest snapshot) — so a region keeps at least one limit's worth of
+/// log, slack for a briefly lagging follower, however recently openraft's
+/// own policy snapshotted. A snapshot build only syncs the engine (the state
+/// machine lives in it), so asking often is cheap; openraft delays a purge
+/// that a replication stream still needs.
 async fn snapshot_by_log_bytes(node: std::sync::Weak<Node>) {
     const EVERY: Duration = Duration::from_millis(500);
-    let mut asked_at: BTreeMap<u64, u64> = BTreeMap::new();
+    // Per region: log bytes and applied index when a snapshot was last asked for.
+    let mut asked: BTreeMap<u64, (u64, Option<u64>)> = BTreeMap::new();
     loop {
         tokio::time::sleep(EVERY).await;
         let Some(n) = node.upgrade() else { return };
         let limit = n.config.snapshot_log_bytes;
         for (id, r) in &n.regions {
             let now = r.log_bytes.load(Ordering::Relaxed);
-            let last = asked_at.entry(*id).or_insert(0);
-            if limit == 0 || now.saturating_sub(*last) < limit {
+            let (bytes_then, applied_then) = asked.entry(*id).or_insert((0, None));
+            if limit == 0 || now.saturating_sub(*bytes_then) < limit {
                 continue;
             }
             tracing::debug!(
                 region = id,
-                bytes = now - *last,
+                bytes = now - *bytes_then,
                 "log bytes reached: snapshot"
             );
-            *last = now;
-            let snapshot = r.raft.metrics().borrow().snapshot;
-            if let Some(s) = snapshot {
-                let _ = r.raft.trigger().purge_log(s.index).await;
+            let (snapshot, applied) = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                (m.snapshot.map(|s| s.index), m.last_applied.map(|l| l.index))
+            };
+            if let Some(upto) = applied_then.zip(snapshot).map(|(a, s)| a.min(s)) {
+                let _ = r.raft.trigger().purge_log(upto).await;
             }
+            *bytes_then = now;
+            *applied_then = applied;
             let _ = r.raft.trigger().snapshot().await;
         }
     }
