@@ -5,7 +5,8 @@
 //! immediately as openraft requires) and hands the flush callback to the
 //! [`LogWriter`]. The writer drains every callback queued by every region,
 //! issues one fsync for all of them, then fires them: N concurrent appends
-//! cost one fsync. The vote is written with its own fsync (rare).
+//! cost one fsync. The vote is written with its own fsync (rare). Each store
+//! counts the bytes it appends, so the host can bound the log in bytes.
 
 // openraft's StorageError is large by design; these are its signatures.
 #![allow(clippy::result_large_err)]

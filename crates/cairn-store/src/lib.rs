@@ -15,6 +15,9 @@
 //!   [`read_batch`]); or straight from the local replica (serializable);
 //! - the [`tso`]: served by the meta region's leader from a Raft-persisted
 //!   window.
+//! - log bounds: besides openraft's snapshot every N entries, each replica
+//!   snapshots and purges its log every `snapshot_log_bytes` of log (an
+//!   entry is a whole commit group, so a count alone does not bound it).
 //!
 //! Caveats (today): one data region (splits/merges, cross-region 2PC and
 //! change feeds are future issues). A snapshot is the engine made

@@ -493,8 +493,8 @@ impl Node {
     /// A read index for `r` from a round that started after this call. On
     /// the leader it joins the leader's own batch directly; `reads` (which
     /// forwards through [`Node::submit`]) would add a second batching task
-    /// and a timer per read (measured: 3-node, one client reading from the
-    /// leader, docs/benchmarks.md). A leader that lost leadership meanwhile
+    /// hop and `submit`'s timer and retry loop per round (measured: 3-node,
+    /// one client reading from the leader, docs/benchmarks.md). A leader that lost leadership meanwhile
     /// answers `NotLeader` and the read takes the forwarding path.
     async fn read_index(&self, r: &Region) -> Result<u64> {
         if r.raft.metrics().borrow().current_leader == Some(self.id) {
