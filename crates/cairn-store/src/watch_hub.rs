@@ -12,10 +12,11 @@
 //!
 //! Today there is one data region, so the hub merges one input; the merge is
 //! tested with several. With one input nothing needs holding back, and the
-//! region's batch is handed on as is (shared, not copied): every watcher of
-//! a region reads the same batch and copies only the events it sends. (A
-//! copy per watcher per batch was the largest cost of the watch path in a
-//! profile with 100 watchers: docs/benchmarks.md.)
+//! region's batch is handed on as is (shared, not copied): every reader (one
+//! per watch stream and set of regions) gets the same batch, and each
+//! watcher copies only the events it sends. (A copy per watcher per batch
+//! was the largest cost of the watch path in a profile with 100 watchers:
+//! docs/benchmarks.md.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,13 +40,13 @@ pub enum HubItem {
 }
 
 /// The events of a [`HubItem::Batch`]: one region's batch as published,
-/// or events merged from several.
-#[derive(Debug)]
+/// or events merged from several. Cloning shares them.
+#[derive(Debug, Clone)]
 pub enum Events {
     /// A region's batch, shared with every other subscriber.
     Shared(Arc<FeedBatch>),
     /// Events merged from several regions.
-    Merged(Vec<(i64, Event)>),
+    Merged(Arc<Vec<(i64, Event)>>),
 }
 
 impl Events {
@@ -124,9 +125,9 @@ impl FeedMerger {
                 let rest = self.held.split_off(&(resolved + 1, Vec::new()));
                 let ready = std::mem::replace(&mut self.held, rest);
                 HubItem::Batch {
-                    events: Events::Merged(
+                    events: Events::Merged(Arc::new(
                         ready.into_iter().map(|((rev, _), e)| (rev, e)).collect(),
-                    ),
+                    )),
                     resolved,
                 }
             }

@@ -351,3 +351,77 @@ async fn a_large_revision_is_fragmented_only_when_asked() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_client_falls_behind_the_feed_then_gets_every_event_in_order() {
+    let c = InProcessCluster::start(1).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let addr = &c.nodes[leader].client_addr;
+    let watch = |id| WatchCreateRequest {
+        key: "lag/".into(),
+        range_end: "lag0".into(),
+        watch_id: id,
+        ..Default::default()
+    };
+    // Two watchers on a stream whose client stops reading, and one on a
+    // stream that keeps reading.
+    let mut slow = WatchStream::open(addr).await.unwrap();
+    slow.create(watch(1)).await;
+    slow.create(watch(2)).await;
+    assert!(slow.next(T).await.unwrap().created);
+    assert!(slow.next(T).await.unwrap().created);
+    let mut fast = WatchStream::open(addr).await.unwrap();
+    fast.create(watch(7)).await;
+    assert!(fast.next(T).await.unwrap().created);
+
+    // One put per Raft entry, of 1 KiB: the slow stream's transport windows
+    // and outgoing queue fill within a few hundred, and its feed (1,024
+    // entries) overflows after that.
+    const PUTS: usize = 2500;
+    let value = "v".repeat(1024);
+    let mut k = c.kv(leader).await;
+    let reader = tokio::spawn(async move {
+        let got = events(&mut fast, PUTS).await;
+        got.iter()
+            .flat_map(|r| r.events.clone())
+            .collect::<Vec<_>>()
+    });
+    let mut revisions = Vec::new();
+    for i in 0..PUTS {
+        revisions.push(
+            kv::put(&mut k, &format!("lag/{i:05}"), &value)
+                .await
+                .unwrap(),
+        );
+    }
+    // The reading stream was not held up by the stalled one.
+    let fast_events = reader.await.unwrap();
+    let fast_revs: Vec<i64> = fast_events
+        .iter()
+        .map(|e| e.kv.as_ref().unwrap().mod_revision)
+        .collect();
+    assert_eq!(fast_revs, revisions);
+
+    // The stalled client reads now: each of its watchers gets every event,
+    // once, in order — the ones the feed dropped replayed from MVCC.
+    let mut per_watcher: std::collections::HashMap<i64, Vec<(i64, Vec<u8>)>> = Default::default();
+    while per_watcher.values().map(Vec::len).sum::<usize>() < 2 * PUTS {
+        let r = slow.next(T).await.expect("the stalled stream catches up");
+        for e in r.events {
+            let kv = e.kv.unwrap();
+            per_watcher
+                .entry(r.watch_id)
+                .or_default()
+                .push((kv.mod_revision, kv.key));
+        }
+    }
+    for id in [1, 2] {
+        let got = &per_watcher[&id];
+        let revs: Vec<i64> = got.iter().map(|(r, _)| *r).collect();
+        assert_eq!(revs, revisions, "watcher {id}");
+        for (i, (_, key)) in got.iter().enumerate() {
+            assert_eq!(key, format!("lag/{i:05}").as_bytes(), "watcher {id}");
+        }
+    }
+    c.shutdown().await;
+}

@@ -1,35 +1,41 @@
 //! etcd's `Watch` service: many watchers per bidirectional stream.
 //!
-//! The stream task ([`stream`]) reads create/cancel/progress requests and owns
-//! the watchers of the stream; every watcher is its own task ([`watcher`])
-//! that feeds one shared, bounded outgoing channel.
+//! One task serves a stream ([`stream`]): it reads create/cancel/progress
+//! requests, owns the stream's watchers ([`watcher`]), and feeds them all
+//! into one bounded outgoing channel. Watchers that read the same regions
+//! form a group ([`group`]) with one subscription, so a put wakes one task
+//! per stream, not one per watcher, and the responses it causes on a stream
+//! leave together.
 //!
 //! Where events come from: each data region publishes a change feed — one
 //! batch per applied Raft entry, events ordered by revision then key, with
 //! the region's resolved revision. The watch hub
 //! (`cairn_store::watch_hub::FeedMerger`) merges the feeds of every region
-//! the watched span touches, releasing an event only once all of them have
-//! resolved past it. A watcher first replays history from MVCC
-//! (`cairn_mvcc::history`, per region, merged) up to the revision every
-//! region has applied, then follows the merged feed, skipping what it
-//! already sent. A watcher that falls too far behind
-//! (the feed is a bounded broadcast) is told it lagged and catches up from
-//! MVCC again — etcd's "unsynced" watchers — so a slow watcher never blocks
-//! writes and never grows memory without bound. If the revision it needs
-//! was compacted meanwhile, it is cancelled with `compact_revision`, as in
-//! etcd.
+//! a group touches, releasing an event only once all of them have resolved
+//! past it. A watcher first replays history from MVCC (`cairn_mvcc::history`,
+//! per region, merged; on a blocking thread while the stream goes on) up to
+//! the revision every region has applied, then follows its group's feed,
+//! skipping what it already sent; batches that arrive during the replay wait
+//! in the watcher. A group that falls too far behind (the feed is a bounded
+//! broadcast) subscribes again and its watchers replay from MVCC — etcd's
+//! "unsynced" watchers — so a slow client never blocks writes and never
+//! grows memory without bound. If the revision a watcher needs was
+//! compacted meanwhile, it is cancelled with `compact_revision`, as in etcd.
 //!
-//! The six guarantees: *ordered* and *unique* (one cursor, `next`, only
-//! moves forward; history and feed use the same order), *reliable* (no gap:
-//! subscribe before reading history; on lag or snapshot install, re-read),
-//! *atomic* (a revision is never split across responses unless the client
-//! asked for `fragment`), *resumable* (start at any uncompacted revision),
-//! *bookmarkable* (a progress response at revision R is queued only after
-//! every watcher of the stream has queued all its events ≤ R).
+//! The six guarantees: *ordered* and *unique* (one cursor per watcher,
+//! `next`, only moves forward; history and feed use the same order),
+//! *reliable* (no gap: a group subscribes before any view is read, and a
+//! view covers every batch the group handed out; on lag or snapshot
+//! install, re-read), *atomic* (a revision is never split across responses
+//! unless the client asked for `fragment`), *resumable* (start at any
+//! uncompacted revision), *bookmarkable* (a progress response at revision R
+//! is queued only after every watcher of the stream has queued all its
+//! events ≤ R).
 //!
 //! Caveat: events of one revision are ordered by key, not by their order
 //! inside the transaction (etcd orders them by sub-revision).
 
+mod group;
 mod stream;
 mod watcher;
 

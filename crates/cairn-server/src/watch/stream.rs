@@ -1,126 +1,364 @@
-//! One Watch stream: its requests and its watchers.
+//! One Watch stream: its requests, its watchers, and the one loop that
+//! feeds them.
+//!
+//! The loop waits on four things: the client's next request, the next batch
+//! of any group's feed, a finished history replay, and the progress ticker.
+//! Everything a watcher sends is queued from here, so a cancel is answered
+//! after the last event of the cancelled watcher and a progress response at
+//! R after every watcher has queued its events up to R.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use tokio::task::JoinHandle;
+use cairn_api::mvccpb::Event;
+use cairn_store::watch_hub::HubItem;
+use futures::future::select_all;
+use std::sync::Arc;
+use tokio::task::{Id, JoinSet};
 use tonic::Streaming;
 
-use super::{watcher, Out};
+use super::group::{self, Group};
+use super::watcher::{Mode, Watcher};
+use super::Out;
 use crate::Context;
 
 /// etcd's reasons for refusing a watch (`mvcc` errors).
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
-struct Watcher {
-    task: JoinHandle<()>,
-    /// Every event at or below this revision has been queued.
-    synced: Arc<AtomicI64>,
+/// A finished history read: the events (unfiltered) up to the revision.
+type Replay = Result<(Vec<(i64, Event)>, i64), String>;
+
+struct Stream {
+    ctx: Arc<Context>,
+    out: Out,
+    watchers: HashMap<i64, Watcher>,
+    groups: Vec<Group>,
+    replays: JoinSet<Replay>,
+    /// Which watcher each history read in flight is for.
+    replaying: HashMap<Id, i64>,
+    next_id: i64,
 }
 
 /// Serves one stream until the client goes away.
 pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: Out) {
-    let mut watchers: HashMap<i64, Watcher> = HashMap::new();
-    let mut next_id = 0i64;
+    let mut ticker = ctx.limits.watch_progress_interval.map(|d| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut s = Stream {
+        ctx,
+        out,
+        watchers: HashMap::new(),
+        groups: Vec::new(),
+        replays: JoinSet::new(),
+        replaying: HashMap::new(),
+        next_id: 0,
+    };
     loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = out.closed() => break,
+        let tick = async {
+            match &mut ticker {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
         };
-        let Ok(Some(req)) = msg else { break };
-        let ok = match req.request_union {
-            Some(RequestUnion::CreateRequest(c)) => {
-                create(&ctx, &out, &mut watchers, &mut next_id, c).await
-            }
-            Some(RequestUnion::CancelRequest(c)) => match watchers.remove(&c.watch_id) {
-                Some(w) => {
-                    w.task.abort();
-                    send(&out, response(&ctx, c.watch_id, |r| r.canceled = true)).await
-                }
-                // etcd ignores a cancel of an unknown watch.
-                None => true,
+        let ok = tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(req)) => s.request(req).await,
+                _ => false,
             },
-            Some(RequestUnion::ProgressRequest(_)) => {
-                // Watchers that ended on their own (compacted) owe nothing.
-                watchers.retain(|_, w| !w.task.is_finished());
-                let rev = watchers
-                    .values()
-                    .map(|w| w.synced.load(Ordering::Acquire))
-                    .min()
-                    .unwrap_or_else(|| ctx.node.revision());
-                let mut r = response(&ctx, -1, |_| {});
-                if let Some(h) = &mut r.header {
-                    h.revision = rev;
-                }
-                send(&out, r).await
-            }
-            None => true,
+            (g, item) = next_batch(&mut s.groups) => s.batch(g, item).await,
+            Some(done) = s.replays.join_next_with_id() => match done {
+                Ok((task, replay)) => s.replayed(task, replay).await,
+                Err(e) => s.replayed(e.id(), Err(e.to_string())).await,
+            },
+            _ = tick => s.progress_tick().await,
+            _ = s.out.closed() => false,
         };
         if !ok {
             break;
         }
     }
-    for w in watchers.into_values() {
-        w.task.abort();
+}
+
+/// The next item of any group's feed, with the group's index.
+async fn next_batch(groups: &mut [Group]) -> (usize, HubItem) {
+    match groups {
+        [] => std::future::pending().await,
+        [only] => (0, only.merger().next().await),
+        many => {
+            let (item, g, _) =
+                select_all(many.iter_mut().map(|g| Box::pin(g.merger().next()))).await;
+            (g, item)
+        }
     }
 }
 
-async fn create(
-    ctx: &Arc<Context>,
-    out: &Out,
-    watchers: &mut HashMap<i64, Watcher>,
-    next_id: &mut i64,
-    c: WatchCreateRequest,
-) -> bool {
-    let refuse = |reason: &str| {
-        response(ctx, -1, |r| {
-            r.created = true;
-            r.canceled = true;
-            r.cancel_reason = reason.to_string();
-        })
-    };
-    let from_key = c.range_end == [0];
-    if !c.range_end.is_empty() && !from_key && c.key >= c.range_end {
-        return send(out, refuse(EMPTY_RANGE)).await;
-    }
-    watchers.retain(|_, w| !w.task.is_finished());
-    let id = if c.watch_id != 0 {
-        if watchers.contains_key(&c.watch_id) {
-            return send(out, refuse(DUPLICATE_ID)).await;
+impl Stream {
+    /// Handles one client request; false when the client is gone.
+    async fn request(&mut self, req: WatchRequest) -> bool {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) if self.remove(c.watch_id) => {
+                let r = response(&self.ctx, c.watch_id, |r| r.canceled = true);
+                send(&self.out, r).await
+            }
+            // etcd ignores a cancel of an unknown watch.
+            Some(RequestUnion::CancelRequest(_)) => true,
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let rev = self
+                    .watchers
+                    .values()
+                    .map(Watcher::synced)
+                    .min()
+                    .unwrap_or_else(|| self.ctx.node.revision());
+                send(&self.out, progress(&self.ctx, -1, rev)).await
+            }
+            None => true,
         }
-        c.watch_id
-    } else {
-        while watchers.contains_key(next_id) {
-            *next_id += 1;
-        }
-        *next_id
-    };
-    // The created response goes out before any event of the watcher.
-    if !send(out, response(ctx, id, |r| r.created = true)).await {
-        return false;
     }
-    // Owed so far: nothing at or below `start - 1` (or below "now" for a
-    // watch from now); the watcher raises this as it delivers.
-    let now = ctx.node.revision();
-    let owed_from = if c.start_revision > 0 {
-        (c.start_revision - 1).min(now)
-    } else {
-        now
-    };
-    let synced = Arc::new(AtomicI64::new(owed_from));
-    let task = tokio::spawn(watcher::run(
-        ctx.clone(),
-        id,
-        c,
-        out.clone(),
-        synced.clone(),
-    ));
-    watchers.insert(id, Watcher { task, synced });
-    true
+
+    async fn create(&mut self, c: WatchCreateRequest) -> bool {
+        let ctx = &self.ctx;
+        let refuse = |reason: &str| {
+            response(ctx, -1, |r| {
+                r.created = true;
+                r.canceled = true;
+                r.cancel_reason = reason.to_string();
+            })
+        };
+        let from_key = c.range_end == [0];
+        if !c.range_end.is_empty() && !from_key && c.key >= c.range_end {
+            return send(&self.out, refuse(EMPTY_RANGE)).await;
+        }
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                return send(&self.out, refuse(DUPLICATE_ID)).await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        // The created response goes out before any event of the watcher.
+        if !send(&self.out, response(ctx, id, |r| r.created = true)).await {
+            return false;
+        }
+        let span = cairn_mvcc::Span::new(&c.key, &c.range_end);
+        let (key, regions) = group::touched(ctx, &span);
+        let g = match self.groups.iter().position(|g| g.key == key) {
+            Some(g) => g,
+            None => {
+                self.groups.push(Group::open(key.clone(), regions));
+                self.groups.len() - 1
+            }
+        };
+        self.groups[g].members.push(id);
+        let w = Watcher::new(&c, key, self.ctx.node.revision());
+        self.watchers.insert(id, w);
+        self.replay(id).await
+    }
+
+    /// Brings watcher `id` up to its group's feed: from the history of a
+    /// fresh view, unless it has nothing to replay. False when the client
+    /// is gone.
+    async fn replay(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return true;
+        };
+        let Some(g) = self.groups.iter().find(|g| g.key == w.group) else {
+            return true;
+        };
+        let view = g.view(&w.filter.span);
+        // A view covers everything its group handed out (group.rs); if it
+        // somehow did not, replaying again with a later view will.
+        let behind = view.current < g.resolved;
+        if w.next == 0 {
+            w.next = view.current + 1;
+        }
+        if w.next > view.current {
+            w.resolved = w.resolved.max(view.current);
+            w.mode = Mode::Live;
+            return true;
+        }
+        if w.next < view.compacted {
+            let compacted = view.compacted;
+            self.remove(id);
+            let r = response(&self.ctx, id, |r| {
+                r.compact_revision = compacted;
+                r.canceled = true;
+            });
+            return send(&self.out, r).await;
+        }
+        let (from, to, views) = (w.next, view.current, view.history);
+        let task = self
+            .replays
+            .spawn_blocking(move || {
+                let mut all = Vec::new();
+                for (snap, span) in views {
+                    all.extend(
+                        cairn_mvcc::history(&*snap, &span, from, to).map_err(|e| e.to_string())?,
+                    );
+                }
+                all.sort_by(|(ra, a), (rb, b)| {
+                    ra.cmp(rb).then_with(|| event_key(a).cmp(event_key(b)))
+                });
+                Ok((all, to))
+            })
+            .id();
+        self.replaying.insert(task, id);
+        w.mode = Mode::Replaying {
+            task,
+            pending: Vec::new(),
+            again: behind,
+        };
+        true
+    }
+
+    /// A history read finished: send it, then what the group fed meanwhile.
+    async fn replayed(&mut self, task: Id, replay: Replay) -> bool {
+        let Some(id) = self.replaying.remove(&task) else {
+            return true;
+        };
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return true;
+        };
+        let (pending, again) = match &mut w.mode {
+            Mode::Replaying {
+                task: t,
+                pending,
+                again,
+            } if *t == task => (std::mem::take(pending), *again),
+            _ => return true,
+        };
+        w.mode = Mode::Live;
+        let (events, upto) = match replay {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(watch_id = id, error = %e, "watch history read failed");
+                self.remove(id);
+                let r = response(&self.ctx, id, |r| {
+                    r.canceled = true;
+                    r.cancel_reason = format!("history read failed: {e}");
+                });
+                return send(&self.out, r).await;
+            }
+        };
+        let events = w.replayed(events, upto);
+        if !w.deliver(&self.ctx, id, &self.out, events).await {
+            return false;
+        }
+        if again {
+            return self.replay(id).await;
+        }
+        for (batch, upto) in pending {
+            let events = w.take(&batch, upto);
+            if !w.deliver(&self.ctx, id, &self.out, events).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The next item of group `g`'s feed.
+    async fn batch(&mut self, g: usize, item: HubItem) -> bool {
+        match item {
+            HubItem::Batch { events, resolved } => {
+                let group = &mut self.groups[g];
+                group.resolved = group.resolved.max(resolved);
+                for i in 0..group.members.len() {
+                    let id = group.members[i];
+                    let Some(w) = self.watchers.get_mut(&id) else {
+                        continue;
+                    };
+                    let events = w.take(&events, resolved);
+                    if !w.deliver(&self.ctx, id, &self.out, events).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            // Fell behind the bounded feed, or a replica was replaced by a
+            // snapshot: subscribe again and replay from MVCC.
+            HubItem::Discontinuity => {
+                let group = &mut self.groups[g];
+                tracing::debug!(
+                    regions = ?group.key,
+                    watchers = group.members.len(),
+                    "watch feed broke (lagged or snapshot installed): replaying from MVCC"
+                );
+                group.resubscribe();
+                let members = group.members.clone();
+                for id in members {
+                    let live = match self.watchers.get_mut(&id).map(|w| &mut w.mode) {
+                        Some(Mode::Replaying { pending, again, .. }) => {
+                            pending.clear();
+                            *again = true;
+                            false
+                        }
+                        Some(Mode::Live) => true,
+                        None => false,
+                    };
+                    if live && !self.replay(id).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            // The node is shutting down.
+            HubItem::Closed => false,
+        }
+    }
+
+    /// Progress notifications for quiet watchers that asked for them.
+    async fn progress_tick(&mut self) -> bool {
+        for (id, w) in &mut self.watchers {
+            if !w.progress_notify || matches!(w.mode, Mode::Replaying { .. }) {
+                continue;
+            }
+            if w.quiet && !send(&self.out, progress(&self.ctx, *id, w.synced())).await {
+                return false;
+            }
+            w.quiet = true;
+        }
+        true
+    }
+
+    /// Forgets watcher `id` (and its group, if it was the last member).
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(&id) else {
+            return false;
+        };
+        if let Mode::Replaying { task, .. } = w.mode {
+            self.replaying.remove(&task);
+        }
+        if let Some(g) = self.groups.iter().position(|g| g.key == w.group) {
+            self.groups[g].members.retain(|m| *m != id);
+            if self.groups[g].members.is_empty() {
+                self.groups.swap_remove(g);
+            }
+        }
+        true
+    }
+}
+
+fn event_key(e: &Event) -> &[u8] {
+    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
+}
+
+/// A progress response: every event at or below `rev` has been sent.
+fn progress(ctx: &Context, watch_id: i64, rev: i64) -> WatchResponse {
+    let mut r = response(ctx, watch_id, |_| {});
+    if let Some(h) = &mut r.header {
+        h.revision = rev;
+    }
+    r
 }
 
 /// A response for `watch_id` with the current header, shaped by `f`.

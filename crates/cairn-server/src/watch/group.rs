@@ -1,0 +1,149 @@
+//! The watchers of one stream that read the same regions, and the one
+//! subscription they share.
+//!
+//! A put wakes one reader per stream, not one per watcher: the stream reads
+//! each group's merged feed once and hands every batch to the group's
+//! members in turn, which also lets their responses leave in one write
+//! (etcd, likewise, fans out from one loop per stream). A group is opened by
+//! its first watcher and closed with its last.
+//!
+//! Ordering contract: a region publishes a batch only after the state it
+//! describes is visible to `read_view`. So a view read now covers every
+//! batch the group has already handed out, and a watcher that joins by
+//! replaying history up to its view's revision misses nothing: later batches
+//! arrive through the group (those at or below the view are skipped).
+
+use std::sync::Arc;
+
+use cairn_mvcc::Span;
+use cairn_raft::RegionShared;
+use cairn_store::watch_hub::FeedMerger;
+
+use crate::Context;
+
+/// The regions a span touches, each with the region's bounds.
+type Touched = Vec<(Arc<RegionShared>, Vec<u8>, Vec<u8>)>;
+
+/// One group of a stream.
+pub struct Group {
+    /// IDs of the regions read, in the node's order: the group's identity.
+    pub key: Vec<u64>,
+    regions: Touched,
+    merger: FeedMerger,
+    /// The group has handed out every batch resolved up to here.
+    pub resolved: i64,
+    /// IDs of the watchers in the group.
+    pub members: Vec<i64>,
+}
+
+/// A consistent view to replay a watcher's history from.
+pub struct View {
+    /// Per region: its storage view and the watcher's span clipped to it.
+    pub history: Vec<(Arc<dyn cairn_storage::Snapshot>, Span)>,
+    /// Every region has applied at least this revision.
+    pub current: i64,
+    /// Compaction is global: the highest any region reports.
+    pub compacted: i64,
+}
+
+/// The regions `span` touches.
+pub fn touched(ctx: &Context, span: &Span) -> (Vec<u64>, Touched) {
+    let (start, end) = match span {
+        Span::Single(k) => (
+            k.clone(),
+            Some(k.iter().copied().chain([0]).collect::<Vec<u8>>()),
+        ),
+        Span::Range(s, e) => (s.clone(), e.clone()),
+    };
+    let regions: Touched = ctx
+        .node
+        .regions_overlapping(&start, end.as_deref())
+        .into_iter()
+        .map(|(r, s, e)| (r.shared.clone(), s, e))
+        .collect();
+    (regions.iter().map(|(r, _, _)| r.region).collect(), regions)
+}
+
+impl Group {
+    /// Subscribes to the feeds of `regions`.
+    pub fn open(key: Vec<u64>, regions: Touched) -> Self {
+        let mut g = Self {
+            key,
+            regions,
+            merger: FeedMerger::new(Vec::new()),
+            resolved: 0,
+            members: Vec::new(),
+        };
+        g.resubscribe();
+        g
+    }
+
+    /// Subscribes afresh (after the old subscription lagged or a region's
+    /// state was replaced): views read from now on cover every batch the new
+    /// subscription skips.
+    pub fn resubscribe(&mut self) {
+        // Subscribe first, then read what has been resolved: a batch
+        // published in between is both in the feed and in any later view.
+        let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
+        let inputs: Vec<_> = self
+            .regions
+            .iter()
+            .zip(feeds)
+            .map(|((r, _, _), feed)| (feed, r.revisions().current))
+            .collect();
+        self.merger = FeedMerger::new(inputs);
+        self.resolved = self.resolved.max(self.merger.resolved());
+    }
+
+    /// The merged feed.
+    pub fn merger(&mut self) -> &mut FeedMerger {
+        &mut self.merger
+    }
+
+    /// A view of every region for `span`'s history.
+    pub fn view(&self, span: &Span) -> View {
+        let mut history = Vec::new();
+        let (mut current, mut compacted) = (i64::MAX, 0);
+        for (r, rs, re) in &self.regions {
+            let (snap, revs) = r.read_view();
+            current = current.min(revs.current);
+            compacted = compacted.max(revs.compacted);
+            if let Some(s) = clip(span, rs, re) {
+                history.push((snap, s));
+            }
+        }
+        View {
+            history,
+            current: if current == i64::MAX { 0 } else { current },
+            compacted,
+        }
+    }
+}
+
+/// `span` ∩ `[start, end)` (`end` empty: to the end), if not empty.
+fn clip(span: &Span, start: &[u8], end: &[u8]) -> Option<Span> {
+    let within = |k: &[u8]| k >= start && (end.is_empty() || k < end);
+    match span {
+        Span::Single(k) => within(k).then(|| span.clone()),
+        Span::Range(s, e) => {
+            let lo = if s.as_slice() > start {
+                s.clone()
+            } else {
+                start.to_vec()
+            };
+            let hi = match (e, end.is_empty()) {
+                (None, true) => None,
+                (None, false) => Some(end.to_vec()),
+                (Some(e), true) => Some(e.clone()),
+                (Some(e), false) => Some(if e.as_slice() < end {
+                    e.clone()
+                } else {
+                    end.to_vec()
+                }),
+            };
+            hi.as_ref()
+                .is_none_or(|h| lo < *h)
+                .then_some(Span::Range(lo, hi))
+        }
+    }
+}
