@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub snapshot_log_bytes: u64,
     /// How often the lease leader checkpoints remaining TTLs (etcd: 5 min).
     pub lease_checkpoint_interval: std::time::Duration,
+    /// Serve linearizable reads on the leader under a read lease instead of
+    /// a quorum round per batch (see `read_lease`); false: always a round.
+    pub read_lease: bool,
 }
 
 /// Parses etcd's `--initial-cluster` (`name=url,name=url`).

@@ -12,7 +12,8 @@
 //!   the etcd revision (strictly increasing, not dense);
 //! - the read path: read-index at the leader, then a local read once applied
 //!   (linearizable; concurrent reads share read-index rounds, see
-//!   [`read_batch`]); or straight from the local replica (serializable);
+//!   [`read_batch`]; on the leader under a read lease no round at all,
+//!   see [`read_lease`]); or straight from the local replica (serializable);
 //! - the [`tso`]: served by the meta region's leader from a Raft-persisted
 //!   window.
 //! - log bounds: besides openraft's snapshot every N entries, each replica
@@ -31,6 +32,7 @@ mod node;
 mod peer_service;
 pub mod proposer;
 mod read_batch;
+mod read_lease;
 mod remote;
 pub mod tso;
 pub mod watch_hub;
@@ -40,4 +42,5 @@ pub use error::{Error, Result};
 pub use lessor::LeaseTtl;
 pub use node::{Node, NodeStatus, Region, DATA_REGION, META_REGION};
 pub use peer_service::PeerService;
+pub use read_lease::READ_LEASE;
 pub use remote::{ForwardOk, ForwardOp};

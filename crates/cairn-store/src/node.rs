@@ -26,6 +26,7 @@ use crate::config::{cluster_id, member_id, NodeConfig};
 use crate::lessor::{LeaseTtl, Lessor};
 use crate::proposer::{Proposal, Proposer, TimestampSource};
 use crate::read_batch::ReadIndexBatcher;
+use crate::read_lease::ReadLease;
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::tso::{read_index_error, Tso};
 use crate::{Error, Result};
@@ -167,9 +168,16 @@ impl Node {
                     let proposer = Proposer::start(raft.clone(), timestamps.clone());
                     let leader_reads = {
                         let raft = raft.clone();
+                        // The meta region's elections are triggered by hand
+                        // (`colocate_tso`), which a lease cannot survive.
+                        let lease = (config.read_lease && region != META_REGION)
+                            .then(|| Arc::new(ReadLease::new(id)));
                         ReadIndexBatcher::start(move || {
-                            let raft = raft.clone();
+                            let (raft, lease) = (raft.clone(), lease.clone());
                             async move {
+                                if let Some(lease) = lease {
+                                    return lease.read_index(&raft).await;
+                                }
                                 let (read, _) =
                                     raft.get_read_log_id().await.map_err(read_index_error)?;
                                 Ok(read.map_or(0, |l| l.index))

@@ -143,6 +143,7 @@ impl InProcessCluster {
             snapshot_logs: self.snapshot_logs,
             snapshot_log_bytes: self.snapshot_log_bytes,
             lease_checkpoint_interval: std::time::Duration::from_secs(2),
+            read_lease: true,
         };
         // A stopped node's engine is released asynchronously; retry briefly.
         let deadline = Instant::now() + Duration::from_secs(15);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_store::DATA_REGION;
+use cairn_store::{DATA_REGION, READ_LEASE};
 use cairn_testkit::{kv, InProcessCluster};
 
 /// Retries a put through `node` until it is acknowledged (elections may be
@@ -115,6 +115,64 @@ async fn minority_partition_cannot_serve_linearizable_reads_but_majority_writes(
     assert_eq!(kv::get(&mut isolated, "during", true).await.unwrap(), None);
     c.heal();
     wait_value(&c, leader, "during", "2", true).await;
+    c.shutdown().await;
+}
+
+/// A leader serves linearizable reads without a quorum round only while its
+/// read lease holds: cut off from both followers, it still answers right
+/// away (no round could succeed), and stops answering once `READ_LEASE`
+/// has passed since the cut (every lease it holds began before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_serves_reads_only_while_its_read_lease_holds() {
+    let c = InProcessCluster::start(3).await;
+    let mut leader = c.wait_leader(DATA_REGION).await;
+    put_eventually(&c, leader, "k", "1").await;
+    let mut client = c.kv(leader).await;
+    let mut served_isolated = 0;
+    for _attempt in 0..5 {
+        // Let any lease lapse, so this read runs a round and takes a fresh one.
+        tokio::time::sleep(READ_LEASE + Duration::from_millis(50)).await;
+        assert_eq!(
+            kv::get(&mut client, "k", false).await.unwrap().as_deref(),
+            Some("1")
+        );
+        c.isolate(leader);
+        let cut = Instant::now();
+        if let Ok(v) = kv::get(&mut client, "k", false).await {
+            // Answered under the lease: only possible before it lapsed.
+            assert!(
+                cut.elapsed() < READ_LEASE,
+                "answered {:?} after the cut",
+                cut.elapsed()
+            );
+            assert_eq!(v.as_deref(), Some("1"));
+            served_isolated += 1;
+        }
+        // Past the lease, reads need a round, which cannot reach a quorum.
+        tokio::time::sleep(
+            (cut + READ_LEASE + Duration::from_millis(20))
+                .saturating_duration_since(Instant::now()),
+        )
+        .await;
+        match kv::get(&mut client, "k", false).await {
+            Ok(v) => panic!("isolated leader answered {v:?} after its lease"),
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+        c.heal();
+        if served_isolated > 0 {
+            break;
+        }
+        // The cut may have cost the leadership; find the leader again.
+        let l = c.wait_leader(DATA_REGION).await;
+        assert_eq!(
+            l, leader,
+            "leadership moved while the cut lasted under a second"
+        );
+    }
+    assert!(
+        served_isolated > 0,
+        "the leader never served a read under its lease"
+    );
     c.shutdown().await;
 }
 

@@ -56,6 +56,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             max_txn_ops: 128,
             snapshot_count: 10_000,
             snapshot_log_bytes: 64 << 20,
+            read_lease: true,
             experimental_watch_progress_notify_interval: "10m".into(),
         };
         nodes.push(serve::start(args).await?);

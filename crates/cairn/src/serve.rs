@@ -57,6 +57,12 @@ pub struct ServeArgs {
     /// many bytes since the last snapshot; 0 disables.
     #[arg(long, default_value_t = 64 << 20)]
     pub snapshot_log_bytes: u64,
+    /// Serve linearizable reads on the leader under a read lease (no quorum
+    /// round per read while it holds; assumes the nodes' clocks tick at
+    /// roughly the same rate). `false`: a quorum round per batch of reads,
+    /// as etcd does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub read_lease: bool,
 }
 
 /// A running node with its listeners.
@@ -115,6 +121,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         snapshot_logs: a.snapshot_count.max(10),
         snapshot_log_bytes: a.snapshot_log_bytes,
         lease_checkpoint_interval: std::time::Duration::from_secs(300),
+        read_lease: a.read_lease,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;

@@ -1,0 +1,129 @@
+//! Leader read leases: linearizable reads on the leader without a quorum
+//! round for every batch.
+//!
+//! A read index costs a heartbeat round to a quorum. On 3 nodes with one
+//! client that round is most of a linearizable read (0.36 of 0.52 ms,
+//! docs/benchmarks.md), so no batching can help there. A lease lets the
+//! leader skip it: after a round that *started* at `t0` succeeded, no other
+//! leader can exist before `t0 + leader_lease`, and the leader serves reads
+//! at its own commit index until `t0 + READ_LEASE` (a quarter of that).
+//!
+//! Why no other leader can exist meanwhile (openraft 0.9, checked in its
+//! engine): a follower that accepts an AppendEntries from the leader —
+//! the round's heartbeats, sent after `t0` — refuses every vote request for
+//! `leader_lease` (= `election_timeout_max`) after it, and does not start
+//! an election of its own before `leader_lease + election_timeout`; a node
+//! that restarts treats its persisted (committed) vote as just renewed.
+//! Every majority contains a member of the quorum that answered the round:
+//! either such a follower, or the leader itself. The leader's own vote is
+//! not leased, so each lease read asks the Raft core (one message, no
+//! network) whether this node still holds the *same* vote and membership
+//! as when the lease was taken: votes only grow, so an unchanged vote means
+//! it granted no other candidate since. The core also gives the commit
+//! index, used only when it is of the leader's own term (so it covers every
+//! entry any earlier leader committed).
+//!
+//! What the lease assumes: the nodes' monotonic clocks run at the same rate
+//! within a factor of four over a second — not that they agree on the time.
+//! It breaks if something triggers an election by hand (`trigger().elect()`
+//! skips the candidate's own lease): that is done only on the meta region
+//! (`colocate_tso`), which therefore takes no lease. `--read-lease false`
+//! turns leases off (every batch runs a round, as etcd does).
+//!
+//! A read that finds the lease lapsed runs the round and renews it, so a
+//! steady stream of reads pays one round per `READ_LEASE`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cairn_raft::Raft;
+use openraft::{LogId, ServerState, Vote};
+use tokio::time::Instant;
+
+use crate::tso::read_index_error;
+use crate::{Error, Result};
+
+/// How long after a round starts its lease lasts. openraft's followers
+/// hold theirs for `election_timeout_max` (1 s, `cairn_raft::raft_config`);
+/// a quarter of that leaves room for clock-rate skew and scheduling.
+pub const READ_LEASE: Duration = Duration::from_millis(250);
+
+/// One region replica's lease.
+pub struct ReadLease {
+    id: u64,
+    held: Mutex<Option<Held>>,
+}
+
+/// What a successful round proved.
+#[derive(Clone, Debug)]
+struct Held {
+    vote: Vote<u64>,
+    membership: Option<LogId<u64>>,
+    until: Instant,
+}
+
+impl ReadLease {
+    /// A lease for node `id`'s replica, not yet held.
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            held: Mutex::new(None),
+        }
+    }
+
+    /// A read index from a quorum round, or from the lease when it holds.
+    pub async fn read_index(&self, raft: &Raft) -> Result<u64> {
+        if let Some(index) = self.leased_index(raft).await? {
+            return Ok(index);
+        }
+        self.renew(raft).await
+    }
+
+    /// The leader's commit index if the lease holds and this node still
+    /// leads with the vote and membership the lease was taken under.
+    async fn leased_index(&self, raft: &Raft) -> Result<Option<u64>> {
+        let held = match self.held.lock().map(|h| h.clone()) {
+            Ok(Some(h)) if Instant::now() < h.until => h,
+            _ => return Ok(None),
+        };
+        raft.with_raft_state(move |st| {
+            let same = st.server_state == ServerState::Leader
+                && *st.vote_ref() == held.vote
+                && *st.membership_state.effective().log_id() == held.membership;
+            match st.committed {
+                Some(c) if same && c.leader_id.term == held.vote.leader_id().get_term() => {
+                    Some(c.index)
+                }
+                _ => None,
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Runs a read-index round; on success this node holds the lease until
+    /// `READ_LEASE` after the round started.
+    async fn renew(&self, raft: &Raft) -> Result<u64> {
+        let t0 = Instant::now();
+        let (vote, membership) = raft
+            .with_raft_state(|st| {
+                (
+                    st.vote_ref().clone(),
+                    st.membership_state.effective().log_id().clone(),
+                )
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;
+        if vote.is_committed() && vote.leader_id().voted_for() == Some(self.id) {
+            if let Ok(mut h) = self.held.lock() {
+                *h = Some(Held {
+                    vote,
+                    membership,
+                    until: t0 + READ_LEASE,
+                });
+            }
+        }
+        Ok(read.map_or(0, |l| l.index))
+    }
+}
