@@ -55,7 +55,7 @@ pub struct ReadLease {
 }
 
 /// What a successful round proved.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Held {
     vote: Vote<u64>,
     membership: Option<LogId<u64>>,
@@ -82,7 +82,7 @@ impl ReadLease {
     /// The leader's commit index if the lease holds and this node still
     /// leads with the vote and membership the lease was taken under.
     async fn leased_index(&self, raft: &Raft) -> Result<Option<u64>> {
-        let held = match self.held.lock().map(|h| h.clone()) {
+        let held = match self.held.lock().map(|h| *h) {
             Ok(Some(h)) if Instant::now() < h.until => h,
             _ => return Ok(None),
         };
@@ -106,12 +106,7 @@ impl ReadLease {
     async fn renew(&self, raft: &Raft) -> Result<u64> {
         let t0 = Instant::now();
         let (vote, membership) = raft
-            .with_raft_state(|st| {
-                (
-                    st.vote_ref().clone(),
-                    st.membership_state.effective().log_id().clone(),
-                )
-            })
+            .with_raft_state(|st| (*st.vote_ref(), *st.membership_state.effective().log_id()))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
         let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;

@@ -162,12 +162,9 @@ async fn an_isolated_leader_serves_reads_only_while_its_read_lease_holds() {
         if served_isolated > 0 {
             break;
         }
-        // The cut may have cost the leadership; find the leader again.
-        let l = c.wait_leader(DATA_REGION).await;
-        assert_eq!(
-            l, leader,
-            "leadership moved while the cut lasted under a second"
-        );
+        // A slow round may have let the cut cost the leadership.
+        leader = c.wait_leader(DATA_REGION).await;
+        client = c.kv(leader).await;
     }
     assert!(
         served_isolated > 0,
