@@ -42,7 +42,9 @@ pub use error::{Error, Rejection, Result};
 pub use history::history;
 pub use range::{range, Span};
 pub use record::Record;
-pub use txn::{apply_txn, LeaseView, NoLeases, TxnOutcome};
+pub use txn::{
+    apply_txn, is_read_only, is_serializable, read_txn, LeaseView, NoLeases, TxnOutcome,
+};
 pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};
 
 /// The revision bookkeeping of an MVCC store, owned by the caller (the

@@ -104,6 +104,41 @@ pub fn apply_txn(
     })
 }
 
+/// True when `req` writes nothing whichever branches it takes (nested
+/// transactions included). etcd serves such a Txn like a Range — a read
+/// index, then a local read — without a Raft proposal, and so does Cairn.
+pub fn is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) | None => true,
+            Some(Request::RequestTxn(t)) => is_read_only(t),
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+        })
+}
+
+/// True when every op on both branches is a serializable Range (etcd's
+/// rule: such a Txn is served from the local replica, like a serializable
+/// Range; a nested Txn makes it linearizable).
+pub fn is_serializable(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(&op.request, Some(Request::RequestRange(r)) if r.serializable))
+}
+
+/// Runs a read-only `req` (see [`is_read_only`]) against `read` at `revs`:
+/// the same compares and ranges [`apply_txn`] would run, with no revision
+/// taken. The header revision is `revs.current`, as for a Range. Given a
+/// writing txn it would compute that txn's response but write nothing.
+pub fn read_txn(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Result<TxnResponse> {
+    debug_assert!(is_read_only(req), "read_txn given a writing txn");
+    let out = apply_txn(read, req, revs.current + 1, revs, &NoLeases)?;
+    debug_assert!(out.batch.is_empty() && out.revisions == revs);
+    Ok(out.response)
+}
+
 /// The branch each (nested) transaction takes, in execution order.
 fn txn_path(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Result<Vec<bool>> {
     let mut path = Vec::new();

@@ -226,13 +226,29 @@ impl Runner {
             return None;
         }
         let rev = rev.unwrap_or(self.revs.current + 1);
+        // A read-only txn is served without a proposal (`read_txn`); it must
+        // answer exactly what applying it would.
+        let read_only = cairn_mvcc::is_read_only(&req).then(|| {
+            cairn_mvcc::read_txn(&*self.engine, &req, self.revs).map_err(|e| e.to_string())
+        });
         match cairn_mvcc::apply_txn(&*self.engine, &req, rev, self.revs, &NoLeases) {
             Ok(o) => {
+                if let Some(r) = read_only {
+                    assert_eq!(
+                        r.as_ref(),
+                        Ok(&o.response),
+                        "read_txn differs from apply_txn"
+                    );
+                    assert!(o.batch.is_empty(), "a read-only txn wrote");
+                }
                 self.engine.write(o.batch, Durability::Buffered).unwrap();
                 self.revs = o.revisions;
                 Some(o.response)
             }
             Err(e) => {
+                if let Some(r) = read_only {
+                    assert_eq!(r, Err(e.to_string()), "read_txn differs from apply_txn");
+                }
                 out.push(format!("error: {e}"));
                 None
             }

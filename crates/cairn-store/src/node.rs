@@ -361,6 +361,9 @@ impl Node {
     /// Runs a write transaction (`Put`/`DeleteRange` arrive as one-op txns).
     pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse> {
         let region = self.route(&first_key(req));
+        if cairn_mvcc::is_read_only(req) {
+            return self.read_txn(region, req).await;
+        }
         match self
             .submit(region, ForwardOp::Txn(req.encode_to_vec()))
             .await?
@@ -404,6 +407,27 @@ impl Node {
             return cairn_mvcc::range(&*snap, &req, revs).map_err(Error::from);
         }
         tokio::task::spawn_blocking(move || cairn_mvcc::range(&*snap, &req, revs))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::from)
+    }
+
+    /// Serves a Txn that writes nothing the way etcd does: like a Range
+    /// (linearizable through the read index, or from this replica when every
+    /// op is a serializable Range), with no Raft proposal and no revision.
+    /// Compares and ranges over single keys run here; any span goes to the
+    /// blocking pool, as for [`Node::range`].
+    async fn read_txn(&self, region: u64, req: &TxnRequest) -> Result<TxnResponse> {
+        let (snap, revs) = if cairn_mvcc::is_serializable(req) {
+            self.region(region)?.shared.read_view()
+        } else {
+            self.linearizable_view(region).await?
+        };
+        if single_keys(req) {
+            return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
+        }
+        let req = req.clone();
+        tokio::task::spawn_blocking(move || cairn_mvcc::read_txn(&*snap, &req, revs))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(Error::from)
@@ -601,6 +625,22 @@ fn first_key(req: &TxnRequest) -> Vec<u8> {
         }
     }
     Vec::new()
+}
+
+/// True when every compare and range in `req` (nested txns included) names
+/// one key, so reading it is bounded.
+fn single_keys(req: &TxnRequest) -> bool {
+    use cairn_api::etcdserverpb::request_op::Request;
+    req.compare.iter().all(|c| c.range_end.is_empty())
+        && req
+            .success
+            .iter()
+            .chain(&req.failure)
+            .all(|op| match &op.request {
+                Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+                Some(Request::RequestTxn(t)) => single_keys(t),
+                _ => true,
+            })
 }
 
 /// Gets timestamps from the meta leader: locally if that is us.

@@ -308,3 +308,63 @@ async fn concurrent_writes_share_fsyncs() {
     );
     c.shutdown().await;
 }
+
+/// A Txn that writes nothing is served like a Range (etcd does the same):
+/// it sees every write acknowledged before it, on any member, and appends
+/// nothing to the Raft log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_txn_is_linearizable_and_appends_nothing_to_the_log() {
+    use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use cairn_api::etcdserverpb::request_op::Request;
+    use cairn_api::etcdserverpb::response_op::Response;
+    use cairn_api::etcdserverpb::{Compare, RangeRequest, RequestOp, TxnRequest};
+
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let follower = (leader + 1) % 3;
+    let rev = put_eventually(&c, leader, "k", "v1").await;
+    let get = |key: &str, serializable| RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: key.into(),
+            serializable,
+            ..Default::default()
+        })),
+    };
+    let txn = |serializable| TxnRequest {
+        compare: vec![Compare {
+            key: "k".into(),
+            target: CompareTarget::Value as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::Value("v1".into())),
+            ..Default::default()
+        }],
+        success: vec![get("k", serializable)],
+        failure: vec![get("other", serializable)],
+    };
+    let log_index = |i: usize| {
+        c.node(i)
+            .region(DATA_REGION)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+    };
+    let before = log_index(leader);
+    let mut client = c.kv(follower).await;
+    for _ in 0..20 {
+        let r = client.txn(txn(false)).await.unwrap().into_inner();
+        assert!(r.succeeded, "the follower missed an acknowledged write");
+        assert_eq!(r.header.unwrap().revision, rev);
+        match &r.responses[0].response {
+            Some(Response::ResponseRange(g)) => assert_eq!(g.kvs[0].value, b"v1"),
+            other => panic!("unexpected response {other:?}"),
+        }
+    }
+    // Serializable: from the follower's own state, which has this write
+    // once it applied it.
+    wait_value(&c, follower, "k", "v1", true).await;
+    assert!(client.txn(txn(true)).await.unwrap().into_inner().succeeded);
+    assert_eq!(log_index(leader), before, "read-only txns were proposed");
+    c.shutdown().await;
+}
