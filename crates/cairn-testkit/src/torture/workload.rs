@@ -1,5 +1,6 @@
 //! The recorded workload: concurrent clients issue single-key Put, Get
-//! (linearizable), Delete and compare-and-set Txns on a few keys, and every
+//! (linearizable; half of them as a read-only Txn, which the server serves
+//! on the read path too), Delete and compare-and-set Txns on a few keys, and every
 //! operation is written to the history with its invoke and return times and
 //! its outcome (see `cairn_check::history`).
 //!
@@ -38,8 +39,9 @@ fn header_rev(h: &Option<cairn_api::etcdserverpb::ResponseHeader>) -> Option<i64
     h.as_ref().map(|h| h.revision)
 }
 
-/// Runs one request; the outcome as the history records it.
-pub async fn execute(kv: &mut KvClient<Channel>, req: &Request) -> Outcome {
+/// Runs one request; the outcome as the history records it. A Get is sent
+/// as a Range, or as a read-only Txn when `get_as_txn`.
+pub async fn execute(kv: &mut KvClient<Channel>, req: &Request, get_as_txn: bool) -> Outcome {
     let key = req.key().as_bytes().to_vec();
     let call = async {
         Ok::<Outcome, tonic::Status>(match req {
@@ -54,6 +56,33 @@ pub async fn execute(kv: &mut KvClient<Channel>, req: &Request) -> Outcome {
                     .into_inner();
                 Outcome {
                     revision: header_rev(&r.header),
+                    ..Outcome::of(Status::Ok)
+                }
+            }
+            Request::Get { .. } if get_as_txn => {
+                let r = kv
+                    .txn(TxnRequest {
+                        success: vec![RequestOp {
+                            request: Some(OpRequest::RequestRange(RangeRequest {
+                                key,
+                                ..Default::default()
+                            })),
+                        }],
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                let kv = match r.responses.first().and_then(|x| x.response.as_ref()) {
+                    Some(OpResponse::ResponseRange(rr)) => rr.kvs.first().map(kv_of),
+                    other => {
+                        return Err(tonic::Status::internal(format!(
+                            "read-only txn answered {other:?}"
+                        )))
+                    }
+                };
+                Outcome {
+                    revision: header_rev(&r.header),
+                    kv,
                     ..Outcome::of(Status::Ok)
                 }
             }
@@ -183,7 +212,7 @@ pub async fn client(
             _ => Request::Delete { key },
         };
         let call = epoch.elapsed().as_nanos() as u64;
-        let result = execute(&mut kv, &req).await;
+        let result = execute(&mut kv, &req, rng.bool()).await;
         let ret = epoch.elapsed().as_nanos() as u64;
         match (&req, &result) {
             (_, Outcome { kv: Some(x), .. }) => seen[k] = x.mod_revision,
