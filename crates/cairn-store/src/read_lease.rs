@@ -122,3 +122,20 @@ impl ReadLease {
         Ok(read.map_or(0, |l| l.index))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_is_a_quarter_of_what_followers_promise_at_most() {
+        // openraft's followers refuse votes for `election_timeout_max` after
+        // a heartbeat (its `leader_lease`); the read lease must stay well
+        // inside that whatever the Raft timings become.
+        let followers = Duration::from_millis(cairn_raft::raft_config("t").election_timeout_max);
+        assert!(
+            READ_LEASE * 4 <= followers,
+            "{READ_LEASE:?} vs {followers:?}"
+        );
+    }
+}
