@@ -81,7 +81,7 @@ impl ReadLease {
 
     /// The leader's commit index if the lease holds and this node still
     /// leads with the vote and membership the lease was taken under.
-    async fn leased_index(&self, raft: &Raft) -> Result<Option<u64>> {
+    pub async fn leased_index(&self, raft: &Raft) -> Result<Option<u64>> {
         let held = match self.held.lock().map(|h| *h) {
             Ok(Some(h)) if Instant::now() < h.until => h,
             _ => return Ok(None),
