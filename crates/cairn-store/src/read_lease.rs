@@ -23,6 +23,13 @@
 //! index, used only when it is of the leader's own term (so it covers every
 //! entry any earlier leader committed).
 //!
+//! A leader paused between reading its clock and the core's answer (say,
+//! SIGSTOP past the lease) still answers correctly: the index it gets is
+//! one it committed itself, and every entry it counts as committed reached
+//! a majority before any later leader was elected (that majority's members
+//! refuse its appends after voting), so that index is the state at some
+//! instant after the read arrived and before any later leader's write.
+//!
 //! What the lease assumes: the nodes' monotonic clocks run at the same rate
 //! within a factor of four over a second — not that they agree on the time.
 //! It breaks if something triggers an election by hand (`trigger().elect()`
