@@ -115,12 +115,17 @@ pub fn grant(read: &dyn Snapshot, id: i64, ttl: i64) -> Result<WriteBatch> {
     Ok(b)
 }
 
-/// Records the remaining TTL of lease `id` (ignored if it is gone).
-pub fn checkpoint(read: &dyn Snapshot, id: i64, remaining: i64) -> Result<WriteBatch> {
+/// Records the remaining TTL of each `(id, remaining)` (leases that are
+/// gone are skipped). A remaining of 0 (or below) clears the checkpoint: a
+/// renewed lease counts down from its full TTL again, so a later leader
+/// must not resume it from an older, smaller figure.
+pub fn checkpoint(read: &dyn Snapshot, list: &[(i64, i64)]) -> Result<WriteBatch> {
     let mut b = WriteBatch::new();
-    if let Some(mut rec) = get(read, id)? {
-        rec.remaining = remaining.max(1);
-        b.put(Key::Lease { id }.encode(), rec.encode());
+    for &(id, remaining) in list {
+        if let Some(mut rec) = get(read, id)? {
+            rec.remaining = remaining.max(0);
+            b.put(Key::Lease { id }.encode(), rec.encode());
+        }
     }
     Ok(b)
 }

@@ -278,7 +278,11 @@ impl StateMachine {
                 Err(e) => reject(e),
             },
             Command::LeaseCheckpoint { id, remaining } => Ok((
-                lease::checkpoint(engine, id, remaining)?,
+                lease::checkpoint(engine, &[(id, remaining)])?,
+                Reply::Revision(state.current_revision),
+            )),
+            Command::LeaseCheckpoints(list) => Ok((
+                lease::checkpoint(engine, &list)?,
                 Reply::Revision(state.current_revision),
             )),
             Command::LeaseRevoke { id, ts } => {

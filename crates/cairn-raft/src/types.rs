@@ -30,7 +30,8 @@ pub enum Command {
     LeaseGrant { id: i64, ttl: i64 },
     /// Data region: revoke lease `id`, deleting its keys at TSO timestamp `ts`.
     LeaseRevoke { id: i64, ts: i64 },
-    /// Data region: record lease `id`'s remaining TTL (seconds).
+    /// Data region: record lease `id`'s remaining TTL (seconds; 0 clears
+    /// it). Kept for logs written before [`Command::LeaseCheckpoints`].
     LeaseCheckpoint { id: i64, remaining: i64 },
     /// Data region: compact MVCC history at `revision`.
     Compact { revision: i64 },
@@ -40,6 +41,10 @@ pub enum Command {
     SetMember(MemberInfo),
     /// Meta region: a region's descriptor (the region directory).
     SetRegion(RegionDesc),
+    /// Data region: record many leases' remaining TTLs at once, `(id,
+    /// remaining seconds)`; a remaining of 0 clears the checkpoint (a
+    /// renewal: the lease counts down from its full TTL again).
+    LeaseCheckpoints(Vec<(i64, i64)>),
 }
 
 /// The result of applying one command.

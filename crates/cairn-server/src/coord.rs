@@ -10,6 +10,17 @@
 //!   lease has lost its key, and a write guarded by
 //!   `create_revision(key) == rev` fails.
 //!
+//! - a contender that sends lease 0 gets a fresh lease of
+//!   [`SESSION_TTL`] seconds of its own, never refreshed (etcd's servers
+//!   open an orphaned session for it): its key is unique, so a second such
+//!   caller waits, and the lock frees itself a minute later;
+//! - after every wait, one linearizable read at one revision checks both
+//!   that the contender's own key still exists with its create revision
+//!   and that nothing is ahead of it. A contender whose key vanished while
+//!   it waited (lease expired or revoked) is told its session expired, as
+//!   etcd 3.5+'s `Mutex.Lock` does — never that it holds the lock, which
+//!   would give a lock two holders (etcd-io/etcd#9921, still in 3.4).
+//!
 //! Waiting uses the local change feed only as a wake-up; every decision is
 //! taken on a linearizable read.
 
@@ -24,6 +35,19 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::Error;
 use crate::Context;
+
+/// The TTL of the lease granted to a contender that brings none (etcd's
+/// `concurrency.defaultSessionTTL`).
+pub const SESSION_TTL: i64 = 60;
+
+/// The contender's lease: its own, or (for 0) a fresh one of
+/// [`SESSION_TTL`] that nobody keeps alive.
+pub async fn session_lease(ctx: &Context, lease: i64) -> Result<i64, Error> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    Ok(ctx.node.lease_grant(0, SESSION_TTL).await?.0)
+}
 
 /// The end of the range of every key starting with `prefix`.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -95,49 +119,90 @@ pub async fn enter(
     Ok((key, kv.create_revision))
 }
 
-/// The first key (smallest create revision) under `prefix`, linearizably.
-pub async fn first(
-    ctx: &Context,
-    prefix: &[u8],
-    below: Option<i64>,
-    newest: bool,
-) -> Result<Option<KeyValue>, Error> {
+/// The first key (smallest create revision) under `prefix`, linearizably:
+/// the lock holder or election leader.
+pub async fn first(ctx: &Context, prefix: &[u8]) -> Result<Option<KeyValue>, Error> {
     let r = ctx
         .node
         .range(RangeRequest {
             key: prefix.to_vec(),
             range_end: prefix_end(prefix),
             limit: 1,
-            sort_order: if newest {
-                SortOrder::Descend
-            } else {
-                SortOrder::Ascend
-            } as i32,
+            sort_order: SortOrder::Ascend as i32,
             sort_target: SortTarget::Create as i32,
-            max_create_revision: below.map_or(0, |b| b - 1),
             ..Default::default()
         })
         .await?;
     Ok(r.kvs.into_iter().next())
 }
 
-/// Waits until the contender `(key, rev)` is first in line under `prefix`.
-pub async fn wait_turn(ctx: &Context, prefix: &[u8], rev: i64) -> Result<(), Error> {
+/// Waits until the contender `(key, rev)` is first in line under `prefix`;
+/// fails with `expired` (etcd's message) if its own key is gone.
+pub async fn wait_turn(
+    ctx: &Context,
+    prefix: &[u8],
+    key: &[u8],
+    rev: i64,
+    expired: &'static str,
+) -> Result<(), Error> {
     loop {
         let mut feed = ctx.node.region(DATA_REGION)?.shared.subscribe();
-        // The contender just ahead of us, if any.
-        let Some(ahead) = first(ctx, prefix, Some(rev), true).await? else {
+        let (own, ahead) = place_in_line(ctx, prefix, key, rev).await?;
+        if own.is_none_or(|kv| kv.create_revision != rev) {
+            return Err(Error::SessionExpired(expired));
+        }
+        let Some(ahead) = ahead else {
             return Ok(());
         };
-        wait_deleted(&mut feed, &ahead.key).await;
+        wait_deleted(&mut feed, &[&ahead.key, key]).await;
     }
 }
 
-/// Waits for a delete of `key` on the feed (or a feed discontinuity, after
-/// which the caller re-reads).
+/// The contender's own key and the contender just ahead of it (largest
+/// create revision below `rev`), read linearizably at one revision (a
+/// read-only Txn).
+async fn place_in_line(
+    ctx: &Context,
+    prefix: &[u8],
+    key: &[u8],
+    rev: i64,
+) -> Result<(Option<KeyValue>, Option<KeyValue>), Error> {
+    let txn = TxnRequest {
+        success: vec![
+            op(Request::RequestRange(RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            })),
+            op(Request::RequestRange(ahead_of(prefix, rev))),
+        ],
+        ..Default::default()
+    };
+    let resp = ctx.node.txn(&txn).await?;
+    let mut kvs = resp.responses.into_iter().map(|r| match r.response {
+        Some(Response::ResponseRange(r)) => r.kvs.into_iter().next(),
+        _ => None,
+    });
+    Ok((kvs.next().flatten(), kvs.next().flatten()))
+}
+
+/// The range naming the contender just ahead of `rev` under `prefix`.
+fn ahead_of(prefix: &[u8], rev: i64) -> RangeRequest {
+    RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        limit: 1,
+        sort_order: SortOrder::Descend as i32,
+        sort_target: SortTarget::Create as i32,
+        max_create_revision: rev - 1,
+        ..Default::default()
+    }
+}
+
+/// Waits for a delete of any of `keys` on the feed (or a feed
+/// discontinuity, after which the caller re-reads).
 async fn wait_deleted(
     feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<cairn_raft::FeedBatch>>,
-    key: &[u8],
+    keys: &[&[u8]],
 ) {
     loop {
         match feed.recv().await {
@@ -145,7 +210,7 @@ async fn wait_deleted(
                 if b.reset
                     || b.events.iter().any(|(_, e)| {
                         e.r#type == EventType::Delete as i32
-                            && e.kv.as_ref().is_some_and(|kv| kv.key == key)
+                            && e.kv.as_ref().is_some_and(|kv| keys.contains(&kv.key.as_slice()))
                     })
                 {
                     return;

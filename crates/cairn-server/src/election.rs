@@ -22,6 +22,10 @@ use crate::Context;
 const NOT_LEADER: &str = "election: not leader";
 const NO_LEADER: &str = "election: no leader";
 const MISSING_LEADER: &str = "\"leader\" field must be provided";
+/// A campaigner whose key vanished while it waited. etcd's `Campaign` has
+/// no such check (it would report leadership); Cairn refuses, with the
+/// message etcd's mutex uses for the same case.
+const SESSION_EXPIRED: &str = "election: session is expired";
 
 /// The Election service of one node.
 pub struct ElectionService {
@@ -49,9 +53,10 @@ impl Election for ElectionService {
     ) -> Result<Response<CampaignResponse>, Status> {
         let req = req.into_inner();
         let pfx = prefix(&req.name);
-        let (key, rev) = coord::enter(&self.ctx, &pfx, req.lease, &req.value).await?;
+        let lease = coord::session_lease(&self.ctx, req.lease).await?;
+        let (key, rev) = coord::enter(&self.ctx, &pfx, lease, &req.value).await?;
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        coord::wait_turn(&self.ctx, &pfx, rev).await?;
+        coord::wait_turn(&self.ctx, &pfx, &key, rev, SESSION_EXPIRED).await?;
         guard.disarm();
         Ok(Response::new(CampaignResponse {
             header: Some(self.ctx.header(self.ctx.node.revision())),
@@ -59,7 +64,7 @@ impl Election for ElectionService {
                 name: req.name,
                 key,
                 rev,
-                lease: req.lease,
+                lease,
             }),
         }))
     }
@@ -109,7 +114,7 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
         let pfx = prefix(&req.into_inner().name);
-        match coord::first(&self.ctx, &pfx, None, false).await? {
+        match coord::first(&self.ctx, &pfx).await? {
             Some(kv) => Ok(Response::new(LeaderResponse {
                 header: Some(self.ctx.header(self.ctx.node.revision())),
                 kv: Some(kv),
@@ -132,7 +137,7 @@ impl Election for ElectionService {
                     return;
                 };
                 let mut feed = region.shared.subscribe();
-                match coord::first(&ctx, &pfx, None, false).await {
+                match coord::first(&ctx, &pfx).await {
                     Ok(Some(kv)) => {
                         let id = (kv.key.clone(), kv.mod_revision);
                         if last.as_ref() != Some(&id) {

@@ -15,6 +15,12 @@ pub enum Error {
     /// The request exceeds `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// A Lock or Campaign waiter's own key vanished while it waited (its
+    /// lease expired or was revoked): it holds nothing. The message is
+    /// etcd's (`concurrency.ErrSessionExpired`), code Unknown as etcd's
+    /// lock server returns it.
+    #[error("{0}")]
+    SessionExpired(&'static str),
 }
 
 impl From<cairn_mvcc::Error> for Error {
@@ -45,6 +51,7 @@ pub fn to_status(e: Error) -> Status {
     use cairn_store::Error as S;
     let code = match &e {
         Error::RequestTooLarge => Code::InvalidArgument,
+        Error::SessionExpired(_) => Code::Unknown,
         Error::Store(S::Rejected(r)) => rejection_code(*r),
         Error::Store(S::NoLeader) => Code::Unavailable,
         Error::Store(S::NotLeader { .. }) => Code::FailedPrecondition,

@@ -11,6 +11,9 @@ use tonic::{Request, Response, Status};
 use crate::coord::{self, AbandonGuard};
 use crate::Context;
 
+/// etcd's `concurrency.ErrSessionExpired`: the waiter's key vanished.
+const SESSION_EXPIRED: &str = "mutex: session is expired";
+
 /// The Lock service of one node.
 pub struct LockService {
     ctx: Arc<Context>,
@@ -29,10 +32,11 @@ impl Lock for LockService {
         let req = req.into_inner();
         let mut prefix = req.name.clone();
         prefix.push(b'/');
-        let (key, rev) = coord::enter(&self.ctx, &prefix, req.lease, b"").await?;
+        let lease = coord::session_lease(&self.ctx, req.lease).await?;
+        let (key, rev) = coord::enter(&self.ctx, &prefix, lease, b"").await?;
         // If the client goes away while waiting, its place in line is given up.
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        coord::wait_turn(&self.ctx, &prefix, rev).await?;
+        coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED).await?;
         guard.disarm();
         Ok(Response::new(LockResponse {
             header: Some(self.ctx.header(self.ctx.node.revision())),

@@ -1,33 +1,114 @@
-//! The lessor: lease expiry, kept by the data region's leader only.
+//! The lessor: lease deadlines, renewal, expiry and checkpoints, kept by the
+//! data region's leader only.
 //!
 //! Lease records are replicated (grant, revoke, checkpoint go through Raft);
-//! *deadlines* are not. The leader keeps them in memory, so a keep-alive is
-//! a map update, not a Raft write. When leadership moves, the new leader
-//! rebuilds every deadline as `now + remaining`, where remaining is the
-//! checkpointed TTL if any, else the full TTL: a lease can outlive its TTL
-//! across a leader change, never expire early. Periodic checkpoints record
-//! remaining TTLs so long leases do not restart from full on every change.
+//! *deadlines* are not. The leader keeps them in memory, indexed by time
+//! (expiry and the next checkpoint are each the first entry of an ordered
+//! set), so a tick costs O(due · log n) and an idle cluster with 100k
+//! leases costs nothing per tick; a keep-alive is a map update plus, as
+//! below, a leadership check.
+//!
+//! Safety — a lease must never expire before its TTL has run since a
+//! renewal the client was told succeeded (two lock holders otherwise):
+//!
+//! - **A renewal proves leadership first.** The node confirms it leads the
+//!   region (a read index, or a valid read lease) *after* the keep-alive
+//!   arrived and waits until it has applied that far; the new deadline
+//!   counts from `since`, a time taken before that confirmation. A leader
+//!   cut off from its quorum (openraft 0.9 leaders do not step down) cannot
+//!   confirm, so it cannot renew; any leader elected later primes its
+//!   deadlines after its election, which is after `since`.
+//! - **Deadlines are built only from complete state.** A leader primes (and
+//!   answers keep-alive or TimeToLive) only once it has applied an entry of
+//!   its own term, which comes after everything any earlier leader
+//!   committed. Priming sets each deadline to `now + remaining`, where
+//!   remaining is the checkpointed TTL if any, else the full TTL: a lease
+//!   can outlive its TTL across a leader change, never expire early.
+//! - **A renewal clears the checkpoint, durably.** Checkpoints record the
+//!   remaining TTL so a long lease does not restart from full on every
+//!   leader change. A renewal whose lease carries a checkpoint, or that
+//!   races a checkpoint entry not yet applied, proposes a clear (remaining
+//!   0) and answers only once it applied. Checkpoints and clears are queued
+//!   to the proposer under one ordering lock, and the proposer appends in
+//!   queue order, so a checkpoint computed before a renewal never lands
+//!   after its clear. (etcd fixed this bug class the same way: `Renew`
+//!   resets `remainingTTL`.)
+//!
 //! An expired lease is revoked through the proposer like any write: its keys
-//! are deleted in one transaction and watchers see the deletes.
+//! are deleted in one transaction and watchers see the deletes. A revoke
+//! that fails is retried after [`REVOKE_RETRY`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_mvcc::lease;
-use cairn_raft::{Raft, RegionShared};
-use parking_lot::Mutex;
+use cairn_raft::{Command, Raft, RegionShared, Reply};
+use parking_lot::{Mutex, MutexGuard};
 
+use crate::proposer::{Proposal, Proposer};
 use crate::{Error, Result};
+
+/// How long an expired lease waits before its revoke is proposed again.
+pub const REVOKE_RETRY: Duration = Duration::from_secs(3);
+/// Most checkpoints in one Raft entry (etcd's batch size).
+const CHECKPOINT_BATCH: usize = 1000;
+
+/// What the leader tracks of one lease.
+#[derive(Clone, Copy, Debug)]
+struct Tracked {
+    ttl: i64,
+    deadline: Instant,
+    /// The key of this lease in `State::expiry` (deadline, or a revoke retry).
+    expiry_at: Instant,
+    /// The key of this lease in `State::checkpoints`, if scheduled.
+    checkpoint_at: Option<Instant>,
+    revoking: bool,
+}
 
 #[derive(Default)]
 struct State {
-    /// The term these deadlines were built for (0: not leading).
+    /// The term these deadlines were built for (0: not primed).
     term: u64,
-    deadlines: HashMap<i64, Instant>,
-    /// Revokes in flight, so a tick does not propose them twice.
-    revoking: HashMap<i64, Instant>,
-    last_checkpoint: Option<Instant>,
+    leases: HashMap<i64, Tracked>,
+    expiry: BTreeSet<(Instant, i64)>,
+    checkpoints: BTreeSet<(Instant, i64)>,
+    /// Checkpoint entries queued in this term and not yet answered.
+    checkpoints_in_flight: usize,
+}
+
+impl State {
+    fn insert(&mut self, id: i64, ttl: i64, deadline: Instant, every: Duration) {
+        self.remove(id);
+        let checkpoint_at = (ttl > every.as_secs() as i64).then(|| Instant::now() + every);
+        self.leases.insert(
+            id,
+            Tracked {
+                ttl,
+                deadline,
+                expiry_at: deadline,
+                checkpoint_at,
+                revoking: false,
+            },
+        );
+        self.expiry.insert((deadline, id));
+        if let Some(at) = checkpoint_at {
+            self.checkpoints.insert((at, id));
+        }
+    }
+
+    fn remove(&mut self, id: i64) {
+        if let Some(t) = self.leases.remove(&id) {
+            self.expiry.remove(&(t.expiry_at, id));
+            if let Some(at) = t.checkpoint_at {
+                self.checkpoints.remove(&(at, id));
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = State::default();
+    }
 }
 
 /// Lease deadlines of one data region on this node.
@@ -35,9 +116,13 @@ pub struct Lessor {
     me: u64,
     raft: Raft,
     shared: Arc<RegionShared>,
+    proposer: Proposer,
     checkpoint_every: Duration,
     // parking_lot Mutex: held only for map updates, never across an await.
     state: Mutex<State>,
+    /// Held while deciding on and queueing a checkpoint or a clear, so the
+    /// proposer's queue order matches the order of those decisions.
+    order: tokio::sync::Mutex<()>,
 }
 
 /// A lease as `LeaseTimeToLive` reports it.
@@ -55,87 +140,141 @@ fn secs(d: i64) -> Duration {
     Duration::from_secs(d.max(0) as u64)
 }
 
+/// What a tick found to do.
+#[derive(Debug, Default)]
+pub struct Due {
+    /// Expired leases to revoke.
+    pub revoke: Vec<i64>,
+    /// Checkpoint entries, `(id, remaining)`, at most [`CHECKPOINT_BATCH`] each.
+    pub checkpoints: Vec<Vec<(i64, i64)>>,
+}
+
 impl Lessor {
     /// The lessor of the region behind `raft`/`shared` on node `me`.
-    pub fn new(me: u64, raft: Raft, shared: Arc<RegionShared>, checkpoint_every: Duration) -> Self {
+    pub fn new(
+        me: u64,
+        raft: Raft,
+        shared: Arc<RegionShared>,
+        proposer: Proposer,
+        checkpoint_every: Duration,
+    ) -> Self {
         Self {
             me,
             raft,
             shared,
+            proposer,
             checkpoint_every,
             state: Mutex::new(State::default()),
+            order: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// True when this node leads the region; (re)builds deadlines on a new term.
-    fn prime(&self) -> bool {
-        let (leader, term) = {
+    /// The state, primed for the current term, when this node leads the
+    /// region and has applied an entry of its own term; `None` otherwise
+    /// (and the deadlines are dropped when it does not lead).
+    fn primed(&self) -> Option<MutexGuard<'_, State>> {
+        let (leader, term, applied_term) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            (m.current_leader, m.current_term)
+            (
+                m.current_leader,
+                m.current_term,
+                m.last_applied.map(|l| l.leader_id.term),
+            )
         };
         let mut st = self.state.lock();
-        if leader != Some(self.me) {
-            st.term = 0;
-            st.deadlines.clear();
-            st.revoking.clear();
-            return false;
+        if leader != Some(self.me) || applied_term != Some(term) {
+            if st.term != 0 {
+                st.clear();
+            }
+            return None;
         }
         if st.term != term {
+            st.clear();
             let now = Instant::now();
             let (snap, _) = self.shared.read_view();
-            st.deadlines = lease::list(&*snap)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.id,
-                        now + secs(if r.remaining > 0 { r.remaining } else { r.ttl }),
-                    )
-                })
-                .collect();
-            st.revoking.clear();
+            for r in lease::list(&*snap).unwrap_or_default() {
+                let left = if r.remaining > 0 { r.remaining } else { r.ttl };
+                st.insert(r.id, r.ttl, now + secs(left), self.checkpoint_every);
+            }
             st.term = term;
-            st.last_checkpoint = Some(now);
         }
-        true
+        Some(st)
     }
 
-    /// Refreshes lease `id`; returns its TTL (0 if it does not exist).
-    pub fn keep_alive(&self, id: i64) -> Result<i64> {
-        if !self.prime() {
-            return Err(Error::NotLeader { leader: None });
+    /// Errors for a lessor that cannot answer now: `NotLeader` makes the
+    /// caller retry (at the new leader, or here once primed).
+    fn not_ready() -> Error {
+        Error::NotLeader { leader: None }
+    }
+
+    /// Starts tracking a lease this leader just granted.
+    pub fn granted(&self, id: i64, ttl: i64) {
+        if let Some(mut st) = self.primed() {
+            st.insert(id, ttl, Instant::now() + secs(ttl), self.checkpoint_every);
         }
-        let (snap, _) = self.shared.read_view();
-        let Some(rec) = lease::get(&*snap, id)? else {
-            return Ok(0);
+    }
+
+    /// Stops tracking a lease that was revoked.
+    pub fn revoked(&self, id: i64) {
+        self.state.lock().remove(id);
+    }
+
+    /// Renews lease `id` from `since` (a time taken before the caller
+    /// confirmed leadership and applied state, after the request arrived);
+    /// returns its TTL, 0 if it does not exist or has expired. Clears a
+    /// checkpoint durably before answering (see the module essay).
+    pub async fn keep_alive(&self, id: i64, since: Instant) -> Result<i64> {
+        let order = self.order.lock().await;
+        let (ttl, clear) = {
+            let mut st = self.primed().ok_or_else(Self::not_ready)?;
+            let (snap, _) = self.shared.read_view();
+            let Some(rec) = lease::get(&*snap, id)? else {
+                st.remove(id);
+                return Ok(0);
+            };
+            let every = self.checkpoint_every;
+            let t = match st.leases.get(&id) {
+                Some(t) => *t,
+                None => {
+                    st.insert(id, rec.ttl, Instant::now() + secs(rec.ttl), every);
+                    st.leases[&id]
+                }
+            };
+            if t.revoking || t.deadline <= Instant::now() {
+                return Ok(0); // expired: its revoke is (about to be) under way
+            }
+            let deadline = t.deadline.max(since + secs(rec.ttl));
+            st.insert(id, rec.ttl, deadline, every);
+            (rec.ttl, rec.remaining > 0 || st.checkpoints_in_flight > 0)
         };
-        let mut st = self.state.lock();
-        if st.revoking.contains_key(&id) {
-            return Ok(0); // already expired, being revoked
+        if !clear {
+            return Ok(ttl);
         }
-        st.deadlines.insert(id, Instant::now() + secs(rec.ttl));
-        Ok(rec.ttl)
+        let reply = self
+            .proposer
+            .enqueue(Proposal::Plain(Command::LeaseCheckpoints(vec![(id, 0)])))
+            .await?;
+        drop(order);
+        match reply.await.map_err(|_| Error::Stopped)?? {
+            Reply::Rejected(r) => Err(Error::Rejected(r)),
+            _ => Ok(ttl),
+        }
     }
 
     /// Remaining and granted TTL of lease `id`, with its keys.
     pub fn time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>> {
-        if !self.prime() {
-            return Err(Error::NotLeader { leader: None });
-        }
+        let mut st = self.primed().ok_or_else(Self::not_ready)?;
         let (snap, _) = self.shared.read_view();
         let Some(rec) = lease::get(&*snap, id)? else {
             return Ok(None);
         };
         let keys = lease::attached_keys(&*snap, id)?;
         let now = Instant::now();
-        let deadline = *self
-            .state
-            .lock()
-            .deadlines
-            .entry(id)
-            .or_insert(now + secs(rec.ttl));
-        let left = deadline.saturating_duration_since(now);
+        if !st.leases.contains_key(&id) {
+            st.insert(id, rec.ttl, now + secs(rec.ttl), self.checkpoint_every);
+        }
+        let left = st.leases[&id].deadline.saturating_duration_since(now);
         let remaining = (left.as_millis() as i64 + 999) / 1000;
         Ok(Some(LeaseTtl {
             remaining,
@@ -144,50 +283,108 @@ impl Lessor {
         }))
     }
 
-    /// One pass: pick up new leases, return those due for revoke and the
-    /// checkpoints due. Deadlines of leases found expired move to `revoking`.
-    pub fn tick(&self) -> (Vec<i64>, Vec<(i64, i64)>) {
-        if !self.prime() {
-            return (Vec::new(), Vec::new());
-        }
-        let (snap, _) = self.shared.read_view();
-        let stored = lease::list(&*snap).unwrap_or_default();
+    /// Takes what is due now: expired leases (each moved to a revoke retry
+    /// slot) and checkpoints (each rescheduled). Leases found gone from the
+    /// store are dropped.
+    fn take_due(&self) -> Due {
+        let Some(mut st) = self.primed() else {
+            return Due::default();
+        };
         let now = Instant::now();
-        let mut st = self.state.lock();
-        let live: HashMap<i64, i64> = stored.iter().map(|r| (r.id, r.ttl)).collect();
-        st.deadlines.retain(|id, _| live.contains_key(id));
-        st.revoking.retain(|id, at| {
-            live.contains_key(id) && now.duration_since(*at) < Duration::from_secs(5)
-        });
-        for r in &stored {
-            st.deadlines.entry(r.id).or_insert(now + secs(r.ttl));
+        let (snap, _) = self.shared.read_view();
+        let mut due = Due::default();
+        while let Some(&(at, id)) = st.expiry.first() {
+            if at > now {
+                break;
+            }
+            st.expiry.pop_first();
+            if !matches!(lease::get(&*snap, id), Ok(Some(_))) {
+                st.remove(id);
+                continue;
+            }
+            let retry = now + REVOKE_RETRY;
+            if let Some(t) = st.leases.get_mut(&id) {
+                t.revoking = true;
+                t.expiry_at = retry;
+            }
+            st.expiry.insert((retry, id));
+            due.revoke.push(id);
         }
-        let due: Vec<i64> = st
-            .deadlines
-            .iter()
-            .filter(|(id, d)| **d <= now && !st.revoking.contains_key(id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &due {
-            st.revoking.insert(*id, now);
-        }
-        let mut checkpoints = Vec::new();
-        if st
-            .last_checkpoint
-            .is_some_and(|t| now.duration_since(t) >= self.checkpoint_every)
-        {
-            st.last_checkpoint = Some(now);
-            for (id, d) in &st.deadlines {
-                let left = d.saturating_duration_since(now).as_secs() as i64;
-                if live
-                    .get(id)
-                    .is_some_and(|ttl| *ttl > self.checkpoint_every.as_secs() as i64)
-                    && left > 0
-                {
-                    checkpoints.push((*id, left));
+        let mut batch = Vec::new();
+        while let Some(&(at, id)) = st.checkpoints.first() {
+            if at > now {
+                break;
+            }
+            st.checkpoints.pop_first();
+            let next = now + self.checkpoint_every;
+            let Some(t) = st.leases.get_mut(&id) else {
+                continue;
+            };
+            t.checkpoint_at = Some(next);
+            let left = (t.deadline.saturating_duration_since(now).as_millis() as i64 + 999) / 1000;
+            let (ttl, revoking) = (t.ttl, t.revoking);
+            st.checkpoints.insert((next, id));
+            if !revoking && left > 0 && left < ttl {
+                batch.push((id, left));
+                if batch.len() == CHECKPOINT_BATCH {
+                    due.checkpoints.push(std::mem::take(&mut batch));
                 }
             }
         }
-        (due, checkpoints)
+        if !batch.is_empty() {
+            due.checkpoints.push(batch);
+        }
+        due
+    }
+
+    /// One pass of the leader's lease work: proposes the revokes and
+    /// checkpoints that are due (their answers are awaited in the
+    /// background).
+    pub async fn tick(self: &Arc<Self>) {
+        let order = self.order.lock().await;
+        let due = self.take_due();
+        let mut answers = Vec::new();
+        for batch in due.checkpoints {
+            let term = {
+                let mut st = self.state.lock();
+                st.checkpoints_in_flight += 1;
+                st.term
+            };
+            match self
+                .proposer
+                .enqueue(Proposal::Plain(Command::LeaseCheckpoints(batch)))
+                .await
+            {
+                Ok(rx) => answers.push((term, rx)),
+                Err(_) => self.checkpoint_answered(term),
+            }
+        }
+        drop(order);
+        for (term, rx) in answers {
+            let me = self.clone();
+            tokio::spawn(async move {
+                // Any answer will do: an error means leadership moved, and a
+                // new term primes from applied state anyway.
+                let _ = rx.await;
+                me.checkpoint_answered(term);
+            });
+        }
+        for id in due.revoke {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match me.proposer.propose(Proposal::Revoke(id)).await {
+                    // Revoked, or already gone (rejected: not found).
+                    Ok(_) => me.revoked(id),
+                    Err(e) => tracing::debug!(lease = id, "revoking expired lease: {e}"),
+                }
+            });
+        }
+    }
+
+    fn checkpoint_answered(&self, term: u64) {
+        let mut st = self.state.lock();
+        if st.term == term {
+            st.checkpoints_in_flight = st.checkpoints_in_flight.saturating_sub(1);
+        }
     }
 }

@@ -85,7 +85,7 @@ pub struct Node {
     log_writer: LogWriter,
     regions: BTreeMap<u64, Region>,
     tso: Arc<Tso>,
-    lessor: Lessor,
+    lessor: Arc<Lessor>,
 }
 
 impl Node {
@@ -216,12 +216,13 @@ impl Node {
                 })
                 .collect();
             let data: &Region = &regions[&DATA_REGION];
-            let lessor = Lessor::new(
+            let lessor = Arc::new(Lessor::new(
                 id,
                 data.raft.clone(),
                 data.shared.clone(),
+                data.proposer.clone(),
                 config.lease_checkpoint_interval,
-            );
+            ));
             Node {
                 id,
                 cluster_id,
@@ -345,20 +346,59 @@ impl Node {
                     .propose(Proposal::Plain(Command::Compact { revision }))
                     .await?,
             )),
-            ForwardOp::Plain(cmd) => Ok(ForwardOk::Reply(
-                r.proposer.propose(Proposal::Plain(cmd)).await?,
-            )),
-            ForwardOp::Revoke(id) => Ok(ForwardOk::Reply(
-                r.proposer.propose(Proposal::Revoke(id)).await?,
-            )),
-            ForwardOp::LeaseKeepAlive(id) => Ok(ForwardOk::Ttl(self.lessor.keep_alive(id)?)),
-            ForwardOp::LeaseTimeToLive(id) => Ok(ForwardOk::TimeToLive(
-                self.lessor
-                    .time_to_live(id)?
-                    .map(|t| (t.remaining, t.granted, t.keys)),
-            )),
+            ForwardOp::Plain(cmd) => {
+                let grant = match cmd {
+                    Command::LeaseGrant { id, ttl } if region == DATA_REGION => Some((id, ttl)),
+                    _ => None,
+                };
+                let reply = r.proposer.propose(Proposal::Plain(cmd)).await?;
+                if let (Some((id, ttl)), Reply::Revision(_)) = (grant, &reply) {
+                    self.lessor.granted(id, ttl);
+                }
+                Ok(ForwardOk::Reply(reply))
+            }
+            ForwardOp::Revoke(id) => {
+                let reply = r.proposer.propose(Proposal::Revoke(id)).await?;
+                self.lessor.revoked(id);
+                Ok(ForwardOk::Reply(reply))
+            }
+            ForwardOp::LeaseKeepAlive(id) => {
+                let since = Instant::now();
+                self.confirm_leading(r).await?;
+                Ok(ForwardOk::Ttl(self.lessor.keep_alive(id, since).await?))
+            }
+            ForwardOp::LeaseTimeToLive(id) => {
+                self.confirm_leading(r).await?;
+                Ok(ForwardOk::TimeToLive(
+                    self.lessor
+                        .time_to_live(id)?
+                        .map(|t| (t.remaining, t.granted, t.keys)),
+                ))
+            }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
         }
+    }
+
+    /// Confirms that this replica leads `r` now (a read index from a round
+    /// that started after the call, or a valid read lease) and has applied
+    /// everything committed before the call. `NotLeader` otherwise. The
+    /// lessor needs this before a renewal or a TimeToLive answer: a leader
+    /// cut off from its quorum must not extend a lease the majority side
+    /// may already have expired.
+    async fn confirm_leading(&self, r: &Region) -> Result<()> {
+        if r.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(Error::NotLeader { leader: None });
+        }
+        let index = match sole_voter_index(&r.raft, self.id) {
+            Some(index) => index,
+            None => r.leader_reads.read_index().await?,
+        };
+        r.raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(index), "lease")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok(())
     }
 
     /// Runs a write transaction (`Put`/`DeleteRange` arrive as one-op txns).
@@ -758,31 +798,15 @@ fn fresh_lease_id(node: u64, attempt: u64) -> i64 {
     mixed.max(1) as i64
 }
 
-/// The lease leader's expiry loop: revokes leases whose deadline passed and
-/// proposes checkpoints.
+/// The lease leader's expiry loop: five [`Lessor::tick`]s a second.
 async fn expire_leases(node: std::sync::Weak<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
-        let Some(n) = node.upgrade() else { return };
-        let (due, checkpoints) = n.lessor.tick();
-        let Ok(r) = n.region(DATA_REGION) else { return };
-        for id in due {
-            let proposer = r.proposer.clone();
-            tokio::spawn(async move {
-                if let Err(e) = proposer.propose(Proposal::Revoke(id)).await {
-                    tracing::debug!(lease = id, "revoking expired lease: {e}");
-                }
-            });
-        }
-        for (id, remaining) in checkpoints {
-            let proposer = r.proposer.clone();
-            tokio::spawn(async move {
-                let _ = proposer
-                    .propose(Proposal::Plain(Command::LeaseCheckpoint { id, remaining }))
-                    .await;
-            });
-        }
+        let Some(lessor) = node.upgrade().map(|n| n.lessor.clone()) else {
+            return;
+        };
+        lessor.tick().await;
     }
 }
 

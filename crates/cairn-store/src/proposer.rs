@@ -212,9 +212,17 @@ impl Proposer {
 
     /// Proposes and waits for the applied reply.
     pub async fn propose(&self, p: Proposal) -> Result<Reply> {
+        self.enqueue(p).await?.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// Queues a proposal and returns where its reply will arrive. Proposals
+    /// are appended to the log in the order they are queued (one queue, one
+    /// task), so a caller that queues B after A's `enqueue` returned knows B
+    /// applies after A if both commit in this term.
+    pub async fn enqueue(&self, p: Proposal) -> Result<oneshot::Receiver<Result<Reply>>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send((p, tx)).await.map_err(|_| Error::Stopped)?;
-        rx.await.map_err(|_| Error::Stopped)?
+        Ok(rx)
     }
 }
 

@@ -57,7 +57,18 @@ pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: O
         replaying: HashMap::new(),
         next_id: 0,
     };
+    // A client may half-close its sending side after its requests (etcd's
+    // grpc-gateway does): the stream goes on until the client disconnects,
+    // as in etcd. Only a transport error ends it from this side.
+    let mut receiving = true;
     loop {
+        let next_request = async {
+            if receiving {
+                inbound.message().await
+            } else {
+                std::future::pending().await
+            }
+        };
         let tick = async {
             match &mut ticker {
                 Some(t) => {
@@ -67,9 +78,13 @@ pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: O
             }
         };
         let ok = tokio::select! {
-            m = inbound.message() => match m {
+            m = next_request => match m {
                 Ok(Some(req)) => s.request(req).await,
-                _ => false,
+                Ok(None) => {
+                    receiving = false;
+                    true
+                }
+                Err(_) => false,
             },
             (g, item) = next_batch(&mut s.groups) => s.batch(g, item).await,
             Some(done) = s.replays.join_next_with_id() => match done {

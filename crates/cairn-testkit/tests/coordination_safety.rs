@@ -1,0 +1,261 @@
+//! Coordination safety: each test reproduces a way a lease, lock or watch
+//! used to fail its user (two lock holders, a lease expiring early, a watch
+//! ending early) and fails on the code before the fix.
+
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::watch_client::WatchClient;
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
+use cairn_api::etcdserverpb::*;
+use cairn_api::v3electionpb::election_client::ElectionClient;
+use cairn_api::v3electionpb::CampaignRequest;
+use cairn_api::v3lockpb::lock_client::LockClient;
+use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
+use cairn_store::DATA_REGION;
+use cairn_testkit::InProcessCluster;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+async fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(20))
+        .connect_lazy()
+}
+
+async fn grant(ch: &Channel, ttl: i64) -> i64 {
+    LeaseClient::new(ch.clone())
+        .lease_grant(LeaseGrantRequest { ttl, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_cannot_renew_a_lease() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let node = c.node(leader).clone();
+    let (id, _) = node.lease_grant(0, 10).await.unwrap();
+    assert_eq!(node.lease_keep_alive(id).await.unwrap(), 10);
+
+    // Cut the leader off from its followers; clients still reach it. Past
+    // its read lease it can no longer prove it leads, so it must not renew:
+    // the majority side will elect a leader that expires the lease on its
+    // own clock.
+    c.isolate(leader);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let renewed = tokio::time::timeout(Duration::from_secs(3), node.lease_keep_alive(id)).await;
+    assert!(
+        !matches!(renewed, Ok(Ok(ttl)) if ttl > 0),
+        "an isolated leader renewed a lease: {renewed:?}"
+    );
+    c.heal();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_clears_the_checkpointed_ttl_before_a_leader_change() {
+    // Checkpoints every 2 s (the test cluster's interval): after ~7 s the
+    // stored remaining TTL is ~13 of 20.
+    let mut c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let node = c.node(leader).clone();
+    let (id, _) = node.lease_grant(0, 20).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    let renewed_at = Instant::now();
+    assert_eq!(node.lease_keep_alive(id).await.unwrap(), 20);
+    drop(node);
+
+    // The new leader must count the full 20 s from the renewal, not resume
+    // from the checkpoint taken before it.
+    c.stop(leader).await;
+    let other = (leader + 1) % 3;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ttl = loop {
+        match c.node(other).lease_time_to_live(id).await {
+            Ok(Some(t)) => break t,
+            other if Instant::now() < deadline => {
+                let _ = other;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("no TimeToLive after the leader change: {other:?}"),
+        }
+    };
+    let since = renewed_at.elapsed().as_secs() as i64;
+    assert!(
+        ttl.remaining >= 20 - since - 1,
+        "lease resumed from a stale checkpoint: {} s left, {since} s after a renewal of 20 s",
+        ttl.remaining
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_with_lease_zero_get_keys_of_their_own_and_wait() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch = channel(&c.nodes[0].client_addr).await;
+    let mut a = LockClient::new(ch.clone());
+    let mut b = LockClient::new(channel(&c.nodes[1].client_addr).await);
+    let ka = a
+        .lock(LockRequest {
+            name: b"z".to_vec(),
+            lease: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let waiting = tokio::spawn(async move {
+        b.lock(LockRequest {
+            name: b"z".to_vec(),
+            lease: 0,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second lease-0 locker got the lock while the first held it"
+    );
+    // The holder's key is bound to a fresh lease of etcd's session TTL.
+    let lease = i64::from_str_radix(std::str::from_utf8(&ka[2..]).unwrap(), 16).unwrap();
+    let ttl = LeaseClient::new(ch.clone())
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.granted_ttl, 60);
+    assert_eq!(ttl.keys, vec![ka.clone()]);
+    a.unlock(UnlockRequest { key: ka.clone() }).await.unwrap();
+    let kb = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner()
+        .key;
+    assert_ne!(ka, kb);
+
+    // Campaign with lease 0 likewise: the second campaigner waits.
+    let mut e0 = ElectionClient::new(ch.clone());
+    let mut e1 = ElectionClient::new(channel(&c.nodes[2].client_addr).await);
+    let first = e0
+        .campaign(CampaignRequest {
+            name: b"ez".to_vec(),
+            lease: 0,
+            value: b"a".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    assert_ne!(first.lease, 0, "the campaigner is told its session lease");
+    let second = tokio::spawn(async move {
+        e1.campaign(CampaignRequest {
+            name: b"ez".to_vec(),
+            lease: 0,
+            value: b"b".to_vec(),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!second.is_finished(), "two lease-0 campaigners both lead");
+    second.abort();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiter_whose_lease_ended_is_told_its_session_expired() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch = channel(&c.nodes[0].client_addr).await;
+    let (la, lb) = (grant(&ch, 30).await, grant(&ch, 30).await);
+    let mut a = LockClient::new(ch.clone());
+    let mut b = LockClient::new(channel(&c.nodes[1].client_addr).await);
+    let ka = a
+        .lock(LockRequest {
+            name: b"w".to_vec(),
+            lease: la,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let waiting = tokio::spawn(async move {
+        b.lock(LockRequest {
+            name: b"w".to_vec(),
+            lease: lb,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B's lease ends while it waits: its key is deleted.
+    LeaseClient::new(ch.clone())
+        .lease_revoke(LeaseRevokeRequest { id: lb })
+        .await
+        .unwrap();
+    a.unlock(UnlockRequest { key: ka }).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = got.expect_err("a waiter without a key was told it holds the lock");
+    assert_eq!(err.code(), Code::Unknown);
+    assert_eq!(err.message(), "mutex: session is expired");
+    // And nobody holds the lock: a third locker gets it at once.
+    let lc = grant(&ch, 30).await;
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        LockClient::new(ch.clone()).lock(LockRequest {
+            name: b"w".to_vec(),
+            lease: lc,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_survives_the_client_half_closing_its_send_side() {
+    let c = InProcessCluster::start(1).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch = channel(&c.nodes[0].client_addr).await;
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"hc".to_vec(),
+            ..Default::default()
+        })),
+    };
+    // One request, then the sending side ends (as grpc-gateway does).
+    let mut inbound = WatchClient::new(ch.clone())
+        .watch(tokio_stream::iter(vec![create]))
+        .await
+        .unwrap()
+        .into_inner();
+    let created = inbound.message().await.unwrap().unwrap();
+    assert!(created.created);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut k = c.kv(0).await;
+    k.put(PutRequest {
+        key: b"hc".to_vec(),
+        value: b"1".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("no event after a half-close")
+        .expect("stream failed")
+        .expect("stream ended after the client half-closed");
+    assert_eq!(got.events.len(), 1);
+    assert_eq!(got.events[0].kv.as_ref().unwrap().value, b"1");
+    c.shutdown().await;
+}
