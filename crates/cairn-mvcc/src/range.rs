@@ -2,14 +2,30 @@
 //! range_end)`, `range_end = "\0"` for "to the end"), reads at a revision,
 //! `count`, `limit` + `more`, min/max mod/create revision filters, sorting,
 //! `keys_only` and `count_only`.
+//!
+//! A range streams: [`Visible`] yields the span's live key-values one at a
+//! time, ascending by key (a transaction's pending writes merged in), and
+//! [`range`] keeps only what the response will carry. `count` is every key
+//! the stream yields (etcd counts before the revision filters); of the keys
+//! that pass the filters, key order keeps the first `limit`, another sort
+//! target a top-`limit` heap, `count_only` none. So a limited range holds
+//! O(limit) key-values however large the span — it still reads the whole
+//! span, because `count` and `more` need it. Without a limit the response
+//! itself is the span, and so is the memory.
+//!
+//! Ties under a sort target keep ascending key order (as a stable sort of
+//! the key-ordered stream would), so the heap's order is total and the
+//! result does not depend on how it was collected.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::iter::Peekable;
 
 use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use cairn_api::mvccpb::KeyValue;
 use cairn_storage::keys::{self, decode_version};
-use cairn_storage::Snapshot;
+use cairn_storage::{KvIter, KvPair, Snapshot};
 
 use crate::record::{self, Record};
 use crate::{Error, Rejection, Result, Revisions};
@@ -49,8 +65,8 @@ impl Span {
     }
 }
 
-/// The live key-values in `span` as of `rev` (`rev` = current when latest),
-/// ascending by key, merged with a transaction's pending writes.
+/// Every live key-value in `span` as of `rev`, for callers that need them
+/// all (txn compares, `DeleteRange`). See [`Visible`].
 pub(crate) fn visible(
     read: &dyn Snapshot,
     span: &Span,
@@ -58,71 +74,148 @@ pub(crate) fn visible(
     revs: Revisions,
     overlay: Option<&Overlay>,
 ) -> Result<Vec<KeyValue>> {
-    if span.is_empty() {
-        return Ok(Vec::new());
+    Visible::new(read, span, rev, revs, overlay).collect()
+}
+
+type KvStream<'a> = Box<dyn Iterator<Item = Result<KeyValue>> + 'a>;
+
+/// The live key-values in a span as of `rev` (`rev` = current when latest),
+/// one at a time, ascending by key, merged with a transaction's pending
+/// writes. The first error ends the useful part of the stream.
+struct Visible<'a> {
+    stored: Peekable<KvStream<'a>>,
+    /// The overlay's entries in the span, ascending (a txn's few writes).
+    pending: VecDeque<(&'a [u8], Option<&'a KeyValue>)>,
+}
+
+impl<'a> Visible<'a> {
+    fn new(
+        read: &'a dyn Snapshot,
+        span: &Span,
+        rev: i64,
+        revs: Revisions,
+        overlay: Option<&'a Overlay>,
+    ) -> Self {
+        if span.is_empty() {
+            return Self {
+                stored: (Box::new(std::iter::empty()) as KvStream).peekable(),
+                pending: VecDeque::new(),
+            };
+        }
+        let latest = rev >= revs.current;
+        let stored: KvStream<'a> = match (span, latest) {
+            (Span::Single(k), true) => Box::new(record::latest(read, k).transpose().into_iter()),
+            (Span::Single(k), false) => {
+                Box::new(record::at_revision(read, k, rev).transpose().into_iter())
+            }
+            (Span::Range(s, e), true) => {
+                let (lo, hi) = keys::latest_range(s, e.as_deref());
+                Box::new(
+                    read.scan(lo, hi, false)
+                        .filter_map(|item| latest_put(item).transpose()),
+                )
+            }
+            (Span::Range(s, e), false) => {
+                let (lo, hi) = keys::version_range(s, e.as_deref());
+                Box::new(AsOf {
+                    versions: read.scan(lo, hi, false),
+                    rev,
+                    current: None,
+                })
+            }
+        };
+        let pending = overlay
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| span.contains(k))
+            .map(|(k, v)| (k.as_slice(), v.as_ref()))
+            .collect();
+        Self {
+            stored: stored.peekable(),
+            pending,
+        }
     }
-    let latest = rev >= revs.current;
-    let mut out: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-    match (span, latest) {
-        (Span::Single(k), true) => {
-            if let Some(kv) = record::latest(read, k)? {
-                out.insert(k.clone(), kv);
+}
+
+impl Iterator for Visible<'_> {
+    type Item = Result<KeyValue>;
+
+    fn next(&mut self) -> Option<Result<KeyValue>> {
+        loop {
+            let Some(&(key, write)) = self.pending.front() else {
+                return self.stored.next();
+            };
+            match self.stored.peek() {
+                Some(Ok(kv)) if kv.key.as_slice() < key => return self.stored.next(),
+                Some(Err(_)) => return self.stored.next(),
+                // The pending write replaces (or deletes) the stored key.
+                Some(Ok(kv)) if kv.key.as_slice() == key => {
+                    self.stored.next();
+                }
+                Some(Ok(_)) | None => {}
+            }
+            self.pending.pop_front();
+            if let Some(kv) = write {
+                return Some(Ok(kv.clone()));
             }
         }
-        (Span::Single(k), false) => {
-            if let Some(kv) = record::at_revision(read, k, rev)? {
-                out.insert(k.clone(), kv);
-            }
-        }
-        (Span::Range(s, e), true) => {
-            let (lo, hi) = keys::latest_range(s, e.as_deref());
-            for item in read.scan(lo, hi, false) {
-                let (k, v) = item?;
-                let user = keys::decode_latest(&k)?.to_vec();
-                if let Record::Put(kv) = Record::decode(&user, &v)? {
-                    out.insert(user, kv);
+    }
+}
+
+/// A latest-index record as a live key-value (None for a tombstone).
+fn latest_put(item: cairn_storage::Result<KvPair>) -> Result<Option<KeyValue>> {
+    let (k, v) = item?;
+    let user = keys::decode_latest(&k)?.to_vec();
+    Ok(match Record::decode(&user, &v)? {
+        Record::Put(kv) => Some(kv),
+        Record::Tombstone => None,
+    })
+}
+
+/// Each key's version as of `rev`, from a scan of the version records.
+/// Versions of one key are adjacent and ascending: the last one at or below
+/// `rev` wins; a tombstone there means "absent".
+struct AsOf<'a> {
+    versions: KvIter<'a>,
+    rev: i64,
+    /// The key being read, and its state at `rev` so far.
+    current: Option<(Vec<u8>, Option<KeyValue>)>,
+}
+
+impl AsOf<'_> {
+    fn next_live(&mut self) -> Result<Option<KeyValue>> {
+        for item in self.versions.by_ref() {
+            let (k, v) = item?;
+            let (user, r) = decode_version(&k)?;
+            let finished = match &self.current {
+                Some((u, _)) if *u != user => self.current.take(),
+                _ => None,
+            };
+            if r > self.rev {
+                if self.current.is_none() {
+                    self.current = Some((user, None));
                 }
-            }
-        }
-        (Span::Range(s, e), false) => {
-            let (lo, hi) = keys::version_range(s, e.as_deref());
-            // Versions of one key are adjacent and ascending: the last one at
-            // or below `rev` wins; a tombstone there means "absent".
-            let mut current: Option<(Vec<u8>, Option<KeyValue>)> = None;
-            for item in read.scan(lo, hi, false) {
-                let (k, v) = item?;
-                let (user, r) = decode_version(&k)?;
-                if current.as_ref().is_some_and(|(u, _)| *u != user) {
-                    if let Some((u, Some(kv))) = current.take() {
-                        out.insert(u, kv);
-                    }
-                }
-                if r > rev {
-                    if current.is_none() {
-                        current = Some((user, None));
-                    }
-                    continue;
-                }
+            } else {
                 let state = match Record::decode(&user, &v)? {
                     Record::Put(kv) => Some(kv),
                     Record::Tombstone => None,
                 };
-                current = Some((user, state));
+                self.current = Some((user, state));
             }
-            if let Some((u, Some(kv))) = current {
-                out.insert(u, kv);
+            if let Some((_, Some(kv))) = finished {
+                return Ok(Some(kv));
             }
         }
+        Ok(self.current.take().and_then(|(_, kv)| kv))
     }
-    if let Some(overlay) = overlay {
-        for (k, v) in overlay.iter().filter(|(k, _)| span.contains(k)) {
-            match v {
-                Some(kv) => out.insert(k.clone(), kv.clone()),
-                None => out.remove(k),
-            };
-        }
+}
+
+impl Iterator for AsOf<'_> {
+    type Item = Result<KeyValue>;
+
+    fn next(&mut self) -> Option<Result<KeyValue>> {
+        self.next_live().transpose()
     }
-    Ok(out.into_values().collect())
 }
 
 /// Checks a read revision against the store's revisions and resolves 0.
@@ -153,59 +246,27 @@ pub(crate) fn range_with(
     overlay: Option<&Overlay>,
 ) -> Result<RangeResponse> {
     let rev = read_revision(req.revision, revs)?;
+    let order = Order::of(req)?;
     let span = Span::new(&req.key, &req.range_end);
-    let mut kvs = visible(read, &span, rev, revs, overlay)?;
-    let count = kvs.len() as i64;
-
-    if req.max_mod_revision != 0 {
-        kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
-    }
-    if req.min_mod_revision != 0 {
-        kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
-    }
-    if req.max_create_revision != 0 {
-        kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
-    }
-    if req.min_create_revision != 0 {
-        kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
-    }
-
-    let target = SortTarget::try_from(req.sort_target)
-        .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
-    let mut order = SortOrder::try_from(req.sort_order)
-        .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
-    // Results come ascending by key; etcd sorts ascending by default only when
-    // the target is not the key, and skips the no-op ascending key sort.
-    if target != SortTarget::Key && order == SortOrder::None {
-        order = SortOrder::Ascend;
-    } else if target == SortTarget::Key && order == SortOrder::Ascend {
-        order = SortOrder::None;
-    }
-    if order != SortOrder::None {
-        let cmp = |a: &KeyValue, b: &KeyValue| match target {
-            SortTarget::Key => a.key.cmp(&b.key),
-            SortTarget::Version => a.version.cmp(&b.version),
-            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
-            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
-            SortTarget::Value => a.value.cmp(&b.value),
-        };
-        // Stable either way: ties keep ascending key order, as etcd's sort
-        // does for the small result sets clients usually sort.
-        if order == SortOrder::Descend {
-            kvs.sort_by(|a, b| cmp(b, a));
-        } else {
-            kvs.sort_by(cmp);
+    let limit = usize::try_from(req.limit).ok().filter(|&l| l > 0);
+    // Values are dropped as they stream unless the sort needs them.
+    let drop_values = req.keys_only && order.is_none_or(|o| o.target != SortTarget::Value);
+    let mut count = 0;
+    let mut matched = 0;
+    let mut kept = Kept::new(order);
+    for kv in Visible::new(read, &span, rev, revs, overlay) {
+        let mut kv = kv?;
+        count += 1;
+        if req.count_only || !passes_filters(req, &kv) {
+            continue;
         }
+        matched += 1;
+        if drop_values {
+            kv.value = Vec::new();
+        }
+        kept.offer(kv, limit);
     }
-
-    if req.count_only {
-        kvs.clear();
-    }
-    let mut more = false;
-    if req.limit > 0 && kvs.len() as i64 > req.limit {
-        kvs.truncate(req.limit as usize);
-        more = true;
-    }
+    let mut kvs = kept.into_vec();
     if req.keys_only {
         for kv in &mut kvs {
             kv.value.clear();
@@ -217,7 +278,130 @@ pub(crate) fn range_with(
             ..Default::default()
         }),
         kvs,
-        more,
+        more: limit.is_some_and(|l| matched > l),
         count,
     })
 }
+
+/// The min/max mod/create revision filters (0 = no filter).
+fn passes_filters(req: &RangeRequest, kv: &KeyValue) -> bool {
+    (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+        && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+        && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+        && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+}
+
+/// A sort the stream's key order does not already give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Order {
+    target: SortTarget,
+    descend: bool,
+}
+
+impl Order {
+    /// The request's sort, None when ascending by key. As in etcd, a target
+    /// other than the key sorts ascending when no order is given.
+    fn of(req: &RangeRequest) -> Result<Option<Order>> {
+        let target = SortTarget::try_from(req.sort_target)
+            .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+        let order = SortOrder::try_from(req.sort_order)
+            .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+        Ok(match (target, order) {
+            (SortTarget::Key, SortOrder::None | SortOrder::Ascend) => None,
+            (_, SortOrder::Descend) => Some(Order {
+                target,
+                descend: true,
+            }),
+            (_, SortOrder::None | SortOrder::Ascend) => Some(Order {
+                target,
+                descend: false,
+            }),
+        })
+    }
+
+    /// Response order: by the target, ties ascending by key.
+    fn cmp(self, a: &KeyValue, b: &KeyValue) -> Ordering {
+        let by = match self.target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        let by = if self.descend { by.reverse() } else { by };
+        by.then_with(|| a.key.cmp(&b.key))
+    }
+}
+
+/// A key-value in a sorted response; greater = later in the response.
+struct Ranked(Order, KeyValue);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp(&self.1, &other.1)
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+/// The key-values a response will carry, collected from the stream.
+enum Kept {
+    /// Key order: the stream's first `limit`.
+    InKeyOrder(Vec<KeyValue>),
+    /// Another order: the best `limit` so far, the worst on top.
+    Sorted(Order, BinaryHeap<Ranked>),
+}
+
+impl Kept {
+    fn new(order: Option<Order>) -> Self {
+        match order {
+            None => Kept::InKeyOrder(Vec::new()),
+            Some(o) => Kept::Sorted(o, BinaryHeap::new()),
+        }
+    }
+
+    fn offer(&mut self, kv: KeyValue, limit: Option<usize>) {
+        match self {
+            Kept::InKeyOrder(kvs) => {
+                if limit.is_none_or(|l| kvs.len() < l) {
+                    kvs.push(kv);
+                }
+            }
+            Kept::Sorted(order, heap) => {
+                let kv = Ranked(*order, kv);
+                match limit {
+                    Some(l) if heap.len() >= l => {
+                        if let Some(mut worst) = heap.peek_mut() {
+                            if kv < *worst {
+                                *worst = kv;
+                            }
+                        }
+                    }
+                    _ => heap.push(kv),
+                }
+            }
+        }
+    }
+
+    fn into_vec(self) -> Vec<KeyValue> {
+        match self {
+            Kept::InKeyOrder(kvs) => kvs,
+            Kept::Sorted(_, heap) => heap.into_sorted_vec().into_iter().map(|r| r.1).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,12 @@
 //! issues one fsync for all of them, then fires them: N concurrent appends
 //! cost one fsync. The vote is written with its own fsync (rare). Each store
 //! counts the bytes it appends, so the host can bound the log in bytes.
+//!
+//! Replication reads are bounded in bytes too: openraft asks for every entry
+//! a follower lacks, and an entry is a whole commit group (up to megabytes),
+//! so [`LogStore`] answers `limited_get_log_entries` with at most
+//! [`MAX_REPLICATION_BYTES`] of encoded entries — always at least one — and
+//! openraft sends the rest in the next message.
 
 // openraft's StorageError is large by design; these are its signatures.
 #![allow(clippy::result_large_err)]
@@ -23,6 +29,11 @@ use openraft::{Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 
 use crate::codec::{decode, encode};
 use crate::{NodeId, TypeConfig};
+
+/// Most encoded entry bytes one replication message carries (one entry
+/// larger than this still goes, alone). Peers accept messages of any size;
+/// this keeps each one, and the memory behind it, bounded.
+const MAX_REPLICATION_BYTES: usize = 4 << 20;
 
 /// Counters of the shared log writer (group-commit evidence).
 #[derive(Debug, Default)]
@@ -161,6 +172,30 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
 }
 
+impl LogStore {
+    /// The entries between two engine keys, in index order, until the next
+    /// one would take their encoded size past `budget` bytes (the first
+    /// entry is always taken).
+    fn read_entries(
+        &self,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        budget: usize,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.engine.scan(lo, hi, false) {
+            let (_, v) = item.map_err(read_err)?;
+            bytes = bytes.saturating_add(v.len());
+            if bytes > budget && !out.is_empty() {
+                break;
+            }
+            out.push(decode(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -176,12 +211,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Bound::Excluded(self.entry_key(*i)),
             Bound::Unbounded => Bound::Excluded(raft_log_range(self.region).1),
         };
-        let mut out = Vec::new();
-        for item in self.engine.scan(lo, hi, false) {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(decode(&v).map_err(read_err)?);
+        self.read_entries(lo, hi, usize::MAX)
+    }
+
+    /// What replication sends: `[start, end)` cut at [`MAX_REPLICATION_BYTES`].
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        if start >= end {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let lo = Bound::Included(self.entry_key(start));
+        let hi = Bound::Excluded(self.entry_key(end));
+        self.read_entries(lo, hi, MAX_REPLICATION_BYTES)
     }
 }
 
@@ -292,5 +336,63 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.engine
             .write(b, Durability::Buffered)
             .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_storage::MemoryEngine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::Command;
+
+    /// A store whose log holds one entry per payload size, from index 1.
+    fn log_of(sizes: &[usize]) -> LogStore {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let store = LogStore::new(3, engine.clone(), LogWriter::start(engine.clone()).unwrap());
+        let mut b = WriteBatch::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let index = i as u64 + 1;
+            let entry = Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Command::Txn {
+                    ts: index as i64,
+                    txn: vec![7; size],
+                }),
+            };
+            b.put(store.entry_key(index), encode(&entry).unwrap());
+        }
+        engine.write(b, Durability::Buffered).unwrap();
+        store
+    }
+
+    fn indexes(entries: &[Entry<TypeConfig>]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn a_run_of_large_entries_is_replicated_a_byte_budget_at_a_time() {
+        let mib = 1 << 20;
+        let mut log = log_of(&[mib + mib / 2; 5]);
+        // 1.5 MiB each: two fit in 4 MiB, a third would not.
+        let sent = log.limited_get_log_entries(1, 6).await.unwrap();
+        assert_eq!(indexes(&sent), [1, 2]);
+        let sent = log.limited_get_log_entries(3, 6).await.unwrap();
+        assert_eq!(indexes(&sent), [3, 4]);
+        let sent = log.limited_get_log_entries(5, 6).await.unwrap();
+        assert_eq!(indexes(&sent), [5]);
+        // Reads that are not replication still get the whole range.
+        assert_eq!(log.try_get_log_entries(1..6).await.unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_entry_over_the_budget_goes_alone_and_small_entries_go_together() {
+        let mut log = log_of(&[5 << 20, 10, 10, 10]);
+        let sent = log.limited_get_log_entries(1, 5).await.unwrap();
+        assert_eq!(indexes(&sent), [1]);
+        let sent = log.limited_get_log_entries(2, 5).await.unwrap();
+        assert_eq!(indexes(&sent), [2, 3, 4]);
+        assert!(log.limited_get_log_entries(3, 3).await.unwrap().is_empty());
     }
 }

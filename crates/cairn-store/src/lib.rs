@@ -34,6 +34,7 @@ pub mod proposer;
 mod read_batch;
 mod read_lease;
 mod remote;
+mod span_pool;
 pub mod tso;
 pub mod watch_hub;
 

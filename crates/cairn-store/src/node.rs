@@ -28,6 +28,7 @@ use crate::proposer::{Proposal, Proposer, TimestampSource};
 use crate::read_batch::ReadIndexBatcher;
 use crate::read_lease::ReadLease;
 use crate::remote::{self, ForwardOk, ForwardOp};
+use crate::span_pool::SpanPool;
 use crate::tso::{read_index_error, Tso};
 use crate::{Error, Result};
 
@@ -86,6 +87,8 @@ pub struct Node {
     regions: BTreeMap<u64, Region>,
     tso: Arc<Tso>,
     lessor: Arc<Lessor>,
+    /// Runs span reads off the async workers, a bounded number at once.
+    spans: SpanPool,
 }
 
 impl Node {
@@ -233,6 +236,7 @@ impl Node {
                 regions,
                 tso,
                 lessor,
+                spans: SpanPool::default(),
             }
         });
         tokio::spawn(publish_self(Arc::downgrade(&node)));
@@ -445,13 +449,13 @@ impl Node {
         // it runs right here. Handing it to the blocking pool cost more than
         // the read (a profile of 50 clients getting one key: ~10% of the
         // server's CPU in spawn_blocking's hand-off, docs/benchmarks.md).
-        // Spans can be any size, so they go to the blocking pool.
+        // Spans can be any size, so they go to the bounded span pool.
         if req.range_end.is_empty() {
             return cairn_mvcc::range(&*snap, &req, revs).map_err(Error::from);
         }
-        tokio::task::spawn_blocking(move || cairn_mvcc::range(&*snap, &req, revs))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
+        self.spans
+            .run(move || cairn_mvcc::range(&*snap, &req, revs))
+            .await?
             .map_err(Error::from)
     }
 
@@ -459,7 +463,7 @@ impl Node {
     /// (linearizable through the read index, or from this replica when every
     /// op is a serializable Range), with no Raft proposal and no revision.
     /// Compares and ranges over single keys run here; any span goes to the
-    /// blocking pool, as for [`Node::range`].
+    /// span pool, as for [`Node::range`].
     async fn read_txn(&self, region: u64, req: &TxnRequest) -> Result<TxnResponse> {
         let (snap, revs) = if cairn_mvcc::is_serializable(req) {
             self.region(region)?.shared.read_view()
@@ -470,9 +474,9 @@ impl Node {
             return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
         }
         let req = req.clone();
-        tokio::task::spawn_blocking(move || cairn_mvcc::read_txn(&*snap, &req, revs))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
+        self.spans
+            .run(move || cairn_mvcc::read_txn(&*snap, &req, revs))
+            .await?
             .map_err(Error::from)
     }
 

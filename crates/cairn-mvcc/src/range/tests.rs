@@ -1,0 +1,448 @@
+//! Range against the full-materialization reference, and its memory bound.
+
+use std::ops::{Bound, RangeBounds};
+
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
+use cairn_storage::keys::Key;
+use cairn_storage::{Durability, Engine, MemoryEngine};
+use prost::Message;
+
+use super::*;
+use crate::{apply_txn, compact, NoLeases};
+
+/// The range as served before it streamed: every live key-value of the
+/// span materialized, then filtered, sorted and truncated. The oracle.
+fn materialized_range(
+    read: &dyn Snapshot,
+    req: &RangeRequest,
+    revs: Revisions,
+    overlay: Option<&Overlay>,
+) -> Result<RangeResponse> {
+    let rev = read_revision(req.revision, revs)?;
+    let span = Span::new(&req.key, &req.range_end);
+    let mut kvs = materialized_visible(read, &span, rev, revs, overlay)?;
+    let count = kvs.len() as i64;
+    if req.max_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+    }
+    if req.min_mod_revision != 0 {
+        kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+    }
+    if req.max_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+    }
+    if req.min_create_revision != 0 {
+        kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+    }
+    let target = SortTarget::try_from(req.sort_target)
+        .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    let mut order = SortOrder::try_from(req.sort_order)
+        .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    if target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    } else if target == SortTarget::Key && order == SortOrder::Ascend {
+        order = SortOrder::None;
+    }
+    if order != SortOrder::None {
+        let cmp = |a: &KeyValue, b: &KeyValue| match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        if order == SortOrder::Descend {
+            kvs.sort_by(|a, b| cmp(b, a));
+        } else {
+            kvs.sort_by(cmp);
+        }
+    }
+    if req.count_only {
+        kvs.clear();
+    }
+    let mut more = false;
+    if req.limit > 0 && kvs.len() as i64 > req.limit {
+        kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    let header = Some(ResponseHeader {
+        revision: revs.current,
+        ..Default::default()
+    });
+    Ok(RangeResponse {
+        header,
+        kvs,
+        more,
+        count,
+    })
+}
+
+/// The span's live key-values, gathered into one map (the oracle).
+fn materialized_visible(
+    read: &dyn Snapshot,
+    span: &Span,
+    rev: i64,
+    revs: Revisions,
+    overlay: Option<&Overlay>,
+) -> Result<Vec<KeyValue>> {
+    if span.is_empty() {
+        return Ok(Vec::new());
+    }
+    let latest = rev >= revs.current;
+    let mut out: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+    match (span, latest) {
+        (Span::Single(k), true) => {
+            if let Some(kv) = record::latest(read, k)? {
+                out.insert(k.clone(), kv);
+            }
+        }
+        (Span::Single(k), false) => {
+            if let Some(kv) = record::at_revision(read, k, rev)? {
+                out.insert(k.clone(), kv);
+            }
+        }
+        (Span::Range(s, e), true) => {
+            let (lo, hi) = keys::latest_range(s, e.as_deref());
+            for item in read.scan(lo, hi, false) {
+                let (k, v) = item?;
+                let user = keys::decode_latest(&k)?.to_vec();
+                if let Record::Put(kv) = Record::decode(&user, &v)? {
+                    out.insert(user, kv);
+                }
+            }
+        }
+        (Span::Range(s, e), false) => {
+            let (lo, hi) = keys::version_range(s, e.as_deref());
+            // Versions of one key are adjacent and ascending: the last one at
+            // or below `rev` wins; a tombstone there means "absent".
+            let mut current: Option<(Vec<u8>, Option<KeyValue>)> = None;
+            for item in read.scan(lo, hi, false) {
+                let (k, v) = item?;
+                let (user, r) = decode_version(&k)?;
+                if current.as_ref().is_some_and(|(u, _)| *u != user) {
+                    if let Some((u, Some(kv))) = current.take() {
+                        out.insert(u, kv);
+                    }
+                }
+                if r > rev {
+                    if current.is_none() {
+                        current = Some((user, None));
+                    }
+                    continue;
+                }
+                let state = match Record::decode(&user, &v)? {
+                    Record::Put(kv) => Some(kv),
+                    Record::Tombstone => None,
+                };
+                current = Some((user, state));
+            }
+            if let Some((u, Some(kv))) = current {
+                out.insert(u, kv);
+            }
+        }
+    }
+    if let Some(overlay) = overlay {
+        for (k, v) in overlay.iter().filter(|(k, _)| span.contains(k)) {
+            match v {
+                Some(kv) => out.insert(k.clone(), kv.clone()),
+                None => out.remove(k),
+            };
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// A small seeded generator (splitmix64): the same seed, the same run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+    fn rev(&mut self, revs: Revisions) -> i64 {
+        1 + self.below(revs.current as u64 + 1) as i64
+    }
+}
+
+const KEYS: &[&[u8]] = &[
+    b"a", b"b", b"ba", b"b\0", b"c", b"d", b"e", b"f", b"g", b"h", b"i", b"\xff",
+];
+const VALUES: &[&[u8]] = &[b"", b"x", b"y", b"yy", b"z"];
+
+/// A random history: puts (several per txn, so revisions tie), deletes,
+/// range deletes, sparse revisions and an occasional compaction.
+fn history(rng: &mut Rng, engine: &MemoryEngine) -> Revisions {
+    let mut revs = Revisions::default();
+    for _ in 0..40 {
+        let op = |request| RequestOp {
+            request: Some(request),
+        };
+        let mut success = Vec::new();
+        if rng.chance(20) {
+            success.push(op(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: rng.pick(KEYS).to_vec(),
+                range_end: rng.pick(&[&b""[..], b"\0", b"d"]).to_vec(),
+                ..Default::default()
+            })));
+        } else {
+            for key in KEYS {
+                if !rng.chance(20) {
+                    continue;
+                }
+                success.push(op(Request::RequestPut(PutRequest {
+                    key: key.to_vec(),
+                    value: rng.pick(VALUES).to_vec(),
+                    ..Default::default()
+                })));
+            }
+        }
+        let txn = TxnRequest {
+            success,
+            ..Default::default()
+        };
+        let rev = revs.current + 1 + rng.below(3) as i64;
+        let out = apply_txn(engine, &txn, rev, revs, &NoLeases).unwrap();
+        engine.write(out.batch, Durability::Buffered).unwrap();
+        revs = out.revisions;
+        if rng.chance(5) && revs.current > revs.compacted {
+            let at =
+                revs.compacted + 1 + rng.below((revs.current - revs.compacted) as u64) as i64;
+            let (batch, after) = compact(engine, at, revs).unwrap();
+            engine.write(batch, Durability::Buffered).unwrap();
+            revs = after;
+        }
+    }
+    revs
+}
+
+fn random_overlay(rng: &mut Rng, revs: Revisions) -> Overlay {
+    let mut overlay = Overlay::new();
+    for _ in 0..rng.below(5) {
+        let key = rng.pick(KEYS).to_vec();
+        let write = rng.chance(70).then(|| KeyValue {
+            key: key.clone(),
+            value: rng.pick(VALUES).to_vec(),
+            create_revision: rng.rev(revs),
+            mod_revision: revs.current + 1,
+            version: 1 + rng.below(4) as i64,
+            lease: 0,
+        });
+        overlay.insert(key, write);
+    }
+    overlay
+}
+
+fn random_request(rng: &mut Rng, revs: Revisions) -> RangeRequest {
+    let filter = |rng: &mut Rng| if rng.chance(70) { 0 } else { rng.rev(revs) };
+    RangeRequest {
+        key: rng.pick(KEYS).to_vec(),
+        range_end: match rng.below(3) {
+            0 => Vec::new(),
+            1 => vec![0],
+            _ => rng.pick(KEYS).to_vec(),
+        },
+        limit: *rng.pick(&[0, 0, 1, 2, 3, 5, 20, -1]),
+        revision: if rng.chance(60) { 0 } else { rng.rev(revs) },
+        sort_order: if rng.chance(2) {
+            7
+        } else {
+            rng.below(3) as i32
+        },
+        sort_target: rng.below(5) as i32,
+        serializable: false,
+        keys_only: rng.chance(25),
+        count_only: rng.chance(15),
+        min_mod_revision: filter(rng),
+        max_mod_revision: filter(rng),
+        min_create_revision: filter(rng),
+        max_create_revision: filter(rng),
+    }
+}
+
+#[test]
+fn streamed_range_is_byte_identical_to_full_materialization_on_random_histories() {
+    let mut answered = 0;
+    for seed in 0..24 {
+        let rng = &mut Rng(seed);
+        let engine = MemoryEngine::new();
+        let revs = history(rng, &engine);
+        for _ in 0..300 {
+            let req = random_request(rng, revs);
+            let overlay = rng.chance(40).then(|| random_overlay(rng, revs));
+            let got = range_with(&engine, &req, revs, overlay.as_ref());
+            let want = materialized_range(&engine, &req, revs, overlay.as_ref());
+            match (&got, &want) {
+                (Ok(g), Ok(w)) => {
+                    assert_eq!(g.encode_to_vec(), w.encode_to_vec(), "seed {seed} {req:?}");
+                    answered += usize::from(!g.kvs.is_empty());
+                }
+                _ => assert_eq!(format!("{got:?}"), format!("{want:?}"), "seed {seed}"),
+            }
+            let Ok(rev) = read_revision(req.revision, revs) else {
+                continue;
+            };
+            let span = Span::new(&req.key, &req.range_end);
+            assert_eq!(
+                visible(&engine, &span, rev, revs, overlay.as_ref()).unwrap(),
+                materialized_visible(&engine, &span, rev, revs, overlay.as_ref()).unwrap(),
+                "seed {seed} {span:?} at {rev}"
+            );
+        }
+    }
+    // The generator must produce non-trivial answers, not just errors.
+    assert!(answered > 2000, "only {answered} non-empty responses");
+}
+
+const GENERATED_KEYS: usize = 1000;
+const VALUE_LEN: usize = 16 << 10;
+
+/// A store of `GENERATED_KEYS` large live keys in the latest index, made
+/// on the fly as a scan reaches them, so only the range holds them.
+struct Generated;
+
+impl Snapshot for Generated {
+    fn get(&self, _key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, _rev: bool) -> KvIter<'_> {
+        let bounds = (start, end);
+        Box::new(
+            (0..GENERATED_KEYS)
+                .map(|i| {
+                    let key = format!("k{i:05}").into_bytes();
+                    let kv = KeyValue {
+                        value: vec![(i * 37 % 251) as u8; VALUE_LEN],
+                        create_revision: (GENERATED_KEYS - i) as i64,
+                        mod_revision: (i % 97 + 1) as i64,
+                        version: (i % 5 + 1) as i64,
+                        ..Default::default()
+                    };
+                    let stored = Key::MvccLatest { key: &key }.encode();
+                    (stored, Record::Put(kv).encode())
+                })
+                .filter(move |(k, _)| bounds.contains(k))
+                .map(Ok),
+        )
+    }
+}
+
+#[test]
+fn a_limited_range_holds_memory_for_its_limit_not_its_span() {
+    let revs = Revisions {
+        current: GENERATED_KEYS as i64,
+        compacted: 0,
+    };
+    let span_bytes = GENERATED_KEYS * VALUE_LEN;
+    let all = RangeRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..Default::default()
+    };
+    // The meter sees a range that must hold the span.
+    let (resp, peak) = meter::peak_during(|| range(&Generated, &all, revs).unwrap());
+    assert_eq!(resp.kvs.len(), GENERATED_KEYS);
+    assert!(peak > span_bytes, "peak {peak} of an unlimited range");
+
+    let limited = RangeRequest { limit: 10, ..all };
+    let by = |target: SortTarget, order: SortOrder| RangeRequest {
+        sort_target: target as i32,
+        sort_order: order as i32,
+        ..limited.clone()
+    };
+    let requests = [
+        limited.clone(),
+        by(SortTarget::Value, SortOrder::Descend),
+        by(SortTarget::Mod, SortOrder::Ascend),
+        by(SortTarget::Key, SortOrder::Descend),
+        RangeRequest {
+            keys_only: true,
+            ..by(SortTarget::Create, SortOrder::None)
+        },
+        RangeRequest {
+            count_only: true,
+            ..limited.clone()
+        },
+    ];
+    for req in requests {
+        let (resp, peak) = meter::peak_during(|| range(&Generated, &req, revs).unwrap());
+        assert_eq!(resp.count, GENERATED_KEYS as i64);
+        assert_eq!(resp.kvs.len(), if req.count_only { 0 } else { 10 });
+        assert_eq!(resp.more, !req.count_only);
+        // Ten kept values plus the one in flight, with room to spare;
+        // the span is 16 MiB.
+        assert!(peak < 1 << 20, "peak {peak} bytes for {req:?}");
+    }
+}
+
+/// Counts the bytes each thread has allocated and not freed, so a test
+/// can measure the peak a call holds (test threads run apart).
+mod meter {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn note(delta: isize) {
+        let _ = LIVE.try_with(|live| {
+            let now = live.get() + delta;
+            live.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    /// The most bytes this thread held at once while running `f`,
+    /// beyond what it held before (the result included).
+    pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|p| p.set(base));
+        let out = f();
+        (out, (PEAK.with(Cell::get) - base) as usize)
+    }
+
+    struct Meter;
+
+    // SAFETY: every call is forwarded to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size() as isize);
+            System.alloc(layout)
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size() as isize);
+            System.alloc_zeroed(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            note(-(layout.size() as isize));
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            note(new as isize - layout.size() as isize);
+            System.realloc(ptr, layout, new)
+        }
+    }
+
+    #[global_allocator]
+    static METER: Meter = Meter;
+}
