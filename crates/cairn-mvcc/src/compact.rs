@@ -1,6 +1,13 @@
 //! `Compact`: drop versions no read can ask for any more.
+//!
+//! A dropped version takes its by-revision index entry with it, so the index
+//! keeps exactly one entry per stored version. On a store whose index is
+//! incomplete (written before the index existed, or installed from a
+//! snapshot of such a store), compaction also writes the entry of every
+//! version it keeps and marks the index complete: the one moment the whole
+//! keyspace is read anyway.
 
-use cairn_storage::keys::{self, decode_version};
+use cairn_storage::keys::{self, decode_version, Key};
 use cairn_storage::{Snapshot, WriteBatch};
 
 use crate::record::Record;
@@ -13,8 +20,9 @@ use crate::{Error, Rejection, Result, Revisions};
 /// "missing watch events at the compaction revision").
 /// Returns the deletions and the new revisions.
 ///
-/// Caveat: the whole keyspace is scanned and the batch holds every deletion;
-/// a background, incremental sweep is future work for very large stores.
+/// Caveat: the whole keyspace is scanned and the batch holds every deletion
+/// (and, once per store, the index entries an incomplete index lacks); a
+/// background, incremental sweep is future work for very large stores.
 pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteBatch, Revisions)> {
     if rev <= revs.compacted {
         return Err(Error::from(Rejection::Compacted));
@@ -22,31 +30,37 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
     if rev > revs.current {
         return Err(Error::from(Rejection::FutureRevision));
     }
-    let mut batch = WriteBatch::new();
+    let marker = Key::MvccByRevisionComplete.encode();
+    let mut sweep = Sweep {
+        batch: WriteBatch::new(),
+        rev,
+        fill_index: read.get(&marker)?.is_none(),
+    };
     let (lo, hi) = keys::version_range(b"", None);
     // The newest version <= rev seen so far for the current user key.
-    let mut keep: Option<(Vec<u8>, Vec<u8>, bool)> = None; // (user key, stored key, is tombstone)
+    let mut held: Option<Version> = None;
     for item in read.scan(lo, hi, false) {
         let (k, v) = item?;
         let (user, r) = decode_version(&k)?;
         if r > rev {
+            sweep.keep(&user, r);
             continue;
         }
         let tomb = matches!(Record::decode(&user, &v)?, Record::Tombstone);
-        if let Some((prev_user, prev_key, prev_tomb)) = keep.take() {
-            if prev_user == user || (prev_tomb && !at_rev(&prev_key, rev)) {
-                batch.delete(prev_key);
-            }
+        if let Some(h) = held.take() {
+            let superseded = h.user == user;
+            sweep.settle(h, superseded);
         }
-        keep = Some((user, k, tomb));
+        held = Some(Version { user, r, tomb });
     }
-    if let Some((_, key, true)) = keep {
-        if !at_rev(&key, rev) {
-            batch.delete(key);
-        }
+    if let Some(h) = held {
+        sweep.settle(h, false);
+    }
+    if sweep.fill_index {
+        sweep.batch.put(marker, Vec::new());
     }
     Ok((
-        batch,
+        sweep.batch,
         Revisions {
             compacted: rev,
             ..revs
@@ -54,7 +68,41 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
     ))
 }
 
-/// True when the stored version key is at exactly `rev`.
-fn at_rev(version_key: &[u8], rev: i64) -> bool {
-    decode_version(version_key).is_ok_and(|(_, r)| r == rev)
+/// A stored version at or below the compaction revision.
+struct Version {
+    user: Vec<u8>,
+    r: i64,
+    tomb: bool,
+}
+
+/// The writes of one compaction.
+struct Sweep {
+    batch: WriteBatch,
+    rev: i64,
+    /// The index is incomplete: write the entry of every version kept.
+    fill_index: bool,
+}
+
+impl Sweep {
+    /// Drops `v` when a newer version at or below `rev` supersedes it, or
+    /// when it is the key's newest at or below `rev` and a tombstone below
+    /// `rev`; keeps it otherwise.
+    fn settle(&mut self, v: Version, superseded: bool) {
+        if superseded || (v.tomb && v.r != self.rev) {
+            let (key, revision) = (v.user.as_slice(), v.r);
+            self.batch
+                .delete(Key::MvccVersion { key, revision }.encode());
+            self.batch
+                .delete(Key::MvccByRevision { revision, key }.encode());
+        } else {
+            self.keep(&v.user, v.r);
+        }
+    }
+
+    fn keep(&mut self, key: &[u8], revision: i64) {
+        if self.fill_index {
+            self.batch
+                .put(Key::MvccByRevision { revision, key }.encode(), Vec::new());
+        }
+    }
 }

@@ -1,13 +1,33 @@
 //! Change history read back from stored versions: what a watcher that fell
 //! behind (or starts in the past) replays before joining the live feed.
+//!
+//! A replay of `[from, to]` reads what changed in that window, not the
+//! span's whole history (etcd's backend is keyed by revision, so its replay
+//! is bounded the same way). Which read depends on the span and the store:
+//! - One key: its versions in `[from, to]` are adjacent in the version
+//!   keyspace; one scan of them, plus one seek for the version before the
+//!   first (its `prev_kv`).
+//! - A range, when the store's by-revision index is complete: the index
+//!   entries in `[from, to]` (every key's, tiny), and for each one in the
+//!   span a point read of the version and a seek for the one before. Work is
+//!   the window's changes, whatever the span's size and age.
+//! - A range, when the index is incomplete (the store holds versions written
+//!   before the index existed, until its next compaction fills the index
+//!   in, see [`crate::compact`]): every version of every key in the span.
+//!
+//! All three give the same events: ordered by revision, then key, each with
+//! its `prev_kv` taken from the key's previous stored version (none when that
+//! was a tombstone, or when compaction dropped it).
+
+use std::ops::Bound;
 
 use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
-use cairn_storage::keys::{self, decode_version};
+use cairn_storage::keys::{self, decode_by_revision, decode_version, Key};
 use cairn_storage::Snapshot;
 
 use crate::range::Span;
-use crate::record::Record;
-use crate::Result;
+use crate::record::{self, Record};
+use crate::{Error, Result};
 
 /// Every event on keys in `span` with `from <= revision <= to`, ordered by
 /// revision, then key (the order live events are published in). Each event
@@ -16,10 +36,74 @@ use crate::Result;
 /// The caller checks `from` against the compaction revision: versions below
 /// it are gone, so a `prev_kv` may be missing for events at the boundary.
 pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
-    let mut out = Vec::new();
+    let from = from.max(0);
     if from > to {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    match span {
+        Span::Single(key) => one_key(read, key, from, to),
+        Span::Range(..) if index_complete(read)? => indexed(read, span, from, to),
+        Span::Range(..) => full_scan(read, span, from, to),
+    }
+}
+
+fn index_complete(read: &dyn Snapshot) -> Result<bool> {
+    Ok(read.get(&Key::MvccByRevisionComplete.encode())?.is_some())
+}
+
+/// The versions of `key` in `[from, to]`, chained for `prev_kv`.
+fn one_key(read: &dyn Snapshot, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
+    let mut before = previous(read, key, from)?;
+    let lo = Key::MvccVersion {
+        key,
+        revision: from,
+    }
+    .encode();
+    let hi = Key::MvccVersion { key, revision: to }.encode();
+    let mut out = Vec::new();
+    for item in read.scan(Bound::Included(lo), Bound::Included(hi), false) {
+        let (k, v) = item?;
+        let (_, rev) = decode_version(&k)?;
+        let record = Record::decode(key, &v)?;
+        let now = live(&record);
+        out.push((rev, event(key, rev, record, before)));
+        before = now;
+    }
+    Ok(out)
+}
+
+/// The span's versions named by the by-revision index entries in
+/// `[from, to]`, in index order: revision, then key.
+fn indexed(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
+    let (lo, hi) = keys::by_revision_range(from, to);
+    let mut out = Vec::new();
+    for item in read.scan(lo, hi, false) {
+        let (k, _) = item?;
+        let (rev, key) = decode_by_revision(&k)?;
+        if !span.contains(key) {
+            continue;
+        }
+        let stored = read
+            .get(&Key::MvccVersion { key, revision: rev }.encode())?
+            .ok_or_else(|| {
+                Error::Corrupt(format!("index entry without version: {key:?} at {rev}"))
+            })?;
+        let record = Record::decode(key, &stored)?;
+        let before = previous(read, key, rev)?;
+        out.push((rev, event(key, rev, record, before)));
+    }
+    Ok(out)
+}
+
+/// Every version of every key in the span, filtered to `[from, to]`: the
+/// read for stores whose index is incomplete.
+pub(crate) fn full_scan(
+    read: &dyn Snapshot,
+    span: &Span,
+    from: i64,
+    to: i64,
+) -> Result<Vec<(i64, Event)>> {
+    let mut out = Vec::new();
     let (lo, hi) = match span {
         Span::Single(k) => keys::versions_of(k),
         Span::Range(s, e) => keys::version_range(s, e.as_deref()),
@@ -32,32 +116,13 @@ pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<V
             continue;
         }
         let record = Record::decode(&user, &v)?;
-        let before = match &prev {
-            Some((u, kv)) if *u == user => kv.clone(),
+        let before = match &mut prev {
+            Some((u, kv)) if *u == user => kv.take(),
             _ => None,
         };
-        let now = match &record {
-            Record::Put(kv) => Some(kv.clone()),
-            Record::Tombstone => None,
-        };
+        let now = live(&record);
         if rev >= from && rev <= to {
-            let event = match record {
-                Record::Put(kv) => Event {
-                    r#type: EventType::Put as i32,
-                    kv: Some(kv),
-                    prev_kv: before,
-                },
-                Record::Tombstone => Event {
-                    r#type: EventType::Delete as i32,
-                    kv: Some(KeyValue {
-                        key: user.clone(),
-                        mod_revision: rev,
-                        ..Default::default()
-                    }),
-                    prev_kv: before,
-                },
-            };
-            out.push((rev, event));
+            out.push((rev, event(&user, rev, record, before)));
         }
         prev = Some((user, now));
     }
@@ -65,6 +130,45 @@ pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<V
     Ok(out)
 }
 
+/// The key's state just before revision `rev`: its newest stored version
+/// below `rev`, when that is a put.
+fn previous(read: &dyn Snapshot, key: &[u8], rev: i64) -> Result<Option<KeyValue>> {
+    match rev {
+        0 => Ok(None),
+        _ => record::at_revision(read, key, rev - 1),
+    }
+}
+
+fn live(record: &Record) -> Option<KeyValue> {
+    match record {
+        Record::Put(kv) => Some(kv.clone()),
+        Record::Tombstone => None,
+    }
+}
+
+/// The event a stored version of `key` at `rev` stands for.
+fn event(key: &[u8], rev: i64, record: Record, prev_kv: Option<KeyValue>) -> Event {
+    match record {
+        Record::Put(kv) => Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv,
+        },
+        Record::Tombstone => Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: key.to_vec(),
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            prev_kv,
+        },
+    }
+}
+
 fn key_of(e: &Event) -> &[u8] {
     e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
 }
+
+#[cfg(test)]
+mod tests;

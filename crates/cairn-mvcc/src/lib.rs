@@ -19,6 +19,10 @@
 //! `MvccVersion(key, revision)`; the newest live version also under
 //! `MvccLatest(key)`, so reads at the current revision scan one record per
 //! key. A delete writes a tombstone version and removes the latest record.
+//! Every version is also indexed under `MvccByRevision(revision, key)`, so
+//! a watcher's replay of `[from, to]` reads that window, not the span's
+//! whole history ([`history`]; stores written before the index existed
+//! replay by full scan until a compaction completes their index).
 //!
 //! Invariants:
 //! - `create_revision`, `mod_revision`, `version` follow etcd: a put on an
@@ -27,6 +31,9 @@
 //! - A transaction that changes nothing does not consume its revision.
 //! - Compaction at `c` keeps, for each key, the newest version `<= c` unless
 //!   it is a tombstone, and every version above `c`.
+//! - Once the index is marked complete, it holds exactly one entry per
+//!   stored version: written in the version's batch, dropped in the batch
+//!   that drops the version.
 
 mod compact;
 mod error;

@@ -6,6 +6,10 @@
 //! execution path; then the chosen ops run in order, each seeing the writes
 //! of the ops before it (read-your-writes through an overlay). All writes
 //! carry the transaction's one revision.
+//!
+//! Every version written also gets its by-revision index entry in the same
+//! batch (what [`crate::history`] reads); the first write of a fresh store
+//! marks that index complete.
 
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::request_op::Request;
@@ -87,6 +91,13 @@ pub fn apply_txn(
     };
     let mut path = path.into_iter();
     let mut response = w.execute(req, &mut path)?;
+    if !w.batch.is_empty() && revs.current <= 1 {
+        // Nothing was written before (a fresh store is at revision 1 and
+        // every write moves it past 1), so every version this store will
+        // hold gets its index entry: its index is complete from the start.
+        w.batch
+            .put(Key::MvccByRevisionComplete.encode(), Vec::new());
+    }
     let revisions = if w.batch.is_empty() {
         revs
     } else {
@@ -273,6 +284,18 @@ impl Writer<'_> {
         Ok(ResponseOp { response })
     }
 
+    /// Stores the version of `key` at this txn's revision, and its
+    /// by-revision index entry with it.
+    fn version(&mut self, key: &[u8], stored: Vec<u8>) {
+        let rev = self.rev;
+        self.batch
+            .put(Key::MvccVersion { key, revision: rev }.encode(), stored);
+        self.batch.put(
+            Key::MvccByRevision { revision: rev, key }.encode(),
+            Vec::new(),
+        );
+    }
+
     fn current(&self, key: &[u8]) -> Result<Option<KeyValue>> {
         match self.overlay.get(key) {
             Some(v) => Ok(v.clone()),
@@ -343,14 +366,7 @@ impl Writer<'_> {
             );
         }
         let stored = Record::Put(kv.clone()).encode();
-        self.batch.put(
-            Key::MvccVersion {
-                key: &req.key,
-                revision: self.rev,
-            }
-            .encode(),
-            stored.clone(),
-        );
+        self.version(&req.key, stored.clone());
         self.batch
             .put(Key::MvccLatest { key: &req.key }.encode(), stored);
         self.events.push(Event {
@@ -375,14 +391,7 @@ impl Writer<'_> {
             Some(&self.overlay),
         )?;
         for kv in &doomed {
-            self.batch.put(
-                Key::MvccVersion {
-                    key: &kv.key,
-                    revision: self.rev,
-                }
-                .encode(),
-                Record::Tombstone.encode(),
-            );
+            self.version(&kv.key, Record::Tombstone.encode());
             self.batch.delete(Key::MvccLatest { key: &kv.key }.encode());
             if kv.lease != 0 {
                 self.batch.delete(

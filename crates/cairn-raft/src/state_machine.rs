@@ -3,9 +3,23 @@
 //!
 //! Every entry is applied with one atomic engine batch holding its effects
 //! and the new [`Applied`] record (last applied log id, membership,
-//! revisions, meta tables). The record and the engine move together under
-//! one lock, so readers ([`RegionShared::read_view`]) always see data and
-//! revisions that match.
+//! revisions, meta tables).
+//!
+//! Readers ([`RegionShared::read_view`], snapshot builds) get an engine
+//! view and revisions that match, and never wait for an entry to be
+//! applied. The apply task is the only writer of the region's MVCC
+//! keyspaces and of its record (`apply` and `install_snapshot` both run on
+//! it, one at a time), so it computes an entry — a compaction of the whole
+//! keyspace, a lease revoke — from the live engine and a copy of the record
+//! without any lock: the live engine still matches the published record.
+//! Only while the batch is written does the live engine run ahead of the
+//! record; for that span the task parks a view taken just before the write
+//! in the shared state and readers get that view instead. The new record
+//! then replaces the old one and the parked view is dropped, under the
+//! lock, so a reader sees either the state before the entry or after it.
+//! The lock guards a copy, a swap, or a reader taking an engine view;
+//! nothing longer. The cost is one engine view per entry (fjall: a
+//! sequence number registered and released).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,6 +120,20 @@ pub struct FeedBatch {
 /// subscriber further behind is told it lagged and catches up from MVCC.
 const FEED_CAPACITY: usize = 1024;
 
+/// What readers see of a region: its applied record, and which engine view
+/// matches it.
+struct Published {
+    applied: Applied,
+    /// While the apply task writes a batch, the engine as it was before the
+    /// write — the state `applied` describes — for readers to use instead
+    /// of the live engine, which may already hold part of the new state.
+    /// `None` otherwise: the live engine matches `applied`. Held only for
+    /// the write, so it does not keep a fjall snapshot (which pins a
+    /// sequence number database-wide and stops compaction dropping any
+    /// version written after it) alive in an idle region.
+    before_write: Option<Arc<dyn EngineSnapshot>>,
+}
+
 /// State shared between a region's state machine and the node serving reads.
 pub struct RegionShared {
     /// Region ID.
@@ -113,9 +141,10 @@ pub struct RegionShared {
     /// What the region holds.
     pub kind: RegionKind,
     engine: Arc<dyn Engine>,
-    // parking_lot RwLock: held only around synchronous engine work, never
-    // across an await; readers (range requests) share it.
-    applied: RwLock<Applied>,
+    // parking_lot RwLock: held only to copy or swap the published state
+    // (and by readers to take an engine view), never across an await or an
+    // entry's execution.
+    state: RwLock<Published>,
     feed: broadcast::Sender<Arc<FeedBatch>>,
     snapshots: Arc<SnapshotDir>,
 }
@@ -137,42 +166,59 @@ impl RegionShared {
             region,
             kind,
             engine,
-            applied: RwLock::new(applied),
+            state: RwLock::new(Published {
+                applied,
+                before_write: None,
+            }),
             feed,
             snapshots,
         }))
     }
 
-    /// A consistent (storage view, revisions) pair for reads.
+    /// A consistent (storage view, revisions) pair for reads. Never waits
+    /// for an entry being applied: it gets the state from before it.
     pub fn read_view(&self) -> (Arc<dyn EngineSnapshot>, Revisions) {
-        let g = self.applied.read();
-        (self.engine.snapshot(), g.revisions())
+        let g = self.state.read();
+        (self.view(&g), g.applied.revisions())
+    }
+
+    /// The engine view matching `published`; the caller holds the lock, so
+    /// the apply task cannot start or finish a write meanwhile.
+    fn view(&self, published: &Published) -> Arc<dyn EngineSnapshot> {
+        match &published.before_write {
+            Some(before) => before.clone(),
+            None => self.engine.snapshot(),
+        }
     }
 
     /// A copy of the applied record.
     pub fn applied(&self) -> Applied {
-        self.applied.read().clone()
+        self.state.read().applied.clone()
     }
 
     /// `f` of the applied record, read in place (no copy; `f` runs under
     /// the read lock, so keep it short and synchronous).
     pub fn with_applied<R>(&self, f: impl FnOnce(&Applied) -> R) -> R {
-        f(&self.applied.read())
+        f(&self.state.read().applied)
     }
 
     /// The MVCC revisions, without copying the rest of the record.
     pub fn revisions(&self) -> Revisions {
-        self.applied.read().revisions()
+        self.state.read().applied.revisions()
     }
 
     /// Meta region: the TSO's persisted high-water mark.
     pub fn tso_high_water(&self) -> i64 {
-        self.applied.read().tso_high_water
+        self.state.read().applied.tso_high_water
     }
 
     /// The last applied log index (0 if none).
     pub fn applied_index(&self) -> u64 {
-        self.applied.read().last_applied.map_or(0, |l| l.index)
+        self.state
+            .read()
+            .applied
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// Subscribes to the change feed. Subscribe *before* reading the state
@@ -189,6 +235,35 @@ impl RegionShared {
     /// The engine under this region.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Apply task: writes `batch`, which holds `next`'s record, and makes
+    /// `next` the published state. Until the batch is in the engine readers
+    /// keep the state from before it; then both change under one lock.
+    /// `after_write` runs between the two (the crash points). On an error the
+    /// old state stays published: the replica stops.
+    fn write_and_publish(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        next: Applied,
+        after_write: impl FnOnce(),
+    ) -> crate::Result<()> {
+        // Nothing else writes this region's state, so a view taken now
+        // matches the published record.
+        let before = self.engine.snapshot();
+        self.state.write().before_write = Some(before);
+        self.engine.write(batch, durability)?;
+        after_write();
+        let old = {
+            let mut g = self.state.write();
+            let old = std::mem::replace(&mut g.applied, next);
+            (old, g.before_write.take())
+        };
+        // Released after the lock: closing a fjall snapshot does its own
+        // bookkeeping.
+        drop(old);
+        Ok(())
     }
 }
 
@@ -330,7 +405,12 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-const MVCC_SPACES: [Space; 3] = [Space::MvccVersion, Space::MvccLatest, Space::Lease];
+const MVCC_SPACES: [Space; 4] = [
+    Space::MvccVersion,
+    Space::MvccLatest,
+    Space::Lease,
+    Space::MvccByRevision,
+];
 
 fn snapshot_meta(region: u64, applied: &Applied) -> SnapshotMeta<NodeId, BasicNode> {
     let last = applied.last_applied;
@@ -344,13 +424,13 @@ fn snapshot_meta(region: u64, applied: &Applied) -> SnapshotMeta<NodeId, BasicNo
 impl StateMachine {
     /// The region's current state as a snapshot: its meta and
     /// [`SnapshotData`] that writes the bytes only if they are read. The
-    /// engine view and the applied record are taken under one lock, so
-    /// they match.
+    /// engine view and the applied record are taken as
+    /// [`RegionShared::read_view`] takes them, so they match.
     fn current(&self) -> (Applied, Snapshot<TypeConfig>) {
         let shared = &self.shared;
         let (view, applied) = {
-            let g = shared.applied.read();
-            (shared.engine.snapshot(), g.clone())
+            let g = shared.state.read();
+            (shared.view(&g), g.applied.clone())
         };
         let spaces: &'static [Space] = if shared.kind == RegionKind::Data {
             &MVCC_SPACES
@@ -395,8 +475,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>>
     {
-        let a = self.shared.applied.read();
-        Ok((a.last_applied, a.membership.clone()))
+        Ok(self
+            .shared
+            .with_applied(|a| (a.last_applied, a.membership.clone())))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
@@ -407,8 +488,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             let mut events = Vec::new();
-            let mut state = self.shared.applied.write();
-            let mut next = state.clone();
+            // A copy, not a lock: this task is the record's only writer.
+            let mut next = self.shared.applied();
             let (mut batch, reply) = match entry.payload {
                 EntryPayload::Blank => (WriteBatch::new(), Reply::Done),
                 EntryPayload::Membership(m) => {
@@ -425,17 +506,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 apply_key(self.shared.region),
                 encode(&next).map_err(sm_err)?,
             );
-            self.shared
-                .engine
-                .write(batch, Durability::Buffered)
-                .map_err(sm_err)?;
-            fail::fail_point!(crate::failpoints::AFTER_APPLY);
-            if matches!(reply, Reply::Compacted { .. }) {
-                fail::fail_point!(crate::failpoints::COMPACT_AFTER_APPLY);
-            }
             let resolved = next.current_revision;
-            *state = next;
-            drop(state);
+            let compacted = matches!(reply, Reply::Compacted { .. });
+            self.shared
+                .write_and_publish(batch, Durability::Buffered, next, || {
+                    fail::fail_point!(crate::failpoints::AFTER_APPLY);
+                    if compacted {
+                        fail::fail_point!(crate::failpoints::COMPACT_AFTER_APPLY);
+                    }
+                })
+                .map_err(sm_err)?;
+            // Published only now that read_view shows the entry (the
+            // ordering contract watchers rely on).
             if self.shared.kind == RegionKind::Data {
                 self.shared.publish(FeedBatch {
                     events,
@@ -490,18 +572,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?
         .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         fail::fail_point!(crate::failpoints::SNAPSHOT_INSTALL);
-        let mut state = self.shared.applied.write();
         batch.put(
             apply_key(self.shared.region),
             encode(&applied).map_err(sm_err)?,
         );
-        self.shared
-            .engine
-            .write(batch, Durability::Sync)
-            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
         let resolved = applied.current_revision;
-        *state = applied;
-        drop(state);
+        self.shared
+            .write_and_publish(batch, Durability::Sync, applied, || {})
+            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
         self.shared.publish(FeedBatch {
             events: Vec::new(),
             resolved,
@@ -519,3 +597,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(applied.last_applied.map(|_| snapshot))
     }
 }
+
+#[cfg(test)]
+mod tests;

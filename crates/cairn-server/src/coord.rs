@@ -210,7 +210,9 @@ async fn wait_deleted(
                 if b.reset
                     || b.events.iter().any(|(_, e)| {
                         e.r#type == EventType::Delete as i32
-                            && e.kv.as_ref().is_some_and(|kv| keys.contains(&kv.key.as_slice()))
+                            && e.kv
+                                .as_ref()
+                                .is_some_and(|kv| keys.contains(&kv.key.as_slice()))
                     })
                 {
                     return;

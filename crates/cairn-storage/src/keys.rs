@@ -9,6 +9,13 @@
 //!   key adjacent, ascending by revision.
 //! - MVCC latest keys are `0x11 | user key`: the newest version of each live
 //!   key, so reads at the current revision scan one record per key.
+//! - MVCC by-revision keys are `0x13 | revision (u64 BE) | user key`, one
+//!   per stored version, value empty: the versions in revision order, so a
+//!   read of the changes in `[from, to]` is one contiguous scan (etcd's
+//!   backend is keyed this way). The user key needs no escaping because it
+//!   comes last after a fixed-width revision, so raw byte order already
+//!   gives (revision, key) order. The one-byte key `0x13` alone, sorting
+//!   before every entry, marks the index complete.
 
 use std::ops::Bound;
 
@@ -32,6 +39,8 @@ pub enum Space {
     MvccLatest = 0x11,
     /// Leases: records and the index of attached keys.
     Lease = 0x12,
+    /// Every version of every user key again, ordered by revision, then key.
+    MvccByRevision = 0x13,
 }
 
 /// Which piece of Raft hard state a [`Key::RaftState`] names.
@@ -61,6 +70,11 @@ pub enum Key<'a> {
     MvccVersion { key: &'a [u8], revision: i64 },
     /// The newest version of a user key.
     MvccLatest { key: &'a [u8] },
+    /// The by-revision index entry of the version of `key` at `revision`.
+    MvccByRevision { revision: i64, key: &'a [u8] },
+    /// Present when every stored version has its [`Key::MvccByRevision`]
+    /// entry (absent on stores written before the index existed).
+    MvccByRevisionComplete,
     /// A lease record.
     Lease { id: i64 },
     /// A key attached to a lease.
@@ -130,6 +144,14 @@ impl Key<'_> {
                 out.extend_from_slice(key);
                 out
             }
+            Key::MvccByRevision { revision, key } => {
+                let mut out = Vec::with_capacity(key.len() + 9);
+                out.push(Space::MvccByRevision as u8);
+                out.extend_from_slice(&(*revision as u64).to_be_bytes());
+                out.extend_from_slice(key);
+                out
+            }
+            Key::MvccByRevisionComplete => vec![Space::MvccByRevision as u8],
         }
     }
 }
@@ -167,6 +189,33 @@ pub fn decode_latest(encoded: &[u8]) -> Result<&[u8]> {
         Some((&b, rest)) if b == Space::MvccLatest as u8 => Ok(rest),
         _ => Err(Error::Corrupt(format!("bad latest key {encoded:?}"))),
     }
+}
+
+/// Decodes a by-revision index entry into (revision, user key).
+pub fn decode_by_revision(encoded: &[u8]) -> Result<(i64, &[u8])> {
+    match encoded {
+        [space, rest @ ..] if *space == Space::MvccByRevision as u8 && rest.len() >= 8 => {
+            let (rev, key) = rest.split_at(8);
+            let rev = u64::from_be_bytes(rev.try_into().expect("8 bytes"));
+            Ok((rev as i64, key))
+        }
+        _ => Err(Error::Corrupt(format!("bad by-revision key {encoded:?}"))),
+    }
+}
+
+/// The bounds of the by-revision index entries with `from <= revision <=
+/// to`, both at least 0 (revisions are never negative).
+pub fn by_revision_range(from: i64, to: i64) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    debug_assert!(from >= 0 && to >= 0, "revisions {from}..={to}");
+    let bound = |rev: u64| {
+        let mut out = vec![Space::MvccByRevision as u8];
+        out.extend_from_slice(&rev.to_be_bytes());
+        out
+    };
+    (
+        Bound::Included(bound(from as u64)),
+        Bound::Excluded(bound(to as u64 + 1)),
+    )
 }
 
 /// The bounds of every version of every user key in `[start, end)`;
@@ -298,6 +347,59 @@ mod tests {
         assert!(within(&inside));
         assert!(!within(&outside));
         assert!(!within(&below));
+    }
+
+    #[test]
+    fn by_revision_keys_order_by_revision_then_key_after_the_marker() {
+        let cases: Vec<(i64, &[u8])> = vec![
+            (0, b""),
+            (1, b""),
+            (1, b"\x00"),
+            (1, b"a"),
+            (1, b"a\x00"),
+            (1, b"b"),
+            (2, b""),
+            (2, b"a"),
+            (1 << 40, b"\xff"),
+        ];
+        let mut enc = vec![Key::MvccByRevisionComplete.encode()];
+        enc.extend(cases.iter().map(|(r, k)| {
+            Key::MvccByRevision {
+                revision: *r,
+                key: k,
+            }
+            .encode()
+        }));
+        for w in enc.windows(2) {
+            assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
+        }
+        for ((r, k), e) in cases.iter().zip(&enc[1..]) {
+            assert_eq!(decode_by_revision(e).unwrap(), (*r, *k));
+        }
+        assert!(
+            decode_by_revision(&enc[0]).is_err(),
+            "the marker is no entry"
+        );
+    }
+
+    #[test]
+    fn by_revision_range_covers_exactly_the_revisions_asked() {
+        let (lo, hi) = by_revision_range(5, 7);
+        let within = |revision: i64, key: &[u8]| {
+            let k = Key::MvccByRevision { revision, key }.encode();
+            matches!(&lo, Bound::Included(l) if k >= *l)
+                && matches!(&hi, Bound::Excluded(h) if k < *h)
+        };
+        assert!(within(5, b""));
+        assert!(within(7, b"\xff\xff"));
+        assert!(!within(4, b"\xff\xff"));
+        assert!(!within(8, b""));
+        let marker = Key::MvccByRevisionComplete.encode();
+        let (lo, _) = by_revision_range(0, 0);
+        assert!(
+            matches!(lo, Bound::Included(l) if marker < l),
+            "marker outside"
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! names its keyspace ([`keys::Space`]) so the Raft log, Raft state, apply
 //! state, region metadata and MVCC data never collide, and whose encoding
 //! preserves the order the layers above need (log indexes ascending, MVCC
-//! versions of one user key adjacent and ascending by revision).
+//! versions of one user key adjacent and ascending by revision, and again
+//! in a by-revision index ordered by revision, then key).
 //!
 //! Two engines implement the trait: [`FjallEngine`] (the LSM tree `fjall`,
 //! one physical fjall keyspace per internal keyspace so the churn of Raft logs

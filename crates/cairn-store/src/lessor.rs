@@ -198,6 +198,7 @@ impl Lessor {
                 st.insert(r.id, r.ttl, now + secs(left), self.checkpoint_every);
             }
             st.term = term;
+            tracing::debug!(term, leases = st.leases.len(), "lessor primed");
         }
         Some(st)
     }
@@ -308,6 +309,7 @@ impl Lessor {
                 t.expiry_at = retry;
             }
             st.expiry.insert((retry, id));
+            tracing::debug!(lease = id, "lease expired: revoking");
             due.revoke.push(id);
         }
         let mut batch = Vec::new();

@@ -124,7 +124,10 @@ async fn locks_with_lease_zero_get_keys_of_their_own_and_wait() {
     // The holder's key is bound to a fresh lease of etcd's session TTL.
     let lease = i64::from_str_radix(std::str::from_utf8(&ka[2..]).unwrap(), 16).unwrap();
     let ttl = LeaseClient::new(ch.clone())
-        .lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys: true })
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// as etcd does.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub read_lease: bool,
+    /// How often the lease leader records remaining TTLs, so a new leader
+    /// resumes long leases instead of restarting them (etcd: 5 min).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lease_checkpoint_interval: std::time::Duration,
 }
 
 /// A running node with its listeners.
@@ -120,7 +124,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         cluster_token: a.initial_cluster_token.clone(),
         snapshot_logs: a.snapshot_count.max(10),
         snapshot_log_bytes: a.snapshot_log_bytes,
-        lease_checkpoint_interval: std::time::Duration::from_secs(300),
+        lease_checkpoint_interval: a.lease_checkpoint_interval,
         read_lease: a.read_lease,
     })
     .await

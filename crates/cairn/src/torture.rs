@@ -4,7 +4,8 @@
 //! `cairn torture --duration 30m --seed 7 --nemesis all` starts a cluster
 //! (in-process, or `--cluster process` for `cairn serve` processes), runs
 //! the recorded workload under the nemesis, writes the history and checks
-//! it (linearizability + watch guarantees); exit status 1 on a violation.
+//! it (linearizability + watch guarantees, lock mutual exclusion and
+//! fencing, lease safety); exit status 1 on a violation.
 //! `cairn check linearizable HISTORY.jsonl` checks any history file in the
 //! documented format (`crates/cairn-check/src/history.rs`).
 
@@ -45,6 +46,17 @@ pub struct TortureArgs {
     pub clients: usize,
     #[arg(long, default_value_t = 8)]
     pub keys: usize,
+    /// Lockers contending for `--locks` locks via Lock and Campaign (0: none).
+    #[arg(long, default_value_t = 4)]
+    pub lockers: usize,
+    #[arg(long, default_value_t = 2)]
+    pub locks: usize,
+    /// Clients granting, renewing, revoking and abandoning leases (0: none).
+    #[arg(long, default_value_t = 3)]
+    pub lease_clients: usize,
+    /// Set by a scenario: how long each fault is held.
+    #[arg(skip)]
+    pub fault_hold: Option<(Duration, Duration)>,
     /// Where to write the history (default: cairn-torture-SEED.jsonl in the temp dir).
     #[arg(long)]
     pub history: Option<PathBuf>,
@@ -105,6 +117,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         a.nemesis = s.nemesis.to_string();
         a.compact_every = s.compact_every.unwrap_or_default();
         a.snapshot_count = s.snapshot_count;
+        a.fault_hold = s.fault_hold;
     }
     let process = a.cluster == ClusterKind::Process;
     let faults = Fault::parse_list(&a.nemesis, process).map_err(anyhow::Error::msg)?;
@@ -128,6 +141,12 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         history: Some(history.clone()),
         compact_every: (!a.compact_every.is_zero()).then_some(a.compact_every),
         snapshot_count: a.snapshot_count,
+        lockers: a.lockers,
+        locks: a.locks,
+        lease_clients: a.lease_clients,
+        fault_hold: a
+            .fault_hold
+            .unwrap_or((Duration::from_millis(500), Duration::from_millis(2500))),
         ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;

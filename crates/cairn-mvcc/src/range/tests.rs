@@ -224,8 +224,7 @@ fn history(rng: &mut Rng, engine: &MemoryEngine) -> Revisions {
         engine.write(out.batch, Durability::Buffered).unwrap();
         revs = out.revisions;
         if rng.chance(5) && revs.current > revs.compacted {
-            let at =
-                revs.compacted + 1 + rng.below((revs.current - revs.compacted) as u64) as i64;
+            let at = revs.compacted + 1 + rng.below((revs.current - revs.compacted) as u64) as i64;
             let (batch, after) = compact(engine, at, revs).unwrap();
             engine.write(batch, Durability::Buffered).unwrap();
             revs = after;

@@ -1,7 +1,11 @@
 //! Robustness runs ("torture"): a recorded workload against a real cluster
 //! while a nemesis injects faults, then the history is checked for
 //! linearizability (`cairn_check`) and the watcher's events for etcd's
-//! watch guarantees ([`watch_check`]).
+//! watch guarantees ([`watch_check`]). Beside the KV workload, lockers
+//! contend for locks through Lock and Campaign ([`locks`]: mutual
+//! exclusion and fencing checked) and lease clients keep leases alive or
+//! let them go ([`leases`]: no key lost while its lease is owed, none kept
+//! past it).
 //!
 //! Clusters: in-process nodes (faults through the real peer transport's
 //! switchboard: partitions, message loss and delay, crash-restart of a
@@ -13,6 +17,8 @@
 //! ([`scenario`]) aim this at etcd's known bug classes. Everything random
 //! comes from one seed, so a failing run is rerun with `--seed`.
 
+pub mod leases;
+pub mod locks;
 pub mod nemesis;
 pub mod scenario;
 pub mod watch_check;
@@ -49,6 +55,13 @@ pub struct Config {
     /// Nodes snapshot (and purge their log) every this many entries, so
     /// snapshot build and install happen during a run.
     pub snapshot_count: u64,
+    /// Lockers contending for [`Config::locks`] locks (0: no lock workload).
+    pub lockers: usize,
+    pub locks: usize,
+    /// Lease clients (0: no lease workload).
+    pub lease_clients: usize,
+    /// How long each fault is held: a random time in this range.
+    pub fault_hold: (Duration, Duration),
 }
 
 impl Config {
@@ -66,6 +79,10 @@ impl Config {
             history: None,
             compact_every: Some(Duration::from_secs(2)),
             snapshot_count: 1_000,
+            lockers: 4,
+            locks: 2,
+            lease_clients: 3,
+            fault_hold: (Duration::from_millis(500), Duration::from_millis(2500)),
         }
     }
 }
@@ -88,12 +105,19 @@ pub struct Report {
     /// Compactions that succeeded, and the last compaction revision.
     pub compactions: usize,
     pub compacted_to: i64,
+    pub locks: locks::Outcome,
+    pub lock_check: Result<(), String>,
+    pub leases: leases::Outcome,
+    pub lease_check: Result<(), String>,
 }
 
 impl Report {
     /// True when no checker found a violation.
     pub fn passed(&self) -> bool {
-        matches!(self.linearizable, Verdict::Ok { .. }) && self.watch.is_ok()
+        matches!(self.linearizable, Verdict::Ok { .. })
+            && self.watch.is_ok()
+            && self.lock_check.is_ok()
+            && self.lease_check.is_ok()
     }
 
     /// A human summary.
@@ -124,6 +148,33 @@ impl Report {
         s += &match &self.watch {
             Ok(()) => "watch guarantees: hold\n".to_string(),
             Err(w) => format!("watch guarantees: VIOLATED: {w}\n"),
+        };
+        let l = &self.locks;
+        s += &format!(
+            "locks: {} attempts, {} holds ({} fenced writes, {} refused), {} grants lost their key before the section\n",
+            l.attempts,
+            l.holds.len(),
+            l.holds.iter().map(|h| h.fenced.len()).sum::<usize>(),
+            l.fenced_out,
+            l.lost,
+        );
+        s += &match &self.lock_check {
+            Ok(()) => "mutual exclusion: holds\n".to_string(),
+            Err(w) => format!("mutual exclusion: VIOLATED: {w}\n"),
+        };
+        let e = &self.leases;
+        s += &format!(
+            "leases: {} ({} revoked, {} left to expire), {} key deletes seen, slowest expiry {:?} past due, {} watch gaps\n",
+            e.lives.len(),
+            e.lives.iter().filter(|l| l.revoked_at.is_some()).count(),
+            e.lives.iter().filter(|l| l.revoked_at.is_none()).count(),
+            e.deletes.len(),
+            e.max_late,
+            e.gaps,
+        );
+        s += &match &self.lease_check {
+            Ok(()) => "lease safety: holds\n".to_string(),
+            Err(w) => format!("lease safety: VIOLATED: {w}\n"),
         };
         s
     }
@@ -169,7 +220,43 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             deadline,
         ))
     });
-    let faults = nemesis::run(&mut target, &cfg.faults, cfg.seed, epoch, deadline).await;
+    let lockers = (cfg.lockers > 0).then(|| {
+        let (endpoints, cfg) = (endpoints.clone(), cfg.clone());
+        tokio::spawn(async move {
+            locks::run(
+                &endpoints,
+                cfg.lockers,
+                cfg.locks.max(1),
+                cfg.seed,
+                deadline,
+            )
+            .await
+        })
+    });
+    let lease_clients = (cfg.lease_clients > 0).then(|| {
+        let (endpoints, cfg) = (endpoints.clone(), cfg.clone());
+        tokio::spawn(
+            async move { leases::run(&endpoints, cfg.lease_clients, cfg.seed, deadline).await },
+        )
+    });
+    let faults = nemesis::run(
+        &mut target,
+        &cfg.faults,
+        cfg.seed,
+        epoch,
+        deadline,
+        cfg.fault_hold,
+    )
+    .await;
+    let locks = match lockers {
+        Some(t) => t.await?,
+        None => locks::Outcome::default(),
+    };
+    let leases = match lease_clients {
+        Some(t) => t.await?,
+        None => leases::Outcome::default(),
+    };
+    let (lock_check, lease_check) = (locks::check(&locks.holds), leases.check());
     for c in clients {
         c.await?;
     }
@@ -248,6 +335,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         watch_resumes,
         compactions,
         compacted_to,
+        locks,
+        lock_check,
+        leases,
+        lease_check,
     })
 }
 

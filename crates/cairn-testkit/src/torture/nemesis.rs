@@ -1,6 +1,7 @@
 //! The nemesis: faults injected into the cluster under test, one at a
-//! time, each held for a random 0.5–2.5 s (an armed crash point 3–6 s, so
-//! the restarted node gets there) and then healed, with random 0.5–1.5 s
+//! time, each held for a random 0.5–2.5 s by default (a scenario may hold
+//! longer; an armed crash point 3–6 s, so the restarted node gets there)
+//! and then healed, with random 0.5–1.5 s
 //! quiet gaps — all drawn from the run's seed.
 
 use std::path::Path;
@@ -143,6 +144,9 @@ impl Target {
             snapshot_count.to_string(),
             "--snapshot-log-bytes".to_string(),
             LOG_BYTES.to_string(),
+            // Leases of the lease workload (2-5 s) get checkpointed.
+            "--lease-checkpoint-interval".to_string(),
+            "1s".to_string(),
         ];
         let c = ProcessCluster::start_with(bin, n, &args);
         let t = Target::Process(c);
@@ -333,6 +337,7 @@ pub async fn run(
     seed: u64,
     epoch: Instant,
     deadline: Instant,
+    hold: (Duration, Duration),
 ) -> Vec<(u64, String)> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut log = Vec::new();
@@ -346,7 +351,11 @@ pub async fn run(
         // An armed node first restarts and catches up: give it longer.
         let hold = match f {
             Fault::Failpoint(_) => ms(&mut rng, 3000, 6000),
-            _ => ms(&mut rng, 500, 2500),
+            _ => ms(
+                &mut rng,
+                hold.0.as_millis() as u64,
+                hold.1.as_millis() as u64,
+            ),
         };
         let hold = hold.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(hold).await;

@@ -17,6 +17,8 @@ pub struct Scenario {
     pub nemesis: &'static str,
     pub compact_every: Option<Duration>,
     pub snapshot_count: u64,
+    /// How long each fault is held (`None`: the default 0.5–2.5 s).
+    pub fault_hold: Option<(Duration, Duration)>,
 }
 
 impl Scenario {
@@ -35,6 +37,7 @@ pub const ALL: &[Scenario] = &[
         nemesis: "kill,kill-all,failpoint:raft-before-log-fsync,failpoint:raft-after-log-fsync,failpoint:raft-before-apply,failpoint:raft-after-apply",
         compact_every: Some(Duration::from_secs(2)),
         snapshot_count: 1_000,
+        fault_hold: None,
     },
     Scenario {
         name: "revision-after-crash-in-compaction",
@@ -43,6 +46,7 @@ pub const ALL: &[Scenario] = &[
         nemesis: "kill-all,failpoint:mvcc-compact-before-apply,failpoint:mvcc-compact-after-apply",
         compact_every: Some(Duration::from_millis(300)),
         snapshot_count: 1_000,
+        fault_hold: None,
     },
     Scenario {
         name: "crash-in-snapshot",
@@ -51,6 +55,7 @@ pub const ALL: &[Scenario] = &[
         nemesis: "kill,failpoint:raft-snapshot-build,failpoint:raft-snapshot-install",
         compact_every: Some(Duration::from_secs(1)),
         snapshot_count: 100,
+        fault_hold: None,
     },
     Scenario {
         name: "watch-at-compaction-revision",
@@ -59,6 +64,7 @@ pub const ALL: &[Scenario] = &[
         nemesis: "crash,crash-leader,partition",
         compact_every: Some(Duration::from_millis(200)),
         snapshot_count: 1_000,
+        fault_hold: None,
     },
     Scenario {
         name: "watch-after-partition",
@@ -67,6 +73,36 @@ pub const ALL: &[Scenario] = &[
         nemesis: "partition-leader,partition,drop,delay",
         compact_every: Some(Duration::from_secs(1)),
         snapshot_count: 1_000,
+        fault_hold: None,
+    },
+    Scenario {
+        name: "lease-renewed-by-isolated-leader",
+        guards: "a leader cut off from its quorum keeps renewing leases the majority expires (two lock holders; Jepsen's etcd lock finding)",
+        process: false,
+        nemesis: "partition-leader",
+        compact_every: None,
+        snapshot_count: 1_000,
+        // Held past a lease's TTL (2-5 s) plus an election, so the
+        // majority's leader gets to expire leases the isolated one renews.
+        fault_hold: Some((Duration::from_secs(4), Duration::from_secs(8))),
+    },
+    Scenario {
+        name: "lease-checkpoint-across-leader-change",
+        guards: "a new leader resuming a renewed lease from a stale checkpoint, or from state it has not applied (early expiry)",
+        process: true,
+        nemesis: "kill-leader,pause",
+        compact_every: None,
+        snapshot_count: 1_000,
+        fault_hold: None,
+    },
+    Scenario {
+        name: "lock-waiter-lost-its-lease",
+        guards: "a lock waiter whose key expired while it waited told it holds the lock (etcd-io/etcd#9921)",
+        process: false,
+        nemesis: "partition,delay,crash-leader",
+        compact_every: Some(Duration::from_secs(1)),
+        snapshot_count: 1_000,
+        fault_hold: None,
     },
     Scenario {
         name: "stale-read-partitioned-member",
@@ -75,6 +111,7 @@ pub const ALL: &[Scenario] = &[
         nemesis: "partition,partition-leader",
         compact_every: None,
         snapshot_count: 1_000,
+        fault_hold: None,
     },
 ];
 

@@ -1,0 +1,325 @@
+//! Reads never wait for an apply, and never see half of one.
+//!
+//! A [`Gated`] engine holds the apply task inside an entry — while it
+//! computes a compaction, or after its batch is in the engine but before
+//! the state is published — and the tests read the region from another
+//! thread meanwhile: the read must return at once, with the state from
+//! before the entry. The ignored test measures read latency during a
+//! compaction of a million versions on fjall.
+
+use std::ops::Bound;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use cairn_mvcc::{Rejection, Revisions};
+use cairn_storage::{
+    Durability, Engine, FjallEngine, KvIter, MemoryEngine, Snapshot as EngineSnapshot, WriteBatch,
+};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use prost::Message;
+
+use super::{RegionKind, RegionShared, StateMachine};
+use crate::types::{Command, Reply};
+use crate::{SnapshotDir, TypeConfig};
+
+/// Where a [`Gated`] engine holds the apply task.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// In the first scan of the live engine (computing the entry).
+    Scan,
+    /// Right after the first batch is written (not yet published).
+    AfterWrite,
+}
+
+/// A [`MemoryEngine`] that, once armed, holds the caller at one [`Hold`]
+/// until the test lets go (or drops its end). Views it hands out are plain
+/// memory snapshots and never wait.
+struct Gated {
+    inner: MemoryEngine,
+    armed: Mutex<Option<Hold>>,
+    reached: mpsc::Sender<()>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Gated {
+    fn hold_if(&self, at: Hold) {
+        let mut armed = self.armed.lock().unwrap();
+        if *armed != Some(at) {
+            return;
+        }
+        *armed = None;
+        drop(armed);
+        let _ = self.reached.send(());
+        let _ = self.release.lock().unwrap().recv();
+    }
+}
+
+impl EngineSnapshot for Gated {
+    fn get(&self, key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
+        self.hold_if(Hold::Scan);
+        self.inner.scan(start, end, reverse)
+    }
+}
+
+impl Engine for Gated {
+    fn write(&self, batch: WriteBatch, durability: Durability) -> cairn_storage::Result<()> {
+        self.inner.write(batch, durability)?;
+        self.hold_if(Hold::AfterWrite);
+        Ok(())
+    }
+
+    fn sync(&self) -> cairn_storage::Result<()> {
+        self.inner.sync()
+    }
+
+    fn snapshot(&self) -> Arc<dyn EngineSnapshot> {
+        self.inner.snapshot()
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+/// A txn putting every `(key, value)`, at revision `ts` or above.
+fn puts(ts: i64, kvs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Command {
+    let success = kvs
+        .into_iter()
+        .map(|(key, value)| RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key,
+                value,
+                ..Default::default()
+            })),
+        })
+        .collect();
+    let txn = TxnRequest {
+        success,
+        ..Default::default()
+    };
+    Command::Txn {
+        ts,
+        txn: txn.encode_to_vec(),
+    }
+}
+
+/// A region over `engine` whose snapshot directory lives as long as the
+/// returned guard.
+fn region(engine: Arc<dyn Engine>) -> (Arc<RegionShared>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotDir::open(dir.path()).unwrap());
+    let shared = RegionShared::load(1, RegionKind::Data, engine, snapshots).unwrap();
+    (shared, dir)
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// The value of `key` at revision `rev` in `view`, read as if the region
+/// were at `revs` (so a version deleted by a compaction shows as absent
+/// rather than as a rejected read).
+fn value_at(view: &dyn EngineSnapshot, revs: Revisions, key: &[u8], rev: i64) -> Option<Vec<u8>> {
+    let req = RangeRequest {
+        key: key.to_vec(),
+        revision: rev,
+        ..Default::default()
+    };
+    let resp = cairn_mvcc::range(view, &req, revs).unwrap();
+    resp.kvs.first().map(|kv| kv.value.clone())
+}
+
+/// `f` on another thread; panics if it has not returned within a second.
+fn within_a_second<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("the read waited for the entry being applied")
+}
+
+/// Applies `a`=1 (revision 2) and `a`=2 (revision 3), then starts a
+/// compaction at 3 (which deletes the version at 2) and holds it at `at`.
+/// Checks that a read meanwhile returns at once with the state before the
+/// compaction, and after it the state after.
+fn read_while_compaction_is_held(at: Hold) {
+    let (reached_tx, reached) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let gated = Arc::new(Gated {
+        inner: MemoryEngine::new(),
+        armed: Mutex::new(None),
+        reached: reached_tx,
+        release: Mutex::new(release_rx),
+    });
+    let (shared, _dir) = region(gated.clone());
+    let mut sm = StateMachine::new(shared.clone());
+    block_on(sm.apply(vec![
+        entry(1, puts(2, [(b"a".to_vec(), b"1".to_vec())])),
+        entry(2, puts(3, [(b"a".to_vec(), b"2".to_vec())])),
+    ]))
+    .unwrap();
+    let before = Revisions {
+        current: 3,
+        compacted: 0,
+    };
+    assert_eq!(shared.revisions(), before);
+
+    *gated.armed.lock().unwrap() = Some(at);
+    let compact = entry(3, Command::Compact { revision: 3 });
+    let applying = thread::spawn(move || block_on(sm.apply(vec![compact])).unwrap());
+    reached
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the compaction reached the hold");
+    if at == Hold::AfterWrite {
+        // The live engine already lacks the version at 2.
+        assert_eq!(value_at(&gated.inner, before, b"a", 2), None);
+    }
+
+    let reader = shared.clone();
+    let (view, revs) = within_a_second(move || reader.read_view());
+    assert_eq!(revs, before, "revisions from before the compaction");
+    assert_eq!(
+        value_at(&*view, revs, b"a", 2).as_deref(),
+        Some(&b"1"[..]),
+        "data from before the compaction"
+    );
+    let snapshot_of = StateMachine::new(shared.clone());
+    let (applied, _) = within_a_second(move || snapshot_of.current());
+    assert_eq!(applied.revisions(), before, "a snapshot built meanwhile");
+
+    release.send(()).unwrap();
+    let replies = applying.join().unwrap();
+    assert_eq!(replies, vec![Reply::Compacted { current: 3 }]);
+    let (view, revs) = shared.read_view();
+    assert_eq!(
+        revs,
+        Revisions {
+            current: 3,
+            compacted: 3
+        }
+    );
+    assert_eq!(value_at(&*view, before, b"a", 2), None, "data after it");
+    let req = RangeRequest {
+        key: b"a".to_vec(),
+        revision: 2,
+        ..Default::default()
+    };
+    assert!(matches!(
+        cairn_mvcc::range(&*view, &req, revs),
+        Err(cairn_mvcc::Error::Rejected(Rejection::Compacted))
+    ));
+}
+
+#[test]
+fn a_read_during_a_compaction_returns_at_once_with_the_state_before_it() {
+    read_while_compaction_is_held(Hold::Scan);
+}
+
+#[test]
+fn a_read_after_an_entry_is_written_but_before_it_is_published_sees_the_state_before_it() {
+    read_while_compaction_is_held(Hold::AfterWrite);
+}
+
+/// Latency of a one-key read while a compaction deletes ~1M versions on
+/// fjall. Run with
+/// `cargo test --release -p cairn-raft -- --ignored --nocapture read_latency`.
+#[test]
+#[ignore = "measurement: takes a while, run in release"]
+fn read_latency_during_a_compaction_of_a_million_versions() {
+    const KEYS: usize = 1000;
+    const ROUNDS: u64 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
+    let (shared, _snapshots) = region(engine);
+    let mut sm = StateMachine::new(shared.clone());
+    let key = |i: usize| format!("k{i:04}").into_bytes();
+    let filled = Instant::now();
+    for round in 1..=ROUNDS {
+        let kvs = (0..KEYS).map(|i| (key(i), format!("value-{round:08}").into_bytes()));
+        block_on(sm.apply(vec![entry(round, puts(0, kvs))])).unwrap();
+    }
+    let revs = shared.revisions();
+    eprintln!(
+        "{} versions written in {:?}; revisions {revs:?}",
+        KEYS as u64 * ROUNDS,
+        filled.elapsed()
+    );
+
+    // Set when the compaction has finished: the reader stops once no read
+    // due before then is left.
+    let finished: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let reader = {
+        let (shared, finished) = (shared.clone(), finished.clone());
+        thread::spawn(move || {
+            let req = RangeRequest {
+                key: key(KEYS / 2),
+                ..Default::default()
+            };
+            // One read due every 100 µs, its latency counted from when it
+            // was due: a read that stalls counts against every read it
+            // holds back.
+            let mut latencies = Vec::new();
+            let mut due = Instant::now();
+            while finished.lock().unwrap().is_none_or(|f| due <= f) {
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                let (view, revs) = shared.read_view();
+                let resp = cairn_mvcc::range(&*view, &req, revs).unwrap();
+                assert_eq!(resp.kvs.len(), 1);
+                latencies.push((due, due.elapsed()));
+                due += Duration::from_micros(100);
+            }
+            latencies
+        })
+    };
+    thread::sleep(Duration::from_millis(100));
+    let compacting = Instant::now();
+    let replies = block_on(sm.apply(vec![entry(
+        ROUNDS + 1,
+        Command::Compact {
+            revision: revs.current,
+        },
+    )]))
+    .unwrap();
+    let done = Instant::now();
+    *finished.lock().unwrap() = Some(done);
+    assert!(matches!(replies[0], Reply::Compacted { .. }));
+    // The reads due while the compaction ran.
+    let mut latencies: Vec<Duration> = reader
+        .join()
+        .unwrap()
+        .into_iter()
+        .filter(|&(due, _)| due >= compacting && due <= done)
+        .map(|(_, d)| d)
+        .collect();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "compaction took {:?}; {} reads during it: p50 {:?}, p99 {:?}, max {:?}",
+        done - compacting,
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        latencies.last().unwrap()
+    );
+}

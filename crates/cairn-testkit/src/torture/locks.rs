@@ -1,0 +1,377 @@
+//! The lock workload and its mutual-exclusion checker.
+//!
+//! Lockers contend for a few locks, through the Lock service and through
+//! Election campaigns. Each locker holds a lease (TTL [`LEASE_TTL`]) kept
+//! alive by a background stream, and knows how long the server owes it the
+//! lease: TTL past the *send* time of the last keep-alive the server
+//! acknowledged (a server counts from when it received the request, which
+//! is later). A locker that gets the lock:
+//!
+//! 1. reads the lock's prefix linearizably — no key may be ahead of its own
+//!    (smaller create revision); the read's revision is where its hold
+//!    provably began;
+//! 2. runs its critical section only while its lease is owed to it, doing
+//!    fenced writes: a Txn that puts `fence/<lock>` only if its key still
+//!    has the create revision it was granted with (the fencing token);
+//! 3. notes when its section ended (never after the lease is owed), then
+//!    unlocks (or resigns) and revokes its lease.
+//!
+//! The checker, per lock, for every two holders A and B with A's token
+//! below B's (B queued behind A, so B may hold only once A's key is gone):
+//! B's grant reached B after A's section ended (real time), every fenced
+//! write of A that succeeded has a revision below B's starting revision,
+//! and B's post-grant read found nothing ahead. A server that lets a lease
+//! expire early, renews on a deposed leader, or grants a lock to a waiter
+//! without a key fails one of these.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_api::etcdserverpb::request_op::Request as Op;
+use cairn_api::etcdserverpb::*;
+use cairn_api::v3electionpb::election_client::ElectionClient;
+use cairn_api::v3electionpb::{CampaignRequest, ResignRequest};
+use cairn_api::v3lockpb::lock_client::LockClient;
+use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+
+use super::leases::{channel, KeepAlive};
+
+/// The lockers' lease TTL, seconds.
+pub const LEASE_TTL: i64 = 3;
+/// A section stops this long before the lease stops being owed.
+const MARGIN: Duration = Duration::from_millis(300);
+/// How long one call may take before the locker gives up on it.
+const CALL: Duration = Duration::from_secs(4);
+
+/// One granted hold of a lock, as its locker saw it.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub lock: String,
+    pub locker: u64,
+    /// The create revision of the locker's key: its place in line and token.
+    pub token: i64,
+    /// Revision of the post-grant read (the hold began at or before it).
+    pub began_rev: i64,
+    /// When the grant reached the locker.
+    pub granted: Instant,
+    /// When the section ended (at most the time the lease was owed until).
+    pub ended: Instant,
+    /// Revisions of the fenced writes that succeeded.
+    pub fenced: Vec<i64>,
+    /// What the post-grant read found wrong, if anything.
+    pub ahead: Option<String>,
+}
+
+/// What the lockers did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub holds: Vec<Hold>,
+    /// Grants whose key was already gone at the post-grant read (lease lost
+    /// under faults: no section ran).
+    pub lost: usize,
+    /// Fenced writes refused (the token no longer matched).
+    pub fenced_out: usize,
+    pub attempts: usize,
+}
+
+/// Runs `lockers` lockers on `locks` locks until `deadline`.
+pub async fn run(
+    endpoints: &[String],
+    lockers: usize,
+    locks: usize,
+    seed: u64,
+    deadline: Instant,
+) -> Outcome {
+    let out = Arc::new(Mutex::new(Outcome::default()));
+    let mut tasks = Vec::new();
+    for i in 0..lockers {
+        let ch = channel(&endpoints[i % endpoints.len()]);
+        let out = out.clone();
+        let mut rng = fastrand::Rng::with_seed(seed ^ (0x10c4 + i as u64));
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() + Duration::from_secs(1) < deadline {
+                let lock = format!("lk{}", rng.usize(0..locks));
+                let campaign = rng.bool();
+                out.lock().attempts += 1;
+                let _ = locker_round(&ch, i as u64 + 1, &lock, campaign, &mut rng, &out).await;
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Arc::try_unwrap(out)
+        .map(Mutex::into_inner)
+        .unwrap_or_default()
+}
+
+/// One acquisition, section and release. Errors just end the round.
+async fn locker_round(
+    ch: &Channel,
+    locker: u64,
+    lock: &str,
+    campaign: bool,
+    rng: &mut fastrand::Rng,
+    out: &Mutex<Outcome>,
+) -> Result<(), tonic::Status> {
+    let ka = KeepAlive::start(ch.clone(), LEASE_TTL).await?;
+    let lease = ka.id;
+    let prefix = format!("{lock}/");
+    let acquired = tokio::time::timeout(CALL, async {
+        if campaign {
+            let l = ElectionClient::new(ch.clone())
+                .campaign(CampaignRequest {
+                    name: lock.as_bytes().to_vec(),
+                    lease,
+                    value: format!("c{locker}").into_bytes(),
+                })
+                .await?
+                .into_inner()
+                .leader
+                .unwrap_or_default();
+            Ok::<_, tonic::Status>((l.key.clone(), Some(l)))
+        } else {
+            let r = LockClient::new(ch.clone())
+                .lock(LockRequest {
+                    name: lock.as_bytes().to_vec(),
+                    lease,
+                })
+                .await?
+                .into_inner();
+            Ok((r.key, None))
+        }
+    })
+    .await;
+    let Ok(Ok((key, leader))) = acquired else {
+        ka.revoke(ch).await;
+        return Ok(());
+    };
+    let granted = Instant::now();
+    let mut kv = KvClient::new(ch.clone());
+    let check = tokio::time::timeout(CALL, kv.range(prefix_range(&prefix))).await;
+    let result = match check {
+        Ok(Ok(r)) => {
+            let r = r.into_inner();
+            let began_rev = r.header.map_or(0, |h| h.revision);
+            match r.kvs.iter().position(|kv| kv.key == key) {
+                None => {
+                    out.lock().lost += 1;
+                    None
+                }
+                Some(pos) => {
+                    let token = r.kvs[pos].create_revision;
+                    let ahead = (pos > 0).then(|| {
+                        format!(
+                            "key {} (created at {}) ahead of the holder's {} (created at {}) at revision {began_rev}",
+                            String::from_utf8_lossy(&r.kvs[0].key),
+                            r.kvs[0].create_revision,
+                            String::from_utf8_lossy(&key),
+                            token
+                        )
+                    });
+                    Some((token, began_rev, ahead))
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some((token, began_rev, ahead)) = result {
+        let mut fenced = Vec::new();
+        let mut ended = granted;
+        for n in 0..rng.usize(1..4) {
+            if Instant::now() + MARGIN >= ka.owed_until() {
+                break;
+            }
+            let put = fenced_put(lock, &key, token, &format!("c{locker}-t{token}-{n}"));
+            let answer = tokio::time::timeout(CALL, kv.txn(put)).await;
+            // Whatever the write's fate, the locker held the lock until now
+            // as far as it knows — as long as its lease was owed to it.
+            ended = Instant::now().min(ka.owed_until());
+            match answer {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    if r.succeeded {
+                        fenced.push(r.header.map_or(0, |h| h.revision));
+                    } else {
+                        out.lock().fenced_out += 1;
+                    }
+                }
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..60))).await;
+        }
+        out.lock().holds.push(Hold {
+            lock: lock.to_string(),
+            locker,
+            token,
+            began_rev,
+            granted,
+            ended,
+            fenced,
+            ahead,
+        });
+    }
+    let release = async {
+        match leader {
+            Some(l) => ElectionClient::new(ch.clone())
+                .resign(ResignRequest { leader: Some(l) })
+                .await
+                .map(|_| ()),
+            None => LockClient::new(ch.clone())
+                .unlock(UnlockRequest { key })
+                .await
+                .map(|_| ()),
+        }
+    };
+    let _ = tokio::time::timeout(CALL, release).await;
+    ka.revoke(ch).await;
+    Ok(())
+}
+
+fn prefix_range(prefix: &str) -> RangeRequest {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: end,
+        sort_order: SortOrder::Ascend as i32,
+        sort_target: SortTarget::Create as i32,
+        ..Default::default()
+    }
+}
+
+/// The fenced write: `fence/<lock> = value` only while `key` has `token`.
+fn fenced_put(lock: &str, key: &[u8], token: i64, value: &str) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: key.to_vec(),
+            target_union: Some(TargetUnion::CreateRevision(token)),
+            range_end: Vec::new(),
+        }],
+        success: vec![RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: format!("fence/{lock}").into_bytes(),
+                value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }],
+        failure: Vec::new(),
+    }
+}
+
+/// Checks mutual exclusion over every hold (see the module essay).
+pub fn check(holds: &[Hold]) -> Result<(), String> {
+    let mut by_lock: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
+    for h in holds {
+        if let Some(why) = &h.ahead {
+            return Err(format!(
+                "lock {}: locker {} was granted with another contender ahead: {why}",
+                h.lock, h.locker
+            ));
+        }
+        by_lock.entry(&h.lock).or_default().push(h);
+    }
+    for (lock, mut hs) in by_lock {
+        hs.sort_by_key(|h| h.token);
+        for (i, a) in hs.iter().enumerate() {
+            for b in &hs[i + 1..] {
+                if a.token == b.token {
+                    return Err(format!(
+                        "lock {lock}: lockers {} and {} both hold token {}",
+                        a.locker, b.locker, a.token
+                    ));
+                }
+                if b.granted <= a.ended {
+                    return Err(format!(
+                        "lock {lock}: two holders at once — locker {} (token {}) was granted {:?} before locker {} (token {}) ended its section",
+                        b.locker,
+                        b.token,
+                        a.ended - b.granted,
+                        a.locker,
+                        a.token
+                    ));
+                }
+                if let Some(w) = a.fenced.iter().find(|&&w| w >= b.began_rev) {
+                    return Err(format!(
+                        "lock {lock}: stale holder's fenced write succeeded — locker {} (token {}) wrote at revision {w}, at or after locker {} (token {}) held the lock (revision {})",
+                        a.locker, a.token, b.locker, b.token, b.began_rev
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(token: i64, granted_ms: u64, ended_ms: u64, began_rev: i64, fenced: &[i64]) -> Hold {
+        let t0 = Instant::now();
+        Hold {
+            lock: "l".into(),
+            locker: token as u64,
+            token,
+            began_rev,
+            granted: t0 + Duration::from_millis(granted_ms),
+            ended: t0 + Duration::from_millis(ended_ms),
+            fenced: fenced.to_vec(),
+            ahead: None,
+        }
+    }
+
+    #[test]
+    fn sequential_holds_pass() {
+        let t0 = Instant::now();
+        let mut a = hold(10, 0, 100, 11, &[12, 13]);
+        let mut b = hold(20, 150, 300, 21, &[22]);
+        a.granted = t0;
+        a.ended = t0 + Duration::from_millis(100);
+        b.granted = t0 + Duration::from_millis(150);
+        b.ended = t0 + Duration::from_millis(300);
+        assert!(check(&[b, a]).is_ok());
+    }
+
+    #[test]
+    fn overlapping_sections_fail() {
+        let t0 = Instant::now();
+        let mut a = hold(10, 0, 0, 11, &[12]);
+        let mut b = hold(20, 0, 0, 21, &[22]);
+        a.granted = t0;
+        a.ended = t0 + Duration::from_millis(200);
+        b.granted = t0 + Duration::from_millis(150);
+        b.ended = t0 + Duration::from_millis(300);
+        assert!(check(&[a, b]).unwrap_err().contains("two holders at once"));
+    }
+
+    #[test]
+    fn a_stale_fenced_write_fails() {
+        let t0 = Instant::now();
+        let mut a = hold(10, 0, 0, 11, &[25]);
+        let mut b = hold(20, 0, 0, 21, &[22]);
+        a.granted = t0;
+        a.ended = t0 + Duration::from_millis(10);
+        b.granted = t0 + Duration::from_millis(20);
+        b.ended = t0 + Duration::from_millis(30);
+        assert!(check(&[a, b]).unwrap_err().contains("stale holder"));
+    }
+
+    #[test]
+    fn a_grant_with_a_contender_ahead_fails() {
+        let mut a = hold(10, 0, 10, 11, &[]);
+        a.ahead = Some("x".into());
+        assert!(check(&[a]).is_err());
+    }
+}
