@@ -154,7 +154,11 @@ pub async fn wait_turn(
         let Some(ahead) = ahead else {
             return Ok(());
         };
-        wait_deleted(&mut feed, &[&ahead.key, key]).await;
+        let watched = [ahead.key.as_slice(), key];
+        tokio::select! {
+            _ = wait_deleted(&mut feed, &watched) => {}
+            _ = ctx.node.stopped() => return Err(cairn_store::Error::Stopped.into()),
+        }
     }
 }
 

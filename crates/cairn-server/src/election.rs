@@ -160,6 +160,7 @@ impl Election for ElectionService {
                 tokio::select! {
                     _ = coord::wait_change(&mut feed, &pfx) => {}
                     _ = tx.closed() => return,
+                    _ = ctx.node.stopped() => return,
                 }
             }
         });

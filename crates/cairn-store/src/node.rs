@@ -89,6 +89,9 @@ pub struct Node {
     lessor: Arc<Lessor>,
     /// Runs span reads off the async workers, a bounded number at once.
     spans: SpanPool,
+    /// Set once by [`Node::shutdown`]; waits that hold the node (lock
+    /// waiters, observers) end on it, so a stopped node's engine is freed.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -237,6 +240,7 @@ impl Node {
                 tso,
                 lessor,
                 spans: SpanPool::default(),
+                stopped: tokio::sync::watch::channel(false).0,
             }
         });
         tokio::spawn(publish_self(Arc::downgrade(&node)));
@@ -661,8 +665,15 @@ impl Node {
         self.log_writer.stats()
     }
 
+    /// Resolves once the node is shutting down.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     /// Stops every region's Raft.
     pub async fn shutdown(&self) {
+        self.stopped.send_replace(true);
         for r in self.regions.values() {
             let _ = r.raft.shutdown().await;
         }
