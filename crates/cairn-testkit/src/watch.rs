@@ -43,10 +43,14 @@ impl WatchStream {
             .await;
     }
 
-    /// Sends a progress request.
-    pub async fn request_progress(&self) {
-        self.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
-            .await;
+    /// Sends a progress request; false if the stream is gone.
+    pub async fn request_progress(&self) -> bool {
+        self.tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            })
+            .await
+            .is_ok()
     }
 
     async fn send(&self, r: RequestUnion) {

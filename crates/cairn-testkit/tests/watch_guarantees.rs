@@ -106,7 +106,7 @@ async fn drain(w: &mut WatchStream, target: i64) -> (Vec<WatchResponse>, i64) {
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        w.request_progress().await;
+        assert!(w.request_progress().await);
         loop {
             let r = w
                 .next(Duration::from_secs(20))

@@ -93,6 +93,8 @@ pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: O
             },
             _ = tick => s.progress_tick().await,
             _ = s.out.closed() => false,
+            // A stopping node ends its streams (they hold the node).
+            _ = s.ctx.node.stopped() => false,
         };
         if !ok {
             break;

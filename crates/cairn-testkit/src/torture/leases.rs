@@ -205,13 +205,23 @@ fn lease_of(key: &str) -> Option<i64> {
 
 /// Runs `clients` lease clients until `deadline`, observing deletes; then
 /// waits out the grace period and looks for leftovers.
-pub async fn run(endpoints: &[String], clients: usize, seed: u64, deadline: Instant) -> Outcome {
+/// `progress[i]` is kept at the revision up to which observer `i` has seen
+/// every event (the run's compactor stays behind it).
+pub async fn run(
+    endpoints: &[String],
+    clients: usize,
+    seed: u64,
+    deadline: Instant,
+    progress: Vec<Arc<std::sync::atomic::AtomicI64>>,
+) -> Outcome {
     let lives = Arc::new(Mutex::new(Vec::new()));
-    let observers: Vec<_> = (0..endpoints.len())
-        .map(|i| {
+    let observers: Vec<_> = progress
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
             let mut order = endpoints.to_vec();
-            order.rotate_left(i);
-            tokio::spawn(observe(order, deadline + Duration::from_secs(5)))
+            order.rotate_left(i % endpoints.len().max(1));
+            tokio::spawn(observe(order, deadline + Duration::from_secs(5), p))
         })
         .collect();
     let mut tasks = Vec::new();
@@ -348,7 +358,12 @@ async fn leftovers(endpoints: &[String]) -> Vec<String> {
 
 /// Watches `lz/` until `until`, resuming elsewhere after a failure; returns
 /// the deletes seen and how many restarts skipped history.
-async fn observe(endpoints: Vec<String>, until: Instant) -> (Vec<Deleted>, u32) {
+async fn observe(
+    endpoints: Vec<String>,
+    until: Instant,
+    progress: Arc<std::sync::atomic::AtomicI64>,
+) -> (Vec<Deleted>, u32) {
+    let caught_up = |rev: i64| progress.fetch_max(rev, std::sync::atomic::Ordering::Relaxed);
     let mut deletes = Vec::new();
     let (mut next_rev, mut gaps, mut turn) = (0i64, 0u32, 0usize);
     while Instant::now() < until {
@@ -365,12 +380,26 @@ async fn observe(endpoints: Vec<String>, until: Instant) -> (Vec<Deleted>, u32) 
         })
         .await;
         while Instant::now() < until {
-            // Quiet for a while, or the stream died: reopen (resuming).
-            let Some(r) = w.next(Duration::from_secs(2)).await else {
-                break;
+            let r = match w.next(Duration::from_secs(1)).await {
+                Some(r) => r,
+                // Quiet: ask how far the stream has sent everything; no
+                // answer means it died, and it is reopened (resuming).
+                None if w.request_progress().await => match w.next(Duration::from_secs(2)).await {
+                    Some(r) => r,
+                    None => break,
+                },
+                None => break,
             };
+            let header_rev = r.header.map_or(0, |h| h.revision);
             if r.created && next_rev == 0 {
-                next_rev = r.header.map_or(0, |h| h.revision) + 1;
+                next_rev = header_rev + 1;
+                caught_up(header_rev);
+            }
+            if !r.created && !r.canceled && r.events.is_empty() && header_rev >= next_rev {
+                // A progress response: every event up to it was sent.
+                next_rev = header_rev + 1;
+                caught_up(header_rev);
+                continue;
             }
             if r.canceled {
                 if r.compact_revision > 0 {
@@ -383,6 +412,7 @@ async fn observe(endpoints: Vec<String>, until: Instant) -> (Vec<Deleted>, u32) 
             for e in &r.events {
                 let Some(kv) = &e.kv else { continue };
                 next_rev = next_rev.max(kv.mod_revision + 1);
+                caught_up(kv.mod_revision);
                 if e.r#type == EventType::Delete as i32 {
                     deletes.push(Deleted {
                         key: String::from_utf8_lossy(&kv.key).into_owned(),

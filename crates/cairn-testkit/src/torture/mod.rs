@@ -205,6 +205,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     }
     drop(tx);
     let progress = Arc::new(AtomicI64::new(0));
+    // The lease observers report how far they have seen too: compaction
+    // stays behind every watcher, so none of them loses events to it.
+    let lease_progress: Vec<Arc<AtomicI64>> = (0..endpoints.len())
+        .map(|_| Arc::new(AtomicI64::new(0)))
+        .collect();
+    let mut floors = vec![progress.clone()];
+    if cfg.lease_clients > 0 {
+        floors.extend(lease_progress.iter().cloned());
+    }
     let watcher = tokio::spawn(watch_check::follow(
         endpoints.clone(),
         "key",
@@ -216,7 +225,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             endpoints.clone(),
             every,
             cfg.seed,
-            progress,
+            floors,
             deadline,
         ))
     });
@@ -235,9 +244,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     });
     let lease_clients = (cfg.lease_clients > 0).then(|| {
         let (endpoints, cfg) = (endpoints.clone(), cfg.clone());
-        tokio::spawn(
-            async move { leases::run(&endpoints, cfg.lease_clients, cfg.seed, deadline).await },
-        )
+        tokio::spawn(async move {
+            let (n, seed) = (cfg.lease_clients, cfg.seed);
+            leases::run(&endpoints, n, seed, deadline, lease_progress).await
+        })
     });
     let faults = nemesis::run(
         &mut target,
@@ -352,7 +362,7 @@ async fn compactor(
     endpoints: Vec<String>,
     every: Duration,
     seed: u64,
-    progress: Arc<AtomicI64>,
+    floors: Vec<Arc<AtomicI64>>,
     deadline: Instant,
 ) -> (usize, i64) {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0_4ac7);
@@ -364,7 +374,8 @@ async fn compactor(
             return (done, last);
         }
         tokio::time::sleep(pause).await;
-        let rev = progress.load(Ordering::Relaxed) + 1;
+        let seen = floors.iter().map(|f| f.load(Ordering::Relaxed)).min();
+        let rev = seen.unwrap_or(0) + 1;
         if rev <= last + 1 {
             continue;
         }
