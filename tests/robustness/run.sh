@@ -6,8 +6,10 @@
 #      the leader, of all nodes at once; SIGSTOP pauses; restarts with a
 #      crash point armed inside the node);
 #   3. every named regression scenario (one per etcd bug class), briefly;
-#   4. the planted bug (linearizable reads without read-index, feature
-#      `planted-stale-read`) must be caught on every seed tried.
+#   4. the planted bugs must be caught on every seed tried: linearizable
+#      reads without read-index (feature `planted-stale-read`), and lease
+#      renewals without the leadership check (`planted-unconfirmed-renewal`,
+#      caught by the lease checker in the isolated-leader scenario).
 # Each run records a history, checks linearizability and the watch
 # guarantees, and fails on any violation. Reproduce a run with its --seed.
 # Test builds (crash points, the planted bug) share target/robustness; each
@@ -52,5 +54,20 @@ for seed in 21 22 23; do
     exit 1
   fi
   grep -q "linearizable: NO" "$OUT/p$seed.log" || { cat "$OUT/p$seed.log"; echo "FAIL: seed $seed failed for another reason"; exit 1; }
+  echo "seed $seed: caught"
+done
+
+echo "== planted bug: renewals on a deposed leader must be caught"
+cargo build -q -p cairn --features planted-unconfirmed-renewal
+RENEWAL=$CARGO_TARGET_DIR/cairn-planted-renewal
+cp "$CARGO_TARGET_DIR/debug/cairn" "$RENEWAL"
+for seed in 41 42 43; do
+  if $RENEWAL torture --duration 20s --seed "$seed" --scenario lease-renewed-by-isolated-leader \
+      --history "$OUT/r$seed.jsonl" > "$OUT/r$seed.log" 2>&1; then
+    cat "$OUT/r$seed.log"
+    echo "FAIL: planted renewal bug not caught with seed $seed"
+    exit 1
+  fi
+  grep -qE "(lease safety|mutual exclusion): VIOLATED" "$OUT/r$seed.log" || { cat "$OUT/r$seed.log"; echo "FAIL: seed $seed failed for another reason"; exit 1; }
   echo "seed $seed: caught"
 done

@@ -5,8 +5,8 @@
 //! transactions to openraft as ONE log entry (`Command::Batch`): one
 //! append, one fsync and one replication round for the whole group. Replies
 //! are delivered as entries apply. At most `MAX_INFLIGHT_GROUPS` groups are
-//! in flight (proposed, not yet applied); requests arriving meanwhile wait
-//! and form the next group. (openraft orders a leader's appends behind
+//! in flight (proposed, not yet applied, and proposed in the term this node
+//! still leads); requests arriving meanwhile wait and form the next group. (openraft orders a leader's appends behind
 //! their flushes, so batching must happen before Raft, not in the log
 //! writer.)
 //!
@@ -111,13 +111,40 @@ async fn propose_txns(
 }
 
 /// Proposes one command; the reply arrives when it applies.
+///
+/// The pipeline slot frees when every entry of the group answered — or
+/// when this node stops leading in the term it proposed in. openraft 0.9
+/// answers an entry only when it applies or is truncated; a leader cut off
+/// from its quorum keeps its uncommitted entries, unanswered, until a new
+/// leader's log overwrites them, which can take a long time (measured: a
+/// slot held 17 s across back-to-back leader partitions, and every write and
+/// lease revoke queued behind it when the node led again). The entry's
+/// reply still arrives when its fate is known.
 async fn propose(raft: &Raft, cmd: Command, reply: oneshot::Sender<Result<Reply>>, slot: &Slot) {
+    let mut metrics = raft.metrics();
+    let (term, me) = {
+        let m = metrics.borrow_and_update();
+        (m.current_term, m.id)
+    };
     match raft.client_write_ff(cmd).await {
         Ok(rx) => {
             let slot = slot.clone();
             tokio::spawn(async move {
-                let _slot = slot; // the pipeline slot frees when every entry of the group answered
-                let r = match rx.await {
+                let mut slot = Some(slot);
+                tokio::pin!(rx);
+                let answer = loop {
+                    tokio::select! {
+                        r = &mut rx => break r,
+                        changed = metrics.changed(), if slot.is_some() => {
+                            let m = metrics.borrow_and_update();
+                            if changed.is_err() || m.current_term != term || m.current_leader != Some(me) {
+                                slot = None;
+                            }
+                        }
+                    }
+                };
+                drop(slot);
+                let r = match answer {
                     Ok(Ok(resp)) => Ok(resp.data),
                     Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
                         leader: f.leader_id,

@@ -57,6 +57,9 @@ pub struct TortureArgs {
     /// Set by a scenario: how long each fault is held.
     #[arg(skip)]
     pub fault_hold: Option<(Duration, Duration)>,
+    /// Set by a scenario: the lease workload's TTL range.
+    #[arg(skip)]
+    pub lease_ttl: Option<(i64, i64)>,
     /// Where to write the history (default: cairn-torture-SEED.jsonl in the temp dir).
     #[arg(long)]
     pub history: Option<PathBuf>,
@@ -118,6 +121,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         a.compact_every = s.compact_every.unwrap_or_default();
         a.snapshot_count = s.snapshot_count;
         a.fault_hold = s.fault_hold;
+        a.lease_ttl = s.lease_ttl;
     }
     let process = a.cluster == ClusterKind::Process;
     let faults = Fault::parse_list(&a.nemesis, process).map_err(anyhow::Error::msg)?;
@@ -147,6 +151,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         fault_hold: a
             .fault_hold
             .unwrap_or((Duration::from_millis(500), Duration::from_millis(2500))),
+        lease_ttl: a.lease_ttl.unwrap_or((2, 5)),
         ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;

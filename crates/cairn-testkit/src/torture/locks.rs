@@ -42,8 +42,10 @@ use tonic::transport::Channel;
 
 use super::leases::{channel, KeepAlive};
 
-/// The lockers' lease TTL, seconds.
-pub const LEASE_TTL: i64 = 3;
+/// The lockers' lease TTL, seconds: at most the in-process checkpoint
+/// interval, so renewals need no Raft write and only the leadership check
+/// keeps a deposed leader from acknowledging them.
+pub const LEASE_TTL: i64 = 2;
 /// A section stops this long before the lease stops being owed.
 const MARGIN: Duration = Duration::from_millis(300);
 /// How long one call may take before the locker gives up on it.

@@ -62,6 +62,8 @@ pub struct Config {
     pub lease_clients: usize,
     /// How long each fault is held: a random time in this range.
     pub fault_hold: (Duration, Duration),
+    /// The lease workload's TTLs, seconds: a random one in this range.
+    pub lease_ttl: (i64, i64),
 }
 
 impl Config {
@@ -83,6 +85,7 @@ impl Config {
             locks: 2,
             lease_clients: 3,
             fault_hold: (Duration::from_millis(500), Duration::from_millis(2500)),
+            lease_ttl: (2, 5),
         }
     }
 }
@@ -245,8 +248,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let lease_clients = (cfg.lease_clients > 0).then(|| {
         let (endpoints, cfg) = (endpoints.clone(), cfg.clone());
         tokio::spawn(async move {
-            let (n, seed) = (cfg.lease_clients, cfg.seed);
-            leases::run(&endpoints, n, seed, deadline, lease_progress).await
+            let (n, seed, ttl) = (cfg.lease_clients, cfg.seed, cfg.lease_ttl);
+            leases::run(&endpoints, n, ttl, seed, deadline, lease_progress).await
         })
     });
     let faults = nemesis::run(

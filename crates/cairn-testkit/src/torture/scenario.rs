@@ -19,6 +19,8 @@ pub struct Scenario {
     pub snapshot_count: u64,
     /// How long each fault is held (`None`: the default 0.5–2.5 s).
     pub fault_hold: Option<(Duration, Duration)>,
+    /// The lease workload's TTL range, seconds (`None`: 2–5).
+    pub lease_ttl: Option<(i64, i64)>,
 }
 
 impl Scenario {
@@ -38,6 +40,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: Some(Duration::from_secs(2)),
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "revision-after-crash-in-compaction",
@@ -47,6 +50,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: Some(Duration::from_millis(300)),
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "crash-in-snapshot",
@@ -56,6 +60,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: Some(Duration::from_secs(1)),
         snapshot_count: 100,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "watch-at-compaction-revision",
@@ -65,6 +70,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: Some(Duration::from_millis(200)),
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "watch-after-partition",
@@ -74,6 +80,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: Some(Duration::from_secs(1)),
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "lease-renewed-by-isolated-leader",
@@ -82,9 +89,13 @@ pub const ALL: &[Scenario] = &[
         nemesis: "partition-leader",
         compact_every: None,
         snapshot_count: 1_000,
-        // Held past a lease's TTL (2-5 s) plus an election, so the
+        // Held past a lease TTL plus an election, so the
         // majority's leader gets to expire leases the isolated one renews.
         fault_hold: Some((Duration::from_secs(4), Duration::from_secs(8))),
+        // At most the checkpoint interval (2 s in-process): renewing such a
+        // lease needs no Raft write, so only the leadership check stops a
+        // deposed leader from acknowledging it.
+        lease_ttl: Some((2, 2)),
     },
     Scenario {
         name: "lease-checkpoint-across-leader-change",
@@ -94,6 +105,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: None,
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "lock-waiter-lost-its-lease",
@@ -103,6 +115,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: Some(Duration::from_secs(1)),
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
     Scenario {
         name: "stale-read-partitioned-member",
@@ -112,6 +125,7 @@ pub const ALL: &[Scenario] = &[
         compact_every: None,
         snapshot_count: 1_000,
         fault_hold: None,
+        lease_ttl: None,
     },
 ];
 
