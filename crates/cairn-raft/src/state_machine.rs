@@ -290,9 +290,11 @@ impl StateMachine {
     /// Applies one command to `state`, reading through `engine` (the live
     /// engine, or an overlay holding earlier writes of the same entry);
     /// returns the writes and the reply.
+    /// `term` is the term of the log entry being applied.
     fn execute(
         &self,
         cmd: Command,
+        term: u64,
         state: &mut Applied,
         engine: &dyn EngineSnapshot,
         events: &mut Vec<(i64, Event)>,
@@ -302,7 +304,7 @@ impl StateMachine {
                 let mut overlay = Overlay::new(engine);
                 let mut replies = Vec::with_capacity(cmds.len());
                 for c in cmds {
-                    let (b, r) = self.execute(c, state, &overlay, events)?;
+                    let (b, r) = self.execute(c, term, state, &overlay, events)?;
                     overlay.write(b)?;
                     replies.push(r);
                 }
@@ -356,11 +358,22 @@ impl StateMachine {
                 lease::checkpoint(engine, &[(id, remaining)])?,
                 Reply::Revision(state.current_revision),
             )),
-            Command::LeaseCheckpoints(list) => Ok((
-                lease::checkpoint(engine, &list)?,
-                Reply::Revision(state.current_revision),
-            )),
-            Command::LeaseRevoke { id, ts } => {
+            Command::LeaseCheckpoints {
+                term: decided,
+                list,
+            } => {
+                if decided != 0 && decided != term {
+                    return Ok((WriteBatch::new(), Reply::Done)); // stale figures
+                }
+                Ok((
+                    lease::checkpoint(engine, &list)?,
+                    Reply::Revision(state.current_revision),
+                ))
+            }
+            Command::LeaseExpire { term: decided, .. } if decided != term => {
+                Ok((WriteBatch::new(), Reply::Done)) // a stale expiry
+            }
+            Command::LeaseRevoke { id, ts } | Command::LeaseExpire { id, ts, .. } => {
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
                 match lease::revoke(engine, id, rev, revs) {
@@ -497,7 +510,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     (WriteBatch::new(), Reply::Done)
                 }
                 EntryPayload::Normal(cmd) => self
-                    .execute(cmd, &mut next, &*self.shared.engine, &mut events)
+                    .execute(
+                        cmd,
+                        entry.log_id.leader_id.term,
+                        &mut next,
+                        &*self.shared.engine,
+                        &mut events,
+                    )
                     .map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);

@@ -43,8 +43,16 @@ pub enum Command {
     SetRegion(RegionDesc),
     /// Data region: record many leases' remaining TTLs at once, `(id,
     /// remaining seconds)`; a remaining of 0 clears the checkpoint (a
-    /// renewal: the lease counts down from its full TTL again).
-    LeaseCheckpoints(Vec<(i64, i64)>),
+    /// renewal: the lease counts down from its full TTL again). `term`: the
+    /// leader term the figures were taken in; the entry is ignored unless
+    /// it is appended in that same term (0: applies in any term — clears,
+    /// which only ever lengthen a lease).
+    LeaseCheckpoints { term: u64, list: Vec<(i64, i64)> },
+    /// Data region: lease `id` expired by the lessor of leader term `term`;
+    /// revoke it at TSO timestamp `ts` — but only if the entry is appended
+    /// in that same term. A decision held up across a leader change (say,
+    /// behind a TSO outage) must not revoke a lease a later leader renewed.
+    LeaseExpire { id: i64, ts: i64, term: u64 },
 }
 
 /// The result of applying one command.

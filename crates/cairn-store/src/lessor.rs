@@ -34,9 +34,21 @@
 //!   after its clear. (etcd fixed this bug class the same way: `Renew`
 //!   resets `remainingTTL`.)
 //!
+//! - **Decisions carry their term.** A revoke of an expired lease and a
+//!   checkpoint carry the leader term whose deadlines they came from, and
+//!   the state machine ignores them unless their entry is appended in that
+//!   term: a decision held up in the proposer across leader changes (say,
+//!   behind a TSO outage) cannot revoke or shorten a lease a later leader
+//!   renewed.
+//!
 //! An expired lease is revoked through the proposer like any write: its keys
-//! are deleted in one transaction and watchers see the deletes. A revoke
-//! that fails is retried after [`REVOKE_RETRY`].
+//! are deleted in one transaction and watchers see the deletes. One revoke
+//! per lease is outstanding at a time, and one checkpoint pass: a leader
+//! that cannot commit (cut off) does not pile them up. A lease whose revoke
+//! did not take is tried again after [`REVOKE_RETRY`]; a tracked lease found
+//! gone from the store is dropped then. Leases are tracked from the store
+//! when a term is primed and from this leader's grants (a grant finishes
+//! tracking even if its client went away).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -63,7 +75,10 @@ struct Tracked {
     expiry_at: Instant,
     /// The key of this lease in `State::checkpoints`, if scheduled.
     checkpoint_at: Option<Instant>,
+    /// Expired: renewals answer TTL 0.
     revoking: bool,
+    /// A revoke of it is in the proposer and has not answered yet.
+    revoke_pending: bool,
 }
 
 #[derive(Default)]
@@ -89,6 +104,7 @@ impl State {
                 expiry_at: deadline,
                 checkpoint_at,
                 revoking: false,
+                revoke_pending: false,
             },
         );
         self.expiry.insert((deadline, id));
@@ -143,6 +159,8 @@ fn secs(d: i64) -> Duration {
 /// What a tick found to do.
 #[derive(Debug, Default)]
 pub struct Due {
+    /// The leader term these decisions were taken in.
+    pub term: u64,
     /// Expired leases to revoke.
     pub revoke: Vec<i64>,
     /// Checkpoint entries, `(id, remaining)`, at most [`CHECKPOINT_BATCH`] each.
@@ -216,11 +234,6 @@ impl Lessor {
         }
     }
 
-    /// Stops tracking a lease that was revoked.
-    pub fn revoked(&self, id: i64) {
-        self.state.lock().remove(id);
-    }
-
     /// Renews lease `id` from `since` (a time taken before the caller
     /// confirmed leadership and applied state, after the request arrived);
     /// returns its TTL, 0 if it does not exist or has expired. Clears a
@@ -254,7 +267,10 @@ impl Lessor {
         }
         let reply = self
             .proposer
-            .enqueue(Proposal::Plain(Command::LeaseCheckpoints(vec![(id, 0)])))
+            .enqueue(Proposal::Plain(Command::LeaseCheckpoints {
+                term: 0,
+                list: vec![(id, 0)],
+            }))
             .await?;
         drop(order);
         match reply.await.map_err(|_| Error::Stopped)?? {
@@ -293,7 +309,10 @@ impl Lessor {
         };
         let now = Instant::now();
         let (snap, _) = self.shared.read_view();
-        let mut due = Due::default();
+        let mut due = Due {
+            term: st.term,
+            ..Due::default()
+        };
         while let Some(&(at, id)) = st.expiry.first() {
             if at > now {
                 break;
@@ -304,16 +323,25 @@ impl Lessor {
                 continue;
             }
             let retry = now + REVOKE_RETRY;
-            if let Some(t) = st.leases.get_mut(&id) {
-                t.revoking = true;
-                t.expiry_at = retry;
-            }
+            let Some(t) = st.leases.get_mut(&id) else {
+                continue;
+            };
+            t.revoking = true;
+            t.expiry_at = retry;
+            let propose = !t.revoke_pending;
+            t.revoke_pending = true;
             st.expiry.insert((retry, id));
-            tracing::debug!(lease = id, "lease expired: revoking");
-            due.revoke.push(id);
+            if propose {
+                tracing::debug!(lease = id, "lease expired: revoking");
+                due.revoke.push(id);
+            }
         }
+        // One checkpoint pass at a time: what is due waits for the next tick.
         let mut batch = Vec::new();
         while let Some(&(at, id)) = st.checkpoints.first() {
+            if st.checkpoints_in_flight > 0 {
+                break;
+            }
             if at > now {
                 break;
             }
@@ -346,15 +374,18 @@ impl Lessor {
         let order = self.order.lock().await;
         let due = self.take_due();
         let mut answers = Vec::new();
-        for batch in due.checkpoints {
-            let term = {
+        let term = due.term;
+        for list in due.checkpoints {
+            {
                 let mut st = self.state.lock();
+                if st.term != term {
+                    break; // leadership moved meanwhile
+                }
                 st.checkpoints_in_flight += 1;
-                st.term
-            };
+            }
             match self
                 .proposer
-                .enqueue(Proposal::Plain(Command::LeaseCheckpoints(batch)))
+                .enqueue(Proposal::Plain(Command::LeaseCheckpoints { term, list }))
                 .await
             {
                 Ok(rx) => answers.push((term, rx)),
@@ -374,10 +405,16 @@ impl Lessor {
         for id in due.revoke {
             let me = self.clone();
             tokio::spawn(async move {
-                match me.proposer.propose(Proposal::Revoke(id)).await {
-                    // Revoked, or already gone (rejected: not found).
-                    Ok(_) => me.revoked(id),
-                    Err(e) => tracing::debug!(lease = id, "revoking expired lease: {e}"),
+                let answer = me.proposer.propose(Proposal::Expire { id, term }).await;
+                if let Err(e) = &answer {
+                    tracing::debug!(lease = id, "revoking expired lease: {e}");
+                }
+                // Done or not, the next retry looks at the store again.
+                let mut st = me.state.lock();
+                if st.term == term {
+                    if let Some(t) = st.leases.get_mut(&id) {
+                        t.revoke_pending = false;
+                    }
                 }
             });
         }

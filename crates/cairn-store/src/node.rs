@@ -359,17 +359,28 @@ impl Node {
                     Command::LeaseGrant { id, ttl } if region == DATA_REGION => Some((id, ttl)),
                     _ => None,
                 };
-                let reply = r.proposer.propose(Proposal::Plain(cmd)).await?;
-                if let (Some((id, ttl)), Reply::Revision(_)) = (grant, &reply) {
-                    self.lessor.granted(id, ttl);
-                }
+                let Some((id, ttl)) = grant else {
+                    return Ok(ForwardOk::Reply(
+                        r.proposer.propose(Proposal::Plain(cmd)).await?,
+                    ));
+                };
+                // Detached: if this request is dropped (client gone, forward
+                // timed out), the grant still gets tracked once it applies.
+                let (proposer, lessor) = (r.proposer.clone(), self.lessor.clone());
+                let reply = tokio::spawn(async move {
+                    let reply = proposer.propose(Proposal::Plain(cmd)).await?;
+                    if matches!(reply, Reply::Revision(_)) {
+                        lessor.granted(id, ttl);
+                    }
+                    Ok::<_, Error>(reply)
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
                 Ok(ForwardOk::Reply(reply))
             }
-            ForwardOp::Revoke(id) => {
-                let reply = r.proposer.propose(Proposal::Revoke(id)).await?;
-                self.lessor.revoked(id);
-                Ok(ForwardOk::Reply(reply))
-            }
+            ForwardOp::Revoke(id) => Ok(ForwardOk::Reply(
+                r.proposer.propose(Proposal::Revoke(id)).await?,
+            )),
             ForwardOp::LeaseKeepAlive(id) => {
                 let since = Instant::now();
                 self.confirm_leading(r).await?;

@@ -31,6 +31,9 @@ pub enum Proposal {
     Txn(Vec<u8>),
     /// Revoke a lease (deletes its keys); gets a timestamp.
     Revoke(i64),
+    /// Revoke a lease the lessor of leader term `term` found expired (a
+    /// no-op unless appended in that term); gets a timestamp.
+    Expire { id: i64, term: u64 },
     /// Any other command (no timestamp).
     Plain(Command),
 }
@@ -186,7 +189,12 @@ impl Proposer {
                 }
                 let need = group
                     .iter()
-                    .filter(|(p, _)| matches!(p, Proposal::Txn(_) | Proposal::Revoke(_)))
+                    .filter(|(p, _)| {
+                        matches!(
+                            p,
+                            Proposal::Txn(_) | Proposal::Revoke(_) | Proposal::Expire { .. }
+                        )
+                    })
                     .count() as u32;
                 let mut ts = if need > 0 {
                     match timestamps(need).await {
@@ -213,6 +221,7 @@ impl Proposer {
                             Ok(Command::Txn { ts, txn })
                         }
                         Proposal::Revoke(id) => Ok(Command::LeaseRevoke { id, ts }),
+                        Proposal::Expire { id, term } => Ok(Command::LeaseExpire { id, ts, term }),
                         Proposal::Plain(c) => Err(c),
                     };
                     match stamped {

@@ -323,3 +323,76 @@ fn read_latency_during_a_compaction_of_a_million_versions() {
         latencies.last().unwrap()
     );
 }
+
+fn entry_in_term(term: u64, index: u64, cmd: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+#[test]
+fn lessor_decisions_apply_only_in_the_term_they_were_taken_in() {
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let remaining = |shared: &RegionShared| {
+        let (view, _) = shared.read_view();
+        cairn_mvcc::lease::get(&*view, 7)
+            .unwrap()
+            .map(|r| r.remaining)
+    };
+    let cmds = [
+        Command::LeaseGrant { id: 7, ttl: 600 },
+        // Figures taken by term 1's lessor, appended in term 2: ignored.
+        Command::LeaseCheckpoints {
+            term: 1,
+            list: vec![(7, 300)],
+        },
+    ];
+    for (i, c) in cmds.into_iter().enumerate() {
+        block_on(sm.apply(vec![entry_in_term(2, i as u64 + 1, c)])).unwrap();
+    }
+    assert_eq!(remaining(&shared), Some(0));
+    block_on(sm.apply(vec![entry_in_term(
+        2,
+        3,
+        Command::LeaseCheckpoints {
+            term: 2,
+            list: vec![(7, 400)],
+        },
+    )]))
+    .unwrap();
+    assert_eq!(remaining(&shared), Some(400));
+    // A renewal's clear (term 0) applies in any term.
+    block_on(sm.apply(vec![entry_in_term(
+        3,
+        4,
+        Command::LeaseCheckpoints {
+            term: 0,
+            list: vec![(7, 0)],
+        },
+    )]))
+    .unwrap();
+    assert_eq!(remaining(&shared), Some(0));
+    // An expiry decided in term 2 but appended in term 3 revokes nothing.
+    let stale = Command::LeaseExpire {
+        id: 7,
+        ts: 10,
+        term: 2,
+    };
+    let r = block_on(sm.apply(vec![entry_in_term(3, 5, stale)])).unwrap();
+    assert_eq!(r, vec![Reply::Done]);
+    assert_eq!(
+        remaining(&shared),
+        Some(0),
+        "a stale expiry revoked the lease"
+    );
+    let fresh = Command::LeaseExpire {
+        id: 7,
+        ts: 11,
+        term: 3,
+    };
+    let r = block_on(sm.apply(vec![entry_in_term(3, 6, fresh)])).unwrap();
+    assert!(matches!(r[..], [Reply::Revision(_)]), "{r:?}");
+    assert_eq!(remaining(&shared), None);
+}
