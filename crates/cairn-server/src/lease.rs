@@ -79,7 +79,15 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(16);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
+            loop {
+                let r = tokio::select! {
+                    m = inbound.message() => match m {
+                        Ok(Some(r)) => r,
+                        _ => return,
+                    },
+                    // A stopping node ends its streams (they hold the node).
+                    _ = ctx.node.stopped() => return,
+                };
                 let reply = match ctx.node.lease_keep_alive(r.id).await {
                     // An unknown lease answers TTL 0 (the stream goes on), as in etcd.
                     Ok(ttl) => Ok(LeaseKeepAliveResponse {

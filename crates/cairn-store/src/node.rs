@@ -313,6 +313,11 @@ impl Node {
 
     /// Sends `op` to `region`'s leader, retrying only while nothing was proposed.
     async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        // A node shutting down must not go on forwarding for clients still
+        // connected to it (and so stay alive, engine and all).
+        if self.is_stopped() {
+            return Err(Error::Stopped);
+        }
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let r = self.region(region)?;
         loop {
@@ -677,6 +682,11 @@ impl Node {
     /// The node's group-commit counters.
     pub fn log_stats(&self) -> Arc<LogWriterStats> {
         self.log_writer.stats()
+    }
+
+    /// True once the node is shutting down.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
     }
 
     /// Resolves once the node is shutting down.
