@@ -42,32 +42,29 @@ for scenario in $($BIN torture --scenario list | awk '/^[a-z]/ {print $1}'); do
     --history "$OUT/s$seed.jsonl"
 done
 
+# expect_caught FEATURE VERDICT_REGEX SEEDS TORTURE_ARGS...: builds the
+# planted-bug FEATURE and requires every seed's run to fail with VERDICT.
+expect_caught() {
+  local feature=$1 verdict=$2 seeds=$3
+  shift 3
+  cargo build -q -p cairn --features "$feature"
+  local bin=$CARGO_TARGET_DIR/cairn-$feature
+  cp "$CARGO_TARGET_DIR/debug/cairn" "$bin"
+  for seed in $seeds; do
+    local log=$OUT/$feature-$seed.log
+    if $bin torture --seed "$seed" --history "$OUT/$feature-$seed.jsonl" "$@" > "$log" 2>&1; then
+      cat "$log"
+      echo "FAIL: planted bug $feature not caught with seed $seed"
+      exit 1
+    fi
+    grep -qE "$verdict" "$log" || { cat "$log"; echo "FAIL: seed $seed failed for another reason"; exit 1; }
+    echo "seed $seed: caught"
+  done
+}
+
 echo "== planted bug: stale linearizable reads must be caught"
-cargo build -q -p cairn --features planted-stale-read
-PLANTED=$CARGO_TARGET_DIR/cairn-planted
-cp "$CARGO_TARGET_DIR/debug/cairn" "$PLANTED"
-for seed in 21 22 23; do
-  if $PLANTED torture --duration 10s --seed "$seed" --nemesis partition \
-      --history "$OUT/p$seed.jsonl" > "$OUT/p$seed.log" 2>&1; then
-    cat "$OUT/p$seed.log"
-    echo "FAIL: planted bug not caught with seed $seed"
-    exit 1
-  fi
-  grep -q "linearizable: NO" "$OUT/p$seed.log" || { cat "$OUT/p$seed.log"; echo "FAIL: seed $seed failed for another reason"; exit 1; }
-  echo "seed $seed: caught"
-done
+expect_caught planted-stale-read "linearizable: NO" "21 22 23" --duration 10s --nemesis partition
 
 echo "== planted bug: renewals on a deposed leader must be caught"
-cargo build -q -p cairn --features planted-unconfirmed-renewal
-RENEWAL=$CARGO_TARGET_DIR/cairn-planted-renewal
-cp "$CARGO_TARGET_DIR/debug/cairn" "$RENEWAL"
-for seed in 41 42 43; do
-  if $RENEWAL torture --duration 20s --seed "$seed" --scenario lease-renewed-by-isolated-leader \
-      --history "$OUT/r$seed.jsonl" > "$OUT/r$seed.log" 2>&1; then
-    cat "$OUT/r$seed.log"
-    echo "FAIL: planted renewal bug not caught with seed $seed"
-    exit 1
-  fi
-  grep -qE "(lease safety|mutual exclusion): VIOLATED" "$OUT/r$seed.log" || { cat "$OUT/r$seed.log"; echo "FAIL: seed $seed failed for another reason"; exit 1; }
-  echo "seed $seed: caught"
-done
+expect_caught planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
+  --duration 20s --scenario lease-renewed-by-isolated-leader

@@ -41,6 +41,8 @@ mod history;
 pub mod lease;
 mod range;
 mod record;
+#[cfg(test)]
+mod test_rng;
 mod txn;
 mod validate;
 

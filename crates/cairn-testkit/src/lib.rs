@@ -65,6 +65,22 @@ async fn free_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")
 }
 
+/// Starts a node, retrying for a while: a stopped node's engine (same data
+/// dir) is released asynchronously. Panics if it never starts.
+pub async fn start_node(config: NodeConfig) -> Arc<Node> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match Node::start(config.clone()).await {
+            Ok(n) => return n,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("node {} did not start: {e}", config.name),
+        }
+    }
+}
+
 impl InProcessCluster {
     /// Starts `n` nodes with default settings.
     pub async fn start(n: usize) -> Self {
@@ -145,18 +161,7 @@ impl InProcessCluster {
             lease_checkpoint_interval: std::time::Duration::from_secs(2),
             read_lease: true,
         };
-        // A stopped node's engine is released asynchronously; retry briefly.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let node = loop {
-            match Node::start(config.clone()).await {
-                Ok(n) => break n,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("node {} did not start: {e}", t.name),
-            }
-        };
+        let node = start_node(config).await;
         let (ptx, prx) = oneshot::channel::<()>();
         let (ctx_tx, ctx_rx) = oneshot::channel::<()>();
         let n2 = node.clone();

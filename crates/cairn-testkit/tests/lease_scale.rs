@@ -228,18 +228,7 @@ impl SingleNode {
     }
 
     async fn launch(config: NodeConfig, peer: TcpListener) -> Self {
-        // A stopped node's engine is released asynchronously; retry briefly.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let node = loop {
-            match Node::start(config.clone()).await {
-                Ok(n) => break n,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("node did not start: {e}"),
-            }
-        };
+        let node = cairn_testkit::start_node(config.clone()).await;
         let (stop_peer, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(cairn_server::serve_peer(node.clone(), peer, async {
             let _ = stopped.await;

@@ -11,30 +11,9 @@ use cairn_storage::keys::Space;
 use cairn_storage::{Durability, Engine, KvIter, MemoryEngine, WriteBatch};
 
 use super::*;
+use crate::test_rng::Rng;
 use crate::lease::{self, StoredLeases};
 use crate::{apply_txn, compact, Revisions};
-
-/// A small seeded generator (splitmix64): the same seed, the same run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
-    }
-}
 
 const KEYS: &[&[u8]] = &[
     b"", b"a", b"b", b"ba", b"b\0", b"c", b"d", b"e", b"f", b"\xff",
@@ -172,7 +151,7 @@ fn compare_with_full_scan(rng: &mut Rng, e: &MemoryEngine, revs: Revisions, seed
 fn history_equals_the_full_scan_on_random_histories_with_compactions() {
     let mut events = 0;
     for seed in 0..24 {
-        let rng = &mut Rng(seed);
+        let rng = &mut Rng::new(seed);
         let e = MemoryEngine::new();
         let revs = random_history(rng, &e, Revisions::default(), 60);
         assert_index_is_complete(&e);
@@ -185,7 +164,7 @@ fn history_equals_the_full_scan_on_random_histories_with_compactions() {
 #[test]
 fn a_store_written_before_the_index_is_read_in_full_until_compaction_completes_it() {
     for seed in 0..12 {
-        let rng = &mut Rng(100 + seed);
+        let rng = &mut Rng::new(100 + seed);
         let e = MemoryEngine::new();
         let revs = random_history(rng, &e, Revisions::default(), 30);
         let revs = write(rng, &e, revs, txn(vec![put(b"a", b"old", 0)]));
@@ -253,7 +232,7 @@ impl Snapshot for Counting<'_> {
 fn replaying_the_last_ten_revisions_of_a_large_span_reads_about_ten_versions() {
     const SPAN_KEYS: usize = 10_000;
     let e = MemoryEngine::new();
-    let rng = &mut Rng(1);
+    let rng = &mut Rng::new(1);
     let mut revs = Revisions::default();
     let key = |i: usize| format!("k{i:05}").into_bytes();
     for round in 0..5u8 {
@@ -285,7 +264,7 @@ fn replaying_the_last_ten_revisions_of_a_large_span_reads_about_ten_versions() {
 #[test]
 fn replaying_the_last_ten_revisions_of_one_key_reads_about_ten_versions() {
     let e = MemoryEngine::new();
-    let rng = &mut Rng(2);
+    let rng = &mut Rng::new(2);
     let mut revs = Revisions::default();
     for i in 0..2000u32 {
         revs = write(rng, &e, revs, txn(vec![put(b"hot", &i.to_be_bytes(), 0)]));
