@@ -9,7 +9,9 @@
 #   4. the planted bugs must be caught on every seed tried: linearizable
 #      reads without read-index (feature `planted-stale-read`), and lease
 #      renewals without the leadership check (`planted-unconfirmed-renewal`,
-#      caught by the lease checker in the isolated-leader scenario).
+#      caught by the lease checker in the isolated-leader scenario), and lock
+#      grants to a waiter whose key vanished (`planted-vanished-waiter`,
+#      caught by the mutual-exclusion checker).
 # Each run records a history, checks linearizability and the watch
 # guarantees, and fails on any violation. Reproduce a run with its --seed.
 # Test builds (crash points, the planted bug) share target/robustness; each
@@ -68,3 +70,7 @@ expect_caught planted-stale-read "linearizable: NO" "21 22 23" --duration 10s --
 echo "== planted bug: renewals on a deposed leader must be caught"
 expect_caught planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
   --duration 20s --scenario lease-renewed-by-isolated-leader
+
+echo "== planted bug: a lock granted to a waiter whose key vanished must be caught"
+expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
+  --duration 20s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease

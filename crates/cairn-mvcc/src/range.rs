@@ -9,9 +9,13 @@
 //! the stream yields (etcd counts before the revision filters); of the keys
 //! that pass the filters, key order keeps the first `limit`, another sort
 //! target a top-`limit` heap, `count_only` none. So a limited range holds
-//! O(limit) key-values however large the span — it still reads the whole
-//! span, because `count` and `more` need it. Without a limit the response
-//! itself is the span, and so is the memory.
+//! O(limit) key-values however large the span. Once a key-ordered range
+//! without revision filters has its `limit`, the rest of the span is only
+//! counted, from keys alone ([`count`]); so is the whole span of a
+//! `count_only` range. A sorted or filtered limited range reads the whole
+//! span, because which key-values it keeps and `more` depend on every
+//! key's metadata. Without a limit the response itself is the span, and so
+//! is the memory.
 //!
 //! Ties under a sort target keep ascending key order (as a stable sort of
 //! the key-ordered stream would), so the heap's order is total and the
@@ -251,10 +255,19 @@ pub(crate) fn range_with(
     let limit = usize::try_from(req.limit).ok().filter(|&l| l > 0);
     // Values are dropped as they stream unless the sort needs them.
     let drop_values = req.keys_only && order.is_none_or(|o| o.target != SortTarget::Value);
+    let latest = rev >= revs.current;
+    // Whether the span's keys can be counted without their values.
+    let countable = matches!(span, Span::Range(..)) && (latest || overlay.is_none());
     let mut count = 0;
     let mut matched = 0;
     let mut kept = Kept::new(order);
-    for kv in Visible::new(read, &span, rev, revs, overlay) {
+    let stream = if req.count_only && countable {
+        count = count::live_keys_after(read, &span, rev, latest, overlay, None)?;
+        None
+    } else {
+        Some(Visible::new(read, &span, rev, revs, overlay))
+    };
+    for kv in stream.into_iter().flatten() {
         let mut kv = kv?;
         count += 1;
         if req.count_only || !passes_filters(req, &kv) {
@@ -264,7 +277,15 @@ pub(crate) fn range_with(
         if drop_values {
             kv.value = Vec::new();
         }
+        let key = kv.key.clone();
         kept.offer(kv, limit);
+        if countable && order.is_none() && !has_filters(req) && limit == Some(kept.len()) {
+            // Every later key only counts, and passes (there are no filters).
+            let rest = count::live_keys_after(read, &span, rev, latest, overlay, Some(&key))?;
+            count += rest;
+            matched += rest;
+            break;
+        }
     }
     let mut kvs = kept.into_vec();
     if req.keys_only {
@@ -278,9 +299,17 @@ pub(crate) fn range_with(
             ..Default::default()
         }),
         kvs,
-        more: limit.is_some_and(|l| matched > l),
+        more: limit.is_some_and(|l| matched > l as i64),
         count,
     })
+}
+
+/// True when the request sets any min/max mod/create revision filter.
+fn has_filters(req: &RangeRequest) -> bool {
+    req.max_mod_revision != 0
+        || req.min_mod_revision != 0
+        || req.max_create_revision != 0
+        || req.min_create_revision != 0
 }
 
 /// The min/max mod/create revision filters (0 = no filter).
@@ -395,6 +424,13 @@ impl Kept {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Kept::InKeyOrder(kvs) => kvs.len(),
+            Kept::Sorted(_, heap) => heap.len(),
+        }
+    }
+
     fn into_vec(self) -> Vec<KeyValue> {
         match self {
             Kept::InKeyOrder(kvs) => kvs,
@@ -403,5 +439,6 @@ impl Kept {
     }
 }
 
+mod count;
 #[cfg(test)]
 mod tests;

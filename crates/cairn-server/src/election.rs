@@ -56,10 +56,10 @@ impl Election for ElectionService {
         let lease = coord::session_lease(&self.ctx, req.lease).await?;
         let (key, rev) = coord::enter(&self.ctx, &pfx, lease, &req.value).await?;
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        coord::wait_turn(&self.ctx, &pfx, &key, rev, SESSION_EXPIRED).await?;
+        let at = coord::wait_turn(&self.ctx, &pfx, &key, rev, SESSION_EXPIRED).await?;
         guard.disarm();
         Ok(Response::new(CampaignResponse {
-            header: Some(self.ctx.header(self.ctx.node.revision())),
+            header: Some(self.ctx.header(at)),
             leader: Some(LeaderKey {
                 name: req.name,
                 key,

@@ -36,10 +36,10 @@ impl Lock for LockService {
         let (key, rev) = coord::enter(&self.ctx, &prefix, lease, b"").await?;
         // If the client goes away while waiting, its place in line is given up.
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED).await?;
+        let at = coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED).await?;
         guard.disarm();
         Ok(Response::new(LockResponse {
-            header: Some(self.ctx.header(self.ctx.node.revision())),
+            header: Some(self.ctx.header(at)),
             key,
         }))
     }

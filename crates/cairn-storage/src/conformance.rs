@@ -201,6 +201,68 @@ pub fn space_byte_keys_and_reverse_seeks(e: &dyn Engine) {
     );
 }
 
+/// Key-only reads agree with full reads, for small values and for values
+/// large enough that an engine keeps them apart from the keys (0x10 and
+/// 0x11 are the spaces fjall separates), in the live engine and a snapshot.
+pub fn key_only_reads(e: &dyn Engine) {
+    for space in [0x10, 0x11, 0x12] {
+        let mut b = WriteBatch::new();
+        b.put(k(space, "a"), vec![1]);
+        b.put(k(space, "b"), vec![7; 5000]);
+        b.put(k(space, "c"), Vec::new());
+        b.put(k(space, "d"), vec![9; 1500]);
+        e.write(b, Durability::Sync).unwrap();
+        let snap = e.snapshot();
+        let mut d = WriteBatch::new();
+        d.delete(k(space, "b"));
+        d.put(k(space, "e"), vec![2; 3000]);
+        e.write(d, Durability::Sync).unwrap();
+        let span = || (Bound::Included(vec![space]), space_end_of(space));
+        let names = |view: &dyn crate::Snapshot| -> Vec<Vec<u8>> {
+            let (lo, hi) = span();
+            view.scan_keys(lo, hi).map(|r| r.unwrap()).collect()
+        };
+        assert_eq!(
+            names(&*snap),
+            vec![k(space, "a"), k(space, "b"), k(space, "c"), k(space, "d")]
+        );
+        assert_eq!(
+            names(e),
+            vec![k(space, "a"), k(space, "c"), k(space, "d"), k(space, "e")]
+        );
+        let from_c: Vec<_> = e
+            .scan_keys(
+                Bound::Excluded(k(space, "a")),
+                Bound::Excluded(k(space, "e")),
+            )
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            from_c,
+            vec![k(space, "c"), k(space, "d")],
+            "bounds are honoured"
+        );
+        assert!(e
+            .scan_keys(
+                Bound::Included(k(space, "z")),
+                Bound::Excluded(k(space, "a"))
+            )
+            .next()
+            .is_none());
+        assert_eq!(snap.value_len(&k(space, "b")).unwrap(), Some(5000));
+        assert_eq!(e.value_len(&k(space, "b")).unwrap(), None);
+        assert_eq!(e.value_len(&k(space, "c")).unwrap(), Some(0));
+        assert_eq!(e.value_len(&k(space, "a")).unwrap(), Some(1));
+        assert_eq!(e.value_len(&k(space, "e")).unwrap(), Some(3000));
+        assert_eq!(e.get(&k(space, "e")).unwrap(), Some(vec![2; 3000]));
+        assert_eq!(snap.get(&k(space, "b")).unwrap(), Some(vec![7; 5000]));
+    }
+}
+
+fn space_end_of(space: u8) -> Bound<Vec<u8>> {
+    Bound::Excluded(vec![space + 1])
+}
+
 /// Runs every check, each on a fresh engine from `make`.
 pub fn run_all(make: &dyn Fn() -> Box<dyn Engine>) {
     point_ops(&*make());
@@ -210,4 +272,5 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Engine>) {
     snapshots_are_stable(&*make());
     binary_data(&*make());
     space_byte_keys_and_reverse_seeks(&*make());
+    key_only_reads(&*make());
 }

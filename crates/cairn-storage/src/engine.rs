@@ -11,6 +11,9 @@ pub type KvPair = (Vec<u8>, Vec<u8>);
 /// A forward or reverse iterator over a key range.
 pub type KvIter<'a> = Box<dyn Iterator<Item = Result<KvPair>> + Send + 'a>;
 
+/// An ascending iterator over the keys of a range, values unread.
+pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<Vec<u8>>> + Send + 'a>;
+
 /// How durable a committed batch must be when `write` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -76,6 +79,19 @@ pub trait Snapshot: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Pairs in the range, ascending (or descending when `reverse`).
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_>;
+    /// The keys in the range, ascending. An engine that keeps large values
+    /// apart from its keys (fjall's key-value separation) reads none of
+    /// them, so counting a span costs its keys, not its bytes.
+    fn scan_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KeyIter<'_> {
+        Box::new(
+            self.scan(start, end, false)
+                .map(|item| item.map(|(k, _)| k)),
+        )
+    }
+    /// The length of `key`'s value, without reading a separated value.
+    fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        Ok(self.get(key)?.map(|v| v.len()))
+    }
 }
 
 /// An ordered byte key-value store. Implementations must pass

@@ -33,7 +33,7 @@ pub mod keys;
 mod memory;
 mod overlay;
 
-pub use engine::{Durability, Engine, KvIter, KvPair, Op, Snapshot, WriteBatch};
+pub use engine::{Durability, Engine, KeyIter, KvIter, KvPair, Op, Snapshot, WriteBatch};
 pub use error::{Error, Result};
 pub use fjall_engine::FjallEngine;
 pub use memory::MemoryEngine;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::ops::Bound;
 
-use crate::engine::{KvIter, KvPair, Op, Snapshot, WriteBatch};
+use crate::engine::{KeyIter, KvIter, KvPair, Op, Snapshot, WriteBatch};
 use crate::{Error, Result};
 
 /// Pending writes over `base`.
@@ -85,6 +85,37 @@ impl Snapshot for Overlay<'_> {
             pending: pend.peekable(),
             reverse,
         })
+    }
+
+    fn scan_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KeyIter<'_> {
+        if matches!((&start, &end), (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) if s > e)
+        {
+            return Box::new(std::iter::empty());
+        }
+        // The merge of `scan`, with every value left empty.
+        let base: KvIter<'_> = Box::new(
+            self.base
+                .scan_keys(start.clone(), end.clone())
+                .map(|item| item.map(|k| (k, Vec::new()))),
+        );
+        let pend: PendingIter<'_> = Box::new(
+            self.pending
+                .range((start, end))
+                .map(|(k, v)| (k.clone(), v.as_ref().map(|_| Vec::new()))),
+        );
+        let merged = Merge {
+            base: base.peekable(),
+            pending: pend.peekable(),
+            reverse: false,
+        };
+        Box::new(merged.map(|item| item.map(|(k, _)| k)))
+    }
+
+    fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        match self.pending.get(key) {
+            Some(v) => Ok(v.as_ref().map(Vec::len)),
+            None => self.base.value_len(key),
+        }
     }
 }
 
@@ -175,6 +206,14 @@ mod tests {
                 (1, vec![1])
             ]
         );
+        let key_list: Vec<u8> = o
+            .scan_keys(Bound::Included(vec![0x10]), Bound::Excluded(vec![0x11]))
+            .map(|k| k.unwrap()[1])
+            .collect();
+        assert_eq!(key_list, vec![1, 2, 3, 7, 9]);
+        assert_eq!(o.value_len(&[0x10, 5]).unwrap(), None);
+        assert_eq!(o.value_len(&[0x10, 9]).unwrap(), Some(1));
+        assert_eq!(o.value_len(&[0x10, 7]).unwrap(), Some(1));
         assert_eq!(o.get(&[0x10, 5]).unwrap(), None);
         assert_eq!(o.get(&[0x10, 7]).unwrap(), Some(vec![7]));
         assert_eq!(o.into_batch().len(), 4);

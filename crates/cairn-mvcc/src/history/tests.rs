@@ -11,8 +11,8 @@ use cairn_storage::keys::Space;
 use cairn_storage::{Durability, Engine, KvIter, MemoryEngine, WriteBatch};
 
 use super::*;
-use crate::test_rng::Rng;
 use crate::lease::{self, StoredLeases};
+use crate::test_rng::Rng;
 use crate::{apply_txn, compact, Revisions};
 
 const KEYS: &[&[u8]] = &[

@@ -368,6 +368,118 @@ fn a_limited_range_holds_memory_for_its_limit_not_its_span() {
     }
 }
 
+/// A view that counts the values its scans hand out (key-only scans and
+/// value lengths read none).
+struct CountingValues<'a> {
+    inner: &'a MemoryEngine,
+    values: std::sync::atomic::AtomicUsize,
+}
+
+impl Snapshot for CountingValues<'_> {
+    fn get(&self, key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
+        self.values
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.get(key)
+    }
+    fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, rev: bool) -> KvIter<'_> {
+        Box::new(self.inner.scan(start, end, rev).inspect(|_| {
+            self.values
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }))
+    }
+    fn scan_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> cairn_storage::KeyIter<'_> {
+        self.inner.scan_keys(start, end)
+    }
+    fn value_len(&self, key: &[u8]) -> cairn_storage::Result<Option<usize>> {
+        self.inner.value_len(key)
+    }
+}
+
+#[test]
+fn a_limited_range_reads_the_values_it_returns_and_counts_the_rest_from_keys() {
+    let engine = MemoryEngine::new();
+    let mut revs = Revisions::default();
+    let put = |i: usize| RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: format!("k{i:03}").into_bytes(),
+            value: vec![b'v'; 100],
+            ..Default::default()
+        })),
+    };
+    // 300 keys written twice, then every third deleted.
+    for round in 0..2 {
+        let txn = TxnRequest {
+            success: (0..300).map(put).collect(),
+            ..Default::default()
+        };
+        let out = apply_txn(&engine, &txn, revs.current + 1, revs, &NoLeases).unwrap();
+        engine.write(out.batch, Durability::Buffered).unwrap();
+        revs = out.revisions;
+        assert_eq!(revs.current, round + 1);
+    }
+    let deletes = TxnRequest {
+        success: (0..300)
+            .step_by(3)
+            .map(|i| RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: format!("k{i:03}").into_bytes(),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let out = apply_txn(&engine, &deletes, 3, revs, &NoLeases).unwrap();
+    engine.write(out.batch, Durability::Buffered).unwrap();
+    revs = out.revisions;
+    let view = CountingValues {
+        inner: &engine,
+        values: Default::default(),
+    };
+    let ask = |revision: i64, limit: i64, count_only: bool| {
+        view.values.store(0, std::sync::atomic::Ordering::Relaxed);
+        let req = RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            revision,
+            limit,
+            count_only,
+            ..Default::default()
+        };
+        let resp = range(&view, &req, revs).unwrap();
+        let read = view.values.load(std::sync::atomic::Ordering::Relaxed);
+        (resp.kvs.len(), resp.count, resp.more, read)
+    };
+    // Now: 200 live keys; at revision 2, all 300 (two versions each).
+    let (kvs, count, more, read) = ask(0, 10, false);
+    assert_eq!((kvs, count, more), (10, 200, true));
+    assert!(
+        read <= 11,
+        "{read} values read for 10 at the current revision"
+    );
+    let (kvs, count, more, read) = ask(2, 10, false);
+    assert_eq!((kvs, count, more), (10, 300, true));
+    assert!(read <= 3 * 12, "{read} values read for 10 at revision 2");
+    let (kvs, count, more, read) = ask(3, 10, false);
+    assert_eq!((kvs, count, more), (10, 200, true));
+    assert!(read <= 3 * 16, "{read} values read for 10 at revision 3");
+    for revision in [0, 1, 2, 3] {
+        let (kvs, count, _, read) = ask(revision, 0, true);
+        let want = if revision == 0 || revision == 3 {
+            200
+        } else {
+            300
+        };
+        assert_eq!((kvs, count, read), (0, want, 0), "count_only at {revision}");
+    }
+    let (kvs, count, more, _) = ask(0, 200, false);
+    assert_eq!(
+        (kvs, count, more),
+        (200, 200, false),
+        "a limit of exactly the span"
+    );
+}
+
 /// Counts the bytes each thread has allocated and not freed, so a test
 /// can measure the peak a call holds (test threads run apart).
 mod meter {

@@ -85,6 +85,12 @@ impl KeepAlive {
         *self.owed.lock()
     }
 
+    /// Stops renewing but keeps the handle (a client whose session died
+    /// while it still waits on a call); the lease is left to expire.
+    pub fn stop_renewing(&self) {
+        self.task.abort();
+    }
+
     /// Stops renewing; the lease is left to expire.
     pub fn abandon(self) -> Instant {
         self.task.abort();

@@ -7,22 +7,32 @@
 //! acknowledged (a server counts from when it received the request, which
 //! is later). A locker that gets the lock:
 //!
-//! 1. reads the lock's prefix linearizably — no key may be ahead of its own
-//!    (smaller create revision); the read's revision is where its hold
-//!    provably began;
+//! 1. reads the lock's prefix at the grant's revision (the server answers
+//!    with the revision of the read that found the locker first, as etcd
+//!    does): its own key must be there with nothing ahead of it (smaller
+//!    create revision), so that revision is where its hold provably began.
+//!    When compaction has taken that revision, it reads the prefix now and
+//!    a missing key is only counted as lost (its lease may have ended
+//!    since);
 //! 2. runs its critical section only while its lease is owed to it, doing
 //!    fenced writes: a Txn that puts `fence/<lock>` only if its key still
 //!    has the create revision it was granted with (the fencing token);
 //! 3. notes when its section ended (never after the lease is owed), then
 //!    unlocks (or resigns) and revokes its lease.
 //!
+//! One locker in four stops renewing its lease as soon as it has asked
+//! for the lock (its session dies while it waits), and one holder in four
+//! keeps the lock for longer than the lease TTL, so that waiters do outlive
+//! their leases while they wait.
+//!
 //! The checker, per lock, for every two holders A and B with A's token
 //! below B's (B queued behind A, so B may hold only once A's key is gone):
 //! B's grant reached B after A's section ended (real time), every fenced
 //! write of A that succeeded has a revision below B's starting revision,
-//! and B's post-grant read found nothing ahead. A server that lets a lease
+//! and B's post-grant read found its key first. A server that lets a lease
 //! expire early, renews on a deposed leader, or grants a lock to a waiter
-//! without a key fails one of these.
+//! whose key is gone (the planted bug `planted-vanished-waiter`) fails one
+//! of these.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +58,11 @@ use super::leases::{channel, KeepAlive};
 pub const LEASE_TTL: i64 = 2;
 /// A section stops this long before the lease stops being owed.
 const MARGIN: Duration = Duration::from_millis(300);
+/// How long a lingering holder keeps the lock after its first write:
+/// longer than [`LEASE_TTL`], shorter than [`WAIT`].
+const LINGER_MS: u64 = 3_000;
+/// How long a locker waits for the lock before giving up its place.
+const WAIT: Duration = Duration::from_secs(8);
 /// How long one call may take before the locker gives up on it.
 const CALL: Duration = Duration::from_secs(4);
 
@@ -58,7 +73,8 @@ pub struct Hold {
     pub locker: u64,
     /// The create revision of the locker's key: its place in line and token.
     pub token: i64,
-    /// Revision of the post-grant read (the hold began at or before it).
+    /// The grant's revision, where the line was read to begin with this
+    /// holder (or, when that was compacted, a later read's revision).
     pub began_rev: i64,
     /// When the grant reached the locker.
     pub granted: Instant,
@@ -67,7 +83,7 @@ pub struct Hold {
     /// Revisions of the fenced writes that succeeded.
     pub fenced: Vec<i64>,
     /// What the post-grant read found wrong, if anything.
-    pub ahead: Option<String>,
+    pub wrong: Option<String>,
 }
 
 /// What the lockers did.
@@ -79,6 +95,8 @@ pub struct Outcome {
     pub lost: usize,
     /// Fenced writes refused (the token no longer matched).
     pub fenced_out: usize,
+    /// Waits that ended in "session is expired" (the waiter's key vanished).
+    pub expired: usize,
     pub attempts: usize,
 }
 
@@ -125,8 +143,16 @@ async fn locker_round(
 ) -> Result<(), tonic::Status> {
     let ka = KeepAlive::start(ch.clone(), LEASE_TTL).await?;
     let lease = ka.id;
+    // Some lockers' sessions die while they wait (etcd-io/etcd#9921's
+    // case: the server must not then say they hold the lock), and some
+    // holders linger past the TTL, so that waiters behind them outlive it.
+    let dies_waiting = rng.usize(0..4) == 0;
+    let lingers = rng.usize(0..4) == 0;
+    if dies_waiting {
+        ka.stop_renewing();
+    }
     let prefix = format!("{lock}/");
-    let acquired = tokio::time::timeout(CALL, async {
+    let acquired = tokio::time::timeout(WAIT, async {
         if campaign {
             let l = ElectionClient::new(ch.clone())
                 .campaign(CampaignRequest {
@@ -135,10 +161,10 @@ async fn locker_round(
                     value: format!("c{locker}").into_bytes(),
                 })
                 .await?
-                .into_inner()
-                .leader
-                .unwrap_or_default();
-            Ok::<_, tonic::Status>((l.key.clone(), Some(l)))
+                .into_inner();
+            let at = l.header.map_or(0, |h| h.revision);
+            let l = l.leader.unwrap_or_default();
+            Ok::<_, tonic::Status>((l.key.clone(), at, Some(l)))
         } else {
             let r = LockClient::new(ch.clone())
                 .lock(LockRequest {
@@ -147,29 +173,63 @@ async fn locker_round(
                 })
                 .await?
                 .into_inner();
-            Ok((r.key, None))
+            Ok((r.key, r.header.map_or(0, |h| h.revision), None))
         }
     })
     .await;
-    let Ok(Ok((key, leader))) = acquired else {
-        ka.revoke(ch).await;
-        return Ok(());
+    let (key, granted_at, leader) = match acquired {
+        Ok(Ok(grant)) => grant,
+        Ok(Err(e)) => {
+            if e.message().contains("session is expired") {
+                out.lock().expired += 1;
+            }
+            ka.revoke(ch).await;
+            return Ok(());
+        }
+        Err(_) => {
+            ka.revoke(ch).await;
+            return Ok(());
+        }
     };
     let granted = Instant::now();
     let mut kv = KvClient::new(ch.clone());
-    let check = tokio::time::timeout(CALL, kv.range(prefix_range(&prefix))).await;
+    // The line as of the grant's revision, where the server found the
+    // locker first; if compacted away since, the line now.
+    let at_grant = RangeRequest {
+        revision: granted_at,
+        ..prefix_range(&prefix)
+    };
+    let (check, exact) = match tokio::time::timeout(CALL, kv.range(at_grant)).await {
+        Ok(Err(e)) if e.code() == tonic::Code::OutOfRange => (
+            tokio::time::timeout(CALL, kv.range(prefix_range(&prefix))).await,
+            false,
+        ),
+        other => (other, true),
+    };
     let result = match check {
         Ok(Ok(r)) => {
             let r = r.into_inner();
-            let began_rev = r.header.map_or(0, |h| h.revision);
+            let began_rev = if exact {
+                granted_at
+            } else {
+                r.header.map_or(0, |h| h.revision)
+            };
             match r.kvs.iter().position(|kv| kv.key == key) {
+                None if exact => Some((
+                    -1,
+                    began_rev,
+                    Some(format!(
+                        "its key {} did not exist at the grant's revision {granted_at}",
+                        String::from_utf8_lossy(&key)
+                    )),
+                )),
                 None => {
                     out.lock().lost += 1;
                     None
                 }
                 Some(pos) => {
                     let token = r.kvs[pos].create_revision;
-                    let ahead = (pos > 0).then(|| {
+                    let wrong = (pos > 0).then(|| {
                         format!(
                             "key {} (created at {}) ahead of the holder's {} (created at {}) at revision {began_rev}",
                             String::from_utf8_lossy(&r.kvs[0].key),
@@ -178,13 +238,13 @@ async fn locker_round(
                             token
                         )
                     });
-                    Some((token, began_rev, ahead))
+                    Some((token, began_rev, wrong))
                 }
             }
         }
         _ => None,
     };
-    if let Some((token, began_rev, ahead)) = result {
+    if let Some((token, began_rev, wrong)) = result {
         let mut fenced = Vec::new();
         let mut ended = granted;
         for n in 0..rng.usize(1..4) {
@@ -207,7 +267,12 @@ async fn locker_round(
                 }
                 _ => break,
             }
-            tokio::time::sleep(Duration::from_millis(rng.u64(0..60))).await;
+            let pause = if lingers && n == 0 {
+                Duration::from_millis(LINGER_MS)
+            } else {
+                Duration::from_millis(rng.u64(0..60))
+            };
+            tokio::time::sleep(pause).await;
         }
         out.lock().holds.push(Hold {
             lock: lock.to_string(),
@@ -217,7 +282,7 @@ async fn locker_round(
             granted,
             ended,
             fenced,
-            ahead,
+            wrong,
         });
     }
     let release = async {
@@ -276,9 +341,9 @@ fn fenced_put(lock: &str, key: &[u8], token: i64, value: &str) -> TxnRequest {
 pub fn check(holds: &[Hold]) -> Result<(), String> {
     let mut by_lock: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
     for h in holds {
-        if let Some(why) = &h.ahead {
+        if let Some(why) = &h.wrong {
             return Err(format!(
-                "lock {}: locker {} was granted with another contender ahead: {why}",
+                "lock {}: locker {} was granted wrongly: {why}",
                 h.lock, h.locker
             ));
         }
@@ -330,7 +395,7 @@ mod tests {
             granted: t0 + Duration::from_millis(granted_ms),
             ended: t0 + Duration::from_millis(ended_ms),
             fenced: fenced.to_vec(),
-            ahead: None,
+            wrong: None,
         }
     }
 
@@ -373,7 +438,7 @@ mod tests {
     #[test]
     fn a_grant_with_a_contender_ahead_fails() {
         let mut a = hold(10, 0, 10, 11, &[]);
-        a.ahead = Some("x".into());
+        a.wrong = Some("x".into());
         assert!(check(&[a]).is_err());
     }
 }

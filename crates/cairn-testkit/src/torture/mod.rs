@@ -154,12 +154,13 @@ impl Report {
         };
         let l = &self.locks;
         s += &format!(
-            "locks: {} attempts, {} holds ({} fenced writes, {} refused), {} grants lost their key before the section\n",
+            "locks: {} attempts, {} holds ({} fenced writes, {} refused), {} grants lost their key before the section, {} waiters told their session expired\n",
             l.attempts,
             l.holds.len(),
             l.holds.iter().map(|h| h.fenced.len()).sum::<usize>(),
             l.fenced_out,
             l.lost,
+            l.expired,
         );
         s += &match &self.lock_check {
             Ok(()) => "mutual exclusion: holds\n".to_string(),
