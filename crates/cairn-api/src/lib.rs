@@ -13,7 +13,9 @@
 //!   the server answers `Unimplemented`, never a fake success.
 //!
 //! Caveat: etcd's HTTP-gateway annotations (`google.api.http`) and gogoproto
-//! options are left out; they do not change the gRPC wire format.
+//! options are left out; they do not change the gRPC wire format. The
+//! gateway's paths are a table in `cairn-server`'s gateway, and
+//! [`FILE_DESCRIPTOR_SET`] gives it the messages to map to JSON.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -41,6 +43,10 @@ pub mod v3lockpb {
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
+
+/// Every file above as an encoded `google.protobuf.FileDescriptorSet`: the
+/// messages and services by name, for mapping them to and from JSON.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
 /// Cairn's node-to-node protocol.
 pub mod peerpb {

@@ -11,33 +11,32 @@
 //! the one table in [`error`]. Nothing a client sends can panic the server:
 //! validation is total, and MVCC/Raft errors are values.
 //!
+//! The client port also speaks HTTP/1.1: etcd's JSON gateway ([`gateway`],
+//! a gRPC client of these same services) and the probes ([`probes`]),
+//! assembled in `client_port`.
+//!
 //! [`serve_client`] and [`serve_peer`] take an already-bound listener and a
 //! shutdown future, so tests bind port 0.
 
+mod client_port;
 pub mod cluster;
 mod coord;
 pub mod election;
 pub mod error;
+pub mod gateway;
 pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
 mod not_yet;
+pub mod probes;
 pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use cairn_api::etcdserverpb::auth_server::AuthServer;
-use cairn_api::etcdserverpb::cluster_server::ClusterServer;
-use cairn_api::etcdserverpb::kv_server::KvServer;
-use cairn_api::etcdserverpb::lease_server::LeaseServer;
-use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
-use cairn_api::etcdserverpb::watch_server::WatchServer;
 use cairn_api::etcdserverpb::ResponseHeader;
 use cairn_api::peerpb::peer_server::PeerServer;
-use cairn_api::v3electionpb::election_server::ElectionServer;
-use cairn_api::v3lockpb::lock_server::LockServer;
 use cairn_store::{Node, PeerService};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -91,7 +90,7 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// gRPC framing allowance above `max_request_bytes` (etcd adds 512 KiB).
-const GRPC_OVERHEAD: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// HTTP/2 streams a peer may cancel before the server has accepted them
 /// (h2's rapid-reset guard) before the connection is closed. h2's default,
@@ -102,30 +101,19 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 const PEER_PENDING_RESETS: usize = 10_000;
 const CLIENT_PENDING_RESETS: usize = 1_000;
 
-/// Serves etcd's API on `listener` until `shutdown` resolves.
+/// Serves etcd's API on `listener` until `shutdown` resolves: gRPC over
+/// HTTP/2, and on the same port over HTTP/1.1 the JSON gateway and the
+/// probes, as etcd does ([`client_port`]).
 pub async fn serve_client(
     ctx: Arc<Context>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let max = ctx.limits.max_request_bytes + GRPC_OVERHEAD;
+    let routes = client_port::routes(&ctx);
     tonic::transport::Server::builder()
+        .accept_http1(true)
         .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
-        .add_service(KvServer::new(kv::KvService::new(ctx.clone())).max_decoding_message_size(max))
-        .add_service(
-            MaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(ClusterServer::new(cluster::ClusterService::new(
-            ctx.clone(),
-        )))
-        .add_service(WatchServer::new(watch::WatchService::new(ctx.clone())))
-        .add_service(LeaseServer::new(lease::LeaseService::new(ctx.clone())))
-        .add_service(AuthServer::new(not_yet::NotYet))
-        .add_service(LockServer::new(lock::LockService::new(ctx.clone())))
-        .add_service(ElectionServer::new(election::ElectionService::new(
-            ctx.clone(),
-        )))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }

@@ -292,7 +292,8 @@ impl Lessor {
             st.insert(id, rec.ttl, now + secs(rec.ttl), self.checkpoint_every);
         }
         let left = st.leases[&id].deadline.saturating_duration_since(now);
-        let remaining = (left.as_millis() as i64 + 999) / 1000;
+        // Whole seconds left, rounded down, as etcd reports them.
+        let remaining = left.as_secs() as i64;
         Ok(Some(LeaseTtl {
             remaining,
             granted: rec.ttl,

@@ -446,13 +446,19 @@ impl Node {
         }
     }
 
-    /// Compacts history at `revision`; returns the current revision.
+    /// Compacts history at `revision`; returns the current revision once
+    /// this replica has applied the compaction too (etcd's `physical`
+    /// compaction returns when the serving member's own store has it, so a
+    /// watch opened on it afterwards from below is told it is compacted).
     pub async fn compact(&self, revision: i64) -> Result<i64> {
         match self
             .submit(DATA_REGION, ForwardOp::Compact(revision))
             .await?
         {
-            ForwardOk::Reply(Reply::Compacted { current }) => Ok(current),
+            ForwardOk::Reply(Reply::Compacted { current }) => {
+                self.linearizable_view(DATA_REGION).await?;
+                Ok(current)
+            }
             ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
             other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
         }

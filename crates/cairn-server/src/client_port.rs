@@ -1,0 +1,98 @@
+//! Everything the client port answers, on one router: etcd's gRPC services
+//! (HTTP/2), and over HTTP/1.1 the JSON gateway ([`crate::gateway`]) and
+//! the probes ([`crate::probes`]), as etcd serves them on one port. A path
+//! nobody serves gets gRPC's `Unimplemented` when the request is gRPC, and
+//! otherwise etcd's 404 (the gateway's `Not Found` under `/v3/`, Go's
+//! `404 page not found` elsewhere); a gateway path asked with another
+//! method than POST, 405.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use cairn_api::etcdserverpb::auth_server::AuthServer;
+use cairn_api::etcdserverpb::cluster_server::ClusterServer;
+use cairn_api::etcdserverpb::kv_server::KvServer;
+use cairn_api::etcdserverpb::lease_server::LeaseServer;
+use cairn_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_api::etcdserverpb::watch_server::WatchServer;
+use cairn_api::v3electionpb::election_server::ElectionServer;
+use cairn_api::v3lockpb::lock_server::LockServer;
+use http::{header, Request, StatusCode};
+use tonic::service::Routes;
+
+use crate::{cluster, election, gateway, kv, lease, lock, maintenance, not_yet, probes, watch};
+use crate::{Context, GRPC_OVERHEAD};
+
+/// etcd's gRPC services of one node.
+fn grpc_routes(ctx: &Arc<Context>) -> Routes {
+    let max = ctx.limits.max_request_bytes + GRPC_OVERHEAD;
+    let mut routes = Routes::builder();
+    routes
+        .add_service(KvServer::new(kv::KvService::new(ctx.clone())).max_decoding_message_size(max))
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService::new(ctx.clone()))
+                .max_decoding_message_size(max),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService::new(
+            ctx.clone(),
+        )))
+        .add_service(WatchServer::new(watch::WatchService::new(ctx.clone())))
+        .add_service(LeaseServer::new(lease::LeaseService::new(ctx.clone())))
+        .add_service(AuthServer::new(not_yet::NotYet))
+        .add_service(LockServer::new(lock::LockService::new(ctx.clone())))
+        .add_service(ElectionServer::new(election::ElectionService::new(
+            ctx.clone(),
+        )));
+    routes.routes()
+}
+
+/// The client port's routes over `ctx`.
+pub fn routes(ctx: &Arc<Context>) -> Routes {
+    let grpc = grpc_routes(ctx);
+    // A JSON body carries its bytes as base64 (4/3) plus field names.
+    let json_limit = 2 * ctx.limits.max_request_bytes + GRPC_OVERHEAD;
+    let http = gateway::router(grpc.clone(), json_limit).merge(probes::router(ctx.clone()));
+    let router = grpc
+        .into_axum_router()
+        .merge(http)
+        .fallback(unrouted)
+        .method_not_allowed_fallback(wrong_method);
+    Routes::from(router)
+}
+
+async fn unrouted(req: Request<Body>) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented("").into_http::<Body>();
+    }
+    // Under the gateway's prefixes its mux answers; elsewhere Go's.
+    let gateway = gateway::routes::PREFIXES
+        .iter()
+        .any(|p| req.uri().path().starts_with(&format!("{p}/")));
+    let text = if gateway {
+        "Not Found\n"
+    } else {
+        "404 page not found\n"
+    };
+    plain(StatusCode::NOT_FOUND, text)
+}
+
+/// A known path asked with the wrong method (the gateway's answer).
+async fn wrong_method() -> Response {
+    plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,276 @@
+//! etcd's JSON gateway: every RPC as `POST /v3/<path>` with a JSON body,
+//! for clients that speak HTTP/1.1 and JSON rather than gRPC (Patroni's
+//! etcd3 DCS, `etcd3gw`, curl).
+//!
+//! Like etcd's grpc-gateway, which dials the member's own gRPC port, the
+//! gateway is a gRPC client of this node's services: each request is
+//! turned from JSON into the method's protobuf message, sent through the
+//! same service stack gRPC clients reach (in process, no socket), and the
+//! answer turned back into JSON ([`json`]). So the gateway adds no
+//! semantics of its own: validation, errors and limits are the gRPC
+//! services', and every RPC — including ones not built yet, which answer
+//! `Unimplemented` — is reachable. The messages are known by descriptor
+//! ([`cairn_api::FILE_DESCRIPTOR_SET`], [`codec`]), so one handler serves
+//! every path in [`routes`].
+//!
+//! Streams: a bidirectional method (Watch, LeaseKeepAlive) reads its
+//! requests as consecutive JSON values from the request body while
+//! answering with one `{"result": ...}` line per message; the end of the
+//! body half-closes the stream, which (as in etcd) leaves a watch running
+//! until the client disconnects. As in the gateway, a first request that
+//! is not valid JSON is an HTTP error; a later one ends the requests.
+
+mod codec;
+mod json;
+pub mod routes;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use axum::routing::post;
+use futures::{Stream, StreamExt};
+use http::uri::PathAndQuery;
+use http::{header, StatusCode};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::client::Grpc;
+use tonic::service::Routes;
+use tonic::Status;
+
+use codec::DynamicCodec;
+use json::JsonValues;
+use routes::Route;
+
+/// One gRPC method as the gateway calls it.
+struct Method {
+    path: PathAndQuery,
+    input: MessageDescriptor,
+    output: MessageDescriptor,
+    client_streaming: bool,
+    server_streaming: bool,
+}
+
+impl Method {
+    fn resolve(pool: &DescriptorPool, route: &Route) -> Option<Method> {
+        let service = pool.get_service_by_name(route.service)?;
+        let method = service.methods().find(|m| m.name() == route.method)?;
+        Some(Method {
+            path: PathAndQuery::try_from(format!("/{}/{}", route.service, route.method)).ok()?,
+            input: method.input(),
+            output: method.output(),
+            client_streaming: method.is_client_streaming(),
+            server_streaming: method.is_server_streaming(),
+        })
+    }
+}
+
+/// The descriptors of every Cairn service and message.
+fn descriptors() -> DescriptorPool {
+    DescriptorPool::decode(cairn_api::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set is built with cairn-api")
+}
+
+/// The gateway's routes over `grpc`, the node's gRPC services. A JSON body
+/// may be at most `limit` bytes (a streamed one: per message).
+pub fn router(grpc: Routes, limit: usize) -> axum::Router {
+    let pool = descriptors();
+    let mut router = axum::Router::new();
+    for route in routes::ALL {
+        let method = Arc::new(
+            Method::resolve(&pool, route)
+                .unwrap_or_else(|| panic!("gateway route {} names no method", route.path)),
+        );
+        for prefix in routes::PREFIXES {
+            let (grpc, method) = (grpc.clone(), method.clone());
+            let handler = move |body: Body| call(Grpc::new(grpc), method, body, limit);
+            router = router.route(&format!("{prefix}{}", route.path), post(handler));
+        }
+    }
+    router
+}
+
+async fn call(grpc: Grpc<Routes>, method: Arc<Method>, body: Body, limit: usize) -> Response {
+    let result = if method.client_streaming {
+        bidi(grpc, &method, body, limit).await
+    } else {
+        match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => unary_or_server_streaming(grpc, &method, &bytes).await,
+            Err(e) => Err(Status::invalid_argument(format!(
+                "reading the request body: {e}"
+            ))),
+        }
+    };
+    result.unwrap_or_else(|status| error_response(&status))
+}
+
+async fn unary_or_server_streaming(
+    mut grpc: Grpc<Routes>,
+    method: &Method,
+    body: &[u8],
+) -> Result<Response, Status> {
+    let request = tonic::Request::new(json::decode(&method.input, body)?);
+    let codec = DynamicCodec {
+        output: method.output.clone(),
+    };
+    ready(&mut grpc).await?;
+    if method.server_streaming {
+        match grpc
+            .server_streaming(request, method.path.clone(), codec)
+            .await
+        {
+            Ok(answers) => Ok(stream_response(answers.into_inner())),
+            Err(status) => Ok(stream_failed(&status)),
+        }
+    } else {
+        let answer = grpc.unary(request, method.path.clone(), codec).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            json::encode(answer.get_ref()),
+        ))
+    }
+}
+
+/// A bidirectional stream: requests parsed from the body as it arrives.
+async fn bidi(
+    mut grpc: Grpc<Routes>,
+    method: &Method,
+    body: Body,
+    limit: usize,
+) -> Result<Response, Status> {
+    let mut chunks = body.into_data_stream();
+    let mut values = JsonValues::new(limit);
+    // The first request decides between an HTTP error and a stream.
+    let mut pending = std::collections::VecDeque::new();
+    while pending.is_empty() {
+        match chunks.next().await {
+            Some(Ok(chunk)) => pending.extend(values.push(&chunk)?),
+            Some(Err(e)) => {
+                return Err(Status::invalid_argument(format!(
+                    "reading the request body: {e}"
+                )))
+            }
+            None if values.unfinished() => {
+                return Err(Status::invalid_argument(
+                    "the request body ends inside a JSON value",
+                ))
+            }
+            None => break,
+        }
+    }
+    let (tx, rx) = mpsc::channel::<DynamicMessage>(16);
+    for value in pending.drain(..) {
+        let _ = tx.try_send(json::from_value(&method.input, value)?);
+    }
+    let input = method.input.clone();
+    // Later requests: forwarded until the body ends or one is malformed
+    // (either half-closes the stream), or the call ends.
+    tokio::spawn(async move {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            let Ok(parsed) = values.push(&chunk) else {
+                return;
+            };
+            for value in parsed {
+                let Ok(msg) = json::from_value(&input, value) else {
+                    return;
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let codec = DynamicCodec {
+        output: method.output.clone(),
+    };
+    ready(&mut grpc).await?;
+    let requests = tonic::Request::new(ReceiverStream::new(rx));
+    match grpc.streaming(requests, method.path.clone(), codec).await {
+        Ok(answers) => Ok(stream_response(answers.into_inner())),
+        Err(status) => Ok(stream_failed(&status)),
+    }
+}
+
+/// A stream that failed before its first message: the gateway answers
+/// with the code's HTTP status and the stream's error line.
+fn stream_failed(status: &Status) -> Response {
+    json_response(json::http_status(status.code()), json::stream_error(status))
+}
+
+async fn ready(grpc: &mut Grpc<Routes>) -> Result<(), Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("gateway: {e}")))
+}
+
+/// Streamed answers as `{"result": ...}` lines; an error is the last line.
+fn stream_response(
+    answers: impl Stream<Item = Result<DynamicMessage, Status>> + Send + 'static,
+) -> Response {
+    let lines = answers.scan(false, |ended, item| {
+        if *ended {
+            return futures::future::ready(None);
+        }
+        let line = match item {
+            Ok(msg) => json::encode_result(&msg),
+            Err(status) => {
+                *ended = true;
+                json::stream_error(&status)
+            }
+        };
+        futures::future::ready(Some(Ok::<_, Infallible>(Bytes::from(line))))
+    });
+    json_response(StatusCode::OK, Body::from_stream(lines))
+}
+
+fn error_response(status: &Status) -> Response {
+    let (code, body) = json::error(status);
+    json_response(code, body)
+}
+
+fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_names_a_method_of_the_api() {
+        let pool = descriptors();
+        for route in routes::ALL {
+            assert!(
+                Method::resolve(&pool, route).is_some(),
+                "{} -> {}/{}",
+                route.path,
+                route.service,
+                route.method
+            );
+        }
+        // And every method of etcd's services has a path.
+        for service in pool.services() {
+            if service.full_name().starts_with("cairnpeerpb") {
+                continue;
+            }
+            for m in service.methods() {
+                assert!(
+                    routes::ALL
+                        .iter()
+                        .any(|r| r.service == service.full_name() && r.method == m.name()),
+                    "{}/{} has no gateway path",
+                    service.full_name(),
+                    m.name()
+                );
+            }
+        }
+    }
+}
