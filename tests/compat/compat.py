@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Real-client compatibility: the same etcdctl session against real etcd and
 against a 3-node Cairn cluster, outputs normalized and compared line by line;
-then the JSON gateway with the same HTTP requests to both (gateway.py);
+then the JSON gateway with the same HTTP requests to both (gateway.py) and
+/metrics parsed beside etcd's (metrics.py);
 then timing-dependent etcdctl scenarios (scenarios.py: contending locks,
 election leader change, interactive watch progress, lease keep-alive), the
 Python `etcd3` client and the `etcd-client` Rust crate's tests, each
@@ -254,6 +255,12 @@ def gateway(etcd_ep, cairn_ep):
     return r.returncode == 0
 
 
+def metrics(etcd_ep, cairn_ep):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "metrics.py"), etcd_ep, cairn_ep])
+    print("/metrics beside etcd's:", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def python_client(eps, label):
     r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
     print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -273,6 +280,7 @@ def main():
         ok = compare_etcdctl(etcd_eps, cairn_eps)
         ok = cairn_only_checks(cairn_eps) and ok
         ok = gateway(etcd_eps[0], cairn_eps[0]) and ok
+        ok = metrics(etcd_eps[0], cairn_eps[0]) and ok
         ok = scenarios(etcd_eps, "etcd") and ok
         ok = scenarios(cairn_eps, "cairn") and ok
         ok = python_client(etcd_eps, "etcd") and ok

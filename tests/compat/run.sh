@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real-client compatibility: etcdctl and the etcd-client crate against real
 # etcd and against Cairn, side by side. Installs what it needs (Debian
-# packages etcd-client, etcd-server, protobuf-compiler; PyPI etcd3).
+# packages etcd-client, etcd-server, protobuf-compiler; PyPI etcd3 and
+# prometheus_client, whose parser reads /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -17,6 +18,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python python3 -c "import etcd3" 2>/dev/null || python3 -m pip install -q "etcd3==0.12.0"
+python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q "prometheus_client==0.21.1"
 # The Debian package may start a system etcd on the default ports; the
 # comparison uses its own etcd on free ports, so that one is left alone.
 

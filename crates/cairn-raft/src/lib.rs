@@ -35,6 +35,7 @@ mod codec;
 mod error;
 pub mod failpoints;
 mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod snapshot_data;
 pub mod snapshot_file;

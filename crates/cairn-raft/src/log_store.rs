@@ -72,7 +72,9 @@ impl LogWriter {
                     let mut group = vec![first];
                     group.extend(rx.try_iter());
                     fail::fail_point!(crate::failpoints::BEFORE_LOG_FSYNC);
+                    let started = std::time::Instant::now();
                     let res = engine.sync();
+                    crate::metrics::WAL_FSYNC.observe(started.elapsed().as_secs_f64());
                     fail::fail_point!(crate::failpoints::AFTER_LOG_FSYNC);
                     s.syncs.fetch_add(1, Ordering::Relaxed);
                     s.appends.fetch_add(group.len() as u64, Ordering::Relaxed);

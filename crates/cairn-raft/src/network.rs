@@ -173,6 +173,9 @@ impl PeerPool {
             ))));
         }
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let peer = format!("{target:x}");
+        let sent = payload.len() as u64;
+        let started = std::time::Instant::now();
         let mut client = self
             .client(addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
@@ -190,6 +193,15 @@ impl PeerPool {
             Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
             Ok(Ok(r)) => r.into_inner(),
         };
+        crate::metrics::PEER_RTT
+            .with_label_values(&[peer.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        crate::metrics::PEER_SENT_BYTES
+            .with_label_values(&[peer.as_str()])
+            .inc_by(sent);
+        crate::metrics::PEER_RECEIVED_BYTES
+            .with_label_values(&[peer.as_str()])
+            .inc_by(reply.payload.len() as u64);
         let res: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))

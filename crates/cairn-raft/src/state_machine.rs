@@ -253,7 +253,11 @@ impl RegionShared {
         // matches the published record.
         let before = self.engine.snapshot();
         self.state.write().before_write = Some(before);
+        let started = std::time::Instant::now();
         self.engine.write(batch, durability)?;
+        if durability == Durability::Sync {
+            crate::metrics::BACKEND_COMMIT.observe(started.elapsed().as_secs_f64());
+        }
         after_write();
         let old = {
             let mut g = self.state.write();
@@ -473,10 +477,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (_, snapshot) = self.current();
         fail::fail_point!(crate::failpoints::SNAPSHOT_BUILD);
         let engine = self.shared.engine.clone();
-        tokio::task::spawn_blocking(move || engine.sync())
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let synced = engine.sync();
+            crate::metrics::BACKEND_COMMIT.observe(started.elapsed().as_secs_f64());
+            synced
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(snapshot)
     }
 }

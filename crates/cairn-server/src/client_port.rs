@@ -21,7 +21,9 @@ use cairn_api::v3lockpb::lock_server::LockServer;
 use http::{header, Request, StatusCode};
 use tonic::service::Routes;
 
-use crate::{cluster, election, gateway, kv, lease, lock, maintenance, not_yet, probes, watch};
+use crate::{
+    cluster, election, gateway, kv, lease, lock, maintenance, metrics, not_yet, probes, watch,
+};
 use crate::{Context, GRPC_OVERHEAD};
 
 /// etcd's gRPC services of one node.
@@ -49,10 +51,17 @@ fn grpc_routes(ctx: &Arc<Context>) -> Routes {
 
 /// The client port's routes over `ctx`.
 pub fn routes(ctx: &Arc<Context>) -> Routes {
-    let grpc = grpc_routes(ctx);
+    // Every gRPC call is counted, the gateway's too (it calls these).
+    let grpc = Routes::from(
+        grpc_routes(ctx)
+            .into_axum_router()
+            .layer(axum::middleware::from_fn(metrics::grpc_layer)),
+    );
     // A JSON body carries its bytes as base64 (4/3) plus field names.
     let json_limit = 2 * ctx.limits.max_request_bytes + GRPC_OVERHEAD;
-    let http = gateway::router(grpc.clone(), json_limit).merge(probes::router(ctx.clone()));
+    let http = gateway::router(grpc.clone(), json_limit)
+        .merge(probes::router(ctx.clone()))
+        .merge(metrics::router(ctx.clone()));
     let router = grpc
         .into_axum_router()
         .merge(http)

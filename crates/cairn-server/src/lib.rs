@@ -28,6 +28,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod metrics;
 mod not_yet;
 pub mod probes;
 pub mod watch;

@@ -247,6 +247,9 @@ impl Node {
         tokio::spawn(expire_leases(Arc::downgrade(&node)));
         tokio::spawn(colocate_tso(Arc::downgrade(&node)));
         tokio::spawn(snapshot_by_log_bytes(Arc::downgrade(&node)));
+        for r in node.regions.values() {
+            tokio::spawn(count_leader_changes(r.raft.metrics()));
+        }
         Ok(node)
     }
 
@@ -660,6 +663,26 @@ impl Node {
         }
     }
 
+    /// Every region replica this node hosts, by region id: its leader (0 if
+    /// none), term, last log index and applied index.
+    pub fn region_statuses(&self) -> Vec<(u64, NodeStatus)> {
+        let db_size = self.engine.size_on_disk() as i64;
+        self.regions
+            .iter()
+            .map(|(id, r)| {
+                let m = r.raft.metrics().borrow().clone();
+                let status = NodeStatus {
+                    leader: m.current_leader.unwrap_or(0),
+                    raft_term: m.current_term,
+                    raft_index: m.last_log_index.unwrap_or(0),
+                    raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+                    db_size,
+                };
+                (*id, status)
+            })
+            .collect()
+    }
+
     /// Known members: published attributes, or the Raft membership for
     /// members that have not published yet.
     pub fn members(&self) -> Vec<MemberInfo> {
@@ -726,6 +749,24 @@ fn first_key(req: &TxnRequest) -> Vec<u8> {
         }
     }
     Vec::new()
+}
+
+/// Counts each new leader this replica sees (`etcd_server_leader_changes_seen_total`)
+/// until its Raft stops.
+async fn count_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+) {
+    let mut last = None;
+    loop {
+        let leader = metrics.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            cairn_raft::metrics::LEADER_CHANGES.inc();
+        }
+        last = leader;
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// When this node is the only voter of `raft`'s region and leads it, and

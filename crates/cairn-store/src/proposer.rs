@@ -157,10 +157,14 @@ async fn propose(raft: &Raft, cmd: Command, reply: oneshot::Sender<Result<Reply>
                     // the entry may or may not commit.
                     Err(_) => Err(Error::Timeout),
                 };
+                if r.is_err() {
+                    cairn_raft::metrics::PROPOSALS_FAILED.inc();
+                }
                 let _ = reply.send(r);
             });
         }
         Err(_) => {
+            cairn_raft::metrics::PROPOSALS_FAILED.inc();
             let _ = reply.send(Err(Error::Stopped));
         }
     }
