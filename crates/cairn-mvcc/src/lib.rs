@@ -37,6 +37,7 @@
 
 mod compact;
 mod error;
+mod hash;
 mod history;
 pub mod lease;
 mod range;
@@ -48,6 +49,7 @@ mod validate;
 
 pub use compact::compact;
 pub use error::{Error, Rejection, Result};
+pub use hash::{hash_kv, KvHash};
 pub use history::history;
 pub use range::{range, Span};
 pub use record::Record;

@@ -1,5 +1,9 @@
-//! etcd's `Maintenance` service: `Status` and `Alarm` (list) are served;
-//! the rest answer `Unimplemented` until built.
+//! etcd's `Maintenance` service: `Status` (sizes as the filesystem and the
+//! LSM trees count them), `Alarm` (list), `HashKV` and `Hash` (this
+//! member's checksum of its key history, see `cairn_mvcc::hash_kv`),
+//! `Defragment` (a major compaction of every LSM tree; reads and writes go
+//! on, the call returns when it is done). The rest answer `Unimplemented`
+//! until built.
 
 use std::sync::Arc;
 
@@ -8,6 +12,7 @@ use cairn_api::etcdserverpb::maintenance_server::Maintenance;
 use cairn_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
+use crate::error::Error;
 use crate::Context;
 
 /// The Maintenance service of one node.
@@ -42,11 +47,50 @@ impl Maintenance for MaintenanceService {
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
             errors: Vec::new(),
-            db_size_in_use: s.db_size,
+            db_size_in_use: s.db_size_in_use,
             is_learner: false,
             storage_version: String::new(),
             db_size_quota: 0,
             downgrade_info: None,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let h = self
+            .ctx
+            .node
+            .hash_kv(req.into_inner().revision)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
+            hash: h.hash,
+            compact_revision: h.compacted,
+            hash_revision: h.revision,
+        }))
+    }
+
+    /// etcd hashes its whole backend here (for testing, it says); Cairn's
+    /// answer is the hash of its whole key history, as `HashKV` at the
+    /// current revision.
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let h = self.ctx.node.hash_kv(0).await.map_err(Error::from)?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
+            hash: h.hash,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.ctx.node.defragment().await.map_err(Error::from)?;
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
         }))
     }
 

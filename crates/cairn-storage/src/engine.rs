@@ -105,8 +105,21 @@ pub trait Engine: Snapshot {
     fn sync(&self) -> Result<()>;
     /// A point-in-time view unaffected by later writes.
     fn snapshot(&self) -> Arc<dyn Snapshot>;
-    /// Bytes used on disk (0 for in-memory engines' files; approximate).
+    /// Bytes allocated on disk (0 for in-memory engines; approximate).
     fn size_on_disk(&self) -> u64;
+    /// Bytes of live data structures on disk (the LSM trees and value
+    /// files, without journal space not yet written); at most about
+    /// [`Engine::size_on_disk`].
+    fn size_in_use(&self) -> u64 {
+        self.size_on_disk()
+    }
+    /// Rewrites the stored data compactly (etcd's defragment): an LSM
+    /// engine runs a major compaction of every keyspace, dropping what
+    /// deletes and overwrites left behind. Reads and writes continue
+    /// meanwhile; returns when done.
+    fn defragment(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The exclusive end of the keyspace that starts with byte `b`.

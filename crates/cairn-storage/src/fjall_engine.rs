@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fjall::{
@@ -39,6 +39,7 @@ const SEPARATED: [u8; 2] = [Space::MvccVersion as u8, Space::MvccLatest as u8];
 #[derive(Clone)]
 pub struct FjallEngine {
     db: Database,
+    path: Arc<PathBuf>,
     // One fjall keyspace per first key byte, opened on first use. A lock, not a
     // fixed table, because the set of spaces is small and grows rarely.
     spaces: Arc<RwLock<HashMap<u8, Keyspace>>>,
@@ -52,6 +53,7 @@ impl FjallEngine {
             .open()?;
         let engine = Self {
             db,
+            path: Arc::new(path.as_ref().to_path_buf()),
             spaces: Arc::new(RwLock::new(HashMap::new())),
         };
         // Reopen every keyspace that exists on disk so snapshots see them.
@@ -90,6 +92,36 @@ impl FjallEngine {
     fn existing_space(&self, b: u8) -> Option<Keyspace> {
         self.spaces.read().get(&b).cloned()
     }
+}
+
+/// Bytes allocated to the journal files (`*.jnl`) directly in `dir`.
+fn journal_allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// Bytes allocated to the files under `dir`, recursively.
+fn allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => allocated(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Which keyspace a scan range lies in, with the end clamped to that space.
@@ -243,8 +275,26 @@ impl Engine for FjallEngine {
         })
     }
 
+    /// What the files take on the filesystem (allocated blocks, as `du`
+    /// counts them): fjall's journal is a sparse preallocated file, so its
+    /// length (64 MiB from the start) is not what it takes.
     fn size_on_disk(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        allocated(&self.path)
+    }
+
+    /// The LSM trees' files plus what the journal holds (writes not yet
+    /// flushed to a tree live only there).
+    fn size_in_use(&self) -> u64 {
+        let trees: u64 = self.spaces.read().values().map(Keyspace::disk_space).sum();
+        trees + journal_allocated(&self.path)
+    }
+
+    fn defragment(&self) -> Result<()> {
+        let spaces: Vec<Keyspace> = self.spaces.read().values().cloned().collect();
+        for ks in spaces {
+            ks.major_compact()?;
+        }
+        Ok(())
     }
 }
 

@@ -68,8 +68,10 @@ pub struct NodeStatus {
     pub raft_index: u64,
     /// Applied index of the data region.
     pub raft_applied_index: u64,
-    /// Bytes on disk.
+    /// Bytes allocated on disk.
     pub db_size: i64,
+    /// Bytes of live data on disk (see `Engine::size_in_use`).
+    pub db_size_in_use: i64,
 }
 
 /// A running node.
@@ -512,6 +514,26 @@ impl Node {
             .map_err(Error::from)
     }
 
+    /// This replica's hash of its key history up to `revision` (0: its
+    /// current revision), as etcd's `HashKV` reads its local store.
+    pub async fn hash_kv(&self, revision: i64) -> Result<cairn_mvcc::KvHash> {
+        let (snap, revs) = self.region(DATA_REGION)?.shared.read_view();
+        self.spans
+            .run(move || cairn_mvcc::hash_kv(&*snap, revision, revs))
+            .await?
+            .map_err(Error::from)
+    }
+
+    /// Rewrites this node's store compactly (etcd's defragment); reads and
+    /// writes go on meanwhile. Returns when done.
+    pub async fn defragment(&self) -> Result<()> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.defragment())
+            .await
+            .map_err(|e| Error::Internal(format!("defragment: {e}")))?
+            .map_err(|e| Error::Internal(format!("defragment: {e}")))
+    }
+
     /// Grants a lease (`id` 0: the node picks one); returns (id, ttl).
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
         let chosen = id != 0;
@@ -660,6 +682,7 @@ impl Node {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             db_size: self.engine.size_on_disk() as i64,
+            db_size_in_use: self.engine.size_in_use() as i64,
         }
     }
 
@@ -667,6 +690,7 @@ impl Node {
     /// none), term, last log index and applied index.
     pub fn region_statuses(&self) -> Vec<(u64, NodeStatus)> {
         let db_size = self.engine.size_on_disk() as i64;
+        let db_size_in_use = self.engine.size_in_use() as i64;
         self.regions
             .iter()
             .map(|(id, r)| {
@@ -677,6 +701,7 @@ impl Node {
                     raft_index: m.last_log_index.unwrap_or(0),
                     raft_applied_index: m.last_applied.map_or(0, |l| l.index),
                     db_size,
+                    db_size_in_use,
                 };
                 (*id, status)
             })
