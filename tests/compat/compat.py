@@ -2,7 +2,8 @@
 """Real-client compatibility: the same etcdctl session against real etcd and
 against a 3-node Cairn cluster, outputs normalized and compared line by line;
 then the JSON gateway with the same HTTP requests to both (gateway.py) and
-/metrics parsed beside etcd's (metrics.py);
+/metrics parsed beside etcd's (metrics.py); the storage quota and NOSPACE
+alarm on fresh 1-node servers of each (quota.py);
 then timing-dependent etcdctl scenarios (scenarios.py: contending locks,
 election leader change, interactive watch progress, lease keep-alive), the
 Python `etcd3` client and the `etcd-client` Rust crate's tests, each
@@ -261,6 +262,12 @@ def metrics(etcd_ep, cairn_ep):
     return r.returncode == 0
 
 
+def quota(binary):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "quota.py"), binary])
+    print("quota and NOSPACE alarm beside etcd:", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def python_client(eps, label):
     r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
     print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -281,6 +288,7 @@ def main():
         ok = cairn_only_checks(cairn_eps) and ok
         ok = gateway(etcd_eps[0], cairn_eps[0]) and ok
         ok = metrics(etcd_eps[0], cairn_eps[0]) and ok
+        ok = quota(binary) and ok
         ok = scenarios(etcd_eps, "etcd") and ok
         ok = scenarios(cairn_eps, "cairn") and ok
         ok = python_client(etcd_eps, "etcd") and ok

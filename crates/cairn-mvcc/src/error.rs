@@ -44,6 +44,9 @@ pub enum Rejection {
     /// A grant asks for more than the maximum TTL.
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    /// A write that adds data while the NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
 }
 
 /// MVCC errors: rejections (deterministic) and storage failures (not).

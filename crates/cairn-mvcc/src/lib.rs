@@ -54,7 +54,7 @@ pub use history::history;
 pub use range::{range, Span};
 pub use record::Record;
 pub use txn::{
-    apply_txn, is_read_only, is_serializable, read_txn, LeaseView, NoLeases, TxnOutcome,
+    apply_txn, has_put, is_read_only, is_serializable, read_txn, LeaseView, NoLeases, TxnOutcome,
 };
 pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};
 

@@ -129,6 +129,20 @@ pub fn is_read_only(req: &TxnRequest) -> bool {
         })
 }
 
+/// True when `req` may write a key, whichever branch it takes (nested
+/// transactions included): what a storage quota refuses once space runs out
+/// (etcd counts the puts of both branches).
+pub fn has_put(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(t)) => has_put(t),
+            _ => false,
+        })
+}
+
 /// True when every op on both branches is a serializable Range (etcd's
 /// rule: such a Txn is served from the local replica, like a serializable
 /// Range; a nested Txn makes it linearizable).

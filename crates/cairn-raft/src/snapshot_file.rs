@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use crate::codec::{decode, encode};
+use crate::codec::encode;
 use crate::state_machine::Applied;
 use crate::{Error, Result};
 
@@ -123,7 +123,7 @@ fn read_header(r: &mut impl Read) -> Result<Applied> {
         return Err(Error::Codec("not a Cairn snapshot (bad magic)".into()));
     }
     let len = get_u32(r)?;
-    decode(&get_bytes(r, len)?)
+    Applied::decode(&get_bytes(r, len)?)
 }
 
 /// Reads a whole snapshot from `f` (from offset 0): the applied record, and

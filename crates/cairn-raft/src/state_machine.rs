@@ -21,7 +21,7 @@
 //! nothing longer. The cost is one engine view per entry (fjall: a
 //! sequence number registered and released).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cairn_api::etcdserverpb::TxnRequest;
@@ -72,6 +72,50 @@ pub struct Applied {
     pub members: BTreeMap<NodeId, MemberInfo>,
     /// Meta region: the region directory.
     pub regions: BTreeMap<u64, RegionDesc>,
+    /// Data regions: raised alarms, `(member, etcd AlarmType number)`.
+    /// Last, so a record written before alarms existed still decodes
+    /// ([`Applied::decode`]).
+    pub alarms: BTreeSet<(NodeId, i32)>,
+}
+
+/// The applied record as written before alarms existed.
+#[derive(Deserialize)]
+struct AppliedBeforeAlarms {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    current_revision: i64,
+    compacted_revision: i64,
+    tso_high_water: i64,
+    members: BTreeMap<NodeId, MemberInfo>,
+    regions: BTreeMap<u64, RegionDesc>,
+}
+
+/// etcd's `AlarmType_NOSPACE`.
+pub const ALARM_NOSPACE: i32 = 1;
+
+impl Applied {
+    /// Decodes a stored record, of this layout or the one before alarms.
+    pub fn decode(bytes: &[u8]) -> crate::Result<Applied> {
+        if let Ok(a) = decode::<Applied>(bytes) {
+            return Ok(a);
+        }
+        let old: AppliedBeforeAlarms = decode(bytes)?;
+        Ok(Applied {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            current_revision: old.current_revision,
+            compacted_revision: old.compacted_revision,
+            tso_high_water: old.tso_high_water,
+            members: old.members,
+            regions: old.regions,
+            alarms: BTreeSet::new(),
+        })
+    }
+
+    /// Whether writes that add data are refused (NOSPACE raised).
+    pub fn no_space(&self) -> bool {
+        self.alarms.iter().any(|&(_, a)| a == ALARM_NOSPACE)
+    }
 }
 
 impl Default for Applied {
@@ -87,6 +131,7 @@ impl Default for Applied {
             tso_high_water: 0,
             members: BTreeMap::new(),
             regions: BTreeMap::new(),
+            alarms: BTreeSet::new(),
         }
     }
 }
@@ -158,7 +203,7 @@ impl RegionShared {
         snapshots: Arc<SnapshotDir>,
     ) -> crate::Result<Arc<Self>> {
         let applied = match engine.get(&apply_key(region))? {
-            Some(b) => decode(&b)?,
+            Some(b) => Applied::decode(&b)?,
             None => Applied::default(),
         };
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
@@ -327,6 +372,12 @@ impl StateMachine {
                 ) {
                     return reject(e);
                 }
+                if state.no_space() && cairn_mvcc::has_put(&req) {
+                    return Ok((
+                        WriteBatch::new(),
+                        Reply::Rejected(cairn_mvcc::Rejection::NoSpace),
+                    ));
+                }
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
                 match cairn_mvcc::apply_txn(engine, &req, rev, revs, &StoredLeases(engine)) {
@@ -353,6 +404,27 @@ impl StateMachine {
                     }
                     Err(e) => reject(e),
                 }
+            }
+            Command::LeaseGrant { .. } if state.no_space() => Ok((
+                WriteBatch::new(),
+                Reply::Rejected(cairn_mvcc::Rejection::NoSpace),
+            )),
+            Command::Alarm {
+                activate,
+                member,
+                alarm,
+            } => {
+                let changed = if activate {
+                    state.alarms.insert((member, alarm))
+                } else {
+                    state.alarms.remove(&(member, alarm))
+                };
+                let list = if changed {
+                    vec![(member, alarm)]
+                } else {
+                    Vec::new()
+                };
+                Ok((WriteBatch::new(), Reply::Alarms(list)))
             }
             Command::LeaseGrant { id, ttl } => match lease::grant(engine, id, ttl) {
                 Ok(b) => Ok((b, Reply::Revision(state.current_revision))),

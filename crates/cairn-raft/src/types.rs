@@ -53,6 +53,13 @@ pub enum Command {
     /// in that same term. A decision held up across a leader change (say,
     /// behind a TSO outage) must not revoke a lease a later leader renewed.
     LeaseExpire { id: i64, ts: i64, term: u64 },
+    /// Data region: raise (`activate`) or clear alarm `alarm` (etcd's
+    /// `AlarmType` number) for member `member`.
+    Alarm {
+        activate: bool,
+        member: NodeId,
+        alarm: i32,
+    },
 }
 
 /// The result of applying one command.
@@ -72,6 +79,8 @@ pub enum Reply {
     Batch(Vec<Reply>),
     /// The command's bytes did not decode (never produced by Cairn itself).
     Invalid(String),
+    /// The alarms an [`Command::Alarm`] changed, `(member, alarm)`.
+    Alarms(Vec<(NodeId, i32)>),
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

@@ -43,6 +43,7 @@ fn rejection_code(r: Rejection) -> Code {
         Rejection::LeaseNotFound => Code::NotFound,
         Rejection::LeaseExists => Code::FailedPrecondition,
         Rejection::LeaseTtlTooLarge => Code::OutOfRange,
+        Rejection::NoSpace => Code::ResourceExhausted,
     }
 }
 
@@ -110,6 +111,11 @@ mod tests {
                 Rejection::LeaseNotFound.into(),
                 Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                Rejection::NoSpace.into(),
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
             ),
             (
                 Error::RequestTooLarge,

@@ -74,6 +74,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         cairn_mvcc::validate_put(&req).map_err(Error::from)?;
         self.check_size(&req)?;
+        crate::quota::check(&self.ctx, true)?;
         match self.one_op(Op::RequestPut(req)).await? {
             (header, OpResponse::ResponsePut(mut p)) => {
                 p.header = Some(header);
@@ -103,6 +104,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         cairn_mvcc::validate_txn(&req, mvcc_limits(&self.ctx)).map_err(Error::from)?;
         self.check_size(&req)?;
+        crate::quota::check(&self.ctx, cairn_mvcc::has_put(&req))?;
         let mut resp = self.ctx.node.txn(&req).await.map_err(Error::from)?;
         resp.header = Some(self.ctx.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))

@@ -42,6 +42,7 @@ impl Lease for LeaseService {
             return Err(Error::from(Rejection::LeaseTtlTooLarge).into());
         }
         let ttl = req.ttl.max(MIN_TTL);
+        crate::quota::check(&self.ctx, true)?;
         let (id, ttl) = self
             .ctx
             .node

@@ -31,6 +31,7 @@ pub mod maintenance;
 pub mod metrics;
 mod not_yet;
 pub mod probes;
+pub mod quota;
 pub mod watch;
 
 use std::future::Future;
@@ -52,6 +53,9 @@ pub struct Limits {
     /// How often watchers asking for `progress_notify` get a progress
     /// response when idle (etcd default 10 minutes); `None` disables.
     pub watch_progress_interval: Option<std::time::Duration>,
+    /// `--quota-backend-bytes`: past this many bytes on disk, writes that
+    /// add data are refused and NOSPACE raised ([`quota`]); 0: no quota.
+    pub quota_backend_bytes: u64,
 }
 
 impl Default for Limits {
@@ -60,9 +64,14 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             watch_progress_interval: Some(std::time::Duration::from_secs(600)),
+            quota_backend_bytes: DEFAULT_QUOTA_BYTES,
         }
     }
 }
+
+/// The default storage quota: 8 GiB (etcd's is 2 GiB; an LSM store's
+/// files grow past their live data between compactions).
+pub const DEFAULT_QUOTA_BYTES: u64 = 8 << 30;
 
 /// What every service handler needs.
 pub struct Context {

@@ -2,8 +2,9 @@
 //! LSM trees count them), `Alarm` (list), `HashKV` and `Hash` (this
 //! member's checksum of its key history, see `cairn_mvcc::hash_kv`),
 //! `Defragment` (a major compaction of every LSM tree; reads and writes go
-//! on, the call returns when it is done). The rest answer `Unimplemented`
-//! until built.
+//! on, the call returns when it is done), `Alarm` (list, activate,
+//! deactivate; replicated through the data region, see [`crate::quota`]).
+//! The rest answer `Unimplemented` until built.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use cairn_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
-use crate::Context;
+use crate::{quota, Context};
 
 /// The Maintenance service of one node.
 pub struct MaintenanceService {
@@ -46,11 +47,19 @@ impl Maintenance for MaintenanceService {
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
-            errors: Vec::new(),
+            errors: self
+                .ctx
+                .node
+                .alarms()
+                .into_iter()
+                .map(|(member, alarm)| {
+                    format!("memberID:{member} alarm:{} ", quota::alarm_name(alarm))
+                })
+                .collect(),
             db_size_in_use: s.db_size_in_use,
             is_learner: false,
             storage_version: String::new(),
-            db_size_quota: 0,
+            db_size_quota: self.ctx.limits.quota_backend_bytes as i64,
             downgrade_info: None,
         }))
     }
@@ -95,16 +104,38 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        match AlarmAction::try_from(req.into_inner().action) {
-            // Cairn raises no alarms yet (no quota, no corruption checker):
-            // the list is truthfully empty.
-            Ok(AlarmAction::Get) => Ok(Response::new(AlarmResponse {
-                header: Some(self.ctx.header(self.ctx.node.revision())),
-                alarms: Vec::new(),
-            })),
-            _ => Err(Status::unimplemented(
-                "alarm activate/deactivate is not implemented",
-            )),
-        }
+        let req = req.into_inner();
+        let node = &self.ctx.node;
+        let alarms = match AlarmAction::try_from(req.action) {
+            // All alarms of the type asked for (NONE: every type).
+            Ok(AlarmAction::Get) => node
+                .alarms()
+                .into_iter()
+                .filter(|&(_, a)| req.alarm == 0 || a == req.alarm)
+                .collect(),
+            Ok(action) => {
+                if req.alarm == 0 {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: alarm type is not given",
+                    ));
+                }
+                let member = if req.member_id == 0 {
+                    node.id
+                } else {
+                    req.member_id
+                };
+                node.alarm(action == AlarmAction::Activate, member, req.alarm)
+                    .await
+                    .map_err(Error::from)?
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.ctx.header(node.revision())),
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+                .collect(),
+        }))
     }
 }

@@ -193,6 +193,12 @@ fn node_gauges(ctx: &Context) -> prometheus::Result<Registry> {
     )?;
     gauge(
         &r,
+        "etcd_server_quota_backend_bytes",
+        "Current backend storage quota size in bytes.",
+        ctx.limits.quota_backend_bytes as i64,
+    )?;
+    gauge(
+        &r,
         "etcd_debugging_mvcc_current_revision",
         "The current revision of store.",
         node.revision(),

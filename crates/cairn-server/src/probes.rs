@@ -4,9 +4,10 @@
 //!   etcd API version Cairn speaks, plain numbers (clients parse them).
 //! - `GET /health`: etcd 3.5+'s `{"health":"true","reason":""}`, or 503 with
 //!   `"false"` and why: no Raft leader (`RAFT NO LEADER`), or a read of the
-//!   key `health` failing or timing out (`QGET ERROR`, `QGET TIMEOUT`).
-//!   `?serializable=true` skips the leader check and reads locally, as in
-//!   etcd. (Alarms will join the checks when Cairn raises any.)
+//!   key `health` failing or timing out (`QGET ERROR`, `QGET TIMEOUT`), or
+//!   a raised alarm (`ALARM NOSPACE`, `ALARM CORRUPT`; `?exclude=NOSPACE`
+//!   ignores one). `?serializable=true` skips the leader check and reads
+//!   locally, as in etcd.
 //! - `GET /livez` (a local serializable read works) and `GET /readyz`
 //!   (that, and a linearizable read): `ok`, or 503 naming the failed check,
 //!   in etcd 3.6's format; `?verbose` lists every check, `?exclude=NAME`
@@ -25,7 +26,7 @@ use http::{header, StatusCode, Uri};
 use serde::Serialize;
 
 use crate::maintenance::ETCD_VERSION;
-use crate::Context;
+use crate::{quota, Context};
 
 /// How long a probe's read may take (etcd: its request timeout, 5 s plus
 /// two election timeouts).
@@ -102,7 +103,24 @@ async fn health(ctx: Arc<Context>, uri: Uri) -> Response {
     let serializable = params(&uri)
         .iter()
         .any(|(k, v)| k == "serializable" && v == "true");
-    let verdict = if !serializable && ctx.node.status().leader == 0 {
+    let excluded: Vec<String> = params(&uri)
+        .into_iter()
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v)
+        .collect();
+    let alarm = ctx
+        .node
+        .alarms()
+        .into_iter()
+        .map(|(_, a)| quota::alarm_name(a))
+        .find(|name| !excluded.iter().any(|x| x == name));
+    let verdict = if let Some(alarm) = alarm {
+        Err(match alarm {
+            "NOSPACE" => "ALARM NOSPACE",
+            "CORRUPT" => "ALARM CORRUPT",
+            _ => "ALARM UNKNOWN",
+        })
+    } else if !serializable && ctx.node.status().leader == 0 {
         Err("RAFT NO LEADER")
     } else {
         read(&ctx, serializable).await

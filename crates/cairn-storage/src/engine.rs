@@ -107,9 +107,9 @@ pub trait Engine: Snapshot {
     fn snapshot(&self) -> Arc<dyn Snapshot>;
     /// Bytes allocated on disk (0 for in-memory engines; approximate).
     fn size_on_disk(&self) -> u64;
-    /// Bytes of live data structures on disk (the LSM trees and value
-    /// files, without journal space not yet written); at most about
-    /// [`Engine::size_on_disk`].
+    /// Bytes of the state machine's data on disk (the MVCC and lease
+    /// keyspaces' files — what etcd's backend database holds; not the Raft
+    /// log). What the storage quota measures.
     fn size_in_use(&self) -> u64 {
         self.size_on_disk()
     }

@@ -11,6 +11,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fjall::AbstractTree as _;
 use fjall::{
     Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable,
 };
@@ -34,6 +35,9 @@ const MAX_MEMTABLE_BYTES: u64 = 32 << 20;
 /// tree only, and compaction rewrites keys, not values. The option is fixed
 /// when a keyspace is created; stores created before keep reading values.
 const SEPARATED: [u8; 2] = [Space::MvccVersion as u8, Space::MvccLatest as u8];
+
+/// At most this many major compactions per defragment.
+const DEFRAGMENT_PASSES: usize = 3;
 
 /// An [`Engine`] on fjall.
 #[derive(Clone)]
@@ -92,20 +96,6 @@ impl FjallEngine {
     fn existing_space(&self, b: u8) -> Option<Keyspace> {
         self.spaces.read().get(&b).cloned()
     }
-}
-
-/// Bytes allocated to the journal files (`*.jnl`) directly in `dir`.
-fn journal_allocated(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
 }
 
 /// Bytes allocated to the files under `dir`, recursively.
@@ -282,17 +272,39 @@ impl Engine for FjallEngine {
         allocated(&self.path)
     }
 
-    /// The LSM trees' files plus what the journal holds (writes not yet
-    /// flushed to a tree live only there).
+    /// The state machine's trees (the MVCC and lease keyspaces: what
+    /// etcd's backend database holds; not the Raft log, which is etcd's
+    /// WAL): their files and their active memtables (writes not flushed
+    /// yet count too; a sealed memtable being flushed is briefly missed).
     fn size_in_use(&self) -> u64 {
-        let trees: u64 = self.spaces.read().values().map(Keyspace::disk_space).sum();
-        trees + journal_allocated(&self.path)
+        self.spaces
+            .read()
+            .iter()
+            .filter(|(&b, _)| b >= Space::MvccVersion as u8)
+            .map(|(_, ks)| ks.disk_space() + ks.tree.active_memtable().size())
+            .sum()
     }
 
     fn defragment(&self) -> Result<()> {
         let spaces: Vec<Keyspace> = self.spaces.read().values().cloned().collect();
-        for ks in spaces {
-            ks.major_compact()?;
+        // Flush every memtable first: the journal holding their writes can
+        // then be dropped, and the compaction sees all the data.
+        for ks in &spaces {
+            ks.rotate_memtable_and_wait()?;
+        }
+        // A pass drops dead entries; the value files only they referenced
+        // go in the pass after (fjall accounts their staleness as the
+        // first pass rewrites the keys). Repeat while it still frees space.
+        let mut size = self.size_in_use();
+        for _ in 0..DEFRAGMENT_PASSES {
+            for ks in &spaces {
+                ks.major_compact()?;
+            }
+            let after = self.size_in_use();
+            if after >= size {
+                break;
+            }
+            size = after;
         }
         Ok(())
     }

@@ -514,6 +514,36 @@ impl Node {
             .map_err(Error::from)
     }
 
+    /// Raises (`activate`) or clears an alarm through the data region; the
+    /// alarms it changed (none if it already was so).
+    pub async fn alarm(&self, activate: bool, member: u64, alarm: i32) -> Result<Vec<(u64, i32)>> {
+        let cmd = Command::Alarm {
+            activate,
+            member,
+            alarm,
+        };
+        match self.submit(DATA_REGION, ForwardOp::Plain(cmd)).await? {
+            ForwardOk::Reply(Reply::Alarms(changed)) => Ok(changed),
+            other => Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// The alarms raised, as this replica has applied them.
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.region(DATA_REGION)
+            .map(|r| {
+                r.shared
+                    .with_applied(|a| a.alarms.iter().copied().collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Bytes of this node's state-machine data on disk (what the storage
+    /// quota measures; see `Engine::size_in_use`).
+    pub fn data_size(&self) -> u64 {
+        self.engine.size_in_use()
+    }
+
     /// This replica's hash of its key history up to `revision` (0: its
     /// current revision), as etcd's `HashKV` reads its local store.
     pub async fn hash_kv(&self, revision: i64) -> Result<cairn_mvcc::KvHash> {

@@ -120,3 +120,114 @@ async fn members_hash_alike_and_defragment_keeps_every_version() {
     assert_eq!(all.count, 49);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_store_raises_nospace_refuses_puts_and_recovers_after_disarm() {
+    let limits = cairn_server::Limits {
+        quota_backend_bytes: 1_000_000,
+        ..Default::default()
+    };
+    let c = InProcessCluster::start_with(3, 10_000, limits).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut kv = c.kv(leader).await;
+    let mut m = maintenance(&c.nodes[leader].client_addr);
+    let mut refused = None;
+    for i in 0..200u32 {
+        // Incompressible values, so the store's bytes really grow.
+        let value: Vec<u8> = (0..50_000u32)
+            .map(|j| (j.wrapping_mul(2654435761) ^ i) as u8)
+            .collect();
+        let put = kv.put(PutRequest {
+            key: format!("r{i:03}").into_bytes(),
+            value,
+            ..Default::default()
+        });
+        if let Err(e) = put.await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("a 1 MB quota never refused a put");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(e.message(), "etcdserver: mvcc: database space exceeded");
+    // The alarm reaches every member; every member then refuses puts at
+    // apply, so a put through a follower fails too.
+    let mut raised = Vec::new();
+    for _ in 0..100 {
+        raised = m
+            .alarm(AlarmRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alarms;
+        if !raised.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].alarm, AlarmType::Nospace as i32);
+    let follower = (leader + 1) % 3;
+    let mut kv2 = c.kv(follower).await;
+    let small = PutRequest {
+        key: b"small".to_vec(),
+        value: b"x".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(
+        kv2.put(small.clone()).await.unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
+    // Reads, deletes and compaction still work; then space is freed.
+    let del = kv
+        .delete_range(DeleteRangeRequest {
+            key: b"r".to_vec(),
+            range_end: b"s".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(del.deleted > 0);
+    let rev = del.header.unwrap().revision;
+    kv.compact(CompactionRequest {
+        revision: rev,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        maintenance(&c.nodes[i].client_addr)
+            .defragment(DefragmentRequest {})
+            .await
+            .unwrap();
+    }
+    // Disarm every alarm raised (as `etcdctl alarm disarm` does): the
+    // follower that refused a put raised its own.
+    let all = m
+        .alarm(AlarmRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    for a in all {
+        m.alarm(AlarmRequest {
+            action: alarm_request::AlarmAction::Deactivate as i32,
+            member_id: a.member_id,
+            alarm: a.alarm,
+        })
+        .await
+        .unwrap();
+    }
+    kv.put(small)
+        .await
+        .expect("a put after disarming with space freed");
+    assert!(m
+        .alarm(AlarmRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms
+        .is_empty());
+    c.shutdown().await;
+}

@@ -58,6 +58,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             snapshot_log_bytes: 64 << 20,
             read_lease: true,
             lease_checkpoint_interval: std::time::Duration::from_secs(300),
+            quota_backend_bytes: cairn_server::DEFAULT_QUOTA_BYTES,
             experimental_watch_progress_notify_interval: "10m".into(),
         };
         nodes.push(serve::start(args).await?);

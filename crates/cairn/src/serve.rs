@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// resumes long leases instead of restarting them (etcd: 5 min).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub lease_checkpoint_interval: std::time::Duration,
+    /// Storage quota: past this many bytes on disk, writes that add data
+    /// are refused and the NOSPACE alarm raised (etcd's flag; its default
+    /// is 2 GiB). 0: no quota.
+    #[arg(long, default_value_t = cairn_server::DEFAULT_QUOTA_BYTES)]
+    pub quota_backend_bytes: u64,
 }
 
 /// A running node with its listeners.
@@ -147,6 +152,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
                 &a.experimental_watch_progress_notify_interval,
             )?)
             .filter(|d| !d.is_zero()),
+            quota_backend_bytes: a.quota_backend_bytes,
         },
     });
     let mut client_addrs = Vec::new();
