@@ -176,14 +176,19 @@ def session(endpoints):
 REV_FIELDS = re.compile(r'"(revision|create_revision|mod_revision|compact_revision)":(\d+)')
 
 
-def normalize(transcript):
+def revision_ranks(transcript, *patterns):
+    """Every revision the patterns' last group matches in the transcript,
+    mapped to its rank (1 = oldest): revisions compare across systems by
+    order, not value."""
     revs = set()
     for _, text in transcript:
-        for m in REV_FIELDS.finditer(text):
-            revs.add(int(m.group(2)))
-        for m in re.finditer(r"compacted revision (\d+)", text):
-            revs.add(int(m.group(1)))
-    rank = {r: i + 1 for i, r in enumerate(sorted(revs))}
+        for p in patterns:
+            revs.update(int(m.groups()[-1]) for m in re.finditer(p, text))
+    return {r: i + 1 for i, r in enumerate(sorted(revs))}
+
+
+def normalize(transcript):
+    rank = revision_ranks(transcript, REV_FIELDS, r"compacted revision (\d+)")
     lines = []
     for cmd, text in transcript:
         # etcdctl's own client-side retry logs carry timestamps and client ids.

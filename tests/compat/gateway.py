@@ -15,10 +15,14 @@ Usage: gateway.py ETCD_ENDPOINT CAIRN_ENDPOINT   (host:port each)
 import base64
 import http.client
 import json
+import os
 import re
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compat import revision_ranks  # noqa: E402
 
 
 def b64(s):
@@ -171,10 +175,7 @@ REVS = re.compile(r'"(revision|create_revision|mod_revision|compact_revision)":"
 
 
 def normalize(transcript):
-    revs = set()
-    for _, text in transcript:
-        revs.update(int(m.group(2)) for m in REVS.finditer(text))
-    rank = {r: i + 1 for i, r in enumerate(sorted(revs))}
+    rank = revision_ranks(transcript, REVS)
     lines = []
     for name, text in transcript:
         t = REVS.sub(lambda m: f'"{m.group(1)}":"R{rank[int(m.group(2))]}"', text)
