@@ -48,7 +48,7 @@ class Client:
         response lines for `seconds`, running `during()` once the stream is
         open. Returns (status, lines)."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=seconds)
-        conn.request("POST", path, body=json.dumps(body))
+        conn.request("POST", path, body=body if isinstance(body, str) else json.dumps(body))
         resp = conn.getresponse()
         lines = []
 
@@ -119,6 +119,10 @@ def session(endpoint):
     post("/v3/kv/put", {"key": b64("lk2"), "value": b64("v"), "lease": "1234"}, name="put with a lease that is not")
     status, lines = c.stream("/v3/lease/keepalive", {"ID": lease}, seconds=1.5)
     out.append(("keepalive <L> (then half-close)", f"{status}\n" + "\n".join(lines)))
+    # Many requests in one body: every one is answered, in order.
+    many = "\n".join(json.dumps({"ID": lease}) for _ in range(20))
+    status, lines = c.stream("/v3/lease/keepalive", many, seconds=2.0)
+    out.append(("keepalive <L> x20 in one body", f"{status} {len(lines)} answers"))
     post("/v3/lease/timetolive", {"ID": lease, "keys": True}, name="timetolive <L> keys")
     post("/v3/kv/lease/timetolive", {"ID": lease}, name="kv/lease/timetolive <L>")
     # Other leases (the etcdctl session's) may expire meanwhile, at either

@@ -85,7 +85,12 @@ pub fn router(grpc: Routes, limit: usize) -> axum::Router {
         );
         for prefix in routes::PREFIXES {
             let (grpc, method) = (grpc.clone(), method.clone());
-            let handler = move |body: Body| call(Grpc::new(grpc), method, body, limit);
+            // Answers are bounded by the services (as etcd's gateway, which
+            // lifts gRPC's client limit): no 4 MiB client cap here.
+            let handler = move |body: Body| {
+                let client = Grpc::new(grpc).max_decoding_message_size(usize::MAX);
+                call(client, method, body, limit)
+            };
             router = router.route(&format!("{prefix}{}", route.path), post(handler));
         }
     }
@@ -161,19 +166,29 @@ async fn bidi(
         }
     }
     let (tx, rx) = mpsc::channel::<DynamicMessage>(16);
-    for value in pending.drain(..) {
-        let _ = tx.try_send(json::from_value(&method.input, value)?);
-    }
     let input = method.input.clone();
-    // Later requests: forwarded until the body ends or one is malformed
-    // (either half-closes the stream), or the call ends.
+    let first = match pending.pop_front() {
+        Some(value) => Some(json::from_value(&input, value)?),
+        None => None,
+    };
+    // Later requests: forwarded, in order and with back-pressure, until
+    // the body ends or one is malformed (either half-closes the stream),
+    // or the call ends (the receiver is dropped).
     tokio::spawn(async move {
+        let forward = |value| json::from_value(&input, value).ok();
+        let mut queued: Vec<DynamicMessage> = first.into_iter().collect();
+        queued.extend(pending.into_iter().map_while(forward));
+        for msg in queued {
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
         while let Some(Ok(chunk)) = chunks.next().await {
             let Ok(parsed) = values.push(&chunk) else {
                 return;
             };
             for value in parsed {
-                let Ok(msg) = json::from_value(&input, value) else {
+                let Some(msg) = forward(value) else {
                     return;
                 };
                 if tx.send(msg).await.is_err() {
