@@ -14,7 +14,11 @@
 //! The error is etcd's: `etcdserver: mvcc: database space exceeded`
 //! (`ResourceExhausted`).
 
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
 use cairn_mvcc::Rejection;
+use parking_lot::Mutex;
 use tonic::Status;
 
 use crate::error::Error;
@@ -24,6 +28,9 @@ use crate::Context;
 pub const NOSPACE: i32 = 1;
 /// etcd's `AlarmType_CORRUPT`.
 pub const CORRUPT: i32 = 2;
+
+/// Members whose NOSPACE proposal is in flight.
+static RAISING: LazyLock<Mutex<HashSet<u64>>> = LazyLock::new(Default::default);
 
 /// etcd's name of an alarm type.
 pub fn alarm_name(alarm: i32) -> &'static str {
@@ -42,12 +49,14 @@ pub fn check(ctx: &Context, may_add: bool) -> Result<(), Status> {
     if !may_add || quota == 0 || ctx.node.data_size() <= quota {
         return Ok(());
     }
-    if !ctx.node.alarms().contains(&(ctx.node.id, NOSPACE)) {
+    // One proposal at a time per member, not one per refused write.
+    if !ctx.node.alarms().contains(&(ctx.node.id, NOSPACE)) && RAISING.lock().insert(ctx.node.id) {
         let node = ctx.node.clone();
         tokio::spawn(async move {
             if let Err(e) = node.alarm(true, node.id, NOSPACE).await {
                 tracing::warn!("raising the NOSPACE alarm: {e}");
             }
+            RAISING.lock().remove(&node.id);
         });
     }
     Err(Error::from(Rejection::NoSpace).into())
