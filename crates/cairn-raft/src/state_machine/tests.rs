@@ -396,3 +396,95 @@ fn lessor_decisions_apply_only_in_the_term_they_were_taken_in() {
     assert!(matches!(r[..], [Reply::Revision(_)]), "{r:?}");
     assert_eq!(remaining(&shared), None);
 }
+
+#[test]
+fn an_applied_record_written_before_alarms_still_decodes() {
+    use super::Applied;
+    let mut applied = Applied {
+        current_revision: 77,
+        compacted_revision: 5,
+        tso_high_water: 9,
+        ..Default::default()
+    };
+    // The old layout is the new one without its last field.
+    let new = crate::codec::encode(&applied).unwrap();
+    // postcard writes a struct as its fields in order, like a tuple.
+    let old = crate::codec::encode(&(
+        &applied.last_applied,
+        &applied.membership,
+        applied.current_revision,
+        applied.compacted_revision,
+        applied.tso_high_water,
+        &applied.members,
+        &applied.regions,
+    ))
+    .unwrap();
+    assert_eq!(&new[..old.len()], &old[..], "alarms is the last field");
+    let back = Applied::decode(&old).unwrap();
+    assert_eq!(back, applied);
+    applied.alarms.insert((3, super::ALARM_NOSPACE));
+    let with_alarm = crate::codec::encode(&applied).unwrap();
+    assert_eq!(Applied::decode(&with_alarm).unwrap(), applied);
+}
+
+#[test]
+fn nospace_refuses_writes_that_add_data_at_apply_and_lets_deletes_through() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (shared, _snapshots) = region(engine);
+    let mut sm = StateMachine::new(shared.clone());
+    let put = |i: u64| entry(i, puts(0, [(b"k".to_vec(), b"v".to_vec())]));
+    let alarm = |i: u64, activate: bool| {
+        entry(
+            i,
+            Command::Alarm {
+                activate,
+                member: 7,
+                alarm: super::ALARM_NOSPACE,
+            },
+        )
+    };
+    let delete = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestDeleteRange(
+                cairn_api::etcdserverpb::DeleteRangeRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        }],
+        ..Default::default()
+    };
+    let replies = block_on(sm.apply(vec![
+        put(1),
+        alarm(2, true),
+        alarm(3, true),
+        put(4),
+        entry(5, Command::LeaseGrant { id: 1, ttl: 10 }),
+        entry(
+            6,
+            Command::Txn {
+                ts: 0,
+                txn: delete.encode_to_vec(),
+            },
+        ),
+        alarm(7, false),
+        put(8),
+    ]))
+    .unwrap();
+    assert!(matches!(replies[0], Reply::Txn(_)));
+    assert_eq!(replies[1], Reply::Alarms(vec![(7, super::ALARM_NOSPACE)]));
+    assert_eq!(
+        replies[2],
+        Reply::Alarms(vec![]),
+        "raising twice changes nothing"
+    );
+    assert_eq!(replies[3], Reply::Rejected(Rejection::NoSpace));
+    assert_eq!(replies[4], Reply::Rejected(Rejection::NoSpace));
+    assert!(matches!(replies[5], Reply::Txn(_)), "a delete goes through");
+    assert_eq!(replies[6], Reply::Alarms(vec![(7, super::ALARM_NOSPACE)]));
+    assert!(
+        matches!(replies[7], Reply::Txn(_)),
+        "writes resume once disarmed"
+    );
+    assert!(shared.applied().alarms.is_empty());
+}
