@@ -205,9 +205,9 @@ def normalize(transcript):
     return lines
 
 
-def compare_etcdctl(etcd_eps, cairn_eps):
-    ref = normalize(session(etcd_eps))
-    got = normalize(session(cairn_eps))
+def compare_transcripts(ref, got, what):
+    """Prints every step where the normalized transcripts differ; True if
+    none does and they have the same length."""
     bad = 0
     for r, g in zip(ref, got):
         if r != g:
@@ -215,8 +215,12 @@ def compare_etcdctl(etcd_eps, cairn_eps):
             print(f"MISMATCH\n--- etcd\n{r}\n--- cairn\n{g}\n")
     if len(ref) != len(got):
         bad += 1
-    print(f"etcdctl session: {len(ref)} commands, {bad} mismatches")
+    print(f"{what}: {len(ref)} steps, {bad} mismatches")
     return bad == 0
+
+
+def compare_etcdctl(etcd_eps, cairn_eps):
+    return compare_transcripts(normalize(session(etcd_eps)), normalize(session(cairn_eps)), "etcdctl session")
 
 
 def cairn_only_checks(cairn_eps):

@@ -22,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import revision_ranks  # noqa: E402
+from compat import compare_transcripts, revision_ranks  # noqa: E402
 
 
 def b64(s):
@@ -199,17 +199,8 @@ def lock_key(field):
 
 
 def main():
-    ref = normalize(session(sys.argv[1]))
-    got = normalize(session(sys.argv[2]))
-    bad = 0
-    for r, g in zip(ref, got):
-        if r != g:
-            bad += 1
-            print(f"MISMATCH\n--- etcd\n{r}\n--- cairn\n{g}\n")
-    if len(ref) != len(got):
-        bad += 1
-    print(f"gateway session: {len(ref)} requests, {bad} mismatches")
-    sys.exit(1 if bad else 0)
+    ok = compare_transcripts(normalize(session(sys.argv[1])), normalize(session(sys.argv[2])), "gateway session")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import Procs, free_port, wait_ready  # noqa: E402
+from compat import Procs, compare_transcripts, free_port, wait_ready  # noqa: E402
 
 QUOTA = str(2_000_000)
 
@@ -93,13 +93,7 @@ def main():
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)
-    bad = 0
-    for r, g in zip(ref, got):
-        if r != g:
-            bad += 1
-            print(f"MISMATCH\n--- etcd\n{r}\n--- cairn\n{g}\n")
-    print(f"quota session: {len(ref)} steps, {bad} mismatches")
-    sys.exit(1 if bad or len(ref) != len(got) else 0)
+    sys.exit(0 if compare_transcripts(ref, got, "quota session") else 1)
 
 
 if __name__ == "__main__":
