@@ -25,6 +25,8 @@
 //!   partition traffic on the real transport.
 //! - [`failpoints`]: named crash points (log fsync, apply, snapshot,
 //!   compaction), compiled in only by the test feature `failpoints`.
+//! - [`metrics`]: the node's event instruments under etcd's metric names
+//!   (log fsync, backend commit, peer traffic, leader changes).
 //!
 //! Invariants: apply is deterministic (same log ⇒ same bytes on every
 //! replica; revisions derive only from the command and the applied state);
