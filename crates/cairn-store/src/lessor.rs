@@ -216,7 +216,12 @@ impl Lessor {
                 st.insert(r.id, r.ttl, now + secs(left), self.checkpoint_every);
             }
             st.term = term;
-            tracing::debug!(term, leases = st.leases.len(), "lessor primed");
+            tracing::debug!(
+                node = self.me,
+                term,
+                leases = st.leases.len(),
+                "lessor primed"
+            );
         }
         Some(st)
     }
@@ -260,6 +265,16 @@ impl Lessor {
             }
             let deadline = t.deadline.max(since + secs(rec.ttl));
             st.insert(id, rec.ttl, deadline, every);
+            tracing::debug!(
+                node = self.me,
+                term = st.term,
+                lease = format_args!("{id:x}"),
+                since_ms = since.elapsed().as_millis() as u64,
+                left_ms = deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64,
+                "lease renewed"
+            );
             (rec.ttl, rec.remaining > 0 || st.checkpoints_in_flight > 0)
         };
         if !clear {
@@ -333,7 +348,12 @@ impl Lessor {
             t.revoke_pending = true;
             st.expiry.insert((retry, id));
             if propose {
-                tracing::debug!(lease = id, "lease expired: revoking");
+                tracing::debug!(
+                    node = self.me,
+                    term = st.term,
+                    lease = format_args!("{id:x}"),
+                    "lease expired: revoking"
+                );
                 due.revoke.push(id);
             }
         }

@@ -56,8 +56,14 @@ pub struct KeepAlive {
     pub id: i64,
     pub ttl: i64,
     owed: Arc<Mutex<Instant>>,
+    acks: Acks,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The last few acknowledged renewals, `(sent, answered)`, for reports.
+type Acks = Arc<Mutex<std::collections::VecDeque<(Instant, Instant)>>>;
+/// How many renewals [`KeepAlive`] remembers.
+const ACKS_KEPT: usize = 6;
 
 impl KeepAlive {
     /// Grants a lease of `ttl` seconds and starts renewing it every third
@@ -71,11 +77,13 @@ impl KeepAlive {
             .map_err(|_| tonic::Status::deadline_exceeded("grant"))??
             .into_inner();
         let owed = Arc::new(Mutex::new(sent + Duration::from_secs(g.ttl as u64)));
-        let task = tokio::spawn(renew(ch, g.id, g.ttl, owed.clone()));
+        let acks: Acks = Arc::new(Mutex::new([(sent, Instant::now())].into()));
+        let task = tokio::spawn(renew(ch, g.id, g.ttl, owed.clone(), acks.clone()));
         Ok(Self {
             id: g.id,
             ttl: g.ttl,
             owed,
+            acks,
             task,
         })
     }
@@ -83,6 +91,11 @@ impl KeepAlive {
     /// Until when the server owes us the lease.
     pub fn owed_until(&self) -> Instant {
         *self.owed.lock()
+    }
+
+    /// The grant and the last few acknowledged renewals, `(sent, answered)`.
+    pub fn acks(&self) -> Vec<(Instant, Instant)> {
+        self.acks.lock().iter().copied().collect()
     }
 
     /// Stops renewing but keeps the handle (a client whose session died
@@ -109,7 +122,7 @@ impl KeepAlive {
 /// Renews `id` every `ttl / 3` over a KeepAlive stream. A request whose
 /// answer is late drops the stream (a late answer must not be taken for a
 /// later request's); an answer of TTL 0 (lease gone) ends renewing.
-async fn renew(ch: Channel, id: i64, ttl: i64, owed: Arc<Mutex<Instant>>) {
+async fn renew(ch: Channel, id: i64, ttl: i64, owed: Arc<Mutex<Instant>>, acks: Acks) {
     let every = Duration::from_millis(ttl as u64 * 1000 / 3);
     loop {
         let (tx, rx) = mpsc::channel(1);
@@ -131,6 +144,11 @@ async fn renew(ch: Channel, id: i64, ttl: i64, owed: Arc<Mutex<Instant>>) {
                 Ok(Ok(Some(r))) if r.ttl > 0 => {
                     let mut o = owed.lock();
                     *o = (*o).max(sent + Duration::from_secs(r.ttl as u64));
+                    let mut a = acks.lock();
+                    if a.len() == ACKS_KEPT {
+                        a.pop_front();
+                    }
+                    a.push_back((sent, Instant::now()));
                 }
                 Ok(Ok(Some(_))) => return, // the lease is gone
                 _ => break,
@@ -227,7 +245,8 @@ pub async fn run(
         .map(|(i, p)| {
             let mut order = endpoints.to_vec();
             order.rotate_left(i % endpoints.len().max(1));
-            tokio::spawn(observe(order, deadline + Duration::from_secs(5), p))
+            let span = (PREFIX.as_bytes().to_vec(), b"lz0".to_vec());
+            tokio::spawn(observe(order, span, deadline + Duration::from_secs(5), p))
         })
         .collect();
     let mut tasks = Vec::new();
@@ -362,10 +381,12 @@ async fn leftovers(endpoints: &[String]) -> Vec<String> {
     vec!["(no node answered the final read)".into()]
 }
 
-/// Watches `lz/` until `until`, resuming elsewhere after a failure; returns
-/// the deletes seen and how many restarts skipped history.
-async fn observe(
+/// Watches `span` (key, range end) until `until`, resuming elsewhere after
+/// a failure; returns the deletes seen and how many restarts skipped
+/// history.
+pub(super) async fn observe(
     endpoints: Vec<String>,
+    span: (Vec<u8>, Vec<u8>),
     until: Instant,
     progress: Arc<std::sync::atomic::AtomicI64>,
 ) -> (Vec<Deleted>, u32) {
@@ -379,8 +400,8 @@ async fn observe(
             continue;
         };
         w.create(WatchCreateRequest {
-            key: PREFIX.as_bytes().to_vec(),
-            range_end: b"lz0".to_vec(),
+            key: span.0.clone(),
+            range_end: span.1.clone(),
             start_revision: next_rev,
             ..Default::default()
         })

@@ -50,7 +50,7 @@ use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
-use super::leases::{channel, KeepAlive};
+use super::leases::{channel, observe, Deleted, KeepAlive};
 
 /// The lockers' lease TTL, seconds: at most the in-process checkpoint
 /// interval, so renewals need no Raft write and only the leadership check
@@ -84,6 +84,13 @@ pub struct Hold {
     pub fenced: Vec<i64>,
     /// What the post-grant read found wrong, if anything.
     pub wrong: Option<String>,
+    /// The locker's key and lease, and what it knew of the lease when the
+    /// section ended: owed until, and the last renewals `(sent, answered)`
+    /// — for reports.
+    pub key: String,
+    pub lease: i64,
+    pub owed: Instant,
+    pub acks: Vec<(Instant, Instant)>,
 }
 
 /// What the lockers did.
@@ -98,16 +105,31 @@ pub struct Outcome {
     /// Waits that ended in "session is expired" (the waiter's key vanished).
     pub expired: usize,
     pub attempts: usize,
+    /// Deletes of lock keys an observer saw (for reports).
+    pub deletes: Vec<Deleted>,
 }
 
-/// Runs `lockers` lockers on `locks` locks until `deadline`.
+/// The span of every lock's keys (locks are named `lk<n>`).
+const LOCK_KEYS: (&[u8], &[u8]) = (b"lk", b"ll");
+
+/// Runs `lockers` lockers on `locks` locks until `deadline`, with an
+/// observer of the lock keys' deletes; it keeps `progress` at the revision
+/// up to which it has seen every event.
 pub async fn run(
     endpoints: &[String],
     lockers: usize,
     locks: usize,
     seed: u64,
     deadline: Instant,
+    progress: Arc<std::sync::atomic::AtomicI64>,
 ) -> Outcome {
+    let span = (LOCK_KEYS.0.to_vec(), LOCK_KEYS.1.to_vec());
+    let observer = tokio::spawn(observe(
+        endpoints.to_vec(),
+        span,
+        deadline + Duration::from_secs(5),
+        progress,
+    ));
     let out = Arc::new(Mutex::new(Outcome::default()));
     let mut tasks = Vec::new();
     for i in 0..lockers {
@@ -127,9 +149,11 @@ pub async fn run(
     for t in tasks {
         let _ = t.await;
     }
-    Arc::try_unwrap(out)
+    let mut out = Arc::try_unwrap(out)
         .map(Mutex::into_inner)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    out.deletes = observer.await.map(|(d, _)| d).unwrap_or_default();
+    out
 }
 
 /// One acquisition, section and release. Errors just end the round.
@@ -283,6 +307,10 @@ async fn locker_round(
             ended,
             fenced,
             wrong,
+            key: String::from_utf8_lossy(&key).into_owned(),
+            lease,
+            owed: ka.owed_until(),
+            acks: ka.acks(),
         });
     }
     let release = async {
@@ -300,6 +328,46 @@ async fn locker_round(
     let _ = tokio::time::timeout(CALL, release).await;
     ka.revoke(ch).await;
     Ok(())
+}
+
+/// What is known about an overlap of `a`'s section with `b`'s hold, times
+/// relative to `b`'s grant: when `a`'s lease was owed until and renewed,
+/// and when the observer saw `a`'s key deleted.
+fn overlap_report(a: &Hold, b: &Hold, deletes: &[Deleted]) -> String {
+    let rel = |t: Instant| {
+        if t >= b.granted {
+            format!("+{} ms", (t - b.granted).as_millis())
+        } else {
+            format!("-{} ms", (b.granted - t).as_millis())
+        }
+    };
+    let wall = std::time::SystemTime::now()
+        .checked_sub(b.granted.elapsed())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    let acks: Vec<String> = a
+        .acks
+        .iter()
+        .map(|&(sent, got)| format!("sent {} answered {}", rel(sent), rel(got)))
+        .collect();
+    let gone: Vec<String> = deletes
+        .iter()
+        .filter(|d| d.key == a.key)
+        .map(|d| format!("revision {} seen {}", d.revision, rel(d.seen)))
+        .collect();
+    format!(
+        "  times relative to locker {}'s grant (unix {wall:.3}, revision {}): locker {} key {} lease {:x} granted {}, section ended {}, lease owed until {}; renewals [{}]; its key's delete [{}]",
+        b.locker,
+        b.began_rev,
+        a.locker,
+        a.key,
+        a.lease,
+        rel(a.granted),
+        rel(a.ended),
+        rel(a.owed),
+        acks.join("; "),
+        gone.join("; ")
+    )
 }
 
 fn prefix_range(prefix: &str) -> RangeRequest {
@@ -337,8 +405,10 @@ fn fenced_put(lock: &str, key: &[u8], token: i64, value: &str) -> TxnRequest {
     }
 }
 
-/// Checks mutual exclusion over every hold (see the module essay).
-pub fn check(holds: &[Hold]) -> Result<(), String> {
+/// Checks mutual exclusion over every hold (see the module essay);
+/// `deletes` (lock keys' deletes seen by the observer) only add detail to
+/// a report.
+pub fn check(holds: &[Hold], deletes: &[Deleted]) -> Result<(), String> {
     let mut by_lock: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
     for h in holds {
         if let Some(why) = &h.wrong {
@@ -361,12 +431,13 @@ pub fn check(holds: &[Hold]) -> Result<(), String> {
                 }
                 if b.granted <= a.ended {
                     return Err(format!(
-                        "lock {lock}: two holders at once — locker {} (token {}) was granted {:?} before locker {} (token {}) ended its section",
+                        "lock {lock}: two holders at once — locker {} (token {}) was granted {:?} before locker {} (token {}) ended its section\n{}",
                         b.locker,
                         b.token,
                         a.ended - b.granted,
                         a.locker,
-                        a.token
+                        a.token,
+                        overlap_report(a, b, deletes)
                     ));
                 }
                 if let Some(w) = a.fenced.iter().find(|&&w| w >= b.began_rev) {
@@ -396,6 +467,10 @@ mod tests {
             ended: t0 + Duration::from_millis(ended_ms),
             fenced: fenced.to_vec(),
             wrong: None,
+            key: format!("l/{token:x}"),
+            lease: token,
+            owed: t0,
+            acks: Vec::new(),
         }
     }
 
@@ -408,7 +483,7 @@ mod tests {
         a.ended = t0 + Duration::from_millis(100);
         b.granted = t0 + Duration::from_millis(150);
         b.ended = t0 + Duration::from_millis(300);
-        assert!(check(&[b, a]).is_ok());
+        assert!(check(&[b, a], &[]).is_ok());
     }
 
     #[test]
@@ -420,7 +495,9 @@ mod tests {
         a.ended = t0 + Duration::from_millis(200);
         b.granted = t0 + Duration::from_millis(150);
         b.ended = t0 + Duration::from_millis(300);
-        assert!(check(&[a, b]).unwrap_err().contains("two holders at once"));
+        assert!(check(&[a, b], &[])
+            .unwrap_err()
+            .contains("two holders at once"));
     }
 
     #[test]
@@ -432,13 +509,13 @@ mod tests {
         a.ended = t0 + Duration::from_millis(10);
         b.granted = t0 + Duration::from_millis(20);
         b.ended = t0 + Duration::from_millis(30);
-        assert!(check(&[a, b]).unwrap_err().contains("stale holder"));
+        assert!(check(&[a, b], &[]).unwrap_err().contains("stale holder"));
     }
 
     #[test]
     fn a_grant_with_a_contender_ahead_fails() {
         let mut a = hold(10, 0, 10, 11, &[]);
         a.wrong = Some("x".into());
-        assert!(check(&[a]).is_err());
+        assert!(check(&[a], &[]).is_err());
     }
 }

@@ -214,9 +214,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let lease_progress: Vec<Arc<AtomicI64>> = (0..endpoints.len())
         .map(|_| Arc::new(AtomicI64::new(0)))
         .collect();
+    let lock_progress = Arc::new(AtomicI64::new(0));
     let mut floors = vec![progress.clone()];
     if cfg.lease_clients > 0 {
         floors.extend(lease_progress.iter().cloned());
+    }
+    if cfg.lockers > 0 {
+        floors.push(lock_progress.clone());
     }
     let watcher = tokio::spawn(watch_check::follow(
         endpoints.clone(),
@@ -242,6 +246,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
                 cfg.locks.max(1),
                 cfg.seed,
                 deadline,
+                lock_progress,
             )
             .await
         })
@@ -270,7 +275,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         Some(t) => t.await?,
         None => leases::Outcome::default(),
     };
-    let (lock_check, lease_check) = (locks::check(&locks.holds), leases.check());
+    let (lock_check, lease_check) = (locks::check(&locks.holds, &locks.deletes), leases.check());
     for c in clients {
         c.await?;
     }
