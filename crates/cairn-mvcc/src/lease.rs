@@ -33,7 +33,7 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
         out.extend_from_slice(&self.ttl.to_be_bytes());
         out.extend_from_slice(&self.remaining.to_be_bytes());

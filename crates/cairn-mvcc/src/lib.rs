@@ -42,6 +42,7 @@ mod history;
 pub mod lease;
 mod range;
 mod record;
+pub mod snapshot;
 #[cfg(test)]
 mod test_rng;
 mod txn;

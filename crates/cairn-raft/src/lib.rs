@@ -48,7 +48,9 @@ pub use codec::{decode, encode};
 pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
-pub use state_machine::{Applied, FeedBatch, RegionKind, RegionShared, StateMachine};
+pub use state_machine::{
+    seed_restored, Applied, FeedBatch, RegionKind, RegionShared, StateMachine,
+};
 pub use types::{Command, MemberInfo, RegionDesc, Reply, TypeConfig};
 
 /// The openraft instance type for one region replica.

@@ -316,6 +316,31 @@ impl RegionShared {
     }
 }
 
+/// Records `revs` as the applied state of a region that has applied no
+/// log entry: a store restored from a backup (`cairn snapshot restore`),
+/// its data already in `engine`. Raft then starts from nothing on top of
+/// it, and the first entries applied continue from these revisions.
+pub fn seed_restored(
+    engine: &dyn cairn_storage::Engine,
+    region: u64,
+    revs: cairn_mvcc::Revisions,
+) -> crate::Result<()> {
+    if engine.get(&apply_key(region))?.is_some() {
+        return Err(crate::Error::Io(format!(
+            "region {region} already has applied state"
+        )));
+    }
+    let applied = Applied {
+        current_revision: revs.current,
+        compacted_revision: revs.compacted,
+        ..Applied::default()
+    };
+    let mut b = WriteBatch::new();
+    b.put(apply_key(region), encode(&applied)?);
+    engine.write(b, Durability::Sync)?;
+    Ok(())
+}
+
 fn apply_key(region: u64) -> Vec<u8> {
     Key::ApplyState {
         region,

@@ -18,6 +18,7 @@
 //! [`serve_client`] and [`serve_peer`] take an already-bound listener and a
 //! shutdown future, so tests bind port 0.
 
+mod backup;
 mod client_port;
 pub mod cluster;
 mod coord;

@@ -3,7 +3,8 @@
 //! member's checksum of its key history, see `cairn_mvcc::hash_kv`),
 //! `Defragment` (a major compaction of every LSM tree; reads and writes go
 //! on, the call returns when it is done), `Alarm` (list, activate,
-//! deactivate; replicated through the data region, see [`crate::quota`]).
+//! deactivate; replicated through the data region, see [`crate::quota`]),
+//! `Snapshot` (a backup in etcd's bbolt format, see [`crate::backup`]).
 //! The rest answer `Unimplemented` until built.
 
 use std::sync::Arc;
@@ -91,6 +92,15 @@ impl Maintenance for MaintenanceService {
             header: Some(self.ctx.header(self.ctx.node.revision())),
             hash: h.hash,
         }))
+    }
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<SnapshotResponse>>, Status> {
+        let backup = self.ctx.node.backup().await.map_err(Error::from)?;
+        let header = self.ctx.header(backup.revision);
+        Ok(Response::new(crate::backup::stream(backup, header)))
     }
 
     async fn defragment(

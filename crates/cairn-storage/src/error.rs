@@ -12,6 +12,9 @@ pub enum Error {
     /// A stored key or value could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A bbolt file (an etcd snapshot) could not be read or written.
+    #[error("{0}")]
+    Bolt(String),
 }
 
 /// Result alias for storage operations.

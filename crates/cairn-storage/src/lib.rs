@@ -25,6 +25,7 @@
 //! - A scan never crosses a keyspace boundary: callers scan within one space.
 //! - Everything here is synchronous and deterministic; no async, no clocks.
 
+pub mod bolt;
 pub mod conformance;
 mod engine;
 mod error;

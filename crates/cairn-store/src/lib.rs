@@ -25,6 +25,7 @@
 //! durable; its bytes are written only to send them (see
 //! `cairn_raft::snapshot_data`), installed as one atomic engine batch.
 
+mod backup;
 mod config;
 mod error;
 mod lessor;
@@ -38,6 +39,7 @@ mod span_pool;
 pub mod tso;
 pub mod watch_hub;
 
+pub use backup::{restore, Backup, Restored};
 pub use config::{cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig};
 pub use error::{Error, Result};
 pub use lessor::LeaseTtl;

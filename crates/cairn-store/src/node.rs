@@ -640,7 +640,7 @@ impl Node {
     /// A read view of `region` that reflects every write acknowledged before
     /// the call: read index from the leader, then wait until this replica
     /// has applied that far.
-    async fn linearizable_view(
+    pub(crate) async fn linearizable_view(
         &self,
         region: u64,
     ) -> Result<(Arc<dyn cairn_storage::Snapshot>, cairn_mvcc::Revisions)> {

@@ -6,11 +6,14 @@
 //!   bar` works right after one command.
 //! - `cairn bench` load-tests any etcd-API endpoint (etcd or Cairn) and
 //!   writes the side-by-side report (`crates/cairn-bench`).
+//! - `cairn snapshot restore` makes a new member's data directory from a
+//!   backup (`etcdctl snapshot save` of Cairn or of etcd).
 //! - `cairn torture` runs a recorded workload under faults and checks it;
 //!   `cairn check linearizable` checks any recorded history.
 
 mod dev;
 mod serve;
+mod snapshot;
 mod torture;
 mod urls;
 
@@ -36,6 +39,9 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// Load-test any etcd-API cluster (etcd's `benchmark`, plus a report).
     Bench(cairn_bench::BenchArgs),
+    /// Snapshot files (`restore`).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// Robustness run: recorded workload under faults, then checked.
     Torture(torture::TortureArgs),
     /// Check a recorded history (`linearizable HISTORY.jsonl`).
@@ -63,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Bench(a) => cairn_bench::run(a).await,
             Cmd::Torture(a) => torture::run(a).await,
             Cmd::Check(a) => torture::check(a),
+            Cmd::Snapshot(c) => snapshot::run(c),
         }
     })
 }

@@ -1,0 +1,90 @@
+//! Snapshots in etcd's format: the MVCC keyspace as the bbolt database etcd
+//! keeps, so a snapshot moves between Cairn and etcd in both directions.
+//!
+//! `etcdctl snapshot save` streams a member's database; etcd's is a bbolt
+//! file, and etcd's tools (`etcdctl snapshot status`, `snapshot restore`)
+//! read it as one. Cairn writes the same file from its own store
+//! ([`export`]): every stored version in the `key` bucket, the leases in
+//! `lease`, the compaction revision in `meta` — etcd's schema, so etcd can
+//! restore a Cairn snapshot, and `cairn snapshot restore` reads etcd's
+//! snapshots with the same code that reads Cairn's ([`import`]).
+//!
+//! etcd's schema (server/storage/schema, 3.4–3.6):
+//! - `key`: one entry per stored version, keyed by its revision — the
+//!   main revision (8 bytes, big-endian), `_`, the sub revision (8 bytes,
+//!   the op's place within its transaction) and, for a delete, a trailing
+//!   `t` — with the `mvccpb.KeyValue` as value (a delete's holds only the
+//!   key).
+//! - `lease`: lease ID (8 bytes, big-endian) → `leasepb.Lease` (ID, TTL,
+//!   remaining TTL of the last checkpoint).
+//! - `meta`: `finishedCompactRev` and `scheduledCompactRev` (a revision
+//!   key: main, `_`, sub 0) and `consistent_index` (8 bytes, big-endian).
+//! - `members`, `members_removed`, `alarm`, `auth*`, `cluster`: cluster
+//!   state that a restore replaces or that Cairn keeps elsewhere. Cairn
+//!   writes the two member buckets empty (etcd's restore clears them) and
+//!   reads none of them.
+//!
+//! Cairn gives each transaction one revision, as etcd does; within one, the
+//! sub revisions follow key order (etcd numbers ops in request order; only
+//! uniqueness matters to a reader). Revisions are Cairn's TSO timestamps,
+//! far above etcd's counters: both fit the 8-byte field, and a store
+//! restored from etcd continues above etcd's last revision.
+
+mod export;
+mod import;
+
+pub use export::export;
+pub use import::{import, Imported};
+
+/// Bucket names of etcd's schema.
+const KEY: &[u8] = b"key";
+const LEASE: &[u8] = b"lease";
+const META: &[u8] = b"meta";
+const MEMBERS: &[u8] = b"members";
+const MEMBERS_REMOVED: &[u8] = b"members_removed";
+const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
+const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+/// The suffix of a delete's revision key.
+const TOMBSTONE: u8 = b't';
+
+/// etcd's `leasepb.Lease`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdLease {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(int64, tag = "2")]
+    ttl: i64,
+    #[prost(int64, tag = "3")]
+    remaining_ttl: i64,
+}
+
+/// etcd's revision key: main, `_`, sub (and `t` for a delete).
+fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&main.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&sub.to_be_bytes());
+    if tombstone {
+        k.push(TOMBSTONE);
+    }
+    k
+}
+
+/// Main revision and delete mark of an etcd revision key.
+fn parse_rev_key(k: &[u8]) -> Option<(i64, bool)> {
+    let tombstone = match k.len() {
+        17 => false,
+        18 if k[17] == TOMBSTONE => true,
+        _ => return None,
+    };
+    (k[8] == b'_').then(|| {
+        (
+            i64::from_be_bytes(k[..8].try_into().expect("8 bytes")),
+            tombstone,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! Cairn's store → an etcd-format bbolt file.
+
+use std::io::{Seek, Write};
+
+use cairn_api::mvccpb::KeyValue;
+use cairn_storage::bolt::Writer;
+use cairn_storage::keys::{self, decode_by_revision, decode_version, Key};
+use cairn_storage::Snapshot;
+use prost::Message;
+
+use super::*;
+use crate::lease;
+use crate::record::Record;
+use crate::{Error, Result, Revisions};
+
+/// Writes the MVCC state in `view` (at `revs`) to `out` as etcd's bbolt
+/// database; returns `out` positioned after the last page.
+pub fn export<W: Write + Seek>(view: &dyn Snapshot, revs: Revisions, out: W) -> Result<W> {
+    let mut w = Writer::new(out)?;
+    w.bucket(KEY, versions(view)?)?;
+    let mut leases = lease::list(view)?;
+    leases.sort_by_key(|l| l.id);
+    w.bucket(
+        LEASE,
+        leases.into_iter().map(|l| {
+            let v = EtcdLease {
+                id: l.id,
+                ttl: l.ttl,
+                remaining_ttl: l.remaining,
+            };
+            Ok((l.id.to_be_bytes().to_vec(), v.encode_to_vec()))
+        }),
+    )?;
+    let mut meta = vec![(CONSISTENT_INDEX.to_vec(), 1u64.to_be_bytes().to_vec())];
+    if revs.compacted > 0 {
+        let at = rev_key(revs.compacted, 0, false);
+        meta.push((FINISHED_COMPACT.to_vec(), at.clone()));
+        meta.push((SCHEDULED_COMPACT.to_vec(), at));
+    }
+    w.bucket(META, meta.into_iter().map(Ok))?;
+    w.bucket(MEMBERS, std::iter::empty())?;
+    w.bucket(MEMBERS_REMOVED, std::iter::empty())?;
+    Ok(w.finish()?)
+}
+
+/// Entries of a bucket being written.
+type Entries<'a> = Box<dyn Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
+/// Every stored version as `key` bucket entries, in revision order: from
+/// the by-revision index when it is complete, else from a sort of every
+/// version's (revision, key).
+fn versions(
+    view: &dyn Snapshot,
+) -> Result<Entries<'_>> {
+    let order: Box<dyn Iterator<Item = Result<(i64, Vec<u8>)>>> =
+        if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
+            let (lo, hi) = keys::by_revision_range(0, i64::MAX);
+            Box::new(view.scan(lo, hi, false).map(|item| {
+                let (k, _) = item?;
+                let (rev, key) = decode_by_revision(&k)?;
+                Ok((rev, key.to_vec()))
+            }))
+        } else {
+            let (lo, hi) = keys::version_range(b"", None);
+            let mut all = Vec::new();
+            for item in view.scan(lo, hi, false) {
+                let (k, _) = item?;
+                let (key, rev) = decode_version(&k)?;
+                all.push((rev, key));
+            }
+            all.sort();
+            Box::new(all.into_iter().map(Ok))
+        };
+    let mut last_main = None;
+    let mut sub = 0i64;
+    Ok(Box::new(order.map(move |item| {
+        let (rev, key) = item.map_err(storage)?;
+        sub = if last_main == Some(rev) { sub + 1 } else { 0 };
+        last_main = Some(rev);
+        let stored = view
+            .get(
+                &Key::MvccVersion {
+                    key: &key,
+                    revision: rev,
+                }
+                .encode(),
+            )?
+            .ok_or_else(|| {
+                cairn_storage::Error::Corrupt(format!("indexed version {rev} of {key:?} missing"))
+            })?;
+        let (value, tombstone) = match Record::decode(&key, &stored).map_err(storage)? {
+            Record::Put(kv) => (kv.encode_to_vec(), false),
+            Record::Tombstone => (
+                KeyValue {
+                    key,
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+                true,
+            ),
+        };
+        Ok((rev_key(rev, sub, tombstone), value))
+    })))
+}
+
+/// The bbolt writer's iterators carry storage errors.
+fn storage(e: Error) -> cairn_storage::Error {
+    match e {
+        Error::Storage(s) => s,
+        other => cairn_storage::Error::Corrupt(other.to_string()),
+    }
+}
