@@ -49,9 +49,7 @@ type Entries<'a> = Box<dyn Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u
 /// Every stored version as `key` bucket entries, in revision order: from
 /// the by-revision index when it is complete, else from a sort of every
 /// version's (revision, key).
-fn versions(
-    view: &dyn Snapshot,
-) -> Result<Entries<'_>> {
+fn versions(view: &dyn Snapshot) -> Result<Entries<'_>> {
     let order: Box<dyn Iterator<Item = Result<(i64, Vec<u8>)>>> =
         if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
             let (lo, hi) = keys::by_revision_range(0, i64::MAX);

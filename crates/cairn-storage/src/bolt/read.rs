@@ -161,11 +161,7 @@ impl<R: ReadAt + ?Sized> Reader<R> {
 
     /// Calls `f` with every key and value of bucket `name`, in key order
     /// (nested buckets are skipped); false if there is no such bucket.
-    pub fn for_each(
-        &self,
-        name: &[u8],
-        f: &mut Entry<'_>,
-    ) -> Result<bool> {
+    pub fn for_each(&self, name: &[u8], f: &mut Entry<'_>) -> Result<bool> {
         let mut header = None;
         self.walk_id(self.root, 0, &mut |flags, k, v| {
             if flags & BUCKET_ELEMENT != 0 && k == name {
@@ -192,23 +188,13 @@ impl<R: ReadAt + ?Sized> Reader<R> {
         Ok(true)
     }
 
-    fn walk_id(
-        &self,
-        id: u64,
-        depth: usize,
-        f: &mut Visit<'_>,
-    ) -> Result<()> {
+    fn walk_id(&self, id: u64, depth: usize, f: &mut Visit<'_>) -> Result<()> {
         let page = self.page(id)?;
         self.walk_page(&page, depth, f)
     }
 
     /// Walks the tree under the page in `b` (leaf elements to `f`).
-    fn walk_page(
-        &self,
-        b: &[u8],
-        depth: usize,
-        f: &mut Visit<'_>,
-    ) -> Result<()> {
+    fn walk_page(&self, b: &[u8], depth: usize, f: &mut Visit<'_>) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(bad("tree too deep"));
         }
