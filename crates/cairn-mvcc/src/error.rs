@@ -47,6 +47,10 @@ pub enum Rejection {
     /// A write that adds data while the NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A write while the CORRUPT alarm is raised (members disagree on
+    /// their history).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 /// MVCC errors: rejections (deterministic) and storage failures (not).

@@ -92,6 +92,8 @@ struct AppliedBeforeAlarms {
 
 /// etcd's `AlarmType_NOSPACE`.
 pub const ALARM_NOSPACE: i32 = 1;
+/// etcd's `AlarmType_CORRUPT`.
+pub const ALARM_CORRUPT: i32 = 2;
 
 impl Applied {
     /// Decodes a stored record, of this layout or the one before alarms.
@@ -115,6 +117,13 @@ impl Applied {
     /// Whether writes that add data are refused (NOSPACE raised).
     pub fn no_space(&self) -> bool {
         self.alarms.iter().any(|&(_, a)| a == ALARM_NOSPACE)
+    }
+
+    /// Whether every write is refused (CORRUPT raised: etcd's corrupt
+    /// applier refuses puts, deletes, txns, compactions, lease grants and
+    /// revokes until the alarm is disarmed).
+    pub fn corrupt(&self) -> bool {
+        self.alarms.iter().any(|&(_, a)| a == ALARM_CORRUPT)
     }
 }
 
@@ -383,6 +392,18 @@ impl StateMachine {
                     replies.push(r);
                 }
                 Ok((overlay.into_batch(), Reply::Batch(replies)))
+            }
+            Command::Txn { .. }
+            | Command::Compact { .. }
+            | Command::LeaseGrant { .. }
+            | Command::LeaseRevoke { .. }
+            | Command::LeaseExpire { .. }
+                if state.corrupt() =>
+            {
+                Ok((
+                    WriteBatch::new(),
+                    Reply::Rejected(cairn_mvcc::Rejection::Corrupt),
+                ))
             }
             Command::Txn { ts, txn } => {
                 let req = match TxnRequest::decode(txn.as_slice()) {

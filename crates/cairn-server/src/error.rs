@@ -44,6 +44,7 @@ fn rejection_code(r: Rejection) -> Code {
         Rejection::LeaseExists => Code::FailedPrecondition,
         Rejection::LeaseTtlTooLarge => Code::OutOfRange,
         Rejection::NoSpace => Code::ResourceExhausted,
+        Rejection::Corrupt => Code::DataLoss,
     }
 }
 

@@ -71,17 +71,74 @@ pub type Restored = snapshot::Imported;
 /// Restores the etcd-format database `db` (its trailing checksum already
 /// checked or stripped by the caller; bytes after the last page are
 /// ignored) into a new member's `data_dir`, which must not exist yet.
+///
+/// All or nothing: the store is built in a sibling directory and renamed
+/// into place once complete, so a failed or interrupted restore leaves no
+/// `data_dir` for `cairn serve` to start on half-restored.
 pub fn restore(db: std::fs::File, data_dir: &Path) -> Result<Restored> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Internal(format!("{what}: {e}"));
     if data_dir.exists() {
         return Err(Error::Internal(format!(
             "data-dir {:?} exists",
             data_dir.display()
         )));
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| Error::Internal(e.to_string()))?;
-    let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(data_dir.join("db"))?);
     let reader = Reader::open(Box::new(db))?;
-    let got = snapshot::import(&reader, &*engine)?;
-    cairn_raft::seed_restored(&*engine, DATA_REGION, got.revisions)?;
-    Ok(got)
+    let name = data_dir
+        .file_name()
+        .ok_or_else(|| Error::Internal(format!("bad data-dir {:?}", data_dir.display())))?;
+    let building = data_dir.with_file_name(format!(".{}.restoring", name.to_string_lossy()));
+    if building.exists() {
+        // Left by an interrupted restore.
+        std::fs::remove_dir_all(&building).map_err(|e| fail("clearing", &e))?;
+    }
+    std::fs::create_dir_all(&building).map_err(|e| fail("creating", &e))?;
+    let built = (|| -> Result<Restored> {
+        let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(building.join("db"))?);
+        let got = snapshot::import(&reader, &*engine)?;
+        cairn_raft::seed_restored(&*engine, DATA_REGION, got.revisions)?;
+        Ok(got)
+    })();
+    match built {
+        Ok(got) => {
+            std::fs::rename(&building, data_dir).map_err(|e| fail("renaming", &e))?;
+            if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| fail("syncing", &e))?;
+            }
+            Ok(got)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, Write};
+
+    use cairn_storage::bolt::Writer;
+
+    use super::*;
+
+    #[test]
+    fn a_failed_restore_leaves_no_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bbolt file whose `key` bucket holds something that is not a
+        // revision: found only after some writes.
+        let mut w = Writer::new(tempfile::tempfile().unwrap()).unwrap();
+        w.bucket(b"key", [Ok((b"not a revision".to_vec(), b"x".to_vec()))])
+            .unwrap();
+        let mut file = w.finish().unwrap();
+        file.flush().unwrap();
+        file.rewind().unwrap();
+        let target = dir.path().join("m1.cairn");
+        let e = restore(file, &target).unwrap_err();
+        assert!(e.to_string().contains("revision key"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
 }

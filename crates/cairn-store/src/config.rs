@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// Serve linearizable reads on the leader under a read lease instead of
     /// a quorum round per batch (see `read_lease`); false: always a round.
     pub read_lease: bool,
+    /// How often the data region's leader compares every member's history
+    /// hash (etcd's `--experimental-corrupt-check-time`; zero: never).
+    pub corrupt_check_interval: std::time::Duration,
 }
 
 /// Parses etcd's `--initial-cluster` (`name=url,name=url`).

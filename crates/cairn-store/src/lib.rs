@@ -27,6 +27,7 @@
 
 mod backup;
 mod config;
+mod corruption;
 mod error;
 mod lessor;
 mod node;

@@ -249,6 +249,12 @@ impl Node {
         tokio::spawn(expire_leases(Arc::downgrade(&node)));
         tokio::spawn(colocate_tso(Arc::downgrade(&node)));
         tokio::spawn(snapshot_by_log_bytes(Arc::downgrade(&node)));
+        if !node.config.corrupt_check_interval.is_zero() {
+            tokio::spawn(crate::corruption::check_every(
+                Arc::downgrade(&node),
+                node.config.corrupt_check_interval,
+            ));
+        }
         for r in node.regions.values() {
             tokio::spawn(count_leader_changes(r.raft.metrics()));
         }
@@ -405,6 +411,10 @@ impl Node {
                 ))
             }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
+            ForwardOp::HashKv(revision) => {
+                let h = self.hash_kv_once_applied(revision).await?;
+                Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
+            }
         }
     }
 

@@ -28,6 +28,9 @@ pub enum ForwardOp {
     LeaseKeepAlive(i64),
     /// Read a lease's remaining TTL from the region leader's lessor.
     LeaseTimeToLive(i64),
+    /// This member's hash of its history up to a revision, once it has
+    /// applied that far (any member answers; the corruption check).
+    HashKv(i64),
 }
 
 /// The answer to a [`ForwardOp`].
@@ -41,6 +44,8 @@ pub enum ForwardOk {
     Ttl(i64),
     /// (remaining, granted, keys) of a lease, if it exists.
     TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
+    /// A member's history hash: (hash, revision, compaction revision).
+    Hash(u32, i64, i64),
 }
 
 /// The peer address of `node` according to `raft`'s membership.

@@ -160,6 +160,8 @@ impl InProcessCluster {
             snapshot_log_bytes: self.snapshot_log_bytes,
             lease_checkpoint_interval: std::time::Duration::from_secs(2),
             read_lease: true,
+            // Tests run `Node::check_corruption` themselves.
+            corrupt_check_interval: Duration::ZERO,
         };
         let node = start_node(config).await;
         let (ptx, prx) = oneshot::channel::<()>();

@@ -223,6 +223,7 @@ impl SingleNode {
             snapshot_log_bytes: 64 << 20,
             lease_checkpoint_interval: interval,
             read_lease: true,
+            corrupt_check_interval: Duration::ZERO,
         };
         Self::launch(config, peer).await
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_api::etcdserverpb::*;
+use cairn_api::mvccpb::KeyValue;
 use cairn_store::DATA_REGION;
 use cairn_testkit::InProcessCluster;
 use tonic::transport::{Channel, Endpoint};
@@ -275,7 +276,7 @@ async fn a_backup_taken_under_writes_is_the_store_at_one_revision() {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("k{:02}", i % 30).into_bytes();
-                if i % 7 == 0 {
+                if i.is_multiple_of(7) {
                     let _ = kv
                         .delete_range(DeleteRangeRequest {
                             key,
@@ -353,5 +354,119 @@ async fn a_backup_taken_under_writes_is_the_store_at_one_revision() {
     let back = cairn_mvcc::range(&*view, &all, restored.revisions).unwrap();
     assert_eq!(back.kvs, original.kvs);
     assert!(!back.kvs.is_empty());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_history_differs_gets_the_corrupt_alarm_and_writes_stop() {
+    use cairn_storage::keys::Key;
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut kv = c.kv(leader).await;
+    let mut at = 0;
+    for i in 0..20 {
+        at = kv
+            .put(PutRequest {
+                key: format!("k{i}").into_bytes(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+    }
+    let checker = c.node(leader);
+    assert_eq!(checker.check_corruption().await.unwrap(), Vec::<u64>::new());
+
+    // One follower's copy gains a version no other member has.
+    let victim = (leader + 1) % 3;
+    let engine = c
+        .node(victim)
+        .region(DATA_REGION)
+        .unwrap()
+        .shared
+        .engine()
+        .clone();
+    let bogus = Key::MvccVersion {
+        key: b"k0",
+        revision: at - 1,
+    }
+    .encode();
+    let record = cairn_mvcc::Record::Put(KeyValue {
+        value: b"flipped".to_vec(),
+        create_revision: at - 1,
+        mod_revision: at - 1,
+        version: 1,
+        ..Default::default()
+    });
+    let mut b = cairn_storage::WriteBatch::new();
+    b.put(bogus.clone(), record.encode());
+    engine.write(b, cairn_storage::Durability::Sync).unwrap();
+
+    assert_eq!(
+        checker.check_corruption().await.unwrap(),
+        vec![c.nodes[victim].id]
+    );
+    let alarms = maintenance(&c.nodes[leader].client_addr)
+        .alarm(AlarmRequest {
+            action: 0,
+            member_id: 0,
+            alarm: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert_eq!(
+        alarms,
+        vec![AlarmMember {
+            member_id: c.nodes[victim].id,
+            alarm: 2
+        }]
+    );
+    // Writes stop on every member, as etcd's corrupt applier does; reads go on.
+    let refused = kv
+        .put(PutRequest {
+            key: b"x".to_vec(),
+            value: b"y".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::DataLoss);
+    assert_eq!(refused.message(), "etcdserver: corrupt cluster");
+    let read = kv
+        .range(RangeRequest {
+            key: b"k1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.count, 1);
+
+    // Repaired, disarmed: writes again, and the check finds nothing.
+    let mut b = cairn_storage::WriteBatch::new();
+    b.delete(bogus);
+    engine.write(b, cairn_storage::Durability::Sync).unwrap();
+    maintenance(&c.nodes[leader].client_addr)
+        .alarm(AlarmRequest {
+            action: 2,
+            member_id: c.nodes[victim].id,
+            alarm: 2,
+        })
+        .await
+        .unwrap();
+    kv.put(PutRequest {
+        key: b"x".to_vec(),
+        value: b"y".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(checker.check_corruption().await.unwrap(), Vec::<u64>::new());
     c.shutdown().await;
 }

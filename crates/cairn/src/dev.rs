@@ -60,6 +60,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             lease_checkpoint_interval: std::time::Duration::from_secs(300),
             quota_backend_bytes: cairn_server::DEFAULT_QUOTA_BYTES,
             experimental_watch_progress_notify_interval: "10m".into(),
+            experimental_corrupt_check_time: std::time::Duration::from_secs(60),
         };
         nodes.push(serve::start(args).await?);
     }

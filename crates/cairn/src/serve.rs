@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Interval of progress notifications to idle watchers that ask for them (0 disables).
     #[arg(long, default_value = "10m")]
     pub experimental_watch_progress_notify_interval: String,
+    /// How often the leader compares every member's history hash and
+    /// raises the CORRUPT alarm on a member that differs (0s: never).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub experimental_corrupt_check_time: std::time::Duration,
     /// Log entries between snapshots.
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_count: u64,
@@ -131,6 +135,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         snapshot_log_bytes: a.snapshot_log_bytes,
         lease_checkpoint_interval: a.lease_checkpoint_interval,
         read_lease: a.read_lease,
+        corrupt_check_interval: a.experimental_corrupt_check_time,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;

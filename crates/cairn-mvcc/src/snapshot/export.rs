@@ -19,7 +19,9 @@ pub fn export<W: Write + Seek>(view: &dyn Snapshot, revs: Revisions, out: W) -> 
     let mut w = Writer::new(out)?;
     w.bucket(KEY, versions(view)?)?;
     let mut leases = lease::list(view)?;
-    leases.sort_by_key(|l| l.id);
+    // Bucket order is byte order: a negative ID's big-endian bytes sort
+    // after every positive one's.
+    leases.sort_by_key(|l| l.id as u64);
     w.bucket(
         LEASE,
         leases.into_iter().map(|l| {

@@ -157,7 +157,8 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
     w.put(Key::MvccByRevisionComplete.encode(), Vec::new())?;
     w.flush(Durability::Buffered)?;
     let mut revs = Revisions {
-        current: current.max(compacted),
+        // A store with no write yet is at revision 1, as a fresh one is.
+        current: current.max(compacted).max(1),
         compacted: 0,
     };
     if compacted > 0 {

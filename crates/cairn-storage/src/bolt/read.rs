@@ -1,6 +1,8 @@
 //! Reading a bbolt file: the meta pages, then buckets walked in key order.
 //! The file comes from a user, so every offset is checked: a damaged or
-//! foreign file is an error, never a panic or an endless walk.
+//! foreign file is an error, never a panic or an endless walk — the pages
+//! the meta claims must be in the file, arithmetic is checked, nothing is
+//! allocated past the file's size, and a walk visits each page once.
 
 use super::*;
 use crate::{Error, Result};
@@ -9,15 +11,24 @@ use crate::{Error, Result};
 pub trait ReadAt {
     /// Fills `buf` from `offset`; an error if the source is shorter.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    /// Bytes in the source.
+    fn size(&self) -> std::io::Result<u64>;
 }
 
 impl ReadAt for std::fs::File {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
     }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
 }
 
 impl ReadAt for [u8] {
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         match start
@@ -37,6 +48,23 @@ impl ReadAt for [u8] {
 type Visit<'a> = dyn FnMut(u32, &[u8], &[u8]) -> Result<()> + 'a;
 /// What [`Reader::for_each`] calls for each entry: key, value.
 pub type Entry<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
+
+/// The pages one walk has read: a bit per page of the file.
+struct Visited(Vec<u64>);
+
+impl Visited {
+    fn new(pages: u64) -> Self {
+        Visited(vec![0; pages.div_ceil(64) as usize])
+    }
+
+    /// True the first time `id` is asked about.
+    fn first_visit(&mut self, id: u64) -> bool {
+        let (word, bit) = ((id / 64) as usize, 1u64 << (id % 64));
+        let fresh = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        fresh
+    }
+}
 
 /// Deepest B+tree a reader follows (bbolt's trees are a few levels deep;
 /// a cycle in a damaged file stops here).
@@ -118,6 +146,16 @@ impl<R: ReadAt + ?Sized> Reader<R> {
             (Some(m), None) | (None, Some(m)) => m,
             (None, None) => return Err(bad("no valid meta page")),
         };
+        let size = src.size().map_err(bad)?;
+        if m.pages
+            .checked_mul(m.page_size as u64)
+            .is_none_or(|need| need > size)
+        {
+            return Err(bad(format!(
+                "{} pages of {} bytes claimed, {size} bytes in the file",
+                m.pages, m.page_size
+            )));
+        }
         Ok(Self {
             page_size: m.page_size,
             root: m.root,
@@ -126,18 +164,22 @@ impl<R: ReadAt + ?Sized> Reader<R> {
         })
     }
 
-    /// Reads page `id` with its overflow pages.
-    fn page(&self, id: u64) -> Result<Vec<u8>> {
+    /// Reads page `id` with its overflow pages, marking it visited.
+    fn page(&self, id: u64, seen: &mut Visited) -> Result<Vec<u8>> {
         if id < 2 || id >= self.pages {
             return Err(bad(format!("page {id} outside the file")));
         }
+        if !seen.first_visit(id) {
+            return Err(bad(format!("page {id} is reached twice")));
+        }
+        // In bounds: `pages * page_size` fits the file (checked at open).
         let at = id * self.page_size as u64;
         let mut head = [0u8; PAGE_HEADER];
         self.src
             .read_at(&mut head, at)
             .map_err(|e| bad(format!("page {id}: {e}")))?;
         let span = u64::from(u32_at(&head, 12)) + 1;
-        if id + span > self.pages {
+        if span > self.pages - id {
             return Err(bad(format!("page {id} overflows the file")));
         }
         let mut b = vec![0u8; (span as usize) * self.page_size];
@@ -150,7 +192,8 @@ impl<R: ReadAt + ?Sized> Reader<R> {
     /// The names of the top-level buckets, in order.
     pub fn buckets(&self) -> Result<Vec<Vec<u8>>> {
         let mut names = Vec::new();
-        self.walk_id(self.root, 0, &mut |flags, k, _| {
+        let mut seen = Visited::new(self.pages);
+        self.walk_id(self.root, 0, &mut seen, &mut |flags, k, _| {
             if flags & BUCKET_ELEMENT != 0 {
                 names.push(k.to_vec());
             }
@@ -163,7 +206,8 @@ impl<R: ReadAt + ?Sized> Reader<R> {
     /// (nested buckets are skipped); false if there is no such bucket.
     pub fn for_each(&self, name: &[u8], f: &mut Entry<'_>) -> Result<bool> {
         let mut header = None;
-        self.walk_id(self.root, 0, &mut |flags, k, v| {
+        let mut seen = Visited::new(self.pages);
+        self.walk_id(self.root, 0, &mut seen, &mut |flags, k, v| {
             if flags & BUCKET_ELEMENT != 0 && k == name {
                 header = Some(v.to_vec());
             }
@@ -179,22 +223,29 @@ impl<R: ReadAt + ?Sized> Reader<R> {
             }
             Ok(())
         };
+        let mut seen = Visited::new(self.pages);
         if root == 0 {
             // Inline: the bucket's one leaf page follows its header.
-            self.walk_page(&h[BUCKET_HEADER..], 0, &mut leaf)?;
+            self.walk_page(&h[BUCKET_HEADER..], 0, &mut seen, &mut leaf)?;
         } else {
-            self.walk_id(root, 0, &mut leaf)?;
+            self.walk_id(root, 0, &mut seen, &mut leaf)?;
         }
         Ok(true)
     }
 
-    fn walk_id(&self, id: u64, depth: usize, f: &mut Visit<'_>) -> Result<()> {
-        let page = self.page(id)?;
-        self.walk_page(&page, depth, f)
+    fn walk_id(&self, id: u64, depth: usize, seen: &mut Visited, f: &mut Visit<'_>) -> Result<()> {
+        let page = self.page(id, seen)?;
+        self.walk_page(&page, depth, seen, f)
     }
 
     /// Walks the tree under the page in `b` (leaf elements to `f`).
-    fn walk_page(&self, b: &[u8], depth: usize, f: &mut Visit<'_>) -> Result<()> {
+    fn walk_page(
+        &self,
+        b: &[u8],
+        depth: usize,
+        seen: &mut Visited,
+        f: &mut Visit<'_>,
+    ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(bad("tree too deep"));
         }
@@ -212,7 +263,7 @@ impl<R: ReadAt + ?Sized> Reader<R> {
             } else if flags & BRANCH != 0 {
                 let (pos, ksize) = (u32_at(e, 0) as usize, u32_at(e, 4) as usize);
                 slice(b, el + pos, ksize)?;
-                self.walk_id(u64_at(e, 8), depth + 1, f)?;
+                self.walk_id(u64_at(e, 8), depth + 1, seen, f)?;
             } else {
                 return Err(bad(format!("page of kind {flags:#x} inside a bucket")));
             }

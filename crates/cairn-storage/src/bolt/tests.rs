@@ -110,8 +110,8 @@ fn damaged_files_are_errors_not_panics() {
     w.bucket(b"k", entries).unwrap();
     let good = w.finish().unwrap().into_inner();
     assert!(Reader::open(vec![0u8; 100].into_boxed_slice()).is_err());
-    let cut = Reader::open(good[..PAGE_SIZE / 2].to_vec().into_boxed_slice()).unwrap();
-    assert!(cut.for_each(b"k", &mut |_, _| Ok(())).is_err());
+    // Shorter than the pages its meta claims: refused at open.
+    assert!(Reader::open(good[..good.len() - 1].to_vec().into_boxed_slice()).is_err());
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..300 {
         let mut bad = good.clone();
@@ -129,4 +129,37 @@ fn damaged_files_are_errors_not_panics() {
         };
         let _ = r.for_each(b"k", &mut |_, _| Ok(()));
     }
+}
+
+/// The page ids whose header has `flags`.
+fn pages_of(file: &[u8], flags: u16) -> Vec<usize> {
+    (3..file.len() / PAGE_SIZE)
+        .filter(|&i| u16_at(&file[i * PAGE_SIZE..], 8) == flags)
+        .collect()
+}
+
+#[test]
+fn a_cycle_or_a_huge_overflow_is_an_error_not_a_hang_or_an_allocation() {
+    let mut w = Writer::new(Cursor::new(Vec::new())).unwrap();
+    let entries: Vec<_> = (0..5000u32)
+        .map(|i| Ok((i.to_be_bytes().to_vec(), vec![1u8; 40])))
+        .collect();
+    w.bucket(b"k", entries).unwrap();
+    let good = w.finish().unwrap().into_inner();
+    // A branch page whose first child is itself.
+    let branch = pages_of(&good, BRANCH)[0];
+    let mut cyclic = good.clone();
+    let at = branch * PAGE_SIZE + PAGE_HEADER + 8;
+    cyclic[at..at + 8].copy_from_slice(&(branch as u64).to_le_bytes());
+    let r = open(cyclic);
+    let e = r.for_each(b"k", &mut |_, _| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    // A leaf claiming 2^32 overflow pages.
+    let leaf = pages_of(&good, LEAF)[0];
+    let mut huge = good.clone();
+    let at = leaf * PAGE_SIZE + 12;
+    huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let r = open(huge);
+    let e = r.for_each(b"k", &mut |_, _| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("overflows"), "{e}");
 }
