@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: unit, golden scripts, in-process clusters, multi-process
 # clusters, and real-client compatibility (which installs etcdctl, etcd and
-# protoc if missing), the short robustness set, then a smoke run of the
+# protoc if missing), Patroni failing PostgreSQL over (installs patroni and
+# PostgreSQL if missing), the short robustness set, then a smoke run of the
 # side-by-side benchmark.
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo test --workspace
 tests/compat/run.sh
+# A real HA tool on the JSON gateway: Patroni fails PostgreSQL over, on etcd
+# and on Cairn, losing no committed row.
+tests/patroni/run.sh
 # Robustness: seeded torture runs under faults, checked for linearizability
 # and watch guarantees, and the planted bug that must be caught.
 tests/robustness/run.sh

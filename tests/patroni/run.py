@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Patroni manages PostgreSQL failover on Cairn as it does on etcd.
+
+Three Patroni members (Debian's `patroni`, PostgreSQL 15, synchronous
+replication) keep their cluster state — leader key, member keys, the
+synchronous standby, the failover lock — in the store through its JSON
+gateway (Patroni's `etcd3` DCS speaks only HTTP). The run, once against a
+3-node Cairn and once against etcd:
+
+1. bootstrap: one member becomes leader, another its synchronous standby;
+2. 200 rows are committed on the leader, each in its own transaction
+   (synchronous commit: acknowledged only once on the standby too);
+3. the leader's Patroni and PostgreSQL are killed with SIGKILL;
+4. a remaining member must take the leader key and be promoted, and every
+   committed row must be on it; `patronictl list` must show the new leader.
+
+Usage: run.py CAIRN_BINARY   (etcd, patroni, PostgreSQL 15 installed)
+PostgreSQL refuses to run as root: as root, Patroni runs as `postgres`.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+ROWS = 200
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, log, user=None):
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        p = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        # Newest first: Patroni before the store it keeps its state in.
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def wait(what, pred, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def healthy(ep):
+    r = subprocess.run(["etcdctl", "--endpoints", ep, "--command-timeout=2s", "endpoint", "health"],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def start_etcd(procs, work):
+    c, p = free_port(), free_port()
+    procs.start(["etcd", "--name", "ref", "--data-dir", os.path.join(work, "etcd"),
+                 "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
+                 "--initial-cluster", f"ref=http://127.0.0.1:{p}"], os.path.join(work, "etcd.log"))
+    eps = [f"127.0.0.1:{c}"]
+    wait("etcd", lambda: healthy(eps[0]), 60)
+    return eps
+
+
+def start_cairn(procs, work, binary):
+    ports = [(free_port(), free_port()) for _ in range(3)]
+    initial = ",".join(f"c{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    for i, (c, p) in enumerate(ports):
+        procs.start([binary, "serve", "--name", f"c{i}", "--data-dir", os.path.join(work, f"c{i}"),
+                     "--listen-client-urls", f"http://127.0.0.1:{c}",
+                     "--listen-peer-urls", f"http://127.0.0.1:{p}",
+                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
+                     "--initial-cluster", initial], os.path.join(work, f"c{i}.log"))
+    eps = [f"127.0.0.1:{c}" for c, _ in ports]
+    for ep in eps:
+        wait(f"cairn {ep}", lambda: healthy(ep), 60)
+    return eps
+
+
+def patroni_config(work, name, hosts, rest, pg):
+    data = os.path.join(work, name)
+    cfg = {
+        "scope": "cairn-ha",
+        "namespace": "/service/",
+        "name": name,
+        "restapi": {"listen": f"127.0.0.1:{rest}", "connect_address": f"127.0.0.1:{rest}"},
+        "etcd3": {"hosts": hosts, "protocol": "http"},
+        "bootstrap": {
+            "dcs": {
+                "ttl": 10, "loop_wait": 1, "retry_timeout": 4,
+                "maximum_lag_on_failover": 1048576,
+                "synchronous_mode": True,
+                "postgresql": {"use_pg_rewind": False, "parameters": {
+                    "wal_level": "replica", "hot_standby": "on", "max_wal_senders": 10,
+                    "max_replication_slots": 10, "wal_keep_size": "64MB"}},
+            },
+            "initdb": [{"encoding": "UTF8"}],
+        },
+        "postgresql": {
+            "listen": f"127.0.0.1:{pg}",
+            "connect_address": f"127.0.0.1:{pg}",
+            "data_dir": data,
+            "bin_dir": PG_BIN,
+            "pgpass": os.path.join(work, f"{name}.pgpass"),
+            "authentication": {
+                "replication": {"username": "replicator", "password": "rep"},
+                "superuser": {"username": "postgres", "password": "sup"},
+            },
+            "parameters": {"unix_socket_directories": work, "shared_buffers": "16MB"},
+            "pg_hba": ["local all all trust", "host replication replicator 127.0.0.1/32 md5",
+                       "host all all 127.0.0.1/32 md5"],
+        },
+    }
+    path = os.path.join(work, f"{name}.yml")
+    with open(path, "w") as f:
+        json.dump(cfg, f)  # JSON is YAML
+    return path
+
+
+def rest(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+    except Exception:
+        return None, {}
+
+
+def psql(port, sql):
+    env = dict(os.environ, PGPASSWORD="sup", PGCONNECT_TIMEOUT="3")
+    return subprocess.run([f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres",
+                           "-tAc", sql], capture_output=True, text=True, env=env)
+
+
+def run_on(kind, hosts, work, procs, user):
+    """One Patroni session against `hosts`; returns a summary dict."""
+    members = []
+    for i in range(3):
+        name, r, pg = f"pg{i}", free_port(), free_port()
+        cfg = patroni_config(work, name, hosts, r, pg)
+        p = procs.start(["patroni", cfg], os.path.join(work, f"{name}.log"), user=user)
+        members.append({"name": name, "rest": r, "pg": pg, "proc": p, "cfg": cfg})
+
+    def leader():
+        for m in members:
+            if m["proc"].poll() is None and rest(m["rest"], "/leader")[0] == 200:
+                return m
+        return None
+
+    def sync_standby():
+        return any(rest(m["rest"], "/sync")[0] == 200 for m in members if m["proc"].poll() is None)
+
+    first = wait(f"{kind}: a leader", leader, 120)
+    wait(f"{kind}: a synchronous standby", sync_standby, 120)
+    r = psql(first["pg"], "create table rows (i int primary key)")
+    if r.returncode != 0:
+        raise SystemExit(f"{kind}: create table: {r.stderr}")
+    for i in range(ROWS):
+        r = psql(first["pg"], f"insert into rows values ({i})")
+        if r.returncode != 0:
+            raise SystemExit(f"{kind}: insert {i}: {r.stderr}")
+    # Kill the leader: Patroni and its PostgreSQL, as a crash would.
+    pidfile = os.path.join(work, first["name"], "postmaster.pid")
+    postmaster = int(open(pidfile).read().split()[0])
+    killed = time.time()
+    os.killpg(first["proc"].pid, signal.SIGKILL)
+    os.kill(postmaster, signal.SIGKILL)
+    first["proc"].wait()
+    second = wait(f"{kind}: a new leader", lambda: (m := leader()) and m is not first and m, 120)
+    took = time.time() - killed
+    count = wait(f"{kind}: the new leader to answer",
+                 lambda: (r := psql(second["pg"], "select count(*) from rows")).returncode == 0 and r.stdout.strip(),
+                 60)
+    listed = subprocess.run(["patronictl", "-c", second["cfg"], "list", "-f", "json"],
+                            capture_output=True, text=True)
+    roles = {m["Member"]: m["Role"] for m in json.loads(listed.stdout or "[]")}
+    return {"rows": int(count), "failover_s": round(took, 1), "new_leader_listed": roles.get(second["name"]) == "Leader",
+            "old": first["name"], "new": second["name"]}
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    user = "postgres" if os.geteuid() == 0 else None
+    ok = True
+    for kind in ["etcd", "cairn"]:
+        work = tempfile.mkdtemp(prefix=f"patroni-{kind}-")
+        os.chmod(work, 0o777)
+        procs = Procs()
+        try:
+            hosts = start_etcd(procs, work) if kind == "etcd" else start_cairn(procs, work, binary)
+            if user:
+                shutil.chown(work, user)
+            got = run_on(kind, hosts, work, procs, user)
+            good = got["rows"] == ROWS and got["new_leader_listed"]
+            print(f"{kind}: {'ok' if good else 'FAILED'}: {got}")
+            ok = ok and good
+        finally:
+            procs.stop()
+            if "--keep" in sys.argv:
+                print("kept", work)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
