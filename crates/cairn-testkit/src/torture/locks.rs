@@ -20,6 +20,14 @@
 //! 3. notes when its section ended (never after the lease is owed), then
 //!    unlocks (or resigns) and revokes its lease.
 //!
+//! A grant can reach its locker after the locker's lease stopped being
+//! owed (the answer was delayed, and the locker had stopped renewing while
+//! it waited): the server found the locker first while its key still
+//! existed, and the key has since expired, freeing the lock for the next
+//! in line. Such a locker runs no section — it knows its lease is gone —
+//! so its hold takes no time and cannot overlap another's; it is counted
+//! (`late`), and its post-grant read is still checked.
+//!
 //! One locker in four stops renewing its lease as soon as it has asked
 //! for the lock (its session dies while it waits), and one holder in four
 //! keeps the lock for longer than the lease TTL, so that waiters do outlive
@@ -82,6 +90,10 @@ pub struct Hold {
     pub ended: Instant,
     /// Revisions of the fenced writes that succeeded.
     pub fenced: Vec<i64>,
+    /// Whether the section ran (false: the grant came when the lease was
+    /// no longer owed, or about to stop being owed, so nothing was done
+    /// under the lock).
+    pub ran: bool,
     /// What the post-grant read found wrong, if anything.
     pub wrong: Option<String>,
     /// The locker's key and lease, and what it knew of the lease when the
@@ -271,10 +283,12 @@ async fn locker_round(
     if let Some((token, began_rev, wrong)) = result {
         let mut fenced = Vec::new();
         let mut ended = granted;
+        let mut ran = false;
         for n in 0..rng.usize(1..4) {
             if Instant::now() + MARGIN >= ka.owed_until() {
                 break;
             }
+            ran = true;
             let put = fenced_put(lock, &key, token, &format!("c{locker}-t{token}-{n}"));
             let answer = tokio::time::timeout(CALL, kv.txn(put)).await;
             // Whatever the write's fate, the locker held the lock until now
@@ -306,6 +320,7 @@ async fn locker_round(
             granted,
             ended,
             fenced,
+            ran,
             wrong,
             key: String::from_utf8_lossy(&key).into_owned(),
             lease,
@@ -417,7 +432,10 @@ pub fn check(holds: &[Hold], deletes: &[Deleted]) -> Result<(), String> {
                 h.lock, h.locker
             ));
         }
-        by_lock.entry(&h.lock).or_default().push(h);
+        // A hold whose section never ran did nothing under the lock.
+        if h.ran {
+            by_lock.entry(&h.lock).or_default().push(h);
+        }
     }
     for (lock, mut hs) in by_lock {
         hs.sort_by_key(|h| h.token);
@@ -466,6 +484,7 @@ mod tests {
             granted: t0 + Duration::from_millis(granted_ms),
             ended: t0 + Duration::from_millis(ended_ms),
             fenced: fenced.to_vec(),
+            ran: true,
             wrong: None,
             key: format!("l/{token:x}"),
             lease: token,
@@ -495,6 +514,26 @@ mod tests {
         a.ended = t0 + Duration::from_millis(200);
         b.granted = t0 + Duration::from_millis(150);
         b.ended = t0 + Duration::from_millis(300);
+        assert!(check(&[a, b], &[])
+            .unwrap_err()
+            .contains("two holders at once"));
+    }
+
+    #[test]
+    fn a_grant_that_came_after_the_lease_was_due_takes_no_time() {
+        // The earlier contender's grant reached it late, when its lease was
+        // no longer owed: it ran no section, so the next holder's earlier
+        // grant is no overlap — unless that section had run.
+        let t0 = Instant::now();
+        let mut a = hold(10, 0, 0, 11, &[]);
+        let mut b = hold(20, 0, 0, 21, &[22]);
+        a.granted = t0 + Duration::from_millis(500);
+        a.ended = a.granted;
+        a.ran = false;
+        b.granted = t0;
+        b.ended = t0 + Duration::from_millis(100);
+        assert!(check(&[a.clone(), b.clone()], &[]).is_ok());
+        a.ran = true;
         assert!(check(&[a, b], &[])
             .unwrap_err()
             .contains("two holders at once"));

@@ -154,11 +154,12 @@ impl Report {
         };
         let l = &self.locks;
         s += &format!(
-            "locks: {} attempts, {} holds ({} fenced writes, {} refused), {} grants lost their key before the section, {} waiters told their session expired\n",
+            "locks: {} attempts, {} holds ({} fenced writes, {} refused), {} grants came after the lease was due (no section), {} grants lost their key before the section, {} waiters told their session expired\n",
             l.attempts,
             l.holds.len(),
             l.holds.iter().map(|h| h.fenced.len()).sum::<usize>(),
             l.fenced_out,
+            l.holds.iter().filter(|h| !h.ran).count(),
             l.lost,
             l.expired,
         );
