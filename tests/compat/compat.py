@@ -40,18 +40,24 @@ def free_port():
 
 
 class Procs:
+    """Processes started for a test, each in its own process group (so a
+    kill takes its children too: Patroni's PostgreSQL), killed newest first
+    (clients of a store before the store)."""
+
     def __init__(self):
         self.procs = []
 
-    def start(self, argv, log):
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    def start(self, argv, log, user=None):
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        p = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
         return p
 
     def stop(self):
-        for p in self.procs:
+        for p in reversed(self.procs):
             if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
 
 
@@ -62,6 +68,18 @@ def wait_ready(endpoint, timeout=60):
                            capture_output=True, text=True)
         if r.returncode == 0:
             subprocess.run(["etcdctl", "--endpoints", endpoint, "del", "__ready"], capture_output=True)
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"endpoint {endpoint} never became ready")
+
+
+def wait_healthy(endpoint, timeout=60):
+    """Ready, without writing anything (revisions stay as they are)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = subprocess.run(["etcdctl", "--endpoints", endpoint, "--command-timeout=2s", "endpoint", "health"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
             return
         time.sleep(0.3)
     raise SystemExit(f"endpoint {endpoint} never became ready")

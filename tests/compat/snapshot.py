@@ -21,22 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compat import Procs, free_port  # noqa: E402
-
-
-def wait_ready(ep, timeout=60):
-    """Ready without writing (so revisions stay as restored)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = subprocess.run(["etcdctl", "--endpoints", ep, "--command-timeout=2s", "endpoint", "health"],
-                           capture_output=True, text=True)
-        if r.returncode == 0:
-            return
-        time.sleep(0.3)
-    raise SystemExit(f"endpoint {ep} never became ready")
+from compat import wait_healthy as wait_ready  # noqa: E402
 
 
 def ctl(ep, *args, stdin=None, check=True):

@@ -21,42 +21,25 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "compat"))
+from compat import Procs, free_port, start_cairn, start_etcd, wait_healthy  # noqa: E402
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 ROWS = 200
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Procs:
-    def __init__(self):
-        self.procs = []
-
-    def start(self, argv, log, user=None):
-        if user:
-            argv = ["runuser", "-u", user, "--", *argv]
-        p = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def stop(self):
-        # Newest first: Patroni before the store it keeps its state in.
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+def start_store(kind, procs, work, binary):
+    """A fresh etcd, or a fresh 3-node Cairn; its client endpoints, ready."""
+    eps = start_etcd(procs, work) if kind == "etcd" else start_cairn(procs, work, binary)
+    for ep in eps:
+        wait_healthy(ep)
+    return eps
 
 
 def wait(what, pred, timeout):
@@ -67,38 +50,6 @@ def wait(what, pred, timeout):
             return got
         time.sleep(0.5)
     raise SystemExit(f"timed out waiting for {what}")
-
-
-def healthy(ep):
-    r = subprocess.run(["etcdctl", "--endpoints", ep, "--command-timeout=2s", "endpoint", "health"],
-                       capture_output=True, text=True)
-    return r.returncode == 0
-
-
-def start_etcd(procs, work):
-    c, p = free_port(), free_port()
-    procs.start(["etcd", "--name", "ref", "--data-dir", os.path.join(work, "etcd"),
-                 "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                 "--initial-cluster", f"ref=http://127.0.0.1:{p}"], os.path.join(work, "etcd.log"))
-    eps = [f"127.0.0.1:{c}"]
-    wait("etcd", lambda: healthy(eps[0]), 60)
-    return eps
-
-
-def start_cairn(procs, work, binary):
-    ports = [(free_port(), free_port()) for _ in range(3)]
-    initial = ",".join(f"c{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
-    for i, (c, p) in enumerate(ports):
-        procs.start([binary, "serve", "--name", f"c{i}", "--data-dir", os.path.join(work, f"c{i}"),
-                     "--listen-client-urls", f"http://127.0.0.1:{c}",
-                     "--listen-peer-urls", f"http://127.0.0.1:{p}",
-                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                     "--initial-cluster", initial], os.path.join(work, f"c{i}.log"))
-    eps = [f"127.0.0.1:{c}" for c, _ in ports]
-    for ep in eps:
-        wait(f"cairn {ep}", lambda: healthy(ep), 60)
-    return eps
 
 
 def patroni_config(work, name, hosts, rest, pg):
@@ -212,7 +163,7 @@ def main():
         os.chmod(work, 0o777)
         procs = Procs()
         try:
-            hosts = start_etcd(procs, work) if kind == "etcd" else start_cairn(procs, work, binary)
+            hosts = start_store(kind, procs, work, binary)
             if user:
                 shutil.chown(work, user)
             got = run_on(kind, hosts, work, procs, user)
