@@ -60,6 +60,8 @@ pub fn to_status(e: Error) -> Status {
         Error::Store(S::Timeout) => Code::Unavailable,
         Error::Store(S::Stopped) => Code::Unavailable,
         Error::Store(S::Internal(_)) => Code::Internal,
+        Error::Store(S::BadLeaderTransferee) => Code::FailedPrecondition,
+        Error::Store(S::LeaderTransferTimeout) => Code::Unavailable,
     };
     Status::new(code, e.to_string())
 }

@@ -4,7 +4,8 @@
 //! `Defragment` (a major compaction of every LSM tree; reads and writes go
 //! on, the call returns when it is done), `Alarm` (list, activate,
 //! deactivate; replicated through the data region, see [`crate::quota`]),
-//! `Snapshot` (a backup in etcd's bbolt format, see [`crate::backup`]).
+//! `Snapshot` (a backup in etcd's bbolt format, see [`crate::backup`]),
+//! `MoveLeader` (see `cairn_store`'s `transfer`).
 //! The rest answer `Unimplemented` until built.
 
 use std::sync::Arc;
@@ -101,6 +102,23 @@ impl Maintenance for MaintenanceService {
         let backup = self.ctx.node.backup().await.map_err(Error::from)?;
         let header = self.ctx.header(backup.revision);
         Ok(Response::new(crate::backup::stream(backup, header)))
+    }
+
+    /// etcd's `MoveLeader`: on the leader only (`etcdserver: not leader`
+    /// elsewhere, as etcdctl expects: it asks the leader's endpoint).
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        self.ctx
+            .node
+            .move_leader(target)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.ctx.header(self.ctx.node.revision())),
+        }))
     }
 
     async fn defragment(

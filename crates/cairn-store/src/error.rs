@@ -28,6 +28,12 @@ pub enum Error {
     /// Something failed inside the node (storage, codec).
     #[error("etcdserver: internal error: {0}")]
     Internal(String),
+    /// MoveLeader named a member that cannot lead (not a voter).
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader did not see the new leader elected in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
 }
 
 impl Error {

@@ -37,6 +37,7 @@ mod read_batch;
 mod read_lease;
 mod remote;
 mod span_pool;
+mod transfer;
 pub mod tso;
 pub mod watch_hub;
 

@@ -46,11 +46,11 @@ pub struct Region {
     pub raft: Raft,
     /// Applied state shared with the state machine.
     pub shared: Arc<RegionShared>,
-    proposer: Proposer,
+    pub(crate) proposer: Proposer,
     /// Read-index rounds this replica runs as leader (local and forwarded reads).
     leader_reads: ReadIndexBatcher,
     /// The leader's read lease, if this region takes one.
-    lease: Option<Arc<ReadLease>>,
+    pub(crate) lease: Option<Arc<ReadLease>>,
     /// Read indexes this node's linearizable reads obtain (via the leader).
     reads: ReadIndexBatcher,
     /// Bytes appended to this replica's log (see [`snapshot_by_log_bytes`]).
@@ -411,6 +411,14 @@ impl Node {
                 ))
             }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
+            ForwardOp::Campaign => {
+                r.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                Ok(ForwardOk::Done)
+            }
             ForwardOp::HashKv(revision) => {
                 let h = self.hash_kv_once_applied(revision).await?;
                 Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))

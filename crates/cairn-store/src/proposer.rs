@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use cairn_raft::{Command, Raft, Reply};
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::{Error, Result};
 
@@ -48,6 +48,9 @@ pub type TimestampSource =
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    /// While true, queued proposals wait (a leader handing over, see
+    /// `transfer`): the log stops growing so the new leader can catch up.
+    hold: Arc<watch::Sender<bool>>,
 }
 
 const MAX_GROUP: usize = 4096;
@@ -174,9 +177,15 @@ impl Proposer {
     /// Starts the proposer of `raft`.
     pub fn start(raft: Raft, timestamps: TimestampSource) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
+        let (hold, mut held) = watch::channel(false);
         tokio::spawn(async move {
             let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_GROUPS));
             while let Some(first) = rx.recv().await {
+                while *held.borrow_and_update() {
+                    if held.changed().await.is_err() {
+                        break;
+                    }
+                }
                 // Wait for a free pipeline slot *before* draining the queue:
                 // while earlier groups are being made durable and replicated,
                 // new requests pile up and join this group.
@@ -247,7 +256,16 @@ impl Proposer {
                 propose_txns(&raft, txns, &slot).await;
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            hold: Arc::new(hold),
+        }
+    }
+
+    /// Holds (true) or releases (false) every proposal not yet handed to
+    /// Raft; held ones wait in order and go once released.
+    pub fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
     }
 
     /// Proposes and waits for the applied reply.

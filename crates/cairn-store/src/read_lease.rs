@@ -33,9 +33,12 @@
 //! What the lease assumes: the nodes' monotonic clocks run at the same rate
 //! within a factor of four over a second — not that they agree on the time.
 //! It breaks if something triggers an election by hand (`trigger().elect()`
-//! skips the candidate's own lease): that is done only on the meta region
-//! (`colocate_tso`), which therefore takes no lease. `--read-lease false`
-//! turns leases off (every batch runs a round, as etcd does).
+//! skips the candidate's own lease) while the leader holds a lease: that is
+//! done on the meta region (`colocate_tso`), which therefore takes no lease,
+//! and by MoveLeader on the data region, which first stops this leader from
+//! using or taking leases and waits until the last one has run out
+//! ([`ReadLease::hand_over`], `transfer`). `--read-lease false` turns leases
+//! off (every batch runs a round, as etcd does).
 //!
 //! A read that finds the lease lapsed runs the round and renews it, so a
 //! steady stream of reads pays one round per `READ_LEASE`.
@@ -59,6 +62,9 @@ pub const READ_LEASE: Duration = Duration::from_millis(250);
 pub struct ReadLease {
     id: u64,
     held: Mutex<Option<Held>>,
+    /// Handing leadership over (`transfer`): no lease is used or taken, so
+    /// none is valid by the time another member is asked to campaign.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 /// What a successful round proved.
@@ -75,7 +81,24 @@ impl ReadLease {
         Self {
             id,
             held: Mutex::new(None),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops (true) or resumes (false) serving and taking leases; stopping
+    /// drops the one held. Every read meanwhile runs a quorum round.
+    pub fn hand_over(&self, on: bool) {
+        self.handing_over
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            if let Ok(mut h) = self.held.lock() {
+                *h = None;
+            }
+        }
+    }
+
+    fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A read index from a quorum round, or from the lease when it holds.
@@ -89,6 +112,9 @@ impl ReadLease {
     /// The leader's commit index if the lease holds and this node still
     /// leads with the vote and membership the lease was taken under.
     pub async fn leased_index(&self, raft: &Raft) -> Result<Option<u64>> {
+        if self.handing_over() {
+            return Ok(None);
+        }
         let held = match self.held.lock().map(|h| *h) {
             Ok(Some(h)) if Instant::now() < h.until => h,
             _ => return Ok(None),
@@ -117,7 +143,10 @@ impl ReadLease {
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
         let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;
-        if vote.is_committed() && vote.leader_id().voted_for() == Some(self.id) {
+        if vote.is_committed()
+            && vote.leader_id().voted_for() == Some(self.id)
+            && !self.handing_over()
+        {
             if let Ok(mut h) = self.held.lock() {
                 *h = Some(Held {
                     vote,

@@ -31,6 +31,8 @@ pub enum ForwardOp {
     /// This member's hash of its history up to a revision, once it has
     /// applied that far (any member answers; the corruption check).
     HashKv(i64),
+    /// Campaign for the region now (the leader hands over; MoveLeader).
+    Campaign,
 }
 
 /// The answer to a [`ForwardOp`].
@@ -46,6 +48,8 @@ pub enum ForwardOk {
     TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
     /// A member's history hash: (hash, revision, compaction revision).
     Hash(u32, i64, i64),
+    /// Done, nothing to report.
+    Done,
 }
 
 /// The peer address of `node` according to `raft`'s membership.

@@ -470,3 +470,106 @@ async fn a_member_whose_history_differs_gets_the_corrupt_alarm_and_writes_stop()
     assert_eq!(checker.check_corruption().await.unwrap(), Vec::<u64>::new());
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_leader_hands_leadership_to_the_named_member_losing_no_write() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let target = (leader + 1) % 3;
+    let id = |i: usize| c.nodes[i].id;
+    let m = |i: usize| maintenance(&c.nodes[i].client_addr);
+
+    // Refused as etcd refuses: on a follower, and for an unknown member.
+    let e = m(target)
+        .move_leader(MoveLeaderRequest {
+            target_id: id(target),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::FailedPrecondition, "etcdserver: not leader")
+    );
+    let e = m(leader)
+        .move_leader(MoveLeaderRequest { target_id: 12345 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "etcdserver: bad leader transferee");
+
+    // Writes go on through the third member while leadership moves twice.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, mut kv) = (stop.clone(), c.kv((leader + 2) % 3).await);
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{i:05}").into_bytes();
+                if kv
+                    .put(PutRequest {
+                        key: key.clone(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+                {
+                    acked.push(key);
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    m(leader)
+        .move_leader(MoveLeaderRequest {
+            target_id: id(target),
+        })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut seen = 0;
+        for _ in 0..100 {
+            seen = m(i)
+                .status(StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .leader;
+            if seen == id(target) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(seen, id(target), "member {i} sees another leader");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    m(target)
+        .move_leader(MoveLeaderRequest {
+            target_id: id(leader),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 20, "only {} writes", acked.len());
+    let mut kv = c.kv(leader).await;
+    let all = kv
+        .range(RangeRequest {
+            key: b"w".to_vec(),
+            range_end: b"x".to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stored: std::collections::HashSet<Vec<u8>> = all.kvs.into_iter().map(|kv| kv.key).collect();
+    assert!(
+        acked.iter().all(|k| stored.contains(k)),
+        "an acknowledged write is missing"
+    );
+    c.shutdown().await;
+}

@@ -20,7 +20,7 @@ use clap::{Args, Subcommand, ValueEnum};
 /// Which cluster a torture run uses.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterKind {
-    /// Nodes in this process (faults: partition, partition-leader, drop, crash, crash-leader).
+    /// Nodes in this process (faults: partition, partition-leader, drop, delay, crash, crash-leader, move-leader).
     Inprocess,
     /// `cairn serve` processes (faults: kill, kill-leader, kill-all, pause).
     Process,

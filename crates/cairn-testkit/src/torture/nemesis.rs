@@ -27,6 +27,9 @@ pub enum Fault {
     Crash,
     /// Crash the leader and restart it.
     CrashLeader,
+    /// Move the data region's leadership to another member (MoveLeader,
+    /// in-process) while the workload runs.
+    MoveLeader,
     /// Crash every node at once, then restart them all (processes).
     CrashAll,
     /// SIGSTOP a random node, later SIGCONT (processes).
@@ -62,6 +65,7 @@ impl Fault {
                     Fault::Delay,
                     Fault::Crash,
                     Fault::CrashLeader,
+                    Fault::MoveLeader,
                 ]),
                 "none" => {}
                 "partition" => out.push(Fault::Partition),
@@ -72,6 +76,7 @@ impl Fault {
                 "crash-leader" | "kill-leader" => out.push(Fault::CrashLeader),
                 "crash-all" | "kill-all" => out.push(Fault::CrashAll),
                 "pause" => out.push(Fault::Pause),
+                "move-leader" => out.push(Fault::MoveLeader),
                 "failpoint" => out.push(Fault::Failpoint(None)),
                 other if other.starts_with("failpoint:") => {
                     let name = &other["failpoint:".len()..];
@@ -88,7 +93,11 @@ impl Fault {
         }
         for f in &out {
             let ok = match f {
-                Fault::Partition | Fault::PartitionLeader | Fault::Drop | Fault::Delay => !process,
+                Fault::Partition
+                | Fault::PartitionLeader
+                | Fault::Drop
+                | Fault::Delay
+                | Fault::MoveLeader => !process,
                 Fault::CrashAll | Fault::Pause => process,
                 Fault::Crash | Fault::CrashLeader => true,
                 Fault::Failpoint(_) => {
@@ -238,6 +247,21 @@ impl Target {
                 let max = rng.u32(20..400);
                 c.delay_messages(max);
                 (format!("delay peer messages by 0..{max} ms"), vec![])
+            }
+            (Fault::MoveLeader, Target::InProcess(_)) if n < 2 => {
+                ("move leader: a single node".into(), vec![])
+            }
+            (Fault::MoveLeader, Target::InProcess(c)) => {
+                let to = (leader + 1 + rng.usize(0..n - 1)) % n;
+                let answer = c.node(leader).move_leader(c.nodes[to].id).await;
+                let how = match answer {
+                    Ok(()) => "done".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                (
+                    format!("move leader (node {leader} to node {to}): {how}"),
+                    vec![],
+                )
             }
             (Fault::Crash, _) => {
                 self.crash(random).await;

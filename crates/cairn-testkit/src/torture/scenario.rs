@@ -118,6 +118,16 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
     },
     Scenario {
+        name: "leader-moved-under-load",
+        guards: "a leadership hand-over (MoveLeader) that leaves the old leader serving lease reads, or renewing leases, after the new one is elected; a write held during it lost",
+        process: false,
+        nemesis: "move-leader",
+        compact_every: Some(Duration::from_secs(1)),
+        snapshot_count: 1_000,
+        fault_hold: None,
+        lease_ttl: Some((2, 2)),
+    },
+    Scenario {
         name: "stale-read-partitioned-member",
         guards: "stale reads served by a partitioned member",
         process: false,

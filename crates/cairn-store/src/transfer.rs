@@ -1,0 +1,133 @@
+//! MoveLeader: the data region's leader hands leadership to a member the
+//! operator names (etcd's `etcdctl move-leader`).
+//!
+//! openraft 0.9 has no leader transfer, and an election forced on another
+//! member (`trigger().elect()`) skips that member's own vote lease, which is
+//! what makes leader read leases safe (see [`crate::read_lease`]). So the
+//! leader prepares the hand-over so that no lease is left to break:
+//!
+//! 1. it stops serving and taking read leases (every read meanwhile runs a
+//!    quorum round, which proves leadership at that moment), and holds new
+//!    proposals (they wait, in order, and go to whoever leads next), so its
+//!    log stops growing;
+//! 2. it waits until the target has every entry it has (so the target's
+//!    log is at least as long as anyone's and it can win) and until any
+//!    lease it held has run out ([`READ_LEASE`] after it was dropped);
+//! 3. once its own vote is older than openraft's `leader_lease` (a member
+//!    refuses votes within it of its last vote change, the leader too, so
+//!    a leader elected a moment ago waits up to a second), it asks the
+//!    target to campaign. The old leader grants the vote and steps down;
+//!    with three members that is a majority. Its lessor
+//!    stops with its leadership; the new leader counts every lease's TTL
+//!    again from its election, as after any election;
+//! 4. it waits for the target to lead, then releases what it held: held
+//!    proposals are refused with `NotLeader` and retried at the new leader.
+//!
+//! If the target does not lead within [`TRANSFER_TIMEOUT`] (it could not
+//! catch up, or another member won the election), the call fails with
+//! etcd's "leader transfer took too long"; whoever leads then serves on.
+//! With five or more members the target also needs a vote from a follower
+//! whose lease has run out, so a transfer may take an election timeout or
+//! end elsewhere.
+
+use std::time::{Duration, Instant};
+
+use crate::node::{Node, DATA_REGION};
+use crate::read_lease::READ_LEASE;
+use crate::remote::{self, ForwardOp};
+use crate::{Error, Result};
+
+/// How long a transfer may take before it is reported as failed.
+pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Releases what a hand-over held, however it ends.
+struct Handing<'a>(&'a crate::node::Region);
+
+impl Drop for Handing<'_> {
+    fn drop(&mut self) {
+        self.0.proposer.hold(false);
+        if let Some(l) = &self.0.lease {
+            l.hand_over(false);
+        }
+    }
+}
+
+impl Node {
+    /// Whether this member's vote is older than openraft's `leader_lease`,
+    /// so it grants a vote to a candidate with a log as long as its own.
+    async fn grants_votes(&self, r: &crate::node::Region) -> bool {
+        let lease = Duration::from_millis(cairn_raft::raft_config("").election_timeout_max);
+        r.raft
+            .with_raft_state(move |st| {
+                st.vote_last_modified()
+                    .is_none_or(|at| at.elapsed() > lease + Duration::from_millis(50))
+            })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Moves the data region's leadership to member `target` (see the
+    /// module essay). Must be called on the leader.
+    pub async fn move_leader(&self, target: u64) -> Result<()> {
+        let r = self.region(DATA_REGION)?;
+        let (leader, voters) = {
+            let m = r.raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            (m.current_leader, voters)
+        };
+        if leader != Some(self.id) {
+            return Err(Error::NotLeader { leader });
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        if !voters.contains(&target) {
+            return Err(Error::BadLeaderTransferee);
+        }
+        let dropped = Instant::now();
+        let _handing = Handing(r);
+        if let Some(l) = &r.lease {
+            l.hand_over(true);
+        }
+        r.proposer.hold(true);
+        let deadline = dropped + TRANSFER_TIMEOUT;
+        // When the target was last asked to campaign (again if an election
+        // it started came to nothing and this node still leads).
+        let mut asked: Option<Instant> = None;
+        loop {
+            let (leader, caught_up) = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                let last = m.last_log_index;
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|p| p.get(&target).copied().flatten())
+                    .map(|l| l.index);
+                (m.current_leader, last.is_some() && matched == last)
+            };
+            if leader == Some(target) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::LeaderTransferTimeout);
+            }
+            let due = asked.is_none_or(|at| at.elapsed() > Duration::from_secs(1));
+            if due
+                && caught_up
+                && dropped.elapsed() > READ_LEASE
+                && leader == Some(self.id)
+                && self.grants_votes(r).await
+            {
+                asked = Some(Instant::now());
+                let op = ForwardOp::Campaign;
+                if let Err(e) = remote::forward(&self.pool, &r.raft, target, DATA_REGION, &op).await
+                {
+                    tracing::warn!(target, "move-leader: the target did not campaign: {e}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
