@@ -261,6 +261,37 @@ def cairn_only_checks(cairn_eps):
         print("endpoint status wrong:", e, r.stderr)
         ok = False
     print("member list / endpoint status:", "ok" if ok else "FAILED")
+    return move_leader(ep) and ok
+
+
+def leader_of(ep):
+    r = subprocess.run(["etcdctl", "--endpoints", ep, "endpoint", "status", "-w", "json"], capture_output=True, text=True)
+    st = json.loads(r.stdout)
+    return st[0]["Status"]["leader"], [s["Status"]["header"]["member_id"] for s in st]
+
+
+def move_leader(ep):
+    """`etcdctl move-leader` as an operator runs it: etcdctl finds the
+    leader among the endpoints and asks it to hand over to the named member;
+    every member then reports that one as leader."""
+    try:
+        leader, ids = leader_of(ep)
+        target = next(i for i in ids if i != leader)
+        r = subprocess.run(["etcdctl", "--endpoints", ep, "move-leader", f"{target:x}"], capture_output=True, text=True)
+        said = f"Leadership transferred from {leader:x} to {target:x}" in r.stdout
+        now = None
+        for _ in range(50):
+            now, _ = leader_of(ep)
+            if now == target:
+                break
+            time.sleep(0.1)
+        ok = r.returncode == 0 and said and now == target
+        if not ok:
+            print("move-leader:", r.stdout, r.stderr, "leader now", now)
+    except Exception as e:  # noqa: BLE001
+        print("move-leader failed:", e)
+        ok = False
+    print("etcdctl move-leader:", "ok" if ok else "FAILED")
     return ok
 
 
