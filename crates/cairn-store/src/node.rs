@@ -94,6 +94,8 @@ pub struct Node {
     /// Set once by [`Node::shutdown`]; waits that hold the node (lock
     /// waiters, observers) end on it, so a stopped node's engine is freed.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// One MoveLeader at a time (see `transfer`).
+    pub(crate) transferring: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -243,6 +245,7 @@ impl Node {
                 lessor,
                 spans: SpanPool::default(),
                 stopped: tokio::sync::watch::channel(false).0,
+                transferring: tokio::sync::Mutex::new(()),
             }
         });
         tokio::spawn(publish_self(Arc::downgrade(&node)));
@@ -411,12 +414,25 @@ impl Node {
                 ))
             }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
-            ForwardOp::Campaign => {
-                r.raft
-                    .trigger()
-                    .elect()
+            ForwardOp::Campaign { term, leader } => {
+                // Only while the leader that asked still leads in that term
+                // as far as this member knows: a late request must not
+                // force an election on a leader that gave up the hand-over.
+                let vote = r
+                    .raft
+                    .with_raft_state(|st| *st.vote_ref())
                     .await
                     .map_err(|e| Error::Internal(e.to_string()))?;
+                let same = vote.is_committed()
+                    && vote.leader_id().get_term() == term
+                    && vote.leader_id().voted_for() == Some(leader);
+                if same {
+                    r.raft
+                        .trigger()
+                        .elect()
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                }
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKv(revision) => {

@@ -37,7 +37,7 @@
 //! done on the meta region (`colocate_tso`), which therefore takes no lease,
 //! and by MoveLeader on the data region, which first stops this leader from
 //! using or taking leases and waits until the last one has run out
-//! ([`ReadLease::hand_over`], `transfer`). `--read-lease false` turns leases
+//! ([`ReadLease::pause`], `transfer`). `--read-lease false` turns leases
 //! off (every batch runs a round, as etcd does).
 //!
 //! A read that finds the lease lapsed runs the round and renews it, so a
@@ -61,10 +61,20 @@ pub const READ_LEASE: Duration = Duration::from_millis(250);
 /// One region replica's lease.
 pub struct ReadLease {
     id: u64,
-    held: Mutex<Option<Held>>,
-    /// Handing leadership over (`transfer`): no lease is used or taken, so
-    /// none is valid by the time another member is asked to campaign.
-    handing_over: std::sync::atomic::AtomicBool,
+    state: Mutex<State>,
+}
+
+/// The lease and what stops it, under one lock.
+#[derive(Default)]
+struct State {
+    held: Option<Held>,
+    /// Leadership hand-overs under way (`transfer`): no lease is used or
+    /// taken while any is.
+    paused: u32,
+    /// After a hand-over that asked another member to campaign and did not
+    /// see it win, no lease is taken from a round that started before this
+    /// (a late campaign must not meet a valid lease).
+    not_before: Option<Instant>,
 }
 
 /// What a successful round proved.
@@ -80,25 +90,27 @@ impl ReadLease {
     pub fn new(id: u64) -> Self {
         Self {
             id,
-            held: Mutex::new(None),
-            handing_over: std::sync::atomic::AtomicBool::new(false),
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// Stops (true) or resumes (false) serving and taking leases; stopping
-    /// drops the one held. Every read meanwhile runs a quorum round.
-    pub fn hand_over(&self, on: bool) {
-        self.handing_over
-            .store(on, std::sync::atomic::Ordering::SeqCst);
-        if on {
-            if let Ok(mut h) = self.held.lock() {
-                *h = None;
-            }
+    /// Stops serving and taking leases (a hand-over begins) and drops the
+    /// one held; every read meanwhile runs a quorum round. Undone by
+    /// [`ReadLease::resume`].
+    pub fn pause(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.paused += 1;
+            s.held = None;
         }
     }
 
-    fn handing_over(&self) -> bool {
-        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+    /// Ends one [`ReadLease::pause`]; no lease is then taken from a round
+    /// that started before `not_before`.
+    pub fn resume(&self, not_before: Instant) {
+        if let Ok(mut s) = self.state.lock() {
+            s.paused = s.paused.saturating_sub(1);
+            s.not_before = s.not_before.max(Some(not_before));
+        }
     }
 
     /// A read index from a quorum round, or from the lease when it holds.
@@ -112,11 +124,8 @@ impl ReadLease {
     /// The leader's commit index if the lease holds and this node still
     /// leads with the vote and membership the lease was taken under.
     pub async fn leased_index(&self, raft: &Raft) -> Result<Option<u64>> {
-        if self.handing_over() {
-            return Ok(None);
-        }
-        let held = match self.held.lock().map(|h| *h) {
-            Ok(Some(h)) if Instant::now() < h.until => h,
+        let held = match self.state.lock().map(|s| (s.paused, s.held)) {
+            Ok((0, Some(h))) if Instant::now() < h.until => h,
             _ => return Ok(None),
         };
         raft.with_raft_state(move |st| {
@@ -143,16 +152,15 @@ impl ReadLease {
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
         let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;
-        if vote.is_committed()
-            && vote.leader_id().voted_for() == Some(self.id)
-            && !self.handing_over()
-        {
-            if let Ok(mut h) = self.held.lock() {
-                *h = Some(Held {
-                    vote,
-                    membership,
-                    until: t0 + READ_LEASE,
-                });
+        if vote.is_committed() && vote.leader_id().voted_for() == Some(self.id) {
+            if let Ok(mut s) = self.state.lock() {
+                if s.paused == 0 && s.not_before.is_none_or(|nb| t0 >= nb) {
+                    s.held = Some(Held {
+                        vote,
+                        membership,
+                        until: t0 + READ_LEASE,
+                    });
+                }
             }
         }
         Ok(read.map_or(0, |l| l.index))

@@ -31,8 +31,9 @@ pub enum ForwardOp {
     /// This member's hash of its history up to a revision, once it has
     /// applied that far (any member answers; the corruption check).
     HashKv(i64),
-    /// Campaign for the region now (the leader hands over; MoveLeader).
-    Campaign,
+    /// Campaign for the region now, if the member still follows `leader`
+    /// in `term` (the leader hands over; MoveLeader).
+    Campaign { term: u64, leader: u64 },
 }
 
 /// The answer to a [`ForwardOp`].

@@ -23,14 +23,22 @@
 //! 4. it waits for the target to lead, then releases what it held: held
 //!    proposals are refused with `NotLeader` and retried at the new leader.
 //!
-//! If the target does not lead within [`TRANSFER_TIMEOUT`] (it could not
-//! catch up, or another member won the election), the call fails with
-//! etcd's "leader transfer took too long"; whoever leads then serves on.
+//! The request to campaign names the leader and its term, and the target
+//! campaigns only while it still follows that leader in that term. If the
+//! target does not lead within [`TRANSFER_TIMEOUT`] (it could not catch
+//! up, or another member won the election), the call fails with etcd's
+//! "leader transfer took too long" and whoever leads serves on — but a
+//! leader that is still the one and asked for a campaign takes no read
+//! lease from a round begun within [`LATE_CAMPAIGN`] of its last ask, so a
+//! request that arrives late cannot force an election past a valid lease.
+//! Transfers run one at a time.
 //! With five or more members the target also needs a vote from a follower
 //! whose lease has run out, so a transfer may take an election timeout or
 //! end elsewhere.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::node::{Node, DATA_REGION};
 use crate::read_lease::READ_LEASE;
@@ -39,15 +47,31 @@ use crate::{Error, Result};
 
 /// How long a transfer may take before it is reported as failed.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request to campaign may take to reach the target.
+const CAMPAIGN_CALL: Duration = Duration::from_secs(1);
+/// After a failed hand-over that asked the target to campaign: how long
+/// from the last ask until leases are taken again (the ask may still
+/// arrive; every lease must have run out by then, see the module essay).
+const LATE_CAMPAIGN: Duration = Duration::from_millis(CAMPAIGN_CALL.as_millis() as u64 + 500);
 
-/// Releases what a hand-over held, however it ends.
-struct Handing<'a>(&'a crate::node::Region);
+/// Releases what a hand-over held, however it ends (error, timeout, the
+/// caller gone).
+struct Handing<'a> {
+    region: &'a crate::node::Region,
+    /// When the target was last asked to campaign, and whether it won.
+    asked: Option<Instant>,
+    won: bool,
+}
 
 impl Drop for Handing<'_> {
     fn drop(&mut self) {
-        self.0.proposer.hold(false);
-        if let Some(l) = &self.0.lease {
-            l.hand_over(false);
+        self.region.proposer.hold(false);
+        if let Some(l) = &self.region.lease {
+            let not_before = match (self.asked, self.won) {
+                (Some(at), false) => at + LATE_CAMPAIGN,
+                _ => Instant::now(),
+            };
+            l.resume(not_before);
         }
     }
 }
@@ -69,12 +93,13 @@ impl Node {
     /// Moves the data region's leadership to member `target` (see the
     /// module essay). Must be called on the leader.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
+        let _one_at_a_time = self.transferring.lock().await;
         let r = self.region(DATA_REGION)?;
-        let (leader, voters) = {
+        let (leader, term, voters) = {
             let m = r.raft.metrics();
             let m = m.borrow();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            (m.current_leader, voters)
+            (m.current_leader, m.current_term, voters)
         };
         if leader != Some(self.id) {
             return Err(Error::NotLeader { leader });
@@ -85,18 +110,19 @@ impl Node {
         if !voters.contains(&target) {
             return Err(Error::BadLeaderTransferee);
         }
-        let dropped = Instant::now();
-        let _handing = Handing(r);
         if let Some(l) = &r.lease {
-            l.hand_over(true);
+            l.pause();
         }
         r.proposer.hold(true);
+        let mut handing = Handing {
+            region: r,
+            asked: None,
+            won: false,
+        };
+        let dropped = Instant::now();
         let deadline = dropped + TRANSFER_TIMEOUT;
-        // When the target was last asked to campaign (again if an election
-        // it started came to nothing and this node still leads).
-        let mut asked: Option<Instant> = None;
         loop {
-            let (leader, caught_up) = {
+            let (leader, now_term, caught_up) = {
                 let m = r.raft.metrics();
                 let m = m.borrow();
                 let last = m.last_log_index;
@@ -105,26 +131,39 @@ impl Node {
                     .as_ref()
                     .and_then(|p| p.get(&target).copied().flatten())
                     .map(|l| l.index);
-                (m.current_leader, last.is_some() && matched == last)
+                (
+                    m.current_leader,
+                    m.current_term,
+                    last.is_some() && matched == last,
+                )
             };
             if leader == Some(target) {
+                handing.won = true;
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.is_stopped() {
                 return Err(Error::LeaderTransferTimeout);
             }
-            let due = asked.is_none_or(|at| at.elapsed() > Duration::from_secs(1));
+            let due = handing
+                .asked
+                .is_none_or(|at| at.elapsed() > Duration::from_secs(1));
             if due
                 && caught_up
                 && dropped.elapsed() > READ_LEASE
                 && leader == Some(self.id)
+                && now_term == term
                 && self.grants_votes(r).await
             {
-                asked = Some(Instant::now());
-                let op = ForwardOp::Campaign;
-                if let Err(e) = remote::forward(&self.pool, &r.raft, target, DATA_REGION, &op).await
-                {
-                    tracing::warn!(target, "move-leader: the target did not campaign: {e}");
+                handing.asked = Some(Instant::now());
+                let op = ForwardOp::Campaign {
+                    term,
+                    leader: self.id,
+                };
+                let ask = remote::forward(&self.pool, &r.raft, target, DATA_REGION, &op);
+                match tokio::time::timeout(CAMPAIGN_CALL, ask).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(target, "move-leader: no campaign: {e}"),
+                    Err(_) => tracing::warn!(target, "move-leader: no answer to campaign"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
