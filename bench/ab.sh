@@ -16,15 +16,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NODES=${NODES:-3}; ROUNDS=${ROUNDS:-4}; ONLY=${CASES:-.}
 RESULTS=${RESULTS:-$ROOT/target/bench/ab-$(date -u +%Y%m%dT%H%M%S).jsonl}
 mkdir -p "$(dirname "$RESULTS")"
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# WORK, PIDS (killed on exit) and port().
+# shellcheck source=bench/cluster.sh
+source "$ROOT/bench/cluster.sh"
 
 # start NAME BINARY -> sets ENDPOINTS_<NAME>
 start() {
