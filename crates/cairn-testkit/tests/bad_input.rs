@@ -265,10 +265,13 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
     );
     let mut m = MaintenanceClient::new(ch);
     assert_eq!(
-        m.move_leader(MoveLeaderRequest { target_id: 1 })
-            .await
-            .unwrap_err()
-            .code(),
+        m.downgrade(DowngradeRequest {
+            action: 0,
+            version: "3.5".into(),
+        })
+        .await
+        .unwrap_err()
+        .code(),
         Code::Unimplemented
     );
     c.shutdown().await;
