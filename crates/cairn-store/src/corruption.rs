@@ -16,6 +16,10 @@
 //!
 //! A member that does not answer in time is skipped for that round: the
 //! check looks for members that disagree, not for members that are down.
+//!
+//! At start-up (etcd's `--experimental-initial-corrupt-check`) a member
+//! compares its own hash with every reachable peer's at its own revision
+//! before it serves clients, and refuses to start if one differs.
 
 use std::collections::HashMap;
 use std::sync::Weak;
@@ -95,6 +99,50 @@ impl Node {
             }
         }
         Ok(corrupt)
+    }
+}
+
+impl Node {
+    /// The start-up check (see the module essay): an error naming the first
+    /// peer whose history differs from this member's at this member's
+    /// revision. Peers that do not answer, or hashed over another
+    /// compaction, are skipped.
+    pub async fn initial_corruption_check(&self) -> Result<()> {
+        let r = self.region(DATA_REGION)?;
+        // Raft learns the membership (and so the peers' addresses) from its
+        // log as it starts; a member of a new cluster has none until it is
+        // initialized, and has nothing to compare then.
+        let deadline = Instant::now() + APPLY_WAIT;
+        let voters: Vec<u64> = loop {
+            let voters: Vec<u64> = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                m.membership_config.membership().voter_ids().collect()
+            };
+            if !voters.is_empty() || Instant::now() >= deadline {
+                break voters;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mine = self.hash_kv(0).await?;
+        for peer in voters.into_iter().filter(|&p| p != self.id) {
+            let op = ForwardOp::HashKv(mine.revision);
+            let ask = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op);
+            match tokio::time::timeout(APPLY_WAIT + Duration::from_secs(1), ask).await {
+                Ok(Ok(ForwardOk::Hash(hash, _, compacted))) if compacted == mine.compacted => {
+                    if hash != mine.hash {
+                        return Err(Error::Internal(format!(
+                            "found data inconsistency with peers: member {peer:x} hashes revision {} as {hash}, this member as {}",
+                            mine.revision, mine.hash
+                        )));
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(peer, "initial corruption check: no hash: {e}"),
+                Err(_) => tracing::warn!(peer, "initial corruption check: no answer"),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -99,6 +99,11 @@ impl ProcessCluster {
         m.child = Some(child);
     }
 
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
     /// `127.0.0.1:port` of member `i`'s client endpoint.
     pub fn client_addr(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.members[i].client_port)

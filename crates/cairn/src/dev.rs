@@ -61,6 +61,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             quota_backend_bytes: cairn_server::DEFAULT_QUOTA_BYTES,
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_corrupt_check_time: std::time::Duration::from_secs(60),
+            experimental_initial_corrupt_check: false,
         };
         nodes.push(serve::start(args).await?);
     }

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Interval of progress notifications to idle watchers that ask for them (0 disables).
     #[arg(long, default_value = "10m")]
     pub experimental_watch_progress_notify_interval: String,
+    /// Before serving clients, compare this member's history hash with the
+    /// peers' and refuse to start if one differs.
+    #[arg(long)]
+    pub experimental_initial_corrupt_check: bool,
     /// How often the leader compares every member's history hash and
     /// raises the CORRUPT alarm on a member that differs (0s: never).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -139,6 +143,11 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;
+    if a.experimental_initial_corrupt_check {
+        node.initial_corruption_check()
+            .await
+            .map_err(|e| anyhow::anyhow!("initial corruption check: {e}"))?;
+    }
 
     for l in peer_listeners {
         let n = node.clone();

@@ -139,3 +139,59 @@ async fn paused_leader_is_replaced_and_catches_up_after_resume() {
         "resumed old leader sees the newer write: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
+    use cairn_storage::keys::Key;
+    use cairn_storage::{Durability, Engine, FjallEngine, WriteBatch};
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"));
+    let check = ["--experimental-initial-corrupt-check".to_string()];
+    let mut c = ProcessCluster::start_with(bin, 3, &check);
+    let l = leader(&c, &[]).await;
+    let mut client = kv::connect(&c.client_addr(l)).await;
+    for i in 0..20 {
+        kv::put(&mut client, &format!("w{i:02}"), "v")
+            .await
+            .unwrap();
+    }
+    let victim = (l + 1) % 3;
+    // The victim has applied everything before it is stopped.
+    assert_eq!(read_all(&c, victim).await.len(), 20);
+    c.kill(victim);
+    // Its copy gains a version no other member has.
+    {
+        let engine = FjallEngine::open(c.data_dir(victim).join("db")).unwrap();
+        let key = Key::MvccVersion {
+            key: b"w00",
+            revision: 2,
+        }
+        .encode();
+        let record = cairn_mvcc::Record::Put(cairn_api::mvccpb::KeyValue {
+            value: b"flipped".to_vec(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            ..Default::default()
+        });
+        let mut b = WriteBatch::new();
+        b.put(key, record.encode());
+        engine.write(b, Durability::Sync).unwrap();
+    }
+    c.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.reap_exited(victim) {
+        assert!(
+            Instant::now() < deadline,
+            "the damaged member started\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The restarted run's whole log (logs() keeps only tails).
+    let dir = c.data_dir(victim);
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let log = std::fs::read_to_string(dir.with_file_name(format!("{name}.2.log"))).unwrap();
+    assert!(log.contains("found data inconsistency with peers"), "{log}");
+    // The others serve on.
+    assert_eq!(read_all(&c, l).await.len(), 20);
+}
