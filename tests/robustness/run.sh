@@ -73,4 +73,4 @@ expect_caught planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOL
 
 echo "== planted bug: a lock granted to a waiter whose key vanished must be caught"
 expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
-  --duration 20s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
+  --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
