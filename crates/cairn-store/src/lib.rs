@@ -20,7 +20,7 @@
 //!   snapshots and purges its log every `snapshot_log_bytes` of log (an
 //!   entry is a whole commit group, so a count alone does not bound it).
 //! - operations: backups in etcd's bbolt format and restoring them
-//!   ([`backup`]), the corruption checks (`corruption`) and MoveLeader
+//!   (`backup`), the corruption checks (`corruption`) and MoveLeader
 //!   (`transfer`, which hands over without breaking read leases).
 //!
 //! Caveats (today): one data region (splits/merges, cross-region 2PC and
