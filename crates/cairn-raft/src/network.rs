@@ -109,6 +109,9 @@ impl Faults {
 /// One channel per remote node, shared by all regions.
 pub struct PeerPool {
     me: NodeId,
+    /// This member's TLS client configuration (`--peer-cert-file` etc.),
+    /// used for `https://` peer URLs.
+    tls: Option<Arc<cairn_tls::ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Fault switchboard (tests).
     pub faults: Arc<Faults>,
@@ -119,10 +122,11 @@ pub struct PeerPool {
 struct Msg(String);
 
 impl PeerPool {
-    /// A pool for node `me`.
-    pub fn new(me: NodeId) -> Arc<Self> {
+    /// A pool for node `me`, dialing `https://` peers under `tls`.
+    pub fn new(me: NodeId, tls: Option<Arc<cairn_tls::ClientConfig>>) -> Arc<Self> {
         Arc::new(Self {
             me,
+            tls,
             channels: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
         })
@@ -139,16 +143,25 @@ impl PeerPool {
         if let Some(c) = ch.get(addr) {
             return Ok(PeerClient::new(c.clone()).max_decoding_message_size(usize::MAX));
         }
-        let url = if addr.starts_with("http") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
+        // An https:// peer is dialed by our TLS connector over an http://
+        // endpoint (the connector, not tonic, does the TLS).
+        let (url, tls) = match addr.strip_prefix("https://") {
+            Some(rest) => (format!("http://{rest}"), true),
+            None if addr.starts_with("http://") => (addr.to_string(), false),
+            None => (format!("http://{addr}"), false),
         };
-        let channel = Endpoint::from_shared(url)
+        let endpoint = Endpoint::from_shared(url)
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = if tls {
+            let config = self.tls.clone().ok_or_else(|| {
+                format!("peer URL {addr} is https:// but this member has no --peer-cert-file")
+            })?;
+            endpoint.connect_with_connector_lazy(cairn_tls::Connector::new(config))
+        } else {
+            endpoint.connect_lazy()
+        };
         ch.insert(addr.to_string(), channel.clone());
         Ok(PeerClient::new(channel).max_decoding_message_size(usize::MAX))
     }

@@ -15,7 +15,8 @@
 //! a gRPC client of these same services) and the probes ([`probes`]),
 //! assembled in `client_port`.
 //!
-//! [`serve_client`] and [`serve_peer`] take an already-bound listener and a
+//! [`serve_client`] and [`serve_peer`] take an already-bound [`Listener`]
+//! (plain TCP, or TCP with a TLS configuration from `cairn-tls`) and a
 //! shutdown future, so tests bind port 0.
 
 mod backup;
@@ -96,8 +97,51 @@ impl Context {
 
 /// Accepted connections with Nagle off: small gRPC responses must not wait
 /// for delayed ACKs (measured: 44 ms per range request without this).
+/// (The TLS acceptor sets it too.)
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// A bound port: plain, or TLS under a server configuration (an
+/// `https://` URL).
+pub enum Listener {
+    /// Plain TCP (`http://`).
+    Plain(TcpListener),
+    /// TLS over TCP (`https://`).
+    Tls(TcpListener, Arc<cairn_tls::ServerConfig>),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Plain(l)
+    }
+}
+
+impl Listener {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Listener::Plain(l) | Listener::Tls(l, _) => l.local_addr(),
+        }
+    }
+}
+
+/// Serves `$server` (a tonic router) on `$listener` until `$shutdown`.
+macro_rules! serve_on {
+    ($server:expr, $listener:expr, $shutdown:expr) => {
+        match $listener {
+            Listener::Plain(l) => {
+                $server
+                    .serve_with_incoming_shutdown(incoming(l), $shutdown)
+                    .await
+            }
+            Listener::Tls(l, tls) => {
+                $server
+                    .serve_with_incoming_shutdown(cairn_tls::incoming(l, tls), $shutdown)
+                    .await
+            }
+        }
+    };
 }
 
 /// gRPC framing allowance above `max_request_bytes` (etcd adds 512 KiB).
@@ -117,31 +161,29 @@ const CLIENT_PENDING_RESETS: usize = 1_000;
 /// probes, as etcd does ([`client_port`]).
 pub async fn serve_client(
     ctx: Arc<Context>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let routes = client_port::routes(&ctx);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_max_pending_accept_reset_streams(Some(CLIENT_PENDING_RESETS))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+        .add_routes(routes);
+    serve_on!(server, listener, shutdown)
 }
 
 /// Serves the node-to-node service on `listener` until `shutdown` resolves.
 pub async fn serve_peer(
     node: Arc<Node>,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_max_pending_accept_reset_streams(Some(PEER_PENDING_RESETS))
         .add_service(
             PeerServer::new(PeerService::new(node))
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+        );
+    serve_on!(server, listener, shutdown)
 }

@@ -40,6 +40,8 @@ pub struct NodeConfig {
     /// How often the data region's leader compares every member's history
     /// hash (etcd's `--experimental-corrupt-check-time`; zero: never).
     pub corrupt_check_interval: std::time::Duration,
+    /// TLS for dialing `https://` peers (`--peer-cert-file` and friends).
+    pub peer_tls: Option<std::sync::Arc<cairn_tls::ClientConfig>>,
 }
 
 /// Parses etcd's `--initial-cluster` (`name=url,name=url`).

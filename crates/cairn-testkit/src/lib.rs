@@ -162,13 +162,14 @@ impl InProcessCluster {
             read_lease: true,
             // Tests run `Node::check_corruption` themselves.
             corrupt_check_interval: Duration::ZERO,
+            peer_tls: None,
         };
         let node = start_node(config).await;
         let (ptx, prx) = oneshot::channel::<()>();
         let (ctx_tx, ctx_rx) = oneshot::channel::<()>();
         let n2 = node.clone();
         let peer_task = tokio::spawn(async move {
-            let _ = cairn_server::serve_peer(n2, peer, async {
+            let _ = cairn_server::serve_peer(n2, peer.into(), async {
                 let _ = prx.await;
             })
             .await;
@@ -178,7 +179,7 @@ impl InProcessCluster {
             limits: self.limits,
         });
         let client_task = tokio::spawn(async move {
-            let _ = cairn_server::serve_client(ctx, client, async {
+            let _ = cairn_server::serve_client(ctx, client.into(), async {
                 let _ = ctx_rx.await;
             })
             .await;

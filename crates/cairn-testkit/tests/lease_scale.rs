@@ -224,6 +224,7 @@ impl SingleNode {
             lease_checkpoint_interval: interval,
             read_lease: true,
             corrupt_check_interval: Duration::ZERO,
+            peer_tls: None,
         };
         Self::launch(config, peer).await
     }
@@ -231,7 +232,7 @@ impl SingleNode {
     async fn launch(config: NodeConfig, peer: TcpListener) -> Self {
         let node = cairn_testkit::start_node(config.clone()).await;
         let (stop_peer, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(cairn_server::serve_peer(node.clone(), peer, async {
+        tokio::spawn(cairn_server::serve_peer(node.clone(), peer.into(), async {
             let _ = stopped.await;
         }));
         // Leading, and answering linearizable reads (so applied in its term).

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::serve::{self, ServeArgs};
+use crate::tls_args::TlsArgs;
 
 /// Options of the dev cluster.
 #[derive(Args, Debug)]
@@ -15,36 +16,75 @@ pub struct DevArgs {
     /// Client port of the first node; the others use 2xxxx and 3xxxx like etcd's Procfile.
     #[arg(long, default_value_t = 2379)]
     pub client_port: u16,
+    /// TLS on every port, mutual on both: makes a throwaway CA and
+    /// certificates in `DATA_DIR/tls` (kept across restarts), including a
+    /// client certificate for etcdctl.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The three dev members: (name, client port, peer port).
-fn members(client_port: u16) -> Vec<(String, u16, u16)> {
-    let peer = client_port + 1;
-    vec![
-        ("node1".to_string(), client_port, peer),
-        ("node2".to_string(), 20000 + client_port, 20000 + peer),
-        ("node3".to_string(), 30000 + client_port, 30000 + peer),
-    ]
+fn members(client_port: u16) -> anyhow::Result<Vec<(String, u16, u16)>> {
+    let port = |offset: u32| {
+        u16::try_from(u32::from(client_port) + offset).map_err(|_| {
+            anyhow::anyhow!(
+                "--client-port {client_port} is too high: the other nodes use it plus 20000 and 30000 (at most 35534)"
+            )
+        })
+    };
+    Ok(vec![
+        ("node1".to_string(), port(0)?, port(1)?),
+        ("node2".to_string(), port(20000)?, port(20001)?),
+        ("node3".to_string(), port(30000)?, port(30001)?),
+    ])
+}
+
+/// Node `name`'s TLS flags under `cairn dev --tls`: its certificate
+/// (serving and dialing) from the dev CA, mutual TLS on both ports. The
+/// CA, the node's and the client's certificates are made once.
+fn dev_tls(pki: &std::path::Path, name: &str) -> anyhow::Result<TlsArgs> {
+    for n in [name, "client"] {
+        if !pki.join(format!("{n}.pem")).exists() {
+            cairn_tls::pki::issue(pki, n, &cairn_tls::pki::local_hosts())?;
+        }
+    }
+    let cert = pki.join(format!("{name}.pem"));
+    let key = pki.join(format!("{name}-key.pem"));
+    let ca = cairn_tls::pki::ca_path(pki);
+    Ok(TlsArgs {
+        cert_file: Some(cert.clone()),
+        key_file: Some(key.clone()),
+        trusted_ca_file: Some(ca.clone()),
+        client_cert_auth: true,
+        peer_cert_file: Some(cert),
+        peer_key_file: Some(key),
+        peer_trusted_ca_file: Some(ca),
+        peer_client_cert_auth: true,
+        ..TlsArgs::default()
+    })
 }
 
 /// Starts the three nodes and runs until interrupted.
 pub async fn run(a: DevArgs) -> anyhow::Result<()> {
-    let ms = members(a.client_port);
+    let ms = members(a.client_port)?;
+    let scheme = if a.tls { "https" } else { "http" };
+    let pki = a.data_dir.join("tls");
     let initial: Vec<String> = ms
         .iter()
-        .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
+        .map(|(n, _, p)| format!("{n}={scheme}://127.0.0.1:{p}"))
         .collect();
     let initial = initial.join(",");
     let mut nodes = Vec::new();
     for (name, cport, pport) in &ms {
         let exists = a.data_dir.join(name).exists();
+        let tls = if a.tls { dev_tls(&pki, name)? } else { TlsArgs::default() };
         let args = ServeArgs {
             name: name.clone(),
             data_dir: Some(a.data_dir.join(name)),
-            listen_client_urls: format!("http://127.0.0.1:{cport}"),
+            listen_client_urls: format!("{scheme}://127.0.0.1:{cport}"),
             advertise_client_urls: None,
-            listen_peer_urls: format!("http://127.0.0.1:{pport}"),
-            initial_advertise_peer_urls: format!("http://127.0.0.1:{pport}"),
+            listen_peer_urls: format!("{scheme}://127.0.0.1:{pport}"),
+            initial_advertise_peer_urls: format!("{scheme}://127.0.0.1:{pport}"),
             initial_cluster: Some(initial.clone()),
             initial_cluster_state: if exists {
                 "existing".into()
@@ -62,19 +102,34 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_corrupt_check_time: std::time::Duration::from_secs(60),
             experimental_initial_corrupt_check: false,
+            tls,
         };
         nodes.push(serve::start(args).await?);
     }
     let endpoints: Vec<String> = ms
         .iter()
-        .map(|(_, c, _)| format!("127.0.0.1:{c}"))
+        .map(|(_, c, _)| {
+            if a.tls {
+                format!("https://127.0.0.1:{c}")
+            } else {
+                format!("127.0.0.1:{c}")
+            }
+        })
         .collect();
     eprintln!(
         "cairn dev cluster: 3 nodes, data in {}",
         a.data_dir.display()
     );
+    let creds = if a.tls {
+        format!(
+            " --cacert={0}/ca.pem --cert={0}/client.pem --key={0}/client-key.pem",
+            pki.display()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "  try: etcdctl --endpoints={} put foo bar",
+        "  try: etcdctl --endpoints={}{creds} put foo bar",
         endpoints.join(",")
     );
     tokio::signal::ctrl_c().await?;

@@ -8,12 +8,15 @@
 //!   writes the side-by-side report (`crates/cairn-bench`).
 //! - `cairn snapshot restore` makes a new member's data directory from a
 //!   backup (`etcdctl snapshot save` of Cairn or of etcd).
+//! - `cairn certs` makes a throwaway CA and certificates for TLS.
 //! - `cairn torture` runs a recorded workload under faults and checks it;
 //!   `cairn check linearizable` checks any recorded history.
 
+mod certs;
 mod dev;
 mod serve;
 mod snapshot;
+mod tls_args;
 mod torture;
 mod urls;
 
@@ -42,6 +45,8 @@ enum Cmd {
     /// Snapshot files (`restore`).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Make a throwaway CA and certificates (for TLS on a test cluster).
+    Certs(certs::CertsArgs),
     /// Robustness run: recorded workload under faults, then checked.
     Torture(torture::TortureArgs),
     /// Check a recorded history (`linearizable HISTORY.jsonl`).
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Torture(a) => torture::run(a).await,
             Cmd::Check(a) => torture::check(a),
             Cmd::Snapshot(c) => snapshot::run(c),
+            Cmd::Certs(a) => certs::run(a),
         }
     })
 }

@@ -9,6 +9,7 @@ use cairn_store::{parse_initial_cluster, Node, NodeConfig};
 use clap::Args;
 use tokio::net::TcpListener;
 
+use crate::tls_args::{self, TlsArgs};
 use crate::urls;
 
 /// etcd-compatible flags.
@@ -80,6 +81,9 @@ pub struct ServeArgs {
     /// is 2 GiB). 0: no quota.
     #[arg(long, default_value_t = cairn_server::DEFAULT_QUOTA_BYTES)]
     pub quota_backend_bytes: u64,
+    /// TLS on the client and peer ports.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// A running node with its listeners.
@@ -106,26 +110,21 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", a.name)));
 
+    let listen_peer = urls::list(&a.listen_peer_urls);
+    let listen_client = urls::list(&a.listen_client_urls);
+    let peer_tls = tls_args::server(
+        &listen_peer,
+        a.tls.peer(),
+        "--peer-cert-file, --peer-key-file",
+    )?;
+    let client_tls = tls_args::server(&listen_client, a.tls.client(), "--cert-file, --key-file")?;
+    let members: Vec<String> = initial_cluster.iter().map(|m| m.peer_url.clone()).collect();
+    let dial_tls = tls_args::peer_client(&members, a.tls.peer())?;
+
     // Bind first, so a port conflict fails fast and peers can reach us
     // while Raft starts.
-    let mut peer_listeners = Vec::new();
-    for u in urls::list(&a.listen_peer_urls) {
-        let addr = urls::socket_addr(&u)?;
-        peer_listeners.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding peer URL {u}"))?,
-        );
-    }
-    let mut client_listeners = Vec::new();
-    for u in urls::list(&a.listen_client_urls) {
-        let addr = urls::socket_addr(&u)?;
-        client_listeners.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding client URL {u}"))?,
-        );
-    }
+    let peer_listeners = bind(&listen_peer, &peer_tls, "peer").await?;
+    let client_listeners = bind(&listen_client, &client_tls, "client").await?;
 
     let node = Node::start(NodeConfig {
         name: a.name.clone(),
@@ -140,6 +139,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         lease_checkpoint_interval: a.lease_checkpoint_interval,
         read_lease: a.read_lease,
         corrupt_check_interval: a.experimental_corrupt_check_time,
+        peer_tls: dial_tls,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;
@@ -181,6 +181,36 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
     }
     tracing::info!(name = %a.name, id = format_args!("{:x}", node.id), "cairn node serving clients on {client_addrs:?}");
     Ok(Running { node })
+}
+
+/// Binds every URL of one port, warning when a listener reachable from
+/// other hosts has no TLS (anyone who reaches it could read and write).
+async fn bind(
+    list: &[String],
+    tls: &Option<Arc<cairn_tls::ServerConfig>>,
+    port: &str,
+) -> anyhow::Result<Vec<cairn_server::Listener>> {
+    let mut out = Vec::new();
+    for u in list {
+        let addr = urls::socket_addr(u)?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {port} URL {u}"))?;
+        out.push(match tls {
+            Some(cfg) => cairn_server::Listener::Tls(l, cfg.clone()),
+            None => {
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(
+                        "the {port} listener {u} is reachable from other hosts without TLS: \
+                         anyone who can connect can read and write (use https:// and --{}cert-file)",
+                        if port == "peer" { "peer-" } else { "" }
+                    );
+                }
+                cairn_server::Listener::Plain(l)
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// `cairn serve`: start and run until interrupted.

@@ -1,0 +1,104 @@
+//! The dialing side (a member calling its peers): present this member's
+//! peer certificate, check the peer's against the peer CA bundle — both
+//! re-read when they change on disk.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use crate::files::{self, Reloading};
+use crate::server::ReloadingCert;
+use crate::{suites, Error, TlsFiles};
+
+/// Builds a client configuration from the `--peer-` files: the CA bundle
+/// is required (peers are checked, never trusted blindly).
+pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, Error> {
+    let provider = Arc::new(suites::provider(files)?);
+    let ca = files
+        .trusted_ca
+        .clone()
+        .ok_or_else(|| Error::Config("TLS to peers needs --peer-trusted-ca-file".into()))?;
+    let verifier = ReloadingServerVerifier::new(ca, provider.clone())?;
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&suites::versions(files)?)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(ClientCert(ReloadingCert::new(files)?)));
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct ClientCert(ReloadingCert);
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Server certificates checked (chain and name) by webpki against the
+/// CA bundle as it is on disk now.
+#[derive(Debug)]
+struct ReloadingServerVerifier(Reloading<Arc<WebPkiServerVerifier>>);
+
+impl ReloadingServerVerifier {
+    fn new(
+        ca: std::path::PathBuf,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, Error> {
+        Ok(Self(Reloading::new(vec![ca], move |p| {
+            WebPkiServerVerifier::builder_with_provider(
+                Arc::new(files::roots(&p[0])?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| Error::Config(format!("{}: {e}", p[0].display())))
+        })?))
+    }
+}
+
+impl ServerCertVerifier for ReloadingServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .get()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().supported_verify_schemes()
+    }
+}

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""TLS beside etcd: the same etcdctl and HTTPS session against a real etcd
+and a 3-node Cairn, both with TLS on the client and peer ports, compared
+line by line after normalizing.
+
+Certificates come from `cairn certs` (a throwaway CA: one certificate for
+the members, "alice" for the client; a second CA with "mallory"). Each side
+runs twice: mutual TLS (`--client-cert-auth`) and server-only TLS. The
+session: writes and reads with a client certificate, `endpoint health`,
+no client certificate, a server the client does not trust, a client
+certificate from another CA, plain http:// to the TLS port (etcdctl, and a
+raw HTTP/1 request: etcd closes it unanswered), `/version` over HTTPS with
+and without a certificate, TLS 1.2 only.
+
+Usage: tls.py CAIRN_BINARY   (etcd, etcdctl on PATH)
+"""
+import http.client
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compat import Procs, compare_transcripts, free_port  # noqa: E402
+
+
+def flags(pki, mutual):
+    """Mutual: --client-cert-auth and a CA; server-only: no client CA (etcd
+    demands client certificates whenever it has one)."""
+    f = ["--cert-file", f"{pki}/member.pem", "--key-file", f"{pki}/member-key.pem",
+         "--peer-cert-file", f"{pki}/member.pem", "--peer-key-file", f"{pki}/member-key.pem",
+         "--peer-trusted-ca-file", f"{pki}/ca.pem", "--peer-client-cert-auth"]
+    return f + (["--client-cert-auth", "--trusted-ca-file", f"{pki}/ca.pem"] if mutual else [])
+
+
+def start_etcd(procs, work, pki, mutual):
+    c, p = free_port(), free_port()
+    name = f"etcd-{'m' if mutual else 's'}"
+    procs.start(["etcd", "--name", name, "--data-dir", os.path.join(work, name),
+                 "--listen-client-urls", f"https://127.0.0.1:{c}", "--advertise-client-urls", f"https://127.0.0.1:{c}",
+                 "--listen-peer-urls", f"https://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"https://127.0.0.1:{p}",
+                 "--initial-cluster", f"{name}=https://127.0.0.1:{p}", *flags(pki, mutual)],
+                os.path.join(work, f"{name}.log"))
+    return [c]
+
+
+def start_cairn(procs, work, binary, pki, mutual, n=3):
+    ports = [(free_port(), free_port()) for _ in range(n)]
+    tag = "m" if mutual else "s"
+    initial = ",".join(f"c{tag}{i}=https://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    for i, (c, p) in enumerate(ports):
+        procs.start([binary, "serve", "--name", f"c{tag}{i}", "--data-dir", os.path.join(work, f"c{tag}{i}"),
+                     "--listen-client-urls", f"https://127.0.0.1:{c}",
+                     "--listen-peer-urls", f"https://127.0.0.1:{p}",
+                     "--initial-advertise-peer-urls", f"https://127.0.0.1:{p}",
+                     "--initial-cluster", initial, *flags(pki, mutual)], os.path.join(work, f"c{tag}{i}.log"))
+    return [c for c, _ in ports]
+
+
+def creds(pki, who="alice", ca=None):
+    return ["--cacert", ca or f"{pki}/ca.pem", "--cert", f"{pki}/{who}.pem", "--key", f"{pki}/{who}-key.pem"]
+
+
+def wait_ready(ports, pki, timeout=60):
+    ep = ",".join(f"https://127.0.0.1:{p}" for p in ports)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = subprocess.run(["etcdctl", "--endpoints", ep, *creds(pki), "--command-timeout=2s",
+                            "endpoint", "health", "--cluster"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"{ep} never became healthy: {r.stderr}")
+
+
+def https_get(port, path, ca, cert=None, max_version=None):
+    ctx = ssl.create_default_context(cafile=ca)
+    if cert:
+        ctx.load_cert_chain(f"{cert}.pem", f"{cert}-key.pem")
+    if max_version:
+        ctx.maximum_version = max_version
+    try:
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        c.request("GET", path)
+        r = c.getresponse()
+        return f"{r.status} {r.read().decode()}"
+    except (ssl.SSLError, OSError) as e:
+        # The alert's kind, not OpenSSL's wording of it.
+        return f"refused ({type(e).__name__})"
+
+
+def raw_http(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    try:
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+    except ConnectionResetError:
+        pass  # closed with the request unread: the same as a plain close here
+    return data.decode() or "closed without an answer"
+
+
+def session(ports, pki, other, mutual):
+    ep = f"https://127.0.0.1:{ports[0]}"
+    out = []
+
+    def ctl(name, *args, endpoint=ep):
+        r = subprocess.run(["etcdctl", "--endpoints", endpoint, "--dial-timeout=2s", "--command-timeout=3s", *args],
+                           capture_output=True, text=True)
+        text = (r.stdout + r.stderr).strip()
+        out.append((name, f"exit={r.returncode}\n{text}"))
+
+    ctl("put with a client certificate", *creds(pki), "put", "k", "v")
+    ctl("get with a client certificate", *creds(pki), "get", "k")
+    ctl("endpoint health", *creds(pki), "endpoint", "health")
+    ctl("get without a client certificate", "--cacert", f"{pki}/ca.pem", "get", "k")
+    ctl("get from a server the client does not trust", *creds(pki, ca=f"{other}/ca.pem"), "get", "k")
+    ctl("get with a certificate from another CA", "--cacert", f"{pki}/ca.pem",
+        "--cert", f"{other}/mallory.pem", "--key", f"{other}/mallory-key.pem", "get", "k")
+    ctl("get over plain http to the TLS port", "get", "k", endpoint=f"http://127.0.0.1:{ports[0]}")
+    out.append(("raw HTTP/1 request to the TLS port", raw_http(ports[0])))
+    ca = f"{pki}/ca.pem"
+    out.append(("GET /version with a certificate", https_get(ports[0], "/version", ca, f"{pki}/alice")))
+    out.append(("GET /version without a certificate", https_get(ports[0], "/version", ca)))
+    out.append(("GET /version trusting another CA", https_get(ports[0], "/version", f"{other}/ca.pem", f"{pki}/alice")))
+    out.append(("GET /version over TLS 1.2", https_get(ports[0], "/version", ca, f"{pki}/alice",
+                                                       max_version=ssl.TLSVersion.TLSv1_2)))
+    return out
+
+
+def normalize(transcript):
+    lines = []
+    for cmd, text in transcript:
+        # etcdctl's own client-side retry logs carry timestamps and client ids.
+        t = "\n".join(l for l in text.splitlines() if not l.startswith('{"level":'))
+        t = re.sub(r"127\.0\.0\.1:\d+", "ENDPOINT", t)
+        t = re.sub(r"took = [0-9.]+[µmn]?s", "took = T", t)
+        t = re.sub(r'"(etcdserver|etcdcluster)":"[0-9.]+"', r'"\1":"V"', t)
+        lines.append(f"$ {cmd}\n{t}")
+    return lines
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    work = tempfile.mkdtemp(prefix="cairn-tls-")
+    pki, other = os.path.join(work, "pki"), os.path.join(work, "other")
+    subprocess.run([binary, "certs", "--dir", pki, "member", "alice"], check=True, capture_output=True)
+    subprocess.run([binary, "certs", "--dir", other, "mallory"], check=True, capture_output=True)
+    procs = Procs()
+    ok = True
+    try:
+        for mutual in (True, False):
+            what = "mutual TLS" if mutual else "server-only TLS"
+            etcd = start_etcd(procs, work, pki, mutual)
+            cairn = start_cairn(procs, work, binary, pki, mutual)
+            wait_ready(etcd, pki)
+            wait_ready(cairn, pki)
+            ref = normalize(session(etcd, pki, other, mutual))
+            got = normalize(session(cairn, pki, other, mutual))
+            if "--show" in sys.argv:
+                print("\n".join(got))
+            ok = compare_transcripts(ref, got, f"TLS session ({what})") and ok
+    finally:
+        procs.stop()
+        if "--keep" not in sys.argv:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("logs kept in", work)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
