@@ -5,7 +5,8 @@ then the JSON gateway with the same HTTP requests to both (gateway.py) and
 /metrics parsed beside etcd's (metrics.py); the storage quota and NOSPACE
 alarm on fresh 1-node servers of each (quota.py); backups saved from each
 and restored into the other (snapshot.py); TLS on both ports, mutual and
-server-only, in one session against each (tls.py);
+server-only, in one session against each (tls.py); users, roles,
+permissions and tokens in one etcdctl session against each (auth.py);
 then timing-dependent etcdctl scenarios (scenarios.py: contending locks,
 election leader change, interactive watch progress, lease keep-alive), the
 Python `etcd3` client and the `etcd-client` Rust crate's tests, each
@@ -340,6 +341,12 @@ def tls(binary):
     return r.returncode == 0
 
 
+def auth(binary):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "auth.py"), binary])
+    print("auth session beside etcd (users, roles, permissions, denials):", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def python_client(eps, label):
     r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
     print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -363,6 +370,7 @@ def main():
         ok = quota(binary) and ok
         ok = snapshot(binary) and ok
         ok = tls(binary) and ok
+        ok = auth(binary) and ok
         ok = scenarios(etcd_eps, "etcd") and ok
         ok = scenarios(cairn_eps, "cairn") and ok
         ok = python_client(etcd_eps, "etcd") and ok

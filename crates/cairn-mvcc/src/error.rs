@@ -47,6 +47,10 @@ pub enum Rejection {
     /// A write that adds data while the NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A write checked against an auth store older than one fenced since
+    /// (the server re-checks and retries).
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
     /// A write while the CORRUPT alarm is raised (members disagree on
     /// their history).
     #[error("etcdserver: corrupt cluster")]

@@ -73,9 +73,28 @@ pub struct Applied {
     /// Meta region: the region directory.
     pub regions: BTreeMap<u64, RegionDesc>,
     /// Data regions: raised alarms, `(member, etcd AlarmType number)`.
-    /// Last, so a record written before alarms existed still decodes
-    /// ([`Applied::decode`]).
+    /// After the fields above, so a record written before alarms existed
+    /// still decodes ([`Applied::decode`]).
     pub alarms: BTreeSet<(NodeId, i32)>,
+    /// Meta region: the auth store (users, roles, enabled, revision).
+    pub auth: cairn_auth::AuthState,
+    /// Data regions: the newest auth revision fenced
+    /// ([`Command::AuthFence`]). Last, with `auth`, so a record written
+    /// before auth existed still decodes.
+    pub auth_fence: u64,
+}
+
+/// The applied record as written before auth existed.
+#[derive(Deserialize)]
+struct AppliedBeforeAuth {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    current_revision: i64,
+    compacted_revision: i64,
+    tso_high_water: i64,
+    members: BTreeMap<NodeId, MemberInfo>,
+    regions: BTreeMap<u64, RegionDesc>,
+    alarms: BTreeSet<(NodeId, i32)>,
 }
 
 /// The applied record as written before alarms existed.
@@ -96,10 +115,24 @@ pub const ALARM_NOSPACE: i32 = 1;
 pub const ALARM_CORRUPT: i32 = 2;
 
 impl Applied {
-    /// Decodes a stored record, of this layout or the one before alarms.
+    /// Decodes a stored record, of this layout or an older one (before
+    /// auth, before alarms).
     pub fn decode(bytes: &[u8]) -> crate::Result<Applied> {
         if let Ok(a) = decode::<Applied>(bytes) {
             return Ok(a);
+        }
+        if let Ok(old) = decode::<AppliedBeforeAuth>(bytes) {
+            return Ok(Applied {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                current_revision: old.current_revision,
+                compacted_revision: old.compacted_revision,
+                tso_high_water: old.tso_high_water,
+                members: old.members,
+                regions: old.regions,
+                alarms: old.alarms,
+                ..Applied::default()
+            });
         }
         let old: AppliedBeforeAlarms = decode(bytes)?;
         Ok(Applied {
@@ -110,7 +143,7 @@ impl Applied {
             tso_high_water: old.tso_high_water,
             members: old.members,
             regions: old.regions,
-            alarms: BTreeSet::new(),
+            ..Applied::default()
         })
     }
 
@@ -141,6 +174,8 @@ impl Default for Applied {
             members: BTreeMap::new(),
             regions: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            auth: cairn_auth::AuthState::default(),
+            auth_fence: 0,
         }
     }
 }
@@ -201,6 +236,9 @@ pub struct RegionShared {
     state: RwLock<Published>,
     feed: broadcast::Sender<Arc<FeedBatch>>,
     snapshots: Arc<SnapshotDir>,
+    /// Meta region: the simple tokens registered on this member (memory
+    /// only; see `cairn_auth::SimpleTokens`).
+    pub tokens: parking_lot::Mutex<cairn_auth::SimpleTokens>,
 }
 
 impl RegionShared {
@@ -226,6 +264,7 @@ impl RegionShared {
             }),
             feed,
             snapshots,
+            tokens: parking_lot::Mutex::new(cairn_auth::SimpleTokens::default()),
         }))
     }
 
@@ -383,6 +422,44 @@ impl StateMachine {
         events: &mut Vec<(i64, Event)>,
     ) -> crate::Result<(WriteBatch, Reply)> {
         match cmd {
+            Command::Checked { auth_revision, .. } if auth_revision < state.auth_fence => Ok((
+                WriteBatch::new(),
+                Reply::Rejected(cairn_mvcc::Rejection::AuthOldRevision),
+            )),
+            Command::Checked { cmd, .. } => self.execute(*cmd, term, state, engine, events),
+            Command::AuthFence { revision } => {
+                state.auth_fence = state.auth_fence.max(revision);
+                Ok((WriteBatch::new(), Reply::Done))
+            }
+            Command::Auth(c) => {
+                let outcome = state.auth.apply(&c).map(|()| state.auth.revision);
+                if outcome.is_ok() {
+                    let mut tokens = self.shared.tokens.lock();
+                    match &c {
+                        cairn_auth::AuthCmd::Disable => tokens.clear(),
+                        cairn_auth::AuthCmd::UserDelete { name }
+                        | cairn_auth::AuthCmd::UserChangePassword { name, .. } => {
+                            tokens.forget_user(name)
+                        }
+                        _ => {}
+                    }
+                }
+                Ok((WriteBatch::new(), Reply::Auth(outcome)))
+            }
+            Command::AuthToken { token, user } => {
+                // Only for a user that still exists with auth on: a token
+                // minted just before a delete or a disable is void.
+                let outcome = if state.auth.enabled && state.auth.users.contains_key(&user) {
+                    self.shared
+                        .tokens
+                        .lock()
+                        .insert(token, user, std::time::Instant::now());
+                    Ok(state.auth.revision)
+                } else {
+                    Err(cairn_auth::AuthError::AuthFailed)
+                };
+                Ok((WriteBatch::new(), Reply::Auth(outcome)))
+            }
             Command::Batch(cmds) => {
                 let mut overlay = Overlay::new(engine);
                 let mut replies = Vec::with_capacity(cmds.len());

@@ -60,6 +60,25 @@ pub enum Command {
         member: NodeId,
         alarm: i32,
     },
+    /// Meta region: change the auth store (users, roles, permissions,
+    /// enabled). Replies [`Reply::Auth`].
+    Auth(cairn_auth::AuthCmd),
+    /// Meta region: register a simple token for `user` on every member
+    /// (kept in memory; nothing is written). Replies [`Reply::Auth`].
+    AuthToken { token: String, user: String },
+    /// Data region: the auth store reached `revision`; from this entry on,
+    /// a [`Command::Checked`] command checked against an older auth store
+    /// is refused (`AuthOldRevision`). Proposed after every auth change,
+    /// before the change is acknowledged.
+    AuthFence { revision: u64 },
+    /// Data region: `cmd`, on behalf of a client whose permissions were
+    /// checked against auth revision `auth_revision` — applied only if no
+    /// newer auth revision has been fenced (etcd's `AuthOldRevision`
+    /// check at apply).
+    Checked {
+        auth_revision: u64,
+        cmd: Box<Command>,
+    },
 }
 
 /// The result of applying one command.
@@ -81,6 +100,9 @@ pub enum Reply {
     Invalid(String),
     /// The alarms an [`Command::Alarm`] changed, `(member, alarm)`.
     Alarms(Vec<(NodeId, i32)>),
+    /// An auth command's outcome: the auth revision after it, or etcd's
+    /// error (nothing changed).
+    Auth(Result<u64, cairn_auth::AuthError>),
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

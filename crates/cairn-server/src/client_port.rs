@@ -21,9 +21,7 @@ use cairn_api::v3lockpb::lock_server::LockServer;
 use http::{header, Request, StatusCode};
 use tonic::service::Routes;
 
-use crate::{
-    cluster, election, gateway, kv, lease, lock, maintenance, metrics, not_yet, probes, watch,
-};
+use crate::{auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, watch};
 use crate::{Context, GRPC_OVERHEAD};
 
 /// etcd's gRPC services of one node.
@@ -41,7 +39,7 @@ fn grpc_routes(ctx: &Arc<Context>) -> Routes {
         )))
         .add_service(WatchServer::new(watch::WatchService::new(ctx.clone())))
         .add_service(LeaseServer::new(lease::LeaseService::new(ctx.clone())))
-        .add_service(AuthServer::new(not_yet::NotYet))
+        .add_service(AuthServer::new(auth::AuthService::new(ctx.clone())))
         .add_service(LockServer::new(lock::LockService::new(ctx.clone())))
         .add_service(ElectionServer::new(election::ElectionService::new(
             ctx.clone(),

@@ -21,6 +21,11 @@
 //!   etcd 3.5+'s `Mutex.Lock` does — never that it holds the lock, which
 //!   would give a lock two holders (etcd-io/etcd#9921, still in 3.4).
 //!
+//! Every step runs with the caller's access (read and write on the
+//! prefix, checked by the RPC before it starts and by the node at each
+//! step), so a permission revoked mid-wait ends the wait; abandoning a key
+//! is the node's own clean-up.
+//!
 //! Waiting uses the local change feed only as a wake-up; every decision is
 //! taken on a linearizable read, and the grant's header carries that read's
 //! revision (as etcd's lock and election servers answer with the header of
@@ -38,6 +43,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::Error;
 use crate::Context;
+use cairn_store::Access;
 
 /// The TTL of the lease granted to a contender that brings none (etcd's
 /// `concurrency.defaultSessionTTL`).
@@ -45,11 +51,11 @@ pub const SESSION_TTL: i64 = 60;
 
 /// The contender's lease: its own, or (for 0) a fresh one of
 /// [`SESSION_TTL`] that nobody keeps alive.
-pub async fn session_lease(ctx: &Context, lease: i64) -> Result<i64, Error> {
+pub async fn session_lease(ctx: &Context, lease: i64, access: &Access) -> Result<i64, Error> {
     if lease != 0 {
         return Ok(lease);
     }
-    Ok(ctx.node.lease_grant(0, SESSION_TTL).await?.0)
+    Ok(ctx.node.lease_grant(0, SESSION_TTL, access).await?.0)
 }
 
 /// The end of the range of every key starting with `prefix`.
@@ -75,6 +81,7 @@ pub async fn enter(
     prefix: &[u8],
     lease: i64,
     value: &[u8],
+    access: &Access,
 ) -> Result<(Vec<u8>, i64), Error> {
     let mut key = prefix.to_vec();
     key.extend_from_slice(format!("{lease:x}").as_bytes());
@@ -98,7 +105,7 @@ pub async fn enter(
             ..Default::default()
         }))],
     };
-    let resp = ctx.node.txn(&txn).await?;
+    let resp = ctx.node.txn(&txn, access).await?;
     if resp.succeeded {
         return Ok((key, resp.header.map_or(0, |h| h.revision)));
     }
@@ -116,7 +123,7 @@ pub async fn enter(
             .txn(&TxnRequest {
                 success: vec![op(Request::RequestPut(put))],
                 ..Default::default()
-            })
+            }, access)
             .await?;
     }
     Ok((key, kv.create_revision))
@@ -124,7 +131,7 @@ pub async fn enter(
 
 /// The first key (smallest create revision) under `prefix`, linearizably:
 /// the lock holder or election leader.
-pub async fn first(ctx: &Context, prefix: &[u8]) -> Result<Option<KeyValue>, Error> {
+pub async fn first(ctx: &Context, prefix: &[u8], access: &Access) -> Result<Option<KeyValue>, Error> {
     let r = ctx
         .node
         .range(RangeRequest {
@@ -134,7 +141,7 @@ pub async fn first(ctx: &Context, prefix: &[u8]) -> Result<Option<KeyValue>, Err
             sort_order: SortOrder::Ascend as i32,
             sort_target: SortTarget::Create as i32,
             ..Default::default()
-        })
+        }, access)
         .await?;
     Ok(r.kvs.into_iter().next())
 }
@@ -148,10 +155,11 @@ pub async fn wait_turn(
     key: &[u8],
     rev: i64,
     expired: &'static str,
+    access: &Access,
 ) -> Result<i64, Error> {
     loop {
         let mut feed = ctx.node.region(DATA_REGION)?.shared.subscribe();
-        let (own, ahead, at) = place_in_line(ctx, prefix, key, rev).await?;
+        let (own, ahead, at) = place_in_line(ctx, prefix, key, rev, access).await?;
         let vanished = own.is_none_or(|kv| kv.create_revision != rev);
         if vanished && !cfg!(feature = "planted-vanished-waiter") {
             return Err(Error::SessionExpired(expired));
@@ -175,6 +183,7 @@ async fn place_in_line(
     prefix: &[u8],
     key: &[u8],
     rev: i64,
+    access: &Access,
 ) -> Result<(Option<KeyValue>, Option<KeyValue>, i64), Error> {
     let txn = TxnRequest {
         success: vec![
@@ -186,7 +195,7 @@ async fn place_in_line(
         ],
         ..Default::default()
     };
-    let resp = ctx.node.txn(&txn).await?;
+    let resp = ctx.node.txn(&txn, access).await?;
     let at = resp.header.as_ref().map_or(0, |h| h.revision);
     let mut kvs = resp.responses.into_iter().map(|r| match r.response {
         Some(Response::ResponseRange(r)) => r.kvs.into_iter().next(),
@@ -257,7 +266,12 @@ pub async fn wait_change(
 }
 
 /// Deletes `key` if it still has create revision `rev` (a no-op otherwise).
-pub async fn leave(ctx: &Context, key: &[u8], rev: Option<i64>) -> Result<i64, Error> {
+pub async fn leave(
+    ctx: &Context,
+    key: &[u8],
+    rev: Option<i64>,
+    access: &Access,
+) -> Result<i64, Error> {
     let del = op(Request::RequestDeleteRange(DeleteRangeRequest {
         key: key.to_vec(),
         ..Default::default()
@@ -278,7 +292,7 @@ pub async fn leave(ctx: &Context, key: &[u8], rev: Option<i64>) -> Result<i64, E
             compare,
             success: vec![del],
             ..Default::default()
-        })
+        }, access)
         .await?;
     Ok(resp.header.map_or(0, |h| h.revision))
 }
@@ -306,7 +320,7 @@ impl Drop for AbandonGuard {
     fn drop(&mut self) {
         if let Some((ctx, key, rev)) = self.ctx.take() {
             tokio::spawn(async move {
-                let _ = leave(&ctx, &key, Some(rev)).await;
+                let _ = leave(&ctx, &key, Some(rev), &Access::Internal).await;
             });
         }
     }

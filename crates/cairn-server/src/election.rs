@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::request_op::Request as Op;
-use cairn_api::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest};
+use cairn_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use cairn_api::v3electionpb::election_server::Election;
 use cairn_api::v3electionpb::*;
 use cairn_store::DATA_REGION;
@@ -15,6 +15,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use cairn_auth::needs;
+use cairn_store::Access;
+
+use crate::auth;
 use crate::coord::{self, AbandonGuard};
 use crate::Context;
 
@@ -39,6 +43,15 @@ impl ElectionService {
     }
 }
 
+/// Read on every contender under `pfx` (Leader, Observe).
+fn read_prefix(pfx: &[u8]) -> cairn_auth::Needs {
+    needs::range(&RangeRequest {
+        key: pfx.to_vec(),
+        range_end: coord::prefix_end(pfx),
+        ..Default::default()
+    })
+}
+
 fn prefix(name: &[u8]) -> Vec<u8> {
     let mut p = name.to_vec();
     p.push(b'/');
@@ -51,12 +64,13 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let pfx = prefix(&req.get_ref().name);
+        let access = auth::access(&req, needs::prefix(&pfx, &coord::prefix_end(&pfx)));
         let req = req.into_inner();
-        let pfx = prefix(&req.name);
-        let lease = coord::session_lease(&self.ctx, req.lease).await?;
-        let (key, rev) = coord::enter(&self.ctx, &pfx, lease, &req.value).await?;
+        let lease = coord::session_lease(&self.ctx, req.lease, &access).await?;
+        let (key, rev) = coord::enter(&self.ctx, &pfx, lease, &req.value, &access).await?;
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        let at = coord::wait_turn(&self.ctx, &pfx, &key, rev, SESSION_EXPIRED).await?;
+        let at = coord::wait_turn(&self.ctx, &pfx, &key, rev, SESSION_EXPIRED, &access).await?;
         guard.disarm();
         Ok(Response::new(CampaignResponse {
             header: Some(self.ctx.header(at)),
@@ -73,6 +87,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let creds = auth::credentials(&req);
         let req = req.into_inner();
         let Some(l) = req.leader else {
             return Err(Status::unknown(MISSING_LEADER));
@@ -95,10 +110,11 @@ impl Election for ElectionService {
             }],
             failure: Vec::new(),
         };
+        let access = Access::client(&creds, needs::txn(&txn));
         let resp = self
             .ctx
             .node
-            .txn(&txn)
+            .txn(&txn, &access)
             .await
             .map_err(crate::error::Error::from)?;
         if !resp.succeeded {
@@ -113,8 +129,9 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let pfx = prefix(&req.into_inner().name);
-        match coord::first(&self.ctx, &pfx).await? {
+        let pfx = prefix(&req.get_ref().name);
+        let access = auth::access(&req, read_prefix(&pfx));
+        match coord::first(&self.ctx, &pfx, &access).await? {
             Some(kv) => Ok(Response::new(LeaderResponse {
                 header: Some(self.ctx.header(self.ctx.node.revision())),
                 kv: Some(kv),
@@ -127,7 +144,10 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<LeaderResponse>>, Status> {
-        let pfx = prefix(&req.into_inner().name);
+        let pfx = prefix(&req.get_ref().name);
+        let access = auth::access(&req, read_prefix(&pfx));
+        // Refused at once, not as the stream's first message.
+        self.ctx.node.authorize(&access).await.map_err(crate::error::Error::from)?;
         let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -137,7 +157,7 @@ impl Election for ElectionService {
                     return;
                 };
                 let mut feed = region.shared.subscribe();
-                match coord::first(&ctx, &pfx).await {
+                match coord::first(&ctx, &pfx, &access).await {
                     Ok(Some(kv)) => {
                         let id = (kv.key.clone(), kv.mod_revision);
                         if last.as_ref() != Some(&id) {
@@ -171,10 +191,12 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let creds = auth::credentials(&req);
         let Some(l) = req.into_inner().leader else {
             return Err(Status::unknown(MISSING_LEADER));
         };
-        let rev = coord::leave(&self.ctx, &l.key, Some(l.rev)).await?;
+        let key_rw = needs::prefix(&l.key, &[]);
+        let rev = coord::leave(&self.ctx, &l.key, Some(l.rev), &Access::client(&creds, key_rw)).await?;
         Ok(Response::new(ResignResponse {
             header: Some(self.ctx.header(rev)),
         }))

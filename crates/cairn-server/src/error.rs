@@ -3,6 +3,7 @@
 //! returns errors through [`to_status`]; no other place builds a `Status`
 //! from an internal error.
 
+use cairn_auth::AuthError;
 use cairn_mvcc::Rejection;
 use tonic::{Code, Status};
 
@@ -45,6 +46,33 @@ fn rejection_code(r: Rejection) -> Code {
         Rejection::LeaseTtlTooLarge => Code::OutOfRange,
         Rejection::NoSpace => Code::ResourceExhausted,
         Rejection::Corrupt => Code::DataLoss,
+        Rejection::AuthOldRevision => Code::InvalidArgument,
+    }
+}
+
+/// The etcd code for each auth error (etcd's `rpctypes`).
+fn auth_code(e: &AuthError) -> Code {
+    use AuthError as A;
+    match e {
+        A::RootUserNotExist
+        | A::RootRoleNotExist
+        | A::UserAlreadyExist
+        | A::UserNotFound
+        | A::RoleAlreadyExist
+        | A::RoleNotFound
+        | A::RoleNotGranted
+        | A::PermissionNotGranted
+        | A::AuthNotEnabled => Code::FailedPrecondition,
+        A::UserEmpty
+        | A::RoleEmpty
+        | A::AuthFailed
+        | A::PermissionNotGiven
+        | A::InvalidAuthMgmt
+        | A::AuthOldRevision => Code::InvalidArgument,
+        A::PermissionDenied => Code::PermissionDenied,
+        A::InvalidAuthToken => Code::Unauthenticated,
+        // etcd's maintenance server returns its auth package's error as is.
+        A::AdminDenied => Code::Unknown,
     }
 }
 
@@ -62,6 +90,7 @@ pub fn to_status(e: Error) -> Status {
         Error::Store(S::Internal(_)) => Code::Internal,
         Error::Store(S::BadLeaderTransferee) => Code::FailedPrecondition,
         Error::Store(S::LeaderTransferTimeout) => Code::Unavailable,
+        Error::Store(S::Auth(a)) => auth_code(a),
     };
     Status::new(code, e.to_string())
 }
@@ -134,6 +163,31 @@ mod tests {
                 cairn_store::Error::Timeout.into(),
                 Code::Unavailable,
                 "etcdserver: request timed out",
+            ),
+            (
+                cairn_store::Error::Auth(AuthError::PermissionDenied).into(),
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                cairn_store::Error::Auth(AuthError::UserEmpty).into(),
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                cairn_store::Error::Auth(AuthError::InvalidAuthToken).into(),
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                cairn_store::Error::Auth(AuthError::RootUserNotExist).into(),
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                cairn_store::Error::Auth(AuthError::AdminDenied).into(),
+                Code::Unknown,
+                "auth: permission denied",
             ),
         ];
         for (e, code, msg) in cases {

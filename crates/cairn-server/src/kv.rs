@@ -1,7 +1,9 @@
 //! etcd's `KV` service: Range, Put, DeleteRange, Txn, Compact.
 //!
 //! Each RPC validates like etcd's v3rpc layer, checks the size limit, then
-//! hands the request to the node. Put and DeleteRange travel as one-op
+//! hands the request to the node with the caller's credentials and what
+//! the request needs (`cairn_auth::needs`: etcd's per-op permissions); the
+//! node checks them (see `cairn-store`'s `auth`). Put and DeleteRange travel as one-op
 //! transactions (same semantics, one write path).
 
 use std::sync::Arc;
@@ -14,8 +16,11 @@ use cairn_mvcc::Limits;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::error::Error;
 use crate::Context;
+use cairn_auth::{needs, Needs};
+use cairn_store::Access;
 
 /// The KV service of one node.
 pub struct KvService {
@@ -35,12 +40,12 @@ impl KvService {
         Ok(())
     }
 
-    async fn one_op(&self, op: Op) -> Result<(ResponseHeader, OpResponse), Error> {
+    async fn one_op(&self, op: Op, access: &Access) -> Result<(ResponseHeader, OpResponse), Error> {
         let txn = TxnRequest {
             success: vec![RequestOp { request: Some(op) }],
             ..Default::default()
         };
-        let resp = self.ctx.node.txn(&txn).await?;
+        let resp = self.ctx.node.txn(&txn, access).await?;
         let header = self.ctx.header(resp.header.map_or(0, |h| h.revision));
         let op = resp
             .responses
@@ -63,19 +68,21 @@ fn mvcc_limits(ctx: &Context) -> Limits {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let access = auth::access(&req, needs::range(req.get_ref()));
         let req = req.into_inner();
         cairn_mvcc::validate_range(&req).map_err(Error::from)?;
-        let mut resp = self.ctx.node.range(req).await.map_err(Error::from)?;
+        let mut resp = self.ctx.node.range(req, &access).await.map_err(Error::from)?;
         resp.header = Some(self.ctx.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let access = auth::access(&req, needs::put(req.get_ref()));
         let req = req.into_inner();
         cairn_mvcc::validate_put(&req).map_err(Error::from)?;
         self.check_size(&req)?;
         crate::quota::check(&self.ctx, true)?;
-        match self.one_op(Op::RequestPut(req)).await? {
+        match self.one_op(Op::RequestPut(req), &access).await? {
             (header, OpResponse::ResponsePut(mut p)) => {
                 p.header = Some(header);
                 Ok(Response::new(p))
@@ -88,10 +95,11 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let access = auth::access(&req, needs::delete(req.get_ref()));
         let req = req.into_inner();
         cairn_mvcc::validate_delete(&req).map_err(Error::from)?;
         self.check_size(&req)?;
-        match self.one_op(Op::RequestDeleteRange(req)).await? {
+        match self.one_op(Op::RequestDeleteRange(req), &access).await? {
             (header, OpResponse::ResponseDeleteRange(mut d)) => {
                 d.header = Some(header);
                 Ok(Response::new(d))
@@ -101,11 +109,14 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req_ref = req.get_ref();
+        cairn_mvcc::validate_txn(req_ref, mvcc_limits(&self.ctx)).map_err(Error::from)?;
+        self.check_size(req_ref)?;
+        // Needs are derived only from a validated (bounded) request.
+        let access = auth::access(&req, needs::txn(req_ref));
         let req = req.into_inner();
-        cairn_mvcc::validate_txn(&req, mvcc_limits(&self.ctx)).map_err(Error::from)?;
-        self.check_size(&req)?;
         crate::quota::check(&self.ctx, cairn_mvcc::has_put(&req))?;
-        let mut resp = self.ctx.node.txn(&req).await.map_err(Error::from)?;
+        let mut resp = self.ctx.node.txn(&req, &access).await.map_err(Error::from)?;
         resp.header = Some(self.ctx.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }
@@ -114,11 +125,13 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // etcd checks no key permission for a compaction: any user may.
+        let access = auth::access(&req, Needs::User);
         let req = req.into_inner();
         let current = self
             .ctx
             .node
-            .compact(req.revision)
+            .compact(req.revision, &access)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(CompactionResponse {

@@ -1,6 +1,10 @@
 //! etcd's `Lease` service: grant, revoke, keep-alive (stream), time-to-live,
 //! list. Deadlines live in the region leader's lessor (`cairn-store`);
 //! requests to other nodes are forwarded there.
+//!
+//! Access, as etcd: any user may grant, keep alive, list and ask a lease's
+//! TTL; revoking needs write on every key attached to the lease (it
+//! deletes them).
 
 use std::sync::Arc;
 
@@ -11,6 +15,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use cairn_auth::{Need, Needs, PermKind};
+
+use crate::auth;
 use crate::error::Error;
 use crate::Context;
 
@@ -37,6 +44,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let access = auth::access(&req, Needs::User);
         let req = req.into_inner();
         if req.ttl > MAX_TTL {
             return Err(Error::from(Rejection::LeaseTtlTooLarge).into());
@@ -46,7 +54,7 @@ impl Lease for LeaseService {
         let (id, ttl) = self
             .ctx
             .node
-            .lease_grant(req.id, ttl)
+            .lease_grant(req.id, ttl, &access)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(LeaseGrantResponse {
@@ -61,10 +69,21 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let id = req.get_ref().id;
+        // The keys it holds now; each must be writable by the caller.
+        let keys = match self.ctx.node.lease_time_to_live(id).await {
+            Ok(Some(t)) => t.keys,
+            _ => Vec::new(),
+        };
+        let writes = keys
+            .into_iter()
+            .map(|key| Need { kind: PermKind::Write, key, end: Vec::new() })
+            .collect();
+        let access = auth::access(&req, Needs::Keys(writes));
         let rev = self
             .ctx
             .node
-            .lease_revoke(req.into_inner().id)
+            .lease_revoke(id, &access)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(LeaseRevokeResponse {
@@ -76,6 +95,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<tonic::codegen::BoxStream<LeaseKeepAliveResponse>>, Status> {
+        let access = auth::access(&req, Needs::User);
+        self.ctx.node.authorize(&access).await.map_err(Error::from)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let ctx = self.ctx.clone();
@@ -89,6 +110,11 @@ impl Lease for LeaseService {
                     // A stopping node ends its streams (they hold the node).
                     _ = ctx.node.stopped() => return,
                 };
+                // Checked per renewal: a user deleted meanwhile stops renewing.
+                if let Err(e) = ctx.node.authorize(&access).await {
+                    let _ = tx.send(Err(Status::from(Error::from(e)))).await;
+                    return;
+                }
                 let reply = match ctx.node.lease_keep_alive(r.id).await {
                     // An unknown lease answers TTL 0 (the stream goes on), as in etcd.
                     Ok(ttl) => Ok(LeaseKeepAliveResponse {
@@ -111,6 +137,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let access = auth::access(&req, Needs::User);
+        self.ctx.node.authorize(&access).await.map_err(Error::from)?;
         let req = req.into_inner();
         let header = Some(self.ctx.header(self.ctx.node.revision()));
         let resp = match self
@@ -141,8 +169,10 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _req: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let access = auth::access(&req, Needs::User);
+        self.ctx.node.authorize(&access).await.map_err(Error::from)?;
         let ids = self.ctx.node.lease_list().await.map_err(Error::from)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.ctx.header(self.ctx.node.revision())),

@@ -1,10 +1,14 @@
 //! # cairn-server: etcd's gRPC API on a Cairn node
 //!
 //! One module per etcd service, one method per RPC (mini-redis style):
-//! [`kv`] (Range/Put/DeleteRange/Txn/Compact), [`maintenance`] (Status,
-//! Alarm list), [`cluster`] (MemberList). Services not built yet are
-//! registered with tonic's generated default stubs, so each of their RPCs
-//! answers gRPC `Unimplemented` — never a fake success.
+//! [`kv`] (Range/Put/DeleteRange/Txn/Compact), [`watch`], [`lease`],
+//! [`lock`], [`election`], [`maintenance`], [`cluster`] (MemberList),
+//! [`auth`] (users, roles, tokens). An RPC not built yet answers gRPC
+//! `Unimplemented` — never a fake success.
+//!
+//! Every handler takes the caller's credentials ([`auth::credentials`]:
+//! token metadata, or a verified client certificate's common name) and
+//! what the request needs of them, and the node checks both.
 //!
 //! Every handler validates input as etcd's v3rpc layer does, then calls the
 //! [`Node`](cairn_store::Node); every failure becomes a gRPC status through
@@ -19,6 +23,7 @@
 //! (plain TCP, or TCP with a TLS configuration from `cairn-tls`) and a
 //! shutdown future, so tests bind port 0.
 
+pub mod auth;
 mod backup;
 mod client_port;
 pub mod cluster;
@@ -31,7 +36,6 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod metrics;
-mod not_yet;
 pub mod probes;
 pub mod quota;
 pub mod watch;

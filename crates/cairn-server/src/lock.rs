@@ -8,6 +8,10 @@ use cairn_api::v3lockpb::lock_server::Lock;
 use cairn_api::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
+use cairn_api::etcdserverpb::DeleteRangeRequest;
+use cairn_auth::needs;
+
+use crate::auth;
 use crate::coord::{self, AbandonGuard};
 use crate::Context;
 
@@ -29,14 +33,16 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let req = req.into_inner();
-        let mut prefix = req.name.clone();
+        let mut prefix = req.get_ref().name.clone();
         prefix.push(b'/');
-        let lease = coord::session_lease(&self.ctx, req.lease).await?;
-        let (key, rev) = coord::enter(&self.ctx, &prefix, lease, b"").await?;
+        let access = auth::access(&req, needs::prefix(&prefix, &coord::prefix_end(&prefix)));
+        let req = req.into_inner();
+        let lease = coord::session_lease(&self.ctx, req.lease, &access).await?;
+        let (key, rev) = coord::enter(&self.ctx, &prefix, lease, b"", &access).await?;
         // If the client goes away while waiting, its place in line is given up.
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        let at = coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED).await?;
+        let at = coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED, &access)
+            .await?;
         guard.disarm();
         Ok(Response::new(LockResponse {
             header: Some(self.ctx.header(at)),
@@ -48,7 +54,9 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let rev = coord::leave(&self.ctx, &req.into_inner().key, None).await?;
+        let key = req.get_ref().key.clone();
+        let access = auth::access(&req, needs::delete(&DeleteRangeRequest { key: key.clone(), ..Default::default() }));
+        let rev = coord::leave(&self.ctx, &key, None, &access).await?;
         Ok(Response::new(UnlockResponse {
             header: Some(self.ctx.header(rev)),
         }))

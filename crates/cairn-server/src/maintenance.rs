@@ -15,6 +15,9 @@ use cairn_api::etcdserverpb::maintenance_server::Maintenance;
 use cairn_api::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
+use cairn_auth::Needs;
+
+use crate::auth;
 use crate::error::Error;
 use crate::{quota, Context};
 
@@ -32,6 +35,23 @@ impl MaintenanceService {
 
 /// The etcd API version Cairn reports (what etcdctl's checks expect).
 pub const ETCD_VERSION: &str = "3.6.0";
+
+impl MaintenanceService {
+    /// etcd's maintenance server lets only admins (the root role) hash,
+    /// defragment, back up and move the leader; others get its auth
+    /// package's own `auth: permission denied` (gRPC Unknown).
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let access = auth::access(req, Needs::Admin { maintenance: true });
+        match self.ctx.node.authorize(&access).await {
+            Ok(_) => Ok(()),
+            // No user, a bad token: etcd's auth package words them too.
+            Err(cairn_store::Error::Auth(a)) => Err(Status::unknown(
+                a.to_string().replacen("etcdserver: ", "auth: ", 1),
+            )),
+            Err(e) => Err(Error::from(e).into()),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -70,6 +90,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&req).await?;
         let h = self
             .ctx
             .node
@@ -87,7 +108,8 @@ impl Maintenance for MaintenanceService {
     /// etcd hashes its whole backend here (for testing, it says); Cairn's
     /// answer is the hash of its whole key history, as `HashKV` at the
     /// current revision.
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&req).await?;
         let h = self.ctx.node.hash_kv(0).await.map_err(Error::from)?;
         Ok(Response::new(HashResponse {
             header: Some(self.ctx.header(self.ctx.node.revision())),
@@ -97,8 +119,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<SnapshotResponse>>, Status> {
+        self.admin(&req).await?;
         let backup = self.ctx.node.backup().await.map_err(Error::from)?;
         let header = self.ctx.header(backup.revision);
         Ok(Response::new(crate::backup::stream(backup, header)))
@@ -110,6 +133,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&req).await?;
         let target = req.into_inner().target_id;
         self.ctx
             .node
@@ -123,8 +147,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&req).await?;
         self.ctx.node.defragment().await.map_err(Error::from)?;
         Ok(Response::new(DefragmentResponse {
             header: Some(self.ctx.header(self.ctx.node.revision())),
@@ -132,6 +157,8 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // Listing is open (etcd 3.4); raising or clearing is the admin's.
+        let admin = auth::access(&req, Needs::Admin { maintenance: false });
         let req = req.into_inner();
         let node = &self.ctx.node;
         let alarms = match AlarmAction::try_from(req.action) {
@@ -142,6 +169,7 @@ impl Maintenance for MaintenanceService {
                 .filter(|&(_, a)| req.alarm == 0 || a == req.alarm)
                 .collect(),
             Ok(action) => {
+                node.authorize(&admin).await.map_err(Error::from)?;
                 if req.alarm == 0 {
                     return Err(Status::invalid_argument(
                         "etcdserver: alarm type is not given",

@@ -40,6 +40,10 @@ pub struct NodeConfig {
     /// How often the data region's leader compares every member's history
     /// hash (etcd's `--experimental-corrupt-check-time`; zero: never).
     pub corrupt_check_interval: std::time::Duration,
+    /// bcrypt cost of new password hashes (`--bcrypt-cost`, etcd's default 10).
+    pub bcrypt_cost: u32,
+    /// How long a simple token lives past its last use (`--auth-token-ttl`).
+    pub auth_token_ttl: std::time::Duration,
     /// TLS for dialing `https://` peers (`--peer-cert-file` and friends).
     pub peer_tls: Option<std::sync::Arc<cairn_tls::ClientConfig>>,
 }

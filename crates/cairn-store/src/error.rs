@@ -31,6 +31,9 @@ pub enum Error {
     /// MoveLeader named a member that cannot lead (not a voter).
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// Authentication or permission failure (etcd's auth errors).
+    #[error(transparent)]
+    Auth(#[from] cairn_auth::AuthError),
     /// MoveLeader did not see the new leader elected in time.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,

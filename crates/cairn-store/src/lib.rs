@@ -19,6 +19,9 @@
 //! - log bounds: besides openraft's snapshot every N entries, each replica
 //!   snapshots and purges its log every `snapshot_log_bytes` of log (an
 //!   entry is a whole commit group, so a count alone does not bound it).
+//! - access: the auth store is replicated in the meta region and checked
+//!   on the serving member; every change is fenced in the data region so
+//!   it is in force as soon as it is acknowledged (`auth`);
 //! - operations: backups in etcd's bbolt format and restoring them
 //!   (`backup`), the corruption checks (`corruption`) and MoveLeader
 //!   (`transfer`, which hands over without breaking read leases).
@@ -28,6 +31,7 @@
 //! durable; its bytes are written only to send them (see
 //! `cairn_raft::snapshot_data`), installed as one atomic engine batch.
 
+mod auth;
 mod backup;
 mod config;
 mod corruption;
@@ -44,6 +48,7 @@ mod transfer;
 pub mod tso;
 pub mod watch_hub;
 
+pub use auth::{Access, Credentials};
 pub use backup::{restore, Backup, Restored};
 pub use config::{cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig};
 pub use error::{Error, Result};

@@ -24,13 +24,13 @@ use prost::Message;
 
 use crate::config::{cluster_id, member_id, NodeConfig};
 use crate::lessor::{LeaseTtl, Lessor};
-use crate::proposer::{Proposal, Proposer, TimestampSource};
+use crate::proposer::{checked, Proposal, Proposer, TimestampSource};
 use crate::read_batch::ReadIndexBatcher;
 use crate::read_lease::ReadLease;
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::span_pool::SpanPool;
 use crate::tso::{read_index_error, Tso};
-use crate::{Error, Result};
+use crate::{Access, Error, Result};
 
 /// The meta region's ID.
 pub const META_REGION: u64 = 0;
@@ -165,6 +165,7 @@ impl Node {
             rafts.push((region, raft, shared, log_bytes));
         }
         let (meta_raft, meta_shared) = (rafts[0].1.clone(), rafts[0].2.clone());
+        meta_shared.tokens.lock().set_ttl(config.auth_token_ttl);
         let tso = Arc::new(Tso::new(id, meta_raft.clone(), meta_shared));
         let timestamps: TimestampSource = {
             let (tso, pool, meta) = (tso.clone(), pool.clone(), meta_raft.clone());
@@ -326,7 +327,7 @@ impl Node {
     }
 
     /// Sends `op` to `region`'s leader, retrying only while nothing was proposed.
-    async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+    pub(crate) async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
         // A node shutting down must not go on forwarding for clients still
         // connected to it (and so stay alive, engine and all).
         if self.is_stopped() {
@@ -363,14 +364,24 @@ impl Node {
     /// Serves a (possibly forwarded) op on this node's replica without
     /// forwarding further: `NotLeader` if this replica does not lead.
     pub async fn serve_local(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        match op {
+            ForwardOp::Checked { auth, op } => self.serve_op(region, *op, Some(auth)).await,
+            op => self.serve_op(region, op, None).await,
+        }
+    }
+
+    /// [`Node::serve_local`] of one op; a write with `auth` is proposed as
+    /// `Command::Checked` (a client's, checked against that revision).
+    async fn serve_op(&self, region: u64, op: ForwardOp, auth: Option<u64>) -> Result<ForwardOk> {
         let r = self.region(region)?;
         match op {
+            ForwardOp::Checked { .. } => Err(Error::Internal("nested checked op".into())),
             ForwardOp::Txn(txn) => Ok(ForwardOk::Reply(
-                r.proposer.propose(Proposal::Txn(txn)).await?,
+                r.proposer.propose(Proposal::Txn(txn, auth)).await?,
             )),
             ForwardOp::Compact(revision) => Ok(ForwardOk::Reply(
                 r.proposer
-                    .propose(Proposal::Plain(Command::Compact { revision }))
+                    .propose(Proposal::Plain(checked(auth, Command::Compact { revision })))
                     .await?,
             )),
             ForwardOp::Plain(cmd) => {
@@ -378,6 +389,7 @@ impl Node {
                     Command::LeaseGrant { id, ttl } if region == DATA_REGION => Some((id, ttl)),
                     _ => None,
                 };
+                let cmd = checked(auth, cmd);
                 let Some((id, ttl)) = grant else {
                     return Ok(ForwardOk::Reply(
                         r.proposer.propose(Proposal::Plain(cmd)).await?,
@@ -398,7 +410,7 @@ impl Node {
                 Ok(ForwardOk::Reply(reply))
             }
             ForwardOp::Revoke(id) => Ok(ForwardOk::Reply(
-                r.proposer.propose(Proposal::Revoke(id)).await?,
+                r.proposer.propose(Proposal::Revoke(id, auth)).await?,
             )),
             ForwardOp::LeaseKeepAlive(id) => {
                 let since = Instant::now();
@@ -467,14 +479,15 @@ impl Node {
         Ok(())
     }
 
-    /// Runs a write transaction (`Put`/`DeleteRange` arrive as one-op txns).
-    pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse> {
+    /// Runs a transaction (`Put`/`DeleteRange` arrive as one-op txns) for
+    /// `access` (checked: see `auth`).
+    pub async fn txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
         let region = self.route(&first_key(req));
         if cairn_mvcc::is_read_only(req) {
-            return self.read_txn(region, req).await;
+            return self.read_txn(region, req, access).await;
         }
         match self
-            .submit(region, ForwardOp::Txn(req.encode_to_vec()))
+            .checked_submit(region, access, ForwardOp::Txn(req.encode_to_vec()))
             .await?
         {
             ForwardOk::Reply(Reply::Txn(b)) => {
@@ -489,9 +502,9 @@ impl Node {
     /// this replica has applied the compaction too (etcd's `physical`
     /// compaction returns when the serving member's own store has it, so a
     /// watch opened on it afterwards from below is told it is compacted).
-    pub async fn compact(&self, revision: i64) -> Result<i64> {
+    pub async fn compact(&self, revision: i64, access: &Access) -> Result<i64> {
         match self
-            .submit(DATA_REGION, ForwardOp::Compact(revision))
+            .checked_submit(DATA_REGION, access, ForwardOp::Compact(revision))
             .await?
         {
             ForwardOk::Reply(Reply::Compacted { current }) => {
@@ -511,13 +524,14 @@ impl Node {
     /// Serves a `Range`: linearizable via read-index at the leader, then a
     /// local read once this replica has applied that far; `serializable`
     /// reads come straight from this replica.
-    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+    pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
         let region = self.route(&req.key);
         let (snap, revs) = if req.serializable {
             self.region(region)?.shared.read_view()
         } else {
             self.linearizable_view(region).await?
         };
+        self.authorize(access).await?;
         // A single key is a bounded read (an index lookup and one version):
         // it runs right here. Handing it to the blocking pool cost more than
         // the read (a profile of 50 clients getting one key: ~10% of the
@@ -537,12 +551,13 @@ impl Node {
     /// op is a serializable Range), with no Raft proposal and no revision.
     /// Compares and ranges over single keys run here; any span goes to the
     /// span pool, as for [`Node::range`].
-    async fn read_txn(&self, region: u64, req: &TxnRequest) -> Result<TxnResponse> {
+    async fn read_txn(&self, region: u64, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
         let (snap, revs) = if cairn_mvcc::is_serializable(req) {
             self.region(region)?.shared.read_view()
         } else {
             self.linearizable_view(region).await?
         };
+        self.authorize(access).await?;
         if single_keys(req) {
             return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
         }
@@ -604,7 +619,7 @@ impl Node {
     }
 
     /// Grants a lease (`id` 0: the node picks one); returns (id, ttl).
-    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
+    pub async fn lease_grant(&self, id: i64, ttl: i64, access: &Access) -> Result<(i64, i64)> {
         let chosen = id != 0;
         for attempt in 0..5u64 {
             let id = if chosen {
@@ -613,7 +628,10 @@ impl Node {
                 fresh_lease_id(self.id, attempt)
             };
             let cmd = Command::LeaseGrant { id, ttl };
-            match self.submit(DATA_REGION, ForwardOp::Plain(cmd)).await? {
+            match self
+                .checked_submit(DATA_REGION, access, ForwardOp::Plain(cmd))
+                .await?
+            {
                 ForwardOk::Reply(Reply::Revision(_)) => return Ok((id, ttl)),
                 ForwardOk::Reply(Reply::Rejected(cairn_mvcc::Rejection::LeaseExists))
                     if !chosen =>
@@ -628,8 +646,11 @@ impl Node {
     }
 
     /// Revokes a lease and deletes its keys; returns the revision after.
-    pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
-        match self.submit(DATA_REGION, ForwardOp::Revoke(id)).await? {
+    pub async fn lease_revoke(&self, id: i64, access: &Access) -> Result<i64> {
+        match self
+            .checked_submit(DATA_REGION, access, ForwardOp::Revoke(id))
+            .await?
+        {
             ForwardOk::Reply(Reply::Revision(r)) => Ok(r),
             ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
             other => Err(Error::Internal(format!("unexpected reply {other:?}"))),

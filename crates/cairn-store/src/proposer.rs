@@ -27,10 +27,11 @@ use crate::{Error, Result};
 
 /// What to propose.
 pub enum Proposal {
-    /// A prost-encoded `TxnRequest`; gets a timestamp.
-    Txn(Vec<u8>),
-    /// Revoke a lease (deletes its keys); gets a timestamp.
-    Revoke(i64),
+    /// A prost-encoded `TxnRequest`; gets a timestamp. With an auth
+    /// revision: a client's, proposed as `Command::Checked`.
+    Txn(Vec<u8>, Option<u64>),
+    /// Revoke a lease (deletes its keys); gets a timestamp. Auth as `Txn`.
+    Revoke(i64, Option<u64>),
     /// Revoke a lease the lessor of leader term `term` found expired (a
     /// no-op unless appended in that term); gets a timestamp.
     Expire { id: i64, term: u64 },
@@ -39,6 +40,17 @@ pub enum Proposal {
 }
 
 type Pending = (Proposal, oneshot::Sender<Result<Reply>>);
+
+/// `cmd`, stamped with the auth revision a client was checked against.
+pub fn checked(auth: Option<u64>, cmd: Command) -> Command {
+    match auth {
+        Some(auth_revision) => Command::Checked {
+            auth_revision,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    }
+}
 
 /// A source of timestamps (the TSO client).
 pub type TimestampSource =
@@ -205,7 +217,7 @@ impl Proposer {
                     .filter(|(p, _)| {
                         matches!(
                             p,
-                            Proposal::Txn(_) | Proposal::Revoke(_) | Proposal::Expire { .. }
+                            Proposal::Txn(..) | Proposal::Revoke(..) | Proposal::Expire { .. }
                         )
                     })
                     .count() as u32;
@@ -229,11 +241,13 @@ impl Proposer {
                 for (p, reply) in group {
                     // Timestamped proposals join the group's entry; others go alone.
                     let stamped = match p {
-                        Proposal::Txn(txn) => {
+                        Proposal::Txn(txn, auth) => {
                             bytes += txn.len();
-                            Ok(Command::Txn { ts, txn })
+                            Ok(checked(auth, Command::Txn { ts, txn }))
                         }
-                        Proposal::Revoke(id) => Ok(Command::LeaseRevoke { id, ts }),
+                        Proposal::Revoke(id, auth) => {
+                            Ok(checked(auth, Command::LeaseRevoke { id, ts }))
+                        }
                         Proposal::Expire { id, term } => Ok(Command::LeaseExpire { id, ts, term }),
                         Proposal::Plain(c) => Err(c),
                     };

@@ -34,6 +34,9 @@ pub enum ForwardOp {
     /// Campaign for the region now, if the member still follows `leader`
     /// in `term` (the leader hands over; MoveLeader).
     Campaign { term: u64, leader: u64 },
+    /// A client write (`Txn`, `Compact`, `Plain`, `Revoke`) checked against
+    /// auth revision `auth`: proposed as `Command::Checked` (see `auth`).
+    Checked { auth: u64, op: Box<ForwardOp> },
 }
 
 /// The answer to a [`ForwardOp`].

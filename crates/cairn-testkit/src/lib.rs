@@ -163,6 +163,9 @@ impl InProcessCluster {
             // Tests run `Node::check_corruption` themselves.
             corrupt_check_interval: Duration::ZERO,
             peer_tls: None,
+            // The cheapest bcrypt: tests measure access, not hashing.
+            bcrypt_cost: 4,
+            auth_token_ttl: Duration::from_secs(300),
         };
         let node = start_node(config).await;
         let (ptx, prx) = oneshot::channel::<()>();

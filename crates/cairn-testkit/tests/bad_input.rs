@@ -249,19 +249,48 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
     }
     assert_eq!(kv::prefix(&mut k, "m", false).await.unwrap().count, 128);
 
-    // Services not built yet answer Unimplemented, never a fake success.
+    // RPCs not built yet answer Unimplemented, never a fake success.
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[1].client_addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
+    // Bad auth management gets etcd's errors.
     let mut auth = AuthClient::new(ch.clone());
+    let e = auth
+        .user_add(AuthUserAddRequest {
+            name: String::new(),
+            password: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: user name is empty"));
+    auth.role_add(AuthRoleAddRequest { name: "r".into() }).await.unwrap();
+    let bad_perm = |perm_type, key: &[u8], range_end: &[u8]| AuthRoleGrantPermissionRequest {
+        name: "r".into(),
+        perm: Some(cairn_api::authpb::Permission {
+            perm_type,
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+        }),
+    };
+    let e = auth.role_grant_permission(bad_perm(7, b"k", b"")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = auth.role_grant_permission(bad_perm(0, b"b", b"a")).await.unwrap_err();
+    assert_eq!(e.message(), "etcdserver: invalid auth management");
+    let e = auth
+        .role_grant_permission(AuthRoleGrantPermissionRequest { name: "r".into(), perm: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.message(), "etcdserver: permission not given");
+    let e = auth
+        .authenticate(AuthenticateRequest { name: "x".into(), password: "y".into() })
+        .await
+        .unwrap_err();
     assert_eq!(
-        auth.auth_status(AuthStatusRequest {})
-            .await
-            .unwrap_err()
-            .code(),
-        Code::Unimplemented
+        (e.code(), e.message()),
+        (Code::FailedPrecondition, "etcdserver: authentication is not enabled")
     );
     let mut m = MaintenanceClient::new(ch);
     assert_eq!(

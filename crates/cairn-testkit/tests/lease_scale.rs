@@ -151,7 +151,7 @@ async fn load(node: &Arc<Node>) {
                         println!("  {id} leases granted");
                     }
                     for attempt in 0.. {
-                        match node.lease_grant(id, TTL).await {
+                        match node.lease_grant(id, TTL, &cairn_store::Access::Internal).await {
                             Ok(_) => break,
                             // (cairn_mvcc, which names the rejection, is
                             // not a dependency of this crate.)
@@ -166,7 +166,7 @@ async fn load(node: &Arc<Node>) {
                     }
                     let req = ten_puts(id);
                     for attempt in 0.. {
-                        match node.txn(&req).await {
+                        match node.txn(&req, &cairn_store::Access::Internal).await {
                             Ok(_) => break,
                             Err(e) if attempt < 5 => eprintln!("txn {id}: {e}; retrying"),
                             Err(e) => panic!("txn {id}: {e}"),
@@ -225,6 +225,9 @@ impl SingleNode {
             read_lease: true,
             corrupt_check_interval: Duration::ZERO,
             peer_tls: None,
+            // The cheapest bcrypt: tests measure access, not hashing.
+            bcrypt_cost: 4,
+            auth_token_ttl: Duration::from_secs(300),
         };
         Self::launch(config, peer).await
     }

@@ -94,6 +94,15 @@ pub enum Error {
     Generate(#[from] rcgen::Error),
 }
 
+/// The subject's common name in a DER certificate (the user of a
+/// verified client certificate under `--client-cert-auth`, as in etcd);
+/// `None` if it has none or does not parse.
+pub fn common_name(cert: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
 /// The crypto provider every Cairn TLS config uses: ring's.
 fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()

@@ -108,6 +108,14 @@ async fn mutual_tls_admits_signed_clients_only() {
     assert!(e.contains("UnknownIssuer"), "{e}");
 }
 
+#[test]
+fn a_certificates_common_name_is_read() {
+    let s = setup(true);
+    let alice = cairn_tls::files::certs(&s.dir.join("alice.pem")).unwrap();
+    assert_eq!(cairn_tls::common_name(&alice[0]).as_deref(), Some("alice"));
+    assert_eq!(cairn_tls::common_name(b"not a certificate"), None);
+}
+
 #[tokio::test]
 async fn without_client_cert_auth_no_certificate_is_asked() {
     let s = setup(false);

@@ -103,6 +103,9 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             experimental_corrupt_check_time: std::time::Duration::from_secs(60),
             experimental_initial_corrupt_check: false,
             tls,
+            auth_token: "simple".into(),
+            auth_token_ttl: 300,
+            bcrypt_cost: cairn_auth::password::DEFAULT_COST,
         };
         nodes.push(serve::start(args).await?);
     }

@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// is 2 GiB). 0: no quota.
     #[arg(long, default_value_t = cairn_server::DEFAULT_QUOTA_BYTES)]
     pub quota_backend_bytes: u64,
+    /// Token type for Authenticate: `simple` (etcd's default).
+    #[arg(long, default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token lives past its last use.
+    #[arg(long, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4–31).
+    #[arg(long, default_value_t = cairn_auth::password::DEFAULT_COST)]
+    pub bcrypt_cost: u32,
     /// TLS on the client and peer ports.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -110,6 +119,15 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", a.name)));
 
+    if !cairn_auth::password::valid_cost(a.bcrypt_cost) {
+        anyhow::bail!("--bcrypt-cost {} is out of range (4-31)", a.bcrypt_cost);
+    }
+    if a.auth_token != "simple" && !a.auth_token.starts_with("simple,") {
+        anyhow::bail!(
+            "--auth-token {:?}: only simple tokens are built so far (JWT is not)",
+            a.auth_token
+        );
+    }
     let listen_peer = urls::list(&a.listen_peer_urls);
     let listen_client = urls::list(&a.listen_client_urls);
     let peer_tls = tls_args::server(
@@ -140,6 +158,8 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         read_lease: a.read_lease,
         corrupt_check_interval: a.experimental_corrupt_check_time,
         peer_tls: dial_tls,
+        bcrypt_cost: a.bcrypt_cost,
+        auth_token_ttl: std::time::Duration::from_secs(a.auth_token_ttl.max(1)),
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;

@@ -72,9 +72,10 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<tonic::codegen::BoxStream<WatchResponse>>, Status> {
+        let creds = crate::auth::credentials(&req);
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(OUT_CAPACITY);
-        tokio::spawn(stream::run(self.ctx.clone(), inbound, tx));
+        tokio::spawn(stream::run(self.ctx.clone(), creds, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use cairn_api::mvccpb::Event;
+use cairn_auth::needs;
 use cairn_store::watch_hub::HubItem;
+use cairn_store::{Access, Credentials};
 use futures::future::select_all;
 use std::sync::Arc;
 use tokio::task::{Id, JoinSet};
@@ -26,12 +28,17 @@ use crate::Context;
 /// etcd's reasons for refusing a watch (`mvcc` errors).
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's reason for a watch on keys the caller may not read (the gRPC
+/// status's text, as etcd's watch server puts it).
+const PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// A finished history read: the events (unfiltered) up to the revision.
 type Replay = Result<(Vec<(i64, Event)>, i64), String>;
 
 struct Stream {
     ctx: Arc<Context>,
+    /// The caller's credentials: each watch is checked when created.
+    creds: Credentials,
     out: Out,
     watchers: HashMap<i64, Watcher>,
     groups: Vec<Group>,
@@ -42,7 +49,12 @@ struct Stream {
 }
 
 /// Serves one stream until the client goes away.
-pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: Out) {
+pub async fn run(
+    ctx: Arc<Context>,
+    creds: Credentials,
+    mut inbound: Streaming<WatchRequest>,
+    out: Out,
+) {
     let mut ticker = ctx.limits.watch_progress_interval.map(|d| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -50,6 +62,7 @@ pub async fn run(ctx: Arc<Context>, mut inbound: Streaming<WatchRequest>, out: O
     });
     let mut s = Stream {
         ctx,
+        creds,
         out,
         watchers: HashMap::new(),
         groups: Vec::new(),
@@ -151,6 +164,10 @@ impl Stream {
         let from_key = c.range_end == [0];
         if !c.range_end.is_empty() && !from_key && c.key >= c.range_end {
             return send(&self.out, refuse(EMPTY_RANGE)).await;
+        }
+        let access = Access::client(&self.creds, needs::watch(&c.key, &c.range_end));
+        if ctx.node.authorize(&access).await.is_err() {
+            return send(&self.out, refuse(PERMISSION_DENIED)).await;
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {

@@ -1,0 +1,280 @@
+//! Authentication and access checks on a node: who the caller is, whether
+//! it may, and the fence that makes an auth change take effect at once.
+//!
+//! The auth store lives in the meta region (`Applied::auth`, changed by
+//! `Command::Auth`), so every member holds a replica of it and checks
+//! requests locally, without a round trip. A local replica can lag, so
+//! every change is **fenced** before it is acknowledged: after the meta
+//! region commits it, the node proposes `Command::AuthFence{revision}` to
+//! the data region. Then:
+//!
+//! - a client write travels as `Command::Checked{auth_revision}` — the auth
+//!   revision it was checked against — and the data region refuses it at
+//!   apply (`AuthOldRevision`) if a newer revision was fenced before it in
+//!   the log; the node catches its meta replica up and checks again
+//!   ([`Node::checked_submit`]), so a write ordered after a revoke is
+//!   checked against the revoke;
+//! - a read, once its view is established (linearizable: applied past the
+//!   read index), is checked against a meta replica at least as new as
+//!   every fence in that view ([`Node::authorize`]); so a read that starts
+//!   after a revoke returned is checked against it.
+//!
+//! That is etcd's guarantee (there, auth changes and KV share one log),
+//! kept with the auth store in the meta region, where it stays valid when
+//! the keyspace is split (each data region would get the fence).
+//!
+//! Callers are named by a simple token (`Authenticate`, registered on every
+//! member through the meta region) or, failing that, by the common name of
+//! their verified TLS client certificate (etcd's rule under
+//! `--client-cert-auth`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use cairn_auth::{AuthCmd, AuthError, Needs, SimpleTokens};
+use cairn_mvcc::Rejection;
+use cairn_raft::{Command, Reply};
+
+use crate::remote::{ForwardOk, ForwardOp};
+use crate::{Error, Node, Result, DATA_REGION, META_REGION};
+
+/// How a request names its caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The `token` (or `authorization`) metadata.
+    pub token: Option<String>,
+    /// The common name of the caller's verified TLS client certificate.
+    pub common_name: Option<String>,
+}
+
+/// Who asks, and what for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The node itself (lease expiry, internal reads): never checked.
+    Internal,
+    /// A client with `creds`, needing `needs`.
+    Client {
+        /// Its credentials.
+        creds: Credentials,
+        /// What the request needs.
+        needs: Needs,
+    },
+}
+
+impl Access {
+    /// A client request.
+    pub fn client(creds: &Credentials, needs: Needs) -> Self {
+        Access::Client {
+            creds: creds.clone(),
+            needs,
+        }
+    }
+}
+
+/// Attempts at a write refused as checked against an old auth revision.
+const AUTH_ATTEMPTS: usize = 5;
+
+/// Distinguishes tokens minted by this process (etcd's token suffix).
+static MINTED: AtomicU64 = AtomicU64::new(0);
+
+impl Node {
+    /// The auth store revision of this member's meta replica.
+    pub fn auth_revision(&self) -> u64 {
+        self.meta_shared().with_applied(|a| a.auth.revision)
+    }
+
+    /// A copy of this member's auth store (for the Auth service's reads).
+    pub fn auth_state(&self) -> cairn_auth::AuthState {
+        self.meta_shared().with_applied(|a| a.auth.clone())
+    }
+
+    fn meta_shared(&self) -> &std::sync::Arc<cairn_raft::RegionShared> {
+        &self
+            .region(META_REGION)
+            .expect("the meta region is always hosted")
+            .shared
+    }
+
+    /// The user a live token names on this member (its TTL starts again).
+    pub fn token_user(&self, token: &str) -> Option<String> {
+        self.meta_shared().tokens.lock().user(token, Instant::now())
+    }
+
+    /// Brings this member's meta replica up to everything committed before
+    /// the call (a read index on the meta region).
+    pub async fn catch_up_auth(&self) -> Result<()> {
+        self.linearizable_view(META_REGION).await.map(|_| ())
+    }
+
+    /// The user `creds` name under `auth` (`None`: no credentials).
+    fn user_of(&self, creds: &Credentials) -> Result<Option<String>> {
+        if let Some(token) = &creds.token {
+            return self
+                .meta_shared()
+                .tokens
+                .lock()
+                .user(token, Instant::now())
+                .map(Some)
+                .ok_or(Error::Auth(AuthError::InvalidAuthToken));
+        }
+        Ok(creds.common_name.clone())
+    }
+
+    /// Checks `access` against this member's auth replica as it is; the
+    /// auth revision checked against (`None` for internal access).
+    fn authorize_local(&self, access: &Access) -> Result<Option<u64>> {
+        let Access::Client { creds, needs } = access else {
+            return Ok(None);
+        };
+        let (enabled, revision) = self
+            .meta_shared()
+            .with_applied(|a| (a.auth.enabled, a.auth.revision));
+        if !enabled {
+            return Ok(Some(revision));
+        }
+        let user = self.user_of(creds)?;
+        self.meta_shared().with_applied(|a| {
+            // Checked under the same revision the caller is stamped with.
+            if a.auth.revision != revision {
+                return Err(Error::Auth(AuthError::AuthOldRevision));
+            }
+            a.auth.check(user.as_deref(), needs)?;
+            Ok(Some(revision))
+        })
+    }
+
+    /// Checks `access` against an auth replica at least as new as every
+    /// fence the data region has applied here (call it after a read's
+    /// view is established: then every change acknowledged before the
+    /// read began is in force). Returns the auth revision checked against.
+    pub async fn authorize(&self, access: &Access) -> Result<Option<u64>> {
+        if matches!(access, Access::Internal) {
+            return Ok(None);
+        }
+        let fence = self
+            .region(DATA_REGION)?
+            .shared
+            .with_applied(|a| a.auth_fence);
+        if self.auth_revision() < fence {
+            self.catch_up_auth().await?;
+        }
+        match self.authorize_local(access) {
+            // A token registered moments ago through another member, or a
+            // change applied while checking: catch up once and look again.
+            Err(Error::Auth(AuthError::InvalidAuthToken | AuthError::AuthOldRevision)) => {
+                self.catch_up_auth().await?;
+                self.authorize_local(access)
+            }
+            other => other,
+        }
+    }
+
+    /// Submits a client write stamped with the auth revision it was
+    /// checked against; a write refused because a newer revision was
+    /// fenced first is checked again against the new state and retried.
+    pub(crate) async fn checked_submit(
+        &self,
+        region: u64,
+        access: &Access,
+        op: ForwardOp,
+    ) -> Result<ForwardOk> {
+        for _ in 0..AUTH_ATTEMPTS {
+            let stamped = match self.authorize(access).await? {
+                Some(auth) => ForwardOp::Checked {
+                    auth,
+                    op: Box::new(op.clone()),
+                },
+                None => op.clone(),
+            };
+            match self.submit(region, stamped).await? {
+                ForwardOk::Reply(Reply::Rejected(Rejection::AuthOldRevision)) => {
+                    self.catch_up_auth().await?;
+                }
+                other => return Ok(other),
+            }
+        }
+        Err(Error::Rejected(Rejection::AuthOldRevision))
+    }
+
+    /// Applies an auth change (the caller must be admin, checked here) and
+    /// fences it in the data region before returning the new revision.
+    pub async fn auth_change(&self, creds: &Credentials, cmd: AuthCmd) -> Result<u64> {
+        // Enabling needs no admin while auth is off (everyone is then).
+        self.authorize(&Access::client(creds, Needs::Admin { maintenance: false }))
+            .await?;
+        let revision = match self
+            .submit(META_REGION, ForwardOp::Plain(Command::Auth(cmd)))
+            .await?
+        {
+            ForwardOk::Reply(Reply::Auth(r)) => r?,
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        };
+        self.fence_auth(revision).await?;
+        Ok(revision)
+    }
+
+    /// Fences auth `revision` in the data region, then waits until this
+    /// member's meta replica has it (so this caller's next request here is
+    /// checked against it).
+    async fn fence_auth(&self, revision: u64) -> Result<()> {
+        match self
+            .submit(DATA_REGION, ForwardOp::Plain(Command::AuthFence { revision }))
+            .await?
+        {
+            ForwardOk::Reply(Reply::Done) => {}
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        }
+        if self.auth_revision() < revision {
+            self.catch_up_auth().await?;
+        }
+        Ok(())
+    }
+
+    /// etcd's `Authenticate`: checks the password (against an up-to-date
+    /// replica: a password changed a moment ago counts) and registers a
+    /// new simple token on every member; returns it once this member has
+    /// it.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<String> {
+        self.catch_up_auth().await?;
+        let (enabled, hash) = self.meta_shared().with_applied(|a| {
+            (
+                a.auth.enabled,
+                a.auth.users.get(name).map(|u| u.password.clone()),
+            )
+        });
+        if !enabled {
+            return Err(Error::Auth(AuthError::AuthNotEnabled));
+        }
+        // No such user, or one without a password: the same answer.
+        let Some(Some(hash)) = hash else {
+            return Err(Error::Auth(AuthError::AuthFailed));
+        };
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || cairn_auth::password::verify(&password, &hash))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if !ok {
+            return Err(Error::Auth(AuthError::AuthFailed));
+        }
+        let token = SimpleTokens::mint(MINTED.fetch_add(1, Ordering::Relaxed));
+        let cmd = Command::AuthToken {
+            token: token.clone(),
+            user: name.to_string(),
+        };
+        match self.submit(META_REGION, ForwardOp::Plain(cmd)).await? {
+            ForwardOk::Reply(Reply::Auth(r)) => r?,
+            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+        };
+        self.catch_up_auth().await?;
+        Ok(token)
+    }
+
+    /// The bcrypt hash of a new password at this member's cost.
+    pub async fn hash_password(&self, password: &str) -> Result<String> {
+        let (password, cost) = (password.to_string(), self.config.bcrypt_cost);
+        tokio::task::spawn_blocking(move || cairn_auth::password::hash(&password, cost))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(Error::Internal)
+    }
+}
