@@ -87,16 +87,16 @@ def wait_healthy(endpoint, timeout=60):
     raise SystemExit(f"endpoint {endpoint} never became ready")
 
 
-def start_etcd(procs, work):
+def start_etcd(procs, work, extra=()):
     c, p = free_port(), free_port()
     procs.start(["etcd", "--name", "ref", "--data-dir", os.path.join(work, "etcd"),
                  "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
                  "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                 "--initial-cluster", f"ref=http://127.0.0.1:{p}"], os.path.join(work, "etcd.log"))
+                 "--initial-cluster", f"ref=http://127.0.0.1:{p}", *extra], os.path.join(work, "etcd.log"))
     return [f"127.0.0.1:{c}"]
 
 
-def start_cairn(procs, work, binary, n=3):
+def start_cairn(procs, work, binary, n=3, extra=()):
     ports = [(free_port(), free_port()) for _ in range(n)]
     initial = ",".join(f"c{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
     for i, (c, p) in enumerate(ports):
@@ -104,7 +104,7 @@ def start_cairn(procs, work, binary, n=3):
                      "--listen-client-urls", f"http://127.0.0.1:{c}",
                      "--listen-peer-urls", f"http://127.0.0.1:{p}",
                      "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                     "--initial-cluster", initial], os.path.join(work, f"c{i}.log"))
+                     "--initial-cluster", initial, *extra], os.path.join(work, f"c{i}.log"))
     return [f"127.0.0.1:{c}" for c, _ in ports]
 
 

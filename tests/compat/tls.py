@@ -9,7 +9,11 @@ runs twice: mutual TLS (`--client-cert-auth`) and server-only TLS. The
 session: writes and reads with a client certificate, `endpoint health`,
 no client certificate, a server the client does not trust, a client
 certificate from another CA, plain http:// to the TLS port (etcdctl, and a
-raw HTTP/1 request: etcd closes it unanswered), `/version` over HTTPS with
+raw HTTP/1 request: etcd closes it unanswered),
+`/version` over HTTPS with and without a certificate, TLS 1.2 only; and,
+with mutual TLS, auth by certificate: with auth on, a client certificate's
+common name is its user (no password, no token), so "root"'s certificate
+manages users and "alice"'s is held to alice's permissions. `/version` over HTTPS with
 and without a certificate, TLS 1.2 only.
 
 Usage: tls.py CAIRN_BINARY   (etcd, etcdctl on PATH)
@@ -134,6 +138,23 @@ def session(ports, pki, other, mutual):
     out.append(("GET /version trusting another CA", https_get(ports[0], "/version", f"{other}/ca.pem", f"{pki}/alice")))
     out.append(("GET /version over TLS 1.2", https_get(ports[0], "/version", ca, f"{pki}/alice",
                                                        max_version=ssl.TLSVersion.TLSv1_2)))
+    if mutual:
+        root = creds(pki, "root")
+        alice = creds(pki)
+        ctl("add user root", *root, "user", "add", "root", "--new-user-password=rootpw", "--interactive=false")
+        ctl("auth enable (as root's certificate)", *root, "auth", "enable")
+        ctl("alice's certificate, no such user yet", *alice, "get", "k")
+        ctl("add user alice without a password", *root, "user", "add", "alice", "--no-password")
+        ctl("alice's certificate, no roles", *alice, "get", "k")
+        ctl("role add r", *root, "role", "add", "r")
+        ctl("grant r read on k", *root, "role", "grant-permission", "r", "read", "k")
+        ctl("grant r to alice", *root, "user", "grant-role", "alice", "r")
+        ctl("alice's certificate reads k", *alice, "get", "k")
+        ctl("alice's certificate writes k", *alice, "put", "k", "w")
+        ctl("alice has no password to log in with", *alice, "--user", "alice:", "get", "k")
+        ctl("a password overrides the certificate", *alice, "--user", "root:rootpw", "put", "k", "r")
+        ctl("root's certificate reads everything", *root, "get", "", "--prefix")
+        ctl("auth disable (as root's certificate)", *root, "auth", "disable")
     return out
 
 
@@ -153,7 +174,7 @@ def main():
     binary = os.path.abspath(sys.argv[1])
     work = tempfile.mkdtemp(prefix="cairn-tls-")
     pki, other = os.path.join(work, "pki"), os.path.join(work, "other")
-    subprocess.run([binary, "certs", "--dir", pki, "member", "alice"], check=True, capture_output=True)
+    subprocess.run([binary, "certs", "--dir", pki, "member", "alice", "root"], check=True, capture_output=True)
     subprocess.run([binary, "certs", "--dir", other, "mallory"], check=True, capture_output=True)
     procs = Procs()
     ok = True

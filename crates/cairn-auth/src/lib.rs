@@ -22,7 +22,8 @@
 //!
 //! [`SimpleTokens`] are etcd's `simple` tokens: random, registered on every
 //! member when the meta region applies them, valid for a TTL refreshed on
-//! each use. [`password`] hashes and checks passwords with bcrypt.
+//! each use; [`jwt`] tokens are signed and checked by key, registered
+//! nowhere. [`password`] hashes and checks passwords with bcrypt.
 //!
 //! Nothing here does I/O or waits; the async shell (`cairn-store`'s auth
 //! module) keeps the live state and fences, `cairn-server` maps requests to
@@ -30,6 +31,7 @@
 
 mod check;
 mod error;
+pub mod jwt;
 pub mod needs;
 pub mod password;
 mod state;

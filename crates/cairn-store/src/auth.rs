@@ -23,8 +23,10 @@
 //! kept with the auth store in the meta region, where it stays valid when
 //! the keyspace is split (each data region would get the fence).
 //!
-//! Callers are named by a simple token (`Authenticate`, registered on every
-//! member through the meta region) or, failing that, by the common name of
+//! Callers are named by a token — simple (`Authenticate` registers it on
+//! every member through the meta region) or a JWT (signed; any member
+//! holding the public key checks it; one issued before the current auth
+//! revision is old, as in etcd) — or, failing that, by the common name of
 //! their verified TLS client certificate (etcd's rule under
 //! `--client-cert-auth`).
 
@@ -36,7 +38,7 @@ use cairn_mvcc::Rejection;
 use cairn_raft::{Command, Reply};
 
 use crate::remote::{ForwardOk, ForwardOp};
-use crate::{Error, Node, Result, DATA_REGION, META_REGION};
+use crate::{Error, Node, Result, TokenConfig, DATA_REGION, META_REGION};
 
 /// How a request names its caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +73,13 @@ impl Access {
     }
 }
 
+/// Seconds since the Unix epoch (JWT times).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Attempts at a write refused as checked against an old auth revision.
 const AUTH_ATTEMPTS: usize = 5;
 
@@ -95,9 +104,14 @@ impl Node {
             .shared
     }
 
-    /// The user a live token names on this member (its TTL starts again).
+    /// The user a valid token names on this member (a simple token's TTL
+    /// starts again).
     pub fn token_user(&self, token: &str) -> Option<String> {
-        self.meta_shared().tokens.lock().user(token, Instant::now())
+        let creds = Credentials {
+            token: Some(token.to_string()),
+            common_name: None,
+        };
+        self.user_of(&creds, 0).ok().flatten()
     }
 
     /// Brings this member's meta replica up to everything committed before
@@ -106,18 +120,25 @@ impl Node {
         self.linearizable_view(META_REGION).await.map(|_| ())
     }
 
-    /// The user `creds` name under `auth` (`None`: no credentials).
-    fn user_of(&self, creds: &Credentials) -> Result<Option<String>> {
-        if let Some(token) = &creds.token {
-            return self
-                .meta_shared()
-                .tokens
-                .lock()
-                .user(token, Instant::now())
-                .map(Some)
-                .ok_or(Error::Auth(AuthError::InvalidAuthToken));
+    /// The user `creds` name (`None`: no credentials). A JWT issued
+    /// before the auth store's current revision is old, as in etcd.
+    fn user_of(&self, creds: &Credentials, revision: u64) -> Result<Option<String>> {
+        let Some(token) = &creds.token else {
+            return Ok(creds.common_name.clone());
+        };
+        if let TokenConfig::Jwt(keys) = &self.config.auth_tokens {
+            let (user, issued_at) = keys.verify(token, unix_now())?;
+            if issued_at < revision {
+                return Err(Error::Auth(AuthError::AuthOldRevision));
+            }
+            return Ok(Some(user));
         }
-        Ok(creds.common_name.clone())
+        self.meta_shared()
+            .tokens
+            .lock()
+            .user(token, Instant::now())
+            .map(Some)
+            .ok_or(Error::Auth(AuthError::InvalidAuthToken))
     }
 
     /// Checks `access` against this member's auth replica as it is; the
@@ -132,7 +153,7 @@ impl Node {
         if !enabled {
             return Ok(Some(revision));
         }
-        let user = self.user_of(creds)?;
+        let user = self.user_of(creds, revision)?;
         self.meta_shared().with_applied(|a| {
             // Checked under the same revision the caller is stamped with.
             if a.auth.revision != revision {
@@ -255,6 +276,9 @@ impl Node {
             .map_err(|e| Error::Internal(e.to_string()))?;
         if !ok {
             return Err(Error::Auth(AuthError::AuthFailed));
+        }
+        if let TokenConfig::Jwt(keys) = &self.config.auth_tokens {
+            return Ok(keys.sign(name, self.auth_revision(), unix_now())?);
         }
         let token = SimpleTokens::mint(MINTED.fetch_add(1, Ordering::Relaxed));
         let cmd = Command::AuthToken {

@@ -42,10 +42,28 @@ pub struct NodeConfig {
     pub corrupt_check_interval: std::time::Duration,
     /// bcrypt cost of new password hashes (`--bcrypt-cost`, etcd's default 10).
     pub bcrypt_cost: u32,
-    /// How long a simple token lives past its last use (`--auth-token-ttl`).
-    pub auth_token_ttl: std::time::Duration,
+    /// What `Authenticate` hands out (`--auth-token`).
+    pub auth_tokens: TokenConfig,
     /// TLS for dialing `https://` peers (`--peer-cert-file` and friends).
     pub peer_tls: Option<std::sync::Arc<cairn_tls::ClientConfig>>,
+}
+
+/// The kind of auth token a member issues and accepts.
+#[derive(Clone, Debug)]
+pub enum TokenConfig {
+    /// etcd's `simple` tokens, living `ttl` past their last use
+    /// (`--auth-token-ttl`).
+    Simple { ttl: std::time::Duration },
+    /// Signed JWTs (`--auth-token jwt,...`).
+    Jwt(std::sync::Arc<cairn_auth::jwt::JwtKeys>),
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig::Simple {
+            ttl: cairn_auth::TOKEN_TTL,
+        }
+    }
 }
 
 /// Parses etcd's `--initial-cluster` (`name=url,name=url`).

@@ -50,7 +50,9 @@ pub mod watch_hub;
 
 pub use auth::{Access, Credentials};
 pub use backup::{restore, Backup, Restored};
-pub use config::{cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig};
+pub use config::{
+    cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig, TokenConfig,
+};
 pub use error::{Error, Result};
 pub use lessor::LeaseTtl;
 pub use node::{Node, NodeStatus, Region, DATA_REGION, META_REGION};

@@ -165,7 +165,9 @@ impl Node {
             rafts.push((region, raft, shared, log_bytes));
         }
         let (meta_raft, meta_shared) = (rafts[0].1.clone(), rafts[0].2.clone());
-        meta_shared.tokens.lock().set_ttl(config.auth_token_ttl);
+        if let crate::TokenConfig::Simple { ttl } = &config.auth_tokens {
+            meta_shared.tokens.lock().set_ttl(*ttl);
+        }
         let tso = Arc::new(Tso::new(id, meta_raft.clone(), meta_shared));
         let timestamps: TimestampSource = {
             let (tso, pool, meta) = (tso.clone(), pool.clone(), meta_raft.clone());

@@ -165,7 +165,7 @@ impl InProcessCluster {
             peer_tls: None,
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,
-            auth_token_ttl: Duration::from_secs(300),
+            auth_tokens: cairn_store::TokenConfig::default(),
         };
         let node = start_node(config).await;
         let (ptx, prx) = oneshot::channel::<()>();

@@ -227,7 +227,7 @@ impl SingleNode {
             peer_tls: None,
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,
-            auth_token_ttl: Duration::from_secs(300),
+            auth_tokens: cairn_store::TokenConfig::default(),
         };
         Self::launch(config, peer).await
     }

@@ -81,7 +81,8 @@ pub struct ServeArgs {
     /// is 2 GiB). 0: no quota.
     #[arg(long, default_value_t = cairn_server::DEFAULT_QUOTA_BYTES)]
     pub quota_backend_bytes: u64,
-    /// Token type for Authenticate: `simple` (etcd's default).
+    /// Token type for Authenticate: `simple` (etcd's default) or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|ES256|EdDSA|...,ttl=5m`.
     #[arg(long, default_value = "simple")]
     pub auth_token: String,
     /// Seconds a simple token lives past its last use.
@@ -122,12 +123,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
     if !cairn_auth::password::valid_cost(a.bcrypt_cost) {
         anyhow::bail!("--bcrypt-cost {} is out of range (4-31)", a.bcrypt_cost);
     }
-    if a.auth_token != "simple" && !a.auth_token.starts_with("simple,") {
-        anyhow::bail!(
-            "--auth-token {:?}: only simple tokens are built so far (JWT is not)",
-            a.auth_token
-        );
-    }
+    let auth_tokens = token_config(&a.auth_token, a.auth_token_ttl)?;
     let listen_peer = urls::list(&a.listen_peer_urls);
     let listen_client = urls::list(&a.listen_client_urls);
     let peer_tls = tls_args::server(
@@ -159,7 +155,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         corrupt_check_interval: a.experimental_corrupt_check_time,
         peer_tls: dial_tls,
         bcrypt_cost: a.bcrypt_cost,
-        auth_token_ttl: std::time::Duration::from_secs(a.auth_token_ttl.max(1)),
+        auth_tokens,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;
@@ -201,6 +197,30 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
     }
     tracing::info!(name = %a.name, id = format_args!("{:x}", node.id), "cairn node serving clients on {client_addrs:?}");
     Ok(Running { node })
+}
+
+/// `--auth-token` (and `--auth-token-ttl` for simple tokens), with the
+/// JWT key files read now so a bad one fails at start.
+fn token_config(option: &str, simple_ttl: u64) -> anyhow::Result<cairn_store::TokenConfig> {
+    use cairn_auth::jwt::{self, TokenOption};
+    Ok(match jwt::parse_option(option).map_err(anyhow::Error::msg)? {
+        TokenOption::Simple => cairn_store::TokenConfig::Simple {
+            ttl: std::time::Duration::from_secs(simple_ttl.max(1)),
+        },
+        TokenOption::Jwt {
+            public_key,
+            private_key,
+            method,
+            ttl,
+        } => {
+            let read = |p: &str| std::fs::read(p).with_context(|| format!("reading JWT key {p}"));
+            let public = read(&public_key)?;
+            let private = private_key.as_deref().map(read).transpose()?;
+            let keys = jwt::JwtKeys::new(&method, &public, private.as_deref(), ttl)
+                .map_err(anyhow::Error::msg)?;
+            cairn_store::TokenConfig::Jwt(Arc::new(keys))
+        }
+    })
 }
 
 /// Binds every URL of one port, warning when a listener reachable from

@@ -13,6 +13,12 @@
 //! ([`cairn_api::FILE_DESCRIPTOR_SET`], [`codec`]), so one handler serves
 //! every path in [`routes`].
 //!
+//! The caller travels along: the `Authorization` header becomes the
+//! `authorization` metadata (etcd reads a token there, as grpc-gateway
+//! forwards it) and the connection's verified TLS client certificate
+//! stays attached, so the services check the gateway's requests exactly as
+//! they check gRPC's.
+//!
 //! Streams: a bidirectional method (Watch, LeaseKeepAlive) reads its
 //! requests as consecutive JSON values from the request body while
 //! answering with one `{"result": ...}` line per message; the end of the
@@ -87,9 +93,10 @@ pub fn router(grpc: Routes, limit: usize) -> axum::Router {
             let (grpc, method) = (grpc.clone(), method.clone());
             // Answers are bounded by the services (as etcd's gateway, which
             // lifts gRPC's client limit): no 4 MiB client cap here.
-            let handler = move |body: Body| {
+            let handler = move |req: axum::extract::Request| {
+                let (parts, body) = req.into_parts();
                 let client = Grpc::new(grpc).max_decoding_message_size(usize::MAX);
-                call(client, method, body, limit)
+                call(client, method, Caller::of(&parts), body, limit)
             };
             router = router.route(&format!("{prefix}{}", route.path), post(handler));
         }
@@ -97,12 +104,51 @@ pub fn router(grpc: Routes, limit: usize) -> axum::Router {
     router
 }
 
-async fn call(grpc: Grpc<Routes>, method: Arc<Method>, body: Body, limit: usize) -> Response {
+/// Who sent an HTTP request, as the gRPC services learn it.
+struct Caller {
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    tls: Option<TlsInfo>,
+}
+
+type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+
+impl Caller {
+    fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            authorization: parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            tls: parts.extensions.get::<TlsInfo>().cloned(),
+        }
+    }
+
+    /// `msg` as a gRPC request from this caller.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(a) = &self.authorization {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
+        if let Some(tls) = &self.tls {
+            r.extensions_mut().insert(tls.clone());
+        }
+        r
+    }
+}
+
+async fn call(
+    grpc: Grpc<Routes>,
+    method: Arc<Method>,
+    caller: Caller,
+    body: Body,
+    limit: usize,
+) -> Response {
     let result = if method.client_streaming {
-        bidi(grpc, &method, body, limit).await
+        bidi(grpc, &method, &caller, body, limit).await
     } else {
         match axum::body::to_bytes(body, limit).await {
-            Ok(bytes) => unary_or_server_streaming(grpc, &method, &bytes).await,
+            Ok(bytes) => unary_or_server_streaming(grpc, &method, &caller, &bytes).await,
             Err(e) => Err(Status::invalid_argument(format!(
                 "reading the request body: {e}"
             ))),
@@ -114,9 +160,10 @@ async fn call(grpc: Grpc<Routes>, method: Arc<Method>, body: Body, limit: usize)
 async fn unary_or_server_streaming(
     mut grpc: Grpc<Routes>,
     method: &Method,
+    caller: &Caller,
     body: &[u8],
 ) -> Result<Response, Status> {
-    let request = tonic::Request::new(json::decode(&method.input, body)?);
+    let request = caller.request(json::decode(&method.input, body)?);
     let codec = DynamicCodec {
         output: method.output.clone(),
     };
@@ -142,6 +189,7 @@ async fn unary_or_server_streaming(
 async fn bidi(
     mut grpc: Grpc<Routes>,
     method: &Method,
+    caller: &Caller,
     body: Body,
     limit: usize,
 ) -> Result<Response, Status> {
@@ -201,7 +249,7 @@ async fn bidi(
         output: method.output.clone(),
     };
     ready(&mut grpc).await?;
-    let requests = tonic::Request::new(ReceiverStream::new(rx));
+    let requests = caller.request(ReceiverStream::new(rx));
     match grpc.streaming(requests, method.path.clone(), codec).await {
         Ok(answers) => Ok(stream_response(answers.into_inner())),
         Err(status) => Ok(stream_failed(&status)),
