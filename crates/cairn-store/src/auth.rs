@@ -17,7 +17,10 @@
 //! - a read, once its view is established (linearizable: applied past the
 //!   read index), is checked against a meta replica at least as new as
 //!   every fence in that view ([`Node::authorize`]); so a read that starts
-//!   after a revoke returned is checked against it.
+//!   after a revoke returned is checked against it;
+//! - a refusal is only ever given by a replica caught up with the meta
+//!   region (a read index there), so a grant acknowledged through another
+//!   member is never refused by a lagging one.
 //!
 //! That is etcd's guarantee (there, auth changes and KV share one log),
 //! kept with the auth store in the meta region, where it stays valid when
@@ -180,9 +183,12 @@ impl Node {
             self.catch_up_auth().await?;
         }
         match self.authorize_local(access) {
-            // A token registered moments ago through another member, or a
-            // change applied while checking: catch up once and look again.
-            Err(Error::Auth(AuthError::InvalidAuthToken | AuthError::AuthOldRevision)) => {
+            // Refused by this replica as it is: a grant acknowledged a
+            // moment ago through another member, a token registered there,
+            // or a change applied while checking may not be here yet. A
+            // refusal must come from a state at least as new as every
+            // change acknowledged before the request: catch up, look again.
+            Err(Error::Auth(_)) => {
                 self.catch_up_auth().await?;
                 self.authorize_local(access)
             }
