@@ -6,7 +6,10 @@ then the JSON gateway with the same HTTP requests to both (gateway.py) and
 alarm on fresh 1-node servers of each (quota.py); backups saved from each
 and restored into the other (snapshot.py); TLS on both ports, mutual and
 server-only, in one session against each (tls.py); users, roles,
-permissions and tokens in one etcdctl session against each (auth.py);
+permissions and tokens in one etcdctl session against each, then JWTs
+and the gateway with auth (auth.py); and the etcdctl session, the timing
+scenarios and the Python client again against secured servers of each
+(TLS, client certificates, auth on: secured.py);
 then timing-dependent etcdctl scenarios (scenarios.py: contending locks,
 election leader change, interactive watch progress, lease keep-alive), the
 Python `etcd3` client and the `etcd-client` Rust crate's tests, each
@@ -347,6 +350,13 @@ def auth(binary):
     return r.returncode == 0
 
 
+def secured(binary):
+    r = subprocess.run([sys.executable, os.path.join(HERE, "secured.py"), binary])
+    print("real clients against secured etcd and Cairn (TLS, certificates, auth):",
+          "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def python_client(eps, label):
     r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
     print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -371,6 +381,7 @@ def main():
         ok = snapshot(binary) and ok
         ok = tls(binary) and ok
         ok = auth(binary) and ok
+        ok = secured(binary) and ok
         ok = scenarios(etcd_eps, "etcd") and ok
         ok = scenarios(cairn_eps, "cairn") and ok
         ok = python_client(etcd_eps, "etcd") and ok

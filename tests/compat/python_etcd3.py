@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """The Python `etcd3` client against one endpoint (real etcd or Cairn).
-Exits non-zero on the first failed check. Usage: python_etcd3.py HOST:PORT"""
+Exits non-zero on the first failed check. Usage: python_etcd3.py HOST:PORT
+
+A secured server: set ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY (TLS with a
+client certificate) and ETCDCTL_USER (`name:password`, authenticated by
+the client, which then sends its token) — the variables etcdctl reads."""
 import os
 import sys
 
@@ -10,7 +14,14 @@ import etcd3  # noqa: E402
 
 def main():
     host, port = sys.argv[1].rsplit(":", 1)
-    c = etcd3.client(host=host, port=int(port), timeout=10)
+    env = os.environ.get
+    secure = {}
+    if env("ETCDCTL_CACERT"):
+        secure = dict(ca_cert=env("ETCDCTL_CACERT"), cert_cert=env("ETCDCTL_CERT"), cert_key=env("ETCDCTL_KEY"))
+    if env("ETCDCTL_USER"):
+        user, password = env("ETCDCTL_USER").split(":", 1)
+        secure.update(user=user, password=password)
+    c = etcd3.client(host=host, port=int(port), timeout=10, **secure)
     for k, v in [("py/a", "1"), ("py/b", "2"), ("py/c", "3")]:
         c.put(k, v)
     value, meta = c.get("py/a")
