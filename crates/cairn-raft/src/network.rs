@@ -106,9 +106,27 @@ impl Faults {
     }
 }
 
+/// Peer metadata: the sender's cluster ID (hex).
+pub const CLUSTER_HEADER: &str = "cairn-cluster";
+/// Peer metadata: the sender's member ID (hex).
+pub const FROM_HEADER: &str = "cairn-from";
+
+/// The (cluster, member) a peer request says it comes from.
+pub fn sender<T>(req: &tonic::Request<T>) -> Option<(u64, NodeId)> {
+    let get = |h: &str| {
+        req.metadata()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+    };
+    Some((get(CLUSTER_HEADER)?, get(FROM_HEADER)?))
+}
+
 /// One channel per remote node, shared by all regions.
 pub struct PeerPool {
     me: NodeId,
+    /// The cluster every message is stamped with (see [`PeerPool::request`]).
+    cluster_id: u64,
     /// This member's TLS client configuration (`--peer-cert-file` etc.),
     /// used for `https://` peer URLs.
     tls: Option<Arc<cairn_tls::ClientConfig>>,
@@ -122,10 +140,16 @@ pub struct PeerPool {
 struct Msg(String);
 
 impl PeerPool {
-    /// A pool for node `me`, dialing `https://` peers under `tls`.
-    pub fn new(me: NodeId, tls: Option<Arc<cairn_tls::ClientConfig>>) -> Arc<Self> {
+    /// A pool for node `me` of cluster `cluster_id`, dialing `https://`
+    /// peers under `tls`.
+    pub fn new(
+        me: NodeId,
+        cluster_id: u64,
+        tls: Option<Arc<cairn_tls::ClientConfig>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             me,
+            cluster_id,
             tls,
             channels: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
@@ -135,6 +159,17 @@ impl PeerPool {
     /// This node's ID.
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// `msg` as a peer request: stamped with this member's cluster and ID
+    /// ([`CLUSTER_HEADER`], [`FROM_HEADER`]), which the receiving member
+    /// checks before it acts on anything.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let md = r.metadata_mut();
+        md.insert(CLUSTER_HEADER, format!("{:x}", self.cluster_id).parse().expect("hex is ASCII"));
+        md.insert(FROM_HEADER, format!("{:x}", self.me).parse().expect("hex is ASCII"));
+        r
     }
 
     /// A client for the node at `addr` (`host:port` or URL).
@@ -192,11 +227,11 @@ impl PeerPool {
         let mut client = self
             .client(addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
-        let fut = client.raft(RaftRequest {
+        let fut = client.raft(self.request(RaftRequest {
             region_id: region,
             kind,
             payload,
-        });
+        }));
         let reply = match tokio::time::timeout(timeout, fut).await {
             Err(_) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&Msg(

@@ -119,7 +119,7 @@ impl Node {
         let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(config.data_dir.join("db"))?);
         let log_writer =
             LogWriter::start(engine.clone()).map_err(|e| Error::Internal(e.to_string()))?;
-        let pool = PeerPool::new(id, config.peer_tls.clone());
+        let pool = PeerPool::new(id, cluster_id, config.peer_tls.clone());
         let mut raft_config = cairn_raft::raft_config(&format!("cairn-{cluster_id:x}"));
         raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs);
         raft_config.max_in_snapshot_log_to_keep = config.snapshot_logs / 10;

@@ -1,5 +1,14 @@
 //! The node-to-node gRPC service: Raft messages by region, forwarded
 //! requests, and TSO allocation.
+//!
+//! Only members are served: every request must name this cluster and a
+//! member ID (stamped by the sender's `PeerPool`), and a Raft message for
+//! a region must come from a member of that region's Raft group. With
+//! `--peer-client-cert-auth` the TLS handshake has already required a
+//! certificate from the peer CA; this keeps out members of other clusters
+//! (another `--initial-cluster-token`) and nodes that are not members —
+//! a crash-fault model's guard against misrouted traffic, not against a
+//! member that lies (see docs/security.md).
 
 use std::sync::Arc;
 
@@ -26,14 +35,56 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    fn initial_member(&self, id: u64) -> bool {
+        let c = &self.node.config;
+        c.initial_cluster
+            .iter()
+            .any(|m| crate::member_id(&m.name, &m.peer_url, &c.cluster_token) == id)
+    }
+
+    /// The member a request comes from, if it is one of this cluster's
+    /// (of region `region`'s Raft group, when given).
+    fn member<T>(&self, req: &Request<T>, region: Option<u64>) -> Result<u64, Status> {
+        let Some((cluster, from)) = cairn_raft::network::sender(req) else {
+            return Err(Status::permission_denied("peer request without a cluster and member ID"));
+        };
+        if cluster != self.node.cluster_id {
+            return Err(Status::permission_denied(format!(
+                "peer request for cluster {cluster:x}, this is cluster {:x}",
+                self.node.cluster_id
+            )));
+        }
+        let group = region.unwrap_or(crate::META_REGION);
+        let known = self.node.region(group).is_ok_and(|r| {
+            let m = r.raft.metrics().borrow().membership_config.clone();
+            let m = m.membership();
+            match m.get_node(&from) {
+                Some(_) => true,
+                // A replica that knows no membership yet (its group not
+                // initialized here) takes the initial cluster's word.
+                None => m.nodes().next().is_none() && self.initial_member(from),
+            }
+        });
+        if !known {
+            return Err(Status::permission_denied(format!(
+                "peer {from:x} is not a member of region {group}"
+            )));
+        }
+        Ok(from)
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn raft(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let req = req.into_inner();
+        let region_id = req.get_ref().region_id;
         let region = self
             .node
-            .region(req.region_id)
+            .region(region_id)
             .map_err(|e| Status::not_found(e.to_string()))?;
+        self.member(&req, Some(region_id))?;
+        let req = req.into_inner();
         let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -44,6 +95,7 @@ impl Peer for PeerService {
         &self,
         req: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
+        self.member(&req, None)?;
         let req = req.into_inner();
         let op: ForwardOp =
             decode(&req.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -53,6 +105,7 @@ impl Peer for PeerService {
     }
 
     async fn tso(&self, req: Request<TsoRequest>) -> Result<Response<TsoReply>, Status> {
+        self.member(&req, None)?;
         let count = req.into_inner().count;
         match self.node.tso_local(count).await {
             Ok(first) => Ok(Response::new(TsoReply { first, count })),

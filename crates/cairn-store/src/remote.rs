@@ -80,10 +80,10 @@ pub async fn forward(
     let addr = node_addr(raft, target).ok_or(Error::NoLeader)?;
     let mut client = pool.client(&addr).map_err(Error::Internal)?;
     let payload = encode(op)?;
-    let call = client.forward(ForwardRequest {
+    let call = client.forward(pool.request(ForwardRequest {
         region_id: region,
         payload,
-    });
+    }));
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Err(_) => Err(Error::Timeout),
         // Connecting failed: nothing was sent, so retrying (elsewhere) is safe.
@@ -107,7 +107,7 @@ pub async fn tso(pool: &Arc<PeerPool>, meta: &Raft, target: u64, count: u32) -> 
     }
     let addr = node_addr(meta, target).ok_or(Error::NoLeader)?;
     let mut client = pool.client(&addr).map_err(Error::Internal)?;
-    match tokio::time::timeout(Duration::from_secs(5), client.tso(TsoRequest { count })).await {
+    match tokio::time::timeout(Duration::from_secs(5), client.tso(pool.request(TsoRequest { count }))).await {
         Err(_) => Err(Error::NoLeader),
         Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
             Err(Error::NotLeader { leader: None })

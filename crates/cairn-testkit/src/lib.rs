@@ -43,7 +43,8 @@ pub struct TestNode {
     pub id: u64,
     /// Client address (`127.0.0.1:port`).
     pub client_addr: String,
-    peer_addr: String,
+    /// Peer address (`127.0.0.1:port`).
+    pub peer_addr: String,
     dir: PathBuf,
     running: Option<Running>,
 }

@@ -8,7 +8,8 @@
 //! - a revoked permission is in force at once on every member: after the
 //!   revoke returns, the user's writes and reads through the other members
 //!   are refused (the fence in the data region), over many rounds;
-//! - a password change or a user delete voids that user's tokens.
+//! - a password change or a user delete voids that user's tokens;
+//! - the peer port serves members of this cluster only.
 
 use std::time::Duration;
 
@@ -374,5 +375,40 @@ async fn a_revoked_permission_is_in_force_on_every_member_at_once() {
         .unwrap_err();
     assert_eq!(e.message(), "etcdserver: authentication failed, invalid user ID or password");
     token(&chans[1], "alice", "new").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_peer_port_serves_members_of_this_cluster_only() {
+    use cairn_api::peerpb::{ForwardRequest, RaftRequest, TsoRequest};
+    use cairn_raft::network::PeerPool;
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(cairn_store::META_REGION).await;
+    let cluster = c.node(0).cluster_id;
+    let addr = c.nodes[1].peer_addr.clone();
+    // A member of this cluster is served (the TSO answers, or says who leads).
+    let member = PeerPool::new(c.nodes[0].id, cluster, None);
+    let r = member.client(&addr).unwrap().tso(member.request(TsoRequest { count: 1 })).await;
+    assert!(r.is_ok() || r.as_ref().unwrap_err().code() == Code::FailedPrecondition, "{r:?}");
+    // Another cluster, a stranger, or no stamp at all: refused before anything is done.
+    let other_cluster = PeerPool::new(c.nodes[0].id, cluster ^ 1, None);
+    let stranger = PeerPool::new(0xdead_beef, cluster, None);
+    for pool in [&other_cluster, &stranger] {
+        let mut client = pool.client(&addr).unwrap();
+        let e = client.tso(pool.request(TsoRequest { count: 1 })).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        let e = client
+            .forward(pool.request(ForwardRequest { region_id: 1, payload: vec![] }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        let e = client
+            .raft(pool.request(RaftRequest { region_id: 1, kind: 2, payload: vec![] }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    }
+    let e = member.client(&addr).unwrap().tso(TsoRequest { count: 1 }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "an unstamped request");
     c.shutdown().await;
 }
