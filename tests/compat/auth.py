@@ -24,13 +24,11 @@ import http.client
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import (Procs, compare_transcripts, normalize, start_cairn, start_etcd,  # noqa: E402
+from compat import (compare_transcripts, normalize, run_in_workdir, start_cairn, start_etcd,  # noqa: E402
                     wait_healthy)
 
 ROOT = ["--user", "root:rootpw"]
@@ -222,45 +220,40 @@ def rsa_keys(work):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    work = tempfile.mkdtemp(prefix="cairn-auth-")
-    procs = Procs()
-    try:
-        etcd = start_etcd(procs, work)
-        wait_healthy(etcd[0])
-        ref = normalize(session(etcd))
-        if "--etcd-only" in sys.argv:
-            print("\n".join(ref))
-            return
-        cairn = start_cairn(procs, work, binary)
-        for e in cairn:
-            wait_healthy(e)
-        got = normalize(session(cairn))
-        if "--show" in sys.argv:
-            print("\n".join(got))
-        ok = compare_transcripts(ref, got, "auth session")
-        # JWTs and the gateway, on fresh servers of each.
-        procs.stop()
-        token = rsa_keys(work)
-        jwork = os.path.join(work, "jwt")
-        os.makedirs(jwork)
-        etcd = start_etcd(procs, jwork, extra=["--auth-token", token])
-        wait_healthy(etcd[0])
-        ref = normalize_gateway(jwt_session(etcd))
-        cairn = start_cairn(procs, jwork, binary, extra=["--auth-token", token])
-        for e in cairn:
-            wait_healthy(e)
-        got = normalize_gateway(jwt_session(cairn))
-        if "--show" in sys.argv:
-            print("\n".join(got))
-        ok = compare_transcripts(ref, got, "JWT and gateway auth session") and ok
-    finally:
-        procs.stop()
-        if "--keep" not in sys.argv:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("logs kept in", work)
-    sys.exit(0 if ok else 1)
+    run_in_workdir("cairn-auth-", lambda work, procs: both(os.path.abspath(sys.argv[1]), work, procs))
+
+
+def both(binary, work, procs):
+    """The plain session, then JWTs and the gateway; True if all matched."""
+    etcd = start_etcd(procs, work)
+    wait_healthy(etcd[0])
+    ref = normalize(session(etcd))
+    if "--etcd-only" in sys.argv:
+        print("\n".join(ref))
+        return True
+    cairn = start_cairn(procs, work, binary)
+    for e in cairn:
+        wait_healthy(e)
+    got = normalize(session(cairn))
+    if "--show" in sys.argv:
+        print("\n".join(got))
+    ok = compare_transcripts(ref, got, "auth session")
+    # JWTs and the gateway, on fresh servers of each.
+    procs.stop()
+    token = rsa_keys(work)
+    jwork = os.path.join(work, "jwt")
+    os.makedirs(jwork)
+    etcd = start_etcd(procs, jwork, extra=["--auth-token", token])
+    wait_healthy(etcd[0])
+    ref = normalize_gateway(jwt_session(etcd))
+    cairn = start_cairn(procs, jwork, binary, extra=["--auth-token", token])
+    for e in cairn:
+        wait_healthy(e)
+    got = normalize_gateway(jwt_session(cairn))
+    if "--show" in sys.argv:
+        print("\n".join(got))
+    ok = compare_transcripts(ref, got, "JWT and gateway auth session") and ok
+    return ok
 
 
 if __name__ == "__main__":

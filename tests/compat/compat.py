@@ -66,6 +66,24 @@ class Procs:
                 p.wait()
 
 
+def run_in_workdir(prefix, body):
+    """Runs `body(work, procs)` (returns ok) in a fresh work directory; then
+    stops every process it started and removes the directory (kept, and
+    named, with --keep); exits 0 if ok."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    procs = Procs()
+    ok = False
+    try:
+        ok = body(work, procs)
+    finally:
+        procs.stop()
+        if "--keep" not in sys.argv:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("logs kept in", work)
+    sys.exit(0 if ok else 1)
+
+
 def wait_ready(endpoint, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -308,94 +326,51 @@ def rust_client(eps, label):
     return r.returncode == 0
 
 
+def script(what, name, *args):
+    """Runs the comparison script `name` with `args`; prints and returns
+    whether it passed."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, name), *args])
+    print(f"{what}:", "ok" if r.returncode == 0 else "FAILED")
+    return r.returncode == 0
+
+
 def scenarios(eps, label):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "scenarios.py"), ",".join(eps)])
-    print(f"etcdctl coordination scenarios against {label}:", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def gateway(etcd_ep, cairn_ep):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "gateway.py"), etcd_ep, cairn_ep])
-    print("JSON gateway side by side:", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def metrics(etcd_ep, cairn_ep):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "metrics.py"), etcd_ep, cairn_ep])
-    print("/metrics beside etcd's:", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def quota(binary):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "quota.py"), binary])
-    print("quota and NOSPACE alarm beside etcd:", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def snapshot(binary):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "snapshot.py"), binary])
-    print("backups beside etcd (save, status, restore both ways):", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def tls(binary):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "tls.py"), binary])
-    print("TLS sessions beside etcd (mutual and server-only):", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def auth(binary):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "auth.py"), binary])
-    print("auth session beside etcd (users, roles, permissions, denials):", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
-
-
-def secured(binary):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "secured.py"), binary])
-    print("real clients against secured etcd and Cairn (TLS, certificates, auth):",
-          "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
+    return script(f"etcdctl coordination scenarios against {label}", "scenarios.py", ",".join(eps))
 
 
 def python_client(eps, label):
-    r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0]])
-    print(f"python etcd3 against {label}:", "ok" if r.returncode == 0 else "FAILED")
-    return r.returncode == 0
+    return script(f"python etcd3 against {label}", "python_etcd3.py", eps[0])
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    work = tempfile.mkdtemp(prefix="cairn-compat-")
-    procs = Procs()
-    try:
-        etcd_eps = start_etcd(procs, work)
-        cairn_eps = start_cairn(procs, work, binary)
-        wait_ready(etcd_eps[0])
-        for e in cairn_eps:
-            wait_ready(e)
-        ok = compare_etcdctl(etcd_eps, cairn_eps)
-        ok = cairn_only_checks(cairn_eps) and ok
-        ok = gateway(etcd_eps[0], cairn_eps[0]) and ok
-        ok = metrics(etcd_eps[0], cairn_eps[0]) and ok
-        ok = quota(binary) and ok
-        ok = snapshot(binary) and ok
-        ok = tls(binary) and ok
-        ok = auth(binary) and ok
-        ok = secured(binary) and ok
-        ok = scenarios(etcd_eps, "etcd") and ok
-        ok = scenarios(cairn_eps, "cairn") and ok
-        ok = python_client(etcd_eps, "etcd") and ok
-        ok = python_client(cairn_eps, "cairn") and ok
-        if "--no-rust-client" not in sys.argv:
-            ok = rust_client(etcd_eps, "etcd") and ok
-            ok = rust_client(cairn_eps, "cairn") and ok
-    finally:
-        procs.stop()
-        if "--keep" not in sys.argv:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("logs kept in", work)
-    sys.exit(0 if ok else 1)
+    run_in_workdir("cairn-compat-", lambda work, procs: everything(os.path.abspath(sys.argv[1]), work, procs))
+
+
+def everything(binary, work, procs):
+    """The whole comparison; True if every part passed."""
+    etcd_eps = start_etcd(procs, work)
+    cairn_eps = start_cairn(procs, work, binary)
+    wait_ready(etcd_eps[0])
+    for e in cairn_eps:
+        wait_ready(e)
+    ok = compare_etcdctl(etcd_eps, cairn_eps)
+    ok = cairn_only_checks(cairn_eps) and ok
+    ok = script("JSON gateway side by side", "gateway.py", etcd_eps[0], cairn_eps[0]) and ok
+    ok = script("/metrics beside etcd's", "metrics.py", etcd_eps[0], cairn_eps[0]) and ok
+    ok = script("quota and NOSPACE alarm beside etcd", "quota.py", binary) and ok
+    ok = script("backups beside etcd (save, status, restore both ways)", "snapshot.py", binary) and ok
+    ok = script("TLS sessions beside etcd (mutual and server-only)", "tls.py", binary) and ok
+    ok = script("auth sessions beside etcd (users, roles, permissions, JWT, gateway)", "auth.py", binary) and ok
+    ok = script("real clients against secured etcd and Cairn (TLS, certificates, auth)",
+                "secured.py", binary) and ok
+    ok = scenarios(etcd_eps, "etcd") and ok
+    ok = scenarios(cairn_eps, "cairn") and ok
+    ok = python_client(etcd_eps, "etcd") and ok
+    ok = python_client(cairn_eps, "cairn") and ok
+    if "--no-rust-client" not in sys.argv:
+        ok = rust_client(etcd_eps, "etcd") and ok
+        ok = rust_client(cairn_eps, "cairn") and ok
+    return ok
 
 
 if __name__ == "__main__":

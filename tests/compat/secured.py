@@ -14,13 +14,11 @@ the environment variables etcdctl reads:
 Usage: secured.py CAIRN_BINARY   (etcd, etcdctl on PATH)
 """
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import HERE, Procs, compare_transcripts, normalize, session  # noqa: E402
+from compat import HERE, compare_transcripts, normalize, run_in_workdir, session  # noqa: E402
 from tls import start_cairn, start_etcd, wait_ready  # noqa: E402
 
 
@@ -49,43 +47,36 @@ def unauthenticated_read(eps, pki):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    work = tempfile.mkdtemp(prefix="cairn-secured-")
-    pki, other = os.path.join(work, "pki"), os.path.join(work, "other")
+    run_in_workdir("cairn-secured-", lambda work, procs: secured(os.path.abspath(sys.argv[1]), work, procs))
+
+
+def secured(binary, work, procs):
+    """Everything above; True if all passed."""
+    pki = os.path.join(work, "pki")
     subprocess.run([binary, "certs", "--dir", pki, "member", "root", "alice"], check=True, capture_output=True)
-    procs = Procs()
-    ok = True
-    try:
-        etcd_ports = start_etcd(procs, work, pki, mutual=True)
-        cairn_ports = start_cairn(procs, work, binary, pki, mutual=True)
-        wait_ready(etcd_ports, pki)
-        wait_ready(cairn_ports, pki)
-        etcd = [f"https://127.0.0.1:{p}" for p in etcd_ports]
-        cairn = [f"https://127.0.0.1:{p}" for p in cairn_ports]
-        enable_auth(etcd, pki)
-        enable_auth(cairn, pki)
-        refused = [unauthenticated_read(etcd, pki), unauthenticated_read(cairn, pki)]
-        print("unknown user refused:", refused[0] == refused[1] and "denied" in refused[0], refused[1])
-        ok = refused[0] == refused[1] and "denied" in refused[0]
-        os.environ.update(secure_env(pki))
-        os.environ["ETCDCTL_USER"] = "root:rootpw"
-        ok = compare_transcripts(normalize(session(etcd)), normalize(session(cairn)),
-                                 "etcdctl session, secured (TLS, client certificates, auth)") and ok
-        for label, eps in (("etcd", etcd), ("cairn", cairn)):
-            r = subprocess.run([sys.executable, os.path.join(HERE, "scenarios.py"), ",".join(eps)])
-            print(f"etcdctl coordination scenarios against secured {label}:", "ok" if r.returncode == 0 else "FAILED")
-            ok = r.returncode == 0 and ok
-            r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"),
-                                eps[0].removeprefix("https://")])
-            print(f"python etcd3 against secured {label}:", "ok" if r.returncode == 0 else "FAILED")
-            ok = r.returncode == 0 and ok
-    finally:
-        procs.stop()
-        if "--keep" not in sys.argv:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("logs kept in", work)
-    sys.exit(0 if ok else 1)
+    etcd_ports = start_etcd(procs, work, pki, mutual=True)
+    cairn_ports = start_cairn(procs, work, binary, pki, mutual=True)
+    wait_ready(etcd_ports, pki)
+    wait_ready(cairn_ports, pki)
+    etcd = [f"https://127.0.0.1:{p}" for p in etcd_ports]
+    cairn = [f"https://127.0.0.1:{p}" for p in cairn_ports]
+    enable_auth(etcd, pki)
+    enable_auth(cairn, pki)
+    refused = [unauthenticated_read(etcd, pki), unauthenticated_read(cairn, pki)]
+    ok = refused[0] == refused[1] and "denied" in refused[0]
+    print("unknown user refused:", ok, refused[1])
+    os.environ.update(secure_env(pki))
+    os.environ["ETCDCTL_USER"] = "root:rootpw"
+    ok = compare_transcripts(normalize(session(etcd)), normalize(session(cairn)),
+                             "etcdctl session, secured (TLS, client certificates, auth)") and ok
+    for label, eps in (("etcd", etcd), ("cairn", cairn)):
+        r = subprocess.run([sys.executable, os.path.join(HERE, "scenarios.py"), ",".join(eps)])
+        print(f"etcdctl coordination scenarios against secured {label}:", "ok" if r.returncode == 0 else "FAILED")
+        ok = r.returncode == 0 and ok
+        r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0].removeprefix("https://")])
+        print(f"python etcd3 against secured {label}:", "ok" if r.returncode == 0 else "FAILED")
+        ok = r.returncode == 0 and ok
+    return ok
 
 
 if __name__ == "__main__":

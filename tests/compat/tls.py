@@ -21,16 +21,14 @@ Usage: tls.py CAIRN_BINARY   (etcd, etcdctl on PATH)
 import http.client
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import Procs, compare_transcripts, free_port  # noqa: E402
+from compat import compare_transcripts, free_port, run_in_workdir  # noqa: E402
 
 
 def flags(pki, mutual):
@@ -171,32 +169,27 @@ def normalize(transcript):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    work = tempfile.mkdtemp(prefix="cairn-tls-")
+    run_in_workdir("cairn-tls-", lambda work, procs: both_modes(os.path.abspath(sys.argv[1]), work, procs))
+
+
+def both_modes(binary, work, procs):
+    """Mutual and server-only TLS sessions; True if both matched."""
     pki, other = os.path.join(work, "pki"), os.path.join(work, "other")
     subprocess.run([binary, "certs", "--dir", pki, "member", "alice", "root"], check=True, capture_output=True)
     subprocess.run([binary, "certs", "--dir", other, "mallory"], check=True, capture_output=True)
-    procs = Procs()
     ok = True
-    try:
-        for mutual in (True, False):
-            what = "mutual TLS" if mutual else "server-only TLS"
-            etcd = start_etcd(procs, work, pki, mutual)
-            cairn = start_cairn(procs, work, binary, pki, mutual)
-            wait_ready(etcd, pki)
-            wait_ready(cairn, pki)
-            ref = normalize(session(etcd, pki, other, mutual))
-            got = normalize(session(cairn, pki, other, mutual))
-            if "--show" in sys.argv:
-                print("\n".join(got))
-            ok = compare_transcripts(ref, got, f"TLS session ({what})") and ok
-    finally:
-        procs.stop()
-        if "--keep" not in sys.argv:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("logs kept in", work)
-    sys.exit(0 if ok else 1)
+    for mutual in (True, False):
+        what = "mutual TLS" if mutual else "server-only TLS"
+        etcd = start_etcd(procs, work, pki, mutual)
+        cairn = start_cairn(procs, work, binary, pki, mutual)
+        wait_ready(etcd, pki)
+        wait_ready(cairn, pki)
+        ref = normalize(session(etcd, pki, other, mutual))
+        got = normalize(session(cairn, pki, other, mutual))
+        if "--show" in sys.argv:
+            print("\n".join(got))
+        ok = compare_transcripts(ref, got, f"TLS session ({what})") and ok
+    return ok
 
 
 if __name__ == "__main__":

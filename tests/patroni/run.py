@@ -14,6 +14,11 @@ gateway (Patroni's `etcd3` DCS speaks only HTTP). The run, once against a
 4. a remaining member must take the leader key and be promoted, and every
    committed row must be on it; `patronictl list` must show the new leader.
 
+Then both again, secured: TLS on client and peer ports with client
+certificates required, auth on, and Patroni logging in as a `patroni` user
+allowed read-write on its namespace only (HTTPS, a client certificate, a
+password and the token it gets for it).
+
 Usage: run.py CAIRN_BINARY   (etcd, patroni, PostgreSQL 15 installed)
 PostgreSQL refuses to run as root: as root, Patroni runs as `postgres`.
 """
@@ -29,17 +34,37 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "compat"))
 from compat import Procs, free_port, start_cairn, start_etcd, wait_healthy  # noqa: E402
+import tls  # noqa: E402
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 ROWS = 200
 
 
 def start_store(kind, procs, work, binary):
-    """A fresh etcd, or a fresh 3-node Cairn; its client endpoints, ready."""
-    eps = start_etcd(procs, work) if kind == "etcd" else start_cairn(procs, work, binary)
-    for ep in eps:
-        wait_healthy(ep)
-    return eps
+    """A fresh etcd, or a fresh 3-node Cairn; its client endpoints, ready;
+    secured: the Patroni side of the credentials too."""
+    if not kind.endswith("secured"):
+        eps = start_etcd(procs, work) if kind == "etcd" else start_cairn(procs, work, binary)
+        for ep in eps:
+            wait_healthy(ep)
+        return eps, None
+    pki = os.path.join(work, "pki")
+    subprocess.run([binary, "certs", "--dir", pki, "member", "root", "patroni"], check=True, capture_output=True)
+    start = tls.start_etcd if kind.startswith("etcd") else (
+        lambda procs, work, pki, mutual: tls.start_cairn(procs, work, binary, pki, mutual))
+    ports = start(procs, work, pki, mutual=True)
+    tls.wait_ready(ports, pki)
+    ep = ",".join(f"https://127.0.0.1:{p}" for p in ports)
+    root = tls.creds(pki, "root")
+    for args in (["user", "add", "root", "--new-user-password=rootpw", "--interactive=false"], ["auth", "enable"],
+                 ["user", "add", "patroni", "--new-user-password=patronipw", "--interactive=false"],
+                 ["role", "add", "patroni"],
+                 ["role", "grant-permission", "patroni", "readwrite", "/service/", "--prefix=true"],
+                 ["user", "grant-role", "patroni", "patroni"]):
+        subprocess.run(["etcdctl", "--endpoints", ep, *root, *args], check=True, capture_output=True)
+    secure = {"protocol": "https", "cacert": f"{pki}/ca.pem", "cert": f"{pki}/patroni.pem",
+              "key": f"{pki}/patroni-key.pem", "username": "patroni", "password": "patronipw"}
+    return [f"127.0.0.1:{p}" for p in ports], secure
 
 
 def wait(what, pred, timeout):
@@ -52,14 +77,14 @@ def wait(what, pred, timeout):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def patroni_config(work, name, hosts, rest, pg):
+def patroni_config(work, name, hosts, rest, pg, secure=None):
     data = os.path.join(work, name)
     cfg = {
         "scope": "cairn-ha",
         "namespace": "/service/",
         "name": name,
         "restapi": {"listen": f"127.0.0.1:{rest}", "connect_address": f"127.0.0.1:{rest}"},
-        "etcd3": {"hosts": hosts, "protocol": "http"},
+        "etcd3": {"hosts": hosts, "protocol": "http", **(secure or {})},
         "bootstrap": {
             "dcs": {
                 "ttl": 10, "loop_wait": 1, "retry_timeout": 4,
@@ -108,12 +133,12 @@ def psql(port, sql):
                            "-tAc", sql], capture_output=True, text=True, env=env)
 
 
-def run_on(kind, hosts, work, procs, user):
+def run_on(kind, hosts, work, procs, user, secure=None):
     """One Patroni session against `hosts`; returns a summary dict."""
     members = []
     for i in range(3):
         name, r, pg = f"pg{i}", free_port(), free_port()
-        cfg = patroni_config(work, name, hosts, r, pg)
+        cfg = patroni_config(work, name, hosts, r, pg, secure)
         p = procs.start(["patroni", cfg], os.path.join(work, f"{name}.log"), user=user)
         members.append({"name": name, "rest": r, "pg": pg, "proc": p, "cfg": cfg})
 
@@ -158,15 +183,17 @@ def main():
     binary = os.path.abspath(sys.argv[1])
     user = "postgres" if os.geteuid() == 0 else None
     ok = True
-    for kind in ["etcd", "cairn"]:
+    for kind in ["etcd", "cairn", "etcd-secured", "cairn-secured"]:
         work = tempfile.mkdtemp(prefix=f"patroni-{kind}-")
         os.chmod(work, 0o777)
         procs = Procs()
         try:
-            hosts = start_store(kind, procs, work, binary)
+            hosts, secure = start_store(kind, procs, work, binary)
             if user:
-                shutil.chown(work, user)
-            got = run_on(kind, hosts, work, procs, user)
+                for root, dirs, files in os.walk(work):
+                    for f in [root, *(os.path.join(root, n) for n in files)]:
+                        shutil.chown(f, user)
+            got = run_on(kind, hosts, work, procs, user, secure)
             good = got["rows"] == ROWS and got["new_leader_listed"]
             print(f"{kind}: {'ok' if good else 'FAILED'}: {got}")
             ok = ok and good

@@ -86,6 +86,35 @@ impl<T> Reloading<T> {
     }
 }
 
+/// The signature checks of a verifier that wraps a [`Reloading`] one
+/// (`self.0`): each asks the verifier for the files as they are now.
+macro_rules! signatures_by_current {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.get().verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.get().verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.get().supported_verify_schemes()
+        }
+    };
+}
+pub(crate) use signatures_by_current;
+
 /// The certificates in a PEM file (at least one).
 pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let io = |e: rustls::pki_types::pem::Error| Error::Pem {
