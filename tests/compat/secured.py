@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compat import HERE, compare_transcripts, normalize, run_in_workdir, session  # noqa: E402
-from tls import start_cairn, start_etcd, wait_ready  # noqa: E402
+from tls import make_pki, start_cairn, start_etcd, wait_ready  # noqa: E402
 
 
 def secure_env(pki):
@@ -53,7 +53,7 @@ def main():
 def secured(binary, work, procs):
     """Everything above; True if all passed."""
     pki = os.path.join(work, "pki")
-    subprocess.run([binary, "certs", "--dir", pki, "member", "root", "alice"], check=True, capture_output=True)
+    make_pki(binary, pki, "root", "alice")
     etcd_ports = start_etcd(procs, work, pki, mutual=True)
     cairn_ports = start_cairn(procs, work, binary, pki, mutual=True)
     wait_ready(etcd_ports, pki)

@@ -31,12 +31,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compat import compare_transcripts, free_port, run_in_workdir  # noqa: E402
 
 
+def make_pki(binary, pki, *clients):
+    """Two CAs, as a secured cluster should have: `pki` signs the members'
+    client-port certificate ("member") and the clients'; `pki/peer` signs
+    the members' peer certificate, so no client certificate passes for a
+    member on the peer port."""
+    subprocess.run([binary, "certs", "--dir", pki, "member", *clients], check=True, capture_output=True)
+    subprocess.run([binary, "certs", "--dir", f"{pki}/peer", "member"], check=True, capture_output=True)
+
+
 def flags(pki, mutual):
     """Mutual: --client-cert-auth and a CA; server-only: no client CA (etcd
     demands client certificates whenever it has one)."""
     f = ["--cert-file", f"{pki}/member.pem", "--key-file", f"{pki}/member-key.pem",
-         "--peer-cert-file", f"{pki}/member.pem", "--peer-key-file", f"{pki}/member-key.pem",
-         "--peer-trusted-ca-file", f"{pki}/ca.pem", "--peer-client-cert-auth"]
+         "--peer-cert-file", f"{pki}/peer/member.pem", "--peer-key-file", f"{pki}/peer/member-key.pem",
+         "--peer-trusted-ca-file", f"{pki}/peer/ca.pem", "--peer-client-cert-auth"]
     return f + (["--client-cert-auth", "--trusted-ca-file", f"{pki}/ca.pem"] if mutual else [])
 
 
@@ -175,7 +184,7 @@ def main():
 def both_modes(binary, work, procs):
     """Mutual and server-only TLS sessions; True if both matched."""
     pki, other = os.path.join(work, "pki"), os.path.join(work, "other")
-    subprocess.run([binary, "certs", "--dir", pki, "member", "alice", "root"], check=True, capture_output=True)
+    make_pki(binary, pki, "alice", "root")
     subprocess.run([binary, "certs", "--dir", other, "mallory"], check=True, capture_output=True)
     ok = True
     for mutual in (True, False):

@@ -49,7 +49,7 @@ def start_store(kind, procs, work, binary):
             wait_healthy(ep)
         return eps, None
     pki = os.path.join(work, "pki")
-    subprocess.run([binary, "certs", "--dir", pki, "member", "root", "patroni"], check=True, capture_output=True)
+    tls.make_pki(binary, pki, "root", "patroni")
     start = tls.start_etcd if kind.startswith("etcd") else (
         lambda procs, work, pki, mutual: tls.start_cairn(procs, work, binary, pki, mutual))
     ports = start(procs, work, pki, mutual=True)

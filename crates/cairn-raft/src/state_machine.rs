@@ -422,10 +422,20 @@ impl StateMachine {
         events: &mut Vec<(i64, Event)>,
     ) -> crate::Result<(WriteBatch, Reply)> {
         match cmd {
-            Command::Checked { auth_revision, .. } if auth_revision < state.auth_fence => Ok((
-                WriteBatch::new(),
-                Reply::Rejected(cairn_mvcc::Rejection::AuthOldRevision),
-            )),
+            // Data regions: refused behind a newer fence. The meta region
+            // (auth changes, tokens): refused if the auth store changed at
+            // all since the check — optimistic concurrency, so two changes
+            // checked against the same state cannot both pass.
+            Command::Checked { auth_revision, .. }
+                if auth_revision < state.auth_fence
+                    || (self.shared.kind == RegionKind::Meta
+                        && auth_revision != state.auth.revision) =>
+            {
+                Ok((
+                    WriteBatch::new(),
+                    Reply::Rejected(cairn_mvcc::Rejection::AuthOldRevision),
+                ))
+            }
             Command::Checked { cmd, .. } => self.execute(*cmd, term, state, engine, events),
             Command::AuthFence { revision } => {
                 state.auth_fence = state.auth_fence.max(revision);
@@ -808,6 +818,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             resolved,
             reset: true,
         });
+        // The entries this snapshot stands for may have deleted users,
+        // changed passwords or turned auth off: tokens registered before
+        // it cannot be trusted (clients authenticate again).
+        self.shared.tokens.lock().clear();
         Ok(())
     }
 

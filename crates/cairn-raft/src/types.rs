@@ -71,9 +71,10 @@ pub enum Command {
     /// is refused (`AuthOldRevision`). Proposed after every auth change,
     /// before the change is acknowledged.
     AuthFence { revision: u64 },
-    /// Data region: `cmd`, on behalf of a client whose permissions were
-    /// checked against auth revision `auth_revision` — applied only if no
-    /// newer auth revision has been fenced (etcd's `AuthOldRevision`
+    /// `cmd`, on behalf of a client whose permissions were checked against
+    /// auth revision `auth_revision` — applied in a data region only if no
+    /// newer auth revision has been fenced, in the meta region only if the
+    /// auth store is still at that revision (etcd's `AuthOldRevision`
     /// check at apply).
     Checked {
         auth_revision: u64,

@@ -3,8 +3,9 @@
 //! requests to other nodes are forwarded there.
 //!
 //! Access, as etcd: any user may grant, keep alive, list and ask a lease's
-//! TTL; revoking needs write on every key attached to the lease (it
-//! deletes them).
+//! TTL; the attached keys are shown only to a caller who may read them
+//! all (etcd 3.4.26's fix); revoking needs write on every key attached to
+//! the lease (it deletes them).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use cairn_auth::{Need, Needs, PermKind};
+use cairn_store::Access;
 
 use crate::auth;
 use crate::error::Error;
@@ -71,9 +73,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = req.get_ref().id;
         // The keys it holds now; each must be writable by the caller.
-        let keys = match self.ctx.node.lease_time_to_live(id).await {
-            Ok(Some(t)) => t.keys,
-            _ => Vec::new(),
+        let keys = match self.ctx.node.lease_time_to_live(id).await.map_err(Error::from)? {
+            Some(t) => t.keys,
+            None => Vec::new(),
         };
         let writes = keys
             .into_iter()
@@ -137,17 +139,35 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let access = auth::access(&req, Needs::User);
-        self.ctx.node.authorize(&access).await.map_err(Error::from)?;
+        let creds = auth::credentials(&req);
+        self.ctx
+            .node
+            .authorize(&Access::client(&creds, Needs::User))
+            .await
+            .map_err(Error::from)?;
         let req = req.into_inner();
         let header = Some(self.ctx.header(self.ctx.node.revision()));
-        let resp = match self
+        let found = self
             .ctx
             .node
             .lease_time_to_live(req.id)
             .await
-            .map_err(Error::from)?
-        {
+            .map_err(Error::from)?;
+        // The attached keys are data: shown only to a caller who may read
+        // every one of them (etcd's fix for CVE-2023-32082).
+        if let (true, Some(t)) = (req.keys, &found) {
+            let reads = t
+                .keys
+                .iter()
+                .map(|key| Need { kind: PermKind::Read, key: key.clone(), end: Vec::new() })
+                .collect();
+            self.ctx
+                .node
+                .authorize(&Access::client(&creds, Needs::Keys(reads)))
+                .await
+                .map_err(Error::from)?;
+        }
+        let resp = match found {
             // etcd answers an unknown lease with TTL -1, not an error.
             None => LeaseTimeToLiveResponse {
                 header,

@@ -172,14 +172,18 @@ impl Node {
     /// view is established: then every change acknowledged before the
     /// read began is in force). Returns the auth revision checked against.
     pub async fn authorize(&self, access: &Access) -> Result<Option<u64>> {
-        if matches!(access, Access::Internal) {
-            return Ok(None);
-        }
+        let admin = match access {
+            Access::Internal => return Ok(None),
+            Access::Client { needs, .. } => matches!(needs, Needs::Admin { .. }),
+        };
         let fence = self
             .region(DATA_REGION)?
             .shared
             .with_applied(|a| a.auth_fence);
-        if self.auth_revision() < fence {
+        // Admin calls (auth changes, backups, hashes) are rare and their
+        // effects are not ordered by the data region: always checked
+        // against a caught-up replica.
+        if admin || self.auth_revision() < fence {
             self.catch_up_auth().await?;
         }
         match self.authorize_local(access) {
@@ -194,6 +198,15 @@ impl Node {
             }
             other => other,
         }
+    }
+
+    /// [`Node::authorize`] against a replica caught up with the meta region
+    /// first, for checks no later apply repeats (a watch's creation).
+    pub async fn authorize_fresh(&self, access: &Access) -> Result<Option<u64>> {
+        if !matches!(access, Access::Internal) {
+            self.catch_up_auth().await?;
+        }
+        self.authorize(access).await
     }
 
     /// Submits a client write stamped with the auth revision it was
@@ -225,19 +238,35 @@ impl Node {
 
     /// Applies an auth change (the caller must be admin, checked here) and
     /// fences it in the data region before returning the new revision.
+    /// The change is stamped with the auth revision its admin check saw
+    /// and refused at apply if the store changed meanwhile (then checked
+    /// again), so a caller whose admin role was just taken away cannot
+    /// slip a change in behind the revoke.
     pub async fn auth_change(&self, creds: &Credentials, cmd: AuthCmd) -> Result<u64> {
         // Enabling needs no admin while auth is off (everyone is then).
-        self.authorize(&Access::client(creds, Needs::Admin { maintenance: false }))
-            .await?;
-        let revision = match self
-            .submit(META_REGION, ForwardOp::Plain(Command::Auth(cmd)))
+        let admin = Access::client(creds, Needs::Admin { maintenance: false });
+        let outcome = match self
+            .checked_submit(META_REGION, &admin, ForwardOp::Plain(Command::Auth(cmd)))
             .await?
         {
-            ForwardOk::Reply(Reply::Auth(r)) => r?,
+            ForwardOk::Reply(Reply::Auth(r)) => r,
             other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
         };
-        self.fence_auth(revision).await?;
-        Ok(revision)
+        match outcome {
+            Ok(revision) => {
+                self.fence_auth(revision).await?;
+                Ok(revision)
+            }
+            Err(e) => {
+                // Refused (say, a revoke retried after a fence that failed):
+                // fence what is there, so an earlier change that was
+                // committed but never fenced is in force from now on.
+                if self.catch_up_auth().await.is_ok() {
+                    let _ = self.fence_auth(self.auth_revision()).await;
+                }
+                Err(Error::Auth(e))
+            }
+        }
     }
 
     /// Fences auth `revision` in the data region, then waits until this
@@ -262,41 +291,52 @@ impl Node {
     /// new simple token on every member; returns it once this member has
     /// it.
     pub async fn authenticate(&self, name: &str, password: &str) -> Result<String> {
-        self.catch_up_auth().await?;
-        let (enabled, hash) = self.meta_shared().with_applied(|a| {
-            (
-                a.auth.enabled,
-                a.auth.users.get(name).map(|u| u.password.clone()),
-            )
-        });
-        if !enabled {
-            return Err(Error::Auth(AuthError::AuthNotEnabled));
+        for _ in 0..AUTH_ATTEMPTS {
+            self.catch_up_auth().await?;
+            let (enabled, revision, hash) = self.meta_shared().with_applied(|a| {
+                let hash = a.auth.users.get(name).map(|u| u.password.clone());
+                (a.auth.enabled, a.auth.revision, hash)
+            });
+            if !enabled {
+                return Err(Error::Auth(AuthError::AuthNotEnabled));
+            }
+            // No such user, or one without a password: the same answer.
+            let Some(Some(hash)) = hash else {
+                return Err(Error::Auth(AuthError::AuthFailed));
+            };
+            let password = password.to_string();
+            let ok =
+                tokio::task::spawn_blocking(move || cairn_auth::password::verify(&password, &hash))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+            if !ok {
+                return Err(Error::Auth(AuthError::AuthFailed));
+            }
+            // The token names the auth revision the password was checked
+            // at: a JWT is then refused once the store changes, and a
+            // simple token is registered only if the store is still there
+            // (a password changed during the check voids it).
+            if let TokenConfig::Jwt(keys) = &self.config.auth_tokens {
+                return Ok(keys.sign(name, revision, unix_now())?);
+            }
+            let token = SimpleTokens::mint(MINTED.fetch_add(1, Ordering::Relaxed));
+            let cmd = Command::AuthToken {
+                token: token.clone(),
+                user: name.to_string(),
+            };
+            let op = ForwardOp::Checked {
+                auth: revision,
+                op: Box::new(ForwardOp::Plain(cmd)),
+            };
+            match self.submit(META_REGION, op).await? {
+                ForwardOk::Reply(Reply::Auth(r)) => r?,
+                ForwardOk::Reply(Reply::Rejected(Rejection::AuthOldRevision)) => continue,
+                other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            };
+            self.catch_up_auth().await?;
+            return Ok(token);
         }
-        // No such user, or one without a password: the same answer.
-        let Some(Some(hash)) = hash else {
-            return Err(Error::Auth(AuthError::AuthFailed));
-        };
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || cairn_auth::password::verify(&password, &hash))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        if !ok {
-            return Err(Error::Auth(AuthError::AuthFailed));
-        }
-        if let TokenConfig::Jwt(keys) = &self.config.auth_tokens {
-            return Ok(keys.sign(name, self.auth_revision(), unix_now())?);
-        }
-        let token = SimpleTokens::mint(MINTED.fetch_add(1, Ordering::Relaxed));
-        let cmd = Command::AuthToken {
-            token: token.clone(),
-            user: name.to_string(),
-        };
-        match self.submit(META_REGION, ForwardOp::Plain(cmd)).await? {
-            ForwardOk::Reply(Reply::Auth(r)) => r?,
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
-        };
-        self.catch_up_auth().await?;
-        Ok(token)
+        Err(Error::Auth(AuthError::AuthOldRevision))
     }
 
     /// The bcrypt hash of a new password at this member's cost.

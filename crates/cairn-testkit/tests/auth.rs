@@ -379,6 +379,44 @@ async fn a_revoked_permission_is_in_force_on_every_member_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_role_taken_away_is_in_force_on_every_member_at_once() {
+    let c = InProcessCluster::start(3).await;
+    let chans: Vec<Channel> = c.nodes.iter().map(|n| channel(&n.client_addr)).collect();
+    secure(&chans[0]).await;
+    let root = token(&chans[0], "root", "rootpw").await;
+    let mut admin = AuthClient::new(chans[0].clone());
+    admin
+        .user_add(with(AuthUserAddRequest { name: "ops".into(), password: "opspw".into(), ..Default::default() }, Some(&root)))
+        .await
+        .unwrap();
+    let ops = token(&chans[1], "ops", "opspw").await;
+    for round in 0..10 {
+        let grant = AuthUserGrantRoleRequest { user: "ops".into(), role: "root".into() };
+        admin.user_grant_role(with(grant.clone(), Some(&root))).await.unwrap();
+        // ops is admin now, through any member.
+        AuthClient::new(chans[(round % 2) + 1].clone())
+            .user_list(with(AuthUserListRequest {}, Some(&ops)))
+            .await
+            .unwrap();
+        admin
+            .user_revoke_role(with(AuthUserRevokeRoleRequest { name: "ops".into(), role: "root".into() }, Some(&root)))
+            .await
+            .unwrap();
+        // At once, on the other members, ops can neither act as admin nor
+        // give itself the role back.
+        let other = AuthClient::new(chans[2 - (round % 2)].clone());
+        let e = other.clone().user_grant_role(with(grant, Some(&ops))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "round {round}: {e}");
+        let e = MaintenanceClient::new(chans[2 - (round % 2)].clone())
+            .hash_kv(with(HashKvRequest { revision: 0 }, Some(&ops)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.message(), "auth: permission denied", "round {round}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_peer_port_serves_members_of_this_cluster_only() {
     use cairn_api::peerpb::{ForwardRequest, RaftRequest, TsoRequest};
     use cairn_raft::network::PeerPool;

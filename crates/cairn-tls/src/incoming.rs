@@ -1,9 +1,11 @@
 //! A listener's connections, after their TLS handshakes.
 //!
 //! The accept loop never waits on a client: each handshake runs in its own
-//! task under [`HANDSHAKE_DEADLINE`], at most [`MAX_HANDSHAKES`] at once
-//! (past that, accepting waits — the bound on memory a flood of half-open
-//! connections can take). Finished handshakes go to the server as a
+//! task, which must see the first byte within [`FIRST_BYTE_DEADLINE`] and
+//! finish within [`HANDSHAKE_DEADLINE`]; at most [`MAX_HANDSHAKES`] run at
+//! once, and a connection arriving past that is closed at once (the bound
+//! on what a flood of silent connections can take — it cannot stop the
+//! loop from accepting). Finished handshakes go to the server as a
 //! stream; failed ones are logged, as etcd logs "rejected connection".
 //! A client that does not start with a TLS handshake (plain HTTP or h2c to
 //! the TLS port) is closed without an answer, as etcd closes it (its
@@ -23,10 +25,12 @@ use tokio_stream::wrappers::ReceiverStream;
 /// A server-side TLS connection.
 pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// How long a client has to send its first byte.
+const FIRST_BYTE_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a client has to finish its handshake.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES: usize = 4096;
 
 /// The connections of `listener` that completed a handshake under
 /// `config`. Accepting stops when the stream is dropped.
@@ -59,8 +63,9 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!("rejected connection from {from}: {MAX_HANDSHAKES} TLS handshakes already in progress");
+            continue; // dropping `tcp` closes it
         };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
@@ -80,7 +85,10 @@ async fn accept_loop(
 async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream) -> io::Result<TlsStream> {
     tcp.set_nodelay(true)?;
     let mut first = [0u8; 1];
-    if tcp.peek(&mut first).await? == 0 {
+    let peeked = tokio::time::timeout(FIRST_BYTE_DEADLINE, tcp.peek(&mut first))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake began"))??;
+    if peeked == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     if first[0] != 0x16 {

@@ -61,6 +61,12 @@ pub struct TlsFiles {
     pub min_version: Option<String>,
     /// `--tls-max-version`.
     pub max_version: Option<String>,
+    /// `--peer-cert-allowed-cn`: a client certificate must also have this
+    /// common name.
+    pub allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-hostname`: a client certificate must also name
+    /// this host (DNS or IP subject alternative name).
+    pub allowed_hostname: Option<String>,
 }
 
 /// Everything that can go wrong setting up TLS.
@@ -92,6 +98,28 @@ pub enum Error {
     /// Making a certificate failed.
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
+}
+
+/// Whether a DER certificate names `host` among its subject alternative
+/// names (a DNS name, compared without case, or an IP address).
+pub fn names_host(cert: &[u8], host: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return false;
+    };
+    let ip: Option<std::net::IpAddr> = host.parse().ok();
+    san.value.general_names.iter().any(|n| match n {
+        GeneralName::DNSName(d) => d.eq_ignore_ascii_case(host),
+        GeneralName::IPAddress(b) => match (ip, b.len()) {
+            (Some(std::net::IpAddr::V4(v4)), 4) => v4.octets() == **b,
+            (Some(std::net::IpAddr::V6(v6)), 16) => v6.octets() == **b,
+            _ => false,
+        },
+        _ => false,
+    })
 }
 
 /// The subject's common name in a DER certificate (the user of a

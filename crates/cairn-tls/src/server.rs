@@ -23,7 +23,12 @@ use crate::{suites, Error, TlsFiles};
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
     let provider = Arc::new(suites::provider(files)?);
     let verifier: Arc<dyn ClientCertVerifier> = match &files.trusted_ca {
-        Some(ca) => Arc::new(ReloadingClientVerifier::new(ca.clone(), provider.clone())?),
+        Some(ca) => Arc::new(ReloadingClientVerifier::new(
+            ca.clone(),
+            provider.clone(),
+            files.allowed_cn.clone(),
+            files.allowed_hostname.clone(),
+        )?),
         None if files.client_cert_auth => {
             return Err(Error::Config("--client-cert-auth needs --trusted-ca-file".into()))
         }
@@ -61,23 +66,30 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// Client certificates checked against the trusted CA bundle as it is on
-/// disk now.
+/// disk now, and (`--peer-cert-allowed-cn`/`-hostname`) for their name.
 #[derive(Debug)]
-struct ReloadingClientVerifier(Reloading<Arc<dyn ClientCertVerifier>>);
+struct ReloadingClientVerifier(
+    Reloading<Arc<dyn ClientCertVerifier>>,
+    Option<String>,
+    Option<String>,
+);
 
 impl ReloadingClientVerifier {
     fn new(
         ca: std::path::PathBuf,
         provider: Arc<rustls::crypto::CryptoProvider>,
+        allowed_cn: Option<String>,
+        allowed_hostname: Option<String>,
     ) -> Result<Self, Error> {
-        Ok(Self(Reloading::new(vec![ca], move |p| {
+        let verifier = Reloading::new(vec![ca], move |p| {
             WebPkiClientVerifier::builder_with_provider(
                 Arc::new(files::roots(&p[0])?),
                 provider.clone(),
             )
             .build()
             .map_err(|e| Error::Config(format!("{}: {e}", p[0].display())))
-        })?))
+        })?;
+        Ok(Self(verifier, allowed_cn, allowed_hostname))
     }
 }
 
@@ -98,7 +110,21 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.get().verify_client_cert(end_entity, intermediates, now)
+        let verified = self.0.get().verify_client_cert(end_entity, intermediates, now)?;
+        let refuse = || {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+        };
+        if let Some(cn) = &self.1 {
+            if crate::common_name(end_entity).as_deref() != Some(cn.as_str()) {
+                return Err(refuse());
+            }
+        }
+        if let Some(host) = &self.2 {
+            if !crate::names_host(end_entity, host) {
+                return Err(refuse());
+            }
+        }
+        Ok(verified)
     }
 
     crate::files::signatures_by_current!();

@@ -144,6 +144,26 @@ async fn plain_http_is_closed_unanswered_as_etcd_does() {
 }
 
 #[tokio::test]
+async fn an_allowed_name_narrows_who_may_connect() {
+    let mut s = setup(true);
+    pki::issue(&s.dir, "peer1", &["10.1.2.3".to_string(), "peer1.example".to_string()]).unwrap();
+    s.server.allowed_cn = Some("peer1".into());
+    let addr = serve(&s.server).await;
+    let ca = pki::ca_path(&s.dir);
+    talk(addr, &ca, Some("peer1"), &s.dir).await.expect("the allowed name");
+    talk(addr, &ca, Some("alice"), &s.dir).await.unwrap_err();
+    s.server.allowed_cn = None;
+    s.server.allowed_hostname = Some("peer1.example".into());
+    let addr = serve(&s.server).await;
+    talk(addr, &ca, Some("peer1"), &s.dir).await.expect("the allowed host");
+    talk(addr, &ca, Some("alice"), &s.dir).await.unwrap_err();
+    let peer1 = cairn_tls::files::certs(&s.dir.join("peer1.pem")).unwrap();
+    assert!(cairn_tls::names_host(&peer1[0], "10.1.2.3"));
+    assert!(cairn_tls::names_host(&peer1[0], "PEER1.example"));
+    assert!(!cairn_tls::names_host(&peer1[0], "10.1.2.4"));
+}
+
+#[tokio::test]
 async fn a_rotated_certificate_is_served_without_restart() {
     let s = setup(true);
     let addr = serve(&s.server).await;

@@ -39,26 +39,27 @@ fn members(client_port: u16) -> anyhow::Result<Vec<(String, u16, u16)>> {
     ])
 }
 
-/// Node `name`'s TLS flags under `cairn dev --tls`: its certificate
-/// (serving and dialing) from the dev CA, mutual TLS on both ports. The
-/// CA, the node's and the client's certificates are made once.
+/// Node `name`'s TLS flags under `cairn dev --tls`: mutual TLS on both
+/// ports, with **two** CAs — one for the client port (the node's serving
+/// certificate and the client's), one for the peer port (the nodes' peer
+/// certificates) — so no client certificate can pass for a member. The
+/// CAs and certificates are made once.
 fn dev_tls(pki: &std::path::Path, name: &str) -> anyhow::Result<TlsArgs> {
-    for n in [name, "client"] {
-        if !pki.join(format!("{n}.pem")).exists() {
-            cairn_tls::pki::issue(pki, n, &cairn_tls::pki::local_hosts())?;
+    let peers = pki.join("peer");
+    for (dir, n) in [(pki, name), (pki, "client"), (peers.as_path(), name)] {
+        if !dir.join(format!("{n}.pem")).exists() {
+            cairn_tls::pki::issue(dir, n, &cairn_tls::pki::local_hosts())?;
         }
     }
-    let cert = pki.join(format!("{name}.pem"));
-    let key = pki.join(format!("{name}-key.pem"));
-    let ca = cairn_tls::pki::ca_path(pki);
+    let file = |dir: &std::path::Path, f: String| Some(dir.join(f));
     Ok(TlsArgs {
-        cert_file: Some(cert.clone()),
-        key_file: Some(key.clone()),
-        trusted_ca_file: Some(ca.clone()),
+        cert_file: file(pki, format!("{name}.pem")),
+        key_file: file(pki, format!("{name}-key.pem")),
+        trusted_ca_file: Some(cairn_tls::pki::ca_path(pki)),
         client_cert_auth: true,
-        peer_cert_file: Some(cert),
-        peer_key_file: Some(key),
-        peer_trusted_ca_file: Some(ca),
+        peer_cert_file: file(&peers, format!("{name}.pem")),
+        peer_key_file: file(&peers, format!("{name}-key.pem")),
+        peer_trusted_ca_file: Some(cairn_tls::pki::ca_path(&peers)),
         peer_client_cert_auth: true,
         ..TlsArgs::default()
     })

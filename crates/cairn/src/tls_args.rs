@@ -42,6 +42,12 @@ pub struct TlsArgs {
     /// every peer that connects.
     #[arg(long)]
     pub peer_client_cert_auth: bool,
+    /// Peer port: also require this common name in a peer's certificate.
+    #[arg(long)]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Peer port: also require this host among a peer's certificate's names.
+    #[arg(long)]
+    pub peer_cert_allowed_hostname: Option<String>,
     /// Comma-separated TLS 1.2 cipher suites (Go's names); TLS 1.3's are
     /// always on.
     #[arg(long, default_value = "")]
@@ -70,6 +76,8 @@ impl TlsArgs {
             cipher_suites: crate::urls::list(&self.cipher_suites),
             min_version: self.tls_min_version.clone(),
             max_version: self.tls_max_version.clone(),
+            allowed_cn: None,
+            allowed_hostname: None,
         })
     }
 
@@ -85,12 +93,15 @@ impl TlsArgs {
 
     /// The peer port's files, if given.
     pub fn peer(&self) -> Option<TlsFiles> {
-        self.files(
+        let mut f = self.files(
             &self.peer_cert_file,
             &self.peer_key_file,
             &self.peer_trusted_ca_file,
             self.peer_client_cert_auth,
-        )
+        )?;
+        f.allowed_cn = self.peer_cert_allowed_cn.clone();
+        f.allowed_hostname = self.peer_cert_allowed_hostname.clone();
+        Some(f)
     }
 }
 
