@@ -81,7 +81,7 @@ def wait_ready(ports, pki, timeout=60):
     ep = ",".join(f"https://127.0.0.1:{p}" for p in ports)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        r = subprocess.run(["etcdctl", "--endpoints", ep, *creds(pki), "--command-timeout=2s",
+        r = subprocess.run(["etcdctl", "--endpoints", ep, *creds(pki, "root"), "--command-timeout=2s",
                             "endpoint", "health", "--cluster"], capture_output=True, text=True)
         if r.returncode == 0:
             return

@@ -104,11 +104,21 @@ fn ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, Error> {
 /// Issues `NAME.pem`/`NAME-key.pem` in `dir` for common name `name` and
 /// `hosts` (IP addresses or DNS names), signed by the directory's CA.
 pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<Issued, Error> {
+    issue_as(dir, name, hosts, true)
+}
+
+/// [`issue`], with the common name left out when `common_name` is false
+/// (a client certificate that names no user: etcd's gateway refuses a
+/// certificate with a common name while auth is on, so a gateway client
+/// that logs in with a password needs one without).
+pub fn issue_as(dir: &Path, name: &str, hosts: &[String], common_name: bool) -> Result<Issued, Error> {
     let issuer = ca(dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(hosts.to_vec())?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
+    if common_name {
+        dn.push(DnType::CommonName, name);
+    }
     params.distinguished_name = dn;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

@@ -15,6 +15,10 @@ pub struct CertsArgs {
     /// Hosts (IP addresses or DNS names) the certificates are valid for.
     #[arg(long, default_value = "127.0.0.1,::1,localhost")]
     pub hosts: String,
+    /// Leave the subject's common name out (a client certificate that
+    /// names no user; files are still named after NAME).
+    #[arg(long)]
+    pub no_cn: bool,
     /// Common names, one certificate each (`NAME.pem`, `NAME-key.pem`); a
     /// client certificate's name is its user under `--client-cert-auth`.
     #[arg(required = true)]
@@ -25,7 +29,7 @@ pub struct CertsArgs {
 pub fn run(a: CertsArgs) -> anyhow::Result<()> {
     let hosts = crate::urls::list(&a.hosts);
     for name in &a.names {
-        let issued = cairn_tls::pki::issue(&a.dir, name, &hosts)?;
+        let issued = cairn_tls::pki::issue_as(&a.dir, name, &hosts, !a.no_cn)?;
         println!("{name}: {} {}", issued.cert.display(), issued.key.display());
     }
     println!("CA: {}", cairn_tls::pki::ca_path(&a.dir).display());
