@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-client compatibility: etcdctl and the etcd-client crate against real
 # etcd and against Cairn, side by side. Installs what it needs (Debian
-# packages etcd-client, etcd-server, protobuf-compiler; PyPI etcd3 and
+# packages etcd-client, etcd-server, protobuf-compiler, openssl; PyPI etcd3 and
 # prometheus_client, whose parser reads /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,6 +12,7 @@ missing=()
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v openssl >/dev/null || missing+=(openssl)   # RSA keys for the JWT session
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   $SUDO apt-get update -qq
