@@ -11,12 +11,18 @@ adds "reason"). An unparsable JSON body's error text is Go's in etcd and
 serde's in Cairn: only its status and code are compared.
 
 Usage: gateway.py ETCD_ENDPOINT CAIRN_ENDPOINT   (host:port each)
+
+Against secured servers set GATEWAY_CACERT, GATEWAY_CERT, GATEWAY_KEY
+(HTTPS with a client certificate) and GATEWAY_USER=name:password (the
+client authenticates through /v3/auth/authenticate and sends the token in
+`Authorization`).
 """
 import base64
 import http.client
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -33,11 +39,25 @@ class Client:
     def __init__(self, endpoint):
         host, port = endpoint.rsplit(":", 1)
         self.host, self.port = host, int(port)
+        self.tls, self.headers = None, {}
+        env = os.environ.get
+        if env("GATEWAY_CACERT"):
+            self.tls = ssl.create_default_context(cafile=env("GATEWAY_CACERT"))
+            self.tls.load_cert_chain(env("GATEWAY_CERT"), env("GATEWAY_KEY"))
+        if env("GATEWAY_USER"):
+            name, password = env("GATEWAY_USER").split(":", 1)
+            _, text = self.call("POST", "/v3/auth/authenticate", {"name": name, "password": password})
+            self.headers = {"Authorization": json.loads(text)["token"]}
+
+    def connect(self, timeout):
+        if self.tls:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def call(self, method, path, body=None):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        conn = self.connect(10)
         data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
-        conn.request(method, path, body=data)
+        conn.request(method, path, body=data, headers=self.headers)
         resp = conn.getresponse()
         text = resp.read().decode()
         conn.close()
@@ -47,8 +67,8 @@ class Client:
         """POSTs `body` (the whole request: the client half-closes), reads
         response lines for `seconds` (or until `want` lines came), running
         `during()` once the stream is open. Returns (status, lines)."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=seconds)
-        conn.request("POST", path, body=body if isinstance(body, str) else json.dumps(body))
+        conn = self.connect(seconds)
+        conn.request("POST", path, body=body if isinstance(body, str) else json.dumps(body), headers=self.headers)
         resp = conn.getresponse()
         lines = []
 
