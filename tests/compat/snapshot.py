@@ -20,10 +20,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import Procs, free_port  # noqa: E402
+from compat import free_port, run_in_workdir  # noqa: E402
 from compat import wait_healthy as wait_ready  # noqa: E402
 
 
@@ -124,59 +123,54 @@ def check(what, got, want):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    work = tempfile.mkdtemp(prefix="cairn-snapshot-")
-    procs = Procs()
+    run_in_workdir("cairn-snapshot-", lambda work, procs: both_ways(os.path.abspath(sys.argv[1]), work, procs))
+
+
+def both_ways(binary, work, procs):
+    """Every check above; True if all passed."""
     ok = True
-    try:
-        etcd = start_etcd(procs, work, "ref")
-        cairn = start_cairn(procs, work, binary, "c")
-        etcd_at, cairn_at = write_history(etcd), write_history(cairn[0])
-        etcd_before, cairn_before = dump(etcd), dump(cairn[0])
-        etcd_file = save(etcd, os.path.join(work, "etcd.db"))
-        # From a follower too: any member can be asked.
-        cairn_file = save(cairn[1], os.path.join(work, "cairn.db"))
+    etcd = start_etcd(procs, work, "ref")
+    cairn = start_cairn(procs, work, binary, "c")
+    etcd_at, cairn_at = write_history(etcd), write_history(cairn[0])
+    etcd_before, cairn_before = dump(etcd), dump(cairn[0])
+    etcd_file = save(etcd, os.path.join(work, "etcd.db"))
+    # From a follower too: any member can be asked.
+    cairn_file = save(cairn[1], os.path.join(work, "cairn.db"))
 
-        status = json.loads(subprocess.run(["etcdctl", "snapshot", "status", cairn_file, "-w", "json"],
-                                           capture_output=True, text=True, check=True).stdout)
-        ok = check("etcdctl snapshot status reads Cairn's backup at its revision",
-                   (status["revision"], status["totalKey"] > 0), (cairn_before["revision"], True)) and ok
+    status = json.loads(subprocess.run(["etcdctl", "snapshot", "status", cairn_file, "-w", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    ok = check("etcdctl snapshot status reads Cairn's backup at its revision",
+               (status["revision"], status["totalKey"] > 0), (cairn_before["revision"], True)) and ok
 
-        from_cairn = start_etcd(procs, work, "etcd-from-cairn", restore_from=cairn_file)
-        ok = check("etcd restored from Cairn's backup serves Cairn's keys, revisions, leases",
-                   dump(from_cairn), cairn_before) and ok
+    from_cairn = start_etcd(procs, work, "etcd-from-cairn", restore_from=cairn_file)
+    ok = check("etcd restored from Cairn's backup serves Cairn's keys, revisions, leases",
+               dump(from_cairn), cairn_before) and ok
 
-        from_etcd = start_cairn(procs, work, binary, "e", restore_from=etcd_file)
-        ok = check("Cairn restored from etcd's backup serves etcd's keys, revisions, leases",
-                   dump(from_etcd[2]), etcd_before) and ok
-        ok = check("... and etcd's compaction", compacted_at(from_etcd[0], etcd_at), compacted_at(etcd, etcd_at)) and ok
+    from_etcd = start_cairn(procs, work, binary, "e", restore_from=etcd_file)
+    ok = check("Cairn restored from etcd's backup serves etcd's keys, revisions, leases",
+               dump(from_etcd[2]), etcd_before) and ok
+    ok = check("... and etcd's compaction", compacted_at(from_etcd[0], etcd_at), compacted_at(etcd, etcd_at)) and ok
 
-        again = start_cairn(procs, work, binary, "r", restore_from=cairn_file)
-        ok = check("Cairn restored from its own backup serves the same", dump(again[1]), cairn_before) and ok
-        ok = check("... with the same compaction", compacted_at(again[0], cairn_at), (True, True)) and ok
-        ctl(again[0], "put", "new", "write")
-        ok = check("... and a new write lands above the restored revision",
-                   revision(again[2], "new") > cairn_before["revision"], True) and ok
+    again = start_cairn(procs, work, binary, "r", restore_from=cairn_file)
+    ok = check("Cairn restored from its own backup serves the same", dump(again[1]), cairn_before) and ok
+    ok = check("... with the same compaction", compacted_at(again[0], cairn_at), (True, True)) and ok
+    ctl(again[0], "put", "new", "write")
+    ok = check("... and a new write lands above the restored revision",
+               revision(again[2], "new") > cairn_before["revision"], True) and ok
 
-        damaged = os.path.join(work, "damaged.db")
-        shutil.copy(cairn_file, damaged)
-        with open(damaged, "r+b") as f:
-            f.seek(5000)
-            b = f.read(1)
-            f.seek(5000)
-            f.write(bytes([b[0] ^ 0xFF]))
-        r = subprocess.run([binary, "snapshot", "restore", damaged, "--name", "d0",
-                            "--data-dir", os.path.join(work, "d0")], capture_output=True, text=True)
-        ok = check("a damaged backup is refused, no data directory made",
-                   (r.returncode != 0, "checksum" in r.stderr, os.path.exists(os.path.join(work, "d0"))),
-                   (True, True, False)) and ok
-    finally:
-        procs.stop()
-        if "--keep" not in sys.argv:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print("kept", work)
-    sys.exit(0 if ok else 1)
+    damaged = os.path.join(work, "damaged.db")
+    shutil.copy(cairn_file, damaged)
+    with open(damaged, "r+b") as f:
+        f.seek(5000)
+        b = f.read(1)
+        f.seek(5000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    r = subprocess.run([binary, "snapshot", "restore", damaged, "--name", "d0",
+                        "--data-dir", os.path.join(work, "d0")], capture_output=True, text=True)
+    ok = check("a damaged backup is refused, no data directory made",
+               (r.returncode != 0, "checksum" in r.stderr, os.path.exists(os.path.join(work, "d0"))),
+               (True, True, False)) and ok
+    return ok
 
 
 if __name__ == "__main__":
