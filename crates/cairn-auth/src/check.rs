@@ -171,7 +171,8 @@ impl AuthState {
 
     /// Whether `user` holds the root role (auth off: everyone is admin).
     pub fn is_admin(&self, user: Option<&str>) -> bool {
-        self.check(user, &Needs::Admin { maintenance: false }).is_ok()
+        self.check(user, &Needs::Admin { maintenance: false })
+            .is_ok()
     }
 }
 
@@ -201,16 +202,43 @@ mod tests {
     fn store() -> AuthState {
         let mut s = AuthState::default();
         for c in [
-            AuthCmd::UserAdd { name: ROOT.into(), password: None },
-            AuthCmd::UserGrantRole { user: ROOT.into(), role: ROOT.into() },
-            AuthCmd::UserAdd { name: "alice".into(), password: None },
+            AuthCmd::UserAdd {
+                name: ROOT.into(),
+                password: None,
+            },
+            AuthCmd::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+            AuthCmd::UserAdd {
+                name: "alice".into(),
+                password: None,
+            },
             AuthCmd::RoleAdd { name: "r".into() },
-            AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Read, "foo/", b"foo0") },
-            AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::ReadWrite, "foo/b", b"") },
-            AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Write, "w1", b"w5") },
-            AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Read, "x", b"y") },
-            AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Read, "y", b"z") },
-            AuthCmd::UserGrantRole { user: "alice".into(), role: "r".into() },
+            AuthCmd::RoleGrantPermission {
+                role: "r".into(),
+                perm: perm(PermKind::Read, "foo/", b"foo0"),
+            },
+            AuthCmd::RoleGrantPermission {
+                role: "r".into(),
+                perm: perm(PermKind::ReadWrite, "foo/b", b""),
+            },
+            AuthCmd::RoleGrantPermission {
+                role: "r".into(),
+                perm: perm(PermKind::Write, "w1", b"w5"),
+            },
+            AuthCmd::RoleGrantPermission {
+                role: "r".into(),
+                perm: perm(PermKind::Read, "x", b"y"),
+            },
+            AuthCmd::RoleGrantPermission {
+                role: "r".into(),
+                perm: perm(PermKind::Read, "y", b"z"),
+            },
+            AuthCmd::UserGrantRole {
+                user: "alice".into(),
+                role: "r".into(),
+            },
             AuthCmd::Enable,
         ] {
             s.apply(&c).unwrap();
@@ -225,27 +253,54 @@ mod tests {
         assert!(s.check(a, &need(PermKind::Read, "foo/a", b"")).is_ok());
         assert!(s.check(a, &need(PermKind::Read, "foo/", b"foo0")).is_ok());
         assert!(s.check(a, &need(PermKind::Read, "foo/a", b"foo/c")).is_ok());
-        assert!(s.check(a, &need(PermKind::Read, "foo/", b"fop")).is_err(), "past the prefix");
+        assert!(
+            s.check(a, &need(PermKind::Read, "foo/", b"fop")).is_err(),
+            "past the prefix"
+        );
         assert!(s.check(a, &need(PermKind::Write, "foo/a", b"")).is_err());
         assert!(s.check(a, &need(PermKind::Write, "foo/b", b"")).is_ok());
         assert!(s.check(a, &need(PermKind::Write, "w3", b"")).is_ok());
-        assert!(s.check(a, &need(PermKind::Write, "w5", b"")).is_err(), "end is exclusive");
-        assert!(s.check(a, &need(PermKind::Read, "w3", b"")).is_err(), "write-only");
-        assert!(s.check(a, &need(PermKind::Read, "x", b"z")).is_ok(), "two adjacent pieces cover it");
+        assert!(
+            s.check(a, &need(PermKind::Write, "w5", b"")).is_err(),
+            "end is exclusive"
+        );
+        assert!(
+            s.check(a, &need(PermKind::Read, "w3", b"")).is_err(),
+            "write-only"
+        );
+        assert!(
+            s.check(a, &need(PermKind::Read, "x", b"z")).is_ok(),
+            "two adjacent pieces cover it"
+        );
         assert!(s.check(a, &need(PermKind::Read, "x", b"z0")).is_err());
         assert!(s.check(a, &need(PermKind::Read, "", &[0])).is_err());
         assert!(s.check(a, &need(PermKind::Read, "foo/", &[0])).is_err());
-        assert!(s.check(Some(ROOT), &need(PermKind::Write, "", &[0])).is_ok());
+        assert!(s
+            .check(Some(ROOT), &need(PermKind::Write, "", &[0]))
+            .is_ok());
         assert_eq!(s.check(None, &Needs::User), Err(AuthError::UserEmpty));
-        assert_eq!(s.check(Some("nobody"), &need(PermKind::Read, "foo/a", b"")), Err(AuthError::PermissionDenied));
-        assert_eq!(s.check(a, &Needs::Admin { maintenance: false }), Err(AuthError::PermissionDenied));
-        assert_eq!(s.check(a, &Needs::Admin { maintenance: true }), Err(AuthError::AdminDenied));
+        assert_eq!(
+            s.check(Some("nobody"), &need(PermKind::Read, "foo/a", b"")),
+            Err(AuthError::PermissionDenied)
+        );
+        assert_eq!(
+            s.check(a, &Needs::Admin { maintenance: false }),
+            Err(AuthError::PermissionDenied)
+        );
+        assert_eq!(
+            s.check(a, &Needs::Admin { maintenance: true }),
+            Err(AuthError::AdminDenied)
+        );
     }
 
     #[test]
     fn open_ended_permissions_cover_everything_after() {
         let mut s = store();
-        s.apply(&AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Read, "m", &[0]) }).unwrap();
+        s.apply(&AuthCmd::RoleGrantPermission {
+            role: "r".into(),
+            perm: perm(PermKind::Read, "m", &[0]),
+        })
+        .unwrap();
         let a = Some("alice");
         assert!(s.check(a, &need(PermKind::Read, "m", &[0])).is_ok());
         assert!(s.check(a, &need(PermKind::Read, "zzz", b"")).is_ok());
@@ -256,41 +311,95 @@ mod tests {
     fn management_follows_etcds_rules() {
         let mut s = AuthState::default();
         assert_eq!(s.apply(&AuthCmd::Enable), Err(AuthError::RootUserNotExist));
-        s.apply(&AuthCmd::UserAdd { name: ROOT.into(), password: None }).unwrap();
+        s.apply(&AuthCmd::UserAdd {
+            name: ROOT.into(),
+            password: None,
+        })
+        .unwrap();
         assert_eq!(s.apply(&AuthCmd::Enable), Err(AuthError::RootRoleNotExist));
-        s.apply(&AuthCmd::UserGrantRole { user: ROOT.into(), role: ROOT.into() }).unwrap();
+        s.apply(&AuthCmd::UserGrantRole {
+            user: ROOT.into(),
+            role: ROOT.into(),
+        })
+        .unwrap();
         let before = s.revision;
-        s.apply(&AuthCmd::UserGrantRole { user: ROOT.into(), role: ROOT.into() }).unwrap();
+        s.apply(&AuthCmd::UserGrantRole {
+            user: ROOT.into(),
+            role: ROOT.into(),
+        })
+        .unwrap();
         assert_eq!(s.revision, before, "a repeated grant changes nothing");
         s.apply(&AuthCmd::Enable).unwrap();
         assert!(s.revision > before);
-        assert_eq!(s.apply(&AuthCmd::UserDelete { name: ROOT.into() }), Err(AuthError::InvalidAuthMgmt));
         assert_eq!(
-            s.apply(&AuthCmd::UserRevokeRole { user: ROOT.into(), role: ROOT.into() }),
+            s.apply(&AuthCmd::UserDelete { name: ROOT.into() }),
+            Err(AuthError::InvalidAuthMgmt)
+        );
+        assert_eq!(
+            s.apply(&AuthCmd::UserRevokeRole {
+                user: ROOT.into(),
+                role: ROOT.into()
+            }),
             Err(AuthError::InvalidAuthMgmt)
         );
         s.apply(&AuthCmd::RoleAdd { name: "r".into() }).unwrap();
-        assert_eq!(s.apply(&AuthCmd::RoleAdd { name: "r".into() }), Err(AuthError::RoleAlreadyExist));
-        assert_eq!(s.apply(&AuthCmd::RoleAdd { name: "".into() }), Err(AuthError::RoleEmpty));
         assert_eq!(
-            s.apply(&AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Read, "b", b"a") }),
+            s.apply(&AuthCmd::RoleAdd { name: "r".into() }),
+            Err(AuthError::RoleAlreadyExist)
+        );
+        assert_eq!(
+            s.apply(&AuthCmd::RoleAdd { name: "".into() }),
+            Err(AuthError::RoleEmpty)
+        );
+        assert_eq!(
+            s.apply(&AuthCmd::RoleGrantPermission {
+                role: "r".into(),
+                perm: perm(PermKind::Read, "b", b"a")
+            }),
             Err(AuthError::InvalidAuthMgmt)
         );
-        s.apply(&AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Read, "b", b"") }).unwrap();
-        s.apply(&AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::Write, "a", b"") }).unwrap();
-        s.apply(&AuthCmd::RoleGrantPermission { role: "r".into(), perm: perm(PermKind::ReadWrite, "b", b"") }).unwrap();
+        s.apply(&AuthCmd::RoleGrantPermission {
+            role: "r".into(),
+            perm: perm(PermKind::Read, "b", b""),
+        })
+        .unwrap();
+        s.apply(&AuthCmd::RoleGrantPermission {
+            role: "r".into(),
+            perm: perm(PermKind::Write, "a", b""),
+        })
+        .unwrap();
+        s.apply(&AuthCmd::RoleGrantPermission {
+            role: "r".into(),
+            perm: perm(PermKind::ReadWrite, "b", b""),
+        })
+        .unwrap();
         let perms = s.role_perms("r").unwrap();
         assert_eq!(perms.len(), 2, "the same range is updated, not added");
         assert_eq!(perms[0].key, b"a", "sorted by key");
         assert_eq!(perms[1].kind, PermKind::ReadWrite);
         assert_eq!(
-            s.apply(&AuthCmd::RoleRevokePermission { role: "r".into(), key: b"c".to_vec(), range_end: vec![] }),
+            s.apply(&AuthCmd::RoleRevokePermission {
+                role: "r".into(),
+                key: b"c".to_vec(),
+                range_end: vec![]
+            }),
             Err(AuthError::PermissionNotGranted)
         );
-        s.apply(&AuthCmd::UserAdd { name: "u".into(), password: None }).unwrap();
-        s.apply(&AuthCmd::UserGrantRole { user: "u".into(), role: "r".into() }).unwrap();
+        s.apply(&AuthCmd::UserAdd {
+            name: "u".into(),
+            password: None,
+        })
+        .unwrap();
+        s.apply(&AuthCmd::UserGrantRole {
+            user: "u".into(),
+            role: "r".into(),
+        })
+        .unwrap();
         s.apply(&AuthCmd::RoleDelete { name: "r".into() }).unwrap();
-        assert!(s.users["u"].roles.is_empty(), "a deleted role is taken from its users");
+        assert!(
+            s.users["u"].roles.is_empty(),
+            "a deleted role is taken from its users"
+        );
         assert_eq!(s.role_perms(ROOT), None, "root is a role only once added");
         let bytes = postcard::to_allocvec(&s).unwrap();
         assert_eq!(postcard::from_bytes::<AuthState>(&bytes).unwrap(), s);

@@ -85,7 +85,8 @@ pub fn parse_option(s: &str) -> Result<TokenOption, String> {
     match parts.next() {
         Some("simple") => Ok(TokenOption::Simple),
         Some("jwt") => {
-            let (mut public_key, mut private_key, mut method, mut ttl) = (None, None, None, DEFAULT_TTL);
+            let (mut public_key, mut private_key, mut method, mut ttl) =
+                (None, None, None, DEFAULT_TTL);
             for p in parts {
                 let (k, v) = p
                     .split_once('=')
@@ -111,33 +112,62 @@ pub fn parse_option(s: &str) -> Result<TokenOption, String> {
 
 impl JwtKeys {
     /// Keys for `method` from PEM bytes (`private` absent: verify only).
-    pub fn new(method: &str, public: &[u8], private: Option<&[u8]>, ttl: Duration) -> Result<Self, String> {
+    pub fn new(
+        method: &str,
+        public: &[u8],
+        private: Option<&[u8]>,
+        ttl: Duration,
+    ) -> Result<Self, String> {
         let alg: Algorithm = method
             .parse()
             .map_err(|_| format!("unknown JWT sign-method {method:?}"))?;
         let bad = |e: jsonwebtoken::errors::Error| format!("JWT {method} key: {e}");
         let (verify, sign) = match alg {
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => (
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => (
                 DecodingKey::from_rsa_pem(public).map_err(bad)?,
-                private.map(EncodingKey::from_rsa_pem).transpose().map_err(bad)?,
+                private
+                    .map(EncodingKey::from_rsa_pem)
+                    .transpose()
+                    .map_err(bad)?,
             ),
             Algorithm::ES256 | Algorithm::ES384 => (
                 DecodingKey::from_ec_pem(public).map_err(bad)?,
-                private.map(EncodingKey::from_ec_pem).transpose().map_err(bad)?,
+                private
+                    .map(EncodingKey::from_ec_pem)
+                    .transpose()
+                    .map_err(bad)?,
             ),
             Algorithm::EdDSA => (
                 DecodingKey::from_ed_pem(public).map_err(bad)?,
-                private.map(EncodingKey::from_ed_pem).transpose().map_err(bad)?,
+                private
+                    .map(EncodingKey::from_ed_pem)
+                    .transpose()
+                    .map_err(bad)?,
             ),
-            _ => return Err(format!("JWT sign-method {method} needs a key pair (HMAC is not offered)")),
+            _ => {
+                return Err(format!(
+                    "JWT sign-method {method} needs a key pair (HMAC is not offered)"
+                ))
+            }
         };
-        let keys = Self { alg, sign, verify, ttl };
+        let keys = Self {
+            alg,
+            sign,
+            verify,
+            ttl,
+        };
         // A private key that does not match the public one fails now, not
         // at the first login.
         if keys.sign.is_some() {
             let probe = keys.sign_token("probe", 0, 0).map_err(|e| e.to_string())?;
-            keys.verify_at(&probe, 0)
-                .map_err(|_| format!("JWT {method}: the private key does not match the public key"))?;
+            keys.verify_at(&probe, 0).map_err(|_| {
+                format!("JWT {method}: the private key does not match the public key")
+            })?;
         }
         Ok(keys)
     }
@@ -149,7 +179,8 @@ impl JwtKeys {
             revision,
             exp: now + self.ttl.as_secs().max(1),
         };
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, key).map_err(|_| AuthError::AuthFailed)
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, key)
+            .map_err(|_| AuthError::AuthFailed)
     }
 
     /// A token for `user` at auth `revision`, issued at `now` (Unix seconds).
@@ -188,22 +219,51 @@ mod tests {
     #[test]
     fn tokens_name_user_and_revision_and_expire() {
         let (public, private) = ec_pair();
-        let keys = JwtKeys::new("ES256", public.as_bytes(), Some(private.as_bytes()), Duration::from_secs(60)).unwrap();
+        let keys = JwtKeys::new(
+            "ES256",
+            public.as_bytes(),
+            Some(private.as_bytes()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
         let t = keys.sign("alice", 7, 1_000).unwrap();
         assert_eq!(keys.verify(&t, 1_030).unwrap(), ("alice".to_string(), 7));
-        assert_eq!(keys.verify(&t, 1_060), Err(AuthError::InvalidAuthToken), "expired");
+        assert_eq!(
+            keys.verify(&t, 1_060),
+            Err(AuthError::InvalidAuthToken),
+            "expired"
+        );
         let mut forged = t.clone();
         forged.replace_range(t.len() - 4.., "AAAA");
-        assert_eq!(keys.verify(&forged, 1_030), Err(AuthError::InvalidAuthToken));
+        assert_eq!(
+            keys.verify(&forged, 1_030),
+            Err(AuthError::InvalidAuthToken)
+        );
         // Another key pair's token is refused; a verify-only member cannot issue.
         let (p2, k2) = ec_pair();
-        let other = JwtKeys::new("ES256", p2.as_bytes(), Some(k2.as_bytes()), Duration::from_secs(60)).unwrap();
-        assert_eq!(keys.verify(&other.sign("alice", 7, 1_000).unwrap(), 1_030), Err(AuthError::InvalidAuthToken));
-        let verify_only = JwtKeys::new("ES256", public.as_bytes(), None, Duration::from_secs(60)).unwrap();
+        let other = JwtKeys::new(
+            "ES256",
+            p2.as_bytes(),
+            Some(k2.as_bytes()),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            keys.verify(&other.sign("alice", 7, 1_000).unwrap(), 1_030),
+            Err(AuthError::InvalidAuthToken)
+        );
+        let verify_only =
+            JwtKeys::new("ES256", public.as_bytes(), None, Duration::from_secs(60)).unwrap();
         assert!(verify_only.sign("alice", 7, 1_000).is_err());
         assert_eq!(verify_only.verify(&t, 1_030).unwrap().0, "alice");
         // Mismatched keys fail at start.
-        assert!(JwtKeys::new("ES256", p2.as_bytes(), Some(private.as_bytes()), DEFAULT_TTL).is_err());
+        assert!(JwtKeys::new(
+            "ES256",
+            p2.as_bytes(),
+            Some(private.as_bytes()),
+            DEFAULT_TTL
+        )
+        .is_err());
         assert!(JwtKeys::new("HS256", public.as_bytes(), None, DEFAULT_TTL).is_err());
     }
 

@@ -69,7 +69,10 @@ pub enum AuthCmd {
     /// Turn auth off.
     Disable,
     /// Add a user; `password` `None`: a user without one.
-    UserAdd { name: String, password: Option<String> },
+    UserAdd {
+        name: String,
+        password: Option<String>,
+    },
     /// Delete a user.
     UserDelete { name: String },
     /// Replace a user's password hash.

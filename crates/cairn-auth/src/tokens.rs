@@ -129,9 +129,15 @@ mod tests {
         assert!(a.ends_with(".7") && a.len() == 18);
         assert_ne!(a, SimpleTokens::mint(7));
         s.insert(a.clone(), "alice".into(), t0);
-        assert_eq!(s.user(&a, t0 + Duration::from_secs(9)).as_deref(), Some("alice"));
+        assert_eq!(
+            s.user(&a, t0 + Duration::from_secs(9)).as_deref(),
+            Some("alice")
+        );
         // Used at 9 s: good until 19 s.
-        assert_eq!(s.user(&a, t0 + Duration::from_secs(18)).as_deref(), Some("alice"));
+        assert_eq!(
+            s.user(&a, t0 + Duration::from_secs(18)).as_deref(),
+            Some("alice")
+        );
         assert_eq!(s.user(&a, t0 + Duration::from_secs(29)), None);
         s.insert(a.clone(), "alice".into(), t0);
         s.forget_user("alice");

@@ -167,8 +167,16 @@ impl PeerPool {
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         let md = r.metadata_mut();
-        md.insert(CLUSTER_HEADER, format!("{:x}", self.cluster_id).parse().expect("hex is ASCII"));
-        md.insert(FROM_HEADER, format!("{:x}", self.me).parse().expect("hex is ASCII"));
+        md.insert(
+            CLUSTER_HEADER,
+            format!("{:x}", self.cluster_id)
+                .parse()
+                .expect("hex is ASCII"),
+        );
+        md.insert(
+            FROM_HEADER,
+            format!("{:x}", self.me).parse().expect("hex is ASCII"),
+        );
         r
     }
 

@@ -139,7 +139,9 @@ impl Auth for AuthService {
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
         self.change(&credentials(&req), AuthCmd::Enable).await?;
-        Ok(Response::new(AuthEnableResponse { header: self.header() }))
+        Ok(Response::new(AuthEnableResponse {
+            header: self.header(),
+        }))
     }
 
     async fn auth_disable(
@@ -147,7 +149,9 @@ impl Auth for AuthService {
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
         self.change(&credentials(&req), AuthCmd::Disable).await?;
-        Ok(Response::new(AuthDisableResponse { header: self.header() }))
+        Ok(Response::new(AuthDisableResponse {
+            header: self.header(),
+        }))
     }
 
     async fn auth_status(
@@ -194,11 +198,25 @@ impl Auth for AuthService {
         } else if !req.hashed_password.is_empty() {
             Some(req.hashed_password)
         } else {
-            Some(self.ctx.node.hash_password(&req.password).await.map_err(Error::from)?)
+            Some(
+                self.ctx
+                    .node
+                    .hash_password(&req.password)
+                    .await
+                    .map_err(Error::from)?,
+            )
         };
-        self.change(&creds, AuthCmd::UserAdd { name: req.name, password })
-            .await?;
-        Ok(Response::new(AuthUserAddResponse { header: self.header() }))
+        self.change(
+            &creds,
+            AuthCmd::UserAdd {
+                name: req.name,
+                password,
+            },
+        )
+        .await?;
+        Ok(Response::new(AuthUserAddResponse {
+            header: self.header(),
+        }))
     }
 
     async fn user_get(
@@ -208,7 +226,10 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let name = req.into_inner().name;
         let state = self.read(&creds, |_, me| me == name).await?;
-        let user = state.users.get(&name).ok_or_else(|| auth_err(AuthError::UserNotFound))?;
+        let user = state
+            .users
+            .get(&name)
+            .ok_or_else(|| auth_err(AuthError::UserNotFound))?;
         Ok(Response::new(AuthUserGetResponse {
             header: self.header(),
             roles: user.roles.clone(),
@@ -233,7 +254,9 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let name = req.into_inner().name;
         self.change(&creds, AuthCmd::UserDelete { name }).await?;
-        Ok(Response::new(AuthUserDeleteResponse { header: self.header() }))
+        Ok(Response::new(AuthUserDeleteResponse {
+            header: self.header(),
+        }))
     }
 
     async fn user_change_password(
@@ -243,13 +266,25 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let req = req.into_inner();
         let password = if req.hashed_password.is_empty() {
-            self.ctx.node.hash_password(&req.password).await.map_err(Error::from)?
+            self.ctx
+                .node
+                .hash_password(&req.password)
+                .await
+                .map_err(Error::from)?
         } else {
             req.hashed_password
         };
-        self.change(&creds, AuthCmd::UserChangePassword { name: req.name, password })
-            .await?;
-        Ok(Response::new(AuthUserChangePasswordResponse { header: self.header() }))
+        self.change(
+            &creds,
+            AuthCmd::UserChangePassword {
+                name: req.name,
+                password,
+            },
+        )
+        .await?;
+        Ok(Response::new(AuthUserChangePasswordResponse {
+            header: self.header(),
+        }))
     }
 
     async fn user_grant_role(
@@ -258,9 +293,17 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
         let creds = credentials(&req);
         let req = req.into_inner();
-        self.change(&creds, AuthCmd::UserGrantRole { user: req.user, role: req.role })
-            .await?;
-        Ok(Response::new(AuthUserGrantRoleResponse { header: self.header() }))
+        self.change(
+            &creds,
+            AuthCmd::UserGrantRole {
+                user: req.user,
+                role: req.role,
+            },
+        )
+        .await?;
+        Ok(Response::new(AuthUserGrantRoleResponse {
+            header: self.header(),
+        }))
     }
 
     async fn user_revoke_role(
@@ -269,9 +312,17 @@ impl Auth for AuthService {
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
         let creds = credentials(&req);
         let req = req.into_inner();
-        self.change(&creds, AuthCmd::UserRevokeRole { user: req.name, role: req.role })
-            .await?;
-        Ok(Response::new(AuthUserRevokeRoleResponse { header: self.header() }))
+        self.change(
+            &creds,
+            AuthCmd::UserRevokeRole {
+                user: req.name,
+                role: req.role,
+            },
+        )
+        .await?;
+        Ok(Response::new(AuthUserRevokeRoleResponse {
+            header: self.header(),
+        }))
     }
 
     async fn role_add(
@@ -281,7 +332,9 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let name = req.into_inner().name;
         self.change(&creds, AuthCmd::RoleAdd { name }).await?;
-        Ok(Response::new(AuthRoleAddResponse { header: self.header() }))
+        Ok(Response::new(AuthRoleAddResponse {
+            header: self.header(),
+        }))
     }
 
     async fn role_get(
@@ -291,9 +344,13 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let role = req.into_inner().role;
         let state = self
-            .read(&creds, |s, me| s.users.get(me).is_some_and(|u| u.roles.contains(&role)))
+            .read(&creds, |s, me| {
+                s.users.get(me).is_some_and(|u| u.roles.contains(&role))
+            })
             .await?;
-        let perms = state.role_perms(&role).ok_or_else(|| auth_err(AuthError::RoleNotFound))?;
+        let perms = state
+            .role_perms(&role)
+            .ok_or_else(|| auth_err(AuthError::RoleNotFound))?;
         Ok(Response::new(AuthRoleGetResponse {
             header: self.header(),
             perm: perms.iter().map(permission_of).collect(),
@@ -318,7 +375,9 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let name = req.into_inner().role;
         self.change(&creds, AuthCmd::RoleDelete { name }).await?;
-        Ok(Response::new(AuthRoleDeleteResponse { header: self.header() }))
+        Ok(Response::new(AuthRoleDeleteResponse {
+            header: self.header(),
+        }))
     }
 
     async fn role_grant_permission(
@@ -332,9 +391,17 @@ impl Auth for AuthService {
             .as_ref()
             .ok_or_else(|| auth_err(AuthError::PermissionNotGiven))
             .and_then(perm_of)?;
-        self.change(&creds, AuthCmd::RoleGrantPermission { role: req.name, perm })
-            .await?;
-        Ok(Response::new(AuthRoleGrantPermissionResponse { header: self.header() }))
+        self.change(
+            &creds,
+            AuthCmd::RoleGrantPermission {
+                role: req.name,
+                perm,
+            },
+        )
+        .await?;
+        Ok(Response::new(AuthRoleGrantPermissionResponse {
+            header: self.header(),
+        }))
     }
 
     async fn role_revoke_permission(
@@ -352,6 +419,8 @@ impl Auth for AuthService {
             },
         )
         .await?;
-        Ok(Response::new(AuthRoleRevokePermissionResponse { header: self.header() }))
+        Ok(Response::new(AuthRoleRevokePermissionResponse {
+            header: self.header(),
+        }))
     }
 }

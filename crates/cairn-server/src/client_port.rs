@@ -21,7 +21,9 @@ use cairn_api::v3lockpb::lock_server::LockServer;
 use http::{header, Request, StatusCode};
 use tonic::service::Routes;
 
-use crate::{auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, watch};
+use crate::{
+    auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, watch,
+};
 use crate::{Context, GRPC_OVERHEAD};
 
 /// etcd's gRPC services of one node.

@@ -120,10 +120,13 @@ pub async fn enter(
     };
     if kv.value != value {
         ctx.node
-            .txn(&TxnRequest {
-                success: vec![op(Request::RequestPut(put))],
-                ..Default::default()
-            }, access)
+            .txn(
+                &TxnRequest {
+                    success: vec![op(Request::RequestPut(put))],
+                    ..Default::default()
+                },
+                access,
+            )
             .await?;
     }
     Ok((key, kv.create_revision))
@@ -131,17 +134,24 @@ pub async fn enter(
 
 /// The first key (smallest create revision) under `prefix`, linearizably:
 /// the lock holder or election leader.
-pub async fn first(ctx: &Context, prefix: &[u8], access: &Access) -> Result<Option<KeyValue>, Error> {
+pub async fn first(
+    ctx: &Context,
+    prefix: &[u8],
+    access: &Access,
+) -> Result<Option<KeyValue>, Error> {
     let r = ctx
         .node
-        .range(RangeRequest {
-            key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
-            limit: 1,
-            sort_order: SortOrder::Ascend as i32,
-            sort_target: SortTarget::Create as i32,
-            ..Default::default()
-        }, access)
+        .range(
+            RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                limit: 1,
+                sort_order: SortOrder::Ascend as i32,
+                sort_target: SortTarget::Create as i32,
+                ..Default::default()
+            },
+            access,
+        )
         .await?;
     Ok(r.kvs.into_iter().next())
 }
@@ -288,11 +298,14 @@ pub async fn leave(
         .collect();
     let resp = ctx
         .node
-        .txn(&TxnRequest {
-            compare,
-            success: vec![del],
-            ..Default::default()
-        }, access)
+        .txn(
+            &TxnRequest {
+                compare,
+                success: vec![del],
+                ..Default::default()
+            },
+            access,
+        )
         .await?;
     Ok(resp.header.map_or(0, |h| h.revision))
 }

@@ -147,7 +147,11 @@ impl Election for ElectionService {
         let pfx = prefix(&req.get_ref().name);
         let access = auth::access(&req, read_prefix(&pfx));
         // Refused at once, not as the stream's first message.
-        self.ctx.node.authorize(&access).await.map_err(crate::error::Error::from)?;
+        self.ctx
+            .node
+            .authorize(&access)
+            .await
+            .map_err(crate::error::Error::from)?;
         let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -196,7 +200,13 @@ impl Election for ElectionService {
             return Err(Status::unknown(MISSING_LEADER));
         };
         let key_rw = needs::prefix(&l.key, &[]);
-        let rev = coord::leave(&self.ctx, &l.key, Some(l.rev), &Access::client(&creds, key_rw)).await?;
+        let rev = coord::leave(
+            &self.ctx,
+            &l.key,
+            Some(l.rev),
+            &Access::client(&creds, key_rw),
+        )
+        .await?;
         Ok(Response::new(ResignResponse {
             header: Some(self.ctx.header(rev)),
         }))

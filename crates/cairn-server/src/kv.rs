@@ -71,7 +71,12 @@ impl Kv for KvService {
         let access = auth::access(&req, needs::range(req.get_ref()));
         let req = req.into_inner();
         cairn_mvcc::validate_range(&req).map_err(Error::from)?;
-        let mut resp = self.ctx.node.range(req, &access).await.map_err(Error::from)?;
+        let mut resp = self
+            .ctx
+            .node
+            .range(req, &access)
+            .await
+            .map_err(Error::from)?;
         resp.header = Some(self.ctx.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }
@@ -116,7 +121,12 @@ impl Kv for KvService {
         let access = auth::access(&req, needs::txn(req_ref));
         let req = req.into_inner();
         crate::quota::check(&self.ctx, cairn_mvcc::has_put(&req))?;
-        let mut resp = self.ctx.node.txn(&req, &access).await.map_err(Error::from)?;
+        let mut resp = self
+            .ctx
+            .node
+            .txn(&req, &access)
+            .await
+            .map_err(Error::from)?;
         resp.header = Some(self.ctx.header(resp.header.map_or(0, |h| h.revision)));
         Ok(Response::new(resp))
     }

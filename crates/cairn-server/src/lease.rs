@@ -73,13 +73,23 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = req.get_ref().id;
         // The keys it holds now; each must be writable by the caller.
-        let keys = match self.ctx.node.lease_time_to_live(id).await.map_err(Error::from)? {
+        let keys = match self
+            .ctx
+            .node
+            .lease_time_to_live(id)
+            .await
+            .map_err(Error::from)?
+        {
             Some(t) => t.keys,
             None => Vec::new(),
         };
         let writes = keys
             .into_iter()
-            .map(|key| Need { kind: PermKind::Write, key, end: Vec::new() })
+            .map(|key| Need {
+                kind: PermKind::Write,
+                key,
+                end: Vec::new(),
+            })
             .collect();
         let access = auth::access(&req, Needs::Keys(writes));
         let rev = self
@@ -98,7 +108,11 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<tonic::codegen::BoxStream<LeaseKeepAliveResponse>>, Status> {
         let access = auth::access(&req, Needs::User);
-        self.ctx.node.authorize(&access).await.map_err(Error::from)?;
+        self.ctx
+            .node
+            .authorize(&access)
+            .await
+            .map_err(Error::from)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let ctx = self.ctx.clone();
@@ -159,7 +173,11 @@ impl Lease for LeaseService {
             let reads = t
                 .keys
                 .iter()
-                .map(|key| Need { kind: PermKind::Read, key: key.clone(), end: Vec::new() })
+                .map(|key| Need {
+                    kind: PermKind::Read,
+                    key: key.clone(),
+                    end: Vec::new(),
+                })
                 .collect();
             self.ctx
                 .node
@@ -192,7 +210,11 @@ impl Lease for LeaseService {
         req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let access = auth::access(&req, Needs::User);
-        self.ctx.node.authorize(&access).await.map_err(Error::from)?;
+        self.ctx
+            .node
+            .authorize(&access)
+            .await
+            .map_err(Error::from)?;
         let ids = self.ctx.node.lease_list().await.map_err(Error::from)?;
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.ctx.header(self.ctx.node.revision())),

@@ -41,8 +41,7 @@ impl Lock for LockService {
         let (key, rev) = coord::enter(&self.ctx, &prefix, lease, b"", &access).await?;
         // If the client goes away while waiting, its place in line is given up.
         let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        let at = coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED, &access)
-            .await?;
+        let at = coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED, &access).await?;
         guard.disarm();
         Ok(Response::new(LockResponse {
             header: Some(self.ctx.header(at)),
@@ -55,7 +54,13 @@ impl Lock for LockService {
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         let key = req.get_ref().key.clone();
-        let access = auth::access(&req, needs::delete(&DeleteRangeRequest { key: key.clone(), ..Default::default() }));
+        let access = auth::access(
+            &req,
+            needs::delete(&DeleteRangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            }),
+        );
         let rev = coord::leave(&self.ctx, &key, None, &access).await?;
         Ok(Response::new(UnlockResponse {
             header: Some(self.ctx.header(rev)),

@@ -45,9 +45,11 @@ impl MaintenanceService {
         match self.ctx.node.authorize(&access).await {
             Ok(_) => Ok(()),
             // No user, a bad token: etcd's auth package words them too.
-            Err(cairn_store::Error::Auth(a)) => Err(Status::unknown(
-                a.to_string().replacen("etcdserver: ", "auth: ", 1),
-            )),
+            Err(cairn_store::Error::Auth(a)) => Err(Status::unknown(a.to_string().replacen(
+                "etcdserver: ",
+                "auth: ",
+                1,
+            ))),
             Err(e) => Err(Error::from(e).into()),
         }
     }

@@ -92,7 +92,12 @@ async fn read(ctx: &Context, serializable: bool) -> Result<(), &'static str> {
         serializable,
         ..Default::default()
     };
-    match tokio::time::timeout(READ_TIMEOUT, ctx.node.range(req, &cairn_store::Access::Internal)).await {
+    match tokio::time::timeout(
+        READ_TIMEOUT,
+        ctx.node.range(req, &cairn_store::Access::Internal),
+    )
+    .await
+    {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(_)) => Err("QGET ERROR"),
         Err(_) => Err("QGET TIMEOUT"),

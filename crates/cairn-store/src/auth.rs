@@ -282,7 +282,10 @@ impl Node {
     /// checked against it).
     async fn fence_auth(&self, revision: u64) -> Result<()> {
         match self
-            .submit(DATA_REGION, ForwardOp::Plain(Command::AuthFence { revision }))
+            .submit(
+                DATA_REGION,
+                ForwardOp::Plain(Command::AuthFence { revision }),
+            )
             .await?
         {
             ForwardOk::Reply(Reply::Done) => {}

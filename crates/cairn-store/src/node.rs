@@ -383,7 +383,10 @@ impl Node {
             )),
             ForwardOp::Compact(revision) => Ok(ForwardOk::Reply(
                 r.proposer
-                    .propose(Proposal::Plain(checked(auth, Command::Compact { revision })))
+                    .propose(Proposal::Plain(checked(
+                        auth,
+                        Command::Compact { revision },
+                    )))
                     .await?,
             )),
             ForwardOp::Plain(cmd) => {
@@ -553,7 +556,12 @@ impl Node {
     /// op is a serializable Range), with no Raft proposal and no revision.
     /// Compares and ranges over single keys run here; any span goes to the
     /// span pool, as for [`Node::range`].
-    async fn read_txn(&self, region: u64, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
+    async fn read_txn(
+        &self,
+        region: u64,
+        req: &TxnRequest,
+        access: &Access,
+    ) -> Result<TxnResponse> {
         let (snap, revs) = if cairn_mvcc::is_serializable(req) {
             self.region(region)?.shared.read_view()
         } else {

@@ -47,7 +47,9 @@ impl PeerService {
     /// (of region `region`'s Raft group, when given).
     fn member<T>(&self, req: &Request<T>, region: Option<u64>) -> Result<u64, Status> {
         let Some((cluster, from)) = cairn_raft::network::sender(req) else {
-            return Err(Status::permission_denied("peer request without a cluster and member ID"));
+            return Err(Status::permission_denied(
+                "peer request without a cluster and member ID",
+            ));
         };
         if cluster != self.node.cluster_id {
             return Err(Status::permission_denied(format!(

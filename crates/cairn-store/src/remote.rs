@@ -107,7 +107,12 @@ pub async fn tso(pool: &Arc<PeerPool>, meta: &Raft, target: u64, count: u32) -> 
     }
     let addr = node_addr(meta, target).ok_or(Error::NoLeader)?;
     let mut client = pool.client(&addr).map_err(Error::Internal)?;
-    match tokio::time::timeout(Duration::from_secs(5), client.tso(pool.request(TsoRequest { count }))).await {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        client.tso(pool.request(TsoRequest { count })),
+    )
+    .await
+    {
         Err(_) => Err(Error::NoLeader),
         Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
             Err(Error::NotLeader { leader: None })

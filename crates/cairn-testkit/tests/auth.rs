@@ -77,7 +77,9 @@ async fn secure(ch: &Channel) {
         .await
         .unwrap();
     }
-    a.role_add(AuthRoleAddRequest { name: "a".into() }).await.unwrap();
+    a.role_add(AuthRoleAddRequest { name: "a".into() })
+        .await
+        .unwrap();
     a.role_grant_permission(AuthRoleGrantPermissionRequest {
         name: "a".into(),
         perm: Some(perm(permission::Type::Readwrite, "a/", "a0")),
@@ -107,43 +109,117 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
     let mut out = Vec::new();
     let key = |s: &str| format!("{pfx}{s}").into_bytes();
     let mut kv = KvClient::new(ch.clone());
-    out.push(("Range", answer(kv.range(with(RangeRequest { key: key("k"), ..Default::default() }, token)).await)));
+    out.push((
+        "Range",
+        answer(
+            kv.range(with(
+                RangeRequest {
+                    key: key("k"),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
+    ));
     out.push((
         "Range (serializable)",
-        answer(kv.range(with(RangeRequest { key: key("k"), serializable: true, ..Default::default() }, token)).await),
+        answer(
+            kv.range(with(
+                RangeRequest {
+                    key: key("k"),
+                    serializable: true,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
     ));
-    out.push(("Put", answer(kv.put(with(PutRequest { key: key("k"), value: b"v".to_vec(), ..Default::default() }, token)).await)));
+    out.push((
+        "Put",
+        answer(
+            kv.put(with(
+                PutRequest {
+                    key: key("k"),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
+    ));
     out.push((
         "DeleteRange",
-        answer(kv.delete_range(with(DeleteRangeRequest { key: key("gone"), ..Default::default() }, token)).await),
+        answer(
+            kv.delete_range(with(
+                DeleteRangeRequest {
+                    key: key("gone"),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await,
+        ),
     ));
     let txn = TxnRequest {
-        compare: vec![Compare { key: key("k"), ..Default::default() }],
+        compare: vec![Compare {
+            key: key("k"),
+            ..Default::default()
+        }],
         success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest { key: key("t"), ..Default::default() })),
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key("t"),
+                ..Default::default()
+            })),
         }],
         failure: vec![],
     };
     out.push(("Txn", answer(kv.txn(with(txn, token)).await)));
     let read_txn = TxnRequest {
         success: vec![RequestOp {
-            request: Some(request_op::Request::RequestRange(RangeRequest { key: key("k"), ..Default::default() })),
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: key("k"),
+                ..Default::default()
+            })),
         }],
         ..Default::default()
     };
-    out.push(("Txn (read-only)", answer(kv.txn(with(read_txn, token)).await)));
+    out.push((
+        "Txn (read-only)",
+        answer(kv.txn(with(read_txn, token)).await),
+    ));
     // Past the check, compacting an already compacted revision is refused
     // for what it is; that still counts as served.
-    let compact = answer(kv.compact(with(CompactionRequest { revision: 1, physical: false }, token)).await);
-    out.push(("Compact", if compact == Err(Code::OutOfRange) { Ok(()) } else { compact }));
+    let compact = answer(
+        kv.compact(with(
+            CompactionRequest {
+                revision: 1,
+                physical: false,
+            },
+            token,
+        ))
+        .await,
+    );
+    out.push((
+        "Compact",
+        if compact == Err(Code::OutOfRange) {
+            Ok(())
+        } else {
+            compact
+        },
+    ));
 
     // Watch: refused as a canceled creation, as etcd.
     let mut w = WatchClient::new(ch.clone());
     let create = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
-            key: key("k"),
-            ..Default::default()
-        })),
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: key("k"),
+                ..Default::default()
+            },
+        )),
     };
     let watch = match w.watch(with(tokio_stream::iter(vec![create]), token)).await {
         Err(s) => Err(s.code()),
@@ -151,7 +227,11 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
             let first = r.into_inner().message().await;
             match first {
                 Ok(Some(m)) if m.canceled => {
-                    assert!(m.cancel_reason.contains("permission denied"), "{}", m.cancel_reason);
+                    assert!(
+                        m.cancel_reason.contains("permission denied"),
+                        "{}",
+                        m.cancel_reason
+                    );
                     Err(Code::PermissionDenied)
                 }
                 Ok(Some(_)) => Ok(()),
@@ -163,13 +243,27 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
     out.push(("Watch", watch));
 
     let mut l = LeaseClient::new(ch.clone());
-    let grant = l.lease_grant(with(LeaseGrantRequest { ttl: 30, id: 0 }, token)).await;
+    let grant = l
+        .lease_grant(with(LeaseGrantRequest { ttl: 30, id: 0 }, token))
+        .await;
     let id = grant.as_ref().map(|g| g.get_ref().id).unwrap_or(0);
     out.push(("LeaseGrant", answer(grant)));
-    out.push(("LeaseTimeToLive", answer(l.lease_time_to_live(with(LeaseTimeToLiveRequest { id, keys: true }, token)).await)));
-    out.push(("LeaseLeases", answer(l.lease_leases(with(LeaseLeasesRequest {}, token)).await)));
+    out.push((
+        "LeaseTimeToLive",
+        answer(
+            l.lease_time_to_live(with(LeaseTimeToLiveRequest { id, keys: true }, token))
+                .await,
+        ),
+    ));
+    out.push((
+        "LeaseLeases",
+        answer(l.lease_leases(with(LeaseLeasesRequest {}, token)).await),
+    ));
     let keep = l
-        .lease_keep_alive(with(tokio_stream::iter(vec![LeaseKeepAliveRequest { id }]), token))
+        .lease_keep_alive(with(
+            tokio_stream::iter(vec![LeaseKeepAliveRequest { id }]),
+            token,
+        ))
         .await;
     let keep = match keep {
         Err(s) => Err(s.code()),
@@ -179,7 +273,10 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
         },
     };
     out.push(("LeaseKeepAlive", keep));
-    out.push(("LeaseRevoke", answer(l.lease_revoke(with(LeaseRevokeRequest { id }, token)).await)));
+    out.push((
+        "LeaseRevoke",
+        answer(l.lease_revoke(with(LeaseRevokeRequest { id }, token)).await),
+    ));
 
     // Lock and election on a name under the prefix, with a lease of their own.
     let mut lock = LockClient::new(ch.clone());
@@ -188,7 +285,13 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
         answer(
             tokio::time::timeout(
                 Duration::from_secs(10),
-                lock.lock(with(LockRequest { name: key("lock"), lease: 0 }, token)),
+                lock.lock(with(
+                    LockRequest {
+                        name: key("lock"),
+                        lease: 0,
+                    },
+                    token,
+                )),
             )
             .await
             .expect("an uncontended lock is granted or refused at once"),
@@ -200,35 +303,112 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
         answer(
             tokio::time::timeout(
                 Duration::from_secs(10),
-                el.campaign(with(CampaignRequest { name: key("el"), lease: 0, value: b"v".to_vec() }, token)),
+                el.campaign(with(
+                    CampaignRequest {
+                        name: key("el"),
+                        lease: 0,
+                        value: b"v".to_vec(),
+                    },
+                    token,
+                )),
             )
             .await
             .expect("an uncontended campaign wins or is refused at once"),
         ),
     ));
-    out.push(("Leader", answer(el.leader(with(LeaderRequest { name: key("el") }, token)).await)));
+    out.push((
+        "Leader",
+        answer(
+            el.leader(with(LeaderRequest { name: key("el") }, token))
+                .await,
+        ),
+    ));
 
     let mut m = MaintenanceClient::new(ch.clone());
-    out.push(("Status", answer(m.status(with(StatusRequest {}, token)).await)));
-    out.push(("HashKV", answer(m.hash_kv(with(HashKvRequest { revision: 0 }, token)).await)));
+    out.push((
+        "Status",
+        answer(m.status(with(StatusRequest {}, token)).await),
+    ));
+    out.push((
+        "HashKV",
+        answer(m.hash_kv(with(HashKvRequest { revision: 0 }, token)).await),
+    ));
     out.push(("Hash", answer(m.hash(with(HashRequest {}, token)).await)));
-    out.push(("Defragment", answer(m.defragment(with(DefragmentRequest {}, token)).await)));
+    out.push((
+        "Defragment",
+        answer(m.defragment(with(DefragmentRequest {}, token)).await),
+    ));
     let snap = match m.snapshot(with(SnapshotRequest {}, token)).await {
         Err(s) => Err(s.code()),
         Ok(r) => answer(r.into_inner().message().await),
     };
     out.push(("Snapshot", snap));
-    out.push(("Alarm (list)", answer(m.alarm(with(AlarmRequest { action: 0, member_id: 0, alarm: 0 }, token)).await)));
+    out.push((
+        "Alarm (list)",
+        answer(
+            m.alarm(with(
+                AlarmRequest {
+                    action: 0,
+                    member_id: 0,
+                    alarm: 0,
+                },
+                token,
+            ))
+            .await,
+        ),
+    ));
     out.push((
         "Alarm (deactivate)",
-        answer(m.alarm(with(AlarmRequest { action: 2, member_id: 0, alarm: 1 }, token)).await),
+        answer(
+            m.alarm(with(
+                AlarmRequest {
+                    action: 2,
+                    member_id: 0,
+                    alarm: 1,
+                },
+                token,
+            ))
+            .await,
+        ),
     ));
-    out.push(("MemberList", answer(ClusterClient::new(ch.clone()).member_list(with(MemberListRequest { linearizable: false }, token)).await)));
+    out.push((
+        "MemberList",
+        answer(
+            ClusterClient::new(ch.clone())
+                .member_list(with(
+                    MemberListRequest {
+                        linearizable: false,
+                    },
+                    token,
+                ))
+                .await,
+        ),
+    ));
 
     let mut a = AuthClient::new(ch.clone());
-    out.push(("UserList", answer(a.user_list(with(AuthUserListRequest {}, token)).await)));
-    out.push(("RoleGet a", answer(a.role_get(with(AuthRoleGetRequest { role: "a".into() }, token)).await)));
-    out.push(("RoleAdd", answer(a.role_add(with(AuthRoleAddRequest { name: format!("r{pfx}") }, token)).await)));
+    out.push((
+        "UserList",
+        answer(a.user_list(with(AuthUserListRequest {}, token)).await),
+    ));
+    out.push((
+        "RoleGet a",
+        answer(
+            a.role_get(with(AuthRoleGetRequest { role: "a".into() }, token))
+                .await,
+        ),
+    ));
+    out.push((
+        "RoleAdd",
+        answer(
+            a.role_add(with(
+                AuthRoleAddRequest {
+                    name: format!("r{pfx}"),
+                },
+                token,
+            ))
+            .await,
+        ),
+    ));
     out
 }
 
@@ -237,7 +417,11 @@ async fn every_rpc_answers_each_caller_as_etcd_would() {
     let c = InProcessCluster::start(3).await;
     let chans: Vec<Channel> = c.nodes.iter().map(|n| channel(&n.client_addr)).collect();
     KvClient::new(chans[0].clone())
-        .put(PutRequest { key: b"b/k".to_vec(), value: b"secret".to_vec(), ..Default::default() })
+        .put(PutRequest {
+            key: b"b/k".to_vec(),
+            value: b"secret".to_vec(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     secure(&chans[0]).await;
@@ -251,10 +435,13 @@ async fn every_rpc_answers_each_caller_as_etcd_would() {
     let forged = Err(Code::Unauthenticated); // "etcdserver: invalid auth token"
     let denied = Err(Code::PermissionDenied);
     let admin = Err(Code::Unknown); // etcd's maintenance server: "auth: ..."
-    // RPC: no credentials, forged token, eve on a/, alice on a/, alice on b/.
+                                    // RPC: no credentials, forged token, eve on a/, alice on a/, alice on b/.
     let expected: Vec<(&str, [Answer; 5])> = vec![
         ("Range", [no_user, forged, denied, ok, denied]),
-        ("Range (serializable)", [no_user, forged, denied, ok, denied]),
+        (
+            "Range (serializable)",
+            [no_user, forged, denied, ok, denied],
+        ),
         ("Put", [no_user, forged, denied, ok, denied]),
         ("DeleteRange", [no_user, forged, denied, ok, denied]),
         ("Txn", [no_user, forged, denied, ok, denied]),
@@ -275,7 +462,10 @@ async fn every_rpc_answers_each_caller_as_etcd_would() {
         ("Defragment", [admin, admin, admin, admin, admin]),
         ("Snapshot", [admin, admin, admin, admin, admin]),
         ("Alarm (list)", [ok, ok, ok, ok, ok]),
-        ("Alarm (deactivate)", [no_user, forged, denied, denied, denied]),
+        (
+            "Alarm (deactivate)",
+            [no_user, forged, denied, denied, denied],
+        ),
         ("MemberList", [ok, ok, ok, ok, ok]),
         ("UserList", [no_user, forged, denied, denied, denied]),
         ("RoleGet a", [no_user, forged, denied, ok, ok]),
@@ -288,14 +478,23 @@ async fn every_rpc_answers_each_caller_as_etcd_would() {
         every_rpc(&chans[1], Some(&alice), "a/").await,
         every_rpc(&chans[2], Some(&alice), "b/").await,
     ];
-    let who = ["no credentials", "forged token", "eve on a/", "alice on a/", "alice on b/"];
+    let who = [
+        "no credentials",
+        "forged token",
+        "eve on a/",
+        "alice on a/",
+        "alice on b/",
+    ];
     let mut wrong = Vec::new();
     for (i, (rpc, wants)) in expected.iter().enumerate() {
         for (j, want) in wants.iter().enumerate() {
             let (name, answer) = &got[j][i];
             assert_eq!(name, rpc, "the table follows every_rpc's order");
             if answer != want {
-                wrong.push(format!("{rpc} as {}: got {answer:?}, want {want:?}", who[j]));
+                wrong.push(format!(
+                    "{rpc} as {}: got {answer:?}, want {want:?}",
+                    who[j]
+                ));
             }
         }
     }
@@ -310,14 +509,32 @@ async fn every_rpc_answers_each_caller_as_etcd_would() {
     // Nothing refused changed anything: b/k is as it was, and only the
     // writes alice (a/) and root (b/) were allowed exist.
     let all = KvClient::new(chans[0].clone())
-        .range(with(RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }, Some(&root)))
+        .range(with(
+            RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            },
+            Some(&root),
+        ))
         .await
         .unwrap()
         .into_inner();
-    let keys: Vec<String> = all.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect();
-    assert!(keys.iter().all(|k| k.starts_with("a/") || k.starts_with("b/")), "{keys:?}");
+    let keys: Vec<String> = all
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("a/") || k.starts_with("b/")),
+        "{keys:?}"
+    );
     let bk = all.kvs.iter().find(|kv| kv.key == b"b/k").unwrap();
-    assert_eq!(bk.value, b"v", "root's put is the only one that reached b/k");
+    assert_eq!(
+        bk.value, b"v",
+        "root's put is the only one that reached b/k"
+    );
     assert_eq!(bk.version, 2);
     c.shutdown().await;
 }
@@ -333,47 +550,105 @@ async fn a_revoked_permission_is_in_force_on_every_member_at_once() {
     for round in 0..15 {
         // Granted: alice writes through member 1 and reads through member 2.
         admin
-            .user_grant_role(with(AuthUserGrantRoleRequest { user: "alice".into(), role: "a".into() }, Some(&root)))
+            .user_grant_role(with(
+                AuthUserGrantRoleRequest {
+                    user: "alice".into(),
+                    role: "a".into(),
+                },
+                Some(&root),
+            ))
             .await
             .unwrap();
-        let put = PutRequest { key: b"a/x".to_vec(), value: format!("{round}").into_bytes(), ..Default::default() };
-        KvClient::new(chans[1].clone()).put(with(put.clone(), Some(&alice))).await.unwrap();
+        let put = PutRequest {
+            key: b"a/x".to_vec(),
+            value: format!("{round}").into_bytes(),
+            ..Default::default()
+        };
+        KvClient::new(chans[1].clone())
+            .put(with(put.clone(), Some(&alice)))
+            .await
+            .unwrap();
         KvClient::new(chans[2].clone())
-            .range(with(RangeRequest { key: b"a/x".to_vec(), ..Default::default() }, Some(&alice)))
+            .range(with(
+                RangeRequest {
+                    key: b"a/x".to_vec(),
+                    ..Default::default()
+                },
+                Some(&alice),
+            ))
             .await
             .unwrap();
         // Revoked: the very next requests, on the other members, are refused.
         admin
-            .user_revoke_role(with(AuthUserRevokeRoleRequest { name: "alice".into(), role: "a".into() }, Some(&root)))
+            .user_revoke_role(with(
+                AuthUserRevokeRoleRequest {
+                    name: "alice".into(),
+                    role: "a".into(),
+                },
+                Some(&root),
+            ))
             .await
             .unwrap();
-        let e = KvClient::new(chans[1].clone()).put(with(put, Some(&alice))).await.unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "round {round}: a write after the revoke");
-        let e = KvClient::new(chans[2].clone())
-            .range(with(RangeRequest { key: b"a/x".to_vec(), ..Default::default() }, Some(&alice)))
+        let e = KvClient::new(chans[1].clone())
+            .put(with(put, Some(&alice)))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "round {round}: a read after the revoke");
+        assert_eq!(
+            e.code(),
+            Code::PermissionDenied,
+            "round {round}: a write after the revoke"
+        );
+        let e = KvClient::new(chans[2].clone())
+            .range(with(
+                RangeRequest {
+                    key: b"a/x".to_vec(),
+                    ..Default::default()
+                },
+                Some(&alice),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::PermissionDenied,
+            "round {round}: a read after the revoke"
+        );
     }
 
     // A changed password voids the user's tokens; the new password works.
     admin
         .user_change_password(with(
-            AuthUserChangePasswordRequest { name: "alice".into(), password: "new".into(), ..Default::default() },
+            AuthUserChangePasswordRequest {
+                name: "alice".into(),
+                password: "new".into(),
+                ..Default::default()
+            },
             Some(&root),
         ))
         .await
         .unwrap();
     let e = KvClient::new(chans[2].clone())
-        .range(with(RangeRequest { key: b"a/x".to_vec(), ..Default::default() }, Some(&alice)))
+        .range(with(
+            RangeRequest {
+                key: b"a/x".to_vec(),
+                ..Default::default()
+            },
+            Some(&alice),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
     let e = AuthClient::new(chans[1].clone())
-        .authenticate(AuthenticateRequest { name: "alice".into(), password: "alicepw".into() })
+        .authenticate(AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
         .await
         .unwrap_err();
-    assert_eq!(e.message(), "etcdserver: authentication failed, invalid user ID or password");
+    assert_eq!(
+        e.message(),
+        "etcdserver: authentication failed, invalid user ID or password"
+    );
     token(&chans[1], "alice", "new").await;
     c.shutdown().await;
 }
@@ -386,26 +661,49 @@ async fn an_admin_role_taken_away_is_in_force_on_every_member_at_once() {
     let root = token(&chans[0], "root", "rootpw").await;
     let mut admin = AuthClient::new(chans[0].clone());
     admin
-        .user_add(with(AuthUserAddRequest { name: "ops".into(), password: "opspw".into(), ..Default::default() }, Some(&root)))
+        .user_add(with(
+            AuthUserAddRequest {
+                name: "ops".into(),
+                password: "opspw".into(),
+                ..Default::default()
+            },
+            Some(&root),
+        ))
         .await
         .unwrap();
     let ops = token(&chans[1], "ops", "opspw").await;
     for round in 0..10 {
-        let grant = AuthUserGrantRoleRequest { user: "ops".into(), role: "root".into() };
-        admin.user_grant_role(with(grant.clone(), Some(&root))).await.unwrap();
+        let grant = AuthUserGrantRoleRequest {
+            user: "ops".into(),
+            role: "root".into(),
+        };
+        admin
+            .user_grant_role(with(grant.clone(), Some(&root)))
+            .await
+            .unwrap();
         // ops is admin now, through any member.
         AuthClient::new(chans[(round % 2) + 1].clone())
             .user_list(with(AuthUserListRequest {}, Some(&ops)))
             .await
             .unwrap();
         admin
-            .user_revoke_role(with(AuthUserRevokeRoleRequest { name: "ops".into(), role: "root".into() }, Some(&root)))
+            .user_revoke_role(with(
+                AuthUserRevokeRoleRequest {
+                    name: "ops".into(),
+                    role: "root".into(),
+                },
+                Some(&root),
+            ))
             .await
             .unwrap();
         // At once, on the other members, ops can neither act as admin nor
         // give itself the role back.
         let other = AuthClient::new(chans[2 - (round % 2)].clone());
-        let e = other.clone().user_grant_role(with(grant, Some(&ops))).await.unwrap_err();
+        let e = other
+            .clone()
+            .user_grant_role(with(grant, Some(&ops)))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "round {round}: {e}");
         let e = MaintenanceClient::new(chans[2 - (round % 2)].clone())
             .hash_kv(with(HashKvRequest { revision: 0 }, Some(&ops)))
@@ -426,27 +724,49 @@ async fn the_peer_port_serves_members_of_this_cluster_only() {
     let addr = c.nodes[1].peer_addr.clone();
     // A member of this cluster is served (the TSO answers, or says who leads).
     let member = PeerPool::new(c.nodes[0].id, cluster, None);
-    let r = member.client(&addr).unwrap().tso(member.request(TsoRequest { count: 1 })).await;
-    assert!(r.is_ok() || r.as_ref().unwrap_err().code() == Code::FailedPrecondition, "{r:?}");
+    let r = member
+        .client(&addr)
+        .unwrap()
+        .tso(member.request(TsoRequest { count: 1 }))
+        .await;
+    assert!(
+        r.is_ok() || r.as_ref().unwrap_err().code() == Code::FailedPrecondition,
+        "{r:?}"
+    );
     // Another cluster, a stranger, or no stamp at all: refused before anything is done.
     let other_cluster = PeerPool::new(c.nodes[0].id, cluster ^ 1, None);
     let stranger = PeerPool::new(0xdead_beef, cluster, None);
     for pool in [&other_cluster, &stranger] {
         let mut client = pool.client(&addr).unwrap();
-        let e = client.tso(pool.request(TsoRequest { count: 1 })).await.unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
         let e = client
-            .forward(pool.request(ForwardRequest { region_id: 1, payload: vec![] }))
+            .tso(pool.request(TsoRequest { count: 1 }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e}");
         let e = client
-            .raft(pool.request(RaftRequest { region_id: 1, kind: 2, payload: vec![] }))
+            .forward(pool.request(ForwardRequest {
+                region_id: 1,
+                payload: vec![],
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        let e = client
+            .raft(pool.request(RaftRequest {
+                region_id: 1,
+                kind: 2,
+                payload: vec![],
+            }))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     }
-    let e = member.client(&addr).unwrap().tso(TsoRequest { count: 1 }).await.unwrap_err();
+    let e = member
+        .client(&addr)
+        .unwrap()
+        .tso(TsoRequest { count: 1 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "an unstamped request");
     c.shutdown().await;
 }

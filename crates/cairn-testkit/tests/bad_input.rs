@@ -265,8 +265,13 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: user name is empty"));
-    auth.role_add(AuthRoleAddRequest { name: "r".into() }).await.unwrap();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::InvalidArgument, "etcdserver: user name is empty")
+    );
+    auth.role_add(AuthRoleAddRequest { name: "r".into() })
+        .await
+        .unwrap();
     let bad_perm = |perm_type, key: &[u8], range_end: &[u8]| AuthRoleGrantPermissionRequest {
         name: "r".into(),
         perm: Some(cairn_api::authpb::Permission {
@@ -275,22 +280,37 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
             range_end: range_end.to_vec(),
         }),
     };
-    let e = auth.role_grant_permission(bad_perm(7, b"k", b"")).await.unwrap_err();
+    let e = auth
+        .role_grant_permission(bad_perm(7, b"k", b""))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = auth.role_grant_permission(bad_perm(0, b"b", b"a")).await.unwrap_err();
+    let e = auth
+        .role_grant_permission(bad_perm(0, b"b", b"a"))
+        .await
+        .unwrap_err();
     assert_eq!(e.message(), "etcdserver: invalid auth management");
     let e = auth
-        .role_grant_permission(AuthRoleGrantPermissionRequest { name: "r".into(), perm: None })
+        .role_grant_permission(AuthRoleGrantPermissionRequest {
+            name: "r".into(),
+            perm: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(e.message(), "etcdserver: permission not given");
     let e = auth
-        .authenticate(AuthenticateRequest { name: "x".into(), password: "y".into() })
+        .authenticate(AuthenticateRequest {
+            name: "x".into(),
+            password: "y".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(
         (e.code(), e.message()),
-        (Code::FailedPrecondition, "etcdserver: authentication is not enabled")
+        (
+            Code::FailedPrecondition,
+            "etcdserver: authentication is not enabled"
+        )
     );
     let mut m = MaintenanceClient::new(ch);
     assert_eq!(

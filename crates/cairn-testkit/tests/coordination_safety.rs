@@ -38,7 +38,10 @@ async fn an_isolated_leader_cannot_renew_a_lease() {
     let c = InProcessCluster::start(3).await;
     let leader = c.wait_leader(DATA_REGION).await;
     let node = c.node(leader).clone();
-    let (id, _) = node.lease_grant(0, 10, &cairn_store::Access::Internal).await.unwrap();
+    let (id, _) = node
+        .lease_grant(0, 10, &cairn_store::Access::Internal)
+        .await
+        .unwrap();
     assert_eq!(node.lease_keep_alive(id).await.unwrap(), 10);
 
     // Cut the leader off from its followers; clients still reach it. Past
@@ -63,7 +66,10 @@ async fn a_renewal_clears_the_checkpointed_ttl_before_a_leader_change() {
     let mut c = InProcessCluster::start(3).await;
     let leader = c.wait_leader(DATA_REGION).await;
     let node = c.node(leader).clone();
-    let (id, _) = node.lease_grant(0, 20, &cairn_store::Access::Internal).await.unwrap();
+    let (id, _) = node
+        .lease_grant(0, 20, &cairn_store::Access::Internal)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(7_000)).await;
     let renewed_at = Instant::now();
     assert_eq!(node.lease_keep_alive(id).await.unwrap(), 20);

@@ -114,11 +114,26 @@ async fn auth_call(a: &mut AuthClient<Channel>, r: &mut fastrand::Rng) {
         range_end: bytes(r),
     };
     let _ = match r.u8(0..17) {
-        0 => a.auth_enable(with(AuthEnableRequest {}, &t)).await.map(|_| ()),
-        1 => a.auth_disable(with(AuthDisableRequest {}, &t)).await.map(|_| ()),
-        2 => a.auth_status(with(AuthStatusRequest {}, &t)).await.map(|_| ()),
+        0 => a
+            .auth_enable(with(AuthEnableRequest {}, &t))
+            .await
+            .map(|_| ()),
+        1 => a
+            .auth_disable(with(AuthDisableRequest {}, &t))
+            .await
+            .map(|_| ()),
+        2 => a
+            .auth_status(with(AuthStatusRequest {}, &t))
+            .await
+            .map(|_| ()),
         3 => a
-            .authenticate(with(AuthenticateRequest { name: name(r), password: name(r) }, &t))
+            .authenticate(with(
+                AuthenticateRequest {
+                    name: name(r),
+                    password: name(r),
+                },
+                &t,
+            ))
             .await
             .map(|_| ()),
         4 => a
@@ -126,45 +141,95 @@ async fn auth_call(a: &mut AuthClient<Channel>, r: &mut fastrand::Rng) {
                 AuthUserAddRequest {
                     name: name(r),
                     password: name(r),
-                    options: r.bool().then(|| cairn_api::authpb::UserAddOptions { no_password: r.bool() }),
-                    hashed_password: if r.u8(0..8) == 0 { name(r) } else { String::new() },
+                    options: r.bool().then(|| cairn_api::authpb::UserAddOptions {
+                        no_password: r.bool(),
+                    }),
+                    hashed_password: if r.u8(0..8) == 0 {
+                        name(r)
+                    } else {
+                        String::new()
+                    },
                 },
                 &t,
             ))
             .await
             .map(|_| ()),
-        5 => a.user_get(with(AuthUserGetRequest { name: name(r) }, &t)).await.map(|_| ()),
-        6 => a.user_list(with(AuthUserListRequest {}, &t)).await.map(|_| ()),
-        7 => a.user_delete(with(AuthUserDeleteRequest { name: name(r) }, &t)).await.map(|_| ()),
+        5 => a
+            .user_get(with(AuthUserGetRequest { name: name(r) }, &t))
+            .await
+            .map(|_| ()),
+        6 => a
+            .user_list(with(AuthUserListRequest {}, &t))
+            .await
+            .map(|_| ()),
+        7 => a
+            .user_delete(with(AuthUserDeleteRequest { name: name(r) }, &t))
+            .await
+            .map(|_| ()),
         8 => a
             .user_change_password(with(
-                AuthUserChangePasswordRequest { name: name(r), password: name(r), hashed_password: String::new() },
+                AuthUserChangePasswordRequest {
+                    name: name(r),
+                    password: name(r),
+                    hashed_password: String::new(),
+                },
                 &t,
             ))
             .await
             .map(|_| ()),
         9 => a
-            .user_grant_role(with(AuthUserGrantRoleRequest { user: name(r), role: name(r) }, &t))
+            .user_grant_role(with(
+                AuthUserGrantRoleRequest {
+                    user: name(r),
+                    role: name(r),
+                },
+                &t,
+            ))
             .await
             .map(|_| ()),
         10 => a
-            .user_revoke_role(with(AuthUserRevokeRoleRequest { name: name(r), role: name(r) }, &t))
+            .user_revoke_role(with(
+                AuthUserRevokeRoleRequest {
+                    name: name(r),
+                    role: name(r),
+                },
+                &t,
+            ))
             .await
             .map(|_| ()),
-        11 => a.role_add(with(AuthRoleAddRequest { name: name(r) }, &t)).await.map(|_| ()),
-        12 => a.role_get(with(AuthRoleGetRequest { role: name(r) }, &t)).await.map(|_| ()),
-        13 => a.role_list(with(AuthRoleListRequest {}, &t)).await.map(|_| ()),
-        14 => a.role_delete(with(AuthRoleDeleteRequest { role: name(r) }, &t)).await.map(|_| ()),
+        11 => a
+            .role_add(with(AuthRoleAddRequest { name: name(r) }, &t))
+            .await
+            .map(|_| ()),
+        12 => a
+            .role_get(with(AuthRoleGetRequest { role: name(r) }, &t))
+            .await
+            .map(|_| ()),
+        13 => a
+            .role_list(with(AuthRoleListRequest {}, &t))
+            .await
+            .map(|_| ()),
+        14 => a
+            .role_delete(with(AuthRoleDeleteRequest { role: name(r) }, &t))
+            .await
+            .map(|_| ()),
         15 => a
             .role_grant_permission(with(
-                AuthRoleGrantPermissionRequest { name: name(r), perm: r.bool().then(|| perm(r)) },
+                AuthRoleGrantPermissionRequest {
+                    name: name(r),
+                    perm: r.bool().then(|| perm(r)),
+                },
                 &t,
             ))
             .await
             .map(|_| ()),
         _ => a
             .role_revoke_permission(with(
-                AuthRoleRevokePermissionRequest { role: name(r), key: bytes(r), range_end: bytes(r) },
+                AuthRoleRevokePermissionRequest {
+                    role: name(r),
+                    key: bytes(r),
+                    range_end: bytes(r),
+                },
                 &t,
             ))
             .await
@@ -185,7 +250,10 @@ async fn members_agree(c: &InProcessCluster) {
         c.node(i).catch_up_auth().await.unwrap();
         states.push(c.node(i).auth_state());
     }
-    assert!(states.windows(2).all(|w| w[0] == w[1]), "members' auth stores differ");
+    assert!(
+        states.windows(2).all(|w| w[0] == w[1]),
+        "members' auth stores differ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -195,8 +263,11 @@ async fn auth_rpcs_survive_random_input() {
     eprintln!("fuzz seed {seed} (CAIRN_FUZZ_SEED={seed} replays it)");
     let mut r = fastrand::Rng::with_seed(seed);
     let c = InProcessCluster::start(3).await;
-    let mut clients: Vec<AuthClient<Channel>> =
-        c.nodes.iter().map(|n| AuthClient::new(channel(&n.client_addr))).collect();
+    let mut clients: Vec<AuthClient<Channel>> = c
+        .nodes
+        .iter()
+        .map(|n| AuthClient::new(channel(&n.client_addr)))
+        .collect();
     for i in 0..iterations(300) {
         let k = r.usize(0..clients.len());
         auth_call(&mut clients[k], &mut r).await;
@@ -237,10 +308,24 @@ fn mutate(r: &mut fastrand::Rng, body: &str) -> Vec<u8> {
             }
             1 => b.truncate(at),
             2 => {
-                let piece: Vec<u8> = [&b"\""[..], b"{", b"}", b"[", b"]", b":", b",", b"null", b"-1", b"1e999999",
-                    b"99999999999999999999999", b"\"\\u0000\"", b"\"!!!\"", b"true", b"\"READWRITE\""]
-                    [r.usize(0..15)]
-                    .to_vec();
+                let piece: Vec<u8> = [
+                    &b"\""[..],
+                    b"{",
+                    b"}",
+                    b"[",
+                    b"]",
+                    b":",
+                    b",",
+                    b"null",
+                    b"-1",
+                    b"1e999999",
+                    b"99999999999999999999999",
+                    b"\"\\u0000\"",
+                    b"\"!!!\"",
+                    b"true",
+                    b"\"READWRITE\"",
+                ][r.usize(0..15)]
+                .to_vec();
                 b.splice(at..at, piece);
             }
             3 => {
@@ -282,7 +367,11 @@ async fn post(addr: &str, path: &str, body: &[u8], auth: Option<&str>) -> String
     // Streams (watch, keep-alive, observe) never end: the first bytes do.
     let mut buf = vec![0u8; 4096];
     match tokio::time::timeout(Duration::from_millis(1500), s.read(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string(),
+        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
         Ok(_) => "closed".into(),
         Err(_) => "no answer yet".into(),
     }
@@ -308,15 +397,24 @@ async fn the_gateway_survives_random_json() {
         let body = mutate(&mut r, seed_body);
         let auth = token(&mut r);
         let status = post(&addr, path, &body, auth.as_deref()).await;
-        let streaming = ["/watch", "/keepalive", "/observe", "/lock/lock", "/election/campaign"]
-            .iter()
-            .any(|p| path.ends_with(p));
+        let streaming = [
+            "/watch",
+            "/keepalive",
+            "/observe",
+            "/lock/lock",
+            "/election/campaign",
+        ]
+        .iter()
+        .any(|p| path.ends_with(p));
         if !status.starts_with("HTTP/1.1 ") && !streaming {
             unanswered += 1;
             eprintln!("{path} {:?}: {status}", String::from_utf8_lossy(&body));
         }
     }
-    assert_eq!(unanswered, 0, "requests the gateway did not answer (seed {seed})");
+    assert_eq!(
+        unanswered, 0,
+        "requests the gateway did not answer (seed {seed})"
+    );
     members_agree(&c).await;
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic (seed {seed})");
     c.shutdown().await;

@@ -151,7 +151,10 @@ async fn load(node: &Arc<Node>) {
                         println!("  {id} leases granted");
                     }
                     for attempt in 0.. {
-                        match node.lease_grant(id, TTL, &cairn_store::Access::Internal).await {
+                        match node
+                            .lease_grant(id, TTL, &cairn_store::Access::Internal)
+                            .await
+                        {
                             Ok(_) => break,
                             // (cairn_mvcc, which names the rejection, is
                             // not a dependency of this crate.)

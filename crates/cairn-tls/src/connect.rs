@@ -46,9 +46,13 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let tls = self.tls.clone();
         Box::pin(async move {
-            let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
+            let bad =
+                |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
             let host = uri.host().ok_or_else(|| bad("no host"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
             let name = ServerName::try_from(host.clone()).map_err(|_| bad("bad host name"))?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;

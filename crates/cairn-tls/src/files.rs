@@ -46,7 +46,9 @@ pub struct Reloading<T> {
 
 impl<T> std::fmt::Debug for Reloading<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reloading").field("paths", &self.paths).finish()
+        f.debug_struct("Reloading")
+            .field("paths", &self.paths)
+            .finish()
     }
 }
 
@@ -77,7 +79,9 @@ impl<T> Reloading<T> {
                 }
                 Err(e) => {
                     // Keep the old value; try again once the files change again.
-                    tracing::warn!("TLS files changed but did not load, keeping the previous ones: {e}");
+                    tracing::warn!(
+                        "TLS files changed but did not load, keeping the previous ones: {e}"
+                    );
                     cur.0 = stamps;
                 }
             }
@@ -190,14 +194,20 @@ mod tests {
         std::fs::write(&p, "1").unwrap();
         let r = Reloading::new(vec![p.clone()], |ps| {
             let s = std::fs::read_to_string(&ps[0]).unwrap();
-            s.trim().parse::<u32>().map_err(|e| Error::Config(e.to_string()))
+            s.trim()
+                .parse::<u32>()
+                .map_err(|e| Error::Config(e.to_string()))
         })
         .unwrap();
         assert_eq!(*r.get(), 1);
         std::fs::write(&p, "22").unwrap();
         assert_eq!(*r.get(), 22);
         std::fs::write(&p, "not a number").unwrap();
-        assert_eq!(*r.get(), 22, "a file that does not load keeps the last good value");
+        assert_eq!(
+            *r.get(),
+            22,
+            "a file that does not load keeps the last good value"
+        );
         std::fs::write(&p, "333").unwrap();
         assert_eq!(*r.get(), 333);
     }

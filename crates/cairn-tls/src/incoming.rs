@@ -76,7 +76,9 @@ async fn accept_loop(
                     let _ = tx.send(Ok(stream)).await;
                 }
                 Ok(Err(e)) => tracing::warn!("rejected connection from {from}: {e}"),
-                Err(_) => tracing::warn!("rejected connection from {from}: TLS handshake timed out"),
+                Err(_) => {
+                    tracing::warn!("rejected connection from {from}: TLS handshake timed out")
+                }
             }
         });
     }

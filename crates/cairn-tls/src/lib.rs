@@ -27,13 +27,13 @@
 //! What this does not do: revocation lists, OCSP, and etcd's
 //! `--cert-allowed-cn`/`--auto-tls`.
 
+mod client;
 mod connect;
 pub mod files;
 mod incoming;
 pub mod pki;
 mod server;
 mod suites;
-mod client;
 
 use std::path::PathBuf;
 

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 use crate::Error;
@@ -111,7 +111,12 @@ pub fn issue(dir: &Path, name: &str, hosts: &[String]) -> Result<Issued, Error> 
 /// (a client certificate that names no user: etcd's gateway refuses a
 /// certificate with a common name while auth is on, so a gateway client
 /// that logs in with a password needs one without).
-pub fn issue_as(dir: &Path, name: &str, hosts: &[String], common_name: bool) -> Result<Issued, Error> {
+pub fn issue_as(
+    dir: &Path,
+    name: &str,
+    hosts: &[String],
+    common_name: bool,
+) -> Result<Issued, Error> {
     let issuer = ca(dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(hosts.to_vec())?;

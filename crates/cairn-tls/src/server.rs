@@ -30,7 +30,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
             files.allowed_hostname.clone(),
         )?),
         None if files.client_cert_auth => {
-            return Err(Error::Config("--client-cert-auth needs --trusted-ca-file".into()))
+            return Err(Error::Config(
+                "--client-cert-auth needs --trusted-ca-file".into(),
+            ))
         }
         None => WebPkiClientVerifier::no_client_auth(),
     };
@@ -110,9 +112,14 @@ impl ClientCertVerifier for ReloadingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.0.get().verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .0
+            .get()
+            .verify_client_cert(end_entity, intermediates, now)?;
         let refuse = || {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )
         };
         if let Some(cn) = &self.1 {
             if crate::common_name(end_entity).as_deref() != Some(cn.as_str()) {

@@ -40,8 +40,7 @@ pub fn provider(files: &TlsFiles) -> Result<CryptoProvider, Error> {
         }
     }
     p.cipher_suites.retain(|s| {
-        s.version() == &rustls::version::TLS13
-            || files.cipher_suites.iter().any(|n| matches(s, n))
+        s.version() == &rustls::version::TLS13 || files.cipher_suites.iter().any(|n| matches(s, n))
     });
     Ok(p)
 }
@@ -61,8 +60,18 @@ fn version(name: &str) -> Result<u8, Error> {
 
 /// The protocol versions between `--tls-min-version` and `--tls-max-version`.
 pub fn versions(files: &TlsFiles) -> Result<Vec<&'static SupportedProtocolVersion>, Error> {
-    let min = files.min_version.as_deref().map(version).transpose()?.unwrap_or(2);
-    let max = files.max_version.as_deref().map(version).transpose()?.unwrap_or(3);
+    let min = files
+        .min_version
+        .as_deref()
+        .map(version)
+        .transpose()?
+        .unwrap_or(2);
+    let max = files
+        .max_version
+        .as_deref()
+        .map(version)
+        .transpose()?
+        .unwrap_or(3);
     if min > max {
         return Err(Error::Config(
             "--tls-min-version is above --tls-max-version".into(),
@@ -98,7 +107,10 @@ mod tests {
             .filter(|s| s.version() == &rustls::version::TLS12)
             .collect();
         assert_eq!(tls12.len(), 2);
-        assert!(p.cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS13));
+        assert!(p
+            .cipher_suites
+            .iter()
+            .any(|s| s.version() == &rustls::version::TLS13));
     }
 
     #[test]
@@ -107,7 +119,10 @@ mod tests {
             cipher_suites: vec!["TLS_RSA_WITH_RC4_128_SHA".into()],
             ..Default::default()
         };
-        assert!(provider(&f).unwrap_err().to_string().contains("unexpected TLS cipher suite"));
+        assert!(provider(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected TLS cipher suite"));
         let f = TlsFiles {
             min_version: Some("TLS1.0".into()),
             ..Default::default()

@@ -95,16 +95,25 @@ async fn mutual_tls_admits_signed_clients_only() {
     let s = setup(true);
     let addr = serve(&s.server).await;
     let ca = pki::ca_path(&s.dir);
-    talk(addr, &ca, Some("alice"), &s.dir).await.expect("a signed client is admitted");
+    talk(addr, &ca, Some("alice"), &s.dir)
+        .await
+        .expect("a signed client is admitted");
     let e = talk(addr, &ca, None, &s.dir).await.unwrap_err();
-    assert!(e.contains("CertificateRequired") || e.contains("certificate"), "{e}");
+    assert!(
+        e.contains("CertificateRequired") || e.contains("certificate"),
+        "{e}"
+    );
 
     // A certificate from another CA is refused; and the client refuses a
     // server it cannot check.
     let other = tempfile::tempdir().unwrap();
     pki::issue(other.path(), "mallory", &[]).unwrap();
-    talk(addr, &ca, Some("mallory"), other.path()).await.unwrap_err();
-    let e = talk(addr, &pki::ca_path(other.path()), None, &s.dir).await.unwrap_err();
+    talk(addr, &ca, Some("mallory"), other.path())
+        .await
+        .unwrap_err();
+    let e = talk(addr, &pki::ca_path(other.path()), None, &s.dir)
+        .await
+        .unwrap_err();
     assert!(e.contains("UnknownIssuer"), "{e}");
 }
 
@@ -120,7 +129,9 @@ fn a_certificates_common_name_is_read() {
 async fn without_client_cert_auth_no_certificate_is_asked() {
     let s = setup(false);
     let addr = serve(&s.server).await;
-    talk(addr, &pki::ca_path(&s.dir), None, &s.dir).await.unwrap();
+    talk(addr, &pki::ca_path(&s.dir), None, &s.dir)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -128,8 +139,12 @@ async fn a_trusted_ca_alone_demands_client_certificates_as_etcd_does() {
     let mut s = setup(false);
     s.server.trusted_ca = Some(pki::ca_path(&s.dir));
     let addr = serve(&s.server).await;
-    talk(addr, &pki::ca_path(&s.dir), None, &s.dir).await.unwrap_err();
-    talk(addr, &pki::ca_path(&s.dir), Some("alice"), &s.dir).await.unwrap();
+    talk(addr, &pki::ca_path(&s.dir), None, &s.dir)
+        .await
+        .unwrap_err();
+    talk(addr, &pki::ca_path(&s.dir), Some("alice"), &s.dir)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -137,7 +152,9 @@ async fn plain_http_is_closed_unanswered_as_etcd_does() {
     let s = setup(false);
     let addr = serve(&s.server).await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut reply = Vec::new();
     let _ = tcp.read_to_end(&mut reply).await;
     assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
@@ -146,16 +163,25 @@ async fn plain_http_is_closed_unanswered_as_etcd_does() {
 #[tokio::test]
 async fn an_allowed_name_narrows_who_may_connect() {
     let mut s = setup(true);
-    pki::issue(&s.dir, "peer1", &["10.1.2.3".to_string(), "peer1.example".to_string()]).unwrap();
+    pki::issue(
+        &s.dir,
+        "peer1",
+        &["10.1.2.3".to_string(), "peer1.example".to_string()],
+    )
+    .unwrap();
     s.server.allowed_cn = Some("peer1".into());
     let addr = serve(&s.server).await;
     let ca = pki::ca_path(&s.dir);
-    talk(addr, &ca, Some("peer1"), &s.dir).await.expect("the allowed name");
+    talk(addr, &ca, Some("peer1"), &s.dir)
+        .await
+        .expect("the allowed name");
     talk(addr, &ca, Some("alice"), &s.dir).await.unwrap_err();
     s.server.allowed_cn = None;
     s.server.allowed_hostname = Some("peer1.example".into());
     let addr = serve(&s.server).await;
-    talk(addr, &ca, Some("peer1"), &s.dir).await.expect("the allowed host");
+    talk(addr, &ca, Some("peer1"), &s.dir)
+        .await
+        .expect("the allowed host");
     talk(addr, &ca, Some("alice"), &s.dir).await.unwrap_err();
     let peer1 = cairn_tls::files::certs(&s.dir.join("peer1.pem")).unwrap();
     assert!(cairn_tls::names_host(&peer1[0], "10.1.2.3"));

@@ -78,7 +78,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for (name, cport, pport) in &ms {
         let exists = a.data_dir.join(name).exists();
-        let tls = if a.tls { dev_tls(&pki, name)? } else { TlsArgs::default() };
+        let tls = if a.tls {
+            dev_tls(&pki, name)?
+        } else {
+            TlsArgs::default()
+        };
         let args = ServeArgs {
             name: name.clone(),
             data_dir: Some(a.data_dir.join(name)),

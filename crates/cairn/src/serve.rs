@@ -203,24 +203,27 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
 /// JWT key files read now so a bad one fails at start.
 fn token_config(option: &str, simple_ttl: u64) -> anyhow::Result<cairn_store::TokenConfig> {
     use cairn_auth::jwt::{self, TokenOption};
-    Ok(match jwt::parse_option(option).map_err(anyhow::Error::msg)? {
-        TokenOption::Simple => cairn_store::TokenConfig::Simple {
-            ttl: std::time::Duration::from_secs(simple_ttl.max(1)),
+    Ok(
+        match jwt::parse_option(option).map_err(anyhow::Error::msg)? {
+            TokenOption::Simple => cairn_store::TokenConfig::Simple {
+                ttl: std::time::Duration::from_secs(simple_ttl.max(1)),
+            },
+            TokenOption::Jwt {
+                public_key,
+                private_key,
+                method,
+                ttl,
+            } => {
+                let read =
+                    |p: &str| std::fs::read(p).with_context(|| format!("reading JWT key {p}"));
+                let public = read(&public_key)?;
+                let private = private_key.as_deref().map(read).transpose()?;
+                let keys = jwt::JwtKeys::new(&method, &public, private.as_deref(), ttl)
+                    .map_err(anyhow::Error::msg)?;
+                cairn_store::TokenConfig::Jwt(Arc::new(keys))
+            }
         },
-        TokenOption::Jwt {
-            public_key,
-            private_key,
-            method,
-            ttl,
-        } => {
-            let read = |p: &str| std::fs::read(p).with_context(|| format!("reading JWT key {p}"));
-            let public = read(&public_key)?;
-            let private = private_key.as_deref().map(read).transpose()?;
-            let keys = jwt::JwtKeys::new(&method, &public, private.as_deref(), ttl)
-                .map_err(anyhow::Error::msg)?;
-            cairn_store::TokenConfig::Jwt(Arc::new(keys))
-        }
-    })
+    )
 }
 
 /// Binds every URL of one port, warning when a listener reachable from

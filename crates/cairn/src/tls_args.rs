@@ -141,5 +141,7 @@ pub fn peer_client(
     let Some(files) = files else {
         bail!("TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer URLs with HTTPS scheme");
     };
-    Ok(Some(cairn_tls::client_config(&files).context("TLS to peers")?))
+    Ok(Some(
+        cairn_tls::client_config(&files).context("TLS to peers")?,
+    ))
 }

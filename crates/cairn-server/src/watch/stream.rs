@@ -30,7 +30,8 @@ const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// etcd's reason for a watch on keys the caller may not read (the gRPC
 /// status's text, as etcd's watch server puts it).
-const PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// A finished history read: the events (unfiltered) up to the revision.
 type Replay = Result<(Vec<(i64, Event)>, i64), String>;
