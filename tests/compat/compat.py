@@ -108,24 +108,31 @@ def wait_healthy(endpoint, timeout=60):
     raise SystemExit(f"endpoint {endpoint} never became ready")
 
 
-def start_etcd(procs, work, extra=()):
+def start_etcd(procs, work, extra=(), scheme="http", name="ref"):
+    """One etcd member on free ports (`scheme` https: give the TLS flags in
+    `extra`); its client endpoint."""
     c, p = free_port(), free_port()
-    procs.start(["etcd", "--name", "ref", "--data-dir", os.path.join(work, "etcd"),
-                 "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                 "--initial-cluster", f"ref=http://127.0.0.1:{p}", *extra], os.path.join(work, "etcd.log"))
+    client, peer = f"{scheme}://127.0.0.1:{c}", f"{scheme}://127.0.0.1:{p}"
+    data = os.path.join(work, "etcd" if name == "ref" else name)
+    procs.start(["etcd", "--name", name, "--data-dir", data,
+                 "--listen-client-urls", client, "--advertise-client-urls", client,
+                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                 "--initial-cluster", f"{name}={peer}", *extra], os.path.join(work, f"{name}.log"))
     return [f"127.0.0.1:{c}"]
 
 
-def start_cairn(procs, work, binary, n=3, extra=()):
+def start_cairn(procs, work, binary, n=3, extra=(), scheme="http", prefix="c"):
+    """`n` Cairn members named `prefix0`.. on free ports; their client
+    endpoints."""
     ports = [(free_port(), free_port()) for _ in range(n)]
-    initial = ",".join(f"c{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+    initial = ",".join(f"{prefix}{i}={scheme}://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
     for i, (c, p) in enumerate(ports):
-        procs.start([binary, "serve", "--name", f"c{i}", "--data-dir", os.path.join(work, f"c{i}"),
-                     "--listen-client-urls", f"http://127.0.0.1:{c}",
-                     "--listen-peer-urls", f"http://127.0.0.1:{p}",
-                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                     "--initial-cluster", initial, *extra], os.path.join(work, f"c{i}.log"))
+        name = f"{prefix}{i}"
+        procs.start([binary, "serve", "--name", name, "--data-dir", os.path.join(work, name),
+                     "--listen-client-urls", f"{scheme}://127.0.0.1:{c}",
+                     "--listen-peer-urls", f"{scheme}://127.0.0.1:{p}",
+                     "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{p}",
+                     "--initial-cluster", initial, *extra], os.path.join(work, f"{name}.log"))
     return [f"127.0.0.1:{c}" for c, _ in ports]
 
 

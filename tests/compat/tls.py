@@ -28,7 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import compare_transcripts, free_port, run_in_workdir  # noqa: E402
+import compat  # noqa: E402
+from compat import compare_transcripts, run_in_workdir  # noqa: E402
 
 
 def make_pki(binary, pki, *clients):
@@ -49,28 +50,20 @@ def flags(pki, mutual):
     return f + (["--client-cert-auth", "--trusted-ca-file", f"{pki}/ca.pem"] if mutual else [])
 
 
+def port_of(endpoint):
+    return int(endpoint.rsplit(":", 1)[1])
+
+
 def start_etcd(procs, work, pki, mutual):
-    c, p = free_port(), free_port()
     name = f"etcd-{'m' if mutual else 's'}"
-    procs.start(["etcd", "--name", name, "--data-dir", os.path.join(work, name),
-                 "--listen-client-urls", f"https://127.0.0.1:{c}", "--advertise-client-urls", f"https://127.0.0.1:{c}",
-                 "--listen-peer-urls", f"https://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"https://127.0.0.1:{p}",
-                 "--initial-cluster", f"{name}=https://127.0.0.1:{p}", *flags(pki, mutual)],
-                os.path.join(work, f"{name}.log"))
-    return [c]
+    eps = compat.start_etcd(procs, work, extra=flags(pki, mutual), scheme="https", name=name)
+    return [port_of(e) for e in eps]
 
 
 def start_cairn(procs, work, binary, pki, mutual, n=3):
-    ports = [(free_port(), free_port()) for _ in range(n)]
-    tag = "m" if mutual else "s"
-    initial = ",".join(f"c{tag}{i}=https://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
-    for i, (c, p) in enumerate(ports):
-        procs.start([binary, "serve", "--name", f"c{tag}{i}", "--data-dir", os.path.join(work, f"c{tag}{i}"),
-                     "--listen-client-urls", f"https://127.0.0.1:{c}",
-                     "--listen-peer-urls", f"https://127.0.0.1:{p}",
-                     "--initial-advertise-peer-urls", f"https://127.0.0.1:{p}",
-                     "--initial-cluster", initial, *flags(pki, mutual)], os.path.join(work, f"c{tag}{i}.log"))
-    return [c for c, _ in ports]
+    eps = compat.start_cairn(procs, work, binary, n, extra=flags(pki, mutual), scheme="https",
+                             prefix=f"c{'m' if mutual else 's'}")
+    return [port_of(e) for e in eps]
 
 
 def creds(pki, who="alice", ca=None):

@@ -168,12 +168,6 @@ impl AuthState {
             }
         }
     }
-
-    /// Whether `user` holds the root role (auth off: everyone is admin).
-    pub fn is_admin(&self, user: Option<&str>) -> bool {
-        self.check(user, &Needs::Admin { maintenance: false })
-            .is_ok()
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! here, on the serving member, before they enter the log.
 //!
 //! As in etcd: a user may get itself and a role it holds without being
-//! admin; `RoleGet root` shows read-write on every key; lists are sorted.
+//! admin; `RoleGet root` shows the permissions granted to it (none,
+//! unless some were: etcd 3.4's answer); lists are sorted.
 
 use std::sync::Arc;
 

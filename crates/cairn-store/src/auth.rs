@@ -209,9 +209,15 @@ impl Node {
     }
 
     /// [`Node::authorize`] against a replica caught up with the meta region
-    /// first, for checks no later apply repeats (a watch's creation).
+    /// first, for checks no later apply repeats (a watch's creation) — when
+    /// auth is on here. With auth off here, a watch is checked as etcd
+    /// checks it, against the local replica: catching up on every watch
+    /// of a cluster without auth would cost a quorum round each, and an
+    /// `auth enable` acknowledged a moment ago elsewhere reaches this
+    /// replica within a heartbeat.
     pub async fn authorize_fresh(&self, access: &Access) -> Result<Option<u64>> {
-        if !matches!(access, Access::Internal) {
+        let enabled = self.meta_shared().with_applied(|a| a.auth.enabled);
+        if enabled && !matches!(access, Access::Internal) {
             self.catch_up_auth().await?;
         }
         self.authorize(access).await
