@@ -6,14 +6,22 @@
 # side-by-side benchmark.
 set -euo pipefail
 cd "$(dirname "$0")"
+# One-shot builds gain nothing from incremental caches, which cost gigabytes.
+export CARGO_INCREMENTAL=0
+disk() { echo "== disk before $1: $(df -h --output=avail . | tail -1) free, target $(du -sh target 2>/dev/null | cut -f1)"; }
+disk "cargo test"
 cargo test --workspace
+disk "compat"
 tests/compat/run.sh
 # A real HA tool on the JSON gateway: Patroni fails PostgreSQL over, on etcd
 # and on Cairn, losing no committed row.
+disk "patroni"
 tests/patroni/run.sh
 # Robustness: seeded torture runs under faults, checked for linearizability
 # and watch guarantees, and the planted bug that must be caught.
+disk "robustness"
 tests/robustness/run.sh
+disk "bench smoke"
 # Benchmark smoke run: tiny totals, checks `cairn bench` and the comparison
 # script end to end (any failed request fails it); numbers are not judged.
 SMOKE=$(mktemp -d)
