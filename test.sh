@@ -11,6 +11,11 @@ export CARGO_INCREMENTAL=0
 disk() { echo "== disk before $1: $(df -h --output=avail . | tail -1) free, target $(du -sh target 2>/dev/null | cut -f1)"; }
 disk "cargo test"
 cargo test --workspace
+# The cluster tests again, on secured clusters: TLS on client and peer ports
+# (separate CAs), client certificates required, auth on; every test client
+# is `root` by its certificate (crates/cairn-testkit/src/secured.rs).
+disk "secured cluster tests"
+CAIRN_TEST_SECURED=1 cargo test -p cairn-testkit -p cairn
 disk "compat"
 tests/compat/run.sh
 # A real HA tool on the JSON gateway: Patroni fails PostgreSQL over, on etcd

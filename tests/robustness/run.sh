@@ -5,13 +5,17 @@
 #   2. `cairn serve` processes, every process fault (SIGKILL of a node, of
 #      the leader, of all nodes at once; SIGSTOP pauses; restarts with a
 #      crash point armed inside the node);
+#   2b. both again on secured clusters (`--secured`: TLS on both ports,
+#      client certificates, auth on);
 #   3. every named regression scenario (one per etcd bug class), briefly;
 #   4. the planted bugs must be caught on every seed tried: linearizable
 #      reads without read-index (feature `planted-stale-read`), and lease
 #      renewals without the leadership check (`planted-unconfirmed-renewal`,
 #      caught by the lease checker in the isolated-leader scenario), and lock
 #      grants to a waiter whose key vanished (`planted-vanished-waiter`,
-#      caught by the mutual-exclusion checker).
+#      caught by the mutual-exclusion checker), and writes applied behind
+#      the auth fence (`planted-unfenced-auth`, caught by the access
+#      checker on a secured cluster).
 # Each run records a history, checks linearizability and the watch
 # guarantees, and fails on any violation. Reproduce a run with its --seed.
 # Test builds (crash points, the planted bug) share target/robustness; each
@@ -35,6 +39,12 @@ echo "== processes, all faults (crash points included)"
 $BIN torture --duration "$DURATION" --seed 12 --cluster process --nemesis all --history "$OUT/h12.jsonl"
 # The recorded history checks the same way from the command line.
 $BIN check linearizable "$OUT/h12.resolved.jsonl"
+
+echo "== secured (TLS on both ports, client certificates, auth on), in-process, all faults"
+$BIN torture --secured --duration "$DURATION" --seed 13 --nemesis all --history "$OUT/h13.jsonl"
+echo "== secured, processes, all faults (crash points included)"
+$BIN torture --secured --duration "$DURATION" --seed 14 --cluster process --nemesis all \
+  --history "$OUT/h14.jsonl"
 
 seed=30
 for scenario in $($BIN torture --scenario list | awk '/^[a-z]/ {print $1}'); do
@@ -74,3 +84,7 @@ expect_caught planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOL
 echo "== planted bug: a lock granted to a waiter whose key vanished must be caught"
 expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
   --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
+
+echo "== planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
+expect_caught planted-unfenced-auth "access control: VIOLATED" "91 92 93" \
+  --duration 30s --secured --nemesis partition --access-users 4 --lockers 0 --lease-clients 0

@@ -427,7 +427,8 @@ impl StateMachine {
             // all since the check — optimistic concurrency, so two changes
             // checked against the same state cannot both pass.
             Command::Checked { auth_revision, .. }
-                if auth_revision < state.auth_fence
+                if (auth_revision < state.auth_fence
+                    && !cfg!(feature = "planted-unfenced-auth"))
                     || (self.shared.kind == RegionKind::Meta
                         && auth_revision != state.auth.revision) =>
             {

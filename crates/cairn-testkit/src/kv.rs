@@ -1,19 +1,12 @@
 //! Thin helpers over the etcd KV client for tests.
 
-use std::time::Duration;
-
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::{PutRequest, RangeRequest, RangeResponse};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A KV client for `addr` (`host:port`), connected lazily.
 pub async fn connect(addr: &str) -> KvClient<Channel> {
-    let ch = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid address")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .connect_lazy();
-    KvClient::new(ch)
+    KvClient::new(crate::secured::channel(addr))
 }
 
 /// Puts `key = value`; returns the revision.

@@ -8,10 +8,14 @@
 //! - [`ProcessCluster`]: N `cairn serve` processes on free ports, for
 //!   SIGKILL/SIGSTOP tests; the caller passes the binary path.
 //! - [`kv`], [`watch`]: small helpers for etcd KV and Watch calls.
+//! - [`secured`]: with `CAIRN_TEST_SECURED=1`, every cluster above runs
+//!   with TLS on both ports, client certificates and auth on, and every
+//!   client this crate makes dials it as `root`.
 //! - [`torture`]: robustness runs — recorded workload, nemesis, checkers.
 
 pub mod kv;
 mod process;
+pub mod secured;
 pub mod torture;
 pub mod watch;
 
@@ -22,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::kv_client::KvClient;
-use cairn_server::{Context, Limits};
+use cairn_server::{Context, Limits, Listener};
 use cairn_store::{member_id, InitialMember, Node, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -114,7 +118,7 @@ impl InProcessCluster {
             .enumerate()
             .map(|(i, l)| InitialMember {
                 name: format!("n{}", i + 1),
-                peer_url: format!("http://{}", l.local_addr().unwrap()),
+                peer_url: secured::url(&l.local_addr().unwrap().to_string()),
             })
             .collect();
         let mut cluster = InProcessCluster {
@@ -138,6 +142,7 @@ impl InProcessCluster {
             cluster.nodes.push(node);
             cluster.launch(i, p, c, true).await;
         }
+        secured::enable_auth(&cluster.nodes[0].client_addr).await;
         cluster
     }
 
@@ -152,8 +157,8 @@ impl InProcessCluster {
         let config = NodeConfig {
             name: t.name.clone(),
             data_dir: t.dir.clone(),
-            client_urls: vec![format!("http://{}", t.client_addr)],
-            peer_urls: vec![format!("http://{}", t.peer_addr)],
+            client_urls: vec![secured::url(&t.client_addr)],
+            peer_urls: vec![secured::url(&t.peer_addr)],
             initial_cluster: self.initial.clone(),
             new_cluster,
             cluster_token: TOKEN.to_string(),
@@ -163,17 +168,24 @@ impl InProcessCluster {
             read_lease: true,
             // Tests run `Node::check_corruption` themselves.
             corrupt_check_interval: Duration::ZERO,
-            peer_tls: None,
+            peer_tls: secured::pki().map(|p| p.peer_client.clone()),
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,
             auth_tokens: cairn_store::TokenConfig::default(),
         };
         let node = start_node(config).await;
+        let (peer, client) = match secured::pki() {
+            Some(p) => (
+                Listener::Tls(peer, p.peer_server.clone()),
+                Listener::Tls(client, p.client_server.clone()),
+            ),
+            None => (peer.into(), client.into()),
+        };
         let (ptx, prx) = oneshot::channel::<()>();
         let (ctx_tx, ctx_rx) = oneshot::channel::<()>();
         let n2 = node.clone();
         let peer_task = tokio::spawn(async move {
-            let _ = cairn_server::serve_peer(n2, peer.into(), async {
+            let _ = cairn_server::serve_peer(n2, peer, async {
                 let _ = prx.await;
             })
             .await;
@@ -183,7 +195,7 @@ impl InProcessCluster {
             limits: self.limits,
         });
         let client_task = tokio::spawn(async move {
-            let _ = cairn_server::serve_client(ctx, client.into(), async {
+            let _ = cairn_server::serve_client(ctx, client, async {
                 let _ = ctx_rx.await;
             })
             .await;

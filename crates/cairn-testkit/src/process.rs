@@ -4,6 +4,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::secured;
+
 /// N `cairn serve` processes on free loopback ports.
 pub struct ProcessCluster {
     bin: PathBuf,
@@ -50,7 +52,13 @@ impl ProcessCluster {
             .collect();
         let initial = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| {
+                format!(
+                    "{}={}",
+                    m.name,
+                    secured::url(&format!("127.0.0.1:{}", m.peer_port))
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut c = ProcessCluster {
@@ -62,6 +70,19 @@ impl ProcessCluster {
         };
         for i in 0..n {
             c.spawn(i, "new", &[]);
+        }
+        if secured::is_on() {
+            // Sync callers (some inside a runtime): a thread of its own.
+            let addr = c.client_addr(0);
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(secured::enable_auth(&addr))
+            })
+            .join()
+            .expect("enabling auth on the secured process cluster");
         }
         c
     }
@@ -78,18 +99,19 @@ impl ProcessCluster {
             .arg(dir.join(&m.name))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", m.client_port),
+                &secured::url(&format!("127.0.0.1:{}", m.client_port)),
             ])
             .args([
                 "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", m.peer_port),
+                &secured::url(&format!("127.0.0.1:{}", m.peer_port)),
             ])
             .args([
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{}", m.peer_port),
+                &secured::url(&format!("127.0.0.1:{}", m.peer_port)),
             ])
             .args(["--initial-cluster", &self.initial])
             .args(["--initial-cluster-state", state])
+            .args(secured::serve_args())
             .args(&self.extra_args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -132,17 +154,10 @@ impl ProcessCluster {
         use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
         use cairn_api::etcdserverpb::StatusRequest;
         for i in (0..self.len()).filter(|i| !skip.contains(i)) {
-            let Ok(ep) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.client_addr(i)))
-            else {
-                continue;
-            };
-            let Ok(ch) = ep
+            let ep = secured::endpoint(&self.client_addr(i))
                 .connect_timeout(std::time::Duration::from_millis(500))
-                .timeout(std::time::Duration::from_secs(2))
-                .connect()
-                .await
-            else {
+                .timeout(std::time::Duration::from_secs(2));
+            let Ok(ch) = secured::connect(ep).await else {
                 continue;
             };
             if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {

@@ -9,7 +9,6 @@ use cairn_api::etcdserverpb::{
     WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 use tonic::Streaming;
 
 /// One open Watch stream.
@@ -21,9 +20,7 @@ pub struct WatchStream {
 impl WatchStream {
     /// Opens a stream to `addr`.
     pub async fn open(addr: &str) -> Result<Self, tonic::Status> {
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .expect("address")
-            .connect()
+        let ch = crate::secured::connect(crate::secured::endpoint(addr))
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(16);

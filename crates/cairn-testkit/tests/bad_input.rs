@@ -8,7 +8,7 @@ use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::*;
 use cairn_server::Limits;
 use cairn_store::DATA_REGION;
-use cairn_testkit::{kv, InProcessCluster};
+use cairn_testkit::{kv, secured, InProcessCluster};
 use tonic::Code;
 
 fn put_op(k: &str, v: &str) -> RequestOp {
@@ -250,11 +250,7 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
     assert_eq!(kv::prefix(&mut k, "m", false).await.unwrap().count, 128);
 
     // RPCs not built yet answer Unimplemented, never a fake success.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[1].client_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = secured::channel(&c.nodes[1].client_addr);
     // Bad auth management gets etcd's errors.
     let mut auth = AuthClient::new(ch.clone());
     let e = auth
@@ -305,13 +301,18 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        (e.code(), e.message()),
+    let want = if secured::is_on() {
+        (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password",
+        )
+    } else {
         (
             Code::FailedPrecondition,
-            "etcdserver: authentication is not enabled"
+            "etcdserver: authentication is not enabled",
         )
-    );
+    };
+    assert_eq!((e.code(), e.message()), want);
     let mut m = MaintenanceClient::new(ch);
     assert_eq!(
         m.downgrade(DowngradeRequest {

@@ -13,15 +13,12 @@ use cairn_api::v3electionpb::CampaignRequest;
 use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
 use cairn_store::DATA_REGION;
-use cairn_testkit::InProcessCluster;
-use tonic::transport::{Channel, Endpoint};
+use cairn_testkit::{secured, InProcessCluster};
+use tonic::transport::Channel;
 use tonic::Code;
 
 async fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(20))
-        .connect_lazy()
+    secured::lazy(secured::endpoint(addr).timeout(Duration::from_secs(20)))
 }
 
 async fn grant(ch: &Channel, ttl: i64) -> i64 {

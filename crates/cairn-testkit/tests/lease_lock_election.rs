@@ -12,15 +12,12 @@ use cairn_api::v3lockpb::lock_client::LockClient;
 use cairn_api::v3lockpb::{LockRequest, UnlockRequest};
 use cairn_store::DATA_REGION;
 use cairn_testkit::watch::WatchStream;
-use cairn_testkit::{kv, InProcessCluster};
-use tonic::transport::{Channel, Endpoint};
+use cairn_testkit::{kv, secured, InProcessCluster};
+use tonic::transport::Channel;
 use tonic::Code;
 
 async fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .timeout(Duration::from_secs(15))
-        .connect_lazy()
+    secured::lazy(secured::endpoint(addr).timeout(Duration::from_secs(15)))
 }
 
 async fn put_with_lease(

@@ -12,16 +12,13 @@ use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn_api::etcdserverpb::*;
 use cairn_api::mvccpb::KeyValue;
 use cairn_store::DATA_REGION;
-use cairn_testkit::InProcessCluster;
-use tonic::transport::{Channel, Endpoint};
+use cairn_testkit::{secured, InProcessCluster};
+use tonic::transport::Channel;
 
 fn maintenance(addr: &str) -> MaintenanceClient<Channel> {
-    MaintenanceClient::new(
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .timeout(Duration::from_secs(30))
-            .connect_lazy(),
-    )
+    MaintenanceClient::new(secured::lazy(
+        secured::endpoint(addr).timeout(Duration::from_secs(30)),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -55,7 +55,11 @@ impl tower_service::Service<http::Uri> for Connector {
                 .to_string();
             let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
             let name = ServerName::try_from(host.clone()).map_err(|_| bad("bad host name"))?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            // Named as hyper names it: callers tell "nothing was sent"
+            // from this text, with TLS or without.
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("tcp connect error: {e}")))?;
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(tls.connect(name, tcp).await?))
         })

@@ -6,6 +6,8 @@
 //! the recorded workload under the nemesis, writes the history and checks
 //! it (linearizability + watch guarantees, lock mutual exclusion and
 //! fencing, lease safety); exit status 1 on a violation.
+//! `--secured` runs the same on a secured cluster (TLS on both ports,
+//! client certificates, auth on).
 //! `cairn check linearizable HISTORY.jsonl` checks any history file in the
 //! documented format (`crates/cairn-check/src/history.rs`).
 
@@ -54,6 +56,10 @@ pub struct TortureArgs {
     /// Clients granting, renewing, revoking and abandoning leases (0: none).
     #[arg(long, default_value_t = 3)]
     pub lease_clients: usize,
+    /// Users of the access workload, which runs on secured clusters only
+    /// (0: none).
+    #[arg(long, default_value_t = 2)]
+    pub access_users: usize,
     /// Set by a scenario: how long each fault is held.
     #[arg(skip)]
     pub fault_hold: Option<(Duration, Duration)>,
@@ -73,6 +79,11 @@ pub struct TortureArgs {
     /// --compact-every, --snapshot-count); `list` shows them.
     #[arg(long)]
     pub scenario: Option<String>,
+    /// Run secured: TLS on client and peer ports (separate CAs), client
+    /// certificates required, auth on; every client is `root` by its
+    /// certificate (also set by CAIRN_TEST_SECURED=1).
+    #[arg(long)]
+    pub secured: bool,
 }
 
 /// `cairn check ...`.
@@ -100,7 +111,11 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
     if let Some(name) = &a.scenario {
         if name == "list" {
             for s in scenario::ALL {
-                let cluster = if s.process { "processes" } else { "in-process" };
+                let cluster = match (s.process, s.secured) {
+                    (true, _) => "processes",
+                    (false, true) => "in-process, secured",
+                    (false, false) => "in-process",
+                };
                 println!(
                     "{:<36} {cluster}, nemesis {}\n{:<36} guards: {}",
                     s.name, s.nemesis, "", s.guards
@@ -122,6 +137,10 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         a.snapshot_count = s.snapshot_count;
         a.fault_hold = s.fault_hold;
         a.lease_ttl = s.lease_ttl;
+        a.secured |= s.secured;
+    }
+    if a.secured {
+        cairn_testkit::secured::enable();
     }
     let process = a.cluster == ClusterKind::Process;
     let faults = Fault::parse_list(&a.nemesis, process).map_err(anyhow::Error::msg)?;
@@ -134,8 +153,18 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         .history
         .unwrap_or_else(|| std::env::temp_dir().join(format!("cairn-torture-{seed}.jsonl")));
     eprintln!(
-        "torture: seed {seed}, {:?}, {} {:?} nodes, {} clients on {} keys, faults {:?}",
-        a.duration, a.nodes, a.cluster, a.clients, a.keys, faults
+        "torture: seed {seed}, {:?}, {} {:?} nodes{}, {} clients on {} keys, faults {:?}",
+        a.duration,
+        a.nodes,
+        a.cluster,
+        if cairn_testkit::secured::is_on() {
+            " (secured: TLS, client certificates, auth on)"
+        } else {
+            ""
+        },
+        a.clients,
+        a.keys,
+        faults
     );
     let cfg = torture::Config {
         nodes: a.nodes,
@@ -152,6 +181,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
             .fault_hold
             .unwrap_or((Duration::from_millis(500), Duration::from_millis(2500))),
         lease_ttl: a.lease_ttl.unwrap_or((2, 5)),
+        access_users: a.access_users,
         ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;

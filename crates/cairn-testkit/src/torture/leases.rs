@@ -28,7 +28,7 @@ use cairn_api::mvccpb::event::EventType;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::watch::WatchStream;
 
@@ -43,11 +43,7 @@ const PREFIX: &str = "lz/";
 
 /// A lazily connected channel to `addr`.
 pub fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("valid address")
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .connect_lazy()
+    crate::secured::channel(addr)
 }
 
 /// A granted lease kept alive in the background, and how long the server

@@ -5,7 +5,9 @@
 //! contend for locks through Lock and Campaign ([`locks`]: mutual
 //! exclusion and fencing checked) and lease clients keep leases alive or
 //! let them go ([`leases`]: no key lost while its lease is owed, none kept
-//! past it).
+//! past it). On a secured cluster ([`crate::secured`]), users with a
+//! permission granted and revoked over and over make requests ([`access`]:
+//! every change in force at once on every member).
 //!
 //! Clusters: in-process nodes (faults through the real peer transport's
 //! switchboard: partitions, message loss and delay, crash-restart of a
@@ -17,6 +19,7 @@
 //! ([`scenario`]) aim this at etcd's known bug classes. Everything random
 //! comes from one seed, so a failing run is rerun with `--seed`.
 
+pub mod access;
 pub mod leases;
 pub mod locks;
 pub mod nemesis;
@@ -64,6 +67,8 @@ pub struct Config {
     pub fault_hold: (Duration, Duration),
     /// The lease workload's TTLs, seconds: a random one in this range.
     pub lease_ttl: (i64, i64),
+    /// Users of the access workload (secured clusters only; 0: none).
+    pub access_users: usize,
 }
 
 impl Config {
@@ -86,6 +91,7 @@ impl Config {
             lease_clients: 3,
             fault_hold: (Duration::from_millis(500), Duration::from_millis(2500)),
             lease_ttl: (2, 5),
+            access_users: 2,
         }
     }
 }
@@ -112,6 +118,9 @@ pub struct Report {
     pub lock_check: Result<(), String>,
     pub leases: leases::Outcome,
     pub lease_check: Result<(), String>,
+    /// `None` when the access workload did not run (a plain cluster).
+    pub access: Option<access::Outcome>,
+    pub access_check: Result<(), String>,
 }
 
 impl Report {
@@ -121,6 +130,7 @@ impl Report {
             && self.watch.is_ok()
             && self.lock_check.is_ok()
             && self.lease_check.is_ok()
+            && self.access_check.is_ok()
     }
 
     /// A human summary.
@@ -181,6 +191,23 @@ impl Report {
             Ok(()) => "lease safety: holds\n".to_string(),
             Err(w) => format!("lease safety: VIOLATED: {w}\n"),
         };
+        if let Some(a) = &self.access {
+            let (served, refused) = a.decided();
+            s += &format!(
+                "access: {} permission changes ({} grants, {} revokes), {} requests by {} ({} served while granted, {} refused while revoked)\n",
+                a.changes.len(),
+                a.changes.iter().filter(|c| c.grant).count(),
+                a.changes.iter().filter(|c| !c.grant).count(),
+                a.calls.len(),
+                access::USER,
+                served,
+                refused,
+            );
+            s += &match &self.access_check {
+                Ok(()) => "access control: holds\n".to_string(),
+                Err(w) => format!("access control: VIOLATED: {w}\n"),
+            };
+        }
         s
     }
 }
@@ -259,6 +286,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             leases::run(&endpoints, n, ttl, seed, deadline, lease_progress).await
         })
     });
+    let access_users = (cfg.access_users > 0 && crate::secured::is_on()).then(|| {
+        let (endpoints, n, seed) = (endpoints.clone(), cfg.access_users, cfg.seed);
+        tokio::spawn(async move { access::run(&endpoints, n, seed, deadline).await })
+    });
     let faults = nemesis::run(
         &mut target,
         &cfg.faults,
@@ -277,6 +308,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         None => leases::Outcome::default(),
     };
     let (lock_check, lease_check) = (locks::check(&locks.holds, &locks.deletes), leases.check());
+    let access = match access_users {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
+    let access_check = access.as_ref().map_or(Ok(()), |a| a.check());
     for c in clients {
         c.await?;
     }
@@ -359,6 +395,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         lock_check,
         leases,
         lease_check,
+        access,
+        access_check,
     })
 }
 

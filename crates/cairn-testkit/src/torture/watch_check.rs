@@ -21,7 +21,6 @@ use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
 use cairn_api::mvccpb::event::EventType;
 use cairn_check::{Operation, Request, Status};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 /// One delivered event.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,13 +64,12 @@ pub async fn follow(
     };
     while Instant::now() < end {
         let start = seen.last().map_or(1, |s| s.revision + 1);
-        let addr = format!("http://{}", endpoints[ep % endpoints.len()]);
+        let addr = &endpoints[ep % endpoints.len()];
         ep += 1;
-        let Ok(ch) = Endpoint::from_shared(addr)
-            .expect("address")
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
-            .await
+        let Ok(ch) = crate::secured::connect(
+            crate::secured::endpoint(addr).connect_timeout(Duration::from_secs(1)),
+        )
+        .await
         else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;

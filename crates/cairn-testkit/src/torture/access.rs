@@ -1,0 +1,376 @@
+//! The access workload and its checker: a permission change is in force on
+//! every member the moment it is acknowledged — a revoked permission
+//! admits nothing after, a granted one refuses nothing after.
+//!
+//! Runs only on a secured cluster ([`crate::secured`]: auth on). Setup, as
+//! `root`: user `tortured` with role `tortured`. Then a changer grants the
+//! role READWRITE on `acl/` and revokes it again, over and over, through a
+//! random member each time (an attempt that fails is retried until it is
+//! acknowledged; a revoke answered "not granted" means an earlier attempt
+//! took effect, and counts as acknowledged). Meanwhile users logged in as
+//! `tortured` (a token from `Authenticate`) put and read (linearizably)
+//! `acl/` keys through random members, recording when each request was
+//! sent and answered, and whether it was served or refused with
+//! `PermissionDenied`. Serializable reads are not made: they may see a
+//! member's past, permissions included, as in etcd.
+//!
+//! The permission is certainly revoked from a revoke's acknowledgement to
+//! the first attempt of the next grant, and certainly granted from a
+//! grant's acknowledgement to the first attempt of the next revoke.
+//! Violations: a request sent and answered inside a revoked window that
+//! was served (a stale grant: an unfenced write, a read checked on a
+//! lagging replica), and one inside a granted window that was refused (a
+//! refusal from a replica behind the meta region).
+
+use std::time::{Duration, Instant};
+
+use cairn_api::authpb::{permission, Permission};
+use cairn_api::etcdserverpb::auth_client::AuthClient;
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::*;
+use tonic::Request;
+
+/// The user the workload acts as, and its role.
+pub const USER: &str = "tortured";
+const PASSWORD: &str = "tortured-pw";
+const PREFIX: &str = "acl/";
+const PREFIX_END: &str = "acl0";
+const CALL: Duration = Duration::from_secs(3);
+
+/// One acknowledged permission change.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub grant: bool,
+    /// When the first attempt of this change was sent.
+    pub first_sent: Instant,
+    /// When an attempt was acknowledged.
+    pub acked: Instant,
+    pub attempts: u32,
+}
+
+/// What one user request got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Served,
+    Denied,
+    /// Anything else (unavailable, timed out, token expired): no evidence.
+    Other,
+}
+
+/// One user request.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub write: bool,
+    pub sent: Instant,
+    pub answered: Instant,
+    pub answer: Answer,
+}
+
+/// Everything the workload saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: Vec<Change>,
+    pub calls: Vec<Call>,
+    /// Set when setup never succeeded (the run then checks nothing here).
+    pub setup_failed: Option<String>,
+}
+
+fn root_auth(addr: &str) -> AuthClient<tonic::transport::Channel> {
+    AuthClient::new(crate::secured::channel(addr))
+}
+
+fn perm() -> Permission {
+    Permission {
+        perm_type: permission::Type::Readwrite as i32,
+        key: PREFIX.into(),
+        range_end: PREFIX_END.into(),
+    }
+}
+
+/// Creates the user and role (retried through every member until done).
+async fn setup(endpoints: &[String], deadline: Instant) -> Result<(), String> {
+    let mut step = 0;
+    let mut i = 0;
+    let mut last = String::new();
+    while step < 3 {
+        if Instant::now() > deadline {
+            return Err(format!("setup step {step}: {last}"));
+        }
+        let mut a = root_auth(&endpoints[i % endpoints.len()]);
+        i += 1;
+        let r = match step {
+            0 => a
+                .user_add(AuthUserAddRequest {
+                    name: USER.into(),
+                    password: PASSWORD.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            1 => a
+                .role_add(AuthRoleAddRequest { name: USER.into() })
+                .await
+                .map(drop),
+            _ => a
+                .user_grant_role(AuthUserGrantRoleRequest {
+                    user: USER.into(),
+                    role: USER.into(),
+                })
+                .await
+                .map(drop),
+        };
+        match r {
+            Ok(()) => step += 1,
+            // An earlier attempt's answer was lost; it was done.
+            Err(s) if s.message().contains("already exists") => step += 1,
+            Err(s) => {
+                last = s.to_string();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Grants (`grant`) or revokes the permission until acknowledged.
+async fn change(
+    endpoints: &[String],
+    rng: &mut fastrand::Rng,
+    grant: bool,
+    deadline: Instant,
+) -> Option<Change> {
+    let first_sent = Instant::now();
+    let mut attempts = 0;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let mut a = root_auth(&endpoints[rng.usize(0..endpoints.len())]);
+        let call = async {
+            if grant {
+                a.role_grant_permission(AuthRoleGrantPermissionRequest {
+                    name: USER.into(),
+                    perm: Some(perm()),
+                })
+                .await
+                .map(drop)
+            } else {
+                a.role_revoke_permission(AuthRoleRevokePermissionRequest {
+                    role: USER.into(),
+                    key: PREFIX.into(),
+                    range_end: PREFIX_END.into(),
+                })
+                .await
+                .map(drop)
+            }
+        };
+        match tokio::time::timeout(CALL, call).await {
+            Ok(Ok(())) => {}
+            // An earlier attempt took effect.
+            Ok(Err(s)) if !grant && s.message().contains("permission is not granted") => {}
+            _ => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        return Some(Change {
+            grant,
+            first_sent,
+            acked: Instant::now(),
+            attempts,
+        });
+    }
+    None
+}
+
+/// A token for `USER` from any member (retried); `None` past `deadline`.
+async fn login(endpoints: &[String], rng: &mut fastrand::Rng, deadline: Instant) -> Option<String> {
+    while Instant::now() < deadline {
+        let mut a = root_auth(&endpoints[rng.usize(0..endpoints.len())]);
+        let r = a.authenticate(AuthenticateRequest {
+            name: USER.into(),
+            password: PASSWORD.into(),
+        });
+        if let Ok(Ok(r)) = tokio::time::timeout(CALL, r).await {
+            return Some(r.into_inner().token);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+fn with_token<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = token.parse() {
+        r.metadata_mut().insert("token", v);
+    }
+    r
+}
+
+/// One user: puts and linearizable reads on `acl/` keys until `deadline`.
+async fn user(endpoints: Vec<String>, seed: u64, deadline: Instant) -> Vec<Call> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut calls = Vec::new();
+    let mut token = None;
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let Some(t) = &token else {
+            token = login(&endpoints, &mut rng, deadline).await;
+            continue;
+        };
+        let mut kv = KvClient::new(crate::secured::channel(
+            &endpoints[rng.usize(0..endpoints.len())],
+        ));
+        let write = rng.bool();
+        let key = format!("{PREFIX}k{}", rng.u8(0..4));
+        n += 1;
+        let sent = Instant::now();
+        let r = if write {
+            let req = PutRequest {
+                key: key.into(),
+                value: n.to_string().into(),
+                ..Default::default()
+            };
+            tokio::time::timeout(CALL, kv.put(with_token(req, t)))
+                .await
+                .map(|r| r.map(drop))
+        } else {
+            let req = RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            };
+            tokio::time::timeout(CALL, kv.range(with_token(req, t)))
+                .await
+                .map(|r| r.map(drop))
+        };
+        let answered = Instant::now();
+        let answer = match r {
+            Ok(Ok(())) => Answer::Served,
+            Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => Answer::Denied,
+            Ok(Err(s)) => {
+                if s.message().contains("invalid auth token") {
+                    token = None;
+                }
+                Answer::Other
+            }
+            Err(_) => Answer::Other,
+        };
+        calls.push(Call {
+            write,
+            sent,
+            answered,
+            answer,
+        });
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..20))).await;
+    }
+    calls
+}
+
+/// Runs the workload: setup, then `users` users and the changer until
+/// `deadline`.
+pub async fn run(endpoints: &[String], users: usize, seed: u64, deadline: Instant) -> Outcome {
+    if let Err(e) = setup(endpoints, deadline).await {
+        return Outcome {
+            setup_failed: Some(e),
+            ..Outcome::default()
+        };
+    }
+    let tasks: Vec<_> = (0..users)
+        .map(|u| {
+            tokio::spawn(user(
+                endpoints.to_vec(),
+                seed ^ (0xacc0 + u as u64),
+                deadline,
+            ))
+        })
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xacce55);
+    let mut changes = Vec::new();
+    let mut grant = true;
+    while let Some(c) = change(endpoints, &mut rng, grant, deadline).await {
+        changes.push(c);
+        grant = !grant;
+        let pause = Duration::from_millis(rng.u64(300..1500));
+        if Instant::now() + pause >= deadline {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    let mut calls = Vec::new();
+    for t in tasks {
+        calls.extend(t.await.unwrap_or_default());
+    }
+    calls.sort_by_key(|c| c.sent);
+    Outcome {
+        changes,
+        calls,
+        setup_failed: None,
+    }
+}
+
+impl Outcome {
+    /// The certain windows: `(from, to, granted)`.
+    pub fn windows(&self) -> Vec<(Instant, Instant, bool)> {
+        let far = Instant::now() + Duration::from_secs(3600);
+        self.changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let to = self.changes.get(i + 1).map_or(far, |n| n.first_sent);
+                (c.acked, to, c.grant)
+            })
+            .collect()
+    }
+
+    /// The violations, if any.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(e) = &self.setup_failed {
+            return Err(format!("the access workload never started: {e}"));
+        }
+        let windows = self.windows();
+        for c in &self.calls {
+            let Some(&(from, _, granted)) = windows
+                .iter()
+                .find(|(from, to, _)| *from <= c.sent && c.answered <= *to)
+            else {
+                continue;
+            };
+            let what = if c.write { "put" } else { "linearizable read" };
+            let since = c.sent.duration_since(from);
+            match (granted, c.answer) {
+                (false, Answer::Served) => {
+                    return Err(format!(
+                        "a {what} by {USER} was served though it was sent {since:?} after the revoke was acknowledged"
+                    ))
+                }
+                (true, Answer::Denied) => {
+                    return Err(format!(
+                        "a {what} by {USER} was refused though it was sent {since:?} after the grant was acknowledged"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls decided inside a certain window: `(served while granted,
+    /// refused while revoked)`.
+    pub fn decided(&self) -> (usize, usize) {
+        let windows = self.windows();
+        let inside = |c: &&Call, g: bool, a: Answer| {
+            c.answer == a
+                && windows
+                    .iter()
+                    .any(|(f, t, granted)| *granted == g && *f <= c.sent && c.answered <= *t)
+        };
+        (
+            self.calls
+                .iter()
+                .filter(|c| inside(c, true, Answer::Served))
+                .count(),
+            self.calls
+                .iter()
+                .filter(|c| inside(c, false, Answer::Denied))
+                .count(),
+        )
+    }
+}
