@@ -2,16 +2,18 @@
 //! every member the moment it is acknowledged — a revoked permission
 //! admits nothing after, a granted one refuses nothing after.
 //!
-//! Runs only on a secured cluster ([`crate::secured`]: auth on). Setup, as
-//! `root`: user `tortured` with role `tortured`. Then a changer grants the
-//! role READWRITE on `acl/` and revokes it again, over and over, through a
-//! random member each time (an attempt that fails is retried until it is
-//! acknowledged; a revoke answered "not granted" means an earlier attempt
-//! took effect, and counts as acknowledged). Meanwhile users logged in as
-//! `tortured` (a token from `Authenticate`) put and read (linearizably)
-//! `acl/` keys through random members, recording when each request was
-//! sent and answered, and whether it was served or refused with
-//! `PermissionDenied`. Serializable reads are not made: they may see a
+//! Runs only on a secured cluster ([`crate::secured`]: auth on), in
+//! independent lanes (`--access-users N`: N lanes, so N times the changes
+//! to catch a stale check in). Setup of lane `i`, as `root`: user and role
+//! `tortured-i`. Then the lane's changer grants the role READWRITE on
+//! `acl/i/` and revokes it again, over and over, through a random member
+//! each time (an attempt that fails is retried until it is acknowledged; a
+//! revoke answered "not granted" means an earlier attempt took effect, and
+//! counts as acknowledged). Meanwhile the lane's user, logged in as
+//! `tortured-i` (a token from `Authenticate`), puts and reads
+//! (linearizably) `acl/i/` keys through random members, recording when each
+//! request was sent and answered, and whether it was served or refused
+//! with `PermissionDenied`. Serializable reads are not made: they may see a
 //! member's past, permissions included, as in etcd.
 //!
 //! The permission is certainly revoked from a revoke's acknowledgement to
@@ -30,12 +32,37 @@ use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::*;
 use tonic::Request;
 
-/// The user the workload acts as, and its role.
+/// The users (and roles) of the workload are this and the lane number.
 pub const USER: &str = "tortured";
 const PASSWORD: &str = "tortured-pw";
-const PREFIX: &str = "acl/";
-const PREFIX_END: &str = "acl0";
 const CALL: Duration = Duration::from_secs(3);
+
+/// One lane: a user, its role (the same name) and the keys it is given
+/// and denied.
+#[derive(Clone, Debug)]
+pub struct Lane {
+    pub user: String,
+    prefix: String,
+    end: String,
+}
+
+impl Lane {
+    fn new(i: usize) -> Self {
+        Lane {
+            user: format!("{USER}-{i}"),
+            prefix: format!("acl/{i}/"),
+            end: format!("acl/{i}0"),
+        }
+    }
+
+    fn perm(&self) -> Permission {
+        Permission {
+            perm_type: permission::Type::Readwrite as i32,
+            key: self.prefix.clone().into(),
+            range_end: self.end.clone().into(),
+        }
+    }
+}
 
 /// One acknowledged permission change.
 #[derive(Clone, Debug)]
@@ -66,29 +93,28 @@ pub struct Call {
     pub answer: Answer,
 }
 
+/// What one lane saw.
+#[derive(Debug)]
+pub struct LaneOutcome {
+    pub lane: Lane,
+    pub changes: Vec<Change>,
+    pub calls: Vec<Call>,
+    /// Set when setup never succeeded (the lane then checks nothing).
+    pub setup_failed: Option<String>,
+}
+
 /// Everything the workload saw.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    pub changes: Vec<Change>,
-    pub calls: Vec<Call>,
-    /// Set when setup never succeeded (the run then checks nothing here).
-    pub setup_failed: Option<String>,
+    pub lanes: Vec<LaneOutcome>,
 }
 
 fn root_auth(addr: &str) -> AuthClient<tonic::transport::Channel> {
     AuthClient::new(crate::secured::channel(addr))
 }
 
-fn perm() -> Permission {
-    Permission {
-        perm_type: permission::Type::Readwrite as i32,
-        key: PREFIX.into(),
-        range_end: PREFIX_END.into(),
-    }
-}
-
-/// Creates the user and role (retried through every member until done).
-async fn setup(endpoints: &[String], deadline: Instant) -> Result<(), String> {
+/// Creates the lane's user and role (retried through every member).
+async fn setup(lane: &Lane, endpoints: &[String], deadline: Instant) -> Result<(), String> {
     let mut step = 0;
     let mut i = 0;
     let mut last = String::new();
@@ -101,20 +127,22 @@ async fn setup(endpoints: &[String], deadline: Instant) -> Result<(), String> {
         let r = match step {
             0 => a
                 .user_add(AuthUserAddRequest {
-                    name: USER.into(),
+                    name: lane.user.clone(),
                     password: PASSWORD.into(),
                     ..Default::default()
                 })
                 .await
                 .map(drop),
             1 => a
-                .role_add(AuthRoleAddRequest { name: USER.into() })
+                .role_add(AuthRoleAddRequest {
+                    name: lane.user.clone(),
+                })
                 .await
                 .map(drop),
             _ => a
                 .user_grant_role(AuthUserGrantRoleRequest {
-                    user: USER.into(),
-                    role: USER.into(),
+                    user: lane.user.clone(),
+                    role: lane.user.clone(),
                 })
                 .await
                 .map(drop),
@@ -132,8 +160,9 @@ async fn setup(endpoints: &[String], deadline: Instant) -> Result<(), String> {
     Ok(())
 }
 
-/// Grants (`grant`) or revokes the permission until acknowledged.
+/// Grants (`grant`) or revokes the lane's permission until acknowledged.
 async fn change(
+    lane: &Lane,
     endpoints: &[String],
     rng: &mut fastrand::Rng,
     grant: bool,
@@ -147,16 +176,16 @@ async fn change(
         let call = async {
             if grant {
                 a.role_grant_permission(AuthRoleGrantPermissionRequest {
-                    name: USER.into(),
-                    perm: Some(perm()),
+                    name: lane.user.clone(),
+                    perm: Some(lane.perm()),
                 })
                 .await
                 .map(drop)
             } else {
                 a.role_revoke_permission(AuthRoleRevokePermissionRequest {
-                    role: USER.into(),
-                    key: PREFIX.into(),
-                    range_end: PREFIX_END.into(),
+                    role: lane.user.clone(),
+                    key: lane.prefix.clone().into(),
+                    range_end: lane.end.clone().into(),
                 })
                 .await
                 .map(drop)
@@ -181,12 +210,18 @@ async fn change(
     None
 }
 
-/// A token for `USER` from any member (retried); `None` past `deadline`.
-async fn login(endpoints: &[String], rng: &mut fastrand::Rng, deadline: Instant) -> Option<String> {
+/// A token for the lane's user from any member (retried); `None` past
+/// `deadline`.
+async fn login(
+    lane: &Lane,
+    endpoints: &[String],
+    rng: &mut fastrand::Rng,
+    deadline: Instant,
+) -> Option<String> {
     while Instant::now() < deadline {
         let mut a = root_auth(&endpoints[rng.usize(0..endpoints.len())]);
         let r = a.authenticate(AuthenticateRequest {
-            name: USER.into(),
+            name: lane.user.clone(),
             password: PASSWORD.into(),
         });
         if let Ok(Ok(r)) = tokio::time::timeout(CALL, r).await {
@@ -205,22 +240,22 @@ fn with_token<T>(msg: T, token: &str) -> Request<T> {
     r
 }
 
-/// One user: puts and linearizable reads on `acl/` keys until `deadline`.
-async fn user(endpoints: Vec<String>, seed: u64, deadline: Instant) -> Vec<Call> {
+/// The lane's user: puts and linearizable reads on its keys until
+/// `deadline`.
+async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) -> Vec<Call> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut calls = Vec::new();
     let mut token = None;
     let mut n = 0u64;
     while Instant::now() < deadline {
         let Some(t) = &token else {
-            token = login(&endpoints, &mut rng, deadline).await;
+            token = login(&lane, &endpoints, &mut rng, deadline).await;
             continue;
         };
-        let mut kv = KvClient::new(crate::secured::channel(
-            &endpoints[rng.usize(0..endpoints.len())],
-        ));
+        let addr = &endpoints[rng.usize(0..endpoints.len())];
+        let mut kv = KvClient::new(crate::secured::channel(addr));
         let write = rng.bool();
-        let key = format!("{PREFIX}k{}", rng.u8(0..4));
+        let key = format!("{}k{}", lane.prefix, rng.u8(0..4));
         n += 1;
         let sent = Instant::now();
         let r = if write {
@@ -229,17 +264,15 @@ async fn user(endpoints: Vec<String>, seed: u64, deadline: Instant) -> Vec<Call>
                 value: n.to_string().into(),
                 ..Default::default()
             };
-            tokio::time::timeout(CALL, kv.put(with_token(req, t)))
-                .await
-                .map(|r| r.map(drop))
+            let put = kv.put(with_token(req, t));
+            tokio::time::timeout(CALL, put).await.map(|r| r.map(drop))
         } else {
             let req = RangeRequest {
                 key: key.into(),
                 ..Default::default()
             };
-            tokio::time::timeout(CALL, kv.range(with_token(req, t)))
-                .await
-                .map(|r| r.map(drop))
+            let range = kv.range(with_token(req, t));
+            tokio::time::timeout(CALL, range).await.map(|r| r.map(drop))
         };
         let answered = Instant::now();
         let answer = match r {
@@ -264,49 +297,69 @@ async fn user(endpoints: Vec<String>, seed: u64, deadline: Instant) -> Vec<Call>
     calls
 }
 
-/// Runs the workload: setup, then `users` users and the changer until
-/// `deadline`.
-pub async fn run(endpoints: &[String], users: usize, seed: u64, deadline: Instant) -> Outcome {
-    if let Err(e) = setup(endpoints, deadline).await {
-        return Outcome {
+/// One lane: setup, then its user and changer until `deadline`.
+async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) -> LaneOutcome {
+    if let Err(e) = setup(&lane, &endpoints, deadline).await {
+        return LaneOutcome {
+            lane,
+            changes: Vec::new(),
+            calls: Vec::new(),
             setup_failed: Some(e),
-            ..Outcome::default()
         };
     }
-    let tasks: Vec<_> = (0..users)
-        .map(|u| {
-            tokio::spawn(user(
-                endpoints.to_vec(),
-                seed ^ (0xacc0 + u as u64),
-                deadline,
-            ))
-        })
-        .collect();
+    let calls = tokio::spawn(user(
+        lane.clone(),
+        endpoints.clone(),
+        seed ^ 0xacc0,
+        deadline,
+    ));
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xacce55);
     let mut changes = Vec::new();
     let mut grant = true;
-    while let Some(c) = change(endpoints, &mut rng, grant, deadline).await {
+    while let Some(c) = change(&lane, &endpoints, &mut rng, grant, deadline).await {
         changes.push(c);
         grant = !grant;
-        let pause = Duration::from_millis(rng.u64(300..1500));
+        // Revoked for long enough to span a fault and its heal: a member
+        // cut off across the revoke and asked meanwhile answers after the
+        // heal — inside the window only if the window is still open.
+        let pause = Duration::from_millis(if grant {
+            rng.u64(1500..4000)
+        } else {
+            rng.u64(200..800)
+        });
         if Instant::now() + pause >= deadline {
             break;
         }
         tokio::time::sleep(pause).await;
     }
-    let mut calls = Vec::new();
-    for t in tasks {
-        calls.extend(t.await.unwrap_or_default());
-    }
+    let mut calls = calls.await.unwrap_or_default();
     calls.sort_by_key(|c| c.sent);
-    Outcome {
+    LaneOutcome {
+        lane,
         changes,
         calls,
         setup_failed: None,
     }
 }
 
-impl Outcome {
+/// Runs the workload: `lanes` lanes until `deadline`.
+pub async fn run(endpoints: &[String], lanes: usize, seed: u64, deadline: Instant) -> Outcome {
+    let tasks: Vec<_> = (0..lanes)
+        .map(|i| {
+            let seed = seed.wrapping_mul(31).wrapping_add(i as u64);
+            tokio::spawn(run_lane(Lane::new(i), endpoints.to_vec(), seed, deadline))
+        })
+        .collect();
+    let mut out = Outcome::default();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            out.lanes.push(l);
+        }
+    }
+    out
+}
+
+impl LaneOutcome {
     /// The certain windows: `(from, to, granted)`.
     pub fn windows(&self) -> Vec<(Instant, Instant, bool)> {
         let far = Instant::now() + Duration::from_secs(3600);
@@ -322,8 +375,9 @@ impl Outcome {
 
     /// The violations, if any.
     pub fn check(&self) -> Result<(), String> {
+        let user = &self.lane.user;
         if let Some(e) = &self.setup_failed {
-            return Err(format!("the access workload never started: {e}"));
+            return Err(format!("the access workload of {user} never started: {e}"));
         }
         let windows = self.windows();
         for c in &self.calls {
@@ -338,12 +392,12 @@ impl Outcome {
             match (granted, c.answer) {
                 (false, Answer::Served) => {
                     return Err(format!(
-                        "a {what} by {USER} was served though it was sent {since:?} after the revoke was acknowledged"
+                        "a {what} by {user} was served though it was sent {since:?} after the revoke was acknowledged"
                     ))
                 }
                 (true, Answer::Denied) => {
                     return Err(format!(
-                        "a {what} by {USER} was refused though it was sent {since:?} after the grant was acknowledged"
+                        "a {what} by {user} was refused though it was sent {since:?} after the grant was acknowledged"
                     ))
                 }
                 _ => {}
@@ -371,6 +425,31 @@ impl Outcome {
                 .iter()
                 .filter(|c| inside(c, false, Answer::Denied))
                 .count(),
+        )
+    }
+}
+
+impl Outcome {
+    /// The first lane's violation, if any.
+    pub fn check(&self) -> Result<(), String> {
+        self.lanes.iter().try_for_each(LaneOutcome::check)
+    }
+
+    /// A one-line summary.
+    pub fn summary(&self) -> String {
+        let changes: Vec<&Change> = self.lanes.iter().flat_map(|l| &l.changes).collect();
+        let grants = changes.iter().filter(|c| c.grant).count();
+        let calls: usize = self.lanes.iter().map(|l| l.calls.len()).sum();
+        let (served, refused) = self
+            .lanes
+            .iter()
+            .map(LaneOutcome::decided)
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        format!(
+            "access: {} users, {} permission changes ({grants} grants, {} revokes), {calls} requests ({served} served while granted, {refused} refused while revoked)",
+            self.lanes.len(),
+            changes.len(),
+            changes.len() - grants,
         )
     }
 }

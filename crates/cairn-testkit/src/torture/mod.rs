@@ -192,17 +192,8 @@ impl Report {
             Err(w) => format!("lease safety: VIOLATED: {w}\n"),
         };
         if let Some(a) = &self.access {
-            let (served, refused) = a.decided();
-            s += &format!(
-                "access: {} permission changes ({} grants, {} revokes), {} requests by {} ({} served while granted, {} refused while revoked)\n",
-                a.changes.len(),
-                a.changes.iter().filter(|c| c.grant).count(),
-                a.changes.iter().filter(|c| !c.grant).count(),
-                a.calls.len(),
-                access::USER,
-                served,
-                refused,
-            );
+            s += &a.summary();
+            s += "\n";
             s += &match &self.access_check {
                 Ok(()) => "access control: holds\n".to_string(),
                 Err(w) => format!("access control: VIOLATED: {w}\n"),
