@@ -115,6 +115,25 @@ def session(endpoints):
     ctl("watch", "foo/a", *ALICE, name="alice: watch foo/a", timeout=2)
     ctl("lease", "grant", "100", *ALICE, name="alice: lease grant")
     ctl("lease", "list", *ALICE, name="alice: lease list")
+
+    def grant(*user):
+        r = subprocess.run(["etcdctl", "--endpoints", ep, "lease", "grant", "100", *user],
+                           capture_output=True, text=True, check=True)
+        return re.search(r"lease ([0-9a-f]+) granted", r.stdout).group(1)
+
+    # A lease holding a key alice may not write: she may neither put onto
+    # it nor revoke it (etcd's checkLeasePuts); her own lease she may.
+    theirs = grant(*ROOT)
+    ctl("put", "bar/l", "1", f"--lease={theirs}", *ROOT, name="root: put bar/l on lease T")
+    ctl("put", "foo/b", "t", f"--lease={theirs}", *ALICE, name="alice: put foo/b on lease T (holds bar/l)")
+    ctl("lease", "revoke", theirs, *ALICE, name="alice: lease revoke T (holds bar/l)")
+    ctl("get", "bar/l", "--print-value-only", *ROOT, name="root: get bar/l (still there)")
+    mine = grant(*ALICE)
+    ctl("put", "foo/b", "m", f"--lease={mine}", *ALICE, name="alice: put foo/b on her lease M")
+    ctl("put", "foo/b", "n", f"--lease={mine}", *ALICE, name="alice: put foo/b on M again")
+    ctl("lease", "revoke", mine, *ALICE, name="alice: lease revoke M")
+    ctl("lease", "revoke", theirs, *ROOT, name="root: lease revoke T")
+    ctl("put", "foo/b", "t", *ALICE, name="alice: put foo/b (back)")
     ctl("lock", "lk", "echo", "held", *ALICE, name="alice: lock lk")
     ctl("lock", "other", "echo", "held", *ALICE, name="alice: lock other")
     ctl("elect", "el", "v", *ALICE, name="alice: elect el", timeout=3)

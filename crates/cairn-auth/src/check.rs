@@ -120,7 +120,44 @@ fn covers(perms: &[&Perm], key: &[u8], end: Option<&[u8]>) -> bool {
     false
 }
 
+/// The keys one user may write, as of one auth revision: taken along with
+/// a write to where the store's contents are known (apply), for checks on
+/// keys the request does not name — etcd's `checkLeasePuts`: a lease put
+/// or revoke needs write permission on every key already on the lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writable(Vec<Perm>);
+
+impl Writable {
+    /// Whether the user may write `key`.
+    pub fn allows(&self, key: &[u8]) -> bool {
+        holds_point(&self.0.iter().collect::<Vec<_>>(), key)
+    }
+}
+
 impl AuthState {
+    /// What `user` may write; `None`: anything (auth off, or root). An
+    /// unknown user may write nothing.
+    pub fn writable(&self, user: Option<&str>) -> Option<Writable> {
+        if !self.enabled {
+            return None;
+        }
+        let Some(u) = user.and_then(|n| self.users.get(n)) else {
+            return Some(Writable(Vec::new()));
+        };
+        if u.is_root() {
+            return None;
+        }
+        let perms = u
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .flat_map(|r| r.perms.iter())
+            .filter(|p| p.kind.grants(PermKind::Write))
+            .cloned()
+            .collect();
+        Some(Writable(perms))
+    }
+
     /// Whether `user` (`None`: no credentials) may do what `needs` says.
     /// Always yes while auth is off.
     pub fn check(&self, user: Option<&str>, needs: &Needs) -> Result<(), AuthError> {
@@ -238,6 +275,22 @@ mod tests {
             s.apply(&c).unwrap();
         }
         s
+    }
+
+    #[test]
+    fn writable_keys_are_the_write_permissions_of_the_user() {
+        let s = store();
+        let w = s.writable(Some("alice")).expect("alice is limited");
+        assert!(w.allows(b"foo/b"), "readwrite point");
+        assert!(w.allows(b"w1") && w.allows(b"w4\xff"));
+        assert!(!w.allows(b"w5"), "end is exclusive");
+        assert!(!w.allows(b"foo/a"), "read-only prefix");
+        assert!(!w.allows(b"x"), "read-only range");
+        let nobody = s.writable(Some("mallory")).expect("unknown: limited");
+        assert!(!nobody.allows(b"foo/b"));
+        assert!(!s.writable(None).expect("no user").allows(b"w1"));
+        assert_eq!(s.writable(Some(ROOT)), None, "root writes anything");
+        assert_eq!(AuthState::default().writable(Some("alice")), None, "auth off");
     }
 
     #[test]

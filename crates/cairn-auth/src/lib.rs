@@ -37,7 +37,7 @@ pub mod password;
 mod state;
 mod tokens;
 
-pub use check::{Need, Needs, PermKind};
+pub use check::{Need, Needs, PermKind, Writable};
 pub use error::AuthError;
 pub use state::{AuthCmd, AuthState, Perm, Role, User, ROOT};
 pub use tokens::{SimpleTokens, TOKEN_TTL};

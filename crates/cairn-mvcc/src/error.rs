@@ -55,6 +55,10 @@ pub enum Rejection {
     /// their history).
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// A lease put or revoke by a caller who may not write every key
+    /// already on the lease (checked at apply, as etcd does).
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
 }
 
 /// MVCC errors: rejections (deterministic) and storage failures (not).

@@ -49,10 +49,10 @@ pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
 pub use state_machine::{
-    seed_restored, Applied, FeedBatch, RegionKind, RegionShared, StateMachine, ALARM_CORRUPT,
+    leases_put, seed_restored, Applied, FeedBatch, RegionKind, RegionShared, StateMachine, ALARM_CORRUPT,
     ALARM_NOSPACE,
 };
-pub use types::{Command, MemberInfo, RegionDesc, Reply, TypeConfig};
+pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, Reply, TypeConfig};
 
 /// The openraft instance type for one region replica.
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -426,7 +426,7 @@ impl StateMachine {
             // (auth changes, tokens): refused if the auth store changed at
             // all since the check — optimistic concurrency, so two changes
             // checked against the same state cannot both pass.
-            Command::Checked { auth_revision, .. }
+            Command::Checked { auth_revision, .. } | Command::CheckedLease { auth_revision, .. }
                 if (auth_revision < state.auth_fence
                     && !cfg!(feature = "planted-unfenced-auth"))
                     || (self.shared.kind == RegionKind::Meta
@@ -438,6 +438,18 @@ impl StateMachine {
                 ))
             }
             Command::Checked { cmd, .. } => self.execute(*cmd, term, state, engine, events),
+            Command::CheckedLease { writable, cmd, .. } => {
+                for id in leases_written(&cmd) {
+                    let keys = lease::attached_keys(engine, id)?;
+                    if !keys.iter().all(|k| writable.allows(k)) {
+                        return Ok((
+                            WriteBatch::new(),
+                            Reply::Rejected(cairn_mvcc::Rejection::PermissionDenied),
+                        ));
+                    }
+                }
+                self.execute(*cmd, term, state, engine, events)
+            }
             Command::AuthFence { revision } => {
                 state.auth_fence = state.auth_fence.max(revision);
                 Ok((WriteBatch::new(), Reply::Done))
@@ -610,6 +622,41 @@ impl StateMachine {
             }
         }
     }
+}
+
+/// The leases a write puts keys on or revokes (etcd's `checkLeasePuts`
+/// looks at each): a revoke's lease; every put's lease in a transaction,
+/// both branches, nested ones included. An undecodable transaction names
+/// none (its apply answers `Invalid`).
+fn leases_written(cmd: &Command) -> Vec<i64> {
+    let mut out = match cmd {
+        Command::LeaseRevoke { id, .. } => vec![*id],
+        Command::Txn { txn, .. } => TxnRequest::decode(txn.as_slice())
+            .map(|t| leases_put(&t))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The leases a transaction puts keys on (both branches, nested ones
+/// included; a put keeping its lease by `ignore_lease` names none).
+pub fn leases_put(t: &TxnRequest) -> Vec<i64> {
+    fn walk(t: &TxnRequest, out: &mut Vec<i64>) {
+        use cairn_api::etcdserverpb::request_op::Request as Op;
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(Op::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+                Some(Op::RequestTxn(inner)) => walk(inner, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(t, &mut out);
+    out
 }
 
 fn event_key(e: &Event) -> &[u8] {

@@ -80,6 +80,46 @@ pub enum Command {
         auth_revision: u64,
         cmd: Box<Command>,
     },
+    /// [`Command::Checked`] for a lease put or revoke by a caller whose
+    /// writes are limited to `writable` (as of `auth_revision`): also
+    /// refused (`PermissionDenied`) if a key already on the lease is not
+    /// writable by the caller — etcd's `checkLeasePuts`, at apply, so a
+    /// key attached after the request was checked counts too.
+    CheckedLease {
+        auth_revision: u64,
+        writable: cairn_auth::Writable,
+        cmd: Box<Command>,
+    },
+}
+
+/// What a client's write was checked against: an auth revision, and for a
+/// lease put or revoke by a caller with limited writes, the keys it may
+/// write. Proposed as [`Command::Checked`] or [`Command::CheckedLease`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuthStamp {
+    /// The auth revision the request was checked against.
+    pub revision: u64,
+    /// The caller's writable keys, when the request touches leases and the
+    /// caller is not allowed everything.
+    pub writable: Option<cairn_auth::Writable>,
+}
+
+impl AuthStamp {
+    /// `cmd` as checked under this stamp.
+    pub fn wrap(self, cmd: Command) -> Command {
+        let cmd = Box::new(cmd);
+        match self.writable {
+            None => Command::Checked {
+                auth_revision: self.revision,
+                cmd,
+            },
+            Some(writable) => Command::CheckedLease {
+                auth_revision: self.revision,
+                writable,
+                cmd,
+            },
+        }
+    }
 }
 
 /// The result of applying one command.

@@ -47,6 +47,7 @@ fn rejection_code(r: Rejection) -> Code {
         Rejection::NoSpace => Code::ResourceExhausted,
         Rejection::Corrupt => Code::DataLoss,
         Rejection::AuthOldRevision => Code::InvalidArgument,
+        Rejection::PermissionDenied => Code::PermissionDenied,
     }
 }
 

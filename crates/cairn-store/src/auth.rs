@@ -36,9 +36,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use cairn_auth::{AuthCmd, AuthError, Needs, SimpleTokens};
+use cairn_auth::{AuthCmd, AuthError, Needs, SimpleTokens, Writable};
 use cairn_mvcc::Rejection;
-use cairn_raft::{Command, Reply};
+use cairn_raft::{AuthStamp, Command, Reply};
 
 use crate::remote::{ForwardOk, ForwardOp};
 use crate::{Error, Node, Result, TokenConfig, DATA_REGION, META_REGION};
@@ -226,18 +226,34 @@ impl Node {
     /// Submits a client write stamped with the auth revision it was
     /// checked against; a write refused because a newer revision was
     /// fenced first is checked again against the new state and retried.
+    /// `lease_keys`: the write puts keys on a lease or revokes one, so the
+    /// caller's writable keys travel along (unless it may write anything)
+    /// for the check of the keys already on the lease at apply.
     pub(crate) async fn checked_submit(
         &self,
         region: u64,
         access: &Access,
         op: ForwardOp,
+        lease_keys: bool,
     ) -> Result<ForwardOk> {
         for _ in 0..AUTH_ATTEMPTS {
             let stamped = match self.authorize(access).await? {
-                Some(auth) => ForwardOp::Checked {
-                    auth,
-                    op: Box::new(op.clone()),
-                },
+                Some(revision) => {
+                    let writable = if lease_keys {
+                        match self.writable_at(access, revision) {
+                            Ok(w) => w,
+                            // The store moved on since the check: again.
+                            Err(Error::Auth(AuthError::AuthOldRevision)) => continue,
+                            Err(e) => return Err(e),
+                        }
+                    } else {
+                        None
+                    };
+                    ForwardOp::Checked {
+                        auth: AuthStamp { revision, writable },
+                        op: Box::new(op.clone()),
+                    }
+                }
                 None => op.clone(),
             };
             match self.submit(region, stamped).await? {
@@ -250,6 +266,25 @@ impl Node {
         Err(Error::Rejected(Rejection::AuthOldRevision))
     }
 
+    /// The keys the caller of `access` may write as of auth `revision`
+    /// (`None`: anything); `AuthOldRevision` if this replica moved past it.
+    fn writable_at(&self, access: &Access, revision: u64) -> Result<Option<Writable>> {
+        let Access::Client { creds, .. } = access else {
+            return Ok(None);
+        };
+        let meta = self.meta_shared();
+        if !meta.with_applied(|a| a.auth.enabled) {
+            return Ok(None);
+        }
+        let user = self.user_of(creds, revision)?;
+        meta.with_applied(|a| {
+            if a.auth.revision != revision {
+                return Err(Error::Auth(AuthError::AuthOldRevision));
+            }
+            Ok(a.auth.writable(user.as_deref()))
+        })
+    }
+
     /// Applies an auth change (the caller must be admin, checked here) and
     /// fences it in the data region before returning the new revision.
     /// The change is stamped with the auth revision its admin check saw
@@ -260,7 +295,12 @@ impl Node {
         // Enabling needs no admin while auth is off (everyone is then).
         let admin = Access::client(creds, Needs::Admin { maintenance: false });
         let outcome = match self
-            .checked_submit(META_REGION, &admin, ForwardOp::Plain(Command::Auth(cmd)))
+            .checked_submit(
+                META_REGION,
+                &admin,
+                ForwardOp::Plain(Command::Auth(cmd)),
+                false,
+            )
             .await?
         {
             ForwardOk::Reply(Reply::Auth(r)) => r,
@@ -342,7 +382,10 @@ impl Node {
                 user: name.to_string(),
             };
             let op = ForwardOp::Checked {
-                auth: revision,
+                auth: AuthStamp {
+                    revision,
+                    writable: None,
+                },
                 op: Box::new(ForwardOp::Plain(cmd)),
             };
             match self.submit(META_REGION, op).await? {

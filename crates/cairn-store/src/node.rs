@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use cairn_raft::network::{PeerPool, RegionNetwork};
 use cairn_raft::{
-    Command, LogStore, LogWriter, LogWriterStats, MemberInfo, Raft, RegionDesc, RegionKind,
+    AuthStamp, Command, LogStore, LogWriter, LogWriterStats, MemberInfo, Raft, RegionDesc, RegionKind,
     RegionShared, Reply, StateMachine,
 };
 use cairn_storage::{Engine, FjallEngine};
@@ -374,7 +374,12 @@ impl Node {
 
     /// [`Node::serve_local`] of one op; a write with `auth` is proposed as
     /// `Command::Checked` (a client's, checked against that revision).
-    async fn serve_op(&self, region: u64, op: ForwardOp, auth: Option<u64>) -> Result<ForwardOk> {
+    async fn serve_op(
+        &self,
+        region: u64,
+        op: ForwardOp,
+        auth: Option<AuthStamp>,
+    ) -> Result<ForwardOk> {
         let r = self.region(region)?;
         match op {
             ForwardOp::Checked { .. } => Err(Error::Internal("nested checked op".into())),
@@ -492,7 +497,12 @@ impl Node {
             return self.read_txn(region, req, access).await;
         }
         match self
-            .checked_submit(region, access, ForwardOp::Txn(req.encode_to_vec()))
+            .checked_submit(
+                region,
+                access,
+                ForwardOp::Txn(req.encode_to_vec()),
+                !cairn_raft::leases_put(req).is_empty(),
+            )
             .await?
         {
             ForwardOk::Reply(Reply::Txn(b)) => {
@@ -509,7 +519,7 @@ impl Node {
     /// watch opened on it afterwards from below is told it is compacted).
     pub async fn compact(&self, revision: i64, access: &Access) -> Result<i64> {
         match self
-            .checked_submit(DATA_REGION, access, ForwardOp::Compact(revision))
+            .checked_submit(DATA_REGION, access, ForwardOp::Compact(revision), false)
             .await?
         {
             ForwardOk::Reply(Reply::Compacted { current }) => {
@@ -639,7 +649,7 @@ impl Node {
             };
             let cmd = Command::LeaseGrant { id, ttl };
             match self
-                .checked_submit(DATA_REGION, access, ForwardOp::Plain(cmd))
+                .checked_submit(DATA_REGION, access, ForwardOp::Plain(cmd), false)
                 .await?
             {
                 ForwardOk::Reply(Reply::Revision(_)) => return Ok((id, ttl)),
@@ -658,7 +668,7 @@ impl Node {
     /// Revokes a lease and deletes its keys; returns the revision after.
     pub async fn lease_revoke(&self, id: i64, access: &Access) -> Result<i64> {
         match self
-            .checked_submit(DATA_REGION, access, ForwardOp::Revoke(id))
+            .checked_submit(DATA_REGION, access, ForwardOp::Revoke(id), true)
             .await?
         {
             ForwardOk::Reply(Reply::Revision(r)) => Ok(r),

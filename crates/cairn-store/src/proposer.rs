@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use cairn_raft::{Command, Raft, Reply};
+use cairn_raft::{AuthStamp, Command, Raft, Reply};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
@@ -28,10 +28,11 @@ use crate::{Error, Result};
 /// What to propose.
 pub enum Proposal {
     /// A prost-encoded `TxnRequest`; gets a timestamp. With an auth
-    /// revision: a client's, proposed as `Command::Checked`.
-    Txn(Vec<u8>, Option<u64>),
+    /// stamp: a client's, proposed as `Command::Checked` (or
+    /// `CheckedLease`).
+    Txn(Vec<u8>, Option<AuthStamp>),
     /// Revoke a lease (deletes its keys); gets a timestamp. Auth as `Txn`.
-    Revoke(i64, Option<u64>),
+    Revoke(i64, Option<AuthStamp>),
     /// Revoke a lease the lessor of leader term `term` found expired (a
     /// no-op unless appended in that term); gets a timestamp.
     Expire { id: i64, term: u64 },
@@ -41,13 +42,10 @@ pub enum Proposal {
 
 type Pending = (Proposal, oneshot::Sender<Result<Reply>>);
 
-/// `cmd`, stamped with the auth revision a client was checked against.
-pub fn checked(auth: Option<u64>, cmd: Command) -> Command {
+/// `cmd`, stamped with what a client was checked against.
+pub fn checked(auth: Option<AuthStamp>, cmd: Command) -> Command {
     match auth {
-        Some(auth_revision) => Command::Checked {
-            auth_revision,
-            cmd: Box::new(cmd),
-        },
+        Some(stamp) => stamp.wrap(cmd),
         None => cmd,
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cairn_api::peerpb::{ForwardRequest, TsoRequest};
 use cairn_raft::network::PeerPool;
-use cairn_raft::{decode, encode, Command, Raft, Reply};
+use cairn_raft::{decode, encode, AuthStamp, Command, Raft, Reply};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -35,8 +35,8 @@ pub enum ForwardOp {
     /// in `term` (the leader hands over; MoveLeader).
     Campaign { term: u64, leader: u64 },
     /// A client write (`Txn`, `Compact`, `Plain`, `Revoke`) checked against
-    /// auth revision `auth`: proposed as `Command::Checked` (see `auth`).
-    Checked { auth: u64, op: Box<ForwardOp> },
+    /// what `auth` says: proposed as `Command::Checked` (see `auth`).
+    Checked { auth: AuthStamp, op: Box<ForwardOp> },
 }
 
 /// The answer to a [`ForwardOp`].

@@ -9,6 +9,8 @@
 //!   revoke returns, the user's writes and reads through the other members
 //!   are refused (the fence in the data region), over many rounds;
 //! - a password change or a user delete voids that user's tokens;
+//! - a lease holding a key the caller may not write can be neither put
+//!   onto nor revoked by it (checked at apply, as etcd does);
 //! - the peer port serves members of this cluster only.
 
 use std::time::Duration;
@@ -653,6 +655,140 @@ async fn a_revoked_permission_is_in_force_on_every_member_at_once() {
         "etcdserver: authentication failed, invalid user ID or password"
     );
     token(&chans[1], "alice", "new").await;
+    c.shutdown().await;
+}
+
+/// etcd's `checkLeasePuts`, at apply: a user may neither put a key onto a
+/// lease nor revoke it while the lease holds a key the user may not write
+/// — however that key got there, through whichever member — and may do
+/// both with a lease holding only its own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_holding_a_key_the_caller_may_not_write_is_not_theirs_to_join_or_revoke() {
+    if secured::skipped("a_lease_holding_a_key_the_caller_may_not_write_is_not_theirs_to_join_or_revoke") {
+        return;
+    }
+    let c = InProcessCluster::start(3).await;
+    let chans: Vec<Channel> = c.nodes.iter().map(|n| channel(&n.client_addr)).collect();
+    secure(&chans[0]).await;
+    let root = token(&chans[0], "root", "rootpw").await;
+    let alice = token(&chans[1], "alice", "alicepw").await;
+    let grant = |ch: &Channel, t: String| {
+        let ch = ch.clone();
+        async move {
+            LeaseClient::new(ch)
+                .lease_grant(with(LeaseGrantRequest { ttl: 100, id: 0 }, Some(&t)))
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let put = |key: &str, lease: i64| PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    };
+    for round in 0..3 {
+        let (mine, theirs) = (&chans[round % 3], &chans[(round + 1) % 3]);
+        // Alice's lease, with her key on it; then root attaches b/k.
+        let lease = grant(mine, alice.clone()).await;
+        KvClient::new(mine.clone())
+            .put(with(put("a/1", lease), Some(&alice)))
+            .await
+            .unwrap();
+        KvClient::new(theirs.clone())
+            .put(with(put("b/k", lease), Some(&root)))
+            .await
+            .unwrap();
+        // Through any member, alone or inside a txn (either branch, nested).
+        for ch in [mine, theirs] {
+            let e = KvClient::new(ch.clone())
+                .put(with(put("a/2", lease), Some(&alice)))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.code(), e.message()),
+                (Code::PermissionDenied, "etcdserver: permission denied"),
+                "round {round}: put onto the lease"
+            );
+            let nested = TxnRequest {
+                failure: vec![RequestOp {
+                    request: Some(request_op::Request::RequestTxn(TxnRequest {
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestPut(put("a/3", lease))),
+                        }],
+                        ..Default::default()
+                    })),
+                }],
+                compare: vec![Compare {
+                    key: b"a/1".to_vec(),
+                    target: compare::CompareTarget::Version as i32,
+                    result: compare::CompareResult::Equal as i32,
+                    target_union: Some(compare::TargetUnion::Version(99)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let e = KvClient::new(ch.clone())
+                .txn(with(nested, Some(&alice)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "round {round}: txn");
+            let e = LeaseClient::new(ch.clone())
+                .lease_revoke(with(LeaseRevokeRequest { id: lease }, Some(&alice)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "round {round}: revoke");
+        }
+        // Nothing refused changed anything: both keys still on the lease.
+        let left = KvClient::new(theirs.clone())
+            .range(with(
+                RangeRequest {
+                    key: b"a/".to_vec(),
+                    range_end: b"c".to_vec(),
+                    ..Default::default()
+                },
+                Some(&root),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let keys: Vec<&[u8]> = left.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [&b"a/1"[..], b"b/k"], "round {round}");
+        // Root takes b/k off the lease: it is alice's again, to join and end.
+        KvClient::new(theirs.clone())
+            .delete_range(with(
+                DeleteRangeRequest {
+                    key: b"b/k".to_vec(),
+                    ..Default::default()
+                },
+                Some(&root),
+            ))
+            .await
+            .unwrap();
+        KvClient::new(theirs.clone())
+            .put(with(put("a/2", lease), Some(&alice)))
+            .await
+            .unwrap();
+        LeaseClient::new(mine.clone())
+            .lease_revoke(with(LeaseRevokeRequest { id: lease }, Some(&alice)))
+            .await
+            .unwrap();
+        let left = KvClient::new(mine.clone())
+            .range(with(
+                RangeRequest {
+                    key: b"a/".to_vec(),
+                    range_end: b"a0".to_vec(),
+                    ..Default::default()
+                },
+                Some(&alice),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(left.count, 0, "round {round}: the revoke deleted her keys");
+    }
     c.shutdown().await;
 }
 
