@@ -290,7 +290,11 @@ mod tests {
         assert!(!nobody.allows(b"foo/b"));
         assert!(!s.writable(None).expect("no user").allows(b"w1"));
         assert_eq!(s.writable(Some(ROOT)), None, "root writes anything");
-        assert_eq!(AuthState::default().writable(Some("alice")), None, "auth off");
+        assert_eq!(
+            AuthState::default().writable(Some("alice")),
+            None,
+            "auth off"
+        );
     }
 
     #[test]

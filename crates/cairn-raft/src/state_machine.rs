@@ -426,7 +426,8 @@ impl StateMachine {
             // (auth changes, tokens): refused if the auth store changed at
             // all since the check — optimistic concurrency, so two changes
             // checked against the same state cannot both pass.
-            Command::Checked { auth_revision, .. } | Command::CheckedLease { auth_revision, .. }
+            Command::Checked { auth_revision, .. }
+            | Command::CheckedLease { auth_revision, .. }
                 if (auth_revision < state.auth_fence
                     && !cfg!(feature = "planted-unfenced-auth"))
                     || (self.shared.kind == RegionKind::Meta

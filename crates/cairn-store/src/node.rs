@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use cairn_raft::network::{PeerPool, RegionNetwork};
 use cairn_raft::{
-    AuthStamp, Command, LogStore, LogWriter, LogWriterStats, MemberInfo, Raft, RegionDesc, RegionKind,
-    RegionShared, Reply, StateMachine,
+    AuthStamp, Command, LogStore, LogWriter, LogWriterStats, MemberInfo, Raft, RegionDesc,
+    RegionKind, RegionShared, Reply, StateMachine,
 };
 use cairn_storage::{Engine, FjallEngine};
 use openraft::BasicNode;

@@ -664,7 +664,9 @@ async fn a_revoked_permission_is_in_force_on_every_member_at_once() {
 /// both with a lease holding only its own keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_holding_a_key_the_caller_may_not_write_is_not_theirs_to_join_or_revoke() {
-    if secured::skipped("a_lease_holding_a_key_the_caller_may_not_write_is_not_theirs_to_join_or_revoke") {
+    if secured::skipped(
+        "a_lease_holding_a_key_the_caller_may_not_write_is_not_theirs_to_join_or_revoke",
+    ) {
         return;
     }
     let c = InProcessCluster::start(3).await;
