@@ -249,10 +249,7 @@ impl Node {
                     } else {
                         None
                     };
-                    ForwardOp::Checked {
-                        auth: AuthStamp { revision, writable },
-                        op: Box::new(op.clone()),
-                    }
+                    ForwardOp::stamped(AuthStamp { revision, writable }, op.clone())
                 }
                 None => op.clone(),
             };
@@ -272,12 +269,9 @@ impl Node {
         let Access::Client { creds, .. } = access else {
             return Ok(None);
         };
-        let meta = self.meta_shared();
-        if !meta.with_applied(|a| a.auth.enabled) {
-            return Ok(None);
-        }
         let user = self.user_of(creds, revision)?;
-        meta.with_applied(|a| {
+        self.meta_shared().with_applied(|a| {
+            // Enabled or not, as of the very revision the check saw.
             if a.auth.revision != revision {
                 return Err(Error::Auth(AuthError::AuthOldRevision));
             }
@@ -314,10 +308,11 @@ impl Node {
             Err(e) => {
                 // Refused (say, a revoke retried after a fence that failed):
                 // fence what is there, so an earlier change that was
-                // committed but never fenced is in force from now on.
-                if self.catch_up_auth().await.is_ok() {
-                    let _ = self.fence_auth(self.auth_revision()).await;
-                }
+                // committed but never fenced is in force before the caller
+                // hears "not granted" — or the caller hears why it is not
+                // (and retries), never a refusal that implies it is.
+                self.catch_up_auth().await?;
+                self.fence_auth(self.auth_revision()).await?;
                 Err(Error::Auth(e))
             }
         }
@@ -382,10 +377,7 @@ impl Node {
                 user: name.to_string(),
             };
             let op = ForwardOp::Checked {
-                auth: AuthStamp {
-                    revision,
-                    writable: None,
-                },
+                auth: revision,
                 op: Box::new(ForwardOp::Plain(cmd)),
             };
             match self.submit(META_REGION, op).await? {

@@ -367,7 +367,20 @@ impl Node {
     /// forwarding further: `NotLeader` if this replica does not lead.
     pub async fn serve_local(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
         match op {
-            ForwardOp::Checked { auth, op } => self.serve_op(region, *op, Some(auth)).await,
+            ForwardOp::Checked { auth, op } => {
+                let stamp = AuthStamp {
+                    revision: auth,
+                    writable: None,
+                };
+                self.serve_op(region, *op, Some(stamp)).await
+            }
+            ForwardOp::CheckedLease { auth, writable, op } => {
+                let stamp = AuthStamp {
+                    revision: auth,
+                    writable: Some(writable),
+                };
+                self.serve_op(region, *op, Some(stamp)).await
+            }
             op => self.serve_op(region, op, None).await,
         }
     }
@@ -382,7 +395,9 @@ impl Node {
     ) -> Result<ForwardOk> {
         let r = self.region(region)?;
         match op {
-            ForwardOp::Checked { .. } => Err(Error::Internal("nested checked op".into())),
+            ForwardOp::Checked { .. } | ForwardOp::CheckedLease { .. } => {
+                Err(Error::Internal("nested checked op".into()))
+            }
             ForwardOp::Txn(txn) => Ok(ForwardOk::Reply(
                 r.proposer.propose(Proposal::Txn(txn, auth)).await?,
             )),

@@ -35,8 +35,35 @@ pub enum ForwardOp {
     /// in `term` (the leader hands over; MoveLeader).
     Campaign { term: u64, leader: u64 },
     /// A client write (`Txn`, `Compact`, `Plain`, `Revoke`) checked against
-    /// what `auth` says: proposed as `Command::Checked` (see `auth`).
-    Checked { auth: AuthStamp, op: Box<ForwardOp> },
+    /// auth revision `auth`: proposed as `Command::Checked` (see `auth`).
+    Checked { auth: u64, op: Box<ForwardOp> },
+    /// A lease put or revoke by a caller who may write only `writable`,
+    /// checked against auth revision `auth`: proposed as
+    /// `Command::CheckedLease`. (A variant of its own, after the others:
+    /// a member of the previous version still reads every other op.)
+    CheckedLease {
+        auth: u64,
+        writable: cairn_auth::Writable,
+        op: Box<ForwardOp>,
+    },
+}
+
+impl ForwardOp {
+    /// `op` as checked under `stamp`.
+    pub fn stamped(stamp: AuthStamp, op: ForwardOp) -> Self {
+        let op = Box::new(op);
+        match stamp.writable {
+            None => ForwardOp::Checked {
+                auth: stamp.revision,
+                op,
+            },
+            Some(writable) => ForwardOp::CheckedLease {
+                auth: stamp.revision,
+                writable,
+                op,
+            },
+        }
+    }
 }
 
 /// The answer to a [`ForwardOp`].

@@ -19,10 +19,13 @@
 //! The permission is certainly revoked from a revoke's acknowledgement to
 //! the first attempt of the next grant, and certainly granted from a
 //! grant's acknowledgement to the first attempt of the next revoke.
-//! Violations: a request sent and answered inside a revoked window that
-//! was served (a stale grant: an unfenced write, a read checked on a
-//! lagging replica), and one inside a granted window that was refused (a
-//! refusal from a replica behind the meta region).
+//! (A change still unacknowledged at the end closes the last window where
+//! it was first sent.) Violations: a request sent and answered inside a
+//! revoked window that was served (a stale grant: an unfenced write, a read
+//! checked on a lagging replica), one inside a granted window that was
+//! refused (a refusal from a replica behind the meta region), a lane that
+//! failed, and a run that decided nothing. Requests whose answer was lost
+//! are not resolved afterwards; they count for nothing.
 
 use std::time::{Duration, Instant};
 
@@ -99,7 +102,11 @@ pub struct LaneOutcome {
     pub lane: Lane,
     pub changes: Vec<Change>,
     pub calls: Vec<Call>,
-    /// Set when setup never succeeded (the lane then checks nothing).
+    /// When a change left unacknowledged at the end was first sent: the
+    /// last window closes there.
+    pub pending_since: Option<Instant>,
+    /// Set when setup never succeeded, or the lane failed (it then checks
+    /// nothing, and the run fails).
     pub setup_failed: Option<String>,
 }
 
@@ -160,14 +167,16 @@ async fn setup(lane: &Lane, endpoints: &[String], deadline: Instant) -> Result<(
     Ok(())
 }
 
-/// Grants (`grant`) or revokes the lane's permission until acknowledged.
+/// Grants (`grant`) or revokes the lane's permission until acknowledged;
+/// past `deadline` unacknowledged, `Err(first attempt's send time)` (it
+/// may still have taken effect).
 async fn change(
     lane: &Lane,
     endpoints: &[String],
     rng: &mut fastrand::Rng,
     grant: bool,
     deadline: Instant,
-) -> Option<Change> {
+) -> Result<Change, Instant> {
     let first_sent = Instant::now();
     let mut attempts = 0;
     while Instant::now() < deadline {
@@ -200,14 +209,14 @@ async fn change(
                 continue;
             }
         }
-        return Some(Change {
+        return Ok(Change {
             grant,
             first_sent,
             acked: Instant::now(),
             attempts,
         });
     }
-    None
+    Err(first_sent)
 }
 
 /// A token for the lane's user from any member (retried); `None` past
@@ -300,12 +309,7 @@ async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) 
 /// One lane: setup, then its user and changer until `deadline`.
 async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) -> LaneOutcome {
     if let Err(e) = setup(&lane, &endpoints, deadline).await {
-        return LaneOutcome {
-            lane,
-            changes: Vec::new(),
-            calls: Vec::new(),
-            setup_failed: Some(e),
-        };
+        return LaneOutcome::failed(lane, e);
     }
     let calls = tokio::spawn(user(
         lane.clone(),
@@ -316,7 +320,15 @@ async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Insta
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xacce55);
     let mut changes = Vec::new();
     let mut grant = true;
-    while let Some(c) = change(&lane, &endpoints, &mut rng, grant, deadline).await {
+    let mut pending_since = None;
+    loop {
+        let c = match change(&lane, &endpoints, &mut rng, grant, deadline).await {
+            Ok(c) => c,
+            Err(first_sent) => {
+                pending_since = Some(first_sent);
+                break;
+            }
+        };
         changes.push(c);
         grant = !grant;
         // Revoked for long enough to span a fault and its heal: a member
@@ -332,12 +344,16 @@ async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Insta
         }
         tokio::time::sleep(pause).await;
     }
-    let mut calls = calls.await.unwrap_or_default();
+    let mut calls = match calls.await {
+        Ok(c) => c,
+        Err(e) => return LaneOutcome::failed(lane, format!("the user task failed: {e}")),
+    };
     calls.sort_by_key(|c| c.sent);
     LaneOutcome {
         lane,
         changes,
         calls,
+        pending_since,
         setup_failed: None,
     }
 }
@@ -351,18 +367,31 @@ pub async fn run(endpoints: &[String], lanes: usize, seed: u64, deadline: Instan
         })
         .collect();
     let mut out = Outcome::default();
-    for t in tasks {
-        if let Ok(l) = t.await {
-            out.lanes.push(l);
-        }
+    for (i, t) in tasks.into_iter().enumerate() {
+        out.lanes.push(match t.await {
+            Ok(l) => l,
+            Err(e) => LaneOutcome::failed(Lane::new(i), format!("the lane failed: {e}")),
+        });
     }
     out
 }
 
 impl LaneOutcome {
+    fn failed(lane: Lane, why: String) -> Self {
+        LaneOutcome {
+            lane,
+            changes: Vec::new(),
+            calls: Vec::new(),
+            pending_since: None,
+            setup_failed: Some(why),
+        }
+    }
+
     /// The certain windows: `(from, to, granted)`.
     pub fn windows(&self) -> Vec<(Instant, Instant, bool)> {
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = self
+            .pending_since
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         self.changes
             .iter()
             .enumerate()
@@ -430,9 +459,23 @@ impl LaneOutcome {
 }
 
 impl Outcome {
-    /// The first lane's violation, if any.
+    /// The first lane's violation, if any; also a run in which no request
+    /// was decided inside a window (it would have checked nothing).
     pub fn check(&self) -> Result<(), String> {
-        self.lanes.iter().try_for_each(LaneOutcome::check)
+        self.lanes.iter().try_for_each(LaneOutcome::check)?;
+        let (served, refused) = self.decided();
+        if served + refused == 0 {
+            return Err("no request was answered inside a certain window: nothing checked".into());
+        }
+        Ok(())
+    }
+
+    /// Requests decided inside a window, over all lanes.
+    fn decided(&self) -> (usize, usize) {
+        self.lanes
+            .iter()
+            .map(LaneOutcome::decided)
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     }
 
     /// A one-line summary.
@@ -440,11 +483,7 @@ impl Outcome {
         let changes: Vec<&Change> = self.lanes.iter().flat_map(|l| &l.changes).collect();
         let grants = changes.iter().filter(|c| c.grant).count();
         let calls: usize = self.lanes.iter().map(|l| l.calls.len()).sum();
-        let (served, refused) = self
-            .lanes
-            .iter()
-            .map(LaneOutcome::decided)
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        let (served, refused) = self.decided();
         format!(
             "access: {} users, {} permission changes ({grants} grants, {} revokes), {calls} requests ({served} served while granted, {refused} refused while revoked)",
             self.lanes.len(),
