@@ -325,8 +325,8 @@ def move_leader(ep):
     return ok
 
 
-def rust_client(eps, label):
-    env = dict(os.environ, COMPAT_ENDPOINTS=",".join(eps))
+def rust_client(eps, label, extra_env=None):
+    env = dict(os.environ, COMPAT_ENDPOINTS=",".join(eps), **(extra_env or {}))
     r = subprocess.run(["cargo", "test", "--quiet", "--manifest-path", os.path.join(HERE, "rust-client", "Cargo.toml"),
                         "--", "--test-threads=1"], env=env)
     print(f"etcd-client crate against {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -369,7 +369,7 @@ def everything(binary, work, procs):
     ok = script("TLS sessions beside etcd (mutual and server-only)", "tls.py", binary) and ok
     ok = script("auth sessions beside etcd (users, roles, permissions, JWT, gateway)", "auth.py", binary) and ok
     ok = script("real clients against secured etcd and Cairn (TLS, certificates, auth)",
-                "secured.py", binary) and ok
+                "secured.py", binary, *[a for a in sys.argv[2:] if a == "--no-rust-client"]) and ok
     ok = scenarios(etcd_eps, "etcd") and ok
     ok = scenarios(cairn_eps, "cairn") and ok
     ok = python_client(etcd_eps, "etcd") and ok

@@ -7,9 +7,12 @@ older dashboard query exists in Cairn's output with the type etcd gives it;
 the values that must move did (RPC counts, fsyncs, bytes); grpc_server_*
 carry go-grpc-prometheus's labels; Cairn's own cairn_* series are there.
 
-Usage: metrics.py ETCD_ENDPOINT CAIRN_ENDPOINT   (host:port each; Cairn's a
-member of a 3-node cluster, so peer series exist)
+Usage: metrics.py ETCD_ENDPOINT CAIRN_ENDPOINT   (host:port each, or
+https://host:port with ETCDCTL_CACERT/_CERT/_KEY set; Cairn's a member of a
+3-node cluster, so peer series exist)
 """
+import os
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -50,7 +53,15 @@ CAIRN_OWN = ["cairn_region_count", "cairn_region_is_leader", "cairn_region_appli
 
 
 def scrape(endpoint):
-    text = urllib.request.urlopen(f"http://{endpoint}/metrics", timeout=10).read().decode()
+    """`endpoint`'s /metrics: `host:port` over HTTP, `https://host:port`
+    with the client certificate etcdctl is given (ETCDCTL_CACERT, _CERT,
+    _KEY)."""
+    ctx = None
+    if endpoint.startswith("https://"):
+        ctx = ssl.create_default_context(cafile=os.environ["ETCDCTL_CACERT"])
+        ctx.load_cert_chain(os.environ["ETCDCTL_CERT"], os.environ["ETCDCTL_KEY"])
+    url = endpoint if "://" in endpoint else f"http://{endpoint}"
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10, context=ctx).read().decode()
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 

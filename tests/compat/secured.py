@@ -8,19 +8,23 @@ the environment variables etcdctl reads:
 - the whole etcdctl session of compat.py, compared line by line;
 - the JSON gateway session of gateway.py (HTTPS, a certificate without a
   common name, a token from /v3/auth/authenticate), compared as text;
+- /metrics of each over HTTPS with the client certificate, checked as
+  metrics.py checks them;
 - the timing scenarios (contending locks, election, watch progress, lease
   keep-alive) against each;
 - the Python `etcd3` client against each (TLS, authenticated, token);
+- the `etcd-client` crate's tests against each (TLS with the root
+  certificate, logged in as root) unless --no-rust-client;
 - and without credentials, a read is refused by both.
 
-Usage: secured.py CAIRN_BINARY   (etcd, etcdctl on PATH)
+Usage: secured.py CAIRN_BINARY [--no-rust-client]   (etcd, etcdctl on PATH)
 """
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compat import HERE, compare_transcripts, normalize, run_in_workdir, session  # noqa: E402
+from compat import HERE, compare_transcripts, normalize, run_in_workdir, rust_client, session  # noqa: E402
 from tls import make_pki, start_cairn, start_etcd, wait_ready  # noqa: E402
 
 
@@ -80,6 +84,9 @@ def secured(binary, work, procs):
                         cairn[0].removeprefix("https://")], env={**os.environ, **gw})
     print("JSON gateway session, secured:", "ok" if r.returncode == 0 else "FAILED")
     ok = r.returncode == 0 and ok
+    r = subprocess.run([sys.executable, os.path.join(HERE, "metrics.py"), etcd[0], cairn[0]])
+    print("/metrics beside etcd's, secured (HTTPS, client certificate):", "ok" if r.returncode == 0 else "FAILED")
+    ok = r.returncode == 0 and ok
     for label, eps in (("etcd", etcd), ("cairn", cairn)):
         r = subprocess.run([sys.executable, os.path.join(HERE, "scenarios.py"), ",".join(eps)])
         print(f"etcdctl coordination scenarios against secured {label}:", "ok" if r.returncode == 0 else "FAILED")
@@ -87,6 +94,10 @@ def secured(binary, work, procs):
         r = subprocess.run([sys.executable, os.path.join(HERE, "python_etcd3.py"), eps[0].removeprefix("https://")])
         print(f"python etcd3 against secured {label}:", "ok" if r.returncode == 0 else "FAILED")
         ok = r.returncode == 0 and ok
+        if "--no-rust-client" not in sys.argv:
+            ok = rust_client(eps, f"secured {label}", {
+                "COMPAT_CA": f"{pki}/ca.pem", "COMPAT_CERT": f"{pki}/root.pem", "COMPAT_KEY": f"{pki}/root-key.pem",
+                "COMPAT_USER": "root", "COMPAT_PASSWORD": "rootpw"}) and ok
     return ok
 
 

@@ -2,17 +2,33 @@
 //! must hold against real etcd too (compat.py runs both).
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
+/// A client of COMPAT_ENDPOINTS; secured (TLS with a client certificate,
+/// and a login) when COMPAT_CA/COMPAT_CERT/COMPAT_KEY (and
+/// COMPAT_USER/COMPAT_PASSWORD) are set.
 async fn client() -> Client {
     let eps: Vec<String> = std::env::var("COMPAT_ENDPOINTS")
         .expect("COMPAT_ENDPOINTS")
         .split(',')
         .map(String::from)
         .collect();
-    Client::connect(eps, None).await.expect("connect")
+    let var = |name: &str| std::env::var(name).ok();
+    let pem = |name: &str| std::fs::read_to_string(var(name).expect(name)).expect(name);
+    let mut opts = None;
+    if var("COMPAT_CA").is_some() {
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(pem("COMPAT_CA")))
+            .identity(Identity::from_pem(pem("COMPAT_CERT"), pem("COMPAT_KEY")));
+        let mut o = ConnectOptions::new().with_tls(tls);
+        if let (Some(user), Some(password)) = (var("COMPAT_USER"), var("COMPAT_PASSWORD")) {
+            o = o.with_user(user, password);
+        }
+        opts = Some(o);
+    }
+    Client::connect(eps, opts).await.expect("connect")
 }
 
 fn code(e: etcd_client::Error) -> (tonic::Code, String) {
