@@ -10,7 +10,10 @@ fresh 3-node Cairn; `etcdctl snapshot save` takes a backup of each, then
   new cluster serves exactly etcd's keys, revisions, leases and compaction;
 - the same from Cairn's own backup, and a write after it continues above
   the restored revision;
-- a damaged backup is refused and leaves no data directory.
+- a damaged backup is refused and leaves no data directory;
+- a secured store's backup (users, roles, permissions, auth on) restores
+  secured, etcd's into Cairn and Cairn's into etcd: root, a limited user
+  and no user see the same as before.
 
 Usage: snapshot.py CAIRN_BINARY   (etcd, etcdctl on PATH)
 """
@@ -20,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compat import free_port, run_in_workdir  # noqa: E402
@@ -33,7 +37,7 @@ def ctl(ep, *args, stdin=None, check=True):
     return r
 
 
-def start_etcd(procs, work, name, restore_from=None):
+def start_etcd(procs, work, name, restore_from=None, ready=wait_ready):
     c, p = free_port(), free_port()
     peer = f"http://127.0.0.1:{p}"
     data = os.path.join(work, name)
@@ -46,11 +50,11 @@ def start_etcd(procs, work, name, restore_from=None):
                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                  "--initial-cluster", f"{name}={peer}"], os.path.join(work, f"{name}.log"))
     ep = f"127.0.0.1:{c}"
-    wait_ready(ep)
+    ready(ep)
     return ep
 
 
-def start_cairn(procs, work, binary, prefix, restore_from=None, n=3):
+def start_cairn(procs, work, binary, prefix, restore_from=None, n=3, ready=wait_ready):
     ports = [(free_port(), free_port()) for _ in range(n)]
     names = [f"{prefix}{i}" for i in range(n)]
     initial = ",".join(f"{m}=http://127.0.0.1:{p}" for m, (_, p) in zip(names, ports))
@@ -66,7 +70,7 @@ def start_cairn(procs, work, binary, prefix, restore_from=None, n=3):
                      "--listen-peer-urls", peer], os.path.join(work, f"{m}.log"))
     eps = [f"127.0.0.1:{c}" for c, _ in ports]
     for ep in eps:
-        wait_ready(ep)
+        ready(ep)
     return eps
 
 
@@ -114,6 +118,66 @@ def save(ep, path):
     return path
 
 
+ROOT, ALICE = ["--user", "root:rootpw"], ["--user", "alice:alicepw"]
+
+
+def secure(ep):
+    """root, alice (READWRITE on a/, READ on b) and auth on; a/x and b set."""
+    ctl(ep, "put", "a/x", "1")
+    ctl(ep, "put", "b", "2")
+    for args in (["user", "add", "root", "--new-user-password=rootpw", "--interactive=false"],
+                 ["user", "add", "alice", "--new-user-password=alicepw", "--interactive=false"],
+                 ["role", "add", "a"],
+                 ["role", "grant-permission", "a", "readwrite", "a/", "--prefix=true"],
+                 ["role", "grant-permission", "a", "read", "b"],
+                 ["user", "grant-role", "alice", "a"],
+                 ["auth", "enable"]):
+        ctl(ep, *args)
+
+
+def ready_as_root(ep, timeout=60):
+    """Serving root's reads (`endpoint health` has no credentials)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ctl(ep, "--command-timeout=2s", "get", "a/x", *ROOT, check=False).returncode == 0:
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"endpoint {ep} never served root")
+
+
+def auth_view(ep):
+    """What a client sees of the auth store: as root, as alice, as nobody."""
+    def out(*args):
+        r = ctl(ep, *args, check=False)
+        lines = [l for l in (r.stdout + r.stderr).splitlines() if not l.startswith('{"level":')]
+        return f"exit={r.returncode} " + " | ".join(lines)
+    return [out("user", "list", *ROOT), out("role", "get", "a", *ROOT), out("user", "get", "alice", *ROOT),
+            out("get", "a/x", "--print-value-only", *ALICE), out("put", "a/y", "3", *ALICE),
+            out("get", "b", "--print-value-only", *ALICE), out("put", "b", "4", *ALICE),
+            out("get", "a/x"), out("get", "a/x", "--user", "alice:wrong")]
+
+
+def auth_both_ways(binary, work, procs):
+    """A secured store's backup restores secured, both ways: the same
+    users, roles, permissions and auth on."""
+    etcd = start_etcd(procs, work, "aref")
+    cairn = start_cairn(procs, work, binary, "ac")
+    secure(etcd)
+    secure(cairn[0])
+    etcd_view, cairn_view = auth_view(etcd), auth_view(cairn[1])
+    ok = check("secured etcd and Cairn look alike before the backups", cairn_view, etcd_view)
+    etcd_file, cairn_file = os.path.join(work, "etcd-auth.db"), os.path.join(work, "cairn-auth.db")
+    ctl(etcd, "snapshot", "save", etcd_file, *ROOT)
+    ctl(cairn[2], "snapshot", "save", cairn_file, *ROOT)
+    from_etcd = start_cairn(procs, work, binary, "ae", restore_from=etcd_file, ready=ready_as_root)
+    ok = check("Cairn restored from a secured etcd's backup: same users, roles, permissions, auth on",
+               auth_view(from_etcd[1]), etcd_view) and ok
+    from_cairn = start_etcd(procs, work, "etcd-from-secured-cairn", restore_from=cairn_file, ready=ready_as_root)
+    ok = check("etcd restored from a secured Cairn's backup: the same",
+               auth_view(from_cairn), cairn_view) and ok
+    return ok
+
+
 def check(what, got, want):
     if got == want:
         print(f"  ok: {what}")
@@ -123,7 +187,9 @@ def check(what, got, want):
 
 
 def main():
-    run_in_workdir("cairn-snapshot-", lambda work, procs: both_ways(os.path.abspath(sys.argv[1]), work, procs))
+    binary = os.path.abspath(sys.argv[1])
+    run_in_workdir("cairn-snapshot-",
+                   lambda work, procs: both_ways(binary, work, procs) & auth_both_ways(binary, work, procs))
 
 
 def both_ways(binary, work, procs):

@@ -31,6 +31,7 @@
 
 mod check;
 mod error;
+pub mod etcd_schema;
 pub mod jwt;
 pub mod needs;
 pub mod password;

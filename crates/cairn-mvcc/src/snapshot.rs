@@ -33,7 +33,7 @@
 mod export;
 mod import;
 
-pub use export::export;
+pub use export::{export, export_with, ExtraBuckets};
 pub use import::{import, Imported};
 
 /// Bucket names of etcd's schema.

@@ -373,16 +373,40 @@ pub fn seed_restored(
     region: u64,
     revs: cairn_mvcc::Revisions,
 ) -> crate::Result<()> {
+    seed(
+        engine,
+        region,
+        Applied {
+            current_revision: revs.current,
+            compacted_revision: revs.compacted,
+            ..Applied::default()
+        },
+    )
+}
+
+/// Records a restored auth store as `region`'s (the meta region's)
+/// applied state, before the restored member first starts.
+pub fn seed_restored_auth(
+    engine: &dyn cairn_storage::Engine,
+    region: u64,
+    auth: cairn_auth::AuthState,
+) -> crate::Result<()> {
+    seed(
+        engine,
+        region,
+        Applied {
+            auth,
+            ..Applied::default()
+        },
+    )
+}
+
+fn seed(engine: &dyn cairn_storage::Engine, region: u64, applied: Applied) -> crate::Result<()> {
     if engine.get(&apply_key(region))?.is_some() {
         return Err(crate::Error::Io(format!(
             "region {region} already has applied state"
         )));
     }
-    let applied = Applied {
-        current_revision: revs.current,
-        compacted_revision: revs.compacted,
-        ..Applied::default()
-    };
     let mut b = WriteBatch::new();
     b.put(apply_key(region), encode(&applied)?);
     engine.write(b, Durability::Sync)?;

@@ -100,7 +100,7 @@ impl Node {
         self.meta_shared().with_applied(|a| a.auth.clone())
     }
 
-    fn meta_shared(&self) -> &std::sync::Arc<cairn_raft::RegionShared> {
+    pub(crate) fn meta_shared(&self) -> &std::sync::Arc<cairn_raft::RegionShared> {
         &self
             .region(META_REGION)
             .expect("the meta region is always hosted")

@@ -17,6 +17,12 @@
 //! member of the new cluster restores the same file, so they start equal,
 //! as etcd's members do after `etcdutl snapshot restore`.
 //!
+//! The auth store goes along (users, roles, whether auth is on), in the
+//! buckets etcd keeps it in (`cairn_auth::etcd_schema`), read from the meta
+//! region caught up when the backup is asked for; a restore seeds the new
+//! member's meta region with it. So a secured cluster's backup restores
+//! secured, from etcd's backups too.
+//!
 //! With many regions, a backup will cover each at one revision (a TSO
 //! timestamp read across regions); today there is one data region.
 
@@ -28,7 +34,9 @@ use cairn_mvcc::snapshot;
 use cairn_storage::bolt::Reader;
 use cairn_storage::{Engine, FjallEngine};
 
-use crate::node::{Node, DATA_REGION};
+use cairn_auth::etcd_schema;
+
+use crate::node::{Node, DATA_REGION, META_REGION};
 use crate::{Error, Result};
 
 /// A written backup, ready to be read from the start.
@@ -43,13 +51,16 @@ pub struct Backup {
 impl Node {
     /// Writes a backup of the data region (see the module essay).
     pub async fn backup(&self) -> Result<Backup> {
+        // Every auth change acknowledged before the backup was asked for.
+        self.catch_up_auth().await?;
+        let auth = self.meta_shared().with_applied(|a| a.auth.clone());
         let (view, revs) = self.linearizable_view(DATA_REGION).await?;
         let dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || -> Result<Backup> {
             let io = |e: std::io::Error| Error::Internal(format!("snapshot: {e}"));
             let file = tempfile::tempfile_in(&dir).map_err(io)?;
             let out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut out = snapshot::export(&*view, revs, out)?;
+            let mut out = snapshot::export_with(&*view, revs, etcd_schema::to_buckets(&auth), out)?;
             out.flush().map_err(io)?;
             let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
             let size = file.metadata().map_err(io)?.len();
@@ -97,6 +108,21 @@ pub fn restore(db: std::fs::File, data_dir: &Path) -> Result<Restored> {
         let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(building.join("db"))?);
         let got = snapshot::import(&reader, &*engine)?;
         cairn_raft::seed_restored(&*engine, DATA_REGION, got.revisions)?;
+        let bucket = |name: &[u8]| -> Result<etcd_schema::Entries> {
+            let mut out = Vec::new();
+            reader.for_each(name, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })?;
+            Ok(out)
+        };
+        let auth = etcd_schema::from_buckets(
+            &bucket(etcd_schema::AUTH)?,
+            &bucket(etcd_schema::USERS)?,
+            &bucket(etcd_schema::ROLES)?,
+        )
+        .map_err(|e| Error::Internal(format!("snapshot: auth: {e}")))?;
+        cairn_raft::seed_restored_auth(&*engine, META_REGION, auth)?;
         Ok(got)
     })();
     match built {

@@ -16,7 +16,23 @@ use crate::{Error, Result, Revisions};
 /// Writes the MVCC state in `view` (at `revs`) to `out` as etcd's bbolt
 /// database; returns `out` positioned after the last page.
 pub fn export<W: Write + Seek>(view: &dyn Snapshot, revs: Revisions, out: W) -> Result<W> {
+    export_with(view, revs, Vec::new(), out)
+}
+
+/// Buckets written beside the MVCC state: `(name, entries in key order)`.
+pub type ExtraBuckets = Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// [`export`], with `extra` buckets too (the auth store's, say).
+pub fn export_with<W: Write + Seek>(
+    view: &dyn Snapshot,
+    revs: Revisions,
+    extra: ExtraBuckets,
+    out: W,
+) -> Result<W> {
     let mut w = Writer::new(out)?;
+    for (name, entries) in extra {
+        w.bucket(name, entries.into_iter().map(Ok))?;
+    }
     w.bucket(KEY, versions(view)?)?;
     let mut leases = lease::list(view)?;
     // Bucket order is byte order: a negative ID's big-endian bytes sort
