@@ -4,7 +4,8 @@ a fresh 1-node Cairn, each with `--quota-backend-bytes` 2 MB, take the same
 etcdctl session — fill until refused, see the alarm, read, delete, compact,
 defragment, disarm, write again — and the transcripts must match after
 normalising member IDs, revisions and how many puts fit (the two stores
-count bytes differently).
+count bytes differently). Then the same on a secured etcd and Cairn (TLS on
+both ports, client certificates, auth on; etcdctl as root).
 
 Usage: quota.py CAIRN_BINARY   (etcd, etcdctl on PATH)
 """
@@ -17,17 +18,29 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compat import Procs, compare_transcripts, free_port, wait_ready  # noqa: E402
+from secured import enable_auth, secure_env  # noqa: E402
+from tls import flags, make_pki  # noqa: E402
+from tls import wait_ready as tls_ready  # noqa: E402
 
 QUOTA = str(2_000_000)
 
 
-def start(procs, work, argv0, name):
+def start(procs, work, argv0, name, pki=None):
+    """One member with the small quota; its endpoint. With `pki`: TLS on
+    both ports and client certificates required (tls.py's flags)."""
     c, p = free_port(), free_port()
+    scheme = "https" if pki else "http"
     procs.start([*argv0, "--name", name, "--data-dir", os.path.join(work, name),
                  "--quota-backend-bytes", QUOTA,
-                 "--listen-client-urls", f"http://127.0.0.1:{c}", "--advertise-client-urls", f"http://127.0.0.1:{c}",
-                 "--listen-peer-urls", f"http://127.0.0.1:{p}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{p}",
-                 "--initial-cluster", f"{name}=http://127.0.0.1:{p}"], os.path.join(work, f"{name}.log"))
+                 "--listen-client-urls", f"{scheme}://127.0.0.1:{c}",
+                 "--advertise-client-urls", f"{scheme}://127.0.0.1:{c}",
+                 "--listen-peer-urls", f"{scheme}://127.0.0.1:{p}",
+                 "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{p}",
+                 "--initial-cluster", f"{name}={scheme}://127.0.0.1:{p}",
+                 *(flags(pki, True) if pki else [])], os.path.join(work, f"{name}.log"))
+    if pki:
+        tls_ready([c], pki)
+        return f"https://127.0.0.1:{c}"
     ep = f"127.0.0.1:{c}"
     wait_ready(ep)
     return ep
@@ -89,11 +102,22 @@ def main():
     try:
         etcd = start(procs, work, ["etcd"], "ref")
         cairn = start(procs, work, [binary, "serve"], "c0")
-        ref, got = normalize(session(etcd)), normalize(session(cairn))
+        ok = compare_transcripts(normalize(session(etcd)), normalize(session(cairn)), "quota session")
+        # Again secured: TLS, client certificates, auth on, as root.
+        pki = os.path.join(work, "pki")
+        make_pki(binary, pki, "root")
+        etcd = start(procs, work, ["etcd"], "sref", pki)
+        cairn = start(procs, work, [binary, "serve"], "sc0", pki)
+        enable_auth([etcd], pki)
+        enable_auth([cairn], pki)
+        os.environ.update(secure_env(pki))
+        os.environ["ETCDCTL_USER"] = "root:rootpw"
+        ok = compare_transcripts(normalize(session(etcd)), normalize(session(cairn)),
+                                 "quota session, secured (TLS, client certificates, auth)") and ok
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)
-    sys.exit(0 if compare_transcripts(ref, got, "quota session") else 1)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
