@@ -9,7 +9,10 @@
 //! the data region. Then:
 //!
 //! - a client write travels as `Command::Checked{auth_revision}` — the auth
-//!   revision it was checked against — and the data region refuses it at
+//!   revision it was checked against (`Command::CheckedLease`, with the
+//!   caller's writable ranges, for a lease put or revoke by a limited
+//!   caller: the keys already on the lease are checked at apply, etcd's
+//!   `checkLeasePuts`) — and the data region refuses it at
 //!   apply (`AuthOldRevision`) if a newer revision was fenced before it in
 //!   the log; the node catches its meta replica up and checks again
 //!   ([`Node::checked_submit`]), so a write ordered after a revoke is
@@ -269,10 +272,20 @@ impl Node {
         let Access::Client { creds, .. } = access else {
             return Ok(None);
         };
+        let meta = self.meta_shared();
+        let stale = |now: u64| now != revision;
+        // Enabled or not as of the very revision the check saw; with auth
+        // off the caller's credentials are not looked at (as in the check).
+        let (enabled, now) = meta.with_applied(|a| (a.auth.enabled, a.auth.revision));
+        if stale(now) {
+            return Err(Error::Auth(AuthError::AuthOldRevision));
+        }
+        if !enabled {
+            return Ok(None);
+        }
         let user = self.user_of(creds, revision)?;
-        self.meta_shared().with_applied(|a| {
-            // Enabled or not, as of the very revision the check saw.
-            if a.auth.revision != revision {
+        meta.with_applied(|a| {
+            if stale(a.auth.revision) {
                 return Err(Error::Auth(AuthError::AuthOldRevision));
             }
             Ok(a.auth.writable(user.as_deref()))

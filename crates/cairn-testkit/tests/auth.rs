@@ -791,6 +791,17 @@ async fn a_lease_holding_a_key_the_caller_may_not_write_is_not_theirs_to_join_or
             "round {round}: the revoke deleted her keys"
         );
     }
+    // With auth off, credentials are not looked at: a token voided by the
+    // disable does not fail a lease put (as in etcd).
+    AuthClient::new(chans[0].clone())
+        .auth_disable(with(AuthDisableRequest {}, Some(&root)))
+        .await
+        .unwrap();
+    let lease = grant(&chans[1], alice.clone()).await;
+    KvClient::new(chans[2].clone())
+        .put(with(put("b/k", lease), Some(&alice)))
+        .await
+        .unwrap();
     c.shutdown().await;
 }
 

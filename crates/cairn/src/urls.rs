@@ -18,7 +18,7 @@ pub fn socket_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| anyhow!("URL {url:?} must start with http:// (TLS is not supported yet)"))?;
+        .ok_or_else(|| anyhow!("URL {url:?} must start with http:// or https://"))?;
     let hostport = rest.trim_end_matches('/');
     let hostport = if let Some(p) = hostport.strip_prefix("localhost:") {
         format!("127.0.0.1:{p}")
