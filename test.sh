@@ -32,5 +32,9 @@ disk "bench smoke"
 SMOKE=$(mktemp -d)
 QUICK=1 OUT="$SMOKE/benchmarks.md" CHARTS="$SMOKE/charts" RESULTS="$SMOKE/results.jsonl" bench/compare.sh
 grep -q '| put c=200 |' "$SMOKE/benchmarks.md"
+# And the secured comparison (TLS, client certificates, auth on; the
+# bench's --cacert/--cert/--key flags) end to end.
+QUICK=1 RESULTS="$SMOKE/secured.jsonl" bench/secured.sh > "$SMOKE/secured.md"
+grep -q '| range-l c=50 | auth |' "$SMOKE/secured.md"
 test -s "$SMOKE/charts/put.png"
 rm -rf "$SMOKE"

@@ -1,8 +1,17 @@
 # Clusters for the benchmark scripts (sourced; needs CAIRN set): fresh
 # etcd or Cairn clusters of N members on loopback ports, killed on exit.
 #
-#   start_cluster SYSTEM NODES NAME   # sets ENDPOINTS_<NAME>, PIDS_<NAME>, DIRS_<NAME>
+#   start_cluster SYSTEM NODES NAME [SECURITY]
+#       # sets ENDPOINTS_<NAME>, PIDS_<NAME>, DIRS_<NAME>, CREDS_<NAME>
 #   stop_cluster NAME
+#
+# SECURITY is `plain` (the default), `tls` (TLS on the client and peer
+# ports under separate CAs, client certificates required, as
+# docs/security.md sets up), or `auth` (tls, and auth on: the benchmark's
+# client is the non-root user `bench` by its certificate's common name,
+# with readwrite on every key from "0" — so each request passes a
+# permission check, not root's shortcut). CREDS_<NAME> holds the
+# `cairn bench` flags that reach it (empty for plain). `auth` needs etcdctl.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -14,19 +23,35 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_cluster SYSTEM NODES NAME -> sets ENDPOINTS_<NAME>, PIDS_<NAME>, DIRS_<NAME>
+# The throwaway CAs and certificates of secured clusters, made once.
+pki() {
+  PKI=$WORK/pki
+  [ -e "$PKI/ca.pem" ] && return
+  "$CAIRN" certs --dir "$PKI" member root bench > /dev/null
+  "$CAIRN" certs --dir "$PKI/peer" member > /dev/null
+}
+
 start_cluster() {
-  local sys=$1 n=$2 name=$3 initial="" i
-  local -a cports=() pports=() pids=() dirs=()
+  local sys=$1 n=$2 name=$3 security=${4:-plain} initial="" i scheme=http creds=""
+  local -a cports=() pports=() pids=() dirs=() tls=()
+  if [ "$security" != plain ]; then
+    pki; scheme=https
+    tls=(--cert-file "$PKI/member.pem" --key-file "$PKI/member-key.pem"
+      --trusted-ca-file "$PKI/ca.pem" --client-cert-auth
+      --peer-cert-file "$PKI/peer/member.pem" --peer-key-file "$PKI/peer/member-key.pem"
+      --peer-trusted-ca-file "$PKI/peer/ca.pem" --peer-client-cert-auth)
+    creds="--cacert $PKI/ca.pem --cert $PKI/bench.pem --key $PKI/bench-key.pem"
+  fi
   for i in $(seq "$n"); do cports+=("$(port)"); pports+=("$(port)"); done
-  for i in $(seq "$n"); do initial+="${initial:+,}m$i=http://127.0.0.1:${pports[$((i-1))]}"; done
+  for i in $(seq "$n"); do initial+="${initial:+,}m$i=$scheme://127.0.0.1:${pports[$((i-1))]}"; done
   for i in $(seq "$n"); do
     local c=${cports[$((i-1))]} p=${pports[$((i-1))]} d=$WORK/$name/m$i
     mkdir -p "$d"; dirs+=("$d")
     local -a common=(--name "m$i" --data-dir "$d"
-      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c"
-      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p"
-      --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "bench-$name")
+      --listen-client-urls "$scheme://127.0.0.1:$c" --advertise-client-urls "$scheme://127.0.0.1:$c"
+      --listen-peer-urls "$scheme://127.0.0.1:$p" --initial-advertise-peer-urls "$scheme://127.0.0.1:$p"
+      --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "bench-$name"
+      ${tls[@]+"${tls[@]}"})
     if [ "$sys" = etcd ]; then
       etcd "${common[@]}" > "$WORK/$name-m$i.log" 2>&1 &
     else
@@ -34,12 +59,26 @@ start_cluster() {
     fi
     pids+=($!); PIDS+=($!); disown $!
   done
-  local eps; eps=$(printf '127.0.0.1:%s,' "${cports[@]}"); eps=${eps%,}
+  local eps prefix=""; [ "$scheme" = https ] && prefix=https://
+  eps=$(printf "${prefix}127.0.0.1:%s," "${cports[@]}"); eps=${eps%,}
   printf -v "ENDPOINTS_$name" '%s' "$eps"
   printf -v "PIDS_$name" '%s' "$(IFS=,; echo "${pids[*]}")"
   printf -v "DIRS_$name" '%s' "$(IFS=,; echo "${dirs[*]}")"
+  printf -v "CREDS_$name" '%s' "$creds"
   # Ready when a linearizable read succeeds (cairn bench waits for that).
-  "$CAIRN" bench --endpoints "$eps" range bench-ready --total 1 --output json > /dev/null
+  # shellcheck disable=SC2086
+  "$CAIRN" bench --endpoints "$eps" $creds range bench-ready --total 1 --output json > /dev/null
+  if [ "$security" = auth ]; then
+    local -a root=(etcdctl --endpoints "$eps" --cacert "$PKI/ca.pem" --cert "$PKI/root.pem" --key "$PKI/root-key.pem")
+    "${root[@]}" user add root --new-user-password=rootpw --interactive=false > /dev/null
+    "${root[@]}" auth enable > /dev/null
+    "${root[@]}" user add bench --new-user-password=benchpw --interactive=false > /dev/null
+    "${root[@]}" role add bench > /dev/null
+    "${root[@]}" role grant-permission bench readwrite 0 --from-key > /dev/null
+    "${root[@]}" user grant-role bench bench > /dev/null
+    # shellcheck disable=SC2086
+    "$CAIRN" bench --endpoints "$eps" $creds range bench-ready --total 1 --output json > /dev/null
+  fi
 }
 
 stop_cluster() {

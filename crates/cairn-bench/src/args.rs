@@ -49,6 +49,21 @@ pub struct Global {
     /// a benchmark with errors measures the wrong thing).
     #[arg(long, global = true)]
     pub allow_errors: bool,
+    /// TLS: the CA bundle that signs the servers' certificates (etcd's
+    /// `--cacert`). Given, or with `https://` endpoints, connections use TLS.
+    #[arg(long, global = true)]
+    pub cacert: Option<PathBuf>,
+    /// TLS: this client's certificate (etcd's `--cert`); under
+    /// `--client-cert-auth` its common name is the user.
+    #[arg(long, global = true, requires = "key_file")]
+    pub cert: Option<PathBuf>,
+    /// TLS: the private key of `--cert` (etcd's `--key`).
+    #[arg(long = "key", id = "key_file", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// `name:password`: authenticate once and send the token with every
+    /// request (etcd's `--user`).
+    #[arg(long, global = true)]
+    pub user: Option<String>,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::Chan;
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::request_op::Request as OpRequest;
 use cairn_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use crate::args::{Consistency, Global, KeyShape};
 use crate::driver;
@@ -35,13 +35,7 @@ fn shape_params(r: &mut RunResult, shape: &KeyShape) {
 }
 
 /// `put`: one Put per request.
-pub async fn put(
-    g: &Global,
-    chans: &[Channel],
-    total: u64,
-    shape: &KeyShape,
-    rate: u64,
-) -> RunResult {
+pub async fn put(g: &Global, chans: &[Chan], total: u64, shape: &KeyShape, rate: u64) -> RunResult {
     let shape2 = shape.clone();
     let (rec, took) = driver::run(g.clients, total, rate, |c| {
         let kv = KvClient::new(chans[c % chans.len()].clone());
@@ -77,7 +71,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// `range KEY [END]`: one Range per request.
 pub async fn range(
     g: &Global,
-    chans: &[Channel],
+    chans: &[Chan],
     key: &str,
     end: Option<&str>,
     prefix: bool,
@@ -116,7 +110,7 @@ pub async fn range(
 /// operation's index. Returns the result named `name` with the key shape.
 async fn run_txns<M, B>(
     g: &Global,
-    chans: &[Channel],
+    chans: &[Chan],
     total: u64,
     shape: &KeyShape,
     rate: u64,
@@ -149,7 +143,7 @@ where
 /// `txn-put`: a Txn with `txn_ops` puts in its success branch.
 pub async fn txn_put(
     g: &Global,
-    chans: &[Channel],
+    chans: &[Chan],
     total: u64,
     shape: &KeyShape,
     txn_ops: usize,
@@ -172,7 +166,7 @@ pub async fn txn_put(
 /// `rw_ratio` reads per write, on the same key space.
 pub async fn txn_mixed(
     g: &Global,
-    chans: &[Channel],
+    chans: &[Chan],
     total: u64,
     shape: &KeyShape,
     rw_ratio: f64,
@@ -211,7 +205,7 @@ pub async fn txn_mixed(
 }
 
 /// Waits until a `put` of one key succeeds (the cluster has a leader).
-pub async fn wait_ready(chans: &[Channel]) -> anyhow::Result<()> {
+pub async fn wait_ready(chans: &[Chan]) -> anyhow::Result<()> {
     let mut kv = KvClient::new(chans[0].clone());
     for _ in 0..100 {
         let req = RangeRequest {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::conn::Chan;
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
@@ -11,7 +12,6 @@ use cairn_api::etcdserverpb::{
 use serde_json::json;
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use crate::args::Global;
@@ -26,7 +26,7 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
-    async fn open(ch: Channel) -> anyhow::Result<Self> {
+    async fn open(ch: Chan) -> anyhow::Result<Self> {
         let mut lc = LeaseClient::new(ch);
         let id = lc
             .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
@@ -59,7 +59,7 @@ impl KeepAlive {
 }
 
 /// Runs `total` keep-alives over `g.clients` leases.
-pub async fn keepalive(g: &Global, chans: &[Channel], total: u64) -> anyhow::Result<RunResult> {
+pub async fn keepalive(g: &Global, chans: &[Chan], total: u64) -> anyhow::Result<RunResult> {
     let mut states = Vec::new();
     for c in 0..g.clients.max(1) {
         states.push(Arc::new(Mutex::new(

@@ -6,13 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::conn::Chan;
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::watch_client::WatchClient;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
 use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use crate::args::Global;
 use crate::conn;
@@ -39,7 +39,7 @@ fn create() -> WatchRequest {
 /// `g.clients` writers issuing `put_total` puts.
 pub async fn latency(
     g: &Global,
-    chans: &[Channel],
+    chans: &[Chan],
     put_total: u64,
     put_rate: u64,
     streams: usize,
@@ -52,7 +52,7 @@ pub async fn latency(
     let per_stream = per_stream.max(1);
     let mut receivers = Vec::new();
     for s in 0..streams.max(1) {
-        let ch = conn::connect(&eps[s % eps.len()]).await?;
+        let ch = conn::connect(g, &eps[s % eps.len()]).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(per_stream + 1);
         // grpc-go servers (etcd) send response headers only with the first
         // message, so the first request must be queued before the call.

@@ -14,8 +14,10 @@ use crate::files::{self, Reloading};
 use crate::server::ReloadingCert;
 use crate::{suites, Error, TlsFiles};
 
-/// Builds a client configuration from the `--peer-` files: the CA bundle
-/// is required (peers are checked, never trusted blindly).
+/// Builds a client configuration from the `--peer-` files (or a client
+/// tool's `--cacert --cert --key`): the CA bundle is required (servers are
+/// checked, never trusted blindly); with no certificate path, none is
+/// presented.
 pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, Error> {
     let provider = Arc::new(suites::provider(files)?);
     let ca = files
@@ -23,11 +25,16 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, Error> {
         .clone()
         .ok_or_else(|| Error::Config("TLS to peers needs --peer-trusted-ca-file".into()))?;
     let verifier = ReloadingServerVerifier::new(ca, provider.clone())?;
-    let mut cfg = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&suites::versions(files)?)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(ClientCert(ReloadingCert::new(files)?)));
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    // A client (not a member) may come without a certificate of its own.
+    let mut cfg = if files.cert.as_os_str().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_resolver(Arc::new(ClientCert(ReloadingCert::new(files)?)))
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
