@@ -9,6 +9,7 @@ use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::request_op::Request as OpRequest;
 use cairn_api::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
 use serde_json::json;
+use tonic::Code;
 
 use crate::args::{Consistency, Global, KeyShape};
 use crate::driver;
@@ -204,20 +205,36 @@ pub async fn txn_mixed(
     r
 }
 
-/// Waits until a `put` of one key succeeds (the cluster has a leader).
+/// Waits until a linearizable range of one key succeeds (the cluster has
+/// a leader). A refusal for the caller (no credentials, no permission,
+/// a bad request)
+/// ends the wait at once: waiting would not change it.
 pub async fn wait_ready(chans: &[Chan]) -> anyhow::Result<()> {
     let mut kv = KvClient::new(chans[0].clone());
+    let mut last = None;
     for _ in 0..100 {
         let req = RangeRequest {
             key: b"bench-ready".to_vec(),
             ..Default::default()
         };
-        if kv.range(req).await.is_ok() {
-            return Ok(());
+        match kv.range(req).await {
+            Ok(_) => return Ok(()),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+                ) =>
+            {
+                anyhow::bail!("the cluster refused this client: {}", s.message())
+            }
+            Err(s) => last = Some(s),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    anyhow::bail!("cluster did not answer a linearizable range within 10 s")
+    anyhow::bail!(
+        "cluster did not answer a linearizable range within 10 s (last: {})",
+        last.map_or_else(String::new, |s| s.message().to_string())
+    )
 }
 
 #[cfg(test)]
