@@ -32,15 +32,9 @@ CHARTS=${CHARTS:-docs/bench}
 ONLY=${ONLY:-.}
 
 # --- what we need: etcd (Debian's etcd-server) and a font for the charts ---
-need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/need.sh
+source bench/need.sh
+need etcd:etcd-server /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core python3:python3
 
 if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
 CAIRN=$ROOT/target/$PROFILE/cairn

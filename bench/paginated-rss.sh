@@ -29,14 +29,9 @@ cd "$ROOT"
 KEYS=${KEYS:-150000}; VAL_SIZE=${VAL_SIZE:-4096}; CLIENTS=${CLIENTS:-50}
 LIMIT=${LIMIT:-10}; DURATION=${DURATION:-45}; SYSTEMS=${SYSTEMS:-etcd cairn}
 
-need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/need.sh
+source "$ROOT/bench/need.sh"
+need etcd:etcd-server etcdctl:etcd-client
 PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python python3 -c "import etcd3" 2>/dev/null \
   || python3 -m pip install -q "etcd3==0.12.0"
 CAIRN=${CAIRN:-$ROOT/target/release/cairn}

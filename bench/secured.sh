@@ -20,14 +20,9 @@ ROOT=$PWD
 if [ -n "${QUICK:-}" ]; then ROUNDS=${ROUNDS:-1}; SCALE=${SCALE:-0.01}; PROFILE=${PROFILE:-debug}; fi
 ROUNDS=${ROUNDS:-3}; SCALE=${SCALE:-1}; NODES=${NODES:-3}; PROFILE=${PROFILE:-release}
 
-need=()
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# shellcheck source=bench/need.sh
+source bench/need.sh
+need etcd:etcd-server etcdctl:etcd-client
 if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
 CAIRN=$ROOT/target/$PROFILE/cairn
 mkdir -p target/bench

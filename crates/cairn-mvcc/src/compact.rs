@@ -7,7 +7,7 @@
 //! version it keeps and marks the index complete: the one moment the whole
 //! keyspace is read anyway.
 
-use cairn_storage::keys::{self, decode_version, Key};
+use cairn_storage::keys::{self, decode_version, Key, KeyRange};
 use cairn_storage::{Snapshot, WriteBatch};
 
 use crate::record::Record;
@@ -24,6 +24,18 @@ use crate::{Error, Rejection, Result, Revisions};
 /// (and, once per store, the index entries an incomplete index lacks); a
 /// background, incremental sweep is future work for very large stores.
 pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteBatch, Revisions)> {
+    compact_range(read, rev, revs, &KeyRange::all())
+}
+
+/// [`compact`] of the versions of keys in `range` only (a region's), which
+/// is all it reads and all it may delete. An incomplete by-revision index
+/// is completed and marked so only by a compaction of every key.
+pub fn compact_range(
+    read: &dyn Snapshot,
+    rev: i64,
+    revs: Revisions,
+    range: &KeyRange,
+) -> Result<(WriteBatch, Revisions)> {
     if rev <= revs.compacted {
         return Err(Error::from(Rejection::Compacted));
     }
@@ -34,9 +46,9 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
     let mut sweep = Sweep {
         batch: WriteBatch::new(),
         rev,
-        fill_index: read.get(&marker)?.is_none(),
+        fill_index: range.is_all() && read.get(&marker)?.is_none(),
     };
-    let (lo, hi) = keys::version_range(b"", None);
+    let (lo, hi) = keys::version_range(&range.start, range.end_bound());
     // The newest version <= rev seen so far for the current user key.
     let mut held: Option<Version> = None;
     for item in read.scan(lo, hi, false) {

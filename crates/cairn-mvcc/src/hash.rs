@@ -10,7 +10,7 @@
 //! versions it removed), which is why the answer carries both. The values
 //! are Cairn's own (CRC-32 over Cairn's encoding), not etcd's.
 
-use cairn_storage::keys::{self, decode_version};
+use cairn_storage::keys::{self, decode_version, KeyRange};
 use cairn_storage::Snapshot;
 
 use crate::range::read_revision;
@@ -30,9 +30,19 @@ pub struct KvHash {
 /// Hashes the versions in `read` at or below `rev` (0: the current
 /// revision). Fails as a read at `rev` would (future or compacted).
 pub fn hash_kv(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<KvHash> {
+    hash_kv_range(read, rev, revs, &KeyRange::all())
+}
+
+/// [`hash_kv`] of the versions of keys in `range` only (a region's).
+pub fn hash_kv_range(
+    read: &dyn Snapshot,
+    rev: i64,
+    revs: Revisions,
+    range: &KeyRange,
+) -> Result<KvHash> {
     let revision = read_revision(rev, revs)?;
     let mut hasher = crc32fast::Hasher::new();
-    let (lo, hi) = keys::version_range(b"", None);
+    let (lo, hi) = keys::version_range(&range.start, range.end_bound());
     for item in read.scan(lo, hi, false) {
         let (k, v) = item?;
         let (_, r) = decode_version(&k)?;

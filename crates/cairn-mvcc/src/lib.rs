@@ -42,18 +42,20 @@ mod history;
 pub mod lease;
 mod range;
 mod record;
+mod share;
 pub mod snapshot;
 #[cfg(test)]
 mod test_rng;
 mod txn;
 mod validate;
 
-pub use compact::compact;
+pub use compact::{compact, compact_range};
 pub use error::{Error, Rejection, Result};
-pub use hash::{hash_kv, KvHash};
+pub use hash::{hash_kv, hash_kv_range, KvHash};
 pub use history::history;
 pub use range::{range, Span};
 pub use record::Record;
+pub use share::Share;
 pub use txn::{
     apply_txn, has_put, is_read_only, is_serializable, read_txn, LeaseView, NoLeases, TxnOutcome,
 };

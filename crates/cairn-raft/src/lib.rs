@@ -49,7 +49,7 @@ pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
 pub use state_machine::{
-    leases_put, seed_restored, seed_restored_auth, Applied, FeedBatch, RegionKind, RegionShared,
+    leases_put, seed_restored, seed_restored_meta, Applied, FeedBatch, RegionKind, RegionShared,
     StateMachine, ALARM_CORRUPT, ALARM_NOSPACE,
 };
 pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, Reply, TypeConfig};

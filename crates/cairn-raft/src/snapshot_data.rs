@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use cairn_storage::keys::Space;
 use cairn_storage::Snapshot as EngineSnapshot;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
@@ -40,8 +39,9 @@ pub struct Source {
     pub applied: Applied,
     /// The engine view, taken with `applied`.
     pub view: Arc<dyn EngineSnapshot>,
-    /// The key spaces that make up the region's state.
-    pub spaces: &'static [Space],
+    /// The region's share of the engine (`None`: no MVCC state, the meta
+    /// region).
+    pub share: Option<cairn_mvcc::Share>,
     /// Where the file is written.
     pub dir: Arc<SnapshotDir>,
 }
@@ -51,17 +51,10 @@ impl Source {
         let Source {
             applied,
             view,
-            spaces,
+            share,
             dir,
         } = self;
-        let data = spaces.iter().flat_map(|s| {
-            let b = *s as u8;
-            view.scan(
-                std::ops::Bound::Included(vec![b]),
-                std::ops::Bound::Excluded(vec![b + 1]),
-                false,
-            )
-        });
+        let data = share.iter().flat_map(|s| s.scan(&*view));
         dir.write(&applied, data).map_err(std::io::Error::other)
     }
 }
@@ -198,6 +191,7 @@ impl AsyncWrite for SnapshotData {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_storage::keys::Space;
     use cairn_storage::{Durability, Engine, MemoryEngine, WriteBatch};
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -223,7 +217,7 @@ mod tests {
         let source = Source {
             applied,
             view: engine.snapshot(),
-            spaces: &[Space::MvccLatest, Space::Lease],
+            share: Some(cairn_mvcc::Share::everything()),
             dir,
         };
         let mut data = SnapshotData::unwritten(source);

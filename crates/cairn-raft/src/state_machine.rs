@@ -28,7 +28,7 @@ use cairn_api::etcdserverpb::TxnRequest;
 use cairn_api::mvccpb::Event;
 use cairn_mvcc::lease::{self, StoredLeases};
 use cairn_mvcc::{Limits, Revisions};
-use cairn_storage::keys::{Key, Space};
+use cairn_storage::keys::Key;
 use cairn_storage::{Durability, Engine, Overlay, Snapshot as EngineSnapshot, WriteBatch};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -239,9 +239,18 @@ pub struct RegionShared {
     /// Meta region: the simple tokens registered on this member (memory
     /// only; see `cairn_auth::SimpleTokens`).
     pub tokens: parking_lot::Mutex<cairn_auth::SimpleTokens>,
+    /// A data region's share of the engine: the keys it holds (and the
+    /// leases); every keyspace operation of the region stays within it.
+    /// The one data region holds everything until regions split.
+    share: Option<cairn_mvcc::Share>,
 }
 
 impl RegionShared {
+    /// A data region's share of the engine (`None`: the meta region).
+    pub fn share(&self) -> Option<&cairn_mvcc::Share> {
+        self.share.as_ref()
+    }
+
     /// Loads a region's applied state from `engine` (default if new).
     pub fn load(
         region: u64,
@@ -265,6 +274,7 @@ impl RegionShared {
             feed,
             snapshots,
             tokens: parking_lot::Mutex::new(cairn_auth::SimpleTokens::default()),
+            share: (kind == RegionKind::Data).then(cairn_mvcc::Share::everything),
         }))
     }
 
@@ -384,18 +394,22 @@ pub fn seed_restored(
     )
 }
 
-/// Records a restored auth store as `region`'s (the meta region's)
-/// applied state, before the restored member first starts.
-pub fn seed_restored_auth(
+/// Records a restored auth store, and a TSO high-water mark at the
+/// restored revision (so new revisions are TSO timestamps above every
+/// restored one), as `region`'s (the meta region's) applied state, before
+/// the restored member first starts.
+pub fn seed_restored_meta(
     engine: &dyn cairn_storage::Engine,
     region: u64,
     auth: cairn_auth::AuthState,
+    tso_high_water: i64,
 ) -> crate::Result<()> {
     seed(
         engine,
         region,
         Applied {
             auth,
+            tso_high_water,
             ..Applied::default()
         },
     )
@@ -562,7 +576,14 @@ impl StateMachine {
                 }
             }
             Command::Compact { revision } => {
-                match cairn_mvcc::compact(engine, revision, state.revisions()) {
+                // Only a data region holds versions (and only its own).
+                let Some(share) = self.shared.share() else {
+                    return Ok((
+                        WriteBatch::new(),
+                        Reply::Invalid("compaction of the meta region".into()),
+                    ));
+                };
+                match cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range) {
                     Ok((batch, revs)) => {
                         fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
                         state.compacted_revision = revs.compacted;
@@ -700,13 +721,6 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
-const MVCC_SPACES: [Space; 4] = [
-    Space::MvccVersion,
-    Space::MvccLatest,
-    Space::Lease,
-    Space::MvccByRevision,
-];
-
 fn snapshot_meta(region: u64, applied: &Applied) -> SnapshotMeta<NodeId, BasicNode> {
     let last = applied.last_applied;
     SnapshotMeta {
@@ -727,17 +741,12 @@ impl StateMachine {
             let g = shared.state.read();
             (shared.view(&g), g.applied.clone())
         };
-        let spaces: &'static [Space] = if shared.kind == RegionKind::Data {
-            &MVCC_SPACES
-        } else {
-            &[]
-        };
         let snapshot = Snapshot {
             meta: snapshot_meta(shared.region, &applied),
             snapshot: Box::new(SnapshotData::unwritten(Source {
                 applied: applied.clone(),
                 view,
-                spaces,
+                share: shared.share.clone(),
                 dir: shared.snapshots.clone(),
             })),
         };
@@ -863,13 +872,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into_file()
             .await
             .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        let kind = self.shared.kind;
+        let share = self.shared.share.clone();
+        let view = self.shared.engine.snapshot();
         let (applied, mut batch) = tokio::task::spawn_blocking(move || {
             let mut batch = WriteBatch::new();
-            if kind == RegionKind::Data {
-                for s in MVCC_SPACES {
-                    batch.delete_range(vec![s as u8], vec![s as u8 + 1]);
-                }
+            if let Some(share) = share {
+                // Only this region's share: other regions' keys stay.
+                share.clear(&*view, &mut batch)?;
             }
             let applied = snapshot_file::read(&mut file, |k, v| batch.put(k, v))?;
             crate::Result::Ok((applied, batch))

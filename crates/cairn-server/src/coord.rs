@@ -38,8 +38,7 @@ use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::response_op::Response;
 use cairn_api::etcdserverpb::*;
 use cairn_api::mvccpb::{event::EventType, KeyValue};
-use cairn_store::DATA_REGION;
-use tokio::sync::broadcast::error::RecvError;
+use cairn_store::watch_hub::{FeedMerger, HubItem};
 
 use crate::error::Error;
 use crate::Context;
@@ -168,7 +167,7 @@ pub async fn wait_turn(
     access: &Access,
 ) -> Result<i64, Error> {
     loop {
-        let mut feed = ctx.node.region(DATA_REGION)?.shared.subscribe();
+        let mut feed = changes(ctx, prefix);
         let (own, ahead, at) = place_in_line(ctx, prefix, key, rev, access).await?;
         let vanished = own.is_none_or(|kv| kv.create_revision != rev);
         if vanished && !cfg!(feature = "planted-vanished-waiter") {
@@ -227,50 +226,48 @@ fn ahead_of(prefix: &[u8], rev: i64) -> RangeRequest {
     }
 }
 
+/// The changes under `prefix`, through the watch hub (every region the
+/// prefix touches), from now on.
+pub fn changes(ctx: &Context, prefix: &[u8]) -> FeedMerger {
+    let end = prefix_end(prefix);
+    // `[0]` is etcd's "to the end of the keyspace".
+    let end = (end != [0]).then_some(end);
+    ctx.node.changes(prefix, end.as_deref())
+}
+
 /// Waits for a delete of any of `keys` on the feed (or a feed
 /// discontinuity, after which the caller re-reads).
-async fn wait_deleted(
-    feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<cairn_raft::FeedBatch>>,
-    keys: &[&[u8]],
-) {
-    loop {
-        match feed.recv().await {
-            Ok(b) => {
-                if b.reset
-                    || b.events.iter().any(|(_, e)| {
-                        e.r#type == EventType::Delete as i32
-                            && e.kv
-                                .as_ref()
-                                .is_some_and(|kv| keys.contains(&kv.key.as_slice()))
-                    })
-                {
-                    return;
-                }
-            }
-            Err(RecvError::Lagged(_)) => return,
-            Err(RecvError::Closed) => std::future::pending::<()>().await,
-        }
-    }
+async fn wait_deleted(feed: &mut FeedMerger, keys: &[&[u8]]) {
+    wait_for(feed, |e| {
+        e.r#type == EventType::Delete as i32
+            && e.kv
+                .as_ref()
+                .is_some_and(|kv| keys.contains(&kv.key.as_slice()))
+    })
+    .await
 }
 
 /// Waits for any change under `prefix` (or a feed discontinuity).
-pub async fn wait_change(
-    feed: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<cairn_raft::FeedBatch>>,
-    prefix: &[u8],
-) {
+pub async fn wait_change(feed: &mut FeedMerger, prefix: &[u8]) {
+    wait_for(feed, |e| {
+        e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(prefix))
+    })
+    .await
+}
+
+/// Waits for an event `hit` picks, or a discontinuity (the caller then
+/// re-reads); forever once the feed closed (the node is stopping, which
+/// the caller also waits for).
+async fn wait_for(feed: &mut FeedMerger, hit: impl Fn(&cairn_api::mvccpb::Event) -> bool) {
     loop {
-        match feed.recv().await {
-            Ok(b) => {
-                if b.reset
-                    || b.events
-                        .iter()
-                        .any(|(_, e)| e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(prefix)))
-                {
+        match feed.next().await {
+            HubItem::Batch { events, .. } => {
+                if events.iter().any(|(_, e)| hit(e)) {
                     return;
                 }
             }
-            Err(RecvError::Lagged(_)) => return,
-            Err(RecvError::Closed) => std::future::pending::<()>().await,
+            HubItem::Discontinuity => return,
+            HubItem::Closed => std::future::pending::<()>().await,
         }
     }
 }

@@ -10,7 +10,6 @@ use cairn_api::etcdserverpb::request_op::Request as Op;
 use cairn_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use cairn_api::v3electionpb::election_server::Election;
 use cairn_api::v3electionpb::*;
-use cairn_store::DATA_REGION;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -157,10 +156,7 @@ impl Election for ElectionService {
         tokio::spawn(async move {
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
-                let Ok(region) = ctx.node.region(DATA_REGION) else {
-                    return;
-                };
-                let mut feed = region.shared.subscribe();
+                let mut feed = coord::changes(&ctx, &pfx);
                 match coord::first(&ctx, &pfx, &access).await {
                     Ok(Some(kv)) => {
                         let id = (kv.key.clone(), kv.mod_revision);

@@ -4,7 +4,7 @@
 //!
 //! Three sources, merged per scrape:
 //! - event instruments kept as things happen, in the process's default
-//!   registry: disk, peer and leader-change metrics (`cairn_raft::metrics`)
+//!   registry: disk, peer and leader-change metrics (`cairn_store::metrics`)
 //!   and the gRPC server's (`grpc_server_*`, client traffic; [`GrpcLayer`]);
 //! - the process (`process_resident_memory_bytes`, CPU, fds, start time);
 //! - gauges read from the node when scraped: `etcd_server_has_leader`,
@@ -81,7 +81,7 @@ static CLIENT_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
 fn register_all() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        cairn_raft::metrics::register_all();
+        cairn_store::metrics::register_all();
         LazyLock::force(&STARTED);
         LazyLock::force(&HANDLED);
         LazyLock::force(&CLIENT_RECEIVED);

@@ -25,9 +25,9 @@ use crate::error::Error;
 use crate::Context;
 
 /// etcd's `AlarmType_NOSPACE`.
-pub const NOSPACE: i32 = cairn_raft::ALARM_NOSPACE;
+pub const NOSPACE: i32 = cairn_store::ALARM_NOSPACE;
 /// etcd's `AlarmType_CORRUPT`.
-pub const CORRUPT: i32 = cairn_raft::ALARM_CORRUPT;
+pub const CORRUPT: i32 = cairn_store::ALARM_CORRUPT;
 
 /// Members whose NOSPACE proposal is in flight.
 static RAISING: LazyLock<Mutex<HashSet<u64>>> = LazyLock::new(Default::default);

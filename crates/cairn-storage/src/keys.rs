@@ -251,6 +251,59 @@ pub fn latest_range(start: &[u8], end: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<
     (Bound::Included(s), e)
 }
 
+/// An engine range: inclusive start, exclusive end.
+pub type EngineRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// A region's range of user keys: `[start, end)`, `end` empty meaning to
+/// the end of the keyspace. Every keyspace operation of a data region
+/// (snapshot build and install, compaction, hash) works within its range,
+/// so regions sharing one engine never touch each other's keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRange {
+    /// First key (inclusive).
+    pub start: Vec<u8>,
+    /// The key past the last (empty: to the end).
+    pub end: Vec<u8>,
+}
+
+impl KeyRange {
+    /// Every key.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// `[start, end)` (`end` empty: to the end).
+    pub fn new(start: impl Into<Vec<u8>>, end: impl Into<Vec<u8>>) -> Self {
+        Self {
+            start: start.into(),
+            end: end.into(),
+        }
+    }
+
+    /// True when the range is the whole keyspace.
+    pub fn is_all(&self) -> bool {
+        self.start.is_empty() && self.end.is_empty()
+    }
+
+    /// The end as `version_range` and `latest_range` take it.
+    pub fn end_bound(&self) -> Option<&[u8]> {
+        (!self.end.is_empty()).then_some(self.end.as_slice())
+    }
+
+    /// True when `key` falls in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+
+    /// The engine ranges holding this range's versions and latest records.
+    pub fn mvcc_ranges(&self) -> [EngineRange; 2] {
+        [
+            version_range(&self.start, self.end_bound()),
+            latest_range(&self.start, self.end_bound()),
+        ]
+    }
+}
+
 /// The bounds of the keys attached to lease `id`.
 pub fn lease_keys_range(id: i64) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
     let mut lo = vec![Space::Lease as u8];

@@ -103,11 +103,11 @@ impl Node {
         self.meta_shared().with_applied(|a| a.auth.clone())
     }
 
-    pub(crate) fn meta_shared(&self) -> &std::sync::Arc<cairn_raft::RegionShared> {
-        &self
-            .region(META_REGION)
+    pub(crate) fn meta_shared(&self) -> std::sync::Arc<cairn_raft::RegionShared> {
+        self.region(META_REGION)
             .expect("the meta region is always hosted")
             .shared
+            .clone()
     }
 
     /// The user a valid token names on this member (a simple token's TTL
@@ -301,7 +301,7 @@ impl Node {
     pub async fn auth_change(&self, creds: &Credentials, cmd: AuthCmd) -> Result<u64> {
         // Enabling needs no admin while auth is off (everyone is then).
         let admin = Access::client(creds, Needs::Admin { maintenance: false });
-        let outcome = match self
+        let outcome = self
             .checked_submit(
                 META_REGION,
                 &admin,
@@ -309,10 +309,7 @@ impl Node {
                 false,
             )
             .await?
-        {
-            ForwardOk::Reply(Reply::Auth(r)) => r,
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
-        };
+            .auth()?;
         match outcome {
             Ok(revision) => {
                 self.fence_auth(revision).await?;
@@ -335,16 +332,12 @@ impl Node {
     /// member's meta replica has it (so this caller's next request here is
     /// checked against it).
     async fn fence_auth(&self, revision: u64) -> Result<()> {
-        match self
-            .submit(
-                DATA_REGION,
-                ForwardOp::Plain(Command::AuthFence { revision }),
-            )
-            .await?
-        {
-            ForwardOk::Reply(Reply::Done) => {}
-            other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
-        }
+        self.submit(
+            DATA_REGION,
+            ForwardOp::Plain(Command::AuthFence { revision }),
+        )
+        .await?
+        .applied()?;
         if self.auth_revision() < revision {
             self.catch_up_auth().await?;
         }
@@ -393,10 +386,10 @@ impl Node {
                 auth: revision,
                 op: Box::new(ForwardOp::Plain(cmd)),
             };
-            match self.submit(META_REGION, op).await? {
-                ForwardOk::Reply(Reply::Auth(r)) => r?,
-                ForwardOk::Reply(Reply::Rejected(Rejection::AuthOldRevision)) => continue,
-                other => return Err(Error::Internal(format!("unexpected reply {other:?}"))),
+            match self.submit(META_REGION, op).await?.auth() {
+                Ok(r) => r?,
+                Err(Error::Rejected(Rejection::AuthOldRevision)) => continue,
+                Err(e) => return Err(e),
             };
             self.catch_up_auth().await?;
             return Ok(token);

@@ -122,7 +122,7 @@ pub fn restore(db: std::fs::File, data_dir: &Path) -> Result<Restored> {
             &bucket(etcd_schema::ROLES)?,
         )
         .map_err(|e| Error::Internal(format!("snapshot: auth: {e}")))?;
-        cairn_raft::seed_restored_auth(&*engine, META_REGION, auth)?;
+        cairn_raft::seed_restored_meta(&*engine, META_REGION, auth, got.revisions.current)?;
         Ok(got)
     })();
     match built {

@@ -65,9 +65,10 @@ impl Node {
         let mut hashes = vec![(self.id, mine.hash)];
         for peer in voters.iter().copied().filter(|&p| p != self.id) {
             let op = ForwardOp::HashKv(mine.revision);
-            match remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op).await {
+            let answer = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op).await;
+            match answer.and_then(ForwardOk::hash) {
                 // Only a hash over the same compaction is comparable.
-                Ok(ForwardOk::Hash(hash, _, compacted)) if compacted == mine.compacted => {
+                Ok((hash, _, compacted)) if compacted == mine.compacted => {
                     hashes.push((peer, hash))
                 }
                 Ok(_) => {}
@@ -128,8 +129,9 @@ impl Node {
         for peer in voters.into_iter().filter(|&p| p != self.id) {
             let op = ForwardOp::HashKv(mine.revision);
             let ask = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op);
-            match tokio::time::timeout(APPLY_WAIT + Duration::from_secs(1), ask).await {
-                Ok(Ok(ForwardOk::Hash(hash, _, compacted))) if compacted == mine.compacted => {
+            let answer = tokio::time::timeout(APPLY_WAIT + Duration::from_secs(1), ask).await;
+            match answer.map(|a| a.and_then(ForwardOk::hash)) {
+                Ok(Ok((hash, _, compacted))) if compacted == mine.compacted => {
                     if hash != mine.hash {
                         return Err(Error::Internal(format!(
                             "found data inconsistency with peers: member {peer:x} hashes revision {} as {hash}, this member as {}",

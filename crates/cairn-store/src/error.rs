@@ -2,6 +2,7 @@
 //! nodes when a request is forwarded to a region's leader.
 
 use cairn_mvcc::Rejection;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 
 /// Errors of the multi-region host.
@@ -69,3 +70,29 @@ impl From<cairn_mvcc::Error> for Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Maps a failed read-index on any region to a store error.
+pub(crate) fn read_index_error(
+    e: RaftError<u64, CheckIsLeaderError<u64, openraft::BasicNode>>,
+) -> Error {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => Error::Timeout,
+        RaftError::Fatal(_) => Error::Stopped,
+    }
+}
+
+/// Maps a failed proposal on any region to a store error.
+pub(crate) fn write_error(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
+            leader: f.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::Internal(e.to_string())
+        }
+        RaftError::Fatal(_) => Error::Stopped,
+    }
+}

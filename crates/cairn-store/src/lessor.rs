@@ -388,6 +388,19 @@ impl Lessor {
         due
     }
 
+    /// The lease leader's expiry loop: five [`Lessor::tick`]s a second,
+    /// until the lessor is dropped (its node stopped).
+    pub(crate) async fn expire(lessor: std::sync::Weak<Lessor>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let Some(lessor) = lessor.upgrade() else {
+                return;
+            };
+            lessor.tick().await;
+        }
+    }
+
     /// One pass of the leader's lease work: proposes the revokes and
     /// checkpoints that are due (their answers are awaited in the
     /// background).
@@ -447,4 +460,15 @@ impl Lessor {
             st.checkpoints_in_flight = st.checkpoints_in_flight.saturating_sub(1);
         }
     }
+}
+
+/// A lease ID no other node picks at the same moment: time and node mixed,
+/// positive, never 0.
+pub(crate) fn fresh_lease_id(node: u64, attempt: u64) -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (node.rotate_left(17) ^ nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ attempt)
+        & (i64::MAX as u64);
+    mixed.max(1) as i64
 }

@@ -1,6 +1,7 @@
 //! # cairn-store: the multi-region host
 //!
-//! A [`Node`] hosts replicas of many regions on one engine: region 0, the
+//! A [`Node`] (`node/`: one file per job) hosts replicas of many regions
+//! on one engine, in a registry they can join and leave at runtime: region 0, the
 //! meta region (TSO high-water mark, member table, region directory), and
 //! data regions (MVCC key ranges; one covering the whole keyspace until
 //! splits arrive). It is where requests meet Raft:
@@ -22,6 +23,9 @@
 //! - access: the auth store is replicated in the meta region and checked
 //!   on the serving member; every change is fenced in the data region so
 //!   it is in force as soon as it is acknowledged (`auth`);
+//! - change readers: the watch service and the lock and election waits
+//!   read region feeds only through [`SpanRegions`] and the [`watch_hub`]
+//!   (the server crate sees this crate's API, never `cairn-raft`);
 //! - operations: backups in etcd's bbolt format and restoring them
 //!   (`backup`), the corruption checks (`corruption`) and MoveLeader
 //!   (`transfer`, which hands over without breaking read leases).
@@ -44,12 +48,19 @@ mod read_batch;
 mod read_lease;
 mod remote;
 mod span_pool;
+mod span_regions;
 mod transfer;
 pub mod tso;
 pub mod watch_hub;
 
 pub use auth::{Access, Credentials};
 pub use backup::{restore, Backup, Restored};
+/// The store's Prometheus metrics (Raft, disk, peers).
+pub use cairn_raft::metrics;
+/// Alarm types (etcd's `AlarmType`): out of space, and corruption.
+pub use cairn_raft::{ALARM_CORRUPT, ALARM_NOSPACE};
+/// A storage snapshot, as region read views hand them out.
+pub use cairn_storage::Snapshot;
 pub use config::{
     cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig, TokenConfig,
 };
@@ -59,3 +70,4 @@ pub use node::{Node, NodeStatus, Region, DATA_REGION, META_REGION};
 pub use peer_service::PeerService;
 pub use read_lease::READ_LEASE;
 pub use remote::{ForwardOk, ForwardOp};
+pub use span_regions::{RegionView, SpanRegions};

@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use cairn_raft::{AuthStamp, Command, Raft, Reply};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::{Error, Result};
@@ -294,9 +294,4 @@ impl Proposer {
         self.tx.send((p, tx)).await.map_err(|_| Error::Stopped)?;
         Ok(rx)
     }
-}
-
-/// Maps a direct `client_write` failure (used outside the proposer).
-pub fn client_write_error(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> Error {
-    crate::tso::write_error(e)
 }

@@ -50,7 +50,7 @@ use cairn_raft::Raft;
 use openraft::{LogId, ServerState, Vote};
 use tokio::time::Instant;
 
-use crate::tso::read_index_error;
+use crate::error::read_index_error;
 use crate::{Error, Result};
 
 /// How long after a round starts its lease lasts. openraft's followers

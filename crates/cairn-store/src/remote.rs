@@ -83,6 +83,106 @@ pub enum ForwardOk {
     Done,
 }
 
+/// Typed answers: each entry point takes the one kind of answer its op
+/// gets, as a value (a refused command as `Error::Rejected`), and a peer
+/// that answers with another kind (a bug, or a mixed-version cluster) is
+/// an internal error naming both — here, once, not at every call site.
+impl ForwardOk {
+    fn mismatch(self, wanted: &str) -> Error {
+        Error::Internal(format!("wanted {wanted}, the leader answered {self:?}"))
+    }
+
+    /// An applied command's reply; a refusal as `Error::Rejected`.
+    pub(crate) fn reply(self) -> Result<Reply> {
+        match self {
+            ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
+            ForwardOk::Reply(r) => Ok(r),
+            other => Err(other.mismatch("a command's reply")),
+        }
+    }
+
+    /// An applied Txn's prost-encoded `TxnResponse`.
+    pub(crate) fn txn(self) -> Result<Vec<u8>> {
+        match self.reply()? {
+            Reply::Txn(b) => Ok(b),
+            other => Err(ForwardOk::Reply(other).mismatch("a txn response")),
+        }
+    }
+
+    /// The region's revision after the applied command.
+    pub(crate) fn revision(self) -> Result<i64> {
+        match self.reply()? {
+            Reply::Revision(r) => Ok(r),
+            other => Err(ForwardOk::Reply(other).mismatch("a revision")),
+        }
+    }
+
+    /// The current revision after an applied compaction.
+    pub(crate) fn compacted(self) -> Result<i64> {
+        match self.reply()? {
+            Reply::Compacted { current } => Ok(current),
+            other => Err(ForwardOk::Reply(other).mismatch("a compaction")),
+        }
+    }
+
+    /// The alarms an applied `Command::Alarm` changed.
+    pub(crate) fn alarms(self) -> Result<Vec<(u64, i32)>> {
+        match self.reply()? {
+            Reply::Alarms(a) => Ok(a),
+            other => Err(ForwardOk::Reply(other).mismatch("alarms")),
+        }
+    }
+
+    /// An applied auth command's outcome.
+    pub(crate) fn auth(self) -> Result<std::result::Result<u64, cairn_auth::AuthError>> {
+        match self.reply()? {
+            Reply::Auth(r) => Ok(r),
+            other => Err(ForwardOk::Reply(other).mismatch("an auth outcome")),
+        }
+    }
+
+    /// A command applied with nothing to report.
+    pub(crate) fn applied(self) -> Result<()> {
+        match self.reply()? {
+            Reply::Done => Ok(()),
+            other => Err(ForwardOk::Reply(other).mismatch("done")),
+        }
+    }
+
+    /// The leader's read index.
+    pub(crate) fn read_index(self) -> Result<u64> {
+        match self {
+            ForwardOk::ReadIndex(i) => Ok(i),
+            other => Err(other.mismatch("a read index")),
+        }
+    }
+
+    /// A lease's TTL after a keep-alive (0: no such lease).
+    pub(crate) fn ttl(self) -> Result<i64> {
+        match self {
+            ForwardOk::Ttl(t) => Ok(t),
+            other => Err(other.mismatch("a TTL")),
+        }
+    }
+
+    /// A lease's (remaining, granted, keys), if it exists.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn time_to_live(self) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>> {
+        match self {
+            ForwardOk::TimeToLive(t) => Ok(t),
+            other => Err(other.mismatch("a lease's time to live")),
+        }
+    }
+
+    /// A member's history hash: (hash, revision, compaction revision).
+    pub(crate) fn hash(self) -> Result<(u32, i64, i64)> {
+        match self {
+            ForwardOk::Hash(h, r, c) => Ok((h, r, c)),
+            other => Err(other.mismatch("a hash")),
+        }
+    }
+}
+
 /// The peer address of `node` according to `raft`'s membership.
 pub fn node_addr(raft: &Raft, node: u64) -> Option<String> {
     let m = raft.metrics();

@@ -115,7 +115,7 @@ impl Node {
         }
         r.proposer.hold(true);
         let mut handing = Handing {
-            region: r,
+            region: &r,
             asked: None,
             won: false,
         };
@@ -152,7 +152,7 @@ impl Node {
                 && dropped.elapsed() > READ_LEASE
                 && leader == Some(self.id)
                 && now_term == term
-                && self.grants_votes(r).await
+                && self.grants_votes(&r).await
             {
                 handing.asked = Some(Instant::now());
                 let op = ForwardOp::Campaign {

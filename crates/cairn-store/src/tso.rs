@@ -1,32 +1,49 @@
 //! The timestamp oracle (TSO), served by the meta region's leader.
 //!
-//! A timestamp is `physical milliseconds << 18 | logical`: strictly
-//! increasing, roughly wall-clock, and 2^18 per millisecond before the
-//! physical part runs ahead. The leader persists a *high-water mark* through
-//! the meta region's Raft log and hands out timestamps below it from memory;
-//! one Raft write covers a 3-second window. A new leader first catches up
-//! (read-index) and starts at or above the persisted mark, so no timestamp is
-//! ever issued twice and none is lower than one a previous leader could have
-//! issued.
+//! A timestamp is the etcd revision of the transaction it is given to: a
+//! counter, strictly increasing across the cluster and, like etcd's
+//! revisions, small — far below 2^53 for the life of a cluster, so
+//! JavaScript and JSON clients, which read revisions as doubles, read them
+//! exactly. The leader persists a *high-water mark* through the meta
+//! region's Raft log and hands out timestamps below it from memory; one
+//! Raft write covers a window of [`WINDOW`] timestamps. A new leader first
+//! catches up (read-index) and starts above the persisted mark, so no
+//! timestamp is ever issued twice and none is lower than one a previous
+//! leader could have issued.
+//!
+//! Revisions are as dense as that allows: a gap is a timestamp handed out
+//! and not used — a transaction that wrote nothing, a commit group that
+//! failed — or the unused rest of a window when the meta leadership moves
+//! (at most [`WINDOW`] per change). (Until this counter, timestamps were
+//! `milliseconds << 18 | logical`, past 2^58; a cluster started then keeps
+//! counting from where it was.)
+//!
+//! Any node's proposer gets its timestamps through [`fetch_timestamps`]
+//! (locally on the meta leader, else one peer call per commit group), and
+//! [`colocate`] keeps the meta leadership next to the data leadership so
+//! that call is usually local.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use cairn_raft::{Command, Raft, RegionShared};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use cairn_raft::network::PeerPool;
+use cairn_raft::{Command, Raft, RegionShared};
+
+use crate::error::{read_index_error, write_error};
+use crate::node::{Node, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
+use crate::remote;
 use crate::{Error, Result};
 
-const LOGICAL_BITS: u32 = 18;
-const WINDOW_MS: i64 = 3_000;
+/// The first timestamp: a fresh store is at revision 1, as etcd's, so its
+/// first write is revision 2 — the TSO's own value, not one the state
+/// machine bumps (`revision = max(ts, current + 1)`), so revisions are TSO
+/// timestamps from the start.
+const FIRST: i64 = 2;
 
-/// Now as a timestamp with logical part 0.
-pub fn physical_now() -> i64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    ms << LOGICAL_BITS
-}
+/// Timestamps one Raft write of the meta region makes available. At a
+/// hundred thousand writes a second that is ten meta writes a second; a
+/// leader change skips at most this many revisions.
+pub const WINDOW: i64 = 10_000;
 
 #[derive(Default)]
 struct State {
@@ -76,11 +93,10 @@ impl Tso {
             st.window_end = 0;
             st.term = term;
         }
-        let now = physical_now();
-        let first = (st.last + 1).max(now);
+        let first = (st.last + 1).max(FIRST);
         let end = first + i64::from(count.max(1));
         if end > st.window_end {
-            let high_water = end.max(now + (WINDOW_MS << LOGICAL_BITS));
+            let high_water = end + WINDOW;
             self.meta
                 .client_write(Command::TsoWindow { high_water })
                 .await
@@ -92,28 +108,57 @@ impl Tso {
     }
 }
 
-/// Maps a failed read-index on any region to a store error.
-pub(crate) fn read_index_error(
-    e: RaftError<u64, CheckIsLeaderError<u64, openraft::BasicNode>>,
-) -> Error {
-    match e {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => Error::NotLeader {
-            leader: f.leader_id,
-        },
-        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)) => Error::Timeout,
-        RaftError::Fatal(_) => Error::Stopped,
+/// Gets timestamps from the meta leader: locally if that is us.
+pub(crate) async fn fetch_timestamps(
+    tso: &Tso,
+    pool: &Arc<PeerPool>,
+    meta: &Raft,
+    count: u32,
+) -> Result<i64> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let leader = meta.metrics().borrow().current_leader;
+        let res = match leader {
+            Some(l) if l == pool.me() => tso.allocate(count).await,
+            Some(l) => remote::tso(pool, meta, l, count).await,
+            None => Err(Error::NoLeader),
+        };
+        match res {
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) if e.is_retryable() => return Err(Error::NoLeader),
+            other => return other,
+        }
     }
 }
 
-/// Maps a failed proposal on any region to a store error.
-pub(crate) fn write_error(e: RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotLeader {
-            leader: f.leader_id,
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Error::Internal(e.to_string())
+/// Keeps the TSO next to the writes: a node that has led the data region
+/// for a while but not the meta region asks for a meta-region election (it
+/// usually wins: its meta log is as current as anyone's). Otherwise every
+/// commit group pays a network round trip to a TSO on another node before
+/// it can be proposed. Rate-limited; a lost election costs the meta region
+/// one brief election, and TSO calls retry through it.
+pub(crate) async fn colocate(node: std::sync::Weak<Node>) {
+    const EVERY: Duration = Duration::from_secs(2);
+    let mut led_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        let (Ok(data), Ok(meta)) = (n.region(DATA_REGION), n.region(META_REGION)) else {
+            return;
+        };
+        let data_leader = data.raft.metrics().borrow().current_leader;
+        let meta_leader = meta.raft.metrics().borrow().current_leader;
+        if data_leader != Some(n.id) {
+            led_since = None;
+            continue;
         }
-        RaftError::Fatal(_) => Error::Stopped,
+        let since = *led_since.get_or_insert_with(Instant::now);
+        if meta_leader.is_some_and(|m| m != n.id) && since.elapsed() >= EVERY {
+            tracing::debug!(id = n.id, "data leader asks to lead the meta region (TSO)");
+            let _ = meta.raft.trigger().elect().await;
+            led_since = Some(Instant::now());
+        }
     }
 }

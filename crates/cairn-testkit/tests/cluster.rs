@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_store::{DATA_REGION, READ_LEASE};
+use cairn_store::{DATA_REGION, META_REGION, READ_LEASE};
 use cairn_testkit::{kv, InProcessCluster};
 
 /// Retries a put through `node` until it is acknowledged (elections may be
@@ -62,6 +62,62 @@ async fn writes_replicate_and_any_node_serves_them() {
         assert_eq!(r.kvs.len(), 10, "linearizable read on node {n}");
         assert!(r.header.unwrap().revision >= last);
     }
+    c.shutdown().await;
+}
+
+/// Revisions are TSO counter values: small (JSON and JavaScript clients
+/// read them as doubles, exact only below 2^53), starting at 2 as etcd's
+/// do, and dense but for a timestamp window skipped when the TSO's
+/// leadership moves — which must skip: a new TSO leader starts past every
+/// timestamp the old one could have handed out. Sequential puts through
+/// every member, then the meta leader (the TSO) is stopped and puts go on
+/// through the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_are_small_and_dense() {
+    const PUTS: usize = 30;
+    let mut c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut revs = Vec::new();
+    let mut stopped = None;
+    for i in 0..PUTS {
+        if i == PUTS / 2 {
+            let tso = c.wait_leader(META_REGION).await;
+            c.stop(tso).await;
+            c.wait_leader(META_REGION).await;
+            c.wait_leader(DATA_REGION).await;
+            stopped = Some(tso);
+        }
+        let node = (0..3)
+            .map(|k| (i + k) % 3)
+            .find(|n| Some(*n) != stopped)
+            .expect("a running node");
+        revs.push(put_eventually(&c, node, &format!("dense{i}"), "v").await);
+    }
+    let limit = 1i64 << 53;
+    assert!(
+        revs.iter().all(|&r| r >= 2 && r < limit),
+        "revisions {revs:?}"
+    );
+    let steps: Vec<i64> = revs.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        steps.iter().all(|&d| d > 0),
+        "strictly increasing: {revs:?}"
+    );
+    // Before the TSO moves: consecutive, but for a put retried after a
+    // failed attempt that took a timestamp, or a colocating election.
+    let before = steps[..PUTS / 2 - 1].iter().filter(|&&d| d != 1).count();
+    assert!(before <= 2, "consecutive before the TSO moved: {revs:?}");
+    // Across the move: one skip, within a window.
+    let across = steps[PUTS / 2 - 1];
+    assert!(
+        across > 1 && across <= 2 * cairn_store::tso::WINDOW,
+        "the new TSO leader starts past the old window: {revs:?}"
+    );
+    let span = revs[PUTS - 1] - revs[0];
+    assert!(
+        span <= PUTS as i64 + 4 * cairn_store::tso::WINDOW,
+        "span {span}: {revs:?}"
+    );
     c.shutdown().await;
 }
 

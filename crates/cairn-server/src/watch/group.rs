@@ -16,19 +16,16 @@
 use std::sync::Arc;
 
 use cairn_mvcc::Span;
-use cairn_raft::RegionShared;
 use cairn_store::watch_hub::FeedMerger;
+use cairn_store::{Snapshot, SpanRegions};
 
 use crate::Context;
-
-/// The regions a span touches, each with the region's bounds.
-type Touched = Vec<(Arc<RegionShared>, Vec<u8>, Vec<u8>)>;
 
 /// One group of a stream.
 pub struct Group {
     /// IDs of the regions read, in the node's order: the group's identity.
     pub key: Vec<u64>,
-    regions: Touched,
+    regions: SpanRegions,
     merger: FeedMerger,
     /// The group has handed out every batch resolved up to here.
     pub resolved: i64,
@@ -39,7 +36,7 @@ pub struct Group {
 /// A consistent view to replay a watcher's history from.
 pub struct View {
     /// Per region: its storage view and the watcher's span clipped to it.
-    pub history: Vec<(Arc<dyn cairn_storage::Snapshot>, Span)>,
+    pub history: Vec<(Arc<dyn Snapshot>, Span)>,
     /// Every region has applied at least this revision.
     pub current: i64,
     /// Compaction is global: the highest any region reports.
@@ -47,7 +44,7 @@ pub struct View {
 }
 
 /// The regions `span` touches.
-pub fn touched(ctx: &Context, span: &Span) -> (Vec<u64>, Touched) {
+pub fn touched(ctx: &Context, span: &Span) -> (Vec<u64>, SpanRegions) {
     let (start, end) = match span {
         Span::Single(k) => (
             k.clone(),
@@ -55,18 +52,13 @@ pub fn touched(ctx: &Context, span: &Span) -> (Vec<u64>, Touched) {
         ),
         Span::Range(s, e) => (s.clone(), e.clone()),
     };
-    let regions: Touched = ctx
-        .node
-        .regions_overlapping(&start, end.as_deref())
-        .into_iter()
-        .map(|(r, s, e)| (r.shared.clone(), s, e))
-        .collect();
-    (regions.iter().map(|(r, _, _)| r.region).collect(), regions)
+    let regions = ctx.node.span_regions(&start, end.as_deref());
+    (regions.ids(), regions)
 }
 
 impl Group {
     /// Subscribes to the feeds of `regions`.
-    pub fn open(key: Vec<u64>, regions: Touched) -> Self {
+    pub fn open(key: Vec<u64>, regions: SpanRegions) -> Self {
         let mut g = Self {
             key,
             regions,
@@ -82,16 +74,9 @@ impl Group {
     /// state was replaced): views read from now on cover every batch the new
     /// subscription skips.
     pub fn resubscribe(&mut self) {
-        // Subscribe first, then read what has been resolved: a batch
+        // Subscribes first, then reads what has been resolved: a batch
         // published in between is both in the feed and in any later view.
-        let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
-        let inputs: Vec<_> = self
-            .regions
-            .iter()
-            .zip(feeds)
-            .map(|((r, _, _), feed)| (feed, r.revisions().current))
-            .collect();
-        self.merger = FeedMerger::new(inputs);
+        self.merger = self.regions.subscribe();
         self.resolved = self.resolved.max(self.merger.resolved());
     }
 
@@ -104,12 +89,11 @@ impl Group {
     pub fn view(&self, span: &Span) -> View {
         let mut history = Vec::new();
         let (mut current, mut compacted) = (i64::MAX, 0);
-        for (r, rs, re) in &self.regions {
-            let (snap, revs) = r.read_view();
-            current = current.min(revs.current);
-            compacted = compacted.max(revs.compacted);
-            if let Some(s) = clip(span, rs, re) {
-                history.push((snap, s));
+        for v in self.regions.views() {
+            current = current.min(v.revisions.current);
+            compacted = compacted.max(v.revisions.compacted);
+            if let Some(s) = clip(span, &v.start, &v.end) {
+                history.push((v.snapshot, s));
             }
         }
         View {

@@ -1,0 +1,191 @@
+//! The write and leader-only paths: [`Node::submit`] sends an op to its
+//! region's leader (this node, or forwarded over the peer service) and
+//! retries only while nothing was proposed; [`Node::serve_local`] serves
+//! an op on this node's replica (a forwarded op lands there too).
+
+use std::time::{Duration, Instant};
+
+use cairn_raft::{AuthStamp, Command, Reply};
+
+use crate::node::{sole_voter_index, Node, Region, DATA_REGION, REQUEST_TIMEOUT};
+use crate::proposer::{checked, Proposal};
+use crate::remote::{self, ForwardOk, ForwardOp};
+use crate::{Error, Result};
+
+impl Node {
+    /// Sends `op` to `region`'s leader, retrying only while nothing was proposed.
+    pub(crate) async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        // A node shutting down must not go on forwarding for clients still
+        // connected to it (and so stay alive, engine and all).
+        if self.is_stopped() {
+            return Err(Error::Stopped);
+        }
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let r = self.region(region)?;
+        loop {
+            let leader = r.raft.metrics().borrow().current_leader;
+            let attempt = async {
+                match leader {
+                    Some(l) if l == self.id => self.serve_local(region, op.clone()).await,
+                    Some(l) => remote::forward(&self.pool, &r.raft, l, region, &op).await,
+                    None => Err(Error::NoLeader),
+                }
+            };
+            // A leader that lost its quorum never answers: bound the wait.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let res = tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or(Err(Error::Timeout));
+            match res {
+                Err(e) if e.is_retryable() => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Serves a (possibly forwarded) op on this node's replica without
+    /// forwarding further: `NotLeader` if this replica does not lead.
+    pub async fn serve_local(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        match op {
+            ForwardOp::Checked { auth, op } => {
+                let stamp = AuthStamp {
+                    revision: auth,
+                    writable: None,
+                };
+                self.serve_op(region, *op, Some(stamp)).await
+            }
+            ForwardOp::CheckedLease { auth, writable, op } => {
+                let stamp = AuthStamp {
+                    revision: auth,
+                    writable: Some(writable),
+                };
+                self.serve_op(region, *op, Some(stamp)).await
+            }
+            op => self.serve_op(region, op, None).await,
+        }
+    }
+
+    /// [`Node::serve_local`] of one op; a write with `auth` is proposed as
+    /// `Command::Checked` (a client's, checked against that revision).
+    async fn serve_op(
+        &self,
+        region: u64,
+        op: ForwardOp,
+        auth: Option<AuthStamp>,
+    ) -> Result<ForwardOk> {
+        let r = self.region(region)?;
+        match op {
+            ForwardOp::Checked { .. } | ForwardOp::CheckedLease { .. } => {
+                Err(Error::Internal("nested checked op".into()))
+            }
+            ForwardOp::Txn(txn) => Ok(ForwardOk::Reply(
+                r.proposer.propose(Proposal::Txn(txn, auth)).await?,
+            )),
+            ForwardOp::Compact(revision) => Ok(ForwardOk::Reply(
+                r.proposer
+                    .propose(Proposal::Plain(checked(
+                        auth,
+                        Command::Compact { revision },
+                    )))
+                    .await?,
+            )),
+            ForwardOp::Plain(cmd) => {
+                let grant = match cmd {
+                    Command::LeaseGrant { id, ttl } if region == DATA_REGION => Some((id, ttl)),
+                    _ => None,
+                };
+                let cmd = checked(auth, cmd);
+                let Some((id, ttl)) = grant else {
+                    return Ok(ForwardOk::Reply(
+                        r.proposer.propose(Proposal::Plain(cmd)).await?,
+                    ));
+                };
+                // Detached: if this request is dropped (client gone, forward
+                // timed out), the grant still gets tracked once it applies.
+                let (proposer, lessor) = (r.proposer.clone(), self.lessor.clone());
+                let reply = tokio::spawn(async move {
+                    let reply = proposer.propose(Proposal::Plain(cmd)).await?;
+                    if matches!(reply, Reply::Revision(_)) {
+                        lessor.granted(id, ttl);
+                    }
+                    Ok::<_, Error>(reply)
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+                Ok(ForwardOk::Reply(reply))
+            }
+            ForwardOp::Revoke(id) => Ok(ForwardOk::Reply(
+                r.proposer.propose(Proposal::Revoke(id, auth)).await?,
+            )),
+            ForwardOp::LeaseKeepAlive(id) => {
+                let since = Instant::now();
+                self.confirm_leading(&r).await?;
+                Ok(ForwardOk::Ttl(self.lessor.keep_alive(id, since).await?))
+            }
+            ForwardOp::LeaseTimeToLive(id) => {
+                self.confirm_leading(&r).await?;
+                Ok(ForwardOk::TimeToLive(
+                    self.lessor
+                        .time_to_live(id)?
+                        .map(|t| (t.remaining, t.granted, t.keys)),
+                ))
+            }
+            ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
+            ForwardOp::Campaign { term, leader } => {
+                // Only while the leader that asked still leads in that term
+                // as far as this member knows: a late request must not
+                // force an election on a leader that gave up the hand-over.
+                let vote = r
+                    .raft
+                    .with_raft_state(|st| *st.vote_ref())
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let same = vote.is_committed()
+                    && vote.leader_id().get_term() == term
+                    && vote.leader_id().voted_for() == Some(leader);
+                if same {
+                    r.raft
+                        .trigger()
+                        .elect()
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                }
+                Ok(ForwardOk::Done)
+            }
+            ForwardOp::HashKv(revision) => {
+                let h = self.hash_kv_once_applied(revision).await?;
+                Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
+            }
+        }
+    }
+
+    /// Confirms that this replica leads `r` now (a read index from a round
+    /// that started after the call, or a valid read lease) and has applied
+    /// everything committed before the call. `NotLeader` otherwise. The
+    /// lessor needs this before a renewal or a TimeToLive answer: a leader
+    /// cut off from its quorum must not extend a lease the majority side
+    /// may already have expired.
+    async fn confirm_leading(&self, r: &Region) -> Result<()> {
+        if r.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(Error::NotLeader { leader: None });
+        }
+        if cfg!(feature = "planted-unconfirmed-renewal") {
+            return Ok(());
+        }
+        let index = match sole_voter_index(&r.raft, self.id) {
+            Some(index) => index,
+            None => r.leader_reads.read_index().await?,
+        };
+        r.raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(index), "lease")
+            .await
+            .map_err(|_| Error::Timeout)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! The KV entry points: Txn (Put and DeleteRange arrive as one-op
+//! txns), Range, Compact, and the data region's alarms and history hash.
+//! Reads run single keys in place and spans on the bounded span pool.
+
+use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use cairn_raft::Command;
+use prost::Message;
+
+use crate::node::routing::first_key;
+use crate::node::{Node, DATA_REGION};
+use crate::remote::ForwardOp;
+use crate::{Access, Error, Result};
+
+impl Node {
+    /// Runs a transaction (`Put`/`DeleteRange` arrive as one-op txns) for
+    /// `access` (checked: see `auth`).
+    pub async fn txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
+        let region = self.route(&first_key(req));
+        if cairn_mvcc::is_read_only(req) {
+            return self.read_txn(region, req, access).await;
+        }
+        let b = self
+            .checked_submit(
+                region,
+                access,
+                ForwardOp::Txn(req.encode_to_vec()),
+                !cairn_raft::leases_put(req).is_empty(),
+            )
+            .await?
+            .txn()?;
+        TxnResponse::decode(b.as_slice()).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Compacts history at `revision`; returns the current revision once
+    /// this replica has applied the compaction too (etcd's `physical`
+    /// compaction returns when the serving member's own store has it, so a
+    /// watch opened on it afterwards from below is told it is compacted).
+    pub async fn compact(&self, revision: i64, access: &Access) -> Result<i64> {
+        let current = self
+            .checked_submit(DATA_REGION, access, ForwardOp::Compact(revision), false)
+            .await?
+            .compacted()?;
+        // The compaction is done; failing to see it here must not turn it
+        // into an error (a retry would then be refused as already
+        // compacted).
+        if let Err(e) = self.linearizable_view(DATA_REGION).await {
+            tracing::warn!("compacted, but not yet applied here: {e}");
+        }
+        Ok(current)
+    }
+
+    /// Serves a `Range`: linearizable via read-index at the leader, then a
+    /// local read once this replica has applied that far; `serializable`
+    /// reads come straight from this replica.
+    pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
+        let region = self.route(&req.key);
+        let (snap, revs) = if req.serializable {
+            self.region(region)?.shared.read_view()
+        } else {
+            self.linearizable_view(region).await?
+        };
+        self.authorize(access).await?;
+        // A single key is a bounded read (an index lookup and one version):
+        // it runs right here. Handing it to the blocking pool cost more than
+        // the read (a profile of 50 clients getting one key: ~10% of the
+        // server's CPU in spawn_blocking's hand-off, docs/benchmarks.md).
+        // Spans can be any size, so they go to the bounded span pool.
+        if req.range_end.is_empty() {
+            return cairn_mvcc::range(&*snap, &req, revs).map_err(Error::from);
+        }
+        self.spans
+            .run(move || cairn_mvcc::range(&*snap, &req, revs))
+            .await?
+            .map_err(Error::from)
+    }
+
+    /// Serves a Txn that writes nothing the way etcd does: like a Range
+    /// (linearizable through the read index, or from this replica when every
+    /// op is a serializable Range), with no Raft proposal and no revision.
+    /// Compares and ranges over single keys run here; any span goes to the
+    /// span pool, as for [`Node::range`].
+    async fn read_txn(
+        &self,
+        region: u64,
+        req: &TxnRequest,
+        access: &Access,
+    ) -> Result<TxnResponse> {
+        let (snap, revs) = if cairn_mvcc::is_serializable(req) {
+            self.region(region)?.shared.read_view()
+        } else {
+            self.linearizable_view(region).await?
+        };
+        self.authorize(access).await?;
+        if single_keys(req) {
+            return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
+        }
+        let req = req.clone();
+        self.spans
+            .run(move || cairn_mvcc::read_txn(&*snap, &req, revs))
+            .await?
+            .map_err(Error::from)
+    }
+
+    /// Raises (`activate`) or clears an alarm through the data region; the
+    /// alarms it changed (none if it already was so).
+    pub async fn alarm(&self, activate: bool, member: u64, alarm: i32) -> Result<Vec<(u64, i32)>> {
+        let cmd = Command::Alarm {
+            activate,
+            member,
+            alarm,
+        };
+        self.submit(DATA_REGION, ForwardOp::Plain(cmd))
+            .await?
+            .alarms()
+    }
+
+    /// The alarms raised, as this replica has applied them.
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.region(DATA_REGION)
+            .map(|r| {
+                r.shared
+                    .with_applied(|a| a.alarms.iter().copied().collect())
+            })
+            .unwrap_or_default()
+    }
+
+    /// This replica's hash of its key history up to `revision` (0: its
+    /// current revision), as etcd's `HashKV` reads its local store: the
+    /// data region's keys (its share of the engine).
+    pub async fn hash_kv(&self, revision: i64) -> Result<cairn_mvcc::KvHash> {
+        let r = self.region(DATA_REGION)?;
+        let range = r
+            .shared
+            .share()
+            .map(|s| s.range.clone())
+            .unwrap_or_default();
+        let (snap, revs) = r.shared.read_view();
+        self.spans
+            .run(move || cairn_mvcc::hash_kv_range(&*snap, revision, revs, &range))
+            .await?
+            .map_err(Error::from)
+    }
+}
+
+/// True when every compare and range in `req` (nested txns included) names
+/// one key, so reading it is bounded.
+fn single_keys(req: &TxnRequest) -> bool {
+    use cairn_api::etcdserverpb::request_op::Request;
+    req.compare.iter().all(|c| c.range_end.is_empty())
+        && req
+            .success
+            .iter()
+            .chain(&req.failure)
+            .all(|op| match &op.request {
+                Some(Request::RequestRange(r)) => r.range_end.is_empty(),
+                Some(Request::RequestTxn(t)) => single_keys(t),
+                _ => true,
+            })
+}

@@ -1,0 +1,72 @@
+//! The Lease entry points. Grants and revokes are proposed in the data
+//! region; keep-alives and TimeToLive are answered by the region leader's
+//! lessor (see `crate::lessor`).
+
+use cairn_mvcc::Rejection;
+use cairn_raft::Command;
+
+use crate::lessor::{fresh_lease_id, LeaseTtl};
+use crate::node::{Node, DATA_REGION};
+use crate::remote::ForwardOp;
+use crate::{Access, Error, Result};
+
+impl Node {
+    /// Grants a lease (`id` 0: the node picks one); returns (id, ttl).
+    pub async fn lease_grant(&self, id: i64, ttl: i64, access: &Access) -> Result<(i64, i64)> {
+        let chosen = id != 0;
+        for attempt in 0..5u64 {
+            let id = if chosen {
+                id
+            } else {
+                fresh_lease_id(self.id, attempt)
+            };
+            let cmd = Command::LeaseGrant { id, ttl };
+            let granted = self
+                .checked_submit(DATA_REGION, access, ForwardOp::Plain(cmd), false)
+                .await?
+                .revision();
+            match granted {
+                Ok(_) => return Ok((id, ttl)),
+                Err(Error::Rejected(Rejection::LeaseExists)) if !chosen => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Rejected(Rejection::LeaseExists))
+    }
+
+    /// Revokes a lease and deletes its keys; returns the revision after.
+    pub async fn lease_revoke(&self, id: i64, access: &Access) -> Result<i64> {
+        self.checked_submit(DATA_REGION, access, ForwardOp::Revoke(id), true)
+            .await?
+            .revision()
+    }
+
+    /// Refreshes a lease at the region leader; its TTL, 0 if unknown.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
+        self.submit(DATA_REGION, ForwardOp::LeaseKeepAlive(id))
+            .await?
+            .ttl()
+    }
+
+    /// A lease's remaining TTL, granted TTL and keys (None: no such lease).
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>> {
+        let t = self
+            .submit(DATA_REGION, ForwardOp::LeaseTimeToLive(id))
+            .await?
+            .time_to_live()?;
+        Ok(t.map(|(remaining, granted, keys)| LeaseTtl {
+            remaining,
+            granted,
+            keys,
+        }))
+    }
+
+    /// Every granted lease ID (linearizable).
+    pub async fn lease_list(&self) -> Result<Vec<i64>> {
+        let (snap, _) = self.linearizable_view(DATA_REGION).await?;
+        Ok(cairn_mvcc::lease::list(&*snap)?
+            .into_iter()
+            .map(|l| l.id)
+            .collect())
+    }
+}

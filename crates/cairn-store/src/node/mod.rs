@@ -1,0 +1,174 @@
+//! [`Node`]: one Cairn process's share of the cluster — its engine, its
+//! region replicas (the meta region and the data regions), its TSO, and the
+//! request paths the etcd services call.
+//!
+//! Any node accepts any request: writes and linearizable reads are sent to
+//! the region's leader (locally, or forwarded over the peer service);
+//! retries happen only when nothing was proposed (`NotLeader`, no leader,
+//! connection refused), so a write is never applied twice by a retry.
+//!
+//! The node's jobs, one file each:
+//! - [`start`]: open the engine, start every region replica, bootstrap
+//!   Raft membership, spawn the background loops;
+//! - [`routing`]: key or span → data region(s), from the meta directory;
+//! - [`forward`]: send an op to its region's leader and serve one there;
+//! - [`kv`] and [`leases`]: the KV and Lease entry points;
+//! - [`reads`]: the linearizable read path (read index, then a local read);
+//! - [`status`]: what the node reports about itself;
+//! - [`background`]: publishing this member, counting leader changes,
+//!   bounding Raft logs by bytes.
+//!
+//! Auth checks (`crate::auth`), backups (`crate::backup`), the corruption
+//! check (`crate::corruption`) and MoveLeader (`crate::transfer`) add
+//! methods to [`Node`] from their own modules.
+
+mod background;
+mod forward;
+mod kv;
+mod leases;
+mod reads;
+mod registry;
+pub(crate) mod routing;
+mod start;
+mod status;
+
+pub(crate) use reads::sole_voter_index;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_raft::network::PeerPool;
+use cairn_raft::{LogWriter, LogWriterStats, Raft, RegionShared};
+use cairn_storage::Engine;
+
+use crate::config::NodeConfig;
+use crate::lessor::Lessor;
+use crate::proposer::Proposer;
+use crate::read_batch::ReadIndexBatcher;
+use crate::read_lease::ReadLease;
+use crate::span_pool::SpanPool;
+use crate::tso::Tso;
+use crate::{Error, Result};
+
+/// The meta region's ID.
+pub const META_REGION: u64 = 0;
+/// The first data region's ID (covers the whole keyspace until splits).
+pub const DATA_REGION: u64 = 1;
+
+/// How long a request may wait for a leader before failing.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// One region replica on this node.
+pub struct Region {
+    /// The region's ID.
+    pub id: u64,
+    /// The Raft instance.
+    pub raft: Raft,
+    /// Applied state shared with the state machine.
+    pub shared: Arc<RegionShared>,
+    pub(crate) proposer: Proposer,
+    /// Read-index rounds this replica runs as leader (local and forwarded reads).
+    leader_reads: ReadIndexBatcher,
+    /// The leader's read lease, if this region takes one.
+    pub(crate) lease: Option<Arc<ReadLease>>,
+    /// Read indexes this node's linearizable reads obtain (via the leader).
+    reads: ReadIndexBatcher,
+    /// Bytes appended to this replica's log (see `background`).
+    log_bytes: Arc<AtomicU64>,
+}
+
+/// What `Maintenance.Status` reports.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    /// Leader of the data region (0 if none).
+    pub leader: u64,
+    /// Current Raft term of the data region.
+    pub raft_term: u64,
+    /// Last log index of the data region.
+    pub raft_index: u64,
+    /// Applied index of the data region.
+    pub raft_applied_index: u64,
+    /// Bytes allocated on disk.
+    pub db_size: i64,
+    /// Bytes of live data on disk (see `Engine::size_in_use`).
+    pub db_size_in_use: i64,
+}
+
+/// A running node.
+pub struct Node {
+    /// Member ID (= Raft node ID).
+    pub id: u64,
+    /// Cluster ID.
+    pub cluster_id: u64,
+    /// Configuration it started with.
+    pub config: NodeConfig,
+    /// Peer connections and fault switchboard.
+    pub pool: Arc<PeerPool>,
+    engine: Arc<dyn Engine>,
+    log_writer: LogWriter,
+    regions: registry::Registry,
+    tso: Arc<Tso>,
+    lessor: Arc<Lessor>,
+    /// Runs span reads off the async workers, a bounded number at once.
+    spans: SpanPool,
+    /// Set once by [`Node::shutdown`]; waits that hold the node (lock
+    /// waiters, observers) end on it, so a stopped node's engine is freed.
+    stopped: tokio::sync::watch::Sender<bool>,
+    /// One MoveLeader at a time (see `transfer`).
+    pub(crate) transferring: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    /// A region replica hosted here.
+    pub fn region(&self, id: u64) -> Result<Arc<Region>> {
+        self.regions
+            .get(id)
+            .ok_or_else(|| Error::Internal(format!("region {id} not hosted here")))
+    }
+
+    /// Allocates timestamps if this node leads the meta region.
+    pub async fn tso_local(&self, count: u32) -> Result<i64> {
+        self.tso.allocate(count).await
+    }
+
+    /// Bytes of this node's state-machine data on disk (what the storage
+    /// quota measures; see `Engine::size_in_use`).
+    pub fn data_size(&self) -> u64 {
+        self.engine.size_in_use()
+    }
+
+    /// Rewrites this node's store compactly (etcd's defragment); reads and
+    /// writes go on meanwhile. Returns when done.
+    pub async fn defragment(&self) -> Result<()> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.defragment())
+            .await
+            .map_err(|e| Error::Internal(format!("defragment: {e}")))?
+            .map_err(|e| Error::Internal(format!("defragment: {e}")))
+    }
+
+    /// The node's group-commit counters.
+    pub fn log_stats(&self) -> Arc<LogWriterStats> {
+        self.log_writer.stats()
+    }
+
+    /// True once the node is shutting down.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
+    }
+
+    /// Resolves once the node is shutting down.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Stops every region's Raft.
+    pub async fn shutdown(&self) {
+        self.stopped.send_replace(true);
+        for r in self.regions.all() {
+            let _ = r.raft.shutdown().await;
+        }
+    }
+}

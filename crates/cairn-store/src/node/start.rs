@@ -1,0 +1,216 @@
+//! Starting a node: open the data dir's engine, start a Raft replica of
+//! every region hosted here (for a new cluster, each initial member
+//! initializes the same membership), wire each replica's proposer, read
+//! paths and read lease, and spawn the background loops.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Weak};
+
+use cairn_raft::network::{PeerPool, RegionNetwork};
+use cairn_raft::{LogStore, LogWriter, Raft, RegionKind, RegionShared, StateMachine};
+use cairn_storage::{Engine, FjallEngine};
+use openraft::BasicNode;
+
+use crate::config::{cluster_id, member_id, NodeConfig};
+use crate::error::read_index_error;
+use crate::lessor::Lessor;
+use crate::node::registry::Registry;
+use crate::node::{background, Node, Region, DATA_REGION, META_REGION};
+use crate::proposer::{Proposer, TimestampSource};
+use crate::read_batch::ReadIndexBatcher;
+use crate::read_lease::ReadLease;
+use crate::remote::ForwardOp;
+use crate::span_pool::SpanPool;
+use crate::tso::{self, Tso};
+use crate::{Error, Result};
+
+impl Node {
+    /// Opens the data dir, starts every region replica and (for a new
+    /// cluster) bootstraps Raft membership. The caller must serve the peer
+    /// service (see [`crate::PeerService`]) on `config.peer_urls[0]`.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>> {
+        let me = config
+            .initial_cluster
+            .iter()
+            .find(|m| m.name == config.name)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "--name {:?} is not in --initial-cluster",
+                    config.name
+                ))
+            })?;
+        let id = member_id(&me.name, &me.peer_url, &config.cluster_token);
+        let cluster_id = cluster_id(&config.initial_cluster, &config.cluster_token);
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Internal(e.to_string()))?;
+        let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(config.data_dir.join("db"))?);
+        let log_writer =
+            LogWriter::start(engine.clone()).map_err(|e| Error::Internal(e.to_string()))?;
+        let pool = PeerPool::new(id, cluster_id, config.peer_tls.clone());
+        let mut raft_config = cairn_raft::raft_config(&format!("cairn-{cluster_id:x}"));
+        raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs);
+        raft_config.max_in_snapshot_log_to_keep = config.snapshot_logs / 10;
+        let raft_config = Arc::new(
+            raft_config
+                .validate()
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        );
+
+        let members: BTreeMap<u64, BasicNode> = config
+            .initial_cluster
+            .iter()
+            .map(|m| {
+                (
+                    member_id(&m.name, &m.peer_url, &config.cluster_token),
+                    BasicNode {
+                        addr: m.peer_url.clone(),
+                    },
+                )
+            })
+            .collect();
+
+        let snapshots = Arc::new(cairn_raft::SnapshotDir::open(config.data_dir.join("snap"))?);
+        let mut rafts = Vec::new();
+        for (region, kind) in [
+            (META_REGION, RegionKind::Meta),
+            (DATA_REGION, RegionKind::Data),
+        ] {
+            let shared = RegionShared::load(region, kind, engine.clone(), snapshots.clone())?;
+            let log = LogStore::new(region, engine.clone(), log_writer.clone());
+            let log_bytes = log.appended_bytes();
+            let sm = StateMachine::new(shared.clone());
+            let net = RegionNetwork::new(region, pool.clone());
+            let raft = Raft::new(id, raft_config.clone(), net, log, sm)
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            if config.new_cluster && !raft.is_initialized().await.map_err(|_| Error::Stopped)? {
+                // Every initial member initializes with the same membership: safe in openraft.
+                if let Err(e) = raft.initialize(members.clone()).await {
+                    tracing::debug!(region, "initialize: {e}");
+                }
+            }
+            rafts.push((region, raft, shared, log_bytes));
+        }
+        let (meta_raft, meta_shared) = (rafts[0].1.clone(), rafts[0].2.clone());
+        if let crate::TokenConfig::Simple { ttl } = &config.auth_tokens {
+            meta_shared.tokens.lock().set_ttl(*ttl);
+        }
+        let tso = Arc::new(Tso::new(id, meta_raft.clone(), meta_shared));
+        let timestamps: TimestampSource = {
+            let (tso, pool, meta) = (tso.clone(), pool.clone(), meta_raft.clone());
+            Arc::new(move |count| {
+                let (tso, pool, meta) = (tso.clone(), pool.clone(), meta.clone());
+                Box::pin(async move { tso::fetch_timestamps(&tso, &pool, &meta, count).await })
+            })
+        };
+        let node = Arc::new_cyclic(|weak: &Weak<Node>| {
+            let regions = Registry::default();
+            for (region, raft, shared, log_bytes) in rafts {
+                // The meta region's elections are triggered by hand
+                // (`tso::colocate`), which a lease cannot survive.
+                let lease = config.read_lease && region != META_REGION;
+                regions.insert(Arc::new(Region::start(
+                    id,
+                    region,
+                    raft,
+                    shared,
+                    log_bytes,
+                    timestamps.clone(),
+                    lease,
+                    weak.clone(),
+                )));
+            }
+            let data = regions
+                .get(DATA_REGION)
+                .expect("the data region was just started");
+            let lessor = Arc::new(Lessor::new(
+                id,
+                data.raft.clone(),
+                data.shared.clone(),
+                data.proposer.clone(),
+                config.lease_checkpoint_interval,
+            ));
+            Node {
+                id,
+                cluster_id,
+                config,
+                pool,
+                engine,
+                log_writer,
+                regions,
+                tso,
+                lessor,
+                spans: SpanPool::default(),
+                stopped: tokio::sync::watch::channel(false).0,
+                transferring: tokio::sync::Mutex::new(()),
+            }
+        });
+        tokio::spawn(background::publish_self(Arc::downgrade(&node)));
+        tokio::spawn(Lessor::expire(Arc::downgrade(&node.lessor)));
+        tokio::spawn(tso::colocate(Arc::downgrade(&node)));
+        tokio::spawn(background::snapshot_by_log_bytes(Arc::downgrade(&node)));
+        if !node.config.corrupt_check_interval.is_zero() {
+            tokio::spawn(crate::corruption::check_every(
+                Arc::downgrade(&node),
+                node.config.corrupt_check_interval,
+            ));
+        }
+        for r in node.regions.all() {
+            tokio::spawn(background::count_leader_changes(r.raft.metrics()));
+        }
+        Ok(node)
+    }
+}
+
+impl Region {
+    /// A started replica of `region` on node `me`: its proposer (taking
+    /// timestamps from `timestamps`), its read lease if it takes one, the
+    /// leader's read-index rounds and this node's (forwarded through
+    /// `node`).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        me: u64,
+        region: u64,
+        raft: Raft,
+        shared: Arc<RegionShared>,
+        log_bytes: Arc<AtomicU64>,
+        timestamps: TimestampSource,
+        read_lease: bool,
+        node: Weak<Node>,
+    ) -> Self {
+        let proposer = Proposer::start(raft.clone(), timestamps);
+        let lease = read_lease.then(|| Arc::new(ReadLease::new(me)));
+        let leader_reads = {
+            let (raft, lease) = (raft.clone(), lease.clone());
+            ReadIndexBatcher::start(move || {
+                let (raft, lease) = (raft.clone(), lease.clone());
+                async move {
+                    if let Some(lease) = lease {
+                        return lease.read_index(&raft).await;
+                    }
+                    let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;
+                    Ok(read.map_or(0, |l| l.index))
+                }
+            })
+        };
+        let reads = ReadIndexBatcher::start(move || {
+            let node = node.upgrade();
+            async move {
+                let node = node.ok_or(Error::Stopped)?;
+                node.submit(region, ForwardOp::ReadIndex)
+                    .await?
+                    .read_index()
+            }
+        });
+        Region {
+            id: region,
+            raft,
+            shared,
+            proposer,
+            leader_reads,
+            lease,
+            reads,
+            log_bytes,
+        }
+    }
+}

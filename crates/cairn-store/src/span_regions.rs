@@ -1,0 +1,94 @@
+//! [`SpanRegions`]: the data regions a key span touches, as readers of
+//! changes see them — each region's change feed, its revisions and read
+//! view, and its bounds. The watch service and the lock and election waits
+//! get region feeds only through this (the server never holds a region's
+//! state machine), merged by the [`crate::watch_hub`].
+//!
+//! Ordering contract (from the regions): a region publishes a batch only
+//! after the state it describes is visible to its read view. So
+//! [`SpanRegions::subscribe`] subscribes first and reads each region's
+//! current revision after: a batch published in between is both in the
+//! feed and in any later view, never in neither.
+
+use std::sync::Arc;
+
+use cairn_mvcc::Revisions;
+use cairn_raft::RegionShared;
+use cairn_storage::Snapshot;
+
+use crate::watch_hub::FeedMerger;
+use crate::Node;
+
+/// The regions a span touches (see the module essay).
+#[derive(Clone)]
+pub struct SpanRegions {
+    regions: Vec<(Arc<RegionShared>, Vec<u8>, Vec<u8>)>,
+}
+
+/// One region's read view for a span reader.
+pub struct RegionView {
+    /// The storage snapshot.
+    pub snapshot: Arc<dyn Snapshot>,
+    /// Its current and compaction revisions.
+    pub revisions: Revisions,
+    /// The region's first key.
+    pub start: Vec<u8>,
+    /// The key past its last (empty: to the end).
+    pub end: Vec<u8>,
+}
+
+impl Node {
+    /// The data regions `[start, end)` touches (`end` None: to the end).
+    pub fn span_regions(&self, start: &[u8], end: Option<&[u8]>) -> SpanRegions {
+        SpanRegions {
+            regions: self
+                .regions_overlapping(start, end)
+                .into_iter()
+                .map(|(r, s, e)| (r.shared.clone(), s, e))
+                .collect(),
+        }
+    }
+
+    /// Changes to keys in `[start, end)` (`end` None: to the end), from
+    /// every region the span touches, merged; starting after what each has
+    /// applied now.
+    pub fn changes(&self, start: &[u8], end: Option<&[u8]>) -> FeedMerger {
+        self.span_regions(start, end).subscribe()
+    }
+}
+
+impl SpanRegions {
+    /// The regions' IDs, in key order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.regions.iter().map(|(r, _, _)| r.region).collect()
+    }
+
+    /// A merged subscription to every region's feed, starting after what
+    /// each region has applied now.
+    pub fn subscribe(&self) -> FeedMerger {
+        let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
+        let inputs = self
+            .regions
+            .iter()
+            .zip(feeds)
+            .map(|((r, _, _), feed)| (feed, r.revisions().current))
+            .collect();
+        FeedMerger::new(inputs)
+    }
+
+    /// Every region's read view now.
+    pub fn views(&self) -> Vec<RegionView> {
+        self.regions
+            .iter()
+            .map(|(r, start, end)| {
+                let (snapshot, revisions) = r.read_view();
+                RegionView {
+                    snapshot,
+                    revisions,
+                    start: start.clone(),
+                    end: end.clone(),
+                }
+            })
+            .collect()
+    }
+}
