@@ -47,6 +47,7 @@ PUT="--key-size 8 --val-size 256 --key-space-size 100000"
 CASES_ALL=(
   "put c=1|--target-leader --clients 1 --conns 1 put --total 3000 $PUT"
   "put c=50|--target-leader --clients 50 --conns 5 put --total 30000 $PUT"
+  "txn-put c=50|--target-leader --clients 50 --conns 5 txn-put --total 30000 $PUT"
   "range-l c=50|--target-leader --clients 50 --conns 6 range 00000001 --total 40000"
 )
 
