@@ -161,15 +161,16 @@ async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
     // Its copy gains a version no other member has.
     {
         let engine = FjallEngine::open(c.data_dir(victim).join("db")).unwrap();
+        // Revision 1: below every write (a fresh store is at 1).
         let key = Key::MvccVersion {
             key: b"w00",
-            revision: 2,
+            revision: 1,
         }
         .encode();
         let record = cairn_mvcc::Record::Put(cairn_api::mvccpb::KeyValue {
             value: b"flipped".to_vec(),
-            create_revision: 2,
-            mod_revision: 2,
+            create_revision: 1,
+            mod_revision: 1,
             version: 1,
             ..Default::default()
         });
