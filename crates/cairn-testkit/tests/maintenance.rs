@@ -4,7 +4,7 @@
 //! `Status` reports sizes the filesystem agrees with; a backup taken while
 //! writes go on is the store at one revision, and restores as exactly that.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -495,8 +495,9 @@ async fn move_leader_hands_leadership_to_the_named_member_losing_no_write() {
 
     // Writes go on through the third member while leadership moves twice.
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (stop, mut kv) = (stop.clone(), c.kv((leader + 2) % 3).await);
+        let (stop, count, mut kv) = (stop.clone(), count.clone(), c.kv((leader + 2) % 3).await);
         tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut i = 0;
@@ -512,6 +513,7 @@ async fn move_leader_hands_leadership_to_the_named_member_losing_no_write() {
                     .is_ok()
                 {
                     acked.push(key);
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
             }
@@ -548,7 +550,19 @@ async fn move_leader_hands_leadership_to_the_named_member_losing_no_write() {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Writes go on after both hand-overs: more are acknowledged (a
+    // deadline, not a rate: a slow machine, say in secured mode, must not
+    // fail this).
+    let after = count.load(Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while count.load(Ordering::Relaxed) < after.max(20) + 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes stopped after the hand-overs: {} acknowledged",
+            count.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
     assert!(acked.len() > 20, "only {} writes", acked.len());
