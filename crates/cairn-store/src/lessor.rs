@@ -389,11 +389,23 @@ impl Lessor {
     }
 
     /// The lease leader's expiry loop: five [`Lessor::tick`]s a second,
-    /// until the lessor is dropped (its node stopped).
-    pub(crate) async fn expire(lessor: std::sync::Weak<Lessor>) {
+    /// until its node shuts down or is dropped (`stopped` is the node's
+    /// shutdown signal; its sender goes with the node). Not until the
+    /// lessor is dropped: a tick spawns tasks that hold the lessor while
+    /// they wait for their proposals, so ticks on a dead node's lessor
+    /// would keep it — and its engine — alive, and the node's data dir
+    /// locked, for good.
+    pub(crate) async fn expire(
+        lessor: std::sync::Weak<Lessor>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                // Shut down (true), or the node is gone (the sender dropped).
+                _ = stopped.wait_for(|s| *s) => return,
+            }
             let Some(lessor) = lessor.upgrade() else {
                 return;
             };

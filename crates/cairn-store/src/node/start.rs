@@ -146,7 +146,10 @@ impl Node {
             }
         });
         tokio::spawn(background::publish_self(Arc::downgrade(&node)));
-        tokio::spawn(Lessor::expire(Arc::downgrade(&node.lessor)));
+        tokio::spawn(Lessor::expire(
+            Arc::downgrade(&node.lessor),
+            node.stopped.subscribe(),
+        ));
         tokio::spawn(tso::colocate(Arc::downgrade(&node)));
         tokio::spawn(background::snapshot_by_log_bytes(Arc::downgrade(&node)));
         if !node.config.corrupt_check_interval.is_zero() {
