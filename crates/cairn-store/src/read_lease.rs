@@ -34,7 +34,7 @@
 //! within a factor of four over a second — not that they agree on the time.
 //! It breaks if something triggers an election by hand (`trigger().elect()`
 //! skips the candidate's own lease) while the leader holds a lease: that is
-//! done on the meta region (`colocate_tso`), which therefore takes no lease,
+//! done on the meta region (`tso::colocate`), which therefore takes no lease,
 //! and by MoveLeader on the data region, which first stops this leader from
 //! using or taking leases and waits until the last one has run out
 //! ([`ReadLease::pause`], `transfer`). `--read-lease false` turns leases
