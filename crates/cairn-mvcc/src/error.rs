@@ -59,6 +59,11 @@ pub enum Rejection {
     /// already on the lease (checked at apply, as etcd does).
     #[error("etcdserver: permission denied")]
     PermissionDenied,
+    /// A put with a lease on a key outside the first region: leases live
+    /// there until a revoke can delete keys in several regions at one
+    /// revision.
+    #[error("etcdserver: a lease cannot hold keys outside the first region yet")]
+    LeaseOutsideFirstRegion,
 }
 
 /// MVCC errors: rejections (deterministic) and storage failures (not).

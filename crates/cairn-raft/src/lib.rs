@@ -49,10 +49,11 @@ pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
 pub use state_machine::{
-    leases_put, seed_restored, seed_restored_meta, Applied, FeedBatch, RegionKind, RegionShared,
-    StateMachine, ALARM_CORRUPT, ALARM_NOSPACE,
+    leases_put, seed_restored, seed_restored_meta, share_of, stored_regions, txn_within, Applied,
+    FeedBatch, RegionKind, RegionShared, StateMachine, ALARM_CORRUPT, ALARM_NOSPACE,
+    CHILD_INIT_INDEX,
 };
-pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, Reply, TypeConfig};
+pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, RegionRange, Reply, TypeConfig};
 
 /// The openraft instance type for one region replica.
 pub type Raft = openraft::Raft<TypeConfig>;

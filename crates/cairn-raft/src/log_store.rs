@@ -123,6 +123,23 @@ impl LogStore {
         self.appended.clone()
     }
 
+    /// Adds to `batch` what makes region `region`'s log start past
+    /// `log_id`: every entry up to it counts as purged, so Raft begins
+    /// there (a region born by a split, its state already applied) and
+    /// sends a replica that lacks that state a snapshot, never entries.
+    pub fn seed_purged(
+        batch: &mut WriteBatch,
+        region: u64,
+        log_id: LogId<NodeId>,
+    ) -> crate::Result<()> {
+        let key = Key::RaftState {
+            region,
+            kind: RaftStateKind::Purged,
+        };
+        batch.put(key.encode(), encode(&log_id)?);
+        Ok(())
+    }
+
     fn state_key(&self, kind: RaftStateKind) -> Vec<u8> {
         Key::RaftState {
             region: self.region,

@@ -43,7 +43,7 @@ use tokio::sync::broadcast;
 use crate::codec::{decode, encode};
 use crate::snapshot_data::{SnapshotData, Source};
 use crate::snapshot_file::{self, SnapshotDir};
-use crate::types::{Command, MemberInfo, RegionDesc, Reply};
+use crate::types::{Command, MemberInfo, RegionDesc, RegionRange, Reply};
 use crate::{NodeId, TypeConfig};
 
 /// What a region holds.
@@ -79,9 +79,28 @@ pub struct Applied {
     /// Meta region: the auth store (users, roles, enabled, revision).
     pub auth: cairn_auth::AuthState,
     /// Data regions: the newest auth revision fenced
-    /// ([`Command::AuthFence`]). Last, with `auth`, so a record written
-    /// before auth existed still decodes.
+    /// ([`Command::AuthFence`]). After the fields above, with `auth`, so a
+    /// record written before auth existed still decodes.
     pub auth_fence: u64,
+    /// Data regions: the keys the region holds and its epoch. Last, so a
+    /// record written before regions split still decodes (as the first
+    /// region: every key, epoch 1).
+    pub range: RegionRange,
+}
+
+/// The applied record as written before regions split.
+#[derive(Deserialize)]
+struct AppliedBeforeRanges {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    current_revision: i64,
+    compacted_revision: i64,
+    tso_high_water: i64,
+    members: BTreeMap<NodeId, MemberInfo>,
+    regions: BTreeMap<u64, RegionDesc>,
+    alarms: BTreeSet<(NodeId, i32)>,
+    auth: cairn_auth::AuthState,
+    auth_fence: u64,
 }
 
 /// The applied record as written before auth existed.
@@ -116,10 +135,25 @@ pub const ALARM_CORRUPT: i32 = 2;
 
 impl Applied {
     /// Decodes a stored record, of this layout or an older one (before
-    /// auth, before alarms).
+    /// ranges, before auth, before alarms).
     pub fn decode(bytes: &[u8]) -> crate::Result<Applied> {
         if let Ok(a) = decode::<Applied>(bytes) {
             return Ok(a);
+        }
+        if let Ok(old) = decode::<AppliedBeforeRanges>(bytes) {
+            return Ok(Applied {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                current_revision: old.current_revision,
+                compacted_revision: old.compacted_revision,
+                tso_high_water: old.tso_high_water,
+                members: old.members,
+                regions: old.regions,
+                alarms: old.alarms,
+                auth: old.auth,
+                auth_fence: old.auth_fence,
+                ..Applied::default()
+            });
         }
         if let Ok(old) = decode::<AppliedBeforeAuth>(bytes) {
             return Ok(Applied {
@@ -176,6 +210,7 @@ impl Default for Applied {
             alarms: BTreeSet::new(),
             auth: cairn_auth::AuthState::default(),
             auth_fence: 0,
+            range: RegionRange::default(),
         }
     }
 }
@@ -239,16 +274,36 @@ pub struct RegionShared {
     /// Meta region: the simple tokens registered on this member (memory
     /// only; see `cairn_auth::SimpleTokens`).
     pub tokens: parking_lot::Mutex<cairn_auth::SimpleTokens>,
-    /// A data region's share of the engine: the keys it holds (and the
-    /// leases); every keyspace operation of the region stays within it.
-    /// The one data region holds everything until regions split.
-    share: Option<cairn_mvcc::Share>,
+    /// Told the ID of each region a split applied here gives birth to (the
+    /// host starts its replica).
+    births: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<u64>>>,
+}
+
+/// A data region's share of the engine, as its record `applied` says: its
+/// keys, and the leases if it holds the first key (leases stay with the
+/// first region until they can span regions). Every keyspace operation of
+/// the region stays within it.
+pub fn share_of(applied: &Applied) -> cairn_mvcc::Share {
+    cairn_mvcc::Share {
+        range: applied.range.keys(),
+        leases: applied.range.start.is_empty(),
+    }
 }
 
 impl RegionShared {
-    /// A data region's share of the engine (`None`: the meta region).
-    pub fn share(&self) -> Option<&cairn_mvcc::Share> {
-        self.share.as_ref()
+    /// A data region's share of the engine now (`None`: the meta region).
+    pub fn share(&self) -> Option<cairn_mvcc::Share> {
+        (self.kind == RegionKind::Data).then(|| self.with_applied(share_of))
+    }
+
+    /// A data region's keys and epoch now.
+    pub fn range(&self) -> RegionRange {
+        self.with_applied(|a| a.range.clone())
+    }
+
+    /// Where to send the IDs of regions born by splits applied here.
+    pub fn on_birth(&self, tx: tokio::sync::mpsc::UnboundedSender<u64>) {
+        *self.births.lock() = Some(tx);
     }
 
     /// Loads a region's applied state from `engine` (default if new).
@@ -274,7 +329,7 @@ impl RegionShared {
             feed,
             snapshots,
             tokens: parking_lot::Mutex::new(cairn_auth::SimpleTokens::default()),
-            share: (kind == RegionKind::Data).then(cairn_mvcc::Share::everything),
+            births: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -283,6 +338,17 @@ impl RegionShared {
     pub fn read_view(&self) -> (Arc<dyn EngineSnapshot>, Revisions) {
         let g = self.state.read();
         (self.view(&g), g.applied.revisions())
+    }
+
+    /// [`RegionShared::read_view`], and the region's range that goes with
+    /// it (a read must check its keys are still the region's).
+    pub fn read_view_in(&self) -> (Arc<dyn EngineSnapshot>, Revisions, RegionRange) {
+        let g = self.state.read();
+        (
+            self.view(&g),
+            g.applied.revisions(),
+            g.applied.range.clone(),
+        )
     }
 
     /// The engine view matching `published`; the caller holds the lock, so
@@ -427,6 +493,31 @@ fn seed(engine: &dyn cairn_storage::Engine, region: u64, applied: Applied) -> cr
     Ok(())
 }
 
+/// The regions that have an applied record in `engine` (every region a
+/// replica here has applied something of, or a split here gave birth to),
+/// by ID.
+pub fn stored_regions(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<u64>> {
+    use std::ops::Bound;
+    let lo = Key::ApplyState {
+        region: 0,
+        tag: b"",
+    }
+    .encode();
+    let hi = vec![lo[0] + 1];
+    let mut out = Vec::new();
+    for key in engine.scan_keys(Bound::Included(lo), Bound::Excluded(hi)) {
+        let key = key?;
+        if let Some(id) = key.get(1..9) {
+            let id = u64::from_be_bytes(id.try_into().expect("eight bytes"));
+            if key.ends_with(b"applied") && key.len() == 9 + b"applied".len() {
+                out.push(id);
+            }
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
 fn apply_key(region: u64) -> Vec<u8> {
     Key::ApplyState {
         region,
@@ -557,6 +648,17 @@ impl StateMachine {
                 ) {
                     return reject(e);
                 }
+                if !split::txn_within(&req, &state.range) {
+                    return Ok((WriteBatch::new(), Reply::WrongRegion(state.range.clone())));
+                }
+                if !state.range.start.is_empty() && !leases_put(&req).is_empty() {
+                    // Leases live in the first region until a revoke can
+                    // delete keys in several regions at one revision.
+                    return Ok((
+                        WriteBatch::new(),
+                        Reply::Rejected(cairn_mvcc::Rejection::LeaseOutsideFirstRegion),
+                    ));
+                }
                 if state.no_space() && cairn_mvcc::has_put(&req) {
                     return Ok((
                         WriteBatch::new(),
@@ -663,8 +765,25 @@ impl StateMachine {
                 Ok((WriteBatch::new(), Reply::Done))
             }
             Command::SetRegion(r) => {
-                state.regions.insert(r.id, r);
+                // A directory entry only moves forward: a publisher that
+                // read an older epoch must not undo a newer one.
+                if state
+                    .regions
+                    .get(&r.id)
+                    .is_none_or(|old| old.epoch <= r.epoch)
+                {
+                    state.regions.insert(r.id, r);
+                }
                 Ok((WriteBatch::new(), Reply::Done))
+            }
+            Command::Split { .. } if self.shared.kind != RegionKind::Data => Ok((
+                WriteBatch::new(),
+                Reply::Invalid("split of the meta region".into()),
+            )),
+            Command::Split { at, child, epoch } => {
+                let mut batch = WriteBatch::new();
+                let reply = split::split(state, at, child, epoch, engine, &mut batch)?;
+                Ok((batch, reply))
             }
         }
     }
@@ -746,7 +865,7 @@ impl StateMachine {
             snapshot: Box::new(SnapshotData::unwritten(Source {
                 applied: applied.clone(),
                 view,
-                share: shared.share.clone(),
+                share: (shared.kind == RegionKind::Data).then(|| share_of(&applied)),
                 dir: shared.snapshots.clone(),
             })),
         };
@@ -799,6 +918,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut events = Vec::new();
             // A copy, not a lock: this task is the record's only writer.
             let mut next = self.shared.applied();
+            let born = match &entry.payload {
+                EntryPayload::Normal(Command::Split { child, .. }) => Some(*child),
+                _ => None,
+            };
             let (mut batch, reply) = match entry.payload {
                 EntryPayload::Blank => (WriteBatch::new(), Reply::Done),
                 EntryPayload::Membership(m) => {
@@ -831,6 +954,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 })
                 .map_err(sm_err)?;
+            if let (Reply::Done, Some(child)) = (&reply, born) {
+                if let Some(tx) = &*self.shared.births.lock() {
+                    let _ = tx.send(child);
+                }
+            }
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
             if self.shared.kind == RegionKind::Data {
@@ -872,15 +1000,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .into_file()
             .await
             .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        let share = self.shared.share.clone();
+        let data = self.shared.kind == RegionKind::Data;
         let view = self.shared.engine.snapshot();
         let (applied, mut batch) = tokio::task::spawn_blocking(move || {
+            let mut pairs = WriteBatch::new();
+            let applied = snapshot_file::read(&mut file, |k, v| pairs.put(k, v))?;
             let mut batch = WriteBatch::new();
-            if let Some(share) = share {
-                // Only this region's share: other regions' keys stay.
-                share.clear(&*view, &mut batch)?;
+            if data {
+                // Only the installed state's share: other regions' keys
+                // stay. (A replica behind a split it has not applied keeps
+                // the newer region's keys until that region's own replica
+                // here installs over them.)
+                share_of(&applied).clear(&*view, &mut batch)?;
             }
-            let applied = snapshot_file::read(&mut file, |k, v| batch.put(k, v))?;
+            batch.extend(pairs);
             crate::Result::Ok((applied, batch))
         })
         .await
@@ -916,6 +1049,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(applied.last_applied.map(|_| snapshot))
     }
 }
+
+mod split;
+pub use split::{txn_within, CHILD_INIT_INDEX};
 
 #[cfg(test)]
 mod tests;

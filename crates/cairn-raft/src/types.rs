@@ -90,6 +90,63 @@ pub enum Command {
         writable: cairn_auth::Writable,
         cmd: Box<Command>,
     },
+    /// Data region: split at `at`. This region keeps `[start, at)` and
+    /// region `child` is born holding `[at, end)`, both at epoch
+    /// `epoch + 1` — only if the region is still at `epoch` and `at` falls
+    /// strictly inside it (else [`Reply::WrongRegion`]). The child's data
+    /// is already in the engine; every replica applying the split seeds the
+    /// child's Raft state (see `state_machine::split`).
+    Split { at: Vec<u8>, child: u64, epoch: u64 },
+}
+
+/// A data region's keys, `[start, end)` (`end` empty: to the end), and
+/// its epoch: bumped by every split (and merge), so a request routed by an
+/// older directory is told so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionRange {
+    /// First key (inclusive).
+    pub start: Vec<u8>,
+    /// The key past the last (empty: to the end).
+    pub end: Vec<u8>,
+    /// Bumped by splits and merges.
+    pub epoch: u64,
+}
+
+impl Default for RegionRange {
+    /// The whole keyspace at epoch 1: the first data region.
+    fn default() -> Self {
+        Self {
+            start: Vec::new(),
+            end: Vec::new(),
+            epoch: 1,
+        }
+    }
+}
+
+impl RegionRange {
+    /// True when `key` falls in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+
+    /// True when the span `[key, range_end)` (etcd's form: `range_end`
+    /// empty is the key alone, `\0` is every key from `key` on) lies in the
+    /// range.
+    pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {
+        if !self.contains(key) {
+            return false;
+        }
+        match range_end {
+            [] => true,
+            [0] => self.end.is_empty(),
+            e => self.end.is_empty() || e <= self.end.as_slice(),
+        }
+    }
+
+    /// The range as the storage layer names it.
+    pub fn keys(&self) -> cairn_storage::keys::KeyRange {
+        cairn_storage::keys::KeyRange::new(self.start.clone(), self.end.clone())
+    }
 }
 
 /// What a client's write was checked against: an auth revision, and for a
@@ -144,6 +201,10 @@ pub enum Reply {
     /// An auth command's outcome: the auth revision after it, or etcd's
     /// error (nothing changed).
     Auth(Result<u64, cairn_auth::AuthError>),
+    /// The command names a key outside this data region, or a split named
+    /// an epoch the region has left: a stale route. Nothing changed; the
+    /// region's range now is `range` (route again).
+    WrongRegion(RegionRange),
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

@@ -48,6 +48,7 @@ fn rejection_code(r: Rejection) -> Code {
         Rejection::Corrupt => Code::DataLoss,
         Rejection::AuthOldRevision => Code::InvalidArgument,
         Rejection::PermissionDenied => Code::PermissionDenied,
+        Rejection::LeaseOutsideFirstRegion => Code::Unimplemented,
     }
 }
 
@@ -91,6 +92,8 @@ pub fn to_status(e: Error) -> Status {
         Error::Store(S::Internal(_)) => Code::Internal,
         Error::Store(S::BadLeaderTransferee) => Code::FailedPrecondition,
         Error::Store(S::LeaderTransferTimeout) => Code::Unavailable,
+        Error::Store(S::EpochMismatch) => Code::Unavailable,
+        Error::Store(S::SpansRegions) => Code::Unimplemented,
         Error::Store(S::Auth(a)) => auth_code(a),
     };
     Status::new(code, e.to_string())

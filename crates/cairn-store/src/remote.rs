@@ -96,6 +96,7 @@ impl ForwardOk {
     pub(crate) fn reply(self) -> Result<Reply> {
         match self {
             ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
+            ForwardOk::Reply(Reply::WrongRegion(_)) => Err(Error::EpochMismatch),
             ForwardOk::Reply(r) => Ok(r),
             other => Err(other.mismatch("a command's reply")),
         }

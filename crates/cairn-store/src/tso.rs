@@ -85,9 +85,8 @@ impl Tso {
             return Err(Error::NotLeader { leader });
         }
         if st.term != term {
-            self.meta
-                .ensure_linearizable()
-                .await
+            bounded(self.meta.ensure_linearizable())
+                .await?
                 .map_err(read_index_error)?;
             st.last = st.last.max(self.shared.tso_high_water());
             st.window_end = 0;
@@ -97,16 +96,37 @@ impl Tso {
         let end = first + i64::from(count.max(1));
         if end > st.window_end {
             let high_water = end + WINDOW;
-            self.meta
-                .client_write(Command::TsoWindow { high_water })
-                .await
-                .map_err(write_error)?;
+            let written = bounded(self.meta.client_write(Command::TsoWindow { high_water })).await;
+            if !matches!(written, Ok(Ok(_))) {
+                // Unknown whether the window was written: recheck (catch
+                // up and read the persisted mark) before the next one.
+                st.term = 0;
+            }
+            written?.map_err(write_error)?;
             st.window_end = high_water;
         }
         st.last = end - 1;
         Ok(first)
     }
 }
+
+/// Bounds one of the TSO's Raft calls. The allocator's lock is held across
+/// them, and openraft answers a write only when it applies or is truncated:
+/// a leader deposed with the window's entry unanswered would otherwise hold
+/// the lock — and every later allocation on this node, in any term — until
+/// a later leader's log decides that entry.
+async fn bounded<T>(call: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(RAFT_CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            tracing::warn!("a TSO Raft call timed out; retrying");
+            Error::NoLeader
+        })
+}
+
+/// How long one of the TSO's Raft calls may take (a catch-up or a window
+/// write is one quorum round when the meta region is healthy).
+const RAFT_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Gets timestamps from the meta leader: locally if that is us.
 pub(crate) async fn fetch_timestamps(
@@ -127,7 +147,10 @@ pub(crate) async fn fetch_timestamps(
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) if e.is_retryable() => return Err(Error::NoLeader),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(?leader, "no timestamps from the meta region: {e}");
+                return Err(Error::NoLeader);
+            }
             other => return other,
         }
     }

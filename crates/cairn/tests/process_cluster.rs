@@ -124,10 +124,11 @@ async fn paused_leader_is_replaced_and_catches_up_after_resume() {
     let new_leader = leader(&c, &[paused]).await;
     assert_ne!(new_leader, paused);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while kv::put(&mut client, "w-during", "2").await.is_err() {
+    while let Err(e) = kv::put(&mut client, "w-during", "2").await {
         assert!(
             Instant::now() < deadline,
-            "no write accepted while the old leader is paused"
+            "no write accepted while the old leader (member {paused}) is paused: {e}\n{}",
+            c.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -488,3 +488,176 @@ fn nospace_refuses_writes_that_add_data_at_apply_and_lets_deletes_through() {
     );
     assert!(shared.applied().alarms.is_empty());
 }
+
+#[test]
+fn an_applied_record_written_before_ranges_still_decodes() {
+    use super::Applied;
+    let applied = Applied {
+        current_revision: 12,
+        auth_fence: 3,
+        ..Default::default()
+    };
+    let old = crate::codec::encode(&(
+        &applied.last_applied,
+        &applied.membership,
+        applied.current_revision,
+        applied.compacted_revision,
+        applied.tso_high_water,
+        &applied.members,
+        &applied.regions,
+        &applied.alarms,
+        &applied.auth,
+        applied.auth_fence,
+    ))
+    .unwrap();
+    let new = crate::codec::encode(&applied).unwrap();
+    assert_eq!(&new[..old.len()], &old[..], "range is the last field");
+    let back = Applied::decode(&old).unwrap();
+    assert_eq!(back, applied);
+    assert_eq!(
+        back.range,
+        crate::RegionRange::default(),
+        "the first region"
+    );
+}
+
+#[test]
+fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
+    use openraft::storage::RaftLogStorage;
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (shared, _dir) = region(engine.clone());
+    let mut sm = StateMachine::new(shared.clone());
+    let kv = |k: &str| (k.as_bytes().to_vec(), b"v".to_vec());
+    let r = block_on(sm.apply(vec![entry(1, puts(10, [kv("a"), kv("q")]))])).unwrap();
+    assert!(matches!(r[..], [Reply::Txn(_)]), "{r:?}");
+    let (tx, mut born) = tokio::sync::mpsc::unbounded_channel();
+    shared.on_birth(tx);
+
+    // A stale epoch, or a key not strictly inside, changes nothing.
+    for (at, epoch) in [("m", 7), ("", 1)] {
+        let split = Command::Split {
+            at: at.as_bytes().to_vec(),
+            child: 9,
+            epoch,
+        };
+        let r = block_on(sm.apply(vec![entry(2, split)])).unwrap();
+        assert!(
+            matches!(&r[..], [Reply::WrongRegion(range)] if range.epoch == 1),
+            "{r:?}"
+        );
+    }
+    assert!(born.try_recv().is_err());
+    let split = Command::Split {
+        at: b"m".to_vec(),
+        child: 9,
+        epoch: 1,
+    };
+    let r = block_on(sm.apply(vec![entry(3, split)])).unwrap();
+    assert_eq!(r, vec![Reply::Done]);
+    assert_eq!(born.try_recv().ok(), Some(9), "the host is told");
+    let parent = shared.range();
+    assert_eq!(
+        (parent.start.as_slice(), parent.end.as_slice(), parent.epoch),
+        (&b""[..], &b"m"[..], 2)
+    );
+
+    // The child's record: the other half, the same epoch and revisions,
+    // applied (and its log purged) up to the initial index.
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotDir::open(dir.path()).unwrap());
+    let child = RegionShared::load(9, RegionKind::Data, engine.clone(), snapshots).unwrap();
+    let a = child.applied();
+    assert_eq!(
+        (
+            a.range.start.as_slice(),
+            a.range.end.as_slice(),
+            a.range.epoch
+        ),
+        (&b"m"[..], &b""[..], 2)
+    );
+    assert_eq!(a.revisions(), shared.revisions());
+    assert_eq!(
+        a.last_applied.map(|l| l.index),
+        Some(super::CHILD_INIT_INDEX)
+    );
+    assert_eq!(
+        a.membership.membership().voter_ids().collect::<Vec<_>>(),
+        shared
+            .applied()
+            .membership
+            .membership()
+            .voter_ids()
+            .collect::<Vec<_>>()
+    );
+    let writer = crate::LogWriter::start(engine.clone()).unwrap();
+    let mut log = crate::LogStore::new(9, engine.clone(), writer);
+    let state = block_on(log.get_log_state()).unwrap();
+    assert_eq!(
+        state.last_purged_log_id.map(|l| l.index),
+        Some(super::CHILD_INIT_INDEX)
+    );
+    assert_eq!(super::stored_regions(&*engine).unwrap(), vec![1, 9]);
+    assert!(
+        !child.share().unwrap().leases,
+        "leases stay with the first region"
+    );
+    assert!(shared.share().unwrap().leases);
+
+    // Each region applies only commands inside its range.
+    let r = block_on(sm.apply(vec![entry(4, puts(20, [kv("q")]))])).unwrap();
+    assert!(
+        matches!(&r[..], [Reply::WrongRegion(range)] if range.end == b"m"),
+        "{r:?}"
+    );
+    let r = block_on(sm.apply(vec![entry(5, puts(21, [kv("b")]))])).unwrap();
+    assert!(matches!(r[..], [Reply::Txn(_)]), "{r:?}");
+    let mut child_sm = StateMachine::new(child.clone());
+    let r = block_on(child_sm.apply(vec![entry(6, puts(22, [kv("b")]))])).unwrap();
+    assert!(matches!(r[..], [Reply::WrongRegion(_)]), "{r:?}");
+    let r = block_on(child_sm.apply(vec![entry(7, puts(23, [kv("q")]))])).unwrap();
+    assert!(matches!(r[..], [Reply::Txn(_)]), "{r:?}");
+}
+
+#[test]
+fn a_split_that_would_move_a_leased_key_out_of_the_first_region_is_refused() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (shared, _dir) = region(engine);
+    let mut sm = StateMachine::new(shared.clone());
+    let put = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"x".to_vec(),
+                value: b"v".to_vec(),
+                lease: 5,
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let r = block_on(sm.apply(vec![
+        entry(1, Command::LeaseGrant { id: 5, ttl: 60 }),
+        entry(
+            2,
+            Command::Txn {
+                ts: 10,
+                txn: put.encode_to_vec(),
+            },
+        ),
+    ]))
+    .unwrap();
+    assert!(
+        matches!(r[..], [Reply::Revision(_), Reply::Txn(_)]),
+        "{r:?}"
+    );
+    let split = |at: &str| Command::Split {
+        at: at.as_bytes().to_vec(),
+        child: 9,
+        epoch: 1,
+    };
+    let r = block_on(sm.apply(vec![entry(3, split("m"))])).unwrap();
+    assert_eq!(r, vec![Reply::Rejected(Rejection::LeaseOutsideFirstRegion)]);
+    assert_eq!(shared.range().epoch, 1, "nothing changed");
+    // Past the leased key the split goes ahead.
+    let r = block_on(sm.apply(vec![entry(4, split("y"))])).unwrap();
+    assert_eq!(r, vec![Reply::Done]);
+}

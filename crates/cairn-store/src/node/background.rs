@@ -1,7 +1,7 @@
 //! The node's background loops (each holds the node weakly and ends with
-//! it): publishing this member and the initial region directory to the
-//! meta region, counting leader changes, and bounding each region's Raft
-//! log by bytes. (Lease expiry lives in `crate::lessor`, TSO colocation in
+//! it): publishing this member, and the ranges of the data regions it
+//! leads, to the meta region; counting leader changes; and bounding each
+//! region's Raft log by bytes. (Lease expiry lives in `crate::lessor`, TSO colocation in
 //! `crate::tso`.)
 
 use std::collections::BTreeMap;
@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use cairn_raft::{Command, MemberInfo, RegionDesc};
 
-use crate::node::{Node, DATA_REGION, META_REGION};
+use crate::node::{Node, META_REGION};
 use crate::remote::ForwardOp;
 
-/// Publishes this member's attributes and the initial region directory to
-/// the meta region (idempotent; retried until done).
+/// Publishes this member's attributes to the meta region (idempotent;
+/// retried until done).
 pub(super) async fn publish_self(node: std::sync::Weak<Node>) {
     loop {
         let Some(n) = node.upgrade() else { return };
@@ -32,25 +32,6 @@ pub(super) async fn publish_self(node: std::sync::Weak<Node>) {
         if applied.members.get(&n.id) != Some(&me) {
             todo.push(Command::SetMember(me));
         }
-        if !applied.regions.contains_key(&DATA_REGION) {
-            let peers = n.region(DATA_REGION).map_or(Vec::new(), |r| {
-                r.raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .nodes()
-                    .map(|(id, _)| *id)
-                    .collect()
-            });
-            todo.push(Command::SetRegion(RegionDesc {
-                id: DATA_REGION,
-                start: Vec::new(),
-                end: Vec::new(),
-                epoch: 1,
-                peers,
-            }));
-        }
         if todo.is_empty() {
             return;
         }
@@ -64,16 +45,70 @@ pub(super) async fn publish_self(node: std::sync::Weak<Node>) {
     }
 }
 
+/// Keeps the meta region's directory up to date with the data regions
+/// this node leads: after a split, each side's leader publishes its range
+/// and epoch (the directory keeps the newest epoch of each region).
+pub(super) async fn publish_regions(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Some(n) = node.upgrade() else { return };
+        let Ok(meta) = n.region(META_REGION) else {
+            return;
+        };
+        let dir = meta.shared.with_applied(|a| a.regions.clone());
+        for r in n.regions.all() {
+            if r.id == META_REGION {
+                continue;
+            }
+            let peers: Vec<u64> = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                if m.current_leader != Some(n.id) {
+                    continue;
+                }
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
+            let range = r.shared.range();
+            let desc = RegionDesc {
+                id: r.id,
+                start: range.start,
+                end: range.end,
+                epoch: range.epoch,
+                peers,
+            };
+            if dir.get(&r.id) == Some(&desc) || desc.peers.is_empty() {
+                continue;
+            }
+            if let Err(e) = n
+                .submit(META_REGION, ForwardOp::Plain(Command::SetRegion(desc)))
+                .await
+            {
+                tracing::debug!(region = r.id, "publishing the region's range: {e}");
+            }
+        }
+    }
+}
+
 /// Counts each new leader this replica sees (`etcd_server_leader_changes_seen_total`)
-/// until its Raft stops.
+/// and logs it (as etcd logs "elected leader … at term …") until its Raft
+/// stops.
 pub(super) async fn count_leader_changes(
+    region: u64,
     mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
 ) {
     let mut last = None;
     loop {
-        let leader = metrics.borrow_and_update().current_leader;
-        if leader.is_some() && leader != last {
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if let Some(l) = leader.filter(|_| leader != last) {
             cairn_raft::metrics::LEADER_CHANGES.inc();
+            tracing::info!(region, term, "leader is {l:x}");
         }
         last = leader;
         if metrics.changed().await.is_err() {

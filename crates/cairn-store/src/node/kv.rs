@@ -6,8 +6,7 @@ use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnRespon
 use cairn_raft::Command;
 use prost::Message;
 
-use crate::node::routing::first_key;
-use crate::node::{Node, DATA_REGION};
+use crate::node::{Node, DATA_REGION, REQUEST_TIMEOUT};
 use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
 
@@ -15,20 +14,29 @@ impl Node {
     /// Runs a transaction (`Put`/`DeleteRange` arrive as one-op txns) for
     /// `access` (checked: see `auth`).
     pub async fn txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
-        let region = self.route(&first_key(req));
-        if cairn_mvcc::is_read_only(req) {
-            return self.read_txn(region, req, access).await;
+        let stale = StaleRoutes::new();
+        loop {
+            let region = self.route_txn(req)?;
+            let res = if cairn_mvcc::is_read_only(req) {
+                self.read_txn(region, req, access).await
+            } else {
+                self.checked_submit(
+                    region,
+                    access,
+                    ForwardOp::Txn(req.encode_to_vec()),
+                    !cairn_raft::leases_put(req).is_empty(),
+                )
+                .await
+                .and_then(|ok| ok.txn())
+                .and_then(|b| {
+                    TxnResponse::decode(b.as_slice()).map_err(|e| Error::Internal(e.to_string()))
+                })
+            };
+            match res {
+                Err(Error::EpochMismatch) => stale.wait().await?,
+                other => return other,
+            }
         }
-        let b = self
-            .checked_submit(
-                region,
-                access,
-                ForwardOp::Txn(req.encode_to_vec()),
-                !cairn_raft::leases_put(req).is_empty(),
-            )
-            .await?
-            .txn()?;
-        TxnResponse::decode(b.as_slice()).map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// Compacts history at `revision`; returns the current revision once
@@ -40,6 +48,23 @@ impl Node {
             .checked_submit(DATA_REGION, access, ForwardOp::Compact(revision), false)
             .await?
             .compacted()?;
+        // The first region answers (as etcd's one store would); regions
+        // split from it compact the same history, up to their own newest
+        // revision (a region idle since then holds nothing newer).
+        for (r, _, _) in self.regions_overlapping(b"", None) {
+            if r.id == DATA_REGION {
+                continue;
+            }
+            let at = revision.min(r.shared.revisions().current);
+            match self
+                .checked_submit(r.id, access, ForwardOp::Compact(at), false)
+                .await
+                .and_then(|ok| ok.compacted())
+            {
+                Ok(_) | Err(Error::Rejected(cairn_mvcc::Rejection::Compacted)) => {}
+                Err(e) => tracing::warn!(region = r.id, "compacting a split region: {e}"),
+            }
+        }
         // The compaction is done; failing to see it here must not turn it
         // into an error (a retry would then be refused as already
         // compacted).
@@ -53,11 +78,19 @@ impl Node {
     /// local read once this replica has applied that far; `serializable`
     /// reads come straight from this replica.
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
-        let region = self.route(&req.key);
-        let (snap, revs) = if req.serializable {
-            self.region(region)?.shared.read_view()
-        } else {
-            self.linearizable_view(region).await?
+        let stale = StaleRoutes::new();
+        let (snap, revs) = loop {
+            let region = self.route_span(&req.key, &req.range_end)?;
+            let r = if req.serializable {
+                self.region(region)?
+            } else {
+                self.caught_up(region).await?
+            };
+            let (snap, revs, range) = r.shared.read_view_in();
+            if range.covers(&req.key, &req.range_end) {
+                break (snap, revs);
+            }
+            stale.wait().await?;
         };
         self.authorize(access).await?;
         // A single key is a bounded read (an index lookup and one version):
@@ -85,11 +118,15 @@ impl Node {
         req: &TxnRequest,
         access: &Access,
     ) -> Result<TxnResponse> {
-        let (snap, revs) = if cairn_mvcc::is_serializable(req) {
-            self.region(region)?.shared.read_view()
+        let r = if cairn_mvcc::is_serializable(req) {
+            self.region(region)?
         } else {
-            self.linearizable_view(region).await?
+            self.caught_up(region).await?
         };
+        let (snap, revs, range) = r.shared.read_view_in();
+        if !cairn_raft::txn_within(req, &range) {
+            return Err(Error::EpochMismatch);
+        }
         self.authorize(access).await?;
         if single_keys(req) {
             return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
@@ -139,6 +176,25 @@ impl Node {
             .run(move || cairn_mvcc::hash_kv_range(&*snap, revision, revs, &range))
             .await?
             .map_err(Error::from)
+    }
+}
+
+/// Retries of a request routed by a replica that had not applied a split
+/// yet: a short pause each (the replica catches up in a round trip or
+/// two), `EpochMismatch` once [`REQUEST_TIMEOUT`] has passed.
+struct StaleRoutes(std::time::Instant);
+
+impl StaleRoutes {
+    fn new() -> Self {
+        Self(std::time::Instant::now() + REQUEST_TIMEOUT)
+    }
+
+    async fn wait(&self) -> Result<()> {
+        if std::time::Instant::now() >= self.0 {
+            return Err(Error::EpochMismatch);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        Ok(())
     }
 }
 

@@ -10,13 +10,16 @@
 //! The node's jobs, one file each:
 //! - [`start`]: open the engine, start every region replica, bootstrap
 //!   Raft membership, spawn the background loops;
-//! - [`routing`]: key or span → data region(s), from the meta directory;
+//! - [`routing`]: key or span → data region(s), from the hosted replicas'
+//!   ranges;
+//! - [`split`]: splitting a data region in two (each replica starts the
+//!   new region's replica when it applies the split);
 //! - [`forward`]: send an op to its region's leader and serve one there;
 //! - [`kv`] and [`leases`]: the KV and Lease entry points;
 //! - [`reads`]: the linearizable read path (read index, then a local read);
 //! - [`status`]: what the node reports about itself;
-//! - [`background`]: publishing this member, counting leader changes,
-//!   bounding Raft logs by bytes.
+//! - [`background`]: publishing this member and the ranges of the regions
+//!   it leads, counting leader changes, bounding Raft logs by bytes.
 //!
 //! Auth checks (`crate::auth`), backups (`crate::backup`), the corruption
 //! check (`crate::corruption`) and MoveLeader (`crate::transfer`) add
@@ -29,6 +32,7 @@ mod leases;
 mod reads;
 mod registry;
 pub(crate) mod routing;
+mod split;
 mod start;
 mod status;
 
@@ -117,6 +121,12 @@ pub struct Node {
     stopped: tokio::sync::watch::Sender<bool>,
     /// One MoveLeader at a time (see `transfer`).
     pub(crate) transferring: tokio::sync::Mutex<()>,
+    /// Opens replicas of regions born after the node started.
+    opener: start::Opener,
+    /// Where every region's proposer gets its timestamps.
+    timestamps: crate::proposer::TimestampSource,
+    /// Told of each region a split applied here gives birth to.
+    births: tokio::sync::mpsc::UnboundedSender<u64>,
 }
 
 impl Node {

@@ -20,10 +20,18 @@ impl Node {
         &self,
         region: u64,
     ) -> Result<(Arc<dyn cairn_storage::Snapshot>, cairn_mvcc::Revisions)> {
+        Ok(self.caught_up(region).await?.shared.read_view())
+    }
+
+    /// `region`'s replica here, once it has applied every write
+    /// acknowledged before the call (read index from the leader, then wait
+    /// until this replica has applied that far): a view taken from it now
+    /// is linearizable.
+    pub(crate) async fn caught_up(&self, region: u64) -> Result<Arc<Region>> {
         let r = self.region(region)?;
         #[cfg(feature = "planted-stale-read")]
         if region != META_REGION {
-            return Ok(r.shared.read_view());
+            return Ok(r);
         }
         let index = self.read_index(&r).await?;
         r.raft
@@ -31,7 +39,7 @@ impl Node {
             .applied_index_at_least(Some(index), "read-index")
             .await
             .map_err(|_| Error::Timeout)?;
-        Ok(r.shared.read_view())
+        Ok(r)
     }
 
     /// A read index for `r`, as good as one from a round that started after

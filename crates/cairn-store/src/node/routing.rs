@@ -1,65 +1,74 @@
 //! Routing: which data region holds a key, and which regions a span
-//! touches — read from the meta region's directory.
+//! touches — read from the ranges of the replicas this node hosts (every
+//! node hosts a replica of every region until placement exists). A replica
+//! that has not applied a split yet still shows the wider range; the
+//! region's leader then answers `EpochMismatch` and the caller routes
+//! again. Splits only narrow ranges, so a span that crosses regions here
+//! crosses them everywhere.
 
 use crate::node::{Node, Region, DATA_REGION, META_REGION};
+use crate::{Error, Result};
 use std::sync::Arc;
 
 use cairn_api::etcdserverpb::TxnRequest;
 
 impl Node {
     /// The data regions whose ranges overlap `[start, end)` (`end` None: to
-    /// the end), with each region's own range (`end` empty: to the end), from
-    /// the meta region's directory; the hosted data regions until the
-    /// directory is published.
+    /// the end), each with its own range (`end` empty: to the end).
     pub fn regions_overlapping(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
     ) -> Vec<(Arc<Region>, Vec<u8>, Vec<u8>)> {
-        let dir = self
-            .region(META_REGION)
-            .map(|m| m.shared.with_applied(|a| a.regions.clone()))
-            .unwrap_or_default();
-        let mut out: Vec<(Arc<Region>, Vec<u8>, Vec<u8>)> = dir
-            .values()
+        self.regions
+            .all()
+            .into_iter()
             .filter(|r| r.id != META_REGION)
-            .filter(|r| {
-                (r.end.is_empty() || start < r.end.as_slice())
-                    && end.is_none_or(|e| r.start.as_slice() < e)
-            })
             .filter_map(|r| {
-                self.regions
-                    .get(r.id)
-                    .map(|region| (region, r.start.clone(), r.end.clone()))
+                let range = r.shared.range();
+                let overlaps = (range.end.is_empty() || start < range.end.as_slice())
+                    && end.is_none_or(|e| range.start.as_slice() < e);
+                overlaps.then_some((r, range.start, range.end))
             })
-            .collect();
-        if out.is_empty() {
-            out = self
-                .regions
-                .all()
-                .into_iter()
-                .filter(|r| r.id != META_REGION)
-                .map(|r| (r, Vec::new(), Vec::new()))
-                .collect();
-        }
-        out
+            .collect()
     }
 
-    /// The data region holding `key`, from the meta region's directory.
+    /// The data region holding `key`.
     pub fn route(&self, key: &[u8]) -> u64 {
-        let Ok(meta) = self.region(META_REGION) else {
-            return DATA_REGION;
-        };
-        meta.shared.with_applied(|a| {
-            a.regions
-                .values()
-                .find(|r| {
-                    r.id != META_REGION
-                        && key >= r.start.as_slice()
-                        && (r.end.is_empty() || key < r.end.as_slice())
-                })
-                .map_or(DATA_REGION, |r| r.id)
-        })
+        self.regions
+            .all()
+            .into_iter()
+            .filter(|r| r.id != META_REGION)
+            .find(|r| r.shared.range().contains(key))
+            .map_or(DATA_REGION, |r| r.id)
+    }
+
+    /// The one data region holding every key `req` names, or
+    /// `SpansRegions`.
+    pub(crate) fn route_txn(&self, req: &TxnRequest) -> Result<u64> {
+        let region = self.route(&first_key(req));
+        let within = self
+            .region(region)
+            .is_ok_and(|r| cairn_raft::txn_within(req, &r.shared.range()));
+        if within {
+            Ok(region)
+        } else {
+            Err(Error::SpansRegions)
+        }
+    }
+
+    /// The one data region holding the span `[key, range_end)` (etcd's
+    /// form), or `SpansRegions`.
+    pub(crate) fn route_span(&self, key: &[u8], range_end: &[u8]) -> Result<u64> {
+        let region = self.route(key);
+        let within = self
+            .region(region)
+            .is_ok_and(|r| r.shared.range().covers(key, range_end));
+        if within {
+            Ok(region)
+        } else {
+            Err(Error::SpansRegions)
+        }
     }
 }
 

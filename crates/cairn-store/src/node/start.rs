@@ -70,20 +70,33 @@ impl Node {
             .collect();
 
         let snapshots = Arc::new(cairn_raft::SnapshotDir::open(config.data_dir.join("snap"))?);
+        let mut hosted = vec![META_REGION, DATA_REGION];
+        hosted.extend(cairn_raft::stored_regions(&*engine)?);
+        hosted.sort_unstable();
+        hosted.dedup();
+        let opener = Opener {
+            me: id,
+            engine: engine.clone(),
+            log_writer: log_writer.clone(),
+            pool: pool.clone(),
+            raft_config,
+            snapshots,
+        };
         let mut rafts = Vec::new();
-        for (region, kind) in [
-            (META_REGION, RegionKind::Meta),
-            (DATA_REGION, RegionKind::Data),
-        ] {
-            let shared = RegionShared::load(region, kind, engine.clone(), snapshots.clone())?;
-            let log = LogStore::new(region, engine.clone(), log_writer.clone());
-            let log_bytes = log.appended_bytes();
-            let sm = StateMachine::new(shared.clone());
-            let net = RegionNetwork::new(region, pool.clone());
-            let raft = Raft::new(id, raft_config.clone(), net, log, sm)
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            if config.new_cluster && !raft.is_initialized().await.map_err(|_| Error::Stopped)? {
+        for region in hosted {
+            let kind = if region == META_REGION {
+                RegionKind::Meta
+            } else {
+                RegionKind::Data
+            };
+            let (raft, shared, log_bytes) = opener.open(region, kind).await?;
+            // Only the first two regions are bootstrapped; a region born by
+            // a split starts from the record the split wrote.
+            let first = region == META_REGION || region == DATA_REGION;
+            if first
+                && config.new_cluster
+                && !raft.is_initialized().await.map_err(|_| Error::Stopped)?
+            {
                 // Every initial member initializes with the same membership: safe in openraft.
                 if let Err(e) = raft.initialize(members.clone()).await {
                     tracing::debug!(region, "initialize: {e}");
@@ -91,7 +104,11 @@ impl Node {
             }
             rafts.push((region, raft, shared, log_bytes));
         }
-        let (meta_raft, meta_shared) = (rafts[0].1.clone(), rafts[0].2.clone());
+        let meta_index = rafts
+            .iter()
+            .position(|r| r.0 == META_REGION)
+            .expect("the meta region is hosted");
+        let (meta_raft, meta_shared) = (rafts[meta_index].1.clone(), rafts[meta_index].2.clone());
         if let crate::TokenConfig::Simple { ttl } = &config.auth_tokens {
             meta_shared.tokens.lock().set_ttl(*ttl);
         }
@@ -103,12 +120,13 @@ impl Node {
                 Box::pin(async move { tso::fetch_timestamps(&tso, &pool, &meta, count).await })
             })
         };
+        let (births, born) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let regions = Registry::default();
             for (region, raft, shared, log_bytes) in rafts {
+                shared.on_birth(births.clone());
                 // The meta region's elections are triggered by hand
                 // (`tso::colocate`), which a lease cannot survive.
-                let lease = config.read_lease && region != META_REGION;
                 regions.insert(Arc::new(Region::start(
                     id,
                     region,
@@ -116,7 +134,7 @@ impl Node {
                     shared,
                     log_bytes,
                     timestamps.clone(),
-                    lease,
+                    config.read_lease && region != META_REGION,
                     weak.clone(),
                 )));
             }
@@ -143,8 +161,12 @@ impl Node {
                 spans: SpanPool::default(),
                 stopped: tokio::sync::watch::channel(false).0,
                 transferring: tokio::sync::Mutex::new(()),
+                opener,
+                timestamps,
+                births,
             }
         });
+        tokio::spawn(host_births(Arc::downgrade(&node), born));
         tokio::spawn(background::publish_self(Arc::downgrade(&node)));
         tokio::spawn(Lessor::expire(
             Arc::downgrade(&node.lessor),
@@ -158,10 +180,82 @@ impl Node {
                 node.config.corrupt_check_interval,
             ));
         }
+        tokio::spawn(background::publish_regions(Arc::downgrade(&node)));
         for r in node.regions.all() {
-            tokio::spawn(background::count_leader_changes(r.raft.metrics()));
+            tokio::spawn(background::count_leader_changes(r.id, r.raft.metrics()));
         }
         Ok(node)
+    }
+
+    /// Starts this node's replica of data region `region`, born here by a
+    /// split (its record and log start are in the engine). Does nothing if
+    /// it is already hosted.
+    pub(crate) async fn host(self: &Arc<Self>, region: u64) -> Result<()> {
+        if self.regions.get(region).is_some() {
+            return Ok(());
+        }
+        let (raft, shared, log_bytes) = self.opener.open(region, RegionKind::Data).await?;
+        shared.on_birth(self.births.clone());
+        let r = Arc::new(Region::start(
+            self.id,
+            region,
+            raft,
+            shared,
+            log_bytes,
+            self.timestamps.clone(),
+            self.config.read_lease,
+            Arc::downgrade(self),
+        ));
+        tokio::spawn(background::count_leader_changes(region, r.raft.metrics()));
+        self.regions.insert(r);
+        tracing::info!(region, "hosting a region born by a split");
+        Ok(())
+    }
+}
+
+/// Starts a replica for each region a split applied here gives birth to,
+/// until the node is gone.
+async fn host_births(node: Weak<Node>, mut born: tokio::sync::mpsc::UnboundedReceiver<u64>) {
+    while let Some(region) = born.recv().await {
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        if let Err(e) = n.host(region).await {
+            // The record is in the engine: the next start hosts it.
+            tracing::error!(region, "cannot start a region born by a split: {e}");
+        }
+    }
+}
+
+/// What opening a region replica on this node takes (kept by the node, so
+/// regions born later open the same way).
+pub(crate) struct Opener {
+    me: u64,
+    engine: Arc<dyn Engine>,
+    log_writer: LogWriter,
+    pool: Arc<PeerPool>,
+    raft_config: Arc<openraft::Config>,
+    snapshots: Arc<cairn_raft::SnapshotDir>,
+}
+
+impl Opener {
+    /// Region `region`'s Raft on this node's engine: its applied state
+    /// (loaded, or fresh), its log, its state machine and its network.
+    async fn open(
+        &self,
+        region: u64,
+        kind: RegionKind,
+    ) -> Result<(Raft, Arc<RegionShared>, Arc<AtomicU64>)> {
+        let shared = RegionShared::load(region, kind, self.engine.clone(), self.snapshots.clone())?;
+        let log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
+        let log_bytes = log.appended_bytes();
+        let sm = StateMachine::new(shared.clone());
+        let net = RegionNetwork::new(region, self.pool.clone());
+        let raft = Raft::new(self.me, self.raft_config.clone(), net, log, sm)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok((raft, shared, log_bytes))
     }
 }
 

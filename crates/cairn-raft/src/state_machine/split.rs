@@ -1,0 +1,126 @@
+//! Splitting a data region, and keeping every command inside its region.
+//!
+//! A split is one command in the parent's log ([`Command::Split`]). Every
+//! replica that applies it, in the same engine batch as the parent's new
+//! record:
+//! - narrows the parent to `[start, at)` and bumps its epoch;
+//! - writes the child's record — `[at, end)`, the same epoch, the parent's
+//!   revisions, alarms and auth fence, the parent's voters, applied up to
+//!   [`CHILD_INIT_INDEX`] — and marks the child's log purged up to there.
+//!
+//! The child's keys are already in the engine (regions share one), so
+//! nothing is copied: the child's Raft starts as if it had applied a log
+//! up to [`CHILD_INIT_INDEX`] and taken a snapshot. A replica that never
+//! applied the split (it caught up by a later snapshot of the parent) has
+//! no child record; the child's leader sees its log empty, finds every
+//! entry it lacks purged, and sends a snapshot — never entries that assume
+//! data it does not have (TiKV's `RAFT_INIT_LOG_INDEX` rule). The host
+//! creates such an empty replica only when no region it hosts overlaps the
+//! child's range, so a parent that has not split yet here cannot keep
+//! writing keys the child's snapshot owns.
+//!
+//! Leases live in the first region (a revoke deletes its keys there), so a
+//! split that would move a leased key out of it is refused until revokes
+//! can span regions.
+//!
+//! Every command applied in a data region must stay inside its range: a
+//! request routed by a directory older than a split is answered
+//! [`Reply::WrongRegion`] with the region's range now, and nothing changes.
+
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::TxnRequest;
+use std::ops::Bound;
+
+use cairn_mvcc::Rejection;
+use cairn_storage::keys::{decode_lease, Space};
+use cairn_storage::{Snapshot, WriteBatch};
+use openraft::{CommittedLeaderId, LogId, StoredMembership};
+
+use super::{apply_key, Applied};
+use crate::codec::encode;
+use crate::log_store::LogStore;
+use crate::types::{RegionRange, Reply};
+
+/// Where a region born by a split starts its log: it has "applied" up to
+/// here (the parent's data), and every earlier entry counts as purged.
+pub const CHILD_INIT_INDEX: u64 = 5;
+
+/// Applies `Split { at, child, epoch }` to the parent's record `state`,
+/// adding the child's record and log start to `batch`.
+pub(super) fn split(
+    state: &mut Applied,
+    at: Vec<u8>,
+    child: u64,
+    epoch: u64,
+    engine: &dyn Snapshot,
+    batch: &mut WriteBatch,
+) -> crate::Result<Reply> {
+    let range = &state.range;
+    let inside = at.as_slice() > range.start.as_slice()
+        && (range.end.is_empty() || at.as_slice() < range.end.as_slice());
+    if epoch != range.epoch || !inside {
+        return Ok(Reply::WrongRegion(range.clone()));
+    }
+    if lease_holds_key_from(engine, &at, &range.end)? {
+        // A revoke in this region would delete the child's keys.
+        return Ok(Reply::Rejected(Rejection::LeaseOutsideFirstRegion));
+    }
+    let epoch = range.epoch + 1;
+    let init = LogId::new(CommittedLeaderId::new(0, 0), CHILD_INIT_INDEX);
+    let born = Applied {
+        last_applied: Some(init),
+        membership: StoredMembership::new(Some(init), state.membership.membership().clone()),
+        current_revision: state.current_revision,
+        compacted_revision: state.compacted_revision,
+        alarms: state.alarms.clone(),
+        auth_fence: state.auth_fence,
+        range: RegionRange {
+            start: at.clone(),
+            end: range.end.clone(),
+            epoch,
+        },
+        ..Applied::default()
+    };
+    batch.put(apply_key(child), encode(&born)?);
+    LogStore::seed_purged(batch, child, init)?;
+    state.range.end = at;
+    state.range.epoch = epoch;
+    Ok(Reply::Done)
+}
+
+/// True when a lease holds a key in `[start, end)` (`end` empty: to the
+/// end). Leases live in the first region, and a revoke deletes its keys
+/// there, so a split may not move a leased key out of it until revokes can
+/// span regions. One scan of the lease space.
+fn lease_holds_key_from(engine: &dyn Snapshot, start: &[u8], end: &[u8]) -> crate::Result<bool> {
+    let lo = vec![Space::Lease as u8];
+    let hi = vec![Space::Lease as u8 + 1];
+    for k in engine.scan_keys(Bound::Included(lo), Bound::Excluded(hi)) {
+        let k = k?;
+        if let (_, Some(key)) = decode_lease(&k)? {
+            if key >= start && (end.is_empty() || key < end) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// True when every key and span `req` names (compares, ops, nested
+/// transactions) lies in `range`.
+pub fn txn_within(req: &TxnRequest, range: &RegionRange) -> bool {
+    req.compare
+        .iter()
+        .all(|c| range.covers(&c.key, &c.range_end))
+        && req
+            .success
+            .iter()
+            .chain(&req.failure)
+            .all(|op| match &op.request {
+                Some(Request::RequestPut(p)) => range.contains(&p.key),
+                Some(Request::RequestRange(r)) => range.covers(&r.key, &r.range_end),
+                Some(Request::RequestDeleteRange(d)) => range.covers(&d.key, &d.range_end),
+                Some(Request::RequestTxn(t)) => txn_within(t, range),
+                None => true,
+            })
+}

@@ -1,0 +1,171 @@
+//! Regions that split (issue 17, phase 2): a split in the parent's log
+//! gives every replica the new region, requests route by key to the region
+//! holding it, a request routed by a replica behind the split is told and
+//! routed again, the directory in the meta region follows, and a restart
+//! brings every region back. Requests across regions are refused until
+//! they are built (`Unimplemented`).
+
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
+use cairn_store::{Node, DATA_REGION, META_REGION};
+use cairn_testkit::{kv, secured, InProcessCluster};
+
+/// Every node's data regions as `(start, end)`, sorted by start.
+fn ranges(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out: Vec<_> = node
+        .regions_overlapping(b"", None)
+        .into_iter()
+        .map(|(_, s, e)| (s, e))
+        .collect();
+    out.sort();
+    out
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_region_serves_its_keys_on_every_node_and_after_restart() {
+    let mut c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "f", "m", "q", "z"] {
+        kv::put(&mut client, k, "before").await.unwrap();
+    }
+    let child = c
+        .node(1)
+        .split_region(DATA_REGION, b"m".to_vec())
+        .await
+        .unwrap();
+    assert_ne!(child, DATA_REGION);
+    let want = vec![(Vec::new(), b"m".to_vec()), (b"m".to_vec(), Vec::new())];
+    for i in 0..3 {
+        wait_for("every node hosts both halves", || ranges(c.node(i)) == want).await;
+    }
+    // The new region elects its own leader and takes writes; revisions
+    // stay one increasing sequence across the two regions.
+    let mut last = 0;
+    for (i, k) in ["q", "a", "z", "f", "m"].iter().enumerate() {
+        let mut client = c.kv(i % 3).await;
+        let rev = kv::put(&mut client, k, "after").await.unwrap();
+        assert!(rev > last, "revision {rev} after {last}");
+        last = rev;
+    }
+    for i in 0..3 {
+        let mut client = c.kv(i).await;
+        for k in ["a", "f", "m", "q", "z"] {
+            assert_eq!(
+                kv::get(&mut client, k, false).await.unwrap().as_deref(),
+                Some("after"),
+                "{k} through node {i}"
+            );
+        }
+        // A span inside one region is read as before.
+        let r = kv::prefix(&mut client, "q", false).await.unwrap();
+        assert_eq!(r.kvs.len(), 1);
+    }
+    // A span across the boundary is refused, not answered from one half.
+    let across = client
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(across.code(), tonic::Code::Unimplemented, "{across:?}");
+    // So is a lease on a key outside the first region (leases live there).
+    let mut leases = LeaseClient::new(secured::channel(&c.nodes[0].client_addr));
+    let lease = leases
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let leased = client
+        .put(PutRequest {
+            key: b"q".to_vec(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(leased.code(), tonic::Code::Unimplemented, "{leased:?}");
+
+    // Split the new region again; the directory in the meta region ends
+    // up with all three ranges at their new epochs.
+    let grandchild = c.node(2).split_region(child, b"t".to_vec()).await.unwrap();
+    for i in 0..3 {
+        wait_for("every node hosts three regions", || {
+            ranges(c.node(i)).len() == 3
+        })
+        .await;
+    }
+    wait_for("the directory shows three regions", || {
+        let dir = c
+            .node(0)
+            .region(META_REGION)
+            .unwrap()
+            .shared
+            .with_applied(|a| a.regions.clone());
+        let get = |id| {
+            dir.get(&id)
+                .map(|d| (d.start.clone(), d.end.clone(), d.epoch))
+        };
+        get(DATA_REGION) == Some((Vec::new(), b"m".to_vec(), 2))
+            && get(child) == Some((b"m".to_vec(), b"t".to_vec(), 3))
+            && get(grandchild) == Some((b"t".to_vec(), Vec::new(), 3))
+    })
+    .await;
+
+    // A restarted node starts every region again from its engine.
+    c.stop(0).await;
+    let mut client = c.kv(1).await;
+    kv::put(&mut client, "z", "while-down").await.unwrap();
+    c.restart(0).await;
+    wait_for("the restarted node hosts three regions", || {
+        ranges(c.node(0)).len() == 3
+    })
+    .await;
+    let mut client = c.kv(0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(v)) = kv::get(&mut client, "z", true).await {
+            if v == "while-down" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "restarted node never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for k in ["a", "f", "m", "q"] {
+        assert_eq!(
+            kv::get(&mut client, k, false).await.unwrap().as_deref(),
+            Some("after")
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_at_a_stale_epoch_or_outside_the_region_is_refused() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let n = c.node(0);
+    let child = n.split_region(DATA_REGION, b"k".to_vec()).await.unwrap();
+    // "c" is no longer inside the new region ([k, end)).
+    let err = n.split_region(child, b"c".to_vec()).await.unwrap_err();
+    assert!(matches!(err, cairn_store::Error::EpochMismatch), "{err:?}");
+    // The region holding the first key cannot split at it.
+    let err = n.split_region(DATA_REGION, Vec::new()).await.unwrap_err();
+    assert!(matches!(err, cairn_store::Error::EpochMismatch), "{err:?}");
+    c.shutdown().await;
+}
