@@ -481,6 +481,26 @@ pub fn seed_restored_meta(
     )
 }
 
+/// Records an empty replica of data region `range`'s region, created
+/// because its leader sent this node a message (this node missed the
+/// split that made the region): nothing applied, so Raft can only install
+/// a snapshot. Fails if the region already has a record (a split applied
+/// here wrote it; that replica is to be started instead).
+pub fn seed_empty(
+    engine: &dyn cairn_storage::Engine,
+    region: u64,
+    range: RegionRange,
+) -> crate::Result<()> {
+    seed(
+        engine,
+        region,
+        Applied {
+            range,
+            ..Applied::default()
+        },
+    )
+}
+
 fn seed(engine: &dyn cairn_storage::Engine, region: u64, applied: Applied) -> crate::Result<()> {
     if engine.get(&apply_key(region))?.is_some() {
         return Err(crate::Error::Io(format!(

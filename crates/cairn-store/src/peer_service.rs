@@ -81,9 +81,14 @@ impl PeerService {
 impl Peer for PeerService {
     async fn raft(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let region_id = req.get_ref().region_id;
+        if self.node.region(region_id).is_err() {
+            // Only a member may make this node adopt a region.
+            self.member(&req, None)?;
+        }
         let region = self
             .node
-            .region(region_id)
+            .adopt(region_id)
+            .await
             .map_err(|e| Status::not_found(e.to_string()))?;
         self.member(&req, Some(region_id))?;
         let req = req.into_inner();

@@ -169,3 +169,84 @@ async fn a_split_at_a_stale_epoch_or_outside_the_region_is_refused() {
     assert!(matches!(err, cairn_store::Error::EpochMismatch), "{err:?}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_missed_the_split_adopts_the_new_region_from_its_leader() {
+    // Snapshot every 20 entries and keep 2: the parent's log is purged past
+    // the split while one node is down, so that node catches up on the
+    // parent by a snapshot taken after the split and never applies it.
+    let mut c = InProcessCluster::start_with(3, 20, cairn_server::Limits::default()).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let away = (leader + 1) % 3;
+    let mut client = c.kv(leader).await;
+    for k in ["b", "x"] {
+        kv::put(&mut client, k, "before").await.unwrap();
+    }
+    wait_for("every node has applied the writes", || {
+        (0..3).all(|i| {
+            c.node(i)
+                .region(DATA_REGION)
+                .unwrap()
+                .shared
+                .revisions()
+                .current
+                > 2
+        })
+    })
+    .await;
+    c.stop(away).await;
+    let child = c
+        .node(leader)
+        .split_region(DATA_REGION, b"m".to_vec())
+        .await
+        .unwrap();
+    for i in 0..60 {
+        kv::put(&mut client, &format!("a{i:02}"), "v")
+            .await
+            .unwrap();
+        kv::put(&mut client, &format!("q{i:02}"), "v")
+            .await
+            .unwrap();
+    }
+    let purged = c
+        .node(leader)
+        .region(DATA_REGION)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .purged;
+    assert!(
+        purged.is_some_and(|p| p.index > 20),
+        "parent log purged: {purged:?}"
+    );
+    c.restart(away).await;
+    wait_for("the node that was away hosts the new region", || {
+        c.node(away).region(child).is_ok()
+    })
+    .await;
+    let mut away_client = c.kv(away).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = kv::prefix(&mut away_client, "q", true)
+            .await
+            .map(|r| r.kvs.len());
+        let a = kv::prefix(&mut away_client, "a", true)
+            .await
+            .map(|r| r.kvs.len());
+        let x = kv::get(&mut away_client, "x", true).await;
+        if matches!((q, a, &x), (Ok(60), Ok(60), Ok(Some(_)))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {away} never caught up: {x:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ranges(c.node(away)),
+        vec![(Vec::new(), b"m".to_vec()), (b"m".to_vec(), Vec::new())]
+    );
+    c.shutdown().await;
+}

@@ -135,6 +135,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
     let members: Vec<String> = initial_cluster.iter().map(|m| m.peer_url.clone()).collect();
     let dial_tls = tls_args::peer_client(&members, a.tls.peer())?;
 
+    tracing::info!(name = %a.name, "starting");
     // Bind first, so a port conflict fails fast and peers can reach us
     // while Raft starts.
     let peer_listeners = bind(&listen_peer, &peer_tls, "peer").await?;
@@ -160,6 +161,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;
     if a.experimental_initial_corrupt_check {
+        tracing::info!("node started; comparing history hashes with the peers");
         node.initial_corruption_check()
             .await
             .map_err(|e| anyhow::anyhow!("initial corruption check: {e}"))?;

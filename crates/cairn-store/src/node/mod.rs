@@ -127,6 +127,8 @@ pub struct Node {
     timestamps: crate::proposer::TimestampSource,
     /// Told of each region a split applied here gives birth to.
     births: tokio::sync::mpsc::UnboundedSender<u64>,
+    /// Held while a replica is being started (or adopted).
+    hosting: tokio::sync::Mutex<()>,
 }
 
 impl Node {

@@ -5,12 +5,21 @@
 //! replica that applies it starts the new region's replica on its own
 //! node (`Node::host`). The leaders then publish both ranges to the meta
 //! region's directory (`background::publish_regions`).
+//!
+//! A node that missed the split — it caught up on the parent by a snapshot
+//! taken after it — learns of the child from the child leader's messages
+//! and [`Node::adopt`]s it: an empty replica that can only install the
+//! child's snapshot. Only if the directory names this node among the
+//! child's peers and no region hosted here overlaps the child's range: a
+//! parent that has not split here yet still owns (and may still write)
+//! those keys, and the child's snapshot must not land under it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn_raft::Command;
+use cairn_raft::{Command, RegionRange};
 
-use crate::node::{Node, META_REGION, REQUEST_TIMEOUT};
+use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
 use crate::remote::ForwardOp;
 use crate::tso;
 use crate::{Error, Result};
@@ -39,5 +48,49 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(child)
+    }
+
+    /// This node's replica of `region`, starting one if a split applied
+    /// here gave birth to it, or adopting it empty (see the module essay)
+    /// if the directory says it should be here and nothing hosted here
+    /// overlaps it. `Internal` otherwise (the sender retries).
+    pub(crate) async fn adopt(self: &Arc<Self>, region: u64) -> Result<Arc<Region>> {
+        if let Some(r) = self.regions.get(region) {
+            return Ok(r);
+        }
+        let refuse = |why: &str| {
+            Err(Error::Internal(format!(
+                "region {region} not hosted here: {why}"
+            )))
+        };
+        let desc = self
+            .region(META_REGION)?
+            .shared
+            .with_applied(|a| a.regions.get(&region).cloned());
+        let Some(desc) = desc.filter(|d| d.id != META_REGION) else {
+            return refuse("not in the directory");
+        };
+        if !desc.peers.contains(&self.id) {
+            return refuse("not one of its peers");
+        }
+        let end = (!desc.end.is_empty()).then_some(desc.end.as_slice());
+        if !self.regions_overlapping(&desc.start, end).is_empty() {
+            return refuse("a region hosted here still holds some of its keys");
+        }
+        let _one = self.hosting.lock().await;
+        let engine = self.engine.clone();
+        let range = RegionRange {
+            start: desc.start.clone(),
+            end: desc.end.clone(),
+            epoch: desc.epoch,
+        };
+        let has_record = cairn_raft::stored_regions(&*engine)?.contains(&region);
+        if !has_record {
+            cairn_raft::seed_empty(&*engine, region, range)?;
+            tracing::info!(region, "adopting a region this node missed the split of");
+        }
+        drop(_one);
+        self.host(region).await?;
+        self.region(region)
     }
 }

@@ -164,6 +164,7 @@ impl Node {
                 opener,
                 timestamps,
                 births,
+                hosting: tokio::sync::Mutex::new(()),
             }
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
@@ -187,10 +188,12 @@ impl Node {
         Ok(node)
     }
 
-    /// Starts this node's replica of data region `region`, born here by a
-    /// split (its record and log start are in the engine). Does nothing if
-    /// it is already hosted.
+    /// Starts this node's replica of data region `region`, from its record
+    /// in the engine (written by a split applied here, or an empty one by
+    /// [`Node::adopt`]). Does nothing if it is already hosted.
     pub(crate) async fn host(self: &Arc<Self>, region: u64) -> Result<()> {
+        // One at a time: two Rafts over one region's log would diverge.
+        let _one = self.hosting.lock().await;
         if self.regions.get(region).is_some() {
             return Ok(());
         }
