@@ -44,7 +44,7 @@ use cairn_mvcc::Rejection;
 use cairn_raft::{AuthStamp, Command, Reply};
 
 use crate::remote::{ForwardOk, ForwardOp};
-use crate::{Error, Node, Result, TokenConfig, DATA_REGION, META_REGION};
+use crate::{Error, Node, Result, TokenConfig, META_REGION};
 
 /// How a request names its caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -179,10 +179,9 @@ impl Node {
             Access::Internal => return Ok(None),
             Access::Client { needs, .. } => matches!(needs, Needs::Admin { .. }),
         };
-        let fence = self
-            .region(DATA_REGION)?
-            .shared
-            .with_applied(|a| a.auth_fence);
+        // The newest fence any data region here has applied (at least the
+        // one of the region a read is served from).
+        let fence = self.data_regions_max(|a| a.auth_fence);
         let (enabled, revision) = self
             .meta_shared()
             .with_applied(|a| (a.auth.enabled, a.auth.revision));
@@ -328,16 +327,13 @@ impl Node {
         }
     }
 
-    /// Fences auth `revision` in the data region, then waits until this
+    /// Fences auth `revision` in every data region, then waits until this
     /// member's meta replica has it (so this caller's next request here is
     /// checked against it).
     async fn fence_auth(&self, revision: u64) -> Result<()> {
-        self.submit(
-            DATA_REGION,
-            ForwardOp::Plain(Command::AuthFence { revision }),
-        )
-        .await?
-        .applied()?;
+        self.propose_everywhere(Command::AuthFence { revision })
+            .await?
+            .applied()?;
         if self.auth_revision() < revision {
             self.catch_up_auth().await?;
         }

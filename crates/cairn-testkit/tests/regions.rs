@@ -167,6 +167,23 @@ async fn a_split_at_a_stale_epoch_or_outside_the_region_is_refused() {
     // The region holding the first key cannot split at it.
     let err = n.split_region(DATA_REGION, Vec::new()).await.unwrap_err();
     assert!(matches!(err, cairn_store::Error::EpochMismatch), "{err:?}");
+
+    // An alarm raised after the split is in force in both regions, and so
+    // is its disarm.
+    let mut client = c.kv(1).await;
+    n.alarm(true, n.id, cairn_store::ALARM_NOSPACE)
+        .await
+        .unwrap();
+    for k in ["a", "z"] {
+        let e = kv::put(&mut client, k, "v").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{k}: {e:?}");
+    }
+    n.alarm(false, n.id, cairn_store::ALARM_NOSPACE)
+        .await
+        .unwrap();
+    for k in ["a", "z"] {
+        kv::put(&mut client, k, "v").await.unwrap();
+    }
     c.shutdown().await;
 }
 

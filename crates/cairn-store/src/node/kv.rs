@@ -16,7 +16,13 @@ impl Node {
     pub async fn txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
         let stale = StaleRoutes::new();
         loop {
-            let region = self.route_txn(req)?;
+            let region = match self.route_txn(req) {
+                Err(Error::EpochMismatch) => {
+                    stale.wait().await?;
+                    continue;
+                }
+                other => other?,
+            };
             let res = if cairn_mvcc::is_read_only(req) {
                 self.read_txn(region, req, access).await
             } else {
@@ -80,7 +86,13 @@ impl Node {
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
         let stale = StaleRoutes::new();
         let (snap, revs) = loop {
-            let region = self.route_span(&req.key, &req.range_end)?;
+            let region = match self.route_span(&req.key, &req.range_end) {
+                Err(Error::EpochMismatch) => {
+                    stale.wait().await?;
+                    continue;
+                }
+                other => other?,
+            };
             let r = if req.serializable {
                 self.region(region)?
             } else {
@@ -138,17 +150,16 @@ impl Node {
             .map_err(Error::from)
     }
 
-    /// Raises (`activate`) or clears an alarm through the data region; the
-    /// alarms it changed (none if it already was so).
+    /// Raises (`activate`) or clears an alarm in every data region (each
+    /// refuses writes by it); the alarms it changed in the first (none if
+    /// it already was so).
     pub async fn alarm(&self, activate: bool, member: u64, alarm: i32) -> Result<Vec<(u64, i32)>> {
         let cmd = Command::Alarm {
             activate,
             member,
             alarm,
         };
-        self.submit(DATA_REGION, ForwardOp::Plain(cmd))
-            .await?
-            .alarms()
+        self.propose_everywhere(cmd).await?.alarms()
     }
 
     /// The alarms raised, as this replica has applied them.

@@ -125,8 +125,6 @@ pub struct Node {
     opener: start::Opener,
     /// Where every region's proposer gets its timestamps.
     timestamps: crate::proposer::TimestampSource,
-    /// Told of each region a split applied here gives birth to.
-    births: tokio::sync::mpsc::UnboundedSender<u64>,
     /// Held while a replica is being started (or adopted).
     hosting: tokio::sync::Mutex<()>,
 }

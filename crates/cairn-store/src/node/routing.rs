@@ -6,7 +6,7 @@
 //! again. Splits only narrow ranges, so a span that crosses regions here
 //! crosses them everywhere.
 
-use crate::node::{Node, Region, DATA_REGION, META_REGION};
+use crate::node::{Node, Region, META_REGION};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -33,25 +33,38 @@ impl Node {
             .collect()
     }
 
-    /// The data region holding `key`.
-    pub fn route(&self, key: &[u8]) -> u64 {
+    /// The largest `f` of the applied records of the data regions hosted
+    /// here (0 if none).
+    pub(crate) fn data_regions_max(&self, f: impl Fn(&cairn_raft::Applied) -> u64) -> u64 {
+        self.regions
+            .all()
+            .iter()
+            .filter(|r| r.id != META_REGION)
+            .map(|r| r.shared.with_applied(&f))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The data region holding `key`: `EpochMismatch` while none hosted
+    /// here does (a region born by a split is being started here; route
+    /// again shortly).
+    pub fn route(&self, key: &[u8]) -> Result<Arc<Region>> {
         self.regions
             .all()
             .into_iter()
             .filter(|r| r.id != META_REGION)
-            .find(|r| r.shared.range().contains(key))
-            .map_or(DATA_REGION, |r| r.id)
+            .find(|r| r.shared.with_applied(|a| a.range.contains(key)))
+            .ok_or(Error::EpochMismatch)
     }
 
     /// The one data region holding every key `req` names, or
     /// `SpansRegions`.
     pub(crate) fn route_txn(&self, req: &TxnRequest) -> Result<u64> {
-        let region = self.route(&first_key(req));
-        let within = self
-            .region(region)
-            .is_ok_and(|r| cairn_raft::txn_within(req, &r.shared.range()));
-        if within {
-            Ok(region)
+        let r = self.route(&first_key(req))?;
+        if r.shared
+            .with_applied(|a| cairn_raft::txn_within(req, &a.range))
+        {
+            Ok(r.id)
         } else {
             Err(Error::SpansRegions)
         }
@@ -60,12 +73,9 @@ impl Node {
     /// The one data region holding the span `[key, range_end)` (etcd's
     /// form), or `SpansRegions`.
     pub(crate) fn route_span(&self, key: &[u8], range_end: &[u8]) -> Result<u64> {
-        let region = self.route(key);
-        let within = self
-            .region(region)
-            .is_ok_and(|r| r.shared.range().covers(key, range_end));
-        if within {
-            Ok(region)
+        let r = self.route(key)?;
+        if r.shared.with_applied(|a| a.range.covers(key, range_end)) {
+            Ok(r.id)
         } else {
             Err(Error::SpansRegions)
         }

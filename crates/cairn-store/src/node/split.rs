@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use cairn_raft::{Command, RegionRange};
 
-use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
-use crate::remote::ForwardOp;
+use crate::node::{Node, Region, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
+use crate::remote::{ForwardOk, ForwardOp};
 use crate::tso;
 use crate::{Error, Result};
 
@@ -92,5 +92,46 @@ impl Node {
         drop(_one);
         self.host(region).await?;
         self.region(region)
+    }
+
+    /// Proposes `cmd` in every data region (an auth fence, an alarm: state
+    /// each region keeps for itself); returns the first region's answer.
+    /// A region born by a split copies its parent's state, so only a split
+    /// ordered before `cmd` in its parent can leave a region without it;
+    /// once the parent's replica here has applied past `cmd`, that split's
+    /// record is in this node's engine, and the region gets `cmd` too.
+    pub(crate) async fn propose_everywhere(&self, cmd: Command) -> Result<ForwardOk> {
+        let mut done = std::collections::BTreeMap::new();
+        loop {
+            let mut todo: Vec<u64> = cairn_raft::stored_regions(&*self.engine)?;
+            todo.push(DATA_REGION);
+            todo.sort_unstable();
+            todo.dedup();
+            todo.retain(|id| *id != META_REGION && !done.contains_key(id));
+            if todo.is_empty() {
+                break;
+            }
+            for id in todo {
+                self.hosted_soon(id).await?;
+                let ok = self.submit(id, ForwardOp::Plain(cmd.clone())).await?;
+                self.caught_up(id).await?;
+                done.insert(id, ok);
+            }
+        }
+        done.remove(&DATA_REGION)
+            .ok_or_else(|| Error::Internal("the first data region is not hosted".into()))
+    }
+
+    /// Waits (bounded) until this node hosts `region`, whose record is in
+    /// its engine (a birth being started).
+    async fn hosted_soon(&self, region: u64) -> Result<()> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while self.regions.get(region).is_none() {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 }

@@ -74,7 +74,9 @@ impl Node {
         hosted.extend(cairn_raft::stored_regions(&*engine)?);
         hosted.sort_unstable();
         hosted.dedup();
+        let (births, born) = tokio::sync::mpsc::unbounded_channel();
         let opener = Opener {
+            births: births.clone(),
             me: id,
             engine: engine.clone(),
             log_writer: log_writer.clone(),
@@ -120,11 +122,9 @@ impl Node {
                 Box::pin(async move { tso::fetch_timestamps(&tso, &pool, &meta, count).await })
             })
         };
-        let (births, born) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let regions = Registry::default();
             for (region, raft, shared, log_bytes) in rafts {
-                shared.on_birth(births.clone());
                 // The meta region's elections are triggered by hand
                 // (`tso::colocate`), which a lease cannot survive.
                 regions.insert(Arc::new(Region::start(
@@ -163,7 +163,6 @@ impl Node {
                 transferring: tokio::sync::Mutex::new(()),
                 opener,
                 timestamps,
-                births,
                 hosting: tokio::sync::Mutex::new(()),
             }
         });
@@ -198,7 +197,6 @@ impl Node {
             return Ok(());
         }
         let (raft, shared, log_bytes) = self.opener.open(region, RegionKind::Data).await?;
-        shared.on_birth(self.births.clone());
         let r = Arc::new(Region::start(
             self.id,
             region,
@@ -234,6 +232,9 @@ async fn host_births(node: Weak<Node>, mut born: tokio::sync::mpsc::UnboundedRec
 /// What opening a region replica on this node takes (kept by the node, so
 /// regions born later open the same way).
 pub(crate) struct Opener {
+    /// Where each region reports the regions its splits give birth to;
+    /// registered before Raft starts, which may replay a split.
+    births: tokio::sync::mpsc::UnboundedSender<u64>,
     me: u64,
     engine: Arc<dyn Engine>,
     log_writer: LogWriter,
@@ -251,6 +252,7 @@ impl Opener {
         kind: RegionKind,
     ) -> Result<(Raft, Arc<RegionShared>, Arc<AtomicU64>)> {
         let shared = RegionShared::load(region, kind, self.engine.clone(), self.snapshots.clone())?;
+        shared.on_birth(self.births.clone());
         let log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
         let log_bytes = log.appended_bytes();
         let sm = StateMachine::new(shared.clone());
