@@ -538,6 +538,18 @@ pub fn stored_regions(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<u
     Ok(out)
 }
 
+/// Each region with an applied record in `engine`, with the range that
+/// record gives it (data regions; the meta region's is meaningless).
+pub fn stored_ranges(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<(u64, RegionRange)>> {
+    let mut out = Vec::new();
+    for id in stored_regions(engine)? {
+        if let Some(b) = engine.get(&apply_key(id))? {
+            out.push((id, Applied::decode(&b)?.range));
+        }
+    }
+    Ok(out)
+}
+
 fn apply_key(region: u64) -> Vec<u8> {
     Key::ApplyState {
         region,

@@ -93,9 +93,12 @@ impl Node {
                 }
                 other => other?,
             };
-            let r = if req.serializable {
-                self.region(region)?
+            let r = self.region(region)?;
+            let r = if req.serializable && r.shared.applied_index() > 0 {
+                r
             } else {
+                // Linearizable, or a replica that holds nothing yet (an
+                // adopted one before its snapshot): from the leader's index.
                 self.caught_up(region).await?
             };
             let (snap, revs, range) = r.shared.read_view_in();
@@ -130,8 +133,9 @@ impl Node {
         req: &TxnRequest,
         access: &Access,
     ) -> Result<TxnResponse> {
-        let r = if cairn_mvcc::is_serializable(req) {
-            self.region(region)?
+        let r = self.region(region)?;
+        let r = if cairn_mvcc::is_serializable(req) && r.shared.applied_index() > 0 {
+            r
         } else {
             self.caught_up(region).await?
         };

@@ -177,6 +177,8 @@ impl Node {
     /// Stops every region's Raft.
     pub async fn shutdown(&self) {
         self.stopped.send_replace(true);
+        // No replica starts after this (`host` checks `stopped` under it).
+        drop(self.hosting.lock().await);
         for r in self.regions.all() {
             let _ = r.raft.shutdown().await;
         }

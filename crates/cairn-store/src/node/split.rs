@@ -52,8 +52,9 @@ impl Node {
 
     /// This node's replica of `region`, starting one if a split applied
     /// here gave birth to it, or adopting it empty (see the module essay)
-    /// if the directory says it should be here and nothing hosted here
-    /// overlaps it. `Internal` otherwise (the sender retries).
+    /// if the directory says it should be here and no region here — hosted,
+    /// or recorded in the engine and about to be — overlaps it. `Internal`
+    /// otherwise (the sender retries).
     pub(crate) async fn adopt(self: &Arc<Self>, region: u64) -> Result<Arc<Region>> {
         if let Some(r) = self.regions.get(region) {
             return Ok(r);
@@ -73,23 +74,29 @@ impl Node {
         if !desc.peers.contains(&self.id) {
             return refuse("not one of its peers");
         }
-        let end = (!desc.end.is_empty()).then_some(desc.end.as_slice());
-        if !self.regions_overlapping(&desc.start, end).is_empty() {
-            return refuse("a region hosted here still holds some of its keys");
-        }
-        let _one = self.hosting.lock().await;
-        let engine = self.engine.clone();
         let range = RegionRange {
             start: desc.start.clone(),
             end: desc.end.clone(),
             epoch: desc.epoch,
         };
-        let has_record = cairn_raft::stored_regions(&*engine)?.contains(&region);
-        if !has_record {
-            cairn_raft::seed_empty(&*engine, region, range)?;
-            tracing::info!(region, "adopting a region this node missed the split of");
+        {
+            let _one = self.hosting.lock().await;
+            let engine = self.engine.clone();
+            let stored = cairn_raft::stored_ranges(&*engine)?;
+            if !stored.iter().any(|(id, _)| *id == region) {
+                // Records cover every replica hosted here and every one
+                // being started (a split writes the child's record in the
+                // batch that narrows the parent).
+                let overlaps = stored
+                    .iter()
+                    .any(|(id, r)| *id != META_REGION && overlap(r, &range));
+                if overlaps {
+                    return refuse("a region here still holds some of its keys");
+                }
+                cairn_raft::seed_empty(&*engine, region, range)?;
+                tracing::info!(region, "adopting a region this node missed the split of");
+            }
         }
-        drop(_one);
         self.host(region).await?;
         self.region(region)
     }
@@ -103,7 +110,14 @@ impl Node {
     pub(crate) async fn propose_everywhere(&self, cmd: Command) -> Result<ForwardOk> {
         let mut done = std::collections::BTreeMap::new();
         loop {
+            // The regions recorded here, and the directory's (a region
+            // this node missed the split of, not adopted yet).
             let mut todo: Vec<u64> = cairn_raft::stored_regions(&*self.engine)?;
+            todo.extend(
+                self.region(META_REGION)?
+                    .shared
+                    .with_applied(|a| a.regions.keys().copied().collect::<Vec<_>>()),
+            );
             todo.push(DATA_REGION);
             todo.sort_unstable();
             todo.dedup();
@@ -134,4 +148,9 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// True when two ranges share a key.
+fn overlap(a: &RegionRange, b: &RegionRange) -> bool {
+    (a.end.is_empty() || b.start < a.end) && (b.end.is_empty() || a.start < b.end)
 }

@@ -192,8 +192,10 @@ impl Node {
     /// [`Node::adopt`]). Does nothing if it is already hosted.
     pub(crate) async fn host(self: &Arc<Self>, region: u64) -> Result<()> {
         // One at a time: two Rafts over one region's log would diverge.
+        // None once the node is shutting down (it would outlive it, and
+        // hold the engine).
         let _one = self.hosting.lock().await;
-        if self.regions.get(region).is_some() {
+        if self.regions.get(region).is_some() || self.is_stopped() {
             return Ok(());
         }
         let (raft, shared, log_bytes) = self.opener.open(region, RegionKind::Data).await?;
