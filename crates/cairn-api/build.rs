@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v3lock.proto",
         "proto/v3election.proto",
         "proto/peer.proto",
+        "proto/cairn.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

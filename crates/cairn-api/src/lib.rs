@@ -4,7 +4,8 @@
 //! for etcd's packages (`etcdserverpb`, `mvccpb`, `authpb`, `v3lockpb`,
 //! `v3electionpb`) — identical to etcd's on the wire: same package names,
 //! service names, message names, field numbers and enum values — plus
-//! Cairn's internal peer protocol (`cairnpeerpb`).
+//! Cairn's internal peer protocol (`cairnpeerpb`) and its own client-port
+//! services (`cairnpb`: the region listing).
 //!
 //! Invariants:
 //! - A field number, once published, never changes meaning: any etcd client
@@ -51,4 +52,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// Cairn's node-to-node protocol.
 pub mod peerpb {
     tonic::include_proto!("cairnpeerpb");
+}
+
+/// Cairn's own client-port services (`cairn regions`).
+pub mod cairnpb {
+    tonic::include_proto!("cairnpb");
 }

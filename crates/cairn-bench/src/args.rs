@@ -19,14 +19,9 @@ pub struct BenchArgs {
 /// Flags every load workload shares.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// Comma-separated client endpoints (host:port or http://host:port).
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    pub endpoints: Vec<String>,
+    /// Where and how to connect.
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// Number of gRPC connections (HTTP/2), shared round-robin by clients.
     #[arg(long, global = true, default_value_t = 1)]
     pub conns: usize,
@@ -49,6 +44,20 @@ pub struct Global {
     /// a benchmark with errors measures the wrong thing).
     #[arg(long, global = true)]
     pub allow_errors: bool,
+}
+
+/// How to reach a cluster, as etcd's tools take it: endpoints, TLS files
+/// and a user (shared by `cairn bench` and `cairn regions`).
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// Comma-separated client endpoints (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
     /// TLS: the CA bundle that signs the servers' certificates (etcd's
     /// `--cacert`). Given, or with `https://` endpoints, connections use TLS.
     #[arg(long, global = true)]

@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::args::Global;
+use crate::args::{ConnArgs, Global};
 
 /// A connection as the workloads use it: requests carry the token, if any.
 pub type Chan = InterceptedService<Channel, Token>;
@@ -46,7 +46,7 @@ pub fn url(endpoint: &str) -> String {
 }
 
 /// The TLS connector for `g`'s files, if connections use TLS.
-fn tls(g: &Global, endpoint: &str) -> anyhow::Result<Option<cairn_tls::Connector>> {
+fn tls(g: &ConnArgs, endpoint: &str) -> anyhow::Result<Option<cairn_tls::Connector>> {
     if g.cacert.is_none() && !endpoint.starts_with("https://") {
         return Ok(None);
     }
@@ -66,7 +66,7 @@ fn tls(g: &Global, endpoint: &str) -> anyhow::Result<Option<cairn_tls::Connector
 
 /// One new HTTP/2 connection to `endpoint` (TLS as `g` says), retried for
 /// up to 10 s (a server that was just started may not listen yet).
-async fn channel(g: &Global, endpoint: &str) -> anyhow::Result<Channel> {
+async fn channel(g: &ConnArgs, endpoint: &str) -> anyhow::Result<Channel> {
     let tls = tls(g, endpoint)?;
     // With TLS the connector does the handshake: tonic sees http://.
     let plain = url(endpoint).replacen("https://", "http://", 1);
@@ -89,7 +89,7 @@ async fn channel(g: &Global, endpoint: &str) -> anyhow::Result<Channel> {
 
 /// The `--user`'s token, from one `Authenticate` per run (any member
 /// accepts it).
-async fn token(g: &Global, ch: &Channel) -> anyhow::Result<Token> {
+async fn token(g: &ConnArgs, ch: &Channel) -> anyhow::Result<Token> {
     static TOKEN: OnceCell<Token> = OnceCell::const_new();
     let Some(user) = &g.user else {
         return Ok(Token(None));
@@ -115,7 +115,7 @@ async fn token(g: &Global, ch: &Channel) -> anyhow::Result<Token> {
 }
 
 /// One new connection to `endpoint`, as `g`'s user.
-pub async fn connect(g: &Global, endpoint: &str) -> anyhow::Result<Chan> {
+pub async fn connect(g: &ConnArgs, endpoint: &str) -> anyhow::Result<Chan> {
     let ch = channel(g, endpoint).await?;
     let t = token(g, &ch).await?;
     Ok(InterceptedService::new(ch, t))
@@ -123,14 +123,14 @@ pub async fn connect(g: &Global, endpoint: &str) -> anyhow::Result<Chan> {
 
 /// The endpoints requests go to: the leader alone, or all of them.
 pub async fn targets(g: &Global) -> anyhow::Result<Vec<String>> {
-    if g.endpoints.is_empty() {
+    if g.conn.endpoints.is_empty() {
         bail!("no --endpoints");
     }
     if !g.target_leader {
-        return Ok(g.endpoints.clone());
+        return Ok(g.conn.endpoints.clone());
     }
-    for ep in &g.endpoints {
-        let Ok(ch) = connect(g, ep).await else {
+    for ep in &g.conn.endpoints {
+        let Ok(ch) = connect(&g.conn, ep).await else {
             continue;
         };
         let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await else {
@@ -149,7 +149,7 @@ pub async fn channels(g: &Global) -> anyhow::Result<Vec<Chan>> {
     let eps = targets(g).await?;
     let mut out = Vec::new();
     for i in 0..g.conns.max(1) {
-        out.push(connect(g, &eps[i % eps.len()]).await?);
+        out.push(connect(&g.conn, &eps[i % eps.len()]).await?);
     }
     Ok(out)
 }

@@ -52,7 +52,7 @@ pub async fn latency(
     let per_stream = per_stream.max(1);
     let mut receivers = Vec::new();
     for s in 0..streams.max(1) {
-        let ch = conn::connect(g, &eps[s % eps.len()]).await?;
+        let ch = conn::connect(&g.conn, &eps[s % eps.len()]).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(per_stream + 1);
         // grpc-go servers (etcd) send response headers only with the first
         // message, so the first request must be queued before the call.

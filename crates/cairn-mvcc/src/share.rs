@@ -59,6 +59,19 @@ impl Share {
         decode_by_revision(encoded).is_ok_and(|(_, key)| self.range.contains(key))
     }
 
+    /// Bytes of the share's live keys and values in `view`: its latest
+    /// records (the newest version of each live key), keys included. One
+    /// scan of that range; history and tombstones are not counted.
+    pub fn live_bytes(&self, view: &dyn Snapshot) -> Result<u64> {
+        let [_, (lo, hi)] = self.range.mvcc_ranges();
+        let mut total = 0u64;
+        for pair in view.scan(lo, hi, false) {
+            let (k, v) = pair?;
+            total += (k.len() + v.len()) as u64;
+        }
+        Ok(total)
+    }
+
     /// Every stored pair of the share in `view`, in engine order.
     pub fn scan<'a>(
         &'a self,

@@ -88,17 +88,15 @@ pub struct Applied {
     pub range: RegionRange,
 }
 
+// The applied record as older versions wrote it. postcard writes a struct
+// as its fields in order with nothing around them, so a layout that added
+// fields at the end is the layout before it (nested, first) followed by
+// those fields.
+
 /// The applied record as written before regions split.
 #[derive(Deserialize)]
 struct AppliedBeforeRanges {
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
-    current_revision: i64,
-    compacted_revision: i64,
-    tso_high_water: i64,
-    members: BTreeMap<NodeId, MemberInfo>,
-    regions: BTreeMap<u64, RegionDesc>,
-    alarms: BTreeSet<(NodeId, i32)>,
+    before: AppliedBeforeAuth,
     auth: cairn_auth::AuthState,
     auth_fence: u64,
 }
@@ -106,13 +104,7 @@ struct AppliedBeforeRanges {
 /// The applied record as written before auth existed.
 #[derive(Deserialize)]
 struct AppliedBeforeAuth {
-    last_applied: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, BasicNode>,
-    current_revision: i64,
-    compacted_revision: i64,
-    tso_high_water: i64,
-    members: BTreeMap<NodeId, MemberInfo>,
-    regions: BTreeMap<u64, RegionDesc>,
+    before: AppliedBeforeAlarms,
     alarms: BTreeSet<(NodeId, i32)>,
 }
 
@@ -128,6 +120,40 @@ struct AppliedBeforeAlarms {
     regions: BTreeMap<u64, RegionDesc>,
 }
 
+impl From<AppliedBeforeAlarms> for Applied {
+    fn from(old: AppliedBeforeAlarms) -> Self {
+        Applied {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            current_revision: old.current_revision,
+            compacted_revision: old.compacted_revision,
+            tso_high_water: old.tso_high_water,
+            members: old.members,
+            regions: old.regions,
+            ..Applied::default()
+        }
+    }
+}
+
+impl From<AppliedBeforeAuth> for Applied {
+    fn from(old: AppliedBeforeAuth) -> Self {
+        Applied {
+            alarms: old.alarms,
+            ..old.before.into()
+        }
+    }
+}
+
+impl From<AppliedBeforeRanges> for Applied {
+    fn from(old: AppliedBeforeRanges) -> Self {
+        Applied {
+            auth: old.auth,
+            auth_fence: old.auth_fence,
+            ..old.before.into()
+        }
+    }
+}
+
 /// etcd's `AlarmType_NOSPACE`.
 pub const ALARM_NOSPACE: i32 = 1;
 /// etcd's `AlarmType_CORRUPT`.
@@ -141,44 +167,12 @@ impl Applied {
             return Ok(a);
         }
         if let Ok(old) = decode::<AppliedBeforeRanges>(bytes) {
-            return Ok(Applied {
-                last_applied: old.last_applied,
-                membership: old.membership,
-                current_revision: old.current_revision,
-                compacted_revision: old.compacted_revision,
-                tso_high_water: old.tso_high_water,
-                members: old.members,
-                regions: old.regions,
-                alarms: old.alarms,
-                auth: old.auth,
-                auth_fence: old.auth_fence,
-                ..Applied::default()
-            });
+            return Ok(old.into());
         }
         if let Ok(old) = decode::<AppliedBeforeAuth>(bytes) {
-            return Ok(Applied {
-                last_applied: old.last_applied,
-                membership: old.membership,
-                current_revision: old.current_revision,
-                compacted_revision: old.compacted_revision,
-                tso_high_water: old.tso_high_water,
-                members: old.members,
-                regions: old.regions,
-                alarms: old.alarms,
-                ..Applied::default()
-            });
+            return Ok(old.into());
         }
-        let old: AppliedBeforeAlarms = decode(bytes)?;
-        Ok(Applied {
-            last_applied: old.last_applied,
-            membership: old.membership,
-            current_revision: old.current_revision,
-            compacted_revision: old.compacted_revision,
-            tso_high_water: old.tso_high_water,
-            members: old.members,
-            regions: old.regions,
-            ..Applied::default()
-        })
+        Ok(decode::<AppliedBeforeAlarms>(bytes)?.into())
     }
 
     /// Whether writes that add data are refused (NOSPACE raised).
@@ -277,6 +271,9 @@ pub struct RegionShared {
     /// Told the ID of each region a split applied here gives birth to (the
     /// host starts its replica).
     births: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<u64>>>,
+    /// Write transactions applied by this replica since it started (for
+    /// the region's write rate).
+    writes: std::sync::atomic::AtomicU64,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -299,6 +296,11 @@ impl RegionShared {
     /// A data region's keys and epoch now.
     pub fn range(&self) -> RegionRange {
         self.with_applied(|a| a.range.clone())
+    }
+
+    /// Write transactions this replica has applied since it started.
+    pub fn writes_applied(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where to send the IDs of regions born by splits applied here.
@@ -330,6 +332,7 @@ impl RegionShared {
             snapshots,
             tokens: parking_lot::Mutex::new(cairn_auth::SimpleTokens::default()),
             births: parking_lot::Mutex::new(None),
+            writes: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -704,6 +707,9 @@ impl StateMachine {
                         state.current_revision = out.revisions.current;
                         out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
                         events.extend(out.events.into_iter().map(|e| (rev, e)));
+                        self.shared
+                            .writes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Ok((out.batch, Reply::Txn(out.response.encode_to_vec())))
                     }
                     Err(e) => reject(e),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
+use cairn_api::cairnpb::regions_server::RegionsServer;
 use cairn_api::etcdserverpb::auth_server::AuthServer;
 use cairn_api::etcdserverpb::cluster_server::ClusterServer;
 use cairn_api::etcdserverpb::kv_server::KvServer;
@@ -22,7 +23,7 @@ use http::{header, Request, StatusCode};
 use tonic::service::Routes;
 
 use crate::{
-    auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, watch,
+    auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, regions, watch,
 };
 use crate::{Context, GRPC_OVERHEAD};
 
@@ -43,6 +44,9 @@ fn grpc_routes(ctx: &Arc<Context>) -> Routes {
         .add_service(LeaseServer::new(lease::LeaseService::new(ctx.clone())))
         .add_service(AuthServer::new(auth::AuthService::new(ctx.clone())))
         .add_service(LockServer::new(lock::LockService::new(ctx.clone())))
+        .add_service(RegionsServer::new(regions::RegionsService::new(
+            ctx.clone(),
+        )))
         .add_service(ElectionServer::new(election::ElectionService::new(
             ctx.clone(),
         )));

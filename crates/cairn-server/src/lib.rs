@@ -3,7 +3,8 @@
 //! One module per etcd service, one method per RPC (mini-redis style):
 //! [`kv`] (Range/Put/DeleteRange/Txn/Compact), [`watch`], [`lease`],
 //! [`lock`], [`election`], [`maintenance`], [`cluster`] (MemberList),
-//! [`auth`] (users, roles, tokens). An RPC not built yet answers gRPC
+//! [`auth`] (users, roles, tokens) — and Cairn's own [`regions`] (the
+//! region listing of `cairn regions`). An RPC not built yet answers gRPC
 //! `Unimplemented` — never a fake success.
 //!
 //! Every handler takes the caller's credentials ([`auth::credentials`]:
@@ -38,6 +39,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod probes;
 pub mod quota;
+pub mod regions;
 pub mod watch;
 
 use std::future::Future;

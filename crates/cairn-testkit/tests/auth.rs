@@ -1,7 +1,8 @@
 //! Authentication and access control on a 3-node cluster, through the gRPC
 //! API:
 //!
-//! - the denial matrix: every RPC of every service, called with no
+//! - the denial matrix: every RPC of every service (etcd's, and Cairn's
+//!   region listing), called with no
 //!   credentials, a bad token, as a user without roles, as a user allowed
 //!   only `a/`, and as root — each answers as etcd would (refused with
 //!   etcd's code, or served) and nothing refused changes anything;
@@ -16,6 +17,8 @@
 use std::time::Duration;
 
 use cairn_api::authpb::{permission, Permission};
+use cairn_api::cairnpb::regions_client::RegionsClient;
+use cairn_api::cairnpb::RegionListRequest;
 use cairn_api::etcdserverpb::auth_client::AuthClient;
 use cairn_api::etcdserverpb::cluster_client::ClusterClient;
 use cairn_api::etcdserverpb::kv_client::KvClient;
@@ -408,6 +411,15 @@ async fn every_rpc(ch: &Channel, token: Option<&str>, pfx: &str) -> Vec<(&'stati
             .await,
         ),
     ));
+    // Cairn's own: the region listing is the root role's.
+    out.push((
+        "Regions List",
+        answer(
+            RegionsClient::new(ch.clone())
+                .list(with(RegionListRequest {}, token))
+                .await,
+        ),
+    ));
     out
 }
 
@@ -472,6 +484,7 @@ async fn every_rpc_answers_each_caller_as_etcd_would() {
         ("UserList", [no_user, forged, denied, denied, denied]),
         ("RoleGet a", [no_user, forged, denied, ok, ok]),
         ("RoleAdd", [no_user, forged, denied, denied, denied]),
+        ("Regions List", [no_user, forged, denied, denied, denied]),
     ];
     let got = [
         every_rpc(&chans[1], None, "a/").await,

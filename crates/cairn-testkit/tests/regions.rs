@@ -2,11 +2,13 @@
 //! gives every replica the new region, requests route by key to the region
 //! holding it, a request routed by a replica behind the split is told and
 //! routed again, the directory in the meta region follows, and a restart
-//! brings every region back. Requests across regions are refused until
-//! they are built (`Unimplemented`).
+//! brings every region back; `cairn regions` lists them. Requests across
+//! regions are refused until they are built (`Unimplemented`).
 
 use std::time::{Duration, Instant};
 
+use cairn_api::cairnpb::regions_client::RegionsClient;
+use cairn_api::cairnpb::RegionListRequest;
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
 use cairn_store::{Node, DATA_REGION, META_REGION};
@@ -125,6 +127,44 @@ async fn a_split_region_serves_its_keys_on_every_node_and_after_restart() {
             && get(grandchild) == Some((b"t".to_vec(), Vec::new(), 3))
     })
     .await;
+
+    // The listing `cairn regions` prints: every region in key order, with
+    // its epoch, leader, voters, live bytes and recent write rate.
+    let mut client = c.kv(1).await;
+    for i in 0..50 {
+        kv::put(&mut client, "r", &format!("v{i}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listed = RegionsClient::new(secured::channel(&c.nodes[1].client_addr))
+        .list(RegionListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .regions;
+    let rows: Vec<_> = listed
+        .iter()
+        .map(|r| (r.id, r.start.clone(), r.end.clone(), r.epoch))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (DATA_REGION, Vec::new(), b"m".to_vec(), 2),
+            (child, b"m".to_vec(), b"t".to_vec(), 3),
+            (grandchild, b"t".to_vec(), Vec::new(), 3),
+        ]
+    );
+    for r in &listed {
+        assert_ne!(r.leader, 0, "{r:?}");
+        assert_eq!(r.voters.len(), 3, "{r:?}");
+        // Each holds keys: a and f, m, q and r, z.
+        assert!(r.approximate_bytes > 0, "{r:?}");
+    }
+    assert!(listed[1].writes_per_second > 1.0, "{:?}", listed[1]);
+    assert!(
+        listed[1].approximate_bytes < 1000,
+        "live bytes, not history: {:?}",
+        listed[1]
+    );
 
     // A restarted node starts every region again from its engine.
     c.stop(0).await;

@@ -14,6 +14,7 @@
 
 mod certs;
 mod dev;
+mod regions;
 mod serve;
 mod snapshot;
 mod tls_args;
@@ -45,6 +46,8 @@ enum Cmd {
     /// Snapshot files (`restore`).
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// List the data regions: range, epoch, leader, voters, size, write rate.
+    Regions(regions::RegionsArgs),
     /// Make a throwaway CA and certificates (for TLS on a test cluster).
     Certs(certs::CertsArgs),
     /// Robustness run: recorded workload under faults, then checked.
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Check(a) => torture::check(a),
             Cmd::Snapshot(c) => snapshot::run(c),
             Cmd::Certs(a) => certs::run(a),
+            Cmd::Regions(a) => regions::run(a).await,
         }
     })
 }

@@ -519,6 +519,25 @@ fn an_applied_record_written_before_ranges_still_decodes() {
         crate::RegionRange::default(),
         "the first region"
     );
+
+    // And the layout before auth (alarms last), with an alarm raised.
+    let mut applied = Applied {
+        current_revision: 13,
+        ..Default::default()
+    };
+    applied.alarms.insert((4, super::ALARM_CORRUPT));
+    let before_auth = crate::codec::encode(&(
+        &applied.last_applied,
+        &applied.membership,
+        applied.current_revision,
+        applied.compacted_revision,
+        applied.tso_high_water,
+        &applied.members,
+        &applied.regions,
+        &applied.alarms,
+    ))
+    .unwrap();
+    assert_eq!(Applied::decode(&before_auth).unwrap(), applied);
 }
 
 #[test]

@@ -18,6 +18,7 @@
 //! - [`kv`] and [`leases`]: the KV and Lease entry points;
 //! - [`reads`]: the linearizable read path (read index, then a local read);
 //! - [`status`]: what the node reports about itself;
+//! - [`report`]: what `cairn regions` shows of each data region;
 //! - [`background`]: publishing this member and the ranges of the regions
 //!   it leads, counting leader changes, bounding Raft logs by bytes.
 //!
@@ -31,12 +32,14 @@ mod kv;
 mod leases;
 mod reads;
 mod registry;
+mod report;
 pub(crate) mod routing;
 mod split;
 mod start;
 mod status;
 
 pub(crate) use reads::sole_voter_index;
+pub use report::RegionReport;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -127,6 +130,8 @@ pub struct Node {
     timestamps: crate::proposer::TimestampSource,
     /// Held while a replica is being started (or adopted).
     hosting: tokio::sync::Mutex<()>,
+    /// Each data region's recent write rate (see `report`).
+    write_rates: parking_lot::Mutex<std::collections::BTreeMap<u64, report::WriteRate>>,
 }
 
 impl Node {

@@ -164,6 +164,7 @@ impl Node {
                 opener,
                 timestamps,
                 hosting: tokio::sync::Mutex::new(()),
+                write_rates: Default::default(),
             }
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
@@ -181,6 +182,7 @@ impl Node {
             ));
         }
         tokio::spawn(background::publish_regions(Arc::downgrade(&node)));
+        tokio::spawn(super::report::sample_write_rates(Arc::downgrade(&node)));
         for r in node.regions.all() {
             tokio::spawn(background::count_leader_changes(r.id, r.raft.metrics()));
         }

@@ -1,0 +1,55 @@
+//! Cairn's `Regions` service (`cairnpb`, not part of etcd's API): the data
+//! regions as the serving member sees them, for `cairn regions`. With auth
+//! on it is the root role's, like etcd's admin calls: region boundaries
+//! are keys.
+
+use std::sync::Arc;
+
+use cairn_api::cairnpb::regions_server::Regions;
+use cairn_api::cairnpb::{RegionInfo, RegionListRequest, RegionListResponse};
+use cairn_auth::Needs;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::{auth, Context};
+
+/// The Regions service of one node.
+pub struct RegionsService {
+    ctx: Arc<Context>,
+}
+
+impl RegionsService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl Regions for RegionsService {
+    async fn list(
+        &self,
+        req: Request<RegionListRequest>,
+    ) -> Result<Response<RegionListResponse>, Status> {
+        let access = auth::access(&req, Needs::Admin { maintenance: false });
+        let node = &self.ctx.node;
+        node.authorize(&access).await.map_err(Error::from)?;
+        let regions = node
+            .region_reports()
+            .await
+            .map_err(Error::from)?
+            .into_iter()
+            .map(|r| RegionInfo {
+                id: r.id,
+                start: r.start,
+                end: r.end,
+                epoch: r.epoch,
+                leader: r.leader,
+                voters: r.voters,
+                approximate_bytes: r.approximate_bytes,
+                writes_per_second: r.writes_per_second,
+            })
+            .collect();
+        Ok(Response::new(RegionListResponse { regions }))
+    }
+}
