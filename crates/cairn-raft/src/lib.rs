@@ -49,9 +49,9 @@ pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
 pub use state_machine::{
-    leases_put, seed_empty, seed_restored, seed_restored_meta, share_of, stored_ranges,
-    stored_regions, txn_within, Applied, FeedBatch, RegionKind, RegionShared, StateMachine,
-    ALARM_CORRUPT, ALARM_NOSPACE, CHILD_INIT_INDEX,
+    leases_put, seed_empty, seed_restored, seed_restored_meta, share_of, share_of_range,
+    stored_ranges, stored_regions, txn_within, Applied, FeedBatch, RegionKind, RegionShared,
+    StateMachine, ALARM_CORRUPT, ALARM_NOSPACE, CHILD_INIT_INDEX,
 };
 pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, RegionRange, Reply, TypeConfig};
 

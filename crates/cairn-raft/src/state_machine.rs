@@ -281,9 +281,14 @@ pub struct RegionShared {
 /// first region until they can span regions). Every keyspace operation of
 /// the region stays within it.
 pub fn share_of(applied: &Applied) -> cairn_mvcc::Share {
+    share_of_range(&applied.range)
+}
+
+/// [`share_of`] a record with data region range `range`.
+pub fn share_of_range(range: &RegionRange) -> cairn_mvcc::Share {
     cairn_mvcc::Share {
-        range: applied.range.keys(),
-        leases: applied.range.start.is_empty(),
+        range: range.keys(),
+        leases: range.start.is_empty(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Everything the client port answers, on one router: etcd's gRPC services
-//! (HTTP/2), and over HTTP/1.1 the JSON gateway ([`crate::gateway`]) and
+//! and Cairn's region listing (HTTP/2), and over HTTP/1.1 the JSON gateway ([`crate::gateway`]) and
 //! the probes ([`crate::probes`]), as etcd serves them on one port. A path
 //! nobody serves gets gRPC's `Unimplemented` when the request is gRPC, and
 //! otherwise etcd's 404 (the gateway's `Not Found` under `/v3/`, Go's
@@ -27,7 +27,7 @@ use crate::{
 };
 use crate::{Context, GRPC_OVERHEAD};
 
-/// etcd's gRPC services of one node.
+/// etcd's gRPC services of one node, and Cairn's `Regions`.
 fn grpc_routes(ctx: &Arc<Context>) -> Routes {
     let max = ctx.limits.max_request_bytes + GRPC_OVERHEAD;
     let mut routes = Routes::builder();

@@ -70,6 +70,24 @@ async fn free_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")
 }
 
+/// Binds a stopped node's port again. Retried for a while: the port came
+/// from the ephemeral range, and once the node let go of it an outgoing
+/// connection anywhere in this process may have taken it as its local
+/// port until it closes.
+async fn rebind(addr: &str) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("rebinding {addr}: {e}"),
+        }
+    }
+}
+
 /// Starts a node, retrying for a while: a stopped node's engine (same data
 /// dir) is released asynchronously. Panics if it never starts.
 pub async fn start_node(config: NodeConfig) -> Arc<Node> {
@@ -288,12 +306,8 @@ impl InProcessCluster {
     /// Restarts a stopped node `i` on its data dir and ports.
     pub async fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].running.is_none(), "restart of a running node");
-        let peer = TcpListener::bind(&self.nodes[i].peer_addr)
-            .await
-            .expect("rebind peer port");
-        let client = TcpListener::bind(&self.nodes[i].client_addr)
-            .await
-            .expect("rebind client port");
+        let peer = rebind(&self.nodes[i].peer_addr).await;
+        let client = rebind(&self.nodes[i].client_addr).await;
         self.launch(i, peer, client, false).await;
     }
 

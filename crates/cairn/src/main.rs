@@ -9,6 +9,8 @@
 //! - `cairn snapshot restore` makes a new member's data directory from a
 //!   backup (`etcdctl snapshot save` of Cairn or of etcd).
 //! - `cairn certs` makes a throwaway CA and certificates for TLS.
+//! - `cairn regions` lists the data regions (range, epoch, leader, voters,
+//!   size, write rate).
 //! - `cairn torture` runs a recorded workload under faults and checks it;
 //!   `cairn check linearizable` checks any recorded history.
 

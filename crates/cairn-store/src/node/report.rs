@@ -1,15 +1,15 @@
 //! What `cairn regions` shows of each data region, as this member sees it:
 //! range and epoch (its replica's applied record), leader and voters (its
 //! Raft), the live bytes its replica holds (one scan of the region's
-//! newest versions, on the span pool, off the apply path), and the writes
-//! its replica applied per second over the last few seconds (sampled once
-//! a second by [`sample_write_rates`]).
+//! newest versions, on the span pool, off the apply path), and the write
+//! transactions its replica applied per second over the last few seconds
+//! (sampled once a second by [`sample_write_rates`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::node::{Node, META_REGION};
-use crate::{Error, Result};
+use crate::Result;
 
 /// One data region in the listing.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,11 +49,9 @@ impl Node {
             if r.id == META_REGION {
                 continue;
             }
+            // The share of the range the view goes with (one lock).
             let (view, _, range) = r.shared.read_view_in();
-            let share = r
-                .shared
-                .share()
-                .ok_or_else(|| Error::Internal("a data region without a share".into()))?;
+            let share = cairn_raft::share_of_range(&range);
             let approximate_bytes = self.spans.run(move || share.live_bytes(&*view)).await??;
             let (leader, voters) = {
                 let m = r.raft.metrics();
