@@ -143,6 +143,12 @@ impl RegionRange {
         }
     }
 
+    /// True when the two ranges share a key.
+    pub fn overlaps(&self, other: &RegionRange) -> bool {
+        (self.end.is_empty() || other.start < self.end)
+            && (other.end.is_empty() || self.start < other.end)
+    }
+
     /// The range as the storage layer names it.
     pub fn keys(&self) -> cairn_storage::keys::KeyRange {
         cairn_storage::keys::KeyRange::new(self.start.clone(), self.end.clone())

@@ -1,6 +1,7 @@
 //! The region replicas a node hosts: a live set, by region ID. Replicas
-//! join when the node starts them (and, once regions split, when one is
-//! born here) and leave when removed. A caller takes an `Arc<Region>` and
+//! join when the node starts them, when a split applied here gives birth
+//! to one, or when one this node missed is adopted; they leave when
+//! removed (merges, not built yet). A caller takes an `Arc<Region>` and
 //! may keep using it after the region left: its Raft then answers
 //! `NotLeader`/stopped, and the caller routes again.
 

@@ -40,13 +40,7 @@ impl Node {
         self.submit(region, ForwardOp::Plain(cmd))
             .await?
             .applied()?;
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        while self.regions.get(child).is_none() {
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.hosted_soon(child).await?;
         Ok(child)
     }
 
@@ -89,7 +83,7 @@ impl Node {
                 // batch that narrows the parent).
                 let overlaps = stored
                     .iter()
-                    .any(|(id, r)| *id != META_REGION && overlap(r, &range));
+                    .any(|(id, r)| *id != META_REGION && r.overlaps(&range));
                 if overlaps {
                     return refuse("a region here still holds some of its keys");
                 }
@@ -148,9 +142,4 @@ impl Node {
         }
         Ok(())
     }
-}
-
-/// True when two ranges share a key.
-fn overlap(a: &RegionRange, b: &RegionRange) -> bool {
-    (a.end.is_empty() || b.start < a.end) && (b.end.is_empty() || a.start < b.end)
 }
