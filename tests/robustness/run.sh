@@ -94,5 +94,5 @@ expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
   --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
 
 echo "== planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
-expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94" \
+expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
   --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lockers 0 --lease-clients 0

@@ -72,6 +72,40 @@ impl Share {
         Ok(total)
     }
 
+    /// [`Share::live_bytes`], and the live key nearest the middle of
+    /// them (by bytes): where a split leaves two halves of equal size.
+    /// One scan; it remembers a key every `step` bytes (at least one
+    /// byte), so memory stays `total / step` keys. `None` when the share
+    /// holds no key past its first.
+    pub fn size_and_middle(
+        &self,
+        view: &dyn Snapshot,
+        step: u64,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        let [_, (lo, hi)] = self.range.mvcc_ranges();
+        let step = step.max(1);
+        let mut total = 0u64;
+        let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut next_mark = 0u64;
+        for pair in view.scan(lo, hi, false) {
+            let (k, v) = pair?;
+            if total >= next_mark {
+                let key = cairn_storage::keys::decode_latest(&k)?.to_vec();
+                marks.push((total, key));
+                next_mark = total + step;
+            }
+            total += (k.len() + v.len()) as u64;
+        }
+        // The first mark is the first key: splitting there leaves one side
+        // empty.
+        let middle = marks
+            .into_iter()
+            .skip(1)
+            .min_by_key(|(at, _)| at.abs_diff(total / 2))
+            .map(|(_, key)| key);
+        Ok((total, middle))
+    }
+
     /// Every stored pair of the share in `view`, in engine order.
     pub fn scan<'a>(
         &'a self,
@@ -229,6 +263,38 @@ mod tests {
 
     fn keys_outside(e: &MemoryEngine, inside: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {
         keys(e).into_iter().filter(|k| !inside(k)).collect()
+    }
+
+    #[test]
+    fn the_middle_key_halves_the_live_bytes() {
+        let e = MemoryEngine::new();
+        let mut revs = Revisions::default();
+        let keys: Vec<Vec<u8>> = (0..100u32)
+            .map(|i| format!("k{i:03}").into_bytes())
+            .collect();
+        for k in &keys {
+            revs = put(&e, revs, k);
+        }
+        let view = e.snapshot();
+        let all = Share::everything();
+        let total = all.live_bytes(&*view).unwrap();
+        for step in [1, 50, 300] {
+            let (size, middle) = all.size_and_middle(&*view, step).unwrap();
+            assert_eq!(size, total);
+            let middle = middle.expect("a hundred keys have a middle");
+            let i = keys.iter().position(|k| *k == middle).unwrap();
+            assert!((40..=60).contains(&i), "step {step}: middle at key {i}");
+        }
+        // The keys of [b, m) in store(): three of them, so a middle that
+        // is not the first; one key has none.
+        let (e, _) = store();
+        let (_, m) = middle().size_and_middle(&*e.snapshot(), 1).unwrap();
+        assert!(m.is_some_and(|k| k.as_slice() > &b"b"[..] && k.as_slice() < &b"m"[..]));
+        let one = Share {
+            range: KeyRange::new(b"y".to_vec(), Vec::new()),
+            leases: false,
+        };
+        assert_eq!(one.size_and_middle(&*e.snapshot(), 1).unwrap().1, None);
     }
 
     #[test]

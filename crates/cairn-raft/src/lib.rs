@@ -48,6 +48,7 @@ pub use codec::{decode, encode};
 pub use error::{Error, Result};
 pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
+pub use state_machine::load::WriteLoad;
 pub use state_machine::{
     leases_put, seed_empty, seed_restored, seed_restored_meta, share_of, share_of_range,
     stored_ranges, stored_regions, txn_within, Applied, FeedBatch, RegionKind, RegionShared,

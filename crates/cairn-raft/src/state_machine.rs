@@ -271,9 +271,9 @@ pub struct RegionShared {
     /// Told the ID of each region a split applied here gives birth to (the
     /// host starts its replica).
     births: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<u64>>>,
-    /// Write transactions applied by this replica since it started (for
-    /// the region's write rate).
-    writes: std::sync::atomic::AtomicU64,
+    /// What this replica has applied of writes (for the split checker
+    /// and the listing's write rate).
+    load: load::WriteLoad,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -303,9 +303,9 @@ impl RegionShared {
         self.with_applied(|a| a.range.clone())
     }
 
-    /// Write transactions this replica has applied since it started.
-    pub fn writes_applied(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    /// What this replica has applied of writes since it started.
+    pub fn write_load(&self) -> &load::WriteLoad {
+        &self.load
     }
 
     /// Where to send the IDs of regions born by splits applied here.
@@ -337,7 +337,7 @@ impl RegionShared {
             snapshots,
             tokens: parking_lot::Mutex::new(cairn_auth::SimpleTokens::default()),
             births: parking_lot::Mutex::new(None),
-            writes: std::sync::atomic::AtomicU64::new(0),
+            load: load::WriteLoad::default(),
         }))
     }
 
@@ -712,9 +712,7 @@ impl StateMachine {
                         state.current_revision = out.revisions.current;
                         out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
                         events.extend(out.events.into_iter().map(|e| (rev, e)));
-                        self.shared
-                            .writes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.shared.load.record(&out.batch);
                         Ok((out.batch, Reply::Txn(out.response.encode_to_vec())))
                     }
                     Err(e) => reject(e),
@@ -1093,6 +1091,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+pub mod load;
 mod split;
 pub use split::{txn_within, CHILD_INIT_INDEX};
 

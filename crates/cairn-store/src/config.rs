@@ -46,6 +46,21 @@ pub struct NodeConfig {
     pub auth_tokens: TokenConfig,
     /// TLS for dialing `https://` peers (`--peer-cert-file` and friends).
     pub peer_tls: Option<std::sync::Arc<cairn_tls::ClientConfig>>,
+    /// When a data region splits by itself (see `node::split_check`).
+    pub region_split: SplitPolicy,
+}
+
+/// When the split checker splits a data region (`--region-split-bytes`,
+/// `--region-split-qps`); zero turns either trigger off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplitPolicy {
+    /// Split a region whose live keys and values pass this many bytes, at
+    /// the key that halves them.
+    pub bytes: u64,
+    /// Split a region that applies more than this many write
+    /// transactions a second for ten seconds, at the key that divides its
+    /// sampled writes in two.
+    pub qps: u64,
 }
 
 /// The kind of auth token a member issues and accepts.

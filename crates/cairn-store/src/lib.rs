@@ -62,7 +62,8 @@ pub use cairn_raft::{ALARM_CORRUPT, ALARM_NOSPACE};
 /// A storage snapshot, as region read views hand them out.
 pub use cairn_storage::Snapshot;
 pub use config::{
-    cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig, TokenConfig,
+    cluster_id, member_id, parse_initial_cluster, InitialMember, NodeConfig, SplitPolicy,
+    TokenConfig,
 };
 pub use error::{Error, Result};
 pub use lessor::LeaseTtl;

@@ -61,6 +61,7 @@ pub struct InProcessCluster {
     snapshot_logs: u64,
     snapshot_log_bytes: u64,
     limits: Limits,
+    region_split: cairn_store::SplitPolicy,
     _dir: tempfile::TempDir,
 }
 
@@ -124,6 +125,29 @@ impl InProcessCluster {
         snapshot_log_bytes: u64,
         limits: Limits,
     ) -> Self {
+        Self::start_configured(
+            n,
+            snapshot_logs,
+            snapshot_log_bytes,
+            limits,
+            Default::default(),
+        )
+        .await
+    }
+
+    /// Starts `n` nodes with default settings whose data regions split
+    /// by themselves as `policy` says.
+    pub async fn start_splitting(n: usize, policy: cairn_store::SplitPolicy) -> Self {
+        Self::start_configured(n, 10_000, 64 << 20, Limits::default(), policy).await
+    }
+
+    async fn start_configured(
+        n: usize,
+        snapshot_logs: u64,
+        snapshot_log_bytes: u64,
+        limits: Limits,
+        region_split: cairn_store::SplitPolicy,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut peers = Vec::new();
         let mut clients = Vec::new();
@@ -145,6 +169,7 @@ impl InProcessCluster {
             snapshot_logs,
             snapshot_log_bytes,
             limits,
+            region_split,
             _dir: dir,
         };
         for (i, (p, c)) in peers.into_iter().zip(clients).enumerate() {
@@ -190,6 +215,7 @@ impl InProcessCluster {
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,
             auth_tokens: cairn_store::TokenConfig::default(),
+            region_split: self.region_split,
         };
         let node = start_node(config).await;
         let (peer, client) = match secured::pki() {

@@ -231,6 +231,7 @@ impl SingleNode {
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,
             auth_tokens: cairn_store::TokenConfig::default(),
+            region_split: Default::default(),
         };
         Self::launch(config, peer).await
     }

@@ -21,6 +21,12 @@ pub struct DevArgs {
     /// client certificate for etcdctl.
     #[arg(long)]
     pub tls: bool,
+    /// Split a data region past this size (`64KiB`; 0: never), as `serve`.
+    #[arg(long, default_value = "0", value_parser = serve::parse_bytes)]
+    pub region_split_bytes: u64,
+    /// Split a data region past this many writes a second (0: never), as `serve`.
+    #[arg(long, default_value_t = 0)]
+    pub region_split_qps: u64,
 }
 
 /// The three dev members: (name, client port, peer port).
@@ -111,6 +117,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             auth_token: "simple".into(),
             auth_token_ttl: 300,
             bcrypt_cost: cairn_auth::password::DEFAULT_COST,
+            region_split_bytes: a.region_split_bytes,
+            region_split_qps: a.region_split_qps,
         };
         nodes.push(serve::start(args).await?);
     }

@@ -91,9 +91,26 @@ pub struct ServeArgs {
     /// bcrypt cost of password hashes (4–31).
     #[arg(long, default_value_t = cairn_auth::password::DEFAULT_COST)]
     pub bcrypt_cost: u32,
+    /// Split a data region whose live keys and values pass this size, at
+    /// the key that halves them (`64KiB`, `256MiB`, or bytes; 0: never).
+    /// Off by default while a request whose keys span regions is refused
+    /// (docs/operations.md, "Regions").
+    #[arg(long, default_value = "0", value_parser = parse_bytes)]
+    pub region_split_bytes: u64,
+    /// Split a data region applying more than this many writes a second
+    /// for ten seconds, at the key that divides its writes (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub region_split_qps: u64,
     /// TLS on the client and peer ports.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// A size in bytes: a number with an optional unit (`64KiB`, `1.5MB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    byte_unit::Byte::parse_str(s, true)
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size: {e}"))
 }
 
 /// A running node with its listeners.
@@ -157,6 +174,10 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         peer_tls: dial_tls,
         bcrypt_cost: a.bcrypt_cost,
         auth_tokens,
+        region_split: cairn_store::SplitPolicy {
+            bytes: a.region_split_bytes,
+            qps: a.region_split_qps,
+        },
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;

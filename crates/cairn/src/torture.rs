@@ -137,6 +137,9 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         a.snapshot_count = s.snapshot_count;
         a.fault_hold = s.fault_hold;
         a.lease_ttl = s.lease_ttl;
+        if let Some(n) = s.lease_clients {
+            a.lease_clients = n;
+        }
         a.secured |= s.secured;
     }
     if a.secured {

@@ -14,6 +14,8 @@
 //!   ranges;
 //! - [`split`]: splitting a data region in two (each replica starts the
 //!   new region's replica when it applies the split);
+//! - [`split_check`]: splitting the regions this node leads when they grow
+//!   too big or too hot (`--region-split-bytes`, `--region-split-qps`);
 //! - [`forward`]: send an op to its region's leader and serve one there;
 //! - [`kv`] and [`leases`]: the KV and Lease entry points;
 //! - [`reads`]: the linearizable read path (read index, then a local read);
@@ -35,6 +37,7 @@ mod registry;
 mod report;
 pub(crate) mod routing;
 mod split;
+mod split_check;
 mod start;
 mod status;
 

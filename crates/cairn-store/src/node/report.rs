@@ -41,6 +41,13 @@ pub(crate) struct WriteRate {
     per_second: f64,
 }
 
+impl WriteRate {
+    /// Writes per second, recently.
+    pub(crate) fn per_second(&self) -> f64 {
+        self.per_second
+    }
+}
+
 impl Node {
     /// Every data region hosted here, in key order.
     pub async fn region_reports(&self) -> Result<Vec<RegionReport>> {
@@ -93,7 +100,7 @@ pub(super) async fn sample_write_rates(node: std::sync::Weak<Node>) {
             if r.id == META_REGION {
                 continue;
             }
-            let count = r.shared.writes_applied();
+            let count = r.shared.write_load().writes();
             let rate = match old.get(&r.id) {
                 Some(w) => {
                     let secs = now.duration_since(w.at).as_secs_f64().max(1e-3);

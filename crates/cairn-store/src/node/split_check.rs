@@ -1,0 +1,224 @@
+//! The split checker: TiKV's split-check worker and its load-based split
+//! in one loop. Once a second, the leader of each data region asks two
+//! questions of it (each off when its flag is zero, see
+//! [`crate::SplitPolicy`]):
+//!
+//! - **Too big?** The region's live keys and values are measured (one
+//!   scan of its newest versions on the span pool, which also finds the
+//!   key that halves them) when it has never been measured by this leader,
+//!   or after an eighth of `--region-split-bytes` more was written into
+//!   it. Past the limit it splits at the middle key. A region far past it
+//!   (the flag lowered on a full cluster) halves once a check, so reaching
+//!   the size takes a logarithmic number of seconds.
+//! - **Too hot?** The replica samples the keys it applies writes to
+//!   (`cairn_raft::WriteLoad`). When the region's write rate (the same
+//!   rate `cairn regions` shows) stays above `--region-split-qps` for
+//!   [`HOT_CHECKS`] checks in a row, it splits at the sampled key that
+//!   best divides the sampled writes between the two sides. A load on one
+//!   key has no such key, and does not split.
+//!
+//! The split itself is `Node::split_region`: one command in the region's
+//! log, refused with `EpochMismatch` if the region changed meanwhile (the
+//! next check measures again). Splits that would move a leased key out of
+//! the first region are refused until leases can span regions; the checker
+//! logs and tries again only after more writes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use cairn_raft::RegionRange;
+
+use crate::node::{Node, Region, META_REGION};
+use crate::SplitPolicy;
+
+/// How often each region is looked at.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Checks in a row above `--region-split-qps` before a load split (TiKV
+/// waits ten one-second windows too).
+pub(crate) const HOT_CHECKS: u32 = 10;
+/// Fewer sampled writes than this do not say where the load is.
+const LOAD_SAMPLES_MIN: usize = 16;
+
+/// What the checker remembers of one region it leads.
+#[derive(Default)]
+struct Checked {
+    /// The region's write-load byte counter when it was last measured
+    /// (`None`: not measured since this node started or led it, or since
+    /// it split).
+    measured_at: Option<u64>,
+    /// The range it was measured with (a split changes it).
+    epoch: u64,
+    /// Checks in a row it was above the write-rate limit.
+    hot: u32,
+}
+
+/// Runs the checker until the node is gone (returns at once when both
+/// triggers are off).
+pub(super) async fn check_splits(node: Weak<Node>) {
+    let mut checked: BTreeMap<u64, Checked> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        let policy = n.config.region_split;
+        if policy.bytes == 0 && policy.qps == 0 {
+            return;
+        }
+        if n.is_stopped() {
+            return;
+        }
+        let led: Vec<Arc<Region>> = n
+            .regions
+            .all()
+            .into_iter()
+            .filter(|r| {
+                r.id != META_REGION && r.raft.metrics().borrow().current_leader == Some(n.id)
+            })
+            .collect();
+        checked.retain(|id, _| led.iter().any(|r| r.id == *id));
+        for r in led {
+            let c = checked.entry(r.id).or_default();
+            let Some((at, why)) = n.split_key(&r, policy, c).await else {
+                continue;
+            };
+            tracing::info!(region = r.id, at = ?String::from_utf8_lossy(&at), "splitting: {why}");
+            match n.split_region(r.id, at).await {
+                Ok(child) => {
+                    tracing::info!(region = r.id, child, "split");
+                    c.measured_at = None;
+                }
+                Err(e) => tracing::info!(region = r.id, "split refused or failed: {e}"),
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Where `r` should split now, and why (see the module essay).
+    async fn split_key(
+        &self,
+        r: &Region,
+        policy: SplitPolicy,
+        c: &mut Checked,
+    ) -> Option<(Vec<u8>, String)> {
+        let (view, _, range) = r.shared.read_view_in();
+        if range.epoch != c.epoch {
+            c.epoch = range.epoch;
+            c.measured_at = None;
+        }
+        let load = r.shared.write_load();
+        let sampled = load.take_sampled_keys();
+        if policy.qps > 0 {
+            let rate = self
+                .write_rates
+                .lock()
+                .get(&r.id)
+                .map_or(0.0, |w| w.per_second());
+            c.hot = if rate > policy.qps as f64 {
+                c.hot + 1
+            } else {
+                0
+            };
+            if c.hot >= HOT_CHECKS {
+                c.hot = 0;
+                if let Some(at) = load_split_key(&range, sampled) {
+                    let why = format!("{rate:.0} writes/s, over {} for {HOT_CHECKS} s", policy.qps);
+                    return Some((at, why));
+                }
+            }
+        }
+        if policy.bytes > 0 {
+            let written = load.bytes();
+            let due = c
+                .measured_at
+                .is_none_or(|at| written.saturating_sub(at) >= policy.bytes / 8);
+            if due {
+                c.measured_at = Some(written);
+                let share = cairn_raft::share_of_range(&range);
+                let step = (policy.bytes / 16).max(1);
+                let measured = self
+                    .spans
+                    .run(move || share.size_and_middle(&*view, step))
+                    .await;
+                match measured {
+                    Ok(Ok((size, Some(at)))) if size > policy.bytes => {
+                        return Some((at, format!("{size} bytes, over {}", policy.bytes)));
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(region = r.id, "measuring: {e}"),
+                    Err(e) => tracing::warn!(region = r.id, "measuring: {e}"),
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The sampled key that best divides `sampled` (the keys of recent writes)
+/// between `[start, key)` and `[key, end)` of `range`, leaving writes on
+/// both sides; `None` if too few samples, or all on one key.
+fn load_split_key(range: &RegionRange, mut sampled: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    sampled.retain(|k| range.keys().contains(k));
+    if sampled.len() < LOAD_SAMPLES_MIN {
+        return None;
+    }
+    sampled.sort_unstable();
+    let half = sampled.len() / 2;
+    // Each distinct key's first position is how many writes fall left of
+    // a split there; the best is the one nearest half, not the first.
+    let mut best: Option<(usize, &Vec<u8>)> = None;
+    for (i, k) in sampled.iter().enumerate() {
+        if i == 0 || sampled[i - 1] == *k {
+            continue;
+        }
+        if best.is_none_or(|(b, _)| i.abs_diff(half) < b.abs_diff(half)) {
+            best = Some((i, k));
+        }
+    }
+    best.map(|(_, k)| k.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: &str, end: &str) -> RegionRange {
+        RegionRange {
+            start: start.into(),
+            end: end.into(),
+            epoch: 1,
+        }
+    }
+
+    fn keys(ks: &[&str]) -> Vec<Vec<u8>> {
+        ks.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_load_split_divides_the_sampled_writes() {
+        let mut s = Vec::new();
+        for k in ["a", "b", "c", "d"] {
+            s.extend(keys(&[k; 8]));
+        }
+        assert_eq!(load_split_key(&range("", ""), s), Some(b"c".to_vec()));
+        // Most writes on one key: the split puts it alone on one side.
+        let mut s = keys(&["h"; 30]);
+        s.extend(keys(&["a", "b", "z"]));
+        let at = load_split_key(&range("", ""), s).unwrap();
+        assert!(at == b"h" || at == b"z", "{at:?}");
+    }
+
+    #[test]
+    fn no_load_split_without_a_dividing_key() {
+        assert_eq!(load_split_key(&range("", ""), keys(&["k"; 40])), None);
+        assert_eq!(
+            load_split_key(&range("", ""), keys(&["a", "b"])),
+            None,
+            "too few"
+        );
+        // Samples from before a split, outside the range now, do not count.
+        let mut s = keys(&["a"; 20]);
+        s.extend(keys(&["m"; 20]));
+        assert_eq!(load_split_key(&range("l", ""), s), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! Regions that split by themselves (issue 17, phase 2): past
+//! `--region-split-bytes` at the key that halves them, and past
+//! `--region-split-qps` at the key that divides their writes. Every key
+//! stays readable through every node, and the regions tile the keyspace.
+
+use std::time::{Duration, Instant};
+
+use cairn_store::{Node, SplitPolicy};
+use cairn_testkit::{kv, InProcessCluster};
+
+/// `node`'s data regions as `(start, end)`, sorted by start.
+fn ranges(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out: Vec<_> = node
+        .regions_overlapping(b"", None)
+        .into_iter()
+        .map(|(_, s, e)| (s, e))
+        .collect();
+    out.sort();
+    out
+}
+
+/// True when `ranges` cover every key once: from the empty key, each one
+/// starting where the one before ended, the last to the end.
+fn tiles(ranges: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    let mut at: &[u8] = b"";
+    for (i, (s, e)) in ranges.iter().enumerate() {
+        if s.as_slice() != at || (e.is_empty() && i + 1 != ranges.len()) {
+            return false;
+        }
+        at = e;
+    }
+    !ranges.is_empty() && at.is_empty()
+}
+
+#[test]
+fn tiling_is_checked() {
+    let r = |s: &str, e: &str| (s.as_bytes().to_vec(), e.as_bytes().to_vec());
+    assert!(tiles(&[r("", "")]));
+    assert!(tiles(&[r("", "m"), r("m", "")]));
+    assert!(!tiles(&[r("", "m"), r("n", "")]), "a gap");
+    assert!(!tiles(&[r("", "m")]), "not to the end");
+    assert!(!tiles(&[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn regions_split_by_size_until_each_is_under_the_limit() {
+    const LIMIT: u64 = 8 << 10;
+    let c = InProcessCluster::start_splitting(
+        3,
+        SplitPolicy {
+            bytes: LIMIT,
+            qps: 0,
+        },
+    )
+    .await;
+    c.wait_leader(cairn_store::DATA_REGION).await;
+    let value = "v".repeat(100);
+    let keys: Vec<String> = (0..600).map(|i| format!("key/{i:04}")).collect();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(c.kv(i).await);
+    }
+    for (i, k) in keys.iter().enumerate() {
+        kv::put(&mut clients[i % 3], k, &value)
+            .await
+            .unwrap_or_else(|e| panic!("put {k}: {e}"));
+    }
+    // About 600 × 130 bytes: at most 8 KiB a region is ten or more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reports = c.node(0).region_reports().await.unwrap();
+        let small = reports.iter().all(|r| r.approximate_bytes <= LIMIT);
+        let settled = (0..3).all(|i| ranges(c.node(i)) == ranges(c.node(0)));
+        if small && settled && tiles(&ranges(c.node(0))) {
+            assert!(reports.len() >= 8, "{} regions", reports.len());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions never all under {LIMIT} bytes: {:?}",
+            reports
+                .iter()
+                .map(|r| (
+                    String::from_utf8_lossy(&r.start).into_owned(),
+                    r.approximate_bytes
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every key, through every node, linearizably and from its replica.
+    for (i, client) in clients.iter_mut().enumerate() {
+        for k in &keys {
+            for serializable in [false, true] {
+                let got = kv::get(client, k, serializable).await.unwrap();
+                assert_eq!(got.as_deref(), Some(value.as_str()), "{k} via node {i}");
+            }
+        }
+    }
+    // And writes go on in every region.
+    for (i, k) in keys.iter().enumerate().step_by(37) {
+        kv::put(&mut clients[i % 3], k, "after").await.unwrap();
+        assert_eq!(
+            kv::get(&mut clients[(i + 1) % 3], k, false)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("after")
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_region_splits_between_its_hot_keys() {
+    let c = InProcessCluster::start_splitting(3, SplitPolicy { bytes: 0, qps: 20 }).await;
+    c.wait_leader(cairn_store::DATA_REGION).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, key) in ["hot/a", "hot/b", "hot/a", "hot/b"].into_iter().enumerate() {
+        let mut client = c.kv(i % 3).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = kv::put(&mut client, key, "v").await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    let split_between = |n: &Node| {
+        let r = ranges(n);
+        let holder = |k: &[u8]| {
+            r.iter()
+                .position(|(s, e)| s.as_slice() <= k && (e.is_empty() || k < e.as_slice()))
+        };
+        r.len() >= 2 && holder(b"hot/a") != holder(b"hot/b")
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !(0..3).all(|i| split_between(c.node(i))) {
+        assert!(
+            Instant::now() < deadline,
+            "no load split: {:?}",
+            ranges(c.node(0))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(tiles(&ranges(c.node(0))));
+    let mut client = c.kv(2).await;
+    for k in ["hot/a", "hot/b"] {
+        assert_eq!(
+            kv::get(&mut client, k, false).await.unwrap().as_deref(),
+            Some("v")
+        );
+    }
+    c.shutdown().await;
+}
