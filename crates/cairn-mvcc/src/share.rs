@@ -25,6 +25,9 @@ use cairn_storage::{KvPair, Snapshot, WriteBatch};
 
 use crate::Result;
 
+/// Keys [`Share::size_and_middle`] remembers at most.
+pub const MARKS_KEPT: usize = 1024;
+
 /// The engine state of a data region (see the module essay).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Share {
@@ -74,22 +77,32 @@ impl Share {
 
     /// [`Share::live_bytes`], and the live key nearest the middle of
     /// them (by bytes): where a split leaves two halves of equal size.
-    /// One scan; it remembers a key every `step` bytes (at least one
-    /// byte), so memory stays `total / step` keys. `None` when the share
-    /// holds no key past its first.
+    /// One scan; it remembers a key every `step` bytes (at least one byte),
+    /// and past [`MARKS_KEPT`] keys every other one with the step doubled,
+    /// so memory stays bounded however large the share and the middle is
+    /// found within `total / MARKS_KEPT` bytes. `None` when the share holds
+    /// no key past its first.
     pub fn size_and_middle(
         &self,
         view: &dyn Snapshot,
         step: u64,
     ) -> Result<(u64, Option<Vec<u8>>)> {
         let [_, (lo, hi)] = self.range.mvcc_ranges();
-        let step = step.max(1);
+        let mut step = step.max(1);
         let mut total = 0u64;
         let mut marks: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut next_mark = 0u64;
         for pair in view.scan(lo, hi, false) {
             let (k, v) = pair?;
             if total >= next_mark {
+                if marks.len() == MARKS_KEPT {
+                    let mut i = 0;
+                    marks.retain(|_| {
+                        i += 1;
+                        i % 2 == 1
+                    });
+                    step = step.saturating_mul(2);
+                }
                 let key = cairn_storage::keys::decode_latest(&k)?.to_vec();
                 marks.push((total, key));
                 next_mark = total + step;
@@ -269,9 +282,9 @@ mod tests {
     fn the_middle_key_halves_the_live_bytes() {
         let e = MemoryEngine::new();
         let mut revs = Revisions::default();
-        let keys: Vec<Vec<u8>> = (0..100u32)
-            .map(|i| format!("k{i:03}").into_bytes())
-            .collect();
+        // More keys than marks kept: with step 1 the marks are thinned.
+        let n = 3 * MARKS_KEPT;
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:05}").into_bytes()).collect();
         for k in &keys {
             revs = put(&e, revs, k);
         }
@@ -281,9 +294,12 @@ mod tests {
         for step in [1, 50, 300] {
             let (size, middle) = all.size_and_middle(&*view, step).unwrap();
             assert_eq!(size, total);
-            let middle = middle.expect("a hundred keys have a middle");
+            let middle = middle.expect("many keys have a middle");
             let i = keys.iter().position(|k| *k == middle).unwrap();
-            assert!((40..=60).contains(&i), "step {step}: middle at key {i}");
+            assert!(
+                i.abs_diff(n / 2) <= n / 50,
+                "step {step}: middle at key {i} of {n}"
+            );
         }
         // The keys of [b, m) in store(): three of them, so a middle that
         // is not the first; one key has none.

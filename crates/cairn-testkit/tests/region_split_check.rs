@@ -123,7 +123,7 @@ async fn a_hot_region_splits_between_its_hot_keys() {
         writers.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = kv::put(&mut client, key, "v").await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }));
     }

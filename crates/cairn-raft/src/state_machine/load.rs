@@ -1,5 +1,5 @@
 //! A replica's write load, counted as it applies: write transactions,
-//! bytes written, and a sample of the keys written. The node's split
+//! bytes put, and a sample of the keys written (put or deleted). The node's split
 //! checker reads it — bytes to decide when to measure the region again,
 //! the rate and the keys to split a region that takes too many writes at
 //! the key that divides them (TiKV's load-based split).
@@ -34,11 +34,16 @@ impl WriteLoad {
         let mut bytes = 0u64;
         let mut first = None;
         for op in &batch.ops {
-            if let Op::Put(k, v) = op {
-                bytes += (k.len() + v.len()) as u64;
-                if first.is_none() {
-                    first = decode_latest(k).ok();
+            let key = match op {
+                Op::Put(k, v) => {
+                    bytes += (k.len() + v.len()) as u64;
+                    k
                 }
+                Op::Delete(k) => k,
+                Op::DeleteRange(..) => continue,
+            };
+            if first.is_none() {
+                first = decode_latest(key).ok();
             }
         }
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -65,7 +70,8 @@ impl WriteLoad {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// The sampled keys, oldest first, and forgets them.
+    /// The sampled keys, oldest first, and forgets them (the ring keeps
+    /// the last [`SAMPLES_KEPT`] until taken).
     pub fn take_sampled_keys(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut *self.keys.lock()).into()
     }

@@ -30,10 +30,22 @@ impl Node {
     /// node. `EpochMismatch` if the region split meanwhile (this node's
     /// view of its epoch was old) or `at` is not strictly inside it.
     pub async fn split_region(&self, region: u64, at: Vec<u8>) -> Result<u64> {
+        let epoch = self.region(region)?.shared.range().epoch;
+        self.split_region_at_epoch(region, at, epoch).await
+    }
+
+    /// [`Node::split_region`] if the region is still at `epoch` when the
+    /// split applies (`EpochMismatch` otherwise): a key chosen from the
+    /// region as it was at `epoch` splits nothing else.
+    pub(crate) async fn split_region_at_epoch(
+        &self,
+        region: u64,
+        at: Vec<u8>,
+        epoch: u64,
+    ) -> Result<u64> {
         if region == META_REGION {
             return Err(Error::Internal("the meta region does not split".into()));
         }
-        let epoch = self.region(region)?.shared.range().epoch;
         let meta = self.region(META_REGION)?;
         let child = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await? as u64;
         let cmd = Command::Split { at, child, epoch };

@@ -6,26 +6,31 @@
 //! - **Too big?** The region's live keys and values are measured (one
 //!   scan of its newest versions on the span pool, which also finds the
 //!   key that halves them) when it has never been measured by this leader,
-//!   or after an eighth of `--region-split-bytes` more was written into
-//!   it. Past the limit it splits at the middle key. A region far past it
-//!   (the flag lowered on a full cluster) halves once a check, so reaching
-//!   the size takes a logarithmic number of seconds.
+//!   or after an eighth of `--region-split-bytes` more was put into it (as
+//!   the replica counts bytes: every version, record and index entry, so
+//!   about a sixteenth of live data). At most [`SCANS_PER_CHECK`] regions
+//!   are measured a check: after a restart or a leader change every region
+//!   is due, and the scans are spread out. Past the limit it splits at the
+//!   middle key. A region far past it (the flag lowered on a full cluster)
+//!   halves once a check, so reaching the size takes a logarithmic number
+//!   of seconds.
 //! - **Too hot?** The replica samples the keys it applies writes to
 //!   (`cairn_raft::WriteLoad`). When the region's write rate (the same
 //!   rate `cairn regions` shows) stays above `--region-split-qps` for
-//!   [`HOT_CHECKS`] checks in a row, it splits at the sampled key that
-//!   best divides the sampled writes between the two sides. A load on one
-//!   key has no such key, and does not split.
+//!   [`HOT_CHECKS`] checks in a row, it splits at the key, among those
+//!   sampled over that spell, that best divides them between the two
+//!   sides. A load on one key has no such key, and does not split.
 //!
-//! The split itself is `Node::split_region`: one command in the region's
-//! log, refused with `EpochMismatch` if the region changed meanwhile (the
-//! next check measures again). Splits that would move a leased key out of
-//! the first region are refused until leases can span regions; the checker
-//! logs and tries again only after more writes.
+//! The split itself is `Node::split_region_at_epoch`: one command in the
+//! region's log carrying the epoch the key was chosen at, refused with
+//! `EpochMismatch` if the region split since. Splits that would move a
+//! leased key out of the first region are refused until leases can span
+//! regions. After any refusal or failure the checker leaves the region
+//! alone for [`QUIET_AFTER_FAILURE`], then measures it again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_raft::RegionRange;
 
@@ -39,6 +44,12 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 pub(crate) const HOT_CHECKS: u32 = 10;
 /// Fewer sampled writes than this do not say where the load is.
 const LOAD_SAMPLES_MIN: usize = 16;
+/// Regions measured at most per check (each a scan of the region): after
+/// a restart or a leader change every region is due, and they are spread
+/// over the next checks rather than scanned all at once.
+const SCANS_PER_CHECK: usize = 4;
+/// After a split failed, how long the region is left alone.
+const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// What the checker remembers of one region it leads.
 #[derive(Default)]
@@ -51,6 +62,8 @@ struct Checked {
     epoch: u64,
     /// Checks in a row it was above the write-rate limit.
     hot: u32,
+    /// After a split that failed, no other until then.
+    quiet_until: Option<Instant>,
 }
 
 /// Runs the checker until the node is gone (returns at once when both
@@ -64,75 +77,94 @@ pub(super) async fn check_splits(node: Weak<Node>) {
         if policy.bytes == 0 && policy.qps == 0 {
             return;
         }
-        if n.is_stopped() {
-            return;
-        }
-        let led: Vec<Arc<Region>> = n
+        let led: BTreeMap<u64, Arc<Region>> = n
             .regions
             .all()
             .into_iter()
             .filter(|r| {
                 r.id != META_REGION && r.raft.metrics().borrow().current_leader == Some(n.id)
             })
+            .map(|r| (r.id, r))
             .collect();
-        checked.retain(|id, _| led.iter().any(|r| r.id == *id));
-        for r in led {
+        checked.retain(|id, _| led.contains_key(id));
+        let mut scans = 0;
+        for r in led.values() {
+            if n.is_stopped() {
+                return;
+            }
             let c = checked.entry(r.id).or_default();
-            let Some((at, why)) = n.split_key(&r, policy, c).await else {
+            if c.quiet_until.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            let Some((at, epoch, why)) = n.split_key(r, policy, c, &mut scans).await else {
                 continue;
             };
             tracing::info!(region = r.id, at = ?String::from_utf8_lossy(&at), "splitting: {why}");
-            match n.split_region(r.id, at).await {
+            match n.split_region_at_epoch(r.id, at, epoch).await {
                 Ok(child) => {
                     tracing::info!(region = r.id, child, "split");
                     c.measured_at = None;
+                    c.quiet_until = None;
                 }
-                Err(e) => tracing::info!(region = r.id, "split refused or failed: {e}"),
+                Err(e) => {
+                    // Measure again after a while: whatever refused it
+                    // (a leased key to move, a leader change, a timeout)
+                    // may have passed by then, writes or not.
+                    tracing::info!(region = r.id, "split refused or failed: {e}");
+                    c.measured_at = None;
+                    c.quiet_until = Some(Instant::now() + QUIET_AFTER_FAILURE);
+                }
             }
         }
     }
 }
 
 impl Node {
-    /// Where `r` should split now, and why (see the module essay).
+    /// Where `r` should split now, at the epoch the key was chosen in, and
+    /// why (see the module essay). `scans` counts the measurements of this
+    /// pass: past [`SCANS_PER_CHECK`] the rest wait for the next.
     async fn split_key(
         &self,
         r: &Region,
         policy: SplitPolicy,
         c: &mut Checked,
-    ) -> Option<(Vec<u8>, String)> {
+        scans: &mut usize,
+    ) -> Option<(Vec<u8>, u64, String)> {
         let (view, _, range) = r.shared.read_view_in();
         if range.epoch != c.epoch {
             c.epoch = range.epoch;
             c.measured_at = None;
         }
         let load = r.shared.write_load();
-        let sampled = load.take_sampled_keys();
         if policy.qps > 0 {
             let rate = self
                 .write_rates
                 .lock()
                 .get(&r.id)
                 .map_or(0.0, |w| w.per_second());
-            c.hot = if rate > policy.qps as f64 {
-                c.hot + 1
+            if rate > policy.qps as f64 {
+                c.hot += 1;
             } else {
-                0
-            };
+                // The samples of a cool spell say nothing of the next
+                // hot one.
+                c.hot = 0;
+                load.take_sampled_keys();
+            }
             if c.hot >= HOT_CHECKS {
                 c.hot = 0;
-                if let Some(at) = load_split_key(&range, sampled) {
+                if let Some(at) = load_split_key(&range, load.take_sampled_keys()) {
                     let why = format!("{rate:.0} writes/s, over {} for {HOT_CHECKS} s", policy.qps);
-                    return Some((at, why));
+                    return Some((at, range.epoch, why));
                 }
             }
         }
-        if policy.bytes > 0 {
+        if policy.bytes > 0 && *scans < SCANS_PER_CHECK {
             let written = load.bytes();
             let due = c
                 .measured_at
-                .is_none_or(|at| written.saturating_sub(at) >= policy.bytes / 8);
+                .is_none_or(|at| written.saturating_sub(at) >= (policy.bytes / 8).max(1));
             if due {
+                *scans += 1;
                 c.measured_at = Some(written);
                 let share = cairn_raft::share_of_range(&range);
                 let step = (policy.bytes / 16).max(1);
@@ -142,11 +174,18 @@ impl Node {
                     .await;
                 match measured {
                     Ok(Ok((size, Some(at)))) if size > policy.bytes => {
-                        return Some((at, format!("{size} bytes, over {}", policy.bytes)));
+                        let why = format!("{size} bytes, over {}", policy.bytes);
+                        return Some((at, range.epoch, why));
                     }
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(region = r.id, "measuring: {e}"),
-                    Err(e) => tracing::warn!(region = r.id, "measuring: {e}"),
+                    Ok(Err(e)) => {
+                        c.measured_at = None;
+                        tracing::warn!(region = r.id, "measuring: {e}");
+                    }
+                    Err(e) => {
+                        c.measured_at = None;
+                        tracing::warn!(region = r.id, "measuring: {e}");
+                    }
                 }
             }
         }
