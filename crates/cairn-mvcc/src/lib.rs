@@ -53,7 +53,7 @@ pub use compact::{compact, compact_range};
 pub use error::{Error, Rejection, Result};
 pub use hash::{hash_kv, hash_kv_range, KvHash};
 pub use history::history;
-pub use range::{range, Span};
+pub use range::{merge_ranges, part_request, range, Span};
 pub use record::Record;
 pub use share::Share;
 pub use txn::{

@@ -440,5 +440,8 @@ impl Kept {
 }
 
 mod count;
+mod merge;
 #[cfg(test)]
 mod tests;
+
+pub use merge::{merge_ranges, part_request};

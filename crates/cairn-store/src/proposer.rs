@@ -61,6 +61,8 @@ pub struct Proposer {
     /// While true, queued proposals wait (a leader handing over, see
     /// `transfer`): the log stops growing so the new leader can catch up.
     hold: Arc<watch::Sender<bool>>,
+    /// Groups of timestamped proposals not answered yet.
+    in_flight: Arc<InFlight>,
 }
 
 const MAX_GROUP: usize = 4096;
@@ -76,6 +78,27 @@ const MAX_INFLIGHT_GROUPS: usize = 1;
 
 /// A pipeline slot, shared by every entry of one group.
 type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
+/// The groups of timestamped proposals not answered yet, by sequence
+/// number: `None` while the group's timestamps are being fetched, then the
+/// first of them. A read at timestamp T waits until none is `None` or at
+/// most T ([`Proposer::settled`]).
+type InFlight = watch::Sender<std::collections::BTreeMap<u64, Option<i64>>>;
+
+/// A group's entry in [`InFlight`], removed when the last of its replies
+/// has been sent (every task answering one holds a clone).
+struct Unanswered {
+    in_flight: Arc<InFlight>,
+    seq: u64,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        self.in_flight.send_modify(|m| {
+            m.remove(&self.seq);
+        });
+    }
+}
 /// Soft cap on the payload of one group-commit entry.
 const MAX_ENTRY_BYTES: usize = 4 << 20;
 
@@ -85,18 +108,21 @@ async fn propose_txns(
     raft: &Raft,
     mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)>,
     slot: &Slot,
+    unanswered: &Option<Arc<Unanswered>>,
 ) {
     match txns.len() {
         0 => {}
         1 => {
             let (c, reply) = txns.pop().expect("one");
-            propose(raft, c, reply, slot).await;
+            propose(raft, c, reply, slot, unanswered).await;
         }
         _ => {
             let (cmds, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
             let (tx, rx) = oneshot::channel();
-            propose(raft, Command::Batch(cmds), tx, slot).await;
+            propose(raft, Command::Batch(cmds), tx, slot, unanswered).await;
+            let unanswered = unanswered.clone();
             tokio::spawn(async move {
+                let _unanswered = unanswered;
                 match rx.await {
                     Ok(Ok(Reply::Batch(rs))) if rs.len() == replies.len() => {
                         for (r, reply) in rs.into_iter().zip(replies) {
@@ -136,7 +162,13 @@ async fn propose_txns(
 /// slot held 17 s across back-to-back leader partitions, and every write and
 /// lease revoke queued behind it when the node led again). The entry's
 /// reply still arrives when its fate is known.
-async fn propose(raft: &Raft, cmd: Command, reply: oneshot::Sender<Result<Reply>>, slot: &Slot) {
+async fn propose(
+    raft: &Raft,
+    cmd: Command,
+    reply: oneshot::Sender<Result<Reply>>,
+    slot: &Slot,
+    unanswered: &Option<Arc<Unanswered>>,
+) {
     let mut metrics = raft.metrics();
     let (term, me) = {
         let m = metrics.borrow_and_update();
@@ -145,7 +177,9 @@ async fn propose(raft: &Raft, cmd: Command, reply: oneshot::Sender<Result<Reply>
     match raft.client_write_ff(cmd).await {
         Ok(rx) => {
             let slot = slot.clone();
+            let unanswered = unanswered.clone();
             tokio::spawn(async move {
+                let _unanswered = unanswered;
                 let mut slot = Some(slot);
                 tokio::pin!(rx);
                 let answer = loop {
@@ -188,7 +222,10 @@ impl Proposer {
     pub fn start(raft: Raft, timestamps: TimestampSource) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
         let (hold, mut held) = watch::channel(false);
+        let in_flight: Arc<InFlight> = Arc::new(watch::Sender::new(Default::default()));
+        let flights = in_flight.clone();
         tokio::spawn(async move {
+            let mut seq = 0u64;
             let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_GROUPS));
             while let Some(first) = rx.recv().await {
                 while *held.borrow_and_update() {
@@ -219,6 +256,18 @@ impl Proposer {
                         )
                     })
                     .count() as u32;
+                // Registered before the timestamps are fetched: a reader
+                // whose timestamp came after ours finds the group here.
+                let unanswered = (need > 0).then(|| {
+                    seq += 1;
+                    flights.send_modify(|m| {
+                        m.insert(seq, None);
+                    });
+                    Arc::new(Unanswered {
+                        in_flight: flights.clone(),
+                        seq,
+                    })
+                });
                 let mut ts = if need > 0 {
                     match timestamps(need).await {
                         Ok(t) => t,
@@ -232,6 +281,11 @@ impl Proposer {
                 } else {
                     0
                 };
+                if let Some(u) = &unanswered {
+                    flights.send_modify(|m| {
+                        m.insert(u.seq, Some(ts));
+                    });
+                }
                 // Consecutive transactions become one Raft entry (up to
                 // MAX_ENTRY_BYTES); other commands go alone, in order.
                 let mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
@@ -254,23 +308,26 @@ impl Proposer {
                             txns.push((cmd, reply));
                             ts += 1;
                             if bytes >= MAX_ENTRY_BYTES {
-                                propose_txns(&raft, std::mem::take(&mut txns), &slot).await;
+                                propose_txns(&raft, std::mem::take(&mut txns), &slot, &unanswered)
+                                    .await;
                                 bytes = 0;
                             }
                         }
                         Err(c) => {
-                            propose_txns(&raft, std::mem::take(&mut txns), &slot).await;
+                            propose_txns(&raft, std::mem::take(&mut txns), &slot, &unanswered)
+                                .await;
                             bytes = 0;
-                            propose(&raft, c, reply, &slot).await;
+                            propose(&raft, c, reply, &slot, &None).await;
                         }
                     }
                 }
-                propose_txns(&raft, txns, &slot).await;
+                propose_txns(&raft, txns, &slot, &unanswered).await;
             }
         });
         Self {
             tx,
             hold: Arc::new(hold),
+            in_flight,
         }
     }
 
@@ -278,6 +335,26 @@ impl Proposer {
     /// Raft; held ones wait in order and go once released.
     pub fn hold(&self, on: bool) {
         self.hold.send_replace(on);
+    }
+
+    /// Waits until every group of timestamped proposals this proposer
+    /// fetched timestamps for, or is fetching them for, whose first
+    /// timestamp is at most `ts`, has been answered (applied, or failed:
+    /// see the module essay); `Timeout` after `within`. A read at
+    /// timestamp `ts` that then takes a read index misses no write
+    /// stamped at or below it that this leader proposed.
+    pub async fn settled(&self, ts: i64, within: std::time::Duration) -> Result<()> {
+        let mut rx = self.in_flight.subscribe();
+        let done = async move {
+            rx.wait_for(|m| m.values().all(|first| first.is_some_and(|f| f > ts)))
+                .await
+                .is_ok()
+        };
+        match tokio::time::timeout(within, done).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// Proposes and waits for the applied reply.

@@ -46,6 +46,10 @@ pub enum ForwardOp {
         writable: cairn_auth::Writable,
         op: Box<ForwardOp>,
     },
+    /// Once every write this leader stamped at or below the timestamp is
+    /// answered, confirm leadership and return the read index (a read at
+    /// that timestamp across regions; see `node::range_across`).
+    ReadIndexAfter(i64),
 }
 
 impl ForwardOp {

@@ -136,6 +136,13 @@ impl Node {
                 ))
             }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
+            ForwardOp::ReadIndexAfter(ts) => {
+                if r.raft.metrics().borrow().current_leader != Some(self.id) {
+                    return Err(Error::NotLeader { leader: None });
+                }
+                r.proposer.settled(ts, REQUEST_TIMEOUT).await?;
+                Ok(ForwardOk::ReadIndex(self.leader_read_index(&r).await?))
+            }
             ForwardOp::Campaign { term, leader } => {
                 // Only while the leader that asked still leads in that term
                 // as far as this member knows: a late request must not

@@ -82,7 +82,8 @@ impl Node {
 
     /// Serves a `Range`: linearizable via read-index at the leader, then a
     /// local read once this replica has applied that far; `serializable`
-    /// reads come straight from this replica.
+    /// reads come straight from this replica. A span over several regions
+    /// is read at one timestamp (`range_across`).
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
         let stale = StaleRoutes::new();
         let (snap, revs) = loop {
@@ -91,6 +92,7 @@ impl Node {
                     stale.wait().await?;
                     continue;
                 }
+                Err(Error::SpansRegions) => return self.range_across(req, access).await,
                 other => other?,
             };
             let r = self.region(region)?;
@@ -197,14 +199,14 @@ impl Node {
 /// Retries of a request routed by a replica that had not applied a split
 /// yet: a short pause each (the replica catches up in a round trip or
 /// two), `EpochMismatch` once [`REQUEST_TIMEOUT`] has passed.
-struct StaleRoutes(std::time::Instant);
+pub(super) struct StaleRoutes(std::time::Instant);
 
 impl StaleRoutes {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self(std::time::Instant::now() + REQUEST_TIMEOUT)
     }
 
-    async fn wait(&self) -> Result<()> {
+    pub(super) async fn wait(&self) -> Result<()> {
         if std::time::Instant::now() >= self.0 {
             return Err(Error::EpochMismatch);
         }

@@ -19,6 +19,7 @@
 //! - [`forward`]: send an op to its region's leader and serve one there;
 //! - [`kv`] and [`leases`]: the KV and Lease entry points;
 //! - [`reads`]: the linearizable read path (read index, then a local read);
+//! - [`range_across`]: a Range over several regions, at one timestamp;
 //! - [`status`]: what the node reports about itself;
 //! - [`report`]: what `cairn regions` shows of each data region;
 //! - [`background`]: publishing this member and the ranges of the regions
@@ -32,6 +33,7 @@ mod background;
 mod forward;
 mod kv;
 mod leases;
+mod range_across;
 mod reads;
 mod registry;
 mod report;

@@ -1,0 +1,117 @@
+//! A `Range` whose keys lie in several regions, read at one timestamp
+//! (issue 17, phase 3): no torn reads, in key order, with etcd's count,
+//! limit, sort and `more` across region boundaries.
+//!
+//! Reading each region at its own newest state is not a snapshot: two
+//! regions' read indexes are taken at two moments, and a write in one
+//! acknowledged before a write in the other began can be missed while the
+//! later one is seen (two such reads can disagree on their order). So:
+//!
+//! 1. take a read timestamp T from the TSO. Every write acknowledged
+//!    before the read began got its timestamp, which is its revision,
+//!    before T; every write that begins after T was taken gets one above.
+//! 2. In each region, its leader waits until every write it stamped at or
+//!    below T is answered (`Proposer::settled`: a group registers before
+//!    it fetches its timestamps, so a group with a timestamp below T is
+//!    seen), then gives a read index, which the replica here waits to
+//!    apply. A leader elected since has every entry of its predecessors
+//!    that can still commit in its log before its read index.
+//! 3. Read every region at revision T (a region's newest revision when
+//!    that is lower: nothing at or below T is left to apply there), each
+//!    part cut to its region, and merge them (`cairn_mvcc::merge_ranges`).
+//!
+//! The header carries T: the store's revision as of the read, above every
+//! revision the answer holds. A read at an older revision reads every
+//! region there, and one above T is a future revision.
+//!
+//! A serializable read across regions takes the same path: one replica's
+//! regions are not a snapshot of one moment either.
+
+use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+
+use crate::node::{Node, META_REGION};
+use crate::{tso, Access, Error, Result};
+
+impl Node {
+    /// Serves `req`, whose keys lie in more than one region (see the
+    /// module essay). Regions routed by a replica that has not applied a
+    /// split yet are routed again.
+    pub(crate) async fn range_across(
+        &self,
+        req: RangeRequest,
+        access: &Access,
+    ) -> Result<RangeResponse> {
+        let stale = super::kv::StaleRoutes::new();
+        loop {
+            let meta = self.region(META_REGION)?;
+            let t = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await?;
+            if req.revision > t {
+                return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
+            }
+            let at = if req.revision > 0 { req.revision } else { t };
+            let end = (req.range_end != [0]).then_some(req.range_end.as_slice());
+            let mut routed = self.regions_overlapping(&req.key, end);
+            routed.sort_by(|a, b| a.1.cmp(&b.1));
+            if !tiles(&routed, &req.key, end) {
+                // A region born by a split is being started here.
+                stale.wait().await?;
+                continue;
+            }
+            let mut views = Vec::with_capacity(routed.len());
+            let mut moved = false;
+            for (r, start, stop) in &routed {
+                let r = self.caught_up_at(r.id, t).await?;
+                let (snap, revs, range) = r.shared.read_view_in();
+                if range.start != *start || range.end != *stop {
+                    moved = true;
+                    break;
+                }
+                let Some(part) = cairn_mvcc::part_request(&req, start, stop, at.min(revs.current))?
+                else {
+                    continue;
+                };
+                views.push((snap, revs, part));
+            }
+            if moved {
+                stale.wait().await?;
+                continue;
+            }
+            self.authorize(access).await?;
+            let whole = req.clone();
+            return self
+                .spans
+                .run(move || {
+                    let mut parts = Vec::with_capacity(views.len());
+                    for (snap, revs, part) in views {
+                        parts.push(cairn_mvcc::range(&*snap, &part, revs)?);
+                    }
+                    cairn_mvcc::merge_ranges(&whole, parts, t)
+                })
+                .await?
+                .map_err(Error::from);
+        }
+    }
+}
+
+/// True when `routed` (sorted by start) covers `[key, end)` (`end` None:
+/// to the end of the keyspace) without a gap.
+fn tiles(
+    routed: &[(std::sync::Arc<super::Region>, Vec<u8>, Vec<u8>)],
+    key: &[u8],
+    end: Option<&[u8]>,
+) -> bool {
+    let Some(first) = routed.first() else {
+        return false;
+    };
+    if first.1.as_slice() > key {
+        return false;
+    }
+    let mut reached: &[u8] = &first.2;
+    for (_, start, stop) in &routed[1..] {
+        if reached.is_empty() || start.as_slice() != reached {
+            return false;
+        }
+        reached = stop;
+    }
+    reached.is_empty() || end.is_some_and(|e| e <= reached)
+}

@@ -1,0 +1,187 @@
+//! A Range over several regions (issue 17, phase 3): the same answer one
+//! region gave before the split, at any revision, limit, sort and flag;
+//! and one snapshot — a reader never sees a write without one
+//! acknowledged before it in another region.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+use cairn_store::DATA_REGION;
+use cairn_testkit::{kv, InProcessCluster};
+
+async fn split(c: &InProcessCluster, at: &str) {
+    let region = c.node(0).route(at.as_bytes()).unwrap().id;
+    c.node(0)
+        .split_region(region, at.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Every node routes by it before the test goes on.
+    while !(0..3).all(|i| {
+        c.node(i)
+            .route(at.as_bytes())
+            .is_ok_and(|r| r.shared.range().start == at.as_bytes())
+    }) {
+        assert!(Instant::now() < deadline, "split at {at} not everywhere");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A key-value as (key, value, create, mod, version).
+type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
+/// What a response says, without its header.
+fn body(r: RangeResponse) -> (Vec<Kv>, bool, i64) {
+    let kvs = r
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect();
+    (kvs, r.more, r.count)
+}
+
+fn requests(revision: i64) -> Vec<RangeRequest> {
+    let mut out = Vec::new();
+    for (key, end) in [("\0", "\0"), ("b", "y"), ("e", "q"), ("k", "\0")] {
+        for limit in [0, 1, 3, 7] {
+            for (target, order) in [
+                (SortTarget::Key, SortOrder::None),
+                (SortTarget::Key, SortOrder::Descend),
+                (SortTarget::Mod, SortOrder::Descend),
+                (SortTarget::Value, SortOrder::Ascend),
+                (SortTarget::Create, SortOrder::Ascend),
+            ] {
+                for (keys_only, count_only, serializable) in [
+                    (false, false, false),
+                    (true, false, true),
+                    (false, true, false),
+                ] {
+                    out.push(RangeRequest {
+                        key: key.as_bytes().to_vec(),
+                        range_end: end.as_bytes().to_vec(),
+                        limit,
+                        sort_target: target as i32,
+                        sort_order: order as i32,
+                        keys_only,
+                        count_only,
+                        serializable,
+                        revision,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_across_regions_answers_as_one_region_did() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    let keys = ["a", "c", "d", "f", "g", "m", "p", "q", "t", "x", "z"];
+    for (i, k) in keys.iter().enumerate() {
+        kv::put(&mut client, k, &format!("v{}", (i * 7) % 11))
+            .await
+            .unwrap();
+    }
+    let middle = kv::put(&mut client, "g", "again").await.unwrap();
+    for k in ["a", "t"] {
+        kv::put(&mut client, k, "later").await.unwrap();
+    }
+    let mut before = Vec::new();
+    for revision in [0, middle] {
+        for req in requests(revision) {
+            before.push(body(client.range(req).await.unwrap().into_inner()));
+        }
+    }
+    split(&c, "f").await;
+    split(&c, "q").await;
+    for i in 0..3 {
+        let mut client = c.kv(i).await;
+        let mut n = 0;
+        for revision in [0, middle] {
+            for req in requests(revision) {
+                let got = client.range(req.clone()).await.unwrap().into_inner();
+                let header = got.header.as_ref().unwrap().revision;
+                assert!(header >= middle + 2, "header {header}");
+                assert_eq!(body(got), before[n], "node {i}: {req:?}");
+                n += 1;
+            }
+        }
+    }
+    // A revision above the store's is a future revision.
+    let err = client
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            revision: i64::MAX / 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_range_across_regions_is_one_snapshot() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut writer = c.kv(1).await;
+    kv::put(&mut writer, "a", "0").await.unwrap();
+    kv::put(&mut writer, "z", "0").await.unwrap();
+    split(&c, "m").await;
+    // One writer: a = i, acknowledged, then z = i. A reader that sees
+    // z = i must see a >= i.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for i in 0..3 {
+        let mut client = c.kv(i).await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .range(RangeRequest {
+                        key: b"a".to_vec(),
+                        range_end: vec![0],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let v = |k: &[u8]| -> i64 {
+                    let kv = r.kvs.iter().find(|kv| kv.key == k).expect("key");
+                    std::str::from_utf8(&kv.value).unwrap().parse().unwrap()
+                };
+                let (a, z) = (v(b"a"), v(b"z"));
+                assert!(a >= z, "torn read: a = {a}, z = {z}");
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    for i in 1..=150 {
+        kv::put(&mut writer, "a", &i.to_string()).await.unwrap();
+        kv::put(&mut writer, "z", &i.to_string()).await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        let reads = r.await.unwrap();
+        assert!(reads > 10, "{reads} reads");
+    }
+    c.shutdown().await;
+}
