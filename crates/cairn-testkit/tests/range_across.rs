@@ -122,6 +122,20 @@ async fn a_range_across_regions_answers_as_one_region_did() {
             }
         }
     }
+    // A read within one region at a revision another region wrote since
+    // is no future revision.
+    let newer = kv::put(&mut client, "a", "newest").await.unwrap();
+    let x = client
+        .range(RangeRequest {
+            key: b"x".to_vec(),
+            revision: newer,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(x.kvs.len(), 1);
+    assert!(x.header.unwrap().revision >= newer);
     // A revision above the store's is a future revision.
     let err = client
         .range(RangeRequest {

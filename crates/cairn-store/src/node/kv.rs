@@ -104,6 +104,12 @@ impl Node {
                 self.caught_up(region).await?
             };
             let (snap, revs, range) = r.shared.read_view_in();
+            if req.revision > revs.current && !req.serializable {
+                // Maybe a revision another region wrote: a timestamp says.
+                // (A serializable read stays on this replica, as etcd's
+                // does, and answers a future revision from what it has.)
+                return self.range_across(req, access).await;
+            }
             if range.covers(&req.key, &req.range_end) {
                 break (snap, revs);
             }

@@ -22,19 +22,27 @@
 //!
 //! The header carries T: the store's revision as of the read, above every
 //! revision the answer holds. A read at an older revision reads every
-//! region there, and one above T is a future revision.
+//! region there, and one above T is a future revision. A linearizable read
+//! within one region at a revision above that region's newest (one another
+//! region wrote) takes this path too: only a timestamp says whether it is
+//! in the future.
 //!
 //! A serializable read across regions takes the same path: one replica's
 //! regions are not a snapshot of one moment either.
 
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::node::{Node, META_REGION};
 use crate::{tso, Access, Error, Result};
 
+/// Regions caught up at once for one read.
+const CATCH_UP_AT_ONCE: usize = 16;
+
 impl Node {
-    /// Serves `req`, whose keys lie in more than one region (see the
-    /// module essay). Regions routed by a replica that has not applied a
+    /// Serves `req`, whose keys lie in more than one region, or which
+    /// reads one region at a revision above its newest (see the module
+    /// essay). Regions routed by a replica that has not applied a
     /// split yet are routed again.
     pub(crate) async fn range_across(
         &self,
@@ -49,7 +57,12 @@ impl Node {
                 return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
             }
             let at = if req.revision > 0 { req.revision } else { t };
-            let end = (req.range_end != [0]).then_some(req.range_end.as_slice());
+            let one_key = [req.key.as_slice(), &[0]].concat();
+            let end = match req.range_end.as_slice() {
+                [] => Some(one_key.as_slice()),
+                [0] => None,
+                e => Some(e),
+            };
             let mut routed = self.regions_overlapping(&req.key, end);
             routed.sort_by(|a, b| a.1.cmp(&b.1));
             if !tiles(&routed, &req.key, end) {
@@ -57,10 +70,16 @@ impl Node {
                 stale.wait().await?;
                 continue;
             }
+            // The regions' leaders are asked together, a few at a time.
+            let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
+            let ready: Vec<_> = futures::stream::iter(ids)
+                .map(|id| self.caught_up_at(id, t))
+                .buffered(CATCH_UP_AT_ONCE)
+                .try_collect()
+                .await?;
             let mut views = Vec::with_capacity(routed.len());
             let mut moved = false;
-            for (r, start, stop) in &routed {
-                let r = self.caught_up_at(r.id, t).await?;
+            for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
                 let (snap, revs, range) = r.shared.read_view_in();
                 if range.start != *start || range.end != *stop {
                     moved = true;
