@@ -653,6 +653,16 @@ impl StateMachine {
                 };
                 Ok((WriteBatch::new(), Reply::Auth(outcome)))
             }
+            Command::InTerm { term: fetched, cmd } => {
+                if fetched == term {
+                    return self.execute(*cmd, term, state, engine, events);
+                }
+                let reply = match *cmd {
+                    Command::Batch(cmds) => Reply::Batch(vec![Reply::StaleTerm; cmds.len()]),
+                    _ => Reply::StaleTerm,
+                };
+                Ok((WriteBatch::new(), reply))
+            }
             Command::Batch(cmds) => {
                 let mut overlay = Overlay::new(engine);
                 let mut replies = Vec::with_capacity(cmds.len());

@@ -97,6 +97,15 @@ pub enum Command {
     /// is already in the engine; every replica applying the split seeds the
     /// child's Raft state (see `state_machine::split`).
     Split { at: Vec<u8>, child: u64, epoch: u64 },
+    /// Timestamped commands (a `Txn`, a lease revoke or expiry, or a
+    /// `Batch` of them, maybe `Checked`) whose timestamps were fetched
+    /// while this region's leader was in term `term`: applied only from an
+    /// entry of that term, else answered [`Reply::StaleTerm`] and nothing
+    /// changes. A leader that lost and regained leadership between
+    /// fetching and appending would otherwise commit, behind a read that
+    /// another leader served at a later timestamp meanwhile, a write
+    /// stamped below it (see `cairn-store`'s `node::range_across`).
+    InTerm { term: u64, cmd: Box<Command> },
 }
 
 /// A data region's keys, `[start, end)` (`end` empty: to the end), and
@@ -211,6 +220,9 @@ pub enum Reply {
     /// an epoch the region has left: a stale route. Nothing changed; the
     /// region's range now is `range` (route again).
     WrongRegion(RegionRange),
+    /// A [`Command::InTerm`] appended in another term than its timestamps
+    /// were fetched in: nothing changed; propose again.
+    StaleTerm,
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

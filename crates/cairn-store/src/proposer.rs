@@ -13,7 +13,17 @@
 //! Ordering: groups are proposed one after another and TSO runs are
 //! increasing, so log order equals timestamp order; the state machine also
 //! enforces `revision = max(ts, current + 1)`, so revisions stay strictly
-//! increasing even across leader changes.
+//! increasing even across leader changes. A group's entries carry the
+//! leader term its timestamps were fetched in (`Command::InTerm`) and apply
+//! only if appended in it: a leader deposed and elected again between
+//! fetching and appending gets `NotLeader` (nothing changed; the node
+//! proposes again with new timestamps) instead of committing, behind
+//! another leader's writes and reads, a write stamped below them.
+//!
+//! Reads at a timestamp (`Proposer::settled`): a group registers in
+//! `in_flight` before it fetches its timestamps and leaves when every
+//! entry of it is answered, so a reader whose timestamp T came later can
+//! wait for every group this leader stamped at or below T.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,6 +100,9 @@ type InFlight = watch::Sender<std::collections::BTreeMap<u64, Option<i64>>>;
 struct Unanswered {
     in_flight: Arc<InFlight>,
     seq: u64,
+    /// The leader term the group's timestamps were fetched in: its
+    /// entries apply only if appended in it (`Command::InTerm`).
+    term: u64,
 }
 
 impl Drop for Unanswered {
@@ -110,23 +123,30 @@ async fn propose_txns(
     slot: &Slot,
     unanswered: &Option<Arc<Unanswered>>,
 ) {
+    let in_term = |cmd: Command| match unanswered {
+        Some(u) => Command::InTerm {
+            term: u.term,
+            cmd: Box::new(cmd),
+        },
+        None => cmd,
+    };
     match txns.len() {
         0 => {}
         1 => {
             let (c, reply) = txns.pop().expect("one");
-            propose(raft, c, reply, slot, unanswered).await;
+            propose(raft, in_term(c), reply, slot, unanswered).await;
         }
         _ => {
             let (cmds, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
             let (tx, rx) = oneshot::channel();
-            propose(raft, Command::Batch(cmds), tx, slot, unanswered).await;
+            propose(raft, in_term(Command::Batch(cmds)), tx, slot, unanswered).await;
             let unanswered = unanswered.clone();
             tokio::spawn(async move {
                 let _unanswered = unanswered;
                 match rx.await {
                     Ok(Ok(Reply::Batch(rs))) if rs.len() == replies.len() => {
                         for (r, reply) in rs.into_iter().zip(replies) {
-                            let _ = reply.send(Ok(r));
+                            let _ = reply.send(not_stale(r));
                         }
                     }
                     Ok(Ok(other)) => {
@@ -149,6 +169,16 @@ async fn propose_txns(
                 }
             });
         }
+    }
+}
+
+/// `reply`, or `NotLeader` for a command appended in another term than
+/// its timestamps were fetched in: nothing changed, so proposing it again
+/// (as `Node::submit` does on `NotLeader`) is safe.
+fn not_stale(reply: Reply) -> Result<Reply> {
+    match reply {
+        Reply::StaleTerm => Err(Error::NotLeader { leader: None }),
+        r => Ok(r),
     }
 }
 
@@ -195,7 +225,7 @@ async fn propose(
                 };
                 drop(slot);
                 let r = match answer {
-                    Ok(Ok(resp)) => Ok(resp.data),
+                    Ok(Ok(resp)) => not_stale(resp.data),
                     Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
                         leader: f.leader_id,
                     }),
@@ -266,6 +296,7 @@ impl Proposer {
                     Arc::new(Unanswered {
                         in_flight: flights.clone(),
                         seq,
+                        term: raft.metrics().borrow().current_term,
                     })
                 });
                 let mut ts = if need > 0 {

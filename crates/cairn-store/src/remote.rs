@@ -50,6 +50,10 @@ pub enum ForwardOp {
     /// answered, confirm leadership and return the read index (a read at
     /// that timestamp across regions; see `node::range_across`).
     ReadIndexAfter(i64),
+    /// Meta region: a TSO timestamp for a read, handed out by a leader
+    /// that then confirmed it still leads (read lease or a quorum round),
+    /// so it is above every timestamp handed out before the request.
+    ReadTimestamp,
 }
 
 impl ForwardOp {
@@ -85,6 +89,8 @@ pub enum ForwardOk {
     Hash(u32, i64, i64),
     /// Done, nothing to report.
     Done,
+    /// A confirmed TSO timestamp.
+    Timestamp(i64),
 }
 
 /// Typed answers: each entry point takes the one kind of answer its op
@@ -151,6 +157,14 @@ impl ForwardOk {
         match self.reply()? {
             Reply::Done => Ok(()),
             other => Err(ForwardOk::Reply(other).mismatch("done")),
+        }
+    }
+
+    /// A confirmed TSO timestamp.
+    pub(crate) fn timestamp(self) -> Result<i64> {
+        match self {
+            ForwardOk::Timestamp(t) => Ok(t),
+            other => Err(other.mismatch("a timestamp")),
         }
     }
 

@@ -168,15 +168,18 @@ async fn a_range_across_regions_is_one_snapshot() {
         readers.push(tokio::spawn(async move {
             let mut reads = 0;
             while !stop.load(Ordering::Relaxed) {
-                let r = client
+                // A read refused while leadership moves proves nothing.
+                let Ok(r) = client
                     .range(RangeRequest {
                         key: b"a".to_vec(),
                         range_end: vec![0],
                         ..Default::default()
                     })
                     .await
-                    .unwrap()
-                    .into_inner();
+                else {
+                    continue;
+                };
+                let r = r.into_inner();
                 let v = |k: &[u8]| -> i64 {
                     let kv = r.kvs.iter().find(|kv| kv.key == k).expect("key");
                     std::str::from_utf8(&kv.value).unwrap().parse().unwrap()
@@ -188,11 +191,39 @@ async fn a_range_across_regions_is_one_snapshot() {
             reads
         }));
     }
-    for i in 1..=150 {
-        kv::put(&mut writer, "a", &i.to_string()).await.unwrap();
-        kv::put(&mut writer, "z", &i.to_string()).await.unwrap();
+    // Leadership of the first region (and the meta region with it) moves
+    // meanwhile: timestamps fetched under one leader, reads served by the
+    // next.
+    let mover = {
+        let nodes: Vec<_> = (0..3).map(|i| c.node(i).clone()).collect();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut moves = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let leader = nodes.iter().position(|n| {
+                    n.region(DATA_REGION)
+                        .is_ok_and(|r| r.raft.metrics().borrow().current_leader == Some(n.id))
+                });
+                if let Some(l) = leader {
+                    let to = nodes[(l + 1) % 3].id;
+                    if nodes[l].move_leader(to).await.is_ok() {
+                        moves += 1;
+                    }
+                }
+            }
+            moves
+        })
+    };
+    for i in 1..=100 {
+        let v = i.to_string();
+        // A write refused while leadership moves is sent again: the
+        // reader's check needs a = i before z = i, not every i.
+        while kv::put(&mut writer, "a", &v).await.is_err() {}
+        while kv::put(&mut writer, "z", &v).await.is_err() {}
     }
     stop.store(true, Ordering::Relaxed);
+    assert!(mover.await.unwrap() > 0, "leadership never moved");
     for r in readers {
         let reads = r.await.unwrap();
         assert!(reads > 10, "{reads} reads");

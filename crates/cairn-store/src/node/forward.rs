@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cairn_raft::{AuthStamp, Command, Reply};
 
-use crate::node::{sole_voter_index, Node, Region, DATA_REGION, REQUEST_TIMEOUT};
+use crate::node::{sole_voter_index, Node, Region, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
 use crate::proposer::{checked, Proposal};
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::{Error, Result};
@@ -136,6 +136,18 @@ impl Node {
                 ))
             }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
+            ForwardOp::ReadTimestamp => {
+                if region != META_REGION {
+                    return Err(Error::Internal(
+                        "timestamps come from the meta region".into(),
+                    ));
+                }
+                // Confirmed after it is allocated: a leader deposed
+                // meanwhile (paused past an election) hands out none.
+                let t = self.tso_local(1).await?;
+                self.leader_read_index(&r).await?;
+                Ok(ForwardOk::Timestamp(t))
+            }
             ForwardOp::ReadIndexAfter(ts) => {
                 if r.raft.metrics().borrow().current_leader != Some(self.id) {
                     return Err(Error::NotLeader { leader: None });

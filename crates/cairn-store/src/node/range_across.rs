@@ -7,9 +7,14 @@
 //! acknowledged before a write in the other began can be missed while the
 //! later one is seen (two such reads can disagree on their order). So:
 //!
-//! 1. take a read timestamp T from the TSO. Every write acknowledged
+//! 1. take a read timestamp T from the TSO, whose leader confirms it
+//!    still leads after handing it out (a leader paused past an election
+//!    would hand out one below its successor's). Every write acknowledged
 //!    before the read began got its timestamp, which is its revision,
 //!    before T; every write that begins after T was taken gets one above.
+//!    (A group of writes applies only in the leader term it was stamped
+//!    in, `Command::InTerm`: one stamped before a leader change cannot
+//!    commit after a read the next leader served.)
 //! 2. In each region, its leader waits until every write it stamped at or
 //!    below T is answered (`Proposer::settled`: a group registers before
 //!    it fetches its timestamps, so a group with a timestamp below T is
@@ -28,13 +33,15 @@
 //! in the future.
 //!
 //! A serializable read across regions takes the same path: one replica's
-//! regions are not a snapshot of one moment either.
+//! regions are not a snapshot of one moment either. So, unlike etcd's, it
+//! needs the meta region's leader and each region's leader to answer.
 
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::node::{Node, META_REGION};
-use crate::{tso, Access, Error, Result};
+use crate::remote::ForwardOp;
+use crate::{Access, Error, Result};
 
 /// Regions caught up at once for one read.
 const CATCH_UP_AT_ONCE: usize = 16;
@@ -51,8 +58,10 @@ impl Node {
     ) -> Result<RangeResponse> {
         let stale = super::kv::StaleRoutes::new();
         loop {
-            let meta = self.region(META_REGION)?;
-            let t = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await?;
+            let t = self
+                .submit(META_REGION, ForwardOp::ReadTimestamp)
+                .await?
+                .timestamp()?;
             if req.revision > t {
                 return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
             }
@@ -97,7 +106,7 @@ impl Node {
             }
             self.authorize(access).await?;
             let whole = req.clone();
-            return self
+            let answer = self
                 .spans
                 .run(move || {
                     let mut parts = Vec::with_capacity(views.len());
@@ -108,6 +117,15 @@ impl Node {
                 })
                 .await?
                 .map_err(Error::from);
+            match answer {
+                // A compaction past T applied meanwhile: a read of the
+                // newest keys is never refused as compacted; read again
+                // at a new timestamp.
+                Err(Error::Rejected(cairn_mvcc::Rejection::Compacted)) if req.revision == 0 => {
+                    stale.wait().await?;
+                }
+                other => return other,
+            }
         }
     }
 }
