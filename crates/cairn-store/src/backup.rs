@@ -23,8 +23,11 @@
 //! member's meta region with it. So a secured cluster's backup restores
 //! secured, from etcd's backups too.
 //!
-//! With many regions, a backup will cover each at one revision (a TSO
-//! timestamp read across regions); today there is one data region.
+//! With many data regions, a backup holds each at one revision: every
+//! region caught up at a confirmed TSO timestamp (as a Range across
+//! regions is, `node::range_across`), then one engine view — the regions
+//! share this node's engine — exported without the versions above it. A
+//! restore makes it one data region again.
 
 use std::io::{Seek, Write};
 use std::path::Path;
@@ -54,7 +57,11 @@ impl Node {
         // Every auth change acknowledged before the backup was asked for.
         self.catch_up_auth().await?;
         let auth = self.meta_shared().with_applied(|a| a.auth.clone());
-        let (view, revs) = self.linearizable_view(DATA_REGION).await?;
+        let (view, revs) = if self.regions_overlapping(b"", None).len() > 1 {
+            self.view_of_every_region().await?
+        } else {
+            self.linearizable_view(DATA_REGION).await?
+        };
         let dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || -> Result<Backup> {
             let io = |e: std::io::Error| Error::Internal(format!("snapshot: {e}"));

@@ -230,3 +230,79 @@ async fn a_range_across_regions_is_one_snapshot() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_across_regions_holds_every_region_at_one_revision() {
+    use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_api::etcdserverpb::SnapshotRequest;
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut writer = c.kv(0).await;
+    for k in ["a", "m", "z"] {
+        kv::put(&mut writer, k, "0").await.unwrap();
+    }
+    split(&c, "h").await;
+    split(&c, "q").await;
+    // a = i, then m = i, then z = i, acknowledged one after the other,
+    // while the backup is taken: it must hold a >= m >= z.
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                for k in ["a", "m", "z"] {
+                    kv::put(&mut writer, k, &i.to_string()).await.unwrap();
+                }
+            }
+            i
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let channel = cairn_testkit::secured::channel(&c.nodes[1].client_addr);
+    let mut stream = MaintenanceClient::new(channel)
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut bytes, mut at) = (Vec::new(), 0);
+    while let Some(m) = stream.message().await.unwrap() {
+        at = m.header.map_or(0, |h| h.revision);
+        bytes.extend_from_slice(&m.blob);
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(task.await.unwrap() > 1, "the writer was not writing");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    std::fs::write(&file, &bytes[..bytes.len() - 32]).unwrap();
+    let restored =
+        cairn_store::restore(std::fs::File::open(&file).unwrap(), &dir.path().join("m")).unwrap();
+    assert!(restored.revisions.current <= at);
+    let engine = cairn_storage::FjallEngine::open(dir.path().join("m/db")).unwrap();
+    let view = cairn_storage::Engine::snapshot(&engine);
+    let all = RangeRequest {
+        key: b"a".to_vec(),
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let back = cairn_mvcc::range(&*view, &all, restored.revisions).unwrap();
+    let value = |k: &[u8]| -> i64 {
+        let kv = back.kvs.iter().find(|kv| kv.key == k).expect("every key");
+        std::str::from_utf8(&kv.value).unwrap().parse().unwrap()
+    };
+    let (a, m, z) = (value(b"a"), value(b"m"), value(b"z"));
+    assert!(a >= m && m >= z, "torn backup: a = {a}, m = {m}, z = {z}");
+    // And it is the cluster's store at that revision.
+    let mut client = c.kv(2).await;
+    let original = client
+        .range(RangeRequest {
+            revision: at,
+            ..all.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.kvs, original.kvs);
+    c.shutdown().await;
+}

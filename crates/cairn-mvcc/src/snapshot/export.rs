@@ -13,8 +13,10 @@ use crate::lease;
 use crate::record::Record;
 use crate::{Error, Result, Revisions};
 
-/// Writes the MVCC state in `view` (at `revs`) to `out` as etcd's bbolt
-/// database; returns `out` positioned after the last page.
+/// Writes the MVCC state in `view` (at `revs`: versions above
+/// `revs.current` are left out, as a view holding regions read at one
+/// timestamp has some) to `out` as etcd's bbolt database; returns `out`
+/// positioned after the last page.
 pub fn export<W: Write + Seek>(view: &dyn Snapshot, revs: Revisions, out: W) -> Result<W> {
     export_with(view, revs, Vec::new(), out)
 }
@@ -33,7 +35,7 @@ pub fn export_with<W: Write + Seek>(
     for (name, entries) in extra {
         w.bucket(name, entries.into_iter().map(Ok))?;
     }
-    w.bucket(KEY, versions(view)?)?;
+    w.bucket(KEY, versions(view, revs.current)?)?;
     let mut leases = lease::list(view)?;
     // Bucket order is byte order: a negative ID's big-endian bytes sort
     // after every positive one's.
@@ -67,7 +69,7 @@ type Entries<'a> = Box<dyn Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u
 /// Every stored version as `key` bucket entries, in revision order: from
 /// the by-revision index when it is complete, else from a sort of every
 /// version's (revision, key).
-fn versions(view: &dyn Snapshot) -> Result<Entries<'_>> {
+fn versions(view: &dyn Snapshot, up_to: i64) -> Result<Entries<'_>> {
     let order: Box<dyn Iterator<Item = Result<(i64, Vec<u8>)>>> =
         if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
             let (lo, hi) = keys::by_revision_range(0, i64::MAX);
@@ -87,6 +89,7 @@ fn versions(view: &dyn Snapshot) -> Result<Entries<'_>> {
             all.sort();
             Box::new(all.into_iter().map(Ok))
         };
+    let order = order.filter(move |item| item.as_ref().map_or(true, |(rev, _)| *rev <= up_to));
     let mut last_main = None;
     let mut sub = 0i64;
     Ok(Box::new(order.map(move |item| {

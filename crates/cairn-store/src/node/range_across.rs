@@ -57,52 +57,29 @@ impl Node {
         access: &Access,
     ) -> Result<RangeResponse> {
         let stale = super::kv::StaleRoutes::new();
+        let one_key = [req.key.as_slice(), &[0]].concat();
+        let end = match req.range_end.as_slice() {
+            [] => Some(one_key.as_slice()),
+            [0] => None,
+            e => Some(e),
+        };
         loop {
-            let t = self
-                .submit(META_REGION, ForwardOp::ReadTimestamp)
-                .await?
-                .timestamp()?;
+            let Some((t, caught_up)) = self.regions_at_timestamp(&req.key, end).await? else {
+                stale.wait().await?;
+                continue;
+            };
             if req.revision > t {
                 return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
             }
             let at = if req.revision > 0 { req.revision } else { t };
-            let one_key = [req.key.as_slice(), &[0]].concat();
-            let end = match req.range_end.as_slice() {
-                [] => Some(one_key.as_slice()),
-                [0] => None,
-                e => Some(e),
-            };
-            let mut routed = self.regions_overlapping(&req.key, end);
-            routed.sort_by(|a, b| a.1.cmp(&b.1));
-            if !tiles(&routed, &req.key, end) {
-                // A region born by a split is being started here.
-                stale.wait().await?;
-                continue;
-            }
-            // The regions' leaders are asked together, a few at a time.
-            let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
-            let ready: Vec<_> = futures::stream::iter(ids)
-                .map(|id| self.caught_up_at(id, t))
-                .buffered(CATCH_UP_AT_ONCE)
-                .try_collect()
-                .await?;
-            let mut views = Vec::with_capacity(routed.len());
-            let mut moved = false;
-            for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
-                let (snap, revs, range) = r.shared.read_view_in();
-                if range.start != *start || range.end != *stop {
-                    moved = true;
-                    break;
+            let mut views = Vec::with_capacity(caught_up.len());
+            for (snap, revs, range) in caught_up {
+                let read_at = at.min(revs.current);
+                if let Some(part) =
+                    cairn_mvcc::part_request(&req, &range.start, &range.end, read_at)?
+                {
+                    views.push((snap, revs, part));
                 }
-                let Some(part) = cairn_mvcc::part_request(&req, start, stop, at.min(revs.current))?
-                else {
-                    continue;
-                };
-                views.push((snap, revs, part));
-            }
-            if moved {
-                stale.wait().await?;
-                continue;
             }
             self.authorize(access).await?;
             let whole = req.clone();
@@ -128,7 +105,102 @@ impl Node {
             }
         }
     }
+
+    /// Steps 1 and 2 of the module essay for the regions holding `[key,
+    /// end)` (`end` None: to the end of the keyspace): a confirmed read
+    /// timestamp T, and each region's view once its replica here has
+    /// applied every write stamped at or below T, in key order with its
+    /// revisions and range. `None` when the regions here do not tile the
+    /// span or one split meanwhile (route again shortly).
+    pub(crate) async fn regions_at_timestamp(
+        &self,
+        key: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Option<(i64, Vec<RegionView>)>> {
+        let t = self
+            .submit(META_REGION, ForwardOp::ReadTimestamp)
+            .await?
+            .timestamp()?;
+        let mut routed = self.regions_overlapping(key, end);
+        routed.sort_by(|a, b| a.1.cmp(&b.1));
+        if !tiles(&routed, key, end) {
+            // A region born by a split is being started here.
+            return Ok(None);
+        }
+        // The regions' leaders are asked together, a few at a time.
+        let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
+        let ready: Vec<_> = futures::stream::iter(ids)
+            .map(|id| self.caught_up_at(id, t))
+            .buffered(CATCH_UP_AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut views = Vec::with_capacity(routed.len());
+        for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
+            let (snap, revs, range) = r.shared.read_view_in();
+            if range.start != *start || range.end != *stop {
+                return Ok(None);
+            }
+            views.push((snap, revs, range));
+        }
+        Ok(Some((t, views)))
+    }
 }
+
+impl Node {
+    /// One engine view holding every data region as of one confirmed
+    /// timestamp, and the revisions to read it at: the newest revision at
+    /// or below the timestamp, and the newest compaction of any region
+    /// (for a backup across regions: every version above the revision is
+    /// left out). Regions share this node's engine, so one view taken
+    /// after each has caught up holds them all.
+    pub(crate) async fn view_of_every_region(
+        &self,
+    ) -> Result<(
+        std::sync::Arc<dyn cairn_storage::Snapshot>,
+        cairn_mvcc::Revisions,
+    )> {
+        let stale = super::kv::StaleRoutes::new();
+        loop {
+            let Some((t, views)) = self.regions_at_timestamp(b"", None).await? else {
+                stale.wait().await?;
+                continue;
+            };
+            let compacted =
+                |views: &[RegionView]| views.iter().map(|(_, r, _)| r.compacted).max().unwrap_or(0);
+            let view = self.engine.snapshot();
+            // A compaction applied since the regions were read would leave
+            // the view with less history than the revisions say.
+            let now: Vec<RegionView> = self
+                .regions_overlapping(b"", None)
+                .into_iter()
+                .map(|(r, _, _)| r.shared.read_view_in())
+                .collect();
+            if compacted(&now) != compacted(&views) {
+                stale.wait().await?;
+                continue;
+            }
+            let current = views
+                .iter()
+                .map(|(_, r, _)| r.current.min(t))
+                .max()
+                .unwrap_or(0);
+            return Ok((
+                view,
+                cairn_mvcc::Revisions {
+                    current,
+                    compacted: compacted(&views),
+                },
+            ));
+        }
+    }
+}
+
+/// A region's read view, its revisions, and its range.
+pub(crate) type RegionView = (
+    std::sync::Arc<dyn cairn_storage::Snapshot>,
+    cairn_mvcc::Revisions,
+    cairn_raft::RegionRange,
+);
 
 /// True when `routed` (sorted by start) covers `[key, end)` (`end` None:
 /// to the end of the keyspace) without a gap.
