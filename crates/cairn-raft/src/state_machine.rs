@@ -663,6 +663,10 @@ impl StateMachine {
                 };
                 Ok((WriteBatch::new(), reply))
             }
+            Command::Close { ts } => {
+                state.current_revision = state.current_revision.max(ts);
+                Ok((WriteBatch::new(), Reply::Revision(state.current_revision)))
+            }
             Command::Batch(cmds) => {
                 let mut overlay = Overlay::new(engine);
                 let mut replies = Vec::with_capacity(cmds.len());

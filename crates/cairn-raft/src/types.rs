@@ -106,6 +106,12 @@ pub enum Command {
     /// another leader served at a later timestamp meanwhile, a write
     /// stamped below it (see `cairn-store`'s `node::range_across`).
     InTerm { term: u64, cmd: Box<Command> },
+    /// Data region: a closed timestamp. Stamped like a write (so every
+    /// write stamped below it is before it in the log), it writes nothing
+    /// and raises the region's current revision to `ts`: the region's
+    /// change feed is then resolved up to `ts`, and a watch over it and a
+    /// busier region moves on though this one is idle.
+    Close { ts: i64 },
 }
 
 /// A data region's keys, `[start, end)` (`end` empty: to the end), and

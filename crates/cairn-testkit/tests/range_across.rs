@@ -306,3 +306,45 @@ async fn a_backup_across_regions_holds_every_region_at_one_revision() {
     assert_eq!(back.kvs, original.kvs);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_over_an_idle_region_and_a_busy_one_keeps_moving() {
+    use cairn_api::etcdserverpb::WatchCreateRequest;
+    use cairn_testkit::watch::WatchStream;
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "z", "idle").await.unwrap();
+    split(&c, "m").await;
+    let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: b"a".to_vec(),
+        range_end: vec![0],
+        ..Default::default()
+    })
+    .await;
+    let created = w.next(Duration::from_secs(5)).await.expect("created");
+    assert!(created.created);
+    // Writes to [.., m) only: [m, ..) stays idle, and its closed
+    // timestamps let the watch release them.
+    let mut last = 0;
+    for i in 0..5 {
+        last = kv::put(&mut client, "a", &i.to_string()).await.unwrap();
+    }
+    let mut seen = 0;
+    while seen < 5 {
+        let r = w
+            .next(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("only {seen} of 5 events arrived"));
+        for e in &r.events {
+            let kv = e.kv.as_ref().unwrap();
+            assert_eq!(kv.key, b"a");
+            seen += 1;
+            if seen == 5 {
+                assert_eq!(kv.mod_revision, last);
+            }
+        }
+    }
+    c.shutdown().await;
+}

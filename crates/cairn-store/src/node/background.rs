@@ -1,7 +1,7 @@
 //! The node's background loops (each holds the node weakly and ends with
 //! it): publishing this member, and the ranges of the data regions it
-//! leads, to the meta region; counting leader changes; and bounding each
-//! region's Raft log by bytes. (Lease expiry lives in `crate::lessor`, TSO colocation in
+//! leads, to the meta region; counting leader changes; bounding each
+//! region's Raft log by bytes; and closing timestamps in idle regions. (Lease expiry lives in `crate::lessor`, TSO colocation in
 //! `crate::tso`.)
 
 use std::collections::BTreeMap;
@@ -161,5 +161,54 @@ pub(super) async fn snapshot_by_log_bytes(node: std::sync::Weak<Node>) {
             *applied_then = applied;
             let _ = r.raft.trigger().snapshot().await;
         }
+    }
+}
+
+/// How often an idle data region's leader closes a timestamp.
+const CLOSE_EVERY: Duration = Duration::from_millis(250);
+
+/// Closes timestamps in the data regions this node leads that applied no
+/// write since the last look (`Command::Close`), while there is more than
+/// one data region: a watch over several regions releases an event only
+/// once every one of them is resolved past it, and an idle region's
+/// resolved revision moves only so. (With one region there is nothing to
+/// wait for, and nothing is proposed.) At most one close per region is in
+/// flight.
+pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
+    let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut flying: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(CLOSE_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        flying.retain(|_, t| !t.is_finished());
+        let data: Vec<_> = n
+            .regions
+            .all()
+            .into_iter()
+            .filter(|r| r.id != META_REGION)
+            .collect();
+        if data.len() < 2 {
+            continue;
+        }
+        for r in data {
+            let writes = r.shared.write_load().writes();
+            let idle = seen.insert(r.id, writes) == Some(writes);
+            let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
+            if !idle || !leads || flying.contains_key(&r.id) {
+                continue;
+            }
+            let proposer = r.proposer.clone();
+            flying.insert(
+                r.id,
+                tokio::spawn(async move {
+                    let close = proposer.propose(crate::proposer::Proposal::Close);
+                    let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
+                }),
+            );
+        }
+        seen.retain(|id, _| n.regions.get(*id).is_some());
     }
 }

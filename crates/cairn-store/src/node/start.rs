@@ -184,6 +184,7 @@ impl Node {
         tokio::spawn(background::publish_regions(Arc::downgrade(&node)));
         tokio::spawn(super::report::sample_write_rates(Arc::downgrade(&node)));
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
+        tokio::spawn(background::close_idle_regions(Arc::downgrade(&node)));
         for r in node.regions.all() {
             tokio::spawn(background::count_leader_changes(r.id, r.raft.metrics()));
         }
