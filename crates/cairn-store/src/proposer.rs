@@ -75,6 +75,10 @@ pub struct Proposer {
     hold: Arc<watch::Sender<bool>>,
     /// Groups of timestamped proposals not answered yet.
     in_flight: Arc<InFlight>,
+    /// The highest timestamp a read asked this leader to settle at: a
+    /// group whose timestamps came out at or below it (from a TSO leader
+    /// deposed without knowing it yet) fetches new ones.
+    floor: Arc<std::sync::atomic::AtomicI64>,
 }
 
 const MAX_GROUP: usize = 4096;
@@ -174,6 +178,28 @@ async fn propose_txns(
     }
 }
 
+/// `need` timestamps from `timestamps`, the first above `floor` (read
+/// after they came: see [`Proposer::settled`]); ones at or below it came
+/// from a TSO leader deposed without knowing it yet, and are fetched again
+/// (`NoLeader` after a while).
+async fn stamps_above_floor(
+    timestamps: &TimestampSource,
+    need: u32,
+    floor: &std::sync::atomic::AtomicI64,
+) -> Result<i64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(7);
+    loop {
+        let ts = timestamps(need).await?;
+        if ts > floor.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(ts);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::NoLeader);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `reply`, or `NotLeader` for a command appended in another term than
 /// its timestamps were fetched in: nothing changed, so proposing it again
 /// (as `Node::submit` does on `NotLeader`) is safe.
@@ -256,6 +282,9 @@ impl Proposer {
         let (hold, mut held) = watch::channel(false);
         let in_flight: Arc<InFlight> = Arc::new(watch::Sender::new(Default::default()));
         let flights = in_flight.clone();
+        let floor = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let read_floor = floor.clone();
+        let me = raft.metrics().borrow().id;
         tokio::spawn(async move {
             let mut seq = 0u64;
             let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_GROUPS));
@@ -293,6 +322,19 @@ impl Proposer {
                     .count() as u32;
                 // Registered before the timestamps are fetched: a reader
                 // whose timestamp came after ours finds the group here.
+                let (leader, term) = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    (m.current_leader, m.current_term)
+                };
+                if need > 0 && leader != Some(me) {
+                    // Timestamps fetched while not leading could be
+                    // stamped into the term this node is campaigning in.
+                    for (_, reply) in group {
+                        let _ = reply.send(Err(Error::NotLeader { leader }));
+                    }
+                    continue;
+                }
                 let unanswered = (need > 0).then(|| {
                     seq += 1;
                     flights.send_modify(|m| {
@@ -301,11 +343,11 @@ impl Proposer {
                     Arc::new(Unanswered {
                         in_flight: flights.clone(),
                         seq,
-                        term: raft.metrics().borrow().current_term,
+                        term,
                     })
                 });
                 let mut ts = if need > 0 {
-                    match timestamps(need).await {
+                    match stamps_above_floor(&timestamps, need, &read_floor).await {
                         Ok(t) => t,
                         Err(e) => {
                             for (_, reply) in group {
@@ -365,6 +407,7 @@ impl Proposer {
             tx,
             hold: Arc::new(hold),
             in_flight,
+            floor,
         }
     }
 
@@ -381,6 +424,10 @@ impl Proposer {
     /// timestamp `ts` that then takes a read index misses no write
     /// stamped at or below it that this leader proposed.
     pub async fn settled(&self, ts: i64, within: std::time::Duration) -> Result<()> {
+        // First the floor, then the look at the groups: a group that
+        // registers after the look finds the floor raised.
+        self.floor
+            .fetch_max(ts, std::sync::atomic::Ordering::SeqCst);
         let mut rx = self.in_flight.subscribe();
         let done = async move {
             rx.wait_for(|m| m.values().all(|first| first.is_some_and(|f| f > ts)))

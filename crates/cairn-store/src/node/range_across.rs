@@ -117,10 +117,28 @@ impl Node {
         key: &[u8],
         end: Option<&[u8]>,
     ) -> Result<Option<(i64, Vec<RegionView>)>> {
-        let t = self
-            .submit(META_REGION, ForwardOp::ReadTimestamp)
+        let t = self.read_timestamp().await?;
+        Ok(self
+            .regions_caught_up_at(key, end, t)
             .await?
-            .timestamp()?;
+            .map(|views| (t, views)))
+    }
+
+    /// A confirmed read timestamp (step 1).
+    async fn read_timestamp(&self) -> Result<i64> {
+        self.submit(META_REGION, ForwardOp::ReadTimestamp)
+            .await?
+            .timestamp()
+    }
+
+    /// Step 2 at timestamp `t`: each region's view, taken once every one
+    /// of them has caught up (`None`: route again).
+    async fn regions_caught_up_at(
+        &self,
+        key: &[u8],
+        end: Option<&[u8]>,
+        t: i64,
+    ) -> Result<Option<Vec<RegionView>>> {
         let mut routed = self.regions_overlapping(key, end);
         routed.sort_by(|a, b| a.1.cmp(&b.1));
         if !tiles(&routed, key, end) {
@@ -142,17 +160,21 @@ impl Node {
             }
             views.push((snap, revs, range));
         }
-        Ok(Some((t, views)))
+        Ok(Some(views))
     }
 }
 
 impl Node {
-    /// One engine view holding every data region as of one confirmed
-    /// timestamp, and the revisions to read it at: the newest revision at
-    /// or below the timestamp, and the newest compaction of any region
-    /// (for a backup across regions: every version above the revision is
-    /// left out). Regions share this node's engine, so one view taken
-    /// after each has caught up holds them all.
+    /// One engine view holding every data region at one revision, and the
+    /// revisions to read it at (for a backup across regions: every version
+    /// above the revision is left out). Regions share this node's engine,
+    /// so one view taken after each region has caught up holds them all.
+    /// The view is the first region's own — the one holding the leases —
+    /// taken with its record, and used only when that region is at or
+    /// below the revision: its lease records are then exactly those of the
+    /// keys read (a lease revoked above it would leave its keys in the
+    /// backup without their lease). When it has moved past, every region
+    /// catches up to where it is and the view is taken again.
     pub(crate) async fn view_of_every_region(
         &self,
     ) -> Result<(
@@ -160,34 +182,37 @@ impl Node {
         cairn_mvcc::Revisions,
     )> {
         let stale = super::kv::StaleRoutes::new();
+        let mut at = self.read_timestamp().await?;
         loop {
-            let Some((t, views)) = self.regions_at_timestamp(b"", None).await? else {
+            let Some(views) = self.regions_caught_up_at(b"", None, at).await? else {
                 stale.wait().await?;
                 continue;
             };
             let compacted =
                 |views: &[RegionView]| views.iter().map(|(_, r, _)| r.compacted).max().unwrap_or(0);
-            let view = self.engine.snapshot();
-            // A compaction applied since the regions were read would leave
-            // the view with less history than the revisions say.
+            let (view, first, _) = views[0].clone();
+            if first.current > at {
+                // The first region moved on: catch the rest up to it.
+                at = first.current;
+                stale.wait().await?;
+                continue;
+            }
+            // A compaction past the revision, or applied since the views
+            // were taken, would leave less history than the revisions say.
             let now: Vec<RegionView> = self
                 .regions_overlapping(b"", None)
                 .into_iter()
                 .map(|(r, _, _)| r.shared.read_view_in())
                 .collect();
-            if compacted(&now) != compacted(&views) {
+            if compacted(&views) > at || compacted(&now) != compacted(&views) {
+                at = self.read_timestamp().await?;
                 stale.wait().await?;
                 continue;
             }
-            let current = views
-                .iter()
-                .map(|(_, r, _)| r.current.min(t))
-                .max()
-                .unwrap_or(0);
             return Ok((
                 view,
                 cairn_mvcc::Revisions {
-                    current,
+                    current: at,
                     compacted: compacted(&views),
                 },
             ));
