@@ -287,21 +287,38 @@ pub(crate) fn range_with(
             break;
         }
     }
+    Ok(response(
+        req,
+        kept,
+        revs.current,
+        limit.is_some_and(|l| matched > l as i64),
+        count,
+    ))
+}
+
+/// The response carrying `kept` (values cleared for a keys-only request).
+fn response(
+    req: &RangeRequest,
+    kept: Kept,
+    revision: i64,
+    more: bool,
+    count: i64,
+) -> RangeResponse {
     let mut kvs = kept.into_vec();
     if req.keys_only {
         for kv in &mut kvs {
             kv.value.clear();
         }
     }
-    Ok(RangeResponse {
+    RangeResponse {
         header: Some(ResponseHeader {
-            revision: revs.current,
+            revision,
             ..Default::default()
         }),
         kvs,
-        more: limit.is_some_and(|l| matched > l as i64),
+        more,
         count,
-    })
+    }
 }
 
 /// True when the request sets any min/max mod/create revision filter.

@@ -89,6 +89,17 @@ async fn rebind(addr: &str) -> TcpListener {
     }
 }
 
+/// `node`'s data regions as `(start, end)`, sorted by start.
+pub fn region_ranges(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out: Vec<_> = node
+        .regions_overlapping(b"", None)
+        .into_iter()
+        .map(|(_, s, e)| (s, e))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Starts a node, retrying for a while: a stopped node's engine (same data
 /// dir) is released asynchronously. Panics if it never starts.
 pub async fn start_node(config: NodeConfig) -> Arc<Node> {

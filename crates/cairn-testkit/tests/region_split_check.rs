@@ -8,16 +8,7 @@ use std::time::{Duration, Instant};
 use cairn_store::{Node, SplitPolicy};
 use cairn_testkit::{kv, InProcessCluster};
 
-/// `node`'s data regions as `(start, end)`, sorted by start.
-fn ranges(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out: Vec<_> = node
-        .regions_overlapping(b"", None)
-        .into_iter()
-        .map(|(_, s, e)| (s, e))
-        .collect();
-    out.sort();
-    out
-}
+use cairn_testkit::region_ranges as ranges;
 
 /// True when `ranges` cover every key once: from the empty key, each one
 /// starting where the one before ended, the last to the end.

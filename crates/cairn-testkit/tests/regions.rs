@@ -13,19 +13,10 @@ use cairn_api::cairnpb::regions_client::RegionsClient;
 use cairn_api::cairnpb::RegionListRequest;
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
-use cairn_store::{Node, DATA_REGION, META_REGION};
+use cairn_store::{DATA_REGION, META_REGION};
 use cairn_testkit::{kv, secured, InProcessCluster};
 
-/// Every node's data regions as `(start, end)`, sorted by start.
-fn ranges(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out: Vec<_> = node
-        .regions_overlapping(b"", None)
-        .into_iter()
-        .map(|(_, s, e)| (s, e))
-        .collect();
-    out.sort();
-    out
-}
+use cairn_testkit::region_ranges as ranges;
 
 async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);

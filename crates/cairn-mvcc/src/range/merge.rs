@@ -13,7 +13,7 @@
 //! value keeps its values until the merge, which clears them afterwards
 //! for a keys-only request.
 
-use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
 
 use super::{Kept, Order, SortTarget, Span};
 use crate::Result;
@@ -81,21 +81,7 @@ pub fn merge_ranges(
         }
     }
     more |= limit.is_some_and(|l| offered > l);
-    let mut kvs = kept.into_vec();
-    if req.keys_only {
-        for kv in &mut kvs {
-            kv.value.clear();
-        }
-    }
-    Ok(RangeResponse {
-        header: Some(ResponseHeader {
-            revision,
-            ..Default::default()
-        }),
-        kvs,
-        more,
-        count,
-    })
+    Ok(super::response(req, kept, revision, more, count))
 }
 
 #[cfg(test)]

@@ -35,11 +35,7 @@ impl Node {
             return Ok(r);
         }
         let index = self.read_index(&r).await?;
-        r.raft
-            .wait(Some(REQUEST_TIMEOUT))
-            .applied_index_at_least(Some(index), "read-index")
-            .await
-            .map_err(|_| Error::Timeout)?;
+        applied_through(&r, index).await?;
         Ok(r)
     }
 
@@ -92,13 +88,19 @@ impl Node {
             .submit(region, ForwardOp::ReadIndexAfter(ts))
             .await?
             .read_index()?;
-        r.raft
-            .wait(Some(REQUEST_TIMEOUT))
-            .applied_index_at_least(Some(index), "read-index")
-            .await
-            .map_err(|_| Error::Timeout)?;
+        applied_through(&r, index).await?;
         Ok(r)
     }
+}
+
+/// Waits (bounded) until `r`'s replica here has applied `index`.
+async fn applied_through(r: &Region, index: u64) -> Result<()> {
+    r.raft
+        .wait(Some(REQUEST_TIMEOUT))
+        .applied_index_at_least(Some(index), "read-index")
+        .await
+        .map_err(|_| Error::Timeout)?;
+    Ok(())
 }
 
 /// When this node is the only voter of `raft`'s region and leads it, and
