@@ -23,7 +23,10 @@
 //! Reads at a timestamp (`Proposer::settled`): a group registers in
 //! `in_flight` before it fetches its timestamps and leaves when every
 //! entry of it is answered, so a reader whose timestamp T came later can
-//! wait for every group this leader stamped at or below T.
+//! wait for every group this leader stamped at or below T. The reader
+//! first raises the proposer's floor to T; a group whose timestamps come
+//! out at or below the floor (from a TSO leader deposed without knowing
+//! it yet) fetches new ones, so none can slip in below a read served.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -187,7 +190,7 @@ async fn stamps_above_floor(
     need: u32,
     floor: &std::sync::atomic::AtomicI64,
 ) -> Result<i64> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(7);
+    let deadline = std::time::Instant::now() + crate::node::REQUEST_TIMEOUT;
     loop {
         let ts = timestamps(need).await?;
         if ts > floor.load(std::sync::atomic::Ordering::SeqCst) {
@@ -320,8 +323,6 @@ impl Proposer {
                         )
                     })
                     .count() as u32;
-                // Registered before the timestamps are fetched: a reader
-                // whose timestamp came after ours finds the group here.
                 let (leader, term) = {
                     let m = raft.metrics();
                     let m = m.borrow();
@@ -335,6 +336,8 @@ impl Proposer {
                     }
                     continue;
                 }
+                // Registered before the timestamps are fetched: a reader
+                // whose timestamp came after ours finds the group here.
                 let unanswered = (need > 0).then(|| {
                     seq += 1;
                     flights.send_modify(|m| {

@@ -10,8 +10,11 @@
 //! them. Any input lagging or resetting is reported, and the watcher catches
 //! up from MVCC history instead.
 //!
-//! Today there is one data region, so the hub merges one input; the merge is
-//! tested with several. With one input nothing needs holding back, and the
+//! An idle region's resolved revision moves only with its closed
+//! timestamps (`Command::Close`, proposed while there is more than one data
+//! region: `node::background::close_idle_regions`). A watch opened before
+//! a split keeps the regions it was opened over, so it misses the events of
+//! keys the split moved out. With one input nothing needs holding back, and the
 //! region's batch is handed on as is (shared, not copied): every reader (one
 //! per watch stream and set of regions) gets the same batch, and each
 //! watcher copies only the events it sends. (A copy per watcher per batch

@@ -66,13 +66,13 @@ pub fn export_with<W: Write + Seek>(
 /// Entries of a bucket being written.
 type Entries<'a> = Box<dyn Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
 
-/// Every stored version as `key` bucket entries, in revision order: from
-/// the by-revision index when it is complete, else from a sort of every
-/// version's (revision, key).
+/// Every stored version at or below `up_to` as `key` bucket entries, in
+/// revision order: from the by-revision index when it is complete, else
+/// from a sort of every such version's (revision, key).
 fn versions(view: &dyn Snapshot, up_to: i64) -> Result<Entries<'_>> {
     let order: Box<dyn Iterator<Item = Result<(i64, Vec<u8>)>>> =
         if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
-            let (lo, hi) = keys::by_revision_range(0, i64::MAX);
+            let (lo, hi) = keys::by_revision_range(0, up_to.max(0));
             Box::new(view.scan(lo, hi, false).map(|item| {
                 let (k, _) = item?;
                 let (rev, key) = decode_by_revision(&k)?;
@@ -84,12 +84,13 @@ fn versions(view: &dyn Snapshot, up_to: i64) -> Result<Entries<'_>> {
             for item in view.scan(lo, hi, false) {
                 let (k, _) = item?;
                 let (key, rev) = decode_version(&k)?;
-                all.push((rev, key));
+                if rev <= up_to {
+                    all.push((rev, key));
+                }
             }
             all.sort();
             Box::new(all.into_iter().map(Ok))
         };
-    let order = order.filter(move |item| item.as_ref().map_or(true, |(rev, _)| *rev <= up_to));
     let mut last_main = None;
     let mut sub = 0i64;
     Ok(Box::new(order.map(move |item| {

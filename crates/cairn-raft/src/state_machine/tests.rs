@@ -680,3 +680,47 @@ fn a_split_that_would_move_a_leased_key_out_of_the_first_region_is_refused() {
     let r = block_on(sm.apply(vec![entry(4, split("y"))])).unwrap();
     assert_eq!(r, vec![Reply::Done]);
 }
+
+#[test]
+fn timestamped_writes_apply_only_in_the_term_they_were_stamped_in_and_closes_raise_the_revision() {
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let get = |shared: &RegionShared, key: &[u8]| {
+        let (view, revs) = shared.read_view();
+        value_at(&*view, revs, key, revs.current)
+    };
+    let in_term = |term, cmd| Command::InTerm {
+        term,
+        cmd: Box::new(cmd),
+    };
+    let start = shared.revisions().current;
+    // Stamped in term 1, appended in term 2: nothing changes, every
+    // command of a batch is told.
+    let stale = in_term(
+        1,
+        Command::Batch(vec![
+            puts(10, [(b"a".to_vec(), b"1".to_vec())]),
+            puts(11, [(b"b".to_vec(), b"1".to_vec())]),
+        ]),
+    );
+    let r = block_on(sm.apply(vec![entry_in_term(2, 1, stale)])).unwrap();
+    assert_eq!(r, vec![Reply::Batch(vec![Reply::StaleTerm; 2])]);
+    assert_eq!(get(&shared, b"a"), None);
+    assert_eq!(shared.revisions().current, start);
+    // Stamped and appended in term 2: applied at its timestamp.
+    let fresh = in_term(2, puts(20, [(b"a".to_vec(), b"2".to_vec())]));
+    let r = block_on(sm.apply(vec![entry_in_term(2, 2, fresh)])).unwrap();
+    assert!(matches!(r[..], [Reply::Txn(_)]), "{r:?}");
+    assert_eq!(get(&shared, b"a"), Some(b"2".to_vec()));
+    assert_eq!(shared.revisions().current, 20);
+    // A close raises the revision and writes nothing; the next write is
+    // above it.
+    let close = in_term(2, Command::Close { ts: 30 });
+    let r = block_on(sm.apply(vec![entry_in_term(2, 3, close)])).unwrap();
+    assert_eq!(r, vec![Reply::Revision(30)]);
+    assert_eq!(shared.revisions().current, 30);
+    assert_eq!(get(&shared, b"a"), Some(b"2".to_vec()));
+    let next = in_term(2, puts(31, [(b"b".to_vec(), b"3".to_vec())]));
+    block_on(sm.apply(vec![entry_in_term(2, 4, next)])).unwrap();
+    assert_eq!(shared.revisions().current, 31);
+}

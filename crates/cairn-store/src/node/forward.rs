@@ -200,11 +200,6 @@ impl Node {
             Some(index) => index,
             None => r.leader_reads.read_index().await?,
         };
-        r.raft
-            .wait(Some(REQUEST_TIMEOUT))
-            .applied_index_at_least(Some(index), "lease")
-            .await
-            .map_err(|_| Error::Timeout)?;
-        Ok(())
+        super::reads::applied_through(r, index).await
     }
 }

@@ -18,8 +18,9 @@
 //! 2. In each region, its leader waits until every write it stamped at or
 //!    below T is answered (`Proposer::settled`: a group registers before
 //!    it fetches its timestamps, so a group with a timestamp below T is
-//!    seen), then gives a read index, which the replica here waits to
-//!    apply. A leader elected since has every entry of its predecessors
+//!    seen, and one registering later that gets a timestamp at or below T
+//!    from a stale TSO fetches again), then gives a read index, which the
+//!    replica here waits to apply. A leader elected since has every entry of its predecessors
 //!    that can still commit in its log before its read index.
 //! 3. Read every region at revision T (a region's newest revision when
 //!    that is lower: nothing at or below T is left to apply there), each
@@ -27,10 +28,10 @@
 //!
 //! The header carries T: the store's revision as of the read, above every
 //! revision the answer holds. A read at an older revision reads every
-//! region there, and one above T is a future revision. A linearizable read
-//! within one region at a revision above that region's newest (one another
-//! region wrote) takes this path too: only a timestamp says whether it is
-//! in the future.
+//! region there, and one above T is a future revision. While there is
+//! more than one data region, a linearizable read within one region at a
+//! revision above that region's newest (one another region wrote) takes
+//! this path too: only a timestamp says whether it is in the future.
 //!
 //! A serializable read across regions takes the same path: one replica's
 //! regions are not a snapshot of one moment either. So, unlike etcd's, it

@@ -94,7 +94,7 @@ impl Node {
 }
 
 /// Waits (bounded) until `r`'s replica here has applied `index`.
-async fn applied_through(r: &Region, index: u64) -> Result<()> {
+pub(super) async fn applied_through(r: &Region, index: u64) -> Result<()> {
     r.raft
         .wait(Some(REQUEST_TIMEOUT))
         .applied_index_at_least(Some(index), "read-index")
