@@ -40,6 +40,7 @@ mod error;
 mod hash;
 mod history;
 pub mod lease;
+pub mod locks;
 mod range;
 mod record;
 mod share;
@@ -57,7 +58,8 @@ pub use range::{merge_ranges, part_request, range, Span};
 pub use record::Record;
 pub use share::Share;
 pub use txn::{
-    apply_txn, has_put, is_read_only, is_serializable, read_txn, LeaseView, NoLeases, TxnOutcome,
+    apply_txn, apply_txn_part, has_put, is_read_only, is_serializable, read_txn, LeaseView,
+    NoLeases, TxnOutcome,
 };
 pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};
 

@@ -52,6 +52,8 @@ pub struct TxnOutcome {
     pub events: Vec<Event>,
     /// The revisions after the transaction.
     pub revisions: Revisions,
+    /// The branch each (nested) transaction took, in execution order.
+    pub path: Vec<bool>,
 }
 
 struct Writer<'a> {
@@ -62,6 +64,9 @@ struct Writer<'a> {
     overlay: Overlay,
     batch: WriteBatch,
     events: Vec<Event>,
+    /// A part of a transaction across regions: only writes within this
+    /// span (`[start, end)`, end empty: to the end); ranges are skipped.
+    within: Option<crate::locks::KeySpan>,
 }
 
 /// Applies `req` at revision `rev` (which must exceed `revs.current`).
@@ -88,9 +93,10 @@ pub fn apply_txn(
         overlay: Overlay::new(),
         batch: WriteBatch::new(),
         events: Vec::new(),
+        within: None,
     };
-    let mut path = path.into_iter();
-    let mut response = w.execute(req, &mut path)?;
+    let mut steps = path.clone().into_iter();
+    let mut response = w.execute(req, &mut steps)?;
     if !w.batch.is_empty() && revs.current <= 1 {
         // Nothing was written before (a fresh store is at revision 1 and
         // every write moves it past 1), so every version this store will
@@ -112,6 +118,59 @@ pub fn apply_txn(
         batch: w.batch,
         events: w.events,
         revisions,
+        path,
+    })
+}
+
+/// Applies one region's part of a transaction across regions (see
+/// [`crate::locks`]): the writes of `req` along the branches `path` that
+/// fall in `[start, end)`, at revision `rev` — which may be *below*
+/// `revs.current`: the part's keys were locked from before `rev` was
+/// handed out until now, so every version they hold is older. Compares
+/// are not evaluated (the coordinator did, under the locks) and ranges
+/// are not read. The response holds only this part's puts and deletes.
+pub fn apply_txn_part(
+    read: &dyn Snapshot,
+    req: &TxnRequest,
+    path: &[bool],
+    rev: i64,
+    revs: Revisions,
+    within: crate::locks::KeySpan,
+) -> Result<TxnOutcome> {
+    let mut w = Writer {
+        read,
+        rev,
+        // The part's keys see nothing above `rev - 1`.
+        revs: Revisions {
+            current: rev - 1,
+            ..revs
+        },
+        leases: &NoLeases,
+        overlay: Overlay::new(),
+        batch: WriteBatch::new(),
+        events: Vec::new(),
+        within: Some(within),
+    };
+    let mut steps = path.iter().copied();
+    let response = w.execute(req, &mut steps)?;
+    if !w.batch.is_empty() && revs.current <= 1 {
+        w.batch
+            .put(Key::MvccByRevisionComplete.encode(), Vec::new());
+    }
+    let revisions = if w.batch.is_empty() {
+        revs
+    } else {
+        Revisions {
+            current: rev.max(revs.current),
+            ..revs
+        }
+    };
+    Ok(TxnOutcome {
+        response,
+        batch: w.batch,
+        events: w.events,
+        revisions,
+        path: path.to_vec(),
     })
 }
 
@@ -318,6 +377,9 @@ impl Writer<'_> {
     }
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        if self.within.is_some() {
+            return Ok(RangeResponse::default());
+        }
         // Reads at "now" see this txn's earlier writes; explicit revisions do not.
         let overlay = (req.revision <= 0).then_some(&self.overlay);
         let revs = if req.revision <= 0 && !self.batch.is_empty() {
@@ -336,6 +398,12 @@ impl Writer<'_> {
     }
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse> {
+        if let Some((start, end)) = &self.within {
+            let inside = req.key >= *start && (end.is_empty() || req.key < *end);
+            if !inside {
+                return Ok(PutResponse::default());
+            }
+        }
         if req.lease != 0 && !self.leases.exists(req.lease) {
             return Err(Error::from(Rejection::LeaseNotFound));
         }
@@ -396,7 +464,17 @@ impl Writer<'_> {
     }
 
     fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        let span = Span::new(&req.key, &req.range_end);
+        let span = match &self.within {
+            None => Span::new(&req.key, &req.range_end),
+            Some((start, end)) => {
+                let whole = crate::locks::etcd_span(&req.key, &req.range_end);
+                match crate::locks::clip(&whole, start, end) {
+                    Some((s, e)) if e.is_empty() => Span::Range(s, None),
+                    Some((s, e)) => Span::Range(s, Some(e)),
+                    None => return Ok(DeleteRangeResponse::default()),
+                }
+            }
+        };
         let doomed = visible(
             self.read,
             &span,

@@ -86,12 +86,23 @@ pub struct Applied {
     /// record written before regions split still decodes (as the first
     /// region: every key, epoch 1).
     pub range: RegionRange,
+    /// Data regions: locks of transactions across regions, and the
+    /// outcomes of those whose primary lock was here. Last, so a record
+    /// written before them still decodes.
+    pub locks: cairn_mvcc::locks::Locks,
 }
 
 // The applied record as older versions wrote it. postcard writes a struct
 // as its fields in order with nothing around them, so a layout that added
 // fields at the end is the layout before it (nested, first) followed by
 // those fields.
+
+/// The applied record as written before transaction locks.
+#[derive(Deserialize)]
+struct AppliedBeforeLocks {
+    before: AppliedBeforeRanges,
+    range: RegionRange,
+}
 
 /// The applied record as written before regions split.
 #[derive(Deserialize)]
@@ -154,6 +165,15 @@ impl From<AppliedBeforeRanges> for Applied {
     }
 }
 
+impl From<AppliedBeforeLocks> for Applied {
+    fn from(old: AppliedBeforeLocks) -> Self {
+        Applied {
+            range: old.range,
+            ..old.before.into()
+        }
+    }
+}
+
 /// etcd's `AlarmType_NOSPACE`.
 pub const ALARM_NOSPACE: i32 = 1;
 /// etcd's `AlarmType_CORRUPT`.
@@ -165,6 +185,9 @@ impl Applied {
     pub fn decode(bytes: &[u8]) -> crate::Result<Applied> {
         if let Ok(a) = decode::<Applied>(bytes) {
             return Ok(a);
+        }
+        if let Ok(old) = decode::<AppliedBeforeLocks>(bytes) {
+            return Ok(old.into());
         }
         if let Ok(old) = decode::<AppliedBeforeRanges>(bytes) {
             return Ok(old.into());
@@ -205,11 +228,20 @@ impl Default for Applied {
             auth: cairn_auth::AuthState::default(),
             auth_fence: 0,
             range: RegionRange::default(),
+            locks: cairn_mvcc::locks::Locks::default(),
         }
     }
 }
 
 impl Applied {
+    /// The revision up to which the region's history is final: its
+    /// current revision, or, while a transaction across regions holds a
+    /// lock here, the region's revision when the oldest lock was placed
+    /// (its commit lands above that, maybe below the current revision).
+    pub fn resolved(&self) -> i64 {
+        self.locks.resolved(self.current_revision)
+    }
+
     /// The MVCC revisions.
     pub fn revisions(&self) -> Revisions {
         Revisions {
@@ -298,6 +330,55 @@ impl RegionShared {
         (self.kind == RegionKind::Data).then(|| self.with_applied(share_of))
     }
 
+    /// The revision up to which this replica's history of the region is
+    /// final (see [`Applied::resolved`]).
+    pub fn resolved(&self) -> i64 {
+        self.with_applied(|a| a.resolved())
+    }
+
+    /// The events of the region's keys at revisions `[from, to]`, from the
+    /// engine as it is now (the feed's events once a lock that held them
+    /// back goes).
+    fn released_history(&self, from: i64, to: i64) -> crate::Result<Vec<(i64, Event)>> {
+        let range = self.range();
+        let end = (!range.end.is_empty()).then_some(range.end);
+        let span = cairn_mvcc::Span::Range(range.start, end);
+        Ok(cairn_mvcc::history(
+            &*self.engine.snapshot(),
+            &span,
+            from,
+            to,
+        )?)
+    }
+
+    /// A read view, with the first lock of a transaction across regions
+    /// that a read of `spans` at `revision` must wait for, taken together
+    /// (a lock released after the view was taken would leave its commit
+    /// out of the view). A read of the newest state (`revision` 0) waits
+    /// for every lock in its spans: the transaction may have committed at
+    /// its primary — and been acknowledged — already, at a revision above
+    /// this region's newest.
+    pub fn read_view_locked(
+        &self,
+        spans: &[cairn_mvcc::locks::KeySpan],
+        revision: i64,
+    ) -> (
+        Arc<dyn EngineSnapshot>,
+        Revisions,
+        RegionRange,
+        Option<cairn_mvcc::locks::LockRef>,
+    ) {
+        let g = self.state.read();
+        let a = &g.applied;
+        let at = if revision > 0 { revision } else { i64::MAX };
+        let lock = if a.locks.is_empty() {
+            None
+        } else {
+            spans.iter().find_map(|s| a.locks.blocking_read(s, at))
+        };
+        (self.view(&g), a.revisions(), a.range.clone(), lock)
+    }
+
     /// A data region's keys and epoch now.
     pub fn range(&self) -> RegionRange {
         self.with_applied(|a| a.range.clone())
@@ -346,6 +427,16 @@ impl RegionShared {
     pub fn read_view(&self) -> (Arc<dyn EngineSnapshot>, Revisions) {
         let g = self.state.read();
         (self.view(&g), g.applied.revisions())
+    }
+
+    /// [`RegionShared::read_view`] with the current revision lowered to the
+    /// resolved one (history replays stop there: above it, a commit of a
+    /// transaction across regions may still land).
+    pub fn read_view_resolved(&self) -> (Arc<dyn EngineSnapshot>, Revisions) {
+        let g = self.state.read();
+        let mut revs = g.applied.revisions();
+        revs.current = g.applied.resolved();
+        (self.view(&g), revs)
     }
 
     /// [`RegionShared::read_view`], and the region's range that goes with
@@ -682,6 +773,7 @@ impl StateMachine {
             | Command::LeaseGrant { .. }
             | Command::LeaseRevoke { .. }
             | Command::LeaseExpire { .. }
+            | Command::Prewrite { .. }
                 if state.corrupt() =>
             {
                 Ok((
@@ -719,6 +811,9 @@ impl StateMachine {
                         Reply::Rejected(cairn_mvcc::Rejection::NoSpace),
                     ));
                 }
+                if let Some(lock) = txn_locks::txn_conflict(state, &req) {
+                    return Ok((WriteBatch::new(), Reply::Locked(lock)));
+                }
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
                 match cairn_mvcc::apply_txn(engine, &req, rev, revs, &StoredLeases(engine)) {
@@ -740,6 +835,14 @@ impl StateMachine {
                         Reply::Invalid("compaction of the meta region".into()),
                     ));
                 };
+                if revision > state.resolved() {
+                    // Locks hold revisions above `resolved` open (a commit
+                    // may land below the current revision): compact once
+                    // they are gone.
+                    if let Some(lock) = state.locks.conflict(&[(Vec::new(), Vec::new())], None) {
+                        return Ok((WriteBatch::new(), Reply::Locked(lock)));
+                    }
+                }
                 match cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range) {
                     Ok((batch, revs)) => {
                         fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
@@ -799,6 +902,9 @@ impl StateMachine {
                 Ok((WriteBatch::new(), Reply::Done)) // a stale expiry
             }
             Command::LeaseRevoke { id, ts } | Command::LeaseExpire { id, ts, .. } => {
+                if let Some(lock) = txn_locks::lease_conflict(state, engine, id)? {
+                    return Ok((WriteBatch::new(), Reply::Locked(lock)));
+                }
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
                 match lease::revoke(engine, id, rev, revs) {
@@ -831,10 +937,63 @@ impl StateMachine {
                 }
                 Ok((WriteBatch::new(), Reply::Done))
             }
+            Command::Prewrite { .. }
+            | Command::CommitLocked { .. }
+            | Command::RollbackLocked { .. }
+            | Command::ResolvePrimary { .. }
+            | Command::ForgetOutcome { .. }
+                if self.shared.kind != RegionKind::Data =>
+            {
+                Ok((
+                    WriteBatch::new(),
+                    Reply::Invalid("a transaction lock in the meta region".into()),
+                ))
+            }
+            Command::Prewrite {
+                start_ts,
+                primary,
+                spans,
+                txn,
+            } => Ok((
+                WriteBatch::new(),
+                txn_locks::prewrite(state, start_ts, primary, spans, txn),
+            )),
+            Command::CommitLocked {
+                start_ts,
+                commit_ts,
+                path,
+            } => {
+                let (batch, reply) = txn_locks::commit(
+                    state,
+                    self.shared.region,
+                    start_ts,
+                    commit_ts,
+                    path,
+                    engine,
+                    events,
+                )?;
+                self.shared.load.record(&batch);
+                Ok((batch, reply))
+            }
+            Command::RollbackLocked { start_ts } => {
+                Ok((WriteBatch::new(), txn_locks::rollback(state, start_ts)))
+            }
+            Command::ResolvePrimary { start_ts } => Ok((
+                WriteBatch::new(),
+                txn_locks::resolve_primary(state, start_ts),
+            )),
+            Command::ForgetOutcome { start_ts } => {
+                Ok((WriteBatch::new(), txn_locks::forget(state, start_ts)))
+            }
             Command::Split { .. } if self.shared.kind != RegionKind::Data => Ok((
                 WriteBatch::new(),
                 Reply::Invalid("split of the meta region".into()),
             )),
+            Command::Split { .. } if !state.locks.is_empty() => {
+                // Locks stay with their region until it is free of them.
+                let first = state.locks.conflict(&[(Vec::new(), Vec::new())], None);
+                Ok((WriteBatch::new(), first.map_or(Reply::Done, Reply::Locked)))
+            }
             Command::Split { at, child, epoch } => {
                 let mut batch = WriteBatch::new();
                 let reply = split::split(state, at, child, epoch, engine, &mut batch)?;
@@ -994,12 +1153,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(sm_err)?,
             };
             next.last_applied = Some(entry.log_id);
+            // What the feed may publish: every revision up to the new
+            // resolved one. Events above it (a write beside a lock, whose
+            // transaction may still commit below them) wait in MVCC
+            // history until the lock goes.
+            let was_resolved = self
+                .shared
+                .with_applied(|a| (a.resolved(), a.current_revision));
+            let resolved = next.resolved();
+            let held_back = was_resolved.0 < was_resolved.1;
+            if held_back || resolved < next.current_revision {
+                events.retain(|(rev, _)| *rev <= resolved);
+            }
             fail::fail_point!(crate::failpoints::BEFORE_APPLY);
             batch.put(
                 apply_key(self.shared.region),
                 encode(&next).map_err(sm_err)?,
             );
-            let resolved = next.current_revision;
             let compacted = matches!(reply, Reply::Compacted { .. });
             self.shared
                 .write_and_publish(batch, Durability::Buffered, next, || {
@@ -1013,6 +1183,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if let Some(tx) = &*self.shared.births.lock() {
                     let _ = tx.send(child);
                 }
+            }
+            if held_back && resolved > was_resolved.0 {
+                // A lock went: what it held back, and this entry's events
+                // up to the new resolved revision, from history.
+                events = self
+                    .shared
+                    .released_history(was_resolved.0 + 1, resolved)
+                    .map_err(sm_err)?;
             }
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
@@ -1079,7 +1257,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             apply_key(self.shared.region),
             encode(&applied).map_err(sm_err)?,
         );
-        let resolved = applied.current_revision;
+        let resolved = applied.resolved();
         self.shared
             .write_and_publish(batch, Durability::Sync, applied, || {})
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
@@ -1107,6 +1285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 pub mod load;
 mod split;
+mod txn_locks;
 pub use split::{txn_within, CHILD_INIT_INDEX};
 
 #[cfg(test)]

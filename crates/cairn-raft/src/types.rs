@@ -112,6 +112,38 @@ pub enum Command {
     /// change feed is then resolved up to `ts`, and a watch over it and a
     /// busier region moves on though this one is idle.
     Close { ts: i64 },
+    /// Data region: phase one of a transaction across regions (see
+    /// `cairn_mvcc::locks`): lock `spans` (all inside the region) for the
+    /// transaction started at `start_ts`, whose primary lock is in region
+    /// `primary`; `txn` is its prost-encoded `TxnRequest`. Refused with
+    /// [`Reply::Locked`] if another transaction's lock overlaps, with
+    /// [`Reply::Outcome`] if the transaction was already rolled back.
+    Prewrite {
+        start_ts: i64,
+        primary: u64,
+        spans: Vec<cairn_mvcc::locks::KeySpan>,
+        txn: Vec<u8>,
+    },
+    /// Data region: commit this region's part of transaction `start_ts` at
+    /// revision `commit_ts` along branches `path`, and drop its lock; in
+    /// the primary region this decides the transaction. Replies
+    /// [`Reply::Outcome`]: committed (now or before), rolled back, or
+    /// nothing known (a secondary part already finished).
+    CommitLocked {
+        start_ts: i64,
+        commit_ts: i64,
+        path: Vec<bool>,
+    },
+    /// Data region: drop a secondary lock of transaction `start_ts`
+    /// (rolled back at its primary).
+    RollbackLocked { start_ts: i64 },
+    /// Primary region: settle transaction `start_ts`'s fate: its outcome
+    /// if decided, else roll it back (drop the lock, record the rollback).
+    /// Replies [`Reply::Outcome`].
+    ResolvePrimary { start_ts: i64 },
+    /// Primary region: forget transaction `start_ts`'s outcome (every part
+    /// of it is finished).
+    ForgetOutcome { start_ts: i64 },
 }
 
 /// A data region's keys, `[start, end)` (`end` empty: to the end), and
@@ -229,6 +261,11 @@ pub enum Reply {
     /// A [`Command::InTerm`] appended in another term than its timestamps
     /// were fetched in: nothing changed; propose again.
     StaleTerm,
+    /// The command touches keys a transaction across regions holds locked:
+    /// nothing changed; resolve the lock (or wait for it) and try again.
+    Locked(cairn_mvcc::locks::LockRef),
+    /// A transaction's fate as the region knows it (`None`: nothing known).
+    Outcome(Option<cairn_mvcc::locks::Outcome>),
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

@@ -94,6 +94,7 @@ pub fn to_status(e: Error) -> Status {
         Error::Store(S::LeaderTransferTimeout) => Code::Unavailable,
         Error::Store(S::EpochMismatch) => Code::Unavailable,
         Error::Store(S::SpansRegions) => Code::Unimplemented,
+        Error::Store(S::Locked(_)) | Error::Store(S::RolledBack) => Code::Unavailable,
         Error::Store(S::Auth(a)) => auth_code(a),
     };
     Status::new(code, e.to_string())

@@ -40,7 +40,9 @@ impl Node {
     pub(crate) async fn hash_kv_once_applied(&self, revision: i64) -> Result<KvHash> {
         let r = self.region(DATA_REGION)?;
         let deadline = Instant::now() + APPLY_WAIT;
-        while r.shared.revisions().current < revision {
+        // Final up to `revision`: the resolved revision (a transaction
+        // across regions may still commit below the current one).
+        while r.shared.resolved() < revision {
             if Instant::now() >= deadline {
                 return Err(Error::Timeout);
             }
@@ -61,7 +63,7 @@ impl Node {
             }
             m.membership_config.membership().voter_ids().collect()
         };
-        let mine = self.hash_kv(0).await?;
+        let mine = self.hash_kv(r.shared.resolved()).await?;
         let mut hashes = vec![(self.id, mine.hash)];
         for peer in voters.iter().copied().filter(|&p| p != self.id) {
             let op = ForwardOp::HashKv(mine.revision);
@@ -125,7 +127,7 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let mine = self.hash_kv(0).await?;
+        let mine = self.hash_kv(r.shared.resolved()).await?;
         for peer in voters.into_iter().filter(|&p| p != self.id) {
             let op = ForwardOp::HashKv(mine.revision);
             let ask = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op);

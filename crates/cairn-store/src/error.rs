@@ -46,6 +46,15 @@ pub enum Error {
     /// (regions split only in tests until it is).
     #[error("etcdserver: a request across regions is not supported yet")]
     SpansRegions,
+    /// The request met a lock of a transaction across regions that did
+    /// not go in time (internal: resolved and retried until the request's
+    /// time runs out).
+    #[error("etcdserver: request timed out, waiting for a transaction's lock")]
+    Locked(cairn_mvcc::locks::LockRef),
+    /// A transaction across regions was rolled back by another request
+    /// that found it stalled (internal: the coordinator starts it again).
+    #[error("etcdserver: request timed out, transaction rolled back")]
+    RolledBack,
 }
 
 impl Error {

@@ -67,7 +67,9 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use lessor::LeaseTtl;
-pub use node::{Node, NodeStatus, Region, RegionReport, DATA_REGION, META_REGION};
+pub use node::{
+    CoordinatorCrash, Node, NodeStatus, Region, RegionReport, DATA_REGION, META_REGION,
+};
 pub use peer_service::PeerService;
 pub use read_lease::READ_LEASE;
 pub use remote::{ForwardOk, ForwardOp};

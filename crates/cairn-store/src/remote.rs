@@ -54,6 +54,28 @@ pub enum ForwardOp {
     /// that then confirmed it still leads (read lease or a quorum round),
     /// so it is above every timestamp handed out before the request.
     ReadTimestamp,
+    /// Data region: once every write this leader stamped at or below
+    /// `commit_ts` is answered (and none will be stamped so low again),
+    /// propose `Command::CommitLocked` in this leader's term — a part of a
+    /// transaction across regions commits after every single-region write
+    /// below it (`node::txn_across`).
+    CommitLocked {
+        start_ts: i64,
+        commit_ts: i64,
+        path: Vec<bool>,
+    },
+}
+
+impl ForwardOp {
+    /// True for a prewrite (checked or not): its coordinator handles a
+    /// lock it meets itself, after releasing its own.
+    pub fn is_prewrite(&self) -> bool {
+        match self {
+            ForwardOp::Plain(Command::Prewrite { .. }) => true,
+            ForwardOp::Checked { op, .. } | ForwardOp::CheckedLease { op, .. } => op.is_prewrite(),
+            _ => false,
+        }
+    }
 }
 
 impl ForwardOp {
@@ -107,6 +129,7 @@ impl ForwardOk {
         match self {
             ForwardOk::Reply(Reply::Rejected(r)) => Err(Error::Rejected(r)),
             ForwardOk::Reply(Reply::WrongRegion(_)) => Err(Error::EpochMismatch),
+            ForwardOk::Reply(Reply::Locked(lock)) => Err(Error::Locked(lock)),
             ForwardOk::Reply(r) => Ok(r),
             other => Err(other.mismatch("a command's reply")),
         }
@@ -157,6 +180,14 @@ impl ForwardOk {
         match self.reply()? {
             Reply::Done => Ok(()),
             other => Err(ForwardOk::Reply(other).mismatch("done")),
+        }
+    }
+
+    /// A transaction's fate as a region knows it.
+    pub(crate) fn outcome(self) -> Result<Option<cairn_mvcc::locks::Outcome>> {
+        match self.reply()? {
+            Reply::Outcome(o) => Ok(o),
+            other => Err(ForwardOk::Reply(other).mismatch("a transaction's outcome")),
         }
     }
 

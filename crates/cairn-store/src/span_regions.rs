@@ -71,7 +71,7 @@ impl SpanRegions {
             .regions
             .iter()
             .zip(feeds)
-            .map(|((r, _, _), feed)| (feed, r.revisions().current))
+            .map(|((r, _, _), feed)| (feed, r.resolved()))
             .collect();
         FeedMerger::new(inputs)
     }
@@ -81,7 +81,10 @@ impl SpanRegions {
         self.regions
             .iter()
             .map(|(r, start, end)| {
-                let (snapshot, revisions) = r.read_view();
+                // History is final only up to the resolved revision (a
+                // lock's commit may still land below the current one);
+                // what lies above arrives through the feed.
+                let (snapshot, revisions) = r.read_view_resolved();
                 RegionView {
                     snapshot,
                     revisions,

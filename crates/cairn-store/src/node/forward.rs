@@ -13,8 +13,26 @@ use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::{Error, Result};
 
 impl Node {
-    /// Sends `op` to `region`'s leader, retrying only while nothing was proposed.
+    /// Sends `op` to `region`'s leader, retrying only while nothing was
+    /// proposed — or nothing changed because the op met a lock of a
+    /// transaction across regions, which is waited for (or resolved) first.
+    /// A prewrite's lock conflict is its coordinator's to handle.
     pub(crate) async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match self.submit_once(region, op.clone()).await? {
+                ForwardOk::Reply(Reply::Locked(lock))
+                    if !op.is_prewrite() && Instant::now() < deadline =>
+                {
+                    Box::pin(self.resolve_lock(region, lock)).await?;
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// [`Node::submit`] without waiting on locks.
+    async fn submit_once(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
         // A node shutting down must not go on forwarding for clients still
         // connected to it (and so stay alive, engine and all).
         if self.is_stopped() {
@@ -154,6 +172,32 @@ impl Node {
                 }
                 r.proposer.settled(ts, REQUEST_TIMEOUT).await?;
                 Ok(ForwardOk::ReadIndex(self.leader_read_index(&r).await?))
+            }
+            ForwardOp::CommitLocked {
+                start_ts,
+                commit_ts,
+                path,
+            } => {
+                let term = {
+                    let m = r.raft.metrics();
+                    let m = m.borrow();
+                    if m.current_leader != Some(self.id) {
+                        return Err(Error::NotLeader { leader: None });
+                    }
+                    m.current_term
+                };
+                r.proposer.settled(commit_ts, REQUEST_TIMEOUT).await?;
+                let cmd = Command::InTerm {
+                    term,
+                    cmd: Box::new(Command::CommitLocked {
+                        start_ts,
+                        commit_ts,
+                        path,
+                    }),
+                };
+                Ok(ForwardOk::Reply(
+                    r.proposer.propose(Proposal::Plain(cmd)).await?,
+                ))
             }
             ForwardOp::Campaign { term, leader } => {
                 // Only while the leader that asked still leads in that term

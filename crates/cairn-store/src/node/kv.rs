@@ -21,6 +21,13 @@ impl Node {
                     stale.wait().await?;
                     continue;
                 }
+                Err(Error::SpansRegions) => match self.txn_across(req, access).await {
+                    Err(Error::EpochMismatch) => {
+                        stale.wait().await?;
+                        continue;
+                    }
+                    other => return other,
+                },
                 other => other?,
             };
             let res = if cairn_mvcc::is_read_only(req) {
@@ -103,7 +110,14 @@ impl Node {
                 // adopted one before its snapshot): from the leader's index.
                 self.caught_up(region).await?
             };
-            let (snap, revs, range) = r.shared.read_view_in();
+            let span = cairn_mvcc::locks::etcd_span(&req.key, &req.range_end);
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&[span], req.revision);
+            if let Some(lock) = lock {
+                // A transaction across regions may still commit below
+                // this read's revision: wait for it, and read again.
+                self.resolve_lock(region, lock).await?;
+                continue;
+            }
             if req.revision > revs.current
                 && !req.serializable
                 && self.regions_overlapping(b"", None).len() > 1
@@ -145,16 +159,23 @@ impl Node {
         req: &TxnRequest,
         access: &Access,
     ) -> Result<TxnResponse> {
-        let r = self.region(region)?;
-        let r = if cairn_mvcc::is_serializable(req) && r.shared.applied_index() > 0 {
-            r
-        } else {
-            self.caught_up(region).await?
+        let footprint = cairn_mvcc::locks::footprint(req);
+        let (snap, revs) = loop {
+            let r = self.region(region)?;
+            let r = if cairn_mvcc::is_serializable(req) && r.shared.applied_index() > 0 {
+                r
+            } else {
+                self.caught_up(region).await?
+            };
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, 0);
+            if !cairn_raft::txn_within(req, &range) {
+                return Err(Error::EpochMismatch);
+            }
+            match lock {
+                Some(lock) => self.resolve_lock(region, lock).await?,
+                None => break (snap, revs),
+            }
         };
-        let (snap, revs, range) = r.shared.read_view_in();
-        if !cairn_raft::txn_within(req, &range) {
-            return Err(Error::EpochMismatch);
-        }
         self.authorize(access).await?;
         if single_keys(req) {
             return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);

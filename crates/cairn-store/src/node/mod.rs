@@ -42,9 +42,12 @@ mod split;
 mod split_check;
 mod start;
 mod status;
+mod txn_across;
+mod txn_locks;
 
 pub(crate) use reads::sole_voter_index;
 pub use report::RegionReport;
+pub use txn_across::CoordinatorCrash;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -38,6 +38,7 @@
 //! needs the meta region's leader and each region's leader to answer.
 
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+use cairn_mvcc::locks::{KeySpan, LockRef};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::node::{Node, META_REGION};
@@ -74,13 +75,24 @@ impl Node {
             }
             let at = if req.revision > 0 { req.revision } else { t };
             let mut views = Vec::with_capacity(caught_up.len());
-            for (snap, revs, range) in caught_up {
+            let mut waited = false;
+            for ((snap, revs, range), lock) in caught_up {
+                if let Some((region, lock)) = lock {
+                    // A transaction across regions may still commit at or
+                    // below this read's timestamp: wait, read again.
+                    self.resolve_lock(region, lock).await?;
+                    waited = true;
+                    continue;
+                }
                 let read_at = at.min(revs.current);
                 if let Some(part) =
                     cairn_mvcc::part_request(&req, &range.start, &range.end, read_at)?
                 {
                     views.push((snap, revs, part));
                 }
+            }
+            if waited {
+                continue;
             }
             self.authorize(access).await?;
             let whole = req.clone();
@@ -113,20 +125,23 @@ impl Node {
     /// applied every write stamped at or below T, in key order with its
     /// revisions and range. `None` when the regions here do not tile the
     /// span or one split meanwhile (route again shortly).
+    /// With each view, the lock (and its region) of a transaction across
+    /// regions that may still commit at or below T in the span, if any.
     pub(crate) async fn regions_at_timestamp(
         &self,
         key: &[u8],
         end: Option<&[u8]>,
-    ) -> Result<Option<(i64, Vec<RegionView>)>> {
+    ) -> Result<Option<(i64, Vec<(RegionView, Option<(u64, LockRef)>)>)>> {
         let t = self.read_timestamp().await?;
+        let span: KeySpan = (key.to_vec(), end.map(<[u8]>::to_vec).unwrap_or_default());
         Ok(self
-            .regions_caught_up_at(key, end, t)
+            .regions_caught_up_at(key, end, t, Some(&span))
             .await?
             .map(|views| (t, views)))
     }
 
     /// A confirmed read timestamp (step 1).
-    async fn read_timestamp(&self) -> Result<i64> {
+    pub(super) async fn read_timestamp(&self) -> Result<i64> {
         self.submit(META_REGION, ForwardOp::ReadTimestamp)
             .await?
             .timestamp()
@@ -139,7 +154,8 @@ impl Node {
         key: &[u8],
         end: Option<&[u8]>,
         t: i64,
-    ) -> Result<Option<Vec<RegionView>>> {
+        locks_in: Option<&KeySpan>,
+    ) -> Result<Option<Vec<(RegionView, Option<(u64, LockRef)>)>>> {
         let mut routed = self.regions_overlapping(key, end);
         routed.sort_by(|a, b| a.1.cmp(&b.1));
         if !tiles(&routed, key, end) {
@@ -155,11 +171,12 @@ impl Node {
             .await?;
         let mut views = Vec::with_capacity(routed.len());
         for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
-            let (snap, revs, range) = r.shared.read_view_in();
+            let spans: Vec<KeySpan> = locks_in.cloned().into_iter().collect();
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&spans, t);
             if range.start != *start || range.end != *stop {
                 return Ok(None);
             }
-            views.push((snap, revs, range));
+            views.push(((snap, revs, range), lock.map(|l| (r.id, l))));
         }
         Ok(Some(views))
     }
@@ -185,10 +202,11 @@ impl Node {
         let stale = super::kv::StaleRoutes::new();
         let mut at = self.read_timestamp().await?;
         loop {
-            let Some(views) = self.regions_caught_up_at(b"", None, at).await? else {
+            let Some(views) = self.regions_caught_up_at(b"", None, at, None).await? else {
                 stale.wait().await?;
                 continue;
             };
+            let views: Vec<RegionView> = views.into_iter().map(|(v, _)| v).collect();
             let compacted =
                 |views: &[RegionView]| views.iter().map(|(_, r, _)| r.compacted).max().unwrap_or(0);
             let (view, first, _) = views[0].clone();
@@ -230,7 +248,7 @@ pub(crate) type RegionView = (
 
 /// True when `routed` (sorted by start) covers `[key, end)` (`end` None:
 /// to the end of the keyspace) without a gap.
-fn tiles(
+pub(super) fn tiles(
     routed: &[(std::sync::Arc<super::Region>, Vec<u8>, Vec<u8>)],
     key: &[u8],
     end: Option<&[u8]>,

@@ -185,6 +185,7 @@ impl Node {
         tokio::spawn(super::report::sample_write_rates(Arc::downgrade(&node)));
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
         tokio::spawn(background::close_idle_regions(Arc::downgrade(&node)));
+        tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
         for r in node.regions.all() {
             tokio::spawn(background::count_leader_changes(r.id, r.raft.metrics()));
         }

@@ -1,0 +1,364 @@
+//! A `Txn` whose keys lie in several regions: Percolator-style two-phase
+//! commit with the transaction's state in Raft (issue 17, phase 3; the
+//! lock logic is `cairn_mvcc::locks`, its commands
+//! `cairn_raft::Command::{Prewrite, CommitLocked, ...}`).
+//!
+//! The node that got the request coordinates:
+//! 1. **Footprint.** Every span the transaction reads or writes, whichever
+//!    branch it takes, cut at region boundaries; the region holding the
+//!    lowest key is the *primary*.
+//! 2. **Prewrite.** A start timestamp from the TSO names the transaction.
+//!    The primary's lock is placed first, then every other region's at
+//!    once. A lock of another transaction in the way: release ours, wait
+//!    for (or resolve) that one, start again.
+//! 3. **Evaluate.** Once every region's replica here has applied its
+//!    lock, nothing else can write the footprint. A commit timestamp from
+//!    the TSO; then the whole transaction runs here, on one engine view
+//!    (regions share the node's engine) at `commit_ts - 1`: compares,
+//!    branches, ranges with read-your-writes, `prev_kv`s — the response,
+//!    and the branch path.
+//! 4. **Commit.** The primary commits first: that entry decides the
+//!    transaction (its outcome is recorded there). Then every other region
+//!    commits its part at the same revision; each leader first waits until
+//!    every single-region write it stamped at or below `commit_ts` is
+//!    answered, so no write below the commit lands after it. The client is
+//!    answered once every part is committed (a part that fails is finished
+//!    by whoever meets its lock, from the primary's outcome), and the
+//!    primary then forgets the outcome.
+//!
+//! A coordinator that dies anywhere never blocks anyone: a request that
+//! meets its lock waits [`super::txn_locks::LOCK_TTL`], then asks the
+//! primary, which rolls the transaction back unless it committed. One
+//! rolled back under a live coordinator (too slow) is started again by it.
+//!
+//! A transaction that writes nothing (read-only, or whose branch writes
+//! nothing) takes the same path and releases its locks instead of
+//! committing: its reads are one snapshot across regions, and it consumes
+//! no revision (header revision `commit_ts - 1`).
+
+use std::collections::BTreeMap;
+
+use cairn_api::etcdserverpb::{TxnRequest, TxnResponse};
+use cairn_mvcc::locks::{clip, footprint, KeySpan, Outcome};
+use cairn_mvcc::Rejection;
+use cairn_raft::{Command, Reply};
+use futures::future::join_all;
+use prost::Message;
+
+use crate::node::{Node, META_REGION};
+use crate::remote::{ForwardOk, ForwardOp};
+use crate::{Access, Error, Result};
+
+/// One attempt's end: an answer, or start again (a lock was in the way,
+/// a route was stale, or a resolver rolled the attempt back).
+enum Attempt {
+    Done(TxnResponse),
+    Again,
+}
+
+/// Where a test makes a coordinator stop as if its node died: its locks
+/// (and, after the primary's commit, its outcome) stay for others to
+/// resolve.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoordinatorCrash {
+    /// Every lock placed; nothing committed.
+    AfterPrewrite,
+    /// The primary committed; no secondary part yet.
+    AfterPrimaryCommit,
+}
+
+impl Node {
+    /// Serves `req`, whose keys lie in more than one region (see the
+    /// module essay).
+    pub(crate) async fn txn_across(
+        &self,
+        req: &TxnRequest,
+        access: &Access,
+    ) -> Result<TxnResponse> {
+        if !cairn_raft::leases_put(req).is_empty() {
+            // Leases live in the first region until revokes span regions.
+            return Err(Error::Rejected(Rejection::LeaseOutsideFirstRegion));
+        }
+        let stale = super::kv::StaleRoutes::new();
+        loop {
+            match self.txn_across_once(req, access, None).await {
+                Ok(Attempt::Done(resp)) => return Ok(resp),
+                Ok(Attempt::Again) | Err(Error::EpochMismatch) | Err(Error::RolledBack) => {
+                    stale.wait().await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Tests: runs `req` across regions as [`Node::txn`] would, but stops
+    /// at `crash` as if this node died there (`Ok(None)`); `Ok(Some(_))`
+    /// if the attempt ended before it.
+    #[doc(hidden)]
+    pub async fn txn_across_then_crash(
+        &self,
+        req: &TxnRequest,
+        crash: CoordinatorCrash,
+    ) -> Result<Option<TxnResponse>> {
+        match self
+            .txn_across_once(req, &Access::Internal, Some(crash))
+            .await?
+        {
+            Attempt::Done(resp) => Ok(Some(resp)),
+            Attempt::Again => Ok(None),
+        }
+    }
+
+    async fn txn_across_once(
+        &self,
+        req: &TxnRequest,
+        access: &Access,
+        crash: Option<CoordinatorCrash>,
+    ) -> Result<Attempt> {
+        let Some(parts) = self.footprint_parts(&footprint(req)) else {
+            return Ok(Attempt::Again);
+        };
+        if parts.len() < 2 {
+            // A merge or stale route: the single-region path serves it.
+            return Err(Error::EpochMismatch);
+        }
+        let txn = req.encode_to_vec();
+        let start_ts = self.read_timestamp().await?;
+        let primary = parts[0].0;
+        let prewrite = |region: u64, spans: Vec<KeySpan>| {
+            let cmd = Command::Prewrite {
+                start_ts,
+                primary,
+                spans,
+                txn: txn.clone(),
+            };
+            async move {
+                self.checked_submit(region, access, ForwardOp::Plain(cmd), false)
+                    .await
+            }
+        };
+        // 2. The primary first, then the rest at once.
+        let first = prewrite(primary, parts[0].1.clone()).await;
+        if let Some(again) = self
+            .prewritten(primary, first, start_ts, primary, &[])
+            .await?
+        {
+            return Ok(again);
+        }
+        let rest = join_all(
+            parts[1..]
+                .iter()
+                .map(|(region, spans)| prewrite(*region, spans.clone())),
+        )
+        .await;
+        let mut locked = vec![primary];
+        let mut blocked = None;
+        for ((region, _), res) in parts[1..].iter().zip(rest) {
+            match res {
+                Ok(ForwardOk::Reply(Reply::Done)) => locked.push(*region),
+                other => blocked = blocked.or(Some((*region, other))),
+            }
+        }
+        if let Some((region, res)) = blocked {
+            return match self
+                .prewritten(region, res, start_ts, primary, &locked)
+                .await?
+            {
+                Some(again) => Ok(again),
+                None => Err(Error::Internal("a refused prewrite was not handled".into())),
+            };
+        }
+        if crash == Some(CoordinatorCrash::AfterPrewrite) {
+            return Ok(Attempt::Again);
+        }
+        // 3. Evaluate under the locks.
+        let caught_up = join_all(parts.iter().map(|(region, _)| self.caught_up(*region))).await;
+        if let Some(Err(e)) = caught_up.into_iter().find(|r| r.is_err()) {
+            self.release(start_ts, primary, &locked).await;
+            return Err(e);
+        }
+        let commit_ts = match self.read_timestamp().await {
+            Ok(t) => t,
+            Err(e) => {
+                self.release(start_ts, primary, &locked).await;
+                return Err(e);
+            }
+        };
+        let compacted = parts
+            .iter()
+            .filter_map(|(region, _)| self.region(*region).ok())
+            .map(|r| r.shared.revisions().compacted)
+            .max()
+            .unwrap_or(0);
+        let view = self.region(primary)?.shared.engine().snapshot();
+        let whole = req.clone();
+        let evaluated = self
+            .spans
+            .run(move || {
+                let revs = cairn_mvcc::Revisions {
+                    current: commit_ts - 1,
+                    compacted,
+                };
+                cairn_mvcc::apply_txn(&*view, &whole, commit_ts, revs, &cairn_mvcc::NoLeases)
+            })
+            .await
+            .and_then(|r| r.map_err(Error::from));
+        let out = match evaluated {
+            Ok(out) => out,
+            Err(e) => {
+                self.release(start_ts, primary, &locked).await;
+                return Err(e);
+            }
+        };
+        if out.batch.is_empty() {
+            // Nothing to write: the locks go, no revision is used.
+            self.release(start_ts, primary, &locked).await;
+            return Ok(Attempt::Done(out.response));
+        }
+        // 4. Commit: the primary decides.
+        let path = out.path.clone();
+        let commit = |region: u64| {
+            let op = ForwardOp::CommitLocked {
+                start_ts,
+                commit_ts,
+                path: path.clone(),
+            };
+            async move { self.submit(region, op).await.and_then(ForwardOk::outcome) }
+        };
+        let decided = match commit(primary).await {
+            Ok(o) => o,
+            // Unknown (leader lost mid-way): settle it.
+            Err(_) => self
+                .submit(
+                    primary,
+                    ForwardOp::Plain(Command::ResolvePrimary { start_ts }),
+                )
+                .await?
+                .outcome()?,
+        };
+        match decided {
+            Some(Outcome::Committed { commit_ts: at, .. }) if at == commit_ts => {}
+            Some(Outcome::RolledBack) => {
+                // A resolver found this attempt stalled and rolled it back.
+                self.release(start_ts, primary, &locked).await;
+                return Ok(Attempt::Again);
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "primary region {primary} answered {other:?} to a commit"
+                )))
+            }
+        }
+        if crash == Some(CoordinatorCrash::AfterPrimaryCommit) {
+            return Ok(Attempt::Again);
+        }
+        let secondaries = join_all(locked[1..].iter().map(|region| commit(*region))).await;
+        let finished = secondaries.iter().all(|r| r.is_ok());
+        for (region, r) in locked[1..].iter().zip(&secondaries) {
+            if let Err(e) = r {
+                // Whoever meets the lock finishes it from the outcome.
+                tracing::debug!(region, start_ts, "committing a secondary part: {e}");
+            }
+        }
+        if finished {
+            // Every part is in: the outcome is needed no more. (Left, it
+            // would only cost room in the primary's record.)
+            let forget = Command::ForgetOutcome { start_ts };
+            if let Err(e) = self.submit(primary, ForwardOp::Plain(forget)).await {
+                tracing::debug!(start_ts, "forgetting an outcome: {e}");
+            }
+        }
+        Ok(Attempt::Done(out.response))
+    }
+
+    /// Handles a prewrite's answer in `region`: `None` if it locked,
+    /// else the attempt ends — our locks in `locked` released first, then
+    /// a lock in the way waited for or resolved (`Again`), or the refusal
+    /// returned.
+    async fn prewritten(
+        &self,
+        region: u64,
+        res: Result<ForwardOk>,
+        start_ts: i64,
+        primary: u64,
+        locked: &[u64],
+    ) -> Result<Option<Attempt>> {
+        if let Ok(ForwardOk::Reply(Reply::Done)) = res {
+            return Ok(None);
+        }
+        self.release(start_ts, primary, locked).await;
+        match res {
+            Ok(ForwardOk::Reply(Reply::Locked(other))) => {
+                self.resolve_lock(region, other).await?;
+                Ok(Some(Attempt::Again))
+            }
+            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Some(Attempt::Again)),
+            Ok(ok) => ok.reply().map(|_| Some(Attempt::Again)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rolls back an attempt's locks: settles it at the primary (as
+    /// rolled back, unless it committed) and drops the other `locked`
+    /// regions' locks. Best effort: a lock left is resolved by whoever
+    /// meets it, or the sweeper.
+    async fn release(&self, start_ts: i64, primary: u64, locked: &[u64]) {
+        if locked.is_empty() {
+            return;
+        }
+        let settled = self
+            .submit(
+                primary,
+                ForwardOp::Plain(Command::ResolvePrimary { start_ts }),
+            )
+            .await
+            .and_then(ForwardOk::outcome);
+        if !matches!(settled, Ok(Some(Outcome::RolledBack))) {
+            tracing::debug!(start_ts, "releasing at the primary: {settled:?}");
+            return;
+        }
+        let rollbacks = locked.iter().filter(|r| **r != primary).map(|region| {
+            self.submit(
+                *region,
+                ForwardOp::Plain(Command::RollbackLocked { start_ts }),
+            )
+        });
+        join_all(rollbacks).await;
+        let _ = self
+            .submit(
+                primary,
+                ForwardOp::Plain(Command::ForgetOutcome { start_ts }),
+            )
+            .await;
+    }
+
+    /// `spans` cut at the boundaries of the regions hosted here, by region
+    /// in key order (the first holds the lowest key); `None` when the
+    /// regions here do not cover a span (a region being started: route
+    /// again).
+    fn footprint_parts(&self, spans: &[KeySpan]) -> Option<Vec<(u64, Vec<KeySpan>)>> {
+        let mut by_start: BTreeMap<Vec<u8>, (u64, Vec<KeySpan>)> = BTreeMap::new();
+        for span in spans {
+            let end = (!span.1.is_empty()).then_some(span.1.as_slice());
+            let mut routed = self.regions_overlapping(&span.0, end);
+            routed.sort_by(|a, b| a.1.cmp(&b.1));
+            if !super::range_across::tiles(&routed, &span.0, end) {
+                return None;
+            }
+            for (r, start, stop) in routed {
+                if r.id == META_REGION {
+                    continue;
+                }
+                if let Some(piece) = clip(span, &start, &stop) {
+                    by_start
+                        .entry(start)
+                        .or_insert_with(|| (r.id, Vec::new()))
+                        .1
+                        .push(piece);
+                }
+            }
+        }
+        Some(by_start.into_values().collect())
+    }
+}

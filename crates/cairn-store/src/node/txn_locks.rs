@@ -1,0 +1,135 @@
+//! Meeting a lock of a transaction across regions (see
+//! `cairn_mvcc::locks` and `node::txn_across`): wait for it, and if it
+//! outlives [`LOCK_TTL`] — its coordinator crashed or stalled — settle the
+//! transaction's fate at its primary region (which rolls it back if still
+//! undecided) and finish this region's part the same way. Nobody ever
+//! waits on a dead coordinator for longer than that.
+//!
+//! A sweeper does the same for locks nobody meets: every region this node
+//! leads is looked at each second, and a lock seen twice [`LOCK_TTL`]
+//! apart is resolved. A held lock keeps the region's resolved revision
+//! (what watches may release) from moving past it, so locks must not be
+//! left for a reader to find.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cairn_mvcc::locks::{LockRef, Outcome};
+use cairn_raft::Command;
+
+use crate::node::{Node, META_REGION};
+use crate::remote::ForwardOp;
+use crate::Result;
+
+/// How long a lock may stand before whoever meets it rolls its
+/// transaction back (if its primary has not committed). A coordinator
+/// needs two Raft rounds and two timestamps between prewrite and commit;
+/// TiKV's default lock TTL is 3 s, and a shorter one only makes a slow
+/// coordinator start over more often.
+pub(crate) const LOCK_TTL: Duration = Duration::from_millis(1500);
+
+impl Node {
+    /// Waits for `lock`, met in `region`, to go; past [`LOCK_TTL`], settles
+    /// its transaction at the primary and finishes (commits or rolls back)
+    /// its part in `region`.
+    pub(crate) async fn resolve_lock(&self, region: u64, lock: LockRef) -> Result<()> {
+        let r = self.region(region)?;
+        let held = || {
+            r.shared
+                .with_applied(|a| a.locks.held.contains_key(&lock.start_ts))
+        };
+        let until = Instant::now() + LOCK_TTL;
+        while held() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !held() {
+            return Ok(());
+        }
+        self.settle(region, lock).await
+    }
+
+    /// Settles `lock`'s transaction at its primary and finishes its part
+    /// in `region`.
+    async fn settle(&self, region: u64, lock: LockRef) -> Result<()> {
+        let start_ts = lock.start_ts;
+        let outcome = self
+            .submit(
+                lock.primary,
+                ForwardOp::Plain(Command::ResolvePrimary { start_ts }),
+            )
+            .await?
+            .outcome()?;
+        if region == lock.primary {
+            return Ok(()); // ResolvePrimary dropped the lock, if undecided
+        }
+        match outcome {
+            Some(Outcome::Committed { commit_ts, path }) => {
+                self.submit(
+                    region,
+                    ForwardOp::CommitLocked {
+                        start_ts,
+                        commit_ts,
+                        path,
+                    },
+                )
+                .await?
+                .outcome()?;
+            }
+            Some(Outcome::RolledBack) | None => {
+                self.submit(
+                    region,
+                    ForwardOp::Plain(Command::RollbackLocked { start_ts }),
+                )
+                .await?
+                .applied()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often the sweeper looks at the locks of the regions this node leads.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Resolves locks that stand in regions this node leads for longer than
+/// [`LOCK_TTL`] (see the module essay).
+pub(super) async fn sweep_locks(node: std::sync::Weak<Node>) {
+    let mut first_seen: BTreeMap<(u64, i64), Instant> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        let now = Instant::now();
+        let mut standing = Vec::new();
+        for r in n.regions.all() {
+            if r.id == META_REGION || r.raft.metrics().borrow().current_leader != Some(n.id) {
+                continue;
+            }
+            let held: Vec<LockRef> = r.shared.with_applied(|a| {
+                a.locks
+                    .held
+                    .iter()
+                    .map(|(ts, l)| LockRef {
+                        start_ts: *ts,
+                        primary: l.primary,
+                    })
+                    .collect()
+            });
+            for lock in held {
+                let since = *first_seen.entry((r.id, lock.start_ts)).or_insert(now);
+                standing.push((r.id, lock.start_ts));
+                if now.duration_since(since) >= LOCK_TTL {
+                    let (node, region) = (n.clone(), r.id);
+                    tokio::spawn(async move {
+                        if let Err(e) = node.settle(region, lock).await {
+                            tracing::debug!(region, "resolving a stale lock: {e}");
+                        }
+                    });
+                }
+            }
+        }
+        first_seen.retain(|k, _| standing.contains(k));
+    }
+}

@@ -1,0 +1,454 @@
+//! A Txn across regions (issue 17, phase 3): two-phase commit with its
+//! state in Raft. One revision for every write in every region, compares
+//! evaluated under the locks, etcd's response (`prev_kv`, deleted counts,
+//! nested txns, ranges that see the txn's own writes); a bank of accounts
+//! in three regions keeps its total under concurrent transfers and reads;
+//! a coordinator that dies after its prewrite or after its primary commit
+//! blocks nobody — whoever meets a lock, or the sweeper, finishes the
+//! transaction from the primary's outcome; and a watch over the regions
+//! gets a transaction's events together, in order.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::response_op::Response;
+use cairn_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+};
+use cairn_store::{CoordinatorCrash, DATA_REGION};
+use cairn_testkit::{kv, InProcessCluster};
+
+async fn split(c: &InProcessCluster, at: &str) {
+    let region = c.node(0).route(at.as_bytes()).unwrap().id;
+    c.node(0)
+        .split_region(region, at.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(0..3).all(|i| {
+        c.node(i)
+            .route(at.as_bytes())
+            .is_ok_and(|r| r.shared.range().start == at.as_bytes())
+    }) {
+        assert!(Instant::now() < deadline, "split at {at} not everywhere");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cluster with regions `[, f)`, `[f, q)`, `[q, )`.
+async fn three_regions() -> InProcessCluster {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    split(&c, "f").await;
+    split(&c, "q").await;
+    c
+}
+
+fn put(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            prev_kv: true,
+            ..Default::default()
+        })),
+    }
+}
+
+fn value_is(k: &str, v: &str) -> Compare {
+    Compare {
+        key: k.into(),
+        target: CompareTarget::Value as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::Value(v.into())),
+        range_end: Vec::new(),
+    }
+}
+
+fn get_op(k: &str, end: &str) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: k.into(),
+            range_end: end.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// (key, value, mod revision) of every key.
+async fn everything(
+    client: &mut cairn_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+) -> Vec<(String, String, i64)> {
+    client
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key).unwrap(),
+                String::from_utf8(kv.value).unwrap(),
+                kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+async fn get_kv(
+    client: &mut cairn_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    key: &str,
+) -> cairn_api::mvccpb::KeyValue {
+    let r = client
+        .range(RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.kvs.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_txn_across_regions_commits_at_one_revision_as_etcd_answers() {
+    let c = three_regions().await;
+    let mut client = c.kv(1).await;
+    for k in ["a", "b", "g", "h", "r", "s"] {
+        kv::put(&mut client, k, "0").await.unwrap();
+    }
+    // Compares in two regions, writes in three, a nested txn, a range
+    // that sees the txn's own writes.
+    let req = TxnRequest {
+        compare: vec![value_is("a", "0"), value_is("r", "0")],
+        success: vec![
+            put("a", "1"),
+            put("g", "1"),
+            RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    compare: vec![value_is("h", "nope")],
+                    success: vec![put("h", "wrong")],
+                    failure: vec![put("z", "1")],
+                })),
+            },
+            get_op("a", "\0"),
+            RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"b".to_vec(),
+                    range_end: b"c".to_vec(),
+                    prev_kv: true,
+                })),
+            },
+        ],
+        failure: vec![put("a", "failed")],
+    };
+    let resp: TxnResponse = client.txn(req.clone()).await.unwrap().into_inner();
+    assert!(resp.succeeded);
+    let rev = resp.header.as_ref().unwrap().revision;
+    match &resp.responses[0].response {
+        Some(Response::ResponsePut(p)) => {
+            assert_eq!(p.prev_kv.as_ref().unwrap().value, b"0");
+        }
+        other => panic!("{other:?}"),
+    }
+    match &resp.responses[2].response {
+        Some(Response::ResponseTxn(t)) => assert!(!t.succeeded),
+        other => panic!("{other:?}"),
+    }
+    match &resp.responses[3].response {
+        Some(Response::ResponseRange(r)) => {
+            let got: Vec<(&[u8], &[u8], i64)> = r
+                .kvs
+                .iter()
+                .map(|kv| (kv.key.as_slice(), kv.value.as_slice(), kv.mod_revision))
+                .collect();
+            // Its own writes at its revision, across all three regions.
+            assert_eq!(got[0], (&b"a"[..], &b"1"[..], rev));
+            assert!(got.contains(&(&b"g"[..], &b"1"[..], rev)));
+            assert!(got.contains(&(&b"z"[..], &b"1"[..], rev)));
+        }
+        other => panic!("{other:?}"),
+    }
+    match &resp.responses[4].response {
+        Some(Response::ResponseDeleteRange(d)) => {
+            assert_eq!(d.deleted, 1);
+            assert_eq!(d.prev_kvs[0].key, b"b");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every node sees all of it at that one revision.
+    for i in 0..3 {
+        let mut client = c.kv(i).await;
+        let all = everything(&mut client).await;
+        let want: Vec<(String, String, i64)> = all
+            .iter()
+            .filter(|(k, _, _)| ["a", "g", "z"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(
+            want,
+            vec![
+                ("a".into(), "1".into(), rev),
+                ("g".into(), "1".into(), rev),
+                ("z".into(), "1".into(), rev)
+            ],
+            "node {i}"
+        );
+        assert!(!all.iter().any(|(k, _, _)| k == "b"), "node {i}: {all:?}");
+    }
+    // Again: the compares fail now, the failure branch runs.
+    let again = client.txn(req).await.unwrap().into_inner();
+    assert!(!again.succeeded);
+    let later = kv::put(&mut client, "s", "x").await.unwrap();
+    assert!(later > again.header.unwrap().revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bank_across_regions_keeps_its_total() {
+    let c = Arc::new(three_regions().await);
+    let accounts = ["acct-a", "acct-b", "h1", "h2", "x1", "x2"];
+    let mut client = c.kv(0).await;
+    for a in accounts {
+        kv::put(&mut client, a, "100").await.unwrap();
+    }
+    let total = 100 * accounts.len() as i64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let transfers = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..4u64 {
+        let (c, stop, transfers) = (c.clone(), stop.clone(), transfers.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = c.kv(w as usize % 3).await;
+            let mut n = w;
+            while !stop.load(Ordering::Relaxed) {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let from = accounts[(n >> 33) as usize % accounts.len()];
+                let to = accounts[(n >> 40) as usize % accounts.len()];
+                if from == to {
+                    continue;
+                }
+                let (Some(fv), Some(tv)) = (
+                    kv::get(&mut client, from, false).await.unwrap(),
+                    kv::get(&mut client, to, false).await.unwrap(),
+                ) else {
+                    panic!("an account vanished")
+                };
+                let (f, t): (i64, i64) = (fv.parse().unwrap(), tv.parse().unwrap());
+                let amount = (n >> 50) as i64 % 7 + 1;
+                let req = TxnRequest {
+                    compare: vec![value_is(from, &fv), value_is(to, &tv)],
+                    success: vec![
+                        put(from, &(f - amount).to_string()),
+                        put(to, &(t + amount).to_string()),
+                    ],
+                    failure: vec![],
+                };
+                match client.txn(req).await {
+                    Ok(r) if r.get_ref().succeeded => {
+                        transfers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("transfer failed: {e:?}"),
+                }
+            }
+        }));
+    }
+    let mut reads = 0;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut reader = c.kv(2).await;
+    while Instant::now() < deadline {
+        let r = reader
+            .range(RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let sum: i64 = r
+            .kvs
+            .iter()
+            .map(|kv| {
+                std::str::from_utf8(&kv.value)
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(sum, total, "a read of every account saw a torn transfer");
+        assert_eq!(r.kvs.len(), accounts.len());
+        reads += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let done = transfers.load(Ordering::Relaxed);
+    assert!(done >= 10, "only {done} transfers in 6 s");
+    assert!(reads >= 10, "only {reads} reads");
+    // Same on every node at the end.
+    for i in 0..3 {
+        let mut client = c.kv(i).await;
+        let sum: i64 = everything(&mut client)
+            .await
+            .iter()
+            .map(|(_, v, _)| v.parse::<i64>().unwrap())
+            .sum();
+        assert_eq!(sum, total, "node {i}");
+    }
+}
+
+fn transfer(from: &str, to: &str) -> TxnRequest {
+    TxnRequest {
+        compare: vec![value_is(from, "100"), value_is(to, "100")],
+        success: vec![put(from, "90"), put(to, "110")],
+        failure: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_that_dies_blocks_nobody() {
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "g", "r", "t"] {
+        kv::put(&mut client, k, "100").await.unwrap();
+    }
+    // Dies after its prewrite: a write to its secondary key goes through
+    // once the lock is resolved (rolled back), and nothing of it is seen.
+    let gone = c
+        .node(1)
+        .txn_across_then_crash(&transfer("a", "r"), CoordinatorCrash::AfterPrewrite)
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    let started = Instant::now();
+    kv::put(&mut client, "r", "100").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(
+        kv::get(&mut client, "a", false).await.unwrap().as_deref(),
+        Some("100")
+    );
+    // The transaction cannot commit any more: a transfer that compares
+    // the old values commits.
+    assert!(
+        client
+            .txn(transfer("a", "r"))
+            .await
+            .unwrap()
+            .into_inner()
+            .succeeded
+    );
+    assert_eq!(
+        kv::get(&mut client, "r", false).await.unwrap().as_deref(),
+        Some("110")
+    );
+
+    // Dies after its primary committed: a reader of the secondary key
+    // finishes the commit from the primary's outcome.
+    let gone = c
+        .node(2)
+        .txn_across_then_crash(&transfer("g", "t"), CoordinatorCrash::AfterPrimaryCommit)
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    let mut other = c.kv(1).await;
+    assert_eq!(
+        kv::get(&mut other, "t", false).await.unwrap().as_deref(),
+        Some("110")
+    );
+    assert_eq!(
+        kv::get(&mut other, "g", false).await.unwrap().as_deref(),
+        Some("90")
+    );
+    let g = get_kv(&mut other, "g").await;
+    let t = get_kv(&mut other, "t").await;
+    assert_eq!(
+        g.mod_revision, t.mod_revision,
+        "one revision for both parts"
+    );
+
+    // Nobody meets the locks of a third: the sweeper resolves them.
+    c.node(0)
+        .txn_across_then_crash(&transfer("a", "g"), CoordinatorCrash::AfterPrewrite)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..3).any(|i| {
+        c.node(i)
+            .regions_overlapping(b"", None)
+            .iter()
+            .any(|(r, _, _)| r.shared.with_applied(|a| !a.locks.held.is_empty()))
+    }) {
+        assert!(Instant::now() < deadline, "locks left standing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_gets_a_txn_across_regions_together_and_in_order() {
+    use cairn_api::etcdserverpb::WatchCreateRequest;
+    use cairn_testkit::watch::WatchStream;
+    let c = three_regions().await;
+    let mut w = WatchStream::open(&c.nodes[2].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    })
+    .await;
+    let created = w.next(Duration::from_secs(5)).await.unwrap();
+    assert!(created.created);
+    let mut client = c.kv(0).await;
+    let mut want = Vec::new();
+    for i in 0..5 {
+        let rev = kv::put(&mut client, "m", &i.to_string()).await.unwrap();
+        want.push((rev, "m".to_string()));
+        let resp = client
+            .txn(TxnRequest {
+                success: vec![put("b", &i.to_string()), put("k", "x"), put("w", "y")],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let rev = resp.header.unwrap().revision;
+        for k in ["b", "k", "w"] {
+            want.push((rev, k.to_string()));
+        }
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.len() < want.len() {
+        assert!(Instant::now() < deadline, "got {got:?}, want {want:?}");
+        let Some(r) = w.next(Duration::from_secs(5)).await else {
+            continue;
+        };
+        let revs: Vec<i64> = r
+            .events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect();
+        // A transaction's events never straddle two responses.
+        if let Some(last) = revs.last() {
+            let n = revs.iter().filter(|r| *r == last).count();
+            let all = want.iter().filter(|(r, _)| r == last).count();
+            assert_eq!(n, all, "revision {last} split across responses");
+        }
+        for e in r.events {
+            let kv = e.kv.unwrap();
+            got.push((kv.mod_revision, String::from_utf8(kv.key).unwrap()));
+        }
+    }
+    assert_eq!(got, want);
+}
