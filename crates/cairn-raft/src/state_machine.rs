@@ -261,8 +261,10 @@ pub struct FeedBatch {
     /// below it has been published (the resolved timestamp of a region with
     /// one writer).
     pub resolved: i64,
-    /// The replica's state was replaced (snapshot installed): subscribers
-    /// must re-read history instead of trusting the feed's continuity.
+    /// The replica's state was replaced (snapshot installed), or the
+    /// region split (its keys from the split key on are the child's now):
+    /// subscribers must look at the regions again and re-read history
+    /// instead of trusting the feed's continuity.
     pub reset: bool,
 }
 
@@ -1179,6 +1181,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 })
                 .map_err(sm_err)?;
+            let split = matches!((&reply, born), (Reply::Done, Some(_)));
             if let (Reply::Done, Some(child)) = (&reply, born) {
                 if let Some(tx) = &*self.shared.births.lock() {
                     let _ = tx.send(child);
@@ -1195,10 +1198,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
             if self.shared.kind == RegionKind::Data {
+                // A split moves keys to the child: a watcher of them must
+                // regroup over both regions and re-read history.
                 self.shared.publish(FeedBatch {
                     events,
                     resolved,
-                    reset: false,
+                    reset: split,
                 });
             }
             replies.push(reply);

@@ -63,6 +63,31 @@ impl SpanRegions {
         self.regions.iter().map(|(r, _, _)| r.region).collect()
     }
 
+    /// True when the regions cover every key of `span` (a region born by
+    /// a split may not be started here yet).
+    pub fn covers(&self, span: &cairn_mvcc::Span) -> bool {
+        let (start, end) = match span {
+            cairn_mvcc::Span::Single(k) => (k.clone(), Some([k.as_slice(), &[0]].concat())),
+            cairn_mvcc::Span::Range(s, e) => (s.clone(), e.clone()),
+        };
+        let mut sorted: Vec<&(Arc<RegionShared>, Vec<u8>, Vec<u8>)> = self.regions.iter().collect();
+        sorted.sort_by(|a, b| a.1.cmp(&b.1));
+        let Some(first) = sorted.first() else {
+            return false;
+        };
+        if first.1 > start {
+            return false;
+        }
+        let mut reached: &[u8] = &first.2;
+        for (_, s, e) in &sorted[1..] {
+            if reached.is_empty() || s.as_slice() != reached {
+                return false;
+            }
+            reached = e;
+        }
+        reached.is_empty() || end.is_some_and(|e| e.as_slice() <= reached)
+    }
+
     /// A merged subscription to every region's feed, starting after what
     /// each region has applied now.
     pub fn subscribe(&self) -> FeedMerger {

@@ -12,9 +12,10 @@
 //!
 //! An idle region's resolved revision moves only with its closed
 //! timestamps (`Command::Close`, proposed while there is more than one data
-//! region: `node::background::close_idle_regions`). A watch opened before
-//! a split keeps the regions it was opened over, so it misses the events of
-//! keys the split moved out. With one input nothing needs holding back, and the
+//! region: `node::background::close_idle_regions`). A region that splits
+//! publishes a reset: the watch stream then regroups each watcher over
+//! the regions its span touches now and re-reads history, so the keys the
+//! split moved out stay watched. With one input nothing needs holding back, and the
 //! region's batch is handed on as is (shared, not copied): every reader (one
 //! per watch stream and set of regions) gets the same batch, and each
 //! watcher copies only the events it sends. (A copy per watcher per batch

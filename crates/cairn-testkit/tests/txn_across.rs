@@ -5,8 +5,9 @@
 //! in three regions keeps its total under concurrent transfers and reads;
 //! a coordinator that dies after its prewrite or after its primary commit
 //! blocks nobody — whoever meets a lock, or the sweeper, finishes the
-//! transaction from the primary's outcome; and a watch over the regions
-//! gets a transaction's events together, in order.
+//! transaction from the primary's outcome; a watch over the regions
+//! gets a transaction's events together, in order; and a watch opened
+//! before a split still sees the keys the split moved out.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -445,6 +446,52 @@ async fn a_watch_gets_a_txn_across_regions_together_and_in_order() {
             let all = want.iter().filter(|(r, _)| r == last).count();
             assert_eq!(n, all, "revision {last} split across responses");
         }
+        for e in r.events {
+            let kv = e.kv.unwrap();
+            got.push((kv.mod_revision, String::from_utf8(kv.key).unwrap()));
+        }
+    }
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_opened_before_a_split_sees_the_keys_it_moved() {
+    use cairn_api::etcdserverpb::WatchCreateRequest;
+    use cairn_testkit::watch::WatchStream;
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    let mut client = c.kv(0).await;
+    let mut want = Vec::new();
+    for (i, k) in ["ka", "kz", "kb"].iter().enumerate() {
+        want.push((
+            kv::put(&mut client, k, &i.to_string()).await.unwrap(),
+            k.to_string(),
+        ));
+    }
+    // Split inside the watched span, twice, then write on every side.
+    split(&c, "km").await;
+    split(&c, "kt").await;
+    for (i, k) in ["ka", "kz", "kp", "kb", "kx"].iter().enumerate() {
+        want.push((
+            kv::put(&mut client, k, &i.to_string()).await.unwrap(),
+            k.to_string(),
+        ));
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < want.len() {
+        assert!(Instant::now() < deadline, "got {got:?}, want {want:?}");
+        let Some(r) = w.next(Duration::from_secs(5)).await else {
+            continue;
+        };
         for e in r.events {
             let kv = e.kv.unwrap();
             got.push((kv.mod_revision, String::from_utf8(kv.key).unwrap()));

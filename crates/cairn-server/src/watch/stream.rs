@@ -323,14 +323,13 @@ impl Stream {
             // Fell behind the bounded feed, or a replica was replaced by a
             // snapshot: subscribe again and replay from MVCC.
             HubItem::Discontinuity => {
-                let group = &mut self.groups[g];
                 tracing::debug!(
-                    regions = ?group.key,
-                    watchers = group.members.len(),
-                    "watch feed broke (lagged or snapshot installed): replaying from MVCC"
+                    regions = ?self.groups[g].key,
+                    watchers = self.groups[g].members.len(),
+                    "watch feed broke (lagged, snapshot installed or split): replaying from MVCC"
                 );
-                group.resubscribe();
-                let members = group.members.clone();
+                let members = self.regroup(g).await;
+                self.groups[g].resubscribe();
                 for id in members {
                     let live = match self.watchers.get_mut(&id).map(|w| &mut w.mode) {
                         Some(Mode::Replaying { pending, again, .. }) => {
@@ -345,11 +344,50 @@ impl Stream {
                         return false;
                     }
                 }
+                self.groups.retain(|g| !g.members.is_empty());
                 true
             }
             // The node is shutting down.
             HubItem::Closed => false,
         }
+    }
+
+    /// After a split, the members of group `g` whose span now touches
+    /// other regions move to the group of those regions (opened if new);
+    /// returns every member of `g` before the move, each to be replayed.
+    /// Waits (briefly) until the regions hosted here cover each span: the
+    /// child of a split is started here just after the split applies.
+    async fn regroup(&mut self, g: usize) -> Vec<i64> {
+        let members = self.groups[g].members.clone();
+        for &id in &members {
+            let Some(span) = self.watchers.get(&id).map(|w| w.filter.span.clone()) else {
+                continue;
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let (key, regions) = loop {
+                let (key, regions) = group::touched(&self.ctx, &span);
+                if regions.covers(&span) || std::time::Instant::now() >= deadline {
+                    break (key, regions);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            };
+            if key == self.groups[g].key {
+                continue;
+            }
+            self.groups[g].members.retain(|m| *m != id);
+            let to = match self.groups.iter().position(|x| x.key == key) {
+                Some(to) => to,
+                None => {
+                    self.groups.push(Group::open(key.clone(), regions));
+                    self.groups.len() - 1
+                }
+            };
+            self.groups[to].members.push(id);
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.group = key;
+            }
+        }
+        members
     }
 
     /// Progress notifications for quiet watchers that asked for them.
