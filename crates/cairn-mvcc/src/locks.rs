@@ -45,6 +45,9 @@ pub type KeySpan = (Vec<u8>, Vec<u8>);
 pub struct Lock {
     /// The region holding the transaction's primary lock.
     pub primary: u64,
+    /// Every region the transaction locks, the primary first (whoever
+    /// resolves it finishes them all, then the primary forgets it).
+    pub regions: Vec<u64>,
     /// The spans locked here.
     pub spans: Vec<KeySpan>,
     /// The region's revision when the lock was placed.
@@ -126,6 +129,14 @@ impl Locks {
             .map_or(current, |f| f.min(current))
     }
 
+    /// Some held lock, if any (what a split or a compaction waits for).
+    pub fn any(&self) -> Option<LockRef> {
+        self.held.iter().next().map(|(ts, l)| LockRef {
+            start_ts: *ts,
+            primary: l.primary,
+        })
+    }
+
     /// Whether `span` overlaps any held lock at all.
     pub fn any_overlap(&self, span: &KeySpan) -> bool {
         self.held
@@ -183,6 +194,9 @@ pub fn footprint(req: &TxnRequest) -> Vec<KeySpan> {
     }
     let mut out = Vec::new();
     walk(req, &mut out);
+    // A range whose end is not past its key names no key (etcd answers
+    // it empty): nothing to lock.
+    out.retain(|(start, end)| end.is_empty() || start < end);
     out.sort();
     out.dedup();
     out
@@ -196,6 +210,7 @@ mod tests {
     fn lock(spans: &[(&str, &str)], floor: i64) -> Lock {
         Lock {
             primary: 1,
+            regions: vec![1],
             spans: spans
                 .iter()
                 .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))

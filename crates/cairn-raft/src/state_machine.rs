@@ -841,7 +841,7 @@ impl StateMachine {
                     // Locks hold revisions above `resolved` open (a commit
                     // may land below the current revision): compact once
                     // they are gone.
-                    if let Some(lock) = state.locks.conflict(&[(Vec::new(), Vec::new())], None) {
+                    if let Some(lock) = state.locks.any() {
                         return Ok((WriteBatch::new(), Reply::Locked(lock)));
                     }
                 }
@@ -954,11 +954,12 @@ impl StateMachine {
             Command::Prewrite {
                 start_ts,
                 primary,
+                regions,
                 spans,
                 txn,
             } => Ok((
                 WriteBatch::new(),
-                txn_locks::prewrite(state, start_ts, primary, spans, txn),
+                txn_locks::prewrite(state, start_ts, primary, regions, spans, txn),
             )),
             Command::CommitLocked {
                 start_ts,
@@ -993,7 +994,7 @@ impl StateMachine {
             )),
             Command::Split { .. } if !state.locks.is_empty() => {
                 // Locks stay with their region until it is free of them.
-                let first = state.locks.conflict(&[(Vec::new(), Vec::new())], None);
+                let first = state.locks.any();
                 Ok((WriteBatch::new(), first.map_or(Reply::Done, Reply::Locked)))
             }
             Command::Split { at, child, epoch } => {

@@ -115,12 +115,16 @@ pub enum Command {
     /// Data region: phase one of a transaction across regions (see
     /// `cairn_mvcc::locks`): lock `spans` (all inside the region) for the
     /// transaction started at `start_ts`, whose primary lock is in region
-    /// `primary`; `txn` is its prost-encoded `TxnRequest`. Refused with
-    /// [`Reply::Locked`] if another transaction's lock overlaps, with
-    /// [`Reply::Outcome`] if the transaction was already rolled back.
+    /// `primary`, locking `regions` (the primary first); `txn` is its
+    /// prost-encoded `TxnRequest`. Replies [`Reply::Revision`] with the
+    /// lock's floor (the region's revision now: the commit timestamp must
+    /// be above it); refused with [`Reply::Locked`] if another
+    /// transaction's lock overlaps, with [`Reply::Outcome`] if the
+    /// transaction was already settled.
     Prewrite {
         start_ts: i64,
         primary: u64,
+        regions: Vec<u64>,
         spans: Vec<cairn_mvcc::locks::KeySpan>,
         txn: Vec<u8>,
     },
@@ -138,8 +142,9 @@ pub enum Command {
     /// (rolled back at its primary).
     RollbackLocked { start_ts: i64 },
     /// Primary region: settle transaction `start_ts`'s fate: its outcome
-    /// if decided, else roll it back (drop the lock, record the rollback).
-    /// Replies [`Reply::Outcome`].
+    /// if decided, else, if its lock is here, roll it back (drop the lock,
+    /// record the rollback). Replies [`Reply::Outcome`] (`None`: nothing
+    /// known — never locked here, or finished and forgotten).
     ResolvePrimary { start_ts: i64 },
     /// Primary region: forget transaction `start_ts`'s outcome (every part
     /// of it is finished).

@@ -63,6 +63,15 @@ impl SpanRegions {
         self.regions.iter().map(|(r, _, _)| r.region).collect()
     }
 
+    /// The lowest resolved revision of the regions (0: none).
+    pub fn resolved(&self) -> i64 {
+        self.regions
+            .iter()
+            .map(|(r, _, _)| r.resolved())
+            .min()
+            .unwrap_or(0)
+    }
+
     /// True when the regions cover every key of `span` (a region born by
     /// a split may not be started here yet).
     pub fn covers(&self, span: &cairn_mvcc::Span) -> bool {

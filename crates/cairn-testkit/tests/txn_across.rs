@@ -205,6 +205,17 @@ async fn a_txn_across_regions_commits_at_one_revision_as_etcd_answers() {
         );
         assert!(!all.iter().any(|(k, _, _)| k == "b"), "node {i}: {all:?}");
     }
+    // A range whose end is before its key names no key, as in etcd: the
+    // txn across regions still commits, and the range reads nothing.
+    let inverted = TxnRequest {
+        success: vec![put("c", "1"), put("t", "1"), get_op("z", "a")],
+        ..Default::default()
+    };
+    let r = client.txn(inverted).await.unwrap().into_inner();
+    match &r.responses[2].response {
+        Some(Response::ResponseRange(range)) => assert!(range.kvs.is_empty()),
+        other => panic!("{other:?}"),
+    }
     // Again: the compares fail now, the failure branch runs.
     let again = client.txn(req).await.unwrap().into_inner();
     assert!(!again.succeeded);

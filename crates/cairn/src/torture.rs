@@ -5,7 +5,8 @@
 //! (in-process, or `--cluster process` for `cairn serve` processes), runs
 //! the recorded workload under the nemesis, writes the history and checks
 //! it (linearizability + watch guarantees, lock mutual exclusion and
-//! fencing, lease safety); exit status 1 on a violation.
+//! fencing, lease safety, and with `--bank-accounts` the bank total);
+//! exit status 1 on a violation.
 //! `--secured` runs the same on a secured cluster (TLS on both ports,
 //! client certificates, auth on).
 //! `cairn check linearizable HISTORY.jsonl` checks any history file in the
@@ -60,6 +61,14 @@ pub struct TortureArgs {
     /// (0: none).
     #[arg(long, default_value_t = 2)]
     pub access_users: usize,
+    /// Bank accounts, spread over regions by the `split` nemesis, with
+    /// clients transferring between them by Txn and readers checking the
+    /// total (0: no bank workload).
+    #[arg(long, default_value_t = 0)]
+    pub bank_accounts: usize,
+    /// Clients of the bank workload.
+    #[arg(long, default_value_t = 4)]
+    pub bank_clients: usize,
     /// Set by a scenario: how long each fault is held.
     #[arg(skip)]
     pub fault_hold: Option<(Duration, Duration)>,
@@ -141,6 +150,9 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
             a.lease_clients = n;
         }
         a.secured |= s.secured;
+        if s.bank_accounts > 0 {
+            a.bank_accounts = s.bank_accounts;
+        }
     }
     if a.secured {
         cairn_testkit::secured::enable();
@@ -185,6 +197,8 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
             .unwrap_or((Duration::from_millis(500), Duration::from_millis(2500))),
         lease_ttl: a.lease_ttl.unwrap_or((2, 5)),
         access_users: a.access_users,
+        bank_accounts: a.bank_accounts,
+        bank_clients: a.bank_clients,
         ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;

@@ -21,9 +21,13 @@ pub(super) fn prewrite(
     state: &mut Applied,
     start_ts: i64,
     primary: u64,
+    regions: Vec<u64>,
     spans: Vec<KeySpan>,
     txn: Vec<u8>,
 ) -> Reply {
+    if spans.is_empty() {
+        return Reply::Invalid("a prewrite locking nothing".into());
+    }
     let range = &state.range;
     if spans
         .iter()
@@ -35,8 +39,8 @@ pub(super) fn prewrite(
         // Settled already (a resolver rolled it back before this arrived).
         return Reply::Outcome(Some(o.clone()));
     }
-    if state.locks.held.contains_key(&start_ts) {
-        return Reply::Done; // a retried prewrite
+    if let Some(l) = state.locks.held.get(&start_ts) {
+        return Reply::Revision(l.floor); // a retried prewrite
     }
     let Ok(req) = TxnRequest::decode(txn.as_slice()) else {
         return Reply::Invalid("undecodable transaction".into());
@@ -47,16 +51,18 @@ pub(super) fn prewrite(
     if let Some(other) = state.locks.conflict(&spans, None) {
         return Reply::Locked(other);
     }
+    let floor = state.current_revision;
     state.locks.held.insert(
         start_ts,
         Lock {
             primary,
+            regions,
             spans,
-            floor: state.current_revision,
+            floor,
             txn,
         },
     );
-    Reply::Done
+    Reply::Revision(floor)
 }
 
 /// Commits this region's part of transaction `start_ts` (see
@@ -125,7 +131,12 @@ pub(super) fn resolve_primary(state: &mut Applied, start_ts: i64) -> Reply {
     if let Some(o) = state.locks.outcomes.get(&start_ts) {
         return Reply::Outcome(Some(o.clone()));
     }
-    state.locks.held.remove(&start_ts);
+    if state.locks.held.remove(&start_ts).is_none() {
+        // Never locked here (a prewrite still on its way would lock with
+        // no secondary behind it: the sweeper rolls that back), or
+        // finished and forgotten. Nothing to record.
+        return Reply::Outcome(None);
+    }
     state.locks.outcomes.insert(start_ts, Outcome::RolledBack);
     Reply::Outcome(Some(Outcome::RolledBack))
 }

@@ -182,12 +182,20 @@ impl Stream {
             }
             self.next_id
         };
-        // The created response goes out before any event of the watcher.
-        if !send(&self.out, response(ctx, id, |r| r.created = true)).await {
-            return false;
-        }
         let span = cairn_mvcc::Span::new(&c.key, &c.range_end);
         let (key, regions) = group::touched(ctx, &span);
+        // The created response goes out before any event of the watcher,
+        // with the revision every region watched has resolved: events
+        // above it are still to come (a transaction across regions may
+        // yet commit at or below a region's newest revision).
+        let now = regions.resolved();
+        let mut created = response(ctx, id, |r| r.created = true);
+        if let Some(h) = created.header.as_mut() {
+            h.revision = now;
+        }
+        if !send(&self.out, created).await {
+            return false;
+        }
         let g = match self.groups.iter().position(|g| g.key == key) {
             Some(g) => g,
             None => {
@@ -196,7 +204,7 @@ impl Stream {
             }
         };
         self.groups[g].members.push(id);
-        let w = Watcher::new(&c, key, self.ctx.node.revision());
+        let w = Watcher::new(&c, key, now);
         self.watchers.insert(id, w);
         self.replay(id).await
     }

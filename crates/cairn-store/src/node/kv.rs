@@ -220,6 +220,13 @@ impl Node {
             .map(|s| s.range.clone())
             .unwrap_or_default();
         let (snap, revs) = r.shared.read_view();
+        // Up to the resolved revision: above it a transaction across
+        // regions may still commit, and the hash would change after.
+        let revision = if revision > 0 {
+            revision
+        } else {
+            r.shared.resolved()
+        };
         self.spans
             .run(move || cairn_mvcc::hash_kv_range(&*snap, revision, revs, &range))
             .await?

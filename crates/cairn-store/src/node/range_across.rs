@@ -202,10 +202,21 @@ impl Node {
         let stale = super::kv::StaleRoutes::new();
         let mut at = self.read_timestamp().await?;
         loop {
-            let Some(views) = self.regions_caught_up_at(b"", None, at, None).await? else {
+            // Every lock placed below the revision is finished first: a
+            // transaction committed in one region and not yet in another
+            // would otherwise be half in the backup.
+            let everything: KeySpan = (Vec::new(), Vec::new());
+            let Some(views) = self
+                .regions_caught_up_at(b"", None, at, Some(&everything))
+                .await?
+            else {
                 stale.wait().await?;
                 continue;
             };
+            if let Some((region, lock)) = views.iter().find_map(|(_, l)| *l) {
+                self.resolve_lock(region, lock).await?;
+                continue;
+            }
             let views: Vec<RegionView> = views.into_iter().map(|(v, _)| v).collect();
             let compacted =
                 |views: &[RegionView]| views.iter().map(|(_, r, _)| r.compacted).max().unwrap_or(0);

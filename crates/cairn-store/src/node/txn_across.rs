@@ -8,12 +8,14 @@
 //!    branch it takes, cut at region boundaries; the region holding the
 //!    lowest key is the *primary*.
 //! 2. **Prewrite.** A start timestamp from the TSO names the transaction.
-//!    The primary's lock is placed first, then every other region's at
-//!    once. A lock of another transaction in the way: release ours, wait
-//!    for (or resolve) that one, start again.
+//!    Locks are placed region by region in key order, the primary's first.
+//!    A lock of another transaction in the way is waited for (or resolved
+//!    once it outlives its TTL) while ours stay: every transaction locks
+//!    in the same order, so none waits on one that waits on it.
 //! 3. **Evaluate.** Once every region's replica here has applied its
 //!    lock, nothing else can write the footprint. A commit timestamp from
-//!    the TSO; then the whole transaction runs here, on one engine view
+//!    the TSO (above every lock's floor, the region's revision when it was
+//!    placed); then the whole transaction runs here, on one engine view
 //!    (regions share the node's engine) at `commit_ts - 1`: compares,
 //!    branches, ranges with read-your-writes, `prev_kv`s — the response,
 //!    and the branch path.
@@ -126,48 +128,51 @@ impl Node {
         let txn = req.encode_to_vec();
         let start_ts = self.read_timestamp().await?;
         let primary = parts[0].0;
-        let prewrite = |region: u64, spans: Vec<KeySpan>| {
+        let regions: Vec<u64> = parts.iter().map(|(r, _)| *r).collect();
+        // 2. In key order, the primary first, one region after another: a
+        // lock in the way is waited for (or resolved) while ours stay, and
+        // since every transaction locks in the same order, no two wait on
+        // each other.
+        let mut locked: Vec<u64> = Vec::with_capacity(parts.len());
+        let mut floor = 0;
+        for (region, spans) in &parts {
             let cmd = Command::Prewrite {
                 start_ts,
                 primary,
-                spans,
+                regions: regions.clone(),
+                spans: spans.clone(),
                 txn: txn.clone(),
             };
-            async move {
-                self.checked_submit(region, access, ForwardOp::Plain(cmd), false)
-                    .await
+            loop {
+                let res = self
+                    .checked_submit(*region, access, ForwardOp::Plain(cmd.clone()), false)
+                    .await;
+                match res {
+                    Ok(ForwardOk::Reply(Reply::Revision(f))) => {
+                        floor = floor.max(f);
+                        locked.push(*region);
+                        break;
+                    }
+                    Ok(ForwardOk::Reply(Reply::Locked(other))) => {
+                        if let Err(e) = self.resolve_lock(*region, other).await {
+                            self.release(start_ts, primary, &locked).await;
+                            return Err(e);
+                        }
+                    }
+                    Ok(ForwardOk::Reply(Reply::Outcome(_))) => {
+                        // Settled meanwhile (rolled back while we waited).
+                        self.release(start_ts, primary, &locked).await;
+                        return Ok(Attempt::Again);
+                    }
+                    other => {
+                        self.release(start_ts, primary, &locked).await;
+                        return match other {
+                            Ok(ok) => ok.reply().map(|_| Attempt::Again),
+                            Err(e) => Err(e),
+                        };
+                    }
+                }
             }
-        };
-        // 2. The primary first, then the rest at once.
-        let first = prewrite(primary, parts[0].1.clone()).await;
-        if let Some(again) = self
-            .prewritten(primary, first, start_ts, primary, &[])
-            .await?
-        {
-            return Ok(again);
-        }
-        let rest = join_all(
-            parts[1..]
-                .iter()
-                .map(|(region, spans)| prewrite(*region, spans.clone())),
-        )
-        .await;
-        let mut locked = vec![primary];
-        let mut blocked = None;
-        for ((region, _), res) in parts[1..].iter().zip(rest) {
-            match res {
-                Ok(ForwardOk::Reply(Reply::Done)) => locked.push(*region),
-                other => blocked = blocked.or(Some((*region, other))),
-            }
-        }
-        if let Some((region, res)) = blocked {
-            return match self
-                .prewritten(region, res, start_ts, primary, &locked)
-                .await?
-            {
-                Some(again) => Ok(again),
-                None => Err(Error::Internal("a refused prewrite was not handled".into())),
-            };
         }
         if crash == Some(CoordinatorCrash::AfterPrewrite) {
             return Ok(Attempt::Again);
@@ -178,20 +183,28 @@ impl Node {
             self.release(start_ts, primary, &locked).await;
             return Err(e);
         }
-        let commit_ts = match self.read_timestamp().await {
-            Ok(t) => t,
-            Err(e) => {
-                self.release(start_ts, primary, &locked).await;
-                return Err(e);
+        // Above every lock's floor: the TSO hands out timestamps above
+        // every revision written before the prewrites, so the first one
+        // is; a region whose revision ran past the TSO would get another.
+        let commit_ts = loop {
+            match self.read_timestamp().await {
+                Ok(t) if t > floor => break t,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(e) => {
+                    self.release(start_ts, primary, &locked).await;
+                    return Err(e);
+                }
             }
         };
+        let view = self.region(primary)?.shared.engine().snapshot();
+        // Read after the view: a compaction in between would otherwise go
+        // unnoticed by a range at an explicit revision.
         let compacted = parts
             .iter()
             .filter_map(|(region, _)| self.region(*region).ok())
             .map(|r| r.shared.revisions().compacted)
             .max()
             .unwrap_or(0);
-        let view = self.region(primary)?.shared.engine().snapshot();
         let whole = req.clone();
         let evaluated = self
             .spans
@@ -272,33 +285,6 @@ impl Node {
         Ok(Attempt::Done(out.response))
     }
 
-    /// Handles a prewrite's answer in `region`: `None` if it locked,
-    /// else the attempt ends — our locks in `locked` released first, then
-    /// a lock in the way waited for or resolved (`Again`), or the refusal
-    /// returned.
-    async fn prewritten(
-        &self,
-        region: u64,
-        res: Result<ForwardOk>,
-        start_ts: i64,
-        primary: u64,
-        locked: &[u64],
-    ) -> Result<Option<Attempt>> {
-        if let Ok(ForwardOk::Reply(Reply::Done)) = res {
-            return Ok(None);
-        }
-        self.release(start_ts, primary, locked).await;
-        match res {
-            Ok(ForwardOk::Reply(Reply::Locked(other))) => {
-                self.resolve_lock(region, other).await?;
-                Ok(Some(Attempt::Again))
-            }
-            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Some(Attempt::Again)),
-            Ok(ok) => ok.reply().map(|_| Some(Attempt::Again)),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Rolls back an attempt's locks: settles it at the primary (as
     /// rolled back, unless it committed) and drops the other `locked`
     /// regions' locks. Best effort: a lock left is resolved by whoever
@@ -324,13 +310,15 @@ impl Node {
                 ForwardOp::Plain(Command::RollbackLocked { start_ts }),
             )
         });
-        join_all(rollbacks).await;
-        let _ = self
-            .submit(
-                primary,
-                ForwardOp::Plain(Command::ForgetOutcome { start_ts }),
-            )
-            .await;
+        // The outcome goes only once no part is left to finish from it.
+        if join_all(rollbacks).await.iter().all(|r| r.is_ok()) {
+            let _ = self
+                .submit(
+                    primary,
+                    ForwardOp::Plain(Command::ForgetOutcome { start_ts }),
+                )
+                .await;
+        }
     }
 
     /// `spans` cut at the boundaries of the regions hosted here, by region

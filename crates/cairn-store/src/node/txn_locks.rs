@@ -2,8 +2,10 @@
 //! `cairn_mvcc::locks` and `node::txn_across`): wait for it, and if it
 //! outlives [`LOCK_TTL`] — its coordinator crashed or stalled — settle the
 //! transaction's fate at its primary region (which rolls it back if still
-//! undecided) and finish this region's part the same way. Nobody ever
-//! waits on a dead coordinator for longer than that.
+//! undecided), finish every region it locked the same way, and have the
+//! primary forget the outcome. Nobody ever waits on a dead coordinator
+//! for longer than that, and no outcome outlives its transaction's locks
+//! for long.
 //!
 //! A sweeper does the same for locks nobody meets: every region this node
 //! leads is looked at each second, and a lock seen twice [`LOCK_TTL`]
@@ -48,10 +50,16 @@ impl Node {
         self.settle(region, lock).await
     }
 
-    /// Settles `lock`'s transaction at its primary and finishes its part
-    /// in `region`.
+    /// Settles `lock`'s transaction at its primary and finishes it: every
+    /// region it locked (as the lock met in `region` lists them) committed
+    /// or rolled back from the outcome, then the outcome forgotten.
     async fn settle(&self, region: u64, lock: LockRef) -> Result<()> {
         let start_ts = lock.start_ts;
+        let regions = self
+            .region(region)?
+            .shared
+            .with_applied(|a| a.locks.held.get(&start_ts).map(|l| l.regions.clone()))
+            .unwrap_or_else(|| vec![lock.primary, region]);
         let outcome = self
             .submit(
                 lock.primary,
@@ -59,30 +67,30 @@ impl Node {
             )
             .await?
             .outcome()?;
-        if region == lock.primary {
-            return Ok(()); // ResolvePrimary dropped the lock, if undecided
+        let parts = regions.into_iter().filter(|r| *r != lock.primary);
+        let finish = |part: u64| {
+            let op = match &outcome {
+                Some(Outcome::Committed { commit_ts, path }) => ForwardOp::CommitLocked {
+                    start_ts,
+                    commit_ts: *commit_ts,
+                    path: path.clone(),
+                },
+                // Rolled back; or nothing known at the primary, so nothing
+                // of it committed (a lock seen on a replica behind).
+                _ => ForwardOp::Plain(Command::RollbackLocked { start_ts }),
+            };
+            async move { self.submit(part, op).await.and_then(|ok| ok.reply()) }
+        };
+        let finished = futures::future::join_all(parts.map(finish)).await;
+        if let Some(Err(e)) = finished.iter().find(|r| r.is_err()) {
+            return Err(e.clone());
         }
-        match outcome {
-            Some(Outcome::Committed { commit_ts, path }) => {
-                self.submit(
-                    region,
-                    ForwardOp::CommitLocked {
-                        start_ts,
-                        commit_ts,
-                        path,
-                    },
-                )
-                .await?
-                .outcome()?;
-            }
-            Some(Outcome::RolledBack) | None => {
-                self.submit(
-                    region,
-                    ForwardOp::Plain(Command::RollbackLocked { start_ts }),
-                )
-                .await?
-                .applied()?;
-            }
+        if outcome.is_some() {
+            self.submit(
+                lock.primary,
+                ForwardOp::Plain(Command::ForgetOutcome { start_ts }),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -20,6 +20,7 @@
 //! comes from one seed, so a failing run is rerun with `--seed`.
 
 pub mod access;
+pub mod bank;
 pub mod leases;
 pub mod locks;
 pub mod nemesis;
@@ -69,6 +70,9 @@ pub struct Config {
     pub lease_ttl: (i64, i64),
     /// Users of the access workload (secured clusters only; 0: none).
     pub access_users: usize,
+    /// Bank accounts (0: no bank workload), and clients transferring.
+    pub bank_accounts: usize,
+    pub bank_clients: usize,
 }
 
 impl Config {
@@ -92,6 +96,8 @@ impl Config {
             fault_hold: (Duration::from_millis(500), Duration::from_millis(2500)),
             lease_ttl: (2, 5),
             access_users: 2,
+            bank_accounts: 0,
+            bank_clients: 4,
         }
     }
 }
@@ -121,6 +127,9 @@ pub struct Report {
     /// `None` when the access workload did not run (a plain cluster).
     pub access: Option<access::Outcome>,
     pub access_check: Result<(), String>,
+    /// `None` when the bank workload did not run.
+    pub bank: Option<bank::Outcome>,
+    pub bank_check: Result<(), String>,
 }
 
 impl Report {
@@ -131,6 +140,7 @@ impl Report {
             && self.lock_check.is_ok()
             && self.lease_check.is_ok()
             && self.access_check.is_ok()
+            && self.bank_check.is_ok()
     }
 
     /// A human summary.
@@ -191,6 +201,14 @@ impl Report {
             Ok(()) => "lease safety: holds\n".to_string(),
             Err(w) => format!("lease safety: VIOLATED: {w}\n"),
         };
+        if let Some(b) = &self.bank {
+            s += &b.summary();
+            s += "\n";
+            s += &match &self.bank_check {
+                Ok(()) => "bank total: holds\n".to_string(),
+                Err(w) => format!("bank total: VIOLATED: {w}\n"),
+            };
+        }
         if let Some(a) = &self.access {
             s += &a.summary();
             s += "\n";
@@ -281,6 +299,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.access_users, cfg.seed);
         tokio::spawn(async move { access::run(&endpoints, n, seed, deadline).await })
     });
+    let bank = (cfg.bank_accounts > 1).then(|| {
+        let (endpoints, cfg) = (endpoints.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let (n, clients, seed) = (cfg.bank_accounts, cfg.bank_clients, cfg.seed);
+            bank::run(&endpoints, n, clients, seed, deadline).await
+        })
+    });
     let faults = nemesis::run(
         &mut target,
         &cfg.faults,
@@ -288,8 +313,14 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         epoch,
         deadline,
         cfg.fault_hold,
+        cfg.bank_accounts,
     )
     .await;
+    let bank = match bank {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
+    let bank_check = bank.as_ref().map_or(Ok(()), |b| b.check());
     let locks = match lockers {
         Some(t) => t.await?,
         None => locks::Outcome::default(),
@@ -388,6 +419,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         lease_check,
         access,
         access_check,
+        bank,
+        bank_check,
     })
 }
 

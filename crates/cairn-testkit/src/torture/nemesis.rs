@@ -34,6 +34,13 @@ pub enum Fault {
     CrashAll,
     /// SIGSTOP a random node, later SIGCONT (processes).
     Pause,
+    /// Split the region holding a random bank account at that account
+    /// (in-process): the bank's transfers and reads cross more regions.
+    Split,
+    /// Start a bank transfer across regions and abandon it as if its
+    /// coordinator died, after its prewrite or after its primary commit
+    /// (in-process): whoever meets its locks must finish it.
+    AbandonTxn,
     /// Restart a random node with a crash point armed (one of
     /// `cairn_raft::failpoints::ALL`, or the one named): it dies when it
     /// reaches the point the k-th time; healing restarts it unarmed
@@ -77,6 +84,8 @@ impl Fault {
                 "crash-all" | "kill-all" => out.push(Fault::CrashAll),
                 "pause" => out.push(Fault::Pause),
                 "move-leader" => out.push(Fault::MoveLeader),
+                "split" => out.push(Fault::Split),
+                "abandon-txn" => out.push(Fault::AbandonTxn),
                 "failpoint" => out.push(Fault::Failpoint(None)),
                 other if other.starts_with("failpoint:") => {
                     let name = &other["failpoint:".len()..];
@@ -97,7 +106,9 @@ impl Fault {
                 | Fault::PartitionLeader
                 | Fault::Drop
                 | Fault::Delay
-                | Fault::MoveLeader => !process,
+                | Fault::MoveLeader
+                | Fault::Split
+                | Fault::AbandonTxn => !process,
                 Fault::CrashAll | Fault::Pause => process,
                 Fault::Crash | Fault::CrashLeader => true,
                 Fault::Failpoint(_) => {
@@ -226,7 +237,13 @@ impl Target {
     }
 
     /// Applies `f`; returns a description and the nodes it affected.
-    async fn inject(&mut self, f: Fault, rng: &mut fastrand::Rng) -> (String, Vec<usize>) {
+    /// `accounts`: the bank's accounts (what `Split` and `AbandonTxn` aim at).
+    async fn inject(
+        &mut self,
+        f: Fault,
+        rng: &mut fastrand::Rng,
+        accounts: usize,
+    ) -> (String, Vec<usize>) {
         let n = self.len();
         let random = rng.usize(0..n);
         let leader = self.leader().await.unwrap_or(random);
@@ -260,6 +277,73 @@ impl Target {
                 };
                 (
                     format!("move leader (node {leader} to node {to}): {how}"),
+                    vec![],
+                )
+            }
+            (Fault::Split | Fault::AbandonTxn, Target::InProcess(_)) if accounts < 2 => {
+                (format!("{f:?}: no bank accounts (skipped)"), vec![])
+            }
+            (Fault::Split, Target::InProcess(c)) => {
+                let at = super::bank::account(rng.usize(1..accounts));
+                let node = (0..n)
+                    .filter(|&i| c.is_running(i))
+                    .nth(rng.usize(0..n))
+                    .unwrap_or(0);
+                let how = match c.node(node).route(at.as_bytes()) {
+                    Ok(r) if r.shared.range().start == at.as_bytes() => "already a boundary".into(),
+                    Ok(r) => {
+                        let split = c.node(node).split_region(r.id, at.as_bytes().to_vec());
+                        match tokio::time::timeout(Duration::from_secs(5), split).await {
+                            Ok(Ok(child)) => format!("region {child} born"),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "timed out".into(),
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                };
+                (format!("split at {at} (node {node}): {how}"), vec![])
+            }
+            (Fault::AbandonTxn, Target::InProcess(c)) => {
+                let node = (0..n)
+                    .filter(|&i| c.is_running(i))
+                    .nth(rng.usize(0..n))
+                    .unwrap_or(0);
+                let (a, b) = (rng.usize(0..accounts), rng.usize(0..accounts));
+                let (from, to) = (
+                    super::bank::account(a),
+                    super::bank::account(b.max(a + 1) % accounts),
+                );
+                let mut kv = crate::kv::connect(&c.nodes[node].client_addr).await;
+                let balances = (
+                    super::bank::balance(&mut kv, &from).await,
+                    super::bank::balance(&mut kv, &to).await,
+                );
+                let req = match balances {
+                    (Some(fv), Some(tv)) => super::bank::transfer(&from, &fv, &to, &tv, 7),
+                    _ => None,
+                };
+                let stage = if rng.bool() {
+                    cairn_store::CoordinatorCrash::AfterPrewrite
+                } else {
+                    cairn_store::CoordinatorCrash::AfterPrimaryCommit
+                };
+                let how = match req {
+                    None => "balances unreadable".to_string(),
+                    Some(req) => {
+                        let run = c.node(node).txn_across_then_crash(&req, stage);
+                        match tokio::time::timeout(Duration::from_secs(10), run).await {
+                            Ok(Ok(None)) => format!("abandoned {stage:?}"),
+                            Ok(Ok(Some(_))) => "compares failed: nothing to abandon".into(),
+                            Ok(Err(cairn_store::Error::EpochMismatch)) => {
+                                "both accounts in one region".into()
+                            }
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "timed out".into(),
+                        }
+                    }
+                };
+                (
+                    format!("abandon a transfer {from} -> {to} (node {node}): {how}"),
                     vec![],
                 )
             }
@@ -362,6 +446,7 @@ pub async fn run(
     epoch: Instant,
     deadline: Instant,
     hold: (Duration, Duration),
+    accounts: usize,
 ) -> Vec<(u64, String)> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut log = Vec::new();
@@ -370,7 +455,7 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
     while !faults.is_empty() && Instant::now() + Duration::from_secs(1) < deadline {
         let f = faults[rng.usize(0..faults.len())];
-        let (what, nodes) = target.inject(f, &mut rng).await;
+        let (what, nodes) = target.inject(f, &mut rng, accounts).await;
         log.push((epoch.elapsed().as_millis() as u64, what));
         // An armed node first restarts and catches up: give it longer.
         let hold = match f {

@@ -26,6 +26,8 @@ pub struct Scenario {
     /// On a secured cluster (TLS, client certificates, auth on), with the
     /// access workload.
     pub secured: bool,
+    /// Bank accounts (0: no bank workload).
+    pub bank_accounts: usize,
 }
 
 impl Scenario {
@@ -48,6 +50,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "revision-after-crash-in-compaction",
@@ -60,6 +63,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "crash-in-snapshot",
@@ -72,6 +76,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "watch-at-compaction-revision",
@@ -84,6 +89,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "watch-after-partition",
@@ -96,6 +102,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "lease-renewed-by-isolated-leader",
@@ -116,6 +123,7 @@ pub const ALL: &[Scenario] = &[
         // missed in about one run of five (docs/robustness.md).
         lease_clients: Some(9),
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "lease-checkpoint-across-leader-change",
@@ -128,6 +136,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "lock-waiter-lost-its-lease",
@@ -140,6 +149,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "leader-moved-under-load",
@@ -152,6 +162,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: Some((2, 2)),
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "stale-read-partitioned-member",
@@ -164,6 +175,7 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: false,
+        bank_accounts: 0,
     },
     Scenario {
         name: "permission-revoked-under-faults",
@@ -180,6 +192,20 @@ pub const ALL: &[Scenario] = &[
         lease_ttl: None,
         lease_clients: None,
         secured: true,
+        bank_accounts: 0,
+    },
+    Scenario {
+        name: "bank-across-regions",
+        guards: "a transaction across regions torn, lost or half-committed (a coordinator dying between its phases, regions splitting under it, leaders moving, messages lost): every read of all accounts must see the same total",
+        process: false,
+        nemesis: "split,abandon-txn,partition-leader,crash,move-leader,drop",
+        compact_every: Some(Duration::from_secs(2)),
+        snapshot_count: 1_000,
+        fault_hold: None,
+        lease_ttl: None,
+        lease_clients: None,
+        secured: false,
+        bank_accounts: 8,
     },
 ];
 
