@@ -179,8 +179,8 @@ pub async fn run(
             }
         }));
     }
-    for endpoint in endpoints.iter().cloned() {
-        let out = out.clone();
+    for endpoint in endpoints {
+        let (out, endpoint) = (out.clone(), endpoint.clone());
         tasks.push(tokio::spawn(async move {
             let mut kv = crate::kv::connect(&endpoint).await;
             while Instant::now() < deadline {
