@@ -154,6 +154,11 @@ pub enum Workload {
         /// Puts per transaction.
         #[arg(long, default_value_t = 1)]
         txn_ops: usize,
+        /// Put the i-th op's key under its own first byte (`a`, `b`, …):
+        /// split the keyspace at `b`, `c`, … (`cairn regions split`) and
+        /// every op of a transaction lies in its own region.
+        #[arg(long)]
+        spread: bool,
         /// Maximum requests per second over all clients (0: unlimited).
         #[arg(long, default_value_t = 0)]
         rate: u64,

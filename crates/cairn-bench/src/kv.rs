@@ -148,18 +148,27 @@ pub async fn txn_put(
     total: u64,
     shape: &KeyShape,
     txn_ops: usize,
+    spread: bool,
     rate: u64,
 ) -> RunResult {
     let n = txn_ops as u64;
     let mut r = run_txns(g, chans, total, shape, rate, "txn-put", |_| {
         move |keys: &mut KeyGen, i| {
             (0..n)
-                .map(|j| put_op(keys.key(i * n + j), keys.value.clone()))
+                .map(|j| {
+                    let mut key = keys.key(i * n + j);
+                    if spread {
+                        // Lane j: first byte `a` + j (wrapping in `a`..=`z`).
+                        key.insert(0, b'a' + (j % 26) as u8);
+                    }
+                    put_op(key, keys.value.clone())
+                })
                 .collect()
         }
     })
     .await;
     r.params.insert("txn_ops".into(), json!(txn_ops));
+    r.params.insert("spread".into(), json!(spread));
     r
 }
 

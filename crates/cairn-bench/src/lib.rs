@@ -63,8 +63,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     total,
                     shape,
                     txn_ops,
+                    spread,
                     rate,
-                } => kv::txn_put(g, &chans, *total, shape, *txn_ops, *rate).await,
+                } => kv::txn_put(g, &chans, *total, shape, *txn_ops, *spread, *rate).await,
                 Workload::TxnMixed {
                     total,
                     shape,

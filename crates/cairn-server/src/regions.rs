@@ -1,12 +1,14 @@
 //! Cairn's `Regions` service (`cairnpb`, not part of etcd's API): the data
-//! regions as the serving member sees them, for `cairn regions`. With auth
-//! on it is the root role's, like etcd's admin calls: region boundaries
-//! are keys.
+//! regions as the serving member sees them, for `cairn regions`, and a
+//! split at a key (`cairn regions split`). With auth on it is the root
+//! role's, like etcd's admin calls: region boundaries are keys.
 
 use std::sync::Arc;
 
 use cairn_api::cairnpb::regions_server::Regions;
-use cairn_api::cairnpb::{RegionInfo, RegionListRequest, RegionListResponse};
+use cairn_api::cairnpb::{
+    RegionInfo, RegionListRequest, RegionListResponse, RegionSplitRequest, RegionSplitResponse,
+};
 use cairn_auth::Needs;
 use tonic::{Request, Response, Status};
 
@@ -51,5 +53,33 @@ impl Regions for RegionsService {
             })
             .collect();
         Ok(Response::new(RegionListResponse { regions }))
+    }
+
+    async fn split(
+        &self,
+        req: Request<RegionSplitRequest>,
+    ) -> Result<Response<RegionSplitResponse>, Status> {
+        let access = auth::access(&req, Needs::Admin { maintenance: false });
+        let node = &self.ctx.node;
+        node.authorize(&access).await.map_err(Error::from)?;
+        let key = req.into_inner().key;
+        if key.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+        }
+        let region = node.route(&key).map_err(Error::from)?;
+        if region.shared.range().start == key {
+            return Ok(Response::new(RegionSplitResponse {
+                region: region.id,
+                child: 0,
+            }));
+        }
+        let child = node
+            .split_region(region.id, key)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(RegionSplitResponse {
+            region: region.id,
+            child,
+        }))
     }
 }

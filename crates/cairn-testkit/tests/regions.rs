@@ -2,15 +2,16 @@
 //! gives every replica the new region, requests route by key to the region
 //! holding it, a request routed by a replica behind the split is told and
 //! routed again, the directory in the meta region follows, and a restart
-//! brings every region back; `cairn regions` lists them. Ranges across
-//! regions are read at one timestamp (`range_across.rs` tests them);
-//! writes across regions are refused until they are built
-//! (`Unimplemented`).
+//! brings every region back; `cairn regions` lists them, `cairn regions
+//! split` splits one. Ranges across regions are read at one timestamp
+//! (`range_across.rs` tests them), txns across regions commit by 2PC
+//! (`txn_across.rs`); a lease on a key outside the first region is refused
+//! (`Unimplemented`) until revokes span regions.
 
 use std::time::{Duration, Instant};
 
 use cairn_api::cairnpb::regions_client::RegionsClient;
-use cairn_api::cairnpb::RegionListRequest;
+use cairn_api::cairnpb::{RegionListRequest, RegionSplitRequest};
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
 use cairn_store::{DATA_REGION, META_REGION};
@@ -97,9 +98,34 @@ async fn a_split_region_serves_its_keys_on_every_node_and_after_restart() {
         .unwrap_err();
     assert_eq!(leased.code(), tonic::Code::Unimplemented, "{leased:?}");
 
-    // Split the new region again; the directory in the meta region ends
-    // up with all three ranges at their new epochs.
-    let grandchild = c.node(2).split_region(child, b"t".to_vec()).await.unwrap();
+    // Split the new region again — through the client port's Regions
+    // service this time (`cairn regions split`); the directory in the meta
+    // region ends up with all three ranges at their new epochs.
+    let mut admin = RegionsClient::new(secured::channel(&c.nodes[2].client_addr));
+    let split = admin
+        .split(RegionSplitRequest { key: b"t".to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(split.region, child);
+    let grandchild = split.child;
+    wait_for("node 2 routes t to the grandchild", || {
+        c.node(2).route(b"t").is_ok_and(|r| r.id == grandchild)
+    })
+    .await;
+    // A key that already starts a region splits nothing; an empty one is
+    // refused.
+    let again = admin
+        .split(RegionSplitRequest { key: b"t".to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.region, again.child), (grandchild, 0));
+    let empty = admin
+        .split(RegionSplitRequest { key: Vec::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
     for i in 0..3 {
         wait_for("every node hosts three regions", || {
             ranges(c.node(i)).len() == 3

@@ -405,6 +405,17 @@ async fn a_coordinator_that_dies_blocks_nobody() {
         assert!(Instant::now() < deadline, "locks left standing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // And every outcome is forgotten: by the coordinators that finished,
+    // and by the resolvers that finished for the ones that died.
+    while (0..3).any(|i| {
+        c.node(i)
+            .regions_overlapping(b"", None)
+            .iter()
+            .any(|(r, _, _)| r.shared.with_applied(|a| !a.locks.outcomes.is_empty()))
+    }) {
+        assert!(Instant::now() < deadline, "outcomes never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,23 +1,64 @@
 //! `cairn regions --endpoints E`: one line per data region, as the first
 //! endpoint that answers sees it — ID, start and end key, epoch, leader,
 //! voters, approximate size and write rate (`cairnpb.Regions/List`).
+//! `cairn regions --endpoints E split KEY...` splits the region holding
+//! each key at it (`cairnpb.Regions/Split`), then lists.
 //! Connects as `cairn bench` does (TLS files, `--user`).
 
 use anyhow::Context as _;
 use cairn_api::cairnpb::regions_client::RegionsClient;
-use cairn_api::cairnpb::{RegionInfo, RegionListRequest};
+use cairn_api::cairnpb::{RegionInfo, RegionListRequest, RegionSplitRequest};
 use cairn_bench::args::ConnArgs;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 /// `cairn regions`.
 #[derive(Args, Debug, Clone)]
 pub struct RegionsArgs {
     #[command(flatten)]
     conn: ConnArgs,
+    #[command(subcommand)]
+    action: Option<RegionsAction>,
 }
 
-/// Prints the listing.
+/// What to do besides listing.
+#[derive(Subcommand, Debug, Clone)]
+pub enum RegionsAction {
+    /// Split the region holding each KEY at it (a key that already starts
+    /// a region splits nothing), then list.
+    Split {
+        /// Keys to split at.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+/// Splits if asked, then prints the listing.
 pub async fn run(a: RegionsArgs) -> anyhow::Result<()> {
+    if let Some(RegionsAction::Split { keys }) = &a.action {
+        let ep = a
+            .conn
+            .endpoints
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no --endpoints"))?;
+        let mut client = RegionsClient::new(cairn_bench::conn::connect(&a.conn, ep).await?);
+        for k in keys {
+            let r = client
+                .split(RegionSplitRequest {
+                    key: k.clone().into_bytes(),
+                })
+                .await
+                .with_context(|| format!("splitting at {k:?}"))?
+                .into_inner();
+            if r.child == 0 {
+                eprintln!("{k:?} already starts region {}", r.region);
+            } else {
+                eprintln!(
+                    "split region {} at {k:?}: region {} born",
+                    r.region, r.child
+                );
+            }
+        }
+    }
     let mut last = None;
     for ep in &a.conn.endpoints {
         let listed = async {

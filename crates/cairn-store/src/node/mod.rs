@@ -140,6 +140,9 @@ pub struct Node {
     hosting: tokio::sync::Mutex<()>,
     /// Each data region's recent write rate (see `report`).
     write_rates: parking_lot::Mutex<std::collections::BTreeMap<u64, report::WriteRate>>,
+    /// Outcomes of finished transactions across regions, `(primary
+    /// region, start_ts)`, for the background to have forgotten.
+    forgets: parking_lot::Mutex<Vec<(u64, i64)>>,
 }
 
 impl Node {

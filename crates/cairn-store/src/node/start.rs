@@ -165,6 +165,7 @@ impl Node {
                 timestamps,
                 hosting: tokio::sync::Mutex::new(()),
                 write_rates: Default::default(),
+                forgets: Default::default(),
             }
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
@@ -186,6 +187,7 @@ impl Node {
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
         tokio::spawn(background::close_idle_regions(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
+        tokio::spawn(super::txn_locks::forget_outcomes(Arc::downgrade(&node)));
         for r in node.regions.all() {
             tokio::spawn(background::count_leader_changes(r.id, r.raft.metrics()));
         }

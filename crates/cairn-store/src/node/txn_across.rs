@@ -8,10 +8,13 @@
 //!    branch it takes, cut at region boundaries; the region holding the
 //!    lowest key is the *primary*.
 //! 2. **Prewrite.** A start timestamp from the TSO names the transaction.
-//!    Locks are placed region by region in key order, the primary's first.
-//!    A lock of another transaction in the way is waited for (or resolved
-//!    once it outlives its TTL) while ours stay: every transaction locks
-//!    in the same order, so none waits on one that waits on it.
+//!    The primary's lock first (a secondary lock must never exist without
+//!    it: resolvers trust the primary), then every other region's at once.
+//!    A lock of another transaction in the way: ours above it are let go,
+//!    that lock is waited for (or resolved once it outlives its TTL) while
+//!    ours below it stay, and locking goes on region by region in key
+//!    order — a transaction waits only while holding locks below the one
+//!    it waits for, so none waits on one that waits on it.
 //! 3. **Evaluate.** Once every region's replica here has applied its
 //!    lock, nothing else can write the footprint. A commit timestamp from
 //!    the TSO (above every lock's floor, the region's revision when it was
@@ -26,7 +29,8 @@
 //!    answered, so no write below the commit lands after it. The client is
 //!    answered once every part is committed (a part that fails is finished
 //!    by whoever meets its lock, from the primary's outcome), and the
-//!    primary then forgets the outcome.
+//!    primary forgets the outcome a little later (`forget_later`: many at
+//!    once, in the background).
 //!
 //! A coordinator that dies anywhere never blocks anyone: a request that
 //! meets its lock waits [`super::txn_locks::LOCK_TTL`], then asks the
@@ -129,44 +133,86 @@ impl Node {
         let start_ts = self.read_timestamp().await?;
         let primary = parts[0].0;
         let regions: Vec<u64> = parts.iter().map(|(r, _)| *r).collect();
-        // 2. In key order, the primary first, one region after another: a
-        // lock in the way is waited for (or resolved) while ours stay, and
-        // since every transaction locks in the same order, no two wait on
-        // each other.
-        let mut locked: Vec<u64> = Vec::with_capacity(parts.len());
-        let mut floor = 0;
-        for (region, spans) in &parts {
+        // 2. The primary first; then the others at once. If some met a
+        // lock, those above the lowest that did are rolled back, and from
+        // there on it goes region by region in key order, a lock in the
+        // way waited for (or resolved) while ours below it stay: every
+        // transaction waits only holding locks below the one it waits
+        // for, so none waits on one that waits on it.
+        let prewrite = |region: u64, spans: Vec<KeySpan>| {
             let cmd = Command::Prewrite {
                 start_ts,
                 primary,
                 regions: regions.clone(),
-                spans: spans.clone(),
+                spans,
                 txn: txn.clone(),
             };
-            loop {
-                let res = self
-                    .checked_submit(*region, access, ForwardOp::Plain(cmd.clone()), false)
-                    .await;
+            async move {
+                self.checked_submit(region, access, ForwardOp::Plain(cmd), false)
+                    .await
+            }
+        };
+        let mut locked: Vec<u64> = Vec::with_capacity(parts.len());
+        let mut floor = 0;
+        let mut next = 0;
+        while next < parts.len() {
+            let batch = if next == 0 { 0..1 } else { next..parts.len() };
+            let answers = join_all(
+                parts[batch.clone()]
+                    .iter()
+                    .map(|(region, spans)| prewrite(*region, spans.clone())),
+            )
+            .await;
+            let mut blocked = None;
+            for (i, res) in batch.zip(answers) {
+                match res {
+                    Ok(ForwardOk::Reply(Reply::Revision(f))) if blocked.is_none() => {
+                        floor = floor.max(f);
+                        locked.push(parts[i].0);
+                        next = i + 1;
+                    }
+                    Ok(ForwardOk::Reply(Reply::Revision(_))) => {
+                        // Locked above a region that was not: let it go
+                        // (taken again in order).
+                        let undo = Command::RollbackLocked { start_ts };
+                        let _ = self.submit(parts[i].0, ForwardOp::Plain(undo)).await;
+                    }
+                    Ok(ForwardOk::Reply(Reply::Locked(other))) if blocked.is_none() => {
+                        blocked = Some((parts[i].0, other));
+                    }
+                    Ok(ForwardOk::Reply(Reply::Locked(_))) => {}
+                    other => {
+                        self.release(start_ts, primary, &locked).await;
+                        // A prewrite that landed after all (its answer lost):
+                        // the sweeper rolls it back.
+                        return match other {
+                            // Settled meanwhile (rolled back while we waited).
+                            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Attempt::Again),
+                            Ok(ok) => ok.reply().map(|_| Attempt::Again),
+                            Err(e) => Err(e),
+                        };
+                    }
+                }
+            }
+            if let Some((region, other)) = blocked {
+                if let Err(e) = self.resolve_lock(region, other).await {
+                    self.release(start_ts, primary, &locked).await;
+                    return Err(e);
+                }
+                // Then this region alone, and on in order.
+                let (region, spans) = &parts[next];
+                let res = prewrite(*region, spans.clone()).await;
                 match res {
                     Ok(ForwardOk::Reply(Reply::Revision(f))) => {
                         floor = floor.max(f);
                         locked.push(*region);
-                        break;
+                        next += 1;
                     }
-                    Ok(ForwardOk::Reply(Reply::Locked(other))) => {
-                        if let Err(e) = self.resolve_lock(*region, other).await {
-                            self.release(start_ts, primary, &locked).await;
-                            return Err(e);
-                        }
-                    }
-                    Ok(ForwardOk::Reply(Reply::Outcome(_))) => {
-                        // Settled meanwhile (rolled back while we waited).
-                        self.release(start_ts, primary, &locked).await;
-                        return Ok(Attempt::Again);
-                    }
+                    Ok(ForwardOk::Reply(Reply::Locked(_))) => {} // wait again
                     other => {
                         self.release(start_ts, primary, &locked).await;
                         return match other {
+                            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Attempt::Again),
                             Ok(ok) => ok.reply().map(|_| Attempt::Again),
                             Err(e) => Err(e),
                         };
@@ -275,12 +321,10 @@ impl Node {
             }
         }
         if finished {
-            // Every part is in: the outcome is needed no more. (Left, it
-            // would only cost room in the primary's record.)
-            let forget = Command::ForgetOutcome { start_ts };
-            if let Err(e) = self.submit(primary, ForwardOp::Plain(forget)).await {
-                tracing::debug!(start_ts, "forgetting an outcome: {e}");
-            }
+            // Every part is in: the outcome is needed no more. Forgotten in
+            // the background, many at once (not a Raft round more before
+            // the client's answer).
+            self.forget_later(primary, start_ts);
         }
         Ok(Attempt::Done(out.response))
     }

@@ -96,6 +96,47 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Has the primary region forget transaction `start_ts`'s outcome
+    /// soon ([`forget_outcomes`]).
+    pub(crate) fn forget_later(&self, primary: u64, start_ts: i64) {
+        self.forgets.lock().push((primary, start_ts));
+    }
+}
+
+/// How often finished transactions' outcomes are forgotten.
+const FORGET_EVERY: Duration = Duration::from_millis(100);
+
+/// Forgets the outcomes queued by [`Node::forget_later`]: one proposal per
+/// primary region for all of its queued ones (a `Command::Batch`). One
+/// that fails stays for the sweeper's resolvers to forget, or lingers (a
+/// few bytes in the region's record).
+pub(super) async fn forget_outcomes(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(FORGET_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        let queued = std::mem::take(&mut *n.forgets.lock());
+        let mut by_region: BTreeMap<u64, Vec<Command>> = BTreeMap::new();
+        for (primary, start_ts) in queued {
+            by_region
+                .entry(primary)
+                .or_default()
+                .push(Command::ForgetOutcome { start_ts });
+        }
+        for (region, cmds) in by_region {
+            if let Err(e) = n
+                .submit(region, ForwardOp::Plain(Command::Batch(cmds)))
+                .await
+            {
+                tracing::debug!(region, "forgetting outcomes: {e}");
+            }
+        }
+    }
+}
+
 /// How often the sweeper looks at the locks of the regions this node leads.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# What a Txn across regions costs (issue 17): the same multi-key Txns —
+# `cairn bench txn-put --txn-ops N --spread`, op i's key under its own
+# first byte — against real etcd, against Cairn with one data region
+# (every txn one Raft proposal, 1PC), and against Cairn split at `b` … `h`
+# (each op in its own region: a two-phase commit across N regions). Three
+# 3-member clusters on loopback, runs interleaved (etcd, one region, eight
+# regions, …) so machine drift cancels out.
+#
+#   bench/regions.sh          # ~10 min on 2 cores
+#
+# Env: ROUNDS (3), TOTAL (requests per run at 16 clients; 1 client runs a
+# tenth), PROFILE (release), RESULTS (JSON lines; default
+# target/bench/regions-DATE.jsonl). Prints ops/s medians and ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-3}; TOTAL=${TOTAL:-6000}; PROFILE=${PROFILE:-release}
+# shellcheck source=bench/need.sh
+source bench/need.sh
+need etcd:etcd-server python3:python3
+if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
+CAIRN=$ROOT/target/$PROFILE/cairn
+mkdir -p target/bench
+RESULTS=${RESULTS:-$ROOT/target/bench/regions-$(date -u +%Y%m%dT%H%M%S).jsonl}
+: > "$RESULTS"
+# shellcheck source=bench/cluster.sh
+source bench/cluster.sh
+
+start_cluster etcd 3 etcd
+start_cluster cairn 3 one
+start_cluster cairn 3 eight
+"$CAIRN" regions --endpoints "$ENDPOINTS_eight" split b c d e f g h
+
+SHAPE="--key-size 8 --val-size 256 --key-space-size 100000"
+for round in $(seq "$ROUNDS"); do
+  for ops in 2 8; do
+    for clients in 1 16; do
+      total=$TOTAL; [ "$clients" = 1 ] && total=$((TOTAL / 10))
+      for sys in etcd one eight; do
+        ev="ENDPOINTS_$sys"
+        echo "[round $round] $sys: $ops ops, $clients clients" >&2
+        # shellcheck disable=SC2086
+        "$CAIRN" bench --endpoints "${!ev}" --output json --clients "$clients" --conns "$(( clients < 4 ? clients : 4 ))" \
+          --tag "system=$sys" --tag "case=txn-put ops=$ops c=$clients" --tag "round=$round" \
+          txn-put --txn-ops "$ops" --spread --total "$total" $SHAPE >> "$RESULTS"
+      done
+    done
+  done
+done
+"$CAIRN" regions --endpoints "$ENDPOINTS_eight"
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    t = r.get("tags", {})
+    lat = r.get("latency_ms", {}) or {}
+    runs.setdefault(t["case"], {}).setdefault(t["system"], []).append((r["ops_per_sec"], lat.get("p99")))
+print("| case | etcd ops/s | Cairn, 1 region | Cairn, 8 regions | 1 region / etcd | 8 regions / 1 region | p99 ms (etcd, 1, 8) |")
+print("|---|---:|---:|---:|---:|---:|---|")
+for case, s in runs.items():
+    med = {k: statistics.median(x for x, _ in v) for k, v in s.items()}
+    p99 = {k: statistics.median(p for _, p in v if p is not None) if any(p is not None for _, p in v) else float("nan") for k, v in s.items()}
+    print(f"| {case} | {med['etcd']:.0f} | {med['one']:.0f} | {med['eight']:.0f} | "
+          f"{med['one']/med['etcd']:.2f} | {med['eight']/med['one']:.2f} | "
+          f"{p99['etcd']:.1f}, {p99['one']:.1f}, {p99['eight']:.1f} |")
+PY
+echo "results: $RESULTS"
