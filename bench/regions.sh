@@ -43,7 +43,7 @@ for round in $(seq "$ROUNDS"); do
         # shellcheck disable=SC2086
         "$CAIRN" bench --endpoints "${!ev}" --output json --clients "$clients" --conns "$(( clients < 4 ? clients : 4 ))" \
           --tag "system=$sys" --tag "case=txn-put ops=$ops c=$clients" --tag "round=$round" \
-          txn-put --txn-ops "$ops" --spread --total "$total" $SHAPE >> "$RESULTS"
+          --allow-errors txn-put --txn-ops "$ops" --spread --total "$total" $SHAPE >> "$RESULTS"
       done
     done
   done
@@ -52,12 +52,13 @@ done
 
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
-runs = {}
+runs, errors = {}, {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     t = r.get("tags", {})
     lat = r.get("latency_ms", {}) or {}
     runs.setdefault(t["case"], {}).setdefault(t["system"], []).append((r["ops_per_sec"], lat.get("p99")))
+    errors[t["system"]] = errors.get(t["system"], 0) + sum(r.get("errors", {}).values())
 print("| case | etcd ops/s | Cairn, 1 region | Cairn, 8 regions | 1 region / etcd | 8 regions / 1 region | p99 ms (etcd, 1, 8) |")
 print("|---|---:|---:|---:|---:|---:|---|")
 for case, s in runs.items():
@@ -66,5 +67,7 @@ for case, s in runs.items():
     print(f"| {case} | {med['etcd']:.0f} | {med['one']:.0f} | {med['eight']:.0f} | "
           f"{med['one']/med['etcd']:.2f} | {med['eight']/med['one']:.2f} | "
           f"{p99['etcd']:.1f}, {p99['one']:.1f}, {p99['eight']:.1f} |")
+print()
+print("failed requests (all runs): " + ", ".join(f"{k} {v}" for k, v in errors.items()))
 PY
 echo "results: $RESULTS"
