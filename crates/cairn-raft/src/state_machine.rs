@@ -1188,7 +1188,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let _ = tx.send(child);
                 }
             }
-            if held_back && resolved > was_resolved.0 {
+            // (Nobody subscribed: nothing to publish. Looked at after the
+            // write: one subscribing from now on reads the new state.)
+            if held_back && resolved > was_resolved.0 && self.shared.feed.receiver_count() > 0 {
                 // A lock went: what it held back, and this entry's events
                 // up to the new resolved revision, from history.
                 events = self

@@ -102,7 +102,7 @@ type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 /// number: `None` while the group's timestamps are being fetched, then the
 /// first of them. A read at timestamp T waits until none is `None` or at
 /// most T ([`Proposer::settled`]).
-type InFlight = watch::Sender<std::collections::BTreeMap<u64, Option<i64>>>;
+type InFlight = watch::Sender<std::collections::BTreeMap<u64, (u64, Option<i64>)>>;
 
 /// A group's entry in [`InFlight`], removed when the last of its replies
 /// has been sent (every task answering one holds a clone).
@@ -123,6 +123,24 @@ impl Drop for Unanswered {
 }
 /// Soft cap on the payload of one group-commit entry.
 const MAX_ENTRY_BYTES: usize = 4 << 20;
+
+/// True for a command of a transaction across regions (a prewrite, a
+/// part's commit or rollback, settling or forgetting an outcome): these
+/// batch into one entry with their neighbours.
+fn lock_command(c: &Command) -> bool {
+    match c {
+        Command::Prewrite { .. }
+        | Command::CommitLocked { .. }
+        | Command::RollbackLocked { .. }
+        | Command::ResolvePrimary { .. }
+        | Command::ForgetOutcome { .. } => true,
+        Command::InTerm { cmd, .. }
+        | Command::Checked { cmd, .. }
+        | Command::CheckedLease { cmd, .. } => lock_command(cmd),
+        Command::Batch(cmds) => !cmds.is_empty() && cmds.iter().all(lock_command),
+        _ => false,
+    }
+}
 
 /// Proposes `txns` as one entry (a `Batch` when more than one) and routes
 /// each reply back to its waiter.
@@ -341,7 +359,7 @@ impl Proposer {
                 let unanswered = (need > 0).then(|| {
                     seq += 1;
                     flights.send_modify(|m| {
-                        m.insert(seq, None);
+                        m.insert(seq, (term, None));
                     });
                     Arc::new(Unanswered {
                         in_flight: flights.clone(),
@@ -364,14 +382,28 @@ impl Proposer {
                 };
                 if let Some(u) = &unanswered {
                     flights.send_modify(|m| {
-                        m.insert(u.seq, Some(ts));
+                        m.insert(u.seq, (u.term, Some(ts)));
                     });
                 }
                 // Consecutive transactions become one Raft entry (up to
-                // MAX_ENTRY_BYTES); other commands go alone, in order.
+                // MAX_ENTRY_BYTES), and so do consecutive commands of
+                // transactions across regions (prewrites, commits,
+                // rollbacks: one entry, one apply and one record write for
+                // many); other commands go alone, in order.
                 let mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
+                let mut locks: Vec<(Command, oneshot::Sender<Result<Reply>>)> = Vec::new();
                 let mut bytes = 0usize;
                 for (p, reply) in group {
+                    let p = match p {
+                        Proposal::Plain(c) if lock_command(&c) => {
+                            propose_txns(&raft, std::mem::take(&mut txns), &slot, &unanswered)
+                                .await;
+                            locks.push((c, reply));
+                            continue;
+                        }
+                        p => p,
+                    };
+                    propose_txns(&raft, std::mem::take(&mut locks), &slot, &None).await;
                     // Timestamped proposals join the group's entry; others go alone.
                     let stamped = match p {
                         Proposal::Txn(txn, auth) => {
@@ -404,6 +436,7 @@ impl Proposer {
                     }
                 }
                 propose_txns(&raft, txns, &slot, &unanswered).await;
+                propose_txns(&raft, locks, &slot, &None).await;
             }
         });
         Self {
@@ -421,21 +454,29 @@ impl Proposer {
     }
 
     /// Waits until every group of timestamped proposals this proposer
-    /// fetched timestamps for, or is fetching them for, whose first
-    /// timestamp is at most `ts`, has been answered (applied, or failed:
+    /// fetched timestamps for in leader term `term`, or is fetching them
+    /// for, whose first timestamp is at most `ts`, has been answered (applied, or failed:
     /// see the module essay); `Timeout` after `within`. A read at
     /// timestamp `ts` that then takes a read index misses no write
     /// stamped at or below it that this leader proposed.
-    pub async fn settled(&self, ts: i64, within: std::time::Duration) -> Result<()> {
+    pub async fn settled(&self, ts: i64, term: u64, within: std::time::Duration) -> Result<()> {
         // First the floor, then the look at the groups: a group that
         // registers after the look finds the floor raised.
         self.floor
             .fetch_max(ts, std::sync::atomic::Ordering::SeqCst);
         let mut rx = self.in_flight.subscribe();
+        // Only groups of the leader term `term` (the caller's, which it
+        // leads in): one stamped in an earlier term of this node is in the
+        // log before anything this term appends, or never commits (its
+        // entries apply only in their own term) — waiting for its answer
+        // could take as long as a new leader takes to overwrite it.
         let done = async move {
-            rx.wait_for(|m| m.values().all(|first| first.is_some_and(|f| f > ts)))
-                .await
-                .is_ok()
+            rx.wait_for(|m| {
+                m.values()
+                    .all(|(t, first)| *t != term || first.is_some_and(|f| f > ts))
+            })
+            .await
+            .is_ok()
         };
         match tokio::time::timeout(within, done).await {
             Ok(true) => Ok(()),

@@ -167,10 +167,15 @@ impl Node {
                 Ok(ForwardOk::Timestamp(t))
             }
             ForwardOp::ReadIndexAfter(ts) => {
-                if r.raft.metrics().borrow().current_leader != Some(self.id) {
-                    return Err(Error::NotLeader { leader: None });
-                }
-                r.proposer.settled(ts, REQUEST_TIMEOUT).await?;
+                let term = {
+                    let m = r.raft.metrics();
+                    let m = m.borrow();
+                    if m.current_leader != Some(self.id) {
+                        return Err(Error::NotLeader { leader: None });
+                    }
+                    m.current_term
+                };
+                r.proposer.settled(ts, term, REQUEST_TIMEOUT).await?;
                 Ok(ForwardOk::ReadIndex(self.leader_read_index(&r).await?))
             }
             ForwardOp::CommitLocked {
@@ -186,7 +191,7 @@ impl Node {
                     }
                     m.current_term
                 };
-                r.proposer.settled(commit_ts, REQUEST_TIMEOUT).await?;
+                r.proposer.settled(commit_ts, term, REQUEST_TIMEOUT).await?;
                 let cmd = Command::InTerm {
                     term,
                     cmd: Box::new(Command::CommitLocked {

@@ -53,6 +53,7 @@ use prost::Message;
 
 use crate::node::{Node, META_REGION};
 use crate::remote::{ForwardOk, ForwardOp};
+use crate::tso;
 use crate::{Access, Error, Result};
 
 /// One attempt's end: an answer, or start again (a lock was in the way,
@@ -130,7 +131,11 @@ impl Node {
             return Err(Error::EpochMismatch);
         }
         let txn = req.encode_to_vec();
-        let start_ts = self.read_timestamp().await?;
+        // Only a name: unique is enough, so no leadership confirmation (a
+        // deposed TSO leader hands out only timestamps below its window's
+        // end, and its successor starts above it).
+        let meta = self.region(META_REGION)?;
+        let start_ts = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await?;
         let primary = parts[0].0;
         let regions: Vec<u64> = parts.iter().map(|(r, _)| *r).collect();
         // 2. The primary first; then the others at once. If some met a
