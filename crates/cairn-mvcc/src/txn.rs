@@ -96,30 +96,10 @@ pub fn apply_txn(
         within: None,
     };
     let mut steps = path.clone().into_iter();
-    let mut response = w.execute(req, &mut steps)?;
-    if !w.batch.is_empty() && revs.current <= 1 {
-        // Nothing was written before (a fresh store is at revision 1 and
-        // every write moves it past 1), so every version this store will
-        // hold gets its index entry: its index is complete from the start.
-        w.batch
-            .put(Key::MvccByRevisionComplete.encode(), Vec::new());
-    }
-    let revisions = if w.batch.is_empty() {
-        revs
-    } else {
-        Revisions {
-            current: rev,
-            ..revs
-        }
-    };
-    set_header_revision(&mut response, revisions.current);
-    Ok(TxnOutcome {
-        response,
-        batch: w.batch,
-        events: w.events,
-        revisions,
-        path,
-    })
+    let response = w.execute(req, &mut steps)?;
+    let mut out = w.finish(response, revs, path);
+    set_header_revision(&mut out.response, out.revisions.current);
+    Ok(out)
 }
 
 /// Applies one region's part of a transaction across regions (see
@@ -153,25 +133,7 @@ pub fn apply_txn_part(
     };
     let mut steps = path.iter().copied();
     let response = w.execute(req, &mut steps)?;
-    if !w.batch.is_empty() && revs.current <= 1 {
-        w.batch
-            .put(Key::MvccByRevisionComplete.encode(), Vec::new());
-    }
-    let revisions = if w.batch.is_empty() {
-        revs
-    } else {
-        Revisions {
-            current: rev.max(revs.current),
-            ..revs
-        }
-    };
-    Ok(TxnOutcome {
-        response,
-        batch: w.batch,
-        events: w.events,
-        revisions,
-        path: path.to_vec(),
-    })
+    Ok(w.finish(response, revs, path.to_vec()))
 }
 
 /// True when `req` writes nothing whichever branches it takes (nested
@@ -322,6 +284,36 @@ fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
 }
 
 impl Writer<'_> {
+    /// The outcome once `response` is computed: the store (at `revs`
+    /// before) moves to this txn's revision if it wrote anything — or
+    /// stays above it, for a part of a txn across regions committed below
+    /// the region's newest revision.
+    fn finish(mut self, response: TxnResponse, revs: Revisions, path: Vec<bool>) -> TxnOutcome {
+        if !self.batch.is_empty() && revs.current <= 1 {
+            // Nothing was written before (a fresh store is at revision 1
+            // and every write moves it past 1), so every version this store
+            // will hold gets its index entry: its index is complete from
+            // the start.
+            self.batch
+                .put(Key::MvccByRevisionComplete.encode(), Vec::new());
+        }
+        let revisions = if self.batch.is_empty() {
+            revs
+        } else {
+            Revisions {
+                current: self.rev.max(revs.current),
+                ..revs
+            }
+        };
+        TxnOutcome {
+            response,
+            batch: self.batch,
+            events: self.events,
+            revisions,
+            path,
+        }
+    }
+
     fn execute(
         &mut self,
         req: &TxnRequest,

@@ -81,20 +81,11 @@ impl SpanRegions {
         };
         let mut sorted: Vec<&(Arc<RegionShared>, Vec<u8>, Vec<u8>)> = self.regions.iter().collect();
         sorted.sort_by(|a, b| a.1.cmp(&b.1));
-        let Some(first) = sorted.first() else {
-            return false;
-        };
-        if first.1 > start {
-            return false;
-        }
-        let mut reached: &[u8] = &first.2;
-        for (_, s, e) in &sorted[1..] {
-            if reached.is_empty() || s.as_slice() != reached {
-                return false;
-            }
-            reached = e;
-        }
-        reached.is_empty() || end.is_some_and(|e| e.as_slice() <= reached)
+        crate::node::bounds_tile(
+            sorted.iter().map(|(_, s, e)| (s.as_slice(), e.as_slice())),
+            &start,
+            end.as_deref(),
+        )
     }
 
     /// A merged subscription to every region's feed, starting after what

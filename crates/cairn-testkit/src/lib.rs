@@ -281,6 +281,28 @@ impl InProcessCluster {
         kv::connect(&self.nodes[i].client_addr).await
     }
 
+    /// Splits the region holding `at` at `at` (through node 0), and waits
+    /// until every running node routes `at` to the new region.
+    pub async fn split_at(&self, at: &str) {
+        let region = self.node(0).route(at.as_bytes()).unwrap().id;
+        self.node(0)
+            .split_region(region, at.as_bytes().to_vec())
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !(0..self.nodes.len())
+            .filter(|&i| self.is_running(i))
+            .all(|i| {
+                self.node(i)
+                    .route(at.as_bytes())
+                    .is_ok_and(|r| r.shared.range().start == at.as_bytes())
+            })
+        {
+            assert!(Instant::now() < deadline, "split at {at} not everywhere");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until running nodes agree on a leader of `region`; returns its index.
     pub async fn wait_leader(&self, region: u64) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -12,24 +12,6 @@ use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
 use cairn_store::DATA_REGION;
 use cairn_testkit::{kv, InProcessCluster};
 
-async fn split(c: &InProcessCluster, at: &str) {
-    let region = c.node(0).route(at.as_bytes()).unwrap().id;
-    c.node(0)
-        .split_region(region, at.as_bytes().to_vec())
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Every node routes by it before the test goes on.
-    while !(0..3).all(|i| {
-        c.node(i)
-            .route(at.as_bytes())
-            .is_ok_and(|r| r.shared.range().start == at.as_bytes())
-    }) {
-        assert!(Instant::now() < deadline, "split at {at} not everywhere");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A key-value as (key, value, create, mod, version).
 type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64);
 
@@ -107,8 +89,8 @@ async fn a_range_across_regions_answers_as_one_region_did() {
             before.push(body(client.range(req).await.unwrap().into_inner()));
         }
     }
-    split(&c, "f").await;
-    split(&c, "q").await;
+    c.split_at("f").await;
+    c.split_at("q").await;
     for i in 0..3 {
         let mut client = c.kv(i).await;
         let mut n = 0;
@@ -157,7 +139,7 @@ async fn a_range_across_regions_is_one_snapshot() {
     let mut writer = c.kv(1).await;
     kv::put(&mut writer, "a", "0").await.unwrap();
     kv::put(&mut writer, "z", "0").await.unwrap();
-    split(&c, "m").await;
+    c.split_at("m").await;
     // One writer: a = i, acknowledged, then z = i. A reader that sees
     // z = i must see a >= i.
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,8 +223,8 @@ async fn a_backup_across_regions_holds_every_region_at_one_revision() {
     for k in ["a", "m", "z"] {
         kv::put(&mut writer, k, "0").await.unwrap();
     }
-    split(&c, "h").await;
-    split(&c, "q").await;
+    c.split_at("h").await;
+    c.split_at("q").await;
     // a = i, then m = i, then z = i, acknowledged one after the other,
     // while the backup is taken: it must hold a >= m >= z.
     let stop = Arc::new(AtomicBool::new(false));
@@ -322,7 +304,7 @@ async fn a_watch_over_an_idle_region_and_a_busy_one_keeps_moving() {
     c.wait_leader(DATA_REGION).await;
     let mut client = c.kv(0).await;
     kv::put(&mut client, "z", "idle").await.unwrap();
-    split(&c, "m").await;
+    c.split_at("m").await;
     let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
     w.create(WatchCreateRequest {
         key: b"a".to_vec(),

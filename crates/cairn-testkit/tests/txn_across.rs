@@ -22,29 +22,12 @@ use cairn_api::etcdserverpb::{
 use cairn_store::{CoordinatorCrash, DATA_REGION};
 use cairn_testkit::{kv, InProcessCluster};
 
-async fn split(c: &InProcessCluster, at: &str) {
-    let region = c.node(0).route(at.as_bytes()).unwrap().id;
-    c.node(0)
-        .split_region(region, at.as_bytes().to_vec())
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(0..3).all(|i| {
-        c.node(i)
-            .route(at.as_bytes())
-            .is_ok_and(|r| r.shared.range().start == at.as_bytes())
-    }) {
-        assert!(Instant::now() < deadline, "split at {at} not everywhere");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A cluster with regions `[, f)`, `[f, q)`, `[q, )`.
 async fn three_regions() -> InProcessCluster {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
-    split(&c, "f").await;
-    split(&c, "q").await;
+    c.split_at("f").await;
+    c.split_at("q").await;
     c
 }
 
@@ -79,16 +62,21 @@ fn get_op(k: &str, end: &str) -> RequestOp {
     }
 }
 
+/// A Range of every key.
+fn every_key() -> RangeRequest {
+    RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    }
+}
+
 /// (key, value, mod revision) of every key.
 async fn everything(
     client: &mut cairn_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
 ) -> Vec<(String, String, i64)> {
     client
-        .range(RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
+        .range(every_key())
         .await
         .unwrap()
         .into_inner()
@@ -279,15 +267,7 @@ async fn a_bank_across_regions_keeps_its_total() {
     let deadline = Instant::now() + Duration::from_secs(6);
     let mut reader = c.kv(2).await;
     while Instant::now() < deadline {
-        let r = reader
-            .range(RangeRequest {
-                key: vec![0],
-                range_end: vec![0],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = reader.range(every_key()).await.unwrap().into_inner();
         let sum: i64 = r
             .kvs
             .iter()
@@ -396,23 +376,21 @@ async fn a_coordinator_that_dies_blocks_nobody() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (0..3).any(|i| {
-        c.node(i)
-            .regions_overlapping(b"", None)
-            .iter()
-            .any(|(r, _, _)| r.shared.with_applied(|a| !a.locks.held.is_empty()))
-    }) {
+    let any = |f: fn(&cairn_mvcc::locks::Locks) -> bool| {
+        (0..3).any(|i| {
+            c.node(i)
+                .regions_overlapping(b"", None)
+                .iter()
+                .any(|(r, _, _)| r.shared.with_applied(|a| f(&a.locks)))
+        })
+    };
+    while any(|l| !l.held.is_empty()) {
         assert!(Instant::now() < deadline, "locks left standing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And every outcome is forgotten: by the coordinators that finished,
     // and by the resolvers that finished for the ones that died.
-    while (0..3).any(|i| {
-        c.node(i)
-            .regions_overlapping(b"", None)
-            .iter()
-            .any(|(r, _, _)| r.shared.with_applied(|a| !a.locks.outcomes.is_empty()))
-    }) {
+    while any(|l| !l.outcomes.is_empty()) {
         assert!(Instant::now() < deadline, "outcomes never forgotten");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -499,8 +477,8 @@ async fn a_watch_opened_before_a_split_sees_the_keys_it_moved() {
         ));
     }
     // Split inside the watched span, twice, then write on every side.
-    split(&c, "km").await;
-    split(&c, "kt").await;
+    c.split_at("km").await;
+    c.split_at("kt").await;
     for (i, k) in ["ka", "kz", "kp", "kb", "kx"].iter().enumerate() {
         want.push((
             kv::put(&mut client, k, &i.to_string()).await.unwrap(),

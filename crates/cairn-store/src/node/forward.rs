@@ -167,14 +167,7 @@ impl Node {
                 Ok(ForwardOk::Timestamp(t))
             }
             ForwardOp::ReadIndexAfter(ts) => {
-                let term = {
-                    let m = r.raft.metrics();
-                    let m = m.borrow();
-                    if m.current_leader != Some(self.id) {
-                        return Err(Error::NotLeader { leader: None });
-                    }
-                    m.current_term
-                };
+                let term = self.leading_term(&r)?;
                 r.proposer.settled(ts, term, REQUEST_TIMEOUT).await?;
                 Ok(ForwardOk::ReadIndex(self.leader_read_index(&r).await?))
             }
@@ -183,14 +176,7 @@ impl Node {
                 commit_ts,
                 path,
             } => {
-                let term = {
-                    let m = r.raft.metrics();
-                    let m = m.borrow();
-                    if m.current_leader != Some(self.id) {
-                        return Err(Error::NotLeader { leader: None });
-                    }
-                    m.current_term
-                };
+                let term = self.leading_term(&r)?;
                 r.proposer.settled(commit_ts, term, REQUEST_TIMEOUT).await?;
                 let cmd = Command::InTerm {
                     term,
@@ -230,6 +216,17 @@ impl Node {
                 Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
             }
         }
+    }
+
+    /// The term this replica leads `r` in, as it knows; `NotLeader` if it
+    /// does not lead.
+    fn leading_term(&self, r: &Region) -> Result<u64> {
+        let m = r.raft.metrics();
+        let m = m.borrow();
+        if m.current_leader != Some(self.id) {
+            return Err(Error::NotLeader { leader: None });
+        }
+        Ok(m.current_term)
     }
 
     /// Confirms that this replica leads `r` now (a read index from a round

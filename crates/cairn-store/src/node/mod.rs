@@ -45,6 +45,7 @@ mod status;
 mod txn_across;
 mod txn_locks;
 
+pub(crate) use range_across::bounds_tile;
 pub(crate) use reads::sole_voter_index;
 pub use report::RegionReport;
 pub use txn_across::CoordinatorCrash;

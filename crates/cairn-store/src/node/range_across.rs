@@ -264,15 +264,29 @@ pub(super) fn tiles(
     key: &[u8],
     end: Option<&[u8]>,
 ) -> bool {
-    let Some(first) = routed.first() else {
+    bounds_tile(
+        routed.iter().map(|(_, s, e)| (s.as_slice(), e.as_slice())),
+        key,
+        end,
+    )
+}
+
+/// True when `bounds` (`(start, end)` of regions, sorted by start; end
+/// empty: to the end) cover `[key, end)` (`end` None: to the end of the
+/// keyspace) without a gap.
+pub(crate) fn bounds_tile<'a>(
+    mut bounds: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    key: &[u8],
+    end: Option<&[u8]>,
+) -> bool {
+    let Some((first, mut reached)) = bounds.next() else {
         return false;
     };
-    if first.1.as_slice() > key {
+    if first > key {
         return false;
     }
-    let mut reached: &[u8] = &first.2;
-    for (_, start, stop) in &routed[1..] {
-        if reached.is_empty() || start.as_slice() != reached {
+    for (start, stop) in bounds {
+        if reached.is_empty() || start != reached {
             return false;
         }
         reached = stop;

@@ -186,17 +186,9 @@ impl Node {
                         blocked = Some((parts[i].0, other));
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(_))) => {}
-                    other => {
-                        self.release(start_ts, primary, &locked).await;
-                        // A prewrite that landed after all (its answer lost):
-                        // the sweeper rolls it back.
-                        return match other {
-                            // Settled meanwhile (rolled back while we waited).
-                            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Attempt::Again),
-                            Ok(ok) => ok.reply().map(|_| Attempt::Again),
-                            Err(e) => Err(e),
-                        };
-                    }
+                    // A prewrite that landed after all (its answer lost):
+                    // the sweeper rolls it back.
+                    refused => return self.refused(refused, start_ts, primary, &locked).await,
                 }
             }
             if let Some((region, other)) = blocked {
@@ -214,14 +206,7 @@ impl Node {
                         next += 1;
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(_))) => {} // wait again
-                    other => {
-                        self.release(start_ts, primary, &locked).await;
-                        return match other {
-                            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Attempt::Again),
-                            Ok(ok) => ok.reply().map(|_| Attempt::Again),
-                            Err(e) => Err(e),
-                        };
-                    }
+                    refused => return self.refused(refused, start_ts, primary, &locked).await,
                 }
             }
         }
@@ -332,6 +317,24 @@ impl Node {
             self.forget_later(primary, start_ts);
         }
         Ok(Attempt::Done(out.response))
+    }
+
+    /// Ends an attempt whose prewrite was refused (`res`): our locks in
+    /// `locked` released, then start again — settled meanwhile (rolled
+    /// back while we waited), or a retryable refusal — or the error.
+    async fn refused(
+        &self,
+        res: Result<ForwardOk>,
+        start_ts: i64,
+        primary: u64,
+        locked: &[u64],
+    ) -> Result<Attempt> {
+        self.release(start_ts, primary, locked).await;
+        match res {
+            Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Attempt::Again),
+            Ok(ok) => ok.reply().map(|_| Attempt::Again),
+            Err(e) => Err(e),
+        }
     }
 
     /// Rolls back an attempt's locks: settles it at the primary (as

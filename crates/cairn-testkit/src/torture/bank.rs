@@ -108,6 +108,14 @@ pub fn transfer(from: &str, fv: &[u8], to: &str, tv: &[u8], amount: i64) -> Opti
     })
 }
 
+/// The sum of the balances a read of accounts found.
+fn total_of(r: &RangeResponse) -> i64 {
+    r.kvs
+        .iter()
+        .filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<i64>().ok())
+        .sum()
+}
+
 /// The balance of `key`, linearizably.
 pub async fn balance(kv: &mut KvClient<Channel>, key: &str) -> Option<Vec<u8>> {
     let req = RangeRequest {
@@ -189,11 +197,7 @@ pub async fn run(
                     continue;
                 };
                 let r = r.into_inner();
-                let sum: i64 = r
-                    .kvs
-                    .iter()
-                    .filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<i64>().ok())
-                    .sum();
+                let sum = total_of(&r);
                 {
                     let mut o = out.lock();
                     o.reads += 1;
@@ -218,11 +222,7 @@ pub async fn run(
     loop {
         if let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.range(all_accounts())).await {
             let r = r.into_inner();
-            let sum: i64 = r
-                .kvs
-                .iter()
-                .filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.parse::<i64>().ok())
-                .sum();
+            let sum = total_of(&r);
             let mut o = out.lock();
             if sum != total || r.kvs.len() != accounts {
                 o.bad.push(format!(
