@@ -136,13 +136,6 @@ impl Locks {
             primary: l.primary,
         })
     }
-
-    /// Whether `span` overlaps any held lock at all.
-    pub fn any_overlap(&self, span: &KeySpan) -> bool {
-        self.held
-            .values()
-            .any(|l| l.spans.iter().any(|a| overlaps(a, span)))
-    }
 }
 
 /// True when two spans share a key.

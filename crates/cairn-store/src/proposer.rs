@@ -6,7 +6,10 @@
 //! append, one fsync and one replication round for the whole group. Replies
 //! are delivered as entries apply. At most `MAX_INFLIGHT_GROUPS` groups are
 //! in flight (proposed, not yet applied, and proposed in the term this node
-//! still leads); requests arriving meanwhile wait and form the next group. (openraft orders a leader's appends behind
+//! still leads); requests arriving meanwhile wait and form the next group.
+//! Consecutive commands of transactions across regions (prewrites, part
+//! commits, rollbacks: `node::txn_across`) likewise go as one entry; any
+//! other command goes alone, in queue order. (openraft orders a leader's appends behind
 //! their flushes, so batching must happen before Raft, not in the log
 //! writer.)
 //!
@@ -24,7 +27,9 @@
 //! `in_flight` before it fetches its timestamps and leaves when every
 //! entry of it is answered, so a reader whose timestamp T came later can
 //! wait for every group this leader stamped at or below T. The reader
-//! first raises the proposer's floor to T; a group whose timestamps come
+//! waits only for groups of the leader term it is served in (an older
+//! term's group is in the log before anything this term appends, or never
+//! commits). The reader first raises the proposer's floor to T; a group whose timestamps come
 //! out at or below the floor (from a TSO leader deposed without knowing
 //! it yet) fetches new ones, so none can slip in below a read served.
 

@@ -7,8 +7,10 @@
 //! Ordering contract (from the regions): a region publishes a batch only
 //! after the state it describes is visible to its read view. So
 //! [`SpanRegions::subscribe`] subscribes first and reads each region's
-//! current revision after: a batch published in between is both in the
-//! feed and in any later view, never in neither.
+//! resolved revision after (its current one, or lower while a transaction
+//! across regions holds a lock there: `cairn_mvcc::locks`), and views for
+//! history stop at the resolved revision too: a batch published in between
+//! is both in the feed and in any later view, never in neither.
 
 use std::sync::Arc;
 
