@@ -24,12 +24,15 @@ struct Member {
     starts: u32,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// `n` distinct free loopback ports: every listener is held until all are
+/// chosen, so no two members of one cluster are handed the same port.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 impl ProcessCluster {
@@ -41,11 +44,12 @@ impl ProcessCluster {
     /// Starts `n` members passing `extra_args` to every `cairn serve`
     /// (e.g. `--snapshot-count 100`).
     pub fn start_with(bin: &Path, n: usize, extra_args: &[String]) -> Self {
+        let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("p{}", i + 1),
-                client_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 child: None,
                 starts: 0,
             })
@@ -151,23 +155,66 @@ impl ProcessCluster {
     /// The member that reports itself as the data region's leader (asked
     /// with Maintenance.Status), skipping `skip`; `None` if none does now.
     pub async fn leader(&self, skip: &[usize]) -> Option<usize> {
-        use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-        use cairn_api::etcdserverpb::StatusRequest;
         for i in (0..self.len()).filter(|i| !skip.contains(i)) {
-            let ep = secured::endpoint(&self.client_addr(i))
-                .connect_timeout(std::time::Duration::from_millis(500))
-                .timeout(std::time::Duration::from_secs(2));
-            let Ok(ch) = secured::connect(ep).await else {
-                continue;
-            };
-            if let Ok(s) = MaintenanceClient::new(ch).status(StatusRequest {}).await {
-                let s = s.into_inner();
+            if let Ok(s) = self.status(i).await {
                 if s.leader != 0 && s.header.is_some_and(|h| h.member_id == s.leader) {
                     return Some(i);
                 }
             }
         }
         None
+    }
+
+    /// Member `i`'s answer to Maintenance.Status (2 s to connect and answer).
+    async fn status(&self, i: usize) -> Result<cairn_api::etcdserverpb::StatusResponse, String> {
+        use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+        use cairn_api::etcdserverpb::StatusRequest;
+        let ep = secured::endpoint(&self.client_addr(i))
+            .connect_timeout(std::time::Duration::from_millis(500))
+            .timeout(std::time::Duration::from_secs(2));
+        let ch = secured::connect(ep)
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        MaintenanceClient::new(ch)
+            .status(StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| format!("status: {e}"))
+    }
+
+    /// One line per member: its process state (from `/proc`: R running,
+    /// S sleeping, T stopped, Z exited) and what Status answers, for
+    /// failure reports that must say why no leader was found.
+    pub async fn describe(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.len() {
+            let process = match self.pid(i) {
+                None => "not running".to_string(),
+                Some(pid) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let state = s.rsplit_once(") ")?.1.split(' ').next()?.to_string();
+                        Some(format!("pid {pid} state {state}"))
+                    })
+                    .unwrap_or_else(|| format!("pid {pid} gone")),
+            };
+            let status = match self.status(i).await {
+                Ok(s) => format!(
+                    "leader {:x}, self {:x}, term {}, applied {}",
+                    s.leader,
+                    s.header.map_or(0, |h| h.member_id),
+                    s.raft_term,
+                    s.raft_applied_index
+                ),
+                Err(e) => e,
+            };
+            out += &format!(
+                "member {i} ({}, client {}): {process}; {status}\n",
+                self.members[i].name,
+                self.client_addr(i)
+            );
+        }
+        out
     }
 
     /// The process ID of member `i`, if running.

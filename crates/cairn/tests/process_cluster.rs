@@ -13,7 +13,9 @@ async fn leader(c: &ProcessCluster, skip: &[usize]) -> usize {
         if let Some(i) = c.leader(skip).await {
             return i;
         }
-        assert!(Instant::now() < deadline, "no leader elected\n{}", c.logs());
+        if Instant::now() >= deadline {
+            panic!("no leader elected\n{}{}", c.describe().await, c.logs());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
