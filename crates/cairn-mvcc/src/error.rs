@@ -59,10 +59,12 @@ pub enum Rejection {
     /// already on the lease (checked at apply, as etcd does).
     #[error("etcdserver: permission denied")]
     PermissionDenied,
-    /// A put with a lease on a key outside the first region: leases live
-    /// there until a revoke can delete keys in several regions at one
-    /// revision.
-    #[error("etcdserver: a lease cannot hold keys outside the first region yet")]
+    /// The first region (which holds the lease table) refuses to revoke
+    /// alone a lease that has keys in other regions, and any region other
+    /// than the first refuses a put with a lease: both are transactions
+    /// across regions, which the host runs instead. Never shown to a
+    /// client.
+    #[error("etcdserver: a lease holds keys outside the first region")]
     LeaseOutsideFirstRegion,
 }
 

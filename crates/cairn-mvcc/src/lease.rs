@@ -7,9 +7,18 @@
 //! expiry). Expiry itself is not replicated state: only the region leader
 //! counts down, and it proposes a revoke when a lease runs out.
 //!
-//! Attached keys are indexed under `Lease(id) → key` and maintained by every
-//! put and delete ([`crate::txn`]), so a revoke deletes exactly the live keys
-//! bound to the lease, in one transaction at one revision.
+//! Attached keys are indexed under `Lease(id) → key`. The lease table —
+//! records and index — lives in the region holding the first key (with
+//! one region, the whole store). There the index is exact for the region's
+//! own keys: every put and delete maintains it ([`crate::txn`]). A key
+//! outside it is indexed when a transaction across regions puts it with a
+//! lease (its part in the table's region records the attachment), but a
+//! later write there that detaches it (a put with another lease or none, a
+//! delete) does not reach the table: for such keys the index is a
+//! superset, and the key's own record (its `lease` field) is the truth.
+//! So a revoke deletes each indexed key only if it still holds the lease
+//! ([`revoke_txn`]: a compare on its lease guards each delete), all in one
+//! transaction at one revision, and then drops the lease's whole index.
 
 use std::ops::Bound;
 
@@ -57,6 +66,10 @@ impl LeaseView for StoredLeases<'_> {
     fn exists(&self, id: i64) -> bool {
         matches!(get(self.0, id), Ok(Some(_)))
     }
+
+    fn keeps_index(&self) -> bool {
+        true
+    }
 }
 
 /// One lease.
@@ -84,7 +97,8 @@ pub fn list(read: &dyn Snapshot) -> Result<Vec<LeaseRecord>> {
     Ok(out)
 }
 
-/// The keys attached to a lease.
+/// The keys indexed under a lease: every key attached to it, and (outside
+/// the table's region) perhaps keys detached since (see the module essay).
 pub fn attached_keys(read: &dyn Snapshot, id: i64) -> Result<Vec<Vec<u8>>> {
     let (lo, hi) = keys::lease_keys_range(id);
     let mut out = Vec::new();
@@ -130,26 +144,56 @@ pub fn checkpoint(read: &dyn Snapshot, list: &[(i64, i64)]) -> Result<WriteBatch
     Ok(b)
 }
 
-/// Revokes lease `id`: deletes every attached key in one transaction at
-/// revision `rev` (events like any delete), then the lease itself.
+/// Revokes lease `id` when every key indexed under it is in this store:
+/// deletes those still attached in one transaction at revision `rev`
+/// (events like any delete; no revision taken if none is), then the
+/// lease and its index.
 pub fn revoke(read: &dyn Snapshot, id: i64, rev: i64, revs: Revisions) -> Result<TxnOutcome> {
     if get(read, id)?.is_none() {
         return Err(Rejection::LeaseNotFound.into());
     }
-    let keys = attached_keys(read, id)?;
-    let req = TxnRequest {
-        success: keys
-            .into_iter()
-            .map(|key| RequestOp {
+    let req = revoke_txn(id, attached_keys(read, id)?);
+    let mut out = apply_txn(read, &req, rev, revs, &StoredLeases(read))?;
+    forget(read, id, &mut out.batch)?;
+    Ok(out)
+}
+
+/// The transaction a revoke of lease `id` runs over `keys` (those indexed
+/// under it): for each, a nested transaction deleting the key if it still
+/// holds the lease. Across regions, the coordinator runs it like any
+/// transaction, its lease claimed exclusively.
+pub fn revoke_txn(id: i64, keys: Vec<Vec<u8>>) -> TxnRequest {
+    use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use cairn_api::etcdserverpb::Compare;
+    let guarded = |key: Vec<u8>| RequestOp {
+        request: Some(Request::RequestTxn(TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Lease as i32,
+                key: key.clone(),
+                target_union: Some(TargetUnion::Lease(id)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
                 request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
                     key,
                     ..Default::default()
                 })),
-            })
-            .collect(),
-        ..Default::default()
+            }],
+            failure: Vec::new(),
+        })),
     };
-    let mut out = apply_txn(read, &req, rev, revs, &StoredLeases(read))?;
-    out.batch.delete(Key::Lease { id }.encode());
-    Ok(out)
+    TxnRequest {
+        success: keys.into_iter().map(guarded).collect(),
+        ..Default::default()
+    }
+}
+
+/// Adds to `batch` the deletion of lease `id` and of its whole index.
+pub fn forget(read: &dyn Snapshot, id: i64, batch: &mut WriteBatch) -> Result<()> {
+    for key in attached_keys(read, id)? {
+        batch.delete(Key::LeaseKey { id, key: &key }.encode());
+    }
+    batch.delete(Key::Lease { id }.encode());
+    Ok(())
 }

@@ -58,8 +58,8 @@ pub use range::{merge_ranges, part_request, range, Span};
 pub use record::Record;
 pub use share::Share;
 pub use txn::{
-    apply_txn, apply_txn_part, has_put, is_read_only, is_serializable, read_txn, LeaseView,
-    NoLeases, TxnOutcome,
+    apply_txn, apply_txn_part, has_put, is_read_only, is_serializable, leases_put_along, read_txn,
+    LeaseView, NoLeases, TxnOutcome,
 };
 pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};
 

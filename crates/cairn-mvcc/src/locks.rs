@@ -28,6 +28,20 @@
 //! floor whose span overlaps the lock waits (or resolves it); the region's
 //! change feed is resolved only up to the lowest floor.
 //!
+//! **Leases.** The lease table (records and the lease → key index) lives
+//! in the region holding the first key. A transaction that puts a key
+//! outside it with a lease also locks there, *claiming the lease for an
+//! attach*: the table's part of its commit records the attachment, and is
+//! refused unless the lease still exists and no revoke claims it then (the
+//! transaction rolls back and starts again, to find the lease gone). A
+//! revoke whose keys lie in several regions is a transaction too, deleting
+//! them at one revision; it *claims its lease for the revoke*. A revoke
+//! claim stands in the way of every later claim of its lease (attach or
+//! revoke), but does not wait for attaches already claimed: those cannot
+//! commit past it. So while it is held no key joins the lease, and the
+//! keys the revoke names are all the lease has; and a stream of attaches
+//! never starves a revoke.
+//!
 //! Everything here is a pure function of the state: the region's state
 //! machine applies it identically on every replica.
 
@@ -55,6 +69,49 @@ pub struct Lock {
     /// The prost-encoded `TxnRequest`, so whoever finishes the transaction
     /// here can apply its writes.
     pub txn: Vec<u8>,
+    /// Leases claimed here (only in the region holding the lease table).
+    pub leases: LeaseClaims,
+}
+
+/// The leases a transaction's lock claims in the region holding the
+/// lease table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseClaims {
+    /// Leases it attaches keys to (shared claims).
+    pub attach: Vec<i64>,
+    /// Leases it revokes (exclusive claims); committing the part in the
+    /// lease table's region deletes them.
+    pub revoke: Vec<i64>,
+    /// Not 0: the revoke of leases the lease leader of this term found
+    /// expired, claimed only from an entry of that term (a later leader
+    /// may have renewed them).
+    pub decided_in: u64,
+}
+
+impl LeaseClaims {
+    /// True when no lease is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.attach.is_empty() && self.revoke.is_empty()
+    }
+
+    /// True when these claims must wait for `held`: a held revoke claim
+    /// stands in the way of any new claim of its lease.
+    fn blocked_by(&self, held: &LeaseClaims) -> bool {
+        self.attach
+            .iter()
+            .chain(&self.revoke)
+            .any(|id| held.revoke.contains(id))
+    }
+}
+
+/// What a write needs free of other transactions' locks: its key spans,
+/// and its lease claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// Spans read or written.
+    pub spans: Vec<KeySpan>,
+    /// Leases attached to or revoked.
+    pub leases: LeaseClaims,
 }
 
 /// The fate of a transaction whose primary lock was in this region.
@@ -93,13 +150,31 @@ impl Locks {
         self.held.is_empty()
     }
 
-    /// The first lock (of a transaction other than `except`) whose spans
-    /// overlap one of `spans`.
-    pub fn conflict(&self, spans: &[KeySpan], except: Option<i64>) -> Option<LockRef> {
+    /// The first lock (of a transaction other than `except`) in the way of
+    /// `claim`: a span overlapping one of its spans, or a revoke claim of
+    /// a lease it claims.
+    pub fn conflict(&self, claim: &Claim, except: Option<i64>) -> Option<LockRef> {
         self.held
             .iter()
             .filter(|(ts, _)| Some(**ts) != except)
-            .find(|(_, l)| l.spans.iter().any(|a| spans.iter().any(|b| overlaps(a, b))))
+            .find(|(_, l)| {
+                l.spans
+                    .iter()
+                    .any(|a| claim.spans.iter().any(|b| overlaps(a, b)))
+                    || claim.leases.blocked_by(&l.leases)
+            })
+            .map(|(ts, l)| LockRef {
+                start_ts: *ts,
+                primary: l.primary,
+            })
+    }
+
+    /// The lock (of a transaction other than `except`) claiming lease `id`
+    /// for a revoke, if any.
+    pub fn revoking(&self, id: i64, except: i64) -> Option<LockRef> {
+        self.held
+            .iter()
+            .find(|(ts, l)| **ts != except && l.leases.revoke.contains(&id))
             .map(|(ts, l)| LockRef {
                 start_ts: *ts,
                 primary: l.primary,
@@ -210,6 +285,14 @@ mod tests {
                 .collect(),
             floor,
             txn: Vec::new(),
+            leases: LeaseClaims::default(),
+        }
+    }
+
+    fn spans_claim(spans: &[KeySpan]) -> Claim {
+        Claim {
+            spans: spans.to_vec(),
+            ..Claim::default()
         }
     }
 
@@ -239,12 +322,43 @@ mod tests {
     fn a_conflict_is_another_transactions_overlapping_lock() {
         let mut l = Locks::default();
         l.held.insert(10, lock(&[("a", "c")], 5));
+        let claim = spans_claim(&[span("b", "b\0")]);
+        assert_eq!(l.conflict(&claim, None).map(|r| r.start_ts), Some(10));
+        assert_eq!(l.conflict(&claim, Some(10)), None);
+        assert_eq!(l.conflict(&spans_claim(&[span("c", "d")]), None), None);
+    }
+
+    #[test]
+    fn a_revoke_claim_stands_in_the_way_of_later_claims_only() {
+        let mut l = Locks::default();
+        let mut attach = lock(&[], 5);
+        attach.leases.attach = vec![7];
+        l.held.insert(10, attach);
+        let claim = |attach: Vec<i64>, revoke: Vec<i64>| Claim {
+            spans: Vec::new(),
+            leases: LeaseClaims {
+                attach,
+                revoke,
+                decided_in: 0,
+            },
+        };
+        // Attaches share; a revoke does not wait for them.
+        assert_eq!(l.conflict(&claim(vec![7], vec![]), None), None);
+        assert_eq!(l.conflict(&claim(vec![], vec![7]), None), None);
+        let mut revoke = lock(&[], 6);
+        revoke.leases.revoke = vec![8];
+        l.held.insert(11, revoke);
         assert_eq!(
-            l.conflict(&[span("b", "b\0")], None).map(|r| r.start_ts),
-            Some(10)
+            l.conflict(&claim(vec![8], vec![]), None)
+                .map(|r| r.start_ts),
+            Some(11)
         );
-        assert_eq!(l.conflict(&[span("b", "b\0")], Some(10)), None);
-        assert_eq!(l.conflict(&[span("c", "d")], None), None);
+        assert_eq!(
+            l.conflict(&claim(vec![], vec![8]), None)
+                .map(|r| r.start_ts),
+            Some(11)
+        );
+        assert_eq!(l.conflict(&claim(vec![9], vec![]), None), None);
     }
 
     #[test]

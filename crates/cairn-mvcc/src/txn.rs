@@ -30,13 +30,23 @@ use crate::{Error, Rejection, Result, Revisions};
 pub trait LeaseView {
     /// True when lease `id` is granted and not expired or revoked.
     fn exists(&self, id: i64) -> bool;
+    /// True when this store keeps the lease table, and with it the lease
+    /// → key index that puts and deletes maintain (the region holding
+    /// the first key; see [`crate::lease`]).
+    fn keeps_index(&self) -> bool;
 }
 
-/// A lease view with no leases at all.
+/// A lease view with no leases at all, and no lease table: what a region
+/// other than the first applies with (its puts name no lease; its writes
+/// to keys a lease holds leave the index alone).
 pub struct NoLeases;
 
 impl LeaseView for NoLeases {
     fn exists(&self, _id: i64) -> bool {
+        false
+    }
+
+    fn keeps_index(&self) -> bool {
         false
     }
 }
@@ -67,6 +77,13 @@ struct Writer<'a> {
     /// A part of a transaction across regions: only writes within this
     /// span (`[start, end)`, end empty: to the end); ranges are skipped.
     within: Option<crate::locks::KeySpan>,
+    /// Puts with a lease are checked against `leases` (not in a part: the
+    /// coordinator checked them, under the leases' claims).
+    check_leases: bool,
+    /// This store keeps the lease → key index: puts and deletes of keys
+    /// within maintain it, and (in a part) a put with a lease outside
+    /// `within` records its attachment.
+    index: bool,
 }
 
 /// Applies `req` at revision `rev` (which must exceed `revs.current`).
@@ -94,6 +111,8 @@ pub fn apply_txn(
         batch: WriteBatch::new(),
         events: Vec::new(),
         within: None,
+        check_leases: true,
+        index: leases.keeps_index(),
     };
     let mut steps = path.clone().into_iter();
     let response = w.execute(req, &mut steps)?;
@@ -108,7 +127,13 @@ pub fn apply_txn(
 /// `revs.current`: the part's keys were locked from before `rev` was
 /// handed out until now, so every version they hold is older. Compares
 /// are not evaluated (the coordinator did, under the locks) and ranges
-/// are not read. The response holds only this part's puts and deletes.
+/// are not read, nor are leases checked (the coordinator did, under the
+/// leases' claims). The response holds only this part's puts and deletes.
+///
+/// `lease_table`: this region keeps the lease table ([`crate::lease`]):
+/// it indexes its own keys' leases as [`apply_txn`] does, and records
+/// the attachment of every key the transaction puts with a lease in other
+/// regions.
 pub fn apply_txn_part(
     read: &dyn Snapshot,
     req: &TxnRequest,
@@ -116,6 +141,7 @@ pub fn apply_txn_part(
     rev: i64,
     revs: Revisions,
     within: crate::locks::KeySpan,
+    lease_table: bool,
 ) -> Result<TxnOutcome> {
     let mut w = Writer {
         read,
@@ -130,6 +156,8 @@ pub fn apply_txn_part(
         batch: WriteBatch::new(),
         events: Vec::new(),
         within: Some(within),
+        check_leases: false,
+        index: lease_table,
     };
     let mut steps = path.iter().copied();
     let response = w.execute(req, &mut steps)?;
@@ -183,6 +211,33 @@ pub fn read_txn(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Resul
     let out = apply_txn(read, req, revs.current + 1, revs, &NoLeases)?;
     debug_assert!(out.batch.is_empty() && out.revisions == revs);
     Ok(out.response)
+}
+
+/// The leases `req` puts keys with along the branches `path` (as
+/// [`TxnOutcome::path`] gives them), nested transactions included; a put
+/// keeping its lease (`ignore_lease`) names none.
+pub fn leases_put_along(req: &TxnRequest, path: &[bool]) -> Vec<i64> {
+    fn walk(req: &TxnRequest, path: &mut std::slice::Iter<'_, bool>, out: &mut Vec<i64>) {
+        let ops = if path.next().copied().unwrap_or(false) {
+            &req.success
+        } else {
+            &req.failure
+        };
+        for op in ops {
+            match &op.request {
+                Some(Request::RequestPut(p)) if p.lease != 0 && !p.ignore_lease => {
+                    out.push(p.lease)
+                }
+                Some(Request::RequestTxn(t)) => walk(t, path, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(req, &mut path.iter(), &mut out);
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The branch each (nested) transaction takes, in execution order.
@@ -393,10 +448,23 @@ impl Writer<'_> {
         if let Some((start, end)) = &self.within {
             let inside = req.key >= *start && (end.is_empty() || req.key < *end);
             if !inside {
+                if self.index && req.lease != 0 && !req.ignore_lease {
+                    // Attached in another region: the table records it
+                    // (an older attachment of the key stays until its
+                    // lease goes: see `crate::lease`).
+                    self.batch.put(
+                        Key::LeaseKey {
+                            id: req.lease,
+                            key: &req.key,
+                        }
+                        .encode(),
+                        Vec::new(),
+                    );
+                }
                 return Ok(PutResponse::default());
             }
         }
-        if req.lease != 0 && !self.leases.exists(req.lease) {
+        if self.check_leases && req.lease != 0 && !self.leases.exists(req.lease) {
             return Err(Error::from(Rejection::LeaseNotFound));
         }
         let prev = self.current(&req.key)?;
@@ -419,7 +487,7 @@ impl Writer<'_> {
         };
         if let Some(p) = prev
             .as_ref()
-            .filter(|p| p.lease != 0 && p.lease != kv.lease)
+            .filter(|p| self.index && p.lease != 0 && p.lease != kv.lease)
         {
             self.batch.delete(
                 Key::LeaseKey {
@@ -429,7 +497,7 @@ impl Writer<'_> {
                 .encode(),
             );
         }
-        if kv.lease != 0 {
+        if self.index && kv.lease != 0 {
             self.batch.put(
                 Key::LeaseKey {
                     id: kv.lease,
@@ -477,7 +545,7 @@ impl Writer<'_> {
         for kv in &doomed {
             self.version(&kv.key, Record::Tombstone.encode());
             self.batch.delete(Key::MvccLatest { key: &kv.key }.encode());
-            if kv.lease != 0 {
+            if self.index && kv.lease != 0 {
                 self.batch.delete(
                     Key::LeaseKey {
                         id: kv.lease,

@@ -108,7 +108,8 @@ fn parts_applied_per_region_equal_the_whole() {
                     ..revs
                 };
                 let within = (w[0].clone().into_bytes(), w[1].clone().into_bytes());
-                let part = apply_txn_part(&split, &req, &out.path, rev, ahead, within).unwrap();
+                let part =
+                    apply_txn_part(&split, &req, &out.path, rev, ahead, within, false).unwrap();
                 assert_eq!(part.revisions.current, rev + 5);
                 part_events.extend(part.events);
                 split.write(part.batch, Durability::Buffered).unwrap();

@@ -311,9 +311,9 @@ pub struct RegionShared {
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
-/// keys, and the leases if it holds the first key (leases stay with the
-/// first region until they can span regions). Every keyspace operation of
-/// the region stays within it.
+/// keys, and the lease table if it holds the first key (the table stays
+/// with the first region; see `cairn_mvcc::lease`). Every keyspace
+/// operation of the region stays within it.
 pub fn share_of(applied: &Applied) -> cairn_mvcc::Share {
     share_of_range(&applied.range)
 }
@@ -799,9 +799,11 @@ impl StateMachine {
                 if !split::txn_within(&req, &state.range) {
                     return Ok((WriteBatch::new(), Reply::WrongRegion(state.range.clone())));
                 }
-                if !state.range.start.is_empty() && !leases_put(&req).is_empty() {
-                    // Leases live in the first region until a revoke can
-                    // delete keys in several regions at one revision.
+                let lease_table = state.range.start.is_empty();
+                if !lease_table && !leases_put(&req).is_empty() {
+                    // The lease table is in the first region: a put with a
+                    // lease elsewhere is a transaction across regions (the
+                    // host routes it so; this is a stale route).
                     return Ok((
                         WriteBatch::new(),
                         Reply::Rejected(cairn_mvcc::Rejection::LeaseOutsideFirstRegion),
@@ -818,7 +820,13 @@ impl StateMachine {
                 }
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
-                match cairn_mvcc::apply_txn(engine, &req, rev, revs, &StoredLeases(engine)) {
+                let stored = StoredLeases(engine);
+                let leases: &dyn cairn_mvcc::LeaseView = if lease_table {
+                    &stored
+                } else {
+                    &cairn_mvcc::NoLeases
+                };
+                match cairn_mvcc::apply_txn(engine, &req, rev, revs, leases) {
                     Ok(mut out) => {
                         state.current_revision = out.revisions.current;
                         out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
@@ -907,6 +915,24 @@ impl StateMachine {
                 if let Some(lock) = txn_locks::lease_conflict(state, engine, id)? {
                     return Ok((WriteBatch::new(), Reply::Locked(lock)));
                 }
+                if !state.range.start.is_empty() {
+                    return Ok((
+                        WriteBatch::new(),
+                        Reply::Invalid("a lease revoked outside the lease table's region".into()),
+                    ));
+                }
+                let range = &state.range;
+                if lease::attached_keys(engine, id)?
+                    .iter()
+                    .any(|k| !range.contains(k))
+                {
+                    // Keys in other regions: a revoke across regions (the
+                    // host runs it as a transaction, its lease claimed).
+                    return Ok((
+                        WriteBatch::new(),
+                        Reply::Rejected(cairn_mvcc::Rejection::LeaseOutsideFirstRegion),
+                    ));
+                }
                 let revs = state.revisions();
                 let rev = ts.max(revs.current + 1);
                 match lease::revoke(engine, id, rev, revs) {
@@ -957,9 +983,12 @@ impl StateMachine {
                 regions,
                 spans,
                 txn,
+                leases,
             } => Ok((
                 WriteBatch::new(),
-                txn_locks::prewrite(state, start_ts, primary, regions, spans, txn),
+                txn_locks::prewrite(
+                    state, start_ts, primary, regions, spans, txn, leases, engine, term,
+                )?,
             )),
             Command::CommitLocked {
                 start_ts,
@@ -999,7 +1028,7 @@ impl StateMachine {
             }
             Command::Split { at, child, epoch } => {
                 let mut batch = WriteBatch::new();
-                let reply = split::split(state, at, child, epoch, engine, &mut batch)?;
+                let reply = split::split(state, at, child, epoch, &mut batch)?;
                 Ok((batch, reply))
             }
         }
@@ -1013,6 +1042,12 @@ impl StateMachine {
 fn leases_written(cmd: &Command) -> Vec<i64> {
     let mut out = match cmd {
         Command::LeaseRevoke { id, .. } => vec![*id],
+        Command::Prewrite { leases, .. } => leases
+            .attach
+            .iter()
+            .chain(&leases.revoke)
+            .copied()
+            .collect(),
         Command::Txn { txn, .. } => TxnRequest::decode(txn.as_slice())
             .map(|t| leases_put(&t))
             .unwrap_or_default(),

@@ -120,13 +120,17 @@ pub enum Command {
     /// lock's floor (the region's revision now: the commit timestamp must
     /// be above it); refused with [`Reply::Locked`] if another
     /// transaction's lock overlaps, with [`Reply::Outcome`] if the
-    /// transaction was already settled.
+    /// transaction was already settled. In the region holding the lease
+    /// table it also claims `leases` (the spans may then be empty); a
+    /// revoke's claim is refused with [`Reply::LeaseKeys`] if the lease
+    /// indexes a key `txn` does not name.
     Prewrite {
         start_ts: i64,
         primary: u64,
         regions: Vec<u64>,
         spans: Vec<cairn_mvcc::locks::KeySpan>,
         txn: Vec<u8>,
+        leases: cairn_mvcc::locks::LeaseClaims,
     },
     /// Data region: commit this region's part of transaction `start_ts` at
     /// revision `commit_ts` along branches `path`, and drop its lock; in
@@ -271,6 +275,10 @@ pub enum Reply {
     Locked(cairn_mvcc::locks::LockRef),
     /// A transaction's fate as the region knows it (`None`: nothing known).
     Outcome(Option<cairn_mvcc::locks::Outcome>),
+    /// A revoke's prewrite named fewer keys than its lease indexes now (one
+    /// was attached since the coordinator read them): nothing changed;
+    /// these are the keys it indexes.
+    LeaseKeys(Vec<Vec<u8>>),
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

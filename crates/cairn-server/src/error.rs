@@ -48,7 +48,8 @@ fn rejection_code(r: Rejection) -> Code {
         Rejection::Corrupt => Code::DataLoss,
         Rejection::AuthOldRevision => Code::InvalidArgument,
         Rejection::PermissionDenied => Code::PermissionDenied,
-        Rejection::LeaseOutsideFirstRegion => Code::Unimplemented,
+        // Internal (the store runs a transaction across regions instead).
+        Rejection::LeaseOutsideFirstRegion => Code::Unavailable,
     }
 }
 

@@ -42,7 +42,10 @@
 //!   renewed.
 //!
 //! An expired lease is revoked through the proposer like any write: its keys
-//! are deleted in one transaction and watchers see the deletes. One revoke
+//! are deleted in one transaction and watchers see the deletes (when they
+//! lie in several regions, the region refuses the one-command revoke and
+//! the node runs it as a transaction across them, still claimed only in
+//! the term that found the lease expired: `node::lease_across`). One revoke
 //! per lease is outstanding at a time, and one checkpoint pass: a leader
 //! that cannot commit (cut off) does not pile them up. A lease whose revoke
 //! did not take is tried again after [`REVOKE_RETRY`]; a tracked lease found
@@ -139,7 +142,16 @@ pub struct Lessor {
     /// Held while deciding on and queueing a checkpoint or a clear, so the
     /// proposer's queue order matches the order of those decisions.
     order: tokio::sync::Mutex<()>,
+    /// Revokes an expired lease whose keys lie in several regions (the
+    /// region refused the one-command revoke), given the lease and the
+    /// term that found it expired; set once by the node.
+    across: std::sync::OnceLock<RevokeAcross>,
 }
+
+/// How the lessor has an expired lease whose keys lie in several regions
+/// revoked: `(lease, term)` to a transaction across them.
+pub type RevokeAcross =
+    Box<dyn Fn(i64, u64) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// A lease as `LeaseTimeToLive` reports it.
 #[derive(Clone, Debug)]
@@ -184,7 +196,13 @@ impl Lessor {
             checkpoint_every,
             state: Mutex::new(State::default()),
             order: tokio::sync::Mutex::new(()),
+            across: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets how expired leases with keys in several regions are revoked.
+    pub(crate) fn revoke_across_with(&self, f: RevokeAcross) {
+        let _ = self.across.set(f);
     }
 
     /// The state, primed for the current term, when this node leads the
@@ -451,7 +469,15 @@ impl Lessor {
         for id in due.revoke {
             let me = self.clone();
             tokio::spawn(async move {
-                let answer = me.proposer.propose(Proposal::Expire { id, term }).await;
+                let answer = match me.proposer.propose(Proposal::Expire { id, term }).await {
+                    Ok(Reply::Rejected(cairn_mvcc::Rejection::LeaseOutsideFirstRegion)) => {
+                        match me.across.get() {
+                            Some(across) => across(id, term).await.map(|()| Reply::Done),
+                            None => Err(Error::Internal("no revoke across regions".into())),
+                        }
+                    }
+                    other => other,
+                };
                 if let Err(e) = &answer {
                     tracing::debug!(lease = id, "revoking expired lease: {e}");
                 }

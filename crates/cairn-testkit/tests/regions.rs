@@ -5,15 +5,16 @@
 //! brings every region back; `cairn regions` lists them, `cairn regions
 //! split` splits one. Ranges across regions are read at one timestamp
 //! (`range_across.rs` tests them), txns across regions commit by 2PC
-//! (`txn_across.rs`); a lease on a key outside the first region is refused
-//! (`Unimplemented`) until revokes span regions.
+//! (`txn_across.rs`), leases hold keys in any region (`lease_across.rs`).
 
 use std::time::{Duration, Instant};
 
 use cairn_api::cairnpb::regions_client::RegionsClient;
 use cairn_api::cairnpb::{RegionListRequest, RegionSplitRequest};
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
-use cairn_api::etcdserverpb::{LeaseGrantRequest, PutRequest, RangeRequest};
+use cairn_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+};
 use cairn_store::{DATA_REGION, META_REGION};
 use cairn_testkit::{kv, secured, InProcessCluster};
 
@@ -79,7 +80,8 @@ async fn a_split_region_serves_its_keys_on_every_node_and_after_restart() {
         .into_inner();
     let keys: Vec<&[u8]> = across.kvs.iter().map(|kv| kv.key.as_slice()).collect();
     assert_eq!(keys, [&b"a"[..], b"f", b"m", b"q"]);
-    // So is a lease on a key outside the first region (leases live there).
+    // So is a lease on a key outside the first region (the lease table
+    // stays in the first region; `lease_across.rs` tests the rest).
     let mut leases = LeaseClient::new(secured::channel(&c.nodes[0].client_addr));
     let lease = leases
         .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
@@ -87,16 +89,24 @@ async fn a_split_region_serves_its_keys_on_every_node_and_after_restart() {
         .unwrap()
         .into_inner()
         .id;
-    let leased = client
+    client
         .put(PutRequest {
             key: b"q".to_vec(),
-            value: b"v".to_vec(),
+            value: b"after".to_vec(),
             lease,
             ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(leased.code(), tonic::Code::Unimplemented, "{leased:?}");
+        .unwrap();
+    let ttl = leases
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.keys, [b"q".to_vec()]);
 
     // Split the new region again — through the client port's Regions
     // service this time (`cairn regions split`); the directory in the meta

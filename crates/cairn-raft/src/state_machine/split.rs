@@ -19,9 +19,8 @@
 //! child's range, so a parent that has not split yet here cannot keep
 //! writing keys the child's snapshot owns.
 //!
-//! Leases live in the first region (a revoke deletes its keys there), so a
-//! split that would move a leased key out of it is refused until revokes
-//! can span regions.
+//! The lease table stays with the first region (the parent that keeps the
+//! first key): a split moves keys, never leases or their index.
 //!
 //! Every command applied in a data region must stay inside its range: a
 //! request routed by a directory older than a split is answered
@@ -29,11 +28,8 @@
 
 use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::TxnRequest;
-use std::ops::Bound;
 
-use cairn_mvcc::Rejection;
-use cairn_storage::keys::{decode_lease, Space};
-use cairn_storage::{Snapshot, WriteBatch};
+use cairn_storage::WriteBatch;
 use openraft::{CommittedLeaderId, LogId, StoredMembership};
 
 use super::{apply_key, Applied};
@@ -52,7 +48,6 @@ pub(super) fn split(
     at: Vec<u8>,
     child: u64,
     epoch: u64,
-    engine: &dyn Snapshot,
     batch: &mut WriteBatch,
 ) -> crate::Result<Reply> {
     let range = &state.range;
@@ -60,10 +55,6 @@ pub(super) fn split(
         && (range.end.is_empty() || at.as_slice() < range.end.as_slice());
     if epoch != range.epoch || !inside {
         return Ok(Reply::WrongRegion(range.clone()));
-    }
-    if lease_holds_key_from(engine, &at, &range.end)? {
-        // A revoke in this region would delete the child's keys.
-        return Ok(Reply::Rejected(Rejection::LeaseOutsideFirstRegion));
     }
     let epoch = range.epoch + 1;
     let init = LogId::new(CommittedLeaderId::new(0, 0), CHILD_INIT_INDEX);
@@ -86,24 +77,6 @@ pub(super) fn split(
     state.range.end = at;
     state.range.epoch = epoch;
     Ok(Reply::Done)
-}
-
-/// True when a lease holds a key in `[start, end)` (`end` empty: to the
-/// end). Leases live in the first region, and a revoke deletes its keys
-/// there, so a split may not move a leased key out of it until revokes can
-/// span regions. One scan of the lease space.
-fn lease_holds_key_from(engine: &dyn Snapshot, start: &[u8], end: &[u8]) -> crate::Result<bool> {
-    let lo = vec![Space::Lease as u8];
-    let hi = vec![Space::Lease as u8 + 1];
-    for k in engine.scan_keys(Bound::Included(lo), Bound::Excluded(hi)) {
-        let k = k?;
-        if let (_, Some(key)) = decode_lease(&k)? {
-            if key >= start && (end.is_empty() || key < end) {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
 }
 
 /// True when every key and span `req` names (compares, ops, nested

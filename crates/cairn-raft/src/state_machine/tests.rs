@@ -638,14 +638,14 @@ fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
 }
 
 #[test]
-fn a_split_that_would_move_a_leased_key_out_of_the_first_region_is_refused() {
+fn a_split_moves_leased_keys_and_the_first_region_then_leaves_their_revoke_to_a_txn_across() {
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
     let (shared, _dir) = region(engine);
     let mut sm = StateMachine::new(shared.clone());
-    let put = TxnRequest {
+    let put = |key: &str| TxnRequest {
         success: vec![RequestOp {
             request: Some(Request::RequestPut(PutRequest {
-                key: b"x".to_vec(),
+                key: key.as_bytes().to_vec(),
                 value: b"v".to_vec(),
                 lease: 5,
                 ..Default::default()
@@ -653,32 +653,47 @@ fn a_split_that_would_move_a_leased_key_out_of_the_first_region_is_refused() {
         }],
         ..Default::default()
     };
+    let txn = |ts, key| Command::Txn {
+        ts,
+        txn: put(key).encode_to_vec(),
+    };
     let r = block_on(sm.apply(vec![
         entry(1, Command::LeaseGrant { id: 5, ttl: 60 }),
-        entry(
-            2,
-            Command::Txn {
-                ts: 10,
-                txn: put.encode_to_vec(),
-            },
-        ),
+        entry(2, txn(10, "x")),
     ]))
     .unwrap();
     assert!(
         matches!(r[..], [Reply::Revision(_), Reply::Txn(_)]),
         "{r:?}"
     );
-    let split = |at: &str| Command::Split {
-        at: at.as_bytes().to_vec(),
+    let split = Command::Split {
+        at: b"m".to_vec(),
         child: 9,
         epoch: 1,
     };
-    let r = block_on(sm.apply(vec![entry(3, split("m"))])).unwrap();
-    assert_eq!(r, vec![Reply::Rejected(Rejection::LeaseOutsideFirstRegion)]);
-    assert_eq!(shared.range().epoch, 1, "nothing changed");
-    // Past the leased key the split goes ahead.
-    let r = block_on(sm.apply(vec![entry(4, split("y"))])).unwrap();
+    let r = block_on(sm.apply(vec![entry(3, split)])).unwrap();
     assert_eq!(r, vec![Reply::Done]);
+    assert_eq!(shared.range().end, b"m".to_vec());
+    // The lease stays here, its index naming "x" (now the child's): a
+    // revoke here alone would leave "x", so it is refused.
+    let r = block_on(sm.apply(vec![
+        entry(4, Command::LeaseRevoke { id: 5, ts: 20 }),
+        entry(5, txn(21, "a")),
+    ]))
+    .unwrap();
+    assert!(
+        matches!(
+            r[..],
+            [
+                Reply::Rejected(Rejection::LeaseOutsideFirstRegion),
+                Reply::Txn(_)
+            ]
+        ),
+        "{r:?}"
+    );
+    assert!(cairn_mvcc::lease::get(&*shared.read_view().0, 5)
+        .unwrap()
+        .is_some());
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use cairn_api::etcdserverpb::TxnRequest;
 use cairn_api::mvccpb::Event;
-use cairn_mvcc::locks::{clip, footprint, KeySpan, Lock, LockRef, Outcome};
+use cairn_mvcc::locks::{clip, footprint, Claim, KeySpan, LeaseClaims, Lock, LockRef, Outcome};
 use cairn_mvcc::{lease, Rejection};
 use cairn_storage::{Snapshot, WriteBatch};
 use prost::Message;
@@ -16,7 +16,12 @@ use prost::Message;
 use super::Applied;
 use crate::types::Reply;
 
-/// Locks `spans` for transaction `start_ts` (see `Command::Prewrite`).
+/// Locks `spans` and claims `leases` for transaction `start_ts` (see
+/// `Command::Prewrite`). A prewrite of a transaction that holds its lock
+/// here already is a retry (same `txn`: answered the same), or a revoke
+/// naming the keys it was told of (`Reply::LeaseKeys`): the lock is
+/// widened to them, keeping its floor.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn prewrite(
     state: &mut Applied,
     start_ts: i64,
@@ -24,45 +29,82 @@ pub(super) fn prewrite(
     regions: Vec<u64>,
     spans: Vec<KeySpan>,
     txn: Vec<u8>,
-) -> Reply {
-    if spans.is_empty() {
-        return Reply::Invalid("a prewrite locking nothing".into());
+    leases: LeaseClaims,
+    engine: &dyn Snapshot,
+    term: u64,
+) -> crate::Result<Reply> {
+    if leases.decided_in != 0 && leases.decided_in != term {
+        return Ok(Reply::Done); // a stale expiry: nothing changes
+    }
+    if spans.is_empty() && leases.is_empty() {
+        return Ok(Reply::Invalid("a prewrite locking nothing".into()));
+    }
+    if !leases.is_empty() && !state.range.start.is_empty() {
+        return Ok(Reply::Invalid(
+            "a lease claimed outside the lease table's region".into(),
+        ));
     }
     let range = &state.range;
     if spans
         .iter()
         .any(|s| clip(s, &range.start, &range.end).as_ref() != Some(s))
     {
-        return Reply::WrongRegion(range.clone());
+        return Ok(Reply::WrongRegion(range.clone()));
     }
     if let Some(o) = state.locks.outcomes.get(&start_ts) {
         // Settled already (a resolver rolled it back before this arrived).
-        return Reply::Outcome(Some(o.clone()));
+        return Ok(Reply::Outcome(Some(o.clone())));
     }
-    if let Some(l) = state.locks.held.get(&start_ts) {
-        return Reply::Revision(l.floor); // a retried prewrite
-    }
+    let widened_from = match state.locks.held.get(&start_ts) {
+        Some(l) if l.txn == txn => return Ok(Reply::Revision(l.floor)), // a retry
+        Some(l) => Some(l.floor),
+        None => None,
+    };
     let Ok(req) = TxnRequest::decode(txn.as_slice()) else {
-        return Reply::Invalid("undecodable transaction".into());
+        return Ok(Reply::Invalid("undecodable transaction".into()));
     };
     if state.no_space() && cairn_mvcc::has_put(&req) {
-        return Reply::Rejected(Rejection::NoSpace);
+        return Ok(Reply::Rejected(Rejection::NoSpace));
     }
-    if let Some(other) = state.locks.conflict(&spans, None) {
-        return Reply::Locked(other);
+    let claim = Claim { spans, leases };
+    if let Some(other) = state.locks.conflict(&claim, Some(start_ts)) {
+        return Ok(Reply::Locked(other));
     }
-    let floor = state.current_revision;
+    // A revoke must name every key its leases index. It is claimed even if
+    // it does not: from now on no key can join them, so the keys answered
+    // are all they will have, and the coordinator widens to them.
+    let mut indexed = Vec::new();
+    for &id in &claim.leases.revoke {
+        if lease::get(engine, id)?.is_none() {
+            return Ok(Reply::Rejected(Rejection::LeaseNotFound));
+        }
+        indexed.extend(lease::attached_keys(engine, id)?);
+    }
+    let named = footprint(&req);
+    let covered = |k: &Vec<u8>| {
+        let key = cairn_mvcc::locks::etcd_span(k, &[]);
+        named
+            .iter()
+            .any(|s| clip(&key, &s.0, &s.1).as_ref() == Some(&key))
+    };
+    let complete = indexed.iter().all(covered);
+    let floor = widened_from.unwrap_or(state.current_revision);
     state.locks.held.insert(
         start_ts,
         Lock {
             primary,
             regions,
-            spans,
+            spans: claim.spans,
             floor,
             txn,
+            leases: claim.leases,
         },
     );
-    Reply::Revision(floor)
+    Ok(if complete {
+        Reply::Revision(floor)
+    } else {
+        Reply::LeaseKeys(indexed)
+    })
 }
 
 /// Commits this region's part of transaction `start_ts` (see
@@ -96,16 +138,42 @@ pub(super) fn commit(
         Ok(r) => r,
         Err(e) => return Ok((WriteBatch::new(), Reply::Invalid(e.to_string()))),
     };
-    let within = (state.range.start.clone(), state.range.end.clone());
-    let out =
-        match cairn_mvcc::apply_txn_part(engine, &req, &path, commit_ts, state.revisions(), within)
-        {
-            Ok(out) => out,
-            Err(cairn_mvcc::Error::Rejected(r)) => {
-                return Ok((WriteBatch::new(), Reply::Rejected(r)));
+    if state.range.start.is_empty() {
+        // The lease table is here: a key put with a lease anywhere is
+        // attached only while the lease exists and no revoke claims it
+        // (refused, the transaction rolls back and starts again).
+        for id in cairn_mvcc::leases_put_along(&req, &path) {
+            if let Some(revoke) = state.locks.revoking(id, start_ts) {
+                return Ok((WriteBatch::new(), Reply::Locked(revoke)));
             }
-            Err(e) => return Err(e.into()),
-        };
+            if lease::get(engine, id)?.is_none() {
+                return Ok((WriteBatch::new(), Reply::Rejected(Rejection::LeaseNotFound)));
+            }
+        }
+    }
+    let within = (state.range.start.clone(), state.range.end.clone());
+    let lease_table = state.range.start.is_empty();
+    let revokes = lock.leases.revoke.clone();
+    let mut out = match cairn_mvcc::apply_txn_part(
+        engine,
+        &req,
+        &path,
+        commit_ts,
+        state.revisions(),
+        within,
+        lease_table,
+    ) {
+        Ok(out) => out,
+        Err(cairn_mvcc::Error::Rejected(r)) => {
+            return Ok((WriteBatch::new(), Reply::Rejected(r)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for id in revokes {
+        // Its attached keys are deleted (in whichever region holds them,
+        // at this revision); the lease and its index go here.
+        lease::forget(engine, id, &mut out.batch)?;
+    }
     let primary = lock.primary == region;
     state.locks.held.remove(&start_ts);
     state.current_revision = out.revisions.current;
@@ -147,15 +215,24 @@ pub(super) fn forget(state: &mut Applied, start_ts: i64) -> Reply {
     Reply::Done
 }
 
-/// The lock a single-region transaction would write or read under, if any.
+/// The lock a single-region transaction would write or read under, or
+/// whose revoke claims a lease it attaches keys to, if any.
 pub(super) fn txn_conflict(state: &Applied, req: &TxnRequest) -> Option<LockRef> {
     if state.locks.is_empty() {
         return None;
     }
-    state.locks.conflict(&footprint(req), None)
+    let claim = Claim {
+        spans: footprint(req),
+        leases: LeaseClaims {
+            attach: super::leases_put(req),
+            ..LeaseClaims::default()
+        },
+    };
+    state.locks.conflict(&claim, None)
 }
 
-/// The lock holding a key of lease `id` (a revoke would delete it), if any.
+/// The lock holding a key of lease `id` (a revoke would delete it), or a
+/// claim of the lease, if any.
 pub(super) fn lease_conflict(
     state: &Applied,
     engine: &dyn Snapshot,
@@ -164,9 +241,15 @@ pub(super) fn lease_conflict(
     if state.locks.is_empty() {
         return Ok(None);
     }
-    let spans: Vec<KeySpan> = lease::attached_keys(engine, id)?
-        .into_iter()
-        .map(|k| cairn_mvcc::locks::etcd_span(&k, &[]))
-        .collect();
-    Ok(state.locks.conflict(&spans, None))
+    let claim = Claim {
+        spans: lease::attached_keys(engine, id)?
+            .into_iter()
+            .map(|k| cairn_mvcc::locks::etcd_span(&k, &[]))
+            .collect(),
+        leases: LeaseClaims {
+            revoke: vec![id],
+            ..LeaseClaims::default()
+        },
+    };
+    Ok(state.locks.conflict(&claim, None))
 }

@@ -1,6 +1,8 @@
-//! The Lease entry points. Grants and revokes are proposed in the data
-//! region; keep-alives and TimeToLive are answered by the region leader's
-//! lessor (see `crate::lessor`).
+//! The Lease entry points. Grants and revokes are proposed in the first
+//! data region, which holds the lease table (a revoke whose keys lie in
+//! several regions is a transaction across them: `node::lease_across`);
+//! keep-alives and TimeToLive are answered by that region leader's lessor
+//! (see `crate::lessor`).
 
 use cairn_mvcc::Rejection;
 use cairn_raft::Command;
@@ -34,11 +36,28 @@ impl Node {
         Err(Error::Rejected(Rejection::LeaseExists))
     }
 
-    /// Revokes a lease and deletes its keys; returns the revision after.
+    /// Revokes a lease and deletes its keys (at one revision, in whichever
+    /// regions they are); returns the revision after.
     pub async fn lease_revoke(&self, id: i64, access: &Access) -> Result<i64> {
-        self.checked_submit(DATA_REGION, access, ForwardOp::Revoke(id), true)
-            .await?
-            .revision()
+        let stale = super::kv::StaleRoutes::new();
+        loop {
+            match self
+                .checked_submit(DATA_REGION, access, ForwardOp::Revoke(id), true)
+                .await?
+                .revision()
+            {
+                Err(Error::Rejected(Rejection::LeaseOutsideFirstRegion)) => {}
+                other => return other,
+            }
+            // Its keys are in several regions.
+            match self.revoke_across(id, 0, access).await {
+                Ok(Some(revision)) => return Ok(revision),
+                Ok(None) => return Err(Error::Internal("a revoke dropped as an expiry".into())),
+                // All in the first region after all: one command again.
+                Err(Error::EpochMismatch) => stale.wait().await?,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Refreshes a lease at the region leader; its TTL, 0 if unknown.
@@ -54,10 +73,13 @@ impl Node {
             .submit(DATA_REGION, ForwardOp::LeaseTimeToLive(id))
             .await?
             .time_to_live()?;
-        Ok(t.map(|(remaining, granted, keys)| LeaseTtl {
+        let Some((remaining, granted, keys)) = t else {
+            return Ok(None);
+        };
+        Ok(Some(LeaseTtl {
             remaining,
             granted,
-            keys,
+            keys: self.still_attached(id, keys).await?,
         }))
     }
 

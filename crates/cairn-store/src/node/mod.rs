@@ -32,6 +32,7 @@
 mod background;
 mod forward;
 mod kv;
+mod lease_across;
 mod leases;
 mod range_across;
 mod reads;

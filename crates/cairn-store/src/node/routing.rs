@@ -6,7 +6,7 @@
 //! again. Splits only narrow ranges, so a span that crosses regions here
 //! crosses them everywhere.
 
-use crate::node::{Node, Region, META_REGION};
+use crate::node::{Node, Region, DATA_REGION, META_REGION};
 use crate::{Error, Result};
 use std::sync::Arc;
 
@@ -58,12 +58,17 @@ impl Node {
     }
 
     /// The one data region holding every key `req` names, or
-    /// `SpansRegions`.
+    /// `SpansRegions` (also for a put with a lease outside the first
+    /// region).
     pub(crate) fn route_txn(&self, req: &TxnRequest) -> Result<u64> {
         let r = self.route(&first_key(req))?;
-        if r.shared
-            .with_applied(|a| cairn_raft::txn_within(req, &a.range))
-        {
+        let within = r
+            .shared
+            .with_applied(|a| cairn_raft::txn_within(req, &a.range));
+        // A put with a lease outside the first region also writes the
+        // lease table (in the first region): a transaction across regions.
+        let leased_elsewhere = r.id != DATA_REGION && !cairn_raft::leases_put(req).is_empty();
+        if within && !leased_elsewhere {
             Ok(r.id)
         } else {
             Err(Error::SpansRegions)

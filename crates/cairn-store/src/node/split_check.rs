@@ -23,10 +23,10 @@
 //!
 //! The split itself is `Node::split_region_at_epoch`: one command in the
 //! region's log carrying the epoch the key was chosen at, refused with
-//! `EpochMismatch` if the region split since. Splits that would move a
-//! leased key out of the first region are refused until leases can span
-//! regions. After any refusal or failure the checker leaves the region
-//! alone for [`QUIET_AFTER_FAILURE`], then measures it again.
+//! `EpochMismatch` if the region split since, or while a transaction
+//! across regions holds a lock in it. After any refusal or failure the
+//! checker leaves the region alone for [`QUIET_AFTER_FAILURE`], then
+//! measures it again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -108,7 +108,7 @@ pub(super) async fn check_splits(node: Weak<Node>) {
                 }
                 Err(e) => {
                     // Measure again after a while: whatever refused it
-                    // (a leased key to move, a leader change, a timeout)
+                    // (a lock held, a leader change, a timeout)
                     // may have passed by then, writes or not.
                     tracing::info!(region = r.id, "split refused or failed: {e}");
                     c.measured_at = None;

@@ -170,6 +170,18 @@ impl Node {
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
         tokio::spawn(background::publish_self(Arc::downgrade(&node)));
+        let weak = Arc::downgrade(&node);
+        node.lessor.revoke_across_with(Box::new(move |id, term| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(node) = weak.upgrade() else {
+                    return Ok(());
+                };
+                node.revoke_across(id, term, &crate::Access::Internal)
+                    .await
+                    .map(|_| ())
+            })
+        }));
         tokio::spawn(Lessor::expire(
             Arc::downgrade(&node.lessor),
             node.stopped.subscribe(),

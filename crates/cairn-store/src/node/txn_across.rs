@@ -41,26 +41,54 @@
 //! nothing) takes the same path and releases its locks instead of
 //! committing: its reads are one snapshot across regions, and it consumes
 //! no revision (header revision `commit_ts - 1`).
+//!
+//! **Leases.** The lease table lives in the first region
+//! (`cairn_mvcc::lease`). A transaction that puts a key with a lease
+//! outside it comes here even if its keys are all in one other region: it
+//! claims the lease in the first region too (the first region is then the
+//! primary), the evaluation checks the lease exists under that claim, and
+//! the first region's part records the attachment. A revoke whose keys
+//! lie in several regions is a transaction of this kind as well
+//! (`node::lease_across`).
 
 use std::collections::BTreeMap;
 
 use cairn_api::etcdserverpb::{TxnRequest, TxnResponse};
-use cairn_mvcc::locks::{clip, footprint, KeySpan, Outcome};
-use cairn_mvcc::Rejection;
+use cairn_mvcc::locks::{clip, footprint, KeySpan, LeaseClaims, Outcome};
 use cairn_raft::{Command, Reply};
 use futures::future::join_all;
 use prost::Message;
 
-use crate::node::{Node, META_REGION};
+use crate::node::{Node, DATA_REGION, META_REGION};
 use crate::remote::{ForwardOk, ForwardOp};
 use crate::tso;
 use crate::{Access, Error, Result};
 
 /// One attempt's end: an answer, or start again (a lock was in the way,
 /// a route was stale, or a resolver rolled the attempt back).
-enum Attempt {
+pub(super) enum Attempt {
     Done(TxnResponse),
     Again,
+    /// A revoke named fewer keys than its lease indexes: these.
+    LeaseKeys(Vec<Vec<u8>>),
+    /// An expiry decided in a leader term that is over: dropped.
+    Abandoned,
+}
+
+/// A transaction across regions, and the leases it claims in the first
+/// region (which holds the lease table).
+pub(super) struct Plan {
+    pub(super) req: TxnRequest,
+    pub(super) leases: LeaseClaims,
+}
+
+/// A transaction's footprint cut by region, in key order (the primary
+/// first), and its encoding.
+struct Layout {
+    req: TxnRequest,
+    parts: Vec<(u64, Vec<KeySpan>)>,
+    regions: Vec<u64>,
+    txn: Vec<u8>,
 }
 
 /// Where a test makes a coordinator stop as if its node died: its locks
@@ -83,17 +111,12 @@ impl Node {
         req: &TxnRequest,
         access: &Access,
     ) -> Result<TxnResponse> {
-        if !cairn_raft::leases_put(req).is_empty() {
-            // Leases live in the first region until revokes span regions.
-            return Err(Error::Rejected(Rejection::LeaseOutsideFirstRegion));
-        }
         let stale = super::kv::StaleRoutes::new();
+        let plan = Plan::of(req);
         loop {
-            match self.txn_across_once(req, access, None).await {
+            match self.txn_across_once(&plan, access, None).await {
                 Ok(Attempt::Done(resp)) => return Ok(resp),
-                Ok(Attempt::Again) | Err(Error::EpochMismatch) | Err(Error::RolledBack) => {
-                    stale.wait().await?
-                }
+                Ok(_) | Err(Error::EpochMismatch) | Err(Error::RolledBack) => stale.wait().await?,
                 Err(e) => return Err(e),
             }
         }
@@ -109,83 +132,86 @@ impl Node {
         crash: CoordinatorCrash,
     ) -> Result<Option<TxnResponse>> {
         match self
-            .txn_across_once(req, &Access::Internal, Some(crash))
+            .txn_across_once(&Plan::of(req), &Access::Internal, Some(crash))
             .await?
         {
             Attempt::Done(resp) => Ok(Some(resp)),
-            Attempt::Again => Ok(None),
+            _ => Ok(None),
         }
     }
 
-    async fn txn_across_once(
+    pub(super) async fn txn_across_once(
         &self,
-        req: &TxnRequest,
+        plan: &Plan,
         access: &Access,
         crash: Option<CoordinatorCrash>,
     ) -> Result<Attempt> {
-        let Some(parts) = self.footprint_parts(&footprint(req)) else {
+        let Some(mut layout) = self.layout(plan.req.clone(), &plan.leases)? else {
             return Ok(Attempt::Again);
         };
-        if parts.len() < 2 {
-            // A merge or stale route: the single-region path serves it.
-            return Err(Error::EpochMismatch);
-        }
-        let txn = req.encode_to_vec();
         // Only a name: unique is enough, so no leadership confirmation (a
         // deposed TSO leader hands out only timestamps below its window's
         // end, and its successor starts above it).
         let meta = self.region(META_REGION)?;
         let start_ts = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await?;
-        let primary = parts[0].0;
-        let regions: Vec<u64> = parts.iter().map(|(r, _)| *r).collect();
+        let primary = layout.parts[0].0;
         // 2. The primary first; then the others at once. If some met a
         // lock, those above the lowest that did are rolled back, and from
         // there on it goes region by region in key order, a lock in the
         // way waited for (or resolved) while ours below it stay: every
         // transaction waits only holding locks below the one it waits
         // for, so none waits on one that waits on it.
-        let prewrite = |region: u64, spans: Vec<KeySpan>| {
-            let cmd = Command::Prewrite {
-                start_ts,
-                primary,
-                regions: regions.clone(),
-                spans,
-                txn: txn.clone(),
-            };
-            async move {
-                self.checked_submit(region, access, ForwardOp::Plain(cmd), false)
-                    .await
-            }
-        };
-        let mut locked: Vec<u64> = Vec::with_capacity(parts.len());
+        let mut locked: Vec<u64> = Vec::with_capacity(layout.parts.len());
         let mut floor = 0;
         let mut next = 0;
-        while next < parts.len() {
-            let batch = if next == 0 { 0..1 } else { next..parts.len() };
-            let answers = join_all(
-                parts[batch.clone()]
-                    .iter()
-                    .map(|(region, spans)| prewrite(*region, spans.clone())),
-            )
+        let mut widened = 0;
+        while next < layout.parts.len() {
+            let batch = if next == 0 {
+                0..1
+            } else {
+                next..layout.parts.len()
+            };
+            let answers = join_all(layout.parts[batch.clone()].iter().map(|(region, spans)| {
+                self.prewrite(start_ts, &layout, *region, spans, &plan.leases, access)
+            }))
             .await;
             let mut blocked = None;
             for (i, res) in batch.zip(answers) {
                 match res {
                     Ok(ForwardOk::Reply(Reply::Revision(f))) if blocked.is_none() => {
                         floor = floor.max(f);
-                        locked.push(parts[i].0);
+                        locked.push(layout.parts[i].0);
                         next = i + 1;
                     }
                     Ok(ForwardOk::Reply(Reply::Revision(_))) => {
                         // Locked above a region that was not: let it go
                         // (taken again in order).
                         let undo = Command::RollbackLocked { start_ts };
-                        let _ = self.submit(parts[i].0, ForwardOp::Plain(undo)).await;
+                        let _ = self.submit(layout.parts[i].0, ForwardOp::Plain(undo)).await;
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(other))) if blocked.is_none() => {
-                        blocked = Some((parts[i].0, other));
+                        blocked = Some((layout.parts[i].0, other));
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(_))) => {}
+                    Ok(ForwardOk::Reply(Reply::LeaseKeys(keys))) if i == 0 => {
+                        // A revoke whose lease gained keys since they were
+                        // read: claimed now (no more can join), so name
+                        // them all and prewrite the primary again.
+                        locked = vec![primary];
+                        if widened == 2 || plan.leases.revoke.len() != 1 {
+                            self.release(start_ts, primary, &locked).await;
+                            return Ok(Attempt::LeaseKeys(keys));
+                        }
+                        widened += 1;
+                        let body = cairn_mvcc::lease::revoke_txn(plan.leases.revoke[0], keys);
+                        match self.layout(body, &plan.leases) {
+                            Ok(Some(l)) if l.parts[0].0 == primary => layout = l,
+                            _ => {
+                                self.release(start_ts, primary, &locked).await;
+                                return Ok(Attempt::Again);
+                            }
+                        }
+                    }
                     // A prewrite that landed after all (its answer lost):
                     // the sweeper rolls it back.
                     refused => return self.refused(refused, start_ts, primary, &locked).await,
@@ -197,8 +223,10 @@ impl Node {
                     return Err(e);
                 }
                 // Then this region alone, and on in order.
-                let (region, spans) = &parts[next];
-                let res = prewrite(*region, spans.clone()).await;
+                let (region, spans) = &layout.parts[next];
+                let res = self
+                    .prewrite(start_ts, &layout, *region, spans, &plan.leases, access)
+                    .await;
                 match res {
                     Ok(ForwardOk::Reply(Reply::Revision(f))) => {
                         floor = floor.max(f);
@@ -210,6 +238,8 @@ impl Node {
                 }
             }
         }
+        let Layout { req, parts, .. } = layout;
+        let req = &req;
         if crash == Some(CoordinatorCrash::AfterPrewrite) {
             return Ok(Attempt::Again);
         }
@@ -249,7 +279,10 @@ impl Node {
                     current: commit_ts - 1,
                     compacted,
                 };
-                cairn_mvcc::apply_txn(&*view, &whole, commit_ts, revs, &cairn_mvcc::NoLeases)
+                // The lease table is in this view too (the first region
+                // is caught up, and its claims keep the leases put here).
+                let leases = cairn_mvcc::lease::StoredLeases(&*view);
+                cairn_mvcc::apply_txn(&*view, &whole, commit_ts, revs, &leases)
             })
             .await
             .and_then(|r| r.map_err(Error::from));
@@ -260,7 +293,7 @@ impl Node {
                 return Err(e);
             }
         };
-        if out.batch.is_empty() {
+        if out.batch.is_empty() && plan.leases.revoke.is_empty() {
             // Nothing to write: the locks go, no revision is used.
             self.release(start_ts, primary, &locked).await;
             return Ok(Attempt::Done(out.response));
@@ -332,6 +365,7 @@ impl Node {
         self.release(start_ts, primary, locked).await;
         match res {
             Ok(ForwardOk::Reply(Reply::Outcome(_))) => Ok(Attempt::Again),
+            Ok(ForwardOk::Reply(Reply::Done)) => Ok(Attempt::Abandoned),
             Ok(ok) => ok.reply().map(|_| Attempt::Again),
             Err(e) => Err(e),
         }
@@ -373,6 +407,61 @@ impl Node {
         }
     }
 
+    /// `req`'s layout: its footprint by region, with the first region
+    /// (the lease table's) in front when `leases` claims any; `None` when
+    /// the regions here do not cover it (route again).
+    fn layout(&self, req: TxnRequest, leases: &LeaseClaims) -> Result<Option<Layout>> {
+        let Some(mut parts) = self.footprint_parts(&footprint(&req)) else {
+            return Ok(None);
+        };
+        if !leases.is_empty() && parts.first().is_none_or(|(r, _)| *r != DATA_REGION) {
+            // The lease table's region takes part (first: it holds the
+            // first key), whether or not it holds any of the keys.
+            parts.insert(0, (DATA_REGION, Vec::new()));
+        }
+        if parts.len() < 2 && leases.is_empty() {
+            // A merge or stale route: the single-region path serves it.
+            return Err(Error::EpochMismatch);
+        }
+        Ok(Some(Layout {
+            regions: parts.iter().map(|(r, _)| *r).collect(),
+            txn: req.encode_to_vec(),
+            req,
+            parts,
+        }))
+    }
+
+    /// Prewrites `layout`'s part in `region` (`spans`), with the lease
+    /// claims if it is the first region.
+    async fn prewrite(
+        &self,
+        start_ts: i64,
+        layout: &Layout,
+        region: u64,
+        spans: &[KeySpan],
+        claims: &LeaseClaims,
+        access: &Access,
+    ) -> Result<ForwardOk> {
+        let leases = if region == DATA_REGION {
+            claims.clone()
+        } else {
+            LeaseClaims::default()
+        };
+        // A lease claim is checked as etcd checks a put with a lease or a
+        // revoke: the caller may write every key the lease has.
+        let lease_keys = !leases.is_empty();
+        let cmd = Command::Prewrite {
+            start_ts,
+            primary: layout.parts[0].0,
+            regions: layout.regions.clone(),
+            spans: spans.to_vec(),
+            txn: layout.txn.clone(),
+            leases,
+        };
+        self.checked_submit(region, access, ForwardOp::Plain(cmd), lease_keys)
+            .await
+    }
+
     /// `spans` cut at the boundaries of the regions hosted here, by region
     /// in key order (the first holds the lowest key); `None` when the
     /// regions here do not cover a span (a region being started: route
@@ -400,5 +489,22 @@ impl Node {
             }
         }
         Some(by_start.into_values().collect())
+    }
+}
+
+impl Plan {
+    /// A client's transaction: it claims for an attach every lease it may
+    /// put a key with.
+    pub(super) fn of(req: &TxnRequest) -> Self {
+        let mut attach = cairn_raft::leases_put(req);
+        attach.sort_unstable();
+        attach.dedup();
+        Plan {
+            req: req.clone(),
+            leases: LeaseClaims {
+                attach,
+                ..LeaseClaims::default()
+            },
+        }
     }
 }

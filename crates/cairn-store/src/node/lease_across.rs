@@ -1,0 +1,109 @@
+//! Leases whose keys lie in several regions.
+//!
+//! The lease table — records, and the lease → key index — lives in the
+//! first region (`cairn_mvcc::lease`). A put with a lease in another
+//! region is a transaction across regions that claims the lease there
+//! (`node::txn_across`). A revoke is one command in the first region while
+//! every key its lease indexes is there; otherwise that region refuses it
+//! (`LeaseOutsideFirstRegion`, never shown to a client) and it runs here,
+//! as a transaction across regions:
+//!
+//! 1. read the keys the lease indexes;
+//! 2. run [`cairn_mvcc::lease::revoke_txn`] over them — each key deleted
+//!    if it still holds the lease, all at one revision — claiming the
+//!    lease exclusively in the first region. That region's prewrite checks
+//!    that the transaction names every key the lease indexes now (one may
+//!    have been attached since step 1: then it answers them, and this
+//!    starts over with them); once claimed, no key can join the lease;
+//! 3. the first region's part of the commit deletes the lease and its
+//!    index.
+//!
+//! An expiry is the same revoke, decided by the first region's leader in a
+//! leader term: its claim is placed only from an entry of that term (a
+//! later leader may have renewed the lease), else the expiry is dropped.
+//!
+//! A key outside the first region that was detached from its lease (put
+//! again with another lease or none, or deleted) stays in the index until
+//! the lease goes, so the keys a lease reports (`TimeToLive`) are checked
+//! against the keys' own records here.
+
+use cairn_api::etcdserverpb::RangeRequest;
+use cairn_mvcc::lease;
+use cairn_mvcc::locks::LeaseClaims;
+use futures::future::join_all;
+
+use super::txn_across::{Attempt, Plan};
+use crate::node::{Node, DATA_REGION};
+use crate::{Access, Error, Result};
+
+impl Node {
+    /// Revokes lease `id` across regions (see the module essay); the
+    /// revision after it. `decided_in`: not 0 for an expiry the lease
+    /// leader of that term decided (`Ok(None)`: that term is over, and the
+    /// expiry was dropped).
+    pub(crate) async fn revoke_across(
+        &self,
+        id: i64,
+        decided_in: u64,
+        access: &Access,
+    ) -> Result<Option<i64>> {
+        let stale = super::kv::StaleRoutes::new();
+        let mut named: Option<Vec<Vec<u8>>> = None;
+        loop {
+            let keys = match named.take() {
+                Some(keys) => keys,
+                None => {
+                    let (snap, _) = self.linearizable_view(DATA_REGION).await?;
+                    if lease::get(&*snap, id)?.is_none() {
+                        return Err(Error::Rejected(cairn_mvcc::Rejection::LeaseNotFound));
+                    }
+                    lease::attached_keys(&*snap, id)?
+                }
+            };
+            let plan = Plan {
+                req: lease::revoke_txn(id, keys),
+                leases: LeaseClaims {
+                    revoke: vec![id],
+                    decided_in,
+                    ..LeaseClaims::default()
+                },
+            };
+            match self.txn_across_once(&plan, access, None).await {
+                Ok(Attempt::Done(resp)) => return Ok(Some(resp.header.map_or(0, |h| h.revision))),
+                Ok(Attempt::Abandoned) => return Ok(None),
+                Ok(Attempt::LeaseKeys(keys)) => named = Some(keys),
+                Ok(Attempt::Again) | Err(Error::RolledBack) => stale.wait().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Of the keys lease `id` indexes, those that still hold it: a key
+    /// outside the first region is looked up in its own region.
+    pub(crate) async fn still_attached(&self, id: i64, keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+        let first = self.region(DATA_REGION)?;
+        let inside = |k: &[u8]| first.shared.with_applied(|a| a.range.contains(k));
+        if keys.iter().all(|k| inside(k)) {
+            return Ok(keys);
+        }
+        let holds = join_all(keys.iter().map(|k| async {
+            if inside(k) {
+                return Ok(true);
+            }
+            let req = RangeRequest {
+                key: k.clone(),
+                ..Default::default()
+            };
+            let r = self.range(req, &Access::Internal).await?;
+            Ok::<_, Error>(r.kvs.first().is_some_and(|kv| kv.lease == id))
+        }))
+        .await;
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, h) in keys.into_iter().zip(holds) {
+            if h? {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+}

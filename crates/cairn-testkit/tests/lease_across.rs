@@ -1,0 +1,307 @@
+//! Leases whose keys lie in several regions (issue 17): a put with a lease
+//! in any region, checked against the lease table in the first region; a
+//! revoke or an expiry deletes the lease's keys in every region at one
+//! revision, its events together; a key detached from its lease in another
+//! region is neither reported by TimeToLive nor deleted with the lease;
+//! a split moves leased keys; and no key outlives its lease while puts
+//! race the revoke.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::lease_client::LeaseClient;
+use cairn_api::etcdserverpb::*;
+use cairn_store::DATA_REGION;
+use cairn_testkit::watch::WatchStream;
+use cairn_testkit::{secured, InProcessCluster};
+use tonic::transport::Channel;
+use tonic::Code;
+
+async fn lease_client(c: &InProcessCluster, i: usize) -> LeaseClient<Channel> {
+    LeaseClient::new(secured::lazy(
+        secured::endpoint(&c.nodes[i].client_addr).timeout(Duration::from_secs(15)),
+    ))
+}
+
+async fn put_leased(
+    k: &mut KvClient<Channel>,
+    key: &str,
+    lease: i64,
+) -> Result<i64, tonic::Status> {
+    k.put(PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().header.unwrap().revision)
+}
+
+/// Every key, with its lease and mod revision.
+async fn keys(k: &mut KvClient<Channel>) -> Vec<(String, i64, i64)> {
+    k.range(RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .kvs
+    .into_iter()
+    .map(|kv| {
+        (
+            String::from_utf8(kv.key).unwrap(),
+            kv.lease,
+            kv.mod_revision,
+        )
+    })
+    .collect()
+}
+
+async fn ttl_keys(l: &mut LeaseClient<Channel>, id: i64) -> Vec<String> {
+    l.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| String::from_utf8(k).unwrap())
+        .collect()
+}
+
+/// A watch of every key, created.
+async fn watch_all(c: &InProcessCluster, i: usize) -> WatchStream {
+    let mut w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    w
+}
+
+/// The next `n` events of `w`, as (type, key, mod revision); asserts the
+/// events of one revision never straddle two responses.
+async fn next_events(w: &mut WatchStream, n: usize) -> Vec<(i32, String, i64)> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "only {got:?}");
+        let Some(r) = w.next(Duration::from_secs(5)).await else {
+            continue;
+        };
+        for e in r.events {
+            let kv = e.kv.unwrap();
+            got.push((
+                e.r#type,
+                String::from_utf8(kv.key).unwrap(),
+                kv.mod_revision,
+            ));
+        }
+    }
+    got
+}
+
+/// Regions `[, f)`, `[f, q)`, `[q, )`.
+async fn three_regions() -> InProcessCluster {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("f").await;
+    c.split_at("q").await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_holds_keys_in_every_region_and_its_revoke_deletes_them_at_one_revision() {
+    let c = three_regions().await;
+    let mut l = lease_client(&c, 1).await;
+    let mut k = c.kv(2).await;
+    let id = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    for key in ["b", "k", "w", "x"] {
+        put_leased(&mut k, key, id).await.unwrap();
+    }
+    // A lease that does not exist: etcd's answer, in any region.
+    for key in ["c", "m"] {
+        let s = put_leased(&mut k, key, id + 1).await.unwrap_err();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: requested lease not found"),
+            "{key}"
+        );
+    }
+    assert_eq!(ttl_keys(&mut l, id).await, ["b", "k", "w", "x"]);
+    // "x" leaves the lease in its own region: TimeToLive no longer names
+    // it, and the revoke leaves it be.
+    put_leased(&mut k, "x", 0).await.unwrap();
+    assert_eq!(ttl_keys(&mut l, id).await, ["b", "k", "w"]);
+
+    let mut w = watch_all(&c, 0).await;
+    let revision = l
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    let after = keys(&mut k).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!((after[0].0.as_str(), after[0].1), ("x", 0));
+    let events = next_events(&mut w, 3).await;
+    assert_eq!(
+        events,
+        [
+            (1, "b".to_string(), revision),
+            (1, "k".to_string(), revision),
+            (1, "w".to_string(), revision),
+        ]
+    );
+    let t = l
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.ttl, -1);
+    let s = l.lease_revoke(LeaseRevokeRequest { id }).await.unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (Code::NotFound, "etcdserver: requested lease not found")
+    );
+    let s = put_leased(&mut k, "m", id).await.unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lease_with_keys_in_several_regions_goes_at_one_revision() {
+    let c = three_regions().await;
+    let mut l = lease_client(&c, 0).await;
+    let mut k = c.kv(1).await;
+    let id = l
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut w = watch_all(&c, 2).await;
+    for key in ["g", "r", "s"] {
+        put_leased(&mut k, key, id).await.unwrap();
+    }
+    let puts = next_events(&mut w, 3).await;
+    let deletes = next_events(&mut w, 3).await;
+    assert!(puts.iter().all(|e| e.0 == 0), "{puts:?}");
+    let at = deletes[0].2;
+    assert_eq!(
+        deletes,
+        [
+            (1, "g".to_string(), at),
+            (1, "r".to_string(), at),
+            (1, "s".to_string(), at),
+        ]
+    );
+    assert!(keys(&mut k).await.is_empty());
+    let t = l
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.ttl, -1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn splits_move_leased_keys_and_the_revoke_follows_them() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut l = lease_client(&c, 0).await;
+    let mut k = c.kv(0).await;
+    let id = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    for key in ["a", "m", "z"] {
+        put_leased(&mut k, key, id).await.unwrap();
+    }
+    put_leased(&mut k, "n", 0).await.unwrap();
+    c.split_at("h").await;
+    c.split_at("t").await;
+    assert_eq!(ttl_keys(&mut l, id).await, ["a", "m", "z"]);
+    let mut w = watch_all(&c, 1).await;
+    let revision = l
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision;
+    let events = next_events(&mut w, 3).await;
+    assert!(
+        events.iter().all(|e| e.0 == 1 && e.2 == revision),
+        "{events:?}"
+    );
+    let left: Vec<String> = keys(&mut k).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(left, ["n"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_key_outlives_its_lease_while_puts_race_the_revoke() {
+    let c = three_regions().await;
+    let mut l = lease_client(&c, 0).await;
+    for round in 0..3 {
+        let id = l
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for (i, prefix) in ["c", "h", "t"].into_iter().enumerate() {
+            let mut k = c.kv(i).await;
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let mut acked = 0;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("{prefix}{round}/{n}");
+                    n += 1;
+                    match put_leased(&mut k, &key, id).await {
+                        Ok(_) => acked += 1,
+                        Err(s) if s.code() == Code::NotFound => break,
+                        Err(s) => panic!("put {key}: {s}"),
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        l.lease_revoke(LeaseRevokeRequest { id }).await.unwrap();
+        // Once revoked, every put with the lease is refused.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acked = 0;
+        for w in writers {
+            acked += w.await.unwrap();
+        }
+        assert!(acked > 0, "round {round}: no put took");
+        let mut k = c.kv(round % 3).await;
+        let orphans: Vec<_> = keys(&mut k)
+            .await
+            .into_iter()
+            .filter(|e| e.1 == id)
+            .collect();
+        assert!(orphans.is_empty(), "round {round}: {orphans:?}");
+    }
+}
