@@ -1003,6 +1003,7 @@ impl StateMachine {
                     path,
                     engine,
                     events,
+                    term,
                 )?;
                 self.shared.load.record(&batch);
                 Ok((batch, reply))
@@ -1065,7 +1066,7 @@ pub fn leases_put(t: &TxnRequest) -> Vec<i64> {
         use cairn_api::etcdserverpb::request_op::Request as Op;
         for op in t.success.iter().chain(&t.failure) {
             match &op.request {
-                Some(Op::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+                Some(Op::RequestPut(p)) if p.lease != 0 && !p.ignore_lease => out.push(p.lease),
                 Some(Op::RequestTxn(inner)) => walk(inner, out),
                 _ => {}
             }

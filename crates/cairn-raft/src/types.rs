@@ -276,8 +276,9 @@ pub enum Reply {
     /// A transaction's fate as the region knows it (`None`: nothing known).
     Outcome(Option<cairn_mvcc::locks::Outcome>),
     /// A revoke's prewrite named fewer keys than its lease indexes now (one
-    /// was attached since the coordinator read them): nothing changed;
-    /// these are the keys it indexes.
+    /// was attached since the coordinator read them): the lease is claimed
+    /// all the same (no key can join it now), and these are all the keys
+    /// it indexes — prewrite again naming them.
     LeaseKeys(Vec<Vec<u8>>),
 }
 

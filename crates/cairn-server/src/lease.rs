@@ -149,7 +149,7 @@ impl Lease for LeaseService {
         let found = self
             .ctx
             .node
-            .lease_time_to_live(req.id)
+            .lease_time_to_live(req.id, req.keys)
             .await
             .map_err(Error::from)?;
         // The attached keys are data: shown only to a caller who may read

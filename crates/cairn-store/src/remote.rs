@@ -67,12 +67,16 @@ pub enum ForwardOp {
 }
 
 impl ForwardOp {
-    /// True for a prewrite (checked or not): its coordinator handles a
-    /// lock it meets itself, after releasing its own.
-    pub fn is_prewrite(&self) -> bool {
+    /// True for a prewrite (checked or not) or a part's commit: a lock it
+    /// meets is its coordinator's to handle (after releasing its own —
+    /// waiting while holding them could wait on a transaction that waits
+    /// on it).
+    pub fn coordinator_handles_locks(&self) -> bool {
         match self {
-            ForwardOp::Plain(Command::Prewrite { .. }) => true,
-            ForwardOp::Checked { op, .. } | ForwardOp::CheckedLease { op, .. } => op.is_prewrite(),
+            ForwardOp::Plain(Command::Prewrite { .. }) | ForwardOp::CommitLocked { .. } => true,
+            ForwardOp::Checked { op, .. } | ForwardOp::CheckedLease { op, .. } => {
+                op.coordinator_handles_locks()
+            }
             _ => false,
         }
     }

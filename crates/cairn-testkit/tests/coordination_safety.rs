@@ -78,7 +78,7 @@ async fn a_renewal_clears_the_checkpointed_ttl_before_a_leader_change() {
     let other = (leader + 1) % 3;
     let deadline = Instant::now() + Duration::from_secs(10);
     let ttl = loop {
-        match c.node(other).lease_time_to_live(id).await {
+        match c.node(other).lease_time_to_live(id, false).await {
             Ok(Some(t)) => break t,
             other if Instant::now() < deadline => {
                 let _ = other;

@@ -275,7 +275,12 @@ async fn no_key_outlives_its_lease_while_puts_race_the_revoke() {
                 let mut acked = 0;
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let key = format!("{prefix}{round}/{n}");
+                    // "h" puts the same few keys again and again (a
+                    // session refreshing its keys), the others new ones.
+                    let key = match prefix {
+                        "h" => format!("{prefix}{round}/{}", n % 4),
+                        _ => format!("{prefix}{round}/{n}"),
+                    };
                     n += 1;
                     match put_leased(&mut k, &key, id).await {
                         Ok(_) => acked += 1,
@@ -287,7 +292,9 @@ async fn no_key_outlives_its_lease_while_puts_race_the_revoke() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
+        let took = Instant::now();
         l.lease_revoke(LeaseRevokeRequest { id }).await.unwrap();
+        println!("round {round}: revoke took {:?}", took.elapsed());
         // Once revoked, every put with the lease is refused.
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, Ordering::Relaxed);

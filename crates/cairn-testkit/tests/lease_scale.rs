@@ -188,7 +188,7 @@ async fn load(node: &Arc<Node>) {
         (cpu_time() - cpu0).as_secs_f64()
     );
     let t = node
-        .lease_time_to_live(LEASES)
+        .lease_time_to_live(LEASES, true)
         .await
         .unwrap()
         .expect("lease");

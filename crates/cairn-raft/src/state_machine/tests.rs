@@ -332,6 +332,61 @@ fn entry_in_term(term: u64, index: u64, cmd: Command) -> Entry<TypeConfig> {
 }
 
 #[test]
+fn an_expiry_across_regions_is_claimed_and_committed_only_in_the_term_that_found_it() {
+    use cairn_mvcc::locks::{LeaseClaims, Outcome};
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let exists = |shared: &RegionShared| {
+        let (view, _) = shared.read_view();
+        cairn_mvcc::lease::get(&*view, 7).unwrap().is_some()
+    };
+    let body = cairn_mvcc::lease::revoke_txn(7, Vec::new()).encode_to_vec();
+    let prewrite = |start_ts, decided_in| Command::Prewrite {
+        start_ts,
+        primary: shared.region,
+        regions: vec![shared.region],
+        spans: Vec::new(),
+        txn: body.clone(),
+        leases: LeaseClaims {
+            revoke: vec![7],
+            decided_in,
+            ..LeaseClaims::default()
+        },
+    };
+    let commit = |start_ts| Command::CommitLocked {
+        start_ts,
+        commit_ts: 50,
+        path: vec![true],
+    };
+    let mut apply =
+        |term, index, cmd| block_on(sm.apply(vec![entry_in_term(term, index, cmd)])).unwrap();
+    apply(2, 1, Command::LeaseGrant { id: 7, ttl: 600 });
+    // Found expired in term 2, claimed in term 3: dropped.
+    assert_eq!(apply(3, 2, prewrite(100, 2)), vec![Reply::Done]);
+    // Claimed in term 3, committed in term 4 (a leader of term 4 may have
+    // renewed it): rolled back.
+    assert!(matches!(
+        apply(3, 3, prewrite(101, 3))[..],
+        [Reply::Revision(_)]
+    ));
+    assert_eq!(
+        apply(4, 4, commit(101)),
+        vec![Reply::Outcome(Some(Outcome::RolledBack))]
+    );
+    assert!(exists(&shared), "a stale expiry revoked the lease");
+    // All in term 4: revoked.
+    assert!(matches!(
+        apply(4, 5, prewrite(102, 4))[..],
+        [Reply::Revision(_)]
+    ));
+    assert!(matches!(
+        apply(4, 6, commit(102))[..],
+        [Reply::Outcome(Some(Outcome::Committed { .. }))]
+    ));
+    assert!(!exists(&shared));
+}
+
+#[test]
 fn lessor_decisions_apply_only_in_the_term_they_were_taken_in() {
     let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
     let mut sm = StateMachine::new(shared.clone());

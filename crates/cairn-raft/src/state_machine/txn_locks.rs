@@ -88,7 +88,9 @@ pub(super) fn prewrite(
             .any(|s| clip(&key, &s.0, &s.1).as_ref() == Some(&key))
     };
     let complete = indexed.iter().all(covered);
-    let floor = widened_from.unwrap_or(state.current_revision);
+    // Widened, the lock keeps the higher of its floor and the revision
+    // now (a key it adds may hold a version written since).
+    let floor = widened_from.map_or(state.current_revision, |f| f.max(state.current_revision));
     state.locks.held.insert(
         start_ts,
         Lock {
@@ -118,11 +120,20 @@ pub(super) fn commit(
     path: Vec<bool>,
     engine: &dyn Snapshot,
     events: &mut Vec<(i64, Event)>,
+    term: u64,
 ) -> crate::Result<(WriteBatch, Reply)> {
     let Some(lock) = state.locks.held.get(&start_ts) else {
         let known = state.locks.outcomes.get(&start_ts).cloned();
         return Ok((WriteBatch::new(), Reply::Outcome(known)));
     };
+    if lock.leases.decided_in != 0 && lock.leases.decided_in != term {
+        // An expiry claimed in a leader term that is over: a later leader
+        // may have renewed the lease since. Rolled back (the lease
+        // table's region is always the primary of such a revoke).
+        state.locks.held.remove(&start_ts);
+        state.locks.outcomes.insert(start_ts, Outcome::RolledBack);
+        return Ok((WriteBatch::new(), Reply::Outcome(Some(Outcome::RolledBack))));
+    }
     if commit_ts <= lock.floor {
         // A commit timestamp is fetched after every prewrite: one at or
         // below the floor is a coordinator's bug. Refuse, change nothing.

@@ -16,13 +16,14 @@ impl Node {
     /// Sends `op` to `region`'s leader, retrying only while nothing was
     /// proposed — or nothing changed because the op met a lock of a
     /// transaction across regions, which is waited for (or resolved) first.
-    /// A prewrite's lock conflict is its coordinator's to handle.
+    /// A prewrite's or a commit's lock conflict is its coordinator's to
+    /// handle.
     pub(crate) async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
             match self.submit_once(region, op.clone()).await? {
                 ForwardOk::Reply(Reply::Locked(lock))
-                    if !op.is_prewrite() && Instant::now() < deadline =>
+                    if !op.coordinator_handles_locks() && Instant::now() < deadline =>
                 {
                     Box::pin(self.resolve_lock(region, lock)).await?;
                 }

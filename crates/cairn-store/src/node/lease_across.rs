@@ -30,11 +30,14 @@
 use cairn_api::etcdserverpb::RangeRequest;
 use cairn_mvcc::lease;
 use cairn_mvcc::locks::LeaseClaims;
-use futures::future::join_all;
+use futures::{StreamExt, TryStreamExt};
 
 use super::txn_across::{Attempt, Plan};
 use crate::node::{Node, DATA_REGION};
 use crate::{Access, Error, Result};
+
+/// Keys looked up at once for TimeToLive.
+const LOOKUPS_AT_ONCE: usize = 16;
 
 impl Node {
     /// Revokes lease `id` across regions (see the module essay); the
@@ -79,31 +82,36 @@ impl Node {
     }
 
     /// Of the keys lease `id` indexes, those that still hold it: a key
-    /// outside the first region is looked up in its own region.
+    /// outside the first region (as of now: its replica here is caught
+    /// up first) is looked up in its own region, [`LOOKUPS_AT_ONCE`] at a
+    /// time.
     pub(crate) async fn still_attached(&self, id: i64, keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
-        let first = self.region(DATA_REGION)?;
+        let first = self.caught_up(DATA_REGION).await?;
         let inside = |k: &[u8]| first.shared.with_applied(|a| a.range.contains(k));
         if keys.iter().all(|k| inside(k)) {
             return Ok(keys);
         }
-        let holds = join_all(keys.iter().map(|k| async {
-            if inside(k) {
-                return Ok(true);
-            }
-            let req = RangeRequest {
-                key: k.clone(),
-                ..Default::default()
-            };
-            let r = self.range(req, &Access::Internal).await?;
-            Ok::<_, Error>(r.kvs.first().is_some_and(|kv| kv.lease == id))
-        }))
-        .await;
-        let mut out = Vec::with_capacity(keys.len());
-        for (k, h) in keys.into_iter().zip(holds) {
-            if h? {
-                out.push(k);
-            }
-        }
-        Ok(out)
+        let outside: Vec<Vec<u8>> = keys.iter().filter(|k| !inside(k)).cloned().collect();
+        let holds: Vec<bool> = futures::stream::iter(outside.clone())
+            .map(|k| self.holds_lease(id, k))
+            .buffered(LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let detached: std::collections::HashSet<Vec<u8>> = outside
+            .into_iter()
+            .zip(holds)
+            .filter_map(|(k, h)| (!h).then_some(k))
+            .collect();
+        Ok(keys.into_iter().filter(|k| !detached.contains(k)).collect())
+    }
+
+    /// True when `key` holds lease `id` now (a linearizable read).
+    async fn holds_lease(&self, id: i64, key: Vec<u8>) -> Result<bool> {
+        let req = RangeRequest {
+            key,
+            ..Default::default()
+        };
+        let r = self.range(req, &Access::Internal).await?;
+        Ok(r.kvs.first().is_some_and(|kv| kv.lease == id))
     }
 }

@@ -53,7 +53,7 @@ impl Node {
             match self.revoke_across(id, 0, access).await {
                 Ok(Some(revision)) => return Ok(revision),
                 Ok(None) => return Err(Error::Internal("a revoke dropped as an expiry".into())),
-                // All in the first region after all: one command again.
+                // A split or a stale route meanwhile: from the top.
                 Err(Error::EpochMismatch) => stale.wait().await?,
                 Err(e) => return Err(e),
             }
@@ -68,18 +68,23 @@ impl Node {
     }
 
     /// A lease's remaining TTL, granted TTL and keys (None: no such lease).
-    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<LeaseTtl>> {
+    /// `keys`: with its attached keys (else `keys` is empty).
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<Option<LeaseTtl>> {
         let t = self
             .submit(DATA_REGION, ForwardOp::LeaseTimeToLive(id))
             .await?
             .time_to_live()?;
-        let Some((remaining, granted, keys)) = t else {
+        let Some((remaining, granted, indexed)) = t else {
             return Ok(None);
         };
         Ok(Some(LeaseTtl {
             remaining,
             granted,
-            keys: self.still_attached(id, keys).await?,
+            keys: if keys {
+                self.still_attached(id, indexed).await?
+            } else {
+                Vec::new()
+            },
         }))
     }
 

@@ -197,9 +197,10 @@ impl Node {
                         // A revoke whose lease gained keys since they were
                         // read: claimed now (no more can join), so name
                         // them all and prewrite the primary again.
-                        locked = vec![primary];
+                        // (`locked` stays empty: the primary is pushed
+                        // when its widened prewrite answers.)
                         if widened == 2 || plan.leases.revoke.len() != 1 {
-                            self.release(start_ts, primary, &locked).await;
+                            self.release(start_ts, primary, &[primary]).await;
                             return Ok(Attempt::LeaseKeys(keys));
                         }
                         widened += 1;
@@ -207,7 +208,7 @@ impl Node {
                         match self.layout(body, &plan.leases) {
                             Ok(Some(l)) if l.parts[0].0 == primary => layout = l,
                             _ => {
-                                self.release(start_ts, primary, &locked).await;
+                                self.release(start_ts, primary, &[primary]).await;
                                 return Ok(Attempt::Again);
                             }
                         }

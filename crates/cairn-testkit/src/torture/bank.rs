@@ -3,9 +3,7 @@
 //! Txn, and reads of every account at once that must always see the same
 //! total.
 //!
-//! Accounts are `zb/NN` (after every other workload's keys, so a split
-//! inside them never moves a leased key out of the first region, where
-//! leases live). Each transfer reads both balances, then sends one Txn
+//! Accounts are `zb/NN`. Each transfer reads both balances, then sends one Txn
 //! that compares both values and moves a random amount — a Txn across
 //! regions once the accounts are split apart (two-phase commit). Readers
 //! read all of `zb/` in one Range (one timestamp across regions) and
