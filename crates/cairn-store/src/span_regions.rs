@@ -10,7 +10,9 @@
 //! resolved revision after (its current one, or lower while a transaction
 //! across regions holds a lock there: `cairn_mvcc::locks`), and views for
 //! history stop at the resolved revision too: a batch published in between
-//! is both in the feed and in any later view, never in neither.
+//! is both in the feed and in any later view, never in neither. Regions
+//! resolved past the lowest of them have their events above it read from
+//! history into the subscription, which no feed would carry again.
 
 use std::sync::Arc;
 
@@ -90,17 +92,51 @@ impl SpanRegions {
         )
     }
 
-    /// A merged subscription to every region's feed, starting after what
-    /// each region has applied now.
+    /// A merged subscription to every region's feed, complete after the
+    /// lowest revision the regions have resolved now.
+    ///
+    /// Each region's feed carries what it publishes from now on; what it
+    /// resolved before is history. The merged stream starts at the lowest
+    /// resolved revision of all, so a region resolved further already has
+    /// events between the two that no feed will carry: they are read from
+    /// its history here and held with the rest (a subscriber replays
+    /// history only up to the lowest, then reads the merged stream).
     pub fn subscribe(&self) -> FeedMerger {
         let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
-        let inputs = self
+        // Read after subscribing: a batch published in between is both in
+        // the feed and in the view (the merger skips it in the feed).
+        let views: Vec<_> = self
             .regions
             .iter()
-            .zip(feeds)
-            .map(|((r, _, _), feed)| (feed, r.resolved()))
+            .map(|(r, _, _)| r.read_view_resolved())
             .collect();
-        FeedMerger::new(inputs)
+        let lowest = views
+            .iter()
+            .map(|(_, revs)| revs.current)
+            .min()
+            .unwrap_or(0);
+        let mut ahead = Vec::new();
+        let mut broken = false;
+        for ((_, start, end), (snap, revs)) in self.regions.iter().zip(&views) {
+            if revs.current <= lowest {
+                continue;
+            }
+            let span =
+                cairn_mvcc::Span::Range(start.clone(), (!end.is_empty()).then(|| end.clone()));
+            match cairn_mvcc::history(&**snap, &span, lowest + 1, revs.current) {
+                Ok(events) => ahead.extend(events),
+                Err(e) => {
+                    tracing::warn!("reading a region's history for a subscription: {e}");
+                    broken = true;
+                }
+            }
+        }
+        let inputs = feeds
+            .into_iter()
+            .zip(&views)
+            .map(|(feed, (_, revs))| (feed, revs.current))
+            .collect();
+        FeedMerger::with_history(inputs, ahead, broken)
     }
 
     /// Every region's read view now.

@@ -66,25 +66,52 @@ impl Events {
 struct Input {
     feed: broadcast::Receiver<Arc<FeedBatch>>,
     resolved: i64,
+    /// Its events at or below this came from history (the feed's copies
+    /// of them are skipped).
+    start: i64,
 }
 
 /// Merges the feeds of several regions.
 pub struct FeedMerger {
     inputs: Vec<Input>,
     held: BTreeMap<(i64, Vec<u8>), Event>,
+    /// Reading history for the subscription failed: the first item is a
+    /// discontinuity (subscribe again).
+    broken: bool,
 }
 
 impl FeedMerger {
     /// A merger over `feeds`, each with the revision its reader has already
     /// seen resolved (from the read view it caught up from).
     pub fn new(feeds: Vec<(broadcast::Receiver<Arc<FeedBatch>>, i64)>) -> Self {
-        Self {
+        Self::with_history(feeds, Vec::new(), false)
+    }
+
+    /// [`FeedMerger::new`], holding `history`: the events of inputs
+    /// resolved past the lowest of them, above it (no feed carries them);
+    /// `broken`: reading them failed.
+    pub fn with_history(
+        feeds: Vec<(broadcast::Receiver<Arc<FeedBatch>>, i64)>,
+        history: Vec<(i64, Event)>,
+        broken: bool,
+    ) -> Self {
+        let mut m = Self {
             inputs: feeds
                 .into_iter()
-                .map(|(feed, resolved)| Input { feed, resolved })
+                .map(|(feed, resolved)| Input {
+                    feed,
+                    resolved,
+                    start: resolved,
+                })
                 .collect(),
             held: BTreeMap::new(),
+            broken,
+        };
+        for (rev, e) in history {
+            let key = e.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default();
+            m.held.insert((rev, key), e);
         }
+        m
     }
 
     /// The revision every input has resolved.
@@ -97,6 +124,9 @@ impl FeedMerger {
     pub async fn next(&mut self) -> HubItem {
         if self.inputs.is_empty() {
             return HubItem::Closed;
+        }
+        if std::mem::take(&mut self.broken) {
+            return HubItem::Discontinuity;
         }
         if let [only] = &mut self.inputs[..] {
             return match only.feed.recv().await {
@@ -119,7 +149,8 @@ impl FeedMerger {
                 if batch.reset {
                     return HubItem::Discontinuity;
                 }
-                for (rev, e) in &batch.events {
+                let start = self.inputs[idx].start;
+                for (rev, e) in batch.events.iter().filter(|(rev, _)| *rev > start) {
                     let key = e.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default();
                     self.held.insert((*rev, key), e.clone());
                 }

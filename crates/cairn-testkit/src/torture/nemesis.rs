@@ -237,7 +237,8 @@ impl Target {
     }
 
     /// Applies `f`; returns a description and the nodes it affected.
-    /// `accounts`: the bank's accounts (what `Split` and `AbandonTxn` aim at).
+    /// `accounts`: the bank's accounts (what `AbandonTxn` aims at, and
+    /// `Split` among others: see [`split_points`]).
     async fn inject(
         &mut self,
         f: Fault,
@@ -280,11 +281,12 @@ impl Target {
                     vec![],
                 )
             }
-            (Fault::Split | Fault::AbandonTxn, Target::InProcess(_)) if accounts < 2 => {
+            (Fault::AbandonTxn, Target::InProcess(_)) if accounts < 2 => {
                 (format!("{f:?}: no bank accounts (skipped)"), vec![])
             }
             (Fault::Split, Target::InProcess(c)) => {
-                let at = super::bank::account(rng.usize(1..accounts));
+                let points = split_points(accounts);
+                let at = points[rng.usize(0..points.len())].clone();
                 let node = (0..n)
                     .filter(|&i| c.is_running(i))
                     .nth(rng.usize(0..n))
@@ -476,4 +478,21 @@ pub async fn run(
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::sleep(left).await;
     log
+}
+
+/// Where the `split` nemesis splits: inside every workload's keys — the
+/// plain keys (`key0`..), the locks' (`lk0`, `lk1`, and among the
+/// contenders of `lk0`, `lk0/<lease hex>`), the leases' (`lz/<lease
+/// hex>/…`: leases whose keys then lie in several regions), and the bank's
+/// accounts — so a run ends with keys, locks, leases and accounts spread
+/// over many regions.
+pub fn split_points(accounts: usize) -> Vec<String> {
+    let mut out: Vec<String> = [
+        "key2", "key5", "lk1", "lk0/4", "lz/", "lz/3", "lz/5", "lz/7",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    out.extend((1..accounts).map(super::bank::account));
+    out
 }
