@@ -313,7 +313,9 @@ fn int_target(t: &Option<TargetUnion>) -> i64 {
     }
 }
 
-fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
+/// Sets the header revision of `resp` and of its puts', deletes' and
+/// nested txns' responses to `rev`.
+pub fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
     resp.header = Some(ResponseHeader {
         revision: rev,
         ..Default::default()

@@ -828,6 +828,15 @@ impl StateMachine {
                 };
                 match cairn_mvcc::apply_txn(engine, &req, rev, revs, leases) {
                     Ok(mut out) => {
+                        let whole = state.range.start.is_empty() && state.range.end.is_empty();
+                        if out.batch.is_empty() && !whole {
+                            // Wrote nothing, in one region of several: its
+                            // revision is not the store's. The answer
+                            // carries this write's stamp (a TSO timestamp:
+                            // above every write acknowledged before it),
+                            // the region's revision stays.
+                            cairn_mvcc::set_header_revision(&mut out.response, rev);
+                        }
                         state.current_revision = out.revisions.current;
                         out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
                         events.extend(out.events.into_iter().map(|e| (rev, e)));

@@ -73,12 +73,13 @@ async fn ttl_keys(l: &mut LeaseClient<Channel>, id: i64) -> Vec<String> {
         .collect()
 }
 
-/// A watch of every key, created.
-async fn watch_all(c: &InProcessCluster, i: usize) -> WatchStream {
+/// A watch of every key from revision `from` (0: now), created.
+async fn watch_all(c: &InProcessCluster, i: usize, from: i64) -> WatchStream {
     let mut w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
     w.create(WatchCreateRequest {
         key: vec![0],
         range_end: vec![0],
+        start_revision: from,
         ..Default::default()
     })
     .await;
@@ -143,10 +144,12 @@ async fn a_lease_holds_keys_in_every_region_and_its_revoke_deletes_them_at_one_r
     assert_eq!(ttl_keys(&mut l, id).await, ["b", "k", "w", "x"]);
     // "x" leaves the lease in its own region: TimeToLive no longer names
     // it, and the revoke leaves it be.
-    put_leased(&mut k, "x", 0).await.unwrap();
+    let detached = put_leased(&mut k, "x", 0).await.unwrap();
     assert_eq!(ttl_keys(&mut l, id).await, ["b", "k", "w"]);
 
-    let mut w = watch_all(&c, 0).await;
+    // (A watch from now starts at the lowest revision its regions have
+    // resolved, which may be below a write just acknowledged.)
+    let mut w = watch_all(&c, 0, detached + 1).await;
     let revision = l
         .lease_revoke(LeaseRevokeRequest { id })
         .await
@@ -193,7 +196,7 @@ async fn an_expired_lease_with_keys_in_several_regions_goes_at_one_revision() {
         .unwrap()
         .into_inner()
         .id;
-    let mut w = watch_all(&c, 2).await;
+    let mut w = watch_all(&c, 2, 0).await;
     for key in ["g", "r", "s"] {
         put_leased(&mut k, key, id).await.unwrap();
     }
@@ -236,8 +239,9 @@ async fn splits_move_leased_keys_and_the_revoke_follows_them() {
     put_leased(&mut k, "n", 0).await.unwrap();
     c.split_at("h").await;
     c.split_at("t").await;
+    let last = put_leased(&mut k, "n", 0).await.unwrap();
     assert_eq!(ttl_keys(&mut l, id).await, ["a", "m", "z"]);
-    let mut w = watch_all(&c, 1).await;
+    let mut w = watch_all(&c, 1, last + 1).await;
     let revision = l
         .lease_revoke(LeaseRevokeRequest { id })
         .await

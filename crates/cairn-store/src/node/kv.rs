@@ -57,6 +57,9 @@ impl Node {
     /// compaction returns when the serving member's own store has it, so a
     /// watch opened on it afterwards from below is told it is compacted).
     pub async fn compact(&self, revision: i64, access: &Access) -> Result<i64> {
+        if self.several_regions() {
+            return self.compact_across(revision, access).await;
+        }
         let current = self
             .checked_submit(DATA_REGION, access, ForwardOp::Compact(revision), false)
             .await?
@@ -87,11 +90,57 @@ impl Node {
         Ok(current)
     }
 
+    /// Compacts every region at `revision` while there are several: a
+    /// revision any region wrote, up to a fresh read timestamp (above it,
+    /// a future revision). Each region first catches up to it — its leader
+    /// has answered every write it stamped at or below it, and stamps none
+    /// there again — and compacts at it, or at its own newest revision if
+    /// lower (nothing more will land in between). The first region
+    /// answers.
+    async fn compact_across(&self, revision: i64, access: &Access) -> Result<i64> {
+        if revision > self.read_timestamp().await? {
+            return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
+        }
+        let mut answer = None;
+        let mut regions = self.regions_overlapping(b"", None);
+        regions.sort_by_key(|(r, _, _)| r.id != DATA_REGION);
+        for (r, _, _) in regions {
+            let caught_up = self.caught_up_at(r.id, revision).await;
+            let at = revision.min(r.shared.revisions().current);
+            let compacted = match caught_up {
+                Ok(_) => self
+                    .checked_submit(r.id, access, ForwardOp::Compact(at), false)
+                    .await
+                    .and_then(|ok| ok.compacted()),
+                Err(e) => Err(e),
+            };
+            match (r.id == DATA_REGION, compacted) {
+                (true, first) => answer = Some(first?),
+                (false, Ok(_) | Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))) => {}
+                (false, Err(e)) => tracing::warn!(region = r.id, "compacting a split region: {e}"),
+            }
+        }
+        Ok(answer.unwrap_or(revision).max(revision))
+    }
+
+    /// True once the first data region has split: then a region's own
+    /// revision is not the store's, and linearizable reads and
+    /// compactions take a timestamp from the TSO.
+    pub(crate) fn several_regions(&self) -> bool {
+        self.region(DATA_REGION)
+            .is_ok_and(|r| r.shared.with_applied(|a| !a.range.end.is_empty()))
+    }
+
     /// Serves a `Range`: linearizable via read-index at the leader, then a
     /// local read once this replica has applied that far; `serializable`
     /// reads come straight from this replica. A span over several regions
-    /// is read at one timestamp (`range_across`).
+    /// is read at one timestamp (`range_across`), and so is any
+    /// linearizable read while there are several regions: its header then
+    /// carries the store's revision, not its region's.
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
+        if !req.serializable && self.several_regions() {
+            return self.range_across(req, access).await;
+        }
         let stale = StaleRoutes::new();
         let (snap, revs) = loop {
             let region = match self.route_span(&req.key, &req.range_end) {
@@ -160,29 +209,47 @@ impl Node {
         access: &Access,
     ) -> Result<TxnResponse> {
         let footprint = cairn_mvcc::locks::footprint(req);
-        let (snap, revs) = loop {
+        let serializable = cairn_mvcc::is_serializable(req);
+        let (snap, revs, at) = loop {
             let r = self.region(region)?;
-            let r = if cairn_mvcc::is_serializable(req) && r.shared.applied_index() > 0 {
-                r
-            } else {
-                self.caught_up(region).await?
+            // While there are several regions, a linearizable one is read
+            // at a timestamp (as `range` is): its header is the store's
+            // revision.
+            let at = match serializable || !self.several_regions() {
+                true => None,
+                false => Some(self.read_timestamp().await?),
             };
-            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, 0);
+            let r = match at {
+                _ if serializable && r.shared.applied_index() > 0 => r,
+                Some(t) => self.caught_up_at(region, t).await?,
+                None => self.caught_up(region).await?,
+            };
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, at.unwrap_or(0));
             if !cairn_raft::txn_within(req, &range) {
                 return Err(Error::EpochMismatch);
             }
             match lock {
                 Some(lock) => self.resolve_lock(region, lock).await?,
-                None => break (snap, revs),
+                None => break (snap, revs, at),
             }
         };
         self.authorize(access).await?;
+        // Read at the region's newest state, which holds every write at or
+        // below T: a timestamp read's header is the higher of the two (the
+        // region's history up to its newest revision is final).
+        let answer = move |snap: &dyn cairn_storage::Snapshot, req: &TxnRequest| {
+            let mut resp = cairn_mvcc::read_txn(snap, req, revs)?;
+            if let Some(t) = at.filter(|t| *t > revs.current) {
+                cairn_mvcc::set_header_revision(&mut resp, t);
+            }
+            Ok::<_, cairn_mvcc::Error>(resp)
+        };
         if single_keys(req) {
-            return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
+            return answer(&*snap, req).map_err(Error::from);
         }
         let req = req.clone();
         self.spans
-            .run(move || cairn_mvcc::read_txn(&*snap, &req, revs))
+            .run(move || answer(&*snap, &req))
             .await?
             .map_err(Error::from)
     }
