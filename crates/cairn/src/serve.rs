@@ -93,8 +93,8 @@ pub struct ServeArgs {
     pub bcrypt_cost: u32,
     /// Split a data region whose live keys and values pass this size, at
     /// the key that halves them (`64KiB`, `256MiB`, or bytes; 0: never).
-    /// Off by default until every header revision is global across
-    /// regions (docs/operations.md, "Splitting").
+    /// Off by default until regions merge and their cost is measured
+    /// (docs/operations.md, "Splitting").
     #[arg(long, default_value = "0", value_parser = parse_bytes)]
     pub region_split_bytes: u64,
     /// Split a data region applying more than this many writes a second
