@@ -862,6 +862,15 @@ impl StateMachine {
                         return Ok((WriteBatch::new(), Reply::Locked(lock)));
                     }
                 }
+                let whole = state.range.start.is_empty() && state.range.end.is_empty();
+                if !whole && revision > state.current_revision {
+                    // One region of several, caught up to `revision` by the
+                    // host (its leader answered every write stamped at or
+                    // below it, and stamps none there again): nothing can
+                    // land below it now, so the region's revision moves up
+                    // to it, as by a closed timestamp.
+                    state.current_revision = revision;
+                }
                 match cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range) {
                     Ok((batch, revs)) => {
                         fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);

@@ -76,6 +76,15 @@ impl SpanRegions {
             .unwrap_or(0)
     }
 
+    /// The highest compaction revision of the regions (0: none).
+    pub fn compacted(&self) -> i64 {
+        self.regions
+            .iter()
+            .map(|(r, _, _)| r.revisions().compacted)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// True when the regions cover every key of `span` (a region born by
     /// a split may not be started here yet).
     pub fn covers(&self, span: &cairn_mvcc::Span) -> bool {
@@ -123,7 +132,10 @@ impl SpanRegions {
             }
             let span =
                 cairn_mvcc::Span::Range(start.clone(), (!end.is_empty()).then(|| end.clone()));
-            match cairn_mvcc::history(&**snap, &span, lowest + 1, revs.current) {
+            // History below the region's compaction is gone: a subscriber
+            // from there is told it is compacted (its replay checks).
+            let from = (lowest + 1).max(revs.compacted);
+            match cairn_mvcc::history(&**snap, &span, from, revs.current) {
                 Ok(events) => ahead.extend(events),
                 Err(e) => {
                     tracing::warn!("reading a region's history for a subscription: {e}");

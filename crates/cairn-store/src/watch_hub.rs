@@ -126,6 +126,8 @@ impl FeedMerger {
             return HubItem::Closed;
         }
         if std::mem::take(&mut self.broken) {
+            // Not at once: a failing read would otherwise spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             return HubItem::Discontinuity;
         }
         if let [only] = &mut self.inputs[..] {

@@ -79,3 +79,72 @@ async fn a_watch_opened_while_one_region_runs_ahead_misses_nothing() {
         assert_eq!(got, want, "watch {i} from revision {from}");
     }
 }
+
+/// With several regions a compaction is the store's: at any revision a
+/// client saw (not only the first region's), again and again while the
+/// first region sits idle, refused at or below the last one and above the
+/// store's revision — and a watch from below it is told it is compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compaction_across_regions_is_the_stores() {
+    use cairn_api::etcdserverpb::CompactionRequest;
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    kv::put(&mut c.kv(0).await, "a", "first").await.unwrap();
+    c.split_at("m").await;
+    let mut client = c.kv(1).await;
+    let mut last = 0;
+    for round in 0..3 {
+        for i in 0..5 {
+            last = kv::put(&mut client, &format!("z{i}"), &round.to_string())
+                .await
+                .unwrap();
+        }
+        client
+            .compact(CompactionRequest {
+                revision: last,
+                physical: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    let again = client
+        .compact(CompactionRequest {
+            revision: last,
+            physical: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let future = client
+        .compact(CompactionRequest {
+            revision: last + 1_000_000,
+            physical: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        future.message(),
+        "etcdserver: mvcc: required revision is a future revision"
+    );
+    // The idle first region is compacted too: its key reads on.
+    assert_eq!(
+        kv::get(&mut client, "a", false).await.unwrap().as_deref(),
+        Some("first")
+    );
+    let mut w = WatchStream::open(&c.nodes[2].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: vec![0],
+        range_end: vec![0],
+        start_revision: last - 1,
+        ..Default::default()
+    })
+    .await;
+    // Created first, as etcd answers; then told.
+    let created = w.next(Duration::from_secs(5)).await.unwrap();
+    assert!(created.created, "{created:?}");
+    let r = w.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((r.compact_revision, r.canceled), (last, true), "{r:?}");
+}

@@ -187,8 +187,11 @@ impl Stream {
         // The created response goes out before any event of the watcher,
         // with the revision every region watched has resolved: events
         // above it are still to come (a transaction across regions may
-        // yet commit at or below a region's newest revision).
-        let now = regions.resolved();
+        // yet commit at or below a region's newest revision) — or the
+        // store's compaction, if higher (a region compacted past another's
+        // resolved revision: history below it is gone, and a watch from
+        // now is never told it is compacted).
+        let now = regions.resolved().max(regions.compacted());
         let mut created = response(ctx, id, |r| r.created = true);
         if let Some(h) = created.header.as_mut() {
             h.revision = now;

@@ -103,7 +103,12 @@ impl Watcher {
             filter: Filter::of(c),
             fragment: c.fragment,
             progress_notify: c.progress_notify,
-            next: c.start_revision.max(0),
+            // From now: every event after the created header's revision.
+            next: if c.start_revision > 0 {
+                c.start_revision
+            } else {
+                now + 1
+            },
             resolved: now,
             quiet: true,
             mode: Mode::Live,

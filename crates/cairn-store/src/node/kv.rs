@@ -91,36 +91,49 @@ impl Node {
     }
 
     /// Compacts every region at `revision` while there are several: a
-    /// revision any region wrote, up to a fresh read timestamp (above it,
-    /// a future revision). Each region first catches up to it — its leader
-    /// has answered every write it stamped at or below it, and stamps none
-    /// there again — and compacts at it, or at its own newest revision if
-    /// lower (nothing more will land in between). The first region
-    /// answers.
+    /// revision any region wrote, up to a fresh read timestamp T (above
+    /// it, a future revision; at or below the store's compaction, the
+    /// highest any region has, compacted already). Each region first
+    /// catches up to it — its leader has answered every write it stamped
+    /// at or below it, and stamps none there again — then compacts at it
+    /// (a region whose newest revision is below moves up to it, as by a
+    /// closed timestamp: nothing can land in between any more). The answer
+    /// carries T.
     async fn compact_across(&self, revision: i64, access: &Access) -> Result<i64> {
-        if revision > self.read_timestamp().await? {
+        let t = self.read_timestamp().await?;
+        if revision > t {
             return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
         }
-        let mut answer = None;
         let mut regions = self.regions_overlapping(b"", None);
+        let compacted = regions
+            .iter()
+            .map(|(r, _, _)| r.shared.revisions().compacted)
+            .max()
+            .unwrap_or(0);
+        if revision <= compacted {
+            return Err(Error::Rejected(cairn_mvcc::Rejection::Compacted));
+        }
         regions.sort_by_key(|(r, _, _)| r.id != DATA_REGION);
         for (r, _, _) in regions {
-            let caught_up = self.caught_up_at(r.id, revision).await;
-            let at = revision.min(r.shared.revisions().current);
-            let compacted = match caught_up {
+            let compacted = match self.caught_up_at(r.id, revision).await {
                 Ok(_) => self
-                    .checked_submit(r.id, access, ForwardOp::Compact(at), false)
+                    .checked_submit(r.id, access, ForwardOp::Compact(revision), false)
                     .await
                     .and_then(|ok| ok.compacted()),
                 Err(e) => Err(e),
             };
+            // The first region answers (every region compacts at the same
+            // revisions, so its compaction is the store's).
             match (r.id == DATA_REGION, compacted) {
-                (true, first) => answer = Some(first?),
-                (false, Ok(_) | Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))) => {}
+                (true, Err(e)) => return Err(e),
+                (_, Ok(_)) | (false, Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))) => {}
                 (false, Err(e)) => tracing::warn!(region = r.id, "compacting a split region: {e}"),
             }
         }
-        Ok(answer.unwrap_or(revision).max(revision))
+        if let Err(e) = self.linearizable_view(DATA_REGION).await {
+            tracing::warn!("compacted, but not yet applied here: {e}");
+        }
+        Ok(t)
     }
 
     /// True once the first data region has split: then a region's own
@@ -157,7 +170,12 @@ impl Node {
             } else {
                 // Linearizable, or a replica that holds nothing yet (an
                 // adopted one before its snapshot): from the leader's index.
-                self.caught_up(region).await?
+                let r = self.caught_up(region).await?;
+                if !req.serializable && self.several_regions() {
+                    // A split applied here while catching up.
+                    return self.range_across(req, access).await;
+                }
+                r
             };
             let span = cairn_mvcc::locks::etcd_span(&req.key, &req.range_end);
             let (snap, revs, range, lock) = r.shared.read_view_locked(&[span], req.revision);
@@ -222,9 +240,17 @@ impl Node {
             let r = match at {
                 _ if serializable && r.shared.applied_index() > 0 => r,
                 Some(t) => self.caught_up_at(region, t).await?,
-                None => self.caught_up(region).await?,
+                None => {
+                    let r = self.caught_up(region).await?;
+                    if !serializable && self.several_regions() {
+                        continue; // a split applied here while catching up
+                    }
+                    r
+                }
             };
-            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, at.unwrap_or(0));
+            // The newest state: every lock in the footprint is waited for
+            // (its commit may land below the region's newest revision).
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, 0);
             if !cairn_raft::txn_within(req, &range) {
                 return Err(Error::EpochMismatch);
             }
@@ -235,21 +261,22 @@ impl Node {
         };
         self.authorize(access).await?;
         // Read at the region's newest state, which holds every write at or
-        // below T: a timestamp read's header is the higher of the two (the
-        // region's history up to its newest revision is final).
-        let answer = move |snap: &dyn cairn_storage::Snapshot, req: &TxnRequest| {
-            let mut resp = cairn_mvcc::read_txn(snap, req, revs)?;
-            if let Some(t) = at.filter(|t| *t > revs.current) {
-                cairn_mvcc::set_header_revision(&mut resp, t);
-            }
-            Ok::<_, cairn_mvcc::Error>(resp)
+        // below T and no lock: the store's state at the higher of T and the
+        // region's newest revision (nothing lands in this region between
+        // the two any more), which answers as the current revision.
+        let revs = match at {
+            Some(t) => cairn_mvcc::Revisions {
+                current: revs.current.max(t),
+                ..revs
+            },
+            None => revs,
         };
         if single_keys(req) {
-            return answer(&*snap, req).map_err(Error::from);
+            return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
         }
         let req = req.clone();
         self.spans
-            .run(move || answer(&*snap, &req))
+            .run(move || cairn_mvcc::read_txn(&*snap, &req, revs))
             .await?
             .map_err(Error::from)
     }
