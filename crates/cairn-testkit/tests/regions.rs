@@ -296,17 +296,24 @@ async fn a_node_that_missed_the_split_adopts_the_new_region_from_its_leader() {
             .await
             .unwrap();
     }
-    let purged = c
-        .node(leader)
-        .region(DATA_REGION)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow()
-        .purged;
+    // The snapshot that purges the log is built in the background.
+    let purged = || {
+        c.node(leader)
+            .region(DATA_REGION)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while purged().is_none_or(|p| p.index <= 20) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
-        purged.is_some_and(|p| p.index > 20),
-        "parent log purged: {purged:?}"
+        purged().is_some_and(|p| p.index > 20),
+        "parent log purged: {:?}",
+        purged()
     );
     c.restart(away).await;
     wait_for("the node that was away hosts the new region", || {

@@ -185,16 +185,6 @@ impl Node {
                 self.resolve_lock(region, lock).await?;
                 continue;
             }
-            if req.revision > revs.current
-                && !req.serializable
-                && self.regions_overlapping(b"", None).len() > 1
-            {
-                // Maybe a revision another region wrote: a timestamp says.
-                // (A serializable read stays on this replica, as etcd's
-                // does, and answers a future revision from what it has;
-                // with one region its newest revision is the store's.)
-                return self.range_across(req, access).await;
-            }
             if range.covers(&req.key, &req.range_end) {
                 break (snap, revs);
             }

@@ -29,9 +29,11 @@
 //! The header carries T: the store's revision as of the read, above every
 //! revision the answer holds. A read at an older revision reads every
 //! region there, and one above T is a future revision. While there is
-//! more than one data region, a linearizable read within one region at a
-//! revision above that region's newest (one another region wrote) takes
-//! this path too: only a timestamp says whether it is in the future.
+//! more than one data region, every linearizable Range takes this path,
+//! even one of a single key in one region (`Node::range`): a region's own
+//! newest revision is not the store's, and only a timestamp says whether
+//! a revision another region wrote is in the future. (A serializable read
+//! stays on its replica, as etcd's does.)
 //!
 //! A serializable read across regions takes the same path: one replica's
 //! regions are not a snapshot of one moment either. So, unlike etcd's, it
@@ -49,10 +51,9 @@ use crate::{Access, Error, Result};
 const CATCH_UP_AT_ONCE: usize = 16;
 
 impl Node {
-    /// Serves `req`, whose keys lie in more than one region, or which
-    /// reads one region at a revision above its newest (see the module
-    /// essay). Regions routed by a replica that has not applied a
-    /// split yet are routed again.
+    /// Serves `req` at a timestamp: its keys lie in more than one region,
+    /// or there are several regions (see the module essay). Regions routed
+    /// by a replica that has not applied a split yet are routed again.
     pub(crate) async fn range_across(
         &self,
         req: RangeRequest,
