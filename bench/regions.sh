@@ -8,9 +8,16 @@
 # regions, …) so machine drift cancels out.
 #
 #   bench/regions.sh          # ~10 min on 2 cores
+#   WORKLOAD=read bench/regions.sh
 #
-# Env: ROUNDS (3), TOTAL (requests per run at 16 clients; 1 client runs a
-# tenth), PROFILE (release), RESULTS (JSON lines; default
+# WORKLOAD=read measures what a linearizable read costs instead: `cairn
+# bench range` of one key (`d`: one region either way, but with several
+# regions every linearizable read takes a TSO read timestamp and catches
+# its region up to it) and of `[b, h)` (six regions: a read at one
+# timestamp, merged; 120 keys of 256 bytes).
+#
+# Env: ROUNDS (3), TOTAL (requests per run at 16 clients, 50 for reads;
+# 1 client runs a tenth), PROFILE (release), RESULTS (JSON lines; default
 # target/bench/regions-DATE.jsonl). Prints ops/s medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,17 +40,39 @@ start_cluster cairn 3 eight
 "$CAIRN" regions --endpoints "$ENDPOINTS_eight" split b c d e f g h
 
 SHAPE="--key-size 8 --val-size 256 --key-space-size 100000"
+# One run of `cairn bench` against system $1 with the rest as its args,
+# tagged with the case and round.
+run() {
+  local sys=$1 case=$2 clients=$3; shift 3
+  local ev="ENDPOINTS_$sys"
+  echo "[round $round] $sys: $case" >&2
+  "$CAIRN" bench --endpoints "${!ev}" --output json --clients "$clients" --conns "$(( clients < 4 ? clients : 4 ))" \
+    --tag "system=$sys" --tag "case=$case" --tag "round=$round" --allow-errors "$@" >> "$RESULTS"
+}
+if [ "${WORKLOAD:-txn}" = read ]; then
+  for sys in etcd one eight; do
+    # The keys to read: 20 under every first byte a … h.
+    # shellcheck disable=SC2086
+    round=0 run "$sys" load 4 txn-put --txn-ops 8 --spread --total 20 $SHAPE
+  done
+  for round in $(seq "$ROUNDS"); do
+    for clients in 1 50; do
+      total=$((TOTAL * 5)); [ "$clients" = 1 ] && total=$((TOTAL / 2))
+      for sys in etcd one eight; do
+        run "$sys" "range one key c=$clients" "$clients" range d --total "$total"
+        run "$sys" "range [b, h) c=$clients" "$clients" range b h --total "$((total / 5))"
+      done
+    done
+  done
+fi
 for round in $(seq "$ROUNDS"); do
+  [ "${WORKLOAD:-txn}" = read ] && break
   for ops in 2 8; do
     for clients in 1 16; do
       total=$TOTAL; [ "$clients" = 1 ] && total=$((TOTAL / 10))
       for sys in etcd one eight; do
-        ev="ENDPOINTS_$sys"
-        echo "[round $round] $sys: $ops ops, $clients clients" >&2
         # shellcheck disable=SC2086
-        "$CAIRN" bench --endpoints "${!ev}" --output json --clients "$clients" --conns "$(( clients < 4 ? clients : 4 ))" \
-          --tag "system=$sys" --tag "case=txn-put ops=$ops c=$clients" --tag "round=$round" \
-          --allow-errors txn-put --txn-ops "$ops" --spread --total "$total" $SHAPE >> "$RESULTS"
+        run "$sys" "txn-put ops=$ops c=$clients" "$clients" txn-put --txn-ops "$ops" --spread --total "$total" $SHAPE
       done
     done
   done
@@ -57,6 +86,8 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     t = r.get("tags", {})
     lat = r.get("latency_ms", {}) or {}
+    if t["case"] == "load":
+        continue
     runs.setdefault(t["case"], {}).setdefault(t["system"], []).append((r["ops_per_sec"], lat.get("p99")))
     errors[t["system"]] = errors.get(t["system"], 0) + sum(r.get("errors", {}).values())
 print("| case | etcd ops/s | Cairn, 1 region | Cairn, 8 regions | 1 region / etcd | 8 regions / 1 region | p99 ms (etcd, 1, 8) |")

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Real-client compatibility: the same etcdctl session against real etcd and
-against a 3-node Cairn cluster, outputs normalized and compared line by line;
+against a 3-node Cairn cluster, outputs normalized and compared line by line
+(and against a second Cairn cluster split into regions between every pair
+of keys the session uses, so every range, txn, lease and lock crosses
+regions; the timing scenarios and the Python client run against it too);
 then the JSON gateway with the same HTTP requests to both (gateway.py) and
 /metrics parsed beside etcd's (metrics.py); the storage quota and NOSPACE
 alarm on fresh 1-node servers of each (quota.py); backups saved from each
@@ -268,8 +271,27 @@ def compare_transcripts(ref, got, what):
     return bad == 0
 
 
-def compare_etcdctl(etcd_eps, cairn_eps):
-    return compare_transcripts(normalize(session(etcd_eps)), normalize(session(cairn_eps)), "etcdctl session")
+# Where the second Cairn cluster is split before anything is written: between
+# every pair of keys the etcdctl session, the scenarios and the Python client
+# use, so every range, prefix, txn, lease and lock crosses regions.
+SPLIT_KEYS = ["a", "b", "c", "foo", "foo2", "foo3", "lk", "m", "myelection/", "mylock/", "n",
+              "py/b", "py/c", "scenario-lock/", "scenario-w/", "w/", "w/2", "x", "y"]
+
+
+def start_split_cairn(procs, work, binary):
+    """A second 3-member Cairn cluster split at SPLIT_KEYS; its endpoints."""
+    eps = start_cairn(procs, work, binary, prefix="s")
+    for e in eps:
+        wait_healthy(e)
+    r = subprocess.run([binary, "regions", "--endpoints", ",".join(eps), "split", *SPLIT_KEYS],
+                       capture_output=True, text=True)
+    regions = [l for l in r.stdout.splitlines() if l.strip() and not l.startswith("ID ")]
+    if r.returncode != 0 or len(regions) < len(SPLIT_KEYS) + 1:
+        raise SystemExit(f"split failed: {r.stdout} {r.stderr}")
+    print(f"split Cairn cluster: {len(regions)} regions")
+    for e in eps:
+        wait_ready(e)
+    return eps
 
 
 def cairn_only_checks(cairn_eps):
@@ -360,7 +382,10 @@ def everything(binary, work, procs):
     wait_ready(etcd_eps[0])
     for e in cairn_eps:
         wait_ready(e)
-    ok = compare_etcdctl(etcd_eps, cairn_eps)
+    split_eps = start_split_cairn(procs, work, binary)
+    ref = normalize(session(etcd_eps))
+    ok = compare_transcripts(ref, normalize(session(cairn_eps)), "etcdctl session")
+    ok = compare_transcripts(ref, normalize(session(split_eps)), "etcdctl session, every range across regions") and ok
     ok = cairn_only_checks(cairn_eps) and ok
     ok = script("JSON gateway side by side", "gateway.py", etcd_eps[0], cairn_eps[0]) and ok
     ok = script("/metrics beside etcd's", "metrics.py", etcd_eps[0], cairn_eps[0]) and ok
@@ -374,6 +399,8 @@ def everything(binary, work, procs):
     ok = scenarios(cairn_eps, "cairn") and ok
     ok = python_client(etcd_eps, "etcd") and ok
     ok = python_client(cairn_eps, "cairn") and ok
+    ok = scenarios(split_eps, "cairn split into regions") and ok
+    ok = python_client(split_eps, "cairn split into regions") and ok
     if "--no-rust-client" not in sys.argv:
         ok = rust_client(etcd_eps, "etcd") and ok
         ok = rust_client(cairn_eps, "cairn") and ok

@@ -59,7 +59,7 @@ pub use record::Record;
 pub use share::Share;
 pub use txn::{
     apply_txn, apply_txn_part, has_put, is_read_only, is_serializable, leases_put_along, read_txn,
-    set_header_revision, LeaseView, NoLeases, TxnOutcome,
+    read_txn_at, set_header_revision, LeaseView, NoLeases, TxnOutcome,
 };
 pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};
 

@@ -84,6 +84,9 @@ struct Writer<'a> {
     /// within maintain it, and (in a part) a put with a lease outside
     /// `within` records its attachment.
     index: bool,
+    /// The revision compares and ranges of "now" read at: `revs.current`,
+    /// except in [`read_txn_at`] (a view that may hold newer versions).
+    read_at: i64,
 }
 
 /// Applies `req` at revision `rev` (which must exceed `revs.current`).
@@ -101,7 +104,7 @@ pub fn apply_txn(
         "revision {rev} must exceed current {}",
         revs.current
     );
-    let path = txn_path(read, req, revs)?;
+    let path = txn_path(read, req, revs, revs.current)?;
     let mut w = Writer {
         read,
         rev,
@@ -113,6 +116,7 @@ pub fn apply_txn(
         within: None,
         check_leases: true,
         index: leases.keeps_index(),
+        read_at: revs.current,
     };
     let mut steps = path.clone().into_iter();
     let response = w.execute(req, &mut steps)?;
@@ -158,6 +162,7 @@ pub fn apply_txn_part(
         within: Some(within),
         check_leases: false,
         index: lease_table,
+        read_at: rev - 1,
     };
     let mut steps = path.iter().copied();
     let response = w.execute(req, &mut steps)?;
@@ -213,6 +218,40 @@ pub fn read_txn(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Resul
     Ok(out.response)
 }
 
+/// Runs a read-only `req` as [`read_txn`] does, but at revision `at`, on
+/// a view whose newest versions may be above it (`revs.current` is the
+/// newest revision the view may hold, `at` ≤ it): every compare and every
+/// range of "now" reads as of `at`, a range at a revision above `at` is a
+/// future revision, and every header carries `at`. A read-only Txn across
+/// regions reads one engine view at its read timestamp so.
+pub fn read_txn_at(
+    read: &dyn Snapshot,
+    req: &TxnRequest,
+    revs: Revisions,
+    at: i64,
+) -> Result<TxnResponse> {
+    debug_assert!(is_read_only(req), "read_txn_at given a writing txn");
+    debug_assert!(at <= revs.current);
+    let path = txn_path(read, req, revs, at)?;
+    let mut w = Writer {
+        read,
+        rev: revs.current + 1,
+        revs,
+        leases: &NoLeases,
+        overlay: Overlay::new(),
+        batch: WriteBatch::new(),
+        events: Vec::new(),
+        within: None,
+        check_leases: true,
+        index: false,
+        read_at: at,
+    };
+    let mut steps = path.into_iter();
+    let mut response = w.execute(req, &mut steps)?;
+    set_header_revision(&mut response, at);
+    Ok(response)
+}
+
 /// The leases `req` puts keys with along the branches `path` (as
 /// [`TxnOutcome::path`] gives them), nested transactions included; a put
 /// keeping its lease (`ignore_lease`) names none.
@@ -241,17 +280,18 @@ pub fn leases_put_along(req: &TxnRequest, path: &[bool]) -> Vec<i64> {
 }
 
 /// The branch each (nested) transaction takes, in execution order.
-fn txn_path(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Result<Vec<bool>> {
+fn txn_path(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions, at: i64) -> Result<Vec<bool>> {
     let mut path = Vec::new();
     fn walk(
         read: &dyn Snapshot,
         req: &TxnRequest,
         revs: Revisions,
+        at: i64,
         out: &mut Vec<bool>,
     ) -> Result<()> {
         let mut ok = true;
         for c in &req.compare {
-            if !compare(read, c, revs)? {
+            if !compare(read, c, revs, at)? {
                 ok = false;
                 break;
             }
@@ -260,18 +300,19 @@ fn txn_path(read: &dyn Snapshot, req: &TxnRequest, revs: Revisions) -> Result<Ve
         let ops = if ok { &req.success } else { &req.failure };
         for op in ops {
             if let Some(Request::RequestTxn(t)) = &op.request {
-                walk(read, t, revs, out)?;
+                walk(read, t, revs, at, out)?;
             }
         }
         Ok(())
     }
-    walk(read, req, revs, &mut path)?;
+    walk(read, req, revs, at, &mut path)?;
     Ok(path)
 }
 
-fn compare(read: &dyn Snapshot, c: &Compare, revs: Revisions) -> Result<bool> {
+/// Evaluates `c` against the versions visible at revision `at`.
+fn compare(read: &dyn Snapshot, c: &Compare, revs: Revisions, at: i64) -> Result<bool> {
     let span = Span::new(&c.key, &c.range_end);
-    let kvs = visible(read, &span, revs.current, revs, None)?;
+    let kvs = visible(read, &span, at, revs, None)?;
     let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
     if kvs.is_empty() {
         // A missing value never compares; other targets compare as zero.
@@ -428,6 +469,25 @@ impl Writer<'_> {
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if self.within.is_some() {
             return Ok(RangeResponse::default());
+        }
+        if self.read_at < self.revs.current {
+            // Read as of `read_at` (`read_txn_at`): "now" is that revision.
+            if req.revision > self.read_at {
+                return Err(Error::from(Rejection::FutureRevision));
+            }
+            let as_of = RangeRequest {
+                revision: if req.revision > 0 {
+                    req.revision
+                } else {
+                    self.read_at
+                },
+                ..req.clone()
+            };
+            let mut resp = range_with(self.read, &as_of, self.revs, None)?;
+            if let Some(h) = &mut resp.header {
+                h.revision = self.read_at;
+            }
+            return Ok(resp);
         }
         // Reads at "now" see this txn's earlier writes; explicit revisions do not.
         let overlay = (req.revision <= 0).then_some(&self.overlay);

@@ -452,6 +452,15 @@ impl RegionShared {
         )
     }
 
+    /// The revisions, if no write is in progress: every batch written to
+    /// the engine before this call is then in them (a view of the engine
+    /// taken before it holds no compaction they lack). `None` while a
+    /// write is in progress: ask again shortly.
+    pub fn published_revisions(&self) -> Option<Revisions> {
+        let g = self.state.read();
+        g.before_write.is_none().then(|| g.applied.revisions())
+    }
+
     /// The engine view matching `published`; the caller holds the lock, so
     /// the apply task cannot start or finish a write meanwhile.
     fn view(&self, published: &Published) -> Arc<dyn EngineSnapshot> {

@@ -106,11 +106,12 @@ pub enum Command {
     /// another leader served at a later timestamp meanwhile, a write
     /// stamped below it (see `cairn-store`'s `node::range_across`).
     InTerm { term: u64, cmd: Box<Command> },
-    /// Data region: a closed timestamp. Stamped like a write (so every
-    /// write stamped below it is before it in the log), it writes nothing
-    /// and raises the region's current revision to `ts`: the region's
-    /// change feed is then resolved up to `ts`, and a watch over it and a
-    /// busier region moves on though this one is idle.
+    /// Data region: a closed timestamp, proposed (inside `InTerm`) once
+    /// every write its leader stamped at or below `ts` is answered, so
+    /// each is before it in the log. It writes nothing and raises the
+    /// region's current revision to `ts`: the region's change feed is then
+    /// resolved up to `ts`, and a watch over it and a busier region moves
+    /// on though this one is idle.
     Close { ts: i64 },
     /// Data region: phase one of a transaction across regions (see
     /// `cairn_mvcc::locks`): lock `spans` (all inside the region) for the
@@ -187,8 +188,14 @@ impl RegionRange {
 
     /// True when the span `[key, range_end)` (etcd's form: `range_end`
     /// empty is the key alone, `\0` is every key from `key` on) lies in the
-    /// range.
+    /// range. A span whose end is at or below its key holds no key (etcd
+    /// answers it empty): every range covers it, so it never makes a
+    /// request span regions (`cairn_mvcc::locks::footprint` leaves it out
+    /// too).
     pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {
+        if !matches!(range_end, [] | [0]) && range_end <= key {
+            return true;
+        }
         if !self.contains(key) {
             return false;
         }
@@ -308,4 +315,34 @@ pub struct RegionDesc {
     pub epoch: u64,
     /// Nodes holding a replica.
     pub peers: Vec<NodeId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RegionRange;
+
+    fn range(start: &str, end: &str) -> RegionRange {
+        RegionRange {
+            start: start.as_bytes().to_vec(),
+            end: end.as_bytes().to_vec(),
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn covers_spans_in_etcd_form() {
+        let r = range("b", "d");
+        assert!(r.covers(b"b", b""));
+        assert!(r.covers(b"b", b"d"));
+        assert!(!r.covers(b"b", b"e"));
+        assert!(!r.covers(b"a", b"c"));
+        assert!(!r.covers(b"c", b"\0"));
+        assert!(range("b", "").covers(b"c", b"\0"));
+        // A span ending at or below its key holds no key: every range
+        // covers it, the region of its key or not.
+        assert!(r.covers(b"c", b"a"));
+        assert!(r.covers(b"z", b"y"));
+        assert!(r.covers(b"z", b"z"));
+        assert!(range("x", "").covers(b"c", b"a"));
+    }
 }

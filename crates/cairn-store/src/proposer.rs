@@ -54,8 +54,6 @@ pub enum Proposal {
     /// Revoke a lease the lessor of leader term `term` found expired (a
     /// no-op unless appended in that term); gets a timestamp.
     Expire { id: i64, term: u64 },
-    /// A closed timestamp (`Command::Close`); gets a timestamp.
-    Close,
     /// Any other command (no timestamp).
     Plain(Command),
 }
@@ -339,10 +337,7 @@ impl Proposer {
                     .filter(|(p, _)| {
                         matches!(
                             p,
-                            Proposal::Txn(..)
-                                | Proposal::Revoke(..)
-                                | Proposal::Expire { .. }
-                                | Proposal::Close
+                            Proposal::Txn(..) | Proposal::Revoke(..) | Proposal::Expire { .. }
                         )
                     })
                     .count() as u32;
@@ -419,7 +414,6 @@ impl Proposer {
                             Ok(checked(auth, Command::LeaseRevoke { id, ts }))
                         }
                         Proposal::Expire { id, term } => Ok(Command::LeaseExpire { id, ts, term }),
-                        Proposal::Close => Ok(Command::Close { ts }),
                         Proposal::Plain(c) => Err(c),
                     };
                     match stamped {

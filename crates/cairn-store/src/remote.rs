@@ -50,10 +50,11 @@ pub enum ForwardOp {
     /// answered, confirm leadership and return the read index (a read at
     /// that timestamp across regions; see `node::range_across`).
     ReadIndexAfter(i64),
-    /// Meta region: a TSO timestamp for a read, handed out by a leader
-    /// that then confirmed it still leads (read lease or a quorum round),
-    /// so it is above every timestamp handed out before the request.
-    ReadTimestamp,
+    /// Meta region: a new TSO timestamp (a transaction across regions
+    /// commits at it), handed out by a leader that then confirmed it still
+    /// leads (read lease or a quorum round), so it is above every
+    /// timestamp handed out before the request.
+    CommitTimestamp,
     /// Data region: once every write this leader stamped at or below
     /// `commit_ts` is answered (and none will be stamped so low again),
     /// propose `Command::CommitLocked` in this leader's term — a part of a
@@ -64,6 +65,11 @@ pub enum ForwardOp {
         commit_ts: i64,
         path: Vec<bool>,
     },
+    /// Meta region: the newest TSO timestamp handed out (`Tso::newest`),
+    /// by a leader that then confirmed it still leads, so it is at or
+    /// above every timestamp handed out before the request and below
+    /// every one handed out after the answer: a read's timestamp.
+    ReadTimestamp,
 }
 
 impl ForwardOp {

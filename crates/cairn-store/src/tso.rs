@@ -76,6 +76,40 @@ impl Tso {
     /// Allocates `count` consecutive timestamps; returns the first.
     pub async fn allocate(&self, count: u32) -> Result<i64> {
         let mut st = self.state.lock().await;
+        self.lead(&mut st).await?;
+        let first = (st.last + 1).max(FIRST);
+        let end = first + i64::from(count.max(1));
+        if end > st.window_end {
+            let high_water = end + WINDOW;
+            let written = bounded(self.meta.client_write(Command::TsoWindow { high_water })).await;
+            if !matches!(written, Ok(Ok(_))) {
+                // Unknown whether the window was written: recheck (catch
+                // up and read the persisted mark) before the next one.
+                st.term = 0;
+            }
+            written?.map_err(write_error)?;
+            st.window_end = high_water;
+        }
+        st.last = end - 1;
+        Ok(first)
+    }
+
+    /// The newest timestamp handed out, handing out none: what a read
+    /// takes as its timestamp. Every write stamped at or below it got its
+    /// timestamp before this call; every later one gets one above. So reads
+    /// leave no gaps in the revisions, and a read's header is the newest
+    /// write's revision, as etcd's is (unless the newest timestamp went to
+    /// a write that wrote nothing, or a new leader starts above its
+    /// predecessor's window).
+    pub async fn newest(&self) -> Result<i64> {
+        let mut st = self.state.lock().await;
+        self.lead(&mut st).await?;
+        Ok(st.last.max(FIRST - 1))
+    }
+
+    /// Checks that this node leads the meta region; in a term new to the
+    /// allocator, first catches up and starts above the persisted mark.
+    async fn lead(&self, st: &mut State) -> Result<()> {
         let (leader, term) = {
             let m = self.meta.metrics();
             let m = m.borrow();
@@ -92,21 +126,7 @@ impl Tso {
             st.window_end = 0;
             st.term = term;
         }
-        let first = (st.last + 1).max(FIRST);
-        let end = first + i64::from(count.max(1));
-        if end > st.window_end {
-            let high_water = end + WINDOW;
-            let written = bounded(self.meta.client_write(Command::TsoWindow { high_water })).await;
-            if !matches!(written, Ok(Ok(_))) {
-                // Unknown whether the window was written: recheck (catch
-                // up and read the persisted mark) before the next one.
-                st.term = 0;
-            }
-            written?.map_err(write_error)?;
-            st.window_end = high_water;
-        }
-        st.last = end - 1;
-        Ok(first)
+        Ok(())
     }
 }
 

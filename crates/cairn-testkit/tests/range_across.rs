@@ -7,8 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
-use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+use cairn_api::etcdserverpb::request_op::Request;
+use cairn_api::etcdserverpb::response_op::Response;
+use cairn_api::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+};
 use cairn_store::DATA_REGION;
 use cairn_testkit::{kv, InProcessCluster};
 
@@ -132,6 +137,31 @@ async fn a_range_across_regions_answers_as_one_region_did() {
     c.shutdown().await;
 }
 
+/// A read-only Txn of keys `a` and `z`: a compare on each, a get of each.
+fn both_keys_read() -> TxnRequest {
+    let exists = |key: &[u8]| Compare {
+        key: key.to_vec(),
+        target: CompareTarget::Create as i32,
+        result: CompareResult::Greater as i32,
+        target_union: Some(TargetUnion::CreateRevision(0)),
+        ..Default::default()
+    };
+    let get = |key: &[u8]| RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })),
+    };
+    TxnRequest {
+        compare: vec![exists(b"a"), exists(b"z")],
+        success: vec![get(b"a"), get(b"z")],
+        ..Default::default()
+    }
+}
+
+/// Range and read-only Txn alike: a reader never sees a write without one
+/// acknowledged before it in another region, nor a version above its
+/// header's revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_range_across_regions_is_one_snapshot() {
     let c = InProcessCluster::start(3).await;
@@ -150,20 +180,35 @@ async fn a_range_across_regions_is_one_snapshot() {
         readers.push(tokio::spawn(async move {
             let mut reads = 0;
             while !stop.load(Ordering::Relaxed) {
-                // A read refused while leadership moves proves nothing.
-                let Ok(r) = client
-                    .range(RangeRequest {
-                        key: b"a".to_vec(),
-                        range_end: vec![0],
-                        ..Default::default()
-                    })
-                    .await
-                else {
-                    continue;
+                // A Range, or a read-only Txn (a compare on each region
+                // and a get of each key), in turn.
+                let all = RangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: vec![0],
+                    ..Default::default()
                 };
-                let r = r.into_inner();
+                let (header, kvs) = if reads % 2 == 0 {
+                    // A read refused while leadership moves proves nothing.
+                    let Ok(r) = client.range(all).await else {
+                        continue;
+                    };
+                    let r = r.into_inner();
+                    (r.header.unwrap().revision, r.kvs)
+                } else {
+                    let Ok(r) = client.txn(both_keys_read()).await else {
+                        continue;
+                    };
+                    let r = r.into_inner();
+                    assert!(r.succeeded);
+                    let kvs = r.responses.into_iter().flat_map(|op| match op.response {
+                        Some(Response::ResponseRange(r)) => r.kvs,
+                        other => panic!("{other:?}"),
+                    });
+                    (r.header.unwrap().revision, kvs.collect())
+                };
                 let v = |k: &[u8]| -> i64 {
-                    let kv = r.kvs.iter().find(|kv| kv.key == k).expect("key");
+                    let kv = kvs.iter().find(|kv| kv.key == k).expect("key");
+                    assert!(kv.mod_revision <= header, "{kv:?} above header {header}");
                     std::str::from_utf8(&kv.value).unwrap().parse().unwrap()
                 };
                 let (a, z) = (v(b"a"), v(b"z"));
@@ -334,6 +379,119 @@ async fn a_watch_over_an_idle_region_and_a_busy_one_keeps_moving() {
                 assert_eq!(kv.mod_revision, last);
             }
         }
+    }
+    c.shutdown().await;
+}
+
+/// What etcd's revision does, with several regions: it moves only with
+/// writes. Reads, read-only Txns and idle regions' closed timestamps take
+/// no revision, so every read's header is the newest write's revision and
+/// the next write takes the next one. And a range whose end is below its
+/// key is answered empty, in a Range and in a Txn with keys elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_across_regions_take_no_revision() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "m", "z"] {
+        kv::put(&mut client, k, "1").await.unwrap();
+    }
+    c.split_at("f").await;
+    c.split_at("q").await;
+    let w = kv::put(&mut client, "m", "2").await.unwrap();
+    // Idle regions close timestamps every 250 ms meanwhile.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let header = |r: Option<cairn_api::etcdserverpb::ResponseHeader>| r.unwrap().revision;
+    for (key, end) in [("a", ""), ("z", ""), ("a", "\0"), ("b", "y")] {
+        let got = client
+            .range(RangeRequest {
+                key: key.into(),
+                range_end: end.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(header(got.header), w, "{key}..{end}");
+    }
+    let compare = |key: &str, version: i64| Compare {
+        key: key.into(),
+        target: CompareTarget::Version as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::Version(version)),
+        ..Default::default()
+    };
+    let get = |key: &str, end: &str| RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            ..Default::default()
+        })),
+    };
+    let read = client
+        .txn(TxnRequest {
+            compare: vec![compare("a", 1), compare("z", 1)],
+            success: vec![get("m", "")],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(read.succeeded);
+    assert_eq!(header(read.header), w);
+    match &read.responses[0].response {
+        Some(Response::ResponseRange(r)) => assert_eq!(r.kvs[0].value, b"2"),
+        other => panic!("{other:?}"),
+    }
+    // No read took a revision: the next write takes the next one.
+    assert_eq!(kv::put(&mut client, "a", "2").await.unwrap(), w + 1);
+    let empty = client
+        .range(RangeRequest {
+            key: b"c".to_vec(),
+            range_end: b"a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((empty.kvs.len(), empty.count), (0, 0));
+    assert_eq!(header(empty.header), w + 1);
+    let written = client
+        .txn(TxnRequest {
+            compare: vec![Compare {
+                key: b"z".to_vec(),
+                range_end: b"a".to_vec(),
+                target: CompareTarget::Version as i32,
+                result: CompareResult::Equal as i32,
+                target_union: Some(TargetUnion::Version(0)),
+            }],
+            success: vec![
+                get("z", "a"),
+                RequestOp {
+                    request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: b"z".to_vec(),
+                        range_end: b"a".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"g".to_vec(),
+                        value: b"1".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(written.succeeded);
+    assert_eq!(header(written.header), w + 2);
+    match &written.responses[1].response {
+        Some(Response::ResponseDeleteRange(d)) => assert_eq!(d.deleted, 0),
+        other => panic!("{other:?}"),
     }
     c.shutdown().await;
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use cairn_raft::{Command, MemberInfo, RegionDesc};
 
-use crate::node::{Node, META_REGION};
+use crate::node::{Node, META_REGION, REQUEST_TIMEOUT};
+use crate::proposer::Proposal;
 use crate::remote::ForwardOp;
+use crate::Result;
 
 /// Publishes this member's attributes to the meta region (idempotent;
 /// retried until done).
@@ -164,6 +166,28 @@ pub(super) async fn snapshot_by_log_bytes(node: std::sync::Weak<Node>) {
     }
 }
 
+impl Node {
+    /// Closes the newest timestamp the TSO has handed out, T, in region
+    /// `id`, which this node leads: once every write it stamped at or
+    /// below T is answered (and none will be stamped so low again), its
+    /// revision moves up to T in this leader term (`Command::Close`), and
+    /// with it its resolved revision. A close takes no timestamp of its
+    /// own: closes leave no gaps in the revisions, and a read's header,
+    /// the newest timestamp, stays the newest write's.
+    async fn close_region(&self, id: u64) -> Result<()> {
+        let t = self.read_timestamp().await?;
+        let r = self.region(id)?;
+        let term = self.leading_term(&r)?;
+        r.proposer.settled(t, term, REQUEST_TIMEOUT).await?;
+        let close = Command::InTerm {
+            term,
+            cmd: Box::new(Command::Close { ts: t }),
+        };
+        r.proposer.propose(Proposal::Plain(close)).await?;
+        Ok(())
+    }
+}
+
 /// How often an idle data region's leader closes a timestamp.
 const CLOSE_EVERY: Duration = Duration::from_millis(250);
 
@@ -200,11 +224,11 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             if !idle || !leads || flying.contains_key(&r.id) {
                 continue;
             }
-            let proposer = r.proposer.clone();
+            let (node, id) = (n.clone(), r.id);
             flying.insert(
                 r.id,
                 tokio::spawn(async move {
-                    let close = proposer.propose(crate::proposer::Proposal::Close);
+                    let close = node.close_region(id);
                     let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
                 }),
             );

@@ -155,22 +155,32 @@ impl Node {
                 ))
             }
             ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
-            ForwardOp::ReadTimestamp => {
+            ForwardOp::CommitTimestamp | ForwardOp::ReadTimestamp => {
                 if region != META_REGION {
                     return Err(Error::Internal(
                         "timestamps come from the meta region".into(),
                     ));
                 }
-                // Confirmed after it is allocated: a leader deposed
-                // meanwhile (paused past an election) hands out none.
-                let t = self.tso_local(1).await?;
+                // Confirmed after it is taken: a leader deposed meanwhile
+                // (paused past an election) hands out none.
+                let t = match op {
+                    ForwardOp::CommitTimestamp => self.tso_local(1).await?,
+                    _ => self.tso.newest().await?,
+                };
                 self.leader_read_index(&r).await?;
                 Ok(ForwardOk::Timestamp(t))
             }
             ForwardOp::ReadIndexAfter(ts) => {
                 let term = self.leading_term(&r)?;
                 r.proposer.settled(ts, term, REQUEST_TIMEOUT).await?;
-                Ok(ForwardOk::ReadIndex(self.leader_read_index(&r).await?))
+                let index = self.leader_read_index(&r).await?;
+                // Still the term whose writes were waited for: leading
+                // again in a later one, this node may have stamped a write
+                // of that term at or below `ts` (a stale TSO) not waited for.
+                if self.leading_term(&r)? != term {
+                    return Err(Error::NotLeader { leader: None });
+                }
+                Ok(ForwardOk::ReadIndex(index))
             }
             ForwardOp::CommitLocked {
                 start_ts,
@@ -221,7 +231,7 @@ impl Node {
 
     /// The term this replica leads `r` in, as it knows; `NotLeader` if it
     /// does not lead.
-    fn leading_term(&self, r: &Region) -> Result<u64> {
+    pub(super) fn leading_term(&self, r: &Region) -> Result<u64> {
         let m = r.raft.metrics();
         let m = m.borrow();
         if m.current_leader != Some(self.id) {

@@ -21,13 +21,20 @@ impl Node {
                     stale.wait().await?;
                     continue;
                 }
-                Err(Error::SpansRegions) => match self.txn_across(req, access).await {
-                    Err(Error::EpochMismatch) => {
-                        stale.wait().await?;
-                        continue;
+                Err(Error::SpansRegions) => {
+                    let across = if cairn_mvcc::is_read_only(req) {
+                        self.read_txn_across(req, access).await
+                    } else {
+                        self.txn_across(req, access).await
+                    };
+                    match across {
+                        Err(Error::EpochMismatch) => {
+                            stale.wait().await?;
+                            continue;
+                        }
+                        other => return other,
                     }
-                    other => return other,
-                },
+                }
                 other => other?,
             };
             let res = if cairn_mvcc::is_read_only(req) {
@@ -91,7 +98,7 @@ impl Node {
     }
 
     /// Compacts every region at `revision` while there are several: a
-    /// revision any region wrote, up to a fresh read timestamp T (above
+    /// revision any region wrote, up to a read timestamp T (above
     /// it, a future revision; at or below the store's compaction, the
     /// highest any region has, compacted already). Each region first
     /// catches up to it — its leader has answered every write it stamped

@@ -45,6 +45,7 @@ mod start;
 mod status;
 mod txn_across;
 mod txn_locks;
+mod txn_read_across;
 
 pub(crate) use range_across::bounds_tile;
 pub(crate) use reads::sole_voter_index;

@@ -7,11 +7,12 @@
 //! acknowledged before a write in the other began can be missed while the
 //! later one is seen (two such reads can disagree on their order). So:
 //!
-//! 1. take a read timestamp T from the TSO, whose leader confirms it
-//!    still leads after handing it out (a leader paused past an election
-//!    would hand out one below its successor's). Every write acknowledged
-//!    before the read began got its timestamp, which is its revision,
-//!    before T; every write that begins after T was taken gets one above.
+//! 1. take a read timestamp T from the TSO: the newest it has handed out
+//!    (a read uses up no revision), from a leader that confirms it still
+//!    leads after answering (a leader paused past an election would
+//!    answer below its successor's). Every write acknowledged before the
+//!    read began got its timestamp, which is its revision, at or below T;
+//!    every write that begins after T was taken gets one above.
 //!    (A group of writes applies only in the leader term it was stamped
 //!    in, `Command::InTerm`: one stamped before a leader change cannot
 //!    commit after a read the next leader served.)
@@ -66,8 +67,18 @@ impl Node {
             [0] => None,
             e => Some(e),
         };
+        // A range whose end is at or below its key holds no key: etcd
+        // answers it empty (checking its revision as any read's). It is
+        // read in the region holding its key.
+        let inverted = end.is_some_and(|e| e <= req.key.as_slice());
+        let routed_end = if inverted {
+            Some(one_key.as_slice())
+        } else {
+            end
+        };
         loop {
-            let Some((t, caught_up)) = self.regions_at_timestamp(&req.key, end).await? else {
+            let Some((t, caught_up)) = self.regions_at_timestamp(&req.key, routed_end).await?
+            else {
                 stale.wait().await?;
                 continue;
             };
@@ -86,9 +97,14 @@ impl Node {
                     continue;
                 }
                 let read_at = at.min(revs.current);
-                if let Some(part) =
-                    cairn_mvcc::part_request(&req, &range.start, &range.end, read_at)?
-                {
+                let part = match inverted {
+                    true => Some(RangeRequest {
+                        revision: read_at,
+                        ..req.clone()
+                    }),
+                    false => cairn_mvcc::part_request(&req, &range.start, &range.end, read_at)?,
+                };
+                if let Some(part) = part {
                     views.push((snap, revs, part));
                 }
             }
@@ -141,9 +157,18 @@ impl Node {
             .map(|views| (t, views)))
     }
 
-    /// A confirmed read timestamp (step 1).
+    /// A confirmed read timestamp (step 1): the newest one the TSO has
+    /// handed out, so reads use up no revisions.
     pub(super) async fn read_timestamp(&self) -> Result<i64> {
         self.submit(META_REGION, ForwardOp::ReadTimestamp)
+            .await?
+            .timestamp()
+    }
+
+    /// A new, confirmed timestamp: a transaction across regions commits
+    /// at it.
+    pub(super) async fn commit_timestamp(&self) -> Result<i64> {
+        self.submit(META_REGION, ForwardOp::CommitTimestamp)
             .await?
             .timestamp()
     }

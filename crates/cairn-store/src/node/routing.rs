@@ -87,20 +87,34 @@ impl Node {
     }
 }
 
-/// The key a transaction is routed by (its first named key).
+/// The key a transaction is routed by: its first named key, past spans
+/// that hold no key (an end at or below the key: every region covers
+/// those, so routing by one could pick a region holding none of the rest).
 pub(super) fn first_key(req: &TxnRequest) -> Vec<u8> {
-    use cairn_api::etcdserverpb::request_op::Request;
-    if let Some(c) = req.compare.first() {
-        return c.key.clone();
-    }
-    for op in req.success.iter().chain(&req.failure) {
-        match &op.request {
-            Some(Request::RequestPut(p)) => return p.key.clone(),
-            Some(Request::RequestRange(r)) => return r.key.clone(),
-            Some(Request::RequestDeleteRange(d)) => return d.key.clone(),
-            Some(Request::RequestTxn(t)) => return first_key(t),
-            None => {}
+    fn first(req: &TxnRequest) -> Option<&[u8]> {
+        use cairn_api::etcdserverpb::request_op::Request;
+        let holds_keys = |key: &[u8], end: &[u8]| matches!(end, [] | [0]) || end > key;
+        if let Some(c) = req
+            .compare
+            .iter()
+            .find(|c| holds_keys(&c.key, &c.range_end))
+        {
+            return Some(&c.key);
         }
+        req.success
+            .iter()
+            .chain(&req.failure)
+            .find_map(|op| match &op.request {
+                Some(Request::RequestPut(p)) => Some(p.key.as_slice()),
+                Some(Request::RequestRange(r)) => {
+                    holds_keys(&r.key, &r.range_end).then_some(&r.key[..])
+                }
+                Some(Request::RequestDeleteRange(d)) => {
+                    holds_keys(&d.key, &d.range_end).then_some(&d.key[..])
+                }
+                Some(Request::RequestTxn(t)) => first(t),
+                None => None,
+            })
     }
-    Vec::new()
+    first(req).map(<[u8]>::to_vec).unwrap_or_default()
 }

@@ -254,7 +254,7 @@ impl Node {
         // every revision written before the prewrites, so the first one
         // is; a region whose revision ran past the TSO would get another.
         let commit_ts = loop {
-            match self.read_timestamp().await {
+            match self.commit_timestamp().await {
                 Ok(t) if t > floor => break t,
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 Err(e) => {
@@ -467,7 +467,7 @@ impl Node {
     /// in key order (the first holds the lowest key); `None` when the
     /// regions here do not cover a span (a region being started: route
     /// again).
-    fn footprint_parts(&self, spans: &[KeySpan]) -> Option<Vec<(u64, Vec<KeySpan>)>> {
+    pub(super) fn footprint_parts(&self, spans: &[KeySpan]) -> Option<Vec<(u64, Vec<KeySpan>)>> {
         let mut by_start: BTreeMap<Vec<u8>, (u64, Vec<KeySpan>)> = BTreeMap::new();
         for span in spans {
             let end = (!span.1.is_empty()).then_some(span.1.as_slice());

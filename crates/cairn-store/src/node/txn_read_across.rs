@@ -1,0 +1,125 @@
+//! A read-only `Txn` whose keys lie in several regions, answered at one
+//! read timestamp like a Range across regions (`range_across`), with no
+//! lock placed and no revision taken.
+//!
+//! Such a Txn used to run as a two-phase commit that wrote nothing: a lock
+//! in every region it touched, and a commit timestamp of its own — a
+//! revision no write used, which then showed as the store's revision in
+//! every later read (etcd's revision moves only with writes). Now:
+//!
+//! 1. take the read timestamp T (the newest the TSO has handed out);
+//! 2. catch each region of the footprint (`cairn_mvcc::locks::footprint`:
+//!    its compares and both branches' ranges) up to T, and wait for, or
+//!    resolve, any lock in the footprint that may still commit at or below
+//!    T;
+//! 3. evaluate the compares and ranges as of revision T
+//!    (`cairn_mvcc::read_txn_at`: versions, not the newest-key index) on
+//!    one view of the node's engine (every region shares it), taken after
+//!    every region's check: what landed since has revisions above T
+//!    (a transaction across regions whose lock was not in the way commits
+//!    above T), which a read as of T does not see.
+//!
+//! The header carries T. A compaction past T applied meanwhile makes the
+//! read start again at a new timestamp (etcd never refuses a read of the
+//! newest keys as compacted); a range naming a compacted revision is
+//! refused, as etcd's.
+
+use cairn_api::etcdserverpb::{TxnRequest, TxnResponse};
+use cairn_mvcc::locks::{clip, footprint};
+use futures::{StreamExt, TryStreamExt};
+
+use super::kv::StaleRoutes;
+use crate::node::Node;
+use crate::{Access, Error, Result};
+
+/// Regions caught up at once for one read.
+const CATCH_UP_AT_ONCE: usize = 16;
+
+impl Node {
+    /// Serves a read-only `req` whose footprint lies in several regions
+    /// (see the module essay).
+    pub(crate) async fn read_txn_across(
+        &self,
+        req: &TxnRequest,
+        access: &Access,
+    ) -> Result<TxnResponse> {
+        let stale = StaleRoutes::new();
+        let spans = footprint(req);
+        loop {
+            let t = self.read_timestamp().await?;
+            let Some(parts) = self.footprint_parts(&spans) else {
+                stale.wait().await?;
+                continue;
+            };
+            let ids: Vec<u64> = parts.iter().map(|(id, _)| *id).collect();
+            let regions: Vec<_> = futures::stream::iter(ids)
+                .map(|id| self.caught_up_at(id, t))
+                .buffered(CATCH_UP_AT_ONCE)
+                .try_collect()
+                .await?;
+            let (mut again, mut locked) = (false, false);
+            for (r, (id, spans)) in regions.iter().zip(&parts) {
+                let (_, _, range, lock) = r.shared.read_view_locked(spans, t);
+                let inside = |s: &_| clip(s, &range.start, &range.end).as_ref() == Some(s);
+                if !spans.iter().all(inside) {
+                    again = true; // split meanwhile: route again
+                    break;
+                }
+                if let Some(lock) = lock {
+                    // Waited for or resolved: read again (no deadline but
+                    // the lock's: a read behind a stream of locks is slow,
+                    // not refused).
+                    self.resolve_lock(*id, lock).await?;
+                    locked = true;
+                    break;
+                }
+            }
+            if locked {
+                continue;
+            }
+            if again {
+                stale.wait().await?;
+                continue;
+            }
+            let Some(first) = regions.first() else {
+                return Err(Error::Internal(
+                    "a read across regions with no region".into(),
+                ));
+            };
+            // Taken after every region's check (see the module essay); the
+            // revisions read after it, once no write is half done, so the
+            // view holds no version or compaction they lack.
+            let view = first.shared.engine().snapshot();
+            let mut newest = t;
+            let mut compacted = 0;
+            for r in &regions {
+                let revs = loop {
+                    match r.shared.published_revisions() {
+                        Some(revs) => break revs,
+                        None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                    }
+                };
+                newest = newest.max(revs.current);
+                compacted = compacted.max(revs.compacted);
+            }
+            if compacted > t {
+                // Past T: read again at a new timestamp.
+                stale.wait().await?;
+                continue;
+            }
+            self.authorize(access).await?;
+            // The view may hold versions up to `newest`; the txn reads as
+            // of T.
+            let revs = cairn_mvcc::Revisions {
+                current: newest,
+                compacted,
+            };
+            let whole = req.clone();
+            return self
+                .spans
+                .run(move || cairn_mvcc::read_txn_at(&*view, &whole, revs, t))
+                .await?
+                .map_err(Error::from);
+        }
+    }
+}
