@@ -22,10 +22,12 @@ impl Node {
                     continue;
                 }
                 Err(Error::SpansRegions) => {
+                    // Boxed: the paths across regions are large futures,
+                    // and rare; the single-region path stays small.
                     let across = if cairn_mvcc::is_read_only(req) {
-                        self.read_txn_across(req, access).await
+                        Box::pin(self.read_txn_across(req, access)).await
                     } else {
-                        self.txn_across(req, access).await
+                        Box::pin(self.txn_across(req, access)).await
                     };
                     match across {
                         Err(Error::EpochMismatch) => {
@@ -159,7 +161,7 @@ impl Node {
     /// carries the store's revision, not its region's.
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
         if !req.serializable && self.several_regions() {
-            return self.range_across(req, access).await;
+            return Box::pin(self.range_across(req, access)).await;
         }
         let stale = StaleRoutes::new();
         let (snap, revs) = loop {
@@ -168,7 +170,7 @@ impl Node {
                     stale.wait().await?;
                     continue;
                 }
-                Err(Error::SpansRegions) => return self.range_across(req, access).await,
+                Err(Error::SpansRegions) => return Box::pin(self.range_across(req, access)).await,
                 other => other?,
             };
             let r = self.region(region)?;
@@ -180,7 +182,7 @@ impl Node {
                 let r = self.caught_up(region).await?;
                 if !req.serializable && self.several_regions() {
                     // A split applied here while catching up.
-                    return self.range_across(req, access).await;
+                    return Box::pin(self.range_across(req, access)).await;
                 }
                 r
             };
