@@ -550,6 +550,21 @@ impl RegionShared {
     }
 }
 
+/// A write stamped `ts` in one region of several, at or below the
+/// region's revision: refused as from a stale term (nothing changes; the
+/// proposer fetches new timestamps). Its timestamp came from a stale TSO
+/// (a meta leader paused past an election): lifting it to the next
+/// revision, as one region of the whole keyspace does, could give it a
+/// revision another region's write has, or one above the newest timestamp
+/// a read then takes. (Closes, compactions and commits across regions
+/// move a region's revision only up to timestamps whose leader first
+/// answered every write it stamped at or below them, and stamps none there
+/// again: a fresh TSO never stamps one this low.)
+fn stale_stamp(state: &Applied, ts: i64) -> Option<(WriteBatch, Reply)> {
+    let whole = state.range.start.is_empty() && state.range.end.is_empty();
+    (!whole && ts <= state.current_revision).then(|| (WriteBatch::new(), Reply::StaleTerm))
+}
+
 /// Records `revs` as the applied state of a region that has applied no
 /// log entry: a store restored from a backup (`cairn snapshot restore`),
 /// its data already in `engine`. Raft then starts from nothing on top of
@@ -828,6 +843,9 @@ impl StateMachine {
                     return Ok((WriteBatch::new(), Reply::Locked(lock)));
                 }
                 let revs = state.revisions();
+                if let Some(stale) = stale_stamp(state, ts) {
+                    return Ok(stale);
+                }
                 let rev = ts.max(revs.current + 1);
                 let stored = StoredLeases(engine);
                 let leases: &dyn cairn_mvcc::LeaseView = if lease_table {
@@ -961,6 +979,9 @@ impl StateMachine {
                     ));
                 }
                 let revs = state.revisions();
+                if let Some(stale) = stale_stamp(state, ts) {
+                    return Ok(stale);
+                }
                 let rev = ts.max(revs.current + 1);
                 match lease::revoke(engine, id, rev, revs) {
                     Ok(mut out) => {

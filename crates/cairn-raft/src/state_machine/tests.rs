@@ -794,3 +794,38 @@ fn timestamped_writes_apply_only_in_the_term_they_were_stamped_in_and_closes_rai
     block_on(sm.apply(vec![entry_in_term(2, 4, next)])).unwrap();
     assert_eq!(shared.revisions().current, 31);
 }
+
+#[test]
+fn a_write_stamped_at_or_below_the_revision_of_one_region_of_several_is_refused() {
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let put = |ts, key: &[u8], value: &[u8]| puts(ts, [(key.to_vec(), value.to_vec())]);
+    // The whole keyspace: a stale stamp is lifted to the next revision.
+    let r = block_on(sm.apply(vec![
+        entry(1, put(10, b"a", b"1")),
+        entry(2, put(5, b"b", b"1")),
+    ]))
+    .unwrap();
+    assert!(matches!(r[..], [Reply::Txn(_), Reply::Txn(_)]), "{r:?}");
+    assert_eq!(shared.revisions().current, 11);
+    let split = Command::Split {
+        at: b"m".to_vec(),
+        child: 9,
+        epoch: 1,
+    };
+    assert_eq!(
+        block_on(sm.apply(vec![entry(3, split)])).unwrap(),
+        vec![Reply::Done]
+    );
+    // One region of several: refused as from a stale term, nothing
+    // written; a fresh stamp applies at itself.
+    let r = block_on(sm.apply(vec![
+        entry(4, put(11, b"a", b"2")),
+        entry(5, put(14, b"a", b"3")),
+    ]))
+    .unwrap();
+    assert!(matches!(r[..], [Reply::StaleTerm, Reply::Txn(_)]), "{r:?}");
+    assert_eq!(shared.revisions().current, 14);
+    let (view, revs) = shared.read_view();
+    assert_eq!(value_at(&*view, revs, b"a", 13), Some(b"1".to_vec()));
+}

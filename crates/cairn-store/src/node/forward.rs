@@ -161,13 +161,18 @@ impl Node {
                         "timestamps come from the meta region".into(),
                     ));
                 }
-                // Confirmed after it is taken: a leader deposed meanwhile
-                // (paused past an election) hands out none.
+                // Confirmed after it is taken, in the same term: a leader
+                // deposed meanwhile (paused past an election, even if
+                // elected again since) hands out none.
+                let term = self.leading_term(&r)?;
                 let t = match op {
                     ForwardOp::CommitTimestamp => self.tso_local(1).await?,
                     _ => self.tso.newest().await?,
                 };
                 self.leader_read_index(&r).await?;
+                if self.leading_term(&r)? != term {
+                    return Err(Error::NotLeader { leader: None });
+                }
                 Ok(ForwardOk::Timestamp(t))
             }
             ForwardOp::ReadIndexAfter(ts) => {

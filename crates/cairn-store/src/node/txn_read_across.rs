@@ -96,7 +96,9 @@ impl Node {
                 let revs = loop {
                     match r.shared.published_revisions() {
                         Some(revs) => break revs,
-                        None => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                        // A write half done; bounded (a replica whose
+                        // write failed stays so).
+                        None => stale.wait().await?,
                     }
                 };
                 newest = newest.max(revs.current);
