@@ -18,6 +18,11 @@
 //!
 //! The batching task is independent of callers, so a caller that gives up
 //! (client disconnect) never strands the others.
+//!
+//! The same batching serves what a read takes while there are several
+//! regions (`node::range_across`): a TSO read timestamp (any answer
+//! obtained after the read arrived will do), and a region's read
+//! timestamp with its read index after it.
 
 use std::future::Future;
 
@@ -25,22 +30,25 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Result;
 
-type Waiter = oneshot::Sender<Result<u64>>;
+type Waiter<T> = oneshot::Sender<Result<T>>;
 
-/// A handle to one batching task.
-pub struct ReadIndexBatcher {
-    tx: mpsc::UnboundedSender<Waiter>,
+/// A handle to one batching task of read indexes.
+pub type ReadIndexBatcher = Batcher<u64>;
+
+/// A handle to one batching task, whose rounds answer `T`.
+pub struct Batcher<T> {
+    tx: mpsc::UnboundedSender<Waiter<T>>,
 }
 
-impl ReadIndexBatcher {
-    /// Starts the task; `fetch` runs one read-index round. The task ends
-    /// when the batcher is dropped.
+impl<T: Clone + Send + 'static> Batcher<T> {
+    /// Starts the task; `fetch` runs one round. The task ends when the
+    /// batcher is dropped.
     pub fn start<F, Fut>(mut fetch: F) -> Self
     where
         F: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<u64>> + Send,
+        Fut: Future<Output = Result<T>> + Send,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter<T>>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 // Everyone already waiting joins this round; later arrivals
@@ -62,8 +70,8 @@ impl ReadIndexBatcher {
         Self { tx }
     }
 
-    /// A read index obtained by a round that started after this call.
-    pub async fn read_index(&self) -> Result<u64> {
+    /// The answer of a round that started after this call.
+    pub async fn round(&self) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(tx).map_err(|_| crate::Error::Stopped)?;
         rx.await.map_err(|_| crate::Error::Stopped)?
@@ -98,7 +106,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 // Rounds already started when this read arrived.
                 let started_before = rounds.load(Ordering::SeqCst);
-                let got = b.read_index().await.unwrap();
+                let got = b.round().await.unwrap();
                 assert!(got > started_before, "joined a round that began earlier");
             }));
         }
@@ -123,8 +131,8 @@ mod tests {
                 }
             }
         });
-        assert_eq!(b.read_index().await, Err(crate::Error::Timeout));
-        assert_eq!(b.read_index().await, Ok(7));
+        assert_eq!(b.round().await, Err(crate::Error::Timeout));
+        assert_eq!(b.round().await, Ok(7));
     }
 
     #[tokio::test]
@@ -134,9 +142,9 @@ mod tests {
             Ok(1)
         }));
         let b2 = b.clone();
-        let gone = tokio::spawn(async move { b2.read_index().await });
+        let gone = tokio::spawn(async move { b2.round().await });
         tokio::time::sleep(Duration::from_millis(5)).await;
         gone.abort();
-        assert_eq!(b.read_index().await, Ok(1));
+        assert_eq!(b.round().await, Ok(1));
     }
 }

@@ -70,6 +70,12 @@ pub enum ForwardOp {
     /// above every timestamp handed out before the request and below
     /// every one handed out after the answer: a read's timestamp.
     ReadTimestamp,
+    /// Data region: a read timestamp (as `ReadTimestamp`, fetched by this
+    /// region's leader — usually the meta leader too, so no extra hop),
+    /// then, once every write this leader stamped at or below it is
+    /// answered, its read index: a read within this one region at that
+    /// timestamp, in one round (`Node::caught_up_at_newest`).
+    ReadIndexAtNewest,
 }
 
 impl ForwardOp {
@@ -123,6 +129,8 @@ pub enum ForwardOk {
     Done,
     /// A confirmed TSO timestamp.
     Timestamp(i64),
+    /// A read timestamp and the read index after it.
+    TimestampedIndex(i64, u64),
 }
 
 /// Typed answers: each entry point takes the one kind of answer its op
@@ -206,6 +214,14 @@ impl ForwardOk {
         match self {
             ForwardOk::Timestamp(t) => Ok(t),
             other => Err(other.mismatch("a timestamp")),
+        }
+    }
+
+    /// A read timestamp and the region leader's read index after it.
+    pub(crate) fn timestamped_index(self) -> Result<(i64, u64)> {
+        match self {
+            ForwardOk::TimestampedIndex(t, index) => Ok((t, index)),
+            other => Err(other.mismatch("a timestamp and a read index")),
         }
     }
 

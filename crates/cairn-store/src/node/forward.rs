@@ -154,7 +154,7 @@ impl Node {
                         .map(|t| (t.remaining, t.granted, t.keys)),
                 ))
             }
-            ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.read_index().await?)),
+            ForwardOp::ReadIndex => Ok(ForwardOk::ReadIndex(r.leader_reads.round().await?)),
             ForwardOp::CommitTimestamp | ForwardOp::ReadTimestamp => {
                 if region != META_REGION {
                     return Err(Error::Internal(
@@ -175,17 +175,13 @@ impl Node {
                 }
                 Ok(ForwardOk::Timestamp(t))
             }
-            ForwardOp::ReadIndexAfter(ts) => {
-                let term = self.leading_term(&r)?;
-                r.proposer.settled(ts, term, REQUEST_TIMEOUT).await?;
-                let index = self.leader_read_index(&r).await?;
-                // Still the term whose writes were waited for: leading
-                // again in a later one, this node may have stamped a write
-                // of that term at or below `ts` (a stale TSO) not waited for.
-                if self.leading_term(&r)? != term {
-                    return Err(Error::NotLeader { leader: None });
-                }
-                Ok(ForwardOk::ReadIndex(index))
+            ForwardOp::ReadIndexAfter(ts) => Ok(ForwardOk::ReadIndex(
+                self.read_index_after(&r, ts).await?,
+            )),
+            ForwardOp::ReadIndexAtNewest => {
+                let t = self.read_timestamp().await?;
+                let index = self.read_index_after(&r, t).await?;
+                Ok(ForwardOk::TimestampedIndex(t, index))
             }
             ForwardOp::CommitLocked {
                 start_ts,
@@ -236,6 +232,21 @@ impl Node {
 
     /// The term this replica leads `r` in, as it knows; `NotLeader` if it
     /// does not lead.
+    /// Once every write this leader stamped at or below `ts` is answered
+    /// (and none will be stamped so low again), its read index.
+    async fn read_index_after(&self, r: &Region, ts: i64) -> Result<u64> {
+        let term = self.leading_term(r)?;
+        r.proposer.settled(ts, term, REQUEST_TIMEOUT).await?;
+        let index = self.leader_read_index(r).await?;
+        // Still the term whose writes were waited for: leading again in a
+        // later one, this node may have stamped a write of that term at or
+        // below `ts` (a stale TSO) not waited for.
+        if self.leading_term(r)? != term {
+            return Err(Error::NotLeader { leader: None });
+        }
+        Ok(index)
+    }
+
     pub(super) fn leading_term(&self, r: &Region) -> Result<u64> {
         let m = r.raft.metrics();
         let m = m.borrow();
@@ -260,7 +271,7 @@ impl Node {
         }
         let index = match sole_voter_index(&r.raft, self.id) {
             Some(index) => index,
-            None => r.leader_reads.read_index().await?,
+            None => r.leader_reads.round().await?,
         };
         super::reads::applied_through(r, index).await
     }

@@ -232,20 +232,17 @@ impl Node {
             // While there are several regions, a linearizable one is read
             // at a timestamp (as `range` is): its header is the store's
             // revision.
-            let at = match serializable || !self.several_regions() {
-                true => None,
-                false => Some(self.read_timestamp().await?),
-            };
-            let r = match at {
-                _ if serializable && r.shared.applied_index() > 0 => r,
-                Some(t) => self.caught_up_at(region, t).await?,
-                None => {
-                    let r = self.caught_up(region).await?;
-                    if !serializable && self.several_regions() {
-                        continue; // a split applied here while catching up
-                    }
-                    r
+            let (r, at) = if !serializable && self.several_regions() {
+                let (t, r) = self.caught_up_at_newest(region).await?;
+                (r, Some(t))
+            } else if serializable && r.shared.applied_index() > 0 {
+                (r, None)
+            } else {
+                let r = self.caught_up(region).await?;
+                if !serializable && self.several_regions() {
+                    continue; // a split applied here while catching up
                 }
+                (r, None)
             };
             // The newest state: every lock in the footprint is waited for
             // (its commit may land below the region's newest revision).

@@ -63,7 +63,7 @@ use cairn_storage::Engine;
 use crate::config::NodeConfig;
 use crate::lessor::Lessor;
 use crate::proposer::Proposer;
-use crate::read_batch::ReadIndexBatcher;
+use crate::read_batch::{Batcher, ReadIndexBatcher};
 use crate::read_lease::ReadLease;
 use crate::span_pool::SpanPool;
 use crate::tso::Tso;
@@ -92,6 +92,10 @@ pub struct Region {
     pub(crate) lease: Option<Arc<ReadLease>>,
     /// Read indexes this node's linearizable reads obtain (via the leader).
     reads: ReadIndexBatcher,
+    /// Read timestamps with the read index after each
+    /// (`ForwardOp::ReadIndexAtNewest`), for reads within this region
+    /// while there are several.
+    newest_reads: Batcher<(i64, u64)>,
     /// Bytes appended to this replica's log (see `background`).
     log_bytes: Arc<AtomicU64>,
 }
@@ -130,6 +134,9 @@ pub struct Node {
     lessor: Arc<Lessor>,
     /// Runs span reads off the async workers, a bounded number at once.
     spans: SpanPool,
+    /// Read timestamps this node's reads take (`ForwardOp::ReadTimestamp`
+    /// to the meta leader), one round for every read waiting.
+    read_timestamps: Batcher<i64>,
     /// Set once by [`Node::shutdown`]; waits that hold the node (lock
     /// waiters, observers) end on it, so a stopped node's engine is freed.
     stopped: tokio::sync::watch::Sender<bool>,

@@ -113,17 +113,19 @@ impl Node {
             }
             self.authorize(access).await?;
             let whole = req.clone();
-            let answer = self
-                .spans
-                .run(move || {
-                    let mut parts = Vec::with_capacity(views.len());
-                    for (snap, revs, part) in views {
-                        parts.push(cairn_mvcc::range(&*snap, &part, revs)?);
-                    }
-                    cairn_mvcc::merge_ranges(&whole, parts, t)
-                })
-                .await?
-                .map_err(Error::from);
+            let read = move || {
+                let mut parts = Vec::with_capacity(views.len());
+                for (snap, revs, part) in views {
+                    parts.push(cairn_mvcc::range(&*snap, &part, revs)?);
+                }
+                cairn_mvcc::merge_ranges(&whole, parts, t)
+            };
+            // One key is read in place (bounded work); a span on the pool.
+            let answer = if req.range_end.is_empty() {
+                read().map_err(Error::from)
+            } else {
+                self.spans.run(read).await?.map_err(Error::from)
+            };
             match answer {
                 // A compaction past T applied meanwhile: a read of the
                 // newest keys is never refused as compacted; read again
@@ -149,8 +151,21 @@ impl Node {
         key: &[u8],
         end: Option<&[u8]>,
     ) -> Result<Option<(i64, Vec<(RegionView, Option<(u64, LockRef)>)>)>> {
-        let t = self.read_timestamp().await?;
         let span: KeySpan = (key.to_vec(), end.map(<[u8]>::to_vec).unwrap_or_default());
+        let routed = self.regions_overlapping(key, end);
+        if let [(r, start, stop)] = &routed[..] {
+            // One region: the timestamp and the catch-up in one round.
+            if !tiles(&routed, key, end) {
+                return Ok(None);
+            }
+            let (t, r) = self.caught_up_at_newest(r.id).await?;
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&[span], t);
+            if range.start != *start || range.end != *stop {
+                return Ok(None);
+            }
+            return Ok(Some((t, vec![((snap, revs, range), lock.map(|l| (r.id, l)))])));
+        }
+        let t = self.read_timestamp().await?;
         Ok(self
             .regions_caught_up_at(key, end, t, Some(&span))
             .await?
@@ -159,10 +174,9 @@ impl Node {
 
     /// A confirmed read timestamp (step 1): the newest one the TSO has
     /// handed out, so reads use up no revisions.
+    /// Concurrent reads on this node share rounds (`read_timestamps`).
     pub(super) async fn read_timestamp(&self) -> Result<i64> {
-        self.submit(META_REGION, ForwardOp::ReadTimestamp)
-            .await?
-            .timestamp()
+        self.read_timestamps.round().await
     }
 
     /// A new, confirmed timestamp: a transaction across regions commits

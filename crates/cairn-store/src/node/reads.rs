@@ -56,7 +56,7 @@ impl Node {
                 Err(_) => return Err(Error::Timeout),
             }
         }
-        r.reads.read_index().await
+        r.reads.round().await
     }
 
     /// A read index for `r` from this replica as its leader (`NotLeader`
@@ -73,7 +73,7 @@ impl Node {
                 return Ok(index);
             }
         }
-        r.leader_reads.read_index().await
+        r.leader_reads.round().await
     }
 
     /// `region`'s replica here, once it has applied every write stamped at
@@ -90,6 +90,20 @@ impl Node {
             .read_index()?;
         applied_through(&r, index).await?;
         Ok(r)
+    }
+}
+
+impl Node {
+    /// A read timestamp T, and `region`'s replica here caught up to it as
+    /// [`Node::caught_up_at`] would: both from its leader in one round
+    /// (`ForwardOp::ReadIndexAtNewest`), which this node's concurrent reads
+    /// of the region share. A read within one region while there are
+    /// several.
+    pub(crate) async fn caught_up_at_newest(&self, region: u64) -> Result<(i64, Arc<Region>)> {
+        let r = self.region(region)?;
+        let (t, index) = r.newest_reads.round().await?;
+        applied_through(&r, index).await?;
+        Ok((t, r))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::lessor::Lessor;
 use crate::node::registry::Registry;
 use crate::node::{background, Node, Region, DATA_REGION, META_REGION};
 use crate::proposer::{Proposer, TimestampSource};
-use crate::read_batch::ReadIndexBatcher;
+use crate::read_batch::{Batcher, ReadIndexBatcher};
 use crate::read_lease::ReadLease;
 use crate::remote::ForwardOp;
 use crate::span_pool::SpanPool;
@@ -159,6 +159,18 @@ impl Node {
                 tso,
                 lessor,
                 spans: SpanPool::default(),
+                read_timestamps: {
+                    let node = weak.clone();
+                    Batcher::start(move || {
+                        let node = node.upgrade();
+                        async move {
+                            let node = node.ok_or(Error::Stopped)?;
+                            node.submit(META_REGION, ForwardOp::ReadTimestamp)
+                                .await?
+                                .timestamp()
+                        }
+                    })
+                },
                 stopped: tokio::sync::watch::channel(false).0,
                 transferring: tokio::sync::Mutex::new(()),
                 opener,
@@ -316,6 +328,18 @@ impl Region {
                 }
             })
         };
+        let newest_reads = {
+            let node = node.clone();
+            Batcher::start(move || {
+                let node = node.upgrade();
+                async move {
+                    let node = node.ok_or(Error::Stopped)?;
+                    node.submit(region, ForwardOp::ReadIndexAtNewest)
+                        .await?
+                        .timestamped_index()
+                }
+            })
+        };
         let reads = ReadIndexBatcher::start(move || {
             let node = node.upgrade();
             async move {
@@ -333,6 +357,7 @@ impl Region {
             leader_reads,
             lease,
             reads,
+            newest_reads,
             log_bytes,
         }
     }
