@@ -29,9 +29,11 @@
 //! wait for every group this leader stamped at or below T. The reader
 //! waits only for groups of the leader term it is served in (an older
 //! term's group is in the log before anything this term appends, or never
-//! commits). The reader first raises the proposer's floor to T; a group whose timestamps come
-//! out at or below the floor (from a TSO leader deposed without knowing
-//! it yet) fetches new ones, so none can slip in below a read served.
+//! commits). The reader first raises the proposer's floor to T; a group
+//! that registered after the raise and whose timestamps come out at or
+//! below it (from a TSO leader deposed without knowing it yet) fetches new
+//! ones, so none can slip in below a read served. A group registered
+//! before the raise is waited for instead, whatever its timestamps.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -202,19 +204,19 @@ async fn propose_txns(
     }
 }
 
-/// `need` timestamps from `timestamps`, the first above `floor` (read
-/// after they came: see [`Proposer::settled`]); ones at or below it came
-/// from a TSO leader deposed without knowing it yet, and are fetched again
-/// (`NoLeader` after a while).
-async fn stamps_above_floor(
-    timestamps: &TimestampSource,
-    need: u32,
-    floor: &std::sync::atomic::AtomicI64,
-) -> Result<i64> {
+/// `need` timestamps from `timestamps`, the first above `floor`, the
+/// floor as it was when the group registered (see [`Proposer::settled`]):
+/// ones at or below it came from a TSO leader deposed without knowing it
+/// yet, and are fetched again (`NoLeader` after a while). A floor raised
+/// since does not count: that reader found the group registered and waits
+/// for it, whatever its timestamps. (Counting it starved writes: a read's
+/// timestamp is the newest handed out, often the group's own, and every
+/// read raised the floor onto it again.)
+async fn stamps_above_floor(timestamps: &TimestampSource, need: u32, floor: i64) -> Result<i64> {
     let deadline = std::time::Instant::now() + crate::node::REQUEST_TIMEOUT;
     loop {
         let ts = timestamps(need).await?;
-        if ts > floor.load(std::sync::atomic::Ordering::SeqCst) {
+        if ts > floor {
             return Ok(ts);
         }
         if std::time::Instant::now() >= deadline {
@@ -367,8 +369,12 @@ impl Proposer {
                         term,
                     })
                 });
+                // The floor once registered: an RMW, so a reader whose
+                // raise comes after it in the floor's order sees the
+                // group registered (its look follows its raise).
+                let floor = read_floor.fetch_add(0, std::sync::atomic::Ordering::SeqCst);
                 let mut ts = if need > 0 {
-                    match stamps_above_floor(&timestamps, need, &read_floor).await {
+                    match stamps_above_floor(&timestamps, need, floor).await {
                         Ok(t) => t,
                         Err(e) => {
                             for (_, reply) in group {

@@ -175,10 +175,12 @@ impl Node {
                 }
                 Ok(ForwardOk::Timestamp(t))
             }
-            ForwardOp::ReadIndexAfter(ts) => Ok(ForwardOk::ReadIndex(
-                self.read_index_after(&r, ts).await?,
-            )),
+            ForwardOp::ReadIndexAfter(ts) => {
+                Ok(ForwardOk::ReadIndex(self.read_index_after(&r, ts).await?))
+            }
             ForwardOp::ReadIndexAtNewest => {
+                // Not leading: say so before a round to the meta leader.
+                self.leading_term(&r)?;
                 let t = self.read_timestamp().await?;
                 let index = self.read_index_after(&r, t).await?;
                 Ok(ForwardOk::TimestampedIndex(t, index))

@@ -163,7 +163,10 @@ impl Node {
             if range.start != *start || range.end != *stop {
                 return Ok(None);
             }
-            return Ok(Some((t, vec![((snap, revs, range), lock.map(|l| (r.id, l)))])));
+            return Ok(Some((
+                t,
+                vec![((snap, revs, range), lock.map(|l| (r.id, l)))],
+            )));
         }
         let t = self.read_timestamp().await?;
         Ok(self

@@ -20,7 +20,7 @@ use crate::node::{background, Node, Region, DATA_REGION, META_REGION};
 use crate::proposer::{Proposer, TimestampSource};
 use crate::read_batch::{Batcher, ReadIndexBatcher};
 use crate::read_lease::ReadLease;
-use crate::remote::ForwardOp;
+use crate::remote::{ForwardOk, ForwardOp};
 use crate::span_pool::SpanPool;
 use crate::tso::{self, Tso};
 use crate::{Error, Result};
@@ -159,18 +159,12 @@ impl Node {
                 tso,
                 lessor,
                 spans: SpanPool::default(),
-                read_timestamps: {
-                    let node = weak.clone();
-                    Batcher::start(move || {
-                        let node = node.upgrade();
-                        async move {
-                            let node = node.ok_or(Error::Stopped)?;
-                            node.submit(META_REGION, ForwardOp::ReadTimestamp)
-                                .await?
-                                .timestamp()
-                        }
-                    })
-                },
+                read_timestamps: submitting(
+                    weak.clone(),
+                    META_REGION,
+                    ForwardOp::ReadTimestamp,
+                    ForwardOk::timestamp,
+                ),
                 stopped: tokio::sync::watch::channel(false).0,
                 transferring: tokio::sync::Mutex::new(()),
                 opener,
@@ -328,27 +322,13 @@ impl Region {
                 }
             })
         };
-        let newest_reads = {
-            let node = node.clone();
-            Batcher::start(move || {
-                let node = node.upgrade();
-                async move {
-                    let node = node.ok_or(Error::Stopped)?;
-                    node.submit(region, ForwardOp::ReadIndexAtNewest)
-                        .await?
-                        .timestamped_index()
-                }
-            })
-        };
-        let reads = ReadIndexBatcher::start(move || {
-            let node = node.upgrade();
-            async move {
-                let node = node.ok_or(Error::Stopped)?;
-                node.submit(region, ForwardOp::ReadIndex)
-                    .await?
-                    .read_index()
-            }
-        });
+        let newest_reads = submitting(
+            node.clone(),
+            region,
+            ForwardOp::ReadIndexAtNewest,
+            ForwardOk::timestamped_index,
+        );
+        let reads = submitting(node, region, ForwardOp::ReadIndex, ForwardOk::read_index);
         Region {
             id: region,
             raft,
@@ -361,4 +341,21 @@ impl Region {
             log_bytes,
         }
     }
+}
+
+/// A batcher whose rounds submit `op` to `region` through `node` (its
+/// leader, wherever it is) and take `answer` from the reply.
+fn submitting<T: Clone + Send + 'static>(
+    node: Weak<Node>,
+    region: u64,
+    op: ForwardOp,
+    answer: fn(ForwardOk) -> Result<T>,
+) -> Batcher<T> {
+    Batcher::start(move || {
+        let (node, op) = (node.upgrade(), op.clone());
+        async move {
+            let node = node.ok_or(Error::Stopped)?;
+            answer(node.submit(region, op).await?)
+        }
+    })
 }
