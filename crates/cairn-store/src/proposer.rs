@@ -84,8 +84,9 @@ pub struct Proposer {
     /// Groups of timestamped proposals not answered yet.
     in_flight: Arc<InFlight>,
     /// The highest timestamp a read asked this leader to settle at: a
-    /// group whose timestamps came out at or below it (from a TSO leader
-    /// deposed without knowing it yet) fetches new ones.
+    /// group whose timestamps came out at or below it as it was when the
+    /// group registered (from a TSO leader deposed without knowing it yet)
+    /// fetches new ones.
     floor: Arc<std::sync::atomic::AtomicI64>,
 }
 
