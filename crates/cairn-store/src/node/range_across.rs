@@ -49,7 +49,7 @@ use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
 
 /// Regions caught up at once for one read.
-const CATCH_UP_AT_ONCE: usize = 16;
+pub(super) const CATCH_UP_AT_ONCE: usize = 16;
 
 impl Node {
     /// Serves `req` at a timestamp: its keys lie in more than one region,

@@ -29,11 +29,9 @@ use cairn_mvcc::locks::{clip, footprint};
 use futures::{StreamExt, TryStreamExt};
 
 use super::kv::StaleRoutes;
+use super::range_across::CATCH_UP_AT_ONCE;
 use crate::node::Node;
 use crate::{Access, Error, Result};
-
-/// Regions caught up at once for one read.
-const CATCH_UP_AT_ONCE: usize = 16;
 
 impl Node {
     /// Serves a read-only `req` whose footprint lies in several regions
