@@ -263,10 +263,15 @@ async fn a_bank_across_regions_keeps_its_total() {
             }
         }));
     }
+    // Six seconds of reads, and on to ten reads and ten transfers if the
+    // machine is slow: this checks that both make progress, not how fast.
     let mut reads = 0;
-    let deadline = Instant::now() + Duration::from_secs(6);
+    let start = Instant::now();
     let mut reader = c.kv(2).await;
-    while Instant::now() < deadline {
+    while start.elapsed() < Duration::from_secs(6)
+        || (start.elapsed() < Duration::from_secs(60)
+            && (reads < 10 || transfers.load(Ordering::Relaxed) < 10))
+    {
         let r = reader.range(every_key()).await.unwrap().into_inner();
         let sum: i64 = r
             .kvs
@@ -287,8 +292,8 @@ async fn a_bank_across_regions_keeps_its_total() {
         t.await.unwrap();
     }
     let done = transfers.load(Ordering::Relaxed);
-    assert!(done >= 10, "only {done} transfers in 6 s");
-    assert!(reads >= 10, "only {reads} reads");
+    assert!(done >= 10, "only {done} transfers in 60 s");
+    assert!(reads >= 10, "only {reads} reads in 60 s");
     // Same on every node at the end.
     for i in 0..3 {
         let mut client = c.kv(i).await;
