@@ -561,7 +561,7 @@ impl RegionShared {
 /// answered every write it stamped at or below them, and stamps none there
 /// again: a fresh TSO never stamps one this low.)
 fn stale_stamp(state: &Applied, ts: i64) -> Option<(WriteBatch, Reply)> {
-    let whole = state.range.start.is_empty() && state.range.end.is_empty();
+    let whole = state.range.is_whole();
     (!whole && ts <= state.current_revision).then(|| (WriteBatch::new(), Reply::StaleTerm))
 }
 
@@ -695,6 +695,64 @@ impl StateMachine {
         Self { shared }
     }
 
+    /// Compacts the region's history at `revision`. In one region of
+    /// several, a revision above the region's own moves it up — only if
+    /// `settled` (proposed as `Command::InTerm` by a leader that first
+    /// checked `revision` against the TSO and settled its writes there);
+    /// otherwise it changes nothing and answers `StaleTerm`. (Unchecked, a
+    /// client's revision far in the future would raise the region past
+    /// every timestamp to come, and `stale_stamp` would refuse its writes.)
+    fn compact(
+        &self,
+        revision: i64,
+        settled: bool,
+        state: &mut Applied,
+        engine: &dyn EngineSnapshot,
+    ) -> crate::Result<(WriteBatch, Reply)> {
+        // Only a data region holds versions (and only its own).
+        let Some(share) = self.shared.share() else {
+            return Ok((
+                WriteBatch::new(),
+                Reply::Invalid("compaction of the meta region".into()),
+            ));
+        };
+        if revision > state.resolved() {
+            // Locks hold revisions above `resolved` open (a commit
+            // may land below the current revision): compact once
+            // they are gone.
+            if let Some(lock) = state.locks.any() {
+                return Ok((WriteBatch::new(), Reply::Locked(lock)));
+            }
+        }
+        if !state.range.is_whole() && revision > state.current_revision {
+            if !settled {
+                // Not settled at `revision` by its leader (one that
+                // routed it while the region was still whole): nothing
+                // changed, the host asks again.
+                return Ok((WriteBatch::new(), Reply::StaleTerm));
+            }
+            // One region of several, settled at `revision` by its
+            // leader in this term (it answered every write it stamped
+            // at or below it, and stamps none there again): nothing
+            // can land below it now, so the region's revision moves up
+            // to it, as by a closed timestamp.
+            state.current_revision = revision;
+        }
+        match cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range) {
+            Ok((batch, revs)) => {
+                fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
+                state.compacted_revision = revs.compacted;
+                Ok((
+                    batch,
+                    Reply::Compacted {
+                        current: revs.current,
+                    },
+                ))
+            }
+            Err(e) => reject(e),
+        }
+    }
+
     /// Applies one command to `state`, reading through `engine` (the live
     /// engine, or an overlay holding earlier writes of the same entry);
     /// returns the writes and the reply.
@@ -772,6 +830,11 @@ impl StateMachine {
             }
             Command::InTerm { term: fetched, cmd } => {
                 if fetched == term {
+                    // A compaction in its leader's term: that leader
+                    // settled the region at its revision (see `compact`).
+                    if let Command::Compact { revision } = *cmd {
+                        return self.compact(revision, true, state, engine);
+                    }
                     return self.execute(*cmd, term, state, engine, events);
                 }
                 let reply = match *cmd {
@@ -855,7 +918,7 @@ impl StateMachine {
                 };
                 match cairn_mvcc::apply_txn(engine, &req, rev, revs, leases) {
                     Ok(mut out) => {
-                        let whole = state.range.start.is_empty() && state.range.end.is_empty();
+                        let whole = state.range.is_whole();
                         if out.batch.is_empty() && !whole {
                             // Wrote nothing, in one region of several: its
                             // revision is not the store's. The answer
@@ -873,45 +936,7 @@ impl StateMachine {
                     Err(e) => reject(e),
                 }
             }
-            Command::Compact { revision } => {
-                // Only a data region holds versions (and only its own).
-                let Some(share) = self.shared.share() else {
-                    return Ok((
-                        WriteBatch::new(),
-                        Reply::Invalid("compaction of the meta region".into()),
-                    ));
-                };
-                if revision > state.resolved() {
-                    // Locks hold revisions above `resolved` open (a commit
-                    // may land below the current revision): compact once
-                    // they are gone.
-                    if let Some(lock) = state.locks.any() {
-                        return Ok((WriteBatch::new(), Reply::Locked(lock)));
-                    }
-                }
-                let whole = state.range.start.is_empty() && state.range.end.is_empty();
-                if !whole && revision > state.current_revision {
-                    // One region of several, caught up to `revision` by the
-                    // host (its leader answered every write stamped at or
-                    // below it, and stamps none there again): nothing can
-                    // land below it now, so the region's revision moves up
-                    // to it, as by a closed timestamp.
-                    state.current_revision = revision;
-                }
-                match cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range) {
-                    Ok((batch, revs)) => {
-                        fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
-                        state.compacted_revision = revs.compacted;
-                        Ok((
-                            batch,
-                            Reply::Compacted {
-                                current: revs.current,
-                            },
-                        ))
-                    }
-                    Err(e) => reject(e),
-                }
-            }
+            Command::Compact { revision } => self.compact(revision, false, state, engine),
             Command::LeaseGrant { .. } if state.no_space() => Ok((
                 WriteBatch::new(),
                 Reply::Rejected(cairn_mvcc::Rejection::NoSpace),

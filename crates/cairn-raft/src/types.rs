@@ -181,6 +181,12 @@ impl Default for RegionRange {
 }
 
 impl RegionRange {
+    /// True for the whole keyspace: the only data region, whose revision
+    /// is the store's.
+    pub fn is_whole(&self) -> bool {
+        self.start.is_empty() && self.end.is_empty()
+    }
+
     /// True when `key` falls in the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())

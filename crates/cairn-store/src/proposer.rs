@@ -34,6 +34,14 @@
 //! below it (from a TSO leader deposed without knowing it yet) fetches new
 //! ones, so none can slip in below a read served. A group registered
 //! before the raise is waited for instead, whatever its timestamps.
+//!
+//! The floor lives in this leader's memory, so reads served by an earlier
+//! leader of the region, or by the region it split from, did not raise
+//! it. While there are several regions, the first group of each term
+//! therefore first raises the floor to a confirmed read timestamp
+//! ([`FloorSeed`]): every read served before this term began took a
+//! timestamp at or below it. (With one region there is nothing to seed: a
+//! stale timestamp is lifted above the region's revision as it applies.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -73,6 +81,12 @@ pub fn checked(auth: Option<AuthStamp>, cmd: Command) -> Command {
 /// A source of timestamps (the TSO client).
 pub type TimestampSource =
     Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = Result<i64>> + Send>> + Send + Sync>;
+
+/// Where a leader's floor starts in a new term: a confirmed read
+/// timestamp (the newest the TSO has handed out), or `None` while the
+/// region is the whole keyspace (its own log orders every read and write).
+pub type FloorSeed =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Option<i64>>> + Send>> + Send + Sync>;
 
 /// Handle to a region's proposer task.
 #[derive(Clone)]
@@ -303,8 +317,9 @@ async fn propose(
 }
 
 impl Proposer {
-    /// Starts the proposer of `raft`.
-    pub fn start(raft: Raft, timestamps: TimestampSource) -> Self {
+    /// Starts the proposer of `raft`, whose floor starts each leader term
+    /// at `seed`'s.
+    pub fn start(raft: Raft, timestamps: TimestampSource, seed: FloorSeed) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
         let (hold, mut held) = watch::channel(false);
         let in_flight: Arc<InFlight> = Arc::new(watch::Sender::new(Default::default()));
@@ -314,6 +329,8 @@ impl Proposer {
         let me = raft.metrics().borrow().id;
         tokio::spawn(async move {
             let mut seq = 0u64;
+            // The leader term the floor was seeded in.
+            let mut seeded = 0u64;
             let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_GROUPS));
             while let Some(first) = rx.recv().await {
                 while *held.borrow_and_update() {
@@ -356,6 +373,26 @@ impl Proposer {
                         let _ = reply.send(Err(Error::NotLeader { leader }));
                     }
                     continue;
+                }
+                if need > 0 && seeded != term {
+                    // A new term (or a region just split): reads this
+                    // node did not serve may have been served at
+                    // timestamps above the floor — by the previous leader,
+                    // or in the parent region — so first the floor rises
+                    // to a read timestamp taken now, above all of them.
+                    match seed().await {
+                        Ok(Some(t)) => {
+                            read_floor.fetch_max(t, std::sync::atomic::Ordering::SeqCst);
+                            seeded = term;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            for (_, reply) in group {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                            continue;
+                        }
+                    }
                 }
                 // Registered before the timestamps are fetched: a reader
                 // whose timestamp came after ours finds the group here.

@@ -829,3 +829,41 @@ fn a_write_stamped_at_or_below_the_revision_of_one_region_of_several_is_refused(
     let (view, revs) = shared.read_view();
     assert_eq!(value_at(&*view, revs, b"a", 13), Some(b"1".to_vec()));
 }
+
+#[test]
+fn a_compaction_raises_one_region_of_several_only_in_its_leaders_term() {
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let split = Command::Split {
+        at: b"m".to_vec(),
+        child: 9,
+        epoch: 1,
+    };
+    let r = block_on(sm.apply(vec![
+        entry(1, puts(10, [(b"a".to_vec(), b"1".to_vec())])),
+        entry(2, split),
+    ]))
+    .unwrap();
+    assert!(matches!(r[..], [Reply::Txn(_), Reply::Done]), "{r:?}");
+    // Not settled by its leader: nothing changes, the host asks again.
+    let r = block_on(sm.apply(vec![entry(3, Command::Compact { revision: 1000 })])).unwrap();
+    assert_eq!(r, vec![Reply::StaleTerm]);
+    assert_eq!(shared.revisions().current, 10);
+    // Settled, but by a leader of another term: nothing changes either.
+    let in_term = |term, revision| Command::InTerm {
+        term,
+        cmd: Box::new(Command::Compact { revision }),
+    };
+    let r = block_on(sm.apply(vec![entry(4, in_term(0, 20))])).unwrap();
+    assert_eq!(r, vec![Reply::StaleTerm]);
+    assert_eq!(shared.revisions().current, 10);
+    // Settled in the term it applies in: the region moves up, as by a
+    // closed timestamp, and is compacted there.
+    let r = block_on(sm.apply(vec![entry(5, in_term(1, 20))])).unwrap();
+    assert_eq!(r, vec![Reply::Compacted { current: 20 }]);
+    assert_eq!(shared.revisions().current, 20);
+    assert_eq!(shared.revisions().compacted, 20);
+    // At or below the region's revision, a plain compaction applies.
+    let r = block_on(sm.apply(vec![entry(6, Command::Compact { revision: 20 })])).unwrap();
+    assert!(matches!(r[..], [Reply::Rejected(_)]), "{r:?}");
+}

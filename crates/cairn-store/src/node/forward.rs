@@ -105,14 +105,35 @@ impl Node {
             ForwardOp::Txn(txn) => Ok(ForwardOk::Reply(
                 r.proposer.propose(Proposal::Txn(txn, auth)).await?,
             )),
-            ForwardOp::Compact(revision) => Ok(ForwardOk::Reply(
-                r.proposer
-                    .propose(Proposal::Plain(checked(
-                        auth,
-                        Command::Compact { revision },
-                    )))
-                    .await?,
-            )),
+            ForwardOp::Compact(revision) => {
+                let mut cmd = Command::Compact { revision };
+                let raises = r
+                    .shared
+                    .with_applied(|a| !a.range.is_whole() && revision > a.current_revision);
+                if raises {
+                    // One region of several, below `revision`: its revision
+                    // may move up to it (see the state machine's `compact`)
+                    // only if the store has it, and once this leader
+                    // answered every write it stamped at or below it and
+                    // stamps none there again — in the term it is applied
+                    // in. (The region's revision only grows: one at or
+                    // above `revision` now stays so.)
+                    let term = self.leading_term(&r)?;
+                    if revision > self.read_timestamp().await? {
+                        return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
+                    }
+                    r.proposer.settled(revision, term, REQUEST_TIMEOUT).await?;
+                    cmd = Command::InTerm {
+                        term,
+                        cmd: Box::new(cmd),
+                    };
+                }
+                Ok(ForwardOk::Reply(
+                    r.proposer
+                        .propose(Proposal::Plain(checked(auth, cmd)))
+                        .await?,
+                ))
+            }
             ForwardOp::Plain(cmd) => {
                 let grant = match cmd {
                     Command::LeaseGrant { id, ttl } if region == DATA_REGION => Some((id, ttl)),

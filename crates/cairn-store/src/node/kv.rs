@@ -102,10 +102,10 @@ impl Node {
     /// Compacts every region at `revision` while there are several: a
     /// revision any region wrote, up to a read timestamp T (above
     /// it, a future revision; at or below the store's compaction, the
-    /// highest any region has, compacted already). Each region first
-    /// catches up to it — its leader has answered every write it stamped
-    /// at or below it, and stamps none there again — then compacts at it
-    /// (a region whose newest revision is below moves up to it, as by a
+    /// highest any region has, compacted already). Each region's leader
+    /// first settles it there — it answers every write it stamped at or
+    /// below it, and stamps none there again — then compacts at it (a
+    /// region whose newest revision is below moves up to it, as by a
     /// closed timestamp: nothing can land in between any more). The answer
     /// carries T.
     async fn compact_across(&self, revision: i64, access: &Access) -> Result<i64> {
@@ -124,13 +124,10 @@ impl Node {
         }
         regions.sort_by_key(|(r, _, _)| r.id != DATA_REGION);
         for (r, _, _) in regions {
-            let compacted = match self.caught_up_at(r.id, revision).await {
-                Ok(_) => self
-                    .checked_submit(r.id, access, ForwardOp::Compact(revision), false)
-                    .await
-                    .and_then(|ok| ok.compacted()),
-                Err(e) => Err(e),
-            };
+            let compacted = self
+                .checked_submit(r.id, access, ForwardOp::Compact(revision), false)
+                .await
+                .and_then(|ok| ok.compacted());
             // The first region answers (every region compacts at the same
             // revisions, so its compaction is the store's).
             match (r.id == DATA_REGION, compacted) {

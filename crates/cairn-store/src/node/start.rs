@@ -17,7 +17,7 @@ use crate::error::read_index_error;
 use crate::lessor::Lessor;
 use crate::node::registry::Registry;
 use crate::node::{background, Node, Region, DATA_REGION, META_REGION};
-use crate::proposer::{Proposer, TimestampSource};
+use crate::proposer::{FloorSeed, Proposer, TimestampSource};
 use crate::read_batch::{Batcher, ReadIndexBatcher};
 use crate::read_lease::ReadLease;
 use crate::remote::{ForwardOk, ForwardOp};
@@ -307,7 +307,20 @@ impl Region {
         read_lease: bool,
         node: Weak<Node>,
     ) -> Self {
-        let proposer = Proposer::start(raft.clone(), timestamps);
+        let seed: FloorSeed = {
+            let (node, shared) = (node.clone(), shared.clone());
+            Arc::new(move || {
+                let (node, shared) = (node.clone(), shared.clone());
+                Box::pin(async move {
+                    if shared.with_applied(|a| a.range.is_whole()) {
+                        return Ok(None);
+                    }
+                    let node = node.upgrade().ok_or(Error::Stopped)?;
+                    node.read_timestamp().await.map(Some)
+                })
+            })
+        };
+        let proposer = Proposer::start(raft.clone(), timestamps, seed);
         let lease = read_lease.then(|| Arc::new(ReadLease::new(me)));
         let leader_reads = {
             let (raft, lease) = (raft.clone(), lease.clone());
