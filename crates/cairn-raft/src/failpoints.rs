@@ -33,6 +33,14 @@ pub const COMPACT_BEFORE_APPLY: &str = "mvcc-compact-before-apply";
 /// A compaction is written; the compact request has not been answered.
 pub const COMPACT_AFTER_APPLY: &str = "mvcc-compact-after-apply";
 
+/// The coordinator of a transaction across regions placed every lock and
+/// committed nothing (in `cairn-store`): its locks stay for whoever meets
+/// them to roll back.
+pub const TXN_AFTER_PREWRITE: &str = "txn-after-prewrite";
+/// The coordinator of a transaction across regions committed its primary
+/// and no secondary part: whoever meets a secondary lock commits it.
+pub const TXN_AFTER_PRIMARY_COMMIT: &str = "txn-after-primary-commit";
+
 /// Every crash point.
 pub const ALL: &[&str] = &[
     BEFORE_LOG_FSYNC,
@@ -43,4 +51,6 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_INSTALL,
     COMPACT_BEFORE_APPLY,
     COMPACT_AFTER_APPLY,
+    TXN_AFTER_PREWRITE,
+    TXN_AFTER_PRIMARY_COMMIT,
 ];

@@ -24,7 +24,8 @@
 //!   [`Faults`](network::Faults) switchboard that tests use to drop, delay and
 //!   partition traffic on the real transport.
 //! - [`failpoints`]: named crash points (log fsync, apply, snapshot,
-//!   compaction), compiled in only by the test feature `failpoints`.
+//!   compaction, a transaction coordinator between its phases), compiled
+//!   in only by the test feature `failpoints`.
 //! - [`metrics`]: the node's event instruments under etcd's metric names
 //!   (log fsync, backend commit, peer traffic, leader changes).
 //!

@@ -244,6 +244,7 @@ impl Node {
         if crash == Some(CoordinatorCrash::AfterPrewrite) {
             return Ok(Attempt::Again);
         }
+        fail::fail_point!(cairn_raft::failpoints::TXN_AFTER_PREWRITE);
         // 3. Evaluate under the locks.
         let caught_up = join_all(parts.iter().map(|(region, _)| self.caught_up(*region))).await;
         if let Some(Err(e)) = caught_up.into_iter().find(|r| r.is_err()) {
@@ -336,6 +337,7 @@ impl Node {
         if crash == Some(CoordinatorCrash::AfterPrimaryCommit) {
             return Ok(Attempt::Again);
         }
+        fail::fail_point!(cairn_raft::failpoints::TXN_AFTER_PRIMARY_COMMIT);
         let secondaries = join_all(locked[1..].iter().map(|region| commit(*region))).await;
         let finished = secondaries.iter().all(|r| r.is_ok());
         for (region, r) in locked[1..].iter().zip(&secondaries) {

@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cairn_api::cairnpb::regions_client::RegionsClient;
+use cairn_api::cairnpb::RegionSplitRequest;
 use cairn_raft::failpoints;
 use cairn_store::DATA_REGION;
 
@@ -34,8 +36,9 @@ pub enum Fault {
     CrashAll,
     /// SIGSTOP a random node, later SIGCONT (processes).
     Pause,
-    /// Split the region holding a random bank account at that account
-    /// (in-process): the bank's transfers and reads cross more regions.
+    /// Split the region holding a random bank account (or another
+    /// workload's key, see [`split_points`]) there: the bank's transfers
+    /// and reads cross more regions. Through the Regions API on processes.
     Split,
     /// Start a bank transfer across regions and abandon it as if its
     /// coordinator died, after its prewrite or after its primary commit
@@ -107,10 +110,9 @@ impl Fault {
                 | Fault::Drop
                 | Fault::Delay
                 | Fault::MoveLeader
-                | Fault::Split
                 | Fault::AbandonTxn => !process,
                 Fault::CrashAll | Fault::Pause => process,
-                Fault::Crash | Fault::CrashLeader => true,
+                Fault::Crash | Fault::CrashLeader | Fault::Split => true,
                 Fault::Failpoint(_) => {
                     if !failpoints::COMPILED {
                         return Err(
@@ -236,6 +238,45 @@ impl Target {
         }
     }
 
+    /// Splits the region holding `at` there, through node `node` (in
+    /// process: the node's own call; processes: the Regions API); says
+    /// what happened.
+    async fn split(&self, at: &str, node: usize) -> String {
+        let how = match self {
+            Target::InProcess(c) => {
+                let node = (0..c.nodes.len())
+                    .filter(|&i| c.is_running(i))
+                    .nth(node)
+                    .unwrap_or(0);
+                match c.node(node).route(at.as_bytes()) {
+                    Ok(r) if r.shared.range().start == at.as_bytes() => "already a boundary".into(),
+                    Ok(r) => {
+                        let split = c.node(node).split_region(r.id, at.as_bytes().to_vec());
+                        match tokio::time::timeout(Duration::from_secs(5), split).await {
+                            Ok(Ok(child)) => format!("region {child} born"),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "timed out".into(),
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            Target::Process(c) => {
+                let mut client = RegionsClient::new(crate::secured::channel(&c.client_addr(node)));
+                let split = client.split(RegionSplitRequest {
+                    key: at.as_bytes().to_vec(),
+                });
+                match tokio::time::timeout(Duration::from_secs(5), split).await {
+                    Ok(Ok(r)) if r.get_ref().child == 0 => "already a boundary".into(),
+                    Ok(Ok(r)) => format!("region {} born", r.get_ref().child),
+                    Ok(Err(e)) => e.message().to_string(),
+                    Err(_) => "timed out".into(),
+                }
+            }
+        };
+        format!("split at {at} (node {node}): {how}")
+    }
+
     /// Applies `f`; returns a description and the nodes it affected.
     /// `accounts`: the bank's accounts (what `AbandonTxn` aims at, and
     /// `Split` among others: see [`split_points`]).
@@ -284,26 +325,10 @@ impl Target {
             (Fault::AbandonTxn, Target::InProcess(_)) if accounts < 2 => {
                 (format!("{f:?}: no bank accounts (skipped)"), vec![])
             }
-            (Fault::Split, Target::InProcess(c)) => {
+            (Fault::Split, _) => {
                 let points = split_points(accounts);
                 let at = points[rng.usize(0..points.len())].clone();
-                let node = (0..n)
-                    .filter(|&i| c.is_running(i))
-                    .nth(rng.usize(0..n))
-                    .unwrap_or(0);
-                let how = match c.node(node).route(at.as_bytes()) {
-                    Ok(r) if r.shared.range().start == at.as_bytes() => "already a boundary".into(),
-                    Ok(r) => {
-                        let split = c.node(node).split_region(r.id, at.as_bytes().to_vec());
-                        match tokio::time::timeout(Duration::from_secs(5), split).await {
-                            Ok(Ok(child)) => format!("region {child} born"),
-                            Ok(Err(e)) => e.to_string(),
-                            Err(_) => "timed out".into(),
-                        }
-                    }
-                    Err(e) => e.to_string(),
-                };
-                (format!("split at {at} (node {node}): {how}"), vec![])
+                (self.split(&at, random).await, vec![])
             }
             (Fault::AbandonTxn, Target::InProcess(c)) => {
                 let node = (0..n)
@@ -377,6 +402,9 @@ impl Target {
                     | failpoints::AFTER_LOG_FSYNC
                     | failpoints::BEFORE_APPLY
                     | failpoints::AFTER_APPLY => rng.u32(0..50),
+                    failpoints::TXN_AFTER_PREWRITE | failpoints::TXN_AFTER_PRIMARY_COMMIT => {
+                        rng.u32(0..10)
+                    }
                     _ => 0,
                 };
                 let armed = format!("{name}={passes}*off->panic");
@@ -455,6 +483,16 @@ pub async fn run(
     let ms = |rng: &mut fastrand::Rng, lo: u64, hi: u64| Duration::from_millis(rng.u64(lo..hi));
     // Let the workload warm up first.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if faults.contains(&Fault::Split) && accounts > 2 {
+        // Transfers cross regions from the start: the bank splits at every
+        // other account (the nemesis then splits further).
+        for a in (2..accounts).step_by(2) {
+            let what = target
+                .split(&super::bank::account(a), rng.usize(0..target.len()))
+                .await;
+            log.push((epoch.elapsed().as_millis() as u64, what));
+        }
+    }
     while !faults.is_empty() && Instant::now() + Duration::from_secs(1) < deadline {
         let f = faults[rng.usize(0..faults.len())];
         let (what, nodes) = target.inject(f, &mut rng, accounts).await;

@@ -220,6 +220,19 @@ pub const ALL: &[Scenario] = &[
         secured: false,
         bank_accounts: 8,
     },
+    Scenario {
+        name: "coordinator-crash-across-regions",
+        guards: "a transaction across regions whose coordinator process dies after its prewrite or after its primary's commit (a crash point, then SIGKILL and restarts): its locks must block nobody for long, and its transfer must land whole or not at all",
+        process: true,
+        nemesis: "split,failpoint:txn-after-prewrite,failpoint:txn-after-primary-commit,kill",
+        compact_every: Some(Duration::from_secs(2)),
+        snapshot_count: 1_000,
+        fault_hold: None,
+        lease_ttl: None,
+        lease_clients: None,
+        secured: false,
+        bank_accounts: 8,
+    },
 ];
 
 /// The scenario named `name`.
