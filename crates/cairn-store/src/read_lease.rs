@@ -33,11 +33,13 @@
 //! What the lease assumes: the nodes' monotonic clocks run at the same rate
 //! within a factor of four over a second — not that they agree on the time.
 //! It breaks if something triggers an election by hand (`trigger().elect()`
-//! skips the candidate's own lease) while the leader holds a lease: that is
-//! done on the meta region (`tso::colocate`), which therefore takes no lease,
-//! and by MoveLeader on the data region, which first stops this leader from
-//! using or taking leases and waits until the last one has run out
-//! ([`ReadLease::pause`], `transfer`). `--read-lease false` turns leases
+//! skips the candidate's own lease) while the leader holds a lease. Only a
+//! hand-over does (`transfer`: MoveLeader on the data region, and the meta
+//! region following the data leader, `tso::colocate`), and it first stops
+//! this leader from using or taking leases and waits until the last one
+//! has run out ([`ReadLease::pause`]). On the meta region the lease
+//! confirms read and commit timestamps (`ForwardOp::ReadTimestamp`)
+//! without a quorum round. `--read-lease false` turns leases
 //! off (every batch runs a round, as etcd does).
 //!
 //! A read that finds the lease lapsed runs the round and renews it, so a

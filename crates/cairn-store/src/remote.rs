@@ -76,6 +76,10 @@ pub enum ForwardOp {
     /// answered, its read index: a read within this one region at that
     /// timestamp, in one round (`Node::caught_up_at_newest`).
     ReadIndexAtNewest,
+    /// Hand the region's leadership to member `target` (the hand-over of
+    /// MoveLeader, see `transfer`): the data leader asks the meta leader
+    /// for the TSO (`tso::colocate`).
+    HandOver(u64),
 }
 
 impl ForwardOp {

@@ -1,5 +1,7 @@
 //! MoveLeader: the data region's leader hands leadership to a member the
-//! operator names (etcd's `etcdctl move-leader`).
+//! operator names (etcd's `etcdctl move-leader`); the meta region's leader
+//! hands it to the data leader the same way, so the TSO sits next to the
+//! writes (`tso::colocate`).
 //!
 //! openraft 0.9 has no leader transfer, and an election forced on another
 //! member (`trigger().elect()`) skips that member's own vote lease, which is
@@ -93,8 +95,15 @@ impl Node {
     /// Moves the data region's leadership to member `target` (see the
     /// module essay). Must be called on the leader.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
+        self.hand_over(DATA_REGION, target).await
+    }
+
+    /// Moves `region`'s leadership to member `target` (see the module
+    /// essay): MoveLeader's data region, or the meta region following
+    /// the data leader (`tso::colocate`). Must be called on the leader.
+    pub(crate) async fn hand_over(&self, region: u64, target: u64) -> Result<()> {
         let _one_at_a_time = self.transferring.lock().await;
-        let r = self.region(DATA_REGION)?;
+        let r = self.region(region)?;
         let (leader, term, voters) = {
             let m = r.raft.metrics();
             let m = m.borrow();
@@ -159,7 +168,7 @@ impl Node {
                     term,
                     leader: self.id,
                 };
-                let ask = remote::forward(&self.pool, &r.raft, target, DATA_REGION, &op);
+                let ask = remote::forward(&self.pool, &r.raft, target, region, &op);
                 match tokio::time::timeout(CAMPAIGN_CALL, ask).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(target, "move-leader: no campaign: {e}"),

@@ -31,7 +31,7 @@ use cairn_raft::{Command, Raft, RegionShared};
 
 use crate::error::{read_index_error, write_error};
 use crate::node::{Node, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
-use crate::remote;
+use crate::remote::{self, ForwardOp};
 use crate::{Error, Result};
 
 /// The first timestamp: a fresh store is at revision 1, as etcd's, so its
@@ -177,11 +177,11 @@ pub(crate) async fn fetch_timestamps(
 }
 
 /// Keeps the TSO next to the writes: a node that has led the data region
-/// for a while but not the meta region asks for a meta-region election (it
-/// usually wins: its meta log is as current as anyone's). Otherwise every
-/// commit group pays a network round trip to a TSO on another node before
-/// it can be proposed. Rate-limited; a lost election costs the meta region
-/// one brief election, and TSO calls retry through it.
+/// for a while but not the meta region asks the meta leader to hand its
+/// leadership over (`transfer`: the meta leader first lets its read lease
+/// run out, so no election cuts a lease short). Otherwise every commit
+/// group pays a network round trip to a TSO on another node before it can
+/// be proposed. Rate-limited; TSO calls retry through the change.
 pub(crate) async fn colocate(node: std::sync::Weak<Node>) {
     const EVERY: Duration = Duration::from_secs(2);
     let mut led_since: Option<Instant> = None;
@@ -200,7 +200,11 @@ pub(crate) async fn colocate(node: std::sync::Weak<Node>) {
         let since = *led_since.get_or_insert_with(Instant::now);
         if meta_leader.is_some_and(|m| m != n.id) && since.elapsed() >= EVERY {
             tracing::debug!(id = n.id, "data leader asks to lead the meta region (TSO)");
-            let _ = meta.raft.trigger().elect().await;
+            let ask = n.submit(META_REGION, ForwardOp::HandOver(n.id));
+            let limit = crate::transfer::TRANSFER_TIMEOUT + Duration::from_secs(1);
+            if let Ok(Err(e)) = tokio::time::timeout(limit, ask).await {
+                tracing::debug!(id = n.id, "no meta hand-over: {e}");
+            }
             led_since = Some(Instant::now());
         }
     }

@@ -225,6 +225,10 @@ impl Node {
                     r.proposer.propose(Proposal::Plain(cmd)).await?,
                 ))
             }
+            ForwardOp::HandOver(target) => {
+                self.hand_over(region, target).await?;
+                Ok(ForwardOk::Done)
+            }
             ForwardOp::Campaign { term, leader } => {
                 // Only while the leader that asked still leads in that term
                 // as far as this member knows: a late request must not

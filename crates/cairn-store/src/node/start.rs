@@ -125,8 +125,6 @@ impl Node {
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let regions = Registry::default();
             for (region, raft, shared, log_bytes) in rafts {
-                // The meta region's elections are triggered by hand
-                // (`tso::colocate`), which a lease cannot survive.
                 regions.insert(Arc::new(Region::start(
                     id,
                     region,
@@ -134,7 +132,7 @@ impl Node {
                     shared,
                     log_bytes,
                     timestamps.clone(),
-                    config.read_lease && region != META_REGION,
+                    config.read_lease,
                     weak.clone(),
                 )));
             }
