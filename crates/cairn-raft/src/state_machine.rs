@@ -832,7 +832,14 @@ impl StateMachine {
                 if fetched == term {
                     // A compaction in its leader's term: that leader
                     // settled the region at its revision (see `compact`).
+                    // (Refused on a corrupt member like a plain one.)
                     if let Command::Compact { revision } = *cmd {
+                        if state.corrupt() {
+                            return Ok((
+                                WriteBatch::new(),
+                                Reply::Rejected(cairn_mvcc::Rejection::Corrupt),
+                            ));
+                        }
                         return self.compact(revision, true, state, engine);
                     }
                     return self.execute(*cmd, term, state, engine, events);

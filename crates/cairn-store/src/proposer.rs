@@ -37,11 +37,11 @@
 //!
 //! The floor lives in this leader's memory, so reads served by an earlier
 //! leader of the region, or by the region it split from, did not raise
-//! it. While there are several regions, the first group of each term
-//! therefore first raises the floor to a confirmed read timestamp
-//! ([`FloorSeed`]): every read served before this term began took a
-//! timestamp at or below it. (With one region there is nothing to seed: a
-//! stale timestamp is lifted above the region's revision as it applies.)
+//! it. The first group of each term therefore first raises the floor to a
+//! confirmed read timestamp ([`FloorSeed`]): every read served before
+//! this term began took a timestamp at or below it. (Always, even while
+//! the region looks whole: a new leader may not have applied a split
+//! already in its log, and one meta round per term costs little.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -83,10 +83,9 @@ pub type TimestampSource =
     Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = Result<i64>> + Send>> + Send + Sync>;
 
 /// Where a leader's floor starts in a new term: a confirmed read
-/// timestamp (the newest the TSO has handed out), or `None` while the
-/// region is the whole keyspace (its own log orders every read and write).
+/// timestamp (the newest the TSO has handed out).
 pub type FloorSeed =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Option<i64>>> + Send>> + Send + Sync>;
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<i64>> + Send>> + Send + Sync>;
 
 /// Handle to a region's proposer task.
 #[derive(Clone)]
@@ -375,17 +374,16 @@ impl Proposer {
                     continue;
                 }
                 if need > 0 && seeded != term {
-                    // A new term (or a region just split): reads this
+                    // A new term (or a region just born): reads this
                     // node did not serve may have been served at
                     // timestamps above the floor — by the previous leader,
                     // or in the parent region — so first the floor rises
                     // to a read timestamp taken now, above all of them.
                     match seed().await {
-                        Ok(Some(t)) => {
+                        Ok(t) => {
                             read_floor.fetch_max(t, std::sync::atomic::Ordering::SeqCst);
                             seeded = term;
                         }
-                        Ok(None) => {}
                         Err(e) => {
                             for (_, reply) in group {
                                 let _ = reply.send(Err(e.clone()));

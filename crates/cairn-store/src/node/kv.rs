@@ -102,12 +102,12 @@ impl Node {
     /// Compacts every region at `revision` while there are several: a
     /// revision any region wrote, up to a read timestamp T (above
     /// it, a future revision; at or below the store's compaction, the
-    /// highest any region has, compacted already). Each region's leader
-    /// first settles it there — it answers every write it stamped at or
-    /// below it, and stamps none there again — then compacts at it (a
-    /// region whose newest revision is below moves up to it, as by a
-    /// closed timestamp: nothing can land in between any more). The answer
-    /// carries T.
+    /// highest any region has, compacted already). Each region compacts
+    /// at it; one whose newest revision is below moves up to it, as by a
+    /// closed timestamp, once its leader settled it there — answered every
+    /// write it stamped at or below it, and stamps none there again — so
+    /// nothing can land in between any more (`ForwardOp::Compact`). The
+    /// answer carries T.
     async fn compact_across(&self, revision: i64, access: &Access) -> Result<i64> {
         let t = self.read_timestamp().await?;
         if revision > t {

@@ -306,15 +306,12 @@ impl Region {
         node: Weak<Node>,
     ) -> Self {
         let seed: FloorSeed = {
-            let (node, shared) = (node.clone(), shared.clone());
+            let node = node.clone();
             Arc::new(move || {
-                let (node, shared) = (node.clone(), shared.clone());
+                let node = node.clone();
                 Box::pin(async move {
-                    if shared.with_applied(|a| a.range.is_whole()) {
-                        return Ok(None);
-                    }
                     let node = node.upgrade().ok_or(Error::Stopped)?;
-                    node.read_timestamp().await.map(Some)
+                    node.read_timestamp().await
                 })
             })
         };
