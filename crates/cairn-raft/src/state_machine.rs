@@ -441,6 +441,16 @@ impl RegionShared {
         (self.view(&g), revs)
     }
 
+    /// [`RegionShared::read_view_resolved`], and the region's range that
+    /// goes with it: a replica's own snapshot of the region, complete up
+    /// to the resolved revision (a serializable read across regions).
+    pub fn resolved_view_in(&self) -> (Arc<dyn EngineSnapshot>, Revisions, RegionRange) {
+        let g = self.state.read();
+        let mut revs = g.applied.revisions();
+        revs.current = g.applied.resolved();
+        (self.view(&g), revs, g.applied.range.clone())
+    }
+
     /// [`RegionShared::read_view`], and the region's range that goes with
     /// it (a read must check its keys are still the region's).
     pub fn read_view_in(&self) -> (Arc<dyn EngineSnapshot>, Revisions, RegionRange) {

@@ -21,8 +21,11 @@
 //!
 //! The same batching serves what a read takes while there are several
 //! regions (`node::range_across`): a TSO read timestamp (any answer
-//! obtained after the read arrived will do), and a region's read
-//! timestamp with its read index after it.
+//! obtained after the read arrived will do), a region's read timestamp
+//! with its read index after it, and a region's read index after a
+//! timestamp each reader brings — a round asks after the highest of its
+//! batch, which serves every lower one too (a leader that answered every
+//! write it stamped at or below T' has answered those at or below T).
 
 use std::future::Future;
 
@@ -30,14 +33,16 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::Result;
 
-type Waiter<T> = oneshot::Sender<Result<T>>;
+/// A waiting reader: what it asks for, and where its answer goes.
+type Waiter<A, T> = (A, oneshot::Sender<Result<T>>);
 
 /// A handle to one batching task of read indexes.
 pub type ReadIndexBatcher = Batcher<u64>;
 
-/// A handle to one batching task, whose rounds answer `T`.
-pub struct Batcher<T> {
-    tx: mpsc::UnboundedSender<Waiter<T>>,
+/// A handle to one batching task, whose rounds answer `T` to readers
+/// asking `A` (ordered: a round asks for the highest of its batch).
+pub struct Batcher<T, A = ()> {
+    tx: mpsc::UnboundedSender<Waiter<A, T>>,
 }
 
 impl<T: Clone + Send + 'static> Batcher<T> {
@@ -48,7 +53,25 @@ impl<T: Clone + Send + 'static> Batcher<T> {
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter<T>>();
+        Self::start_with(move |()| fetch())
+    }
+
+    /// The answer of a round that started after this call.
+    pub async fn round(&self) -> Result<T> {
+        self.round_with(()).await
+    }
+}
+
+impl<T: Clone + Send + 'static, A: Ord + Copy + Send + 'static> Batcher<T, A> {
+    /// Starts the task; `fetch(a)` runs one round, `a` the highest any
+    /// reader of the round asks. The task ends when the batcher is
+    /// dropped.
+    pub fn start_with<F, Fut>(mut fetch: F) -> Self
+    where
+        F: FnMut(A) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter<A, T>>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 // Everyone already waiting joins this round; later arrivals
@@ -57,12 +80,12 @@ impl<T: Clone + Send + 'static> Batcher<T> {
                 while let Ok(w) = rx.try_recv() {
                     batch.push(w);
                 }
-                batch.retain(|w| !w.is_closed());
-                if batch.is_empty() {
+                batch.retain(|(_, w)| !w.is_closed());
+                let Some(highest) = batch.iter().map(|(a, _)| *a).max() else {
                     continue;
-                }
-                let res = fetch().await;
-                for w in batch {
+                };
+                let res = fetch(highest).await;
+                for (_, w) in batch {
                     let _ = w.send(res.clone());
                 }
             }
@@ -70,10 +93,11 @@ impl<T: Clone + Send + 'static> Batcher<T> {
         Self { tx }
     }
 
-    /// The answer of a round that started after this call.
-    pub async fn round(&self) -> Result<T> {
+    /// The answer of a round that started after this call and asked for
+    /// `a` or more.
+    pub async fn round_with(&self, a: A) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).map_err(|_| crate::Error::Stopped)?;
+        self.tx.send((a, tx)).map_err(|_| crate::Error::Stopped)?;
         rx.await.map_err(|_| crate::Error::Stopped)?
     }
 }
@@ -133,6 +157,29 @@ mod tests {
         });
         assert_eq!(b.round().await, Err(crate::Error::Timeout));
         assert_eq!(b.round().await, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_round_asks_for_the_highest_of_its_batch() {
+        // Each round answers what it was asked for; it takes 20 ms.
+        let b = Arc::new(Batcher::<i64, i64>::start_with(|a| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(a)
+        }));
+        let mut tasks = Vec::new();
+        for a in 1..=50 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(
+                async move { (a, b.round_with(a).await.unwrap()) },
+            ));
+        }
+        let mut answers = std::collections::BTreeSet::new();
+        for t in tasks {
+            let (asked, got) = t.await.unwrap();
+            assert!(got >= asked, "asked {asked}, got {got}");
+            answers.insert(got);
+        }
+        assert!(answers.len() <= 3, "50 readers took rounds {answers:?}");
     }
 
     #[tokio::test]

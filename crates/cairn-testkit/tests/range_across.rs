@@ -197,14 +197,17 @@ async fn a_range_across_regions_is_one_snapshot() {
         readers.push(tokio::spawn(async move {
             let mut reads = 0;
             while !stop.load(Ordering::Relaxed) {
-                // A Range, or a read-only Txn (a compare on each region
-                // and a get of each key), in turn.
+                // A Range, a read-only Txn (a compare on each region and
+                // a get of each key), and a serializable Range (this
+                // replica's regions at the revision they all resolved),
+                // in turn.
                 let all = RangeRequest {
                     key: b"a".to_vec(),
                     range_end: vec![0],
+                    serializable: reads % 3 == 2,
                     ..Default::default()
                 };
-                let (header, kvs) = if reads % 2 == 0 {
+                let (header, kvs) = if reads % 3 != 1 {
                     // A read refused while leadership moves proves nothing.
                     let Ok(r) = client.range(all).await else {
                         continue;
@@ -272,6 +275,62 @@ async fn a_range_across_regions_is_one_snapshot() {
         let reads = r.await.unwrap();
         assert!(reads >= 3, "{reads} reads");
     }
+    c.shutdown().await;
+}
+
+/// A serializable Range across regions is served by the member alone, as
+/// etcd's is: a member cut off from every other still answers it, with
+/// what it had when it was cut off, at one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_serializable_range_across_regions_needs_no_leader() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut writer = c.kv(0).await;
+    kv::put(&mut writer, "a", "1").await.unwrap();
+    kv::put(&mut writer, "z", "1").await.unwrap();
+    c.split_at("m").await;
+    let last = kv::put(&mut writer, "z", "2").await.unwrap();
+    // Every member has applied it, and resolved past it (closed
+    // timestamps move idle regions along).
+    let all = |serializable| RangeRequest {
+        key: b"a".to_vec(),
+        range_end: vec![0],
+        serializable,
+        ..Default::default()
+    };
+    let cut = 2;
+    let mut member = c.kv(cut).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = member.range(all(true)).await.unwrap().into_inner();
+        if r.header.unwrap().revision >= last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resolved past {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.isolate(cut);
+    // The others go on writing; the cut-off member answers what it had.
+    let mut other = c.kv((cut + 1) % 3).await;
+    while kv::put(&mut other, "a", "3").await.is_err() {}
+    let r = member.range(all(true)).await.unwrap().into_inner();
+    let values: Vec<(Vec<u8>, Vec<u8>)> = r.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    assert_eq!(
+        values,
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"z".to_vec(), b"2".to_vec())
+        ]
+    );
+    assert!(r.header.unwrap().revision >= last);
+    // A linearizable one cannot be answered there.
+    let linearizable =
+        tokio::time::timeout(Duration::from_secs(10), member.range(all(false))).await;
+    assert!(
+        !matches!(linearizable, Ok(Ok(_))),
+        "a cut-off member answered a linearizable read"
+    );
+    c.heal();
     c.shutdown().await;
 }
 

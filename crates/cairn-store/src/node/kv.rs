@@ -167,6 +167,9 @@ impl Node {
                     stale.wait().await?;
                     continue;
                 }
+                Err(Error::SpansRegions) if req.serializable => {
+                    return Box::pin(self.range_serializable_across(req, access)).await
+                }
                 Err(Error::SpansRegions) => return Box::pin(self.range_across(req, access)).await,
                 other => other?,
             };

@@ -35,6 +35,7 @@ mod kv;
 mod lease_across;
 mod leases;
 mod range_across;
+mod range_serializable;
 mod reads;
 mod registry;
 mod report;
@@ -96,6 +97,10 @@ pub struct Region {
     /// (`ForwardOp::ReadIndexAtNewest`), for reads within this region
     /// while there are several.
     newest_reads: Batcher<(i64, u64)>,
+    /// Read indexes after a timestamp (`ForwardOp::ReadIndexAfter`, a
+    /// round asking after the highest waiting): this node's reads across
+    /// regions catching the region up.
+    reads_after: Batcher<u64, i64>,
     /// Bytes appended to this replica's log (see `background`).
     log_bytes: Arc<AtomicU64>,
 }

@@ -34,11 +34,10 @@
 //! even one of a single key in one region (`Node::range`): a region's own
 //! newest revision is not the store's, and only a timestamp says whether
 //! a revision another region wrote is in the future. (A serializable read
-//! stays on its replica, as etcd's does.)
+//! of one region stays on its replica, as etcd's does.)
 //!
-//! A serializable read across regions takes the same path: one replica's
-//! regions are not a snapshot of one moment either. So, unlike etcd's, it
-//! needs the meta region's leader and each region's leader to answer.
+//! A serializable read across regions is served by the replica alone, at
+//! the lowest revision its regions have resolved (`range_serializable`).
 
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
 use cairn_mvcc::locks::{KeySpan, LockRef};
@@ -61,23 +60,11 @@ impl Node {
         access: &Access,
     ) -> Result<RangeResponse> {
         let stale = super::kv::StaleRoutes::new();
-        let one_key = [req.key.as_slice(), &[0]].concat();
-        let end = match req.range_end.as_slice() {
-            [] => Some(one_key.as_slice()),
-            [0] => None,
-            e => Some(e),
-        };
-        // A range whose end is at or below its key holds no key: etcd
-        // answers it empty (checking its revision as any read's). It is
-        // read in the region holding its key.
-        let inverted = end.is_some_and(|e| e <= req.key.as_slice());
-        let routed_end = if inverted {
-            Some(one_key.as_slice())
-        } else {
-            end
-        };
+        let (routed_end, inverted) = routed_end(&req);
         loop {
-            let Some((t, caught_up)) = self.regions_at_timestamp(&req.key, routed_end).await?
+            let Some((t, caught_up)) = self
+                .regions_at_timestamp(&req.key, routed_end.as_deref())
+                .await?
             else {
                 stale.wait().await?;
                 continue;
@@ -85,10 +72,9 @@ impl Node {
             if req.revision > t {
                 return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
             }
-            let at = if req.revision > 0 { req.revision } else { t };
             let mut views = Vec::with_capacity(caught_up.len());
             let mut waited = false;
-            for ((snap, revs, range), lock) in caught_up {
+            for (view, lock) in caught_up {
                 if let Some((region, lock)) = lock {
                     // A transaction across regions may still commit at or
                     // below this read's timestamp: wait, read again.
@@ -96,37 +82,14 @@ impl Node {
                     waited = true;
                     continue;
                 }
-                let read_at = at.min(revs.current);
-                let part = match inverted {
-                    true => Some(RangeRequest {
-                        revision: read_at,
-                        ..req.clone()
-                    }),
-                    false => cairn_mvcc::part_request(&req, &range.start, &range.end, read_at)?,
-                };
-                if let Some(part) = part {
-                    views.push((snap, revs, part));
-                }
+                views.push(view);
             }
             if waited {
                 continue;
             }
             self.authorize(access).await?;
-            let whole = req.clone();
-            let read = move || {
-                let mut parts = Vec::with_capacity(views.len());
-                for (snap, revs, part) in views {
-                    parts.push(cairn_mvcc::range(&*snap, &part, revs)?);
-                }
-                cairn_mvcc::merge_ranges(&whole, parts, t)
-            };
-            // One key is read in place (bounded work); a span on the pool.
-            let answer = if req.range_end.is_empty() {
-                read().map_err(Error::from)
-            } else {
-                self.spans.run(read).await?.map_err(Error::from)
-            };
-            match answer {
+            let at = if req.revision > 0 { req.revision } else { t };
+            match self.read_parts(&req, views, at, t, inverted).await {
                 // A compaction past T applied meanwhile: a read of the
                 // newest keys is never refused as compacted; read again
                 // at a new timestamp.
@@ -135,6 +98,48 @@ impl Node {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Step 3: reads `req` from each region's view at revision `at` (a
+    /// region whose newest revision is lower, there: nothing at or below
+    /// `at` is left to apply in it), each part cut to its region, and
+    /// merges the parts under header revision `header`. One key is read
+    /// in place (bounded work), a span on the span pool.
+    pub(super) async fn read_parts(
+        &self,
+        req: &RangeRequest,
+        views: Vec<RegionView>,
+        at: i64,
+        header: i64,
+        inverted: bool,
+    ) -> Result<RangeResponse> {
+        let mut parts = Vec::with_capacity(views.len());
+        for (snap, revs, range) in views {
+            let read_at = at.min(revs.current);
+            let part = match inverted {
+                true => Some(RangeRequest {
+                    revision: read_at,
+                    ..req.clone()
+                }),
+                false => cairn_mvcc::part_request(req, &range.start, &range.end, read_at)?,
+            };
+            if let Some(part) = part {
+                parts.push((snap, revs, part));
+            }
+        }
+        let whole = req.clone();
+        let read = move || {
+            let mut answers = Vec::with_capacity(parts.len());
+            for (snap, revs, part) in parts {
+                answers.push(cairn_mvcc::range(&*snap, &part, revs)?);
+            }
+            cairn_mvcc::merge_ranges(&whole, answers, header)
+        };
+        if req.range_end.is_empty() {
+            read().map_err(Error::from)
+        } else {
+            self.spans.run(read).await?.map_err(Error::from)
         }
     }
 
@@ -291,6 +296,21 @@ impl Node {
             ));
         }
     }
+}
+
+/// Where a Range's keys end for routing (`None`: the end of the
+/// keyspace), and whether the range is inverted: its end at or below its
+/// key, so it holds no key — etcd answers it empty (checking its revision
+/// as any read's) — and it is routed to the region holding its key.
+pub(super) fn routed_end(req: &RangeRequest) -> (Option<Vec<u8>>, bool) {
+    let one_key = [req.key.as_slice(), &[0]].concat();
+    let end = match req.range_end.as_slice() {
+        [] => Some(one_key.clone()),
+        [0] => None,
+        e => Some(e.to_vec()),
+    };
+    let inverted = end.as_deref().is_some_and(|e| e <= req.key.as_slice());
+    (if inverted { Some(one_key) } else { end }, inverted)
 }
 
 /// A region's read view, its revisions, and its range.

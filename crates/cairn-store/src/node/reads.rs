@@ -10,7 +10,6 @@ use cairn_raft::Raft;
 #[cfg(feature = "planted-stale-read")]
 use crate::node::META_REGION;
 use crate::node::{Node, Region, REQUEST_TIMEOUT};
-use crate::remote::ForwardOp;
 use crate::{Error, Result};
 
 impl Node {
@@ -82,12 +81,11 @@ impl Node {
     /// then gives a read index, which this replica waits to apply. A write
     /// stamped later can still apply meanwhile; a read at revision `ts`
     /// does not see it.
+    /// This node's concurrent calls for a region share rounds, each
+    /// asking after the highest timestamp waiting (`Region::reads_after`).
     pub(crate) async fn caught_up_at(&self, region: u64, ts: i64) -> Result<Arc<Region>> {
         let r = self.region(region)?;
-        let index = self
-            .submit(region, ForwardOp::ReadIndexAfter(ts))
-            .await?
-            .read_index()?;
+        let index = r.reads_after.round_with(ts).await?;
         applied_through(&r, index).await?;
         Ok(r)
     }

@@ -336,6 +336,17 @@ impl Region {
             ForwardOp::ReadIndexAtNewest,
             ForwardOk::timestamped_index,
         );
+        let reads_after = {
+            let node = node.clone();
+            Batcher::start_with(move |ts| {
+                let node = node.upgrade();
+                async move {
+                    let node = node.ok_or(Error::Stopped)?;
+                    let index = node.submit(region, ForwardOp::ReadIndexAfter(ts)).await?;
+                    index.read_index()
+                }
+            })
+        };
         let reads = submitting(node, region, ForwardOp::ReadIndex, ForwardOk::read_index);
         Region {
             id: region,
@@ -346,6 +357,7 @@ impl Region {
             lease,
             reads,
             newest_reads,
+            reads_after,
             log_bytes,
         }
     }

@@ -40,6 +40,9 @@ pub struct Outcome {
     pub refused: usize,
     pub unknown: usize,
     pub reads: usize,
+    /// Of `reads`, the serializable ones (a replica's own regions, read at
+    /// the revision they all resolved: a snapshot too).
+    pub serializable_reads: usize,
     /// Reads whose total (or account count) was wrong, described.
     pub bad: Vec<String>,
 }
@@ -60,16 +63,17 @@ impl Outcome {
     /// A human summary line.
     pub fn summary(&self) -> String {
         format!(
-            "bank: {} transfers ({} compares failed, {} unknown), {} reads of every account",
-            self.transfers, self.refused, self.unknown, self.reads
+            "bank: {} transfers ({} compares failed, {} unknown), {} reads of every account ({} serializable)",
+            self.transfers, self.refused, self.unknown, self.reads, self.serializable_reads
         )
     }
 }
 
-fn all_accounts() -> RangeRequest {
+fn all_accounts(serializable: bool) -> RangeRequest {
     RangeRequest {
         key: PREFIX.as_bytes().to_vec(),
         range_end: b"zb0".to_vec(),
+        serializable,
         ..Default::default()
     }
 }
@@ -135,6 +139,9 @@ pub async fn run(
 ) -> Outcome {
     let out = Arc::new(Mutex::new(Outcome::default()));
     let mut kv = crate::kv::connect(&endpoints[0]).await;
+    // The revision every account exists at: a serializable read below it
+    // (a replica behind) may see some of them.
+    let mut opened = 0;
     for i in 0..accounts {
         // Retried through faults until it lands (a put is idempotent here).
         while Instant::now() < deadline {
@@ -143,7 +150,8 @@ pub async fn run(
                 value: START.to_string().into_bytes(),
                 ..Default::default()
             };
-            if let Ok(Ok(_)) = tokio::time::timeout(CALL, kv.put(put)).await {
+            if let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.put(put)).await {
+                opened = r.into_inner().header.map_or(0, |h| h.revision);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -189,16 +197,25 @@ pub async fn run(
         let (out, endpoint) = (out.clone(), endpoint.clone());
         tasks.push(tokio::spawn(async move {
             let mut kv = crate::kv::connect(&endpoint).await;
+            let mut n = 0u64;
             while Instant::now() < deadline {
-                let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.range(all_accounts())).await else {
+                // Linearizable and serializable reads in turn.
+                n += 1;
+                let serializable = n.is_multiple_of(2);
+                let read = kv.range(all_accounts(serializable));
+                let Ok(Ok(r)) = tokio::time::timeout(CALL, read).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let r = r.into_inner();
+                if serializable && r.header.as_ref().map_or(0, |h| h.revision) < opened {
+                    continue;
+                }
                 let sum = total_of(&r);
                 {
                     let mut o = out.lock();
                     o.reads += 1;
+                    o.serializable_reads += usize::from(serializable);
                     if r.kvs.len() == accounts && sum != total {
                         let rev = r.header.map_or(0, |h| h.revision);
                         o.bad
@@ -218,7 +235,7 @@ pub async fn run(
     // Once healed, one last read must hold the total too.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.range(all_accounts())).await {
+        if let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.range(all_accounts(false))).await {
             let r = r.into_inner();
             let sum = total_of(&r);
             let mut o = out.lock();

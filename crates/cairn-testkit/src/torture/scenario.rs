@@ -222,9 +222,9 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "coordinator-crash-across-regions",
-        guards: "a transaction across regions whose coordinator process dies after its prewrite or after its primary's commit (a crash point, then SIGKILL and restarts): its locks must block nobody for long, and its transfer must land whole or not at all",
+        guards: "a transaction across regions whose coordinator process dies after its prewrite or after its primary's commit (a crash point, then restarts): its locks must block nobody for long, and its transfer must land whole or not at all",
         process: true,
-        nemesis: "split,failpoint:txn-after-prewrite,failpoint:txn-after-primary-commit,kill",
+        nemesis: "split,failpoint:txn-after-prewrite,failpoint:txn-after-primary-commit",
         compact_every: Some(Duration::from_secs(2)),
         snapshot_count: 1_000,
         fault_hold: None,

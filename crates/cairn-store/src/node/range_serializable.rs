@@ -1,0 +1,88 @@
+//! A serializable `Range` whose keys lie in several regions, served by
+//! this replica alone — as etcd serves a serializable read from any
+//! member, with no leader's help: possibly stale, never torn.
+//!
+//! Each region's replica here is complete up to its *resolved* revision:
+//! every write of the region at or below it is applied, and no lock can
+//! still commit at or below it (a transaction across regions commits
+//! above its locks' floors). So the replica's regions, each read at R =
+//! the lowest of their resolved revisions, are one snapshot of the store
+//! at R: a transaction across regions is in every part or in none. R is
+//! the answer's header revision (etcd's is the member's own revision).
+//! Idle regions' resolved revisions move with closed timestamps
+//! (`background::close_idle_regions`), so R trails the newest write by
+//! about a close interval, or by a lock still standing.
+//!
+//! A request at an explicit revision above R — one another region of this
+//! replica has not resolved yet — is read linearizably instead
+//! (`range_across`): its answer is the same, or it is a future revision.
+//! So is a read through a replica that holds nothing yet (one adopted
+//! after a missed split, before its snapshot), and one of the newest keys
+//! where a region here is compacted past R.
+
+use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+
+use super::range_across::{routed_end, tiles, RegionView};
+use crate::node::Node;
+use crate::{Access, Error, Result};
+
+impl Node {
+    /// Serves serializable `req` across regions from this replica (see
+    /// the module essay).
+    pub(crate) async fn range_serializable_across(
+        &self,
+        req: RangeRequest,
+        access: &Access,
+    ) -> Result<RangeResponse> {
+        let stale = super::kv::StaleRoutes::new();
+        let (routed_end, inverted) = routed_end(&req);
+        loop {
+            let mut routed = self.regions_overlapping(&req.key, routed_end.as_deref());
+            routed.sort_by(|a, b| a.1.cmp(&b.1));
+            if !tiles(&routed, &req.key, routed_end.as_deref()) {
+                // A region born by a split is being started here.
+                stale.wait().await?;
+                continue;
+            }
+            if routed.iter().any(|(r, _, _)| r.shared.applied_index() == 0) {
+                return Box::pin(self.range_across(req, access)).await;
+            }
+            let mut views: Vec<RegionView> = Vec::with_capacity(routed.len());
+            for (r, start, stop) in &routed {
+                let (snap, revs, range) = r.shared.resolved_view_in();
+                if range.start != *start || range.end != *stop {
+                    break;
+                }
+                views.push((snap, revs, range));
+            }
+            if views.len() < routed.len() {
+                // One split since it was routed.
+                stale.wait().await?;
+                continue;
+            }
+            let resolved = views
+                .iter()
+                .map(|(_, revs, _)| revs.current)
+                .min()
+                .unwrap_or(0);
+            if req.revision > resolved {
+                return Box::pin(self.range_across(req, access)).await;
+            }
+            self.authorize(access).await?;
+            let at = if req.revision > 0 {
+                req.revision
+            } else {
+                resolved
+            };
+            return match self.read_parts(&req, views, at, resolved, inverted).await {
+                // One region compacted past R (another one here has not
+                // resolved that far yet): a read of the newest keys is
+                // never refused as compacted; the leaders answer it.
+                Err(Error::Rejected(cairn_mvcc::Rejection::Compacted)) if req.revision == 0 => {
+                    Box::pin(self.range_across(req, access)).await
+                }
+                other => other,
+            };
+        }
+    }
+}
