@@ -441,14 +441,20 @@ impl RegionShared {
         (self.view(&g), revs)
     }
 
-    /// [`RegionShared::read_view_resolved`], and the region's range that
-    /// goes with it: a replica's own snapshot of the region, complete up
-    /// to the resolved revision (a serializable read across regions).
-    pub fn resolved_view_in(&self) -> (Arc<dyn EngineSnapshot>, Revisions, RegionRange) {
+    /// [`RegionShared::read_view_in`], and the region's resolved revision
+    /// with it: a replica's own snapshot of the region, complete up to
+    /// that revision (a serializable read across regions reads it there).
+    /// The revisions stay the region's own: MVCC reads a revision at or
+    /// above the current one from the newest versions, so a read below
+    /// the newest must not be told it is the newest.
+    pub fn resolved_view_in(&self) -> ((Arc<dyn EngineSnapshot>, Revisions, RegionRange), i64) {
         let g = self.state.read();
-        let mut revs = g.applied.revisions();
-        revs.current = g.applied.resolved();
-        (self.view(&g), revs, g.applied.range.clone())
+        let view = (
+            self.view(&g),
+            g.applied.revisions(),
+            g.applied.range.clone(),
+        );
+        (view, g.applied.resolved())
     }
 
     /// [`RegionShared::read_view`], and the region's range that goes with

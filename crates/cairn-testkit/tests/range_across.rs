@@ -334,6 +334,70 @@ async fn a_serializable_range_across_regions_needs_no_leader() {
     c.shutdown().await;
 }
 
+/// A serializable read across regions is at the lowest revision its
+/// regions have resolved here — below a lock a coordinator left standing,
+/// while writes beside the lock go on in its region: it shows that region
+/// as it was then, never a newer version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_serializable_range_across_regions_shows_nothing_above_its_revision() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut writer = c.kv(0).await;
+    for k in ["a", "y", "z"] {
+        kv::put(&mut writer, k, "0").await.unwrap();
+    }
+    c.split_at("m").await;
+    let put = |k: &str| RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: k.as_bytes().to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let across = TxnRequest {
+        success: vec![put("a"), put("y")],
+        ..Default::default()
+    };
+    let abandoned = c
+        .node(0)
+        .txn_across_then_crash(&across, cairn_store::CoordinatorCrash::AfterPrewrite)
+        .await
+        .unwrap();
+    assert!(
+        abandoned.is_none(),
+        "the transaction was not left prewritten"
+    );
+    // "z" is beside the lock on "y", in its region.
+    let written = kv::put(&mut writer, "z", "2").await.unwrap();
+    let r = writer
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let at = r.header.unwrap().revision;
+    assert!(at < written, "the read at {at} is not below the lock");
+    let seen: Vec<(Vec<u8>, Vec<u8>, i64)> = r
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value, kv.mod_revision))
+        .collect();
+    for (k, v, modified) in &seen {
+        assert!(
+            *modified <= at && v.as_slice() == b"0",
+            "a read at {at} shows {:?} = {:?} modified at {modified}",
+            String::from_utf8_lossy(k),
+            String::from_utf8_lossy(v)
+        );
+    }
+    assert_eq!(seen.len(), 3);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_across_regions_holds_every_region_at_one_revision() {
     use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;

@@ -48,23 +48,20 @@ impl Node {
                 return Box::pin(self.range_across(req, access)).await;
             }
             let mut views: Vec<RegionView> = Vec::with_capacity(routed.len());
+            let mut resolved = i64::MAX;
             for (r, start, stop) in &routed {
-                let (snap, revs, range) = r.shared.resolved_view_in();
-                if range.start != *start || range.end != *stop {
+                let (view, at) = r.shared.resolved_view_in();
+                if view.2.start != *start || view.2.end != *stop {
                     break;
                 }
-                views.push((snap, revs, range));
+                resolved = resolved.min(at);
+                views.push(view);
             }
             if views.len() < routed.len() {
                 // One split since it was routed.
                 stale.wait().await?;
                 continue;
             }
-            let resolved = views
-                .iter()
-                .map(|(_, revs, _)| revs.current)
-                .min()
-                .unwrap_or(0);
             if req.revision > resolved {
                 return Box::pin(self.range_across(req, access)).await;
             }

@@ -218,8 +218,22 @@ pub async fn run(
                     o.serializable_reads += usize::from(serializable);
                     if r.kvs.len() == accounts && sum != total {
                         let rev = r.header.map_or(0, |h| h.revision);
-                        o.bad
-                            .push(format!("total {sum} (not {total}) at revision {rev}"));
+                        let how = if serializable {
+                            "serializable"
+                        } else {
+                            "linearizable"
+                        };
+                        o.bad.push(format!(
+                            "total {sum} (not {total}) at revision {rev} ({how} read): {:?}",
+                            r.kvs
+                                .iter()
+                                .map(|kv| (
+                                    String::from_utf8_lossy(&kv.key).into_owned(),
+                                    String::from_utf8_lossy(&kv.value).into_owned(),
+                                    kv.mod_revision
+                                ))
+                                .collect::<Vec<_>>()
+                        ));
                     } else if r.kvs.len() != accounts && !r.kvs.is_empty() {
                         o.bad
                             .push(format!("{} accounts of {accounts}", r.kvs.len()));
