@@ -5,7 +5,9 @@
 //! [`linearizable`] checker decides whether some sequential order of those
 //! operations, consistent with real time, explains every result under the
 //! etcd KV model of [`model`]. `cairn check linearizable FILE` runs it on
-//! any history file.
+//! any history file. Histories of transactions over several keys are
+//! judged by [`txns`] instead: it verifies the order their revisions claim
+//! rather than searching for one.
 //!
 //! The checker is written here, not borrowed: it must understand etcd's
 //! revisions (global, TSO-assigned, not dense) and operations whose outcome
@@ -14,6 +16,7 @@
 pub mod history;
 pub mod linearizable;
 pub mod model;
+pub mod txns;
 
 pub use history::{KeyValue, Operation, Outcome, Request, Status};
 pub use linearizable::{check, Verdict, DEFAULT_BUDGET};

@@ -11,6 +11,14 @@
 //! a torn read, a partial commit, or a lost write. Transfers whose outcome
 //! is unknown (a fault cut the answer) are fine either way — a transfer
 //! is atomic, so the total holds whether it happened or not.
+//!
+//! Every read (of all accounts, and of the balances a transfer starts
+//! from) and every transfer is also recorded, and the history is judged
+//! strictly serializable by its revisions (`cairn_check::txns`): each read
+//! is the state at its revision, each committed transfer's compares held
+//! at its commit, and revisions agree with real time. Half of the
+//! transfers compare the accounts' `mod_revision`s instead of their
+//! values, so that check covers their compares too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +27,7 @@ use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::*;
+use cairn_check::txns;
 use parking_lot::Mutex;
 use tonic::transport::Channel;
 
@@ -45,26 +54,48 @@ pub struct Outcome {
     pub serializable_reads: usize,
     /// Reads whose total (or account count) was wrong, described.
     pub bad: Vec<String>,
+    /// Every read and transfer, for the serializability check.
+    pub history: Vec<txns::Op>,
+    /// What that check found (after the run).
+    pub judged: txns::Report,
 }
 
 impl Outcome {
-    /// A violation, if any read saw a wrong total.
+    /// A violation, if any read saw a wrong total or the history is not
+    /// strictly serializable.
     pub fn check(&self) -> Result<(), String> {
-        match self.bad.first() {
-            None => Ok(()),
-            Some(first) => Err(format!(
+        let mut found = Vec::new();
+        if let Some(first) = self.bad.first() {
+            found.push(format!(
                 "{} of {} reads saw a wrong bank total; first: {first}",
                 self.bad.len(),
                 self.reads
-            )),
+            ));
+        }
+        if let Some(first) = self.judged.violations.first() {
+            found.push(format!(
+                "not strictly serializable ({} violations); first: {first}",
+                self.judged.violations.len()
+            ));
+        }
+        match found.is_empty() {
+            true => Ok(()),
+            false => Err(found.join("; ")),
         }
     }
 
     /// A human summary line.
     pub fn summary(&self) -> String {
         format!(
-            "bank: {} transfers ({} compares failed, {} unknown), {} reads of every account ({} serializable)",
-            self.transfers, self.refused, self.unknown, self.reads, self.serializable_reads
+            "bank: {} transfers ({} compares failed, {} unknown), {} reads of every account ({} serializable); history: {} reads and {} committed transfers checked, {} writes known only from reads",
+            self.transfers,
+            self.refused,
+            self.unknown,
+            self.reads,
+            self.serializable_reads,
+            self.judged.reads,
+            self.judged.committed,
+            self.judged.inferred
         )
     }
 }
@@ -110,6 +141,16 @@ pub fn transfer(from: &str, fv: &[u8], to: &str, tv: &[u8], amount: i64) -> Opti
     })
 }
 
+fn revision_is(key: &str, m: i64) -> Compare {
+    Compare {
+        key: key.as_bytes().to_vec(),
+        target: CompareTarget::Mod as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::ModRevision(m)),
+        range_end: Vec::new(),
+    }
+}
+
 /// The sum of the balances a read of accounts found.
 fn total_of(r: &RangeResponse) -> i64 {
     r.kvs
@@ -128,6 +169,97 @@ pub async fn balance(kv: &mut KvClient<Channel>, key: &str) -> Option<Vec<u8>> {
     r.into_inner().kvs.into_iter().next().map(|kv| kv.value)
 }
 
+/// One account as read: its value and the revision it was last written
+/// at.
+struct Balance {
+    value: Vec<u8>,
+    modified: i64,
+}
+
+/// The history's record of a read answer `r` of `[start, end)`.
+fn read_op(
+    call: u64,
+    ret: u64,
+    (start, end): (&[u8], &[u8]),
+    r: &RangeResponse,
+    linearizable: bool,
+) -> txns::Op {
+    txns::Op::Read(txns::Read {
+        call,
+        ret,
+        start: start.to_vec(),
+        end: end.to_vec(),
+        revision: r.header.as_ref().map_or(0, |h| h.revision),
+        kvs: r
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone(), kv.mod_revision))
+            .collect(),
+        linearizable,
+    })
+}
+
+/// Nanoseconds since `start`: the history's clock.
+fn since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The balance of `key`, linearizably, recorded in `history`.
+async fn balance_recorded(
+    kv: &mut KvClient<Channel>,
+    key: &str,
+    start: Instant,
+    history: &Mutex<Outcome>,
+) -> Option<Balance> {
+    let req = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let call = since(start);
+    let r = tokio::time::timeout(CALL, kv.range(req)).await.ok()?.ok()?;
+    let r = r.into_inner();
+    let one_key = [key.as_bytes(), &[0]].concat();
+    let op = read_op(call, since(start), (key.as_bytes(), &one_key), &r, true);
+    history.lock().history.push(op);
+    r.kvs.into_iter().next().map(|kv| Balance {
+        value: kv.value,
+        modified: kv.mod_revision,
+    })
+}
+
+/// The history's record of a write of `req` called at `call`, answered
+/// `answer` at `ret` (`None`: no answer).
+fn write_op(
+    call: u64,
+    ret: Option<u64>,
+    expect: Vec<(Vec<u8>, i64)>,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    answer: Option<(bool, i64)>,
+) -> txns::Op {
+    txns::Op::Write(txns::Write {
+        call,
+        ret,
+        expect,
+        puts,
+        outcome: match answer {
+            Some((true, rev)) => txns::WriteOutcome::Committed(rev),
+            Some((false, rev)) => txns::WriteOutcome::Refused(rev),
+            None => txns::WriteOutcome::Unknown,
+        },
+    })
+}
+
+/// The puts of a transfer request.
+fn puts_of(req: &TxnRequest) -> Vec<(Vec<u8>, Vec<u8>)> {
+    req.success
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestPut(p)) => Some((p.key.clone(), p.value.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Opens `accounts` accounts, then runs `clients` transferring clients and
 /// one reader per endpoint until `deadline`.
 pub async fn run(
@@ -138,6 +270,7 @@ pub async fn run(
     deadline: Instant,
 ) -> Outcome {
     let out = Arc::new(Mutex::new(Outcome::default()));
+    let start = Instant::now();
     let mut kv = crate::kv::connect(&endpoints[0]).await;
     // The revision every account exists at: a serializable read below it
     // (a replica behind) may see some of them.
@@ -150,8 +283,18 @@ pub async fn run(
                 value: START.to_string().into_bytes(),
                 ..Default::default()
             };
-            if let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.put(put)).await {
-                opened = r.into_inner().header.map_or(0, |h| h.revision);
+            let puts = vec![(put.key.clone(), put.value.clone())];
+            let call = since(start);
+            let answer = tokio::time::timeout(CALL, kv.put(put)).await;
+            let rev = match &answer {
+                Ok(Ok(r)) => Some(r.get_ref().header.as_ref().map_or(0, |h| h.revision)),
+                _ => None,
+            };
+            let ret = rev.map(|_| since(start));
+            let op = write_op(call, ret, vec![], puts, rev.map(|r| (true, r)));
+            out.lock().history.push(op);
+            if let Some(rev) = rev {
+                opened = rev;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -170,31 +313,62 @@ pub async fn run(
                     continue;
                 }
                 let (from, to) = (account(a), account(b));
-                let (Some(fv), Some(tv)) =
-                    (balance(&mut kv, &from).await, balance(&mut kv, &to).await)
-                else {
+                let (Some(fb), Some(tb)) = (
+                    balance_recorded(&mut kv, &from, start, &out).await,
+                    balance_recorded(&mut kv, &to, start, &out).await,
+                ) else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let Some(req) = transfer(&from, &fv, &to, &tv, rng.i64(1..=50)) else {
-                    out.lock()
-                        .bad
-                        .push(format!("unreadable balance {fv:?} or {tv:?}"));
+                let Some(mut req) = transfer(&from, &fb.value, &to, &tb.value, rng.i64(1..=50))
+                else {
+                    out.lock().bad.push(format!(
+                        "unreadable balance {:?} or {:?}",
+                        fb.value, tb.value
+                    ));
                     continue;
                 };
-                match tokio::time::timeout(CALL, kv.txn(req)).await {
-                    Ok(Ok(r)) if r.get_ref().succeeded => out.lock().transfers += 1,
-                    Ok(Ok(_)) => out.lock().refused += 1,
-                    _ => {
-                        out.lock().unknown += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                // Half compare the revisions the balances were written at.
+                let mut expect = Vec::new();
+                if rng.bool() {
+                    req.compare = vec![
+                        revision_is(&from, fb.modified),
+                        revision_is(&to, tb.modified),
+                    ];
+                    expect = vec![
+                        (from.clone().into_bytes(), fb.modified),
+                        (to.clone().into_bytes(), tb.modified),
+                    ];
+                }
+                let puts = puts_of(&req);
+                let call = since(start);
+                let answer = match tokio::time::timeout(CALL, kv.txn(req)).await {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        Some((r.succeeded, r.header.map_or(0, |h| h.revision)))
                     }
+                    _ => None,
+                };
+                let ret = answer.map(|_| since(start));
+                {
+                    let mut o = out.lock();
+                    o.history.push(write_op(call, ret, expect, puts, answer));
+                    match answer {
+                        Some((true, _)) => o.transfers += 1,
+                        Some((false, _)) => o.refused += 1,
+                        None => o.unknown += 1,
+                    }
+                }
+                if answer.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }));
     }
+    let everything = all_accounts(false);
+    let span = (everything.key.clone(), everything.range_end.clone());
     for endpoint in endpoints {
-        let (out, endpoint) = (out.clone(), endpoint.clone());
+        let (out, endpoint, span) = (out.clone(), endpoint.clone(), span.clone());
         tasks.push(tokio::spawn(async move {
             let mut kv = crate::kv::connect(&endpoint).await;
             let mut n = 0u64;
@@ -202,18 +376,22 @@ pub async fn run(
                 // Linearizable and serializable reads in turn.
                 n += 1;
                 let serializable = n.is_multiple_of(2);
+                let call = since(start);
                 let read = kv.range(all_accounts(serializable));
                 let Ok(Ok(r)) = tokio::time::timeout(CALL, read).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let r = r.into_inner();
+                let ret = since(start);
                 if serializable && r.header.as_ref().map_or(0, |h| h.revision) < opened {
                     continue;
                 }
                 let sum = total_of(&r);
                 {
                     let mut o = out.lock();
+                    let op = read_op(call, ret, (&span.0, &span.1), &r, !serializable);
+                    o.history.push(op);
                     o.reads += 1;
                     o.serializable_reads += usize::from(serializable);
                     if r.kvs.len() == accounts && sum != total {
@@ -249,10 +427,13 @@ pub async fn run(
     // Once healed, one last read must hold the total too.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
+        let call = since(start);
         if let Ok(Ok(r)) = tokio::time::timeout(CALL, kv.range(all_accounts(false))).await {
             let r = r.into_inner();
             let sum = total_of(&r);
             let mut o = out.lock();
+            let op = read_op(call, since(start), (&span.0, &span.1), &r, true);
+            o.history.push(op);
             if sum != total || r.kvs.len() != accounts {
                 o.bad.push(format!(
                     "final read: total {sum} over {} accounts",
@@ -266,6 +447,10 @@ pub async fn run(
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    {
+        let mut o = out.lock();
+        o.judged = txns::check(&o.history);
     }
     Arc::try_unwrap(out)
         .map(Mutex::into_inner)

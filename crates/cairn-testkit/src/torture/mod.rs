@@ -205,8 +205,8 @@ impl Report {
             s += &b.summary();
             s += "\n";
             s += &match &self.bank_check {
-                Ok(()) => "bank total: holds\n".to_string(),
-                Err(w) => format!("bank total: VIOLATED: {w}\n"),
+                Ok(()) => "bank total and strict serializability: hold\n".to_string(),
+                Err(w) => format!("bank: VIOLATED: {w}\n"),
             };
         }
         if let Some(a) = &self.access {
