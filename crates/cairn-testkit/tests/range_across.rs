@@ -369,7 +369,26 @@ async fn a_serializable_range_across_regions_shows_nothing_above_its_revision() 
     );
     // "z" is beside the lock on "y", in its region.
     let written = kv::put(&mut writer, "z", "2").await.unwrap();
-    let r = writer
+    // Read on a member that answered nothing (the writer's own serializable
+    // reads wait for every revision it answered, lock or not), once its
+    // replica holds the write.
+    let member = c.node(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while member.regions_overlapping(b"z", None)[0]
+        .0
+        .shared
+        .revisions()
+        .current
+        < written
+    {
+        assert!(
+            Instant::now() < deadline,
+            "member 1 never applied the write"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut reader = c.kv(1).await;
+    let r = reader
         .range(RangeRequest {
             key: b"a".to_vec(),
             range_end: vec![0],
@@ -395,6 +414,49 @@ async fn a_serializable_range_across_regions_shows_nothing_above_its_revision() 
         );
     }
     assert_eq!(seen.len(), 3);
+    c.shutdown().await;
+}
+
+/// As on etcd, a client talking to one member sees, in its serializable
+/// reads, every write that member answered and revisions that only move
+/// forward — whether a read covers one region or several, busy or idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serializable_reads_on_one_member_see_its_answers() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut writer = c.kv(0).await;
+    kv::put(&mut writer, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    let serializable = |key: &str, range_end: &[u8]| RangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: range_end.to_vec(),
+        serializable: true,
+        ..Default::default()
+    };
+    for member in 0..3 {
+        let mut client = c.kv(member).await;
+        let mut seen = 0;
+        for i in 0..10 {
+            let value = format!("{member}-{i}");
+            let written = kv::put(&mut client, "a", &value).await.unwrap();
+            for (key, end) in [("a", &b""[..]), ("z", b""), ("a", &[0][..])] {
+                let r = client
+                    .range(serializable(key, end))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let at = r.header.unwrap().revision;
+                assert!(
+                    at >= written && at >= seen,
+                    "member {member}: a serializable read of {key:?} at {at}, after answering {written} and {seen}"
+                );
+                seen = at;
+                if key == "a" {
+                    assert_eq!(r.kvs[0].value, value.as_bytes(), "member {member} at {at}");
+                }
+            }
+        }
+    }
     c.shutdown().await;
 }
 

@@ -14,6 +14,12 @@ impl Node {
     /// Runs a transaction (`Put`/`DeleteRange` arrive as one-op txns) for
     /// `access` (checked: see `auth`).
     pub async fn txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
+        let r = self.serve_txn(req, access).await?;
+        self.answering(r.header.as_ref().map_or(0, |h| h.revision));
+        Ok(r)
+    }
+
+    async fn serve_txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
         let stale = StaleRoutes::new();
         loop {
             let region = match self.route_txn(req) {
@@ -156,7 +162,17 @@ impl Node {
     /// is read at one timestamp (`range_across`), and so is any
     /// linearizable read while there are several regions: its header then
     /// carries the store's revision, not its region's.
+    ///
+    /// A serializable read is served at or above every revision this
+    /// member has answered with (`sequential.rs`).
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
+        let r = self.serve_range(req, access).await?;
+        self.answering(r.header.as_ref().map_or(0, |h| h.revision));
+        Ok(r)
+    }
+
+    async fn serve_range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
+        let (floor, since) = (self.answered(), std::time::Instant::now());
         if !req.serializable && self.several_regions() {
             return Box::pin(self.range_across(req, access)).await;
         }
@@ -168,20 +184,28 @@ impl Node {
                     continue;
                 }
                 Err(Error::SpansRegions) if req.serializable => {
-                    return Box::pin(self.range_serializable_across(req, access)).await
+                    return Box::pin(self.range_serializable_across(req, access, floor, since))
+                        .await
                 }
                 Err(Error::SpansRegions) => return Box::pin(self.range_across(req, access)).await,
                 other => other?,
             };
             let r = self.region(region)?;
-            let r = if req.serializable && r.shared.applied_index() > 0 {
+            let local = req.serializable
+                && r.shared.applied_index() > 0
+                && self.region_reaches(&r, since, floor).await;
+            let r = if local {
                 r
             } else {
-                // Linearizable, or a replica that holds nothing yet (an
-                // adopted one before its snapshot): from the leader's index.
+                // Linearizable, a replica that holds nothing yet (an
+                // adopted one before its snapshot), or one still below a
+                // revision this member answered with: from the leader's
+                // index.
                 let r = self.caught_up(region).await?;
-                if !req.serializable && self.several_regions() {
-                    // A split applied here while catching up.
+                if self.several_regions() {
+                    // A split applied here while catching up; or an idle
+                    // region's newest revision, below `floor`: read at a
+                    // timestamp.
                     return Box::pin(self.range_across(req, access)).await;
                 }
                 r
@@ -227,19 +251,25 @@ impl Node {
     ) -> Result<TxnResponse> {
         let footprint = cairn_mvcc::locks::footprint(req);
         let serializable = cairn_mvcc::is_serializable(req);
+        let (floor, since) = (self.answered(), std::time::Instant::now());
         let (snap, revs, at) = loop {
             let r = self.region(region)?;
-            // While there are several regions, a linearizable one is read
-            // at a timestamp (as `range` is): its header is the store's
+            // Serializable: from this replica, once it holds every revision
+            // this member answered with (`sequential.rs`).
+            let local = serializable
+                && r.shared.applied_index() > 0
+                && self.region_reaches(&r, since, floor).await;
+            // While there are several regions, any other is read at a
+            // timestamp (as `range` is): its header is the store's
             // revision.
-            let (r, at) = if !serializable && self.several_regions() {
+            let (r, at) = if !local && self.several_regions() {
                 let (t, r) = self.caught_up_at_newest(region).await?;
                 (r, Some(t))
-            } else if serializable && r.shared.applied_index() > 0 {
+            } else if local {
                 (r, None)
             } else {
                 let r = self.caught_up(region).await?;
-                if !serializable && self.several_regions() {
+                if self.several_regions() {
                     continue; // a split applied here while catching up
                 }
                 (r, None)

@@ -40,6 +40,7 @@ mod reads;
 mod registry;
 mod report;
 pub(crate) mod routing;
+mod sequential;
 mod split;
 mod split_check;
 mod start;
@@ -142,6 +143,9 @@ pub struct Node {
     /// Read timestamps this node's reads take (`ForwardOp::ReadTimestamp`
     /// to the meta leader), one round for every read waiting.
     read_timestamps: Batcher<i64>,
+    /// The highest revision this member has answered a KV call with: a
+    /// serializable read here is served at or above it (`sequential.rs`).
+    answered: std::sync::atomic::AtomicI64,
     /// Set once by [`Node::shutdown`]; waits that hold the node (lock
     /// waiters, observers) end on it, so a stopped node's engine is freed.
     stopped: tokio::sync::watch::Sender<bool>,

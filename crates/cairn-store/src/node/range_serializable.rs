@@ -13,6 +13,10 @@
 //! (`background::close_idle_regions`), so R trails the newest write by
 //! about a close interval, or by a lock still standing.
 //!
+//! R is at least every revision this member has answered a KV call with
+//! (`sequential.rs`): below that, the read waits for the regions here to
+//! resolve that far, briefly, then is read linearizably.
+//!
 //! A request at an explicit revision above R — one another region of this
 //! replica has not resolved yet — is read linearizably instead
 //! (`range_across`): its answer is the same, or it is a future revision.
@@ -33,6 +37,8 @@ impl Node {
         &self,
         req: RangeRequest,
         access: &Access,
+        floor: i64,
+        since: std::time::Instant,
     ) -> Result<RangeResponse> {
         let stale = super::kv::StaleRoutes::new();
         let (routed_end, inverted) = routed_end(&req);
@@ -61,6 +67,15 @@ impl Node {
                 // One split since it was routed.
                 stale.wait().await?;
                 continue;
+            }
+            if resolved < floor {
+                // Below a revision this member answered with: wait for
+                // the regions here to resolve that far (sequential.rs).
+                if since.elapsed() < super::sequential::SEQUENTIAL_WAIT && !self.is_stopped() {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+                return Box::pin(self.range_across(req, access)).await;
             }
             if req.revision > resolved {
                 return Box::pin(self.range_across(req, access)).await;

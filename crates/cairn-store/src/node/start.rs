@@ -157,6 +157,7 @@ impl Node {
                 tso,
                 lessor,
                 spans: SpanPool::default(),
+                answered: std::sync::atomic::AtomicI64::new(0),
                 read_timestamps: submitting(
                     weak.clone(),
                     META_REGION,
