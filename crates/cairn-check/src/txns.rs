@@ -21,7 +21,9 @@
 //!    seen at one `(key, revision)`, two committed transactions at one
 //!    revision, or a key seen modified at a committed transaction's
 //!    revision that the transaction did not write: a write lost,
-//!    duplicated or torn.
+//!    duplicated or torn. (A write whose answer was lost is known only by
+//!    the keys reads showed at its revision: half of one that no read ever
+//!    showed whole goes unseen here — the bank's total still sees it.)
 //! 2. **Reads are snapshots.** A read at revision R that shows key k at
 //!    `mod_revision` m must have m ≤ R, and no known write of k may lie in
 //!    `(m, R]`; a key with a known write at or below R must be there. This
@@ -40,7 +42,8 @@
 //! Known writes are a subset of the real ones, so every violation reported
 //! is real: nothing here guesses about writes it has not seen. (A compare
 //! by value, not by revision, is checked only by 1, 2 and 4: a value can
-//! come back.)
+//! come back. A refused transaction is checked by nothing here: a write
+//! no read showed may be what refused it.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -211,6 +214,13 @@ pub fn check(ops: &[Op]) -> Report {
             continue;
         };
         for (k, m) in &w.expect {
+            if *m >= rev {
+                bad(format!(
+                    "the transaction committed at {rev} compared {} at revision {m}, not below it",
+                    show(k)
+                ));
+                continue;
+            }
             let between = versions
                 .get(k)
                 .and_then(|known| known.range(m + 1..rev).next().map(|(n, _)| *n));
@@ -401,6 +411,18 @@ mod tests {
         let mut h = transfers();
         h.push(write(6, 7, &[], &[("a3", "1")], 5));
         assert!(check(&h).violations[0].contains("two transactions committed at revision 5"));
+    }
+
+    #[test]
+    fn a_compare_at_or_above_its_own_commit_is_caught() {
+        let mut h = transfers();
+        h.push(write(6, 7, &[("a1", 9)], &[("a1", "1")], 9));
+        let r = check(&h);
+        assert!(
+            r.violations[0].contains("not below it"),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ impl Node {
     /// `access` (checked: see `auth`).
     pub async fn txn(&self, req: &TxnRequest, access: &Access) -> Result<TxnResponse> {
         let r = self.serve_txn(req, access).await?;
-        self.answering(r.header.as_ref().map_or(0, |h| h.revision));
+        if super::sequential::wrote(&r) {
+            self.answering(r.header.as_ref().map_or(0, |h| h.revision));
+        }
         Ok(r)
     }
 
@@ -166,8 +168,11 @@ impl Node {
     /// A serializable read is served at or above every revision this
     /// member has answered with (`sequential.rs`).
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
+        let serializable = req.serializable;
         let r = self.serve_range(req, access).await?;
-        self.answering(r.header.as_ref().map_or(0, |h| h.revision));
+        if serializable || !self.several_regions() {
+            self.answering(r.header.as_ref().map_or(0, |h| h.revision));
+        }
         Ok(r)
     }
 

@@ -39,6 +39,13 @@ impl Node {
     /// Revokes a lease and deletes its keys (at one revision, in whichever
     /// regions they are); returns the revision after.
     pub async fn lease_revoke(&self, id: i64, access: &Access) -> Result<i64> {
+        // Its deletions are this member's answer (`sequential.rs`).
+        let revision = self.revoke_lease(id, access).await?;
+        self.answering(revision);
+        Ok(revision)
+    }
+
+    async fn revoke_lease(&self, id: i64, access: &Access) -> Result<i64> {
         let stale = super::kv::StaleRoutes::new();
         loop {
             match self

@@ -1,6 +1,6 @@
 //! Sequential consistency of serializable reads on one member, as etcd
-//! gives it: a client that talks to one member sees its revisions only
-//! move forward, and its own writes in its serializable reads. (etcd
+//! gives it: a client that talks to one member sees its own writes in its
+//! serializable reads, and their revisions only move forward. (etcd
 //! answers a write only once the member that took it has applied it, and
 //! a serializable read there is that member's newest state.)
 //!
@@ -16,9 +16,24 @@
 //! an idle region closes every quarter second) until its replicas are that
 //! far; if they are not by [`SEQUENTIAL_WAIT`], it is served the
 //! linearizable way instead, whose revision is at least as high.
+//!
+//! What counts as an answer: a write's revision (a Txn, Put or DeleteRange
+//! that wrote, a lease revoke), a serializable read's, and with one region
+//! a linearizable read's. Not, with several regions, a linearizable read's
+//! or a Txn's that wrote nothing: those answer with a fresh timestamp no
+//! write may ever be stamped at, which an idle region's replica reaches
+//! only at its next close — every serializable read after a health probe
+//! would wait for it, and a member cut off just after one could serve no
+//! stale read at all. They hold no write a later read could miss, so a
+//! serializable read may answer below them (a header revision lower than
+//! a linearizable one just before; never a missing write). Watch events
+//! do not count either.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::response_op::Response;
+use cairn_api::etcdserverpb::TxnResponse;
 
 use crate::node::{Node, Region};
 
@@ -51,4 +66,15 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// True when `r` (its branch taken, nested ones included) wrote: a put,
+/// or a delete that deleted something.
+pub(super) fn wrote(r: &TxnResponse) -> bool {
+    r.responses.iter().any(|op| match &op.response {
+        Some(Response::ResponsePut(_)) => true,
+        Some(Response::ResponseDeleteRange(d)) => d.deleted > 0,
+        Some(Response::ResponseTxn(t)) => wrote(t),
+        _ => false,
+    })
 }
