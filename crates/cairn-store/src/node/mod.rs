@@ -143,8 +143,9 @@ pub struct Node {
     /// Read timestamps this node's reads take (`ForwardOp::ReadTimestamp`
     /// to the meta leader), one round for every read waiting.
     read_timestamps: Batcher<i64>,
-    /// The highest revision this member has answered a KV call with: a
-    /// serializable read here is served at or above it (`sequential.rs`).
+    /// The highest revision this member has answered a write or a
+    /// serializable read with (what counts: `sequential.rs`); a
+    /// serializable read here is served at or above it.
     answered: std::sync::atomic::AtomicI64,
     /// Set once by [`Node::shutdown`]; waits that hold the node (lock
     /// waiters, observers) end on it, so a stopped node's engine is freed.

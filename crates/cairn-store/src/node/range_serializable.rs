@@ -13,7 +13,7 @@
 //! (`background::close_idle_regions`), so R trails the newest write by
 //! about a close interval, or by a lock still standing.
 //!
-//! R is at least every revision this member has answered a KV call with
+//! R is at least every revision this member has answered a write with
 //! (`sequential.rs`): below that, the read waits for the regions here to
 //! resolve that far, briefly, then is read linearizably.
 //!

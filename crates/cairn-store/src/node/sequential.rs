@@ -18,7 +18,7 @@
 //! linearizable way instead, whose revision is at least as high.
 //!
 //! What counts as an answer: a write's revision (a Txn, Put or DeleteRange
-//! that wrote, a lease revoke), a serializable read's, and with one region
+//! that wrote, a lease revoke), a serializable Range's, and with one region
 //! a linearizable read's. Not, with several regions, a linearizable read's
 //! or a Txn's that wrote nothing: those answer with a fresh timestamp no
 //! write may ever be stamped at, which an idle region's replica reaches
@@ -42,7 +42,8 @@ use crate::node::{Node, Region};
 pub(super) const SEQUENTIAL_WAIT: Duration = Duration::from_secs(1);
 
 impl Node {
-    /// The highest revision this member has answered a KV call with.
+    /// The highest revision this member has answered with (of those that
+    /// count, see the module essay).
     pub(super) fn answered(&self) -> i64 {
         self.answered.load(Ordering::Acquire)
     }
