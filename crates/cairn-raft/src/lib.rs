@@ -51,9 +51,10 @@ pub use log_store::{LogStore, LogWriter, LogWriterStats};
 pub use snapshot_file::SnapshotDir;
 pub use state_machine::load::WriteLoad;
 pub use state_machine::{
-    leases_put, seed_empty, seed_restored, seed_restored_meta, share_of, share_of_range,
-    stored_ranges, stored_regions, txn_within, Applied, FeedBatch, RegionKind, RegionShared,
-    StateMachine, ALARM_CORRUPT, ALARM_NOSPACE, CHILD_INIT_INDEX,
+    absorbed_regions, forget_region, leases_put, seed_empty, seed_restored, seed_restored_meta,
+    share_of, share_of_range, stored_ranges, stored_regions, txn_within, Applied, FeedBatch,
+    Freeze, HostChange, MergeState, RegionKind, RegionShared, StateMachine, ALARM_CORRUPT,
+    ALARM_NOSPACE, CHILD_INIT_INDEX,
 };
 pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, RegionRange, Reply, TypeConfig};
 

@@ -46,6 +46,16 @@ use crate::snapshot_file::{self, SnapshotDir};
 use crate::types::{Command, MemberInfo, RegionDesc, RegionRange, Reply};
 use crate::{NodeId, TypeConfig};
 
+/// A change to the regions a node hosts, told by the replica that applied
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostChange {
+    /// A split gave birth to this region: start its replica.
+    Born(u64),
+    /// A merge absorbed this region: stop its replica, forget its record.
+    Absorbed(u64),
+}
+
 /// What a region holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegionKind {
@@ -90,12 +100,23 @@ pub struct Applied {
     /// outcomes of those whose primary lock was here. Last, so a record
     /// written before them still decodes.
     pub locks: cairn_mvcc::locks::Locks,
+    /// Data regions: a freeze for a merge, the regions absorbed; meta
+    /// region: the regions dropped from the directory. Last, so a record
+    /// written before merges still decodes.
+    pub merge: merge::MergeState,
 }
 
 // The applied record as older versions wrote it. postcard writes a struct
 // as its fields in order with nothing around them, so a layout that added
 // fields at the end is the layout before it (nested, first) followed by
 // those fields.
+
+/// The applied record as written before merges.
+#[derive(Deserialize)]
+struct AppliedBeforeMerges {
+    before: AppliedBeforeLocks,
+    locks: cairn_mvcc::locks::Locks,
+}
 
 /// The applied record as written before transaction locks.
 #[derive(Deserialize)]
@@ -165,6 +186,15 @@ impl From<AppliedBeforeRanges> for Applied {
     }
 }
 
+impl From<AppliedBeforeMerges> for Applied {
+    fn from(old: AppliedBeforeMerges) -> Self {
+        Applied {
+            locks: old.locks,
+            ..old.before.into()
+        }
+    }
+}
+
 impl From<AppliedBeforeLocks> for Applied {
     fn from(old: AppliedBeforeLocks) -> Self {
         Applied {
@@ -185,6 +215,9 @@ impl Applied {
     pub fn decode(bytes: &[u8]) -> crate::Result<Applied> {
         if let Ok(a) = decode::<Applied>(bytes) {
             return Ok(a);
+        }
+        if let Ok(old) = decode::<AppliedBeforeMerges>(bytes) {
+            return Ok(old.into());
         }
         if let Ok(old) = decode::<AppliedBeforeLocks>(bytes) {
             return Ok(old.into());
@@ -229,6 +262,7 @@ impl Default for Applied {
             auth_fence: 0,
             range: RegionRange::default(),
             locks: cairn_mvcc::locks::Locks::default(),
+            merge: merge::MergeState::default(),
         }
     }
 }
@@ -302,9 +336,10 @@ pub struct RegionShared {
     /// Meta region: the simple tokens registered on this member (memory
     /// only; see `cairn_auth::SimpleTokens`).
     pub tokens: parking_lot::Mutex<cairn_auth::SimpleTokens>,
-    /// Told the ID of each region a split applied here gives birth to (the
-    /// host starts its replica).
-    births: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<u64>>>,
+    /// Told of each region a split applied here gives birth to (the host
+    /// starts its replica) and each a merge applied here absorbs (the host
+    /// stops it).
+    births: parking_lot::Mutex<Option<tokio::sync::mpsc::UnboundedSender<HostChange>>>,
     /// What this replica has applied of writes (for the split checker
     /// and the listing's write rate).
     load: load::WriteLoad,
@@ -315,7 +350,12 @@ pub struct RegionShared {
 /// with the first region; see `cairn_mvcc::lease`). Every keyspace
 /// operation of the region stays within it.
 pub fn share_of(applied: &Applied) -> cairn_mvcc::Share {
-    share_of_range(&applied.range)
+    // A region frozen for a merge still holds its keys (its snapshots
+    // carry them) until its target absorbs them.
+    match &applied.merge.frozen {
+        Some(f) => share_of_range(&f.range),
+        None => share_of_range(&applied.range),
+    }
 }
 
 /// [`share_of`] a record with data region range `range`.
@@ -381,6 +421,12 @@ impl RegionShared {
         (self.view(&g), a.revisions(), a.range.clone(), lock)
     }
 
+    /// The epoch of the freeze standing on this replica, if frozen for a
+    /// merge.
+    pub fn merge_frozen(&self) -> Option<u64> {
+        self.with_applied(|a| a.merge.frozen.as_ref().map(|f| f.range.epoch))
+    }
+
     /// A data region's keys and epoch now.
     pub fn range(&self) -> RegionRange {
         self.with_applied(|a| a.range.clone())
@@ -391,8 +437,9 @@ impl RegionShared {
         &self.load
     }
 
-    /// Where to send the IDs of regions born by splits applied here.
-    pub fn on_birth(&self, tx: tokio::sync::mpsc::UnboundedSender<u64>) {
+    /// Where to tell of regions born by splits and absorbed by merges
+    /// applied here.
+    pub fn on_change(&self, tx: tokio::sync::mpsc::UnboundedSender<HostChange>) {
         *self.births.lock() = Some(tx);
     }
 
@@ -679,6 +726,38 @@ pub fn stored_regions(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<u
     Ok(out)
 }
 
+/// Every region a merge absorbed, as the records in `engine` say (a data
+/// region's absorbed set, the meta region's dropped directory entries).
+/// A node that restarts before forgetting one of them must not host it.
+pub fn absorbed_regions(engine: &dyn cairn_storage::Engine) -> crate::Result<BTreeSet<u64>> {
+    let mut out = BTreeSet::new();
+    for id in stored_regions(engine)? {
+        if let Some(b) = engine.get(&apply_key(id))? {
+            out.extend(Applied::decode(&b)?.merge.absorbed);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes every record of region `region` on this node — its Raft log
+/// and hard state, its applied record — but none of its keys (the region
+/// that absorbed it holds them now). Its Raft must be stopped first.
+pub fn forget_region(engine: &dyn cairn_storage::Engine, region: u64) -> crate::Result<()> {
+    use cairn_storage::keys::Space;
+    let mut b = WriteBatch::new();
+    for space in [
+        Space::RaftLog,
+        Space::RaftState,
+        Space::ApplyState,
+        Space::Region,
+    ] {
+        let at = |id: u64| [&[space as u8][..], &id.to_be_bytes()].concat();
+        b.delete_range(at(region), at(region + 1));
+    }
+    engine.write(b, Durability::Sync)?;
+    Ok(())
+}
+
 /// Each region with an applied record in `engine`, with the range that
 /// record gives it (data regions; the meta region's is meaningless).
 pub fn stored_ranges(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<(u64, RegionRange)>> {
@@ -709,6 +788,37 @@ impl StateMachine {
     /// The state machine over `shared`.
     pub fn new(shared: Arc<RegionShared>) -> Self {
         Self { shared }
+    }
+
+    /// The freeze epoch of this node's replica of region `source`, as its
+    /// record in the engine says (`None`: not frozen, or no record).
+    fn source_frozen_here(&self, source: u64) -> crate::Result<Option<u64>> {
+        match self.shared.engine.get(&apply_key(source))? {
+            Some(b) => merge::frozen_epoch(&b),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits until this node's replica of `source` has applied the freeze
+    /// at `epoch`. The host proposes the absorb only once every member
+    /// applied it (synced), so this normally returns at once; a replica
+    /// still behind catches up through the source's own Raft.
+    async fn await_source_frozen(&self, source: u64, epoch: u64) -> crate::Result<()> {
+        let started = std::time::Instant::now();
+        let mut warned = started;
+        while self.source_frozen_here(source)? != Some(epoch) {
+            if warned.elapsed() >= std::time::Duration::from_secs(10) {
+                warned = std::time::Instant::now();
+                tracing::warn!(
+                    region = self.shared.region,
+                    source,
+                    waited = ?started.elapsed(),
+                    "absorbing a region whose replica here has not applied its freeze: waiting"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 
     /// Compacts the region's history at `revision`. In one region of
@@ -781,6 +891,10 @@ impl StateMachine {
         engine: &dyn EngineSnapshot,
         events: &mut Vec<(i64, Event)>,
     ) -> crate::Result<(WriteBatch, Reply)> {
+        if state.merge.frozen.is_some() && !merge::allowed_while_frozen(&cmd) {
+            // Frozen for a merge: its keys and revisions stay as frozen.
+            return Ok((WriteBatch::new(), Reply::WrongRegion(state.range.clone())));
+        }
         match cmd {
             // Data regions: refused behind a newer fence. The meta region
             // (auth changes, tokens): refused if the auth store changed at
@@ -1052,11 +1166,12 @@ impl StateMachine {
             Command::SetRegion(r) => {
                 // A directory entry only moves forward: a publisher that
                 // read an older epoch must not undo a newer one.
-                if state
+                // (A region absorbed by a merge never comes back.)
+                let newer = state
                     .regions
                     .get(&r.id)
-                    .is_none_or(|old| old.epoch <= r.epoch)
-                {
+                    .is_none_or(|old| old.epoch <= r.epoch);
+                if newer && !state.merge.absorbed.contains(&r.id) {
                     state.regions.insert(r.id, r);
                 }
                 Ok((WriteBatch::new(), Reply::Done))
@@ -1128,6 +1243,60 @@ impl StateMachine {
                 let reply = split::split(state, at, child, epoch, &mut batch)?;
                 Ok((batch, reply))
             }
+            Command::DropRegion { id } if self.shared.kind == RegionKind::Meta => {
+                state.regions.remove(&id);
+                state.merge.absorbed.insert(id);
+                Ok((WriteBatch::new(), Reply::Done))
+            }
+            Command::PrepareMerge { .. }
+            | Command::CommitMerge { .. }
+            | Command::AbandonMerge { .. }
+            | Command::RollbackMerge { .. }
+            | Command::DropRegion { .. }
+                if self.shared.kind != RegionKind::Data =>
+            {
+                Ok((
+                    WriteBatch::new(),
+                    Reply::Invalid("a merge command in the wrong kind of region".into()),
+                ))
+            }
+            Command::PrepareMerge {
+                target,
+                target_epoch,
+                epoch,
+            } => Ok((
+                WriteBatch::new(),
+                merge::prepare(state, target, target_epoch, epoch),
+            )),
+            Command::CommitMerge { source, freeze } => {
+                if let Err(refused) = merge::commit_check(state, source, &freeze) {
+                    return Ok((WriteBatch::new(), refused));
+                }
+                // `apply` waited for this replica of `source` to apply the
+                // freeze; a replica here that has not (a wrapped command
+                // `apply` did not look into) must not absorb stale keys.
+                if self.source_frozen_here(source)? != Some(freeze.range.epoch) {
+                    return Err(crate::Error::Io(format!(
+                        "merging region {source}: its replica here has not applied the freeze"
+                    )));
+                }
+                Ok((WriteBatch::new(), merge::commit(state, source, freeze)))
+            }
+            Command::AbandonMerge {
+                source,
+                target_epoch,
+            } => Ok((
+                WriteBatch::new(),
+                merge::abandon(state, source, target_epoch),
+            )),
+            Command::RollbackMerge { epoch } => {
+                merge::rollback(state, epoch);
+                Ok((WriteBatch::new(), Reply::Done))
+            }
+            Command::DropRegion { .. } => Ok((
+                WriteBatch::new(),
+                Reply::Invalid("a directory change in a data region".into()),
+            )),
         }
     }
 }
@@ -1271,6 +1440,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Command::Split { child, .. }) => Some(*child),
                 _ => None,
             };
+            let absorbs = match &entry.payload {
+                EntryPayload::Normal(Command::CommitMerge { source, freeze })
+                    if merge::commit_check(&next, *source, freeze).is_ok() =>
+                {
+                    // The keys in the engine must be the source's final
+                    // ones: wait for this node's replica of it to apply
+                    // the freeze (see `merge`).
+                    self.await_source_frozen(*source, freeze.range.epoch)
+                        .await
+                        .map_err(sm_err)?;
+                    Some(*source)
+                }
+                _ => None,
+            };
+            let thaws = match &entry.payload {
+                EntryPayload::Normal(Command::RollbackMerge { epoch }) => next
+                    .merge
+                    .frozen
+                    .as_ref()
+                    .is_some_and(|f| f.range.epoch == *epoch),
+                _ => false,
+            };
             let (mut batch, reply) = match entry.payload {
                 EntryPayload::Blank => (WriteBatch::new(), Reply::Done),
                 EntryPayload::Membership(m) => {
@@ -1306,8 +1497,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 encode(&next).map_err(sm_err)?,
             );
             let compacted = matches!(reply, Reply::Compacted { .. });
+            let froze = matches!(reply, Reply::Frozen(_)) && self.shared.merge_frozen().is_none();
+            let absorbed = absorbs.filter(|_| reply == Reply::Done);
+            // A freeze and an absorb are synced: the host checks that every
+            // member applied the freeze before the target absorbs it, and
+            // forgets the source only once the absorb is on disk.
+            let durability = if froze || absorbed.is_some() {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            };
             self.shared
-                .write_and_publish(batch, Durability::Buffered, next, || {
+                .write_and_publish(batch, durability, next, || {
                     fail::fail_point!(crate::failpoints::AFTER_APPLY);
                     if compacted {
                         fail::fail_point!(crate::failpoints::COMPACT_AFTER_APPLY);
@@ -1315,9 +1516,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 })
                 .map_err(sm_err)?;
             let split = matches!((&reply, born), (Reply::Done, Some(_)));
-            if let (Reply::Done, Some(child)) = (&reply, born) {
+            let told = match (&reply, born) {
+                (Reply::Done, Some(child)) => Some(HostChange::Born(child)),
+                _ => absorbed.map(HostChange::Absorbed),
+            };
+            if let Some(change) = told {
                 if let Some(tx) = &*self.shared.births.lock() {
-                    let _ = tx.send(child);
+                    let _ = tx.send(change);
                 }
             }
             // (Nobody subscribed: nothing to publish. Looked at after the
@@ -1333,12 +1538,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
             if self.shared.kind == RegionKind::Data {
-                // A split moves keys to the child: a watcher of them must
-                // regroup over both regions and re-read history.
+                // A split moves keys to the child, a freeze takes them from
+                // the region, an absorb or a thaw brings them: a watcher of
+                // them must regroup over the regions now holding them and
+                // re-read history.
                 self.shared.publish(FeedBatch {
                     events,
                     resolved,
-                    reset: split,
+                    reset: split || froze || absorbed.is_some() || thaws,
                 });
             }
             replies.push(reply);
@@ -1375,10 +1582,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let data = self.shared.kind == RegionKind::Data;
         let view = self.shared.engine.snapshot();
+        let frozen_here = self.shared.merge_frozen();
         let (applied, mut batch) = tokio::task::spawn_blocking(move || {
             let mut pairs = WriteBatch::new();
             let applied = snapshot_file::read(&mut file, |k, v| pairs.put(k, v))?;
             let mut batch = WriteBatch::new();
+            let frozen_there = applied.merge.frozen.as_ref().map(|f| f.range.epoch);
+            if frozen_here.is_some() && frozen_here == frozen_there {
+                // Frozen here at the same freeze: the keys here are the
+                // snapshot's, or the target's since it absorbed them.
+                return crate::Result::Ok((applied, batch));
+            }
             if data {
                 // Only the installed state's share: other regions' keys
                 // stay. (A replica behind a split it has not applied keeps
@@ -1424,9 +1638,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 pub mod load;
+mod merge;
 mod split;
 mod txn_locks;
+pub use merge::{Freeze, MergeState};
 pub use split::{txn_within, CHILD_INIT_INDEX};
 
+#[cfg(test)]
+mod merge_tests;
 #[cfg(test)]
 mod tests;

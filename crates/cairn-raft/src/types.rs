@@ -154,6 +154,31 @@ pub enum Command {
     /// Primary region: forget transaction `start_ts`'s outcome (every part
     /// of it is finished).
     ForgetOutcome { start_ts: i64 },
+    /// Data region S: freeze S to merge into its left neighbour `target`
+    /// while `target` is at epoch `target_epoch`, if S is still at `epoch`
+    /// (see `state_machine::merge`). Answers [`Reply::Frozen`].
+    PrepareMerge {
+        target: u64,
+        target_epoch: u64,
+        epoch: u64,
+    },
+    /// Data region T: absorb the frozen region `source`, whose freeze is
+    /// `freeze`, if T is still at `freeze.target_epoch`. Each replica first
+    /// waits for its own replica of `source` to have applied the freeze.
+    CommitMerge {
+        source: u64,
+        freeze: crate::state_machine::Freeze,
+    },
+    /// Data region T: make sure no `CommitMerge` of `source` planned at
+    /// `target_epoch` can apply any more (T's epoch moves past it). Answers
+    /// [`Reply::Absorbed`] if T already absorbed `source`.
+    AbandonMerge { source: u64, target_epoch: u64 },
+    /// Data region S: thaw the freeze at `epoch` (only once T answered
+    /// that it will never absorb S).
+    RollbackMerge { epoch: u64 },
+    /// Meta region: region `id` was absorbed by a merge; its directory
+    /// entry goes and is never published again.
+    DropRegion { id: u64 },
 }
 
 /// A data region's keys, `[start, end)` (`end` empty: to the end), and
@@ -212,9 +237,16 @@ impl RegionRange {
         }
     }
 
+    /// True for a range holding no key (a region frozen for a merge).
+    pub fn is_empty(&self) -> bool {
+        !self.end.is_empty() && self.end <= self.start
+    }
+
     /// True when the two ranges share a key.
     pub fn overlaps(&self, other: &RegionRange) -> bool {
-        (self.end.is_empty() || other.start < self.end)
+        !self.is_empty()
+            && !other.is_empty()
+            && (self.end.is_empty() || other.start < self.end)
             && (other.end.is_empty() || self.start < other.end)
     }
 
@@ -293,6 +325,10 @@ pub enum Reply {
     /// all the same (no key can join it now), and these are all the keys
     /// it indexes — prewrite again naming them.
     LeaseKeys(Vec<Vec<u8>>),
+    /// A region frozen for a merge, and its freeze.
+    Frozen(crate::state_machine::Freeze),
+    /// The merge's target absorbed the source already.
+    Absorbed,
 }
 
 /// A cluster member as etcd's `MemberList` shows it.

@@ -61,6 +61,10 @@ pub struct SplitPolicy {
     /// transactions a second for ten seconds, at the key that divides its
     /// sampled writes in two.
     pub qps: u64,
+    /// Merge a data region into its left neighbour when both are cold and
+    /// their live keys and values together stay within this many bytes
+    /// (`--region-merge-bytes`; see `node::merge_check`).
+    pub merge_bytes: u64,
 }
 
 /// The kind of auth token a member issues and accepts.

@@ -80,6 +80,10 @@ pub enum ForwardOp {
     /// MoveLeader, see `transfer`): the data leader asks the meta leader
     /// for the TSO (`tso::colocate`).
     HandOver(u64),
+    /// Answer once this member's replica of the region has applied the
+    /// freeze at this epoch for a merge, or this member already absorbed
+    /// the region (any member answers; `node::merge`).
+    AwaitFreeze(u64),
 }
 
 impl ForwardOp {
@@ -194,6 +198,31 @@ impl ForwardOk {
         match self.reply()? {
             Reply::Auth(r) => Ok(r),
             other => Err(ForwardOk::Reply(other).mismatch("an auth outcome")),
+        }
+    }
+
+    /// A region's freeze for a merge.
+    pub(crate) fn freeze(self) -> Result<cairn_raft::Freeze> {
+        match self.reply()? {
+            Reply::Frozen(f) => Ok(f),
+            other => Err(ForwardOk::Reply(other).mismatch("a freeze")),
+        }
+    }
+
+    /// Whether a merge's target absorbed the source (`AbandonMerge`).
+    pub(crate) fn absorbed(self) -> Result<bool> {
+        match self.reply()? {
+            Reply::Absorbed => Ok(true),
+            Reply::Done => Ok(false),
+            other => Err(ForwardOk::Reply(other).mismatch("a merge's fate")),
+        }
+    }
+
+    /// Done, nothing to report (not a command's reply).
+    pub(crate) fn done(self) -> Result<()> {
+        match self {
+            ForwardOk::Done => Ok(()),
+            other => Err(other.mismatch("done")),
         }
     }
 

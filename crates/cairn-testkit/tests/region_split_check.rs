@@ -40,7 +40,7 @@ async fn regions_split_by_size_until_each_is_under_the_limit() {
         3,
         SplitPolicy {
             bytes: LIMIT,
-            qps: 0,
+            ..SplitPolicy::default()
         },
     )
     .await;
@@ -104,7 +104,14 @@ async fn regions_split_by_size_until_each_is_under_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hot_region_splits_between_its_hot_keys() {
-    let c = InProcessCluster::start_splitting(3, SplitPolicy { bytes: 0, qps: 20 }).await;
+    let c = InProcessCluster::start_splitting(
+        3,
+        SplitPolicy {
+            qps: 20,
+            ..SplitPolicy::default()
+        },
+    )
+    .await;
     c.wait_leader(cairn_store::DATA_REGION).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();

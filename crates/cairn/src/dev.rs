@@ -27,6 +27,10 @@ pub struct DevArgs {
     /// Split a data region past this many writes a second (0: never), as `serve`.
     #[arg(long, default_value_t = 0)]
     pub region_split_qps: u64,
+    /// Merge cold neighbours within this size (default: a fifth of the
+    /// split size; 0: never), as `serve`.
+    #[arg(long, value_parser = serve::parse_bytes)]
+    pub region_merge_bytes: Option<u64>,
 }
 
 /// The three dev members: (name, client port, peer port).
@@ -119,6 +123,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             bcrypt_cost: cairn_auth::password::DEFAULT_COST,
             region_split_bytes: a.region_split_bytes,
             region_split_qps: a.region_split_qps,
+            region_merge_bytes: a.region_merge_bytes,
         };
         nodes.push(serve::start(args).await?);
     }

@@ -101,9 +101,36 @@ pub struct ServeArgs {
     /// for ten seconds, at the key that divides its writes (0: never).
     #[arg(long, default_value_t = 0)]
     pub region_split_qps: u64,
+    /// Merge a cold data region into its left neighbour when their live
+    /// keys and values together stay within this size (0: never; default:
+    /// a fifth of `--region-split-bytes`, as TiKV's 20 MiB to its 96 MiB).
+    /// Must be below `--region-split-bytes`.
+    #[arg(long, value_parser = parse_bytes)]
+    pub region_merge_bytes: Option<u64>,
     /// TLS on the client and peer ports.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// The split and merge flags as one policy: merges default to a fifth of
+/// the split size, and must stay below it (a merged region would split
+/// again at once).
+pub fn split_policy(
+    bytes: u64,
+    qps: u64,
+    merge_bytes: Option<u64>,
+) -> anyhow::Result<cairn_store::SplitPolicy> {
+    let merge_bytes = merge_bytes.unwrap_or(bytes / 5);
+    if bytes > 0 && merge_bytes >= bytes {
+        anyhow::bail!(
+            "--region-merge-bytes ({merge_bytes}) must be below --region-split-bytes ({bytes})"
+        );
+    }
+    Ok(cairn_store::SplitPolicy {
+        bytes,
+        qps,
+        merge_bytes,
+    })
 }
 
 /// A size in bytes: a number with an optional unit (`64KiB`, `1.5MB`).
@@ -174,10 +201,11 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         peer_tls: dial_tls,
         bcrypt_cost: a.bcrypt_cost,
         auth_tokens,
-        region_split: cairn_store::SplitPolicy {
-            bytes: a.region_split_bytes,
-            qps: a.region_split_qps,
-        },
+        region_split: split_policy(
+            a.region_split_bytes,
+            a.region_split_qps,
+            a.region_merge_bytes,
+        )?,
     })
     .await
     .map_err(|e| anyhow::anyhow!("starting node: {e}"))?;

@@ -89,7 +89,7 @@ impl Engine for Gated {
     }
 }
 
-fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+pub(super) fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(cmd),
@@ -97,7 +97,7 @@ fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
 }
 
 /// A txn putting every `(key, value)`, at revision `ts` or above.
-fn puts(ts: i64, kvs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Command {
+pub(super) fn puts(ts: i64, kvs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Command {
     let success = kvs
         .into_iter()
         .map(|(key, value)| RequestOp {
@@ -120,14 +120,14 @@ fn puts(ts: i64, kvs: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Command {
 
 /// A region over `engine` whose snapshot directory lives as long as the
 /// returned guard.
-fn region(engine: Arc<dyn Engine>) -> (Arc<RegionShared>, tempfile::TempDir) {
+pub(super) fn region(engine: Arc<dyn Engine>) -> (Arc<RegionShared>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let snapshots = Arc::new(SnapshotDir::open(dir.path()).unwrap());
     let shared = RegionShared::load(1, RegionKind::Data, engine, snapshots).unwrap();
     (shared, dir)
 }
 
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+pub(super) fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -137,7 +137,12 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 /// The value of `key` at revision `rev` in `view`, read as if the region
 /// were at `revs` (so a version deleted by a compaction shows as absent
 /// rather than as a rejected read).
-fn value_at(view: &dyn EngineSnapshot, revs: Revisions, key: &[u8], rev: i64) -> Option<Vec<u8>> {
+pub(super) fn value_at(
+    view: &dyn EngineSnapshot,
+    revs: Revisions,
+    key: &[u8],
+    rev: i64,
+) -> Option<Vec<u8>> {
     let req = RangeRequest {
         key: key.to_vec(),
         revision: rev,
@@ -605,7 +610,7 @@ fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
     let r = block_on(sm.apply(vec![entry(1, puts(10, [kv("a"), kv("q")]))])).unwrap();
     assert!(matches!(r[..], [Reply::Txn(_)]), "{r:?}");
     let (tx, mut born) = tokio::sync::mpsc::unbounded_channel();
-    shared.on_birth(tx);
+    shared.on_change(tx);
 
     // A stale epoch, or a key not strictly inside, changes nothing.
     for (at, epoch) in [("m", 7), ("", 1)] {
@@ -628,7 +633,11 @@ fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
     };
     let r = block_on(sm.apply(vec![entry(3, split)])).unwrap();
     assert_eq!(r, vec![Reply::Done]);
-    assert_eq!(born.try_recv().ok(), Some(9), "the host is told");
+    assert_eq!(
+        born.try_recv().ok(),
+        Some(crate::HostChange::Born(9)),
+        "the host is told"
+    );
     let parent = shared.range();
     assert_eq!(
         (parent.start.as_slice(), parent.end.as_slice(), parent.epoch),

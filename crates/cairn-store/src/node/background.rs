@@ -62,6 +62,15 @@ pub(super) async fn publish_regions(node: std::sync::Weak<Node>) {
             if r.id == META_REGION {
                 continue;
             }
+            // Regions it absorbed leave the directory (a tombstone: never
+            // published again).
+            let absorbed = r.shared.with_applied(|a| a.merge.absorbed.clone());
+            for id in absorbed.into_iter().filter(|id| dir.contains_key(id)) {
+                let drop = Command::DropRegion { id };
+                if let Err(e) = n.submit(META_REGION, ForwardOp::Plain(drop)).await {
+                    tracing::debug!(region = id, "dropping an absorbed region: {e}");
+                }
+            }
             let peers: Vec<u64> = {
                 let m = r.raft.metrics();
                 let m = m.borrow();
@@ -75,6 +84,11 @@ pub(super) async fn publish_regions(node: std::sync::Weak<Node>) {
                     .collect()
             };
             let range = r.shared.range();
+            if range.is_empty() {
+                // Frozen for a merge: its keys are no one's until the
+                // merge ends (published again if it thaws).
+                continue;
+            }
             let desc = RegionDesc {
                 id: r.id,
                 start: range.start,
@@ -221,7 +235,9 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             let writes = r.shared.write_load().writes();
             let idle = seen.insert(r.id, writes) == Some(writes);
             let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
-            if !idle || !leads || flying.contains_key(&r.id) {
+            // (A region frozen for a merge keeps its revision as frozen.)
+            let frozen = r.shared.merge_frozen().is_some();
+            if !idle || !leads || frozen || flying.contains_key(&r.id) {
                 continue;
             }
             let (node, id) = (n.clone(), r.id);

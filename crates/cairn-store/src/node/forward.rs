@@ -85,6 +85,11 @@ impl Node {
                 };
                 self.serve_op(region, *op, Some(stamp)).await
             }
+            // Answered even once the region is absorbed here (and gone).
+            ForwardOp::AwaitFreeze(epoch) => {
+                self.frozen_here(region, epoch).await?;
+                Ok(ForwardOk::Done)
+            }
             op => self.serve_op(region, op, None).await,
         }
     }
@@ -254,6 +259,7 @@ impl Node {
                 let h = self.hash_kv_once_applied(revision).await?;
                 Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
             }
+            ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
         }
     }
 

@@ -16,6 +16,11 @@
 //!   new region's replica when it applies the split);
 //! - [`split_check`]: splitting the regions this node leads when they grow
 //!   too big or too hot (`--region-split-bytes`, `--region-split-qps`);
+//! - [`merge`]: merging a data region into its left neighbour (each
+//!   replica stops the absorbed region's replica when it applies the
+//!   merge); [`merge_check`]: merging small cold neighbours of the regions
+//!   this node leads (`--region-merge-bytes`), and ending merges whose
+//!   driver died;
 //! - [`forward`]: send an op to its region's leader and serve one there;
 //! - [`kv`] and [`leases`]: the KV and Lease entry points;
 //! - [`reads`]: the linearizable read path (read index, then a local read);
@@ -34,6 +39,8 @@ mod forward;
 mod kv;
 mod lease_across;
 mod leases;
+mod merge;
+mod merge_check;
 mod range_across;
 mod range_serializable;
 mod reads;

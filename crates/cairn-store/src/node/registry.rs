@@ -1,9 +1,9 @@
 //! The region replicas a node hosts: a live set, by region ID. Replicas
 //! join when the node starts them, when a split applied here gives birth
-//! to one, or when one this node missed is adopted; they leave when
-//! removed (merges, not built yet). A caller takes an `Arc<Region>` and
-//! may keep using it after the region left: its Raft then answers
-//! `NotLeader`/stopped, and the caller routes again.
+//! to one, or when one this node missed is adopted; they leave when a
+//! merge applied here absorbs them (`node::merge`). A caller takes an
+//! `Arc<Region>` and may keep using it after the region left: its Raft
+//! then answers `NotLeader`/stopped, and the caller routes again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +25,11 @@ impl Registry {
     /// Adds (or replaces) a replica.
     pub(crate) fn insert(&self, region: Arc<Region>) {
         self.0.write().insert(region.id, region);
+    }
+
+    /// Takes a replica out (a merge absorbed its region).
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<Region>> {
+        self.0.write().remove(&id)
     }
 
     /// Every hosted replica, by region ID.

@@ -4,7 +4,12 @@
 //! that has not applied a split yet still shows the wider range; the
 //! region's leader then answers `EpochMismatch` and the caller routes
 //! again. Splits only narrow ranges, so a span that crosses regions here
-//! crosses them everywhere.
+//! crosses them everywhere. A merge widens one: a member that applied it
+//! routes a span to the one region a member behind still sees as two; that
+//! region's leader refuses what is not within its range as it applied it
+//! (`WrongRegion`), and the caller routes again. A region frozen for a
+//! merge holds no key here: its keys route nowhere (`EpochMismatch`,
+//! retried) until the merge ends.
 
 use crate::node::{Node, Region, DATA_REGION, META_REGION};
 use crate::{Error, Result};
@@ -26,7 +31,9 @@ impl Node {
             .filter(|r| r.id != META_REGION)
             .filter_map(|r| {
                 let range = r.shared.range();
-                let overlaps = (range.end.is_empty() || start < range.end.as_slice())
+                // (A region frozen for a merge holds no key.)
+                let overlaps = !range.is_empty()
+                    && (range.end.is_empty() || start < range.end.as_slice())
                     && end.is_none_or(|e| range.start.as_slice() < e);
                 overlaps.then_some((r, range.start, range.end))
             })

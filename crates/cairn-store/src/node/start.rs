@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 
 use cairn_raft::network::{PeerPool, RegionNetwork};
-use cairn_raft::{LogStore, LogWriter, Raft, RegionKind, RegionShared, StateMachine};
+use cairn_raft::{HostChange, LogStore, LogWriter, Raft, RegionKind, RegionShared, StateMachine};
 use cairn_storage::{Engine, FjallEngine};
 use openraft::BasicNode;
 
@@ -74,6 +74,14 @@ impl Node {
         hosted.extend(cairn_raft::stored_regions(&*engine)?);
         hosted.sort_unstable();
         hosted.dedup();
+        // A region a merge absorbed here whose records outlived it (the
+        // node stopped first): forgotten, not hosted. Its keys stay.
+        let absorbed = cairn_raft::absorbed_regions(&*engine)?;
+        for id in hosted.iter().filter(|id| absorbed.contains(id)) {
+            tracing::info!(region = id, "forgetting a region absorbed by a merge");
+            cairn_raft::forget_region(&*engine, *id)?;
+        }
+        hosted.retain(|id| !absorbed.contains(id));
         let (births, born) = tokio::sync::mpsc::unbounded_channel();
         let opener = Opener {
             births: births.clone(),
@@ -202,6 +210,7 @@ impl Node {
         tokio::spawn(background::publish_regions(Arc::downgrade(&node)));
         tokio::spawn(super::report::sample_write_rates(Arc::downgrade(&node)));
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
+        tokio::spawn(super::merge_check::check_merges(Arc::downgrade(&node)));
         tokio::spawn(background::close_idle_regions(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::forget_outcomes(Arc::downgrade(&node)));
@@ -241,16 +250,30 @@ impl Node {
 }
 
 /// Starts a replica for each region a split applied here gives birth to,
-/// until the node is gone.
-async fn host_births(node: Weak<Node>, mut born: tokio::sync::mpsc::UnboundedReceiver<u64>) {
-    while let Some(region) = born.recv().await {
+/// and stops the replica of each a merge applied here absorbs, until the
+/// node is gone.
+async fn host_births(
+    node: Weak<Node>,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<HostChange>,
+) {
+    while let Some(change) = changes.recv().await {
         let Some(n) = node.upgrade() else { return };
         if n.is_stopped() {
             return;
         }
-        if let Err(e) = n.host(region).await {
-            // The record is in the engine: the next start hosts it.
-            tracing::error!(region, "cannot start a region born by a split: {e}");
+        match change {
+            HostChange::Born(region) => {
+                if let Err(e) = n.host(region).await {
+                    // The record is in the engine: the next start hosts it.
+                    tracing::error!(region, "cannot start a region born by a split: {e}");
+                }
+            }
+            HostChange::Absorbed(region) => {
+                if let Err(e) = n.unhost(region).await {
+                    // The absorb is on disk: the next start forgets it.
+                    tracing::error!(region, "cannot stop a region absorbed by a merge: {e}");
+                }
+            }
         }
     }
 }
@@ -260,7 +283,7 @@ async fn host_births(node: Weak<Node>, mut born: tokio::sync::mpsc::UnboundedRec
 pub(crate) struct Opener {
     /// Where each region reports the regions its splits give birth to;
     /// registered before Raft starts, which may replay a split.
-    births: tokio::sync::mpsc::UnboundedSender<u64>,
+    births: tokio::sync::mpsc::UnboundedSender<HostChange>,
     me: u64,
     engine: Arc<dyn Engine>,
     log_writer: LogWriter,
@@ -278,7 +301,7 @@ impl Opener {
         kind: RegionKind,
     ) -> Result<(Raft, Arc<RegionShared>, Arc<AtomicU64>)> {
         let shared = RegionShared::load(region, kind, self.engine.clone(), self.snapshots.clone())?;
-        shared.on_birth(self.births.clone());
+        shared.on_change(self.births.clone());
         let log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
         let log_bytes = log.appended_bytes();
         let sm = StateMachine::new(shared.clone());

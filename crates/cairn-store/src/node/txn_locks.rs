@@ -60,14 +60,25 @@ impl Node {
             .shared
             .with_applied(|a| a.locks.held.get(&start_ts).map(|l| l.regions.clone()))
             .unwrap_or_else(|| vec![lock.primary, region]);
-        let outcome = self
-            .submit(
+        // A region a merge absorbed held no lock and no outcome when it
+        // froze (a freeze waits for them to go), and took none after: a
+        // lock naming it as primary is of a transaction whose primary
+        // outcome was forgotten (nothing committed it since), and a part
+        // there has nothing to finish.
+        let gone = |id: u64| self.regions.get(id).is_none() && self.absorbed_here(id);
+        let outcome = if gone(lock.primary) {
+            None
+        } else {
+            self.submit(
                 lock.primary,
                 ForwardOp::Plain(Command::ResolvePrimary { start_ts }),
             )
             .await?
-            .outcome()?;
-        let parts = regions.into_iter().filter(|r| *r != lock.primary);
+            .outcome()?
+        };
+        let parts = regions
+            .into_iter()
+            .filter(|r| *r != lock.primary && !gone(*r));
         let finish = |part: u64| {
             let op = match &outcome {
                 Some(Outcome::Committed { commit_ts, path }) => ForwardOp::CommitLocked {
@@ -85,7 +96,7 @@ impl Node {
         if let Some(Err(e)) = finished.iter().find(|r| r.is_err()) {
             return Err(e.clone());
         }
-        if outcome.is_some() {
+        if outcome.is_some() && !gone(lock.primary) {
             self.submit(
                 lock.primary,
                 ForwardOp::Plain(Command::ForgetOutcome { start_ts }),

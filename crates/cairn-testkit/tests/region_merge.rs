@@ -1,0 +1,231 @@
+//! Regions that merge (issue 17, section 2): a region frozen and absorbed
+//! by its left neighbour on every member — keys, revisions and the
+//! directory carried over, writes and watches going on across it, a
+//! restart after it — and a merge that cannot finish (a member cut off)
+//! abandoned and rolled back, then done once the member is back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::{RangeRequest, WatchCreateRequest};
+use cairn_store::{DATA_REGION, META_REGION};
+use cairn_testkit::watch::WatchStream;
+use cairn_testkit::{kv, region_ranges as ranges, InProcessCluster};
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn whole() -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![(Vec::new(), Vec::new())]
+}
+
+async fn all_keys(c: &InProcessCluster, i: usize) -> Vec<(String, i64)> {
+    let mut client = c.kv(i).await;
+    client
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.key).into_owned(),
+                kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merged_region_keeps_its_keys_and_watches_see_every_write_once() {
+    let mut c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    let child = c.node(0).route(b"m").unwrap().id;
+    assert_ne!(child, DATA_REGION);
+    // A watcher of everything, through each member.
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        let w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
+        w.create(WatchCreateRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await;
+        watches.push(w);
+    }
+    for w in &mut watches {
+        assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    }
+    // Writes on both sides all along, through every member.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let stop = stop.clone();
+        let mut client = c.kv(i).await;
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            let mut last = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let side = if n % 2 == 0 { "a" } else { "q" };
+                let rev = kv::put(&mut client, &format!("{side}{i}-{n:04}"), "v")
+                    .await
+                    .unwrap();
+                assert!(rev > last, "revision {rev} after {last}");
+                last = rev;
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let absorbed = c.node(1).merge_regions(DATA_REGION).await.unwrap();
+    assert_eq!(absorbed, child);
+    for i in 0..3 {
+        wait_for("every member hosts one region, and not the child", || {
+            ranges(c.node(i)) == whole() && c.node(i).region(child).is_err()
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    let keys = all_keys(&c, 2).await;
+    assert_eq!(
+        keys.len() as u32,
+        written,
+        "every acknowledged write is there"
+    );
+    for i in 0..2 {
+        assert_eq!(all_keys(&c, i).await, keys, "member {i} agrees");
+    }
+
+    // Every watcher saw every write exactly once, in revision order.
+    let mut want: Vec<i64> = keys.iter().map(|(_, rev)| *rev).collect();
+    want.sort_unstable();
+    for (i, w) in watches.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while got.len() < want.len() && Instant::now() < deadline {
+            if let Some(r) = w.next(Duration::from_secs(2)).await {
+                got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            }
+        }
+        assert_eq!(got, want, "watch through member {i}");
+    }
+
+    // The directory forgets the child; a restart hosts only the merged
+    // region, and serves the child's keys from it.
+    wait_for("the directory drops the child", || {
+        c.node(0)
+            .region(META_REGION)
+            .unwrap()
+            .shared
+            .with_applied(|a| !a.regions.contains_key(&child))
+    })
+    .await;
+    c.stop(2).await;
+    c.restart(2).await;
+    assert_eq!(ranges(c.node(2)), whole());
+    assert!(c.node(2).region(child).is_err());
+    let mut client = c.kv(2).await;
+    let rev = kv::put(&mut client, "q-after", "v").await.unwrap();
+    assert!(rev > keys.iter().map(|(_, r)| *r).max().unwrap());
+    assert_eq!(
+        kv::get(&mut client, "q1-0001", false)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_a_member_cannot_join_is_rolled_back_and_done_later() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    let child = c.node(0).route(b"m").unwrap().id;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "q", "1").await.unwrap();
+    // Member 2 cut off: it never applies the freeze, so the merge is
+    // abandoned — the target's epoch moves, the child thaws and serves.
+    let leader = c.wait_leader(DATA_REGION).await;
+    let driver = (0..3).find(|&i| i != 2 && i != leader).unwrap_or(leader);
+    c.isolate(2);
+    let epoch = c
+        .node(driver)
+        .region(DATA_REGION)
+        .unwrap()
+        .shared
+        .range()
+        .epoch;
+    let err = c.node(driver).merge_regions(DATA_REGION).await.unwrap_err();
+    assert!(
+        c.node(driver).region(child).is_ok(),
+        "not absorbed after {err}"
+    );
+    let mut client = c.kv(driver).await;
+    kv::put(&mut client, "q", "2").await.unwrap();
+    wait_for("the target's epoch moved past the plan", || {
+        c.node(driver)
+            .region(DATA_REGION)
+            .unwrap()
+            .shared
+            .range()
+            .epoch
+            > epoch
+    })
+    .await;
+    assert_eq!(c.node(driver).route(b"q").unwrap().id, child);
+
+    // Member 2 back: it catches up, and the merge goes through.
+    c.heal();
+    wait_for("member 2 has the child's write", || {
+        c.node(2)
+            .region(child)
+            .is_ok_and(|r| r.shared.merge_frozen().is_none() && r.shared.revisions().current >= 2)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.node(driver).merge_regions(DATA_REGION).await {
+            Ok(absorbed) => {
+                assert_eq!(absorbed, child);
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never merged: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    for i in 0..3 {
+        wait_for("every member hosts one region", || {
+            ranges(c.node(i)) == whole()
+        })
+        .await;
+        let mut client = c.kv(i).await;
+        assert_eq!(
+            kv::get(&mut client, "q", false).await.unwrap().as_deref(),
+            Some("2"),
+            "through member {i}"
+        );
+    }
+}
