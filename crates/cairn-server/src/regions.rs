@@ -1,13 +1,15 @@
 //! Cairn's `Regions` service (`cairnpb`, not part of etcd's API): the data
-//! regions as the serving member sees them, for `cairn regions`, and a
-//! split at a key (`cairn regions split`). With auth on it is the root
-//! role's, like etcd's admin calls: region boundaries are keys.
+//! regions as the serving member sees them, for `cairn regions`, a split
+//! at a key (`cairn regions split`) and a merge of the region holding a
+//! key into its left neighbour (`cairn regions merge`). With auth on it is
+//! the root role's, like etcd's admin calls: region boundaries are keys.
 
 use std::sync::Arc;
 
 use cairn_api::cairnpb::regions_server::Regions;
 use cairn_api::cairnpb::{
-    RegionInfo, RegionListRequest, RegionListResponse, RegionSplitRequest, RegionSplitResponse,
+    RegionInfo, RegionListRequest, RegionListResponse, RegionMergeRequest, RegionMergeResponse,
+    RegionSplitRequest, RegionSplitResponse,
 };
 use cairn_auth::Needs;
 use tonic::{Request, Response, Status};
@@ -81,5 +83,31 @@ impl Regions for RegionsService {
             region: region.id,
             child,
         }))
+    }
+
+    async fn merge(
+        &self,
+        req: Request<RegionMergeRequest>,
+    ) -> Result<Response<RegionMergeResponse>, Status> {
+        let access = auth::access(&req, Needs::Admin { maintenance: false });
+        let node = &self.ctx.node;
+        node.authorize(&access).await.map_err(Error::from)?;
+        let key = req.into_inner().key;
+        let source = node.route(&key).map_err(Error::from)?;
+        let start = source.shared.range().start;
+        if start.is_empty() {
+            return Ok(Response::new(RegionMergeResponse {
+                target: source.id,
+                source: 0,
+            }));
+        }
+        let target = node
+            .regions_overlapping(b"", None)
+            .into_iter()
+            .find(|(_, _, end)| *end == start)
+            .map(|(r, _, _)| r.id)
+            .ok_or_else(|| Error::from(cairn_store::Error::EpochMismatch))?;
+        let source = node.merge_regions(target).await.map_err(Error::from)?;
+        Ok(Response::new(RegionMergeResponse { target, source }))
     }
 }

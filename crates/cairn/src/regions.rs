@@ -2,12 +2,14 @@
 //! endpoint that answers sees it — ID, start and end key, epoch, leader,
 //! voters, approximate size and write rate (`cairnpb.Regions/List`).
 //! `cairn regions --endpoints E split KEY...` splits the region holding
-//! each key at it (`cairnpb.Regions/Split`), then lists.
+//! each key at it (`cairnpb.Regions/Split`), then lists; `... merge
+//! KEY...` merges the region holding each key into its left neighbour
+//! (`cairnpb.Regions/Merge`), then lists.
 //! Connects as `cairn bench` does (TLS files, `--user`).
 
 use anyhow::Context as _;
 use cairn_api::cairnpb::regions_client::RegionsClient;
-use cairn_api::cairnpb::{RegionInfo, RegionListRequest, RegionSplitRequest};
+use cairn_api::cairnpb::{RegionInfo, RegionListRequest, RegionMergeRequest, RegionSplitRequest};
 use cairn_bench::args::ConnArgs;
 use clap::{Args, Subcommand};
 
@@ -30,16 +32,40 @@ pub enum RegionsAction {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Merge the region holding each KEY into its left neighbour (a key
+    /// in the first region merges nothing), then list.
+    Merge {
+        /// Keys of the regions to merge away.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 /// Splits if asked, then prints the listing.
 pub async fn run(a: RegionsArgs) -> anyhow::Result<()> {
+    let ep = a
+        .conn
+        .endpoints
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no --endpoints"))?;
+    if let Some(RegionsAction::Merge { keys }) = &a.action {
+        let mut client = RegionsClient::new(cairn_bench::conn::connect(&a.conn, ep).await?);
+        for k in keys {
+            let r = client
+                .merge(RegionMergeRequest {
+                    key: k.clone().into_bytes(),
+                })
+                .await
+                .with_context(|| format!("merging the region of {k:?}"))?
+                .into_inner();
+            if r.source == 0 {
+                eprintln!("{k:?} is in the first region: nothing to merge it into");
+            } else {
+                eprintln!("merged region {} into region {}", r.source, r.target);
+            }
+        }
+    }
     if let Some(RegionsAction::Split { keys }) = &a.action {
-        let ep = a
-            .conn
-            .endpoints
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no --endpoints"))?;
         let mut client = RegionsClient::new(cairn_bench::conn::connect(&a.conn, ep).await?);
         for k in keys {
             let r = client

@@ -8,19 +8,23 @@
 //!
 //! 1. [`Command::PrepareMerge`] in S *freezes* it: S records a [`Freeze`]
 //!    — the target T and the epoch T had when the merge was planned, S's
-//!    keys, revisions and auth fence as they are now — its range becomes
+//!    keys, revisions, auth fence and the outcomes of transactions whose
+//!    primary lock was in S (resolvers of their other parts still ask for
+//!    them) as they are now — its range becomes
 //!    empty (every request routed to it is answered `WrongRegion`; nothing
 //!    routes there), its epoch moves, and from then on it refuses every
-//!    command that would change its keys or revisions. Refused while S
-//!    holds locks or outcomes of transactions across regions, and for the
+//!    command that would change its keys, revisions or outcomes. Refused
+//!    while S holds locks of transactions across regions, and for the
 //!    first region (the lease table never moves).
 //! 2. [`Command::CommitMerge`] in T, carrying the freeze, *absorbs* S:
 //!    only while T is still at the planned epoch, still ends where S
 //!    starts, and holds no lock (a lock's commit writes within the region's
 //!    range as it is then). T widens to S's end, takes the higher of the
 //!    two current and compacted revisions and auth fences (so T's resolved
-//!    revision never goes below S's last one), its epoch moves above both,
-//!    and S joins T's `absorbed` set (with every region S had absorbed).
+//!    revision never goes below S's last one), S's outcomes (the host sends
+//!    what it would have asked S to the region that absorbed it), its epoch
+//!    moves above both, and S joins T's `absorbed` set (with every region S
+//!    had absorbed).
 //!    Each replica first waits until its own replica of S has applied the
 //!    freeze (the host checks every member applied it before proposing, so
 //!    the wait is normally nil): the keys in the engine are then S's final
@@ -32,10 +36,10 @@
 //!    [`Command::RollbackMerge`] thaw S (its range back, its epoch moved).
 //!    Never on a timeout alone: a `CommitMerge` may be on its way.
 //!
-//! A frozen region refuses every command that changes its keys or
-//! revisions; it still takes auth fences and alarms (a rollback must not
-//! lose them) and answers lock resolution (it holds no lock, so those
-//! change nothing). Its snapshots carry its keys as frozen (the share is
+//! A frozen region refuses every command that changes its keys, revisions
+//! or outcomes; it still takes auth fences and alarms (a rollback must not
+//! lose them) and answers lock resolution (it holds no lock, so a rollback
+//! of one or a primary's outcome asked for change nothing). Its snapshots carry its keys as frozen (the share is
 //! the freeze's range), and a replica already frozen at the same freeze
 //! installs only the snapshot's record: T may have written those keys
 //! since it absorbed S here.
@@ -75,6 +79,9 @@ pub struct Freeze {
     pub auth_fence: u64,
     /// The regions it absorbed itself.
     pub absorbed: BTreeSet<u64>,
+    /// Outcomes of transactions whose primary lock was in it, not yet
+    /// forgotten.
+    pub outcomes: std::collections::BTreeMap<i64, cairn_mvcc::locks::Outcome>,
 }
 
 /// True for a command a frozen region still applies (see the module
@@ -93,7 +100,6 @@ pub(super) fn allowed_while_frozen(cmd: &Command) -> bool {
             | Command::RollbackMerge { .. }
             | Command::RollbackLocked { .. }
             | Command::ResolvePrimary { .. }
-            | Command::ForgetOutcome { .. }
     )
 }
 
@@ -115,10 +121,6 @@ pub(super) fn prepare(state: &mut Applied, target: u64, target_epoch: u64, epoch
     if let Some(lock) = state.locks.any() {
         return Reply::Locked(lock);
     }
-    if !state.locks.outcomes.is_empty() {
-        // Resolvers of the secondaries still ask this region.
-        return Reply::Invalid("outcomes of transactions across regions are pending".into());
-    }
     let range = RegionRange {
         epoch: state.range.epoch + 1,
         ..state.range.clone()
@@ -131,6 +133,7 @@ pub(super) fn prepare(state: &mut Applied, target: u64, target_epoch: u64, epoch
         compacted_revision: state.compacted_revision,
         auth_fence: state.auth_fence,
         absorbed: state.merge.absorbed.clone(),
+        outcomes: state.locks.outcomes.clone(),
     };
     state.range = RegionRange {
         end: range.start.clone(),
@@ -170,6 +173,7 @@ pub(super) fn commit(state: &mut Applied, source: u64, freeze: Freeze) -> Reply 
     state.auth_fence = state.auth_fence.max(freeze.auth_fence);
     state.merge.absorbed.insert(source);
     state.merge.absorbed.extend(freeze.absorbed);
+    state.locks.outcomes.extend(freeze.outcomes);
     Reply::Done
 }
 

@@ -279,3 +279,51 @@ fn an_applied_record_written_before_merges_still_decodes() {
     assert_eq!(&new[..old.len()], &old[..], "merge is the last field");
     assert_eq!(Applied::decode(&old).unwrap(), applied);
 }
+
+#[test]
+fn the_outcomes_of_a_frozen_primary_move_to_the_region_that_absorbs_it() {
+    use cairn_mvcc::locks::{LeaseClaims, Outcome};
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (mut t, left, mut s, right, _dirs) = split_pair(&engine, 9);
+    let prewrite = Command::Prewrite {
+        start_ts: 15,
+        primary: 9,
+        regions: vec![9, 1],
+        spans: vec![(b"q".to_vec(), b"q\0".to_vec())],
+        txn: match puts(0, [kv("q", "x")]) {
+            Command::Txn { txn, .. } => txn,
+            _ => unreachable!(),
+        },
+        leases: LeaseClaims::default(),
+    };
+    let r = apply(&mut s, 6, prewrite);
+    assert!(matches!(r, Reply::Revision(_)), "{r:?}");
+    let resolve = Command::ResolvePrimary { start_ts: 15 };
+    let rolled_back = Reply::Outcome(Some(Outcome::RolledBack));
+    assert_eq!(apply(&mut s, 7, resolve.clone()), rolled_back);
+    let f = freeze_of(apply(
+        &mut s,
+        8,
+        Command::PrepareMerge {
+            target: 1,
+            target_epoch: 2,
+            epoch: 2,
+        },
+    ));
+    assert_eq!(f.outcomes.get(&15), Some(&Outcome::RolledBack));
+    // Frozen: the outcome is still answered, and not forgotten.
+    assert_eq!(apply(&mut s, 9, resolve.clone()), rolled_back);
+    let forget = apply(&mut s, 10, Command::ForgetOutcome { start_ts: 15 });
+    assert!(matches!(forget, Reply::WrongRegion(_)), "{forget:?}");
+    assert!(right.applied().locks.outcomes.contains_key(&15));
+    // Absorbed: the target answers for it.
+    let commit = Command::CommitMerge {
+        source: 9,
+        freeze: f,
+    };
+    assert_eq!(apply(&mut t, 3, commit), Reply::Done);
+    assert_eq!(apply(&mut t, 4, resolve), rolled_back);
+    let forget = apply(&mut t, 5, Command::ForgetOutcome { start_ts: 15 });
+    assert_eq!(forget, Reply::Done);
+    assert!(left.applied().locks.outcomes.is_empty());
+}

@@ -190,11 +190,32 @@ impl Node {
 
     /// True if a region hosted here has absorbed `region`.
     pub(crate) fn absorbed_here(&self, region: u64) -> bool {
-        self.regions.all().iter().any(|r| {
-            r.id != META_REGION
-                && r.shared
-                    .with_applied(|a| a.merge.absorbed.contains(&region))
-        })
+        self.successor(region).is_some()
+    }
+
+    /// The region hosted here that absorbed `region` (directly, or by
+    /// absorbing the region that had), if any.
+    pub(crate) fn successor(&self, region: u64) -> Option<u64> {
+        self.regions
+            .all()
+            .iter()
+            .find(|r| {
+                r.id != META_REGION
+                    && r.shared
+                        .with_applied(|a| a.merge.absorbed.contains(&region))
+            })
+            .map(|r| r.id)
+    }
+
+    /// Where what was for region `region` goes now: itself while hosted
+    /// here, else the region that absorbed it (its outcomes of
+    /// transactions live there now); `region` itself if neither is known
+    /// here (the caller's submit then fails and it tries again later).
+    pub(crate) fn live_region(&self, region: u64) -> u64 {
+        if self.regions.get(region).is_some() {
+            return region;
+        }
+        self.successor(region).unwrap_or(region)
     }
 
     /// Stops this node's replica of `region`, absorbed by a merge applied

@@ -60,22 +60,19 @@ impl Node {
             .shared
             .with_applied(|a| a.locks.held.get(&start_ts).map(|l| l.regions.clone()))
             .unwrap_or_else(|| vec![lock.primary, region]);
-        // A region a merge absorbed held no lock and no outcome when it
-        // froze (a freeze waits for them to go), and took none after: a
-        // lock naming it as primary is of a transaction whose primary
-        // outcome was forgotten (nothing committed it since), and a part
-        // there has nothing to finish.
+        // A region a merge absorbed held no lock when it froze (a freeze
+        // waits for them to go) and took none after: a part there has
+        // nothing to finish. Its outcomes went to the region that absorbed
+        // it, which answers for it as primary.
         let gone = |id: u64| self.regions.get(id).is_none() && self.absorbed_here(id);
-        let outcome = if gone(lock.primary) {
-            None
-        } else {
-            self.submit(
-                lock.primary,
+        let primary = self.live_region(lock.primary);
+        let outcome = self
+            .submit(
+                primary,
                 ForwardOp::Plain(Command::ResolvePrimary { start_ts }),
             )
             .await?
-            .outcome()?
-        };
+            .outcome()?;
         let parts = regions
             .into_iter()
             .filter(|r| *r != lock.primary && !gone(*r));
@@ -96,9 +93,9 @@ impl Node {
         if let Some(Err(e)) = finished.iter().find(|r| r.is_err()) {
             return Err(e.clone());
         }
-        if outcome.is_some() && !gone(lock.primary) {
+        if outcome.is_some() {
             self.submit(
-                lock.primary,
+                primary,
                 ForwardOp::Plain(Command::ForgetOutcome { start_ts }),
             )
             .await?;
@@ -133,7 +130,7 @@ pub(super) async fn forget_outcomes(node: std::sync::Weak<Node>) {
         let mut by_region: BTreeMap<u64, Vec<Command>> = BTreeMap::new();
         for (primary, start_ts) in queued {
             by_region
-                .entry(primary)
+                .entry(n.live_region(primary))
                 .or_default()
                 .push(Command::ForgetOutcome { start_ts });
         }

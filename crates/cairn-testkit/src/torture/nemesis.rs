@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_api::cairnpb::regions_client::RegionsClient;
-use cairn_api::cairnpb::RegionSplitRequest;
+use cairn_api::cairnpb::{RegionMergeRequest, RegionSplitRequest};
 use cairn_raft::failpoints;
 use cairn_store::DATA_REGION;
 
@@ -40,6 +40,10 @@ pub enum Fault {
     /// workload's key, see [`split_points`]) there: the bank's transfers
     /// and reads cross more regions. Through the Regions API on processes.
     Split,
+    /// Merge the region holding a random split point (see [`split_points`])
+    /// into its left neighbour: with `Split`, regions come and go under
+    /// the workload. Through the Regions API on processes.
+    Merge,
     /// Start a bank transfer across regions and abandon it as if its
     /// coordinator died, after its prewrite or after its primary commit
     /// (in-process): whoever meets its locks must finish it.
@@ -88,6 +92,7 @@ impl Fault {
                 "pause" => out.push(Fault::Pause),
                 "move-leader" => out.push(Fault::MoveLeader),
                 "split" => out.push(Fault::Split),
+                "merge" => out.push(Fault::Merge),
                 "abandon-txn" => out.push(Fault::AbandonTxn),
                 "failpoint" => out.push(Fault::Failpoint(None)),
                 other if other.starts_with("failpoint:") => {
@@ -112,7 +117,7 @@ impl Fault {
                 | Fault::MoveLeader
                 | Fault::AbandonTxn => !process,
                 Fault::CrashAll | Fault::Pause => process,
-                Fault::Crash | Fault::CrashLeader | Fault::Split => true,
+                Fault::Crash | Fault::CrashLeader | Fault::Split | Fault::Merge => true,
                 Fault::Failpoint(_) => {
                     if !failpoints::COMPILED {
                         return Err(
@@ -277,6 +282,57 @@ impl Target {
         format!("split at {at} (node {node}): {how}")
     }
 
+    /// Merges the region holding `at` into its left neighbour, through
+    /// node `node` (as [`Target::split`]); says what happened.
+    async fn merge(&self, at: &str, node: usize) -> String {
+        let how = match self {
+            Target::InProcess(c) => {
+                let node = (0..c.nodes.len())
+                    .filter(|&i| c.is_running(i))
+                    .nth(node)
+                    .unwrap_or(0);
+                let n = c.node(node);
+                let start = n.route(at.as_bytes()).map(|r| r.shared.range().start);
+                let target = start.as_ref().ok().and_then(|start| {
+                    n.regions_overlapping(b"", None)
+                        .into_iter()
+                        .find(|(_, _, end)| !start.is_empty() && end == start)
+                        .map(|(r, _, _)| r.id)
+                });
+                match (start, target) {
+                    (Err(e), _) => e.to_string(),
+                    (Ok(_), None) => "in the first region".into(),
+                    (Ok(_), Some(t)) => {
+                        match tokio::time::timeout(Duration::from_secs(10), n.merge_regions(t))
+                            .await
+                        {
+                            Ok(Ok(source)) => format!("region {source} merged into {t}"),
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "timed out".into(),
+                        }
+                    }
+                }
+            }
+            Target::Process(c) => {
+                let mut client = RegionsClient::new(crate::secured::channel(&c.client_addr(node)));
+                let merge = client.merge(RegionMergeRequest {
+                    key: at.as_bytes().to_vec(),
+                });
+                match tokio::time::timeout(Duration::from_secs(10), merge).await {
+                    Ok(Ok(r)) if r.get_ref().source == 0 => "in the first region".into(),
+                    Ok(Ok(r)) => format!(
+                        "region {} merged into {}",
+                        r.get_ref().source,
+                        r.get_ref().target
+                    ),
+                    Ok(Err(e)) => e.message().to_string(),
+                    Err(_) => "timed out".into(),
+                }
+            }
+        };
+        format!("merge the region of {at} (node {node}): {how}")
+    }
+
     /// Applies `f`; returns a description and the nodes it affected.
     /// `accounts`: the bank's accounts (what `AbandonTxn` aims at, and
     /// `Split` among others: see [`split_points`]).
@@ -329,6 +385,11 @@ impl Target {
                 let points = split_points(accounts);
                 let at = points[rng.usize(0..points.len())].clone();
                 (self.split(&at, random).await, vec![])
+            }
+            (Fault::Merge, _) => {
+                let points = split_points(accounts);
+                let at = points[rng.usize(0..points.len())].clone();
+                (self.merge(&at, random).await, vec![])
             }
             (Fault::AbandonTxn, Target::InProcess(c)) => {
                 let node = (0..n)
