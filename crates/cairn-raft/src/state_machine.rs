@@ -343,6 +343,9 @@ pub struct RegionShared {
     /// What this replica has applied of writes (for the split checker
     /// and the listing's write rate).
     load: load::WriteLoad,
+    /// Set once a merge absorbed the region and the host stopped this
+    /// replica: readers holding it must look at the regions again.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -421,6 +424,36 @@ impl RegionShared {
         (self.view(&g), a.revisions(), a.range.clone(), lock)
     }
 
+    /// Marks this replica stopped for good (a merge absorbed its region)
+    /// and tells its feed's subscribers to look at the regions again.
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let resolved = self.resolved();
+        self.publish(FeedBatch {
+            events: Vec::new(),
+            resolved,
+            reset: true,
+        });
+    }
+
+    /// True once [`RegionShared::retire`]d.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The keys this replica holds and the epoch naming them: its range,
+    /// or while frozen for a merge the range it froze with (its keys stay
+    /// in the engine, unchanged, until the merge ends).
+    pub fn held_range(&self) -> RegionRange {
+        self.with_applied(|a| {
+            a.merge
+                .frozen
+                .as_ref()
+                .map_or_else(|| a.range.clone(), |f| f.range.clone())
+        })
+    }
+
     /// The epoch of the freeze standing on this replica, if frozen for a
     /// merge.
     pub fn merge_frozen(&self) -> Option<u64> {
@@ -468,6 +501,7 @@ impl RegionShared {
             tokens: parking_lot::Mutex::new(cairn_auth::SimpleTokens::default()),
             births: parking_lot::Mutex::new(None),
             load: load::WriteLoad::default(),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -726,12 +760,17 @@ pub fn stored_regions(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<u
     Ok(out)
 }
 
-/// Every region a merge absorbed, as the records in `engine` say (a data
-/// region's absorbed set, the meta region's dropped directory entries).
-/// A node that restarts before forgetting one of them must not host it.
-pub fn absorbed_regions(engine: &dyn cairn_storage::Engine) -> crate::Result<BTreeSet<u64>> {
+/// Every region a merge absorbed, as the records of the data regions in
+/// `engine` say (not the meta region's, `meta`: its directory drops a
+/// region once any member absorbed it, maybe before this member's target
+/// did — which then still needs the source's record). A node that
+/// restarts before forgetting one of them must not host it.
+pub fn absorbed_regions(
+    engine: &dyn cairn_storage::Engine,
+    meta: u64,
+) -> crate::Result<BTreeSet<u64>> {
     let mut out = BTreeSet::new();
-    for id in stored_regions(engine)? {
+    for id in stored_regions(engine)?.into_iter().filter(|id| *id != meta) {
         if let Some(b) = engine.get(&apply_key(id))? {
             out.extend(Applied::decode(&b)?.merge.absorbed);
         }
@@ -764,7 +803,9 @@ pub fn stored_ranges(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<(u
     let mut out = Vec::new();
     for id in stored_regions(engine)? {
         if let Some(b) = engine.get(&apply_key(id))? {
-            out.push((id, Applied::decode(&b)?.range));
+            // A region frozen for a merge still holds its keys here.
+            let a = Applied::decode(&b)?;
+            out.push((id, a.merge.frozen.map_or(a.range, |f| f.range)));
         }
     }
     Ok(out)
@@ -793,8 +834,15 @@ impl StateMachine {
     /// The freeze epoch of this node's replica of region `source`, as its
     /// record in the engine says (`None`: not frozen, or no record).
     fn source_frozen_here(&self, source: u64) -> crate::Result<Option<u64>> {
-        match self.shared.engine.get(&apply_key(source))? {
-            Some(b) => merge::frozen_epoch(&b),
+        Ok(self
+            .engine_record(source)?
+            .and_then(|a| a.merge.frozen.map(|f| f.range.epoch)))
+    }
+
+    /// Region `region`'s record in this node's engine, if any.
+    fn engine_record(&self, region: u64) -> crate::Result<Option<Applied>> {
+        match self.shared.engine.get(&apply_key(region))? {
+            Some(b) => Ok(Some(Applied::decode(&b)?)),
             None => Ok(None),
         }
     }
@@ -806,7 +854,19 @@ impl StateMachine {
     async fn await_source_frozen(&self, source: u64, epoch: u64) -> crate::Result<()> {
         let started = std::time::Instant::now();
         let mut warned = started;
-        while self.source_frozen_here(source)? != Some(epoch) {
+        loop {
+            match self.engine_record(source)? {
+                Some(a) if a.merge.frozen.as_ref().map(|f| f.range.epoch) == Some(epoch) => break,
+                Some(_) => {}
+                None => {
+                    // Forgotten here (or never hosted): its keys here are
+                    // not known to be its final ones. Stop rather than
+                    // absorb them.
+                    return Err(crate::Error::Io(format!(
+                        "absorbing region {source}: no record of it on this member"
+                    )));
+                }
+            }
             if warned.elapsed() >= std::time::Duration::from_secs(10) {
                 warned = std::time::Instant::now();
                 tracing::warn!(
@@ -1612,6 +1672,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             encode(&applied).map_err(sm_err)?,
         );
         let resolved = applied.resolved();
+        // Regions the snapshot's state absorbed that this replica had not:
+        // the host stops them here too. (Each applied its freeze here
+        // before the absorb was proposed, so none writes keys meanwhile.)
+        let absorbed: Vec<u64> = self.shared.with_applied(|old| {
+            applied
+                .merge
+                .absorbed
+                .difference(&old.merge.absorbed)
+                .copied()
+                .collect()
+        });
         self.shared
             .write_and_publish(batch, Durability::Sync, applied, || {})
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
@@ -1620,6 +1691,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             resolved,
             reset: true,
         });
+        if data {
+            if let Some(tx) = &*self.shared.births.lock() {
+                for id in absorbed {
+                    let _ = tx.send(HostChange::Absorbed(id));
+                }
+            }
+        }
         // The entries this snapshot stands for may have deleted users,
         // changed passwords or turned auth off: tokens registered before
         // it cannot be trusted (clients authenticate again).

@@ -27,6 +27,10 @@ use crate::Node;
 #[derive(Clone)]
 pub struct SpanRegions {
     regions: Vec<(Arc<RegionShared>, Vec<u8>, Vec<u8>)>,
+    /// Each region's epoch when its bounds were read: a region whose
+    /// epoch moved before its feed was subscribed to may have published
+    /// the reset that said so already.
+    epochs: Vec<u64>,
 }
 
 /// One region's read view for a span reader.
@@ -42,13 +46,39 @@ pub struct RegionView {
 }
 
 impl Node {
-    /// The data regions `[start, end)` touches (`end` None: to the end).
+    /// The data regions holding keys of `[start, end)` (`end` None: to the
+    /// end). A region frozen for a merge still holds its keys for readers
+    /// of changes — unchanged, with no event to come — until the region
+    /// absorbing it does (its reset, or the frozen one's when it is
+    /// stopped here, regroups them): a watch of its keys is never left
+    /// without a region for them.
     pub fn span_regions(&self, start: &[u8], end: Option<&[u8]>) -> SpanRegions {
+        let mut held: Vec<(Arc<RegionShared>, cairn_raft::RegionRange, bool)> = self
+            .data_regions()
+            .into_iter()
+            .filter(|r| !r.shared.is_retired())
+            .map(|r| {
+                let frozen = r.shared.merge_frozen().is_some();
+                (r.shared.clone(), r.shared.held_range(), frozen)
+            })
+            .filter(|(_, range, _)| {
+                (range.end.is_empty() || start < range.end.as_slice())
+                    && end.is_none_or(|e| range.start.as_slice() < e)
+            })
+            .collect();
+        // A frozen region already absorbed here: its keys are the
+        // absorbing region's.
+        let live: Vec<cairn_raft::RegionRange> = held
+            .iter()
+            .filter(|(_, _, frozen)| !frozen)
+            .map(|(_, r, _)| r.clone())
+            .collect();
+        held.retain(|(_, range, frozen)| !frozen || !live.iter().any(|l| l.overlaps(range)));
         SpanRegions {
-            regions: self
-                .regions_overlapping(start, end)
+            epochs: held.iter().map(|(_, r, _)| r.epoch).collect(),
+            regions: held
                 .into_iter()
-                .map(|(r, s, e)| (r.shared.clone(), s, e))
+                .map(|(r, range, _)| (r, range.start, range.end))
                 .collect(),
         }
     }
@@ -112,6 +142,14 @@ impl SpanRegions {
     /// history only up to the lowest, then reads the merged stream).
     pub fn subscribe(&self) -> FeedMerger {
         let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
+        // A region whose bounds changed (or that stopped) since they were
+        // read may have said so before this subscription: start broken, so
+        // the subscriber looks at the regions again.
+        let mut broken = self
+            .regions
+            .iter()
+            .zip(&self.epochs)
+            .any(|((r, _, _), epoch)| r.is_retired() || r.held_range().epoch != *epoch);
         // Read after subscribing: a batch published in between is both in
         // the feed and in the view (the merger skips it in the feed).
         let views: Vec<_> = self
@@ -125,7 +163,6 @@ impl SpanRegions {
             .min()
             .unwrap_or(0);
         let mut ahead = Vec::new();
-        let mut broken = false;
         for ((_, start, end), (snap, revs)) in self.regions.iter().zip(&views) {
             if revs.current <= lowest {
                 continue;

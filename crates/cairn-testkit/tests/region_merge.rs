@@ -1,8 +1,10 @@
 //! Regions that merge (issue 17, section 2): a region frozen and absorbed
 //! by its left neighbour on every member — keys, revisions and the
 //! directory carried over, writes and watches going on across it, a
-//! restart after it — and a merge that cannot finish (a member cut off)
-//! abandoned and rolled back, then done once the member is back.
+//! restart after it — a merge that cannot finish (a member cut off)
+//! abandoned and rolled back, then done once the member is back, and a
+//! freeze whose driver died ended by the merge checker while watches of
+//! its keys wait and miss nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +23,9 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn whole() -> Vec<(Vec<u8>, Vec<u8>)> {
-    vec![(Vec::new(), Vec::new())]
+/// The regions after the middle one of `["", m, t, ""]` merged away.
+fn merged() -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![(Vec::new(), b"t".to_vec()), (b"t".to_vec(), Vec::new())]
 }
 
 async fn all_keys(c: &InProcessCluster, i: usize) -> Vec<(String, i64)> {
@@ -52,6 +55,7 @@ async fn a_merged_region_keeps_its_keys_and_watches_see_every_write_once() {
     let mut c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
     c.split_at("m").await;
+    c.split_at("t").await;
     let child = c.node(0).route(b"m").unwrap().id;
     assert_ne!(child, DATA_REGION);
     // A watcher of everything, through each member.
@@ -79,7 +83,7 @@ async fn a_merged_region_keeps_its_keys_and_watches_see_every_write_once() {
             let mut n = 0u32;
             let mut last = 0;
             while !stop.load(Ordering::Relaxed) {
-                let side = if n % 2 == 0 { "a" } else { "q" };
+                let side = ["a", "q", "x"][n as usize % 3];
                 let rev = kv::put(&mut client, &format!("{side}{i}-{n:04}"), "v")
                     .await
                     .unwrap();
@@ -95,8 +99,8 @@ async fn a_merged_region_keeps_its_keys_and_watches_see_every_write_once() {
     let absorbed = c.node(1).merge_regions(DATA_REGION).await.unwrap();
     assert_eq!(absorbed, child);
     for i in 0..3 {
-        wait_for("every member hosts one region, and not the child", || {
-            ranges(c.node(i)) == whole() && c.node(i).region(child).is_err()
+        wait_for("every member hosts two regions, and not the child", || {
+            ranges(c.node(i)) == merged() && c.node(i).region(child).is_err()
         })
         .await;
     }
@@ -142,7 +146,7 @@ async fn a_merged_region_keeps_its_keys_and_watches_see_every_write_once() {
     .await;
     c.stop(2).await;
     c.restart(2).await;
-    assert_eq!(ranges(c.node(2)), whole());
+    assert_eq!(ranges(c.node(2)), merged());
     assert!(c.node(2).region(child).is_err());
     let mut client = c.kv(2).await;
     let rev = kv::put(&mut client, "q-after", "v").await.unwrap();
@@ -161,6 +165,7 @@ async fn a_merge_a_member_cannot_join_is_rolled_back_and_done_later() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
     c.split_at("m").await;
+    c.split_at("t").await;
     let child = c.node(0).route(b"m").unwrap().id;
     let mut client = c.kv(0).await;
     kv::put(&mut client, "q", "1").await.unwrap();
@@ -217,8 +222,8 @@ async fn a_merge_a_member_cannot_join_is_rolled_back_and_done_later() {
         }
     }
     for i in 0..3 {
-        wait_for("every member hosts one region", || {
-            ranges(c.node(i)) == whole()
+        wait_for("every member hosts two regions", || {
+            ranges(c.node(i)) == merged()
         })
         .await;
         let mut client = c.kv(i).await;
@@ -227,5 +232,78 @@ async fn a_merge_a_member_cannot_join_is_rolled_back_and_done_later() {
             Some("2"),
             "through member {i}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_freeze_whose_driver_died_is_ended_and_watches_lose_nothing_meanwhile() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    c.split_at("t").await;
+    let middle = c.node(0).route(b"m").unwrap().id;
+    let mut watches = Vec::new();
+    for (i, (key, end)) in [(&b"a"[..], &b"z"[..]), (b"n", b"o"), (b"m", b"")]
+        .into_iter()
+        .enumerate()
+    {
+        let w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
+        w.create(WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: if end.is_empty() {
+                vec![0]
+            } else {
+                end.to_vec()
+            },
+            ..Default::default()
+        })
+        .await;
+        watches.push(w);
+    }
+    for w in &mut watches {
+        assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    }
+    let mut client = c.kv(1).await;
+    let mut revs = vec![("n1", kv::put(&mut client, "n1", "before").await.unwrap())];
+    // The middle region frozen to merge into the first, by a driver that
+    // then "dies": its keys route nowhere, the others take writes.
+    let (source, _) = c.node(2).freeze_for_merge(DATA_REGION).await.unwrap();
+    assert_eq!(source, middle);
+    for k in ["b1", "u1"] {
+        revs.push((k, kv::put(&mut client, k, "during").await.unwrap()));
+    }
+    // Its leader's merge checker ends it (10 s frozen, checked every 2 s):
+    // the first region's epoch moves, the middle one thaws.
+    wait_for("the middle region thaws", || {
+        (0..3).all(|i| {
+            c.node(i)
+                .region(middle)
+                .is_ok_and(|r| r.shared.merge_frozen().is_none() && !r.shared.range().is_empty())
+        })
+    })
+    .await;
+    for k in ["n2", "b2", "u2"] {
+        revs.push((k, kv::put(&mut client, k, "after").await.unwrap()));
+    }
+    let wanted = |from: &str, to: &str| -> Vec<i64> {
+        let mut v: Vec<i64> = revs
+            .iter()
+            .filter(|(k, _)| *k >= from && (to.is_empty() || *k < to))
+            .map(|(_, r)| *r)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    for (i, (from, to)) in [("a", "z"), ("n", "o"), ("m", "")].into_iter().enumerate() {
+        let want = wanted(from, to);
+        let w = &mut watches[i];
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while got.len() < want.len() && Instant::now() < deadline {
+            if let Some(r) = w.next(Duration::from_secs(2)).await {
+                got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            }
+        }
+        assert_eq!(got, want, "watch {i} of [{from}, {to})");
     }
 }

@@ -157,6 +157,12 @@ pub(super) fn commit_check(state: &Applied, source: u64, freeze: &Freeze) -> Res
     if !planned {
         return Err(Reply::WrongRegion(range.clone()));
     }
+    if range.start.is_empty() && freeze.range.end.is_empty() {
+        // The last two regions stay two: a store that split keeps the
+        // rules of several regions (revisions from the TSO, stale stamps
+        // refused), or an answer could go below one given before.
+        return Err(Reply::Invalid("the last two regions do not merge".into()));
+    }
     if let Some(lock) = state.locks.any() {
         return Err(Reply::Locked(lock));
     }
@@ -204,10 +210,4 @@ pub(super) fn rollback(state: &mut Applied, epoch: u64) -> bool {
         }
         _ => false,
     }
-}
-
-/// The freeze epoch of the record stored as `bytes` (a region's replica on
-/// this node), if it is frozen.
-pub fn frozen_epoch(bytes: &[u8]) -> crate::Result<Option<u64>> {
-    Ok(Applied::decode(bytes)?.merge.frozen.map(|f| f.range.epoch))
 }

@@ -20,8 +20,10 @@ fn apply(sm: &mut StateMachine, index: u64, cmd: Command) -> Reply {
     r.pop().unwrap()
 }
 
-/// Region 1 holding `a` and `q`, split at `m` into region `child`: both
-/// state machines, and the guard of their snapshot directory.
+/// Region 1 holding `a` and `q`, split at `m` into region `child`, which
+/// is split at `t` into region `child + 1` (the last two regions never
+/// merge): the first two state machines, and the guard of their snapshot
+/// directory.
 fn split_pair(
     engine: &Arc<dyn Engine>,
     child: u64,
@@ -45,7 +47,13 @@ fn split_pair(
     let dir2 = tempfile::tempdir().unwrap();
     let snapshots = Arc::new(SnapshotDir::open(dir2.path()).unwrap());
     let right = RegionShared::load(child, RegionKind::Data, engine.clone(), snapshots).unwrap();
-    let right_sm = StateMachine::new(right.clone());
+    let mut right_sm = StateMachine::new(right.clone());
+    let split = Command::Split {
+        at: b"t".to_vec(),
+        child: child + 1,
+        epoch: 2,
+    };
+    assert_eq!(apply(&mut right_sm, 5, split), Reply::Done);
     (sm, left, right_sm, right, vec![dir, dir2])
 }
 
@@ -64,7 +72,7 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     left.on_change(tx);
     let r = apply(&mut s, 6, puts(20, [kv("q", "2")]));
     assert!(matches!(r, Reply::Txn(_)), "{r:?}");
-    assert_eq!((left.range().epoch, right.range().epoch), (2, 2));
+    assert_eq!((left.range().epoch, right.range().epoch), (2, 3));
 
     // The first region never merges away; a stale epoch freezes nothing.
     let prepare = |target_epoch, epoch| Command::PrepareMerge {
@@ -74,20 +82,20 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     };
     let r = apply(&mut t, 3, prepare(2, 2));
     assert!(matches!(r, Reply::Invalid(_)), "{r:?}");
-    let r = apply(&mut s, 7, prepare(2, 1));
+    let r = apply(&mut s, 7, prepare(2, 2));
     assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
     assert_eq!(right.merge_frozen(), None);
 
     // Frozen: the range is empty, the epoch moved, writes are refused,
     // and asking again gives the same freeze.
-    let f = freeze_of(apply(&mut s, 8, prepare(2, 2)));
+    let f = freeze_of(apply(&mut s, 8, prepare(2, 3)));
     assert_eq!(
         (
             f.range.start.as_slice(),
             f.range.end.as_slice(),
             f.range.epoch
         ),
-        (&b"m"[..], &b""[..], 3)
+        (&b"m"[..], &b"t"[..], 4)
     );
     assert_eq!(f.current_revision, 20);
     assert!(right.range().is_empty());
@@ -104,7 +112,7 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     let close = apply(&mut s, 10, Command::Close { ts: 40 });
     assert!(matches!(close, Reply::WrongRegion(_)), "{close:?}");
     assert_eq!(right.revisions().current, 20, "a frozen revision stays");
-    assert_eq!(freeze_of(apply(&mut s, 11, prepare(2, 2))), f);
+    assert_eq!(freeze_of(apply(&mut s, 11, prepare(2, 3))), f);
 
     // The target refuses a merge planned at another epoch; absorbs this one.
     let stale = Freeze {
@@ -128,8 +136,11 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     assert_eq!(apply(&mut t, 5, commit.clone()), Reply::Done);
     assert_eq!(told.try_recv().ok(), Some(HostChange::Absorbed(9)));
     let range = left.range();
-    assert!(range.is_whole(), "{range:?}");
-    assert_eq!(range.epoch, 4, "above both epochs");
+    assert_eq!(
+        (range.start.as_slice(), range.end.as_slice()),
+        (&b""[..], &b"t"[..])
+    );
+    assert_eq!(range.epoch, 5, "above both epochs");
     assert_eq!(left.revisions().current, 20, "the higher current revision");
     assert_eq!(apply(&mut t, 6, commit), Reply::Absorbed);
     let abandon = Command::AbandonMerge {
@@ -145,17 +156,34 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     assert_eq!(value_at(&*view, revs, b"q", 50), Some(b"5".to_vec()));
     assert_eq!(value_at(&*view, revs, b"q", 20), Some(b"2".to_vec()));
     assert_eq!(
-        super::absorbed_regions(&*engine).unwrap(),
+        super::absorbed_regions(&*engine, 0).unwrap(),
         [9].into_iter().collect()
     );
     super::forget_region(&*engine, 9).unwrap();
-    assert_eq!(super::stored_regions(&*engine).unwrap(), vec![1]);
+    assert_eq!(super::stored_regions(&*engine).unwrap(), vec![1, 10]);
     let (view, revs) = left.read_view();
     assert_eq!(
         value_at(&*view, revs, b"q", 50),
         Some(b"5".to_vec()),
         "forgetting the source keeps its keys"
     );
+
+    // The last two regions stay two (the store keeps the rules of several).
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotDir::open(dir.path()).unwrap());
+    let last = RegionShared::load(10, RegionKind::Data, engine.clone(), snapshots).unwrap();
+    let mut last_sm = StateMachine::new(last.clone());
+    let f = freeze_of(apply(&mut last_sm, 6, prepare(5, last.range().epoch)));
+    let r = apply(
+        &mut t,
+        9,
+        Command::CommitMerge {
+            source: 10,
+            freeze: f,
+        },
+    );
+    assert!(matches!(r, Reply::Invalid(_)), "{r:?}");
+    assert_eq!(left.range().end, b"t");
 }
 
 #[test]
@@ -165,7 +193,7 @@ fn a_merge_is_rolled_back_only_after_the_target_abandoned_it() {
     let prepare = Command::PrepareMerge {
         target: 1,
         target_epoch: 2,
-        epoch: 2,
+        epoch: 3,
     };
     let f = freeze_of(apply(&mut s, 6, prepare));
 
@@ -205,11 +233,11 @@ fn a_merge_is_rolled_back_only_after_the_target_abandoned_it() {
     let range = right.range();
     assert_eq!(
         (range.start.as_slice(), range.end.as_slice(), range.epoch),
-        (&b"m"[..], &b""[..], 4)
+        (&b"m"[..], &b"t"[..], 5)
     );
     let r = apply(&mut s, 9, puts(30, [kv("q", "3")]));
     assert!(matches!(r, Reply::Txn(_)), "{r:?}");
-    assert!(super::absorbed_regions(&*engine).unwrap().is_empty());
+    assert!(super::absorbed_regions(&*engine, 0).unwrap().is_empty());
 }
 
 #[test]
@@ -236,7 +264,7 @@ fn a_target_holding_a_lock_absorbs_nothing() {
         Command::PrepareMerge {
             target: 1,
             target_epoch: 2,
-            epoch: 2,
+            epoch: 3,
         },
     ));
     let r = apply(
@@ -307,7 +335,7 @@ fn the_outcomes_of_a_frozen_primary_move_to_the_region_that_absorbs_it() {
         Command::PrepareMerge {
             target: 1,
             target_epoch: 2,
-            epoch: 2,
+            epoch: 3,
         },
     ));
     assert_eq!(f.outcomes.get(&15), Some(&Outcome::RolledBack));

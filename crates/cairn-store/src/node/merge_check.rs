@@ -108,7 +108,9 @@ impl Node {
             let Ok(s) = self.route(&range.end) else {
                 continue;
             };
-            if s.shared.range().start != range.end || self.regions.get(t.id).is_none() {
+            let s_range = s.shared.range();
+            let last_two = range.start.is_empty() && s_range.end.is_empty();
+            if s_range.start != range.end || last_two || self.regions.get(t.id).is_none() {
                 continue;
             }
             let rate = {

@@ -40,6 +40,13 @@ impl Node {
             .collect()
     }
 
+    /// Every data region replica hosted here.
+    pub(crate) fn data_regions(&self) -> Vec<Arc<Region>> {
+        let mut all = self.regions.all();
+        all.retain(|r| r.id != META_REGION);
+        all
+    }
+
     /// The largest `f` of the applied records of the data regions hosted
     /// here (0 if none).
     pub(crate) fn data_regions_max(&self, f: impl Fn(&cairn_raft::Applied) -> u64) -> u64 {

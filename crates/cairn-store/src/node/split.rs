@@ -127,7 +127,11 @@ impl Node {
             todo.push(DATA_REGION);
             todo.sort_unstable();
             todo.dedup();
-            todo.retain(|id| *id != META_REGION && !done.contains_key(id));
+            // (A region a merge absorbed here is gone; the directory may
+            // list it a little longer.)
+            todo.retain(|id| {
+                *id != META_REGION && !done.contains_key(id) && !self.absorbed_here(*id)
+            });
             if todo.is_empty() {
                 break;
             }

@@ -76,7 +76,7 @@ impl Node {
         hosted.dedup();
         // A region a merge absorbed here whose records outlived it (the
         // node stopped first): forgotten, not hosted. Its keys stay.
-        let absorbed = cairn_raft::absorbed_regions(&*engine)?;
+        let absorbed = cairn_raft::absorbed_regions(&*engine, META_REGION)?;
         for id in hosted.iter().filter(|id| absorbed.contains(id)) {
             tracing::info!(region = id, "forgetting a region absorbed by a merge");
             cairn_raft::forget_region(&*engine, *id)?;
