@@ -94,19 +94,25 @@ impl Regions for RegionsService {
         node.authorize(&access).await.map_err(Error::from)?;
         let key = req.into_inner().key;
         let source = node.route(&key).map_err(Error::from)?;
-        let start = source.shared.range().start;
+        let range = source.shared.range();
+        let start = range.start;
         if start.is_empty() {
             return Ok(Response::new(RegionMergeResponse {
                 target: source.id,
                 source: 0,
             }));
         }
-        let target = node
+        let (target, target_start) = node
             .regions_overlapping(b"", None)
             .into_iter()
             .find(|(_, _, end)| *end == start)
-            .map(|(r, _, _)| r.id)
+            .map(|(r, s, _)| (r.id, s))
             .ok_or_else(|| Error::from(cairn_store::Error::EpochMismatch))?;
+        if target_start.is_empty() && range.end.is_empty() {
+            return Err(Status::failed_precondition(
+                "the last two regions do not merge (a store that split keeps the rules of several regions)",
+            ));
+        }
         let source = node.merge_regions(target).await.map_err(Error::from)?;
         Ok(Response::new(RegionMergeResponse { target, source }))
     }

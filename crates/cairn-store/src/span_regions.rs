@@ -66,14 +66,9 @@ impl Node {
                     && end.is_none_or(|e| range.start.as_slice() < e)
             })
             .collect();
-        // A frozen region already absorbed here: its keys are the
-        // absorbing region's.
-        let live: Vec<cairn_raft::RegionRange> = held
-            .iter()
-            .filter(|(_, _, frozen)| !frozen)
-            .map(|(_, r, _)| r.clone())
-            .collect();
-        held.retain(|(_, range, frozen)| !frozen || !live.iter().any(|l| l.overlaps(range)));
+        // A frozen region already absorbed here (not stopped yet): its keys
+        // are the absorbing region's, frozen or not.
+        held.retain(|(r, _, frozen)| !frozen || !self.absorbed_here(r.region));
         SpanRegions {
             epochs: held.iter().map(|(_, r, _)| r.epoch).collect(),
             regions: held

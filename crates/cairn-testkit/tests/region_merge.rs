@@ -307,3 +307,67 @@ async fn a_freeze_whose_driver_died_is_ended_and_watches_lose_nothing_meanwhile(
         assert_eq!(got, want, "watch {i} of [{from}, {to})");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watchers_of_both_regions_on_one_stream_see_their_keys_after_a_merge() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    c.split_at("t").await;
+    let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
+    let mut ids = Vec::new();
+    for (key, end) in [("a", "b"), ("n", "o")] {
+        w.create(WatchCreateRequest {
+            key: key.into(),
+            range_end: end.into(),
+            ..Default::default()
+        })
+        .await;
+        let r = w.next(Duration::from_secs(5)).await.unwrap();
+        assert!(r.created);
+        ids.push(r.watch_id);
+    }
+    let mut client = c.kv(0).await;
+    c.node(0).merge_regions(DATA_REGION).await.unwrap();
+    wait_for("member 1 has merged", || ranges(c.node(1)) == merged()).await;
+    // One watcher per side, then one more of the absorbed keys on the same
+    // stream: each sees its keys' writes after the merge.
+    for k in ["a1", "n1"] {
+        kv::put(&mut client, k, "v").await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(r) = w.next(Duration::from_secs(1)).await {
+            for e in &r.events {
+                seen.push((r.watch_id, e.kv.as_ref().unwrap().key.clone()));
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(ids[0], b"a1".to_vec()), (ids[1], b"n1".to_vec())]
+    );
+    w.create(WatchCreateRequest {
+        key: b"n".to_vec(),
+        range_end: b"o".to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let r = w.next(Duration::from_secs(5)).await.unwrap();
+    assert!(r.created);
+    let third = r.watch_id;
+    kv::put(&mut client, "n2", "v").await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 && Instant::now() < deadline {
+        if let Some(r) = w.next(Duration::from_secs(1)).await {
+            for e in &r.events {
+                got.push((r.watch_id, e.kv.as_ref().unwrap().key.clone()));
+            }
+        }
+    }
+    got.sort();
+    assert_eq!(got, vec![(ids[1], b"n2".to_vec()), (third, b"n2".to_vec())]);
+}

@@ -70,6 +70,15 @@ impl Group {
         g
     }
 
+    /// Takes the group's regions as read now (the same IDs, maybe with new
+    /// bounds after a split or merge): views and the next subscription use
+    /// them. The current subscription stays; a region whose bounds moved
+    /// after it was made publishes a reset into it.
+    pub fn refresh(&mut self, regions: SpanRegions) {
+        debug_assert_eq!(regions.ids(), self.key);
+        self.regions = regions;
+    }
+
     /// Subscribes afresh (after the old subscription lagged or a region's
     /// state was replaced): views read from now on cover every batch the new
     /// subscription skips.

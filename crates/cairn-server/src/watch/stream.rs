@@ -200,7 +200,10 @@ impl Stream {
             return false;
         }
         let g = match self.groups.iter().position(|g| g.key == key) {
-            Some(g) => g,
+            Some(g) => {
+                self.groups[g].refresh(regions);
+                g
+            }
             None => {
                 self.groups.push(Group::open(key.clone(), regions));
                 self.groups.len() - 1
@@ -383,11 +386,17 @@ impl Stream {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             };
             if key == self.groups[g].key {
+                // The same regions, maybe with new bounds (a split or
+                // merge moved them): the group resubscribes with these.
+                self.groups[g].refresh(regions);
                 continue;
             }
             self.groups[g].members.retain(|m| *m != id);
             let to = match self.groups.iter().position(|x| x.key == key) {
-                Some(to) => to,
+                Some(to) => {
+                    self.groups[to].refresh(regions);
+                    to
+                }
                 None => {
                     self.groups.push(Group::open(key.clone(), regions));
                     self.groups.len() - 1

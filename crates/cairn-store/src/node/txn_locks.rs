@@ -136,10 +136,26 @@ pub(super) async fn forget_outcomes(node: std::sync::Weak<Node>) {
         }
         for (region, cmds) in by_region {
             if let Err(e) = n
-                .submit(region, ForwardOp::Plain(Command::Batch(cmds)))
+                .submit(region, ForwardOp::Plain(Command::Batch(cmds.clone())))
                 .await
             {
                 tracing::debug!(region, "forgetting outcomes: {e}");
+            }
+            // A region frozen for a merge refuses to forget (its outcomes
+            // go to the region absorbing it, or stay if it thaws): forget
+            // them later, wherever they are then. (Forgetting twice is
+            // harmless.)
+            let frozen = n
+                .regions
+                .get(region)
+                .is_some_and(|r| r.shared.merge_frozen().is_some());
+            if frozen {
+                let mut queue = n.forgets.lock();
+                for c in cmds {
+                    if let Command::ForgetOutcome { start_ts } = c {
+                        queue.push((region, start_ts));
+                    }
+                }
             }
         }
     }

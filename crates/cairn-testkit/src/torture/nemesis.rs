@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn_api::cairnpb::regions_client::RegionsClient;
-use cairn_api::cairnpb::{RegionMergeRequest, RegionSplitRequest};
+use cairn_api::cairnpb::{RegionListRequest, RegionMergeRequest, RegionSplitRequest};
 use cairn_raft::failpoints;
 use cairn_store::DATA_REGION;
 
@@ -282,6 +282,41 @@ impl Target {
         format!("split at {at} (node {node}): {how}")
     }
 
+    /// The first keys of the data regions past the first, as node `node`
+    /// lists them (empty if it cannot).
+    async fn region_starts(&self, node: usize) -> Vec<String> {
+        let starts: Vec<Vec<u8>> = match self {
+            Target::InProcess(c) => {
+                let node = (0..c.nodes.len())
+                    .filter(|&i| c.is_running(i))
+                    .nth(node)
+                    .unwrap_or(0);
+                crate::region_ranges(c.node(node))
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect()
+            }
+            Target::Process(c) => {
+                let mut client = RegionsClient::new(crate::secured::channel(&c.client_addr(node)));
+                let list = client.list(RegionListRequest {});
+                match tokio::time::timeout(Duration::from_secs(5), list).await {
+                    Ok(Ok(r)) => r
+                        .into_inner()
+                        .regions
+                        .into_iter()
+                        .map(|r| r.start)
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            }
+        };
+        starts
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(&s).into_owned())
+            .collect()
+    }
+
     /// Merges the region holding `at` into its left neighbour, through
     /// node `node` (as [`Target::split`]); says what happened.
     async fn merge(&self, at: &str, node: usize) -> String {
@@ -387,8 +422,12 @@ impl Target {
                 (self.split(&at, random).await, vec![])
             }
             (Fault::Merge, _) => {
-                let points = split_points(accounts);
-                let at = points[rng.usize(0..points.len())].clone();
+                // A region that exists (past the first), else a split point.
+                let mut starts = self.region_starts(random).await;
+                if starts.is_empty() {
+                    starts = split_points(accounts);
+                }
+                let at = starts[rng.usize(0..starts.len())].clone();
                 (self.merge(&at, random).await, vec![])
             }
             (Fault::AbandonTxn, Target::InProcess(c)) => {
