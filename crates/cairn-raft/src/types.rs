@@ -326,7 +326,7 @@ pub enum Reply {
     /// it indexes — prewrite again naming them.
     LeaseKeys(Vec<Vec<u8>>),
     /// A region frozen for a merge, and its freeze.
-    Frozen(crate::state_machine::Freeze),
+    Frozen(Box<crate::state_machine::Freeze>),
     /// The merge's target absorbed the source already.
     Absorbed,
 }

@@ -204,7 +204,7 @@ impl ForwardOk {
     /// A region's freeze for a merge.
     pub(crate) fn freeze(self) -> Result<cairn_raft::Freeze> {
         match self.reply()? {
-            Reply::Frozen(f) => Ok(f),
+            Reply::Frozen(f) => Ok(*f),
             other => Err(ForwardOk::Reply(other).mismatch("a freeze")),
         }
     }

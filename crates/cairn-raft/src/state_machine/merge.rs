@@ -108,7 +108,7 @@ pub(super) fn prepare(state: &mut Applied, target: u64, target_epoch: u64, epoch
     if let Some(f) = &state.merge.frozen {
         // Asked again (a retried proposal): the same freeze.
         if f.target == target && f.target_epoch == target_epoch {
-            return Reply::Frozen(f.clone());
+            return Reply::Frozen(Box::new(f.clone()));
         }
         return Reply::WrongRegion(state.range.clone());
     }
@@ -140,7 +140,7 @@ pub(super) fn prepare(state: &mut Applied, target: u64, target_epoch: u64, epoch
         ..range
     };
     state.merge.frozen = Some(freeze.clone());
-    Reply::Frozen(freeze)
+    Reply::Frozen(Box::new(freeze))
 }
 
 /// Whether target `state` absorbs `source` frozen as `freeze` now: `Ok`,

@@ -59,7 +59,7 @@ fn split_pair(
 
 fn freeze_of(r: Reply) -> Freeze {
     match r {
-        Reply::Frozen(f) => f,
+        Reply::Frozen(f) => *f,
         other => panic!("not frozen: {other:?}"),
     }
 }
