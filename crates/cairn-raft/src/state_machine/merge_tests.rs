@@ -57,6 +57,23 @@ fn split_pair(
     (sm, left, right_sm, right, vec![dir, dir2])
 }
 
+/// A prewrite of transaction `start_ts` locking `key` (a put), whose
+/// primary is the first of `regions`.
+fn lock_one(start_ts: i64, regions: Vec<u64>, key: &str) -> Command {
+    let txn = match puts(0, [kv(key, "x")]) {
+        Command::Txn { txn, .. } => txn,
+        _ => unreachable!(),
+    };
+    Command::Prewrite {
+        start_ts,
+        primary: regions[0],
+        regions,
+        spans: vec![(key.as_bytes().to_vec(), [key.as_bytes(), b"\0"].concat())],
+        txn,
+        leases: cairn_mvcc::locks::LeaseClaims::default(),
+    }
+}
+
 fn freeze_of(r: Reply) -> Freeze {
     match r {
         Reply::Frozen(f) => *f,
@@ -242,20 +259,9 @@ fn a_merge_is_rolled_back_only_after_the_target_abandoned_it() {
 
 #[test]
 fn a_target_holding_a_lock_absorbs_nothing() {
-    use cairn_mvcc::locks::LeaseClaims;
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
     let (mut t, left, mut s, _right, _dirs) = split_pair(&engine, 9);
-    let prewrite = Command::Prewrite {
-        start_ts: 15,
-        primary: 1,
-        regions: vec![1, 77],
-        spans: vec![(b"a".to_vec(), b"a\0".to_vec())],
-        txn: match puts(0, [kv("a", "x")]) {
-            Command::Txn { txn, .. } => txn,
-            _ => unreachable!(),
-        },
-        leases: LeaseClaims::default(),
-    };
+    let prewrite = lock_one(15, vec![1, 77], "a");
     let r = apply(&mut t, 3, prewrite);
     assert!(matches!(r, Reply::Revision(_)), "{r:?}");
     let f = freeze_of(apply(
@@ -310,20 +316,10 @@ fn an_applied_record_written_before_merges_still_decodes() {
 
 #[test]
 fn the_outcomes_of_a_frozen_primary_move_to_the_region_that_absorbs_it() {
-    use cairn_mvcc::locks::{LeaseClaims, Outcome};
+    use cairn_mvcc::locks::Outcome;
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
     let (mut t, left, mut s, right, _dirs) = split_pair(&engine, 9);
-    let prewrite = Command::Prewrite {
-        start_ts: 15,
-        primary: 9,
-        regions: vec![9, 1],
-        spans: vec![(b"q".to_vec(), b"q\0".to_vec())],
-        txn: match puts(0, [kv("q", "x")]) {
-            Command::Txn { txn, .. } => txn,
-            _ => unreachable!(),
-        },
-        leases: LeaseClaims::default(),
-    };
+    let prewrite = lock_one(15, vec![9, 1], "q");
     let r = apply(&mut s, 6, prewrite);
     assert!(matches!(r, Reply::Revision(_)), "{r:?}");
     let resolve = Command::ResolvePrimary { start_ts: 15 };

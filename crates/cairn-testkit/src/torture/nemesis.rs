@@ -249,10 +249,7 @@ impl Target {
     async fn split(&self, at: &str, node: usize) -> String {
         let how = match self {
             Target::InProcess(c) => {
-                let node = (0..c.nodes.len())
-                    .filter(|&i| c.is_running(i))
-                    .nth(node)
-                    .unwrap_or(0);
+                let node = nth_running(c, node);
                 match c.node(node).route(at.as_bytes()) {
                     Ok(r) if r.shared.range().start == at.as_bytes() => "already a boundary".into(),
                     Ok(r) => {
@@ -287,10 +284,7 @@ impl Target {
     async fn region_starts(&self, node: usize) -> Vec<String> {
         let starts: Vec<Vec<u8>> = match self {
             Target::InProcess(c) => {
-                let node = (0..c.nodes.len())
-                    .filter(|&i| c.is_running(i))
-                    .nth(node)
-                    .unwrap_or(0);
+                let node = nth_running(c, node);
                 crate::region_ranges(c.node(node))
                     .into_iter()
                     .map(|(s, _)| s)
@@ -322,10 +316,7 @@ impl Target {
     async fn merge(&self, at: &str, node: usize) -> String {
         let how = match self {
             Target::InProcess(c) => {
-                let node = (0..c.nodes.len())
-                    .filter(|&i| c.is_running(i))
-                    .nth(node)
-                    .unwrap_or(0);
+                let node = nth_running(c, node);
                 let n = c.node(node);
                 let start = n.route(at.as_bytes()).map(|r| r.shared.range().start);
                 let target = start.as_ref().ok().and_then(|start| {
@@ -616,6 +607,14 @@ pub async fn run(
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::sleep(left).await;
     log
+}
+
+/// The `n`-th running node of `c` (the first node if fewer run).
+fn nth_running(c: &InProcessCluster, n: usize) -> usize {
+    (0..c.nodes.len())
+        .filter(|&i| c.is_running(i))
+        .nth(n)
+        .unwrap_or(0)
 }
 
 /// Where the `split` nemesis splits: inside every workload's keys — the
