@@ -902,6 +902,12 @@ impl StateMachine {
                 Reply::Invalid("compaction of the meta region".into()),
             ));
         };
+        if state.merge.frozen.is_some() {
+            // Frozen for a merge (a settled compaction wrapped in
+            // `InTerm` gets here past the freeze check): its keys stay as
+            // frozen on every member, whichever stops it first.
+            return Ok((WriteBatch::new(), Reply::WrongRegion(state.range.clone())));
+        }
         if revision > state.resolved() {
             // Locks hold revisions above `resolved` open (a commit
             // may land below the current revision): compact once

@@ -2,7 +2,9 @@
 //! runs it: every interval the data region's leader hashes its own key
 //! history at its current revision (`HashKV`, see `cairn_mvcc::hash_kv`)
 //! and asks every other member for its hash at that same revision over the
-//! peer service (a member answers once it has applied that far). Members
+//! peer service (a member answers once it has applied that far, and only
+//! if its data region holds the same keys — the same epoch: a split or
+//! merge applied on one member and not yet on another is no corruption). Members
 //! hashed over the same compaction must agree: they applied the same
 //! entries. One that disagrees with the majority — or, when no hash has a
 //! majority, with the leader, as etcd 3.4 decides — gets the `CORRUPT`
@@ -36,8 +38,9 @@ use crate::{Error, Result};
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 impl Node {
-    /// This member's hash at `revision`, once it has applied that far.
-    pub(crate) async fn hash_kv_once_applied(&self, revision: i64) -> Result<KvHash> {
+    /// This member's hash at `revision`, once it has applied that far, and
+    /// the data region's epoch it hashed.
+    pub(crate) async fn hash_kv_once_applied(&self, revision: i64) -> Result<(KvHash, u64)> {
         let r = self.region(DATA_REGION)?;
         let deadline = Instant::now() + APPLY_WAIT;
         // Final up to `revision`: the resolved revision (a transaction
@@ -48,7 +51,7 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.hash_kv(revision).await
+        self.hash_kv_in(revision).await
     }
 
     /// One round of the check (see the module essay), on the data region's
@@ -63,10 +66,13 @@ impl Node {
             }
             m.membership_config.membership().voter_ids().collect()
         };
-        let mine = self.hash_kv(r.shared.resolved()).await?;
+        let (mine, epoch) = self.hash_kv_in(r.shared.resolved()).await?;
         let mut hashes = vec![(self.id, mine.hash)];
         for peer in voters.iter().copied().filter(|&p| p != self.id) {
-            let op = ForwardOp::HashKv(mine.revision);
+            let op = ForwardOp::HashKvAt {
+                revision: mine.revision,
+                epoch,
+            };
             let answer = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op).await;
             match answer.and_then(ForwardOk::hash) {
                 // Only a hash over the same compaction is comparable.
@@ -127,9 +133,12 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let mine = self.hash_kv(r.shared.resolved()).await?;
+        let (mine, epoch) = self.hash_kv_in(r.shared.resolved()).await?;
         for peer in voters.into_iter().filter(|&p| p != self.id) {
-            let op = ForwardOp::HashKv(mine.revision);
+            let op = ForwardOp::HashKvAt {
+                revision: mine.revision,
+                epoch,
+            };
             let ask = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op);
             let answer = tokio::time::timeout(APPLY_WAIT + Duration::from_secs(1), ask).await;
             match answer.map(|a| a.and_then(ForwardOk::hash)) {

@@ -84,6 +84,11 @@ pub enum ForwardOp {
     /// freeze at this epoch for a merge, or this member already absorbed
     /// the region (any member answers; `node::merge`).
     AwaitFreeze(u64),
+    /// [`ForwardOp::HashKv`] of the data region's keys at this epoch only:
+    /// a member whose data region has another epoch (a split or merge
+    /// applied on one member and not yet on the other) hashes other keys,
+    /// and answers `EpochMismatch` (skipped this round).
+    HashKvAt { revision: i64, epoch: u64 },
 }
 
 impl ForwardOp {

@@ -129,7 +129,22 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     let close = apply(&mut s, 10, Command::Close { ts: 40 });
     assert!(matches!(close, Reply::WrongRegion(_)), "{close:?}");
     assert_eq!(right.revisions().current, 20, "a frozen revision stays");
-    assert_eq!(freeze_of(apply(&mut s, 11, prepare(2, 3))), f);
+    // A compaction settled by its leader too (members stop a frozen
+    // region at different moments: none may compact it).
+    let settled = Command::InTerm {
+        term: 1,
+        cmd: Box::new(Command::Compact { revision: 25 }),
+    };
+    let r = apply(&mut s, 12, settled);
+    assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
+    assert_eq!(
+        right.revisions(),
+        cairn_mvcc::Revisions {
+            current: 20,
+            compacted: 0
+        }
+    );
+    assert_eq!(freeze_of(apply(&mut s, 13, prepare(2, 3))), f);
 
     // The target refuses a merge planned at another epoch; absorbs this one.
     let stale = Freeze {

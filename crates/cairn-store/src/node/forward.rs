@@ -256,10 +256,17 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKv(revision) => {
-                let h = self.hash_kv_once_applied(revision).await?;
+                let (h, _) = self.hash_kv_once_applied(revision).await?;
                 Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
             }
             ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
+            ForwardOp::HashKvAt { revision, epoch } => {
+                let (h, hashed) = self.hash_kv_once_applied(revision).await?;
+                if hashed != epoch {
+                    return Err(Error::EpochMismatch);
+                }
+                Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
+            }
         }
     }
 

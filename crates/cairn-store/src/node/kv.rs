@@ -338,13 +338,18 @@ impl Node {
     /// current revision), as etcd's `HashKV` reads its local store: the
     /// data region's keys (its share of the engine).
     pub async fn hash_kv(&self, revision: i64) -> Result<cairn_mvcc::KvHash> {
+        Ok(self.hash_kv_in(revision).await?.0)
+    }
+
+    /// [`Node::hash_kv`], and the data region's epoch it hashed the keys
+    /// of (members compare hashes of the same keys only: a split or merge
+    /// applied on one and not yet on another changes them).
+    pub(crate) async fn hash_kv_in(&self, revision: i64) -> Result<(cairn_mvcc::KvHash, u64)> {
         let r = self.region(DATA_REGION)?;
-        let range = r
-            .shared
-            .share()
-            .map(|s| s.range.clone())
-            .unwrap_or_default();
-        let (snap, revs) = r.shared.read_view();
+        // The view and the range together.
+        let (snap, revs, range) = r.shared.read_view_in();
+        let epoch = range.epoch;
+        let range = cairn_raft::share_of_range(&range).range;
         // Up to the resolved revision: above it a transaction across
         // regions may still commit, and the hash would change after.
         let revision = if revision > 0 {
@@ -352,10 +357,12 @@ impl Node {
         } else {
             r.shared.resolved()
         };
-        self.spans
+        let hash = self
+            .spans
             .run(move || cairn_mvcc::hash_kv_range(&*snap, revision, revs, &range))
             .await?
-            .map_err(Error::from)
+            .map_err(Error::from)?;
+        Ok((hash, epoch))
     }
 }
 

@@ -91,6 +91,16 @@ impl Node {
     async fn absorb(&self, source: u64, freeze: &Freeze) -> Result<()> {
         self.await_freeze_everywhere(source, freeze.range.epoch)
             .await?;
+        // The source's leader may have served a read at a timestamp above
+        // the freeze's revision (taken before the freeze applied). The
+        // target's leader settles at a timestamp taken now — above every
+        // such read — before it absorbs: it stamps no write at or below
+        // it in its term (a new leader seeds its floor fresh), so no
+        // write in the source's keys lands below a read already served.
+        let now = self.read_timestamp().await?;
+        self.submit(freeze.target, ForwardOp::ReadIndexAfter(now))
+            .await?
+            .read_index()?;
         let commit = Command::CommitMerge {
             source,
             freeze: freeze.clone(),

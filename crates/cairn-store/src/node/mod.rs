@@ -173,11 +173,16 @@ pub struct Node {
 }
 
 impl Node {
-    /// A region replica hosted here.
+    /// A region replica hosted here. `EpochMismatch` (route again) for a
+    /// region a merge absorbed here.
     pub fn region(&self, id: u64) -> Result<Arc<Region>> {
-        self.regions
-            .get(id)
-            .ok_or_else(|| Error::Internal(format!("region {id} not hosted here")))
+        self.regions.get(id).ok_or_else(|| {
+            if self.absorbed_here(id) {
+                Error::EpochMismatch
+            } else {
+                Error::Internal(format!("region {id} not hosted here"))
+            }
+        })
     }
 
     /// Allocates timestamps if this node leads the meta region.
