@@ -38,6 +38,19 @@ use crate::{Error, Result};
 const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 impl Node {
+    /// Waits (at most [`APPLY_WAIT`]) until this member's first data
+    /// region is at `epoch` or past it.
+    pub(crate) async fn data_region_reaches_epoch(&self, epoch: u64) {
+        let deadline = Instant::now() + APPLY_WAIT;
+        while Instant::now() < deadline
+            && self
+                .region(DATA_REGION)
+                .is_ok_and(|r| r.shared.range().epoch < epoch)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// This member's hash at `revision`, once it has applied that far, and
     /// the data region's epoch it hashed.
     pub(crate) async fn hash_kv_once_applied(&self, revision: i64) -> Result<(KvHash, u64)> {

@@ -261,6 +261,9 @@ impl Node {
             }
             ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
             ForwardOp::HashKvAt { revision, epoch } => {
+                // A member behind the asker's split or merge catches up
+                // first (bounded); one ahead hashes other keys.
+                self.data_region_reaches_epoch(epoch).await;
                 let (h, hashed) = self.hash_kv_once_applied(revision).await?;
                 if hashed != epoch {
                     return Err(Error::EpochMismatch);

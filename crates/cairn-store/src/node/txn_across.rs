@@ -104,6 +104,29 @@ pub enum CoordinatorCrash {
 }
 
 impl Node {
+    /// The fate of transaction `start_ts` at its primary region, once the
+    /// answer to its commit there was lost — at the region that absorbed
+    /// the primary, if a merge did since (the commit left no lock, so it
+    /// may have). Never `EpochMismatch` or `RolledBack`: the caller would
+    /// run the transaction again, and it may have committed. Unknown is
+    /// `Timeout`.
+    async fn outcome_at_primary(&self, primary: u64, start_ts: i64) -> Result<Option<Outcome>> {
+        let deadline = std::time::Instant::now() + super::REQUEST_TIMEOUT;
+        loop {
+            let at = self.live_region(primary);
+            let resolve = ForwardOp::Plain(Command::ResolvePrimary { start_ts });
+            match self.submit(at, resolve).await.and_then(ForwardOk::outcome) {
+                Ok(o) => return Ok(o),
+                Err(Error::EpochMismatch) if std::time::Instant::now() < deadline => {
+                    // Absorbed on the member asked, not yet here.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(Error::EpochMismatch | Error::RolledBack) => return Err(Error::Timeout),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Serves `req`, whose keys lie in more than one region (see the
     /// module essay).
     pub(crate) async fn txn_across(
@@ -313,13 +336,7 @@ impl Node {
         let decided = match commit(primary).await {
             Ok(o) => o,
             // Unknown (leader lost mid-way): settle it.
-            Err(_) => self
-                .submit(
-                    primary,
-                    ForwardOp::Plain(Command::ResolvePrimary { start_ts }),
-                )
-                .await?
-                .outcome()?,
+            Err(_) => self.outcome_at_primary(primary, start_ts).await?,
         };
         match decided {
             Some(Outcome::Committed { commit_ts: at, .. }) if at == commit_ts => {}
