@@ -295,10 +295,12 @@ pub struct FeedBatch {
     /// below it has been published (the resolved timestamp of a region with
     /// one writer).
     pub resolved: i64,
-    /// The replica's state was replaced (snapshot installed), or the
-    /// region split (its keys from the split key on are the child's now):
-    /// subscribers must look at the regions again and re-read history
-    /// instead of trusting the feed's continuity.
+    /// The replica's state was replaced (snapshot installed), the region
+    /// split (its keys from the split key on are the child's now), froze,
+    /// thawed or absorbed a region for a merge, or was stopped as absorbed
+    /// ([`RegionShared::retire`]): subscribers must look at the regions
+    /// again and re-read history instead of trusting the feed's
+    /// continuity.
     pub reset: bool,
 }
 

@@ -11,7 +11,9 @@
 //!    finds its own S frozen when it absorbs, and no replica of S still
 //!    needs S's log (or a quorum of S) to get there — after the absorb,
 //!    members stop their replicas of S one by one.
-//! 3. **Absorb** (`CommitMerge`, in T's log). If any step fails, the merge
+//! 3. **Absorb** (`CommitMerge`, in T's log), after T's leader settled at
+//!    a timestamp taken now (`ReadIndexAfter`: it then stamps no write
+//!    below a read S served before it froze). If any step fails, the merge
 //!    is **abandoned**: T answers that it absorbed S after all, or moves its
 //!    epoch so it never will, and only then S thaws (`RollbackMerge`).
 //!
