@@ -141,11 +141,15 @@ def session(endpoint):
     post("/v3/kv/put", {"key": b64("lk2"), "value": b64("v"), "lease": "1234"}, name="put with a lease that is not")
     status, lines = c.stream("/v3/lease/keepalive", {"ID": lease}, seconds=1.5)
     out.append(("keepalive <L> (then half-close)", f"{status}\n" + "\n".join(lines)))
-    # Many requests in one body: every one is answered, in order.
+    # Many requests in one body. etcd 3.4.23's gateway does not always answer
+    # all of them (CI saw 17 of 20, twice, once with 15 s to wait): the
+    # transcript compares only that every answer is a renewal of <L>; main()
+    # holds Cairn alone to all 20.
     many = "\n".join(json.dumps({"ID": lease}) for _ in range(20))
-    # Up to 15 s: a loaded machine answers slowly (etcd once gave 17 in 2 s).
     status, lines = c.stream("/v3/lease/keepalive", many, seconds=15.0, want=20)
-    out.append(("keepalive <L> x20 in one body", f"{status} {len(lines)} answers"))
+    renewals = [json.loads(x).get("result", {}).get("ID") == lease for x in lines]
+    out.append(("keepalive <L> x20 in one body", f"{status} answered: {bool(lines)}, all renew <L>: {all(renewals)}"))
+    KEEPALIVE_ANSWERS.append(len(lines))
     post("/v3/lease/timetolive", {"ID": lease, "keys": True}, name="timetolive <L> keys")
     post("/v3/kv/lease/timetolive", {"ID": lease}, name="kv/lease/timetolive <L>")
     # Other leases (the etcdctl session's) may expire meanwhile, at either
@@ -221,8 +225,17 @@ def lock_key(field):
     return field
 
 
+# How many of the 20 keepalives in one body each session got answered.
+KEEPALIVE_ANSWERS = []
+
+
 def main():
     ok = compare_transcripts(normalize(session(sys.argv[1])), normalize(session(sys.argv[2])), "gateway session")
+    etcd, cairn = KEEPALIVE_ANSWERS
+    print(f"keepalives in one body answered: etcd {etcd}/20, cairn {cairn}/20")
+    if cairn != 20:
+        print("FAIL: Cairn must answer every keepalive of one body")
+        ok = False
     sys.exit(0 if ok else 1)
 
 
