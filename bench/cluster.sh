@@ -1,8 +1,9 @@
 # Clusters for the benchmark scripts (sourced; needs CAIRN set): fresh
 # etcd or Cairn clusters of N members on loopback ports, killed on exit.
 #
-#   start_cluster SYSTEM NODES NAME [SECURITY]
-#       # sets ENDPOINTS_<NAME>, PIDS_<NAME>, DIRS_<NAME>, CREDS_<NAME>
+#   [SERVE_ARGS="..."] start_cluster SYSTEM NODES NAME [SECURITY]
+#       # sets ENDPOINTS_<NAME>, PIDS_<NAME>, DIRS_<NAME>, CREDS_<NAME>;
+#       # SERVE_ARGS go to every member's command line
 #   stop_cluster NAME
 #
 # SECURITY is `plain` (the default), `tls` (TLS on the client and peer
@@ -33,7 +34,8 @@ pki() {
 
 start_cluster() {
   local sys=$1 n=$2 name=$3 security=${4:-plain} initial="" i scheme=http creds=""
-  local -a cports=() pports=() pids=() dirs=() tls=()
+  local -a cports=() pports=() pids=() dirs=() tls=() extra=()
+  read -r -a extra <<< "${SERVE_ARGS:-}"
   if [ "$security" != plain ]; then
     pki; scheme=https
     tls=(--cert-file "$PKI/member.pem" --key-file "$PKI/member-key.pem"
@@ -51,7 +53,7 @@ start_cluster() {
       --listen-client-urls "$scheme://127.0.0.1:$c" --advertise-client-urls "$scheme://127.0.0.1:$c"
       --listen-peer-urls "$scheme://127.0.0.1:$p" --initial-advertise-peer-urls "$scheme://127.0.0.1:$p"
       --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token "bench-$name"
-      ${tls[@]+"${tls[@]}"})
+      ${tls[@]+"${tls[@]}"} ${extra[@]+"${extra[@]}"})
     if [ "$sys" = etcd ]; then
       etcd "${common[@]}" > "$WORK/$name-m$i.log" 2>&1 &
     else

@@ -112,6 +112,14 @@ pub struct KeyShape {
     /// Use keys 0, 1, 2, … in order instead of random ones.
     #[arg(long)]
     pub sequential_keys: bool,
+    /// Number the keys from here (a load in several runs writes new keys
+    /// in each).
+    #[arg(long, default_value_t = 0)]
+    pub key_start: u64,
+    /// Make the first N bytes of each value random (the rest stays `v`), so
+    /// compression cannot make the data vanish.
+    #[arg(long, default_value_t = 0)]
+    pub val_random_bytes: usize,
 }
 
 /// The workloads.

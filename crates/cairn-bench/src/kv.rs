@@ -33,6 +33,9 @@ fn shape_params(r: &mut RunResult, shape: &KeyShape) {
         .insert("key_space_size".into(), json!(shape.key_space_size));
     r.params
         .insert("sequential_keys".into(), json!(shape.sequential_keys));
+    r.params.insert("key_start".into(), json!(shape.key_start));
+    r.params
+        .insert("val_random_bytes".into(), json!(shape.val_random_bytes));
 }
 
 /// `put`: one Put per request.
@@ -44,7 +47,7 @@ pub async fn put(g: &Global, chans: &[Chan], total: u64, shape: &KeyShape, rate:
         move |i| {
             let req = PutRequest {
                 key: keys.key(i),
-                value: keys.value.clone(),
+                value: keys.value(),
                 ..Default::default()
             };
             let mut kv = kv.clone();
@@ -161,7 +164,7 @@ pub async fn txn_put(
                         // Lane j: first byte `a` + j (wrapping in `a`..=`z`).
                         key.insert(0, b'a' + (j % 26) as u8);
                     }
-                    put_op(key, keys.value.clone())
+                    put_op(key, keys.value())
                 })
                 .collect()
         }
@@ -200,7 +203,7 @@ pub async fn txn_mixed(
                     })),
                 }
             } else {
-                put_op(key, keys.value.clone())
+                put_op(key, keys.value())
             };
             vec![op]
         }

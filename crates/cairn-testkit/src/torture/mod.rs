@@ -259,11 +259,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     if cfg.lockers > 0 {
         floors.push(lock_progress.clone());
     }
+    let (watch_until, until) = tokio::sync::watch::channel(None);
     let watcher = tokio::spawn(watch_check::follow(
         endpoints.clone(),
         "key",
         deadline,
         progress.clone(),
+        until,
     ));
     let compactor = cfg.compact_every.map(|every| {
         tokio::spawn(compactor(
@@ -343,12 +345,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         history.push(op);
     }
     history.sort_by_key(|o| (o.call, o.id));
+    // The watcher follows until it has seen every event up to the last
+    // revision any answer carries.
+    let _ = watch_until.send(Some(watch_check::last_answered(&history)));
     let (compactions, compacted_to) = match compactor {
         Some(c) => c.await?,
         None => (0, 0),
     };
     let followed = watcher.await?;
-    let (events, watch_resumes) = (followed.events, followed.resumes);
+    let (events, watch_resumes, seen_to) = (followed.events, followed.resumes, followed.seen_to);
     target.shutdown().await;
     if let Some(p) = &cfg.history {
         let text: String = history
@@ -383,7 +388,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     // With complete, valid events, lost answers are resolved from them.
     let resolved = if watch.is_ok() {
-        watch_check::resolve_unknown(&mut history, &events)
+        watch_check::resolve_unknown(&mut history, &events, seen_to)
     } else {
         0
     };

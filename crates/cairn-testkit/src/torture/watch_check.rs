@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::watch_client::WatchClient;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
-use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest};
+use cairn_api::etcdserverpb::{WatchCreateRequest, WatchProgressRequest, WatchRequest};
 use cairn_api::mvccpb::event::EventType;
 use cairn_check::{Operation, Request, Status};
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,6 +36,9 @@ pub struct Seen {
 pub struct Followed {
     /// Events in order of arrival.
     pub events: Vec<Seen>,
+    /// Every event at or below this revision was delivered: the last
+    /// event's, or a later progress notification's.
+    pub seen_to: i64,
     /// How many times the watch had to be re-created elsewhere.
     pub resumes: u32,
     /// Set if a resumed watch was refused as compacted: the store compacted
@@ -43,26 +46,40 @@ pub struct Followed {
     pub compacted: Option<String>,
 }
 
-/// Follows `prefix` on the endpoints until `deadline` (plus a grace period
-/// to drain), rotating endpoints on failure. `progress` is kept at the last
-/// revision seen (the compactor never compacts past it + 1).
+/// How long after the workload's deadline the watcher may take to catch up
+/// with the history before it gives up (the resolution of lost answers
+/// then stays partial).
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Follows `prefix` on the endpoints, rotating endpoints on failure, until
+/// it has seen everything up to the revision `until` names once the
+/// workload ended ([`last_answered`]: then the events are complete and
+/// every lost answer can be resolved), or [`CATCH_UP`] past `deadline`.
+/// Once `until` is known it asks for progress notifications every second:
+/// other keys move revisions past this prefix's last event, and a
+/// notification at R says every event up to R was sent. `progress` is kept
+/// at the last event's revision (the compactor never compacts past it + 1).
 pub async fn follow(
     endpoints: Vec<String>,
     prefix: &str,
     deadline: Instant,
     progress: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    until: tokio::sync::watch::Receiver<Option<i64>>,
 ) -> Followed {
     let mut seen: Vec<Seen> = Vec::new();
+    // Every event at or below this was delivered (last event or progress).
+    let mut seen_to = 0i64;
     let mut resumes = 0u32;
     let mut compacted = None;
     let mut ep = 0usize;
-    let end = deadline + Duration::from_secs(5);
+    let end = deadline + CATCH_UP;
+    let caught_up = |seen_to: i64| (*until.borrow()).is_some_and(|r| seen_to >= r);
     let range_end = {
         let mut e = prefix.as_bytes().to_vec();
         *e.last_mut().expect("non-empty prefix") += 1;
         e
     };
-    while Instant::now() < end {
+    while Instant::now() < end && !caught_up(seen_to) {
         let start = seen.last().map_or(1, |s| s.revision + 1);
         let addr = &endpoints[ep % endpoints.len()];
         ep += 1;
@@ -90,7 +107,15 @@ pub async fn follow(
             continue;
         };
         let mut stream = resp.into_inner();
+        let mut asked = Instant::now();
         loop {
+            if until.borrow().is_some() && asked.elapsed() >= Duration::from_secs(1) {
+                asked = Instant::now();
+                let ask = RequestUnion::ProgressRequest(WatchProgressRequest {});
+                let _ = tx.try_send(WatchRequest {
+                    request_union: Some(ask),
+                });
+            }
             let left = end.saturating_duration_since(Instant::now());
             // A stream that stays silent for 2 s may be on a partitioned
             // node: move on (resuming loses nothing).
@@ -106,10 +131,15 @@ pub async fn follow(
                         }
                         break;
                     }
+                    if !m.created && m.events.is_empty() {
+                        let r = m.header.map_or(0, |h| h.revision);
+                        seen_to = seen_to.max(r);
+                    }
                     for e in m.events {
                         let kv = e.kv.unwrap_or_default();
                         let delete = e.r#type == EventType::Delete as i32;
                         progress.fetch_max(kv.mod_revision, std::sync::atomic::Ordering::Relaxed);
+                        seen_to = seen_to.max(kv.mod_revision);
                         seen.push(Seen {
                             revision: kv.mod_revision,
                             key: String::from_utf8_lossy(&kv.key).into_owned(),
@@ -120,7 +150,7 @@ pub async fn follow(
                 }
                 _ => break,
             }
-            if Instant::now() >= end {
+            if Instant::now() >= end || caught_up(seen_to) {
                 break;
             }
         }
@@ -131,6 +161,7 @@ pub async fn follow(
     }
     Followed {
         events: seen,
+        seen_to,
         resumes: resumes.saturating_sub(1),
         compacted,
     }
@@ -213,25 +244,36 @@ pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
     Ok(())
 }
 
+/// The highest revision any answer in the history carries (0 if none): a
+/// write's, a read's header, the revision of a value a read or a failed
+/// cas saw. Once the watcher has seen every event up to this, a write
+/// whose answer was lost and whose event is missing changed nothing any
+/// answer could reflect.
+pub fn last_answered(history: &[Operation]) -> i64 {
+    history
+        .iter()
+        .filter(|o| o.result.status == Status::Ok)
+        .filter_map(|o| {
+            let seen = o.result.kv.as_ref().map(|kv| kv.mod_revision);
+            o.result.revision.max(seen)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Resolves writes whose answer was lost using the watch events (as etcd's
 /// robustness suite does): values are unique, so a put or cas whose value
 /// appears in an event happened, at that event's revision; one whose value
 /// never appears did not — provided the events are complete, i.e. the watch
-/// checks passed and the watcher saw past every acknowledged revision.
+/// checks passed and every event up to `seen_to`, at or above every
+/// revision an answer carries ([`last_answered`]), was delivered.
 /// A delete event does not name its writer, but one whose revision no
 /// acknowledged delete explains must come from an unknown delete of that
 /// key: each such event is matched to one (see below), and the unknown
 /// deletes left over removed nothing. Returns how many operations were
 /// resolved.
-pub fn resolve_unknown(history: &mut [Operation], events: &[Seen]) -> usize {
-    let last_event = events.last().map_or(0, |e| e.revision);
-    let max_acked = history
-        .iter()
-        .filter(|o| o.result.status == Status::Ok && o.op.is_write())
-        .filter_map(|o| o.result.revision)
-        .max()
-        .unwrap_or(0);
-    let complete = last_event >= max_acked;
+pub fn resolve_unknown(history: &mut [Operation], events: &[Seen], seen_to: i64) -> usize {
+    let complete = seen_to >= last_answered(history);
     let by_value: HashMap<(&str, &str), i64> = events
         .iter()
         .filter_map(|e| Some(((e.key.as_str(), e.value.as_deref()?), e.revision)))
@@ -392,6 +434,11 @@ mod tests {
         op(id, call, None, req, Outcome::of(Status::Unknown))
     }
 
+    /// `seen_to` when the watcher saw nothing past its last event.
+    fn last(events: &[Seen]) -> i64 {
+        events.last().map_or(0, |e| e.revision)
+    }
+
     fn event(revision: i64, value: Option<&str>) -> Seen {
         Seen {
             revision,
@@ -419,7 +466,7 @@ mod tests {
             event(5, None),
             event(6, Some("c")),
         ];
-        assert_eq!(resolve_unknown(&mut h, &events), 2);
+        assert_eq!(resolve_unknown(&mut h, &events, last(&events)), 2);
         assert_eq!(h[2].result.revision, Some(3));
         assert_eq!(h[1].result.revision, Some(5));
         assert!(h[1..3].iter().all(|o| o.result.status == Status::Ok));
@@ -454,7 +501,7 @@ mod tests {
             op(5, 40, Some(45), Request::Get { key: "k".into() }, read),
         ];
         let events = [event(2, Some("a")), event(3, None), event(4, Some("b"))];
-        assert_eq!(resolve_unknown(&mut h, &events), 1);
+        assert_eq!(resolve_unknown(&mut h, &events, last(&events)), 1);
         assert_eq!(h[1].result.revision, Some(3));
         let verdict = cairn_check::check(&h, 1_000);
         assert!(
@@ -474,10 +521,85 @@ mod tests {
             unknown_delete(3, 35),
         ];
         let events = [event(2, Some("a")), event(3, None), event(4, Some("b"))];
-        assert_eq!(resolve_unknown(&mut h, &events), 0);
+        assert_eq!(resolve_unknown(&mut h, &events, last(&events)), 0);
         assert_eq!(h[2].result.status, Status::Unknown);
         let events = [event(2, Some("a")), event(4, Some("b"))];
-        assert_eq!(resolve_unknown(&mut h, &events), 1);
+        assert_eq!(resolve_unknown(&mut h, &events, last(&events)), 1);
         assert_eq!(h[2].result.status, Status::Fail);
+    }
+
+    #[test]
+    fn lost_writes_resolve_only_once_a_progress_notification_covers_every_answer() {
+        // The last event is at 4; a failed cas answered with header
+        // revision 9 (other keys moved it). Until the watcher knows it saw
+        // everything up to 9 (a progress notification), the unknown put
+        // whose value no event shows may still have happened at 5..=9.
+        let mut failed_cas = Outcome::of(Status::Ok);
+        failed_cas.revision = Some(9);
+        failed_cas.succeeded = Some(false);
+        failed_cas.kv = Some(cairn_check::KeyValue {
+            value: "b".into(),
+            mod_revision: 4,
+            create_revision: 4,
+            version: 2,
+        });
+        let cas = Request::Cas {
+            key: "k".into(),
+            expect_mod_revision: 1,
+            value: "never".into(),
+        };
+        let lost = Request::Put {
+            key: "k".into(),
+            value: "lost".into(),
+        };
+        let mut h = vec![
+            put(1, 0, 10, "a", 2),
+            op(2, 11, None, lost, Outcome::of(Status::Unknown)),
+            put(3, 20, 30, "b", 4),
+            op(4, 40, Some(50), cas, failed_cas),
+        ];
+        assert_eq!(last_answered(&h), 9);
+        let events = [event(2, Some("a")), event(4, Some("b"))];
+        assert_eq!(resolve_unknown(&mut h, &events, 4), 0);
+        assert_eq!(h[1].result.status, Status::Unknown);
+        assert_eq!(resolve_unknown(&mut h, &events, 9), 1);
+        assert_eq!(h[1].result.status, Status::Fail);
+    }
+
+    #[test]
+    fn a_read_of_a_lost_write_past_the_last_event_keeps_the_events_incomplete() {
+        // The lost put took effect at 6, after the last event the watcher
+        // delivered (4), and a read saw it: until the watcher follows to
+        // 7 (the read's header), the put stays unknown, not "never
+        // happened"; its event then pins it.
+        let mut read = Outcome::of(Status::Ok);
+        read.revision = Some(7);
+        read.kv = Some(cairn_check::KeyValue {
+            value: "lost".into(),
+            mod_revision: 6,
+            create_revision: 2,
+            version: 3,
+        });
+        let lost = Request::Put {
+            key: "k".into(),
+            value: "lost".into(),
+        };
+        let mut h = vec![
+            put(1, 0, 10, "a", 2),
+            put(2, 20, 30, "b", 4),
+            op(3, 31, None, lost, Outcome::of(Status::Unknown)),
+            op(4, 40, Some(50), Request::Get { key: "k".into() }, read),
+        ];
+        assert_eq!(last_answered(&h), 7);
+        let events = [event(2, Some("a")), event(4, Some("b"))];
+        assert_eq!(resolve_unknown(&mut h, &events, 4), 0);
+        assert_eq!(h[2].result.status, Status::Unknown);
+        let events = [
+            event(2, Some("a")),
+            event(4, Some("b")),
+            event(6, Some("lost")),
+        ];
+        assert_eq!(resolve_unknown(&mut h, &events, 7), 1);
+        assert_eq!(h[2].result.revision, Some(6));
     }
 }

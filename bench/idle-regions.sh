@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# What idle regions cost (issue 17): CPU of three idle 3-member clusters
+# measured over the same window — etcd, Cairn with one data region, and
+# Cairn split by hand into REGIONS data regions — from each member's
+# /proc/PID/stat (user + system time). Every region is its own Raft group
+# with its own heartbeats, closed-timestamp ticks and background checks,
+# so this is the price of a region that takes no traffic.
+#
+#   bench/idle-regions.sh                 # ~3 min
+#   REGIONS=500 WINDOW=120 bench/idle-regions.sh
+#
+# Env: REGIONS (200), WINDOW (seconds measured, 60), SETTLE (seconds to
+# wait after the splits, 20), PROFILE (release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REGIONS=${REGIONS:-200}; WINDOW=${WINDOW:-60}; SETTLE=${SETTLE:-20}; PROFILE=${PROFILE:-release}
+# shellcheck source=bench/need.sh
+source bench/need.sh
+need etcd:etcd-server python3:python3
+if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
+CAIRN=$ROOT/target/$PROFILE/cairn
+# shellcheck source=bench/cluster.sh
+source bench/cluster.sh
+
+start_cluster etcd 3 etcd
+start_cluster cairn 3 one
+start_cluster cairn 3 many
+# Split points spread over the keyspace: k0001 … k0199 give 200 regions.
+"$CAIRN" regions --endpoints "$ENDPOINTS_many" split \
+  $(seq -f 'k%04g' 1 $((REGIONS - 1))) > /dev/null
+echo "split into $(($("$CAIRN" regions --endpoints "$ENDPOINTS_many" | wc -l) - 1)) regions; settling ${SETTLE}s"
+sleep "$SETTLE"
+
+# ticks PIDS: summed utime + stime of the processes, in clock ticks.
+ticks() {
+  local p t=0
+  for p in ${1//,/ }; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+declare -A before
+for c in etcd one many; do v=PIDS_$c; before[$c]=$(ticks "${!v}"); done
+sleep "$WINDOW"
+hz=$(getconf CLK_TCK)
+echo "| cluster (3 members) | CPU over ${WINDOW}s, % of one core |"
+echo "|---|---:|"
+for c in etcd one many; do
+  v=PIDS_$c; after=$(ticks "${!v}")
+  pct=$(python3 -c "print('%.1f' % (100 * ($after - ${before[$c]}) / $hz / $WINDOW))")
+  case $c in etcd) name=etcd ;; one) name="Cairn, 1 data region" ;; many) name="Cairn, $REGIONS data regions" ;; esac
+  echo "| $name | $pct |"
+done
