@@ -13,7 +13,8 @@
 # with readwrite on every key from "0" — so each request passes a
 # permission check, not root's shortcut). CREDS_<NAME> holds the
 # `cairn bench` flags that reach it (empty for plain). `auth` needs etcdctl.
-WORK=$(mktemp -d)
+# Data goes under BENCH_DIR (default /tmp): large loads set it to a disk.
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/bench.XXXXXX")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done

@@ -29,7 +29,8 @@ start_cluster cairn 3 many
 # Split points spread over the keyspace: k0001 … k0199 give 200 regions.
 "$CAIRN" regions --endpoints "$ENDPOINTS_many" split \
   $(seq -f 'k%04g' 1 $((REGIONS - 1))) > /dev/null
-echo "split into $(($("$CAIRN" regions --endpoints "$ENDPOINTS_many" | wc -l) - 1)) regions; settling ${SETTLE}s"
+listed=$("$CAIRN" regions --endpoints "$ENDPOINTS_many" | wc -l) || listed=0
+echo "split into $((listed - 1)) data regions; settling ${SETTLE}s"
 sleep "$SETTLE"
 
 # ticks PIDS: summed utime + stime of the processes, in clock ticks.

@@ -14,7 +14,9 @@
 # Cairn's engine compresses values (LZ4), etcd's does not, and three
 # members on one machine keep three copies, so incompressible values of
 # 20 GiB would need ~60 GiB of disk for Cairn alone. The disk figures say
-# what each member holds after compression.
+# what each member holds after compression; the per-GiB figures are taken
+# right after each GiB (Raft log and engine journal not yet compacted away),
+# the last one 30 s after the load. Data goes under target/bench/ (BENCH_DIR).
 #
 # Env: GIB (20), ETCD_GIB (8; 0 skips etcd), VAL (65536), RANDOM_BYTES (VAL/4),
 # SPLIT (Cairn's --region-split-bytes, 256MiB), CLIENTS (64),
@@ -32,9 +34,24 @@ CAIRN=$ROOT/target/release/cairn
 mkdir -p target/bench
 RESULTS=${RESULTS:-$ROOT/target/bench/load-$(date -u +%Y%m%dT%H%M%S).jsonl}
 : > "$RESULTS"
+export BENCH_DIR=${BENCH_DIR:-$ROOT/target/bench}
 # shellcheck source=bench/cluster.sh
 source bench/cluster.sh
 PER_GIB=$(((1 << 30) / VAL))
+
+# Bytes under each member's directory, comma-separated (files the engine
+# deletes while du walks are skipped, not fatal).
+disk_of() {
+  local d
+  for d in ${1//,/ }; do { du -sb "$d" 2>/dev/null || true; } | cut -f1; done | paste -sd, -
+}
+
+# Data regions Cairn lists (-1 if the listing failed).
+region_count() {
+  local n
+  n=$("$CAIRN" regions --endpoints "$1" 2>/dev/null | wc -l) || n=0
+  echo $((n - 1))
+}
 
 # load SYSTEM NAME GIB: puts GIB GiB into cluster NAME, one GiB per run of
 # `cairn bench put` (new keys each time), one JSON line per GiB.
@@ -47,9 +64,9 @@ load() {
       --sequential-keys --key-space-size "$PER_GIB" --key-start $((i * PER_GIB))); then
       echo "$sys: GiB $((i + 1)) refused (bench failed)"; return 0
     fi
-    disk=$(for d in ${dirs//,/ }; do du -sb "$d" | cut -f1; done | paste -sd, -)
+    disk=$(disk_of "$dirs")
     regions=0
-    if [ "$sys" = cairn ]; then regions=$(("$("$CAIRN" regions --endpoints "$eps" | wc -l)" - 1)); fi
+    if [ "$sys" = cairn ]; then regions=$(region_count "$eps"); fi
     python3 - "$sys" "$((i + 1))" "$VAL" "$disk" "$regions" "$r" >> "$RESULTS" <<'EOF'
 import json, sys
 sys_, gib, val, disk, regions, r = sys.argv[1:]
@@ -67,15 +84,17 @@ print("%-5s GiB %2d  %7.0f ops/s  %6.1f MB/s  p99 %7.1f ms  errors %d  disk/memb
     j["system"], j["gib"], j["ops_per_sec"], j["mb_per_sec"], j["p99_ms"], j["errors"],
     "/".join("%.1f" % (d / 2**30) for d in j["disk_bytes"]), j["regions"]))'
     if [ "$(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["errors"])')" != 0 ]; then
-      echo "$sys: GiB $((i + 1)) had errors: stopping its load"; return 0
+      echo "$sys: GiB $((i + 1)) had errors ($(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["error_codes"])')): stopping its load"
+      return 0
     fi
   done
 }
 
 SERVE_ARGS="--region-split-bytes $SPLIT" start_cluster cairn 3 cairn
 load cairn cairn "$GIB"
-"$CAIRN" regions --endpoints "$ENDPOINTS_cairn" > "$WORK/regions.txt"
-echo "cairn regions at the end: $(($(wc -l < "$WORK/regions.txt") - 1))"
+echo "cairn regions at the end: $(region_count "$ENDPOINTS_cairn")"
+sleep 30
+echo "cairn disk per member 30 s after the load (bytes): $(disk_of "$DIRS_cairn")"
 stop_cluster cairn
 rm -rf "$WORK/cairn"
 if [ "$ETCD_GIB" -gt 0 ]; then
@@ -89,7 +108,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for s in ("cairn", "etcd"):
     r = [x for x in rows if x["system"] == s and x["errors"] == 0]
-    if len(r) >= 2:
+    if len(r) >= 2 and r[0]["mb_per_sec"] > 0:
         print("%s: first GiB %.1f MB/s, last full GiB (%d) %.1f MB/s: ratio %.2f" % (
             s, r[0]["mb_per_sec"], r[-1]["gib"], r[-1]["mb_per_sec"], r[-1]["mb_per_sec"] / r[0]["mb_per_sec"]))
 EOF

@@ -384,7 +384,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     );
     let watch = match followed.compacted {
         Some(e) => Err(e),
-        None => watch_check::check(&events, &history),
+        None => match followed.broken_progress {
+            Some(e) => Err(e),
+            None => watch_check::check(&events, &history, seen_to),
+        },
     };
     // With complete, valid events, lost answers are resolved from them.
     let resolved = if watch.is_ok() {

@@ -39,6 +39,9 @@ pub struct Followed {
     /// Every event at or below this revision was delivered: the last
     /// event's, or a later progress notification's.
     pub seen_to: i64,
+    /// Set if an event came at or below a revision a progress notification
+    /// had already covered (a notification that promised too much).
+    pub broken_progress: Option<String>,
     /// How many times the watch had to be re-created elsewhere.
     pub resumes: u32,
     /// Set if a resumed watch was refused as compacted: the store compacted
@@ -49,7 +52,7 @@ pub struct Followed {
 /// How long after the workload's deadline the watcher may take to catch up
 /// with the history before it gives up (the resolution of lost answers
 /// then stays partial).
-const CATCH_UP: Duration = Duration::from_secs(60);
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// Follows `prefix` on the endpoints, rotating endpoints on failure, until
 /// it has seen everything up to the revision `until` names once the
@@ -69,6 +72,10 @@ pub async fn follow(
     let mut seen: Vec<Seen> = Vec::new();
     // Every event at or below this was delivered (last event or progress).
     let mut seen_to = 0i64;
+    // The highest progress notification: no event at or below it may
+    // come after it (on any stream: a resumed one starts past it).
+    let mut promised = 0i64;
+    let mut broken_progress = None;
     let mut resumes = 0u32;
     let mut compacted = None;
     let mut ep = 0usize;
@@ -107,21 +114,33 @@ pub async fn follow(
             continue;
         };
         let mut stream = resp.into_inner();
-        let mut asked = Instant::now();
+        // Once `until` is known: ask for progress every second (the first
+        // tick is at once), and move on from a node whose answers stop
+        // advancing `seen_to` (a lagging or cut-off replica).
+        let mut ask = tokio::time::interval(Duration::from_secs(1));
+        ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut heard, mut advanced) = (Instant::now(), Instant::now());
         loop {
-            if until.borrow().is_some() && asked.elapsed() >= Duration::from_secs(1) {
-                asked = Instant::now();
-                let ask = RequestUnion::ProgressRequest(WatchProgressRequest {});
-                let _ = tx.try_send(WatchRequest {
-                    request_union: Some(ask),
-                });
-            }
-            let left = end.saturating_duration_since(Instant::now());
             // A stream that stays silent for 2 s may be on a partitioned
             // node: move on (resuming loses nothing).
-            let wait = left.min(Duration::from_secs(2));
-            match tokio::time::timeout(wait, stream.message()).await {
+            let silent = Duration::from_secs(2).saturating_sub(heard.elapsed());
+            let left = end.saturating_duration_since(Instant::now());
+            let message = tokio::select! {
+                m = tokio::time::timeout(silent.min(left), stream.message()) => m,
+                _ = ask.tick(), if until.borrow().is_some() => {
+                    let progress_request = RequestUnion::ProgressRequest(WatchProgressRequest {});
+                    let _ = tx.try_send(WatchRequest {
+                        request_union: Some(progress_request),
+                    });
+                    if advanced.elapsed() >= Duration::from_secs(4) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match message {
                 Ok(Ok(Some(m))) => {
+                    heard = Instant::now();
                     if m.canceled {
                         if m.compact_revision > 0 && compacted.is_none() {
                             compacted = Some(format!(
@@ -133,13 +152,26 @@ pub async fn follow(
                     }
                     if !m.created && m.events.is_empty() {
                         let r = m.header.map_or(0, |h| h.revision);
-                        seen_to = seen_to.max(r);
+                        if r > seen_to {
+                            seen_to = r;
+                            promised = promised.max(r);
+                            advanced = Instant::now();
+                        }
                     }
                     for e in m.events {
                         let kv = e.kv.unwrap_or_default();
                         let delete = e.r#type == EventType::Delete as i32;
+                        if kv.mod_revision <= promised && broken_progress.is_none() {
+                            broken_progress = Some(format!(
+                                "watch event at revision {} arrived after a progress notification at {promised}",
+                                kv.mod_revision
+                            ));
+                        }
                         progress.fetch_max(kv.mod_revision, std::sync::atomic::Ordering::Relaxed);
-                        seen_to = seen_to.max(kv.mod_revision);
+                        if kv.mod_revision > seen_to {
+                            seen_to = kv.mod_revision;
+                            advanced = Instant::now();
+                        }
                         seen.push(Seen {
                             revision: kv.mod_revision,
                             key: String::from_utf8_lossy(&kv.key).into_owned(),
@@ -162,6 +194,7 @@ pub async fn follow(
     Followed {
         events: seen,
         seen_to,
+        broken_progress,
         resumes: resumes.saturating_sub(1),
         compacted,
     }
@@ -169,7 +202,7 @@ pub async fn follow(
 
 /// Checks the events against the guarantees and the history; returns the
 /// first violation found.
-pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
+pub fn check(events: &[Seen], history: &[Operation], seen_to: i64) -> Result<(), String> {
     for w in events.windows(2) {
         if w[1].revision <= w[0].revision {
             return Err(format!(
@@ -226,7 +259,9 @@ pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
             ));
         }
     }
-    let last = events.last().map_or(0, |e| e.revision);
+    // Every write at or below the last event, or below a later progress
+    // notification, was delivered.
+    let last = events.last().map_or(0, |e| e.revision).max(seen_to);
     let delivered: std::collections::HashSet<i64> = events.iter().map(|e| e.revision).collect();
     let mut missing: Vec<i64> = acked
         .keys()
@@ -236,7 +271,7 @@ pub fn check(events: &[Seen], history: &[Operation]) -> Result<(), String> {
     missing.sort_unstable();
     if let Some(r) = missing.first() {
         return Err(format!(
-            "watch missed {} acknowledged write(s) at or below its last event {last}, first at revision {r}: {:?}",
+            "watch missed {} acknowledged write(s) at or below revision {last}, up to which it saw everything (last event or progress notification), first at revision {r}: {:?}",
             missing.len(),
             acked[r]
         ));
