@@ -14,12 +14,13 @@
 # permission check, not root's shortcut). CREDS_<NAME> holds the
 # `cairn bench` flags that reach it (empty for plain). `auth` needs etcdctl.
 # Data goes under BENCH_DIR (default /tmp): large loads set it to a disk.
+# KEEP=1 keeps it (members' logs included) after the script ends.
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/bench.XXXXXX")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
