@@ -469,6 +469,21 @@ mod tests {
         op(id, call, None, req, Outcome::of(Status::Unknown))
     }
 
+    /// A value a read saw: (value, mod, create revision, version).
+    fn kv(
+        value: &str,
+        mod_revision: i64,
+        create_revision: i64,
+        version: i64,
+    ) -> cairn_check::KeyValue {
+        cairn_check::KeyValue {
+            value: value.into(),
+            mod_revision,
+            create_revision,
+            version,
+        }
+    }
+
     /// `seen_to` when the watcher saw nothing past its last event.
     fn last(events: &[Seen]) -> i64 {
         events.last().map_or(0, |e| e.revision)
@@ -522,12 +537,7 @@ mod tests {
         gone.deleted = Some(0);
         let mut read = Outcome::of(Status::Ok);
         read.revision = Some(4);
-        read.kv = Some(cairn_check::KeyValue {
-            value: "b".into(),
-            mod_revision: 4,
-            create_revision: 4,
-            version: 1,
-        });
+        read.kv = Some(kv("b", 4, 4, 1));
         let mut h = vec![
             put(1, 0, 10, "a", 2),
             unknown_delete(2, 12),
@@ -572,12 +582,7 @@ mod tests {
         let mut failed_cas = Outcome::of(Status::Ok);
         failed_cas.revision = Some(9);
         failed_cas.succeeded = Some(false);
-        failed_cas.kv = Some(cairn_check::KeyValue {
-            value: "b".into(),
-            mod_revision: 4,
-            create_revision: 4,
-            version: 2,
-        });
+        failed_cas.kv = Some(kv("b", 4, 4, 2));
         let cas = Request::Cas {
             key: "k".into(),
             expect_mod_revision: 1,
@@ -609,12 +614,7 @@ mod tests {
         // happened"; its event then pins it.
         let mut read = Outcome::of(Status::Ok);
         read.revision = Some(7);
-        read.kv = Some(cairn_check::KeyValue {
-            value: "lost".into(),
-            mod_revision: 6,
-            create_revision: 2,
-            version: 3,
-        });
+        read.kv = Some(kv("lost", 6, 2, 3));
         let lost = Request::Put {
             key: "k".into(),
             value: "lost".into(),
@@ -636,5 +636,16 @@ mod tests {
         ];
         assert_eq!(resolve_unknown(&mut h, &events, 7), 1);
         assert_eq!(h[2].result.revision, Some(6));
+    }
+
+    #[test]
+    fn a_write_missing_below_a_progress_notification_is_a_gap() {
+        // Events at 2 only, but a progress notification said everything up
+        // to 5 was sent: the acknowledged put at 4 was missed.
+        let h = vec![put(1, 0, 10, "a", 2), put(2, 20, 30, "b", 4)];
+        let events = [event(2, Some("a"))];
+        assert!(check(&events, &h, 2).is_ok());
+        let err = check(&events, &h, 5).unwrap_err();
+        assert!(err.contains("missed 1 acknowledged"), "{err}");
     }
 }
