@@ -7,7 +7,8 @@
 //! - ordered and unique: revisions strictly increase (every workload write
 //!   touches one key, so one event per revision), across resumptions too;
 //! - reliable (no gaps): every acknowledged write at or below the last
-//!   event's revision was delivered;
+//!   event's revision, or a later progress notification's, was delivered,
+//!   and no event comes at or below a notification already received;
 //! - valid: every event is a write the history contains (same key,
 //!   revision and value for puts; a delete for deletes) — an event of a
 //!   write whose answer was lost is fine: it shows the write happened.
