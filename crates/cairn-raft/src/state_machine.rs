@@ -599,6 +599,11 @@ impl RegionShared {
             .map_or(0, |l| l.index)
     }
 
+    /// True while someone here is subscribed to the change feed.
+    pub fn watched(&self) -> bool {
+        self.feed.receiver_count() > 0
+    }
+
     /// Subscribes to the change feed. Subscribe *before* reading the state
     /// you catch up from, so nothing falls between the two.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedBatch>> {

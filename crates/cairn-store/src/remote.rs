@@ -89,6 +89,10 @@ pub enum ForwardOp {
     /// applied on one member and not yet on the other) hashes other keys,
     /// and answers `EpochMismatch` (skipped this round).
     HashKvAt { revision: i64, epoch: u64 },
+    /// Data region: someone here waits for the region's resolved revision
+    /// to move while it is idle (a watch, a serializable read): close
+    /// timestamps in it for a while (`node::closes`).
+    WantCloses,
 }
 
 impl ForwardOp {

@@ -31,6 +31,9 @@ pub struct SpanRegions {
     /// epoch moved before its feed was subscribed to may have published
     /// the reset that said so already.
     epochs: Vec<u64>,
+    /// Pokes this node's closes loop: a new subscription asks for the
+    /// regions' idle revisions to move (`node::closes`).
+    poke: Arc<tokio::sync::Notify>,
 }
 
 /// One region's read view for a span reader.
@@ -70,6 +73,7 @@ impl Node {
         // are the absorbing region's, frozen or not.
         held.retain(|(r, _, frozen)| !frozen || !self.absorbed_here(r.region));
         SpanRegions {
+            poke: self.close_now.clone(),
             epochs: held.iter().map(|(_, r, _)| r.epoch).collect(),
             regions: held
                 .into_iter()
@@ -137,6 +141,7 @@ impl SpanRegions {
     /// history only up to the lowest, then reads the merged stream).
     pub fn subscribe(&self) -> FeedMerger {
         let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
+        self.poke.notify_one();
         // A region whose bounds changed (or that stopped) since they were
         // read may have said so before this subscription: start broken, so
         // the subscriber looks at the regions again.

@@ -148,3 +148,73 @@ async fn a_compaction_across_regions_is_the_stores() {
     let r = w.next(Duration::from_secs(5)).await.unwrap();
     assert_eq!((r.compact_revision, r.canceled), (last, true), "{r:?}");
 }
+
+/// An idle region's leader closes timestamps in it only while someone
+/// waits for its revision to move (`node::closes`): not while nobody
+/// watches it, but while a watch stands — whose progress notifications
+/// then reach writes in another region — and not again once the watch
+/// is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_region_is_closed_only_while_watched() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    // The index each member's replica of the idle region has applied.
+    let applied = || -> Vec<u64> {
+        (0..3)
+            .map(|i| {
+                c.node(i).regions_overlapping(b"z", None)[0]
+                    .0
+                    .shared
+                    .applied_index()
+            })
+            .collect()
+    };
+    // Nothing is asked for after the split's own reads have gone quiet.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = applied();
+    for n in 0..10 {
+        kv::put(&mut client, &format!("a{n}"), "v").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(applied(), before, "an unwatched idle region was closed");
+    // A watch on it: its progress reaches a write in the other region.
+    let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: b"z".to_vec(),
+        progress_notify: false,
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    let written = kv::put(&mut client, "a", "1").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(w.request_progress().await);
+        let at = w
+            .next(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision;
+        if at >= written {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "progress stayed at {at}, below {written}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(applied(), before, "a watched idle region was not closed");
+    // The watch gone, closes stop once the last ask is old.
+    drop(w);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = applied();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(applied(), after, "closes went on without a watch");
+    c.shutdown().await;
+}

@@ -1,8 +1,8 @@
 //! The node's background loops (each holds the node weakly and ends with
 //! it): publishing this member, and the ranges of the data regions it
 //! leads, to the meta region; counting leader changes; bounding each
-//! region's Raft log by bytes; and closing timestamps in idle regions. (Lease expiry lives in `crate::lessor`, TSO colocation in
-//! `crate::tso`.)
+//! region's Raft log by bytes. (Lease expiry lives in `crate::lessor`, TSO
+//! colocation in `crate::tso`, closed timestamps in `closes`.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use cairn_raft::{Command, MemberInfo, RegionDesc};
 
-use crate::node::{Node, META_REGION, REQUEST_TIMEOUT};
-use crate::proposer::Proposal;
+use crate::node::{Node, META_REGION};
 use crate::remote::ForwardOp;
-use crate::Result;
 
 /// Publishes this member's attributes to the meta region (idempotent;
 /// retried until done).
@@ -177,78 +175,5 @@ pub(super) async fn snapshot_by_log_bytes(node: std::sync::Weak<Node>) {
             *applied_then = applied;
             let _ = r.raft.trigger().snapshot().await;
         }
-    }
-}
-
-impl Node {
-    /// Closes the newest timestamp the TSO has handed out, T, in region
-    /// `id`, which this node leads: once every write it stamped at or
-    /// below T is answered (and none will be stamped so low again), its
-    /// revision moves up to T in this leader term (`Command::Close`), and
-    /// with it its resolved revision. A close takes no timestamp of its
-    /// own: closes leave no gaps in the revisions, and a read's header,
-    /// the newest timestamp, stays the newest write's.
-    async fn close_region(&self, id: u64) -> Result<()> {
-        let t = self.read_timestamp().await?;
-        let r = self.region(id)?;
-        let term = self.leading_term(&r)?;
-        r.proposer.settled(t, term, REQUEST_TIMEOUT).await?;
-        let close = Command::InTerm {
-            term,
-            cmd: Box::new(Command::Close { ts: t }),
-        };
-        r.proposer.propose(Proposal::Plain(close)).await?;
-        Ok(())
-    }
-}
-
-/// How often an idle data region's leader closes a timestamp.
-const CLOSE_EVERY: Duration = Duration::from_millis(250);
-
-/// Closes timestamps in the data regions this node leads that applied no
-/// write since the last look (`Command::Close`), while there is more than
-/// one data region: a watch over several regions releases an event only
-/// once every one of them is resolved past it, and an idle region's
-/// resolved revision moves only so. (With one region there is nothing to
-/// wait for, and nothing is proposed.) At most one close per region is in
-/// flight.
-pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
-    let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut flying: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    loop {
-        tokio::time::sleep(CLOSE_EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
-        flying.retain(|_, t| !t.is_finished());
-        let data: Vec<_> = n
-            .regions
-            .all()
-            .into_iter()
-            .filter(|r| r.id != META_REGION)
-            .collect();
-        if data.len() < 2 {
-            continue;
-        }
-        for r in data {
-            let writes = r.shared.write_load().writes();
-            let idle = seen.insert(r.id, writes) == Some(writes);
-            let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
-            // (A region frozen for a merge keeps its revision as frozen.)
-            let frozen = r.shared.merge_frozen().is_some();
-            if !idle || !leads || frozen || flying.contains_key(&r.id) {
-                continue;
-            }
-            let (node, id) = (n.clone(), r.id);
-            flying.insert(
-                r.id,
-                tokio::spawn(async move {
-                    let close = node.close_region(id);
-                    let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
-                }),
-            );
-        }
-        seen.retain(|id, _| n.regions.get(*id).is_some());
     }
 }

@@ -260,6 +260,10 @@ impl Node {
                 Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
             }
             ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
+            ForwardOp::WantCloses => {
+                self.closes_wanted(&r);
+                Ok(ForwardOk::Done)
+            }
             ForwardOp::HashKvAt { revision, epoch } => {
                 // A member behind the asker's split or merge catches up
                 // first (bounded); one ahead hashes other keys.

@@ -28,13 +28,15 @@
 //! - [`status`]: what the node reports about itself;
 //! - [`report`]: what `cairn regions` shows of each data region;
 //! - [`background`]: publishing this member and the ranges of the regions
-//!   it leads, counting leader changes, bounding Raft logs by bytes.
+//!   it leads, counting leader changes, bounding Raft logs by bytes;
+//! - [`closes`]: closed timestamps in idle regions, where someone waits.
 //!
 //! Auth checks (`crate::auth`), backups (`crate::backup`), the corruption
 //! check (`crate::corruption`) and MoveLeader (`crate::transfer`) add
 //! methods to [`Node`] from their own modules.
 
 mod background;
+mod closes;
 mod forward;
 mod kv;
 mod lease_across;
@@ -111,6 +113,8 @@ pub struct Region {
     reads_after: Batcher<u64, i64>,
     /// Bytes appended to this replica's log (see `background`).
     log_bytes: Arc<AtomicU64>,
+    /// Asks for closed timestamps (see `closes`).
+    closes: closes::CloseWants,
 }
 
 /// What `Maintenance.Status` reports.
@@ -170,6 +174,8 @@ pub struct Node {
     /// Outcomes of finished transactions across regions, `(primary
     /// region, start_ts)`, for the background to have forgotten.
     forgets: parking_lot::Mutex<Vec<(u64, i64)>>,
+    /// Pokes the closes loop (see `closes`).
+    pub(crate) close_now: Arc<tokio::sync::Notify>,
 }
 
 impl Node {

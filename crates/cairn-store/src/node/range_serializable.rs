@@ -9,9 +9,13 @@
 //! the lowest of their resolved revisions, are one snapshot of the store
 //! at R: a transaction across regions is in every part or in none. R is
 //! the answer's header revision (etcd's is the member's own revision).
-//! Idle regions' resolved revisions move with closed timestamps
-//! (`background::close_idle_regions`), so R trails the newest write by
-//! about a close interval, or by a lock still standing.
+//! Idle regions' resolved revisions move with closed timestamps, which
+//! their leaders propose only while someone asks (`closes.rs`): the read
+//! asks for the regions behind. So R trails the newest write by about a
+//! close interval, or by a lock still standing. A region that was not
+//! being closed lately may be far behind: the read waits (up to the
+//! sequential wait below) for it to reach the freshest region here, then
+//! is served in any case.
 //!
 //! R is at least every revision this member has answered a write with
 //! (`sequential.rs`): below that, the read waits for the regions here to
@@ -42,6 +46,9 @@ impl Node {
     ) -> Result<RangeResponse> {
         let stale = super::kv::StaleRoutes::new();
         let (routed_end, inverted) = routed_end(&req);
+        // The freshest revision a region here had resolved, if a region
+        // behind it was not being closed lately (see below).
+        let mut catch_up: Option<i64> = None;
         loop {
             let mut routed = self.regions_overlapping(&req.key, routed_end.as_deref());
             routed.sort_by(|a, b| a.1.cmp(&b.1));
@@ -55,18 +62,34 @@ impl Node {
             }
             let mut views: Vec<RegionView> = Vec::with_capacity(routed.len());
             let mut resolved = i64::MAX;
+            let mut ats = Vec::with_capacity(routed.len());
             for (r, start, stop) in &routed {
                 let (view, at) = r.shared.resolved_view_in();
                 if view.2.start != *start || view.2.end != *stop {
                     break;
                 }
                 resolved = resolved.min(at);
+                ats.push(at);
                 views.push(view);
             }
             if views.len() < routed.len() {
                 // One split since it was routed.
                 stale.wait().await?;
                 continue;
+            }
+            // An idle region's revision moves only while someone asks for
+            // closes (`closes.rs`): ask for those behind. If one was not
+            // being closed lately, it may be far behind; wait for it, as
+            // for the floor, to reach the freshest region here, but serve
+            // the read anyway when the wait is over.
+            let freshest = ats.iter().copied().max().unwrap_or(0);
+            for ((r, _, _), at) in routed.iter().zip(&ats) {
+                if *at < freshest {
+                    if catch_up.is_none() && !r.closes.flowing() {
+                        catch_up = Some(freshest);
+                    }
+                    self.want_closes(r);
+                }
             }
             if resolved < floor {
                 // Below a revision this member answered with: wait for
@@ -76,6 +99,13 @@ impl Node {
                     continue;
                 }
                 return Box::pin(self.range_across(req, access)).await;
+            }
+            if catch_up.is_some_and(|t| resolved < t)
+                && since.elapsed() < super::sequential::SEQUENTIAL_WAIT
+                && !self.is_stopped()
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                continue;
             }
             if req.revision > resolved {
                 return Box::pin(self.range_across(req, access)).await;

@@ -61,6 +61,8 @@ impl Node {
             if region.shared.revisions().current >= floor {
                 return true;
             }
+            // An idle region moves only with closes (`closes.rs`).
+            self.want_closes(region);
             if since.elapsed() >= SEQUENTIAL_WAIT || self.is_stopped() {
                 return false;
             }

@@ -179,6 +179,7 @@ impl Node {
                 hosting: tokio::sync::Mutex::new(()),
                 write_rates: Default::default(),
                 forgets: Default::default(),
+                close_now: Default::default(),
             }
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
@@ -211,7 +212,7 @@ impl Node {
         tokio::spawn(super::report::sample_write_rates(Arc::downgrade(&node)));
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
         tokio::spawn(super::merge_check::check_merges(Arc::downgrade(&node)));
-        tokio::spawn(background::close_idle_regions(Arc::downgrade(&node)));
+        tokio::spawn(super::closes::close_idle_regions(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::forget_outcomes(Arc::downgrade(&node)));
         for r in node.regions.all() {
@@ -383,6 +384,7 @@ impl Region {
             newest_reads,
             reads_after,
             log_bytes,
+            closes: Default::default(),
         }
     }
 }

@@ -1,0 +1,206 @@
+//! Closed timestamps, only where someone waits for them.
+//!
+//! A data region's resolved revision moves with its writes. One with no
+//! writes stays where its last write left it, while the other regions move
+//! on. That matters only to a reader that needs several regions, or the
+//! whole store, at one recent revision:
+//! - a watch: an event of a busy region is released only once every
+//!   region the watch covers has resolved past it (`watch_hub`), and a
+//!   progress notification reports what the watched regions have resolved;
+//! - a serializable read across regions, served at the lowest revision the
+//!   regions it reads have resolved here (`range_serializable`);
+//! - a serializable read on a member that answered a higher revision than
+//!   an idle region's replica holds (`sequential.rs`).
+//!
+//! For them, the leader of an idle region *closes* the newest timestamp the
+//! TSO handed out, T ([`Node::close_region`]): once every write it stamped
+//! at or below T is answered, one `Command::Close` moves the region's
+//! revision to T in this leader's term.
+//!
+//! A close is one Raft entry, written and synced by every replica. Closing
+//! every idle region four times a second cost a 3-member cluster with 200
+//! idle regions 38% of a core (docs/benchmarks.md). So a leader now closes
+//! only regions someone wants closed:
+//! - A member that has a watch on a region asks for closes while the watch
+//!   stands. Its asks are [`ForwardOp::WantCloses`] to the region's leader,
+//!   sent at most every [`ASK_EVERY`] from this loop, and at once when a
+//!   watch subscribes (`SpanRegions::subscribe` pokes the loop).
+//! - A serializable read held back by a region asks too. If that region
+//!   was not being closed lately, the read first waits briefly for it to
+//!   catch up with the freshest region it reads. Without the wait, the
+//!   first read after a quiet spell would answer from long ago.
+//! - A leader closes a region for [`WANTED_FOR`] after the last ask.
+//!
+//! With one data region there is nothing to wait for, and nothing is asked
+//! or closed. Asks are best effort. One that is lost, or that reaches a
+//! member that no longer leads, is sent again on the next pass while the
+//! want lasts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cairn_raft::Command;
+
+use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
+use crate::proposer::Proposal;
+use crate::remote::{self, ForwardOp};
+use crate::Result;
+
+/// How often an idle data region's leader closes a timestamp while closes
+/// are wanted.
+const CLOSE_EVERY: Duration = Duration::from_millis(250);
+/// How often a member asks again for closes it still wants.
+pub(super) const ASK_EVERY: Duration = Duration::from_secs(1);
+/// How long a leader goes on closing a region after the last ask.
+pub(super) const WANTED_FOR: Duration = Duration::from_secs(3);
+
+/// One replica's record of asks for closes.
+#[derive(Default)]
+pub(crate) struct CloseWants {
+    /// (Leader) Closes are wanted until then.
+    wanted_until: parking_lot::Mutex<Option<Instant>>,
+    /// (Any member) When this member last asked.
+    asked_at: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl CloseWants {
+    /// Someone asked: close until [`WANTED_FOR`] from now.
+    fn want(&self) {
+        *self.wanted_until.lock() = Some(Instant::now() + WANTED_FOR);
+    }
+
+    /// True while closes are wanted.
+    fn wanted(&self) -> bool {
+        self.wanted_until.lock().is_some_and(|t| Instant::now() < t)
+    }
+
+    /// True (and now counts as asked) when this member last asked
+    /// [`ASK_EVERY`] ago or longer.
+    fn ask_due(&self) -> bool {
+        let mut at = self.asked_at.lock();
+        let due = at.is_none_or(|t| t.elapsed() >= ASK_EVERY);
+        if due {
+            *at = Some(Instant::now());
+        }
+        due
+    }
+
+    /// True when this member asked within [`WANTED_FOR`]: the leader is
+    /// closing the region, unless the ask was lost.
+    pub(super) fn flowing(&self) -> bool {
+        self.asked_at
+            .lock()
+            .is_some_and(|t| t.elapsed() < WANTED_FOR)
+    }
+}
+
+impl Node {
+    /// Asks `r`'s leader for closes, unless this member asked less than
+    /// [`ASK_EVERY`] ago. Returns at once; the ask is sent in the
+    /// background.
+    pub(super) fn want_closes(&self, r: &Region) {
+        if r.id == META_REGION || !r.closes.ask_due() {
+            return;
+        }
+        let leader = r.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.id => {
+                r.closes.want();
+                self.close_now.notify_one();
+            }
+            Some(l) => {
+                let (pool, raft, id) = (self.pool.clone(), r.raft.clone(), r.id);
+                tokio::spawn(async move {
+                    let ask = remote::forward(&pool, &raft, l, id, &ForwardOp::WantCloses);
+                    if let Err(e) = ask.await {
+                        tracing::debug!(region = id, leader = l, "asking for closes: {e}");
+                    }
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Serves [`ForwardOp::WantCloses`] for region `r` (led here, or it
+    /// was when asked).
+    pub(super) fn closes_wanted(&self, r: &Region) {
+        r.closes.want();
+        self.close_now.notify_one();
+    }
+
+    /// Closes the newest timestamp the TSO has handed out, T, in region
+    /// `id`, which this node leads: once every write it stamped at or
+    /// below T is answered (and none will be stamped so low again), its
+    /// revision moves up to T in this leader term (`Command::Close`), and
+    /// with it its resolved revision. A close takes no timestamp of its
+    /// own: closes leave no gaps in the revisions, and a read's header,
+    /// the newest timestamp, stays the newest write's.
+    async fn close_region(&self, id: u64) -> Result<()> {
+        let t = self.read_timestamp().await?;
+        let r = self.region(id)?;
+        let term = self.leading_term(&r)?;
+        r.proposer.settled(t, term, REQUEST_TIMEOUT).await?;
+        let close = Command::InTerm {
+            term,
+            cmd: Box::new(Command::Close { ts: t }),
+        };
+        r.proposer.propose(Proposal::Plain(close)).await?;
+        Ok(())
+    }
+}
+
+/// The closes loop (see the module essay). Every [`CLOSE_EVERY`], or at
+/// once when poked: asks for closes of the watched regions here, and
+/// closes the wanted regions this node leads that applied no write since
+/// the last look, while there is more than one data region. At most one
+/// close per region is in flight.
+pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
+    let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut flying: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let poke = match node.upgrade() {
+            Some(n) => n.close_now.clone(),
+            None => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(CLOSE_EVERY) => {}
+            _ = poke.notified() => {}
+        }
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        flying.retain(|_, t| !t.is_finished());
+        let data: Vec<_> = n
+            .regions
+            .all()
+            .into_iter()
+            .filter(|r| r.id != META_REGION)
+            .collect();
+        if data.len() < 2 {
+            continue;
+        }
+        for r in data {
+            if r.shared.watched() {
+                n.want_closes(&r);
+            }
+            let writes = r.shared.write_load().writes();
+            let idle = seen.insert(r.id, writes) == Some(writes);
+            let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
+            // (A region frozen for a merge keeps its revision as frozen.)
+            let frozen = r.shared.merge_frozen().is_some();
+            if !idle || !leads || frozen || !r.closes.wanted() || flying.contains_key(&r.id) {
+                continue;
+            }
+            let (node, id) = (n.clone(), r.id);
+            flying.insert(
+                r.id,
+                tokio::spawn(async move {
+                    let close = node.close_region(id);
+                    let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
+                }),
+            );
+        }
+        seen.retain(|id, _| n.regions.get(*id).is_some());
+    }
+}
