@@ -105,6 +105,15 @@ impl SpanRegions {
             .unwrap_or(0)
     }
 
+    /// The highest resolved revision of the regions (0: none).
+    pub fn freshest(&self) -> i64 {
+        self.regions
+            .iter()
+            .map(|(r, _, _)| r.resolved())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The highest compaction revision of the regions (0: none).
     pub fn compacted(&self) -> i64 {
         self.regions

@@ -12,7 +12,8 @@
 //!
 //! An idle region's resolved revision moves only with its closed
 //! timestamps (`Command::Close`, proposed while there is more than one data
-//! region: `node::background::close_idle_regions`). A region that splits
+//! region and a member with a watch on the region asks: `node::closes`).
+//! A region that splits
 //! publishes a reset: the watch stream then regroups each watcher over
 //! the regions its span touches now and re-reads history, so the keys the
 //! split moved out stay watched. With one input nothing needs holding back, and the

@@ -184,6 +184,10 @@ impl Stream {
         };
         let span = cairn_mvcc::Span::new(&c.key, &c.range_end);
         let (key, regions) = group::touched(ctx, &span);
+        // An idle region's resolved revision moves only while asked: wait
+        // (briefly) for the regions to catch up with the freshest, or the
+        // watch would start at an idle one's last write.
+        ctx.node.catch_up_closes(&regions).await;
         // The created response goes out before any event of the watcher,
         // with the revision every region watched has resolved: events
         // above it are still to come (a transaction across regions may

@@ -28,19 +28,31 @@
 //! - A serializable read held back by a region asks too. If that region
 //!   was not being closed lately, the read first waits briefly for it to
 //!   catch up with the freshest region it reads. Without the wait, the
-//!   first read after a quiet spell would answer from long ago.
-//! - A leader closes a region for [`WANTED_FOR`] after the last ask.
+//!   first read after a quiet spell would answer from long ago. A watch
+//!   created from now waits the same way ([`Node::catch_up_closes`]), or
+//!   it would start at an idle region's last write and replay the busy
+//!   regions' events since.
+//! - A leader closes a region for [`WANTED_FOR`] after the last ask, and
+//!   after it takes the region's leadership (the asks went to the leader
+//!   before). It closes a region at most every [`CLOSE_EVERY`], and only
+//!   if it applied no write over the last interval.
 //!
-//! With one data region there is nothing to wait for, and nothing is asked
-//! or closed. Asks are best effort. One that is lost, or that reaches a
-//! member that no longer leads, is sent again on the next pass while the
-//! want lasts.
+//! With one data region nothing is closed. Asks are best effort: an ask
+//! counts only once sent to a leader, and one that fails is forgotten, so
+//! the next pass (a watch's) or read asks again. One that reaches a member
+//! that no longer leads is sent again after [`ASK_EVERY`].
+//!
+//! Not yet: a member of the previous version never asks, and a leader of
+//! this one closes only when asked. During a rolling upgrade a watch on an
+//! old member may wait for an idle region's next write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_raft::Command;
 
+use crate::node::sequential::SEQUENTIAL_WAIT;
 use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
 use crate::proposer::Proposal;
 use crate::remote::{self, ForwardOp};
@@ -59,8 +71,8 @@ pub(super) const WANTED_FOR: Duration = Duration::from_secs(3);
 pub(crate) struct CloseWants {
     /// (Leader) Closes are wanted until then.
     wanted_until: parking_lot::Mutex<Option<Instant>>,
-    /// (Any member) When this member last asked.
-    asked_at: parking_lot::Mutex<Option<Instant>>,
+    /// (Any member) When this member last sent an ask.
+    asked_at: Arc<parking_lot::Mutex<Option<Instant>>>,
 }
 
 impl CloseWants {
@@ -85,6 +97,11 @@ impl CloseWants {
         due
     }
 
+    /// Forgets an ask that did not reach the leader.
+    fn ask_lost(asked_at: &parking_lot::Mutex<Option<Instant>>) {
+        *asked_at.lock() = None;
+    }
+
     /// True when this member asked within [`WANTED_FOR`]: the leader is
     /// closing the region, unless the ask was lost.
     pub(super) fn flowing(&self) -> bool {
@@ -99,33 +116,67 @@ impl Node {
     /// [`ASK_EVERY`] ago. Returns at once; the ask is sent in the
     /// background.
     pub(super) fn want_closes(&self, r: &Region) {
-        if r.id == META_REGION || !r.closes.ask_due() {
+        if r.id == META_REGION {
             return;
         }
-        let leader = r.raft.metrics().borrow().current_leader;
-        match leader {
-            Some(l) if l == self.id => {
-                r.closes.want();
+        let Some(leader) = r.raft.metrics().borrow().current_leader else {
+            return;
+        };
+        if !r.closes.ask_due() {
+            return;
+        }
+        if leader == self.id {
+            // (The loop runs the close at its next pass, CLOSE_EVERY
+            // after the last one at the most.)
+            let fresh = !r.closes.wanted();
+            r.closes.want();
+            if fresh {
                 self.close_now.notify_one();
             }
-            Some(l) => {
-                let (pool, raft, id) = (self.pool.clone(), r.raft.clone(), r.id);
-                tokio::spawn(async move {
-                    let ask = remote::forward(&pool, &raft, l, id, &ForwardOp::WantCloses);
-                    if let Err(e) = ask.await {
-                        tracing::debug!(region = id, leader = l, "asking for closes: {e}");
-                    }
-                });
+            return;
+        }
+        let (pool, raft, id) = (self.pool.clone(), r.raft.clone(), r.id);
+        let asked_at = r.closes.asked_at.clone();
+        tokio::spawn(async move {
+            let ask = remote::forward(&pool, &raft, leader, id, &ForwardOp::WantCloses);
+            if let Err(e) = ask.await {
+                CloseWants::ask_lost(&asked_at);
+                tracing::debug!(region = id, leader, "asking for closes: {e}");
             }
-            None => {}
+        });
+    }
+
+    /// Waits (up to [`SEQUENTIAL_WAIT`]) until each region of `regions`
+    /// here has resolved as far as the freshest of them had, asking for
+    /// closes in those behind: a watch created from now starts there.
+    pub async fn catch_up_closes(&self, regions: &crate::SpanRegions) {
+        let ids = regions.ids();
+        if ids.len() < 2 {
+            return;
+        }
+        let since = Instant::now();
+        let freshest = regions.freshest();
+        while regions.resolved() < freshest
+            && since.elapsed() < SEQUENTIAL_WAIT
+            && !self.is_stopped()
+        {
+            for r in ids.iter().filter_map(|id| self.regions.get(*id)) {
+                if r.shared.resolved() < freshest {
+                    self.want_closes(&r);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
     /// Serves [`ForwardOp::WantCloses`] for region `r` (led here, or it
     /// was when asked).
     pub(super) fn closes_wanted(&self, r: &Region) {
+        let fresh = !r.closes.wanted();
         r.closes.want();
-        self.close_now.notify_one();
+        if fresh {
+            self.close_now.notify_one();
+        }
     }
 
     /// Closes the newest timestamp the TSO has handed out, T, in region
@@ -150,22 +201,28 @@ impl Node {
 }
 
 /// The closes loop (see the module essay). Every [`CLOSE_EVERY`], or at
-/// once when poked: asks for closes of the watched regions here, and
-/// closes the wanted regions this node leads that applied no write since
-/// the last look, while there is more than one data region. At most one
-/// close per region is in flight.
+/// once when poked (a new watch, a new want): asks for closes of the
+/// watched regions here, and closes the wanted regions this node leads
+/// that applied no write over the last interval, while there is more than
+/// one data region. At most one close per region is in flight, and one
+/// per [`CLOSE_EVERY`].
 pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
+    // Per region: its writes at the last timed pass, and when its last
+    // close was started.
     let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut closed: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut flying: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    // The regions led here at the last pass.
+    let mut led: BTreeSet<u64> = BTreeSet::new();
     loop {
         let poke = match node.upgrade() {
             Some(n) => n.close_now.clone(),
             None => return,
         };
-        tokio::select! {
-            _ = tokio::time::sleep(CLOSE_EVERY) => {}
-            _ = poke.notified() => {}
-        }
+        let timed = tokio::select! {
+            _ = tokio::time::sleep(CLOSE_EVERY) => true,
+            _ = poke.notified() => false,
+        };
         let Some(n) = node.upgrade() else { return };
         if n.is_stopped() {
             return;
@@ -180,18 +237,37 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
         if data.len() < 2 {
             continue;
         }
+        let mut leading = BTreeSet::new();
         for r in data {
             if r.shared.watched() {
                 n.want_closes(&r);
             }
             let writes = r.shared.write_load().writes();
-            let idle = seen.insert(r.id, writes) == Some(writes);
+            // Idle over the last interval (a poked pass compares with the
+            // last timed one, and does not move it).
+            let idle = if timed {
+                seen.insert(r.id, writes) == Some(writes)
+            } else {
+                seen.get(&r.id) == Some(&writes)
+            };
             let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
+            if leads {
+                leading.insert(r.id);
+                if !led.contains(&r.id) {
+                    // Asks went to the leader before.
+                    r.closes.want();
+                }
+            }
             // (A region frozen for a merge keeps its revision as frozen.)
             let frozen = r.shared.merge_frozen().is_some();
-            if !idle || !leads || frozen || !r.closes.wanted() || flying.contains_key(&r.id) {
+            let recent = closed.get(&r.id).is_some_and(|t| t.elapsed() < CLOSE_EVERY);
+            if !idle || !leads || frozen || !r.closes.wanted() || recent {
                 continue;
             }
+            if flying.contains_key(&r.id) {
+                continue;
+            }
+            closed.insert(r.id, Instant::now());
             let (node, id) = (n.clone(), r.id);
             flying.insert(
                 r.id,
@@ -201,6 +277,8 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
                 }),
             );
         }
+        led = leading;
         seen.retain(|id, _| n.regions.get(*id).is_some());
+        closed.retain(|id, _| n.regions.get(*id).is_some());
     }
 }

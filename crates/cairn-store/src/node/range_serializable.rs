@@ -85,7 +85,7 @@ impl Node {
             let freshest = ats.iter().copied().max().unwrap_or(0);
             for ((r, _, _), at) in routed.iter().zip(&ats) {
                 if *at < freshest {
-                    if catch_up.is_none() && !r.closes.flowing() {
+                    if catch_up.is_none() && req.revision == 0 && !r.closes.flowing() {
                         catch_up = Some(freshest);
                     }
                     self.want_closes(r);

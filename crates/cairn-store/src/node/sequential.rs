@@ -13,8 +13,8 @@
 //! or an idle region waiting for its next closed timestamp. So the member
 //! keeps the highest revision it has answered any KV call with, and a
 //! serializable read waits (briefly: a replica catches up in milliseconds,
-//! an idle region closes every quarter second) until its replicas are that
-//! far; if they are not by [`SEQUENTIAL_WAIT`], it is served the
+//! and the read asks an idle region's leader for a close, `closes.rs`)
+//! until its replicas are that far; if they are not by [`SEQUENTIAL_WAIT`], it is served the
 //! linearizable way instead, whose revision is at least as high.
 //!
 //! What counts as an answer: a write's revision (a Txn, Put or DeleteRange

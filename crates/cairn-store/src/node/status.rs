@@ -12,10 +12,15 @@ impl Node {
             .map_or(0, |r| r.raft.metrics().borrow().current_term)
     }
 
-    /// The data region's current revision on this replica.
+    /// The newest revision of the data regions' replicas here (response
+    /// headers). Not the first region's alone: an idle region's revision
+    /// moves only while someone asks for closes in it (`closes.rs`).
     pub fn revision(&self) -> i64 {
-        self.region(DATA_REGION)
-            .map_or(0, |r| r.shared.revisions().current)
+        self.data_regions()
+            .iter()
+            .map(|r| r.shared.revisions().current)
+            .max()
+            .unwrap_or(0)
     }
 
     /// What `Maintenance.Status` reports.
