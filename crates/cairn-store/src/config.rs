@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub peer_tls: Option<std::sync::Arc<cairn_tls::ClientConfig>>,
     /// When a data region splits by itself (see `node::split_check`).
     pub region_split: SplitPolicy,
+    /// Idle data regions stop their Raft ticks, and members beat to each
+    /// other instead (`--region-hibernate`; see `node::hibernate`).
+    pub hibernate_regions: bool,
 }
 
 /// When the split checker splits a data region (`--region-split-bytes`,

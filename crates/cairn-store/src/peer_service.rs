@@ -91,6 +91,7 @@ impl Peer for PeerService {
             .await
             .map_err(|e| Status::not_found(e.to_string()))?;
         self.member(&req, Some(region_id))?;
+        region.sleep.heard();
         let req = req.into_inner();
         let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
             .await

@@ -93,6 +93,9 @@ pub enum ForwardOp {
     /// to move while it is idle (a watch, a serializable read): close
     /// timestamps in it for a while (`node::closes`).
     WantCloses,
+    /// Any member: this member is up; answers its boot id
+    /// (`node::hibernate`).
+    Beat,
 }
 
 impl ForwardOp {
@@ -148,6 +151,8 @@ pub enum ForwardOk {
     Timestamp(i64),
     /// A read timestamp and the read index after it.
     TimestampedIndex(i64, u64),
+    /// A member's boot id (`ForwardOp::Beat`).
+    Beat(u64),
 }
 
 /// Typed answers: each entry point takes the one kind of answer its op

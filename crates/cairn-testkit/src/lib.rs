@@ -227,6 +227,7 @@ impl InProcessCluster {
             bcrypt_cost: 4,
             auth_tokens: cairn_store::TokenConfig::default(),
             region_split: self.region_split,
+            hibernate_regions: true,
         };
         let node = start_node(config).await;
         let (peer, client) = match secured::pki() {

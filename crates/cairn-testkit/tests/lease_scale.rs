@@ -232,6 +232,7 @@ impl SingleNode {
             bcrypt_cost: 4,
             auth_tokens: cairn_store::TokenConfig::default(),
             region_split: Default::default(),
+            hibernate_regions: true,
         };
         Self::launch(config, peer).await
     }

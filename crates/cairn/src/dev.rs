@@ -31,6 +31,9 @@ pub struct DevArgs {
     /// split size; 0: never), as `serve`.
     #[arg(long, value_parser = serve::parse_bytes)]
     pub region_merge_bytes: Option<u64>,
+    /// Idle data regions stop their Raft ticks (`false`: never), as `serve`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub region_hibernate: bool,
 }
 
 /// The three dev members: (name, client port, peer port).
@@ -124,6 +127,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             region_split_bytes: a.region_split_bytes,
             region_split_qps: a.region_split_qps,
             region_merge_bytes: a.region_merge_bytes,
+            region_hibernate: a.region_hibernate,
         };
         nodes.push(serve::start(args).await?);
     }

@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// Must be below `--region-split-bytes`.
     #[arg(long, value_parser = parse_bytes)]
     pub region_merge_bytes: Option<u64>,
+    /// Idle data regions stop their Raft heartbeats and election timers;
+    /// members beat to each other instead, once per pair whatever the
+    /// number of regions, and wake a dead member's regions. `false`: every
+    /// region ticks always.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub region_hibernate: bool,
     /// TLS on the client and peer ports.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -197,6 +203,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         snapshot_log_bytes: a.snapshot_log_bytes,
         lease_checkpoint_interval: a.lease_checkpoint_interval,
         read_lease: a.read_lease,
+        hibernate_regions: a.region_hibernate,
         corrupt_check_interval: a.experimental_corrupt_check_time,
         peer_tls: dial_tls,
         bcrypt_cost: a.bcrypt_cost,

@@ -29,7 +29,9 @@
 //! - [`report`]: what `cairn regions` shows of each data region;
 //! - [`background`]: publishing this member and the ranges of the regions
 //!   it leads, counting leader changes, bounding Raft logs by bytes;
-//! - [`closes`]: closed timestamps in idle regions, where someone waits.
+//! - [`closes`]: closed timestamps in idle regions, where someone waits;
+//! - [`hibernate`]: idle regions stop their Raft ticks; members beat to
+//!   each other instead.
 //!
 //! Auth checks (`crate::auth`), backups (`crate::backup`), the corruption
 //! check (`crate::corruption`) and MoveLeader (`crate::transfer`) add
@@ -38,6 +40,7 @@
 mod background;
 mod closes;
 mod forward;
+mod hibernate;
 mod kv;
 mod lease_across;
 mod leases;
@@ -115,6 +118,8 @@ pub struct Region {
     log_bytes: Arc<AtomicU64>,
     /// Asks for closed timestamps (see `closes`).
     closes: closes::CloseWants,
+    /// Whether its Raft ticks stopped (see `hibernate`).
+    pub(crate) sleep: hibernate::Sleep,
 }
 
 /// What `Maintenance.Status` reports.
@@ -176,6 +181,10 @@ pub struct Node {
     forgets: parking_lot::Mutex<Vec<(u64, i64)>>,
     /// Pokes the closes loop (see `closes`).
     pub(crate) close_now: Arc<tokio::sync::Notify>,
+    /// This process's boot id, and the other members' beats (see
+    /// `hibernate`).
+    boot: u64,
+    beats: hibernate::Beats,
 }
 
 impl Node {

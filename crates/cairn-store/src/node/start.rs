@@ -180,6 +180,8 @@ impl Node {
                 write_rates: Default::default(),
                 forgets: Default::default(),
                 close_now: Default::default(),
+                boot: super::hibernate::boot_id(id),
+                beats: Default::default(),
             }
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
@@ -213,6 +215,10 @@ impl Node {
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
         tokio::spawn(super::merge_check::check_merges(Arc::downgrade(&node)));
         tokio::spawn(super::closes::close_idle_regions(Arc::downgrade(&node)));
+        if node.config.hibernate_regions {
+            tokio::spawn(super::hibernate::beat_peers(Arc::downgrade(&node)));
+            tokio::spawn(super::hibernate::hibernate(Arc::downgrade(&node)));
+        }
         tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::forget_outcomes(Arc::downgrade(&node)));
         for r in node.regions.all() {
@@ -385,6 +391,7 @@ impl Region {
             reads_after,
             log_bytes,
             closes: Default::default(),
+            sleep: Default::default(),
         }
     }
 }

@@ -1,0 +1,327 @@
+//! Hibernating idle data regions: no heartbeats while nothing happens.
+//!
+//! Every Raft group's leader sends a heartbeat to each follower ten times a
+//! second, and each follower runs an election timer. With hundreds of idle
+//! regions that alone cost a 3-member cluster half a core
+//! (docs/benchmarks.md). Nothing needs those messages while a region is
+//! idle and its members are up. So a region's replicas stop their Raft
+//! ticks (openraft's `runtime_config().tick(false)`: no heartbeats from a
+//! leader, no election timer on a follower) once the region has been quiet
+//! for a while, and start them again when anything happens.
+//!
+//! What stands in for the heartbeats is one beat per pair of members
+//! ([`ForwardOp::Beat`], every [`BEAT_EVERY`]), whatever the number of
+//! regions. It answers with the member's boot id. A member whose beats fail
+//! for [`DOWN_AFTER`] is taken as down: every region here that it leads
+//! wakes, and its followers campaign (openraft campaigns within a tick once
+//! a leader has been silent past the election timeout). A member with a
+//! new boot id restarted: every region led here with a replica on it
+//! wakes, so the restarted replica hears its leader before its own timer
+//! runs out.
+//!
+//! When a region sleeps ([`hibernate`], every [`LOOK_EVERY`]):
+//! - Never the meta region (the TSO).
+//! - A follower sleeps after [`FOLLOWER_QUIET`] with no new log entry,
+//!   everything applied, while it hears its leader (a Raft message in the
+//!   last [`HEARD_WITHIN`]) and the leader's member beats.
+//! - The leader sleeps after [`LEADER_QUIET`], which is longer, with every
+//!   replica matched at its last entry and applied, no merge freeze, and
+//!   every member's beats fresh. Followers sleep first: there is no
+//!   PreVote in openraft 0.9, so an awake follower of a silent leader
+//!   would campaign, and the term would move for nothing.
+//!
+//! When a region wakes:
+//! - Any new log entry wakes every replica at its next look, a leader's at
+//!   once when it proposes. The append that carried the entry also renews
+//!   the follower's vote lease, so waking does not start a campaign.
+//! - A forward to the leader that fails wakes the region here.
+//! - A leader down wakes its followers, after 0–300 ms of jitter so that
+//!   they do not all campaign in the same tick.
+//! - A region starts awake, after a restart or a split.
+//!
+//! Safety does not rest on ticks. A Raft election and a commit need a
+//! quorum with or without timers. Votes are still granted only after
+//! openraft's leader lease. The read lease (`read_lease.rs`) comes only
+//! from rounds, which renew followers' vote leases whether or not they
+//! tick. A quiet leader's lease lapses, and its next read pays one round.
+//! Ticks bring liveness only, and here the beats do that job.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::node::{Node, Region, META_REGION};
+use crate::remote::{self, ForwardOk, ForwardOp};
+
+/// How often each member beats to each other.
+const BEAT_EVERY: Duration = Duration::from_millis(250);
+/// How long a beat may take.
+const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
+/// A member whose beats failed this long is down.
+const DOWN_AFTER: Duration = Duration::from_secs(1);
+/// How often the hibernate loop looks at each region.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// Quiet time before a follower sleeps.
+const FOLLOWER_QUIET: Duration = Duration::from_secs(2);
+/// Quiet time before a leader sleeps.
+const LEADER_QUIET: Duration = Duration::from_secs(4);
+/// A follower sleeps only if its leader reached it this recently.
+const HEARD_WITHIN: Duration = Duration::from_millis(500);
+
+/// One replica's sleep.
+pub(crate) struct Sleep {
+    asleep: AtomicBool,
+    /// When a Raft message for the region last arrived here.
+    heard: parking_lot::Mutex<Instant>,
+}
+
+impl Default for Sleep {
+    fn default() -> Self {
+        Self {
+            asleep: AtomicBool::new(false),
+            heard: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Sleep {
+    /// A Raft message for the region arrived.
+    pub(crate) fn heard(&self) {
+        *self.heard.lock() = Instant::now();
+    }
+
+    /// True while the replica sleeps.
+    pub(crate) fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Acquire)
+    }
+}
+
+impl Region {
+    /// Starts the replica's Raft ticks again, if it slept.
+    pub(crate) fn wake(&self) {
+        if self.sleep.asleep.swap(false, Ordering::AcqRel) {
+            self.raft.runtime_config().tick(true);
+            tracing::debug!(region = self.id, "awake");
+        }
+    }
+
+    fn fall_asleep(&self) {
+        if !self.sleep.asleep.swap(true, Ordering::AcqRel) {
+            self.raft.runtime_config().tick(false);
+            tracing::debug!(region = self.id, "asleep");
+        }
+    }
+}
+
+/// What this member knows of the others' beats.
+#[derive(Default)]
+pub(crate) struct Beats {
+    peers: parking_lot::Mutex<BTreeMap<u64, PeerBeat>>,
+}
+
+#[derive(Clone, Copy)]
+struct PeerBeat {
+    /// When a beat last came back.
+    ok: Option<Instant>,
+    /// Since when this member has beaten to it.
+    since: Instant,
+    /// Its boot id at the last beat.
+    boot: u64,
+}
+
+impl PeerBeat {
+    fn down(&self) -> bool {
+        self.ok.unwrap_or(self.since).elapsed() >= DOWN_AFTER
+    }
+}
+
+impl Beats {
+    /// True when member `id` beat within [`DOWN_AFTER`].
+    fn fresh(&self, id: u64) -> bool {
+        self.peers
+            .lock()
+            .get(&id)
+            .is_some_and(|p| p.ok.is_some() && !p.down())
+    }
+}
+
+impl Node {
+    /// The regions hosted here that sleep now.
+    pub fn sleeping_regions(&self) -> Vec<u64> {
+        self.regions
+            .all()
+            .into_iter()
+            .filter(|r| r.sleep.is_asleep())
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Wakes the regions here that member `peer` leads, each after up to
+    /// 300 ms (spread by region).
+    fn wake_led_by(&self, peer: u64) {
+        for r in self.regions.all() {
+            if r.sleep.is_asleep() && r.raft.metrics().borrow().current_leader == Some(peer) {
+                let jitter = (r.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.id) % 300;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    r.wake();
+                });
+            }
+        }
+    }
+
+    /// Wakes the regions led here that have a replica on member `peer`.
+    fn wake_replicated_on(&self, peer: u64) {
+        for r in self.regions.all() {
+            let m = r.raft.metrics().borrow().clone();
+            if m.current_leader == Some(self.id)
+                && m.membership_config.membership().get_node(&peer).is_some()
+            {
+                r.wake();
+            }
+        }
+    }
+}
+
+/// Beats to every other member of the cluster (see the module essay).
+pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(BEAT_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        let Ok(meta) = n.region(META_REGION) else {
+            continue;
+        };
+        let members: Vec<u64> = {
+            let m = meta.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        {
+            let mut peers = n.beats.peers.lock();
+            peers.retain(|id, _| members.contains(id));
+            for id in members.iter().filter(|&&id| id != n.id) {
+                peers.entry(*id).or_insert(PeerBeat {
+                    ok: None,
+                    since: Instant::now(),
+                    boot: 0,
+                });
+            }
+        }
+        let beats = members.iter().filter(|&&id| id != n.id).map(|&peer| {
+            let (pool, raft) = (n.pool.clone(), meta.raft.clone());
+            async move {
+                let beat = remote::forward(&pool, &raft, peer, META_REGION, &ForwardOp::Beat);
+                let answer = tokio::time::timeout(BEAT_TIMEOUT, beat).await;
+                let boot = match answer {
+                    Ok(Ok(ForwardOk::Beat(boot))) => Some(boot),
+                    _ => None,
+                };
+                (peer, boot)
+            }
+        });
+        let answers = futures::future::join_all(beats).await;
+        let mut restarted = Vec::new();
+        let mut down = Vec::new();
+        {
+            let mut peers = n.beats.peers.lock();
+            for (peer, boot) in answers {
+                let Some(p) = peers.get_mut(&peer) else {
+                    continue;
+                };
+                if let Some(boot) = boot {
+                    if p.boot != 0 && p.boot != boot {
+                        restarted.push(peer);
+                    }
+                    p.boot = boot;
+                    p.ok = Some(Instant::now());
+                }
+                if p.down() {
+                    down.push(peer);
+                }
+            }
+        }
+        for peer in restarted {
+            tracing::info!(peer, "member restarted: waking the regions led here");
+            n.wake_replicated_on(peer);
+        }
+        for peer in down {
+            n.wake_led_by(peer);
+        }
+    }
+}
+
+/// Puts quiet regions to sleep and wakes busy ones (see the module essay).
+pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
+    // Per region: its last log index at the last look, and since when.
+    let mut last: BTreeMap<u64, (Option<u64>, Instant)> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(LOOK_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        let mut here = BTreeSet::new();
+        for r in n.regions.all() {
+            if r.id == META_REGION {
+                continue;
+            }
+            here.insert(r.id);
+            let m = r.raft.metrics().borrow().clone();
+            let index = m.last_log_index;
+            let now = Instant::now();
+            let (was, since) = last.entry(r.id).or_insert((index, now));
+            if *was != index {
+                (*was, *since) = (index, now);
+                r.wake();
+                continue;
+            }
+            let quiet = since.elapsed();
+            let applied = m.last_applied.map(|l| l.index) == index;
+            let sleepy = match m.current_leader {
+                Some(l) if l == n.id => {
+                    let membership = m.membership_config.membership();
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .is_some_and(|rep| rep.values().all(|x| x.map(|l| l.index) == index));
+                    quiet >= LEADER_QUIET
+                        && applied
+                        && matched
+                        && membership.get_joint_config().len() == 1
+                        && r.shared.merge_frozen().is_none()
+                        && membership
+                            .nodes()
+                            .all(|(id, _)| *id == n.id || n.beats.fresh(*id))
+                }
+                Some(l) => {
+                    quiet >= FOLLOWER_QUIET
+                        && applied
+                        && r.sleep.heard.lock().elapsed() < HEARD_WITHIN
+                        && n.beats.fresh(l)
+                }
+                None => false,
+            };
+            if sleepy {
+                r.fall_asleep();
+            } else if m.current_leader.is_none() {
+                r.wake();
+            }
+        }
+        last.retain(|id, _| here.contains(id));
+    }
+}
+
+/// A fresh boot id for this process.
+pub(super) fn boot_id(me: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ me.rotate_left(32)) | 1
+}

@@ -1,0 +1,158 @@
+//! Idle data regions hibernate (`node::hibernate`): their replicas stop
+//! their Raft ticks once the region is quiet. A sleeping region serves a
+//! write at once. When its leader stops or is cut off, the members' beats
+//! wake its followers, which elect a new leader with no client's help. A
+//! restarted member hears its leader again.
+
+use std::time::{Duration, Instant};
+
+use cairn_store::{Node, DATA_REGION};
+use cairn_testkit::{kv, InProcessCluster};
+
+/// The data region holding `key` on `node`.
+fn region_of(node: &Node, key: &[u8]) -> u64 {
+    node.regions_overlapping(key, None)[0].0.id
+}
+
+/// Waits until every running member's replica of `region` sleeps.
+async fn wait_asleep(c: &InProcessCluster, region: u64, members: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !members
+        .iter()
+        .all(|&i| c.node(i).sleeping_regions().contains(&region))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "region {region} never slept on {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader of `region` as `member` sees it.
+fn leader_seen(c: &InProcessCluster, member: usize, region: u64) -> Option<u64> {
+    c.node(member)
+        .region(region)
+        .ok()
+        .and_then(|r| r.raft.metrics().borrow().current_leader)
+}
+
+async fn split_and_sleep() -> (InProcessCluster, u64) {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    let region = region_of(c.node(0), b"z");
+    wait_asleep(&c, region, &[0, 1, 2]).await;
+    (c, region)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_region_serves_at_once_and_sleeps_again() {
+    let (c, region) = split_and_sleep().await;
+    let term = |i: usize| {
+        c.node(i)
+            .region(region)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .current_term
+    };
+    let before = term(0);
+    let mut client = c.kv(1).await;
+    let started = Instant::now();
+    kv::put(&mut client, "z", "1").await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a put to a sleeping region took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        kv::get(&mut client, "z", false).await.unwrap().as_deref(),
+        Some("1")
+    );
+    // Woken by the write, asleep again once quiet, with no election.
+    wait_asleep(&c, region, &[0, 1, 2]).await;
+    assert_eq!(term(0), before, "sleeping moved the term");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_regions_stopped_leader_is_replaced_by_itself() {
+    let (mut c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let gone = c.nodes[leader].id;
+    c.stop(leader).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    // No request: the beats alone wake the followers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while others
+        .iter()
+        .any(|&i| leader_seen(&c, i, region).is_none_or(|l| l == gone))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "region {region} kept its stopped leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = c.kv(others[0]).await;
+    kv::put(&mut client, "z", "2").await.unwrap();
+    // The stopped member comes back and catches up.
+    c.restart(leader).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut back = c.kv(leader).await;
+        if kv::get(&mut back, "z", true)
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("2")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_regions_cut_off_leader_is_replaced_and_steps_down() {
+    let (c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let cut = c.nodes[leader].id;
+    c.isolate(leader);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while others
+        .iter()
+        .any(|&i| leader_seen(&c, i, region).is_none_or(|l| l == cut))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "region {region} kept its cut-off leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = c.kv(others[0]).await;
+    kv::put(&mut client, "z", "3").await.unwrap();
+    c.heal();
+    // The old leader learns of the new one.
+    let new = leader_seen(&c, others[0], region).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leader_seen(&c, leader, region) != Some(new) {
+        assert!(
+            Instant::now() < deadline,
+            "the healed member never followed the new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await;
+}
