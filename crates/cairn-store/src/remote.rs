@@ -93,7 +93,7 @@ pub enum ForwardOp {
     /// to move while it is idle (a watch, a serializable read): close
     /// timestamps in it for a while (`node::closes`).
     WantCloses,
-    /// Any member: this member is up; answers its boot id
+    /// Any member: this member is up; answers [`ForwardOk::Beat`]
     /// (`node::hibernate`).
     Beat,
 }
@@ -151,8 +151,13 @@ pub enum ForwardOk {
     Timestamp(i64),
     /// A read timestamp and the read index after it.
     TimestampedIndex(i64, u64),
-    /// A member's boot id (`ForwardOp::Beat`).
-    Beat(u64),
+    /// A member's boot id, the regions it leads and those asleep there
+    /// (`ForwardOp::Beat`).
+    Beat {
+        boot: u64,
+        leading: Vec<u64>,
+        asleep: Vec<u64>,
+    },
 }
 
 /// Typed answers: each entry point takes the one kind of answer its op

@@ -156,3 +156,30 @@ async fn a_sleeping_regions_cut_off_leader_is_replaced_and_steps_down() {
     }
     c.shutdown().await;
 }
+
+/// A follower of a sleeping region that restarts hears its leader (woken
+/// by the follower's new boot id) before its own election timer runs out:
+/// no election, and the region sleeps again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_follower_of_a_sleeping_region_starts_no_election() {
+    let (mut c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let follower = (leader + 1) % 3;
+    let term = |c: &InProcessCluster, i: usize| {
+        c.node(i)
+            .region(region)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .current_term
+    };
+    let before = term(&c, leader);
+    c.stop(follower).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.restart(follower).await;
+    wait_asleep(&c, region, &[0, 1, 2]).await;
+    assert_eq!(term(&c, leader), before, "the restart moved the term");
+    assert_eq!(c.wait_leader(region).await, leader);
+    c.shutdown().await;
+}

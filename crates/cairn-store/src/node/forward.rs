@@ -55,13 +55,6 @@ impl Node {
             let res = tokio::time::timeout(left, attempt)
                 .await
                 .unwrap_or(Err(Error::Timeout));
-            if matches!(res, Err(Error::NoLeader | Error::Timeout))
-                && leader.is_some_and(|l| l != self.id)
-            {
-                // The leader may be gone: a hibernating replica here
-                // starts its election timer again (`hibernate`).
-                r.wake();
-            }
             match res {
                 Err(e) if e.is_retryable() => {
                     if Instant::now() >= deadline {
@@ -267,7 +260,7 @@ impl Node {
                 Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
             }
             ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
-            ForwardOp::Beat => Ok(ForwardOk::Beat(self.boot)),
+            ForwardOp::Beat => Ok(self.beat()),
             ForwardOp::WantCloses => {
                 self.closes_wanted(&r);
                 Ok(ForwardOk::Done)

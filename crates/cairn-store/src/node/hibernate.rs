@@ -11,33 +11,42 @@
 //!
 //! What stands in for the heartbeats is one beat per pair of members
 //! ([`ForwardOp::Beat`], every [`BEAT_EVERY`]), whatever the number of
-//! regions. It answers with the member's boot id. A member whose beats fail
-//! for [`DOWN_AFTER`] is taken as down: every region here that it leads
-//! wakes, and its followers campaign (openraft campaigns within a tick once
-//! a leader has been silent past the election timeout). A member with a
-//! new boot id restarted: every region led here with a replica on it
-//! wakes, so the restarted replica hears its leader before its own timer
-//! runs out.
+//! regions. It answers with the member's boot id, the regions it leads and
+//! the regions asleep there ([`ForwardOk::Beat`]).
+//! - A member whose beats fail for [`DOWN_AFTER`] is taken as down: every
+//!   region here that it leads wakes, and its followers campaign (openraft
+//!   campaigns within a tick once a leader has been silent past the
+//!   election timeout).
+//! - A sleeping region whose leader, by two beats in a row, no longer
+//!   leads it (its Raft stopped, or it stepped down) wakes the same way.
+//! - A member with a new boot id restarted: every region led here with a
+//!   replica on it wakes, so the restarted replica hears its leader
+//!   before its own timer runs out.
 //!
 //! When a region sleeps ([`hibernate`], every [`LOOK_EVERY`]):
 //! - Never the meta region (the TSO).
 //! - A follower sleeps after [`FOLLOWER_QUIET`] with no new log entry,
 //!   everything applied, while it hears its leader (a Raft message in the
 //!   last [`HEARD_WITHIN`]) and the leader's member beats.
-//! - The leader sleeps after [`LEADER_QUIET`], which is longer, with every
-//!   replica matched at its last entry and applied, no merge freeze, and
-//!   every member's beats fresh. Followers sleep first: there is no
-//!   PreVote in openraft 0.9, so an awake follower of a silent leader
-//!   would campaign, and the term would move for nothing.
+//! - The leader sleeps after [`LEADER_QUIET`] with every replica matched
+//!   at its last entry and applied, no merge freeze, and every other
+//!   member's last beat saying its replica sleeps. Followers sleep first:
+//!   there is no PreVote in openraft 0.9, so an awake follower of a silent
+//!   leader would campaign, and the term would move for nothing. (A member
+//!   started with `--region-hibernate false` never says so: the regions
+//!   it has replicas of never sleep.)
 //!
 //! When a region wakes:
-//! - Any new log entry wakes every replica at its next look, a leader's at
-//!   once when it proposes. The append that carried the entry also renews
-//!   the follower's vote lease, so waking does not start a campaign.
-//! - A forward to the leader that fails wakes the region here.
-//! - A leader down wakes its followers, after 0–300 ms of jitter so that
-//!   they do not all campaign in the same tick.
-//! - A region starts awake, after a restart or a split.
+//! - Any new log entry wakes every replica at its next look. (A sleeping
+//!   leader replicates and commits without ticks; the append that carried
+//!   the entry also renews a follower's vote lease, so its waking does
+//!   not start a campaign.)
+//! - A leader down, or no longer leading, wakes its followers, after
+//!   0–300 ms of jitter so that they do not all campaign in the same tick.
+//!   Nothing else wakes a follower: one woken while its leader sleeps has
+//!   heard nothing for long, and campaigns at once.
+//! - A region starts awake, after a restart or a split. A replica woken
+//!   counts its quiet time from then.
 //!
 //! Safety does not rest on ticks. A Raft election and a commit need a
 //! quorum with or without timers. Votes are still granted only after
@@ -47,7 +56,6 @@
 //! Ticks bring liveness only, and here the beats do that job.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::node::{Node, Region, META_REGION};
@@ -63,14 +71,16 @@ const DOWN_AFTER: Duration = Duration::from_secs(1);
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Quiet time before a follower sleeps.
 const FOLLOWER_QUIET: Duration = Duration::from_secs(2);
-/// Quiet time before a leader sleeps.
-const LEADER_QUIET: Duration = Duration::from_secs(4);
+/// Quiet time before a leader sleeps (its followers said they sleep).
+const LEADER_QUIET: Duration = Duration::from_secs(3);
 /// A follower sleeps only if its leader reached it this recently.
 const HEARD_WITHIN: Duration = Duration::from_millis(500);
 
 /// One replica's sleep.
 pub(crate) struct Sleep {
-    asleep: AtomicBool,
+    /// Whether its ticks are off (held while they are switched), and when
+    /// it last woke.
+    state: parking_lot::Mutex<(bool, Instant)>,
     /// When a Raft message for the region last arrived here.
     heard: parking_lot::Mutex<Instant>,
 }
@@ -78,7 +88,7 @@ pub(crate) struct Sleep {
 impl Default for Sleep {
     fn default() -> Self {
         Self {
-            asleep: AtomicBool::new(false),
+            state: parking_lot::Mutex::new((false, Instant::now())),
             heard: parking_lot::Mutex::new(Instant::now()),
         }
     }
@@ -92,22 +102,31 @@ impl Sleep {
 
     /// True while the replica sleeps.
     pub(crate) fn is_asleep(&self) -> bool {
-        self.asleep.load(Ordering::Acquire)
+        self.state.lock().0
+    }
+
+    /// How long since the replica last woke.
+    fn awake_for(&self) -> Duration {
+        self.state.lock().1.elapsed()
     }
 }
 
 impl Region {
     /// Starts the replica's Raft ticks again, if it slept.
     pub(crate) fn wake(&self) {
-        if self.sleep.asleep.swap(false, Ordering::AcqRel) {
+        let mut state = self.sleep.state.lock();
+        if state.0 {
             self.raft.runtime_config().tick(true);
+            *state = (false, Instant::now());
             tracing::debug!(region = self.id, "awake");
         }
     }
 
     fn fall_asleep(&self) {
-        if !self.sleep.asleep.swap(true, Ordering::AcqRel) {
+        let mut state = self.sleep.state.lock();
+        if !state.0 {
             self.raft.runtime_config().tick(false);
+            state.0 = true;
             tracing::debug!(region = self.id, "asleep");
         }
     }
@@ -119,7 +138,6 @@ pub(crate) struct Beats {
     peers: parking_lot::Mutex<BTreeMap<u64, PeerBeat>>,
 }
 
-#[derive(Clone, Copy)]
 struct PeerBeat {
     /// When a beat last came back.
     ok: Option<Instant>,
@@ -127,6 +145,28 @@ struct PeerBeat {
     since: Instant,
     /// Its boot id at the last beat.
     boot: u64,
+    /// The regions it led at the last beat and the one before.
+    leading: [BTreeSet<u64>; 2],
+    /// The regions asleep there at the last beat.
+    asleep: BTreeSet<u64>,
+    /// A beat is on its way.
+    flying: bool,
+    /// Beats answered.
+    answers: u64,
+}
+
+impl PeerBeat {
+    fn new() -> Self {
+        Self {
+            ok: None,
+            since: Instant::now(),
+            boot: 0,
+            leading: Default::default(),
+            asleep: BTreeSet::new(),
+            flying: false,
+            answers: 0,
+        }
+    }
 }
 
 impl PeerBeat {
@@ -143,6 +183,15 @@ impl Beats {
             .get(&id)
             .is_some_and(|p| p.ok.is_some() && !p.down())
     }
+
+    /// True when member `id` beat within [`DOWN_AFTER`] and said its
+    /// replica of `region` sleeps.
+    fn asleep_at(&self, id: u64, region: u64) -> bool {
+        self.peers
+            .lock()
+            .get(&id)
+            .is_some_and(|p| p.ok.is_some() && !p.down() && p.asleep.contains(&region))
+    }
 }
 
 impl Node {
@@ -156,11 +205,33 @@ impl Node {
             .collect()
     }
 
-    /// Wakes the regions here that member `peer` leads, each after up to
+    /// The regions this member leads.
+    fn led_regions(&self) -> Vec<u64> {
+        self.regions
+            .all()
+            .into_iter()
+            .filter(|r| r.raft.metrics().borrow().current_leader == Some(self.id))
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// What a beat answers (see the module essay).
+    pub(super) fn beat(&self) -> ForwardOk {
+        ForwardOk::Beat {
+            boot: self.boot,
+            leading: self.led_regions(),
+            asleep: self.sleeping_regions(),
+        }
+    }
+
+    /// Wakes the sleeping regions here that member `peer` leads (`all`),
+    /// or those of them it said twice it does not lead; each after up to
     /// 300 ms (spread by region).
-    fn wake_led_by(&self, peer: u64) {
+    fn wake_led_by(&self, peer: u64, all: bool, leading: &[BTreeSet<u64>; 2]) {
         for r in self.regions.all() {
-            if r.sleep.is_asleep() && r.raft.metrics().borrow().current_leader == Some(peer) {
+            let gone = all || !(leading[0].contains(&r.id) || leading[1].contains(&r.id));
+            if gone && r.sleep.is_asleep() && r.raft.metrics().borrow().current_leader == Some(peer)
+            {
                 let jitter = (r.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.id) % 300;
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -183,7 +254,9 @@ impl Node {
     }
 }
 
-/// Beats to every other member of the cluster (see the module essay).
+/// Beats to every other member of the cluster (see the module essay):
+/// one beat in flight per member, each with its own timeout, so a slow
+/// member does not hold back the others' beats.
 pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
     loop {
         tokio::time::sleep(BEAT_EVERY).await;
@@ -203,56 +276,61 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
                 .map(|(id, _)| *id)
                 .collect()
         };
-        {
-            let mut peers = n.beats.peers.lock();
-            peers.retain(|id, _| members.contains(id));
-            for id in members.iter().filter(|&&id| id != n.id) {
-                peers.entry(*id).or_insert(PeerBeat {
-                    ok: None,
-                    since: Instant::now(),
-                    boot: 0,
-                });
-            }
-        }
-        let beats = members.iter().filter(|&&id| id != n.id).map(|&peer| {
-            let (pool, raft) = (n.pool.clone(), meta.raft.clone());
-            async move {
-                let beat = remote::forward(&pool, &raft, peer, META_REGION, &ForwardOp::Beat);
-                let answer = tokio::time::timeout(BEAT_TIMEOUT, beat).await;
-                let boot = match answer {
-                    Ok(Ok(ForwardOk::Beat(boot))) => Some(boot),
-                    _ => None,
-                };
-                (peer, boot)
-            }
-        });
-        let answers = futures::future::join_all(beats).await;
-        let mut restarted = Vec::new();
+        let mut send = Vec::new();
         let mut down = Vec::new();
         {
             let mut peers = n.beats.peers.lock();
-            for (peer, boot) in answers {
-                let Some(p) = peers.get_mut(&peer) else {
-                    continue;
-                };
-                if let Some(boot) = boot {
-                    if p.boot != 0 && p.boot != boot {
-                        restarted.push(peer);
-                    }
-                    p.boot = boot;
-                    p.ok = Some(Instant::now());
+            peers.retain(|id, _| members.contains(id));
+            for &id in members.iter().filter(|&&id| id != n.id) {
+                let p = peers.entry(id).or_insert_with(PeerBeat::new);
+                if !p.flying {
+                    p.flying = true;
+                    send.push(id);
                 }
                 if p.down() {
-                    down.push(peer);
+                    down.push((id, true, Default::default()));
+                } else if p.answers >= 2 {
+                    down.push((id, false, p.leading.clone()));
                 }
             }
         }
-        for peer in restarted {
-            tracing::info!(peer, "member restarted: waking the regions led here");
-            n.wake_replicated_on(peer);
+        for peer in send {
+            let (pool, raft, weak) = (n.pool.clone(), meta.raft.clone(), node.clone());
+            tokio::spawn(async move {
+                let beat = remote::forward(&pool, &raft, peer, META_REGION, &ForwardOp::Beat);
+                let answer = tokio::time::timeout(BEAT_TIMEOUT, beat).await;
+                let Some(n) = weak.upgrade() else { return };
+                let restarted = {
+                    let mut peers = n.beats.peers.lock();
+                    let Some(p) = peers.get_mut(&peer) else {
+                        return;
+                    };
+                    p.flying = false;
+                    let Ok(Ok(ForwardOk::Beat {
+                        boot,
+                        leading,
+                        asleep,
+                    })) = answer
+                    else {
+                        return;
+                    };
+                    let restarted = p.boot != 0 && p.boot != boot;
+                    p.boot = boot;
+                    p.ok = Some(Instant::now());
+                    p.answers += 1;
+                    p.leading.swap(0, 1);
+                    p.leading[0] = leading.into_iter().collect();
+                    p.asleep = asleep.into_iter().collect();
+                    restarted
+                };
+                if restarted {
+                    tracing::info!(peer, "member restarted: waking the regions led here");
+                    n.wake_replicated_on(peer);
+                }
+            });
         }
-        for peer in down {
-            n.wake_led_by(peer);
+        for (peer, all, leading) in down {
+            n.wake_led_by(peer, all, &leading);
         }
     }
 }
@@ -282,7 +360,7 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
                 r.wake();
                 continue;
             }
-            let quiet = since.elapsed();
+            let quiet = since.elapsed().min(r.sleep.awake_for());
             let applied = m.last_applied.map(|l| l.index) == index;
             let sleepy = match m.current_leader {
                 Some(l) if l == n.id => {
@@ -298,7 +376,7 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
                         && r.shared.merge_frozen().is_none()
                         && membership
                             .nodes()
-                            .all(|(id, _)| *id == n.id || n.beats.fresh(*id))
+                            .all(|(id, _)| *id == n.id || n.beats.asleep_at(*id, r.id))
                 }
                 Some(l) => {
                     quiet >= FOLLOWER_QUIET
