@@ -224,6 +224,12 @@ fn node_gauges(ctx: &Context) -> prometheus::Result<Registry> {
         "Region replicas this node hosts.",
         regions.len() as i64,
     )?;
+    gauge(
+        &r,
+        "cairn_region_asleep_count",
+        "Region replicas this node hosts whose Raft ticks are stopped (hibernating: idle, no heartbeats).",
+        node.sleeping_regions().len() as i64,
+    )?;
     let leader = IntGaugeVec::new(
         Opts::new(
             "cairn_region_is_leader",

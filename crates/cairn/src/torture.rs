@@ -69,6 +69,10 @@ pub struct TortureArgs {
     /// Clients of the bank workload.
     #[arg(long, default_value_t = 4)]
     pub bank_clients: usize,
+    /// Keys of the sleepers workload, each in a region of its own that
+    /// hibernates between touches (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub sleepers: usize,
     /// Set by a scenario: how long each fault is held.
     #[arg(skip)]
     pub fault_hold: Option<(Duration, Duration)>,
@@ -153,6 +157,9 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         if s.bank_accounts > 0 {
             a.bank_accounts = s.bank_accounts;
         }
+        if s.sleepers > 0 {
+            a.sleepers = s.sleepers;
+        }
     }
     if a.secured {
         cairn_testkit::secured::enable();
@@ -199,6 +206,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         access_users: a.access_users,
         bank_accounts: a.bank_accounts,
         bank_clients: a.bank_clients,
+        sleepers: a.sleepers,
         ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;

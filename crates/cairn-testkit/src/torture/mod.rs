@@ -25,6 +25,7 @@ pub mod leases;
 pub mod locks;
 pub mod nemesis;
 pub mod scenario;
+pub mod sleepers;
 pub mod watch_check;
 pub mod workload;
 
@@ -73,6 +74,9 @@ pub struct Config {
     /// Bank accounts (0: no bank workload), and clients transferring.
     pub bank_accounts: usize,
     pub bank_clients: usize,
+    /// Keys of the sleepers workload, each in a region of its own that
+    /// hibernates between touches (0: none).
+    pub sleepers: usize,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ impl Config {
             access_users: 2,
             bank_accounts: 0,
             bank_clients: 4,
+            sleepers: 0,
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct Report {
     /// `None` when the bank workload did not run.
     pub bank: Option<bank::Outcome>,
     pub bank_check: Result<(), String>,
+    /// `None` when the sleepers workload did not run.
+    pub sleepers: Option<sleepers::Outcome>,
+    pub sleepers_check: Result<(), String>,
 }
 
 impl Report {
@@ -141,6 +149,7 @@ impl Report {
             && self.lease_check.is_ok()
             && self.access_check.is_ok()
             && self.bank_check.is_ok()
+            && self.sleepers_check.is_ok()
     }
 
     /// A human summary.
@@ -207,6 +216,14 @@ impl Report {
             s += &match &self.bank_check {
                 Ok(()) => "bank total and strict serializability: hold\n".to_string(),
                 Err(w) => format!("bank: VIOLATED: {w}\n"),
+            };
+        }
+        if let Some(z) = &self.sleepers {
+            s += &z.summary();
+            s += "\n";
+            s += &match &self.sleepers_check {
+                Ok(()) => "sleeping regions: serve, lose nothing, come back\n".to_string(),
+                Err(w) => format!("sleepers: VIOLATED: {w}\n"),
             };
         }
         if let Some(a) = &self.access {
@@ -308,6 +325,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             bank::run(&endpoints, n, clients, seed, deadline).await
         })
     });
+    let sleepers = (cfg.sleepers > 0).then(|| {
+        let (endpoints, n, seed) = (endpoints.clone(), cfg.sleepers, cfg.seed);
+        tokio::spawn(async move { sleepers::run(&endpoints, n, seed, deadline).await })
+    });
     let faults = nemesis::run(
         &mut target,
         &cfg.faults,
@@ -316,8 +337,14 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         deadline,
         cfg.fault_hold,
         cfg.bank_accounts,
+        cfg.sleepers,
     )
     .await;
+    let sleepers = match sleepers {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
+    let sleepers_check = sleepers.as_ref().map_or(Ok(()), |z| z.check());
     let bank = match bank {
         Some(t) => Some(t.await?),
         None => None,
@@ -429,6 +456,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         access_check,
         bank,
         bank_check,
+        sleepers,
+        sleepers_check,
     })
 }
 

@@ -560,6 +560,7 @@ impl Target {
 pub const NOTE: &str = "-> ";
 
 /// Injects faults from `faults` until `deadline`; leaves the cluster healed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     target: &mut Target,
     faults: &[Fault],
@@ -568,6 +569,7 @@ pub async fn run(
     deadline: Instant,
     hold: (Duration, Duration),
     accounts: usize,
+    sleepers: usize,
 ) -> Vec<(u64, String)> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut log = Vec::new();
@@ -583,6 +585,13 @@ pub async fn run(
                 .await;
             log.push((epoch.elapsed().as_millis() as u64, what));
         }
+    }
+    // Each sleeper's key in a region of its own.
+    for i in 0..sleepers {
+        let what = target
+            .split(&super::sleepers::key(i), rng.usize(0..target.len()))
+            .await;
+        log.push((epoch.elapsed().as_millis() as u64, what));
     }
     while !faults.is_empty() && Instant::now() + Duration::from_secs(1) < deadline {
         let f = faults[rng.usize(0..faults.len())];

@@ -28,6 +28,8 @@ pub struct Scenario {
     pub secured: bool,
     /// Bank accounts (0: no bank workload).
     pub bank_accounts: usize,
+    /// Keys of the sleepers workload (0: none).
+    pub sleepers: usize,
 }
 
 impl Scenario {
@@ -51,6 +53,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "revision-after-crash-in-compaction",
@@ -64,6 +67,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "crash-in-snapshot",
@@ -77,6 +81,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "watch-at-compaction-revision",
@@ -90,6 +95,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "watch-after-partition",
@@ -103,6 +109,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "lease-renewed-by-isolated-leader",
@@ -124,6 +131,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: Some(9),
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "lease-checkpoint-across-leader-change",
@@ -137,6 +145,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "lock-waiter-lost-its-lease",
@@ -150,6 +159,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "leader-moved-under-load",
@@ -163,6 +173,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "stale-read-partitioned-member",
@@ -176,6 +187,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "permission-revoked-under-faults",
@@ -193,6 +205,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: true,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "leases-across-regions",
@@ -206,6 +219,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: Some(4),
         secured: false,
         bank_accounts: 0,
+        sleepers: 0,
     },
     Scenario {
         name: "bank-across-regions",
@@ -219,6 +233,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 8,
+        sleepers: 0,
     },
     Scenario {
         name: "coordinator-crash-across-regions",
@@ -232,6 +247,7 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 8,
+        sleepers: 0,
     },
     Scenario {
         name: "regions-merge-under-crashes",
@@ -245,6 +261,21 @@ pub const ALL: &[Scenario] = &[
         lease_clients: None,
         secured: false,
         bank_accounts: 8,
+        sleepers: 0,
+    },
+    Scenario {
+        name: "sleeping-regions-under-faults",
+        guards: "a hibernating region (no Raft ticks, members' beats instead) left with no leader and nobody ticking after its leader is killed, paused or restarted; a write lost or a stale read across a region's sleep and wake",
+        process: true,
+        nemesis: "crash,pause,crash-leader",
+        compact_every: Some(Duration::from_secs(2)),
+        snapshot_count: 1_000,
+        fault_hold: Some((Duration::from_millis(1_500), Duration::from_millis(4_000))),
+        lease_ttl: None,
+        lease_clients: None,
+        secured: false,
+        bank_accounts: 0,
+        sleepers: 6,
     },
 ];
 

@@ -1,0 +1,230 @@
+//! The sleepers workload and its checker: keys each in a region of its
+//! own that nobody watches and that is touched only now and then, so the
+//! region hibernates between touches (`cairn_store` `node::hibernate`:
+//! no Raft ticks, members' beats in their place) while the nemesis
+//! crashes, pauses and cuts members off.
+//!
+//! Keys are `zs/NN`; the nemesis splits at each before the faults start.
+//! One client per key waits 4–9 s (longer than a region takes to fall
+//! asleep), puts the next value of a counter, and reads the key back
+//! linearizably. Checked:
+//! - **No stale read, no lost write:** a read returns the value of the
+//!   last acknowledged put (or the last value read), or of a put whose
+//!   outcome is unknown (a fault cut the answer; it may take effect any
+//!   time after it was sent) — never a value overwritten since.
+//! - **Sleeping regions come back:** once the nemesis has healed every
+//!   fault and the regions have had time to fall asleep again, each key
+//!   takes a put and a read within [`RECOVER`]. A region left with no
+//!   leader and nobody ticking (its leader dead, its followers asleep)
+//!   fails here.
+
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::kv_client::KvClient;
+use cairn_api::etcdserverpb::{PutRequest, RangeRequest};
+use tonic::transport::Channel;
+
+/// The keys' prefix.
+pub const PREFIX: &str = "zs/";
+const CALL: Duration = Duration::from_secs(10);
+/// How long a sleeping region may take to serve again after the faults.
+const RECOVER: Duration = Duration::from_secs(15);
+/// How long the regions are left alone after the faults, to fall asleep.
+const SETTLE: Duration = Duration::from_secs(6);
+
+/// A sleeper's key.
+pub fn key(i: usize) -> String {
+    format!("{PREFIX}{i:02}")
+}
+
+/// What the sleepers saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub puts: usize,
+    pub unknown: usize,
+    pub reads: usize,
+    /// The slowest acknowledged put.
+    pub slowest: Duration,
+    /// Reads that returned a value older than an acknowledged one, and
+    /// keys that did not serve again after the faults, described.
+    pub bad: Vec<String>,
+}
+
+impl Outcome {
+    /// A violation, if any.
+    pub fn check(&self) -> Result<(), String> {
+        match self.bad.first() {
+            None => Ok(()),
+            Some(first) => Err(format!("{} violations; first: {first}", self.bad.len())),
+        }
+    }
+
+    /// A human summary line.
+    pub fn summary(&self) -> String {
+        format!(
+            "sleepers: {} puts ({} unknown), {} reads, slowest put {:?}",
+            self.puts, self.unknown, self.reads, self.slowest
+        )
+    }
+}
+
+/// One key's client: what it knows of the key.
+struct Sleeper {
+    key: String,
+    /// The key's value as last known (acknowledged or read), and the
+    /// values of puts whose outcome is unknown and that were not read.
+    acked: u64,
+    maybe: Vec<u64>,
+    next: u64,
+    endpoint: usize,
+}
+
+enum Put {
+    Acked(Duration),
+    Unknown,
+}
+
+impl Sleeper {
+    fn client(&mut self, endpoints: &[String]) -> KvClient<Channel> {
+        self.endpoint += 1;
+        KvClient::new(crate::secured::channel(
+            &endpoints[self.endpoint % endpoints.len()],
+        ))
+    }
+
+    async fn put(&mut self, endpoints: &[String]) -> Put {
+        self.next += 1;
+        let value = self.next;
+        let mut kv = self.client(endpoints);
+        let started = Instant::now();
+        let put = kv.put(PutRequest {
+            key: self.key.as_bytes().to_vec(),
+            value: value.to_string().into_bytes(),
+            ..Default::default()
+        });
+        match tokio::time::timeout(CALL, put).await {
+            Ok(Ok(_)) => {
+                self.acked = value;
+                Put::Acked(started.elapsed())
+            }
+            _ => {
+                self.maybe.push(value);
+                Put::Unknown
+            }
+        }
+    }
+
+    /// Reads the key linearizably; a description of a stale answer, or
+    /// None (also when the read failed).
+    async fn read(&mut self, endpoints: &[String]) -> Option<Result<(), String>> {
+        let mut kv = self.client(endpoints);
+        let get = kv.range(RangeRequest {
+            key: self.key.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        let r = match tokio::time::timeout(CALL, get).await {
+            Ok(Ok(r)) => r.into_inner(),
+            _ => return None,
+        };
+        let seen: u64 = r
+            .kvs
+            .first()
+            .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok())
+            .unwrap_or(0);
+        if seen == self.acked {
+            return Some(Ok(()));
+        }
+        if self.maybe.contains(&seen) {
+            // An unknown put took effect: its value is the known state now.
+            self.acked = seen;
+            self.maybe.retain(|v| *v != seen);
+            return Some(Ok(()));
+        }
+        Some(Err(format!(
+            "{} read {seen}, after the put of {} was acknowledged (unknown since: {:?})",
+            self.key, self.acked, self.maybe
+        )))
+    }
+}
+
+/// Runs `n` sleepers against `endpoints` until `deadline`, then checks
+/// that every key serves again (see the module essay).
+pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -> Outcome {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let endpoints = endpoints.to_vec();
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed ^ ((i as u64 + 1) * 0x51ee_9e55));
+                let mut s = Sleeper {
+                    key: key(i),
+                    acked: 0,
+                    maybe: Vec::new(),
+                    next: 0,
+                    endpoint: i,
+                };
+                let mut out = Outcome::default();
+                loop {
+                    let nap = Duration::from_millis(rng.u64(4_000..9_000));
+                    if Instant::now() + nap + CALL >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(nap).await;
+                    s.once(endpoints.as_slice(), &mut out).await;
+                }
+                // The faults are healed by now: let the region fall asleep,
+                // then it must serve again.
+                tokio::time::sleep(deadline.saturating_duration_since(Instant::now()) + SETTLE)
+                    .await;
+                let until = Instant::now() + RECOVER;
+                let served = loop {
+                    if matches!(s.put(&endpoints).await, Put::Acked(_)) {
+                        if let Some(read) = s.read(&endpoints).await {
+                            if let Err(e) = read {
+                                out.bad.push(e);
+                            }
+                            break true;
+                        }
+                    }
+                    if Instant::now() >= until {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                };
+                if !served {
+                    out.bad.push(format!(
+                        "{} took no put and read for {RECOVER:?} after the faults were healed",
+                        s.key
+                    ));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Outcome::default();
+    for t in tasks {
+        let Ok(o) = t.await else { continue };
+        all.puts += o.puts;
+        all.unknown += o.unknown;
+        all.reads += o.reads;
+        all.slowest = all.slowest.max(o.slowest);
+        all.bad.extend(o.bad);
+    }
+    all
+}
+
+impl Sleeper {
+    /// One touch: a put, then a read.
+    async fn once(&mut self, endpoints: &[String], out: &mut Outcome) {
+        out.puts += 1;
+        match self.put(endpoints).await {
+            Put::Acked(took) => out.slowest = out.slowest.max(took),
+            Put::Unknown => out.unknown += 1,
+        }
+        if let Some(read) = self.read(endpoints).await {
+            out.reads += 1;
+            if let Err(e) = read {
+                out.bad.push(e);
+            }
+        }
+    }
+}
