@@ -7,7 +7,8 @@
 #      crash point armed inside the node);
 #   2b. both again on secured clusters (`--secured`: TLS on both ports,
 #      client certificates, auth on);
-#   3. every named regression scenario (one per etcd bug class), briefly;
+#   3. every named regression scenario (one per etcd bug class), briefly,
+#      and hibernating regions under leader crashes for longer;
 #   4. the planted bugs must be caught on every seed tried: linearizable
 #      reads without read-index (feature `planted-stale-read`), and lease
 #      renewals without the leadership check (`planted-unconfirmed-renewal`,
@@ -15,7 +16,10 @@
 #      grants to a waiter whose key vanished (`planted-vanished-waiter`,
 #      caught by the mutual-exclusion checker), and writes applied behind
 #      the auth fence (`planted-unfenced-auth`, caught by the access
-#      checker on a secured cluster; on one seed at least, see below).
+#      checker on a secured cluster; on one seed at least, see below), and
+#      hibernating followers never woken under a dead leader
+#      (`planted-sleepy-followers`, caught by the sleepers checker; on one
+#      seed at least).
 # Each run records a history, checks linearizability and the watch
 # guarantees, and fails on any violation. Reproduce a run with its --seed.
 # Test builds (crash points, the planted bug) share target/robustness; each
@@ -82,6 +86,10 @@ expect_caught() {
   if $once; then echo "FAIL: planted bug $feature caught on none of seeds $seeds"; exit 1; fi
 }
 
+echo "== sleeping regions, longer: a dead leader's hibernating regions elect another"
+$BIN torture --duration 60s --seed 1906 --scenario sleeping-regions-under-faults \
+  --history "$OUT/sleepers.jsonl"
+
 echo "== planted bug: stale linearizable reads must be caught"
 expect_caught planted-stale-read "linearizable: NO" "21 22 23" --duration 10s --nemesis partition
 
@@ -96,3 +104,7 @@ expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
 echo "== planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
 expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
   --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lockers 0 --lease-clients 0
+
+echo "== planted bug: followers of a hibernating region left asleep under a dead leader must be caught"
+expect_caught --once planted-sleepy-followers "sleepers: VIOLATED" "1905 1907 1908" \
+  --duration 60s --scenario sleeping-regions-under-faults

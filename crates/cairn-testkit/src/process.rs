@@ -165,6 +165,18 @@ impl ProcessCluster {
         None
     }
 
+    /// The index of the running member whose ID is `id`.
+    pub async fn member_index(&self, id: u64) -> Option<usize> {
+        for i in 0..self.len() {
+            if let Ok(s) = self.status(i).await {
+                if s.header.is_some_and(|h| h.member_id == id) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
     /// Member `i`'s answer to Maintenance.Status (2 s to connect and answer).
     async fn status(&self, i: usize) -> Result<cairn_api::etcdserverpb::StatusResponse, String> {
         use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;

@@ -330,7 +330,9 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
             });
         }
         for (peer, all, leading) in down {
-            n.wake_led_by(peer, all, &leading);
+            if !cfg!(feature = "planted-sleepy-followers") {
+                n.wake_led_by(peer, all, &leading);
+            }
         }
     }
 }

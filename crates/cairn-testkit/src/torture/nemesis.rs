@@ -29,6 +29,9 @@ pub enum Fault {
     Crash,
     /// Crash the leader and restart it.
     CrashLeader,
+    /// Crash the leader of a random sleeper's region (see `sleepers`) and
+    /// restart it: a hibernating region must elect another leader.
+    CrashSleeperLeader,
     /// Move the data region's leadership to another member (MoveLeader,
     /// in-process) while the workload runs.
     MoveLeader,
@@ -88,6 +91,7 @@ impl Fault {
                 "delay" => out.push(Fault::Delay),
                 "crash" | "kill" => out.push(Fault::Crash),
                 "crash-leader" | "kill-leader" => out.push(Fault::CrashLeader),
+                "crash-sleeper-leader" => out.push(Fault::CrashSleeperLeader),
                 "crash-all" | "kill-all" => out.push(Fault::CrashAll),
                 "pause" => out.push(Fault::Pause),
                 "move-leader" => out.push(Fault::MoveLeader),
@@ -117,7 +121,11 @@ impl Fault {
                 | Fault::MoveLeader
                 | Fault::AbandonTxn => !process,
                 Fault::CrashAll | Fault::Pause => process,
-                Fault::Crash | Fault::CrashLeader | Fault::Split | Fault::Merge => true,
+                Fault::Crash
+                | Fault::CrashLeader
+                | Fault::CrashSleeperLeader
+                | Fault::Split
+                | Fault::Merge => true,
                 Fault::Failpoint(_) => {
                     if !failpoints::COMPILED {
                         return Err(
@@ -217,6 +225,44 @@ impl Target {
                 c.nodes.iter().position(|t| t.id == id)
             }
             Target::Process(c) => c.leader(&[]).await,
+        }
+    }
+
+    /// The node leading the region of `key`, as node `asked` lists the
+    /// regions.
+    async fn leader_of(&self, key: &str, asked: usize) -> Option<usize> {
+        match self {
+            Target::InProcess(c) => {
+                let asked = nth_running(c, asked);
+                let id = c
+                    .node(asked)
+                    .route(key.as_bytes())
+                    .ok()?
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader?;
+                let i = c.nodes.iter().position(|t| t.id == id)?;
+                c.is_running(i).then_some(i)
+            }
+            Target::Process(c) => {
+                let mut client = RegionsClient::new(crate::secured::channel(&c.client_addr(asked)));
+                let list = client.list(RegionListRequest {});
+                let regions = tokio::time::timeout(Duration::from_secs(5), list)
+                    .await
+                    .ok()?
+                    .ok()?
+                    .into_inner()
+                    .regions;
+                let leader = regions
+                    .iter()
+                    .find(|r| {
+                        r.start.as_slice() <= key.as_bytes()
+                            && (r.end.is_empty() || key.as_bytes() < r.end.as_slice())
+                    })?
+                    .leader;
+                c.member_index(leader).await
+            }
         }
     }
 
@@ -473,6 +519,19 @@ impl Target {
                 self.crash(leader).await;
                 (format!("crash leader (node {leader})"), vec![leader])
             }
+            (Fault::CrashSleeperLeader, _) => {
+                let key = super::sleepers::key(rng.usize(0..super::sleepers::KEYS_AT_MOST));
+                match self.leader_of(&key, random).await {
+                    Some(i) => {
+                        self.crash(i).await;
+                        (
+                            format!("crash the leader of {key}'s region (node {i})"),
+                            vec![i],
+                        )
+                    }
+                    None => (format!("{key}'s region has no leader to crash"), vec![]),
+                }
+            }
             (Fault::CrashAll, _) => {
                 for i in 0..n {
                     self.crash(i).await;
@@ -592,6 +651,10 @@ pub async fn run(
             .split(&super::sleepers::key(i), rng.usize(0..target.len()))
             .await;
         log.push((epoch.elapsed().as_millis() as u64, what));
+    }
+    if sleepers > 0 {
+        // Let the new regions fall asleep first.
+        tokio::time::sleep(Duration::from_secs(8)).await;
     }
     while !faults.is_empty() && Instant::now() + Duration::from_secs(1) < deadline {
         let f = faults[rng.usize(0..faults.len())];

@@ -5,18 +5,22 @@
 //! crashes, pauses and cuts members off.
 //!
 //! Keys are `zs/NN`; the nemesis splits at each before the faults start.
-//! One client per key waits 4–9 s (longer than a region takes to fall
-//! asleep), puts the next value of a counter, and reads the key back
+//! One client per key waits 6–12 s (longer than a region takes to fall
+//! asleep, about 4 s), puts the next value of a counter, and reads the key back
 //! linearizably. Checked:
 //! - **No stale read, no lost write:** a read returns the value of the
 //!   last acknowledged put (or the last value read), or of a put whose
 //!   outcome is unknown (a fault cut the answer; it may take effect any
 //!   time after it was sent) — never a value overwritten since.
+//! - **A sleeping region whose leader dies elects another:** the nemesis
+//!   holds one member down at a time, for longer than [`WRITE_WITHIN`], so
+//!   a majority is always up; each touch tries one member after another
+//!   until a put is acknowledged, and must be within [`WRITE_WITHIN`].
+//!   A region whose followers sleep on under a dead leader (nothing woke
+//!   them) waits for the leader's restart, and fails here.
 //! - **Sleeping regions come back:** once the nemesis has healed every
 //!   fault and the regions have had time to fall asleep again, each key
-//!   takes a put and a read within [`RECOVER`]. A region left with no
-//!   leader and nobody ticking (its leader dead, its followers asleep)
-//!   fails here.
+//!   takes a put and a read within [`RECOVER`].
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,13 @@ use tonic::transport::Channel;
 
 /// The keys' prefix.
 pub const PREFIX: &str = "zs/";
+/// The nemesis picks among this many sleepers' keys.
+pub const KEYS_AT_MOST: usize = 6;
 const CALL: Duration = Duration::from_secs(10);
+/// How long one put through one member may take.
+const ATTEMPT: Duration = Duration::from_secs(2);
+/// How long a touch may take to get a put acknowledged, through any member.
+const WRITE_WITHIN: Duration = Duration::from_secs(10);
 /// How long a sleeping region may take to serve again after the faults.
 const RECOVER: Duration = Duration::from_secs(15);
 /// How long the regions are left alone after the faults, to fall asleep.
@@ -43,7 +53,7 @@ pub struct Outcome {
     pub puts: usize,
     pub unknown: usize,
     pub reads: usize,
-    /// The slowest acknowledged put.
+    /// The slowest touch to get a put acknowledged.
     pub slowest: Duration,
     /// Reads that returned a value older than an acknowledged one, and
     /// keys that did not serve again after the faults, described.
@@ -62,7 +72,7 @@ impl Outcome {
     /// A human summary line.
     pub fn summary(&self) -> String {
         format!(
-            "sleepers: {} puts ({} unknown), {} reads, slowest put {:?}",
+            "sleepers: {} puts ({} unknown), {} reads, slowest touch {:?}",
             self.puts, self.unknown, self.reads, self.slowest
         )
     }
@@ -92,7 +102,7 @@ impl Sleeper {
         ))
     }
 
-    async fn put(&mut self, endpoints: &[String]) -> Put {
+    async fn put(&mut self, endpoints: &[String], timeout: Duration) -> Put {
         self.next += 1;
         let value = self.next;
         let mut kv = self.client(endpoints);
@@ -102,7 +112,7 @@ impl Sleeper {
             value: value.to_string().into_bytes(),
             ..Default::default()
         });
-        match tokio::time::timeout(CALL, put).await {
+        match tokio::time::timeout(timeout, put).await {
             Ok(Ok(_)) => {
                 self.acked = value;
                 Put::Acked(started.elapsed())
@@ -164,8 +174,8 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
                 };
                 let mut out = Outcome::default();
                 loop {
-                    let nap = Duration::from_millis(rng.u64(4_000..9_000));
-                    if Instant::now() + nap + CALL >= deadline {
+                    let nap = Duration::from_millis(rng.u64(6_000..12_000));
+                    if Instant::now() + nap >= deadline {
                         break;
                     }
                     tokio::time::sleep(nap).await;
@@ -177,7 +187,7 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
                     .await;
                 let until = Instant::now() + RECOVER;
                 let served = loop {
-                    if matches!(s.put(&endpoints).await, Put::Acked(_)) {
+                    if matches!(s.put(&endpoints, CALL).await, Put::Acked(_)) {
                         if let Some(read) = s.read(&endpoints).await {
                             if let Err(e) = read {
                                 out.bad.push(e);
@@ -213,12 +223,27 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
 }
 
 impl Sleeper {
-    /// One touch: a put, then a read.
+    /// One touch: puts through one member after another until one is
+    /// acknowledged (within [`WRITE_WITHIN`]), then a read.
     async fn once(&mut self, endpoints: &[String], out: &mut Outcome) {
-        out.puts += 1;
-        match self.put(endpoints).await {
-            Put::Acked(took) => out.slowest = out.slowest.max(took),
-            Put::Unknown => out.unknown += 1,
+        let started = Instant::now();
+        loop {
+            out.puts += 1;
+            match self.put(endpoints, ATTEMPT).await {
+                Put::Acked(_) => {
+                    out.slowest = out.slowest.max(started.elapsed());
+                    break;
+                }
+                Put::Unknown => out.unknown += 1,
+            }
+            if started.elapsed() >= WRITE_WITHIN {
+                out.bad.push(format!(
+                    "{} took no put for {WRITE_WITHIN:?}, one member down at most",
+                    self.key
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if let Some(read) = self.read(endpoints).await {
             out.reads += 1;
