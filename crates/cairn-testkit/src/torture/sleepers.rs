@@ -90,7 +90,7 @@ struct Sleeper {
 }
 
 enum Put {
-    Acked(Duration),
+    Acked,
     Unknown,
 }
 
@@ -106,7 +106,6 @@ impl Sleeper {
         self.next += 1;
         let value = self.next;
         let mut kv = self.client(endpoints);
-        let started = Instant::now();
         let put = kv.put(PutRequest {
             key: self.key.as_bytes().to_vec(),
             value: value.to_string().into_bytes(),
@@ -115,7 +114,7 @@ impl Sleeper {
         match tokio::time::timeout(timeout, put).await {
             Ok(Ok(_)) => {
                 self.acked = value;
-                Put::Acked(started.elapsed())
+                Put::Acked
             }
             _ => {
                 self.maybe.push(value);
@@ -187,7 +186,7 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
                     .await;
                 let until = Instant::now() + RECOVER;
                 let served = loop {
-                    if matches!(s.put(&endpoints, CALL).await, Put::Acked(_)) {
+                    if matches!(s.put(&endpoints, CALL).await, Put::Acked) {
                         if let Some(read) = s.read(&endpoints).await {
                             if let Err(e) = read {
                                 out.bad.push(e);
@@ -230,7 +229,7 @@ impl Sleeper {
         loop {
             out.puts += 1;
             match self.put(endpoints, ATTEMPT).await {
-                Put::Acked(_) => {
+                Put::Acked => {
                     out.slowest = out.slowest.max(started.elapsed());
                     break;
                 }
