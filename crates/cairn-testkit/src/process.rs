@@ -165,6 +165,19 @@ impl ProcessCluster {
         None
     }
 
+    /// Waits (up to `within`) until member `i` answers Status; false if it
+    /// did not.
+    pub async fn wait_serving(&self, i: usize, within: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.status(i).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     /// The index of the running member whose ID is `id`.
     pub async fn member_index(&self, id: u64) -> Option<usize> {
         for i in 0..self.len() {

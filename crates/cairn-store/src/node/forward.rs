@@ -103,6 +103,9 @@ impl Node {
         auth: Option<AuthStamp>,
     ) -> Result<ForwardOk> {
         let r = self.region(region)?;
+        // A hibernating leader heartbeats again before it proposes
+        // (`hibernate`).
+        r.wake();
         match op {
             ForwardOp::Checked { .. } | ForwardOp::CheckedLease { .. } => {
                 Err(Error::Internal("nested checked op".into()))

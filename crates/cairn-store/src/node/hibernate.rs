@@ -13,7 +13,8 @@
 //! ([`ForwardOp::Beat`], every [`BEAT_EVERY`]), whatever the number of
 //! regions. It answers with the member's boot id, the regions it leads and
 //! the regions asleep there ([`ForwardOk::Beat`]).
-//! - A member whose beats fail for [`DOWN_AFTER`] is taken as down: every
+//! - A member whose beats have failed for [`DOWN_AFTER`] (counted from the
+//!   first failure, so a pause of this process does not count) is down: every
 //!   region here that it leads wakes, and its followers campaign (openraft
 //!   campaigns within a tick once a leader has been silent past the
 //!   election timeout).
@@ -43,8 +44,10 @@
 //!   not start a campaign.)
 //! - A leader down, or no longer leading, wakes its followers, after
 //!   0–300 ms of jitter so that they do not all campaign in the same tick.
-//!   Nothing else wakes a follower: one woken while its leader sleeps has
-//!   heard nothing for long, and campaigns at once.
+//!   Besides a replica with no known leader (a candidate, a deposed
+//!   leader), nothing else wakes a follower: one woken while its leader
+//!   sleeps has heard nothing for long, and campaigns at once.
+//! - A leader wakes as soon as it serves an op (`Node::serve_local`).
 //! - A region starts awake, after a restart or a split. A replica woken
 //!   counts its quiet time from then.
 //!
@@ -143,6 +146,10 @@ struct PeerBeat {
     ok: Option<Instant>,
     /// Since when this member has beaten to it.
     since: Instant,
+    /// Since when its beats have failed (None: the last one came back).
+    /// Counted from a failure, not from the last success: after this
+    /// process was paused, the first look must not find every member down.
+    failing_since: Option<Instant>,
     /// Its boot id at the last beat.
     boot: u64,
     /// The regions it led at the last beat and the one before.
@@ -160,6 +167,7 @@ impl PeerBeat {
         Self {
             ok: None,
             since: Instant::now(),
+            failing_since: None,
             boot: 0,
             leading: Default::default(),
             asleep: BTreeSet::new(),
@@ -171,7 +179,28 @@ impl PeerBeat {
 
 impl PeerBeat {
     fn down(&self) -> bool {
-        self.ok.unwrap_or(self.since).elapsed() >= DOWN_AFTER
+        match (self.ok, self.failing_since) {
+            (_, Some(t)) => t.elapsed() >= DOWN_AFTER,
+            (None, None) => self.since.elapsed() >= DOWN_AFTER,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Clears a member's beat in flight when the beat's task ends, however it
+/// ends.
+struct Flying {
+    node: std::sync::Weak<Node>,
+    peer: u64,
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        if let Some(n) = self.node.upgrade() {
+            if let Some(p) = n.beats.peers.lock().get_mut(&self.peer) {
+                p.flying = false;
+            }
+        }
     }
 }
 
@@ -296,7 +325,12 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
         }
         for peer in send {
             let (pool, raft, weak) = (n.pool.clone(), meta.raft.clone(), node.clone());
+            let flying = Flying {
+                node: weak.clone(),
+                peer,
+            };
             tokio::spawn(async move {
+                let _flying = flying;
                 let beat = remote::forward(&pool, &raft, peer, META_REGION, &ForwardOp::Beat);
                 let answer = tokio::time::timeout(BEAT_TIMEOUT, beat).await;
                 let Some(n) = weak.upgrade() else { return };
@@ -305,17 +339,18 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
                     let Some(p) = peers.get_mut(&peer) else {
                         return;
                     };
-                    p.flying = false;
                     let Ok(Ok(ForwardOk::Beat {
                         boot,
                         leading,
                         asleep,
                     })) = answer
                     else {
+                        p.failing_since.get_or_insert_with(Instant::now);
                         return;
                     };
                     let restarted = p.boot != 0 && p.boot != boot;
                     p.boot = boot;
+                    p.failing_since = None;
                     p.ok = Some(Instant::now());
                     p.answers += 1;
                     p.leading.swap(0, 1);

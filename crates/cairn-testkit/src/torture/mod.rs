@@ -7,7 +7,11 @@
 //! let them go ([`leases`]: no key lost while its lease is owed, none kept
 //! past it). On a secured cluster ([`crate::secured`]), users with a
 //! permission granted and revoked over and over make requests ([`access`]:
-//! every change in force at once on every member).
+//! every change in force at once on every member). With regions, a bank
+//! moves money between accounts in different regions ([`bank`]: every
+//! read sees the same total, the history strictly serializable), and
+//! sleepers touch keys in regions of their own that hibernate between
+//! touches ([`sleepers`]: a dead leader's sleeping regions elect another).
 //!
 //! Clusters: in-process nodes (faults through the real peer transport's
 //! switchboard: partitions, message loss and delay, crash-restart of a

@@ -283,7 +283,10 @@ impl Target {
             Target::Process(c) => {
                 c.reap_exited(i);
                 if c.pid(i).is_none() {
-                    c.restart(i)
+                    c.restart(i);
+                    // Serving before the next fault: one member down at a
+                    // time means one.
+                    c.wait_serving(i, Duration::from_secs(10)).await;
                 }
             }
         }

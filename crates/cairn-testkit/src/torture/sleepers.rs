@@ -21,6 +21,10 @@
 //! - **Sleeping regions come back:** once the nemesis has healed every
 //!   fault and the regions have had time to fall asleep again, each key
 //!   takes a put and a read within [`RECOVER`].
+//! - **Regions did sleep:** just before that, the members' `/metrics`
+//!   must count at least one replica asleep (`cairn_region_asleep_count`),
+//!   or the run proved nothing about hibernation. (Skipped when no member
+//!   answers over plain HTTP: a secured cluster.)
 
 use std::time::{Duration, Instant};
 
@@ -55,8 +59,12 @@ pub struct Outcome {
     pub reads: usize,
     /// The slowest touch to get a put acknowledged.
     pub slowest: Duration,
-    /// Reads that returned a value older than an acknowledged one, and
-    /// keys that did not serve again after the faults, described.
+    /// Replicas asleep, summed over the members that answered, after the
+    /// faults (None: no member answered).
+    pub asleep: Option<u64>,
+    /// Reads that returned an overwritten value, touches that got no put
+    /// acknowledged in time, keys that did not serve again after the
+    /// faults, and a run where no region slept, described.
     pub bad: Vec<String>,
 }
 
@@ -72,8 +80,12 @@ impl Outcome {
     /// A human summary line.
     pub fn summary(&self) -> String {
         format!(
-            "sleepers: {} puts ({} unknown), {} reads, slowest touch {:?}",
-            self.puts, self.unknown, self.reads, self.slowest
+            "sleepers: {} puts ({} unknown), {} reads, slowest touch {:?}, replicas asleep after the faults {}",
+            self.puts,
+            self.unknown,
+            self.reads,
+            self.slowest,
+            self.asleep.map_or("unknown".into(), |n| n.to_string())
         )
     }
 }
@@ -209,7 +221,24 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
             })
         })
         .collect();
-    let mut all = Outcome::default();
+    // Just before the keys are touched again after the faults: the regions
+    // had SETTLE to fall asleep.
+    tokio::time::sleep(deadline.saturating_duration_since(Instant::now()) + SETTLE).await;
+    let mut asleep = None;
+    for e in endpoints {
+        if let Some(n) = asleep_count(e).await {
+            *asleep.get_or_insert(0) += n;
+        }
+    }
+    let mut all = Outcome {
+        asleep,
+        ..Default::default()
+    };
+    if asleep == Some(0) {
+        all.bad.push(
+            "no region replica was asleep after the faults: hibernation never happened".into(),
+        );
+    }
     for t in tasks {
         let Ok(o) = t.await else { continue };
         all.puts += o.puts;
@@ -219,6 +248,29 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
         all.bad.extend(o.bad);
     }
     all
+}
+
+/// `cairn_region_asleep_count` from the `/metrics` of the member at
+/// `addr` (plain HTTP on the client port), if it answers.
+async fn asleep_count(addr: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = addr.trim_start_matches("http://");
+    let call = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let get = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(get.as_bytes()).await.ok()?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).await.ok()?;
+        String::from_utf8_lossy(&body).lines().find_map(|l| {
+            l.strip_prefix("cairn_region_asleep_count ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .ok()?
 }
 
 impl Sleeper {
