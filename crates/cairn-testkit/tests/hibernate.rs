@@ -37,6 +37,24 @@ fn leader_seen(c: &InProcessCluster, member: usize, region: u64) -> Option<u64> 
         .and_then(|r| r.raft.metrics().borrow().current_leader)
 }
 
+/// Waits until the members other than `leader` (whose ID is `gone`) see
+/// another leader of `region`; returns their indexes.
+async fn wait_replaced(c: &InProcessCluster, region: u64, leader: usize, gone: u64) -> Vec<usize> {
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while others
+        .iter()
+        .any(|&i| leader_seen(c, i, region).is_none_or(|l| l == gone))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "region {region} kept its leader {gone:x}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    others
+}
+
 async fn split_and_sleep() -> (InProcessCluster, u64) {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
@@ -85,19 +103,8 @@ async fn a_sleeping_regions_stopped_leader_is_replaced_by_itself() {
     let leader = c.wait_leader(region).await;
     let gone = c.nodes[leader].id;
     c.stop(leader).await;
-    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     // No request: the beats alone wake the followers.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while others
-        .iter()
-        .any(|&i| leader_seen(&c, i, region).is_none_or(|l| l == gone))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "region {region} kept its stopped leader"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let others = wait_replaced(&c, region, leader, gone).await;
     let mut client = c.kv(others[0]).await;
     kv::put(&mut client, "z", "2").await.unwrap();
     // The stopped member comes back and catches up.
@@ -129,18 +136,7 @@ async fn a_sleeping_regions_cut_off_leader_is_replaced_and_steps_down() {
     let leader = c.wait_leader(region).await;
     let cut = c.nodes[leader].id;
     c.isolate(leader);
-    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while others
-        .iter()
-        .any(|&i| leader_seen(&c, i, region).is_none_or(|l| l == cut))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "region {region} kept its cut-off leader"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let others = wait_replaced(&c, region, leader, cut).await;
     let mut client = c.kv(others[0]).await;
     kv::put(&mut client, "z", "3").await.unwrap();
     c.heal();
