@@ -41,18 +41,36 @@ fn leader_seen(c: &InProcessCluster, member: usize, region: u64) -> Option<u64> 
 /// another leader of `region`; returns their indexes.
 async fn wait_replaced(c: &InProcessCluster, region: u64, leader: usize, gone: u64) -> Vec<usize> {
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    eventually(
+        &format!("region {region} replaces its leader {gone:x}"),
+        || {
+            others
+                .iter()
+                .all(|&i| leader_seen(c, i, region).is_some_and(|l| l != gone))
+        },
+    )
+    .await;
+    others
+}
+
+/// `region`'s Raft term on `member`.
+fn term(c: &InProcessCluster, member: usize, region: u64) -> u64 {
+    c.node(member)
+        .region(region)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .current_term
+}
+
+/// Waits up to 10 s for `ok`; fails saying `what` did not happen.
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while others
-        .iter()
-        .any(|&i| leader_seen(c, i, region).is_none_or(|l| l == gone))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "region {region} kept its leader {gone:x}"
-        );
+    while !ok() {
+        assert!(Instant::now() < deadline, "never: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    others
 }
 
 async fn split_and_sleep() -> (InProcessCluster, u64) {
@@ -69,16 +87,7 @@ async fn split_and_sleep() -> (InProcessCluster, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sleeping_region_serves_at_once_and_sleeps_again() {
     let (c, region) = split_and_sleep().await;
-    let term = |i: usize| {
-        c.node(i)
-            .region(region)
-            .unwrap()
-            .raft
-            .metrics()
-            .borrow()
-            .current_term
-    };
-    let before = term(0);
+    let before = term(&c, 0, region);
     let mut client = c.kv(1).await;
     let started = Instant::now();
     kv::put(&mut client, "z", "1").await.unwrap();
@@ -93,7 +102,7 @@ async fn a_sleeping_region_serves_at_once_and_sleeps_again() {
     );
     // Woken by the write, asleep again once quiet, with no election.
     wait_asleep(&c, region, &[0, 1, 2]).await;
-    assert_eq!(term(0), before, "sleeping moved the term");
+    assert_eq!(term(&c, 0, region), before, "sleeping moved the term");
     c.shutdown().await;
 }
 
@@ -142,14 +151,10 @@ async fn a_sleeping_regions_cut_off_leader_is_replaced_and_steps_down() {
     c.heal();
     // The old leader learns of the new one.
     let new = leader_seen(&c, others[0], region).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while leader_seen(&c, leader, region) != Some(new) {
-        assert!(
-            Instant::now() < deadline,
-            "the healed member never followed the new leader"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the healed member follows the new leader", || {
+        leader_seen(&c, leader, region) == Some(new)
+    })
+    .await;
     c.shutdown().await;
 }
 
@@ -161,21 +166,16 @@ async fn a_restarted_follower_of_a_sleeping_region_starts_no_election() {
     let (mut c, region) = split_and_sleep().await;
     let leader = c.wait_leader(region).await;
     let follower = (leader + 1) % 3;
-    let term = |c: &InProcessCluster, i: usize| {
-        c.node(i)
-            .region(region)
-            .unwrap()
-            .raft
-            .metrics()
-            .borrow()
-            .current_term
-    };
-    let before = term(&c, leader);
+    let before = term(&c, leader, region);
     c.stop(follower).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.restart(follower).await;
     wait_asleep(&c, region, &[0, 1, 2]).await;
-    assert_eq!(term(&c, leader), before, "the restart moved the term");
+    assert_eq!(
+        term(&c, leader, region),
+        before,
+        "the restart moved the term"
+    );
     assert_eq!(c.wait_leader(region).await, leader);
     c.shutdown().await;
 }
