@@ -218,3 +218,37 @@ async fn an_idle_region_is_closed_only_while_watched() {
     assert_eq!(applied(), after, "closes went on without a watch");
     c.shutdown().await;
 }
+
+/// A watch over several regions created from now starts at the store's
+/// newest revision, not at an unwatched idle region's last write
+/// (`Node::catch_up_closes`): no event written before it was created is
+/// replayed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_now_over_an_idle_region_replays_nothing() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    // Long enough that nobody's asks for closes of "z"'s region remain.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut last = 0;
+    for n in 0..5 {
+        last = kv::put(&mut client, &format!("a{n}"), "v").await.unwrap();
+    }
+    let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    })
+    .await;
+    let created = w.next(Duration::from_secs(5)).await.unwrap();
+    assert!(created.created);
+    let at = created.header.unwrap().revision;
+    assert!(at >= last, "created at {at}, below the last write {last}");
+    if let Some(r) = w.next(Duration::from_secs(2)).await {
+        assert!(r.events.is_empty(), "replayed {:?}", r.events);
+    }
+    c.shutdown().await;
+}

@@ -62,9 +62,9 @@ use crate::Result;
 /// are wanted.
 const CLOSE_EVERY: Duration = Duration::from_millis(250);
 /// How often a member asks again for closes it still wants.
-pub(super) const ASK_EVERY: Duration = Duration::from_secs(1);
+const ASK_EVERY: Duration = Duration::from_secs(1);
 /// How long a leader goes on closing a region after the last ask.
-pub(super) const WANTED_FOR: Duration = Duration::from_secs(3);
+const WANTED_FOR: Duration = Duration::from_secs(3);
 
 /// One replica's record of asks for closes.
 #[derive(Default)]
@@ -126,13 +126,7 @@ impl Node {
             return;
         }
         if leader == self.id {
-            // (The loop runs the close at its next pass, CLOSE_EVERY
-            // after the last one at the most.)
-            let fresh = !r.closes.wanted();
-            r.closes.want();
-            if fresh {
-                self.close_now.notify_one();
-            }
+            self.closes_wanted(r);
             return;
         }
         let (pool, raft, id) = (self.pool.clone(), r.raft.clone(), r.id);
@@ -170,7 +164,9 @@ impl Node {
     }
 
     /// Serves [`ForwardOp::WantCloses`] for region `r` (led here, or it
-    /// was when asked).
+    /// was when asked), and an ask from this member: pokes the loop when
+    /// the want begins (it closes at its next pass, [`CLOSE_EVERY`] after
+    /// the last close at the most).
     pub(super) fn closes_wanted(&self, r: &Region) {
         let fresh = !r.closes.wanted();
         r.closes.want();

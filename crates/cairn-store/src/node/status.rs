@@ -16,11 +16,7 @@ impl Node {
     /// headers). Not the first region's alone: an idle region's revision
     /// moves only while someone asks for closes in it (`closes.rs`).
     pub fn revision(&self) -> i64 {
-        self.data_regions()
-            .iter()
-            .map(|r| r.shared.revisions().current)
-            .max()
-            .unwrap_or(0)
+        self.data_regions_max(|a| a.current_revision as u64) as i64
     }
 
     /// What `Maintenance.Status` reports.
