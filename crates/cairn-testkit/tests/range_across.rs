@@ -703,3 +703,100 @@ async fn reads_across_regions_take_no_revision() {
     }
     c.shutdown().await;
 }
+
+/// A serializable read across regions on a member that answered nothing
+/// is not served at an idle region's old revision. Nobody asked for closes
+/// of that region lately, so its revision stayed at its last write; the
+/// read asks, waits (briefly) for it to reach the freshest region here,
+/// and shows the writes this member has applied since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_serializable_read_across_an_unasked_idle_region_is_fresh() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut writer = c.kv(0).await;
+    kv::put(&mut writer, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    // Long enough that nobody's asks for closes of "z"'s region remain.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut last = 0;
+    for n in 0..5 {
+        last = kv::put(&mut writer, "a", &n.to_string()).await.unwrap();
+    }
+    let member = c.node(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while member.regions_overlapping(b"a", None)[0]
+        .0
+        .shared
+        .revisions()
+        .current
+        < last
+    {
+        assert!(Instant::now() < deadline, "member 1 never applied {last}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = c
+        .kv(1)
+        .await
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let at = r.header.unwrap().revision;
+    assert!(at >= last, "read at {at}, below {last} applied here");
+    assert_eq!(r.kvs[0].value, b"4");
+    c.shutdown().await;
+}
+
+/// Headers a member fills from its own state (Status, LeaseGrant) carry
+/// the newest revision of its regions, as etcd's carry its store's — not
+/// the first region's, which stays at its last write while the writes go
+/// to another region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn headers_carry_the_newest_revision_of_any_region() {
+    use cairn_api::etcdserverpb::lease_client::LeaseClient;
+    use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_api::etcdserverpb::{LeaseGrantRequest, StatusRequest};
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "a", "1").await.unwrap();
+    c.split_at("m").await;
+    // Long enough that nobody's asks for closes of "a"'s region remain
+    // (a close moves a region's revision too).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut last = 0;
+    for n in 0..5 {
+        last = kv::put(&mut client, "z", &n.to_string()).await.unwrap();
+    }
+    for i in 0..3 {
+        let channel = cairn_testkit::secured::lazy(cairn_testkit::secured::endpoint(
+            &c.nodes[i].client_addr,
+        ));
+        let mut status = MaintenanceClient::new(channel.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = status.status(StatusRequest {}).await.unwrap().into_inner();
+            let at = r.header.unwrap().revision;
+            if at >= last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i}'s Status header stayed at {at}, below {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let granted = LeaseClient::new(channel)
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(granted.header.unwrap().revision >= last, "member {i}");
+    }
+    c.shutdown().await;
+}
