@@ -348,6 +348,71 @@ async fn a_log_grown_by_its_byte_limit_is_snapshotted_and_purged() {
     c.shutdown().await;
 }
 
+/// A region whose log stopped growing keeps none of what every replica
+/// holds (`node::log_purge`, its quiet rule): each member purges up to its
+/// last write, though neither the count nor the bytes rule would. But the
+/// leader keeps what a stopped member has not matched, and that member
+/// catches up from the log when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_regions_log_is_purged_of_what_every_replica_holds() {
+    let mut c =
+        InProcessCluster::start_snapshotting(3, 1_000_000, 64 << 20, Default::default()).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let metrics = |c: &InProcessCluster, i: usize| {
+        c.node(i)
+            .region(DATA_REGION)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .clone()
+    };
+    for i in 0..30 {
+        put_eventually(&c, leader, &format!("q{i}"), "v").await;
+    }
+    let last = metrics(&c, leader).last_log_index.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..3 {
+        loop {
+            let purged = metrics(&c, i).purged.map_or(0, |p| p.index);
+            if purged >= last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} purged only to {purged}, not {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // A member down: the leader purges no further than it matched.
+    let down = (leader + 1) % 3;
+    let up = (leader + 2) % 3;
+    let down_id = c.node(down).id;
+    c.stop(down).await;
+    for i in 30..60 {
+        put_eventually(&c, leader, &format!("q{i}"), "v").await;
+    }
+    let last = metrics(&c, leader).last_log_index.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metrics(&c, up).purged.map_or(0, |p| p.index) < last {
+        assert!(Instant::now() < deadline, "member {up} never purged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = metrics(&c, leader);
+    let matched = m.replication.as_ref().unwrap()[&down_id]
+        .map_or(0, |l| l.index);
+    let purged = m.purged.map_or(0, |p| p.index);
+    assert!(
+        matched < last && purged <= matched,
+        "leader purged to {purged}, past the stopped member's {matched}"
+    );
+    c.restart(down).await;
+    wait_value(&c, down, "q59", "v", true).await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lossy_network_still_commits_every_acknowledged_write() {
     let c = InProcessCluster::start(3).await;

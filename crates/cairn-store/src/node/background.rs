@@ -1,11 +1,9 @@
 //! The node's background loops (each holds the node weakly and ends with
 //! it): publishing this member, and the ranges of the data regions it
-//! leads, to the meta region; counting leader changes; bounding each
-//! region's Raft log by bytes. (Lease expiry lives in `crate::lessor`, TSO
-//! colocation in `crate::tso`, closed timestamps in `closes`.)
+//! leads, to the meta region; counting leader changes. (Lease expiry lives
+//! in `crate::lessor`, TSO colocation in `crate::tso`, closed timestamps in
+//! `closes`, bounding Raft logs in `log_purge`.)
 
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cairn_raft::{Command, MemberInfo, RegionDesc};
@@ -127,53 +125,6 @@ pub(super) async fn count_leader_changes(
         last = leader;
         if metrics.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-/// Bounds each region's Raft log by bytes, on top of openraft's own policy
-/// (snapshot every `snapshot_logs` entries, then purge all but a tenth of
-/// that). An entry is a whole commit group, so a count alone lets the log
-/// hold anything from kilobytes to gigabytes: measured (1 node, 1M puts of
-/// 256 B from 200 clients) the log keyspace held 256 MB of an 880 MB data
-/// dir. Each time a region's log has grown by
-/// [`NodeConfig::snapshot_log_bytes`], this task asks for a snapshot and
-/// purges the log up to where it asked the time before (and no further than
-/// the latest snapshot) — so a region keeps at least one limit's worth of
-/// log, slack for a briefly lagging follower, however recently openraft's
-/// own policy snapshotted. A snapshot build only syncs the engine (the state
-/// machine lives in it), so asking often is cheap; openraft delays a purge
-/// that a replication stream still needs.
-pub(super) async fn snapshot_by_log_bytes(node: std::sync::Weak<Node>) {
-    const EVERY: Duration = Duration::from_millis(500);
-    // Per region: log bytes and applied index when a snapshot was last asked for.
-    let mut asked: BTreeMap<u64, (u64, Option<u64>)> = BTreeMap::new();
-    loop {
-        tokio::time::sleep(EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        let limit = n.config.snapshot_log_bytes;
-        for r in n.regions.all() {
-            let now = r.log_bytes.load(Ordering::Relaxed);
-            let (bytes_then, applied_then) = asked.entry(r.id).or_insert((0, None));
-            if limit == 0 || now.saturating_sub(*bytes_then) < limit {
-                continue;
-            }
-            tracing::debug!(
-                region = r.id,
-                bytes = now - *bytes_then,
-                "log bytes reached: snapshot"
-            );
-            let (snapshot, applied) = {
-                let m = r.raft.metrics();
-                let m = m.borrow();
-                (m.snapshot.map(|s| s.index), m.last_applied.map(|l| l.index))
-            };
-            if let Some(upto) = applied_then.zip(snapshot).map(|(a, s)| a.min(s)) {
-                let _ = r.raft.trigger().purge_log(upto).await;
-            }
-            *bytes_then = now;
-            *applied_then = applied;
-            let _ = r.raft.trigger().snapshot().await;
         }
     }
 }

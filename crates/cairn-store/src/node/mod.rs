@@ -44,6 +44,7 @@ mod hibernate;
 mod kv;
 mod lease_across;
 mod leases;
+mod log_purge;
 mod merge;
 mod merge_check;
 mod range_across;

@@ -203,7 +203,7 @@ impl Node {
             node.stopped.subscribe(),
         ));
         tokio::spawn(tso::colocate(Arc::downgrade(&node)));
-        tokio::spawn(background::snapshot_by_log_bytes(Arc::downgrade(&node)));
+        tokio::spawn(super::log_purge::bound_logs(Arc::downgrade(&node)));
         if !node.config.corrupt_check_interval.is_zero() {
             tokio::spawn(crate::corruption::check_every(
                 Arc::downgrade(&node),
