@@ -19,7 +19,9 @@
 //!   window.
 //! - log bounds: besides openraft's snapshot every N entries, each replica
 //!   snapshots and purges its log every `snapshot_log_bytes` of log (an
-//!   entry is a whole commit group, so a count alone does not bound it).
+//!   entry is a whole commit group, so a count alone does not bound it),
+//!   and a region quiet for a while of what every replica holds
+//!   (`node::log_purge`).
 //! - access: the auth store is replicated in the meta region and checked
 //!   on the serving member; every change is fenced in the data region so
 //!   it is in force as soon as it is acknowledged (`auth`);

@@ -351,12 +351,13 @@ async fn a_log_grown_by_its_byte_limit_is_snapshotted_and_purged() {
 /// A region whose log stopped growing keeps none of what every replica
 /// holds (`node::log_purge`, its quiet rule): each member purges up to its
 /// last write, though neither the count nor the bytes rule would. But the
-/// leader keeps what a stopped member has not matched, and that member
-/// catches up from the log when it returns.
+/// leader keeps what a stopped member has not matched — more entries than
+/// openraft keeps after a snapshot — and that member catches up from the
+/// log when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quiet_regions_log_is_purged_of_what_every_replica_holds() {
-    let mut c =
-        InProcessCluster::start_snapshotting(3, 1_000_000, 64 << 20, Default::default()).await;
+    // Snapshot every 200 entries by count (none here), keep 20 after one.
+    let mut c = InProcessCluster::start_snapshotting(3, 200, 64 << 20, Default::default()).await;
     let leader = c.wait_leader(DATA_REGION).await;
     let metrics = |c: &InProcessCluster, i: usize| {
         c.node(i)
@@ -401,8 +402,7 @@ async fn a_quiet_regions_log_is_purged_of_what_every_replica_holds() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m = metrics(&c, leader);
-    let matched = m.replication.as_ref().unwrap()[&down_id]
-        .map_or(0, |l| l.index);
+    let matched = m.replication.as_ref().unwrap()[&down_id].map_or(0, |l| l.index);
     let purged = m.purged.map_or(0, |p| p.index);
     assert!(
         matched < last && purged <= matched,

@@ -24,9 +24,12 @@
 //!   applied (unless its snapshot is there already), and its log purged
 //!   up to that snapshot — on the leader, no further than every replica
 //!   has matched: a member that is down keeps the entries it will need
-//!   when it returns, up to the bytes rule. A follower serves no
-//!   replication, so it purges what it applied. Neither a snapshot nor a
-//!   purge writes a log entry, so neither wakes a sleeping region.
+//!   when it returns, up to the bytes rule (and openraft's own purge after
+//!   a snapshot, which the leader then does not ask for). A follower
+//!   serves no replication, so it purges what it applied; should it lead
+//!   later, a member that was down meanwhile catches up by a snapshot
+//!   instead of the log. Neither a snapshot nor a purge writes a log
+//!   entry, so neither wakes a sleeping region.
 //!
 //! [`NodeConfig::snapshot_log_bytes`]: crate::NodeConfig::snapshot_log_bytes
 
@@ -109,11 +112,16 @@ async fn by_bytes(r: &Region, now: u64, asked: &mut (u64, Option<u64>)) {
 /// The quiet rule for `r`, quiet long enough: purges up to what it applied
 /// and (on a leader) every replica matched, once a snapshot covers that;
 /// asks for the snapshot until one does.
+///
+/// openraft purges by its own policy after every snapshot it builds: up
+/// to the snapshot's index less `max_in_snapshot_log_to_keep`, whatever
+/// the replicas matched (only a replication in flight holds it). So a
+/// leader whose slowest replica is further behind than that asks for no
+/// snapshot; it purges no further than the snapshot it has.
 async fn when_quiet(r: &Region, purged: &mut u64) {
-    let (target, snapshot) = {
+    let (applied, matched, snapshot) = {
         let m = r.raft.metrics();
         let m = m.borrow();
-        let applied = m.last_applied.map_or(0, |l| l.index);
         // On the leader: the least any replica has matched.
         let matched = m.replication.as_ref().map_or(u64::MAX, |reps| {
             reps.values()
@@ -121,18 +129,34 @@ async fn when_quiet(r: &Region, purged: &mut u64) {
                 .min()
                 .unwrap_or(u64::MAX)
         });
-        (applied.min(matched), m.snapshot.map_or(0, |s| s.index))
+        (
+            m.last_applied.map_or(0, |l| l.index),
+            matched,
+            m.snapshot.map_or(0, |s| s.index),
+        )
     };
-    if target <= *purged {
+    let target = applied.min(matched);
+    if snapshot >= target {
+        purge_quiet(r, target, purged).await;
         return;
     }
-    if snapshot < target {
+    let kept = r.raft.config().max_in_snapshot_log_to_keep;
+    if applied.saturating_sub(kept) <= matched {
         // Built at what is applied by then; an ask while a build is under
         // way is ignored, so ask until one covers the target.
         let _ = r.raft.trigger().snapshot().await;
+    } else {
+        purge_quiet(r, snapshot, purged).await;
+    }
+}
+
+/// Purges `r`'s log up to `upto` (at or below its snapshot), if past what
+/// was purged here before.
+async fn purge_quiet(r: &Region, upto: u64, purged: &mut u64) {
+    if upto <= *purged {
         return;
     }
-    tracing::debug!(region = r.id, upto = target, "quiet region: purge its log");
-    let _ = r.raft.trigger().purge_log(target).await;
-    *purged = target;
+    tracing::debug!(region = r.id, upto, "quiet region: purge its log");
+    let _ = r.raft.trigger().purge_log(upto).await;
+    *purged = upto;
 }
