@@ -42,8 +42,18 @@ impl ProcessCluster {
     }
 
     /// Starts `n` members passing `extra_args` to every `cairn serve`
-    /// (e.g. `--snapshot-count 100`).
+    /// (e.g. `--snapshot-count 100`). Regions never merge by themselves
+    /// (`--region-merge-bytes 0`) unless `extra_args` says otherwise: the
+    /// tests split by hand, and their small, cold regions would otherwise
+    /// merge back under them.
     pub fn start_with(bin: &Path, n: usize, extra_args: &[String]) -> Self {
+        let mut extra_args = extra_args.to_vec();
+        if !extra_args
+            .iter()
+            .any(|a| a.starts_with("--region-merge-bytes"))
+        {
+            extra_args.extend(["--region-merge-bytes".to_string(), "0".to_string()]);
+        }
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -69,7 +79,7 @@ impl ProcessCluster {
             bin: bin.to_path_buf(),
             dir: tempfile::tempdir().expect("tempdir"),
             initial,
-            extra_args: extra_args.to_vec(),
+            extra_args,
             members,
         };
         for i in 0..n {

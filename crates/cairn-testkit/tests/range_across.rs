@@ -774,9 +774,8 @@ async fn headers_carry_the_newest_revision_of_any_region() {
         last = kv::put(&mut client, "z", &n.to_string()).await.unwrap();
     }
     for i in 0..3 {
-        let channel = cairn_testkit::secured::lazy(cairn_testkit::secured::endpoint(
-            &c.nodes[i].client_addr,
-        ));
+        let channel =
+            cairn_testkit::secured::lazy(cairn_testkit::secured::endpoint(&c.nodes[i].client_addr));
         let mut status = MaintenanceClient::new(channel.clone());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

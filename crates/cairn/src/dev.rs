@@ -22,7 +22,7 @@ pub struct DevArgs {
     #[arg(long)]
     pub tls: bool,
     /// Split a data region past this size (`64KiB`; 0: never), as `serve`.
-    #[arg(long, default_value = "0", value_parser = serve::parse_bytes)]
+    #[arg(long, default_value = "256MiB", value_parser = serve::parse_bytes)]
     pub region_split_bytes: u64,
     /// Split a data region past this many writes a second (0: never), as `serve`.
     #[arg(long, default_value_t = 0)]
