@@ -704,6 +704,24 @@ async fn reads_across_regions_take_no_revision() {
     c.shutdown().await;
 }
 
+/// A 3-node cluster split at "m" with `idle` written before the split,
+/// left alone until nobody's asks for closes of its region remain (a
+/// close moves a region's revision too), then `busy` (in the other
+/// region) written 5 times, "0" to "4". Returns the last write's revision.
+async fn split_then_write_one_side(idle: &str, busy: &str) -> (InProcessCluster, i64) {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, idle, "0").await.unwrap();
+    c.split_at("m").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut last = 0;
+    for n in 0..5 {
+        last = kv::put(&mut client, busy, &n.to_string()).await.unwrap();
+    }
+    (c, last)
+}
+
 /// A serializable read across regions on a member that answered nothing
 /// is not served at an idle region's old revision. Nobody asked for closes
 /// of that region lately, so its revision stayed at its last write; the
@@ -711,17 +729,7 @@ async fn reads_across_regions_take_no_revision() {
 /// and shows the writes this member has applied since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_serializable_read_across_an_unasked_idle_region_is_fresh() {
-    let c = InProcessCluster::start(3).await;
-    c.wait_leader(DATA_REGION).await;
-    let mut writer = c.kv(0).await;
-    kv::put(&mut writer, "z", "0").await.unwrap();
-    c.split_at("m").await;
-    // Long enough that nobody's asks for closes of "z"'s region remain.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut last = 0;
-    for n in 0..5 {
-        last = kv::put(&mut writer, "a", &n.to_string()).await.unwrap();
-    }
+    let (c, last) = split_then_write_one_side("z", "a").await;
     let member = c.node(1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while member.regions_overlapping(b"a", None)[0]
@@ -761,18 +769,7 @@ async fn headers_carry_the_newest_revision_of_any_region() {
     use cairn_api::etcdserverpb::lease_client::LeaseClient;
     use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
     use cairn_api::etcdserverpb::{LeaseGrantRequest, StatusRequest};
-    let c = InProcessCluster::start(3).await;
-    c.wait_leader(DATA_REGION).await;
-    let mut client = c.kv(0).await;
-    kv::put(&mut client, "a", "1").await.unwrap();
-    c.split_at("m").await;
-    // Long enough that nobody's asks for closes of "a"'s region remain
-    // (a close moves a region's revision too).
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut last = 0;
-    for n in 0..5 {
-        last = kv::put(&mut client, "z", &n.to_string()).await.unwrap();
-    }
+    let (c, last) = split_then_write_one_side("a", "z").await;
     for i in 0..3 {
         let channel =
             cairn_testkit::secured::lazy(cairn_testkit::secured::endpoint(&c.nodes[i].client_addr));
