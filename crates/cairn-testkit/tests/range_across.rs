@@ -340,6 +340,42 @@ async fn a_serializable_range_across_regions_needs_no_leader() {
     c.shutdown().await;
 }
 
+/// A serializable Range of every key from "a" through `member`, once its
+/// replica of the region holding `key` has applied `revision`.
+async fn serializable_read_once_applied(
+    c: &InProcessCluster,
+    member: usize,
+    key: &[u8],
+    revision: i64,
+) -> RangeResponse {
+    let node = c.node(member);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.regions_overlapping(key, None)[0]
+        .0
+        .shared
+        .revisions()
+        .current
+        < revision
+    {
+        assert!(
+            Instant::now() < deadline,
+            "member {member} never applied {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.kv(member)
+        .await
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: vec![0],
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// A serializable read across regions is at the lowest revision its
 /// regions have resolved here — below a lock a coordinator left standing,
 /// while writes beside the lock go on in its region: it shows that region
@@ -378,32 +414,7 @@ async fn a_serializable_range_across_regions_shows_nothing_above_its_revision() 
     // Read on a member that answered nothing (the writer's own serializable
     // reads wait for every revision it answered, lock or not), once its
     // replica holds the write.
-    let member = c.node(1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while member.regions_overlapping(b"z", None)[0]
-        .0
-        .shared
-        .revisions()
-        .current
-        < written
-    {
-        assert!(
-            Instant::now() < deadline,
-            "member 1 never applied the write"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut reader = c.kv(1).await;
-    let r = reader
-        .range(RangeRequest {
-            key: b"a".to_vec(),
-            range_end: vec![0],
-            serializable: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = serializable_read_once_applied(&c, 1, b"z", written).await;
     let at = r.header.unwrap().revision;
     assert!(at < written, "the read at {at} is not below the lock");
     let seen: Vec<(Vec<u8>, Vec<u8>, i64)> = r
@@ -730,30 +741,7 @@ async fn split_then_write_one_side(idle: &str, busy: &str) -> (InProcessCluster,
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_serializable_read_across_an_unasked_idle_region_is_fresh() {
     let (c, last) = split_then_write_one_side("z", "a").await;
-    let member = c.node(1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while member.regions_overlapping(b"a", None)[0]
-        .0
-        .shared
-        .revisions()
-        .current
-        < last
-    {
-        assert!(Instant::now() < deadline, "member 1 never applied {last}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let r = c
-        .kv(1)
-        .await
-        .range(RangeRequest {
-            key: b"a".to_vec(),
-            range_end: vec![0],
-            serializable: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = serializable_read_once_applied(&c, 1, b"a", last).await;
     let at = r.header.unwrap().revision;
     assert!(at >= last, "read at {at}, below {last} applied here");
     assert_eq!(r.kvs[0].value, b"4");
