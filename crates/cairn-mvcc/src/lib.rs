@@ -52,7 +52,7 @@ mod validate;
 
 pub use compact::{compact, compact_range};
 pub use error::{Error, Rejection, Result};
-pub use hash::{hash_kv, hash_kv_range, KvHash};
+pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};
 pub use history::history;
 pub use range::{merge_ranges, part_request, range, Span};
 pub use record::Record;

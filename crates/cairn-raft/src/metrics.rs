@@ -94,6 +94,16 @@ pub static PROPOSALS_FAILED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// Peer hashes the corruption check compared with its own (members
+/// hashed over other compactions, or that did not answer, not counted).
+pub static CORRUPTION_HASHES_COMPARED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "cairn_corruption_check_hashes_compared_total",
+        "Peer hashes the corruption check compared with this member's."
+    )
+    .expect("registered once")
+});
+
 /// Registers every instrument, so a scrape lists them (at zero) before
 /// their first event.
 pub fn register_all() {
@@ -104,4 +114,5 @@ pub fn register_all() {
     LazyLock::force(&PEER_RTT);
     LazyLock::force(&LEADER_CHANGES);
     LazyLock::force(&PROPOSALS_FAILED);
+    LazyLock::force(&CORRUPTION_HASHES_COMPARED);
 }

@@ -99,8 +99,11 @@ impl Maintenance for MaintenanceService {
             .hash_kv(req.into_inner().revision)
             .await
             .map_err(Error::from)?;
+        // (A hash across regions is taken at a read timestamp, which can
+        // be above every revision this member's regions wrote.)
+        let revision = self.ctx.node.revision().max(h.revision);
         Ok(Response::new(HashKvResponse {
-            header: Some(self.ctx.header(self.ctx.node.revision())),
+            header: Some(self.ctx.header(revision)),
             hash: h.hash,
             compact_revision: h.compacted,
             hash_revision: h.revision,

@@ -1,14 +1,20 @@
 //! The corruption check, as etcd's `--experimental-corrupt-check-time`
-//! runs it: every interval the data region's leader hashes its own key
-//! history at its current revision (`HashKV`, see `cairn_mvcc::hash_kv`)
-//! and asks every other member for its hash at that same revision over the
-//! peer service (a member answers once it has applied that far, and only
-//! if its data region holds the same keys — the same epoch: a split or
-//! merge applied on one member and not yet on another is no corruption). Members
-//! hashed over the same compaction must agree: they applied the same
-//! entries. One that disagrees with the majority — or, when no hash has a
-//! majority, with the leader, as etcd 3.4 decides — gets the `CORRUPT`
-//! alarm, raised through Raft like `NOSPACE`.
+//! runs it: every interval the first data region's leader hashes the
+//! whole store's key history at one revision (`HashKV` over every region,
+//! `node::store_hash`) and asks every other member for its hash at that
+//! same revision over the peer service (a member answers once its regions
+//! hold everything at or below it). With one region the revision is the
+//! one the leader's replica resolved; with several, a read timestamp, each
+//! member's regions caught up to it through their leaders (an idle
+//! region's replica may have resolved only its last write). Hashes are
+//! compared only between members with the same compaction map (a
+//! compaction applied in a region on one member and not yet on another
+//! leaves them different histories); where the regions' boundaries are
+//! does not matter (a split or merge applied on one member and not yet on
+//! another hashes the same keys). Members hashed alike must agree: they
+//! applied the same entries. One that disagrees with the majority — or,
+//! when no hash has a majority, with the leader, as etcd 3.4 decides —
+//! gets the `CORRUPT` alarm, raised through Raft like `NOSPACE`.
 //!
 //! While `CORRUPT` is raised every member's state machine refuses writes,
 //! compactions, lease grants and revokes with `etcdserver: corrupt
@@ -18,57 +24,29 @@
 //!
 //! A member that does not answer in time is skipped for that round: the
 //! check looks for members that disagree, not for members that are down.
+//! So is one of the previous version (it does not know the ask).
 //!
 //! At start-up (etcd's `--experimental-initial-corrupt-check`) a member
-//! compares its own hash with every reachable peer's at its own revision
-//! before it serves clients, and refuses to start if one differs.
+//! compares its own hash with every reachable peer's at the revision all
+//! its regions have resolved before it serves clients, and refuses to
+//! start if one differs.
 
 use std::collections::HashMap;
 use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cairn_mvcc::KvHash;
 use cairn_raft::ALARM_CORRUPT as CORRUPT;
 
-use crate::node::{Node, DATA_REGION};
+use crate::node::{CatchUp, Node, StoreHash, DATA_REGION};
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::{Error, Result};
 
-/// How long a member waits to apply the revision it is asked to hash.
-const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// How long the start-up check waits for a peer's hash.
+const PEER_WAIT: Duration = Duration::from_secs(6);
 
 impl Node {
-    /// Waits (at most [`APPLY_WAIT`]) until this member's first data
-    /// region is at `epoch` or past it.
-    pub(crate) async fn data_region_reaches_epoch(&self, epoch: u64) {
-        let deadline = Instant::now() + APPLY_WAIT;
-        while Instant::now() < deadline
-            && self
-                .region(DATA_REGION)
-                .is_ok_and(|r| r.shared.range().epoch < epoch)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// This member's hash at `revision`, once it has applied that far, and
-    /// the data region's epoch it hashed.
-    pub(crate) async fn hash_kv_once_applied(&self, revision: i64) -> Result<(KvHash, u64)> {
-        let r = self.region(DATA_REGION)?;
-        let deadline = Instant::now() + APPLY_WAIT;
-        // Final up to `revision`: the resolved revision (a transaction
-        // across regions may still commit below the current one).
-        while r.shared.resolved() < revision {
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.hash_kv_in(revision).await
-    }
-
-    /// One round of the check (see the module essay), on the data region's
-    /// leader only; returns the members found corrupt.
+    /// One round of the check (see the module essay), on the first data
+    /// region's leader only; returns the members found corrupt.
     pub async fn check_corruption(&self) -> Result<Vec<u64>> {
         let r = self.region(DATA_REGION)?;
         let voters: Vec<u64> = {
@@ -79,23 +57,20 @@ impl Node {
             }
             m.membership_config.membership().voter_ids().collect()
         };
-        let (mine, epoch) = self.hash_kv_in(r.shared.resolved()).await?;
-        let mut hashes = vec![(self.id, mine.hash)];
+        let (at, catch_up) = self.hash_point().await?;
+        let mine = self.store_hash(at, at, catch_up).await?;
+        let mut hashes = vec![(self.id, mine.hash.hash)];
         for peer in voters.iter().copied().filter(|&p| p != self.id) {
-            let op = ForwardOp::HashKvAt {
-                revision: mine.revision,
-                epoch,
-            };
-            let answer = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op).await;
-            match answer.and_then(ForwardOk::hash) {
-                // Only a hash over the same compaction is comparable.
-                Ok((hash, _, compacted)) if compacted == mine.compacted => {
-                    hashes.push((peer, hash))
+            match self.peer_store_hash(peer, at, catch_up).await {
+                // Only a hash over the same compactions is comparable.
+                Ok(theirs) if theirs.compactions == mine.compactions => {
+                    hashes.push((peer, theirs.hash.hash))
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(peer, "corruption check: no hash: {e}"),
             }
         }
+        cairn_raft::metrics::CORRUPTION_HASHES_COMPARED.inc_by(hashes.len() as u64 - 1);
         let mut votes: HashMap<u32, usize> = HashMap::new();
         for &(_, h) in &hashes {
             *votes.entry(h).or_default() += 1;
@@ -103,7 +78,7 @@ impl Node {
         let good = votes
             .iter()
             .find(|&(_, &n)| n * 2 > voters.len())
-            .map_or(mine.hash, |(&h, _)| h);
+            .map_or(mine.hash.hash, |(&h, _)| h);
         let corrupt: Vec<u64> = hashes
             .iter()
             .filter(|&&(_, h)| h != good)
@@ -113,7 +88,7 @@ impl Node {
         for &member in &corrupt {
             tracing::error!(
                 member = format_args!("{member:x}"),
-                revision = mine.revision,
+                revision = at,
                 "corruption check: this member's history differs from the cluster's"
             );
             if !raised.contains(&(member, CORRUPT)) {
@@ -122,44 +97,58 @@ impl Node {
         }
         Ok(corrupt)
     }
+
+    /// `peer`'s hash of the whole store at `revision`, its regions caught
+    /// up by `catch_up`.
+    async fn peer_store_hash(
+        &self,
+        peer: u64,
+        revision: i64,
+        catch_up: CatchUp,
+    ) -> Result<StoreHash> {
+        let r = self.region(DATA_REGION)?;
+        let op = ForwardOp::HashStoreAt {
+            revision,
+            leaders: catch_up == CatchUp::Leaders,
+        };
+        remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op)
+            .await
+            .and_then(ForwardOk::store_hash)
+    }
 }
 
 impl Node {
     /// The start-up check (see the module essay): an error naming the first
-    /// peer whose history differs from this member's at this member's
-    /// revision. Peers that do not answer, or hashed over another
-    /// compaction, are skipped.
+    /// peer whose history differs from this member's at the revision every
+    /// region here has resolved. Peers that do not answer, or hashed over
+    /// other compactions, are skipped.
     pub async fn initial_corruption_check(&self) -> Result<()> {
         let r = self.region(DATA_REGION)?;
         // Raft learns the membership (and so the peers' addresses) from its
         // log as it starts; a member of a new cluster has none until it is
         // initialized, and has nothing to compare then.
-        let deadline = Instant::now() + APPLY_WAIT;
+        let deadline = std::time::Instant::now() + PEER_WAIT;
         let voters: Vec<u64> = loop {
             let voters: Vec<u64> = {
                 let m = r.raft.metrics();
                 let m = m.borrow();
                 m.membership_config.membership().voter_ids().collect()
             };
-            if !voters.is_empty() || Instant::now() >= deadline {
+            if !voters.is_empty() || std::time::Instant::now() >= deadline {
                 break voters;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let (mine, epoch) = self.hash_kv_in(r.shared.resolved()).await?;
+        let at = self.resolved_everywhere();
+        let mine = self.store_hash(at, at, CatchUp::Local).await?;
         for peer in voters.into_iter().filter(|&p| p != self.id) {
-            let op = ForwardOp::HashKvAt {
-                revision: mine.revision,
-                epoch,
-            };
-            let ask = remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op);
-            let answer = tokio::time::timeout(APPLY_WAIT + Duration::from_secs(1), ask).await;
-            match answer.map(|a| a.and_then(ForwardOk::hash)) {
-                Ok(Ok((hash, _, compacted))) if compacted == mine.compacted => {
-                    if hash != mine.hash {
+            let ask = self.peer_store_hash(peer, at, CatchUp::Local);
+            match tokio::time::timeout(PEER_WAIT, ask).await {
+                Ok(Ok(theirs)) if theirs.compactions == mine.compactions => {
+                    if theirs.hash.hash != mine.hash.hash {
                         return Err(Error::Internal(format!(
-                            "found data inconsistency with peers: member {peer:x} hashes revision {} as {hash}, this member as {}",
-                            mine.revision, mine.hash
+                            "found data inconsistency with peers: member {peer:x} hashes revision {at} as {}, this member as {}",
+                            theirs.hash.hash, mine.hash.hash
                         )));
                     }
                 }

@@ -29,7 +29,8 @@ pub enum ForwardOp {
     /// Read a lease's remaining TTL from the region leader's lessor.
     LeaseTimeToLive(i64),
     /// This member's hash of its history up to a revision, once it has
-    /// applied that far (any member answers; the corruption check).
+    /// applied that far (any member answers; the corruption check of
+    /// earlier versions, now [`ForwardOp::HashStoreAt`]).
     HashKv(i64),
     /// Campaign for the region now, if the member still follows `leader`
     /// in `term` (the leader hands over; MoveLeader).
@@ -84,10 +85,10 @@ pub enum ForwardOp {
     /// freeze at this epoch for a merge, or this member already absorbed
     /// the region (any member answers; `node::merge`).
     AwaitFreeze(u64),
-    /// [`ForwardOp::HashKv`] of the data region's keys at this epoch only:
-    /// a member whose data region has another epoch (a split or merge
-    /// applied on one member and not yet on the other) hashes other keys,
-    /// and answers `EpochMismatch` (skipped this round).
+    /// [`ForwardOp::HashKv`] of the first data region's keys at this
+    /// epoch only (the corruption check of earlier versions, which hashed
+    /// the first region alone): answered while that region is the only
+    /// one and at that epoch, else `EpochMismatch` (skipped this round).
     HashKvAt { revision: i64, epoch: u64 },
     /// Data region: someone here waits for the region's resolved revision
     /// to move while it is idle (a watch, a serializable read): close
@@ -96,6 +97,11 @@ pub enum ForwardOp {
     /// Any member: this member is up; answers [`ForwardOk::Beat`]
     /// (`node::hibernate`).
     Beat,
+    /// Any member: its hash of the whole store's history up to `revision`
+    /// (every region, `node::store_hash`), its regions caught up through
+    /// their leaders (`leaders`) or by themselves; answers
+    /// [`ForwardOk::StoreHash`] (the corruption check).
+    HashStoreAt { revision: i64, leaders: bool },
 }
 
 impl ForwardOp {
@@ -157,6 +163,15 @@ pub enum ForwardOk {
         boot: u64,
         leading: Vec<u64>,
         asleep: Vec<u64>,
+    },
+    /// A member's hash of the whole store (`ForwardOp::HashStoreAt`):
+    /// hash, revision, highest compaction revision, and its compaction
+    /// map ((first key, compaction revision) runs in key order).
+    StoreHash {
+        hash: u32,
+        revision: i64,
+        compacted: i64,
+        compactions: Vec<(Vec<u8>, i64)>,
     },
 }
 
@@ -302,11 +317,23 @@ impl ForwardOk {
         }
     }
 
-    /// A member's history hash: (hash, revision, compaction revision).
-    pub(crate) fn hash(self) -> Result<(u32, i64, i64)> {
+    /// A member's hash of the whole store.
+    pub(crate) fn store_hash(self) -> Result<crate::node::StoreHash> {
         match self {
-            ForwardOk::Hash(h, r, c) => Ok((h, r, c)),
-            other => Err(other.mismatch("a hash")),
+            ForwardOk::StoreHash {
+                hash,
+                revision,
+                compacted,
+                compactions,
+            } => Ok(crate::node::StoreHash {
+                hash: cairn_mvcc::KvHash {
+                    hash,
+                    revision,
+                    compacted,
+                },
+                compactions,
+            }),
+            other => Err(other.mismatch("a store hash")),
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct InProcessCluster {
     snapshot_log_bytes: u64,
     limits: Limits,
     region_split: cairn_store::SplitPolicy,
+    /// How often members run the corruption check themselves (zero:
+    /// never; tests call `Node::check_corruption`).
+    corrupt_check_interval: Duration,
     _dir: tempfile::TempDir,
 }
 
@@ -142,14 +145,30 @@ impl InProcessCluster {
             snapshot_log_bytes,
             limits,
             Default::default(),
+            Duration::ZERO,
         )
         .await
+    }
+
+    /// [`InProcessCluster::start_snapshotting`], and every member runs the
+    /// corruption check every `check_every` by itself, as `cairn serve
+    /// --experimental-corrupt-check-time` does.
+    pub async fn start_checking(
+        n: usize,
+        snapshot_logs: u64,
+        snapshot_log_bytes: u64,
+        check_every: Duration,
+    ) -> Self {
+        let limits = Limits::default();
+        let (logs, bytes) = (snapshot_logs, snapshot_log_bytes);
+        Self::start_configured(n, logs, bytes, limits, Default::default(), check_every).await
     }
 
     /// Starts `n` nodes with default settings whose data regions split
     /// by themselves as `policy` says.
     pub async fn start_splitting(n: usize, policy: cairn_store::SplitPolicy) -> Self {
-        Self::start_configured(n, 10_000, 64 << 20, Limits::default(), policy).await
+        let limits = Limits::default();
+        Self::start_configured(n, 10_000, 64 << 20, limits, policy, Duration::ZERO).await
     }
 
     async fn start_configured(
@@ -158,6 +177,7 @@ impl InProcessCluster {
         snapshot_log_bytes: u64,
         limits: Limits,
         region_split: cairn_store::SplitPolicy,
+        corrupt_check_interval: Duration,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut peers = Vec::new();
@@ -181,6 +201,7 @@ impl InProcessCluster {
             snapshot_log_bytes,
             limits,
             region_split,
+            corrupt_check_interval,
             _dir: dir,
         };
         for (i, (p, c)) in peers.into_iter().zip(clients).enumerate() {
@@ -220,8 +241,7 @@ impl InProcessCluster {
             snapshot_log_bytes: self.snapshot_log_bytes,
             lease_checkpoint_interval: std::time::Duration::from_secs(2),
             read_lease: true,
-            // Tests run `Node::check_corruption` themselves.
-            corrupt_check_interval: Duration::ZERO,
+            corrupt_check_interval: self.corrupt_check_interval,
             peer_tls: secured::pki().map(|p| p.peer_client.clone()),
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,

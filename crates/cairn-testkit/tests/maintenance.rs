@@ -3,6 +3,8 @@
 //! hashkv` compares), a defragment keeps every key and version, and
 //! `Status` reports sizes the filesystem agrees with; a backup taken while
 //! writes go on is the store at one revision, and restores as exactly that.
+//! Split into regions, the store hashes as it did whole, and the
+//! corruption check finds a bad copy in any region.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,26 +48,10 @@ async fn members_hash_alike_and_defragment_keeps_every_version() {
         .header
         .unwrap()
         .revision;
-    let hash_at = |i: usize, revision: i64| {
-        let mut m = maintenance(&c.nodes[i].client_addr);
-        async move {
-            // A follower may not have applied `revision` yet.
-            for _ in 0..100 {
-                match m.hash_kv(HashKvRequest { revision }).await {
-                    Ok(r) => return r.into_inner(),
-                    Err(e) if e.code() == tonic::Code::OutOfRange => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("hash_kv: {e}"),
-                }
-            }
-            panic!("member {i} never reached revision {revision}");
-        }
-    };
-    let first = hash_at(0, at).await;
+    let first = hash_once_applied(&c, 0, at).await;
     assert_eq!(first.hash_revision, at);
     for i in 1..3 {
-        let h = hash_at(i, at).await;
+        let h = hash_once_applied(&c, i, at).await;
         assert_eq!(
             (h.hash, h.compact_revision),
             (first.hash, first.compact_revision),
@@ -80,8 +66,8 @@ async fn members_hash_alike_and_defragment_keeps_every_version() {
     })
     .await
     .unwrap();
-    assert_eq!(hash_at(leader, at).await.hash, first.hash);
-    assert_ne!(hash_at(leader, 0).await.hash, first.hash);
+    assert_eq!(hash_once_applied(&c, leader, at).await.hash, first.hash);
+    assert_ne!(hash_once_applied(&c, leader, 0).await.hash, first.hash);
 
     let status = maintenance(&c.nodes[leader].client_addr)
         .status(StatusRequest {})
@@ -105,7 +91,7 @@ async fn members_hash_alike_and_defragment_keeps_every_version() {
             .unwrap();
     }
     assert_eq!(
-        hash_at(leader, at).await.hash,
+        hash_once_applied(&c, leader, at).await.hash,
         first.hash,
         "defragment changed the history"
     );
@@ -356,7 +342,6 @@ async fn a_backup_taken_under_writes_is_the_store_at_one_revision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_whose_history_differs_gets_the_corrupt_alarm_and_writes_stop() {
-    use cairn_storage::keys::Key;
     let c = InProcessCluster::start(3).await;
     let leader = c.wait_leader(DATA_REGION).await;
     let mut kv = c.kv(leader).await;
@@ -387,22 +372,7 @@ async fn a_member_whose_history_differs_gets_the_corrupt_alarm_and_writes_stop()
         .shared
         .engine()
         .clone();
-    let bogus = Key::MvccVersion {
-        key: b"k0",
-        revision: at - 1,
-    }
-    .encode();
-    let record = cairn_mvcc::Record::Put(KeyValue {
-        value: b"flipped".to_vec(),
-        create_revision: at - 1,
-        mod_revision: at - 1,
-        version: 1,
-        ..Default::default()
-    });
-    let mut b = cairn_storage::WriteBatch::new();
-    b.put(bogus.clone(), record.encode());
-    engine.write(b, cairn_storage::Durability::Sync).unwrap();
-
+    let bogus = add_version(&engine, b"k0", at - 1);
     assert_eq!(
         checker.check_corruption().await.unwrap(),
         vec![c.nodes[victim].id]
@@ -581,6 +551,104 @@ async fn move_leader_hands_leadership_to_the_named_member_losing_no_write() {
     assert!(
         acked.iter().all(|k| stored.contains(k)),
         "an acknowledged write is missing"
+    );
+    c.shutdown().await;
+}
+
+/// Writes into `engine` (a member's copy) a version of `key` at `revision`
+/// that no other member has; returns its storage key.
+fn add_version(engine: &Arc<dyn cairn_storage::Engine>, key: &[u8], revision: i64) -> Vec<u8> {
+    let bogus = cairn_storage::keys::Key::MvccVersion { key, revision }.encode();
+    let record = cairn_mvcc::Record::Put(KeyValue {
+        value: b"flipped".to_vec(),
+        create_revision: revision,
+        mod_revision: revision,
+        version: 1,
+        ..Default::default()
+    });
+    let mut b = cairn_storage::WriteBatch::new();
+    b.put(bogus.clone(), record.encode());
+    engine.write(b, cairn_storage::Durability::Sync).unwrap();
+    bogus
+}
+
+/// `HashKV` at `revision` on member `i`, once it has applied that far.
+async fn hash_once_applied(c: &InProcessCluster, i: usize, revision: i64) -> HashKvResponse {
+    let mut m = maintenance(&c.nodes[i].client_addr);
+    for _ in 0..100 {
+        match m.hash_kv(HashKvRequest { revision }).await {
+            Ok(r) => return r.into_inner(),
+            Err(e) if e.code() == tonic::Code::OutOfRange => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("hash_kv: {e}"),
+        }
+    }
+    panic!("member {i} never reached revision {revision}");
+}
+
+/// Split into regions, the store hashes every region as one: at a revision
+/// from before the split each member gives the hash the whole store had,
+/// and at a later one every member agrees, the idle region included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_store_hashes_as_it_did_whole_on_every_member() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut kv = c.kv(leader).await;
+    let mut before = 0;
+    for i in 0..30 {
+        let key = format!("{}{i:02}", ["a", "x"][i % 2]);
+        before = cairn_testkit::kv::put(&mut kv, &key, "v").await.unwrap();
+    }
+    let whole = hash_once_applied(&c, leader, before).await;
+    c.split_at("m").await;
+    let mut last = 0;
+    for i in 0..10 {
+        last = cairn_testkit::kv::put(&mut kv, &format!("b{i}"), "w")
+            .await
+            .unwrap();
+    }
+    let mut at_last = Vec::new();
+    for i in 0..3 {
+        let h = hash_once_applied(&c, i, before).await;
+        assert_eq!(
+            (h.hash, h.hash_revision),
+            (whole.hash, before),
+            "member {i}"
+        );
+        let h = hash_once_applied(&c, i, last).await;
+        assert_eq!(h.hash_revision, last);
+        at_last.push(h.hash);
+    }
+    assert!(at_last.iter().all(|&h| h == at_last[0]), "{at_last:?}");
+    assert_ne!(at_last[0], whole.hash, "the writes since count");
+    c.shutdown().await;
+}
+
+/// A member whose copy of a region other than the first differs is found
+/// by the check (run by the first region's leader), while that region is
+/// idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_corruption_check_finds_a_bad_copy_in_any_region() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut kv = c.kv(leader).await;
+    let mut at = 0;
+    for i in 0..20 {
+        at = cairn_testkit::kv::put(&mut kv, &format!("x{i}"), "v")
+            .await
+            .unwrap();
+    }
+    c.split_at("m").await;
+    cairn_testkit::kv::put(&mut kv, "a", "v").await.unwrap();
+    let checker = c.node(c.wait_leader(DATA_REGION).await);
+    assert_eq!(checker.check_corruption().await.unwrap(), Vec::<u64>::new());
+    let victim = (0..3).find(|&i| c.nodes[i].id != checker.id).unwrap();
+    let engine = c.node(victim).route(b"x0").unwrap().shared.engine().clone();
+    add_version(&engine, b"x0", at - 1);
+    assert_eq!(
+        checker.check_corruption().await.unwrap(),
+        vec![c.nodes[victim].id]
     );
     c.shutdown().await;
 }

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use cairn_raft::{AuthStamp, Command, Reply};
 
-use crate::node::{sole_voter_index, Node, Region, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
+use crate::node::{
+    sole_voter_index, CatchUp, Node, Region, DATA_REGION, META_REGION, REQUEST_TIMEOUT,
+};
 use crate::proposer::{checked, Proposal};
 use crate::remote::{self, ForwardOk, ForwardOp};
 use crate::{Error, Result};
@@ -259,8 +261,13 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKv(revision) => {
-                let (h, _) = self.hash_kv_once_applied(revision).await?;
-                Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
+                // (Of a member of an earlier version.)
+                let h = Box::pin(self.store_hash(revision, revision, CatchUp::Local)).await?;
+                Ok(ForwardOk::Hash(
+                    h.hash.hash,
+                    h.hash.revision,
+                    h.hash.compacted,
+                ))
             }
             ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
             ForwardOp::Beat => Ok(self.beat()),
@@ -269,14 +276,31 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKvAt { revision, epoch } => {
-                // A member behind the asker's split or merge catches up
-                // first (bounded); one ahead hashes other keys.
-                self.data_region_reaches_epoch(epoch).await;
-                let (h, hashed) = self.hash_kv_once_applied(revision).await?;
-                if hashed != epoch {
+                // (Of a member of an earlier version, which hashes the
+                // first region alone: comparable while it is the only one.)
+                if self.several_regions() || r.shared.range().epoch != epoch {
                     return Err(Error::EpochMismatch);
                 }
-                Ok(ForwardOk::Hash(h.hash, h.revision, h.compacted))
+                let h = Box::pin(self.store_hash(revision, revision, CatchUp::Local)).await?;
+                Ok(ForwardOk::Hash(
+                    h.hash.hash,
+                    h.hash.revision,
+                    h.hash.compacted,
+                ))
+            }
+            ForwardOp::HashStoreAt { revision, leaders } => {
+                let catch_up = if leaders {
+                    CatchUp::Leaders
+                } else {
+                    CatchUp::Local
+                };
+                let h = Box::pin(self.store_hash(revision, revision, catch_up)).await?;
+                Ok(ForwardOk::StoreHash {
+                    hash: h.hash.hash,
+                    revision: h.hash.revision,
+                    compacted: h.hash.compacted,
+                    compactions: h.compactions,
+                })
             }
         }
     }

@@ -6,7 +6,7 @@ use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnRespon
 use cairn_raft::Command;
 use prost::Message;
 
-use crate::node::{Node, DATA_REGION, REQUEST_TIMEOUT};
+use crate::node::{CatchUp, Node, DATA_REGION, REQUEST_TIMEOUT};
 use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
 
@@ -334,35 +334,26 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// This replica's hash of its key history up to `revision` (0: its
-    /// current revision), as etcd's `HashKV` reads its local store: the
-    /// data region's keys (its share of the engine).
+    /// This member's hash of its key history up to `revision` (0: the
+    /// store's current revision), as etcd's `HashKV` hashes its local
+    /// store: every region's keys, as one (`store_hash`).
     pub async fn hash_kv(&self, revision: i64) -> Result<cairn_mvcc::KvHash> {
-        Ok(self.hash_kv_in(revision).await?.0)
+        let (at, catch_up) = self.hash_point().await?;
+        let revision = if revision > 0 { revision } else { at };
+        Ok(self.store_hash(at, revision, catch_up).await?.hash)
     }
 
-    /// [`Node::hash_kv`], and the data region's epoch it hashed the keys
-    /// of (members compare hashes of the same keys only: a split or merge
-    /// applied on one and not yet on another changes them).
-    pub(crate) async fn hash_kv_in(&self, revision: i64) -> Result<(cairn_mvcc::KvHash, u64)> {
-        let r = self.region(DATA_REGION)?;
-        // The view and the range together.
-        let (snap, revs, range) = r.shared.read_view_in();
-        let epoch = range.epoch;
-        let range = cairn_raft::share_of_range(&range).range;
-        // Up to the resolved revision: above it a transaction across
-        // regions may still commit, and the hash would change after.
-        let revision = if revision > 0 {
-            revision
+    /// The revision a hash of the current state is taken at, and how the
+    /// regions here catch up to it: with one region, the one its replica
+    /// here has resolved (no round trip, as etcd reads its own store);
+    /// with several, a read timestamp (an idle region's replica may have
+    /// resolved only its last write).
+    pub(crate) async fn hash_point(&self) -> Result<(i64, CatchUp)> {
+        Ok(if self.several_regions() {
+            (self.read_timestamp().await?, CatchUp::Leaders)
         } else {
-            r.shared.resolved()
-        };
-        let hash = self
-            .spans
-            .run(move || cairn_mvcc::hash_kv_range(&*snap, revision, revs, &range))
-            .await?
-            .map_err(Error::from)?;
-        Ok((hash, epoch))
+            (self.resolved_everywhere(), CatchUp::Local)
+        })
     }
 }
 

@@ -26,6 +26,7 @@
 //! - [`reads`]: the linearizable read path (read index, then a local read);
 //! - [`range_across`]: a Range over several regions, at one timestamp;
 //! - [`status`]: what the node reports about itself;
+//! - [`store_hash`]: `HashKV` of the whole store, over every region;
 //! - [`report`]: what `cairn regions` shows of each data region;
 //! - [`background`]: publishing this member and the ranges of the regions
 //!   it leads, counting leader changes, bounding Raft logs by bytes;
@@ -58,6 +59,7 @@ mod split;
 mod split_check;
 mod start;
 mod status;
+mod store_hash;
 mod txn_across;
 mod txn_locks;
 mod txn_read_across;
@@ -65,6 +67,7 @@ mod txn_read_across;
 pub(crate) use range_across::bounds_tile;
 pub(crate) use reads::sole_voter_index;
 pub use report::RegionReport;
+pub(crate) use store_hash::{CatchUp, StoreHash};
 pub use txn_across::CoordinatorCrash;
 
 use std::sync::atomic::AtomicU64;

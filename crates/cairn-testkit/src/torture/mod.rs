@@ -19,12 +19,14 @@
 //! all nodes at once; SIGSTOP/SIGCONT pauses; restarts with a crash point
 //! armed, in a `--features failpoints` build). Meanwhile a compactor
 //! compacts just behind the watcher and nodes snapshot often, so compaction,
-//! snapshot build and install all happen under faults. Named scenarios
+//! snapshot build and install all happen under faults, and every member
+//! runs the corruption check ([`corruption`]: no false alarm). Named scenarios
 //! ([`scenario`]) aim this at etcd's known bug classes. Everything random
 //! comes from one seed, so a failing run is rerun with `--seed`.
 
 pub mod access;
 pub mod bank;
+pub mod corruption;
 pub mod leases;
 pub mod locks;
 pub mod nemesis;
@@ -142,6 +144,7 @@ pub struct Report {
     /// `None` when the sleepers workload did not run.
     pub sleepers: Option<sleepers::Outcome>,
     pub sleepers_check: Result<(), String>,
+    pub corruption: corruption::Outcome,
 }
 
 impl Report {
@@ -154,6 +157,7 @@ impl Report {
             && self.access_check.is_ok()
             && self.bank_check.is_ok()
             && self.sleepers_check.is_ok()
+            && self.corruption.check().is_ok()
     }
 
     /// A human summary.
@@ -230,6 +234,12 @@ impl Report {
                 Err(w) => format!("sleepers: VIOLATED: {w}\n"),
             };
         }
+        s += &self.corruption.summary();
+        s += "\n";
+        s += &match self.corruption.check() {
+            Ok(()) => "no false corruption alarm\n".to_string(),
+            Err(w) => format!("corruption check: VIOLATED: {w}\n"),
+        };
         if let Some(a) = &self.access {
             s += &a.summary();
             s += "\n";
@@ -244,6 +254,7 @@ impl Report {
 
 /// Runs one robustness run.
 pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
+    let compared_before = corruption::compared_here();
     let mut target = match &cfg.process_bin {
         Some(bin) => Target::process(bin, cfg.nodes, cfg.snapshot_count).await,
         None => Target::in_process(cfg.nodes, cfg.snapshot_count).await,
@@ -385,6 +396,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     let followed = watcher.await?;
     let (events, watch_resumes, seen_to) = (followed.events, followed.resumes, followed.seen_to);
+    let compared = match target {
+        Target::InProcess(_) => Some(corruption::compared_here() - compared_before),
+        Target::Process(_) => None,
+    };
+    let corruption = corruption::outcome(&endpoints, compared).await;
     target.shutdown().await;
     if let Some(p) = &cfg.history {
         let text: String = history
@@ -462,6 +478,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         bank_check,
         sleepers,
         sleepers_check,
+        corruption,
     })
 }
 

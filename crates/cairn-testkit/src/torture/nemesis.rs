@@ -163,11 +163,10 @@ const LOG_BYTES: u64 = 64 << 10;
 
 impl Target {
     /// `n` in-process nodes snapshotting every `snapshot_count` entries (or
-    /// [`LOG_BYTES`] of log).
+    /// [`LOG_BYTES`] of log), running the corruption check.
     pub async fn in_process(n: usize, snapshot_count: u64) -> Self {
-        let c =
-            InProcessCluster::start_snapshotting(n, snapshot_count, LOG_BYTES, Default::default())
-                .await;
+        let every = super::corruption::CHECK_EVERY;
+        let c = InProcessCluster::start_checking(n, snapshot_count, LOG_BYTES, every).await;
         c.wait_leader(DATA_REGION).await;
         Target::InProcess(c)
     }
@@ -182,6 +181,8 @@ impl Target {
             // Leases of the lease workload (2-5 s) get checkpointed.
             "--lease-checkpoint-interval".to_string(),
             "1s".to_string(),
+            "--experimental-corrupt-check-time".to_string(),
+            format!("{}s", super::corruption::CHECK_EVERY.as_secs()),
         ];
         let c = ProcessCluster::start_with(bin, n, &args);
         let t = Target::Process(c);

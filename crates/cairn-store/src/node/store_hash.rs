@@ -1,0 +1,186 @@
+//! `HashKV` of the whole store, however many regions hold it.
+//!
+//! etcd hashes its one store's key history up to a revision; members that
+//! applied the same entries hash equal, and the corruption check
+//! (`crate::corruption`) compares them. Here the history lies in many
+//! regions, each applied on its own, so one member's hash at revision R is
+//! taken over every region's replica here once each holds everything at or
+//! below R for good:
+//!
+//! - [`CatchUp::Leaders`]: each region's leader settles R (answers every
+//!   write it stamped at or below it) and gives a read index the replica
+//!   here applies, as a read across regions does (`range_across`). Idle
+//!   regions need no close for this. Used while there are several regions.
+//! - [`CatchUp::Local`]: each replica here waits, briefly, until its own
+//!   resolved revision reaches R. No network; an idle region's resolved
+//!   revision moves only with its writes or closes, so R must be one the
+//!   regions already resolved somewhere (the one-region check, the
+//!   start-up check).
+//!
+//! A lock of a transaction across regions that may still commit at or
+//! below R is resolved first (from its primary), and the views taken again.
+//!
+//! The regions are hashed in key order as one scan
+//! (`cairn_mvcc::hash_kv_ranges`): the hash does not depend on where the
+//! regions' boundaries are, so a member that applied a split or merge and
+//! one that has not yet hash the same history equal, and a store hashes
+//! as it did before it split. What the hash does depend on is compaction:
+//! a region that applied a compaction on one member and not yet on
+//! another holds fewer versions there. Every hash therefore carries its
+//! *compaction map* — each region's first key and compaction revision, in
+//! key order, neighbours with the same revision joined (a split copies
+//! its parent's) — and two hashes are compared only when their maps are
+//! equal.
+
+use std::time::{Duration, Instant};
+
+use cairn_mvcc::locks::KeySpan;
+use cairn_mvcc::KvHash;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::node::kv::StaleRoutes;
+use crate::node::range_across::{tiles, RegionView, CATCH_UP_AT_ONCE};
+use crate::node::{Node, Region};
+use crate::{Error, Result};
+
+/// How long a replica waits, in [`CatchUp::Local`], for its regions to
+/// resolve the revision asked for.
+const LOCAL_WAIT: Duration = Duration::from_secs(5);
+
+/// How a member's regions reach the revision hashed (see the module
+/// essay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CatchUp {
+    /// Each region's leader settles the revision; any revision the TSO
+    /// handed out.
+    Leaders,
+    /// Each replica here resolves it by itself.
+    Local,
+}
+
+/// One member's hash of the whole store's history up to a revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoreHash {
+    /// The hash; its compaction revision is the highest of any region.
+    pub(crate) hash: KvHash,
+    /// (first key, compaction revision) of each run of regions compacted
+    /// alike, in key order: only hashes with equal maps are comparable.
+    pub(crate) compactions: Vec<(Vec<u8>, i64)>,
+}
+
+impl Node {
+    /// This member's [`StoreHash`] at revision `revision` (> 0), its
+    /// regions caught up to `at` (≥ `revision`) by `catch_up`. Fails as a
+    /// read at `revision` would (future, compacted); `EpochMismatch` when
+    /// the regions here do not tile the keyspace for long (a region frozen
+    /// for a merge, or one being started after a split).
+    pub(crate) async fn store_hash(
+        &self,
+        at: i64,
+        revision: i64,
+        catch_up: CatchUp,
+    ) -> Result<StoreHash> {
+        let stale = StaleRoutes::new();
+        loop {
+            match self.views_for_hash(at, catch_up).await? {
+                Some(views) => return self.hash_views(views, revision).await,
+                None => stale.wait().await?,
+            }
+        }
+    }
+
+    /// Every data region's view here, in key order, once each holds
+    /// everything at or below `at` for good; `None`: look again (the
+    /// regions do not tile the keyspace, one split or merged meanwhile, or
+    /// a lock was just resolved).
+    async fn views_for_hash(&self, at: i64, catch_up: CatchUp) -> Result<Option<Vec<RegionView>>> {
+        let mut routed = self.regions_overlapping(b"", None);
+        routed.sort_by(|a, b| a.1.cmp(&b.1));
+        if !tiles(&routed, b"", None) {
+            return Ok(None);
+        }
+        match catch_up {
+            CatchUp::Leaders => {
+                let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
+                futures::stream::iter(ids)
+                    .map(|id| self.caught_up_at(id, at))
+                    .buffered(CATCH_UP_AT_ONCE)
+                    .try_collect::<Vec<_>>()
+                    .await?;
+            }
+            CatchUp::Local => {
+                for (r, _, _) in &routed {
+                    resolved_here(r, at).await?;
+                }
+            }
+        }
+        let everything: KeySpan = (Vec::new(), Vec::new());
+        let mut views = Vec::with_capacity(routed.len());
+        for (r, start, stop) in &routed {
+            let (snap, revs, range, lock) = r
+                .shared
+                .read_view_locked(std::slice::from_ref(&everything), at);
+            if range.start != *start || range.end != *stop {
+                return Ok(None);
+            }
+            if let Some(lock) = lock {
+                self.resolve_lock(r.id, lock).await?;
+                return Ok(None);
+            }
+            // Caught up: nothing at or below `at` is left to apply here,
+            // whatever the region's own newest revision.
+            let revs = cairn_mvcc::Revisions {
+                current: revs.current.max(at),
+                ..revs
+            };
+            views.push((snap, revs, range));
+        }
+        Ok(Some(views))
+    }
+
+    /// Hashes `views` (in key order) at `revision` as one scan.
+    async fn hash_views(&self, views: Vec<RegionView>, revision: i64) -> Result<StoreHash> {
+        let mut compactions: Vec<(Vec<u8>, i64)> = Vec::new();
+        for (_, revs, range) in &views {
+            if compactions.last().is_none_or(|(_, c)| *c != revs.compacted) {
+                compactions.push((range.start.clone(), revs.compacted));
+            }
+        }
+        let hash = self
+            .spans
+            .run(move || {
+                let ranges: Vec<_> = views.iter().map(|(_, _, r)| r.keys()).collect();
+                let parts = views
+                    .iter()
+                    .zip(&ranges)
+                    .map(|((snap, revs, _), keys)| (&**snap, *revs, keys));
+                cairn_mvcc::hash_kv_ranges(parts, revision)
+            })
+            .await?
+            .map_err(Error::from)?;
+        Ok(StoreHash { hash, compactions })
+    }
+
+    /// The revision every data region here has resolved (the lowest of
+    /// theirs): a [`CatchUp::Local`] hash needs no wait at it.
+    pub(crate) fn resolved_everywhere(&self) -> i64 {
+        self.data_regions()
+            .iter()
+            .map(|r| r.shared.resolved())
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+/// Waits (at most [`LOCAL_WAIT`]) until `r`'s replica here has resolved
+/// `at`.
+async fn resolved_here(r: &Region, at: i64) -> Result<()> {
+    let deadline = Instant::now() + LOCAL_WAIT;
+    while r.shared.resolved() < at {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The corruption check under faults: no false alarm.
+//!
+//! Every member under test runs the corruption check every
+//! [`CHECK_EVERY`] (`--experimental-corrupt-check-time`): the first data
+//! region's leader hashes the whole store at one revision, every region
+//! caught up to it, and compares every member's hash over the same
+//! compactions. Members that applied the same entries must hash alike
+//! whatever splits, merges, compactions, snapshots, crashes and pauses
+//! happened between them, so at the end of a run no member may carry the
+//! `CORRUPT` alarm: one raised on a healthy cluster would have stopped
+//! every write (and, for a real divergence, the other checkers say what
+//! diverged). With in-process members the run also counts the peer hashes
+//! compared, so a run whose check never compared anything shows it.
+
+use std::time::Duration;
+
+use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_api::etcdserverpb::AlarmRequest;
+
+use crate::secured;
+
+/// How often each member runs the check.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// etcd's `AlarmType.CORRUPT`.
+const CORRUPT: i32 = 2;
+
+/// What the check did over a run.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Peer hashes compared (in-process members only: processes count
+    /// their own).
+    pub compared: Option<u64>,
+    /// Members carrying the `CORRUPT` alarm at the end.
+    pub corrupt: Vec<u64>,
+    /// Why the alarms could not be read, if no member answered.
+    pub unread: Option<String>,
+}
+
+impl Outcome {
+    pub fn summary(&self) -> String {
+        let compared = self
+            .compared
+            .map_or("counted by the members".to_string(), |n| {
+                format!("{n} peer hashes compared")
+            });
+        format!(
+            "corruption check: every member every {CHECK_EVERY:?}, {compared}, {} found corrupt",
+            self.corrupt.len()
+        )
+    }
+
+    /// A violation when a member was found corrupt, or the alarms could
+    /// not be read.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(e) = &self.unread {
+            return Err(format!("no member listed its alarms: {e}"));
+        }
+        match &self.corrupt[..] {
+            [] => Ok(()),
+            members => Err(format!(
+                "members {:x?} raised CORRUPT: their history differs from the cluster's",
+                members
+            )),
+        }
+    }
+}
+
+/// The alarms at the end of a run, from the first member in `endpoints`
+/// that answers (every member applies them alike); `compared` as counted.
+pub async fn outcome(endpoints: &[String], compared: Option<u64>) -> Outcome {
+    let mut unread = None;
+    for addr in endpoints {
+        let ep = secured::endpoint(addr)
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5));
+        let answer = match secured::connect(ep).await {
+            Ok(ch) => MaintenanceClient::new(ch)
+                .alarm(AlarmRequest::default())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(r) => {
+                let corrupt = r
+                    .into_inner()
+                    .alarms
+                    .iter()
+                    .filter(|a| a.alarm == CORRUPT)
+                    .map(|a| a.member_id)
+                    .collect();
+                return Outcome {
+                    compared,
+                    corrupt,
+                    unread: None,
+                };
+            }
+            Err(e) => unread = Some(format!("{addr}: {e}")),
+        }
+    }
+    Outcome {
+        compared,
+        corrupt: Vec::new(),
+        unread,
+    }
+}
+
+/// Peer hashes this process's members compared so far (in-process).
+pub fn compared_here() -> u64 {
+    cairn_raft::metrics::CORRUPTION_HASHES_COMPARED.get()
+}
