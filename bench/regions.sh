@@ -14,7 +14,9 @@
 # bench range` of one key (`d`: one region either way, but with several
 # regions every linearizable read takes a TSO read timestamp and catches
 # its region up to it) and of `[b, h)` (six regions: a read at one
-# timestamp, merged; 120 keys of 256 bytes).
+# timestamp, merged; 120 keys of 256 bytes), linearizable and
+# serializable (served by the member alone, at the revision its regions
+# resolved: no TSO round, no leader).
 #
 # Env: ROUNDS (3), TOTAL (requests per run at 16 clients, 50 for reads;
 # 1 client runs a tenth), PROFILE (release), RESULTS (JSON lines; default
@@ -62,6 +64,7 @@ if [ "${WORKLOAD:-txn}" = read ]; then
       for sys in etcd one eight; do
         run "$sys" "range one key c=$clients" "$clients" range d --total "$total"
         run "$sys" "range [b, h) c=$clients" "$clients" range b h --total "$((total / 5))"
+        run "$sys" "serializable range [b, h) c=$clients" "$clients" range b h --consistency s --total "$((total / 5))"
       done
     done
   done

@@ -9,13 +9,14 @@
 //!
 //! Attached keys are indexed under `Lease(id) → key`. The lease table —
 //! records and index — lives in the region holding the first key (with
-//! one region, the whole store). There the index is exact for the region's
-//! own keys: every put and delete maintains it ([`crate::txn`]). A key
-//! outside it is indexed when a transaction across regions puts it with a
-//! lease (its part in the table's region records the attachment), but a
-//! later write there that detaches it (a put with another lease or none, a
-//! delete) does not reach the table: for such keys the index is a
-//! superset, and the key's own record (its `lease` field) is the truth.
+//! one region, the whole store). There every put and delete maintains the
+//! index ([`crate::txn`]). A key outside it is indexed when a transaction
+//! across regions puts it with a lease (its part in the table's region
+//! records the attachment), but a later write there that detaches it (a
+//! put with another lease or none, a delete) does not reach the table:
+//! for such keys — and for those a merge brought into the table's region
+//! since — the index is a superset, and the key's own record (its `lease`
+//! field) is the truth ([`still_holding`]).
 //! So a revoke deletes each indexed key only if it still holds the lease
 //! ([`revoke_txn`]: a compare on its lease guards each delete), all in one
 //! transaction at one revision, and then drops the lease's whole index.
@@ -106,6 +107,19 @@ pub fn attached_keys(read: &dyn Snapshot, id: i64) -> Result<Vec<Vec<u8>>> {
         let (k, _) = item?;
         if let (_, Some(key)) = keys::decode_lease(&k)? {
             out.push(key.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Of `keys`, those whose own newest record holds lease `id` (the index
+/// is a superset wherever a key was detached where the table did not see
+/// it, see the module essay).
+pub fn still_holding(read: &dyn Snapshot, id: i64, keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        if crate::record::latest(read, &key)?.is_some_and(|kv| kv.lease == id) {
+            out.push(key);
         }
     }
     Ok(out)

@@ -3,8 +3,9 @@
 //! revoke or an expiry deletes the lease's keys in every region at one
 //! revision, its events together; a key detached from its lease in another
 //! region is neither reported by TimeToLive nor deleted with the lease;
-//! a split moves leased keys; and no key outlives its lease while puts
-//! race the revoke.
+//! a split moves leased keys, and a merge does not bring a detached key
+//! back to its lease; and no key outlives its lease while puts race the
+//! revoke.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -315,4 +316,32 @@ async fn no_key_outlives_its_lease_while_puts_race_the_revoke() {
             .collect();
         assert!(orphans.is_empty(), "round {round}: {orphans:?}");
     }
+}
+
+/// A key that left its lease while it lived in another region is not
+/// named by TimeToLive after the first region (which keeps the lease
+/// table) absorbs that region by a merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_detached_in_a_region_the_first_absorbed_is_not_named_by_its_lease() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    // (The last two regions never merge: a third keeps them apart.)
+    c.split_at("t").await;
+    let mut l = lease_client(&c, 0).await;
+    let mut k = c.kv(0).await;
+    let id = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    for key in ["a", "p", "y"] {
+        put_leased(&mut k, key, id).await.unwrap();
+    }
+    put_leased(&mut k, "p", 0).await.unwrap();
+    assert_eq!(ttl_keys(&mut l, id).await, ["a", "y"]);
+    c.node(0).merge_regions(DATA_REGION).await.unwrap();
+    assert_eq!(ttl_keys(&mut l, id).await, ["a", "y"]);
+    c.shutdown().await;
 }

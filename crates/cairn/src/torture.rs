@@ -73,6 +73,10 @@ pub struct TortureArgs {
     /// hibernates between touches (0: none).
     #[arg(long, default_value_t = 0)]
     pub sleepers: usize,
+    /// How often every member runs the corruption check (0s: never); a
+    /// run fails on any CORRUPT alarm.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub corrupt_check_every: Duration,
     /// Set by a scenario: how long each fault is held.
     #[arg(skip)]
     pub fault_hold: Option<(Duration, Duration)>,
@@ -160,6 +164,9 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         if s.sleepers > 0 {
             a.sleepers = s.sleepers;
         }
+        if let Some(every) = s.corrupt_check_every {
+            a.corrupt_check_every = every;
+        }
     }
     if a.secured {
         cairn_testkit::secured::enable();
@@ -207,6 +214,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
         bank_accounts: a.bank_accounts,
         bank_clients: a.bank_clients,
         sleepers: a.sleepers,
+        corrupt_check_every: a.corrupt_check_every,
         ..torture::Config::new(a.duration, seed, faults)
     };
     let report = torture::run(&cfg).await?;

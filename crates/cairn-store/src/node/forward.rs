@@ -261,7 +261,11 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKv(revision) => {
-                // (Of a member of an earlier version.)
+                // (Of a member of an earlier version, which hashes the
+                // first region alone: comparable while it is the only one.)
+                if self.several_regions() {
+                    return Err(Error::EpochMismatch);
+                }
                 let h = Box::pin(self.store_hash(revision, revision, CatchUp::Local)).await?;
                 Ok(ForwardOk::Hash(
                     h.hash.hash,

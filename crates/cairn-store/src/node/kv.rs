@@ -338,9 +338,26 @@ impl Node {
     /// store's current revision), as etcd's `HashKV` hashes its local
     /// store: every region's keys, as one (`store_hash`).
     pub async fn hash_kv(&self, revision: i64) -> Result<cairn_mvcc::KvHash> {
-        let (at, catch_up) = self.hash_point().await?;
-        let revision = if revision > 0 { revision } else { at };
-        Ok(self.store_hash(at, revision, catch_up).await?.hash)
+        let mut tries = 0;
+        loop {
+            let (at, catch_up) = self.hash_point().await?;
+            // Above the point, a revision is in the future as of the
+            // request (its writes may not all be in yet).
+            if revision > at {
+                return Err(Error::Rejected(cairn_mvcc::Rejection::FutureRevision));
+            }
+            let asked = if revision > 0 { revision } else { at };
+            match self.store_hash(at, asked, catch_up).await {
+                // The current state, compacted past the point meanwhile:
+                // take a newer point, as a Range does.
+                Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))
+                    if revision == 0 && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                other => return Ok(other?.hash),
+            }
+        }
     }
 
     /// The revision a hash of the current state is taken at, and how the

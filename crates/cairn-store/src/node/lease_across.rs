@@ -24,8 +24,9 @@
 //!
 //! A key outside the first region that was detached from its lease (put
 //! again with another lease or none, or deleted) stays in the index until
-//! the lease goes, so the keys a lease reports (`TimeToLive`) are checked
-//! against the keys' own records here.
+//! the lease goes (so does one the first region absorbed by a merge since),
+//! so the keys a lease reports (`TimeToLive`) are checked against the
+//! keys' own records here.
 
 use cairn_api::etcdserverpb::RangeRequest;
 use cairn_mvcc::lease;
@@ -81,28 +82,34 @@ impl Node {
         }
     }
 
-    /// Of the keys lease `id` indexes, those that still hold it: a key
-    /// outside the first region (as of now: its replica here is caught
-    /// up first) is looked up in its own region, [`LOOKUPS_AT_ONCE`] at a
+    /// Of the keys lease `id` indexes, those that still hold it, each by
+    /// its own record: one in the first region (as of now: its replica
+    /// here is caught up first) from that region's view — the index there
+    /// can name keys detached while they lived in a region it absorbed
+    /// since — and one outside in its own region, [`LOOKUPS_AT_ONCE`] at a
     /// time.
     pub(crate) async fn still_attached(&self, id: i64, keys: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>> {
         let first = self.caught_up(DATA_REGION).await?;
-        let inside = |k: &[u8]| first.shared.with_applied(|a| a.range.contains(k));
-        if keys.iter().all(|k| inside(k)) {
-            return Ok(keys);
-        }
-        let outside: Vec<Vec<u8>> = keys.iter().filter(|k| !inside(k)).cloned().collect();
+        let (view, _, range) = first.shared.read_view_in();
+        let (inside, outside): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            keys.into_iter().partition(|k| range.contains(k));
+        let mut held = self
+            .spans
+            .run(move || lease::still_holding(&*view, id, inside))
+            .await??;
         let holds: Vec<bool> = futures::stream::iter(outside.clone())
             .map(|k| self.holds_lease(id, k))
             .buffered(LOOKUPS_AT_ONCE)
             .try_collect()
             .await?;
-        let detached: std::collections::HashSet<Vec<u8>> = outside
-            .into_iter()
-            .zip(holds)
-            .filter_map(|(k, h)| (!h).then_some(k))
-            .collect();
-        Ok(keys.into_iter().filter(|k| !detached.contains(k)).collect())
+        held.extend(
+            outside
+                .into_iter()
+                .zip(holds)
+                .filter_map(|(k, h)| h.then_some(k)),
+        );
+        held.sort();
+        Ok(held)
     }
 
     /// True when `key` holds lease `id` now (a linearizable read).

@@ -10,7 +10,9 @@
 //! - [`CatchUp::Leaders`]: each region's leader settles R (answers every
 //!   write it stamped at or below it) and gives a read index the replica
 //!   here applies, as a read across regions does (`range_across`). Idle
-//!   regions need no close for this. Used while there are several regions.
+//!   regions need no close for this, but a hibernating one wakes for the
+//!   read index (and sleeps again once quiet). Used while there are
+//!   several regions.
 //! - [`CatchUp::Local`]: each replica here waits, briefly, until its own
 //!   resolved revision reaches R. No network; an idle region's resolved
 //!   revision moves only with its writes or closes, so R must be one the
@@ -86,6 +88,16 @@ impl Node {
                 Some(views) => return self.hash_views(views, revision).await,
                 None => stale.wait().await?,
             }
+        }
+    }
+
+    /// [`Node::store_hash`] at `revision` of the regions here as they are
+    /// ([`CatchUp::Local`]), trying once: for a member that cannot reach
+    /// its peers (the start-up check).
+    pub(crate) async fn store_hash_now(&self, revision: i64) -> Result<StoreHash> {
+        match self.views_for_hash(revision, CatchUp::Local).await? {
+            Some(views) => self.hash_views(views, revision).await,
+            None => Err(Error::EpochMismatch),
         }
     }
 

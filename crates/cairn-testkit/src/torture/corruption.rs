@@ -1,7 +1,8 @@
 //! The corruption check under faults: no false alarm.
 //!
 //! Every member under test runs the corruption check every
-//! [`CHECK_EVERY`] (`--experimental-corrupt-check-time`): the first data
+//! [`CHECK_EVERY`] (`--experimental-corrupt-check-time`; a scenario may
+//! turn it off, `scenario.rs`): the first data
 //! region's leader hashes the whole store at one revision, every region
 //! caught up to it, and compares every member's hash over the same
 //! compactions. Members that applied the same entries must hash alike
@@ -19,7 +20,7 @@ use cairn_api::etcdserverpb::AlarmRequest;
 
 use crate::secured;
 
-/// How often each member runs the check.
+/// How often each member runs the check, unless told otherwise.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// etcd's `AlarmType.CORRUPT`.
@@ -28,6 +29,8 @@ const CORRUPT: i32 = 2;
 /// What the check did over a run.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// How often members ran the check (zero: never).
+    pub every: Duration,
     /// Peer hashes compared (in-process members only: processes count
     /// their own).
     pub compared: Option<u64>,
@@ -39,13 +42,17 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn summary(&self) -> String {
+        if self.every.is_zero() {
+            return "corruption check: off".to_string();
+        }
         let compared = self
             .compared
             .map_or("counted by the members".to_string(), |n| {
                 format!("{n} peer hashes compared")
             });
         format!(
-            "corruption check: every member every {CHECK_EVERY:?}, {compared}, {} found corrupt",
+            "corruption check: every member every {:?}, {compared}, {} found corrupt",
+            self.every,
             self.corrupt.len()
         )
     }
@@ -68,7 +75,7 @@ impl Outcome {
 
 /// The alarms at the end of a run, from the first member in `endpoints`
 /// that answers (every member applies them alike); `compared` as counted.
-pub async fn outcome(endpoints: &[String], compared: Option<u64>) -> Outcome {
+pub async fn outcome(endpoints: &[String], every: Duration, compared: Option<u64>) -> Outcome {
     let mut unread = None;
     for addr in endpoints {
         let ep = secured::endpoint(addr)
@@ -91,6 +98,7 @@ pub async fn outcome(endpoints: &[String], compared: Option<u64>) -> Outcome {
                     .map(|a| a.member_id)
                     .collect();
                 return Outcome {
+                    every,
                     compared,
                     corrupt,
                     unread: None,
@@ -100,6 +108,7 @@ pub async fn outcome(endpoints: &[String], compared: Option<u64>) -> Outcome {
         }
     }
     Outcome {
+        every,
         compared,
         corrupt: Vec::new(),
         unread,

@@ -83,6 +83,8 @@ pub struct Config {
     /// Keys of the sleepers workload, each in a region of its own that
     /// hibernates between touches (0: none).
     pub sleepers: usize,
+    /// How often every member runs the corruption check (zero: never).
+    pub corrupt_check_every: Duration,
 }
 
 impl Config {
@@ -109,6 +111,7 @@ impl Config {
             bank_accounts: 0,
             bank_clients: 4,
             sleepers: 0,
+            corrupt_check_every: corruption::CHECK_EVERY,
         }
     }
 }
@@ -256,8 +259,10 @@ impl Report {
 pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let compared_before = corruption::compared_here();
     let mut target = match &cfg.process_bin {
-        Some(bin) => Target::process(bin, cfg.nodes, cfg.snapshot_count).await,
-        None => Target::in_process(cfg.nodes, cfg.snapshot_count).await,
+        Some(bin) => {
+            Target::process(bin, cfg.nodes, cfg.snapshot_count, cfg.corrupt_check_every).await
+        }
+        None => Target::in_process(cfg.nodes, cfg.snapshot_count, cfg.corrupt_check_every).await,
     };
     let endpoints = target.endpoints();
     let epoch = Instant::now();
@@ -400,7 +405,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         Target::InProcess(_) => Some(corruption::compared_here() - compared_before),
         Target::Process(_) => None,
     };
-    let corruption = corruption::outcome(&endpoints, compared).await;
+    let corruption = corruption::outcome(&endpoints, cfg.corrupt_check_every, compared).await;
     target.shutdown().await;
     if let Some(p) = &cfg.history {
         let text: String = history

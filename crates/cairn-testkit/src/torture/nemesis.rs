@@ -163,16 +163,16 @@ const LOG_BYTES: u64 = 64 << 10;
 
 impl Target {
     /// `n` in-process nodes snapshotting every `snapshot_count` entries (or
-    /// [`LOG_BYTES`] of log), running the corruption check.
-    pub async fn in_process(n: usize, snapshot_count: u64) -> Self {
-        let every = super::corruption::CHECK_EVERY;
-        let c = InProcessCluster::start_checking(n, snapshot_count, LOG_BYTES, every).await;
+    /// [`LOG_BYTES`] of log), running the corruption check every
+    /// `check_every` (zero: never).
+    pub async fn in_process(n: usize, snapshot_count: u64, check_every: Duration) -> Self {
+        let c = InProcessCluster::start_checking(n, snapshot_count, LOG_BYTES, check_every).await;
         c.wait_leader(DATA_REGION).await;
         Target::InProcess(c)
     }
 
     /// `n` `cairn serve` processes from `bin`, once they serve.
-    pub async fn process(bin: &Path, n: usize, snapshot_count: u64) -> Self {
+    pub async fn process(bin: &Path, n: usize, snapshot_count: u64, check_every: Duration) -> Self {
         let args = [
             "--snapshot-count".to_string(),
             snapshot_count.to_string(),
@@ -182,7 +182,7 @@ impl Target {
             "--lease-checkpoint-interval".to_string(),
             "1s".to_string(),
             "--experimental-corrupt-check-time".to_string(),
-            format!("{}s", super::corruption::CHECK_EVERY.as_secs()),
+            format!("{}ms", check_every.as_millis()),
         ];
         let c = ProcessCluster::start_with(bin, n, &args);
         let t = Target::Process(c);
