@@ -121,6 +121,27 @@ impl ForwardOp {
 }
 
 impl ForwardOp {
+    /// True for an op that changes nothing a client sees when a leader
+    /// gets it twice — a read, a lease refresh, a hash, a beat — so a
+    /// forward of it still waiting on one leader may be given up and sent
+    /// to the next without knowing whether the first arrived.
+    pub fn resend_safe(&self) -> bool {
+        matches!(
+            self,
+            ForwardOp::ReadIndex
+                | ForwardOp::ReadIndexAfter(_)
+                | ForwardOp::ReadTimestamp
+                | ForwardOp::ReadIndexAtNewest
+                | ForwardOp::LeaseKeepAlive(_)
+                | ForwardOp::LeaseTimeToLive(_)
+                | ForwardOp::HashKv(_)
+                | ForwardOp::HashKvAt { .. }
+                | ForwardOp::HashStoreAt { .. }
+                | ForwardOp::WantCloses
+                | ForwardOp::Beat
+        )
+    }
+
     /// `op` as checked under `stamp`.
     pub fn stamped(stamp: AuthStamp, op: ForwardOp) -> Self {
         let op = Box::new(op);
@@ -378,6 +399,24 @@ pub async fn forward(
         Ok(Err(status)) => Err(Error::Internal(status.message().to_string())),
         Ok(Ok(reply)) => {
             decode::<std::result::Result<ForwardOk, Error>>(&reply.into_inner().payload)?
+        }
+    }
+}
+
+/// Resolves once `raft` knows a leader other than `from`. A call to a
+/// leader that was paused or cut off never answers, and waiting out its
+/// timeout would hold the caller for seconds after the region elected
+/// another; a call safe to send twice races this and goes to the new one.
+pub async fn leader_changed(raft: &Raft, from: Option<u64>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let now = metrics.borrow_and_update().current_leader;
+        if now.is_some() && now != from {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            // The Raft is gone: the call's own timeout decides.
+            std::future::pending::<()>().await;
         }
     }
 }

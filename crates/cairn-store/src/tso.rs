@@ -160,7 +160,12 @@ pub(crate) async fn fetch_timestamps(
         let leader = meta.metrics().borrow().current_leader;
         let res = match leader {
             Some(l) if l == pool.me() => tso.allocate(count).await,
-            Some(l) => remote::tso(pool, meta, l, count).await,
+            // Timestamps handed out and never used are a gap, nothing
+            // more: a call to a leader replaced meanwhile is given up.
+            Some(l) => tokio::select! {
+                res = remote::tso(pool, meta, l, count) => res,
+                () = remote::leader_changed(meta, leader) => Err(Error::NoLeader),
+            },
             None => Err(Error::NoLeader),
         };
         match res {

@@ -199,3 +199,41 @@ async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
     // The others serve on.
     assert_eq!(read_all(&c, l).await.len(), 20);
 }
+
+/// With several regions a read asks its region's leader for a timestamp
+/// and a read index. One begun through a follower just after that leader
+/// is paused (SIGSTOP: no answer, no refusal) is answered by the leader
+/// elected next, not held until the call to the paused member times out
+/// and then failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_begun_as_its_leader_pauses_is_answered_by_the_next() {
+    use cairn_api::cairnpb::regions_client::RegionsClient;
+    use cairn_api::cairnpb::RegionSplitRequest;
+    let c = ProcessCluster::start(std::path::Path::new(env!("CARGO_BIN_EXE_cairn")), 3);
+    let paused = leader(&c, &[]).await;
+    let other = (paused + 1) % 3;
+    let mut client = kv::connect(&c.client_addr(other)).await;
+    kv::put(&mut client, "a", "1").await.unwrap();
+    let channel = cairn_testkit::secured::channel(&c.client_addr(other));
+    RegionsClient::new(channel)
+        .split(RegionSplitRequest { key: b"m".to_vec() })
+        .await
+        .unwrap();
+    // Every member knows the first region's leader, and reads through it.
+    for i in 0..3 {
+        read_all(&c, i).await;
+        let mut k = kv::connect(&c.client_addr(i)).await;
+        kv::get(&mut k, "a", false).await.unwrap();
+    }
+    // The first region's leader (which the split left in place) stops.
+    assert_eq!(leader(&c, &[]).await, paused);
+    c.signal(paused, "STOP");
+    let read = kv::get(&mut client, "a", false).await;
+    c.signal(paused, "CONT");
+    assert_eq!(
+        read.map_err(|e| e.to_string()),
+        Ok(Some("1".to_string())),
+        "{}",
+        c.logs()
+    );
+}

@@ -1,7 +1,10 @@
 //! The write and leader-only paths: [`Node::submit`] sends an op to its
 //! region's leader (this node, or forwarded over the peer service) and
-//! retries only while nothing was proposed; [`Node::serve_local`] serves
-//! an op on this node's replica (a forwarded op lands there too).
+//! retries only while nothing was proposed — or, for an op safe to send
+//! twice (`ForwardOp::resend_safe`: reads, lease refreshes), as soon as
+//! the region knows another leader while the call still waits (a paused
+//! leader neither answers nor refuses); [`Node::serve_local`] serves an
+//! op on this node's replica (a forwarded op lands there too).
 
 use std::time::{Duration, Instant};
 
@@ -53,10 +56,18 @@ impl Node {
                 }
             };
             // A leader that lost its quorum never answers: bound the wait.
+            // A paused one never answers either: an op safe to send twice
+            // goes to the next leader as soon as one is known.
             let left = deadline.saturating_duration_since(Instant::now());
-            let res = tokio::time::timeout(left, attempt)
-                .await
-                .unwrap_or(Err(Error::Timeout));
+            let bounded = tokio::time::timeout(left, attempt);
+            let res = if op.resend_safe() && leader.is_some_and(|l| l != self.id) {
+                tokio::select! {
+                    res = bounded => res.unwrap_or(Err(Error::Timeout)),
+                    () = remote::leader_changed(&r.raft, leader) => Err(Error::NoLeader),
+                }
+            } else {
+                bounded.await.unwrap_or(Err(Error::Timeout))
+            };
             match res {
                 Err(e) if e.is_retryable() => {
                     if Instant::now() >= deadline {

@@ -347,7 +347,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     });
     let sleepers = (cfg.sleepers > 0).then(|| {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.sleepers, cfg.seed);
-        tokio::spawn(async move { sleepers::run(&endpoints, n, seed, deadline).await })
+        tokio::spawn(async move { sleepers::run(&endpoints, n, seed, epoch, deadline).await })
     });
     let faults = nemesis::run(
         &mut target,

@@ -71,9 +71,18 @@ pub struct Outcome {
 impl Outcome {
     /// A violation, if any.
     pub fn check(&self) -> Result<(), String> {
+        // Each, up to 20: their times place them among the faults.
         match self.bad.first() {
             None => Ok(()),
-            Some(first) => Err(format!("{} violations; first: {first}", self.bad.len())),
+            Some(first) => Err(format!(
+                "{} violations; first: {first}{}",
+                self.bad.len(),
+                self.bad[1..]
+                    .iter()
+                    .take(19)
+                    .map(|b| format!("\n  then: {b}"))
+                    .collect::<String>()
+            )),
         }
     }
 
@@ -103,7 +112,8 @@ struct Sleeper {
 
 enum Put {
     Acked,
-    Unknown,
+    /// No answer in time, or an error: why, as the client saw it.
+    Unknown(String),
 }
 
 impl Sleeper {
@@ -123,16 +133,16 @@ impl Sleeper {
             value: value.to_string().into_bytes(),
             ..Default::default()
         });
-        match tokio::time::timeout(timeout, put).await {
+        let why = match tokio::time::timeout(timeout, put).await {
             Ok(Ok(_)) => {
                 self.acked = value;
-                Put::Acked
+                return Put::Acked;
             }
-            _ => {
-                self.maybe.push(value);
-                Put::Unknown
-            }
-        }
+            Ok(Err(e)) => format!("{:?}: {}", e.code(), e.message()),
+            Err(_) => format!("no answer in {timeout:?}"),
+        };
+        self.maybe.push(value);
+        Put::Unknown(why)
     }
 
     /// Reads the key linearizably; a description of a stale answer, or
@@ -170,7 +180,14 @@ impl Sleeper {
 
 /// Runs `n` sleepers against `endpoints` until `deadline`, then checks
 /// that every key serves again (see the module essay).
-pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -> Outcome {
+/// `epoch`: when the run began.
+pub async fn run(
+    endpoints: &[String],
+    n: usize,
+    seed: u64,
+    epoch: Instant,
+    deadline: Instant,
+) -> Outcome {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let endpoints = endpoints.to_vec();
@@ -190,7 +207,7 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
                         break;
                     }
                     tokio::time::sleep(nap).await;
-                    s.once(endpoints.as_slice(), &mut out).await;
+                    s.once(endpoints.as_slice(), epoch, &mut out).await;
                 }
                 // The faults are healed by now: let the region fall asleep,
                 // then it must serve again.
@@ -198,7 +215,7 @@ pub async fn run(endpoints: &[String], n: usize, seed: u64, deadline: Instant) -
                     .await;
                 let until = Instant::now() + RECOVER;
                 let served = loop {
-                    if matches!(s.put(&endpoints, CALL).await, Put::Acked) {
+                    if let Put::Acked = s.put(&endpoints, CALL).await {
                         if let Some(read) = s.read(&endpoints).await {
                             if let Err(e) = read {
                                 out.bad.push(e);
@@ -276,21 +293,31 @@ async fn asleep_count(addr: &str) -> Option<u64> {
 impl Sleeper {
     /// One touch: puts through one member after another until one is
     /// acknowledged (within [`WRITE_WITHIN`]), then a read.
-    async fn once(&mut self, endpoints: &[String], out: &mut Outcome) {
+    /// A failed touch says when it began (ms since `epoch`, as the
+    /// nemesis logs its faults) and what each attempt got.
+    async fn once(&mut self, endpoints: &[String], epoch: Instant, out: &mut Outcome) {
         let started = Instant::now();
+        let mut attempts = Vec::new();
         loop {
             out.puts += 1;
+            let member = (self.endpoint + 1) % endpoints.len();
+            let at = started.elapsed().as_millis();
             match self.put(endpoints, ATTEMPT).await {
                 Put::Acked => {
                     out.slowest = out.slowest.max(started.elapsed());
                     break;
                 }
-                Put::Unknown => out.unknown += 1,
+                Put::Unknown(why) => {
+                    out.unknown += 1;
+                    attempts.push(format!("+{at} ms node {member}: {why}"));
+                }
             }
             if started.elapsed() >= WRITE_WITHIN {
                 out.bad.push(format!(
-                    "{} took no put for {WRITE_WITHIN:?}, one member down at most",
-                    self.key
+                    "{} took no put for {WRITE_WITHIN:?}, one member down at most (touch at {} ms; {})",
+                    self.key,
+                    started.duration_since(epoch).as_millis(),
+                    attempts.join("; ")
                 ));
                 break;
             }
