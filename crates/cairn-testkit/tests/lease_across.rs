@@ -110,6 +110,25 @@ async fn next_events(w: &mut WatchStream, n: usize) -> Vec<(i32, String, i64)> {
     got
 }
 
+/// Lease and KV clients of node 0, and a new 60 s lease holding `keys`.
+async fn leased_keys(
+    c: &InProcessCluster,
+    keys: &[&str],
+) -> (LeaseClient<Channel>, KvClient<Channel>, i64) {
+    let mut l = lease_client(c, 0).await;
+    let mut k = c.kv(0).await;
+    let id = l
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    for key in keys {
+        put_leased(&mut k, key, id).await.unwrap();
+    }
+    (l, k, id)
+}
+
 /// Regions `[, f)`, `[f, q)`, `[q, )`.
 async fn three_regions() -> InProcessCluster {
     let c = InProcessCluster::start(3).await;
@@ -226,17 +245,7 @@ async fn an_expired_lease_with_keys_in_several_regions_goes_at_one_revision() {
 async fn splits_move_leased_keys_and_the_revoke_follows_them() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
-    let mut l = lease_client(&c, 0).await;
-    let mut k = c.kv(0).await;
-    let id = l
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    for key in ["a", "m", "z"] {
-        put_leased(&mut k, key, id).await.unwrap();
-    }
+    let (mut l, mut k, id) = leased_keys(&c, &["a", "m", "z"]).await;
     put_leased(&mut k, "n", 0).await.unwrap();
     c.split_at("h").await;
     c.split_at("t").await;
@@ -328,17 +337,7 @@ async fn a_key_detached_in_a_region_the_first_absorbed_is_not_named_by_its_lease
     c.split_at("m").await;
     // (The last two regions never merge: a third keeps them apart.)
     c.split_at("t").await;
-    let mut l = lease_client(&c, 0).await;
-    let mut k = c.kv(0).await;
-    let id = l
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    for key in ["a", "p", "y"] {
-        put_leased(&mut k, key, id).await.unwrap();
-    }
+    let (mut l, mut k, id) = leased_keys(&c, &["a", "p", "y"]).await;
     put_leased(&mut k, "p", 0).await.unwrap();
     assert_eq!(ttl_keys(&mut l, id).await, ["a", "y"]);
     c.node(0).merge_regions(DATA_REGION).await.unwrap();

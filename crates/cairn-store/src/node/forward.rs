@@ -271,19 +271,7 @@ impl Node {
                 }
                 Ok(ForwardOk::Done)
             }
-            ForwardOp::HashKv(revision) => {
-                // (Of a member of an earlier version, which hashes the
-                // first region alone: comparable while it is the only one.)
-                if self.several_regions() {
-                    return Err(Error::EpochMismatch);
-                }
-                let h = Box::pin(self.store_hash(revision, revision, CatchUp::Local)).await?;
-                Ok(ForwardOk::Hash(
-                    h.hash.hash,
-                    h.hash.revision,
-                    h.hash.compacted,
-                ))
-            }
+            ForwardOp::HashKv(revision) => self.legacy_hash(&r, revision, None).await,
             ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
             ForwardOp::Beat => Ok(self.beat()),
             ForwardOp::WantCloses => {
@@ -291,17 +279,7 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKvAt { revision, epoch } => {
-                // (Of a member of an earlier version, which hashes the
-                // first region alone: comparable while it is the only one.)
-                if self.several_regions() || r.shared.range().epoch != epoch {
-                    return Err(Error::EpochMismatch);
-                }
-                let h = Box::pin(self.store_hash(revision, revision, CatchUp::Local)).await?;
-                Ok(ForwardOk::Hash(
-                    h.hash.hash,
-                    h.hash.revision,
-                    h.hash.compacted,
-                ))
+                self.legacy_hash(&r, revision, Some(epoch)).await
             }
             ForwardOp::HashStoreAt { revision, leaders } => {
                 let catch_up = if leaders {
@@ -318,6 +296,27 @@ impl Node {
                 })
             }
         }
+    }
+
+    /// The hash a member of an earlier version asks for (`HashKv`,
+    /// `HashKvAt` at the first region's `epoch`): it hashes the first
+    /// region alone, so the answers compare only while that is the only
+    /// region; else `EpochMismatch` (skipped that round).
+    async fn legacy_hash(
+        &self,
+        r: &Region,
+        revision: i64,
+        epoch: Option<u64>,
+    ) -> Result<ForwardOk> {
+        if self.several_regions() || epoch.is_some_and(|e| r.shared.range().epoch != e) {
+            return Err(Error::EpochMismatch);
+        }
+        let h = Box::pin(self.store_hash(revision, revision, CatchUp::Local)).await?;
+        Ok(ForwardOk::Hash(
+            h.hash.hash,
+            h.hash.revision,
+            h.hash.compacted,
+        ))
     }
 
     /// The term this replica leads `r` in, as it knows; `NotLeader` if it
