@@ -110,13 +110,15 @@ async fn next_events(w: &mut WatchStream, n: usize) -> Vec<(i32, String, i64)> {
     got
 }
 
-/// Lease and KV clients of node 0, and a new 60 s lease holding `keys`.
+/// A Lease client of node `nodes.0` and a KV client of node `nodes.1`, and
+/// a new 60 s lease holding `keys`.
 async fn leased_keys(
     c: &InProcessCluster,
+    nodes: (usize, usize),
     keys: &[&str],
 ) -> (LeaseClient<Channel>, KvClient<Channel>, i64) {
-    let mut l = lease_client(c, 0).await;
-    let mut k = c.kv(0).await;
+    let mut l = lease_client(c, nodes.0).await;
+    let mut k = c.kv(nodes.1).await;
     let id = l
         .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
         .await
@@ -141,17 +143,7 @@ async fn three_regions() -> InProcessCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lease_holds_keys_in_every_region_and_its_revoke_deletes_them_at_one_revision() {
     let c = three_regions().await;
-    let mut l = lease_client(&c, 1).await;
-    let mut k = c.kv(2).await;
-    let id = l
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    for key in ["b", "k", "w", "x"] {
-        put_leased(&mut k, key, id).await.unwrap();
-    }
+    let (mut l, mut k, id) = leased_keys(&c, (1, 2), &["b", "k", "w", "x"]).await;
     // A lease that does not exist: etcd's answer, in any region.
     for key in ["c", "m"] {
         let s = put_leased(&mut k, key, id + 1).await.unwrap_err();
@@ -245,7 +237,7 @@ async fn an_expired_lease_with_keys_in_several_regions_goes_at_one_revision() {
 async fn splits_move_leased_keys_and_the_revoke_follows_them() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
-    let (mut l, mut k, id) = leased_keys(&c, &["a", "m", "z"]).await;
+    let (mut l, mut k, id) = leased_keys(&c, (0, 0), &["a", "m", "z"]).await;
     put_leased(&mut k, "n", 0).await.unwrap();
     c.split_at("h").await;
     c.split_at("t").await;
@@ -337,7 +329,7 @@ async fn a_key_detached_in_a_region_the_first_absorbed_is_not_named_by_its_lease
     c.split_at("m").await;
     // (The last two regions never merge: a third keeps them apart.)
     c.split_at("t").await;
-    let (mut l, mut k, id) = leased_keys(&c, &["a", "p", "y"]).await;
+    let (mut l, mut k, id) = leased_keys(&c, (0, 0), &["a", "p", "y"]).await;
     put_leased(&mut k, "p", 0).await.unwrap();
     assert_eq!(ttl_keys(&mut l, id).await, ["a", "y"]);
     c.node(0).merge_regions(DATA_REGION).await.unwrap();
