@@ -49,6 +49,9 @@ CASES_ALL=(
   "put c=50|--target-leader --clients 50 --conns 5 put --total 30000 $PUT"
   "txn-put c=50|--target-leader --clients 50 --conns 5 txn-put --total 30000 $PUT"
   "range-l c=50|--target-leader --clients 50 --conns 6 range 00000001 --total 40000"
+  # Connections spread over every member: two reads in three are forwarded
+  # to the leader (its read index).
+  "range-l any member c=50|--clients 50 --conns 6 range 00000001 --total 40000"
 )
 
 start a "$A"

@@ -348,6 +348,9 @@ pub struct RegionShared {
     /// Set once a merge absorbed the region and the host stopped this
     /// replica: readers holding it must look at the regions again.
     retired: std::sync::atomic::AtomicBool,
+    /// A data replica raises its node's marks as it publishes (see
+    /// `marks`).
+    marks: std::sync::OnceLock<Arc<marks::DataMarks>>,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -504,7 +507,20 @@ impl RegionShared {
             births: parking_lot::Mutex::new(None),
             load: load::WriteLoad::default(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            marks: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Raises `marks` to this data replica's state now and at every state
+    /// it publishes from now on (once; the meta region reports nothing).
+    pub fn report_to(&self, marks: Arc<marks::DataMarks>) {
+        if self.kind != RegionKind::Data {
+            return;
+        }
+        let g = self.state.read();
+        marks.raise(&g.applied);
+        // Set under the lock: no state is published between the two.
+        let _ = self.marks.set(marks);
     }
 
     /// A consistent (storage view, revisions) pair for reads. Never waits
@@ -645,6 +661,11 @@ impl RegionShared {
         let old = {
             let mut g = self.state.write();
             let old = std::mem::replace(&mut g.applied, next);
+            if let Some(marks) = self.marks.get() {
+                // Under the lock: whoever sees the new state sees the marks
+                // raised.
+                marks.raise(&g.applied);
+            }
             (old, g.before_write.take())
         };
         // Released after the lock: closing a fjall snapshot does its own
@@ -1729,6 +1750,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 pub mod load;
+pub mod marks;
 mod merge;
 mod split;
 mod txn_locks;

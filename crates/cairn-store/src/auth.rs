@@ -181,7 +181,7 @@ impl Node {
         };
         // The newest fence any data region here has applied (at least the
         // one of the region a read is served from).
-        let fence = self.data_regions_max(|a| a.auth_fence);
+        let fence = self.auth_fence();
         let (enabled, revision) = self
             .meta_shared()
             .with_applied(|a| (a.auth.enabled, a.auth.revision));

@@ -4,8 +4,16 @@
 //! merge applied here absorbs them (`node::merge`). A caller takes an
 //! `Arc<Region>` and may keep using it after the region left: its Raft
 //! then answers `NotLeader`/stopped, and the caller routes again.
+//!
+//! Beside the set, a routing hint: the data replicas by the first key of
+//! their ranges when it was last drawn. Ranges change when a replica
+//! applies a split or merge, which the registry does not see, so the hint
+//! is only a guess that routing checks against the replica's range as
+//! applied; a wrong guess (or none) makes routing look at every replica
+//! and draw the hint again. A replica joining or leaving drops it.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -14,26 +22,55 @@ use crate::node::Region;
 
 /// The hosted replicas (see the module essay).
 #[derive(Default)]
-pub(crate) struct Registry(RwLock<BTreeMap<u64, Arc<Region>>>);
+pub(crate) struct Registry {
+    by_id: RwLock<BTreeMap<u64, Arc<Region>>>,
+    by_start: RwLock<BTreeMap<Vec<u8>, Arc<Region>>>,
+}
 
 impl Registry {
     /// The replica of region `id`, if hosted here.
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Region>> {
-        self.0.read().get(&id).cloned()
+        self.by_id.read().get(&id).cloned()
     }
 
     /// Adds (or replaces) a replica.
     pub(crate) fn insert(&self, region: Arc<Region>) {
-        self.0.write().insert(region.id, region);
+        self.by_id.write().insert(region.id, region);
+        self.by_start.write().clear();
     }
 
     /// Takes a replica out (a merge absorbed its region).
     pub(crate) fn remove(&self, id: u64) -> Option<Arc<Region>> {
-        self.0.write().remove(&id)
+        let gone = self.by_id.write().remove(&id);
+        self.by_start.write().clear();
+        gone
     }
 
     /// Every hosted replica, by region ID.
     pub(crate) fn all(&self) -> Vec<Arc<Region>> {
-        self.0.read().values().cloned().collect()
+        self.by_id.read().values().cloned().collect()
+    }
+
+    /// The data replica whose range started at or below `key`, nearest to
+    /// it, when the hint was drawn: probably the one holding `key` (check).
+    pub(crate) fn hint(&self, key: &[u8]) -> Option<Arc<Region>> {
+        self.by_start
+            .read()
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Draws the hint again from `data`'s ranges as applied now (a replica
+    /// frozen for a merge holds no key: left out).
+    pub(crate) fn draw_hint(&self, data: &[Arc<Region>]) {
+        let hint = data
+            .iter()
+            .filter_map(|r| {
+                let range = r.shared.range();
+                (!range.is_empty()).then(|| (range.start, r.clone()))
+            })
+            .collect();
+        *self.by_start.write() = hint;
     }
 }

@@ -91,6 +91,7 @@ impl Node {
             pool: pool.clone(),
             raft_config,
             snapshots,
+            marks: Arc::default(),
         };
         let mut rafts = Vec::new();
         for region in hosted {
@@ -297,6 +298,8 @@ pub(crate) struct Opener {
     pool: Arc<PeerPool>,
     raft_config: Arc<openraft::Config>,
     snapshots: Arc<cairn_raft::SnapshotDir>,
+    /// What the data replicas opened here have applied, at most.
+    pub(super) marks: Arc<cairn_raft::DataMarks>,
 }
 
 impl Opener {
@@ -309,6 +312,7 @@ impl Opener {
     ) -> Result<(Raft, Arc<RegionShared>, Arc<AtomicU64>)> {
         let shared = RegionShared::load(region, kind, self.engine.clone(), self.snapshots.clone())?;
         shared.on_change(self.births.clone());
+        shared.report_to(self.marks.clone());
         let log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
         let log_bytes = log.appended_bytes();
         let sm = StateMachine::new(shared.clone());

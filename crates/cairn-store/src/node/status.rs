@@ -14,9 +14,15 @@ impl Node {
 
     /// The newest revision of the data regions' replicas here (response
     /// headers). Not the first region's alone: an idle region's revision
-    /// moves only while someone asks for closes in it (`closes.rs`).
+    /// moves only while someone asks for closes in it (`closes.rs`). One
+    /// load, however many regions (`cairn_raft::DataMarks`).
     pub fn revision(&self) -> i64 {
-        self.data_regions_max(|a| a.current_revision as u64) as i64
+        self.opener.marks.revision()
+    }
+
+    /// The newest auth fence the data regions' replicas here have applied.
+    pub(crate) fn auth_fence(&self) -> u64 {
+        self.opener.marks.auth_fence()
     }
 
     /// What `Maintenance.Status` reports.
