@@ -304,6 +304,22 @@ impl ProcessCluster {
         exited
     }
 
+    /// Copies the stderr of every run of every member into directory `to`
+    /// (created), so a long run's failure can be read after the cluster's
+    /// directory is gone.
+    pub fn copy_logs(&self, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for e in std::fs::read_dir(self.dir.path())? {
+            let p = e?.path();
+            if let (Some(name), Some("log")) =
+                (p.file_name(), p.extension().and_then(|e| e.to_str()))
+            {
+                std::fs::copy(&p, to.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The collected stderr of every run of every member (for failure reports).
     pub fn logs(&self) -> String {
         let mut out = String::new();

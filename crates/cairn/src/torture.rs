@@ -220,6 +220,9 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
     let report = torture::run(&cfg).await?;
     print!("{}", report.summary());
     println!("history: {}", history.display());
+    if process {
+        println!("member logs: {}", history.with_extension("logs").display());
+    }
     if !report.passed() {
         let what = if matches!(report.linearizable, Verdict::Unknown(_)) && report.watch.is_ok() {
             "no verdict (checker budget)"

@@ -78,6 +78,9 @@ const FOLLOWER_QUIET: Duration = Duration::from_secs(2);
 const LEADER_QUIET: Duration = Duration::from_secs(3);
 /// A follower sleeps only if its leader reached it this recently.
 const HEARD_WITHIN: Duration = Duration::from_millis(500);
+/// How long a replica may know no leader before it is logged, and how
+/// often after.
+const LEADERLESS_REPORT: Duration = Duration::from_secs(3);
 
 /// One replica's sleep.
 pub(crate) struct Sleep {
@@ -261,6 +264,8 @@ impl Node {
             let gone = all || !(leading[0].contains(&r.id) || leading[1].contains(&r.id));
             if gone && r.sleep.is_asleep() && r.raft.metrics().borrow().current_leader == Some(peer)
             {
+                let why = if all { "is down" } else { "no longer leads it" };
+                tracing::info!(region = r.id, peer, "waking: its leader {why}");
                 let jitter = (r.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.id) % 300;
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -376,6 +381,9 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
 pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
     // Per region: its last log index at the last look, and since when.
     let mut last: BTreeMap<u64, (Option<u64>, Instant)> = BTreeMap::new();
+    // Per region with no known leader: since when, and when it was last
+    // reported.
+    let mut leaderless: BTreeMap<u64, (Instant, Instant)> = BTreeMap::new();
     loop {
         tokio::time::sleep(LOOK_EVERY).await;
         let Some(n) = node.upgrade() else { return };
@@ -391,6 +399,7 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
             let m = r.raft.metrics().borrow().clone();
             let index = m.last_log_index;
             let now = Instant::now();
+            report_leaderless(&mut leaderless, &r, &m, now);
             let (was, since) = last.entry(r.id).or_insert((index, now));
             if *was != index {
                 (*was, *since) = (index, now);
@@ -430,6 +439,37 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
             }
         }
         last.retain(|id, _| here.contains(id));
+        leaderless.retain(|id, _| here.contains(id));
+    }
+}
+
+/// A replica left without a known leader for longer than an election
+/// should take is logged with its Raft state every [`LEADERLESS_REPORT`]:
+/// what an operator (or a torture run's member logs) needs to see why a
+/// region does not serve.
+fn report_leaderless(
+    leaderless: &mut BTreeMap<u64, (Instant, Instant)>,
+    r: &Region,
+    m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    now: Instant,
+) {
+    if m.current_leader.is_some() {
+        leaderless.remove(&r.id);
+        return;
+    }
+    let (since, reported) = leaderless.entry(r.id).or_insert((now, now));
+    if now - *since >= LEADERLESS_REPORT && now - *reported >= LEADERLESS_REPORT {
+        *reported = now;
+        tracing::warn!(
+            region = r.id,
+            for_ms = (now - *since).as_millis() as u64,
+            state = ?m.state,
+            vote = %m.vote,
+            last_log = ?m.last_log_index,
+            applied = ?m.last_applied.map(|l| l.index),
+            asleep = r.sleep.is_asleep(),
+            "no known leader"
+        );
     }
 }
 

@@ -62,10 +62,12 @@ impl Registry {
     }
 
     /// Draws the hint again from `data`'s ranges as applied now (a replica
-    /// frozen for a merge holds no key: left out).
+    /// frozen for a merge holds no key, a retired one none either: left
+    /// out).
     pub(crate) fn draw_hint(&self, data: &[Arc<Region>]) {
         let hint = data
             .iter()
+            .filter(|r| !r.shared.is_retired())
             .filter_map(|r| {
                 let range = r.shared.range();
                 (!range.is_empty()).then(|| (range.start, r.clone()))

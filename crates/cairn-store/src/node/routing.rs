@@ -66,10 +66,14 @@ impl Node {
             return Ok(r);
         }
         let data = self.data_regions();
-        self.regions.draw_hint(&data);
-        data.into_iter()
-            .find(|r| holds(r))
-            .ok_or(Error::EpochMismatch)
+        let found = data.iter().find(|r| holds(r)).cloned();
+        // Redrawn only when it would now hit: while a key routes nowhere
+        // (a merge freeze, a split's new region not yet started here) its
+        // retries would each redraw it for nothing.
+        if found.is_some() {
+            self.regions.draw_hint(&data);
+        }
+        found.ok_or(Error::EpochMismatch)
     }
 
     /// The one data region holding every key `req` names, or

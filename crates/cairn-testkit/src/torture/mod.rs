@@ -406,7 +406,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         Target::Process(_) => None,
     };
     let corruption = corruption::outcome(&endpoints, cfg.corrupt_check_every, compared).await;
-    target.shutdown().await;
+    // Beside the history, the members' logs (`<history>.logs/`).
+    let logs_to = cfg.history.as_ref().map(|p| p.with_extension("logs"));
+    target.shutdown(logs_to.as_deref()).await;
     if let Some(p) = &cfg.history {
         let text: String = history
             .iter()

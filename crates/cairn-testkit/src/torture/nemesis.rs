@@ -274,21 +274,38 @@ impl Target {
         }
     }
 
-    async fn recover(&mut self, i: usize) {
+    async fn recover(&mut self, i: usize) -> Option<String> {
         match self {
             Target::InProcess(c) => {
                 if !c.is_running(i) {
                     c.restart(i).await
                 }
+                None
             }
             Target::Process(c) => {
                 c.reap_exited(i);
                 if c.pid(i).is_none() {
                     c.restart(i);
                     // Serving before the next fault: one member down at a
-                    // time means one.
-                    c.wait_serving(i, Duration::from_secs(10)).await;
+                    // time means one (a run once took a second member down
+                    // while the first still replayed its journal for 20 s,
+                    // and the sleepers' checker blamed hibernation). A slow
+                    // restart is said.
+                    let started = Instant::now();
+                    let serving = c.wait_serving(i, Duration::from_secs(60)).await;
+                    let took = started.elapsed();
+                    if !serving || took > SLOW_RESTART {
+                        let what = if serving {
+                            "serving"
+                        } else {
+                            "still not serving"
+                        };
+                        return Some(format!(
+                            "{NOTE}node {i} {what} {took:.1?} after its restart"
+                        ));
+                    }
                 }
+                None
             }
         }
     }
@@ -597,8 +614,12 @@ impl Target {
                     .then(|| format!("{NOTE}node(s) {died:?} died at the crash point, restarted"));
             }
             _ => {
+                let mut notes = Vec::new();
                 for &i in nodes {
-                    self.recover(i).await;
+                    notes.extend(self.recover(i).await);
+                }
+                if !notes.is_empty() {
+                    return Some(notes.join("; "));
                 }
             }
         }
@@ -606,10 +627,17 @@ impl Target {
     }
 
     /// Stops everything.
-    pub async fn shutdown(self) {
+    /// Stops the cluster; a process cluster's member logs are first copied
+    /// into `logs_to`, if given.
+    pub async fn shutdown(self, logs_to: Option<&Path>) {
         match self {
             Target::InProcess(c) => c.shutdown().await,
             Target::Process(mut c) => {
+                if let Some(to) = logs_to {
+                    if let Err(e) = c.copy_logs(to) {
+                        eprintln!("could not keep the member logs in {}: {e}", to.display());
+                    }
+                }
                 for i in 0..c.len() {
                     c.signal(i, "CONT");
                     c.kill(i);
@@ -618,6 +646,9 @@ impl Target {
         }
     }
 }
+
+/// A restart slower than this is noted in the fault log.
+const SLOW_RESTART: Duration = Duration::from_secs(5);
 
 /// Log lines that note what a fault did rather than inject one start so.
 pub const NOTE: &str = "-> ";
