@@ -18,6 +18,7 @@ use fjall::{
 use parking_lot::RwLock;
 
 use crate::engine::{space_end, Durability, Engine, KeyIter, KvIter, Op, Snapshot, WriteBatch};
+use crate::journal_bound::{JournalBound, JOURNAL_LIMIT};
 use crate::keys::Space;
 use crate::{Error, Result};
 
@@ -47,18 +48,28 @@ pub struct FjallEngine {
     // One fjall keyspace per first key byte, opened on first use. A lock, not a
     // fixed table, because the set of spaces is small and grows rarely.
     spaces: Arc<RwLock<HashMap<u8, Keyspace>>>,
+    journal: Arc<JournalBound>,
 }
 
 impl FjallEngine {
     /// Opens (creating if needed) a database in `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_journal_limit(path, JOURNAL_LIMIT)
+    }
+
+    /// Opens with the journal kept to about `limit` bytes plus one active
+    /// file (`crate::journal_bound`); [`FjallEngine::open`] uses 128 MiB.
+    pub fn open_with_journal_limit(path: impl AsRef<Path>, limit: u64) -> Result<Self> {
+        let journal = JournalBound::new(limit);
         let db = Database::builder(path.as_ref())
             .manual_journal_persist(true)
+            .max_journaling_size(journal.limit())
             .open()?;
         let engine = Self {
             db,
             path: Arc::new(path.as_ref().to_path_buf()),
             spaces: Arc::new(RwLock::new(HashMap::new())),
+            journal: Arc::new(journal),
         };
         // Reopen every keyspace that exists on disk so snapshots see them.
         for name in engine.db.list_keyspace_names() {
@@ -95,6 +106,20 @@ impl FjallEngine {
 
     fn existing_space(&self, b: u8) -> Option<Keyspace> {
         self.spaces.read().get(&b).cloned()
+    }
+
+    /// What fjall's journal files take: the writes a restart replays
+    /// (unless flushed) are in them.
+    pub fn journal_bytes(&self) -> Result<u64> {
+        Ok(self.db.journal_disk_space()?)
+    }
+
+    /// After a sync: flushes every keyspace if the journal outgrew its
+    /// bound.
+    fn bound_journal(&self) -> Result<()> {
+        let spaces = || self.spaces.read().values().cloned().collect();
+        self.journal.check(&self.db, spaces)?;
+        Ok(())
     }
 }
 
@@ -248,6 +273,7 @@ impl Engine for FjallEngine {
         wb.commit()?;
         if durability == Durability::Sync {
             self.db.persist(PersistMode::SyncData)?;
+            self.bound_journal()?;
         } else {
             self.db.persist(PersistMode::Buffer)?;
         }
@@ -255,7 +281,8 @@ impl Engine for FjallEngine {
     }
 
     fn sync(&self) -> Result<()> {
-        Ok(self.db.persist(PersistMode::SyncData)?)
+        self.db.persist(PersistMode::SyncData)?;
+        self.bound_journal()
     }
 
     fn snapshot(&self) -> Arc<dyn Snapshot> {

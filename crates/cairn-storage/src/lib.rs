@@ -30,6 +30,7 @@ pub mod conformance;
 mod engine;
 mod error;
 mod fjall_engine;
+mod journal_bound;
 pub mod keys;
 mod memory;
 mod overlay;
