@@ -40,6 +40,7 @@ pub mod failpoints;
 mod log_store;
 pub mod metrics;
 pub mod network;
+pub mod peer_batch;
 pub mod snapshot_data;
 pub mod snapshot_file;
 mod state_machine;

@@ -115,4 +115,17 @@ pub fn register_all() {
     LazyLock::force(&LEADER_CHANGES);
     LazyLock::force(&PROPOSALS_FAILED);
     LazyLock::force(&CORRUPTION_HASHES_COMPARED);
+    LazyLock::force(&PEER_BATCH_MESSAGES);
 }
+
+/// Raft messages per batched call to a peer (`crate::peer_batch`): near 1
+/// while traffic is light, more as regions' messages queue behind calls in
+/// flight.
+pub static PEER_BATCH_MESSAGES: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "cairn_peer_raft_batch_messages",
+        "Raft messages per batched call to a peer.",
+        exponential_buckets(1.0, 2.0, 9).expect("valid buckets")
+    )
+    .expect("registered once")
+});

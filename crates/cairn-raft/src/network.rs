@@ -4,7 +4,8 @@
 //! connection) per remote node; every region's [`RegionNetwork`] shares it.
 //! A message is `RaftRequest { region_id, kind, payload }` with the openraft
 //! request postcard-encoded; the reply carries the encoded
-//! `Result<response, RaftError>`.
+//! `Result<response, RaftError>`. Appends and votes to a peer travel in
+//! batches of every region's messages (`crate::peer_batch`).
 //!
 //! [`Faults`] is a switchboard on the real transport: tests cut links
 //! (partitions) or drop a fraction of messages; production never sets it.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::peerpb::peer_client::PeerClient;
-use cairn_api::peerpb::RaftRequest;
+use cairn_api::peerpb::{RaftReply, RaftRequest};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -28,8 +29,10 @@ use openraft::BasicNode;
 use parking_lot::Mutex;
 use serde::{de::DeserializeOwned, Serialize};
 use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
 
 use crate::codec::{decode, encode};
+use crate::peer_batch::{Outbox, Sent};
 use crate::{NodeId, TypeConfig};
 
 /// RPC kinds inside `RaftRequest.kind`.
@@ -131,6 +134,8 @@ pub struct PeerPool {
     /// used for `https://` peer URLs.
     tls: Option<Arc<cairn_tls::ClientConfig>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Raft messages to each peer, batched (`crate::peer_batch`).
+    outboxes: Mutex<HashMap<String, Arc<Outbox>>>,
     /// Fault switchboard (tests).
     pub faults: Arc<Faults>,
 }
@@ -152,6 +157,7 @@ impl PeerPool {
             cluster_id,
             tls,
             channels: Mutex::new(HashMap::new()),
+            outboxes: Mutex::new(HashMap::new()),
             faults: Arc::new(Faults::default()),
         })
     }
@@ -165,19 +171,62 @@ impl PeerPool {
     /// ([`CLUSTER_HEADER`], [`FROM_HEADER`]), which the receiving member
     /// checks before it acts on anything.
     pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        let md = r.metadata_mut();
-        md.insert(
-            CLUSTER_HEADER,
-            format!("{:x}", self.cluster_id)
-                .parse()
-                .expect("hex is ASCII"),
-        );
-        md.insert(
-            FROM_HEADER,
-            format!("{:x}", self.me).parse().expect("hex is ASCII"),
-        );
-        r
+        stamped(msg, self.cluster_id, self.me)
+    }
+
+    /// The outbox of Raft messages to the node at `addr`.
+    fn outbox(&self, addr: &str) -> Result<Arc<Outbox>, String> {
+        if let Some(o) = self.outboxes.lock().get(addr) {
+            return Ok(o.clone());
+        }
+        let client = self.client(addr)?;
+        let (cluster, me) = (self.cluster_id, self.me);
+        let mut outboxes = self.outboxes.lock();
+        let o = outboxes
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Outbox::new(client, move |b| stamped(b, cluster, me))));
+        Ok(o.clone())
+    }
+
+    /// Sends `msg`, whose caller waits until `deadline`, to the node at
+    /// `addr`: alone while few messages to it are out alone, else in a
+    /// batch (`crate::peer_batch`) if `batch` allows (not a snapshot chunk
+    /// nor a heartbeat), it is small and the peer takes batches. None when the peer
+    /// turned out not to take batches and did not see it: send it again.
+    async fn send(
+        &self,
+        addr: &str,
+        msg: RaftRequest,
+        deadline: std::time::Instant,
+        batch: bool,
+    ) -> Option<Result<RaftReply, Status>> {
+        // Held until the answer, when the message goes alone.
+        let mut alone = None;
+        if batch {
+            let outbox = match self.outbox(addr) {
+                Ok(o) => o,
+                Err(e) => return Some(Err(Status::unavailable(e))),
+            };
+            alone = outbox.alone();
+            if alone.is_none() && outbox.takes(&msg) {
+                return match outbox.send(msg, deadline).await {
+                    Some(Sent::Answer(a)) => Some(a),
+                    Some(Sent::NotBatched) => None,
+                    None => {
+                        // Its task is gone: a new outbox next time.
+                        self.outboxes.lock().retain(|_, o| o.is_open());
+                        None
+                    }
+                };
+            }
+        }
+        let mut client = match self.client(addr) {
+            Ok(c) => c,
+            Err(e) => return Some(Err(Status::unavailable(e))),
+        };
+        let answer = client.raft(self.request(msg)).await;
+        drop(alone);
+        Some(answer.map(|r| r.into_inner()))
     }
 
     /// A client for the node at `addr` (`host:port` or URL).
@@ -213,8 +262,7 @@ impl PeerPool {
         &self,
         target: NodeId,
         addr: &str,
-        region: u64,
-        kind: u32,
+        route: Route,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
@@ -228,26 +276,31 @@ impl PeerPool {
                 "link cut by fault injection".into(),
             ))));
         }
-        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let peer = format!("{target:x}");
-        let sent = payload.len() as u64;
         let started = std::time::Instant::now();
-        let mut client = self
-            .client(addr)
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
-        let fut = client.raft(self.request(RaftRequest {
-            region_id: region,
-            kind,
-            payload,
-        }));
-        let reply = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Msg(
-                    "peer rpc timed out".into(),
-                ))))
+        let deadline = started + timeout;
+        let (reply, sent) = loop {
+            let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let sent = payload.len() as u64;
+            let msg = RaftRequest {
+                region_id: route.region,
+                kind: route.kind,
+                payload,
+            };
+            let sending = self.send(addr, msg, deadline, route.batch);
+            match tokio::time::timeout_at(deadline.into(), sending).await {
+                Err(_) => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                        "peer rpc timed out".into(),
+                    ))))
+                }
+                // Not sent (the peer takes no batches): again, alone.
+                Ok(None) => continue,
+                Ok(Some(Err(status))) => {
+                    return Err(RPCError::Unreachable(Unreachable::new(&status)))
+                }
+                Ok(Some(Ok(r))) => break (r, sent),
             }
-            Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
-            Ok(Ok(r)) => r.into_inner(),
         };
         crate::metrics::PEER_RTT
             .with_label_values(&[peer.as_str()])
@@ -262,6 +315,30 @@ impl PeerPool {
             decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
     }
+}
+
+/// `msg` stamped with the sender's cluster and member ID (see
+/// [`PeerPool::request`]).
+fn stamped<T>(msg: T, cluster_id: u64, me: NodeId) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    let md = r.metadata_mut();
+    md.insert(
+        CLUSTER_HEADER,
+        format!("{cluster_id:x}").parse().expect("hex is ASCII"),
+    );
+    md.insert(
+        FROM_HEADER,
+        format!("{me:x}").parse().expect("hex is ASCII"),
+    );
+    r
+}
+
+/// Where a Raft message goes and how: its region, its kind, and whether
+/// it may travel in a batch (`crate::peer_batch`).
+struct Route {
+    region: u64,
+    kind: u32,
+    batch: bool,
 }
 
 /// The openraft network factory of one region.
@@ -309,8 +386,14 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
             .call(
                 self.target,
                 &self.addr,
-                self.region,
-                kind::APPEND,
+                Route {
+                    region: self.region,
+                    kind: kind::APPEND,
+                    // An empty append (a heartbeat, a leader's read-index
+                    // round) goes alone: it is latency, not bytes, and a
+                    // batch's extra task hops cost reads (docs/benchmarks.md).
+                    batch: !rpc.entries.is_empty(),
+                },
                 &rpc,
                 option.hard_ttl(),
             )
@@ -329,8 +412,11 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
             .call(
                 self.target,
                 &self.addr,
-                self.region,
-                kind::SNAPSHOT,
+                Route {
+                    region: self.region,
+                    kind: kind::SNAPSHOT,
+                    batch: false,
+                },
                 &rpc,
                 option.hard_ttl(),
             )
@@ -346,8 +432,11 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
             .call(
                 self.target,
                 &self.addr,
-                self.region,
-                kind::VOTE,
+                Route {
+                    region: self.region,
+                    kind: kind::VOTE,
+                    batch: true,
+                },
                 &rpc,
                 option.hard_ttl(),
             )

@@ -1,6 +1,9 @@
 //! The node-to-node gRPC service: Raft messages by region, forwarded
 //! requests, and TSO allocation.
 //!
+//! Raft messages come alone or in batches of many regions' messages
+//! (`cairn_raft::peer_batch`), each served as if it came alone.
+//!
 //! Only members are served: every request must name this cluster and a
 //! member ID (stamped by the sender's `PeerPool`), and a Raft message for
 //! a region must come from a member of that region's Raft group. With
@@ -14,9 +17,11 @@ use std::sync::Arc;
 
 use cairn_api::peerpb::peer_server::Peer;
 use cairn_api::peerpb::{
-    ForwardReply, ForwardRequest, RaftReply, RaftRequest, TsoReply, TsoRequest,
+    ForwardReply, ForwardRequest, RaftBatchRequest, RaftBatchResult, RaftReply, RaftRequest,
+    TsoReply, TsoRequest,
 };
 use cairn_raft::{decode, encode};
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::remote::ForwardOp;
@@ -46,7 +51,47 @@ impl PeerService {
     /// The member a request comes from, if it is one of this cluster's
     /// (of region `region`'s Raft group, when given).
     fn member<T>(&self, req: &Request<T>, region: Option<u64>) -> Result<u64, Status> {
-        let Some((cluster, from)) = cairn_raft::network::sender(req) else {
+        self.member_of(cairn_raft::network::sender(req), region)
+    }
+
+    /// Serves one Raft message from `sender` (alone or from a batch).
+    async fn serve_raft(
+        &self,
+        sender: Option<(u64, u64)>,
+        req: RaftRequest,
+    ) -> Result<RaftReply, Status> {
+        let region_id = req.region_id;
+        if self.node.region(region_id).is_err() {
+            // Only a member may make this node adopt a region.
+            self.member_of(sender, None)?;
+        }
+        let region = self
+            .node
+            .adopt(region_id)
+            .await
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        self.member_of(sender, Some(region_id))?;
+        region.sleep.heard();
+        let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(RaftReply { payload })
+    }
+
+    /// Whether `sender` names this cluster.
+    fn of_this_cluster(&self, sender: Option<(u64, u64)>) -> Result<(), Status> {
+        match sender {
+            Some((cluster, _)) if cluster == self.node.cluster_id => Ok(()),
+            _ => Err(Status::permission_denied(
+                "peer request without this cluster's ID",
+            )),
+        }
+    }
+
+    /// [`PeerService::member`] for a request that said it comes from
+    /// `sender` (cluster, member).
+    fn member_of(&self, sender: Option<(u64, u64)>, region: Option<u64>) -> Result<u64, Status> {
+        let Some((cluster, from)) = sender else {
             return Err(Status::permission_denied(
                 "peer request without a cluster and member ID",
             ));
@@ -80,23 +125,44 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn raft(&self, req: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
-        let region_id = req.get_ref().region_id;
-        if self.node.region(region_id).is_err() {
-            // Only a member may make this node adopt a region.
-            self.member(&req, None)?;
+        let sender = cairn_raft::network::sender(&req);
+        let reply = self.serve_raft(sender, req.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn raft_batch(
+        &self,
+        req: Request<RaftBatchRequest>,
+    ) -> Result<Response<BoxStream<RaftBatchResult>>, Status> {
+        let sender = cairn_raft::network::sender(&req);
+        // Nothing is spawned for a stranger (each message is still checked
+        // against its region's members).
+        self.of_this_cluster(sender)?;
+        let requests = req.into_inner().requests;
+        if requests.len() > cairn_raft::peer_batch::MAX_MESSAGES {
+            return Err(Status::invalid_argument(format!(
+                "a batch of {} raft messages (at most {})",
+                requests.len(),
+                cairn_raft::peer_batch::MAX_MESSAGES
+            )));
         }
-        let region = self
-            .node
-            .adopt(region_id)
-            .await
-            .map_err(|e| Status::not_found(e.to_string()))?;
-        self.member(&req, Some(region_id))?;
-        region.sleep.heard();
-        let req = req.into_inner();
-        let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(RaftReply { payload }))
+        // Every message at once, each in its own task as if it came alone;
+        // each answer as soon as it is ready.
+        let answers: futures::stream::FuturesUnordered<_> = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let this = self.clone();
+                let task = tokio::spawn(async move { this.serve_raft(sender, r).await });
+                async move {
+                    let answer = task
+                        .await
+                        .unwrap_or_else(|e| Err(Status::internal(e.to_string())));
+                    Ok(cairn_raft::peer_batch::result_of(i, answer))
+                }
+            })
+            .collect();
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn forward(
