@@ -4,8 +4,9 @@
 //! connection) per remote node; every region's [`RegionNetwork`] shares it.
 //! A message is `RaftRequest { region_id, kind, payload }` with the openraft
 //! request postcard-encoded; the reply carries the encoded
-//! `Result<response, RaftError>`. Appends and votes to a peer travel in
-//! batches of every region's messages (`crate::peer_batch`).
+//! `Result<response, RaftError>`. Once a few messages to a peer are out,
+//! its appends with entries and votes travel in batches of every region's
+//! messages (`crate::peer_batch`).
 //!
 //! [`Faults`] is a switchboard on the real transport: tests cut links
 //! (partitions) or drop a fraction of messages; production never sets it.
@@ -182,9 +183,12 @@ impl PeerPool {
         let client = self.client(addr)?;
         let (cluster, me) = (self.cluster_id, self.me);
         let mut outboxes = self.outboxes.lock();
-        let o = outboxes
-            .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(Outbox::new(client, move |b| stamped(b, cluster, me))));
+        let o = outboxes.entry(addr.to_string()).or_insert_with(|| {
+            Arc::new(Outbox::new(
+                client,
+                Arc::new(move |b| stamped(b, cluster, me)),
+            ))
+        });
         Ok(o.clone())
     }
 

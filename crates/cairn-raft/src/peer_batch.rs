@@ -23,23 +23,29 @@
 //! else queued meanwhile (up to [`MAX_MESSAGES`] and [`MAX_BYTES`]) and
 //! sends it all as one `RaftBatch` call. Nothing waits on a timer: a lone
 //! message goes at once, and messages batch only while calls are being
-//! placed. A slot is held only until the peer accepts the call (one round
-//! trip), not while it serves it: the peer serves every message of a
+//! placed. A slot is held only until the peer accepts the call (the
+//! request sent and the answer's headers back), not while it serves it: the peer serves every message of a
 //! batch at once and streams each answer back as it is ready, so a region
 //! slow to answer (a follower fsyncing, a replica applying a snapshot)
 //! holds up no other region's messages, in its call or after it.
 //!
 //! Each message keeps its caller's deadline: the caller waits on its own
-//! answer, and a call ends once every caller in it has its answer, has
-//! given up, or is past its deadline. A message whose caller gave up
+//! answer, and a call ends once every caller in it has its answer or
+//! gave up (noticed as answers arrive), or at the latest deadline among
+//! them. A message whose caller gave up
 //! before it was sent is dropped (openraft waits 100 ms for an append):
 //! a peer that stops answering gets no backlog of stale heartbeats.
 //!
 //! A peer that does not know `RaftBatch` (an older version, mid-upgrade)
 //! answers the call `Unimplemented` before serving anything; its callers
-//! then send alone, and the outbox asks again after [`REPROBE_AFTER`].
+//! then send alone. After [`REPROBE_AFTER`] the outbox asks again with an
+//! empty batch, and batches again only once one is taken: no real message
+//! pays a refused call twice a minute during a slow rolling upgrade.
+//!
+//! [`MAX_MESSAGES`] is part of the protocol: a peer refuses a larger
+//! batch, so a later version may lower it but not raise it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,7 +56,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Messages to one peer that may await their answers alone at once.
+/// Messages to one peer that may await their answers alone at once
+/// (counting those that could have gone in a batch; heartbeats, snapshot
+/// chunks and large messages always go alone, uncounted).
 pub const ALONE_IN_FLIGHT: usize = 4;
 /// Calls being placed to one peer at once (waiting for the peer to
 /// accept them).
@@ -63,6 +71,8 @@ pub const MAX_BYTES: usize = 1 << 20;
 pub const ALONE_BYTES: usize = 256 << 10;
 /// How long after a peer refused batches the outbox asks again.
 const REPROBE_AFTER: Duration = Duration::from_secs(60);
+/// How long that question may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a queued message's caller gets back.
 pub enum Sent {
@@ -84,25 +94,34 @@ pub struct Outbox {
     tx: mpsc::UnboundedSender<Queued>,
     /// Messages awaiting their answers alone.
     alone: Arc<AtomicUsize>,
-    /// When the peer last answered a batch `Unimplemented`.
+    /// When the peer last answered a batch `Unimplemented` (None: it
+    /// takes batches, as far as known).
     refused_at: Arc<Mutex<Option<Instant>>>,
+    /// An empty batch asking whether the peer takes batches now is out.
+    probing: Arc<AtomicBool>,
+    client: PeerClient<Channel>,
+    stamp: Stamp,
 }
+
+/// Stamps a call with the sender's cluster and member headers.
+pub type Stamp = Arc<dyn Fn(RaftBatchRequest) -> tonic::Request<RaftBatchRequest> + Send + Sync>;
 
 impl Outbox {
     /// An outbox sending through `client`, each call stamped by `stamp`
     /// (the sender's cluster and member headers). Spawns its task, which
     /// ends when the outbox is dropped.
-    pub fn new(
-        client: PeerClient<Channel>,
-        stamp: impl Fn(RaftBatchRequest) -> tonic::Request<RaftBatchRequest> + Send + 'static,
-    ) -> Self {
+    pub fn new(client: PeerClient<Channel>, stamp: Stamp) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let refused_at = Arc::new(Mutex::new(None));
-        tokio::spawn(send_batches(client, stamp, rx, refused_at.clone()));
+        let task = send_batches(client.clone(), stamp.clone(), rx, refused_at.clone());
+        tokio::spawn(task);
         Self {
             tx,
             alone: Arc::new(AtomicUsize::new(0)),
             refused_at,
+            probing: Arc::new(AtomicBool::new(false)),
+            client,
+            stamp,
         }
     }
 
@@ -119,12 +138,39 @@ impl Outbox {
 
     /// Whether `req` should go in a batch (false: send it alone).
     pub fn takes(&self, req: &RaftRequest) -> bool {
-        req.payload.len() < ALONE_BYTES && !refused(&self.refused_at)
+        let refused_at = *self.refused_at.lock();
+        match refused_at {
+            None => req.payload.len() < ALONE_BYTES,
+            Some(at) => {
+                if at.elapsed() >= REPROBE_AFTER {
+                    self.reprobe();
+                }
+                false
+            }
+        }
+    }
+
+    /// Asks the peer, with an empty batch, whether it takes batches now.
+    fn reprobe(&self) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut client = self.client.clone();
+        let call = (self.stamp)(RaftBatchRequest::default());
+        let (refused_at, probing) = (self.refused_at.clone(), self.probing.clone());
+        tokio::spawn(async move {
+            let asked = tokio::time::timeout(PROBE_TIMEOUT, client.raft_batch(call)).await;
+            *refused_at.lock() = match asked {
+                Ok(Ok(_)) => None,
+                _ => Some(Instant::now()),
+            };
+            probing.store(false, Ordering::Release);
+        });
     }
 
     /// Queues `req`, whose caller waits for it until `deadline`; the
     /// answer comes when the peer served it. None when the outbox's task
-    /// is gone (send alone).
+    /// is gone (the caller drops this outbox and tries again).
     pub async fn send(&self, req: RaftRequest, deadline: Instant) -> Option<Sent> {
         let (answer, rx) = oneshot::channel();
         let q = Queued {
@@ -155,16 +201,9 @@ impl Drop for AloneSlot {
     }
 }
 
-/// Whether the peer refused a batch within [`REPROBE_AFTER`].
-fn refused(refused_at: &Mutex<Option<Instant>>) -> bool {
-    refused_at
-        .lock()
-        .is_some_and(|t| t.elapsed() < REPROBE_AFTER)
-}
-
 async fn send_batches(
     client: PeerClient<Channel>,
-    stamp: impl Fn(RaftBatchRequest) -> tonic::Request<RaftBatchRequest>,
+    stamp: Stamp,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     refused_at: Arc<Mutex<Option<Instant>>>,
 ) {
@@ -204,7 +243,7 @@ async fn send_batches(
         if batch.is_empty() {
             continue;
         }
-        if refused(&refused_at) {
+        if refused_at.lock().is_some() {
             // Queued before the peer's refusal came back.
             for q in batch {
                 let _ = q.answer.send(Sent::NotBatched);

@@ -129,6 +129,20 @@ async fn vote(pool: &Arc<PeerPool>, addr: &str, region: u64) -> Result<bool, Str
     Ok(r.vote_granted)
 }
 
+/// Asks for votes in regions 0..n at once; checks every answer.
+async fn votes_at_once(pool: &Arc<PeerPool>, addr: &str, n: u64) {
+    let calls: Vec<_> = (0..n)
+        .map(|region| {
+            let (pool, addr) = (pool.clone(), addr.to_string());
+            tokio::spawn(async move { (region, vote(&pool, &addr, region).await) })
+        })
+        .collect();
+    for c in calls {
+        let (region, granted) = c.await.unwrap();
+        assert_eq!(granted, Ok(region.is_multiple_of(2)), "region {region}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_messages_share_calls_and_each_gets_its_own_answer() {
     let peer = StandIn {
@@ -137,16 +151,7 @@ async fn concurrent_messages_share_calls_and_each_gets_its_own_answer() {
     };
     let addr = serve(peer.clone()).await;
     let pool = PeerPool::new(1, 7, None);
-    let calls: Vec<_> = (0..200u64)
-        .map(|region| {
-            let (pool, addr) = (pool.clone(), addr.clone());
-            tokio::spawn(async move { (region, vote(&pool, &addr, region).await) })
-        })
-        .collect();
-    for c in calls {
-        let (region, granted) = c.await.unwrap();
-        assert_eq!(granted, Ok(region.is_multiple_of(2)), "region {region}");
-    }
+    votes_at_once(&pool, &addr, 200).await;
     // A few went alone (no more than may be out alone at once), the rest
     // in shared calls.
     let singles = peer.singles.load(Ordering::SeqCst);
@@ -163,7 +168,7 @@ async fn concurrent_messages_share_calls_and_each_gets_its_own_answer() {
 async fn a_slow_answer_holds_up_no_other_message() {
     let peer = StandIn {
         takes_batches: true,
-        slow: Duration::from_secs(3),
+        slow: Duration::from_secs(4),
         slow_every: 8,
         ..Default::default()
     };
@@ -203,7 +208,7 @@ async fn a_slow_answer_holds_up_no_other_message() {
         if !peer.slow(region) {
             fast += 1;
             assert!(
-                took < Duration::from_secs(1),
+                took < Duration::from_secs(2),
                 "region {region} took {took:?}"
             );
         }
@@ -223,16 +228,7 @@ async fn a_peer_without_batches_gets_each_message_alone() {
     let peer = StandIn::default();
     let addr = serve(peer.clone()).await;
     let pool = PeerPool::new(1, 7, None);
-    let calls: Vec<_> = (0..100u64)
-        .map(|region| {
-            let (pool, addr) = (pool.clone(), addr.clone());
-            tokio::spawn(async move { (region, vote(&pool, &addr, region).await) })
-        })
-        .collect();
-    for c in calls {
-        let (region, granted) = c.await.unwrap();
-        assert_eq!(granted, Ok(region.is_multiple_of(2)), "region {region}");
-    }
+    votes_at_once(&pool, &addr, 100).await;
     assert_eq!(peer.singles.load(Ordering::SeqCst), 100);
     // Asked whether it takes batches by the calls placed before its first
     // refusal came back; not again for a while.

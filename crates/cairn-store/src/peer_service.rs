@@ -135,8 +135,8 @@ impl Peer for PeerService {
         req: Request<RaftBatchRequest>,
     ) -> Result<Response<BoxStream<RaftBatchResult>>, Status> {
         let sender = cairn_raft::network::sender(&req);
-        // Nothing is spawned for a stranger (each message is still checked
-        // against its region's members).
+        // Nothing is spawned for another cluster's member (each message is
+        // still checked against its region's members).
         self.of_this_cluster(sender)?;
         let requests = req.into_inner().requests;
         if requests.len() > cairn_raft::peer_batch::MAX_MESSAGES {
@@ -153,7 +153,11 @@ impl Peer for PeerService {
             .enumerate()
             .map(|(i, r)| {
                 let this = self.clone();
-                let task = tokio::spawn(async move { this.serve_raft(sender, r).await });
+                // Aborted if the caller drops the call, as a lone call's
+                // handler is.
+                let task = AbortOnDrop(tokio::spawn(
+                    async move { this.serve_raft(sender, r).await },
+                ));
                 async move {
                     let answer = task
                         .await
@@ -186,5 +190,24 @@ impl Peer for PeerService {
             Err(Error::NotLeader { .. }) => Err(Status::failed_precondition("not the meta leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
+    }
+}
+
+/// A spawned task, aborted if dropped before it finished.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
