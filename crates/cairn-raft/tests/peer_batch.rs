@@ -43,6 +43,14 @@ impl StandIn {
         self.slow_every > 0 && region.is_multiple_of(self.slow_every)
     }
 
+    /// Whether some call held both a slow and a fast message.
+    fn mixed_call(&self) -> bool {
+        let batched = self.batched.lock().unwrap();
+        batched
+            .iter()
+            .any(|b| b.iter().any(|r| self.slow(*r)) && b.iter().any(|r| !self.slow(*r)))
+    }
+
     async fn answer(&self, req: RaftRequest) -> Result<RaftReply, Status> {
         if self.slow(req.region_id) {
             tokio::time::sleep(self.slow).await;
@@ -191,12 +199,7 @@ async fn a_slow_answer_holds_up_no_other_message() {
     for burst in 0..10u64 {
         calls.extend((burst * 64..(burst + 1) * 64).map(send));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mixed = peer
-            .batched
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|b| b.iter().any(|r| peer.slow(*r)) && b.iter().any(|r| !peer.slow(*r)));
+        let mixed = peer.mixed_call();
         if mixed {
             break;
         }
@@ -214,12 +217,7 @@ async fn a_slow_answer_holds_up_no_other_message() {
         }
     }
     assert!(fast > 0);
-    let mixed = peer
-        .batched
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|b| b.iter().any(|r| peer.slow(*r)) && b.iter().any(|r| !peer.slow(*r)));
+    let mixed = peer.mixed_call();
     assert!(mixed, "no call held both a slow and a fast message");
 }
 
