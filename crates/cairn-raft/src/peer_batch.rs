@@ -24,17 +24,18 @@
 //! sends it all as one `RaftBatch` call. Nothing waits on a timer: a lone
 //! message goes at once, and messages batch only while calls are being
 //! placed. A slot is held only until the peer accepts the call (the
-//! request sent and the answer's headers back), not while it serves it: the peer serves every message of a
-//! batch at once and streams each answer back as it is ready, so a region
-//! slow to answer (a follower fsyncing, a replica applying a snapshot)
-//! holds up no other region's messages, in its call or after it.
+//! request sent and the answer's headers back), not while it serves it:
+//! the peer serves every message of a batch at once and streams each
+//! answer back as it is ready, so a region slow to answer (a follower
+//! fsyncing, a replica applying a snapshot) holds up no other region's
+//! messages, in its call or after it.
 //!
 //! Each message keeps its caller's deadline: the caller waits on its own
-//! answer, and a call ends once every caller in it has its answer or
-//! gave up (noticed as answers arrive), or at the latest deadline among
-//! them. A message whose caller gave up
-//! before it was sent is dropped (openraft waits 100 ms for an append):
-//! a peer that stops answering gets no backlog of stale heartbeats.
+//! answer, and a call ends once every message in it is answered, or at
+//! the latest deadline among them (holding no slot meanwhile). A message
+//! whose caller gave up before it was sent is dropped (openraft waits
+//! 100 ms for an append): a peer that stops answering gets no backlog of
+//! stale messages.
 //!
 //! A peer that does not know `RaftBatch` (an older version, mid-upgrade)
 //! answers the call `Unimplemented` before serving anything; its callers
@@ -293,25 +294,22 @@ async fn send_batches(
 }
 
 /// Hands each streamed answer to its caller; returns once the stream
-/// ends, fails, or every caller has its answer or gave up.
+/// ends or fails, or every message is answered.
 async fn read_answers(
     mut stream: tonic::Streaming<RaftBatchResult>,
     answers: &mut [Option<oneshot::Sender<Sent>>],
 ) -> Result<(), Status> {
-    loop {
-        answers
-            .iter_mut()
-            .for_each(|a| *a = a.take().filter(|a| !a.is_closed()));
-        if answers.iter().all(Option::is_none) {
-            return Ok(());
-        }
+    let mut unanswered = answers.len();
+    while unanswered > 0 {
         let Some(r) = stream.message().await? else {
             return Ok(());
         };
         if let Some(a) = answers.get_mut(r.index as usize).and_then(Option::take) {
+            unanswered -= 1;
             let _ = a.send(Sent::Answer(answer_of(r)));
         }
     }
+    Ok(())
 }
 
 fn answer_of(r: RaftBatchResult) -> Result<RaftReply, Status> {

@@ -21,6 +21,7 @@ use cairn_api::peerpb::{
     TsoReply, TsoRequest,
 };
 use cairn_raft::{decode, encode};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -155,9 +156,9 @@ impl Peer for PeerService {
                 let this = self.clone();
                 // Aborted if the caller drops the call, as a lone call's
                 // handler is.
-                let task = AbortOnDrop(tokio::spawn(
-                    async move { this.serve_raft(sender, r).await },
-                ));
+                let task = AbortOnDropHandle::new(tokio::spawn(async move {
+                    this.serve_raft(sender, r).await
+                }));
                 async move {
                     let answer = task
                         .await
@@ -190,24 +191,5 @@ impl Peer for PeerService {
             Err(Error::NotLeader { .. }) => Err(Status::failed_precondition("not the meta leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),
         }
-    }
-}
-
-/// A spawned task, aborted if dropped before it finished.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> std::future::Future for AbortOnDrop<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
