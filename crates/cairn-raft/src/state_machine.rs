@@ -320,6 +320,17 @@ struct Published {
     /// sequence number database-wide and stops compaction dropping any
     /// version written after it) alive in an idle region.
     before_write: Option<Arc<dyn EngineSnapshot>>,
+    /// Closes learned beside the log (`side_close`): this replica's own,
+    /// outside the replicated record.
+    closed: side_close::SideClosed,
+}
+
+impl Published {
+    /// What this replica reports as resolved: the record's resolved
+    /// revision, or a side close taken up, whichever is higher.
+    fn resolved(&self) -> i64 {
+        self.closed.resolved(&self.applied)
+    }
 }
 
 /// State shared between a region's state machine and the node serving reads.
@@ -351,6 +362,10 @@ pub struct RegionShared {
     /// A data replica raises its node's marks as it publishes (see
     /// `marks`).
     marks: std::sync::OnceLock<Arc<marks::DataMarks>>,
+    /// Held from a new state's publication to its feed batch's, and by a
+    /// side close across both: the feed tells its subscribers a resolved
+    /// revision only after every event at or below it.
+    feed_order: parking_lot::Mutex<()>,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -381,9 +396,31 @@ impl RegionShared {
     }
 
     /// The revision up to which this replica's history of the region is
-    /// final (see [`Applied::resolved`]).
+    /// final (see [`Applied::resolved`]), raised by side closes taken up
+    /// (`side_close`).
     pub fn resolved(&self) -> i64 {
-        self.with_applied(|a| a.resolved())
+        self.state.read().resolved()
+    }
+
+    /// Offers a close the region's leader proved beside the log
+    /// (`side_close`): taken up now if this replica applied far enough,
+    /// else once it has. When it raises the resolved revision, the feed
+    /// says so (as a close in the log would).
+    pub fn side_close(&self, close: SideClose) {
+        let _order = self.feed_order.lock();
+        let resolved = {
+            let mut g = self.state.write();
+            let g = &mut *g;
+            if !g.closed.offer(close, &g.applied) {
+                return;
+            }
+            g.resolved()
+        };
+        self.publish(FeedBatch {
+            events: Vec::new(),
+            resolved,
+            reset: false,
+        });
     }
 
     /// The events of the region's keys at revisions `[from, to]`, from the
@@ -500,6 +537,7 @@ impl RegionShared {
             state: RwLock::new(Published {
                 applied,
                 before_write: None,
+                closed: side_close::SideClosed::default(),
             }),
             feed,
             snapshots,
@@ -508,6 +546,7 @@ impl RegionShared {
             load: load::WriteLoad::default(),
             retired: std::sync::atomic::AtomicBool::new(false),
             marks: std::sync::OnceLock::new(),
+            feed_order: parking_lot::Mutex::new(()),
         }))
     }
 
@@ -536,7 +575,7 @@ impl RegionShared {
     pub fn read_view_resolved(&self) -> (Arc<dyn EngineSnapshot>, Revisions) {
         let g = self.state.read();
         let mut revs = g.applied.revisions();
-        revs.current = g.applied.resolved();
+        revs.current = g.resolved();
         (self.view(&g), revs)
     }
 
@@ -553,7 +592,7 @@ impl RegionShared {
             g.applied.revisions(),
             g.applied.range.clone(),
         );
-        (view, g.applied.resolved())
+        (view, g.resolved())
     }
 
     /// [`RegionShared::read_view`], and the region's range that goes with
@@ -661,6 +700,10 @@ impl RegionShared {
         let old = {
             let mut g = self.state.write();
             let old = std::mem::replace(&mut g.applied, next);
+            // A side close waiting for this entry is taken up with it (the
+            // feed batch published after this write reports it).
+            let g = &mut *g;
+            g.closed.fold(&g.applied);
             if let Some(marks) = self.marks.get() {
                 // Under the lock: whoever sees the new state sees the marks
                 // raised.
@@ -1601,6 +1644,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             } else {
                 Durability::Buffered
             };
+            // Until this entry's feed batch is out (see `feed_order`).
+            let order = self.shared.feed_order.lock();
             self.shared
                 .write_and_publish(batch, durability, next, || {
                     fail::fail_point!(crate::failpoints::AFTER_APPLY);
@@ -1638,10 +1683,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // re-read history.
                 self.shared.publish(FeedBatch {
                     events,
-                    resolved,
+                    // With a side close taken up (`side_close`).
+                    resolved: self.shared.resolved(),
                     reset: split || froze || absorbed.is_some() || thaws,
                 });
             }
+            drop(order);
             replies.push(reply);
         }
         Ok(replies)
@@ -1705,7 +1752,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             apply_key(self.shared.region),
             encode(&applied).map_err(sm_err)?,
         );
-        let resolved = applied.resolved();
         // Regions the snapshot's state absorbed that this replica had not:
         // the host stops them here too. (Each applied its freeze here
         // before the absorb was proposed, so none writes keys meanwhile.)
@@ -1717,14 +1763,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .copied()
                 .collect()
         });
+        let order = self.shared.feed_order.lock();
         self.shared
             .write_and_publish(batch, Durability::Sync, applied, || {})
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
         self.shared.publish(FeedBatch {
             events: Vec::new(),
-            resolved,
+            // A side close taken up stays true of the log the snapshot
+            // stands for (`side_close`).
+            resolved: self.shared.resolved(),
             reset: true,
         });
+        drop(order);
         if data {
             if let Some(tx) = &*self.shared.births.lock() {
                 for id in absorbed {
@@ -1752,9 +1802,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub mod load;
 pub mod marks;
 mod merge;
+mod side_close;
 mod split;
 mod txn_locks;
 pub use merge::{Freeze, MergeState};
+pub use side_close::SideClose;
 pub use split::{txn_within, CHILD_INIT_INDEX};
 
 #[cfg(test)]

@@ -102,6 +102,24 @@ pub enum ForwardOp {
     /// their leaders (`leaders`) or by themselves; answers
     /// [`ForwardOk::StoreHash`] (the corruption check).
     HashStoreAt { revision: i64, leaders: bool },
+    /// Any member, from a leader closing idle regions beside the log
+    /// (`node::side_closes`): which of `check` it still votes for as they
+    /// say (answers [`ForwardOk::SideCloses`]), and the closes `proved`
+    /// to take up. (A variant of its own, after the others: a member of
+    /// the previous version refuses it, and gets closes in the log.)
+    SideCloses {
+        check: Vec<VoteCheck>,
+        proved: Vec<(u64, cairn_raft::SideClose)>,
+    },
+}
+
+/// A leader's question to a replica of one of its regions: does it still
+/// vote for `leader` in `term`?
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteCheck {
+    pub region: u64,
+    pub term: u64,
+    pub leader: u64,
 }
 
 impl ForwardOp {
@@ -139,6 +157,7 @@ impl ForwardOp {
                 | ForwardOp::HashStoreAt { .. }
                 | ForwardOp::WantCloses
                 | ForwardOp::Beat
+                | ForwardOp::SideCloses { .. }
         )
     }
 
@@ -194,6 +213,9 @@ pub enum ForwardOk {
         compacted: i64,
         compactions: Vec<(Vec<u8>, i64)>,
     },
+    /// The regions of a [`ForwardOp::SideCloses`] check whose replica
+    /// here still votes as asked.
+    SideCloses { still: Vec<u64> },
 }
 
 /// Typed answers: each entry point takes the one kind of answer its op

@@ -208,6 +208,8 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
     let mut closed: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut flying: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    // The round of closes beside the log in flight (`side_closes`).
+    let mut side_round: Option<tokio::task::JoinHandle<()>> = None;
     // The regions led here at the last pass.
     let mut led: BTreeSet<u64> = BTreeSet::new();
     loop {
@@ -224,6 +226,10 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             return;
         }
         flying.retain(|_, t| !t.is_finished());
+        if side_round.as_ref().is_some_and(|t| t.is_finished()) {
+            side_round = None;
+        }
+        let mut side = Vec::new();
         let data: Vec<_> = n
             .regions
             .all()
@@ -263,6 +269,15 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             if flying.contains_key(&r.id) {
                 continue;
             }
+            if n.side_closable(&r) {
+                // Beside the log, with the others, unless a round is on
+                // its way (the next pass then takes it).
+                if side_round.is_none() {
+                    closed.insert(r.id, Instant::now());
+                    side.push(r.id);
+                }
+                continue;
+            }
             closed.insert(r.id, Instant::now());
             let (node, id) = (n.clone(), r.id);
             flying.insert(
@@ -272,6 +287,15 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
                     let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
                 }),
             );
+        }
+        if !side.is_empty() {
+            let node = n.clone();
+            side_round = Some(tokio::spawn(async move {
+                let round = node.side_close_round(side);
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), round).await {
+                    tracing::debug!("closing beside the log: {e}");
+                }
+            }));
         }
         led = leading;
         seen.retain(|id, _| n.regions.get(*id).is_some());

@@ -103,6 +103,10 @@ impl Node {
                 self.frozen_here(region, epoch).await?;
                 Ok(ForwardOk::Done)
             }
+            // Any member, about its replicas of many regions.
+            ForwardOp::SideCloses { check, proved } => {
+                Ok(self.serve_side_closes(check, proved).await)
+            }
             op => self.serve_op(region, op, None).await,
         }
     }
@@ -272,7 +276,9 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKv(revision) => self.legacy_hash(&r, revision, None).await,
-            ForwardOp::AwaitFreeze(_) => Err(Error::Internal("served before".into())),
+            ForwardOp::AwaitFreeze(_) | ForwardOp::SideCloses { .. } => {
+                Err(Error::Internal("served before".into()))
+            }
             ForwardOp::Beat => Ok(self.beat()),
             ForwardOp::WantCloses => {
                 self.closes_wanted(&r);

@@ -31,6 +31,7 @@
 //! - [`background`]: publishing this member and the ranges of the regions
 //!   it leads, counting leader changes, bounding Raft logs by bytes;
 //! - [`closes`]: closed timestamps in idle regions, where someone waits;
+//!   [`side_closes`]: those closes made beside the log;
 //! - [`hibernate`]: idle regions stop their Raft ticks; members beat to
 //!   each other instead.
 //!
@@ -55,6 +56,7 @@ mod registry;
 mod report;
 pub(crate) mod routing;
 mod sequential;
+mod side_closes;
 mod split;
 mod split_check;
 mod start;
@@ -189,6 +191,8 @@ pub struct Node {
     /// `hibernate`).
     boot: u64,
     beats: hibernate::Beats,
+    /// Members that refused closes beside the log (see `side_closes`).
+    side_peers: side_closes::SidePeers,
 }
 
 impl Node {

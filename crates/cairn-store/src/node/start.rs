@@ -183,6 +183,7 @@ impl Node {
                 close_now: Default::default(),
                 boot: super::hibernate::boot_id(id),
                 beats: Default::default(),
+                side_peers: Default::default(),
             }
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));

@@ -1,0 +1,113 @@
+//! A watched idle region is closed beside the log (`node::side_closes`):
+//! it writes no Raft entry for its closes, so it sleeps, and a watch over
+//! it and a busy region still gets the busy region's events at once, with
+//! progress notifications that keep up.
+
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::WatchCreateRequest;
+use cairn_store::{Node, DATA_REGION};
+use cairn_testkit::watch::WatchStream;
+use cairn_testkit::{kv, InProcessCluster};
+
+/// The data region holding `key` on `node`.
+fn region_of(node: &Node, key: &[u8]) -> u64 {
+    node.regions_overlapping(key, None)[0].0.id
+}
+
+/// `region`'s last log index on `member`.
+fn last_index(c: &InProcessCluster, member: usize, region: u64) -> Option<u64> {
+    c.node(member)
+        .region(region)
+        .unwrap()
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watched_idle_region_sleeps_and_its_watch_keeps_up() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "a", "0").await.unwrap();
+    kv::put(&mut client, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    let idle = region_of(c.node(0), b"z");
+    // A watch over both regions, on each member: each asks for closes of
+    // the idle region while it stands.
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        let mut w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
+        w.create(WatchCreateRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await;
+        assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+        watches.push(w);
+    }
+    // Closed (it is wanted) and still asleep on every member: closes in the
+    // log would wake it four times a second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(0..3).all(|i| c.node(i).sleeping_regions().contains(&idle)) {
+        assert!(
+            Instant::now() < deadline,
+            "the watched idle region {idle} never slept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let index_before = last_index(&c, 0, idle);
+    // Writes to the busy region reach every watcher at once: the idle
+    // region's resolved revision moves past them without a log entry.
+    for n in 1..=5 {
+        let put = kv::put(&mut client, "a", &n.to_string()).await.unwrap();
+        for (i, w) in watches.iter_mut().enumerate() {
+            let started = Instant::now();
+            let got = loop {
+                let r = w
+                    .next(Duration::from_secs(3))
+                    .await
+                    .unwrap_or_else(|| panic!("watch on member {i}: no event for revision {put}"));
+                if let Some(e) = r.events.first() {
+                    break e.kv.as_ref().unwrap().mod_revision;
+                }
+            };
+            assert_eq!(got, put, "watch on member {i}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "watch on member {i}: the event of revision {put} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    // A progress notification reports at least the last write.
+    let last = kv::put(&mut client, "a", "last").await.unwrap();
+    for (i, w) in watches.iter_mut().enumerate() {
+        assert!(w.next(Duration::from_secs(3)).await.is_some());
+        assert!(w.request_progress().await);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = w
+                .next(Duration::from_secs(3))
+                .await
+                .expect("a progress notification");
+            if r.events.is_empty() && r.header.as_ref().unwrap().revision >= last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watch on member {i}: no progress to {last}"
+            );
+            assert!(w.request_progress().await);
+        }
+    }
+    assert_eq!(
+        last_index(&c, 0, idle),
+        index_before,
+        "the idle region wrote entries while it was watched"
+    );
+    c.shutdown().await;
+}
