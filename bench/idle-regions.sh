@@ -8,9 +8,12 @@
 #
 #   bench/idle-regions.sh                 # ~3 min
 #   REGIONS=500 WINDOW=120 bench/idle-regions.sh
+#   WATCH=1 bench/idle-regions.sh         # every key watched, as under Kubernetes
 #
 # Env: REGIONS (200), WINDOW (seconds measured, 60), SETTLE (seconds to
-# wait after the splits, 20), PROFILE (release).
+# wait after the splits, 20), PROFILE (release), CAIRN (a cairn binary to
+# measure instead of building this tree), WATCH (1: an `etcdctl watch`
+# over every key on each member of each cluster, opened before settling).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,8 +21,11 @@ REGIONS=${REGIONS:-200}; WINDOW=${WINDOW:-60}; SETTLE=${SETTLE:-20}; PROFILE=${P
 # shellcheck source=bench/need.sh
 source bench/need.sh
 need etcd:etcd-server python3:python3
-if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
-CAIRN=$ROOT/target/$PROFILE/cairn
+[ -n "${WATCH:-}" ] && need etcdctl:etcd-client
+if [ -z "${CAIRN:-}" ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
+  CAIRN=$ROOT/target/$PROFILE/cairn
+fi
 # shellcheck source=bench/cluster.sh
 source bench/cluster.sh
 
@@ -32,6 +38,16 @@ SERVE_ARGS="--region-merge-bytes 0" start_cluster cairn 3 many
   $(seq -f 'k%04g' 1 $((REGIONS - 1))) > /dev/null
 listed=$("$CAIRN" regions --endpoints "$ENDPOINTS_many" | wc -l) || listed=0
 echo "split into $((listed - 1)) data regions; settling ${SETTLE}s"
+if [ -n "${WATCH:-}" ]; then
+  for c in etcd one many; do
+    v=ENDPOINTS_$c
+    for ep in ${!v//,/ }; do
+      ETCDCTL_API=3 etcdctl --endpoints "$ep" watch --prefix "" > /dev/null 2>&1 &
+      PIDS+=($!); disown $!
+    done
+  done
+  echo "watching every key on each member"
+fi
 sleep "$SETTLE"
 
 # ticks PIDS: summed utime + stime of the processes, in clock ticks.

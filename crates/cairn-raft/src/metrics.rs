@@ -104,6 +104,16 @@ pub static CORRUPTION_HASHES_COMPARED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// Regions this member, as their leader, closed beside the log
+/// (`cairn-store`'s `node::side_closes`): one per region per round.
+pub static SIDE_CLOSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "cairn_region_side_closes_total",
+        "Closed timestamps this member's regions took beside the Raft log, as leader."
+    )
+    .expect("registered once")
+});
+
 /// Registers every instrument, so a scrape lists them (at zero) before
 /// their first event.
 pub fn register_all() {
@@ -116,6 +126,7 @@ pub fn register_all() {
     LazyLock::force(&PROPOSALS_FAILED);
     LazyLock::force(&CORRUPTION_HASHES_COMPARED);
     LazyLock::force(&PEER_BATCH_MESSAGES);
+    LazyLock::force(&SIDE_CLOSES);
 }
 
 /// Raft messages per batched call to a peer (`crate::peer_batch`): near 1

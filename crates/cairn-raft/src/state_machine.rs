@@ -331,6 +331,14 @@ impl Published {
     fn resolved(&self) -> i64 {
         self.closed.resolved(&self.applied)
     }
+
+    /// The record's revisions, the current one raised to a side close
+    /// taken up (see [`RegionShared::revisions`]).
+    fn revisions(&self) -> Revisions {
+        let mut r = self.applied.revisions();
+        r.current = r.current.max(self.closed.floor);
+        r
+    }
 }
 
 /// State shared between a region's state machine and the node serving reads.
@@ -407,7 +415,15 @@ impl RegionShared {
     /// else once it has. When it raises the resolved revision, the feed
     /// says so (as a close in the log would).
     pub fn side_close(&self, close: SideClose) {
-        let _order = self.feed_order.lock();
+        let Some(_order) = self.feed_order.try_lock() else {
+            // An entry is being applied and published: kept for it (or,
+            // if it is past that point, for the next; the leader sends a
+            // newer close within a second anyway). Waiting here would
+            // hold the caller for as long as a synced write takes.
+            let mut g = self.state.write();
+            g.closed.keep(close);
+            return;
+        };
         let resolved = {
             let mut g = self.state.write();
             let g = &mut *g;
@@ -463,7 +479,7 @@ impl RegionShared {
         } else {
             spans.iter().find_map(|s| a.locks.blocking_read(s, at))
         };
-        (self.view(&g), a.revisions(), a.range.clone(), lock)
+        (self.view(&g), g.revisions(), a.range.clone(), lock)
     }
 
     /// Marks this replica stopped for good (a merge absorbed its region)
@@ -635,9 +651,11 @@ impl RegionShared {
         f(&self.state.read().applied)
     }
 
-    /// The MVCC revisions, without copying the rest of the record.
+    /// The MVCC revisions, without copying the rest of the record; the
+    /// current one raised to a side close taken up above it (`side_close`:
+    /// nothing lies between them, and a read there answers with it).
     pub fn revisions(&self) -> Revisions {
-        self.state.read().applied.revisions()
+        self.state.read().revisions()
     }
 
     /// Meta region: the TSO's persisted high-water mark.

@@ -316,9 +316,14 @@ async fn propose(
 }
 
 impl Proposer {
-    /// Starts the proposer of `raft`, whose floor starts each leader term
-    /// at `seed`'s.
-    pub fn start(raft: Raft, timestamps: TimestampSource, seed: FloorSeed) -> Self {
+    /// Starts the proposer of `raft`, whose floor starts each leader term,
+    /// and again whenever the region's `epoch` moves, at `seed`'s.
+    pub fn start(
+        raft: Raft,
+        timestamps: TimestampSource,
+        seed: FloorSeed,
+        epoch: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
         let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
         let (hold, mut held) = watch::channel(false);
         let in_flight: Arc<InFlight> = Arc::new(watch::Sender::new(Default::default()));
@@ -328,8 +333,8 @@ impl Proposer {
         let me = raft.metrics().borrow().id;
         tokio::spawn(async move {
             let mut seq = 0u64;
-            // The leader term the floor was seeded in.
-            let mut seeded = 0u64;
+            // The leader term and region epoch the floor was seeded at.
+            let mut seeded = (0u64, 0u64);
             let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_GROUPS));
             while let Some(first) = rx.recv().await {
                 while *held.borrow_and_update() {
@@ -373,16 +378,21 @@ impl Proposer {
                     }
                     continue;
                 }
-                if need > 0 && seeded != term {
+                let at = (term, epoch());
+                if need > 0 && seeded != at {
                     // A new term (or a region just born): reads this
                     // node did not serve may have been served at
                     // timestamps above the floor — by the previous leader,
                     // or in the parent region — so first the floor rises
                     // to a read timestamp taken now, above all of them.
+                    // Likewise once the region absorbed another in a
+                    // merge: the other's replicas may have resolved its
+                    // keys past this floor, by closes beside the log
+                    // (`node::side_closes`) that its record does not hold.
                     match seed().await {
                         Ok(t) => {
                             read_floor.fetch_max(t, std::sync::atomic::Ordering::SeqCst);
-                            seeded = term;
+                            seeded = at;
                         }
                         Err(e) => {
                             for (_, reply) in group {

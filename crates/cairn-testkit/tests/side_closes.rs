@@ -83,6 +83,33 @@ async fn a_watched_idle_region_sleeps_and_its_watch_keeps_up() {
             );
         }
     }
+    // A serializable read of the idle region through each member, after a
+    // write through it to the busy one, is served by the member at once:
+    // its replica is closed past that write (not after a wait for a close
+    // in the log, then linearizably).
+    for i in 0..3 {
+        let mut member = c.kv(i).await;
+        kv::put(&mut member, "a", &format!("from {i}"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let z = kv::get(&mut member, "z", true).await.unwrap();
+        assert_eq!(z.as_deref(), Some("0"));
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "a serializable read of the idle region on member {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    for w in watches.iter_mut() {
+        loop {
+            let r = w.next(Duration::from_secs(3)).await.expect("the events");
+            let value = |e: &cairn_api::mvccpb::Event| e.kv.as_ref().unwrap().value.clone();
+            if r.events.iter().any(|e| value(e) == b"from 2") {
+                break;
+            }
+        }
+    }
     // A progress notification reports at least the last write.
     let last = kv::put(&mut client, "a", "last").await.unwrap();
     for (i, w) in watches.iter_mut().enumerate() {

@@ -161,25 +161,26 @@ async fn an_idle_region_is_closed_only_while_watched() {
     let mut client = c.kv(0).await;
     kv::put(&mut client, "z", "0").await.unwrap();
     c.split_at("m").await;
-    // The index each member's replica of the idle region has applied.
-    let applied = || -> Vec<u64> {
+    // The revision each member's replica of the idle region has resolved
+    // (closes move it, in the log or beside it).
+    let resolved = || -> Vec<i64> {
         (0..3)
             .map(|i| {
                 c.node(i).regions_overlapping(b"z", None)[0]
                     .0
                     .shared
-                    .applied_index()
+                    .resolved()
             })
             .collect()
     };
     // Nothing is asked for after the split's own reads have gone quiet.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let before = applied();
+    let before = resolved();
     for n in 0..10 {
         kv::put(&mut client, &format!("a{n}"), "v").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(applied(), before, "an unwatched idle region was closed");
+    assert_eq!(resolved(), before, "an unwatched idle region was closed");
     // A watch on it: its progress reaches a write in the other region.
     let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
     w.create(WatchCreateRequest {
@@ -209,13 +210,13 @@ async fn an_idle_region_is_closed_only_while_watched() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_ne!(applied(), before, "a watched idle region was not closed");
+    assert_ne!(resolved(), before, "a watched idle region was not closed");
     // The watch gone, closes stop once the last ask is old.
     drop(w);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let after = applied();
+    let after = resolved();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(applied(), after, "closes went on without a watch");
+    assert_eq!(resolved(), after, "closes went on without a watch");
     c.shutdown().await;
 }
 

@@ -21,7 +21,10 @@
 //!    starts, and holds no lock (a lock's commit writes within the region's
 //!    range as it is then). T widens to S's end, takes the higher of the
 //!    two current and compacted revisions and auth fences (so T's resolved
-//!    revision never goes below S's last one), S's outcomes (the host sends
+//!    revision never goes below S's last one in the log; a close S's
+//!    replicas took beside it is not carried over, and T's leader seeds
+//!    its proposer's floor again once the epoch moves, so no later write
+//!    lands below it), S's outcomes (the host sends
 //!    what it would have asked S to the region that absorbed it), its epoch
 //!    moves above both, and S joins T's `absorbed` set (with every region S
 //!    had absorbed).

@@ -38,7 +38,7 @@ use super::Applied;
 pub struct SideClose {
     /// Nothing after `index` writes at or below it.
     pub ts: i64,
-    /// The leader's last log index when it read `ts`.
+    /// The leader's last log index once it settled at `ts`.
     pub index: u64,
     /// The region's epoch as the leader had applied it.
     pub epoch: u64,
@@ -58,9 +58,7 @@ impl SideClosed {
     /// Keeps `close` (if newer than the one waiting) and takes up what it
     /// can against `applied`. True when the floor rose.
     pub(super) fn offer(&mut self, close: SideClose, applied: &Applied) -> bool {
-        if close.ts > self.floor && self.pending.is_none_or(|p| close.ts > p.ts) {
-            self.pending = Some(close);
-        }
+        self.keep(close);
         self.fold(applied)
     }
 
@@ -83,6 +81,14 @@ impl SideClosed {
             return true;
         }
         false
+    }
+
+    /// Keeps `close` to take up at the next entry applied (the caller
+    /// cannot publish now).
+    pub(super) fn keep(&mut self, close: SideClose) {
+        if close.ts > self.floor && self.pending.is_none_or(|p| close.ts > p.ts) {
+            self.pending = Some(close);
+        }
     }
 
     /// What this replica reports as resolved, with the record `applied`.

@@ -13,14 +13,20 @@
 //!   an idle region's replica holds (`sequential.rs`).
 //!
 //! For them, the leader of an idle region *closes* the newest timestamp the
-//! TSO handed out, T ([`Node::close_region`]): once every write it stamped
-//! at or below T is answered, one `Command::Close` moves the region's
-//! revision to T in this leader's term.
+//! TSO handed out, T: once every write it stamped at or below T is
+//! answered, the region's resolved revision moves up to T. Two ways:
+//! - beside the log ([`super::side_closes`]): one round per pass for all
+//!   the regions, one call to each other member, no Raft entry — so a
+//!   watched idle region still sleeps (`hibernate`). The way taken
+//!   whenever every member with a replica of the region takes the op;
+//! - in the log ([`Node::close_region`]): one `Command::Close` in this
+//!   leader's term, written and synced by every replica. Taken for a
+//!   joint membership, or a replica on a member of the previous version.
 //!
-//! A close is one Raft entry, written and synced by every replica. Closing
-//! every idle region four times a second cost a 3-member cluster with 200
-//! idle regions 38% of a core (docs/benchmarks.md). So a leader now closes
-//! only regions someone wants closed:
+//! Closing every idle region in the log four times a second cost a
+//! 3-member cluster with 200 idle regions 38% of a core
+//! (docs/benchmarks.md). So a leader closes only regions someone wants
+//! closed:
 //! - A member that has a watch on a region asks for closes while the watch
 //!   stands. Its asks are [`ForwardOp::WantCloses`] to the region's leader,
 //!   sent at most every [`ASK_EVERY`] from this loop, and at once when a
@@ -200,8 +206,9 @@ impl Node {
 /// once when poked (a new watch, a new want): asks for closes of the
 /// watched regions here, and closes the wanted regions this node leads
 /// that applied no write over the last interval, while there is more than
-/// one data region. At most one close per region is in flight, and one
-/// per [`CLOSE_EVERY`].
+/// one data region: those it can beside the log in one round (one round
+/// in flight), the others in the log. At most one close per region is in
+/// flight, and one per [`CLOSE_EVERY`].
 pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     // Per region: its writes at the last timed pass, and when its last
     // close was started.

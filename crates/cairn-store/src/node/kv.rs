@@ -88,7 +88,8 @@ impl Node {
             if r.id == DATA_REGION {
                 continue;
             }
-            let at = revision.min(r.shared.revisions().current);
+            // (The region's own newest revision: not a side close's.)
+            let at = revision.min(r.shared.with_applied(|a| a.current_revision));
             match self
                 .checked_submit(r.id, access, ForwardOp::Compact(at), false)
                 .await

@@ -13,8 +13,10 @@
 //!    round), and wait until every write this leader stamped at or below
 //!    T is answered (`Proposer::settled`, which also stops any later
 //!    write being stamped that low in this term).
-//! 2. Note each region's applied index I (every write settled is at or
-//!    below it), its epoch, and its voters.
+//! 2. Once an entry of its own term is applied (every entry of an earlier
+//!    term in its log is committed then), note each region's last log
+//!    index I (every settled write is at or below it), its epoch, and its
+//!    voters.
 //! 3. Ask every other member whether its replica still votes for this
 //!    leader in this term ([`ForwardOp::SideCloses`] `check`), and ask
 //!    this replica too.
@@ -27,7 +29,7 @@
 //! - This leader stamped every write at or below T before step 2, and
 //!   applied all of them by then, so they are at or below I; it stamps
 //!   above T from now on.
-//! - Everything after I applies here after step 2. A write with no
+//! - Everything after I is appended after step 2. A write with no
 //!   timestamp of its own (a compaction, a lease grant) makes no
 //!   revision.
 //! - Any later leader of the region is elected by a majority that votes
@@ -37,14 +39,17 @@
 //!   T was read and stamps above it. (The answer reads the replica's vote
 //!   in its Raft core, which changes before a vote is granted.)
 //! - An entry of an earlier term not in this leader's log never commits
-//!   (the leader's own first entry is committed before it serves), and a
+//!   (the leader's own first entry is applied before step 2), and a
 //!   write proposed in an earlier term of this node applies only in that
 //!   term (`Command::InTerm`).
 //! - A transaction across regions commits with a timestamp fetched after
 //!   every prewrite was answered: after T, if its lock here came after I
-//!   (its prewrite applied, and was answered, after step 2).
+//!   (its prewrite was appended, so answered, after step 2).
 //!   One placed at or below I is in the replica's state when it takes the
 //!   close up, and the close then waits for the next (`side_close`).
+//!
+//! A region is closed only where this member is a voter of its one
+//! configuration, and a majority of that configuration said yes.
 //!
 //! A region takes this path only if no member holding a replica of it
 //! refused a side-close call in the last [`REFUSED_FOR`] (a member of the
@@ -168,6 +173,7 @@ impl Node {
                 proved.entry(m).or_default().push((n.region.id, close));
             }
         }
+        cairn_raft::metrics::SIDE_CLOSES.inc_by(closed as u64);
         // Told in the background: a slow member holds back no other.
         for (member, proved) in proved {
             let node = self.clone();
@@ -190,24 +196,37 @@ impl Node {
         let region = self.region(id).ok()?;
         let term = self.leading_term(&region).ok()?;
         region.proposer.settled(ts, term, ROUND_WAIT).await.ok()?;
-        let (voters, replicas) = {
+        let (last, voters, replicas) = {
             let m = region.raft.metrics();
             let m = m.borrow();
             if m.current_leader != Some(self.id) || m.current_term != term {
                 return None;
             }
+            // One configuration, with this member a voter in it (a joint
+            // one needs a majority of each: closed in the log instead).
             let membership = m.membership_config.membership();
+            let [config] = membership.get_joint_config().as_slice() else {
+                return None;
+            };
+            if !config.contains(&self.id) {
+                return None;
+            }
             (
-                membership.voter_ids().collect::<Vec<_>>(),
+                m.last_log_index.unwrap_or(0),
+                config.iter().copied().collect::<Vec<_>>(),
                 membership.nodes().map(|(id, _)| *id).collect::<Vec<_>>(),
             )
         };
-        // The index applied here now: every write settled above was
-        // answered, so applied, at or below it (a write's reply leaves
-        // only once its state is published).
-        let (index, epoch) = region
+        // Applied here: every write settled above was answered, so applied
+        // (a write's reply leaves only once its state is published), and
+        // this term's first entry — before it, entries of earlier terms
+        // in this log may not be committed yet, and would apply after a
+        // close noted below them. I is the log's end, applied or not.
+        let (applied, epoch) = region
             .shared
-            .with_applied(|a| (a.last_applied.map_or(0, |l| l.index), a.range.epoch));
+            .with_applied(|a| (a.last_applied, a.range.epoch));
+        let applied = applied.filter(|l| l.leader_id.term == term)?;
+        let index = last.max(applied.index);
         let check = VoteCheck {
             region: id,
             term,

@@ -351,7 +351,11 @@ impl Region {
                 })
             })
         };
-        let proposer = Proposer::start(raft.clone(), timestamps, seed);
+        let epoch = {
+            let shared = shared.clone();
+            Arc::new(move || shared.range().epoch)
+        };
+        let proposer = Proposer::start(raft.clone(), timestamps, seed, epoch);
         let lease = read_lease.then(|| Arc::new(ReadLease::new(me)));
         let leader_reads = {
             let (raft, lease) = (raft.clone(), lease.clone());

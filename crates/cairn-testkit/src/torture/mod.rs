@@ -296,6 +296,22 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     if cfg.lockers > 0 {
         floors.push(lock_progress.clone());
     }
+    // A watch over the sleepers' keys too: their regions are watched idle
+    // regions, closed beside the log while they sleep (`node::side_closes`).
+    let sleepers_progress = Arc::new(AtomicI64::new(0));
+    if cfg.sleepers > 0 {
+        floors.push(sleepers_progress.clone());
+    }
+    let (sleepers_until, until_slept) = tokio::sync::watch::channel(None);
+    let sleepers_watch = (cfg.sleepers > 0).then(|| {
+        tokio::spawn(watch_check::follow(
+            endpoints.clone(),
+            sleepers::PREFIX,
+            deadline,
+            sleepers_progress.clone(),
+            until_slept,
+        ))
+    });
     let (watch_until, until) = tokio::sync::watch::channel(None);
     let watcher = tokio::spawn(watch_check::follow(
         endpoints.clone(),
@@ -360,11 +376,23 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         cfg.sleepers,
     )
     .await;
-    let sleepers = match sleepers {
+    let mut sleepers = match sleepers {
         Some(t) => Some(t.await?),
         None => None,
     };
-    let sleepers_check = sleepers.as_ref().map_or(Ok(()), |z| z.check());
+    let mut sleepers_check = sleepers.as_ref().map_or(Ok(()), |z| z.check());
+    if let (Some(z), Some(w)) = (&mut sleepers, sleepers_watch) {
+        let _ = sleepers_until.send(Some(watch_check::last_answered(&z.history)));
+        let followed = w.await?;
+        z.watched = followed.events.len();
+        let watch = match (followed.compacted, followed.broken_progress) {
+            (Some(e), _) | (None, Some(e)) => Err(e),
+            (None, None) => watch_check::check(&followed.events, &z.history, followed.seen_to),
+        };
+        if let (Ok(()), Err(e)) = (&sleepers_check, watch) {
+            sleepers_check = Err(format!("the watch over the sleepers' keys: {e}"));
+        }
+    }
     let bank = match bank {
         Some(t) => Some(t.await?),
         None => None,

@@ -1,5 +1,5 @@
 //! The sleepers workload and its checker: keys each in a region of its
-//! own that nobody watches and that is touched only now and then, so the
+//! own, watched, and touched only now and then, so the
 //! region hibernates between touches (`cairn_store` `node::hibernate`:
 //! no Raft ticks, members' beats in their place) while the nemesis
 //! crashes, pauses and cuts members off.
@@ -25,11 +25,18 @@
 //!   must count at least one replica asleep (`cairn_region_asleep_count`),
 //!   or the run proved nothing about hibernation. (Skipped when no member
 //!   answers over plain HTTP: a secured cluster.)
+//! - **The watch over the keys keeps etcd's guarantees** (`watch_check`,
+//!   against [`Outcome::history`]): a watcher follows `zs/` from revision
+//!   1, so the regions are watched idle regions. They sleep all the same,
+//!   closed beside the log (`node::side_closes`); a close that promised
+//!   too much shows as an event at or below a progress notification, or
+//!   as an event out of order.
 
 use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::{PutRequest, RangeRequest};
+use cairn_check::{Operation, Request, Status};
 use tonic::transport::Channel;
 
 /// The keys' prefix.
@@ -66,6 +73,12 @@ pub struct Outcome {
     /// acknowledged in time, keys that did not serve again after the
     /// faults, and a run where no region slept, described.
     pub bad: Vec<String>,
+    /// Every put, as the history format records it (values are unique
+    /// per key): what the watch over the sleepers' keys is checked
+    /// against.
+    pub history: Vec<Operation>,
+    /// Events the watch over the sleepers' keys delivered.
+    pub watched: usize,
 }
 
 impl Outcome {
@@ -89,12 +102,13 @@ impl Outcome {
     /// A human summary line.
     pub fn summary(&self) -> String {
         format!(
-            "sleepers: {} puts ({} unknown), {} reads, slowest touch {:?}, replicas asleep after the faults {}",
+            "sleepers: {} puts ({} unknown), {} reads, slowest touch {:?}, replicas asleep after the faults {}, {} events watched",
             self.puts,
             self.unknown,
             self.reads,
             self.slowest,
-            self.asleep.map_or("unknown".into(), |n| n.to_string())
+            self.asleep.map_or("unknown".into(), |n| n.to_string()),
+            self.watched
         )
     }
 }
@@ -108,6 +122,12 @@ struct Sleeper {
     maybe: Vec<u64>,
     next: u64,
     endpoint: usize,
+    /// Which sleeper (the history's client).
+    index: usize,
+    /// When the run began (the history's clock).
+    epoch: Instant,
+    /// Its puts so far.
+    history: Vec<Operation>,
 }
 
 enum Put {
@@ -133,14 +153,34 @@ impl Sleeper {
             value: value.to_string().into_bytes(),
             ..Default::default()
         });
-        let why = match tokio::time::timeout(timeout, put).await {
-            Ok(Ok(_)) => {
+        let call = self.epoch.elapsed().as_nanos() as u64;
+        let answer = tokio::time::timeout(timeout, put).await;
+        let mut op = Operation {
+            id: ((self.index as u64 + 1) << 32) | value,
+            client: 1_000_000 + self.index as u64,
+            call,
+            ret: None,
+            op: Request::Put {
+                key: self.key.clone(),
+                value: value.to_string(),
+            },
+            result: cairn_check::Outcome::of(Status::Unknown),
+        };
+        let why = match answer {
+            Ok(Ok(r)) => {
+                op.ret = Some(self.epoch.elapsed().as_nanos() as u64);
+                op.result = cairn_check::Outcome {
+                    revision: r.into_inner().header.map(|h| h.revision),
+                    ..cairn_check::Outcome::of(Status::Ok)
+                };
+                self.history.push(op);
                 self.acked = value;
                 return Put::Acked;
             }
             Ok(Err(e)) => format!("{:?}: {}", e.code(), e.message()),
             Err(_) => format!("no answer in {timeout:?}"),
         };
+        self.history.push(op);
         self.maybe.push(value);
         Put::Unknown(why)
     }
@@ -199,6 +239,9 @@ pub async fn run(
                     maybe: Vec::new(),
                     next: 0,
                     endpoint: i,
+                    index: i,
+                    epoch,
+                    history: Vec::new(),
                 };
                 let mut out = Outcome::default();
                 loop {
@@ -234,6 +277,7 @@ pub async fn run(
                         s.key
                     ));
                 }
+                out.history = s.history;
                 out
             })
         })
@@ -263,7 +307,9 @@ pub async fn run(
         all.reads += o.reads;
         all.slowest = all.slowest.max(o.slowest);
         all.bad.extend(o.bad);
+        all.history.extend(o.history);
     }
+    all.history.sort_by_key(|o| (o.call, o.id));
     all
 }
 
