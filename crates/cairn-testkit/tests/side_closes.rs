@@ -59,6 +59,18 @@ async fn a_watched_idle_region_sleeps_and_its_watch_keeps_up() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // And stays asleep: the members' asks for closes (every second while
+    // their watches stand) wake nothing.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for i in 0..3 {
+            assert!(
+                c.node(i).sleeping_regions().contains(&idle),
+                "the watched idle region {idle} woke on member {i}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let index_before = last_index(&c, 0, idle);
     // Writes to the busy region reach every watcher at once: the idle
     // region's resolved revision moves past them without a log entry.

@@ -121,8 +121,12 @@ impl Node {
     ) -> Result<ForwardOk> {
         let r = self.region(region)?;
         // A hibernating leader heartbeats again before it proposes
-        // (`hibernate`).
-        r.wake();
+        // (`hibernate`). Not for an ask for closes: those come every
+        // second while a watch stands, and are made beside the log
+        // (`side_closes`) with the region asleep.
+        if !matches!(op, ForwardOp::WantCloses) {
+            r.wake();
+        }
         match op {
             ForwardOp::Checked { .. } | ForwardOp::CheckedLease { .. } => {
                 Err(Error::Internal("nested checked op".into()))

@@ -353,7 +353,7 @@ impl Region {
         };
         let epoch = {
             let shared = shared.clone();
-            Arc::new(move || shared.range().epoch)
+            Arc::new(move || shared.with_applied(|a| a.range.epoch))
         };
         let proposer = Proposer::start(raft.clone(), timestamps, seed, epoch);
         let lease = read_lease.then(|| Arc::new(ReadLease::new(me)));
