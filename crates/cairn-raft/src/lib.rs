@@ -62,6 +62,8 @@ pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, RegionRange, Reply, 
 
 /// The openraft instance type for one region replica.
 pub type Raft = openraft::Raft<TypeConfig>;
+/// What a region's Raft reports of itself (`Raft::metrics`).
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 
 /// Node identity in Raft (equal to the etcd member ID).
 pub type NodeId = u64;

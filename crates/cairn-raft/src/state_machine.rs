@@ -291,9 +291,9 @@ pub struct FeedBatch {
     /// Every event of the entry as (revision, event), ordered by revision,
     /// then key (the order history replays use too).
     pub events: Vec<(i64, Event)>,
-    /// The region's current revision after the entry: every write at or
-    /// below it has been published (the resolved timestamp of a region with
-    /// one writer).
+    /// The region's resolved revision after the entry: every write at or
+    /// below it has been published (its current revision, below a lock
+    /// held, or up to a close taken beside the log: `side_close`).
     pub resolved: i64,
     /// The replica's state was replaced (snapshot installed), the region
     /// split (its keys from the split key on are the child's now), froze,
@@ -336,7 +336,7 @@ impl Published {
     /// taken up (see [`RegionShared::revisions`]).
     fn revisions(&self) -> Revisions {
         let mut r = self.applied.revisions();
-        r.current = r.current.max(self.closed.floor);
+        r.current = r.current.max(self.closed.floor(&self.applied));
         r
     }
 }
@@ -370,9 +370,11 @@ pub struct RegionShared {
     /// A data replica raises its node's marks as it publishes (see
     /// `marks`).
     marks: std::sync::OnceLock<Arc<marks::DataMarks>>,
-    /// Held from a new state's publication to its feed batch's, and by a
-    /// side close across both: the feed tells its subscribers a resolved
-    /// revision only after every event at or below it.
+    /// Held by the apply task from before an entry's engine write (synced,
+    /// for some) until its feed batch is out, and by a side close across
+    /// its take-up and its own batch: the feed tells its subscribers a
+    /// resolved revision only after every event at or below it. (So a side
+    /// close does not wait for it: `try_lock`.)
     feed_order: parking_lot::Mutex<()>,
 }
 

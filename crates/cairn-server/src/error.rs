@@ -91,6 +91,7 @@ pub fn to_status(e: Error) -> Status {
         Error::Store(S::Timeout) => Code::Unavailable,
         Error::Store(S::Stopped) => Code::Unavailable,
         Error::Store(S::Internal(_)) => Code::Internal,
+        Error::Store(S::Refused(_)) => Code::Unavailable,
         Error::Store(S::BadLeaderTransferee) => Code::FailedPrecondition,
         Error::Store(S::LeaderTransferTimeout) => Code::Unavailable,
         Error::Store(S::EpochMismatch) => Code::Unavailable,

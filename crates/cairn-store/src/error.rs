@@ -55,6 +55,10 @@ pub enum Error {
     /// that found it stalled (internal: the coordinator starts it again).
     #[error("etcdserver: request timed out, transaction rolled back")]
     RolledBack,
+    /// A member could not read a forwarded request (a member of an older
+    /// version, which answers `InvalidArgument`): it did nothing.
+    #[error("etcdserver: a member could not read the request: {0}")]
+    Refused(String),
 }
 
 impl Error {

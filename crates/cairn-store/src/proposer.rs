@@ -41,7 +41,11 @@
 //! confirmed read timestamp ([`FloorSeed`]): every read served before
 //! this term began took a timestamp at or below it. (Always, even while
 //! the region looks whole: a new leader may not have applied a split
-//! already in its log, and one meta round per term costs little.)
+//! already in its log, and one meta round per term costs little.) So does
+//! the first group after the region's epoch moves (a split, a merge): the
+//! replicas of a region it absorbed may have resolved past this floor by
+//! closes beside the log (`node::side_closes`), which the absorbed record
+//! does not carry.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -418,6 +418,9 @@ pub async fn forward(
             Err(Error::NoLeader)
         }
         Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(Error::Timeout),
+        Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+            Err(Error::Refused(status.message().to_string()))
+        }
         Ok(Err(status)) => Err(Error::Internal(status.message().to_string())),
         Ok(Ok(reply)) => {
             decode::<std::result::Result<ForwardOk, Error>>(&reply.into_inner().payload)?

@@ -292,6 +292,17 @@ impl InProcessCluster {
             .node
     }
 
+    /// Node `i`'s Raft metrics of its replica of `region` now.
+    pub fn raft_metrics(&self, i: usize, region: u64) -> cairn_raft::RaftMetrics {
+        self.node(i)
+            .region(region)
+            .expect("region hosted")
+            .raft
+            .metrics()
+            .borrow()
+            .clone()
+    }
+
     /// True when node `i` runs.
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].running.is_some()

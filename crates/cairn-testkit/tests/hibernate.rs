@@ -55,13 +55,7 @@ async fn wait_replaced(c: &InProcessCluster, region: u64, leader: usize, gone: u
 
 /// `region`'s Raft term on `member`.
 fn term(c: &InProcessCluster, member: usize, region: u64) -> u64 {
-    c.node(member)
-        .region(region)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow()
-        .current_term
+    c.raft_metrics(member, region).current_term
 }
 
 /// Waits up to 10 s for `ok`; fails saying `what` did not happen.

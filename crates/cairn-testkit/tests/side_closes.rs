@@ -17,13 +17,7 @@ fn region_of(node: &Node, key: &[u8]) -> u64 {
 
 /// `region`'s last log index on `member`.
 fn last_index(c: &InProcessCluster, member: usize, region: u64) -> Option<u64> {
-    c.node(member)
-        .region(region)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow()
-        .last_log_index
+    c.raft_metrics(member, region).last_log_index
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

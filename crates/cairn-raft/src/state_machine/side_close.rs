@@ -13,10 +13,13 @@
 //! It stays out of the replicated record ([`super::Applied`]): replicas
 //! learn it at different moments, and every decision the state machine
 //! makes (a compaction beside a lock, a write's revision) must be the same
-//! on every replica. It raises only what this replica *reports* as
-//! resolved — to its feed, its watches and its serializable reads — as
-//! [`SideClosed::floor`], and is lost on restart (the next one comes
-//! within a second while someone waits).
+//! on every replica. It raises only what this replica *reports* — its
+//! resolved revision (to its feed, watches and serializable reads across
+//! regions) and the current revision its reads answer at (`RegionShared`'s
+//! `revisions` and `read_view_locked`) — as [`SideClosed::floor`], and is
+//! lost on restart (the next one comes within a second while someone
+//! waits). It stops counting if the region becomes the only one again (a
+//! merge back to one region), where every replica must answer alike.
 //!
 //! When a replica takes a close up ([`SideClosed::fold`]):
 //! - It has applied `index`, and the region's epoch is still the one the
@@ -91,9 +94,21 @@ impl SideClosed {
         }
     }
 
+    /// The floor, while it counts: not once the region is the only one
+    /// (merged back whole). A lone region is never closed, and its
+    /// replicas' revisions — a linearizable read's, a compaction's — must
+    /// agree as they do with one region.
+    pub(super) fn floor(&self, applied: &Applied) -> i64 {
+        if applied.range.is_whole() {
+            0
+        } else {
+            self.floor
+        }
+    }
+
     /// What this replica reports as resolved, with the record `applied`.
     pub(super) fn resolved(&self, applied: &Applied) -> i64 {
-        applied.resolved().max(self.floor)
+        applied.resolved().max(self.floor(applied))
     }
 }
 
@@ -102,10 +117,16 @@ mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, LogId};
 
+    /// A record of a region from "m" on (one of several) at `index`.
     fn applied_at(index: u64, revision: i64) -> Applied {
         Applied {
             last_applied: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
             current_revision: revision,
+            range: crate::RegionRange {
+                start: b"m".to_vec(),
+                end: Vec::new(),
+                epoch: 1,
+            },
             ..Applied::default()
         }
     }
@@ -161,6 +182,15 @@ mod tests {
         });
         assert!(!s.offer(close(50, 10), &frozen));
         assert_eq!(s.floor, 0);
+    }
+
+    #[test]
+    fn a_floor_stops_counting_once_the_region_is_whole_again() {
+        let mut s = SideClosed::default();
+        assert!(s.offer(close(50, 10), &applied_at(10, 7)));
+        let mut whole = applied_at(11, 7);
+        whole.range = crate::RegionRange::default();
+        assert_eq!(s.resolved(&whole), 7);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! TSO handed out, T: once every write it stamped at or below T is
 //! answered, the region's resolved revision moves up to T. Two ways:
 //! - beside the log ([`super::side_closes`]): one round per pass for all
-//!   the regions, one call to each other member, no Raft entry — so a
+//!   the regions, two calls to each other member, no Raft entry — so a
 //!   watched idle region still sleeps (`hibernate`). The way taken
 //!   whenever every member with a replica of the region takes the op;
 //! - in the log ([`Node::close_region`]): one `Command::Close` in this

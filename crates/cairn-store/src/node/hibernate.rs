@@ -47,7 +47,10 @@
 //!   Besides a replica with no known leader (a candidate, a deposed
 //!   leader), nothing else wakes a follower: one woken while its leader
 //!   sleeps has heard nothing for long, and campaigns at once.
-//! - A leader wakes as soon as it serves an op (`Node::serve_local`).
+//! - A leader wakes as soon as it serves an op (`Node::serve_local`),
+//!   except an ask for closes: those come every second while a watch
+//!   stands, and closes are made beside the log with the region asleep
+//!   (`side_closes`).
 //! - A region starts awake, after a restart or a split. A replica woken
 //!   counts its quiet time from then.
 //!

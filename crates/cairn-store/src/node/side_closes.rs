@@ -5,7 +5,7 @@
 //! syncs, four times a second per wanted region, so a watched region never
 //! goes quiet and never hibernates. Kubernetes watches every prefix. So a
 //! leader closes its wanted idle regions beside the log instead, all of
-//! them in one round per [`super::closes`] pass, with one call to each
+//! them in one round per [`super::closes`] pass, with two calls to each
 //! other member (CockroachDB's closed-timestamp side transport and TiKV's
 //! `CheckLeader` do the same job):
 //!
@@ -279,14 +279,15 @@ impl Node {
     }
 
     /// Sends a side-close op to `member`: the regions it answered for
-    /// (none on failure). A member that cannot read the op is remembered
-    /// as refusing (see [`REFUSED_FOR`]).
+    /// (none on failure). A member that cannot read the op (an older
+    /// version; not one that failed otherwise) is remembered as refusing
+    /// (see [`REFUSED_FOR`]).
     async fn side_call(&self, member: u64, op: &ForwardOp) -> Option<Vec<u64>> {
         let meta = self.region(META_REGION).ok()?;
         let call = remote::forward(&self.pool, &meta.raft, member, META_REGION, op);
         match tokio::time::timeout(ROUND_WAIT, call).await {
             Ok(Ok(ForwardOk::SideCloses { still })) => Some(still),
-            Ok(Err(Error::Internal(e))) => {
+            Ok(Err(Error::Refused(e))) => {
                 tracing::info!(member, "side closes refused, closing in the log: {e}");
                 self.side_peers
                     .refused
