@@ -1,28 +1,63 @@
 //! `Compact`: drop versions no read can ask for any more.
 //!
+//! Compaction at `c` keeps, for each key, the newest version at or below
+//! `c` (unless it is a tombstone below `c`) and every version above `c`;
+//! [`Kept`] tells each stored version which it is, looking only at the
+//! versions after it in storage order, so any position in a scan is a
+//! place to start or stop. Every version it drops is one no read at or
+//! above `c` returns: reads answer a key's newest version at or below
+//! their revision, and a dropped one is superseded at or below `c`, or a
+//! tombstone below `c` with nothing after it up to `c`. Which versions go
+//! depends only on the history at or below `c`, which is final once `c`
+//! is compacted (nothing commits at or below a compaction).
+//!
+//! That is what lets Cairn drop them off the apply path: the replicated
+//! compaction only records `c` (reads below it are refused from then on),
+//! and each replica [`sweep`]s its keys in the background, a bounded step
+//! at a time, on its own schedule. Until it has, a replica holds versions
+//! another does not; [`crate::hash_kv`] hashes what compaction keeps, so
+//! replicas still hash alike.
+//!
 //! A dropped version takes its by-revision index entry with it, so the index
 //! keeps exactly one entry per stored version. On a store whose index is
 //! incomplete (written before the index existed, or installed from a
-//! snapshot of such a store), compaction also writes the entry of every
+//! snapshot of such a store), [`compact`] also writes the entry of every
 //! version it keeps and marks the index complete: the one moment the whole
-//! keyspace is read anyway.
+//! keyspace is read anyway. Such a store compacts in one batch, as it did
+//! before sweeps existed ([`needs_whole_compaction`]).
+
+use std::ops::Bound;
 
 use cairn_storage::keys::{self, decode_version, Key, KeyRange};
 use cairn_storage::{Snapshot, WriteBatch};
 
-use crate::record::Record;
+use crate::record::{self, Record};
 use crate::{Error, Rejection, Result, Revisions};
 
-/// Compacts at revision `rev`: for each key keeps the newest version at or
-/// below `rev` and every version above it. A newest tombstone is dropped
-/// when it is below `rev`; one exactly at `rev` stays, so a watch starting at
-/// the compaction revision still sees that delete (the etcd bug class
-/// "missing watch events at the compaction revision").
-/// Returns the deletions and the new revisions.
-///
-/// Caveat: the whole keyspace is scanned and the batch holds every deletion
-/// (and, once per store, the index entries an incomplete index lacks); a
-/// background, incremental sweep is future work for very large stores.
+/// The new revisions of a compaction at `rev`, or why it is refused
+/// (at or below the compaction already done, or above the newest write).
+pub fn compacted(rev: i64, revs: Revisions) -> Result<Revisions> {
+    if rev <= revs.compacted {
+        return Err(Error::from(Rejection::Compacted));
+    }
+    if rev > revs.current {
+        return Err(Error::from(Rejection::FutureRevision));
+    }
+    Ok(Revisions {
+        compacted: rev,
+        ..revs
+    })
+}
+
+/// True when a compaction of `range` must also complete the by-revision
+/// index (a store written before it existed), so it must read every
+/// version at once: [`compact_range`], not sweeps.
+pub fn needs_whole_compaction(read: &dyn Snapshot, range: &KeyRange) -> Result<bool> {
+    Ok(range.is_all() && read.get(&Key::MvccByRevisionComplete.encode())?.is_none())
+}
+
+/// Compacts at revision `rev` in one batch: the deletions, and the new
+/// revisions.
 pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteBatch, Revisions)> {
     compact_range(read, rev, revs, &KeyRange::all())
 }
@@ -36,85 +71,172 @@ pub fn compact_range(
     revs: Revisions,
     range: &KeyRange,
 ) -> Result<(WriteBatch, Revisions)> {
-    if rev <= revs.compacted {
-        return Err(Error::from(Rejection::Compacted));
-    }
-    if rev > revs.current {
-        return Err(Error::from(Rejection::FutureRevision));
-    }
-    let marker = Key::MvccByRevisionComplete.encode();
-    let mut sweep = Sweep {
-        batch: WriteBatch::new(),
-        rev,
-        fill_index: range.is_all() && read.get(&marker)?.is_none(),
-    };
+    let revs = compacted(rev, revs)?;
+    let fill_index = needs_whole_compaction(read, range)?;
+    let mut batch = WriteBatch::new();
     let (lo, hi) = keys::version_range(&range.start, range.end_bound());
-    // The newest version <= rev seen so far for the current user key.
-    let mut held: Option<Version> = None;
-    for item in read.scan(lo, hi, false) {
-        let (k, v) = item?;
-        let (user, r) = decode_version(&k)?;
-        if r > rev {
-            sweep.keep(&user, r);
-            continue;
+    let versions = read
+        .scan(lo, hi, false)
+        .map(|item| item.map(|(k, v)| (k, Some(v))));
+    for v in Kept::new(versions, rev, read) {
+        let v = v?;
+        if !v.keep {
+            drop_version(&mut batch, &v);
+        } else if fill_index {
+            let (key, revision) = (v.user.as_slice(), v.revision);
+            batch.put(Key::MvccByRevision { revision, key }.encode(), Vec::new());
         }
-        let tomb = matches!(Record::decode(&user, &v)?, Record::Tombstone);
-        if let Some(h) = held.take() {
-            let superseded = h.user == user;
-            sweep.settle(h, superseded);
-        }
-        held = Some(Version { user, r, tomb });
     }
-    if let Some(h) = held {
-        sweep.settle(h, false);
+    if fill_index {
+        batch.put(Key::MvccByRevisionComplete.encode(), Vec::new());
     }
-    if sweep.fill_index {
-        sweep.batch.put(marker, Vec::new());
-    }
-    Ok((
-        sweep.batch,
-        Revisions {
-            compacted: rev,
-            ..revs
-        },
-    ))
+    Ok((batch, revs))
 }
 
-/// A stored version at or below the compaction revision.
-struct Version {
-    user: Vec<u8>,
-    r: i64,
-    tomb: bool,
-}
-
-/// The writes of one compaction.
-struct Sweep {
-    batch: WriteBatch,
+/// One step of a background compaction of `range` at `rev` (already
+/// compacted there): reads at most about `budget` versions from `from` (an
+/// encoded version key within the range, or `None` for its start) and
+/// returns the deletions, and where the next step starts (`None`: the
+/// range is swept). Reads keys, and the length of a value only where a
+/// version's fate depends on whether it is a tombstone.
+pub fn sweep(
+    read: &dyn Snapshot,
     rev: i64,
-    /// The index is incomplete: write the entry of every version kept.
-    fill_index: bool,
+    range: &KeyRange,
+    from: Option<&[u8]>,
+    budget: usize,
+) -> Result<(WriteBatch, Option<Vec<u8>>)> {
+    let (lo, hi) = keys::version_range(&range.start, range.end_bound());
+    let lo = from.map_or(lo, |f| Bound::Included(f.to_vec()));
+    let versions = read.scan_keys(lo, hi).map(|item| item.map(|k| (k, None)));
+    let mut batch = WriteBatch::new();
+    for (seen, v) in Kept::new(versions, rev, read).enumerate() {
+        let v = v?;
+        if seen >= budget.max(1) {
+            // Its fate depends only on what follows it: the next step
+            // starts here and tells it again.
+            return Ok((batch, Some(v.stored)));
+        }
+        if !v.keep {
+            drop_version(&mut batch, &v);
+        }
+    }
+    Ok((batch, None))
 }
 
-impl Sweep {
-    /// Drops `v` when a newer version at or below `rev` supersedes it, or
-    /// when it is the key's newest at or below `rev` and a tombstone below
-    /// `rev`; keeps it otherwise.
-    fn settle(&mut self, v: Version, superseded: bool) {
-        if superseded || (v.tomb && v.r != self.rev) {
-            let (key, revision) = (v.user.as_slice(), v.r);
-            self.batch
-                .delete(Key::MvccVersion { key, revision }.encode());
-            self.batch
-                .delete(Key::MvccByRevision { revision, key }.encode());
-        } else {
-            self.keep(&v.user, v.r);
+fn drop_version(batch: &mut WriteBatch, v: &Version) {
+    let (key, revision) = (v.user.as_slice(), v.revision);
+    batch.delete(v.stored.clone());
+    batch.delete(Key::MvccByRevision { revision, key }.encode());
+}
+
+/// One stored version, and whether a compaction at the given revision
+/// keeps it.
+pub(crate) struct Version {
+    /// Its encoded key.
+    pub stored: Vec<u8>,
+    /// Its record, when the scan read values.
+    pub value: Option<Vec<u8>>,
+    pub user: Vec<u8>,
+    pub revision: i64,
+    pub keep: bool,
+}
+
+/// The versions of an ascending scan of version keys, in order, each told
+/// whether a compaction at `rev` keeps it (see the module essay). Holds
+/// back one version at or below `rev` until the next one shows whether it
+/// is its key's newest there.
+pub(crate) struct Kept<'a, I> {
+    versions: I,
+    rev: i64,
+    /// Where a value the scan did not read is looked up.
+    read: &'a dyn Snapshot,
+    held: Option<Version>,
+    /// Told, not yet returned (a version above `rev` after a held one).
+    next: Option<Version>,
+}
+
+impl<'a, I> Kept<'a, I>
+where
+    I: Iterator<Item = cairn_storage::Result<(Vec<u8>, Option<Vec<u8>>)>>,
+{
+    pub(crate) fn new(versions: I, rev: i64, read: &'a dyn Snapshot) -> Self {
+        Kept {
+            versions,
+            rev,
+            read,
+            held: None,
+            next: None,
         }
     }
 
-    fn keep(&mut self, key: &[u8], revision: i64) {
-        if self.fill_index {
-            self.batch
-                .put(Key::MvccByRevision { revision, key }.encode(), Vec::new());
+    /// `held`, told: dropped when a newer version at or below `rev`
+    /// supersedes it, or when it is its key's newest there and a tombstone
+    /// below `rev`.
+    fn settle(&self, mut held: Version, superseded: bool) -> Result<Version> {
+        held.keep = !superseded && (held.revision == self.rev || !self.is_tombstone(&held)?);
+        Ok(held)
+    }
+
+    fn is_tombstone(&self, v: &Version) -> Result<bool> {
+        Ok(match &v.value {
+            Some(bytes) => matches!(Record::decode(&v.user, bytes)?, Record::Tombstone),
+            None => self
+                .read
+                .value_len(&v.stored)?
+                .is_some_and(record::is_tombstone_len),
+        })
+    }
+}
+
+impl<I> Iterator for Kept<'_, I>
+where
+    I: Iterator<Item = cairn_storage::Result<(Vec<u8>, Option<Vec<u8>>)>>,
+{
+    type Item = Result<Version>;
+
+    fn next(&mut self) -> Option<Result<Version>> {
+        if let Some(v) = self.next.take() {
+            return Some(Ok(v));
+        }
+        loop {
+            let Some(item) = self.versions.next() else {
+                let held = self.held.take()?;
+                return Some(self.settle(held, false));
+            };
+            let v = match item.map_err(Error::from).and_then(|(stored, value)| {
+                let (user, revision) = decode_version(&stored)?;
+                Ok(Version {
+                    stored,
+                    value,
+                    user,
+                    revision,
+                    keep: true,
+                })
+            }) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(e)),
+            };
+            let held = self.held.take();
+            if v.revision > self.rev {
+                // Kept; and a held version of its key was the newest at
+                // or below `rev` (versions of a key ascend).
+                return Some(match held {
+                    None => Ok(v),
+                    Some(h) => {
+                        self.next = Some(v);
+                        self.settle(h, false)
+                    }
+                });
+            }
+            self.held = Some(v);
+            if let Some(h) = held {
+                let superseded = self.held.as_ref().is_some_and(|v| v.user == h.user);
+                return Some(self.settle(h, superseded));
+            }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,18 +1,19 @@
 //! `HashKV`: a checksum of the key-value history up to a revision, for
 //! telling whether replicas hold the same data (etcd's corruption check).
 //!
-//! The hash covers every stored version (puts and tombstones, key and
-//! record bytes) with revision at or below the one asked for, in storage
-//! order: replicas that applied the same entries, and the same compaction,
-//! hash equal; a replica whose bytes differ does not. As in etcd, two
-//! hashes are comparable only at the same revision and the same compaction
-//! revision (a replica that has applied a compaction no longer holds the
-//! versions it removed), which is why the answer carries both. The values
+//! The hash covers every version compaction keeps (puts and tombstones,
+//! key and record bytes) with revision at or below the one asked for, in
+//! storage order: replicas that applied the same entries, and the same
+//! compaction, hash equal however far each has swept the versions that
+//! compaction drops (`compact`); a replica whose bytes differ does not. As
+//! in etcd, two hashes are comparable only at the same revision and the
+//! same compaction revision, which is why the answer carries both. The values
 //! are Cairn's own (CRC-32 over Cairn's encoding), not etcd's.
 
-use cairn_storage::keys::{self, decode_version, KeyRange};
+use cairn_storage::keys::{self, KeyRange};
 use cairn_storage::Snapshot;
 
+use crate::compact::Kept;
 use crate::range::read_revision;
 use crate::{Result, Revisions};
 
@@ -59,12 +60,16 @@ pub fn hash_kv_ranges<'a>(
         let revision = read_revision(rev, revs)?;
         compacted = compacted.max(revs.compacted);
         let (lo, hi) = keys::version_range(&range.start, range.end_bound());
-        for item in read.scan(lo, hi, false) {
-            let (k, v) = item?;
-            let (_, r) = decode_version(&k)?;
-            if r <= revision {
-                hasher.update(&k);
-                hasher.update(&v);
+        let versions = read
+            .scan(lo, hi, false)
+            .map(|item| item.map(|(k, v)| (k, Some(v))));
+        // What compaction keeps, whether or not this replica's sweep has
+        // dropped the rest yet.
+        for v in Kept::new(versions, revs.compacted, read) {
+            let v = v?;
+            if v.keep && v.revision <= revision {
+                hasher.update(&v.stored);
+                hasher.update(v.value.as_deref().unwrap_or_default());
             }
         }
     }

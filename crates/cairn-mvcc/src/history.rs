@@ -171,4 +171,4 @@ fn key_of(e: &Event) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -30,7 +30,9 @@
 //!   key's life; a txn's writes all carry the txn's revision.
 //! - A transaction that changes nothing does not consume its revision.
 //! - Compaction at `c` keeps, for each key, the newest version `<= c` unless
-//!   it is a tombstone, and every version above `c`.
+//!   it is a tombstone below `c`, and every version above `c`. The versions
+//!   it drops may stay stored until a background [`sweep`] reaches them:
+//!   no read at or above `c` returns them, and [`hash_kv`] skips them.
 //! - Once the index is marked complete, it holds exactly one entry per
 //!   stored version: written in the version's batch, dropped in the batch
 //!   that drops the version.
@@ -50,7 +52,7 @@ mod test_rng;
 mod txn;
 mod validate;
 
-pub use compact::{compact, compact_range};
+pub use compact::{compact, compact_range, compacted, needs_whole_compaction, sweep};
 pub use error::{Error, Rejection, Result};
 pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};
 pub use history::history;

@@ -28,10 +28,14 @@ pub const AFTER_APPLY: &str = "raft-after-apply";
 pub const SNAPSHOT_BUILD: &str = "raft-snapshot-build";
 /// A received snapshot is about to replace the state (batch not written).
 pub const SNAPSHOT_INSTALL: &str = "raft-snapshot-install";
-/// A compaction's deletions are computed but not yet written.
+/// A compaction is applied, not yet written (it records its revision; the
+/// versions it drops go in background sweeps, `SWEEP_BEFORE_WRITE`).
 pub const COMPACT_BEFORE_APPLY: &str = "mvcc-compact-before-apply";
 /// A compaction is written; the compact request has not been answered.
 pub const COMPACT_AFTER_APPLY: &str = "mvcc-compact-after-apply";
+/// A step of a background sweep after a compaction has its deletions
+/// computed, not yet written.
+pub const SWEEP_BEFORE_WRITE: &str = "mvcc-sweep-before-write";
 
 /// The coordinator of a transaction across regions placed every lock and
 /// committed nothing (in `cairn-store`): its locks stay for whoever meets
@@ -51,6 +55,7 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_INSTALL,
     COMPACT_BEFORE_APPLY,
     COMPACT_AFTER_APPLY,
+    SWEEP_BEFORE_WRITE,
     TXN_AFTER_PREWRITE,
     TXN_AFTER_PRIMARY_COMMIT,
 ];

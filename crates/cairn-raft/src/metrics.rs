@@ -114,6 +114,16 @@ pub static SIDE_CLOSES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// Versions this member's background sweeps deleted after compactions
+/// (`state_machine::sweep`; etcd's `etcd_debugging_mvcc_db_compaction_keys_total`).
+pub static SWEPT_VERSIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "cairn_mvcc_compaction_swept_versions_total",
+        "Versions compactions dropped that this member's background sweeps deleted."
+    )
+    .expect("registered once")
+});
+
 /// Registers every instrument, so a scrape lists them (at zero) before
 /// their first event.
 pub fn register_all() {
@@ -127,6 +137,7 @@ pub fn register_all() {
     LazyLock::force(&CORRUPTION_HASHES_COMPARED);
     LazyLock::force(&PEER_BATCH_MESSAGES);
     LazyLock::force(&SIDE_CLOSES);
+    LazyLock::force(&SWEPT_VERSIONS);
 }
 
 /// Raft messages per batched call to a peer (`crate::peer_batch`): near 1

@@ -7,11 +7,13 @@
 //!
 //! Readers ([`RegionShared::read_view`], snapshot builds) get an engine
 //! view and revisions that match, and never wait for an entry to be
-//! applied. The apply task is the only writer of the region's MVCC
-//! keyspaces and of its record (`apply` and `install_snapshot` both run on
-//! it, one at a time), so it computes an entry — a compaction of the whole
-//! keyspace, a lease revoke — from the live engine and a copy of the record
-//! without any lock: the live engine still matches the published record.
+//! applied. The apply task is the only writer of the region's record and
+//! of every stored version a read may ask for (`apply` and
+//! `install_snapshot` both run on it, one at a time), so it computes an
+//! entry — a lease revoke, a range delete — from the live engine and a copy
+//! of the record without any lock: the live engine still matches the
+//! published record. (Beside it, the background sweep of a compaction,
+//! `sweep`, deletes only versions no read may ask for.)
 //! Only while the batch is written does the live engine run ahead of the
 //! record; for that span the task parks a view taken just before the write
 //! in the shared state and readers get that view instead. The new record
@@ -376,6 +378,10 @@ pub struct RegionShared {
     /// resolved revision only after every event at or below it. (So a side
     /// close does not wait for it: `try_lock`.)
     feed_order: parking_lot::Mutex<()>,
+    /// Where this replica's background sweep of compacted versions stands
+    /// (`sweep`; `None` until read from the engine). Held across a step
+    /// and across a snapshot install's write.
+    sweep: parking_lot::Mutex<Option<sweep::Swept>>,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -487,8 +493,12 @@ impl RegionShared {
     /// Marks this replica stopped for good (a merge absorbed its region)
     /// and tells its feed's subscribers to look at the regions again.
     pub fn retire(&self) {
+        // After any sweep step in progress (none starts once retired): the
+        // host forgets the region's records next.
+        let sweep = self.sweep.lock();
         self.retired
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(sweep);
         let resolved = self.resolved();
         self.publish(FeedBatch {
             events: Vec::new(),
@@ -565,6 +575,7 @@ impl RegionShared {
             retired: std::sync::atomic::AtomicBool::new(false),
             marks: std::sync::OnceLock::new(),
             feed_order: parking_lot::Mutex::new(()),
+            sweep: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -972,7 +983,9 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Compacts the region's history at `revision`. In one region of
+    /// Compacts the region's history at `revision`: records it (reads
+    /// below it are refused from now on); this replica's background sweep
+    /// drops the versions (`sweep`). In one region of
     /// several, a revision above the region's own moves it up — only if
     /// `settled` (proposed as `Command::InTerm` by a leader that first
     /// checked `revision` against the TSO and settled its writes there);
@@ -1021,7 +1034,19 @@ impl StateMachine {
             // to it, as by a closed timestamp.
             state.current_revision = revision;
         }
-        match cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range) {
+        // The compaction is its revision; a background sweep drops the
+        // versions (`sweep`). Only a store whose by-revision index is
+        // incomplete still compacts here, in one batch, completing it.
+        let compacted = match cairn_mvcc::needs_whole_compaction(engine, &share.range) {
+            Ok(true) => {
+                cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range)
+            }
+            Ok(false) => {
+                cairn_mvcc::compacted(revision, state.revisions()).map(|r| (WriteBatch::new(), r))
+            }
+            Err(e) => Err(e),
+        };
+        match compacted {
             Ok((batch, revs)) => {
                 fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
                 state.compacted_revision = revs.compacted;
@@ -1783,6 +1808,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .copied()
                 .collect()
         });
+        // The keys are replaced: a sweep starts again over them.
+        let mut sweep = self.shared.sweep.lock();
+        RegionShared::sweep_forget(&mut sweep, self.shared.region, &mut batch);
         let order = self.shared.feed_order.lock();
         self.shared
             .write_and_publish(batch, Durability::Sync, applied, || {})
@@ -1795,6 +1823,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             reset: true,
         });
         drop(order);
+        drop(sweep);
         if data {
             if let Some(tx) = &*self.shared.births.lock() {
                 for id in absorbed {
@@ -1824,6 +1853,7 @@ pub mod marks;
 mod merge;
 mod side_close;
 mod split;
+pub mod sweep;
 mod txn_locks;
 pub use merge::{Freeze, MergeState};
 pub use side_close::SideClose;

@@ -141,7 +141,7 @@ impl Kv for KvService {
         let current = self
             .ctx
             .node
-            .compact(req.revision, &access)
+            .compact(req.revision, req.physical, &access)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(CompactionResponse {

@@ -15,12 +15,12 @@ use crate::lease::{self, StoredLeases};
 use crate::test_rng::Rng;
 use crate::{apply_txn, compact, Revisions};
 
-const KEYS: &[&[u8]] = &[
+pub(crate) const KEYS: &[&[u8]] = &[
     b"", b"a", b"b", b"ba", b"b\0", b"c", b"d", b"e", b"f", b"\xff",
 ];
 const LEASE: i64 = 7;
 
-fn txn(ops: Vec<Request>) -> TxnRequest {
+pub(crate) fn txn(ops: Vec<Request>) -> TxnRequest {
     TxnRequest {
         success: ops
             .into_iter()
@@ -30,7 +30,7 @@ fn txn(ops: Vec<Request>) -> TxnRequest {
     }
 }
 
-fn put(key: &[u8], value: &[u8], lease: i64) -> Request {
+pub(crate) fn put(key: &[u8], value: &[u8], lease: i64) -> Request {
     Request::RequestPut(PutRequest {
         key: key.to_vec(),
         value: value.to_vec(),
@@ -40,7 +40,12 @@ fn put(key: &[u8], value: &[u8], lease: i64) -> Request {
 }
 
 /// Applies `req` at the next (sparse) revision and commits it.
-fn write(rng: &mut Rng, e: &MemoryEngine, revs: Revisions, req: TxnRequest) -> Revisions {
+pub(crate) fn write(
+    rng: &mut Rng,
+    e: &MemoryEngine,
+    revs: Revisions,
+    req: TxnRequest,
+) -> Revisions {
     let rev = revs.current + 1 + rng.below(3) as i64;
     let out = apply_txn(e, &req, rev, revs, &StoredLeases(e)).unwrap();
     e.write(out.batch, Durability::Buffered).unwrap();
@@ -50,7 +55,7 @@ fn write(rng: &mut Rng, e: &MemoryEngine, revs: Revisions, req: TxnRequest) -> R
 /// `rounds` random transactions on top of `revs`: puts (several per txn,
 /// so revisions tie), deletes, range deletes, puts on a lease and its
 /// revoke, sparse revisions and occasional compactions.
-fn random_history(
+pub(crate) fn random_history(
     rng: &mut Rng,
     e: &MemoryEngine,
     mut revs: Revisions,

@@ -70,10 +70,23 @@ impl Node {
     }
 
     /// Compacts history at `revision`; returns the current revision once
-    /// this replica has applied the compaction too (etcd's `physical`
-    /// compaction returns when the serving member's own store has it, so a
-    /// watch opened on it afterwards from below is told it is compacted).
-    pub async fn compact(&self, revision: i64, access: &Access) -> Result<i64> {
+    /// this replica has applied the compaction too (so a watch opened on
+    /// it afterwards from below is told it is compacted), and when
+    /// `physical` (etcd's flag) once this member's replicas have also
+    /// swept the versions it dropped (`compaction_sweeps`).
+    pub async fn compact(&self, revision: i64, physical: bool, access: &Access) -> Result<i64> {
+        let current = self.compact_logical(revision, access).await?;
+        if physical {
+            // The compaction is done; a failure here must not turn it into
+            // an error a retry would then meet as "compacted".
+            if let Err(e) = self.sweep_here().await {
+                tracing::warn!("compacted, but not yet swept here: {e}");
+            }
+        }
+        Ok(current)
+    }
+
+    async fn compact_logical(&self, revision: i64, access: &Access) -> Result<i64> {
         if self.several_regions() {
             return self.compact_across(revision, access).await;
         }

@@ -41,6 +41,7 @@
 
 mod background;
 mod closes;
+mod compaction_sweeps;
 mod forward;
 mod hibernate;
 mod kv;

@@ -206,6 +206,9 @@ impl Node {
         ));
         tokio::spawn(tso::colocate(Arc::downgrade(&node)));
         tokio::spawn(super::log_purge::bound_logs(Arc::downgrade(&node)));
+        tokio::spawn(super::compaction_sweeps::sweep_compactions(Arc::downgrade(
+            &node,
+        )));
         if !node.config.corrupt_check_interval.is_zero() {
             tokio::spawn(crate::corruption::check_every(
                 Arc::downgrade(&node),

@@ -11,7 +11,7 @@
 //! `CORRUPT` alarm: one raised on a healthy cluster would have stopped
 //! every write (and, for a real divergence, the other checkers say what
 //! diverged). With in-process members the run also counts the peer hashes
-//! compared, so a run whose check never compared anything shows it.
+//! compared, and one that compared none in ten check periods fails.
 
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ use crate::secured;
 
 /// How often each member runs the check, unless told otherwise.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// A run this many check periods long must have compared a hash.
+const COMPARES_WITHIN: u32 = 10;
 
 /// etcd's `AlarmType.CORRUPT`.
 const CORRUPT: i32 = 2;
@@ -38,6 +41,8 @@ pub struct Outcome {
     pub corrupt: Vec<u64>,
     /// Why the alarms could not be read, if no member answered.
     pub unread: Option<String>,
+    /// How long the run lasted.
+    pub ran: Duration,
 }
 
 impl Outcome {
@@ -58,10 +63,19 @@ impl Outcome {
     }
 
     /// A violation when a member was found corrupt, or the alarms could
-    /// not be read.
+    /// not be read, or (in-process) a run of at least [`COMPARES_WITHIN`]
+    /// check periods compared no hash at all: a check that never compares
+    /// proves nothing.
     pub fn check(&self) -> Result<(), String> {
         if let Some(e) = &self.unread {
             return Err(format!("no member listed its alarms: {e}"));
+        }
+        let long = !self.every.is_zero() && self.ran >= self.every * COMPARES_WITHIN;
+        if long && self.compared == Some(0) {
+            return Err(format!(
+                "the corruption check compared no hash in {:?} (every {:?})",
+                self.ran, self.every
+            ));
         }
         match &self.corrupt[..] {
             [] => Ok(()),
@@ -75,7 +89,12 @@ impl Outcome {
 
 /// The alarms at the end of a run, from the first member in `endpoints`
 /// that answers (every member applies them alike); `compared` as counted.
-pub async fn outcome(endpoints: &[String], every: Duration, compared: Option<u64>) -> Outcome {
+pub async fn outcome(
+    endpoints: &[String],
+    every: Duration,
+    compared: Option<u64>,
+    ran: Duration,
+) -> Outcome {
     let mut unread = None;
     for addr in endpoints {
         let ep = secured::endpoint(addr)
@@ -102,6 +121,7 @@ pub async fn outcome(endpoints: &[String], every: Duration, compared: Option<u64
                     compared,
                     corrupt,
                     unread: None,
+                    ran,
                 };
             }
             Err(e) => unread = Some(format!("{addr}: {e}")),
@@ -112,6 +132,7 @@ pub async fn outcome(endpoints: &[String], every: Duration, compared: Option<u64
         compared,
         corrupt: Vec::new(),
         unread,
+        ran,
     }
 }
 

@@ -433,7 +433,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         Target::InProcess(_) => Some(corruption::compared_here() - compared_before),
         Target::Process(_) => None,
     };
-    let corruption = corruption::outcome(&endpoints, cfg.corrupt_check_every, compared).await;
+    let corruption = corruption::outcome(
+        &endpoints,
+        cfg.corrupt_check_every,
+        compared,
+        epoch.elapsed(),
+    )
+    .await;
     // Beside the history, the members' logs (`<history>.logs/`).
     let logs_to = cfg.history.as_ref().map(|p| p.with_extension("logs"));
     target.shutdown(logs_to.as_deref()).await;

@@ -1,0 +1,343 @@
+//! A replica's background sweep of the versions its region's compaction
+//! dropped.
+//!
+//! A compaction applies as a record of its revision alone (reads below it
+//! are refused from that entry on, on every replica); the versions it drops
+//! go here, off the apply path, in steps of a bounded number of versions
+//! (`cairn_mvcc::sweep`), each one engine batch of deletions together with
+//! where the sweep stands. So applying a compaction costs a region with a
+//! million versions what it costs an empty one, and the writes after it
+//! wait for no scan. (etcd likewise schedules the deletions after the
+//! compaction's apply and runs them in batches.)
+//!
+//! Where the sweep stands ([`Swept`]) is this replica's own, kept beside
+//! its applied record and never replicated: replicas sweep on their own
+//! schedules, and `cairn_mvcc::hash_kv` hashes what compaction keeps, so a
+//! replica behind in its sweep still hashes like one ahead. A sweep covers
+//! the keys the region held when it began: a split leaves the parent's
+//! sweep standing over its smaller range (the child, with no record of its
+//! own, sweeps its keys once); a merge or a range moved under a sweep
+//! starts it again over the region's keys now. A snapshot installed here
+//! replaces the keys wholesale and forgets the record (the sender's keys
+//! may hold versions its sweep had not reached). A region frozen for a
+//! merge is not swept: its keys stay as they froze until the merge ends.
+//!
+//! Only the sweep deletes beside the apply task, and only versions at or
+//! below the compaction revision that no read may ask for; the apply task
+//! writes only versions above it, and reads only a key's newest, which no
+//! sweep drops while newer versions exist only above the compaction. A
+//! deletion computed from a view older than a snapshot installed meanwhile
+//! still names a version the installed history drops too (dropped at `c`
+//! means dropped at every compaction above `c`); the sweep's lock keeps
+//! its record from outliving the install.
+
+use serde::{Deserialize, Serialize};
+
+use cairn_storage::keys::Key;
+use cairn_storage::{Durability, WriteBatch};
+
+use super::{RegionKind, RegionShared};
+use crate::codec::{decode, encode};
+use crate::types::RegionRange;
+
+/// How many versions a step reads: a few milliseconds of work, so an
+/// install waiting for a step waits no longer than that.
+pub const STEP_VERSIONS: usize = 4096;
+
+/// Where a replica's sweep stands (see the module essay).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Swept {
+    /// The compaction revision swept at (0: none yet).
+    revision: i64,
+    /// The keys the sweep covers: first, and past the last (empty: to the
+    /// end).
+    start: Vec<u8>,
+    end: Vec<u8>,
+    /// Where the next step starts (an encoded version key; `None`: at
+    /// `start`), unless `done`.
+    from: Option<Vec<u8>>,
+    /// Every version in the range that compaction at `revision` drops is
+    /// gone.
+    done: bool,
+}
+
+impl Swept {
+    /// True when a sweep at `revision` over `range` has nothing left.
+    fn covers(&self, revision: i64, range: &RegionRange) -> bool {
+        let starts = self.start <= range.start;
+        let ends = self.end.is_empty() || (!range.end.is_empty() && range.end <= self.end);
+        self.done && self.revision == revision && starts && ends
+    }
+
+    /// The sweep to go on with for a compaction at `revision` of `range`:
+    /// this one, or a new one from the range's start.
+    fn towards(&self, revision: i64, range: &RegionRange) -> Swept {
+        let same = self.revision == revision && self.start == range.start && self.end == range.end;
+        if same && !self.done {
+            return self.clone();
+        }
+        Swept {
+            revision,
+            start: range.start.clone(),
+            end: range.end.clone(),
+            from: None,
+            done: false,
+        }
+    }
+}
+
+/// The key of region `region`'s sweep record (beside its applied record).
+pub(super) fn swept_key(region: u64) -> Vec<u8> {
+    Key::ApplyState {
+        region,
+        tag: b"swept",
+    }
+    .encode()
+}
+
+impl RegionShared {
+    /// True while this replica holds versions its region's compaction
+    /// dropped and has not swept yet.
+    pub fn sweep_due(&self) -> crate::Result<bool> {
+        let Some(mut sweep) = self.sweep.try_lock() else {
+            // A step is running.
+            return Ok(true);
+        };
+        Ok(self.sweep_plan(&mut sweep)?.is_some())
+    }
+
+    /// One step of the sweep (at most [`STEP_VERSIONS`] versions read, one
+    /// engine batch written); true while more is due. Blocking: engine
+    /// reads and a write.
+    pub fn sweep_step(&self) -> crate::Result<bool> {
+        let mut sweep = self.sweep.lock();
+        let Some((plan, view, range)) = self.sweep_plan(&mut sweep)? else {
+            return Ok(false);
+        };
+        let (mut batch, next): (WriteBatch, _) = cairn_mvcc::sweep(
+            &*view,
+            plan.revision,
+            &range.keys(),
+            plan.from.as_deref(),
+            STEP_VERSIONS,
+        )?;
+        let swept = Swept {
+            done: next.is_none(),
+            from: next,
+            ..plan
+        };
+        // Two deletions per version: it, and its index entry.
+        let dropped = batch.len() / 2;
+        batch.put(swept_key(self.region), encode(&swept)?);
+        fail::fail_point!(crate::failpoints::SWEEP_BEFORE_WRITE);
+        self.engine.write(batch, Durability::Buffered)?;
+        crate::metrics::SWEPT_VERSIONS.inc_by(dropped as u64);
+        let more = !swept.done;
+        *sweep = Some(swept);
+        Ok(more)
+    }
+
+    /// The sweep due now, with the view and range to step it on; `None`
+    /// when there is none (swept, never compacted, frozen for a merge,
+    /// retired, or the meta region). Loads the record on first use.
+    #[allow(clippy::type_complexity)]
+    fn sweep_plan(
+        &self,
+        sweep: &mut Option<Swept>,
+    ) -> crate::Result<
+        Option<(
+            Swept,
+            std::sync::Arc<dyn cairn_storage::Snapshot>,
+            RegionRange,
+        )>,
+    > {
+        if self.kind != RegionKind::Data || self.is_retired() {
+            return Ok(None);
+        }
+        let (view, compacted, range, frozen) = {
+            let g = self.state.read();
+            let a = &g.applied;
+            (
+                self.view(&g),
+                a.compacted_revision,
+                a.range.clone(),
+                a.merge.frozen.is_some(),
+            )
+        };
+        if compacted == 0 || frozen {
+            return Ok(None);
+        }
+        let stood = match sweep {
+            Some(s) => s,
+            None => sweep.insert(match self.engine.get(&swept_key(self.region))? {
+                Some(b) => decode(&b)?,
+                None => Swept::default(),
+            }),
+        };
+        if stood.covers(compacted, &range) {
+            return Ok(None);
+        }
+        Ok(Some((stood.towards(compacted, &range), view, range)))
+    }
+
+    /// Forgets where the sweep stood, as a snapshot install replaces the
+    /// keys: the record's deletion goes in the install's `batch`, written
+    /// with the sweep's lock (`sweep`) held.
+    pub(super) fn sweep_forget(sweep: &mut Option<Swept>, region: u64, batch: &mut WriteBatch) {
+        batch.delete(swept_key(region));
+        *sweep = Some(Swept::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cairn_storage::{Engine, MemoryEngine};
+
+    use super::super::tests::{block_on, entry, puts, region};
+    use super::super::StateMachine;
+    use super::*;
+    use crate::types::{Command, Reply};
+    use openraft::storage::RaftStateMachine;
+
+    /// Whether the version of `key` at `revision` is stored.
+    fn stored(engine: &dyn Engine, key: &[u8], revision: i64) -> bool {
+        engine
+            .get(&Key::MvccVersion { key, revision }.encode())
+            .unwrap()
+            .is_some()
+    }
+
+    /// A region over `engine` with `keys` keys written twice (revisions
+    /// 2 and 3), then compacted at 3 (entry 3).
+    fn compacted_twice_written(engine: Arc<dyn Engine>, keys: usize) -> Arc<RegionShared> {
+        let (shared, dir) = region(engine);
+        std::mem::forget(dir);
+        let mut sm = StateMachine::new(shared.clone());
+        let kvs = |v: &str| {
+            (0..keys)
+                .map(|i| (format!("k{i:05}").into_bytes(), v.as_bytes().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let replies = block_on(sm.apply(vec![
+            entry(1, puts(2, kvs("one"))),
+            entry(2, puts(3, kvs("two"))),
+            entry(3, Command::Compact { revision: 3 }),
+        ]))
+        .unwrap();
+        assert_eq!(replies[2], Reply::Compacted { current: 3 });
+        shared
+    }
+
+    #[test]
+    fn a_compaction_drops_nothing_where_it_applies_and_its_sweep_drops_what_it_compacted() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let shared = compacted_twice_written(engine.clone(), 10);
+        assert_eq!(shared.revisions().compacted, 3);
+        assert!(stored(&*engine, b"k00000", 2), "the apply dropped nothing");
+        assert!(shared.sweep_due().unwrap());
+        assert!(!shared.sweep_step().unwrap(), "ten keys: one step");
+        assert!(!stored(&*engine, b"k00000", 2), "swept");
+        assert!(stored(&*engine, b"k00000", 3), "the newest stays");
+        assert!(!shared.sweep_due().unwrap());
+        // A replica started again over the same engine knows it swept.
+        let again = region(engine).0;
+        assert!(!again.sweep_due().unwrap());
+    }
+
+    #[test]
+    fn a_sweep_goes_on_after_a_restart_where_it_stood() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        // Twice a step's versions and more.
+        let shared = compacted_twice_written(engine.clone(), STEP_VERSIONS + 100);
+        assert!(shared.sweep_step().unwrap(), "more than one step");
+        let first = (0..STEP_VERSIONS + 100)
+            .filter(|i| !stored(&*engine, format!("k{i:05}").as_bytes(), 2))
+            .count();
+        assert!(first > 0 && first < STEP_VERSIONS + 100, "{first} swept");
+        let again = region(engine.clone()).0;
+        assert!(again.sweep_due().unwrap());
+        while again.sweep_step().unwrap() {}
+        for i in 0..STEP_VERSIONS + 100 {
+            let key = format!("k{i:05}");
+            assert!(!stored(&*engine, key.as_bytes(), 2), "{key} at 2");
+            assert!(stored(&*engine, key.as_bytes(), 3), "{key} at 3");
+        }
+    }
+
+    #[test]
+    fn a_snapshot_installed_over_a_swept_replica_is_swept_again() {
+        let here: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let shared = compacted_twice_written(here.clone(), 10);
+        while shared.sweep_step().unwrap() {}
+        assert!(!stored(&*here, b"k00000", 2));
+        // A sender that has not swept: its snapshot carries the versions.
+        let there = compacted_twice_written(Arc::new(MemoryEngine::new()), 10);
+        let snapshot = block_on(StateMachine::new(there).get_current_snapshot())
+            .unwrap()
+            .unwrap();
+        let mut sm = StateMachine::new(shared.clone());
+        block_on(sm.install_snapshot(&snapshot.meta, snapshot.snapshot)).unwrap();
+        assert!(stored(&*here, b"k00000", 2), "installed unswept");
+        assert!(shared.sweep_due().unwrap());
+        while shared.sweep_step().unwrap() {}
+        assert!(!stored(&*here, b"k00000", 2));
+        assert!(stored(&*here, b"k00000", 3));
+    }
+
+    fn range(start: &str, end: &str) -> RegionRange {
+        RegionRange {
+            start: start.into(),
+            end: end.into(),
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn a_finished_sweep_covers_the_smaller_range_a_split_leaves() {
+        let done = Swept {
+            revision: 7,
+            start: b"b".to_vec(),
+            end: Vec::new(),
+            from: None,
+            done: true,
+        };
+        assert!(done.covers(7, &range("b", "")));
+        assert!(done.covers(7, &range("b", "m")), "the parent after a split");
+        assert!(
+            done.covers(7, &range("m", "")),
+            "the child's keys were swept too"
+        );
+        assert!(!done.covers(8, &range("b", "")), "a newer compaction");
+        assert!(!done.covers(7, &range("a", "")), "a merge brought keys");
+        let bounded = Swept {
+            end: b"m".to_vec(),
+            ..done.clone()
+        };
+        assert!(!bounded.covers(7, &range("b", "")), "a merge brought keys");
+        assert!(bounded.covers(7, &range("c", "k")));
+        let going = Swept {
+            done: false,
+            from: Some(b"x".to_vec()),
+            ..done
+        };
+        assert!(!going.covers(7, &range("b", "")));
+    }
+
+    #[test]
+    fn a_sweep_goes_on_where_it_stood_only_over_the_same_compaction_and_keys() {
+        let going = Swept {
+            revision: 7,
+            start: b"b".to_vec(),
+            end: Vec::new(),
+            from: Some(b"x".to_vec()),
+            done: false,
+        };
+        assert_eq!(going.towards(7, &range("b", "")), going);
+        let fresh = going.towards(9, &range("b", ""));
+        assert_eq!((fresh.revision, fresh.from, fresh.done), (9, None, false));
+        let moved = going.towards(7, &range("b", "m"));
+        assert_eq!((moved.end, moved.from), (b"m".to_vec(), None));
+    }
+}

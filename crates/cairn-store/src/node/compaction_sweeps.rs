@@ -1,0 +1,83 @@
+//! Sweeping what compactions dropped, in the background.
+//!
+//! A compaction applies as its revision alone; each replica then deletes
+//! the versions it dropped in steps of a few thousand versions
+//! (`cairn_raft::state_machine::sweep`, which says why that is safe beside
+//! the apply task). This loop runs the steps of every region hosted here,
+//! one region at a time, on the blocking pool, with a pause after each step
+//! so a sweep of a large region takes a share of the machine rather than
+//! all of it: the apply tasks and reads of every region go on meanwhile.
+//! (etcd likewise sleeps between compaction batches,
+//! `--experimental-compaction-sleep-interval`.) Nothing here touches Raft,
+//! so a sweep never wakes a sleeping region.
+//!
+//! A `physical` compaction (etcd's flag: answer once the compaction is
+//! physically applied to the serving member's store) sweeps each region's
+//! replica here itself, after the replica has applied the compaction, and
+//! answers after that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_raft::RegionShared;
+
+use crate::error::Result;
+use crate::node::Node;
+
+/// How often the loop looks for a region with a sweep due.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// The pause after each step of a background sweep.
+const STEP_PAUSE: Duration = Duration::from_millis(5);
+
+/// Runs every sweep due on this node's replicas until the node stops.
+pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(LOOK_EVERY).await;
+        let Some(n) = node.upgrade() else { return };
+        let regions = n.regions.all();
+        drop(n);
+        for r in regions {
+            match r.shared.sweep_due() {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(e) = sweep(&r.shared, STEP_PAUSE).await {
+                        tracing::warn!(region = r.id, "sweeping a compaction: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(region = r.id, "sweeping a compaction: {e}"),
+            }
+        }
+    }
+}
+
+/// Steps `shared`'s sweep until none is due, pausing `pause` after each.
+async fn sweep(shared: &Arc<RegionShared>, pause: Duration) -> Result<()> {
+    loop {
+        let s = shared.clone();
+        let more = tokio::task::spawn_blocking(move || s.sweep_step())
+            .await
+            .map_err(|e| crate::Error::Internal(format!("sweep step: {e}")))??;
+        if !more {
+            return Ok(());
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+impl Node {
+    /// Sweeps every region's replica here (a `physical` compaction's
+    /// wait), each once it has applied what was acknowledged before.
+    pub(super) async fn sweep_here(&self) -> Result<()> {
+        for r in self.regions.all() {
+            if r.shared.kind != cairn_raft::RegionKind::Data {
+                continue;
+            }
+            self.caught_up(r.id).await?;
+            sweep(&r.shared, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! A compaction applies as its revision; each member sweeps the versions
+//! it dropped in the background (`cairn_raft::state_machine::sweep`,
+//! `cairn_store::node::compaction_sweeps`). End to end, on a cluster split
+//! in two regions: a physical compaction answers once the serving member
+//! has swept every region; the others sweep on their own; members hash
+//! alike before, during and after their sweeps; reads below the
+//! compaction are refused and at it see the same values.
+
+use std::time::{Duration, Instant};
+
+use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, HashKvRequest, RangeRequest};
+use cairn_storage::keys::{decode_version, version_range};
+use cairn_store::DATA_REGION;
+use cairn_testkit::{kv, secured, InProcessCluster};
+
+/// The stored versions (key, revision) of every region on `member`.
+fn versions(c: &InProcessCluster, member: usize) -> Vec<(Vec<u8>, i64)> {
+    let node = c.node(member);
+    let mut out = Vec::new();
+    for (r, _, _) in node.regions_overlapping(b"", None) {
+        let (view, _) = r.shared.read_view();
+        let (lo, hi) = version_range(b"", None);
+        for item in view.scan_keys(lo, hi) {
+            out.push(decode_version(&item.unwrap()).unwrap());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every member's HashKV at `revision`.
+async fn hashes(c: &InProcessCluster, revision: i64) -> Vec<(u32, i64)> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        let mut m = MaintenanceClient::new(secured::channel(&c.nodes[i].client_addr));
+        let h = m
+            .hash_kv(HashKvRequest { revision })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push((h.hash, h.compact_revision));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    kv::put(&mut client, "a", "0").await.unwrap();
+    kv::put(&mut client, "z", "0").await.unwrap();
+    c.split_at("m").await;
+    // Both regions: keys written many times, and one put then deleted.
+    for round in 1..=30 {
+        for key in ["a", "b", "y", "z"] {
+            kv::put(&mut client, key, &format!("{round}"))
+                .await
+                .unwrap();
+        }
+    }
+    for key in ["b", "y"] {
+        client
+            .delete_range(DeleteRangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let at = kv::put(&mut client, "a", "last").await.unwrap();
+    let before = hashes(&c, at).await;
+    assert!(before.windows(2).all(|w| w[0] == w[1]), "{before:?}");
+    assert!(versions(&c, 0).len() > 100);
+
+    // Not physical: answered once applied; the sweeps come after.
+    client
+        .compact(CompactionRequest {
+            revision: at - 1,
+            physical: false,
+        })
+        .await
+        .unwrap();
+    // Whoever has swept how far, members hash alike at the compaction.
+    let during = hashes(&c, at).await;
+    assert!(during.windows(2).all(|w| w[0] == w[1]), "{during:?}");
+    // Physical: member 0 answers once its own replicas have swept.
+    client
+        .compact(CompactionRequest {
+            revision: at,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    let want: Vec<(Vec<u8>, i64)> = ["a", "z"]
+        .iter()
+        .map(|k| {
+            let found = versions(&c, 0);
+            let rev = found
+                .iter()
+                .filter(|(u, _)| u == k.as_bytes())
+                .map(|(_, r)| *r)
+                .max();
+            (k.as_bytes().to_vec(), rev.unwrap())
+        })
+        .collect();
+    assert_eq!(versions(&c, 0), want, "member 0 swept before answering");
+    // The other members sweep in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for member in 1..3 {
+        while versions(&c, member) != want {
+            assert!(Instant::now() < deadline, "member {member} never swept");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let after = hashes(&c, at).await;
+    assert!(after.windows(2).all(|w| w[0] == w[1]), "{after:?}");
+    assert_eq!(after[0].1, at);
+    // Reads: below the compaction refused, at it the same values.
+    let read = |revision| RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        revision,
+        ..Default::default()
+    };
+    let refused = client.range(read(at - 1)).await.unwrap_err();
+    assert!(refused.message().contains("compacted"), "{refused:?}");
+    let kvs = client.range(read(at)).await.unwrap().into_inner().kvs;
+    let got: Vec<(&[u8], &[u8])> = kvs.iter().map(|kv| (&kv.key[..], &kv.value[..])).collect();
+    assert_eq!(got, vec![(&b"a"[..], &b"last"[..]), (b"z", b"30")]);
+    c.shutdown().await;
+}
