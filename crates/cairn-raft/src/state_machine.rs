@@ -718,8 +718,9 @@ impl RegionShared {
         next: Applied,
         after_write: impl FnOnce(),
     ) -> crate::Result<()> {
-        // Nothing else writes this region's state, so a view taken now
-        // matches the published record.
+        // Nothing else writes what the published record describes (a
+        // sweep deletes only versions no read may ask for), so a view
+        // taken now matches it.
         let before = self.engine.snapshot();
         self.state.write().before_write = Some(before);
         let started = std::time::Instant::now();

@@ -35,7 +35,7 @@ pub fn export_with<W: Write + Seek>(
     for (name, entries) in extra {
         w.bucket(name, entries.into_iter().map(Ok))?;
     }
-    w.bucket(KEY, versions(view, revs.current)?)?;
+    w.bucket(KEY, versions(view, revs)?)?;
     let mut leases = lease::list(view)?;
     // Bucket order is byte order: a negative ID's big-endian bytes sort
     // after every positive one's.
@@ -66,10 +66,13 @@ pub fn export_with<W: Write + Seek>(
 /// Entries of a bucket being written.
 type Entries<'a> = Box<dyn Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
 
-/// Every stored version at or below `up_to` as `key` bucket entries, in
-/// revision order: from the by-revision index when it is complete, else
-/// from a sort of every such version's (revision, key).
-fn versions(view: &dyn Snapshot, up_to: i64) -> Result<Entries<'_>> {
+/// Every version at or below `revs.current` that the compaction keeps as
+/// `key` bucket entries, in revision order: from the by-revision index
+/// when it is complete, else from a sort of every such version's
+/// (revision, key). (A version the compaction dropped may still be stored,
+/// its sweep not done: left out, as etcd's own file would not hold it.)
+fn versions(view: &dyn Snapshot, revs: Revisions) -> Result<Entries<'_>> {
+    let up_to = revs.current;
     let order: Box<dyn Iterator<Item = Result<(i64, Vec<u8>)>>> =
         if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
             let (lo, hi) = keys::by_revision_range(0, up_to.max(0));
@@ -91,6 +94,13 @@ fn versions(view: &dyn Snapshot, up_to: i64) -> Result<Entries<'_>> {
             all.sort();
             Box::new(all.into_iter().map(Ok))
         };
+    let order = order.filter(move |item| match item {
+        Ok((rev, key)) => !matches!(
+            crate::compact::dropped(view, key, *rev, revs.compacted),
+            Ok(true)
+        ),
+        Err(_) => true,
+    });
     let mut last_main = None;
     let mut sub = 0i64;
     Ok(Box::new(order.map(move |item| {

@@ -13,23 +13,33 @@
 //! Where the sweep stands ([`Swept`]) is this replica's own, kept beside
 //! its applied record and never replicated: replicas sweep on their own
 //! schedules, and `cairn_mvcc::hash_kv` hashes what compaction keeps, so a
-//! replica behind in its sweep still hashes like one ahead. A sweep covers
-//! the keys the region held when it began: a split leaves the parent's
-//! sweep standing over its smaller range (the child, with no record of its
-//! own, sweeps its keys once); a merge or a range moved under a sweep
-//! starts it again over the region's keys now. A snapshot installed here
-//! replaces the keys wholesale and forgets the record (the sender's keys
-//! may hold versions its sweep had not reached). A region frozen for a
-//! merge is not swept: its keys stay as they froze until the merge ends.
+//! replica behind in its sweep still hashes like one ahead, and a backup
+//! (`cairn_mvcc::snapshot::export`) leaves out what compaction dropped. A
+//! sweep is done for the keys the region held when it ran: once the range
+//! changes (a split, a merge) it runs again over the region's keys now — a
+//! child, with no record of its own, sweeps its keys once. A snapshot
+//! installed here replaces the keys wholesale and forgets the record (the
+//! sender's keys may hold versions its sweep had not reached); the
+//! sweep's lock, held across a step and across the install's write, keeps
+//! the two apart. A region frozen for a merge is not swept (a step planned
+//! just before the freeze may still write after it: it drops only what
+//! the target, compacted at least as far, drops too).
 //!
 //! Only the sweep deletes beside the apply task, and only versions at or
-//! below the compaction revision that no read may ask for; the apply task
-//! writes only versions above it, and reads only a key's newest, which no
-//! sweep drops while newer versions exist only above the compaction. A
-//! deletion computed from a view older than a snapshot installed meanwhile
-//! still names a version the installed history drops too (dropped at `c`
-//! means dropped at every compaction above `c`); the sweep's lock keeps
-//! its record from outliving the install.
+//! below the compaction revision that no read may ask for. Once a
+//! compaction is applied nothing commits at or below it (a compaction
+//! above the resolved revision waits for every lock), so the apply task
+//! writes only versions above it, and a key's newest version, the only
+//! one it reads, is never one a sweep drops. A deletion computed from a
+//! view older than another region's snapshot installed meanwhile still
+//! names a version the installed history drops too (dropped at `c` means
+//! dropped at every compaction above `c`).
+//!
+//! A snapshot sent from here carries the versions not yet swept. A member
+//! of a version before sweeps that installs it hashes them (its HashKV
+//! hashes every stored version) until its next compaction: during a
+//! rolling upgrade from such a version, keep the periodic corruption check
+//! off (docs/operations.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +59,7 @@ pub const STEP_VERSIONS: usize = 4096;
 pub struct Swept {
     /// The compaction revision swept at (0: none yet).
     revision: i64,
-    /// The keys the sweep covers: first, and past the last (empty: to the
+    /// The keys of the sweep: first, and past the last (empty: to the
     /// end).
     start: Vec<u8>,
     end: Vec<u8>,
@@ -62,11 +72,12 @@ pub struct Swept {
 }
 
 impl Swept {
-    /// True when a sweep at `revision` over `range` has nothing left.
+    /// True when a sweep at `revision` over exactly `range` has nothing
+    /// left. (Exactly: keys that came into a wider range swept earlier —
+    /// a child's snapshot installed here, merged back — may hold versions
+    /// no sweep reached.)
     fn covers(&self, revision: i64, range: &RegionRange) -> bool {
-        let starts = self.start <= range.start;
-        let ends = self.end.is_empty() || (!range.end.is_empty() && range.end <= self.end);
-        self.done && self.revision == revision && starts && ends
+        self.done && self.revision == revision && self.start == range.start && self.end == range.end
     }
 
     /// The sweep to go on with for a compaction at `revision` of `range`:
@@ -97,7 +108,8 @@ pub(super) fn swept_key(region: u64) -> Vec<u8> {
 
 impl RegionShared {
     /// True while this replica holds versions its region's compaction
-    /// dropped and has not swept yet.
+    /// dropped and has not swept yet. (Reads the record from the engine
+    /// once; after that, memory only.)
     pub fn sweep_due(&self) -> crate::Result<bool> {
         let Some(mut sweep) = self.sweep.try_lock() else {
             // A step is running.
@@ -111,9 +123,13 @@ impl RegionShared {
     /// reads and a write.
     pub fn sweep_step(&self) -> crate::Result<bool> {
         let mut sweep = self.sweep.lock();
-        let Some((plan, view, range)) = self.sweep_plan(&mut sweep)? else {
+        let Some((plan, range)) = self.sweep_plan(&mut sweep)? else {
             return Ok(false);
         };
+        // Taken after the compaction revision was read, so it holds that
+        // compaction (a later one only drops more); no install replaces
+        // the keys before the step is written (it waits for `sweep`).
+        let view = self.engine.snapshot();
         let (mut batch, next): (WriteBatch, _) = cairn_mvcc::sweep(
             &*view,
             plan.revision,
@@ -137,36 +153,21 @@ impl RegionShared {
         Ok(more)
     }
 
-    /// The sweep due now, with the view and range to step it on; `None`
-    /// when there is none (swept, never compacted, frozen for a merge,
-    /// retired, or the meta region). Loads the record on first use.
-    #[allow(clippy::type_complexity)]
-    fn sweep_plan(
-        &self,
-        sweep: &mut Option<Swept>,
-    ) -> crate::Result<
-        Option<(
-            Swept,
-            std::sync::Arc<dyn cairn_storage::Snapshot>,
-            RegionRange,
-        )>,
-    > {
+    /// The sweep due now, and the range to step it over; `None` when
+    /// there is none (swept, never compacted, frozen for a merge, retired,
+    /// or the meta region). Loads the record on first use.
+    fn sweep_plan(&self, sweep: &mut Option<Swept>) -> crate::Result<Option<(Swept, RegionRange)>> {
         if self.kind != RegionKind::Data || self.is_retired() {
             return Ok(None);
         }
-        let (view, compacted, range, frozen) = {
+        let (compacted, range) = {
             let g = self.state.read();
             let a = &g.applied;
-            (
-                self.view(&g),
-                a.compacted_revision,
-                a.range.clone(),
-                a.merge.frozen.is_some(),
-            )
+            if a.compacted_revision == 0 || a.merge.frozen.is_some() {
+                return Ok(None);
+            }
+            (a.compacted_revision, a.range.clone())
         };
-        if compacted == 0 || frozen {
-            return Ok(None);
-        }
         let stood = match sweep {
             Some(s) => s,
             None => sweep.insert(match self.engine.get(&swept_key(self.region))? {
@@ -177,7 +178,7 @@ impl RegionShared {
         if stood.covers(compacted, &range) {
             return Ok(None);
         }
-        Ok(Some((stood.towards(compacted, &range), view, range)))
+        Ok(Some((stood.towards(compacted, &range), range)))
     }
 
     /// Forgets where the sweep stood, as a snapshot install replaces the
@@ -295,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_sweep_covers_the_smaller_range_a_split_leaves() {
+    fn a_finished_sweep_covers_only_the_range_it_swept() {
         let done = Swept {
             revision: 7,
             start: b"b".to_vec(),
@@ -304,19 +305,14 @@ mod tests {
             done: true,
         };
         assert!(done.covers(7, &range("b", "")));
-        assert!(done.covers(7, &range("b", "m")), "the parent after a split");
-        assert!(
-            done.covers(7, &range("m", "")),
-            "the child's keys were swept too"
-        );
         assert!(!done.covers(8, &range("b", "")), "a newer compaction");
         assert!(!done.covers(7, &range("a", "")), "a merge brought keys");
-        let bounded = Swept {
-            end: b"m".to_vec(),
-            ..done.clone()
-        };
-        assert!(!bounded.covers(7, &range("b", "")), "a merge brought keys");
-        assert!(bounded.covers(7, &range("c", "k")));
+        // Keys a child's snapshot brought while it was split off may be
+        // unswept: a range that changed is swept again.
+        assert!(
+            !done.covers(7, &range("b", "m")),
+            "the parent after a split"
+        );
         let going = Swept {
             done: false,
             from: Some(b"x".to_vec()),

@@ -8,13 +8,16 @@
 //! so a sweep of a large region takes a share of the machine rather than
 //! all of it: the apply tasks and reads of every region go on meanwhile.
 //! (etcd likewise sleeps between compaction batches,
-//! `--experimental-compaction-sleep-interval`.) Nothing here touches Raft,
-//! so a sweep never wakes a sleeping region.
+//! `--experimental-compaction-sleep-interval`.) A background sweep writes
+//! no Raft entry, so it never wakes a sleeping region.
 //!
 //! A `physical` compaction (etcd's flag: answer once the compaction is
 //! physically applied to the serving member's store) sweeps each region's
-//! replica here itself, after the replica has applied the compaction, and
-//! answers after that.
+//! replica here itself, once the replica has applied what was
+//! acknowledged before (a read index, which does wake a sleeping region),
+//! and answers after that. A defragmentation sweeps what every replica
+//! here has applied first, so the space compactions dropped is there for
+//! it to reclaim.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +40,15 @@ pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
         let Some(n) = node.upgrade() else { return };
         let regions = n.regions.all();
         drop(n);
+        let stopped = || node.upgrade().is_none_or(|n| n.is_stopped());
         for r in regions {
+            if stopped() {
+                return;
+            }
             match r.shared.sweep_due() {
                 Ok(false) => {}
                 Ok(true) => {
-                    if let Err(e) = sweep(&r.shared, STEP_PAUSE).await {
+                    if let Err(e) = sweep(&r.shared, STEP_PAUSE, &stopped).await {
                         tracing::warn!(region = r.id, "sweeping a compaction: {e}");
                     }
                 }
@@ -51,9 +58,18 @@ pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
     }
 }
 
-/// Steps `shared`'s sweep until none is due, pausing `pause` after each.
-async fn sweep(shared: &Arc<RegionShared>, pause: Duration) -> Result<()> {
+/// Steps `shared`'s sweep until none is due, pausing `pause` after each;
+/// stops early once `stopped` (the node is shutting down, and a step
+/// holds its engine).
+async fn sweep(
+    shared: &Arc<RegionShared>,
+    pause: Duration,
+    stopped: &(dyn Fn() -> bool + Sync),
+) -> Result<()> {
     loop {
+        if stopped() {
+            return Ok(());
+        }
         let s = shared.clone();
         let more = tokio::task::spawn_blocking(move || s.sweep_step())
             .await
@@ -76,7 +92,16 @@ impl Node {
                 continue;
             }
             self.caught_up(r.id).await?;
-            sweep(&r.shared, Duration::ZERO).await?;
+            sweep(&r.shared, Duration::ZERO, &|| self.is_stopped()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sweeps what every replica here has applied of compactions (before a
+    /// defragmentation: the space they dropped is then there to reclaim).
+    pub(super) async fn sweep_applied(&self) -> Result<()> {
+        for r in self.regions.all() {
+            sweep(&r.shared, Duration::ZERO, &|| self.is_stopped()).await?;
         }
         Ok(())
     }

@@ -223,6 +223,9 @@ impl Node {
     /// Rewrites this node's store compactly (etcd's defragment); reads and
     /// writes go on meanwhile. Returns when done.
     pub async fn defragment(&self) -> Result<()> {
+        // What compactions applied here dropped goes first, so the space
+        // is there to reclaim (`compaction_sweeps`).
+        self.sweep_applied().await?;
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || engine.defragment())
             .await
