@@ -12,8 +12,8 @@
 #
 # Env: CAIRN (required; also runs the benchmark), OLD (a second Cairn
 # binary, e.g. the one before a change), KEYS (1000), VERSIONS (300000),
-# TOTAL (60000), CLIENTS (50), ROUNDS (2), RESULTS (JSON lines; default
-# target/bench/compaction-DATE.jsonl).
+# TOTAL (60000), CLIENTS (50), ROUNDS (2), ETCD (0: leave etcd out),
+# RESULTS (JSON lines; default target/bench/compaction-DATE.jsonl).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 : "${CAIRN:?set CAIRN to a cairn binary}"
@@ -24,7 +24,8 @@ mkdir -p "$(dirname "$RESULTS")"
 # shellcheck source=bench/cluster.sh
 source "$ROOT/bench/cluster.sh"
 BENCH=$CAIRN
-SYSTEMS=(etcd cairn); [ -n "${OLD:-}" ] && SYSTEMS=(etcd old cairn)
+SYSTEMS=(cairn); [ -n "${OLD:-}" ] && SYSTEMS=(old cairn)
+[ "${ETCD:-1}" = 0 ] || SYSTEMS=(etcd "${SYSTEMS[@]}")
 SHAPE="--key-size 8 --val-size 64 --key-space-size $KEYS"
 
 run() {

@@ -5,9 +5,10 @@
 //! (`cairn_raft::state_machine::sweep`, which says why that is safe beside
 //! the apply task). This loop runs the steps of every region hosted here,
 //! one region at a time, on the blocking pool, with a pause after each step
-//! so a sweep of a large region takes a share of the machine rather than
-//! all of it: the apply tasks and reads of every region go on meanwhile.
-//! (etcd likewise sleeps between compaction batches,
+//! [`PAUSE_PER_STEP`] times as long as the step took (at least
+//! [`MIN_PAUSE`]), so a sweep takes at most a quarter of one core rather
+//! than all of it: the apply tasks and reads of every region go on
+//! meanwhile. (etcd likewise sleeps between compaction batches,
 //! `--experimental-compaction-sleep-interval`.) A background sweep writes
 //! no Raft entry, so it never wakes a sleeping region.
 //!
@@ -30,8 +31,12 @@ use crate::node::Node;
 /// How often the loop looks for a region with a sweep due.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 
-/// The pause after each step of a background sweep.
-const STEP_PAUSE: Duration = Duration::from_millis(5);
+/// The pause after each step of a background sweep, as a multiple of the
+/// time the step took.
+const PAUSE_PER_STEP: u32 = 3;
+
+/// The shortest pause after a step.
+const MIN_PAUSE: Duration = Duration::from_millis(5);
 
 /// Runs every sweep due on this node's replicas until the node stops.
 pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
@@ -48,7 +53,7 @@ pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
             match r.shared.sweep_due() {
                 Ok(false) => {}
                 Ok(true) => {
-                    if let Err(e) = sweep(&r.shared, STEP_PAUSE, &stopped).await {
+                    if let Err(e) = sweep(&r.shared, true, &stopped).await {
                         tracing::warn!(region = r.id, "sweeping a compaction: {e}");
                     }
                 }
@@ -58,18 +63,19 @@ pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
     }
 }
 
-/// Steps `shared`'s sweep until none is due, pausing `pause` after each;
-/// stops early once `stopped` (the node is shutting down, and a step
-/// holds its engine).
+/// Steps `shared`'s sweep until none is due, pausing after each step if
+/// `paced` (see the module essay); stops early once `stopped` (the node is
+/// shutting down, and a step holds its engine).
 async fn sweep(
     shared: &Arc<RegionShared>,
-    pause: Duration,
+    paced: bool,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
     loop {
         if stopped() {
             return Ok(());
         }
+        let began = std::time::Instant::now();
         let s = shared.clone();
         let more = tokio::task::spawn_blocking(move || s.sweep_step())
             .await
@@ -77,8 +83,8 @@ async fn sweep(
         if !more {
             return Ok(());
         }
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
+        if paced {
+            tokio::time::sleep((began.elapsed() * PAUSE_PER_STEP).max(MIN_PAUSE)).await;
         }
     }
 }
@@ -92,7 +98,7 @@ impl Node {
                 continue;
             }
             self.caught_up(r.id).await?;
-            sweep(&r.shared, Duration::ZERO, &|| self.is_stopped()).await?;
+            sweep(&r.shared, false, &|| self.is_stopped()).await?;
         }
         Ok(())
     }
@@ -101,7 +107,7 @@ impl Node {
     /// defragmentation: the space they dropped is then there to reclaim).
     pub(super) async fn sweep_applied(&self) -> Result<()> {
         for r in self.regions.all() {
-            sweep(&r.shared, Duration::ZERO, &|| self.is_stopped()).await?;
+            sweep(&r.shared, false, &|| self.is_stopped()).await?;
         }
         Ok(())
     }

@@ -34,9 +34,11 @@ const CORRUPT: i32 = 2;
 pub struct Outcome {
     /// How often members ran the check (zero: never).
     pub every: Duration,
-    /// Peer hashes compared (in-process members only: processes count
-    /// their own).
+    /// Peer hashes compared over the whole run (in-process members).
     pub compared: Option<u64>,
+    /// Peer hashes the member processes alive at the end compared since
+    /// they last started (from their `/metrics`; plain clusters only).
+    pub compared_lately: Option<u64>,
     /// Members carrying the `CORRUPT` alarm at the end.
     pub corrupt: Vec<u64>,
     /// Why the alarms could not be read, if no member answered.
@@ -50,11 +52,13 @@ impl Outcome {
         if self.every.is_zero() {
             return "corruption check: off".to_string();
         }
-        let compared = self
-            .compared
-            .map_or("counted by the members".to_string(), |n| {
-                format!("{n} peer hashes compared")
-            });
+        let compared = match (self.compared, self.compared_lately) {
+            (Some(n), _) => format!("{n} peer hashes compared"),
+            (None, Some(n)) => {
+                format!("{n} peer hashes compared by the members since they last started")
+            }
+            (None, None) => "counted by the members".to_string(),
+        };
         format!(
             "corruption check: every member every {:?}, {compared}, {} found corrupt",
             self.every,
@@ -95,6 +99,10 @@ pub async fn outcome(
     compared: Option<u64>,
     ran: Duration,
 ) -> Outcome {
+    let compared_lately = match compared {
+        None if !every.is_zero() => compared_by_members(endpoints).await,
+        _ => None,
+    };
     let mut unread = None;
     for addr in endpoints {
         let ep = secured::endpoint(addr)
@@ -122,6 +130,7 @@ pub async fn outcome(
                     corrupt,
                     unread: None,
                     ran,
+                    compared_lately,
                 };
             }
             Err(e) => unread = Some(format!("{addr}: {e}")),
@@ -133,7 +142,40 @@ pub async fn outcome(
         corrupt: Vec::new(),
         unread,
         ran,
+        compared_lately,
     }
+}
+
+/// Peer hashes the members at `endpoints` (plain `host:port`; `None` for
+/// TLS ones) compared since they last started, summed over those whose
+/// `/metrics` answered; `None` if none did.
+pub async fn compared_by_members(endpoints: &[String]) -> Option<u64> {
+    let mut total = None;
+    for addr in endpoints.iter().filter(|a| !a.contains("://")) {
+        if let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(3), scrape(addr)).await {
+            *total.get_or_insert(0) += n;
+        }
+    }
+    total
+}
+
+/// `cairn_corruption_check_hashes_compared_total` from one member's
+/// `/metrics` (HTTP/1.0 on its client port).
+async fn scrape(addr: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let ask = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    conn.write_all(ask.as_bytes()).await.ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cairn_corruption_check_hashes_compared_total "))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<f64>()
+        .ok()
+        .map(|n| n as u64)
 }
 
 /// Peer hashes this process's members compared so far (in-process).
