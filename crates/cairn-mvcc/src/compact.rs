@@ -95,19 +95,24 @@ pub fn compact_range(
 
 /// One step of a background compaction of `range` at `rev` (already
 /// compacted there): reads at most about `budget` versions from `from` (an
-/// encoded version key within the range, or `None` for its start) and
-/// returns the deletions, and where the next step starts (`None`: the
-/// range is swept). Reads keys, and the length of a value only where a
-/// version's fate depends on whether it is a tombstone.
+/// encoded version key within the range, or `None` for its start) up to
+/// `until` (an encoded version key, excluded; `None`: the range's end) and
+/// returns the deletions, and where the next step starts (`None`: it got
+/// to the end). Reads keys, and the length of a value only where a
+/// version's fate depends on whether it is a tombstone. (Stopped at
+/// `until`, the last version before it is kept whatever follows it: never
+/// dropped wrongly, maybe left for a later sweep.)
 pub fn sweep(
     read: &dyn Snapshot,
     rev: i64,
     range: &KeyRange,
     from: Option<&[u8]>,
+    until: Option<&[u8]>,
     budget: usize,
 ) -> Result<(WriteBatch, Option<Vec<u8>>)> {
     let (lo, hi) = keys::version_range(&range.start, range.end_bound());
     let lo = from.map_or(lo, |f| Bound::Included(f.to_vec()));
+    let hi = until.map_or(hi, |u| Bound::Excluded(u.to_vec()));
     let versions = read.scan_keys(lo, hi).map(|item| item.map(|k| (k, None)));
     let mut batch = WriteBatch::new();
     for (seen, v) in Kept::new(versions, rev, read).enumerate() {

@@ -33,8 +33,8 @@ use crate::{Error, Result};
 /// revision, then key (the order live events are published in). Each event
 /// carries its `prev_kv` when the key was live just before.
 ///
-/// The caller checks `from` against the compaction revision: versions below
-/// it are gone, so a `prev_kv` may be missing for events at the boundary.
+/// The caller checks `from` against the compaction revision, and for a
+/// watcher drops the `prev_kv` of events at it ([`without_prev_at`]).
 pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
     let from = from.max(0);
     if from > to {
@@ -128,6 +128,19 @@ pub(crate) fn full_scan(
     }
     out.sort_by(|(ra, a), (rb, b)| ra.cmp(rb).then_with(|| key_of(a).cmp(key_of(b))));
     Ok(out)
+}
+
+/// Drops the `prev_kv` of the events in `events` at revision `compacted`:
+/// the version before such an event lies below the compaction, so a read
+/// of it is refused (etcd's watch, reading it at the revision before,
+/// sends none), and whether it is still stored depends on how far this
+/// replica's sweep has got (`compact::sweep`).
+pub fn without_prev_at(events: &mut [(i64, Event)], compacted: i64) {
+    for (rev, e) in events.iter_mut() {
+        if *rev == compacted {
+            e.prev_kv = None;
+        }
+    }
 }
 
 /// The key's state just before revision `rev`: its newest stored version

@@ -55,7 +55,7 @@ mod validate;
 pub use compact::{compact, compact_range, compacted, needs_whole_compaction, sweep};
 pub use error::{Error, Rejection, Result};
 pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};
-pub use history::history;
+pub use history::{history, without_prev_at};
 pub use range::{merge_ranges, part_request, range, Span};
 pub use record::Record;
 pub use share::Share;

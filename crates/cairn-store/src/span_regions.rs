@@ -182,7 +182,10 @@ impl SpanRegions {
             // from there is told it is compacted (its replay checks).
             let from = (lowest + 1).max(revs.compacted);
             match cairn_mvcc::history(&**snap, &span, from, revs.current) {
-                Ok(events) => ahead.extend(events),
+                Ok(mut events) => {
+                    cairn_mvcc::without_prev_at(&mut events, revs.compacted);
+                    ahead.extend(events)
+                }
                 Err(e) => {
                     tracing::warn!("reading a region's history for a subscription: {e}");
                     broken = true;

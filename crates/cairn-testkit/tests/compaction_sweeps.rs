@@ -3,15 +3,19 @@
 //! `cairn_store::node::compaction_sweeps`). End to end, on a cluster split
 //! in two regions: a physical compaction answers once the serving member
 //! has swept every region; the others sweep on their own; members hash
-//! alike before, during and after their sweeps; reads below the
+//! alike before, during and after their sweeps; a watch from the
+//! compaction revision gets no `prev_kv` there; reads below the
 //! compaction are refused and at it see the same values.
 
 use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_api::etcdserverpb::{CompactionRequest, DeleteRangeRequest, HashKvRequest, RangeRequest};
+use cairn_api::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, HashKvRequest, RangeRequest, WatchCreateRequest,
+};
 use cairn_storage::keys::{decode_version, version_range};
 use cairn_store::DATA_REGION;
+use cairn_testkit::watch::WatchStream;
 use cairn_testkit::{kv, secured, InProcessCluster};
 
 /// The stored versions (key, revision) of every region on `member`.
@@ -61,14 +65,19 @@ async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
                 .unwrap();
         }
     }
+    let mut deleted = 0;
     for key in ["b", "y"] {
-        client
+        deleted = client
             .delete_range(DeleteRangeRequest {
                 key: key.into(),
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
     }
     let at = kv::put(&mut client, "a", "last").await.unwrap();
     let before = hashes(&c, at).await;
@@ -78,7 +87,7 @@ async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
     // Not physical: answered once applied; the sweeps come after.
     client
         .compact(CompactionRequest {
-            revision: at - 1,
+            revision: deleted,
             physical: false,
         })
         .await
@@ -86,6 +95,25 @@ async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
     // Whoever has swept how far, members hash alike at the compaction.
     let during = hashes(&c, at).await;
     assert!(during.windows(2).all(|w| w[0] == w[1]), "{during:?}");
+    // A watch from the compaction revision (the delete of "y") gets no
+    // prev_kv on any member, swept or not, as on etcd (the revision before
+    // is compacted).
+    for i in 0..3 {
+        let mut w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
+        w.create(WatchCreateRequest {
+            key: b"y".to_vec(),
+            start_revision: deleted,
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await;
+        assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+        let events = w.next(Duration::from_secs(5)).await.unwrap().events;
+        assert_eq!(events.len(), 1, "member {i}: {events:?}");
+        let kv = events[0].kv.as_ref().unwrap();
+        assert_eq!(kv.mod_revision, deleted);
+        assert_eq!(events[0].prev_kv, None, "member {i}");
+    }
     // Physical: member 0 answers once its own replicas have swept.
     client
         .compact(CompactionRequest {
@@ -125,7 +153,7 @@ async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
         revision,
         ..Default::default()
     };
-    let refused = client.range(read(at - 1)).await.unwrap_err();
+    let refused = client.range(read(deleted)).await.unwrap_err();
     assert!(refused.message().contains("compacted"), "{refused:?}");
     let kvs = client.range(read(at)).await.unwrap().into_inner().kvs;
     let got: Vec<(&[u8], &[u8])> = kvs.iter().map(|kv| (&kv.key[..], &kv.value[..])).collect();

@@ -25,7 +25,7 @@ fn everything(e: &MemoryEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn sweep_all(e: &MemoryEngine, rev: i64, range: &KeyRange, budget: usize) -> usize {
     let (mut from, mut steps) = (None, 0);
     loop {
-        let (batch, next) = sweep(e, rev, range, from.as_deref(), budget).unwrap();
+        let (batch, next) = sweep(e, rev, range, from.as_deref(), None, budget).unwrap();
         e.write(batch, Durability::Buffered).unwrap();
         steps += 1;
         match next {
@@ -69,7 +69,7 @@ fn sweeps_in_steps_of_any_size_leave_what_one_compaction_leaves() {
             assert!(steps > 1, "seed {seed}: a budget of one takes steps");
         }
         // Swept again: nothing more goes.
-        let (batch, next) = sweep(&swept, at, &KeyRange::all(), None, usize::MAX).unwrap();
+        let (batch, next) = sweep(&swept, at, &KeyRange::all(), None, None, usize::MAX).unwrap();
         assert!(
             batch.is_empty() && next.is_none(),
             "seed {seed}: a second sweep"
@@ -94,7 +94,8 @@ fn writes_above_the_compaction_between_steps_change_nothing_it_drops() {
         let (mut from, mut round) = (None, 0u64);
         assert!(after.current == at);
         loop {
-            let (batch, next) = sweep(&swept, at, &KeyRange::all(), from.as_deref(), 2).unwrap();
+            let (batch, next) =
+                sweep(&swept, at, &KeyRange::all(), from.as_deref(), None, 2).unwrap();
             swept.write(batch, Durability::Buffered).unwrap();
             // Puts and deletes at revisions above `at` (on both).
             let rng = &mut Rng::new(7000 + seed * 100 + round);

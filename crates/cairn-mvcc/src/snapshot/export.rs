@@ -94,12 +94,13 @@ fn versions(view: &dyn Snapshot, revs: Revisions) -> Result<Entries<'_>> {
             all.sort();
             Box::new(all.into_iter().map(Ok))
         };
-    let order = order.filter(move |item| match item {
-        Ok((rev, key)) => !matches!(
-            crate::compact::dropped(view, key, *rev, revs.compacted),
-            Ok(true)
-        ),
-        Err(_) => true,
+    let order = order.filter_map(move |item| match item {
+        Ok((rev, key)) => match crate::compact::dropped(view, &key, rev, revs.compacted) {
+            Ok(true) => None,
+            Ok(false) => Some(Ok((rev, key))),
+            Err(e) => Some(Err(e)),
+        },
+        Err(e) => Some(Err(e)),
     });
     let mut last_main = None;
     let mut sub = 0i64;

@@ -38,8 +38,8 @@
 //! A snapshot sent from here carries the versions not yet swept. A member
 //! of a version before sweeps that installs it hashes them (its HashKV
 //! hashes every stored version) until its next compaction: during a
-//! rolling upgrade from such a version, keep the periodic corruption check
-//! off (docs/operations.md).
+//! rolling upgrade from such a version, keep both corruption checks off
+//! (docs/operations.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,13 @@ pub struct Swept {
     /// Where the next step starts (an encoded version key; `None`: at
     /// `start`), unless `done`.
     from: Option<Vec<u8>>,
+    /// Where the pass at `revision` began, if not at `start`: a newer
+    /// compaction met mid-pass goes on from where the pass stood (what an
+    /// older one dropped, a newer one drops too), to the end, then from
+    /// `start` up to here.
+    lap: Option<Vec<u8>>,
+    /// The pass reached the end and goes on from `start` up to `lap`.
+    wrapped: bool,
     /// Every version in the range that compaction at `revision` drops is
     /// gone.
     done: bool,
@@ -81,18 +88,50 @@ impl Swept {
     }
 
     /// The sweep to go on with for a compaction at `revision` of `range`:
-    /// this one, or a new one from the range's start.
+    /// this one; over the same keys mid-pass at an older compaction, a
+    /// pass at `revision` from where it stood (so compactions more
+    /// frequent than a pass still sweep every key in turn); else a new
+    /// one from the range's start.
     fn towards(&self, revision: i64, range: &RegionRange) -> Swept {
-        let same = self.revision == revision && self.start == range.start && self.end == range.end;
-        if same && !self.done {
-            return self.clone();
+        let keys = self.start == range.start && self.end == range.end;
+        match (keys && !self.done, self.revision == revision) {
+            (true, true) => self.clone(),
+            (true, false) => Swept {
+                revision,
+                lap: self.from.clone(),
+                wrapped: false,
+                ..self.clone()
+            },
+            (false, _) => Swept {
+                revision,
+                start: range.start.clone(),
+                end: range.end.clone(),
+                ..Swept::default()
+            },
         }
-        Swept {
-            revision,
-            start: range.start.clone(),
-            end: range.end.clone(),
-            from: None,
-            done: false,
+    }
+
+    /// Where this sweep stands after a step from `from` that stopped at
+    /// `next` (`None`: at the end of what it was asked to read).
+    fn after(self, next: Option<Vec<u8>>) -> Swept {
+        match (next, self.wrapped, self.lap.is_some()) {
+            (Some(next), _, _) => Swept {
+                from: Some(next),
+                ..self
+            },
+            // At the range's end; the pass began past its start.
+            (None, false, true) => Swept {
+                from: None,
+                wrapped: true,
+                ..self
+            },
+            (None, _, _) => Swept {
+                from: None,
+                lap: None,
+                wrapped: false,
+                done: true,
+                ..self
+            },
         }
     }
 }
@@ -130,18 +169,16 @@ impl RegionShared {
         // compaction (a later one only drops more); no install replaces
         // the keys before the step is written (it waits for `sweep`).
         let view = self.engine.snapshot();
+        let until = plan.lap.as_deref().filter(|_| plan.wrapped);
         let (mut batch, next): (WriteBatch, _) = cairn_mvcc::sweep(
             &*view,
             plan.revision,
             &range.keys(),
             plan.from.as_deref(),
+            until,
             STEP_VERSIONS,
         )?;
-        let swept = Swept {
-            done: next.is_none(),
-            from: next,
-            ..plan
-        };
+        let swept = plan.after(next);
         // Two deletions per version: it, and its index entry.
         let dropped = batch.len() / 2;
         batch.put(swept_key(self.region), encode(&swept)?);
@@ -268,6 +305,35 @@ mod tests {
     }
 
     #[test]
+    fn a_compaction_met_mid_sweep_leaves_nothing_either_dropped() {
+        let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+        let keys = STEP_VERSIONS + 100;
+        let shared = compacted_twice_written(engine.clone(), keys);
+        assert!(shared.sweep_step().unwrap(), "mid-pass");
+        // A third version of every key, and a compaction at it.
+        let kvs = (0..keys).map(|i| (format!("k{i:05}").into_bytes(), b"three".to_vec()));
+        let mut sm = StateMachine::new(shared.clone());
+        let replies = block_on(sm.apply(vec![
+            entry(4, puts(4, kvs)),
+            entry(5, Command::Compact { revision: 4 }),
+        ]))
+        .unwrap();
+        assert_eq!(replies[1], Reply::Compacted { current: 4 });
+        let mut steps = 0;
+        while shared.sweep_step().unwrap() {
+            steps += 1;
+        }
+        assert!(steps >= 2, "on from mid-pass, then the lap: {steps}");
+        for i in 0..keys {
+            let key = format!("k{i:05}");
+            assert!(!stored(&*engine, key.as_bytes(), 2), "{key} at 2");
+            assert!(!stored(&*engine, key.as_bytes(), 3), "{key} at 3");
+            assert!(stored(&*engine, key.as_bytes(), 4), "{key} at 4");
+        }
+        assert!(!shared.sweep_due().unwrap());
+    }
+
+    #[test]
     fn a_snapshot_installed_over_a_swept_replica_is_swept_again() {
         let here: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
         let shared = compacted_twice_written(here.clone(), 10);
@@ -300,9 +366,8 @@ mod tests {
         let done = Swept {
             revision: 7,
             start: b"b".to_vec(),
-            end: Vec::new(),
-            from: None,
             done: true,
+            ..Swept::default()
         };
         assert!(done.covers(7, &range("b", "")));
         assert!(!done.covers(8, &range("b", "")), "a newer compaction");
@@ -322,18 +387,41 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_goes_on_where_it_stood_only_over_the_same_compaction_and_keys() {
+    fn a_newer_compaction_mid_pass_goes_on_from_where_it_stood_and_laps() {
         let going = Swept {
             revision: 7,
             start: b"b".to_vec(),
-            end: Vec::new(),
             from: Some(b"x".to_vec()),
-            done: false,
+            ..Swept::default()
         };
         assert_eq!(going.towards(7, &range("b", "")), going);
-        let fresh = going.towards(9, &range("b", ""));
-        assert_eq!((fresh.revision, fresh.from, fresh.done), (9, None, false));
+        // Compacted again mid-pass: on from "x" at 9, to the end, then
+        // from the start up to "x".
+        let on = going.towards(9, &range("b", ""));
+        assert_eq!(on.revision, 9);
+        assert_eq!(
+            (on.from.as_deref(), on.lap.as_deref()),
+            (Some(&b"x"[..]), Some(&b"x"[..]))
+        );
+        let at_end = on.after(None);
+        assert!(at_end.wrapped && !at_end.done && at_end.from.is_none());
+        let mid = at_end.clone().after(Some(b"m".to_vec()));
+        assert!(mid.wrapped && !mid.done);
+        assert!(mid.after(None).done, "back at the lap's start");
+        // The keys changed: from the start, at once.
         let moved = going.towards(7, &range("b", "m"));
-        assert_eq!((moved.end, moved.from), (b"m".to_vec(), None));
+        assert_eq!(
+            (moved.end, moved.from, moved.lap),
+            (b"m".to_vec(), None, None)
+        );
+        // A finished sweep meets a newer compaction: a new pass.
+        let done = Swept {
+            done: true,
+            from: None,
+            ..going
+        };
+        let fresh = done.towards(9, &range("b", ""));
+        assert_eq!((&fresh.from, &fresh.lap, fresh.done), (&None, &None, false));
+        assert!(fresh.after(None).done, "from the start to the end");
     }
 }

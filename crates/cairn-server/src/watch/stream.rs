@@ -251,6 +251,7 @@ impl Stream {
             return send(&self.out, r).await;
         }
         let (from, to, views) = (w.next, view.current, view.history);
+        let compacted = view.compacted;
         let task = self
             .replays
             .spawn_blocking(move || {
@@ -260,6 +261,7 @@ impl Stream {
                         cairn_mvcc::history(&*snap, &span, from, to).map_err(|e| e.to_string())?,
                     );
                 }
+                cairn_mvcc::without_prev_at(&mut all, compacted);
                 all.sort_by(|(ra, a), (rb, b)| {
                     ra.cmp(rb).then_with(|| event_key(a).cmp(event_key(b)))
                 });

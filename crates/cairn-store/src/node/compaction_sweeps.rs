@@ -38,6 +38,10 @@ const PAUSE_PER_STEP: u32 = 3;
 /// The shortest pause after a step.
 const MIN_PAUSE: Duration = Duration::from_millis(5);
 
+/// Steps one region's sweep takes at most per round of the loop, so one
+/// large region does not hold up every other's (about a million versions).
+const STEPS_PER_ROUND: usize = 256;
+
 /// Runs every sweep due on this node's replicas until the node stops.
 pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
     loop {
@@ -52,28 +56,29 @@ pub(super) async fn sweep_compactions(node: std::sync::Weak<Node>) {
             }
             match r.shared.sweep_due() {
                 Ok(false) => {}
-                Ok(true) => {
-                    if let Err(e) = sweep(&r.shared, true, &stopped).await {
-                        tracing::warn!(region = r.id, "sweeping a compaction: {e}");
-                    }
-                }
+                Ok(true) => match sweep(&r.shared, true, STEPS_PER_ROUND, &stopped).await {
+                    Ok(()) | Err(crate::Error::Stopped) => {}
+                    Err(e) => tracing::warn!(region = r.id, "sweeping a compaction: {e}"),
+                },
                 Err(e) => tracing::warn!(region = r.id, "sweeping a compaction: {e}"),
             }
         }
     }
 }
 
-/// Steps `shared`'s sweep until none is due, pausing after each step if
-/// `paced` (see the module essay); stops early once `stopped` (the node is
-/// shutting down, and a step holds its engine).
+/// Steps `shared`'s sweep until none is due or `steps` were taken,
+/// pausing after each step if `paced` (see the module essay); fails with
+/// `Stopped` once `stopped` (the node is shutting down, and a step holds
+/// its engine).
 async fn sweep(
     shared: &Arc<RegionShared>,
     paced: bool,
+    steps: usize,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
-    loop {
+    for _ in 0..steps {
         if stopped() {
-            return Ok(());
+            return Err(crate::Error::Stopped);
         }
         let began = std::time::Instant::now();
         let s = shared.clone();
@@ -87,6 +92,7 @@ async fn sweep(
             tokio::time::sleep((began.elapsed() * PAUSE_PER_STEP).max(MIN_PAUSE)).await;
         }
     }
+    Ok(())
 }
 
 impl Node {
@@ -98,16 +104,21 @@ impl Node {
                 continue;
             }
             self.caught_up(r.id).await?;
-            sweep(&r.shared, false, &|| self.is_stopped()).await?;
+            sweep(&r.shared, false, usize::MAX, &|| self.is_stopped()).await?;
         }
         Ok(())
     }
 
     /// Sweeps what every replica here has applied of compactions (before a
     /// defragmentation: the space they dropped is then there to reclaim).
+    /// Best effort: a region that fails is logged and left.
     pub(super) async fn sweep_applied(&self) -> Result<()> {
         for r in self.regions.all() {
-            sweep(&r.shared, false, &|| self.is_stopped()).await?;
+            match sweep(&r.shared, false, usize::MAX, &|| self.is_stopped()).await {
+                Ok(()) => {}
+                Err(crate::Error::Stopped) => return Err(crate::Error::Stopped),
+                Err(e) => tracing::warn!(region = r.id, "sweeping before a defragmentation: {e}"),
+            }
         }
         Ok(())
     }

@@ -222,15 +222,22 @@ impl Node {
 
     /// Rewrites this node's store compactly (etcd's defragment); reads and
     /// writes go on meanwhile. Returns when done.
-    pub async fn defragment(&self) -> Result<()> {
+    pub async fn defragment(self: &Arc<Self>) -> Result<()> {
         // What compactions applied here dropped goes first, so the space
-        // is there to reclaim (`compaction_sweeps`).
-        self.sweep_applied().await?;
-        let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.defragment())
-            .await
-            .map_err(|e| Error::Internal(format!("defragment: {e}")))?
-            .map_err(|e| Error::Internal(format!("defragment: {e}")))
+        // is there to reclaim (`compaction_sweeps`). In a task of its own,
+        // with the defragmentation: a caller that gives up does not stop
+        // it half way.
+        let node = self.clone();
+        tokio::spawn(async move {
+            node.sweep_applied().await?;
+            let engine = node.engine.clone();
+            tokio::task::spawn_blocking(move || engine.defragment())
+                .await
+                .map_err(|e| Error::Internal(format!("defragment: {e}")))?
+                .map_err(|e| Error::Internal(format!("defragment: {e}")))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("defragment: {e}")))?
     }
 
     /// The node's group-commit counters.

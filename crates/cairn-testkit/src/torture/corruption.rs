@@ -146,12 +146,16 @@ pub async fn outcome(
     }
 }
 
-/// Peer hashes the members at `endpoints` (plain `host:port`; `None` for
-/// TLS ones) compared since they last started, summed over those whose
-/// `/metrics` answered; `None` if none did.
+/// Peer hashes the members at `endpoints` compared since they last
+/// started, summed over those whose `/metrics` answered; `None` if none
+/// did, or on a secured cluster.
 pub async fn compared_by_members(endpoints: &[String]) -> Option<u64> {
+    if secured::is_on() {
+        // TLS on the client port: no plain HTTP to scrape.
+        return None;
+    }
     let mut total = None;
-    for addr in endpoints.iter().filter(|a| !a.contains("://")) {
+    for addr in endpoints {
         if let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(3), scrape(addr)).await {
             *total.get_or_insert(0) += n;
         }
