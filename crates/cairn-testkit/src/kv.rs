@@ -22,6 +22,18 @@ pub async fn put(c: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i6
     Ok(r.header.map_or(0, |h| h.revision))
 }
 
+/// Deletes `key`; returns the revision.
+pub async fn delete(c: &mut KvClient<Channel>, key: &str) -> Result<i64, tonic::Status> {
+    let r = c
+        .delete_range(cairn_api::etcdserverpb::DeleteRangeRequest {
+            key: key.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.header.map_or(0, |h| h.revision))
+}
+
 /// Gets one key (linearizable unless `serializable`).
 pub async fn get(
     c: &mut KvClient<Channel>,

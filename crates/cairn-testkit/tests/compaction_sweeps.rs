@@ -10,9 +10,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn_api::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, HashKvRequest, RangeRequest, WatchCreateRequest,
-};
+use cairn_api::etcdserverpb::{CompactionRequest, HashKvRequest, RangeRequest, WatchCreateRequest};
 use cairn_storage::keys::{decode_version, version_range};
 use cairn_store::DATA_REGION;
 use cairn_testkit::watch::WatchStream;
@@ -65,20 +63,8 @@ async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
                 .unwrap();
         }
     }
-    let mut deleted = 0;
-    for key in ["b", "y"] {
-        deleted = client
-            .delete_range(DeleteRangeRequest {
-                key: key.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .header
-            .unwrap()
-            .revision;
-    }
+    kv::delete(&mut client, "b").await.unwrap();
+    let deleted = kv::delete(&mut client, "y").await.unwrap();
     let at = kv::put(&mut client, "a", "last").await.unwrap();
     let before = hashes(&c, at).await;
     assert!(before.windows(2).all(|w| w[0] == w[1]), "{before:?}");

@@ -35,13 +35,19 @@ fn sweep_all(e: &MemoryEngine, rev: i64, range: &KeyRange, budget: usize) -> usi
     }
 }
 
+/// Two engines holding the same random history of `rounds` rounds
+/// (`seed`), and its revisions.
+fn twins(seed: u64, rounds: usize) -> (MemoryEngine, MemoryEngine, Revisions) {
+    let (a, b) = (MemoryEngine::new(), MemoryEngine::new());
+    let revs = random_history(&mut Rng::new(seed), &a, Revisions::default(), rounds);
+    random_history(&mut Rng::new(seed), &b, Revisions::default(), rounds);
+    (a, b, revs)
+}
+
 #[test]
 fn sweeps_in_steps_of_any_size_leave_what_one_compaction_leaves() {
     for seed in 0..40 {
-        let (whole, swept) = (MemoryEngine::new(), MemoryEngine::new());
-        // The same history on both.
-        let revs = random_history(&mut Rng::new(seed), &whole, Revisions::default(), 60);
-        random_history(&mut Rng::new(seed), &swept, Revisions::default(), 60);
+        let (whole, swept, revs) = twins(seed, 60);
         if revs.current <= revs.compacted + 1 {
             continue;
         }
@@ -80,9 +86,7 @@ fn sweeps_in_steps_of_any_size_leave_what_one_compaction_leaves() {
 #[test]
 fn writes_above_the_compaction_between_steps_change_nothing_it_drops() {
     for seed in 0..20 {
-        let (whole, swept) = (MemoryEngine::new(), MemoryEngine::new());
-        let revs = random_history(&mut Rng::new(seed), &whole, Revisions::default(), 50);
-        random_history(&mut Rng::new(seed), &swept, Revisions::default(), 50);
+        let (whole, swept, revs) = twins(seed, 50);
         if revs.current <= revs.compacted {
             continue;
         }
@@ -149,9 +153,7 @@ fn a_version_told_alone_is_told_as_a_scan_tells_it() {
 #[test]
 fn a_backup_before_the_sweep_is_the_backup_after_it() {
     for seed in 0..10 {
-        let (whole, unswept) = (MemoryEngine::new(), MemoryEngine::new());
-        let revs = random_history(&mut Rng::new(seed), &whole, Revisions::default(), 60);
-        random_history(&mut Rng::new(seed), &unswept, Revisions::default(), 60);
+        let (whole, unswept, revs) = twins(seed, 60);
         if revs.current <= revs.compacted {
             continue;
         }
