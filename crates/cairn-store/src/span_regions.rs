@@ -178,8 +178,9 @@ impl SpanRegions {
             }
             let span =
                 cairn_mvcc::Span::Range(start.clone(), (!end.is_empty()).then(|| end.clone()));
-            // History below the region's compaction is gone: a subscriber
-            // from there is told it is compacted (its replay checks).
+            // History below the region's compaction is refused (maybe not
+            // yet swept): a subscriber from there is told it is compacted
+            // (its replay checks), and an event at it carries no prev_kv.
             let from = (lowest + 1).max(revs.compacted);
             match cairn_mvcc::history(&**snap, &span, from, revs.current) {
                 Ok(mut events) => {
