@@ -194,6 +194,11 @@ def session(endpoints):
     ctl("put", "w/2", "b")
     ctl("del", "w/1")
     ctl("put", "w/2", "c")
+    ctl("put", "w/3", "d")
+    # Ops out of key order, in both regions of w/, a DeleteRange over two
+    # keys: a watcher gets the changes in the order the ops ran.
+    ctl("txn", stdin='mod("w/2") > "0"\n\nput w/9 t\nput w/1 t\ndel w/2 w/5\nput w/0 t\n\n\n',
+        name="txn (ops out of key order)")
 
     def timed(*args, seconds=2.0, name=None):
         try:

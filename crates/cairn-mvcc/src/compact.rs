@@ -83,8 +83,13 @@ pub fn compact_range(
         if !v.keep {
             drop_version(&mut batch, &v);
         } else if fill_index {
+            // A version written since the index existed has its entry,
+            // and the entry its sub (`crate::change`): keep it.
             let (key, revision) = (v.user.as_slice(), v.revision);
-            batch.put(Key::MvccByRevision { revision, key }.encode(), Vec::new());
+            let entry = Key::MvccByRevision { revision, key }.encode();
+            if read.get(&entry)?.is_none() {
+                batch.put(entry, Vec::new());
+            }
         }
     }
     if fill_index {

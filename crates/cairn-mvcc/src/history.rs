@@ -15,9 +15,20 @@
 //!   before the index existed, until its next compaction fills the index
 //!   in, see [`crate::compact`]): every version of every key in the span.
 //!
-//! All three give the same events: ordered by revision, then key, each with
-//! its `prev_kv` taken from the key's previous stored version (none when that
-//! was a tombstone, or when compaction dropped it).
+//! All three give the same events: in etcd's order — by revision, then
+//! the place of the op that made them in its transaction, then key
+//! ([`crate::change`]) — each with its `prev_kv` taken from the key's
+//! previous stored version (none when that was a tombstone, or when
+//! compaction dropped it). A single key's replay leaves each event's sub
+//! at 0 rather than read the index for it: it has one stored version per
+//! revision, so the order needs none.
+//!
+//! One difference from etcd: a key stores one version per revision. A Txn
+//! whose nested transactions put a key and then delete it (etcd's
+//! duplicate-key check lets that order through, and etcd keeps both
+//! versions at two sub-revisions) keeps only the delete, so its live
+//! feed has two events for the key and a replay one — the delete, with
+//! the key's `prev_kv` from before the Txn.
 
 use std::ops::Bound;
 
@@ -25,17 +36,18 @@ use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
 use cairn_storage::keys::{self, decode_by_revision, decode_version, Key};
 use cairn_storage::Snapshot;
 
+use crate::change::{decode_sub, stored_sub, Change};
 use crate::range::Span;
 use crate::record::{self, Record};
 use crate::{Error, Result};
 
-/// Every event on keys in `span` with `from <= revision <= to`, ordered by
-/// revision, then key (the order live events are published in). Each event
-/// carries its `prev_kv` when the key was live just before.
+/// Every event on keys in `span` with `from <= revision <= to`, in etcd's
+/// order (revision, sub, key: the order live events are published in).
+/// Each event carries its `prev_kv` when the key was live just before.
 ///
 /// The caller checks `from` against the compaction revision, and for a
 /// watcher drops the `prev_kv` of events at it ([`without_prev_at`]).
-pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
+pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<Change>> {
     let from = from.max(0);
     if from > to {
         return Ok(Vec::new());
@@ -52,7 +64,7 @@ fn index_complete(read: &dyn Snapshot) -> Result<bool> {
 }
 
 /// The versions of `key` in `[from, to]`, chained for `prev_kv`.
-fn one_key(read: &dyn Snapshot, key: &[u8], from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
+fn one_key(read: &dyn Snapshot, key: &[u8], from: i64, to: i64) -> Result<Vec<Change>> {
     let mut before = previous(read, key, from)?;
     let lo = Key::MvccVersion {
         key,
@@ -66,19 +78,23 @@ fn one_key(read: &dyn Snapshot, key: &[u8], from: i64, to: i64) -> Result<Vec<(i
         let (_, rev) = decode_version(&k)?;
         let record = Record::decode(key, &v)?;
         let now = live(&record);
-        out.push((rev, event(key, rev, record, before)));
+        out.push(Change {
+            revision: rev,
+            sub: 0,
+            event: event(key, rev, record, before),
+        });
         before = now;
     }
     Ok(out)
 }
 
 /// The span's versions named by the by-revision index entries in
-/// `[from, to]`, in index order: revision, then key.
-fn indexed(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<(i64, Event)>> {
+/// `[from, to]`, each with the sub its entry records.
+fn indexed(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<Change>> {
     let (lo, hi) = keys::by_revision_range(from, to);
     let mut out = Vec::new();
     for item in read.scan(lo, hi, false) {
-        let (k, _) = item?;
+        let (k, v) = item?;
         let (rev, key) = decode_by_revision(&k)?;
         if !span.contains(key) {
             continue;
@@ -90,19 +106,27 @@ fn indexed(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<Vec<(
             })?;
         let record = Record::decode(key, &stored)?;
         let before = previous(read, key, rev)?;
-        out.push((rev, event(key, rev, record, before)));
+        out.push(Change {
+            revision: rev,
+            sub: decode_sub(&v),
+            event: event(key, rev, record, before),
+        });
     }
+    // Index order is (revision, key): stable-sorted, each revision's
+    // events fall into op order.
+    out.sort_by_key(|c| (c.revision, c.sub));
     Ok(out)
 }
 
 /// Every version of every key in the span, filtered to `[from, to]`: the
-/// read for stores whose index is incomplete.
+/// read for stores whose index is incomplete (in a range, the sub of a
+/// version with an index entry is read from it).
 pub(crate) fn full_scan(
     read: &dyn Snapshot,
     span: &Span,
     from: i64,
     to: i64,
-) -> Result<Vec<(i64, Event)>> {
+) -> Result<Vec<Change>> {
     let mut out = Vec::new();
     let (lo, hi) = match span {
         Span::Single(k) => keys::versions_of(k),
@@ -122,11 +146,19 @@ pub(crate) fn full_scan(
         };
         let now = live(&record);
         if rev >= from && rev <= to {
-            out.push((rev, event(&user, rev, record, before)));
+            let sub = match span {
+                Span::Single(_) => 0,
+                Span::Range(..) => stored_sub(read, &user, rev)?,
+            };
+            out.push(Change {
+                revision: rev,
+                sub,
+                event: event(&user, rev, record, before),
+            });
         }
         prev = Some((user, now));
     }
-    out.sort_by(|(ra, a), (rb, b)| ra.cmp(rb).then_with(|| key_of(a).cmp(key_of(b))));
+    out.sort_by(|a, b| a.order().cmp(&b.order()));
     Ok(out)
 }
 
@@ -135,10 +167,10 @@ pub(crate) fn full_scan(
 /// of it is refused (etcd's watch, reading it at the revision before,
 /// sends none), and whether it is still stored depends on how far this
 /// replica's sweep has got (`compact::sweep`).
-pub fn without_prev_at(events: &mut [(i64, Event)], compacted: i64) {
-    for (rev, e) in events.iter_mut() {
-        if *rev == compacted {
-            e.prev_kv = None;
+pub fn without_prev_at(events: &mut [Change], compacted: i64) {
+    for c in events.iter_mut() {
+        if c.revision == compacted {
+            c.event.prev_kv = None;
         }
     }
 }
@@ -177,10 +209,6 @@ fn event(key: &[u8], rev: i64, record: Record, prev_kv: Option<KeyValue>) -> Eve
             prev_kv,
         },
     }
-}
-
-fn key_of(e: &Event) -> &[u8] {
-    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
 }
 
 #[cfg(test)]

@@ -19,9 +19,11 @@
 //! `MvccVersion(key, revision)`; the newest live version also under
 //! `MvccLatest(key)`, so reads at the current revision scan one record per
 //! key. A delete writes a tombstone version and removes the latest record.
-//! Every version is also indexed under `MvccByRevision(revision, key)`, so
-//! a watcher's replay of `[from, to]` reads that window, not the span's
-//! whole history ([`history`]; stores written before the index existed
+//! Every version is also indexed under `MvccByRevision(revision, key)`,
+//! valued with the place of the op that wrote it in its transaction
+//! ([`Change`]; after a restore, etcd's sub-revision), so a watcher's replay of `[from, to]` reads
+//! that window, not the span's whole history, and gets each revision's
+//! events in etcd's order ([`history`]; stores written before the index existed
 //! replay by full scan until a compaction completes their index).
 //!
 //! Invariants:
@@ -37,6 +39,7 @@
 //!   stored version: written in the version's batch, dropped in the batch
 //!   that drops the version.
 
+mod change;
 mod compact;
 mod error;
 mod hash;
@@ -52,6 +55,7 @@ mod test_rng;
 mod txn;
 mod validate;
 
+pub use change::{decode_sub, encode_sub, Change};
 pub use compact::{compact, compact_range, compacted, needs_whole_compaction, sweep};
 pub use error::{Error, Rejection, Result};
 pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};

@@ -25,8 +25,9 @@
 //!   reads none of them.
 //!
 //! Cairn gives each transaction one revision, as etcd does; within one, the
-//! sub revisions follow key order (etcd numbers ops in request order; only
-//! uniqueness matters to a reader). Revisions are Cairn's TSO timestamps,
+//! sub revisions number its versions in the order etcd's would (the order
+//! their ops ran, a DeleteRange's keys in key order: `crate::change`), and
+//! a store restored from a file keeps that order for its watchers. Revisions are Cairn's TSO timestamps,
 //! far above etcd's counters: both fit the 8-byte field, and a store
 //! restored from etcd continues above etcd's last revision.
 
@@ -71,8 +72,8 @@ fn rev_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
     k
 }
 
-/// Main revision and delete mark of an etcd revision key.
-fn parse_rev_key(k: &[u8]) -> Option<(i64, bool)> {
+/// Main revision, sub-revision and delete mark of an etcd revision key.
+fn parse_rev_key(k: &[u8]) -> Option<(i64, i64, bool)> {
     let tombstone = match k.len() {
         17 => false,
         18 if k[17] == TOMBSTONE => true,
@@ -81,6 +82,7 @@ fn parse_rev_key(k: &[u8]) -> Option<(i64, bool)> {
     (k[8] == b'_').then(|| {
         (
             i64::from_be_bytes(k[..8].try_into().expect("8 bytes")),
+            i64::from_be_bytes(k[9..17].try_into().expect("8 bytes")),
             tombstone,
         )
     })

@@ -22,6 +22,7 @@ use cairn_api::mvccpb::{event::EventType, Event, KeyValue};
 use cairn_storage::keys::Key;
 use cairn_storage::{Snapshot, WriteBatch};
 
+use crate::change::{encode_sub, Change};
 use crate::range::{range_with, visible, Overlay, Span};
 use crate::record::{self, Record};
 use crate::{Error, Rejection, Result, Revisions};
@@ -58,8 +59,9 @@ pub struct TxnOutcome {
     pub response: TxnResponse,
     /// The storage writes to commit atomically (empty when nothing changed).
     pub batch: WriteBatch,
-    /// Change events in order, every event with its `prev_kv`.
-    pub events: Vec<Event>,
+    /// Change events in the order the ops ran (a DeleteRange's keys in
+    /// key order), every event with its `prev_kv`.
+    pub events: Vec<Change>,
     /// The revisions after the transaction.
     pub revisions: Revisions,
     /// The branch each (nested) transaction took, in execution order.
@@ -73,7 +75,12 @@ struct Writer<'a> {
     leases: &'a dyn LeaseView,
     overlay: Overlay,
     batch: WriteBatch,
-    events: Vec<Event>,
+    events: Vec<Change>,
+    /// The place of the op running among the transaction's ops (every
+    /// region's part numbers them alike: [`crate::change`]).
+    sub: u32,
+    /// How many ops have run.
+    ops: u32,
     /// A part of a transaction across regions: only writes within this
     /// span (`[start, end)`, end empty: to the end); ranges are skipped.
     within: Option<crate::locks::KeySpan>,
@@ -113,6 +120,8 @@ pub fn apply_txn(
         overlay: Overlay::new(),
         batch: WriteBatch::new(),
         events: Vec::new(),
+        sub: 0,
+        ops: 0,
         within: None,
         check_leases: true,
         index: leases.keeps_index(),
@@ -159,6 +168,8 @@ pub fn apply_txn_part(
         overlay: Overlay::new(),
         batch: WriteBatch::new(),
         events: Vec::new(),
+        sub: 0,
+        ops: 0,
         within: Some(within),
         check_leases: false,
         index: lease_table,
@@ -241,6 +252,8 @@ pub fn read_txn_at(
         overlay: Overlay::new(),
         batch: WriteBatch::new(),
         events: Vec::new(),
+        sub: 0,
+        ops: 0,
         within: None,
         check_leases: true,
         index: false,
@@ -435,6 +448,10 @@ impl Writer<'_> {
     }
 
     fn op(&mut self, op: &RequestOp, path: &mut impl Iterator<Item = bool>) -> Result<ResponseOp> {
+        if !matches!(op.request, Some(Request::RequestTxn(_))) {
+            self.sub = self.ops;
+            self.ops = self.ops.saturating_add(1);
+        }
         let response = match &op.request {
             Some(Request::RequestRange(r)) => Some(Response::ResponseRange(self.range(r)?)),
             Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.put(p)?)),
@@ -455,8 +472,16 @@ impl Writer<'_> {
             .put(Key::MvccVersion { key, revision: rev }.encode(), stored);
         self.batch.put(
             Key::MvccByRevision { revision: rev, key }.encode(),
-            Vec::new(),
+            encode_sub(self.sub),
         );
+    }
+
+    fn event(&mut self, event: Event) {
+        self.events.push(Change {
+            revision: self.rev,
+            sub: self.sub,
+            event,
+        });
     }
 
     fn current(&self, key: &[u8]) -> Result<Option<KeyValue>> {
@@ -573,7 +598,7 @@ impl Writer<'_> {
         self.version(&req.key, stored.clone());
         self.batch
             .put(Key::MvccLatest { key: &req.key }.encode(), stored);
-        self.events.push(Event {
+        self.event(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
             prev_kv: prev.clone(),
@@ -621,7 +646,7 @@ impl Writer<'_> {
                 mod_revision: self.rev,
                 ..Default::default()
             };
-            self.events.push(Event {
+            self.event(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(tomb),
                 prev_kv: Some(kv.clone()),

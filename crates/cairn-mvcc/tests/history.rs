@@ -1,10 +1,11 @@
 //! History replay (what watchers catch up from) agrees with the live events
-//! of the transactions that made it, including at a compaction boundary.
+//! of the transactions that made it — in the order their ops ran, as
+//! etcd's sub-revisions order them — including at a compaction boundary.
 
 use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
 use cairn_api::mvccpb::Event;
-use cairn_mvcc::{apply_txn, compact, history, NoLeases, Revisions, Span};
+use cairn_mvcc::{apply_txn, compact, history, Change, NoLeases, Revisions, Span};
 use cairn_storage::{Durability, Engine, MemoryEngine};
 
 fn put(k: &str, v: &str) -> Request {
@@ -22,7 +23,7 @@ fn del(k: &str) -> Request {
     })
 }
 
-fn run(e: &MemoryEngine, revs: &mut Revisions, ops: Vec<Request>) -> Vec<(i64, Event)> {
+fn run(e: &MemoryEngine, revs: &mut Revisions, ops: Vec<Request>) -> Vec<Change> {
     let req = TxnRequest {
         success: ops
             .into_iter()
@@ -31,12 +32,19 @@ fn run(e: &MemoryEngine, revs: &mut Revisions, ops: Vec<Request>) -> Vec<(i64, E
         ..Default::default()
     };
     let rev = revs.current + 10;
-    let mut out = apply_txn(e, &req, rev, *revs, &NoLeases).unwrap();
+    let out = apply_txn(e, &req, rev, *revs, &NoLeases).unwrap();
     e.write(out.batch, Durability::Buffered).unwrap();
     *revs = out.revisions;
+    assert!(out.events.iter().all(|c| c.revision == rev));
     out.events
-        .sort_by(|a, b| a.kv.as_ref().unwrap().key.cmp(&b.kv.as_ref().unwrap().key));
-    out.events.into_iter().map(|ev| (rev, ev)).collect()
+}
+
+/// Events as a watcher gets them: (revision, event).
+fn sent(changes: &[Change]) -> Vec<(i64, Event)> {
+    changes
+        .iter()
+        .map(|c| (c.revision, c.event.clone()))
+        .collect()
 }
 
 #[test]
@@ -44,27 +52,27 @@ fn history_equals_the_live_events() {
     let e = MemoryEngine::new();
     let mut revs = Revisions::default();
     let mut live = Vec::new();
-    live.extend(run(&e, &mut revs, vec![put("a", "1"), put("b", "1")]));
+    live.extend(run(&e, &mut revs, vec![put("b", "1"), put("a", "1")]));
     live.extend(run(&e, &mut revs, vec![put("a", "2")]));
-    live.extend(run(&e, &mut revs, vec![del("a"), put("c", "1")]));
+    live.extend(run(&e, &mut revs, vec![put("c", "1"), del("a")]));
     live.extend(run(&e, &mut revs, vec![put("a", "3")]));
+    let keys: Vec<&[u8]> = live.iter().map(|c| c.key()).collect();
+    let ran: &[&[u8]] = &[b"b", b"a", b"a", b"c", b"a", b"a"];
+    assert_eq!(keys, ran, "live events follow the ops");
     let all = Span::Range(Vec::new(), None);
     assert_eq!(history(&e, &all, 1, revs.current).unwrap(), live);
     // A window and a single key.
     let window: Vec<_> = live
         .iter()
-        .filter(|(r, _)| *r >= 20 && *r <= 30)
+        .filter(|c| c.revision >= 20 && c.revision <= 30)
         .cloned()
         .collect();
     assert_eq!(history(&e, &all, 20, 30).unwrap(), window);
-    let only_a: Vec<_> = live
-        .iter()
-        .filter(|(_, ev)| ev.kv.as_ref().unwrap().key == b"a")
-        .cloned()
-        .collect();
+    // One key has one event a revision: its replay leaves subs at 0.
+    let only_a: Vec<_> = live.iter().filter(|c| c.key() == b"a").cloned().collect();
     assert_eq!(
-        history(&e, &Span::Single(b"a".to_vec()), 1, revs.current).unwrap(),
-        only_a
+        sent(&history(&e, &Span::Single(b"a".to_vec()), 1, revs.current).unwrap()),
+        sent(&only_a)
     );
 }
 
@@ -84,7 +92,7 @@ fn a_delete_at_the_compaction_revision_stays_visible_to_history() {
         1,
         "the delete at the compaction revision is replayed"
     );
-    assert_eq!(h[0].1.kv, deleted[0].1.kv);
+    assert_eq!(h[0].event.kv, deleted[0].event.kv);
     // The next compaction above it removes the tombstone.
     run(&e, &mut revs, vec![put("b", "1")]);
     let (batch, _) = compact(&e, revs.current, revs).unwrap();

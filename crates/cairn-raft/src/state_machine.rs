@@ -27,9 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cairn_api::etcdserverpb::TxnRequest;
-use cairn_api::mvccpb::Event;
 use cairn_mvcc::lease::{self, StoredLeases};
-use cairn_mvcc::{Limits, Revisions};
+use cairn_mvcc::{Change, Limits, Revisions};
 use cairn_storage::keys::Key;
 use cairn_storage::{Durability, Engine, Overlay, Snapshot as EngineSnapshot, WriteBatch};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -290,9 +289,10 @@ impl Applied {
 /// What one applied entry changed in a data region: the region's change feed.
 #[derive(Debug, Default)]
 pub struct FeedBatch {
-    /// Every event of the entry as (revision, event), ordered by revision,
-    /// then key (the order history replays use too).
-    pub events: Vec<(i64, Event)>,
+    /// Every event of the entry, in etcd's order: by revision, then the
+    /// place of its op in the transaction, then key (the order history
+    /// replays use too: `cairn_mvcc::Change`).
+    pub events: Vec<Change>,
     /// The region's resolved revision after the entry: every write at or
     /// below it has been published (its current revision, below a lock
     /// held, or up to a close taken beside the log: `side_close`).
@@ -450,7 +450,7 @@ impl RegionShared {
     /// The events of the region's keys at revisions `[from, to]`, from the
     /// engine as it is now (the feed's events once a lock that held them
     /// back goes).
-    fn released_history(&self, from: i64, to: i64) -> crate::Result<Vec<(i64, Event)>> {
+    fn released_history(&self, from: i64, to: i64) -> crate::Result<Vec<Change>> {
         let range = self.range();
         let end = (!range.end.is_empty()).then_some(range.end);
         let span = cairn_mvcc::Span::Range(range.start, end);
@@ -1072,7 +1072,7 @@ impl StateMachine {
         term: u64,
         state: &mut Applied,
         engine: &dyn EngineSnapshot,
-        events: &mut Vec<(i64, Event)>,
+        events: &mut Vec<Change>,
     ) -> crate::Result<(WriteBatch, Reply)> {
         if state.merge.frozen.is_some() && !merge::allowed_while_frozen(&cmd) {
             // Frozen for a merge: its keys and revisions stay as frozen.
@@ -1248,8 +1248,7 @@ impl StateMachine {
                             cairn_mvcc::set_header_revision(&mut out.response, rev);
                         }
                         state.current_revision = out.revisions.current;
-                        out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
-                        events.extend(out.events.into_iter().map(|e| (rev, e)));
+                        events.extend(out.events);
                         self.shared.load.record(&out.batch);
                         Ok((out.batch, Reply::Txn(out.response.encode_to_vec())))
                     }
@@ -1329,10 +1328,9 @@ impl StateMachine {
                 }
                 let rev = ts.max(revs.current + 1);
                 match lease::revoke(engine, id, rev, revs) {
-                    Ok(mut out) => {
+                    Ok(out) => {
                         state.current_revision = out.revisions.current;
-                        out.events.sort_by(|a, b| event_key(a).cmp(event_key(b)));
-                        events.extend(out.events.into_iter().map(|e| (rev, e)));
+                        events.extend(out.events);
                         Ok((out.batch, Reply::Revision(state.current_revision)))
                     }
                     Err(e) => reject(e),
@@ -1525,10 +1523,6 @@ pub fn leases_put(t: &TxnRequest) -> Vec<i64> {
     out
 }
 
-fn event_key(e: &Event) -> &[u8] {
-    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
-}
-
 /// Deterministic rejections become replies; anything else is a storage fault.
 fn reject(e: cairn_mvcc::Error) -> crate::Result<(WriteBatch, Reply)> {
     match e {
@@ -1672,7 +1666,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let resolved = next.resolved();
             let held_back = was_resolved.0 < was_resolved.1;
             if held_back || resolved < next.current_revision {
-                events.retain(|(rev, _)| *rev <= resolved);
+                events.retain(|c| c.revision <= resolved);
             }
             fail::fail_point!(crate::failpoints::BEFORE_APPLY);
             batch.put(
@@ -1722,6 +1716,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
+            #[cfg(feature = "planted-key-ordered-events")]
+            events.sort_by(|a, b| (a.revision, a.key()).cmp(&(b.revision, b.key())));
             if self.shared.kind == RegionKind::Data {
                 // A split moves keys to the child, a freeze takes them from
                 // the region, an absorb or a thaw brings them: a watcher of

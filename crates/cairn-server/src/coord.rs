@@ -262,7 +262,7 @@ async fn wait_for(feed: &mut FeedMerger, hit: impl Fn(&cairn_api::mvccpb::Event)
     loop {
         match feed.next().await {
             HubItem::Batch { events, .. } => {
-                if events.iter().any(|(_, e)| hit(e)) {
+                if events.iter().any(|c| hit(&c.event)) {
                     return;
                 }
             }

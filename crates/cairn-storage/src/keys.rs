@@ -10,7 +10,9 @@
 //! - MVCC latest keys are `0x11 | user key`: the newest version of each live
 //!   key, so reads at the current revision scan one record per key.
 //! - MVCC by-revision keys are `0x13 | revision (u64 BE) | user key`, one
-//!   per stored version, value empty: the versions in revision order, so a
+//!   per stored version, valued with the version's place among its
+//!   transaction's ops (`cairn_mvcc::Change`; empty for the first): the
+//!   versions in revision order, so a
 //!   read of the changes in `[from, to]` is one contiguous scan (etcd's
 //!   backend is keyed this way). The user key needs no escaping because it
 //!   comes last after a fixed-width revision, so raw byte order already

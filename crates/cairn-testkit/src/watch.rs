@@ -29,6 +29,22 @@ impl WatchStream {
         Ok(Self { tx, rx })
     }
 
+    /// Opens a stream to `addr` with one watcher of every key from
+    /// revision `from` (0: now), created.
+    pub async fn everything(addr: &str, from: i64) -> Self {
+        let mut w = Self::open(addr).await.expect("watch stream");
+        w.create(WatchCreateRequest {
+            key: vec![0],
+            range_end: vec![0],
+            start_revision: from,
+            ..Default::default()
+        })
+        .await;
+        let created = w.next(Duration::from_secs(5)).await.expect("created");
+        assert!(created.created, "{created:?}");
+        w
+    }
+
     /// Sends a create request.
     pub async fn create(&self, c: WatchCreateRequest) {
         self.send(RequestUnion::CreateRequest(c)).await;

@@ -76,16 +76,7 @@ async fn ttl_keys(l: &mut LeaseClient<Channel>, id: i64) -> Vec<String> {
 
 /// A watch of every key from revision `from` (0: now), created.
 async fn watch_all(c: &InProcessCluster, i: usize, from: i64) -> WatchStream {
-    let mut w = WatchStream::open(&c.nodes[i].client_addr).await.unwrap();
-    w.create(WatchCreateRequest {
-        key: vec![0],
-        range_end: vec![0],
-        start_revision: from,
-        ..Default::default()
-    })
-    .await;
-    assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
-    w
+    WatchStream::everything(&c.nodes[i].client_addr, from).await
 }
 
 /// The next `n` events of `w`, as (type, key, mod revision); asserts the

@@ -155,13 +155,29 @@ fn check(
     reference: Option<&[Ev]>,
 ) {
     let events = flatten(rs);
-    // Ordered and unique.
+    // Ordered and unique: by revision, and within one in the order the
+    // transaction's ops ran (etcd's sub-revisions), as the place of each
+    // write in its op tells (every put's value is unique).
+    let place: HashMap<(&str, Option<&str>), usize> = ops
+        .iter()
+        .flat_map(|o| {
+            o.writes
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| ((k.as_str(), v.as_deref()), i))
+        })
+        .collect();
+    let place_of = |e: &Ev| place.get(&(e.1.as_str(), e.2.as_deref())).copied();
     for w in events.windows(2) {
+        let ordered = match w[0].0.cmp(&w[1].0) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => w[0].1 != w[1].1 && place_of(&w[0]) < place_of(&w[1]),
+        };
         assert!(
-            (w[0].0, &w[0].1) < (w[1].0, &w[1].1),
+            ordered,
             "{name}: out of order or duplicate: {:?} then {:?}",
-            w[0],
-            w[1]
+            w[0], w[1]
         );
     }
     // Atomic: a revision never spans two responses.

@@ -1,7 +1,9 @@
 //! A watch over several regions opened while one of them runs ahead of
 //! the others (its resolved revision past theirs) misses none of its
 //! events: those between the lowest resolved revision and its own were
-//! published before the watch subscribed, so they come from history.
+//! published before the watch subscribed, so they come from history. Also:
+//! compaction across regions, closes of idle regions, and a transaction's
+//! events in the order its ops ran, live and replayed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -251,5 +253,68 @@ async fn a_watch_from_now_over_an_idle_region_replays_nothing() {
     if let Some(r) = w.next(Duration::from_secs(2)).await {
         assert!(r.events.is_empty(), "replayed {:?}", r.events);
     }
+    c.shutdown().await;
+}
+
+/// The keys of the events a watch gets until it has `n` of them.
+async fn event_keys(w: &mut WatchStream, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.len() < n && Instant::now() < deadline {
+        if let Some(r) = w.next(Duration::from_secs(2)).await {
+            got.extend(
+                r.events
+                    .iter()
+                    .map(|e| String::from_utf8(e.kv.as_ref().unwrap().key.clone()).unwrap()),
+            );
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transactions_events_arrive_in_the_order_its_ops_ran() {
+    use cairn_api::etcdserverpb::request_op::Request;
+    use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let mut client = c.kv(0).await;
+    for k in ["b", "c", "p"] {
+        kv::put(&mut client, k, "0").await.unwrap();
+    }
+    c.split_at("m").await;
+    let mut live = WatchStream::everything(&c.nodes[1].client_addr, 0).await;
+    // Across both regions, its ops out of key order, and a DeleteRange
+    // whose keys lie in both: etcd numbers the changes in the order the
+    // ops ran (a DeleteRange's keys in key order), and sends them so.
+    let put = |k: &str| RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let txn = TxnRequest {
+        success: vec![
+            put("z"),
+            put("a"),
+            RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"b".to_vec(),
+                    range_end: b"q".to_vec(),
+                    ..Default::default()
+                })),
+            },
+            put("0"),
+        ],
+        ..Default::default()
+    };
+    let answer = client.txn(txn).await.unwrap().into_inner();
+    let rev = answer.header.unwrap().revision;
+    let want = ["z", "a", "b", "c", "p", "0"];
+    assert_eq!(event_keys(&mut live, want.len()).await, want, "live");
+    // Replayed from history, on another member, in the same order.
+    let mut replay = WatchStream::everything(&c.nodes[2].client_addr, rev).await;
+    assert_eq!(event_keys(&mut replay, want.len()).await, want, "replayed");
     c.shutdown().await;
 }

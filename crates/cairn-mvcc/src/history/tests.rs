@@ -52,8 +52,8 @@ pub(crate) fn write(
     out.revisions
 }
 
-/// `rounds` random transactions on top of `revs`: puts (several per txn,
-/// so revisions tie), deletes, range deletes, puts on a lease and its
+/// `rounds` random transactions on top of `revs`: puts (several per txn in
+/// any key order, so revisions tie and subs matter), deletes, range deletes, puts on a lease and its
 /// revoke, sparse revisions and occasional compactions.
 pub(crate) fn random_history(
     rng: &mut Rng,
@@ -88,6 +88,10 @@ pub(crate) fn random_history(
                         let lease = if leased && rng.chance(30) { LEASE } else { 0 };
                         ops.push(put(key, rng.pick(&[&b"x"[..], b"y", b""]), lease));
                     }
+                }
+                // In any order: a revision's events follow its ops.
+                for i in (1..ops.len()).rev() {
+                    ops.swap(i, rng.below(i as u64 + 1) as usize);
                 }
                 revs = write(rng, e, revs, txn(ops));
             }
@@ -256,7 +260,7 @@ fn replaying_the_last_ten_revisions_of_a_large_span_reads_about_ten_versions() {
     let full_reads = view.take();
     assert_eq!(replay, full);
     assert_eq!(replay.len(), 10);
-    assert!(replay.iter().all(|(_, ev)| ev.prev_kv.is_some()));
+    assert!(replay.iter().all(|c| c.event.prev_kv.is_some()));
     // Per event: its index entry, the version, the version before; plus
     // the marker.
     assert!(indexed_reads <= 31, "{indexed_reads} reads for 10 events");

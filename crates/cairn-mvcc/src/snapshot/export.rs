@@ -9,6 +9,7 @@ use cairn_storage::Snapshot;
 use prost::Message;
 
 use super::*;
+use crate::change::{decode_sub, stored_sub};
 use crate::lease;
 use crate::record::Record;
 use crate::{Error, Result, Revisions};
@@ -66,48 +67,28 @@ pub fn export_with<W: Write + Seek>(
 /// Entries of a bucket being written.
 type Entries<'a> = Box<dyn Iterator<Item = cairn_storage::Result<(Vec<u8>, Vec<u8>)>> + 'a>;
 
+/// Versions as (revision, sub, key).
+type Order<'a> = Box<dyn Iterator<Item = Result<(i64, u32, Vec<u8>)>> + 'a>;
+
 /// Every version at or below `revs.current` that the compaction keeps as
-/// `key` bucket entries, in revision order: from the by-revision index
-/// when it is complete, else from a sort of every such version's
-/// (revision, key). (A version the compaction dropped may still be stored,
-/// its sweep not done: left out, as etcd's own file would not hold it.)
+/// `key` bucket entries, in etcd's order: by revision, each revision's
+/// versions numbered by sub-revision in the order their ops ran (sub, then
+/// key: [`crate::change`]). They come from the by-revision index when it
+/// is complete, else from a sort of every such version's (revision, key).
+/// (A version the compaction dropped may still be stored, its sweep not
+/// done: left out, as etcd's own file would not hold it.)
 fn versions(view: &dyn Snapshot, revs: Revisions) -> Result<Entries<'_>> {
-    let up_to = revs.current;
-    let order: Box<dyn Iterator<Item = Result<(i64, Vec<u8>)>>> =
-        if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
-            let (lo, hi) = keys::by_revision_range(0, up_to.max(0));
-            Box::new(view.scan(lo, hi, false).map(|item| {
-                let (k, _) = item?;
-                let (rev, key) = decode_by_revision(&k)?;
-                Ok((rev, key.to_vec()))
-            }))
-        } else {
-            let (lo, hi) = keys::version_range(b"", None);
-            let mut all = Vec::new();
-            for item in view.scan(lo, hi, false) {
-                let (k, _) = item?;
-                let (key, rev) = decode_version(&k)?;
-                if rev <= up_to {
-                    all.push((rev, key));
-                }
-            }
-            all.sort();
-            Box::new(all.into_iter().map(Ok))
-        };
-    let order = order.filter_map(move |item| match item {
-        Ok((rev, key)) => match crate::compact::dropped(view, &key, rev, revs.compacted) {
+    let order = stored(view, revs.current)?.filter_map(move |item| match item {
+        Ok((rev, sub, key)) => match crate::compact::dropped(view, &key, rev, revs.compacted) {
             Ok(true) => None,
-            Ok(false) => Some(Ok((rev, key))),
+            Ok(false) => Some(Ok((rev, sub, key))),
             Err(e) => Some(Err(e)),
         },
         Err(e) => Some(Err(e)),
     });
-    let mut last_main = None;
-    let mut sub = 0i64;
-    Ok(Box::new(order.map(move |item| {
-        let (rev, key) = item.map_err(storage)?;
-        sub = if last_main == Some(rev) { sub + 1 } else { 0 };
-        last_main = Some(rev);
+    let next = numbered(Box::new(order));
+    Ok(Box::new(std::iter::from_fn(next).map(move |item| {
+        let (rev, sub, key) = item.map_err(storage)?;
         let stored = view
             .get(
                 &Key::MvccVersion {
@@ -132,6 +113,65 @@ fn versions(view: &dyn Snapshot, revs: Revisions) -> Result<Entries<'_>> {
         };
         Ok((rev_key(rev, sub, tombstone), value))
     })))
+}
+
+/// Every stored version at or below `up_to`, ordered by revision, then
+/// key, with its sub.
+fn stored(view: &dyn Snapshot, up_to: i64) -> Result<Order<'_>> {
+    if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
+        let (lo, hi) = keys::by_revision_range(0, up_to.max(0));
+        return Ok(Box::new(view.scan(lo, hi, false).map(|item| {
+            let (k, v) = item?;
+            let (rev, key) = decode_by_revision(&k)?;
+            Ok((rev, decode_sub(&v), key.to_vec()))
+        })));
+    }
+    let (lo, hi) = keys::version_range(b"", None);
+    let mut all = Vec::new();
+    for item in view.scan(lo, hi, false) {
+        let (k, _) = item?;
+        let (key, rev) = decode_version(&k)?;
+        if rev <= up_to {
+            let sub = stored_sub(view, &key, rev)?;
+            all.push((rev, key, sub));
+        }
+    }
+    all.sort();
+    Ok(Box::new(
+        all.into_iter().map(|(rev, key, sub)| Ok((rev, sub, key))),
+    ))
+}
+
+/// `order`'s versions (by revision) with etcd's sub-revisions: each
+/// revision's held, put in (sub, key) order and numbered from 0.
+fn numbered(order: Order<'_>) -> impl FnMut() -> Option<Result<(i64, i64, Vec<u8>)>> + '_ {
+    let mut order = order.peekable();
+    let mut revision: std::vec::IntoIter<(i64, i64, Vec<u8>)> = Vec::new().into_iter();
+    move || {
+        if let Some(v) = revision.next() {
+            return Some(Ok(v));
+        }
+        let mut held = match order.next()? {
+            Ok(first) => vec![first],
+            Err(e) => return Some(Err(e)),
+        };
+        while let Some(Ok((rev, _, _))) = order.peek() {
+            if *rev != held[0].0 {
+                break;
+            }
+            if let Some(Ok(v)) = order.next() {
+                held.push(v);
+            }
+        }
+        held.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+        revision = held
+            .into_iter()
+            .enumerate()
+            .map(|(sub, (rev, _, key))| (rev, sub as i64, key))
+            .collect::<Vec<_>>()
+            .into_iter();
+        revision.next().map(Ok)
+    }
 }
 
 /// The bbolt writer's iterators carry storage errors.

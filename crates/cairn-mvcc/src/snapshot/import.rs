@@ -17,6 +17,7 @@ use cairn_storage::{Durability, Engine, WriteBatch};
 use prost::Message;
 
 use super::*;
+use crate::change::encode_sub;
 use crate::lease::LeaseRecord;
 use crate::record::Record;
 use crate::{compact, Error, Result, Revisions};
@@ -77,7 +78,7 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
     let mut compacted = 0i64;
     file.for_each(META, &mut |k, v| {
         if k == FINISHED_COMPACT || k == SCHEDULED_COMPACT {
-            let (rev, _) = parse_rev_key(v)
+            let (rev, _, _) = parse_rev_key(v)
                 .ok_or_else(|| cairn_storage::Error::Bolt(format!("bad {k:?} in meta")))?;
             compacted = compacted.max(rev);
         }
@@ -92,7 +93,8 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
     let mut failed: Option<Error> = None;
     let found = file.for_each(KEY, &mut |k, v| {
         let step: Result<()> = (|| {
-            let (rev, tombstone) = parse_rev_key(k).ok_or_else(|| corrupt("bad revision key"))?;
+            let (rev, sub, tombstone) =
+                parse_rev_key(k).ok_or_else(|| corrupt("bad revision key"))?;
             let kv = KeyValue::decode(v).map_err(|e| corrupt(format!("bad KeyValue: {e}")))?;
             if kv.key.is_empty() || rev <= 0 {
                 return Err(corrupt(format!("version {rev} without a key")));
@@ -107,9 +109,13 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
                 Key::MvccVersion { key, revision: rev }.encode(),
                 record.encode(),
             )?;
+            // The sub-revision keeps the revision's events in etcd's order
+            // for watchers (`crate::change`).
+            let sub = u32::try_from(sub)
+                .map_err(|_| corrupt(format!("version {rev} has sub-revision {sub}")))?;
             w.put(
                 Key::MvccByRevision { revision: rev, key }.encode(),
-                Vec::new(),
+                encode_sub(sub),
             )?;
             current = current.max(rev);
             out.versions += 1;

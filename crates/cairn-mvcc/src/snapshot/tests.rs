@@ -4,7 +4,7 @@ use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
 use cairn_api::mvccpb::KeyValue;
 use cairn_storage::bolt::Reader;
-use cairn_storage::keys::{Key, Space};
+use cairn_storage::keys::{self, Key, Space};
 use cairn_storage::{Durability, Engine, MemoryEngine, Snapshot};
 use prost::Message;
 
@@ -74,17 +74,29 @@ impl Store {
                     self.e.write(b, Durability::Buffered).unwrap();
                 }
                 3 => {
+                    // One key, or up to a few (several deletes share a sub).
                     let k = key(&mut self.rng);
+                    let mut range_end = Vec::new();
+                    if self.rng.bool() {
+                        range_end = k.clone();
+                        range_end.push(self.rng.u8(b'0'..=b'9'));
+                    }
                     self.txn(vec![Request::RequestDeleteRange(DeleteRangeRequest {
                         key: k,
+                        range_end,
                         ..Default::default()
                     })]);
                 }
                 4 => {
                     // A multi-op transaction: several keys at one revision.
-                    let mut ks: Vec<Vec<u8>> = (0..3).map(|_| key(&mut self.rng)).collect();
-                    ks.sort();
-                    ks.dedup();
+                    // In any key order: its versions' subs follow the ops.
+                    let mut ks: Vec<Vec<u8>> = Vec::new();
+                    for _ in 0..3 {
+                        let k = key(&mut self.rng);
+                        if !ks.contains(&k) {
+                            ks.push(k);
+                        }
+                    }
                     let ops = ks
                         .into_iter()
                         .map(|k| {
@@ -149,7 +161,10 @@ fn restore(file: Vec<u8>) -> (MemoryEngine, Imported) {
 
 #[test]
 fn a_store_comes_back_byte_for_byte_from_its_snapshot() {
-    for (seed, indexed, compacted) in [(1, true, true), (2, false, true), (3, true, false)] {
+    // (Seed 6, not 3: since the generator draws op orders and DeleteRange
+    // ends, seed 3's history revokes every lease it grants, and the last
+    // assertion wants leases in the file.)
+    for (seed, indexed, compacted) in [(1, true, true), (2, false, true), (6, true, false)] {
         let mut s = Store::new(seed, indexed);
         s.random_history(400);
         if compacted {
@@ -161,11 +176,22 @@ fn a_store_comes_back_byte_for_byte_from_its_snapshot() {
         for sp in [Space::MvccVersion, Space::MvccLatest, Space::Lease] {
             assert_eq!(space(&e, sp), space(&s.e, sp), "seed {seed}: {sp:?}");
         }
-        // The index: the same entries (the restored store's is complete).
+        // The index: the same entries, each revision's in the same order
+        // (the restored store's is complete; its subs number versions as
+        // etcd's do, where a DeleteRange's keys shared one sub here).
         let index = |e: &MemoryEngine| {
-            let mut v = space(e, Space::MvccByRevision);
-            v.retain(|(k, _)| k.len() > 1);
-            v
+            let mut v: Vec<_> = space(e, Space::MvccByRevision)
+                .into_iter()
+                .filter(|(k, _)| k.len() > 1)
+                .map(|(k, v)| {
+                    let (rev, key) = keys::decode_by_revision(&k).unwrap();
+                    (rev, crate::decode_sub(&v), key.to_vec())
+                })
+                .collect();
+            v.sort();
+            v.into_iter()
+                .map(|(rev, _, key)| (rev, key))
+                .collect::<Vec<_>>()
         };
         assert_eq!(index(&e), index(&s.e), "seed {seed}");
         assert_eq!(
@@ -192,11 +218,22 @@ fn the_file_is_in_etcds_schema() {
         }),
     ]);
     let first = s.revs.current;
-    s.txn(vec![Request::RequestDeleteRange(DeleteRangeRequest {
-        key: b"a".to_vec(),
-        ..Default::default()
-    })]);
-    let r = Reader::open(s.export().into_boxed_slice()).unwrap();
+    // A put, then a DeleteRange of two keys: subs 0, 1 and 2, in that order.
+    s.txn(vec![
+        Request::RequestPut(PutRequest {
+            key: b"z".to_vec(),
+            value: b"3".to_vec(),
+            ..Default::default()
+        }),
+        Request::RequestDeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            ..Default::default()
+        }),
+    ]);
+    let second = s.revs.current;
+    let file = s.export();
+    let r = Reader::open(file.clone().into_boxed_slice()).unwrap();
     let mut got = Vec::new();
     r.for_each(b"key", &mut |k, v| {
         got.push((k.to_vec(), KeyValue::decode(v).unwrap()));
@@ -204,23 +241,33 @@ fn the_file_is_in_etcds_schema() {
     })
     .unwrap();
     let keys: Vec<_> = got.iter().map(|(k, _)| k.clone()).collect();
+    // etcd's sub-revisions: the order the ops ran, not key order.
     assert_eq!(
         keys,
         vec![
             rev_key(first, 0, false),
             rev_key(first, 1, false),
-            rev_key(s.revs.current, 0, true)
+            rev_key(second, 0, false),
+            rev_key(second, 1, true),
+            rev_key(second, 2, true),
         ]
     );
-    assert_eq!(got[0].1.key, b"a");
-    assert_eq!((got[0].1.mod_revision, got[0].1.version), (first, 1));
+    let named: Vec<&[u8]> = got.iter().map(|(_, kv)| kv.key.as_slice()).collect();
+    assert_eq!(named, [&b"b"[..], b"a", b"z", b"a", b"b"]);
+    assert_eq!((got[1].1.mod_revision, got[1].1.version), (first, 1));
     assert_eq!(
-        got[2].1,
+        got[3].1,
         KeyValue {
             key: b"a".to_vec(),
             ..Default::default()
         }
     );
+    // Restored, a watcher replays them in that order too.
+    let (restored, _) = restore(file);
+    let replay =
+        crate::history(&restored, &crate::Span::Range(Vec::new(), None), 0, second).unwrap();
+    let replayed: Vec<&[u8]> = replay.iter().map(|c| c.key()).collect();
+    assert_eq!(replayed, named);
     // 17 bytes, `_` in the middle, big-endian: what etcd's revToBytes makes.
     assert_eq!(keys[0].len(), 17);
     assert_eq!(keys[0][8], b'_');

@@ -7,7 +7,6 @@
 //! every replica applies it identically.
 
 use cairn_api::etcdserverpb::TxnRequest;
-use cairn_api::mvccpb::Event;
 use cairn_mvcc::locks::{clip, footprint, Claim, KeySpan, LeaseClaims, Lock, LockRef, Outcome};
 use cairn_mvcc::{lease, Rejection};
 use cairn_storage::{Snapshot, WriteBatch};
@@ -119,7 +118,7 @@ pub(super) fn commit(
     commit_ts: i64,
     path: Vec<bool>,
     engine: &dyn Snapshot,
-    events: &mut Vec<(i64, Event)>,
+    events: &mut Vec<cairn_mvcc::Change>,
     term: u64,
 ) -> crate::Result<(WriteBatch, Reply)> {
     let Some(lock) = state.locks.held.get(&start_ts) else {
@@ -188,9 +187,7 @@ pub(super) fn commit(
     let primary = lock.primary == region;
     state.locks.held.remove(&start_ts);
     state.current_revision = out.revisions.current;
-    let mut part = out.events;
-    part.sort_by(|a, b| super::event_key(a).cmp(super::event_key(b)));
-    events.extend(part.into_iter().map(|e| (commit_ts, e)));
+    events.extend(out.events);
     let outcome = Outcome::Committed { commit_ts, path };
     if primary {
         state.locks.outcomes.insert(start_ts, outcome.clone());

@@ -8,8 +8,9 @@
 //! leave together.
 //!
 //! Where events come from: each data region publishes a change feed — one
-//! batch per applied Raft entry, events ordered by revision then key, with
-//! the region's resolved revision. The watch hub
+//! batch per applied Raft entry, events in etcd's order (by revision, then
+//! the place of their op in the transaction, then key:
+//! `cairn_mvcc::Change`), with the region's resolved revision. The watch hub
 //! (`cairn_store::watch_hub::FeedMerger`) merges the feeds of every region
 //! a group touches, releasing an event only once all of them have resolved
 //! past it. A watcher first replays history from MVCC (`cairn_mvcc::history`,
@@ -31,9 +32,6 @@
 //! uncompacted revision), *bookmarkable* (a progress response at revision R
 //! is queued only after every watcher of the stream has queued all its
 //! events ≤ R).
-//!
-//! Caveat: events of one revision are ordered by key, not by their order
-//! inside the transaction (etcd orders them by sub-revision).
 
 mod group;
 mod stream;

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-use cairn_api::mvccpb::Event;
 use cairn_auth::needs;
 use cairn_store::watch_hub::HubItem;
 use cairn_store::{Access, Credentials};
@@ -34,7 +33,7 @@ const PERMISSION_DENIED: &str =
     "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// A finished history read: the events (unfiltered) up to the revision.
-type Replay = Result<(Vec<(i64, Event)>, i64), String>;
+type Replay = Result<(Vec<cairn_mvcc::Change>, i64), String>;
 
 struct Stream {
     ctx: Arc<Context>,
@@ -262,9 +261,7 @@ impl Stream {
                     );
                 }
                 cairn_mvcc::without_prev_at(&mut all, compacted);
-                all.sort_by(|(ra, a), (rb, b)| {
-                    ra.cmp(rb).then_with(|| event_key(a).cmp(event_key(b)))
-                });
+                all.sort_by(|a, b| a.order().cmp(&b.order()));
                 Ok((all, to))
             })
             .id();
@@ -446,10 +443,6 @@ impl Stream {
         }
         true
     }
-}
-
-fn event_key(e: &Event) -> &[u8] {
-    e.kv.as_ref().map_or(&[][..], |kv| kv.key.as_slice())
 }
 
 /// A progress response: every event at or below `rev` has been sent.

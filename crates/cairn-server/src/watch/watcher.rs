@@ -3,13 +3,14 @@
 //!
 //! The stream drives watchers; a watcher never runs on its own. Its cursor,
 //! `next`, only moves forward, and everything below it has been queued for
-//! the client — history and feed use the same (revision, key) order, so
-//! events are ordered and unique however the two interleave.
+//! the client — history and feed use the same order (etcd's: revision,
+//! sub-revision, key), and a revision comes whole from one or the other,
+//! so events are ordered and unique however the two interleave.
 
 use cairn_api::etcdserverpb::watch_create_request::FilterType;
 use cairn_api::etcdserverpb::WatchCreateRequest;
 use cairn_api::mvccpb::{event::EventType, Event};
-use cairn_mvcc::Span;
+use cairn_mvcc::{Change, Span};
 use cairn_store::watch_hub::Events;
 use prost::Message;
 
@@ -138,8 +139,8 @@ impl Watcher {
         }
         let out: Vec<(i64, Event)> = events
             .iter()
-            .filter(|(r, _)| *r >= self.next)
-            .filter_map(|(r, e)| self.filter.pass(e).map(|e| (*r, e)))
+            .filter(|c| c.revision >= self.next)
+            .filter_map(|c| self.filter.pass(&c.event).map(|e| (c.revision, e)))
             .collect();
         self.next = self.next.max(upto + 1);
         self.resolved = self.resolved.max(upto);
@@ -147,11 +148,11 @@ impl Watcher {
     }
 
     /// History up to `upto` was read (`events`, unfiltered): what to send.
-    pub fn replayed(&mut self, events: Vec<(i64, Event)>, upto: i64) -> Vec<(i64, Event)> {
+    pub fn replayed(&mut self, events: Vec<Change>, upto: i64) -> Vec<(i64, Event)> {
         let out = events
             .into_iter()
-            .filter(|(r, _)| *r >= self.next)
-            .filter_map(|(r, e)| self.filter.pass(&e).map(|e| (r, e)))
+            .filter(|c| c.revision >= self.next)
+            .filter_map(|c| self.filter.pass(&c.event).map(|e| (c.revision, e)))
             .collect();
         self.next = self.next.max(upto + 1);
         self.resolved = self.resolved.max(upto);
