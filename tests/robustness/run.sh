@@ -107,6 +107,10 @@ echo "== planted bug: a write checked against a revoked permission applied behin
 expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
   --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lockers 0 --lease-clients 0
 
+echo "== planted bug: watch events of a transaction in key order, not op order, must be caught"
+expect_caught planted-key-ordered-events "bank: VIOLATED: bank watch" "2411 2412" \
+  --duration 10s --scenario bank-across-regions
+
 echo "== planted bug: followers of a hibernating region left asleep under a dead leader must be caught"
 expect_caught --once planted-sleepy-followers "sleepers: VIOLATED" "1905 1907 1908 1909 1910" \
   --duration 60s --scenario sleeping-regions-under-faults

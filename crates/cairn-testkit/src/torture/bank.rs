@@ -34,7 +34,7 @@ use tonic::transport::Channel;
 /// The accounts' key prefix.
 pub const PREFIX: &str = "zb/";
 /// Every account starts with this balance.
-const START: i64 = 1_000;
+pub(crate) const START: i64 = 1_000;
 const CALL: Duration = Duration::from_secs(5);
 
 /// An account's key.
@@ -58,6 +58,8 @@ pub struct Outcome {
     pub history: Vec<txns::Op>,
     /// What that check found (after the run).
     pub judged: txns::Report,
+    /// What the watch over every account went through (`bank_watch`).
+    pub watched: Option<super::bank_watch::Watched>,
 }
 
 impl Outcome {
@@ -84,10 +86,31 @@ impl Outcome {
         }
     }
 
+    /// The highest revision a write was acknowledged at (0: none).
+    pub fn last_committed(&self) -> i64 {
+        self.history
+            .iter()
+            .filter_map(|op| match op {
+                txns::Op::Write(txns::Write {
+                    outcome: txns::WriteOutcome::Committed(rev),
+                    ..
+                }) => Some(*rev),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// A human summary line.
     pub fn summary(&self) -> String {
+        let watched = self.watched.map_or(String::new(), |w| {
+            format!(
+                "; watch: {} revisions replayed, {} acknowledged transfers found whole in op order",
+                w.revisions, w.transfers
+            )
+        });
         format!(
-            "bank: {} transfers ({} compares failed, {} unknown), {} reads of every account ({} serializable); history: {} reads and {} committed transfers checked, {} writes known only from reads",
+            "bank: {} transfers ({} compares failed, {} unknown), {} reads of every account ({} serializable); history: {} reads and {} committed transfers checked, {} writes known only from reads{watched}",
             self.transfers,
             self.refused,
             self.unknown,

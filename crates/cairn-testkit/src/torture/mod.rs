@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod bank;
+pub mod bank_watch;
 pub mod corruption;
 pub mod leases;
 pub mod locks;
@@ -225,7 +226,7 @@ impl Report {
             s += &b.summary();
             s += "\n";
             s += &match &self.bank_check {
-                Ok(()) => "bank total and strict serializability: hold\n".to_string(),
+                Ok(()) => "bank total, strict serializability and its watch: hold\n".to_string(),
                 Err(w) => format!("bank: VIOLATED: {w}\n"),
             };
         }
@@ -312,6 +313,22 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             until_slept,
         ))
     });
+    // A watch over every bank account: transfers across regions arrive
+    // whole, in op order, and add up (`bank_watch`).
+    let bank_progress = Arc::new(AtomicI64::new(0));
+    if cfg.bank_accounts > 1 {
+        floors.push(bank_progress.clone());
+    }
+    let (bank_until, until_banked) = tokio::sync::watch::channel(None);
+    let bank_watch = (cfg.bank_accounts > 1).then(|| {
+        tokio::spawn(watch_check::follow(
+            endpoints.clone(),
+            bank::PREFIX,
+            deadline,
+            bank_progress.clone(),
+            until_banked,
+        ))
+    });
     let (watch_until, until) = tokio::sync::watch::channel(None);
     let watcher = tokio::spawn(watch_check::follow(
         endpoints.clone(),
@@ -382,22 +399,44 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     };
     let mut sleepers_check = sleepers.as_ref().map_or(Ok(()), |z| z.check());
     if let (Some(z), Some(w)) = (&mut sleepers, sleepers_watch) {
-        let _ = sleepers_until.send(Some(watch_check::last_answered(&z.history)));
+        let until = watch_check::last_answered(&z.history);
+        let _ = sleepers_until.send(Some(until));
         let followed = w.await?;
         z.watched = followed.events.len();
         let watch = match (followed.compacted, followed.broken_progress) {
             (Some(e), _) | (None, Some(e)) => Err(e),
-            (None, None) => watch_check::check(&followed.events, &z.history, followed.seen_to),
+            (None, None) => watch_check::check(&followed.events, &z.history, followed.seen_to)
+                .and_then(|()| watch_check::caught_up(followed.seen_to, until)),
         };
         if let (Ok(()), Err(e)) = (&sleepers_check, watch) {
             sleepers_check = Err(format!("the watch over the sleepers' keys: {e}"));
         }
     }
-    let bank = match bank {
+    let mut bank = match bank {
         Some(t) => Some(t.await?),
         None => None,
     };
-    let bank_check = bank.as_ref().map_or(Ok(()), |b| b.check());
+    let mut bank_check = bank.as_ref().map_or(Ok(()), |b| b.check());
+    if let (Some(b), Some(w)) = (&mut bank, bank_watch) {
+        let until = b.last_committed();
+        let _ = bank_until.send(Some(until));
+        let followed = w.await?;
+        let watch = match (followed.compacted, followed.broken_progress) {
+            (Some(e), _) | (None, Some(e)) => Err(e),
+            (None, None) => bank_watch::check(
+                &followed.events,
+                &b.history,
+                cfg.bank_accounts,
+                followed.seen_to,
+            )
+            .and_then(|w| watch_check::caught_up(followed.seen_to, until).map(|()| w)),
+        };
+        match watch {
+            Ok(w) => b.watched = Some(w),
+            Err(e) if bank_check.is_ok() => bank_check = Err(e),
+            Err(_) => {}
+        }
+    }
     let locks = match lockers {
         Some(t) => t.await?,
         None => locks::Outcome::default(),
@@ -422,7 +461,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     history.sort_by_key(|o| (o.call, o.id));
     // The watcher follows until it has seen every event up to the last
     // revision any answer carries.
-    let _ = watch_until.send(Some(watch_check::last_answered(&history)));
+    let until = watch_check::last_answered(&history);
+    let _ = watch_until.send(Some(until));
     let (compactions, compacted_to) = match compactor {
         Some(c) => c.await?,
         None => (0, 0),
@@ -474,7 +514,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         Some(e) => Err(e),
         None => match followed.broken_progress {
             Some(e) => Err(e),
-            None => watch_check::check(&events, &history, seen_to),
+            None => watch_check::check(&events, &history, seen_to)
+                .and_then(|()| watch_check::caught_up(seen_to, until)),
         },
     };
     // With complete, valid events, lost answers are resolved from them.

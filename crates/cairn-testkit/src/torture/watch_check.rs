@@ -30,6 +30,9 @@ pub struct Seen {
     pub key: String,
     /// `None` for a delete.
     pub value: Option<String>,
+    /// Which response brought it: counted over the whole follow, resumed
+    /// streams included (a revision must come in one).
+    pub response: u64,
 }
 
 /// What the watcher saw.
@@ -50,15 +53,20 @@ pub struct Followed {
     pub compacted: Option<String>,
 }
 
-/// How long after the workload's deadline the watcher may take to catch up
-/// with the history before it gives up (the resolution of lost answers
-/// then stays partial).
+/// How long after the workload's deadline, and after `until` is known, the
+/// watcher may take to catch up with the history before it gives up (and
+/// [`caught_up`] fails the run).
 const CATCH_UP: Duration = Duration::from_secs(30);
+/// How long after the deadline the watcher follows while `until` is not
+/// known yet (the run sends it once every workload has ended: the leases'
+/// grace and the sleepers' recovery take their time).
+const UNTIL_WAIT: Duration = Duration::from_secs(300);
 
 /// Follows `prefix` on the endpoints, rotating endpoints on failure, until
 /// it has seen everything up to the revision `until` names once the
 /// workload ended ([`last_answered`]: then the events are complete and
-/// every lost answer can be resolved), or [`CATCH_UP`] past `deadline`.
+/// every lost answer can be resolved), or [`CATCH_UP`] past `deadline` and
+/// past the moment `until` came.
 /// Once `until` is known it asks for progress notifications every second:
 /// other keys move revisions past this prefix's last event, and a
 /// notification at R says every event up to R was sent. `progress` is kept
@@ -79,15 +87,26 @@ pub async fn follow(
     let mut broken_progress = None;
     let mut resumes = 0u32;
     let mut compacted = None;
+    let mut responses = 0u64;
     let mut ep = 0usize;
-    let end = deadline + CATCH_UP;
+    // When `until` was first seen; the time left runs from it.
+    let mut until_at: Option<Instant> = None;
+    let end = |until_at: &mut Option<Instant>| {
+        if until_at.is_none() && until.borrow().is_some() {
+            *until_at = Some(Instant::now());
+        }
+        match *until_at {
+            Some(at) => at.max(deadline) + CATCH_UP,
+            None => deadline + UNTIL_WAIT,
+        }
+    };
     let caught_up = |seen_to: i64| (*until.borrow()).is_some_and(|r| seen_to >= r);
     let range_end = {
         let mut e = prefix.as_bytes().to_vec();
         *e.last_mut().expect("non-empty prefix") += 1;
         e
     };
-    while Instant::now() < end && !caught_up(seen_to) {
+    while Instant::now() < end(&mut until_at) && !caught_up(seen_to) {
         let start = seen.last().map_or(1, |s| s.revision + 1);
         let addr = &endpoints[ep % endpoints.len()];
         ep += 1;
@@ -125,7 +144,7 @@ pub async fn follow(
             // A stream that stays silent for 2 s may be on a partitioned
             // node: move on (resuming loses nothing).
             let silent = Duration::from_secs(2).saturating_sub(heard.elapsed());
-            let left = end.saturating_duration_since(Instant::now());
+            let left = end(&mut until_at).saturating_duration_since(Instant::now());
             let message = tokio::select! {
                 m = tokio::time::timeout(silent.min(left), stream.message()) => m,
                 _ = ask.tick(), if until.borrow().is_some() => {
@@ -159,6 +178,7 @@ pub async fn follow(
                             advanced = Instant::now();
                         }
                     }
+                    responses += 1;
                     for e in m.events {
                         let kv = e.kv.unwrap_or_default();
                         let delete = e.r#type == EventType::Delete as i32;
@@ -178,12 +198,13 @@ pub async fn follow(
                             key: String::from_utf8_lossy(&kv.key).into_owned(),
                             value: (!delete)
                                 .then(|| String::from_utf8_lossy(&kv.value).into_owned()),
+                            response: responses,
                         });
                     }
                 }
                 _ => break,
             }
-            if Instant::now() >= end || caught_up(seen_to) {
+            if Instant::now() >= end(&mut until_at) || caught_up(seen_to) {
                 break;
             }
         }
@@ -295,6 +316,21 @@ pub fn last_answered(history: &[Operation]) -> i64 {
         })
         .max()
         .unwrap_or(0)
+}
+
+/// Whether a watcher that saw everything up to `seen_to` got as far as
+/// `until` (the last revision the workload's answers carry) in the
+/// [`CATCH_UP`] it had after the run; if not, its stream stalled, or
+/// every member it tried stayed behind — events a client waits for that
+/// never come.
+pub fn caught_up(seen_to: i64, until: i64) -> Result<(), String> {
+    match seen_to >= until {
+        true => Ok(()),
+        false => Err(format!(
+            "the watch never caught up: it saw up to revision {seen_to}, answers went to {until} (given {} s once the run ended and its answers were in)",
+            CATCH_UP.as_secs()
+        )),
+    }
 }
 
 /// Resolves writes whose answer was lost using the watch events (as etcd's
@@ -495,6 +531,7 @@ mod tests {
             revision,
             key: "k".into(),
             value: value.map(str::to_string),
+            response: revision as u64,
         }
     }
 
