@@ -4,19 +4,23 @@
 //! Each region publishes its own feed (`cairn_raft::FeedBatch`) with a
 //! resolved revision: no write at or below it can still appear in that
 //! region. The hub holds back events until *every* input region has
-//! resolved past them, then releases them in (revision, key) order with the
-//! minimum resolved revision — so a watcher over several regions sees one
-//! ordered history, and a progress notification at R is safe across all of
-//! them. Any input lagging or resetting is reported, and the watcher catches
-//! up from MVCC history instead.
+//! resolved past them, then releases them in etcd's order (revision, then
+//! the place of the event's op in its transaction, then key:
+//! `cairn_mvcc::Change`) with the minimum resolved revision — so a watcher
+//! over several regions sees one ordered history, and a progress
+//! notification at R is safe across all of them. Any input lagging or
+//! resetting is reported, and the watcher catches up from MVCC history
+//! instead. The inputs' feeds are one `SelectAll` of broadcast streams:
+//! a batch costs the hub the work of the region that sent it, not of every
+//! region watched (Kubernetes watches every key: hundreds of regions).
 //!
 //! An idle region's resolved revision moves only with its closed
-//! timestamps (`Command::Close`, proposed while there is more than one data
-//! region and a member with a watch on the region asks: `node::closes`).
-//! A region that splits
-//! publishes a reset: the watch stream then regroups each watcher over
-//! the regions its span touches now and re-reads history, so the keys the
-//! split moved out stay watched. With one input nothing needs holding back, and the
+//! timestamps (`node::closes`: beside the log or as `Command::Close`,
+//! while there is more than one data region and a member with a watch on
+//! the region asks). A region that splits publishes a reset: the watch
+//! stream then regroups each watcher over the regions its span touches now
+//! and re-reads history, so the keys the split moved out stay watched.
+//! With one input nothing needs holding back, and the
 //! region's batch is handed on as is (shared, not copied): every reader (one
 //! per watch stream and set of regions) gets the same batch, and each
 //! watcher copies only the events it sends. (A copy per watcher per batch
@@ -24,18 +28,20 @@
 //! docs/benchmarks.md.)
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use cairn_api::mvccpb::Event;
+use cairn_mvcc::Change;
 use cairn_raft::FeedBatch;
-use futures::future::select_all;
-use tokio::sync::broadcast::{self, error::RecvError};
+use futures::stream::{self, SelectAll, Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
 
 /// What the merged stream yields.
 #[derive(Debug)]
 pub enum HubItem {
-    /// Events every input has resolved, ordered by (revision, key), and the
-    /// revision up to which the merged stream is complete.
+    /// Events every input has resolved, in etcd's order, and the revision
+    /// up to which the merged stream is complete.
     Batch { events: Events, resolved: i64 },
     /// An input lagged behind its bounded feed or installed a snapshot:
     /// re-read history from MVCC.
@@ -51,12 +57,12 @@ pub enum Events {
     /// A region's batch, shared with every other subscriber.
     Shared(Arc<FeedBatch>),
     /// Events merged from several regions.
-    Merged(Arc<Vec<(i64, Event)>>),
+    Merged(Arc<Vec<Change>>),
 }
 
 impl Events {
-    /// The events, ordered by (revision, key).
-    pub fn iter(&self) -> std::slice::Iter<'_, (i64, Event)> {
+    /// The events, in etcd's order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Change> {
         match self {
             Events::Shared(b) => b.events.iter(),
             Events::Merged(v) => v.iter(),
@@ -64,8 +70,19 @@ impl Events {
     }
 }
 
+/// What an input's feed brings.
+enum Fed {
+    Batch(Arc<FeedBatch>),
+    /// The input fell behind its bounded feed.
+    Lagged,
+    /// The feed's sender went (the node is stopping).
+    Closed,
+}
+
+/// One input's feed, its items tagged with the input's place.
+type Feed = Pin<Box<dyn Stream<Item = (usize, Fed)> + Send + Sync>>;
+
 struct Input {
-    feed: broadcast::Receiver<Arc<FeedBatch>>,
     resolved: i64,
     /// Its events at or below this came from history (the feed's copies
     /// of them are skipped).
@@ -75,7 +92,15 @@ struct Input {
 /// Merges the feeds of several regions.
 pub struct FeedMerger {
     inputs: Vec<Input>,
-    held: BTreeMap<(i64, Vec<u8>), Event>,
+    /// Every input's feed as one stream, which polls only the feeds that
+    /// were woken. (A select over every input's receiver, made afresh for
+    /// each batch, cost O(regions) per batch: with hundreds of regions
+    /// watched, hundreds of futures made, polled and dropped for each.)
+    feeds: SelectAll<Feed>,
+    /// An input's feed closed: so is the merged stream.
+    closed: bool,
+    /// Events not yet resolved everywhere, by (revision, sub, key).
+    held: BTreeMap<(i64, u32, Vec<u8>), Change>,
     /// Reading history for the subscription failed: the first item is a
     /// discontinuity (subscribe again).
     broken: bool,
@@ -93,26 +118,39 @@ impl FeedMerger {
     /// `broken`: reading them failed.
     pub fn with_history(
         feeds: Vec<(broadcast::Receiver<Arc<FeedBatch>>, i64)>,
-        history: Vec<(i64, Event)>,
+        history: Vec<Change>,
         broken: bool,
     ) -> Self {
-        let mut m = Self {
-            inputs: feeds
-                .into_iter()
-                .map(|(feed, resolved)| Input {
-                    feed,
-                    resolved,
-                    start: resolved,
+        let mut inputs = Vec::with_capacity(feeds.len());
+        let mut streams = SelectAll::new();
+        for (i, (feed, resolved)) in feeds.into_iter().enumerate() {
+            inputs.push(Input {
+                resolved,
+                start: resolved,
+            });
+            let fed = BroadcastStream::new(feed)
+                .map(move |r| match r {
+                    Ok(batch) => (i, Fed::Batch(batch)),
+                    Err(_) => (i, Fed::Lagged),
                 })
-                .collect(),
+                .chain(stream::once(async move { (i, Fed::Closed) }));
+            streams.push(Box::pin(fed) as Feed);
+        }
+        let mut m = Self {
+            inputs,
+            feeds: streams,
+            closed: false,
             held: BTreeMap::new(),
             broken,
         };
-        for (rev, e) in history {
-            let key = e.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default();
-            m.held.insert((rev, key), e);
+        for c in history {
+            m.hold(c);
         }
         m
+    }
+
+    fn hold(&mut self, c: Change) {
+        self.held.insert((c.revision, c.sub, c.key().to_vec()), c);
     }
 
     /// The revision every input has resolved.
@@ -123,54 +161,48 @@ impl FeedMerger {
     /// Waits for the next releasable batch (possibly empty when only the
     /// resolved revision advanced).
     pub async fn next(&mut self) -> HubItem {
-        if self.inputs.is_empty() {
+        if self.inputs.is_empty() || self.closed {
             return HubItem::Closed;
         }
-        if std::mem::take(&mut self.broken) {
-            // Not at once: a failing read would otherwise spin.
+        if self.broken {
+            // Not at once: a failing read would otherwise spin. Cleared
+            // only after the pause, so a caller that drops this future
+            // meanwhile (a `select!`) still gets the discontinuity.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.broken = false;
+            return HubItem::Discontinuity;
+        }
+        let (idx, batch) = match self.feeds.next().await {
+            Some((idx, Fed::Batch(batch))) => (idx, batch),
+            Some((_, Fed::Lagged)) => return HubItem::Discontinuity,
+            Some((_, Fed::Closed)) | None => {
+                self.closed = true;
+                return HubItem::Closed;
+            }
+        };
+        if batch.reset {
             return HubItem::Discontinuity;
         }
         if let [only] = &mut self.inputs[..] {
-            return match only.feed.recv().await {
-                Ok(batch) if batch.reset => HubItem::Discontinuity,
-                Ok(batch) => {
-                    only.resolved = only.resolved.max(batch.resolved);
-                    HubItem::Batch {
-                        resolved: only.resolved,
-                        events: Events::Shared(batch),
-                    }
-                }
-                Err(RecvError::Lagged(_)) => HubItem::Discontinuity,
-                Err(RecvError::Closed) => HubItem::Closed,
+            // Nothing to hold back: the batch goes on as published.
+            only.resolved = only.resolved.max(batch.resolved);
+            return HubItem::Batch {
+                resolved: only.resolved,
+                events: Events::Shared(batch),
             };
         }
-        let (res, idx, _) =
-            select_all(self.inputs.iter_mut().map(|i| Box::pin(i.feed.recv()))).await;
-        match res {
-            Ok(batch) => {
-                if batch.reset {
-                    return HubItem::Discontinuity;
-                }
-                let start = self.inputs[idx].start;
-                for (rev, e) in batch.events.iter().filter(|(rev, _)| *rev > start) {
-                    let key = e.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default();
-                    self.held.insert((*rev, key), e.clone());
-                }
-                let input = &mut self.inputs[idx];
-                input.resolved = input.resolved.max(batch.resolved);
-                let resolved = self.resolved();
-                let rest = self.held.split_off(&(resolved + 1, Vec::new()));
-                let ready = std::mem::replace(&mut self.held, rest);
-                HubItem::Batch {
-                    events: Events::Merged(Arc::new(
-                        ready.into_iter().map(|((rev, _), e)| (rev, e)).collect(),
-                    )),
-                    resolved,
-                }
-            }
-            Err(RecvError::Lagged(_)) => HubItem::Discontinuity,
-            Err(RecvError::Closed) => HubItem::Closed,
+        let start = self.inputs[idx].start;
+        for c in batch.events.iter().filter(|c| c.revision > start) {
+            self.hold(c.clone());
+        }
+        let input = &mut self.inputs[idx];
+        input.resolved = input.resolved.max(batch.resolved);
+        let resolved = self.resolved();
+        let rest = self.held.split_off(&(resolved + 1, 0, Vec::new()));
+        let ready = std::mem::replace(&mut self.held, rest);
+        HubItem::Batch {
+            events: Events::Merged(Arc::new(ready.into_values().collect())),
+            resolved,
         }
     }
 }
@@ -178,12 +210,18 @@ impl FeedMerger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_api::mvccpb::KeyValue;
+    use cairn_api::mvccpb::{Event, KeyValue};
 
-    fn ev(key: &str, rev: i64) -> (i64, Event) {
-        (
-            rev,
-            Event {
+    fn ev(key: &str, rev: i64) -> Change {
+        ev_op(key, rev, 0)
+    }
+
+    /// An event made by the op at `sub` of its transaction.
+    fn ev_op(key: &str, rev: i64, sub: u32) -> Change {
+        Change {
+            revision: rev,
+            sub,
+            event: Event {
                 kv: Some(KeyValue {
                     key: key.into(),
                     mod_revision: rev,
@@ -191,10 +229,10 @@ mod tests {
                 }),
                 ..Default::default()
             },
-        )
+        }
     }
 
-    fn batch(events: Vec<(i64, Event)>, resolved: i64) -> Arc<FeedBatch> {
+    fn batch(events: Vec<Change>, resolved: i64) -> Arc<FeedBatch> {
         Arc::new(FeedBatch {
             events,
             resolved,
@@ -207,10 +245,7 @@ mod tests {
             HubItem::Batch { events, resolved } => (
                 events
                     .iter()
-                    .map(|(r, e)| {
-                        let key = e.kv.as_ref().unwrap().key.clone();
-                        (*r, String::from_utf8(key).unwrap())
-                    })
+                    .map(|c| (c.revision, String::from_utf8(c.key().to_vec()).unwrap()))
                     .collect(),
                 resolved,
             ),
@@ -244,6 +279,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_transaction_across_regions_merges_in_the_order_its_ops_ran() {
+        // One transaction at 10: put z (op 0, region B), put a (op 1,
+        // region A), delete c and d (op 2, one DeleteRange over both).
+        let (a_tx, a_rx) = broadcast::channel(16);
+        let (b_tx, b_rx) = broadcast::channel(16);
+        let mut m = FeedMerger::new(vec![(a_rx, 0), (b_rx, 0)]);
+        a_tx.send(batch(vec![ev_op("a", 10, 1), ev_op("c", 10, 2)], 10))
+            .unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 0));
+        b_tx.send(batch(vec![ev_op("z", 10, 0), ev_op("d", 10, 2)], 10))
+            .unwrap();
+        let want = ["z", "a", "c", "d"].map(|k| (10, k.to_string())).to_vec();
+        assert_eq!(keys(m.next().await), (want, 10));
+    }
+
+    #[tokio::test]
     async fn one_input_hands_on_the_published_batch_uncopied() {
         let (tx, rx) = broadcast::channel(16);
         let mut m = FeedMerger::new(vec![(rx, 5)]);
@@ -263,6 +314,37 @@ mod tests {
         // The resolved revision never moves back.
         tx.send(batch(vec![], 6)).unwrap();
         assert_eq!(keys(m.next().await), (vec![], 9));
+    }
+
+    #[tokio::test]
+    async fn a_closed_input_closes_the_merged_stream_for_good() {
+        let (a_tx, a_rx) = broadcast::channel(16);
+        let (b_tx, b_rx) = broadcast::channel(16);
+        let mut m = FeedMerger::new(vec![(a_rx, 0), (b_rx, 0)]);
+        drop(a_tx);
+        assert!(matches!(m.next().await, HubItem::Closed));
+        b_tx.send(batch(vec![ev("b", 5)], 5)).unwrap();
+        assert!(matches!(m.next().await, HubItem::Closed));
+    }
+
+    #[tokio::test]
+    async fn with_hundreds_of_inputs_an_event_waits_for_the_last_to_resolve() {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..400).map(|_| broadcast::channel(16)).unzip();
+        let mut m = FeedMerger::new(rxs.into_iter().map(|rx| (rx, 0)).collect());
+        // Region 7 writes at 10; the others resolve past it one by one.
+        txs[7].send(batch(vec![ev("k", 10)], 10)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 0));
+        for (i, tx) in txs.iter().enumerate().filter(|(i, _)| *i != 7) {
+            tx.send(batch(vec![], 20)).unwrap();
+            let (events, resolved) = keys(m.next().await);
+            if i == 399 {
+                assert_eq!((events, resolved), (vec![(10, "k".into())], 10));
+            } else {
+                assert_eq!((events, resolved), (vec![], 0), "after input {i}");
+            }
+        }
+        txs[7].send(batch(vec![], 30)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 20));
     }
 
     #[tokio::test]
