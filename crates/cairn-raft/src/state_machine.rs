@@ -369,6 +369,16 @@ pub struct RegionShared {
     /// Set once a merge absorbed the region and the host stopped this
     /// replica: readers holding it must look at the regions again.
     retired: std::sync::atomic::AtomicBool,
+    /// Snapshots this replica began to receive: openraft installs one over
+    /// a conflicting log by dropping every entry past the commit index it
+    /// knew, committed or not, and answers their proposers as if none had
+    /// committed (`ForwardToLeader`). Counted as the first chunk arrives,
+    /// before that, so a proposer can tell. A snapshot begun before an
+    /// entry was handed over cannot hold it, so the proposer need not
+    /// count it: its contents are fixed when the leader takes it, before
+    /// it is sent (`StateMachine::current`), and a resend under its ID (named by
+    /// its last index) holds the same.
+    snapshots_begun: std::sync::atomic::AtomicU64,
     /// A data replica raises its node's marks as it publishes (see
     /// `marks`).
     marks: std::sync::OnceLock<Arc<marks::DataMarks>>,
@@ -507,6 +517,12 @@ impl RegionShared {
         });
     }
 
+    /// How many snapshots this replica began to receive (see the field).
+    pub fn snapshots_begun(&self) -> u64 {
+        self.snapshots_begun
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// True once [`RegionShared::retire`]d.
     pub fn is_retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::SeqCst)
@@ -573,6 +589,7 @@ impl RegionShared {
             births: parking_lot::Mutex::new(None),
             load: load::WriteLoad::default(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            snapshots_begun: std::sync::atomic::AtomicU64::new(0),
             marks: std::sync::OnceLock::new(),
             feed_order: parking_lot::Mutex::new(()),
             sweep: parking_lot::Mutex::new(None),
@@ -1743,6 +1760,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<SnapshotData>, StorageError<NodeId>> {
+        self.shared
+            .snapshots_begun
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let f = self
             .shared
             .snapshots

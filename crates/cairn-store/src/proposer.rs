@@ -46,6 +46,12 @@
 //! replicas of a region it absorbed may have resolved past this floor by
 //! closes beside the log (`node::side_closes`), which the absorbed record
 //! does not carry.
+//!
+//! Answers: an entry applied answers what it did. One whose answer is
+//! lost is told what is known (`answer_of`): proposed again if a
+//! leader's append removed it (it never committed), `Timeout` if a
+//! snapshot install may hold it, route again if a merge absorbed the
+//! region after it was appended (it came after the freeze).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -105,6 +111,9 @@ pub struct Proposer {
     /// group registered (from a TSO leader deposed without knowing it yet)
     /// fetches new ones.
     floor: Arc<std::sync::atomic::AtomicI64>,
+    /// Set once the region is absorbed by a merge and every entry its
+    /// replica applied has been answered ([`Proposer::absorbed`]).
+    absorbed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const MAX_GROUP: usize = 4096;
@@ -165,10 +174,60 @@ fn lock_command(c: &Command) -> bool {
     }
 }
 
+/// A region's Raft as the proposer hands it entries, with what tells an
+/// entry's lost answer from one that changed nothing.
+#[derive(Clone)]
+struct Log {
+    raft: Raft,
+    /// How many snapshots this replica began to receive (an entry's answer
+    /// means less across one: [`answer_of`]).
+    snapshots: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// See [`Proposer::absorbed`].
+    absorbed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// openraft's answer to an entry it accepted (`None`: dropped, which only
+/// its shutdown does).
+type RaftAnswer = Option<
+    std::result::Result<
+        openraft::raft::ClientWriteResponse<cairn_raft::TypeConfig>,
+        ClientWriteError<u64, openraft::BasicNode>,
+    >,
+>;
+
+/// What the caller is told of an entry openraft accepted, from `answer`;
+/// `snapshot_since`: this replica began to receive a snapshot after the
+/// entry was handed over; `absorbed`: see [`Proposer::absorbed`].
+///
+/// openraft answers `ForwardToLeader` for an entry a conflict removed from
+/// this replica's log. From a leader's append that entry never committed,
+/// so proposing again is safe (`NotLeader`). But a snapshot installed over
+/// a conflicting log removes every entry past the commit index this
+/// replica knew, and some of those may be committed, in the snapshot: if a
+/// snapshot arrived meanwhile the outcome is unknown (`Timeout`, as etcd
+/// says of a proposal lost to a leader change). A dropped answer is
+/// likewise unknown, unless the region was absorbed by a merge with no
+/// snapshot since: then the entry came after the freeze and changed
+/// nothing (`EpochMismatch`: route again).
+fn answer_of(answer: RaftAnswer, snapshot_since: bool, absorbed: bool) -> Result<Reply> {
+    match answer {
+        Some(Ok(resp)) => not_stale(resp.data),
+        Some(Err(ClientWriteError::ForwardToLeader(f))) if !snapshot_since => {
+            Err(Error::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Some(Err(ClientWriteError::ForwardToLeader(_))) => Err(Error::Timeout),
+        Some(Err(e)) => Err(Error::Internal(e.to_string())),
+        None if absorbed && !snapshot_since => Err(Error::EpochMismatch),
+        None => Err(Error::Timeout),
+    }
+}
+
 /// Proposes `txns` as one entry (a `Batch` when more than one) and routes
 /// each reply back to its waiter.
 async fn propose_txns(
-    raft: &Raft,
+    log: &Log,
     mut txns: Vec<(Command, oneshot::Sender<Result<Reply>>)>,
     slot: &Slot,
     unanswered: &Option<Arc<Unanswered>>,
@@ -184,12 +243,12 @@ async fn propose_txns(
         0 => {}
         1 => {
             let (c, reply) = txns.pop().expect("one");
-            propose(raft, in_term(c), reply, slot, unanswered).await;
+            propose(log, in_term(c), reply, slot, unanswered).await;
         }
         _ => {
             let (cmds, replies): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
             let (tx, rx) = oneshot::channel();
-            propose(raft, in_term(Command::Batch(cmds)), tx, slot, unanswered).await;
+            propose(log, in_term(Command::Batch(cmds)), tx, slot, unanswered).await;
             let unanswered = unanswered.clone();
             tokio::spawn(async move {
                 let _unanswered = unanswered;
@@ -265,21 +324,24 @@ fn not_stale(reply: Reply) -> Result<Reply> {
 /// lease revoke queued behind it when the node led again). The entry's
 /// reply still arrives when its fate is known.
 async fn propose(
-    raft: &Raft,
+    log: &Log,
     cmd: Command,
     reply: oneshot::Sender<Result<Reply>>,
     slot: &Slot,
     unanswered: &Option<Arc<Unanswered>>,
 ) {
+    let raft = &log.raft;
     let mut metrics = raft.metrics();
     let (term, me) = {
         let m = metrics.borrow_and_update();
         (m.current_term, m.id)
     };
+    let snapshots_before = (log.snapshots)();
     match raft.client_write_ff(cmd).await {
         Ok(rx) => {
             let slot = slot.clone();
             let unanswered = unanswered.clone();
+            let log = log.clone();
             tokio::spawn(async move {
                 let _unanswered = unanswered;
                 let mut slot = Some(slot);
@@ -296,16 +358,11 @@ async fn propose(
                     }
                 };
                 drop(slot);
-                let r = match answer {
-                    Ok(Ok(resp)) => not_stale(resp.data),
-                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
-                        leader: f.leader_id,
-                    }),
-                    Ok(Err(e)) => Err(Error::Internal(e.to_string())),
-                    // The responder was dropped: leadership lost mid-way,
-                    // the entry may or may not commit.
-                    Err(_) => Err(Error::Timeout),
-                };
+                let r = answer_of(
+                    answer.ok(),
+                    (log.snapshots)() != snapshots_before,
+                    log.absorbed.load(std::sync::atomic::Ordering::SeqCst),
+                );
                 if r.is_err() {
                     cairn_raft::metrics::PROPOSALS_FAILED.inc();
                 }
@@ -327,7 +384,14 @@ impl Proposer {
         timestamps: TimestampSource,
         seed: FloorSeed,
         epoch: Arc<dyn Fn() -> u64 + Send + Sync>,
+        snapshots: Arc<dyn Fn() -> u64 + Send + Sync>,
     ) -> Self {
+        let absorbed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = Log {
+            raft: raft.clone(),
+            snapshots,
+            absorbed: absorbed.clone(),
+        };
         let (tx, mut rx) = mpsc::channel::<Pending>(65_536);
         let (hold, mut held) = watch::channel(false);
         let in_flight: Arc<InFlight> = Arc::new(watch::Sender::new(Default::default()));
@@ -452,14 +516,13 @@ impl Proposer {
                 for (p, reply) in group {
                     let p = match p {
                         Proposal::Plain(c) if lock_command(&c) => {
-                            propose_txns(&raft, std::mem::take(&mut txns), &slot, &unanswered)
-                                .await;
+                            propose_txns(&log, std::mem::take(&mut txns), &slot, &unanswered).await;
                             locks.push((c, reply));
                             continue;
                         }
                         p => p,
                     };
-                    propose_txns(&raft, std::mem::take(&mut locks), &slot, &None).await;
+                    propose_txns(&log, std::mem::take(&mut locks), &slot, &None).await;
                     // Timestamped proposals join the group's entry; others go alone.
                     let stamped = match p {
                         Proposal::Txn(txn, auth) => {
@@ -477,21 +540,20 @@ impl Proposer {
                             txns.push((cmd, reply));
                             ts += 1;
                             if bytes >= MAX_ENTRY_BYTES {
-                                propose_txns(&raft, std::mem::take(&mut txns), &slot, &unanswered)
+                                propose_txns(&log, std::mem::take(&mut txns), &slot, &unanswered)
                                     .await;
                                 bytes = 0;
                             }
                         }
                         Err(c) => {
-                            propose_txns(&raft, std::mem::take(&mut txns), &slot, &unanswered)
-                                .await;
+                            propose_txns(&log, std::mem::take(&mut txns), &slot, &unanswered).await;
                             bytes = 0;
-                            propose(&raft, c, reply, &slot, &None).await;
+                            propose(&log, c, reply, &slot, &None).await;
                         }
                     }
                 }
-                propose_txns(&raft, txns, &slot, &unanswered).await;
-                propose_txns(&raft, locks, &slot, &None).await;
+                propose_txns(&log, txns, &slot, &unanswered).await;
+                propose_txns(&log, locks, &slot, &None).await;
             }
         });
         Self {
@@ -499,7 +561,24 @@ impl Proposer {
             hold: Arc::new(hold),
             in_flight,
             floor,
+            absorbed,
         }
+    }
+
+    /// Tells the proposer that its region was absorbed by a merge, that its
+    /// replica here applied the freeze, and that openraft has answered
+    /// every entry the replica applied — by applying it: a snapshot
+    /// installed over an entry answers nothing, so an entry handed over
+    /// before a snapshot arrived does not count ([`answer_of`]). A
+    /// proposal unanswered now is in the log after the freeze (or in
+    /// none), where it changes nothing — a frozen region refuses every
+    /// write. Stopping Raft then drops its answer; the caller is told
+    /// `EpochMismatch` (route again: the keys are the absorbing region's
+    /// now) instead of `Timeout`, which would tell a client its write may
+    /// or may not have happened.
+    pub fn absorbed(&self) {
+        self.absorbed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Holds (true) or releases (false) every proposal not yet handed to
@@ -541,8 +620,20 @@ impl Proposer {
     }
 
     /// Proposes and waits for the applied reply.
+    ///
+    /// One never handed to Raft, because Raft stopped, changed nothing:
+    /// once the region was [`Proposer::absorbed`], it routes again.
     pub async fn propose(&self, p: Proposal) -> Result<Reply> {
-        self.enqueue(p).await?.await.map_err(|_| Error::Stopped)?
+        let answer = match self.enqueue(p).await {
+            Ok(rx) => rx.await.unwrap_or(Err(Error::Stopped)),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Err(Error::Stopped) if self.absorbed.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(Error::EpochMismatch)
+            }
+            other => other,
+        }
     }
 
     /// Queues a proposal and returns where its reply will arrive. Proposals
@@ -553,5 +644,64 @@ impl Proposer {
         let (tx, rx) = oneshot::channel();
         self.tx.send((p, tx)).await.map_err(|_| Error::Stopped)?;
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::{ClientWriteError, ForwardToLeader};
+    use openraft::raft::ClientWriteResponse;
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+
+    fn applied(data: Reply) -> RaftAnswer {
+        Some(Ok(ClientWriteResponse {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
+            data,
+            membership: None,
+        }))
+    }
+
+    fn truncated() -> RaftAnswer {
+        Some(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
+            leader_id: Some(2),
+            leader_node: None,
+        })))
+    }
+
+    #[test]
+    fn an_applied_entry_answers_what_it_did_whatever_happened_since() {
+        for (snapshot, absorbed) in [(false, false), (true, true)] {
+            assert_eq!(
+                answer_of(applied(Reply::Done), snapshot, absorbed),
+                Ok(Reply::Done)
+            );
+            assert_eq!(
+                answer_of(applied(Reply::StaleTerm), snapshot, absorbed),
+                Err(Error::NotLeader { leader: None })
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_entry_is_proposed_again_unless_a_snapshot_may_hold_it() {
+        assert_eq!(
+            answer_of(truncated(), false, false),
+            Err(Error::NotLeader { leader: Some(2) })
+        );
+        // A snapshot installed over a conflicting log drops entries past
+        // the commit index this replica knew: some may be in it.
+        assert_eq!(answer_of(truncated(), true, false), Err(Error::Timeout));
+        assert_eq!(answer_of(truncated(), true, true), Err(Error::Timeout));
+    }
+
+    #[test]
+    fn a_dropped_answer_routes_again_only_after_a_merge_with_no_snapshot_since() {
+        assert_eq!(answer_of(None, false, false), Err(Error::Timeout));
+        assert_eq!(answer_of(None, false, true), Err(Error::EpochMismatch));
+        // An entry a snapshot covered is never answered: it may have
+        // committed before the freeze.
+        assert_eq!(answer_of(None, true, true), Err(Error::Timeout));
     }
 }

@@ -19,7 +19,10 @@
 //!
 //! A member whose T applies the absorb stops its replica of S and forgets
 //! its records (never its keys: T's now) — [`Node::unhost`]; one that
-//! restarts before doing so forgets them instead of hosting S.
+//! restarts before doing so forgets them instead of hosting S. A write
+//! still waiting on S's leader there when it stops was appended after the
+//! freeze, or not at all, so it changed nothing: it is told to route
+//! again (to T), not that it timed out (`Proposer::absorbed`).
 //!
 //! A driver that dies between the steps leaves S frozen: the merge checker
 //! of whichever member leads S then abandons the merge (see
@@ -36,6 +39,11 @@ use crate::{Error, Result};
 /// How long every member gets to apply a freeze before the merge is
 /// abandoned.
 const FREEZE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long an absorbed replica's Raft gets to answer what it applied
+/// before it stops (its proposals then answer `Timeout`, not "route
+/// again").
+const UNHOST_ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Merges the right neighbour of data region `target` into it; returns
@@ -250,6 +258,24 @@ impl Node {
         let Some(r) = self.regions.remove(region) else {
             return Ok(());
         };
+        // Writes still waiting on this replica's leader get a clean "route
+        // again" rather than a timeout once Raft stops: first every entry
+        // the replica applied (the freeze among them) is answered —
+        // openraft reports an index applied after sending its answers.
+        let (frozen, applied) = r.shared.with_applied(|a| {
+            (
+                a.merge.frozen.is_some(),
+                a.last_applied.map_or(0, |l| l.index),
+            )
+        });
+        let answered = r
+            .raft
+            .wait(Some(UNHOST_ANSWER_WAIT))
+            .applied_index_at_least(Some(applied), "absorbed region answers")
+            .await;
+        if frozen && answered.is_ok() {
+            r.proposer.absorbed();
+        }
         if let Err(e) = r.raft.shutdown().await {
             tracing::debug!(region, "stopping an absorbed region: {e}");
         }

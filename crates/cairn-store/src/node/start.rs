@@ -358,7 +358,11 @@ impl Region {
             let shared = shared.clone();
             Arc::new(move || shared.with_applied(|a| a.range.epoch))
         };
-        let proposer = Proposer::start(raft.clone(), timestamps, seed, epoch);
+        let snapshots = {
+            let shared = shared.clone();
+            Arc::new(move || shared.snapshots_begun())
+        };
+        let proposer = Proposer::start(raft.clone(), timestamps, seed, epoch, snapshots);
         let lease = read_lease.then(|| Arc::new(ReadLease::new(me)));
         let leader_reads = {
             let (raft, lease) = (raft.clone(), lease.clone());
