@@ -52,6 +52,8 @@ CASES_ALL=(
   # Connections spread over every member: two reads in three are forwarded
   # to the leader (its read index).
   "range-l any member c=50|--clients 50 --conns 6 range 00000001 --total 40000"
+  # Puts with 4 streams of 10 watchers each on them (the watch path).
+  "watch c=16|--clients 16 --conns 4 watch-latency --put-total 20000 --streams 4 --watchers-per-stream 10"
 )
 
 start a "$A"

@@ -5,6 +5,11 @@
 #       # sets ENDPOINTS_<NAME>, PIDS_<NAME>, DIRS_<NAME>, CREDS_<NAME>;
 #       # SERVE_ARGS go to every member's command line
 #   stop_cluster NAME
+#   ticks PIDS                # summed utime + stime of the processes
+#       # (comma-separated PIDs, as PIDS_<NAME>), in clock ticks
+#   watch_every_key NAME...   # an `etcdctl watch --prefix ""` on every
+#       # member of each cluster, as Kubernetes watches every key (needs
+#       # etcdctl), until the script ends
 #
 # SECURITY is `plain` (the default), `tls` (TLS on the client and peer
 # ports under separate CAs, client certificates required, as
@@ -83,6 +88,25 @@ start_cluster() {
     # shellcheck disable=SC2086
     "$CAIRN" bench --endpoints "$eps" $creds range bench-ready --total 1 --output json > /dev/null
   fi
+}
+
+ticks() {
+  local p t=0
+  for p in ${1//,/ }; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+
+watch_every_key() {
+  local name ev ep
+  for name in "$@"; do
+    ev="ENDPOINTS_$name"
+    for ep in ${!ev//,/ }; do
+      ETCDCTL_API=3 etcdctl --endpoints "$ep" watch --prefix "" > /dev/null 2>&1 &
+      PIDS+=($!); disown $!
+    done
+  done
 }
 
 stop_cluster() {

@@ -39,25 +39,11 @@ SERVE_ARGS="--region-merge-bytes 0" start_cluster cairn 3 many
 listed=$("$CAIRN" regions --endpoints "$ENDPOINTS_many" | wc -l) || listed=0
 echo "split into $((listed - 1)) data regions; settling ${SETTLE}s"
 if [ -n "${WATCH:-}" ]; then
-  for c in etcd one many; do
-    v=ENDPOINTS_$c
-    for ep in ${!v//,/ }; do
-      ETCDCTL_API=3 etcdctl --endpoints "$ep" watch --prefix "" > /dev/null 2>&1 &
-      PIDS+=($!); disown $!
-    done
-  done
+  watch_every_key etcd one many
   echo "watching every key on each member"
 fi
 sleep "$SETTLE"
 
-# ticks PIDS: summed utime + stime of the processes, in clock ticks.
-ticks() {
-  local p t=0
-  for p in ${1//,/ }; do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
 declare -A before
 for c in etcd one many; do v=PIDS_$c; before[$c]=$(ticks "${!v}"); done
 sleep "$WINDOW"

@@ -6,8 +6,12 @@
 #
 #   A=/tmp/cairn-old B=target/release/cairn bench/many-regions-ab.sh
 #
-# Env: A, B (binaries; required), REGIONS (400), ROUNDS (3), CLIENTS (16).
-# Prints every run's `cairn bench` summary line.
+# Env: A, B (binaries; required), REGIONS (400), ROUNDS (3), CLIENTS (16),
+# WATCH (1: an `etcdctl watch --prefix ""` on every member of both
+# clusters throughout, as Kubernetes watches every key; each put then
+# reaches three watchers over every region).
+# Prints every run's `cairn bench` summary line, and with WATCH the CPU
+# each cluster's members used over the runs (% of one core, summed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${A:?set A to the baseline binary}" "${B:?set B to the binary under test}"
@@ -27,7 +31,13 @@ points=$(for i in $(seq 1 $((REGIONS - 1))); do printf '%08d ' $((i * SPACE / RE
 # shellcheck disable=SC2086
 "$B" regions --endpoints "$ENDPOINTS_b" split $points > /dev/null 2>&1
 wait
+if [ -n "${WATCH:-}" ]; then
+  need etcdctl:etcd-client
+  watch_every_key a b
+  echo "watching every key on each member"
+fi
 sleep 15
+declare -A cpu=([a]=0 [b]=0) wall=([a]=0 [b]=0)
 for round in $(seq "$ROUNDS"); do
   for sys in a b; do
     ev="ENDPOINTS_$sys"
@@ -37,9 +47,17 @@ for round in $(seq "$ROUNDS"); do
       else
         args="range 00012345 --total 20000"
       fi
+      pv="PIDS_$sys"
+      t0=$(ticks "${!pv}"); s0=$(date +%s%N)
       # shellcheck disable=SC2086
       line=$("$B" bench --endpoints "${!ev}" --clients "$CLIENTS" --conns 4 $args 2>&1 | grep -E "ok |p99" | tr '\n' ' ')
+      cpu[$sys]=$((cpu[$sys] + $(ticks "${!pv}") - t0)); wall[$sys]=$((wall[$sys] + $(date +%s%N) - s0))
       echo "round $round $sys $case: $line"
     done
   done
+done
+hz=$(getconf CLK_TCK)
+for sys in a b; do
+  # ticks / hz over wall seconds, as % of one core.
+  echo "cpu $sys: $(( cpu[$sys] * 100 * 1000000000 / hz / wall[$sys] ))% of one core over the runs (members summed)"
 done

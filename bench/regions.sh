@@ -20,7 +20,10 @@
 #
 # Env: ROUNDS (3), TOTAL (requests per run at 16 clients, 50 for reads;
 # 1 client runs a tenth), PROFILE (release), RESULTS (JSON lines; default
-# target/bench/regions-DATE.jsonl). Prints ops/s medians and ratios.
+# target/bench/regions-DATE.jsonl), A (another cairn binary: a fourth
+# cluster, split as the eight-region one, runs every case too — "eightA" —
+# for an A/B of the path across regions in the same run). Prints ops/s
+# medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -41,6 +44,14 @@ start_cluster cairn 3 one
 # Split by hand, small and cold: no merging back (the default merges them).
 SERVE_ARGS="--region-merge-bytes 0" start_cluster cairn 3 eight
 "$CAIRN" regions --endpoints "$ENDPOINTS_eight" split b c d e f g h
+SYSTEMS="etcd one eight"
+if [ -n "${A:-}" ]; then
+  B_CAIRN=$CAIRN; CAIRN=$A
+  SERVE_ARGS="--region-merge-bytes 0" start_cluster cairn 3 eightA
+  CAIRN=$B_CAIRN
+  "$CAIRN" regions --endpoints "$ENDPOINTS_eightA" split b c d e f g h
+  SYSTEMS="$SYSTEMS eightA"
+fi
 
 SHAPE="--key-size 8 --val-size 256 --key-space-size 100000"
 # One run of `cairn bench` against system $1 with the rest as its args,
@@ -53,7 +64,7 @@ run() {
     --tag "system=$sys" --tag "case=$case" --tag "round=$round" --allow-errors "$@" >> "$RESULTS"
 }
 if [ "${WORKLOAD:-txn}" = read ]; then
-  for sys in etcd one eight; do
+  for sys in $SYSTEMS; do
     # The keys to read: 20 under every first byte a … h.
     # shellcheck disable=SC2086
     round=0 run "$sys" load 4 txn-put --txn-ops 8 --spread --total 20 $SHAPE
@@ -61,7 +72,7 @@ if [ "${WORKLOAD:-txn}" = read ]; then
   for round in $(seq "$ROUNDS"); do
     for clients in 1 50; do
       total=$((TOTAL * 5)); [ "$clients" = 1 ] && total=$((TOTAL / 2))
-      for sys in etcd one eight; do
+      for sys in $SYSTEMS; do
         run "$sys" "range one key c=$clients" "$clients" range d --total "$total"
         run "$sys" "range [b, h) c=$clients" "$clients" range b h --total "$((total / 5))"
         run "$sys" "serializable range [b, h) c=$clients" "$clients" range b h --consistency s --total "$((total / 5))"
@@ -74,7 +85,7 @@ for round in $(seq "$ROUNDS"); do
   for ops in 2 8; do
     for clients in 1 16; do
       total=$TOTAL; [ "$clients" = 1 ] && total=$((TOTAL / 10))
-      for sys in etcd one eight; do
+      for sys in $SYSTEMS; do
         # shellcheck disable=SC2086
         run "$sys" "txn-put ops=$ops c=$clients" "$clients" txn-put --txn-ops "$ops" --spread --total "$total" $SHAPE
       done
@@ -102,6 +113,14 @@ for case, s in runs.items():
     print(f"| {case} | {med['etcd']:.0f} | {med['one']:.0f} | {med['eight']:.0f} | "
           f"{med['one']/med['etcd']:.2f} | {med['eight']/med['one']:.2f} | "
           f"{p99['etcd']:.1f}, {p99['one']:.1f}, {p99['eight']:.1f} |")
+if any("eightA" in s for s in runs.values()):
+    print()
+    print("| case | 8 regions, A | 8 regions, this build | this / A | p99 ms (A, this) |")
+    print("|---|---:|---:|---:|---|")
+    for case, s in runs.items():
+        a = statistics.median(x for x, _ in s["eightA"]); b = statistics.median(x for x, _ in s["eight"])
+        pa = statistics.median(p for _, p in s["eightA"] if p is not None); pb = statistics.median(p for _, p in s["eight"] if p is not None)
+        print(f"| {case} | {a:.0f} | {b:.0f} | {b/a:.2f} | {pa:.1f}, {pb:.1f} |")
 print()
 print("failed requests (all runs): " + ", ".join(f"{k} {v}" for k, v in errors.items()))
 PY
