@@ -8,7 +8,11 @@
 //!   key that halves them) when it has never been measured by this leader,
 //!   or after an eighth of `--region-split-bytes` more was put into it (as
 //!   the replica counts bytes: every version, record and index entry, so
-//!   about a sixteenth of live data). At most [`SCANS_PER_CHECK`] regions
+//!   about a sixteenth of live data), or — so that a region left just
+//!   past the limit by its last writes splits too — when its size then
+//!   plus every byte written since passes the limit ([`REMEASURE_AFTER`]
+//!   at the soonest: a region hovering under the limit is not rescanned
+//!   every second). At most [`SCANS_PER_CHECK`] regions
 //!   are measured a check: after a restart or a leader change every region
 //!   is due, and the scans are spread out. Past the limit it splits at the
 //!   middle key. A region far past it (the flag lowered on a full cluster)
@@ -50,6 +54,10 @@ const LOAD_SAMPLES_MIN: usize = 16;
 const SCANS_PER_CHECK: usize = 4;
 /// After a split failed, how long the region is left alone.
 const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// A region measured under the limit that may have passed it since (its
+/// size then plus the bytes written since pass it) is measured again
+/// after this long, though less than an eighth of the limit was written.
+const REMEASURE_AFTER: Duration = Duration::from_secs(5);
 
 /// What the checker remembers of one region it leads.
 #[derive(Default)]
@@ -58,12 +66,33 @@ struct Checked {
     /// (`None`: not measured since this node started or led it, or since
     /// it split).
     measured_at: Option<u64>,
+    /// What that measurement found, and when.
+    measured: Option<(u64, Instant)>,
     /// The range it was measured with (a split changes it).
     epoch: u64,
     /// Checks in a row it was above the write-rate limit.
     hot: u32,
     /// After a split that failed, no other until then.
     quiet_until: Option<Instant>,
+}
+
+impl Checked {
+    /// Whether a region whose replica has counted `written` bytes of
+    /// writes must be measured again at `now` (see the module essay), for
+    /// the size limit `limit`.
+    fn due(&self, written: u64, limit: u64, now: Instant) -> bool {
+        self.measured_at.is_none_or(|at| {
+            let since = written.saturating_sub(at);
+            // Every byte of live data added was counted, so the size then
+            // plus `since` is at least the size now.
+            let may_be_over = self.measured.is_some_and(|(size, when)| {
+                since > 0
+                    && size.saturating_add(since) > limit
+                    && now.saturating_duration_since(when) >= REMEASURE_AFTER
+            });
+            since >= (limit / 8).max(1) || may_be_over
+        })
+    }
 }
 
 /// Runs the checker until the node is gone (returns at once when both
@@ -160,12 +189,10 @@ impl Node {
         }
         if policy.bytes > 0 && *scans < SCANS_PER_CHECK {
             let written = load.bytes();
-            let due = c
-                .measured_at
-                .is_none_or(|at| written.saturating_sub(at) >= (policy.bytes / 8).max(1));
-            if due {
+            if c.due(written, policy.bytes, Instant::now()) {
                 *scans += 1;
                 c.measured_at = Some(written);
+                c.measured = None;
                 let share = cairn_raft::share_of_range(&range);
                 let step = (policy.bytes / 16).max(1);
                 let measured = self
@@ -177,7 +204,7 @@ impl Node {
                         let why = format!("{size} bytes, over {}", policy.bytes);
                         return Some((at, range.epoch, why));
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok((size, _))) => c.measured = Some((size, Instant::now())),
                     Ok(Err(e)) => {
                         c.measured_at = None;
                         tracing::warn!(region = r.id, "measuring: {e}");
@@ -231,6 +258,31 @@ mod tests {
 
     fn keys(ks: &[&str]) -> Vec<Vec<u8>> {
         ks.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_region_is_measured_again_after_an_eighth_or_when_it_may_have_passed_the_limit() {
+        let t0 = Instant::now();
+        let later = t0 + REMEASURE_AFTER;
+        let never = Checked::default();
+        assert!(never.due(0, 8192, t0), "never measured");
+        let c = Checked {
+            measured_at: Some(1000),
+            measured: Some((7000, t0)),
+            ..Checked::default()
+        };
+        assert!(c.due(1000 + 1024, 8192, t0), "an eighth written");
+        assert!(!c.due(1000 + 500, 8192, later), "7500 bytes at most");
+        // Measured at 8000, then left at 8300 at most by its last writes:
+        // measured again, once that measurement is old enough.
+        let c = Checked {
+            measured: Some((8000, t0)),
+            ..c
+        };
+        assert!(!c.due(1000 + 300, 8192, t0 + REMEASURE_AFTER / 2));
+        assert!(c.due(1000 + 300, 8192, later), "may be 8300");
+        assert!(!c.due(1000 + 100, 8192, later), "8100 at most");
+        assert!(!c.due(1000, 8192, later), "nothing written since");
     }
 
     #[test]
