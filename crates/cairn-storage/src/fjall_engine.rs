@@ -4,7 +4,8 @@
 //! own fjall keyspace (its own LSM tree), all in one fjall database sharing
 //! one journal. A batch spanning several is still atomic: fjall commits a
 //! cross-keyspace batch as one journal record. Durability: `Sync` persists the
-//! journal with `fdatasync` before `write` returns.
+//! journal with `fdatasync` before `write` returns, outside fjall's journal
+//! lock so other writes go on meanwhile (`crate::journal_sync`).
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -19,6 +20,7 @@ use parking_lot::RwLock;
 
 use crate::engine::{space_end, Durability, Engine, KeyIter, KvIter, Op, Snapshot, WriteBatch};
 use crate::journal_bound::{JournalBound, JOURNAL_LIMIT};
+use crate::journal_sync::JournalSync;
 use crate::keys::Space;
 use crate::{Error, Result};
 
@@ -49,6 +51,7 @@ pub struct FjallEngine {
     // fixed table, because the set of spaces is small and grows rarely.
     spaces: Arc<RwLock<HashMap<u8, Keyspace>>>,
     journal: Arc<JournalBound>,
+    syncer: Arc<JournalSync>,
 }
 
 impl FjallEngine {
@@ -70,6 +73,7 @@ impl FjallEngine {
             path: Arc::new(path.as_ref().to_path_buf()),
             spaces: Arc::new(RwLock::new(HashMap::new())),
             journal: Arc::new(journal),
+            syncer: Arc::new(JournalSync::new(path.as_ref())),
         };
         // Reopen every keyspace that exists on disk so snapshots see them.
         for name in engine.db.list_keyspace_names() {
@@ -251,6 +255,8 @@ impl Snapshot for FjallEngine {
 
 impl Engine for FjallEngine {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        // After a failed fsync nothing more is written (`journal_sync`).
+        self.syncer.check()?;
         let mut wb = self.db.batch();
         for op in batch.ops {
             match op {
@@ -272,7 +278,7 @@ impl Engine for FjallEngine {
         }
         wb.commit()?;
         if durability == Durability::Sync {
-            self.db.persist(PersistMode::SyncData)?;
+            self.syncer.sync(&self.db)?;
             self.bound_journal()?;
         } else {
             self.db.persist(PersistMode::Buffer)?;
@@ -281,7 +287,7 @@ impl Engine for FjallEngine {
     }
 
     fn sync(&self) -> Result<()> {
-        self.db.persist(PersistMode::SyncData)?;
+        self.syncer.sync(&self.db)?;
         self.bound_journal()
     }
 

@@ -31,6 +31,7 @@ mod engine;
 mod error;
 mod fjall_engine;
 mod journal_bound;
+mod journal_sync;
 pub mod keys;
 mod memory;
 mod overlay;
