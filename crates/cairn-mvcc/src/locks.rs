@@ -67,8 +67,9 @@ pub struct Lock {
     /// The region's revision when the lock was placed.
     pub floor: i64,
     /// The prost-encoded `TxnRequest`, so whoever finishes the transaction
-    /// here can apply its writes.
-    pub txn: Vec<u8>,
+    /// here can apply its writes. Shared: the applied record holding
+    /// the lock is copied for every entry the region applies.
+    pub txn: bytes::Bytes,
     /// Leases claimed here (only in the region holding the lease table).
     pub leases: LeaseClaims,
 }
@@ -284,7 +285,7 @@ mod tests {
                 .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec()))
                 .collect(),
             floor,
-            txn: Vec::new(),
+            txn: bytes::Bytes::new(),
             leases: LeaseClaims::default(),
         }
     }

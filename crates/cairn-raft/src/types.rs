@@ -21,7 +21,11 @@ pub enum Command {
     /// Data region: an etcd write transaction (prost-encoded `TxnRequest`;
     /// `Put` and `DeleteRange` arrive as one-op transactions) committed at TSO
     /// timestamp `ts`. The revision is `max(ts, current + 1)`.
-    Txn { ts: i64, txn: Vec<u8> },
+    Txn {
+        ts: i64,
+        #[serde(with = "serde_bytes")]
+        txn: Vec<u8>,
+    },
     /// Data region: a group of transactions committed together (group
     /// commit): applied in order, each seeing the ones before, as one atomic
     /// batch. Element `i` replies in `Reply::Batch[i]`.
@@ -130,6 +134,7 @@ pub enum Command {
         primary: u64,
         regions: Vec<u64>,
         spans: Vec<cairn_mvcc::locks::KeySpan>,
+        #[serde(with = "serde_bytes")]
         txn: Vec<u8>,
         leases: cairn_mvcc::locks::LeaseClaims,
     },
@@ -290,7 +295,7 @@ impl AuthStamp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// A transaction's prost-encoded `TxnResponse` (header revision set).
-    Txn(Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Compaction done; the region's current revision.
     Compacted { current: i64 },
     /// A meta command (or a membership/blank entry) applied.
@@ -386,5 +391,77 @@ mod tests {
         assert!(r.covers(b"z", b"y"));
         assert!(r.covers(b"z", b"z"));
         assert!(range("x", "").covers(b"c", b"a"));
+    }
+
+    /// `serde_bytes` changed how a byte string is encoded in the program
+    /// (one run instead of one serde call per byte), not on disk or the
+    /// wire: logs, records and peers of before read the same.
+    #[test]
+    fn byte_strings_encode_as_they_did_before_serde_bytes() {
+        use serde::{Deserialize, Serialize};
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum Before {
+            Txn { ts: i64, txn: Vec<u8> },
+        }
+        let txn: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let before = crate::codec::encode(&Before::Txn {
+            ts: 7,
+            txn: txn.clone(),
+        })
+        .unwrap();
+        let now = crate::codec::encode(&super::Command::Txn {
+            ts: 7,
+            txn: txn.clone(),
+        })
+        .unwrap();
+        assert_eq!(before, now);
+        assert_eq!(
+            crate::codec::decode::<super::Command>(&before).unwrap(),
+            super::Command::Txn {
+                ts: 7,
+                txn: txn.clone()
+            }
+        );
+        assert_eq!(
+            crate::codec::decode::<Before>(&now).unwrap(),
+            Before::Txn {
+                ts: 7,
+                txn: txn.clone()
+            }
+        );
+        // A lock's transaction, shared (`bytes::Bytes`) since: applied
+        // records holding locks read the same.
+        #[derive(Serialize)]
+        struct LockBefore {
+            primary: u64,
+            regions: Vec<u64>,
+            spans: Vec<(Vec<u8>, Vec<u8>)>,
+            floor: i64,
+            txn: Vec<u8>,
+            leases: cairn_mvcc::locks::LeaseClaims,
+        }
+        let spans = vec![(b"a".to_vec(), b"b".to_vec())];
+        let before = crate::codec::encode(&LockBefore {
+            primary: 3,
+            regions: vec![3, 4],
+            spans: spans.clone(),
+            floor: 9,
+            txn: txn.clone(),
+            leases: Default::default(),
+        })
+        .unwrap();
+        let lock = cairn_mvcc::locks::Lock {
+            primary: 3,
+            regions: vec![3, 4],
+            spans,
+            floor: 9,
+            txn: txn.into(),
+            leases: Default::default(),
+        };
+        assert_eq!(crate::codec::encode(&lock).unwrap(), before);
+        assert_eq!(
+            crate::codec::decode::<cairn_mvcc::locks::Lock>(&before).unwrap(),
+            lock
+        );
     }
 }

@@ -203,7 +203,7 @@ mod tests {
                 regions: vec![1],
                 spans: Vec::new(),
                 floor: 7,
-                txn: Vec::new(),
+                txn: Default::default(),
                 leases: Default::default(),
             },
         );

@@ -97,7 +97,7 @@ pub(super) fn prewrite(
             regions,
             spans: claim.spans,
             floor,
-            txn,
+            txn: txn.into(),
             leases: claim.leases,
         },
     );
@@ -144,7 +144,7 @@ pub(super) fn commit(
             )),
         ));
     }
-    let req = match TxnRequest::decode(lock.txn.as_slice()) {
+    let req = match TxnRequest::decode(&lock.txn[..]) {
         Ok(r) => r,
         Err(e) => return Ok((WriteBatch::new(), Reply::Invalid(e.to_string()))),
     };
