@@ -25,6 +25,11 @@ mod urls;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not glibc's malloc: allocation led a Txn's profile across
+/// regions (docs/benchmarks.md, session 26).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cairn",
