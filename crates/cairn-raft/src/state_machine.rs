@@ -1711,6 +1711,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 })
                 .map_err(sm_err)?;
+            // Only now may the split checker count the entry's bytes (see
+            // `load`).
+            self.shared.load.settle();
             let split = matches!((&reply, born), (Reply::Done, Some(_)));
             let told = match (&reply, born) {
                 (Reply::Done, Some(child)) => Some(HostChange::Born(child)),

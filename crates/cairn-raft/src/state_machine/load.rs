@@ -4,7 +4,13 @@
 //! the rate and the keys to split a region that takes too many writes at
 //! the key that divides them (TiKV's load-based split).
 //!
-//! Counting costs the apply path two relaxed atomic adds per write; one
+//! Bytes count once the entry that wrote them is published
+//! ([`WriteLoad::settle`], called by the apply task after each entry's
+//! write): so a view of the region taken after reading [`WriteLoad::bytes`]
+//! holds every byte counted — the split checker's bound on the size now
+//! (its size when measured plus the bytes written since) relies on it.
+//!
+//! Counting costs the apply path three relaxed atomic adds per write; one
 //! write in [`SAMPLE_EVERY`] also copies its first key into a short ring
 //! under an uncontended lock.
 
@@ -24,6 +30,8 @@ pub const SAMPLES_KEPT: usize = 256;
 pub struct WriteLoad {
     writes: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes of the entry being applied, not published yet.
+    pending: AtomicU64,
     keys: parking_lot::Mutex<VecDeque<Vec<u8>>>,
 }
 
@@ -51,7 +59,7 @@ impl WriteLoad {
                 };
             }
         }
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.pending.fetch_add(bytes, Ordering::Relaxed);
         let n = self.writes.fetch_add(1, Ordering::Relaxed);
         if n.is_multiple_of(SAMPLE_EVERY) {
             if let Some(key) = first {
@@ -64,13 +72,22 @@ impl WriteLoad {
         }
     }
 
+    /// Counts the bytes recorded since the last call: the entry that
+    /// wrote them is published.
+    pub fn settle(&self) {
+        let pending = self.pending.swap(0, Ordering::Relaxed);
+        if pending > 0 {
+            self.bytes.fetch_add(pending, Ordering::Relaxed);
+        }
+    }
+
     /// Write transactions applied since the replica started.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
 
     /// Bytes those writes put into the engine (every version, record and
-    /// index entry: more than the data they add).
+    /// index entry: more than the data they add), once published.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -106,6 +123,8 @@ mod tests {
             load.record(&b);
         }
         assert_eq!(load.writes(), SAMPLE_EVERY * 3);
+        assert_eq!(load.bytes(), 0, "not published yet");
+        load.settle();
         // Puts only: the index entry (3 + 1) and the latest record (the
         // space byte, the key, 2); the delete adds nothing.
         let want: usize = (0..SAMPLE_EVERY * 3)

@@ -10,9 +10,13 @@
 //!   the replica counts bytes: every version, record and index entry, so
 //!   about a sixteenth of live data), or — so that a region left just
 //!   past the limit by its last writes splits too — when its size then
-//!   plus every byte written since passes the limit ([`REMEASURE_AFTER`]
-//!   at the soonest: a region hovering under the limit is not rescanned
-//!   every second). At most [`SCANS_PER_CHECK`] regions
+//!   plus every byte written since passes the limit (a bound on its size
+//!   now: the bytes are counted once their entry is published, and read
+//!   before the view measured). That second rule waits [`REMEASURE_AFTER`]
+//!   and doubles the wait, up to [`REMEASURE_MAX`], each time it finds the
+//!   region still under the limit: a region holding steady just under it
+//!   while its keys are overwritten is not rescanned every few seconds.
+//!   At most [`SCANS_PER_CHECK`] regions
 //!   are measured a check: after a restart or a leader change every region
 //!   is due, and the scans are spread out. Past the limit it splits at the
 //!   middle key. A region far past it (the flag lowered on a full cluster)
@@ -56,8 +60,21 @@ const SCANS_PER_CHECK: usize = 4;
 const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// A region measured under the limit that may have passed it since (its
 /// size then plus the bytes written since pass it) is measured again
-/// after this long, though less than an eighth of the limit was written.
+/// after this long at first, though less than an eighth of the limit was
+/// written; each such measurement that finds it under doubles the wait.
 const REMEASURE_AFTER: Duration = Duration::from_secs(5);
+/// The longest that wait grows to.
+const REMEASURE_MAX: Duration = Duration::from_secs(320);
+
+/// Why a region is measured now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Never measured (since this leader, a split, a failure), or an
+    /// eighth of the limit written since.
+    Growth,
+    /// Its size then plus the bytes written since pass the limit.
+    MayBeOver,
+}
 
 /// What the checker remembers of one region it leads.
 #[derive(Default)]
@@ -68,6 +85,9 @@ struct Checked {
     measured_at: Option<u64>,
     /// What that measurement found, and when.
     measured: Option<(u64, Instant)>,
+    /// The wait before a [`Due::MayBeOver`] measurement (zero: the first,
+    /// [`REMEASURE_AFTER`]).
+    remeasure_after: Duration,
     /// The range it was measured with (a split changes it).
     epoch: u64,
     /// Checks in a row it was above the write-rate limit.
@@ -77,21 +97,37 @@ struct Checked {
 }
 
 impl Checked {
-    /// Whether a region whose replica has counted `written` bytes of
-    /// writes must be measured again at `now` (see the module essay), for
-    /// the size limit `limit`.
-    fn due(&self, written: u64, limit: u64, now: Instant) -> bool {
-        self.measured_at.is_none_or(|at| {
-            let since = written.saturating_sub(at);
-            // Every byte of live data added was counted, so the size then
-            // plus `since` is at least the size now.
-            let may_be_over = self.measured.is_some_and(|(size, when)| {
+    /// Whether, and why, a region whose replica has counted `written`
+    /// bytes of writes must be measured again at `now` (see the module
+    /// essay), for the size limit `limit`.
+    fn due(&self, written: u64, limit: u64, now: Instant) -> Option<Due> {
+        let Some(at) = self.measured_at else {
+            return Some(Due::Growth);
+        };
+        let since = written.saturating_sub(at);
+        if since >= (limit / 8).max(1) {
+            return Some(Due::Growth);
+        }
+        // Every byte of live data added was counted, so the size then
+        // plus `since` is at least the size now.
+        let wait = self.remeasure_after.max(REMEASURE_AFTER);
+        self.measured
+            .filter(|&(size, when)| {
                 since > 0
                     && size.saturating_add(since) > limit
-                    && now.saturating_duration_since(when) >= REMEASURE_AFTER
-            });
-            since >= (limit / 8).max(1) || may_be_over
-        })
+                    && now.saturating_duration_since(when) >= wait
+            })
+            .map(|_| Due::MayBeOver)
+    }
+
+    /// A measurement for reason `due` found the region under the limit:
+    /// the next [`Due::MayBeOver`] one waits twice as long after one of
+    /// its own, the first wait after growth.
+    fn found_under(&mut self, due: Due) {
+        self.remeasure_after = match due {
+            Due::Growth => REMEASURE_AFTER,
+            Due::MayBeOver => (self.remeasure_after.max(REMEASURE_AFTER) * 2).min(REMEASURE_MAX),
+        };
     }
 }
 
@@ -159,12 +195,15 @@ impl Node {
         c: &mut Checked,
         scans: &mut usize,
     ) -> Option<(Vec<u8>, u64, String)> {
+        let load = r.shared.write_load();
+        // Read before the view: every byte it counts is in the view (see
+        // `cairn_raft::WriteLoad`).
+        let written = load.bytes();
         let (view, _, range) = r.shared.read_view_in();
         if range.epoch != c.epoch {
             c.epoch = range.epoch;
             c.measured_at = None;
         }
-        let load = r.shared.write_load();
         if policy.qps > 0 {
             let rate = self
                 .write_rates
@@ -188,8 +227,7 @@ impl Node {
             }
         }
         if policy.bytes > 0 && *scans < SCANS_PER_CHECK {
-            let written = load.bytes();
-            if c.due(written, policy.bytes, Instant::now()) {
+            if let Some(due) = c.due(written, policy.bytes, Instant::now()) {
                 *scans += 1;
                 c.measured_at = Some(written);
                 c.measured = None;
@@ -204,7 +242,10 @@ impl Node {
                         let why = format!("{size} bytes, over {}", policy.bytes);
                         return Some((at, range.epoch, why));
                     }
-                    Ok(Ok((size, _))) => c.measured = Some((size, Instant::now())),
+                    Ok(Ok((size, _))) => {
+                        c.measured = Some((size, Instant::now()));
+                        c.found_under(due);
+                    }
                     Ok(Err(e)) => {
                         c.measured_at = None;
                         tracing::warn!(region = r.id, "measuring: {e}");
@@ -265,24 +306,50 @@ mod tests {
         let t0 = Instant::now();
         let later = t0 + REMEASURE_AFTER;
         let never = Checked::default();
-        assert!(never.due(0, 8192, t0), "never measured");
+        assert_eq!(never.due(0, 8192, t0), Some(Due::Growth), "never measured");
         let c = Checked {
             measured_at: Some(1000),
             measured: Some((7000, t0)),
             ..Checked::default()
         };
-        assert!(c.due(1000 + 1024, 8192, t0), "an eighth written");
-        assert!(!c.due(1000 + 500, 8192, later), "7500 bytes at most");
+        assert_eq!(c.due(1000 + 1024, 8192, t0), Some(Due::Growth), "an eighth");
+        assert_eq!(c.due(1000 + 500, 8192, later), None, "7500 bytes at most");
         // Measured at 8000, then left at 8300 at most by its last writes:
         // measured again, once that measurement is old enough.
         let c = Checked {
             measured: Some((8000, t0)),
             ..c
         };
-        assert!(!c.due(1000 + 300, 8192, t0 + REMEASURE_AFTER / 2));
-        assert!(c.due(1000 + 300, 8192, later), "may be 8300");
-        assert!(!c.due(1000 + 100, 8192, later), "8100 at most");
-        assert!(!c.due(1000, 8192, later), "nothing written since");
+        assert_eq!(c.due(1000 + 300, 8192, t0 + REMEASURE_AFTER / 2), None);
+        assert_eq!(c.due(1000 + 300, 8192, later), Some(Due::MayBeOver));
+        assert_eq!(c.due(1000 + 100, 8192, later), None, "8100 at most");
+        assert_eq!(c.due(1000, 8192, later), None, "nothing written since");
+    }
+
+    #[test]
+    fn a_region_found_under_again_and_again_is_measured_less_and_less_often() {
+        let mut c = Checked::default();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            c.found_under(Due::MayBeOver);
+            waits.push(c.remeasure_after.as_secs());
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 320, 320, 320]);
+        // The wait is what `due` asks of the last measurement's age.
+        let t0 = Instant::now();
+        let c2 = Checked {
+            measured_at: Some(0),
+            measured: Some((8000, t0)),
+            ..c
+        };
+        assert_eq!(c2.due(300, 8192, t0 + Duration::from_secs(319)), None);
+        assert_eq!(
+            c2.due(300, 8192, t0 + Duration::from_secs(320)),
+            Some(Due::MayBeOver)
+        );
+        // Growth starts the wait over.
+        c.found_under(Due::Growth);
+        assert_eq!(c.remeasure_after, REMEASURE_AFTER);
     }
 
     #[test]
