@@ -3,9 +3,7 @@
 //!
 //! Every entry is applied with one atomic engine batch holding its effects
 //! and the new [`Applied`] record (last applied log id, membership,
-//! revisions, meta tables; the locks of transactions across regions are
-//! stored beside it, each under its own key, and written only when they
-//! change: `stored_record`).
+//! revisions, meta tables).
 //!
 //! Readers ([`RegionShared::read_view`], snapshot builds) get an engine
 //! view and revisions that match, and never wait for an entry to be
@@ -43,7 +41,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::codec::decode;
+use crate::codec::{decode, encode};
 use crate::snapshot_data::{SnapshotData, Source};
 use crate::snapshot_file::{self, SnapshotDir};
 use crate::types::{Command, MemberInfo, RegionDesc, RegionRange, Reply};
@@ -390,10 +388,6 @@ pub struct RegionShared {
     /// resolved revision only after every event at or below it. (So a side
     /// close does not wait for it: `try_lock`.)
     feed_order: parking_lot::Mutex<()>,
-    /// Whether the engine holds the published record's locks beside it
-    /// (`stored_record`); not yet when the record was loaded in an older
-    /// layout, with its locks inline, until the next entry writes them.
-    locks_beside: std::sync::atomic::AtomicBool,
     /// Where this replica's background sweep of compacted versions stands
     /// (`sweep`; `None` until read from the engine). Held across a step
     /// and across a snapshot install's write.
@@ -575,15 +569,9 @@ impl RegionShared {
         engine: Arc<dyn Engine>,
         snapshots: Arc<SnapshotDir>,
     ) -> crate::Result<Arc<Self>> {
-        let (applied, held) = match engine.get(&apply_key(region))? {
-            Some(b) => {
-                let (mut a, held) = stored_record::decode_record(&b)?;
-                if held == stored_record::Held::Beside {
-                    a.locks.held = stored_record::read_locks(&*engine, region)?;
-                }
-                (a, held)
-            }
-            None => (Applied::default(), stored_record::Held::Beside),
+        let applied = match engine.get(&apply_key(region))? {
+            Some(b) => Applied::decode(&b)?,
+            None => Applied::default(),
         };
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         Ok(Arc::new(Self {
@@ -605,7 +593,6 @@ impl RegionShared {
             marks: std::sync::OnceLock::new(),
             feed_order: parking_lot::Mutex::new(()),
             sweep: parking_lot::Mutex::new(None),
-            locks_beside: std::sync::atomic::AtomicBool::new(held == stored_record::Held::Beside),
         }))
     }
 
@@ -755,8 +742,6 @@ impl RegionShared {
         self.state.write().before_write = Some(before);
         let started = std::time::Instant::now();
         self.engine.write(batch, durability)?;
-        self.locks_beside
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         if durability == Durability::Sync {
             crate::metrics::BACKEND_COMMIT.observe(started.elapsed().as_secs_f64());
         }
@@ -858,21 +843,14 @@ pub fn seed_empty(
     )
 }
 
-fn seed(
-    engine: &dyn cairn_storage::Engine,
-    region: u64,
-    mut applied: Applied,
-) -> crate::Result<()> {
+fn seed(engine: &dyn cairn_storage::Engine, region: u64, applied: Applied) -> crate::Result<()> {
     if engine.get(&apply_key(region))?.is_some() {
         return Err(crate::Error::Io(format!(
             "region {region} already has applied state"
         )));
     }
     let mut b = WriteBatch::new();
-    b.put(
-        apply_key(region),
-        stored_record::encode_record(&mut applied)?,
-    );
+    b.put(apply_key(region), encode(&applied)?);
     engine.write(b, Durability::Sync)?;
     Ok(())
 }
@@ -914,7 +892,7 @@ pub fn absorbed_regions(
     let mut out = BTreeSet::new();
     for id in stored_regions(engine)?.into_iter().filter(|id| *id != meta) {
         if let Some(b) = engine.get(&apply_key(id))? {
-            out.extend(stored_record::decode_record(&b)?.0.merge.absorbed);
+            out.extend(Applied::decode(&b)?.merge.absorbed);
         }
     }
     Ok(out)
@@ -946,7 +924,7 @@ pub fn stored_ranges(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<(u
     for id in stored_regions(engine)? {
         if let Some(b) = engine.get(&apply_key(id))? {
             // A region frozen for a merge still holds its keys here.
-            let (a, _) = stored_record::decode_record(&b)?;
+            let a = Applied::decode(&b)?;
             out.push((id, a.merge.frozen.map_or(a.range, |f| f.range)));
         }
     }
@@ -981,11 +959,10 @@ impl StateMachine {
             .and_then(|a| a.merge.frozen.map(|f| f.range.epoch)))
     }
 
-    /// Region `region`'s record in this node's engine, if any (its held
-    /// locks left out).
+    /// Region `region`'s record in this node's engine, if any.
     fn engine_record(&self, region: u64) -> crate::Result<Option<Applied>> {
         match self.shared.engine.get(&apply_key(region))? {
-            Some(b) => Ok(Some(stored_record::decode_record(&b)?.0)),
+            Some(b) => Ok(Some(Applied::decode(&b)?)),
             None => Ok(None),
         }
     }
@@ -1709,22 +1686,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 events.retain(|c| c.revision <= resolved);
             }
             fail::fail_point!(crate::failpoints::BEFORE_APPLY);
-            // The locks this entry placed, changed or dropped, beside the
-            // record (`stored_record`).
-            let region = self.shared.region;
-            let beside = self
-                .shared
-                .locks_beside
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.shared
-                .with_applied(|old| {
-                    let old = beside.then_some(&old.locks.held);
-                    stored_record::write_locks(region, old, &next.locks.held, &mut batch)
-                })
-                .map_err(sm_err)?;
             batch.put(
-                apply_key(region),
-                stored_record::encode_record(&mut next).map_err(sm_err)?,
+                apply_key(self.shared.region),
+                encode(&next).map_err(sm_err)?,
             );
             let compacted = matches!(reply, Reply::Compacted { .. });
             let froze = matches!(reply, Reply::Frozen(_)) && self.shared.merge_frozen().is_none();
@@ -1825,14 +1789,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = self.shared.kind == RegionKind::Data;
         let view = self.shared.engine.snapshot();
         let frozen_here = self.shared.merge_frozen();
-        let region = self.shared.region;
-        let (mut applied, mut batch) = tokio::task::spawn_blocking(move || {
+        let (applied, mut batch) = tokio::task::spawn_blocking(move || {
             let mut pairs = WriteBatch::new();
             let applied = snapshot_file::read(&mut file, |k, v| pairs.put(k, v))?;
             let mut batch = WriteBatch::new();
-            // The snapshot's locks replace those stored here.
-            let stored = stored_record::read_locks(&*view, region)?;
-            stored_record::write_locks(region, Some(&stored), &applied.locks.held, &mut batch)?;
             let frozen_there = applied.merge.frozen.as_ref().map(|f| f.range.epoch);
             if frozen_here.is_some() && frozen_here == frozen_there {
                 // Frozen here at the same freeze: the keys here are the
@@ -1854,8 +1814,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         fail::fail_point!(crate::failpoints::SNAPSHOT_INSTALL);
         batch.put(
-            apply_key(region),
-            stored_record::encode_record(&mut applied).map_err(sm_err)?,
+            apply_key(self.shared.region),
+            encode(&applied).map_err(sm_err)?,
         );
         // Regions the snapshot's state absorbed that this replica had not:
         // the host stops them here too. (Each applied its freeze here
@@ -1913,7 +1873,6 @@ pub mod marks;
 mod merge;
 mod side_close;
 mod split;
-mod stored_record;
 pub mod sweep;
 mod txn_locks;
 pub use merge::{Freeze, MergeState};
@@ -1922,7 +1881,5 @@ pub use split::{txn_within, CHILD_INIT_INDEX};
 
 #[cfg(test)]
 mod merge_tests;
-#[cfg(test)]
-mod stored_record_tests;
 #[cfg(test)]
 mod tests;

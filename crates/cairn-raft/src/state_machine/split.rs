@@ -33,6 +33,7 @@ use cairn_storage::WriteBatch;
 use openraft::{CommittedLeaderId, LogId, StoredMembership};
 
 use super::{apply_key, Applied};
+use crate::codec::encode;
 use crate::log_store::LogStore;
 use crate::types::{RegionRange, Reply};
 
@@ -57,7 +58,7 @@ pub(super) fn split(
     }
     let epoch = range.epoch + 1;
     let init = LogId::new(CommittedLeaderId::new(0, 0), CHILD_INIT_INDEX);
-    let mut born = Applied {
+    let born = Applied {
         last_applied: Some(init),
         membership: StoredMembership::new(Some(init), state.membership.membership().clone()),
         current_revision: state.current_revision,
@@ -71,10 +72,7 @@ pub(super) fn split(
         },
         ..Applied::default()
     };
-    batch.put(
-        apply_key(child),
-        super::stored_record::encode_record(&mut born)?,
-    );
+    batch.put(apply_key(child), encode(&born)?);
     LogStore::seed_purged(batch, child, init)?;
     state.range.end = at;
     state.range.epoch = epoch;
