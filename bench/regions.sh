@@ -22,8 +22,11 @@
 # 1 client runs a tenth), PROFILE (release), RESULTS (JSON lines; default
 # target/bench/regions-DATE.jsonl), A (another cairn binary: a fourth
 # cluster, split as the eight-region one, runs every case too — "eightA" —
-# for an A/B of the path across regions in the same run). Prints ops/s
-# medians and ratios.
+# for an A/B of the path across regions in the same run), B (the binary
+# of every other Cairn cluster instead of this tree's build; run an A/B
+# twice, swapped, since each cluster's leaders land where they land),
+# OPS (the Txn sizes: "2 8"), CLIENTS ("1 16"; 1 client runs a tenth).
+# Prints ops/s medians and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -31,8 +34,12 @@ ROUNDS=${ROUNDS:-3}; TOTAL=${TOTAL:-6000}; PROFILE=${PROFILE:-release}
 # shellcheck source=bench/need.sh
 source bench/need.sh
 need etcd:etcd-server python3:python3
-if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
-CAIRN=$ROOT/target/$PROFILE/cairn
+if [ -n "${B:-}" ]; then
+  CAIRN=$B
+else
+  if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
+  CAIRN=$ROOT/target/$PROFILE/cairn
+fi
 mkdir -p target/bench
 RESULTS=${RESULTS:-$ROOT/target/bench/regions-$(date -u +%Y%m%dT%H%M%S).jsonl}
 : > "$RESULTS"
@@ -82,8 +89,8 @@ if [ "${WORKLOAD:-txn}" = read ]; then
 fi
 for round in $(seq "$ROUNDS"); do
   [ "${WORKLOAD:-txn}" = read ] && break
-  for ops in 2 8; do
-    for clients in 1 16; do
+  for ops in ${OPS:-2 8}; do
+    for clients in ${CLIENTS:-1 16}; do
       total=$TOTAL; [ "$clients" = 1 ] && total=$((TOTAL / 10))
       for sys in $SYSTEMS; do
         # shellcheck disable=SC2086
