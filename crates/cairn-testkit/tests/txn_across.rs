@@ -401,6 +401,72 @@ async fn a_coordinator_that_dies_blocks_nobody() {
     }
 }
 
+/// A settle asked where the lock has already gone (its part finished
+/// there: here the primary's, committed) does nothing. It once guessed the
+/// transaction's regions as the primary and that one, found nothing to
+/// finish, and forgot the outcome; the parts still locked elsewhere were
+/// then rolled back by whoever met them: a committed transaction torn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_where_the_lock_has_gone_leaves_the_outcome_to_the_parts_still_locked() {
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "g", "t"] {
+        kv::put(&mut client, k, "100").await.unwrap();
+    }
+    let three = TxnRequest {
+        compare: vec![value_is("a", "100")],
+        success: vec![put("a", "1"), put("g", "2"), put("t", "3")],
+        failure: vec![],
+    };
+    // The primary (`a`'s region) commits; `g` and `t` stay locked.
+    let gone = c
+        .node(1)
+        .txn_across_then_crash(&three, CoordinatorCrash::AfterPrimaryCommit)
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    let node = c.node(0);
+    let region_of = |k: &str| {
+        let end = format!("{k}\0");
+        node.regions_overlapping(k.as_bytes(), Some(end.as_bytes()))[0]
+            .0
+            .clone()
+    };
+    let (first, middle) = (region_of("a"), region_of("g"));
+    assert_ne!(first.id, middle.id);
+    let start_ts = loop {
+        let held = middle
+            .shared
+            .with_applied(|a| a.locks.held.keys().next().copied());
+        if let Some(ts) = held {
+            break ts;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let lock = cairn_mvcc::locks::LockRef {
+        start_ts,
+        primary: first.id,
+    };
+    // Asked in the primary's region, whose lock went with its commit
+    // (once this replica applied it).
+    while first
+        .shared
+        .with_applied(|a| a.locks.held.contains_key(&start_ts))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.settle_now(first.id, lock).await.unwrap();
+    // The outcome is still there for the parts still locked: they commit.
+    let mut other = c.kv(2).await;
+    for (k, v) in [("a", "1"), ("g", "2"), ("t", "3")] {
+        assert_eq!(
+            kv::get(&mut other, k, false).await.unwrap().as_deref(),
+            Some(v),
+            "{k}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_gets_a_txn_across_regions_together_and_in_order() {
     use cairn_api::etcdserverpb::WatchCreateRequest;

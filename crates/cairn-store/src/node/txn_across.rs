@@ -335,8 +335,13 @@ impl Node {
         };
         let decided = match commit(primary).await {
             Ok(o) => o,
-            // Unknown (leader lost mid-way): settle it.
-            Err(_) => self.outcome_at_primary(primary, start_ts).await?,
+            // Unknown (leader lost mid-way): settle it. Nothing known
+            // there either: a resolver finished it and forgot the outcome
+            // (committed or rolled back): still unknown, not a bug.
+            Err(_) => match self.outcome_at_primary(primary, start_ts).await? {
+                None => return Err(Error::Timeout),
+                known => known,
+            },
         };
         match decided {
             Some(Outcome::Committed { commit_ts: at, .. }) if at == commit_ts => {}

@@ -50,16 +50,33 @@ impl Node {
         self.settle(region, lock).await
     }
 
+    /// Tests: settles `lock`, met in `region`, at once (as a waiter past
+    /// [`LOCK_TTL`] or the sweeper would).
+    #[doc(hidden)]
+    pub async fn settle_now(&self, region: u64, lock: LockRef) -> Result<()> {
+        self.settle(region, lock).await
+    }
+
     /// Settles `lock`'s transaction at its primary and finishes it: every
     /// region it locked (as the lock met in `region` lists them) committed
     /// or rolled back from the outcome, then the outcome forgotten.
+    ///
+    /// Only while this node's replica of `region` still holds the lock
+    /// (both callers saw it held here): once it went, its part was
+    /// finished, and the other regions it locked are not known here.
+    /// Settling then with a guess at them (the primary and `region`) would
+    /// forget the outcome while a part elsewhere may still be locked, and
+    /// whoever met that one later would find no outcome and roll it back:
+    /// a committed transaction torn.
     async fn settle(&self, region: u64, lock: LockRef) -> Result<()> {
         let start_ts = lock.start_ts;
-        let regions = self
+        let Some(regions) = self
             .region(region)?
             .shared
             .with_applied(|a| a.locks.held.get(&start_ts).map(|l| l.regions.clone()))
-            .unwrap_or_else(|| vec![lock.primary, region]);
+        else {
+            return Ok(());
+        };
         // A region a merge absorbed held no lock when it froze (a freeze
         // waits for them to go) and took none after: a part there has
         // nothing to finish. Its outcomes went to the region that absorbed
