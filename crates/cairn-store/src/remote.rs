@@ -469,15 +469,80 @@ pub async fn tso(pool: &Arc<PeerPool>, meta: &Raft, target: u64, count: u32) -> 
     }
 }
 
-/// True when a failed call never reached the peer (connection refused or
-/// not established).
+/// True when a failed call never reached the peer: the connection was
+/// refused or could not be made (hyper's connector failed: "tcp connect
+/// error", "error trying to connect", its `Connect` kind). Not any error
+/// that merely mentions a connection: "connection reset", "broken pipe",
+/// "error reading a body from connection" come after the request went
+/// out, maybe after the leader proposed it, and a retry could apply it
+/// twice.
 fn never_sent(status: &tonic::Status) -> bool {
     let mut text = format!("{} {:?}", status.message(), status);
     let mut src = std::error::Error::source(status);
     while let Some(e) = src {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
         text.push_str(&format!(" {e} {e:?}"));
         src = e.source();
     }
     let t = text.to_ascii_lowercase();
-    t.contains("connect") || t.contains("refused")
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "connecterror",
+        "kind: connect,",
+        "client error (connect)",
+        "connection refused",
+    ]
+    .iter()
+    .any(|sign| t.contains(sign))
+}
+
+#[cfg(test)]
+mod never_sent_tests {
+    use super::never_sent;
+
+    #[test]
+    fn only_a_connection_never_made_counts_as_never_sent() {
+        let refused = tonic::Status::unavailable(
+            "error trying to connect: tcp connect error: Connection refused (os error 111)",
+        );
+        assert!(never_sent(&refused));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let with_source = tonic::Status::from_error(Box::new(io));
+        assert!(never_sent(&with_source));
+        // What a call to a port nobody listens on really fails with.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let status = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                        .unwrap()
+                        .connect_lazy();
+                cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
+                    .range(cairn_api::etcdserverpb::RangeRequest::default())
+                    .await
+                    .unwrap_err()
+            });
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(never_sent(&status), "{status:?}");
+        // After the request went out: its outcome is unknown.
+        for after in [
+            "connection reset by peer",
+            "h2 protocol error: error reading a body from connection",
+            "transport error: connection error: broken pipe",
+            "Disconnected",
+        ] {
+            assert!(!never_sent(&tonic::Status::unavailable(after)), "{after}");
+        }
+    }
 }
