@@ -471,7 +471,8 @@ pub async fn tso(pool: &Arc<PeerPool>, meta: &Raft, target: u64, count: u32) -> 
 
 /// True when a failed call never reached the peer: the connection was
 /// refused or could not be made (hyper's connector failed: "tcp connect
-/// error", "error trying to connect", its `Connect` kind). Not any error
+/// error", "error trying to connect", its `Connect` kind), or the stream
+/// was refused before anything of it was processed. Not any error
 /// that merely mentions a connection: "connection reset", "broken pipe",
 /// "error reading a body from connection" come after the request went
 /// out, maybe after the leader proposed it, and a retry could apply it
@@ -496,6 +497,8 @@ fn never_sent(status: &tonic::Status) -> bool {
         "kind: connect,",
         "client error (connect)",
         "connection refused",
+        // HTTP/2's REFUSED_STREAM: the peer processed nothing of it.
+        "refused stream",
     ]
     .iter()
     .any(|sign| t.contains(sign))
@@ -514,6 +517,10 @@ mod never_sent_tests {
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let with_source = tonic::Status::from_error(Box::new(io));
         assert!(never_sent(&with_source));
+        let refused_stream = tonic::Status::unavailable(
+            "h2 protocol error: stream no longer needed: refused stream before processing any application logic",
+        );
+        assert!(never_sent(&refused_stream));
         // What a call to a port nobody listens on really fails with.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -68,10 +68,16 @@ impl Node {
             } else {
                 bounded.await.unwrap_or(Err(Error::Timeout))
             };
+            // An op safe to send twice whose answer was lost mid-call (its
+            // leader killed or cut off: `remote::never_sent` says unknown)
+            // goes again, to whoever leads by then.
+            let lost = matches!(res, Err(Error::Timeout))
+                && op.resend_safe()
+                && leader.is_some_and(|l| l != self.id);
             match res {
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_retryable() || lost => {
                     if Instant::now() >= deadline {
-                        return Err(Error::NoLeader);
+                        return Err(if lost { e } else { Error::NoLeader });
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }

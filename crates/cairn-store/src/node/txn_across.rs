@@ -345,8 +345,10 @@ impl Node {
         };
         match decided {
             Some(Outcome::Committed { commit_ts: at, .. }) if at == commit_ts => {}
-            Some(Outcome::RolledBack) => {
-                // A resolver found this attempt stalled and rolled it back.
+            // A resolver found this attempt stalled and rolled it back
+            // (and, for `None`, finished and forgot it before our commit
+            // applied: the primary's lock was gone, so it did not commit).
+            Some(Outcome::RolledBack) | None => {
                 self.release(start_ts, primary, &locked).await;
                 return Ok(Attempt::Again);
             }
