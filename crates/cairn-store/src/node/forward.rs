@@ -3,7 +3,10 @@
 //! retries only while nothing was proposed — or, for an op safe to send
 //! twice (`ForwardOp::resend_safe`: reads, lease refreshes), as soon as
 //! the region knows another leader while the call still waits (a paused
-//! leader neither answers nor refuses); [`Node::serve_local`] serves an
+//! leader neither answers nor refuses), and when its forwarded answer was
+//! lost mid-call (a killed leader: `remote::never_sent` cannot say it was
+//! never proposed, which only such an op may shrug off);
+//! [`Node::serve_local`] serves an
 //! op on this node's replica (a forwarded op lands there too).
 
 use std::time::{Duration, Instant};
@@ -19,7 +22,8 @@ use crate::{Error, Result};
 
 impl Node {
     /// Sends `op` to `region`'s leader, retrying only while nothing was
-    /// proposed — or nothing changed because the op met a lock of a
+    /// proposed (an op safe to send twice also when its answer was lost)
+    /// — or nothing changed because the op met a lock of a
     /// transaction across regions, which is waited for (or resolved) first.
     /// A prewrite's or a commit's lock conflict is its coordinator's to
     /// handle.
