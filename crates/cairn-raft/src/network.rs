@@ -246,17 +246,22 @@ impl PeerPool {
             None if addr.starts_with("http://") => (addr.to_string(), false),
             None => (format!("http://{addr}"), false),
         };
+        const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
         let endpoint = Endpoint::from_shared(url)
             .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true);
+        // With TLS the connector times the connection out itself: tonic
+        // would report the endpoint's timeout as `Unknown`, not as a
+        // connection never made (see cairn_tls::Connector).
         let channel = if tls {
             let config = self.tls.clone().ok_or_else(|| {
                 format!("peer URL {addr} is https:// but this member has no --peer-cert-file")
             })?;
-            endpoint.connect_with_connector_lazy(cairn_tls::Connector::new(config))
+            endpoint.connect_with_connector_lazy(
+                cairn_tls::Connector::new(config).connect_timeout(CONNECT_TIMEOUT),
+            )
         } else {
-            endpoint.connect_lazy()
+            endpoint.connect_timeout(CONNECT_TIMEOUT).connect_lazy()
         };
         ch.insert(addr.to_string(), channel.clone());
         Ok(PeerClient::new(channel).max_decoding_message_size(usize::MAX))

@@ -542,6 +542,40 @@ mod never_sent_tests {
             });
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(never_sent(&status), "{status:?}");
+        // A peer dialed with TLS whose handshake never finishes (a
+        // listener that never accepts, as a stopped member's): the
+        // connector's own timeout, not the endpoint's, so the call fails
+        // as never sent, not as tonic's `Unknown` "transport error".
+        let dir = tempfile::tempdir().unwrap();
+        let me = cairn_tls::pki::issue(dir.path(), "peer", &["127.0.0.1".to_string()]).unwrap();
+        let config = cairn_tls::client_config(&cairn_tls::TlsFiles {
+            cert: me.cert.clone(),
+            key: me.key.clone(),
+            trusted_ca: Some(cairn_tls::pki::ca_path(dir.path())),
+            ..Default::default()
+        })
+        .unwrap();
+        let deaf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = deaf.local_addr().unwrap().port();
+        let status = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let connector = cairn_tls::Connector::new(config)
+                    .connect_timeout(std::time::Duration::from_millis(300));
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                        .unwrap()
+                        .connect_with_connector_lazy(connector);
+                cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
+                    .range(cairn_api::etcdserverpb::RangeRequest::default())
+                    .await
+                    .unwrap_err()
+            });
+        drop(deaf);
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(never_sent(&status), "{status:?}");
         // After the request went out: its outcome is unknown.
         for after in [
             "connection reset by peer",
