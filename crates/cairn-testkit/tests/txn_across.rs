@@ -5,7 +5,8 @@
 //! in three regions keeps its total under concurrent transfers and reads;
 //! a coordinator that dies after its prewrite or after its primary commit
 //! blocks nobody — whoever meets a lock, or the sweeper, finishes the
-//! transaction from the primary's outcome; a watch over the regions
+//! transaction from the primary's outcome; a coordinator whose attempt a
+//! resolver rolled back and forgot under it starts again; a watch over the regions
 //! gets a transaction's events together, in order; and a watch opened
 //! before a split still sees the keys the split moved out.
 
@@ -398,6 +399,55 @@ async fn a_coordinator_that_dies_blocks_nobody() {
     while any(|l| !l.outcomes.is_empty()) {
         assert!(Instant::now() < deadline, "outcomes never forgotten");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A coordinator held between its prewrite and its commit while a
+/// resolver rolls its transaction back, finishes every part and forgets
+/// the outcome: its commit then finds no lock and no outcome at the
+/// primary. Nothing of that attempt committed, so it starts again (once
+/// answered `Internal`), and the transfer is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again() {
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "g"] {
+        kv::put(&mut client, k, "100").await.unwrap();
+    }
+    let (go, held) = tokio::sync::oneshot::channel();
+    let coordinator = c.node(1).clone();
+    let txn =
+        tokio::spawn(async move { coordinator.txn_across_held(&transfer("a", "g"), held).await });
+    let node = c.node(0);
+    let first = node.regions_overlapping(b"a", Some(b"a\0"))[0].0.clone();
+    let start_ts = loop {
+        let held = first
+            .shared
+            .with_applied(|a| a.locks.held.keys().next().copied());
+        if let Some(ts) = held {
+            break ts;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // As a waiter past the lock's time to live would: rolled back at the
+    // primary, `g`'s part rolled back, the outcome forgotten.
+    let lock = cairn_mvcc::locks::LockRef {
+        start_ts,
+        primary: first.id,
+    };
+    node.settle_now(first.id, lock).await.unwrap();
+    go.send(()).unwrap();
+    let resp = txn
+        .await
+        .unwrap()
+        .expect("the transfer starts again and commits");
+    assert!(resp.succeeded);
+    for (k, v) in [("a", "90"), ("g", "110")] {
+        assert_eq!(
+            kv::get(&mut client, k, false).await.unwrap().as_deref(),
+            Some(v),
+            "{k}"
+        );
     }
 }
 

@@ -103,6 +103,15 @@ pub enum CoordinatorCrash {
     AfterPrimaryCommit,
 }
 
+/// What a test does to one attempt of a coordinator.
+pub(super) enum Hook {
+    /// Stops it as if its node died.
+    Crash(CoordinatorCrash),
+    /// Holds it after its prewrites until the receiver fires (or its
+    /// sender is dropped).
+    HoldAfterPrewrite(tokio::sync::oneshot::Receiver<()>),
+}
+
 impl Node {
     /// The fate of transaction `start_ts` at its primary region, once the
     /// answer to its commit there was lost — at the region that absorbed
@@ -134,10 +143,20 @@ impl Node {
         req: &TxnRequest,
         access: &Access,
     ) -> Result<TxnResponse> {
+        self.txn_across_hooked(req, access, None).await
+    }
+
+    /// [`Node::txn_across`], its first attempt under a test's `hook`.
+    async fn txn_across_hooked(
+        &self,
+        req: &TxnRequest,
+        access: &Access,
+        mut hook: Option<Hook>,
+    ) -> Result<TxnResponse> {
         let stale = super::kv::StaleRoutes::new();
         let plan = Plan::of(req);
         loop {
-            match self.txn_across_once(&plan, access, None).await {
+            match self.txn_across_once(&plan, access, hook.take()).await {
                 Ok(Attempt::Done(resp)) => return Ok(resp),
                 Ok(_) | Err(Error::EpochMismatch) | Err(Error::RolledBack) => stale.wait().await?,
                 Err(e) => return Err(e),
@@ -154,8 +173,9 @@ impl Node {
         req: &TxnRequest,
         crash: CoordinatorCrash,
     ) -> Result<Option<TxnResponse>> {
+        let hook = Some(Hook::Crash(crash));
         match self
-            .txn_across_once(&Plan::of(req), &Access::Internal, Some(crash))
+            .txn_across_once(&Plan::of(req), &Access::Internal, hook)
             .await?
         {
             Attempt::Done(resp) => Ok(Some(resp)),
@@ -163,11 +183,23 @@ impl Node {
         }
     }
 
+    /// Tests: runs `req` across regions as [`Node::txn`] would, its first
+    /// attempt held after its prewrites until `go` fires.
+    #[doc(hidden)]
+    pub async fn txn_across_held(
+        &self,
+        req: &TxnRequest,
+        go: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<TxnResponse> {
+        let hook = Some(Hook::HoldAfterPrewrite(go));
+        self.txn_across_hooked(req, &Access::Internal, hook).await
+    }
+
     pub(super) async fn txn_across_once(
         &self,
         plan: &Plan,
         access: &Access,
-        crash: Option<CoordinatorCrash>,
+        mut hook: Option<Hook>,
     ) -> Result<Attempt> {
         let Some(mut layout) = self.layout(plan.req.clone(), &plan.leases)? else {
             return Ok(Attempt::Again);
@@ -264,8 +296,12 @@ impl Node {
         }
         let Layout { req, parts, .. } = layout;
         let req = &req;
-        if crash == Some(CoordinatorCrash::AfterPrewrite) {
-            return Ok(Attempt::Again);
+        match &mut hook {
+            Some(Hook::Crash(CoordinatorCrash::AfterPrewrite)) => return Ok(Attempt::Again),
+            Some(Hook::HoldAfterPrewrite(go)) => {
+                let _ = go.await;
+            }
+            _ => {}
         }
         fail::fail_point!(cairn_raft::failpoints::TXN_AFTER_PREWRITE);
         // 3. Evaluate under the locks.
@@ -358,7 +394,10 @@ impl Node {
                 )))
             }
         }
-        if crash == Some(CoordinatorCrash::AfterPrimaryCommit) {
+        if matches!(
+            hook,
+            Some(Hook::Crash(CoordinatorCrash::AfterPrimaryCommit))
+        ) {
             return Ok(Attempt::Again);
         }
         fail::fail_point!(cairn_raft::failpoints::TXN_AFTER_PRIMARY_COMMIT);
