@@ -29,12 +29,23 @@ impl Node {
     /// handle.
     pub(crate) async fn submit(&self, region: u64, op: ForwardOp) -> Result<ForwardOk> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut pause = Duration::from_millis(2);
         loop {
             match self.submit_once(region, op.clone()).await? {
                 ForwardOk::Reply(Reply::Locked(lock))
                     if !op.coordinator_handles_locks() && Instant::now() < deadline =>
                 {
+                    let here = self.holds_lock(region, lock.start_ts);
                     Box::pin(self.resolve_lock(region, lock)).await?;
+                    if !here {
+                        // The leader's lock is not (or no longer) on this
+                        // replica: it is behind, and the wait above
+                        // returned at once. Ask again after a pause, not
+                        // in a tight loop of forwards; the leader's
+                        // sweeper settles a lock nobody here can see.
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
                 }
                 other => return Ok(other),
             }

@@ -35,11 +35,7 @@ impl Node {
     /// its transaction at the primary and finishes (commits or rolls back)
     /// its part in `region`.
     pub(crate) async fn resolve_lock(&self, region: u64, lock: LockRef) -> Result<()> {
-        let r = self.region(region)?;
-        let held = || {
-            r.shared
-                .with_applied(|a| a.locks.held.contains_key(&lock.start_ts))
-        };
+        let held = || self.holds_lock(region, lock.start_ts);
         let until = Instant::now() + LOCK_TTL;
         while held() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -48,6 +44,15 @@ impl Node {
             return Ok(());
         }
         self.settle(region, lock).await
+    }
+
+    /// True while this node's replica of `region` holds the lock of the
+    /// transaction that began at `start_ts`.
+    pub(crate) fn holds_lock(&self, region: u64, start_ts: i64) -> bool {
+        self.region(region).is_ok_and(|r| {
+            r.shared
+                .with_applied(|a| a.locks.held.contains_key(&start_ts))
+        })
     }
 
     /// Tests: settles `lock`, met in `region`, at once (as a waiter past
