@@ -521,25 +521,29 @@ mod never_sent_tests {
             "h2 protocol error: stream no longer needed: refused stream before processing any application logic",
         );
         assert!(never_sent(&refused_stream));
-        // What a call to a port nobody listens on really fails with.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let status = tokio::runtime::Builder::new_current_thread()
+        // What a call to a port nobody listens on really fails with. The
+        // port stays bound, never listening, so nobody else takes it.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap()
-            .block_on(async {
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                        .unwrap()
-                        .connect_lazy();
-                cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
-                    .range(cairn_api::etcdserverpb::RangeRequest::default())
-                    .await
-                    .unwrap_err()
-            });
+            .unwrap();
+        let closed = rt.block_on(async {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            s
+        });
+        let port = closed.local_addr().unwrap().port();
+        let status = rt.block_on(async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect_lazy();
+            cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
+                .range(cairn_api::etcdserverpb::RangeRequest::default())
+                .await
+                .unwrap_err()
+        });
+        drop(closed);
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(never_sent(&status), "{status:?}");
         // A peer dialed with TLS whose handshake never finishes (a
@@ -557,22 +561,18 @@ mod never_sent_tests {
         .unwrap();
         let deaf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = deaf.local_addr().unwrap().port();
-        let status = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let connector = cairn_tls::Connector::new(config)
-                    .connect_timeout(std::time::Duration::from_millis(300));
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                        .unwrap()
-                        .connect_with_connector_lazy(connector);
-                cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
-                    .range(cairn_api::etcdserverpb::RangeRequest::default())
-                    .await
-                    .unwrap_err()
-            });
+        let status = rt.block_on(async {
+            let connector = cairn_tls::Connector::new(config)
+                .connect_timeout(std::time::Duration::from_millis(300));
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                    .unwrap()
+                    .connect_with_connector_lazy(connector);
+            cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
+                .range(cairn_api::etcdserverpb::RangeRequest::default())
+                .await
+                .unwrap_err()
+        });
         drop(deaf);
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(never_sent(&status), "{status:?}");
