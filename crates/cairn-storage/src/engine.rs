@@ -120,6 +120,13 @@ pub trait Engine: Snapshot {
     fn defragment(&self) -> Result<()> {
         Ok(())
     }
+    /// Called about once a second: once no write has come for a while,
+    /// an LSM engine flushes the memtables its writes filled, so a store
+    /// left quiet after a burst of writes does not keep them resident.
+    /// True if it flushed.
+    fn flush_if_quiet(&self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The exclusive end of the keyspace that starts with byte `b`.

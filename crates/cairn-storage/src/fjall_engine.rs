@@ -22,6 +22,7 @@ use crate::engine::{space_end, Durability, Engine, KeyIter, KvIter, Op, Snapshot
 use crate::journal_bound::{JournalBound, JOURNAL_LIMIT};
 use crate::journal_sync::JournalSync;
 use crate::keys::Space;
+use crate::quiet_flush::{QuietFlush, FLUSH_AT_LEAST};
 use crate::{Error, Result};
 
 /// Memtable size per keyspace. fjall's default is 64 MiB each, and the hot
@@ -52,6 +53,7 @@ pub struct FjallEngine {
     spaces: Arc<RwLock<HashMap<u8, Keyspace>>>,
     journal: Arc<JournalBound>,
     syncer: Arc<JournalSync>,
+    quiet: Arc<QuietFlush>,
 }
 
 impl FjallEngine {
@@ -74,6 +76,7 @@ impl FjallEngine {
             spaces: Arc::new(RwLock::new(HashMap::new())),
             journal: Arc::new(journal),
             syncer: Arc::new(JournalSync::new(path.as_ref())),
+            quiet: Arc::new(QuietFlush::default()),
         };
         // Reopen every keyspace that exists on disk so snapshots see them.
         for name in engine.db.list_keyspace_names() {
@@ -116,6 +119,16 @@ impl FjallEngine {
     /// (unless flushed) are in them.
     pub fn journal_bytes(&self) -> Result<u64> {
         Ok(self.db.journal_disk_space()?)
+    }
+
+    /// What the keyspaces' active memtables hold: writes not yet flushed
+    /// to tables, resident until they are.
+    pub fn memtable_bytes(&self) -> u64 {
+        self.spaces
+            .read()
+            .values()
+            .map(|ks| ks.tree.active_memtable().size())
+            .sum()
     }
 
     /// After a sync: flushes every keyspace if the journal outgrew its
@@ -277,6 +290,7 @@ impl Engine for FjallEngine {
             }
         }
         wb.commit()?;
+        self.quiet.wrote();
         if durability == Durability::Sync {
             self.syncer.sync(&self.db)?;
             self.bound_journal()?;
@@ -316,6 +330,22 @@ impl Engine for FjallEngine {
             .filter(|(&b, _)| b >= Space::MvccVersion as u8)
             .map(|(_, ks)| ks.disk_space() + ks.tree.active_memtable().size())
             .sum()
+    }
+
+    /// See `crate::quiet_flush`.
+    fn flush_if_quiet(&self) -> Result<bool> {
+        if !self.quiet.due(std::time::Instant::now()) {
+            return Ok(false);
+        }
+        let spaces: Vec<Keyspace> = self.spaces.read().values().cloned().collect();
+        let mut flushed = false;
+        for ks in spaces {
+            if ks.tree.active_memtable().size() >= FLUSH_AT_LEAST {
+                ks.rotate_memtable()?;
+                flushed = true;
+            }
+        }
+        Ok(flushed)
     }
 
     fn defragment(&self) -> Result<()> {

@@ -35,6 +35,7 @@ mod journal_sync;
 pub mod keys;
 mod memory;
 mod overlay;
+mod quiet_flush;
 
 pub use engine::{Durability, Engine, KeyIter, KvIter, KvPair, Op, Snapshot, WriteBatch};
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
 //! The node's background loops (each holds the node weakly and ends with
 //! it): publishing this member, and the ranges of the data regions it
-//! leads, to the meta region; counting leader changes. (Lease expiry lives
+//! leads, to the meta region; counting leader changes; flushing the
+//! engine's memtables once writes stop (`cairn_storage`'s quiet flush).
+//! (Lease expiry lives
 //! in `crate::lessor`, TSO colocation in `crate::tso`, closed timestamps in
 //! `closes`, bounding Raft logs in `log_purge`.)
 
@@ -125,6 +127,26 @@ pub(super) async fn count_leader_changes(
         last = leader;
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Asks the engine each second whether writes have stopped long enough
+/// to flush the memtables they filled (see `Engine::flush_if_quiet`).
+pub(super) async fn flush_quiet_memtables(node: std::sync::Weak<Node>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
+        let engine = n.engine.clone();
+        drop(n);
+        match tokio::task::spawn_blocking(move || engine.flush_if_quiet()).await {
+            Ok(Ok(true)) => tracing::debug!("writes stopped: memtables flushed"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!("flushing memtables after writes stopped: {e}"),
+            Err(e) => tracing::warn!("flushing memtables after writes stopped: {e}"),
         }
     }
 }

@@ -188,6 +188,7 @@ impl Node {
         });
         tokio::spawn(host_births(Arc::downgrade(&node), born));
         tokio::spawn(background::publish_self(Arc::downgrade(&node)));
+        tokio::spawn(background::flush_quiet_memtables(Arc::downgrade(&node)));
         let weak = Arc::downgrade(&node);
         node.lessor.revoke_across_with(Box::new(move |id, term| {
             let weak = weak.clone();
