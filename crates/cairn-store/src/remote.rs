@@ -508,6 +508,18 @@ fn never_sent(status: &tonic::Status) -> bool {
 mod never_sent_tests {
     use super::never_sent;
 
+    fn endpoint(port: u16) -> tonic::transport::Endpoint {
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap()
+    }
+
+    /// How a Range over `channel` fails.
+    async fn a_failed_range(channel: tonic::transport::Channel) -> tonic::Status {
+        cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
+            .range(cairn_api::etcdserverpb::RangeRequest::default())
+            .await
+            .unwrap_err()
+    }
+
     #[test]
     fn only_a_connection_never_made_counts_as_never_sent() {
         let refused = tonic::Status::unavailable(
@@ -533,16 +545,7 @@ mod never_sent_tests {
             s
         });
         let port = closed.local_addr().unwrap().port();
-        let status = rt.block_on(async {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .connect_lazy();
-            cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
-                .range(cairn_api::etcdserverpb::RangeRequest::default())
-                .await
-                .unwrap_err()
-        });
+        let status = rt.block_on(async { a_failed_range(endpoint(port).connect_lazy()).await });
         drop(closed);
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(never_sent(&status), "{status:?}");
@@ -561,17 +564,10 @@ mod never_sent_tests {
         .unwrap();
         let deaf = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = deaf.local_addr().unwrap().port();
+        let connector = cairn_tls::Connector::new(config)
+            .connect_timeout(std::time::Duration::from_millis(300));
         let status = rt.block_on(async {
-            let connector = cairn_tls::Connector::new(config)
-                .connect_timeout(std::time::Duration::from_millis(300));
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .connect_with_connector_lazy(connector);
-            cairn_api::etcdserverpb::kv_client::KvClient::new(channel)
-                .range(cairn_api::etcdserverpb::RangeRequest::default())
-                .await
-                .unwrap_err()
+            a_failed_range(endpoint(port).connect_with_connector_lazy(connector)).await
         });
         drop(deaf);
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");

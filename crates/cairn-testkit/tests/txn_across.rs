@@ -402,6 +402,19 @@ async fn a_coordinator_that_dies_blocks_nobody() {
     }
 }
 
+/// The start timestamp of a lock `region`'s replica holds, once it holds one.
+async fn a_held_lock(region: &cairn_store::Region) -> i64 {
+    loop {
+        let held = region
+            .shared
+            .with_applied(|a| a.locks.held.keys().next().copied());
+        if let Some(ts) = held {
+            return ts;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A coordinator held between its prewrite and its commit while a
 /// resolver rolls its transaction back, finishes every part and forgets
 /// the outcome: its commit then finds no lock and no outcome at the
@@ -420,15 +433,7 @@ async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again(
         tokio::spawn(async move { coordinator.txn_across_held(&transfer("a", "g"), held).await });
     let node = c.node(0);
     let first = node.regions_overlapping(b"a", Some(b"a\0"))[0].0.clone();
-    let start_ts = loop {
-        let held = first
-            .shared
-            .with_applied(|a| a.locks.held.keys().next().copied());
-        if let Some(ts) = held {
-            break ts;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let start_ts = a_held_lock(&first).await;
     // As a waiter past the lock's time to live would: rolled back at the
     // primary, `g`'s part rolled back, the outcome forgotten.
     let lock = cairn_mvcc::locks::LockRef {
@@ -484,15 +489,7 @@ async fn a_settle_where_the_lock_has_gone_leaves_the_outcome_to_the_parts_still_
     };
     let (first, middle) = (region_of("a"), region_of("g"));
     assert_ne!(first.id, middle.id);
-    let start_ts = loop {
-        let held = middle
-            .shared
-            .with_applied(|a| a.locks.held.keys().next().copied());
-        if let Some(ts) = held {
-            break ts;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let start_ts = a_held_lock(&middle).await;
     let lock = cairn_mvcc::locks::LockRef {
         start_ts,
         primary: first.id,
