@@ -334,6 +334,8 @@ impl Engine for FjallEngine {
 
     /// See `crate::quiet_flush`.
     fn flush_if_quiet(&self) -> Result<bool> {
+        // After a failed fsync nothing more is written (`journal_sync`).
+        self.syncer.check()?;
         if !self.quiet.due(std::time::Instant::now()) {
             return Ok(false);
         }

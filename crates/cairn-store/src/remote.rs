@@ -567,7 +567,10 @@ mod never_sent_tests {
         let connector = cairn_tls::Connector::new(config)
             .connect_timeout(std::time::Duration::from_millis(300));
         let status = rt.block_on(async {
-            a_failed_range(endpoint(port).connect_with_connector_lazy(connector)).await
+            let call = a_failed_range(endpoint(port).connect_with_connector_lazy(connector));
+            tokio::time::timeout(std::time::Duration::from_secs(10), call)
+                .await
+                .expect("the connector's own timeout ends the call")
         });
         drop(deaf);
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");

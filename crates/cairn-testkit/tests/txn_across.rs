@@ -404,6 +404,7 @@ async fn a_coordinator_that_dies_blocks_nobody() {
 
 /// The start timestamp of a lock `region`'s replica holds, once it holds one.
 async fn a_held_lock(region: &cairn_store::Region) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let held = region
             .shared
@@ -411,6 +412,11 @@ async fn a_held_lock(region: &cairn_store::Region) -> i64 {
         if let Some(ts) = held {
             return ts;
         }
+        assert!(
+            Instant::now() < deadline,
+            "no lock held in region {}",
+            region.id
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
