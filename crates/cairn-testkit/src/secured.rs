@@ -135,12 +135,13 @@ pub fn endpoint(addr: &str) -> Endpoint {
 /// connect timeout and a 15 s request timeout.
 pub fn channel(addr: &str) -> Channel {
     let ep = endpoint(addr).timeout(Duration::from_secs(15));
-    match pki() {
-        // The connector's own 2 s (an endpoint's connect timeout would
-        // turn a connection never made into tonic's `Unknown`).
-        Some(p) => ep.connect_with_connector_lazy(cairn_tls::Connector::new(p.client.clone())),
-        None => ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-    }
+    // Secured, the connector's own 2 s: an endpoint's connect timeout
+    // would turn a connection never made into tonic's `Unknown`.
+    lazy(if is_on() {
+        ep
+    } else {
+        ep.connect_timeout(Duration::from_secs(2))
+    })
 }
 
 /// Opens `ep` on first use, with TLS as `root` in secured mode.

@@ -93,6 +93,28 @@ async fn everything(
         .collect()
 }
 
+/// Asserts each of `expected`'s keys holds its value, read through `client`.
+async fn assert_values(
+    client: &mut cairn_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+    expected: &[(&str, &str)],
+) {
+    for (k, v) in expected {
+        assert_eq!(
+            kv::get(client, k, false).await.unwrap().as_deref(),
+            Some(*v),
+            "{k}"
+        );
+    }
+}
+
+/// `node`'s replica of the region holding `key`.
+fn region_of(node: &cairn_store::Node, key: &str) -> std::sync::Arc<cairn_store::Region> {
+    let end = format!("{key}\0");
+    node.regions_overlapping(key.as_bytes(), Some(end.as_bytes()))[0]
+        .0
+        .clone()
+}
+
 async fn get_kv(
     client: &mut cairn_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
     key: &str,
@@ -438,7 +460,7 @@ async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again(
     let txn =
         tokio::spawn(async move { coordinator.txn_across_held(&transfer("a", "g"), held).await });
     let node = c.node(0);
-    let first = node.regions_overlapping(b"a", Some(b"a\0"))[0].0.clone();
+    let first = region_of(node, "a");
     let start_ts = a_held_lock(&first).await;
     // As a waiter past the lock's time to live would: rolled back at the
     // primary, `g`'s part rolled back, the outcome forgotten.
@@ -453,13 +475,7 @@ async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again(
         .unwrap()
         .expect("the transfer starts again and commits");
     assert!(resp.succeeded);
-    for (k, v) in [("a", "90"), ("g", "110")] {
-        assert_eq!(
-            kv::get(&mut client, k, false).await.unwrap().as_deref(),
-            Some(v),
-            "{k}"
-        );
-    }
+    assert_values(&mut client, &[("a", "90"), ("g", "110")]).await;
 }
 
 /// A settle asked where the lock has already gone (its part finished
@@ -487,13 +503,7 @@ async fn a_settle_where_the_lock_has_gone_leaves_the_outcome_to_the_parts_still_
         .unwrap();
     assert!(gone.is_none());
     let node = c.node(0);
-    let region_of = |k: &str| {
-        let end = format!("{k}\0");
-        node.regions_overlapping(k.as_bytes(), Some(end.as_bytes()))[0]
-            .0
-            .clone()
-    };
-    let (first, middle) = (region_of("a"), region_of("g"));
+    let (first, middle) = (region_of(node, "a"), region_of(node, "g"));
     assert_ne!(first.id, middle.id);
     let start_ts = a_held_lock(&middle).await;
     let lock = cairn_mvcc::locks::LockRef {
@@ -511,13 +521,7 @@ async fn a_settle_where_the_lock_has_gone_leaves_the_outcome_to_the_parts_still_
     node.settle_now(first.id, lock).await.unwrap();
     // The outcome is still there for the parts still locked: they commit.
     let mut other = c.kv(2).await;
-    for (k, v) in [("a", "1"), ("g", "2"), ("t", "3")] {
-        assert_eq!(
-            kv::get(&mut other, k, false).await.unwrap().as_deref(),
-            Some(v),
-            "{k}"
-        );
-    }
+    assert_values(&mut other, &[("a", "1"), ("g", "2"), ("t", "3")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
