@@ -2,9 +2,8 @@
 //! it): publishing this member, and the ranges of the data regions it
 //! leads, to the meta region; counting leader changes; flushing the
 //! engine's memtables once writes stop (`cairn_storage`'s quiet flush).
-//! (Lease expiry lives
-//! in `crate::lessor`, TSO colocation in `crate::tso`, closed timestamps in
-//! `closes`, bounding Raft logs in `log_purge`.)
+//! (Lease expiry lives in `crate::lessor`, TSO colocation in `crate::tso`,
+//! closed timestamps in `closes`, bounding Raft logs in `log_purge`.)
 
 use std::time::Duration;
 
