@@ -20,6 +20,16 @@
 //! So a revoke deletes each indexed key only if it still holds the lease
 //! ([`revoke_txn`]: a compare on its lease guards each delete), all in one
 //! transaction at one revision, and then drops the lease's whole index.
+//!
+//! Where the superset would show, it is trimmed. A check of the keys on a
+//! lease at apply (auth: the caller may write every key the lease has)
+//! takes the table region's own keys by their records ([`attached_in`])
+//! and every key outside as attached; when that refuses, the host looks
+//! the outside keys up in their regions and drops the entries of those
+//! detached ([`unindex`]). Each entry's value is the revision that
+//! attached the key (empty for entries older than this rule), and an
+//! entry goes only if it still has the value the host saw before its
+//! look: a key attached again since has a newer entry, which stays.
 
 use std::ops::Bound;
 
@@ -110,6 +120,59 @@ pub fn attached_keys(read: &dyn Snapshot, id: i64) -> Result<Vec<Vec<u8>>> {
         }
     }
     Ok(out)
+}
+
+/// The entries indexed under a lease: each key with the revision that
+/// attached it (its entry's value; empty if written before revisions were
+/// kept).
+pub fn indexed(read: &dyn Snapshot, id: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let (lo, hi) = keys::lease_keys_range(id);
+    let mut out = Vec::new();
+    for item in read.scan(lo, hi, false) {
+        let (k, v) = item?;
+        if let (_, Some(key)) = keys::decode_lease(&k)? {
+            out.push((key.to_vec(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// The keys on lease `id` as the region `[start, end)` holding the lease
+/// table can tell at apply: of its own keys, those whose record holds the
+/// lease; every key outside, as indexed (perhaps detached since: see the
+/// module essay).
+pub fn attached_in(read: &dyn Snapshot, id: i64, start: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let inside = |k: &[u8]| k >= start && (end.is_empty() || k < end);
+    let (own, outside): (Vec<_>, Vec<_>) = attached_keys(read, id)?
+        .into_iter()
+        .partition(|k| inside(k));
+    let mut keys = still_holding(read, id, own)?;
+    keys.extend(outside);
+    Ok(keys)
+}
+
+/// Drops from lease `id`'s index each `(key, value)` of `detached` whose
+/// entry still has that value: keys the host found holding another lease
+/// or none, after reading the entries (an entry rewritten since attached
+/// its key again, and stays).
+pub fn unindex(
+    read: &dyn Snapshot,
+    id: i64,
+    detached: &[(Vec<u8>, Vec<u8>)],
+) -> Result<WriteBatch> {
+    let mut b = WriteBatch::new();
+    for (key, seen) in detached {
+        let entry = Key::LeaseKey { id, key }.encode();
+        if read.get(&entry)?.as_deref() == Some(seen.as_slice()) {
+            b.delete(entry);
+        }
+    }
+    Ok(b)
+}
+
+/// The value of an index entry: the revision that attached its key.
+pub(crate) fn entry_value(rev: i64) -> Vec<u8> {
+    rev.to_be_bytes().to_vec()
 }
 
 /// Of `keys`, those whose own newest record holds lease `id` (the index

@@ -545,7 +545,7 @@ impl Writer<'_> {
                             key: &req.key,
                         }
                         .encode(),
-                        Vec::new(),
+                        crate::lease::entry_value(self.rev),
                     );
                 }
                 return Ok(PutResponse::default());
@@ -591,7 +591,7 @@ impl Writer<'_> {
                     key: &req.key,
                 }
                 .encode(),
-                Vec::new(),
+                crate::lease::entry_value(self.rev),
             );
         }
         let stored = Record::Put(kv.clone()).encode();

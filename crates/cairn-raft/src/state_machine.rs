@@ -1115,7 +1115,8 @@ impl StateMachine {
             Command::Checked { cmd, .. } => self.execute(*cmd, term, state, engine, events),
             Command::CheckedLease { writable, cmd, .. } => {
                 for id in leases_written(&cmd) {
-                    let keys = lease::attached_keys(engine, id)?;
+                    let (start, end) = (&state.range.start, &state.range.end);
+                    let keys = lease::attached_in(engine, id, start, end)?;
                     if !keys.iter().all(|k| writable.allows(k)) {
                         return Ok((
                             WriteBatch::new(),
@@ -1495,6 +1496,15 @@ impl StateMachine {
                 WriteBatch::new(),
                 Reply::Invalid("a directory change in a data region".into()),
             )),
+            Command::LeaseUnindex { id, detached } => {
+                if self.shared.kind != RegionKind::Data || !state.range.start.is_empty() {
+                    return Ok((
+                        WriteBatch::new(),
+                        Reply::Invalid("a lease index trimmed outside the lease table".into()),
+                    ));
+                }
+                Ok((lease::unindex(engine, id, &detached)?, Reply::Done))
+            }
         }
     }
 }
@@ -1503,7 +1513,7 @@ impl StateMachine {
 /// looks at each): a revoke's lease; every put's lease in a transaction,
 /// both branches, nested ones included. An undecodable transaction names
 /// none (its apply answers `Invalid`).
-fn leases_written(cmd: &Command) -> Vec<i64> {
+pub fn leases_written(cmd: &Command) -> Vec<i64> {
     let mut out = match cmd {
         Command::LeaseRevoke { id, .. } => vec![*id],
         Command::Prewrite { leases, .. } => leases

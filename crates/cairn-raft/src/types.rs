@@ -184,6 +184,13 @@ pub enum Command {
     /// Meta region: region `id` was absorbed by a merge; its directory
     /// entry goes and is never published again.
     DropRegion { id: u64 },
+    /// The lease table's region: drop from lease `id`'s index each
+    /// `(key, entry value)` the host found detached, if the entry still
+    /// has that value (`cairn_mvcc::lease::unindex`).
+    LeaseUnindex {
+        id: i64,
+        detached: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 /// A data region's keys, `[start, end)` (`end` empty: to the end), and

@@ -238,6 +238,7 @@ impl Node {
         op: ForwardOp,
         lease_keys: bool,
     ) -> Result<ForwardOk> {
+        let mut trimmed = false;
         for _ in 0..AUTH_ATTEMPTS {
             let stamped = match self.authorize(access).await? {
                 Some(revision) => {
@@ -258,6 +259,17 @@ impl Node {
             match self.submit(region, stamped).await? {
                 ForwardOk::Reply(Reply::Rejected(Rejection::AuthOldRevision)) => {
                     self.catch_up_auth().await?;
+                }
+                // A key on the lease the caller may not write — or one
+                // detached outside the first region that its index still
+                // names: trimmed, then checked once more.
+                refused @ ForwardOk::Reply(Reply::Rejected(Rejection::PermissionDenied))
+                    if lease_keys && !trimmed =>
+                {
+                    trimmed = true;
+                    if !self.trim_lease_index(&leases_of(&op)).await? {
+                        return Ok(refused);
+                    }
                 }
                 other => return Ok(other),
             }
@@ -400,5 +412,20 @@ impl Node {
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(Error::Internal)
+    }
+}
+
+/// The leases a lease write (`checked_submit`'s `lease_keys`) puts keys on
+/// or revokes.
+fn leases_of(op: &ForwardOp) -> Vec<i64> {
+    match op {
+        ForwardOp::Txn(b) => {
+            <cairn_api::etcdserverpb::TxnRequest as prost::Message>::decode(b.as_slice())
+                .map(|t| cairn_raft::leases_put(&t))
+                .unwrap_or_default()
+        }
+        ForwardOp::Revoke(id) => vec![*id],
+        ForwardOp::Plain(cmd) => cairn_raft::leases_written(cmd),
+        _ => Vec::new(),
     }
 }

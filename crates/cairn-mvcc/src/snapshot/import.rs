@@ -182,7 +182,8 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
                     id: kv.lease,
                     key: &key,
                 };
-                w.put(attach.encode(), Vec::new())?;
+                // As a put writes it: the revision that put the key.
+                w.put(attach.encode(), crate::lease::entry_value(kv.mod_revision))?;
             }
             w.put(Key::MvccLatest { key: &key }.encode(), stored)?;
             out.keys += 1;

@@ -26,18 +26,24 @@
 //! again with another lease or none, or deleted) stays in the index until
 //! the lease goes (so does one the first region absorbed by a merge since),
 //! so the keys a lease reports (`TimeToLive`) are checked against the
-//! keys' own records here.
+//! keys' own records here. A put onto a lease or a revoke by a caller
+//! limited by auth, refused because an indexed key outside is not theirs
+//! to write, has those entries trimmed here ([`Node::trim_lease_index`])
+//! and is checked once more: refused again only if such a key is still on
+//! the lease, as in etcd.
 
 use cairn_api::etcdserverpb::RangeRequest;
 use cairn_mvcc::lease;
 use cairn_mvcc::locks::LeaseClaims;
+use cairn_raft::Command;
 use futures::{StreamExt, TryStreamExt};
 
 use super::txn_across::{Attempt, Plan};
 use crate::node::{Node, DATA_REGION};
+use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
 
-/// Keys looked up at once for TimeToLive.
+/// Keys looked up at once (TimeToLive, trimming the index).
 const LOOKUPS_AT_ONCE: usize = 16;
 
 impl Node {
@@ -110,6 +116,41 @@ impl Node {
         );
         held.sort();
         Ok(held)
+    }
+
+    /// Drops from the index of each lease in `ids` the keys outside the
+    /// first region that hold it no more (`cairn_mvcc::lease::unindex`:
+    /// an entry goes only if it still has the value read here before the
+    /// keys were looked up); true if any went.
+    pub(crate) async fn trim_lease_index(&self, ids: &[i64]) -> Result<bool> {
+        let mut trimmed = false;
+        for &id in ids {
+            let first = self.caught_up(DATA_REGION).await?;
+            let (view, _, range) = first.shared.read_view_in();
+            let outside: Vec<(Vec<u8>, Vec<u8>)> = lease::indexed(&*view, id)?
+                .into_iter()
+                .filter(|(k, _)| !range.contains(k))
+                .collect();
+            let holds: Vec<bool> = futures::stream::iter(outside.clone())
+                .map(|(k, _)| self.holds_lease(id, k))
+                .buffered(LOOKUPS_AT_ONCE)
+                .try_collect()
+                .await?;
+            let detached: Vec<_> = outside
+                .into_iter()
+                .zip(holds)
+                .filter_map(|(entry, held)| (!held).then_some(entry))
+                .collect();
+            if detached.is_empty() {
+                continue;
+            }
+            let unindex = Command::LeaseUnindex { id, detached };
+            self.submit(DATA_REGION, ForwardOp::Plain(unindex))
+                .await?
+                .reply()?;
+            trimmed = true;
+        }
+        Ok(trimmed)
     }
 
     /// True when `key` holds lease `id` now (a linearizable read).
