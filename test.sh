@@ -16,6 +16,14 @@ cargo test --workspace
 # is `root` by its certificate (crates/cairn-testkit/src/secured.rs).
 disk "secured cluster tests"
 CAIRN_TEST_SECURED=1 cargo test -p cairn-testkit -p cairn
+# The suites written against one region again, on a keyspace cut into 63
+# regions that go on splitting past 4 KiB (crates/cairn-testkit/src/
+# many_regions.rs): splitting must change nothing a client can see. (The
+# region suites lay out their own regions; fuzz only feeds bad input.)
+disk "many-regions cluster tests"
+CAIRN_TEST_REGIONS=1 cargo test -p cairn-testkit --test cluster --test watch \
+  --test watch_guarantees --test lease_lock_election --test coordination_safety \
+  --test maintenance --test bad_input --test auth --test compaction_sweeps
 disk "compat"
 tests/compat/run.sh
 # A real HA tool on the JSON gateway: Patroni fails PostgreSQL over, on etcd

@@ -11,9 +11,13 @@
 //! - [`secured`]: with `CAIRN_TEST_SECURED=1`, every cluster above runs
 //!   with TLS on both ports, client certificates and auth on, and every
 //!   client this crate makes dials it as `root`.
+//! - [`many_regions`]: with `CAIRN_TEST_REGIONS=1`, every in-process
+//!   cluster above starts cut into hundreds of regions that go on
+//!   splitting as tests write.
 //! - [`torture`]: robustness runs — recorded workload, nemesis, checkers.
 
 pub mod kv;
+pub mod many_regions;
 mod process;
 pub mod secured;
 pub mod torture;
@@ -200,7 +204,7 @@ impl InProcessCluster {
             snapshot_logs,
             snapshot_log_bytes,
             limits,
-            region_split,
+            region_split: many_regions::policy(region_split),
             corrupt_check_interval,
             _dir: dir,
         };
@@ -218,6 +222,10 @@ impl InProcessCluster {
             cluster.launch(i, p, c, true).await;
         }
         secured::enable_auth(&cluster.nodes[0].client_addr).await;
+        if many_regions::is_on() && region_split == Default::default() {
+            let nodes: Vec<_> = (0..n).map(|i| cluster.node(i)).collect();
+            many_regions::cut(&nodes).await;
+        }
         cluster
     }
 
@@ -314,13 +322,17 @@ impl InProcessCluster {
     }
 
     /// Splits the region holding `at` at `at` (through node 0), and waits
-    /// until every running node routes `at` to the new region.
+    /// until every running node routes `at` to the new region. Nothing to
+    /// split if a region starts there already (many-regions mode cuts at
+    /// many keys).
     pub async fn split_at(&self, at: &str) {
-        let region = self.node(0).route(at.as_bytes()).unwrap().id;
-        self.node(0)
-            .split_region(region, at.as_bytes().to_vec())
-            .await
-            .unwrap();
+        let region = self.node(0).route(at.as_bytes()).unwrap();
+        if region.shared.range().start != at.as_bytes() {
+            self.node(0)
+                .split_region(region.id, at.as_bytes().to_vec())
+                .await
+                .unwrap();
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(0..self.nodes.len())
             .filter(|&i| self.is_running(i))

@@ -12,6 +12,9 @@ use crate::node::META_REGION;
 use crate::node::{Node, Region, REQUEST_TIMEOUT};
 use crate::{Error, Result};
 
+/// The pause before a leader's read-index round that failed is run again.
+const ROUND_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Node {
     /// A read view of `region` that reflects every write acknowledged before
     /// the call: read index from the leader, then wait until this replica
@@ -46,11 +49,21 @@ impl Node {
     /// add a second batching task hop and `submit`'s timer and retry loop
     /// per round (measured: 3-node, one client reading from the leader,
     /// docs/benchmarks.md). A leader that lost leadership meanwhile answers
-    /// `NotLeader` and the read takes the forwarding path.
+    /// `NotLeader` and the read takes the forwarding path. A round that
+    /// heard from no quorum in time (openraft gives it one heartbeat
+    /// interval: a busy follower, or a cut) is run again until the
+    /// request's deadline, as a forwarded one is, and as etcd retries its
+    /// read index: one late heartbeat answer must not fail the read.
     async fn read_index(&self, r: &Region) -> Result<u64> {
-        if r.raft.metrics().borrow().current_leader == Some(self.id) {
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.leader_read_index(r)).await {
-                Ok(Err(e)) if e.is_retryable() => {}
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        while r.raft.metrics().borrow().current_leader == Some(self.id) {
+            match tokio::time::timeout_at(deadline.into(), self.leader_read_index(r)).await {
+                Ok(Err(e)) if e.is_retryable() => break,
+                Ok(Err(Error::Timeout))
+                    if std::time::Instant::now() + ROUND_AGAIN_AFTER < deadline =>
+                {
+                    tokio::time::sleep(ROUND_AGAIN_AFTER).await;
+                }
                 Ok(res) => return res,
                 Err(_) => return Err(Error::Timeout),
             }

@@ -18,11 +18,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_raft::{Command, RegionRange};
+use futures::{StreamExt, TryStreamExt};
 
 use crate::node::{Node, Region, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
 use crate::remote::{ForwardOk, ForwardOp};
 use crate::tso;
 use crate::{Error, Result};
+
+/// Regions [`Node::propose_everywhere`] proposes in at once.
+const EVERYWHERE_AT_ONCE: usize = 16;
 
 impl Node {
     /// Splits data region `region` at `at` (the new region holds `[at,
@@ -108,7 +112,8 @@ impl Node {
     }
 
     /// Proposes `cmd` in every data region (an auth fence, an alarm: state
-    /// each region keeps for itself); returns the first region's answer.
+    /// each region keeps for itself), [`EVERYWHERE_AT_ONCE`] at a time;
+    /// returns the first region's answer.
     /// A region born by a split copies its parent's state, so only a split
     /// ordered before `cmd` in its parent can leave a region without it;
     /// once the parent's replica here has applied past `cmd`, that split's
@@ -135,12 +140,22 @@ impl Node {
             if todo.is_empty() {
                 break;
             }
-            for id in todo {
-                self.hosted_soon(id).await?;
-                let ok = self.submit(id, ForwardOp::Plain(cmd.clone())).await?;
-                self.caught_up(id).await?;
-                done.insert(id, ok);
-            }
+            // Many at once: with hundreds of regions, one by one made an
+            // auth change take seconds.
+            let answers: Vec<(u64, ForwardOk)> = futures::stream::iter(todo)
+                .map(|id| {
+                    let cmd = cmd.clone();
+                    async move {
+                        self.hosted_soon(id).await?;
+                        let ok = self.submit(id, ForwardOp::Plain(cmd)).await?;
+                        self.caught_up(id).await?;
+                        Ok::<_, Error>((id, ok))
+                    }
+                })
+                .buffer_unordered(EVERYWHERE_AT_ONCE)
+                .try_collect()
+                .await?;
+            done.extend(answers);
         }
         done.remove(&DATA_REGION)
             .ok_or_else(|| Error::Internal("the first data region is not hosted".into()))
