@@ -239,8 +239,10 @@ impl Node {
         lease_keys: bool,
     ) -> Result<ForwardOk> {
         let mut trimmed = false;
-        for _ in 0..AUTH_ATTEMPTS {
-            let stamped = match self.authorize(access).await? {
+        let mut attempts = 0;
+        while attempts < AUTH_ATTEMPTS {
+            attempts += 1;
+            let (stamped, writable) = match self.authorize(access).await? {
                 Some(revision) => {
                     let writable = if lease_keys {
                         match self.writable_at(access, revision) {
@@ -252,9 +254,13 @@ impl Node {
                     } else {
                         None
                     };
-                    ForwardOp::stamped(AuthStamp { revision, writable }, op.clone())
+                    let stamp = AuthStamp {
+                        revision,
+                        writable: writable.clone(),
+                    };
+                    (ForwardOp::stamped(stamp, op.clone()), writable)
                 }
-                None => op.clone(),
+                None => (op.clone(), None),
             };
             match self.submit(region, stamped).await? {
                 ForwardOk::Reply(Reply::Rejected(Rejection::AuthOldRevision)) => {
@@ -262,12 +268,21 @@ impl Node {
                 }
                 // A key on the lease the caller may not write — or one
                 // detached outside the first region that its index still
-                // names: trimmed, then checked once more.
+                // names: trimmed, then checked once more (not an attempt
+                // of its own). Nothing trimmed, or the trim failed: the
+                // refusal stands.
                 refused @ ForwardOk::Reply(Reply::Rejected(Rejection::PermissionDenied))
                     if lease_keys && !trimmed =>
                 {
                     trimmed = true;
-                    if !self.trim_lease_index(&leases_of(&op)).await? {
+                    attempts -= 1;
+                    let Some(writable) = writable else {
+                        return Ok(refused);
+                    };
+                    if !matches!(
+                        self.trim_lease_index(&leases_of(&op), &writable).await,
+                        Ok(true)
+                    ) {
                         return Ok(refused);
                     }
                 }

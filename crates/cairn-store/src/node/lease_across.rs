@@ -33,6 +33,7 @@
 //! the lease, as in etcd.
 
 use cairn_api::etcdserverpb::RangeRequest;
+use cairn_auth::Writable;
 use cairn_mvcc::lease;
 use cairn_mvcc::locks::LeaseClaims;
 use cairn_raft::Command;
@@ -119,17 +120,20 @@ impl Node {
     }
 
     /// Drops from the index of each lease in `ids` the keys outside the
-    /// first region that hold it no more (`cairn_mvcc::lease::unindex`:
-    /// an entry goes only if it still has the value read here before the
-    /// keys were looked up); true if any went.
-    pub(crate) async fn trim_lease_index(&self, ids: &[i64]) -> Result<bool> {
+    /// first region that a caller limited to `writable` may not write and
+    /// that hold the lease no more (`cairn_mvcc::lease::unindex`: an entry
+    /// goes only if it still has the value read here before the keys were
+    /// looked up); true if any went. Only those keys can have refused the
+    /// caller, so only they are looked up.
+    pub(crate) async fn trim_lease_index(&self, ids: &[i64], writable: &Writable) -> Result<bool> {
         let mut trimmed = false;
         for &id in ids {
             let first = self.caught_up(DATA_REGION).await?;
             let (view, _, range) = first.shared.read_view_in();
-            let outside: Vec<(Vec<u8>, Vec<u8>)> = lease::indexed(&*view, id)?
+            let entries = self.spans.run(move || lease::indexed(&*view, id)).await??;
+            let outside: Vec<(Vec<u8>, Vec<u8>)> = entries
                 .into_iter()
-                .filter(|(k, _)| !range.contains(k))
+                .filter(|(k, _)| !range.contains(k) && !writable.allows(k))
                 .collect();
             let holds: Vec<bool> = futures::stream::iter(outside.clone())
                 .map(|(k, _)| self.holds_lease(id, k))
