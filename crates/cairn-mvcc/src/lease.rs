@@ -111,15 +111,7 @@ pub fn list(read: &dyn Snapshot) -> Result<Vec<LeaseRecord>> {
 /// The keys indexed under a lease: every key attached to it, and (outside
 /// the table's region) perhaps keys detached since (see the module essay).
 pub fn attached_keys(read: &dyn Snapshot, id: i64) -> Result<Vec<Vec<u8>>> {
-    let (lo, hi) = keys::lease_keys_range(id);
-    let mut out = Vec::new();
-    for item in read.scan(lo, hi, false) {
-        let (k, _) = item?;
-        if let (_, Some(key)) = keys::decode_lease(&k)? {
-            out.push(key.to_vec());
-        }
-    }
-    Ok(out)
+    Ok(indexed(read, id)?.into_iter().map(|(k, _)| k).collect())
 }
 
 /// The entries indexed under a lease: each key with the revision that

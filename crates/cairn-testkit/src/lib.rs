@@ -12,8 +12,8 @@
 //!   with TLS on both ports, client certificates and auth on, and every
 //!   client this crate makes dials it as `root`.
 //! - [`many_regions`]: with `CAIRN_TEST_REGIONS=1`, every in-process
-//!   cluster above starts cut into hundreds of regions that go on
-//!   splitting as tests write.
+//!   cluster above starts cut into 63 regions that go on splitting past
+//!   4 KiB as tests write.
 //! - [`torture`]: robustness runs — recorded workload, nemesis, checkers.
 
 pub mod kv;

@@ -466,8 +466,8 @@ async fn a_leaders_failed_read_index_round_is_run_again() {
     if cairn_testkit::many_regions::is_on() {
         // With several regions a read takes its timestamp and index from
         // the leaders in another round (`ForwardOp::ReadIndexAtNewest`),
-        // and half the messages lost over 63 regions is elections, not
-        // one unlucky round.
+        // and message loss over 63 regions brings elections, not one
+        // unlucky round.
         return;
     }
     let c = InProcessCluster::start(3).await;

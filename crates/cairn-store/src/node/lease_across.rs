@@ -104,11 +104,7 @@ impl Node {
             .spans
             .run(move || lease::still_holding(&*view, id, inside))
             .await??;
-        let holds: Vec<bool> = futures::stream::iter(outside.clone())
-            .map(|k| self.holds_lease(id, k))
-            .buffered(LOOKUPS_AT_ONCE)
-            .try_collect()
-            .await?;
+        let holds = self.hold_lease(id, &outside).await?;
         held.extend(
             outside
                 .into_iter()
@@ -135,11 +131,8 @@ impl Node {
                 .into_iter()
                 .filter(|(k, _)| !range.contains(k) && !writable.allows(k))
                 .collect();
-            let holds: Vec<bool> = futures::stream::iter(outside.clone())
-                .map(|(k, _)| self.holds_lease(id, k))
-                .buffered(LOOKUPS_AT_ONCE)
-                .try_collect()
-                .await?;
+            let keys: Vec<Vec<u8>> = outside.iter().map(|(k, _)| k.clone()).collect();
+            let holds = self.hold_lease(id, &keys).await?;
             let detached: Vec<_> = outside
                 .into_iter()
                 .zip(holds)
@@ -155,6 +148,16 @@ impl Node {
             trimmed = true;
         }
         Ok(trimmed)
+    }
+
+    /// For each of `keys`, whether it holds lease `id` now (linearizable
+    /// reads, [`LOOKUPS_AT_ONCE`] at a time).
+    async fn hold_lease(&self, id: i64, keys: &[Vec<u8>]) -> Result<Vec<bool>> {
+        futures::stream::iter(keys.to_vec())
+            .map(|k| self.holds_lease(id, k))
+            .buffered(LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await
     }
 
     /// True when `key` holds lease `id` now (a linearizable read).
