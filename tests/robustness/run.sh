@@ -17,6 +17,9 @@
 #      caught by the mutual-exclusion checker), and writes applied behind
 #      the auth fence (`planted-unfenced-auth`, caught by the access
 #      checker on a secured cluster; on one seed at least, see below), and
+#      a lease-index trim that drops entries it never looked up
+#      (`planted-blind-lease-trim`, caught by the lease-access checker on a
+#      secured cluster), and
 #      hibernating followers never woken under a dead leader
 #      (`planted-sleepy-followers`, caught by the sleepers checker; on one
 #      seed at least).
@@ -105,7 +108,11 @@ expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
 
 echo "== planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
 expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
-  --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lockers 0 --lease-clients 0
+  --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lease-users 0 --lockers 0 --lease-clients 0
+
+echo "== planted bug: a lease-index trim that drops keys it never looked up must be caught"
+expect_caught --once planted-blind-lease-trim "lease access: VIOLATED" "71 72 73" \
+  --secured --duration 20s --nemesis partition --access-users 0 --lockers 0 --lease-clients 0
 
 echo "== planted bug: watch events of a transaction in key order, not op order, must be caught"
 expect_caught planted-key-ordered-events "bank: VIOLATED: bank watch" "2411 2412" \

@@ -269,8 +269,10 @@ impl Node {
                 // A key on the lease the caller may not write — or one
                 // detached outside the first region that its index still
                 // names: trimmed, then checked once more (not an attempt
-                // of its own). Nothing trimmed, or the trim failed: the
-                // refusal stands.
+                // of its own). Nothing to trim: the refusal stands. A trim
+                // that failed answers its own (retryable) error: the
+                // refusal is not known to be right, and a wrong refusal
+                // is an answer etcd would not give.
                 refused @ ForwardOk::Reply(Reply::Rejected(Rejection::PermissionDenied))
                     if lease_keys && !trimmed =>
                 {
@@ -279,10 +281,7 @@ impl Node {
                     let Some(writable) = writable else {
                         return Ok(refused);
                     };
-                    if !matches!(
-                        self.trim_lease_index(&leases_of(&op), &writable).await,
-                        Ok(true)
-                    ) {
+                    if !self.trim_lease_index(&leases_of(&op), &writable).await? {
                         return Ok(refused);
                     }
                 }

@@ -61,6 +61,11 @@ pub struct TortureArgs {
     /// (0: none).
     #[arg(long, default_value_t = 2)]
     pub access_users: usize,
+    /// Lanes of the lease-access workload (users limited to keys of their
+    /// own putting onto and revoking leases whose other keys root attaches
+    /// and detaches), on secured clusters only (0: none).
+    #[arg(long, default_value_t = 1)]
+    pub lease_users: usize,
     /// Bank accounts, spread over regions by the `split` nemesis, with
     /// clients transferring between them by Txn and readers checking the
     /// total (0: no bank workload).
@@ -211,6 +216,7 @@ pub async fn run(mut a: TortureArgs) -> anyhow::Result<()> {
             .unwrap_or((Duration::from_millis(500), Duration::from_millis(2500))),
         lease_ttl: a.lease_ttl.unwrap_or((2, 5)),
         access_users: a.access_users,
+        lease_users: a.lease_users,
         bank_accounts: a.bank_accounts,
         bank_clients: a.bank_clients,
         sleepers: a.sleepers,

@@ -120,12 +120,20 @@ fn root_auth(addr: &str) -> AuthClient<tonic::transport::Channel> {
     AuthClient::new(crate::secured::channel(addr))
 }
 
-/// Creates the lane's user and role (retried through every member).
-async fn setup(lane: &Lane, endpoints: &[String], deadline: Instant) -> Result<(), String> {
+/// Creates `user` and a role of the same name, gives the user the role
+/// and, if `perm` is given, the role that permission (each step retried
+/// through every member until acknowledged).
+pub(crate) async fn setup_user(
+    user: &str,
+    perm: Option<Permission>,
+    endpoints: &[String],
+    deadline: Instant,
+) -> Result<(), String> {
+    let steps = if perm.is_some() { 4 } else { 3 };
     let mut step = 0;
     let mut i = 0;
     let mut last = String::new();
-    while step < 3 {
+    while step < steps {
         if Instant::now() > deadline {
             return Err(format!("setup step {step}: {last}"));
         }
@@ -134,22 +142,27 @@ async fn setup(lane: &Lane, endpoints: &[String], deadline: Instant) -> Result<(
         let r = match step {
             0 => a
                 .user_add(AuthUserAddRequest {
-                    name: lane.user.clone(),
+                    name: user.into(),
                     password: PASSWORD.into(),
                     ..Default::default()
                 })
                 .await
                 .map(drop),
             1 => a
-                .role_add(AuthRoleAddRequest {
-                    name: lane.user.clone(),
+                .role_add(AuthRoleAddRequest { name: user.into() })
+                .await
+                .map(drop),
+            2 => a
+                .user_grant_role(AuthUserGrantRoleRequest {
+                    user: user.into(),
+                    role: user.into(),
                 })
                 .await
                 .map(drop),
             _ => a
-                .user_grant_role(AuthUserGrantRoleRequest {
-                    user: lane.user.clone(),
-                    role: lane.user.clone(),
+                .role_grant_permission(AuthRoleGrantPermissionRequest {
+                    name: user.into(),
+                    perm: perm.clone(),
                 })
                 .await
                 .map(drop),
@@ -219,10 +232,10 @@ async fn change(
     Err(first_sent)
 }
 
-/// A token for the lane's user from any member (retried); `None` past
-/// `deadline`.
-async fn login(
-    lane: &Lane,
+/// A token for `user` (made by [`setup_user`]) from any member
+/// (retried); `None` past `deadline`.
+pub(crate) async fn login(
+    user: &str,
     endpoints: &[String],
     rng: &mut fastrand::Rng,
     deadline: Instant,
@@ -230,7 +243,7 @@ async fn login(
     while Instant::now() < deadline {
         let mut a = root_auth(&endpoints[rng.usize(0..endpoints.len())]);
         let r = a.authenticate(AuthenticateRequest {
-            name: lane.user.clone(),
+            name: user.into(),
             password: PASSWORD.into(),
         });
         if let Ok(Ok(r)) = tokio::time::timeout(CALL, r).await {
@@ -241,7 +254,8 @@ async fn login(
     None
 }
 
-fn with_token<T>(msg: T, token: &str) -> Request<T> {
+/// `msg` with `token` in its metadata, as etcd's clients send it.
+pub(crate) fn with_token<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
     if let Ok(v) = token.parse() {
         r.metadata_mut().insert("token", v);
@@ -258,7 +272,7 @@ async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) 
     let mut n = 0u64;
     while Instant::now() < deadline {
         let Some(t) = &token else {
-            token = login(&lane, &endpoints, &mut rng, deadline).await;
+            token = login(&lane.user, &endpoints, &mut rng, deadline).await;
             continue;
         };
         let addr = &endpoints[rng.usize(0..endpoints.len())];
@@ -308,7 +322,7 @@ async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) 
 
 /// One lane: setup, then its user and changer until `deadline`.
 async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) -> LaneOutcome {
-    if let Err(e) = setup(&lane, &endpoints, deadline).await {
+    if let Err(e) = setup_user(&lane.user, None, &endpoints, deadline).await {
         return LaneOutcome::failed(lane, e);
     }
     let calls = tokio::spawn(user(

@@ -7,7 +7,10 @@
 //! let them go ([`leases`]: no key lost while its lease is owed, none kept
 //! past it). On a secured cluster ([`crate::secured`]), users with a
 //! permission granted and revoked over and over make requests ([`access`]:
-//! every change in force at once on every member). With regions, a bank
+//! every change in force at once on every member), and users limited to
+//! keys of their own put onto and revoke leases whose other keys root
+//! attaches and detaches outside the first region ([`lease_access`]: the
+//! lease's keys decide, never a stale index entry). With regions, a bank
 //! moves money between accounts in different regions ([`bank`]: every
 //! read sees the same total, the history strictly serializable), and
 //! sleepers touch keys in regions of their own that hibernate between
@@ -28,6 +31,7 @@ pub mod access;
 pub mod bank;
 pub mod bank_watch;
 pub mod corruption;
+pub mod lease_access;
 pub mod leases;
 pub mod locks;
 pub mod nemesis;
@@ -78,6 +82,8 @@ pub struct Config {
     pub lease_ttl: (i64, i64),
     /// Users of the access workload (secured clusters only; 0: none).
     pub access_users: usize,
+    /// Lanes of the lease-access workload (secured clusters only; 0: none).
+    pub lease_users: usize,
     /// Bank accounts (0: no bank workload), and clients transferring.
     pub bank_accounts: usize,
     pub bank_clients: usize,
@@ -109,6 +115,7 @@ impl Config {
             fault_hold: (Duration::from_millis(500), Duration::from_millis(2500)),
             lease_ttl: (2, 5),
             access_users: 2,
+            lease_users: 1,
             bank_accounts: 0,
             bank_clients: 4,
             sleepers: 0,
@@ -142,6 +149,9 @@ pub struct Report {
     /// `None` when the access workload did not run (a plain cluster).
     pub access: Option<access::Outcome>,
     pub access_check: Result<(), String>,
+    /// `None` when the lease-access workload did not run.
+    pub lease_access: Option<lease_access::Outcome>,
+    pub lease_access_check: Result<(), String>,
     /// `None` when the bank workload did not run.
     pub bank: Option<bank::Outcome>,
     pub bank_check: Result<(), String>,
@@ -159,6 +169,7 @@ impl Report {
             && self.lock_check.is_ok()
             && self.lease_check.is_ok()
             && self.access_check.is_ok()
+            && self.lease_access_check.is_ok()
             && self.bank_check.is_ok()
             && self.sleepers_check.is_ok()
             && self.corruption.check().is_ok()
@@ -250,6 +261,14 @@ impl Report {
             s += &match &self.access_check {
                 Ok(()) => "access control: holds\n".to_string(),
                 Err(w) => format!("access control: VIOLATED: {w}\n"),
+            };
+        }
+        if let Some(a) = &self.lease_access {
+            s += &a.summary();
+            s += "\n";
+            s += &match &self.lease_access_check {
+                Ok(()) => "lease access: holds\n".to_string(),
+                Err(w) => format!("lease access: VIOLATED: {w}\n"),
             };
         }
         s
@@ -371,6 +390,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.access_users, cfg.seed);
         tokio::spawn(async move { access::run(&endpoints, n, seed, deadline).await })
     });
+    let lease_users = (cfg.lease_users > 0 && crate::secured::is_on()).then(|| {
+        let (endpoints, n, seed) = (endpoints.clone(), cfg.lease_users, cfg.seed);
+        tokio::spawn(async move { lease_access::run(&endpoints, n, seed, deadline).await })
+    });
     let bank = (cfg.bank_accounts > 1).then(|| {
         let (endpoints, cfg) = (endpoints.clone(), cfg.clone());
         tokio::spawn(async move {
@@ -382,6 +405,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.sleepers, cfg.seed);
         tokio::spawn(async move { sleepers::run(&endpoints, n, seed, epoch, deadline).await })
     });
+    // The lease-access lanes' keys outside the first region.
+    let splits_first = match lease_users {
+        Some(_) => vec![lease_access::SPLIT.to_string()],
+        None => Vec::new(),
+    };
     let faults = nemesis::run(
         &mut target,
         &cfg.faults,
@@ -391,6 +419,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         cfg.fault_hold,
         cfg.bank_accounts,
         cfg.sleepers,
+        &splits_first,
     )
     .await;
     let mut sleepers = match sleepers {
@@ -451,6 +480,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         None => None,
     };
     let access_check = access.as_ref().map_or(Ok(()), |a| a.check());
+    let lease_access = match lease_users {
+        Some(t) => Some(t.await?),
+        None => None,
+    };
+    let lease_access_check = lease_access.as_ref().map_or(Ok(()), |a| a.check());
     for c in clients {
         c.await?;
     }
@@ -556,6 +590,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         lease_check,
         access,
         access_check,
+        lease_access,
+        lease_access_check,
         bank,
         bank_check,
         sleepers,

@@ -677,6 +677,7 @@ pub async fn run(
     hold: (Duration, Duration),
     accounts: usize,
     sleepers: usize,
+    splits_first: &[String],
 ) -> Vec<(u64, String)> {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut log = Vec::new();
@@ -692,6 +693,11 @@ pub async fn run(
                 .await;
             log.push((epoch.elapsed().as_millis() as u64, what));
         }
+    }
+    // Where other workloads want regions from the start.
+    for at in splits_first {
+        let what = target.split(at, rng.usize(0..target.len())).await;
+        log.push((epoch.elapsed().as_millis() as u64, what));
     }
     // Each sleeper's key in a region of its own.
     for i in 0..sleepers {
@@ -740,12 +746,13 @@ fn nth_running(c: &InProcessCluster, n: usize) -> usize {
 /// Where the `split` nemesis splits: inside every workload's keys — the
 /// plain keys (`key0`..), the locks' (`lk0`, `lk1`, and among the
 /// contenders of `lk0`, `lk0/<lease hex>`), the leases' (`lz/<lease
-/// hex>/…`: leases whose keys then lie in several regions), and the bank's
-/// accounts — so a run ends with keys, locks, leases and accounts spread
+/// hex>/…`: leases whose keys then lie in several regions), the
+/// lease-access lanes' (`lt/<lane>/…`: a lane's keys and the user's apart),
+/// and the bank's accounts — so a run ends with keys, locks, leases and accounts spread
 /// over many regions.
 pub fn split_points(accounts: usize) -> Vec<String> {
     let mut out: Vec<String> = [
-        "key2", "key5", "lk1", "lk0/4", "lz/", "lz/3", "lz/5", "lz/7",
+        "key2", "key5", "lk1", "lk0/4", "lz/", "lz/3", "lz/5", "lz/7", "lt/0/r/", "lt/1/",
     ]
     .into_iter()
     .map(String::from)
