@@ -156,3 +156,68 @@ async fn a_hot_region_splits_between_its_hot_keys() {
     }
     c.shutdown().await;
 }
+
+/// Reads across regions keep being answered while the regions they cross
+/// split every few puts: a read that meets a split retries, and must not
+/// starve behind the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_across_regions_are_answered_while_they_split_every_few_puts() {
+    let c = InProcessCluster::start_splitting(
+        3,
+        SplitPolicy {
+            bytes: 4 << 10,
+            ..SplitPolicy::default()
+        },
+    )
+    .await;
+    c.wait_leader(cairn_store::DATA_REGION).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2usize {
+        let mut client = c.kv(w).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let value = "v".repeat(1024);
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Keys spread over the span, so every region grows.
+                let k = format!("load/{:04}/{w}", n.wrapping_mul(7919) % 10_000);
+                let _ = kv::put(&mut client, &k, &value).await;
+                n += 1;
+            }
+        }));
+    }
+    let mut failures = Vec::new();
+    let (mut served, mut slowest) = (0, Duration::ZERO);
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut i = 0usize;
+    while Instant::now() < until {
+        let mut client = c.kv(i % 3).await;
+        let serializable = i % 2 == 0;
+        i += 1;
+        let t = Instant::now();
+        match kv::prefix(&mut client, "load/", serializable).await {
+            Ok(_) => served += 1,
+            Err(e) => failures.push(format!("serializable {serializable}: {e}")),
+        }
+        slowest = slowest.max(t.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let regions = ranges(c.node(0)).len();
+    assert!(
+        regions >= 20,
+        "only {regions} regions: the test split too little"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} reads failed ({regions} regions), the first: {}; slowest {slowest:?}",
+        failures.len(),
+        failures.len() + served,
+        failures[0]
+    );
+    eprintln!("{served} reads over {regions} regions, slowest {slowest:?}");
+    c.shutdown().await;
+}

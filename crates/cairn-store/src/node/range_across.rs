@@ -196,7 +196,16 @@ impl Node {
     }
 
     /// Step 2 at timestamp `t`: each region's view, taken once every one
-    /// of them has caught up (`None`: route again).
+    /// of them has caught up (`None`: route again, at a new timestamp).
+    ///
+    /// A region that split after it was routed keeps its left part, which
+    /// it holds complete up to `t` as it was caught up; only its right
+    /// part, now other regions, is routed again and caught up at the same
+    /// `t` ([`Gaps`]). So a read across many regions is not begun again
+    /// from the timestamp each time one of them splits: under a load that
+    /// splits regions every few puts, that starved it (7 s, then
+    /// `EpochMismatch`). Any other change (a merge, a region being started
+    /// here for too long) routes everything again.
     async fn regions_caught_up_at(
         &self,
         key: &[u8],
@@ -204,29 +213,118 @@ impl Node {
         t: i64,
         locks_in: Option<&KeySpan>,
     ) -> Result<Option<Vec<(RegionView, Option<(u64, LockRef)>)>>> {
-        let mut routed = self.regions_overlapping(key, end);
-        routed.sort_by(|a, b| a.1.cmp(&b.1));
-        if !tiles(&routed, key, end) {
-            // A region born by a split is being started here.
-            return Ok(None);
-        }
-        // The regions' leaders are asked together, a few at a time.
-        let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
-        let ready: Vec<_> = futures::stream::iter(ids)
-            .map(|id| self.caught_up_at(id, t))
-            .buffered(CATCH_UP_AT_ONCE)
-            .try_collect()
-            .await?;
-        let mut views = Vec::with_capacity(routed.len());
-        for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
-            let spans: Vec<KeySpan> = locks_in.cloned().into_iter().collect();
-            let (snap, revs, range, lock) = r.shared.read_view_locked(&spans, t);
-            if range.start != *start || range.end != *stop {
-                return Ok(None);
+        let spans: Vec<KeySpan> = locks_in.cloned().into_iter().collect();
+        let mut views = Vec::new();
+        let mut gaps = Gaps::new(key, end);
+        while let Some(gap) = gaps.next() {
+            let mut routed = self.regions_overlapping(&gap.start, gap.end.as_deref());
+            routed.sort_by(|a, b| a.1.cmp(&b.1));
+            if !gap.tiled_by(&routed) {
+                // A region born by a split is being started here.
+                if !gaps.again(gap) {
+                    return Ok(None);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
             }
-            views.push(((snap, revs, range), lock.map(|l| (r.id, l))));
+            // The regions' leaders are asked together, a few at a time.
+            let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
+            let ready: Vec<_> = futures::stream::iter(ids)
+                .map(|id| self.caught_up_at(id, t))
+                .buffered(CATCH_UP_AT_ONCE)
+                .try_collect()
+                .await?;
+            for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
+                let (snap, revs, range, lock) = r.shared.read_view_locked(&spans, t);
+                if range.start != *start || range.end != *stop {
+                    if !split_off(&range, stop) || !gaps.split(&range.end, stop, end) {
+                        return Ok(None);
+                    }
+                }
+                views.push(((snap, revs, range), lock.map(|l| (r.id, l))));
+            }
         }
+        views.sort_by(|a: &(RegionView, _), b| a.0 .2.start.cmp(&b.0 .2.start));
         Ok(Some(views))
+    }
+}
+
+/// True when a region routed as ending at `stop` now holds `range`, a
+/// non-empty left part of it: it split since.
+fn split_off(range: &cairn_raft::RegionRange, stop: &[u8]) -> bool {
+    !range.is_empty() && !range.end.is_empty() && (stop.is_empty() || range.end.as_slice() < stop)
+}
+
+/// A span to route: `[start, end)`, `end` None to the end of the keyspace.
+struct Gap {
+    start: Vec<u8>,
+    end: Option<Vec<u8>>,
+    /// The first span (the read's own: its regions may reach past it);
+    /// else the right part of a region that split, which the regions
+    /// routed must tile exactly (one reaching past it merged meanwhile).
+    first: bool,
+}
+
+impl Gap {
+    fn tiled_by(&self, routed: &[(std::sync::Arc<super::Region>, Vec<u8>, Vec<u8>)]) -> bool {
+        let end = self.end.as_deref();
+        if !tiles(routed, &self.start, end) {
+            return false;
+        }
+        self.first
+            || (routed.first().is_some_and(|(_, s, _)| *s == self.start)
+                && routed
+                    .last()
+                    .is_some_and(|(_, _, e)| e.as_slice() == end.unwrap_or_default()))
+    }
+}
+
+/// The spans [`Node::regions_caught_up_at`] still has to route, and how
+/// many more times it may route one: each split met, and each wait for a
+/// region being started, costs one of [`GAP_ROUTES`].
+struct Gaps {
+    left: Vec<Gap>,
+    routes: usize,
+}
+
+/// How many spans one read routes at most before it begins again.
+const GAP_ROUTES: usize = 200;
+
+impl Gaps {
+    fn new(key: &[u8], end: Option<&[u8]>) -> Self {
+        Gaps {
+            left: vec![Gap {
+                start: key.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+                first: true,
+            }],
+            routes: 0,
+        }
+    }
+
+    fn next(&mut self) -> Option<Gap> {
+        self.left.pop()
+    }
+
+    /// `gap` to route again; false when out of routes.
+    fn again(&mut self, gap: Gap) -> bool {
+        self.routes += 1;
+        self.left.push(gap);
+        self.routes <= GAP_ROUTES
+    }
+
+    /// A region routed as ending at `stop` split at `at`: `[at, stop)` to
+    /// route, if the read reaches it (`end`: the read's end); false when
+    /// out of routes.
+    fn split(&mut self, at: &[u8], stop: &[u8], end: Option<&[u8]>) -> bool {
+        if end.is_some_and(|e| e <= at) {
+            return true;
+        }
+        self.again(Gap {
+            start: at.to_vec(),
+            end: (!stop.is_empty()).then(|| stop.to_vec()),
+            first: false,
+        })
     }
 }
 
