@@ -193,7 +193,7 @@ async fn reads_across_regions_are_answered_while_they_split_every_few_puts() {
     let mut i = 0usize;
     while Instant::now() < until {
         let mut client = c.kv(i % 3).await;
-        let serializable = i % 2 == 0;
+        let serializable = i.is_multiple_of(2);
         i += 1;
         let t = Instant::now();
         match kv::prefix(&mut client, "load/", serializable).await {
