@@ -175,7 +175,7 @@ impl Node {
         }
         let t = self.read_timestamp().await?;
         Ok(self
-            .regions_caught_up_at(key, end, t, Some(&span))
+            .regions_caught_up_at(key, end, t, Some(&span), true)
             .await?
             .map(|views| (t, views)))
     }
@@ -198,20 +198,25 @@ impl Node {
     /// Step 2 at timestamp `t`: each region's view, taken once every one
     /// of them has caught up (`None`: route again, at a new timestamp).
     ///
-    /// A region that split after it was routed keeps its left part, which
-    /// it holds complete up to `t` as it was caught up; only its right
-    /// part, now other regions, is routed again and caught up at the same
-    /// `t` ([`Gaps`]). So a read across many regions is not begun again
-    /// from the timestamp each time one of them splits: under a load that
-    /// splits regions every few puts, that starved it (7 s, then
-    /// `EpochMismatch`). Any other change (a merge, a region being started
-    /// here for too long) routes everything again.
+    /// With `follow_splits`, a region that split after it was routed keeps
+    /// its left part, which it holds complete up to `t` as it was caught
+    /// up; only its right part, now other regions, is routed again and
+    /// caught up at the same `t` ([`Gaps`]). So a read across many regions
+    /// is not begun again from the timestamp each time one of them splits:
+    /// under a load that splits regions every few puts, that starved it
+    /// (7 s, then `EpochMismatch`). Each view is then complete only in its
+    /// own snapshot, taken when its region caught up: right for a read,
+    /// which reads each region from its own view; not for one snapshot
+    /// used for every region (a backup), which routes everything again
+    /// after any change. Any other change (a merge, a region being started
+    /// here) routes everything again too.
     async fn regions_caught_up_at(
         &self,
         key: &[u8],
         end: Option<&[u8]>,
         t: i64,
         locks_in: Option<&KeySpan>,
+        follow_splits: bool,
     ) -> Result<Option<Vec<(RegionView, Option<(u64, LockRef)>)>>> {
         let spans: Vec<KeySpan> = locks_in.cloned().into_iter().collect();
         let mut views = Vec::new();
@@ -219,13 +224,14 @@ impl Node {
         while let Some(gap) = gaps.next() {
             let mut routed = self.regions_overlapping(&gap.start, gap.end.as_deref());
             routed.sort_by(|a, b| a.1.cmp(&b.1));
-            if !gap.tiled_by(&routed) {
+            match gap.tiled_by(&routed) {
+                Tiling::Tiled => {}
                 // A region born by a split is being started here.
-                if !gaps.again(gap) {
-                    return Ok(None);
+                Tiling::Hole if !gap.first && gaps.again(gap) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
+                Tiling::Hole | Tiling::Merged => return Ok(None),
             }
             // The regions' leaders are asked together, a few at a time.
             let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
@@ -237,7 +243,10 @@ impl Node {
             for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
                 let (snap, revs, range, lock) = r.shared.read_view_locked(&spans, t);
                 if range.start != *start || range.end != *stop {
-                    if !split_off(&range, stop) || !gaps.split(&range.end, stop, end) {
+                    let followed = follow_splits
+                        && split_off(&range, start, stop)
+                        && gaps.split(&range.end, stop, end);
+                    if !followed {
                         return Ok(None);
                     }
                 }
@@ -249,33 +258,57 @@ impl Node {
     }
 }
 
-/// True when a region routed as ending at `stop` now holds `range`, a
+/// True when a region routed as `[start, stop)` now holds `range`, a
 /// non-empty left part of it: it split since.
-fn split_off(range: &cairn_raft::RegionRange, stop: &[u8]) -> bool {
-    !range.is_empty() && !range.end.is_empty() && (stop.is_empty() || range.end.as_slice() < stop)
+fn split_off(range: &cairn_raft::RegionRange, start: &[u8], stop: &[u8]) -> bool {
+    range.start == start
+        && !range.is_empty()
+        && !range.end.is_empty()
+        && (stop.is_empty() || range.end.as_slice() < stop)
 }
 
 /// A span to route: `[start, end)`, `end` None to the end of the keyspace.
 struct Gap {
     start: Vec<u8>,
     end: Option<Vec<u8>>,
-    /// The first span (the read's own: its regions may reach past it);
-    /// else the right part of a region that split, which the regions
-    /// routed must tile exactly (one reaching past it merged meanwhile).
+    /// The read's own span, whose regions may reach past it at both ends;
+    /// else the right part of a region that split, from its split key.
     first: bool,
+    /// The gap ends where the split region did (not at the read's end):
+    /// the last region routed must end there too, or it reaches into a
+    /// region already read (a merge).
+    end_exact: bool,
+}
+
+/// How the regions routed for a [`Gap`] cover it.
+enum Tiling {
+    Tiled,
+    /// Not at all, or with a hole: a region born by a split is not
+    /// started here yet, or one is frozen for a merge.
+    Hole,
+    /// Past a split gap's edges: a region read already merged with a new
+    /// one.
+    Merged,
 }
 
 impl Gap {
-    fn tiled_by(&self, routed: &[(std::sync::Arc<super::Region>, Vec<u8>, Vec<u8>)]) -> bool {
+    fn tiled_by(&self, routed: &[(std::sync::Arc<super::Region>, Vec<u8>, Vec<u8>)]) -> Tiling {
         let end = self.end.as_deref();
-        if !tiles(routed, &self.start, end) {
-            return false;
-        }
-        self.first
-            || (routed.first().is_some_and(|(_, s, _)| *s == self.start)
+        if !self.first {
+            let reaches_back = routed.first().is_some_and(|(_, s, _)| *s < self.start);
+            let reaches_past = self.end_exact
                 && routed
                     .last()
-                    .is_some_and(|(_, _, e)| e.as_slice() == end.unwrap_or_default()))
+                    .is_some_and(|(_, _, e)| e.as_slice() != end.unwrap_or_default());
+            if reaches_back || reaches_past {
+                return Tiling::Merged;
+            }
+        }
+        if tiles(routed, &self.start, end) {
+            Tiling::Tiled
+        } else {
+            Tiling::Hole
+        }
     }
 }
 
@@ -297,6 +330,7 @@ impl Gaps {
                 start: key.to_vec(),
                 end: end.map(<[u8]>::to_vec),
                 first: true,
+                end_exact: false,
             }],
             routes: 0,
         }
@@ -313,17 +347,25 @@ impl Gaps {
         self.routes <= GAP_ROUTES
     }
 
-    /// A region routed as ending at `stop` split at `at`: `[at, stop)` to
-    /// route, if the read reaches it (`end`: the read's end); false when
-    /// out of routes.
+    /// A region routed as ending at `stop` (empty: the end of the
+    /// keyspace) split at `at`: what of `[at, stop)` the read reaches
+    /// (`end`: the read's end) to route; false when out of routes.
     fn split(&mut self, at: &[u8], stop: &[u8], end: Option<&[u8]>) -> bool {
         if end.is_some_and(|e| e <= at) {
             return true;
         }
+        let stop = (!stop.is_empty()).then_some(stop);
+        // The nearer of the region's end and the read's.
+        let (gap_end, end_exact) = match (stop, end) {
+            (Some(s), Some(e)) if e < s => (Some(e), false),
+            (None, Some(e)) => (Some(e), false),
+            (s, _) => (s, true),
+        };
         self.again(Gap {
             start: at.to_vec(),
-            end: (!stop.is_empty()).then(|| stop.to_vec()),
+            end: gap_end.map(<[u8]>::to_vec),
             first: false,
+            end_exact,
         })
     }
 }
@@ -353,7 +395,7 @@ impl Node {
             // would otherwise be half in the backup.
             let everything: KeySpan = (Vec::new(), Vec::new());
             let Some(views) = self
-                .regions_caught_up_at(b"", None, at, Some(&everything))
+                .regions_caught_up_at(b"", None, at, Some(&everything), false)
                 .await?
             else {
                 stale.wait().await?;
