@@ -121,27 +121,57 @@ impl Node {
     /// goes only if it still has the value read here before the keys were
     /// looked up); true if any went. Only those keys can have refused the
     /// caller, so only they are looked up.
+    ///
+    /// False, with nothing looked up or trimmed, as soon as the refusal is
+    /// known to be right: a key the caller may not write holds a lease,
+    /// by its record in the first region or as a look-up found it. An
+    /// error only when it is not known (a look-up failed, and none that
+    /// answered found such a key).
     pub(crate) async fn trim_lease_index(&self, ids: &[i64], writable: &Writable) -> Result<bool> {
         let mut trimmed = false;
         for &id in ids {
             let first = self.caught_up(DATA_REGION).await?;
             let (view, _, range) = first.shared.read_view_in();
-            let entries = self.spans.run(move || lease::indexed(&*view, id)).await??;
+            let (start, end) = (range.start.clone(), range.end.clone());
+            let (entries, attached) = self
+                .spans
+                .run(move || {
+                    let entries = lease::indexed(&*view, id)?;
+                    // The first region's own keys by their records; the
+                    // rest as indexed.
+                    let attached = lease::attached_in(&*view, id, &start, &end)?;
+                    Ok::<_, cairn_mvcc::Error>((entries, attached))
+                })
+                .await??;
+            if attached
+                .iter()
+                .any(|k| range.contains(k) && !writable.allows(k))
+            {
+                return Ok(false);
+            }
             let outside: Vec<(Vec<u8>, Vec<u8>)> = entries
                 .into_iter()
                 .filter(|(k, _)| !range.contains(k) && !writable.allows(k))
                 .collect();
             let keys: Vec<Vec<u8>> = outside.iter().map(|(k, _)| k.clone()).collect();
-            let holds = if cfg!(feature = "planted-blind-lease-trim") {
-                vec![false; keys.len()]
+            let holds: Vec<Result<bool>> = if cfg!(feature = "planted-blind-lease-trim") {
+                keys.iter().map(|_| Ok(false)).collect()
             } else {
-                self.hold_lease(id, &keys).await?
+                futures::stream::iter(keys)
+                    .map(|k| self.holds_lease(id, k))
+                    .buffered(LOOKUPS_AT_ONCE)
+                    .collect()
+                    .await
             };
-            let detached: Vec<_> = outside
-                .into_iter()
-                .zip(holds)
-                .filter_map(|(entry, held)| (!held).then_some(entry))
-                .collect();
+            if holds.iter().any(|h| matches!(h, Ok(true))) {
+                return Ok(false);
+            }
+            let mut detached = Vec::new();
+            for (entry, held) in outside.into_iter().zip(holds) {
+                if !held? {
+                    detached.push(entry);
+                }
+            }
             if detached.is_empty() {
                 continue;
             }

@@ -17,25 +17,30 @@
 //!
 //! Runs only on a secured cluster ([`crate::secured`]), in lanes
 //! (`--lease-users N`). Lane `i`: user and role `leaser-i`, READWRITE on
-//! `lt/i/u/` only; the nemesis splits at [`SPLIT`] first, so the lane's
+//! `zt/i/u/` only; the nemesis splits at [`SPLIT`] first, so the lane's
 //! keys lie outside the first region. Each cycle, one after another (every
-//! root step retried until acknowledged, so the lane knows every key's
-//! state):
-//! 1. root grants a lease (TTL [`TTL`]) and puts 1–3 keys `lt/i/r/<lease>/n`
+//! root step retried until acknowledged):
+//! 1. root grants a lease (TTL [`TTL`]) and puts 1–3 keys `zt/i/r/<lease>/n`
 //!    on it (keys the user may not write);
 //! 2. root detaches them — each deleted or put again without a lease —
 //!    except, in three cycles of ten, one left attached;
-//! 3. the user puts `lt/i/u/<lease>` on the lease;
+//! 3. the user puts `zt/i/u/<lease>` on the lease;
 //! 4. in three cycles of ten, root attaches one detached key again and the
 //!    user puts once more;
 //! 5. the user revokes the lease (root does if the user may not);
 //! 6. root reads the cycle's keys linearizably, then deletes them.
 //!
+//! Each user request is judged by the keys' state as root reads it
+//! (linearizably) just before and just after it — and only when the two
+//! agree — not by the steps root was told succeeded: a root attempt whose
+//! answer was lost may still apply after a later step.
+//!
 //! Violations: a user request served while a key the user may not write
 //! held the lease; one refused while none did (a stale index entry never
 //! trimmed); after the revoke, a key that held the lease still there, or a
 //! detached key gone; the lease gone before its TTL while nobody had
-//! revoked it; a lane that never started; and a run that decided nothing.
+//! revoked it; a lane that never started; and a lane that ran a minute or
+//! more and decided nothing.
 //! Answers other than served and refused (unavailable, timed out) decide
 //! nothing and are retried only for the revoke.
 
@@ -50,18 +55,22 @@ use tonic::{Code, Status};
 
 use super::access::{login, setup_user, with_token};
 
-/// The workload's keys.
-pub const PREFIX: &str = "lt/";
+/// The workload's keys: after every other workload's, so the split at
+/// [`SPLIT`] moves none of theirs out of the first region.
+pub const PREFIX: &str = "zt/";
 /// Where the nemesis splits before the faults start, on a secured run: the
 /// lanes' keys then lie outside the first region, where the lease index
 /// is a superset.
-pub const SPLIT: &str = "lt/";
+pub const SPLIT: &str = PREFIX;
 /// The users (and roles) are this and the lane number.
 pub const USER: &str = "leaser";
 /// The cycle's lease TTL, seconds: far longer than a cycle, so a lease
 /// gone before it is an early expiry.
 pub const TTL: i64 = 60;
 const CALL: Duration = Duration::from_secs(3);
+/// A lane that ran this long and decided nothing fails the run (a short
+/// one under faults may not get past its setup).
+const DECIDE_WITHIN: Duration = Duration::from_secs(60);
 
 /// The end of the range of every key under `prefix` (which ends in `/`).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -107,6 +116,11 @@ pub struct LaneOutcome {
     pub revoked: usize,
     /// Root keys checked after a revoke.
     pub keys_checked: usize,
+    /// User requests not judged: the keys changed while they ran (a root
+    /// attempt applied late).
+    pub moved: usize,
+    /// How long the lane ran.
+    pub ran_for: Duration,
     pub violations: Vec<String>,
     /// Set when setup never succeeded (the lane then checks nothing).
     pub setup_failed: Option<String>,
@@ -165,7 +179,9 @@ impl Lane {
         None
     }
 
-    async fn root_put(&mut self, key: String, lease: i64) -> Option<()> {
+    /// Root's put of `key` on `lease` (0: none); `Some(false)` when the
+    /// lease is gone.
+    async fn root_put(&mut self, key: String, lease: i64) -> Option<bool> {
         self.as_root(|ch, _| {
             let req = PutRequest {
                 key: key.clone().into(),
@@ -173,9 +189,76 @@ impl Lane {
                 lease,
                 ..Default::default()
             };
-            async move { KvClient::new(ch).put(req).await.map(drop) }
+            async move {
+                match KvClient::new(ch).put(req).await {
+                    Ok(_) => Ok(true),
+                    Err(s) if s.message().contains("requested lease not found") => Ok(false),
+                    Err(s) => Err(s),
+                }
+            }
         })
         .await
+    }
+
+    /// The state of the cycle's `k` root keys, and whether the user's key
+    /// is there, as root reads them now (linearizably).
+    async fn observe(&mut self, lease: i64, k: usize) -> Option<(Vec<Fate>, bool)> {
+        let prefix = self.root_prefix(lease);
+        let user_key = self.user_key(lease);
+        let kvs = self
+            .as_root(|ch, _| {
+                let reads = [
+                    RangeRequest {
+                        key: prefix.clone().into(),
+                        range_end: prefix_end(prefix.as_bytes()),
+                        ..Default::default()
+                    },
+                    RangeRequest {
+                        key: user_key.clone().into(),
+                        ..Default::default()
+                    },
+                ];
+                async move {
+                    let mut kv = KvClient::new(ch);
+                    let mut out = Vec::new();
+                    for r in reads {
+                        out.extend(kv.range(r).await?.into_inner().kvs);
+                    }
+                    Ok(out)
+                }
+            })
+            .await?;
+        let fates = (0..k)
+            .map(|n| {
+                let key = self.root_key(lease, n);
+                match kvs.iter().find(|kv| kv.key == key.as_bytes()) {
+                    Some(kv) if kv.lease == lease => Fate::Attached,
+                    Some(_) => Fate::Detached,
+                    None => Fate::Deleted,
+                }
+            })
+            .collect();
+        Some((fates, kvs.iter().any(|kv| kv.key == user_key.as_bytes())))
+    }
+
+    /// The user's put onto the lease, judged by the keys' state just
+    /// before and after it; false when the lease is gone.
+    async fn judged_put(
+        &mut self,
+        c: &mut Cycle,
+        out: &mut LaneOutcome,
+        what: &str,
+    ) -> Option<bool> {
+        let k = c.fates.len();
+        let (before, _) = self.observe(c.lease, k).await?;
+        let a = self.user_call(c.lease, false).await;
+        let (after, _) = self.observe(c.lease, k).await?;
+        c.fates = after;
+        if before != c.fates && a != Answer::Gone {
+            out.moved += 1;
+            return Some(true);
+        }
+        Some(judge(out, c, what, a))
     }
 
     async fn root_delete(&mut self, key: String, prefix: bool) -> Option<()> {
@@ -294,39 +377,45 @@ async fn cycle(lane: &mut Lane, out: &mut LaneOutcome) -> Option<()> {
         })
         .await?;
     let k = lane.rng.usize(1..=3);
-    for n in 0..k {
-        lane.root_put(lane.root_key(lease, n), lease).await?;
-    }
     let mut c = Cycle {
         lease,
         granted,
         fates: vec![Fate::Attached; k],
     };
+    // Root found the lease gone: judged as an early expiry if it was.
+    let mut lost = false;
+    for n in 0..k {
+        lost = lost || !lane.root_put(lane.root_key(lease, n), lease).await?;
+    }
+    let mut alive = !lost;
     // 2. Detached, but for one key in three cycles of ten.
     let keep = (lane.rng.u8(0..10) < 3).then(|| lane.rng.usize(0..k));
-    for n in (0..k).filter(|n| Some(*n) != keep) {
+    for n in (0..k).filter(|n| alive && Some(*n) != keep) {
         let key = lane.root_key(lease, n);
         if lane.rng.bool() {
             lane.root_delete(key, false).await?;
-            c.fates[n] = Fate::Deleted;
         } else {
             lane.root_put(key, 0).await?;
-            c.fates[n] = Fate::Detached;
         }
     }
     // 3. The user's put onto the lease.
-    let a = lane.user_call(lease, false).await;
-    let mut alive = judge(out, &c, "put", a);
+    alive = alive && lane.judged_put(&mut c, out, "put").await?;
     // 4. A key attached again, and the user's put once more.
     if alive && lane.rng.u8(0..10) < 3 {
         if let Some(n) = (0..k).find(|&n| c.fates[n] != Fate::Attached) {
-            lane.root_put(lane.root_key(lease, n), lease).await?;
-            c.fates[n] = Fate::Attached;
-            let a = lane.user_call(lease, false).await;
-            alive = judge(out, &c, "put after a key was attached again", a);
+            lost = !lane.root_put(lane.root_key(lease, n), lease).await?;
+            alive = !lost
+                && lane
+                    .judged_put(&mut c, out, "put after a key was attached again")
+                    .await?;
         }
     }
-    // 5. The user's revoke (root's when the user may not, or could not).
+    if lost {
+        judge(out, &c, "put by root", Answer::Gone);
+    }
+    // 5. The user's revoke (root's when the user may not, or could not),
+    // judged by the keys' state just before.
+    (c.fates, _) = lane.observe(lease, k).await?;
     let mut revoked = !alive;
     let mut earlier_unknown = false;
     for _ in 0..4 {
@@ -366,58 +455,33 @@ async fn cycle(lane: &mut Lane, out: &mut LaneOutcome) -> Option<()> {
         .await?;
     }
     // 6. Every key that held the lease is gone; every detached key stays.
-    let prefix = lane.root_prefix(lease);
-    let user_key = lane.user_key(lease);
-    let kvs = lane
-        .as_root(|ch, _| {
-            let reads = [
-                RangeRequest {
-                    key: prefix.clone().into(),
-                    range_end: prefix_end(prefix.as_bytes()),
-                    ..Default::default()
-                },
-                RangeRequest {
-                    key: user_key.clone().into(),
-                    ..Default::default()
-                },
-            ];
-            async move {
-                let mut kv = KvClient::new(ch);
-                let mut out = Vec::new();
-                for r in reads {
-                    out.extend(kv.range(r).await?.into_inner().kvs);
-                }
-                Ok(out)
-            }
-        })
-        .await?;
-    for (n, fate) in c.fates.iter().enumerate() {
+    let (now, user_key_there) = lane.observe(lease, k).await?;
+    for (n, (was, is)) in c.fates.iter().zip(&now).enumerate() {
         let key = lane.root_key(lease, n);
-        let found = kvs.iter().find(|kv| kv.key == key.as_bytes());
         out.keys_checked += 1;
-        match (fate, found) {
-            (Fate::Attached, Some(_)) => out.violations.push(format!(
-                "{key} still held lease {lease:x} after its revoke was acknowledged"
+        match (was, is) {
+            (Fate::Attached, Fate::Attached | Fate::Detached) => out.violations.push(format!(
+                "{key} was still there after lease {lease:x}'s revoke was acknowledged ({is:?}), though it held the lease"
             )),
-            (Fate::Deleted, Some(_)) => out.violations.push(format!(
+            (Fate::Deleted, Fate::Attached | Fate::Detached) => out.violations.push(format!(
                 "{key}, deleted, was there again after lease {lease:x}'s revoke"
             )),
-            (Fate::Detached, None) => out.violations.push(format!(
+            (Fate::Detached, Fate::Deleted) => out.violations.push(format!(
                 "{key}, put again without a lease, was deleted by lease {lease:x}'s revoke"
             )),
-            (Fate::Detached, Some(kv)) if kv.lease != 0 => out.violations.push(format!(
-                "{key}, put again without a lease, holds lease {:x}",
-                kv.lease
+            (Fate::Detached, Fate::Attached) => out.violations.push(format!(
+                "{key}, put again without a lease, holds lease {lease:x} after its revoke"
             )),
             _ => {}
         }
     }
-    if kvs.iter().any(|kv| kv.key == user_key.as_bytes()) {
+    if user_key_there {
         out.violations.push(format!(
-            "{user_key} still held lease {lease:x} after its revoke was acknowledged"
+            "{} still held lease {lease:x} after its revoke was acknowledged",
+            lane.user_key(lease)
         ));
     }
-    lane.root_delete(prefix, true).await?;
+    lane.root_delete(lane.root_prefix(lease), true).await?;
     out.cycles += 1;
     Some(())
 }
@@ -447,9 +511,11 @@ async fn run_lane(i: usize, endpoints: Vec<String>, seed: u64, deadline: Instant
         token: None,
         i,
     };
+    let began = Instant::now();
     while cycle(&mut lane, &mut out).await.is_some() {
         tokio::time::sleep(Duration::from_millis(lane.rng.u64(0..50))).await;
     }
+    out.ran_for = began.elapsed();
     out
 }
 
@@ -488,8 +554,11 @@ impl Outcome {
             }
         }
         let decided: usize = self.lanes.iter().map(|l| l.served_stale + l.refused).sum();
-        if decided == 0 {
-            return Err("no user request on a lease was decided: nothing checked".into());
+        let long = self.lanes.iter().any(|l| l.ran_for >= DECIDE_WITHIN);
+        if decided == 0 && long {
+            return Err(format!(
+                "no user request on a lease was decided in {DECIDE_WITHIN:?} or more: nothing checked"
+            ));
         }
         Ok(())
     }
@@ -498,11 +567,12 @@ impl Outcome {
     pub fn summary(&self) -> String {
         let sum = |f: fn(&LaneOutcome) -> usize| self.lanes.iter().map(f).sum::<usize>();
         format!(
-            "lease access: {} users, {} cycles, {} requests served with only detached keys left on the lease, {} refused for an attached key, {} revokes by the user, {} keys checked after a revoke",
+            "lease access: {} users, {} cycles, {} requests served with only detached keys left on the lease, {} refused for an attached key, {} not judged (keys changed meanwhile), {} revokes by the user, {} keys checked after a revoke",
             self.lanes.len(),
             sum(|l| l.cycles),
             sum(|l| l.served_stale),
             sum(|l| l.refused),
+            sum(|l| l.moved),
             sum(|l| l.revoked),
             sum(|l| l.keys_checked),
         )

@@ -694,10 +694,18 @@ pub async fn run(
             log.push((epoch.elapsed().as_millis() as u64, what));
         }
     }
-    // Where other workloads want regions from the start.
+    // Where other workloads want regions from the start (tried a few
+    // times: the run is for nothing there without them).
     for at in splits_first {
-        let what = target.split(at, rng.usize(0..target.len())).await;
-        log.push((epoch.elapsed().as_millis() as u64, what));
+        for _ in 0..5 {
+            let what = target.split(at, rng.usize(0..target.len())).await;
+            let born = what.contains("born");
+            log.push((epoch.elapsed().as_millis() as u64, what));
+            if born {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     // Each sleeper's key in a region of its own.
     for i in 0..sleepers {
@@ -747,12 +755,12 @@ fn nth_running(c: &InProcessCluster, n: usize) -> usize {
 /// plain keys (`key0`..), the locks' (`lk0`, `lk1`, and among the
 /// contenders of `lk0`, `lk0/<lease hex>`), the leases' (`lz/<lease
 /// hex>/…`: leases whose keys then lie in several regions), the
-/// lease-access lanes' (`lt/<lane>/…`: a lane's keys and the user's apart),
+/// lease-access lanes' (`zt/<lane>/…`: a lane's keys and the user's apart),
 /// and the bank's accounts — so a run ends with keys, locks, leases and accounts spread
 /// over many regions.
 pub fn split_points(accounts: usize) -> Vec<String> {
     let mut out: Vec<String> = [
-        "key2", "key5", "lk1", "lk0/4", "lz/", "lz/3", "lz/5", "lz/7", "lt/0/r/", "lt/1/",
+        "key2", "key5", "lk1", "lk0/4", "lz/", "lz/3", "lz/5", "lz/7", "zt/0/r/", "zt/1/",
     ]
     .into_iter()
     .map(String::from)
