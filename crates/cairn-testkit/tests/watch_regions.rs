@@ -318,3 +318,38 @@ async fn a_transactions_events_arrive_in_the_order_its_ops_ran() {
     assert_eq!(event_keys(&mut replay, want.len()).await, want, "replayed");
     c.shutdown().await;
 }
+
+/// A watch from now on a member that answered a write starts above that
+/// write, even while the member's own replica of the write's region has not
+/// applied it yet: etcd's member applies every write it answers before it
+/// takes a watch, so a client that wrote through it and then watches from
+/// now is never sent its own, older write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_from_now_starts_above_the_writes_its_member_answered() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    // Followers apply late.
+    c.delay_messages(150);
+    for i in 0..9 {
+        let node = i % 3;
+        let mut client = c.kv(node).await;
+        let rev = kv::put(&mut client, &format!("z{i}"), "v").await.unwrap();
+        let mut w = WatchStream::open(&c.nodes[node].client_addr).await.unwrap();
+        w.create(WatchCreateRequest {
+            key: b"z".to_vec(),
+            range_end: b"{".to_vec(),
+            ..Default::default()
+        })
+        .await;
+        let created = w.next(Duration::from_secs(10)).await.unwrap();
+        assert!(created.created);
+        let from = created.header.unwrap().revision;
+        assert!(
+            from >= rev,
+            "node {node} answered a put at {rev}, then a watch from now started at {from}"
+        );
+    }
+    c.heal();
+    c.shutdown().await;
+}

@@ -193,8 +193,15 @@ impl Stream {
         // yet commit at or below a region's newest revision) — or the
         // store's compaction, if higher (a region compacted past another's
         // resolved revision: history below it is gone, and a watch from
-        // now is never told it is compacted).
-        let now = regions.resolved().max(regions.compacted());
+        // now is never told it is compacted). A watch from now starts
+        // above the newest revision this member answered a write with
+        // too, if the regions here have not resolved it yet: it leaves
+        // out what this member already answered, as etcd's would. (Not
+        // one from a revision: its replay reads history up to here.)
+        let mut now = regions.resolved().max(regions.compacted());
+        if c.start_revision <= 0 {
+            now = now.max(ctx.node.answered_revision());
+        }
         let mut created = response(ctx, id, |r| r.created = true);
         if let Some(h) = created.header.as_mut() {
             h.revision = now;

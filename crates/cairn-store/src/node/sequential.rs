@@ -27,7 +27,10 @@
 //! stale read at all. They hold no write a later read could miss, so a
 //! serializable read may answer below them (a header revision lower than
 //! a linearizable one just before; never a missing write). Watch events
-//! do not count either.
+//! do not count either. A watch from now starts above the highest answer
+//! (`Node::answered_revision`), even where the regions it watches here
+//! have not resolved that far: it never sends a client an event older
+//! than a write this member already answered it.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -46,6 +49,15 @@ impl Node {
     /// count, see the module essay).
     pub(super) fn answered(&self) -> i64 {
         self.answered.load(Ordering::Acquire)
+    }
+
+    /// The highest revision this member has answered a KV call with (see
+    /// the module essay): a watch from now starts above it, as etcd's
+    /// member has applied every write it answered before it takes a
+    /// watch, so a client that wrote through it and then watches from now
+    /// is never sent its own, older write.
+    pub fn answered_revision(&self) -> i64 {
+        self.answered()
     }
 
     /// Records an answer at `revision`.
