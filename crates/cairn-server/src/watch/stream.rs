@@ -145,7 +145,7 @@ impl Stream {
                     .values()
                     .map(Watcher::synced)
                     .min()
-                    .unwrap_or_else(|| self.ctx.node.revision());
+                    .unwrap_or_else(|| header_revision(&self.ctx));
                 send(&self.out, progress(&self.ctx, -1, rev)).await
             }
             None => true,
@@ -462,13 +462,21 @@ fn progress(ctx: &Context, watch_id: i64, rev: i64) -> WatchResponse {
 }
 
 /// A response for `watch_id` with the current header, shaped by `f`.
+/// The revision of a watch response's header: this member's newest, and
+/// never below a revision it answered a KV call with — the revision a
+/// watch from now starts above — so headers on a stream never go back
+/// from a created response's.
+fn header_revision(ctx: &Context) -> i64 {
+    ctx.node.revision().max(ctx.node.answered_revision())
+}
+
 pub(super) fn response(
     ctx: &Context,
     watch_id: i64,
     f: impl FnOnce(&mut WatchResponse),
 ) -> WatchResponse {
     let mut r = WatchResponse {
-        header: Some(ctx.header(ctx.node.revision())),
+        header: Some(ctx.header(header_revision(ctx))),
         watch_id,
         ..Default::default()
     };
