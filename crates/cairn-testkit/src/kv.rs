@@ -53,19 +53,25 @@ pub async fn get(
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
 }
 
+/// The end of the range of every key under `prefix` (its last byte below
+/// 0xFF, as the tests' prefixes are).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 /// Every key with `prefix`.
 pub async fn prefix(
     c: &mut KvClient<Channel>,
     prefix: &str,
     serializable: bool,
 ) -> Result<RangeResponse, tonic::Status> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
     Ok(c.range(RangeRequest {
         key: prefix.into(),
-        range_end: end,
+        range_end: prefix_end(prefix.as_bytes()),
         serializable,
         ..Default::default()
     })

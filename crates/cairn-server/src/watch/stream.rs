@@ -461,7 +461,6 @@ fn progress(ctx: &Context, watch_id: i64, rev: i64) -> WatchResponse {
     r
 }
 
-/// A response for `watch_id` with the current header, shaped by `f`.
 /// The revision of a watch response's header: this member's newest, and
 /// never below a revision it answered a KV call with — the revision a
 /// watch from now starts above — so headers on a stream never go back
@@ -470,6 +469,7 @@ fn header_revision(ctx: &Context) -> i64 {
     ctx.node.revision().max(ctx.node.answered_revision())
 }
 
+/// A response for `watch_id` with the current header, shaped by `f`.
 pub(super) fn response(
     ctx: &Context,
     watch_id: i64,

@@ -191,7 +191,7 @@ impl Node {
     }
 
     async fn serve_range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
-        let (floor, since) = (self.answered(), std::time::Instant::now());
+        let (floor, since) = (self.answered_revision(), std::time::Instant::now());
         if !req.serializable && self.several_regions() {
             return Box::pin(self.range_across(req, access)).await;
         }
@@ -270,7 +270,7 @@ impl Node {
     ) -> Result<TxnResponse> {
         let footprint = cairn_mvcc::locks::footprint(req);
         let serializable = cairn_mvcc::is_serializable(req);
-        let (floor, since) = (self.answered(), std::time::Instant::now());
+        let (floor, since) = (self.answered_revision(), std::time::Instant::now());
         let (snap, revs, at) = loop {
             let r = self.region(region)?;
             // Serializable: from this replica, once it holds every revision

@@ -132,21 +132,23 @@ impl Node {
         for &id in ids {
             let first = self.caught_up(DATA_REGION).await?;
             let (view, _, range) = first.shared.read_view_in();
-            let (start, end) = (range.start.clone(), range.end.clone());
-            let (entries, attached) = self
+            let (own, mine) = (range.clone(), writable.clone());
+            let (entries, refused_here) = self
                 .spans
                 .run(move || {
                     let entries = lease::indexed(&*view, id)?;
-                    // The first region's own keys by their records; the
-                    // rest as indexed.
-                    let attached = lease::attached_in(&*view, id, &start, &end)?;
-                    Ok::<_, cairn_mvcc::Error>((entries, attached))
+                    // The first region's own keys the caller may not
+                    // write, by their records.
+                    let here = entries
+                        .iter()
+                        .filter(|(k, _)| own.contains(k) && !mine.allows(k))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    let held = lease::still_holding(&*view, id, here)?;
+                    Ok::<_, cairn_mvcc::Error>((entries, !held.is_empty()))
                 })
                 .await??;
-            if attached
-                .iter()
-                .any(|k| range.contains(k) && !writable.allows(k))
-            {
+            if refused_here {
                 return Ok(false);
             }
             let outside: Vec<(Vec<u8>, Vec<u8>)> = entries

@@ -45,19 +45,14 @@ use crate::node::{Node, Region};
 pub(super) const SEQUENTIAL_WAIT: Duration = Duration::from_secs(1);
 
 impl Node {
-    /// The highest revision this member has answered with (of those that
-    /// count, see the module essay).
-    pub(super) fn answered(&self) -> i64 {
-        self.answered.load(Ordering::Acquire)
-    }
-
-    /// The highest revision this member has answered a KV call with (see
-    /// the module essay): a watch from now starts above it, as etcd's
-    /// member has applied every write it answered before it takes a
-    /// watch, so a client that wrote through it and then watches from now
-    /// is never sent its own, older write.
+    /// The highest revision this member has answered a KV call with (of
+    /// those that count, see the module essay). A serializable read waits
+    /// for its replicas to reach it; a watch from now starts above it, as
+    /// etcd's member has applied every write it answered before it takes
+    /// a watch, so a client that wrote through it and then watches from
+    /// now is never sent its own, older write.
     pub fn answered_revision(&self) -> i64 {
-        self.answered()
+        self.answered.load(Ordering::Acquire)
     }
 
     /// Records an answer at `revision`.

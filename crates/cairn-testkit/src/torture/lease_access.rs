@@ -54,6 +54,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::access::{login, setup_user, with_token};
+use crate::kv::prefix_end;
 
 /// The workload's keys: after every other workload's, so the split at
 /// [`SPLIT`] moves none of theirs out of the first region.
@@ -71,15 +72,6 @@ const CALL: Duration = Duration::from_secs(3);
 /// A lane that ran this long and decided nothing fails the run (a short
 /// one under faults may not get past its setup).
 const DECIDE_WITHIN: Duration = Duration::from_secs(60);
-
-/// The end of the range of every key under `prefix` (which ends in `/`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
-}
 
 /// What one user request got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,10 +323,6 @@ impl Cycle {
     fn attached(&self) -> bool {
         self.fates.contains(&Fate::Attached)
     }
-
-    fn stale(&self) -> bool {
-        !self.attached() && !self.fates.is_empty()
-    }
 }
 
 /// Judges one decided user answer against the lane's model; `false` when
@@ -350,7 +338,8 @@ fn judge(out: &mut LaneOutcome, c: &Cycle, what: &str, a: Answer) -> bool {
             "{}'s {what} on lease {lease:x} was refused though no key they may not write held it ({:?})",
             out.user, c.fates
         )),
-        (Answer::Served, false) if c.stale() => out.served_stale += 1,
+        // Every key of the cycle detached: the index may still name them.
+        (Answer::Served, false) => out.served_stale += 1,
         (Answer::Denied, true) => out.refused += 1,
         (Answer::Gone, _) => {
             let age = c.granted.elapsed();
