@@ -12,7 +12,7 @@
 //! (partitions) or drop a fraction of messages; production never sets it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ pub struct Faults {
     counter: AtomicU32,
     /// Each message waits a pseudo-random 0..=this many ms before it goes.
     delay_max_ms: AtomicU32,
+    /// Drop every append with no entries (heartbeats, commit notices,
+    /// read-index rounds).
+    drop_empty_appends: AtomicBool,
 }
 
 impl Faults {
@@ -75,6 +78,11 @@ impl Faults {
         self.cut.lock().clear();
         self.drop_percent.store(0, Ordering::Relaxed);
         self.delay_max_ms.store(0, Ordering::Relaxed);
+        self.drop_empty_appends.store(false, Ordering::Relaxed);
+    }
+    /// Drops (or stops dropping) every append with no entries.
+    pub fn drop_empty_appends(&self, on: bool) {
+        self.drop_empty_appends.store(on, Ordering::Relaxed);
     }
     /// Delays every message by a pseudo-random 0..=`max_ms` ms (0: none).
     pub fn delay(&self, max_ms: u32) {
@@ -391,6 +399,11 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if rpc.entries.is_empty() && self.pool.faults.drop_empty_appends.load(Ordering::Relaxed) {
+            return Err(RPCError::Unreachable(Unreachable::new(&Msg(
+                "empty append dropped by fault injection".into(),
+            ))));
+        }
         self.pool
             .call(
                 self.target,

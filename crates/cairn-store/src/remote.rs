@@ -136,6 +136,22 @@ impl ForwardOp {
             _ => false,
         }
     }
+
+    /// True for an op a leader serves by proposing it to its region's log
+    /// (a write, a compaction, a part of a transaction across regions): it
+    /// needs no Raft ticks, so it does not wake a hibernating region
+    /// (`node::hibernate`).
+    pub fn proposes(&self) -> bool {
+        match self {
+            ForwardOp::Txn(_)
+            | ForwardOp::Compact(_)
+            | ForwardOp::Plain(_)
+            | ForwardOp::Revoke(_)
+            | ForwardOp::CommitLocked { .. } => true,
+            ForwardOp::Checked { op, .. } | ForwardOp::CheckedLease { op, .. } => op.proposes(),
+            _ => false,
+        }
+    }
 }
 
 impl ForwardOp {

@@ -1,6 +1,7 @@
 //! Idle data regions hibernate (`node::hibernate`): their replicas stop
 //! their Raft ticks once the region is quiet. A sleeping region serves a
-//! write at once. When its leader stops or is cut off, the members' beats
+//! write at once, and stays asleep while it takes writes; a write that
+//! missed a follower reaches it all the same. When its leader stops or is cut off, the members' beats
 //! wake its followers, which elect a new leader with no client's help. A
 //! restarted member hears its leader again.
 
@@ -94,9 +95,97 @@ async fn a_sleeping_region_serves_at_once_and_sleeps_again() {
         kv::get(&mut client, "z", false).await.unwrap().as_deref(),
         Some("1")
     );
-    // Woken by the write, asleep again once quiet, with no election.
+    // Woken by the read, asleep again once quiet, with no election.
     wait_asleep(&c, region, &[0, 1, 2]).await;
     assert_eq!(term(&c, 0, region), before, "sleeping moved the term");
+    c.shutdown().await;
+}
+
+/// The leader's last applied index of `region`, and whether every member
+/// applied that far.
+fn applied_everywhere(c: &InProcessCluster, region: u64, leader: usize) -> bool {
+    let at = c.raft_metrics(leader, region).last_applied;
+    (0..3).all(|i| c.raft_metrics(i, region).last_applied == at)
+}
+
+/// Writes need no Raft ticks: a sleeping region commits them, every
+/// replica applies them (the append after the commit tells the
+/// followers), and nobody wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sleeping_region_takes_writes_without_waking() {
+    let (c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let before = term(&c, 0, region);
+    for (i, member) in [0, 1, 2, 0, 1].into_iter().enumerate() {
+        let mut client = c.kv(member).await;
+        kv::put(&mut client, "z", &format!("w{i}")).await.unwrap();
+        for m in 0..3 {
+            assert!(
+                c.node(m).sleeping_regions().contains(&region),
+                "put {i} woke member {m}'s replica"
+            );
+        }
+    }
+    eventually("every replica applies the writes", || {
+        applied_everywhere(&c, region, leader)
+    })
+    .await;
+    for m in 0..3 {
+        let mut client = c.kv(m).await;
+        let got = kv::get(&mut client, "z", true).await.unwrap();
+        assert_eq!(got.as_deref(), Some("w4"), "member {m}'s replica");
+        assert!(c.node(m).sleeping_regions().contains(&region));
+    }
+    assert_eq!(term(&c, 0, region), before, "the writes moved the term");
+    c.shutdown().await;
+}
+
+/// A write to a sleeping region whose append missed a follower (cut off
+/// for a moment) reaches it with no later write (openraft resends it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_missed_a_sleeping_follower_reaches_it() {
+    let (c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let follower = (leader + 1) % 3;
+    let (l, f) = (c.nodes[leader].id, c.nodes[follower].id);
+    c.node(leader).pool.faults.partition(l, f);
+    let mut client = c.kv(leader).await;
+    kv::put(&mut client, "z", "missed").await.unwrap();
+    c.heal();
+    eventually("the cut-off follower gets the write", || {
+        applied_everywhere(&c, region, leader)
+    })
+    .await;
+    let mut client = c.kv(follower).await;
+    assert_eq!(
+        kv::get(&mut client, "z", true).await.unwrap().as_deref(),
+        Some("missed")
+    );
+    wait_asleep(&c, region, &[0, 1, 2]).await;
+    c.shutdown().await;
+}
+
+/// A sleeping region's followers that got a write but not the notice that
+/// it committed (a lost empty append, which openraft does not resend, and
+/// the sleeping leader sends no heartbeat) apply it all the same: they
+/// ask the leader for a read index, whose round tells them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sleeping_followers_that_missed_a_commit_notice_apply_the_write() {
+    let (c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    c.node(leader).pool.faults.drop_empty_appends(true);
+    let mut client = c.kv(leader).await;
+    kv::put(&mut client, "z", "unheard").await.unwrap();
+    let last = c.raft_metrics(leader, region).last_log_index;
+    eventually("the followers get the entry", || {
+        (0..3).all(|i| c.raft_metrics(i, region).last_log_index == last)
+    })
+    .await;
+    c.heal();
+    eventually("the followers apply the write", || {
+        applied_everywhere(&c, region, leader)
+    })
+    .await;
     c.shutdown().await;
 }
 

@@ -141,12 +141,14 @@ impl Node {
         auth: Option<AuthStamp>,
     ) -> Result<ForwardOk> {
         let r = self.region(region)?;
-        // A hibernating leader heartbeats again before it proposes
-        // (`hibernate`). Not for an ask for closes: those come every
-        // second while a watch stands, and are made beside the log
-        // (`side_closes`) with the region asleep.
-        if !matches!(op, ForwardOp::WantCloses) {
-            r.wake();
+        // A hibernating leader wakes for a read (its read lease comes from
+        // heartbeat rounds), not for a proposal: a sleeping region
+        // replicates and commits without ticks (`hibernate`). Nor for an
+        // ask for closes: those come every second while a watch stands,
+        // and are made beside the log (`side_closes`) with the region
+        // asleep.
+        if !op.proposes() && !matches!(op, ForwardOp::WantCloses) {
+            r.wake_to_serve();
         }
         match op {
             ForwardOp::Checked { .. } | ForwardOp::CheckedLease { .. } => {

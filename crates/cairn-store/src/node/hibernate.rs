@@ -26,31 +26,44 @@
 //!
 //! When a region sleeps ([`hibernate`], every [`LOOK_EVERY`]):
 //! - Never the meta region (the TSO).
-//! - A follower sleeps after [`FOLLOWER_QUIET`] with no new log entry,
-//!   everything applied, while it hears its leader (a Raft message in the
+//! - A follower sleeps once awake for [`FOLLOWER_QUIET`], everything in
+//!   its log applied, while it hears its leader (a Raft message in the
 //!   last [`HEARD_WITHIN`]) and the leader's member beats.
-//! - The leader sleeps after [`LEADER_QUIET`] with every replica matched
-//!   at its last entry and applied, no merge freeze, and every other
-//!   member's last beat saying its replica sleeps. Followers sleep first:
-//!   there is no PreVote in openraft 0.9, so an awake follower of a silent
-//!   leader would campaign, and the term would move for nothing. (A member
-//!   started with `--region-hibernate false` never says so: the regions
-//!   it has replicas of never sleep.)
+//! - The leader sleeps once awake for [`LEADER_QUIET`] with no read served
+//!   meanwhile, every replica matched at its last entry and applied, no
+//!   merge freeze, and every other member's last beat saying its replica
+//!   sleeps. Followers sleep first: there is no PreVote in openraft 0.9,
+//!   so an awake follower of a silent leader would campaign, and the term
+//!   would move for nothing. (A member started with `--region-hibernate
+//!   false` never says so: the regions it has replicas of never sleep.)
+//!
+//! Writes do not wake a region. A sleeping leader replicates and commits
+//! without ticks: a proposal goes out at once, openraft sends the
+//! followers an append saying what committed as soon as it commits, and
+//! each append renews a follower's vote lease. So a region that takes a
+//! write now and then (a put spread over hundreds of regions) sleeps
+//! through it, and its heartbeats and election timers cost nothing: 400
+//! regions taking puts ran 1.27x as many (docs/benchmarks.md). A failed
+//! append needs no tick either: openraft sends it again (after the peer
+//! network's backoff). One thing ticks did that nothing else does: a
+//! commit notice (an empty append) that was lost is not resent, and a
+//! sleeping leader sends no heartbeat to repeat it. So a sleeping
+//! follower that finds an entry it had at the previous look still not
+//! applied (the notice was lost, or its log holds a deposed leader's
+//! entries) asks its leader for a read index: the round's appends carry
+//! the commit index, and the leader wakes.
 //!
 //! When a region wakes:
-//! - Any new log entry wakes every replica at its next look. (A sleeping
-//!   leader replicates and commits without ticks; the append that carried
-//!   the entry also renews a follower's vote lease, so its waking does
-//!   not start a campaign.)
+//! - A leader wakes as soon as it serves an op that is not a proposal
+//!   (`Node::serve_local`): a read, whose read lease comes from heartbeat
+//!   rounds, a lease refresh, a hand-over. Not for an ask for closes:
+//!   those come every second while a watch stands, and closes are made
+//!   beside the log with the region asleep (`side_closes`).
 //! - A leader down, or no longer leading, wakes its followers, after
 //!   0–300 ms of jitter so that they do not all campaign in the same tick.
 //!   Besides a replica with no known leader (a candidate, a deposed
 //!   leader), nothing else wakes a follower: one woken while its leader
-//!   sleeps has heard nothing for long, and campaigns at once.
-//! - A leader wakes as soon as it serves an op (`Node::serve_local`),
-//!   except an ask for closes: those come every second while a watch
-//!   stands, and closes are made beside the log with the region asleep
-//!   (`side_closes`).
+//!   sleeps may have heard nothing for long, and campaigns at once.
 //! - A region starts awake, after a restart or a split. A replica woken
 //!   counts its quiet time from then.
 //!
@@ -75,9 +88,10 @@ const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
 const DOWN_AFTER: Duration = Duration::from_secs(1);
 /// How often the hibernate loop looks at each region.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
-/// Quiet time before a follower sleeps.
+/// Time awake before a follower sleeps.
 const FOLLOWER_QUIET: Duration = Duration::from_secs(2);
-/// Quiet time before a leader sleeps (its followers said they sleep).
+/// Time awake with no read served before a leader sleeps (its followers
+/// said they sleep).
 const LEADER_QUIET: Duration = Duration::from_secs(3);
 /// A follower sleeps only if its leader reached it this recently.
 const HEARD_WITHIN: Duration = Duration::from_millis(500);
@@ -92,6 +106,8 @@ pub(crate) struct Sleep {
     state: parking_lot::Mutex<(bool, Instant)>,
     /// When a Raft message for the region last arrived here.
     heard: parking_lot::Mutex<Instant>,
+    /// When this replica, leading, last served an op that wakes it.
+    served: parking_lot::Mutex<Instant>,
 }
 
 impl Default for Sleep {
@@ -99,6 +115,7 @@ impl Default for Sleep {
         Self {
             state: parking_lot::Mutex::new((false, Instant::now())),
             heard: parking_lot::Mutex::new(Instant::now()),
+            served: parking_lot::Mutex::new(Instant::now()),
         }
     }
 }
@@ -118,6 +135,11 @@ impl Sleep {
     fn awake_for(&self) -> Duration {
         self.state.lock().1.elapsed()
     }
+
+    /// How long since the replica last woke or served an op that wakes it.
+    fn idle_for(&self) -> Duration {
+        self.awake_for().min(self.served.lock().elapsed())
+    }
 }
 
 impl Region {
@@ -129,6 +151,12 @@ impl Region {
             *state = (false, Instant::now());
             tracing::debug!(region = self.id, "awake");
         }
+    }
+
+    /// Wakes the replica to serve an op (see `Node::serve_local`).
+    pub(crate) fn wake_to_serve(&self) {
+        *self.sleep.served.lock() = Instant::now();
+        self.wake();
     }
 
     fn fall_asleep(&self) {
@@ -382,8 +410,8 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
 
 /// Puts quiet regions to sleep and wakes busy ones (see the module essay).
 pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
-    // Per region: its last log index at the last look, and since when.
-    let mut last: BTreeMap<u64, (Option<u64>, Instant)> = BTreeMap::new();
+    // Per region: its last log index at the last look.
+    let mut last: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     // Per region with no known leader: since when, and when it was last
     // reported.
     let mut leaderless: BTreeMap<u64, (Instant, Instant)> = BTreeMap::new();
@@ -403,22 +431,29 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
             let index = m.last_log_index;
             let now = Instant::now();
             report_leaderless(&mut leaderless, &r, &m, now);
-            let (was, since) = last.entry(r.id).or_insert((index, now));
-            if *was != index {
-                (*was, *since) = (index, now);
-                r.wake();
-                continue;
+            let was = last.entry(r.id).or_insert(index);
+            let leading = m.current_leader == Some(n.id);
+            // Entries this follower had at the last look still not applied:
+            // the append telling it they committed was lost (openraft
+            // resends a failed append, not a failed commit notice). Its
+            // leader, asked for a read index, says so in the round's
+            // appends, and wakes.
+            let unapplied = !leading && m.last_applied.map(|l| l.index) < *was;
+            *was = index;
+            if unapplied && r.sleep.is_asleep() {
+                if let Some(leader) = m.current_leader {
+                    poke(&n, &r, leader);
+                }
             }
-            let quiet = since.elapsed().min(r.sleep.awake_for());
             let applied = m.last_applied.map(|l| l.index) == index;
             let sleepy = match m.current_leader {
-                Some(l) if l == n.id => {
+                Some(_) if leading => {
                     let membership = m.membership_config.membership();
                     let matched = m
                         .replication
                         .as_ref()
                         .is_some_and(|rep| rep.values().all(|x| x.map(|l| l.index) == index));
-                    quiet >= LEADER_QUIET
+                    r.sleep.idle_for() >= LEADER_QUIET
                         && applied
                         && matched
                         && membership.get_joint_config().len() == 1
@@ -428,7 +463,7 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
                             .all(|(id, _)| *id == n.id || n.beats.asleep_at(*id, r.id))
                 }
                 Some(l) => {
-                    quiet >= FOLLOWER_QUIET
+                    r.sleep.awake_for() >= FOLLOWER_QUIET
                         && applied
                         && r.sleep.heard.lock().elapsed() < HEARD_WITHIN
                         && n.beats.fresh(l)
@@ -444,6 +479,16 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
         last.retain(|id, _| here.contains(id));
         leaderless.retain(|id, _| here.contains(id));
     }
+}
+
+/// Asks `leader` for `r`'s read index, which wakes it there (a read):
+/// its heartbeats then tell this sleeping follower what committed.
+fn poke(n: &std::sync::Arc<Node>, r: &std::sync::Arc<Region>, leader: u64) {
+    let (pool, raft, region) = (n.pool.clone(), r.raft.clone(), r.id);
+    tokio::spawn(async move {
+        let ask = remote::forward(&pool, &raft, leader, region, &ForwardOp::ReadIndex);
+        let _ = tokio::time::timeout(LOOK_EVERY, ask).await;
+    });
 }
 
 /// A replica left without a known leader for longer than an election
