@@ -47,7 +47,7 @@ pub mod kind {
 }
 
 /// Test-controlled faults on outgoing peer traffic.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Faults {
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
     /// Percentage (0–100) of messages to drop.
@@ -58,6 +58,8 @@ pub struct Faults {
     /// Drop every append with no entries (heartbeats, commit notices,
     /// read-index rounds).
     drop_empty_appends: AtomicBool,
+    /// Drop every append that carries entries.
+    drop_entry_appends: AtomicBool,
 }
 
 impl Faults {
@@ -79,10 +81,23 @@ impl Faults {
         self.drop_percent.store(0, Ordering::Relaxed);
         self.delay_max_ms.store(0, Ordering::Relaxed);
         self.drop_empty_appends.store(false, Ordering::Relaxed);
+        self.drop_entry_appends.store(false, Ordering::Relaxed);
     }
     /// Drops (or stops dropping) every append with no entries.
     pub fn drop_empty_appends(&self, on: bool) {
         self.drop_empty_appends.store(on, Ordering::Relaxed);
+    }
+    /// Drops (or stops dropping) every append that carries entries.
+    pub fn drop_entry_appends(&self, on: bool) {
+        self.drop_entry_appends.store(on, Ordering::Relaxed);
+    }
+    /// True when an append with (`entries`) or without entries must not go.
+    fn drops_append(&self, entries: bool) -> bool {
+        let which = match entries {
+            true => &self.drop_entry_appends,
+            false => &self.drop_empty_appends,
+        };
+        which.load(Ordering::Relaxed)
     }
     /// Delays every message by a pseudo-random 0..=`max_ms` ms (0: none).
     pub fn delay(&self, max_ms: u32) {
@@ -161,13 +176,24 @@ impl PeerPool {
         cluster_id: u64,
         tls: Option<Arc<cairn_tls::ClientConfig>>,
     ) -> Arc<Self> {
+        Self::with_faults(me, cluster_id, tls, Arc::default())
+    }
+
+    /// [`PeerPool::new`] whose traffic passes `faults` (a test's, kept
+    /// across the member's restarts).
+    pub fn with_faults(
+        me: NodeId,
+        cluster_id: u64,
+        tls: Option<Arc<cairn_tls::ClientConfig>>,
+        faults: Arc<Faults>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             me,
             cluster_id,
             tls,
             channels: Mutex::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
-            faults: Arc::new(Faults::default()),
+            faults,
         })
     }
 
@@ -399,9 +425,9 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        if rpc.entries.is_empty() && self.pool.faults.drop_empty_appends.load(Ordering::Relaxed) {
+        if self.pool.faults.drops_append(!rpc.entries.is_empty()) {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg(
-                "empty append dropped by fault injection".into(),
+                "append dropped by fault injection".into(),
             ))));
         }
         self.pool

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// Idle data regions stop their Raft ticks, and members beat to each
     /// other instead (`--region-hibernate`; see `node::hibernate`).
     pub hibernate_regions: bool,
+    /// Tests only: the fault switchboard this member's peer traffic passes,
+    /// kept across its restarts (`None`: a fresh one).
+    pub peer_faults: Option<std::sync::Arc<cairn_raft::network::Faults>>,
 }
 
 /// When the split checker splits a data region (`--region-split-bytes`,

@@ -49,6 +49,7 @@ pub mod proposer;
 mod read_batch;
 mod read_lease;
 mod remote;
+mod restored_lead;
 mod span_pool;
 mod span_regions;
 mod transfer;

@@ -53,6 +53,7 @@ use openraft::{LogId, ServerState, Vote};
 use tokio::time::Instant;
 
 use crate::error::read_index_error;
+use crate::restored_lead::RestoredLead;
 use crate::{Error, Result};
 
 /// How long after a round starts its lease lasts. openraft's followers
@@ -63,6 +64,9 @@ pub const READ_LEASE: Duration = Duration::from_millis(250);
 /// One region replica's lease.
 pub struct ReadLease {
     id: u64,
+    /// Whether the replica came back as leader in its term, and with what
+    /// log (`restored_lead`): its read indexes start there.
+    restored: Option<RestoredLead>,
     state: Mutex<State>,
 }
 
@@ -88,10 +92,12 @@ struct Held {
 }
 
 impl ReadLease {
-    /// A lease for node `id`'s replica, not yet held.
-    pub fn new(id: u64) -> Self {
+    /// A lease for node `id`'s replica, not yet held; `restored` is what
+    /// its Raft came back with ([`RestoredLead::of`]).
+    pub fn new(id: u64, restored: Option<RestoredLead>) -> Self {
         Self {
             id,
+            restored,
             state: Mutex::new(State::default()),
         }
     }
@@ -130,19 +136,21 @@ impl ReadLease {
             Ok((0, Some(h))) if Instant::now() < h.until => h,
             _ => return Ok(None),
         };
-        raft.with_raft_state(move |st| {
-            let same = st.server_state == ServerState::Leader
-                && *st.vote_ref() == held.vote
-                && *st.membership_state.effective().log_id() == held.membership;
-            match st.committed {
-                Some(c) if same && c.leader_id.term == held.vote.leader_id().get_term() => {
-                    Some(c.index)
+        let committed = raft
+            .with_raft_state(move |st| {
+                let same = st.server_state == ServerState::Leader
+                    && *st.vote_ref() == held.vote
+                    && *st.membership_state.effective().log_id() == held.membership;
+                match st.committed {
+                    Some(c) if same && c.leader_id.term == held.vote.leader_id().get_term() => {
+                        Some(c.index)
+                    }
+                    _ => None,
                 }
-                _ => None,
-            }
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
+            })
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(committed.map(|c| RestoredLead::floor(self.restored.as_ref(), &held.vote, c)))
     }
 
     /// Runs a read-index round; on success this node holds the lease until
@@ -165,7 +173,8 @@ impl ReadLease {
                 }
             }
         }
-        Ok(read.map_or(0, |l| l.index))
+        let index = read.map_or(0, |l| l.index);
+        Ok(RestoredLead::floor(self.restored.as_ref(), &vote, index))
     }
 }
 

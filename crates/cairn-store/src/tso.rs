@@ -32,6 +32,7 @@ use cairn_raft::{Command, Raft, RegionShared};
 use crate::error::{read_index_error, write_error};
 use crate::node::{Node, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
 use crate::remote::{self, ForwardOp};
+use crate::restored_lead::RestoredLead;
 use crate::{Error, Result};
 
 /// The first timestamp: a fresh store is at revision 1, as etcd's, so its
@@ -60,16 +61,26 @@ pub struct Tso {
     // tokio Mutex: held across the Raft write that extends the window, so
     // allocations are serialized and strictly increasing.
     state: tokio::sync::Mutex<State>,
+    /// Whether the meta replica came back as leader in its term, and with
+    /// what log (`restored_lead`).
+    restored: Option<RestoredLead>,
 }
 
 impl Tso {
-    /// The TSO of node `me` over the meta region.
-    pub fn new(me: u64, meta: Raft, shared: Arc<RegionShared>) -> Self {
+    /// The TSO of node `me` over the meta region, whose Raft started as
+    /// `restored` says.
+    pub fn new(
+        me: u64,
+        meta: Raft,
+        shared: Arc<RegionShared>,
+        restored: Option<RestoredLead>,
+    ) -> Self {
         Self {
             me,
             meta,
             shared,
             state: tokio::sync::Mutex::new(State::default()),
+            restored,
         }
     }
 
@@ -122,6 +133,23 @@ impl Tso {
             bounded(self.meta.ensure_linearizable())
                 .await?
                 .map_err(read_index_error)?;
+            // Restored as leader in its term: its log's end may hold a
+            // window written before the crash, below the read index.
+            if let Some(restored) = &self.restored {
+                let vote = self
+                    .meta
+                    .with_raft_state(|st| *st.vote_ref())
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let floor = RestoredLead::floor(Some(restored), &vote, 0);
+                if floor > 0 {
+                    self.meta
+                        .wait(Some(REQUEST_TIMEOUT))
+                        .applied_index_at_least(Some(floor), "tso")
+                        .await
+                        .map_err(|_| Error::Timeout)?;
+                }
+            }
             st.last = st.last.max(self.shared.tso_high_water());
             st.window_end = 0;
             st.term = term;

@@ -55,6 +55,8 @@ pub struct TestNode {
     pub peer_addr: String,
     dir: PathBuf,
     running: Option<Running>,
+    /// The faults its peer traffic passes, kept across restarts.
+    pub faults: Arc<cairn_raft::network::Faults>,
 }
 
 /// N nodes in this process.
@@ -217,6 +219,7 @@ impl InProcessCluster {
                 peer_addr: p.local_addr().unwrap().to_string(),
                 dir: cluster._dir.path().join(&m.name),
                 running: None,
+                faults: Arc::default(),
             };
             cluster.nodes.push(node);
             cluster.launch(i, p, c, true).await;
@@ -256,6 +259,7 @@ impl InProcessCluster {
             auth_tokens: cairn_store::TokenConfig::default(),
             region_split: self.region_split,
             hibernate_regions: true,
+            peer_faults: Some(t.faults.clone()),
         };
         let node = start_node(config).await;
         let (peer, client) = match secured::pki() {
@@ -408,6 +412,15 @@ impl InProcessCluster {
 
     /// Restarts a stopped node `i` on its data dir and ports.
     pub async fn restart(&mut self, i: usize) {
+        // A restarted process starts with no faults of its own.
+        self.nodes[i].faults.heal();
+        self.restart_keeping_faults(i).await;
+    }
+
+    /// Restarts stopped node `i` with the faults its traffic had before
+    /// (say, appends with entries still dropped), in place as its Raft
+    /// starts.
+    pub async fn restart_keeping_faults(&mut self, i: usize) {
         assert!(self.nodes[i].running.is_none(), "restart of a running node");
         let peer = rebind(&self.nodes[i].peer_addr).await;
         let client = rebind(&self.nodes[i].client_addr).await;

@@ -189,6 +189,51 @@ async fn sleeping_followers_that_missed_a_commit_notice_apply_the_write() {
     c.shutdown().await;
 }
 
+/// A leader that crashes with a write appended and not yet committed, and
+/// restarts before its (sleeping) followers elect anyone, comes back as
+/// leader in the same term (openraft restores it). A linearizable read
+/// there must not be answered below that write: it commits later, at the
+/// revision it was stamped with before the crash, below the read's header
+/// (`restored_lead`). Appends with entries stay dropped across the restart
+/// so the write cannot commit before the read is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_restored_in_its_term_reads_its_uncommitted_writes() {
+    let (mut c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let before = c.raft_metrics(leader, region);
+    c.nodes[leader].faults.drop_entry_appends(true);
+    let mut client = c.kv(leader).await;
+    let put = tokio::spawn(async move { kv::put(&mut client, "z", "in flight").await });
+    eventually("the put is appended on the leader", || {
+        c.raft_metrics(leader, region).last_log_index > before.last_log_index
+    })
+    .await;
+    c.stop(leader).await;
+    put.abort();
+    c.restart_keeping_faults(leader).await;
+    let after = c.raft_metrics(leader, region);
+    assert_eq!(
+        (after.current_leader, after.current_term),
+        (Some(c.nodes[leader].id), before.current_term),
+        "not restored as leader in its term"
+    );
+    assert!(
+        after.last_log_index > before.last_log_index,
+        "the put was lost"
+    );
+    let mut client = c.kv(leader).await;
+    let read = tokio::spawn(async move { kv::get(&mut client, "z", false).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.nodes[leader].faults.heal();
+    let got = read.await.unwrap().unwrap();
+    assert_eq!(
+        got.as_deref(),
+        Some("in flight"),
+        "read below the restored log"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sleeping_regions_stopped_leader_is_replaced_by_itself() {
     let (mut c, region) = split_and_sleep().await;

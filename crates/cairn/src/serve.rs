@@ -205,6 +205,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         lease_checkpoint_interval: a.lease_checkpoint_interval,
         read_lease: a.read_lease,
         hibernate_regions: a.region_hibernate,
+        peer_faults: None,
         corrupt_check_interval: a.experimental_corrupt_check_time,
         peer_tls: dial_tls,
         bcrypt_cost: a.bcrypt_cost,

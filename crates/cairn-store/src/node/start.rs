@@ -21,6 +21,7 @@ use crate::proposer::{FloorSeed, Proposer, TimestampSource};
 use crate::read_batch::{Batcher, ReadIndexBatcher};
 use crate::read_lease::ReadLease;
 use crate::remote::{ForwardOk, ForwardOp};
+use crate::restored_lead::RestoredLead;
 use crate::span_pool::SpanPool;
 use crate::tso::{self, Tso};
 use crate::{Error, Result};
@@ -46,7 +47,8 @@ impl Node {
         let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(config.data_dir.join("db"))?);
         let log_writer =
             LogWriter::start(engine.clone()).map_err(|e| Error::Internal(e.to_string()))?;
-        let pool = PeerPool::new(id, cluster_id, config.peer_tls.clone());
+        let faults = config.peer_faults.clone().unwrap_or_default();
+        let pool = PeerPool::with_faults(id, cluster_id, config.peer_tls.clone(), faults);
         let mut raft_config = cairn_raft::raft_config(&format!("cairn-{cluster_id:x}"));
         raft_config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs);
         raft_config.max_in_snapshot_log_to_keep = config.snapshot_logs / 10;
@@ -100,7 +102,7 @@ impl Node {
             } else {
                 RegionKind::Data
             };
-            let (raft, shared, log_bytes) = opener.open(region, kind).await?;
+            let (raft, shared, log_bytes, restored) = opener.open(region, kind).await?;
             // Only the first two regions are bootstrapped; a region born by
             // a split starts from the record the split wrote.
             let first = region == META_REGION || region == DATA_REGION;
@@ -113,7 +115,7 @@ impl Node {
                     tracing::debug!(region, "initialize: {e}");
                 }
             }
-            rafts.push((region, raft, shared, log_bytes));
+            rafts.push((region, raft, shared, log_bytes, restored));
         }
         let meta_index = rafts
             .iter()
@@ -123,7 +125,12 @@ impl Node {
         if let crate::TokenConfig::Simple { ttl } = &config.auth_tokens {
             meta_shared.tokens.lock().set_ttl(*ttl);
         }
-        let tso = Arc::new(Tso::new(id, meta_raft.clone(), meta_shared));
+        let tso = Arc::new(Tso::new(
+            id,
+            meta_raft.clone(),
+            meta_shared,
+            rafts[meta_index].4,
+        ));
         let timestamps: TimestampSource = {
             let (tso, pool, meta) = (tso.clone(), pool.clone(), meta_raft.clone());
             Arc::new(move |count| {
@@ -133,13 +140,14 @@ impl Node {
         };
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             let regions = Registry::default();
-            for (region, raft, shared, log_bytes) in rafts {
+            for (region, raft, shared, log_bytes, restored) in rafts {
                 regions.insert(Arc::new(Region::start(
                     id,
                     region,
                     raft,
                     shared,
                     log_bytes,
+                    restored,
                     timestamps.clone(),
                     config.read_lease,
                     weak.clone(),
@@ -244,13 +252,15 @@ impl Node {
         if self.regions.get(region).is_some() || self.is_stopped() {
             return Ok(());
         }
-        let (raft, shared, log_bytes) = self.opener.open(region, RegionKind::Data).await?;
+        let (raft, shared, log_bytes, restored) =
+            self.opener.open(region, RegionKind::Data).await?;
         let r = Arc::new(Region::start(
             self.id,
             region,
             raft,
             shared,
             log_bytes,
+            restored,
             self.timestamps.clone(),
             self.config.read_lease,
             Arc::downgrade(self),
@@ -314,18 +324,32 @@ impl Opener {
         &self,
         region: u64,
         kind: RegionKind,
-    ) -> Result<(Raft, Arc<RegionShared>, Arc<AtomicU64>)> {
+    ) -> Result<(
+        Raft,
+        Arc<RegionShared>,
+        Arc<AtomicU64>,
+        Option<RestoredLead>,
+    )> {
         let shared = RegionShared::load(region, kind, self.engine.clone(), self.snapshots.clone())?;
         shared.on_change(self.births.clone());
         shared.report_to(self.marks.clone());
-        let log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
+        let mut log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
+        let last = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .last_log_id
+            .map_or(0, |l| l.index);
         let log_bytes = log.appended_bytes();
         let sm = StateMachine::new(shared.clone());
         let net = RegionNetwork::new(region, self.pool.clone());
         let raft = Raft::new(self.me, self.raft_config.clone(), net, log, sm)
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok((raft, shared, log_bytes))
+        let restored = RestoredLead::of(&raft, last).await?;
+        if restored.is_some() {
+            tracing::info!(region, "restored as leader in its term");
+        }
+        Ok((raft, shared, log_bytes, restored))
     }
 }
 
@@ -341,6 +365,7 @@ impl Region {
         raft: Raft,
         shared: Arc<RegionShared>,
         log_bytes: Arc<AtomicU64>,
+        restored: Option<RestoredLead>,
         timestamps: TimestampSource,
         read_lease: bool,
         node: Weak<Node>,
@@ -364,7 +389,7 @@ impl Region {
             Arc::new(move || shared.snapshots_begun())
         };
         let proposer = Proposer::start(raft.clone(), timestamps, seed, epoch, snapshots);
-        let lease = read_lease.then(|| Arc::new(ReadLease::new(me)));
+        let lease = read_lease.then(|| Arc::new(ReadLease::new(me, restored)));
         let leader_reads = {
             let (raft, lease) = (raft.clone(), lease.clone());
             ReadIndexBatcher::start(move || {
@@ -373,8 +398,20 @@ impl Region {
                     if let Some(lease) = lease {
                         return lease.read_index(&raft).await;
                     }
+                    let vote = match restored {
+                        Some(_) => Some(
+                            raft.with_raft_state(|st| *st.vote_ref())
+                                .await
+                                .map_err(|e| Error::Internal(e.to_string()))?,
+                        ),
+                        None => None,
+                    };
                     let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;
-                    Ok(read.map_or(0, |l| l.index))
+                    let index = read.map_or(0, |l| l.index);
+                    Ok(match vote {
+                        Some(vote) => RestoredLead::floor(restored.as_ref(), &vote, index),
+                        None => index,
+                    })
                 }
             })
         };
