@@ -14,7 +14,9 @@
 //! - the read path: read-index at the leader, then a local read once applied
 //!   (linearizable; concurrent reads share read-index rounds, see
 //!   [`read_batch`]; on the leader under a read lease no round at all,
-//!   see [`read_lease`]); or straight from the local replica (serializable);
+//!   see [`read_lease`]; a leader restored in its term reads no lower
+//!   than the log it restored, see [`restored_lead`]); or straight from
+//!   the local replica (serializable);
 //! - the [`tso`]: served by the meta region's leader from a Raft-persisted
 //!   window.
 //! - log bounds: besides openraft's snapshot every N entries, each replica
