@@ -43,7 +43,7 @@
 //! each append renews a follower's vote lease. So a region that takes a
 //! write now and then (a put spread over hundreds of regions) sleeps
 //! through it, and its heartbeats and election timers cost nothing: 400
-//! regions taking puts ran 1.27x as many (docs/benchmarks.md). A failed
+//! regions taking puts ran 1.31x as many (docs/benchmarks.md). A failed
 //! append needs no tick either: openraft sends it again (after the peer
 //! network's backoff). One thing ticks did that nothing else does: a
 //! commit notice (an empty append) that was lost is not resent, and a
