@@ -93,11 +93,11 @@ impl Faults {
     }
     /// True when an append with (`entries`) or without entries must not go.
     fn drops_append(&self, entries: bool) -> bool {
-        let which = match entries {
-            true => &self.drop_entry_appends,
-            false => &self.drop_empty_appends,
-        };
-        which.load(Ordering::Relaxed)
+        if entries {
+            self.drop_entry_appends.load(Ordering::Relaxed)
+        } else {
+            self.drop_empty_appends.load(Ordering::Relaxed)
+        }
     }
     /// Delays every message by a pseudo-random 0..=`max_ms` ms (0: none).
     pub fn delay(&self, max_ms: u32) {

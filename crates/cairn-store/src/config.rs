@@ -53,6 +53,7 @@ pub struct NodeConfig {
     pub hibernate_regions: bool,
     /// Tests only: the fault switchboard this member's peer traffic passes,
     /// kept across its restarts (`None`: a fresh one).
+    #[doc(hidden)]
     pub peer_faults: Option<std::sync::Arc<cairn_raft::network::Faults>>,
 }
 

@@ -20,12 +20,14 @@
 //! So a replica records, as its Raft starts, whether it was restored as
 //! leader, under which vote, and its last log index then. While it still
 //! leads under that vote, its read index is at least that index: a read
-//! waits until those entries apply (or the round fails, once another
-//! leader is elected and they may be gone). Every leader read of this
-//! replica goes through it — the read index rounds, the read lease, and
-//! so the settled reads at a timestamp, the TSO's confirmations and the
-//! lessor's leadership checks — and the TSO's catch-up in a new process
-//! waits for it too (a window written before the crash may sit there). A new term needs none of this: its first
+//! waits until those entries apply (if another leader is elected
+//! meanwhile, they may never: the read times out). Every leader read of
+//! this replica goes through it — the read index rounds, the read lease,
+//! and so the settled reads at a timestamp, the TSO's confirmations and
+//! the lessor's leadership checks; a sole voter's read without a round
+//! (`sole_voter_index`) waits for a round until that log is applied —
+//! and the TSO's catch-up in a new process waits for it too (a window
+//! written before the crash may sit there). A new term needs none of this: its first
 //! entry comes after everything in the log, and every read index is at
 //! or above it.
 

@@ -143,11 +143,13 @@ impl Tso {
                     .map_err(|e| Error::Internal(e.to_string()))?;
                 let floor = RestoredLead::floor(Some(restored), &vote, 0);
                 if floor > 0 {
-                    self.meta
-                        .wait(Some(REQUEST_TIMEOUT))
-                        .applied_index_at_least(Some(floor), "tso")
-                        .await
-                        .map_err(|_| Error::Timeout)?;
+                    bounded(
+                        self.meta
+                            .wait(None)
+                            .applied_index_at_least(Some(floor), "tso"),
+                    )
+                    .await?
+                    .map_err(|e| Error::Internal(e.to_string()))?;
                 }
             }
             st.last = st.last.max(self.shared.tso_high_water());

@@ -1,13 +1,15 @@
 //! Idle data regions hibernate (`node::hibernate`): their replicas stop
 //! their Raft ticks once the region is quiet. A sleeping region serves a
 //! write at once, and stays asleep while it takes writes; a write that
-//! missed a follower reaches it all the same. When its leader stops or is cut off, the members' beats
-//! wake its followers, which elect a new leader with no client's help. A
-//! restarted member hears its leader again.
+//! missed a follower reaches it all the same. A leader back in its term
+//! after a restart reads its writes from before the crash. When its
+//! leader stops or is cut off, the members' beats wake its followers,
+//! which elect a new leader with no client's help. A restarted member
+//! hears its leader again.
 
 use std::time::{Duration, Instant};
 
-use cairn_store::{Node, DATA_REGION};
+use cairn_store::{Node, DATA_REGION, META_REGION};
 use cairn_testkit::{kv, InProcessCluster};
 
 /// The data region holding `key` on `node`.
@@ -101,8 +103,7 @@ async fn a_sleeping_region_serves_at_once_and_sleeps_again() {
     c.shutdown().await;
 }
 
-/// The leader's last applied index of `region`, and whether every member
-/// applied that far.
+/// Whether every member applied `region` as far as its leader has.
 fn applied_everywhere(c: &InProcessCluster, region: u64, leader: usize) -> bool {
     let at = c.raft_metrics(leader, region).last_applied;
     (0..3).all(|i| c.raft_metrics(i, region).last_applied == at)
@@ -146,7 +147,9 @@ async fn a_sleeping_region_takes_writes_without_waking() {
 async fn a_write_that_missed_a_sleeping_follower_reaches_it() {
     let (c, region) = split_and_sleep().await;
     let leader = c.wait_leader(region).await;
-    let follower = (leader + 1) % 3;
+    // Not the meta region's leader: the put needs its timestamp.
+    let meta = c.wait_leader(META_REGION).await;
+    let follower = (1..3).map(|d| (leader + d) % 3).find(|&f| f != meta).unwrap();
     let (l, f) = (c.nodes[leader].id, c.nodes[follower].id);
     c.node(leader).pool.faults.partition(l, f);
     let mut client = c.kv(leader).await;
@@ -202,6 +205,16 @@ async fn a_leader_restored_in_its_term_reads_its_uncommitted_writes() {
     let leader = c.wait_leader(region).await;
     let before = c.raft_metrics(leader, region);
     c.nodes[leader].faults.drop_entry_appends(true);
+    // The followers campaign for nobody while the leader is away, however
+    // slow its stop and restart.
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    let elect = |c: &InProcessCluster, on: bool| {
+        for f in followers {
+            let r = c.node(f).region(region).unwrap();
+            r.raft.runtime_config().elect(on);
+        }
+    };
+    elect(&c, false);
     let mut client = c.kv(leader).await;
     let put = tokio::spawn(async move { kv::put(&mut client, "z", "in flight").await });
     eventually("the put is appended on the leader", || {
@@ -221,10 +234,11 @@ async fn a_leader_restored_in_its_term_reads_its_uncommitted_writes() {
         after.last_log_index > before.last_log_index,
         "the put was lost"
     );
+    elect(&c, true);
     let mut client = c.kv(leader).await;
     let read = tokio::spawn(async move { kv::get(&mut client, "z", false).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    c.nodes[leader].faults.heal();
+    c.heal();
     let got = read.await.unwrap().unwrap();
     assert_eq!(
         got.as_deref(),

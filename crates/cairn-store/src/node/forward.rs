@@ -391,7 +391,7 @@ impl Node {
         if cfg!(feature = "planted-unconfirmed-renewal") {
             return Ok(());
         }
-        let index = match sole_voter_index(&r.raft, self.id) {
+        let index = match sole_voter_index(r, self.id) {
             Some(index) => index,
             None => r.leader_reads.round().await?,
         };

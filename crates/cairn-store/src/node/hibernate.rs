@@ -29,8 +29,8 @@
 //! - A follower sleeps once awake for [`FOLLOWER_QUIET`], everything in
 //!   its log applied, while it hears its leader (a Raft message in the
 //!   last [`HEARD_WITHIN`]) and the leader's member beats.
-//! - The leader sleeps once awake for [`LEADER_QUIET`] with no read served
-//!   meanwhile, every replica matched at its last entry and applied, no
+//! - The leader sleeps once awake for [`LEADER_QUIET`] with no op that
+//!   wakes it (below) served meanwhile, every replica matched at its last entry and applied, no
 //!   merge freeze, and every other member's last beat saying its replica
 //!   sleeps. Followers sleep first: there is no PreVote in openraft 0.9,
 //!   so an awake follower of a silent leader would campaign, and the term
@@ -43,20 +43,23 @@
 //! each append renews a follower's vote lease. So a region that takes a
 //! write now and then (a put spread over hundreds of regions) sleeps
 //! through it, and its heartbeats and election timers cost nothing: 400
-//! regions taking puts ran 1.31x as many (docs/benchmarks.md). A failed
+//! regions taking puts ran 1.31x as many (docs/benchmarks.md; measured
+//! with a first version that also woke a leader whose follower lagged). A failed
 //! append needs no tick either: openraft sends it again (after the peer
 //! network's backoff). One thing ticks did that nothing else does: a
 //! commit notice (an empty append) that was lost is not resent, and a
 //! sleeping leader sends no heartbeat to repeat it. So a sleeping
 //! follower that finds an entry it had at the previous look still not
-//! applied (the notice was lost, or its log holds a deposed leader's
-//! entries) asks its leader for a read index: the round's appends carry
-//! the commit index, and the leader wakes.
+//! applied, and not known committed (the notice was lost, or its log
+//! holds a deposed leader's entries; one merely applying slowly does not
+//! ask), asks its leader for a read index: the round's appends carry the
+//! commit index, and the leader wakes.
 //!
 //! When a region wakes:
 //! - A leader wakes as soon as it serves an op that is not a proposal
 //!   (`Node::serve_local`): a read, whose read lease comes from heartbeat
-//!   rounds, a lease refresh, a hand-over. Not for an ask for closes:
+//!   rounds, a lease refresh, a hand-over. (So does a follower asked for
+//!   one, by a forward that found a stale leader or asked to campaign.) Not for an ask for closes:
 //!   those come every second while a watch stands, and closes are made
 //!   beside the log with the region asleep (`side_closes`).
 //! - A leader down, or no longer leading, wakes its followers, after
@@ -439,11 +442,12 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
             // leader, asked for a read index, says so in the round's
             // appends, and wakes.
             let unapplied = !leading && m.last_applied.map(|l| l.index) < *was;
+            let was_before = *was;
             *was = index;
-            if unapplied && r.sleep.is_asleep() {
-                if let Some(leader) = m.current_leader {
-                    poke(&n, &r, leader);
-                }
+            if let (true, true, Some(leader), Some(was)) =
+                (unapplied, r.sleep.is_asleep(), m.current_leader, was_before)
+            {
+                poke(&n, &r, leader, was);
             }
             let applied = m.last_applied.map(|l| l.index) == index;
             let sleepy = match m.current_leader {
@@ -482,10 +486,18 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
 }
 
 /// Asks `leader` for `r`'s read index, which wakes it there (a read):
-/// its heartbeats then tell this sleeping follower what committed.
-fn poke(n: &std::sync::Arc<Node>, r: &std::sync::Arc<Region>, leader: u64) {
+/// its round and heartbeats then tell this sleeping follower what
+/// committed. Only if this replica does not know entry `was` committed
+/// (it may know and be applying slowly: no ask then).
+fn poke(n: &std::sync::Arc<Node>, r: &std::sync::Arc<Region>, leader: u64, was: u64) {
     let (pool, raft, region) = (n.pool.clone(), r.raft.clone(), r.id);
     tokio::spawn(async move {
+        let committed = raft
+            .with_raft_state(|st| st.committed.map(|c| c.index))
+            .await;
+        if !matches!(committed, Ok(c) if c < Some(was)) {
+            return;
+        }
         let ask = remote::forward(&pool, &raft, leader, region, &ForwardOp::ReadIndex);
         let _ = tokio::time::timeout(LOOK_EVERY, ask).await;
     });

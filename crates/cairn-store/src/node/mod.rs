@@ -111,6 +111,9 @@ pub struct Region {
     leader_reads: ReadIndexBatcher,
     /// The leader's read lease, if this region takes one.
     pub(crate) lease: Option<Arc<ReadLease>>,
+    /// Whether this replica came back as leader in its term, and with what
+    /// log (`restored_lead`).
+    pub(crate) restored: Option<crate::restored_lead::RestoredLead>,
     /// Read indexes this node's linearizable reads obtain (via the leader).
     reads: ReadIndexBatcher,
     /// Read timestamps with the read index after each

@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
-use cairn_raft::Raft;
-
 #[cfg(feature = "planted-stale-read")]
 use crate::node::META_REGION;
 use crate::node::{Node, Region, REQUEST_TIMEOUT};
+use crate::restored_lead::RestoredLead;
 use crate::{Error, Result};
 
 /// The pause before a leader's read-index round that failed is run again.
@@ -77,7 +76,7 @@ impl Node {
     /// reads/s at 200 clients: the batch waits) — else the leader's
     /// batched round.
     pub(crate) async fn leader_read_index(&self, r: &Region) -> Result<u64> {
-        if let Some(index) = sole_voter_index(&r.raft, self.id) {
+        if let Some(index) = sole_voter_index(r, self.id) {
             return Ok(index);
         }
         if let Some(lease) = &r.lease {
@@ -134,13 +133,20 @@ pub(super) async fn applied_through(r: &Region, index: u64) -> Result<()> {
 /// is no one to vote), every write this leader acknowledged was applied
 /// here before its answer was sent, and the entry of its own term was
 /// applied after everything committed before it (say, before a restart).
-/// The read view, taken after this, includes all of that.
-pub(crate) fn sole_voter_index(raft: &Raft, me: u64) -> Option<u64> {
-    let m = raft.metrics();
+/// The read view, taken after this, includes all of that. Not for a
+/// replica restored as leader in its term (`restored_lead`) until it has
+/// applied the log it restored: its term's entries from before the crash
+/// may still be applying (the read then takes a round, which waits).
+pub(crate) fn sole_voter_index(r: &Region, me: u64) -> Option<u64> {
+    let m = r.raft.metrics();
     let m = m.borrow();
     let mut voters = m.membership_config.membership().voter_ids();
     let sole = voters.next() == Some(me) && voters.next().is_none();
     let applied = m.last_applied?;
-    (sole && m.current_leader == Some(me) && applied.leader_id.term == m.current_term)
+    let restored = RestoredLead::floor(r.restored.as_ref(), &m.vote, 0);
+    (sole
+        && m.current_leader == Some(me)
+        && applied.leader_id.term == m.current_term
+        && applied.index >= restored)
         .then_some(applied.index)
 }

@@ -440,6 +440,7 @@ impl Region {
             proposer,
             leader_reads,
             lease,
+            restored,
             reads,
             newest_reads,
             reads_after,
