@@ -149,7 +149,10 @@ async fn a_write_that_missed_a_sleeping_follower_reaches_it() {
     let leader = c.wait_leader(region).await;
     // Not the meta region's leader: the put needs its timestamp.
     let meta = c.wait_leader(META_REGION).await;
-    let follower = (1..3).map(|d| (leader + d) % 3).find(|&f| f != meta).unwrap();
+    let follower = (1..3)
+        .map(|d| (leader + d) % 3)
+        .find(|&f| f != meta)
+        .unwrap();
     let (l, f) = (c.nodes[leader].id, c.nodes[follower].id);
     c.node(leader).pool.faults.partition(l, f);
     let mut client = c.kv(leader).await;
