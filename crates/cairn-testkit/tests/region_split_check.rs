@@ -162,6 +162,60 @@ async fn a_hot_region_splits_between_its_hot_keys() {
 /// starve behind the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_across_regions_are_answered_while_they_split_every_few_puts() {
+    answered_while_splitting(Read::Range).await;
+}
+
+/// The same for read-only Txns whose ranges cross the splitting regions
+/// (answered at one timestamp, `txn_read_across`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_only_txns_across_regions_are_answered_while_they_split_every_few_puts() {
+    answered_while_splitting(Read::Txn).await;
+}
+
+/// What [`answered_while_splitting`] reads the span with.
+#[derive(Clone, Copy)]
+enum Read {
+    /// Prefix Ranges, linearizable and serializable in turn.
+    Range,
+    /// Read-only Txns: a compare on one key, the prefix ranged in either
+    /// branch.
+    Txn,
+}
+
+/// A read-only Txn over every key under `load/`.
+async fn txn_read(
+    client: &mut cairn_api::etcdserverpb::kv_client::KvClient<tonic::transport::Channel>,
+) -> Result<(), tonic::Status> {
+    use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use cairn_api::etcdserverpb::request_op::Request;
+    use cairn_api::etcdserverpb::{Compare, RangeRequest, RequestOp, TxnRequest};
+    let range = || RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: b"load/".to_vec(),
+            range_end: kv::prefix_end(b"load/"),
+            ..Default::default()
+        })),
+    };
+    client
+        .txn(TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Greater as i32,
+                target: CompareTarget::Version as i32,
+                key: b"load/5000/0".to_vec(),
+                target_union: Some(TargetUnion::Version(0)),
+                ..Default::default()
+            }],
+            success: vec![range()],
+            failure: vec![range()],
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Two writers grow the regions of `load/` past 4 KiB every few puts
+/// while reads of the whole span, through every node in turn, must each
+/// be answered.
+async fn answered_while_splitting(read: Read) {
     let c = InProcessCluster::start_splitting(
         3,
         SplitPolicy {
@@ -196,9 +250,16 @@ async fn reads_across_regions_are_answered_while_they_split_every_few_puts() {
         let serializable = i.is_multiple_of(2);
         i += 1;
         let t = Instant::now();
-        match kv::prefix(&mut client, "load/", serializable).await {
-            Ok(_) => served += 1,
-            Err(e) => failures.push(format!("serializable {serializable}: {e}")),
+        let answer = match read {
+            Read::Range => kv::prefix(&mut client, "load/", serializable)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("serializable {serializable}: {e}")),
+            Read::Txn => txn_read(&mut client).await.map_err(|e| e.to_string()),
+        };
+        match answer {
+            Ok(()) => served += 1,
+            Err(e) => failures.push(e),
         }
         slowest = slowest.max(t.elapsed());
     }

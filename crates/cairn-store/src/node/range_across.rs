@@ -207,10 +207,12 @@ impl Node {
     /// (7 s, then `EpochMismatch`). Each view is then complete only in its
     /// own snapshot, taken when its region caught up: right for a read,
     /// which reads each region from its own view; not for one snapshot
-    /// used for every region (a backup), which routes everything again
-    /// after any change. Any other change (a merge, a region being started
+    /// used for every region (a backup takes the first region's, before
+    /// any split-off part is caught up), which routes everything again
+    /// after any change. (A read-only Txn takes its one view after every
+    /// part's check, and follows splits.) Any other change (a merge, a region being started
     /// here) routes everything again too.
-    async fn regions_caught_up_at(
+    pub(super) async fn regions_caught_up_at(
         &self,
         key: &[u8],
         end: Option<&[u8]>,

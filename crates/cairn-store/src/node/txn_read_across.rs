@@ -11,7 +11,9 @@
 //! 2. catch each region of the footprint (`cairn_mvcc::locks::footprint`:
 //!    its compares and both branches' ranges) up to T, and wait for, or
 //!    resolve, any lock in the footprint that may still commit at or below
-//!    T;
+//!    T (a region that split meanwhile keeps what it was checked for, and
+//!    only the split-off part is routed and checked again at the same T,
+//!    as a Range across regions does);
 //! 3. evaluate the compares and ranges as of revision T
 //!    (`cairn_mvcc::read_txn_at`: versions, not the newest-key index) on
 //!    one view of the node's engine (every region shares it), taken after
@@ -25,11 +27,11 @@
 //! refused, as etcd's.
 
 use cairn_api::etcdserverpb::{TxnRequest, TxnResponse};
-use cairn_mvcc::locks::{clip, footprint};
+use cairn_mvcc::locks::footprint;
 use futures::{StreamExt, TryStreamExt};
 
 use super::kv::StaleRoutes;
-use super::range_across::CATCH_UP_AT_ONCE;
+use super::range_across::{tiles, CATCH_UP_AT_ONCE};
 use crate::node::Node;
 use crate::{Access, Error, Result};
 
@@ -45,52 +47,56 @@ impl Node {
         let spans = footprint(req);
         loop {
             let t = self.read_timestamp().await?;
-            let Some(parts) = self.footprint_parts(&spans) else {
-                stale.wait().await?;
-                continue;
-            };
-            let ids: Vec<u64> = parts.iter().map(|(id, _)| *id).collect();
-            let regions: Vec<_> = futures::stream::iter(ids)
-                .map(|id| self.caught_up_at(id, t))
+            // Each span's regions caught up to T; one that split meanwhile
+            // keeps its left part and the rest is routed again at the same
+            // T (`regions_caught_up_at`): under splits every few puts,
+            // beginning again at a new T each time starved the read.
+            let caught: Vec<_> = futures::stream::iter(spans.clone())
+                .map(|s| async move {
+                    let end = (!s.1.is_empty()).then_some(s.1.as_slice());
+                    self.regions_caught_up_at(&s.0, end, t, Some(&s), true)
+                        .await
+                })
                 .buffered(CATCH_UP_AT_ONCE)
                 .try_collect()
                 .await?;
-            let (mut again, mut locked) = (false, false);
-            for (r, (id, spans)) in regions.iter().zip(&parts) {
-                let (_, _, range, lock) = r.shared.read_view_locked(spans, t);
-                let inside = |s: &_| clip(s, &range.start, &range.end).as_ref() == Some(s);
-                if !spans.iter().all(inside) {
-                    again = true; // split meanwhile: route again
-                    break;
-                }
-                if let Some(lock) = lock {
-                    // Waited for or resolved: read again (no deadline but
-                    // the lock's: a read behind a stream of locks is slow,
-                    // not refused).
-                    self.resolve_lock(*id, lock).await?;
-                    locked = true;
-                    break;
-                }
-            }
-            if locked {
+            let Some(caught) = caught.into_iter().collect::<Option<Vec<_>>>() else {
+                stale.wait().await?;
+                continue;
+            };
+            if let Some((region, lock)) = caught.iter().flatten().find_map(|(_, lock)| *lock) {
+                // Waited for or resolved: read again (no deadline but
+                // the lock's: a read behind a stream of locks is slow,
+                // not refused).
+                self.resolve_lock(region, lock).await?;
                 continue;
             }
-            if again {
+            // Taken after every region's check (see the module essay); the
+            // revisions read after it, once no write is half done, so the
+            // view holds no version or compaction they lack. They are
+            // those of the regions holding the footprint now (a region
+            // born by a split since its check holds its parent's), which
+            // must tile it: one frozen for a merge since lists no range,
+            // and may have compacted more than the rest.
+            let view = self.engine.snapshot();
+            let mut now = Vec::new();
+            for s in &spans {
+                let end = (!s.1.is_empty()).then_some(s.1.as_slice());
+                let mut routed = self.regions_overlapping(&s.0, end);
+                routed.sort_by(|a, b| a.1.cmp(&b.1));
+                if !tiles(&routed, &s.0, end) {
+                    now.clear();
+                    break;
+                }
+                now.extend(routed.into_iter().map(|(r, _, _)| r));
+            }
+            if now.is_empty() {
                 stale.wait().await?;
                 continue;
             }
-            let Some(first) = regions.first() else {
-                return Err(Error::Internal(
-                    "a read across regions with no region".into(),
-                ));
-            };
-            // Taken after every region's check (see the module essay); the
-            // revisions read after it, once no write is half done, so the
-            // view holds no version or compaction they lack.
-            let view = first.shared.engine().snapshot();
             let mut newest = t;
             let mut compacted = 0;
-            for r in &regions {
+            for r in now {
                 let revs = loop {
                     match r.shared.published_revisions() {
                         Some(revs) => break revs,
