@@ -111,6 +111,13 @@ pub enum ForwardOp {
         check: Vec<VoteCheck>,
         proved: Vec<(u64, cairn_raft::SideClose)>,
     },
+    /// [`ForwardOp::ReadIndexAfter`] for a hash of the whole store
+    /// (`node::store_hash`): the same answer, but a hibernating leader
+    /// stays asleep for it. A hash asks every region, and one waking each
+    /// for a single read index kept hundreds of regions heartbeating
+    /// for seconds after every corruption check. (A variant of its own,
+    /// after the others: a member of the previous version refuses it.)
+    ReadIndexAfterQuietly(i64),
 }
 
 /// A leader's question to a replica of one of its regions: does it still
@@ -164,6 +171,7 @@ impl ForwardOp {
             self,
             ForwardOp::ReadIndex
                 | ForwardOp::ReadIndexAfter(_)
+                | ForwardOp::ReadIndexAfterQuietly(_)
                 | ForwardOp::ReadTimestamp
                 | ForwardOp::ReadIndexAtNewest
                 | ForwardOp::LeaseKeepAlive(_)

@@ -1,6 +1,6 @@
 //! Idle data regions hibernate (`node::hibernate`): their replicas stop
 //! their Raft ticks once the region is quiet. A sleeping region serves a
-//! write at once, and stays asleep while it takes writes; a write that
+//! write at once, and stays asleep while it takes writes or is hashed; a write that
 //! missed a follower reaches it all the same. A leader back in its term
 //! after a restart reads its writes from before the crash. When its
 //! leader stops or is cut off, the members' beats wake its followers,
@@ -138,6 +138,29 @@ async fn a_sleeping_region_takes_writes_without_waking() {
         assert!(c.node(m).sleeping_regions().contains(&region));
     }
     assert_eq!(term(&c, 0, region), before, "the writes moved the term");
+    c.shutdown().await;
+}
+
+/// A hash of the whole store (`HashKV`, the corruption check) asks every
+/// region's leader for a read index: one round, which needs no ticks, and
+/// wakes nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hash_of_the_store_leaves_sleeping_regions_asleep() {
+    let (c, region) = split_and_sleep().await;
+    let mut hashes = Vec::new();
+    for m in [0, 1, 2, 0] {
+        hashes.push(c.node(m).hash_kv(0).await.unwrap().hash);
+        for i in 0..3 {
+            assert!(
+                c.node(i).sleeping_regions().contains(&region),
+                "member {m}'s hash woke member {i}'s replica"
+            );
+        }
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "the members hash apart: {hashes:?}"
+    );
     c.shutdown().await;
 }
 

@@ -146,8 +146,14 @@ impl Node {
         // replicates and commits without ticks (`hibernate`). Nor for an
         // ask for closes: those come every second while a watch stands,
         // and are made beside the log (`side_closes`) with the region
-        // asleep.
-        if !op.proposes() && !matches!(op, ForwardOp::WantCloses) {
+        // asleep. Nor for a hash's read index: one round, without ticks,
+        // as a write's.
+        if !op.proposes()
+            && !matches!(
+                op,
+                ForwardOp::WantCloses | ForwardOp::ReadIndexAfterQuietly(_)
+            )
+        {
             r.wake_to_serve();
         }
         match op {
@@ -248,7 +254,7 @@ impl Node {
                 }
                 Ok(ForwardOk::Timestamp(t))
             }
-            ForwardOp::ReadIndexAfter(ts) => {
+            ForwardOp::ReadIndexAfter(ts) | ForwardOp::ReadIndexAfterQuietly(ts) => {
                 Ok(ForwardOk::ReadIndex(self.read_index_after(&r, ts).await?))
             }
             ForwardOp::ReadIndexAtNewest => {

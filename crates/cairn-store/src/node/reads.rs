@@ -8,6 +8,7 @@ use std::sync::Arc;
 #[cfg(feature = "planted-stale-read")]
 use crate::node::META_REGION;
 use crate::node::{Node, Region, REQUEST_TIMEOUT};
+use crate::remote::ForwardOp;
 use crate::restored_lead::RestoredLead;
 use crate::{Error, Result};
 
@@ -104,6 +105,24 @@ impl Node {
 }
 
 impl Node {
+    /// [`Node::caught_up_at`] for a hash of the whole store: its own round
+    /// (a hash asks each region once), which leaves a hibernating leader
+    /// asleep (`ForwardOp::ReadIndexAfterQuietly`). A leader of the
+    /// previous version refuses that op (it cannot decode it): then the
+    /// shared round, which wakes it.
+    pub(crate) async fn caught_up_quietly_at(&self, region: u64, ts: i64) -> Result<Arc<Region>> {
+        let r = self.region(region)?;
+        let index = match self
+            .submit(region, ForwardOp::ReadIndexAfterQuietly(ts))
+            .await
+        {
+            Err(Error::Refused(_)) => return self.caught_up_at(region, ts).await,
+            answer => answer?.read_index()?,
+        };
+        applied_through(&r, index).await?;
+        Ok(r)
+    }
+
     /// A read timestamp T, and `region`'s replica here caught up to it as
     /// [`Node::caught_up_at`] would: both from its leader in one round
     /// (`ForwardOp::ReadIndexAtNewest`), which this node's concurrent reads

@@ -10,9 +10,10 @@
 //! - [`CatchUp::Leaders`]: each region's leader settles R (answers every
 //!   write it stamped at or below it) and gives a read index the replica
 //!   here applies, as a read across regions does (`range_across`). Idle
-//!   regions need no close for this, but a hibernating one wakes for the
-//!   read index (and sleeps again once quiet). Used while there are
-//!   several regions.
+//!   regions need no close for this, and a hibernating one stays asleep:
+//!   its leader gives the read index in one round without ticks
+//!   ([`ForwardOp::ReadIndexAfterQuietly`](crate::remote::ForwardOp)).
+//!   Used while there are several regions.
 //! - [`CatchUp::Local`]: each replica here waits, briefly, until its own
 //!   resolved revision reaches R. No network; an idle region's resolved
 //!   revision moves only with its writes or closes, so R must be one the
@@ -115,7 +116,7 @@ impl Node {
             CatchUp::Leaders => {
                 let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
                 futures::stream::iter(ids)
-                    .map(|id| self.caught_up_at(id, at))
+                    .map(|id| self.caught_up_quietly_at(id, at))
                     .buffered(CATCH_UP_AT_ONCE)
                     .try_collect::<Vec<_>>()
                     .await?;
