@@ -24,6 +24,9 @@ disk "many-regions cluster tests"
 CAIRN_TEST_REGIONS=1 cargo test -p cairn-testkit --test cluster --test watch \
   --test watch_guarantees --test lease_lock_election --test coordination_safety \
   --test maintenance --test bad_input --test auth --test compaction_sweeps
+# And the multi-process tests (SIGKILL, SIGSTOP, restarts), their `cairn
+# serve` members cut the same way.
+CAIRN_TEST_REGIONS=1 cargo test -p cairn --test process_cluster
 disk "compat"
 tests/compat/run.sh
 # A real HA tool on the JSON gateway: Patroni fails PostgreSQL over, on etcd

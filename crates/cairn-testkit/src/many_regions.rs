@@ -14,6 +14,12 @@
 //! - **never merged** (the cut regions are small and cold: merged, they
 //!   would be one region again).
 //!
+//! A cluster of `cairn serve` processes (`ProcessCluster`) is cut the
+//! same way through `cairnpb.Regions/Split`, its members started with
+//! `--region-split-bytes` at [`SPLIT_BYTES`] ([`serve_args`],
+//! [`cut_processes`]): SIGKILLs, SIGSTOPs and restarts then land on
+//! regions splitting and hibernating.
+//!
 //! So a test written against one region runs unchanged across many, and
 //! its assertions, which are etcd's semantics, must still hold: the
 //! issue-17 promise that splitting changes nothing a client can see.
@@ -99,6 +105,60 @@ pub(crate) async fn cut(nodes: &[&std::sync::Arc<cairn_store::Node>]) {
                 assert!(Instant::now() < deadline, "cut at {at:?} not everywhere");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+        }
+    }
+}
+
+/// The `cairn serve` arguments that give a process cluster the mode's
+/// split policy, unless `asked` sets one of its own: splitting at
+/// [`SPLIT_BYTES`] (never merging, as every process cluster here).
+pub(crate) fn serve_args(asked: &[String]) -> Vec<String> {
+    if !is_on() || asked.iter().any(|a| a.starts_with("--region-split-bytes")) {
+        return Vec::new();
+    }
+    vec!["--region-split-bytes".into(), SPLIT_BYTES.to_string()]
+}
+
+/// [`cut`] for a cluster of `cairn serve` processes at `endpoints`: splits
+/// through the first (`cairnpb.Regions/Split`), then waits until every
+/// member lists every cut as a region with a leader.
+pub(crate) async fn cut_processes(endpoints: &[String]) {
+    use cairn_api::cairnpb::regions_client::RegionsClient;
+    use cairn_api::cairnpb::{RegionListRequest, RegionSplitRequest};
+    let mut first = RegionsClient::new(crate::secured::channel(&endpoints[0]));
+    for at in split_keys().into_iter().rev() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = first.split(RegionSplitRequest { key: at.clone() }).await {
+            assert!(Instant::now() < deadline, "splitting at {at:?}: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for ep in endpoints {
+        let mut member = RegionsClient::new(crate::secured::channel(ep));
+        loop {
+            let led: Vec<Vec<u8>> = match member.list(RegionListRequest {}).await {
+                Ok(r) => r
+                    .into_inner()
+                    .regions
+                    .into_iter()
+                    .filter(|r| r.leader != 0)
+                    .map(|r| r.start)
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if split_keys().iter().all(|k| led.contains(k)) {
+                eprintln!(
+                    "many-regions mode: {ep} lists {} regions with leaders",
+                    led.len()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cuts not everywhere: {ep} lists {led:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::secured;
+use crate::{many_regions, secured};
 
 /// N `cairn serve` processes on free loopback ports.
 pub struct ProcessCluster {
@@ -45,7 +45,10 @@ impl ProcessCluster {
     /// (e.g. `--snapshot-count 100`). Regions never merge by themselves
     /// (`--region-merge-bytes 0`) unless `extra_args` says otherwise: the
     /// tests split by hand, and their small, cold regions would otherwise
-    /// merge back under them.
+    /// merge back under them. In many-regions mode (`many_regions`) a
+    /// cluster whose `extra_args` set no `--region-split-bytes` splits at
+    /// a few KiB, and its keyspace is cut as an in-process cluster's is
+    /// before this returns.
     pub fn start_with(bin: &Path, n: usize, extra_args: &[String]) -> Self {
         let mut extra_args = extra_args.to_vec();
         if !extra_args
@@ -54,6 +57,11 @@ impl ProcessCluster {
         {
             extra_args.extend(["--region-merge-bytes".to_string(), "0".to_string()]);
         }
+        let cut = many_regions::is_on()
+            && !extra_args
+                .iter()
+                .any(|a| a.starts_with("--region-split-bytes"));
+        extra_args.extend(many_regions::serve_args(&extra_args));
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -85,19 +93,22 @@ impl ProcessCluster {
         for i in 0..n {
             c.spawn(i, "new", &[]);
         }
-        if secured::is_on() {
-            // Sync callers (some inside a runtime): a thread of its own.
-            let addr = c.client_addr(0);
-            std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(secured::enable_auth(&addr))
-            })
-            .join()
-            .expect("enabling auth on the secured process cluster");
-        }
+        // Sync callers (some inside a runtime): a thread of its own.
+        let endpoints = c.endpoints();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async {
+                    secured::enable_auth(&endpoints[0]).await;
+                    if cut {
+                        many_regions::cut_processes(&endpoints).await;
+                    }
+                })
+        })
+        .join()
+        .expect("enabling auth on the secured process cluster, or cutting its keyspace");
         c
     }
 
