@@ -61,7 +61,7 @@ pub fn policy(asked: SplitPolicy) -> SplitPolicy {
 /// Where a cluster is cut by hand: at each digit and lowercase letter, and
 /// inside each letter after `5` (`k1` | `k5` | `k7`): 63 regions. (Five
 /// cuts a letter made 181, and a debug build of two such clusters at once
-/// spent both cores waking them: every `HashKV` wakes every region.)
+/// spent both cores waking them: every `HashKV` woke every region then.)
 pub fn split_keys() -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = (b'0'..=b'9').chain(b'a'..=b'z').map(|c| vec![c]).collect();
     keys.extend((b'a'..=b'z').map(|c| vec![c, b'5']));
