@@ -159,6 +159,27 @@ impl ForwardOp {
             _ => false,
         }
     }
+
+    /// True for an op that wakes the hibernating replica serving it
+    /// (`node::hibernate`): a read, whose read lease comes from heartbeat
+    /// rounds, a lease refresh, a hand-over. Not a proposal (a sleeping
+    /// region replicates and commits without ticks); not an ask for
+    /// closes (those come every second while a watch stands, and are made
+    /// beside the log); not a hash's read index (one round, no ticks);
+    /// and not a member's hash of the whole store, addressed to the first
+    /// region but answered by the member (a follower replica woken under
+    /// a leader that sleeps on hears nothing, and campaigns).
+    pub fn wakes(&self) -> bool {
+        !self.proposes()
+            && !matches!(
+                self,
+                ForwardOp::WantCloses
+                    | ForwardOp::ReadIndexAfterQuietly(_)
+                    | ForwardOp::HashKv(_)
+                    | ForwardOp::HashKvAt { .. }
+                    | ForwardOp::HashStoreAt { .. }
+            )
+    }
 }
 
 impl ForwardOp {

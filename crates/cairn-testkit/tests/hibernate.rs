@@ -143,7 +143,7 @@ async fn a_sleeping_region_takes_writes_without_waking() {
 
 /// A hash of the whole store (`HashKV`, the corruption check) asks every
 /// region's leader for a read index: one round, which needs no ticks, and
-/// wakes nobody.
+/// wakes nobody; nor does the corruption check's ask to each member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hash_of_the_store_leaves_sleeping_regions_asleep() {
     let (c, region) = split_and_sleep().await;
@@ -160,6 +160,32 @@ async fn a_hash_of_the_store_leaves_sleeping_regions_asleep() {
     assert!(
         hashes.windows(2).all(|w| w[0] == w[1]),
         "the members hash apart: {hashes:?}"
+    );
+    // The corruption check: the first region's leader hashes, and asks
+    // every member for its hash (addressed to the first region, answered
+    // by the member). A follower replica woken by that ask, under a leader
+    // that sleeps on, would hear nothing and campaign.
+    wait_asleep(&c, DATA_REGION, &[0, 1, 2]).await;
+    let first = c.wait_leader(DATA_REGION).await;
+    let terms: Vec<u64> = (0..3).map(|m| term(&c, m, DATA_REGION)).collect();
+    for round in 0..2 {
+        let corrupt = c.node(first).check_corruption().await.unwrap();
+        assert!(corrupt.is_empty(), "found corrupt: {corrupt:?}");
+        for i in 0..3 {
+            for rg in [DATA_REGION, region] {
+                assert!(
+                    c.node(i).sleeping_regions().contains(&rg),
+                    "check {round} woke member {i}'s replica of region {rg}"
+                );
+            }
+        }
+    }
+    // Past a woken follower's election timeout: nobody campaigned.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after: Vec<u64> = (0..3).map(|m| term(&c, m, DATA_REGION)).collect();
+    assert_eq!(
+        after, terms,
+        "the corruption check moved the first region's term"
     );
     c.shutdown().await;
 }

@@ -141,19 +141,9 @@ impl Node {
         auth: Option<AuthStamp>,
     ) -> Result<ForwardOk> {
         let r = self.region(region)?;
-        // A hibernating leader wakes for a read (its read lease comes from
-        // heartbeat rounds), not for a proposal: a sleeping region
-        // replicates and commits without ticks (`hibernate`). Nor for an
-        // ask for closes: those come every second while a watch stands,
-        // and are made beside the log (`side_closes`) with the region
-        // asleep. Nor for a hash's read index: one round, without ticks,
-        // as a write's.
-        if !op.proposes()
-            && !matches!(
-                op,
-                ForwardOp::WantCloses | ForwardOp::ReadIndexAfterQuietly(_)
-            )
-        {
+        // A hibernating leader wakes for a read, not for a write, an ask
+        // for closes or a hash (`ForwardOp::wakes`).
+        if op.wakes() {
             r.wake_to_serve();
         }
         match op {

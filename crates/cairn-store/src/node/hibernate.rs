@@ -61,7 +61,10 @@
 //!   rounds, a lease refresh, a hand-over. (So does a follower asked for
 //!   one, by a forward that found a stale leader or asked to campaign.) Not for an ask for closes:
 //!   those come every second while a watch stands, and closes are made
-//!   beside the log with the region asleep (`side_closes`).
+//!   beside the log with the region asleep (`side_closes`). Nor for a
+//!   hash: its read index per region is one round without ticks, and a
+//!   member's hash of the whole store is the member's, not the replica's
+//!   (`ForwardOp::wakes`).
 //! - A leader down, or no longer leading, wakes its followers, after
 //!   0–300 ms of jitter so that they do not all campaign in the same tick.
 //!   Besides a replica with no known leader (a candidate, a deposed
