@@ -57,12 +57,12 @@ measure() {
   ev="ENDPOINTS_$name"; pv="PIDS_$name"
   local -a eps pids
   IFS=, read -r -a eps <<< "${!ev}"; IFS=, read -r -a pids <<< "${!pv}"
-  local leader="" victim="" i me
+  local leader="" victim="" i me said
   for i in "${!eps[@]}"; do
-    read -r leader me < <(leader_of "${eps[$i]}")
-    [ "$leader" = "$me" ] && victim=$i
+    read -r said me < <(leader_of "${eps[$i]}") || continue
+    [ "$said" = "$me" ] && { victim=$i; leader=$me; }
   done
-  [ -n "$victim" ] || { echo "$sys: no leader found" >&2; return 1; }
+  [ -n "$victim" ] || { echo "$sys: no member says it leads" >&2; return 1; }
   local survivors="" probes
   for i in "${!eps[@]}"; do [ "$i" = "$victim" ] || survivors+="${survivors:+,}${eps[$i]}"; done
   if [ "$sys" = etcd ]; then
@@ -78,20 +78,23 @@ random.seed(7); random.shuffle(keys); print(" ".join(sorted(keys[:n])))' "$leade
     led=$("$CAIRN" regions --endpoints "${!ev}" | awk -v w="$(printf '%x' "$leader")" 'NR>1 && $5==w' | wc -l)
     echo "[round $round] $sys: the victim leads $led of $REGIONS data regions" >&2
   fi
+  [ -n "$probes" ] || { echo "$sys: no probe keys (the victim leads no data region)" >&2; return 1; }
   for k in $probes; do etcdctl --endpoints "$survivors" put "$k" before > /dev/null; done
   "$CAIRN" bench --endpoints "$survivors" --clients 8 --conns 2 --allow-errors --output json \
     put --rate "$LOAD_RATE" --total $((LOAD_RATE * (LEAD + 30))) --key-size 8 --val-size 256 \
     --key-space-size "$SPACE" > /dev/null 2>&1 &
   local load=$!
+  PIDS+=("$load")
   sleep "$LEAD"
   echo "[round $round] $sys: killing member $((victim + 1)) (pid ${pids[$victim]})" >&2
   python3 - "${pids[$victim]}" "$survivors" "$sys" "$round" $probes >> "$RESULTS" <<'PY'
 import json, os, signal, subprocess, sys, threading, time
 pid, eps, system, rnd, keys = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 done, attempts = {}, {}
+GIVE_UP = 60.0  # a region never back fails the round, not hangs the script
 def probe(k, t0):
     n = 0
-    while True:
+    while time.monotonic() - t0 < GIVE_UP:
         n += 1
         r = subprocess.run(["etcdctl", "--endpoints", eps, "--dial-timeout", "500ms",
                             "--command-timeout", "500ms", "put", k, "after"],
@@ -106,6 +109,8 @@ ts = [threading.Thread(target=probe, args=(k, t0)) for k in keys]
 for t in ts: t.start()
 for t in ts: t.join()
 s = sorted(done.values())
+if len(s) < len(keys):
+    sys.exit(f"{len(keys) - len(s)} of {len(keys)} probes took no write within {GIVE_UP:.0f} s")
 print(json.dumps({"system": system, "round": int(rnd), "probes": len(s),
                   "first_s": s[0], "median_s": s[len(s) // 2], "last_s": s[-1],
                   "attempts": sum(attempts.values())}))
@@ -137,12 +142,13 @@ runs = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     runs.setdefault(r["system"], []).append(r)
-print("| system | rounds | probes | first write after the kill (s) | median probe (s) | last probe (s) |")
+print("| system | rounds | probes per round | first write after the kill (s) | median probe (s) | last probe (s) |")
 print("|---|---:|---:|---:|---:|---:|")
 for sysname, rs in runs.items():
     med = lambda f: statistics.median(r[f] for r in rs)
     rng = lambda f: f"{min(r[f] for r in rs):.2f}–{max(r[f] for r in rs):.2f}"
-    print(f"| {sysname} | {len(rs)} | {rs[0]['probes']} | {med('first_s'):.2f} ({rng('first_s')}) | "
+    probes = "–".join(sorted({str(r["probes"]) for r in rs}))
+    print(f"| {sysname} | {len(rs)} | {probes} | {med('first_s'):.2f} ({rng('first_s')}) | "
           f"{med('median_s'):.2f} ({rng('median_s')}) | {med('last_s'):.2f} ({rng('last_s')}) |")
 PY
 echo "results: $RESULTS"

@@ -212,10 +212,15 @@ async fn txn_read(
         .map(|_| ())
 }
 
+/// One of [`answered_while_splitting`]'s runs at a time: two at once on
+/// two cores would halve each one's margin.
+static SPLITTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Two writers grow the regions of `load/` past 4 KiB every few puts
 /// while reads of the whole span, through every node in turn, must each
 /// be answered.
 async fn answered_while_splitting(read: Read) {
+    let _alone = SPLITTING.lock().await;
     let c = InProcessCluster::start_splitting(
         3,
         SplitPolicy {
