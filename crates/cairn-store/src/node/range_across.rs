@@ -210,8 +210,8 @@ impl Node {
     /// used for every region (a backup takes the first region's, before
     /// any split-off part is caught up), which routes everything again
     /// after any change. (A read-only Txn takes its one view after every
-    /// part's check, and follows splits.) Any other change (a merge, a region being started
-    /// here) routes everything again too.
+    /// part's check, and follows splits.) Any other change (a merge, a
+    /// region being started here) routes everything again too.
     pub(super) async fn regions_caught_up_at(
         &self,
         key: &[u8],

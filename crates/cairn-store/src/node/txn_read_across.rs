@@ -27,7 +27,7 @@
 //! refused, as etcd's.
 
 use cairn_api::etcdserverpb::{TxnRequest, TxnResponse};
-use cairn_mvcc::locks::footprint;
+use cairn_mvcc::locks::{footprint, KeySpan};
 use futures::{StreamExt, TryStreamExt};
 
 use super::kv::StaleRoutes;
@@ -44,7 +44,7 @@ impl Node {
         access: &Access,
     ) -> Result<TxnResponse> {
         let stale = StaleRoutes::new();
-        let spans = footprint(req);
+        let spans = joined(footprint(req));
         loop {
             let t = self.read_timestamp().await?;
             // Each span's regions caught up to T; one that split meanwhile
@@ -127,5 +127,49 @@ impl Node {
                 .await?
                 .map_err(Error::from);
         }
+    }
+}
+
+/// `spans` (sorted, as `footprint` gives them) with those that overlap or
+/// touch joined into one: each is caught up on its own, so a compare on a
+/// key inside a range the Txn reads would otherwise ask its region twice.
+fn joined(spans: Vec<KeySpan>) -> Vec<KeySpan> {
+    let mut out: Vec<KeySpan> = Vec::with_capacity(spans.len());
+    for (start, end) in spans {
+        match out.last_mut() {
+            // The last reaches to the end of the keyspace, or to this one.
+            Some(last) if last.1.is_empty() || start <= last.1 => {
+                if end.is_empty() || (!last.1.is_empty() && end > last.1) {
+                    last.1 = end;
+                }
+            }
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::joined;
+
+    #[test]
+    fn overlapping_and_touching_spans_are_joined() {
+        let s = |a: &str, b: &str| (a.as_bytes().to_vec(), b.as_bytes().to_vec());
+        // A key inside a range, a range touching it, a disjoint key.
+        assert_eq!(
+            joined(vec![s("a", "c"), s("b", "b\0"), s("c", "d"), s("x", "x\0")]),
+            vec![s("a", "d"), s("x", "x\0")]
+        );
+        // Anything after a span to the end of the keyspace is inside it.
+        assert_eq!(
+            joined(vec![s("a", "b"), s("m", ""), s("z", "z\0")]),
+            vec![s("a", "b"), s("m", "")]
+        );
+        // A span to the end swallows nothing before it.
+        assert_eq!(
+            joined(vec![s("a", "b"), s("c", "")]),
+            vec![s("a", "b"), s("c", "")]
+        );
     }
 }
