@@ -500,6 +500,28 @@ impl RegionShared {
         (self.view(&g), g.revisions(), a.range.clone(), lock)
     }
 
+    /// [`RegionShared::read_view_locked`] at the region's own newest
+    /// revision, whatever it is when the view is taken: the lock returned,
+    /// if any, is one placed below it (a backup reads the region holding
+    /// the lease table there).
+    pub fn read_view_locked_at_newest(
+        &self,
+        spans: &[cairn_mvcc::locks::KeySpan],
+    ) -> (
+        Arc<dyn EngineSnapshot>,
+        Revisions,
+        RegionRange,
+        Option<cairn_mvcc::locks::LockRef>,
+    ) {
+        let g = self.state.read();
+        let a = &g.applied;
+        let revs = g.revisions();
+        let lock = spans
+            .iter()
+            .find_map(|s| a.locks.blocking_read(s, revs.current));
+        (self.view(&g), revs, a.range.clone(), lock)
+    }
+
     /// Marks this replica stopped for good (a merge absorbed its region)
     /// and tells its feed's subscribers to look at the regions again.
     pub fn retire(&self) {

@@ -23,11 +23,13 @@
 //! member's meta region with it. So a secured cluster's backup restores
 //! secured, from etcd's backups too.
 //!
-//! With many data regions, a backup holds each at one revision: every
-//! region caught up at a confirmed TSO timestamp (as a Range across
-//! regions is, `node::range_across`), then one engine view — the regions
-//! share this node's engine — exported without the versions above it. A
-//! restore makes it one data region again.
+//! With many data regions, a backup holds each at one revision: the
+//! region holding the lease table caught up at a confirmed TSO timestamp
+//! and its revision R taken with its lease records, then every region
+//! caught up to R (as a Range across regions is, `node::range_across`) and
+//! one engine view taken after — the regions share this node's engine —
+//! exported without the versions above R (`node::backup_view`). A restore
+//! makes it one data region again.
 
 use std::io::{Seek, Write};
 use std::path::Path;
@@ -59,17 +61,21 @@ impl Node {
         let auth = self.meta_shared().with_applied(|a| a.auth.clone());
         // (By the first region's range, not by counting regions: a region
         // frozen for a merge holds no range for a while.)
-        let (view, revs) = if self.several_regions() {
-            self.view_of_every_region().await?
+        let (keys, leases, revs) = if self.several_regions() {
+            let views = self.views_for_backup().await?;
+            (views.keys, views.leases, views.revs)
         } else {
-            self.linearizable_view(DATA_REGION).await?
+            let (view, revs) = self.linearizable_view(DATA_REGION).await?;
+            (view.clone(), view, revs)
         };
         let dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || -> Result<Backup> {
             let io = |e: std::io::Error| Error::Internal(format!("snapshot: {e}"));
             let file = tempfile::tempfile_in(&dir).map_err(io)?;
             let out = std::io::BufWriter::with_capacity(1 << 20, file);
-            let mut out = snapshot::export_with(&*view, revs, etcd_schema::to_buckets(&auth), out)?;
+            let leases = cairn_mvcc::lease::list(&*leases)?;
+            let extra = etcd_schema::to_buckets(&auth);
+            let mut out = snapshot::export_with(&*keys, revs, leases, extra, out)?;
             out.flush().map_err(io)?;
             let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
             let size = file.metadata().map_err(io)?.len();

@@ -310,6 +310,114 @@ async fn no_key_outlives_its_lease_while_puts_race_the_revoke() {
     }
 }
 
+/// A backup across regions holds the lease table as of its revision:
+/// taken while leases are granted, given keys in every region and revoked
+/// one after another, every key it holds with a lease has that lease in
+/// the backup, and every lease's keys are in it whole (a revoke deletes
+/// them at one revision). The lease records come from the first region's
+/// view at the backup's revision, the keys from a later view of every
+/// region (`node::backup_view`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_across_regions_holds_each_leased_key_with_its_lease() {
+    use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    let c = three_regions().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut churn = Vec::new();
+    for task in 0..4usize {
+        let (stop, rounds) = (stop.clone(), rounds.clone());
+        let (mut l, mut k) = (lease_client(&c, task % 3).await, c.kv((task + 1) % 3).await);
+        churn.push(tokio::spawn(async move {
+            let mut previous = None;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = l
+                    .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .id;
+                // One key per region, then the last lease goes.
+                for prefix in ["c", "h", "t"] {
+                    put_leased(&mut k, &format!("{prefix}/{task}/{n}"), id)
+                        .await
+                        .unwrap();
+                }
+                if let Some(old) = previous.replace(id) {
+                    l.lease_revoke(LeaseRevokeRequest { id: old })
+                        .await
+                        .unwrap();
+                }
+                n += 1;
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rounds.load(Ordering::Relaxed) < 12 {
+        assert!(Instant::now() < deadline, "the churn is not churning");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for b in 0..12 {
+        let channel = secured::channel(&c.nodes[b % 3].client_addr);
+        let mut stream = MaintenanceClient::new(channel)
+            .snapshot(SnapshotRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            bytes.extend_from_slice(&m.blob);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("backup.db");
+        std::fs::write(&file, &bytes[..bytes.len() - 32]).unwrap();
+        let restored =
+            cairn_store::restore(std::fs::File::open(&file).unwrap(), &dir.path().join("m"))
+                .unwrap();
+        let engine = cairn_storage::FjallEngine::open(dir.path().join("m/db")).unwrap();
+        let view = cairn_storage::Engine::snapshot(&engine);
+        let leases: std::collections::BTreeSet<i64> = cairn_mvcc::lease::list(&*view)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        let all = RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        };
+        let kvs = cairn_mvcc::range(&*view, &all, restored.revisions)
+            .unwrap()
+            .kvs;
+        let mut by_lease: std::collections::BTreeMap<i64, usize> = Default::default();
+        for kv in &kvs {
+            *by_lease.entry(kv.lease).or_default() += 1;
+        }
+        for (id, _) in &by_lease {
+            let key = kvs.iter().find(|kv| kv.lease == *id).unwrap();
+            assert!(
+                leases.contains(id),
+                "backup {b} at {}: {:?} is kept on lease {id:x}, which the backup does not hold",
+                restored.revisions.current,
+                String::from_utf8_lossy(&key.key)
+            );
+        }
+        // Only each task's newest lease may still be getting its keys.
+        let partial: Vec<_> = by_lease.iter().filter(|(_, n)| **n != 3).collect();
+        assert!(
+            partial.len() <= 4,
+            "backup {b}: leases with some of their keys: {partial:x?}"
+        );
+        assert!(!kvs.is_empty(), "backup {b} holds no key");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in churn {
+        task.await.unwrap();
+    }
+    c.shutdown().await;
+}
+
 /// A key that left its lease while it lived in another region is not
 /// named by TimeToLive after the first region (which keeps the lease
 /// table) absorbs that region by a merge.

@@ -172,6 +172,19 @@ async fn read_only_txns_across_regions_are_answered_while_they_split_every_few_p
     answered_while_splitting(Read::Txn).await;
 }
 
+/// And backups (`Maintenance/Snapshot`) of the whole store, taken while
+/// every region, the first one too, takes writes and splits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_are_taken_while_the_regions_split_every_few_puts() {
+    answered_while_splitting(Read::Backup).await;
+}
+
+/// And `HashKV` of the whole store (the corruption check's hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hashes_are_taken_while_the_regions_split_every_few_puts() {
+    answered_while_splitting(Read::Hash).await;
+}
+
 /// What [`answered_while_splitting`] reads the span with.
 #[derive(Clone, Copy)]
 enum Read {
@@ -180,6 +193,10 @@ enum Read {
     /// Read-only Txns: a compare on one key, the prefix ranged in either
     /// branch.
     Txn,
+    /// A backup of the whole store, streamed to its end.
+    Backup,
+    /// `HashKV` of the whole store at its newest revision.
+    Hash,
 }
 
 /// A read-only Txn over every key under `load/`.
@@ -212,6 +229,21 @@ async fn txn_read(
         .map(|_| ())
 }
 
+/// A backup through `channel`, streamed to its end: its size.
+async fn backup(channel: tonic::transport::Channel) -> Result<usize, tonic::Status> {
+    use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+    use cairn_api::etcdserverpb::SnapshotRequest;
+    let mut stream = MaintenanceClient::new(channel)
+        .snapshot(SnapshotRequest {})
+        .await?
+        .into_inner();
+    let mut bytes = 0;
+    while let Some(m) = stream.message().await? {
+        bytes += m.blob.len();
+    }
+    Ok(bytes)
+}
+
 /// One of [`answered_while_splitting`]'s runs at a time: two at once on
 /// two cores would halve each one's margin.
 static SPLITTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -239,8 +271,14 @@ async fn answered_while_splitting(read: Read) {
             let value = "v".repeat(1024);
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // Keys spread over the span, so every region grows.
-                let k = format!("load/{:04}/{w}", n.wrapping_mul(7919) % 10_000);
+                // Keys spread over the span, so every region grows; one in
+                // eight below it, in the first region (which holds the
+                // leases, and whose revision a backup chases).
+                let k = if n.is_multiple_of(8) {
+                    format!("first/{w}")
+                } else {
+                    format!("load/{:04}/{w}", n.wrapping_mul(7919) % 10_000)
+                };
                 let _ = kv::put(&mut client, &k, &value).await;
                 n += 1;
             }
@@ -261,6 +299,25 @@ async fn answered_while_splitting(read: Read) {
                 .map(|_| ())
                 .map_err(|e| format!("serializable {serializable}: {e}")),
             Read::Txn => txn_read(&mut client).await.map_err(|e| e.to_string()),
+            Read::Backup => {
+                let channel = cairn_testkit::secured::channel(&c.nodes[i % 3].client_addr);
+                match tokio::time::timeout(Duration::from_secs(30), backup(channel)).await {
+                    Ok(Ok(bytes)) if bytes > 0 => Ok(()),
+                    Ok(Ok(_)) => Err("an empty backup".to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no backup within 30 s".to_string()),
+                }
+            }
+            Read::Hash => {
+                use cairn_api::etcdserverpb::maintenance_client::MaintenanceClient;
+                use cairn_api::etcdserverpb::HashKvRequest;
+                let channel = cairn_testkit::secured::channel(&c.nodes[i % 3].client_addr);
+                MaintenanceClient::new(channel)
+                    .hash_kv(HashKvRequest { revision: 0 })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         };
         match answer {
             Ok(()) => served += 1,

@@ -19,16 +19,21 @@ use crate::{Error, Result, Revisions};
 /// timestamp has some) to `out` as etcd's bbolt database; returns `out`
 /// positioned after the last page.
 pub fn export<W: Write + Seek>(view: &dyn Snapshot, revs: Revisions, out: W) -> Result<W> {
-    export_with(view, revs, Vec::new(), out)
+    export_with(view, revs, lease::list(view)?, Vec::new(), out)
 }
 
 /// Buckets written beside the MVCC state: `(name, entries in key order)`.
 pub type ExtraBuckets = Vec<(&'static [u8], Vec<(Vec<u8>, Vec<u8>)>)>;
 
-/// [`export`], with `extra` buckets too (the auth store's, say).
+/// [`export`], with the lease records given (as of `revs.current`: a
+/// backup across regions lists them from the view of the region holding
+/// the lease table, taken at that revision, while the keys come from a
+/// later view of every region) and `extra` buckets too (the auth store's,
+/// say).
 pub fn export_with<W: Write + Seek>(
     view: &dyn Snapshot,
     revs: Revisions,
+    mut leases: Vec<lease::LeaseRecord>,
     extra: ExtraBuckets,
     out: W,
 ) -> Result<W> {
@@ -37,7 +42,6 @@ pub fn export_with<W: Write + Seek>(
         w.bucket(name, entries.into_iter().map(Ok))?;
     }
     w.bucket(KEY, versions(view, revs)?)?;
-    let mut leases = lease::list(view)?;
     // Bucket order is byte order: a negative ID's big-endian bytes sort
     // after every positive one's.
     leases.sort_by_key(|l| l.id as u64);

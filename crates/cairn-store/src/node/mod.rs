@@ -40,6 +40,7 @@
 //! methods to [`Node`] from their own modules.
 
 mod background;
+mod backup_view;
 mod closes;
 mod compaction_sweeps;
 mod forward;

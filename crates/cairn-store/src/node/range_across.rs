@@ -43,6 +43,7 @@ use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
 use cairn_mvcc::locks::{KeySpan, LockRef};
 use futures::{StreamExt, TryStreamExt};
 
+use crate::node::store_hash::CatchUp;
 use crate::node::{Node, META_REGION};
 use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
@@ -175,7 +176,7 @@ impl Node {
         }
         let t = self.read_timestamp().await?;
         Ok(self
-            .regions_caught_up_at(key, end, t, Some(&span), true)
+            .regions_caught_up_at(key, end, t, Some(&span), CatchUp::Read)
             .await?
             .map(|views| (t, views)))
     }
@@ -195,30 +196,29 @@ impl Node {
             .timestamp()
     }
 
-    /// Step 2 at timestamp `t`: each region's view, taken once every one
-    /// of them has caught up (`None`: route again, at a new timestamp).
+    /// Step 2 at timestamp `t`: each region's view, taken once it has
+    /// caught up by `catch_up` (`None`: route again, at a new timestamp).
     ///
-    /// With `follow_splits`, a region that split after it was routed keeps
-    /// its left part, which it holds complete up to `t` as it was caught
-    /// up; only its right part, now other regions, is routed again and
-    /// caught up at the same `t` ([`Gaps`]). So a read across many regions
-    /// is not begun again from the timestamp each time one of them splits:
-    /// under a load that splits regions every few puts, that starved it
-    /// (7 s, then `EpochMismatch`). Each view is then complete only in its
-    /// own snapshot, taken when its region caught up: right for a read,
-    /// which reads each region from its own view; not for one snapshot
-    /// used for every region (a backup takes the first region's, before
-    /// any split-off part is caught up), which routes everything again
-    /// after any change. (A read-only Txn takes its one view after every
-    /// part's check, and follows splits.) Any other change (a merge, a
-    /// region being started here) routes everything again too.
+    /// A region that split after it was routed keeps its left part, which
+    /// it holds complete up to `t` as it was caught up; only its right
+    /// part, now other regions, is routed again and caught up at the same
+    /// `t` ([`Gaps`]). So a read across many regions is not begun again
+    /// from the timestamp each time one of them splits: under a load that
+    /// splits regions every few puts, that starved it (7 s, then
+    /// `EpochMismatch`), and so it did backups and hashes of the whole
+    /// store. Each view is then complete only in its own snapshot, taken
+    /// when its region caught up: right for a read or a hash, which reads
+    /// each region from its own view. One view for every region must be
+    /// taken after every part's check (a read-only Txn and a backup do
+    /// so). Any other change (a merge, a region being started here) routes
+    /// everything again.
     pub(super) async fn regions_caught_up_at(
         &self,
         key: &[u8],
         end: Option<&[u8]>,
         t: i64,
         locks_in: Option<&KeySpan>,
-        follow_splits: bool,
+        catch_up: CatchUp,
     ) -> Result<Option<Vec<(RegionView, Option<(u64, LockRef)>)>>> {
         let spans: Vec<KeySpan> = locks_in.cloned().into_iter().collect();
         let mut views = Vec::new();
@@ -238,16 +238,15 @@ impl Node {
             // The regions' leaders are asked together, a few at a time.
             let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
             let ready: Vec<_> = futures::stream::iter(ids)
-                .map(|id| self.caught_up_at(id, t))
+                .map(|id| self.caught_up_by(id, t, catch_up))
                 .buffered(CATCH_UP_AT_ONCE)
                 .try_collect()
                 .await?;
             for (r, (_, start, stop)) in ready.into_iter().zip(&routed) {
                 let (snap, revs, range, lock) = r.shared.read_view_locked(&spans, t);
                 if range.start != *start || range.end != *stop {
-                    let followed = follow_splits
-                        && split_off(&range, start, stop)
-                        && gaps.split(&range.end, stop, end);
+                    let followed =
+                        split_off(&range, start, stop) && gaps.split(&range.end, stop, end);
                     if !followed {
                         return Ok(None);
                     }
@@ -373,70 +372,42 @@ impl Gaps {
 }
 
 impl Node {
-    /// One engine view holding every data region at one revision, and the
-    /// revisions to read it at (for a backup across regions: every version
-    /// above the revision is left out). Regions share this node's engine,
-    /// so one view taken after each region has caught up holds them all.
-    /// The view is the first region's own — the one holding the leases —
-    /// taken with its record, and used only when that region is at or
-    /// below the revision: its lease records are then exactly those of the
-    /// keys read (a lease revoked above it would leave its keys in the
-    /// backup without their lease). When it has moved past, every region
-    /// catches up to where it is and the view is taken again.
-    pub(crate) async fn view_of_every_region(
+    /// The revisions to read an engine view taken just before at: the
+    /// newest and the highest compaction revision of the regions holding
+    /// `spans` now (a region born by a split since holds its parent's).
+    /// They must tile the spans (`None`: look again): a region frozen for
+    /// a merge lists no range, and may have compacted more than the rest.
+    /// Each is read once no write is half done there, so the view holds no
+    /// version or compaction they lack.
+    pub(super) async fn revisions_after_view(
         &self,
-    ) -> Result<(
-        std::sync::Arc<dyn cairn_storage::Snapshot>,
-        cairn_mvcc::Revisions,
-    )> {
-        let stale = super::kv::StaleRoutes::new();
-        let mut at = self.read_timestamp().await?;
-        loop {
-            // Every lock placed below the revision is finished first: a
-            // transaction committed in one region and not yet in another
-            // would otherwise be half in the backup.
-            let everything: KeySpan = (Vec::new(), Vec::new());
-            let Some(views) = self
-                .regions_caught_up_at(b"", None, at, Some(&everything), false)
-                .await?
-            else {
-                stale.wait().await?;
-                continue;
-            };
-            if let Some((region, lock)) = views.iter().find_map(|(_, l)| *l) {
-                self.resolve_lock(region, lock).await?;
-                continue;
+        spans: &[KeySpan],
+        stale: &super::kv::StaleRoutes,
+    ) -> Result<Option<cairn_mvcc::Revisions>> {
+        let mut now = Vec::new();
+        for s in spans {
+            let end = (!s.1.is_empty()).then_some(s.1.as_slice());
+            let mut routed = self.regions_overlapping(&s.0, end);
+            routed.sort_by(|a, b| a.1.cmp(&b.1));
+            if !tiles(&routed, &s.0, end) {
+                return Ok(None);
             }
-            let views: Vec<RegionView> = views.into_iter().map(|(v, _)| v).collect();
-            let compacted =
-                |views: &[RegionView]| views.iter().map(|(_, r, _)| r.compacted).max().unwrap_or(0);
-            let (view, first, _) = views[0].clone();
-            if first.current > at {
-                // The first region moved on: catch the rest up to it.
-                at = first.current;
-                stale.wait().await?;
-                continue;
-            }
-            // A compaction past the revision, or applied since the views
-            // were taken, would leave less history than the revisions say.
-            let now: Vec<RegionView> = self
-                .regions_overlapping(b"", None)
-                .into_iter()
-                .map(|(r, _, _)| r.shared.read_view_in())
-                .collect();
-            if compacted(&views) > at || compacted(&now) != compacted(&views) {
-                at = self.read_timestamp().await?;
-                stale.wait().await?;
-                continue;
-            }
-            return Ok((
-                view,
-                cairn_mvcc::Revisions {
-                    current: at,
-                    compacted: compacted(&views),
-                },
-            ));
+            now.extend(routed.into_iter().map(|(r, _, _)| r));
         }
+        let mut revs = cairn_mvcc::Revisions::default();
+        for r in now {
+            let theirs = loop {
+                match r.shared.published_revisions() {
+                    Some(theirs) => break theirs,
+                    // A write half done; bounded (a replica whose write
+                    // failed stays so).
+                    None => stale.wait().await?,
+                }
+            };
+            revs.current = revs.current.max(theirs.current);
+            revs.compacted = revs.compacted.max(theirs.compacted);
+        }
+        Ok(Some(revs))
     }
 }
 

@@ -39,10 +39,9 @@ use std::time::{Duration, Instant};
 
 use cairn_mvcc::locks::KeySpan;
 use cairn_mvcc::KvHash;
-use futures::{StreamExt, TryStreamExt};
 
 use crate::node::kv::StaleRoutes;
-use crate::node::range_across::{tiles, RegionView, CATCH_UP_AT_ONCE};
+use crate::node::range_across::RegionView;
 use crate::node::{Node, Region};
 use crate::{Error, Result};
 
@@ -50,13 +49,17 @@ use crate::{Error, Result};
 /// resolve the revision asked for.
 const LOCAL_WAIT: Duration = Duration::from_secs(5);
 
-/// How a member's regions reach the revision hashed (see the module
-/// essay).
+/// How a member's regions reach a revision (see the module essay): the
+/// revision hashed, or a read across regions' timestamp
+/// (`Node::regions_caught_up_at`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CatchUp {
-    /// Each region's leader settles the revision; any revision the TSO
-    /// handed out.
+    /// Each region's leader settles the revision, any the TSO handed out,
+    /// leaving a sleeping leader asleep (a hash).
     Leaders,
+    /// The same, waking a sleeping leader: a client's read, whose read
+    /// lease then comes from heartbeat rounds.
+    Read,
     /// Each replica here resolves it by itself.
     Local,
 }
@@ -104,51 +107,55 @@ impl Node {
 
     /// Every data region's view here, in key order, once each holds
     /// everything at or below `at` for good; `None`: look again (the
-    /// regions do not tile the keyspace, one split or merged meanwhile, or
-    /// a lock was just resolved).
+    /// regions do not tile the keyspace, one merged meanwhile, or a lock
+    /// was just resolved). A region that split meanwhile keeps its view,
+    /// and the split-off part is caught up at the same `at`
+    /// (`regions_caught_up_at`): under splits every few puts, beginning
+    /// again each time starved the hash.
     async fn views_for_hash(&self, at: i64, catch_up: CatchUp) -> Result<Option<Vec<RegionView>>> {
-        let mut routed = self.regions_overlapping(b"", None);
-        routed.sort_by(|a, b| a.1.cmp(&b.1));
-        if !tiles(&routed, b"", None) {
+        let everything: KeySpan = (Vec::new(), Vec::new());
+        let Some(caught) = self
+            .regions_caught_up_at(b"", None, at, Some(&everything), catch_up)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if let Some((region, lock)) = caught.iter().find_map(|(_, lock)| *lock) {
+            self.resolve_lock(region, lock).await?;
             return Ok(None);
         }
+        Ok(Some(
+            caught
+                .into_iter()
+                .map(|((snap, revs, range), _)| {
+                    // Caught up: nothing at or below `at` is left to apply
+                    // here, whatever the region's own newest revision.
+                    let revs = cairn_mvcc::Revisions {
+                        current: revs.current.max(at),
+                        ..revs
+                    };
+                    (snap, revs, range)
+                })
+                .collect(),
+        ))
+    }
+
+    /// `region`'s replica here caught up to `at` by `catch_up`.
+    pub(super) async fn caught_up_by(
+        &self,
+        region: u64,
+        at: i64,
+        catch_up: CatchUp,
+    ) -> Result<std::sync::Arc<Region>> {
         match catch_up {
-            CatchUp::Leaders => {
-                let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
-                futures::stream::iter(ids)
-                    .map(|id| self.caught_up_quietly_at(id, at))
-                    .buffered(CATCH_UP_AT_ONCE)
-                    .try_collect::<Vec<_>>()
-                    .await?;
-            }
+            CatchUp::Leaders => self.caught_up_quietly_at(region, at).await,
+            CatchUp::Read => self.caught_up_at(region, at).await,
             CatchUp::Local => {
-                for (r, _, _) in &routed {
-                    resolved_here(r, at).await?;
-                }
+                let r = self.region(region)?;
+                resolved_here(&r, at).await?;
+                Ok(r)
             }
         }
-        let everything: KeySpan = (Vec::new(), Vec::new());
-        let mut views = Vec::with_capacity(routed.len());
-        for (r, start, stop) in &routed {
-            let (snap, revs, range, lock) = r
-                .shared
-                .read_view_locked(std::slice::from_ref(&everything), at);
-            if range.start != *start || range.end != *stop {
-                return Ok(None);
-            }
-            if let Some(lock) = lock {
-                self.resolve_lock(r.id, lock).await?;
-                return Ok(None);
-            }
-            // Caught up: nothing at or below `at` is left to apply here,
-            // whatever the region's own newest revision.
-            let revs = cairn_mvcc::Revisions {
-                current: revs.current.max(at),
-                ..revs
-            };
-            views.push((snap, revs, range));
-        }
-        Ok(Some(views))
     }
 
     /// Hashes `views` (in key order) at `revision` as one scan.

@@ -31,7 +31,8 @@ use cairn_mvcc::locks::{footprint, KeySpan};
 use futures::{StreamExt, TryStreamExt};
 
 use super::kv::StaleRoutes;
-use super::range_across::{tiles, CATCH_UP_AT_ONCE};
+use super::range_across::CATCH_UP_AT_ONCE;
+use super::store_hash::CatchUp;
 use crate::node::Node;
 use crate::{Access, Error, Result};
 
@@ -54,7 +55,7 @@ impl Node {
             let caught: Vec<_> = futures::stream::iter(spans.clone())
                 .map(|s| async move {
                     let end = (!s.1.is_empty()).then_some(s.1.as_slice());
-                    self.regions_caught_up_at(&s.0, end, t, Some(&s), true)
+                    self.regions_caught_up_at(&s.0, end, t, Some(&s), CatchUp::Read)
                         .await
                 })
                 .buffered(CATCH_UP_AT_ONCE)
@@ -71,54 +72,23 @@ impl Node {
                 self.resolve_lock(region, lock).await?;
                 continue;
             }
-            // Taken after every region's check (see the module essay); the
-            // revisions read after it, once no write is half done, so the
-            // view holds no version or compaction they lack. They are
-            // those of the regions holding the footprint now (a region
-            // born by a split since its check holds its parent's), which
-            // must tile it: one frozen for a merge since lists no range,
-            // and may have compacted more than the rest.
+            // Taken after every region's check (see the module essay).
             let view = self.engine.snapshot();
-            let mut now = Vec::new();
-            for s in &spans {
-                let end = (!s.1.is_empty()).then_some(s.1.as_slice());
-                let mut routed = self.regions_overlapping(&s.0, end);
-                routed.sort_by(|a, b| a.1.cmp(&b.1));
-                if !tiles(&routed, &s.0, end) {
-                    now.clear();
-                    break;
-                }
-                now.extend(routed.into_iter().map(|(r, _, _)| r));
-            }
-            if now.is_empty() {
+            let Some(now) = self.revisions_after_view(&spans, &stale).await? else {
                 stale.wait().await?;
                 continue;
-            }
-            let mut newest = t;
-            let mut compacted = 0;
-            for r in now {
-                let revs = loop {
-                    match r.shared.published_revisions() {
-                        Some(revs) => break revs,
-                        // A write half done; bounded (a replica whose
-                        // write failed stays so).
-                        None => stale.wait().await?,
-                    }
-                };
-                newest = newest.max(revs.current);
-                compacted = compacted.max(revs.compacted);
-            }
-            if compacted > t {
+            };
+            if now.compacted > t {
                 // Past T: read again at a new timestamp.
                 stale.wait().await?;
                 continue;
             }
             self.authorize(access).await?;
-            // The view may hold versions up to `newest`; the txn reads as
-            // of T.
+            // The view may hold versions up to the newest; the txn reads
+            // as of T.
             let revs = cairn_mvcc::Revisions {
-                current: newest,
-                compacted,
+                current: now.current.max(t),
+                compacted: now.compacted,
             };
             let whole = req.clone();
             return self
