@@ -195,6 +195,21 @@ impl Locks {
             })
     }
 
+    /// The first lock placed below `revision` that revokes a lease (its
+    /// commit may delete lease records at or below it), whatever its
+    /// spans: a revoke whose keys lie in other regions holds no span in
+    /// the lease table's region.
+    pub fn revoking_below(&self, revision: i64) -> Option<LockRef> {
+        self.held
+            .iter()
+            .filter(|(_, l)| l.floor < revision && !l.leases.revoke.is_empty())
+            .map(|(ts, l)| LockRef {
+                start_ts: *ts,
+                primary: l.primary,
+            })
+            .next()
+    }
+
     /// The revision up to which the region's history is final: `current`,
     /// or just the lowest floor of a held lock.
     pub fn resolved(&self, current: i64) -> i64 {

@@ -500,26 +500,31 @@ impl RegionShared {
         (self.view(&g), g.revisions(), a.range.clone(), lock)
     }
 
-    /// [`RegionShared::read_view_locked`] at the region's own newest
-    /// revision, whatever it is when the view is taken: the lock returned,
-    /// if any, is one placed below it (a backup reads the region holding
-    /// the lease table there).
-    pub fn read_view_locked_at_newest(
+    /// A view of the region holding the lease table, the revision it is
+    /// complete to — its own newest, or `at_least` when that is higher
+    /// (the caller caught the replica up to it) — and the first lock that
+    /// may still commit at or below that revision and change a key or a
+    /// lease record there, taken together (a backup reads the lease table
+    /// from it: `cairn-store`'s `node::backup_view`). Besides the locks
+    /// on keys, a revoke's lock, which may hold no key here.
+    pub fn lease_table_view(
         &self,
-        spans: &[cairn_mvcc::locks::KeySpan],
+        at_least: i64,
     ) -> (
         Arc<dyn EngineSnapshot>,
-        Revisions,
+        i64,
         RegionRange,
         Option<cairn_mvcc::locks::LockRef>,
     ) {
         let g = self.state.read();
         let a = &g.applied;
-        let revs = g.revisions();
-        let lock = spans
-            .iter()
-            .find_map(|s| a.locks.blocking_read(s, revs.current));
-        (self.view(&g), revs, a.range.clone(), lock)
+        let at = g.revisions().current.max(at_least);
+        let everything: cairn_mvcc::locks::KeySpan = (Vec::new(), Vec::new());
+        let lock = a
+            .locks
+            .blocking_read(&everything, at)
+            .or_else(|| a.locks.revoking_below(at));
+        (self.view(&g), at, a.range.clone(), lock)
     }
 
     /// Marks this replica stopped for good (a merge absorbed its region)

@@ -428,6 +428,49 @@ fn an_expiry_across_regions_is_claimed_and_committed_only_in_the_term_that_found
     assert!(!exists(&shared));
 }
 
+/// A backup reads the lease table from `lease_table_view`: a revoke's
+/// lock there that holds no key (its keys lie in other regions) and was
+/// placed below the revision the view is complete to may still delete the
+/// lease at or below it, so it is returned; one placed at that revision is
+/// not (it commits above).
+#[test]
+fn the_lease_table_view_names_a_revoke_lock_that_holds_no_key_here() {
+    use cairn_mvcc::locks::LeaseClaims;
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let body = cairn_mvcc::lease::revoke_txn(7, Vec::new()).encode_to_vec();
+    let mut apply = |index, cmd| block_on(sm.apply(vec![entry_in_term(2, index, cmd)])).unwrap();
+    apply(1, Command::LeaseGrant { id: 7, ttl: 600 });
+    apply(2, puts(10, [(b"a".to_vec(), b"1".to_vec())]));
+    apply(
+        3,
+        Command::Prewrite {
+            start_ts: 11,
+            primary: shared.region,
+            regions: vec![shared.region, 99],
+            spans: Vec::new(),
+            txn: body,
+            leases: LeaseClaims {
+                revoke: vec![7],
+                ..LeaseClaims::default()
+            },
+        },
+    );
+    // Placed at revision 10: a view complete to 10 need not wait for it.
+    let (_, at, _, lock) = shared.lease_table_view(0);
+    assert_eq!((at, lock), (10, None));
+    // Complete to 20 (caught up to a read timestamp of 20): it may commit
+    // at or below 20.
+    let (_, at, _, lock) = shared.lease_table_view(20);
+    assert_eq!(at, 20);
+    assert_eq!(lock.map(|l| l.start_ts), Some(11));
+    // And once the region's own revision moves past it.
+    apply(4, puts(30, [(b"b".to_vec(), b"1".to_vec())]));
+    let (_, at, _, lock) = shared.lease_table_view(0);
+    assert_eq!(at, 30);
+    assert_eq!(lock.map(|l| l.start_ts), Some(11));
+}
+
 #[test]
 fn lessor_decisions_apply_only_in_the_term_they_were_taken_in() {
     let (shared, _dir) = region(Arc::new(MemoryEngine::new()));

@@ -11,10 +11,13 @@
 //!
 //! So the backup is read from two views:
 //! 1. take a read timestamp T and catch the first region up to it; take its
-//!    view, its newest revision and any lock placed below that revision in
-//!    one look (`read_view_locked_at_newest`). No lock: R is that revision
-//!    (T when the region is idle below it: it holds everything up to T).
-//!    Its lease records are the table as of R.
+//!    view, R — its newest revision, or T when that is higher — and, in
+//!    the same look, any lock placed below R: on a key, or revoking a
+//!    lease (such a lock may hold no key there). It may commit at or below
+//!    R, so it is waited for or resolved, and the view taken again. With
+//!    none, the view holds the lease table as of R: every write at or
+//!    below R there was applied (caught up to T, and its own newest), and
+//!    a change to the table still to come commits above R.
 //! 2. catch every region up to R, following splits as a read across
 //!    regions does (the split-off part caught up at the same R), waiting
 //!    for or resolving any lock that may still commit at or below R;
@@ -61,9 +64,7 @@ impl Node {
                 continue;
             };
             let first = self.caught_up_at(first.id, t).await?;
-            let (leases, newest, range, lock) = first
-                .shared
-                .read_view_locked_at_newest(std::slice::from_ref(&everything));
+            let (leases, at, range, lock) = first.shared.lease_table_view(t);
             if !range.start.is_empty() || range.is_empty() {
                 // Frozen for a merge, or no longer the first.
                 stale.wait().await?;
@@ -73,7 +74,6 @@ impl Node {
                 self.resolve_lock(first.id, lock).await?;
                 continue;
             }
-            let at = newest.current.max(t);
             // 2. Every region caught up to R.
             let Some(caught) = self
                 .regions_caught_up_at(b"", None, at, Some(&everything), CatchUp::Read)

@@ -236,9 +236,9 @@ impl Node {
                 Tiling::Hole | Tiling::Merged => return Ok(None),
             }
             // The regions' leaders are asked together, a few at a time.
-            let ids: Vec<u64> = routed.iter().map(|(r, _, _)| r.id).collect();
-            let ready: Vec<_> = futures::stream::iter(ids)
-                .map(|id| self.caught_up_by(id, t, catch_up))
+            let regions: Vec<_> = routed.iter().map(|(r, _, _)| r.clone()).collect();
+            let ready: Vec<_> = futures::stream::iter(regions)
+                .map(|r| self.caught_up_by(r, t, catch_up))
                 .buffered(CATCH_UP_AT_ONCE)
                 .try_collect()
                 .await?;

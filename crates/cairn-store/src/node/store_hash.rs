@@ -140,18 +140,18 @@ impl Node {
         ))
     }
 
-    /// `region`'s replica here caught up to `at` by `catch_up`.
+    /// `r`'s replica here caught up to `at` by `catch_up` (through its
+    /// leader: as the region is registered here now).
     pub(super) async fn caught_up_by(
         &self,
-        region: u64,
+        r: std::sync::Arc<Region>,
         at: i64,
         catch_up: CatchUp,
     ) -> Result<std::sync::Arc<Region>> {
         match catch_up {
-            CatchUp::Leaders => self.caught_up_quietly_at(region, at).await,
-            CatchUp::Read => self.caught_up_at(region, at).await,
+            CatchUp::Leaders => self.caught_up_quietly_at(r.id, at).await,
+            CatchUp::Read => self.caught_up_at(r.id, at).await,
             CatchUp::Local => {
-                let r = self.region(region)?;
                 resolved_here(&r, at).await?;
                 Ok(r)
             }
