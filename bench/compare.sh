@@ -14,7 +14,8 @@
 # NODES ("1 3"), OUT (docs/benchmarks.md), CHARTS (docs/bench),
 # RESULTS (the JSON lines; default target/bench/results-DATE.jsonl), ONLY (run only cases whose name matches
 # this regex, e.g. ONLY='^put'), PROFILE (release; QUICK uses the debug
-# build: the smoke run checks the tool and script, not speed).
+# build: the smoke run checks the tool and script, not speed), CAIRN (a
+# cairn binary to measure instead of building this tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,8 +37,10 @@ ONLY=${ONLY:-.}
 source bench/need.sh
 need etcd:etcd-server /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core python3:python3
 
-if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
-CAIRN=$ROOT/target/$PROFILE/cairn
+if [ -z "${CAIRN:-}" ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release -q -p cairn; else cargo build -q -p cairn; fi
+  CAIRN=$ROOT/target/$PROFILE/cairn
+fi
 mkdir -p target/bench
 RESULTS=${RESULTS:-$ROOT/target/bench/results-$(date -u +%Y%m%dT%H%M%S).jsonl}
 : > "$RESULTS"
