@@ -394,7 +394,7 @@ async fn a_backup_across_regions_holds_each_leased_key_with_its_lease() {
         for kv in &kvs {
             *by_lease.entry(kv.lease).or_default() += 1;
         }
-        for (id, _) in &by_lease {
+        for id in by_lease.keys() {
             let key = kvs.iter().find(|kv| kv.lease == *id).unwrap();
             assert!(
                 leases.contains(id),
