@@ -91,7 +91,7 @@ const BEAT_EVERY: Duration = Duration::from_millis(250);
 /// How long a beat may take.
 const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A member whose beats failed this long is down.
-const DOWN_AFTER: Duration = Duration::from_millis(750);
+const DOWN_AFTER: Duration = Duration::from_secs(1);
 /// How often the hibernate loop looks at each region.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Time awake before a follower sleeps.
