@@ -101,6 +101,15 @@ async fn next_events(w: &mut WatchStream, n: usize) -> Vec<(i32, String, i64)> {
     got
 }
 
+/// A new 60 s lease's ID.
+async fn grant(l: &mut LeaseClient<Channel>) -> i64 {
+    l.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
 /// A Lease client of node `nodes.0` and a KV client of node `nodes.1`, and
 /// a new 60 s lease holding `keys`.
 async fn leased_keys(
@@ -110,12 +119,7 @@ async fn leased_keys(
 ) -> (LeaseClient<Channel>, KvClient<Channel>, i64) {
     let mut l = lease_client(c, nodes.0).await;
     let mut k = c.kv(nodes.1).await;
-    let id = l
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let id = grant(&mut l).await;
     for key in keys {
         put_leased(&mut k, key, id).await.unwrap();
     }
@@ -257,12 +261,7 @@ async fn no_key_outlives_its_lease_while_puts_race_the_revoke() {
     let c = three_regions().await;
     let mut l = lease_client(&c, 0).await;
     for round in 0..3 {
-        let id = l
-            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-            .await
-            .unwrap()
-            .into_inner()
-            .id;
+        let id = grant(&mut l).await;
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for (i, prefix) in ["c", "h", "t"].into_iter().enumerate() {
@@ -331,12 +330,7 @@ async fn a_backup_across_regions_holds_each_leased_key_with_its_lease() {
             let mut previous = None;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let id = l
-                    .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .id;
+                let id = grant(&mut l).await;
                 // One key per region, then the last lease goes.
                 for prefix in ["c", "h", "t"] {
                     put_leased(&mut k, &format!("{prefix}/{task}/{n}"), id)

@@ -372,9 +372,10 @@ impl Gaps {
 }
 
 impl Node {
-    /// The revisions to read an engine view taken just before at: the
-    /// newest and the highest compaction revision of the regions holding
-    /// `spans` now (a region born by a split since holds its parent's).
+    /// The revisions to read an engine view at (the view taken just
+    /// before this call): the newest and the highest compaction revision
+    /// of the regions holding `spans` now (a region born by a split since
+    /// holds its parent's).
     /// They must tile the spans (`None`: look again): a region frozen for
     /// a merge lists no range, and may have compacted more than the rest.
     /// Each is read once no write is half done there, so the view holds no
