@@ -69,12 +69,24 @@ pub type RaftMetrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
 pub type NodeId = u64;
 
 /// openraft settings tuned for loopback clusters and quick failover.
+///
+/// A follower that heard its leader refuses votes for
+/// `election_timeout_max` (openraft's leader lease) and campaigns
+/// `election_timeout_max` plus its own election timeout (drawn once in
+/// `[min, max)`) after the last append it took: 0.9–1.2 s of silence here,
+/// against etcd's 1–2 s (`--election-timeout 1000`, randomized up to twice
+/// that). With 500/1000 ms it was 1.5–2 s, and a killed leader's regions
+/// came back about 0.5 s after etcd's (docs/benchmarks.md, session 33).
+/// The read lease (`cairn-store`'s `READ_LEASE`) stays a quarter of
+/// `election_timeout_max`; a restarted member's replicas hold their own
+/// elections until its sleeping leaders have heard of the restart
+/// (`cairn-store`'s `node::hibernate`).
 pub fn raft_config(cluster: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
         max_in_snapshot_log_to_keep: 1_000,
         ..Default::default()

@@ -55,10 +55,10 @@ pub struct Faults {
     counter: AtomicU32,
     /// Each message waits a pseudo-random 0..=this many ms before it goes.
     delay_max_ms: AtomicU32,
-    /// Drop every append with no entries (heartbeats, commit notices,
-    /// read-index rounds).
+    /// Drop every data region's append with no entries (heartbeats,
+    /// commit notices, read-index rounds).
     drop_empty_appends: AtomicBool,
-    /// Drop every append that carries entries.
+    /// Drop every data region's append that carries entries.
     drop_entry_appends: AtomicBool,
 }
 
@@ -83,17 +83,23 @@ impl Faults {
         self.drop_empty_appends.store(false, Ordering::Relaxed);
         self.drop_entry_appends.store(false, Ordering::Relaxed);
     }
-    /// Drops (or stops dropping) every append with no entries.
+    /// Drops (or stops dropping) every append with no entries in a data
+    /// region. The meta region's go on: its leader keeps serving
+    /// timestamps, so a test sees what the fault does to data regions.
     pub fn drop_empty_appends(&self, on: bool) {
         self.drop_empty_appends.store(on, Ordering::Relaxed);
     }
-    /// Drops (or stops dropping) every append that carries entries.
+    /// Drops (or stops dropping) every append that carries entries in a
+    /// data region (the meta region's go on, as above).
     pub fn drop_entry_appends(&self, on: bool) {
         self.drop_entry_appends.store(on, Ordering::Relaxed);
     }
-    /// True when an append with (`entries`) or without entries must not go.
-    fn drops_append(&self, entries: bool) -> bool {
-        if entries {
+    /// True when an append of `region` with (`entries`) or without entries
+    /// must not go.
+    fn drops_append(&self, region: u64, entries: bool) -> bool {
+        if region == 0 {
+            false
+        } else if entries {
             self.drop_entry_appends.load(Ordering::Relaxed)
         } else {
             self.drop_empty_appends.load(Ordering::Relaxed)
@@ -425,7 +431,11 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        if self.pool.faults.drops_append(!rpc.entries.is_empty()) {
+        if self
+            .pool
+            .faults
+            .drops_append(self.region, !rpc.entries.is_empty())
+        {
             return Err(RPCError::Unreachable(Unreachable::new(&Msg(
                 "append dropped by fault injection".into(),
             ))));

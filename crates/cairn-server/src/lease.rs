@@ -26,7 +26,9 @@ use crate::Context;
 
 /// etcd's largest TTL (seconds).
 const MAX_TTL: i64 = 9_000_000_000;
-/// The smallest TTL granted: 1.5 election timeouts, rounded up (etcd's rule).
+/// The smallest TTL granted: etcd's, 1.5 of its 1 s election timeout rounded
+/// up, so a client gets what etcd would grant; it is also more than 1.5 of
+/// Cairn's longest election timeout (600 ms, `cairn_raft::raft_config`).
 const MIN_TTL: i64 = 2;
 
 /// The Lease service of one node.

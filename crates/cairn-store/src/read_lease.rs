@@ -57,9 +57,9 @@ use crate::restored_lead::RestoredLead;
 use crate::{Error, Result};
 
 /// How long after a round starts its lease lasts. openraft's followers
-/// hold theirs for `election_timeout_max` (1 s, `cairn_raft::raft_config`);
+/// hold theirs for `election_timeout_max` (600 ms, `cairn_raft::raft_config`);
 /// a quarter of that leaves room for clock-rate skew and scheduling.
-pub const READ_LEASE: Duration = Duration::from_millis(250);
+pub const READ_LEASE: Duration = Duration::from_millis(150);
 
 /// One region replica's lease.
 pub struct ReadLease {

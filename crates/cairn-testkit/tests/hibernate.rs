@@ -373,3 +373,36 @@ async fn a_restarted_follower_of_a_sleeping_region_starts_no_election() {
     assert_eq!(c.wait_leader(region).await, leader);
     c.shutdown().await;
 }
+
+/// A restarted member's replicas hold their own elections for a while
+/// after it starts (`hibernate::hold_elections`): its sleeping leaders
+/// hear of the restart only from a beat, after it serves, and meanwhile
+/// its replicas' election timers run out. Here nothing reaches the
+/// restarted follower for longer than its longest election timeout
+/// (0.9–1.2 s after its region opened), as on a slow start: it must not
+/// campaign, though its own messages go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_follower_holds_its_election_while_its_leader_cannot_reach_it() {
+    let (mut c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let follower = (leader + 1) % 3;
+    let before = term(&c, follower, region);
+    c.stop(follower).await;
+    let deaf = c.nodes[follower].id;
+    for i in (0..3).filter(|&i| i != follower) {
+        c.node(i).pool.faults.partition(c.nodes[i].id, deaf);
+    }
+    c.restart(follower).await;
+    tokio::time::sleep(Duration::from_millis(1250)).await;
+    assert_eq!(
+        term(&c, follower, region),
+        before,
+        "the restarted follower campaigned"
+    );
+    c.heal();
+    eventually("the follower hears a leader", || {
+        leader_seen(&c, follower, region).is_some()
+    })
+    .await;
+    c.shutdown().await;
+}

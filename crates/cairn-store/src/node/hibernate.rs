@@ -21,8 +21,19 @@
 //! - A sleeping region whose leader, by two beats in a row, no longer
 //!   leads it (its Raft stopped, or it stepped down) wakes the same way.
 //! - A member with a new boot id restarted: every region led here with a
-//!   replica on it wakes, so the restarted replica hears its leader
-//!   before its own timer runs out.
+//!   replica on it wakes, so the restarted replica hears its leader.
+//!
+//! A restarted member's replicas learn of their leaders only from those
+//! leaders' heartbeats, and a sleeping leader sends none until a beat
+//! brings it the new boot id, which cannot happen before the member
+//! serves, after every region here has opened. Their election timers run
+//! from the moment each opened. So a replica that existed before this
+//! start and has other voters holds its own elections ([`hold_elections`])
+//! for [`RESTART_GRACE`] after the member started, time for a beat and a
+//! heartbeat with room to spare ([`resume_elections`]); it still votes,
+//! and a hand-over still makes it campaign. Without that a slow start
+//! (hundreds of regions) had the first regions opened campaign against
+//! live leaders and move their terms.
 //!
 //! When a region sleeps ([`hibernate`], every [`LOOK_EVERY`]):
 //! - Never the meta region (the TSO).
@@ -92,6 +103,9 @@ const BEAT_EVERY: Duration = Duration::from_millis(250);
 const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A member whose beats failed this long is down.
 const DOWN_AFTER: Duration = Duration::from_secs(1);
+/// How long after a restart its replicas hold their own elections: two
+/// beats' worth, each sent and timed out, and a heartbeat fits in it.
+const RESTART_GRACE: Duration = Duration::from_millis(1500);
 /// How often the hibernate loop looks at each region.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Time awake before a follower sleeps.
@@ -410,6 +424,34 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
             if !cfg!(feature = "planted-sleepy-followers") {
                 n.wake_led_by(peer, all, &leading);
             }
+        }
+    }
+}
+
+/// Holds `raft`'s own elections if it has other voters (a replica that
+/// existed before this start; see the module essay). True if held.
+pub(super) async fn hold_elections(raft: &cairn_raft::Raft) -> bool {
+    let voters = raft
+        .with_raft_state(|st| st.membership_state.effective().voter_ids().count())
+        .await;
+    let hold = matches!(voters, Ok(n) if n > 1);
+    if hold {
+        raft.runtime_config().elect(false);
+    }
+    hold
+}
+
+/// Lets the replicas in `held` campaign again [`RESTART_GRACE`] after the
+/// member started.
+pub(super) async fn resume_elections(node: std::sync::Weak<Node>, held: Vec<u64>) {
+    if held.is_empty() {
+        return;
+    }
+    tokio::time::sleep(RESTART_GRACE).await;
+    let Some(n) = node.upgrade() else { return };
+    for id in held {
+        if let Ok(r) = n.region(id) {
+            r.raft.runtime_config().elect(true);
         }
     }
 }

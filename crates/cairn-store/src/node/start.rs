@@ -96,6 +96,9 @@ impl Node {
             marks: Arc::default(),
         };
         let mut rafts = Vec::new();
+        // Replicas that hold their own elections until this member's
+        // leaders have had time to hear of the restart (`hibernate`).
+        let mut held = Vec::new();
         for region in hosted {
             let kind = if region == META_REGION {
                 RegionKind::Meta
@@ -103,17 +106,18 @@ impl Node {
                 RegionKind::Data
             };
             let (raft, shared, log_bytes, restored) = opener.open(region, kind).await?;
+            let resumed = raft.is_initialized().await.map_err(|_| Error::Stopped)?;
             // Only the first two regions are bootstrapped; a region born by
             // a split starts from the record the split wrote.
             let first = region == META_REGION || region == DATA_REGION;
-            if first
-                && config.new_cluster
-                && !raft.is_initialized().await.map_err(|_| Error::Stopped)?
-            {
+            if first && config.new_cluster && !resumed {
                 // Every initial member initializes with the same membership: safe in openraft.
                 if let Err(e) = raft.initialize(members.clone()).await {
                     tracing::debug!(region, "initialize: {e}");
                 }
+            }
+            if resumed && super::hibernate::hold_elections(&raft).await {
+                held.push(region);
             }
             rafts.push((region, raft, shared, log_bytes, restored));
         }
@@ -229,6 +233,10 @@ impl Node {
         tokio::spawn(super::split_check::check_splits(Arc::downgrade(&node)));
         tokio::spawn(super::merge_check::check_merges(Arc::downgrade(&node)));
         tokio::spawn(super::closes::close_idle_regions(Arc::downgrade(&node)));
+        tokio::spawn(super::hibernate::resume_elections(
+            Arc::downgrade(&node),
+            held,
+        ));
         if node.config.hibernate_regions {
             tokio::spawn(super::hibernate::beat_peers(Arc::downgrade(&node)));
             tokio::spawn(super::hibernate::hibernate(Arc::downgrade(&node)));
