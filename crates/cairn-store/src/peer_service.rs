@@ -37,6 +37,7 @@ pub struct PeerService {
 impl PeerService {
     /// The service of `node`.
     pub fn new(node: Arc<Node>) -> Self {
+        node.begin_serving_peers();
         Self { node }
     }
 }

@@ -17,7 +17,7 @@
 //!    lease it held has run out ([`READ_LEASE`] after it was dropped);
 //! 3. once its own vote is older than openraft's `leader_lease` (a member
 //!    refuses votes within it of its last vote change, the leader too, so
-//!    a leader elected a moment ago waits up to a second), it asks the
+//!    a leader elected a moment ago waits up to 0.6 s), it asks the
 //!    target to campaign. The old leader grants the vote and steps down;
 //!    with three members that is a majority. Its lessor
 //!    stops with its leadership; the new leader counts every lease's TTL

@@ -353,7 +353,7 @@ async fn a_sleeping_regions_cut_off_leader_is_replaced_and_steps_down() {
 }
 
 /// A follower of a sleeping region that restarts hears its leader (woken
-/// by the follower's new boot id) before its own election timer runs out:
+/// by the follower's new boot id), holding its own election until then:
 /// no election, and the region sleeps again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_follower_of_a_sleeping_region_starts_no_election() {

@@ -14,7 +14,8 @@
 //! regions. It answers with the member's boot id, the regions it leads and
 //! the regions asleep there ([`ForwardOk::Beat`]).
 //! - A member whose beats have failed for [`DOWN_AFTER`] (counted from the
-//!   first failure, so a pause of this process does not count) is down: every
+//!   first failure, so a pause of this process does not count), two beats
+//!   in a row at least, is down: every
 //!   region here that it leads wakes, and its followers campaign (openraft
 //!   campaigns within a tick once a leader has been silent past the
 //!   election timeout).
@@ -26,14 +27,16 @@
 //! A restarted member's replicas learn of their leaders only from those
 //! leaders' heartbeats, and a sleeping leader sends none until a beat
 //! brings it the new boot id, which cannot happen before the member
-//! serves, after every region here has opened. Their election timers run
+//! serves its peers: after every region here has opened (and after the
+//! start-up corruption check, if asked for). Their election timers run
 //! from the moment each opened. So a replica that existed before this
 //! start and has other voters holds its own elections ([`hold_elections`])
-//! for [`RESTART_GRACE`] after the member started, time for a beat and a
-//! heartbeat with room to spare ([`resume_elections`]); it still votes,
-//! and a hand-over still makes it campaign. Without that a slow start
-//! (hundreds of regions) had the first regions opened campaign against
-//! live leaders and move their terms.
+//! until a Raft message for its region arrives after the member began to
+//! serve, or [`RESTART_GRACE`] after that, each then after up to 300 ms of
+//! jitter ([`resume_elections`]). It still votes, and a hand-over still
+//! makes it campaign. Without that a slow start (hundreds of regions) had
+//! the first regions opened campaign against live leaders and move their
+//! terms.
 //!
 //! When a region sleeps ([`hibernate`], every [`LOOK_EVERY`]):
 //! - Never the meta region (the TSO).
@@ -101,11 +104,15 @@ use crate::remote::{self, ForwardOk, ForwardOp};
 const BEAT_EVERY: Duration = Duration::from_millis(250);
 /// How long a beat may take.
 const BEAT_TIMEOUT: Duration = Duration::from_millis(500);
-/// A member whose beats failed this long is down.
-const DOWN_AFTER: Duration = Duration::from_secs(1);
-/// How long after a restart its replicas hold their own elections: two
-/// beats' worth, each sent and timed out, and a heartbeat fits in it.
-const RESTART_GRACE: Duration = Duration::from_millis(1500);
+/// A member whose beats failed this long, two of them at least, is down.
+/// Two: with one, a single slow beat (a beat comes back after up to
+/// [`BEAT_EVERY`] + [`BEAT_TIMEOUT`]) could still be on its way, healthy,
+/// when this much time has passed since the one before it failed.
+const DOWN_AFTER: Duration = Duration::from_millis(750);
+/// How long after a restarted member begins to serve its replicas that
+/// heard nothing hold their own elections: a beat sent and timed out twice
+/// (1.5 s), then a heartbeat, fit in it.
+const RESTART_GRACE: Duration = Duration::from_secs(2);
 /// How often the hibernate loop looks at each region.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// Time awake before a follower sleeps.
@@ -204,6 +211,8 @@ struct PeerBeat {
     /// Counted from a failure, not from the last success: after this
     /// process was paused, the first look must not find every member down.
     failing_since: Option<Instant>,
+    /// Beats failed in a row.
+    failures: u32,
     /// Its boot id at the last beat.
     boot: u64,
     /// The regions it led at the last beat and the one before.
@@ -222,6 +231,7 @@ impl PeerBeat {
             ok: None,
             since: Instant::now(),
             failing_since: None,
+            failures: 0,
             boot: 0,
             leading: Default::default(),
             asleep: BTreeSet::new(),
@@ -234,7 +244,7 @@ impl PeerBeat {
 impl PeerBeat {
     fn down(&self) -> bool {
         match (self.ok, self.failing_since) {
-            (_, Some(t)) => t.elapsed() >= DOWN_AFTER,
+            (_, Some(t)) => t.elapsed() >= DOWN_AFTER && self.failures >= 2,
             (None, None) => self.since.elapsed() >= DOWN_AFTER,
             (Some(_), None) => false,
         }
@@ -402,11 +412,13 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
                     })) = answer
                     else {
                         p.failing_since.get_or_insert_with(Instant::now);
+                        p.failures += 1;
                         return;
                     };
                     let restarted = p.boot != 0 && p.boot != boot;
                     p.boot = boot;
                     p.failing_since = None;
+                    p.failures = 0;
                     p.ok = Some(Instant::now());
                     p.answers += 1;
                     p.leading.swap(0, 1);
@@ -441,17 +453,45 @@ pub(super) async fn hold_elections(raft: &cairn_raft::Raft) -> bool {
     hold
 }
 
-/// Lets the replicas in `held` campaign again [`RESTART_GRACE`] after the
-/// member started.
-pub(super) async fn resume_elections(node: std::sync::Weak<Node>, held: Vec<u64>) {
+/// Lets each replica in `held` campaign again once a Raft message for its
+/// region arrived after this member began to serve its peers, or
+/// [`RESTART_GRACE`] after that; the stragglers each after up to 300 ms
+/// (spread by region), so that they do not all campaign in one tick.
+pub(super) async fn resume_elections(node: std::sync::Weak<Node>, mut held: Vec<u64>) {
     if held.is_empty() {
         return;
     }
-    tokio::time::sleep(RESTART_GRACE).await;
-    let Some(n) = node.upgrade() else { return };
-    for id in held {
-        if let Ok(r) = n.region(id) {
-            r.raft.runtime_config().elect(true);
+    let (mut serving, mut stopped) = {
+        let Some(n) = node.upgrade() else { return };
+        (n.serving.subscribe(), n.stopped.subscribe())
+    };
+    tokio::select! {
+        _ = serving.wait_for(|s| *s) => {}
+        _ = stopped.wait_for(|s| *s) => return,
+    }
+    let since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(n) = node.upgrade() else { return };
+        let late = since.elapsed() >= RESTART_GRACE;
+        held.retain(|&id| {
+            let Ok(r) = n.region(id) else { return false };
+            if *r.sleep.heard.lock() > since {
+                r.raft.runtime_config().elect(true);
+                return false;
+            }
+            if late {
+                let jitter = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n.id) % 300;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    r.raft.runtime_config().elect(true);
+                });
+                return false;
+            }
+            true
+        });
+        if held.is_empty() {
+            return;
         }
     }
 }

@@ -196,6 +196,8 @@ pub struct Node {
     /// `hibernate`).
     boot: u64,
     beats: hibernate::Beats,
+    /// Set once the peer service serves (see `hibernate::resume_elections`).
+    serving: tokio::sync::watch::Sender<bool>,
     /// Members that refused closes beside the log (see `side_closes`).
     side_peers: side_closes::SidePeers,
 }
@@ -252,6 +254,12 @@ impl Node {
     /// True once the node is shutting down.
     pub fn is_stopped(&self) -> bool {
         *self.stopped.borrow()
+    }
+
+    /// The peer service begins to serve this node (see
+    /// `hibernate::resume_elections`).
+    pub(crate) fn begin_serving_peers(&self) {
+        self.serving.send_replace(true);
     }
 
     /// Resolves once the node is shutting down.
