@@ -502,14 +502,18 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
     }
 
     /// How long openraft waits before it tries a peer again after an
-    /// `Unreachable` (a cut link, a refused call, a call past its
-    /// timeout): 50 ms, then doubling to 500 ms (openraft's default is
-    /// 500 ms every time). A follower that campaigns after 0.9 s of silence
-    /// (`raft_config`) must not lose half of that to one dropped or slow
-    /// append; a member that stays away is still tried twice a second.
+    /// `Unreachable` (a cut link, a refused call, an error status, a call
+    /// past this pool's deadline; openraft's own shorter append timeout is
+    /// a `Timeout`, retried at once): 100 ms, then doubling to 500 ms
+    /// (openraft's default is 500 ms every time). A follower that
+    /// campaigns after 0.9 s of silence (`raft_config`) must not lose more
+    /// than half of that to one dropped append; a member that stays away is
+    /// still tried twice a second. A snapshot send gives up after five
+    /// failures in a row and starts again: 1.2 s of retries here, 2 s at
+    /// openraft's default.
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(
-            [50, 100, 200, 400]
+            [100, 200, 400]
                 .into_iter()
                 .chain(std::iter::repeat(500))
                 .map(Duration::from_millis),

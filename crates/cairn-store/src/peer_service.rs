@@ -63,6 +63,12 @@ impl PeerService {
         req: RaftRequest,
     ) -> Result<RaftReply, Status> {
         let region_id = req.region_id;
+        if self.node.is_stopped() {
+            // Its Rafts are stopping: an answer saying so would come back to
+            // the sender as a remote error, which openraft sends again at
+            // once; `unavailable` is unreachable, which it backs off from.
+            return Err(Status::unavailable("member shutting down"));
+        }
         if self.node.region(region_id).is_err() {
             // Only a member may make this node adopt a region.
             self.member_of(sender, None)?;
@@ -73,10 +79,13 @@ impl PeerService {
             .await
             .map_err(|e| Status::not_found(e.to_string()))?;
         self.member_of(sender, Some(region_id))?;
-        region.sleep.heard();
         let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Once Raft has taken it: a replica held after a restart campaigns
+        // again on this (`hibernate::resume_elections`), and must not
+        // before the append that renews its election timer is in.
+        region.sleep.heard();
         Ok(RaftReply { payload })
     }
 

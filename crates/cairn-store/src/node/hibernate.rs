@@ -31,9 +31,12 @@
 //! start-up corruption check, if asked for). Their election timers run
 //! from the moment each opened. So a replica that existed before this
 //! start and has other voters holds its own elections ([`hold_elections`])
-//! until a Raft message for its region arrives after the member began to
-//! serve, or [`RESTART_GRACE`] after that, each then after up to 300 ms of
-//! jitter ([`resume_elections`]). It still votes, and a hand-over still
+//! until Raft has taken a message for its region that arrived after the
+//! member began to serve ([`resume_elections`]). One that hears nothing
+//! campaigns again [`RESTART_GRACE`] after that, plus up to 300 ms of
+//! jitter per region. So a whole cluster restarted at once holds its first
+//! elections 2–2.3 s after serving, unless a leader restored in its term
+//! (openraft brings one back as leader) reaches them first. It still votes, and a hand-over still
 //! makes it campaign. Without that a slow start (hundreds of regions) had
 //! the first regions opened campaign against live leaders and move their
 //! terms.
@@ -465,14 +468,19 @@ pub(super) async fn resume_elections(node: std::sync::Weak<Node>, mut held: Vec<
         let Some(n) = node.upgrade() else { return };
         (n.serving.subscribe(), n.stopped.subscribe())
     };
-    tokio::select! {
-        _ = serving.wait_for(|s| *s) => {}
+    let since = tokio::select! {
+        s = serving.wait_for(|s| s.is_some()) => match s {
+            Ok(s) => s.unwrap_or_else(Instant::now),
+            Err(_) => return,
+        },
         _ = stopped.wait_for(|s| *s) => return,
-    }
-    let since = Instant::now();
+    };
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let Some(n) = node.upgrade() else { return };
+        if n.is_stopped() {
+            return;
+        }
         let late = since.elapsed() >= RESTART_GRACE;
         held.retain(|&id| {
             let Ok(r) = n.region(id) else { return false };

@@ -196,8 +196,9 @@ pub struct Node {
     /// `hibernate`).
     boot: u64,
     beats: hibernate::Beats,
-    /// Set once the peer service serves (see `hibernate::resume_elections`).
-    serving: tokio::sync::watch::Sender<bool>,
+    /// When the peer service began to serve (see
+    /// `hibernate::resume_elections`).
+    serving: tokio::sync::watch::Sender<Option<std::time::Instant>>,
     /// Members that refused closes beside the log (see `side_closes`).
     side_peers: side_closes::SidePeers,
 }
@@ -259,7 +260,12 @@ impl Node {
     /// The peer service begins to serve this node (see
     /// `hibernate::resume_elections`).
     pub(crate) fn begin_serving_peers(&self) {
-        self.serving.send_replace(true);
+        // One call per peer listener: the first one counts.
+        self.serving.send_if_modified(|s| {
+            let first = s.is_none();
+            s.get_or_insert_with(std::time::Instant::now);
+            first
+        });
     }
 
     /// Resolves once the node is shutting down.

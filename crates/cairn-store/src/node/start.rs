@@ -195,7 +195,7 @@ impl Node {
                 close_now: Default::default(),
                 boot: super::hibernate::boot_id(id),
                 beats: Default::default(),
-                serving: tokio::sync::watch::channel(false).0,
+                serving: tokio::sync::watch::channel(None).0,
                 side_peers: Default::default(),
             }
         });
