@@ -60,6 +60,9 @@ pub use state_machine::{
 };
 pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, RegionRange, Reply, TypeConfig};
 
+/// The meta region's ID (TSO windows, members, the region directory).
+pub const META_REGION: u64 = 0;
+
 /// The openraft instance type for one region replica.
 pub type Raft = openraft::Raft<TypeConfig>;
 /// What a region's Raft reports of itself (`Raft::metrics`).

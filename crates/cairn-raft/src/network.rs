@@ -97,7 +97,7 @@ impl Faults {
     /// True when an append of `region` with (`entries`) or without entries
     /// must not go.
     fn drops_append(&self, region: u64, entries: bool) -> bool {
-        if region == 0 {
+        if region == crate::META_REGION {
             false
         } else if entries {
             self.drop_entry_appends.load(Ordering::Relaxed)

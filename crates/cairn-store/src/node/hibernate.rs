@@ -36,10 +36,10 @@
 //! campaigns again [`RESTART_GRACE`] after that, plus up to 300 ms of
 //! jitter per region. So a whole cluster restarted at once holds its first
 //! elections 2–2.3 s after serving, unless a leader restored in its term
-//! (openraft brings one back as leader) reaches them first. It still votes, and a hand-over still
-//! makes it campaign. Without that a slow start (hundreds of regions) had
-//! the first regions opened campaign against live leaders and move their
-//! terms.
+//! (openraft brings one back as leader) reaches them first. A held
+//! replica still votes, and a hand-over still makes it campaign. Without
+//! the hold a slow start (hundreds of regions) had the first regions
+//! opened campaign against live leaders and move their terms.
 //!
 //! When a region sleeps ([`hibernate`], every [`LOOK_EVERY`]):
 //! - Never the meta region (the TSO).
@@ -330,9 +330,9 @@ impl Node {
             {
                 let why = if all { "is down" } else { "no longer leads it" };
                 tracing::info!(region = r.id, peer, "waking: its leader {why}");
-                let jitter = (r.id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self.id) % 300;
+                let jitter = jitter(r.id, self.id);
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    tokio::time::sleep(jitter).await;
                     r.wake();
                 });
             }
@@ -489,9 +489,9 @@ pub(super) async fn resume_elections(node: std::sync::Weak<Node>, mut held: Vec<
                 return false;
             }
             if late {
-                let jitter = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n.id) % 300;
+                let jitter = jitter(id, n.id);
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    tokio::time::sleep(jitter).await;
                     r.raft.runtime_config().elect(true);
                 });
                 return false;
@@ -624,6 +624,12 @@ fn report_leaderless(
             "no known leader"
         );
     }
+}
+
+/// 0–300 ms, spread by region and member, so that the replicas woken or
+/// released together do not all campaign in the same tick.
+fn jitter(region: u64, me: u64) -> Duration {
+    Duration::from_millis((region.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ me) % 300)
 }
 
 /// A fresh boot id for this process.

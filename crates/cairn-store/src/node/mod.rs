@@ -92,7 +92,7 @@ use crate::tso::Tso;
 use crate::{Error, Result};
 
 /// The meta region's ID.
-pub const META_REGION: u64 = 0;
+pub const META_REGION: u64 = cairn_raft::META_REGION;
 /// The first data region's ID (covers the whole keyspace until splits).
 pub const DATA_REGION: u64 = 1;
 
