@@ -150,7 +150,12 @@ impl ReadLease {
             })
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(committed.map(|c| RestoredLead::floor(self.restored.as_ref(), &held.vote, c)))
+        match committed {
+            Some(c) => RestoredLead::settled(self.restored.as_ref(), raft, &held.vote, c)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Runs a read-index round; on success this node holds the lease until
@@ -174,7 +179,7 @@ impl ReadLease {
             }
         }
         let index = read.map_or(0, |l| l.index);
-        Ok(RestoredLead::floor(self.restored.as_ref(), &vote, index))
+        RestoredLead::settled(self.restored.as_ref(), raft, &vote, index).await
     }
 }
 

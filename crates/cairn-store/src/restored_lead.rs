@@ -19,9 +19,15 @@
 //!
 //! So a replica records, as its Raft starts, whether it was restored as
 //! leader, under which vote, and its last log index then. While it still
-//! leads under that vote, its read index is at least that index: a read
-//! waits until those entries apply (if another leader is elected
-//! meanwhile, they may never: the read times out). Every leader read of
+//! leads under that vote, its read index is at least that index, and is
+//! given out only once those entries have applied here — committed, so a
+//! follower handed the index applies it too. If another leader is
+//! elected first, they may never apply: the new leader may truncate them
+//! and then sleep with its log short of that index. So the read index
+//! fails `NotLeader` as soon as this replica hears of the new vote, and
+//! the read asks the new leader, instead of waiting for the index until
+//! its request times out. (A deposed leader cut off from everyone still
+//! waits so, for want of news.) Every leader read of
 //! this replica goes through it — the read index rounds, the read lease,
 //! and so the settled reads at a timestamp, the TSO's confirmations and
 //! the lessor's leadership checks; a sole voter's read without a round
@@ -34,6 +40,7 @@
 use cairn_raft::Raft;
 use openraft::{ServerState, Vote};
 
+use crate::node::REQUEST_TIMEOUT;
 use crate::{Error, Result};
 
 /// What a replica restored as leader held when its Raft started.
@@ -65,6 +72,41 @@ impl RestoredLead {
         match restored {
             Some(r) if r.vote == *vote => index.max(r.last),
             _ => index,
+        }
+    }
+
+    /// [`RestoredLead::floor`] of `index`, given out once `raft` has
+    /// applied that far: a raised index may lie past anything committed
+    /// yet. `NotLeader` if `raft` saves another vote first (a new leader
+    /// may truncate the restored entries and never write as far again);
+    /// `Timeout` after a request's time.
+    pub async fn settled(
+        restored: Option<&Self>,
+        raft: &Raft,
+        vote: &Vote<u64>,
+        index: u64,
+    ) -> Result<u64> {
+        let floor = Self::floor(restored, vote, index);
+        if floor == index {
+            return Ok(index);
+        }
+        let applied = |m: &cairn_raft::RaftMetrics| m.last_applied.map_or(0, |l| l.index);
+        let vote = *vote;
+        let m = raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .metrics(
+                |m| applied(m) >= floor || m.vote != vote,
+                "restored log applied",
+            )
+            .await
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => Error::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => Error::Stopped,
+            })?;
+        if applied(&m) >= floor {
+            Ok(floor)
+        } else {
+            Err(Error::NotLeader { leader: None })
         }
     }
 }

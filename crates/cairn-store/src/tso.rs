@@ -141,16 +141,7 @@ impl Tso {
                     .with_raft_state(|st| *st.vote_ref())
                     .await
                     .map_err(|e| Error::Internal(e.to_string()))?;
-                let floor = RestoredLead::floor(Some(restored), &vote, 0);
-                if floor > 0 {
-                    bounded(
-                        self.meta
-                            .wait(None)
-                            .applied_index_at_least(Some(floor), "tso"),
-                    )
-                    .await?
-                    .map_err(|e| Error::Internal(e.to_string()))?;
-                }
+                bounded(RestoredLead::settled(Some(restored), &self.meta, &vote, 0)).await??;
             }
             st.last = st.last.max(self.shared.tso_high_water());
             st.window_end = 0;

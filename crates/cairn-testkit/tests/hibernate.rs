@@ -2,7 +2,8 @@
 //! their Raft ticks once the region is quiet. A sleeping region serves a
 //! write at once, and stays asleep while it takes writes or is hashed; a write that
 //! missed a follower reaches it all the same. A leader back in its term
-//! after a restart reads its writes from before the crash. When its
+//! after a restart reads its writes from before the crash, or, deposed
+//! before they commit, sends its reads to the new leader. When its
 //! leader stops or is cut off, the members' beats wake its followers,
 //! which elect a new leader with no client's help. A restarted member
 //! hears its leader again.
@@ -297,6 +298,75 @@ async fn a_leader_restored_in_its_term_reads_its_uncommitted_writes() {
         Some("in flight"),
         "read below the restored log"
     );
+    c.shutdown().await;
+}
+
+/// A leader restored in its term (as above) whose followers elect another
+/// leader before its restored writes commit: those writes are truncated,
+/// and the new leader's log, idle, never reaches as far. A read it was
+/// holding until the restored log applied asks the new leader instead of
+/// waiting until its request times out (`RestoredLead::settled`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_on_a_restored_leader_deposed_before_its_log_commits_asks_the_new_leader() {
+    let (mut c, region) = split_and_sleep().await;
+    let leader = c.wait_leader(region).await;
+    let gone = c.nodes[leader].id;
+    let before = c.raft_metrics(leader, region);
+    c.nodes[leader].faults.drop_entry_appends(true);
+    let followers = [(leader + 1) % 3, (leader + 2) % 3];
+    let elect = |c: &InProcessCluster, on: bool| {
+        for f in followers {
+            let r = c.node(f).region(region).unwrap();
+            r.raft.runtime_config().elect(on);
+        }
+    };
+    elect(&c, false);
+    // A write appended and not committed, a restart, another write
+    // appended behind it, a second restart: the restored log ends two
+    // entries past the followers' logs, one past where a new leader's
+    // first entry will land. (One restart cannot: a leader has one group
+    // of writes in flight at most.)
+    for (i, key) in ["y1", "y2"].into_iter().enumerate() {
+        let mut client = c.kv(leader).await;
+        let put = tokio::spawn(async move { kv::put(&mut client, key, "lost").await });
+        let want = before.last_log_index.map(|l| l + 1 + i as u64);
+        eventually("the put is appended on the leader", || {
+            c.raft_metrics(leader, region).last_log_index >= want
+        })
+        .await;
+        c.stop(leader).await;
+        put.abort();
+        c.restart_keeping_faults(leader).await;
+        let after = c.raft_metrics(leader, region);
+        assert_eq!(
+            (
+                after.current_leader,
+                after.current_term,
+                after.last_log_index
+            ),
+            (Some(gone), before.current_term, want),
+            "not restored as leader in its term with its log"
+        );
+    }
+    let mut client = c.kv(leader).await;
+    let read = tokio::spawn(async move { kv::get(&mut client, "z", false).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !read.is_finished(),
+        "read before the restored log committed"
+    );
+    c.isolate(leader);
+    elect(&c, true);
+    wait_replaced(&c, region, leader, gone).await;
+    c.heal();
+    let got = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the read still waits for the truncated log")
+        .unwrap();
+    match got {
+        Ok(v) => assert_eq!(v.as_deref(), Some("0")),
+        Err(e) => panic!("the read waited for the truncated log and failed: {e}"),
+    }
     c.shutdown().await;
 }
 

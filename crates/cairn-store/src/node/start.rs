@@ -106,7 +106,11 @@ impl Node {
                 RegionKind::Data
             };
             let (raft, shared, log_bytes, restored) = opener.open(region, kind).await?;
-            let resumed = raft.is_initialized().await.map_err(|_| Error::Stopped)?;
+            // Fails only if Raft stopped as it opened (a log it cannot
+            // read): say why, not just that it stopped.
+            let resumed = raft.is_initialized().await.map_err(|e| {
+                Error::Internal(format!("region {region}'s Raft stopped as it opened: {e}"))
+            })?;
             // Only the first two regions are bootstrapped; a region born by
             // a split starts from the record the split wrote.
             let first = region == META_REGION || region == DATA_REGION;
@@ -417,10 +421,12 @@ impl Region {
                     };
                     let (read, _) = raft.get_read_log_id().await.map_err(read_index_error)?;
                     let index = read.map_or(0, |l| l.index);
-                    Ok(match vote {
-                        Some(vote) => RestoredLead::floor(restored.as_ref(), &vote, index),
-                        None => index,
-                    })
+                    match vote {
+                        Some(vote) => {
+                            RestoredLead::settled(restored.as_ref(), &raft, &vote, index).await
+                        }
+                        None => Ok(index),
+                    }
                 }
             })
         };
