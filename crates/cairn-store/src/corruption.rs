@@ -26,15 +26,27 @@
 //! check looks for members that disagree, not for members that are down.
 //! So is one of the previous version (it does not know the ask).
 //!
-//! At start-up (etcd's `--experimental-initial-corrupt-check`) a member
-//! compares its own hash with every reachable peer's at the revision all
-//! its regions have resolved before it serves clients, and refuses to
-//! start if one differs.
+//! At start-up (etcd's `--experimental-initial-corrupt-check`), before it
+//! serves clients, a member compares its history with every reachable
+//! peer's, and refuses to start if one differs. It cannot ask the regions'
+//! leaders to catch it up (it does not serve its peers yet), so it hashes
+//! each of its regions' key spans at the revision that region resolved
+//! here, and asks each peer for its hash of the same spans at the same
+//! revisions (`ForwardOp::HashSpansAt`), its regions caught up by
+//! themselves. One revision for the whole store — the lowest any region
+//! here resolved — would leave out everything written after the coldest
+//! region's last write: with hundreds of regions, hours of history. The
+//! peers are asked at once and given 6 s; a peer gives what spans it can
+//! within 4 s (`node::store_hash`), and the spans it could not hash are
+//! counted in a warning, not compared. A peer of the previous version
+//! refuses that ask and is asked for one hash of the whole store at that
+//! lowest revision instead.
 
 use std::collections::HashMap;
 use std::sync::Weak;
 use std::time::Duration;
 
+use cairn_mvcc::locks::KeySpan;
 use cairn_raft::ALARM_CORRUPT as CORRUPT;
 
 use crate::node::{CatchUp, Node, StoreHash, DATA_REGION};
@@ -119,8 +131,9 @@ impl Node {
 
 impl Node {
     /// The start-up check (see the module essay): an error naming the first
-    /// peer whose history differs from this member's at the revision every
-    /// region here has resolved. Peers that do not answer, or hashed over
+    /// peer whose history of a region's span here differs from this
+    /// member's, at the revision that region resolved here. Peers that do
+    /// not answer, and spans either side could not hash or hashed over
     /// other compactions, are skipped.
     pub async fn initial_corruption_check(&self) -> Result<()> {
         let r = self.region(DATA_REGION)?;
@@ -141,33 +154,147 @@ impl Node {
         };
         // This member serves no peer until the check is done, so a region
         // frozen for a merge here stays frozen: it hashes what it can at
-        // once, or skips the check (it looks for members that disagree).
-        let at = self.resolved_everywhere();
-        let mine = match self.store_hash_now(at).await {
-            Ok(mine) => mine,
-            Err(e) => {
-                tracing::warn!("initial corruption check skipped: this member cannot hash its store at revision {at}: {e}");
-                return Ok(());
+        // once, or skips that part (the check looks for members that
+        // disagree). Each region here is hashed at the revision it
+        // resolved, so a region written since another went cold is
+        // checked to its last write too.
+        let mut mine: Vec<(KeySpan, i64, StoreHash)> = Vec::new();
+        for (span, at) in self.resolved_spans() {
+            if at == 0 {
+                continue;
             }
-        };
-        for peer in voters.into_iter().filter(|&p| p != self.id) {
-            let ask = self.peer_store_hash(peer, at, CatchUp::Local);
-            match tokio::time::timeout(PEER_WAIT, ask).await {
-                Ok(Ok(theirs)) if theirs.compactions == mine.compactions => {
-                    if theirs.hash.hash != mine.hash.hash {
-                        return Err(Error::Internal(format!(
-                            "found data inconsistency with peers: member {peer:x} hashes revision {at} as {}, this member as {}",
-                            theirs.hash.hash, mine.hash.hash
-                        )));
+            match self.span_hash_now(&span, at).await {
+                Ok(h) => mine.push((span, at, h)),
+                Err(e) => tracing::warn!(
+                    "initial corruption check: this member cannot hash {} at revision {at}: {e}",
+                    show_span(&span)
+                ),
+            }
+        }
+        if mine.is_empty() {
+            return Ok(());
+        }
+        // The whole store's hash, for peers of the previous version: made
+        // once, if one is met, and not on any peer's clock.
+        let mut whole = None;
+        let peers: Vec<u64> = voters.into_iter().filter(|&p| p != self.id).collect();
+        let asks = peers
+            .iter()
+            .map(|&peer| tokio::time::timeout(PEER_WAIT, self.peer_span_hashes(peer, &mine)));
+        let answers = futures::future::join_all(asks).await;
+        for (peer, answer) in peers.into_iter().zip(answers) {
+            let differs = match answered(peer, answer) {
+                Some(Some(theirs)) => self.compare_spans(peer, &mine, theirs),
+                Some(None) => {
+                    let at = mine.iter().map(|(_, at, _)| *at).min().unwrap_or(0);
+                    let everything: KeySpan = (Vec::new(), Vec::new());
+                    if whole.is_none() {
+                        whole = Some(self.span_hash_now(&everything, at).await?);
                     }
+                    let ask = self.peer_store_hash(peer, at, CatchUp::Local);
+                    let theirs = answered(peer, tokio::time::timeout(PEER_WAIT, ask).await);
+                    theirs.and_then(|t| differs(&everything, at, whole.as_ref()?, Some(t)))
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(peer, "initial corruption check: no hash: {e}"),
-                Err(_) => tracing::warn!(peer, "initial corruption check: no answer"),
+                None => None,
+            };
+            if let Some(differs) = differs {
+                return Err(Error::Internal(format!(
+                    "found data inconsistency with peers: member {peer:x} {differs}"
+                )));
             }
         }
         Ok(())
     }
+
+    /// `peer`'s hash of each span of `mine` at its revision (`None` in
+    /// place of one it had none of); `None`: a peer of the previous
+    /// version, which refuses the ask.
+    async fn peer_span_hashes(
+        &self,
+        peer: u64,
+        mine: &[(KeySpan, i64, StoreHash)],
+    ) -> Result<Option<Vec<Option<StoreHash>>>> {
+        let r = self.region(DATA_REGION)?;
+        let spans = mine.iter().map(|(s, at, _)| (s.clone(), *at)).collect();
+        let op = ForwardOp::HashSpansAt(spans);
+        match remote::forward(&self.pool, &r.raft, peer, DATA_REGION, &op).await {
+            Err(Error::Refused(_)) => Ok(None),
+            answer => answer.and_then(ForwardOk::span_hashes).map(Some),
+        }
+    }
+
+    /// How `peer`'s hashes (`theirs`, in the order of `mine`) differ from
+    /// this member's for the first span where they do; says how many spans
+    /// could not be compared (the peer had no hash, or compacted them
+    /// otherwise).
+    fn compare_spans(
+        &self,
+        peer: u64,
+        mine: &[(KeySpan, i64, StoreHash)],
+        theirs: Vec<Option<StoreHash>>,
+    ) -> Option<String> {
+        let skipped = theirs
+            .iter()
+            .zip(mine)
+            .filter(|(t, (_, _, m))| !t.as_ref().is_some_and(|t| t.comparable(m)))
+            .count();
+        if skipped > 0 {
+            tracing::warn!(
+                peer,
+                "initial corruption check: {skipped} of {} region spans not compared (the peer could not hash them in time, or compacted them otherwise)",
+                mine.len()
+            );
+        }
+        mine.iter()
+            .zip(theirs)
+            .find_map(|((span, at, mine), theirs)| differs(span, *at, mine, theirs))
+    }
+}
+
+/// A peer's answer to the start-up check, or `None` (logged) if it gave
+/// none in time.
+fn answered<T>(
+    peer: u64,
+    answer: std::result::Result<Result<T>, tokio::time::error::Elapsed>,
+) -> Option<T> {
+    match answer {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::warn!(peer, "initial corruption check: no hash: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(peer, "initial corruption check: no answer");
+            None
+        }
+    }
+}
+
+/// How `theirs` differs from `mine`, the hashes of `span` at `at`: `None`
+/// when they agree, or cannot be compared (no hash, other compactions).
+fn differs(span: &KeySpan, at: i64, mine: &StoreHash, theirs: Option<StoreHash>) -> Option<String> {
+    let theirs = theirs.filter(|t| t.comparable(mine))?;
+    (theirs.hash.hash != mine.hash.hash).then(|| {
+        format!(
+            "hashes {} at revision {at} as {}, this member as {}",
+            show_span(span),
+            theirs.hash.hash,
+            mine.hash.hash
+        )
+    })
+}
+
+/// A key span for a log line.
+fn show_span((start, end): &KeySpan) -> String {
+    format!(
+        "keys [{}, {})",
+        String::from_utf8_lossy(start),
+        if end.is_empty() {
+            "end".into()
+        } else {
+            String::from_utf8_lossy(end)
+        }
+    )
 }
 
 /// Runs [`Node::check_corruption`] every `every` until the node stops.

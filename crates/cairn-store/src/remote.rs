@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_api::peerpb::{ForwardRequest, TsoRequest};
+use cairn_mvcc::locks::KeySpan;
 use cairn_raft::network::PeerPool;
 use cairn_raft::{decode, encode, AuthStamp, Command, Raft, Reply};
 use serde::{Deserialize, Serialize};
@@ -118,6 +119,14 @@ pub enum ForwardOp {
     /// for seconds after every corruption check. (A variant of its own,
     /// after the others: a member of the previous version refuses it.)
     ReadIndexAfterQuietly(i64),
+    /// Any member: its hash of each key span's history up to the span's
+    /// own revision, its regions caught up by themselves (the start-up
+    /// corruption check: one span per region of the member asking, at
+    /// the revision that region resolved there); answers
+    /// [`ForwardOk::SpanHashes`]. (A variant of its own, after the
+    /// others: a member of the previous version refuses it, and is asked
+    /// for one hash of the whole store instead.)
+    HashSpansAt(Vec<(KeySpan, i64)>),
 }
 
 /// A leader's question to a replica of one of its regions: does it still
@@ -178,6 +187,7 @@ impl ForwardOp {
                     | ForwardOp::HashKv(_)
                     | ForwardOp::HashKvAt { .. }
                     | ForwardOp::HashStoreAt { .. }
+                    | ForwardOp::HashSpansAt(_)
             )
     }
 }
@@ -200,6 +210,7 @@ impl ForwardOp {
                 | ForwardOp::HashKv(_)
                 | ForwardOp::HashKvAt { .. }
                 | ForwardOp::HashStoreAt { .. }
+                | ForwardOp::HashSpansAt(_)
                 | ForwardOp::WantCloses
                 | ForwardOp::Beat
                 | ForwardOp::SideCloses { .. }
@@ -222,6 +233,10 @@ impl ForwardOp {
         }
     }
 }
+
+/// A member's hash as it travels: hash, revision, highest compaction
+/// revision, compaction map (see `node::StoreHash`).
+pub(crate) type HashParts = (u32, i64, i64, Vec<(Vec<u8>, i64)>);
 
 /// The answer to a [`ForwardOp`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -261,6 +276,11 @@ pub enum ForwardOk {
     /// The regions of a [`ForwardOp::SideCloses`] check whose replica
     /// here still votes as asked.
     SideCloses { still: Vec<u64> },
+    /// A member's hash of each span asked for
+    /// (`ForwardOp::HashSpansAt`), in order: as `StoreHash` gives one,
+    /// `None` where it had none (a revision compacted here or not yet
+    /// resolved in time, regions that did not tile the span).
+    SpanHashes(Vec<Option<HashParts>>),
 }
 
 /// Typed answers: each entry point takes the one kind of answer its op
@@ -413,15 +433,24 @@ impl ForwardOk {
                 revision,
                 compacted,
                 compactions,
-            } => Ok(crate::node::StoreHash {
-                hash: cairn_mvcc::KvHash {
-                    hash,
-                    revision,
-                    compacted,
-                },
+            } => Ok(crate::node::StoreHash::from_parts(
+                hash,
+                revision,
+                compacted,
                 compactions,
-            }),
+            )),
             other => Err(other.mismatch("a store hash")),
+        }
+    }
+
+    /// A member's hashes of spans, in the order asked.
+    pub(crate) fn span_hashes(self) -> Result<Vec<Option<crate::node::StoreHash>>> {
+        match self {
+            ForwardOk::SpanHashes(hashes) => Ok(hashes
+                .into_iter()
+                .map(|h| h.map(|(h, r, c, m)| crate::node::StoreHash::from_parts(h, r, c, m)))
+                .collect()),
+            other => Err(other.mismatch("span hashes")),
         }
     }
 }

@@ -179,8 +179,6 @@ async fn paused_leader_is_replaced_and_catches_up_after_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
-    use cairn_storage::keys::Key;
-    use cairn_storage::{Durability, Engine, FjallEngine, WriteBatch};
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"));
     let check = ["--experimental-initial-corrupt-check".to_string()];
     let mut c = ProcessCluster::start_with(bin, 3, &check);
@@ -195,29 +193,76 @@ async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
     // The victim has applied everything before it is stopped.
     assert_eq!(read_all(&c, victim).await.len(), 20);
     c.kill(victim);
-    // Its copy gains a version no other member has.
-    {
-        let engine = FjallEngine::open(c.data_dir(victim).join("db")).unwrap();
-        // Revision 1: below every write (a fresh store is at 1).
-        let key = Key::MvccVersion {
-            key: b"w00",
-            revision: 1,
-        }
-        .encode();
-        let record = cairn_mvcc::Record::Put(cairn_api::mvccpb::KeyValue {
-            value: b"flipped".to_vec(),
-            create_revision: 1,
-            mod_revision: 1,
-            version: 1,
-            ..Default::default()
-        });
-        let mut b = WriteBatch::new();
-        b.put(key, record.encode());
-        engine.write(b, Durability::Sync).unwrap();
+    // Its copy gains a version no other member has. Revision 1: below
+    // every write (a fresh store is at 1).
+    plant_version(&c, victim, b"w00", 1);
+    refuses_to_start(&mut c, victim).await;
+    // The others serve on.
+    assert_eq!(read_all(&c, l).await.len(), 20);
+}
+
+/// With several regions the start-up check hashes each region to its own
+/// last write, not the whole store to the coldest region's: a version
+/// that differs in a region written after another went cold is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_initial_check_covers_regions_written_after_another_went_cold() {
+    use cairn_api::cairnpb::regions_client::RegionsClient;
+    use cairn_api::cairnpb::RegionSplitRequest;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"));
+    let check = ["--experimental-initial-corrupt-check".to_string()];
+    let mut c = ProcessCluster::start_with(bin, 3, &check);
+    let l = leader(&c, &[]).await;
+    let mut client = kv::connect(&c.client_addr(l)).await;
+    kv::put(&mut client, "a", "cold").await.unwrap();
+    let channel = cairn_testkit::secured::channel(&c.client_addr(l));
+    RegionsClient::new(channel)
+        .split(RegionSplitRequest { key: b"m".to_vec() })
+        .await
+        .unwrap();
+    for i in 0..20 {
+        kv::put(&mut client, &format!("w{i:02}"), "v")
+            .await
+            .unwrap();
     }
-    c.restart(victim);
+    let victim = (l + 1) % 3;
+    assert_eq!(read_all(&c, victim).await.len(), 20);
+    let mut k = kv::connect(&c.client_addr(victim)).await;
+    let last = kv::prefix(&mut k, "w19", false).await.unwrap().kvs[0].mod_revision;
+    c.kill(victim);
+    // A version of w19 just below its last: above everything the region
+    // holding "a" has (it went cold before the split), within what the
+    // region holding w19 resolved.
+    plant_version(&c, victim, b"w19", last - 1);
+    refuses_to_start(&mut c, victim).await;
+    assert_eq!(read_all(&c, l).await.len(), 20);
+}
+
+/// Writes into stopped member `i`'s store a version of `key` at
+/// `revision` that no other member has.
+fn plant_version(c: &ProcessCluster, i: usize, key: &[u8], revision: i64) {
+    use cairn_storage::keys::Key;
+    use cairn_storage::{Durability, Engine, FjallEngine, WriteBatch};
+    let engine = FjallEngine::open(c.data_dir(i).join("db")).unwrap();
+    let stored = Key::MvccVersion { key, revision }.encode();
+    let record = cairn_mvcc::Record::Put(cairn_api::mvccpb::KeyValue {
+        key: key.to_vec(),
+        value: b"flipped".to_vec(),
+        create_revision: revision,
+        mod_revision: revision,
+        version: 1,
+        ..Default::default()
+    });
+    let mut b = WriteBatch::new();
+    b.put(stored, record.encode());
+    engine.write(b, Durability::Sync).unwrap();
+}
+
+/// Restarts member `i` with the start-up check, which must find its data
+/// differs and refuse to start.
+async fn refuses_to_start(c: &mut ProcessCluster, i: usize) {
+    c.restart(i);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.reap_exited(victim) {
+    while !c.reap_exited(i) {
         assert!(
             Instant::now() < deadline,
             "the damaged member started\n{}",
@@ -226,12 +271,10 @@ async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The restarted run's whole log (logs() keeps only tails).
-    let dir = c.data_dir(victim);
+    let dir = c.data_dir(i);
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let log = std::fs::read_to_string(dir.with_file_name(format!("{name}.2.log"))).unwrap();
     assert!(log.contains("found data inconsistency with peers"), "{log}");
-    // The others serve on.
-    assert_eq!(read_all(&c, l).await.len(), 20);
 }
 
 /// With several regions a read asks its region's leader for a timestamp

@@ -317,13 +317,17 @@ impl Node {
                     CatchUp::Local
                 };
                 let h = Box::pin(self.store_hash(revision, revision, catch_up)).await?;
+                let (hash, revision, compacted, compactions) = h.into_parts();
                 Ok(ForwardOk::StoreHash {
-                    hash: h.hash.hash,
-                    revision: h.hash.revision,
-                    compacted: h.hash.compacted,
-                    compactions: h.compactions,
+                    hash,
+                    revision,
+                    compacted,
+                    compactions,
                 })
             }
+            ForwardOp::HashSpansAt(spans) => Ok(ForwardOk::SpanHashes(
+                Box::pin(self.span_hashes_here(spans)).await,
+            )),
         }
     }
 

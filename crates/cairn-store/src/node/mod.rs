@@ -26,7 +26,8 @@
 //! - [`reads`]: the linearizable read path (read index, then a local read);
 //! - [`range_across`]: a Range over several regions, at one timestamp;
 //! - [`status`]: what the node reports about itself;
-//! - [`store_hash`]: `HashKV` of the whole store, over every region;
+//! - [`store_hash`]: `HashKV` of the whole store (or a key span of it),
+//!   over every region;
 //! - [`report`]: what `cairn regions` shows of each data region;
 //! - [`background`]: publishing this member and the ranges of the regions
 //!   it leads, counting leader changes, bounding Raft logs by bytes;

@@ -1,4 +1,5 @@
-//! `HashKV` of the whole store, however many regions hold it.
+//! `HashKV` of the whole store, or of a key span of it, however many
+//! regions hold it.
 //!
 //! etcd hashes its one store's key history up to a revision; members that
 //! applied the same entries hash equal, and the corruption check
@@ -34,6 +35,13 @@
 //! key order, neighbours with the same revision joined (a split copies
 //! its parent's) — and two hashes are compared only when their maps are
 //! equal.
+//!
+//! A hash of a key span (the start-up check's, one per region of the
+//! member asking, each at the revision that region resolved there) cuts
+//! each region's range down to the span before the scan, so it too does
+//! not depend on where either member's boundaries are. A member hashing
+//! spans for a peer gives each what it can within [`SPANS_WAIT`] in all,
+//! and after that only spans its regions have already resolved.
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +51,13 @@ use cairn_mvcc::KvHash;
 use crate::node::kv::StaleRoutes;
 use crate::node::range_across::RegionView;
 use crate::node::{Node, Region};
+use crate::remote::HashParts;
 use crate::{Error, Result};
+
+/// How long a member hashing spans for a peer's start-up check waits, in
+/// all, for its regions to resolve the revisions asked for (the asker
+/// waits 6 s for the answer).
+const SPANS_WAIT: Duration = Duration::from_secs(4);
 
 /// How long a replica waits, in [`CatchUp::Local`], for its regions to
 /// resolve the revision asked for.
@@ -64,14 +78,52 @@ pub(crate) enum CatchUp {
     Local,
 }
 
-/// One member's hash of the whole store's history up to a revision.
+/// One member's hash of the whole store's history up to a revision (or
+/// of a key span's: the start-up check).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoreHash {
     /// The hash; its compaction revision is the highest of any region.
     pub(crate) hash: KvHash,
     /// (first key, compaction revision) of each run of regions compacted
-    /// alike, in key order: only hashes with equal maps are comparable.
+    /// alike, in key order, the first key no lower than the span's start:
+    /// only hashes with equal maps are comparable.
     pub(crate) compactions: Vec<(Vec<u8>, i64)>,
+}
+
+impl StoreHash {
+    /// A hash as a peer sends it: hash, revision, compaction revision and
+    /// compaction map.
+    pub(crate) fn from_parts(
+        hash: u32,
+        revision: i64,
+        compacted: i64,
+        compactions: Vec<(Vec<u8>, i64)>,
+    ) -> Self {
+        StoreHash {
+            hash: KvHash {
+                hash,
+                revision,
+                compacted,
+            },
+            compactions,
+        }
+    }
+
+    /// The parts [`StoreHash::from_parts`] takes.
+    pub(crate) fn into_parts(self) -> HashParts {
+        (
+            self.hash.hash,
+            self.hash.revision,
+            self.hash.compacted,
+            self.compactions,
+        )
+    }
+
+    /// True when `other` hashed the same history: the compaction maps are
+    /// equal (else they are not comparable, and nothing is said).
+    pub(crate) fn comparable(&self, other: &StoreHash) -> bool {
+        self.compactions == other.compactions
+    }
 }
 
 impl Node {
@@ -86,36 +138,54 @@ impl Node {
         revision: i64,
         catch_up: CatchUp,
     ) -> Result<StoreHash> {
+        self.span_hash(&(Vec::new(), Vec::new()), at, revision, catch_up)
+            .await
+    }
+
+    /// [`Node::store_hash`] of the keys in `span` only (its own compaction
+    /// map begins at the span's start).
+    pub(crate) async fn span_hash(
+        &self,
+        span: &KeySpan,
+        at: i64,
+        revision: i64,
+        catch_up: CatchUp,
+    ) -> Result<StoreHash> {
         let stale = StaleRoutes::new();
         loop {
-            match self.views_for_hash(at, catch_up).await? {
-                Some(views) => return self.hash_views(views, revision).await,
+            match self.views_for_hash(span, at, catch_up).await? {
+                Some(views) => return self.hash_views(span, views, revision).await,
                 None => stale.wait().await?,
             }
         }
     }
 
-    /// [`Node::store_hash`] at `revision` of the regions here as they are
+    /// [`Node::span_hash`] at `revision` of the regions here as they are
     /// ([`CatchUp::Local`]), trying once: for a member that cannot reach
     /// its peers (the start-up check).
-    pub(crate) async fn store_hash_now(&self, revision: i64) -> Result<StoreHash> {
-        match self.views_for_hash(revision, CatchUp::Local).await? {
-            Some(views) => self.hash_views(views, revision).await,
+    pub(crate) async fn span_hash_now(&self, span: &KeySpan, revision: i64) -> Result<StoreHash> {
+        match self.views_for_hash(span, revision, CatchUp::Local).await? {
+            Some(views) => self.hash_views(span, views, revision).await,
             None => Err(Error::EpochMismatch),
         }
     }
 
-    /// Every data region's view here, in key order, once each holds
-    /// everything at or below `at` for good; `None`: look again (the
-    /// regions do not tile the keyspace, one merged meanwhile, or a lock
-    /// was just resolved). A region that split meanwhile keeps its view,
-    /// and the split-off part is caught up at the same `at`
-    /// (`regions_caught_up_at`): under splits every few puts, beginning
-    /// again each time starved the hash.
-    async fn views_for_hash(&self, at: i64, catch_up: CatchUp) -> Result<Option<Vec<RegionView>>> {
-        let everything: KeySpan = (Vec::new(), Vec::new());
+    /// The view of every data region here overlapping `span`, in key
+    /// order, once each holds everything at or below `at` for good;
+    /// `None`: look again (the regions do not tile the span, one merged
+    /// meanwhile, or a lock was just resolved). A region that split
+    /// meanwhile keeps its view, and the split-off part is caught up at
+    /// the same `at` (`regions_caught_up_at`): under splits every few
+    /// puts, beginning again each time starved the hash.
+    async fn views_for_hash(
+        &self,
+        span: &KeySpan,
+        at: i64,
+        catch_up: CatchUp,
+    ) -> Result<Option<Vec<RegionView>>> {
+        let end = (!span.1.is_empty()).then_some(span.1.as_slice());
         let Some(caught) = self
-            .regions_caught_up_at(b"", None, at, Some(&everything), catch_up)
+            .regions_caught_up_at(&span.0, end, at, Some(span), catch_up)
             .await?
         else {
             return Ok(None);
@@ -158,8 +228,18 @@ impl Node {
         }
     }
 
-    /// Hashes `views` (in key order) at `revision` as one scan.
-    async fn hash_views(&self, views: Vec<RegionView>, revision: i64) -> Result<StoreHash> {
+    /// Hashes the keys of `views` (in key order) in `span` at `revision`
+    /// as one scan.
+    async fn hash_views(
+        &self,
+        span: &KeySpan,
+        views: Vec<RegionView>,
+        revision: i64,
+    ) -> Result<StoreHash> {
+        let views: Vec<RegionView> = views
+            .into_iter()
+            .map(|(snap, revs, range)| (snap, revs, clipped(range, span)))
+            .collect();
         let mut compactions: Vec<(Vec<u8>, i64)> = Vec::new();
         for (_, revs, range) in &views {
             if compactions.last().is_none_or(|(_, c)| *c != revs.compacted) {
@@ -181,6 +261,61 @@ impl Node {
         Ok(StoreHash { hash, compactions })
     }
 
+    /// This member's hash of each span at its own revision
+    /// (`ForwardOp::HashSpansAt`), its regions caught up by themselves:
+    /// `None` for a span it could not hash (a compacted revision, regions
+    /// that do not tile it) or whose regions here had not resolved the
+    /// revision within [`SPANS_WAIT`] of the ask. Past that, a span is
+    /// still hashed if its regions here have resolved it: one slow span
+    /// does not cost the others.
+    pub(crate) async fn span_hashes_here(
+        &self,
+        spans: Vec<(KeySpan, i64)>,
+    ) -> Vec<Option<HashParts>> {
+        let deadline = tokio::time::Instant::now() + SPANS_WAIT;
+        let mut hashes = Vec::with_capacity(spans.len());
+        for (span, revision) in spans {
+            if tokio::time::Instant::now() >= deadline && !self.resolved_over(&span, revision) {
+                hashes.push(None);
+                continue;
+            }
+            let hash = self.span_hash(&span, revision, revision, CatchUp::Local);
+            hashes.push(match tokio::time::timeout_at(deadline, hash).await {
+                Ok(Ok(h)) => Some(h.into_parts()),
+                Ok(Err(e)) => {
+                    tracing::debug!(revision, "no hash of a span for a peer: {e}");
+                    None
+                }
+                Err(_) => None,
+            });
+        }
+        hashes
+    }
+
+    /// True when every region here overlapping `span` has resolved
+    /// `revision`.
+    fn resolved_over(&self, span: &KeySpan, revision: i64) -> bool {
+        let end = (!span.1.is_empty()).then_some(span.1.as_slice());
+        self.regions_overlapping(&span.0, end)
+            .iter()
+            .all(|(r, _, _)| r.shared.resolved() >= revision)
+    }
+
+    /// Each data region here, in key order, as its span and the revision
+    /// it has resolved (0: nothing yet).
+    pub(crate) fn resolved_spans(&self) -> Vec<(KeySpan, i64)> {
+        let mut spans: Vec<(KeySpan, i64)> = self
+            .data_regions()
+            .iter()
+            .map(|r| {
+                let range = r.shared.range();
+                ((range.start, range.end), r.shared.resolved())
+            })
+            .collect();
+        spans.sort();
+        spans
+    }
+
     /// The revision every data region here has resolved (the lowest of
     /// theirs): a [`CatchUp::Local`] hash needs no wait at it.
     pub(crate) fn resolved_everywhere(&self) -> i64 {
@@ -189,6 +324,21 @@ impl Node {
             .map(|r| r.shared.resolved())
             .min()
             .unwrap_or(0)
+    }
+}
+
+/// `range` cut down to the keys in `span` (a region overlapping it).
+fn clipped(range: cairn_raft::RegionRange, span: &KeySpan) -> cairn_raft::RegionRange {
+    let start = range.start.max(span.0.clone());
+    let end = match (range.end.is_empty(), span.1.is_empty()) {
+        (true, _) => span.1.clone(),
+        (false, true) => range.end,
+        (false, false) => range.end.min(span.1.clone()),
+    };
+    cairn_raft::RegionRange {
+        start,
+        end,
+        ..range
     }
 }
 
