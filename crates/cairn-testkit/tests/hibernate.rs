@@ -256,38 +256,8 @@ async fn sleeping_followers_that_missed_a_commit_notice_apply_the_write() {
 async fn a_leader_restored_in_its_term_reads_its_uncommitted_writes() {
     let (mut c, region) = split_and_sleep().await;
     let leader = c.wait_leader(region).await;
-    let before = c.raft_metrics(leader, region);
-    c.nodes[leader].faults.drop_entry_appends(true);
-    // The followers campaign for nobody while the leader is away, however
-    // slow its stop and restart.
-    let followers = [(leader + 1) % 3, (leader + 2) % 3];
-    let elect = |c: &InProcessCluster, on: bool| {
-        for f in followers {
-            let r = c.node(f).region(region).unwrap();
-            r.raft.runtime_config().elect(on);
-        }
-    };
-    elect(&c, false);
-    let mut client = c.kv(leader).await;
-    let put = tokio::spawn(async move { kv::put(&mut client, "z", "in flight").await });
-    eventually("the put is appended on the leader", || {
-        c.raft_metrics(leader, region).last_log_index > before.last_log_index
-    })
-    .await;
-    c.stop(leader).await;
-    put.abort();
-    c.restart_keeping_faults(leader).await;
-    let after = c.raft_metrics(leader, region);
-    assert_eq!(
-        (after.current_leader, after.current_term),
-        (Some(c.nodes[leader].id), before.current_term),
-        "not restored as leader in its term"
-    );
-    assert!(
-        after.last_log_index > before.last_log_index,
-        "the put was lost"
-    );
-    elect(&c, true);
+    restart_with_unheard_writes(&mut c, region, leader, &[("z", "in flight")]).await;
+    followers_elect(&c, region, leader, true);
     let mut client = c.kv(leader).await;
     let read = tokio::spawn(async move { kv::get(&mut client, "z", false).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -311,43 +281,11 @@ async fn a_read_on_a_restored_leader_deposed_before_its_log_commits_asks_the_new
     let (mut c, region) = split_and_sleep().await;
     let leader = c.wait_leader(region).await;
     let gone = c.nodes[leader].id;
-    let before = c.raft_metrics(leader, region);
-    c.nodes[leader].faults.drop_entry_appends(true);
-    let followers = [(leader + 1) % 3, (leader + 2) % 3];
-    let elect = |c: &InProcessCluster, on: bool| {
-        for f in followers {
-            let r = c.node(f).region(region).unwrap();
-            r.raft.runtime_config().elect(on);
-        }
-    };
-    elect(&c, false);
-    // A write appended and not committed, a restart, another write
-    // appended behind it, a second restart: the restored log ends two
-    // entries past the followers' logs, one past where a new leader's
-    // first entry will land. (One restart cannot: a leader has one group
-    // of writes in flight at most.)
-    for (i, key) in ["y1", "y2"].into_iter().enumerate() {
-        let mut client = c.kv(leader).await;
-        let put = tokio::spawn(async move { kv::put(&mut client, key, "lost").await });
-        let want = before.last_log_index.map(|l| l + 1 + i as u64);
-        eventually("the put is appended on the leader", || {
-            c.raft_metrics(leader, region).last_log_index >= want
-        })
-        .await;
-        c.stop(leader).await;
-        put.abort();
-        c.restart_keeping_faults(leader).await;
-        let after = c.raft_metrics(leader, region);
-        assert_eq!(
-            (
-                after.current_leader,
-                after.current_term,
-                after.last_log_index
-            ),
-            (Some(gone), before.current_term, want),
-            "not restored as leader in its term with its log"
-        );
-    }
+    // Two restarts: the restored log ends two entries past the followers'
+    // logs, one past where a new leader's first entry will land. (One
+    // restart cannot: a leader has one group of writes in flight at most.)
+    let writes = [("y1", "lost"), ("y2", "lost")];
+    restart_with_unheard_writes(&mut c, region, leader, &writes).await;
     let mut client = c.kv(leader).await;
     let read = tokio::spawn(async move { kv::get(&mut client, "z", false).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -356,7 +294,7 @@ async fn a_read_on_a_restored_leader_deposed_before_its_log_commits_asks_the_new
         "read before the restored log committed"
     );
     c.isolate(leader);
-    elect(&c, true);
+    followers_elect(&c, region, leader, true);
     wait_replaced(&c, region, leader, gone).await;
     c.heal();
     let got = tokio::time::timeout(Duration::from_secs(5), read)
@@ -368,6 +306,50 @@ async fn a_read_on_a_restored_leader_deposed_before_its_log_commits_asks_the_new
         Err(e) => panic!("the read waited for the truncated log and failed: {e}"),
     }
     c.shutdown().await;
+}
+
+/// Lets (or stops) the followers of `region` (all but `leader`) campaign.
+fn followers_elect(c: &InProcessCluster, region: u64, leader: usize, on: bool) {
+    for f in [(leader + 1) % 3, (leader + 2) % 3] {
+        let r = c.node(f).region(region).unwrap();
+        r.raft.runtime_config().elect(on);
+    }
+}
+
+/// For each of `writes`: a put to `region`'s `leader` appended there and
+/// reaching no follower, then a crash and restart of the leader, which
+/// comes back as leader in its term with the write in its log. Appends
+/// with entries stay dropped from the leader, and its followers campaign
+/// for nobody, however slow its stops and restarts (until
+/// [`followers_elect`]).
+async fn restart_with_unheard_writes(
+    c: &mut InProcessCluster,
+    region: u64,
+    leader: usize,
+    writes: &[(&'static str, &'static str)],
+) {
+    let before = c.raft_metrics(leader, region);
+    c.nodes[leader].faults.drop_entry_appends(true);
+    followers_elect(c, region, leader, false);
+    for (i, &(key, value)) in writes.iter().enumerate() {
+        let mut client = c.kv(leader).await;
+        let put = tokio::spawn(async move { kv::put(&mut client, key, value).await });
+        let want = before.last_log_index.map(|l| l + 1 + i as u64);
+        eventually("the put is appended on the leader", || {
+            c.raft_metrics(leader, region).last_log_index >= want
+        })
+        .await;
+        c.stop(leader).await;
+        put.abort();
+        c.restart_keeping_faults(leader).await;
+        let after = c.raft_metrics(leader, region);
+        assert_eq!(
+            (after.current_leader, after.current_term),
+            (Some(c.nodes[leader].id), before.current_term),
+            "not restored as leader in its term"
+        );
+        assert!(after.last_log_index >= want, "the put was lost");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -179,19 +179,8 @@ async fn paused_leader_is_replaced_and_catches_up_after_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"));
-    let check = ["--experimental-initial-corrupt-check".to_string()];
-    let mut c = ProcessCluster::start_with(bin, 3, &check);
-    let l = leader(&c, &[]).await;
-    let mut client = kv::connect(&c.client_addr(l)).await;
-    for i in 0..20 {
-        kv::put(&mut client, &format!("w{i:02}"), "v")
-            .await
-            .unwrap();
-    }
-    let victim = (l + 1) % 3;
-    // The victim has applied everything before it is stopped.
-    assert_eq!(read_all(&c, victim).await.len(), 20);
+    let (mut c, l) = checked_cluster().await;
+    let victim = put_twenty(&c, l).await;
     c.kill(victim);
     // Its copy gains a version no other member has. Revision 1: below
     // every write (a fresh store is at 1).
@@ -208,10 +197,7 @@ async fn a_member_whose_data_differs_refuses_to_start_with_the_initial_check() {
 async fn the_initial_check_covers_regions_written_after_another_went_cold() {
     use cairn_api::cairnpb::regions_client::RegionsClient;
     use cairn_api::cairnpb::RegionSplitRequest;
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"));
-    let check = ["--experimental-initial-corrupt-check".to_string()];
-    let mut c = ProcessCluster::start_with(bin, 3, &check);
-    let l = leader(&c, &[]).await;
+    let (mut c, l) = checked_cluster().await;
     let mut client = kv::connect(&c.client_addr(l)).await;
     kv::put(&mut client, "a", "cold").await.unwrap();
     let channel = cairn_testkit::secured::channel(&c.client_addr(l));
@@ -219,13 +205,7 @@ async fn the_initial_check_covers_regions_written_after_another_went_cold() {
         .split(RegionSplitRequest { key: b"m".to_vec() })
         .await
         .unwrap();
-    for i in 0..20 {
-        kv::put(&mut client, &format!("w{i:02}"), "v")
-            .await
-            .unwrap();
-    }
-    let victim = (l + 1) % 3;
-    assert_eq!(read_all(&c, victim).await.len(), 20);
+    let victim = put_twenty(&c, l).await;
     let mut k = kv::connect(&c.client_addr(victim)).await;
     let last = kv::prefix(&mut k, "w19", false).await.unwrap().kvs[0].mod_revision;
     c.kill(victim);
@@ -235,6 +215,29 @@ async fn the_initial_check_covers_regions_written_after_another_went_cold() {
     plant_version(&c, victim, b"w19", last - 1);
     refuses_to_start(&mut c, victim).await;
     assert_eq!(read_all(&c, l).await.len(), 20);
+}
+
+/// Three members running the start-up check, and the one leading.
+async fn checked_cluster() -> (ProcessCluster, usize) {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cairn"));
+    let check = ["--experimental-initial-corrupt-check".to_string()];
+    let c = ProcessCluster::start_with(bin, 3, &check);
+    let l = leader(&c, &[]).await;
+    (c, l)
+}
+
+/// Puts `w00`..`w19` through member `l`; returns another member, once it
+/// has applied them all.
+async fn put_twenty(c: &ProcessCluster, l: usize) -> usize {
+    let mut client = kv::connect(&c.client_addr(l)).await;
+    for i in 0..20 {
+        kv::put(&mut client, &format!("w{i:02}"), "v")
+            .await
+            .unwrap();
+    }
+    let other = (l + 1) % 3;
+    assert_eq!(read_all(c, other).await.len(), 20);
+    other
 }
 
 /// Writes into stopped member `i`'s store a version of `key` at
