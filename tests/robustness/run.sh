@@ -8,7 +8,9 @@
 #   2b. both again on secured clusters (`--secured`: TLS on both ports,
 #      client certificates, auth on);
 #   3. every named regression scenario (one per etcd bug class), briefly,
-#      and hibernating regions under leader crashes for longer;
+#      and hibernating regions under leader crashes for longer; crash
+#      points placed one at a time where a run once found a member that
+#      could not start again (crates/cairn/tests/crash_points.rs);
 #   4. the planted bugs must be caught on every seed tried: linearizable
 #      reads without read-index (feature `planted-stale-read`), and lease
 #      renewals without the leadership check (`planted-unconfirmed-renewal`,
@@ -62,6 +64,9 @@ for scenario in $($BIN torture --scenario list | awk '/^[a-z]/ {print $1}'); do
   $BIN torture --duration "$SCENARIO_DURATION" --seed "$seed" --scenario "$scenario" \
     --history "$OUT/s$seed.jsonl"
 done
+
+echo "== crash points placed one at a time (crates/cairn/tests/crash_points.rs)"
+cargo test -q -p cairn --features failpoints --test crash_points
 
 # expect_caught [--once] FEATURE VERDICT_REGEX SEEDS TORTURE_ARGS...: builds
 # the planted-bug FEATURE and requires every seed's run to fail with

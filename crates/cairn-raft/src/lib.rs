@@ -48,7 +48,7 @@ mod types;
 
 pub use codec::{decode, encode};
 pub use error::{Error, Result};
-pub use log_store::{LogStore, LogWriter, LogWriterStats};
+pub use log_store::{LogStore, LogWriter, LogWriterStats, PurgeBound};
 pub use snapshot_file::SnapshotDir;
 pub use state_machine::load::WriteLoad;
 pub use state_machine::marks::DataMarks;

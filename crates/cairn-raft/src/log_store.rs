@@ -8,6 +8,19 @@
 //! cost one fsync. The vote is written with its own fsync (rare). Each store
 //! counts the bytes it appends, so the host can bound the log in bytes.
 //!
+//! A purge does not pass what the region's state machine has applied
+//! (and so written): openraft 0.9 purges a follower's log up to a snapshot
+//! the leader sent as soon as it queues the snapshot's install, before the
+//! state machine has installed it. A crash in between left the log purged
+//! past the applied record, and openraft then refused to start the member
+//! ever again (`purge_upto <= snapshot_last_log_id`). So a store given
+//! [`LogStore::bound_purges`] (every region's, in a node) skips a purge
+//! past that bound, and the install writes that purge in its own batch
+//! ([`LogStore::purge_into`]), with the state it installs. Entries openraft
+//! appends past the snapshot meanwhile, and their commit mark, wait until
+//! the install is written: before it, they would lie behind a gap in the
+//! log on disk.
+//!
 //! Replication reads are bounded in bytes too: openraft asks for every entry
 //! a follower lacks, and an entry is a whole commit group (up to megabytes),
 //! so [`LogStore`] answers `limited_get_log_entries` with at most
@@ -103,7 +116,16 @@ pub struct LogStore {
     engine: Arc<dyn Engine>,
     writer: LogWriter,
     appended: Arc<AtomicU64>,
+    /// The highest index a purge may reach (see the module essay).
+    applied: Option<PurgeBound>,
+    /// A purge past it, left to a snapshot's install not yet written:
+    /// appends and commits wait for it.
+    held: Option<u64>,
 }
+
+/// The index a region's state machine has applied and written: a purge goes
+/// no further ([`LogStore::bound_purges`]).
+pub type PurgeBound = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 impl LogStore {
     /// The log of `region` in `engine`, flushed by `writer`.
@@ -113,7 +135,62 @@ impl LogStore {
             engine,
             writer,
             appended: Arc::new(AtomicU64::new(0)),
+            applied: None,
+            held: None,
         }
+    }
+
+    /// Purges go no further than `applied` says its state machine has
+    /// applied (see the module essay); a purge past it is skipped, left to
+    /// the snapshot install that will reach it.
+    pub fn bound_purges(mut self, applied: PurgeBound) -> Self {
+        self.applied = Some(applied);
+        self
+    }
+
+    /// Waits until the state machine has applied as far as a purge left
+    /// to a snapshot's install. openraft appends entries past the snapshot
+    /// and commits them as soon as it has queued the install; written
+    /// before the install, a crash would leave them behind a gap in the
+    /// log on disk (and a commit mark past it), which no start can apply.
+    /// (Should the install fail, Raft stops, and this with it.)
+    async fn after_held_purge(&mut self) {
+        let (Some(upto), Some(applied)) = (self.held, &self.applied) else {
+            return;
+        };
+        while applied() < upto {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        self.held = None;
+    }
+
+    /// Adds to `batch` the purge of `region`'s log in `engine` up to
+    /// `log_id`: the purged mark, and the entries from the last purge on
+    /// deleted. A snapshot install writes it with the state it installs.
+    pub fn purge_into(
+        batch: &mut WriteBatch,
+        engine: &dyn Engine,
+        region: u64,
+        log_id: LogId<NodeId>,
+    ) -> crate::Result<()> {
+        let mark = Key::RaftState {
+            region,
+            kind: RaftStateKind::Purged,
+        }
+        .encode();
+        // Entries up to the previous purge are already gone: start after
+        // it, so the scan behind the range delete does not walk their
+        // tombstones.
+        let from = match engine.get(&mark)? {
+            Some(b) => decode::<LogId<NodeId>>(&b)?.index + 1,
+            None => 0,
+        };
+        batch.put(mark, encode(&log_id)?);
+        if from <= log_id.index {
+            let entry = |index| Key::RaftLog { region, index }.encode();
+            batch.delete_range(entry(from), entry(log_id.index + 1));
+        }
+        Ok(())
     }
 
     /// Encoded bytes appended since this store was opened (monotonic). The
@@ -283,6 +360,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        self.after_held_purge().await;
         let mut b = WriteBatch::new();
         b.put(
             self.state_key(RaftStateKind::Committed),
@@ -308,6 +386,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        self.after_held_purge().await;
         let mut b = WriteBatch::new();
         let mut bytes = 0;
         for e in entries {
@@ -339,19 +418,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // Entries up to the previous purge are already gone: start after it,
-        // so the scan behind the range delete does not walk their tombstones.
-        let from = self
-            .read_state::<LogId<NodeId>>(RaftStateKind::Purged)?
-            .map_or(0, |p| p.index + 1);
-        let mut b = WriteBatch::new();
-        b.put(
-            self.state_key(RaftStateKind::Purged),
-            encode(&log_id).map_err(write_err)?,
-        );
-        if from <= log_id.index {
-            b.delete_range(self.entry_key(from), self.entry_key(log_id.index + 1));
+        if self.applied.as_ref().is_some_and(|a| log_id.index > a()) {
+            // A snapshot's install is queued and not yet written: it
+            // purges this far itself, with the state it installs.
+            tracing::debug!(
+                region = self.region,
+                upto = log_id.index,
+                "purge past the applied state: left to the snapshot install"
+            );
+            self.held = self.held.max(Some(log_id.index));
+            return Ok(());
         }
+        let mut b = WriteBatch::new();
+        Self::purge_into(&mut b, &*self.engine, self.region, log_id).map_err(write_err)?;
         self.engine
             .write(b, Durability::Buffered)
             .map_err(write_err)
@@ -360,6 +439,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use cairn_storage::MemoryEngine;
     use openraft::{CommittedLeaderId, EntryPayload};
 
@@ -413,5 +494,62 @@ mod tests {
         let sent = log.limited_get_log_entries(2, 5).await.unwrap();
         assert_eq!(indexes(&sent), [2, 3, 4]);
         assert!(log.limited_get_log_entries(3, 3).await.unwrap().is_empty());
+    }
+
+    /// openraft 0.9 purges a follower's log up to a snapshot as it queues
+    /// the snapshot's install: the log store leaves that purge to the
+    /// install (`purge_into`, in the install's batch), so a crash between
+    /// the two never leaves the log purged past the applied state — which
+    /// openraft refuses to start from (`purge_upto <= snapshot_last_log_id`).
+    #[tokio::test]
+    async fn a_purge_past_the_applied_state_is_left_to_the_snapshot_install() {
+        let applied = Arc::new(AtomicU64::new(4));
+        let bound = applied.clone();
+        let mut log =
+            log_of(&[10; 10]).bound_purges(Arc::new(move || bound.load(Ordering::SeqCst)));
+        async fn purged(log: &mut LogStore) -> Option<u64> {
+            log.get_log_state()
+                .await
+                .unwrap()
+                .last_purged_log_id
+                .map(|l| l.index)
+        }
+        let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        log.purge(at(3)).await.unwrap();
+        assert_eq!(purged(&mut log).await, Some(3));
+        // The install of a snapshot at 8 is queued, not written: skipped.
+        log.purge(at(8)).await.unwrap();
+        assert_eq!(purged(&mut log).await, Some(3));
+        assert_eq!(
+            indexes(&log.try_get_log_entries(4..11).await.unwrap()),
+            [4, 5, 6, 7, 8, 9, 10]
+        );
+        // Until the install is written, nothing past it is committed (or
+        // appended) here: it would lie behind a gap in the log on disk.
+        let commit = log.save_committed(Some(at(9)));
+        let waited = tokio::time::timeout(Duration::from_millis(50), commit).await;
+        assert!(
+            waited.is_err(),
+            "committed past a purge left to the install"
+        );
+        // The install writes the purge with its state.
+        let mut b = WriteBatch::new();
+        LogStore::purge_into(&mut b, &*log.engine, 3, at(8)).unwrap();
+        log.engine.write(b, Durability::Buffered).unwrap();
+        applied.store(8, Ordering::SeqCst);
+        assert_eq!(purged(&mut log).await, Some(8));
+        log.save_committed(Some(at(9))).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(at(9)));
+        assert_eq!(
+            indexes(&log.try_get_log_entries(1..11).await.unwrap()),
+            [9, 10]
+        );
+        // Purges within the applied state go through as before.
+        log.purge(at(8)).await.unwrap();
+        log.purge(at(9)).await.unwrap();
+        assert_eq!(purged(&mut log).await, Some(8));
+        applied.store(9, Ordering::SeqCst);
+        log.purge(at(9)).await.unwrap();
+        assert_eq!(purged(&mut log).await, Some(9));
     }
 }

@@ -1854,6 +1854,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             apply_key(self.shared.region),
             encode(&applied).map_err(sm_err)?,
         );
+        // The log up to the snapshot goes in the same batch: openraft asks
+        // for that purge as it queues this install, and the log store
+        // leaves it here (`log_store`; had it run already, this adds only
+        // the mark), so a crash leaves both or neither.
+        if let Some(last) = meta.last_log_id {
+            crate::LogStore::purge_into(&mut batch, &*self.shared.engine, self.shared.region, last)
+                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        }
         // Regions the snapshot's state absorbed that this replica had not:
         // the host stops them here too. (Each applied its freeze here
         // before the absorb was proposed, so none writes keys meanwhile.)

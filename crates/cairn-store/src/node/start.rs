@@ -346,7 +346,12 @@ impl Opener {
         let shared = RegionShared::load(region, kind, self.engine.clone(), self.snapshots.clone())?;
         shared.on_change(self.births.clone());
         shared.report_to(self.marks.clone());
-        let mut log = LogStore::new(region, self.engine.clone(), self.log_writer.clone());
+        let applied = {
+            let shared = shared.clone();
+            Arc::new(move || shared.with_applied(|a| a.last_applied.map_or(0, |l| l.index)))
+        };
+        let mut log = LogStore::new(region, self.engine.clone(), self.log_writer.clone())
+            .bound_purges(applied);
         let last = openraft::storage::RaftLogStorage::get_log_state(&mut log)
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
