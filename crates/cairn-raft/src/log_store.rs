@@ -173,11 +173,7 @@ impl LogStore {
         region: u64,
         log_id: LogId<NodeId>,
     ) -> crate::Result<()> {
-        let mark = Key::RaftState {
-            region,
-            kind: RaftStateKind::Purged,
-        }
-        .encode();
+        let mark = purged_key(region);
         // Entries up to the previous purge are already gone: start after
         // it, so the scan behind the range delete does not walk their
         // tombstones.
@@ -209,11 +205,7 @@ impl LogStore {
         region: u64,
         log_id: LogId<NodeId>,
     ) -> crate::Result<()> {
-        let key = Key::RaftState {
-            region,
-            kind: RaftStateKind::Purged,
-        };
-        batch.put(key.encode(), encode(&log_id)?);
+        batch.put(purged_key(region), encode(&log_id)?);
         Ok(())
     }
 
@@ -258,6 +250,15 @@ impl LogStore {
             None => Ok(None),
         }
     }
+}
+
+/// Where region `region`'s purged mark is kept.
+fn purged_key(region: u64) -> Vec<u8> {
+    Key::RaftState {
+        region,
+        kind: RaftStateKind::Purged,
+    }
+    .encode()
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
