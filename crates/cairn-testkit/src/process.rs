@@ -268,6 +268,14 @@ impl ProcessCluster {
         self.members[i].child.as_ref().map(Child::id)
     }
 
+    /// The whole log of member `i`'s `run`th run (1 is its first start;
+    /// `logs()` keeps only tails).
+    pub fn run_log(&self, i: usize, run: u32) -> String {
+        let m = &self.members[i];
+        let path = self.dir.path().join(format!("{}.{run}.log", m.name));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
     /// SIGKILLs member `i` and reaps it.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

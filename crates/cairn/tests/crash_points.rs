@@ -60,10 +60,7 @@ async fn a_member_that_dies_installing_a_snapshot_starts_again() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Its second run's whole log (logs() keeps only tails).
-    let dir = c.data_dir(victim);
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let log = std::fs::read_to_string(dir.with_file_name(format!("{name}.2.log"))).unwrap();
+    let log = c.run_log(victim, 2);
     assert!(
         log.contains("failpoint raft-snapshot-install panic"),
         "the member died elsewhere\n{log}"

@@ -273,10 +273,7 @@ async fn refuses_to_start(c: &mut ProcessCluster, i: usize) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The restarted run's whole log (logs() keeps only tails).
-    let dir = c.data_dir(i);
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let log = std::fs::read_to_string(dir.with_file_name(format!("{name}.2.log"))).unwrap();
+    let log = c.run_log(i, 2);
     assert!(log.contains("found data inconsistency with peers"), "{log}");
 }
 
