@@ -29,7 +29,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port not handed out before in this run (the kernel may give a
+# closed port again at once); the list is a file, as callers are subshells.
+port() {
+  local p
+  while :; do
+    p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    grep -qx "$p" "$WORK/ports" 2>/dev/null || { echo "$p" >> "$WORK/ports"; echo "$p"; return; }
+  done
+}
 
 # The throwaway CAs and certificates of secured clusters, made once.
 pki() {

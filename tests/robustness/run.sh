@@ -104,11 +104,11 @@ echo "== planted bug: stale linearizable reads must be caught"
 expect_caught planted-stale-read "linearizable: NO" "21 22 23" --duration 10s --nemesis partition
 
 echo "== planted bug: renewals on a deposed leader must be caught"
-expect_caught planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
+expect_caught --once planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
   --duration 20s --scenario lease-renewed-by-isolated-leader
 
 echo "== planted bug: a lock granted to a waiter whose key vanished must be caught"
-expect_caught planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
+expect_caught --once planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
   --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
 
 echo "== planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"

@@ -245,12 +245,9 @@ async fn reads_only_under_lease(c: &InProcessCluster, mut leader: usize) {
         c.isolate(leader);
         let cut = Instant::now();
         if let Ok(v) = kv::get(&mut client, KEY, false).await {
-            // Answered under the lease: only possible before it lapsed.
-            assert!(
-                cut.elapsed() < READ_LEASE,
-                "answered {:?} after the cut",
-                cut.elapsed()
-            );
+            // Answered under the lease. (How long the answer took to come
+            // back says nothing of when the leader checked its lease; the
+            // read past it, below, is what must fail.)
             assert_eq!(v.as_deref(), Some("1"));
             served_isolated += 1;
         }
@@ -289,18 +286,26 @@ async fn restarted_follower_catches_up_through_a_snapshot() {
     for i in 1..150 {
         put_eventually(&c, leader, &format!("s{i}"), "v").await;
     }
-    let purged = c
-        .node(leader)
-        .region(DATA_REGION)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow()
-        .purged;
-    assert!(
-        purged.is_some_and(|p| p.index > 20),
-        "leader purged its log: {purged:?}"
-    );
+    // The purge follows the snapshot, in the background.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let purged = c
+            .node(leader)
+            .region(DATA_REGION)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .purged;
+        if purged.is_some_and(|p| p.index > 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never purged its log: {purged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.restart(follower).await;
     wait_value(&c, follower, "s149", "v", true).await;
     let m = c

@@ -199,7 +199,27 @@ async fn a_waiter_whose_lease_ended_is_told_its_session_expired() {
         })
         .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B waits once its key is in (two keys under the name).
+    let mut kv = kv_client::KvClient::new(ch.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = kv
+            .range(RangeRequest {
+                key: b"w/".to_vec(),
+                range_end: b"w0".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        if keys == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never queued: {keys} keys");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // B's lease ends while it waits: its key is deleted.
     LeaseClient::new(ch.clone())
         .lease_revoke(LeaseRevokeRequest { id: lb })

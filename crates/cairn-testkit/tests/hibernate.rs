@@ -87,6 +87,8 @@ async fn a_sleeping_region_serves_at_once_and_sleeps_again() {
     let (c, region) = split_and_sleep().await;
     let before = term(&c, 0, region);
     let mut client = c.kv(1).await;
+    // Connected first (the channel is lazy): only the put is timed.
+    kv::get(&mut client, "a", true).await.unwrap();
     let started = Instant::now();
     kv::put(&mut client, "z", "1").await.unwrap();
     assert!(
@@ -444,17 +446,21 @@ async fn a_restarted_follower_holds_its_election_while_its_leader_cannot_reach_i
     for i in (0..3).filter(|&i| i != follower) {
         c.node(i).pool.faults.partition(c.nodes[i].id, deaf);
     }
+    let restarting = Instant::now();
     c.restart(follower).await;
     tokio::time::sleep(Duration::from_millis(1250)).await;
-    assert_eq!(
-        term(&c, follower, region),
-        before,
-        "the restarted follower campaigned"
-    );
+    let after = term(&c, follower, region);
+    // The hold ends `RESTART_GRACE` (2 s) after the member serves, which
+    // is after `restarting`: a term read later than that (a slow start, a
+    // stalled test task) proves nothing.
+    if restarting.elapsed() < Duration::from_millis(1950) {
+        assert_eq!(after, before, "the restarted follower campaigned");
+    }
     c.heal();
-    eventually("the follower hears a leader", || {
-        leader_seen(&c, follower, region).is_some()
-    })
-    .await;
+    // It follows: a write through the leader reaches its replica. (Its
+    // restored vote names the leader at once, so that proves nothing.)
+    let mut client = c.kv(leader).await;
+    kv::put(&mut client, "z", "healed").await.unwrap();
+    serves_everywhere(&c, "z", "healed").await;
     c.shutdown().await;
 }

@@ -101,8 +101,11 @@ async fn a_watched_idle_region_sleeps_and_its_watch_keeps_up() {
         let started = Instant::now();
         let z = kv::get(&mut member, "z", true).await.unwrap();
         assert_eq!(z.as_deref(), Some("0"));
+        // It may wait for the idle region's next close (every 250 ms, a
+        // TSO and a peer round); the linearizable way is taken only after
+        // `SEQUENTIAL_WAIT` (1 s), so an answer within it did not take it.
         assert!(
-            started.elapsed() < Duration::from_millis(700),
+            started.elapsed() < Duration::from_millis(950),
             "a serializable read of the idle region on member {i} took {:?}",
             started.elapsed()
         );
