@@ -39,12 +39,20 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now and not handed out before by this process (the
+    kernel may give a closed port again at once: two members on one)."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class Procs:
@@ -168,6 +176,8 @@ def session(endpoints):
     ctl("get", "", "--prefix", "--sort-by=MODIFY", "--order=DESCEND")
     ctl("get", "", "--prefix", "--sort-by=CREATE", "--order=ASCEND")
     ctl("get", "", "--prefix", "--sort-by=VERSION", "--order=DESCEND")
+    # No order: etcd sorts only the first limit + 1 keys (a, b, foo).
+    ctl("get", "", "--prefix", "--sort-by=MODIFY", "--limit=2")
     ctl("get", "a", "--from-key")
     ctl("get", "a", "c")
     ctl("get", "c", "a")

@@ -60,7 +60,7 @@ pub use compact::{compact, compact_range, compacted, needs_whole_compaction, swe
 pub use error::{Error, Rejection, Result};
 pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};
 pub use history::{history, without_prev_at};
-pub use range::{merge_ranges, part_request, range, Span};
+pub use range::{part_request, range, range_parts, Span};
 pub use record::Record;
 pub use share::Share;
 pub use txn::{

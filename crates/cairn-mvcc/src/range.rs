@@ -8,18 +8,27 @@
 //! [`range`] keeps only what the response will carry. `count` is every key
 //! the stream yields (etcd counts before the revision filters); of the keys
 //! that pass the filters, key order keeps the first `limit`, another sort
-//! target a top-`limit` heap, `count_only` none. So a limited range holds
+//! target a top-`limit` heap (or, with no sort order given, a key-ordered
+//! window sorted afterwards: below), `count_only` none. So a limited range holds
 //! O(limit) key-values however large the span. Once a key-ordered range
 //! without revision filters has its `limit`, the rest of the span is only
 //! counted, from keys alone ([`count`]); so is the whole span of a
-//! `count_only` range. A sorted or filtered limited range reads the whole
-//! span, because which key-values it keeps and `more` depend on every
+//! `count_only` range; so is the rest of a window's. A limited range sorted
+//! in a given order, or filtered, reads the whole span, because which key-values it keeps and `more` depend on every
 //! key's metadata. Without a limit the response itself is the span, and so
 //! is the memory.
 //!
 //! Ties under a sort target keep ascending key order (as a stable sort of
 //! the key-ordered stream would), so the heap's order is total and the
 //! result does not depend on how it was collected.
+//!
+//! One quirk of etcd's is kept on purpose: a sort target other than the
+//! key with no sort order given (`SortOrder::None`, which etcd sorts
+//! ascending), a limit and no revision filter sorts only a *window*: etcd
+//! fetches the first `limit + 1` keys in key order (its fast path for
+//! unsorted reads) and sorts those, then truncates to `limit`. So
+//! `etcdctl get --prefix p --sort-by=MODIFY --limit 2` answers the first
+//! three keys' two oldest, not the span's two oldest ([`Keep`]).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -251,6 +260,7 @@ pub(crate) fn range_with(
 ) -> Result<RangeResponse> {
     let rev = read_revision(req.revision, revs)?;
     let order = Order::of(req)?;
+    let keep = Keep::of(req)?;
     let span = Span::new(&req.key, &req.range_end);
     let limit = usize::try_from(req.limit).ok().filter(|&l| l > 0);
     // Values are dropped as they stream unless the sort needs them.
@@ -260,7 +270,7 @@ pub(crate) fn range_with(
     let countable = matches!(span, Span::Range(..)) && (latest || overlay.is_none());
     let mut count = 0;
     let mut matched = 0;
-    let mut kept = Kept::new(order);
+    let mut kept = Kept::new(keep.order);
     let stream = if req.count_only && countable {
         count = count::live_keys_after(read, &span, rev, latest, overlay, None)?;
         None
@@ -278,8 +288,8 @@ pub(crate) fn range_with(
             kv.value = Vec::new();
         }
         let key = kv.key.clone();
-        kept.offer(kv, limit);
-        if countable && order.is_none() && !has_filters(req) && limit == Some(kept.len()) {
+        kept.offer(kv, keep.limit);
+        if countable && keep.counts_past(req) && keep.limit == Some(kept.len()) {
             // Every later key only counts, and passes (there are no filters).
             let rest = count::live_keys_after(read, &span, rev, latest, overlay, Some(&key))?;
             count += rest;
@@ -296,7 +306,8 @@ pub(crate) fn range_with(
     ))
 }
 
-/// The response carrying `kept` (values cleared for a keys-only request).
+/// The response carrying `kept` (a window sorted and cut to the limit,
+/// [`Keep`]; values cleared for a keys-only request).
 fn response(
     req: &RangeRequest,
     kept: Kept,
@@ -305,6 +316,10 @@ fn response(
     count: i64,
 ) -> RangeResponse {
     let mut kvs = kept.into_vec();
+    if let Some(order) = Keep::window_order(req) {
+        kvs.sort_by(|a, b| order.cmp(a, b));
+        kvs.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
+    }
     if req.keys_only {
         for kv in &mut kvs {
             kv.value.clear();
@@ -376,6 +391,49 @@ impl Order {
         };
         let by = if self.descend { by.reverse() } else { by };
         by.then_with(|| a.key.cmp(&b.key))
+    }
+}
+
+/// What a read keeps of the key-values that pass its filters: in which
+/// order, and how many.
+#[derive(Clone, Copy, Debug)]
+struct Keep {
+    /// None: key order, the stream's own.
+    order: Option<Order>,
+    limit: Option<usize>,
+}
+
+impl Keep {
+    fn of(req: &RangeRequest) -> Result<Keep> {
+        let order = Order::of(req)?;
+        let limit = usize::try_from(req.limit).ok().filter(|&l| l > 0);
+        Ok(match (Self::window_order(req), limit) {
+            // The first `limit + 1` in key order, sorted afterwards.
+            (Some(_), Some(l)) => Keep {
+                order: None,
+                limit: Some(l.saturating_add(1)),
+            },
+            _ => Keep { order, limit },
+        })
+    }
+
+    /// The order a window is sorted by, if `req` sorts one (see the
+    /// module essay): a target other than the key, no order given, a
+    /// limit, no revision filter. (An invalid sort option is refused by
+    /// [`Order::of`] first.)
+    fn window_order(req: &RangeRequest) -> Option<Order> {
+        let windowed =
+            req.sort_order == SortOrder::None as i32 && req.limit > 0 && !has_filters(req);
+        match Order::of(req) {
+            Ok(Some(order)) if windowed => Some(order),
+            _ => None,
+        }
+    }
+
+    /// True when, once `limit` are kept, the rest only counts: key order
+    /// and no filter (every later key passes and would not be kept).
+    fn counts_past(&self, req: &RangeRequest) -> bool {
+        self.order.is_none() && !has_filters(req)
     }
 }
 
@@ -461,4 +519,4 @@ mod merge;
 #[cfg(test)]
 mod tests;
 
-pub use merge::{merge_ranges, part_request};
+pub use merge::{part_request, range_parts};

@@ -1,21 +1,33 @@
 //! A `Range` over keys held by several regions, answered as one: the
-//! request is cut into one part per region ([`part_request`]), each part
-//! is served by its region's store at the same revision, and the answers
-//! are merged ([`merge_ranges`]) into what one store holding every key
-//! would have answered.
+//! request is cut into one part per region ([`part_request`]), and the
+//! parts are read, in key order, from their regions' stores at the same
+//! revision and merged as they are read ([`range_parts`]) into what one
+//! store holding every key would have answered.
 //!
-//! Each part keeps the whole request's limit, sort, filters and flags, so
-//! it carries at most `limit` key-values, the best by the request's order
-//! within its keys; the best `limit` of all of them are the best overall.
+//! Sorted in a given order or filtered, a part keeps the whole request's
+//! sort, filters and limit (and its values, if sorted by value), so it
+//! carries at most `limit` key-values, the best by the request's order
+//! within its keys, and the best `limit` of all of them are the best
+//! overall. In key order without filters, a part carries only what the
+//! parts before it left of the limit, and once the limit is met the later
+//! parts are only counted, from their keys: a limited read across many
+//! regions reads no more values than one region would, however many
+//! regions its span covers. A window sorted after the read (etcd's quirk,
+//! see `range`) is gathered the same way, its parts asked in key order for
+//! what is left of `limit + 1`, and sorted once merged.
+//!
 //! Counts add up (a count is of every key in the span, before filters and
 //! limit, as etcd counts), and there are more to return when any part had
-//! more or the parts together kept more than the limit. A part sorted by
-//! value keeps its values until the merge, which clears them afterwards
-//! for a keys-only request.
+//! more, a part only counted had any key, or the parts together kept more
+//! than the limit. A part sorted by value keeps its values until the
+//! merge, which clears them afterwards for a keys-only request. The merge
+//! holds the kept key-values and one part's answer at a time.
 
+use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget as Target};
 use cairn_api::etcdserverpb::{RangeRequest, RangeResponse};
+use cairn_storage::Snapshot;
 
-use super::{Kept, Order, SortTarget, Span};
+use super::{Keep, Kept, Order, Revisions, SortTarget, Span};
 use crate::Result;
 
 /// The part of `req` that falls in the region holding `[start, end)`
@@ -50,34 +62,52 @@ pub fn part_request(
         }
     };
     let by_value = Order::of(req)?.is_some_and(|o| o.target == SortTarget::Value);
-    Ok(Some(RangeRequest {
+    let mut part = RangeRequest {
         key,
         range_end,
         revision,
         keys_only: req.keys_only && !by_value,
         ..req.clone()
-    }))
+    };
+    if Keep::window_order(req).is_some() {
+        // A window is gathered in key order, `limit + 1` of it, and
+        // sorted once merged.
+        part.sort_target = Target::Key as i32;
+        part.sort_order = SortOrder::None as i32;
+        part.limit = req.limit.saturating_add(1);
+    }
+    Ok(Some(part))
 }
 
-/// The answer to `req` from its parts' answers, in the key order of the
-/// regions they came from, with header revision `revision`.
-pub fn merge_ranges(
+/// The answer to `req` from its parts — each a region's store view, the
+/// part of `req` it holds ([`part_request`]) and its revisions — given in
+/// the key order of their regions, with header revision `revision`. Parts
+/// are read one at a time, in that order (see the module essay).
+pub fn range_parts<'a>(
     req: &RangeRequest,
-    parts: Vec<RangeResponse>,
+    parts: impl IntoIterator<Item = (&'a dyn Snapshot, RangeRequest, Revisions)>,
     revision: i64,
 ) -> Result<RangeResponse> {
-    let order = Order::of(req)?;
+    let keep = Keep::of(req)?;
     let limit = usize::try_from(req.limit).ok().filter(|&l| l > 0);
-    let mut kept = Kept::new(order);
+    let lean = keep.counts_past(req) && !req.count_only;
+    let mut kept = Kept::new(keep.order);
     let mut count = 0;
     let mut more = false;
     let mut offered = 0usize;
-    for part in parts {
-        count += part.count;
-        more |= part.more;
-        offered += part.kvs.len();
-        for kv in part.kvs {
-            kept.offer(kv, limit);
+    for (snapshot, mut part, revs) in parts {
+        let left = keep.limit.map(|l| l - kept.len().min(l));
+        let only_counted = lean && left == Some(0);
+        if let (true, Some(left)) = (lean, left) {
+            part.count_only = left == 0;
+            part.limit = i64::try_from(left).unwrap_or(i64::MAX);
+        }
+        let answer = super::range(snapshot, &part, revs)?;
+        count += answer.count;
+        more |= answer.more || (only_counted && answer.count > 0);
+        offered += answer.kvs.len();
+        for kv in answer.kvs {
+            kept.offer(kv, keep.limit);
         }
     }
     more |= limit.is_some_and(|l| offered > l);
@@ -133,10 +163,10 @@ mod tests {
         for (s, end) in REGIONS {
             if let Some(p) = part_request(req, s.as_bytes(), end.as_bytes(), req.revision).unwrap()
             {
-                parts.push(range(e, &p, revs).unwrap());
+                parts.push((e as &dyn Snapshot, p, revs));
             }
         }
-        merge_ranges(req, parts, revs.current).unwrap()
+        range_parts(req, parts, revs.current).unwrap()
     }
 
     #[test]

@@ -40,6 +40,19 @@ fn materialized_range(
         .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
     let mut order = SortOrder::try_from(req.sort_order)
         .map_err(|_| Error::from(Rejection::InvalidSortOption))?;
+    let filtered = req.max_mod_revision != 0
+        || req.min_mod_revision != 0
+        || req.max_create_revision != 0
+        || req.min_create_revision != 0;
+    if order == SortOrder::None && req.limit > 0 && !filtered {
+        // etcd 3.4 fetches only `limit + 1` (key order) unless it sorts or
+        // filters, and promotes None to Ascend after the fetch.
+        kvs.truncate(
+            usize::try_from(req.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        );
+    }
     if target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;
     } else if target == SortTarget::Key && order == SortOrder::Ascend {
@@ -478,6 +491,125 @@ fn a_limited_range_reads_the_values_it_returns_and_counts_the_rest_from_keys() {
         (200, 200, false),
         "a limit of exactly the span"
     );
+}
+
+/// Puts each `(key, value)` in its own transaction, in the order given.
+fn put_each(engine: &MemoryEngine, pairs: &[(String, Vec<u8>)]) -> Revisions {
+    let mut revs = Revisions::default();
+    for (key, value) in pairs {
+        let txn = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: key.clone().into_bytes(),
+                    value: value.clone(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        let out = apply_txn(engine, &txn, revs.current + 1, revs, &NoLeases).unwrap();
+        engine.write(out.batch, Durability::Buffered).unwrap();
+        revs = out.revisions;
+    }
+    revs
+}
+
+/// The answer to `req` read in parts cut at `cuts`, merged.
+fn in_parts(
+    view: &dyn Snapshot,
+    req: &RangeRequest,
+    revs: Revisions,
+    cuts: &[&str],
+) -> RangeResponse {
+    let mut bounds = vec![""];
+    bounds.extend_from_slice(cuts);
+    bounds.push("");
+    let parts = bounds.windows(2).filter_map(|w| {
+        part_request(req, w[0].as_bytes(), w[1].as_bytes(), 0)
+            .unwrap()
+            .map(|p| (view, p, revs))
+    });
+    range_parts(req, parts, revs.current).unwrap()
+}
+
+/// etcd 3.4 fetches `limit + 1` keys in key order when no sort order is
+/// given, and only then sorts them by a non-key target (ascending): the
+/// answer is the window's first, not the span's.
+#[test]
+fn a_sort_target_with_no_order_sorts_the_first_limit_plus_one_keys() {
+    let engine = MemoryEngine::new();
+    // e first, a last: mod revisions a 5, b 4, c 3, d 2, e 1.
+    let pairs: Vec<_> = ["e", "d", "c", "b", "a"]
+        .iter()
+        .map(|k| (k.to_string(), k.as_bytes().to_vec()))
+        .collect();
+    let revs = put_each(&engine, &pairs);
+    let req = |order: SortOrder, limit: i64| RangeRequest {
+        key: b"a".to_vec(),
+        range_end: b"f".to_vec(),
+        sort_target: SortTarget::Mod as i32,
+        sort_order: order as i32,
+        limit,
+        ..Default::default()
+    };
+    let keys = |r: &RangeResponse| {
+        r.kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect::<Vec<_>>()
+    };
+    for cuts in [&[][..], &["b"], &["c"], &["b", "c", "d"]] {
+        let windowed = in_parts(&engine, &req(SortOrder::None, 2), revs, cuts);
+        assert_eq!(keys(&windowed), ["c", "b"], "cut at {cuts:?}");
+        assert_eq!((windowed.more, windowed.count), (true, 5));
+        // An order given sorts the whole span.
+        let sorted = in_parts(&engine, &req(SortOrder::Ascend, 2), revs, cuts);
+        assert_eq!(keys(&sorted), ["e", "d"], "cut at {cuts:?}");
+        assert_eq!((sorted.more, sorted.count), (true, 5));
+        // A window as large as the span: all of it, sorted.
+        let all = in_parts(&engine, &req(SortOrder::None, 5), revs, cuts);
+        assert_eq!(keys(&all), ["e", "d", "c", "b", "a"]);
+        assert!(!all.more);
+    }
+    assert_eq!(
+        range(&engine, &req(SortOrder::None, 2), revs).unwrap(),
+        in_parts(&engine, &req(SortOrder::None, 2), revs, &[])
+    );
+}
+
+/// A limited read in key order across many parts reads the values it
+/// returns (and one more), not every part's `limit`: later parts are only
+/// counted.
+#[test]
+fn a_limited_read_across_parts_reads_values_only_up_to_its_limit() {
+    let engine = MemoryEngine::new();
+    let pairs: Vec<_> = (0..300)
+        .map(|i| (format!("k{i:03}"), vec![b'v'; 100]))
+        .collect();
+    let revs = put_each(&engine, &pairs);
+    let view = CountingValues {
+        inner: &engine,
+        values: Default::default(),
+    };
+    let cuts: Vec<String> = (1..30).map(|i| format!("k{:03}", i * 10)).collect();
+    let cuts: Vec<&str> = cuts.iter().map(String::as_str).collect();
+    for (key, limit, want_more) in [("k", 10, true), ("k", 25, true), ("k295", 10, false)] {
+        let req = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end: b"l".to_vec(),
+            limit,
+            ..Default::default()
+        };
+        view.values.store(0, std::sync::atomic::Ordering::Relaxed);
+        let got = in_parts(&view, &req, revs, &cuts);
+        let read = view.values.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(got, range(&engine, &req, revs).unwrap(), "{req:?}");
+        assert_eq!(got.more, want_more, "{req:?}");
+        assert!(
+            read <= limit as usize + 3,
+            "{read} values read across 30 parts for a limit of {limit}"
+        );
+    }
 }
 
 /// Counts the bytes each thread has allocated and not freed, so a test

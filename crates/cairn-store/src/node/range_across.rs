@@ -25,7 +25,8 @@
 //!    that can still commit in its log before its read index.
 //! 3. Read every region at revision T (a region's newest revision when
 //!    that is lower: nothing at or below T is left to apply there), each
-//!    part cut to its region, and merge them (`cairn_mvcc::merge_ranges`).
+//!    part cut to its region, and merge them (`cairn_mvcc::range_parts`: in
+//!    key order, a limited read reads values only until its limit is met).
 //!
 //! The header carries T: the store's revision as of the read, above every
 //! revision the answer holds. A read at an older revision reads every
@@ -131,11 +132,10 @@ impl Node {
         }
         let whole = req.clone();
         let read = move || {
-            let mut answers = Vec::with_capacity(parts.len());
-            for (snap, revs, part) in parts {
-                answers.push(cairn_mvcc::range(&*snap, &part, revs)?);
-            }
-            cairn_mvcc::merge_ranges(&whole, answers, header)
+            let parts = parts
+                .iter()
+                .map(|(snap, revs, part)| (&**snap, part.clone(), *revs));
+            cairn_mvcc::range_parts(&whole, parts, header)
         };
         if req.range_end.is_empty() {
             read().map_err(Error::from)
