@@ -21,7 +21,9 @@
 #
 # Env: KEYS (150000), VAL_SIZE (4096), CLIENTS (50), LIMIT (10),
 # DURATION (45), SYSTEMS ("etcd cairn"), CAIRN (target/release/cairn; built
-# with `cargo build --release -p cairn` if absent), RESULTS (JSON lines; default
+# with `cargo build --release -p cairn` if absent), CAIRN_ARGS (more flags
+# of `cairn serve`, e.g. "--region-split-bytes 8MiB" for a span across
+# regions), RESULTS (JSON lines; default
 # target/bench/paginated-rss-DATE.jsonl).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,13 +63,17 @@ for sys in $SYSTEMS; do
   if [ "$sys" = etcd ]; then
     etcd "${common[@]}" --quota-backend-bytes $((8 << 30)) > "$WORK/$sys.log" 2>&1 &
   else
-    "$CAIRN" serve "${common[@]}" > "$WORK/$sys.log" 2>&1 &
+    # shellcheck disable=SC2086 # CAIRN_ARGS is a list of flags
+    "$CAIRN" serve "${common[@]}" ${CAIRN_ARGS:-} > "$WORK/$sys.log" 2>&1 &
   fi
   pid=$!; PIDS+=("$pid")
   "$CAIRN" bench --endpoints "127.0.0.1:$c" range ready --total 1 --output json > /dev/null
   echo "[$sys] loading $KEYS keys x $VAL_SIZE B" >&2
   python3 "$HELPER" load "127.0.0.1:$c" --keys "$KEYS" --val-size "$VAL_SIZE" >&2
   sleep 5 # let background flushes/compactions settle
+  if [ "$sys" != etcd ]; then
+    echo "[$sys] $("$CAIRN" regions --endpoints "127.0.0.1:$c" | tail -n +2 | wc -l) regions" >&2
+  fi
   for mode in slices paginate first-page; do
     echo "[$sys] $mode: $CLIENTS clients, limit $LIMIT" >&2
     r=$(python3 "$HELPER" run "127.0.0.1:$c" --pid "$pid" --mode "$mode" --keys "$KEYS" \
