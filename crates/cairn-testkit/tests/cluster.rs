@@ -228,7 +228,9 @@ async fn with_several_regions_an_isolated_leader_reads_under_the_meta_lease_too(
 }
 
 /// Reads of [`KEY`] (= "1") on `leader`, cut off from the others: answered
-/// only within `READ_LEASE` of the cut, and at least once.
+/// at least once under the lease, and refused once `READ_LEASE` has run
+/// since the cut (how long an answer took to arrive says nothing of when
+/// the leader checked its lease, so answers are not timed).
 /// A key of the first region, also in many-regions mode (below its cuts).
 const KEY: &str = "!k";
 
