@@ -67,7 +67,9 @@ pub use txn::{
     apply_txn, apply_txn_part, has_put, is_read_only, is_serializable, leases_put_along, read_txn,
     read_txn_at, set_header_revision, LeaseView, NoLeases, TxnOutcome,
 };
-pub use validate::{validate_delete, validate_put, validate_range, validate_txn, Limits};
+pub use validate::{
+    validate_delete, validate_put, validate_range, validate_txn, validate_txn_request, Limits,
+};
 
 /// The revision bookkeeping of an MVCC store, owned by the caller (the
 /// region's apply state) and passed in and out of every operation.

@@ -1,5 +1,11 @@
 //! Request validation, in etcd's order and with etcd's errors. The server
 //! runs it before proposing; the state machine runs it again before applying.
+//!
+//! One check is the server's alone: a `RequestOp` with no request in it,
+//! which etcd refuses as "key not found" ([`validate_txn_request`]). Entries
+//! already in a log may hold one (accepted before the check existed), and
+//! a replica must apply them as it did then, so the state machine keeps
+//! the lenient [`validate_txn`].
 
 use std::collections::HashSet;
 
@@ -57,15 +63,27 @@ pub fn validate_delete(r: &DeleteRangeRequest) -> Result<()> {
     Ok(())
 }
 
-/// Checks a `Txn`: op counts, every nested request, then duplicate writes.
+/// Checks a `Txn` as the state machine does: op counts, every nested
+/// request, then duplicate writes; an op with no request passes.
 pub fn validate_txn(r: &TxnRequest, limits: Limits) -> Result<()> {
-    check_txn(r, limits.max_txn_ops)?;
+    validate(r, limits, false)
+}
+
+/// Checks a `Txn` as it arrives, as etcd's API does: as [`validate_txn`],
+/// and an op with no request in it (nested too) is "key not found"
+/// (`InvalidArgument`), in its turn among the ops.
+pub fn validate_txn_request(r: &TxnRequest, limits: Limits) -> Result<()> {
+    validate(r, limits, true)
+}
+
+fn validate(r: &TxnRequest, limits: Limits, refuse_empty: bool) -> Result<()> {
+    check_txn(r, limits.max_txn_ops, refuse_empty)?;
     check_writes(&r.success)?;
     check_writes(&r.failure)?;
     Ok(())
 }
 
-fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
+fn check_txn(r: &TxnRequest, max_ops: usize, refuse_empty: bool) -> Result<()> {
     let opc = r.compare.len().max(r.success.len()).max(r.failure.len());
     if opc > max_ops {
         return Err(Error::from(Rejection::TooManyOps));
@@ -74,17 +92,18 @@ fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
         return Err(Error::from(Rejection::EmptyKey));
     }
     for op in r.success.iter().chain(&r.failure) {
-        check_op(op, max_ops - opc)?;
+        check_op(op, max_ops - opc, refuse_empty)?;
     }
     Ok(())
 }
 
-fn check_op(op: &RequestOp, max_ops: usize) -> Result<()> {
+fn check_op(op: &RequestOp, max_ops: usize, refuse_empty: bool) -> Result<()> {
     match &op.request {
         Some(Request::RequestRange(r)) => validate_range(r),
         Some(Request::RequestPut(p)) => validate_put(p),
         Some(Request::RequestDeleteRange(d)) => validate_delete(d),
-        Some(Request::RequestTxn(t)) => check_txn(t, max_ops),
+        Some(Request::RequestTxn(t)) => check_txn(t, max_ops, refuse_empty),
+        None if refuse_empty => Err(Error::from(Rejection::KeyNotFound)),
         None => Ok(()),
     }
 }

@@ -115,7 +115,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req_ref = req.get_ref();
-        cairn_mvcc::validate_txn(req_ref, mvcc_limits(&self.ctx)).map_err(Error::from)?;
+        cairn_mvcc::validate_txn_request(req_ref, mvcc_limits(&self.ctx)).map_err(Error::from)?;
         self.check_size(req_ref)?;
         // Needs are derived only from a validated (bounded) request.
         let access = auth::access(&req, needs::txn(req_ref));

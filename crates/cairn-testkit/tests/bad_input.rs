@@ -131,6 +131,29 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
         Code::InvalidArgument,
         "etcdserver: duplicate key given in txn request",
     );
+    // An op with no request in it, nested too: etcd's "key not found".
+    let hollow = RequestOp { request: None };
+    for req in [
+        TxnRequest {
+            success: vec![put_op("h", "1"), hollow.clone()],
+            ..Default::default()
+        },
+        TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(Request::RequestTxn(TxnRequest {
+                    success: vec![hollow.clone()],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        },
+    ] {
+        assert_status(
+            k.txn(req).await,
+            Code::InvalidArgument,
+            "etcdserver: key not found",
+        );
+    }
     let many = TxnRequest {
         success: (0..129).map(|i| put_op(&format!("m{i}"), "v")).collect(),
         ..Default::default()
