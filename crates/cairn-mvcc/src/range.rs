@@ -9,13 +9,13 @@
 //! the stream yields (etcd counts before the revision filters); of the keys
 //! that pass the filters, key order keeps the first `limit`, another sort
 //! target a top-`limit` heap (or, with no sort order given, a key-ordered
-//! window sorted afterwards: below), `count_only` none. So a limited range holds
-//! O(limit) key-values however large the span. Once a key-ordered range
-//! without revision filters has its `limit`, the rest of the span is only
-//! counted, from keys alone ([`count`]); so is the whole span of a
-//! `count_only` range; so is the rest of a window's. A limited range sorted
-//! in a given order, or filtered, reads the whole span, because which key-values it keeps and `more` depend on every
-//! key's metadata. Without a limit the response itself is the span, and so
+//! window sorted afterwards: below), `count_only` none. So a limited range
+//! holds O(limit) key-values however large the span. Once a key-ordered
+//! range without revision filters has its `limit`, the rest of the span is
+//! only counted, from keys alone ([`count`]); so is the whole span of a
+//! `count_only` range, and the rest of a window's. A limited range sorted
+//! in a given order, or filtered, reads the whole span, because which
+//! key-values it keeps and `more` depend on every key's metadata. Without a limit the response itself is the span, and so
 //! is the memory.
 //!
 //! Ties under a sort target keep ascending key order (as a stable sort of

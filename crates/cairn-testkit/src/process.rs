@@ -323,6 +323,20 @@ impl ProcessCluster {
         exited
     }
 
+    /// Waits up to `within` for member `i` to exit by itself (reaped);
+    /// fails saying `never` (and every member's log tail) if it does not.
+    pub async fn wait_exited(&mut self, i: usize, within: std::time::Duration, never: &str) {
+        let deadline = std::time::Instant::now() + within;
+        while !self.reap_exited(i) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{never}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Copies the stderr of every run of every member into directory `to`
     /// (created), so a long run's failure can be read after the cluster's
     /// directory is gone.

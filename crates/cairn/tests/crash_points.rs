@@ -51,15 +51,8 @@ async fn a_member_that_dies_installing_a_snapshot_starts_again() {
         }
     }
     c.restart_with_env(victim, &[("FAILPOINTS", "raft-snapshot-install=panic")]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.reap_exited(victim) {
-        assert!(
-            Instant::now() < deadline,
-            "no snapshot was installed\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    c.wait_exited(victim, Duration::from_secs(30), "no snapshot was installed")
+        .await;
     let log = c.run_log(victim, 2);
     assert!(
         log.contains("failpoint raft-snapshot-install panic"),

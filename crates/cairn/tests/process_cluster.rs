@@ -264,15 +264,8 @@ fn plant_version(c: &ProcessCluster, i: usize, key: &[u8], revision: i64) {
 /// differs and refuse to start.
 async fn refuses_to_start(c: &mut ProcessCluster, i: usize) {
     c.restart(i);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.reap_exited(i) {
-        assert!(
-            Instant::now() < deadline,
-            "the damaged member started\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.wait_exited(i, Duration::from_secs(30), "the damaged member started")
+        .await;
     let log = c.run_log(i, 2);
     assert!(log.contains("found data inconsistency with peers"), "{log}");
 }
