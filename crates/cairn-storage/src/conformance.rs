@@ -281,6 +281,69 @@ pub fn defragment_keeps_data(e: &dyn Engine) {
     assert_eq!(before, after, "defragment changed the data");
 }
 
+/// Counts agree with scans, in the live engine and in snapshots taken
+/// between batches of puts, deletes and range deletes (0x11 is the space
+/// fjall keeps counted in memory), for every kind of bound; a snapshot's
+/// counts stay those of its moment.
+pub fn counts(e: &dyn Engine) {
+    for space in [0x10, 0x11] {
+        let key = |i: u64| k(space, &format!("c{i:04}"));
+        let scanned = |view: &dyn crate::Snapshot, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>| {
+            view.scan_keys(lo, hi).map(|r| r.unwrap()).count() as u64
+        };
+        let bounds = |i: u64| -> [(Bound<Vec<u8>>, Bound<Vec<u8>>); 5] {
+            let (a, b) = (i * 37 % 1000, i * 91 % 1000);
+            [
+                (Bound::Included(vec![space]), space_end_of(space)),
+                (Bound::Included(key(a)), Bound::Excluded(key(b))),
+                (Bound::Excluded(key(a)), Bound::Included(key(b))),
+                (Bound::Included(key(a)), space_end_of(space)),
+                (Bound::Included(key(a)), Bound::Included(key(a))),
+            ]
+        };
+        // A fixed pseudo-random walk: puts, deletes, a range delete.
+        let mut x = 7u64;
+        let mut kept: Vec<(std::sync::Arc<dyn crate::Snapshot>, Vec<u64>)> = Vec::new();
+        for round in 0..40u64 {
+            let mut b = WriteBatch::new();
+            for _ in 0..60 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let i = (x >> 33) % 1000;
+                if (x >> 20) % 3 == 0 {
+                    b.delete(key(i));
+                } else {
+                    b.put(key(i), vec![1; (i % 3) as usize * 700]);
+                }
+            }
+            if round % 10 == 9 {
+                b.delete_range(key(round * 20), key(round * 20 + 150));
+            }
+            e.write(b, Durability::Buffered).unwrap();
+            let snap = e.snapshot();
+            let mut counts = Vec::new();
+            for (lo, hi) in bounds(round) {
+                let n = snap.count_keys(lo.clone(), hi.clone()).unwrap();
+                assert_eq!(n, scanned(&*snap, lo.clone(), hi.clone()), "round {round}");
+                assert_eq!(e.count_keys(lo.clone(), hi.clone()).unwrap(), n);
+                counts.push(n);
+            }
+            if round % 8 == 0 {
+                kept.push((snap, counts));
+            }
+        }
+        assert!(kept.iter().any(|(_, c)| c[0] > 100), "the walk kept keys");
+        for (round, (snap, counts)) in kept.iter().enumerate() {
+            let again: Vec<u64> = bounds(round as u64 * 8)
+                .into_iter()
+                .map(|(lo, hi)| snap.count_keys(lo, hi).unwrap())
+                .collect();
+            assert_eq!(&again, counts, "a snapshot's counts changed");
+        }
+    }
+}
+
 fn space_end_of(space: u8) -> Bound<Vec<u8>> {
     Bound::Excluded(vec![space + 1])
 }
@@ -295,5 +358,6 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Engine>) {
     binary_data(&*make());
     space_byte_keys_and_reverse_seeks(&*make());
     key_only_reads(&*make());
+    counts(&*make());
     defragment_keeps_data(&*make());
 }

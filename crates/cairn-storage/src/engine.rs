@@ -88,10 +88,26 @@ pub trait Snapshot: Send + Sync {
                 .map(|item| item.map(|(k, _)| k)),
         )
     }
+    /// How many keys the range holds: [`Snapshot::scan_keys`] counted,
+    /// unless the engine keeps the range's keys counted in memory (fjall
+    /// does for the MVCC latest index: `crate::counted_keys`).
+    fn count_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<u64> {
+        count_scanned(self.scan_keys(start, end))
+    }
     /// The length of `key`'s value, without reading a separated value.
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
         Ok(self.get(key)?.map(|v| v.len()))
     }
+}
+
+/// The number of keys `keys` yields (the first error ends it).
+pub(crate) fn count_scanned(keys: KeyIter<'_>) -> Result<u64> {
+    let mut n = 0u64;
+    for key in keys {
+        key?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// An ordered byte key-value store. Implementations must pass

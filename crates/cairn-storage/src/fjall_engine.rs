@@ -6,6 +6,11 @@
 //! cross-keyspace batch as one journal record. Durability: `Sync` persists the
 //! journal with `fdatasync` before `write` returns, outside fjall's journal
 //! lock so other writes go on meanwhile (`crate::journal_sync`).
+//!
+//! The keys of the MVCC latest index (one per live user key) are also held
+//! in memory ([`CountedKeys`]), changed with every batch that touches them
+//! and captured by every snapshot, so a snapshot counts a span of live keys
+//! without scanning it ([`Snapshot::count_keys`]).
 
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -18,7 +23,10 @@ use fjall::{
 };
 use parking_lot::RwLock;
 
-use crate::engine::{space_end, Durability, Engine, KeyIter, KvIter, Op, Snapshot, WriteBatch};
+use crate::counted_keys::{as_slices, CountedKeys};
+use crate::engine::{
+    count_scanned, space_end, Durability, Engine, KeyIter, KvIter, Op, Snapshot, WriteBatch,
+};
 use crate::journal_bound::{JournalBound, JOURNAL_LIMIT};
 use crate::journal_sync::JournalSync;
 use crate::keys::Space;
@@ -40,6 +48,10 @@ const MAX_MEMTABLE_BYTES: u64 = 32 << 20;
 /// when a keyspace is created; stores created before keep reading values.
 const SEPARATED: [u8; 2] = [Space::MvccVersion as u8, Space::MvccLatest as u8];
 
+/// The keyspace whose keys are held counted in memory: the latest index,
+/// one key per live user key, which a Range's `count` counts.
+const COUNTED: u8 = Space::MvccLatest as u8;
+
 /// At most this many major compactions per defragment.
 const DEFRAGMENT_PASSES: usize = 3;
 
@@ -54,6 +66,10 @@ pub struct FjallEngine {
     journal: Arc<JournalBound>,
     syncer: Arc<JournalSync>,
     quiet: Arc<QuietFlush>,
+    /// The [`COUNTED`] keyspace's keys as of the last committed batch.
+    /// Written under the lock across a batch's commit, so a snapshot that
+    /// reads it under the lock gets the keys of exactly its own view.
+    counted: Arc<RwLock<CountedKeys>>,
 }
 
 impl FjallEngine {
@@ -77,6 +93,7 @@ impl FjallEngine {
             journal: Arc::new(journal),
             syncer: Arc::new(JournalSync::new(path.as_ref())),
             quiet: Arc::new(QuietFlush::default()),
+            counted: Arc::default(),
         };
         // Reopen every keyspace that exists on disk so snapshots see them.
         for name in engine.db.list_keyspace_names() {
@@ -88,6 +105,15 @@ impl FjallEngine {
                 engine.space(b)?;
             }
         }
+        let mut failed = None;
+        let keys = engine
+            .scan_keys(Bound::Included(vec![COUNTED]), space_end(COUNTED))
+            .map_while(|key| key.map_err(|e| failed = Some(e)).ok());
+        let counted = CountedKeys::from_sorted(keys);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        *engine.counted.write() = counted;
         Ok(engine)
     }
 
@@ -271,25 +297,54 @@ impl Engine for FjallEngine {
         // After a failed fsync nothing more is written (`journal_sync`).
         self.syncer.check()?;
         let mut wb = self.db.batch();
+        // The batch's changes to the counted keyspace, in order: key, and
+        // whether it is there after.
+        let mut counted: Vec<(Vec<u8>, bool)> = Vec::new();
         for op in batch.ops {
             match op {
                 Op::Put(k, v) => {
-                    let ks = self.space(first_byte(&k)?)?;
-                    wb.insert(&ks, k, v);
+                    let b = first_byte(&k)?;
+                    if b == COUNTED {
+                        counted.push((k.clone(), true));
+                    }
+                    wb.insert(&self.space(b)?, k, v);
                 }
                 Op::Delete(k) => {
-                    let ks = self.space(first_byte(&k)?)?;
-                    wb.remove(&ks, k);
+                    let b = first_byte(&k)?;
+                    if b == COUNTED {
+                        counted.push((k.clone(), false));
+                    }
+                    wb.remove(&self.space(b)?, k);
                 }
                 Op::DeleteRange(s, e) => {
-                    let ks = self.space(first_byte(&s)?)?;
-                    for item in self.scan(Bound::Included(s), Bound::Excluded(e), false) {
-                        wb.remove(&ks, item?.0);
+                    let b = first_byte(&s)?;
+                    let ks = self.space(b)?;
+                    // Exactly the keys the batch deletes leave the count.
+                    for key in self.scan_keys(Bound::Included(s), Bound::Excluded(e)) {
+                        let key = key?;
+                        if b == COUNTED {
+                            counted.push((key.clone(), false));
+                        }
+                        wb.remove(&ks, key);
                     }
                 }
             }
         }
-        wb.commit()?;
+        if counted.is_empty() {
+            wb.commit()?;
+        } else {
+            // Under the lock across the commit: no snapshot sees the
+            // batch's keys without their count, or the reverse.
+            let mut keys = self.counted.write();
+            wb.commit()?;
+            for (key, live) in counted {
+                if live {
+                    keys.insert(&key);
+                } else {
+                    keys.remove(&key);
+                }
+            }
+        }
         self.quiet.wrote();
         if durability == Durability::Sync {
             self.syncer.sync(&self.db)?;
@@ -305,10 +360,19 @@ impl Engine for FjallEngine {
         self.bound_journal()
     }
 
+    /// With the counted keys as of its view, unless a batch touching them
+    /// is being committed: a commit can wait out fjall's write stalls
+    /// (100 ms sleeps), and a reader must not. That snapshot counts by
+    /// scanning instead.
     fn snapshot(&self) -> Arc<dyn Snapshot> {
+        let (snap, counted) = match self.counted.try_read() {
+            Some(keys) => (self.db.snapshot(), Some(keys.clone())),
+            None => (self.db.snapshot(), None),
+        };
         Arc::new(FjallSnapshot {
-            snap: self.db.snapshot(),
+            snap,
             engine: self.clone(),
+            counted,
         })
     }
 
@@ -378,6 +442,8 @@ impl Engine for FjallEngine {
 struct FjallSnapshot {
     snap: fjall::Snapshot,
     engine: FjallEngine,
+    /// The counted keyspace's keys in this view (None: count by scanning).
+    counted: Option<CountedKeys>,
 }
 
 impl Snapshot for FjallSnapshot {
@@ -414,6 +480,25 @@ impl Snapshot for FjallSnapshot {
             Ok(None) => Box::new(std::iter::empty()),
             Err(e) => Box::new(std::iter::once(Err(e))),
         }
+    }
+
+    fn count_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<u64> {
+        let (Some(keys), Some((COUNTED, start, end))) =
+            (&self.counted, key_scan_bounds(start.clone(), end.clone())?)
+        else {
+            return count_scanned(self.scan_keys(start, end));
+        };
+        let n = keys.count(as_slices(&start), as_slices(&end));
+        // Every debug build (the tests, the torture runs) checks the count
+        // against the engine's own keys.
+        if cfg!(debug_assertions) {
+            let scanned = count_scanned(self.scan_keys(start.clone(), end.clone()))?;
+            assert_eq!(
+                n, scanned,
+                "counted keys out of step with the engine in {start:?}..{end:?}"
+            );
+        }
+        Ok(n)
     }
 
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {

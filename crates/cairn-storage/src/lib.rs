@@ -27,6 +27,7 @@
 
 pub mod bolt;
 pub mod conformance;
+mod counted_keys;
 mod engine;
 mod error;
 mod fjall_engine;

@@ -1,6 +1,8 @@
 //! Runs the engine conformance suite against every engine, plus the
 //! durability property only a disk engine has.
 
+use std::ops::Bound;
+
 use cairn_storage::{
     conformance, Durability, Engine, FjallEngine, MemoryEngine, Snapshot, WriteBatch,
 };
@@ -38,5 +40,43 @@ fn fjall_engine_keeps_synced_writes_across_reopen() {
         snap.get(&[0x10, 1]).unwrap(),
         Some(b"data".to_vec()),
         "reopened spaces visible to snapshots"
+    );
+}
+
+#[test]
+fn fjall_engine_counts_the_latest_index_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |i: u32| [&[0x11u8][..], format!("k{i:05}").as_bytes()].concat();
+    {
+        let e = FjallEngine::open(dir.path()).unwrap();
+        let mut b = WriteBatch::new();
+        for i in 0..3_000 {
+            b.put(key(i), vec![1]);
+        }
+        e.write(b, Durability::Sync).unwrap();
+        let mut d = WriteBatch::new();
+        d.delete_range(key(1_000), key(2_000));
+        e.write(d, Durability::Sync).unwrap();
+    }
+    let e = FjallEngine::open(dir.path()).unwrap();
+    let snap = e.snapshot();
+    let all = (Bound::Included(vec![0x11]), Bound::Excluded(vec![0x12]));
+    assert_eq!(
+        snap.count_keys(all.0.clone(), all.1.clone()).unwrap(),
+        2_000
+    );
+    let mut b = WriteBatch::new();
+    b.put(key(1_500), vec![2]);
+    b.delete(key(0));
+    e.write(b, Durability::Sync).unwrap();
+    assert_eq!(
+        e.snapshot().count_keys(all.0.clone(), all.1).unwrap(),
+        2_000
+    );
+    assert_eq!(
+        e.snapshot()
+            .count_keys(Bound::Included(key(1_000)), Bound::Excluded(key(2_000)))
+            .unwrap(),
+        1
     );
 }

@@ -3,8 +3,9 @@
 //! it has its `limit` key-values, and all a `count_only` range needs.
 //!
 //! At the current revision every latest-index entry is one live key, so the
-//! count is a key-only scan of that index (values stay unread; with the
-//! engine's key-value separation large ones are not even touched) adjusted
+//! count is the engine's count of that index's keys in the span
+//! ([`Snapshot::count_keys`]: fjall keeps them counted in memory, as etcd
+//! keeps its key index, so a span of any size costs microseconds) adjusted
 //! by a transaction's pending writes. At an older revision it is a key-only
 //! scan of the version records: each key's last version at or below the
 //! revision decides, and whether that version is a tombstone is read from
@@ -42,11 +43,7 @@ pub(super) fn live_keys_after(
             Some(k) => Bound::Excluded(Key::MvccLatest { key: k }.encode()),
             None => lo,
         };
-        let mut n = 0i64;
-        for key in read.scan_keys(lo, hi) {
-            key?;
-            n += 1;
-        }
+        let mut n = i64::try_from(read.count_keys(lo, hi)?).unwrap_or(i64::MAX);
         for (key, write) in overlay.into_iter().flatten() {
             if !span.contains(key) || after.is_some_and(|a| key.as_slice() <= a) {
                 continue;
