@@ -7,7 +7,8 @@
 //! memtables and tables, a decoded block per few dozen keys), so a page of
 //! ten keys from a span of 60,000 spent nearly all its time counting the
 //! rest (docs/benchmarks.md, "Session 36": 0.17× etcd). Here counting
-//! `[lo, hi)` costs two binary searches and one step per chunk between.
+//! `[lo, hi)` costs a binary search in each end's chunk and one step per
+//! chunk between.
 //!
 //! Shape: the keys, ascending, cut into chunks of at most [`MAX`] keys, in
 //! a persistent ordered map keyed by each chunk's first key (`imbl`'s
@@ -16,11 +17,18 @@
 //! pointer. A change copies the map's path to the chunk it touches and, if
 //! a snapshot still shares that chunk, the chunk's key pointers (keys are
 //! `Arc`s: no key bytes are copied). A chunk that grows past [`MAX`] splits
-//! in two; one that shrinks below [`MIN`] takes in the chunk after it when
-//! both fit in one, so the number of chunks stays within about `n / MIN`.
+//! in two; one that shrinks below [`MIN`] joins a neighbour it fits with.
+//! So chunks hold `MAX / 2` to `MAX` keys as keys come in, and deletes
+//! leave one smaller than [`MIN`] only beside neighbours too full to take
+//! it in. [`MAX`] weighs
+//! the two costs: a write that touches a chunk a snapshot shares copies up
+//! to [`MAX`] pointers (under the engine's commit lock), and a count steps
+//! once per chunk.
 //!
-//! Memory: every key of the keyspace once, plus two words a key. etcd
-//! keeps far more per key (its index holds each key's revision history).
+//! Memory: every key of the keyspace once, plus about 40 bytes a key (its
+//! pointer, the `Arc`'s counts, allocator rounding); a snapshot held long
+//! keeps the chunks it shares alive. etcd keeps more per key (its index
+//! holds each key's revision history).
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -31,7 +39,7 @@ type Key = Arc<[u8]>;
 type Chunk = Arc<Vec<Key>>;
 
 /// Most keys in one chunk; a longer one splits in halves.
-const MAX: usize = 512;
+const MAX: usize = 128;
 /// A chunk shorter than this takes in its successor when both fit.
 const MIN: usize = MAX / 8;
 
@@ -49,6 +57,10 @@ impl CountedKeys {
         let mut set = Self::default();
         let mut chunk: Vec<Key> = Vec::with_capacity(MAX / 2);
         for key in keys {
+            debug_assert!(set
+                .chunks
+                .get_max()
+                .is_none_or(|(_, c)| *c[c.len() - 1] < *key));
             debug_assert!(chunk.last().is_none_or(|last| **last < *key));
             chunk.push(key.into());
             if chunk.len() == MAX / 2 {
@@ -119,15 +131,22 @@ impl CountedKeys {
             return;
         };
         if chunk.len() < MIN {
+            let fits = |(first, other): (&Key, &Chunk)| {
+                (chunk.len() + other.len() <= MAX).then(|| first.clone())
+            };
             let next = self
                 .chunks
                 .range::<_, [u8]>((Bound::Excluded(&*last), Bound::Unbounded))
                 .next()
-                .filter(|(_, next)| chunk.len() + next.len() <= MAX)
-                .map(|(first, _)| first.clone());
+                .and_then(fits);
+            let prev = self.chunks.get_prev(&*chunk[0]).and_then(fits);
             if let Some(next) = next {
                 let next = self.chunks.remove(&next).expect("next chunk");
                 Arc::make_mut(&mut chunk).extend(next.iter().cloned());
+            } else if let Some(prev) = prev {
+                let mut joined = self.chunks.remove(&prev).expect("previous chunk");
+                Arc::make_mut(&mut joined).extend(chunk.iter().cloned());
+                chunk = joined;
             }
         }
         self.chunks.insert(chunk[0].clone(), chunk);
@@ -158,15 +177,19 @@ impl CountedKeys {
             if past_end {
                 break;
             }
+            // Only the first chunk can hold keys below `lo`, and only one
+            // whose last key reaches `hi` keys past it.
             let start = match lo {
+                _ if *first != from => 0,
                 Bound::Included(l) => keys.partition_point(|k| **k < *l),
                 Bound::Excluded(l) => keys.partition_point(|k| **k <= *l),
                 Bound::Unbounded => 0,
             };
+            let last = keys.last().expect("chunks are not empty");
             let end = match hi {
-                Bound::Included(h) => keys.partition_point(|k| **k <= *h),
-                Bound::Excluded(h) => keys.partition_point(|k| **k < *h),
-                Bound::Unbounded => keys.len(),
+                Bound::Included(h) if **last > *h => keys.partition_point(|k| **k <= *h),
+                Bound::Excluded(h) if **last >= *h => keys.partition_point(|k| **k < *h),
+                _ => keys.len(),
             };
             n += end.saturating_sub(start) as u64;
         }

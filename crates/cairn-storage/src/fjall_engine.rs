@@ -137,6 +137,24 @@ impl FjallEngine {
         Ok(ks)
     }
 
+    /// Before a batch that touches the counted keys takes their lock:
+    /// waits while fjall would halt that batch's commit (a keyspace with 4
+    /// sealed memtables not yet flushed, or 30 level-0 runs; fjall sleeps
+    /// the writer until they drain, after publishing). Under the lock those
+    /// sleeps would leave every snapshot meanwhile without counts. Such a
+    /// batch writes the MVCC versions and the latest index, so those two
+    /// are the keyspaces that matter.
+    fn wait_out_halts(&self) {
+        for b in [Space::MvccVersion as u8, COUNTED] {
+            let Some(ks) = self.existing_space(b) else {
+                continue;
+            };
+            while ks.tree.sealed_memtable_count() >= 4 || ks.tree.l0_run_count() >= 30 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
     fn existing_space(&self, b: u8) -> Option<Keyspace> {
         self.spaces.read().get(&b).cloned()
     }
@@ -333,6 +351,7 @@ impl Engine for FjallEngine {
         if counted.is_empty() {
             wb.commit()?;
         } else {
+            self.wait_out_halts();
             // Under the lock across the commit: no snapshot sees the
             // batch's keys without their count, or the reverse.
             let mut keys = self.counted.write();
