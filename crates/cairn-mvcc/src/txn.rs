@@ -112,6 +112,7 @@ pub fn apply_txn(
         revs.current
     );
     let path = txn_path(read, req, revs, revs.current)?;
+    check_along(read, req, &path, revs, leases)?;
     let mut w = Writer {
         read,
         rev,
@@ -269,7 +270,27 @@ pub fn read_txn_at(
 /// [`TxnOutcome::path`] gives them), nested transactions included; a put
 /// keeping its lease (`ignore_lease`) names none.
 pub fn leases_put_along(req: &TxnRequest, path: &[bool]) -> Vec<i64> {
-    fn walk(req: &TxnRequest, path: &mut std::slice::Iter<'_, bool>, out: &mut Vec<i64>) {
+    let mut out: Vec<i64> = ops_along(req, path)
+        .into_iter()
+        .filter_map(|op| match op {
+            Request::RequestPut(p) if p.lease != 0 && !p.ignore_lease => Some(p.lease),
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The puts, deletes and ranges `req` runs along the branches `path` (as
+/// [`TxnOutcome::path`] gives them), in execution order, nested
+/// transactions' in their place.
+fn ops_along<'a>(req: &'a TxnRequest, path: &[bool]) -> Vec<&'a Request> {
+    fn walk<'a>(
+        req: &'a TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+        out: &mut Vec<&'a Request>,
+    ) {
         let ops = if path.next().copied().unwrap_or(false) {
             &req.success
         } else {
@@ -277,19 +298,50 @@ pub fn leases_put_along(req: &TxnRequest, path: &[bool]) -> Vec<i64> {
         };
         for op in ops {
             match &op.request {
-                Some(Request::RequestPut(p)) if p.lease != 0 && !p.ignore_lease => {
-                    out.push(p.lease)
-                }
                 Some(Request::RequestTxn(t)) => walk(t, path, out),
-                _ => {}
+                Some(other) => out.push(other),
+                None => {}
             }
         }
     }
     let mut out = Vec::new();
     walk(req, &mut path.iter(), &mut out);
-    out.sort_unstable();
-    out.dedup();
     out
+}
+
+/// etcd's checks before a Txn runs, in its order (`applierV3backend.Txn`
+/// in etcd 3.4): first every put along the branches `path` takes (one
+/// keeping its value or lease needs its key to exist before the txn, then
+/// its lease must exist), then every range at a revision (neither above
+/// the current one nor below the compaction). So a Txn whose range at a
+/// future revision comes before a put with a lost lease fails with the
+/// put's error, as on etcd. (Running the ops would find the same errors,
+/// in op order; a put cannot see a key an earlier op of the same txn
+/// wrote, since validation refuses two writes of one key.)
+fn check_along(
+    read: &dyn Snapshot,
+    req: &TxnRequest,
+    path: &[bool],
+    revs: Revisions,
+    leases: &dyn LeaseView,
+) -> Result<()> {
+    let ops = ops_along(req, path);
+    for op in &ops {
+        if let Request::RequestPut(p) = op {
+            if (p.ignore_value || p.ignore_lease) && record::latest(read, &p.key)?.is_none() {
+                return Err(Error::from(Rejection::KeyNotFound));
+            }
+            if p.lease != 0 && !leases.exists(p.lease) {
+                return Err(Error::from(Rejection::LeaseNotFound));
+            }
+        }
+    }
+    for op in &ops {
+        if let Request::RequestRange(r) = op {
+            crate::range::read_revision(r.revision, revs)?;
+        }
+    }
+    Ok(())
 }
 
 /// The branch each (nested) transaction takes, in execution order.

@@ -10,72 +10,118 @@
 //! `[lo, hi)` costs a binary search in each end's chunk and one step per
 //! chunk between.
 //!
-//! Shape: the keys, ascending, cut into chunks of at most [`MAX`] keys, in
-//! a persistent ordered map keyed by each chunk's first key (`imbl`'s
-//! path-copying B-tree). A clone is O(1) and shares everything, so each
-//! engine snapshot carries the set as of its own moment for the price of a
-//! pointer. A change copies the map's path to the chunk it touches and, if
-//! a snapshot still shares that chunk, the chunk's key pointers (keys are
-//! `Arc`s: no key bytes are copied). A chunk that grows past [`MAX`] splits
-//! in two; one that shrinks below [`MIN`] joins a neighbour it fits with.
-//! So chunks hold `MAX / 2` to `MAX` keys as keys come in, and deletes
-//! leave one smaller than [`MIN`] only beside neighbours too full to take
-//! it in. [`MAX`] weighs
-//! the two costs: a write that touches a chunk a snapshot shares copies up
-//! to [`MAX`] pointers (under the engine's commit lock), and a count steps
-//! once per chunk.
+//! Shape: the keys, ascending, cut into chunks of at most [`MAX`] keys
+//! (and about [`MAX_BYTES`] bytes), each packed into one buffer
+//! ([`chunk::Chunk`]), in a persistent ordered map keyed by each chunk's
+//! first key (`imbl`'s path-copying B-tree). A clone is O(1) and shares
+//! everything, so each engine snapshot carries the set as of its own
+//! moment for the price of a pointer. A change copies the map's path to
+//! the chunk it touches and, if a snapshot still shares that chunk, the
+//! chunk (two `memcpy`s of at most a few KiB). A chunk that grows past its
+//! bounds is cut into half-full ones; one that shrinks below [`MIN`] keys
+//! joins a neighbour it fits with. So chunks hold `MAX / 2` to `MAX` keys as keys
+//! come in, and deletes leave one smaller than [`MIN`] only beside
+//! neighbours too full to take it in. The bounds weigh the two costs: a
+//! write copies up to a chunk (under the engine's commit lock), and a
+//! count steps once per chunk.
 //!
-//! Memory: every key of the keyspace once, plus about 40 bytes a key (its
-//! pointer, the `Arc`'s counts, allocator rounding); a snapshot held long
-//! keeps the chunks it shares alive. etcd keeps more per key (its index
-//! holds each key's revision history).
+//! Memory: every key's bytes once, plus a 4-byte offset and the buffers'
+//! slack (measured: docs/benchmarks.md, "Session 37"); a snapshot held
+//! long keeps the chunks it shares alive. etcd keeps more per key (its
+//! index holds each key's revision history).
+
+mod chunk;
 
 use std::ops::Bound;
 use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use chunk::Chunk;
+
 type Key = Arc<[u8]>;
-type Chunk = Arc<Vec<Key>>;
 
 /// Most keys in one chunk; a longer one splits in halves.
 const MAX: usize = 128;
-/// A chunk shorter than this takes in its successor when both fit.
+/// Most bytes of keys in one chunk of two keys or more (the copy a write
+/// may make); a larger one splits in halves.
+const MAX_BYTES: usize = 8 << 10;
+/// A chunk shorter than this joins a neighbour it fits with.
 const MIN: usize = MAX / 8;
 
 /// A persistent sorted set of byte keys with range counts (see the module).
 #[derive(Clone, Default)]
 pub(crate) struct CountedKeys {
     /// Chunk first key → the chunk (non-empty, ascending, disjoint).
-    chunks: OrdMap<Key, Chunk>,
+    chunks: OrdMap<Key, Arc<Chunk>>,
     len: u64,
+}
+
+fn too_big(c: &Chunk) -> bool {
+    c.len() > MAX || (c.len() > 1 && c.bytes() > MAX_BYTES)
+}
+
+/// Ascending keys cut into chunks half full (at most `MAX / 2` keys and,
+/// but for a single longer key, `MAX_BYTES / 2` bytes): what a load
+/// starts with and what a chunk grown too big splits into.
+struct Pieces {
+    done: Vec<Chunk>,
+    open: Chunk,
+}
+
+impl Pieces {
+    fn new() -> Self {
+        Self {
+            done: Vec::new(),
+            open: Chunk::default(),
+        }
+    }
+
+    fn push(&mut self, key: &[u8]) {
+        let full = self.open.len() == MAX / 2 || self.open.bytes() + key.len() > MAX_BYTES / 2;
+        if self.open.len() > 0 && full {
+            self.done.push(std::mem::take(&mut self.open));
+        }
+        self.open.push(key);
+    }
+
+    fn finish(mut self) -> Vec<Chunk> {
+        if self.open.len() > 0 {
+            self.done.push(self.open);
+        }
+        self.done
+    }
 }
 
 impl CountedKeys {
     /// The set of `keys`, which must be ascending and distinct.
     pub(crate) fn from_sorted(keys: impl Iterator<Item = Vec<u8>>) -> Self {
         let mut set = Self::default();
-        let mut chunk: Vec<Key> = Vec::with_capacity(MAX / 2);
+        let mut pieces = Pieces::new();
+        let mut last: Option<Vec<u8>> = None;
         for key in keys {
-            debug_assert!(set
-                .chunks
-                .get_max()
-                .is_none_or(|(_, c)| *c[c.len() - 1] < *key));
-            debug_assert!(chunk.last().is_none_or(|last| **last < *key));
-            chunk.push(key.into());
-            if chunk.len() == MAX / 2 {
-                set.add_chunk(std::mem::replace(&mut chunk, Vec::with_capacity(MAX / 2)));
+            debug_assert!(last.as_ref().is_none_or(|l| *l < key));
+            pieces.push(&key);
+            if pieces.done.len() > 16 {
+                for chunk in std::mem::take(&mut pieces.done) {
+                    set.add_chunk(chunk);
+                }
             }
+            last = Some(key);
         }
-        if !chunk.is_empty() {
+        for chunk in pieces.finish() {
             set.add_chunk(chunk);
         }
         set
     }
 
-    fn add_chunk(&mut self, chunk: Vec<Key>) {
+    fn add_chunk(&mut self, chunk: Chunk) {
         self.len += chunk.len() as u64;
-        self.chunks.insert(chunk[0].clone(), Arc::new(chunk));
+        self.put_chunk(Arc::new(chunk));
+    }
+
+    fn put_chunk(&mut self, chunk: Arc<Chunk>) {
+        self.chunks.insert(chunk.first().into(), chunk);
     }
 
     /// How many keys the set holds.
@@ -100,20 +146,28 @@ impl CountedKeys {
     /// Adds `key` (nothing if present).
     pub(crate) fn insert(&mut self, key: &[u8]) {
         let Some(first) = self.home(key) else {
-            self.add_chunk(vec![key.into()]);
+            let mut chunk = Chunk::default();
+            chunk.push(key);
+            self.add_chunk(chunk);
             return;
         };
-        let Err(at) = self.chunk(&first).binary_search_by(|k| (**k).cmp(key)) else {
+        let Err(at) = self.chunk(&first).search(key) else {
             return;
         };
         let mut chunk = self.chunks.remove(&first).expect("home chunk");
-        Arc::make_mut(&mut chunk).insert(at, key.into());
+        Arc::make_mut(&mut chunk).insert(at, key);
         self.len += 1;
-        if chunk.len() > MAX {
-            let tail = Arc::make_mut(&mut chunk).split_off(MAX / 2);
-            self.chunks.insert(tail[0].clone(), Arc::new(tail));
+        if too_big(&chunk) {
+            let mut pieces = Pieces::new();
+            for i in 0..chunk.len() {
+                pieces.push(chunk.key(i));
+            }
+            for piece in pieces.finish() {
+                self.put_chunk(Arc::new(piece));
+            }
+        } else {
+            self.put_chunk(chunk);
         }
-        self.chunks.insert(chunk[0].clone(), chunk);
     }
 
     /// Takes `key` out (nothing if absent).
@@ -121,35 +175,37 @@ impl CountedKeys {
         let Some(first) = self.home(key) else {
             return;
         };
-        let Ok(at) = self.chunk(&first).binary_search_by(|k| (**k).cmp(key)) else {
+        let Ok(at) = self.chunk(&first).search(key) else {
             return;
         };
         let mut chunk = self.chunks.remove(&first).expect("home chunk");
         Arc::make_mut(&mut chunk).remove(at);
         self.len -= 1;
-        let Some(last) = chunk.last().cloned() else {
+        if chunk.len() == 0 {
             return;
-        };
+        }
         if chunk.len() < MIN {
-            let fits = |(first, other): (&Key, &Chunk)| {
-                (chunk.len() + other.len() <= MAX).then(|| first.clone())
+            let fits = |(first, other): (&Key, &Arc<Chunk>)| {
+                let joined =
+                    chunk.len() + other.len() <= MAX && chunk.bytes() + other.bytes() <= MAX_BYTES;
+                joined.then(|| first.clone())
             };
             let next = self
                 .chunks
-                .range::<_, [u8]>((Bound::Excluded(&*last), Bound::Unbounded))
+                .range::<_, [u8]>((Bound::Excluded(chunk.last()), Bound::Unbounded))
                 .next()
                 .and_then(fits);
-            let prev = self.chunks.get_prev(&*chunk[0]).and_then(fits);
+            let prev = self.chunks.get_prev(chunk.first()).and_then(fits);
             if let Some(next) = next {
                 let next = self.chunks.remove(&next).expect("next chunk");
-                Arc::make_mut(&mut chunk).extend(next.iter().cloned());
+                Arc::make_mut(&mut chunk).append(&next);
             } else if let Some(prev) = prev {
                 let mut joined = self.chunks.remove(&prev).expect("previous chunk");
-                Arc::make_mut(&mut joined).extend(chunk.iter().cloned());
+                Arc::make_mut(&mut joined).append(&chunk);
                 chunk = joined;
             }
         }
-        self.chunks.insert(chunk[0].clone(), chunk);
+        self.put_chunk(chunk);
     }
 
     /// How many keys lie between `lo` and `hi`.
@@ -181,14 +237,13 @@ impl CountedKeys {
             // whose last key reaches `hi` keys past it.
             let start = match lo {
                 _ if *first != from => 0,
-                Bound::Included(l) => keys.partition_point(|k| **k < *l),
-                Bound::Excluded(l) => keys.partition_point(|k| **k <= *l),
+                Bound::Included(l) => keys.partition_point(|k| k < l),
+                Bound::Excluded(l) => keys.partition_point(|k| k <= l),
                 Bound::Unbounded => 0,
             };
-            let last = keys.last().expect("chunks are not empty");
             let end = match hi {
-                Bound::Included(h) if **last > *h => keys.partition_point(|k| **k <= *h),
-                Bound::Excluded(h) if **last >= *h => keys.partition_point(|k| **k < *h),
+                Bound::Included(h) if keys.last() > h => keys.partition_point(|k| k <= h),
+                Bound::Excluded(h) if keys.last() >= h => keys.partition_point(|k| k < h),
                 _ => keys.len(),
             };
             n += end.saturating_sub(start) as u64;
@@ -243,18 +298,16 @@ mod tests {
     /// The chunks' invariants: non-empty, at most MAX, keyed by their
     /// first key, ascending and disjoint, and `len` their total.
     fn check_shape(set: &CountedKeys) {
-        let mut prev: Option<&Key> = None;
+        let mut prev: Option<Vec<u8>> = None;
         let mut total = 0u64;
         for (first, keys) in set.chunks.iter() {
-            assert!(
-                !keys.is_empty() && keys.len() <= MAX,
-                "chunk of {}",
-                keys.len()
-            );
-            assert_eq!(first, &keys[0]);
-            assert!(keys.windows(2).all(|w| w[0] < w[1]));
-            assert!(prev.is_none_or(|p| p < &keys[0]));
-            prev = keys.last();
+            assert!(keys.len() > 0 && !too_big(keys), "chunk of {}", keys.len());
+            assert_eq!(&**first, keys.first());
+            for i in 1..keys.len() {
+                assert!(keys.key(i - 1) < keys.key(i));
+            }
+            assert!(prev.as_deref().is_none_or(|p| p < keys.first()));
+            prev = Some(keys.last().to_vec());
             total += keys.len() as u64;
         }
         assert_eq!(total, set.len());
@@ -295,6 +348,28 @@ mod tests {
             check_shape(&set);
             assert_eq!(set.len(), model.len() as u64);
         }
+    }
+
+    #[test]
+    fn long_keys_split_chunks_by_bytes() {
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut set = CountedKeys::default();
+        let mut model = BTreeSet::new();
+        for _ in 0..600 {
+            let mut k = key(&mut rng, 400);
+            k.resize(k.len() + rng.usize(0..3_000), b'x');
+            if rng.u8(0..4) == 0 {
+                set.remove(&k);
+                model.remove(&k);
+            } else {
+                set.insert(&k);
+                model.insert(k);
+            }
+        }
+        check_shape(&set);
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        assert_eq!(set.count(all.0, all.1), model.len() as u64);
+        assert!(set.chunks.len() as u64 >= set.len() * 1_500 / MAX_BYTES as u64);
     }
 
     #[test]

@@ -299,6 +299,20 @@ impl Snapshot for FjallEngine {
         }
     }
 
+    /// From the counted keys as they are now, unless a batch touching
+    /// them is being committed (then by scanning). Like every read of the
+    /// live engine it sees each commit whole, not one moment across
+    /// commits: the state machine counts so within the region it alone
+    /// writes.
+    fn count_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<u64> {
+        if let Some(Some((COUNTED, lo, hi))) = key_scan_bounds(start.clone(), end.clone()).ok() {
+            if let Some(keys) = self.counted.try_read() {
+                return Ok(keys.count(as_slices(&lo), as_slices(&hi)));
+            }
+        }
+        count_scanned(self.scan_keys(start, end))
+    }
+
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
         let Some(&b) = key.first() else {
             return Ok(None);

@@ -61,8 +61,7 @@ impl Snapshot for Overlay<'_> {
     }
 
     fn scan(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'_> {
-        let inverted = matches!((&start, &end), (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) if s > e);
-        if inverted {
+        if holds_nothing(&start, &end) {
             return Box::new(std::iter::empty());
         }
         let base = self.base.scan(start.clone(), end.clone(), reverse);
@@ -88,8 +87,7 @@ impl Snapshot for Overlay<'_> {
     }
 
     fn scan_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KeyIter<'_> {
-        if matches!((&start, &end), (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) if s > e)
-        {
+        if holds_nothing(&start, &end) {
             return Box::new(std::iter::empty());
         }
         // The merge of `scan`, with every value left empty.
@@ -111,11 +109,41 @@ impl Snapshot for Overlay<'_> {
         Box::new(merged.map(|item| item.map(|(k, _)| k)))
     }
 
+    /// The base's count (in memory, if it keeps one), corrected by each
+    /// pending write in the range: one base lookup per pending key there,
+    /// not a walk of the range.
+    fn count_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<u64> {
+        if holds_nothing(&start, &end) {
+            return Ok(0);
+        }
+        let mut n = self.base.count_keys(start.clone(), end.clone())?;
+        for (key, value) in self.pending.range((start, end)) {
+            match (self.base.value_len(key)?.is_some(), value.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n -= 1,
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
         match self.pending.get(key) {
             Some(v) => Ok(v.as_ref().map(Vec::len)),
             None => self.base.value_len(key),
         }
+    }
+}
+
+/// True when no key lies between `start` and `end` (and a `BTreeMap`
+/// range over them would panic: start above end, or one key excluded).
+fn holds_nothing(start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Included(e) | Bound::Excluded(e)) => {
+            s >= e
+        }
+        _ => false,
     }
 }
 
@@ -216,6 +244,24 @@ mod tests {
         assert_eq!(o.value_len(&[0x10, 7]).unwrap(), Some(1));
         assert_eq!(o.get(&[0x10, 5]).unwrap(), None);
         assert_eq!(o.get(&[0x10, 7]).unwrap(), Some(vec![7]));
+        let k = |i: u8| vec![0x10, i];
+        let spans = [
+            (Bound::Included(vec![0x10]), Bound::Excluded(vec![0x11])),
+            (Bound::Included(k(2)), Bound::Excluded(k(7))),
+            (Bound::Excluded(k(3)), Bound::Included(k(9))),
+            (Bound::Excluded(k(5)), Bound::Excluded(k(5))),
+            (Bound::Included(k(5)), Bound::Included(k(5))),
+            (Bound::Included(k(8)), Bound::Excluded(k(2))),
+        ];
+        let counts: Vec<u64> = spans
+            .iter()
+            .map(|(lo, hi)| {
+                let n = o.count_keys(lo.clone(), hi.clone()).unwrap();
+                assert_eq!(n, o.scan_keys(lo.clone(), hi.clone()).count() as u64);
+                n
+            })
+            .collect();
+        assert_eq!(counts, vec![5, 2, 2, 0, 0, 0]);
         assert_eq!(o.into_batch().len(), 4);
         assert_eq!(
             e.get(&[0x10, 2]).unwrap(),

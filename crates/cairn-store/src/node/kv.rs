@@ -390,7 +390,9 @@ impl Node {
 
 /// Retries of a request routed by a replica that had not applied a split
 /// yet: a short pause each (the replica catches up in a round trip or
-/// two), `EpochMismatch` once [`REQUEST_TIMEOUT`] has passed.
+/// two), then etcd's `Timeout` ("request timed out") once
+/// [`REQUEST_TIMEOUT`] has passed: the client is told what etcd tells of
+/// a request that did not go in time, not the internal reason.
 pub(super) struct StaleRoutes(std::time::Instant);
 
 impl StaleRoutes {
@@ -400,7 +402,7 @@ impl StaleRoutes {
 
     pub(super) async fn wait(&self) -> Result<()> {
         if std::time::Instant::now() >= self.0 {
-            return Err(Error::EpochMismatch);
+            return Err(Error::Timeout);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         Ok(())
