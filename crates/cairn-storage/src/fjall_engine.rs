@@ -305,7 +305,7 @@ impl Snapshot for FjallEngine {
     /// commits: the state machine counts so within the region it alone
     /// writes.
     fn count_keys(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> Result<u64> {
-        if let Some(Some((COUNTED, lo, hi))) = key_scan_bounds(start.clone(), end.clone()).ok() {
+        if let Ok(Some((COUNTED, lo, hi))) = key_scan_bounds(start.clone(), end.clone()) {
             if let Some(keys) = self.counted.try_read() {
                 return Ok(keys.count(as_slices(&lo), as_slices(&hi)));
             }
