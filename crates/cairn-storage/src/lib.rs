@@ -15,7 +15,10 @@
 //! Two engines implement the trait: [`FjallEngine`] (the LSM tree `fjall`,
 //! one physical fjall keyspace per internal keyspace so the churn of Raft logs
 //! never compacts together with user data) and [`MemoryEngine`] (a `BTreeMap`,
-//! for tests). [`conformance`] is one suite both must pass.
+//! for tests). [`conformance`] is one suite both must pass. fjall also
+//! keeps the keys of the MVCC latest index (one per live user key) counted
+//! in memory, captured by every snapshot (`counted_keys`), so a Range's
+//! `count` over any span costs microseconds ([`Snapshot::count_keys`]).
 //!
 //! Invariants:
 //! - A [`WriteBatch`] is atomic: after a crash either all of it is visible or
