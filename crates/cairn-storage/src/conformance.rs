@@ -292,7 +292,10 @@ pub fn counts(e: &dyn Engine) {
     for space in [0x10, 0x11] {
         let key = |i: u64| k(space, &format!("c{i:04}"));
         let scanned = |view: &dyn crate::Snapshot, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>| {
-            view.scan_keys(lo, hi).filter(|r| r.is_ok()).count() as u64
+            view.scan_keys(lo, hi)
+                .collect::<crate::Result<Vec<_>>>()
+                .unwrap()
+                .len() as u64
         };
         let bounds = |i: u64| -> [Span; 5] {
             let (a, b) = (i * 37 % 1000, i * 91 % 1000);

@@ -85,9 +85,21 @@ impl Pieces {
         self.open.push(key);
     }
 
+    /// The chunks; a last one under `MIN` keys joins the one before when
+    /// it fits (a split of `MAX + 1` keys would leave one key alone).
     fn finish(mut self) -> Vec<Chunk> {
-        if self.open.len() > 0 {
-            self.done.push(self.open);
+        match self.done.last_mut() {
+            Some(before) if self.open.len() < MIN => {
+                let mut joined = before.clone();
+                joined.append(&self.open);
+                if too_big(&joined) {
+                    self.done.push(self.open);
+                } else {
+                    *before = joined;
+                }
+            }
+            _ if self.open.len() > 0 => self.done.push(self.open),
+            _ => {}
         }
         self.done
     }
@@ -221,9 +233,10 @@ impl CountedKeys {
             },
         };
         let mut n = 0u64;
-        for (first, keys) in self
+        for (i, (first, keys)) in self
             .chunks
             .range::<_, [u8]>((Bound::Included(&*from), Bound::Unbounded))
+            .enumerate()
         {
             let past_end = match hi {
                 Bound::Included(h) => **first > *h,
@@ -236,7 +249,7 @@ impl CountedKeys {
             // Only the first chunk can hold keys below `lo`, and only one
             // whose last key reaches `hi` keys past it.
             let start = match lo {
-                _ if *first != from => 0,
+                _ if i > 0 => 0,
                 Bound::Included(l) => keys.partition_point(|k| k < l),
                 Bound::Excluded(l) => keys.partition_point(|k| k <= l),
                 Bound::Unbounded => 0,

@@ -116,15 +116,12 @@ impl Snapshot for Overlay<'_> {
         if holds_nothing(&start, &end) {
             return Ok(0);
         }
-        let mut n = self.base.count_keys(start.clone(), end.clone())?;
+        let mut n = i128::from(self.base.count_keys(start.clone(), end.clone())?);
         for (key, value) in self.pending.range((start, end)) {
-            match (self.base.value_len(key)?.is_some(), value.is_some()) {
-                (false, true) => n += 1,
-                (true, false) => n -= 1,
-                _ => {}
-            }
+            let was = self.base.value_len(key)?.is_some();
+            n += i128::from(value.is_some()) - i128::from(was);
         }
-        Ok(n)
+        u64::try_from(n).map_err(|_| Error::Engine(format!("a count of {n} keys")))
     }
 
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {

@@ -129,9 +129,9 @@ impl StoreHash {
 impl Node {
     /// This member's [`StoreHash`] at revision `revision` (> 0), its
     /// regions caught up to `at` (≥ `revision`) by `catch_up`. Fails as a
-    /// read at `revision` would (future, compacted); `EpochMismatch` when
-    /// the regions here do not tile the keyspace for long (a region frozen
-    /// for a merge, or one being started after a split).
+    /// read at `revision` would (future, compacted); `Timeout` when the
+    /// regions here do not tile the keyspace for long (a region frozen for
+    /// a merge, or one being started after a split).
     pub(crate) async fn store_hash(
         &self,
         at: i64,
