@@ -49,23 +49,12 @@ impl Node {
     /// add a second batching task hop and `submit`'s timer and retry loop
     /// per round (measured: 3-node, one client reading from the leader,
     /// docs/benchmarks.md). A leader that lost leadership meanwhile answers
-    /// `NotLeader` and the read takes the forwarding path. A round that
-    /// heard from no quorum in time (openraft gives it one heartbeat
-    /// interval: a busy follower, or a cut) is run again until the
-    /// request's deadline, as a forwarded one is, and as etcd retries its
-    /// read index: one late heartbeat answer must not fail the read.
+    /// `NotLeader` and the read takes the forwarding path.
     async fn read_index(&self, r: &Region) -> Result<u64> {
-        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-        while r.raft.metrics().borrow().current_leader == Some(self.id) {
-            match tokio::time::timeout_at(deadline.into(), self.leader_read_index(r)).await {
-                Ok(Err(e)) if e.is_retryable() => break,
-                Ok(Err(Error::Timeout))
-                    if std::time::Instant::now() + ROUND_AGAIN_AFTER < deadline =>
-                {
-                    tokio::time::sleep(ROUND_AGAIN_AFTER).await;
-                }
-                Ok(res) => return res,
-                Err(_) => return Err(Error::Timeout),
+        if r.raft.metrics().borrow().current_leader == Some(self.id) {
+            match self.leader_read_index(r).await {
+                Err(e) if e.is_retryable() => {}
+                res => return res,
             }
         }
         r.reads.round().await
@@ -75,7 +64,14 @@ impl Node {
     /// if it is not): none needed for a sole voter, the read lease while
     /// it holds — straight to the core (batching these measured 5-9% fewer
     /// reads/s at 200 clients: the batch waits) — else the leader's
-    /// batched round.
+    /// batched round. A round that heard from no quorum in time (openraft
+    /// gives it one heartbeat interval: a busy follower, or a cut) is run
+    /// again until the request's deadline, as a forwarded one is, and as
+    /// etcd retries its read index: one late heartbeat answer must not
+    /// fail the read. (Every caller needs this: a read here, and the
+    /// rounds other members and reads across regions ask this leader for
+    /// — under a load that splits regions every few puts, a read across
+    /// regions failed with "request timed out" after 1–3 s.)
     pub(crate) async fn leader_read_index(&self, r: &Region) -> Result<u64> {
         if let Some(index) = sole_voter_index(r, self.id) {
             return Ok(index);
@@ -85,7 +81,18 @@ impl Node {
                 return Ok(index);
             }
         }
-        r.leader_reads.round().await
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), r.leader_reads.round()).await {
+                Ok(Err(Error::Timeout))
+                    if std::time::Instant::now() + ROUND_AGAIN_AFTER < deadline =>
+                {
+                    tokio::time::sleep(ROUND_AGAIN_AFTER).await;
+                }
+                Ok(res) => return res,
+                Err(_) => return Err(Error::Timeout),
+            }
+        }
     }
 
     /// `region`'s replica here, once it has applied every write stamped at
