@@ -124,6 +124,16 @@ pub static SWEPT_VERSIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("registered once")
 });
 
+/// Data regions' leaderships the leader balancer on this member moved
+/// (`cairn-store`'s `node::leader_balance`), as the meta region's leader.
+pub static LEADER_BALANCE_MOVES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "cairn_leader_balance_moves_total",
+        "Data regions' leaderships this member's leader balancer handed to another member."
+    )
+    .expect("registered once")
+});
+
 /// Registers every instrument, so a scrape lists them (at zero) before
 /// their first event.
 pub fn register_all() {
@@ -138,6 +148,7 @@ pub fn register_all() {
     LazyLock::force(&PEER_BATCH_MESSAGES);
     LazyLock::force(&SIDE_CLOSES);
     LazyLock::force(&SWEPT_VERSIONS);
+    LazyLock::force(&LEADER_BALANCE_MOVES);
 }
 
 /// Raft messages per batched call to a peer (`crate::peer_batch`): near 1

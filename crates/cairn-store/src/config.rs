@@ -51,6 +51,10 @@ pub struct NodeConfig {
     /// Idle data regions stop their Raft ticks, and members beat to each
     /// other instead (`--region-hibernate`; see `node::hibernate`).
     pub hibernate_regions: bool,
+    /// The meta region's leader evens out how many data regions each
+    /// member leads (`--region-balance-leaders`; see
+    /// `node::leader_balance`).
+    pub balance_leaders: bool,
     /// Tests only: the fault switchboard this member's peer traffic passes,
     /// kept across its restarts (`None`: a fresh one).
     #[doc(hidden)]

@@ -1,13 +1,17 @@
 //! MoveLeader: the data region's leader hands leadership to a member the
 //! operator names (etcd's `etcdctl move-leader`); the meta region's leader
 //! hands it to the data leader the same way, so the TSO sits next to the
-//! writes (`tso::colocate`).
+//! writes (`tso::colocate`), and any data region's leader hands it to the
+//! member the leader balancer names (`node::leader_balance`).
 //!
 //! openraft 0.9 has no leader transfer, and an election forced on another
 //! member (`trigger().elect()`) skips that member's own vote lease, which is
 //! what makes leader read leases safe (see [`crate::read_lease`]). So the
 //! leader prepares the hand-over so that no lease is left to break:
 //!
+//! 0. it waits, holding nothing, until the target's log is within a
+//!    couple of entries of its own (a target that is down or far behind
+//!    fails the transfer at the deadline without having paused a write);
 //! 1. it stops serving and taking read leases (every read meanwhile runs a
 //!    quorum round, which proves leadership at that moment), and holds new
 //!    proposals (they wait, in order, and go to whoever leads next), so its
@@ -49,6 +53,10 @@ use crate::{Error, Result};
 
 /// How long a transfer may take before it is reported as failed.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How far (in log entries) the target may trail the leader before the
+/// leader holds its proposals for the hand-over: a commit group or two in
+/// flight.
+const NEAR: u64 = 2;
 /// How long a request to campaign may take to reach the target.
 const CAMPAIGN_CALL: Duration = Duration::from_secs(1);
 /// After a failed hand-over that asked the target to campaign: how long
@@ -92,6 +100,50 @@ impl Node {
             .unwrap_or(false)
     }
 
+    /// Waits, holding nothing, until `target`'s copy of the region's log
+    /// is within [`NEAR`] entries of the leader's, so that writes pause
+    /// only for the last round of the hand-over, and a target that is down
+    /// or far behind pauses nothing. True if the target leads already;
+    /// `NotLeader` once this member no longer leads;
+    /// `LeaderTransferTimeout` at `deadline`.
+    async fn target_near(
+        &self,
+        r: &crate::node::Region,
+        target: u64,
+        deadline: Instant,
+    ) -> Result<bool> {
+        loop {
+            let (leader, near) = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|p| p.get(&target).copied().flatten())
+                    .map(|l| l.index);
+                let near = match (m.last_log_index, matched) {
+                    (Some(last), Some(matched)) => last.saturating_sub(matched) <= NEAR,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                };
+                (m.current_leader, near)
+            };
+            if leader == Some(target) {
+                return Ok(true);
+            }
+            if leader != Some(self.id) {
+                return Err(Error::NotLeader { leader });
+            }
+            if near {
+                return Ok(false);
+            }
+            if Instant::now() >= deadline || self.is_stopped() {
+                return Err(Error::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Moves the data region's leadership to member `target` (see the
     /// module essay). Must be called on the leader.
     pub async fn move_leader(&self, target: u64) -> Result<()> {
@@ -119,6 +171,10 @@ impl Node {
         if !voters.contains(&target) {
             return Err(Error::BadLeaderTransferee);
         }
+        let deadline = Instant::now() + TRANSFER_TIMEOUT;
+        if self.target_near(&r, target, deadline).await? {
+            return Ok(());
+        }
         if let Some(l) = &r.lease {
             l.pause();
         }
@@ -129,7 +185,6 @@ impl Node {
             won: false,
         };
         let dropped = Instant::now();
-        let deadline = dropped + TRANSFER_TIMEOUT;
         loop {
             let (leader, now_term, caught_up) = {
                 let m = r.raft.metrics();

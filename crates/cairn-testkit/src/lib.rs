@@ -71,6 +71,9 @@ pub struct InProcessCluster {
     /// How often members run the corruption check themselves (zero:
     /// never; tests call `Node::check_corruption`).
     corrupt_check_interval: Duration,
+    /// Whether members balance region leaders (on, as `cairn serve`'s
+    /// default; tests of what elections alone do switch it off).
+    balance_leaders: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -208,6 +211,7 @@ impl InProcessCluster {
             limits,
             region_split: many_regions::policy(region_split),
             corrupt_check_interval,
+            balance_leaders: true,
             _dir: dir,
         };
         for (i, (p, c)) in peers.into_iter().zip(clients).enumerate() {
@@ -259,6 +263,7 @@ impl InProcessCluster {
             auth_tokens: cairn_store::TokenConfig::default(),
             region_split: self.region_split,
             hibernate_regions: true,
+            balance_leaders: self.balance_leaders,
             peer_faults: Some(t.faults.clone()),
         };
         let node = start_node(config).await;
@@ -302,6 +307,24 @@ impl InProcessCluster {
             .as_ref()
             .expect("node is stopped")
             .node
+    }
+
+    /// Switches the leader balancer on or off on every member, running and
+    /// restarted (`Node::set_leader_balance`): for tests of what elections
+    /// alone do with leaders and terms. Call it at once after start: the
+    /// balancer moves nothing in its first two checks (4 s).
+    pub fn set_leader_balance(&mut self, on: bool) {
+        self.balance_leaders = on;
+        for t in &self.nodes {
+            if let Some(r) = &t.running {
+                r.node.set_leader_balance(on);
+            }
+        }
+    }
+
+    /// Node `i`'s member ID (also while it is stopped).
+    pub fn node_id(&self, i: usize) -> u64 {
+        self.nodes[i].id
     }
 
     /// Node `i`'s Raft metrics of its replica of `region` now.

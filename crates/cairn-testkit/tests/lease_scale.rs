@@ -233,6 +233,7 @@ impl SingleNode {
             auth_tokens: cairn_store::TokenConfig::default(),
             region_split: Default::default(),
             hibernate_regions: true,
+            balance_leaders: true,
             peer_faults: None,
         };
         Self::launch(config, peer).await

@@ -345,3 +345,83 @@ async fn a_node_that_missed_the_split_adopts_the_new_region_from_its_leader() {
     );
     c.shutdown().await;
 }
+
+/// How many data regions each node leads, as node `seen_by` sees them;
+/// `None` while one has no known leader.
+async fn leader_counts(c: &InProcessCluster, seen_by: usize) -> Option<Vec<usize>> {
+    let ids: Vec<u64> = (0..3).map(|i| c.node_id(i)).collect();
+    let mut counts = vec![0; 3];
+    for r in c.node(seen_by).region_reports().await.ok()? {
+        let i = ids.iter().position(|&id| id == r.leader)?;
+        counts[i] += 1;
+    }
+    Some(counts)
+}
+
+/// The leader balancer (`node::leader_balance`): a member that was down
+/// leads no region when it comes back; the meta region's leader hands it
+/// leaderships until no member leads more than one region more than
+/// another, while writes to every region go on and none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_member_is_handed_its_share_of_region_leaders() {
+    let mut c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let keys = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for at in &keys[1..] {
+        c.split_at(at).await;
+    }
+    let away = (c.wait_leader(META_REGION).await + 1) % 3;
+    let stay = (away + 1) % 3;
+    c.stop(away).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = leader_counts(&c, stay).await;
+        if counts.as_ref().is_some_and(|n| n[away] == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "regions never left the stopped member: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.restart(away).await;
+    let mut client = c.kv(stay).await;
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let mut failed = Vec::new();
+        let mut round = 0;
+        while !*stopped.borrow_and_update() {
+            for k in keys {
+                if let Err(e) = kv::put(&mut client, k, &round.to_string()).await {
+                    failed.push(format!("{k} in round {round}: {e}"));
+                }
+            }
+            round += 1;
+            let _ = tokio::time::timeout(Duration::from_millis(20), stopped.changed()).await;
+        }
+        (round, failed)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = leader_counts(&c, stay).await;
+        if let Some(n) = &counts {
+            let (max, min) = (n.iter().max().unwrap(), n.iter().min().unwrap());
+            if max - min <= 1 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders never spread: {counts:?} (node {away} restarted)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    let (rounds, failed) = writer.await.unwrap();
+    assert!(
+        rounds > 0 && failed.is_empty(),
+        "{rounds} rounds, failed: {failed:?}"
+    );
+    c.shutdown().await;
+}

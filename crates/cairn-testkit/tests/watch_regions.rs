@@ -158,7 +158,9 @@ async fn a_compaction_across_regions_is_the_stores() {
 /// is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_region_is_closed_only_while_watched() {
-    let c = InProcessCluster::start(3).await;
+    let mut c = InProcessCluster::start(3).await;
+    // A hand-over by the leader balancer would move the idle region.
+    c.set_leader_balance(false);
     c.wait_leader(DATA_REGION).await;
     let mut client = c.kv(0).await;
     kv::put(&mut client, "z", "0").await.unwrap();

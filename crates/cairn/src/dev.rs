@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// Idle data regions stop their Raft ticks (`false`: never), as `serve`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub region_hibernate: bool,
+    /// Spread data regions' leaders evenly over the members (`false`:
+    /// never move them), as `serve`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub region_balance_leaders: bool,
 }
 
 /// The three dev members: (name, client port, peer port).
@@ -128,6 +132,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             region_split_qps: a.region_split_qps,
             region_merge_bytes: a.region_merge_bytes,
             region_hibernate: a.region_hibernate,
+            region_balance_leaders: a.region_balance_leaders,
         };
         nodes.push(serve::start(args).await?);
     }

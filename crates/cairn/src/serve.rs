@@ -114,6 +114,12 @@ pub struct ServeArgs {
     /// region ticks always.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub region_hibernate: bool,
+    /// The meta region's leader hands data regions' leadership from the
+    /// member leading the most to the one leading the fewest, a few at a
+    /// time, so writes spread over the members (`false`: leaders stay
+    /// where elections put them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub region_balance_leaders: bool,
     /// TLS on the client and peer ports.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -205,6 +211,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
         lease_checkpoint_interval: a.lease_checkpoint_interval,
         read_lease: a.read_lease,
         hibernate_regions: a.region_hibernate,
+        balance_leaders: a.region_balance_leaders,
         peer_faults: None,
         corrupt_check_interval: a.experimental_corrupt_check_time,
         peer_tls: dial_tls,

@@ -34,7 +34,9 @@
 //! - [`closes`]: closed timestamps in idle regions, where someone waits;
 //!   [`side_closes`]: those closes made beside the log;
 //! - [`hibernate`]: idle regions stop their Raft ticks; members beat to
-//!   each other instead.
+//!   each other instead;
+//! - [`leader_balance`]: the meta leader spreads data regions' leaders
+//!   evenly over the members.
 //!
 //! Auth checks (`crate::auth`), backups (`crate::backup`), the corruption
 //! check (`crate::corruption`) and MoveLeader (`crate::transfer`) add
@@ -47,6 +49,7 @@ mod compaction_sweeps;
 mod forward;
 mod hibernate;
 mod kv;
+mod leader_balance;
 mod lease_across;
 mod leases;
 mod log_purge;
@@ -180,6 +183,10 @@ pub struct Node {
     stopped: tokio::sync::watch::Sender<bool>,
     /// One MoveLeader at a time (see `transfer`).
     pub(crate) transferring: tokio::sync::Mutex<()>,
+    /// Whether the leader balancer may move leaders from here (see
+    /// `leader_balance`): the config's flag, switched by
+    /// [`Node::set_leader_balance`].
+    balancing: std::sync::atomic::AtomicBool,
     /// Opens replicas of regions born after the node started.
     opener: start::Opener,
     /// Where every region's proposer gets its timestamps.

@@ -171,6 +171,7 @@ impl Node {
                 data.proposer.clone(),
                 config.lease_checkpoint_interval,
             ));
+            let balancing = std::sync::atomic::AtomicBool::new(config.balance_leaders);
             Node {
                 id,
                 cluster_id,
@@ -191,6 +192,7 @@ impl Node {
                 ),
                 stopped: tokio::sync::watch::channel(false).0,
                 transferring: tokio::sync::Mutex::new(()),
+                balancing,
                 opener,
                 timestamps,
                 hosting: tokio::sync::Mutex::new(()),
@@ -246,6 +248,9 @@ impl Node {
             tokio::spawn(super::hibernate::beat_peers(Arc::downgrade(&node)));
             tokio::spawn(super::hibernate::hibernate(Arc::downgrade(&node)));
         }
+        tokio::spawn(super::leader_balance::balance_leaders(Arc::downgrade(
+            &node,
+        )));
         tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::forget_outcomes(Arc::downgrade(&node)));
         for r in node.regions.all() {
