@@ -167,7 +167,7 @@ pub async fn wait_turn(
     access: &Access,
 ) -> Result<i64, Error> {
     loop {
-        let mut feed = changes(ctx, prefix);
+        let mut feed = changes(ctx, prefix).await;
         let (own, ahead, at) = place_in_line(ctx, prefix, key, rev, access).await?;
         let vanished = own.is_none_or(|kv| kv.create_revision != rev);
         if vanished && !cfg!(feature = "planted-vanished-waiter") {
@@ -227,12 +227,12 @@ fn ahead_of(prefix: &[u8], rev: i64) -> RangeRequest {
 }
 
 /// The changes under `prefix`, through the watch hub (every region the
-/// prefix touches), from now on.
-pub fn changes(ctx: &Context, prefix: &[u8]) -> FeedMerger {
+/// prefix touches, once the regions here cover it), from now on.
+pub async fn changes(ctx: &Context, prefix: &[u8]) -> FeedMerger {
     let end = prefix_end(prefix);
     // `[0]` is etcd's "to the end of the keyspace".
     let end = (end != [0]).then_some(end);
-    ctx.node.changes(prefix, end.as_deref())
+    ctx.node.changes(prefix, end.as_deref()).await
 }
 
 /// Waits for a delete of any of `keys` on the feed (or a feed

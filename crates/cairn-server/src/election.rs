@@ -156,7 +156,7 @@ impl Election for ElectionService {
         tokio::spawn(async move {
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
-                let mut feed = coord::changes(&ctx, &pfx);
+                let mut feed = coord::changes(&ctx, &pfx).await;
                 match coord::first(&ctx, &pfx, &access).await {
                     Ok(Some(kv)) => {
                         let id = (kv.key.clone(), kv.mod_revision);

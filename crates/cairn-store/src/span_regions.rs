@@ -13,8 +13,20 @@
 //! is both in the feed and in any later view, never in neither. Regions
 //! resolved past the lowest of them have their events above it read from
 //! history into the subscription, which no feed would carry again.
+//!
+//! Regions move under a reader: a split's new region starts here just
+//! after the split applies (until then the span is not covered: nothing
+//! here would carry the new region's events), and a region that splits or
+//! merges after its bounds were read has a view of the wrong keys at its
+//! revision. So readers of changes take their regions through
+//! [`Node::covering_span_regions`] (which waits for the span to be
+//! covered), a subscription made with regions that have moved or do not
+//! cover their span starts broken (the reader looks again), and a reader
+//! of history checks [`SpanRegions::moved`] after reading its views: the
+//! views are of the regions as they were read only if no epoch moved.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cairn_mvcc::Revisions;
 use cairn_raft::RegionShared;
@@ -34,7 +46,15 @@ pub struct SpanRegions {
     /// Pokes this node's closes loop: a new subscription asks for the
     /// regions' idle revisions to move (`node::closes`).
     poke: Arc<tokio::sync::Notify>,
+    /// The regions did not cover the span they were read for.
+    uncovered: bool,
 }
+
+/// How long a reader of changes waits for the regions hosted here to cover
+/// its span (a region born by a split starts here just after the split
+/// applies; a node busy stopping an absorbed region may take a second or
+/// two).
+pub const COVER_WAIT: Duration = Duration::from_secs(5);
 
 /// One region's read view for a span reader.
 pub struct RegionView {
@@ -72,8 +92,15 @@ impl Node {
         // A frozen region already absorbed here (not stopped yet): its keys
         // are the absorbing region's, frozen or not.
         held.retain(|(r, _, frozen)| !frozen || !self.absorbed_here(r.region));
+        let mut sorted: Vec<(&[u8], &[u8])> = held
+            .iter()
+            .map(|(_, r, _)| (r.start.as_slice(), r.end.as_slice()))
+            .collect();
+        sorted.sort();
+        let covered = crate::node::bounds_tile(sorted.into_iter(), start, end);
         SpanRegions {
             poke: self.close_now.clone(),
+            uncovered: !covered,
             epochs: held.iter().map(|(_, r, _)| r.epoch).collect(),
             regions: held
                 .into_iter()
@@ -82,11 +109,26 @@ impl Node {
         }
     }
 
+    /// [`Node::span_regions`] once the regions hosted here cover the span,
+    /// waiting up to [`COVER_WAIT`] for a region being started here; what
+    /// they are then, covering or not ([`SpanRegions::covered`]).
+    pub async fn covering_span_regions(&self, start: &[u8], end: Option<&[u8]>) -> SpanRegions {
+        let deadline = Instant::now() + COVER_WAIT;
+        loop {
+            let regions = self.span_regions(start, end);
+            if regions.covered() || Instant::now() >= deadline || self.is_stopped() {
+                return regions;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Changes to keys in `[start, end)` (`end` None: to the end), from
     /// every region the span touches, merged; starting after what each has
-    /// applied now.
-    pub fn changes(&self, start: &[u8], end: Option<&[u8]>) -> FeedMerger {
-        self.span_regions(start, end).subscribe()
+    /// applied now (broken at once, so the caller looks again, if the
+    /// regions here did not come to cover the span).
+    pub async fn changes(&self, start: &[u8], end: Option<&[u8]>) -> FeedMerger {
+        self.covering_span_regions(start, end).await.subscribe()
     }
 }
 
@@ -123,6 +165,21 @@ impl SpanRegions {
             .unwrap_or(0)
     }
 
+    /// True when the regions cover every key of the span they were read
+    /// for (a region born by a split may not be started here yet).
+    pub fn covered(&self) -> bool {
+        !self.uncovered
+    }
+
+    /// True when a region split, merged or stopped since its bounds were
+    /// read: views read before this says false are of the regions as read.
+    pub fn moved(&self) -> bool {
+        self.regions
+            .iter()
+            .zip(&self.epochs)
+            .any(|((r, _, _), epoch)| r.is_retired() || r.held_range().epoch != *epoch)
+    }
+
     /// True when the regions cover every key of `span` (a region born by
     /// a split may not be started here yet).
     pub fn covers(&self, span: &cairn_mvcc::Span) -> bool {
@@ -154,11 +211,8 @@ impl SpanRegions {
         // A region whose bounds changed (or that stopped) since they were
         // read may have said so before this subscription: start broken, so
         // the subscriber looks at the regions again.
-        let mut broken = self
-            .regions
-            .iter()
-            .zip(&self.epochs)
-            .any(|((r, _, _), epoch)| r.is_retired() || r.held_range().epoch != *epoch);
+        // So does one whose regions do not cover its span.
+        let mut broken = self.uncovered || self.moved();
         // Read after subscribing: a batch published in between is both in
         // the feed and in the view (the merger skips it in the feed).
         let views: Vec<_> = self

@@ -12,6 +12,15 @@
 //! batch the group has already handed out, and a watcher that joins by
 //! replaying history up to its view's revision misses nothing: later batches
 //! arrive through the group (those at or below the view are skipped).
+//!
+//! That holds for the regions as the group read them. A region that splits
+//! or merges afterwards publishes a reset into the group's feed; until the
+//! group has read its regions again, a view is refused (`view` says
+//! `None`: the watcher waits for the reset), since the moved region's view
+//! would be of the wrong keys at its revision — a split's new region may
+//! yet apply, below that revision, writes another member acknowledged. And
+//! a group is only made of regions that cover its watchers' spans
+//! (`touched` waits for a region a split is starting here).
 
 use std::sync::Arc;
 
@@ -43,8 +52,10 @@ pub struct View {
     pub compacted: i64,
 }
 
-/// The regions `span` touches.
-pub fn touched(ctx: &Context, span: &Span) -> (Vec<u64>, SpanRegions) {
+/// The regions `span` touches, once the regions here cover it (waiting a
+/// few seconds for a region a split is starting here); `None` if they do
+/// not by then.
+pub async fn touched(ctx: &Context, span: &Span) -> Option<(Vec<u64>, SpanRegions)> {
     let (start, end) = match span {
         Span::Single(k) => (
             k.clone(),
@@ -52,8 +63,8 @@ pub fn touched(ctx: &Context, span: &Span) -> (Vec<u64>, SpanRegions) {
         ),
         Span::Range(s, e) => (s.clone(), e.clone()),
     };
-    let regions = ctx.node.span_regions(&start, end.as_deref());
-    (regions.ids(), regions)
+    let regions = ctx.node.covering_span_regions(&start, end.as_deref()).await;
+    regions.covered().then(|| (regions.ids(), regions))
 }
 
 impl Group {
@@ -94,8 +105,11 @@ impl Group {
         &mut self.merger
     }
 
-    /// A view of every region for `span`'s history.
-    pub fn view(&self, span: &Span) -> View {
+    /// A view of every region for `span`'s history; `None` when a region
+    /// split, merged or stopped since the group read them (the views would
+    /// be of the wrong keys at their revisions): the group's feed breaks
+    /// for it, and the group reads its regions again.
+    pub fn view(&self, span: &Span) -> Option<View> {
         let mut history = Vec::new();
         let (mut current, mut compacted) = (i64::MAX, 0);
         for v in self.regions.views() {
@@ -105,11 +119,14 @@ impl Group {
                 history.push((v.snapshot, s));
             }
         }
-        View {
+        if self.regions.moved() {
+            return None;
+        }
+        Some(View {
             history,
             current: if current == i64::MAX { 0 } else { current },
             compacted,
-        }
+        })
     }
 }
 

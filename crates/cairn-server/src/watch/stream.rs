@@ -20,13 +20,18 @@ use tokio::task::{Id, JoinSet};
 use tonic::Streaming;
 
 use super::group::{self, Group};
-use super::watcher::{Mode, Watcher};
+use super::watcher::{self, Mode, Start, Watcher};
 use super::Out;
 use crate::Context;
 
 /// etcd's reasons for refusing a watch (`mvcc` errors).
 const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// Cairn's reason for refusing (or ending) a watch whose keys lie partly in
+/// a region this member does not host (a split's new region not started
+/// here within seconds): watch again, here or elsewhere.
+const UNCOVERED: &str =
+    "etcdserver: a region of the watched keys is not served by this member; watch again";
 /// etcd's reason for a watch on keys the caller may not read (the gRPC
 /// status's text, as etcd's watch server puts it).
 const PERMISSION_DENIED: &str =
@@ -182,7 +187,11 @@ impl Stream {
             self.next_id
         };
         let span = cairn_mvcc::Span::new(&c.key, &c.range_end);
-        let (key, regions) = group::touched(ctx, &span);
+        let Some((key, regions)) = group::touched(ctx, &span).await else {
+            // A region of the span is not hosted here (yet): nothing here
+            // could send its events.
+            return send(&self.out, refuse(UNCOVERED)).await;
+        };
         // An idle region's resolved revision moves only while asked: wait
         // (briefly) for the regions to catch up with the freshest, or the
         // watch would start at an idle one's last write.
@@ -235,26 +244,34 @@ impl Stream {
         let Some(g) = self.groups.iter().find(|g| g.key == w.group) else {
             return true;
         };
-        let view = g.view(&w.filter.span);
+        let Some(view) = g.view(&w.filter.span) else {
+            // The group's regions moved: its feed breaks for it (a reset),
+            // and the regrouped watcher replays then.
+            w.mode = Mode::Waiting;
+            return true;
+        };
         // A view covers everything its group handed out (group.rs); if it
         // somehow did not, replaying again with a later view will.
         let behind = view.current < g.resolved;
         if w.next == 0 {
             w.next = view.current + 1;
         }
-        if w.next > view.current {
-            w.resolved = w.resolved.max(view.current);
-            w.mode = Mode::Live;
-            return true;
-        }
-        if w.next < view.compacted {
-            let compacted = view.compacted;
-            self.remove(id);
-            let r = response(&self.ctx, id, |r| {
-                r.compact_revision = compacted;
-                r.canceled = true;
-            });
-            return send(&self.out, r).await;
+        match watcher::start(w.next, view.current, view.compacted) {
+            Start::Compacted => {
+                let compacted = view.compacted;
+                self.remove(id);
+                let r = response(&self.ctx, id, |r| {
+                    r.compact_revision = compacted;
+                    r.canceled = true;
+                });
+                return send(&self.out, r).await;
+            }
+            Start::Live => {
+                w.resolved = w.resolved.max(view.current);
+                w.mode = Mode::Live;
+                return true;
+            }
+            Start::Replay => {}
         }
         let (from, to, views) = (w.next, view.current, view.history);
         let compacted = view.compacted;
@@ -361,7 +378,7 @@ impl Stream {
                             *again = true;
                             false
                         }
-                        Some(Mode::Live) => true,
+                        Some(Mode::Live | Mode::Waiting) => true,
                         None => false,
                     };
                     if live && !self.replay(id).await {
@@ -380,20 +397,28 @@ impl Stream {
     /// other regions move to the group of those regions (opened if new);
     /// returns every member of `g` before the move, each to be replayed.
     /// Waits (briefly) until the regions hosted here cover each span: the
-    /// child of a split is started here just after the split applies.
+    /// child of a split is started here just after the split applies. A
+    /// member whose span they still do not cover then is ended (told to
+    /// watch again) rather than left without some of its keys' events.
     async fn regroup(&mut self, g: usize) -> Vec<i64> {
         let members = self.groups[g].members.clone();
         for &id in &members {
             let Some(span) = self.watchers.get(&id).map(|w| w.filter.span.clone()) else {
                 continue;
             };
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            let (key, regions) = loop {
-                let (key, regions) = group::touched(&self.ctx, &span);
-                if regions.covers(&span) || std::time::Instant::now() >= deadline {
-                    break (key, regions);
+            let Some((key, regions)) = group::touched(&self.ctx, &span).await else {
+                self.groups[g].members.retain(|m| *m != id);
+                if let Some(w) = self.watchers.remove(&id) {
+                    if let Mode::Replaying { task, .. } = w.mode {
+                        self.replaying.remove(&task);
+                    }
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                let r = response(&self.ctx, id, |r| {
+                    r.canceled = true;
+                    r.cancel_reason = UNCOVERED.to_string();
+                });
+                let _ = send(&self.out, r).await;
+                continue;
             };
             if key == self.groups[g].key {
                 // The same regions, maybe with new bounds (a split or
@@ -423,7 +448,7 @@ impl Stream {
     /// Progress notifications for quiet watchers that asked for them.
     async fn progress_tick(&mut self) -> bool {
         for (id, w) in &mut self.watchers {
-            if !w.progress_notify || matches!(w.mode, Mode::Replaying { .. }) {
+            if !w.progress_notify || matches!(w.mode, Mode::Replaying { .. } | Mode::Waiting) {
                 continue;
             }
             if w.quiet && !send(&self.out, progress(&self.ctx, *id, w.synced())).await {

@@ -78,6 +78,10 @@ pub enum Mode {
         /// replay again once this read returns.
         again: bool,
     },
+    /// The group's regions moved since it read them: nothing is sent
+    /// until the group's feed says so and the group has read them again,
+    /// then the watcher replays from where it was.
+    Waiting,
 }
 
 /// One watcher of a stream.
@@ -135,6 +139,10 @@ impl Watcher {
                 pending.clear();
                 *again = true;
             }
+            return Vec::new();
+        }
+        if matches!(self.mode, Mode::Waiting) {
+            // Replayed from history once the group read its regions again.
             return Vec::new();
         }
         let out: Vec<(i64, Event)> = events
@@ -231,4 +239,50 @@ async fn send_events(
         }
     }
     true
+}
+
+/// What a watcher whose next revision is `next` does with a view of its
+/// regions resolved up to `current`, whose history is compacted up to
+/// `compacted` (the highest any region has).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Told it is compacted, and ended (etcd's `ErrCompacted`): history it
+    /// asked for is gone in some region.
+    Compacted,
+    /// Nothing to replay: the feed carries everything from `next` on.
+    Live,
+    /// History from `next` to `current` is read first.
+    Replay,
+}
+
+/// See [`Start`]. Compaction is looked at first: a region held back below
+/// `next` (a lock of a transaction across regions keeps its resolved
+/// revision down) must not let a watcher from below another region's
+/// compaction go live, missing that region's compacted events unseen.
+pub fn start(next: i64, current: i64, compacted: i64) -> Start {
+    if next < compacted {
+        Start::Compacted
+    } else if next > current {
+        Start::Live
+    } else {
+        Start::Replay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_below_any_regions_compaction_is_compacted_even_above_the_view() {
+        // One region compacted at 250, another resolved only to 100 (a
+        // lock): a watch from 101 is compacted, as etcd answers.
+        assert_eq!(start(101, 100, 250), Start::Compacted);
+        assert_eq!(start(50, 100, 60), Start::Compacted);
+        // At the compaction itself: history there is kept.
+        assert_eq!(start(250, 100, 250), Start::Live);
+        assert_eq!(start(101, 100, 0), Start::Live);
+        assert_eq!(start(60, 100, 60), Start::Replay);
+        assert_eq!(start(100, 100, 0), Start::Replay);
+    }
 }
