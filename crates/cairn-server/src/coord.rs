@@ -118,9 +118,20 @@ pub async fn enter(
         return Err(cairn_store::Error::Internal("contender key vanished".into()).into());
     };
     if kv.value != value {
+        // Only while it is still that key (etcd's `Proclaim`): a put after
+        // a concurrent resign or unlock deleted it would bring it back, at
+        // a new create revision nobody waits on. Then the wait finds it
+        // gone.
         ctx.node
             .txn(
                 &TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Create as i32,
+                        key: key.clone(),
+                        target_union: Some(TargetUnion::CreateRevision(kv.create_revision)),
+                        range_end: Vec::new(),
+                    }],
                     success: vec![op(Request::RequestPut(put))],
                     ..Default::default()
                 },

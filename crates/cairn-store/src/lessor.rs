@@ -66,6 +66,9 @@ use crate::{Error, Result};
 
 /// How long an expired lease waits before its revoke is proposed again.
 pub const REVOKE_RETRY: Duration = Duration::from_secs(3);
+/// How long a keep-alive of a lease found expired waits for its revoke to
+/// apply (see [`Lessor::keep_alive`]).
+const EXPIRED_WAIT: Duration = Duration::from_secs(1);
 /// Most checkpoints in one Raft entry (etcd's batch size).
 const CHECKPOINT_BATCH: usize = 1000;
 
@@ -259,16 +262,40 @@ impl Lessor {
 
     /// Renews lease `id` from `since` (a time taken before the caller
     /// confirmed leadership and applied state, after the request arrived);
-    /// returns its TTL, 0 if it does not exist or has expired. Clears a
-    /// checkpoint durably before answering (see the module essay).
+    /// returns its TTL, 0 if it does not exist. Clears a checkpoint durably
+    /// before answering (see the module essay).
+    ///
+    /// A lease this leader found expired is answered only once its revoke
+    /// applied (0) or this member stopped leading (`NotLeader`: the caller
+    /// asks the next leader, which renews it), as etcd's `Renew` waits for
+    /// the revoke or the demotion: its revoke is decided in this term and
+    /// does not apply in another, so a 0 told before it applied could
+    /// end a client's session while its lease and keys live on for
+    /// another TTL. Bounded by [`EXPIRED_WAIT`] (then 0: a revoke that
+    /// keeps failing is retried every [`REVOKE_RETRY`]), shorter than
+    /// etcd's unbounded wait: a stream renews its leases one at a time, and
+    /// the others' renewals wait behind this one.
     pub async fn keep_alive(&self, id: i64, since: Instant) -> Result<i64> {
+        let until = Instant::now() + EXPIRED_WAIT;
+        loop {
+            match self.renew(id, since).await? {
+                Some(ttl) => return Ok(ttl),
+                None if Instant::now() >= until => return Ok(0),
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// [`Lessor::keep_alive`] once: `None` while the lease's revoke is
+    /// under way (or about to be).
+    async fn renew(&self, id: i64, since: Instant) -> Result<Option<i64>> {
         let order = self.order.lock().await;
         let (ttl, clear) = {
             let mut st = self.primed().ok_or_else(Self::not_ready)?;
             let (snap, _) = self.shared.read_view();
             let Some(rec) = lease::get(&*snap, id)? else {
                 st.remove(id);
-                return Ok(0);
+                return Ok(Some(0));
             };
             let every = self.checkpoint_every;
             let t = match st.leases.get(&id) {
@@ -279,7 +306,7 @@ impl Lessor {
                 }
             };
             if t.revoking || t.deadline <= Instant::now() {
-                return Ok(0); // expired: its revoke is (about to be) under way
+                return Ok(None); // expired: its revoke is (about to be) under way
             }
             let deadline = t.deadline.max(since + secs(rec.ttl));
             st.insert(id, rec.ttl, deadline, every);
@@ -296,7 +323,7 @@ impl Lessor {
             (rec.ttl, rec.remaining > 0 || st.checkpoints_in_flight > 0)
         };
         if !clear {
-            return Ok(ttl);
+            return Ok(Some(ttl));
         }
         let reply = self
             .proposer
@@ -308,7 +335,7 @@ impl Lessor {
         drop(order);
         match reply.await.map_err(|_| Error::Stopped)?? {
             Reply::Rejected(r) => Err(Error::Rejected(r)),
-            _ => Ok(ttl),
+            _ => Ok(Some(ttl)),
         }
     }
 

@@ -516,6 +516,15 @@ impl Proposer {
                 for (p, reply) in group {
                     let p = match p {
                         Proposal::Plain(c) if lock_command(&c) => {
+                            if reply.is_closed() {
+                                // Nobody waits for it: its coordinator (or
+                                // resolver) gave up, and may since have
+                                // taken the step again in a later try. A
+                                // rollback proposed now could land after
+                                // that try's prewrite of the same
+                                // transaction and delete its lock.
+                                continue;
+                            }
                             propose_txns(&log, std::mem::take(&mut txns), &slot, &unanswered).await;
                             locks.push((c, reply));
                             continue;

@@ -158,6 +158,15 @@ impl Node {
         loop {
             match self.txn_across_once(&plan, access, hook.take()).await {
                 Ok(Attempt::Done(resp)) => return Ok(resp),
+                // A merge left its keys in one region (or a route here is
+                // stale): the caller routes it again, to the single-region
+                // path if it fits one now. Tried again here, the layout
+                // would refuse it until the deadline.
+                Err(Error::EpochMismatch)
+                    if !matches!(self.route_txn(req), Err(Error::SpansRegions)) =>
+                {
+                    return Err(Error::EpochMismatch)
+                }
                 Ok(_) | Err(Error::EpochMismatch) | Err(Error::RolledBack) => stale.wait().await?,
                 Err(e) => return Err(e),
             }

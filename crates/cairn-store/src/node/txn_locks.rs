@@ -73,10 +73,17 @@ impl Node {
     /// forget the outcome while a part elsewhere may still be locked, and
     /// whoever met that one later would find no outcome and roll it back:
     /// a committed transaction torn.
+    ///
+    /// The lock is read as the region's leader has it (this replica caught
+    /// up first): one behind may show a revoke's first, narrow lock, whose
+    /// primary was since prewritten again naming more regions, and
+    /// finishing only the regions it names would leave the others' parts
+    /// to be rolled back once the outcome is forgotten.
     async fn settle(&self, region: u64, lock: LockRef) -> Result<()> {
         let start_ts = lock.start_ts;
         let Some(regions) = self
-            .region(region)?
+            .caught_up(region)
+            .await?
             .shared
             .with_applied(|a| a.locks.held.get(&start_ts).map(|l| l.regions.clone()))
         else {
