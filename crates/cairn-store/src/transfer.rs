@@ -9,9 +9,10 @@
 //! what makes leader read leases safe (see [`crate::read_lease`]). So the
 //! leader prepares the hand-over so that no lease is left to break:
 //!
-//! 0. it waits, holding nothing, until the target's log is within a
-//!    couple of entries of its own (a target that is down or far behind
-//!    fails the transfer at the deadline without having paused a write);
+//! 0. it waits, holding nothing but the one-transfer-at-a-time lock,
+//!    until the target's log is within a couple of entries of its own (a
+//!    target that is down or far behind fails the transfer after
+//!    [`NEAR_WITHIN`] without having paused a write);
 //! 1. it stops serving and taking read leases (every read meanwhile runs a
 //!    quorum round, which proves leadership at that moment), and holds new
 //!    proposals (they wait, in order, and go to whoever leads next), so its
@@ -57,6 +58,10 @@ pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// leader holds its proposals for the hand-over: a commit group or two in
 /// flight.
 const NEAR: u64 = 2;
+/// How much of [`TRANSFER_TIMEOUT`] the target may take to come near,
+/// holding nothing: the rest is left for the hand-over itself (a read
+/// lease to run out, the vote lease, an election).
+const NEAR_WITHIN: Duration = Duration::from_secs(2);
 /// How long a request to campaign may take to reach the target.
 const CAMPAIGN_CALL: Duration = Duration::from_secs(1);
 /// After a failed hand-over that asked the target to campaign: how long
@@ -156,11 +161,11 @@ impl Node {
     pub(crate) async fn hand_over(&self, region: u64, target: u64) -> Result<()> {
         let _one_at_a_time = self.transferring.lock().await;
         let r = self.region(region)?;
-        let (leader, term, voters) = {
+        let (leader, voters) = {
             let m = r.raft.metrics();
             let m = m.borrow();
             let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-            (m.current_leader, m.current_term, voters)
+            (m.current_leader, voters)
         };
         if leader != Some(self.id) {
             return Err(Error::NotLeader { leader });
@@ -171,10 +176,14 @@ impl Node {
         if !voters.contains(&target) {
             return Err(Error::BadLeaderTransferee);
         }
-        let deadline = Instant::now() + TRANSFER_TIMEOUT;
-        if self.target_near(&r, target, deadline).await? {
+        let started = Instant::now();
+        if self.target_near(&r, target, started + NEAR_WITHIN).await? {
             return Ok(());
         }
+        // The term the hand-over runs in, read after the wait (a step-down
+        // and re-election meanwhile would otherwise never ask the target).
+        let term = r.raft.metrics().borrow().current_term;
+        let deadline = started + TRANSFER_TIMEOUT;
         if let Some(l) = &r.lease {
             l.pause();
         }

@@ -153,6 +153,12 @@ impl FeedMerger {
         self.held.insert((c.revision, c.sub, c.key().to_vec()), c);
     }
 
+    /// Makes the next item a discontinuity (after the usual pause): the
+    /// reader looks at its regions again and subscribes afresh.
+    pub fn break_now(&mut self) {
+        self.broken = true;
+    }
+
     /// The revision every input has resolved.
     pub fn resolved(&self) -> i64 {
         self.inputs.iter().map(|i| i.resolved).min().unwrap_or(0)

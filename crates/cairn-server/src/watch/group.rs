@@ -13,13 +13,14 @@
 //! replaying history up to its view's revision misses nothing: later batches
 //! arrive through the group (those at or below the view are skipped).
 //!
-//! That holds for the regions as the group read them. A region that splits
-//! or merges afterwards publishes a reset into the group's feed; until the
-//! group has read its regions again, a view is refused (`view` says
-//! `None`: the watcher waits for the reset), since the moved region's view
-//! would be of the wrong keys at its revision — a split's new region may
-//! yet apply, below that revision, writes another member acknowledged. And
-//! a group is only made of regions that cover its watchers' spans
+//! That holds for the regions as the group read them. Once a region split
+//! or merged since, or the regions do not cover a watcher's span, a view
+//! is refused (`view` says `None`): the moved region's view would be of
+//! the wrong keys at its revision — a split's new region may yet apply,
+//! below that revision, writes another member acknowledged. The watcher
+//! waits, and the group is made to read its regions again at once (its
+//! feed breaks: `look_again`), then the watcher replays regrouped. And a
+//! group is only made of regions that cover its watchers' spans
 //! (`touched` waits for a region a split is starting here).
 
 use std::sync::Arc;
@@ -100,6 +101,14 @@ impl Group {
         self.resolved = self.resolved.max(self.merger.resolved());
     }
 
+    /// Has the group read its regions again: its feed's next item is a
+    /// discontinuity (regroup, resubscribe, replay), whether or not a
+    /// region published a reset (an abandoned merge moves its target's
+    /// epoch without one).
+    pub fn look_again(&mut self) {
+        self.merger.break_now();
+    }
+
     /// The merged feed.
     pub fn merger(&mut self) -> &mut FeedMerger {
         &mut self.merger
@@ -107,8 +116,10 @@ impl Group {
 
     /// A view of every region for `span`'s history; `None` when a region
     /// split, merged or stopped since the group read them (the views would
-    /// be of the wrong keys at their revisions): the group's feed breaks
-    /// for it, and the group reads its regions again.
+    /// be of the wrong keys at their revisions), or the regions as read do
+    /// not cover `span` (read again for another member after a split):
+    /// then the caller has the group read its regions again
+    /// ([`Group::look_again`]).
     pub fn view(&self, span: &Span) -> Option<View> {
         let mut history = Vec::new();
         let (mut current, mut compacted) = (i64::MAX, 0);
@@ -119,7 +130,7 @@ impl Group {
                 history.push((v.snapshot, s));
             }
         }
-        if self.regions.moved() {
+        if self.regions.moved() || !self.regions.covers(span) {
             return None;
         }
         Some(View {

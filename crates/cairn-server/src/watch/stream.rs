@@ -241,13 +241,14 @@ impl Stream {
         let Some(w) = self.watchers.get_mut(&id) else {
             return true;
         };
-        let Some(g) = self.groups.iter().find(|g| g.key == w.group) else {
+        let Some(g) = self.groups.iter_mut().find(|g| g.key == w.group) else {
             return true;
         };
         let Some(view) = g.view(&w.filter.span) else {
-            // The group's regions moved: its feed breaks for it (a reset),
-            // and the regrouped watcher replays then.
+            // The group's regions moved: it reads them again (its feed
+            // breaks), and the regrouped watcher replays then.
             w.mode = Mode::Waiting;
+            g.look_again();
             return true;
         };
         // A view covers everything its group handed out (group.rs); if it

@@ -79,7 +79,7 @@ pub enum Mode {
         again: bool,
     },
     /// The group's regions moved since it read them: nothing is sent
-    /// until the group's feed says so and the group has read them again,
+    /// until the group has read them again (its feed broken on purpose),
     /// then the watcher replays from where it was.
     Waiting,
 }

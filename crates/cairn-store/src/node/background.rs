@@ -12,6 +12,16 @@ use cairn_raft::{Command, MemberInfo, RegionDesc};
 use crate::node::{Node, META_REGION};
 use crate::remote::ForwardOp;
 
+/// One period of a background loop: sleeps `every`, then the node, unless
+/// it is gone or stopping (the loop ends).
+pub(super) async fn tick(
+    node: &std::sync::Weak<Node>,
+    every: Duration,
+) -> Option<std::sync::Arc<Node>> {
+    tokio::time::sleep(every).await;
+    node.upgrade().filter(|n| !n.is_stopped())
+}
+
 /// Publishes this member's attributes to the meta region (idempotent;
 /// retried until done).
 pub(super) async fn publish_self(node: std::sync::Weak<Node>) {
@@ -133,12 +143,7 @@ pub(super) async fn count_leader_changes(
 /// Asks the engine each second whether writes have stopped long enough
 /// to flush the memtables they filled (see `Engine::flush_if_quiet`).
 pub(super) async fn flush_quiet_memtables(node: std::sync::Weak<Node>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = tick(&node, Duration::from_secs(1)).await {
         let engine = n.engine.clone();
         drop(n);
         match tokio::task::spawn_blocking(move || engine.flush_if_quiet()).await {

@@ -356,12 +356,7 @@ impl Node {
 /// one beat in flight per member, each with its own timeout, so a slow
 /// member does not hold back the others' beats.
 pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
-    loop {
-        tokio::time::sleep(BEAT_EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = super::background::tick(&node, BEAT_EVERY).await {
         let Ok(meta) = n.region(META_REGION) else {
             continue;
         };
@@ -475,12 +470,7 @@ pub(super) async fn resume_elections(node: std::sync::Weak<Node>, mut held: Vec<
         },
         _ = stopped.wait_for(|s| *s) => return,
     };
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = super::background::tick(&node, Duration::from_millis(50)).await {
         let late = since.elapsed() >= RESTART_GRACE;
         held.retain(|&id| {
             let Ok(r) = n.region(id) else { return false };
@@ -511,12 +501,7 @@ pub(super) async fn hibernate(node: std::sync::Weak<Node>) {
     // Per region with no known leader: since when, and when it was last
     // reported.
     let mut leaderless: BTreeMap<u64, (Instant, Instant)> = BTreeMap::new();
-    loop {
-        tokio::time::sleep(LOOK_EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = super::background::tick(&node, LOOK_EVERY).await {
         let mut here = BTreeSet::new();
         for r in n.regions.all() {
             if r.id == META_REGION {

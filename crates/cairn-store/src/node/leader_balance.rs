@@ -33,7 +33,11 @@
 //! row must find one); a target must answer a beat first (a member that is
 //! down leads nothing, and must not be given leaders); a hand-over that
 //! fails leaves its region and its target alone for
-//! [`QUIET_AFTER_FAILURE`]. Counting is not load: a member can lead its
+//! [`QUIET_AFTER_FAILURE`] (a target still catching up after a restart
+//! would otherwise hold the leader's one-transfer lock, a couple of
+//! seconds per try). A move pauses its region's writes for a read lease
+//! (150 ms), the target's vote lease if the last election was recent (up
+//! to 0.6 s) and an election. Counting is not load: a member can lead its
 //! share of regions and still take most of the writes (a hot region
 //! splits by load first, `--region-split-qps`).
 
@@ -100,7 +104,9 @@ pub(crate) fn next_move(
     let mut by_count: Vec<(usize, u64)> = counts.iter().map(|(&m, &c)| (c, m)).collect();
     by_count.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let (most, from) = *by_count.first()?;
-    for &(fewest, to) in by_count.iter().rev() {
+    // The idlest first (ties: the lower member ID).
+    by_count.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    for &(fewest, to) in &by_count {
         let gap = most - fewest;
         if gap < 2 || gap * 20 <= total {
             break;
@@ -140,12 +146,7 @@ struct Memory {
 /// leads the meta region).
 pub(super) async fn balance_leaders(node: Weak<Node>) {
     let mut memory = Memory::default();
-    loop {
-        tokio::time::sleep(CHECK_EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = super::background::tick(&node, CHECK_EVERY).await {
         let Ok(meta) = n.region(META_REGION) else {
             return;
         };
@@ -202,7 +203,7 @@ impl Node {
                 continue;
             }
             let ask = self.submit(m.region, ForwardOp::HandOver(m.to));
-            match tokio::time::timeout(MOVE_TIMEOUT, ask).await {
+            let failed = match tokio::time::timeout(MOVE_TIMEOUT, ask).await {
                 Ok(Ok(_)) => {
                     crate::metrics::LEADER_BALANCE_MOVES.inc();
                     tracing::info!(
@@ -211,21 +212,24 @@ impl Node {
                         m.from,
                         m.to
                     );
-                    self.sees_leader(m.region, m.to).await;
+                    if !self.sees_leader(m.region, m.to).await {
+                        // Not seen here yet: the next check looks again
+                        // (not this one, on a view that would count the
+                        // region where it was).
+                        return;
+                    }
+                    continue;
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(region = m.region, "leader balance: no hand-over: {e}");
-                    memory
-                        .quiet_regions
-                        .insert(m.region, Instant::now() + QUIET_AFTER_FAILURE);
-                }
-                Err(_) => {
-                    tracing::debug!(region = m.region, "leader balance: hand-over timed out");
-                    memory
-                        .quiet_regions
-                        .insert(m.region, Instant::now() + QUIET_AFTER_FAILURE);
-                }
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            // A target still catching up (a member just restarted) would
+            // be offered region after region, each holding the leader's
+            // one-transfer lock for seconds: both are left alone.
+            tracing::debug!(region = m.region, "leader balance: no hand-over: {failed}");
+            let until = Instant::now() + QUIET_AFTER_FAILURE;
+            memory.quiet_regions.insert(m.region, until);
+            memory.quiet_targets.insert(m.to, until);
         }
     }
 
@@ -273,15 +277,19 @@ impl Node {
     }
 
     /// Waits (up to a second) until this replica of `region` knows `leader`
-    /// leads it, so the next look counts the move.
-    async fn sees_leader(&self, region: u64, leader: u64) {
-        let Ok(r) = self.region(region) else { return };
+    /// leads it, so the next look counts the move; false if it does not.
+    async fn sees_leader(&self, region: u64, leader: u64) -> bool {
+        let Ok(r) = self.region(region) else {
+            return false;
+        };
         let mut metrics = r.raft.metrics();
-        let _ = tokio::time::timeout(
+        let seen = tokio::time::timeout(
             Duration::from_secs(1),
             metrics.wait_for(|m| m.current_leader == Some(leader)),
         )
-        .await;
+        .await
+        .is_ok_and(|r| r.is_ok());
+        seen
     }
 }
 

@@ -60,12 +60,7 @@ struct Seen {
 /// The log-bounding loop (see the module essay).
 pub(super) async fn bound_logs(node: std::sync::Weak<Node>) {
     let mut seen: BTreeMap<u64, Seen> = BTreeMap::new();
-    loop {
-        tokio::time::sleep(EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = super::background::tick(&node, EVERY).await {
         let limit = n.config.snapshot_log_bytes;
         let regions = n.regions.all();
         seen.retain(|id, _| regions.iter().any(|r| r.id == *id));

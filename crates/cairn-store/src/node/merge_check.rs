@@ -66,12 +66,7 @@ struct Memory {
 /// Runs the checker until the node is gone.
 pub(super) async fn check_merges(node: Weak<Node>) {
     let mut memory = Memory::default();
-    loop {
-        tokio::time::sleep(CHECK_EVERY).await;
-        let Some(n) = node.upgrade() else { return };
-        if n.is_stopped() {
-            return;
-        }
+    while let Some(n) = super::background::tick(&node, CHECK_EVERY).await {
         let led: Vec<Arc<Region>> = n
             .regions
             .all()
