@@ -78,4 +78,4 @@ pub use node::{
 pub use peer_service::PeerService;
 pub use read_lease::READ_LEASE;
 pub use remote::{ForwardOk, ForwardOp};
-pub use span_regions::{RegionView, SpanRegions};
+pub use span_regions::{RegionView, SpanRegions, COVER_WAIT};

@@ -110,10 +110,15 @@ impl Node {
     }
 
     /// [`Node::span_regions`] once the regions hosted here cover the span,
-    /// waiting up to [`COVER_WAIT`] for a region being started here; what
-    /// they are then, covering or not ([`SpanRegions::covered`]).
-    pub async fn covering_span_regions(&self, start: &[u8], end: Option<&[u8]>) -> SpanRegions {
-        let deadline = Instant::now() + COVER_WAIT;
+    /// waiting until `deadline` (say [`COVER_WAIT`] from now) for a region
+    /// being started here; what they are then, covering or not
+    /// ([`SpanRegions::covered`]).
+    pub async fn covering_span_regions(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        deadline: Instant,
+    ) -> SpanRegions {
         loop {
             let regions = self.span_regions(start, end);
             if regions.covered() || Instant::now() >= deadline || self.is_stopped() {
@@ -128,7 +133,9 @@ impl Node {
     /// applied now (broken at once, so the caller looks again, if the
     /// regions here did not come to cover the span).
     pub async fn changes(&self, start: &[u8], end: Option<&[u8]>) -> FeedMerger {
-        self.covering_span_regions(start, end).await.subscribe()
+        self.covering_span_regions(start, end, Instant::now() + COVER_WAIT)
+            .await
+            .subscribe()
     }
 }
 

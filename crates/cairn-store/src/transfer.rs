@@ -214,6 +214,10 @@ impl Node {
                 handing.won = true;
                 return Ok(());
             }
+            if leader.is_some() && leader != Some(self.id) {
+                // A third member won an election meanwhile: nothing to hold.
+                return Err(Error::NotLeader { leader });
+            }
             if Instant::now() >= deadline || self.is_stopped() {
                 return Err(Error::LeaderTransferTimeout);
             }

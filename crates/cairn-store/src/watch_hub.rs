@@ -101,9 +101,11 @@ pub struct FeedMerger {
     closed: bool,
     /// Events not yet resolved everywhere, by (revision, sub, key).
     held: BTreeMap<(i64, u32, Vec<u8>), Change>,
-    /// Reading history for the subscription failed: the first item is a
-    /// discontinuity (subscribe again).
-    broken: bool,
+    /// Reading history for the subscription failed (or the reader asked):
+    /// the next item is a discontinuity (subscribe again), not before this
+    /// time. A deadline, not a pause per call: a reader that drops `next`
+    /// for another branch of a `select!` must not restart the wait.
+    broken: Option<tokio::time::Instant>,
 }
 
 impl FeedMerger {
@@ -141,7 +143,7 @@ impl FeedMerger {
             feeds: streams,
             closed: false,
             held: BTreeMap::new(),
-            broken,
+            broken: broken.then(Self::after_pause),
         };
         for c in history {
             m.hold(c);
@@ -156,7 +158,12 @@ impl FeedMerger {
     /// Makes the next item a discontinuity (after the usual pause): the
     /// reader looks at its regions again and subscribes afresh.
     pub fn break_now(&mut self) {
-        self.broken = true;
+        self.broken.get_or_insert_with(Self::after_pause);
+    }
+
+    /// When a discontinuity asked for now is delivered.
+    fn after_pause() -> tokio::time::Instant {
+        tokio::time::Instant::now() + std::time::Duration::from_millis(50)
     }
 
     /// The revision every input has resolved.
@@ -170,12 +177,12 @@ impl FeedMerger {
         if self.inputs.is_empty() || self.closed {
             return HubItem::Closed;
         }
-        if self.broken {
+        if let Some(at) = self.broken {
             // Not at once: a failing read would otherwise spin. Cleared
             // only after the pause, so a caller that drops this future
             // meanwhile (a `select!`) still gets the discontinuity.
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            self.broken = false;
+            tokio::time::sleep_until(at).await;
+            self.broken = None;
             return HubItem::Discontinuity;
         }
         let (idx, batch) = match self.feeds.next().await {
@@ -298,6 +305,33 @@ mod tests {
             .unwrap();
         let want = ["z", "a", "c", "d"].map(|k| (10, k.to_string())).to_vec();
         assert_eq!(keys(m.next().await), (want, 10));
+    }
+
+    /// A reader that polls `next` inside a `select!` with a busier branch
+    /// (a stream's other groups, its client) drops the future again and
+    /// again: a discontinuity asked for must still arrive after its pause,
+    /// not wait for a poll that lasts that long. (A pause restarted per
+    /// call never arrived here.)
+    #[tokio::test]
+    async fn a_discontinuity_asked_for_arrives_though_next_is_dropped_again_and_again() {
+        let (_tx, rx) = broadcast::channel::<Arc<FeedBatch>>(16);
+        let mut m = FeedMerger::new(vec![(rx, 0)]);
+        m.break_now();
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                item = m.next() => {
+                    assert!(matches!(item, HubItem::Discontinuity), "{item:?}");
+                    break;
+                }
+                () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "the discontinuity never came"
+            );
+        }
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
     }
 
     #[tokio::test]

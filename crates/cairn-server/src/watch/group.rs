@@ -53,10 +53,14 @@ pub struct View {
     pub compacted: i64,
 }
 
-/// The regions `span` touches, once the regions here cover it (waiting a
-/// few seconds for a region a split is starting here); `None` if they do
-/// not by then.
-pub async fn touched(ctx: &Context, span: &Span) -> Option<(Vec<u64>, SpanRegions)> {
+/// The regions `span` touches, once the regions here cover it (waiting
+/// until `deadline` for a region a split is starting here); `None` if they
+/// do not by then.
+pub async fn touched(
+    ctx: &Context,
+    span: &Span,
+    deadline: std::time::Instant,
+) -> Option<(Vec<u64>, SpanRegions)> {
     let (start, end) = match span {
         Span::Single(k) => (
             k.clone(),
@@ -64,7 +68,10 @@ pub async fn touched(ctx: &Context, span: &Span) -> Option<(Vec<u64>, SpanRegion
         ),
         Span::Range(s, e) => (s.clone(), e.clone()),
     };
-    let regions = ctx.node.covering_span_regions(&start, end.as_deref()).await;
+    let regions = ctx
+        .node
+        .covering_span_regions(&start, end.as_deref(), deadline)
+        .await;
     regions.covered().then(|| (regions.ids(), regions))
 }
 

@@ -187,7 +187,8 @@ impl Stream {
             self.next_id
         };
         let span = cairn_mvcc::Span::new(&c.key, &c.range_end);
-        let Some((key, regions)) = group::touched(ctx, &span).await else {
+        let cover_by = std::time::Instant::now() + cairn_store::COVER_WAIT;
+        let Some((key, regions)) = group::touched(ctx, &span, cover_by).await else {
             // A region of the span is not hosted here (yet): nothing here
             // could send its events.
             return send(&self.out, refuse(UNCOVERED)).await;
@@ -403,11 +404,13 @@ impl Stream {
     /// watch again) rather than left without some of its keys' events.
     async fn regroup(&mut self, g: usize) -> Vec<i64> {
         let members = self.groups[g].members.clone();
+        // One wait for them all: the stream serves nothing meanwhile.
+        let cover_by = std::time::Instant::now() + cairn_store::COVER_WAIT;
         for &id in &members {
             let Some(span) = self.watchers.get(&id).map(|w| w.filter.span.clone()) else {
                 continue;
             };
-            let Some((key, regions)) = group::touched(&self.ctx, &span).await else {
+            let Some((key, regions)) = group::touched(&self.ctx, &span, cover_by).await else {
                 self.groups[g].members.retain(|m| *m != id);
                 if let Some(w) = self.watchers.remove(&id) {
                     if let Mode::Replaying { task, .. } = w.mode {

@@ -32,10 +32,10 @@
 //! no known leader) or on an imbalance seen only once (two checks in a
 //! row must find one); a target must answer a beat first (a member that is
 //! down leads nothing, and must not be given leaders); a hand-over that
-//! fails leaves its region and its target alone for
-//! [`QUIET_AFTER_FAILURE`] (a target still catching up after a restart
-//! would otherwise hold the leader's one-transfer lock, a couple of
-//! seconds per try). A move pauses its region's writes for a read lease
+//! fails leaves its region alone for [`QUIET_AFTER_FAILURE`], and its
+//! target too if the target did not catch up in time (one still catching
+//! up after a restart would otherwise hold the leaders' one-transfer lock
+//! a couple of seconds per try). A move pauses its region's writes for a read lease
 //! (150 ms), the target's vote lease if the last election was recent (up
 //! to 0.6 s) and an election. Counting is not load: a member can lead its
 //! share of regions and still take most of the writes (a hot region
@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use crate::node::{Node, DATA_REGION, META_REGION};
 use crate::remote::{self, ForwardOk, ForwardOp};
+use crate::Error;
 
 /// How often the meta leader looks.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -213,23 +214,26 @@ impl Node {
                         m.to
                     );
                     if !self.sees_leader(m.region, m.to).await {
-                        // Not seen here yet: the next check looks again
-                        // (not this one, on a view that would count the
-                        // region where it was).
+                        // Not seen here yet: looked at again from scratch
+                        // (two checks), not on a view that would count the
+                        // region where it was.
+                        memory.uneven_before = false;
                         return;
                     }
                     continue;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".to_string(),
+                Ok(Err(e)) => e,
+                Err(_) => Error::LeaderTransferTimeout,
             };
-            // A target still catching up (a member just restarted) would
-            // be offered region after region, each holding the leader's
-            // one-transfer lock for seconds: both are left alone.
             tracing::debug!(region = m.region, "leader balance: no hand-over: {failed}");
             let until = Instant::now() + QUIET_AFTER_FAILURE;
             memory.quiet_regions.insert(m.region, until);
-            memory.quiet_targets.insert(m.to, until);
+            if matches!(failed, Error::LeaderTransferTimeout) {
+                // The target did not catch up (a member just restarted):
+                // offered region after region, it would hold the leaders'
+                // one-transfer lock for seconds each.
+                memory.quiet_targets.insert(m.to, until);
+            }
         }
     }
 
