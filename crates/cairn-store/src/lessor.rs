@@ -21,7 +21,9 @@
 //! - **Deadlines are built only from complete state.** A leader primes (and
 //!   answers keep-alive or TimeToLive) only once it has applied an entry of
 //!   its own term, which comes after everything any earlier leader
-//!   committed. Priming sets each deadline to `now + remaining`, where
+//!   committed — and, restored as leader in its term after a restart
+//!   (`restored_lead`), only once the log it restored has applied: a grant
+//!   there would otherwise never be tracked, and never expire. Priming sets each deadline to `now + remaining`, where
 //!   remaining is the checkpointed TTL if any, else the full TTL: a lease
 //!   can outlive its TTL across a leader change, never expire early.
 //! - **A renewal clears the checkpoint, durably.** Checkpoints record the
@@ -149,6 +151,10 @@ pub struct Lessor {
     /// region refused the one-command revoke), given the lease and the
     /// term that found it expired; set once by the node.
     across: std::sync::OnceLock<RevokeAcross>,
+    /// The term and last log index the region's replica was restored as
+    /// leader with, if it was (`restored_lead`): that term is primed only
+    /// once the log has applied that far.
+    restored: Option<(u64, u64)>,
 }
 
 /// How the lessor has an expired lease whose keys lie in several regions
@@ -190,6 +196,7 @@ impl Lessor {
         shared: Arc<RegionShared>,
         proposer: Proposer,
         checkpoint_every: Duration,
+        restored: Option<&crate::restored_lead::RestoredLead>,
     ) -> Self {
         Self {
             me,
@@ -200,6 +207,7 @@ impl Lessor {
             state: Mutex::new(State::default()),
             order: tokio::sync::Mutex::new(()),
             across: std::sync::OnceLock::new(),
+            restored: restored.map(crate::restored_lead::RestoredLead::term_and_last),
         }
     }
 
@@ -212,17 +220,20 @@ impl Lessor {
     /// region and has applied an entry of its own term; `None` otherwise
     /// (and the deadlines are dropped when it does not lead).
     fn primed(&self) -> Option<MutexGuard<'_, State>> {
-        let (leader, term, applied_term) = {
+        let (leader, term, applied) = {
             let m = self.raft.metrics();
             let m = m.borrow();
-            (
-                m.current_leader,
-                m.current_term,
-                m.last_applied.map(|l| l.leader_id.term),
-            )
+            (m.current_leader, m.current_term, m.last_applied)
         };
+        let applied_term = applied.map(|l| l.leader_id.term);
+        // A leader restored in its term may hold entries of it not yet
+        // applied (a grant among them): its state is complete only once
+        // they have.
+        let restored_pending = self
+            .restored
+            .is_some_and(|(t, last)| t == term && applied.map_or(0, |l| l.index) < last);
         let mut st = self.state.lock();
-        if leader != Some(self.me) || applied_term != Some(term) {
+        if leader != Some(self.me) || applied_term != Some(term) || restored_pending {
             if st.term != 0 {
                 st.clear();
             }

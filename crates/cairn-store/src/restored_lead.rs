@@ -66,6 +66,12 @@ impl RestoredLead {
         .map_err(|e| Error::Internal(e.to_string()))
     }
 
+    /// The term it leads in, and its last log index at start: entries up to
+    /// there may yet commit and apply in that term.
+    pub fn term_and_last(&self) -> (u64, u64) {
+        (self.vote.leader_id().get_term(), self.last)
+    }
+
     /// `index`, a read index taken while leading under `vote`, raised to
     /// the restored log's end if `vote` is the restored one.
     pub fn floor(restored: Option<&Self>, vote: &Vote<u64>, index: u64) -> u64 {

@@ -170,6 +170,7 @@ impl Node {
                 data.shared.clone(),
                 data.proposer.clone(),
                 config.lease_checkpoint_interval,
+                data.restored.as_ref(),
             ));
             let balancing = std::sync::atomic::AtomicBool::new(config.balance_leaders);
             Node {
