@@ -23,9 +23,13 @@
 //!   its own term, which comes after everything any earlier leader
 //!   committed — and, restored as leader in its term after a restart
 //!   (`restored_lead`), only once the log it restored has applied: a grant
-//!   there would otherwise never be tracked, and never expire. Priming sets each deadline to `now + remaining`, where
-//!   remaining is the checkpointed TTL if any, else the full TTL: a lease
-//!   can outlive its TTL across a leader change, never expire early.
+//!   there would otherwise never be tracked, and never expire. Priming
+//!   sets each deadline to `now + remaining`, where remaining is the
+//!   checkpointed TTL if any, else the full TTL: a lease can outlive its
+//!   TTL across a leader change, never expire early.
+//! - **An expired lease is reported only once it is gone.** A keep-alive
+//!   of a lease past its deadline waits (up to a second) for its revoke to
+//!   apply, or for this member to stop leading, as etcd's `Renew` does.
 //! - **A renewal clears the checkpoint, durably.** Checkpoints record the
 //!   remaining TTL so a long lease does not restart from full on every
 //!   leader change. A renewal whose lease carries a checkpoint, or that

@@ -11,7 +11,10 @@
 //! commits, rollbacks: `node::txn_across`) likewise go as one entry; any
 //! other command goes alone, in queue order. (openraft orders a leader's appends behind
 //! their flushes, so batching must happen before Raft, not in the log
-//! writer.)
+//! writer.) Such a command whose caller has gone by the time it would be
+//! proposed is dropped: its coordinator may have taken the step again
+//! since, and a rollback landing after that attempt's prewrite would
+//! delete its lock.
 //!
 //! Ordering: groups are proposed one after another and TSO runs are
 //! increasing, so log order equals timestamp order; the state machine also

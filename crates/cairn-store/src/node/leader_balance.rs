@@ -35,11 +35,11 @@
 //! fails leaves its region alone for [`QUIET_AFTER_FAILURE`], and its
 //! target too if the target did not catch up in time (one still catching
 //! up after a restart would otherwise hold the leaders' one-transfer lock
-//! a couple of seconds per try). A move pauses its region's writes for a read lease
-//! (150 ms), the target's vote lease if the last election was recent (up
-//! to 0.6 s) and an election. Counting is not load: a member can lead its
-//! share of regions and still take most of the writes (a hot region
-//! splits by load first, `--region-split-qps`).
+//! a couple of seconds per try). A move pauses its region's writes for a
+//! read lease (150 ms), the target's vote lease if the last election was
+//! recent (up to 0.6 s) and an election. Counting is not load: a member
+//! can lead its share of regions and still take most of the writes (a hot
+//! region splits by load first, `--region-split-qps`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
