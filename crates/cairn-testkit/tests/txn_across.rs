@@ -20,8 +20,8 @@ use cairn_api::etcdserverpb::response_op::Response;
 use cairn_api::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
-use cairn_store::{CoordinatorCrash, DATA_REGION};
-use cairn_testkit::{kv, InProcessCluster};
+use cairn_store::{Access, CoordinatorCrash, Credentials, DATA_REGION};
+use cairn_testkit::{kv, secured, InProcessCluster};
 
 /// A cluster with regions `[, f)`, `[f, q)`, `[q, )`.
 async fn three_regions() -> InProcessCluster {
@@ -457,8 +457,11 @@ async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again(
     }
     let (go, held) = tokio::sync::oneshot::channel();
     let coordinator = c.node(1).clone();
-    let txn =
-        tokio::spawn(async move { coordinator.txn_across_held(&transfer("a", "g"), held).await });
+    let txn = tokio::spawn(async move {
+        coordinator
+            .txn_across_held(&transfer("a", "g"), &Access::Internal, held)
+            .await
+    });
     let node = c.node(0);
     let first = region_of(node, "a");
     let start_ts = a_held_lock(&first).await;
@@ -476,6 +479,104 @@ async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again(
         .expect("the transfer starts again and commits");
     assert!(resp.succeeded);
     assert_values(&mut client, &[("a", "90"), ("g", "110")]).await;
+}
+
+/// A permission taken away while a cross-region Txn is between its
+/// prewrites and its commit is in force for that commit: the revoke was
+/// acknowledged first, so the transaction is ordered after it, and etcd
+/// checks a Txn at apply. The commit at the primary meets the revoke's
+/// fence, the caller is checked again, refused, and nothing is written
+/// (the locks are rolled back). The commit once went through unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permission_revoked_between_prewrite_and_commit_refuses_the_commit() {
+    use cairn_auth::{AuthCmd, Perm, PermKind};
+    if secured::skipped("a_permission_revoked_between_prewrite_and_commit_refuses_the_commit") {
+        return;
+    }
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "g"] {
+        kv::put(&mut client, k, "100").await.unwrap();
+    }
+    let node = c.node(0);
+    let anyone = Credentials::default();
+    let (rootpw, alicepw) = (
+        node.hash_password("rootpw").await.unwrap(),
+        node.hash_password("alicepw").await.unwrap(),
+    );
+    let steps = [
+        AuthCmd::UserAdd {
+            name: "root".into(),
+            password: Some(rootpw),
+        },
+        AuthCmd::UserAdd {
+            name: "alice".into(),
+            password: Some(alicepw),
+        },
+        AuthCmd::RoleAdd { name: "rw".into() },
+        AuthCmd::RoleGrantPermission {
+            role: "rw".into(),
+            perm: Perm {
+                kind: PermKind::ReadWrite,
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+            },
+        },
+        AuthCmd::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthCmd::UserGrantRole {
+            user: "alice".into(),
+            role: "rw".into(),
+        },
+        AuthCmd::Enable,
+    ];
+    for step in steps {
+        node.auth_change(&anyone, step).await.unwrap();
+    }
+    let creds = |token: String| Credentials {
+        token: Some(token),
+        common_name: None,
+    };
+    let root = creds(node.authenticate("root", "rootpw").await.unwrap());
+    let alice = creds(c.node(1).authenticate("alice", "alicepw").await.unwrap());
+    let req = transfer("a", "g");
+    let access = Access::client(&alice, cairn_auth::needs::txn(&req));
+    let (go, held) = tokio::sync::oneshot::channel();
+    let coordinator = c.node(1).clone();
+    let txn = tokio::spawn(async move { coordinator.txn_across_held(&req, &access, held).await });
+    // Both parts locked (the coordinator is then held).
+    for k in ["a", "g"] {
+        a_held_lock(&region_of(node, k)).await;
+    }
+    let revoke = AuthCmd::UserRevokeRole {
+        user: "alice".into(),
+        role: "rw".into(),
+    };
+    node.auth_change(&root, revoke).await.unwrap();
+    go.send(()).unwrap();
+    let refused = txn.await.unwrap();
+    assert!(
+        matches!(refused, Err(cairn_store::Error::Auth(_))),
+        "a commit after the revoke: {refused:?}"
+    );
+    // Nothing of it was written, and its locks are gone.
+    let disable = AuthCmd::Disable;
+    node.auth_change(&root, disable).await.unwrap();
+    assert_values(&mut client, &[("a", "100"), ("g", "100")]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for k in ["a", "g"] {
+        let region = region_of(node, k);
+        while region.shared.with_applied(|a| !a.locks.held.is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "a lock left in region {}",
+                region.id
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// A settle asked where the lock has already gone (its part finished

@@ -629,6 +629,83 @@ fn nospace_refuses_writes_that_add_data_at_apply_and_lets_deletes_through() {
     assert!(shared.applied().alarms.is_empty());
 }
 
+/// The commit at a transaction's primary decides it, so it is where a
+/// cross-region Txn meets what etcd checks at apply: an auth change fenced
+/// since the caller was checked (`Checked` around it: refused) and a
+/// NOSPACE alarm raised since its prewrite (refused when it puts). Either
+/// way the lock stays for the coordinator to roll back. A secondary part
+/// (its transaction decided at its primary) commits under the alarm.
+#[test]
+fn the_primary_commit_is_refused_behind_a_newer_auth_fence_or_a_nospace_alarm() {
+    use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let here = shared.region;
+    let prewrite = |start_ts: i64, primary: u64, key: &[u8]| {
+        let Command::Txn { txn, .. } = puts(0, [(key.to_vec(), b"v".to_vec())]) else {
+            unreachable!()
+        };
+        Command::Prewrite {
+            start_ts,
+            primary,
+            regions: vec![primary, here],
+            spans: vec![etcd_span(key, &[])],
+            txn,
+            leases: LeaseClaims::default(),
+        }
+    };
+    let commit = |start_ts, commit_ts| Command::CommitLocked {
+        start_ts,
+        commit_ts,
+        path: vec![true],
+    };
+    let checked = |auth_revision, cmd| Command::Checked {
+        auth_revision,
+        cmd: Box::new(cmd),
+    };
+    let alarm = |activate| Command::Alarm {
+        activate,
+        member: 7,
+        alarm: super::ALARM_NOSPACE,
+    };
+    let mut index = 0;
+    let mut apply = |cmd| {
+        index += 1;
+        block_on(sm.apply(vec![entry(index, cmd)]))
+            .unwrap()
+            .remove(0)
+    };
+    let held = |start_ts| shared.applied().locks.held.contains_key(&start_ts);
+    assert!(matches!(
+        apply(prewrite(10, here, b"a")),
+        Reply::Revision(_)
+    ));
+    assert!(matches!(apply(prewrite(11, 99, b"b")), Reply::Revision(_)));
+    // Checked at auth revision 1, fenced at 2 since.
+    apply(Command::AuthFence { revision: 2 });
+    assert_eq!(
+        apply(checked(1, commit(10, 20))),
+        Reply::Rejected(Rejection::AuthOldRevision)
+    );
+    assert!(held(10), "a refused commit keeps its lock");
+    apply(alarm(true));
+    assert_eq!(
+        apply(checked(2, commit(10, 20))),
+        Reply::Rejected(Rejection::NoSpace)
+    );
+    assert!(held(10));
+    assert!(matches!(
+        apply(commit(11, 21)),
+        Reply::Outcome(Some(Outcome::Committed { .. }))
+    ));
+    apply(alarm(false));
+    assert!(matches!(
+        apply(checked(2, commit(10, 22))),
+        Reply::Outcome(Some(Outcome::Committed { commit_ts: 22, .. }))
+    ));
+    assert!(!held(10) && !held(11));
+}
+
 #[test]
 fn an_applied_record_written_before_ranges_still_decodes() {
     use super::Applied;

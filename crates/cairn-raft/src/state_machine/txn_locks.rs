@@ -148,6 +148,14 @@ pub(super) fn commit(
         Ok(r) => r,
         Err(e) => return Ok((WriteBatch::new(), Reply::Invalid(e.to_string()))),
     };
+    let primary = lock.primary == region;
+    if primary && state.no_space() && cairn_mvcc::has_put(&req) {
+        // The commit that decides, after a NOSPACE alarm was raised here:
+        // refused as etcd refuses a Txn that puts at apply under the
+        // alarm; the lock stays (its coordinator rolls it back). A
+        // secondary part of a decided transaction is never refused.
+        return Ok((WriteBatch::new(), Reply::Rejected(Rejection::NoSpace)));
+    }
     if state.range.start.is_empty() {
         // The lease table is here: a key put with a lease anywhere is
         // attached only while the lease exists and no revoke claims it
@@ -184,7 +192,6 @@ pub(super) fn commit(
         // at this revision); the lease and its index go here.
         lease::forget(engine, id, &mut out.batch)?;
     }
-    let primary = lock.primary == region;
     state.locks.held.remove(&start_ts);
     state.current_revision = out.revisions.current;
     events.extend(out.events);

@@ -269,6 +269,9 @@ impl Node {
                         path,
                     }),
                 };
+                // The primary's commit, which decides, is checked as a
+                // client's write (see `txn_across`); the others are not.
+                let cmd = checked(auth, cmd);
                 Ok(ForwardOk::Reply(
                     r.proposer.propose(Proposal::Plain(cmd)).await?,
                 ))

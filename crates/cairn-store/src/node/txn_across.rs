@@ -23,7 +23,10 @@
 //!    branches, ranges with read-your-writes, `prev_kv`s — the response,
 //!    and the branch path.
 //! 4. **Commit.** The primary commits first: that entry decides the
-//!    transaction (its outcome is recorded there). Then every other region
+//!    transaction (its outcome is recorded there), so it is checked as
+//!    the client's write — against an auth change fenced since the
+//!    prewrites, and a NOSPACE alarm raised since — and a refusal rolls
+//!    the transaction back and is the answer. Then every other region
 //!    commits its part at the same revision; each leader first waits until
 //!    every single-region write it stamped at or below `commit_ts` is
 //!    answered, so no write below the commit lands after it. The client is
@@ -192,16 +195,17 @@ impl Node {
         }
     }
 
-    /// Tests: runs `req` across regions as [`Node::txn`] would, its first
-    /// attempt held after its prewrites until `go` fires.
+    /// Tests: runs `req` across regions for `access` as [`Node::txn`]
+    /// would, its first attempt held after its prewrites until `go` fires.
     #[doc(hidden)]
     pub async fn txn_across_held(
         &self,
         req: &TxnRequest,
+        access: &Access,
         go: tokio::sync::oneshot::Receiver<()>,
     ) -> Result<TxnResponse> {
         let hook = Some(Hook::HoldAfterPrewrite(go));
-        self.txn_across_hooked(req, &Access::Internal, hook).await
+        self.txn_across_hooked(req, access, hook).await
     }
 
     pub(super) async fn txn_across_once(
@@ -378,8 +382,28 @@ impl Node {
             };
             async move { self.submit(region, op).await.and_then(ForwardOk::outcome) }
         };
-        let decided = match commit(primary).await {
+        // The primary's commit is checked as the client's write: an auth
+        // change fenced in its region since the prewrites (acknowledged,
+        // so ordered before this commit) is met there, and the caller is
+        // checked again against it, as etcd checks a Txn at apply.
+        let at_primary = ForwardOp::CommitLocked {
+            start_ts,
+            commit_ts,
+            path: path.clone(),
+        };
+        let decided = match self
+            .checked_submit(primary, access, at_primary, false)
+            .await
+            .and_then(ForwardOk::outcome)
+        {
             Ok(o) => o,
+            // Refused, nothing committed, the locks stay: the caller may no
+            // longer write them, or the primary's region has a NOSPACE
+            // alarm raised since (`txn_locks::commit`), or its lease went.
+            Err(e @ (Error::Auth(_) | Error::Rejected(_))) => {
+                self.release(start_ts, primary, &locked).await;
+                return Err(e);
+            }
             // Unknown (leader lost mid-way): settle it. Nothing known
             // there either: a resolver finished it and forgot the outcome
             // (committed or rolled back): still unknown, not a bug.
