@@ -244,7 +244,19 @@ impl Node {
             }))
             .await;
             let mut blocked = None;
+            // The first refusal: the attempt ends once every answer of the
+            // batch is in, releasing every lock it placed (one whose
+            // answer came after the refusal, or was lost, too — left, it
+            // would block its keys until the sweeper came).
+            let mut refusal = None;
             for (i, res) in batch.zip(answers) {
+                let region = layout.parts[i].0;
+                if refusal.is_some() {
+                    if matches!(res, Ok(ForwardOk::Reply(Reply::Revision(_))) | Err(_)) {
+                        locked.push(region);
+                    }
+                    continue;
+                }
                 match res {
                     Ok(ForwardOk::Reply(Reply::Revision(f))) if blocked.is_none() => {
                         floor = floor.max(f);
@@ -281,10 +293,17 @@ impl Node {
                             }
                         }
                     }
-                    // A prewrite that landed after all (its answer lost):
-                    // the sweeper rolls it back.
-                    refused => return self.refused(refused, start_ts, primary, &locked).await,
+                    refused => {
+                        if refused.is_err() {
+                            // It may have landed (its answer lost).
+                            locked.push(region);
+                        }
+                        refusal = Some(refused);
+                    }
                 }
+            }
+            if let Some(refused) = refusal {
+                return self.refused(refused, start_ts, primary, &locked).await;
             }
             if let Some((region, other)) = blocked {
                 if let Err(e) = self.resolve_lock(region, other).await {
@@ -303,7 +322,12 @@ impl Node {
                         next += 1;
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(_))) => {} // wait again
-                    refused => return self.refused(refused, start_ts, primary, &locked).await,
+                    refused => {
+                        if refused.is_err() {
+                            locked.push(*region); // it may have landed
+                        }
+                        return self.refused(refused, start_ts, primary, &locked).await;
+                    }
                 }
             }
         }
