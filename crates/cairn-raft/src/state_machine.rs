@@ -1141,7 +1141,9 @@ impl StateMachine {
             }
             Command::Checked { cmd, .. } => self.execute(*cmd, term, state, engine, events),
             Command::CheckedLease { writable, cmd, .. } => {
-                for id in leases_written(&cmd) {
+                for id in
+                    txn_locks::leases_committed(state, &cmd).unwrap_or_else(|| leases_written(&cmd))
+                {
                     let (start, end) = (&state.range.start, &state.range.end);
                     let keys = lease::attached_in(engine, id, start, end)?;
                     if !keys.iter().all(|k| writable.allows(k)) {

@@ -7,8 +7,11 @@
 //! blocks nobody — whoever meets a lock, or the sweeper, finishes the
 //! transaction from the primary's outcome; a coordinator whose attempt a
 //! resolver rolled back and forgot under it starts again; a watch over the regions
-//! gets a transaction's events together, in order; and a watch opened
-//! before a split still sees the keys the split moved out.
+//! gets a transaction's events together, in order; a watch opened
+//! before a split still sees the keys the split moved out; and the commit
+//! that decides is checked as etcd checks a Txn at apply (a permission
+//! revoked, or a key the caller may not write attached to its lease,
+//! since the prewrite refuses it).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -481,30 +484,20 @@ async fn a_commit_that_finds_its_attempt_rolled_back_and_forgotten_starts_again(
     assert_values(&mut client, &[("a", "90"), ("g", "110")]).await;
 }
 
-/// A permission taken away while a cross-region Txn is between its
-/// prewrites and its commit is in force for that commit: the revoke was
-/// acknowledged first, so the transaction is ordered after it, and etcd
-/// checks a Txn at apply. The commit at the primary meets the revoke's
-/// fence, the caller is checked again, refused, and nothing is written
-/// (the locks are rolled back). The commit once went through unchecked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_permission_revoked_between_prewrite_and_commit_refuses_the_commit() {
+/// Users `root` (root role) and `alice` (role `rw`: read-write on each
+/// of `perms`), auth on; their credentials, alice's through member 1.
+async fn root_and_alice(
+    c: &InProcessCluster,
+    perms: &[(&str, &str)],
+) -> (Credentials, Credentials) {
     use cairn_auth::{AuthCmd, Perm, PermKind};
-    if secured::skipped("a_permission_revoked_between_prewrite_and_commit_refuses_the_commit") {
-        return;
-    }
-    let c = three_regions().await;
-    let mut client = c.kv(0).await;
-    for k in ["a", "g"] {
-        kv::put(&mut client, k, "100").await.unwrap();
-    }
     let node = c.node(0);
     let anyone = Credentials::default();
     let (rootpw, alicepw) = (
         node.hash_password("rootpw").await.unwrap(),
         node.hash_password("alicepw").await.unwrap(),
     );
-    let steps = [
+    let mut steps = vec![
         AuthCmd::UserAdd {
             name: "root".into(),
             password: Some(rootpw),
@@ -514,24 +507,24 @@ async fn a_permission_revoked_between_prewrite_and_commit_refuses_the_commit() {
             password: Some(alicepw),
         },
         AuthCmd::RoleAdd { name: "rw".into() },
-        AuthCmd::RoleGrantPermission {
+    ];
+    for (key, end) in perms {
+        steps.push(AuthCmd::RoleGrantPermission {
             role: "rw".into(),
             perm: Perm {
                 kind: PermKind::ReadWrite,
-                key: b"a".to_vec(),
-                range_end: b"z".to_vec(),
+                key: key.as_bytes().to_vec(),
+                range_end: end.as_bytes().to_vec(),
             },
-        },
-        AuthCmd::UserGrantRole {
-            user: "root".into(),
-            role: "root".into(),
-        },
-        AuthCmd::UserGrantRole {
-            user: "alice".into(),
-            role: "rw".into(),
-        },
-        AuthCmd::Enable,
-    ];
+        });
+    }
+    for (user, role) in [("root", "root"), ("alice", "rw")] {
+        steps.push(AuthCmd::UserGrantRole {
+            user: user.into(),
+            role: role.into(),
+        });
+    }
+    steps.push(AuthCmd::Enable);
     for step in steps {
         node.auth_change(&anyone, step).await.unwrap();
     }
@@ -539,34 +532,37 @@ async fn a_permission_revoked_between_prewrite_and_commit_refuses_the_commit() {
         token: Some(token),
         common_name: None,
     };
-    let root = creds(node.authenticate("root", "rootpw").await.unwrap());
-    let alice = creds(c.node(1).authenticate("alice", "alicepw").await.unwrap());
-    let req = transfer("a", "g");
-    let access = Access::client(&alice, cairn_auth::needs::txn(&req));
+    (
+        creds(node.authenticate("root", "rootpw").await.unwrap()),
+        creds(c.node(1).authenticate("alice", "alicepw").await.unwrap()),
+    )
+}
+
+/// Runs `req` for `alice` from member 1, held after its prewrites (both
+/// of `keys`' parts locked) while `meanwhile` runs; its answer.
+async fn held_while<F: std::future::Future<Output = ()>>(
+    c: &InProcessCluster,
+    alice: &Credentials,
+    req: TxnRequest,
+    keys: [&str; 2],
+    meanwhile: F,
+) -> cairn_store::Result<TxnResponse> {
+    let access = Access::client(alice, cairn_auth::needs::txn(&req));
     let (go, held) = tokio::sync::oneshot::channel();
     let coordinator = c.node(1).clone();
     let txn = tokio::spawn(async move { coordinator.txn_across_held(&req, &access, held).await });
-    // Both parts locked (the coordinator is then held).
-    for k in ["a", "g"] {
-        a_held_lock(&region_of(node, k)).await;
+    for k in keys {
+        a_held_lock(&region_of(c.node(0), k)).await;
     }
-    let revoke = AuthCmd::UserRevokeRole {
-        user: "alice".into(),
-        role: "rw".into(),
-    };
-    node.auth_change(&root, revoke).await.unwrap();
+    meanwhile.await;
     go.send(()).unwrap();
-    let refused = txn.await.unwrap();
-    assert!(
-        matches!(refused, Err(cairn_store::Error::Auth(_))),
-        "a commit after the revoke: {refused:?}"
-    );
-    // Nothing of it was written, and its locks are gone.
-    let disable = AuthCmd::Disable;
-    node.auth_change(&root, disable).await.unwrap();
-    assert_values(&mut client, &[("a", "100"), ("g", "100")]).await;
+    txn.await.unwrap()
+}
+
+/// Waits until no region holding one of `keys` holds a lock.
+async fn no_lock_left(node: &cairn_store::Node, keys: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    for k in ["a", "g"] {
+    for k in keys {
         let region = region_of(node, k);
         while region.shared.with_applied(|a| !a.locks.held.is_empty()) {
             assert!(
@@ -577,6 +573,103 @@ async fn a_permission_revoked_between_prewrite_and_commit_refuses_the_commit() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// A permission taken away while a cross-region Txn is between its
+/// prewrites and its commit is in force for that commit: the revoke was
+/// acknowledged first, so the transaction is ordered after it, and etcd
+/// checks a Txn at apply. The commit at the primary meets the revoke's
+/// fence, the caller is checked again, refused, and nothing is written
+/// (the locks are rolled back). The commit once went through unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permission_revoked_between_prewrite_and_commit_refuses_the_commit() {
+    use cairn_auth::AuthCmd;
+    if secured::skipped("a_permission_revoked_between_prewrite_and_commit_refuses_the_commit") {
+        return;
+    }
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "g"] {
+        kv::put(&mut client, k, "100").await.unwrap();
+    }
+    let node = c.node(0);
+    let (root, alice) = root_and_alice(&c, &[("a", "z")]).await;
+    let revoke = AuthCmd::UserRevokeRole {
+        user: "alice".into(),
+        role: "rw".into(),
+    };
+    let refused = held_while(&c, &alice, transfer("a", "g"), ["a", "g"], async {
+        node.auth_change(&root, revoke).await.unwrap();
+    })
+    .await;
+    assert!(
+        matches!(refused, Err(cairn_store::Error::Auth(_))),
+        "a commit after the revoke: {refused:?}"
+    );
+    // Nothing of it was written, and its locks are gone.
+    node.auth_change(&root, AuthCmd::Disable).await.unwrap();
+    assert_values(&mut client, &[("a", "100"), ("g", "100")]).await;
+    no_lock_left(node, &["a", "g"]).await;
+}
+
+/// etcd refuses a put onto a lease holding a key the caller may not write,
+/// checked at apply (`checkLeasePuts`). A cross-region Txn putting onto a
+/// lease is checked so at its prewrite and again at its primary's commit:
+/// a key attached to the lease in between (by root, acknowledged) makes
+/// the commit refuse, and the Txn, started again, is refused at its
+/// prewrite. The commit once went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_attached_to_the_lease_between_prewrite_and_commit_is_checked_at_the_commit() {
+    use cairn_auth::AuthCmd;
+    if secured::skipped(
+        "a_key_attached_to_the_lease_between_prewrite_and_commit_is_checked_at_the_commit",
+    ) {
+        return;
+    }
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    let node = c.node(0);
+    let lease = node
+        .lease_grant(77, 600, &Access::Internal)
+        .await
+        .unwrap()
+        .0;
+    // alice may write `a` and `g`, not `b` (all three: first two regions).
+    let (root, alice) = root_and_alice(&c, &[("a", "a\0"), ("g", "g\0")]).await;
+    let leased = |k: &str| RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: b"1".to_vec(),
+            lease,
+            ..Default::default()
+        })),
+    };
+    let req = TxnRequest {
+        success: vec![leased("a"), put("g", "1")],
+        ..Default::default()
+    };
+    let b = TxnRequest {
+        success: vec![leased("b")],
+        ..Default::default()
+    };
+    let root_access = Access::client(&root, cairn_auth::needs::txn(&b));
+    let refused = held_while(&c, &alice, req, ["a", "g"], async {
+        node.txn(&b, &root_access).await.unwrap();
+    })
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(cairn_store::Error::Rejected(
+                cairn_mvcc::Rejection::PermissionDenied
+            ))
+        ),
+        "a put onto a lease holding a key alice may not write: {refused:?}"
+    );
+    node.auth_change(&root, AuthCmd::Disable).await.unwrap();
+    let got = kv::get(&mut client, "a", false).await.unwrap();
+    assert_eq!(got, None, "a was written");
+    no_lock_left(node, &["a", "g"]).await;
 }
 
 /// A settle asked where the lock has already gone (its part finished

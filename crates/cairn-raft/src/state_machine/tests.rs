@@ -631,12 +631,13 @@ fn nospace_refuses_writes_that_add_data_at_apply_and_lets_deletes_through() {
 
 /// The commit at a transaction's primary decides it, so it is where a
 /// cross-region Txn meets what etcd checks at apply: an auth change fenced
-/// since the caller was checked (`Checked` around it: refused) and a
-/// NOSPACE alarm raised since its prewrite (refused when it puts). Either
-/// way the lock stays for the coordinator to roll back. A secondary part
-/// (its transaction decided at its primary) commits under the alarm.
+/// since the caller was checked (`Checked` around it: refused), a NOSPACE
+/// alarm raised since its prewrite (refused when it puts) and a CORRUPT
+/// one (refused). Each time the lock stays for the coordinator to roll
+/// back. A secondary part (its transaction decided at its primary)
+/// commits under the alarm.
 #[test]
-fn the_primary_commit_is_refused_behind_a_newer_auth_fence_or_a_nospace_alarm() {
+fn the_primary_commit_is_refused_behind_a_newer_auth_fence_or_an_alarm() {
     use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
     let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
     let mut sm = StateMachine::new(shared.clone());
@@ -699,11 +700,93 @@ fn the_primary_commit_is_refused_behind_a_newer_auth_fence_or_a_nospace_alarm() 
         Reply::Outcome(Some(Outcome::Committed { .. }))
     ));
     apply(alarm(false));
+    let corrupt = |activate| Command::Alarm {
+        activate,
+        member: 7,
+        alarm: super::ALARM_CORRUPT,
+    };
+    apply(corrupt(true));
+    assert_eq!(
+        apply(checked(2, commit(10, 22))),
+        Reply::Rejected(Rejection::Corrupt)
+    );
+    assert!(held(10));
+    apply(corrupt(false));
     assert!(matches!(
         apply(checked(2, commit(10, 22))),
         Reply::Outcome(Some(Outcome::Committed { commit_ts: 22, .. }))
     ));
     assert!(!held(10) && !held(11));
+}
+
+/// A checked commit of a lock that claims a lease (`CheckedLease`) checks
+/// the keys on that lease as etcd's `checkLeasePuts` does at apply — here
+/// a revoke's, whose key the caller may not write: refused, the lock
+/// stays. Unchecked (an internal expiry), it commits.
+#[test]
+fn a_checked_commit_checks_the_keys_on_the_leases_its_lock_claims() {
+    use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let mut index = 0;
+    let mut apply = |cmd| {
+        index += 1;
+        block_on(sm.apply(vec![entry(index, cmd)]))
+            .unwrap()
+            .remove(0)
+    };
+    apply(Command::LeaseGrant { id: 7, ttl: 600 });
+    let leased = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                lease: 7,
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let put = Command::Txn {
+        ts: 0,
+        txn: leased.encode_to_vec(),
+    };
+    assert!(matches!(apply(put), Reply::Txn(_)));
+    let revoke = cairn_mvcc::lease::revoke_txn(7, vec![b"k".to_vec()]);
+    let prewrite = Command::Prewrite {
+        start_ts: 10,
+        primary: shared.region,
+        regions: vec![shared.region],
+        spans: vec![etcd_span(b"k", &[])],
+        txn: revoke.encode_to_vec(),
+        leases: LeaseClaims {
+            revoke: vec![7],
+            ..LeaseClaims::default()
+        },
+    };
+    assert!(matches!(apply(prewrite), Reply::Revision(_)));
+    let commit = || Command::CommitLocked {
+        start_ts: 10,
+        commit_ts: 20,
+        path: vec![true],
+    };
+    // A user the auth store does not know may write nothing.
+    let enabled = cairn_auth::AuthState {
+        enabled: true,
+        ..Default::default()
+    };
+    let nothing = enabled.writable(Some("nobody")).unwrap();
+    let checked = Command::CheckedLease {
+        auth_revision: 0,
+        writable: nothing,
+        cmd: Box::new(commit()),
+    };
+    assert_eq!(apply(checked), Reply::Rejected(Rejection::PermissionDenied));
+    assert!(shared.applied().locks.held.contains_key(&10));
+    assert!(matches!(
+        apply(commit()),
+        Reply::Outcome(Some(Outcome::Committed { .. }))
+    ));
 }
 
 #[test]

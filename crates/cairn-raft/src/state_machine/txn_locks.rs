@@ -13,7 +13,7 @@ use cairn_storage::{Snapshot, WriteBatch};
 use prost::Message;
 
 use super::Applied;
-use crate::types::Reply;
+use crate::types::{Command, Reply};
 
 /// Locks `spans` and claims `leases` for transaction `start_ts` (see
 /// `Command::Prewrite`). A prewrite of a transaction that holds its lock
@@ -149,11 +149,14 @@ pub(super) fn commit(
         Err(e) => return Ok((WriteBatch::new(), Reply::Invalid(e.to_string()))),
     };
     let primary = lock.primary == region;
+    // The commit that decides, after an alarm was raised here: refused as
+    // etcd refuses a Txn at apply under CORRUPT, or one that puts under
+    // NOSPACE; the lock stays (its coordinator rolls it back). A secondary
+    // part of a decided transaction is never refused.
+    if primary && state.corrupt() {
+        return Ok((WriteBatch::new(), Reply::Rejected(Rejection::Corrupt)));
+    }
     if primary && state.no_space() && cairn_mvcc::has_put(&req) {
-        // The commit that decides, after a NOSPACE alarm was raised here:
-        // refused as etcd refuses a Txn that puts at apply under the
-        // alarm; the lock stays (its coordinator rolls it back). A
-        // secondary part of a decided transaction is never refused.
         return Ok((WriteBatch::new(), Reply::Rejected(Rejection::NoSpace)));
     }
     if state.range.start.is_empty() {
@@ -200,6 +203,32 @@ pub(super) fn commit(
         state.locks.outcomes.insert(start_ts, outcome.clone());
     }
     Ok((out.batch, Reply::Outcome(Some(outcome))))
+}
+
+/// For a `CommitLocked` (maybe in its term), the leases its lock claims
+/// here — puts onto them, or their revoke — so a checked commit checks the
+/// keys on them as the prewrite did (keys attached since count); `None`
+/// for any other command.
+pub(super) fn leases_committed(state: &Applied, cmd: &Command) -> Option<Vec<i64>> {
+    match cmd {
+        Command::InTerm { cmd, .. } => leases_committed(state, cmd),
+        Command::CommitLocked { start_ts, .. } => Some(
+            state
+                .locks
+                .held
+                .get(start_ts)
+                .map(|l| {
+                    l.leases
+                        .attach
+                        .iter()
+                        .chain(&l.leases.revoke)
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    }
 }
 
 /// Drops a secondary lock of transaction `start_ts`.

@@ -25,7 +25,8 @@
 //! 4. **Commit.** The primary commits first: that entry decides the
 //!    transaction (its outcome is recorded there), so it is checked as
 //!    the client's write — against an auth change fenced since the
-//!    prewrites, and a NOSPACE alarm raised since — and a refusal rolls
+//!    prewrites (with a lease claimed, the keys on the lease too), and a
+//!    CORRUPT or NOSPACE alarm raised since — and a refusal rolls
 //!    the transaction back and is the answer. Then every other region
 //!    commits its part at the same revision; each leader first waits until
 //!    every single-region write it stamped at or below `commit_ts` is
@@ -416,11 +417,20 @@ impl Node {
             path: path.clone(),
         };
         let decided = match self
-            .checked_submit(primary, access, at_primary, false)
+            .checked_submit(primary, access, at_primary, !plan.leases.is_empty())
             .await
             .and_then(ForwardOk::outcome)
         {
             Ok(o) => o,
+            // A key on a claimed lease the caller may not write — or one
+            // whose index entry went stale since the prewrite: started
+            // again, the prewrite trims the index or answers the refusal.
+            Err(Error::Rejected(cairn_mvcc::Rejection::PermissionDenied))
+                if !plan.leases.is_empty() =>
+            {
+                self.release(start_ts, primary, &locked).await;
+                return Ok(Attempt::Again);
+            }
             // Refused, nothing committed, the locks stay: the caller may no
             // longer write them, or the primary's region has a NOSPACE
             // alarm raised since (`txn_locks::commit`), or its lease went.
