@@ -6,7 +6,8 @@
 #      the leader, of all nodes at once; SIGSTOP pauses; restarts with a
 #      crash point armed inside the node);
 #   2b. both again on secured clusters (`--secured`: TLS on both ports,
-#      client certificates, auth on);
+#      client certificates, auth on), and in-process once more with splits
+#      and merges (the access lanes then write by Txns across regions);
 #   3. every named regression scenario (one per etcd bug class), briefly,
 #      and hibernating regions under leader crashes for longer; crash
 #      points placed one at a time where a run once found a member that
@@ -53,6 +54,8 @@ $BIN check linearizable "$OUT/h12.resolved.jsonl"
 
 echo "== secured (TLS on both ports, client certificates, auth on), in-process, all faults"
 $BIN torture --secured --duration "$DURATION" --seed 13 --nemesis all --history "$OUT/h13.jsonl"
+echo "== secured, in-process, all faults with splits and merges (access lanes' Txns across regions)"
+$BIN torture --secured --duration "$DURATION" --seed 15 --nemesis all,split,merge --history "$OUT/h15.jsonl"
 echo "== secured, processes, all faults (crash points included)"
 $BIN torture --secured --duration "$DURATION" --seed 14 --cluster process --nemesis all \
   --history "$OUT/h14.jsonl"

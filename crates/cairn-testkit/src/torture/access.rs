@@ -10,11 +10,15 @@
 //! each time (an attempt that fails is retried until it is acknowledged; a
 //! revoke answered "not granted" means an earlier attempt took effect, and
 //! counts as acknowledged). Meanwhile the lane's user, logged in as
-//! `tortured-i` (a token from `Authenticate`), puts and reads
+//! `tortured-i` (a token from `Authenticate`), writes and reads
 //! (linearizably) `acl/i/` keys through random members, recording when each
 //! request was sent and answered, and whether it was served or refused
 //! with `PermissionDenied`. Serializable reads are not made: they may see a
-//! member's past, permissions included, as in etcd.
+//! member's past, permissions included, as in etcd. A write is a put —
+//! or, in a run whose faults include splits, one in two is a Txn putting
+//! `acl/i/k0` or `k1` and `k2` or `k3`: the nemesis then splits at each
+//! lane's `k2` first ([`split_points`]), so the Txn runs across regions
+//! (two-phase, its commit checked at its primary).
 //!
 //! The permission is certainly revoked from a revoke's acknowledgement to
 //! the first attempt of the next grant, and certainly granted from a
@@ -232,6 +236,14 @@ async fn change(
     Err(first_sent)
 }
 
+/// Where the nemesis splits first for `lanes` lanes: inside each lane's
+/// keys, so its Txns run across regions.
+pub fn split_points(lanes: usize) -> Vec<String> {
+    (0..lanes)
+        .map(|i| format!("{}k2", Lane::new(i).prefix))
+        .collect()
+}
+
 /// A token for `user` (made by [`setup_user`]) from any member
 /// (retried); `None` past `deadline`.
 pub(crate) async fn login(
@@ -265,7 +277,13 @@ pub(crate) fn with_token<T>(msg: T, token: &str) -> Request<T> {
 
 /// The lane's user: puts and linearizable reads on its keys until
 /// `deadline`.
-async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) -> Vec<Call> {
+async fn user(
+    lane: Lane,
+    endpoints: Vec<String>,
+    seed: u64,
+    deadline: Instant,
+    across: bool,
+) -> Vec<Call> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut calls = Vec::new();
     let mut token = None;
@@ -281,13 +299,27 @@ async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) 
         let key = format!("{}k{}", lane.prefix, rng.u8(0..4));
         n += 1;
         let sent = Instant::now();
-        let r = if write {
-            let req = PutRequest {
-                key: key.into(),
-                value: n.to_string().into(),
+        let put = |key: String| PutRequest {
+            key: key.into(),
+            value: n.to_string().into(),
+            ..Default::default()
+        };
+        let r = if write && across && rng.bool() {
+            let op = |key| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(key))),
+            };
+            let (low, high) = (rng.u8(0..2), rng.u8(2..4));
+            let req = TxnRequest {
+                success: vec![
+                    op(format!("{}k{low}", lane.prefix)),
+                    op(format!("{}k{high}", lane.prefix)),
+                ],
                 ..Default::default()
             };
-            let put = kv.put(with_token(req, t));
+            let txn = kv.txn(with_token(req, t));
+            tokio::time::timeout(CALL, txn).await.map(|r| r.map(drop))
+        } else if write {
+            let put = kv.put(with_token(put(key), t));
             tokio::time::timeout(CALL, put).await.map(|r| r.map(drop))
         } else {
             let req = RangeRequest {
@@ -321,7 +353,13 @@ async fn user(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) 
 }
 
 /// One lane: setup, then its user and changer until `deadline`.
-async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Instant) -> LaneOutcome {
+async fn run_lane(
+    lane: Lane,
+    endpoints: Vec<String>,
+    seed: u64,
+    deadline: Instant,
+    across: bool,
+) -> LaneOutcome {
     if let Err(e) = setup_user(&lane.user, None, &endpoints, deadline).await {
         return LaneOutcome::failed(lane, e);
     }
@@ -330,6 +368,7 @@ async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Insta
         endpoints.clone(),
         seed ^ 0xacc0,
         deadline,
+        across,
     ));
     let mut rng = fastrand::Rng::with_seed(seed ^ 0xacce55);
     let mut changes = Vec::new();
@@ -372,12 +411,25 @@ async fn run_lane(lane: Lane, endpoints: Vec<String>, seed: u64, deadline: Insta
     }
 }
 
-/// Runs the workload: `lanes` lanes until `deadline`.
-pub async fn run(endpoints: &[String], lanes: usize, seed: u64, deadline: Instant) -> Outcome {
+/// Runs the workload: `lanes` lanes until `deadline`; `across`: with
+/// Txns across each lane's two regions.
+pub async fn run(
+    endpoints: &[String],
+    lanes: usize,
+    seed: u64,
+    deadline: Instant,
+    across: bool,
+) -> Outcome {
     let tasks: Vec<_> = (0..lanes)
         .map(|i| {
             let seed = seed.wrapping_mul(31).wrapping_add(i as u64);
-            tokio::spawn(run_lane(Lane::new(i), endpoints.to_vec(), seed, deadline))
+            tokio::spawn(run_lane(
+                Lane::new(i),
+                endpoints.to_vec(),
+                seed,
+                deadline,
+                across,
+            ))
         })
         .collect();
     let mut out = Outcome::default();

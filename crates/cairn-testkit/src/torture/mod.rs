@@ -386,9 +386,12 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
             leases::run(&endpoints, n, ttl, seed, deadline, lease_progress).await
         })
     });
+    // With splits among the faults, each access lane's keys lie in two
+    // regions from the start and its writes include Txns across them.
+    let access_across = cfg.faults.contains(&nemesis::Fault::Split);
     let access_users = (cfg.access_users > 0 && crate::secured::is_on()).then(|| {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.access_users, cfg.seed);
-        tokio::spawn(async move { access::run(&endpoints, n, seed, deadline).await })
+        tokio::spawn(async move { access::run(&endpoints, n, seed, deadline, access_across).await })
     });
     let lease_users = (cfg.lease_users > 0 && crate::secured::is_on()).then(|| {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.lease_users, cfg.seed);
@@ -405,11 +408,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         let (endpoints, n, seed) = (endpoints.clone(), cfg.sleepers, cfg.seed);
         tokio::spawn(async move { sleepers::run(&endpoints, n, seed, epoch, deadline).await })
     });
-    // The lease-access lanes' keys outside the first region.
-    let splits_first = match lease_users {
+    // The lease-access lanes' keys outside the first region; each access
+    // lane's keys in two regions.
+    let mut splits_first = match lease_users {
         Some(_) => vec![lease_access::SPLIT.to_string()],
         None => Vec::new(),
     };
+    if access_users.is_some() && access_across {
+        splits_first.extend(access::split_points(cfg.access_users));
+    }
     let faults = nemesis::run(
         &mut target,
         &cfg.faults,
