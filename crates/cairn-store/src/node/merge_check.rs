@@ -59,7 +59,7 @@ struct Measured {
 #[derive(Default)]
 struct Memory {
     sizes: BTreeMap<u64, Measured>,
-    frozen_since: BTreeMap<u64, Instant>,
+    frozen_since: BTreeMap<(u64, u64), Instant>,
     quiet_until: BTreeMap<u64, Instant>,
 }
 
@@ -195,7 +195,11 @@ impl Node {
     }
 
     /// The "frozen too long" pass (see the module essay).
-    async fn end_stale_freezes(&self, led: &[Arc<Region>], since: &mut BTreeMap<u64, Instant>) {
+    async fn end_stale_freezes(
+        &self,
+        led: &[Arc<Region>],
+        since: &mut BTreeMap<(u64, u64), Instant>,
+    ) {
         let frozen: BTreeMap<u64, Freeze> = led
             .iter()
             .filter_map(|r| {
@@ -204,15 +208,18 @@ impl Node {
                     .map(|f| (r.id, f))
             })
             .collect();
-        since.retain(|id, _| frozen.contains_key(id));
+        // By region and freeze (its epoch names it): a region thawed and
+        // frozen again between two passes starts its count again.
+        since.retain(|(id, epoch), _| frozen.get(id).is_some_and(|f| f.range.epoch == *epoch));
         for (id, freeze) in frozen {
-            let first = *since.entry(id).or_insert_with(Instant::now);
+            let key = (id, freeze.range.epoch);
+            let first = *since.entry(key).or_insert_with(Instant::now);
             if first.elapsed() < FROZEN_TOO_LONG {
                 continue;
             }
             match self.end_freeze(id, &freeze).await {
                 Ok(()) => {
-                    since.remove(&id);
+                    since.remove(&key);
                 }
                 Err(e) => tracing::info!(region = id, "ending a stale merge: {e}"),
             }

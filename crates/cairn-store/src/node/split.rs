@@ -74,10 +74,19 @@ impl Node {
                 "region {region} not hosted here: {why}"
             )))
         };
-        let desc = self
-            .region(META_REGION)?
-            .shared
-            .with_applied(|a| a.regions.get(&region).cloned());
+        // A region a merge absorbed never comes back: one absorbed here
+        // whose directory entry is not dropped yet (a lagging replica of it
+        // calling) would be started empty and never stopped.
+        if self.absorbed_here(region) {
+            return refuse("a merge absorbed it");
+        }
+        let (desc, dropped) = self.region(META_REGION)?.shared.with_applied(|a| {
+            let dropped = a.merge.absorbed.contains(&region);
+            (a.regions.get(&region).cloned(), dropped)
+        });
+        if dropped {
+            return refuse("a merge absorbed it");
+        }
         let Some(desc) = desc.filter(|d| d.id != META_REGION) else {
             return refuse("not in the directory");
         };
@@ -142,31 +151,47 @@ impl Node {
             }
             // Many at once: with hundreds of regions, one by one made an
             // auth change take seconds.
-            let answers: Vec<(u64, ForwardOk)> = futures::stream::iter(todo)
+            // A region absorbed here meanwhile is left out (`None`): the
+            // region that absorbed it is in the list and gets `cmd` itself.
+            let answers: Vec<Option<(u64, ForwardOk)>> = futures::stream::iter(todo)
                 .map(|id| {
                     let cmd = cmd.clone();
                     async move {
-                        self.hosted_soon(id).await?;
-                        let ok = self.submit(id, ForwardOp::Plain(cmd)).await?;
-                        self.caught_up(id).await?;
-                        Ok::<_, Error>((id, ok))
+                        let gone = |e: Error| match e {
+                            Error::EpochMismatch | Error::Timeout if self.absorbed_here(id) => {
+                                Ok(None)
+                            }
+                            e => Err(e),
+                        };
+                        if let Err(e) = self.hosted_soon(id).await {
+                            return gone(e);
+                        }
+                        let ok = match self.submit(id, ForwardOp::Plain(cmd)).await {
+                            Ok(ok) => ok,
+                            Err(e) => return gone(e),
+                        };
+                        if let Err(e) = self.caught_up(id).await {
+                            return gone(e);
+                        }
+                        Ok::<_, Error>(Some((id, ok)))
                     }
                 })
                 .buffer_unordered(EVERYWHERE_AT_ONCE)
                 .try_collect()
                 .await?;
-            done.extend(answers);
+            done.extend(answers.into_iter().flatten());
         }
         done.remove(&DATA_REGION)
             .ok_or_else(|| Error::Internal("the first data region is not hosted".into()))
     }
 
     /// Waits (bounded) until this node hosts `region`, whose record is in
-    /// its engine (a birth being started).
+    /// its engine (a birth being started); `Timeout` at once if a merge
+    /// absorbed it here.
     async fn hosted_soon(&self, region: u64) -> Result<()> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         while self.regions.get(region).is_none() {
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || self.absorbed_here(region) {
                 return Err(Error::Timeout);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
