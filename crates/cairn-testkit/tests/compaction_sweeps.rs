@@ -146,3 +146,58 @@ async fn members_sweep_what_a_compaction_dropped_and_hash_alike_throughout() {
     assert_eq!(got, vec![(&b"a"[..], &b"last"[..]), (b"z", b"30")]);
     c.shutdown().await;
 }
+
+/// A region that missed a compaction (here: proposed in the first region
+/// only, as when the fan-out's proposal to another region failed) is
+/// brought up to the store's by its leader's background check: a read
+/// below the compaction is then refused in every region, as in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_that_missed_a_compaction_is_brought_up_to_the_store() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    let mut client = c.kv(0).await;
+    for round in 0..5 {
+        for key in ["a", "z"] {
+            kv::put(&mut client, key, &round.to_string()).await.unwrap();
+        }
+    }
+    // Below both regions' own revisions, so the first region's compaction
+    // alone needs no raise.
+    let node = c.node(0);
+    let z = node.regions_overlapping(b"z", Some(b"z\0"))[0].0.clone();
+    let a = node.regions_overlapping(b"a", Some(b"a\0"))[0].0.clone();
+    let revision = a
+        .shared
+        .revisions()
+        .current
+        .min(z.shared.revisions().current)
+        - 1;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let first = c.node(leader).region(DATA_REGION).unwrap();
+    first
+        .raft
+        .client_write(cairn_raft::Command::Compact { revision })
+        .await
+        .unwrap();
+    assert!(z.shared.revisions().compacted < revision);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..3 {
+        let z = c.node(i).region(z.id).unwrap();
+        while z.shared.revisions().compacted < revision {
+            assert!(
+                Instant::now() < deadline,
+                "member {i}'s region {} never compacted up to {revision}",
+                z.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let below = RangeRequest {
+        key: b"z".to_vec(),
+        revision: revision - 1,
+        ..Default::default()
+    };
+    let e = client.range(below).await.unwrap_err();
+    assert!(e.message().contains("compacted"), "{e}");
+}

@@ -45,6 +45,7 @@
 mod background;
 mod backup_view;
 mod closes;
+mod compaction_lag;
 mod compaction_sweeps;
 mod forward;
 mod hibernate;
