@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_raft::{Command, RegionRange};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 use crate::node::{Node, Region, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
 use crate::remote::{ForwardOk, ForwardOp};
@@ -129,6 +129,7 @@ impl Node {
     /// record is in this node's engine, and the region gets `cmd` too.
     pub(crate) async fn propose_everywhere(&self, cmd: Command) -> Result<ForwardOk> {
         let mut done = std::collections::BTreeMap::new();
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
             // The regions recorded here, and the directory's (a region
             // this node missed the split of, not adopted yet).
@@ -150,36 +151,43 @@ impl Node {
                 break;
             }
             // Many at once: with hundreds of regions, one by one made an
-            // auth change take seconds.
-            // A region absorbed here meanwhile is left out (`None`): the
-            // region that absorbed it is in the list and gets `cmd` itself.
-            let answers: Vec<Option<(u64, ForwardOk)>> = futures::stream::iter(todo)
+            // auth change take seconds. A region that failed is tried
+            // again in the next pass, until the deadline — unless a merge
+            // absorbed it here meanwhile (the pass's list leaves it out):
+            // the region that absorbed it, hosted here, gets `cmd` in this
+            // pass, a later one, or had it already (a merge keeps the
+            // higher auth fence).
+            let answers: Vec<(u64, Result<ForwardOk>)> = futures::stream::iter(todo)
                 .map(|id| {
                     let cmd = cmd.clone();
                     async move {
-                        let gone = |e: Error| match e {
-                            Error::EpochMismatch | Error::Timeout if self.absorbed_here(id) => {
-                                Ok(None)
-                            }
-                            e => Err(e),
+                        let one = async {
+                            self.hosted_soon(id).await?;
+                            let ok = self.submit(id, ForwardOp::Plain(cmd)).await?;
+                            self.caught_up(id).await?;
+                            Ok::<_, Error>(ok)
                         };
-                        if let Err(e) = self.hosted_soon(id).await {
-                            return gone(e);
-                        }
-                        let ok = match self.submit(id, ForwardOp::Plain(cmd)).await {
-                            Ok(ok) => ok,
-                            Err(e) => return gone(e),
-                        };
-                        if let Err(e) = self.caught_up(id).await {
-                            return gone(e);
-                        }
-                        Ok::<_, Error>(Some((id, ok)))
+                        (id, one.await)
                     }
                 })
                 .buffer_unordered(EVERYWHERE_AT_ONCE)
-                .try_collect()
-                .await?;
-            done.extend(answers.into_iter().flatten());
+                .collect()
+                .await;
+            let mut failed = None;
+            for (id, res) in answers {
+                match res {
+                    Ok(ok) => {
+                        done.insert(id, ok);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                if Instant::now() >= deadline || self.is_stopped() {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         done.remove(&DATA_REGION)
             .ok_or_else(|| Error::Internal("the first data region is not hosted".into()))

@@ -26,8 +26,10 @@
 //!    transaction (its outcome is recorded there), so it is checked as
 //!    the client's write — against an auth change fenced since the
 //!    prewrites (with a lease claimed, the keys on the lease too), and a
-//!    CORRUPT or NOSPACE alarm raised since — and a refusal rolls
-//!    the transaction back and is the answer. Then every other region
+//!    CORRUPT or NOSPACE alarm raised since — and a refusal rolls the
+//!    transaction back and is the answer (a key on a claimed lease the
+//!    caller may not write starts it again: its prewrite trims a stale
+//!    lease index, or answers the refusal). Then every other region
 //!    commits its part at the same revision; each leader first waits until
 //!    every single-region write it stamped at or below `commit_ts` is
 //!    answered, so no write below the commit lands after it. The client is
@@ -253,7 +255,12 @@ impl Node {
             for (i, res) in batch.zip(answers) {
                 let region = layout.parts[i].0;
                 if refusal.is_some() {
-                    if matches!(res, Ok(ForwardOk::Reply(Reply::Revision(_))) | Err(_)) {
+                    let placed = match &res {
+                        Ok(ForwardOk::Reply(Reply::Revision(_))) => true,
+                        Err(e) => may_have_landed(e),
+                        Ok(_) => false,
+                    };
+                    if placed {
                         locked.push(region);
                     }
                     continue;
@@ -295,8 +302,11 @@ impl Node {
                         }
                     }
                     refused => {
-                        if refused.is_err() {
-                            // It may have landed (its answer lost).
+                        // It may have landed (its answer lost); or the
+                        // primary holds the narrower lock of a revoke
+                        // widened since.
+                        let lost = refused.as_ref().err().is_some_and(may_have_landed);
+                        if lost || (i == 0 && widened > 0) {
                             locked.push(region);
                         }
                         refusal = Some(refused);
@@ -324,8 +334,8 @@ impl Node {
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(_))) => {} // wait again
                     refused => {
-                        if refused.is_err() {
-                            locked.push(*region); // it may have landed
+                        if refused.as_ref().err().is_some_and(may_have_landed) {
+                            locked.push(*region);
                         }
                         return self.refused(refused, start_ts, primary, &locked).await;
                     }
@@ -529,8 +539,14 @@ impl Node {
                 ForwardOp::Plain(Command::RollbackLocked { start_ts }),
             )
         });
-        // The outcome goes only once no part is left to finish from it.
-        if join_all(rollbacks).await.iter().all(|r| r.is_ok()) {
+        // The outcome goes only once no part is left to finish from it. (A
+        // region a merge absorbed held no lock: a region is frozen for a
+        // merge only without locks.)
+        let finished = join_all(rollbacks)
+            .await
+            .iter()
+            .all(|r| matches!(r, Ok(_) | Err(Error::EpochMismatch)));
+        if finished {
             let _ = self
                 .submit(
                     primary,
@@ -623,6 +639,17 @@ impl Node {
         }
         Some(by_start.into_values().collect())
     }
+}
+
+/// True when a request that failed with `e` may still have been applied
+/// (its answer lost), not refused before it was proposed: the caller's own
+/// check (`Auth`), a region absorbed by a merge (`EpochMismatch`), a
+/// refusal (`Rejected`), a node stopping.
+fn may_have_landed(e: &Error) -> bool {
+    !matches!(
+        e,
+        Error::Auth(_) | Error::EpochMismatch | Error::Rejected(_) | Error::Stopped
+    )
 }
 
 impl Plan {

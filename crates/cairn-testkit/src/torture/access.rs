@@ -95,6 +95,8 @@ pub enum Answer {
 #[derive(Clone, Debug)]
 pub struct Call {
     pub write: bool,
+    /// A Txn across the lane's two regions (when split).
+    pub txn: bool,
     pub sent: Instant,
     pub answered: Instant,
     pub answer: Answer,
@@ -304,7 +306,8 @@ async fn user(
             value: n.to_string().into(),
             ..Default::default()
         };
-        let r = if write && across && rng.bool() {
+        let txn = write && across && rng.bool();
+        let r = if txn {
             let op = |key| RequestOp {
                 request: Some(request_op::Request::RequestPut(put(key))),
             };
@@ -343,6 +346,7 @@ async fn user(
         };
         calls.push(Call {
             write,
+            txn,
             sent,
             answered,
             answer,
@@ -550,11 +554,19 @@ impl Outcome {
         let grants = changes.iter().filter(|c| c.grant).count();
         let calls: usize = self.lanes.iter().map(|l| l.calls.len()).sum();
         let (served, refused) = self.decided();
+        let txns: Vec<&Call> = self
+            .lanes
+            .iter()
+            .flat_map(|l| &l.calls)
+            .filter(|c| c.txn)
+            .collect();
+        let txns_served = txns.iter().filter(|c| c.answer == Answer::Served).count();
         format!(
-            "access: {} users, {} permission changes ({grants} grants, {} revokes), {calls} requests ({served} served while granted, {refused} refused while revoked)",
+            "access: {} users, {} permission changes ({grants} grants, {} revokes), {calls} requests ({served} served while granted, {refused} refused while revoked; {} Txns across the lanes' regions, {txns_served} served)",
             self.lanes.len(),
             changes.len(),
             changes.len() - grants,
+            txns.len(),
         )
     }
 }
