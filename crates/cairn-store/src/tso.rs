@@ -19,7 +19,12 @@
 //! counting from where it was.)
 //!
 //! Any node's proposer gets its timestamps through [`fetch_timestamps`]
-//! (locally on the meta leader, else one peer call per commit group), and
+//! (locally on the meta leader, else one peer call per commit group),
+//! confirmed by the meta leader after it takes them — its read lease, or a
+//! round — as read timestamps are: a leader deposed without knowing it
+//! (paused past an election) still holds a window below its successor's,
+//! and a write stamped from it once the successor had served a read at a
+//! later timestamp would land below a revision a client already has. And
 //! [`colocate`] keeps the meta leadership next to the data leadership so
 //! that call is usually local.
 
@@ -169,18 +174,26 @@ async fn bounded<T>(call: impl std::future::Future<Output = T>) -> Result<T> {
 /// write is one quorum round when the meta region is healthy).
 const RAFT_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Gets timestamps from the meta leader: locally if that is us.
+/// Gets timestamps from the meta leader: locally if that is us. With
+/// `confirm` (a write's stamps), a local allocation is confirmed by that
+/// node ([`Node::tso_local`], as the meta leader's peer service confirms
+/// one asked from elsewhere); without, only unique (a name: a
+/// transaction's start, a region's ID).
 pub(crate) async fn fetch_timestamps(
     tso: &Tso,
     pool: &Arc<PeerPool>,
     meta: &Raft,
     count: u32,
+    confirm: Option<&Node>,
 ) -> Result<i64> {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     loop {
         let leader = meta.metrics().borrow().current_leader;
         let res = match leader {
-            Some(l) if l == pool.me() => tso.allocate(count).await,
+            Some(l) if l == pool.me() => match confirm {
+                Some(node) => node.tso_local(count).await,
+                None => tso.allocate(count).await,
+            },
             // Timestamps handed out and never used are a gap, nothing
             // more: a call to a leader replaced meanwhile is given up.
             Some(l) => tokio::select! {

@@ -616,3 +616,27 @@ async fn a_restarted_single_node_reads_every_acknowledged_write() {
     );
     c.shutdown().await;
 }
+
+/// A TSO leader cut off from the others (as if paused past an election)
+/// still holds the rest of its window in memory, below its successor's.
+/// Write timestamps are confirmed after they are taken, as read ones are:
+/// once its read lease has run out it hands out none — else a write
+/// stamped from that window after the new leader served a read at a
+/// later timestamp would commit below a revision a client already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_tso_leader_hands_out_no_write_timestamps_once_its_lease_is_out() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(META_REGION).await;
+    let node = c.node(leader).clone();
+    // Its window is written: the next ones come from memory.
+    node.tso_local(1).await.unwrap();
+    c.isolate(leader);
+    tokio::time::sleep(READ_LEASE * 2).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), node.tso_local(1)).await;
+    assert!(
+        !matches!(answer, Ok(Ok(_))),
+        "a cut-off TSO leader handed out a write timestamp: {answer:?}"
+    );
+    c.heal();
+    c.shutdown().await;
+}

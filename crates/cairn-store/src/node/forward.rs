@@ -235,7 +235,8 @@ impl Node {
                 // elected again since) hands out none.
                 let term = self.leading_term(&r)?;
                 let t = match op {
-                    ForwardOp::CommitTimestamp => self.tso_local(1).await?,
+                    // (Confirmed below, with the read timestamp's path.)
+                    ForwardOp::CommitTimestamp => self.tso.allocate(1).await?,
                     _ => self.tso.newest().await?,
                 };
                 self.leader_read_index(&r).await?;

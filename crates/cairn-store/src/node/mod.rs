@@ -225,9 +225,29 @@ impl Node {
         })
     }
 
-    /// Allocates timestamps if this node leads the meta region.
+    /// Allocates timestamps for writes if this node leads the meta region,
+    /// confirmed after they are taken, in the same term (a read lease, or
+    /// a round): a TSO leader deposed without knowing it — paused past an
+    /// election — hands out none. Its window lies below its successor's,
+    /// and a write stamped from it after the successor served a read at a
+    /// later timestamp would commit below a revision a client was already
+    /// given (a region the read did not touch has no floor that high).
     pub async fn tso_local(&self, count: u32) -> Result<i64> {
-        self.tso.allocate(count).await
+        let meta = self.region(META_REGION)?;
+        let term = self.leading_term(&meta)?;
+        let first = self.tso.allocate(count).await?;
+        self.leader_read_index(&meta).await?;
+        if self.leading_term(&meta)? != term {
+            return Err(Error::NotLeader { leader: None });
+        }
+        Ok(first)
+    }
+
+    /// Timestamps for this node's writes (a proposer's commit group): from
+    /// the meta leader, confirmed ([`Node::tso_local`], here or there).
+    pub(crate) async fn write_timestamps(&self, count: u32) -> Result<i64> {
+        let meta = self.region(META_REGION)?;
+        crate::tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, count, Some(self)).await
     }
 
     /// Bytes of this node's state-machine data on disk (what the storage

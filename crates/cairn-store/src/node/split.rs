@@ -51,7 +51,7 @@ impl Node {
             return Err(Error::Internal("the meta region does not split".into()));
         }
         let meta = self.region(META_REGION)?;
-        let child = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await? as u64;
+        let child = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1, None).await? as u64;
         let cmd = Command::Split { at, child, epoch };
         self.submit(region, ForwardOp::Plain(cmd))
             .await?

@@ -139,14 +139,18 @@ impl Node {
             meta_shared,
             rafts[meta_index].4,
         ));
-        let timestamps: TimestampSource = {
-            let (tso, pool, meta) = (tso.clone(), pool.clone(), meta_raft.clone());
-            Arc::new(move |count| {
-                let (tso, pool, meta) = (tso.clone(), pool.clone(), meta.clone());
-                Box::pin(async move { tso::fetch_timestamps(&tso, &pool, &meta, count).await })
-            })
-        };
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
+            // Proposers stamp their commit groups with confirmed timestamps.
+            let timestamps: TimestampSource = {
+                let weak = weak.clone();
+                Arc::new(move |count| {
+                    let weak = weak.clone();
+                    Box::pin(async move {
+                        let node = weak.upgrade().ok_or(Error::Stopped)?;
+                        node.write_timestamps(count).await
+                    })
+                })
+            };
             let regions = Registry::default();
             for (region, raft, shared, log_bytes, restored) in rafts {
                 regions.insert(Arc::new(Region::start(

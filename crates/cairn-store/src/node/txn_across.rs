@@ -224,7 +224,7 @@ impl Node {
         // deposed TSO leader hands out only timestamps below its window's
         // end, and its successor starts above it).
         let meta = self.region(META_REGION)?;
-        let start_ts = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1).await?;
+        let start_ts = tso::fetch_timestamps(&self.tso, &self.pool, &meta.raft, 1, None).await?;
         let primary = layout.parts[0].0;
         // 2. The primary first; then the others at once. If some met a
         // lock, those above the lowest that did are rolled back, and from
