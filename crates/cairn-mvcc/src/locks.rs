@@ -183,11 +183,16 @@ impl Locks {
     }
 
     /// The first lock overlapping `span` that a read at `revision` must
-    /// wait for: one placed below it (its commit may land at or below it).
+    /// wait for: one placed below it whose transaction started below it
+    /// (its commit may land at or below it). A commit timestamp is fetched,
+    /// confirmed, after the start timestamp was handed out, so it is above
+    /// it: a transaction started at or above `revision` commits above it.
+    /// So a read that keeps its timestamp while it waits is held up only
+    /// by transactions started below it, not by a stream of later ones.
     pub fn blocking_read(&self, span: &KeySpan, revision: i64) -> Option<LockRef> {
         self.held
             .iter()
-            .filter(|(_, l)| l.floor < revision)
+            .filter(|(ts, l)| l.floor < revision && **ts < revision)
             .find(|(_, l)| l.spans.iter().any(|a| overlaps(a, span)))
             .map(|(ts, l)| LockRef {
                 start_ts: *ts,
@@ -195,14 +200,14 @@ impl Locks {
             })
     }
 
-    /// The first lock placed below `revision` that revokes a lease (its
-    /// commit may delete lease records at or below it), whatever its
+    /// The first lock placed, and started, below `revision` that revokes a
+    /// lease (its commit may delete lease records at or below it), whatever its
     /// spans: a revoke whose keys lie in other regions holds no span in
     /// the lease table's region.
     pub fn revoking_below(&self, revision: i64) -> Option<LockRef> {
         self.held
             .iter()
-            .filter(|(_, l)| l.floor < revision && !l.leases.revoke.is_empty())
+            .filter(|(ts, l)| l.floor < revision && **ts < revision && !l.leases.revoke.is_empty())
             .map(|(ts, l)| LockRef {
                 start_ts: *ts,
                 primary: l.primary,
@@ -383,7 +388,10 @@ mod tests {
         l.held.insert(10, lock(&[("a", "c")], 5));
         l.held.insert(11, lock(&[("x", "y")], 7));
         assert!(l.blocking_read(&span("a", "b"), 5).is_none());
-        assert_eq!(l.blocking_read(&span("a", "b"), 6).unwrap().start_ts, 10);
+        // Placed below 6, but started at 10: it commits above 10.
+        assert!(l.blocking_read(&span("a", "b"), 6).is_none());
+        assert!(l.blocking_read(&span("a", "b"), 10).is_none());
+        assert_eq!(l.blocking_read(&span("a", "b"), 11).unwrap().start_ts, 10);
         assert!(l.blocking_read(&span("c", "x"), 100).is_none());
         assert_eq!(l.resolved(9), 5);
         assert_eq!(l.resolved(3), 3);

@@ -182,18 +182,26 @@ impl Node {
     /// A serializable read is served at or above every revision this
     /// member has answered with (`sequential.rs`).
     pub async fn range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
-        let serializable = req.serializable;
-        let r = self.serve_range(req, access).await?;
-        if serializable || !self.several_regions() {
+        let (r, here) = self.serve_range(req, access).await?;
+        if here {
             self.answering(r.header.as_ref().map_or(0, |h| h.revision));
         }
         Ok(r)
     }
 
-    async fn serve_range(&self, req: RangeRequest, access: &Access) -> Result<RangeResponse> {
+    /// `req`'s answer, and whether it was read from this member's replicas
+    /// as they are (a serializable read, or any with one region): only
+    /// those count as answers (`sequential.rs`), not one read at a fresh
+    /// timestamp — a serializable read served linearizably included.
+    async fn serve_range(
+        &self,
+        req: RangeRequest,
+        access: &Access,
+    ) -> Result<(RangeResponse, bool)> {
         let (floor, since) = (self.answered_revision(), std::time::Instant::now());
+        let at_timestamp = |r: Result<RangeResponse>| r.map(|r| (r, false));
         if !req.serializable && self.several_regions() {
-            return Box::pin(self.range_across(req, access)).await;
+            return at_timestamp(Box::pin(self.range_across(req, access)).await);
         }
         let stale = StaleRoutes::new();
         let (snap, revs) = loop {
@@ -206,7 +214,9 @@ impl Node {
                     return Box::pin(self.range_serializable_across(req, access, floor, since))
                         .await
                 }
-                Err(Error::SpansRegions) => return Box::pin(self.range_across(req, access)).await,
+                Err(Error::SpansRegions) => {
+                    return at_timestamp(Box::pin(self.range_across(req, access)).await)
+                }
                 other => other?,
             };
             let r = self.region(region)?;
@@ -225,7 +235,7 @@ impl Node {
                     // A split applied here while catching up; or an idle
                     // region's newest revision, below `floor`: read at a
                     // timestamp.
-                    return Box::pin(self.range_across(req, access)).await;
+                    return at_timestamp(Box::pin(self.range_across(req, access)).await);
                 }
                 r
             };
@@ -242,6 +252,12 @@ impl Node {
             }
             stale.wait().await?;
         };
+        if req.revision > revs.current && self.several_regions() {
+            // Serializable, at a revision above this region's newest that
+            // another region may have written: read at a timestamp (the
+            // same answer, or a future revision), as across regions.
+            return at_timestamp(Box::pin(self.range_across(req, access)).await);
+        }
         self.authorize(access).await?;
         // A single key is a bounded read (an index lookup and one version):
         // it runs right here. Handing it to the blocking pool cost more than
@@ -249,11 +265,14 @@ impl Node {
         // server's CPU in spawn_blocking's hand-off, docs/benchmarks.md).
         // Spans can be any size, so they go to the bounded span pool.
         if req.range_end.is_empty() {
-            return cairn_mvcc::range(&*snap, &req, revs).map_err(Error::from);
+            return cairn_mvcc::range(&*snap, &req, revs)
+                .map(|r| (r, true))
+                .map_err(Error::from);
         }
         self.spans
             .run(move || cairn_mvcc::range(&*snap, &req, revs))
             .await?
+            .map(|r| (r, true))
             .map_err(Error::from)
     }
 
@@ -275,8 +294,12 @@ impl Node {
             let r = self.region(region)?;
             // Serializable: from this replica, once it holds every revision
             // this member answered with (`sequential.rs`).
+            // (Not one reading at a revision above this region's newest
+            // that another region may have written: at a timestamp.)
             let local = serializable
                 && r.shared.applied_index() > 0
+                && !(self.several_regions()
+                    && newest_revision_read(req) > r.shared.revisions().current)
                 && self.region_reaches(&r, since, floor).await;
             // While there are several regions, any other is read at a
             // timestamp (as `range` is): its header is the store's
@@ -305,6 +328,11 @@ impl Node {
             }
         };
         self.authorize(access).await?;
+        if at.is_none() {
+            // Read from this replica as it is (serializable, or with one
+            // region): an answer that counts (`sequential.rs`).
+            self.answering(revs.current);
+        }
         // Read at the region's newest state, which holds every write at or
         // below T and no lock: the store's state at the higher of T and the
         // region's newest revision (nothing lands in this region between
@@ -407,6 +435,22 @@ impl StaleRoutes {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         Ok(())
     }
+}
+
+/// The highest explicit revision a range in `req` reads at (nested txns
+/// included; 0: none).
+fn newest_revision_read(req: &TxnRequest) -> i64 {
+    use cairn_api::etcdserverpb::request_op::Request;
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .map(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.revision,
+            Some(Request::RequestTxn(t)) => newest_revision_read(t),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// True when every compare and range in `req` (nested txns included) names

@@ -63,9 +63,13 @@ impl Node {
     ) -> Result<RangeResponse> {
         let stale = super::kv::StaleRoutes::new();
         let (routed_end, inverted) = routed_end(&req);
+        // Kept while the read waits for locks: only transactions started
+        // below it can commit at or below it (`Locks::blocking_read`), so
+        // a stream of later ones cannot hold the read up.
+        let mut kept = None;
         loop {
             let Some((t, caught_up)) = self
-                .regions_at_timestamp(&req.key, routed_end.as_deref())
+                .regions_at_timestamp(&req.key, routed_end.as_deref(), kept.take())
                 .await?
             else {
                 stale.wait().await?;
@@ -87,6 +91,7 @@ impl Node {
                 views.push(view);
             }
             if waited {
+                kept = Some(t);
                 continue;
             }
             self.authorize(access).await?;
@@ -152,12 +157,21 @@ impl Node {
     /// span or one split meanwhile (route again shortly).
     /// With each view, the lock (and its region) of a transaction across
     /// regions that may still commit at or below T in the span, if any.
+    /// `at`: a timestamp taken before, to catch up to again (after waiting
+    /// for a lock) instead of a new one.
     pub(crate) async fn regions_at_timestamp(
         &self,
         key: &[u8],
         end: Option<&[u8]>,
+        at: Option<i64>,
     ) -> Result<Option<(i64, Vec<(RegionView, Option<(u64, LockRef)>)>)>> {
         let span: KeySpan = (key.to_vec(), end.map(<[u8]>::to_vec).unwrap_or_default());
+        if let Some(t) = at {
+            return Ok(self
+                .regions_caught_up_at(key, end, t, Some(&span), CatchUp::Read)
+                .await?
+                .map(|views| (t, views)));
+        }
         let routed = self.regions_overlapping(key, end);
         if let [(r, start, stop)] = &routed[..] {
             // One region: the timestamp and the catch-up in one round.

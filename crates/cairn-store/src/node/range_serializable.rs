@@ -36,15 +36,17 @@ use crate::{Access, Error, Result};
 
 impl Node {
     /// Serves serializable `req` across regions from this replica (see
-    /// the module essay).
+    /// the module essay); true with it when it was (false: read at a
+    /// timestamp instead).
     pub(crate) async fn range_serializable_across(
         &self,
         req: RangeRequest,
         access: &Access,
         floor: i64,
         since: std::time::Instant,
-    ) -> Result<RangeResponse> {
+    ) -> Result<(RangeResponse, bool)> {
         let stale = super::kv::StaleRoutes::new();
+        let at_timestamp = |r: Result<RangeResponse>| r.map(|r| (r, false));
         let (routed_end, inverted) = routed_end(&req);
         // The freshest revision a region here had resolved, if a region
         // behind it was not being closed lately (see below).
@@ -58,7 +60,7 @@ impl Node {
                 continue;
             }
             if routed.iter().any(|(r, _, _)| r.shared.applied_index() == 0) {
-                return Box::pin(self.range_across(req, access)).await;
+                return at_timestamp(Box::pin(self.range_across(req, access)).await);
             }
             let mut views: Vec<RegionView> = Vec::with_capacity(routed.len());
             let mut resolved = i64::MAX;
@@ -98,7 +100,7 @@ impl Node {
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     continue;
                 }
-                return Box::pin(self.range_across(req, access)).await;
+                return at_timestamp(Box::pin(self.range_across(req, access)).await);
             }
             if catch_up.is_some_and(|t| resolved < t)
                 && since.elapsed() < super::sequential::SEQUENTIAL_WAIT
@@ -108,7 +110,7 @@ impl Node {
                 continue;
             }
             if req.revision > resolved {
-                return Box::pin(self.range_across(req, access)).await;
+                return at_timestamp(Box::pin(self.range_across(req, access)).await);
             }
             self.authorize(access).await?;
             let at = if req.revision > 0 {
@@ -121,9 +123,9 @@ impl Node {
                 // resolved that far yet): a read of the newest keys is
                 // never refused as compacted; the leaders answer it.
                 Err(Error::Rejected(cairn_mvcc::Rejection::Compacted)) if req.revision == 0 => {
-                    Box::pin(self.range_across(req, access)).await
+                    at_timestamp(Box::pin(self.range_across(req, access)).await)
                 }
-                other => other,
+                other => other.map(|r| (r, true)),
             };
         }
     }

@@ -18,9 +18,11 @@
 //! linearizable way instead, whose revision is at least as high.
 //!
 //! What counts as an answer: a write's revision (a Txn, Put or DeleteRange
-//! that wrote, a lease revoke), a serializable Range's, and with one region
-//! a linearizable read's. Not, with several regions, a linearizable read's
-//! or a Txn's that wrote nothing: those answer with a fresh timestamp no
+//! that wrote, a lease revoke), a serializable Range's or read-only Txn's
+//! served from this member's replicas, and with one region a linearizable
+//! read's. Not, with several regions, a linearizable read's, a Txn's that
+//! wrote nothing across regions, or a serializable read's that was served
+//! linearizably after all: those answer with a fresh timestamp no
 //! write may ever be stamped at, which an idle region's replica reaches
 //! only at its next close — every serializable read after a health probe
 //! would wait for it, and a member cut off just after one could serve no

@@ -46,8 +46,14 @@ impl Node {
     ) -> Result<TxnResponse> {
         let stale = StaleRoutes::new();
         let spans = joined(footprint(req));
+        // Kept while the read waits for locks (as a Range's: only
+        // transactions started below it can commit at or below it).
+        let mut kept = None;
         loop {
-            let t = self.read_timestamp().await?;
+            let t = match kept.take() {
+                Some(t) => t,
+                None => self.read_timestamp().await?,
+            };
             // Each span's regions caught up to T; one that split meanwhile
             // keeps its left part and the rest is routed again at the same
             // T (`regions_caught_up_at`): under splits every few puts,
@@ -66,10 +72,9 @@ impl Node {
                 continue;
             };
             if let Some((region, lock)) = caught.iter().flatten().find_map(|(_, lock)| *lock) {
-                // Waited for or resolved: read again (no deadline but
-                // the lock's: a read behind a stream of locks is slow,
-                // not refused).
+                // Waited for or resolved: read again at the same T.
                 self.resolve_lock(region, lock).await?;
+                kept = Some(t);
                 continue;
             }
             // Taken after every region's check (see the module essay).
