@@ -397,7 +397,7 @@ fn an_expiry_across_regions_is_claimed_and_committed_only_in_the_term_that_found
     };
     let commit = |start_ts| Command::CommitLocked {
         start_ts,
-        commit_ts: 50,
+        commit_ts: 150,
         path: vec![true],
     };
     let mut apply =

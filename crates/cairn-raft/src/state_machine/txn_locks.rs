@@ -133,13 +133,16 @@ pub(super) fn commit(
         state.locks.outcomes.insert(start_ts, Outcome::RolledBack);
         return Ok((WriteBatch::new(), Reply::Outcome(Some(Outcome::RolledBack))));
     }
-    if commit_ts <= lock.floor {
-        // A commit timestamp is fetched after every prewrite: one at or
-        // below the floor is a coordinator's bug. Refuse, change nothing.
+    if commit_ts <= lock.floor || commit_ts <= start_ts {
+        // A commit timestamp is fetched, confirmed, after the start and
+        // every prewrite: one at or below the floor or the start is a
+        // coordinator's bug (and reads skip locks started at or above
+        // their revision, `Locks::blocking_read`, trusting it is above the
+        // start). Refuse, change nothing.
         return Ok((
             WriteBatch::new(),
             Reply::Invalid(format!(
-                "commit timestamp {commit_ts} is not above the lock's floor {}",
+                "commit timestamp {commit_ts} is not above the lock's floor {} and start {start_ts}",
                 lock.floor
             )),
         ));

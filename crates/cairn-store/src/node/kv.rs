@@ -241,6 +241,13 @@ impl Node {
             };
             let span = cairn_mvcc::locks::etcd_span(&req.key, &req.range_end);
             let (snap, revs, range, lock) = r.shared.read_view_locked(&[span], req.revision);
+            if req.revision > revs.current && self.several_regions() {
+                // Serializable, at a revision above this region's newest
+                // that another region may have written: read at a
+                // timestamp (the same answer, or a future revision), as
+                // across regions.
+                return at_timestamp(Box::pin(self.range_across(req, access)).await);
+            }
             if let Some(lock) = lock {
                 // A transaction across regions may still commit below
                 // this read's revision: wait for it, and read again.
@@ -252,12 +259,6 @@ impl Node {
             }
             stale.wait().await?;
         };
-        if req.revision > revs.current && self.several_regions() {
-            // Serializable, at a revision above this region's newest that
-            // another region may have written: read at a timestamp (the
-            // same answer, or a future revision), as across regions.
-            return at_timestamp(Box::pin(self.range_across(req, access)).await);
-        }
         self.authorize(access).await?;
         // A single key is a bounded read (an index lookup and one version):
         // it runs right here. Handing it to the blocking pool cost more than

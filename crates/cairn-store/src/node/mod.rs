@@ -236,7 +236,12 @@ impl Node {
         let meta = self.region(META_REGION)?;
         let term = self.leading_term(&meta)?;
         let first = self.tso.allocate(count).await?;
-        self.leader_read_index(&meta).await?;
+        // Not confirmed in time (no quorum): nothing was proposed with
+        // them, so say no leader (retried), not timed out.
+        self.leader_read_index(&meta).await.map_err(|e| match e {
+            Error::Timeout => Error::NoLeader,
+            e => e,
+        })?;
         if self.leading_term(&meta)? != term {
             return Err(Error::NotLeader { leader: None });
         }

@@ -363,7 +363,7 @@ impl Node {
         // is; a region whose revision ran past the TSO would get another.
         let commit_ts = loop {
             match self.commit_timestamp().await {
-                Ok(t) if t > floor => break t,
+                Ok(t) if t > floor.max(start_ts) => break t,
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
                 Err(e) => {
                     self.release(start_ts, primary, &locked).await;
