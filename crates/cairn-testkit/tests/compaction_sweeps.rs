@@ -166,7 +166,6 @@ async fn a_region_that_missed_a_compaction_is_brought_up_to_the_store() {
     }
     // Below both regions' own revisions, so the first region's compaction
     // alone needs no raise.
-    let node = c.node(0);
     let holding = |i: usize, key: &[u8]| {
         let end = [key, &[0]].concat();
         c.node(i).regions_overlapping(key, Some(&end))[0].0.clone()
