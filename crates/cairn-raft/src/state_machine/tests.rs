@@ -629,6 +629,17 @@ fn nospace_refuses_writes_that_add_data_at_apply_and_lets_deletes_through() {
     assert!(shared.applied().alarms.is_empty());
 }
 
+/// Applies each command in the next entry of its own; its reply.
+fn one_by_one(sm: &mut StateMachine) -> impl FnMut(Command) -> Reply + '_ {
+    let mut index = 0;
+    move |cmd| {
+        index += 1;
+        block_on(sm.apply(vec![entry(index, cmd)]))
+            .unwrap()
+            .remove(0)
+    }
+}
+
 /// The commit at a transaction's primary decides it, so it is where a
 /// cross-region Txn meets what etcd checks at apply: an auth change fenced
 /// since the caller was checked (`Checked` around it: refused), a NOSPACE
@@ -669,13 +680,7 @@ fn the_primary_commit_is_refused_behind_a_newer_auth_fence_or_an_alarm() {
         member: 7,
         alarm: super::ALARM_NOSPACE,
     };
-    let mut index = 0;
-    let mut apply = |cmd| {
-        index += 1;
-        block_on(sm.apply(vec![entry(index, cmd)]))
-            .unwrap()
-            .remove(0)
-    };
+    let mut apply = one_by_one(&mut sm);
     let held = |start_ts| shared.applied().locks.held.contains_key(&start_ts);
     assert!(matches!(
         apply(prewrite(10, here, b"a")),
@@ -728,13 +733,7 @@ fn a_checked_commit_checks_the_keys_on_the_leases_its_lock_claims() {
     use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
     let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
     let mut sm = StateMachine::new(shared.clone());
-    let mut index = 0;
-    let mut apply = |cmd| {
-        index += 1;
-        block_on(sm.apply(vec![entry(index, cmd)]))
-            .unwrap()
-            .remove(0)
-    };
+    let mut apply = one_by_one(&mut sm);
     apply(Command::LeaseGrant { id: 7, ttl: 600 });
     let leased = TxnRequest {
         success: vec![RequestOp {
