@@ -3,7 +3,8 @@
 //! leads, to the meta region; counting leader changes; flushing the
 //! engine's memtables once writes stop (`cairn_storage`'s quiet flush).
 //! (Lease expiry lives in `crate::lessor`, TSO colocation in `crate::tso`,
-//! closed timestamps in `closes`, bounding Raft logs in `log_purge`.)
+//! closed timestamps in `closes`, bounding Raft logs in `log_purge`,
+//! regions behind the store's compaction in `compaction_lag`.)
 
 use std::time::Duration;
 

@@ -299,8 +299,8 @@ impl Node {
             // that another region may have written: at a timestamp.)
             let local = serializable
                 && r.shared.applied_index() > 0
-                && !(self.several_regions()
-                    && newest_revision_read(req) > r.shared.revisions().current)
+                && !(newest_revision_read(req) > r.shared.revisions().current
+                    && self.several_regions())
                 && self.region_reaches(&r, since, floor).await;
             // While there are several regions, any other is read at a
             // timestamp (as `range` is): its header is the store's
