@@ -1,8 +1,10 @@
 //! Shared machinery of the Lock and Election services, built like etcd's
 //! `concurrency` package on plain KV, leases and revisions:
 //!
-//! - a contender writes `prefix/<lease hex>` bound to its lease (or finds its
-//!   own earlier key), and its `create_revision` is its place in line;
+//! - a contender writes `prefix/<lease hex>` bound to its lease (or takes
+//!   over its own earlier key, writing it again so that the earlier call's
+//!   clean-up leaves it alone: [`enter`]), and its `create_revision` is its
+//!   place in line;
 //! - it owns the lock (leads the election) when no key under the prefix has a
 //!   smaller `create_revision`; otherwise it waits for the deletion of the
 //!   key just before it (not for all of them: no thundering herd);
@@ -73,15 +75,35 @@ fn op(r: Request) -> RequestOp {
     RequestOp { request: Some(r) }
 }
 
-/// Creates (or finds) the contender key `prefix + hex(lease)`; returns it and
-/// its create revision.
+/// A contender's key, as this call entered it.
+#[derive(Clone, Debug)]
+pub struct Entered {
+    /// `prefix + hex(lease)`.
+    pub key: Vec<u8>,
+    /// Its create revision: its place in line.
+    pub rev: i64,
+    /// The revision this call last wrote it at: a later call with the same
+    /// lease that takes the key over writes it again, so this call's
+    /// clean-up ([`AbandonGuard`]) can tell the key is no longer its own.
+    pub modified: i64,
+}
+
+/// Creates (or takes over) the contender key `prefix + hex(lease)`.
+///
+/// A key of an earlier call with the same lease keeps its place in line;
+/// it is written again (the value, under its create revision: etcd's
+/// `Proclaim` where the value differs), so an earlier call that gave up
+/// and whose clean-up is still on its way deletes nothing it no longer
+/// owns. etcd writes it only when the value differs; the extra write is
+/// the price of that clean-up running after its call ended. (A clean-up
+/// that lands first deleted the key: entered again, anew.)
 pub async fn enter(
     ctx: &Context,
     prefix: &[u8],
     lease: i64,
     value: &[u8],
     access: &Access,
-) -> Result<(Vec<u8>, i64), Error> {
+) -> Result<Entered, Error> {
     let mut key = prefix.to_vec();
     key.extend_from_slice(format!("{lease:x}").as_bytes());
     let put = PutRequest {
@@ -90,57 +112,66 @@ pub async fn enter(
         lease,
         ..Default::default()
     };
-    let txn = TxnRequest {
-        compare: vec![Compare {
-            result: CompareResult::Equal as i32,
-            target: CompareTarget::Create as i32,
-            key: key.clone(),
-            target_union: Some(TargetUnion::CreateRevision(0)),
-            range_end: Vec::new(),
-        }],
-        success: vec![op(Request::RequestPut(put.clone()))],
-        failure: vec![op(Request::RequestRange(RangeRequest {
-            key: key.clone(),
-            ..Default::default()
-        }))],
+    let created_at = |rev: i64| Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Create as i32,
+        key: key.clone(),
+        target_union: Some(TargetUnion::CreateRevision(rev)),
+        range_end: Vec::new(),
     };
-    let resp = ctx.node.txn(&txn, access).await?;
-    if resp.succeeded {
-        return Ok((key, resp.header.map_or(0, |h| h.revision)));
-    }
-    // Our key exists from an earlier attempt with the same lease: keep our
-    // place in line, update the value.
-    let existing = match resp.responses.first().and_then(|r| r.response.as_ref()) {
-        Some(Response::ResponseRange(r)) => r.kvs.first().cloned(),
-        _ => None,
-    };
-    let Some(kv) = existing else {
-        return Err(cairn_store::Error::Internal("contender key vanished".into()).into());
-    };
-    if kv.value != value {
-        // Only while it is still that key (etcd's `Proclaim`): a put after
-        // a concurrent resign or unlock deleted it would bring it back, at
-        // a new create revision nobody waits on. Then the wait finds it
-        // gone.
-        ctx.node
+    for _ in 0..ENTER_ATTEMPTS {
+        let txn = TxnRequest {
+            compare: vec![created_at(0)],
+            success: vec![op(Request::RequestPut(put.clone()))],
+            failure: vec![op(Request::RequestRange(RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            }))],
+        };
+        let resp = ctx.node.txn(&txn, access).await?;
+        let at = resp.header.as_ref().map_or(0, |h| h.revision);
+        if resp.succeeded {
+            return Ok(Entered {
+                key,
+                rev: at,
+                modified: at,
+            });
+        }
+        let existing = match resp.responses.first().and_then(|r| r.response.as_ref()) {
+            Some(Response::ResponseRange(r)) => r.kvs.first().cloned(),
+            _ => None,
+        };
+        let Some(kv) = existing else {
+            continue;
+        };
+        // Only while it is still that key: a put after a concurrent
+        // resign, unlock or clean-up deleted it would bring it back at a
+        // new create revision nobody waits on.
+        let resp = ctx
+            .node
             .txn(
                 &TxnRequest {
-                    compare: vec![Compare {
-                        result: CompareResult::Equal as i32,
-                        target: CompareTarget::Create as i32,
-                        key: key.clone(),
-                        target_union: Some(TargetUnion::CreateRevision(kv.create_revision)),
-                        range_end: Vec::new(),
-                    }],
-                    success: vec![op(Request::RequestPut(put))],
+                    compare: vec![created_at(kv.create_revision)],
+                    success: vec![op(Request::RequestPut(put.clone()))],
                     ..Default::default()
                 },
                 access,
             )
             .await?;
+        if resp.succeeded {
+            return Ok(Entered {
+                key,
+                rev: kv.create_revision,
+                modified: resp.header.map_or(0, |h| h.revision),
+            });
+        }
     }
-    Ok((key, kv.create_revision))
+    Err(cairn_store::Error::Internal("contender key keeps vanishing".into()).into())
 }
+
+/// Rounds [`enter`] tries before giving up on a key deleted under it each
+/// time.
+const ENTER_ATTEMPTS: usize = 5;
 
 /// The first key (smallest create revision) under `prefix`, linearizably:
 /// the lock holder or election leader.
@@ -166,17 +197,17 @@ pub async fn first(
     Ok(r.kvs.into_iter().next())
 }
 
-/// Waits until the contender `(key, rev)` is first in line under `prefix`;
+/// Waits until the contender `entered` is first in line under `prefix`;
 /// fails with `expired` (etcd's message) if its own key is gone. Returns
 /// the revision of the read that found it first.
 pub async fn wait_turn(
     ctx: &Context,
     prefix: &[u8],
-    key: &[u8],
-    rev: i64,
+    entered: &Entered,
     expired: &'static str,
     access: &Access,
 ) -> Result<i64, Error> {
+    let (key, rev) = (entered.key.as_slice(), entered.rev);
     loop {
         let mut feed = changes(ctx, prefix).await;
         let (own, ahead, at) = place_in_line(ctx, prefix, key, rev, access).await?;
@@ -283,27 +314,42 @@ async fn wait_for(feed: &mut FeedMerger, hit: impl Fn(&cairn_api::mvccpb::Event)
     }
 }
 
-/// Deletes `key` if it still has create revision `rev` (a no-op otherwise).
-pub async fn leave(
-    ctx: &Context,
-    key: &[u8],
-    rev: Option<i64>,
-    access: &Access,
-) -> Result<i64, Error> {
+/// Which key [`leave`] deletes.
+#[derive(Clone, Copy, Debug)]
+pub enum Only {
+    /// Whatever is there (Unlock).
+    Any,
+    /// The key created at this revision (Resign).
+    Created(i64),
+    /// The key as a call entered it: created and last written at these
+    /// revisions (an abandoned acquisition's clean-up).
+    Untouched { created: i64, modified: i64 },
+}
+
+/// Deletes `key` if it is still the one `only` names (a no-op otherwise).
+pub async fn leave(ctx: &Context, key: &[u8], only: Only, access: &Access) -> Result<i64, Error> {
     let del = op(Request::RequestDeleteRange(DeleteRangeRequest {
         key: key.to_vec(),
         ..Default::default()
     }));
-    let compare = rev
-        .map(|rev| Compare {
-            result: CompareResult::Equal as i32,
-            target: CompareTarget::Create as i32,
-            key: key.to_vec(),
-            target_union: Some(TargetUnion::CreateRevision(rev)),
-            range_end: Vec::new(),
-        })
-        .into_iter()
-        .collect();
+    let compare = |target: CompareTarget, union: TargetUnion| Compare {
+        result: CompareResult::Equal as i32,
+        target: target as i32,
+        key: key.to_vec(),
+        target_union: Some(union),
+        range_end: Vec::new(),
+    };
+    let compare = match only {
+        Only::Any => Vec::new(),
+        Only::Created(rev) => vec![compare(
+            CompareTarget::Create,
+            TargetUnion::CreateRevision(rev),
+        )],
+        Only::Untouched { created, modified } => vec![
+            compare(CompareTarget::Create, TargetUnion::CreateRevision(created)),
+            compare(CompareTarget::Mod, TargetUnion::ModRevision(modified)),
+        ],
+    };
     let resp = ctx
         .node
         .txn(
@@ -319,16 +365,19 @@ pub async fn leave(
 }
 
 /// Deletes a contender key when an acquisition is abandoned (client gone)
-/// before it completed.
+/// before it completed — unless a later call with the same lease took the
+/// key over meanwhile (its write moved the key's mod revision): the
+/// clean-up runs after the call ended, maybe long after (it waits on
+/// whatever holds the key), and must not delete a key another call holds.
 pub struct AbandonGuard {
-    ctx: Option<(std::sync::Arc<Context>, Vec<u8>, i64)>,
+    ctx: Option<(std::sync::Arc<Context>, Entered)>,
 }
 
 impl AbandonGuard {
-    /// Guards `key` created at `rev`.
-    pub fn new(ctx: std::sync::Arc<Context>, key: Vec<u8>, rev: i64) -> Self {
+    /// Guards `entered`.
+    pub fn new(ctx: std::sync::Arc<Context>, entered: &Entered) -> Self {
         Self {
-            ctx: Some((ctx, key, rev)),
+            ctx: Some((ctx, entered.clone())),
         }
     }
     /// The acquisition completed: keep the key.
@@ -339,9 +388,13 @@ impl AbandonGuard {
 
 impl Drop for AbandonGuard {
     fn drop(&mut self) {
-        if let Some((ctx, key, rev)) = self.ctx.take() {
+        if let Some((ctx, e)) = self.ctx.take() {
             tokio::spawn(async move {
-                let _ = leave(&ctx, &key, Some(rev), &Access::Internal).await;
+                let only = Only::Untouched {
+                    created: e.rev,
+                    modified: e.modified,
+                };
+                let _ = leave(&ctx, &e.key, only, &Access::Internal).await;
             });
         }
     }

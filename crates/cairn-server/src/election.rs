@@ -67,16 +67,16 @@ impl Election for ElectionService {
         let access = auth::access(&req, needs::prefix(&pfx, &coord::prefix_end(&pfx)));
         let req = req.into_inner();
         let lease = coord::session_lease(&self.ctx, req.lease, &access).await?;
-        let (key, rev) = coord::enter(&self.ctx, &pfx, lease, &req.value, &access).await?;
-        let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        let at = coord::wait_turn(&self.ctx, &pfx, &key, rev, SESSION_EXPIRED, &access).await?;
+        let entered = coord::enter(&self.ctx, &pfx, lease, &req.value, &access).await?;
+        let guard = AbandonGuard::new(self.ctx.clone(), &entered);
+        let at = coord::wait_turn(&self.ctx, &pfx, &entered, SESSION_EXPIRED, &access).await?;
         guard.disarm();
         Ok(Response::new(CampaignResponse {
             header: Some(self.ctx.header(at)),
             leader: Some(LeaderKey {
                 name: req.name,
-                key,
-                rev,
+                key: entered.key,
+                rev: entered.rev,
                 lease,
             }),
         }))
@@ -199,7 +199,7 @@ impl Election for ElectionService {
         let rev = coord::leave(
             &self.ctx,
             &l.key,
-            Some(l.rev),
+            coord::Only::Created(l.rev),
             &Access::client(&creds, key_rw),
         )
         .await?;

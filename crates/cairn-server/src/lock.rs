@@ -38,14 +38,14 @@ impl Lock for LockService {
         let access = auth::access(&req, needs::prefix(&prefix, &coord::prefix_end(&prefix)));
         let req = req.into_inner();
         let lease = coord::session_lease(&self.ctx, req.lease, &access).await?;
-        let (key, rev) = coord::enter(&self.ctx, &prefix, lease, b"", &access).await?;
+        let entered = coord::enter(&self.ctx, &prefix, lease, b"", &access).await?;
         // If the client goes away while waiting, its place in line is given up.
-        let guard = AbandonGuard::new(self.ctx.clone(), key.clone(), rev);
-        let at = coord::wait_turn(&self.ctx, &prefix, &key, rev, SESSION_EXPIRED, &access).await?;
+        let guard = AbandonGuard::new(self.ctx.clone(), &entered);
+        let at = coord::wait_turn(&self.ctx, &prefix, &entered, SESSION_EXPIRED, &access).await?;
         guard.disarm();
         Ok(Response::new(LockResponse {
             header: Some(self.ctx.header(at)),
-            key,
+            key: entered.key,
         }))
     }
 
@@ -61,7 +61,7 @@ impl Lock for LockService {
                 ..Default::default()
             }),
         );
-        let rev = coord::leave(&self.ctx, &key, None, &access).await?;
+        let rev = coord::leave(&self.ctx, &key, coord::Only::Any, &access).await?;
         Ok(Response::new(UnlockResponse {
             header: Some(self.ctx.header(rev)),
         }))

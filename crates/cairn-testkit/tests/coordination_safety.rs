@@ -249,6 +249,110 @@ async fn a_waiter_whose_lease_ended_is_told_its_session_expired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_lock_call_leaves_the_key_a_retry_with_its_lease_took_over() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch = channel(&c.nodes[0].client_addr).await;
+    let (la, lb, lc) = (
+        grant(&ch, 60).await,
+        grant(&ch, 60).await,
+        grant(&ch, 60).await,
+    );
+    let lock = |lease: i64| {
+        let mut l = LockClient::new(ch.clone());
+        tokio::spawn(async move {
+            l.lock(LockRequest {
+                name: b"r".to_vec(),
+                lease,
+            })
+            .await
+        })
+    };
+    let kv = kv_client::KvClient::new(ch.clone());
+    let b_key = format!("r/{lb:x}").into_bytes();
+    let b_key_there = {
+        let key = b_key.clone();
+        move || {
+            let (mut kv, key) = (kv.clone(), key.clone());
+            async move {
+                let r = kv
+                    .range(RangeRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                r.kvs.into_iter().next()
+            }
+        }
+    };
+    let a_key = lock(la).await.unwrap().unwrap().into_inner().key;
+    // B waits behind A; its client gives up and calls again with the same
+    // lease, which takes B's key over (same place in line).
+    let first = lock(lb);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entered = loop {
+        if let Some(kv) = b_key_there().await {
+            break kv;
+        }
+        assert!(Instant::now() < deadline, "B never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let second = lock(lb);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b_key_there()
+        .await
+        .is_some_and(|kv| kv.mod_revision == entered.mod_revision)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the retry never took the key over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first call ends now: its clean-up must not delete the key the
+    // retry holds its place with.
+    first.abort();
+    let _ = first.await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let kept = b_key_there()
+        .await
+        .expect("the abandoned call deleted the retry's key");
+    assert_eq!(kept.create_revision, entered.create_revision);
+    // A unlocks: the retry holds the lock, and a third locker waits.
+    LockClient::new(ch.clone())
+        .unlock(UnlockRequest { key: a_key })
+        .await
+        .unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner()
+        .key;
+    assert_eq!(held, b_key);
+    let third = lock(lc);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a second holder while B holds the lock"
+    );
+    assert!(b_key_there().await.is_some());
+    LockClient::new(ch.clone())
+        .unlock(UnlockRequest { key: held })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_survives_the_client_half_closing_its_send_side() {
     let c = InProcessCluster::start(1).await;
     c.wait_leader(DATA_REGION).await;
