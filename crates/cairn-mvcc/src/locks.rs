@@ -225,7 +225,23 @@ impl Locks {
             .map_or(current, |f| f.min(current))
     }
 
-    /// Some held lock, if any (what a split or a compaction waits for).
+    /// The first held lock with a span at or above `at`: what a split at
+    /// `at` waits for. A lock wholly below it stays with the parent, whose
+    /// commit writes only there (a lock's spans cover every key its
+    /// transaction reads or writes in the region); lease claims have no
+    /// span and stay with the lease table, which never moves.
+    pub fn at_or_above(&self, at: &[u8]) -> Option<LockRef> {
+        let above: KeySpan = (at.to_vec(), Vec::new());
+        self.held
+            .iter()
+            .find(|(_, l)| l.spans.iter().any(|s| overlaps(s, &above)))
+            .map(|(ts, l)| LockRef {
+                start_ts: *ts,
+                primary: l.primary,
+            })
+    }
+
+    /// Some held lock, if any (what a compaction waits for).
     pub fn any(&self) -> Option<LockRef> {
         self.held.iter().next().map(|(ts, l)| LockRef {
             start_ts: *ts,

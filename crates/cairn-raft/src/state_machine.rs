@@ -1461,9 +1461,12 @@ impl StateMachine {
                 WriteBatch::new(),
                 Reply::Invalid("split of the meta region".into()),
             )),
-            Command::Split { .. } if !state.locks.is_empty() => {
-                // Locks stay with their region until it is free of them.
-                let first = state.locks.any();
+            Command::Split { at, .. } if state.locks.at_or_above(&at).is_some() => {
+                // A lock on keys the child would hold stays with its
+                // region until it is gone; one below the split key (a
+                // lease claim, say) stays in the parent, which keeps its
+                // keys and the lease table.
+                let first = state.locks.at_or_above(&at);
                 Ok((WriteBatch::new(), first.map_or(Reply::Done, Reply::Locked)))
             }
             Command::Split { at, child, epoch } => {

@@ -940,6 +940,78 @@ fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
     assert!(matches!(r[..], [Reply::Txn(_)]), "{r:?}");
 }
 
+/// A split waits for a lock on keys the new region would hold, not for
+/// one wholly below the split key (a lease claim in the first region is
+/// held by every leased put across regions: waiting for none to be held
+/// would starve the first region's splits under such writes). The lock
+/// below stays in the parent and commits there.
+#[test]
+fn a_split_waits_only_for_locks_on_the_new_regions_keys() {
+    use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (shared, _dir) = region(engine.clone());
+    let mut sm = StateMachine::new(shared.clone());
+    let here = shared.region;
+    let mut apply = one_by_one(&mut sm);
+    let prewrite = |start_ts: i64, key: &[u8]| {
+        let Command::Txn { txn, .. } = puts(0, [(key.to_vec(), b"v".to_vec())]) else {
+            unreachable!()
+        };
+        Command::Prewrite {
+            start_ts,
+            primary: here,
+            regions: vec![here, 77],
+            spans: vec![etcd_span(key, &[])],
+            txn,
+            leases: LeaseClaims::default(),
+        }
+    };
+    let commit = |start_ts, commit_ts| Command::CommitLocked {
+        start_ts,
+        commit_ts,
+        path: vec![true],
+    };
+    let split = || Command::Split {
+        at: b"m".to_vec(),
+        child: 9,
+        epoch: 1,
+    };
+    assert!(matches!(apply(prewrite(10, b"b")), Reply::Revision(_)));
+    assert!(matches!(apply(prewrite(11, b"q")), Reply::Revision(_)));
+    assert!(
+        matches!(apply(split()), Reply::Locked(l) if l.start_ts == 11),
+        "the lock on q holds the split"
+    );
+    assert!(matches!(
+        apply(commit(11, 20)),
+        Reply::Outcome(Some(Outcome::Committed { .. }))
+    ));
+    assert_eq!(apply(split()), Reply::Done, "only the lock on b is left");
+    assert_eq!(shared.range().end, b"m".to_vec());
+    assert!(shared.applied().locks.held.contains_key(&10));
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotDir::open(dir.path()).unwrap());
+    let child = RegionShared::load(9, RegionKind::Data, engine, snapshots).unwrap();
+    assert!(child.applied().locks.is_empty());
+    assert_eq!(child.resolved(), child.applied().current_revision);
+    assert!(matches!(
+        apply(commit(10, 21)),
+        Reply::Outcome(Some(Outcome::Committed { commit_ts: 21, .. }))
+    ));
+    let (view, revs) = shared.read_view();
+    let got = cairn_mvcc::range(
+        &*view,
+        &RangeRequest {
+            key: b"b".to_vec(),
+            ..Default::default()
+        },
+        revs,
+    )
+    .unwrap();
+    assert_eq!(got.kvs.len(), 1);
+    assert_eq!(got.kvs[0].mod_revision, 21);
+}
+
 #[test]
 fn a_split_moves_leased_keys_and_the_first_region_then_leaves_their_revoke_to_a_txn_across() {
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());

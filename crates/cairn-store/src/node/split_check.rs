@@ -32,7 +32,8 @@
 //! The split itself is `Node::split_region_at_epoch`: one command in the
 //! region's log carrying the epoch the key was chosen at, refused with
 //! `EpochMismatch` if the region split since, or while a transaction
-//! across regions holds a lock in it. After any refusal or failure the
+//! across regions holds a lock on keys at or above the split key. After
+//! any refusal or failure the
 //! checker leaves the region alone for [`QUIET_AFTER_FAILURE`], then
 //! measures it again.
 
