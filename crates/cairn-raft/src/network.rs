@@ -75,6 +75,15 @@ impl Faults {
             self.partition(node, *o);
         }
     }
+    /// Restores the links between `node` and every node in `others` (the
+    /// other faults stay).
+    pub fn rejoin(&self, node: NodeId, others: &[NodeId]) {
+        let mut c = self.cut.lock();
+        for o in others {
+            c.remove(&(node, *o));
+            c.remove(&(*o, node));
+        }
+    }
     /// Restores every link, stops dropping and delaying.
     pub fn heal(&self) {
         self.cut.lock().clear();

@@ -63,11 +63,13 @@ impl AuthService {
     }
 
     async fn change(&self, creds: &Credentials, cmd: AuthCmd) -> Result<(), Status> {
+        // Fenced in every region: it runs to its end even if the client
+        // goes away, or a region would go unfenced until its leader
+        // mends it.
+        let creds = creds.clone();
         self.ctx
-            .node
-            .auth_change(creds, cmd)
-            .await
-            .map_err(Error::from)?;
+            .to_the_end(|node| async move { node.auth_change(&creds, cmd).await })
+            .await?;
         Ok(())
     }
 

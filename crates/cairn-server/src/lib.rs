@@ -99,6 +99,24 @@ impl Context {
             raft_term: self.node.raft_term(),
         }
     }
+
+    /// Runs `work` on the node to its end even if the client goes away
+    /// meanwhile (a handler's future is dropped then): for changes that
+    /// are proposed in every region one after another, which a cancel
+    /// midway would leave in some regions only.
+    pub(crate) async fn to_the_end<T, F>(
+        &self,
+        work: impl FnOnce(Arc<Node>) -> F,
+    ) -> Result<T, error::Error>
+    where
+        F: Future<Output = cairn_store::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(work(self.node.clone()))
+            .await
+            .map_err(|e| cairn_store::Error::Internal(e.to_string()))?
+            .map_err(error::Error::from)
+    }
 }
 
 /// Accepted connections with Nagle off: small gRPC responses must not wait

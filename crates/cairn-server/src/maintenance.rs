@@ -71,14 +71,13 @@ impl Maintenance for MaintenanceService {
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
-            errors: self
-                .ctx
-                .node
-                .alarms()
+            // As etcd's: no leader first, then every alarm.
+            errors: (s.leader == 0)
+                .then(|| "etcdserver: no leader".to_string())
                 .into_iter()
-                .map(|(member, alarm)| {
+                .chain(self.ctx.node.alarms().into_iter().map(|(member, alarm)| {
                     format!("memberID:{member} alarm:{} ", quota::alarm_name(alarm))
-                })
+                }))
                 .collect(),
             db_size_in_use: s.db_size_in_use,
             is_learner: false,
@@ -175,7 +174,17 @@ impl Maintenance for MaintenanceService {
                 .collect(),
             Ok(action) => {
                 node.authorize(&admin).await.map_err(Error::from)?;
+                let activate = action == AlarmAction::Activate;
                 if req.alarm == 0 {
+                    // etcd clears no alarm of type NONE, and says nothing
+                    // (a gateway `{"action":"DEACTIVATE"}`); raising one
+                    // it would record as a NONE alarm, refused here.
+                    if !activate {
+                        return Ok(Response::new(AlarmResponse {
+                            header: Some(self.ctx.header(node.revision())),
+                            alarms: Vec::new(),
+                        }));
+                    }
                     return Err(Status::invalid_argument(
                         "etcdserver: alarm type is not given",
                     ));
@@ -185,9 +194,13 @@ impl Maintenance for MaintenanceService {
                 } else {
                     req.member_id
                 };
-                node.alarm(action == AlarmAction::Activate, member, req.alarm)
-                    .await
-                    .map_err(Error::from)?
+                // Proposed in every region: it runs to its end even if
+                // the client goes away, or regions would disagree until
+                // their leaders mend them.
+                let alarm = req.alarm;
+                self.ctx
+                    .to_the_end(|node| async move { node.alarm(activate, member, alarm).await })
+                    .await?
             }
             Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         };

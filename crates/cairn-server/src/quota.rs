@@ -50,7 +50,9 @@ pub fn check(ctx: &Context, may_add: bool) -> Result<(), Status> {
         return Ok(());
     }
     // One proposal at a time per member, not one per refused write.
-    if !ctx.node.alarms().contains(&(ctx.node.id, NOSPACE)) && RAISING.lock().insert(ctx.node.id) {
+    if !ctx.node.store_alarms().contains(&(ctx.node.id, NOSPACE))
+        && RAISING.lock().insert(ctx.node.id)
+    {
         let node = ctx.node.clone();
         tokio::spawn(async move {
             if let Err(e) = node.alarm(true, node.id, NOSPACE).await {

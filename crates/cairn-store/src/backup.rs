@@ -61,12 +61,22 @@ impl Node {
         let auth = self.meta_shared().with_applied(|a| a.auth.clone());
         // (By the first region's range, not by counting regions: a region
         // frozen for a merge holds no range for a while.)
-        let (keys, leases, revs) = if self.several_regions() {
-            let views = self.views_for_backup().await?;
-            (views.keys, views.leases, views.revs)
+        let one = if self.several_regions() {
+            None
         } else {
             let (view, revs) = self.linearizable_view(DATA_REGION).await?;
-            (view.clone(), view, revs)
+            // Catching up may have applied the first split here: the
+            // region's revision is then no cut of the store (the new
+            // region's writes have their own timestamps), so it is taken
+            // as across several regions.
+            (!self.several_regions()).then_some((view, revs))
+        };
+        let (keys, leases, revs) = match one {
+            Some((view, revs)) => (view.clone(), view, revs),
+            None => {
+                let views = self.views_for_backup().await?;
+                (views.keys, views.leases, views.revs)
+            }
         };
         let dir = self.config.data_dir.clone();
         tokio::task::spawn_blocking(move || -> Result<Backup> {

@@ -96,7 +96,7 @@ impl Node {
             .filter(|&&(_, h)| h != good)
             .map(|&(m, _)| m)
             .collect();
-        let raised = self.alarms();
+        let raised = self.store_alarms();
         for &member in &corrupt {
             tracing::error!(
                 member = format_args!("{member:x}"),

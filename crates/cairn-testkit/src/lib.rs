@@ -463,6 +463,20 @@ impl InProcessCluster {
         }
     }
 
+    /// Restores node `i`'s links cut by [`InProcessCluster::isolate`]
+    /// (other faults stay).
+    pub fn rejoin(&self, i: usize) {
+        let others: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|t| t.id != self.nodes[i].id)
+            .map(|t| t.id)
+            .collect();
+        for t in self.nodes.iter().filter_map(|t| t.running.as_ref()) {
+            t.node.pool.faults.rejoin(self.nodes[i].id, &others);
+        }
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         for t in self.nodes.iter().filter_map(|t| t.running.as_ref()) {

@@ -425,3 +425,125 @@ async fn a_restarted_member_is_handed_its_share_of_region_leaders() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_that_missed_an_alarm_or_an_auth_fence_is_brought_in_line() {
+    use cairn_raft::Command;
+    use cairn_store::ALARM_NOSPACE;
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let n = c.node(0);
+    let second = n.split_region(DATA_REGION, b"k".to_vec()).await.unwrap();
+    let mut client = c.kv(1).await;
+    let nospace = |activate| Command::Alarm {
+        activate,
+        member: n.id,
+        alarm: ALARM_NOSPACE,
+    };
+
+    // Raised in the second region alone (the store-wide raise failed in
+    // the first): it refuses its keys' writes and is listed; the first
+    // region's set is the store's, so the second region's leader clears
+    // it once the difference has stood for longer than a raise takes.
+    n.propose_in_one_region(second, nospace(true))
+        .await
+        .unwrap();
+    let e = kv::put(&mut client, "z", "v").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    wait_for("the raise applied here", || {
+        n.alarms().contains(&(n.id, ALARM_NOSPACE))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while kv::put(&mut client, "z", "v").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the second region never cleared it"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("no alarm listed", || n.alarms().is_empty()).await;
+
+    // Raised everywhere, then cleared in the first region alone: still
+    // listed while the second refuses writes, so a disarm (etcdctl lists,
+    // then clears what it found) puts it right at once.
+    n.alarm(true, n.id, ALARM_NOSPACE).await.unwrap();
+    n.propose_in_one_region(DATA_REGION, nospace(false))
+        .await
+        .unwrap();
+    kv::put(&mut client, "a", "v").await.unwrap();
+    let e = kv::put(&mut client, "z", "v").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert_eq!(n.alarms(), vec![(n.id, ALARM_NOSPACE)]);
+    n.alarm(false, n.id, ALARM_NOSPACE).await.unwrap();
+    kv::put(&mut client, "z", "v").await.unwrap();
+
+    // An auth change the meta region committed, fenced nowhere (its
+    // proposer died): every region's leader fences it.
+    let store = n.auth_revision() + 1;
+    let add = cairn_auth::AuthCmd::UserAdd {
+        name: "late".into(),
+        password: None,
+    };
+    n.propose_in_one_region(META_REGION, Command::Auth(add))
+        .await
+        .unwrap();
+    wait_for("every region fenced at the auth store's revision", || {
+        (0..3).all(|i| {
+            let node = c.node(i);
+            node.auth_revision() >= store
+                && node
+                    .regions_overlapping(b"", None)
+                    .into_iter()
+                    .all(|(r, _, _)| r.shared.with_applied(|a| a.auth_fence) >= store)
+        })
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_that_catches_up_on_the_first_split_holds_the_new_regions_writes() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let away = (leader + 1) % 3;
+    let mut client = c.kv(leader).await;
+    kv::put(&mut client, "a", "before").await.unwrap();
+    // The first split happens while one member is cut off, and the new
+    // region takes a write.
+    c.isolate(away);
+    c.node(leader)
+        .split_region(DATA_REGION, b"m".to_vec())
+        .await
+        .unwrap();
+    let written = kv::put(&mut client, "z", "after").await.unwrap();
+    // Back, but no data region's entries reach it yet: asked of that
+    // member, the backup finds one region, and applies the split while it
+    // catches up on it.
+    let entries = |on: bool| {
+        for i in 0..3 {
+            c.node(i).pool.faults.drop_entry_appends(on);
+        }
+    };
+    entries(true);
+    c.rejoin(away);
+    let backup = {
+        let node = c.node(away).clone();
+        tokio::spawn(async move { node.backup().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!backup.is_finished(), "the backup waits for the split");
+    assert_eq!(
+        ranges(c.node(away)).len(),
+        1,
+        "the split is not applied yet"
+    );
+    entries(false);
+    let backup = backup.await.unwrap().unwrap();
+    assert!(
+        backup.revision >= written,
+        "the backup at {} misses the write at {written}",
+        backup.revision
+    );
+    c.shutdown().await;
+}

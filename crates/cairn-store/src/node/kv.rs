@@ -6,7 +6,7 @@ use cairn_api::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnRespon
 use cairn_raft::Command;
 use prost::Message;
 
-use crate::node::{CatchUp, Node, DATA_REGION, REQUEST_TIMEOUT};
+use crate::node::{CatchUp, Node, DATA_REGION, META_REGION, REQUEST_TIMEOUT};
 use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
 
@@ -367,8 +367,28 @@ impl Node {
         self.propose_everywhere(cmd).await?.alarms()
     }
 
-    /// The alarms raised, as this replica has applied them.
+    /// The alarms raised, as this member's replicas have applied them: in
+    /// any data region. Each region keeps its own set and refuses writes
+    /// by it; a raise or disarm that reached some regions only is in
+    /// force in the rest until their leaders mend them
+    /// (`region_catch_up`), and is listed meanwhile, so a disarm clears
+    /// what still refuses writes somewhere.
     pub fn alarms(&self) -> Vec<(u64, i32)> {
+        let mut all = std::collections::BTreeSet::new();
+        for r in self.regions.all() {
+            if r.id != META_REGION {
+                r.shared
+                    .with_applied(|a| all.extend(a.alarms.iter().copied()));
+            }
+        }
+        all.into_iter().collect()
+    }
+
+    /// The alarms raised in the store, as this member's replica of the
+    /// first data region has applied them: what a raise looks at before
+    /// raising again (an alarm only some other region holds is cleared
+    /// there by its leader, `region_catch_up`).
+    pub fn store_alarms(&self) -> Vec<(u64, i32)> {
         self.region(DATA_REGION)
             .map(|r| {
                 r.shared

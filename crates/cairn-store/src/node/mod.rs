@@ -45,7 +45,6 @@
 mod background;
 mod backup_view;
 mod closes;
-mod compaction_lag;
 mod compaction_sweeps;
 mod forward;
 mod hibernate;
@@ -59,6 +58,7 @@ mod merge_check;
 mod range_across;
 mod range_serializable;
 mod reads;
+mod region_catch_up;
 mod registry;
 mod report;
 pub(crate) mod routing;

@@ -231,7 +231,7 @@ impl Node {
         ));
         tokio::spawn(tso::colocate(Arc::downgrade(&node)));
         tokio::spawn(super::log_purge::bound_logs(Arc::downgrade(&node)));
-        tokio::spawn(super::compaction_lag::catch_up_compactions(Arc::downgrade(
+        tokio::spawn(super::region_catch_up::catch_up_regions(Arc::downgrade(
             &node,
         )));
         tokio::spawn(super::compaction_sweeps::sweep_compactions(Arc::downgrade(
