@@ -76,11 +76,22 @@ pub static PEER_RTT: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("registered once")
 });
 
-/// Leaders this node has seen take over (any region).
+/// Leaders this node has seen take over the first data region (the one
+/// Status reports the leader of): etcd's count of its one Raft group's.
 pub static LEADER_CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "etcd_server_leader_changes_seen_total",
         "The number of leader changes seen."
+    )
+    .expect("registered once")
+});
+
+/// Leaders this node has seen take over any region (a split's new region
+/// counts its first, a leader the balancer moves one).
+pub static REGION_LEADER_CHANGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "cairn_region_leader_changes_seen_total",
+        "The number of leader changes seen, in any region."
     )
     .expect("registered once")
 });

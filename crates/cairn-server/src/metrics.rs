@@ -189,7 +189,7 @@ fn node_gauges(ctx: &Context) -> prometheus::Result<Registry> {
         &r,
         "etcd_mvcc_db_total_size_in_use_in_bytes",
         "Total size of the underlying database logically in use in bytes.",
-        s.db_size,
+        s.db_size_in_use,
     )?;
     gauge(
         &r,

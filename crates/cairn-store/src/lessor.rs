@@ -247,7 +247,16 @@ impl Lessor {
             st.clear();
             let now = Instant::now();
             let (snap, _) = self.shared.read_view();
-            for r in lease::list(&*snap).unwrap_or_default() {
+            let listed = match lease::list(&*snap) {
+                Ok(listed) => listed,
+                Err(e) => {
+                    // Primed with no lease, none would expire this term:
+                    // unprimed, it is tried again at the next call.
+                    tracing::warn!(node = self.me, term, "lessor: listing the leases: {e}");
+                    return None;
+                }
+            };
+            for r in listed {
                 let left = if r.remaining > 0 { r.remaining } else { r.ttl };
                 st.insert(r.id, r.ttl, now + secs(left), self.checkpoint_every);
             }
@@ -394,9 +403,22 @@ impl Lessor {
                 break;
             }
             st.expiry.pop_first();
-            if !matches!(lease::get(&*snap, id), Ok(Some(_))) {
-                st.remove(id);
-                continue;
+            match lease::get(&*snap, id) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    st.remove(id);
+                    continue;
+                }
+                Err(e) => {
+                    // Not known to be gone: looked at again shortly.
+                    tracing::warn!(node = self.me, id, "lessor: reading a due lease: {e}");
+                    let again = now + REVOKE_RETRY;
+                    if let Some(t) = st.leases.get_mut(&id) {
+                        t.expiry_at = again;
+                        st.expiry.insert((again, id));
+                    }
+                    continue;
+                }
             }
             let retry = now + REVOKE_RETRY;
             let Some(t) = st.leases.get_mut(&id) else {

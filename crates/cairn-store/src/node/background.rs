@@ -4,7 +4,8 @@
 //! engine's memtables once writes stop (`cairn_storage`'s quiet flush).
 //! (Lease expiry lives in `crate::lessor`, TSO colocation in `crate::tso`,
 //! closed timestamps in `closes`, bounding Raft logs in `log_purge`,
-//! regions behind the store's compaction in `compaction_lag`.)
+//! regions behind the store's compaction, alarms or auth fence in
+//! `region_catch_up`.)
 
 use std::time::Duration;
 
@@ -117,9 +118,11 @@ pub(super) async fn publish_regions(node: std::sync::Weak<Node>) {
     }
 }
 
-/// Counts each new leader this replica sees (`etcd_server_leader_changes_seen_total`)
-/// and logs it (as etcd logs "elected leader … at term …") until its Raft
-/// stops.
+/// Counts each new leader this replica sees (`cairn_region_leader_changes_seen_total`;
+/// the first data region's also as etcd's
+/// `etcd_server_leader_changes_seen_total`, so a restart or a burst of
+/// splits does not look like an unstable cluster) and logs it (as etcd
+/// logs "elected leader … at term …") until its Raft stops.
 pub(super) async fn count_leader_changes(
     region: u64,
     mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
@@ -131,7 +134,10 @@ pub(super) async fn count_leader_changes(
             (m.current_leader, m.current_term)
         };
         if let Some(l) = leader.filter(|_| leader != last) {
-            cairn_raft::metrics::LEADER_CHANGES.inc();
+            cairn_raft::metrics::REGION_LEADER_CHANGES.inc();
+            if region == super::DATA_REGION {
+                cairn_raft::metrics::LEADER_CHANGES.inc();
+            }
             tracing::info!(region, term, "leader is {l:x}");
         }
         last = leader;
