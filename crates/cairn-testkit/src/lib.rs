@@ -452,28 +452,27 @@ impl InProcessCluster {
 
     /// Cuts node `i` off from every other node (both directions).
     pub fn isolate(&self, i: usize) {
-        let others: Vec<u64> = self
-            .nodes
-            .iter()
-            .filter(|t| t.id != self.nodes[i].id)
-            .map(|t| t.id)
-            .collect();
-        for t in self.nodes.iter().filter_map(|t| t.running.as_ref()) {
-            t.node.pool.faults.isolate(self.nodes[i].id, &others);
-        }
+        self.links_of(i, cairn_raft::network::Faults::isolate);
     }
 
     /// Restores node `i`'s links cut by [`InProcessCluster::isolate`]
     /// (other faults stay).
     pub fn rejoin(&self, i: usize) {
+        self.links_of(i, cairn_raft::network::Faults::rejoin);
+    }
+
+    /// Applies `change` to node `i`'s links with every other node, in
+    /// every running node's faults.
+    fn links_of(&self, i: usize, change: fn(&cairn_raft::network::Faults, u64, &[u64])) {
+        let me = self.nodes[i].id;
         let others: Vec<u64> = self
             .nodes
             .iter()
-            .filter(|t| t.id != self.nodes[i].id)
+            .filter(|t| t.id != me)
             .map(|t| t.id)
             .collect();
         for t in self.nodes.iter().filter_map(|t| t.running.as_ref()) {
-            t.node.pool.faults.rejoin(self.nodes[i].id, &others);
+            change(&t.node.pool.faults, me, &others);
         }
     }
 

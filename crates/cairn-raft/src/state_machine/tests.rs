@@ -640,6 +640,31 @@ fn one_by_one(sm: &mut StateMachine) -> impl FnMut(Command) -> Reply + '_ {
     }
 }
 
+/// A prewrite of transaction `start_ts` putting `key`, in the regions
+/// `regions` (the primary first).
+fn prewrite_put(start_ts: i64, regions: &[u64], key: &[u8]) -> Command {
+    let Command::Txn { txn, .. } = puts(0, [(key.to_vec(), b"v".to_vec())]) else {
+        unreachable!()
+    };
+    Command::Prewrite {
+        start_ts,
+        primary: regions[0],
+        regions: regions.to_vec(),
+        spans: vec![cairn_mvcc::locks::etcd_span(key, &[])],
+        txn,
+        leases: cairn_mvcc::locks::LeaseClaims::default(),
+    }
+}
+
+/// The commit of transaction `start_ts` at `commit_ts`, its first branch.
+fn commit_locked(start_ts: i64, commit_ts: i64) -> Command {
+    Command::CommitLocked {
+        start_ts,
+        commit_ts,
+        path: vec![true],
+    }
+}
+
 /// The commit at a transaction's primary decides it, so it is where a
 /// cross-region Txn meets what etcd checks at apply: an auth change fenced
 /// since the caller was checked (`Checked` around it: refused), a NOSPACE
@@ -649,28 +674,12 @@ fn one_by_one(sm: &mut StateMachine) -> impl FnMut(Command) -> Reply + '_ {
 /// commits under the alarm.
 #[test]
 fn the_primary_commit_is_refused_behind_a_newer_auth_fence_or_an_alarm() {
-    use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
+    use cairn_mvcc::locks::Outcome;
     let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
     let mut sm = StateMachine::new(shared.clone());
     let here = shared.region;
-    let prewrite = |start_ts: i64, primary: u64, key: &[u8]| {
-        let Command::Txn { txn, .. } = puts(0, [(key.to_vec(), b"v".to_vec())]) else {
-            unreachable!()
-        };
-        Command::Prewrite {
-            start_ts,
-            primary,
-            regions: vec![primary, here],
-            spans: vec![etcd_span(key, &[])],
-            txn,
-            leases: LeaseClaims::default(),
-        }
-    };
-    let commit = |start_ts, commit_ts| Command::CommitLocked {
-        start_ts,
-        commit_ts,
-        path: vec![true],
-    };
+    let prewrite = |start_ts, primary, key: &[u8]| prewrite_put(start_ts, &[primary, here], key);
+    let commit = commit_locked;
     let checked = |auth_revision, cmd| Command::Checked {
         auth_revision,
         cmd: Box::new(cmd),
@@ -947,30 +956,14 @@ fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
 /// below stays in the parent and commits there.
 #[test]
 fn a_split_waits_only_for_locks_on_the_new_regions_keys() {
-    use cairn_mvcc::locks::{etcd_span, LeaseClaims, Outcome};
+    use cairn_mvcc::locks::Outcome;
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
     let (shared, _dir) = region(engine.clone());
     let mut sm = StateMachine::new(shared.clone());
     let here = shared.region;
     let mut apply = one_by_one(&mut sm);
-    let prewrite = |start_ts: i64, key: &[u8]| {
-        let Command::Txn { txn, .. } = puts(0, [(key.to_vec(), b"v".to_vec())]) else {
-            unreachable!()
-        };
-        Command::Prewrite {
-            start_ts,
-            primary: here,
-            regions: vec![here, 77],
-            spans: vec![etcd_span(key, &[])],
-            txn,
-            leases: LeaseClaims::default(),
-        }
-    };
-    let commit = |start_ts, commit_ts| Command::CommitLocked {
-        start_ts,
-        commit_ts,
-        path: vec![true],
-    };
+    let prewrite = |start_ts, key: &[u8]| prewrite_put(start_ts, &[here, 77], key);
+    let commit = commit_locked;
     let split = || Command::Split {
         at: b"m".to_vec(),
         child: 9,
