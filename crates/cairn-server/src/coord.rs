@@ -174,12 +174,12 @@ pub async fn enter(
 const ENTER_ATTEMPTS: usize = 5;
 
 /// The first key (smallest create revision) under `prefix`, linearizably:
-/// the lock holder or election leader.
+/// the lock holder or election leader; and the revision it was read at.
 pub async fn first(
     ctx: &Context,
     prefix: &[u8],
     access: &Access,
-) -> Result<Option<KeyValue>, Error> {
+) -> Result<(Option<KeyValue>, i64), Error> {
     let r = ctx
         .node
         .range(
@@ -194,7 +194,8 @@ pub async fn first(
             access,
         )
         .await?;
-    Ok(r.kvs.into_iter().next())
+    let at = r.header.as_ref().map_or(0, |h| h.revision);
+    Ok((r.kvs.into_iter().next(), at))
 }
 
 /// Waits until the contender `entered` is first in line under `prefix`;

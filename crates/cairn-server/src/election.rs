@@ -20,6 +20,8 @@ use cairn_store::Access;
 use crate::auth;
 use crate::coord::{self, AbandonGuard};
 use crate::Context;
+use cairn_api::mvccpb::event::EventType;
+use cairn_store::watch_hub::{FeedMerger, HubItem};
 
 /// etcd's messages for election misuse.
 const NOT_LEADER: &str = "election: not leader";
@@ -131,11 +133,11 @@ impl Election for ElectionService {
         let pfx = prefix(&req.get_ref().name);
         let access = auth::access(&req, read_prefix(&pfx));
         match coord::first(&self.ctx, &pfx, &access).await? {
-            Some(kv) => Ok(Response::new(LeaderResponse {
-                header: Some(self.ctx.header(self.ctx.node.revision())),
+            (Some(kv), at) => Ok(Response::new(LeaderResponse {
+                header: Some(self.ctx.header(at)),
                 kv: Some(kv),
             })),
-            None => Err(Status::unknown(NO_LEADER)),
+            (None, _) => Err(Status::unknown(NO_LEADER)),
         }
     }
 
@@ -154,33 +156,48 @@ impl Election for ElectionService {
         let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            // The leader's key and revision last sent.
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
                 let mut feed = coord::changes(&ctx, &pfx).await;
-                match coord::first(&ctx, &pfx, &access).await {
-                    Ok(Some(kv)) => {
+                let (leader, at) = match coord::first(&ctx, &pfx, &access).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let go_on = match leader {
+                    Some(kv) => {
                         let id = (kv.key.clone(), kv.mod_revision);
                         if last.as_ref() != Some(&id) {
                             last = Some(id);
                             let r = LeaderResponse {
-                                header: Some(ctx.header(ctx.node.revision())),
-                                kv: Some(kv),
+                                header: Some(ctx.header(at)),
+                                kv: Some(kv.clone()),
                             };
                             if tx.send(Ok(r)).await.is_err() {
                                 return;
                             }
                         }
+                        // Every value the leader proclaims, until its key
+                        // goes (or the feed breaks): read again then.
+                        tokio::select! {
+                            go_on = follow(&ctx, &mut feed, kv.key, &mut last, &tx) => go_on,
+                            _ = tx.closed() => false,
+                            _ = ctx.node.stopped() => false,
+                        }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                }
-                tokio::select! {
-                    _ = coord::wait_change(&mut feed, &pfx) => {}
-                    _ = tx.closed() => return,
-                    _ = ctx.node.stopped() => return,
+                    // No leader: read again at the next change under the
+                    // prefix.
+                    None => tokio::select! {
+                        _ = coord::wait_change(&mut feed, &pfx) => true,
+                        _ = tx.closed() => false,
+                        _ = ctx.node.stopped() => false,
+                    },
+                };
+                if !go_on {
+                    return;
                 }
             }
         });
@@ -206,5 +223,48 @@ impl Election for ElectionService {
         Ok(Response::new(ResignResponse {
             header: Some(self.ctx.header(rev)),
         }))
+    }
+}
+
+/// Sends every put of the leader's `key` the feed brings (above the
+/// revision `last` sent), as etcd's observer does (it watches the leader's
+/// key); ends when the key is deleted or the feed breaks (true: read the
+/// leader again) or the client is gone (false).
+async fn follow(
+    ctx: &Context,
+    feed: &mut FeedMerger,
+    key: Vec<u8>,
+    last: &mut Option<(Vec<u8>, i64)>,
+    tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
+) -> bool {
+    loop {
+        let events = match feed.next().await {
+            HubItem::Batch { events, .. } => events,
+            HubItem::Discontinuity => return true,
+            HubItem::Closed => std::future::pending().await,
+        };
+        for change in events.iter() {
+            let Some(kv) = change.event.kv.as_ref().filter(|kv| kv.key == key) else {
+                continue;
+            };
+            if change.event.r#type == EventType::Delete as i32 {
+                return true;
+            }
+            let sent = last
+                .as_ref()
+                .filter(|(k, _)| *k == key)
+                .map_or(0, |(_, rev)| *rev);
+            if kv.mod_revision <= sent {
+                continue;
+            }
+            *last = Some((key.clone(), kv.mod_revision));
+            let r = LeaderResponse {
+                header: Some(ctx.header(kv.mod_revision)),
+                kv: Some(kv.clone()),
+            };
+            if tx.send(Ok(r)).await.is_err() {
+                return false;
+            }
+        }
     }
 }

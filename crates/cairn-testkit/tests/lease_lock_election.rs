@@ -448,3 +448,64 @@ async fn locks_serialize_holders_and_elections_follow_create_order() {
         .is_err());
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn observe_reports_every_value_the_leader_proclaims() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch0 = channel(&c.nodes[0].client_addr).await;
+    let ch1 = channel(&c.nodes[1].client_addr).await;
+    let lease = LeaseClient::new(ch0.clone())
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut e0 = ElectionClient::new(ch0);
+    let lead = e0
+        .campaign(CampaignRequest {
+            name: b"obs".to_vec(),
+            lease,
+            value: b"v0".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let mut observe = ElectionClient::new(ch1)
+        .observe(LeaderRequest {
+            name: b"obs".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = observe.message().await.unwrap().unwrap();
+    assert_eq!(first.kv.unwrap().value, b"v0");
+    // Proclaimed one after another, faster than an observer re-reads: each
+    // is reported, in order, at its own revision (etcd's observer watches
+    // the leader's key).
+    let mut revisions = Vec::new();
+    for i in 1..=5 {
+        let r = e0
+            .proclaim(ProclaimRequest {
+                leader: Some(lead.clone()),
+                value: format!("v{i}").into_bytes(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        revisions.push(r.header.unwrap().revision);
+    }
+    for (i, rev) in (1..=5).zip(revisions) {
+        let got = tokio::time::timeout(Duration::from_secs(5), observe.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let kv = got.kv.unwrap();
+        assert_eq!(kv.value, format!("v{i}").into_bytes());
+        assert_eq!((kv.mod_revision, got.header.unwrap().revision), (rev, rev));
+    }
+    c.shutdown().await;
+}
