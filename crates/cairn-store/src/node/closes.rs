@@ -219,15 +219,26 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     let mut side_round: Option<tokio::task::JoinHandle<()>> = None;
     // The regions led here at the last pass.
     let mut led: BTreeSet<u64> = BTreeSet::new();
+    // When the last timed pass ran: pokes come between timed passes and
+    // never put them off (a watch regrouping on every split pokes many
+    // times a second, and idleness is judged at timed passes only, so
+    // with the timer restarted at each poke no region was ever closed
+    // while splits went on).
+    let mut last_timed = Instant::now();
     loop {
         let poke = match node.upgrade() {
             Some(n) => n.close_now.clone(),
             None => return,
         };
-        let timed = tokio::select! {
-            _ = tokio::time::sleep(CLOSE_EVERY) => true,
-            _ = poke.notified() => false,
+        let due = CLOSE_EVERY.saturating_sub(last_timed.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(due) => {}
+            _ = poke.notified() => {}
         };
+        let timed = last_timed.elapsed() >= CLOSE_EVERY;
+        if timed {
+            last_timed = Instant::now();
+        }
         let Some(n) = node.upgrade() else { return };
         if n.is_stopped() {
             return;
