@@ -482,29 +482,40 @@ async fn observe_reports_every_value_the_leader_proclaims() {
         .into_inner();
     let first = observe.message().await.unwrap().unwrap();
     assert_eq!(first.kv.unwrap().value, b"v0");
-    // Proclaimed one after another, faster than an observer re-reads: each
-    // is reported, in order, at its own revision (etcd's observer watches
-    // the leader's key).
-    let mut revisions = Vec::new();
-    for i in 1..=5 {
-        let r = e0
-            .proclaim(ProclaimRequest {
-                leader: Some(lead.clone()),
-                value: format!("v{i}").into_bytes(),
+    // Proclaimed all at once (several land in one Raft entry, faster than
+    // an observer could read the leader again between them): each is
+    // reported, in revision order, at its own revision (etcd's observer
+    // watches the leader's key).
+    let proclaims: Vec<_> = (1..=5)
+        .map(|i| {
+            let (mut e, lead) = (e0.clone(), lead.clone());
+            tokio::spawn(async move {
+                let value = format!("v{i}").into_bytes();
+                let r = e
+                    .proclaim(ProclaimRequest {
+                        leader: Some(lead),
+                        value: value.clone(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (r.header.unwrap().revision, value)
             })
-            .await
-            .unwrap()
-            .into_inner();
-        revisions.push(r.header.unwrap().revision);
+        })
+        .collect();
+    let mut want = Vec::new();
+    for p in proclaims {
+        want.push(p.await.unwrap());
     }
-    for (i, rev) in (1..=5).zip(revisions) {
+    want.sort();
+    for (rev, value) in want {
         let got = tokio::time::timeout(Duration::from_secs(5), observe.message())
             .await
-            .unwrap()
+            .expect("a proclaimed value was not reported")
             .unwrap()
             .unwrap();
         let kv = got.kv.unwrap();
-        assert_eq!(kv.value, format!("v{i}").into_bytes());
+        assert_eq!(kv.value, value);
         assert_eq!((kv.mod_revision, got.header.unwrap().revision), (rev, rev));
     }
     c.shutdown().await;
