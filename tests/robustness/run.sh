@@ -125,8 +125,12 @@ expect_caught --once planted-blind-lease-trim "lease access: VIOLATED" "71 72 73
   --secured --duration 20s --nemesis partition --access-users 0 --lockers 0 --lease-clients 0
 
 echo "== planted bug: watch events of a transaction in key order, not op order, must be caught"
+# One region (no split): the region's order is what the watcher gets. Over
+# several regions the watch hub merges by (revision, sub, key), which puts
+# a region's mis-ordered events right again — there a split-up bank showed
+# the bug only for a transfer made before the splits (missed on seed 2411).
 expect_caught planted-key-ordered-events "bank: VIOLATED: bank watch" "2411 2412" \
-  --duration 10s --scenario bank-across-regions
+  --duration 10s --bank-accounts 8 --nemesis partition,crash
 
 echo "== planted bug: followers of a hibernating region left asleep under a dead leader must be caught"
 expect_caught --once planted-sleepy-followers "sleepers: VIOLATED" "1905 1907 1908 1909 1910" \
