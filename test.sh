@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 # One-shot builds gain nothing from incremental caches, which cost gigabytes.
 export CARGO_INCREMENTAL=0
-disk() { echo "== disk before $1: $(df -h --output=avail . | tail -1) free, target $(du -sh target 2>/dev/null | cut -f1)"; }
+disk() { echo "== at ${SECONDS}s, disk before $1: $(df -h --output=avail . | tail -1) free, target $(du -sh target 2>/dev/null | cut -f1)"; }
 disk "cargo test"
 cargo test --workspace
 # The cluster tests again, on secured clusters: TLS on client and peer ports
@@ -49,3 +49,4 @@ QUICK=1 RESULTS="$SMOKE/secured.jsonl" bench/secured.sh > "$SMOKE/secured.md"
 grep -q '| range-l c=50 | auth |' "$SMOKE/secured.md"
 test -s "$SMOKE/charts/put.png"
 rm -rf "$SMOKE"
+echo "== all tests passed in ${SECONDS}s"

@@ -45,18 +45,18 @@ mkdir -p "$CARGO_TARGET_DIR"
 cargo build -q -p cairn --features failpoints
 BIN=$CARGO_TARGET_DIR/cairn-failpoints
 cp "$CARGO_TARGET_DIR/debug/cairn" "$BIN"
-echo "== in-process, all faults"
+echo "== [${SECONDS}s] in-process, all faults"
 $BIN torture --duration "$DURATION" --seed 11 --nemesis all --history "$OUT/h11.jsonl"
-echo "== processes, all faults (crash points included)"
+echo "== [${SECONDS}s] processes, all faults (crash points included)"
 $BIN torture --duration "$DURATION" --seed 12 --cluster process --nemesis all --history "$OUT/h12.jsonl"
 # The recorded history checks the same way from the command line.
 $BIN check linearizable "$OUT/h12.resolved.jsonl"
 
-echo "== secured (TLS on both ports, client certificates, auth on), in-process, all faults"
+echo "== [${SECONDS}s] secured (TLS on both ports, client certificates, auth on), in-process, all faults"
 $BIN torture --secured --duration "$DURATION" --seed 13 --nemesis all --history "$OUT/h13.jsonl"
-echo "== secured, in-process, all faults with splits and merges (access lanes' Txns across regions)"
+echo "== [${SECONDS}s] secured, in-process, all faults with splits and merges (access lanes' Txns across regions)"
 $BIN torture --secured --duration "$DURATION" --seed 15 --nemesis all,split,merge --history "$OUT/h15.jsonl"
-echo "== secured, processes, all faults (crash points included)"
+echo "== [${SECONDS}s] secured, processes, all faults (crash points included)"
 $BIN torture --secured --duration "$DURATION" --seed 14 --cluster process --nemesis all \
   --history "$OUT/h14.jsonl"
 
@@ -65,12 +65,12 @@ for scenario in $($BIN torture --scenario list | awk '/^[a-z]/ {print $1}'); do
   seed=$((seed + 1))
   # Needs its faults held longer than 10 s: run for 60 s below.
   [ "$scenario" = sleeping-regions-under-faults ] && continue
-  echo "== scenario $scenario (seed $seed)"
+  echo "== [${SECONDS}s] scenario $scenario (seed $seed)"
   $BIN torture --duration "$SCENARIO_DURATION" --seed "$seed" --scenario "$scenario" \
     --history "$OUT/s$seed.jsonl"
 done
 
-echo "== crash points placed one at a time (crates/cairn/tests/crash_points.rs)"
+echo "== [${SECONDS}s] crash points placed one at a time (crates/cairn/tests/crash_points.rs)"
 cargo test -q -p cairn --features failpoints --test crash_points
 
 # expect_caught [--once] FEATURE VERDICT_REGEX SEEDS TORTURE_ARGS...: builds
@@ -101,30 +101,30 @@ expect_caught() {
   if $once; then echo "FAIL: planted bug $feature caught on none of seeds $seeds"; exit 1; fi
 }
 
-echo "== sleeping regions, longer: a dead leader's hibernating regions elect another"
+echo "== [${SECONDS}s] sleeping regions, longer: a dead leader's hibernating regions elect another"
 $BIN torture --duration 60s --seed 1906 --scenario sleeping-regions-under-faults \
   --history "$OUT/sleepers.jsonl"
 
-echo "== planted bug: stale linearizable reads must be caught"
+echo "== [${SECONDS}s] planted bug: stale linearizable reads must be caught"
 expect_caught planted-stale-read "linearizable: NO" "21 22 23" --duration 10s --nemesis partition
 
-echo "== planted bug: renewals on a deposed leader must be caught"
+echo "== [${SECONDS}s] planted bug: renewals on a deposed leader must be caught"
 expect_caught --once planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
   --duration 20s --scenario lease-renewed-by-isolated-leader
 
-echo "== planted bug: a lock granted to a waiter whose key vanished must be caught"
+echo "== [${SECONDS}s] planted bug: a lock granted to a waiter whose key vanished must be caught"
 expect_caught --once planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
   --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
 
-echo "== planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
+echo "== [${SECONDS}s] planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
 expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
   --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lease-users 0 --lockers 0 --lease-clients 0
 
-echo "== planted bug: a lease-index trim that drops keys it never looked up must be caught"
+echo "== [${SECONDS}s] planted bug: a lease-index trim that drops keys it never looked up must be caught"
 expect_caught --once planted-blind-lease-trim "lease access: VIOLATED" "71 72 73" \
   --secured --duration 20s --nemesis partition --access-users 0 --lockers 0 --lease-clients 0
 
-echo "== planted bug: watch events of a transaction in key order, not op order, must be caught"
+echo "== [${SECONDS}s] planted bug: watch events of a transaction in key order, not op order, must be caught"
 # One region (no split): the region's order is what the watcher gets. Over
 # several regions the watch hub merges by (revision, sub, key), which puts
 # a region's mis-ordered events right again — there a split-up bank showed
@@ -132,6 +132,6 @@ echo "== planted bug: watch events of a transaction in key order, not op order, 
 expect_caught planted-key-ordered-events "bank: VIOLATED: bank watch" "2411 2412" \
   --duration 10s --bank-accounts 8 --nemesis partition,crash
 
-echo "== planted bug: followers of a hibernating region left asleep under a dead leader must be caught"
+echo "== [${SECONDS}s] planted bug: followers of a hibernating region left asleep under a dead leader must be caught"
 expect_caught --once planted-sleepy-followers "sleepers: VIOLATED" "1905 1907 1908 1909 1910" \
   --duration 60s --scenario sleeping-regions-under-faults
