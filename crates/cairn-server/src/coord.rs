@@ -290,14 +290,6 @@ async fn wait_deleted(feed: &mut FeedMerger, keys: &[&[u8]]) {
     .await
 }
 
-/// Waits for any change under `prefix` (or a feed discontinuity).
-pub async fn wait_change(feed: &mut FeedMerger, prefix: &[u8]) {
-    wait_for(feed, |e| {
-        e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(prefix))
-    })
-    .await
-}
-
 /// Waits for an event `hit` picks, or a discontinuity (the caller then
 /// re-reads); forever once the feed closed (the node is stopping, which
 /// the caller also waits for).

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::request_op::Request as Op;
-use cairn_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use cairn_api::etcdserverpb::{
+    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchResponse,
+};
+use cairn_api::mvccpb::KeyValue;
 use cairn_api::v3electionpb::election_server::Election;
 use cairn_api::v3electionpb::*;
 use tokio::sync::mpsc;
@@ -15,13 +18,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use cairn_auth::needs;
-use cairn_store::Access;
+use cairn_store::{Access, Credentials};
 
 use crate::auth;
 use crate::coord::{self, AbandonGuard};
+use crate::watch;
 use crate::Context;
 use cairn_api::mvccpb::event::EventType;
-use cairn_store::watch_hub::{FeedMerger, HubItem};
 
 /// etcd's messages for election misuse.
 const NOT_LEADER: &str = "election: not leader";
@@ -147,6 +150,7 @@ impl Election for ElectionService {
     ) -> Result<Response<tonic::codegen::BoxStream<LeaderResponse>>, Status> {
         let pfx = prefix(&req.get_ref().name);
         let access = auth::access(&req, read_prefix(&pfx));
+        let creds = auth::credentials(&req);
         // Refused at once, not as the stream's first message.
         self.ctx
             .node
@@ -159,7 +163,6 @@ impl Election for ElectionService {
             // The leader's key and revision last sent.
             let mut last: Option<(Vec<u8>, i64)> = None;
             loop {
-                let mut feed = coord::changes(&ctx, &pfx).await;
                 let (leader, at) = match coord::first(&ctx, &pfx, &access).await {
                     Ok(found) => found,
                     Err(e) => {
@@ -167,36 +170,38 @@ impl Election for ElectionService {
                         return;
                     }
                 };
-                let go_on = match leader {
-                    Some(kv) => {
-                        let id = (kv.key.clone(), kv.mod_revision);
-                        if last.as_ref() != Some(&id) {
-                            last = Some(id);
-                            let r = LeaderResponse {
-                                header: Some(ctx.header(at)),
-                                kv: Some(kv.clone()),
-                            };
-                            if tx.send(Ok(r)).await.is_err() {
-                                return;
-                            }
-                        }
-                        // Every value the leader proclaims, until its key
-                        // goes (or the feed breaks): read again then.
-                        tokio::select! {
-                            go_on = follow(&ctx, &mut feed, kv.key, &mut last, &tx) => go_on,
-                            _ = tx.closed() => false,
-                            _ = ctx.node.stopped() => false,
-                        }
+                let found = match leader {
+                    Some(kv) => Followed::Put(kv, at),
+                    // No leader: the first key put under the prefix.
+                    None => {
+                        let create = WatchCreateRequest {
+                            key: pfx.clone(),
+                            range_end: coord::prefix_end(&pfx),
+                            start_revision: at + 1,
+                            ..Default::default()
+                        };
+                        next_put(&ctx, &creds, create, &tx).await
                     }
-                    // No leader: read again at the next change under the
-                    // prefix.
-                    None => tokio::select! {
-                        _ = coord::wait_change(&mut feed, &pfx) => true,
-                        _ = tx.closed() => false,
-                        _ = ctx.node.stopped() => false,
-                    },
                 };
-                if !go_on {
+                let (kv, rev) = match found {
+                    Followed::Put(kv, rev) => (kv, rev),
+                    Followed::ReadAgain => continue,
+                    Followed::End => return,
+                };
+                let id = (kv.key.clone(), kv.mod_revision);
+                if last.as_ref() != Some(&id) {
+                    last = Some(id);
+                    let r = LeaderResponse {
+                        header: Some(ctx.header(rev)),
+                        kv: Some(kv.clone()),
+                    };
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+                // Every value the leader proclaims, from history on, until
+                // its key goes: read the leader again then.
+                if !follow(&ctx, &creds, kv.key, &mut last, &tx).await {
                     return;
                 }
             }
@@ -226,45 +231,106 @@ impl Election for ElectionService {
     }
 }
 
-/// Sends every put of the leader's `key` the feed brings (above the
-/// revision `last` sent), as etcd's observer does (it watches the leader's
-/// key); ends when the key is deleted or the feed breaks (true: read the
-/// leader again) or the client is gone (false).
+/// What a watch of the election brought.
+enum Followed {
+    /// A put, and the revision to answer it at.
+    Put(KeyValue, i64),
+    /// Its key was deleted, or the watch was refused or cut short (not by
+    /// a compaction): read the leader again.
+    ReadAgain,
+    /// The client or the node went, or a compaction cancelled the watch
+    /// (etcd's observer then ends the stream).
+    End,
+}
+
+/// The first put `create`'s watch brings (at its own revision).
+async fn next_put(
+    ctx: &Arc<Context>,
+    creds: &Credentials,
+    create: WatchCreateRequest,
+    tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
+) -> Followed {
+    let mut watch = watch::open(ctx.clone(), creds.clone(), create);
+    loop {
+        let r = tokio::select! {
+            r = watch.recv() => r,
+            _ = tx.closed() => return Followed::End,
+        };
+        let Some(Ok(r)) = r else {
+            return Followed::End;
+        };
+        if r.canceled {
+            return cancelled(&r).await;
+        }
+        for ev in r.events {
+            match ev.kv {
+                Some(kv) if ev.r#type == EventType::Put as i32 => {
+                    let rev = kv.mod_revision;
+                    return Followed::Put(kv, rev);
+                }
+                // A delete with no leader ends nothing.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sends every put of the leader's `key` above the revision `last` sent,
+/// as etcd's observer does: it watches the key from there, so a put is
+/// reported even if the next came before it was read. True when the key
+/// was deleted (or the watch ended early): read the leader again.
 async fn follow(
-    ctx: &Context,
-    feed: &mut FeedMerger,
+    ctx: &Arc<Context>,
+    creds: &Credentials,
     key: Vec<u8>,
     last: &mut Option<(Vec<u8>, i64)>,
     tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
 ) -> bool {
+    let sent = last
+        .as_ref()
+        .filter(|(k, _)| *k == key)
+        .map_or(0, |(_, rev)| *rev);
+    let create = WatchCreateRequest {
+        key: key.clone(),
+        start_revision: sent + 1,
+        ..Default::default()
+    };
+    let mut watch = watch::open(ctx.clone(), creds.clone(), create);
     loop {
-        let events = match feed.next().await {
-            HubItem::Batch { events, .. } => events,
-            HubItem::Discontinuity => return true,
-            HubItem::Closed => std::future::pending().await,
+        let r = tokio::select! {
+            r = watch.recv() => r,
+            _ = tx.closed() => return false,
         };
-        for change in events.iter() {
-            let Some(kv) = change.event.kv.as_ref().filter(|kv| kv.key == key) else {
-                continue;
-            };
-            if change.event.r#type == EventType::Delete as i32 {
+        let Some(Ok(r)) = r else {
+            return false;
+        };
+        if r.canceled {
+            return !matches!(cancelled(&r).await, Followed::End);
+        }
+        for ev in r.events {
+            let Some(kv) = ev.kv else { continue };
+            if ev.r#type == EventType::Delete as i32 {
                 return true;
-            }
-            let sent = last
-                .as_ref()
-                .filter(|(k, _)| *k == key)
-                .map_or(0, |(_, rev)| *rev);
-            if kv.mod_revision <= sent {
-                continue;
             }
             *last = Some((key.clone(), kv.mod_revision));
             let r = LeaderResponse {
                 header: Some(ctx.header(kv.mod_revision)),
-                kv: Some(kv.clone()),
+                kv: Some(kv),
             };
             if tx.send(Ok(r)).await.is_err() {
                 return false;
             }
         }
     }
+}
+
+/// A watch the election followed was cancelled: by a compaction, the end
+/// (as etcd's observer ends); otherwise (a region not served here yet)
+/// read again after a pause.
+async fn cancelled(r: &WatchResponse) -> Followed {
+    if r.compact_revision > 0 {
+        return Followed::End;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Followed::ReadAgain
 }

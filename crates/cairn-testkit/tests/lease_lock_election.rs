@@ -450,6 +450,83 @@ async fn locks_serialize_holders_and_elections_follow_create_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn observe_reports_every_value_proclaimed_while_its_region_splits() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch0 = channel(&c.nodes[0].client_addr).await;
+    let ch1 = channel(&c.nodes[1].client_addr).await;
+    let lease = LeaseClient::new(ch0.clone())
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut e0 = ElectionClient::new(ch0);
+    let lead = e0
+        .campaign(CampaignRequest {
+            name: b"obs".to_vec(),
+            lease,
+            value: b"v0".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let mut observe = ElectionClient::new(ch1)
+        .observe(LeaderRequest {
+            name: b"obs".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = observe.message().await.unwrap().unwrap();
+    assert_eq!(first.kv.unwrap().value, b"v0");
+    // One Proclaim after another while the leader's region splits again
+    // and again (each split breaks the observer's feed): every value is
+    // still reported, in order, at its revision. Reading the leader again
+    // after a break reported only the newest.
+    let proclaims = tokio::spawn(async move {
+        let mut done = Vec::new();
+        for i in 1..=40 {
+            let value = format!("v{i}").into_bytes();
+            let r = e0
+                .proclaim(ProclaimRequest {
+                    leader: Some(lead.clone()),
+                    value: value.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            done.push((r.header.unwrap().revision, value));
+            // Paced to last through the splits.
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        done
+    });
+    // Split points after the leader's key ("obs/" and a hex lease ID), each
+    // below the last: each splits the region holding the key.
+    for at in (1..=9).rev() {
+        c.split_at(&format!("obs/z{at}")).await;
+    }
+    let want = proclaims.await.unwrap();
+    for (rev, value) in want {
+        let got = tokio::time::timeout(Duration::from_secs(10), observe.message())
+            .await
+            .expect("a proclaimed value was not reported")
+            .unwrap()
+            .unwrap();
+        let kv = got.kv.unwrap();
+        assert_eq!(
+            (String::from_utf8_lossy(&kv.value), kv.mod_revision),
+            (String::from_utf8_lossy(&value), rev)
+        );
+        assert_eq!(got.header.unwrap().revision, rev);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn observe_reports_every_value_the_leader_proclaims() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;

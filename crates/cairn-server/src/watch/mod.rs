@@ -32,6 +32,9 @@
 //! uncompacted revision), *bookmarkable* (a progress response at revision R
 //! is queued only after every watcher of the stream has queued all its
 //! events ≤ R).
+//!
+//! [`open`] serves one watch in-process, through the same stream code, for
+//! a service that follows keys as an etcd client would (Election Observe).
 
 mod group;
 mod stream;
@@ -39,8 +42,10 @@ mod watcher;
 
 use std::sync::Arc;
 
+use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::watch_server::Watch;
-use cairn_api::etcdserverpb::{WatchRequest, WatchResponse};
+use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use cairn_store::Credentials;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -76,4 +81,25 @@ impl Watch for WatchService {
         tokio::spawn(stream::run(self.ctx.clone(), creds, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// One watch served in-process as a client's would be, with `creds`'
+/// permissions: the responses to `create` until the receiver is dropped.
+/// (Election Observe follows the leader's key so, as etcd's observer
+/// watches it: every put, replayed from history across a split or a slow
+/// reader, and a compaction ends it.)
+pub fn open(
+    ctx: Arc<Context>,
+    creds: Credentials,
+    create: WatchCreateRequest,
+) -> mpsc::Receiver<Result<WatchResponse, Status>> {
+    let (tx, rx) = mpsc::channel(OUT_CAPACITY);
+    let request = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(create)),
+    };
+    // The requests end after the create; the stream goes on (as for a
+    // client that half-closed) until `rx` is dropped.
+    let inbound = futures::stream::iter([Ok(request)]);
+    tokio::spawn(stream::run(ctx, creds, inbound, tx));
+    rx
 }

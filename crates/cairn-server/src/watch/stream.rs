@@ -15,9 +15,10 @@ use cairn_auth::needs;
 use cairn_store::watch_hub::HubItem;
 use cairn_store::{Access, Credentials};
 use futures::future::select_all;
+use futures::{Stream as RequestStream, StreamExt};
 use std::sync::Arc;
 use tokio::task::{Id, JoinSet};
-use tonic::Streaming;
+use tonic::Status;
 
 use super::group::{self, Group};
 use super::watcher::{self, Mode, Start, Watcher};
@@ -57,7 +58,7 @@ struct Stream {
 pub async fn run(
     ctx: Arc<Context>,
     creds: Credentials,
-    mut inbound: Streaming<WatchRequest>,
+    mut inbound: impl RequestStream<Item = Result<WatchRequest, Status>> + Unpin,
     out: Out,
 ) {
     let mut ticker = ctx.limits.watch_progress_interval.map(|d| {
@@ -82,7 +83,7 @@ pub async fn run(
     loop {
         let next_request = async {
             if receiving {
-                inbound.message().await
+                inbound.next().await
             } else {
                 std::future::pending().await
             }
@@ -97,12 +98,12 @@ pub async fn run(
         };
         let ok = tokio::select! {
             m = next_request => match m {
-                Ok(Some(req)) => s.request(req).await,
-                Ok(None) => {
+                Some(Ok(req)) => s.request(req).await,
+                None => {
                     receiving = false;
                     true
                 }
-                Err(_) => false,
+                Some(Err(_)) => false,
             },
             (g, item) = next_batch(&mut s.groups) => s.batch(g, item).await,
             Some(done) = s.replays.join_next_with_id() => match done {
