@@ -17,10 +17,21 @@
 //! [`Share::clear`] deletes it (before installing a snapshot): both touch
 //! nothing outside the share, so installing one region's snapshot leaves
 //! every other region's keys as they were.
+//!
+//! Both find a partial share's index entries from its versions, not by
+//! walking the index: every index entry has its version (they are written
+//! together by `Writer::version` and a restore, and deleted together by
+//! compaction, the sweep and `clear`), so the entries of the share's
+//! versions are exactly the share's entries — read with one point lookup
+//! per version (`scan`) or deleted blind (`clear`). That costs the region's
+//! own data: a member catching up R regions by snapshot no longer walks
+//! the node's whole index R times. (A version may lack its entry, in a
+//! store written before the index existed: then there is none to find, as
+//! the walk found none.)
 
 use std::ops::Bound;
 
-use cairn_storage::keys::{decode_by_revision, EngineRange, Key, KeyRange, Space};
+use cairn_storage::keys::{decode_by_revision, decode_version, EngineRange, Key, KeyRange, Space};
 use cairn_storage::{KvPair, Snapshot, WriteBatch};
 
 use crate::Result;
@@ -119,27 +130,39 @@ impl Share {
         Ok((total, middle))
     }
 
-    /// Every stored pair of the share in `view`, in engine order.
+    /// Every stored pair of the share in `view`: its versions, latest
+    /// records and leases in engine order, then its index entries (in
+    /// engine order for a share of every key, in key order otherwise).
     pub fn scan<'a>(
         &'a self,
         view: &'a dyn Snapshot,
     ) -> impl Iterator<Item = cairn_storage::Result<KvPair>> + 'a {
         let [versions, latest] = self.range.mvcc_ranges();
         let leases = self.leases.then(|| space(Space::Lease));
-        let (ilo, ihi) = space(Space::MvccByRevision);
-        let plain = [Some(versions), Some(latest), leases]
+        let plain = [Some(versions.clone()), Some(latest), leases]
             .into_iter()
             .flatten()
             .flat_map(move |(lo, hi)| view.scan(lo, hi, false));
-        let index = view
-            .scan(ilo, ihi, false)
-            .filter(move |item| item.as_ref().map_or(true, |(k, _)| self.owns_index_key(k)));
+        let index: Box<dyn Iterator<Item = cairn_storage::Result<KvPair>> + 'a> =
+            if self.range.is_all() {
+                // Every entry is the share's (and the marker).
+                let (lo, hi) = space(Space::MvccByRevision);
+                Box::new(view.scan(lo, hi, false).filter(move |item| {
+                    item.as_ref().map_or(true, |(k, _)| self.owns_index_key(k))
+                }))
+            } else {
+                Box::new(index_keys(view, versions).filter_map(move |key| match key {
+                    Ok(k) => view.get(&k).transpose().map(|v| v.map(|v| (k, v))),
+                    Err(e) => Some(Err(e)),
+                }))
+            };
         plain.chain(index)
     }
 
     /// Adds to `batch` the deletion of everything of the share in `view`.
     /// A share of every key is cleared with one range delete per space;
-    /// otherwise the by-revision index is read to find the share's entries.
+    /// otherwise the index entries of the share's versions are deleted one
+    /// by one.
     pub fn clear(&self, view: &dyn Snapshot, batch: &mut WriteBatch) -> Result<()> {
         let range = |(lo, hi): EngineRange| match (lo, hi) {
             (Bound::Included(lo), Bound::Excluded(hi)) => (lo, hi),
@@ -156,25 +179,38 @@ impl Share {
             }
             return Ok(());
         }
-        for r in self.range.mvcc_ranges() {
+        let [versions, latest] = self.range.mvcc_ranges();
+        for key in index_keys(view, versions.clone()) {
+            batch.delete(key?);
+        }
+        for r in [versions, latest] {
             let (lo, hi) = range(r);
             batch.delete_range(lo, hi);
-        }
-        let (lo, hi) = space(Space::MvccByRevision);
-        for key in view.scan_keys(lo, hi) {
-            let key = key?;
-            if self.owns_index_key(&key) {
-                batch.delete(key);
-            }
         }
         Ok(())
     }
 }
 
+/// The index key of each version in `versions` (an engine range of
+/// version keys), in key order.
+fn index_keys<'a>(
+    view: &'a dyn Snapshot,
+    (lo, hi): EngineRange,
+) -> impl Iterator<Item = cairn_storage::Result<Vec<u8>>> + 'a {
+    view.scan_keys(lo, hi).map(|k| {
+        let (key, revision) = decode_version(&k?)?;
+        Ok(Key::MvccByRevision {
+            revision,
+            key: &key,
+        }
+        .encode())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use cairn_api::etcdserverpb::request_op::Request;
-    use cairn_api::etcdserverpb::{PutRequest, RequestOp, TxnRequest};
+    use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
     use cairn_storage::keys::{decode_by_revision, decode_version};
     use cairn_storage::{Durability, Engine, MemoryEngine};
 
@@ -272,6 +308,135 @@ mod tests {
             left.iter().any(|k| k[0] == Space::Lease as u8),
             "and the leases"
         );
+    }
+
+    /// The share's index entries as found by walking the whole index
+    /// (what `scan` and `clear` did before they went by versions).
+    fn walked_index(share: &Share, view: &dyn cairn_storage::Snapshot) -> Vec<KvPair> {
+        let (lo, hi) = space(Space::MvccByRevision);
+        view.scan(lo, hi, false)
+            .map(|kv| kv.unwrap())
+            .filter(|(k, _)| share.owns_index_key(k))
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_share_finds_the_index_entries_a_walk_of_the_index_finds() {
+        let (e, mut revs) = store();
+        // Entries with subs (a transaction of several ops), tombstones,
+        // and versions compacted away with their entries.
+        let txn = TxnRequest {
+            success: vec![
+                RequestOp {
+                    request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: b"b".to_vec(),
+                        range_end: b"c".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"l\xff".to_vec(),
+                        value: b"w".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: b"c".to_vec(),
+                        value: b"w".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        let out = apply_txn(&e, &txn, revs.current + 1, revs, &NoLeases).unwrap();
+        e.write(out.batch, Durability::Buffered).unwrap();
+        revs = out.revisions;
+        let (batch, after) =
+            compact_range(&*e.snapshot(), revs.current - 3, revs, &KeyRange::all()).unwrap();
+        e.write(batch, Durability::Buffered).unwrap();
+        revs = put(&e, after, b"m");
+        assert!(revs.current > 0);
+        let view = e.snapshot();
+        for (lo, hi) in [
+            (&b"b"[..], &b"m"[..]),
+            (b"", b"b\x00"),
+            (b"b\x00", b"l\xff\x00"),
+            (b"m", b""),
+            (b"c", b"d"),
+            (b"n", b"o"),
+        ] {
+            let share = Share {
+                range: KeyRange::new(lo.to_vec(), hi.to_vec()),
+                leases: false,
+            };
+            let mut want = walked_index(&share, &*view);
+            want.sort();
+            let mut got: Vec<KvPair> = share
+                .scan(&*view)
+                .map(|kv| kv.unwrap())
+                .filter(|(k, _)| k[0] == Space::MvccByRevision as u8)
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "the index entries of [{lo:?}, {hi:?})");
+            assert!(
+                lo != b"b" || want.iter().any(|(_, v)| !v.is_empty()),
+                "some entry carries a sub"
+            );
+
+            // Cleared: none of its entries is left, and every other is.
+            let copy = MemoryEngine::new();
+            let mut all = WriteBatch::new();
+            for (k, v) in view
+                .scan(Bound::Unbounded, Bound::Unbounded, false)
+                .map(|kv| kv.unwrap())
+            {
+                all.put(k, v);
+            }
+            copy.write(all, Durability::Buffered).unwrap();
+            let mut batch = WriteBatch::new();
+            share.clear(&*view, &mut batch).unwrap();
+            copy.write(batch, Durability::Buffered).unwrap();
+            let left = walked_index(&Share::everything(), &*copy.snapshot());
+            let before = walked_index(&Share::everything(), &*view);
+            let kept: Vec<KvPair> = before.into_iter().filter(|p| !want.contains(p)).collect();
+            assert_eq!(
+                left, kept,
+                "clearing [{lo:?}, {hi:?}) removes its entries only"
+            );
+        }
+    }
+
+    /// A view that refuses any scan of the by-revision index.
+    struct NoIndexWalk(std::sync::Arc<dyn cairn_storage::Snapshot>);
+
+    impl cairn_storage::Snapshot for NoIndexWalk {
+        fn get(&self, key: &[u8]) -> cairn_storage::Result<Option<Vec<u8>>> {
+            self.0.get(key)
+        }
+        fn scan(
+            &self,
+            start: Bound<Vec<u8>>,
+            end: Bound<Vec<u8>>,
+            reverse: bool,
+        ) -> cairn_storage::KvIter<'_> {
+            let index = Space::MvccByRevision as u8;
+            assert!(
+                !matches!(&start, Bound::Included(k) if k.first() == Some(&index)),
+                "a partial share walked the index"
+            );
+            self.0.scan(start, end, reverse)
+        }
+    }
+
+    #[test]
+    fn a_partial_share_reads_and_clears_without_walking_the_index() {
+        let (e, _) = store();
+        let view = NoIndexWalk(e.snapshot());
+        assert_eq!(middle().scan(&view).count(), 15);
+        middle().clear(&view, &mut WriteBatch::new()).unwrap();
     }
 
     fn keys_outside(e: &MemoryEngine, inside: impl Fn(&[u8]) -> bool) -> Vec<Vec<u8>> {

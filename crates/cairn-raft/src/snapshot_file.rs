@@ -16,7 +16,7 @@
 //! ```text
 //! "CAIRNSN1"                        8-byte magic
 //! u32 len, postcard(Applied)        the applied record the data matches
-//! { u32 klen, key, u32 vlen, value }*   the region's data pairs, key order
+//! { u32 klen, key, u32 vlen, value }*   the region's data pairs (`Share::scan` order)
 //! u32 0xFFFF_FFFF                   end marker (a truncated file is an error)
 //! ```
 //!
