@@ -334,10 +334,13 @@ async fn propose(
     unanswered: &Option<Arc<Unanswered>>,
 ) {
     let raft = &log.raft;
-    let mut metrics = raft.metrics();
+    // The server metrics change with the vote, state or leader only: the
+    // full metrics change on every step of every entry, and would wake
+    // each waiting proposal several times per write on every member.
+    let mut metrics = raft.server_metrics();
     let (term, me) = {
         let m = metrics.borrow_and_update();
-        (m.current_term, m.id)
+        (m.vote.leader_id().get_term(), m.id)
     };
     let snapshots_before = (log.snapshots)();
     match raft.client_write_ff(cmd).await {
@@ -354,7 +357,10 @@ async fn propose(
                         r = &mut rx => break r,
                         changed = metrics.changed(), if slot.is_some() => {
                             let m = metrics.borrow_and_update();
-                            if changed.is_err() || m.current_term != term || m.current_leader != Some(me) {
+                            if changed.is_err()
+                                || m.vote.leader_id().get_term() != term
+                                || m.current_leader != Some(me)
+                            {
                                 slot = None;
                             }
                         }

@@ -507,7 +507,9 @@ pub async fn forward(
 /// timeout would hold the caller for seconds after the region elected
 /// another; a call safe to send twice races this and goes to the new one.
 pub async fn leader_changed(raft: &Raft, from: Option<u64>) {
-    let mut metrics = raft.metrics();
+    // Woken by leader changes only (the full metrics change at every step
+    // of every entry).
+    let mut metrics = raft.server_metrics();
     loop {
         let now = metrics.borrow_and_update().current_leader;
         if now.is_some() && now != from {

@@ -125,13 +125,15 @@ pub(super) async fn publish_regions(node: std::sync::Weak<Node>) {
 /// logs "elected leader … at term …") until its Raft stops.
 pub(super) async fn count_leader_changes(
     region: u64,
-    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    mut metrics: tokio::sync::watch::Receiver<
+        openraft::metrics::RaftServerMetrics<u64, openraft::BasicNode>,
+    >,
 ) {
     let mut last = None;
     loop {
         let (leader, term) = {
             let m = metrics.borrow_and_update();
-            (m.current_leader, m.current_term)
+            (m.current_leader, m.vote.leader_id().get_term())
         };
         if let Some(l) = leader.filter(|_| leader != last) {
             cairn_raft::metrics::REGION_LEADER_CHANGES.inc();

@@ -262,7 +262,10 @@ impl Node {
         tokio::spawn(super::txn_locks::sweep_locks(Arc::downgrade(&node)));
         tokio::spawn(super::txn_locks::forget_outcomes(Arc::downgrade(&node)));
         for r in node.regions.all() {
-            tokio::spawn(background::count_leader_changes(r.id, r.raft.metrics()));
+            tokio::spawn(background::count_leader_changes(
+                r.id,
+                r.raft.server_metrics(),
+            ));
         }
         Ok(node)
     }
@@ -291,7 +294,10 @@ impl Node {
             self.config.read_lease,
             Arc::downgrade(self),
         ));
-        tokio::spawn(background::count_leader_changes(region, r.raft.metrics()));
+        tokio::spawn(background::count_leader_changes(
+            region,
+            r.raft.server_metrics(),
+        ));
         self.regions.insert(r);
         tracing::info!(region, "hosting a region born by a split");
         Ok(())
