@@ -121,6 +121,8 @@ pub struct LogStore {
     /// A purge past it, left to a snapshot's install not yet written:
     /// appends and commits wait for it.
     held: Option<u64>,
+    /// The committed index as last saved, for the host to read.
+    committed: Arc<AtomicU64>,
 }
 
 /// The index a region's state machine has applied and written: a purge goes
@@ -137,6 +139,7 @@ impl LogStore {
             appended: Arc::new(AtomicU64::new(0)),
             applied: None,
             held: None,
+            committed: Arc::default(),
         }
     }
 
@@ -145,6 +148,18 @@ impl LogStore {
     /// the snapshot install that will reach it.
     pub fn bound_purges(mut self, applied: PurgeBound) -> Self {
         self.applied = Some(applied);
+        self
+    }
+
+    /// Keeps `committed` at the committed index: the one saved before now,
+    /// then each one openraft saves.
+    pub fn report_committed(mut self, committed: Arc<AtomicU64>) -> Self {
+        if let Ok(Some(Some(c))) =
+            self.read_state::<Option<LogId<NodeId>>>(RaftStateKind::Committed)
+        {
+            committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        self.committed = committed;
         self
     }
 
@@ -369,7 +384,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         self.engine
             .write(b, Durability::Buffered)
-            .map_err(write_err)
+            .map_err(write_err)?;
+        if let Some(c) = committed {
+            self.committed.fetch_max(c.index, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

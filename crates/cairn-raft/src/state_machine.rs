@@ -392,6 +392,10 @@ pub struct RegionShared {
     /// (`sweep`; `None` until read from the engine). Held across a step
     /// and across a snapshot install's write.
     sweep: parking_lot::Mutex<Option<sweep::Swept>>,
+    /// The highest log index this replica knows committed, as its log
+    /// store last saved it (`LogStore::report_committed`): Status's
+    /// `raftIndex`, as etcd's is its committed index.
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A data region's share of the engine, as its record `applied` says: its
@@ -620,7 +624,23 @@ impl RegionShared {
             marks: std::sync::OnceLock::new(),
             feed_order: parking_lot::Mutex::new(()),
             sweep: parking_lot::Mutex::new(None),
+            committed: Arc::default(),
         }))
+    }
+
+    /// Where the log store reports the committed index
+    /// (`LogStore::report_committed`).
+    pub fn committed_handle(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.committed.clone()
+    }
+
+    /// The highest log index known committed here (at least the applied
+    /// one).
+    pub fn committed_index(&self) -> u64 {
+        let applied = self.with_applied(|a| a.last_applied.map_or(0, |l| l.index));
+        self.committed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(applied)
     }
 
     /// Raises `marks` to this data replica's state now and at every state

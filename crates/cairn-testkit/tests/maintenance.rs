@@ -663,3 +663,47 @@ async fn the_corruption_check_finds_a_bad_copy_in_any_region() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_reports_the_committed_raft_index_not_an_entry_only_appended() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut kv = c.kv(leader).await;
+    // "!…": the first data region's, in many-regions mode too.
+    cairn_testkit::kv::put(&mut kv, "!committed", "1").await;
+    let mut m = maintenance(&c.nodes[leader].client_addr);
+    let status = m.status(StatusRequest {}).await.unwrap().into_inner();
+    let committed = status.raft_index;
+    assert!(committed >= status.raft_applied_index && committed > 0);
+
+    // An entry the followers never get: appended on the leader, never
+    // committed. etcd's raftIndex is the committed index.
+    let before = c.raft_metrics(leader, DATA_REGION).last_log_index;
+    c.nodes[leader].faults.drop_entry_appends(true);
+    let put = tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            cairn_testkit::kv::put(&mut kv, "!appended", "1"),
+        )
+        .await;
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.raft_metrics(leader, DATA_REGION).last_log_index <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put was never appended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = m.status(StatusRequest {}).await.unwrap().into_inner();
+    let last = c.raft_metrics(leader, DATA_REGION).last_log_index.unwrap();
+    assert!(
+        status.raft_index < last,
+        "raftIndex {} is the last log index {last}, not the committed one",
+        status.raft_index
+    );
+    assert!(status.raft_index >= committed);
+    c.nodes[leader].faults.drop_entry_appends(false);
+    put.await.unwrap();
+    c.shutdown().await;
+}

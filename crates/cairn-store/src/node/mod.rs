@@ -145,7 +145,7 @@ pub struct NodeStatus {
     pub leader: u64,
     /// Current Raft term of the data region.
     pub raft_term: u64,
-    /// Last log index of the data region.
+    /// Committed index of the data region (etcd's `raftIndex`).
     pub raft_index: u64,
     /// Applied index of the data region.
     pub raft_applied_index: u64,

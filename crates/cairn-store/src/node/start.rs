@@ -370,7 +370,8 @@ impl Opener {
             Arc::new(move || shared.with_applied(|a| a.last_applied.map_or(0, |l| l.index)))
         };
         let mut log = LogStore::new(region, self.engine.clone(), self.log_writer.clone())
-            .bound_purges(applied);
+            .bound_purges(applied)
+            .report_committed(shared.committed_handle());
         let last = openraft::storage::RaftLogStorage::get_log_state(&mut log)
             .await
             .map_err(|e| Error::Internal(e.to_string()))?

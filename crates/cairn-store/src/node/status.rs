@@ -34,7 +34,7 @@ impl Node {
         NodeStatus {
             leader: m.current_leader.unwrap_or(0),
             raft_term: m.current_term,
-            raft_index: m.last_log_index.unwrap_or(0),
+            raft_index: r.shared.committed_index(),
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             db_size: self.engine.size_on_disk() as i64,
             db_size_in_use: self.engine.size_in_use() as i64,
@@ -42,7 +42,7 @@ impl Node {
     }
 
     /// Every region replica this node hosts, by region id: its leader (0 if
-    /// none), term, last log index and applied index.
+    /// none), term, committed and applied indexes.
     pub fn region_statuses(&self) -> Vec<(u64, NodeStatus)> {
         let db_size = self.engine.size_on_disk() as i64;
         let db_size_in_use = self.engine.size_in_use() as i64;
@@ -54,7 +54,7 @@ impl Node {
                 let status = NodeStatus {
                     leader: m.current_leader.unwrap_or(0),
                     raft_term: m.current_term,
-                    raft_index: m.last_log_index.unwrap_or(0),
+                    raft_index: r.shared.committed_index(),
                     raft_applied_index: m.last_applied.map_or(0, |l| l.index),
                     db_size,
                     db_size_in_use,
