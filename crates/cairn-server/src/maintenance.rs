@@ -177,17 +177,13 @@ impl Maintenance for MaintenanceService {
                 let activate = action == AlarmAction::Activate;
                 if req.alarm == 0 {
                     // etcd clears no alarm of type NONE, and says nothing
-                    // (a gateway `{"action":"DEACTIVATE"}`); raising one
-                    // it would record as a NONE alarm, refused here.
-                    if !activate {
-                        return Ok(Response::new(AlarmResponse {
-                            header: Some(self.ctx.header(node.revision())),
-                            alarms: Vec::new(),
-                        }));
-                    }
-                    return Err(Status::invalid_argument(
-                        "etcdserver: alarm type is not given",
-                    ));
+                    // (a gateway `{"action":"DEACTIVATE"}`); nor does it
+                    // raise one since 3.5 (3.4 recorded a NONE alarm that
+                    // did nothing but show in the list).
+                    return Ok(Response::new(AlarmResponse {
+                        header: Some(self.ctx.header(node.revision())),
+                        alarms: Vec::new(),
+                    }));
                 }
                 let member = if req.member_id == 0 {
                     node.id

@@ -707,3 +707,35 @@ async fn status_reports_the_committed_raft_index_not_an_entry_only_appended() {
     put.await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raising_or_clearing_an_alarm_of_type_none_does_nothing() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut m = maintenance(&c.nodes[leader].client_addr);
+    // As etcd since 3.5: an empty answer, and nothing recorded.
+    for action in [1, 2] {
+        let r = m
+            .alarm(AlarmRequest {
+                action,
+                member_id: 0,
+                alarm: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.alarms.is_empty(), "action {action}: {:?}", r.alarms);
+    }
+    let listed = m
+        .alarm(AlarmRequest {
+            action: 0,
+            member_id: 0,
+            alarm: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .alarms;
+    assert!(listed.is_empty(), "{listed:?}");
+    c.shutdown().await;
+}
