@@ -199,9 +199,12 @@ impl Election for ElectionService {
                         return;
                     }
                 }
-                // Every value the leader proclaims, from history on, until
-                // its key goes: read the leader again then.
-                if !follow(&ctx, &creds, kv.key, &mut last, &tx).await {
+                // Every value the leader proclaims after `rev` (no put of
+                // its key came between its value and `rev`), from history
+                // on, until its key goes: read the leader again then. (From
+                // the read's revision, as etcd's observer, not the value's:
+                // history below a compaction is gone.)
+                if !follow(&ctx, &creds, kv.key, rev + 1, &mut last, &tx).await {
                     return;
                 }
             }
@@ -275,24 +278,21 @@ async fn next_put(
     }
 }
 
-/// Sends every put of the leader's `key` above the revision `last` sent,
-/// as etcd's observer does: it watches the key from there, so a put is
+/// Sends every put of the leader's `key` from revision `from` on, as
+/// etcd's observer does: it watches the key from there, so a put is
 /// reported even if the next came before it was read. True when the key
 /// was deleted (or the watch ended early): read the leader again.
 async fn follow(
     ctx: &Arc<Context>,
     creds: &Credentials,
     key: Vec<u8>,
+    from: i64,
     last: &mut Option<(Vec<u8>, i64)>,
     tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
 ) -> bool {
-    let sent = last
-        .as_ref()
-        .filter(|(k, _)| *k == key)
-        .map_or(0, |(_, rev)| *rev);
     let create = WatchCreateRequest {
         key: key.clone(),
-        start_revision: sent + 1,
+        start_revision: from,
         ..Default::default()
     };
     let mut watch = watch::open(ctx.clone(), creds.clone(), create);

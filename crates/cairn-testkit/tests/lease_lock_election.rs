@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::*;
 use cairn_api::v3electionpb::election_client::ElectionClient;
@@ -446,6 +447,67 @@ async fn locks_serialize_holders_and_elections_follow_create_order() {
         })
         .await
         .is_err());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn observe_goes_on_after_a_compaction_past_the_leaders_value() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch0 = channel(&c.nodes[0].client_addr).await;
+    let lease = LeaseClient::new(ch0.clone())
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut e0 = ElectionClient::new(ch0.clone());
+    let lead = e0
+        .campaign(CampaignRequest {
+            name: b"obsc".to_vec(),
+            lease,
+            value: b"v0".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    // Other writes, then the store compacted past the leader's value.
+    let mut kv = c.kv(0).await;
+    let mut at = 0;
+    for i in 0..5 {
+        at = kv::put(&mut kv, &format!("other{i}"), "x").await.unwrap();
+    }
+    KvClient::new(ch0)
+        .compact(CompactionRequest {
+            revision: at,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    let mut observe = ElectionClient::new(channel(&c.nodes[1].client_addr).await)
+        .observe(LeaderRequest {
+            name: b"obsc".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = observe.message().await.unwrap().unwrap();
+    assert_eq!(first.kv.unwrap().value, b"v0");
+    e0.proclaim(ProclaimRequest {
+        leader: Some(lead),
+        value: b"v1".to_vec(),
+    })
+    .await
+    .unwrap();
+    // Followed from the read's revision: nothing compacted in the way.
+    let next = tokio::time::timeout(Duration::from_secs(10), observe.message())
+        .await
+        .expect("the proclaimed value was not reported")
+        .unwrap()
+        .expect("the observer's stream ended");
+    assert_eq!(next.kv.unwrap().value, b"v1");
     c.shutdown().await;
 }
 
