@@ -1,16 +1,13 @@
 //! etcd's `v3electionpb.Election` service: campaign, proclaim, leader,
 //! observe, resign — on leases and revisions like locks (see
 //! [`crate::coord`]): the leader is the contender with the smallest create
-//! revision under the election's prefix.
+//! revision under the election's prefix. Observe is [`crate::observe`].
 
 use std::sync::Arc;
 
 use cairn_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::request_op::Request as Op;
-use cairn_api::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchResponse,
-};
-use cairn_api::mvccpb::KeyValue;
+use cairn_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use cairn_api::v3electionpb::election_server::Election;
 use cairn_api::v3electionpb::*;
 use tokio::sync::mpsc;
@@ -18,13 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use cairn_auth::needs;
-use cairn_store::{Access, Credentials};
+use cairn_store::Access;
 
 use crate::auth;
 use crate::coord::{self, AbandonGuard};
-use crate::watch;
 use crate::Context;
-use cairn_api::mvccpb::event::EventType;
 
 /// etcd's messages for election misuse.
 const NOT_LEADER: &str = "election: not leader";
@@ -157,58 +152,14 @@ impl Election for ElectionService {
             .authorize(&access)
             .await
             .map_err(crate::error::Error::from)?;
-        let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            // The leader's key and revision last sent.
-            let mut last: Option<(Vec<u8>, i64)> = None;
-            loop {
-                let (leader, at) = match coord::first(&ctx, &pfx, &access).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
-                let found = match leader {
-                    Some(kv) => Followed::Put(kv, at),
-                    // No leader: the first key put under the prefix.
-                    None => {
-                        let create = WatchCreateRequest {
-                            key: pfx.clone(),
-                            range_end: coord::prefix_end(&pfx),
-                            start_revision: at + 1,
-                            ..Default::default()
-                        };
-                        next_put(&ctx, &creds, create, &tx).await
-                    }
-                };
-                let (kv, rev) = match found {
-                    Followed::Put(kv, rev) => (kv, rev),
-                    Followed::ReadAgain => continue,
-                    Followed::End => return,
-                };
-                let id = (kv.key.clone(), kv.mod_revision);
-                if last.as_ref() != Some(&id) {
-                    last = Some(id);
-                    let r = LeaderResponse {
-                        header: Some(ctx.header(rev)),
-                        kv: Some(kv.clone()),
-                    };
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-                // Every value the leader proclaims after `rev` (no put of
-                // its key came between its value and `rev`), from history
-                // on, until its key goes: read the leader again then. (From
-                // the read's revision, as etcd's observer, not the value's:
-                // history below a compaction is gone.)
-                if !follow(&ctx, &creds, kv.key, rev + 1, &mut last, &tx).await {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(crate::observe::run(
+            self.ctx.clone(),
+            pfx,
+            access,
+            creds,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -232,105 +183,4 @@ impl Election for ElectionService {
             header: Some(self.ctx.header(rev)),
         }))
     }
-}
-
-/// What a watch of the election brought.
-enum Followed {
-    /// A put, and the revision to answer it at.
-    Put(KeyValue, i64),
-    /// Its key was deleted, or the watch was refused or cut short (not by
-    /// a compaction): read the leader again.
-    ReadAgain,
-    /// The client or the node went, or a compaction cancelled the watch
-    /// (etcd's observer then ends the stream).
-    End,
-}
-
-/// The first put `create`'s watch brings (at its own revision).
-async fn next_put(
-    ctx: &Arc<Context>,
-    creds: &Credentials,
-    create: WatchCreateRequest,
-    tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
-) -> Followed {
-    let mut watch = watch::open(ctx.clone(), creds.clone(), create);
-    loop {
-        let r = tokio::select! {
-            r = watch.recv() => r,
-            _ = tx.closed() => return Followed::End,
-        };
-        let Some(Ok(r)) = r else {
-            return Followed::End;
-        };
-        if r.canceled {
-            return cancelled(&r).await;
-        }
-        for ev in r.events {
-            match ev.kv {
-                Some(kv) if ev.r#type == EventType::Put as i32 => {
-                    let rev = kv.mod_revision;
-                    return Followed::Put(kv, rev);
-                }
-                // A delete with no leader ends nothing.
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Sends every put of the leader's `key` from revision `from` on, as
-/// etcd's observer does: it watches the key from there, so a put is
-/// reported even if the next came before it was read. True when the key
-/// was deleted (or the watch ended early): read the leader again.
-async fn follow(
-    ctx: &Arc<Context>,
-    creds: &Credentials,
-    key: Vec<u8>,
-    from: i64,
-    last: &mut Option<(Vec<u8>, i64)>,
-    tx: &mpsc::Sender<Result<LeaderResponse, Status>>,
-) -> bool {
-    let create = WatchCreateRequest {
-        key: key.clone(),
-        start_revision: from,
-        ..Default::default()
-    };
-    let mut watch = watch::open(ctx.clone(), creds.clone(), create);
-    loop {
-        let r = tokio::select! {
-            r = watch.recv() => r,
-            _ = tx.closed() => return false,
-        };
-        let Some(Ok(r)) = r else {
-            return false;
-        };
-        if r.canceled {
-            return !matches!(cancelled(&r).await, Followed::End);
-        }
-        for ev in r.events {
-            let Some(kv) = ev.kv else { continue };
-            if ev.r#type == EventType::Delete as i32 {
-                return true;
-            }
-            *last = Some((key.clone(), kv.mod_revision));
-            let r = LeaderResponse {
-                header: Some(ctx.header(kv.mod_revision)),
-                kv: Some(kv),
-            };
-            if tx.send(Ok(r)).await.is_err() {
-                return false;
-            }
-        }
-    }
-}
-
-/// A watch the election followed was cancelled: by a compaction, the end
-/// (as etcd's observer ends); otherwise (a region not served here yet)
-/// read again after a pause.
-async fn cancelled(r: &WatchResponse) -> Followed {
-    if r.compact_revision > 0 {
-        return Followed::End;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    Followed::ReadAgain
 }

@@ -37,6 +37,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod metrics;
+mod observe;
 pub mod probes;
 pub mod quota;
 pub mod regions;

@@ -69,6 +69,9 @@ impl WatchService {
 
 type Out = mpsc::Sender<Result<WatchResponse, Status>>;
 
+/// The responses of a watch served in-process ([`open`]).
+pub type Responses = mpsc::Receiver<Result<WatchResponse, Status>>;
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(
@@ -88,11 +91,7 @@ impl Watch for WatchService {
 /// (Election Observe follows the leader's key so, as etcd's observer
 /// watches it: every put, replayed from history across a split or a slow
 /// reader, and a compaction ends it.)
-pub fn open(
-    ctx: Arc<Context>,
-    creds: Credentials,
-    create: WatchCreateRequest,
-) -> mpsc::Receiver<Result<WatchResponse, Status>> {
+pub fn open(ctx: Arc<Context>, creds: Credentials, create: WatchCreateRequest) -> Responses {
     let (tx, rx) = mpsc::channel(OUT_CAPACITY);
     let request = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(create)),
