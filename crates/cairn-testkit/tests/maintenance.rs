@@ -670,7 +670,9 @@ async fn status_reports_the_committed_raft_index_not_an_entry_only_appended() {
     let leader = c.wait_leader(DATA_REGION).await;
     let mut kv = c.kv(leader).await;
     // "!…": the first data region's, in many-regions mode too.
-    cairn_testkit::kv::put(&mut kv, "!committed", "1").await;
+    cairn_testkit::kv::put(&mut kv, "!committed", "1")
+        .await
+        .unwrap();
     let mut m = maintenance(&c.nodes[leader].client_addr);
     let status = m.status(StatusRequest {}).await.unwrap().into_inner();
     let committed = status.raft_index;
