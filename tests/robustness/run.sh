@@ -12,26 +12,27 @@
 #      and hibernating regions under leader crashes for longer; crash
 #      points placed one at a time where a run once found a member that
 #      could not start again (crates/cairn/tests/crash_points.rs);
-#   4. the planted bugs must be caught on every seed tried (or, where
-#      marked, on one seed at least): linearizable
-#      reads without read-index (feature `planted-stale-read`), and lease
-#      renewals without the leadership check (`planted-unconfirmed-renewal`,
+#   4. the planted bugs (`cairn_raft::planted`: built in with the feature
+#      `planted`, each on only when `CAIRN_PLANTED` names it) must be caught
+#      on every seed tried (or, where marked, on one seed at least):
+#      linearizable reads without read-index (`stale-read`), and lease
+#      renewals without the leadership check (`unconfirmed-renewal`,
 #      caught by the lease checker in the isolated-leader scenario; on one
 #      seed at least), and lock grants to a waiter whose key vanished
-#      (`planted-vanished-waiter`, caught by the mutual-exclusion checker;
+#      (`vanished-waiter`, caught by the mutual-exclusion checker;
 #      on one seed at least), and writes applied behind
-#      the auth fence (`planted-unfenced-auth`, caught by the access
+#      the auth fence (`unfenced-auth`, caught by the access
 #      checker on a secured cluster; on one seed at least, see below), and
 #      a lease-index trim that drops entries it never looked up
-#      (`planted-blind-lease-trim`, caught by the lease-access checker on a
+#      (`blind-lease-trim`, caught by the lease-access checker on a
 #      secured cluster), and
 #      hibernating followers never woken under a dead leader
-#      (`planted-sleepy-followers`, caught by the sleepers checker; on one
+#      (`sleepy-followers`, caught by the sleepers checker; on one
 #      seed at least).
 # Each run records a history, checks linearizability and the watch
 # guarantees, and fails on any violation. Reproduce a run with its --seed.
-# Test builds (crash points, the planted bug) share target/robustness; each
-# binary is copied out before the next build replaces it.
+# One test build (crash points and planted bugs compiled in, every one off
+# unless asked for) in target/robustness serves every run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RUST_BACKTRACE=0
@@ -42,8 +43,8 @@ trap 'rm -rf "$OUT"' EXIT
 export CARGO_TARGET_DIR=target/robustness
 mkdir -p "$CARGO_TARGET_DIR"
 
-cargo build -q -p cairn --features failpoints
-BIN=$CARGO_TARGET_DIR/cairn-failpoints
+cargo build -q -p cairn --features failpoints,planted
+BIN=$CARGO_TARGET_DIR/cairn-robustness
 cp "$CARGO_TARGET_DIR/debug/cairn" "$BIN"
 echo "== [${SECONDS}s] in-process, all faults"
 $BIN torture --duration "$DURATION" --seed 11 --nemesis all --history "$OUT/h11.jsonl"
@@ -71,10 +72,11 @@ for scenario in $($BIN torture --scenario list | awk '/^[a-z]/ {print $1}'); do
 done
 
 echo "== [${SECONDS}s] crash points placed one at a time (crates/cairn/tests/crash_points.rs)"
-cargo test -q -p cairn --features failpoints --test crash_points
+cargo test -q -p cairn --features failpoints,planted --test crash_points
 
-# expect_caught [--once] FEATURE VERDICT_REGEX SEEDS TORTURE_ARGS...: builds
-# the planted-bug FEATURE and requires every seed's run to fail with
+# expect_caught [--once] BUG VERDICT_REGEX SEEDS TORTURE_ARGS...: turns the
+# planted BUG on (in the members a run starts, too) and requires every
+# seed's run to fail with
 # VERDICT — or with --once, one seed's (stopping there): for a bug that
 # shows only when a fault meets the right moment, caught in most runs, not
 # all (docs/robustness.md gives the rates).
@@ -83,12 +85,9 @@ expect_caught() {
   if [ "$1" = --once ]; then once=true; shift; fi
   local feature=$1 verdict=$2 seeds=$3
   shift 3
-  cargo build -q -p cairn --features "$feature"
-  local bin=$CARGO_TARGET_DIR/cairn-$feature
-  cp "$CARGO_TARGET_DIR/debug/cairn" "$bin"
   for seed in $seeds; do
     local log=$OUT/$feature-$seed.log
-    if $bin torture --seed "$seed" --history "$OUT/$feature-$seed.jsonl" "$@" > "$log" 2>&1; then
+    if CAIRN_PLANTED=$feature $BIN torture --seed "$seed" --history "$OUT/$feature-$seed.jsonl" "$@" > "$log" 2>&1; then
       if $once; then echo "seed $seed: not caught"; continue; fi
       cat "$log"
       echo "FAIL: planted bug $feature not caught with seed $seed"
@@ -106,22 +105,22 @@ $BIN torture --duration 60s --seed 1906 --scenario sleeping-regions-under-faults
   --history "$OUT/sleepers.jsonl"
 
 echo "== [${SECONDS}s] planted bug: stale linearizable reads must be caught"
-expect_caught planted-stale-read "linearizable: NO" "21 22 23" --duration 10s --nemesis partition
+expect_caught stale-read "linearizable: NO" "21 22 23" --duration 10s --nemesis partition
 
 echo "== [${SECONDS}s] planted bug: renewals on a deposed leader must be caught"
-expect_caught --once planted-unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
+expect_caught --once unconfirmed-renewal "(lease safety|mutual exclusion): VIOLATED" "41 42 43" \
   --duration 20s --scenario lease-renewed-by-isolated-leader
 
 echo "== [${SECONDS}s] planted bug: a lock granted to a waiter whose key vanished must be caught"
-expect_caught --once planted-vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
+expect_caught --once vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
   --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
 
 echo "== [${SECONDS}s] planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
-expect_caught --once planted-unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
+expect_caught --once unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \
   --duration 30s --scenario permission-revoked-under-faults --access-users 6 --lease-users 0 --lockers 0 --lease-clients 0
 
 echo "== [${SECONDS}s] planted bug: a lease-index trim that drops keys it never looked up must be caught"
-expect_caught --once planted-blind-lease-trim "lease access: VIOLATED" "71 72 73" \
+expect_caught --once blind-lease-trim "lease access: VIOLATED" "71 72 73" \
   --secured --duration 20s --nemesis partition --access-users 0 --lockers 0 --lease-clients 0
 
 echo "== [${SECONDS}s] planted bug: watch events of a transaction in key order, not op order, must be caught"
@@ -129,9 +128,9 @@ echo "== [${SECONDS}s] planted bug: watch events of a transaction in key order, 
 # several regions the watch hub merges by (revision, sub, key), which puts
 # a region's mis-ordered events right again — there a split-up bank showed
 # the bug only for a transfer made before the splits (missed on seed 2411).
-expect_caught planted-key-ordered-events "bank: VIOLATED: bank watch" "2411 2412" \
+expect_caught key-ordered-events "bank: VIOLATED: bank watch" "2411 2412" \
   --duration 10s --bank-accounts 8 --nemesis partition,crash
 
 echo "== [${SECONDS}s] planted bug: followers of a hibernating region left asleep under a dead leader must be caught"
-expect_caught --once planted-sleepy-followers "sleepers: VIOLATED" "1905 1907 1908 1909 1910" \
+expect_caught --once sleepy-followers "sleepers: VIOLATED" "1905 1907 1908 1909 1910" \
   --duration 60s --scenario sleeping-regions-under-faults

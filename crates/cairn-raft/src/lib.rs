@@ -41,6 +41,7 @@ mod log_store;
 pub mod metrics;
 pub mod network;
 pub mod peer_batch;
+pub mod planted;
 pub mod snapshot_data;
 pub mod snapshot_file;
 mod state_machine;

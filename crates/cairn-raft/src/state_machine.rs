@@ -1149,8 +1149,7 @@ impl StateMachine {
             // checked against the same state cannot both pass.
             Command::Checked { auth_revision, .. }
             | Command::CheckedLease { auth_revision, .. }
-                if (auth_revision < state.auth_fence
-                    && !cfg!(feature = "planted-unfenced-auth"))
+                if (auth_revision < state.auth_fence && !crate::planted::on("unfenced-auth"))
                     || (self.shared.kind == RegionKind::Meta
                         && auth_revision != state.auth.revision) =>
             {
@@ -1798,8 +1797,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
-            #[cfg(feature = "planted-key-ordered-events")]
-            events.sort_by(|a, b| (a.revision, a.key()).cmp(&(b.revision, b.key())));
+            if crate::planted::on("key-ordered-events") {
+                events.sort_by(|a, b| (a.revision, a.key()).cmp(&(b.revision, b.key())));
+            }
             if self.shared.kind == RegionKind::Data {
                 // A split moves keys to the child, a freeze takes them from
                 // the region, an absorb or a thaw brings them: a watcher of

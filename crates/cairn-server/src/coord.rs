@@ -213,7 +213,7 @@ pub async fn wait_turn(
         let mut feed = changes(ctx, prefix).await;
         let (own, ahead, at) = place_in_line(ctx, prefix, key, rev, access).await?;
         let vanished = own.is_none_or(|kv| kv.create_revision != rev);
-        if vanished && !cfg!(feature = "planted-vanished-waiter") {
+        if vanished && !cairn_store::planted::on("vanished-waiter") {
             return Err(Error::SessionExpired(expired));
         }
         let Some(ahead) = ahead else {

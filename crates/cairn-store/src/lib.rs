@@ -62,6 +62,7 @@ pub use auth::{Access, Credentials};
 pub use backup::{restore, Backup, Restored};
 /// The store's Prometheus metrics (Raft, disk, peers).
 pub use cairn_raft::metrics;
+pub use cairn_raft::planted;
 /// Alarm types (etcd's `AlarmType`): out of space, and corruption.
 pub use cairn_raft::{ALARM_CORRUPT, ALARM_NOSPACE};
 /// A storage snapshot, as region read views hand them out.

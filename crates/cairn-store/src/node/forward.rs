@@ -392,7 +392,7 @@ impl Node {
         if r.raft.metrics().borrow().current_leader != Some(self.id) {
             return Err(Error::NotLeader { leader: None });
         }
-        if cfg!(feature = "planted-unconfirmed-renewal") {
+        if cairn_raft::planted::on("unconfirmed-renewal") {
             return Ok(());
         }
         let index = match sole_voter_index(r, self.id) {

@@ -431,7 +431,7 @@ pub(super) async fn beat_peers(node: std::sync::Weak<Node>) {
             });
         }
         for (peer, all, leading) in down {
-            if !cfg!(feature = "planted-sleepy-followers") {
+            if !cairn_raft::planted::on("sleepy-followers") {
                 n.wake_led_by(peer, all, &leading);
             }
         }

@@ -156,7 +156,7 @@ impl Node {
                 .filter(|(k, _)| !range.contains(k) && !writable.allows(k))
                 .collect();
             let keys: Vec<Vec<u8>> = outside.iter().map(|(k, _)| k.clone()).collect();
-            let holds: Vec<Result<bool>> = if cfg!(feature = "planted-blind-lease-trim") {
+            let holds: Vec<Result<bool>> = if cairn_raft::planted::on("blind-lease-trim") {
                 keys.iter().map(|_| Ok(false)).collect()
             } else {
                 futures::stream::iter(keys)

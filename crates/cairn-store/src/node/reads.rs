@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-#[cfg(feature = "planted-stale-read")]
-use crate::node::META_REGION;
-use crate::node::{Node, Region, REQUEST_TIMEOUT};
+use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
 use crate::remote::ForwardOp;
 use crate::restored_lead::RestoredLead;
 use crate::{Error, Result};
@@ -32,8 +30,7 @@ impl Node {
     /// is linearizable.
     pub(crate) async fn caught_up(&self, region: u64) -> Result<Arc<Region>> {
         let r = self.region(region)?;
-        #[cfg(feature = "planted-stale-read")]
-        if region != META_REGION {
+        if cairn_raft::planted::on("stale-read") && region != META_REGION {
             return Ok(r);
         }
         let index = self.read_index(&r).await?;

@@ -39,7 +39,7 @@
 //! write of A that succeeded has a revision below B's starting revision,
 //! and B's post-grant read found its key first. A server that lets a lease
 //! expire early, renews on a deposed leader, or grants a lock to a waiter
-//! whose key is gone (the planted bug `planted-vanished-waiter`) fails one
+//! whose key is gone (the planted bug `vanished-waiter`) fails one
 //! of these.
 
 use std::collections::BTreeMap;
