@@ -429,3 +429,70 @@ async fn a_key_detached_in_a_region_the_first_absorbed_is_not_named_by_its_lease
     assert_eq!(ttl_keys(&mut l, id).await, ["a", "y"]);
     c.shutdown().await;
 }
+
+/// A revoke whose primary prewrite met the lock of a transaction putting
+/// the lease's keys waits for it, and when it commits, finds on its next
+/// prewrite that the lease gained a key: it names it and goes on. That
+/// answer once counted as a refusal, the attempt started again and left
+/// its lock at the primary, which its next attempt then waited out (1.5 s)
+/// as another's — as did every put with the lease meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoke_that_waited_on_a_txn_putting_its_keys_names_the_new_ones_at_once() {
+    let c = three_regions().await;
+    let (_, mut k, id) = leased_keys(&c, (0, 0), &["a0", "g1"]).await;
+    let leased = |key: &str| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.into(),
+            value: b"w".to_vec(),
+            lease: id,
+            ..Default::default()
+        })),
+    };
+    // "a0" again and a new key, "r1", on the lease: held after its
+    // prewrites, its lock on "a0" in the first region (the revoke's
+    // primary, which names "a0").
+    let req = TxnRequest {
+        success: vec![leased("a0"), leased("r1")],
+        ..Default::default()
+    };
+    let (go, held) = tokio::sync::oneshot::channel();
+    let coordinator = c.node(1).clone();
+    let txn = tokio::spawn(async move {
+        coordinator
+            .txn_across_held(&req, &cairn_store::Access::Internal, held)
+            .await
+    });
+    let first = c.node(0).route(b"a0").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.shared.with_applied(|a| a.locks.held.is_empty()) {
+        assert!(Instant::now() < deadline, "the transaction never locked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A revoke that read the index before the transaction's prewrites:
+    // it names "a0" and "g1" only.
+    let revoker = c.node(0).clone();
+    let revoke = tokio::spawn(async move {
+        revoker
+            .revoke_naming_first(id, vec![b"a0".to_vec(), b"g1".to_vec()])
+            .await
+    });
+    // The revoke meets the lock and waits on it; then the transaction
+    // commits, "r1" joining the lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    go.send(()).unwrap();
+    assert!(txn.await.unwrap().unwrap().succeeded);
+    let committed = Instant::now();
+    revoke.await.unwrap().unwrap();
+    let took = committed.elapsed();
+    let left: Vec<String> = keys(&mut k)
+        .await
+        .into_iter()
+        .map(|(key, _, _)| key)
+        .collect();
+    assert!(left.is_empty(), "keys outlived their lease: {left:?}");
+    assert!(
+        took < Duration::from_millis(1200),
+        "the revoke ended {took:?} after the transaction committed"
+    );
+    c.shutdown().await;
+}

@@ -58,8 +58,26 @@ impl Node {
         decided_in: u64,
         access: &Access,
     ) -> Result<Option<i64>> {
+        self.revoke_naming(id, decided_in, access, None).await
+    }
+
+    /// Tests: revokes lease `id` as a client's revoke would, its first
+    /// attempt naming `keys` as the lease's (as if it had read the index
+    /// before a transaction attached more).
+    #[doc(hidden)]
+    pub async fn revoke_naming_first(&self, id: i64, keys: Vec<Vec<u8>>) -> Result<Option<i64>> {
+        self.revoke_naming(id, 0, &Access::Internal, Some(keys))
+            .await
+    }
+
+    async fn revoke_naming(
+        &self,
+        id: i64,
+        decided_in: u64,
+        access: &Access,
+        mut named: Option<Vec<Vec<u8>>>,
+    ) -> Result<Option<i64>> {
         let stale = super::kv::StaleRoutes::new();
-        let mut named: Option<Vec<Vec<u8>>> = None;
         loop {
             let keys = match named.take() {
                 Some(keys) => keys,

@@ -232,13 +232,22 @@ impl Node {
         // way waited for (or resolved) while ours below it stay: every
         // transaction waits only holding locks below the one it waits
         // for, so none waits on one that waits on it.
+        // The regions holding (or that may hold) our lock, the primary
+        // first: what a refusal releases, and the parts a commit finishes.
         let mut locked: Vec<u64> = Vec::with_capacity(layout.parts.len());
+        let hold = |locked: &mut Vec<u64>, region: u64| {
+            if !locked.contains(&region) {
+                locked.push(region);
+            }
+        };
         let mut floor = 0;
         let mut next = 0;
         let mut widened = 0;
+        // Met a lock (resolved since): that region again, alone.
+        let mut alone = false;
         while next < layout.parts.len() {
-            let batch = if next == 0 {
-                0..1
+            let batch = if next == 0 || std::mem::take(&mut alone) {
+                next..next + 1
             } else {
                 next..layout.parts.len()
             };
@@ -261,14 +270,14 @@ impl Node {
                         Ok(_) => false,
                     };
                     if placed {
-                        locked.push(region);
+                        hold(&mut locked, region);
                     }
                     continue;
                 }
                 match res {
                     Ok(ForwardOk::Reply(Reply::Revision(f))) if blocked.is_none() => {
                         floor = floor.max(f);
-                        locked.push(layout.parts[i].0);
+                        hold(&mut locked, region);
                         next = i + 1;
                     }
                     Ok(ForwardOk::Reply(Reply::Revision(_))) => {
@@ -278,7 +287,12 @@ impl Node {
                         let _ = self.submit(layout.parts[i].0, ForwardOp::Plain(undo)).await;
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(other))) if blocked.is_none() => {
-                        blocked = Some((layout.parts[i].0, other));
+                        if i == 0 && widened > 0 {
+                            // The primary still holds the narrower lock of
+                            // the revoke before it widened.
+                            hold(&mut locked, region);
+                        }
+                        blocked = Some((region, other));
                     }
                     Ok(ForwardOk::Reply(Reply::Locked(_))) => {}
                     Ok(ForwardOk::Reply(Reply::LeaseKeys(keys))) if i == 0 => {
@@ -307,7 +321,7 @@ impl Node {
                         // widened since.
                         let lost = refused.as_ref().err().is_some_and(may_have_landed);
                         if lost || (i == 0 && widened > 0) {
-                            locked.push(region);
+                            hold(&mut locked, region);
                         }
                         refusal = Some(refused);
                     }
@@ -321,25 +335,10 @@ impl Node {
                     self.release(start_ts, primary, &locked).await;
                     return Err(e);
                 }
-                // Then this region alone, and on in order.
-                let (region, spans) = &layout.parts[next];
-                let res = self
-                    .prewrite(start_ts, &layout, *region, spans, &plan.leases, access)
-                    .await;
-                match res {
-                    Ok(ForwardOk::Reply(Reply::Revision(f))) => {
-                        floor = floor.max(f);
-                        locked.push(*region);
-                        next += 1;
-                    }
-                    Ok(ForwardOk::Reply(Reply::Locked(_))) => {} // wait again
-                    refused => {
-                        if refused.as_ref().err().is_some_and(may_have_landed) {
-                            locked.push(*region);
-                        }
-                        return self.refused(refused, start_ts, primary, &locked).await;
-                    }
-                }
+                // Then this region alone, its answer taken as any (a
+                // revoke's primary may answer that its lease gained keys:
+                // it widens, its lock placed), and on in order.
+                alone = true;
             }
         }
         let Layout { req, parts, .. } = layout;
