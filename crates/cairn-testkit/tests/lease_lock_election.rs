@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_api::etcdserverpb::kv_client::KvClient;
 use cairn_api::etcdserverpb::lease_client::LeaseClient;
 use cairn_api::etcdserverpb::*;
 use cairn_api::v3electionpb::election_client::ElectionClient;
@@ -450,10 +449,9 @@ async fn locks_serialize_holders_and_elections_follow_create_order() {
     c.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn observe_goes_on_after_a_compaction_past_the_leaders_value() {
-    let c = InProcessCluster::start(3).await;
-    c.wait_leader(DATA_REGION).await;
+/// Node 0 campaigns in election `name` with value "v0" on a new 60 s
+/// lease: its Election client and leader key.
+async fn lead_with_v0(c: &InProcessCluster, name: &[u8]) -> (ElectionClient<Channel>, LeaderKey) {
     let ch0 = channel(&c.nodes[0].client_addr).await;
     let lease = LeaseClient::new(ch0.clone())
         .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
@@ -461,10 +459,10 @@ async fn observe_goes_on_after_a_compaction_past_the_leaders_value() {
         .unwrap()
         .into_inner()
         .id;
-    let mut e0 = ElectionClient::new(ch0.clone());
+    let mut e0 = ElectionClient::new(ch0);
     let lead = e0
         .campaign(CampaignRequest {
-            name: b"obsc".to_vec(),
+            name: name.to_vec(),
             lease,
             value: b"v0".to_vec(),
         })
@@ -473,28 +471,57 @@ async fn observe_goes_on_after_a_compaction_past_the_leaders_value() {
         .into_inner()
         .leader
         .unwrap();
-    // Other writes, then the store compacted past the leader's value.
-    let mut kv = c.kv(0).await;
-    let mut at = 0;
-    for i in 0..5 {
-        at = kv::put(&mut kv, &format!("other{i}"), "x").await.unwrap();
-    }
-    KvClient::new(ch0)
-        .compact(CompactionRequest {
-            revision: at,
-            physical: true,
-        })
-        .await
-        .unwrap();
+    (e0, lead)
+}
+
+/// An Observe of election `name` through node 1, its first answer "v0".
+async fn observing_v0(
+    c: &InProcessCluster,
+    name: &[u8],
+) -> tonic::Streaming<cairn_api::v3electionpb::LeaderResponse> {
     let mut observe = ElectionClient::new(channel(&c.nodes[1].client_addr).await)
         .observe(LeaderRequest {
-            name: b"obsc".to_vec(),
+            name: name.to_vec(),
         })
         .await
         .unwrap()
         .into_inner();
     let first = observe.message().await.unwrap().unwrap();
     assert_eq!(first.kv.unwrap().value, b"v0");
+    observe
+}
+
+/// [`lead_with_v0`], then [`observing_v0`].
+async fn lead_and_observe(
+    c: &InProcessCluster,
+    name: &[u8],
+) -> (
+    ElectionClient<Channel>,
+    LeaderKey,
+    tonic::Streaming<cairn_api::v3electionpb::LeaderResponse>,
+) {
+    let (e0, lead) = lead_with_v0(c, name).await;
+    (e0, lead, observing_v0(c, name).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn observe_goes_on_after_a_compaction_past_the_leaders_value() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let (mut e0, lead) = lead_with_v0(&c, b"obsc").await;
+    // Other writes, then the store compacted past the leader's value.
+    let mut kv = c.kv(0).await;
+    let mut at = 0;
+    for i in 0..5 {
+        at = kv::put(&mut kv, &format!("other{i}"), "x").await.unwrap();
+    }
+    kv.compact(CompactionRequest {
+        revision: at,
+        physical: true,
+    })
+    .await
+    .unwrap();
+    let mut observe = observing_v0(&c, b"obsc").await;
     e0.proclaim(ProclaimRequest {
         leader: Some(lead),
         value: b"v1".to_vec(),
@@ -515,35 +542,7 @@ async fn observe_goes_on_after_a_compaction_past_the_leaders_value() {
 async fn observe_reports_every_value_proclaimed_while_its_region_splits() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
-    let ch0 = channel(&c.nodes[0].client_addr).await;
-    let ch1 = channel(&c.nodes[1].client_addr).await;
-    let lease = LeaseClient::new(ch0.clone())
-        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    let mut e0 = ElectionClient::new(ch0);
-    let lead = e0
-        .campaign(CampaignRequest {
-            name: b"obs".to_vec(),
-            lease,
-            value: b"v0".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .leader
-        .unwrap();
-    let mut observe = ElectionClient::new(ch1)
-        .observe(LeaderRequest {
-            name: b"obs".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = observe.message().await.unwrap().unwrap();
-    assert_eq!(first.kv.unwrap().value, b"v0");
+    let (mut e0, lead, mut observe) = lead_and_observe(&c, b"obs").await;
     // One Proclaim after another while the leader's region splits again
     // and again (each split breaks the observer's feed): every value is
     // still reported, in order, at its revision. Reading the leader again
@@ -592,35 +591,7 @@ async fn observe_reports_every_value_proclaimed_while_its_region_splits() {
 async fn observe_reports_every_value_the_leader_proclaims() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
-    let ch0 = channel(&c.nodes[0].client_addr).await;
-    let ch1 = channel(&c.nodes[1].client_addr).await;
-    let lease = LeaseClient::new(ch0.clone())
-        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    let mut e0 = ElectionClient::new(ch0);
-    let lead = e0
-        .campaign(CampaignRequest {
-            name: b"obs".to_vec(),
-            lease,
-            value: b"v0".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .leader
-        .unwrap();
-    let mut observe = ElectionClient::new(ch1)
-        .observe(LeaderRequest {
-            name: b"obs".to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = observe.message().await.unwrap().unwrap();
-    assert_eq!(first.kv.unwrap().value, b"v0");
+    let (mut e0, lead, mut observe) = lead_and_observe(&c, b"obs").await;
     // Proclaimed all at once (several land in one Raft entry, faster than
     // an observer could read the leader again between them): each is
     // reported, in revision order, at its own revision (etcd's observer
