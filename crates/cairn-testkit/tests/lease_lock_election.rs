@@ -591,7 +591,7 @@ async fn observe_reports_every_value_proclaimed_while_its_region_splits() {
 async fn observe_reports_every_value_the_leader_proclaims() {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
-    let (mut e0, lead, mut observe) = lead_and_observe(&c, b"obs").await;
+    let (e0, lead, mut observe) = lead_and_observe(&c, b"obs").await;
     // Proclaimed all at once (several land in one Raft entry, faster than
     // an observer could read the leader again between them): each is
     // reported, in revision order, at its own revision (etcd's observer
