@@ -246,7 +246,7 @@ impl Node {
         // Met a lock (resolved since): that region again, alone.
         let mut alone = false;
         while next < layout.parts.len() {
-            let batch = if next == 0 || std::mem::take(&mut alone) {
+            let batch = if std::mem::take(&mut alone) || next == 0 {
                 next..next + 1
             } else {
                 next..layout.parts.len()
