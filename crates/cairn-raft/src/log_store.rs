@@ -224,6 +224,19 @@ impl LogStore {
         Ok(())
     }
 
+    /// Adds to `batch` region `region`'s vote: a region born by a split
+    /// starts with the vote the split's entry was appended under (see
+    /// `state_machine::split`), so its leader leads it from the start.
+    pub fn seed_vote(batch: &mut WriteBatch, region: u64, vote: Vote<NodeId>) -> crate::Result<()> {
+        let key = Key::RaftState {
+            region,
+            kind: RaftStateKind::Vote,
+        }
+        .encode();
+        batch.put(key, encode(&vote)?);
+        Ok(())
+    }
+
     fn state_key(&self, kind: RaftStateKind) -> Vec<u8> {
         Key::RaftState {
             region: self.region,

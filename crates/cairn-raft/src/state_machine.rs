@@ -1733,6 +1733,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     )
                     .map_err(sm_err)?,
             };
+            if let (Some(child), Reply::Done) = (born, &reply) {
+                split::seed_leader(&mut batch, child, entry.log_id.leader_id, &next)
+                    .map_err(sm_err)?;
+            }
             next.last_applied = Some(entry.log_id);
             // What the feed may publish: every revision up to the new
             // resolved one. Events above it (a write beside a lock, whose

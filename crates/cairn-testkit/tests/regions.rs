@@ -226,6 +226,39 @@ async fn a_split_region_serves_its_keys_on_every_node_and_after_restart() {
     c.shutdown().await;
 }
 
+/// A region born by a split is led at once by the leader that appended the
+/// split, in that term, with no election: the new region does not sit
+/// leaderless for an election timeout (300–600 ms), every write to its
+/// keys and every watch over them waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_parents_leader_leads_a_new_region_at_once() {
+    let mut c = InProcessCluster::start(3).await;
+    c.set_leader_balance(false);
+    let mut region = DATA_REGION;
+    for (i, at) in ["b", "c", "d", "e", "f", "g"].into_iter().enumerate() {
+        let first = c.wait_leader(region).await;
+        let leader = c.node_id(first);
+        let term = c.raft_metrics(first, region).current_term;
+        let split = Instant::now();
+        region = c
+            .node(i % 3)
+            .split_region(region, at.as_bytes().to_vec())
+            .await
+            .unwrap();
+        let mut client = c.kv((i + 1) % 3).await;
+        kv::put(&mut client, at, "v").await.unwrap();
+        let took = split.elapsed();
+        let m = c.raft_metrics(first, region);
+        assert_eq!(
+            (m.current_leader, m.current_term),
+            (Some(leader), term),
+            "region {region} (split at {at}) led by its parent's leader, in its term"
+        );
+        println!("split at {at}: written {took:?} after the split began");
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_at_a_stale_epoch_or_outside_the_region_is_refused() {
     let c = InProcessCluster::start(3).await;

@@ -6,7 +6,9 @@
 //! - narrows the parent to `[start, at)` and bumps its epoch;
 //! - writes the child's record — `[at, end)`, the same epoch, the parent's
 //!   revisions, alarms and auth fence, the parent's voters, applied up to
-//!   [`CHILD_INIT_INDEX`] — and marks the child's log purged up to there.
+//!   [`CHILD_INIT_INDEX`] — and marks the child's log purged up to there;
+//! - gives the child's Raft the vote the split's entry was appended under
+//!   (its term and leader, committed), if that leader is a voter.
 //!
 //! The child's keys are already in the engine (regions share one), so
 //! nothing is copied: the child's Raft starts as if it had applied a log
@@ -19,6 +21,22 @@
 //! child's range, so a parent that has not split yet here cannot keep
 //! writing keys the child's snapshot owns.
 //!
+//! So the parent's leader starts the child as its leader (openraft brings
+//! a node whose saved vote is its own committed one back as leader), and
+//! the other replicas start as its followers, with nothing to elect.
+//! Before, the child sat leaderless until an election timeout ran out
+//! (300–600 ms), and every write to its keys, and the watch feed from it,
+//! waited. It is safe because every replica that seeds the vote seeds the
+//! same one (from the same committed entry) before its Raft starts: no
+//! other replica can be elected in that term, and one that missed the
+//! split starts with no vote and takes the leader's messages. The seed is
+//! written in the batch that writes the child's record, so it is only ever
+//! written again where the split is applied again, after a crash lost that
+//! batch — and with it everything the child's Raft wrote since, which
+//! came later in the same engine. The new leader has no entry of its own
+//! term, so it commits nothing (and serves no read) until it appends one:
+//! the host appends one at once (`cairn-store`'s `Node::host`).
+//!
 //! The lease table stays with the first region (the parent that keeps the
 //! first key): a split moves keys, never leases or their index.
 //!
@@ -30,12 +48,13 @@ use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::TxnRequest;
 
 use cairn_storage::WriteBatch;
-use openraft::{CommittedLeaderId, LogId, StoredMembership};
+use openraft::{CommittedLeaderId, LogId, StoredMembership, Vote};
 
 use super::{apply_key, Applied};
 use crate::codec::encode;
 use crate::log_store::LogStore;
 use crate::types::{RegionRange, Reply};
+use crate::NodeId;
 
 /// Where a region born by a split starts its log: it has "applied" up to
 /// here (the parent's data), and every earlier entry counts as purged.
@@ -77,6 +96,27 @@ pub(super) fn split(
     state.range.end = at;
     state.range.epoch = epoch;
     Ok(Reply::Done)
+}
+
+/// Adds to `batch` region `child`'s first vote: that of `leader`, who
+/// appended the split that bore it, committed — if `leader` is one of the
+/// voters in `state` (the parent's, which the child starts with).
+pub(super) fn seed_leader(
+    batch: &mut WriteBatch,
+    child: u64,
+    leader: CommittedLeaderId<NodeId>,
+    state: &Applied,
+) -> crate::Result<()> {
+    let voter = state
+        .membership
+        .membership()
+        .voter_ids()
+        .any(|id| id == leader.node_id);
+    if voter {
+        let vote = Vote::new_committed(leader.term, leader.node_id);
+        LogStore::seed_vote(batch, child, vote)?;
+    }
+    Ok(())
 }
 
 /// True when every key and span `req` names (compares, ops, nested

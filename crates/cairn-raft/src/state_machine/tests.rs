@@ -849,6 +849,56 @@ fn an_applied_record_written_before_ranges_still_decodes() {
 }
 
 #[test]
+fn a_split_starts_the_child_led_by_the_voter_that_appended_it() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::{Membership, Vote};
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (shared, _dir) = region(engine.clone());
+    let mut sm = StateMachine::new(shared.clone());
+    let voters = Membership::<u64, openraft::BasicNode>::new(
+        vec![std::collections::BTreeSet::from([1, 2, 3])],
+        None,
+    );
+    let at = |term, leader, index, cmd| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+        payload: cmd,
+    };
+    let split = |at: &str, child, epoch| {
+        EntryPayload::Normal(Command::Split {
+            at: at.as_bytes().to_vec(),
+            child,
+            epoch,
+        })
+    };
+    let r = block_on(sm.apply(vec![
+        at(1, 1, 1, EntryPayload::Membership(voters)),
+        at(4, 2, 2, split("m", 9, 1)),
+        // Appended by a member that is not a voter (none is, today): the
+        // child starts with no vote, and elects its leader.
+        at(5, 7, 3, split("f", 10, 2)),
+        // Refused (a stale epoch): no child, no vote.
+        at(5, 2, 4, split("c", 11, 2)),
+    ]))
+    .unwrap();
+    assert!(
+        matches!(
+            &r[..],
+            [Reply::Done, Reply::Done, Reply::Done, Reply::WrongRegion(_)]
+        ),
+        "{r:?}"
+    );
+    let writer = crate::LogWriter::start(engine.clone()).unwrap();
+    let vote = |region| {
+        let mut log = crate::LogStore::new(region, engine.clone(), writer.clone());
+        block_on(log.read_vote()).unwrap()
+    };
+    assert_eq!(vote(9), Some(Vote::new_committed(4, 2)));
+    assert_eq!(vote(10), None);
+    assert_eq!(vote(11), None);
+    assert_eq!(vote(1), None, "the parent's own vote is untouched");
+}
+
+#[test]
 fn a_split_narrows_the_parent_seeds_the_child_and_keeps_commands_inside_each() {
     use openraft::storage::RaftLogStorage;
     let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());

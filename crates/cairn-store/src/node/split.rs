@@ -25,6 +25,10 @@ use crate::remote::{ForwardOk, ForwardOp};
 use crate::tso;
 use crate::{Error, Result};
 
+/// How long a message for a region not hosted here waits for a split
+/// applying here to bear it, before [`Node::adopt`] looks further.
+const BIRTH_WAIT: Duration = Duration::from_millis(200);
+
 /// Regions [`Node::propose_everywhere`] proposes in at once.
 const EVERYWHERE_AT_ONCE: usize = 16;
 
@@ -66,8 +70,19 @@ impl Node {
     /// or recorded in the engine and about to be — overlaps it. `Internal`
     /// otherwise (the sender retries).
     pub(crate) async fn adopt(self: &Arc<Self>, region: u64) -> Result<Arc<Region>> {
-        if let Some(r) = self.regions.get(region) {
-            return Ok(r);
+        // Its leader's first messages may come before this replica has
+        // applied the split that bears it (the leader applied it first):
+        // they are answered when it has, not refused (openraft would try
+        // again only after a backoff).
+        let deadline = Instant::now() + BIRTH_WAIT;
+        loop {
+            if let Some(r) = self.regions.get(region) {
+                return Ok(r);
+            }
+            if Instant::now() >= deadline || self.absorbed_here(region) || self.is_stopped() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let refuse = |why: &str| {
             Err(Error::Internal(format!(
