@@ -259,6 +259,34 @@ async fn the_parents_leader_leads_a_new_region_at_once() {
     c.shutdown().await;
 }
 
+/// The new region's leader may start its replica after the others have
+/// theirs (its host is slow): they forward to it from their first moment,
+/// and a write they forward is tried again until it is there, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_waits_for_the_new_regions_leader_to_start_it() {
+    let mut c = InProcessCluster::start(3).await;
+    c.set_leader_balance(false);
+    let leader = c.wait_leader(DATA_REGION).await;
+    c.node(leader).delay_births(Duration::from_millis(300));
+    let via = (leader + 1) % 3;
+    let child = c
+        .node(via)
+        .split_region(DATA_REGION, b"m".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        c.node(leader).region(child).is_err(),
+        "the leader's replica starts later"
+    );
+    let mut client = c.kv(via).await;
+    kv::put(&mut client, "q", "v").await.unwrap();
+    assert_eq!(
+        c.raft_metrics(leader, child).current_leader,
+        Some(c.node_id(leader))
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_at_a_stale_epoch_or_outside_the_region_is_refused() {
     let c = InProcessCluster::start(3).await;

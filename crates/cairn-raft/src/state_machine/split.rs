@@ -34,8 +34,8 @@
 //! written again where the split is applied again, after a crash lost that
 //! batch — and with it everything the child's Raft wrote since, which
 //! came later in the same engine. The new leader has no entry of its own
-//! term, so it commits nothing (and serves no read) until it appends one:
-//! the host appends one at once (`cairn-store`'s `Node::host`).
+//! term; openraft appends a blank one as it starts, which commits once a
+//! follower has the child too.
 //!
 //! The lease table stays with the first region (the parent that keeps the
 //! first key): a split moves keys, never leases or their index.

@@ -140,7 +140,16 @@ impl Node {
         op: ForwardOp,
         auth: Option<AuthStamp>,
     ) -> Result<ForwardOk> {
-        let r = self.region(region)?;
+        let r = match self.region(region) {
+            Ok(r) => r,
+            // Not started here yet: a region born by a split is led from
+            // its first moment by the member that appended the split (see
+            // `cairn_raft::state_machine::split`), whose replica may start
+            // after the others', which forward to it at once. The sender
+            // tries again (or asks whoever leads by then).
+            Err(Error::Internal(_)) => return Err(Error::NotLeader { leader: None }),
+            Err(e) => return Err(e),
+        };
         // A hibernating leader wakes for a read, not for a write, an ask
         // for closes or a hash (`ForwardOp::wakes`).
         if op.wakes() {

@@ -194,6 +194,9 @@ pub struct Node {
     timestamps: crate::proposer::TimestampSource,
     /// Held while a replica is being started (or adopted).
     hosting: tokio::sync::Mutex<()>,
+    /// Milliseconds each region born here waits before it is started (a
+    /// test's slow member: [`Node::delay_births`]).
+    birth_delay: AtomicU64,
     /// Each data region's recent write rate (see `report`).
     write_rates: parking_lot::Mutex<std::collections::BTreeMap<u64, report::WriteRate>>,
     /// Outcomes of finished transactions across regions, `(primary

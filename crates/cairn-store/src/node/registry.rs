@@ -15,8 +15,10 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
+use tokio::sync::Notify;
 
 use crate::node::Region;
 
@@ -25,6 +27,8 @@ use crate::node::Region;
 pub(crate) struct Registry {
     by_id: RwLock<BTreeMap<u64, Arc<Region>>>,
     by_start: RwLock<BTreeMap<Vec<u8>, Arc<Region>>>,
+    /// Woken whenever a replica joins.
+    joined: Notify,
 }
 
 impl Registry {
@@ -37,6 +41,24 @@ impl Registry {
     pub(crate) fn insert(&self, region: Arc<Region>) {
         self.by_id.write().insert(region.id, region);
         self.by_start.write().clear();
+        self.joined.notify_waiters();
+    }
+
+    /// The replica of region `id`, waiting up to `wait` for one to join.
+    pub(crate) async fn get_within(&self, id: u64, wait: Duration) -> Option<Arc<Region>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the look, so a join in between is not missed.
+            let joined = self.joined.notified();
+            tokio::pin!(joined);
+            joined.as_mut().enable();
+            if let Some(r) = self.get(id) {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                return self.get(id);
+            }
+        }
     }
 
     /// Takes a replica out (a merge absorbed its region).

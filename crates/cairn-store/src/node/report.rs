@@ -88,12 +88,17 @@ impl Node {
 }
 
 /// Samples each data region's applied writes once a second into its
-/// [`WriteRate`], until the node is gone.
+/// [`WriteRate`], until the node is gone. A replica started since the
+/// last sample (a region born by a split) applied all it counts since
+/// then; at the first sample the count includes what the replicas
+/// replayed as the node started, which is no rate.
 pub(super) async fn sample_write_rates(node: std::sync::Weak<Node>) {
+    let mut last: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(n) = node.upgrade() else { return };
         let now = Instant::now();
+        let since = last.replace(now);
         let mut next = BTreeMap::new();
         let old = n.write_rates.lock().clone();
         for r in n.regions.all() {
@@ -107,7 +112,10 @@ pub(super) async fn sample_write_rates(node: std::sync::Weak<Node>) {
                     let sample = count.saturating_sub(w.count) as f64 / secs;
                     0.5 * w.per_second + 0.5 * sample
                 }
-                None => 0.0,
+                None => match since {
+                    Some(t) => count as f64 / now.duration_since(t).as_secs_f64().max(1e-3),
+                    None => 0.0,
+                },
             };
             next.insert(
                 r.id,

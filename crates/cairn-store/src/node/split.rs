@@ -27,7 +27,7 @@ use crate::{Error, Result};
 
 /// How long a message for a region not hosted here waits for a split
 /// applying here to bear it, before [`Node::adopt`] looks further.
-const BIRTH_WAIT: Duration = Duration::from_millis(200);
+const BIRTH_WAIT: Duration = Duration::from_millis(80);
 
 /// Regions [`Node::propose_everywhere`] proposes in at once.
 const EVERYWHERE_AT_ONCE: usize = 16;
@@ -70,19 +70,18 @@ impl Node {
     /// or recorded in the engine and about to be — overlaps it. `Internal`
     /// otherwise (the sender retries).
     pub(crate) async fn adopt(self: &Arc<Self>, region: u64) -> Result<Arc<Region>> {
+        if let Some(r) = self.regions.get(region) {
+            return Ok(r);
+        }
         // Its leader's first messages may come before this replica has
         // applied the split that bears it (the leader applied it first):
-        // they are answered when it has, not refused (openraft would try
-        // again only after a backoff).
-        let deadline = Instant::now() + BIRTH_WAIT;
-        loop {
-            if let Some(r) = self.regions.get(region) {
+        // they are answered once it has, not refused (openraft would try
+        // again only after a backoff). Not for longer than openraft waits
+        // for an append's answer.
+        if !self.absorbed_here(region) {
+            if let Some(r) = self.regions.get_within(region, BIRTH_WAIT).await {
                 return Ok(r);
             }
-            if Instant::now() >= deadline || self.absorbed_here(region) || self.is_stopped() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let refuse = |why: &str| {
             Err(Error::Internal(format!(
@@ -133,6 +132,15 @@ impl Node {
         }
         self.host(region).await?;
         self.region(region)
+    }
+
+    /// Makes this member start each region a split gives birth to `by`
+    /// after it applies the split (a slow member, for tests).
+    #[doc(hidden)]
+    pub fn delay_births(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.birth_delay
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Proposes `cmd` in every data region (an auth fence, an alarm: state

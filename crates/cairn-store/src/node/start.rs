@@ -198,6 +198,7 @@ impl Node {
                 stopped: tokio::sync::watch::channel(false).0,
                 transferring: tokio::sync::Mutex::new(()),
                 balancing,
+                birth_delay: AtomicU64::new(0),
                 opener,
                 timestamps,
                 hosting: tokio::sync::Mutex::new(()),
@@ -298,35 +299,9 @@ impl Node {
             region,
             r.raft.server_metrics(),
         ));
-        tokio::spawn(first_entry_in_term(region, r.raft.clone()));
         self.regions.insert(r);
         tracing::info!(region, "hosting a region born by a split");
         Ok(())
-    }
-}
-
-/// Appends an empty batch if `raft` leads a log that ends where a region
-/// born by a split starts (no entry of the leader's term): a region born by a split whose entry this node appended starts
-/// so (`cairn_raft::state_machine::split`). openraft appends a blank entry
-/// only for a leader it elects; without one this leader commits nothing,
-/// and answers no read (its read index is that first entry), until a
-/// client writes.
-async fn first_entry_in_term(region: u64, raft: Raft) {
-    let leads = raft
-        .with_raft_state(|st| st.server_state == openraft::ServerState::Leader)
-        .await
-        .unwrap_or(false);
-    // (Its log holds nothing past the split's start: no entry at all. An
-    // extra empty batch would be harmless.)
-    let born = raft.metrics().borrow().last_log_index <= Some(cairn_raft::CHILD_INIT_INDEX);
-    if leads && born {
-        if let Err(e) = raft
-            .client_write(cairn_raft::Command::Batch(Vec::new()))
-            .await
-        {
-            // A write or a new leader's blank entry does it instead.
-            tracing::debug!(region, "no first entry in the born region's term: {e}");
-        }
     }
 }
 
@@ -344,6 +319,10 @@ async fn host_births(
         }
         match change {
             HostChange::Born(region) => {
+                let delay = n.birth_delay.load(std::sync::atomic::Ordering::Relaxed);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 if let Err(e) = n.host(region).await {
                     // The record is in the engine: the next start hosts it.
                     tracing::error!(region, "cannot start a region born by a split: {e}");
