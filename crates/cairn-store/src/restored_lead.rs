@@ -36,6 +36,11 @@
 //! written before the crash may sit there). A new term needs none of this: its first
 //! entry comes after everything in the log, and every read index is at
 //! or above it.
+//!
+//! A region born by a split starts the same way on the member that
+//! appended the split: the split seeds that member's committed vote
+//! (`cairn_raft`'s `state_machine::split`). Its log ends where the child
+//! starts, which it has applied, so the floor costs it nothing.
 
 use cairn_raft::Raft;
 use openraft::{ServerState, Vote};

@@ -390,7 +390,12 @@ impl Opener {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let restored = RestoredLead::of(&raft, last).await?;
         if restored.is_some() {
-            tracing::info!(region, "restored as leader in its term");
+            let born = region != META_REGION && region != DATA_REGION;
+            if born && last <= cairn_raft::CHILD_INIT_INDEX {
+                tracing::info!(region, "leading a region born by a split it appended");
+            } else {
+                tracing::info!(region, "restored as leader in its term");
+            }
         }
         Ok((raft, shared, log_bytes, restored))
     }
