@@ -73,16 +73,6 @@ impl Node {
         if let Some(r) = self.regions.get(region) {
             return Ok(r);
         }
-        // Its leader's first messages may come before this replica has
-        // applied the split that bears it (the leader applied it first):
-        // they are answered once it has, not refused (openraft would try
-        // again only after a backoff). Not for longer than openraft waits
-        // for an append's answer.
-        if !self.absorbed_here(region) {
-            if let Some(r) = self.regions.get_within(region, BIRTH_WAIT).await {
-                return Ok(r);
-            }
-        }
         let refuse = |why: &str| {
             Err(Error::Internal(format!(
                 "region {region} not hosted here: {why}"
@@ -93,6 +83,14 @@ impl Node {
         // calling) would be started empty and never stopped.
         if self.absorbed_here(region) {
             return refuse("a merge absorbed it");
+        }
+        // Its leader's first messages may come before this replica has
+        // applied the split that bears it (the leader applied it first):
+        // they are answered once it has, not refused (openraft would try
+        // again only after a backoff). Not for longer than openraft waits
+        // for an append's answer.
+        if let Some(r) = self.regions.get_within(region, BIRTH_WAIT).await {
+            return Ok(r);
         }
         let (desc, dropped) = self.region(META_REGION)?.shared.with_applied(|a| {
             let dropped = a.merge.absorbed.contains(&region);
