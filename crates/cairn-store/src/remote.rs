@@ -127,6 +127,12 @@ pub enum ForwardOp {
     /// others: a member of the previous version refuses it, and is asked
     /// for one hash of the whole store instead.)
     HashSpansAt(Vec<(KeySpan, i64)>),
+    /// Any member: readers on the sender wait on these regions, which
+    /// it believes this member leads: close them soon
+    /// (`node::close_hurry`). (A variant of its own, after the others: a
+    /// member of the previous version refuses it, and closes them at its
+    /// cadence, as wanted.)
+    HurryCloses(Vec<u64>),
 }
 
 /// A leader's question to a replica of one of its regions: does it still
@@ -183,6 +189,7 @@ impl ForwardOp {
             && !matches!(
                 self,
                 ForwardOp::WantCloses
+                    | ForwardOp::HurryCloses(_)
                     | ForwardOp::ReadIndexAfterQuietly(_)
                     | ForwardOp::HashKv(_)
                     | ForwardOp::HashKvAt { .. }
@@ -212,6 +219,7 @@ impl ForwardOp {
                 | ForwardOp::HashStoreAt { .. }
                 | ForwardOp::HashSpansAt(_)
                 | ForwardOp::WantCloses
+                | ForwardOp::HurryCloses(_)
                 | ForwardOp::Beat
                 | ForwardOp::SideCloses { .. }
         )

@@ -32,6 +32,7 @@ use cairn_mvcc::Revisions;
 use cairn_raft::RegionShared;
 use cairn_storage::Snapshot;
 
+use crate::node::close_hurry::CloseHurries;
 use crate::watch_hub::FeedMerger;
 use crate::Node;
 
@@ -43,9 +44,11 @@ pub struct SpanRegions {
     /// epoch moved before its feed was subscribed to may have published
     /// the reset that said so already.
     epochs: Vec<u64>,
-    /// Pokes this node's closes loop: a new subscription asks for the
-    /// regions' idle revisions to move (`node::closes`).
-    poke: Arc<tokio::sync::Notify>,
+    /// This node's closes on demand: a new subscription pokes the closes
+    /// loop, so the regions' idle revisions move (`node::closes`), and
+    /// its merger names the regions that hold its events back
+    /// (`node::close_hurry`).
+    hurries: Arc<CloseHurries>,
     /// The regions did not cover the span they were read for.
     uncovered: bool,
 }
@@ -99,7 +102,7 @@ impl Node {
         sorted.sort();
         let covered = crate::node::bounds_tile(sorted.into_iter(), start, end);
         SpanRegions {
-            poke: self.close_now.clone(),
+            hurries: self.hurries.clone(),
             uncovered: !covered,
             epochs: held.iter().map(|(_, r, _)| r.epoch).collect(),
             regions: held
@@ -214,7 +217,7 @@ impl SpanRegions {
     /// history only up to the lowest, then reads the merged stream).
     pub fn subscribe(&self) -> FeedMerger {
         let feeds: Vec<_> = self.regions.iter().map(|(r, _, _)| r.subscribe()).collect();
-        self.poke.notify_one();
+        self.hurries.poke();
         // A region whose bounds changed (or that stopped) since they were
         // read may have said so before this subscription: start broken, so
         // the subscriber looks at the regions again.
@@ -259,7 +262,7 @@ impl SpanRegions {
             .zip(&views)
             .map(|(feed, (_, revs))| (feed, revs.current))
             .collect();
-        FeedMerger::with_history(inputs, ahead, broken)
+        FeedMerger::with_history(inputs, ahead, broken).hurrying(self.ids(), self.hurries.clone())
     }
 
     /// Every region's read view now.

@@ -17,7 +17,11 @@
 //! An idle region's resolved revision moves only with its closed
 //! timestamps (`node::closes`: beside the log or as `Command::Close`,
 //! while there is more than one data region and a member with a watch on
-//! the region asks). A region that splits publishes a reset: the watch
+//! the region asks). A merger holding events back names the regions
+//! behind them, once per release (`node::close_hurry`), and their leaders
+//! close them at once: an event waits one round of closes, milliseconds,
+//! not the 250 ms cadence. It keeps the lowest resolved revision as inputs
+//! move, so a busy region's batch costs no scan of the idle ones. A region that splits publishes a reset: the watch
 //! stream then regroups each watcher over the regions its span touches now
 //! and re-reads history, so the keys the split moved out stay watched.
 //! With one input nothing needs holding back, and the
@@ -33,6 +37,8 @@ use std::sync::Arc;
 
 use cairn_mvcc::Change;
 use cairn_raft::FeedBatch;
+
+use crate::node::close_hurry::{CloseHurries, HurryPace};
 use futures::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -106,6 +112,16 @@ pub struct FeedMerger {
     /// time. A deadline, not a pause per call: a reader that drops `next`
     /// for another branch of a `select!` must not restart the wait.
     broken: Option<tokio::time::Instant>,
+    /// The lowest resolved revision of the inputs, and how many inputs
+    /// are at it: kept as inputs move, not found anew per batch (a batch
+    /// of a busy region, with hundreds of idle ones watched, moves no
+    /// minimum).
+    low: i64,
+    at_low: usize,
+    /// Where to name the inputs holding events back (each input's region
+    /// id), and when they were last named (`node::close_hurry`).
+    hurry: Option<(Vec<u64>, Arc<CloseHurries>)>,
+    pace: HurryPace,
 }
 
 impl FeedMerger {
@@ -144,11 +160,72 @@ impl FeedMerger {
             closed: false,
             held: BTreeMap::new(),
             broken: broken.then(Self::after_pause),
+            low: 0,
+            at_low: 0,
+            hurry: None,
+            pace: HurryPace::default(),
         };
+        m.find_low();
         for c in history {
             m.hold(c);
         }
         m
+    }
+
+    /// Makes the merger name the inputs (regions `ids`, in input order)
+    /// that hold its events back to `hurries`, so their leaders close
+    /// them soon.
+    pub(crate) fn hurrying(mut self, ids: Vec<u64>, hurries: Arc<CloseHurries>) -> Self {
+        debug_assert_eq!(ids.len(), self.inputs.len());
+        self.hurry = Some((ids, hurries));
+        self.hurry_held_back();
+        self
+    }
+
+    /// Names the inputs resolved below the lowest event held, unless
+    /// named since the last release (or lately: [`HurryPace`]).
+    fn hurry_held_back(&mut self) {
+        let (Some((ids, hurries)), Some(((lowest, _, _), _))) =
+            (&self.hurry, self.held.first_key_value())
+        else {
+            return;
+        };
+        if !self.pace.due() {
+            return;
+        }
+        let behind = self
+            .inputs
+            .iter()
+            .zip(ids)
+            .filter(|(i, _)| i.resolved < *lowest)
+            .map(|(_, id)| *id);
+        hurries.hurry(behind);
+    }
+
+    /// Input `idx` resolved `to`; keeps the lowest.
+    fn advance(&mut self, idx: usize, to: i64) {
+        let input = &mut self.inputs[idx];
+        if to <= input.resolved {
+            return;
+        }
+        let was = std::mem::replace(&mut input.resolved, to);
+        if was == self.low {
+            self.at_low -= 1;
+            if self.at_low == 0 {
+                self.find_low();
+                // Released: name the inputs again once held back again.
+                self.pace.reset();
+            }
+        }
+    }
+
+    fn find_low(&mut self) {
+        self.low = self.inputs.iter().map(|i| i.resolved).min().unwrap_or(0);
+        self.at_low = self
+            .inputs
+            .iter()
+            .filter(|i| i.resolved == self.low)
+            .count();
     }
 
     fn hold(&mut self, c: Change) {
@@ -168,7 +245,7 @@ impl FeedMerger {
 
     /// The revision every input has resolved.
     pub fn resolved(&self) -> i64 {
-        self.inputs.iter().map(|i| i.resolved).min().unwrap_or(0)
+        self.low
     }
 
     /// Waits for the next releasable batch (possibly empty when only the
@@ -196,11 +273,11 @@ impl FeedMerger {
         if batch.reset {
             return HubItem::Discontinuity;
         }
-        if let [only] = &mut self.inputs[..] {
+        if self.inputs.len() == 1 {
             // Nothing to hold back: the batch goes on as published.
-            only.resolved = only.resolved.max(batch.resolved);
+            self.advance(0, batch.resolved);
             return HubItem::Batch {
-                resolved: only.resolved,
+                resolved: self.low,
                 events: Events::Shared(batch),
             };
         }
@@ -208,11 +285,11 @@ impl FeedMerger {
         for c in batch.events.iter().filter(|c| c.revision > start) {
             self.hold(c.clone());
         }
-        let input = &mut self.inputs[idx];
-        input.resolved = input.resolved.max(batch.resolved);
-        let resolved = self.resolved();
+        self.advance(idx, batch.resolved);
+        let resolved = self.low;
         let rest = self.held.split_off(&(resolved + 1, 0, Vec::new()));
         let ready = std::mem::replace(&mut self.held, rest);
+        self.hurry_held_back();
         HubItem::Batch {
             events: Events::Merged(Arc::new(ready.into_values().collect())),
             resolved,
@@ -385,6 +462,36 @@ mod tests {
         }
         txs[7].send(batch(vec![], 30)).unwrap();
         assert_eq!(keys(m.next().await), (vec![], 20));
+    }
+
+    /// A merger holding events back names the regions behind the lowest
+    /// one it holds, once until its resolved revision moves (then again
+    /// if it still holds some), not once per batch of a busy region.
+    #[tokio::test]
+    async fn a_held_back_merger_names_the_regions_behind_once_per_release() {
+        let hurries = Arc::new(CloseHurries::new(Default::default()));
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| broadcast::channel(16)).unzip();
+        let mut m = FeedMerger::new(rxs.into_iter().map(|rx| (rx, 0)).collect())
+            .hurrying(vec![11, 12, 13], hurries.clone());
+        assert!(hurries.take().is_empty(), "nothing held, nothing named");
+        txs[0].send(batch(vec![ev("a", 10)], 10)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 0));
+        assert_eq!(hurries.take(), [12, 13].into());
+        // More from the busy region, and one idle region moves, but the
+        // lowest does not: named already.
+        txs[0].send(batch(vec![ev("a", 11)], 11)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 0));
+        txs[1].send(batch(vec![], 20)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 0));
+        assert!(hurries.take().is_empty());
+        // The last one moves, not far enough: named again, alone.
+        txs[2].send(batch(vec![], 5)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 5));
+        assert_eq!(hurries.take(), [13].into());
+        txs[2].send(batch(vec![], 30)).unwrap();
+        let want = vec![(10, "a".into()), (11, "a".into())];
+        assert_eq!(keys(m.next().await), (want, 11));
+        assert!(hurries.take().is_empty(), "nothing held");
     }
 
     #[tokio::test]

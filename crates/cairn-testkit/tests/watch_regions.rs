@@ -355,3 +355,53 @@ async fn a_watch_from_now_starts_above_the_writes_its_member_answered() {
     c.heal();
     c.shutdown().await;
 }
+
+/// A watch over several regions gets each event without waiting for the
+/// idle regions' next closes (`close_hurry`): the watch names the regions
+/// holding its events back, and their leaders close them at once. The
+/// cadence of closes is set to 30 s here, so an event that waited for it
+/// would come 30 s late, not a few milliseconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_over_several_regions_gets_each_event_without_waiting_for_idle_ones() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    for i in 0..3 {
+        c.node(i).set_close_every(Duration::from_secs(30));
+    }
+    c.split_at("h").await;
+    c.split_at("p").await;
+    let mut client = c.kv(0).await;
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        watches.push(WatchStream::everything(&c.nodes[i].client_addr, 0).await);
+    }
+    let mut worst = Duration::ZERO;
+    let mut waits = Vec::new();
+    // Each put in one region, the others idle; the busy one moves round
+    // them, so each member waits on regions led here and elsewhere.
+    for n in 0..12 {
+        let key = format!("{}{n:02}", ["a", "k", "t"][n % 3]);
+        let sent = Instant::now();
+        let rev = kv::put(&mut client, &key, "v").await.unwrap();
+        for (i, w) in watches.iter_mut().enumerate() {
+            let r = w
+                .next(Duration::from_secs(3))
+                .await
+                .unwrap_or_else(|| panic!("member {i}: no event for {key} within 3 s"));
+            let got: Vec<i64> = r
+                .events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                .collect();
+            assert_eq!(got, [rev], "member {i}");
+            worst = worst.max(sent.elapsed());
+        }
+        waits.push(sent.elapsed());
+    }
+    waits.sort();
+    eprintln!(
+        "put to the last watch's event: median {:?}, worst {worst:?}",
+        waits[waits.len() / 2]
+    );
+    c.shutdown().await;
+}

@@ -42,6 +42,11 @@
 //!   after it takes the region's leadership (the asks went to the leader
 //!   before). It closes a region at most every [`CLOSE_EVERY`], and only
 //!   if it applied no write over the last interval.
+//! - A reader actually held back by a region (a watch holding a busy
+//!   region's event, a read waiting) also hurries it: its leader closes
+//!   it beside the log in its next round, not at the cadence
+//!   ([`super::close_hurry`]). The cadence keeps progress notifications
+//!   and `WithRequireLeader` streams moving; hurries keep events on time.
 //!
 //! With one data region nothing is closed. Asks are best effort: an ask
 //! counts only once sent to a leader, and one that fails is forgotten, so
@@ -53,11 +58,13 @@
 //! old member may wait for an idle region's next write.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_raft::Command;
 
+use crate::node::close_hurry::{HurryPace, HURRY_SPACING};
 use crate::node::sequential::SEQUENTIAL_WAIT;
 use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
 use crate::proposer::Proposal;
@@ -79,12 +86,30 @@ pub(crate) struct CloseWants {
     wanted_until: parking_lot::Mutex<Option<Instant>>,
     /// (Any member) When this member last sent an ask.
     asked_at: Arc<parking_lot::Mutex<Option<Instant>>>,
+    /// (Leader) A reader waits on this region: close it in the next round
+    /// (`close_hurry`).
+    hurried: std::sync::atomic::AtomicBool,
 }
 
 impl CloseWants {
     /// Someone asked: close until [`WANTED_FOR`] from now.
     fn want(&self) {
         *self.wanted_until.lock() = Some(Instant::now() + WANTED_FOR);
+    }
+
+    /// A reader waits on the region: close it soon, and while wanted.
+    pub(super) fn hurry(&self) {
+        self.want();
+        self.hurried.store(true, Ordering::Release);
+    }
+
+    fn hurried(&self) -> bool {
+        self.hurried.load(Ordering::Acquire)
+    }
+
+    /// Clears the hurry (its close is on its way).
+    fn take_hurry(&self) {
+        self.hurried.store(false, Ordering::Release);
     }
 
     /// True while closes are wanted.
@@ -156,14 +181,20 @@ impl Node {
         }
         let since = Instant::now();
         let freshest = regions.freshest();
+        let mut pace = HurryPace::default();
         while regions.resolved() < freshest
             && since.elapsed() < SEQUENTIAL_WAIT
             && !self.is_stopped()
         {
+            let mut behind = Vec::new();
             for r in ids.iter().filter_map(|id| self.regions.get(*id)) {
                 if r.shared.resolved() < freshest {
                     self.want_closes(&r);
+                    behind.push(r.id);
                 }
+            }
+            if pace.due() {
+                self.hurries.hurry(behind);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -203,12 +234,14 @@ impl Node {
 }
 
 /// The closes loop (see the module essay). Every [`CLOSE_EVERY`], or at
-/// once when poked (a new watch, a new want): asks for closes of the
-/// watched regions here, and closes the wanted regions this node leads
-/// that applied no write over the last interval, while there is more than
-/// one data region: those it can beside the log in one round (one round
-/// in flight), the others in the log. At most one close per region is in
-/// flight, and one per [`CLOSE_EVERY`].
+/// once when poked (a new watch, a new want, a hurry): sends hurries on
+/// (`close_hurry`), asks for closes of the watched regions here, and
+/// closes the regions this node leads that are hurried, or wanted and
+/// applied no write over the last interval, while there is more than one
+/// data region: those it can beside the log in one round (one round in
+/// flight), the others in the log. At most one close per region is in
+/// flight, one per [`CLOSE_EVERY`] unless hurried beside the log, and
+/// one hurried round per [`HURRY_SPACING`].
 pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     // Per region: its writes at the last timed pass, and when its last
     // close was started.
@@ -225,17 +258,25 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     // with the timer restarted at each poke no region was ever closed
     // while splits went on).
     let mut last_timed = Instant::now();
+    // When hurries were last sent on, and the last hurried round began.
+    let mut last_sent: Option<Instant> = None;
+    let mut last_hurried: Option<Instant> = None;
+    // A pass held hurries back for the spacing: wake when it is over.
+    let mut hurry_wake: Option<Instant> = None;
     loop {
-        let poke = match node.upgrade() {
-            Some(n) => n.close_now.clone(),
+        let (poke, every) = match node.upgrade() {
+            Some(n) => (n.close_now.clone(), n.close_every()),
             None => return,
         };
-        let due = CLOSE_EVERY.saturating_sub(last_timed.elapsed());
+        let mut due = every.saturating_sub(last_timed.elapsed());
+        if let Some(at) = hurry_wake.take() {
+            due = due.min(at.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             _ = tokio::time::sleep(due) => {}
             _ = poke.notified() => {}
         };
-        let timed = last_timed.elapsed() >= CLOSE_EVERY;
+        let timed = last_timed.elapsed() >= every;
         if timed {
             last_timed = Instant::now();
         }
@@ -247,7 +288,22 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
         if side_round.as_ref().is_some_and(|t| t.is_finished()) {
             side_round = None;
         }
+        // Hurries, sent on at most every HURRY_SPACING.
+        let spaced = |at: Option<Instant>| at.map(|t| t + HURRY_SPACING);
+        match spaced(last_sent) {
+            Some(at) if at > Instant::now() => {
+                if n.hurries.any() {
+                    hurry_wake = Some(at);
+                }
+            }
+            _ => {
+                if n.send_hurries() {
+                    last_sent = Some(Instant::now());
+                }
+            }
+        }
         let mut side = Vec::new();
+        let mut side_hurried = false;
         let data: Vec<_> = n
             .regions
             .all()
@@ -257,6 +313,8 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
         if data.len() < 2 {
             continue;
         }
+        let hurry_ready =
+            side_round.is_none() && spaced(last_hurried).is_none_or(|at| at <= Instant::now());
         let mut leading = BTreeSet::new();
         for r in data {
             if r.shared.watched() {
@@ -271,31 +329,48 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
                 seen.get(&r.id) == Some(&writes)
             };
             let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
-            if leads {
-                leading.insert(r.id);
-                if !led.contains(&r.id) {
-                    // Asks went to the leader before.
-                    r.closes.want();
-                }
-            }
-            // (A region frozen for a merge keeps its revision as frozen.)
-            let frozen = r.shared.merge_frozen().is_some();
-            let recent = closed.get(&r.id).is_some_and(|t| t.elapsed() < CLOSE_EVERY);
-            if !idle || !leads || frozen || !r.closes.wanted() || recent {
+            if !leads {
+                r.closes.take_hurry();
                 continue;
             }
+            leading.insert(r.id);
+            if !led.contains(&r.id) {
+                // Asks went to the leader before.
+                r.closes.want();
+            }
+            // (A region frozen for a merge keeps its revision as frozen.)
+            if r.shared.merge_frozen().is_some() {
+                r.closes.take_hurry();
+                continue;
+            }
+            let hurried = r.closes.hurried();
+            let recent = closed.get(&r.id).is_some_and(|t| t.elapsed() < every);
             if flying.contains_key(&r.id) {
                 continue;
             }
             if n.side_closable(&r) {
                 // Beside the log, with the others, unless a round is on
-                // its way (the next pass then takes it).
-                if side_round.is_none() {
+                // its way (the next pass then takes it): a hurried region
+                // at once, the others at the cadence.
+                if hurried && !hurry_ready {
+                    if let Some(at) = spaced(last_hurried).filter(|_| side_round.is_none()) {
+                        hurry_wake = Some(hurry_wake.map_or(at, |w| w.min(at)));
+                    }
+                    continue;
+                }
+                if hurried || (idle && r.closes.wanted() && !recent && side_round.is_none()) {
+                    r.closes.take_hurry();
+                    side_hurried |= hurried;
                     closed.insert(r.id, Instant::now());
                     side.push(r.id);
                 }
                 continue;
             }
+            // In the log: a Raft entry each, so at the cadence only.
+            if !(hurried || idle && r.closes.wanted()) || recent {
+                continue;
+            }
+            r.closes.take_hurry();
             closed.insert(r.id, Instant::now());
             let (node, id) = (n.clone(), r.id);
             flying.insert(
@@ -306,6 +381,9 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
                 }),
             );
         }
+        if side_hurried {
+            last_hurried = Some(Instant::now());
+        }
         if !side.is_empty() {
             let node = n.clone();
             side_round = Some(tokio::spawn(async move {
@@ -313,10 +391,32 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
                 if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), round).await {
                     tracing::debug!("closing beside the log: {e}");
                 }
+                // A hurry that came meanwhile waits for this pass.
+                node.close_now.notify_one();
             }));
         }
         led = leading;
         seen.retain(|id, _| n.regions.get(*id).is_some());
         closed.retain(|id, _| n.regions.get(*id).is_some());
+    }
+}
+
+impl Node {
+    /// How often an idle region is closed while wanted ([`CLOSE_EVERY`],
+    /// unless a test set it: [`Node::set_close_every`]).
+    fn close_every(&self) -> Duration {
+        match self.close_every_ms.load(Ordering::Relaxed) {
+            0 => CLOSE_EVERY,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    /// Makes this member close its wanted idle regions every `every`
+    /// instead of [`CLOSE_EVERY`] (hurried ones still at once: a test of
+    /// closes on demand).
+    #[doc(hidden)]
+    pub fn set_close_every(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.close_every_ms.store(ms, Ordering::Relaxed);
     }
 }

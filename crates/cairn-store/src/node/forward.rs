@@ -128,6 +128,7 @@ impl Node {
             ForwardOp::SideCloses { check, proved } => {
                 Ok(self.serve_side_closes(check, proved).await)
             }
+            ForwardOp::HurryCloses(ids) => Ok(self.serve_hurry(ids)),
             op => self.serve_op(region, op, None).await,
         }
     }
@@ -312,9 +313,9 @@ impl Node {
                 Ok(ForwardOk::Done)
             }
             ForwardOp::HashKv(revision) => self.legacy_hash(&r, revision, None).await,
-            ForwardOp::AwaitFreeze(_) | ForwardOp::SideCloses { .. } => {
-                Err(Error::Internal("served before".into()))
-            }
+            ForwardOp::AwaitFreeze(_)
+            | ForwardOp::SideCloses { .. }
+            | ForwardOp::HurryCloses(_) => Err(Error::Internal("served before".into())),
             ForwardOp::Beat => Ok(self.beat()),
             ForwardOp::WantCloses => {
                 self.closes_wanted(&r);

@@ -44,6 +44,7 @@
 
 mod background;
 mod backup_view;
+pub(crate) mod close_hurry;
 mod closes;
 mod compaction_sweeps;
 mod forward;
@@ -204,6 +205,11 @@ pub struct Node {
     forgets: parking_lot::Mutex<Vec<(u64, i64)>>,
     /// Pokes the closes loop (see `closes`).
     pub(crate) close_now: Arc<tokio::sync::Notify>,
+    /// Regions readers here wait on (see `close_hurry`).
+    pub(crate) hurries: Arc<close_hurry::CloseHurries>,
+    /// A test's close cadence in milliseconds (0: the usual; see
+    /// [`Node::set_close_every`]).
+    close_every_ms: AtomicU64,
     /// This process's boot id, and the other members' beats (see
     /// `hibernate`).
     boot: u64,

@@ -15,7 +15,8 @@
 //! close interval, or by a lock still standing. A region that was not
 //! being closed lately may be far behind: the read waits (up to the
 //! sequential wait below) for it to reach the freshest region here, then
-//! is served in any case.
+//! is served in any case. A read that waits hurries the closes of the
+//! regions behind (`close_hurry`).
 //!
 //! R is at least every revision this member has answered a write with
 //! (`sequential.rs`): below that, the read waits for the regions here to
@@ -51,6 +52,8 @@ impl Node {
         // The freshest revision a region here had resolved, if a region
         // behind it was not being closed lately (see below).
         let mut catch_up: Option<i64> = None;
+        // When this read last named the regions it waits on (`close_hurry`).
+        let mut pace = super::close_hurry::HurryPace::default();
         loop {
             let mut routed = self.regions_overlapping(&req.key, routed_end.as_deref());
             routed.sort_by(|a, b| a.1.cmp(&b.1));
@@ -85,8 +88,10 @@ impl Node {
             // for the floor, to reach the freshest region here, but serve
             // the read anyway when the wait is over.
             let freshest = ats.iter().copied().max().unwrap_or(0);
+            let mut behind = Vec::new();
             for ((r, _, _), at) in routed.iter().zip(&ats) {
                 if *at < freshest {
+                    behind.push(r.id);
                     if catch_up.is_none() && req.revision == 0 && !r.closes.flowing() {
                         catch_up = Some(freshest);
                     }
@@ -97,6 +102,9 @@ impl Node {
                 // Below a revision this member answered with: wait for
                 // the regions here to resolve that far (sequential.rs).
                 if since.elapsed() < super::sequential::SEQUENTIAL_WAIT && !self.is_stopped() {
+                    if pace.due() {
+                        self.hurries.hurry(behind);
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     continue;
                 }
@@ -106,6 +114,9 @@ impl Node {
                 && since.elapsed() < super::sequential::SEQUENTIAL_WAIT
                 && !self.is_stopped()
             {
+                if pace.due() {
+                    self.hurries.hurry(behind);
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 continue;
             }

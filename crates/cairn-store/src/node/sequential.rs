@@ -66,12 +66,17 @@ impl Node {
     /// replica here holds every revision up to `floor`; false if it did
     /// not.
     pub(super) async fn region_reaches(&self, region: &Region, since: Instant, floor: i64) -> bool {
+        let mut pace = super::close_hurry::HurryPace::default();
         loop {
             if region.shared.revisions().current >= floor {
                 return true;
             }
-            // An idle region moves only with closes (`closes.rs`).
+            // An idle region moves only with closes (`closes.rs`): hurry
+            // them (`close_hurry`).
             self.want_closes(region);
+            if pace.due() {
+                self.hurries.hurry([region.id]);
+            }
             if since.elapsed() >= SEQUENTIAL_WAIT || self.is_stopped() {
                 return false;
             }

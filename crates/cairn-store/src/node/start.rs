@@ -139,6 +139,7 @@ impl Node {
             meta_shared,
             rafts[meta_index].4,
         ));
+        let close_now = Arc::new(tokio::sync::Notify::new());
         let node = Arc::new_cyclic(|weak: &Weak<Node>| {
             // Proposers stamp their commit groups with confirmed timestamps.
             let timestamps: TimestampSource = {
@@ -204,7 +205,9 @@ impl Node {
                 hosting: tokio::sync::Mutex::new(()),
                 write_rates: Default::default(),
                 forgets: Default::default(),
-                close_now: Default::default(),
+                hurries: Arc::new(super::close_hurry::CloseHurries::new(close_now.clone())),
+                close_now,
+                close_every_ms: AtomicU64::new(0),
                 boot: super::hibernate::boot_id(id),
                 beats: Default::default(),
                 serving: tokio::sync::watch::channel(None).0,
