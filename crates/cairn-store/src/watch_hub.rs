@@ -262,7 +262,22 @@ impl FeedMerger {
             self.broken = None;
             return HubItem::Discontinuity;
         }
-        let (idx, batch) = match self.feeds.next().await {
+        let fed = loop {
+            // Held back: name the inputs behind again if nothing moves
+            // for a while (a hurry lost on its way, a leader moved).
+            let again = match (&self.hurry, self.held.is_empty()) {
+                (Some(_), false) => self.pace.again_at(),
+                _ => None,
+            };
+            let Some(again) = again else {
+                break self.feeds.next().await;
+            };
+            tokio::select! {
+                fed = self.feeds.next() => break fed,
+                () = tokio::time::sleep_until(again.into()) => self.hurry_held_back(),
+            }
+        };
+        let (idx, batch) = match fed {
             Some((idx, Fed::Batch(batch))) => (idx, batch),
             Some((_, Fed::Lagged)) => return HubItem::Discontinuity,
             Some((_, Fed::Closed)) | None => {
@@ -492,6 +507,23 @@ mod tests {
         let want = vec![(10, "a".into()), (11, "a".into())];
         assert_eq!(keys(m.next().await), (want, 11));
         assert!(hurries.take().is_empty(), "nothing held");
+    }
+
+    /// A merger still held back with nothing arriving names the regions
+    /// behind again (the first hurry may have been lost).
+    #[tokio::test]
+    async fn a_merger_held_back_with_nothing_arriving_names_the_regions_again() {
+        let hurries = Arc::new(CloseHurries::new(Default::default()));
+        let (a_tx, a_rx) = broadcast::channel(16);
+        let (_b_tx, b_rx) = broadcast::channel(16);
+        let mut m =
+            FeedMerger::new(vec![(a_rx, 0), (b_rx, 0)]).hurrying(vec![1, 2], hurries.clone());
+        a_tx.send(batch(vec![ev("a", 10)], 10)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 0));
+        assert_eq!(hurries.take(), [2].into());
+        let waited = std::time::Duration::from_millis(250);
+        assert!(tokio::time::timeout(waited, m.next()).await.is_err());
+        assert_eq!(hurries.take(), [2].into(), "not named again");
     }
 
     #[tokio::test]

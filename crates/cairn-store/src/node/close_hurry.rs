@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::node::{Node, META_REGION};
+use crate::node::{Node, Region, META_REGION};
 use crate::remote::{self, ForwardOk, ForwardOp};
 
 /// How often the closes loop sends hurries on, and how often a leader
@@ -52,10 +52,15 @@ pub(super) const HURRY_SPACING: Duration = Duration::from_millis(20);
 /// After how long a reader still held back names its regions again.
 pub const HURRY_AGAIN: Duration = Duration::from_millis(100);
 
-/// A member's regions that readers here wait on (see the module essay).
+/// Closes on demand on one member (see the module essay): the regions
+/// readers here wait on, to send on, and the regions this member leads
+/// that readers anywhere wait on, to close.
 pub struct CloseHurries {
     pending: parking_lot::Mutex<BTreeSet<u64>>,
-    /// Pokes the closes loop.
+    marked: parking_lot::Mutex<BTreeSet<u64>>,
+    /// Wakes the closes loop for the hurries alone.
+    wake: tokio::sync::Notify,
+    /// Pokes the closes loop for a whole pass.
     poke: Arc<tokio::sync::Notify>,
 }
 
@@ -63,6 +68,8 @@ impl CloseHurries {
     pub(crate) fn new(poke: Arc<tokio::sync::Notify>) -> Self {
         Self {
             pending: Default::default(),
+            marked: Default::default(),
+            wake: Default::default(),
             poke,
         }
     }
@@ -73,21 +80,36 @@ impl CloseHurries {
         let before = pending.len();
         pending.extend(regions);
         if pending.len() > before {
-            self.poke.notify_one();
+            self.wake.notify_one();
         }
     }
 
-    /// Pokes the closes loop (a new subscription: `SpanRegions`).
+    /// Pokes the closes loop for a whole pass (a new subscription:
+    /// `SpanRegions`).
     pub fn poke(&self) {
         self.poke.notify_one();
     }
 
-    pub(super) fn any(&self) -> bool {
-        !self.pending.lock().is_empty()
+    /// Wakes the closes loop for the hurries (a round ended, a leader
+    /// was hurried).
+    pub(super) fn wake_loop(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until the loop is woken for the hurries.
+    pub(super) async fn woken(&self) {
+        self.wake.notified().await
     }
 
     pub(crate) fn take(&self) -> BTreeSet<u64> {
         std::mem::take(&mut *self.pending.lock())
+    }
+
+    /// Region `r`, led here, is waited on: close it in the next round
+    /// (and go on closing it while wanted).
+    fn mark(&self, r: &Region) {
+        r.closes.want();
+        self.marked.lock().insert(r.id);
     }
 }
 
@@ -109,6 +131,11 @@ impl HurryPace {
         due
     }
 
+    /// When the reader, still held back, names its regions again.
+    pub fn again_at(&self) -> Option<Instant> {
+        self.at.map(|t| t + HURRY_AGAIN)
+    }
+
     /// The reader was released: it names regions again as soon as it is
     /// held back again.
     pub fn reset(&mut self) {
@@ -116,28 +143,95 @@ impl HurryPace {
     }
 }
 
+/// The closes loop's side of hurries: when it last sent them on and last
+/// started a hurried round, and when it must look again.
+#[derive(Default)]
+pub(super) struct HurryLoop {
+    last_sent: Option<Instant>,
+    last_round: Option<Instant>,
+    /// Hurries were held back for the spacing: look again then.
+    pub(super) wake: Option<Instant>,
+}
+
+impl HurryLoop {
+    fn wake_at(&mut self, at: Instant) {
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
+
+    /// Sends the pending hurries on, unless they were sent less than
+    /// [`HURRY_SPACING`] ago (then wakes when that is over).
+    pub(super) fn send_on(&mut self, n: &Node) {
+        self.wake = None;
+        if n.hurries.pending.lock().is_empty() {
+            return;
+        }
+        if let Some(at) = self.last_sent.map(|t| t + HURRY_SPACING) {
+            if at > Instant::now() {
+                self.wake_at(at);
+                return;
+            }
+        }
+        n.send_hurries();
+        self.last_sent = Some(Instant::now());
+    }
+
+    /// The hurried regions to close beside the log in a round now: none
+    /// while a round is in flight (it wakes the loop when it ends) or
+    /// less than [`HURRY_SPACING`] after the last hurried round began
+    /// (then the loop wakes when that is over).
+    pub(super) fn take_ready(&mut self, n: &Node, in_flight: bool) -> Vec<u64> {
+        if n.hurries.marked.lock().is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let spaced = self.last_round.map(|t| t + HURRY_SPACING);
+        if in_flight {
+            // (Also look then, should the round's wake come first.)
+            self.wake_at(now + HURRY_SPACING);
+            return Vec::new();
+        }
+        if let Some(at) = spaced.filter(|at| *at > now) {
+            self.wake_at(at);
+            return Vec::new();
+        }
+        let marked = std::mem::take(&mut *n.hurries.marked.lock());
+        let ready: Vec<u64> = marked
+            .into_iter()
+            .filter_map(|id| n.regions.get(id))
+            .filter(|r| {
+                // A region closed in the log keeps the cadence (wanted
+                // already), and a frozen one its revision.
+                r.raft.metrics().borrow().current_leader == Some(n.id)
+                    && r.shared.merge_frozen().is_none()
+                    && n.side_closable(r)
+            })
+            .map(|r| r.id)
+            .collect();
+        if !ready.is_empty() {
+            self.last_round = Some(now);
+        }
+        ready
+    }
+}
+
 impl Node {
     /// Sends the hurries pending here on: marks the regions led here, and
     /// tells the other regions' leaders (one op each, in the background).
-    /// False when none was pending.
-    pub(super) fn send_hurries(&self) -> bool {
+    fn send_hurries(&self) {
         let ids = self.hurries.take();
-        if ids.is_empty() {
-            return false;
-        }
         let mut remote: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for id in ids {
             let Some(r) = self.regions.get(id) else {
                 continue;
             };
             match r.raft.metrics().borrow().current_leader {
-                Some(l) if l == self.id => r.closes.hurry(),
+                Some(l) if l == self.id => self.hurries.mark(&r),
                 Some(l) => remote.entry(l).or_default().push(id),
                 None => {}
             }
         }
         let Ok(meta) = self.region(META_REGION) else {
-            return true;
+            return;
         };
         for (leader, ids) in remote {
             let (pool, raft) = (self.pool.clone(), meta.raft.clone());
@@ -148,7 +242,6 @@ impl Node {
                 }
             });
         }
-        true
     }
 
     /// Serves [`ForwardOp::HurryCloses`]: marks those of `ids` led here
@@ -157,12 +250,12 @@ impl Node {
         let mut any = false;
         for r in ids.into_iter().filter_map(|id| self.regions.get(id)) {
             if r.raft.metrics().borrow().current_leader == Some(self.id) {
-                r.closes.hurry();
+                self.hurries.mark(&r);
                 any = true;
             }
         }
         if any {
-            self.close_now.notify_one();
+            self.hurries.wake_loop();
         }
         ForwardOk::Done
     }

@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use cairn_raft::Command;
 
-use crate::node::close_hurry::{HurryPace, HURRY_SPACING};
+use crate::node::close_hurry::{HurryLoop, HurryPace};
 use crate::node::sequential::SEQUENTIAL_WAIT;
 use crate::node::{Node, Region, META_REGION, REQUEST_TIMEOUT};
 use crate::proposer::Proposal;
@@ -86,30 +86,12 @@ pub(crate) struct CloseWants {
     wanted_until: parking_lot::Mutex<Option<Instant>>,
     /// (Any member) When this member last sent an ask.
     asked_at: Arc<parking_lot::Mutex<Option<Instant>>>,
-    /// (Leader) A reader waits on this region: close it in the next round
-    /// (`close_hurry`).
-    hurried: std::sync::atomic::AtomicBool,
 }
 
 impl CloseWants {
     /// Someone asked: close until [`WANTED_FOR`] from now.
-    fn want(&self) {
+    pub(super) fn want(&self) {
         *self.wanted_until.lock() = Some(Instant::now() + WANTED_FOR);
-    }
-
-    /// A reader waits on the region: close it soon, and while wanted.
-    pub(super) fn hurry(&self) {
-        self.want();
-        self.hurried.store(true, Ordering::Release);
-    }
-
-    fn hurried(&self) -> bool {
-        self.hurried.load(Ordering::Acquire)
-    }
-
-    /// Clears the hurry (its close is on its way).
-    fn take_hurry(&self) {
-        self.hurried.store(false, Ordering::Release);
     }
 
     /// True while closes are wanted.
@@ -234,14 +216,14 @@ impl Node {
 }
 
 /// The closes loop (see the module essay). Every [`CLOSE_EVERY`], or at
-/// once when poked (a new watch, a new want, a hurry): sends hurries on
-/// (`close_hurry`), asks for closes of the watched regions here, and
-/// closes the regions this node leads that are hurried, or wanted and
-/// applied no write over the last interval, while there is more than one
-/// data region: those it can beside the log in one round (one round in
-/// flight), the others in the log. At most one close per region is in
-/// flight, one per [`CLOSE_EVERY`] unless hurried beside the log, and
-/// one hurried round per [`HURRY_SPACING`].
+/// once when poked (a new watch, a new want): asks for closes of the
+/// watched regions here, and closes the wanted regions this node leads
+/// that applied no write over the last interval, while there is more than
+/// one data region: those it can beside the log in one round (one round
+/// in flight), the others in the log. At most one close per region is in
+/// flight, and one per [`CLOSE_EVERY`]. Hurries (`close_hurry`) wake it
+/// too, for a pass over the hurried regions alone: it sends them on, and
+/// closes those led here beside the log in the next round.
 pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     // Per region: its writes at the last timed pass, and when its last
     // close was started.
@@ -258,23 +240,19 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     // with the timer restarted at each poke no region was ever closed
     // while splits went on).
     let mut last_timed = Instant::now();
-    // When hurries were last sent on, and the last hurried round began.
-    let mut last_sent: Option<Instant> = None;
-    let mut last_hurried: Option<Instant> = None;
-    // A pass held hurries back for the spacing: wake when it is over.
-    let mut hurry_wake: Option<Instant> = None;
+    let mut hurry = HurryLoop::default();
     loop {
-        let (poke, every) = match node.upgrade() {
-            Some(n) => (n.close_now.clone(), n.close_every()),
-            None => return,
-        };
+        let Some(n) = node.upgrade() else { return };
+        let (poke, hurried, every) = (n.close_now.clone(), n.hurries.clone(), n.close_every());
+        drop(n);
         let mut due = every.saturating_sub(last_timed.elapsed());
-        if let Some(at) = hurry_wake.take() {
+        if let Some(at) = hurry.wake {
             due = due.min(at.saturating_duration_since(Instant::now()));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(due) => {}
-            _ = poke.notified() => {}
+        let poked = tokio::select! {
+            _ = tokio::time::sleep(due) => false,
+            _ = poke.notified() => true,
+            _ = hurried.woken() => false,
         };
         let timed = last_timed.elapsed() >= every;
         if timed {
@@ -288,116 +266,87 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
         if side_round.as_ref().is_some_and(|t| t.is_finished()) {
             side_round = None;
         }
-        // Hurries, sent on at most every HURRY_SPACING.
-        let spaced = |at: Option<Instant>| at.map(|t| t + HURRY_SPACING);
-        match spaced(last_sent) {
-            Some(at) if at > Instant::now() => {
-                if n.hurries.any() {
-                    hurry_wake = Some(at);
-                }
-            }
-            _ => {
-                if n.send_hurries() {
-                    last_sent = Some(Instant::now());
-                }
-            }
-        }
-        let mut side = Vec::new();
-        let mut side_hurried = false;
-        let data: Vec<_> = n
-            .regions
-            .all()
-            .into_iter()
-            .filter(|r| r.id != META_REGION)
-            .collect();
-        if data.len() < 2 {
+        hurry.send_on(&n);
+        // Meta and two data regions at least.
+        if n.regions.len() < 3 {
             continue;
         }
-        let hurry_ready =
-            side_round.is_none() && spaced(last_hurried).is_none_or(|at| at <= Instant::now());
-        let mut leading = BTreeSet::new();
-        for r in data {
-            if r.shared.watched() {
-                n.want_closes(&r);
-            }
-            let writes = r.shared.write_load().writes();
-            // Idle over the last interval (a poked pass compares with the
-            // last timed one, and does not move it).
-            let idle = if timed {
-                seen.insert(r.id, writes) == Some(writes)
-            } else {
-                seen.get(&r.id) == Some(&writes)
-            };
-            let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
-            if !leads {
-                r.closes.take_hurry();
-                continue;
-            }
-            leading.insert(r.id);
-            if !led.contains(&r.id) {
-                // Asks went to the leader before.
-                r.closes.want();
-            }
-            // (A region frozen for a merge keeps its revision as frozen.)
-            if r.shared.merge_frozen().is_some() {
-                r.closes.take_hurry();
-                continue;
-            }
-            let hurried = r.closes.hurried();
-            let recent = closed.get(&r.id).is_some_and(|t| t.elapsed() < every);
-            if flying.contains_key(&r.id) {
-                continue;
-            }
-            if n.side_closable(&r) {
-                // Beside the log, with the others, unless a round is on
-                // its way (the next pass then takes it): a hurried region
-                // at once, the others at the cadence.
-                if hurried && !hurry_ready {
-                    if let Some(at) = spaced(last_hurried).filter(|_| side_round.is_none()) {
-                        hurry_wake = Some(hurry_wake.map_or(at, |w| w.min(at)));
+        let mut side = BTreeSet::new();
+        if timed || poked {
+            let data: Vec<_> = n
+                .regions
+                .all()
+                .into_iter()
+                .filter(|r| r.id != META_REGION)
+                .collect();
+            let mut leading = BTreeSet::new();
+            for r in data {
+                if r.shared.watched() {
+                    n.want_closes(&r);
+                }
+                let writes = r.shared.write_load().writes();
+                // Idle over the last interval (a poked pass compares with
+                // the last timed one, and does not move it).
+                let idle = if timed {
+                    seen.insert(r.id, writes) == Some(writes)
+                } else {
+                    seen.get(&r.id) == Some(&writes)
+                };
+                let leads = r.raft.metrics().borrow().current_leader == Some(n.id);
+                if leads {
+                    leading.insert(r.id);
+                    if !led.contains(&r.id) {
+                        // Asks went to the leader before.
+                        r.closes.want();
+                    }
+                }
+                // (A region frozen for a merge keeps its revision as frozen.)
+                let frozen = r.shared.merge_frozen().is_some();
+                let recent = closed.get(&r.id).is_some_and(|t| t.elapsed() < every);
+                if !idle || !leads || frozen || !r.closes.wanted() || recent {
+                    continue;
+                }
+                if flying.contains_key(&r.id) {
+                    continue;
+                }
+                if n.side_closable(&r) {
+                    // Beside the log, with the others, unless a round is
+                    // on its way (the next pass then takes it).
+                    if side_round.is_none() {
+                        closed.insert(r.id, Instant::now());
+                        side.insert(r.id);
                     }
                     continue;
                 }
-                if hurried || (idle && r.closes.wanted() && !recent && side_round.is_none()) {
-                    r.closes.take_hurry();
-                    side_hurried |= hurried;
-                    closed.insert(r.id, Instant::now());
-                    side.push(r.id);
-                }
-                continue;
+                closed.insert(r.id, Instant::now());
+                let (node, id) = (n.clone(), r.id);
+                flying.insert(
+                    r.id,
+                    tokio::spawn(async move {
+                        let close = node.close_region(id);
+                        let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
+                    }),
+                );
             }
-            // In the log: a Raft entry each, so at the cadence only.
-            if !(hurried || idle && r.closes.wanted()) || recent {
-                continue;
-            }
-            r.closes.take_hurry();
-            closed.insert(r.id, Instant::now());
-            let (node, id) = (n.clone(), r.id);
-            flying.insert(
-                r.id,
-                tokio::spawn(async move {
-                    let close = node.close_region(id);
-                    let _ = tokio::time::timeout(Duration::from_secs(3), close).await;
-                }),
-            );
+            led = leading;
+            seen.retain(|id, _| n.regions.get(*id).is_some());
+            closed.retain(|id, _| n.regions.get(*id).is_some());
         }
-        if side_hurried {
-            last_hurried = Some(Instant::now());
+        for id in hurry.take_ready(&n, side_round.is_some()) {
+            closed.insert(id, Instant::now());
+            side.insert(id);
         }
         if !side.is_empty() {
             let node = n.clone();
             side_round = Some(tokio::spawn(async move {
-                let round = node.side_close_round(side);
+                let round = node.side_close_round(side.into_iter().collect());
                 if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), round).await {
                     tracing::debug!("closing beside the log: {e}");
                 }
-                // A hurry that came meanwhile waits for this pass.
-                node.close_now.notify_one();
+                // Hurries that came meanwhile wait for this round.
+                node.hurries.wake_loop();
             }));
         }
-        led = leading;
-        seen.retain(|id, _| n.regions.get(*id).is_some());
-        closed.retain(|id, _| n.regions.get(*id).is_some());
     }
 }
 

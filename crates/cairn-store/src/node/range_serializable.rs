@@ -88,10 +88,16 @@ impl Node {
             // for the floor, to reach the freshest region here, but serve
             // the read anyway when the wait is over.
             let freshest = ats.iter().copied().max().unwrap_or(0);
-            let mut behind = Vec::new();
+            // The regions a wait below waits on: behind the freshest, or
+            // below the floor.
+            let behind: Vec<u64> = routed
+                .iter()
+                .zip(&ats)
+                .filter(|(_, at)| **at < freshest.max(floor))
+                .map(|((r, _, _), _)| r.id)
+                .collect();
             for ((r, _, _), at) in routed.iter().zip(&ats) {
                 if *at < freshest {
-                    behind.push(r.id);
                     if catch_up.is_none() && req.revision == 0 && !r.closes.flowing() {
                         catch_up = Some(freshest);
                     }
@@ -102,7 +108,7 @@ impl Node {
                 // Below a revision this member answered with: wait for
                 // the regions here to resolve that far (sequential.rs).
                 if since.elapsed() < super::sequential::SEQUENTIAL_WAIT && !self.is_stopped() {
-                    if pace.due() {
+                    if !behind.is_empty() && pace.due() {
                         self.hurries.hurry(behind);
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -114,7 +120,7 @@ impl Node {
                 && since.elapsed() < super::sequential::SEQUENTIAL_WAIT
                 && !self.is_stopped()
             {
-                if pace.due() {
+                if !behind.is_empty() && pace.due() {
                     self.hurries.hurry(behind);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;

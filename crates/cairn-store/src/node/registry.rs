@@ -68,6 +68,11 @@ impl Registry {
         gone
     }
 
+    /// How many replicas are hosted.
+    pub(crate) fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
     /// Every hosted replica, by region ID.
     pub(crate) fn all(&self) -> Vec<Arc<Region>> {
         self.by_id.read().values().cloned().collect()
