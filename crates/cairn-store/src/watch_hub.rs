@@ -182,11 +182,14 @@ impl FeedMerger {
         self
     }
 
-    /// Names the inputs resolved below the lowest event held, unless
-    /// named since the last release (or lately: [`HurryPace`]).
+    /// Names the inputs resolved below the newest event held, unless
+    /// named since the last release (or lately: [`HurryPace`]). Not only
+    /// those below the lowest: the others hold back the newer events, and
+    /// named one at a time, the idle regions were closed in turn, each
+    /// event waiting for another region's round.
     fn hurry_held_back(&mut self) {
-        let (Some((ids, hurries)), Some(((lowest, _, _), _))) =
-            (&self.hurry, self.held.first_key_value())
+        let (Some((ids, hurries)), Some(((newest, _, _), _))) =
+            (&self.hurry, self.held.last_key_value())
         else {
             return;
         };
@@ -197,7 +200,7 @@ impl FeedMerger {
             .inputs
             .iter()
             .zip(ids)
-            .filter(|(i, _)| i.resolved < *lowest)
+            .filter(|(i, _)| i.resolved < *newest)
             .map(|(_, id)| *id);
         hurries.hurry(behind);
     }
@@ -479,7 +482,7 @@ mod tests {
         assert_eq!(keys(m.next().await), (vec![], 20));
     }
 
-    /// A merger holding events back names the regions behind the lowest
+    /// A merger holding events back names the regions behind the newest
     /// one it holds, once until its resolved revision moves (then again
     /// if it still holds some), not once per batch of a busy region.
     #[tokio::test]

@@ -9,21 +9,24 @@
 //! keyspace waited 150–500 ms, against 1–10 ms within one region and on
 //! etcd. So a reader that is held back names the regions holding it:
 //! - the watch hub's merger (`watch_hub`), when it holds events back,
-//!   names the inputs resolved below the lowest event it holds — at most
-//!   once per release of events, or again after [`HURRY_AGAIN`] if that
-//!   hurry was lost;
+//!   names the inputs resolved below the newest event it holds (all of
+//!   them, at once: named only below the lowest, the idle regions were
+//!   closed one at a time, each event waiting for another's round) — at
+//!   most once per release of events, or again after [`HURRY_AGAIN`] if
+//!   that hurry was lost;
 //! - a serializable read, and a watch created from now
 //!   ([`Node::catch_up_closes`]), name the regions behind the freshest
 //!   they read, once per wait (again after [`HURRY_AGAIN`]).
 //!
 //! The names go to this member's [`CloseHurries`], which pokes the closes
-//! loop. The loop sends them on at most every [`HURRY_SPACING`]: a region
+//! loop. The loop sends them on at most every [`SEND_SPACING`]: a region
 //! led here is marked hurried at once; for the others, one
 //! [`ForwardOp::HurryCloses`] goes to each leader, which marks its
 //! regions. A leader's loop closes its hurried regions beside the log in
 //! its next round, skipping the idle and wanted checks and the cadence:
 //! one round in flight, at most one hurried round every
-//! [`HURRY_SPACING`]. A hurried region that can only be closed in the log
+//! [`HURRY_SPACING`]. Woken for hurries, the loop looks at the hurried
+//! regions only, not at every region it hosts. A hurried region that can only be closed in the log
 //! (a joint membership, a member of the previous version) keeps the
 //! cadence: a Raft entry per hurry would cost every replica a synced
 //! write.
@@ -44,11 +47,13 @@ use std::time::{Duration, Instant};
 use crate::node::{Node, Region, META_REGION};
 use crate::remote::{self, ForwardOk, ForwardOp};
 
-/// How often the closes loop sends hurries on, and how often a leader
-/// starts a hurried round: bounds their cost under a reader held back
-/// again and again (a watch over a busy region and hundreds of idle
-/// ones).
-pub(super) const HURRY_SPACING: Duration = Duration::from_millis(20);
+/// How often the closes loop sends hurries on: bounds the ops sent
+/// under readers held back again and again.
+const SEND_SPACING: Duration = Duration::from_millis(5);
+/// How often a leader starts a hurried round: bounds their cost under a
+/// reader held back again and again (a watch over a busy region and
+/// hundreds of idle ones).
+const HURRY_SPACING: Duration = Duration::from_millis(10);
 /// After how long a reader still held back names its regions again.
 pub const HURRY_AGAIN: Duration = Duration::from_millis(100);
 
@@ -159,13 +164,13 @@ impl HurryLoop {
     }
 
     /// Sends the pending hurries on, unless they were sent less than
-    /// [`HURRY_SPACING`] ago (then wakes when that is over).
+    /// [`SEND_SPACING`] ago (then wakes when that is over).
     pub(super) fn send_on(&mut self, n: &Node) {
         self.wake = None;
         if n.hurries.pending.lock().is_empty() {
             return;
         }
-        if let Some(at) = self.last_sent.map(|t| t + HURRY_SPACING) {
+        if let Some(at) = self.last_sent.map(|t| t + SEND_SPACING) {
             if at > Instant::now() {
                 self.wake_at(at);
                 return;
