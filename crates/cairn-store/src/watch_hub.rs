@@ -502,9 +502,12 @@ mod tests {
         txs[1].send(batch(vec![], 20)).unwrap();
         assert_eq!(keys(m.next().await), (vec![], 0));
         assert!(hurries.take().is_empty());
-        // The last one moves, not far enough: named again, alone.
+        // The last one moves, not far enough: named again, alone (not
+        // within a few milliseconds of the last time, though).
         txs[2].send(batch(vec![], 5)).unwrap();
         assert_eq!(keys(m.next().await), (vec![], 5));
+        let waited = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(waited, m.next()).await.is_err());
         assert_eq!(hurries.take(), [13].into());
         txs[2].send(batch(vec![], 30)).unwrap();
         let want = vec![(10, "a".into()), (11, "a".into())];

@@ -12,8 +12,8 @@
 //!   names the inputs resolved below the newest event it holds (all of
 //!   them, at once: named only below the lowest, the idle regions were
 //!   closed one at a time, each event waiting for another's round) — at
-//!   most once per release of events, or again after [`HURRY_AGAIN`] if
-//!   that hurry was lost;
+//!   most once per release of events and every [`NAME_GAP`], or again
+//!   after [`HURRY_AGAIN`] if that hurry was lost;
 //! - a serializable read, and a watch created from now
 //!   ([`Node::catch_up_closes`]), name the regions behind the freshest
 //!   they read, once per wait (again after [`HURRY_AGAIN`]).
@@ -25,7 +25,8 @@
 //! regions. A leader's loop closes its hurried regions beside the log in
 //! its next round, skipping the idle and wanted checks and the cadence:
 //! one round in flight, at most one hurried round every
-//! [`HURRY_SPACING`]. Woken for hurries, the loop looks at the hurried
+//! [`HURRY_SPACING`], or 1 ms per region of the last round if more (up to
+//! 250 ms). Woken for hurries, the loop looks at the hurried
 //! regions only, not at every region it hosts. A hurried region that can only be closed in the log
 //! (a joint membership, a member of the previous version) keeps the
 //! cadence: a Raft entry per hurry would cost every replica a synced
@@ -56,6 +57,18 @@ const SEND_SPACING: Duration = Duration::from_millis(5);
 const HURRY_SPACING: Duration = Duration::from_millis(10);
 /// After how long a reader still held back names its regions again.
 pub const HURRY_AGAIN: Duration = Duration::from_millis(100);
+/// How soon a reader released and held back again names its regions:
+/// with writes spread over every region of a watch, every batch releases
+/// events and holds back the next, and naming hundreds of regions per
+/// batch cost more than the closes.
+const NAME_GAP: Duration = Duration::from_millis(5);
+/// A hurried round of this many regions puts the next one off by this
+/// much more than [`HURRY_SPACING`], up to [`MAX_SPACING`]: the cost of
+/// hurried rounds per leader is bounded whatever the number of regions
+/// (a watch over every key with writes spread over hundreds of regions
+/// hurries all of them all the time).
+const SPACING_PER_REGION: Duration = Duration::from_millis(1);
+const MAX_SPACING: Duration = Duration::from_millis(250);
 
 /// Closes on demand on one member (see the module essay): the regions
 /// readers here wait on, to send on, and the regions this member leads
@@ -119,32 +132,43 @@ impl CloseHurries {
 }
 
 /// When a reader last named its regions: it names them again once it
-/// was released (`reset`) or [`HURRY_AGAIN`] after.
+/// was released (`reset`), but not within [`NAME_GAP`] of the last time,
+/// or [`HURRY_AGAIN`] after if it was not.
 #[derive(Default)]
 pub struct HurryPace {
     at: Option<Instant>,
+    released: bool,
 }
 
 impl HurryPace {
+    fn gap(&self) -> Duration {
+        if self.released {
+            NAME_GAP
+        } else {
+            HURRY_AGAIN
+        }
+    }
+
     /// True (and now counts as named) when the reader may name its
     /// regions.
     pub fn due(&mut self) -> bool {
-        let due = self.at.is_none_or(|t| t.elapsed() >= HURRY_AGAIN);
+        let due = self.at.is_none_or(|t| t.elapsed() >= self.gap());
         if due {
             self.at = Some(Instant::now());
+            self.released = false;
         }
         due
     }
 
     /// When the reader, still held back, names its regions again.
     pub fn again_at(&self) -> Option<Instant> {
-        self.at.map(|t| t + HURRY_AGAIN)
+        self.at.map(|t| t + self.gap())
     }
 
     /// The reader was released: it names regions again as soon as it is
-    /// held back again.
+    /// held back again (and [`NAME_GAP`] has passed).
     pub fn reset(&mut self) {
-        self.at = None;
+        self.released = true;
     }
 }
 
@@ -153,7 +177,8 @@ impl HurryPace {
 #[derive(Default)]
 pub(super) struct HurryLoop {
     last_sent: Option<Instant>,
-    last_round: Option<Instant>,
+    /// When the next hurried round may begin.
+    next_round: Option<Instant>,
     /// Hurries were held back for the spacing: look again then.
     pub(super) wake: Option<Instant>,
 }
@@ -182,14 +207,14 @@ impl HurryLoop {
 
     /// The hurried regions to close beside the log in a round now: none
     /// while a round is in flight (it wakes the loop when it ends) or
-    /// less than [`HURRY_SPACING`] after the last hurried round began
-    /// (then the loop wakes when that is over).
+    /// before the last hurried round's spacing is over ([`HURRY_SPACING`],
+    /// more after a round of many regions; the loop wakes then).
     pub(super) fn take_ready(&mut self, n: &Node, in_flight: bool) -> Vec<u64> {
         if n.hurries.marked.lock().is_empty() {
             return Vec::new();
         }
         let now = Instant::now();
-        let spaced = self.last_round.map(|t| t + HURRY_SPACING);
+        let spaced = self.next_round;
         if in_flight {
             // (Also look then, should the round's wake come first.)
             self.wake_at(now + HURRY_SPACING);
@@ -213,7 +238,9 @@ impl HurryLoop {
             .map(|r| r.id)
             .collect();
         if !ready.is_empty() {
-            self.last_round = Some(now);
+            let count = u32::try_from(ready.len()).unwrap_or(u32::MAX);
+            let spacing = (SPACING_PER_REGION * count).clamp(HURRY_SPACING, MAX_SPACING);
+            self.next_round = Some(now + spacing);
         }
         ready
     }

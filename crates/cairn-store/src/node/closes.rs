@@ -267,8 +267,8 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             side_round = None;
         }
         hurry.send_on(&n);
-        // Meta and two data regions at least.
-        if n.regions.len() < 3 {
+        // Two data regions at least.
+        if n.data_region_count() < 2 {
             continue;
         }
         let mut side = BTreeSet::new();

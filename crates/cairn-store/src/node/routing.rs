@@ -45,6 +45,11 @@ impl Node {
             .collect()
     }
 
+    /// How many data regions are hosted here.
+    pub(crate) fn data_region_count(&self) -> usize {
+        self.regions.len() - usize::from(self.regions.get(META_REGION).is_some())
+    }
+
     /// Every data region replica hosted here.
     pub(crate) fn data_regions(&self) -> Vec<Arc<Region>> {
         let mut all = self.regions.all();

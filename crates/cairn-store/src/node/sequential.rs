@@ -74,7 +74,7 @@ impl Node {
             // An idle region moves only with closes (`closes.rs`): hurry
             // them (`close_hurry`).
             self.want_closes(region);
-            if pace.due() && self.regions.len() > 2 {
+            if pace.due() && self.data_region_count() > 1 {
                 self.hurries.hurry([region.id]);
             }
             if since.elapsed() >= SEQUENTIAL_WAIT || self.is_stopped() {
