@@ -19,8 +19,9 @@
 //! while there is more than one data region and a member with a watch on
 //! the region asks). A merger holding events back names the regions
 //! behind them, once per release (`node::close_hurry`), and their leaders
-//! close them at once: an event waits one round of closes, milliseconds,
-//! not the 250 ms cadence. It keeps the lowest resolved revision as inputs
+//! close them at once: an event waits one round of closes — milliseconds
+//! while a leader has tens of hurried regions; a leader of hundreds spaces
+//! its rounds out, up to the 250 ms cadence (`close_hurry`). It keeps the lowest resolved revision as inputs
 //! move, so a busy region's batch costs no scan of the idle ones. A region that splits publishes a reset: the watch
 //! stream then regroups each watcher over the regions its span touches now
 //! and re-reads history, so the keys the split moved out stay watched.

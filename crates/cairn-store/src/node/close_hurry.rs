@@ -20,17 +20,17 @@
 //!
 //! The names go to this member's [`CloseHurries`], which pokes the closes
 //! loop. The loop sends them on at most every [`SEND_SPACING`]: a region
-//! led here is marked hurried at once; for the others, one
+//! led here is marked hurried; for the others, one
 //! [`ForwardOp::HurryCloses`] goes to each leader, which marks its
 //! regions. A leader's loop closes its hurried regions beside the log in
 //! its next round, skipping the idle and wanted checks and the cadence:
-//! one round in flight, at most one hurried round every
-//! [`HURRY_SPACING`], or 1 ms per region of the last round if more (up to
-//! 250 ms). Woken for hurries, the loop looks at the hurried
-//! regions only, not at every region it hosts. A hurried region that can only be closed in the log
-//! (a joint membership, a member of the previous version) keeps the
-//! cadence: a Raft entry per hurry would cost every replica a synced
-//! write.
+//! one round in flight, and the next hurried round no sooner than
+//! [`HURRY_SPACING`] after the last began, or 1 ms per region of the last
+//! round if more (up to 250 ms). Woken for hurries, the loop looks at the
+//! hurried regions only, not at every region it hosts. A hurried region
+//! that can only be closed in the log (a joint membership, a member of
+//! the previous version) keeps the cadence: a Raft entry per hurry would
+//! cost every replica a synced write.
 //!
 //! Safety does not change: each round stands on its own (a TSO timestamp
 //! read after the hurry, writes settled, votes checked, `side_closes`).

@@ -221,9 +221,11 @@ impl Node {
 /// that applied no write over the last interval, while there is more than
 /// one data region: those it can beside the log in one round (one round
 /// in flight), the others in the log. At most one close per region is in
-/// flight, and one per [`CLOSE_EVERY`]. Hurries (`close_hurry`) wake it
-/// too, for a pass over the hurried regions alone: it sends them on, and
-/// closes those led here beside the log in the next round.
+/// flight, and one per [`CLOSE_EVERY`] (a hurried close beside the log
+/// may run beside a close in the log, each sound on its own). Hurries
+/// (`close_hurry`) wake it too, for a pass over the hurried regions alone:
+/// it sends them on, and closes those led here beside the log in the next
+/// round.
 pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     // Per region: its writes at the last timed pass, and when its last
     // close was started.
@@ -231,7 +233,10 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
     let mut closed: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut flying: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
     // The round of closes beside the log in flight (`side_closes`).
-    let mut side_round: Option<tokio::task::JoinHandle<()>> = None;
+    // (Set until its task is about to wake the loop: a wake that came
+    // before its JoinHandle finished found the round still in flight, and
+    // the hurries it was for waited for the next look.)
+    let side_round = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The regions led here at the last pass.
     let mut led: BTreeSet<u64> = BTreeSet::new();
     // When the last timed pass ran: pokes come between timed passes and
@@ -263,9 +268,7 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             return;
         }
         flying.retain(|_, t| !t.is_finished());
-        if side_round.as_ref().is_some_and(|t| t.is_finished()) {
-            side_round = None;
-        }
+        let round_flying = side_round.load(Ordering::Acquire);
         hurry.send_on(&n);
         // Two data regions at least.
         if n.data_region_count() < 2 {
@@ -312,7 +315,7 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
                 if n.side_closable(&r) {
                     // Beside the log, with the others, unless a round is
                     // on its way (the next pass then takes it).
-                    if side_round.is_none() {
+                    if !round_flying {
                         closed.insert(r.id, Instant::now());
                         side.insert(r.id);
                     }
@@ -332,21 +335,36 @@ pub(super) async fn close_idle_regions(node: std::sync::Weak<Node>) {
             seen.retain(|id, _| n.regions.get(*id).is_some());
             closed.retain(|id, _| n.regions.get(*id).is_some());
         }
-        for id in hurry.take_ready(&n, side_round.is_some()) {
+        for id in hurry.take_ready(&n, round_flying) {
             closed.insert(id, Instant::now());
             side.insert(id);
         }
         if !side.is_empty() {
             let node = n.clone();
-            side_round = Some(tokio::spawn(async move {
-                let round = node.side_close_round(side.into_iter().collect());
-                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), round).await {
-                    tracing::debug!("closing beside the log: {e}");
+            side_round.store(true, Ordering::Release);
+            let flying = side_round.clone();
+            tokio::spawn(async move {
+                {
+                    let _flying = RoundFlying(flying);
+                    let round = node.side_close_round(side.into_iter().collect());
+                    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), round).await {
+                        tracing::debug!("closing beside the log: {e}");
+                    }
                 }
                 // Hurries that came meanwhile wait for this round.
                 node.hurries.wake_loop();
-            }));
+            });
         }
+    }
+}
+
+/// Clears the closes loop's round-in-flight flag when dropped (a round
+/// that ends, or panics).
+struct RoundFlying(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for RoundFlying {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
