@@ -46,12 +46,26 @@
 //!   term: a decision held up in the proposer across leader changes (say,
 //!   behind a TSO outage) cannot revoke or shorten a lease a later leader
 //!   renewed.
+//! - **An expiry never outlives its lease into a new grant of its ID.** A
+//!   lease is named by its ID alone, and a client may choose the ID. An
+//!   expiry across regions starts over when it meets a lock, reading the
+//!   lease by ID each time; the client's own revoke may roll its attempt
+//!   back meanwhile and the client grant the ID again, in the same term —
+//!   and the expiry's next attempt would revoke the new lease, its
+//!   renewals answered and its lock key held. So in one term a grant of an
+//!   ID and an expiry of it do not overlap: a grant waits (bounded) for an
+//!   expiry of its ID under way here, and no expiry of an ID is decided
+//!   while a grant of it is being proposed (both decided under the
+//!   ordering lock). A grant's lease is then tracked afresh before any
+//!   expiry can look at it.
 //!
 //! An expired lease is revoked through the proposer like any write: its keys
 //! are deleted in one transaction and watchers see the deletes (when they
-//! lie in several regions, the region refuses the one-command revoke and
-//! the node runs it as a transaction across them, still claimed only in
-//! the term that found the lease expired: `node::lease_across`). One revoke
+//! lie in several regions, or one of them is locked by a transaction
+//! across regions, the region refuses the one-command revoke and the node
+//! runs it as a transaction across them, which waits on or resolves such
+//! locks, still claimed only in the term that found the lease expired:
+//! `node::lease_across`). One revoke
 //! per lease is outstanding at a time, and one checkpoint pass: a leader
 //! that cannot commit (cut off) does not pile them up. A lease whose revoke
 //! did not take is tried again after [`REVOKE_RETRY`]; a tracked lease found
@@ -59,7 +73,7 @@
 //! when a term is primed and from this leader's grants (a grant finishes
 //! tracking even if its client went away).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,6 +91,9 @@ pub const REVOKE_RETRY: Duration = Duration::from_secs(3);
 const EXPIRED_WAIT: Duration = Duration::from_secs(1);
 /// Most checkpoints in one Raft entry (etcd's batch size).
 const CHECKPOINT_BATCH: usize = 1000;
+/// How long a grant waits for an expiry of its ID under way (then it
+/// fails as timed out: the client asks again).
+const GRANT_WAIT: Duration = Duration::from_secs(3);
 
 /// What the leader tracks of one lease.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +119,12 @@ struct State {
     checkpoints: BTreeSet<(Instant, i64)>,
     /// Checkpoint entries queued in this term and not yet answered.
     checkpoints_in_flight: usize,
+    /// Leases whose expiry, decided in this term, is under way (until its
+    /// last attempt answered): a grant of the same ID waits for it.
+    expiring: HashSet<i64>,
+    /// Leases a grant of which this leader is proposing (how many grants):
+    /// no expiry of the ID is decided meanwhile.
+    granting: HashMap<i64, u32>,
 }
 
 impl State {
@@ -159,6 +182,25 @@ pub struct Lessor {
     /// leader with, if it was (`restored_lead`): that term is primed only
     /// once the log has applied that far.
     restored: Option<(u64, u64)>,
+}
+
+/// A grant of a lease being proposed ([`Lessor::granting`]); dropped once
+/// it answered.
+pub struct Granting {
+    lessor: Arc<Lessor>,
+    id: i64,
+}
+
+impl Drop for Granting {
+    fn drop(&mut self) {
+        let mut st = self.lessor.state.lock();
+        if let Some(n) = st.granting.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                st.granting.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// How the lessor has an expired lease whose keys lie in several regions
@@ -275,6 +317,31 @@ impl Lessor {
     /// caller retry (at the new leader, or here once primed).
     fn not_ready() -> Error {
         Error::NotLeader { leader: None }
+    }
+
+    /// Marks lease `id` as being granted here, once no expiry of the ID
+    /// decided in this term is under way (waiting up to [`GRANT_WAIT`]):
+    /// no expiry of it is decided until the guard goes, after the grant
+    /// answered (and, granted, is tracked). See the module essay.
+    pub async fn granting(self: &Arc<Self>, id: i64) -> Result<Granting> {
+        let deadline = Instant::now() + GRANT_WAIT;
+        loop {
+            {
+                let _order = self.order.lock().await;
+                let mut st = self.state.lock();
+                if !st.expiring.contains(&id) {
+                    *st.granting.entry(id).or_default() += 1;
+                    return Ok(Granting {
+                        lessor: self.clone(),
+                        id,
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts tracking a lease this leader just granted.
@@ -420,6 +487,17 @@ impl Lessor {
                     continue;
                 }
             }
+            if st.granting.contains_key(&id) {
+                // A grant of the ID is being proposed (the lease exists, so
+                // it will be refused, unless a revoke applies before it):
+                // looked at again once it answered.
+                let again = now + Duration::from_millis(100);
+                if let Some(t) = st.leases.get_mut(&id) {
+                    t.expiry_at = again;
+                    st.expiry.insert((again, id));
+                }
+                continue;
+            }
             let retry = now + REVOKE_RETRY;
             let Some(t) = st.leases.get_mut(&id) else {
                 continue;
@@ -437,6 +515,7 @@ impl Lessor {
                     "lease expired: revoking"
                 );
                 due.revoke.push(id);
+                st.expiring.insert(id);
             }
         }
         // One checkpoint pass at a time: what is due waits for the next tick.
@@ -534,12 +613,16 @@ impl Lessor {
             let me = self.clone();
             tokio::spawn(async move {
                 let answer = match me.proposer.propose(Proposal::Expire { id, term }).await {
-                    Ok(Reply::Rejected(cairn_mvcc::Rejection::LeaseOutsideFirstRegion)) => {
-                        match me.across.get() {
-                            Some(across) => across(id, term).await.map(|()| Reply::Done),
-                            None => Err(Error::Internal("no revoke across regions".into())),
-                        }
-                    }
+                    // Its keys lie in several regions, or one of them is
+                    // locked by a transaction across regions: revoked as a
+                    // transaction across regions, which waits on (or
+                    // resolves) the lock rather than leaving the lease to
+                    // the next retry while its keep-alives answer 0.
+                    Ok(Reply::Rejected(cairn_mvcc::Rejection::LeaseOutsideFirstRegion))
+                    | Ok(Reply::Locked(_)) => match me.across.get() {
+                        Some(across) => across(id, term).await.map(|()| Reply::Done),
+                        None => Err(Error::Internal("no revoke across regions".into())),
+                    },
                     other => other,
                 };
                 if let Err(e) = &answer {
@@ -548,6 +631,7 @@ impl Lessor {
                 // Done or not, the next retry looks at the store again.
                 let mut st = me.state.lock();
                 if st.term == term {
+                    st.expiring.remove(&id);
                     if let Some(t) = st.leases.get_mut(&id) {
                         t.revoke_pending = false;
                     }

@@ -496,3 +496,132 @@ async fn a_revoke_that_waited_on_a_txn_putting_its_keys_names_the_new_ones_at_on
     );
     c.shutdown().await;
 }
+
+/// The TimeToLive of lease `id` (-1: gone).
+async fn ttl_of(l: &mut LeaseClient<Channel>, id: i64) -> i64 {
+    l.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .ttl
+}
+
+/// Waits until the first region holds a lock (on node 0's replica).
+async fn first_region_locked(c: &InProcessCluster, what: &str) {
+    let first = c.node(0).route(b"a").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.shared.with_applied(|a| a.locks.held.is_empty()) {
+        assert!(Instant::now() < deadline, "{what} never locked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An expiry across regions starts over when its attempt is rolled back,
+/// reading the lease by its ID again. Held up after its prewrites until
+/// the client's own revoke rolled it back and the client granted the same
+/// ID again, it once revoked the new lease — a lock key on it deleted
+/// while its keep-alives were answered. A grant of the ID now waits for
+/// the expiry under way, which then finds the lease gone and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expiry_held_up_past_the_clients_revoke_leaves_a_new_grant_of_its_id_alone() {
+    const ID: i64 = 0x2a;
+    let c = three_regions().await;
+    let mut l = lease_client(&c, 0).await;
+    let mut k = c.kv(0).await;
+    l.lease_grant(LeaseGrantRequest { ttl: 2, id: ID })
+        .await
+        .unwrap();
+    put_leased(&mut k, "b", ID).await.unwrap();
+    put_leased(&mut k, "k", ID).await.unwrap();
+    // Whichever member leads the first region decides the expiry.
+    let holds: Vec<_> = (0..3).map(|i| c.node(i).hold_next_expiry()).collect();
+    first_region_locked(&c, "the expiry").await;
+    // The client's revoke waits out the held expiry's lock, rolls it back
+    // and revokes the lease itself.
+    l.lease_revoke(LeaseRevokeRequest { id: ID }).await.unwrap();
+    let mut again = l.clone();
+    let grant = tokio::spawn(async move {
+        again
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: ID })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for go in holds {
+        let _ = go.send(());
+    }
+    grant.await.unwrap().unwrap();
+    put_leased(&mut k, "k", ID)
+        .await
+        .expect("the new lease went with the old one's expiry");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ttl = ttl_of(&mut l, ID).await;
+    assert!(
+        ttl > 0,
+        "the new lease went with the old one's expiry: TTL {ttl}"
+    );
+    let left = keys(&mut k).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!((left[0].0.as_str(), left[0].1), ("k", ID));
+    c.shutdown().await;
+}
+
+/// An expired lease whose key a transaction across regions has locked is
+/// revoked once the lock is resolved (the transaction held past the
+/// lock's life is rolled back), as any write meeting it would be. Its
+/// one-command revoke once answered "locked" and was left to the next
+/// retry, 3 s on — again and again while the lock stood — with its
+/// keep-alives answering 0 and its key still in everyone's way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lease_whose_key_a_transaction_locked_goes_once_the_lock_is_resolved() {
+    let c = three_regions().await;
+    let mut l = lease_client(&c, 0).await;
+    let mut k = c.kv(0).await;
+    let granted = l
+        .lease_grant(LeaseGrantRequest { ttl: 2, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let since = Instant::now();
+    put_leased(&mut k, "b", granted.id).await.unwrap();
+    let put = |key: &str| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.into(),
+            value: b"t".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let req = TxnRequest {
+        success: vec![put("b"), put("k")],
+        ..Default::default()
+    };
+    // The lock is placed shortly before the lease expires, so the sweeper
+    // has not rolled it back yet when the expiry meets it. The expiry then
+    // waits out the lock (1.5 s) and resolves it, rather than waiting for
+    // its next retry (3 s on).
+    let ttl = Duration::from_secs(granted.ttl as u64);
+    tokio::time::sleep((ttl - Duration::from_millis(700)).saturating_sub(since.elapsed())).await;
+    let (go, held) = tokio::sync::oneshot::channel();
+    let coordinator = c.node(1).clone();
+    let txn = tokio::spawn(async move {
+        coordinator
+            .txn_across_held(&req, &cairn_store::Access::Internal, held)
+            .await
+    });
+    first_region_locked(&c, "the transaction").await;
+    let limit = ttl + Duration::from_millis(2700);
+    while ttl_of(&mut l, granted.id).await != -1 {
+        assert!(
+            since.elapsed() < limit,
+            "the lease outlived its TTL by {:?} behind a lock",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = go.send(());
+    let _ = txn.await.unwrap();
+    assert!(
+        keys(&mut k).await.iter().all(|(_, lease, _)| *lease == 0),
+        "a key kept the revoked lease"
+    );
+    c.shutdown().await;
+}

@@ -205,8 +205,10 @@ impl Node {
                 };
                 // Detached: if this request is dropped (client gone, forward
                 // timed out), the grant still gets tracked once it applies.
+                // Never beside an expiry of the same ID (`crate::lessor`).
                 let (proposer, lessor) = (r.proposer.clone(), self.lessor.clone());
                 let reply = tokio::spawn(async move {
+                    let _granting = lessor.granting(id).await?;
                     let reply = proposer.propose(Proposal::Plain(cmd)).await?;
                     if matches!(reply, Reply::Revision(_)) {
                         lessor.granted(id, ttl);

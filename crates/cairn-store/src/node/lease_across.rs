@@ -39,7 +39,7 @@ use cairn_mvcc::locks::LeaseClaims;
 use cairn_raft::Command;
 use futures::{StreamExt, TryStreamExt};
 
-use super::txn_across::{Attempt, Plan};
+use super::txn_across::{Attempt, Hook, Plan};
 use crate::node::{Node, DATA_REGION};
 use crate::remote::ForwardOp;
 use crate::{Access, Error, Result};
@@ -70,6 +70,16 @@ impl Node {
             .await
     }
 
+    /// Tests: holds the next expiry revoked across regions here after its
+    /// first attempt's prewrites, until the returned sender fires (or is
+    /// dropped).
+    #[doc(hidden)]
+    pub fn hold_next_expiry(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (go, held) = tokio::sync::oneshot::channel();
+        *self.expiry_hold.lock() = Some(held);
+        go
+    }
+
     async fn revoke_naming(
         &self,
         id: i64,
@@ -78,6 +88,10 @@ impl Node {
         mut named: Option<Vec<Vec<u8>>>,
     ) -> Result<Option<i64>> {
         let stale = super::kv::StaleRoutes::new();
+        let mut hook = None;
+        if decided_in != 0 {
+            hook = self.expiry_hold.lock().take().map(Hook::HoldAfterPrewrite);
+        }
         loop {
             let keys = match named.take() {
                 Some(keys) => keys,
@@ -97,7 +111,7 @@ impl Node {
                     ..LeaseClaims::default()
                 },
             };
-            match self.txn_across_once(&plan, access, None).await {
+            match self.txn_across_once(&plan, access, hook.take()).await {
                 Ok(Attempt::Done(resp)) => return Ok(Some(resp.header.map_or(0, |h| h.revision))),
                 Ok(Attempt::Abandoned) => return Ok(None),
                 Ok(Attempt::LeaseKeys(keys)) => named = Some(keys),

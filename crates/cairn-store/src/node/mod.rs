@@ -219,6 +219,9 @@ pub struct Node {
     serving: tokio::sync::watch::Sender<Option<std::time::Instant>>,
     /// Members that refused closes beside the log (see `side_closes`).
     side_peers: side_closes::SidePeers,
+    /// A test's hold on the next expiry across regions, after its
+    /// prewrites ([`Node::hold_next_expiry`]).
+    expiry_hold: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl Node {

@@ -208,6 +208,7 @@ impl Node {
                 hurries: Arc::new(super::close_hurry::CloseHurries::new(close_now.clone())),
                 close_now,
                 close_every_ms: AtomicU64::new(0),
+                expiry_hold: parking_lot::Mutex::new(None),
                 boot: super::hibernate::boot_id(id),
                 beats: Default::default(),
                 serving: tokio::sync::watch::channel(None).0,
