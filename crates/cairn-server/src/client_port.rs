@@ -4,7 +4,9 @@
 //! nobody serves gets gRPC's `Unimplemented` when the request is gRPC, and
 //! otherwise etcd's 404 (the gateway's `Not Found` under `/v3/`, Go's
 //! `404 page not found` elsewhere); a gateway path asked with another
-//! method than POST, 405.
+//! method than POST, 405. Every gRPC call is counted ([`crate::metrics`]),
+//! and one that asks for a leader is served only while there is one
+//! ([`crate::require_leader`]).
 
 use std::sync::Arc;
 
@@ -23,7 +25,8 @@ use http::{header, Request, StatusCode};
 use tonic::service::Routes;
 
 use crate::{
-    auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, regions, watch,
+    auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, regions,
+    require_leader, watch,
 };
 use crate::{Context, GRPC_OVERHEAD};
 
@@ -55,10 +58,16 @@ fn grpc_routes(ctx: &Arc<Context>) -> Routes {
 
 /// The client port's routes over `ctx`.
 pub fn routes(ctx: &Arc<Context>) -> Routes {
-    // Every gRPC call is counted, the gateway's too (it calls these).
+    // Every gRPC call is counted, the gateway's too (it calls these); one
+    // that asks for a leader is served only while there is one.
+    let monitor = require_leader::Monitor::start(&ctx.node);
     let grpc = Routes::from(
         grpc_routes(ctx)
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                monitor,
+                require_leader::layer,
+            ))
             .layer(axum::middleware::from_fn(metrics::grpc_layer)),
     );
     // A JSON body carries its bytes as base64 (4/3) plus field names.

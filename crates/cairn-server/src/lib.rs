@@ -11,6 +11,10 @@
 //! token metadata, or a verified client certificate's common name) and
 //! what the request needs of them, and the node checks both.
 //!
+//! A call carrying etcd's `hasleader` metadata is served only while the
+//! member has a leader, and such a stream ends when it loses one
+//! ([`require_leader`]).
+//!
 //! Every handler validates input as etcd's v3rpc layer does, then calls the
 //! [`Node`](cairn_store::Node); every failure becomes a gRPC status through
 //! the one table in [`error`]. Nothing a client sends can panic the server:
@@ -41,6 +45,7 @@ mod observe;
 pub mod probes;
 pub mod quota;
 pub mod regions;
+pub mod require_leader;
 pub mod watch;
 
 use std::future::Future;

@@ -284,6 +284,12 @@ static GRPC_TYPES: LazyLock<HashMap<String, &'static str>> = LazyLock::new(|| {
     types
 });
 
+/// The kind of the gRPC method at `path` (`unary`, `client_stream`,
+/// `server_stream`, `bidi_stream`), if it is one.
+pub(crate) fn grpc_kind(path: &str) -> Option<&'static str> {
+    GRPC_TYPES.get(path).copied()
+}
+
 /// go-grpc-prometheus's name of a gRPC status code.
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;

@@ -115,12 +115,23 @@ pub fn region_ranges(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Starts a node, retrying for a while: a stopped node's engine (same data
 /// dir) is released asynchronously. Panics if it never starts.
 pub async fn start_node(config: NodeConfig) -> Arc<Node> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let since = Instant::now();
+    let deadline = since + Duration::from_secs(15);
+    let mut refused = None;
     loop {
         match Node::start(config.clone()).await {
-            Ok(n) => return n,
+            Ok(n) => {
+                if let Some(e) = refused {
+                    eprintln!(
+                        "node {} started {:?} after its first attempt, refused: {e}",
+                        config.name,
+                        since.elapsed()
+                    );
+                }
+                return n;
+            }
             Err(e) if Instant::now() < deadline => {
-                let _ = e;
+                refused.get_or_insert(e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("node {} did not start: {e}", config.name),

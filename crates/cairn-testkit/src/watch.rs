@@ -20,12 +20,24 @@ pub struct WatchStream {
 impl WatchStream {
     /// Opens a stream to `addr`.
     pub async fn open(addr: &str) -> Result<Self, tonic::Status> {
+        Self::open_asking(addr, false).await
+    }
+
+    /// Opens a stream to `addr` that asks for a leader (etcd's `hasleader`
+    /// metadata: `clientv3.WithRequireLeader`), or not.
+    pub async fn open_asking(addr: &str, require_leader: bool) -> Result<Self, tonic::Status> {
         let ch = crate::secured::connect(crate::secured::endpoint(addr))
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let (tx, rx) = mpsc::channel(16);
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let rx = WatchClient::new(ch).watch(stream).await?.into_inner();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if require_leader {
+            req.metadata_mut().insert(
+                "hasleader",
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        let rx = WatchClient::new(ch).watch(req).await?.into_inner();
         Ok(Self { tx, rx })
     }
 
@@ -73,6 +85,15 @@ impl WatchStream {
             })
             .await
             .expect("stream open");
+    }
+
+    /// The next response (`Ok(None)`: the stream ended cleanly; `Err`: it
+    /// ended with that status), or None after `timeout`.
+    pub async fn recv(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<Result<Option<WatchResponse>, tonic::Status>> {
+        tokio::time::timeout(timeout, self.rx.message()).await.ok()
     }
 
     /// The next response, or None after `timeout` or at stream end.

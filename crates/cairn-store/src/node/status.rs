@@ -25,6 +25,36 @@ impl Node {
         self.opener.marks.auth_fence()
     }
 
+    /// Whether this member has a leader, as etcd's `hasleader` request
+    /// metadata (`clientv3.WithRequireLeader`) asks: its replica of the
+    /// meta region knows one — that region never sleeps, so a follower cut
+    /// off from its leader campaigns and knows none within an election
+    /// timeout — and, when the leader is this member, it still reaches a
+    /// majority (its read lease holds, or a read-index round answers
+    /// within `within`): cut off, it leads no one, as etcd's CheckQuorum
+    /// steps such a leader down.
+    pub async fn has_leader(&self, within: std::time::Duration) -> bool {
+        let Ok(meta) = self.region(META_REGION) else {
+            return false;
+        };
+        let leader = meta.raft.metrics().borrow().current_leader;
+        match leader {
+            None => false,
+            Some(l) if l != self.id => true,
+            Some(_) => matches!(
+                tokio::time::timeout(within, meta.leader_reads.round()).await,
+                Ok(Ok(_))
+            ),
+        }
+    }
+
+    /// Whether this member's replica of the meta region knows a leader now
+    /// (the quick look of [`Node::has_leader`]).
+    pub fn knows_leader(&self) -> bool {
+        self.region(META_REGION)
+            .is_ok_and(|m| m.raft.metrics().borrow().current_leader.is_some())
+    }
+
     /// What `Maintenance.Status` reports.
     pub fn status(&self) -> NodeStatus {
         let Ok(r) = self.region(DATA_REGION) else {

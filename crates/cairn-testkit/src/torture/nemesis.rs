@@ -277,10 +277,15 @@ impl Target {
     async fn recover(&mut self, i: usize) -> Option<String> {
         match self {
             Target::InProcess(c) => {
-                if !c.is_running(i) {
-                    c.restart(i).await
+                if c.is_running(i) {
+                    return None;
                 }
-                None
+                // A slow restart is said (late in long runs they have
+                // taken tens of seconds).
+                let started = Instant::now();
+                c.restart(i).await;
+                let took = started.elapsed();
+                (took > SLOW_RESTART).then(|| format!("{NOTE}node {i} took {took:.1?} to restart"))
             }
             Target::Process(c) => {
                 c.reap_exited(i);
