@@ -112,6 +112,9 @@ impl Lease for LeaseService {
                     },
                     // A stopping node ends its streams (they hold the node).
                     _ = ctx.node.stopped() => return,
+                    // The response side went (the client, or a stream ended
+                    // for want of a leader: `require_leader`).
+                    _ = tx.closed() => return,
                 };
                 // Checked per renewal: a user deleted meanwhile stops renewing.
                 if let Err(e) = ctx.node.authorize(&access).await {

@@ -14,10 +14,12 @@
 //!   row, every stream that asked is ended with that status, and again at
 //!   each later check while there is still none (etcd cancels them and
 //!   its Watch and LeaseKeepAlive handlers answer the cancel with the same
-//!   error). A stream that did not ask is left alone.
+//!   error; its other streams, Snapshot and Observe, end as `Canceled`). A
+//!   stream that did not ask is left alone.
 //!
 //! "Has a leader" is [`cairn_store::Node::has_leader`]: the member's meta
-//! region replica knows a leader that still reaches a majority. Streams
+//! region replica knows a leader, and when that is this member, it reached
+//! a majority within a second at the last look. Streams
 //! are ended here, around the handlers (an axum layer on the gRPC routes):
 //! the response body gets the status as its trailers and the handler's
 //! stream is dropped, which ends its tasks.
@@ -71,11 +73,19 @@ impl Monitor {
         m
     }
 
-    /// True while the member has a leader: as last looked, and its meta
-    /// replica knows one now.
+    /// True while the member has a leader: its meta replica knows one now,
+    /// and if that is this member, it reached a majority when last looked
+    /// (a follower knowing a leader is enough, as etcd asks only its raft
+    /// state; a cut-off follower campaigns and knows none).
     fn has_leader(&self) -> bool {
-        self.present.load(Ordering::Relaxed)
-            && self.node.upgrade().is_some_and(|n| n.knows_leader())
+        let Some(node) = self.node.upgrade() else {
+            return false;
+        };
+        match node.meta_leader() {
+            None => false,
+            Some(l) if l != node.id => true,
+            Some(_) => self.present.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -89,7 +99,9 @@ async fn watch_leader(monitor: Weak<Monitor>) {
         if node.is_stopped() {
             return;
         }
-        let present = node.has_leader(CHECK_EVERY / 2).await;
+        // A leader is given the election timeout etcd's CheckQuorum gives
+        // it to hear from a majority.
+        let present = node.has_leader(CHECK_EVERY).await;
         drop(node);
         m.present.store(present, Ordering::Relaxed);
         without = if present { 0 } else { without + 1 };
@@ -112,7 +124,16 @@ pub async fn layer(State(m): State<Arc<Monitor>>, req: Request, next: Next) -> R
     if !m.has_leader() {
         return tonic::Status::unavailable(NO_LEADER).into_http();
     }
-    let streams = crate::metrics::grpc_kind(req.uri().path()).is_some_and(|k| k != "unary");
+    let path = req.uri().path();
+    let streams = crate::metrics::grpc_kind(path).is_some_and(|k| k != "unary");
+    // etcd's Watch and LeaseKeepAlive answer the cancel with "no leader";
+    // its other streams (Snapshot, Observe) end as canceled.
+    let status = match path {
+        "/etcdserverpb.Watch/Watch" | "/etcdserverpb.Lease/LeaseKeepAlive" => {
+            tonic::Status::unavailable(NO_LEADER)
+        }
+        _ => tonic::Status::cancelled("context canceled"),
+    };
     let mut ends = m.ends.subscribe();
     let start = *ends.borrow_and_update();
     let resp = next.run(req).await;
@@ -127,21 +148,27 @@ pub async fn layer(State(m): State<Arc<Monitor>>, req: Request, next: Next) -> R
             std::future::pending::<()>().await;
         }
     });
-    resp.map(|b| Body::new(Ending::new(b, ended)))
+    resp.map(|b| Body::new(Ending::new(b, ended, status)))
 }
 
-/// A stream's response body that ends with `Unavailable: etcdserver: no
-/// leader` when its signal fires.
+/// A stream's response body that ends with `status` when its signal
+/// fires.
 struct Ending {
     inner: Option<Body>,
     ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+    status: tonic::Status,
 }
 
 impl Ending {
-    fn new(inner: Body, ended: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
+    fn new(
+        inner: Body,
+        ended: Pin<Box<dyn Future<Output = ()> + Send>>,
+        status: tonic::Status,
+    ) -> Self {
         Self {
             inner: Some(inner),
             ended,
+            status,
         }
     }
 }
@@ -161,7 +188,7 @@ impl HttpBody for Ending {
             // Dropping the handler's body ends its stream and its tasks.
             self.inner = None;
             let mut trailers = http::HeaderMap::new();
-            let _ = tonic::Status::unavailable(NO_LEADER).add_header(&mut trailers);
+            let _ = self.status.add_header(&mut trailers);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         let inner = self.inner.as_mut().expect("checked above");

@@ -189,11 +189,16 @@ pub struct Lessor {
 pub struct Granting {
     lessor: Arc<Lessor>,
     id: i64,
+    /// The term it was marked in (a later term's state never had it).
+    term: u64,
 }
 
 impl Drop for Granting {
     fn drop(&mut self) {
         let mut st = self.lessor.state.lock();
+        if st.term != self.term {
+            return;
+        }
         if let Some(n) = st.granting.get_mut(&self.id) {
             *n -= 1;
             if *n == 0 {
@@ -323,17 +328,20 @@ impl Lessor {
     /// decided in this term is under way (waiting up to [`GRANT_WAIT`]):
     /// no expiry of it is decided until the guard goes, after the grant
     /// answered (and, granted, is tracked). See the module essay.
+    /// `NotLeader` (asked again) until this leader is primed: a grant
+    /// marked in a state about to be primed afresh would be forgotten.
     pub async fn granting(self: &Arc<Self>, id: i64) -> Result<Granting> {
         let deadline = Instant::now() + GRANT_WAIT;
         loop {
             {
                 let _order = self.order.lock().await;
-                let mut st = self.state.lock();
+                let mut st = self.primed().ok_or_else(Self::not_ready)?;
                 if !st.expiring.contains(&id) {
                     *st.granting.entry(id).or_default() += 1;
                     return Ok(Granting {
                         lessor: self.clone(),
                         id,
+                        term: st.term,
                     });
                 }
             }

@@ -48,11 +48,12 @@ impl Node {
         }
     }
 
-    /// Whether this member's replica of the meta region knows a leader now
-    /// (the quick look of [`Node::has_leader`]).
-    pub fn knows_leader(&self) -> bool {
+    /// The leader this member's replica of the meta region knows now, if
+    /// any (the quick look of [`Node::has_leader`]).
+    pub fn meta_leader(&self) -> Option<u64> {
         self.region(META_REGION)
-            .is_ok_and(|m| m.raft.metrics().borrow().current_leader.is_some())
+            .ok()
+            .and_then(|m| m.raft.metrics().borrow().current_leader)
     }
 
     /// What `Maintenance.Status` reports.
