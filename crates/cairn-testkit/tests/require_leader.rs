@@ -2,9 +2,10 @@
 //! Kubernetes of every watch): a member cut off from the others refuses
 //! calls that ask for a leader with `Unavailable: etcdserver: no leader`,
 //! and ends the streams that asked, so their clients move to another
-//! member instead of reading a watch that silently stopped; streams that
-//! did not ask stay; once the member is back, calls that ask are served
-//! again.
+//! member instead of reading a watch that silently stopped (the JSON
+//! gateway's callers ask with grpc-gateway's `Grpc-Metadata-Hasleader`);
+//! streams that did not ask stay; once the member is back, calls that ask
+//! are served again.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,27 @@ async fn range_asking(k: &mut KvClient<Channel>) -> Result<(), tonic::Status> {
         tonic::metadata::MetadataValue::from_static("true"),
     );
     k.range(req).await.map(|_| ())
+}
+
+/// A one-key Range through the JSON gateway with grpc-gateway's
+/// `Grpc-Metadata-Hasleader: true`; the whole answer.
+async fn gateway_range_asking(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = br#"{"key":"aw==","serializable":true}"#;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Grpc-Metadata-Hasleader: true\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// A stream watching "k", created; asking for a leader or not.
@@ -86,6 +108,15 @@ async fn cut_off(c: &InProcessCluster, i: usize) {
         (s.code(), s.message()),
         (Code::Unavailable, "etcdserver: no leader")
     );
+    // So is one through the JSON gateway that asks by grpc-gateway's
+    // header (plain clusters: the gateway shares the client port's TLS).
+    if !cairn_testkit::secured::is_on() {
+        let answer = gateway_range_asking(&addr).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("etcdserver: no leader"),
+            "{answer}"
+        );
+    }
     // The stream that did not ask stays open.
     assert!(
         not_asking.recv(Duration::from_millis(500)).await.is_none(),

@@ -15,7 +15,9 @@
 //!
 //! The caller travels along: the `Authorization` header becomes the
 //! `authorization` metadata (etcd reads a token there, as grpc-gateway
-//! forwards it) and the connection's verified TLS client certificate
+//! forwards it), a `Grpc-Metadata-<key>` header the metadata `<key>` (as
+//! grpc-gateway passes it on: `Grpc-Metadata-Hasleader: true` requires a
+//! leader), and the connection's verified TLS client certificate
 //! stays attached, so the services check the gateway's requests exactly as
 //! they check gRPC's.
 //!
@@ -107,8 +109,17 @@ pub fn router(grpc: Routes, limit: usize) -> axum::Router {
 /// Who sent an HTTP request, as the gRPC services learn it.
 struct Caller {
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// `Grpc-Metadata-<key>` headers, as metadata `<key>` (grpc-gateway's
+    /// rule: `Grpc-Metadata-Hasleader: true` requires a leader).
+    metadata: Vec<(
+        tonic::metadata::AsciiMetadataKey,
+        tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    )>,
     tls: Option<TlsInfo>,
 }
+
+/// The prefix of headers grpc-gateway passes on as metadata.
+const METADATA_PREFIX: &str = "grpc-metadata-";
 
 type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
 
@@ -120,6 +131,16 @@ impl Caller {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
+            metadata: parts
+                .headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    let key = name.as_str().strip_prefix(METADATA_PREFIX)?;
+                    let key = tonic::metadata::AsciiMetadataKey::from_bytes(key.as_bytes()).ok()?;
+                    let value = value.to_str().ok()?.parse().ok()?;
+                    Some((key, value))
+                })
+                .collect(),
             tls: parts.extensions.get::<TlsInfo>().cloned(),
         }
     }
@@ -127,6 +148,9 @@ impl Caller {
     /// `msg` as a gRPC request from this caller.
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
+        for (key, value) in &self.metadata {
+            r.metadata_mut().append(key.clone(), value.clone());
+        }
         if let Some(a) = &self.authorization {
             r.metadata_mut().insert("authorization", a.clone());
         }
