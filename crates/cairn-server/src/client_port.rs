@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::State;
+use axum::middleware::Next;
 use axum::response::Response;
 use cairn_api::cairnpb::regions_server::RegionsServer;
 use cairn_api::etcdserverpb::auth_server::AuthServer;
@@ -60,15 +62,12 @@ fn grpc_routes(ctx: &Arc<Context>) -> Routes {
 pub fn routes(ctx: &Arc<Context>) -> Routes {
     // Every gRPC call is counted, the gateway's too (it calls these); one
     // that asks for a leader is served only while there is one.
+    // One middleware for both: each layer costs every call.
     let monitor = require_leader::Monitor::start(&ctx.node);
     let grpc = Routes::from(
         grpc_routes(ctx)
             .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(
-                monitor,
-                require_leader::layer,
-            ))
-            .layer(axum::middleware::from_fn(metrics::grpc_layer)),
+            .layer(axum::middleware::from_fn_with_state(monitor, grpc_calls)),
     );
     // A JSON body carries its bytes as base64 (4/3) plus field names.
     let json_limit = 2 * ctx.limits.max_request_bytes + GRPC_OVERHEAD;
@@ -81,6 +80,15 @@ pub fn routes(ctx: &Arc<Context>) -> Routes {
         .fallback(unrouted)
         .method_not_allowed_fallback(wrong_method);
     Routes::from(router)
+}
+
+/// What every gRPC call goes through: counted, then served if it may be.
+async fn grpc_calls(
+    State(m): State<Arc<require_leader::Monitor>>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    metrics::counted(req, |req| require_leader::guarded(&m, req, next)).await
 }
 
 async fn unrouted(req: Request<Body>) -> Response {

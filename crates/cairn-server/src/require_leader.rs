@@ -20,7 +20,7 @@
 //! "Has a leader" is [`cairn_store::Node::has_leader`]: the member's meta
 //! region replica knows a leader, and when that is this member, it reached
 //! a majority within a second at the last look. Streams
-//! are ended here, around the handlers (an axum layer on the gRPC routes):
+//! are ended here, around the handlers (in the client port's middleware):
 //! the response body gets the status as its trailers and the handler's
 //! stream is dropped, which ends its tasks.
 
@@ -32,7 +32,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use cairn_store::Node;
@@ -112,8 +112,8 @@ async fn watch_leader(monitor: Weak<Monitor>) {
     }
 }
 
-/// The layer over the gRPC routes (see the module essay).
-pub async fn layer(State(m): State<Arc<Monitor>>, req: Request, next: Next) -> Response {
+/// Serves `req` with `next` if it may be (see the module essay).
+pub async fn guarded(m: &Monitor, req: Request, next: Next) -> Response {
     let asks = req
         .headers()
         .get(KEY)
