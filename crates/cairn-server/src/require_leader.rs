@@ -125,7 +125,9 @@ pub async fn guarded(m: &Monitor, req: Request, next: Next) -> Response {
         return tonic::Status::unavailable(NO_LEADER).into_http();
     }
     let path = req.uri().path();
-    let streams = crate::metrics::grpc_kind(path).is_some_and(|k| k != "unary");
+    if crate::metrics::grpc_kind(path).is_none_or(|k| k == "unary") {
+        return next.run(req).await;
+    }
     // etcd's Watch and LeaseKeepAlive answer the cancel with "no leader";
     // its other streams (Snapshot, Observe) end as canceled.
     let status = match path {
@@ -138,7 +140,7 @@ pub async fn guarded(m: &Monitor, req: Request, next: Next) -> Response {
     let start = *ends.borrow_and_update();
     let resp = next.run(req).await;
     // A call refused at once (its status in the headers) is over.
-    if !streams || resp.headers().contains_key("grpc-status") {
+    if resp.headers().contains_key("grpc-status") {
         return resp;
     }
     let ended: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {

@@ -34,17 +34,16 @@ impl Node {
     /// within `within`): cut off, it leads no one, as etcd's CheckQuorum
     /// steps such a leader down.
     pub async fn has_leader(&self, within: std::time::Duration) -> bool {
-        let Ok(meta) = self.region(META_REGION) else {
-            return false;
-        };
-        let leader = meta.raft.metrics().borrow().current_leader;
-        match leader {
+        match self.meta_leader() {
             None => false,
             Some(l) if l != self.id => true,
-            Some(_) => matches!(
-                tokio::time::timeout(within, meta.leader_reads.round()).await,
-                Ok(Ok(_))
-            ),
+            Some(_) => {
+                let Ok(meta) = self.region(META_REGION) else {
+                    return false;
+                };
+                let round = tokio::time::timeout(within, meta.leader_reads.round()).await;
+                matches!(round, Ok(Ok(_)))
+            }
         }
     }
 
