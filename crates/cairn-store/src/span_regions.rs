@@ -33,7 +33,7 @@ use cairn_raft::RegionShared;
 use cairn_storage::Snapshot;
 
 use crate::node::close_hurry::CloseHurries;
-use crate::watch_hub::FeedMerger;
+use crate::watch_hub::{FeedInput, FeedMerger};
 use crate::Node;
 
 /// The regions a span touches (see the module essay).
@@ -257,12 +257,24 @@ impl SpanRegions {
                 }
             }
         }
+        // A region that moved while its view was read: the view may be of
+        // its new bounds, not those the merger vouches for (`carry`).
+        broken |= self.moved();
         let inputs = feeds
             .into_iter()
             .zip(&views)
-            .map(|(feed, (_, revs))| (feed, revs.current))
+            .zip(&self.regions)
+            .map(|((feed, (_, revs)), (_, start, end))| FeedInput {
+                feed,
+                start: start.clone(),
+                end: end.clone(),
+                resolved: revs.current,
+                // What history was read from (above the lowest, or from
+                // the compaction when that is higher), or the feed's start.
+                complete_after: lowest.max(revs.compacted - 1),
+            })
             .collect();
-        FeedMerger::with_history(inputs, ahead, broken).hurrying(self.ids(), self.hurries.clone())
+        FeedMerger::with_inputs(inputs, ahead, broken).hurrying(self.ids(), self.hurries.clone())
     }
 
     /// Every region's read view now.

@@ -24,7 +24,9 @@
 //! its rounds out, up to the 250 ms cadence (`close_hurry`). It keeps the lowest resolved revision as inputs
 //! move, so a busy region's batch costs no scan of the idle ones. A region that splits publishes a reset: the watch
 //! stream then regroups each watcher over the regions its span touches now
-//! and re-reads history, so the keys the split moved out stay watched.
+//! and re-reads history, so the keys the split moved out stay watched;
+//! what the merger held back goes along ([`Carry`]), for where history
+//! was compacted meanwhile.
 //! With one input nothing needs holding back, and the
 //! region's batch is handed on as is (shared, not copied): every reader (one
 //! per watch stream and set of regions) gets the same batch, and each
@@ -94,6 +96,78 @@ struct Input {
     /// Its events at or below this came from history (the feed's copies
     /// of them are skipped).
     start: i64,
+    /// Its region's bounds when subscribed (what its events cover until
+    /// it publishes a reset).
+    bounds: (Vec<u8>, Vec<u8>),
+    /// Every event of the region above this has been held (from history
+    /// or the feed) or released.
+    complete_after: i64,
+}
+
+/// One region's feed as subscribed, for [`FeedMerger::with_inputs`].
+pub struct FeedInput {
+    pub feed: broadcast::Receiver<Arc<FeedBatch>>,
+    /// The region's bounds when its feed was subscribed to.
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    /// The revision its reader has seen resolved: events at or below it
+    /// come from history, not the feed.
+    pub resolved: i64,
+    /// Every event of the region above this is in the feed or in the
+    /// history handed to the merger.
+    pub complete_after: i64,
+}
+
+/// What a merger held when its reader read its regions again (a split,
+/// merge or lag): every event of some keys over some revisions, which the
+/// regions' history may no longer have (a compaction that reached one
+/// region while another held the events back). The reader's next merger
+/// holds them on, and a watcher that had kept up replays from them where
+/// history is compacted (`FeedMerger::carry`).
+#[derive(Debug, Default)]
+pub struct Carry {
+    /// The events, in etcd's order.
+    events: Vec<Change>,
+    /// Per input: its keys `[start, end)` (`end` empty: to the end) and the
+    /// revisions `(after, upto]` over which `events` hold all of theirs.
+    spans: Vec<(Vec<u8>, Vec<u8>, i64, i64)>,
+}
+
+impl Carry {
+    /// The events carried, in etcd's order.
+    pub fn events(&self) -> &[Change] {
+        &self.events
+    }
+
+    /// True when the events carried include every event of the keys
+    /// `[lo, hi)` (`hi` `None`: to the end) at revisions `from..=to`.
+    pub fn covers(&self, lo: &[u8], hi: Option<&[u8]>, from: i64, to: i64) -> bool {
+        let mut whole: Vec<(&[u8], &[u8])> = self
+            .overlapping(lo, hi)
+            .filter(|(_, _, after, upto)| *after < from && *upto >= to)
+            .map(|(s, e, _, _)| (s.as_slice(), e.as_slice()))
+            .collect();
+        whole.sort_unstable();
+        crate::node::bounds_tile(whole.into_iter(), lo, hi)
+    }
+
+    /// The spans with keys in `[lo, hi)`.
+    fn overlapping<'a>(
+        &'a self,
+        lo: &'a [u8],
+        hi: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = &'a (Vec<u8>, Vec<u8>, i64, i64)> + 'a {
+        self.spans.iter().filter(move |(s, e, _, _)| {
+            (e.is_empty() || e.as_slice() > lo) && hi.is_none_or(|h| s.as_slice() < h)
+        })
+    }
+
+    /// The lowest revision after which the events carried include every
+    /// event of `[lo, hi)` up to `to`, if below `to`.
+    fn whole_after(&self, lo: &[u8], hi: Option<&[u8]>, to: i64) -> Option<i64> {
+        let after = self.overlapping(lo, hi).map(|sp| sp.2).max()?;
+        (after < to && self.covers(lo, hi, after + 1, to)).then_some(after)
+    }
 }
 
 /// Merges the feeds of several regions.
@@ -113,6 +187,9 @@ pub struct FeedMerger {
     /// time. A deadline, not a pause per call: a reader that drops `next`
     /// for another branch of a `select!` must not restart the wait.
     broken: Option<tokio::time::Instant>,
+    /// Its history was read whole for the regions as subscribed (not
+    /// broken from the start): what it holds can be carried on.
+    sound: bool,
     /// The lowest resolved revision of the inputs, and how many inputs
     /// are at it: kept as inputs move, not found anew per batch (a batch
     /// of a busy region, with hundreds of idle ones watched, moves no
@@ -140,12 +217,37 @@ impl FeedMerger {
         history: Vec<Change>,
         broken: bool,
     ) -> Self {
+        let inputs = feeds
+            .into_iter()
+            .map(|(feed, resolved)| FeedInput {
+                feed,
+                start: Vec::new(),
+                end: Vec::new(),
+                resolved,
+                complete_after: resolved,
+            })
+            .collect();
+        Self::with_inputs(inputs, history, broken)
+    }
+
+    /// [`FeedMerger::with_history`] with each input's bounds and what its
+    /// history holds: what [`FeedMerger::carry`] vouches for.
+    pub fn with_inputs(feeds: Vec<FeedInput>, history: Vec<Change>, broken: bool) -> Self {
         let mut inputs = Vec::with_capacity(feeds.len());
         let mut streams = SelectAll::new();
-        for (i, (feed, resolved)) in feeds.into_iter().enumerate() {
+        for (i, f) in feeds.into_iter().enumerate() {
+            let FeedInput {
+                feed,
+                start,
+                end,
+                resolved,
+                complete_after,
+            } = f;
             inputs.push(Input {
                 resolved,
                 start: resolved,
+                bounds: (start, end),
+                complete_after,
             });
             let fed = BroadcastStream::new(feed)
                 .map(move |r| match r {
@@ -161,6 +263,7 @@ impl FeedMerger {
             closed: false,
             held: BTreeMap::new(),
             broken: broken.then(Self::after_pause),
+            sound: !broken,
             low: 0,
             at_low: 0,
             hurry: None,
@@ -247,6 +350,49 @@ impl FeedMerger {
         tokio::time::Instant::now() + std::time::Duration::from_millis(50)
     }
 
+    /// Takes what it holds, with the keys and revisions over which that
+    /// is every event: per input, its bounds as subscribed, from what it
+    /// released (or its history began) up to its resolved revision.
+    /// `None` if its history was not read whole. Called once its reader
+    /// is done with it (a discontinuity).
+    pub fn carry(&mut self) -> Option<Carry> {
+        if !self.sound {
+            return None;
+        }
+        let held = std::mem::take(&mut self.held);
+        Some(Carry {
+            events: held.into_values().collect(),
+            spans: self
+                .inputs
+                .iter()
+                .map(|i| {
+                    let (start, end) = i.bounds.clone();
+                    (start, end, i.complete_after.max(self.low), i.resolved)
+                })
+                .collect(),
+        })
+    }
+
+    /// Holds the events `carry` carried that it has not released (those
+    /// above its resolved revision): what a merger before it held back,
+    /// which its regions' history may not have any more.
+    pub fn hold_carried(&mut self, carry: &Carry) {
+        let low = self.low;
+        for c in carry.events.iter().filter(|c| c.revision > low) {
+            self.hold(c.clone());
+        }
+        // What it holds of an input's keys now begins where the carry's
+        // does, if that is lower (a compaction cut its history short):
+        // carried again, it still stands in for the compacted history.
+        for i in &mut self.inputs {
+            let (lo, hi) = (&i.bounds.0, &i.bounds.1);
+            let hi = (!hi.is_empty()).then_some(hi.as_slice());
+            if let Some(after) = carry.whole_after(lo, hi, i.complete_after) {
+                i.complete_after = after;
+            }
+        }
+    }
+
     /// The revision every input has resolved.
     pub fn resolved(&self) -> i64 {
         self.low
@@ -292,7 +438,7 @@ impl FeedMerger {
         if batch.reset {
             return HubItem::Discontinuity;
         }
-        if self.inputs.len() == 1 {
+        if self.inputs.len() == 1 && self.held.is_empty() {
             // Nothing to hold back: the batch goes on as published.
             self.advance(0, batch.resolved);
             return HubItem::Batch {
@@ -547,5 +693,86 @@ mod tests {
         }))
         .unwrap();
         assert!(matches!(m.next().await, HubItem::Discontinuity));
+    }
+
+    fn input(rx: broadcast::Receiver<Arc<FeedBatch>>, start: &str, end: &str) -> FeedInput {
+        FeedInput {
+            feed: rx,
+            start: start.into(),
+            end: end.into(),
+            resolved: 0,
+            complete_after: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_feed_carries_what_it_held_and_vouches_only_for_that() {
+        let (a_tx, a_rx) = broadcast::channel(16);
+        let (b_tx, b_rx) = broadcast::channel(16);
+        let (_c_tx, c_rx) = broadcast::channel(16);
+        let mut m = FeedMerger::with_inputs(
+            vec![
+                input(a_rx, "", "m"),
+                input(b_rx, "m", "t"),
+                input(c_rx, "t", ""),
+            ],
+            vec![],
+            false,
+        );
+        // a and b run ahead to 6 and 7; c (frozen, say) stays at 0.
+        a_tx.send(batch(vec![ev("b", 2), ev("c", 5)], 6)).unwrap();
+        b_tx.send(batch(vec![ev("n", 3)], 7)).unwrap();
+        for _ in 0..2 {
+            let (got, resolved) = keys(m.next().await);
+            assert!(got.is_empty());
+            assert_eq!(resolved, 0);
+        }
+        let carry = m.carry().unwrap();
+        let held: Vec<_> = carry.events().iter().map(|c| c.revision).collect();
+        assert_eq!(held, vec![2, 3, 5]);
+        // Every event of [a, t) from 1 to 6 is carried, of [a, m) to 6.
+        assert!(carry.covers(b"a", Some(b"t"), 1, 6));
+        assert!(carry.covers(b"b", Some(b"c"), 1, 6));
+        assert!(!carry.covers(b"a", Some(b"t"), 1, 7));
+        assert!(carry.covers(b"n", Some(b"o"), 1, 7));
+        // Not c's keys (it resolved nothing), nor from before the start.
+        assert!(!carry.covers(b"a", Some(b"u"), 1, 2));
+        assert!(!carry.covers(b"a", None, 1, 2));
+        assert!(!carry.covers(b"a", Some(b"b"), 0, 2));
+        // A merger whose history was not read whole vouches for nothing.
+        let (_tx, rx) = broadcast::channel(16);
+        assert!(
+            FeedMerger::with_inputs(vec![input(rx, "", "")], vec![], true)
+                .carry()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_merger_holds_on_what_it_was_carried_until_every_input_resolves_it() {
+        let carry = Carry {
+            events: vec![ev("b", 2), ev("u", 4)],
+            spans: Vec::new(),
+        };
+        let (a_tx, a_rx) = broadcast::channel(16);
+        let (b_tx, b_rx) = broadcast::channel(16);
+        let mut m = FeedMerger::new(vec![(a_rx, 1), (b_rx, 1)]);
+        m.hold_carried(&carry);
+        // The feed carries 4 again (a region's history seeded it too).
+        a_tx.send(batch(vec![ev("u", 4)], 5)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![], 1));
+        b_tx.send(batch(vec![], 3)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![(2, "b".into())], 3));
+        b_tx.send(batch(vec![], 5)).unwrap();
+        assert_eq!(keys(m.next().await), (vec![(4, "u".into())], 5));
+        // One input: what it was carried is held too, not passed by.
+        let (tx, rx) = broadcast::channel(16);
+        let mut one = FeedMerger::new(vec![(rx, 1)]);
+        one.hold_carried(&carry);
+        tx.send(batch(vec![ev("x", 3)], 3)).unwrap();
+        assert_eq!(
+            keys(one.next().await),
+            (vec![(2, "b".into()), (3, "x".into())], 3)
+        );
     }
 }

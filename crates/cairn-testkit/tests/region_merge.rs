@@ -371,3 +371,83 @@ async fn watchers_of_both_regions_on_one_stream_see_their_keys_after_a_merge() {
     got.sort();
     assert_eq!(got, vec![(ids[1], b"n2".to_vec()), (third, b"n2".to_vec())]);
 }
+
+/// A compaction at the newest revision while a region of a watch's group is
+/// frozen: the other regions compact, the frozen one refuses, and the
+/// watch's events above its position wait for the frozen region. When the
+/// merge is ended the watch regroups; it must go on from where it was (its
+/// held events carried across), not be cancelled as compacted — etcd never
+/// cancels a watcher that has kept up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compaction_at_the_head_while_a_watched_region_is_frozen_cancels_no_watch() {
+    compaction_while_frozen(false).await;
+}
+
+/// The same, with the watch regrouped by a split of a compacted region
+/// while the other is still frozen: its members move to a new group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_after_a_compaction_at_the_head_while_a_watched_region_is_frozen_cancels_no_watch()
+{
+    compaction_while_frozen(true).await;
+}
+
+async fn compaction_while_frozen(split: bool) {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    c.split_at("t").await;
+    let middle = c.node(0).route(b"m").unwrap().id;
+    let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
+    w.create(WatchCreateRequest {
+        key: b"a".to_vec(),
+        range_end: b"z".to_vec(),
+        prev_kv: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    let mut client = c.kv(1).await;
+    let mut revs = vec![kv::put(&mut client, "n1", "before").await.unwrap()];
+    let (source, _) = c.node(2).freeze_for_merge(DATA_REGION).await.unwrap();
+    assert_eq!(source, middle);
+    // Each key written twice: the compaction drops the first version.
+    for (k, v) in [("b1", "x"), ("u1", "x"), ("b1", "y"), ("u1", "y")] {
+        revs.push(kv::put(&mut client, k, v).await.unwrap());
+    }
+    let head = *revs.last().unwrap();
+    client
+        .compact(cairn_api::etcdserverpb::CompactionRequest {
+            revision: head,
+            physical: true,
+        })
+        .await
+        .unwrap();
+    if split {
+        c.split_at("v").await;
+        revs.push(kv::put(&mut client, "w1", "split").await.unwrap());
+    }
+    wait_for("the middle region thaws", || {
+        (0..3).all(|i| {
+            c.node(i)
+                .region(middle)
+                .is_ok_and(|r| r.shared.merge_frozen().is_none() && !r.shared.range().is_empty())
+        })
+    })
+    .await;
+    for k in ["n2", "b2", "u2"] {
+        revs.push(kv::put(&mut client, k, "after").await.unwrap());
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.len() < revs.len() && Instant::now() < deadline {
+        if let Some(r) = w.next(Duration::from_secs(2)).await {
+            assert!(
+                !r.canceled,
+                "cancelled (compact_revision {}, reason {:?}) after {got:?}",
+                r.compact_revision, r.cancel_reason
+            );
+            got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+    }
+    assert_eq!(got, revs);
+}

@@ -26,7 +26,7 @@
 use std::sync::Arc;
 
 use cairn_mvcc::Span;
-use cairn_store::watch_hub::FeedMerger;
+use cairn_store::watch_hub::{Carry, FeedMerger};
 use cairn_store::{Snapshot, SpanRegions};
 
 use crate::Context;
@@ -45,8 +45,9 @@ pub struct Group {
 
 /// A consistent view to replay a watcher's history from.
 pub struct View {
-    /// Per region: its storage view and the watcher's span clipped to it.
-    pub history: Vec<(Arc<dyn Snapshot>, Span)>,
+    /// Per region: its storage view, the watcher's span clipped to it, and
+    /// its compaction.
+    pub history: Vec<(Arc<dyn Snapshot>, Span, i64)>,
     /// Every region has applied at least this revision.
     pub current: i64,
     /// Compaction is global: the highest any region reports.
@@ -61,13 +62,7 @@ pub async fn touched(
     span: &Span,
     deadline: std::time::Instant,
 ) -> Option<(Vec<u64>, SpanRegions)> {
-    let (start, end) = match span {
-        Span::Single(k) => (
-            k.clone(),
-            Some(k.iter().copied().chain([0]).collect::<Vec<u8>>()),
-        ),
-        Span::Range(s, e) => (s.clone(), e.clone()),
-    };
+    let (start, end) = bounds(span);
     let regions = ctx
         .node
         .covering_span_regions(&start, end.as_deref(), deadline)
@@ -76,8 +71,9 @@ pub async fn touched(
 }
 
 impl Group {
-    /// Subscribes to the feeds of `regions`.
-    pub fn open(key: Vec<u64>, regions: SpanRegions) -> Self {
+    /// Subscribes to the feeds of `regions`, holding on what `carry`
+    /// carried from a group before it.
+    pub fn open(key: Vec<u64>, regions: SpanRegions, carry: Option<&Carry>) -> Self {
         let mut g = Self {
             key,
             regions,
@@ -85,7 +81,7 @@ impl Group {
             resolved: 0,
             members: Vec::new(),
         };
-        g.resubscribe();
+        g.resubscribe(carry);
         g
     }
 
@@ -100,11 +96,15 @@ impl Group {
 
     /// Subscribes afresh (after the old subscription lagged or a region's
     /// state was replaced): views read from now on cover every batch the new
-    /// subscription skips.
-    pub fn resubscribe(&mut self) {
+    /// subscription skips. The new subscription holds on what `carry`
+    /// carried (the old one's, [`Group::carry`]).
+    pub fn resubscribe(&mut self, carry: Option<&Carry>) {
         // Subscribes first, then reads what has been resolved: a batch
         // published in between is both in the feed and in any later view.
         self.merger = self.regions.subscribe();
+        if let Some(c) = carry {
+            self.merger.hold_carried(c);
+        }
         self.resolved = self.resolved.max(self.merger.resolved());
     }
 
@@ -114,6 +114,12 @@ impl Group {
     /// epoch without one).
     pub fn look_again(&mut self) {
         self.merger.break_now();
+    }
+
+    /// What the feed held when it broke, to carry across the regroup
+    /// (`FeedMerger::carry`).
+    pub fn carry(&mut self) -> Option<Carry> {
+        self.merger.carry()
     }
 
     /// The merged feed.
@@ -134,7 +140,7 @@ impl Group {
             current = current.min(v.revisions.current);
             compacted = compacted.max(v.revisions.compacted);
             if let Some(s) = clip(span, &v.start, &v.end) {
-                history.push((v.snapshot, s));
+                history.push((v.snapshot, s, v.revisions.compacted));
             }
         }
         if self.regions.moved() || !self.regions.covers(span) {
@@ -145,6 +151,14 @@ impl Group {
             current: if current == i64::MAX { 0 } else { current },
             compacted,
         })
+    }
+}
+
+/// The keys of `span` as `[start, end)` (`end` `None`: to the end).
+pub fn bounds(span: &Span) -> (Vec<u8>, Option<Vec<u8>>) {
+    match span {
+        Span::Single(k) => (k.clone(), Some(k.iter().copied().chain([0]).collect())),
+        Span::Range(s, e) => (s.clone(), e.clone()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use cairn_auth::needs;
-use cairn_store::watch_hub::HubItem;
+use cairn_store::watch_hub::{Carry, HubItem};
 use cairn_store::{Access, Credentials};
 use futures::future::select_all;
 use futures::{Stream as RequestStream, StreamExt};
@@ -226,7 +226,7 @@ impl Stream {
                 g
             }
             None => {
-                self.groups.push(Group::open(key.clone(), regions));
+                self.groups.push(Group::open(key.clone(), regions, None));
                 self.groups.len() - 1
             }
         };
@@ -259,7 +259,16 @@ impl Stream {
         if w.next == 0 {
             w.next = view.current + 1;
         }
-        match watcher::start(w.next, view.current, view.compacted) {
+        // A watcher regrouped with what its group's feed held is compacted
+        // only where history it needs is gone and the carry does not hold
+        // it; any other, below any region's compaction (a compaction is
+        // of the whole store, as etcd's).
+        let carry = w.carry.clone();
+        let compacted = match &carry {
+            None => view.compacted,
+            Some(c) => uncarried_compaction(c, &view, w.next),
+        };
+        match watcher::start(w.next, view.current, compacted) {
             Start::Compacted => {
                 let compacted = view.compacted;
                 self.remove(id);
@@ -272,6 +281,7 @@ impl Stream {
             Start::Live => {
                 w.resolved = w.resolved.max(view.current);
                 w.mode = Mode::Live;
+                w.carry = None;
                 return true;
             }
             Start::Replay => {}
@@ -282,12 +292,21 @@ impl Stream {
             .replays
             .spawn_blocking(move || {
                 let mut all = Vec::new();
-                for (snap, span) in views {
-                    all.extend(
-                        cairn_mvcc::history(&*snap, &span, from, to).map_err(|e| e.to_string())?,
-                    );
+                for (snap, span, region_compacted) in views {
+                    // Below the region's compaction, the carry holds it.
+                    let from = from.max(region_compacted);
+                    if from > to {
+                        continue;
+                    }
+                    let mut events =
+                        cairn_mvcc::history(&*snap, &span, from, to).map_err(|e| e.to_string())?;
+                    cairn_mvcc::without_prev_at(&mut events, region_compacted);
+                    all.extend(events);
                 }
                 cairn_mvcc::without_prev_at(&mut all, compacted);
+                if let Some(c) = carry {
+                    with_carried(&mut all, &c, from, to);
+                }
                 all.sort_by(|a, b| a.order().cmp(&b.order()));
                 Ok((all, to))
             })
@@ -337,6 +356,7 @@ impl Stream {
         if again {
             return self.replay(id).await;
         }
+        w.carry = None;
         for (batch, upto) in pending {
             let events = w.take(&batch, upto);
             if !w.deliver(&self.ctx, id, &self.out, events).await {
@@ -372,8 +392,11 @@ impl Stream {
                     watchers = self.groups[g].members.len(),
                     "watch feed broke (lagged, snapshot installed or split): replaying from MVCC"
                 );
-                let members = self.regroup(g).await;
-                self.groups[g].resubscribe();
+                // What the feed held goes on with its members: history may
+                // have lost it since (a compaction while a region held it).
+                let carry = self.groups[g].carry().map(Arc::new);
+                let members = self.regroup(g, carry.as_ref()).await;
+                self.groups[g].resubscribe(carry.as_deref());
                 for id in members {
                     let live = match self.watchers.get_mut(&id).map(|w| &mut w.mode) {
                         Some(Mode::Replaying { pending, again, .. }) => {
@@ -403,7 +426,10 @@ impl Stream {
     /// child of a split is started here just after the split applies. A
     /// member whose span they still do not cover then is ended (told to
     /// watch again) rather than left without some of its keys' events.
-    async fn regroup(&mut self, g: usize) -> Vec<i64> {
+    /// A member that stays, or moves to a group opened here, takes `carry`
+    /// (the group's new subscription holds it on too); one that joins a
+    /// group already open replays from history alone.
+    async fn regroup(&mut self, g: usize, carry: Option<&Arc<Carry>>) -> Vec<i64> {
         let members = self.groups[g].members.clone();
         // One wait for them all: the stream serves nothing meanwhile.
         let cover_by = std::time::Instant::now() + cairn_store::COVER_WAIT;
@@ -429,22 +455,27 @@ impl Stream {
                 // The same regions, maybe with new bounds (a split or
                 // merge moved them): the group resubscribes with these.
                 self.groups[g].refresh(regions);
+                if let Some(w) = self.watchers.get_mut(&id) {
+                    w.carry = carry.cloned();
+                }
                 continue;
             }
             self.groups[g].members.retain(|m| *m != id);
-            let to = match self.groups.iter().position(|x| x.key == key) {
+            let (to, carried) = match self.groups.iter().position(|x| x.key == key) {
                 Some(to) => {
                     self.groups[to].refresh(regions);
-                    to
+                    (to, None)
                 }
                 None => {
-                    self.groups.push(Group::open(key.clone(), regions));
-                    self.groups.len() - 1
+                    let opened = Group::open(key.clone(), regions, carry.map(|c| &**c));
+                    self.groups.push(opened);
+                    (self.groups.len() - 1, carry.cloned())
                 }
             };
             self.groups[to].members.push(id);
             if let Some(w) = self.watchers.get_mut(&id) {
                 w.group = key;
+                w.carry = carried;
             }
         }
         members
@@ -480,6 +511,39 @@ impl Stream {
         }
         true
     }
+}
+
+/// The highest compaction of a region of `view` that cuts into the history
+/// a watcher from `next` needs and that `carry` does not stand in for (0
+/// if none does).
+fn uncarried_compaction(carry: &Carry, view: &group::View, next: i64) -> i64 {
+    view.history
+        .iter()
+        .filter(|(_, span, compacted)| {
+            let (lo, hi) = group::bounds(span);
+            next < *compacted && !carry.covers(&lo, hi.as_deref(), next, compacted - 1)
+        })
+        .map(|(_, _, compacted)| *compacted)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Adds to `history` the events `carry` holds at revisions `from..=to`,
+/// in place of history's copies of them (which lack `prev_kv` at a
+/// region's compaction).
+fn with_carried(history: &mut Vec<cairn_mvcc::Change>, carry: &Carry, from: i64, to: i64) {
+    let carried: Vec<&cairn_mvcc::Change> = carry
+        .events()
+        .iter()
+        .filter(|c| (from..=to).contains(&c.revision))
+        .collect();
+    if carried.is_empty() {
+        return;
+    }
+    let have: std::collections::HashSet<(i64, u32, &[u8])> =
+        carried.iter().map(|c| c.order()).collect();
+    history.retain(|c| !have.contains(&c.order()));
+    history.extend(carried.into_iter().cloned());
 }
 
 /// A progress response: every event at or below `rev` has been sent.

@@ -11,8 +11,9 @@ use cairn_api::etcdserverpb::watch_create_request::FilterType;
 use cairn_api::etcdserverpb::WatchCreateRequest;
 use cairn_api::mvccpb::{event::EventType, Event};
 use cairn_mvcc::{Change, Span};
-use cairn_store::watch_hub::Events;
+use cairn_store::watch_hub::{Carry, Events};
 use prost::Message;
+use std::sync::Arc;
 
 use super::stream::{response, send};
 use super::Out;
@@ -98,6 +99,10 @@ pub struct Watcher {
     /// No event sent since the last progress tick.
     pub quiet: bool,
     pub mode: Mode,
+    /// What its group's feed held when it broke (a split, merge or lag),
+    /// until it is replayed: where a compaction reached one region while
+    /// another held its events back, history no longer has them.
+    pub carry: Option<Arc<Carry>>,
 }
 
 impl Watcher {
@@ -117,6 +122,7 @@ impl Watcher {
             resolved: now,
             quiet: true,
             mode: Mode::Live,
+            carry: None,
         }
     }
 
