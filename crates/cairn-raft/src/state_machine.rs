@@ -1799,6 +1799,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .released_history(was_resolved.0 + 1, resolved)
                     .map_err(sm_err)?;
             }
+            // One entry may commit several locks, a later-stamped one
+            // first (lock commands are batched as they reach the leader),
+            // below the revision of a write before them: published in
+            // revision order, each transaction's events in their op order
+            // (a stable sort).
+            if !events.is_sorted_by_key(|c| c.revision) {
+                events.sort_by_key(|c| c.revision);
+            }
             // Published only now that read_view shows the entry (the
             // ordering contract watchers rely on).
             if crate::planted::on("key-ordered-events") {

@@ -1230,3 +1230,34 @@ fn a_compaction_raises_one_region_of_several_only_in_its_leaders_term() {
     let r = block_on(sm.apply(vec![entry(6, Command::Compact { revision: 20 })])).unwrap();
     assert!(matches!(r[..], [Reply::Rejected(_)]), "{r:?}");
 }
+
+/// One entry that commits two transactions' locks here, the later-stamped
+/// first (lock commands are batched in the order they reach the leader):
+/// the feed publishes their events in revision order, as etcd's watchers
+/// see them, not in the order the entry applied them. (With no lock left
+/// after the entry and none holding anything back before it, the entry's
+/// own events are published: unsorted, a watcher of this region alone
+/// got revision 105 before 103.)
+#[test]
+fn one_entry_committing_two_locks_publishes_their_events_in_revision_order() {
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let here = shared.region;
+    let mut apply = |index, cmd| block_on(sm.apply(vec![entry_in_term(2, index, cmd)])).unwrap();
+    apply(1, puts(100, [(b"a".to_vec(), b"0".to_vec())]));
+    apply(2, prewrite_put(101, &[99, here], b"a"));
+    apply(3, prewrite_put(102, &[99, here], b"b"));
+    let mut feed = shared.subscribe();
+    let replies = apply(
+        4,
+        Command::Batch(vec![commit_locked(101, 105), commit_locked(102, 103)]),
+    );
+    assert!(
+        matches!(&replies[..], [Reply::Batch(r)] if r.len() == 2),
+        "{replies:?}"
+    );
+    let batch = feed.try_recv().unwrap();
+    let revs: Vec<i64> = batch.events.iter().map(|c| c.revision).collect();
+    assert_eq!(revs, vec![103, 105]);
+    assert_eq!(batch.resolved, 105);
+}
