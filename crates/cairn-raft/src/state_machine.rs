@@ -1302,9 +1302,24 @@ impl StateMachine {
                 } else {
                     &cairn_mvcc::NoLeases
                 };
-                match cairn_mvcc::apply_txn(engine, &req, rev, revs, leases) {
+                // In one region of several, the store is at `rev - 1` (a
+                // TSO stamp: above every revision acknowledged before),
+                // though this region's keys last changed at its own
+                // revision: a read in the Txn at a revision another region
+                // wrote is served, as etcd serves it (no lock on the Txn's
+                // keys, checked above, may commit in between), and its
+                // header is the store's, not this region's older one.
+                let whole = state.range.is_whole();
+                let evaluated = if whole {
+                    revs
+                } else {
+                    cairn_mvcc::Revisions {
+                        current: revs.current.max(rev - 1),
+                        ..revs
+                    }
+                };
+                match cairn_mvcc::apply_txn(engine, &req, rev, evaluated, leases) {
                     Ok(mut out) => {
-                        let whole = state.range.is_whole();
                         if out.batch.is_empty() && !whole {
                             // Wrote nothing, in one region of several: its
                             // revision is not the store's. The answer
@@ -1313,7 +1328,10 @@ impl StateMachine {
                             // the region's revision stays.
                             cairn_mvcc::set_header_revision(&mut out.response, rev);
                         }
-                        state.current_revision = out.revisions.current;
+                        if out.revisions.current > evaluated.current {
+                            // It wrote (else the region's revision stays).
+                            state.current_revision = out.revisions.current;
+                        }
                         events.extend(out.events);
                         self.shared.load.record(&out.batch);
                         Ok((out.batch, Reply::Txn(out.response.encode_to_vec())))

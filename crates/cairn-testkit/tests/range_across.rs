@@ -856,3 +856,46 @@ async fn a_serializable_read_after_a_serializable_txn_on_one_member_never_goes_b
     );
     c.shutdown().await;
 }
+
+/// A Txn that writes in one region and reads there at a revision another
+/// region wrote (above its own region's newest) is served, as etcd serves
+/// it — not refused as a future revision — and its Range's header is the
+/// store's revision before the write, not the region's older one (which
+/// the client has seen passed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writing_txn_reading_at_a_revision_another_region_wrote_is_served() {
+    let (c, last) = split_then_write_one_side("a", "z").await;
+    let mut client = c.kv(1).await;
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: b"a".to_vec(),
+                    revision: last,
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: b"b".to_vec(),
+                    value: b"1".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    let t = client.txn(txn).await.unwrap().into_inner();
+    let written = t.header.unwrap().revision;
+    assert!(written > last);
+    let Some(Response::ResponseRange(r)) = &t.responses[0].response else {
+        panic!("{t:?}")
+    };
+    assert_eq!(r.kvs[0].value, b"0");
+    let read_at = r.header.as_ref().unwrap().revision;
+    assert!(
+        (last..written).contains(&read_at),
+        "the Range's header {read_at}: the store was at {last} or above, wrote at {written}"
+    );
+    c.shutdown().await;
+}
