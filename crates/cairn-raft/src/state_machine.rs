@@ -577,6 +577,12 @@ impl RegionShared {
         self.with_applied(|a| a.merge.frozen.as_ref().map(|f| f.range.epoch))
     }
 
+    /// While frozen for a merge: the freeze's epoch and the region it
+    /// merges into.
+    pub fn merge_frozen_into(&self) -> Option<(u64, u64)> {
+        self.with_applied(|a| a.merge.frozen.as_ref().map(|f| (f.range.epoch, f.target)))
+    }
+
     /// A data region's keys and epoch now.
     pub fn range(&self) -> RegionRange {
         self.with_applied(|a| a.range.clone())

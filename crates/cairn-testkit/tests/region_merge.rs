@@ -451,3 +451,79 @@ async fn compaction_while_frozen(split: bool) {
     }
     assert_eq!(got, revs);
 }
+
+/// A member that missed the split bearing the target (it caught up on the
+/// parent by a snapshot taken after it) hosts the source but not the
+/// target until it adopts it. A merge then waits for it — the freeze is
+/// not counted as applied there — and is abandoned, rather than absorbing
+/// the source elsewhere: there, the frozen source would block adopting the
+/// target (their keys overlap), and both regions' keys would be held by
+/// no region on that member for good. Once it has adopted the target, the
+/// merge goes through and the member serves the merged keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_waits_for_a_member_that_has_not_adopted_its_target() {
+    // Snapshot every 20 entries and keep 2 (see `regions.rs`).
+    let c = InProcessCluster::start_with(3, 20, cairn_server::Limits::default()).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    c.split_at("g").await;
+    let away = (leader + 1) % 3;
+    c.node(away).hold_adoptions(true);
+    c.isolate(away);
+    let target = c
+        .node(leader)
+        .split_region(DATA_REGION, b"c".to_vec())
+        .await
+        .unwrap();
+    let mut client = c.kv(leader).await;
+    kv::put(&mut client, "h", "source").await.unwrap();
+    for i in 0..60 {
+        kv::put(&mut client, &format!("a{i:02}"), "v")
+            .await
+            .unwrap();
+    }
+    let purged = || {
+        c.node(leader)
+            .region(DATA_REGION)
+            .unwrap()
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+    };
+    wait_for("the parent's log is purged past the split", || {
+        purged().is_some_and(|p| p.index > 20)
+    })
+    .await;
+    c.rejoin(away);
+    wait_for("the member away caught up on the parent", || {
+        c.node(away)
+            .region(DATA_REGION)
+            .is_ok_and(|r| r.shared.range().end == b"c")
+    })
+    .await;
+    assert!(c.node(away).region(target).is_err());
+    let merged = c.node(leader).merge_regions(target).await;
+    assert!(
+        merged.is_err(),
+        "merged while a member did not host the target: {merged:?}"
+    );
+    c.node(away).hold_adoptions(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = c.node(leader).merge_regions(target).await {
+        assert!(Instant::now() < deadline, "never merged: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let want = vec![(Vec::new(), b"c".to_vec()), (b"c".to_vec(), Vec::new())];
+    wait_for("every member has the merged regions", || {
+        (0..3).all(|i| ranges(c.node(i)) == want)
+    })
+    .await;
+    let mut away_client = c.kv(away).await;
+    assert_eq!(
+        kv::get(&mut away_client, "h", false)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("source")
+    );
+}

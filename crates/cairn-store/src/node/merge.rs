@@ -203,12 +203,20 @@ impl Node {
     }
 
     /// Waits (bounded) until this node's replica of `source` has applied
-    /// the freeze at `epoch`, or this node already absorbed `source`.
+    /// the freeze at `epoch` and the target is hosted here too, or this
+    /// node already absorbed `source`. A member that missed the split
+    /// bearing the target (caught up by a snapshot taken after it) hosts
+    /// the source but not yet the target: absorbed elsewhere, its frozen
+    /// source would keep the target's new keys from being adopted here —
+    /// the keys of both then held by no region here, for good.
     pub(crate) async fn frozen_here(&self, source: u64, epoch: u64) -> Result<()> {
         let deadline = Instant::now() + FREEZE_WAIT;
         loop {
             let frozen = match self.regions.get(source) {
-                Some(s) => s.shared.merge_frozen() == Some(epoch),
+                Some(s) => s
+                    .shared
+                    .merge_frozen_into()
+                    .is_some_and(|(e, target)| e == epoch && self.regions.get(target).is_some()),
                 None => self.absorbed_here(source),
             };
             if frozen {

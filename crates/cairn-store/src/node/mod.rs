@@ -198,6 +198,9 @@ pub struct Node {
     /// Milliseconds each region born here waits before it is started (a
     /// test's slow member: [`Node::delay_births`]).
     birth_delay: AtomicU64,
+    /// Adopting a region is refused (a test's member that has not adopted
+    /// one yet: [`Node::hold_adoptions`]).
+    adoptions_held: std::sync::atomic::AtomicBool,
     /// Each data region's recent write rate (see `report`).
     write_rates: parking_lot::Mutex<std::collections::BTreeMap<u64, report::WriteRate>>,
     /// Outcomes of finished transactions across regions, `(primary

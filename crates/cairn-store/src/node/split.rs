@@ -92,6 +92,12 @@ impl Node {
         if let Some(r) = self.regions.get_within(region, BIRTH_WAIT).await {
             return Ok(r);
         }
+        if self
+            .adoptions_held
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return refuse("held (a test's slow member)");
+        }
         let (desc, dropped) = self.region(META_REGION)?.shared.with_applied(|a| {
             let dropped = a.merge.absorbed.contains(&region);
             (a.regions.get(&region).cloned(), dropped)
@@ -139,6 +145,14 @@ impl Node {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
         self.birth_delay
             .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes this member refuse to adopt a region it missed the split of
+    /// while `on` (a member slow to, for tests).
+    #[doc(hidden)]
+    pub fn hold_adoptions(&self, on: bool) {
+        self.adoptions_held
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Proposes `cmd` in every data region (an auth fence, an alarm: state

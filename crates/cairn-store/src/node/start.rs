@@ -200,6 +200,7 @@ impl Node {
                 transferring: tokio::sync::Mutex::new(()),
                 balancing,
                 birth_delay: AtomicU64::new(0),
+                adoptions_held: Default::default(),
                 opener,
                 timestamps,
                 hosting: tokio::sync::Mutex::new(()),
