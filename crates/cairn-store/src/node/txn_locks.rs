@@ -36,6 +36,16 @@ impl Node {
     /// its part in `region`.
     pub(crate) async fn resolve_lock(&self, region: u64, lock: LockRef) -> Result<()> {
         let held = || self.holds_lock(region, lock.start_ts);
+        if !held() {
+            // Met at the leader, not applied here yet (a replica behind):
+            // caught up first, or the caller — a prewrite meeting it again
+            // at once — would propose back to back until it is. (Not
+            // caught up — the region moved, its leader is changing: a
+            // pause, and the caller finds out on its own.)
+            if self.caught_up(region).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let until = Instant::now() + LOCK_TTL;
         while held() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -116,7 +126,18 @@ impl Node {
                 // of it committed (a lock seen on a replica behind).
                 _ => ForwardOp::Plain(Command::RollbackLocked { start_ts }),
             };
-            async move { self.submit(part, op).await.and_then(|ok| ok.reply()) }
+            let committing = matches!(op, ForwardOp::CommitLocked { .. });
+            async move {
+                let ok = self.submit(part, op).await?;
+                // A commit is read as the coordinator reads one: any answer
+                // but an outcome (a refusal) leaves the part unfinished, so
+                // the outcome is not forgotten while its lock stands.
+                if committing {
+                    ok.outcome().map(drop)
+                } else {
+                    ok.reply().map(drop)
+                }
+            }
         };
         let finished = futures::future::join_all(parts.map(finish)).await;
         if let Some(Err(e)) = finished.iter().find(|r| r.is_err()) {
