@@ -821,3 +821,85 @@ async fn a_watch_opened_before_a_split_sees_the_keys_it_moved() {
     }
     assert_eq!(got, want);
 }
+
+/// A read-only Txn of one region, among several, keeps its read timestamp
+/// while it waits for a lock: once the transaction it waited for (started
+/// below it) is done, a transaction on its keys started after it does not
+/// hold it up (it commits above the read's timestamp). Taking a fresh
+/// timestamp after each wait, a stream of transactions on its keys held
+/// it up indefinitely, and it rolled each back past the lock's time to
+/// live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_only_txn_waits_only_for_transactions_started_before_it() {
+    let c = three_regions().await;
+    let mut client = c.kv(0).await;
+    for k in ["a", "b", "g", "h"] {
+        kv::put(&mut client, k, "100").await.unwrap();
+    }
+    let held = |node: usize, req: TxnRequest| {
+        let (go, held) = tokio::sync::oneshot::channel();
+        let coordinator = c.node(node).clone();
+        let txn = tokio::spawn(async move {
+            coordinator
+                .txn_across_held(&req, &Access::Internal, held)
+                .await
+        });
+        (go, txn)
+    };
+    let first = region_of(c.node(0), "a");
+    let (go_first, first_txn) = held(1, transfer("a", "g"));
+    a_held_lock(&first).await;
+    // A write elsewhere: the read's timestamp (the newest handed out) is
+    // above the held transaction's start, which it must wait for.
+    kv::put(&mut client, "z", "1").await.unwrap();
+    let read = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let mut reader = c.kv(0).await;
+    let reading = tokio::spawn(async move { reader.txn(read).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if reading.is_finished() {
+        panic!("the read did not wait for the lock: {:?}", reading.await);
+    }
+    // Started after the read: locks `b` beside it.
+    let (go_later, later_txn) = held(2, transfer("b", "h"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while first.shared.with_applied(|a| a.locks.held.len()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the later transaction never locked b"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And another: a timestamp taken now is above the later start.
+    kv::put(&mut client, "z", "2").await.unwrap();
+    let released = Instant::now();
+    go_first.send(()).unwrap();
+    let r = reading.await.unwrap().unwrap().into_inner();
+    let waited = released.elapsed();
+    assert!(
+        waited < Duration::from_millis(1000),
+        "the read waited {waited:?} after the transaction before it was done"
+    );
+    // As of its timestamp: before either transfer.
+    let Some(Response::ResponseRange(range)) = &r.responses[0].response else {
+        panic!("{r:?}")
+    };
+    let values: Vec<&[u8]> = range.kvs.iter().map(|kv| kv.value.as_slice()).collect();
+    assert_eq!(values, vec![&b"100"[..], b"100"]);
+    assert!(first_txn.await.unwrap().unwrap().succeeded);
+    go_later.send(()).unwrap();
+    assert!(later_txn.await.unwrap().unwrap().succeeded);
+    assert_values(
+        &mut client,
+        &[("a", "90"), ("b", "90"), ("g", "110"), ("h", "110")],
+    )
+    .await;
+}

@@ -291,6 +291,10 @@ impl Node {
         let footprint = cairn_mvcc::locks::footprint(req);
         let serializable = cairn_mvcc::is_serializable(req);
         let (floor, since) = (self.answered_revision(), std::time::Instant::now());
+        // A read timestamp, kept while the read waits for locks: only
+        // transactions started below it hold the read up, not a stream of
+        // later ones on its keys (as across regions, `range_across`).
+        let mut kept = None;
         let (snap, revs, at) = loop {
             let r = self.region(region)?;
             // Serializable: from this replica, once it holds every revision
@@ -306,7 +310,11 @@ impl Node {
             // timestamp (as `range` is): its header is the store's
             // revision.
             let (r, at) = if !local && self.several_regions() {
-                let (t, r) = self.caught_up_at_newest(region).await?;
+                let (t, r) = match kept {
+                    Some(t) => (t, self.caught_up_at(region, t).await?),
+                    None => self.caught_up_at_newest(region).await?,
+                };
+                kept = Some(t);
                 (r, Some(t))
             } else if local {
                 (r, None)
@@ -318,8 +326,9 @@ impl Node {
                 (r, None)
             };
             // The newest state: every lock in the footprint is waited for
-            // (its commit may land below the region's newest revision).
-            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, 0);
+            // (its commit may land below the region's newest revision);
+            // at T, those that may commit at or below T.
+            let (snap, revs, range, lock) = r.shared.read_view_locked(&footprint, at.unwrap_or(0));
             if !cairn_raft::txn_within(req, &range) {
                 return Err(Error::EpochMismatch);
             }
@@ -334,23 +343,26 @@ impl Node {
             // region): an answer that counts (`sequential.rs`).
             self.answering(revs.current);
         }
-        // Read at the region's newest state, which holds every write at or
-        // below T and no lock: the store's state at the higher of T and the
-        // region's newest revision (nothing lands in this region between
-        // the two any more), which answers as the current revision.
-        let revs = match at {
-            Some(t) => cairn_mvcc::Revisions {
-                current: revs.current.max(t),
-                ..revs
-            },
-            None => revs,
+        // Read at T: the view holds every write at or below T, and no lock
+        // that may commit there. Above the region's newest revision,
+        // that is its newest state (nothing lands in this region between
+        // the two any more); below, the view as of T (later writes landed
+        // since T was taken).
+        let (revs, at) = match at {
+            Some(t) if t > revs.current => (cairn_mvcc::Revisions { current: t, ..revs }, None),
+            Some(t) if t < revs.current => (revs, Some(t)),
+            _ => (revs, None),
+        };
+        let read = move |snap: &dyn cairn_storage::Snapshot, req: &TxnRequest| match at {
+            Some(t) => cairn_mvcc::read_txn_at(snap, req, revs, t),
+            None => cairn_mvcc::read_txn(snap, req, revs),
         };
         if single_keys(req) {
-            return cairn_mvcc::read_txn(&*snap, req, revs).map_err(Error::from);
+            return read(&*snap, req).map_err(Error::from);
         }
         let req = req.clone();
         self.spans
-            .run(move || cairn_mvcc::read_txn(&*snap, &req, revs))
+            .run(move || read(&*snap, &req))
             .await?
             .map_err(Error::from)
     }
