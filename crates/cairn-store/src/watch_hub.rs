@@ -147,8 +147,24 @@ impl Carry {
             .filter(|(_, _, after, upto)| *after < from && *upto >= to)
             .map(|(s, e, _, _)| (s.as_slice(), e.as_slice()))
             .collect();
+        // Spans may overlap (an inherited carry's beside the inputs'):
+        // swept in order of their starts, each reaching on from `lo`.
         whole.sort_unstable();
-        crate::node::bounds_tile(whole.into_iter(), lo, hi)
+        let reached = |at: &[u8]| hi.is_some_and(|h| at >= h);
+        let mut at = lo;
+        for (start, end) in whole {
+            if reached(at) {
+                return true;
+            }
+            if start > at {
+                return false;
+            }
+            if end.is_empty() {
+                return true;
+            }
+            at = at.max(end);
+        }
+        reached(at)
     }
 
     /// The spans with keys in `[lo, hi)`.
@@ -188,8 +204,12 @@ pub struct FeedMerger {
     /// for another branch of a `select!` must not restart the wait.
     broken: Option<tokio::time::Instant>,
     /// Its history was read whole for the regions as subscribed (not
-    /// broken from the start): what it holds can be carried on.
+    /// broken from the start): what it holds of its inputs' keys can be
+    /// carried on.
     sound: bool,
+    /// The spans of the carries it was given (`hold_carried`): what it
+    /// holds of those keys can be carried on, sound or not.
+    inherited: Vec<(Vec<u8>, Vec<u8>, i64, i64)>,
     /// The lowest resolved revision of the inputs, and how many inputs
     /// are at it: kept as inputs move, not found anew per batch (a batch
     /// of a busy region, with hundreds of idle ones watched, moves no
@@ -264,6 +284,7 @@ impl FeedMerger {
             held: BTreeMap::new(),
             broken: broken.then(Self::after_pause),
             sound: !broken,
+            inherited: Vec::new(),
             low: 0,
             at_low: 0,
             hurry: None,
@@ -356,20 +377,24 @@ impl FeedMerger {
     /// `None` if its history was not read whole. Called once its reader
     /// is done with it (a discontinuity).
     pub fn carry(&mut self) -> Option<Carry> {
-        if !self.sound {
+        let low = self.low;
+        let own = self.inputs.iter().filter(|_| self.sound).map(|i| {
+            let (start, end) = i.bounds.clone();
+            (start, end, i.complete_after, i.resolved)
+        });
+        // What it released is not held any more; a span left empty goes.
+        let spans: Vec<_> = own
+            .chain(self.inherited.iter().cloned())
+            .map(|(start, end, after, upto)| (start, end, after.max(low), upto))
+            .filter(|(_, _, after, upto)| upto > after)
+            .collect();
+        if spans.is_empty() && !self.sound {
             return None;
         }
         let held = std::mem::take(&mut self.held);
         Some(Carry {
             events: held.into_values().collect(),
-            spans: self
-                .inputs
-                .iter()
-                .map(|i| {
-                    let (start, end) = i.bounds.clone();
-                    (start, end, i.complete_after.max(self.low), i.resolved)
-                })
-                .collect(),
+            spans,
         })
     }
 
@@ -381,6 +406,7 @@ impl FeedMerger {
         for c in carry.events.iter().filter(|c| c.revision > low) {
             self.hold(c.clone());
         }
+        self.inherited.extend(carry.spans.iter().cloned());
         // What it holds of an input's keys now begins where the carry's
         // does, if that is lower (a compaction cut its history short):
         // carried again, it still stands in for the compacted history.
@@ -401,16 +427,22 @@ impl FeedMerger {
     /// Waits for the next releasable batch (possibly empty when only the
     /// resolved revision advanced).
     pub async fn next(&mut self) -> HubItem {
-        if self.inputs.is_empty() || self.closed {
+        if self.closed {
             return HubItem::Closed;
         }
         if let Some(at) = self.broken {
             // Not at once: a failing read would otherwise spin. Cleared
             // only after the pause, so a caller that drops this future
             // meanwhile (a `select!`) still gets the discontinuity.
+            // (Before looking at the inputs: a subscription to no region,
+            // none hosted here yet, is broken, and its reader subscribes
+            // again — a lock waiter told `Closed` waited for good.)
             tokio::time::sleep_until(at).await;
             self.broken = None;
             return HubItem::Discontinuity;
+        }
+        if self.inputs.is_empty() {
+            return HubItem::Closed;
         }
         let fed = loop {
             // Held back: name the inputs behind again if nothing moves
@@ -739,6 +771,21 @@ mod tests {
         assert!(!carry.covers(b"a", Some(b"u"), 1, 2));
         assert!(!carry.covers(b"a", None, 1, 2));
         assert!(!carry.covers(b"a", Some(b"b"), 0, 2));
+        // Spans that overlap (an inherited carry's beside the inputs')
+        // still cover what their union does; a gap does not.
+        let spans = |v: &[(&str, &str)]| Carry {
+            events: Vec::new(),
+            spans: v
+                .iter()
+                .map(|(s, e)| (s.as_bytes().to_vec(), e.as_bytes().to_vec(), 0, 10))
+                .collect(),
+        };
+        let overlapping = spans(&[("", "m"), ("m", ""), ("m", "t"), ("t", "")]);
+        assert!(overlapping.covers(b"a", Some(b"z"), 1, 10));
+        assert!(overlapping.covers(b"a", None, 1, 10));
+        let gap = spans(&[("", "c"), ("d", "")]);
+        assert!(!gap.covers(b"a", Some(b"e"), 1, 10));
+        assert!(gap.covers(b"a", Some(b"c"), 1, 10));
         // A merger whose history was not read whole vouches for nothing.
         let (_tx, rx) = broadcast::channel(16);
         assert!(

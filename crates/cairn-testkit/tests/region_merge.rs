@@ -397,15 +397,23 @@ async fn compaction_while_frozen(split: bool) {
     c.split_at("m").await;
     c.split_at("t").await;
     let middle = c.node(0).route(b"m").unwrap().id;
+    // Two watchers on one stream, of the same regions: both move together
+    // (to one new group, after the split).
     let mut w = WatchStream::open(&c.nodes[1].client_addr).await.unwrap();
-    w.create(WatchCreateRequest {
-        key: b"a".to_vec(),
-        range_end: b"z".to_vec(),
-        prev_kv: true,
-        ..Default::default()
-    })
-    .await;
-    assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    for (id, (key, end)) in [(&b"a"[..], &b"z"[..]), (b"b", b"y")]
+        .into_iter()
+        .enumerate()
+    {
+        w.create(WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            prev_kv: true,
+            watch_id: id as i64 + 1,
+            ..Default::default()
+        })
+        .await;
+        assert!(w.next(Duration::from_secs(5)).await.unwrap().created);
+    }
     let mut client = c.kv(1).await;
     let mut revs = vec![kv::put(&mut client, "n1", "before").await.unwrap()];
     let (source, _) = c.node(2).freeze_for_merge(DATA_REGION).await.unwrap();
@@ -437,19 +445,21 @@ async fn compaction_while_frozen(split: bool) {
     for k in ["n2", "b2", "u2"] {
         revs.push(kv::put(&mut client, k, "after").await.unwrap());
     }
-    let mut got = Vec::new();
+    // Every key written lies in both watchers' spans.
+    let mut got = [Vec::new(), Vec::new()];
     let deadline = Instant::now() + Duration::from_secs(15);
-    while got.len() < revs.len() && Instant::now() < deadline {
+    while got.iter().any(|g| g.len() < revs.len()) && Instant::now() < deadline {
         if let Some(r) = w.next(Duration::from_secs(2)).await {
+            let of = &mut got[r.watch_id as usize - 1];
             assert!(
                 !r.canceled,
-                "cancelled (compact_revision {}, reason {:?}) after {got:?}",
-                r.compact_revision, r.cancel_reason
+                "watch {} cancelled (compact_revision {}, reason {:?}) after {of:?}",
+                r.watch_id, r.compact_revision, r.cancel_reason
             );
-            got.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            of.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
         }
     }
-    assert_eq!(got, revs);
+    assert_eq!(got, [revs.clone(), revs]);
 }
 
 /// A member that missed the split bearing the target (it caught up on the

@@ -268,7 +268,12 @@ impl Stream {
             None => view.compacted,
             Some(c) => uncarried_compaction(c, &view, w.next),
         };
-        match watcher::start(w.next, view.current, compacted) {
+        let start = watcher::start(w.next, view.current, compacted);
+        // Its start checked against the compaction: from here on it keeps
+        // up, and a regroup may carry it on (not before: a watch created
+        // from a compacted revision is told so, as on etcd).
+        w.kept_up |= start != Start::Compacted;
+        match start {
             Start::Compacted => {
                 let compacted = view.compacted;
                 self.remove(id);
@@ -431,6 +436,8 @@ impl Stream {
     /// group already open replays from history alone.
     async fn regroup(&mut self, g: usize, carry: Option<&Arc<Carry>>) -> Vec<i64> {
         let members = self.groups[g].members.clone();
+        // Groups opened here, which hold `carry` on.
+        let mut opened: Vec<Vec<u64>> = Vec::new();
         // One wait for them all: the stream serves nothing meanwhile.
         let cover_by = std::time::Instant::now() + cairn_store::COVER_WAIT;
         for &id in &members {
@@ -456,26 +463,29 @@ impl Stream {
                 // merge moved them): the group resubscribes with these.
                 self.groups[g].refresh(regions);
                 if let Some(w) = self.watchers.get_mut(&id) {
-                    w.carry = carry.cloned();
+                    w.carry = carry.filter(|_| w.kept_up).cloned();
                 }
                 continue;
             }
             self.groups[g].members.retain(|m| *m != id);
-            let (to, carried) = match self.groups.iter().position(|x| x.key == key) {
+            let to = match self.groups.iter().position(|x| x.key == key) {
                 Some(to) => {
                     self.groups[to].refresh(regions);
-                    (to, None)
+                    to
                 }
                 None => {
-                    let opened = Group::open(key.clone(), regions, carry.map(|c| &**c));
-                    self.groups.push(opened);
-                    (self.groups.len() - 1, carry.cloned())
+                    let group = Group::open(key.clone(), regions, carry.map(|c| &**c));
+                    self.groups.push(group);
+                    opened.push(key.clone());
+                    self.groups.len() - 1
                 }
             };
             self.groups[to].members.push(id);
             if let Some(w) = self.watchers.get_mut(&id) {
+                w.carry = carry
+                    .filter(|_| w.kept_up && opened.contains(&key))
+                    .cloned();
                 w.group = key;
-                w.carry = carried;
             }
         }
         members
@@ -540,9 +550,11 @@ fn with_carried(history: &mut Vec<cairn_mvcc::Change>, carry: &Carry, from: i64,
     if carried.is_empty() {
         return;
     }
-    let have: std::collections::HashSet<(i64, u32, &[u8])> =
-        carried.iter().map(|c| c.order()).collect();
-    history.retain(|c| !have.contains(&c.order()));
+    // By revision and key (a key changes once per revision; history of a
+    // single key does not read its op's place in the transaction).
+    let have: std::collections::HashSet<(i64, &[u8])> =
+        carried.iter().map(|c| (c.revision, c.key())).collect();
+    history.retain(|c| !have.contains(&(c.revision, c.key())));
     history.extend(carried.into_iter().cloned());
 }
 

@@ -103,6 +103,9 @@ pub struct Watcher {
     /// until it is replayed: where a compaction reached one region while
     /// another held its events back, history no longer has them.
     pub carry: Option<Arc<Carry>>,
+    /// Its start was checked against the compaction (it replayed or went
+    /// live): only then does a regroup carry it on.
+    pub kept_up: bool,
 }
 
 impl Watcher {
@@ -123,6 +126,7 @@ impl Watcher {
             quiet: true,
             mode: Mode::Live,
             carry: None,
+            kept_up: false,
         }
     }
 

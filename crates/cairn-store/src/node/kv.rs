@@ -332,6 +332,12 @@ impl Node {
             if !cairn_raft::txn_within(req, &range) {
                 return Err(Error::EpochMismatch);
             }
+            if at.is_some_and(|t| revs.compacted > t) {
+                // Compacted past T while it waited: read again at a new
+                // timestamp (as across regions, `txn_read_across`).
+                kept = None;
+                continue;
+            }
             match lock {
                 Some(lock) => self.resolve_lock(region, lock).await?,
                 None => break (snap, revs, at),
