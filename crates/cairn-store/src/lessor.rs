@@ -432,9 +432,24 @@ impl Lessor {
             }))
             .await?;
         drop(order);
-        match reply.await.map_err(|_| Error::Stopped)?? {
-            Reply::Rejected(r) => Err(Error::Rejected(r)),
-            _ => Ok(Some(ttl)),
+        if let Reply::Rejected(r) = reply.await.map_err(|_| Error::Stopped)?? {
+            return Err(Error::Rejected(r));
+        }
+        // The answer may leave long after `since` (the clear waited behind
+        // a proposal group): the client counts its TTL from when it hears
+        // it, so the deadline here is counted from now too (etcd's `Renew`
+        // refreshes after its checkpoint is cleared) — or a holder cut off
+        // right after would believe in its lease for that long after this
+        // leader expired it. Expired meanwhile: answered as such.
+        let mut st = self.primed().ok_or_else(Self::not_ready)?;
+        let now = Instant::now();
+        match st.leases.get(&id).copied() {
+            Some(t) if !t.revoking && t.deadline > now => {
+                let every = self.checkpoint_every;
+                st.insert(id, ttl, t.deadline.max(now + secs(ttl)), every);
+                Ok(Some(ttl))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -495,7 +510,14 @@ impl Lessor {
                     continue;
                 }
             }
-            if st.granting.contains_key(&id) {
+            // Not past its deadline by more than a grant waits: grants
+            // of the ID one after another (each refused) would keep a
+            // lease nobody renews alive for ever.
+            let held_up = st
+                .leases
+                .get(&id)
+                .is_some_and(|t| now < t.deadline + GRANT_WAIT);
+            if held_up && st.granting.contains_key(&id) {
                 // A grant of the ID is being proposed (the lease exists, so
                 // it will be refused, unless a revoke applies before it):
                 // looked at again once it answered.

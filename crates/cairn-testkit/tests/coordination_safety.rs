@@ -96,6 +96,109 @@ async fn a_renewal_clears_the_checkpointed_ttl_before_a_leader_change() {
     c.shutdown().await;
 }
 
+/// A renewal answered late — its checkpoint's clear waited behind held
+/// proposals — counts the lease's TTL from its answer, as the client does
+/// (clientv3 sets its deadline when it hears the TTL): counted from the
+/// request, the leader expired the lease as long before the client's
+/// deadline as the answer was late, and a lock holder cut off right after
+/// the renewal would have believed in its key while another took the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_answered_late_counts_the_ttl_from_its_answer() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let node = c.node(leader).clone();
+    let (id, _) = node
+        .lease_grant(0, 6, &cairn_store::Access::Internal)
+        .await
+        .unwrap();
+    // A checkpoint stored (every 2 s here): the renewal must clear it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    node.hold_proposals(DATA_REGION, true).unwrap();
+    let renewing = tokio::spawn({
+        let node = node.clone();
+        async move { node.lease_keep_alive(id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert!(!renewing.is_finished(), "the renewal did not wait to clear");
+    node.hold_proposals(DATA_REGION, false).unwrap();
+    assert_eq!(renewing.await.unwrap().unwrap(), 6);
+    let answered = Instant::now();
+    // Not renewed again: when does the leader let it go?
+    let deadline = answered + Duration::from_secs(15);
+    loop {
+        match node.lease_time_to_live(id, false).await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lived = answered.elapsed();
+    assert!(
+        lived >= Duration::from_millis(5_500),
+        "expired {lived:?} after a renewal of 6 s was answered"
+    );
+    c.shutdown().await;
+}
+
+/// Grants of a live lease's ID one after another (each refused: it
+/// exists) do not keep it alive: an expiry waits for a grant of its ID
+/// being proposed, but not past the lease's deadline by more than a grant
+/// waits. Before, any caller looping grants of the ID kept a lease nobody
+/// renewed, and the lock key on it, alive for as long as it went on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grants_of_a_live_leases_id_do_not_keep_it_alive() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let node = c.node(leader).clone();
+    let (id, _) = node
+        .lease_grant(0, 2, &cairn_store::Access::Internal)
+        .await
+        .unwrap();
+    let granted = Instant::now();
+    // Its key goes when it expires (a grant of the ID after that is a new
+    // lease, without it).
+    let mut kv = c.kv(leader).await;
+    kv.put(PutRequest {
+        key: b"held".to_vec(),
+        value: b"v".to_vec(),
+        lease: id,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut grants = Vec::new();
+    for i in 0..4 {
+        let (node, stop) = (c.node(i % 3).clone(), stop.clone());
+        grants.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = node
+                    .lease_grant(id, 2, &cairn_store::Access::Internal)
+                    .await;
+            }
+        }));
+    }
+    let deadline = granted + Duration::from_secs(12);
+    let gone = loop {
+        if let Ok(None) = cairn_testkit::kv::get(&mut kv, "held", false).await {
+            break granted.elapsed();
+        }
+        assert!(Instant::now() < deadline, "a lease of 2 s lived 12 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for g in grants {
+        g.await.unwrap();
+    }
+    assert!(
+        gone < Duration::from_secs(8),
+        "gone only {gone:?} after its grant"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locks_with_lease_zero_get_keys_of_their_own_and_wait() {
     let c = InProcessCluster::start(3).await;

@@ -67,6 +67,15 @@ impl Node {
         }
     }
 
+    /// Holds (`on`) or lets go the proposals of this node's replica of
+    /// `region` (a leader whose proposals wait behind a slow group, for
+    /// tests): they queue until let go.
+    #[doc(hidden)]
+    pub fn hold_proposals(&self, region: u64, on: bool) -> Result<()> {
+        self.region(region)?.proposer.hold(on);
+        Ok(())
+    }
+
     /// Refreshes a lease at the region leader; its TTL, 0 if unknown.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64> {
         self.submit(DATA_REGION, ForwardOp::LeaseKeepAlive(id))
