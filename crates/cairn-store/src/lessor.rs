@@ -148,6 +148,14 @@ impl State {
         }
     }
 
+    fn unschedule_checkpoint(&mut self, id: i64) {
+        if let Some(t) = self.leases.get_mut(&id) {
+            if let Some(at) = t.checkpoint_at.take() {
+                self.checkpoints.remove(&(at, id));
+            }
+        }
+    }
+
     fn remove(&mut self, id: i64) {
         if let Some(t) = self.leases.remove(&id) {
             self.expiry.remove(&(t.expiry_at, id));
@@ -336,7 +344,15 @@ impl Lessor {
             {
                 let _order = self.order.lock().await;
                 let mut st = self.primed().ok_or_else(Self::not_ready)?;
-                if !st.expiring.contains(&id) {
+                // Nor while a lease of the ID is past its deadline: its
+                // expiry waits for grants being proposed, and grants one
+                // after another (each refused: it exists) would keep a
+                // lease nobody renews alive for ever.
+                let due = st
+                    .leases
+                    .get(&id)
+                    .is_some_and(|t| t.deadline <= Instant::now());
+                if !st.expiring.contains(&id) && !due {
                     *st.granting.entry(id).or_default() += 1;
                     return Ok(Granting {
                         lessor: self.clone(),
@@ -375,12 +391,17 @@ impl Lessor {
     /// etcd's unbounded wait: a stream renews its leases one at a time, and
     /// the others' renewals wait behind this one.
     pub async fn keep_alive(&self, id: i64, since: Instant) -> Result<i64> {
-        let until = Instant::now() + EXPIRED_WAIT;
+        // From the first answer that it expired (a renewal may first wait
+        // on its clear for longer than this wait).
+        let mut until = None;
         loop {
             match self.renew(id, since).await? {
                 Some(ttl) => return Ok(ttl),
-                None if Instant::now() >= until => return Ok(0),
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
+                None if until.is_some_and(|u| Instant::now() >= u) => return Ok(0),
+                None => {
+                    until.get_or_insert_with(|| Instant::now() + EXPIRED_WAIT);
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
             }
         }
     }
@@ -423,6 +444,13 @@ impl Lessor {
         };
         if !clear {
             return Ok(Some(ttl));
+        }
+        // No checkpoint of it until the clear answered and the deadline is
+        // counted again: one queued behind the clear would store a
+        // remaining TTL from the old count, which a new leader would take
+        // up (`State::insert` below schedules the next one).
+        if let Some(mut st) = self.primed() {
+            st.unschedule_checkpoint(id);
         }
         let reply = self
             .proposer
@@ -510,14 +538,7 @@ impl Lessor {
                     continue;
                 }
             }
-            // Not past its deadline by more than a grant waits: grants
-            // of the ID one after another (each refused) would keep a
-            // lease nobody renews alive for ever.
-            let held_up = st
-                .leases
-                .get(&id)
-                .is_some_and(|t| now < t.deadline + GRANT_WAIT);
-            if held_up && st.granting.contains_key(&id) {
+            if st.granting.contains_key(&id) {
                 // A grant of the ID is being proposed (the lease exists, so
                 // it will be refused, unless a revoke applies before it):
                 // looked at again once it answered.

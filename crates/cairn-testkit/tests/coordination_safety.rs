@@ -142,6 +142,66 @@ async fn a_renewal_answered_late_counts_the_ttl_from_its_answer() {
     c.shutdown().await;
 }
 
+/// A renewal answered late, then a leader change: no checkpoint of the
+/// lease is queued while its clear waits, so the new leader counts the
+/// full TTL (the clear stored none) rather than a remaining TTL from the
+/// old count, checkpointed behind the clear — which ended the lease
+/// seconds before the deadline its client was told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_answered_late_then_a_leader_change_keeps_the_ttl_told() {
+    let mut c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let node = c.node(leader).clone();
+    let (id, _) = node
+        .lease_grant(0, 12, &cairn_store::Access::Internal)
+        .await
+        .unwrap();
+    // Checkpointed (every 2 s here): the renewal must clear it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    node.hold_proposals(DATA_REGION, true).unwrap();
+    let renewing = tokio::spawn({
+        let node = node.clone();
+        async move { node.lease_keep_alive(id).await }
+    });
+    // Three checkpoint rounds come due meanwhile.
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    node.hold_proposals(DATA_REGION, false).unwrap();
+    assert_eq!(renewing.await.unwrap().unwrap(), 12);
+    let answered = Instant::now();
+    // What a new leader would take up: the clear, not a checkpoint of
+    // the old count that landed behind it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = {
+        let (view, _) = node.region(DATA_REGION).unwrap().shared.read_view();
+        cairn_mvcc::lease::get(&*view, id)
+            .unwrap()
+            .unwrap()
+            .remaining
+    };
+    assert_eq!(
+        stored, 0,
+        "a checkpoint of the old count landed after the clear"
+    );
+    drop(node);
+    c.stop(leader).await;
+    let other = (leader + 1) % 3;
+    let deadline = answered + Duration::from_secs(30);
+    loop {
+        if let Ok(None) = c.node(other).lease_time_to_live(id, false).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not before the deadline its client counts (less the polling step).
+    let lived = answered.elapsed();
+    assert!(
+        lived >= Duration::from_millis(11_800),
+        "expired {lived:?} after a renewal of 12 s was answered"
+    );
+    c.shutdown().await;
+}
+
 /// Grants of a live lease's ID one after another (each refused: it
 /// exists) do not keep it alive: an expiry waits for a grant of its ID
 /// being proposed, but not past the lease's deadline by more than a grant

@@ -126,7 +126,8 @@ impl Watcher {
             quiet: true,
             mode: Mode::Live,
             carry: None,
-            kept_up: false,
+            // From now: at the head, never below a compaction.
+            kept_up: c.start_revision <= 0,
         }
     }
 
