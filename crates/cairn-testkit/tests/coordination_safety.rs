@@ -96,6 +96,46 @@ async fn a_renewal_clears_the_checkpointed_ttl_before_a_leader_change() {
     c.shutdown().await;
 }
 
+/// Grants a lease of `ttl` s at the lease leader of `c`, waits until it is
+/// checkpointed (every 2 s here: a renewal must then clear it), and renews
+/// it while that leader's proposals are held for `held`: returns its ID
+/// and when the renewal was answered (with the full TTL).
+async fn renewed_late(
+    c: &InProcessCluster,
+    leader: usize,
+    ttl: i64,
+    held: Duration,
+) -> (i64, Instant) {
+    let node = c.node(leader).clone();
+    let (id, _) = node
+        .lease_grant(0, ttl, &cairn_store::Access::Internal)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    node.hold_proposals(DATA_REGION, true).unwrap();
+    let renewing = tokio::spawn({
+        let node = node.clone();
+        async move { node.lease_keep_alive(id).await }
+    });
+    tokio::time::sleep(held).await;
+    assert!(!renewing.is_finished(), "the renewal did not wait to clear");
+    node.hold_proposals(DATA_REGION, false).unwrap();
+    assert_eq!(renewing.await.unwrap().unwrap(), ttl);
+    (id, Instant::now())
+}
+
+/// How long after `answered` member `i` finds lease `id` gone (polled).
+async fn lived_after(c: &InProcessCluster, i: usize, id: i64, answered: Instant) -> Duration {
+    let deadline = answered + Duration::from_secs(30);
+    loop {
+        if let Ok(None) = c.node(i).lease_time_to_live(id, false).await {
+            return answered.elapsed();
+        }
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A renewal answered late — its checkpoint's clear waited behind held
 /// proposals — counts the lease's TTL from its answer, as the client does
 /// (clientv3 sets its deadline when it hears the TTL): counted from the
@@ -106,35 +146,9 @@ async fn a_renewal_clears_the_checkpointed_ttl_before_a_leader_change() {
 async fn a_renewal_answered_late_counts_the_ttl_from_its_answer() {
     let c = InProcessCluster::start(3).await;
     let leader = c.wait_leader(DATA_REGION).await;
-    let node = c.node(leader).clone();
-    let (id, _) = node
-        .lease_grant(0, 6, &cairn_store::Access::Internal)
-        .await
-        .unwrap();
-    // A checkpoint stored (every 2 s here): the renewal must clear it.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    node.hold_proposals(DATA_REGION, true).unwrap();
-    let renewing = tokio::spawn({
-        let node = node.clone();
-        async move { node.lease_keep_alive(id).await }
-    });
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-    assert!(!renewing.is_finished(), "the renewal did not wait to clear");
-    node.hold_proposals(DATA_REGION, false).unwrap();
-    assert_eq!(renewing.await.unwrap().unwrap(), 6);
-    let answered = Instant::now();
+    let (id, answered) = renewed_late(&c, leader, 6, Duration::from_secs(3)).await;
     // Not renewed again: when does the leader let it go?
-    let deadline = answered + Duration::from_secs(15);
-    loop {
-        match node.lease_time_to_live(id, false).await {
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => panic!("{e}"),
-        }
-        assert!(Instant::now() < deadline, "the lease never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let lived = answered.elapsed();
+    let lived = lived_after(&c, leader, id, answered).await;
     assert!(
         lived >= Duration::from_millis(5_500),
         "expired {lived:?} after a renewal of 6 s was answered"
@@ -151,28 +165,14 @@ async fn a_renewal_answered_late_counts_the_ttl_from_its_answer() {
 async fn a_renewal_answered_late_then_a_leader_change_keeps_the_ttl_told() {
     let mut c = InProcessCluster::start(3).await;
     let leader = c.wait_leader(DATA_REGION).await;
-    let node = c.node(leader).clone();
-    let (id, _) = node
-        .lease_grant(0, 12, &cairn_store::Access::Internal)
-        .await
-        .unwrap();
-    // Checkpointed (every 2 s here): the renewal must clear it.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    node.hold_proposals(DATA_REGION, true).unwrap();
-    let renewing = tokio::spawn({
-        let node = node.clone();
-        async move { node.lease_keep_alive(id).await }
-    });
-    // Three checkpoint rounds come due meanwhile.
-    tokio::time::sleep(Duration::from_millis(6_000)).await;
-    node.hold_proposals(DATA_REGION, false).unwrap();
-    assert_eq!(renewing.await.unwrap().unwrap(), 12);
-    let answered = Instant::now();
+    // Three checkpoint rounds come due while the clear waits.
+    let (id, answered) = renewed_late(&c, leader, 12, Duration::from_secs(6)).await;
     // What a new leader would take up: the clear, not a checkpoint of
     // the old count that landed behind it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stored = {
-        let (view, _) = node.region(DATA_REGION).unwrap().shared.read_view();
+        let region = c.node(leader).region(DATA_REGION).unwrap();
+        let (view, _) = region.shared.read_view();
         cairn_mvcc::lease::get(&*view, id)
             .unwrap()
             .unwrap()
@@ -182,19 +182,9 @@ async fn a_renewal_answered_late_then_a_leader_change_keeps_the_ttl_told() {
         stored, 0,
         "a checkpoint of the old count landed after the clear"
     );
-    drop(node);
     c.stop(leader).await;
-    let other = (leader + 1) % 3;
-    let deadline = answered + Duration::from_secs(30);
-    loop {
-        if let Ok(None) = c.node(other).lease_time_to_live(id, false).await {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the lease never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Not before the deadline its client counts (less the polling step).
-    let lived = answered.elapsed();
+    let lived = lived_after(&c, (leader + 1) % 3, id, answered).await;
     assert!(
         lived >= Duration::from_millis(11_800),
         "expired {lived:?} after a renewal of 12 s was answered"
