@@ -63,6 +63,9 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        // A put (and maybe a lease grant), refused over quota as etcd's
+        // election service's KV calls are; so is a Proclaim.
+        crate::quota::check(&self.ctx, true)?;
         let pfx = prefix(&req.get_ref().name);
         let access = auth::access(&req, needs::prefix(&pfx, &coord::prefix_end(&pfx)));
         let req = req.into_inner();
@@ -91,6 +94,7 @@ impl Election for ElectionService {
         let Some(l) = req.leader else {
             return Err(Status::unknown(MISSING_LEADER));
         };
+        crate::quota::check(&self.ctx, true)?;
         let txn = TxnRequest {
             compare: vec![Compare {
                 result: CompareResult::Equal as i32,

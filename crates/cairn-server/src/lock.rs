@@ -33,6 +33,9 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        // A put (and maybe a lease grant), refused over quota as etcd's
+        // lock service's KV calls are.
+        crate::quota::check(&self.ctx, true)?;
         let mut prefix = req.get_ref().name.clone();
         prefix.push(b'/');
         let access = auth::access(&req, needs::prefix(&prefix, &coord::prefix_end(&prefix)));

@@ -731,3 +731,66 @@ async fn raising_or_clearing_an_alarm_of_type_none_does_nothing() {
     }
     c.shutdown().await;
 }
+
+/// Over quota, an election's writes are refused and raise the NOSPACE
+/// alarm, as etcd's election service's KV calls are: a leader proclaiming
+/// large values in a loop filled the store past its quota unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proclaims_over_quota_are_refused_and_raise_nospace() {
+    let limits = cairn_server::Limits {
+        quota_backend_bytes: 1_000_000,
+        ..Default::default()
+    };
+    let c = InProcessCluster::start_with(3, 10_000, limits).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let ch = secured::lazy(secured::endpoint(&c.nodes[leader].client_addr));
+    let mut e = cairn_api::v3electionpb::election_client::ElectionClient::new(ch.clone());
+    let lead = e
+        .campaign(cairn_api::v3electionpb::CampaignRequest {
+            name: b"full".to_vec(),
+            lease: 0,
+            value: b"v".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let mut refused = None;
+    for i in 0..200u32 {
+        // Incompressible values, so the store's bytes really grow.
+        let value: Vec<u8> = (0..50_000u32)
+            .map(|j| (j.wrapping_mul(2654435761) ^ i) as u8)
+            .collect();
+        let proclaim = e.proclaim(cairn_api::v3electionpb::ProclaimRequest {
+            leader: Some(lead.clone()),
+            value,
+        });
+        if let Err(s) = proclaim.await {
+            refused = Some(s);
+            break;
+        }
+    }
+    let s = refused.expect("a 1 MB quota never refused a proclaim");
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(s.message(), "etcdserver: mvcc: database space exceeded");
+    let mut m = MaintenanceClient::new(ch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alarms = m
+            .alarm(AlarmRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .alarms;
+        if alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no NOSPACE alarm raised"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.shutdown().await;
+}
