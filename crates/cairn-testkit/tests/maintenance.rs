@@ -108,6 +108,14 @@ async fn members_hash_alike_and_defragment_keeps_every_version() {
     c.shutdown().await;
 }
 
+/// 50 KB that do not compress, different for each `i`: the store's bytes
+/// really grow by them.
+fn incompressible(i: u32) -> Vec<u8> {
+    (0..50_000u32)
+        .map(|j| (j.wrapping_mul(2654435761) ^ i) as u8)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_store_raises_nospace_refuses_puts_and_recovers_after_disarm() {
     let limits = cairn_server::Limits {
@@ -120,10 +128,7 @@ async fn a_full_store_raises_nospace_refuses_puts_and_recovers_after_disarm() {
     let mut m = maintenance(&c.nodes[leader].client_addr);
     let mut refused = None;
     for i in 0..200u32 {
-        // Incompressible values, so the store's bytes really grow.
-        let value: Vec<u8> = (0..50_000u32)
-            .map(|j| (j.wrapping_mul(2654435761) ^ i) as u8)
-            .collect();
+        let value = incompressible(i);
         let put = kv.put(PutRequest {
             key: format!("r{i:03}").into_bytes(),
             value,
@@ -758,10 +763,7 @@ async fn proclaims_over_quota_are_refused_and_raise_nospace() {
         .unwrap();
     let mut refused = None;
     for i in 0..200u32 {
-        // Incompressible values, so the store's bytes really grow.
-        let value: Vec<u8> = (0..50_000u32)
-            .map(|j| (j.wrapping_mul(2654435761) ^ i) as u8)
-            .collect();
+        let value = incompressible(i);
         let proclaim = e.proclaim(cairn_api::v3electionpb::ProclaimRequest {
             leader: Some(lead.clone()),
             value,

@@ -19,7 +19,9 @@
 //! the wrong keys at its revision — a split's new region may yet apply,
 //! below that revision, writes another member acknowledged. The watcher
 //! waits, and the group is made to read its regions again at once (its
-//! feed breaks: `look_again`), then the watcher replays regrouped. And a
+//! feed breaks: `look_again`), then the watcher replays regrouped — with
+//! what the broken feed held (`Group::carry`), for history a compaction
+//! took meanwhile (`cairn_store::watch_hub::Carry`). And a
 //! group is only made of regions that cover its watchers' spans
 //! (`touched` waits for a region a split is starting here).
 
