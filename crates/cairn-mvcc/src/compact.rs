@@ -19,12 +19,9 @@
 //! replicas still hash alike.
 //!
 //! A dropped version takes its by-revision index entry with it, so the index
-//! keeps exactly one entry per stored version. On a store whose index is
-//! incomplete (written before the index existed, or installed from a
-//! snapshot of such a store), [`compact`] also writes the entry of every
-//! version it keeps and marks the index complete: the one moment the whole
-//! keyspace is read anyway. Such a store compacts in one batch, as it did
-//! before sweeps existed ([`needs_whole_compaction`]).
+//! keeps exactly one entry per stored version. (A store written before the
+//! index existed is completed when a node opens it:
+//! [`crate::complete_index`].)
 
 use std::ops::Bound;
 
@@ -49,13 +46,6 @@ pub fn compacted(rev: i64, revs: Revisions) -> Result<Revisions> {
     })
 }
 
-/// True when a compaction of `range` must also complete the by-revision
-/// index (a store written before it existed), so it must read every
-/// version at once: [`compact_range`], not sweeps.
-pub fn needs_whole_compaction(read: &dyn Snapshot, range: &KeyRange) -> Result<bool> {
-    Ok(range.is_all() && read.get(&Key::MvccByRevisionComplete.encode())?.is_none())
-}
-
 /// Compacts at revision `rev` in one batch: the deletions, and the new
 /// revisions.
 pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteBatch, Revisions)> {
@@ -63,8 +53,7 @@ pub fn compact(read: &dyn Snapshot, rev: i64, revs: Revisions) -> Result<(WriteB
 }
 
 /// [`compact`] of the versions of keys in `range` only (a region's), which
-/// is all it reads and all it may delete. An incomplete by-revision index
-/// is completed and marked so only by a compaction of every key.
+/// is all it reads and all it may delete.
 pub fn compact_range(
     read: &dyn Snapshot,
     rev: i64,
@@ -72,7 +61,6 @@ pub fn compact_range(
     range: &KeyRange,
 ) -> Result<(WriteBatch, Revisions)> {
     let revs = compacted(rev, revs)?;
-    let fill_index = needs_whole_compaction(read, range)?;
     let mut batch = WriteBatch::new();
     let (lo, hi) = keys::version_range(&range.start, range.end_bound());
     let versions = read
@@ -82,18 +70,7 @@ pub fn compact_range(
         let v = v?;
         if !v.keep {
             drop_version(&mut batch, &v);
-        } else if fill_index {
-            // A version written since the index existed has its entry,
-            // and the entry its sub (`crate::change`): keep it.
-            let (key, revision) = (v.user.as_slice(), v.revision);
-            let entry = Key::MvccByRevision { revision, key }.encode();
-            if read.get(&entry)?.is_none() {
-                batch.put(entry, Vec::new());
-            }
         }
-    }
-    if fill_index {
-        batch.put(Key::MvccByRevisionComplete.encode(), Vec::new());
     }
     Ok((batch, revs))
 }

@@ -11,9 +11,9 @@
 //!   entries in `[from, to]` (every key's, tiny), and for each one in the
 //!   span a point read of the version and a seek for the one before. Work is
 //!   the window's changes, whatever the span's size and age.
-//! - A range, when the index is incomplete (the store holds versions written
-//!   before the index existed, until its next compaction fills the index
-//!   in, see [`crate::compact`]): every version of every key in the span.
+//! - A range, when the index is incomplete (a store written before the
+//!   index existed, until a node opens it and completes it:
+//!   [`crate::complete_index`]): every version of every key in the span.
 //!
 //! All three give the same events: in etcd's order — by revision, then
 //! the place of the op that made them in its transaction, then key
@@ -39,7 +39,7 @@ use cairn_storage::Snapshot;
 use crate::change::{decode_sub, stored_sub, Change};
 use crate::range::Span;
 use crate::record::{self, Record};
-use crate::{Error, Result};
+use crate::{index_complete, Error, Result};
 
 /// Every event on keys in `span` with `from <= revision <= to`, in etcd's
 /// order (revision, sub, key: the order live events are published in).
@@ -57,10 +57,6 @@ pub fn history(read: &dyn Snapshot, span: &Span, from: i64, to: i64) -> Result<V
         Span::Range(..) if index_complete(read)? => indexed(read, span, from, to),
         Span::Range(..) => full_scan(read, span, from, to),
     }
-}
-
-fn index_complete(read: &dyn Snapshot) -> Result<bool> {
-    Ok(read.get(&Key::MvccByRevisionComplete.encode())?.is_some())
 }
 
 /// The versions of `key` in `[from, to]`, chained for `prev_kv`.

@@ -23,8 +23,8 @@
 //! valued with the place of the op that wrote it in its transaction
 //! ([`Change`]; after a restore, etcd's sub-revision), so a watcher's replay of `[from, to]` reads
 //! that window, not the span's whole history, and gets each revision's
-//! events in etcd's order ([`history`]; stores written before the index existed
-//! replay by full scan until a compaction completes their index).
+//! events in etcd's order ([`history`]; a store written before the index
+//! existed is completed when a node opens it: [`complete_index`]).
 //!
 //! Invariants:
 //! - `create_revision`, `mod_revision`, `version` follow etcd: a put on an
@@ -39,6 +39,7 @@
 //!   stored version: written in the version's batch, dropped in the batch
 //!   that drops the version.
 
+mod by_revision;
 mod change;
 mod compact;
 mod error;
@@ -55,8 +56,9 @@ mod test_rng;
 mod txn;
 mod validate;
 
+pub use by_revision::{complete_index, index_complete};
 pub use change::{decode_sub, encode_sub, Change};
-pub use compact::{compact, compact_range, compacted, needs_whole_compaction, sweep};
+pub use compact::{compact, compact_range, compacted, sweep};
 pub use error::{Error, Rejection, Result};
 pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};
 pub use history::{history, without_prev_at};

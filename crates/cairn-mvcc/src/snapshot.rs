@@ -19,6 +19,8 @@
 //!   remaining TTL of the last checkpoint).
 //! - `meta`: `finishedCompactRev` and `scheduledCompactRev` (a revision
 //!   key: main, `_`, sub 0) and `consistent_index` (8 bytes, big-endian).
+//!   Cairn adds `cairn_revision`, the revision the file holds the store
+//!   at, which a restore continues above even where no version has it.
 //! - `members`, `members_removed`, `alarm`, `auth*`, `cluster`: cluster
 //!   state that a restore replaces or that Cairn keeps elsewhere. Cairn
 //!   writes the two member buckets empty (etcd's restore clears them) and
@@ -46,6 +48,12 @@ const MEMBERS_REMOVED: &[u8] = b"members_removed";
 const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
 const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+/// Cairn's own `meta` key: the revision the file holds the store at (8
+/// bytes, big-endian). With several regions that can be above the newest
+/// version in the file — a revision handed to a client by a read or an
+/// empty Txn — and a restored store must continue above it, or a watcher
+/// resuming from there would miss writes. etcd's tools ignore the key.
+const CAIRN_REVISION: &[u8] = b"cairn_revision";
 /// The suffix of a delete's revision key.
 const TOMBSTONE: u8 = b't';
 

@@ -1068,10 +1068,9 @@ impl StateMachine {
         revision: i64,
         settled: bool,
         state: &mut Applied,
-        engine: &dyn EngineSnapshot,
     ) -> crate::Result<(WriteBatch, Reply)> {
         // Only a data region holds versions (and only its own).
-        let Some(share) = self.shared.share() else {
+        if self.shared.share().is_none() {
             return Ok((
                 WriteBatch::new(),
                 Reply::Invalid("compaction of the meta region".into()),
@@ -1106,23 +1105,13 @@ impl StateMachine {
             state.current_revision = revision;
         }
         // The compaction is its revision; a background sweep drops the
-        // versions (`sweep`). Only a store whose by-revision index is
-        // incomplete still compacts here, in one batch, completing it.
-        let compacted = match cairn_mvcc::needs_whole_compaction(engine, &share.range) {
-            Ok(true) => {
-                cairn_mvcc::compact_range(engine, revision, state.revisions(), &share.range)
-            }
-            Ok(false) => {
-                cairn_mvcc::compacted(revision, state.revisions()).map(|r| (WriteBatch::new(), r))
-            }
-            Err(e) => Err(e),
-        };
-        match compacted {
-            Ok((batch, revs)) => {
+        // versions (`sweep`), never the apply path.
+        match cairn_mvcc::compacted(revision, state.revisions()) {
+            Ok(revs) => {
                 fail::fail_point!(crate::failpoints::COMPACT_BEFORE_APPLY);
                 state.compacted_revision = revs.compacted;
                 Ok((
-                    batch,
+                    WriteBatch::new(),
                     Reply::Compacted {
                         current: revs.current,
                     },
@@ -1225,7 +1214,7 @@ impl StateMachine {
                                 Reply::Rejected(cairn_mvcc::Rejection::Corrupt),
                             ));
                         }
-                        return self.compact(revision, true, state, engine);
+                        return self.compact(revision, true, state);
                     }
                     return self.execute(*cmd, term, state, engine, events);
                 }
@@ -1345,7 +1334,7 @@ impl StateMachine {
                     Err(e) => reject(e),
                 }
             }
-            Command::Compact { revision } => self.compact(revision, false, state, engine),
+            Command::Compact { revision } => self.compact(revision, false, state),
             Command::LeaseGrant { .. } if state.no_space() => Ok((
                 WriteBatch::new(),
                 Reply::Rejected(cairn_mvcc::Rejection::NoSpace),

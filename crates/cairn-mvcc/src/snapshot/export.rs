@@ -4,12 +4,12 @@ use std::io::{Seek, Write};
 
 use cairn_api::mvccpb::KeyValue;
 use cairn_storage::bolt::Writer;
-use cairn_storage::keys::{self, decode_by_revision, decode_version, Key};
+use cairn_storage::keys::{self, decode_by_revision, Key};
 use cairn_storage::Snapshot;
 use prost::Message;
 
 use super::*;
-use crate::change::{decode_sub, stored_sub};
+use crate::change::decode_sub;
 use crate::lease;
 use crate::record::Record;
 use crate::{Error, Result, Revisions};
@@ -56,7 +56,11 @@ pub fn export_with<W: Write + Seek>(
             Ok((l.id.to_be_bytes().to_vec(), v.encode_to_vec()))
         }),
     )?;
-    let mut meta = vec![(CONSISTENT_INDEX.to_vec(), 1u64.to_be_bytes().to_vec())];
+    // In key order, as a bucket's entries are written.
+    let mut meta = vec![
+        (CAIRN_REVISION.to_vec(), revs.current.to_be_bytes().to_vec()),
+        (CONSISTENT_INDEX.to_vec(), 1u64.to_be_bytes().to_vec()),
+    ];
     if revs.compacted > 0 {
         let at = rev_key(revs.compacted, 0, false);
         meta.push((FINISHED_COMPACT.to_vec(), at.clone()));
@@ -77,8 +81,8 @@ type Order<'a> = Box<dyn Iterator<Item = Result<(i64, u32, Vec<u8>)>> + 'a>;
 /// Every version at or below `revs.current` that the compaction keeps as
 /// `key` bucket entries, in etcd's order: by revision, each revision's
 /// versions numbered by sub-revision in the order their ops ran (sub, then
-/// key: [`crate::change`]). They come from the by-revision index when it
-/// is complete, else from a sort of every such version's (revision, key).
+/// key: [`crate::change`]), read from the by-revision index, which must be
+/// complete (a node completes it on open: [`crate::complete_index`]).
 /// (A version the compaction dropped may still be stored, its sweep not
 /// done: left out, as etcd's own file would not hold it.)
 fn versions(view: &dyn Snapshot, revs: Revisions) -> Result<Entries<'_>> {
@@ -120,30 +124,20 @@ fn versions(view: &dyn Snapshot, revs: Revisions) -> Result<Entries<'_>> {
 }
 
 /// Every stored version at or below `up_to`, ordered by revision, then
-/// key, with its sub.
+/// key, with its sub: a scan of the by-revision index. (A store without a
+/// complete one is refused rather than sorted in memory.)
 fn stored(view: &dyn Snapshot, up_to: i64) -> Result<Order<'_>> {
-    if view.get(&Key::MvccByRevisionComplete.encode())?.is_some() {
-        let (lo, hi) = keys::by_revision_range(0, up_to.max(0));
-        return Ok(Box::new(view.scan(lo, hi, false).map(|item| {
-            let (k, v) = item?;
-            let (rev, key) = decode_by_revision(&k)?;
-            Ok((rev, decode_sub(&v), key.to_vec()))
-        })));
+    if !crate::index_complete(view)? {
+        return Err(Error::Corrupt(
+            "snapshot: the by-revision index is incomplete".into(),
+        ));
     }
-    let (lo, hi) = keys::version_range(b"", None);
-    let mut all = Vec::new();
-    for item in view.scan(lo, hi, false) {
-        let (k, _) = item?;
-        let (key, rev) = decode_version(&k)?;
-        if rev <= up_to {
-            let sub = stored_sub(view, &key, rev)?;
-            all.push((rev, key, sub));
-        }
-    }
-    all.sort();
-    Ok(Box::new(
-        all.into_iter().map(|(rev, key, sub)| Ok((rev, sub, key))),
-    ))
+    let (lo, hi) = keys::by_revision_range(0, up_to.max(0));
+    Ok(Box::new(view.scan(lo, hi, false).map(|item| {
+        let (k, v) = item?;
+        let (rev, key) = decode_by_revision(&k)?;
+        Ok((rev, decode_sub(&v), key.to_vec()))
+    })))
 }
 
 /// `order`'s versions (by revision) with etcd's sub-revisions: each

@@ -76,11 +76,17 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
     drop(view);
     let mut out = Imported::default();
     let mut compacted = 0i64;
+    // The revision a Cairn backup holds the store at (none in etcd's).
+    let mut held_at = 0i64;
     file.for_each(META, &mut |k, v| {
+        let bad = || cairn_storage::Error::Bolt(format!("bad {k:?} in meta"));
         if k == FINISHED_COMPACT || k == SCHEDULED_COMPACT {
-            let (rev, _, _) = parse_rev_key(v)
-                .ok_or_else(|| cairn_storage::Error::Bolt(format!("bad {k:?} in meta")))?;
+            let (rev, _, _) = parse_rev_key(v).ok_or_else(bad)?;
             compacted = compacted.max(rev);
+        } else if k == CAIRN_REVISION {
+            held_at = <[u8; 8]>::try_from(v)
+                .map(i64::from_be_bytes)
+                .map_err(|_| bad())?;
         }
         Ok(())
     })?;
@@ -164,7 +170,7 @@ pub fn import<R: ReadAt + ?Sized>(file: &Reader<R>, engine: &dyn Engine) -> Resu
     w.flush(Durability::Buffered)?;
     let mut revs = Revisions {
         // A store with no write yet is at revision 1, as a fresh one is.
-        current: current.max(compacted).max(1),
+        current: current.max(compacted).max(held_at).max(1),
         compacted: 0,
     };
     if compacted > 0 {

@@ -45,6 +45,12 @@ impl Node {
         let cluster_id = cluster_id(&config.initial_cluster, &config.cluster_token);
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Internal(e.to_string()))?;
         let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(config.data_dir.join("db"))?);
+        // Before any replica reads it: every version indexed by revision,
+        // the marker set (a store an older Cairn wrote is completed here).
+        let done = engine.clone();
+        tokio::task::spawn_blocking(move || cairn_mvcc::complete_index(&*done))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
         let log_writer =
             LogWriter::start(engine.clone()).map_err(|e| Error::Internal(e.to_string()))?;
         let faults = config.peer_faults.clone().unwrap_or_default();
