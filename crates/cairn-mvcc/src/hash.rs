@@ -48,24 +48,32 @@ pub fn hash_kv_range(
 /// [`hash_kv`] at revision `rev` (> 0) of several key ranges, each read
 /// from its own view at its own revisions, given in key order: the hash of
 /// one scan over their union, however the keys are divided among them (a
-/// store split into regions hashes as it did whole). Fails as a read at
-/// `rev` of any of them would; the compaction revision is the highest.
+/// store split into regions hashes as it did whole).
+///
+/// Every range is hashed as compacted at the highest of their compaction
+/// revisions, which is the one the answer carries: a range still below it
+/// holds every version a compaction there keeps (compactions only move
+/// up, and which versions one at `c` keeps depends only on the history at
+/// or below `c`), so a member part-way through applying a compaction to
+/// its regions hashes what it will once all have, and equal answers on
+/// equal data carry equal hashes. Fails as a read at `rev` of the store
+/// compacted there would.
 pub fn hash_kv_ranges<'a>(
     parts: impl IntoIterator<Item = (&'a dyn Snapshot, Revisions, &'a KeyRange)>,
     rev: i64,
 ) -> Result<KvHash> {
+    let parts: Vec<_> = parts.into_iter().collect();
+    let compacted = parts.iter().map(|p| p.1.compacted).max().unwrap_or(0);
     let mut hasher = crc32fast::Hasher::new();
-    let mut compacted = 0;
     for (read, revs, range) in parts {
-        let revision = read_revision(rev, revs)?;
-        compacted = compacted.max(revs.compacted);
+        let revision = read_revision(rev, Revisions { compacted, ..revs })?;
         let (lo, hi) = keys::version_range(&range.start, range.end_bound());
         let versions = read
             .scan(lo, hi, false)
             .map(|item| item.map(|(k, v)| (k, Some(v))));
         // What compaction keeps, whether or not this replica's sweep has
         // dropped the rest yet.
-        for v in Kept::new(versions, revs.compacted, read) {
+        for v in Kept::new(versions, compacted, read) {
             let v = v?;
             if v.keep && v.revision <= revision {
                 hasher.update(&v.stored);
@@ -163,5 +171,50 @@ mod tests {
         let behind = Revisions { current: 3, ..revs };
         let late = hash_kv_ranges([(&e as &dyn Snapshot, behind, &left)], 4);
         assert!(late.is_err());
+    }
+
+    #[test]
+    fn ranges_part_way_through_a_compaction_hash_as_when_it_is_done() {
+        let e = MemoryEngine::new();
+        let mut revs = Revisions::default();
+        for (k, v) in [("x", "1"), ("y", "2"), ("y", "3"), ("x", "4")] {
+            revs = put(&e, revs, k, v);
+        }
+        let (left, right) = (KeyRange::new(b"", b"m"), KeyRange::new(b"m", b""));
+        let hash = |l: i64, r: i64| {
+            let at = |compacted| Revisions { compacted, ..revs };
+            hash_kv_ranges(
+                [
+                    (&e as &dyn Snapshot, at(l), &left),
+                    (&e as &dyn Snapshot, at(r), &right),
+                ],
+                4,
+            )
+            .unwrap()
+        };
+        // The right range (y@2 dropped at 3) has not applied the
+        // compaction at 3 yet: same answer, same hash.
+        let done = hash(3, 3);
+        assert_eq!(done.compacted, 3);
+        assert_eq!(hash(3, 0), done);
+        assert_eq!(hash(0, 3), done);
+        assert_ne!(hash(0, 0).hash, done.hash, "the compaction shows");
+        // Below the highest compaction the hash is refused, as a read of
+        // the store there is.
+        let refused = hash_kv_ranges(
+            [
+                (
+                    &e as &dyn Snapshot,
+                    Revisions {
+                        compacted: 3,
+                        ..revs
+                    },
+                    &left,
+                ),
+                (&e as &dyn Snapshot, revs, &right),
+            ],
+            2,
+        );
+        assert!(refused.is_err());
     }
 }

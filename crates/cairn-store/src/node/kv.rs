@@ -436,6 +436,12 @@ impl Node {
                 {
                     tries += 1;
                 }
+                // etcd refuses a hash at the compaction revision itself
+                // (its hash covers the versions above it), where a Range
+                // there is served.
+                Ok(h) if revision > 0 && revision <= h.hash.compacted => {
+                    return Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))
+                }
                 other => return Ok(other?.hash),
             }
         }
