@@ -218,3 +218,60 @@ async fn a_region_that_missed_a_compaction_is_brought_up_to_the_store() {
     let e = client.range(below).await.unwrap_err();
     assert!(e.message().contains("compacted"), "{e}");
 }
+
+/// A split that applies in a region just before a compaction does gives
+/// birth to a region at the parent's old compaction: the compaction's
+/// fan-out looks again and compacts it before answering, so a read below
+/// the compaction there is refused as soon as it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_born_by_a_split_during_a_compaction_is_compacted_too() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    c.split_at("m").await;
+    let mut client = c.kv(0).await;
+    // (Not a key any cut falls on, in many-regions mode either: the
+    // split below is at it.)
+    let key = "u5x";
+    let mut revision = 0;
+    for round in 0..5 {
+        for key in ["!a", key, "z"] {
+            revision = kv::put(&mut client, key, &round.to_string()).await.unwrap();
+        }
+    }
+    let x = c.node(0).regions_overlapping(b"u5x", Some(b"u5x\0"))[0]
+        .0
+        .id;
+    let leader = c.wait_leader(x).await;
+    // The split of the key's region at it waits in its leader's proposer,
+    // and the compaction's proposal there queues behind it.
+    c.node(leader).hold_proposals(x, true).unwrap();
+    let split = {
+        let node = c.node(leader).clone();
+        tokio::spawn(async move { node.split_region(x, key.as_bytes().to_vec()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let compact = {
+        let mut client = c.kv(0).await;
+        tokio::spawn(async move {
+            client
+                .compact(CompactionRequest {
+                    revision,
+                    physical: false,
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.node(leader).hold_proposals(x, false).unwrap();
+    let child = split.await.unwrap().unwrap();
+    compact.await.unwrap().unwrap();
+    assert_ne!(child, x);
+    let below = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        revision: revision - 1,
+        ..Default::default()
+    };
+    let e = client.range(below).await.unwrap_err();
+    assert!(e.message().contains("compacted"), "{e}");
+    c.shutdown().await;
+}

@@ -130,6 +130,13 @@ impl Node {
     /// write it stamped at or below it, and stamps none there again — so
     /// nothing can land in between any more (`ForwardOp::Compact`). The
     /// answer carries T.
+    ///
+    /// A split that applies in a region before its compaction does gives
+    /// birth to a region at the parent's old compaction, which the list
+    /// taken first does not hold: the regions are listed again until every
+    /// one covering the keyspace was asked (within [`REQUEST_TIMEOUT`];
+    /// past it, or where one failed, the leaders' background check brings
+    /// it up to the store's compaction, `region_catch_up`).
     async fn compact_across(&self, revision: i64, access: &Access) -> Result<i64> {
         let t = self.read_timestamp().await?;
         if revision > t {
@@ -145,17 +152,40 @@ impl Node {
             return Err(Error::Rejected(cairn_mvcc::Rejection::Compacted));
         }
         regions.sort_by_key(|(r, _, _)| r.id != DATA_REGION);
-        for (r, _, _) in regions {
-            let compacted = self
-                .checked_submit(r.id, access, ForwardOp::Compact(revision), false)
-                .await
-                .and_then(|ok| ok.compacted());
-            // The first region answers (every region compacts at the same
-            // revisions, so its compaction is the store's).
-            match (r.id == DATA_REGION, compacted) {
-                (true, Err(e)) => return Err(e),
-                (_, Ok(_)) | (false, Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))) => {}
-                (false, Err(e)) => tracing::warn!(region = r.id, "compacting a split region: {e}"),
+        let mut todo: Vec<u64> = regions.iter().map(|(r, _, _)| r.id).collect();
+        let mut asked = std::collections::HashSet::new();
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            for id in todo {
+                asked.insert(id);
+                let compacted = self
+                    .checked_submit(id, access, ForwardOp::Compact(revision), false)
+                    .await
+                    .and_then(|ok| ok.compacted());
+                // The first region answers (every region compacts at the
+                // same revisions, so its compaction is the store's).
+                match (id == DATA_REGION, compacted) {
+                    (true, Err(e)) => return Err(e),
+                    (_, Ok(_))
+                    | (false, Err(Error::Rejected(cairn_mvcc::Rejection::Compacted))) => {}
+                    (false, Err(e)) => tracing::warn!(region = id, "compacting a region: {e}"),
+                }
+            }
+            let all = self.span_regions(b"", None);
+            todo = all
+                .ids()
+                .into_iter()
+                .filter(|id| !asked.contains(id))
+                .collect();
+            if todo.is_empty() && all.covered() {
+                break;
+            }
+            if todo.is_empty() {
+                if std::time::Instant::now() >= deadline || self.is_stopped() {
+                    tracing::warn!("compacted; a region born meanwhile is not hosted here yet");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
         if let Err(e) = self.linearizable_view(DATA_REGION).await {
@@ -219,7 +249,16 @@ impl Node {
                 }
                 other => other?,
             };
-            let r = self.region(region)?;
+            // The region routed to may be absorbed by a merge, here or at
+            // its leader, before it is read: routed again, as a stale
+            // route is (etcd has no such error to tell).
+            let r = match self.region(region) {
+                Err(Error::EpochMismatch) => {
+                    stale.wait().await?;
+                    continue;
+                }
+                other => other?,
+            };
             let local = req.serializable
                 && r.shared.applied_index() > 0
                 && self.region_reaches(&r, since, floor).await;
@@ -230,7 +269,13 @@ impl Node {
                 // adopted one before its snapshot), or one still below a
                 // revision this member answered with: from the leader's
                 // index.
-                let r = self.caught_up(region).await?;
+                let r = match self.caught_up(region).await {
+                    Err(Error::EpochMismatch) => {
+                        stale.wait().await?;
+                        continue;
+                    }
+                    other => other?,
+                };
                 if self.several_regions() {
                     // A split applied here while catching up; or an idle
                     // region's newest revision, below `floor`: read at a
@@ -251,7 +296,10 @@ impl Node {
             if let Some(lock) = lock {
                 // A transaction across regions may still commit below
                 // this read's revision: wait for it, and read again.
-                self.resolve_lock(region, lock).await?;
+                match self.resolve_lock(region, lock).await {
+                    Err(Error::EpochMismatch) => stale.wait().await?,
+                    other => other?,
+                }
                 continue;
             }
             if range.covers(&req.key, &req.range_end) {
