@@ -26,13 +26,16 @@ const CHUNK: usize = 32 * 1024;
 pub fn stream(backup: Backup, header: ResponseHeader) -> BoxStream<SnapshotResponse> {
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let Backup { mut file, size, .. } = backup;
+        // (Held whole until the last byte is sent or the client is gone:
+        // it counts against the backups a member streams at once.)
+        let mut backup = backup;
+        let size = backup.size;
         let mut hash = Sha256::new();
         let mut sent = 0u64;
         let mut buf = vec![0u8; CHUNK];
         while sent < size {
             let want = (size - sent).min(CHUNK as u64) as usize;
-            if let Err(e) = file.read_exact(&mut buf[..want]) {
+            if let Err(e) = backup.file.read_exact(&mut buf[..want]) {
                 let _ =
                     tx.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
                 return;

@@ -44,18 +44,31 @@ use cairn_auth::etcd_schema;
 use crate::node::{Node, DATA_REGION, META_REGION};
 use crate::{Error, Result};
 
-/// A written backup, ready to be read from the start.
+/// Backups a member writes or streams at once; more wait their turn. Each
+/// is a copy of the store in a temporary file until it is dropped, so
+/// many at once could fill the disk the store needs.
+pub const AT_ONCE: usize = 2;
+
+/// A written backup, ready to be read from the start. Counts against
+/// [`AT_ONCE`] until dropped.
 pub struct Backup {
     pub file: std::fs::File,
     /// Bytes in the file.
     pub size: u64,
     /// The revision it holds the store at.
     pub revision: i64,
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Node {
     /// Writes a backup of the data region (see the module essay).
     pub async fn backup(&self) -> Result<Backup> {
+        let turn = self
+            .backups
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Stopped)?;
         // Every auth change acknowledged before the backup was asked for.
         self.catch_up_auth().await?;
         let auth = self.meta_shared().with_applied(|a| a.auth.clone());
@@ -94,6 +107,7 @@ impl Node {
                 file,
                 size,
                 revision: revs.current,
+                _turn: turn,
             })
         })
         .await

@@ -796,3 +796,53 @@ async fn proclaims_over_quota_are_refused_and_raise_nospace() {
     }
     c.shutdown().await;
 }
+
+/// Each backup is a copy of the store on disk until it is streamed: a
+/// member writes two at once, and a third waits for one to end (here: its
+/// client goes away) instead of adding a copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_streams_two_backups_at_once_and_the_next_waits_its_turn() {
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut kv = c.kv(leader).await;
+    // Far more than the stream's buffers hold: an unread backup is not
+    // sent out whole.
+    for i in 0..24u32 {
+        kv.put(PutRequest {
+            key: format!("big{i:02}").into_bytes(),
+            value: incompressible(i).repeat(4),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let addr = &c.nodes[leader].client_addr;
+    let first = maintenance(addr)
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap();
+    let second = maintenance(addr)
+        .snapshot(SnapshotRequest {})
+        .await
+        .unwrap();
+    let mut third = tokio::spawn({
+        let mut m = maintenance(addr);
+        async move { m.snapshot(SnapshotRequest {}).await }
+    });
+    let waited = tokio::time::timeout(Duration::from_secs(2), &mut third).await;
+    assert!(waited.is_err(), "a third backup began while two were open");
+    drop(first);
+    let mut third = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("the third backup begins once one ends")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    let mut bytes = 0;
+    while let Some(m) = third.message().await.unwrap() {
+        bytes += m.blob.len();
+    }
+    assert!(bytes > 2 << 20, "{bytes} bytes");
+    drop(second);
+    c.shutdown().await;
+}

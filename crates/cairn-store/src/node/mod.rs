@@ -185,6 +185,12 @@ pub struct Node {
     stopped: tokio::sync::watch::Sender<bool>,
     /// One MoveLeader at a time (see `transfer`).
     pub(crate) transferring: tokio::sync::Mutex<()>,
+    /// One defragmentation at a time, as etcd's (its backend lock):
+    /// others wait for it, then run.
+    defragmenting: Arc<tokio::sync::Mutex<()>>,
+    /// Backups being written or streamed ([`crate::backup::AT_ONCE`] at
+    /// most: each is a copy of the store on disk until streamed).
+    pub(crate) backups: Arc<tokio::sync::Semaphore>,
     /// Whether the leader balancer may move leaders from here (see
     /// `leader_balance`): the config's flag, switched by
     /// [`Node::set_leader_balance`].
@@ -285,6 +291,7 @@ impl Node {
         // it half way.
         let node = self.clone();
         tokio::spawn(async move {
+            let _one = node.defragmenting.clone().lock_owned().await;
             node.sweep_applied().await?;
             let engine = node.engine.clone();
             tokio::task::spawn_blocking(move || engine.defragment())

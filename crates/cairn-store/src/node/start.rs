@@ -204,6 +204,8 @@ impl Node {
                 ),
                 stopped: tokio::sync::watch::channel(false).0,
                 transferring: tokio::sync::Mutex::new(()),
+                defragmenting: Default::default(),
+                backups: Arc::new(tokio::sync::Semaphore::new(crate::backup::AT_ONCE)),
                 balancing,
                 birth_delay: AtomicU64::new(0),
                 adoptions_held: Default::default(),
