@@ -1532,7 +1532,9 @@ impl StateMachine {
                 merge::prepare(state, target, target_epoch, epoch),
             )),
             Command::CommitMerge { source, freeze } => {
-                if let Err(refused) = merge::commit_check(state, source, &freeze) {
+                if let Err(refused) =
+                    merge::commit_check(state, self.shared.region, source, &freeze)
+                {
                     return Ok((WriteBatch::new(), refused));
                 }
                 // `apply` waited for this replica of `source` to apply the
@@ -1710,7 +1712,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             let absorbs = match &entry.payload {
                 EntryPayload::Normal(Command::CommitMerge { source, freeze })
-                    if merge::commit_check(&next, *source, freeze).is_ok() =>
+                    if merge::commit_check(&next, self.shared.region, *source, freeze).is_ok() =>
                 {
                     // The keys in the engine must be the source's final
                     // ones: wait for this node's replica of it to apply

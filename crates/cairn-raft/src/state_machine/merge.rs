@@ -148,12 +148,20 @@ pub(super) fn prepare(state: &mut Applied, target: u64, target_epoch: u64, epoch
 
 /// Whether target `state` absorbs `source` frozen as `freeze` now: `Ok`,
 /// or the reply refusing it (nothing changes).
-pub(super) fn commit_check(state: &Applied, source: u64, freeze: &Freeze) -> Result<(), Reply> {
+pub(super) fn commit_check(
+    state: &Applied,
+    region: u64,
+    source: u64,
+    freeze: &Freeze,
+) -> Result<(), Reply> {
     if state.merge.absorbed.contains(&source) {
         return Err(Reply::Absorbed);
     }
     let range = &state.range;
-    let planned = state.merge.frozen.is_none()
+    // The freeze names its target: only that region absorbs it, whatever
+    // routed the command here.
+    let planned = freeze.target == region
+        && state.merge.frozen.is_none()
         && range.epoch == freeze.target_epoch
         && !range.end.is_empty()
         && range.end == freeze.range.start;

@@ -161,6 +161,21 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     );
     assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
     assert!(told.try_recv().is_err());
+    // Nor one whose freeze names another target (sent here by mistake).
+    let elsewhere = Freeze {
+        target: 5,
+        ..f.clone()
+    };
+    let r = apply(
+        &mut t,
+        4,
+        Command::CommitMerge {
+            source: 9,
+            freeze: elsewhere,
+        },
+    );
+    assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
+    assert!(told.try_recv().is_err());
     let commit = Command::CommitMerge {
         source: 9,
         freeze: f.clone(),
