@@ -493,20 +493,31 @@ pub async fn forward(
     }));
     match tokio::time::timeout(Duration::from_secs(10), call).await {
         Err(_) => Err(Error::Timeout),
-        // Connecting failed: nothing was sent, so retrying (elsewhere) is safe.
-        // Any other transport failure may have happened after the leader
-        // proposed: the outcome is unknown and must not be retried.
-        Ok(Err(status)) if status.code() == tonic::Code::Unavailable && never_sent(&status) => {
-            Err(Error::NoLeader)
-        }
-        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err(Error::Timeout),
-        Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
-            Err(Error::Refused(status.message().to_string()))
-        }
-        Ok(Err(status)) => Err(Error::Internal(status.message().to_string())),
+        Ok(Err(status)) => Err(forward_failed(&status)),
         Ok(Ok(reply)) => {
             decode::<std::result::Result<ForwardOk, Error>>(&reply.into_inner().payload)?
         }
+    }
+}
+
+/// What a forwarded call that failed with `status` tells its caller.
+/// Connecting failed: nothing was sent, so retrying (elsewhere) is safe.
+/// The peer refused it before serving it (bad payload, not a member,
+/// region unknown there): said so. Anything else — the connection lost
+/// mid-call, which tonic reports as `Unavailable`, `Unknown` ("transport
+/// error"), `Internal` or `Cancelled` depending on where it broke — may
+/// have come after the leader proposed: the outcome is unknown, a timeout
+/// as etcd tells it ("request timed out"), never retried as a write,
+/// retried as a read.
+fn forward_failed(status: &tonic::Status) -> Error {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable if never_sent(status) => Error::NoLeader,
+        Code::InvalidArgument => Error::Refused(status.message().to_string()),
+        Code::PermissionDenied | Code::NotFound | Code::Unauthenticated | Code::Unimplemented => {
+            Error::Internal(status.message().to_string())
+        }
+        _ => Error::Timeout,
     }
 }
 
@@ -668,5 +679,24 @@ mod never_sent_tests {
         ] {
             assert!(!never_sent(&tonic::Status::unavailable(after)), "{after}");
         }
+    }
+
+    #[test]
+    fn a_forward_lost_mid_call_is_a_timeout_whatever_code_tonic_gives_it() {
+        use super::{forward_failed, Error};
+        for lost in [
+            tonic::Status::unknown("transport error"),
+            tonic::Status::internal("h2 protocol error: connection reset"),
+            tonic::Status::cancelled("operation was canceled"),
+            tonic::Status::unavailable("connection reset by peer"),
+        ] {
+            assert!(matches!(forward_failed(&lost), Error::Timeout), "{lost:?}");
+        }
+        let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
+        assert!(matches!(forward_failed(&refused), Error::NoLeader));
+        let bad = tonic::Status::invalid_argument("bad payload");
+        assert!(matches!(forward_failed(&bad), Error::Refused(_)));
+        let stranger = tonic::Status::permission_denied("peer request without this cluster's ID");
+        assert!(matches!(forward_failed(&stranger), Error::Internal(_)));
     }
 }
