@@ -4,7 +4,8 @@
 //! nobody serves gets gRPC's `Unimplemented` when the request is gRPC, and
 //! otherwise etcd's 404 (the gateway's `Not Found` under `/v3/`, Go's
 //! `404 page not found` elsewhere); a gateway path asked with another
-//! method than POST, 405. Every gRPC call is counted ([`crate::metrics`]),
+//! method than POST, 405. HTTP answers allow any origin ([`crate::cors`]).
+//! Every gRPC call is counted ([`crate::metrics`]),
 //! and one that asks for a leader is served only while there is one
 //! ([`crate::require_leader`]).
 
@@ -27,7 +28,7 @@ use http::{header, Request, StatusCode};
 use tonic::service::Routes;
 
 use crate::{
-    auth, cluster, election, gateway, kv, lease, lock, maintenance, metrics, probes, regions,
+    auth, cluster, cors, election, gateway, kv, lease, lock, maintenance, metrics, probes, regions,
     require_leader, watch,
 };
 use crate::{Context, GRPC_OVERHEAD};
@@ -73,7 +74,8 @@ pub fn routes(ctx: &Arc<Context>) -> Routes {
     let json_limit = 2 * ctx.limits.max_request_bytes + GRPC_OVERHEAD;
     let http = gateway::router(grpc.clone(), json_limit)
         .merge(probes::router(ctx.clone()))
-        .merge(metrics::router(ctx.clone()));
+        .merge(metrics::router(ctx.clone()))
+        .layer(axum::middleware::from_fn(cors::allow_any_origin));
     let router = grpc
         .into_axum_router()
         .merge(http)

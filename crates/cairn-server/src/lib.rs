@@ -33,6 +33,7 @@ mod backup;
 mod client_port;
 pub mod cluster;
 mod coord;
+mod cors;
 pub mod election;
 pub mod error;
 pub mod gateway;

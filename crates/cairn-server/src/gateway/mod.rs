@@ -219,20 +219,21 @@ async fn bidi(
 ) -> Result<Response, Status> {
     let mut chunks = body.into_data_stream();
     let mut values = JsonValues::new(limit);
-    // The first request decides between an HTTP error and a stream.
+    // The first request decides between an HTTP error and a stream. The
+    // gateway reports a first request it cannot read as its decoder's
+    // error, which gRPC's status of a plain error makes `Unknown`.
+    let unreadable = |s: Status| Status::unknown(s.message().to_string());
     let mut pending = std::collections::VecDeque::new();
     while pending.is_empty() {
         match chunks.next().await {
-            Some(Ok(chunk)) => pending.extend(values.push(&chunk)?),
+            Some(Ok(chunk)) => pending.extend(values.push(&chunk).map_err(unreadable)?),
             Some(Err(e)) => {
                 return Err(Status::invalid_argument(format!(
                     "reading the request body: {e}"
                 )))
             }
             None if values.unfinished() => {
-                return Err(Status::invalid_argument(
-                    "the request body ends inside a JSON value",
-                ))
+                return Err(Status::unknown("unexpected EOF"));
             }
             None => break,
         }
@@ -240,14 +241,14 @@ async fn bidi(
     let (tx, rx) = mpsc::channel::<DynamicMessage>(16);
     let input = method.input.clone();
     let first = match pending.pop_front() {
-        Some(value) => Some(json::from_value(&input, value)?),
+        Some(value) => Some(json::decode(&input, &value).map_err(unreadable)?),
         None => None,
     };
     // Later requests: forwarded, in order and with back-pressure, until
     // the body ends or one is malformed (either half-closes the stream),
     // or the call ends (the receiver is dropped).
     tokio::spawn(async move {
-        let forward = |value| json::from_value(&input, value).ok();
+        let forward = |value: Vec<u8>| json::decode(&input, &value).ok();
         let mut queued: Vec<DynamicMessage> = first.into_iter().collect();
         queued.extend(pending.into_iter().map_while(forward));
         for msg in queued {
