@@ -1261,3 +1261,43 @@ fn one_entry_committing_two_locks_publishes_their_events_in_revision_order() {
     assert_eq!(revs, vec![103, 105]);
     assert_eq!(batch.resolved, 105);
 }
+
+/// A lock widened by a second prewrite (a revoke told of more keys) and
+/// committed: the outcome names every region the lock named then, so a
+/// resolver that read the narrow lock first still finishes them all.
+#[test]
+fn a_committed_outcome_names_every_region_of_the_widened_lock() {
+    use cairn_mvcc::locks::Outcome;
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let here = shared.region;
+    let mut apply = one_by_one(&mut sm);
+    assert!(matches!(
+        apply(prewrite_put(10, &[here, 5], b"a")),
+        Reply::Revision(_)
+    ));
+    // The same transaction prewritten again, naming more (another txn
+    // body: a widening, not a retry).
+    let Command::Prewrite {
+        spans, txn, leases, ..
+    } = prewrite_put(10, &[here], b"b")
+    else {
+        unreachable!()
+    };
+    let widened = Command::Prewrite {
+        start_ts: 10,
+        primary: here,
+        regions: vec![here, 5, 6],
+        spans,
+        txn,
+        leases,
+    };
+    assert!(matches!(apply(widened), Reply::Revision(_)));
+    let named = |r: Reply| match r {
+        Reply::Outcome(Some(Outcome::Committed { regions, .. })) => regions,
+        other => panic!("not committed: {other:?}"),
+    };
+    assert_eq!(named(apply(commit_locked(10, 20))), vec![here, 5, 6]);
+    let resolve = Command::ResolvePrimary { start_ts: 10 };
+    assert_eq!(named(apply(resolve)), vec![here, 5, 6]);
+}
