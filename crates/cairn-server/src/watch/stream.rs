@@ -431,13 +431,15 @@ impl Stream {
     /// child of a split is started here just after the split applies. A
     /// member whose span they still do not cover then is ended (told to
     /// watch again) rather than left without some of its keys' events.
-    /// A member that stays, or moves to a group opened here, takes `carry`
-    /// (the group's new subscription holds it on too); one that joins a
-    /// group already open replays from history alone.
+    /// A member takes `carry`, and the group it stays in or moves to holds
+    /// it on: a group opened here from its first subscription, one already
+    /// open from now (`FeedMerger::hold_carried` keeps only what it has
+    /// not released, deduplicated against its own feed; its members skip
+    /// what is below their positions, so none gets an event twice).
     async fn regroup(&mut self, g: usize, carry: Option<&Arc<Carry>>) -> Vec<i64> {
         let members = self.groups[g].members.clone();
-        // Groups opened here, which hold `carry` on.
-        let mut opened: Vec<Vec<u64>> = Vec::new();
+        // Groups already open that hold `carry` on now (once each).
+        let mut carried_to: Vec<usize> = Vec::new();
         // One wait for them all: the stream serves nothing meanwhile.
         let cover_by = std::time::Instant::now() + cairn_store::COVER_WAIT;
         for &id in &members {
@@ -471,20 +473,21 @@ impl Stream {
             let to = match self.groups.iter().position(|x| x.key == key) {
                 Some(to) => {
                     self.groups[to].refresh(regions);
+                    if let Some(c) = carry.filter(|_| !carried_to.contains(&to)) {
+                        self.groups[to].merger().hold_carried(c);
+                        carried_to.push(to);
+                    }
                     to
                 }
                 None => {
                     let group = Group::open(key.clone(), regions, carry.map(|c| &**c));
                     self.groups.push(group);
-                    opened.push(key.clone());
                     self.groups.len() - 1
                 }
             };
             self.groups[to].members.push(id);
             if let Some(w) = self.watchers.get_mut(&id) {
-                w.carry = carry
-                    .filter(|_| w.kept_up && opened.contains(&key))
-                    .cloned();
+                w.carry = carry.filter(|_| w.kept_up).cloned();
                 w.group = key;
             }
         }
