@@ -29,7 +29,7 @@ use tonic::service::Routes;
 
 use crate::{
     auth, cluster, cors, election, gateway, kv, lease, lock, maintenance, metrics, probes, regions,
-    require_leader, watch,
+    require_leader, too_large, watch,
 };
 use crate::{Context, GRPC_OVERHEAD};
 
@@ -84,13 +84,17 @@ pub fn routes(ctx: &Arc<Context>) -> Routes {
     Routes::from(router)
 }
 
-/// What every gRPC call goes through: counted, then served if it may be.
+/// What every gRPC call goes through: counted, then served if it may be
+/// (a request over the size limit refused in grpc-go's words).
 async fn grpc_calls(
     State(m): State<Arc<require_leader::Monitor>>,
     req: Request<Body>,
     next: Next,
 ) -> Response {
-    metrics::counted(req, |req| require_leader::guarded(&m, req, next)).await
+    metrics::counted(req, |req| async move {
+        too_large::as_etcd(require_leader::guarded(&m, req, next).await)
+    })
+    .await
 }
 
 async fn unrouted(req: Request<Body>) -> Response {
@@ -114,8 +118,12 @@ async fn unrouted(req: Request<Body>) -> Response {
     plain(StatusCode::NOT_FOUND, text)
 }
 
-/// A known path asked with the wrong method (the gateway's answer).
-async fn wrong_method() -> Response {
+/// A known path asked with the wrong method (the gateway's answer), or
+/// a preflight `OPTIONS` of it.
+async fn wrong_method(req: Request<Body>) -> Response {
+    if req.method() == http::Method::OPTIONS {
+        return cors::preflight();
+    }
     plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n")
 }
 

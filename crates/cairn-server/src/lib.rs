@@ -47,6 +47,7 @@ pub mod probes;
 pub mod quota;
 pub mod regions;
 pub mod require_leader;
+mod too_large;
 pub mod watch;
 
 use std::future::Future;

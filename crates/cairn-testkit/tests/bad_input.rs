@@ -198,6 +198,20 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
+    // Past gRPC's own limit (the request limit and 512 KiB): grpc-go's
+    // refusal, as etcd's server gives it.
+    let huge = PutRequest {
+        key: "huge".into(),
+        value: vec![b'x'; 65 * 1024 + 512 * 1024],
+        ..Default::default()
+    };
+    let e = k.put(huge).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("grpc: received message larger than max ("),
+        "{e:?}"
+    );
 
     // Invalid sort option.
     assert_status(

@@ -173,6 +173,13 @@ async fn call(
     } else {
         match axum::body::to_bytes(body, limit).await {
             Ok(bytes) => unary_or_server_streaming(grpc, &method, &caller, &bytes).await,
+            // Over the limit: refused as etcd's gRPC server refuses the
+            // message its gateway would make of it.
+            Err(e) if e.to_string().contains("length limit exceeded") => {
+                Err(Status::resource_exhausted(format!(
+                    "grpc: received message larger than max (a JSON body over {limit} bytes)"
+                )))
+            }
             Err(e) => Err(Status::invalid_argument(format!(
                 "reading the request body: {e}"
             ))),
