@@ -118,17 +118,8 @@ pub struct Claim {
 /// The fate of a transaction whose primary lock was in this region.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Committed at `commit_ts`, taking the branches `path`; `regions`:
-    /// every region its primary lock named when it committed. A resolver
-    /// finishes these too: the lock it met may have named fewer (a
-    /// revoke's first prewrite, widened by a second one before the
-    /// commit), and a part it left would be rolled back once the outcome
-    /// is forgotten.
-    Committed {
-        commit_ts: i64,
-        path: Vec<bool>,
-        regions: Vec<u64>,
-    },
+    /// Committed at `commit_ts`, taking the branches `path`.
+    Committed { commit_ts: i64, path: Vec<bool> },
     /// Rolled back: no part of it may commit.
     RolledBack,
 }

@@ -178,7 +178,6 @@ pub(super) fn commit(
     let within = (state.range.start.clone(), state.range.end.clone());
     let lease_table = state.range.start.is_empty();
     let revokes = lock.leases.revoke.clone();
-    let regions = lock.regions.clone();
     let mut out = match cairn_mvcc::apply_txn_part(
         engine,
         &req,
@@ -202,11 +201,7 @@ pub(super) fn commit(
     state.locks.held.remove(&start_ts);
     state.current_revision = out.revisions.current;
     events.extend(out.events);
-    let outcome = Outcome::Committed {
-        commit_ts,
-        path,
-        regions,
-    };
+    let outcome = Outcome::Committed { commit_ts, path };
     if primary {
         state.locks.outcomes.insert(start_ts, outcome.clone());
     }

@@ -112,22 +112,12 @@ impl Node {
             )
             .await?
             .outcome()?;
-        // With those the primary's lock named when it committed (more, if
-        // a revoke's second prewrite widened it after the read above).
-        let mut regions = regions;
-        if let Some(Outcome::Committed { regions: named, .. }) = &outcome {
-            regions.extend(named);
-            regions.sort_unstable();
-            regions.dedup();
-        }
         let parts = regions
             .into_iter()
             .filter(|r| *r != lock.primary && !gone(*r));
         let finish = |part: u64| {
             let op = match &outcome {
-                Some(Outcome::Committed {
-                    commit_ts, path, ..
-                }) => ForwardOp::CommitLocked {
+                Some(Outcome::Committed { commit_ts, path }) => ForwardOp::CommitLocked {
                     start_ts,
                     commit_ts: *commit_ts,
                     path: path.clone(),
