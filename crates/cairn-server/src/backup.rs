@@ -7,7 +7,11 @@
 //!
 //! A blocking task reads the backup file (see `cairn_store::backup`) and
 //! feeds a small channel: memory stays at a few chunks whatever the
-//! database's size, and a client that goes away stops the reading.
+//! database's size, and a client that goes away stops the reading — as
+//! does one that takes nothing for [`STALLED`]: a backup holds one of the
+//! few turns a member gives backups (`cairn_store::backup::AT_ONCE`) until
+//! it ends, so a client that keeps its connection open without reading
+//! must not hold it for ever.
 
 use std::io::Read;
 
@@ -22,9 +26,15 @@ use tonic::Status;
 /// Bytes per message (etcd's `snapshotSendBufferSize`).
 const CHUNK: usize = 32 * 1024;
 
+/// How long a backup waits for its client to take the next chunk.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Streams `backup` with etcd's framing; `header` goes on every message.
 pub fn stream(backup: Backup, header: ResponseHeader) -> BoxStream<SnapshotResponse> {
     let (tx, rx) = mpsc::channel(4);
+    let runtime = tokio::runtime::Handle::current();
+    // Sent unless the client went away or took nothing for [`STALLED`].
+    let send = move |msg| runtime.block_on(tx.send_timeout(msg, STALLED)).is_ok();
     tokio::task::spawn_blocking(move || {
         // (Held whole until the last byte is sent or the client is gone:
         // it counts against the backups a member streams at once.)
@@ -36,8 +46,7 @@ pub fn stream(backup: Backup, header: ResponseHeader) -> BoxStream<SnapshotRespo
         while sent < size {
             let want = (size - sent).min(CHUNK as u64) as usize;
             if let Err(e) = backup.file.read_exact(&mut buf[..want]) {
-                let _ =
-                    tx.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
+                send(Err(Status::internal(format!("etcdserver: snapshot: {e}"))));
                 return;
             }
             sent += want as u64;
@@ -48,11 +57,11 @@ pub fn stream(backup: Backup, header: ResponseHeader) -> BoxStream<SnapshotRespo
                 blob: buf[..want].to_vec(),
                 version: String::new(),
             };
-            if tx.blocking_send(Ok(msg)).is_err() {
-                return; // the client went away
+            if !send(Ok(msg)) {
+                return; // the client went away, or stalled
             }
         }
-        let _ = tx.blocking_send(Ok(SnapshotResponse {
+        send(Ok(SnapshotResponse {
             header: Some(header),
             remaining_bytes: 0,
             blob: hash.finalize().to_vec(),

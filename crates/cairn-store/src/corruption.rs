@@ -75,9 +75,7 @@ impl Node {
         for peer in voters.iter().copied().filter(|&p| p != self.id) {
             match self.peer_store_hash(peer, at, catch_up).await {
                 // Only a hash over the same compactions is comparable.
-                Ok(theirs) if theirs.compactions == mine.compactions => {
-                    hashes.push((peer, theirs.hash.hash))
-                }
+                Ok(theirs) if theirs.comparable(&mine) => hashes.push((peer, theirs.hash.hash)),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(peer, "corruption check: no hash: {e}"),
             }

@@ -120,9 +120,15 @@ impl StoreHash {
     }
 
     /// True when `other` hashed the same history: the compaction maps are
-    /// equal (else they are not comparable, and nothing is said).
+    /// equal, and every region is at one compaction (else they are not
+    /// comparable, and nothing is said). Regions at different compactions
+    /// are hashed as compacted at the highest (`cairn_mvcc::hash_kv_ranges`)
+    /// by this version, each at its own by the one before: while a
+    /// compaction is under way, members of the two would disagree on equal
+    /// data in a rolling upgrade.
     pub(crate) fn comparable(&self, other: &StoreHash) -> bool {
         self.compactions == other.compactions
+            && self.compactions.windows(2).all(|w| w[0].1 == w[1].1)
     }
 }
 
