@@ -102,15 +102,33 @@ pub struct Applied {
     /// written before them still decodes.
     pub locks: cairn_mvcc::locks::Locks,
     /// Data regions: a freeze for a merge, the regions absorbed; meta
-    /// region: the regions dropped from the directory. Last, so a record
-    /// written before merges still decodes.
+    /// region: the regions dropped from the directory. After the fields
+    /// above, so a record written before merges still decodes.
     pub merge: merge::MergeState,
+    /// Data regions: for each committed outcome in `locks`, every region
+    /// its primary lock named when it committed. A resolver finishes these
+    /// too: the lock it met may have named fewer (a revoke's first
+    /// prewrite, widened by a second before the commit), and a part it
+    /// left would be rolled back once the outcome is forgotten. Beside the
+    /// outcomes rather than in them, and last, so records, snapshots and
+    /// replies of the versions before still decode both ways (postcard
+    /// ignores trailing bytes; an outcome's layout is unchanged). Not
+    /// carried by a merge: a resolver of an outcome the target took over
+    /// finishes the regions the lock it met names, as before.
+    pub outcome_regions: BTreeMap<i64, Vec<u64>>,
 }
 
 // The applied record as older versions wrote it. postcard writes a struct
 // as its fields in order with nothing around them, so a layout that added
 // fields at the end is the layout before it (nested, first) followed by
 // those fields.
+
+/// The applied record as written before outcomes named their regions.
+#[derive(Deserialize)]
+struct AppliedBeforeOutcomeRegions {
+    before: AppliedBeforeMerges,
+    merge: merge::MergeState,
+}
 
 /// The applied record as written before merges.
 #[derive(Deserialize)]
@@ -187,6 +205,15 @@ impl From<AppliedBeforeRanges> for Applied {
     }
 }
 
+impl From<AppliedBeforeOutcomeRegions> for Applied {
+    fn from(old: AppliedBeforeOutcomeRegions) -> Self {
+        Applied {
+            merge: old.merge,
+            ..old.before.into()
+        }
+    }
+}
+
 impl From<AppliedBeforeMerges> for Applied {
     fn from(old: AppliedBeforeMerges) -> Self {
         Applied {
@@ -216,6 +243,9 @@ impl Applied {
     pub fn decode(bytes: &[u8]) -> crate::Result<Applied> {
         if let Ok(a) = decode::<Applied>(bytes) {
             return Ok(a);
+        }
+        if let Ok(old) = decode::<AppliedBeforeOutcomeRegions>(bytes) {
+            return Ok(old.into());
         }
         if let Ok(old) = decode::<AppliedBeforeMerges>(bytes) {
             return Ok(old.into());
@@ -264,6 +294,7 @@ impl Default for Applied {
             range: RegionRange::default(),
             locks: cairn_mvcc::locks::Locks::default(),
             merge: merge::MergeState::default(),
+            outcome_regions: BTreeMap::new(),
         }
     }
 }

@@ -625,3 +625,59 @@ async fn an_expired_lease_whose_key_a_transaction_locked_goes_once_the_lock_is_r
     );
     c.shutdown().await;
 }
+
+/// A revoke told that its lease has more keys than it named widens its
+/// lock in the first region (its primary). A resolver that read the
+/// narrow lock, and asks the primary for the outcome only after the
+/// widened revoke committed there (and its coordinator died), must finish
+/// every region the widened lock named, not only the narrow lock's: the
+/// outcome is forgotten after, and a part left would be rolled back, its
+/// key outliving the revoked lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resolver_that_read_a_revokes_narrow_lock_finishes_every_region_it_widened_to() {
+    let c = three_regions().await;
+    let (_, mut k, id) = leased_keys(&c, (0, 0), &["a0", "g1", "r1"]).await;
+    let (go_revoke, held) = tokio::sync::oneshot::channel();
+    let revoker = c.node(1).clone();
+    let revoke = tokio::spawn(async move {
+        revoker
+            .revoke_widened_then_crash(id, vec![b"a0".to_vec()], held)
+            .await
+    });
+    // Its narrow lock, on "a0" alone, in the first region.
+    let first = c.node(2).route(b"a0").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let start_ts = loop {
+        if let Some(ts) = first
+            .shared
+            .with_applied(|a| a.locks.held.keys().next().copied())
+        {
+            break ts;
+        }
+        assert!(Instant::now() < deadline, "the revoke never locked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // A resolver reads it, and waits before asking the primary.
+    let resolver = c.node(2).clone();
+    let go_resolve = resolver.hold_next_settle();
+    let lock = cairn_mvcc::locks::LockRef {
+        start_ts,
+        primary: first.id,
+    };
+    let resolve = tokio::spawn(async move { resolver.settle_now(first.id, lock).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The revoke widens, locks every region, commits its primary and dies.
+    go_revoke.send(()).unwrap();
+    revoke.await.unwrap().unwrap();
+    go_resolve.send(()).unwrap();
+    resolve.await.unwrap().unwrap();
+    // Every key went with the lease (a part left locked would be rolled
+    // back by whoever met it, its outcome forgotten).
+    let left: Vec<String> = keys(&mut k)
+        .await
+        .into_iter()
+        .map(|(key, _, _)| key)
+        .collect();
+    assert!(left.is_empty(), "keys outlived their lease: {left:?}");
+    c.shutdown().await;
+}

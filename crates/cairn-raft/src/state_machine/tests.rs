@@ -1261,3 +1261,73 @@ fn one_entry_committing_two_locks_publishes_their_events_in_revision_order() {
     assert_eq!(revs, vec![103, 105]);
     assert_eq!(batch.resolved, 105);
 }
+
+/// A lock widened by a second prewrite (a revoke told of more keys) and
+/// committed: the region keeps, beside the outcome, every region the lock
+/// named then, so a resolver that read the narrow lock first still
+/// finishes them all; forgetting the outcome forgets them.
+#[test]
+fn a_committed_outcome_keeps_every_region_of_the_widened_lock() {
+    use cairn_mvcc::locks::Outcome;
+    let (shared, _dir) = region(Arc::new(MemoryEngine::new()));
+    let mut sm = StateMachine::new(shared.clone());
+    let here = shared.region;
+    let mut apply = one_by_one(&mut sm);
+    assert!(matches!(
+        apply(prewrite_put(10, &[here, 5], b"a")),
+        Reply::Revision(_)
+    ));
+    // The same transaction prewritten again, naming more (another txn
+    // body: a widening, not a retry).
+    let Command::Prewrite {
+        spans, txn, leases, ..
+    } = prewrite_put(10, &[here], b"b")
+    else {
+        unreachable!()
+    };
+    let widened = Command::Prewrite {
+        start_ts: 10,
+        primary: here,
+        regions: vec![here, 5, 6],
+        spans,
+        txn,
+        leases,
+    };
+    assert!(matches!(apply(widened), Reply::Revision(_)));
+    assert!(matches!(
+        apply(commit_locked(10, 20)),
+        Reply::Outcome(Some(Outcome::Committed { .. }))
+    ));
+    let named = || shared.applied().outcome_regions.get(&10).cloned();
+    assert_eq!(named(), Some(vec![here, 5, 6]));
+    apply(Command::ForgetOutcome { start_ts: 10 });
+    assert_eq!(named(), None);
+}
+
+#[test]
+fn an_applied_record_written_before_outcome_regions_still_decodes_and_back() {
+    use super::{Applied, AppliedBeforeOutcomeRegions};
+    let mut applied = Applied {
+        current_revision: 77,
+        ..Default::default()
+    };
+    applied
+        .locks
+        .outcomes
+        .insert(9, cairn_mvcc::locks::Outcome::RolledBack);
+    let new = crate::codec::encode(&applied).unwrap();
+    // The old layout is the new one without its last field (an empty map:
+    // one byte, its length).
+    assert_eq!(new.last(), Some(&0));
+    let old = &new[..new.len() - 1];
+    assert_eq!(Applied::decode(old).unwrap(), applied);
+    // And a record of this version read by the one before (trailing bytes
+    // ignored).
+    applied.outcome_regions.insert(9, vec![1, 2]);
+    let new = crate::codec::encode(&applied).unwrap();
+    let back: Applied = crate::codec::decode::<AppliedBeforeOutcomeRegions>(&new)
+        .unwrap()
+        .into();
+    assert_eq!(back.locks, applied.locks);
+    assert_eq!(Applied::decode(&new).unwrap(), applied);
+}

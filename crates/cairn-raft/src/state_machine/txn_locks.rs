@@ -178,6 +178,7 @@ pub(super) fn commit(
     let within = (state.range.start.clone(), state.range.end.clone());
     let lease_table = state.range.start.is_empty();
     let revokes = lock.leases.revoke.clone();
+    let regions = lock.regions.clone();
     let mut out = match cairn_mvcc::apply_txn_part(
         engine,
         &req,
@@ -204,6 +205,7 @@ pub(super) fn commit(
     let outcome = Outcome::Committed { commit_ts, path };
     if primary {
         state.locks.outcomes.insert(start_ts, outcome.clone());
+        state.outcome_regions.insert(start_ts, regions);
     }
     Ok((out.batch, Reply::Outcome(Some(outcome))))
 }
@@ -259,6 +261,7 @@ pub(super) fn resolve_primary(state: &mut Applied, start_ts: i64) -> Reply {
 /// Forgets transaction `start_ts`'s outcome.
 pub(super) fn forget(state: &mut Applied, start_ts: i64) -> Reply {
     state.locks.outcomes.remove(&start_ts);
+    state.outcome_regions.remove(&start_ts);
     Reply::Done
 }
 

@@ -70,6 +70,30 @@ impl Node {
             .await
     }
 
+    /// Tests: one attempt of a revoke of lease `id` naming `keys` (fewer
+    /// than it has), held once its primary answered that the lease has
+    /// more (its narrow lock placed there) until `go` fires; then it
+    /// widens and stops after its primary's commit as if its node died.
+    #[doc(hidden)]
+    pub async fn revoke_widened_then_crash(
+        &self,
+        id: i64,
+        keys: Vec<Vec<u8>>,
+        go: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<()> {
+        let plan = Plan {
+            req: lease::revoke_txn(id, keys),
+            leases: LeaseClaims {
+                revoke: vec![id],
+                ..LeaseClaims::default()
+            },
+        };
+        let hook = Some(Hook::HoldWideningThenCrash(go));
+        self.txn_across_once(&plan, &Access::Internal, hook)
+            .await
+            .map(drop)
+    }
+
     /// Tests: holds the next expiry revoked across regions here after its
     /// first attempt's prewrites, until the returned sender fires (or is
     /// dropped).

@@ -231,6 +231,9 @@ pub struct Node {
     /// A test's hold on the next expiry across regions, after its
     /// prewrites ([`Node::hold_next_expiry`]).
     expiry_hold: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// A test's hold on the next settling of a lock here, once it read the
+    /// lock's regions ([`Node::hold_next_settle`]).
+    settle_hold: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl Node {

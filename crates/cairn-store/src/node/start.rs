@@ -218,6 +218,7 @@ impl Node {
                 close_now,
                 close_every_ms: AtomicU64::new(0),
                 expiry_hold: parking_lot::Mutex::new(None),
+                settle_hold: parking_lot::Mutex::new(None),
                 boot: super::hibernate::boot_id(id),
                 beats: Default::default(),
                 serving: tokio::sync::watch::channel(None).0,

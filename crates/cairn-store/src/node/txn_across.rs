@@ -116,6 +116,10 @@ pub(super) enum Hook {
     /// Holds it after its prewrites until the receiver fires (or its
     /// sender is dropped).
     HoldAfterPrewrite(tokio::sync::oneshot::Receiver<()>),
+    /// A revoke: holds it when its primary answers that the lease gained
+    /// keys (its narrow lock placed), until the receiver fires; then it
+    /// widens, and stops after the primary's commit as if its node died.
+    HoldWideningThenCrash(tokio::sync::oneshot::Receiver<()>),
 }
 
 impl Node {
@@ -305,6 +309,9 @@ impl Node {
                             self.release(start_ts, primary, &[primary]).await;
                             return Ok(Attempt::LeaseKeys(keys));
                         }
+                        if let Some(Hook::HoldWideningThenCrash(go)) = &mut hook {
+                            let _ = go.await;
+                        }
                         widened += 1;
                         let body = cairn_mvcc::lease::revoke_txn(plan.leases.revoke[0], keys);
                         match self.layout(body, &plan.leases) {
@@ -472,7 +479,9 @@ impl Node {
         }
         if matches!(
             hook,
-            Some(Hook::Crash(CoordinatorCrash::AfterPrimaryCommit))
+            Some(
+                Hook::Crash(CoordinatorCrash::AfterPrimaryCommit) | Hook::HoldWideningThenCrash(_)
+            )
         ) {
             return Ok(Attempt::Again);
         }

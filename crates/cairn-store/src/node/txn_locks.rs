@@ -65,6 +65,15 @@ impl Node {
         })
     }
 
+    /// Tests: holds the next settling of a lock here once it has read the
+    /// lock's regions, until the returned sender fires (or is dropped).
+    #[doc(hidden)]
+    pub fn hold_next_settle(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (go, held) = tokio::sync::oneshot::channel();
+        *self.settle_hold.lock() = Some(held);
+        go
+    }
+
     /// Tests: settles `lock`, met in `region`, at once (as a waiter past
     /// [`LOCK_TTL`] or the sweeper would).
     #[doc(hidden)]
@@ -99,6 +108,10 @@ impl Node {
         else {
             return Ok(());
         };
+        let held = self.settle_hold.lock().take();
+        if let Some(go) = held {
+            let _ = go.await;
+        }
         // A region a merge absorbed held no lock when it froze (a freeze
         // waits for them to go) and took none after: a part there has
         // nothing to finish. Its outcomes went to the region that absorbed
@@ -112,6 +125,23 @@ impl Node {
             )
             .await?
             .outcome()?;
+        // With those the primary's lock named when it committed (more, if
+        // a revoke's second prewrite widened it after the read above),
+        // read from this node's replica of the primary once it has
+        // applied the answer (a merge's target keeps no such list: then
+        // the lock's alone).
+        let mut regions = regions;
+        if matches!(outcome, Some(Outcome::Committed { .. })) {
+            let named = self.caught_up(primary).await?.shared.with_applied(|a| {
+                a.outcome_regions
+                    .get(&start_ts)
+                    .cloned()
+                    .unwrap_or_default()
+            });
+            regions.extend(named);
+            regions.sort_unstable();
+            regions.dedup();
+        }
         let parts = regions
             .into_iter()
             .filter(|r| *r != lock.primary && !gone(*r));
