@@ -110,6 +110,12 @@ async fn grant(l: &mut LeaseClient<Channel>) -> i64 {
         .id
 }
 
+/// Asserts no key is left (every one went with its lease).
+async fn assert_no_key_left(k: &mut KvClient<Channel>) {
+    let left: Vec<String> = keys(k).await.into_iter().map(|(key, _, _)| key).collect();
+    assert!(left.is_empty(), "keys outlived their lease: {left:?}");
+}
+
 /// A Lease client of node `nodes.0` and a KV client of node `nodes.1`, and
 /// a new 60 s lease holding `keys`.
 async fn leased_keys(
@@ -484,12 +490,7 @@ async fn a_revoke_that_waited_on_a_txn_putting_its_keys_names_the_new_ones_at_on
     let committed = Instant::now();
     revoke.await.unwrap().unwrap();
     let took = committed.elapsed();
-    let left: Vec<String> = keys(&mut k)
-        .await
-        .into_iter()
-        .map(|(key, _, _)| key)
-        .collect();
-    assert!(left.is_empty(), "keys outlived their lease: {left:?}");
+    assert_no_key_left(&mut k).await;
     assert!(
         took < Duration::from_millis(1200),
         "the revoke ended {took:?} after the transaction committed"
@@ -673,11 +674,6 @@ async fn a_resolver_that_read_a_revokes_narrow_lock_finishes_every_region_it_wid
     resolve.await.unwrap().unwrap();
     // Every key went with the lease (a part left locked would be rolled
     // back by whoever met it, its outcome forgotten).
-    let left: Vec<String> = keys(&mut k)
-        .await
-        .into_iter()
-        .map(|(key, _, _)| key)
-        .collect();
-    assert!(left.is_empty(), "keys outlived their lease: {left:?}");
+    assert_no_key_left(&mut k).await;
     c.shutdown().await;
 }

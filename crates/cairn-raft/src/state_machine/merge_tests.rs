@@ -146,36 +146,21 @@ fn a_frozen_region_is_absorbed_by_its_left_neighbour_once() {
     );
     assert_eq!(freeze_of(apply(&mut s, 13, prepare(2, 3))), f);
 
-    // The target refuses a merge planned at another epoch; absorbs this one.
+    // The target refuses a merge planned at another epoch, or one whose
+    // freeze names another target (sent here by mistake); absorbs this one.
     let stale = Freeze {
         target_epoch: 1,
         ..f.clone()
     };
-    let r = apply(
-        &mut t,
-        4,
-        Command::CommitMerge {
-            source: 9,
-            freeze: stale,
-        },
-    );
-    assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
-    assert!(told.try_recv().is_err());
-    // Nor one whose freeze names another target (sent here by mistake).
     let elsewhere = Freeze {
         target: 5,
         ..f.clone()
     };
-    let r = apply(
-        &mut t,
-        4,
-        Command::CommitMerge {
-            source: 9,
-            freeze: elsewhere,
-        },
-    );
-    assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
-    assert!(told.try_recv().is_err());
+    for freeze in [stale, elsewhere] {
+        let r = apply(&mut t, 4, Command::CommitMerge { source: 9, freeze });
+        assert!(matches!(r, Reply::WrongRegion(_)), "{r:?}");
+        assert!(told.try_recv().is_err());
+    }
     let commit = Command::CommitMerge {
         source: 9,
         freeze: f.clone(),
