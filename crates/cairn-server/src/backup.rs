@@ -11,12 +11,17 @@
 //! does one that takes nothing for [`STALLED`]: a backup holds one of the
 //! few turns a member gives backups (`cairn_store::backup::AT_ONCE`) until
 //! it ends, so a client that keeps its connection open without reading
-//! must not hold it for ever.
+//! must not hold it for ever. A stream cut short so ends with an error
+//! after what it had buffered, never as if whole (etcdctl would save the
+//! bytes as the file).
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use cairn_api::etcdserverpb::{ResponseHeader, SnapshotResponse};
 use cairn_store::Backup;
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,6 +40,11 @@ pub fn stream(backup: Backup, header: ResponseHeader) -> BoxStream<SnapshotRespo
     let runtime = tokio::runtime::Handle::current();
     // Sent unless the client went away or took nothing for [`STALLED`].
     let send = move |msg| runtime.block_on(tx.send_timeout(msg, STALLED)).is_ok();
+    // Set once the last message (the digest) is handed over: a stream
+    // that ends before it ends with an error, never as a whole backup
+    // (etcdctl would save the bytes it got as the file).
+    let whole = Arc::new(AtomicBool::new(false));
+    let sent_whole = whole.clone();
     tokio::task::spawn_blocking(move || {
         // (Held whole until the last byte is sent or the client is gone:
         // it counts against the backups a member streams at once.)
@@ -61,12 +71,22 @@ pub fn stream(backup: Backup, header: ResponseHeader) -> BoxStream<SnapshotRespo
                 return; // the client went away, or stalled
             }
         }
-        send(Ok(SnapshotResponse {
+        if send(Ok(SnapshotResponse {
             header: Some(header),
             remaining_bytes: 0,
             blob: hash.finalize().to_vec(),
             version: String::new(),
-        }));
+        })) {
+            sent_whole.store(true, Ordering::Release);
+        }
     });
-    Box::pin(ReceiverStream::new(rx))
+    let cut_short = futures::stream::once(async move {
+        (!whole.load(Ordering::Acquire)).then(|| {
+            Err(Status::unavailable(format!(
+                "etcdserver: snapshot: the client took nothing for {STALLED:?}"
+            )))
+        })
+    })
+    .filter_map(std::future::ready);
+    Box::pin(ReceiverStream::new(rx).chain(cut_short))
 }

@@ -88,7 +88,7 @@ impl Node {
                 ..LeaseClaims::default()
             },
         };
-        let hook = Some(Hook::HoldWideningThenCrash(go));
+        let hook = Some(Hook::HoldWideningThenCrash(Some(go)));
         self.txn_across_once(&plan, &Access::Internal, hook)
             .await
             .map(drop)

@@ -119,7 +119,8 @@ pub(super) enum Hook {
     /// A revoke: holds it when its primary answers that the lease gained
     /// keys (its narrow lock placed), until the receiver fires; then it
     /// widens, and stops after the primary's commit as if its node died.
-    HoldWideningThenCrash(tokio::sync::oneshot::Receiver<()>),
+    /// (Taken by the first widening: a revoke widens at most twice.)
+    HoldWideningThenCrash(Option<tokio::sync::oneshot::Receiver<()>>),
 }
 
 impl Node {
@@ -310,7 +311,9 @@ impl Node {
                             return Ok(Attempt::LeaseKeys(keys));
                         }
                         if let Some(Hook::HoldWideningThenCrash(go)) = &mut hook {
-                            let _ = go.await;
+                            if let Some(go) = go.take() {
+                                let _ = go.await;
+                            }
                         }
                         widened += 1;
                         let body = cairn_mvcc::lease::revoke_txn(plan.leases.revoke[0], keys);
