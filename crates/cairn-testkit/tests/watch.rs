@@ -155,12 +155,15 @@ async fn compacted_start_revision_cancels_and_future_revision_waits() {
         ..Default::default()
     })
     .await;
-    assert!(w.next(T).await.unwrap().created);
+    let compacted = w.next(T).await.unwrap();
+    assert!(compacted.created);
     let r = w.next(T).await.unwrap();
     assert!(r.canceled, "{r:?}");
     assert_eq!(r.compact_revision, r2);
 
-    // Starting exactly at the compaction revision is allowed.
+    // Starting exactly at the compaction revision is allowed. The new
+    // watch gets a new ID (etcd never hands one out twice on a stream), so
+    // the client's late cancel of the compacted one ends nothing else.
     w.create(WatchCreateRequest {
         key: "c".into(),
         start_revision: r2,
@@ -168,9 +171,16 @@ async fn compacted_start_revision_cancels_and_future_revision_waits() {
     })
     .await;
     let created = w.next(T).await.unwrap();
+    assert_ne!(created.watch_id, compacted.watch_id);
     let r = w.next(T).await.unwrap();
     assert_eq!((r.watch_id, r.events.len()), (created.watch_id, 1));
     assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, r2);
+    w.cancel(compacted.watch_id).await;
+    let r3 = kv::put(&mut k, "c", "3").await.unwrap();
+    let r = w.next(T).await.unwrap();
+    assert!(!r.canceled, "{r:?}");
+    assert_eq!((r.watch_id, r.events.len()), (created.watch_id, 1));
+    assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, r3);
 
     // A future start revision waits for it.
     let future = r2 + (1 << 40);
@@ -242,6 +252,67 @@ async fn bad_watch_requests_get_etcds_answers_and_progress_bookmarks() {
     assert_eq!(p.watch_id, -1);
     assert!(p.events.is_empty());
     assert!(p.header.unwrap().revision >= rev);
+    c.shutdown().await;
+}
+
+/// A progress request that arrives while a watcher of the stream is still
+/// replaying history is answered once it has caught up: never at a
+/// revision below events the stream's other watchers were already sent
+/// (clientv3 hands the one notification to every watcher of the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_progress_request_during_a_replay_never_goes_back() {
+    use cairn_api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
+    let c = InProcessCluster::start(3).await;
+    let leader = c.wait_leader(DATA_REGION).await;
+    let mut k = c.kv(leader).await;
+    // History for a replay to take a while over.
+    for t in 0..16 {
+        let success = (0..100)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: format!("h{t:02}-{i:03}").into_bytes(),
+                    value: vec![b'v'; 100],
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        k.txn(TxnRequest {
+            success,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut w = WatchStream::open(&c.nodes[leader].client_addr)
+        .await
+        .unwrap();
+    w.create(WatchCreateRequest {
+        key: "a".into(),
+        ..Default::default()
+    })
+    .await;
+    assert!(w.next(T).await.unwrap().created);
+    let sent = kv::put(&mut k, "a", "1").await.unwrap();
+    assert_eq!(w.next(T).await.unwrap().events.len(), 1);
+    // A watcher of the whole history, and a progress request right after.
+    w.create(WatchCreateRequest {
+        key: "h".into(),
+        range_end: "i".into(),
+        start_revision: 1,
+        ..Default::default()
+    })
+    .await;
+    assert!(w.request_progress().await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no progress answer");
+        let Some(r) = w.next(T).await else { continue };
+        if r.watch_id == -1 && !r.created && r.events.is_empty() {
+            let at = r.header.unwrap().revision;
+            assert!(at >= sent, "progress at {at}, after an event at {sent}");
+            break;
+        }
+    }
     c.shutdown().await;
 }
 

@@ -5,7 +5,9 @@
 //! of any group's feed, a finished history replay, and the progress ticker.
 //! Everything a watcher sends is queued from here, so a cancel is answered
 //! after the last event of the cancelled watcher and a progress response at
-//! R after every watcher has queued its events up to R.
+//! R after every watcher has queued its events up to R — answered once no
+//! watcher is replaying history, so R never goes back below what the
+//! stream's other watchers were sent.
 
 use std::collections::HashMap;
 
@@ -51,7 +53,12 @@ struct Stream {
     replays: JoinSet<Replay>,
     /// Which watcher each history read in flight is for.
     replaying: HashMap<Id, i64>,
+    /// The next ID handed to a watch created without one: never one handed
+    /// out before on this stream (as etcd's `nextID`), so a client's late
+    /// cancel of a watch the server ended cannot end a newer one.
     next_id: i64,
+    /// A progress request waits to be answered ([`Stream::answer_progress`]).
+    progress_asked: bool,
 }
 
 /// Serves one stream until the client goes away.
@@ -75,6 +82,7 @@ pub async fn run(
         replays: JoinSet::new(),
         replaying: HashMap::new(),
         next_id: 0,
+        progress_asked: false,
     };
     // A client may half-close its sending side after its requests (etcd's
     // grpc-gateway does): the stream goes on until the client disconnects,
@@ -115,7 +123,7 @@ pub async fn run(
             // A stopping node ends its streams (they hold the node).
             _ = s.ctx.node.stopped() => false,
         };
-        if !ok {
+        if !ok || (s.progress_asked && !s.answer_progress().await) {
             break;
         }
     }
@@ -146,16 +154,40 @@ impl Stream {
             // etcd ignores a cancel of an unknown watch.
             Some(RequestUnion::CancelRequest(_)) => true,
             Some(RequestUnion::ProgressRequest(_)) => {
-                let rev = self
-                    .watchers
-                    .values()
-                    .map(Watcher::synced)
-                    .min()
-                    .unwrap_or_else(|| header_revision(&self.ctx));
-                send(&self.out, progress(&self.ctx, -1, rev)).await
+                self.progress_asked = true;
+                true
             }
             None => true,
         }
+    }
+
+    /// Answers a progress request at the lowest revision every watcher is
+    /// synced to (every event at or below it sent), or the store's when
+    /// there is none — once that is no lower than any event the stream's
+    /// watchers were sent. A watcher still replaying history, or whose
+    /// regions have resolved less far than another's, is synced below
+    /// what the others were sent: answered then, clients that hand the
+    /// one notification to every watcher of the stream (clientv3) would
+    /// see progress go back. It waits until they catch up (their regions'
+    /// closes move on while watched). (etcd since 3.5 also waits until its
+    /// watchers are synced.)
+    async fn answer_progress(&mut self) -> bool {
+        let catching_up = self
+            .watchers
+            .values()
+            .any(|w| matches!(w.mode, Mode::Replaying { .. } | Mode::Waiting));
+        let rev = self
+            .watchers
+            .values()
+            .map(Watcher::synced)
+            .min()
+            .unwrap_or_else(|| header_revision(&self.ctx));
+        let sent = self.watchers.values().map(|w| w.sent).max().unwrap_or(0);
+        if catching_up || rev < sent {
+            return true;
+        }
+        self.progress_asked = false;
+        send(&self.out, progress(&self.ctx, -1, rev)).await
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> bool {
@@ -185,7 +217,8 @@ impl Stream {
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            self.next_id += 1;
+            self.next_id - 1
         };
         let span = cairn_mvcc::Span::new(&c.key, &c.range_end);
         let cover_by = std::time::Instant::now() + cairn_store::COVER_WAIT;

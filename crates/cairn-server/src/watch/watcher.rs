@@ -98,6 +98,8 @@ pub struct Watcher {
     pub resolved: i64,
     /// No event sent since the last progress tick.
     pub quiet: bool,
+    /// The revision of the newest event it sent (0: none).
+    pub sent: i64,
     pub mode: Mode,
     /// What its group's feed held when it broke (a split, merge or lag),
     /// until it is replayed: where a compaction reached one region while
@@ -124,6 +126,7 @@ impl Watcher {
             },
             resolved: now,
             quiet: true,
+            sent: 0,
             mode: Mode::Live,
             carry: None,
             // From now: at the head, never below a compaction.
@@ -188,10 +191,11 @@ impl Watcher {
         out: &Out,
         events: Vec<(i64, Event)>,
     ) -> bool {
-        if events.is_empty() {
+        let Some(&(newest, _)) = events.last() else {
             return true;
-        }
+        };
         self.quiet = false;
+        self.sent = self.sent.max(newest);
         let mut batch: Vec<Event> = Vec::new();
         let mut events = events.into_iter().peekable();
         while let Some((rev, first)) = events.next() {
