@@ -31,7 +31,8 @@
 //! unless the client asked for `fragment`), *resumable* (start at any
 //! uncompacted revision), *bookmarkable* (a progress response at revision R
 //! is queued only after every watcher of the stream has queued all its
-//! events ≤ R).
+//! events ≤ R, and only once R is no lower than any event the stream
+//! sent, so it never goes back).
 //!
 //! [`open`] serves one watch in-process, through the same stream code, for
 //! a service that follows keys as an etcd client would (Election Observe).
