@@ -175,7 +175,35 @@ async fn compacted_start_revision_cancels_and_future_revision_waits() {
     let r = w.next(T).await.unwrap();
     assert_eq!((r.watch_id, r.events.len()), (created.watch_id, 1));
     assert_eq!(r.events[0].kv.as_ref().unwrap().mod_revision, r2);
+    // As on etcd, a compacted watch keeps its ID until the client cancels
+    // it: the cancel is answered (clientv3 since 3.5 sends it), and a watch
+    // asking for that ID before it is refused.
     w.cancel(compacted.watch_id).await;
+    let r = w.next(T).await.unwrap();
+    assert_eq!((r.watch_id, r.canceled), (compacted.watch_id, true));
+    let asked = WatchCreateRequest {
+        key: "c".into(),
+        start_revision: r1,
+        watch_id: 100,
+        ..Default::default()
+    };
+    w.create(asked.clone()).await;
+    assert!(w.next(T).await.unwrap().created);
+    let r = w.next(T).await.unwrap();
+    assert_eq!(
+        (r.watch_id, r.canceled, r.compact_revision),
+        (100, true, r2)
+    );
+    w.create(asked).await;
+    let r = w.next(T).await.unwrap();
+    assert!(r.canceled && r.created, "{r:?}");
+    assert_eq!(
+        r.cancel_reason,
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+    w.cancel(100).await;
+    let r = w.next(T).await.unwrap();
+    assert_eq!((r.watch_id, r.canceled, r.compact_revision), (100, true, 0));
     let r3 = kv::put(&mut k, "c", "3").await.unwrap();
     let r = w.next(T).await.unwrap();
     assert!(!r.canceled, "{r:?}");

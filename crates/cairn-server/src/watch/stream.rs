@@ -9,7 +9,7 @@
 //! watcher is replaying history, so R never goes back below what the
 //! stream's other watchers were sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cairn_api::etcdserverpb::watch_request::RequestUnion;
 use cairn_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
@@ -49,6 +49,10 @@ struct Stream {
     creds: Credentials,
     out: Out,
     watchers: HashMap<i64, Watcher>,
+    /// Watches the server cancelled as compacted, kept until the client
+    /// cancels them, as etcd's watch stream keeps a compacted watcher: its
+    /// ID stays taken, and the client's cancel is answered.
+    compacted: HashSet<i64>,
     groups: Vec<Group>,
     replays: JoinSet<Replay>,
     /// Which watcher each history read in flight is for.
@@ -78,6 +82,7 @@ pub async fn run(
         creds,
         out,
         watchers: HashMap::new(),
+        compacted: HashSet::new(),
         groups: Vec::new(),
         replays: JoinSet::new(),
         replaying: HashMap::new(),
@@ -147,7 +152,9 @@ impl Stream {
     async fn request(&mut self, req: WatchRequest) -> bool {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
-            Some(RequestUnion::CancelRequest(c)) if self.remove(c.watch_id) => {
+            Some(RequestUnion::CancelRequest(c))
+                if self.remove(c.watch_id) || self.compacted.remove(&c.watch_id) =>
+            {
                 let r = response(&self.ctx, c.watch_id, |r| r.canceled = true);
                 send(&self.out, r).await
             }
@@ -209,12 +216,14 @@ impl Stream {
             return send(&self.out, refuse(PERMISSION_DENIED)).await;
         }
         let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
+            if self.watchers.contains_key(&c.watch_id) || self.compacted.contains(&c.watch_id) {
                 return send(&self.out, refuse(DUPLICATE_ID)).await;
             }
             c.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_id) {
+            while self.watchers.contains_key(&self.next_id)
+                || self.compacted.contains(&self.next_id)
+            {
                 self.next_id += 1;
             }
             self.next_id += 1;
@@ -310,6 +319,7 @@ impl Stream {
             Start::Compacted => {
                 let compacted = view.compacted;
                 self.remove(id);
+                self.compacted.insert(id);
                 let r = response(&self.ctx, id, |r| {
                     r.compact_revision = compacted;
                     r.canceled = true;
