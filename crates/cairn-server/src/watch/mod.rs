@@ -21,7 +21,9 @@
 //! broadcast) subscribes again and its watchers replay from MVCC — etcd's
 //! "unsynced" watchers — so a slow client never blocks writes and never
 //! grows memory without bound. If the revision a watcher needs was
-//! compacted meanwhile, it is cancelled with `compact_revision`, as in etcd.
+//! compacted meanwhile, it is cancelled with `compact_revision`, as in etcd
+//! — and, as there, its ID stays taken until the client cancels it, and
+//! that cancel is answered.
 //!
 //! The six guarantees: *ordered* and *unique* (one cursor per watcher,
 //! `next`, only moves forward; history and feed use the same order),
