@@ -335,6 +335,11 @@ pub struct FeedBatch {
     /// again and re-read history instead of trusting the feed's
     /// continuity.
     pub reset: bool,
+    /// With a reset: the entry absorbed the region named, frozen at the
+    /// epoch named (its freeze's). Every write of the absorbed keys from
+    /// then on comes through this region above `resolved`, and the frozen
+    /// region wrote nothing since its freeze (`watch_hub::Carry`).
+    pub absorbed: Option<(u64, u64)>,
 }
 
 /// How many applied entries the feed buffers for slow subscribers; a
@@ -489,6 +494,7 @@ impl RegionShared {
             events: Vec::new(),
             resolved,
             reset: false,
+            absorbed: None,
         });
     }
 
@@ -576,6 +582,7 @@ impl RegionShared {
             events: Vec::new(),
             resolved,
             reset: true,
+            absorbed: None,
         });
     }
 
@@ -1751,7 +1758,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.await_source_frozen(*source, freeze.range.epoch)
                         .await
                         .map_err(sm_err)?;
-                    Some(*source)
+                    Some((*source, freeze.range.epoch))
                 }
                 _ => None,
             };
@@ -1828,7 +1835,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let split = matches!((&reply, born), (Reply::Done, Some(_)));
             let told = match (&reply, born) {
                 (Reply::Done, Some(child)) => Some(HostChange::Born(child)),
-                _ => absorbed.map(HostChange::Absorbed),
+                _ => absorbed.map(|(source, _)| HostChange::Absorbed(source)),
             };
             if let Some(change) = told {
                 if let Some(tx) = &*self.shared.births.lock() {
@@ -1868,6 +1875,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // With a side close taken up (`side_close`).
                     resolved: self.shared.resolved(),
                     reset: split || froze || absorbed.is_some() || thaws,
+                    absorbed,
                 });
             }
             drop(order);
@@ -1969,6 +1977,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // stands for (`side_close`).
             resolved: self.shared.resolved(),
             reset: true,
+            absorbed: None,
         });
         drop(order);
         drop(sweep);

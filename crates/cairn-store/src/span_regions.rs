@@ -51,6 +51,9 @@ pub struct SpanRegions {
     hurries: Arc<CloseHurries>,
     /// The regions did not cover the span they were read for.
     uncovered: bool,
+    /// Each region's ID and freeze epoch, if it was frozen for a merge
+    /// when its bounds were read.
+    frozen: Vec<Option<(u64, u64)>>,
 }
 
 /// How long a reader of changes waits for the regions hosted here to cover
@@ -79,12 +82,12 @@ impl Node {
     /// stopped here, regroups them): a watch of its keys is never left
     /// without a region for them.
     pub fn span_regions(&self, start: &[u8], end: Option<&[u8]>) -> SpanRegions {
-        let mut held: Vec<(Arc<RegionShared>, cairn_raft::RegionRange, bool)> = self
+        let mut held: Vec<(Arc<RegionShared>, cairn_raft::RegionRange, Option<u64>)> = self
             .data_regions()
             .into_iter()
             .filter(|r| !r.shared.is_retired())
             .map(|r| {
-                let frozen = r.shared.merge_frozen().is_some();
+                let frozen = r.shared.merge_frozen();
                 (r.shared.clone(), r.shared.held_range(), frozen)
             })
             .filter(|(_, range, _)| {
@@ -94,7 +97,7 @@ impl Node {
             .collect();
         // A frozen region already absorbed here (not stopped yet): its keys
         // are the absorbing region's, frozen or not.
-        held.retain(|(r, _, frozen)| !frozen || !self.absorbed_here(r.region));
+        held.retain(|(r, _, frozen)| frozen.is_none() || !self.absorbed_here(r.region));
         let mut sorted: Vec<(&[u8], &[u8])> = held
             .iter()
             .map(|(_, r, _)| (r.start.as_slice(), r.end.as_slice()))
@@ -105,6 +108,10 @@ impl Node {
             hurries: self.hurries.clone(),
             uncovered: !covered,
             epochs: held.iter().map(|(_, r, _)| r.epoch).collect(),
+            frozen: held
+                .iter()
+                .map(|(r, _, frozen)| frozen.map(|e| (r.region, e)))
+                .collect(),
             regions: held
                 .into_iter()
                 .map(|(r, range, _)| (r, range.start, range.end))
@@ -264,8 +271,10 @@ impl SpanRegions {
             .into_iter()
             .zip(&views)
             .zip(&self.regions)
-            .map(|((feed, (_, revs)), (_, start, end))| FeedInput {
+            .zip(&self.frozen)
+            .map(|(((feed, (_, revs)), (_, start, end)), frozen)| FeedInput {
                 feed,
+                frozen: *frozen,
                 start: start.clone(),
                 end: end.clone(),
                 resolved: revs.current,

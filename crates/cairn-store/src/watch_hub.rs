@@ -102,6 +102,14 @@ struct Input {
     /// Every event of the region above this has been held (from history
     /// or the feed) or released.
     complete_after: i64,
+    /// Frozen for a merge when subscribed: the region's ID and its freeze's
+    /// epoch (it publishes no event from then on).
+    frozen: Option<(u64, u64)>,
+    /// No event of its keys as subscribed can come at or below this other
+    /// than those held or released: it or a frozen input was absorbed
+    /// ([`FeedBatch::absorbed`]). What [`FeedMerger::carry`] vouches for,
+    /// above its resolved revision.
+    sealed: i64,
 }
 
 /// One region's feed as subscribed, for [`FeedMerger::with_inputs`].
@@ -116,6 +124,9 @@ pub struct FeedInput {
     /// Every event of the region above this is in the feed or in the
     /// history handed to the merger.
     pub complete_after: i64,
+    /// The region's ID and its freeze's epoch, if it was frozen for a merge
+    /// when its bounds were read (and its feed subscribed to).
+    pub frozen: Option<(u64, u64)>,
 }
 
 /// What a merger held when its reader read its regions again (a split,
@@ -124,6 +135,14 @@ pub struct FeedInput {
 /// region while another held the events back). The reader's next merger
 /// holds them on, and a watcher that had kept up replays from them where
 /// history is compacted (`FeedMerger::carry`).
+///
+/// A merge that completes vouches for more: the frozen region published
+/// nothing since its freeze, and the target writes the keys it absorbed
+/// only above the revision it had resolved when it absorbed them. So the
+/// absorb's reset extends what both inputs vouch for up to there
+/// (`FeedMerger::absorbed`) — else, with the target compacted at the head
+/// while the frozen region refused, the frozen keys' gap between its last
+/// revision and the compaction would have no history and no carry.
 #[derive(Debug, Default)]
 pub struct Carry {
     /// The events, in etcd's order.
@@ -245,6 +264,7 @@ impl FeedMerger {
                 end: Vec::new(),
                 resolved,
                 complete_after: resolved,
+                frozen: None,
             })
             .collect();
         Self::with_inputs(inputs, history, broken)
@@ -262,12 +282,15 @@ impl FeedMerger {
                 end,
                 resolved,
                 complete_after,
+                frozen,
             } = f;
             inputs.push(Input {
                 resolved,
                 start: resolved,
                 bounds: (start, end),
                 complete_after,
+                frozen,
+                sealed: resolved,
             });
             let fed = BroadcastStream::new(feed)
                 .map(move |r| match r {
@@ -380,7 +403,7 @@ impl FeedMerger {
         let low = self.low;
         let own = self.inputs.iter().filter(|_| self.sound).map(|i| {
             let (start, end) = i.bounds.clone();
-            (start, end, i.complete_after, i.resolved)
+            (start, end, i.complete_after, i.resolved.max(i.sealed))
         });
         // What it released is not held any more; a span left empty goes.
         let spans: Vec<_> = own
@@ -415,6 +438,25 @@ impl FeedMerger {
             let hi = (!hi.is_empty()).then_some(hi.as_slice());
             if let Some(after) = carry.whole_after(lo, hi, i.complete_after) {
                 i.complete_after = after;
+            }
+        }
+    }
+
+    /// Input `idx` absorbed `source` (the region's ID and its freeze's
+    /// epoch), as `batch` says: every event of its keys as subscribed and of
+    /// the absorbed keys at or below the batch's resolved revision is held
+    /// or released here, if the absorbed region was frozen at that freeze
+    /// when subscribed (it published no event since). So the carry
+    /// vouches for both up to there: history the compaction took meanwhile
+    /// is not needed, and a watcher that kept up is not cancelled.
+    fn absorbed(&mut self, idx: usize, batch: &FeedBatch, source: (u64, u64)) {
+        let start = self.inputs[idx].start;
+        for c in batch.events.iter().filter(|c| c.revision > start) {
+            self.hold(c.clone());
+        }
+        for (i, input) in self.inputs.iter_mut().enumerate() {
+            if i == idx || input.frozen == Some(source) {
+                input.sealed = input.sealed.max(batch.resolved);
             }
         }
     }
@@ -468,6 +510,9 @@ impl FeedMerger {
             }
         };
         if batch.reset {
+            if let Some(source) = batch.absorbed {
+                self.absorbed(idx, &batch, source);
+            }
             return HubItem::Discontinuity;
         }
         if self.inputs.len() == 1 && self.held.is_empty() {
@@ -523,7 +568,7 @@ mod tests {
         Arc::new(FeedBatch {
             events,
             resolved,
-            reset: false,
+            ..Default::default()
         })
     }
 
@@ -722,6 +767,7 @@ mod tests {
             events: vec![],
             resolved: 3,
             reset: true,
+            absorbed: None,
         }))
         .unwrap();
         assert!(matches!(m.next().await, HubItem::Discontinuity));
@@ -734,6 +780,7 @@ mod tests {
             end: end.into(),
             resolved: 0,
             complete_after: 0,
+            frozen: None,
         }
     }
 
@@ -793,6 +840,38 @@ mod tests {
                 .carry()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn an_absorb_vouches_for_its_region_and_the_frozen_one_up_to_its_resolved_revision() {
+        for (epoch, vouched) in [(3, true), (2, false)] {
+            let (t_tx, t_rx) = broadcast::channel(16);
+            let (_s_tx, s_rx) = broadcast::channel(16);
+            let mut s = input(s_rx, "m", "t");
+            s.frozen = Some((7, 3));
+            s.resolved = 2;
+            let mut m = FeedMerger::with_inputs(vec![input(t_rx, "", "m"), s], vec![], false);
+            t_tx.send(batch(vec![ev("b", 4)], 5)).unwrap();
+            assert_eq!(keys(m.next().await), (vec![], 2));
+            // The target absorbs region 7 at 9: only the freeze the frozen
+            // input was subscribed at wrote nothing since.
+            t_tx.send(Arc::new(FeedBatch {
+                events: vec![],
+                resolved: 9,
+                reset: true,
+                absorbed: Some((7, epoch)),
+            }))
+            .unwrap();
+            assert!(matches!(m.next().await, HubItem::Discontinuity));
+            let carry = m.carry().unwrap();
+            // From what it released (2) on.
+            assert_eq!(carry.events().len(), 1);
+            assert!(carry.covers(b"a", Some(b"m"), 3, 9));
+            assert!(!carry.covers(b"a", Some(b"m"), 2, 9));
+            assert_eq!(carry.covers(b"a", Some(b"t"), 3, 9), vouched);
+            assert_eq!(carry.covers(b"n", Some(b"o"), 3, 9), vouched);
+            assert!(!carry.covers(b"a", Some(b"u"), 3, 9));
+        }
     }
 
     #[tokio::test]

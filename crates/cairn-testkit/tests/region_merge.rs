@@ -400,7 +400,7 @@ async fn watchers_of_both_regions_on_one_stream_see_their_keys_after_a_merge() {
 /// cancels a watcher that has kept up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_compaction_at_the_head_while_a_watched_region_is_frozen_cancels_no_watch() {
-    compaction_while_frozen(false).await;
+    compaction_while_frozen(Then::Thaw).await;
 }
 
 /// The same, with the watch regrouped by a split of a compacted region
@@ -408,10 +408,28 @@ async fn a_compaction_at_the_head_while_a_watched_region_is_frozen_cancels_no_wa
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_after_a_compaction_at_the_head_while_a_watched_region_is_frozen_cancels_no_watch()
 {
-    compaction_while_frozen(true).await;
+    compaction_while_frozen(Then::SplitAndThaw).await;
 }
 
-async fn compaction_while_frozen(split: bool) {
+/// The same, with the merge completed: the target absorbs the frozen
+/// region, whose keys then have no history below the compaction. The
+/// frozen region wrote nothing since it froze, and the target writes its
+/// keys only above what it had resolved when it absorbed them, so the
+/// watch has every event of them up to there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_completed_after_a_compaction_at_the_head_cancels_no_watch() {
+    compaction_while_frozen(Then::Absorb).await;
+}
+
+/// How the merge under a compaction at the head ends.
+#[derive(PartialEq)]
+enum Then {
+    Thaw,
+    SplitAndThaw,
+    Absorb,
+}
+
+async fn compaction_while_frozen(then: Then) {
     let c = InProcessCluster::start(3).await;
     c.wait_leader(DATA_REGION).await;
     c.split_at("m").await;
@@ -436,7 +454,7 @@ async fn compaction_while_frozen(split: bool) {
     }
     let mut client = c.kv(1).await;
     let mut revs = vec![kv::put(&mut client, "n1", "before").await.unwrap()];
-    let (source, _) = c.node(2).freeze_for_merge(DATA_REGION).await.unwrap();
+    let (source, freeze) = c.node(2).freeze_for_merge(DATA_REGION).await.unwrap();
     assert_eq!(source, middle);
     // Each key written twice: the compaction drops the first version.
     for (k, v) in [("b1", "x"), ("u1", "x"), ("b1", "y"), ("u1", "y")] {
@@ -450,18 +468,26 @@ async fn compaction_while_frozen(split: bool) {
         })
         .await
         .unwrap();
-    if split {
+    if then == Then::SplitAndThaw {
         c.split_at("v").await;
         revs.push(kv::put(&mut client, "w1", "split").await.unwrap());
     }
-    wait_for("the middle region thaws", || {
-        (0..3).all(|i| {
-            c.node(i)
-                .region(middle)
-                .is_ok_and(|r| r.shared.merge_frozen().is_none() && !r.shared.range().is_empty())
+    if then == Then::Absorb {
+        c.node(2).absorb_frozen(source, &freeze).await.unwrap();
+        wait_for("the middle region is absorbed everywhere", || {
+            (0..3).all(|i| c.node(i).region(middle).is_err())
         })
-    })
-    .await;
+        .await;
+    } else {
+        wait_for("the middle region thaws", || {
+            (0..3).all(|i| {
+                c.node(i).region(middle).is_ok_and(|r| {
+                    r.shared.merge_frozen().is_none() && !r.shared.range().is_empty()
+                })
+            })
+        })
+        .await;
+    }
     for k in ["n2", "b2", "u2"] {
         revs.push(kv::put(&mut client, k, "after").await.unwrap());
     }

@@ -97,6 +97,13 @@ impl Node {
         Ok((source, freeze))
     }
 
+    /// Steps 2 and 3 alone, for a region [`Node::freeze_for_merge`] froze
+    /// (tests): the target absorbs it, unless the merge was ended
+    /// meanwhile (then an error, and nothing changes).
+    pub async fn absorb_frozen(&self, source: u64, freeze: &Freeze) -> Result<()> {
+        self.absorb(source, freeze).await
+    }
+
     /// Steps 2 and 3 (see the module essay).
     async fn absorb(&self, source: u64, freeze: &Freeze) -> Result<()> {
         self.await_freeze_everywhere(source, freeze.range.epoch)
