@@ -64,7 +64,7 @@ pub use hash::{hash_kv, hash_kv_range, hash_kv_ranges, KvHash};
 pub use history::{history, without_prev_at};
 pub use range::{part_request, range, range_parts, Span};
 pub use record::Record;
-pub use share::Share;
+pub use share::{key_range_minus, user_key, Share};
 pub use txn::{
     apply_txn, apply_txn_part, has_put, is_read_only, is_serializable, leases_put_along, read_txn,
     read_txn_at, set_header_revision, LeaseView, NoLeases, TxnOutcome,

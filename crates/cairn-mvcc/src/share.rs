@@ -191,6 +191,76 @@ impl Share {
     }
 }
 
+/// The user key a stored MVCC pair is about (`None`: not a version, a
+/// latest record or an index entry).
+pub fn user_key(k: &[u8]) -> Option<Vec<u8>> {
+    match k.first().copied() {
+        Some(b) if b == Space::MvccVersion as u8 => decode_version(k).ok().map(|(u, _)| u),
+        Some(b) if b == Space::MvccLatest as u8 => Some(k[1..].to_vec()),
+        Some(b) if b == Space::MvccByRevision as u8 && k.len() > 1 => {
+            decode_by_revision(k).ok().map(|(_, u)| u.to_vec())
+        }
+        _ => None,
+    }
+}
+
+/// The keys of `range` outside every range of `others`, as ranges in key
+/// order.
+pub fn key_range_minus(range: &KeyRange, others: &[KeyRange]) -> Vec<KeyRange> {
+    let mut others: Vec<&KeyRange> = others.iter().collect();
+    others.sort_by(|a, b| a.start.cmp(&b.start));
+    let mut pieces = Vec::new();
+    let mut at = range.start.clone();
+    for o in others {
+        if !o.end.is_empty() && o.end <= at {
+            continue;
+        }
+        if !range.end.is_empty() && o.start >= range.end {
+            break;
+        }
+        if o.start > at {
+            pieces.push(KeyRange::new(at.clone(), o.start.clone()));
+        }
+        if o.end.is_empty() {
+            return pieces;
+        }
+        at = at.max(o.end.clone());
+    }
+    if range.end.is_empty() || at < range.end {
+        pieces.push(KeyRange::new(at, range.end.clone()));
+    }
+    pieces
+}
+
+impl Share {
+    /// [`Share::clear`], except the user keys of `kept` (and their index
+    /// entries): what is left of the share between them.
+    pub fn clear_except(
+        &self,
+        view: &dyn Snapshot,
+        batch: &mut WriteBatch,
+        kept: &[KeyRange],
+    ) -> Result<()> {
+        if kept.is_empty() {
+            return self.clear(view, batch);
+        }
+        if self.leases {
+            let (lo, hi) = space(Space::Lease);
+            if let (Bound::Included(lo), Bound::Excluded(hi)) = (lo, hi) {
+                batch.delete_range(lo, hi);
+            }
+        }
+        for range in key_range_minus(&self.range, kept) {
+            Share {
+                range,
+                leases: false,
+            }
+            .clear(view, batch)?;
+        }
+        Ok(())
+    }
+}
+
 /// The index key of each version in `versions` (an engine range of
 /// version keys), in key order.
 fn index_keys<'a>(
@@ -211,7 +281,6 @@ fn index_keys<'a>(
 mod tests {
     use cairn_api::etcdserverpb::request_op::Request;
     use cairn_api::etcdserverpb::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
-    use cairn_storage::keys::{decode_by_revision, decode_version};
     use cairn_storage::{Durability, Engine, MemoryEngine};
 
     use super::*;
@@ -251,22 +320,50 @@ mod tests {
         (e, revs)
     }
 
-    /// The user key a stored MVCC pair is about (None: not a version,
-    /// latest record or index entry).
-    fn user_key(k: &[u8]) -> Option<Vec<u8>> {
-        match k.first().copied() {
-            Some(0x10) => decode_version(k).ok().map(|(u, _)| u),
-            Some(0x11) => Some(k[1..].to_vec()),
-            Some(0x13) if k.len() > 1 => decode_by_revision(k).ok().map(|(_, u)| u.to_vec()),
-            _ => None,
-        }
-    }
-
     fn keys(e: &MemoryEngine) -> Vec<Vec<u8>> {
         let view = e.snapshot();
         view.scan(Bound::Unbounded, Bound::Unbounded, false)
             .map(|kv| kv.unwrap().0)
             .collect()
+    }
+
+    #[test]
+    fn a_range_minus_others_is_what_lies_between_them() {
+        let r = |s: &str, e: &str| KeyRange::new(s.as_bytes().to_vec(), e.as_bytes().to_vec());
+        let minus = |range, others: &[KeyRange]| key_range_minus(&range, others);
+        assert_eq!(minus(r("", ""), &[]), vec![r("", "")]);
+        assert_eq!(minus(r("", ""), &[r("m", "")]), vec![r("", "m")]);
+        assert_eq!(
+            minus(r("b", "x"), &[r("p", "r"), r("a", "c"), r("f", "g")]),
+            vec![r("c", "f"), r("g", "p"), r("r", "x")]
+        );
+        assert_eq!(minus(r("b", "x"), &[r("a", "")]), vec![]);
+        assert_eq!(
+            minus(r("b", "x"), &[r("x", ""), r("", "b")]),
+            vec![r("b", "x")]
+        );
+        assert_eq!(
+            minus(r("b", ""), &[r("c", "d"), r("c", "e")]),
+            vec![r("b", "c"), r("e", "")]
+        );
+    }
+
+    #[test]
+    fn a_share_cleared_except_some_keys_keeps_exactly_theirs() {
+        let (e, _) = store();
+        let before = keys(&e);
+        let kept = [KeyRange::new(b"b".to_vec(), b"m".to_vec())];
+        let mut batch = WriteBatch::new();
+        Share::everything()
+            .clear_except(&*e.snapshot(), &mut batch, &kept)
+            .unwrap();
+        e.write(batch, Durability::Buffered).unwrap();
+        let inside = |k: &Vec<u8>| user_key(k).is_some_and(|u| kept[0].contains(&u));
+        let want: Vec<Vec<u8>> = before
+            .into_iter()
+            .filter(|k| inside(k) || user_key(k).is_none() && k[0] != Space::Lease as u8)
+            .collect();
+        assert_eq!(keys(&e), want);
     }
 
     fn middle() -> Share {

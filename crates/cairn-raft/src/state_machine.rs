@@ -1022,6 +1022,35 @@ pub fn stored_ranges(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<(u
     Ok(out)
 }
 
+/// The key ranges, overlapping the range `applied` holds, of the data
+/// regions recorded in `engine` (other than `region`) at a higher epoch:
+/// later in the history of splits and merges than `applied`, so their keys
+/// are theirs, whatever `applied` (an older state) says. Epochs order
+/// overlapping ranges: a split moves both halves' epochs past the
+/// parent's, and an absorb the target's past both.
+fn newer_here(
+    engine: &dyn cairn_storage::Engine,
+    region: u64,
+    applied: &Applied,
+) -> crate::Result<Vec<cairn_storage::keys::KeyRange>> {
+    let held = applied
+        .merge
+        .frozen
+        .as_ref()
+        .map_or(&applied.range, |f| &f.range);
+    let mine = held.keys();
+    let overlaps = |r: &RegionRange| {
+        (r.end.is_empty() || mine.start < r.end) && (mine.end.is_empty() || r.start < mine.end)
+    };
+    Ok(stored_ranges(engine)?
+        .into_iter()
+        .filter(|(id, r)| {
+            *id != region && *id != crate::META_REGION && r.epoch > held.epoch && overlaps(r)
+        })
+        .map(|(_, r)| r.keys())
+        .collect())
+}
+
 fn apply_key(region: u64) -> Vec<u8> {
     Key::ApplyState {
         region,
@@ -1541,7 +1570,8 @@ impl StateMachine {
             }
             Command::Split { at, child, epoch } => {
                 let mut batch = WriteBatch::new();
-                let reply = split::split(state, at, child, epoch, &mut batch)?;
+                let recorded = engine.get(&apply_key(child))?.is_some();
+                let reply = split::split(state, at, child, epoch, recorded, &mut batch)?;
                 Ok((batch, reply))
             }
             Command::DropRegion { id } if self.shared.kind == RegionKind::Meta => {
@@ -1787,8 +1817,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(sm_err)?,
             };
             if let (Some(child), Reply::Done) = (born, &reply) {
-                split::seed_leader(&mut batch, child, entry.log_id.leader_id, &next)
-                    .map_err(sm_err)?;
+                // (Not for a child recorded here before: see `split`.)
+                let recorded = self.shared.engine.get(&apply_key(child)).map_err(sm_err)?;
+                if recorded.is_none() {
+                    split::seed_leader(&mut batch, child, entry.log_id.leader_id, &next)
+                        .map_err(sm_err)?;
+                }
             }
             next.last_applied = Some(entry.log_id);
             // What the feed may publish: every revision up to the new
@@ -1915,11 +1949,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         let data = self.shared.kind == RegionKind::Data;
-        let view = self.shared.engine.snapshot();
+        let engine = self.shared.engine.clone();
+        let view = engine.snapshot();
         let frozen_here = self.shared.merge_frozen();
+        let region = self.shared.region;
         let (applied, mut batch) = tokio::task::spawn_blocking(move || {
-            let mut pairs = WriteBatch::new();
-            let applied = snapshot_file::read(&mut file, |k, v| pairs.put(k, v))?;
+            let mut pairs = Vec::new();
+            let applied = snapshot_file::read(&mut file, |k, v| pairs.push((k, v)))?;
             let mut batch = WriteBatch::new();
             let frozen_there = applied.merge.frozen.as_ref().map(|f| f.range.epoch);
             if frozen_here.is_some() && frozen_here == frozen_there {
@@ -1927,14 +1963,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // snapshot's, or the target's since it absorbed them.
                 return crate::Result::Ok((applied, batch));
             }
+            let mut kept = Vec::new();
             if data {
                 // Only the installed state's share: other regions' keys
                 // stay. (A replica behind a split it has not applied keeps
                 // the newer region's keys until that region's own replica
-                // here installs over them.)
-                share_of(&applied).clear(&*view, &mut batch)?;
+                // here installs over them.) So do the keys of a region
+                // hosted here that is newer than the state installed (a
+                // child this replica's region split off after it: adopted
+                // here first, it holds writes the snapshot never saw).
+                let share = share_of(&applied);
+                kept = newer_here(&*engine, region, &applied)?;
+                share.clear_except(&*view, &mut batch, &kept)?;
             }
-            batch.extend(pairs);
+            let theirs = |k: &[u8]| {
+                cairn_mvcc::user_key(k).is_some_and(|u| kept.iter().any(|r| r.contains(&u)))
+            };
+            for (k, v) in pairs {
+                if !theirs(&k) {
+                    batch.put(k, v);
+                }
+            }
             crate::Result::Ok((applied, batch))
         })
         .await

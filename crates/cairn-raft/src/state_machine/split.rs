@@ -61,12 +61,18 @@ use crate::NodeId;
 pub const CHILD_INIT_INDEX: u64 = 5;
 
 /// Applies `Split { at, child, epoch }` to the parent's record `state`,
-/// adding the child's record and log start to `batch`.
+/// adding the child's record and log start to `batch` — unless the child
+/// is `recorded` here already: a replica that applies the split late (it
+/// installed a snapshot of the parent from before it) may host the child
+/// already, adopted from the directory and ahead of the split (the
+/// snapshot install kept its keys: `newer_here`). Its record, log and vote
+/// are its own; seeding them again would take it back to its first index.
 pub(super) fn split(
     state: &mut Applied,
     at: Vec<u8>,
     child: u64,
     epoch: u64,
+    recorded: bool,
     batch: &mut WriteBatch,
 ) -> crate::Result<Reply> {
     let range = &state.range;
@@ -91,8 +97,10 @@ pub(super) fn split(
         },
         ..Applied::default()
     };
-    batch.put(apply_key(child), encode(&born)?);
-    LogStore::seed_purged(batch, child, init)?;
+    if !recorded {
+        batch.put(apply_key(child), encode(&born)?);
+        LogStore::seed_purged(batch, child, init)?;
+    }
     state.range.end = at;
     state.range.epoch = epoch;
     Ok(Reply::Done)

@@ -1331,3 +1331,72 @@ fn an_applied_record_written_before_outcome_regions_still_decodes_and_back() {
     assert_eq!(back.locks, applied.locks);
     assert_eq!(Applied::decode(&new).unwrap(), applied);
 }
+
+/// A replica that missed a split installs a snapshot of the parent taken
+/// before it (its new leader had not applied the split yet), while it
+/// hosts the child already — adopted from the directory, and written to
+/// since. The child's keys stay the child's (the snapshot never saw their
+/// writes), and the split, applied from the log after the snapshot, leaves
+/// the child's record, log and vote as they are.
+#[test]
+fn a_snapshot_from_before_a_split_keeps_the_childs_keys_and_the_split_its_record() {
+    use openraft::storage::RaftSnapshotBuilder;
+    let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    // The new leader's replica of the parent, not split yet.
+    let there: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let (p_there, _d1) = region(there.clone());
+    let epoch = p_there.range().epoch;
+    let mut sm = StateMachine::new(p_there.clone());
+    block_on(sm.apply(vec![
+        entry(1, puts(10, [kv("a", "1"), kv("q", "1")])),
+        entry(2, puts(11, [kv("b", "1")])),
+    ]))
+    .unwrap();
+    let snapshot = block_on(sm.build_snapshot()).unwrap();
+
+    // Here: both halves adopted from the directory after the split; the
+    // child has taken a write of its own.
+    let here: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let half = |start: &str, end: &str| crate::RegionRange {
+        start: start.into(),
+        end: end.into(),
+        epoch: epoch + 1,
+    };
+    super::seed_empty(&*here, 1, half("", "m")).unwrap();
+    super::seed_empty(&*here, 9, half("m", "")).unwrap();
+    let (parent, _d2) = region(here.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotDir::open(dir.path()).unwrap());
+    let child = RegionShared::load(9, RegionKind::Data, here.clone(), snapshots.clone()).unwrap();
+    let mut child_sm = StateMachine::new(child.clone());
+    block_on(child_sm.apply(vec![entry(6, puts(20, [kv("q", "2")]))])).unwrap();
+
+    let mut sm = StateMachine::new(parent.clone());
+    block_on(sm.install_snapshot(&snapshot.meta, snapshot.snapshot)).unwrap();
+    let latest = |key: &str| {
+        let revs = Revisions {
+            current: 100,
+            compacted: 0,
+        };
+        value_at(&*here.snapshot(), revs, key.as_bytes(), 0)
+    };
+    assert_eq!(latest("q"), Some(b"2".to_vec()), "the child's write stays");
+    assert_eq!(latest("a"), Some(b"1".to_vec()));
+    assert_eq!(latest("b"), Some(b"1".to_vec()));
+
+    let split = Command::Split {
+        at: b"m".to_vec(),
+        child: 9,
+        epoch,
+    };
+    let r = block_on(sm.apply(vec![entry(3, split)])).unwrap();
+    assert_eq!(r, vec![Reply::Done]);
+    assert_eq!(parent.range(), half("", "m"));
+    let again = RegionShared::load(9, RegionKind::Data, here.clone(), snapshots).unwrap();
+    assert_eq!(
+        again.applied().last_applied.map(|l| l.index),
+        Some(6),
+        "the child's record is its own"
+    );
+    assert_eq!(latest("q"), Some(b"2".to_vec()));
+}
