@@ -162,6 +162,9 @@ def session(endpoints):
     def rev_of(json_text):
         return json.loads(json_text)["header"]["revision"]
 
+    # etcd's store starts compacted at -1: a compaction at 0 is answered
+    # while none has been done, refused once one has.
+    ctl("compaction", "0", name="compaction 0 (none done)")
     ctl("put", "foo", "bar")
     state["r_foo2"] = rev_of(ctl("put", "foo2", "baz", "-w", "json"))
     state["r_a"] = rev_of(ctl("put", "a", "1", "-w", "json"))
@@ -195,6 +198,7 @@ def session(endpoints):
     ctl("get", "a", f"--rev={state['r_foo2']}", name="get a --rev=<compacted>")
     ctl("get", "a", "--rev=9000000000000000000", name="get a --rev=<future>")
     ctl("compaction", str(state["r_foo2"]), name="compaction <already compacted>")
+    ctl("compaction", "0", name="compaction 0 (one done)")
     ctl("get", "b", f"--rev={r_b}", name="get b --rev=<latest>")
     ctl("put", "", "x", name="put <empty key>")
     ctl("del", "--prefix", "")

@@ -132,6 +132,15 @@ def session(endpoint):
         "compare": [{"key": b64("foo"), "target": "CREATE", "createRevision": "0", "result": "EQUAL"}],
         "success": [{"requestPut": {"key": b64("foo"), "value": b64("never")}}],
         "failure": [{"requestRange": {"key": b64("t")}}]})
+    # A compare's value is read from the field its target names; another
+    # field counts as zero (etcd's compareKV): MOD "5" in `version` is MOD 0.
+    post("/v3/kv/txn", {
+        "compare": [{"key": b64("foo"), "target": "MOD", "result": "EQUAL", "version": "5"}],
+        "success": [{"request_range": {"key": b64("never")}}],
+        "failure": [{"request_range": {"key": b64("foo")}}]}, name="txn compare MOD with a version")
+    post("/v3/kv/txn", {
+        "compare": [{"key": b64("missing"), "target": "MOD", "result": "EQUAL", "version": "5"}],
+        "success": [{"request_range": {"key": b64("t")}}]}, name="txn compare MOD with a version (missing key)")
     post("/v3/kv/deleterange", {"key": b64("foo2"), "prev_kv": True})
     post("/v3/kv/deleterange", {"key": b64("nothing"), "range_end": b64("nothinh")})
     r_t = post("/v3/kv/range", {"key": b64("t")})["header"]["revision"]

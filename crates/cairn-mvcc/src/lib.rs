@@ -70,7 +70,8 @@ pub use txn::{
     read_txn_at, set_header_revision, LeaseView, NoLeases, TxnOutcome,
 };
 pub use validate::{
-    validate_delete, validate_put, validate_range, validate_txn, validate_txn_request, Limits,
+    normalize_compares, validate_delete, validate_put, validate_range, validate_txn,
+    validate_txn_request, Limits,
 };
 
 /// The revision bookkeeping of an MVCC store, owned by the caller (the

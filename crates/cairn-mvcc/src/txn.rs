@@ -419,28 +419,32 @@ fn int_target(t: &Option<TargetUnion>) -> i64 {
     }
 }
 
-/// Sets the header revision of `resp` and of its puts', deletes' and
-/// nested txns' responses to `rev`.
+/// Sets the header revision of `resp` and of its puts' and deletes'
+/// responses (nested ones too) to `rev`. A nested txn's own header is
+/// empty, as etcd's (`newTxnResp` gives only the outer one a revision).
 pub fn set_header_revision(resp: &mut TxnResponse, rev: i64) {
     resp.header = Some(ResponseHeader {
         revision: rev,
         ..Default::default()
     });
-    for op in &mut resp.responses {
+    set_ops_revision(&mut resp.responses, rev);
+}
+
+fn set_ops_revision(responses: &mut [ResponseOp], rev: i64) {
+    let header = || {
+        Some(ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        })
+    };
+    for op in responses {
         match &mut op.response {
-            Some(Response::ResponsePut(r)) => {
-                r.header = Some(ResponseHeader {
-                    revision: rev,
-                    ..Default::default()
-                })
+            Some(Response::ResponsePut(r)) => r.header = header(),
+            Some(Response::ResponseDeleteRange(r)) => r.header = header(),
+            Some(Response::ResponseTxn(t)) => {
+                t.header = Some(ResponseHeader::default());
+                set_ops_revision(&mut t.responses, rev);
             }
-            Some(Response::ResponseDeleteRange(r)) => {
-                r.header = Some(ResponseHeader {
-                    revision: rev,
-                    ..Default::default()
-                })
-            }
-            Some(Response::ResponseTxn(t)) => set_header_revision(t, rev),
             Some(Response::ResponseRange(_)) | None => {}
         }
     }

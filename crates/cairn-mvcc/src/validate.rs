@@ -5,10 +5,12 @@
 //! which etcd refuses as "key not found" ([`validate_txn_request`]). Entries
 //! already in a log may hold one (accepted before the check existed), and
 //! a replica must apply them as it did then, so the state machine keeps
-//! the lenient [`validate_txn`].
+//! the lenient [`validate_txn`]. So is [`normalize_compares`], which
+//! rewrites what etcd reads differently from a literal reading.
 
 use std::collections::HashSet;
 
+use cairn_api::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use cairn_api::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_api::etcdserverpb::request_op::Request;
 use cairn_api::etcdserverpb::{
@@ -105,6 +107,36 @@ fn check_op(op: &RequestOp, max_ops: usize, refuse_empty: bool) -> Result<()> {
         Some(Request::RequestTxn(t)) => check_txn(t, max_ops, refuse_empty),
         None if refuse_empty => Err(Error::from(Rejection::KeyNotFound)),
         None => Ok(()),
+    }
+}
+
+/// Makes every compare of `r` (nested txns' too) read its value from the
+/// field its target names, as etcd's `compareKV` does: a value in another
+/// field of the union counts as zero (an empty value for `VALUE`). Done to
+/// a request before it is proposed, so every replica, of any version,
+/// evaluates what etcd would.
+pub fn normalize_compares(r: &mut TxnRequest) {
+    for c in &mut r.compare {
+        let matches = matches!(
+            (CompareTarget::try_from(c.target), &c.target_union),
+            (Ok(CompareTarget::Version), Some(TargetUnion::Version(_)))
+                | (
+                    Ok(CompareTarget::Create),
+                    Some(TargetUnion::CreateRevision(_))
+                )
+                | (Ok(CompareTarget::Mod), Some(TargetUnion::ModRevision(_)))
+                | (Ok(CompareTarget::Value), Some(TargetUnion::Value(_)))
+                | (Ok(CompareTarget::Lease), Some(TargetUnion::Lease(_)))
+                | (_, None)
+        );
+        if !matches {
+            c.target_union = None;
+        }
+    }
+    for op in r.success.iter_mut().chain(&mut r.failure) {
+        if let Some(Request::RequestTxn(t)) = &mut op.request {
+            normalize_compares(t);
+        }
     }
 }
 

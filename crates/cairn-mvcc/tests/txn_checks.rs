@@ -104,3 +104,33 @@ fn nested_ops_are_checked_in_their_place_and_untaken_branches_not_at_all() {
         None
     );
 }
+
+/// Response headers as etcd 3.4 fills them (`newTxnResp`, `applyTxn`): the
+/// outer txn's and each put's carry the revision; a nested txn's own
+/// header is empty, its puts' carry the revision too.
+#[test]
+fn a_nested_txns_header_is_empty_and_its_puts_carry_the_revision() {
+    use cairn_api::etcdserverpb::response_op::Response;
+    use cairn_api::etcdserverpb::ResponseHeader;
+    let (e, revs) = store();
+    let req = TxnRequest {
+        success: vec![put("b", 0, false), nested(vec![put("c", 0, false)])],
+        ..Default::default()
+    };
+    let rev = revs.current + 1;
+    let out = apply_txn(&e, &req, rev, revs, &NoLeases).unwrap();
+    let resp = out.response;
+    assert_eq!(resp.header.unwrap().revision, rev);
+    let Some(Response::ResponsePut(p)) = &resp.responses[0].response else {
+        panic!("{:?}", resp.responses[0]);
+    };
+    assert_eq!(p.header.as_ref().unwrap().revision, rev);
+    let Some(Response::ResponseTxn(t)) = &resp.responses[1].response else {
+        panic!("{:?}", resp.responses[1]);
+    };
+    assert_eq!(t.header, Some(ResponseHeader::default()));
+    let Some(Response::ResponsePut(p)) = &t.responses[0].response else {
+        panic!("{:?}", t.responses[0]);
+    };
+    assert_eq!(p.header.as_ref().unwrap().revision, rev);
+}

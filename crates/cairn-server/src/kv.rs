@@ -1,6 +1,7 @@
 //! etcd's `KV` service: Range, Put, DeleteRange, Txn, Compact.
 //!
-//! Each RPC validates like etcd's v3rpc layer, checks the size limit, then
+//! Each RPC validates like etcd's v3rpc layer, checks the size limit (not
+//! for a Txn of ranges alone, which etcd serves without a proposal), then
 //! hands the request to the node with the caller's credentials and what
 //! the request needs (`cairn_auth::needs`: etcd's per-op permissions); the
 //! node checks them (see `cairn-store`'s `auth`). Put and DeleteRange travel as one-op
@@ -21,6 +22,15 @@ use crate::error::Error;
 use crate::Context;
 use cairn_auth::{needs, Needs};
 use cairn_store::Access;
+
+/// etcd's `isTxnReadonly`: every op of both branches is a Range (a nested
+/// Txn counts as a write).
+fn ranges_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(op.request, Some(Op::RequestRange(_))))
+}
 
 /// The KV service of one node.
 pub struct KvService {
@@ -116,10 +126,16 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req_ref = req.get_ref();
         cairn_mvcc::validate_txn_request(req_ref, mvcc_limits(&self.ctx)).map_err(Error::from)?;
-        self.check_size(req_ref)?;
+        // etcd holds only a Txn it proposes to the request size limit: one
+        // of ranges alone is served beside the log (still bounded by the
+        // gRPC message limit).
+        if !ranges_only(req_ref) {
+            self.check_size(req_ref)?;
+        }
         // Needs are derived only from a validated (bounded) request.
         let access = auth::access(&req, needs::txn(req_ref));
-        let req = req.into_inner();
+        let mut req = req.into_inner();
+        cairn_mvcc::normalize_compares(&mut req);
         crate::quota::check(&self.ctx, cairn_mvcc::has_put(&req))?;
         let mut resp = self
             .ctx

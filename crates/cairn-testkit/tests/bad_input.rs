@@ -198,6 +198,31 @@ async fn every_bad_request_gets_etcds_error_and_changes_nothing() {
         Code::InvalidArgument,
         "etcdserver: request is too large",
     );
+    // A Txn of ranges alone is not proposed, so etcd does not hold it to
+    // the request limit (only to gRPC's); one with a write is held to it.
+    let compare_big = |success: Vec<RequestOp>| TxnRequest {
+        compare: vec![Compare {
+            key: "keep".into(),
+            target: CompareTarget::Value as i32,
+            target_union: Some(TargetUnion::Value(vec![b'x'; 65 * 1024])),
+            ..Default::default()
+        }],
+        success,
+        ..Default::default()
+    };
+    let get = RequestOp {
+        request: Some(Request::RequestRange(RangeRequest {
+            key: "keep".into(),
+            ..Default::default()
+        })),
+    };
+    let r = k.txn(compare_big(vec![get])).await.unwrap().into_inner();
+    assert!(!r.succeeded);
+    assert_status(
+        k.txn(compare_big(vec![put_op("keep", "x")])).await,
+        Code::InvalidArgument,
+        "etcdserver: request is too large",
+    );
     // Past gRPC's own limit (the request limit and 512 KiB): grpc-go's
     // refusal, as etcd's server gives it.
     let huge = PutRequest {

@@ -87,6 +87,9 @@ impl Node {
     }
 
     async fn compact_logical(&self, revision: i64, access: &Access) -> Result<i64> {
+        if revision == 0 {
+            return self.compact_at_zero(access).await;
+        }
         if self.several_regions() {
             return self.compact_across(revision, access).await;
         }
@@ -119,6 +122,30 @@ impl Node {
             tracing::warn!("compacted, but not yet applied here: {e}");
         }
         Ok(current)
+    }
+
+    /// A compaction at 0: etcd's store starts compacted at -1, so on a
+    /// store never compacted this is answered (at the current revision)
+    /// and changes nothing; on any other, it is refused as compacted.
+    /// (Checked as a compaction is: by the first data region's leader, and
+    /// by the access a compaction needs.)
+    async fn compact_at_zero(&self, access: &Access) -> Result<i64> {
+        self.authorize_fresh(access).await?;
+        let (_, revs) = self.linearizable_view(DATA_REGION).await?;
+        let compacted = self
+            .regions_overlapping(b"", None)
+            .iter()
+            .map(|(r, _, _)| r.shared.revisions().compacted)
+            .max()
+            .unwrap_or(0)
+            .max(revs.compacted);
+        if compacted > 0 {
+            return Err(Error::Rejected(cairn_mvcc::Rejection::Compacted));
+        }
+        if self.several_regions() {
+            return self.read_timestamp().await;
+        }
+        Ok(revs.current)
     }
 
     /// Compacts every region at `revision` while there are several: a
