@@ -160,30 +160,45 @@ impl Carry {
 
     /// True when the events carried include every event of the keys
     /// `[lo, hi)` (`hi` `None`: to the end) at revisions `from..=to`.
+    ///
+    /// Spans may overlap and chain: an inherited carry's beside the
+    /// inputs', and a later carry's after an earlier one's
+    /// ([`Carry::compose`]). So the keys are cut at every span's bounds,
+    /// and each piece must be covered, over `from..=to`, by the revisions
+    /// of the spans holding all of it together.
     pub fn covers(&self, lo: &[u8], hi: Option<&[u8]>, from: i64, to: i64) -> bool {
-        let mut whole: Vec<(&[u8], &[u8])> = self
-            .overlapping(lo, hi)
-            .filter(|(_, _, after, upto)| *after < from && *upto >= to)
-            .map(|(s, e, _, _)| (s.as_slice(), e.as_slice()))
-            .collect();
-        // Spans may overlap (an inherited carry's beside the inputs'):
-        // swept in order of their starts, each reaching on from `lo`.
-        whole.sort_unstable();
-        let reached = |at: &[u8]| hi.is_some_and(|h| at >= h);
-        let mut at = lo;
-        for (start, end) in whole {
-            if reached(at) {
-                return true;
-            }
-            if start > at {
-                return false;
-            }
-            if end.is_empty() {
-                return true;
-            }
-            at = at.max(end);
+        if from > to {
+            return true;
         }
-        reached(at)
+        let spans: Vec<&(Vec<u8>, Vec<u8>, i64, i64)> = self.overlapping(lo, hi).collect();
+        let inside = |k: &[u8]| k > lo && hi.is_none_or(|h| k < h);
+        let mut cuts: Vec<&[u8]> = spans
+            .iter()
+            .flat_map(|(s, e, _, _)| [s.as_slice(), e.as_slice()])
+            .filter(|k| !k.is_empty() && inside(k))
+            .collect();
+        cuts.push(lo);
+        cuts.sort_unstable();
+        cuts.dedup();
+        (0..cuts.len()).all(|i| {
+            let (a, b) = (cuts[i], cuts.get(i + 1).copied().or(hi));
+            let mut revs: Vec<(i64, i64)> = spans
+                .iter()
+                .filter(|(s, e, _, _)| {
+                    s.as_slice() <= a && (e.is_empty() || b.is_some_and(|b| e.as_slice() >= b))
+                })
+                .map(|(_, _, after, upto)| (*after, *upto))
+                .collect();
+            revs.sort_unstable();
+            let mut reach = from - 1;
+            for (after, upto) in revs {
+                if after > reach {
+                    break;
+                }
+                reach = reach.max(upto);
+            }
+            reach >= to
+        })
     }
 
     /// The spans with keys in `[lo, hi)`.
@@ -200,8 +215,29 @@ impl Carry {
     /// The lowest revision after which the events carried include every
     /// event of `[lo, hi)` up to `to`, if below `to`.
     fn whole_after(&self, lo: &[u8], hi: Option<&[u8]>, to: i64) -> Option<i64> {
-        let after = self.overlapping(lo, hi).map(|sp| sp.2).max()?;
-        (after < to && self.covers(lo, hi, after + 1, to)).then_some(after)
+        let mut afters: Vec<i64> = self.overlapping(lo, hi).map(|sp| sp.2).collect();
+        afters.sort_unstable();
+        afters.dedup();
+        afters
+            .into_iter()
+            .find(|&after| after < to && self.covers(lo, hi, after + 1, to))
+    }
+
+    /// This carry and `later`, one the same watcher was carried after it
+    /// (regrouped again before it had replayed from this one): every event
+    /// of either, and every span of either. The later one no longer holds
+    /// what its merger released meanwhile — to the groups' other members,
+    /// not to a watcher still replaying — so the earlier one's events stand
+    /// in for those.
+    pub fn compose(&self, later: &Carry) -> Carry {
+        let mut events: BTreeMap<(i64, u32, Vec<u8>), Change> = BTreeMap::new();
+        for c in self.events.iter().chain(&later.events) {
+            events.insert((c.revision, c.sub, c.key().to_vec()), c.clone());
+        }
+        Carry {
+            events: events.into_values().collect(),
+            spans: self.spans.iter().chain(&later.spans).cloned().collect(),
+        }
     }
 }
 
@@ -840,6 +876,42 @@ mod tests {
                 .carry()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn carries_composed_cover_what_their_spans_cover_together() {
+        let span = |s: &str, e: &str, after, upto| {
+            (s.as_bytes().to_vec(), e.as_bytes().to_vec(), after, upto)
+        };
+        let earlier = Carry {
+            events: vec![ev("b", 3), ev("n", 4)],
+            spans: vec![span("", "m", 2, 6), span("m", "", 2, 5)],
+        };
+        // Regrouped again: the later carry vouches from where its merger
+        // had released (5), over other bounds.
+        let later = Carry {
+            events: vec![ev("n", 4), ev("p", 7)],
+            spans: vec![span("", "t", 5, 9), span("t", "", 5, 8)],
+        };
+        assert!(!later.covers(b"a", None, 3, 8));
+        assert!(!earlier.covers(b"a", None, 3, 8));
+        let both = earlier.compose(&later);
+        let revs: Vec<i64> = both.events().iter().map(|c| c.revision).collect();
+        assert_eq!(revs, vec![3, 4, 7], "each event once");
+        assert!(both.covers(b"a", None, 3, 8));
+        assert!(both.covers(b"a", Some(b"t"), 3, 9));
+        // Nothing reaches 9 from t on.
+        assert!(!both.covers(b"a", None, 3, 9));
+        let gap = Carry {
+            events: vec![],
+            spans: vec![span("m", "", 2, 4), span("m", "", 5, 9)],
+        };
+        assert!(!gap.covers(b"n", Some(b"o"), 3, 6));
+        assert!(gap.covers(b"n", Some(b"o"), 6, 9));
+        assert_eq!(both.whole_after(b"a", Some(b"m"), 9), Some(2));
+        assert_eq!(both.whole_after(b"m", Some(b"t"), 9), Some(2));
+        assert_eq!(both.whole_after(b"t", None, 9), None);
+        assert_eq!(later.whole_after(b"m", Some(b"t"), 9), Some(5));
     }
 
     #[tokio::test]

@@ -508,7 +508,7 @@ impl Stream {
                 // merge moved them): the group resubscribes with these.
                 self.groups[g].refresh(regions);
                 if let Some(w) = self.watchers.get_mut(&id) {
-                    w.carry = carry.filter(|_| w.kept_up).cloned();
+                    w.take_carry(carry);
                 }
                 continue;
             }
@@ -530,7 +530,7 @@ impl Stream {
             };
             self.groups[to].members.push(id);
             if let Some(w) = self.watchers.get_mut(&id) {
-                w.carry = carry.filter(|_| w.kept_up).cloned();
+                w.take_carry(carry);
                 w.group = key;
             }
         }

@@ -134,6 +134,20 @@ impl Watcher {
         }
     }
 
+    /// Takes `carry` from its group's broken feed, if it kept up. One it
+    /// has not replayed from yet (regrouped twice in a row) stays along:
+    /// the later carry lacks what its feed released meanwhile to the
+    /// group's live members, which this watcher, replaying, dropped.
+    pub fn take_carry(&mut self, carry: Option<&Arc<Carry>>) {
+        let Some(carry) = carry.filter(|_| self.kept_up) else {
+            return;
+        };
+        self.carry = Some(match self.carry.take() {
+            Some(earlier) => Arc::new(earlier.compose(carry)),
+            None => carry.clone(),
+        });
+    }
+
     /// Every event at or below this revision has been queued.
     pub fn synced(&self) -> i64 {
         if self.next == 0 {
