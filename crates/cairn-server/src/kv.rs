@@ -92,11 +92,12 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        // The quota first, as etcd's quotaKVServer wraps the KV server.
+        crate::quota::check(&self.ctx, true)?;
         let access = auth::access(&req, needs::put(req.get_ref()));
         let req = req.into_inner();
         cairn_mvcc::validate_put(&req).map_err(Error::from)?;
         self.check_size(&req)?;
-        crate::quota::check(&self.ctx, true)?;
         match self.one_op(Op::RequestPut(req), &access).await? {
             (header, OpResponse::ResponsePut(mut p)) => {
                 p.header = Some(header);
@@ -125,6 +126,9 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req_ref = req.get_ref();
+        // The quota first, as etcd's quotaKVServer wraps the KV server
+        // (prost bounds the nesting `has_put` walks).
+        crate::quota::check(&self.ctx, cairn_mvcc::has_put(req_ref))?;
         cairn_mvcc::validate_txn_request(req_ref, mvcc_limits(&self.ctx)).map_err(Error::from)?;
         // etcd holds only a Txn it proposes to the request size limit: one
         // of ranges alone is served beside the log (still bounded by the
@@ -136,7 +140,6 @@ impl Kv for KvService {
         let access = auth::access(&req, needs::txn(req_ref));
         let mut req = req.into_inner();
         cairn_mvcc::normalize_compares(&mut req);
-        crate::quota::check(&self.ctx, cairn_mvcc::has_put(&req))?;
         let mut resp = self
             .ctx
             .node
