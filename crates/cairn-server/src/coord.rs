@@ -4,7 +4,8 @@
 //! - a contender writes `prefix/<lease hex>` bound to its lease (or takes
 //!   over its own earlier key, writing it again so that the earlier call's
 //!   clean-up leaves it alone: [`enter`]), and its `create_revision` is its
-//!   place in line;
+//!   place in line; a Lock that took over a key already first holds at
+//!   once ([`first_now`]), arming no clean-up of a key another call holds;
 //! - it owns the lock (leads the election) when no key under the prefix has a
 //!   smaller `create_revision`; otherwise it waits for the deletion of the
 //!   key just before it (not for all of them: no thundering herd);
@@ -86,6 +87,8 @@ pub struct Entered {
     /// lease that takes the key over writes it again, so this call's
     /// clean-up ([`AbandonGuard`]) can tell the key is no longer its own.
     pub modified: i64,
+    /// The key was there already (an earlier call with the same lease).
+    pub taken_over: bool,
 }
 
 /// Creates (or takes over) the contender key `prefix + hex(lease)`.
@@ -135,6 +138,7 @@ pub async fn enter(
                 key,
                 rev: at,
                 modified: at,
+                taken_over: false,
             });
         }
         let existing = match resp.responses.first().and_then(|r| r.response.as_ref()) {
@@ -163,6 +167,7 @@ pub async fn enter(
                 key,
                 rev: kv.create_revision,
                 modified: resp.header.map_or(0, |h| h.revision),
+                taken_over: true,
             });
         }
     }
@@ -225,6 +230,19 @@ pub async fn wait_turn(
             _ = ctx.node.stopped() => return Err(cairn_store::Error::Stopped.into()),
         }
     }
+}
+
+/// The revision of a linearizable read that found `entered` first in line
+/// under `prefix` (its key there, nothing ahead), or `None` if it was not.
+pub async fn first_now(
+    ctx: &Context,
+    prefix: &[u8],
+    entered: &Entered,
+    access: &Access,
+) -> Result<Option<i64>, Error> {
+    let (own, ahead, at) = place_in_line(ctx, prefix, &entered.key, entered.rev, access).await?;
+    let here = own.is_some_and(|kv| kv.create_revision == entered.rev);
+    Ok((here && ahead.is_none()).then_some(at))
 }
 
 /// The contender's own key and the contender just ahead of it (largest

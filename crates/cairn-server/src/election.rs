@@ -95,6 +95,12 @@ impl Election for ElectionService {
             return Err(Status::unknown(MISSING_LEADER));
         };
         crate::quota::check(&self.ctx, true)?;
+        // A leader named with lease 0 goes on a fresh lease nobody keeps
+        // alive, as etcd's server opens an orphaned session for it: the
+        // key is never left without a lease (a dead leader would then
+        // hold the election for good).
+        let key_rw = Access::client(&creds, needs::prefix(&l.key, &[]));
+        let lease = coord::session_lease(&self.ctx, l.lease, &key_rw).await?;
         let txn = TxnRequest {
             compare: vec![Compare {
                 result: CompareResult::Equal as i32,
@@ -107,7 +113,7 @@ impl Election for ElectionService {
                 request: Some(Op::RequestPut(PutRequest {
                     key: l.key,
                     value: req.value,
-                    lease: l.lease,
+                    lease,
                     ..Default::default()
                 })),
             }],

@@ -42,6 +42,20 @@ impl Lock for LockService {
         let req = req.into_inner();
         let lease = coord::session_lease(&self.ctx, req.lease, &access).await?;
         let entered = coord::enter(&self.ctx, &prefix, lease, b"", &access).await?;
+        if entered.taken_over {
+            // The key of an earlier call with the same lease (the session),
+            // maybe holding the lock now: then this call holds it too, at
+            // once, with no clean-up armed (as etcd's Mutex.Lock returns
+            // when the session's key is first) — giving up mid-wait must
+            // not delete a key another call holds. Not first: it waits,
+            // and gives up the key if the client goes away (etcd unlocks).
+            if let Some(at) = coord::first_now(&self.ctx, &prefix, &entered, &access).await? {
+                return Ok(Response::new(LockResponse {
+                    header: Some(self.ctx.header(at)),
+                    key: entered.key,
+                }));
+            }
+        }
         // If the client goes away while waiting, its place in line is given up.
         let guard = AbandonGuard::new(self.ctx.clone(), &entered);
         let at = coord::wait_turn(&self.ctx, &prefix, &entered, SESSION_EXPIRED, &access).await?;

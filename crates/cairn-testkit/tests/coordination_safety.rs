@@ -542,3 +542,68 @@ async fn a_watch_survives_the_client_half_closing_its_send_side() {
     assert_eq!(got.events[0].kv.as_ref().unwrap().value, b"1");
     c.shutdown().await;
 }
+
+/// A Lock call with the lease of the lock's holder (the same session) holds
+/// it too, at once, as etcd's `Mutex.Lock` returns when the session's key
+/// is first. Given up at any point, it must not delete the key the holder
+/// holds the lock with: the holder would go on while a waiter takes the
+/// lock. (Its clean-up was armed while it checked its place in line, and
+/// its takeover write made the key look like its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_call_with_the_holders_lease_given_up_leaves_the_held_key() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let ch = channel(&c.nodes[0].client_addr).await;
+    let (holder, waiter) = (grant(&ch, 60).await, grant(&ch, 60).await);
+    let lock = |lease: i64| {
+        let mut l = LockClient::new(ch.clone());
+        tokio::spawn(async move {
+            l.lock(LockRequest {
+                name: b"h".to_vec(),
+                lease,
+            })
+            .await
+        })
+    };
+    let held = lock(holder).await.unwrap().unwrap().into_inner().key;
+    let waiting = lock(waiter);
+    // Given up at points spread over a whole call's time.
+    let took = Instant::now();
+    lock(holder).await.unwrap().unwrap();
+    let took = took.elapsed();
+    let mut kv = kv_client::KvClient::new(ch.clone());
+    let mut returned = 0;
+    for i in 0..40u32 {
+        let again = lock(holder);
+        tokio::time::sleep(took * (i % 20) / 16).await;
+        again.abort();
+        if let Ok(Ok(r)) = again.await.map(|r| r.map(|r| r.into_inner())) {
+            assert_eq!(r.key, held, "the session's key");
+            returned += 1;
+        }
+        let r = kv
+            .range(RangeRequest {
+                key: held.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.kvs.len(), 1, "the held key was deleted (call {i})");
+        assert!(!waiting.is_finished(), "a second holder (call {i})");
+    }
+    // Some calls ran to the end: each held the lock at once.
+    let r = lock(holder).await.unwrap().unwrap().into_inner();
+    assert_eq!(r.key, held);
+    eprintln!("{returned} of 40 given-up calls had returned");
+    LockClient::new(ch.clone())
+        .unlock(UnlockRequest { key: held })
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    c.shutdown().await;
+}

@@ -630,3 +630,43 @@ async fn observe_reports_every_value_the_leader_proclaims() {
     }
     c.shutdown().await;
 }
+
+/// A Proclaim naming the leader with lease 0 puts the key on a fresh lease
+/// nobody keeps alive (etcd's server opens an orphaned session for it), as
+/// etcd does — never on no lease, which would keep a dead leader's key, and
+/// the election, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proclaim_with_lease_0_puts_the_leader_on_a_fresh_lease() {
+    let c = InProcessCluster::start(3).await;
+    c.wait_leader(DATA_REGION).await;
+    let (mut e0, lead) = lead_with_v0(&c, b"p0").await;
+    e0.proclaim(ProclaimRequest {
+        leader: Some(LeaderKey {
+            lease: 0,
+            ..lead.clone()
+        }),
+        value: b"v1".to_vec(),
+    })
+    .await
+    .unwrap();
+    let mut k = c.kv(0).await;
+    let r = kv::prefix(&mut k, "p0/", false).await.unwrap();
+    assert_eq!(r.kvs.len(), 1);
+    let kv = &r.kvs[0];
+    assert_eq!(
+        (kv.key.as_slice(), kv.value.as_slice()),
+        (lead.key.as_slice(), &b"v1"[..])
+    );
+    assert_eq!(kv.create_revision, lead.rev);
+    assert!(kv.lease != 0 && kv.lease != lead.lease, "{kv:?}");
+    let ttl = LeaseClient::new(channel(&c.nodes[0].client_addr).await)
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: kv.lease,
+            keys: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!((50..=60).contains(&ttl.ttl), "{ttl:?}");
+    c.shutdown().await;
+}
