@@ -20,7 +20,9 @@
 #      caught by the lease checker in the isolated-leader scenario; on one
 #      seed at least), and lock grants to a waiter whose key vanished
 #      (`vanished-waiter`, caught by the mutual-exclusion checker;
-#      on one seed at least), and writes applied behind
+#      on one seed at least), and a Lock retried with the holder's lease
+#      whose clean-up deletes the held key (`relock-clean-up`, likewise),
+#      and writes applied behind
 #      the auth fence (`unfenced-auth`, caught by the access
 #      checker on a secured cluster; on one seed at least, see below), and
 #      a lease-index trim that drops entries it never looked up
@@ -116,6 +118,10 @@ expect_caught --once unconfirmed-renewal "(lease safety|mutual exclusion): VIOLA
 echo "== [${SECONDS}s] planted bug: a lock granted to a waiter whose key vanished must be caught"
 expect_caught --once vanished-waiter "mutual exclusion: VIOLATED" "61 62 63" \
   --duration 40s --lockers 8 --locks 1 --scenario lock-waiter-lost-its-lease
+
+echo "== [${SECONDS}s] planted bug: a Lock retried with the holder's lease and given up that deletes the held key must be caught"
+expect_caught --once relock-clean-up "mutual exclusion: VIOLATED" "7 8 9" \
+  --duration 60s --nemesis none --lockers 6 --locks 1 --lease-clients 0
 
 echo "== [${SECONDS}s] planted bug: a write checked against a revoked permission applied behind the auth fence must be caught"
 expect_caught --once unfenced-auth "access control: VIOLATED" "91 92 93 94 95 96" \

@@ -15,6 +15,8 @@
 //!   (`node/forward.rs`);
 //! - `vanished-waiter`: a lock or election waiter whose key vanished is
 //!   granted (`cairn-server` `coord.rs`);
+//! - `relock-clean-up`: a Lock that takes over its session's key arms
+//!   its clean-up even when the key already holds the lock (`lock.rs`);
 //! - `unfenced-auth`: a region applies a write checked against an auth
 //!   revision older than its fence (`state_machine.rs`);
 //! - `blind-lease-trim`: the lease-index trim drops entries it never

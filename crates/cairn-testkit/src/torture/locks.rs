@@ -31,7 +31,10 @@
 //! One locker in four stops renewing its lease as soon as it has asked
 //! for the lock (its session dies while it waits), and one holder in four
 //! keeps the lock for longer than the lease TTL, so that waiters do outlive
-//! their leases while they wait.
+//! their leases while they wait. Every other Lock holder asks for the lock
+//! again with its own lease three times, giving each call up within 40 ms
+//! (a client retrying a lost answer): no such call may end the hold or
+//! grant the lock to another.
 //!
 //! The checker, per lock, for every two holders A and B with A's token
 //! below B's (B queued behind A, so B may hold only once A's key is gone):
@@ -281,6 +284,18 @@ async fn locker_round(
         _ => None,
     };
     if let Some((token, began_rev, wrong)) = result {
+        let asks_again = if leader.is_none() && rng.bool() { 3 } else { 0 };
+        for _ in 0..asks_again {
+            // A client that lost an answer asks again with its session and
+            // gives that call up part-way: the lock stays its own (etcd's
+            // Mutex.Lock holds at once when the session's key is first).
+            let mut client = LockClient::new(ch.clone());
+            let again = client.lock(LockRequest {
+                name: lock.as_bytes().to_vec(),
+                lease,
+            });
+            let _ = tokio::time::timeout(Duration::from_millis(rng.u64(0..40)), again).await;
+        }
         let mut fenced = Vec::new();
         let mut ended = granted;
         let mut ran = false;
