@@ -40,6 +40,28 @@ const UNCOVERED: &str =
 const PERMISSION_DENIED: &str =
     "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
+/// etcd's reason for a watch the auth check refused (its watch server's
+/// `isWatchPermitted` cases): a bad token, an old auth revision and no
+/// user each in their gRPC status's words, anything else "permission
+/// denied". clientv3 opens a new stream (with a new token) on the first
+/// two, so their words matter.
+fn refusal_reason(e: cairn_store::Error) -> String {
+    use cairn_auth::AuthError as A;
+    use cairn_store::Error as S;
+    match e {
+        S::Auth(A::InvalidAuthToken | A::AuthOldRevision | A::UserEmpty)
+        | S::Rejected(cairn_mvcc::Rejection::AuthOldRevision) => {
+            let status = crate::error::to_status(e.into());
+            format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            )
+        }
+        _ => PERMISSION_DENIED.to_string(),
+    }
+}
+
 /// A finished history read: the events (unfiltered) up to the revision.
 type Replay = Result<(Vec<cairn_mvcc::Change>, i64), String>;
 
@@ -212,8 +234,8 @@ impl Stream {
         }
         let access = Access::client(&self.creds, needs::watch(&c.key, &c.range_end));
         // Checked once, at creation (as etcd), so against a caught-up replica.
-        if ctx.node.authorize_fresh(&access).await.is_err() {
-            return send(&self.out, refuse(PERMISSION_DENIED)).await;
+        if let Err(e) = ctx.node.authorize_fresh(&access).await {
+            return send(&self.out, refuse(&refusal_reason(e))).await;
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) || self.compacted.contains(&c.watch_id) {
