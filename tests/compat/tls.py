@@ -5,7 +5,10 @@ line by line after normalizing.
 
 Certificates come from `cairn certs` (a throwaway CA: one certificate for
 the members, "alice" for the client; a second CA with "mallory"). Each side
-runs twice: mutual TLS (`--client-cert-auth`) and server-only TLS. The
+runs three times: mutual TLS (`--client-cert-auth`), server-only TLS, and
+a client CA without `--client-cert-auth` (certificates demanded, their
+common names no one's: with auth on, root's certificate alone is refused
+as naming no user, and root's password works). The
 session: writes and reads with a client certificate, `endpoint health`,
 no client certificate, a server the client does not trust, a client
 certificate from another CA, plain http:// to the TLS port (etcdctl, and a
@@ -41,28 +44,37 @@ def make_pki(binary, pki, *clients):
     subprocess.run([binary, "certs", "--dir", f"{pki}/peer", "member"], check=True, capture_output=True)
 
 
-def flags(pki, mutual):
+MUTUAL, SERVER_ONLY, CA_ONLY = "mutual TLS", "server-only TLS", "a client CA without --client-cert-auth"
+
+
+def flags(pki, mode):
     """Mutual: --client-cert-auth and a CA; server-only: no client CA (etcd
-    demands client certificates whenever it has one)."""
+    demands client certificates whenever it has one); CA only: a client CA
+    without --client-cert-auth (certificates demanded, their names no
+    one's)."""
     f = ["--cert-file", f"{pki}/member.pem", "--key-file", f"{pki}/member-key.pem",
          "--peer-cert-file", f"{pki}/peer/member.pem", "--peer-key-file", f"{pki}/peer/member-key.pem",
          "--peer-trusted-ca-file", f"{pki}/peer/ca.pem", "--peer-client-cert-auth"]
-    return f + (["--client-cert-auth", "--trusted-ca-file", f"{pki}/ca.pem"] if mutual else [])
+    if mode == MUTUAL:
+        f += ["--client-cert-auth"]
+    if mode != SERVER_ONLY:
+        f += ["--trusted-ca-file", f"{pki}/ca.pem"]
+    return f
 
 
 def port_of(endpoint):
     return int(endpoint.rsplit(":", 1)[1])
 
 
-def start_etcd(procs, work, pki, mutual):
-    name = f"etcd-{'m' if mutual else 's'}"
-    eps = compat.start_etcd(procs, work, extra=flags(pki, mutual), scheme="https", name=name)
+def start_etcd(procs, work, pki, mode):
+    name = f"etcd-{mode[0]}"
+    eps = compat.start_etcd(procs, work, extra=flags(pki, mode), scheme="https", name=name)
     return [port_of(e) for e in eps]
 
 
-def start_cairn(procs, work, binary, pki, mutual, n=3):
-    eps = compat.start_cairn(procs, work, binary, n, extra=flags(pki, mutual), scheme="https",
-                             prefix=f"c{'m' if mutual else 's'}")
+def start_cairn(procs, work, binary, pki, mode, n=3):
+    eps = compat.start_cairn(procs, work, binary, n, extra=flags(pki, mode), scheme="https",
+                             prefix=f"c{mode[0]}")
     return [port_of(e) for e in eps]
 
 
@@ -113,7 +125,7 @@ def raw_http(port):
     return data.decode() or "closed without an answer"
 
 
-def session(ports, pki, other, mutual):
+def session(ports, pki, other, mode):
     ep = f"https://127.0.0.1:{ports[0]}"
     out = []
 
@@ -138,7 +150,15 @@ def session(ports, pki, other, mutual):
     out.append(("GET /version trusting another CA", https_get(ports[0], "/version", f"{other}/ca.pem", f"{pki}/alice")))
     out.append(("GET /version over TLS 1.2", https_get(ports[0], "/version", ca, f"{pki}/alice",
                                                        max_version=ssl.TLSVersion.TLSv1_2)))
-    if mutual:
+    if mode == CA_ONLY:
+        root = creds(pki, "root")
+        pw = ["--user", "root:rootpw"]
+        ctl("add user root", *root, "user", "add", "root", "--new-user-password=rootpw", "--interactive=false")
+        ctl("auth enable (root, by password)", *root, *pw, "auth", "enable")
+        ctl("root's certificate names no user", *root, "put", "k", "c")
+        ctl("root's password writes", *root, *pw, "put", "k", "p")
+        ctl("auth disable (root, by password)", *root, *pw, "auth", "disable")
+    if mode == MUTUAL:
         root = creds(pki, "root")
         alice = creds(pki)
         ctl("add user root", *root, "user", "add", "root", "--new-user-password=rootpw", "--interactive=false")
@@ -180,14 +200,13 @@ def both_modes(binary, work, procs):
     make_pki(binary, pki, "alice", "root")
     subprocess.run([binary, "certs", "--dir", other, "mallory"], check=True, capture_output=True)
     ok = True
-    for mutual in (True, False):
-        what = "mutual TLS" if mutual else "server-only TLS"
-        etcd = start_etcd(procs, work, pki, mutual)
-        cairn = start_cairn(procs, work, binary, pki, mutual)
+    for what in (MUTUAL, SERVER_ONLY, CA_ONLY):
+        etcd = start_etcd(procs, work, pki, what)
+        cairn = start_cairn(procs, work, binary, pki, what)
         wait_ready(etcd, pki)
         wait_ready(cairn, pki)
-        ref = normalize(session(etcd, pki, other, mutual))
-        got = normalize(session(cairn, pki, other, mutual))
+        ref = normalize(session(etcd, pki, other, what))
+        got = normalize(session(cairn, pki, other, what))
         if "--show" in sys.argv:
             print("\n".join(got))
         ok = compare_transcripts(ref, got, f"TLS session ({what})") and ok

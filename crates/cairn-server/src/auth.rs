@@ -24,6 +24,10 @@ use tonic::{Request, Response, Status};
 use crate::error::Error;
 use crate::Context;
 
+/// A connection's TLS details, as a request carries them.
+pub(crate) type TlsInfo =
+    tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+
 /// The caller's credentials: the `token` metadata (the gateway's
 /// `authorization` header arrives as `authorization`), and the common name
 /// of its verified TLS client certificate.
@@ -36,7 +40,7 @@ pub fn credentials<T>(req: &Request<T>) -> Credentials {
         .map(str::to_string);
     let common_name = req
         .extensions()
-        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+        .get::<TlsInfo>()
         .and_then(|info| info.peer_certs())
         .and_then(|certs| certs.first().and_then(|c| cairn_tls::common_name(c)));
     Credentials { token, common_name }

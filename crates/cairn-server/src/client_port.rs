@@ -65,10 +65,11 @@ pub fn routes(ctx: &Arc<Context>) -> Routes {
     // that asks for a leader is served only while there is one.
     // One middleware for both: each layer costs every call.
     let monitor = require_leader::Monitor::start(&ctx.node);
+    let state = (monitor, ctx.cert_names_users);
     let grpc = Routes::from(
         grpc_routes(ctx)
             .into_axum_router()
-            .layer(axum::middleware::from_fn_with_state(monitor, grpc_calls)),
+            .layer(axum::middleware::from_fn_with_state(state, grpc_calls)),
     );
     // A JSON body carries its bytes as base64 (4/3) plus field names.
     let json_limit = 2 * ctx.limits.max_request_bytes + GRPC_OVERHEAD;
@@ -85,12 +86,17 @@ pub fn routes(ctx: &Arc<Context>) -> Routes {
 }
 
 /// What every gRPC call goes through: counted, then served if it may be
-/// (a request over the size limit refused in grpc-go's words).
+/// (a request over the size limit refused in grpc-go's words). Without
+/// `--client-cert-auth` its client certificate is dropped from it first:
+/// the certificate's name is then no one's (`auth::credentials`).
 async fn grpc_calls(
-    State(m): State<Arc<require_leader::Monitor>>,
-    req: Request<Body>,
+    State((m, cert_names_users)): State<(Arc<require_leader::Monitor>, bool)>,
+    mut req: Request<Body>,
     next: Next,
 ) -> Response {
+    if !cert_names_users {
+        req.extensions_mut().remove::<auth::TlsInfo>();
+    }
     metrics::counted(req, |req| async move {
         too_large::as_etcd(require_leader::guarded(&m, req, next).await)
     })

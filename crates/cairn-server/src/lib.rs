@@ -95,6 +95,10 @@ pub struct Context {
     pub node: Arc<Node>,
     /// Request limits.
     pub limits: Limits,
+    /// `--client-cert-auth`: a verified client certificate's common name
+    /// is its caller's user. Without it, as on etcd, a certificate (which
+    /// a trusted CA file alone already demands) names no one.
+    pub cert_names_users: bool,
 }
 
 impl Context {

@@ -297,6 +297,8 @@ impl InProcessCluster {
         let ctx = Arc::new(Context {
             node: node.clone(),
             limits: self.limits,
+            // Secured clusters run under `--client-cert-auth`.
+            cert_names_users: true,
         });
         let client_task = tokio::spawn(async move {
             let _ = cairn_server::serve_client(ctx, client, async {

@@ -251,6 +251,7 @@ pub async fn start(a: ServeArgs) -> anyhow::Result<Running> {
             .filter(|d| !d.is_zero()),
             quota_backend_bytes: a.quota_backend_bytes,
         },
+        cert_names_users: a.tls.client_cert_auth,
     });
     let mut client_addrs = Vec::new();
     for l in client_listeners {
