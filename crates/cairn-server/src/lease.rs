@@ -116,8 +116,9 @@ impl Lease for LeaseService {
                     // for want of a leader: `require_leader`).
                     _ = tx.closed() => return,
                 };
-                // Checked per renewal: a user deleted meanwhile stops renewing.
-                if let Err(e) = ctx.node.authorize(&access).await {
+                // Checked per renewal: a user deleted meanwhile stops
+                // renewing (a JWT older than an auth change still renews).
+                if let Err(e) = ctx.node.authorize_renewal(&access) {
                     let _ = tx.send(Err(Status::from(Error::from(e)))).await;
                     return;
                 }

@@ -147,6 +147,27 @@ impl Node {
             .ok_or(Error::Auth(AuthError::InvalidAuthToken))
     }
 
+    /// Checks a lease renewal on a keep-alive stream an authorized caller
+    /// opened, against this member's auth replica as it is: its user must
+    /// still exist and meet `access` (a deleted user's renewals stop), but
+    /// a JWT issued before a later auth change still renews. etcd checks
+    /// nothing there; refusing the old revision ended every JWT client's
+    /// keep-alive stream at every auth change, unrelated ones too, and a
+    /// client that does not re-authenticate when it opens a stream again
+    /// lost its leases.
+    pub fn authorize_renewal(&self, access: &Access) -> Result<()> {
+        let Access::Client { creds, needs } = access else {
+            return Ok(());
+        };
+        if !self.meta_shared().with_applied(|a| a.auth.enabled) {
+            return Ok(());
+        }
+        let user = self.user_of(creds, 0)?;
+        self.meta_shared()
+            .with_applied(|a| a.auth.check(user.as_deref(), needs))?;
+        Ok(())
+    }
+
     /// Checks `access` against this member's auth replica as it is; the
     /// auth revision checked against (`None` for internal access).
     fn authorize_local(&self, access: &Access) -> Result<Option<u64>> {

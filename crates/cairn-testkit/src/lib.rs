@@ -74,6 +74,8 @@ pub struct InProcessCluster {
     /// Whether members balance region leaders (on, as `cairn serve`'s
     /// default; tests of what elections alone do switch it off).
     balance_leaders: bool,
+    /// The auth tokens members issue (simple, unless a test asks for JWTs).
+    auth_tokens: cairn_store::TokenConfig,
     _dir: tempfile::TempDir,
 }
 
@@ -166,6 +168,7 @@ impl InProcessCluster {
             limits,
             Default::default(),
             Duration::ZERO,
+            Default::default(),
         )
         .await
     }
@@ -181,14 +184,32 @@ impl InProcessCluster {
     ) -> Self {
         let limits = Limits::default();
         let (logs, bytes) = (snapshot_logs, snapshot_log_bytes);
-        Self::start_configured(n, logs, bytes, limits, Default::default(), check_every).await
+        let tokens = Default::default();
+        Self::start_configured(
+            n,
+            logs,
+            bytes,
+            limits,
+            Default::default(),
+            check_every,
+            tokens,
+        )
+        .await
     }
 
     /// Starts `n` nodes with default settings whose data regions split
     /// by themselves as `policy` says.
     pub async fn start_splitting(n: usize, policy: cairn_store::SplitPolicy) -> Self {
         let limits = Limits::default();
-        Self::start_configured(n, 10_000, 64 << 20, limits, policy, Duration::ZERO).await
+        let tokens = Default::default();
+        Self::start_configured(n, 10_000, 64 << 20, limits, policy, Duration::ZERO, tokens).await
+    }
+
+    /// Starts `n` nodes with default settings issuing `tokens` (JWTs, say).
+    pub async fn start_with_tokens(n: usize, tokens: cairn_store::TokenConfig) -> Self {
+        let limits = Limits::default();
+        let split = Default::default();
+        Self::start_configured(n, 10_000, 64 << 20, limits, split, Duration::ZERO, tokens).await
     }
 
     async fn start_configured(
@@ -198,6 +219,7 @@ impl InProcessCluster {
         limits: Limits,
         region_split: cairn_store::SplitPolicy,
         corrupt_check_interval: Duration,
+        auth_tokens: cairn_store::TokenConfig,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut peers = Vec::new();
@@ -223,6 +245,7 @@ impl InProcessCluster {
             region_split: many_regions::policy(region_split),
             corrupt_check_interval,
             balance_leaders: true,
+            auth_tokens,
             _dir: dir,
         };
         for (i, (p, c)) in peers.into_iter().zip(clients).enumerate() {
@@ -271,7 +294,7 @@ impl InProcessCluster {
             peer_tls: secured::pki().map(|p| p.peer_client.clone()),
             // The cheapest bcrypt: tests measure access, not hashing.
             bcrypt_cost: 4,
-            auth_tokens: cairn_store::TokenConfig::default(),
+            auth_tokens: self.auth_tokens.clone(),
             region_split: self.region_split,
             hibernate_regions: true,
             balance_leaders: self.balance_leaders,

@@ -947,3 +947,90 @@ async fn the_peer_port_serves_members_of_this_cluster_only() {
     assert_eq!(e.code(), Code::PermissionDenied, "an unstamped request");
     c.shutdown().await;
 }
+
+/// With JWTs, an auth change makes every token issued before it old. A
+/// keep-alive stream opened with one goes on renewing (etcd checks nothing
+/// there; refusing ended every JWT client's keep-alive stream at every auth
+/// change, and a client that does not re-authenticate when it opens a
+/// stream again lost its leases) — until its user is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jwt_keep_alive_stream_outlives_auth_changes_but_not_its_user() {
+    if secured::skipped("a_jwt_keep_alive_stream_outlives_auth_changes_but_not_its_user") {
+        return;
+    }
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let keys = cairn_auth::jwt::JwtKeys::new(
+        "ES256",
+        pair.public_key_pem().as_bytes(),
+        Some(pair.serialize_pem().as_bytes()),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let tokens = cairn_store::TokenConfig::Jwt(std::sync::Arc::new(keys));
+    let c = InProcessCluster::start_with_tokens(3, tokens).await;
+    let ch = channel(&c.nodes[0].client_addr);
+    secure(&ch).await;
+    let root = token(&ch, "root", "rootpw").await;
+    let alice = token(&ch, "alice", "alicepw").await;
+    let mut leases = LeaseClient::new(ch.clone());
+    let id = leases
+        .lease_grant(with(LeaseGrantRequest { ttl: 60, id: 0 }, Some(&alice)))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut renewals = leases
+        .lease_keep_alive(with(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Some(&alice),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut renew = async || {
+        tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), renewals.message())
+            .await
+            .unwrap()
+    };
+    assert!(renew().await.unwrap().unwrap().ttl > 0);
+    // An auth change alice has nothing to do with: her token is old now.
+    let mut admin = AuthClient::new(ch.clone());
+    admin
+        .user_add(with(
+            AuthUserAddRequest {
+                name: "bob".into(),
+                password: "bobpw".into(),
+                ..Default::default()
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    let old = KvClient::new(ch.clone())
+        .range(with(
+            RangeRequest {
+                key: b"a/k".to_vec(),
+                ..Default::default()
+            },
+            Some(&alice),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(old.message(), "etcdserver: revision of auth store is old");
+    assert!(renew().await.unwrap().unwrap().ttl > 0, "renewed after it");
+    // Alice deleted: her stream renews no more.
+    let root = token(&ch, "root", "rootpw").await;
+    admin
+        .user_delete(with(
+            AuthUserDeleteRequest {
+                name: "alice".into(),
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    assert!(renew().await.is_err(), "a deleted user renews");
+    c.shutdown().await;
+}
