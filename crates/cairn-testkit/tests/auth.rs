@@ -5,7 +5,9 @@
 //!   region listing), called with no
 //!   credentials, a bad token, as a user without roles, as a user allowed
 //!   only `a/`, and as root — each answers as etcd would (refused with
-//!   etcd's code, or served) and nothing refused changes anything;
+//!   etcd's code, or served) and nothing refused changes anything; except
+//!   that lease calls and compaction need a known user, where etcd 3.4
+//!   checks none of them (docs/security.md);
 //! - a revoked permission is in force at once on every member: after the
 //!   revoke returns, the user's writes and reads through the other members
 //!   are refused (the fence in the data region), over many rounds;
