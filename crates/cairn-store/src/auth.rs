@@ -180,7 +180,15 @@ impl Node {
         if !enabled {
             return Ok(Some(revision));
         }
-        let user = self.user_of(creds, revision)?;
+        // A JWT issued before the current revision still names an admin:
+        // etcd's IsAdminPermitted reads no revision (a root client with an
+        // old token could otherwise neither manage auth nor run the
+        // maintenance calls, whose error clientv3 does not refresh on).
+        let token_revision = match needs {
+            Needs::Admin { .. } => 0,
+            _ => revision,
+        };
+        let user = self.user_of(creds, token_revision)?;
         self.meta_shared().with_applied(|a| {
             // Checked under the same revision the caller is stamped with.
             if a.auth.revision != revision {

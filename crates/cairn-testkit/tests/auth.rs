@@ -950,8 +950,9 @@ async fn the_peer_port_serves_members_of_this_cluster_only() {
     c.shutdown().await;
 }
 
-/// With JWTs, an auth change makes every token issued before it old. A
-/// keep-alive stream opened with one goes on renewing (etcd checks nothing
+/// With JWTs, an auth change makes every token issued before it old. An
+/// old token still names an admin, as etcd's IsAdminPermitted reads no
+/// revision. A keep-alive stream opened with one goes on renewing (etcd checks nothing
 /// there; refusing ended every JWT client's keep-alive stream at every auth
 /// change, and a client that does not re-authenticate when it opens a
 /// stream again lost its leases) — until its user is deleted.
@@ -1022,6 +1023,24 @@ async fn a_jwt_keep_alive_stream_outlives_auth_changes_but_not_its_user() {
         .unwrap_err();
     assert_eq!(old.message(), "etcdserver: revision of auth store is old");
     assert!(renew().await.unwrap().unwrap().ttl > 0, "renewed after it");
+    // Root's token is as old, and still names an admin (etcd's
+    // IsAdminPermitted reads no revision): auth management and the
+    // maintenance calls go on.
+    admin
+        .user_add(with(
+            AuthUserAddRequest {
+                name: "carol".into(),
+                password: "carolpw".into(),
+                ..Default::default()
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    MaintenanceClient::new(ch.clone())
+        .hash_kv(with(HashKvRequest { revision: 0 }, Some(&root)))
+        .await
+        .unwrap();
     // Alice deleted: her stream renews no more.
     let root = token(&ch, "root", "rootpw").await;
     admin
