@@ -197,6 +197,10 @@ impl Auth for AuthService {
         let creds = credentials(&req);
         let req = req.into_inner();
         if req.name.is_empty() {
+            // The admin check first, as etcd's applier runs it before its
+            // store looks at the name.
+            let admin = Access::client(&creds, Needs::Admin { maintenance: false });
+            self.ctx.node.authorize(&admin).await.map_err(Error::from)?;
             return Err(auth_err(AuthError::UserEmpty));
         }
         let no_password = req.options.as_ref().is_some_and(|o| o.no_password);

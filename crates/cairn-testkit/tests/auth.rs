@@ -998,8 +998,20 @@ async fn a_jwt_keep_alive_stream_outlives_auth_changes_but_not_its_user() {
             .unwrap()
     };
     assert!(renew().await.unwrap().unwrap().ttl > 0);
-    // An auth change alice has nothing to do with: her token is old now.
     let mut admin = AuthClient::new(ch.clone());
+    // An empty name: refused to a non-admin as such first, as etcd's
+    // applier checks admin before its store reads the name.
+    for (who, code) in [
+        (&alice, Code::PermissionDenied),
+        (&root, Code::InvalidArgument),
+    ] {
+        let r = admin
+            .user_add(with(AuthUserAddRequest::default(), Some(who)))
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), code, "{r:?}");
+    }
+    // An auth change alice has nothing to do with: her token is old now.
     admin
         .user_add(with(
             AuthUserAddRequest {
