@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compat import HERE, compare_transcripts, normalize, run_in_workdir, rust_client, session  # noqa: E402
-from tls import make_pki, start_cairn, start_etcd, wait_ready  # noqa: E402
+from tls import MUTUAL, make_pki, start_cairn, start_etcd, wait_ready  # noqa: E402
 
 
 def secure_env(pki):
@@ -63,8 +63,8 @@ def secured(binary, work, procs):
     # etcd's gateway refuses a certificate with a common name while auth is
     # on: the gateway session's certificate names no one.
     subprocess.run([binary, "certs", "--dir", pki, "--no-cn", "gateway"], check=True, capture_output=True)
-    etcd_ports = start_etcd(procs, work, pki, mutual=True)
-    cairn_ports = start_cairn(procs, work, binary, pki, mutual=True)
+    etcd_ports = start_etcd(procs, work, pki, MUTUAL)
+    cairn_ports = start_cairn(procs, work, binary, pki, MUTUAL)
     wait_ready(etcd_ports, pki)
     wait_ready(cairn_ports, pki)
     etcd = [f"https://127.0.0.1:{p}" for p in etcd_ports]

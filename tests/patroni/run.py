@@ -54,8 +54,8 @@ def start_store(kind, procs, work, binary):
     # certificate with a common name while auth is on: Patroni's names no one.
     subprocess.run([binary, "certs", "--dir", pki, "--no-cn", "patroni"], check=True, capture_output=True)
     start = tls.start_etcd if kind.startswith("etcd") else (
-        lambda procs, work, pki, mutual: tls.start_cairn(procs, work, binary, pki, mutual))
-    ports = start(procs, work, pki, mutual=True)
+        lambda procs, work, pki, mode: tls.start_cairn(procs, work, binary, pki, mode))
+    ports = start(procs, work, pki, tls.MUTUAL)
     tls.wait_ready(ports, pki)
     ep = ",".join(f"https://127.0.0.1:{p}" for p in ports)
     root = tls.creds(pki, "root")
