@@ -54,10 +54,10 @@ pub use snapshot_file::SnapshotDir;
 pub use state_machine::load::WriteLoad;
 pub use state_machine::marks::DataMarks;
 pub use state_machine::{
-    absorbed_regions, forget_region, leases_put, leases_written, seed_empty, seed_restored,
-    seed_restored_meta, share_of, share_of_range, stored_ranges, stored_regions, txn_within,
-    Applied, FeedBatch, Freeze, HostChange, MergeState, RegionKind, RegionShared, SideClose,
-    StateMachine, ALARM_CORRUPT, ALARM_NOSPACE, CHILD_INIT_INDEX,
+    absorbed_regions, forget_region, leases_put, leases_written, newer_here, seed_empty,
+    seed_restored, seed_restored_meta, share_of, share_of_range, stored_ranges, stored_regions,
+    txn_within, Applied, FeedBatch, Freeze, HostChange, MergeState, RegionKind, RegionShared,
+    SideClose, StateMachine, ALARM_CORRUPT, ALARM_NOSPACE, CHILD_INIT_INDEX,
 };
 pub use types::{AuthStamp, Command, MemberInfo, RegionDesc, RegionRange, Reply, TypeConfig};
 

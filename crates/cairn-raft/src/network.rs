@@ -530,6 +530,20 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
     }
 }
 
+/// The applied record a snapshot install request's chunk begins with:
+/// for its first chunk (offset 0), if the chunk holds the record whole
+/// (`None` for any other request, or a chunk too short to tell).
+pub fn snapshot_header(kind: u32, payload: &[u8]) -> Option<crate::state_machine::Applied> {
+    if kind != kind::SNAPSHOT {
+        return None;
+    }
+    let req: InstallSnapshotRequest<TypeConfig> = decode(payload).ok()?;
+    if req.offset != 0 {
+        return None;
+    }
+    crate::snapshot_file::header_of(&req.data)
+}
+
 /// Serves one incoming `RaftRequest` on `raft`; returns the encoded reply.
 pub async fn serve_raft_request(
     raft: &crate::Raft,

@@ -126,6 +126,12 @@ fn read_header(r: &mut impl Read) -> Result<Applied> {
     Applied::decode(&get_bytes(r, len)?)
 }
 
+/// The applied record at the start of snapshot bytes `data`, if they hold
+/// it whole.
+pub fn header_of(data: &[u8]) -> Option<Applied> {
+    read_header(&mut std::io::Cursor::new(data)).ok()
+}
+
 /// Reads a whole snapshot from `f` (from offset 0): the applied record, and
 /// each data pair handed to `pair` in file order.
 pub fn read(f: &mut File, mut pair: impl FnMut(Vec<u8>, Vec<u8>)) -> Result<Applied> {
@@ -177,6 +183,10 @@ mod tests {
         let mut cut = dir.temp_file().unwrap();
         cut.write_all(&whole[..whole.len() - 2]).unwrap();
         assert!(read(&mut cut, |_, _| {}).is_err());
+        // The record alone, from a first chunk holding it whole.
+        assert_eq!(header_of(&whole[..64]).unwrap().current_revision, 42);
+        assert!(header_of(&whole[..10]).is_none());
+        assert!(header_of(b"not a snapshot at all").is_none());
         // Nothing is left in the directory: old files were removed, the
         // written and received files are unnamed.
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);

@@ -1028,7 +1028,7 @@ pub fn stored_ranges(engine: &dyn cairn_storage::Engine) -> crate::Result<Vec<(u
 /// are theirs, whatever `applied` (an older state) says. Epochs order
 /// overlapping ranges: a split moves both halves' epochs past the
 /// parent's, and an absorb the target's past both.
-fn newer_here(
+pub fn newer_here(
     engine: &dyn cairn_storage::Engine,
     region: u64,
     applied: &Applied,

@@ -5,7 +5,10 @@
 //!   over its own earlier key, writing it again so that the earlier call's
 //!   clean-up leaves it alone: [`enter`]), and its `create_revision` is its
 //!   place in line; a Lock that took over a key already first holds at
-//!   once ([`first_now`]), arming no clean-up of a key another call holds;
+//!   once ([`first_now`]), arming no clean-up of a key another call holds
+//!   (one that took it over while not first gives it up if its client goes
+//!   away, even if another call of the session is granted meanwhile: etcd's
+//!   `Mutex.Lock` unlocks so too — one lease is one contender);
 //! - it owns the lock (leads the election) when no key under the prefix has a
 //!   smaller `create_revision`; otherwise it waits for the deletion of the
 //!   key just before it (not for all of them: no thundering herd);

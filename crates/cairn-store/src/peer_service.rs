@@ -79,6 +79,11 @@ impl PeerService {
             .await
             .map_err(|e| Status::not_found(e.to_string()))?;
         self.member_of(sender, Some(region_id))?;
+        if region_id != crate::node::META_REGION {
+            if let Some(applied) = cairn_raft::network::snapshot_header(req.kind, &req.payload) {
+                self.refuse_older_snapshot(region_id, &applied)?;
+            }
+        }
         let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -87,6 +92,36 @@ impl PeerService {
         // before the append that renews its election timer is in.
         region.sleep.heard();
         Ok(RaftReply { payload })
+    }
+
+    /// Refuses a snapshot of data region `region` whose state (`applied`)
+    /// is older than a region hosted here that holds some of its keys: a
+    /// snapshot from before a split, sent by a leader that has not applied
+    /// it yet to a replica that adopted the split's child already (it
+    /// missed the split, and took both halves from the directory). Taken,
+    /// the region would replay its writes from before the split over the
+    /// child's newer keys (one engine holds every region's keys). Its
+    /// leader sends again later, once it has applied the split. (As TiKV
+    /// drops a snapshot overlapping a newer region on its store.)
+    fn refuse_older_snapshot(
+        &self,
+        region: u64,
+        applied: &cairn_raft::Applied,
+    ) -> Result<(), Status> {
+        let newer = cairn_raft::newer_here(&*self.node.engine, region, applied)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if newer.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            region,
+            epoch = applied.range.epoch,
+            "refused a snapshot older than a region here holding some of its keys"
+        );
+        Err(Status::failed_precondition(format!(
+            "snapshot of region {region} at epoch {} is older than a region here holding some of its keys",
+            applied.range.epoch
+        )))
     }
 
     /// Whether `sender` names this cluster.

@@ -497,6 +497,40 @@ impl FeedMerger {
         }
     }
 
+    /// Takes what the feeds hold ready now, once one has reset (this
+    /// merger is done): an absorb's reset among them still vouches
+    /// ([`FeedMerger::absorbed`]). A member publishes the absorb in the
+    /// target's feed before it retires the absorbed region here, whose
+    /// reset may be the one taken first. Other batches go on as usual
+    /// (their events held; nothing released any more), up to their
+    /// input's own reset (`reset`: the input whose reset ended it): what
+    /// follows one is of other bounds.
+    fn drain_absorbs(&mut self, reset: usize) {
+        use futures::FutureExt;
+        let mut done = vec![false; self.inputs.len()];
+        done[reset] = true;
+        while let Some(Some((idx, fed))) = self.feeds.next().now_or_never() {
+            let Fed::Batch(batch) = fed else {
+                return;
+            };
+            if done[idx] {
+                continue;
+            }
+            if batch.reset {
+                done[idx] = true;
+                if let Some(source) = batch.absorbed {
+                    self.absorbed(idx, &batch, source);
+                }
+                continue;
+            }
+            let start = self.inputs[idx].start;
+            for c in batch.events.iter().filter(|c| c.revision > start) {
+                self.hold(c.clone());
+            }
+            self.advance(idx, batch.resolved);
+        }
+    }
+
     /// The revision every input has resolved.
     pub fn resolved(&self) -> i64 {
         self.low
@@ -549,6 +583,7 @@ impl FeedMerger {
             if let Some(source) = batch.absorbed {
                 self.absorbed(idx, &batch, source);
             }
+            self.drain_absorbs(idx);
             return HubItem::Discontinuity;
         }
         if self.inputs.len() == 1 && self.held.is_empty() {
@@ -916,9 +951,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_absorb_vouches_for_its_region_and_the_frozen_one_up_to_its_resolved_revision() {
-        for (epoch, vouched) in [(3, true), (2, false)] {
+        for (epoch, vouched, retired_first) in
+            [(3, true, false), (2, false, false), (3, true, true)]
+        {
             let (t_tx, t_rx) = broadcast::channel(16);
-            let (_s_tx, s_rx) = broadcast::channel(16);
+            let (s_tx, s_rx) = broadcast::channel(16);
             let mut s = input(s_rx, "m", "t");
             s.frozen = Some((7, 3));
             s.resolved = 2;
@@ -926,7 +963,17 @@ mod tests {
             t_tx.send(batch(vec![ev("b", 4)], 5)).unwrap();
             assert_eq!(keys(m.next().await), (vec![], 2));
             // The target absorbs region 7 at 9: only the freeze the frozen
-            // input was subscribed at wrote nothing since.
+            // input was subscribed at wrote nothing since. (The absorbed
+            // region's retirement may be taken first: the absorb, ready
+            // too, still counts.)
+            if retired_first {
+                s_tx.send(Arc::new(FeedBatch {
+                    resolved: 2,
+                    reset: true,
+                    ..Default::default()
+                }))
+                .unwrap();
+            }
             t_tx.send(Arc::new(FeedBatch {
                 events: vec![],
                 resolved: 9,

@@ -1371,6 +1371,17 @@ fn a_snapshot_from_before_a_split_keeps_the_childs_keys_and_the_split_its_record
     let mut child_sm = StateMachine::new(child.clone());
     block_on(child_sm.apply(vec![entry(6, puts(20, [kv("q", "2")]))])).unwrap();
 
+    // A member refuses such a snapshot on its way in (its peer service:
+    // the state is older than the child's, and overlaps it); one that got
+    // here anyway (a child adopted while the snapshot streamed) keeps the
+    // child's keys.
+    let older = super::newer_here(&*here, 1, &p_there.applied()).unwrap();
+    assert_eq!(older, vec![half("m", "").keys()]);
+    let mut split_there = p_there.applied();
+    split_there.range = half("", "m");
+    assert!(super::newer_here(&*here, 1, &split_there)
+        .unwrap()
+        .is_empty());
     let mut sm = StateMachine::new(parent.clone());
     block_on(sm.install_snapshot(&snapshot.meta, snapshot.snapshot)).unwrap();
     let latest = |key: &str| {

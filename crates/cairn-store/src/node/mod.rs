@@ -166,7 +166,7 @@ pub struct Node {
     pub config: NodeConfig,
     /// Peer connections and fault switchboard.
     pub pool: Arc<PeerPool>,
-    engine: Arc<dyn Engine>,
+    pub(crate) engine: Arc<dyn Engine>,
     log_writer: LogWriter,
     regions: registry::Registry,
     tso: Arc<Tso>,
