@@ -15,6 +15,10 @@ pub enum Error {
     /// MVCC failed non-deterministically (storage).
     #[error(transparent)]
     Mvcc(#[from] cairn_mvcc::Error),
+    /// A replica would not take what a peer sent (a snapshot older than
+    /// its state): the peer tries again later.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Result alias for this crate.

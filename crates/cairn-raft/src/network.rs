@@ -530,25 +530,15 @@ impl RaftNetwork<TypeConfig> for RegionPeer {
     }
 }
 
-/// The applied record a snapshot install request's chunk begins with:
-/// for its first chunk (offset 0), if the chunk holds the record whole
-/// (`None` for any other request, or a chunk too short to tell).
-pub fn snapshot_header(kind: u32, payload: &[u8]) -> Option<crate::state_machine::Applied> {
-    if kind != kind::SNAPSHOT {
-        return None;
-    }
-    let req: InstallSnapshotRequest<TypeConfig> = decode(payload).ok()?;
-    if req.offset != 0 {
-        return None;
-    }
-    crate::snapshot_file::header_of(&req.data)
-}
-
 /// Serves one incoming `RaftRequest` on `raft`; returns the encoded reply.
+/// A snapshot's first chunk begins with the state it installs:
+/// `refuse_snapshot` may name a reason not to take it (`Error::Refused`),
+/// before any of it reaches Raft.
 pub async fn serve_raft_request(
     raft: &crate::Raft,
     kind: u32,
     payload: &[u8],
+    refuse_snapshot: impl FnOnce(&crate::state_machine::Applied) -> Option<String>,
 ) -> crate::Result<Vec<u8>> {
     match kind {
         kind::APPEND => {
@@ -561,6 +551,12 @@ pub async fn serve_raft_request(
         }
         kind::SNAPSHOT => {
             let req: InstallSnapshotRequest<TypeConfig> = decode(payload)?;
+            if req.offset == 0 {
+                let header = crate::snapshot_file::header_of(&req.data);
+                if let Some(why) = header.and_then(|a| refuse_snapshot(&a)) {
+                    return Err(crate::Error::Refused(why));
+                }
+            }
             encode(&raft.install_snapshot(req).await)
         }
         other => Err(crate::Error::Codec(format!(

@@ -1038,14 +1038,10 @@ pub fn newer_here(
         .frozen
         .as_ref()
         .map_or(&applied.range, |f| &f.range);
-    let mine = held.keys();
-    let overlaps = |r: &RegionRange| {
-        (r.end.is_empty() || mine.start < r.end) && (mine.end.is_empty() || r.start < mine.end)
-    };
     Ok(stored_ranges(engine)?
         .into_iter()
         .filter(|(id, r)| {
-            *id != region && *id != crate::META_REGION && r.epoch > held.epoch && overlaps(r)
+            *id != region && *id != crate::META_REGION && r.epoch > held.epoch && r.overlaps(held)
         })
         .map(|(_, r)| r.keys())
         .collect())

@@ -2,7 +2,10 @@
 //! requests, and TSO allocation.
 //!
 //! Raft messages come alone or in batches of many regions' messages
-//! (`cairn_raft::peer_batch`), each served as if it came alone.
+//! (`cairn_raft::peer_batch`), each served as if it came alone. A data
+//! region's snapshot older than a region hosted here that holds some of
+//! its keys is refused on its first chunk (`older_snapshot`); its leader
+//! sends again once it has caught up.
 //!
 //! Only members are served: every request must name this cluster and a
 //! member ID (stamped by the sender's `PeerPool`), and a Raft message for
@@ -79,14 +82,14 @@ impl PeerService {
             .await
             .map_err(|e| Status::not_found(e.to_string()))?;
         self.member_of(sender, Some(region_id))?;
-        if region_id != crate::node::META_REGION {
-            if let Some(applied) = cairn_raft::network::snapshot_header(req.kind, &req.payload) {
-                self.refuse_older_snapshot(region_id, &applied)?;
-            }
-        }
-        let payload = cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let refuse = |applied: &cairn_raft::Applied| self.older_snapshot(region_id, applied);
+        let payload =
+            cairn_raft::network::serve_raft_request(&region.raft, req.kind, &req.payload, refuse)
+                .await
+                .map_err(|e| match e {
+                    cairn_raft::Error::Refused(why) => Status::failed_precondition(why),
+                    e => Status::invalid_argument(e.to_string()),
+                })?;
         // Once Raft has taken it: a replica held after a restart campaigns
         // again on this (`hibernate::resume_elections`), and must not
         // before the append that renews its election timer is in.
@@ -94,34 +97,36 @@ impl PeerService {
         Ok(RaftReply { payload })
     }
 
-    /// Refuses a snapshot of data region `region` whose state (`applied`)
-    /// is older than a region hosted here that holds some of its keys: a
-    /// snapshot from before a split, sent by a leader that has not applied
-    /// it yet to a replica that adopted the split's child already (it
-    /// missed the split, and took both halves from the directory). Taken,
-    /// the region would replay its writes from before the split over the
-    /// child's newer keys (one engine holds every region's keys). Its
-    /// leader sends again later, once it has applied the split. (As TiKV
-    /// drops a snapshot overlapping a newer region on its store.)
-    fn refuse_older_snapshot(
-        &self,
-        region: u64,
-        applied: &cairn_raft::Applied,
-    ) -> Result<(), Status> {
-        let newer = cairn_raft::newer_here(&*self.node.engine, region, applied)
-            .map_err(|e| Status::internal(e.to_string()))?;
+    /// Why a snapshot of data region `region` whose state is `applied`
+    /// must not be taken, if it must not: it is older than a region hosted
+    /// here that holds some of its keys — from before a split, sent by a
+    /// leader that has not applied it yet to a replica that adopted the
+    /// split's child already (it missed the split, and took both halves
+    /// from the directory). Taken, the region would replay its writes from
+    /// before the split over the child's newer keys (one engine holds
+    /// every region's keys). Its leader sends again later, once it has
+    /// applied the split. (As TiKV drops a snapshot overlapping a newer
+    /// region on its store.)
+    fn older_snapshot(&self, region: u64, applied: &cairn_raft::Applied) -> Option<String> {
+        if region == crate::node::META_REGION {
+            return None;
+        }
+        let newer = match cairn_raft::newer_here(&*self.node.engine, region, applied) {
+            Ok(newer) => newer,
+            Err(e) => return Some(format!("reading the regions here: {e}")),
+        };
         if newer.is_empty() {
-            return Ok(());
+            return None;
         }
         tracing::warn!(
             region,
             epoch = applied.range.epoch,
             "refused a snapshot older than a region here holding some of its keys"
         );
-        Err(Status::failed_precondition(format!(
+        Some(format!(
             "snapshot of region {region} at epoch {} is older than a region here holding some of its keys",
             applied.range.epoch
-        )))
+        ))
     }
 
     /// Whether `sender` names this cluster.

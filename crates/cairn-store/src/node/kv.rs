@@ -127,8 +127,8 @@ impl Node {
     /// A compaction at 0: etcd's store starts compacted at -1, so on a
     /// store never compacted this is answered (at the current revision)
     /// and changes nothing; on any other, it is refused as compacted.
-    /// (Checked as a compaction is: by the first data region's leader, and
-    /// by the access a compaction needs.)
+    /// (With the access a compaction needs, on a caught-up replica of the
+    /// first data region.)
     async fn compact_at_zero(&self, access: &Access) -> Result<i64> {
         self.authorize_fresh(access).await?;
         let (_, revs) = self.linearizable_view(DATA_REGION).await?;
